@@ -1,0 +1,151 @@
+//! One protection group on the protected side: its volumes, its protected
+//! log, and the lock that puts every write of every volume into one order.
+//! A write is applied to the volume and appended to the log under that
+//! lock, so the log's seq order is the order the volumes saw; a checkpoint
+//! appended under the same lock is therefore a prefix of that order.
+
+use super::volume::Volume;
+use crate::config::ReplicationMode;
+use crate::log::{CaptureState, ProtectedLog};
+use crate::record::{now_ms, RecordBody};
+use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Reads of the initial copy, one record each.
+const INITIAL_COPY_CHUNK_BYTES: usize = 1 << 20;
+
+pub struct VpgCapture {
+    pub name: String,
+    pub mode: ReplicationMode,
+    pub volumes: Vec<Volume>,
+    pub log: Arc<ProtectedLog>,
+    order: Mutex<()>,
+    state: std::sync::Mutex<CaptureState>,
+    /// Bumped when a new stream starts; a copy from an older stream stops.
+    copy_generation: AtomicU64,
+}
+
+impl VpgCapture {
+    pub fn new(name: String, mode: ReplicationMode, volumes: Vec<Volume>, log: Arc<ProtectedLog>, state: CaptureState) -> Self {
+        VpgCapture { name, mode, volumes, log, order: Mutex::new(()), state: std::sync::Mutex::new(state), copy_generation: AtomicU64::new(0) }
+    }
+
+    pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
+        let _order = self.order.lock().await;
+        self.volumes[volume as usize].write_at(&data, offset)?;
+        self.log.append(RecordBody::Write { volume, offset, data }).await
+    }
+
+    pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
+        let _order = self.order.lock().await;
+        self.volumes[volume as usize].zero_range(offset, length)?;
+        self.log.append(RecordBody::Zero { volume, offset, length }).await
+    }
+
+    pub async fn checkpoint(&self, tag: &str) -> Result<u64> {
+        let _order = self.order.lock().await;
+        self.log.append(RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string() }).await
+    }
+
+    /// Makes every write up to `seq` as durable as the mode promises:
+    /// on the volume and in the protected log, and in sync mode also in
+    /// the recovery journal.
+    pub async fn make_durable(&self, seq: u64) -> Result<()> {
+        let volumes = self.volumes.clone();
+        tokio::task::spawn_blocking(move || volumes.iter().try_for_each(|v| v.sync()))
+            .await
+            .context("volume sync task")??;
+        self.log.sync_to(seq).await?;
+        if self.mode == ReplicationMode::Sync {
+            let mut acked = self.log.watch_acked();
+            acked.wait_for(|a| *a >= seq).await.context("waiting for the recovery journal")?;
+        }
+        Ok(())
+    }
+
+    /// FLUSH: everything appended so far becomes durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.make_durable(self.log.appended_seq()).await
+    }
+
+    pub fn copied(&self) -> Vec<String> {
+        self.state.lock().expect("state lock").copied.clone()
+    }
+
+    /// Starts a new stream at a seq of at least `min_seq` (the recovery
+    /// journal cannot continue the old one) and copies every volume again.
+    pub async fn restart_stream(self: &Arc<Self>, min_seq: u64) -> Result<u64> {
+        let seq = {
+            let _order = self.order.lock().await;
+            self.copy_generation.fetch_add(1, Ordering::SeqCst);
+            self.log.advance_seq_to(min_seq);
+            let seq = self.log.append(RecordBody::StreamStart { time_ms: now_ms() }).await?;
+            let mut state = self.state.lock().expect("state lock");
+            state.copied.clear();
+            state.store(self.log.dir())?;
+            seq
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.initial_copy().await {
+                tracing::error!(vpg = %me.name, "initial copy failed: {e:#}");
+            }
+        });
+        Ok(seq)
+    }
+
+    /// Copies every not-yet-copied volume whole into the stream while
+    /// writes keep flowing; each chunk is read under the order lock so it
+    /// reflects every write before it in the stream. Stops quietly if a
+    /// new stream starts meanwhile (that stream runs its own copy).
+    pub async fn initial_copy(&self) -> Result<()> {
+        let generation = self.copy_generation.load(Ordering::SeqCst);
+        let pending: Vec<u32> = {
+            let state = self.state.lock().expect("state lock");
+            (0..self.volumes.len() as u32)
+                .filter(|i| !state.copied.contains(&self.volumes[*i as usize].name))
+                .collect()
+        };
+        for index in pending {
+            let volume = &self.volumes[index as usize];
+            tracing::info!(vpg = %self.name, volume = %volume.name, bytes = volume.size, "initial copy starts");
+            let mut offset = 0;
+            while offset < volume.size {
+                let len = (volume.size - offset).min(INITIAL_COPY_CHUNK_BYTES as u64) as usize;
+                let _order = self.order.lock().await;
+                if self.copy_generation.load(Ordering::SeqCst) != generation {
+                    return Ok(());
+                }
+                let mut chunk = vec![0u8; len];
+                volume.read_at(&mut chunk, offset)?;
+                let body = if chunk.iter().all(|b| *b == 0) {
+                    RecordBody::Zero { volume: index, offset, length: len as u64 }
+                } else {
+                    RecordBody::Write { volume: index, offset, data: chunk }
+                };
+                self.log.append(body).await?;
+                offset += len as u64;
+            }
+            let seq = {
+                let _order = self.order.lock().await;
+                if self.copy_generation.load(Ordering::SeqCst) != generation {
+                    return Ok(());
+                }
+                self.log.append(RecordBody::CopyDone { volume: index }).await?
+            };
+            // Record the copy as done only once its marker is durable.
+            self.log.sync_to(seq).await?;
+            let _order = self.order.lock().await;
+            if self.copy_generation.load(Ordering::SeqCst) != generation {
+                return Ok(());
+            }
+            let mut state = self.state.lock().expect("state lock");
+            state.copied.push(volume.name.clone());
+            state.store(self.log.dir())?;
+            tracing::info!(vpg = %self.name, volume = %volume.name, "initial copy appended to the log");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Agent configuration: one TOML file per appliance, `role = "protected"`
+//! or `role = "recovery"`. Unknown keys and bad values are refused at start
+//! with the file, the key and the reason; nothing runs on a half-read config.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const CONTROL_PORT_DEFAULT: u16 = 4007;
+pub const DATA_PORT_DEFAULT: u16 = 4008;
+pub const NBD_PORT_DEFAULT: u16 = 10809;
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+pub const CHECKPOINT_INTERVAL_MS_MIN: u64 = 1_000;
+pub const LOG_CAPACITY_BYTES_DEFAULT: u64 = 1 << 30;
+pub const LOG_CAPACITY_BYTES_MIN: u64 = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub enum Config {
+    Protected(ProtectedConfig),
+    Recovery(RecoveryConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Human name of this appliance, used in logs and status.
+    pub name: String,
+    /// Where the protected log or the recovery journal lives.
+    pub data_dir: PathBuf,
+    /// This appliance's certificate and key (from `tidemark keygen`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedConfig {
+    pub node: Identity,
+    pub capture: CaptureConfig,
+    pub peer: PeerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(rename = "vpg")]
+    pub vpgs: Vec<VpgConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Address the NBD exports listen on (the storage interface).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Host name or address of the recovery appliance.
+    pub address: String,
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    #[serde(default = "default_data_port")]
+    pub data_port: u16,
+    /// The recovery appliance's certificate fingerprint, `sha256:<hex>`.
+    pub fingerprint: String,
+    /// Cap on bytes per second sent to the peer; 0 means no cap.
+    #[serde(default)]
+    pub throttle_bytes_per_sec: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Total bytes the protected log may hold before writes wait.
+    #[serde(default = "default_log_capacity")]
+    pub capacity_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { capacity_bytes: LOG_CAPACITY_BYTES_DEFAULT }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// FLUSH/FUA returns once the write is durable in the protected log.
+    #[default]
+    Async,
+    /// FLUSH/FUA returns once the recovery journal has the write (RPO 0).
+    Sync,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpgConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+    #[serde(rename = "volume")]
+    pub volumes: Vec<VolumeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Export name on the NBD server; unique on this appliance.
+    pub name: String,
+    /// The volume: a file or block device that already exists.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    pub node: Identity,
+    pub listen: ListenConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub address: std::net::IpAddr,
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    #[serde(default = "default_data_port")]
+    pub data_port: u16,
+    /// Fingerprints (`sha256:<hex>`) of the protected appliances allowed in.
+    pub peer_fingerprints: Vec<String>,
+}
+
+fn default_control_port() -> u16 {
+    CONTROL_PORT_DEFAULT
+}
+fn default_data_port() -> u16 {
+    DATA_PORT_DEFAULT
+}
+fn default_log_capacity() -> u64 {
+    LOG_CAPACITY_BYTES_DEFAULT
+}
+fn default_checkpoint_interval() -> u64 {
+    CHECKPOINT_INTERVAL_MS_DEFAULT
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{}", e.message()))?;
+        let role = match table.remove("role") {
+            Some(toml::Value::String(r)) => r,
+            Some(_) => bail!("role: must be a string, \"protected\" or \"recovery\""),
+            None => bail!("role: missing; set role = \"protected\" or role = \"recovery\""),
+        };
+        let value = toml::Value::Table(table);
+        let config = match role.as_str() {
+            "protected" => Config::Protected(ProtectedConfig::deserialize(value).map_err(explain)?),
+            "recovery" => Config::Recovery(RecoveryConfig::deserialize(value).map_err(explain)?),
+            other => bail!("role: unknown role {other:?}; expected \"protected\" or \"recovery\""),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            Config::Protected(p) => p.validate(),
+            Config::Recovery(r) => {
+                validate_identity(&r.node)?;
+                if r.listen.peer_fingerprints.is_empty() {
+                    bail!("listen.peer_fingerprints: at least one protected appliance must be pinned");
+                }
+                for (i, fp) in r.listen.peer_fingerprints.iter().enumerate() {
+                    parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn node(&self) -> &Identity {
+        match self {
+            Config::Protected(p) => &p.node,
+            Config::Recovery(r) => &r.node,
+        }
+    }
+}
+
+fn explain(e: toml::de::Error) -> anyhow::Error {
+    anyhow!("{}", e.to_string().trim())
+}
+
+fn validate_identity(node: &Identity) -> Result<()> {
+    if node.name.trim().is_empty() {
+        bail!("node.name: must not be empty");
+    }
+    Ok(())
+}
+
+/// Names end up in file paths and export names: keep them plain.
+pub fn validate_name(key: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'");
+    }
+    Ok(())
+}
+
+impl ProtectedConfig {
+    fn validate(&self) -> Result<()> {
+        validate_identity(&self.node)?;
+        parse_fingerprint(&self.peer.fingerprint).context("peer.fingerprint")?;
+        if self.log.capacity_bytes < LOG_CAPACITY_BYTES_MIN {
+            bail!("log.capacity_bytes: {} is below the minimum of {} (64 MiB)", self.log.capacity_bytes, LOG_CAPACITY_BYTES_MIN);
+        }
+        if self.vpgs.is_empty() {
+            bail!("vpg: at least one [[vpg]] is required");
+        }
+        let mut exports = std::collections::HashSet::new();
+        let mut vpg_names = std::collections::HashSet::new();
+        for (i, vpg) in self.vpgs.iter().enumerate() {
+            validate_name(&format!("vpg[{i}].name"), &vpg.name)?;
+            if !vpg_names.insert(&vpg.name) {
+                bail!("vpg[{i}].name: {:?} is used twice", vpg.name);
+            }
+            if vpg.checkpoint_interval_ms < CHECKPOINT_INTERVAL_MS_MIN {
+                bail!(
+                    "vpg[{i}].checkpoint_interval_ms: {} is below the minimum of {CHECKPOINT_INTERVAL_MS_MIN} (1 s)",
+                    vpg.checkpoint_interval_ms
+                );
+            }
+            if vpg.volumes.is_empty() {
+                bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
+            }
+            for (j, vol) in vpg.volumes.iter().enumerate() {
+                validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
+                if !exports.insert(&vol.name) {
+                    bail!("vpg[{i}].volume[{j}].name: export {:?} is used twice", vol.name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `sha256:<64 hex digits>` into the 32 digest bytes.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32]> {
+    let hex = text
+        .strip_prefix("sha256:")
+        .ok_or_else(|| anyhow!("{text:?} must start with \"sha256:\""))?;
+    let hex: String = hex.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        bail!("{text:?} must have 64 hex digits after \"sha256:\"");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| anyhow!("{text:?} is not hexadecimal"))?;
+    }
+    Ok(out)
+}
+
+pub fn format_fingerprint(digest: &[u8]) -> String {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn protected(extra_vpg: &str) -> String {
+        format!(
+            r#"role = "protected"
+[node]
+name = "a"
+data_dir = "/tmp/x"
+cert = "c"
+key = "k"
+[capture]
+listen = "127.0.0.1:10809"
+[peer]
+address = "127.0.0.1"
+fingerprint = "{FP}"
+[[vpg]]
+name = "db"
+{extra_vpg}
+[[vpg.volume]]
+name = "v1"
+path = "/tmp/v1"
+"#
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let Config::Protected(p) = Config::parse(&protected("")).unwrap() else { panic!() };
+        assert_eq!(p.peer.control_port, 4007);
+        assert_eq!(p.vpgs[0].mode, ReplicationMode::Async);
+        assert_eq!(p.vpgs[0].checkpoint_interval_ms, 5000);
+        assert_eq!(p.log.capacity_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(&protected("colour = \"red\"")).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn interval_below_minimum_is_refused() {
+        let err = Config::parse(&protected("checkpoint_interval_ms = 10")).unwrap_err().to_string();
+        assert!(err.contains("vpg[0].checkpoint_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_is_refused() {
+        let err = Config::parse(&protected("mode = \"eventually\"")).unwrap_err().to_string();
+        assert!(err.contains("eventually"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_roundtrip() {
+        let fp = format_fingerprint(&[0xab; 32]);
+        assert_eq!(parse_fingerprint(&fp).unwrap(), [0xab; 32]);
+        assert!(parse_fingerprint("md5:00").is_err());
+    }
+}

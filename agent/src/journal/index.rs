@@ -1,0 +1,84 @@
+//! What the recovery side knows about a journal without reading its data:
+//! the durable end, the checkpoints, and whether each checkpoint is a
+//! complete image (every volume's initial copy is before it in its stream).
+
+use crate::record::{Record, RecordBody};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The checkpoint's id is its seq in the stream.
+    pub id: u64,
+    pub time_ms: u64,
+    pub tag: String,
+    /// False while some volume's initial copy was still incomplete.
+    pub consistent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalIndex {
+    volume_count: usize,
+    pub durable_seq: u64,
+    pub checkpoints: Vec<CheckpointInfo>,
+    copied: BTreeSet<u32>,
+    pub records: u64,
+    pub data_bytes: u64,
+    /// Set when the journal was found damaged (file, offset, reason).
+    pub damage: Option<String>,
+}
+
+impl JournalIndex {
+    pub fn new(volume_count: usize) -> Self {
+        JournalIndex {
+            volume_count,
+            durable_seq: 0,
+            checkpoints: Vec::new(),
+            copied: BTreeSet::new(),
+            records: 0,
+            data_bytes: 0,
+            damage: None,
+        }
+    }
+
+    pub fn observe(&mut self, rec: &Record) {
+        assert!(rec.seq > self.durable_seq, "journal seqs must ascend ({} after {})", rec.seq, self.durable_seq);
+        self.durable_seq = rec.seq;
+        self.records += 1;
+        self.data_bytes += rec.data_bytes();
+        match &rec.body {
+            RecordBody::StreamStart { .. } => self.copied.clear(),
+            RecordBody::CopyDone { volume } => {
+                self.copied.insert(*volume);
+            }
+            RecordBody::Checkpoint { time_ms, tag } => self.checkpoints.push(CheckpointInfo {
+                id: rec.seq,
+                time_ms: *time_ms,
+                tag: tag.clone(),
+                consistent: self.copied.len() == self.volume_count,
+            }),
+            RecordBody::Write { .. } | RecordBody::Zero { .. } => {}
+        }
+    }
+
+    pub fn initial_copy_complete(&self) -> bool {
+        self.copied.len() == self.volume_count
+    }
+
+    pub fn latest_consistent(&self) -> Option<&CheckpointInfo> {
+        self.checkpoints.iter().rev().find(|c| c.consistent)
+    }
+
+    /// Finds a checkpoint by `latest`, numeric id, or tag.
+    pub fn find(&self, wanted: &str) -> Option<&CheckpointInfo> {
+        if wanted == "latest" {
+            return self.latest_consistent();
+        }
+        if let Ok(id) = wanted.parse::<u64>() {
+            if let Some(c) = self.checkpoints.iter().find(|c| c.id == id) {
+                return Some(c);
+            }
+        }
+        self.checkpoints.iter().rev().find(|c| !c.tag.is_empty() && c.tag == wanted)
+    }
+}

@@ -1,0 +1,163 @@
+//! The recovery journal of one VPG: ordered segment files of records as the
+//! protected side sent them, fsynced before they are acknowledged. The
+//! index (`index.rs`) is rebuilt from the segments at every start; damage
+//! is found by `scan.rs`, reported with file and offset, and never used.
+
+pub mod index;
+pub mod scan;
+
+use crate::record::Record;
+use crate::segment::{create_segment, sync_dir, SegmentKind};
+use crate::wire::message::VolumeInfo;
+use anyhow::{bail, Context, Result};
+use index::JournalIndex;
+use scan::{scan_journal, Damage};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A segment is closed and a new one started past this size.
+pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
+const META_FILE: &str = "journal.json";
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// What the journal is a journal of; written once, checked on every open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JournalMeta {
+    pub vpg: String,
+    pub vpg_id: u32,
+    pub volumes: Vec<VolumeInfo>,
+}
+
+impl JournalMeta {
+    pub fn load(dir: &Path) -> Result<JournalMeta> {
+        let path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn store(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(META_FILE);
+        let tmp = dir.join(format!("{META_FILE}.tmp"));
+        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(dir)
+    }
+}
+
+pub fn vpg_dir(journal_root: &Path, vpg: &str) -> PathBuf {
+    journal_root.join(vpg)
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    pub meta: JournalMeta,
+    current: File,
+    current_len: u64,
+    pub index: JournalIndex,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal for `meta.vpg`. A torn tail is cut;
+    /// a corrupt record moves the damaged segment's original and all later
+    /// segments to `quarantine/` and the journal continues from the last
+    /// good record, so the sender resends or restarts the stream.
+    pub fn open(dir: &Path, meta: JournalMeta) -> Result<Journal> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating journal {}", dir.display()))?;
+        match JournalMeta::load(dir) {
+            Ok(existing) if existing == meta => {}
+            Ok(existing) => bail!(
+                "journal {} was created for {:?} with volumes {:?}; the peer now sends {:?}",
+                dir.display(),
+                existing.vpg,
+                existing.volumes,
+                meta.volumes
+            ),
+            Err(_) if !dir.join(META_FILE).exists() => meta.store(dir)?,
+            Err(e) => return Err(e),
+        }
+        let mut index = JournalIndex::new(meta.volumes.len());
+        let outcome = scan_journal(dir, meta.vpg_id, |rec, _| index.observe(rec))?;
+        if let Some(damage) = &outcome.damage {
+            repair(dir, damage, &outcome.segments)?;
+            index.damage = Some(damage.to_string());
+        }
+        let (current, current_len) = match list_tail(dir)? {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new().append(true).read(true).open(&path)?;
+                let len = f.metadata()?.len();
+                (f, len)
+            }
+            None => {
+                let (_, f) = create_segment(dir, SegmentKind::Journal, meta.vpg_id, index.durable_seq + 1)?;
+                let len = f.metadata()?.len();
+                (f, len)
+            }
+        };
+        Ok(Journal { dir: dir.to_path_buf(), meta, current, current_len, index })
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.index.durable_seq
+    }
+
+    /// Appends records after `durable_seq`, fsyncs, and returns the new
+    /// durable seq. Records at or below it are replays and are skipped.
+    /// A gap in seqs is only allowed where a new stream starts.
+    pub fn append(&mut self, records: &[Record]) -> Result<u64> {
+        let fresh: Vec<&Record> = records.iter().filter(|r| r.seq > self.index.durable_seq).collect();
+        let Some(first) = fresh.first() else { return Ok(self.index.durable_seq) };
+        let contiguous = first.seq == self.index.durable_seq + 1;
+        let starts_stream = matches!(first.body, crate::record::RecordBody::StreamStart { .. });
+        if !contiguous && !starts_stream && self.index.durable_seq != 0 {
+            bail!("gap in the stream: journal holds up to seq {}, batch starts at {}", self.index.durable_seq, first.seq);
+        }
+        if self.current_len >= JOURNAL_SEGMENT_BYTES {
+            let (_, f) = create_segment(&self.dir, SegmentKind::Journal, self.meta.vpg_id, first.seq)?;
+            self.current_len = f.metadata()?.len();
+            self.current = f;
+        }
+        let mut bytes = Vec::with_capacity(fresh.iter().map(|r| r.encoded_len()).sum());
+        for rec in &fresh {
+            rec.encode_into(&mut bytes);
+        }
+        self.current.write_all(&bytes).context("appending to the journal")?;
+        self.current.sync_data().context("syncing the journal")?;
+        self.current_len += bytes.len() as u64;
+        for rec in &fresh {
+            self.index.observe(rec);
+        }
+        Ok(self.index.durable_seq)
+    }
+}
+
+/// The newest segment, if any.
+fn list_tail(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(crate::segment::list_segments(dir, SegmentKind::Journal)?.pop().map(|(_, p)| p))
+}
+
+/// Cuts the journal back to its last good record (see `Journal::open`).
+fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()> {
+    let position = segments.iter().position(|(_, p)| *p == damage.path).context("damaged segment not listed")?;
+    let is_last = position + 1 == segments.len();
+    if damage.torn && is_last {
+        tracing::warn!("journal: cutting torn tail: {damage}");
+    } else {
+        tracing::error!("journal: damage found, quarantining: {damage}");
+        let quarantine = dir.join(QUARANTINE_DIR);
+        std::fs::create_dir_all(&quarantine)?;
+        let name = damage.path.file_name().context("segment name")?;
+        std::fs::copy(&damage.path, quarantine.join(name)).context("keeping the damaged segment")?;
+        for (_, later) in &segments[position + 1..] {
+            let name = later.file_name().context("segment name")?;
+            std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
+        }
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(&damage.path)?;
+    f.set_len(damage.offset)?;
+    f.sync_all()?;
+    sync_dir(dir)
+}

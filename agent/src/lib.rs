@@ -1,0 +1,17 @@
+//! Tidemark: continuous block replication between a protected and a
+//! recovery appliance. The pipeline, in the order a write travels it:
+//! `capture` (NBD) → `log` (protected log) → `transfer` + `wire` (TLS,
+//! batches) → `journal` (recovery journal) → `recovery` (restore).
+//! `record` and `segment` are the on-disk and on-wire formats they share.
+
+pub mod capture;
+pub mod config;
+pub mod journal;
+pub mod log;
+pub mod record;
+pub mod recovery;
+pub mod run;
+pub mod segment;
+pub mod status;
+pub mod transfer;
+pub mod wire;

@@ -1,0 +1,42 @@
+//! Small persistent facts about a VPG's capture that outlive log segments:
+//! which volumes' initial copies are complete in the current stream.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CaptureState {
+    /// Volumes whose initial copy was fully appended to this stream.
+    pub copied: Vec<String>,
+}
+
+impl CaptureState {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("capture-state.json")
+    }
+
+    /// Loads the state; a fresh log always starts from an empty state.
+    pub fn load(dir: &Path, fresh_log: bool) -> Result<Self> {
+        let path = Self::path(dir);
+        if fresh_log || !path.exists() {
+            return Ok(CaptureState::default());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename, dir fsync).
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let path = Self::path(dir);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self)?;
+        {
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            std::io::Write::write_all(&mut f, &text)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        crate::segment::sync_dir(dir)
+    }
+}

@@ -1,0 +1,133 @@
+//! The protected appliance: NBD exports in front of the volumes, one
+//! protected log and one sender per VPG, periodic checkpoints, status.
+
+use crate::capture::server::{self, Export};
+use crate::capture::volume::Volume;
+use crate::capture::vpg::VpgCapture;
+use crate::config::{parse_fingerprint, ProtectedConfig};
+use crate::log::{CaptureState, ProtectedLog};
+use crate::record::vpg_id;
+use crate::status::{self, AgentStatus, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
+use crate::transfer::sender::{self, SenderStats};
+use crate::wire::tls;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct VpgRuntime {
+    capture: Arc<VpgCapture>,
+    stats: Arc<SenderStats>,
+    last_checkpoint: Arc<Mutex<Option<CheckpointSummary>>>,
+}
+
+pub async fn run(cfg: ProtectedConfig) -> Result<()> {
+    let identity = tls::load_identity(&cfg.node.cert, &cfg.node.key)?;
+    let pinned = parse_fingerprint(&cfg.peer.fingerprint)?;
+    let tls_config = tls::client_config(identity, pinned)?;
+    let mut runtimes = Vec::new();
+    let mut exports = BTreeMap::new();
+    for vpg_cfg in &cfg.vpgs {
+        let volumes = vpg_cfg
+            .volumes
+            .iter()
+            .map(|v| Volume::open(&v.name, &v.path))
+            .collect::<Result<Vec<_>>>()?;
+        let dir = cfg.node.data_dir.join("log").join(&vpg_cfg.name);
+        let (log, report) = ProtectedLog::open(&dir, vpg_id(&vpg_cfg.name), cfg.log.capacity_bytes)
+            .with_context(|| format!("opening the protected log of VPG {}", vpg_cfg.name))?;
+        if let Some(tail) = &report.truncated_tail {
+            tracing::warn!(vpg = %vpg_cfg.name, "protected log: cut a torn tail: {tail}");
+        }
+        let state = CaptureState::load(&dir, report.fresh)?;
+        if report.fresh {
+            state.store(&dir)?;
+        }
+        let capture = Arc::new(VpgCapture::new(vpg_cfg.name.clone(), vpg_cfg.mode, volumes, log, state));
+        for (i, v) in vpg_cfg.volumes.iter().enumerate() {
+            exports.insert(v.name.clone(), Export { vpg: capture.clone(), volume: i as u32 });
+        }
+        runtimes.push((vpg_cfg.checkpoint_interval_ms, VpgRuntime {
+            capture,
+            stats: Arc::new(SenderStats::default()),
+            last_checkpoint: Arc::new(Mutex::new(None)),
+        }));
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.capture.listen)
+        .await
+        .with_context(|| format!("listening for NBD on {}", cfg.capture.listen))?;
+    tokio::spawn(server::serve(listener, Arc::new(exports)));
+    for (interval_ms, rt) in &runtimes {
+        let capture = rt.capture.clone();
+        tokio::spawn(async move {
+            if let Err(e) = capture.initial_copy().await {
+                tracing::error!(vpg = %capture.name, "initial copy failed: {e:#}");
+            }
+        });
+        tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms, rt.last_checkpoint.clone()));
+        tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
+    }
+    let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
+    let names: Vec<&str> = cfg.vpgs.iter().map(|v| v.name.as_str()).collect();
+    tracing::info!("tidemark protected ready: NBD on {}, peer {}, VPGs {:?}", cfg.capture.listen, cfg.peer.address, names);
+    let status_loop = status_writer(cfg.clone(), runtimes);
+    tokio::select! {
+        _ = super::shutdown_signal() => tracing::info!("stopping"),
+        r = status_loop => r?,
+    }
+    Ok(())
+}
+
+async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64, last: Arc<Mutex<Option<CheckpointSummary>>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match capture.checkpoint("").await {
+            Ok(id) => *last.lock().expect("checkpoint lock") = Some(CheckpointSummary { id, time_ms: crate::record::now_ms(), tag: String::new() }),
+            Err(e) => tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}"),
+        }
+    }
+}
+
+async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Result<()> {
+    let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        let mut vpgs = Vec::new();
+        for (i, rt) in runtimes.iter().enumerate() {
+            let log = &rt.capture.log;
+            let (lag_bytes, lag_seconds) = log.lag();
+            let raw = rt.stats.raw_bytes.load(Ordering::Relaxed);
+            let throughput = raw.saturating_sub(prev_raw[i]) * 1000 / STATUS_INTERVAL_MS;
+            prev_raw[i] = raw;
+            let connected = rt.stats.connected.load(Ordering::Relaxed);
+            let copied = rt.capture.copied().len();
+            let total = rt.capture.volumes.len();
+            let state = match (connected, copied == total) {
+                (false, _) => "disconnected (writes are kept in the protected log)".to_string(),
+                (true, false) => format!("initial copy ({copied}/{total} volumes appended)"),
+                (true, true) if log.appended_seq() > log.acked_seq() => "replicating".to_string(),
+                (true, true) => "in sync".to_string(),
+            };
+            vpgs.push(VpgStatus {
+                name: rt.capture.name.clone(),
+                state,
+                lag_bytes,
+                lag_seconds,
+                throughput_bytes_per_sec: throughput,
+                head_seq: log.appended_seq(),
+                acked_seq: log.acked_seq(),
+                last_checkpoint: rt.last_checkpoint.lock().expect("checkpoint lock").clone(),
+                note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed)).to_lowercase(),
+            });
+        }
+        let s = AgentStatus { role: "protected".into(), node: cfg.node.name.clone(), pid: std::process::id(), updated_ms: crate::record::now_ms(), vpgs };
+        if let Err(e) = status::write(&cfg.node.data_dir, &s) {
+            tracing::warn!("{e:#}");
+        }
+    }
+}

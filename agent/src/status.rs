@@ -1,0 +1,118 @@
+//! Each running agent writes `status.json` into its data directory once a
+//! second; `tidemark status` reads it. A file, not a socket: it works with
+//! no port open and shows the last state after the agent has stopped.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATUS_FILE: &str = "status.json";
+pub const STATUS_INTERVAL_MS: u64 = 1000;
+/// Older than this, the agent is reported as not running.
+const STATUS_STALE_MS: u64 = 5000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub role: String,
+    pub node: String,
+    pub pid: u32,
+    pub updated_ms: u64,
+    pub vpgs: Vec<VpgStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgStatus {
+    pub name: String,
+    pub state: String,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub throughput_bytes_per_sec: u64,
+    /// Protected side: last seq appended; recovery side: last seq durable.
+    pub head_seq: u64,
+    /// Protected side: last seq the recovery site acknowledged.
+    pub acked_seq: u64,
+    pub last_checkpoint: Option<CheckpointSummary>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    pub id: u64,
+    pub time_ms: u64,
+    pub tag: String,
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATUS_FILE)
+}
+
+pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
+    let path = path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+pub fn read(data_dir: &Path) -> Result<AgentStatus> {
+    let path = path(data_dir);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (has the agent run with this config?)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn format_time_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn render(status: &AgentStatus) -> String {
+    let age = crate::record::now_ms().saturating_sub(status.updated_ms);
+    let mut out = String::new();
+    let running = if age > STATUS_STALE_MS {
+        format!("NOT RUNNING (last report {} ago)", humantime::format_duration(std::time::Duration::from_secs(age / 1000)))
+    } else {
+        format!("running (pid {})", status.pid)
+    };
+    out.push_str(&format!("{} appliance {:?}: {running}\n", status.role, status.node));
+    if status.vpgs.is_empty() {
+        out.push_str("  no VPGs yet\n");
+    }
+    for v in &status.vpgs {
+        out.push_str(&format!("VPG {}\n", v.name));
+        out.push_str(&format!("  state:           {}\n", v.state));
+        out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
+        out.push_str(&format!("  throughput:      {}/s\n", format_bytes(v.throughput_bytes_per_sec)));
+        out.push_str(&format!("  head seq:        {}\n", v.head_seq));
+        if status.role == "protected" {
+            out.push_str(&format!("  acked seq:       {}\n", v.acked_seq));
+        }
+        match &v.last_checkpoint {
+            Some(c) => out.push_str(&format!(
+                "  last checkpoint: {} at {}{}\n",
+                c.id,
+                format_time_ms(c.time_ms),
+                if c.tag.is_empty() { String::new() } else { format!(" ({})", c.tag) }
+            )),
+            None => out.push_str("  last checkpoint: none\n"),
+        }
+        if !v.note.is_empty() {
+            out.push_str(&format!("  note:            {}\n", v.note));
+        }
+    }
+    out
+}

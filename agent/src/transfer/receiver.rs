@@ -1,0 +1,194 @@
+//! The recovery side of the links: accepts TLS connections from pinned
+//! protected appliances, opens each VPG's journal on hello, appends every
+//! verified batch, fsyncs, and only then acknowledges. A connection that
+//! sends anything malformed is dropped alone; other links keep running.
+
+use super::{recv_control, send_control, CONNECT_TIMEOUT};
+use crate::journal::{vpg_dir, Journal, JournalMeta};
+use crate::record::vpg_id;
+use crate::wire::batch;
+use crate::wire::frame::{read_frame, FrameKind};
+use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Connections accepted at once on each port.
+const PEER_CONNECTIONS_MAX: usize = 64;
+
+/// One VPG as the receiver sees it.
+pub struct VpgSlot {
+    pub journal: Mutex<Journal>,
+    /// The session of the newest hello; older data links are dropped.
+    session: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub last_batch_ms: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Receiver {
+    journal_root: PathBuf,
+    pub vpgs: Mutex<HashMap<String, Arc<VpgSlot>>>,
+}
+
+impl Receiver {
+    pub fn new(journal_root: PathBuf) -> Arc<Self> {
+        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()) })
+    }
+
+    fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
+        self.vpgs.lock().expect("vpgs lock").get(vpg).cloned()
+    }
+}
+
+pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver: Arc<Receiver>, role: &'static str) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("{role} accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let acceptor = acceptor.clone();
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "{role}: TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "{role}: TLS handshake timed out");
+                    return;
+                }
+            };
+            let result = if role == "control" { control_link(tls, &receiver).await } else { data_link(tls, &receiver).await };
+            if let Err(e) = result {
+                tracing::warn!(%peer, "{role} link closed: {e:#}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
+    let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
+        ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
+            let opened = open_vpg(receiver, protocol, &vpg, id, volumes).await;
+            match opened {
+                Ok((durable, session)) => (vpg, durable, session),
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
+                    bail!("refused hello for VPG {vpg:?}: {reason}");
+                }
+            }
+        }
+        other => bail!("expected hello, got {other:?}"),
+    };
+    send_control(&mut link, &ControlMessage::Welcome { durable_seq, session }).await?;
+    tracing::info!(%vpg, durable_seq, "protected side connected");
+    loop {
+        match recv_control(&mut link).await? {
+            ControlMessage::Ping => send_control(&mut link, &ControlMessage::Pong).await?,
+            other => bail!("unexpected control message {other:?}"),
+        }
+    }
+}
+
+async fn open_vpg(receiver: &Arc<Receiver>, protocol: u32, vpg: &str, id: u32, volumes: Vec<crate::wire::message::VolumeInfo>) -> Result<(u64, u64)> {
+    if protocol != PROTOCOL_VERSION {
+        bail!("protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION})");
+    }
+    crate::config::validate_name("vpg", vpg)?;
+    if id != vpg_id(vpg) {
+        bail!("VPG id {id:#x} does not match name {vpg:?}");
+    }
+    if volumes.is_empty() || volumes.iter().any(|v| v.size == 0) {
+        bail!("VPG {vpg:?} must have volumes of non-zero size");
+    }
+    for v in &volumes {
+        crate::config::validate_name("volume", &v.name)?;
+    }
+    let session = random_u64();
+    if let Some(slot) = receiver.slot(vpg) {
+        let journal = slot.journal.lock().expect("journal lock");
+        if journal.meta.volumes != volumes {
+            bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
+        }
+        slot.session.store(session, Ordering::SeqCst);
+        return Ok((journal.durable_seq(), session));
+    }
+    let dir = vpg_dir(&receiver.journal_root, vpg);
+    let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, meta)).await??;
+    if let Some(damage) = &journal.index.damage {
+        tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
+    }
+    let durable = journal.durable_seq();
+    let slot = Arc::new(VpgSlot {
+        journal: Mutex::new(journal),
+        session: AtomicU64::new(session),
+        received_bytes: AtomicU64::new(0),
+        last_batch_ms: AtomicU64::new(0),
+    });
+    let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
+    let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
+    slot.session.store(session, Ordering::SeqCst);
+    Ok((durable, session))
+}
+
+async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>) -> Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(link);
+    let (vpg, session) = match recv_control(&mut rd).await? {
+        ControlMessage::Attach { vpg, session } => (vpg, session),
+        other => bail!("expected attach, got {other:?}"),
+    };
+    let Some(slot) = receiver.slot(&vpg).filter(|s| s.session.load(Ordering::SeqCst) == session) else {
+        send_control(&mut wr, &ControlMessage::Refused { reason: "no such session".into() }).await?;
+        bail!("attach for VPG {vpg:?} with an unknown session");
+    };
+    let id = vpg_id(&vpg);
+    loop {
+        let (kind, payload) = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame(&mut rd))
+            .await
+            .context("data link idle too long")??;
+        if kind != FrameKind::Batch {
+            bail!("expected a batch frame, got {kind:?}");
+        }
+        if slot.session.load(Ordering::SeqCst) != session {
+            bail!("a newer session replaced this link");
+        }
+        let records = batch::decode(&payload, id).context("bad batch")?;
+        let slot2 = slot.clone();
+        let appended = tokio::task::spawn_blocking(move || slot2.journal.lock().expect("journal lock").append(&records)).await?;
+        let durable = match appended {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                send_control(&mut wr, &ControlMessage::Refused { reason: reason.clone() }).await?;
+                bail!("journal append for {vpg}: {reason}");
+            }
+        };
+        slot.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        slot.last_batch_ms.store(crate::record::now_ms(), Ordering::Relaxed);
+        send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,186 @@
+//! The protected side of a link, one per VPG: dial, say hello, learn the
+//! recovery side's durable seq, then stream the log from just after it,
+//! batched, compressed and throttled. Acks retire log segments. Any error
+//! drops both connections and the loop dials again; nothing is lost
+//! because the log keeps everything not yet acknowledged.
+
+use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
+use crate::capture::vpg::VpgCapture;
+use crate::config::PeerConfig;
+use crate::record::RecordBody;
+use crate::wire::batch::{self, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use crate::wire::frame::{write_frame, FrameKind};
+use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
+use crate::wire::throttle::Throttle;
+use crate::wire::tls::PEER_SERVER_NAME;
+use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Bytes sent but not yet acknowledged before the sender waits.
+const INFLIGHT_BYTES_MAX: u64 = 32 << 20;
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct SenderStats {
+    pub connected: AtomicBool,
+    /// Batch bytes put on the wire (after compression), ever.
+    pub wire_bytes: AtomicU64,
+    /// Record bytes sent (before compression), ever.
+    pub raw_bytes: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+pub async fn run(vpg: Arc<VpgCapture>, peer: PeerConfig, tls: Arc<rustls::ClientConfig>, stats: Arc<SenderStats>) {
+    let connector = TlsConnector::from(tls);
+    let mut delay = RECONNECT_DELAY_MIN;
+    loop {
+        let result = session(&vpg, &peer, &connector, &stats).await;
+        stats.connected.store(false, Ordering::Relaxed);
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => delay = RECONNECT_DELAY_MIN,
+            Err(e) => {
+                tracing::warn!(vpg = %vpg.name, "link to {} down: {e:#}; retrying in {delay:?}", peer.address);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+            }
+        }
+    }
+}
+
+async fn dial(connector: &TlsConnector, address: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let attempt = async {
+        let tcp = TcpStream::connect((address, port)).await.with_context(|| format!("connecting to {address}:{port}"))?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(PEER_SERVER_NAME).expect("static name");
+        connector.connect(name, tcp).await.with_context(|| format!("TLS handshake with {address}:{port}"))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.context("connect timed out")?
+}
+
+async fn session(vpg: &Arc<VpgCapture>, peer: &PeerConfig, connector: &TlsConnector, stats: &SenderStats) -> Result<()> {
+    let mut control = dial(connector, &peer.address, peer.control_port).await?;
+    let hello = ControlMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        vpg: vpg.name.clone(),
+        vpg_id: vpg.log.vpg_id(),
+        volumes: vpg.volumes.iter().map(|v| VolumeInfo { name: v.name.clone(), size: v.size }).collect(),
+        sender: String::new(),
+    };
+    send_control(&mut control, &hello).await?;
+    let (durable_seq, session_id) = match recv_control(&mut control).await? {
+        ControlMessage::Welcome { durable_seq, session } => (durable_seq, session),
+        ControlMessage::Refused { reason } => bail!("recovery side refused VPG {}: {reason}", vpg.name),
+        other => bail!("unexpected reply to hello: {other:?}"),
+    };
+    vpg.log.ack(durable_seq);
+    let start_seq = resume_point(vpg, durable_seq).await?;
+    let mut data = dial(connector, &peer.address, peer.data_port).await?;
+    send_control(&mut data, &ControlMessage::Attach { vpg: vpg.name.clone(), session: session_id }).await?;
+    stats.connected.store(true, Ordering::Relaxed);
+    tracing::info!(vpg = %vpg.name, durable_seq, start_seq, "link up");
+    let (data_rd, data_wr) = tokio::io::split(data);
+    tokio::select! {
+        r = keepalive(&mut control) => r,
+        r = receive_acks(vpg, data_rd) => r,
+        r = stream(vpg, data_wr, start_seq, peer.throttle_bytes_per_sec, stats) => r,
+    }
+}
+
+/// Where to resume: just after the journal's durable seq, unless the log
+/// cannot continue from there (journal reset, log rebuilt), in which case
+/// a new stream starts with a full copy.
+async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64) -> Result<u64> {
+    let mut cursor = vpg.log.cursor(durable_seq + 1);
+    let first = cursor.read_available(1, 1)?;
+    let continues = match first.first() {
+        Some(rec) => rec.seq == durable_seq + 1 || matches!(rec.body, RecordBody::StreamStart { .. }),
+        // Nothing unsent: fine if the journal is exactly where the log ends.
+        None => vpg.log.appended_seq() == durable_seq,
+    };
+    if continues {
+        return Ok(durable_seq + 1);
+    }
+    tracing::warn!(vpg = %vpg.name, durable_seq, "the log cannot continue the journal's stream; starting a new stream with a full copy");
+    let seq = vpg.restart_stream(durable_seq + 1).await?;
+    Ok(seq)
+}
+
+async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        send_control(control, &ControlMessage::Ping).await?;
+        match recv_control(control).await? {
+            ControlMessage::Pong => {}
+            other => bail!("unexpected control message {other:?}"),
+        }
+    }
+}
+
+async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Result<()> {
+    loop {
+        match recv_control(&mut rd).await? {
+            ControlMessage::Ack { seq } => vpg.log.ack(seq),
+            ControlMessage::Refused { reason } => bail!("recovery side refused the stream: {reason}"),
+            other => bail!("unexpected message on the data link: {other:?}"),
+        }
+    }
+}
+
+async fn stream<W: AsyncWrite + Unpin>(vpg: &Arc<VpgCapture>, mut wr: W, start_seq: u64, bytes_per_sec: u64, stats: &SenderStats) -> Result<()> {
+    let mut cursor = vpg.log.cursor(start_seq);
+    let mut appended = vpg.log.watch_appended();
+    let mut acked = vpg.log.watch_acked();
+    let mut throttle = Throttle::new(bytes_per_sec);
+    let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut inflight_bytes = 0u64;
+    loop {
+        // Mark the current end seen before reading, so an append that
+        // lands after the read still wakes us.
+        appended.borrow_and_update();
+        let records = cursor.read_available(BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
+        if records.is_empty() {
+            appended.changed().await.context("log closed")?;
+            continue;
+        }
+        send_batch(&records, &mut wr, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
+        loop {
+            let done = *acked.borrow_and_update();
+            while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
+                inflight_bytes -= inflight.pop_front().expect("front").1;
+            }
+            if inflight_bytes <= INFLIGHT_BYTES_MAX {
+                break;
+            }
+            acked.changed().await.context("log closed")?;
+        }
+    }
+}
+
+async fn send_batch<W: AsyncWrite + Unpin>(
+    records: &[crate::record::Record],
+    wr: &mut W,
+    throttle: &mut Throttle,
+    inflight: &mut VecDeque<(u64, u64)>,
+    inflight_bytes: &mut u64,
+    stats: &SenderStats,
+) -> Result<()> {
+    let encoded = batch::encode(records);
+    let wait = throttle.take(encoded.bytes.len());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    write_frame(wr, FrameKind::Batch, &encoded.bytes).await?;
+    stats.wire_bytes.fetch_add(encoded.bytes.len() as u64, Ordering::Relaxed);
+    stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
+    inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
+    *inflight_bytes += encoded.bytes.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! A batch: consecutive records of one VPG, compressed with zstd when that
+//! pays. Header (little endian, `BATCH_HEADER_BYTES`): `first_seq u64,
+//! last_seq u64, count u32, codec u8, reserved [u8;3], raw_len u32,
+//! raw_crc u32`; then the body (raw or zstd) of the records' encodings.
+//! Three checks guard the data: the frame crc, `raw_crc` over the
+//! decompressed records, and each record's own crcs.
+
+use crate::record::Record;
+use anyhow::{bail, Context, Result};
+
+pub const BATCH_HEADER_BYTES: usize = 32;
+/// Soft target for the raw size of one batch.
+pub const BATCH_RAW_BYTES_TARGET: usize = 4 << 20;
+pub const BATCH_RECORDS_MAX: usize = 4096;
+/// Hard limit on a decompressed batch (one maximal write plus slack).
+pub const BATCH_RAW_BYTES_MAX: usize = 36 << 20;
+const ZSTD_LEVEL: i32 = 1;
+/// Send compressed only when it saves at least this share of the bytes.
+const COMPRESSION_WORTH_RATIO: f64 = 0.9;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+pub struct EncodedBatch {
+    pub bytes: Vec<u8>,
+    pub raw_len: usize,
+    pub codec: Codec,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+pub fn encode(records: &[Record]) -> EncodedBatch {
+    assert!(!records.is_empty() && records.len() <= BATCH_RECORDS_MAX);
+    let mut raw = Vec::with_capacity(records.iter().map(Record::encoded_len).sum());
+    for r in records {
+        raw.extend_from_slice(&r.encode());
+    }
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "batch seqs must ascend");
+    let (raw_len, raw_crc) = (raw.len(), crc32fast::hash(&raw));
+    let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).ok();
+    let (codec, body) = match compressed {
+        Some(c) if (c.len() as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => (Codec::Zstd, c),
+        _ => (Codec::Raw, raw),
+    };
+    let first_seq = records[0].seq;
+    let last_seq = records[records.len() - 1].seq;
+    let mut bytes = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+    bytes.extend_from_slice(&first_seq.to_le_bytes());
+    bytes.extend_from_slice(&last_seq.to_le_bytes());
+    bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&[codec as u8, 0, 0, 0]);
+    bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
+    bytes.extend_from_slice(&raw_crc.to_le_bytes());
+    bytes.extend_from_slice(&body);
+    EncodedBatch { bytes, raw_len, codec, first_seq, last_seq }
+}
+
+/// Decodes and verifies a batch; every record must belong to `vpg_id`.
+pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<Vec<Record>> {
+    if bytes.len() < BATCH_HEADER_BYTES {
+        bail!("batch of {} bytes is shorter than its header", bytes.len());
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8"));
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4"));
+    let (first_seq, last_seq, count) = (u64_at(0), u64_at(8), u32_at(16) as usize);
+    let raw_len = u32_at(24) as usize;
+    let raw_crc = u32_at(28);
+    if raw_len > BATCH_RAW_BYTES_MAX || count == 0 || count > BATCH_RECORDS_MAX {
+        bail!("batch header out of bounds: {count} records, {raw_len} raw bytes");
+    }
+    let body = &bytes[BATCH_HEADER_BYTES..];
+    let raw = match bytes[20] {
+        0 => body.to_vec(),
+        1 => zstd::bulk::decompress(body, raw_len).context("decompressing batch")?,
+        other => bail!("unknown batch codec {other}"),
+    };
+    if raw.len() != raw_len || crc32fast::hash(&raw) != raw_crc {
+        bail!("batch checksum mismatch (seq {first_seq}..={last_seq})");
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut at = 0;
+    while at < raw.len() {
+        let (rec, used) = Record::decode(&raw[at..]).with_context(|| format!("record at batch offset {at}"))?;
+        if rec.vpg_id != vpg_id {
+            bail!("record seq {} belongs to VPG id {:#x}, not {vpg_id:#x}", rec.seq, rec.vpg_id);
+        }
+        if let Some(prev) = records.last().map(|r: &Record| r.seq) {
+            if rec.seq <= prev {
+                bail!("batch seqs do not ascend at seq {}", rec.seq);
+            }
+        }
+        records.push(rec);
+        at += used;
+    }
+    if records.len() != count || records[0].seq != first_seq || records[count - 1].seq != last_seq {
+        bail!("batch header does not match its records");
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordBody;
+    use proptest::prelude::*;
+
+    fn recs(data: Vec<Vec<u8>>) -> Vec<Record> {
+        data.into_iter()
+            .enumerate()
+            .map(|(i, d)| Record { seq: 10 + i as u64, vpg_id: 3, body: RecordBody::Write { volume: 1, offset: 0, data: d } })
+            .collect()
+    }
+
+    #[test]
+    fn compressible_batches_are_compressed_and_random_ones_not() {
+        let zeros = encode(&recs(vec![vec![0u8; 65536]; 4]));
+        assert_eq!(zeros.codec, Codec::Zstd);
+        let mut noise = vec![0u8; 65536];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
+        let random = encode(&recs(vec![noise]));
+        assert_eq!(random.codec, Codec::Raw);
+        assert_eq!(decode(&random.bytes, 3).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn wrong_vpg_is_refused() {
+        let b = encode(&recs(vec![vec![1; 10]]));
+        assert!(decode(&b.bytes, 4).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(data in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..3000), 1..20)) {
+            let records = recs(data);
+            let b = encode(&records);
+            prop_assert_eq!(decode(&b.bytes, 3).unwrap(), records);
+        }
+
+        #[test]
+        fn garbage_never_decodes_to_data(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, 3); // must not panic
+        }
+    }
+}

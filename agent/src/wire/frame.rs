@@ -1,0 +1,99 @@
+//! A frame: `magic u32 "TMWF", kind u8, reserved [u8;3], len u32, crc32 u32`
+//! (little endian) followed by `len` payload bytes whose crc32 is `crc32`.
+//! Any frame that fails a check ends the connection: garbage is never data.
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"TMWF");
+pub const FRAME_HEADER_BYTES: usize = 16;
+/// A batch holds at most one 32 MiB write plus headers.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 40 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Control = 1,
+    Batch = 2,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(FrameKind::Control),
+            2 => Some(FrameKind::Batch),
+            _ => None,
+        }
+    }
+}
+
+pub fn encode_header(kind: FrameKind, payload: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
+    assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame payload over the limit");
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    h[4] = kind as u8;
+    h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h
+}
+
+/// Checks a header and returns the kind, payload length and payload crc.
+pub fn decode_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(FrameKind, usize, u32)> {
+    let magic = u32::from_le_bytes(h[0..4].try_into().expect("4"));
+    if magic != FRAME_MAGIC {
+        bail!("bad frame magic {magic:#010x}");
+    }
+    let kind = FrameKind::from_u8(h[4]).with_context(|| format!("unknown frame kind {}", h[4]))?;
+    let len = u32::from_le_bytes(h[8..12].try_into().expect("4")) as usize;
+    if len > FRAME_PAYLOAD_BYTES_MAX {
+        bail!("frame of {len} bytes is over the {FRAME_PAYLOAD_BYTES_MAX}-byte limit");
+    }
+    Ok((kind, len, u32::from_le_bytes(h[12..16].try_into().expect("4"))))
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payload: &[u8]) -> Result<()> {
+    w.write_all(&encode_header(kind, payload)).await?;
+    w.write_all(payload).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, Vec<u8>)> {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    r.read_exact(&mut h).await.context("reading frame header")?;
+    let (kind, len, crc) = decode_header(&h)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await.context("reading frame payload")?;
+    if crc32fast::hash(&payload) != crc {
+        bail!("frame checksum mismatch");
+    }
+    Ok((kind, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn roundtrip_and_corruption() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Batch, b"hello").await.unwrap();
+        let (k, p) = read_frame(&mut &buf[..]).await.unwrap();
+        assert_eq!((k, p.as_slice()), (FrameKind::Batch, &b"hello"[..]));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            if (5..8).contains(&i) {
+                continue; // reserved bytes
+            }
+            assert!(read_frame(&mut &bad[..]).await.is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused() {
+        let mut h = encode_header(FrameKind::Control, b"");
+        h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_header(&h).is_err());
+    }
+}

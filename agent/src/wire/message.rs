@@ -1,0 +1,40 @@
+//! Control messages, carried as JSON in `Control` frames. They are small
+//! and rare; the bulk data travels in binary `Batch` frames.
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlMessage {
+    /// Protected → recovery on the control link: who we are and what we send.
+    Hello { protocol: u32, vpg: String, vpg_id: u32, volumes: Vec<VolumeInfo>, sender: String },
+    /// Recovery → protected: resume after `durable_seq`; attach data with `session`.
+    Welcome { durable_seq: u64, session: u64 },
+    /// Protected → recovery on the data link: join the control session.
+    Attach { vpg: String, session: u64 },
+    /// Recovery → protected on the data link: `seq` and all before it are fsynced.
+    Ack { seq: u64 },
+    /// Keepalive on the control link, both ways.
+    Ping,
+    Pong,
+    /// The other side refuses and says why; the connection then closes.
+    Refused { reason: String },
+}
+
+impl ControlMessage {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("control messages always serialise")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("malformed control message: {e}"))
+    }
+}

@@ -1,0 +1,175 @@
+//! TLS 1.3 between appliances, mutual, with pinned certificate
+//! fingerprints instead of a CA: each side trusts exactly the SHA-256
+//! digests in its config and logs the digest it saw when it refuses one.
+
+use crate::config::format_fingerprint;
+use anyhow::{bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The name the client asks for; identity comes from the pinned digest.
+pub const PEER_SERVER_NAME: &str = "tidemark-peer";
+
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
+    let cert_pem = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let chain = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{}: no certificate found", cert.display());
+    }
+    let key_pem = std::fs::read(key).with_context(|| format!("reading key {}", key.display()))?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .with_context(|| format!("parsing key {}", key.display()))?
+        .with_context(|| format!("{}: no private key found", key.display()))?;
+    Ok(Identity { chain, key })
+}
+
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    digest.as_ref().try_into().expect("sha256 is 32 bytes")
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug)]
+struct Pinned {
+    allowed: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Pinned {
+    fn check(&self, end_entity: &CertificateDer<'_>, who: &str) -> Result<(), TlsError> {
+        let seen = fingerprint(end_entity);
+        // Constant time is not needed: fingerprints are public.
+        if self.allowed.contains(&seen) {
+            return Ok(());
+        }
+        let seen = format_fingerprint(&seen);
+        tracing::warn!("refusing {who}: certificate {seen} is not pinned");
+        Err(TlsError::General(format!("{who} certificate {seen} is not pinned")))
+    }
+
+    fn verify13(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, TlsError> {
+        self.check(end_entity, "peer").map(|_| ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        self.verify13(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, TlsError> {
+        self.check(end_entity, "client").map(|_| ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+        self.verify13(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+/// Server side (recovery appliance): requires a client certificate whose
+/// digest is one of `allowed`.
+pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<rustls::ServerConfig>> {
+    let verifier = Arc::new(Pinned { allowed, provider: provider() });
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with ring")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)
+        .context("loading this appliance's certificate and key")?;
+    Ok(Arc::new(config))
+}
+
+/// Client side (protected appliance): trusts only the pinned server digest.
+pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>> {
+    let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with ring")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain, identity.key)
+        .context("loading this appliance's certificate and key")?;
+    Ok(Arc::new(config))
+}
+
+/// Writes a new P-256 key and self-signed certificate; returns the
+/// certificate's fingerprint.
+pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<String> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !force && (cert_path.exists() || key_path.exists()) {
+        bail!("{} already holds a key or certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
+    let mut params = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()]).context("certificate parameters")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let cert = params.self_signed(&key).context("signing certificate")?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    Ok(format_fingerprint(&fingerprint(cert.der())))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Fingerprint of the certificate in a PEM file.
+pub fn fingerprint_of_file(cert: &Path) -> Result<String> {
+    let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let der = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .with_context(|| format!("{}: no certificate", cert.display()))??;
+    Ok(format_fingerprint(&fingerprint(&der)))
+}
