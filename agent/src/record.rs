@@ -21,9 +21,17 @@ pub const CHECKPOINT_TAG_BYTES_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
     /// Bytes written to a volume.
-    Write { volume: u32, offset: u64, data: Vec<u8> },
+    Write {
+        volume: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// A range that reads as zeros afterwards (WRITE_ZEROES or TRIM).
-    Zero { volume: u32, offset: u64, length: u64 },
+    Zero {
+        volume: u32,
+        offset: u64,
+        length: u64,
+    },
     /// A crash-consistent point: everything before it in the stream.
     Checkpoint { time_ms: u64, tag: String },
     /// The initial copy of `volume` is complete in the stream up to here.
@@ -97,8 +105,16 @@ impl Record {
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let (kind, volume, offset, length) = match &self.body {
-            RecordBody::Write { volume, offset, data } => (KIND_WRITE, *volume, *offset, data.len() as u64),
-            RecordBody::Zero { volume, offset, length } => (KIND_ZERO, *volume, *offset, *length),
+            RecordBody::Write {
+                volume,
+                offset,
+                data,
+            } => (KIND_WRITE, *volume, *offset, data.len() as u64),
+            RecordBody::Zero {
+                volume,
+                offset,
+                length,
+            } => (KIND_ZERO, *volume, *offset, *length),
             RecordBody::Checkpoint { .. } => (KIND_CHECKPOINT, 0, 0, 0),
             RecordBody::CopyDone { volume } => (KIND_COPY_DONE, *volume, 0, 0),
             RecordBody::StreamStart { .. } => (KIND_STREAM_START, 0, 0, 0),
@@ -142,7 +158,10 @@ impl Record {
     /// checksums. Returns the record and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<(Record, usize), RecordError> {
         if buf.len() < RECORD_HEADER_BYTES {
-            return Err(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: buf.len() });
+            return Err(RecordError::Incomplete {
+                needed: RECORD_HEADER_BYTES,
+                have: buf.len(),
+            });
         }
         let magic = u32_at(buf, 0);
         if magic != RECORD_MAGIC {
@@ -163,7 +182,10 @@ impl Record {
         }
         let total = RECORD_HEADER_BYTES + payload_len;
         if buf.len() < total {
-            return Err(RecordError::Incomplete { needed: total, have: buf.len() });
+            return Err(RecordError::Incomplete {
+                needed: total,
+                have: buf.len(),
+            });
         }
         let payload = &buf[RECORD_HEADER_BYTES..total];
         if crc32fast::hash(payload) != u32_at(buf, 44) {
@@ -172,25 +194,40 @@ impl Record {
         let body = match kind {
             KIND_WRITE => {
                 if length != payload_len as u64 {
-                    return Err(RecordError::Malformed("write length differs from payload length"));
+                    return Err(RecordError::Malformed(
+                        "write length differs from payload length",
+                    ));
                 }
-                RecordBody::Write { volume, offset, data: payload.to_vec() }
+                RecordBody::Write {
+                    volume,
+                    offset,
+                    data: payload.to_vec(),
+                }
             }
-            KIND_ZERO => RecordBody::Zero { volume, offset, length },
+            KIND_ZERO => RecordBody::Zero {
+                volume,
+                offset,
+                length,
+            },
             KIND_CHECKPOINT => {
                 if payload_len < 8 || payload_len - 8 > CHECKPOINT_TAG_BYTES_MAX {
                     return Err(RecordError::Malformed("checkpoint payload size"));
                 }
                 let tag = std::str::from_utf8(&payload[8..])
                     .map_err(|_| RecordError::Malformed("checkpoint tag is not UTF-8"))?;
-                RecordBody::Checkpoint { time_ms: u64_at(payload, 0), tag: tag.to_string() }
+                RecordBody::Checkpoint {
+                    time_ms: u64_at(payload, 0),
+                    tag: tag.to_string(),
+                }
             }
             KIND_COPY_DONE => RecordBody::CopyDone { volume },
             KIND_STREAM_START => {
                 if payload_len != 8 {
                     return Err(RecordError::Malformed("stream start payload size"));
                 }
-                RecordBody::StreamStart { time_ms: u64_at(payload, 0) }
+                RecordBody::StreamStart {
+                    time_ms: u64_at(payload, 0),
+                }
             }
             other => return Err(RecordError::UnknownKind(other)),
         };
@@ -226,11 +263,25 @@ mod tests {
 
     fn body_strategy() -> impl Strategy<Value = RecordBody> {
         prop_oneof![
-            (any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2048))
-                .prop_map(|(volume, offset, data)| RecordBody::Write { volume, offset, data }),
-            (any::<u32>(), any::<u64>(), any::<u64>())
-                .prop_map(|(volume, offset, length)| RecordBody::Zero { volume, offset, length }),
-            (any::<u64>(), "[a-z ]{0,40}").prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..2048)
+            )
+                .prop_map(|(volume, offset, data)| RecordBody::Write {
+                    volume,
+                    offset,
+                    data
+                }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(volume, offset, length)| {
+                RecordBody::Zero {
+                    volume,
+                    offset,
+                    length,
+                }
+            }),
+            (any::<u64>(), "[a-z ]{0,40}")
+                .prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
             any::<u32>().prop_map(|volume| RecordBody::CopyDone { volume }),
             any::<u64>().prop_map(|time_ms| RecordBody::StreamStart { time_ms }),
         ]

@@ -6,7 +6,9 @@
 //! `magic [u8;8], version u32, vpg_id u32, first_seq u64, reserved u32,
 //! header_crc u32` (crc32 of the 28 bytes before it).
 
-use crate::record::{u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::record::{
+    u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
+};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -50,7 +52,11 @@ pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
-        let Some(first_seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) else {
+        let Some(first_seq) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
             continue;
         };
         found.push((first_seq, path));
@@ -71,7 +77,12 @@ fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64) -> [u8; SEGMENT
 }
 
 /// Creates a new, empty segment and makes it durable (file and directory).
-pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
+pub fn create_segment(
+    dir: &Path,
+    kind: SegmentKind,
+    vpg_id: u32,
+    first_seq: u64,
+) -> Result<(PathBuf, File)> {
     let path = segment_path(dir, kind, first_seq);
     let mut file = OpenOptions::new()
         .create_new(true)
@@ -81,7 +92,8 @@ pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64
         .with_context(|| format!("creating segment {}", path.display()))?;
     file.write_all(&encode_header(kind, vpg_id, first_seq))
         .with_context(|| format!("writing header of {}", path.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
     sync_dir(dir)?;
     Ok((path, file))
 }
@@ -111,15 +123,26 @@ pub struct SegmentDamage {
 
 impl std::fmt::Display for SegmentDamage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.error.is_incomplete() { "torn record" } else { "corrupt record" };
-        write!(f, "{}: {what} at offset {}: {}", self.path.display(), self.offset, self.error)
+        let what = if self.error.is_incomplete() {
+            "torn record"
+        } else {
+            "corrupt record"
+        };
+        write!(
+            f,
+            "{}: {what} at offset {}: {}",
+            self.path.display(),
+            self.offset,
+            self.error
+        )
     }
 }
 
 impl SegmentReader {
     /// Opens a segment and checks its header belongs to `kind` and `vpg_id`.
     pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let file = File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
+        let file =
+            File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         reader
@@ -132,10 +155,18 @@ impl SegmentReader {
             bail!("{}: segment header checksum mismatch", path.display());
         }
         if u32_at(&h, 8) != SEGMENT_VERSION {
-            bail!("{}: unsupported segment version {}", path.display(), u32_at(&h, 8));
+            bail!(
+                "{}: unsupported segment version {}",
+                path.display(),
+                u32_at(&h, 8)
+            );
         }
         if u32_at(&h, 12) != vpg_id {
-            bail!("{}: segment belongs to another VPG (id {:#x})", path.display(), u32_at(&h, 12));
+            bail!(
+                "{}: segment belongs to another VPG (id {:#x})",
+                path.display(),
+                u32_at(&h, 12)
+            );
         }
         let first_seq = u64_at(&h, 16);
         let me = SegmentReader {
@@ -155,18 +186,29 @@ impl SegmentReader {
     /// The next record and its file offset; `Ok(None)` at a clean end.
     pub fn next_record(&mut self) -> Result<Option<(Record, u64)>, SegmentDamage> {
         let at = self.offset;
-        let damage = |error| SegmentDamage { path: self.path.clone(), offset: at, error };
+        let damage = |error| SegmentDamage {
+            path: self.path.clone(),
+            offset: at,
+            error,
+        };
         self.buf.resize(RECORD_HEADER_BYTES, 0);
-        let got = read_fully(&mut self.reader, &mut self.buf).map_err(|_| damage(RecordError::Malformed("read error")))?;
+        let got = read_fully(&mut self.reader, &mut self.buf)
+            .map_err(|_| damage(RecordError::Malformed("read error")))?;
         if got == 0 {
             return Ok(None);
         }
         if got < RECORD_HEADER_BYTES {
-            return Err(damage(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: got }));
+            return Err(damage(RecordError::Incomplete {
+                needed: RECORD_HEADER_BYTES,
+                have: got,
+            }));
         }
         // Only trust the length once the header checksum has passed.
-        if let Err(e @ (RecordError::BadMagic(_) | RecordError::HeaderChecksum | RecordError::PayloadTooLarge(_))) =
-            Record::decode(&self.buf)
+        if let Err(
+            e @ (RecordError::BadMagic(_)
+            | RecordError::HeaderChecksum
+            | RecordError::PayloadTooLarge(_)),
+        ) = Record::decode(&self.buf)
         {
             return Err(damage(e));
         }
@@ -177,7 +219,10 @@ impl SegmentReader {
             .map_err(|_| damage(RecordError::Malformed("read error")))?;
         if got < payload_len {
             let needed = RECORD_HEADER_BYTES + payload_len;
-            return Err(damage(RecordError::Incomplete { needed, have: RECORD_HEADER_BYTES + got }));
+            return Err(damage(RecordError::Incomplete {
+                needed,
+                have: RECORD_HEADER_BYTES + got,
+            }));
         }
         let (record, used) = Record::decode(&self.buf).map_err(damage)?;
         self.offset += used as u64;
@@ -206,7 +251,15 @@ mod tests {
 
     fn write_records(file: &mut File, seqs: std::ops::Range<u64>) {
         for seq in seqs {
-            let rec = Record { seq, vpg_id: 9, body: RecordBody::Write { volume: 0, offset: seq * 512, data: vec![seq as u8; 512] } };
+            let rec = Record {
+                seq,
+                vpg_id: 9,
+                body: RecordBody::Write {
+                    volume: 0,
+                    offset: seq * 512,
+                    data: vec![seq as u8; 512],
+                },
+            };
             file.write_all(&rec.encode()).unwrap();
         }
     }

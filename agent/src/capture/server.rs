@@ -43,7 +43,9 @@ pub async fn serve(listener: TcpListener, exports: Exports) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let exports = exports.clone();
         tokio::spawn(async move {
             match serve_connection(stream, exports).await {
@@ -63,7 +65,9 @@ struct Negotiated {
 async fn serve_connection(stream: TcpStream, exports: Exports) -> Result<()> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
-    let Some(neg) = handshake(&mut rd, &mut wr, &exports).await? else { return Ok(()) };
+    let Some(neg) = handshake(&mut rd, &mut wr, &exports).await? else {
+        return Ok(());
+    };
     let export = exports.get(&neg.export).expect("negotiated export exists");
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
     let writer = tokio::spawn(async move {
@@ -84,7 +88,11 @@ async fn read_u32(rd: &mut OwnedReadHalf) -> Result<u32> {
 }
 
 /// Option haggling. Returns the chosen export, or None if the client left.
-async fn handshake(rd: &mut OwnedReadHalf, wr: &mut tokio::net::tcp::OwnedWriteHalf, exports: &Exports) -> Result<Option<Negotiated>> {
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    exports: &Exports,
+) -> Result<Option<Negotiated>> {
     wr.write_all(&server_greeting()).await?;
     let client_flags = read_u32(rd).await.context("reading client flags")?;
     if client_flags & !CLIENT_FLAGS_KNOWN != 0 || client_flags & FLAG_FIXED_NEWSTYLE as u32 == 0 {
@@ -103,14 +111,22 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut tokio::net::tcp::OwnedWriteH
             bail!("option {option} with {len} bytes of data is over the limit");
         }
         let mut data = vec![0u8; len as usize];
-        rd.read_exact(&mut data).await.context("reading option data")?;
+        rd.read_exact(&mut data)
+            .await
+            .context("reading option data")?;
         let reply = |t: u32, d: &[u8]| option_reply(option, t, d);
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
-                let Some(export) = exports.get(&name) else { bail!("client asked for unknown export {name:?}") };
-                wr.write_all(&export_name_reply(export.size(), no_zeroes)).await?;
-                return Ok(Some(Negotiated { export: name, structured }));
+                let Some(export) = exports.get(&name) else {
+                    bail!("client asked for unknown export {name:?}")
+                };
+                wr.write_all(&export_name_reply(export.size(), no_zeroes))
+                    .await?;
+                return Ok(Some(Negotiated {
+                    export: name,
+                    structured,
+                }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
@@ -123,21 +139,26 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut tokio::net::tcp::OwnedWriteH
                 }
                 wr.write_all(&reply(REP_ACK, &[])).await?;
             }
-            OPT_STRUCTURED_REPLY if !data.is_empty() => wr.write_all(&reply(REP_ERR_INVALID, &[])).await?,
+            OPT_STRUCTURED_REPLY if !data.is_empty() => {
+                wr.write_all(&reply(REP_ERR_INVALID, &[])).await?
+            }
             OPT_STRUCTURED_REPLY => {
                 structured = true;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
             }
             OPT_INFO | OPT_GO => {
                 let Some((name, wanted)) = parse_info_request(&data) else {
-                    wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request")).await?;
+                    wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request"))
+                        .await?;
                     continue;
                 };
                 let Some(export) = exports.get(&name) else {
-                    wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export")).await?;
+                    wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export"))
+                        .await?;
                     continue;
                 };
-                wr.write_all(&reply(REP_INFO, &info_export(export.size()))).await?;
+                wr.write_all(&reply(REP_INFO, &info_export(export.size())))
+                    .await?;
                 if wanted.contains(&INFO_NAME) {
                     wr.write_all(&reply(REP_INFO, &info_name(&name))).await?;
                 }
@@ -145,7 +166,10 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut tokio::net::tcp::OwnedWriteH
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated { export: name, structured }));
+                    return Ok(Some(Negotiated {
+                        export: name,
+                        structured,
+                    }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,
@@ -176,7 +200,12 @@ fn read_reply(req: &Request, data: &[u8], structured: bool) -> Vec<u8> {
     out
 }
 
-async fn transmission(rd: &mut OwnedReadHalf, export: &Export, structured: bool, tx: &mpsc::Sender<Vec<u8>>) -> Result<()> {
+async fn transmission(
+    rd: &mut OwnedReadHalf,
+    export: &Export,
+    structured: bool,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<()> {
     let vpg = &export.vpg;
     let size = export.size();
     loop {
@@ -194,24 +223,41 @@ async fn transmission(rd: &mut OwnedReadHalf, export: &Export, structured: bool,
             if req.command == Command::Write {
                 // The payload cannot be skipped safely if it is huge.
                 if req.length > PAYLOAD_BYTES_MAX {
-                    let _ = tx.send(error_reply(&req, errno, structured, "request too large")).await;
+                    let _ = tx
+                        .send(error_reply(&req, errno, structured, "request too large"))
+                        .await;
                     bail!("write of {} bytes is over the limit", req.length);
                 }
                 let mut discard = vec![0u8; req.length as usize];
-                rd.read_exact(&mut discard).await.context("reading the payload of a refused write")?;
+                rd.read_exact(&mut discard)
+                    .await
+                    .context("reading the payload of a refused write")?;
             }
-            tx.send(error_reply(&req, errno, structured, "request out of bounds")).await?;
+            tx.send(error_reply(
+                &req,
+                errno,
+                structured,
+                "request out of bounds",
+            ))
+            .await?;
             continue;
         }
         match req.command {
             Command::Disc => return Ok(()),
             Command::Unknown(c) => {
                 tracing::debug!("unknown NBD command {c}");
-                tx.send(error_reply(&req, Errno::Inval, structured, "unknown command")).await?;
+                tx.send(error_reply(
+                    &req,
+                    Errno::Inval,
+                    structured,
+                    "unknown command",
+                ))
+                .await?;
             }
             Command::Read => {
                 let mut buf = vec![0u8; req.length as usize];
-                let reply = match vpg.volumes[export.volume as usize].read_at(&mut buf, req.offset) {
+                let reply = match vpg.volumes[export.volume as usize].read_at(&mut buf, req.offset)
+                {
                     Ok(()) => read_reply(&req, &buf, structured),
                     Err(e) => {
                         tracing::error!("{e:#}");
@@ -222,8 +268,14 @@ async fn transmission(rd: &mut OwnedReadHalf, export: &Export, structured: bool,
             }
             Command::Write => {
                 let mut data = vec![0u8; req.length as usize];
-                rd.read_exact(&mut data).await.context("client left in the middle of a write")?;
-                let result = if data.is_empty() { Ok(vpg.log.appended_seq()) } else { vpg.write(export.volume, req.offset, data).await };
+                rd.read_exact(&mut data)
+                    .await
+                    .context("client left in the middle of a write")?;
+                let result = if data.is_empty() {
+                    Ok(vpg.log.appended_seq())
+                } else {
+                    vpg.write(export.volume, req.offset, data).await
+                };
                 finish_update(vpg, req, result, tx).await?;
             }
             Command::Trim | Command::WriteZeroes => {
@@ -253,12 +305,18 @@ async fn transmission(rd: &mut OwnedReadHalf, export: &Export, structured: bool,
 }
 
 /// Replies to a WRITE/TRIM/WRITE_ZEROES; with FUA only once it is durable.
-async fn finish_update(vpg: &Arc<VpgCapture>, req: Request, result: Result<u64>, tx: &mpsc::Sender<Vec<u8>>) -> Result<()> {
+async fn finish_update(
+    vpg: &Arc<VpgCapture>,
+    req: Request,
+    result: Result<u64>,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<()> {
     let seq = match result {
         Ok(seq) => seq,
         Err(e) => {
             tracing::error!("write failed: {e:#}");
-            tx.send(simple_reply(req.handle, Errno::Io as u32).to_vec()).await?;
+            tx.send(simple_reply(req.handle, Errno::Io as u32).to_vec())
+                .await?;
             return Ok(());
         }
     };

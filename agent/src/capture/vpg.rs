@@ -28,25 +28,56 @@ pub struct VpgCapture {
 }
 
 impl VpgCapture {
-    pub fn new(name: String, mode: ReplicationMode, volumes: Vec<Volume>, log: Arc<ProtectedLog>, state: CaptureState) -> Self {
-        VpgCapture { name, mode, volumes, log, order: Mutex::new(()), state: std::sync::Mutex::new(state), copy_generation: AtomicU64::new(0) }
+    pub fn new(
+        name: String,
+        mode: ReplicationMode,
+        volumes: Vec<Volume>,
+        log: Arc<ProtectedLog>,
+        state: CaptureState,
+    ) -> Self {
+        VpgCapture {
+            name,
+            mode,
+            volumes,
+            log,
+            order: Mutex::new(()),
+            state: std::sync::Mutex::new(state),
+            copy_generation: AtomicU64::new(0),
+        }
     }
 
     pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
         let _order = self.order.lock().await;
         self.volumes[volume as usize].write_at(&data, offset)?;
-        self.log.append(RecordBody::Write { volume, offset, data }).await
+        self.log
+            .append(RecordBody::Write {
+                volume,
+                offset,
+                data,
+            })
+            .await
     }
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         let _order = self.order.lock().await;
         self.volumes[volume as usize].zero_range(offset, length)?;
-        self.log.append(RecordBody::Zero { volume, offset, length }).await
+        self.log
+            .append(RecordBody::Zero {
+                volume,
+                offset,
+                length,
+            })
+            .await
     }
 
     pub async fn checkpoint(&self, tag: &str) -> Result<u64> {
         let _order = self.order.lock().await;
-        self.log.append(RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string() }).await
+        self.log
+            .append(RecordBody::Checkpoint {
+                time_ms: now_ms(),
+                tag: tag.to_string(),
+            })
+            .await
     }
 
     /// Makes every write up to `seq` as durable as the mode promises:
@@ -60,7 +91,10 @@ impl VpgCapture {
         self.log.sync_to(seq).await?;
         if self.mode == ReplicationMode::Sync {
             let mut acked = self.log.watch_acked();
-            acked.wait_for(|a| *a >= seq).await.context("waiting for the recovery journal")?;
+            acked
+                .wait_for(|a| *a >= seq)
+                .await
+                .context("waiting for the recovery journal")?;
         }
         Ok(())
     }
@@ -81,7 +115,10 @@ impl VpgCapture {
             let _order = self.order.lock().await;
             self.copy_generation.fetch_add(1, Ordering::SeqCst);
             self.log.advance_seq_to(min_seq);
-            let seq = self.log.append(RecordBody::StreamStart { time_ms: now_ms() }).await?;
+            let seq = self
+                .log
+                .append(RecordBody::StreamStart { time_ms: now_ms() })
+                .await?;
             let mut state = self.state.lock().expect("state lock");
             state.copied.clear();
             state.store(self.log.dir())?;
@@ -121,9 +158,17 @@ impl VpgCapture {
                 let mut chunk = vec![0u8; len];
                 volume.read_at(&mut chunk, offset)?;
                 let body = if chunk.iter().all(|b| *b == 0) {
-                    RecordBody::Zero { volume: index, offset, length: len as u64 }
+                    RecordBody::Zero {
+                        volume: index,
+                        offset,
+                        length: len as u64,
+                    }
                 } else {
-                    RecordBody::Write { volume: index, offset, data: chunk }
+                    RecordBody::Write {
+                        volume: index,
+                        offset,
+                        data: chunk,
+                    }
                 };
                 self.log.append(body).await?;
                 offset += len as u64;
@@ -133,7 +178,9 @@ impl VpgCapture {
                 if self.copy_generation.load(Ordering::SeqCst) != generation {
                     return Ok(());
                 }
-                self.log.append(RecordBody::CopyDone { volume: index }).await?
+                self.log
+                    .append(RecordBody::CopyDone { volume: index })
+                    .await?
             };
             // Record the copy as done only once its marker is durable.
             self.log.sync_to(seq).await?;

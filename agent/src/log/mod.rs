@@ -25,6 +25,8 @@ use tokio::sync::{watch, Notify};
 /// Segments are a fraction of the capacity so retiring frees space early.
 const LOG_SEGMENTS_PER_CAPACITY: u64 = 16;
 const LOG_SEGMENT_BYTES_MIN: u64 = 4 << 20;
+/// A new stream's first seq is the wall clock in ms times this.
+const STREAM_SEQS_PER_MS: u64 = 1000;
 /// Resolution of the lag-in-seconds estimate.
 const LAG_SAMPLE_INTERVAL_MS: u128 = 50;
 
@@ -80,8 +82,13 @@ pub(crate) struct LogEnd {
 }
 
 impl ProtectedLog {
-    pub fn open(dir: &Path, vpg_id: u32, capacity_bytes: u64) -> Result<(Arc<Self>, LogOpenReport)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+    pub fn open(
+        dir: &Path,
+        vpg_id: u32,
+        capacity_bytes: u64,
+    ) -> Result<(Arc<Self>, LogOpenReport)> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating log directory {}", dir.display()))?;
         let segment_bytes = (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN);
         let found = list_segments(dir, SegmentKind::ProtectedLog)?;
         let mut closed = VecDeque::new();
@@ -90,16 +97,24 @@ impl ProtectedLog {
         let fresh = found.is_empty();
         for (i, (first_seq, path)) in found.iter().enumerate() {
             let is_last = i + 1 == found.len();
-            let (mut reader, header_seq) = SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
+            let (mut reader, header_seq) =
+                SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
             if header_seq != *first_seq {
-                bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
+                bail!(
+                    "{}: header says first seq {header_seq}, name says {first_seq}",
+                    path.display()
+                );
             }
             next_seq = next_seq.max(*first_seq);
             let end = loop {
                 match reader.next_record() {
                     Ok(Some((rec, _))) => {
                         if rec.seq < next_seq {
-                            bail!("{}: sequence goes backwards at seq {}", path.display(), rec.seq);
+                            bail!(
+                                "{}: sequence goes backwards at seq {}",
+                                path.display(),
+                                rec.seq
+                            );
                         }
                         next_seq = rec.seq + 1;
                     }
@@ -112,7 +127,11 @@ impl ProtectedLog {
                     Err(damage) => bail!("protected log is damaged before its tail: {damage}"),
                 }
             };
-            closed.push_back(Segment { first_seq: *first_seq, path: path.clone(), bytes: end });
+            closed.push_back(Segment {
+                first_seq: *first_seq,
+                path: path.clone(),
+                bytes: end,
+            });
         }
         let (current, current_file) = match closed.pop_back() {
             Some(seg) => {
@@ -122,18 +141,30 @@ impl ProtectedLog {
                     .open(&seg.path)
                     .with_context(|| format!("opening {}", seg.path.display()))?;
                 if truncated_tail.is_some() {
-                    file.set_len(seg.bytes).with_context(|| format!("truncating {}", seg.path.display()))?;
+                    file.set_len(seg.bytes)
+                        .with_context(|| format!("truncating {}", seg.path.display()))?;
                     file.sync_all()?;
                 }
                 (seg, file)
             }
             None => {
-                // A new stream starts at a seq above any earlier stream's,
-                // so the recovery side can never mistake it for a replay.
-                next_seq = now_ms() << 20;
-                let (path, file) = create_segment(dir, SegmentKind::ProtectedLog, vpg_id, next_seq)?;
+                // A new stream starts at a seq above any earlier stream's
+                // (unless one wrote over 1000 records per ms of its life),
+                // so the recovery side does not mistake it for a replay;
+                // the sender checks the rest. Seqs stay below 2^53, exact
+                // in JSON for the tools that read status and checkpoints.
+                next_seq = now_ms() * STREAM_SEQS_PER_MS;
+                let (path, file) =
+                    create_segment(dir, SegmentKind::ProtectedLog, vpg_id, next_seq)?;
                 let bytes = file.metadata()?.len();
-                (Segment { first_seq: next_seq, path, bytes }, file)
+                (
+                    Segment {
+                        first_seq: next_seq,
+                        path,
+                        bytes,
+                    },
+                    file,
+                )
             }
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
@@ -167,7 +198,14 @@ impl ProtectedLog {
         if fresh {
             log.append_now(RecordBody::StreamStart { time_ms: now_ms() })?;
         }
-        Ok((log, LogOpenReport { fresh, truncated_tail, next_seq }))
+        Ok((
+            log,
+            LogOpenReport {
+                fresh,
+                truncated_tail,
+                next_seq,
+            },
+        ))
     }
 
     pub fn dir(&self) -> &Path {
@@ -194,7 +232,11 @@ impl ProtectedLog {
     fn append_now(&self, body: RecordBody) -> Result<u64> {
         let mut inner = self.inner.lock().expect("log lock");
         let seq = inner.next_seq;
-        let record = Record { seq, vpg_id: self.vpg_id, body };
+        let record = Record {
+            seq,
+            vpg_id: self.vpg_id,
+            body,
+        };
         let bytes = record.encode();
         (&*inner.current_file)
             .write_all(&bytes)
@@ -222,9 +264,17 @@ impl ProtectedLog {
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
-        let (path, file) = create_segment(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq)?;
+        let (path, file) =
+            create_segment(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq)?;
         let bytes = file.metadata()?.len();
-        let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
+        let old = std::mem::replace(
+            &mut inner.current,
+            Segment {
+                first_seq,
+                path,
+                bytes,
+            },
+        );
         let old_file = std::mem::replace(&mut inner.current_file, Arc::new(file));
         inner.unsynced_closed.push(old_file);
         inner.closed.push_back(old);
@@ -263,7 +313,9 @@ impl ProtectedLog {
             return Ok(());
         }
         let _ = self.sync_wake.lock().expect("sync wake lock").send(());
-        rx.wait_for(|s| *s >= seq).await.context("log sync thread stopped")?;
+        rx.wait_for(|s| *s >= seq)
+            .await
+            .context("log sync thread stopped")?;
         Ok(())
     }
 
@@ -276,11 +328,18 @@ impl ProtectedLog {
             if seq >= inner.next_seq {
                 // An ack beyond what we wrote: the journal is ahead of a log
                 // that was rebuilt. Never retire on it.
-                tracing::warn!(seq, next = inner.next_seq, "peer acknowledged a seq this log never wrote");
+                tracing::warn!(
+                    seq,
+                    next = inner.next_seq,
+                    "peer acknowledged a seq this log never wrote"
+                );
                 return;
             }
             while !inner.closed.is_empty() {
-                let next_first = inner.closed.get(1).map_or(inner.current.first_seq, |s| s.first_seq);
+                let next_first = inner
+                    .closed
+                    .get(1)
+                    .map_or(inner.current.first_seq, |s| s.first_seq);
                 if next_first > seq + 1 {
                     break;
                 }
@@ -329,13 +388,21 @@ impl ProtectedLog {
 
     pub(crate) fn end(&self) -> LogEnd {
         let inner = self.inner.lock().expect("log lock");
-        LogEnd { current_first_seq: inner.current.first_seq, current_len: inner.current.bytes }
+        LogEnd {
+            current_first_seq: inner.current.first_seq,
+            current_len: inner.current.bytes,
+        }
     }
 
     /// First seqs of every segment, oldest first, current last.
     pub(crate) fn segment_starts(&self) -> Vec<u64> {
         let inner = self.inner.lock().expect("log lock");
-        inner.closed.iter().map(|s| s.first_seq).chain([inner.current.first_seq]).collect()
+        inner
+            .closed
+            .iter()
+            .map(|s| s.first_seq)
+            .chain([inner.current.first_seq])
+            .collect()
     }
 
     pub fn vpg_id(&self) -> u32 {
@@ -386,7 +453,11 @@ mod tests {
     use super::*;
 
     fn write(i: u64, size: usize) -> RecordBody {
-        RecordBody::Write { volume: 0, offset: i * 4096, data: vec![i as u8; size] }
+        RecordBody::Write {
+            volume: 0,
+            offset: i * 4096,
+            data: vec![i as u8; size],
+        }
     }
 
     #[tokio::test]
@@ -405,7 +476,10 @@ mod tests {
         assert_eq!(report.next_seq, seqs.last().unwrap() + 1);
         let mut cursor = log.cursor(seqs[10]);
         let got = cursor.read_available(usize::MAX, 1000).unwrap();
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[10..].to_vec());
+        assert_eq!(
+            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            seqs[10..].to_vec()
+        );
     }
 
     #[tokio::test]
@@ -414,7 +488,11 @@ mod tests {
         let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
         let last = log.append(write(1, 512)).await.unwrap();
         drop(log);
-        let seg = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap().1;
+        let seg = list_segments(dir.path(), SegmentKind::ProtectedLog)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[0x43, 0x52]).unwrap();
         let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
@@ -432,13 +510,20 @@ mod tests {
         for i in 0..63 {
             last = log.append(write(i, 1 << 20)).await.unwrap();
         }
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(300), log.append(write(99, 1 << 20))).await;
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            log.append(write(99, 1 << 20)),
+        )
+        .await;
         assert!(blocked.is_err(), "append must wait on a full log");
         log.ack(last);
-        let seq = tokio::time::timeout(std::time::Duration::from_secs(5), log.append(write(99, 1 << 20)))
-            .await
-            .expect("space after ack")
-            .unwrap();
+        let seq = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            log.append(write(99, 1 << 20)),
+        )
+        .await
+        .expect("space after ack")
+        .unwrap();
         assert_eq!(seq, last + 1);
     }
 }

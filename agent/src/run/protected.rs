@@ -44,15 +44,30 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         if report.fresh {
             state.store(&dir)?;
         }
-        let capture = Arc::new(VpgCapture::new(vpg_cfg.name.clone(), vpg_cfg.mode, volumes, log, state));
+        let capture = Arc::new(VpgCapture::new(
+            vpg_cfg.name.clone(),
+            vpg_cfg.mode,
+            volumes,
+            log,
+            state,
+        ));
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
-            exports.insert(v.name.clone(), Export { vpg: capture.clone(), volume: i as u32 });
+            exports.insert(
+                v.name.clone(),
+                Export {
+                    vpg: capture.clone(),
+                    volume: i as u32,
+                },
+            );
         }
-        runtimes.push((vpg_cfg.checkpoint_interval_ms, VpgRuntime {
-            capture,
-            stats: Arc::new(SenderStats::default()),
-            last_checkpoint: Arc::new(Mutex::new(None)),
-        }));
+        runtimes.push((
+            vpg_cfg.checkpoint_interval_ms,
+            VpgRuntime {
+                capture,
+                stats: Arc::new(SenderStats::default()),
+                last_checkpoint: Arc::new(Mutex::new(None)),
+            },
+        ));
     }
     let listener = tokio::net::TcpListener::bind(cfg.capture.listen)
         .await
@@ -65,12 +80,26 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
                 tracing::error!(vpg = %capture.name, "initial copy failed: {e:#}");
             }
         });
-        tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms, rt.last_checkpoint.clone()));
-        tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
+        tokio::spawn(checkpoint_timer(
+            rt.capture.clone(),
+            *interval_ms,
+            rt.last_checkpoint.clone(),
+        ));
+        tokio::spawn(sender::run(
+            rt.capture.clone(),
+            cfg.peer.clone(),
+            tls_config.clone(),
+            rt.stats.clone(),
+        ));
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
     let names: Vec<&str> = cfg.vpgs.iter().map(|v| v.name.as_str()).collect();
-    tracing::info!("tidemark protected ready: NBD on {}, peer {}, VPGs {:?}", cfg.capture.listen, cfg.peer.address, names);
+    tracing::info!(
+        "tidemark protected ready: NBD on {}, peer {}, VPGs {:?}",
+        cfg.capture.listen,
+        cfg.peer.address,
+        names
+    );
     let status_loop = status_writer(cfg.clone(), runtimes);
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("stopping"),
@@ -79,14 +108,24 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     Ok(())
 }
 
-async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64, last: Arc<Mutex<Option<CheckpointSummary>>>) {
+async fn checkpoint_timer(
+    capture: Arc<VpgCapture>,
+    interval_ms: u64,
+    last: Arc<Mutex<Option<CheckpointSummary>>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
         match capture.checkpoint("").await {
-            Ok(id) => *last.lock().expect("checkpoint lock") = Some(CheckpointSummary { id, time_ms: crate::record::now_ms(), tag: String::new() }),
+            Ok(id) => {
+                *last.lock().expect("checkpoint lock") = Some(CheckpointSummary {
+                    id,
+                    time_ms: crate::record::now_ms(),
+                    tag: String::new(),
+                })
+            }
             Err(e) => tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}"),
         }
     }
@@ -122,10 +161,21 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 head_seq: log.appended_seq(),
                 acked_seq: log.acked_seq(),
                 last_checkpoint: rt.last_checkpoint.lock().expect("checkpoint lock").clone(),
-                note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed)).to_lowercase(),
+                note: format!(
+                    "mode {:?}, {} reconnects",
+                    rt.capture.mode,
+                    rt.stats.reconnects.load(Ordering::Relaxed)
+                )
+                .to_lowercase(),
             });
         }
-        let s = AgentStatus { role: "protected".into(), node: cfg.node.name.clone(), pid: std::process::id(), updated_ms: crate::record::now_ms(), vpgs };
+        let s = AgentStatus {
+            role: "protected".into(),
+            node: cfg.node.name.clone(),
+            pid: std::process::id(),
+            updated_ms: crate::record::now_ms(),
+            vpgs,
+        };
         if let Err(e) = status::write(&cfg.node.data_dir, &s) {
             tracing::warn!("{e:#}");
         }

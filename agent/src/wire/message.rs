@@ -15,18 +15,34 @@ pub struct VolumeInfo {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlMessage {
     /// Protected → recovery on the control link: who we are and what we send.
-    Hello { protocol: u32, vpg: String, vpg_id: u32, volumes: Vec<VolumeInfo>, sender: String },
+    Hello {
+        protocol: u32,
+        vpg: String,
+        vpg_id: u32,
+        volumes: Vec<VolumeInfo>,
+        sender: String,
+    },
     /// Recovery → protected: resume after `durable_seq`; attach data with `session`.
-    Welcome { durable_seq: u64, session: u64 },
+    Welcome {
+        durable_seq: u64,
+        session: u64,
+    },
     /// Protected → recovery on the data link: join the control session.
-    Attach { vpg: String, session: u64 },
+    Attach {
+        vpg: String,
+        session: u64,
+    },
     /// Recovery → protected on the data link: `seq` and all before it are fsynced.
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
     /// Keepalive on the control link, both ways.
     Ping,
     Pong,
     /// The other side refuses and says why; the connection then closes.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 impl ControlMessage {

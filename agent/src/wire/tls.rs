@@ -21,7 +21,8 @@ pub struct Identity {
 }
 
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let cert_pem =
+        std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
     let chain = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
@@ -59,26 +60,60 @@ impl Pinned {
         }
         let seen = format_fingerprint(&seen);
         tracing::warn!("refusing {who}: certificate {seen} is not pinned");
-        Err(TlsError::General(format!("{who} certificate {seen} is not pinned")))
+        Err(TlsError::General(format!(
+            "{who} certificate {seen} is not pinned"
+        )))
     }
 
-    fn verify13(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, TlsError> {
-        self.check(end_entity, "peer").map(|_| ServerCertVerified::assertion())
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        self.check(end_entity, "peer")
+            .map(|_| ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General(
+            "TLS 1.2 is not allowed between appliances".into(),
+        ))
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.verify13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -90,13 +125,31 @@ impl ClientCertVerifier for Pinned {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, TlsError> {
-        self.check(end_entity, "client").map(|_| ClientCertVerified::assertion())
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        self.check(end_entity, "client")
+            .map(|_| ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General(
+            "TLS 1.2 is not allowed between appliances".into(),
+        ))
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         self.verify13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -106,8 +159,14 @@ impl ClientCertVerifier for Pinned {
 
 /// Server side (recovery appliance): requires a client certificate whose
 /// digest is one of `allowed`.
-pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<rustls::ServerConfig>> {
-    let verifier = Arc::new(Pinned { allowed, provider: provider() });
+pub fn server_config(
+    identity: Identity,
+    allowed: Vec<[u8; 32]>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let verifier = Arc::new(Pinned {
+        allowed,
+        provider: provider(),
+    });
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
@@ -119,7 +178,10 @@ pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<r
 
 /// Client side (protected appliance): trusts only the pinned server digest.
 pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>> {
-    let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
+    let verifier = Arc::new(Pinned {
+        allowed: vec![pinned],
+        provider: provider(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
@@ -139,14 +201,19 @@ pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<S
         bail!("{} already holds a key or certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
-    let mut params = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()]).context("certificate parameters")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
+    let mut params = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])
+        .context("certificate parameters")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(&key).context("signing certificate")?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
     Ok(format_fingerprint(&fingerprint(cert.der())))
 }
 

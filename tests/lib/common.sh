@@ -1,0 +1,168 @@
+# Shared helpers for end-to-end tests. Each test sources this, calls
+# `setup_pair`, drives real binaries and real NBD clients, and fails with
+# `fail "why"`. Everything a test starts is killed on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TIDEMARK=${TIDEMARK:-$ROOT/build/tidemark}
+WANPROXY=${WANPROXY:-$ROOT/target/release/wanproxy}
+export PYTHONPATH=$ROOT/tests/lib
+# Each test gets its own ports (the runner sets PORT_BASE).
+PORT_BASE=${PORT_BASE:-31000}
+CONTROL_PORT=$((PORT_BASE + 1))
+DATA_PORT=$((PORT_BASE + 2))
+NBD_PORT=$((PORT_BASE + 3))
+PROXY_CONTROL_PORT=$((PORT_BASE + 4))
+PROXY_DATA_PORT=$((PORT_BASE + 5))
+NBD_URI=nbd://127.0.0.1:$NBD_PORT
+
+WORK=$(mktemp -d /tmp/tidemark-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    { wait; } 2>/dev/null || true
+    if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    for f in "$WORK"/*.log; do
+        [ -f "$f" ] || continue
+        echo "--- tail of $(basename "$f")" >&2
+        tail -n 25 "$f" >&2
+    done
+    exit 1
+}
+
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+# setup_pair MODE INTERVAL_MS VOLUME_SPEC...
+# VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
+# Peer addresses go through the WAN proxy when USE_PROXY=1.
+setup_pair() {
+    local mode=$1 interval=$2
+    shift 2
+    mkdir -p "$WORK/src" "$WORK/a" "$WORK/b"
+    FP_A=$("$TIDEMARK" keygen --dir "$WORK/a/keys" --name site-a | tail -n1)
+    FP_B=$("$TIDEMARK" keygen --dir "$WORK/b/keys" --name site-b | tail -n1)
+    local peer_control=$CONTROL_PORT peer_data=$DATA_PORT
+    if [ "${USE_PROXY:-0}" = 1 ]; then
+        peer_control=$PROXY_CONTROL_PORT
+        peer_data=$PROXY_DATA_PORT
+    fi
+    cat > "$WORK/recovery.toml" <<TOML
+role = "recovery"
+[node]
+name = "site-b"
+data_dir = "$WORK/b/data"
+cert = "$WORK/b/keys/cert.pem"
+key = "$WORK/b/keys/key.pem"
+[listen]
+address = "127.0.0.1"
+control_port = $CONTROL_PORT
+data_port = $DATA_PORT
+peer_fingerprints = ["$FP_A"]
+TOML
+    cat > "$WORK/protected.toml" <<TOML
+role = "protected"
+[node]
+name = "site-a"
+data_dir = "$WORK/a/data"
+cert = "$WORK/a/keys/cert.pem"
+key = "$WORK/a/keys/key.pem"
+[capture]
+listen = "127.0.0.1:$NBD_PORT"
+[peer]
+address = "127.0.0.1"
+control_port = $peer_control
+data_port = $peer_data
+fingerprint = "$FP_B"
+throttle_bytes_per_sec = ${THROTTLE:-0}
+[log]
+capacity_bytes = ${LOG_CAPACITY:-1073741824}
+[[vpg]]
+name = "vpg1"
+mode = "$mode"
+checkpoint_interval_ms = $interval
+TOML
+    local spec name size
+    for spec in "$@"; do
+        name=${spec%%:*}
+        size=${spec#*:}
+        [ -f "$WORK/src/$name.img" ] || truncate -s "$size" "$WORK/src/$name.img"
+        cat >> "$WORK/protected.toml" <<TOML
+[[vpg.volume]]
+name = "$name"
+path = "$WORK/src/$name.img"
+TOML
+    done
+}
+
+wait_port() {
+    local port=$1 i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    fail "nothing listens on port $port"
+}
+
+start_recovery() {
+    "$TIDEMARK" recovery --config "$WORK/recovery.toml" >>"$WORK/recovery.log" 2>&1 &
+    RECOVERY_PID=$!
+    disown "$RECOVERY_PID"
+    PIDS+=("$RECOVERY_PID")
+    wait_port "$CONTROL_PORT"
+}
+
+start_protected() {
+    "$TIDEMARK" protected --config "$WORK/protected.toml" >>"$WORK/protected.log" 2>&1 &
+    PROTECTED_PID=$!
+    disown "$PROTECTED_PID"
+    PIDS+=("$PROTECTED_PID")
+    wait_port "$NBD_PORT"
+}
+
+status_json() { "$TIDEMARK" status --json --config "$WORK/$1.toml" 2>/dev/null; }
+
+# Waits until the recovery journal holds a complete checkpoint taken after
+# everything the protected side has appended so far.
+wait_replicated() {
+    local timeout=${1:-120} head i cp since
+    # The status file is rewritten every second: take one written after now.
+    since=$(($(date +%s%3N) + 50))
+    for i in $(seq 1 50); do
+        [ "$(status_json protected | jq -r '.updated_ms')" -gt "$since" ] 2>/dev/null && break
+        sleep 0.1
+    done
+    head=$(status_json protected | jq -r '.vpgs[0].head_seq')
+    for i in $(seq 1 $((timeout * 5))); do
+        cp=$("$TIDEMARK" checkpoints --json --config "$WORK/recovery.toml" --vpg vpg1 2>/dev/null |
+            jq -r '[.[] | select(.consistent)] | last | .id // 0' 2>/dev/null || echo 0)
+        if [ -n "$cp" ] && [ "$cp" -gt "$head" ] 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    fail "no complete checkpoint after seq $head within ${timeout}s"
+}
+
+restore_to() {
+    local checkpoint=$1 out=$2
+    "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$checkpoint" --out "$out" >"$WORK/restore-last.out" 2>&1 ||
+        { cat "$WORK/restore-last.out" >&2; fail "restore of $checkpoint failed"; }
+}
+
+# qio_check URI CMD... : runs qemu-io commands that must all succeed and
+# whose -P pattern checks must all pass.
+qio_check() {
+    local uri=$1 out
+    shift
+    local args=()
+    for c in "$@"; do args+=(-c "$c"); done
+    out=$(qemu-io -f raw "${args[@]}" "$uri" 2>&1) || fail "qemu-io ${*} on $uri failed: $out"
+    grep -qi "verification failed" <<<"$out" && fail "qemu-io pattern mismatch on $uri (${*}): $out"
+    return 0
+}
