@@ -78,9 +78,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            capacity_bytes: LOG_CAPACITY_BYTES_DEFAULT,
-        }
+        LogConfig { capacity_bytes: LOG_CAPACITY_BYTES_DEFAULT }
     }
 }
 
@@ -149,15 +147,12 @@ fn default_checkpoint_interval() -> u64 {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| anyhow!("{}", e.message()))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{}", e.message()))?;
         let role = match table.remove("role") {
             Some(toml::Value::String(r)) => r,
             Some(_) => bail!("role: must be a string, \"protected\" or \"recovery\""),
@@ -179,13 +174,10 @@ impl Config {
             Config::Recovery(r) => {
                 validate_identity(&r.node)?;
                 if r.listen.peer_fingerprints.is_empty() {
-                    bail!(
-                        "listen.peer_fingerprints: at least one protected appliance must be pinned"
-                    );
+                    bail!("listen.peer_fingerprints: at least one protected appliance must be pinned");
                 }
                 for (i, fp) in r.listen.peer_fingerprints.iter().enumerate() {
-                    parse_fingerprint(fp)
-                        .with_context(|| format!("listen.peer_fingerprints[{i}]"))?;
+                    parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?;
                 }
                 Ok(())
             }
@@ -215,9 +207,7 @@ fn validate_identity(node: &Identity) -> Result<()> {
 pub fn validate_name(key: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with('.');
     if !ok {
         bail!("{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'");
@@ -258,10 +248,7 @@ impl ProtectedConfig {
             for (j, vol) in vpg.volumes.iter().enumerate() {
                 validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
                 if !exports.insert(&vol.name) {
-                    bail!(
-                        "vpg[{i}].volume[{j}].name: export {:?} is used twice",
-                        vol.name
-                    );
+                    bail!("vpg[{i}].volume[{j}].name: export {:?} is used twice", vol.name);
                 }
             }
         }
@@ -271,17 +258,14 @@ impl ProtectedConfig {
 
 /// Parses `sha256:<64 hex digits>` into the 32 digest bytes.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32]> {
-    let hex = text
-        .strip_prefix("sha256:")
-        .ok_or_else(|| anyhow!("{text:?} must start with \"sha256:\""))?;
+    let hex = text.strip_prefix("sha256:").ok_or_else(|| anyhow!("{text:?} must start with \"sha256:\""))?;
     let hex: String = hex.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 {
         bail!("{text:?} must have 64 hex digits after \"sha256:\"");
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| anyhow!("{text:?} is not hexadecimal"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| anyhow!("{text:?} is not hexadecimal"))?;
     }
     Ok(out)
 }
@@ -322,9 +306,7 @@ path = "/tmp/v1"
 
     #[test]
     fn defaults_apply() {
-        let Config::Protected(p) = Config::parse(&protected("")).unwrap() else {
-            panic!()
-        };
+        let Config::Protected(p) = Config::parse(&protected("")).unwrap() else { panic!() };
         assert_eq!(p.peer.control_port, 4007);
         assert_eq!(p.vpgs[0].mode, ReplicationMode::Async);
         assert_eq!(p.vpgs[0].checkpoint_interval_ms, 5000);
@@ -333,25 +315,19 @@ path = "/tmp/v1"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse(&protected("colour = \"red\""))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&protected("colour = \"red\"")).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
     #[test]
     fn interval_below_minimum_is_refused() {
-        let err = Config::parse(&protected("checkpoint_interval_ms = 10"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&protected("checkpoint_interval_ms = 10")).unwrap_err().to_string();
         assert!(err.contains("vpg[0].checkpoint_interval_ms"), "{err}");
     }
 
     #[test]
     fn bad_mode_is_refused() {
-        let err = Config::parse(&protected("mode = \"eventually\""))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&protected("mode = \"eventually\"")).unwrap_err().to_string();
         assert!(err.contains("eventually"), "{err}");
     }
 

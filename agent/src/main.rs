@@ -99,8 +99,7 @@ fn main() {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
-        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -111,19 +110,15 @@ fn init_logging() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
 fn recovery_config(path: &std::path::Path) -> Result<tidemark::config::RecoveryConfig> {
     match Config::load(path)? {
         Config::Recovery(r) => Ok(r),
-        Config::Protected(_) => bail!(
-            "{}: this is a protected-side config; this command runs on the recovery appliance",
-            path.display()
-        ),
+        Config::Protected(_) => {
+            bail!("{}: this is a protected-side config; this command runs on the recovery appliance", path.display())
+        }
     }
 }
 
@@ -131,11 +126,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen { dir, name, force } => {
             let fp = tidemark::wire::tls::generate_identity(&dir, &name, force)?;
-            println!(
-                "wrote {}/cert.pem and {}/key.pem",
-                dir.display(),
-                dir.display()
-            );
+            println!("wrote {}/cert.pem and {}/key.pem", dir.display(), dir.display());
             println!("{fp}");
         }
         Command::Fingerprint { cert } => {
@@ -143,22 +134,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Protected { config } => match Config::load(&config)? {
             Config::Protected(p) => runtime()?.block_on(tidemark::run::protected::run(p))?,
-            Config::Recovery(_) => bail!(
-                "{}: role is \"recovery\"; use `tidemark recovery`",
-                config.display()
-            ),
+            Config::Recovery(_) => bail!("{}: role is \"recovery\"; use `tidemark recovery`", config.display()),
         },
         Command::Recovery { config } => match Config::load(&config)? {
             Config::Recovery(r) => runtime()?.block_on(tidemark::run::recovery::run(r))?,
-            Config::Protected(_) => bail!(
-                "{}: role is \"protected\"; use `tidemark protected`",
-                config.display()
-            ),
+            Config::Protected(_) => bail!("{}: role is \"protected\"; use `tidemark protected`", config.display()),
         },
         Command::Checkpoints { config, vpg, json } => {
             let cfg = recovery_config(&config)?;
-            let view =
-                tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
+            let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view.index.checkpoints)?);
             } else {
@@ -178,12 +162,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
             }
         }
-        Command::Restore {
-            config,
-            vpg,
-            checkpoint,
-            out,
-        } => {
+        Command::Restore { config, vpg, checkpoint, out } => {
             let cfg = recovery_config(&config)?;
             let report = tidemark::recovery::restore::restore(
                 &cfg.node.data_dir.join("journal"),

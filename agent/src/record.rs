@@ -21,17 +21,9 @@ pub const CHECKPOINT_TAG_BYTES_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
     /// Bytes written to a volume.
-    Write {
-        volume: u32,
-        offset: u64,
-        data: Vec<u8>,
-    },
+    Write { volume: u32, offset: u64, data: Vec<u8> },
     /// A range that reads as zeros afterwards (WRITE_ZEROES or TRIM).
-    Zero {
-        volume: u32,
-        offset: u64,
-        length: u64,
-    },
+    Zero { volume: u32, offset: u64, length: u64 },
     /// A crash-consistent point: everything before it in the stream.
     Checkpoint { time_ms: u64, tag: String },
     /// The initial copy of `volume` is complete in the stream up to here.
@@ -87,12 +79,7 @@ impl Record {
     }
 
     fn payload_len(&self) -> usize {
-        match &self.body {
-            RecordBody::Write { data, .. } => data.len(),
-            RecordBody::Checkpoint { tag, .. } => 8 + tag.len(),
-            RecordBody::StreamStart { .. } => 8,
-            RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => 0,
-        }
+        payload_len(&self.body)
     }
 
     /// Bytes of volume data this record changes (for lag accounting).
@@ -104,48 +91,7 @@ impl Record {
     }
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let (kind, volume, offset, length) = match &self.body {
-            RecordBody::Write {
-                volume,
-                offset,
-                data,
-            } => (KIND_WRITE, *volume, *offset, data.len() as u64),
-            RecordBody::Zero {
-                volume,
-                offset,
-                length,
-            } => (KIND_ZERO, *volume, *offset, *length),
-            RecordBody::Checkpoint { .. } => (KIND_CHECKPOINT, 0, 0, 0),
-            RecordBody::CopyDone { volume } => (KIND_COPY_DONE, *volume, 0, 0),
-            RecordBody::StreamStart { .. } => (KIND_STREAM_START, 0, 0, 0),
-        };
-        let start = out.len();
-        out.reserve(self.encoded_len());
-        out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-        out.extend_from_slice(&[kind, 0, 0, 0]);
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&self.vpg_id.to_le_bytes());
-        out.extend_from_slice(&volume.to_le_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-        out.extend_from_slice(&length.to_le_bytes());
-        out.extend_from_slice(&(self.payload_len() as u32).to_le_bytes());
-        let payload_crc_at = out.len();
-        out.extend_from_slice(&[0; 8]);
-        let payload_start = out.len();
-        match &self.body {
-            RecordBody::Write { data, .. } => out.extend_from_slice(data),
-            RecordBody::Checkpoint { time_ms, tag } => {
-                out.extend_from_slice(&time_ms.to_le_bytes());
-                out.extend_from_slice(tag.as_bytes());
-            }
-            RecordBody::StreamStart { time_ms } => out.extend_from_slice(&time_ms.to_le_bytes()),
-            RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => {}
-        }
-        let payload_crc = crc32fast::hash(&out[payload_start..]);
-        out[payload_crc_at..payload_crc_at + 4].copy_from_slice(&payload_crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&out[start..start + 48]);
-        out[payload_crc_at + 4..payload_crc_at + 8].copy_from_slice(&header_crc.to_le_bytes());
-        debug_assert_eq!(out.len() - start, self.encoded_len());
+        encode_parts(self.seq, self.vpg_id, &self.body, out)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -158,10 +104,7 @@ impl Record {
     /// checksums. Returns the record and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<(Record, usize), RecordError> {
         if buf.len() < RECORD_HEADER_BYTES {
-            return Err(RecordError::Incomplete {
-                needed: RECORD_HEADER_BYTES,
-                have: buf.len(),
-            });
+            return Err(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: buf.len() });
         }
         let magic = u32_at(buf, 0);
         if magic != RECORD_MAGIC {
@@ -182,10 +125,7 @@ impl Record {
         }
         let total = RECORD_HEADER_BYTES + payload_len;
         if buf.len() < total {
-            return Err(RecordError::Incomplete {
-                needed: total,
-                have: buf.len(),
-            });
+            return Err(RecordError::Incomplete { needed: total, have: buf.len() });
         }
         let payload = &buf[RECORD_HEADER_BYTES..total];
         if crc32fast::hash(payload) != u32_at(buf, 44) {
@@ -194,44 +134,77 @@ impl Record {
         let body = match kind {
             KIND_WRITE => {
                 if length != payload_len as u64 {
-                    return Err(RecordError::Malformed(
-                        "write length differs from payload length",
-                    ));
+                    return Err(RecordError::Malformed("write length differs from payload length"));
                 }
-                RecordBody::Write {
-                    volume,
-                    offset,
-                    data: payload.to_vec(),
-                }
+                RecordBody::Write { volume, offset, data: payload.to_vec() }
             }
-            KIND_ZERO => RecordBody::Zero {
-                volume,
-                offset,
-                length,
-            },
+            KIND_ZERO => RecordBody::Zero { volume, offset, length },
             KIND_CHECKPOINT => {
                 if payload_len < 8 || payload_len - 8 > CHECKPOINT_TAG_BYTES_MAX {
                     return Err(RecordError::Malformed("checkpoint payload size"));
                 }
                 let tag = std::str::from_utf8(&payload[8..])
                     .map_err(|_| RecordError::Malformed("checkpoint tag is not UTF-8"))?;
-                RecordBody::Checkpoint {
-                    time_ms: u64_at(payload, 0),
-                    tag: tag.to_string(),
-                }
+                RecordBody::Checkpoint { time_ms: u64_at(payload, 0), tag: tag.to_string() }
             }
             KIND_COPY_DONE => RecordBody::CopyDone { volume },
             KIND_STREAM_START => {
                 if payload_len != 8 {
                     return Err(RecordError::Malformed("stream start payload size"));
                 }
-                RecordBody::StreamStart {
-                    time_ms: u64_at(payload, 0),
-                }
+                RecordBody::StreamStart { time_ms: u64_at(payload, 0) }
             }
             other => return Err(RecordError::UnknownKind(other)),
         };
         Ok((Record { seq, vpg_id, body }, total))
+    }
+}
+
+/// Encodes a record from its parts, so callers that keep the body (the
+/// capture path writes the same bytes to the volume) need not copy it.
+pub fn encode_parts(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>) {
+    let (kind, volume, offset, length) = match body {
+        RecordBody::Write { volume, offset, data } => (KIND_WRITE, *volume, *offset, data.len() as u64),
+        RecordBody::Zero { volume, offset, length } => (KIND_ZERO, *volume, *offset, *length),
+        RecordBody::Checkpoint { .. } => (KIND_CHECKPOINT, 0, 0, 0),
+        RecordBody::CopyDone { volume } => (KIND_COPY_DONE, *volume, 0, 0),
+        RecordBody::StreamStart { .. } => (KIND_STREAM_START, 0, 0, 0),
+    };
+    let start = out.len();
+    out.reserve(RECORD_HEADER_BYTES + payload_len(body));
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&vpg_id.to_le_bytes());
+    out.extend_from_slice(&volume.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&(payload_len(body) as u32).to_le_bytes());
+    let payload_crc_at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    let payload_start = out.len();
+    match body {
+        RecordBody::Write { data, .. } => out.extend_from_slice(data),
+        RecordBody::Checkpoint { time_ms, tag } => {
+            out.extend_from_slice(&time_ms.to_le_bytes());
+            out.extend_from_slice(tag.as_bytes());
+        }
+        RecordBody::StreamStart { time_ms } => out.extend_from_slice(&time_ms.to_le_bytes()),
+        RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => {}
+    }
+    let payload_crc = crc32fast::hash(&out[payload_start..]);
+    out[payload_crc_at..payload_crc_at + 4].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&out[start..start + 48]);
+    out[payload_crc_at + 4..payload_crc_at + 8].copy_from_slice(&header_crc.to_le_bytes());
+    debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES + payload_len(body));
+}
+
+pub fn payload_len(body: &RecordBody) -> usize {
+    match body {
+        RecordBody::Write { data, .. } => data.len(),
+        RecordBody::Checkpoint { tag, .. } => 8 + tag.len(),
+        RecordBody::StreamStart { .. } => 8,
+        RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => 0,
     }
 }
 
@@ -250,10 +223,7 @@ pub fn vpg_id(name: &str) -> u32 {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -263,25 +233,11 @@ mod tests {
 
     fn body_strategy() -> impl Strategy<Value = RecordBody> {
         prop_oneof![
-            (
-                any::<u32>(),
-                any::<u64>(),
-                proptest::collection::vec(any::<u8>(), 0..2048)
-            )
-                .prop_map(|(volume, offset, data)| RecordBody::Write {
-                    volume,
-                    offset,
-                    data
-                }),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(volume, offset, length)| {
-                RecordBody::Zero {
-                    volume,
-                    offset,
-                    length,
-                }
-            }),
-            (any::<u64>(), "[a-z ]{0,40}")
-                .prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
+            (any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2048))
+                .prop_map(|(volume, offset, data)| RecordBody::Write { volume, offset, data }),
+            (any::<u32>(), any::<u64>(), any::<u64>())
+                .prop_map(|(volume, offset, length)| { RecordBody::Zero { volume, offset, length } }),
+            (any::<u64>(), "[a-z ]{0,40}").prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
             any::<u32>().prop_map(|volume| RecordBody::CopyDone { volume }),
             any::<u64>().prop_map(|time_ms| RecordBody::StreamStart { time_ms }),
         ]

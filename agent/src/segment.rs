@@ -6,9 +6,7 @@
 //! `magic [u8;8], version u32, vpg_id u32, first_seq u64, reserved u32,
 //! header_crc u32` (crc32 of the 28 bytes before it).
 
-use crate::record::{
-    u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
-};
+use crate::record::{u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -52,11 +50,7 @@ pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
-        let Some(first_seq) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some(first_seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
         found.push((first_seq, path));
@@ -77,12 +71,7 @@ fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64) -> [u8; SEGMENT
 }
 
 /// Creates a new, empty segment and makes it durable (file and directory).
-pub fn create_segment(
-    dir: &Path,
-    kind: SegmentKind,
-    vpg_id: u32,
-    first_seq: u64,
-) -> Result<(PathBuf, File)> {
+pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
     let path = segment_path(dir, kind, first_seq);
     let mut file = OpenOptions::new()
         .create_new(true)
@@ -92,16 +81,13 @@ pub fn create_segment(
         .with_context(|| format!("creating segment {}", path.display()))?;
     file.write_all(&encode_header(kind, vpg_id, first_seq))
         .with_context(|| format!("writing header of {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     sync_dir(dir)?;
     Ok((path, file))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Reads the records of one segment in order, verifying every checksum.
@@ -123,31 +109,18 @@ pub struct SegmentDamage {
 
 impl std::fmt::Display for SegmentDamage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.error.is_incomplete() {
-            "torn record"
-        } else {
-            "corrupt record"
-        };
-        write!(
-            f,
-            "{}: {what} at offset {}: {}",
-            self.path.display(),
-            self.offset,
-            self.error
-        )
+        let what = if self.error.is_incomplete() { "torn record" } else { "corrupt record" };
+        write!(f, "{}: {what} at offset {}: {}", self.path.display(), self.offset, self.error)
     }
 }
 
 impl SegmentReader {
     /// Opens a segment and checks its header belongs to `kind` and `vpg_id`.
     pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let file =
-            File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
-        reader
-            .read_exact(&mut h)
-            .with_context(|| format!("reading header of {}", path.display()))?;
+        reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;
         if &h[0..8] != kind.magic() {
             bail!("{}: not a {:?} segment (bad magic)", path.display(), kind);
         }
@@ -155,26 +128,14 @@ impl SegmentReader {
             bail!("{}: segment header checksum mismatch", path.display());
         }
         if u32_at(&h, 8) != SEGMENT_VERSION {
-            bail!(
-                "{}: unsupported segment version {}",
-                path.display(),
-                u32_at(&h, 8)
-            );
+            bail!("{}: unsupported segment version {}", path.display(), u32_at(&h, 8));
         }
         if u32_at(&h, 12) != vpg_id {
-            bail!(
-                "{}: segment belongs to another VPG (id {:#x})",
-                path.display(),
-                u32_at(&h, 12)
-            );
+            bail!("{}: segment belongs to another VPG (id {:#x})", path.display(), u32_at(&h, 12));
         }
         let first_seq = u64_at(&h, 16);
-        let me = SegmentReader {
-            path: path.to_path_buf(),
-            reader,
-            offset: SEGMENT_HEADER_BYTES as u64,
-            buf: Vec::new(),
-        };
+        let me =
+            SegmentReader { path: path.to_path_buf(), reader, offset: SEGMENT_HEADER_BYTES as u64, buf: Vec::new() };
         Ok((me, first_seq))
     }
 
@@ -186,29 +147,19 @@ impl SegmentReader {
     /// The next record and its file offset; `Ok(None)` at a clean end.
     pub fn next_record(&mut self) -> Result<Option<(Record, u64)>, SegmentDamage> {
         let at = self.offset;
-        let damage = |error| SegmentDamage {
-            path: self.path.clone(),
-            offset: at,
-            error,
-        };
+        let damage = |error| SegmentDamage { path: self.path.clone(), offset: at, error };
         self.buf.resize(RECORD_HEADER_BYTES, 0);
-        let got = read_fully(&mut self.reader, &mut self.buf)
-            .map_err(|_| damage(RecordError::Malformed("read error")))?;
+        let got =
+            read_fully(&mut self.reader, &mut self.buf).map_err(|_| damage(RecordError::Malformed("read error")))?;
         if got == 0 {
             return Ok(None);
         }
         if got < RECORD_HEADER_BYTES {
-            return Err(damage(RecordError::Incomplete {
-                needed: RECORD_HEADER_BYTES,
-                have: got,
-            }));
+            return Err(damage(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: got }));
         }
         // Only trust the length once the header checksum has passed.
-        if let Err(
-            e @ (RecordError::BadMagic(_)
-            | RecordError::HeaderChecksum
-            | RecordError::PayloadTooLarge(_)),
-        ) = Record::decode(&self.buf)
+        if let Err(e @ (RecordError::BadMagic(_) | RecordError::HeaderChecksum | RecordError::PayloadTooLarge(_))) =
+            Record::decode(&self.buf)
         {
             return Err(damage(e));
         }
@@ -219,10 +170,7 @@ impl SegmentReader {
             .map_err(|_| damage(RecordError::Malformed("read error")))?;
         if got < payload_len {
             let needed = RECORD_HEADER_BYTES + payload_len;
-            return Err(damage(RecordError::Incomplete {
-                needed,
-                have: RECORD_HEADER_BYTES + got,
-            }));
+            return Err(damage(RecordError::Incomplete { needed, have: RECORD_HEADER_BYTES + got }));
         }
         let (record, used) = Record::decode(&self.buf).map_err(damage)?;
         self.offset += used as u64;
@@ -254,11 +202,7 @@ mod tests {
             let rec = Record {
                 seq,
                 vpg_id: 9,
-                body: RecordBody::Write {
-                    volume: 0,
-                    offset: seq * 512,
-                    data: vec![seq as u8; 512],
-                },
+                body: RecordBody::Write { volume: 0, offset: seq * 512, data: vec![seq as u8; 512] },
             };
             file.write_all(&rec.encode()).unwrap();
         }

@@ -49,19 +49,14 @@ pub fn path(data_dir: &Path) -> PathBuf {
 pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
     let path = path(data_dir);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
 pub fn read(data_dir: &Path) -> Result<AgentStatus> {
     let path = path(data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (has the agent run with this config?)",
-            path.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (has the agent run with this config?)", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -96,25 +91,15 @@ pub fn render(status: &AgentStatus) -> String {
     } else {
         format!("running (pid {})", status.pid)
     };
-    out.push_str(&format!(
-        "{} appliance {:?}: {running}\n",
-        status.role, status.node
-    ));
+    out.push_str(&format!("{} appliance {:?}: {running}\n", status.role, status.node));
     if status.vpgs.is_empty() {
         out.push_str("  no VPGs yet\n");
     }
     for v in &status.vpgs {
         out.push_str(&format!("VPG {}\n", v.name));
         out.push_str(&format!("  state:           {}\n", v.state));
-        out.push_str(&format!(
-            "  lag:             {} / {:.1} s\n",
-            format_bytes(v.lag_bytes),
-            v.lag_seconds
-        ));
-        out.push_str(&format!(
-            "  throughput:      {}/s\n",
-            format_bytes(v.throughput_bytes_per_sec)
-        ));
+        out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
+        out.push_str(&format!("  throughput:      {}/s\n", format_bytes(v.throughput_bytes_per_sec)));
         out.push_str(&format!("  head seq:        {}\n", v.head_seq));
         if status.role == "protected" {
             out.push_str(&format!("  acked seq:       {}\n", v.acked_seq));
@@ -124,11 +109,7 @@ pub fn render(status: &AgentStatus) -> String {
                 "  last checkpoint: {} at {}{}\n",
                 c.id,
                 format_time_ms(c.time_ms),
-                if c.tag.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", c.tag)
-                }
+                if c.tag.is_empty() { String::new() } else { format!(" ({})", c.tag) }
             )),
             None => out.push_str("  last checkpoint: none\n"),
         }

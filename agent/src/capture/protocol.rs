@@ -133,16 +133,11 @@ pub fn parse_request(h: &[u8; REQUEST_HEADER_BYTES]) -> Result<Request, BadMagic
 
 /// Why a request cannot be served, decided before touching any data.
 pub fn check_bounds(req: &Request, export_size: u64) -> Result<(), Errno> {
-    let end = req
-        .offset
-        .checked_add(req.length as u64)
-        .ok_or(Errno::Inval)?;
+    let end = req.offset.checked_add(req.length as u64).ok_or(Errno::Inval)?;
     match req.command {
         Command::Read | Command::Write if req.length > PAYLOAD_BYTES_MAX => Err(Errno::Overflow),
         Command::Read if end > export_size => Err(Errno::Inval),
-        Command::Write | Command::Trim | Command::WriteZeroes if end > export_size => {
-            Err(Errno::NoSpc)
-        }
+        Command::Write | Command::Trim | Command::WriteZeroes if end > export_size => Err(Errno::NoSpc),
         _ => Ok(()),
     }
 }
@@ -209,19 +204,14 @@ pub fn export_name_reply(size: u64, no_zeroes: bool) -> Vec<u8> {
 /// information types asked for.
 pub fn parse_info_request(data: &[u8]) -> Option<(String, Vec<u16>)> {
     let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(data.get(4..4 + name_len)?)
-        .ok()?
-        .to_string();
+    let name = std::str::from_utf8(data.get(4..4 + name_len)?).ok()?.to_string();
     let rest = data.get(4 + name_len..)?;
     let count = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
     let list = rest.get(2..)?;
     if list.len() != count * 2 {
         return None;
     }
-    let wanted = list
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .collect();
+    let wanted = list.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
     Some((name, wanted))
 }
 
@@ -248,13 +238,7 @@ pub fn structured_error(handle: u64, error: Errno, message: &str) -> Vec<u8> {
     let mut payload = (error as u32).to_be_bytes().to_vec();
     payload.extend_from_slice(&(message.len() as u16).to_be_bytes());
     payload.extend_from_slice(message.as_bytes());
-    let mut out = structured_header(
-        handle,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_ERROR,
-        payload.len() as u32,
-    )
-    .to_vec();
+    let mut out = structured_header(handle, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, payload.len() as u32).to_vec();
     out.extend_from_slice(&payload);
     out
 }
@@ -275,27 +259,16 @@ mod tests {
 
     #[test]
     fn request_parsing_and_bounds() {
-        assert_eq!(
-            parse_request(&header(0xdead_beef, 0, 0, 0)),
-            Err(BadMagic(0xdead_beef))
-        );
+        assert_eq!(parse_request(&header(0xdead_beef, 0, 0, 0)), Err(BadMagic(0xdead_beef)));
         let r = parse_request(&header(REQUEST_MAGIC, 1, 4096, 512)).unwrap();
-        assert_eq!(
-            (r.command, r.handle, r.offset, r.length),
-            (Command::Write, 42, 4096, 512)
-        );
+        assert_eq!((r.command, r.handle, r.offset, r.length), (Command::Write, 42, 4096, 512));
         assert_eq!(check_bounds(&r, 4608), Ok(()));
         assert_eq!(check_bounds(&r, 4607), Err(Errno::NoSpc));
         let big = parse_request(&header(REQUEST_MAGIC, 0, 0, (32 << 20) + 1)).unwrap();
         assert_eq!(check_bounds(&big, u64::MAX), Err(Errno::Overflow));
         let wrap = parse_request(&header(REQUEST_MAGIC, 0, u64::MAX, 2)).unwrap();
         assert_eq!(check_bounds(&wrap, u64::MAX), Err(Errno::Inval));
-        assert_eq!(
-            parse_request(&header(REQUEST_MAGIC, 77, 0, 0))
-                .unwrap()
-                .command,
-            Command::Unknown(77)
-        );
+        assert_eq!(parse_request(&header(REQUEST_MAGIC, 77, 0, 0)).unwrap().command, Command::Unknown(77));
     }
 
     #[test]

@@ -111,22 +111,14 @@ async fn handshake(
             bail!("option {option} with {len} bytes of data is over the limit");
         }
         let mut data = vec![0u8; len as usize];
-        rd.read_exact(&mut data)
-            .await
-            .context("reading option data")?;
+        rd.read_exact(&mut data).await.context("reading option data")?;
         let reply = |t: u32, d: &[u8]| option_reply(option, t, d);
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
-                let Some(export) = exports.get(&name) else {
-                    bail!("client asked for unknown export {name:?}")
-                };
-                wr.write_all(&export_name_reply(export.size(), no_zeroes))
-                    .await?;
-                return Ok(Some(Negotiated {
-                    export: name,
-                    structured,
-                }));
+                let Some(export) = exports.get(&name) else { bail!("client asked for unknown export {name:?}") };
+                wr.write_all(&export_name_reply(export.size(), no_zeroes)).await?;
+                return Ok(Some(Negotiated { export: name, structured }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
@@ -139,26 +131,21 @@ async fn handshake(
                 }
                 wr.write_all(&reply(REP_ACK, &[])).await?;
             }
-            OPT_STRUCTURED_REPLY if !data.is_empty() => {
-                wr.write_all(&reply(REP_ERR_INVALID, &[])).await?
-            }
+            OPT_STRUCTURED_REPLY if !data.is_empty() => wr.write_all(&reply(REP_ERR_INVALID, &[])).await?,
             OPT_STRUCTURED_REPLY => {
                 structured = true;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
             }
             OPT_INFO | OPT_GO => {
                 let Some((name, wanted)) = parse_info_request(&data) else {
-                    wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request"))
-                        .await?;
+                    wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request")).await?;
                     continue;
                 };
                 let Some(export) = exports.get(&name) else {
-                    wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export"))
-                        .await?;
+                    wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export")).await?;
                     continue;
                 };
-                wr.write_all(&reply(REP_INFO, &info_export(export.size())))
-                    .await?;
+                wr.write_all(&reply(REP_INFO, &info_export(export.size()))).await?;
                 if wanted.contains(&INFO_NAME) {
                     wr.write_all(&reply(REP_INFO, &info_name(&name))).await?;
                 }
@@ -166,10 +153,7 @@ async fn handshake(
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated {
-                        export: name,
-                        structured,
-                    }));
+                    return Ok(Some(Negotiated { export: name, structured }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,
@@ -223,41 +207,24 @@ async fn transmission(
             if req.command == Command::Write {
                 // The payload cannot be skipped safely if it is huge.
                 if req.length > PAYLOAD_BYTES_MAX {
-                    let _ = tx
-                        .send(error_reply(&req, errno, structured, "request too large"))
-                        .await;
+                    let _ = tx.send(error_reply(&req, errno, structured, "request too large")).await;
                     bail!("write of {} bytes is over the limit", req.length);
                 }
                 let mut discard = vec![0u8; req.length as usize];
-                rd.read_exact(&mut discard)
-                    .await
-                    .context("reading the payload of a refused write")?;
+                rd.read_exact(&mut discard).await.context("reading the payload of a refused write")?;
             }
-            tx.send(error_reply(
-                &req,
-                errno,
-                structured,
-                "request out of bounds",
-            ))
-            .await?;
+            tx.send(error_reply(&req, errno, structured, "request out of bounds")).await?;
             continue;
         }
         match req.command {
             Command::Disc => return Ok(()),
             Command::Unknown(c) => {
                 tracing::debug!("unknown NBD command {c}");
-                tx.send(error_reply(
-                    &req,
-                    Errno::Inval,
-                    structured,
-                    "unknown command",
-                ))
-                .await?;
+                tx.send(error_reply(&req, Errno::Inval, structured, "unknown command")).await?;
             }
             Command::Read => {
                 let mut buf = vec![0u8; req.length as usize];
-                let reply = match vpg.volumes[export.volume as usize].read_at(&mut buf, req.offset)
-                {
+                let reply = match vpg.volumes[export.volume as usize].read_at(&mut buf, req.offset) {
                     Ok(()) => read_reply(&req, &buf, structured),
                     Err(e) => {
                         tracing::error!("{e:#}");
@@ -268,9 +235,7 @@ async fn transmission(
             }
             Command::Write => {
                 let mut data = vec![0u8; req.length as usize];
-                rd.read_exact(&mut data)
-                    .await
-                    .context("client left in the middle of a write")?;
+                rd.read_exact(&mut data).await.context("client left in the middle of a write")?;
                 let result = if data.is_empty() {
                     Ok(vpg.log.appended_seq())
                 } else {
@@ -315,8 +280,7 @@ async fn finish_update(
         Ok(seq) => seq,
         Err(e) => {
             tracing::error!("write failed: {e:#}");
-            tx.send(simple_reply(req.handle, Errno::Io as u32).to_vec())
-                .await?;
+            tx.send(simple_reply(req.handle, Errno::Io as u32).to_vec()).await?;
             return Ok(());
         }
     };

@@ -25,18 +25,11 @@ impl Volume {
             .write(true)
             .open(path)
             .with_context(|| format!("opening volume {name:?} at {}", path.display()))?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .with_context(|| format!("sizing {}", path.display()))?;
+        let size = file.seek(SeekFrom::End(0)).with_context(|| format!("sizing {}", path.display()))?;
         if size == 0 {
             bail!("volume {name:?} at {} is empty (size 0)", path.display());
         }
-        Ok(Volume {
-            name: name.to_string(),
-            path: path.to_path_buf(),
-            size,
-            file: Arc::new(file),
-        })
+        Ok(Volume { name: name.to_string(), path: path.to_path_buf(), size, file: Arc::new(file) })
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -46,11 +39,7 @@ impl Volume {
     }
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        assert!(
-            offset + data.len() as u64 <= self.size,
-            "write past the end of {}",
-            self.name
-        );
+        assert!(offset + data.len() as u64 <= self.size, "write past the end of {}", self.name);
         self.file
             .write_all_at(data, offset)
             .with_context(|| format!("writing {} bytes at {offset} of {}", data.len(), self.name))
@@ -59,19 +48,13 @@ impl Volume {
     /// Makes `[offset, offset+length)` read as zeros: punch a hole where the
     /// file system can, write zeros where it cannot.
     pub fn zero_range(&self, offset: u64, length: u64) -> Result<()> {
-        assert!(
-            offset + length <= self.size,
-            "zeroing past the end of {}",
-            self.name
-        );
+        assert!(offset + length <= self.size, "zeroing past the end of {}", self.name);
         zero_file_range(&self.file, offset, length)
             .with_context(|| format!("zeroing {length} bytes at {offset} of {}", self.name))
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .with_context(|| format!("syncing volume {}", self.name))
+        self.file.sync_data().with_context(|| format!("syncing volume {}", self.name))
     }
 }
 
@@ -80,14 +63,7 @@ pub fn zero_file_range(file: &File, offset: u64, length: u64) -> std::io::Result
     if length == 0 {
         return Ok(());
     }
-    if fallocate(
-        file,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        offset,
-        length,
-    )
-    .is_ok()
-    {
+    if fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, length).is_ok() {
         return Ok(());
     }
     let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(length as usize)];

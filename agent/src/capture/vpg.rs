@@ -46,38 +46,52 @@ impl VpgCapture {
         }
     }
 
+    /// Logs a write, then applies it to the volume. Log first: if the agent
+    /// dies in between, the log names the range and `resync_last_update`
+    /// re-reads it from the volume at start, so source and replica agree.
     pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
         let _order = self.order.lock().await;
-        self.volumes[volume as usize].write_at(&data, offset)?;
-        self.log
-            .append(RecordBody::Write {
-                volume,
-                offset,
-                data,
-            })
-            .await
+        let body = RecordBody::Write { volume, offset, data };
+        let seq = self.log.append(&body).await?;
+        let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
+        self.volumes[volume as usize].write_at(data, offset)?;
+        Ok(seq)
     }
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         let _order = self.order.lock().await;
+        let seq = self.log.append(&RecordBody::Zero { volume, offset, length }).await?;
         self.volumes[volume as usize].zero_range(offset, length)?;
-        self.log
-            .append(RecordBody::Zero {
-                volume,
-                offset,
-                length,
-            })
-            .await
+        Ok(seq)
+    }
+
+    /// After a restart: the newest logged update may not have reached the
+    /// volume (or only partly). Send what the volume really holds there.
+    pub async fn resync_last_update(&self, volume: u32, offset: u64, length: u64) -> Result<()> {
+        let Some(vol) = self.volumes.get(volume as usize) else { return Ok(()) };
+        if offset.checked_add(length).is_none_or(|end| end > vol.size) {
+            return Ok(());
+        }
+        let _order = self.order.lock().await;
+        self.append_volume_range(volume, offset, length as usize).await?;
+        Ok(())
+    }
+
+    /// Appends what the volume holds in a range: zeros as a Zero record.
+    async fn append_volume_range(&self, volume: u32, offset: u64, len: usize) -> Result<u64> {
+        let mut chunk = vec![0u8; len];
+        self.volumes[volume as usize].read_at(&mut chunk, offset)?;
+        let body = if chunk.iter().all(|b| *b == 0) {
+            RecordBody::Zero { volume, offset, length: len as u64 }
+        } else {
+            RecordBody::Write { volume, offset, data: chunk }
+        };
+        self.log.append(&body).await
     }
 
     pub async fn checkpoint(&self, tag: &str) -> Result<u64> {
         let _order = self.order.lock().await;
-        self.log
-            .append(RecordBody::Checkpoint {
-                time_ms: now_ms(),
-                tag: tag.to_string(),
-            })
-            .await
+        self.log.append(&RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string() }).await
     }
 
     /// Makes every write up to `seq` as durable as the mode promises:
@@ -91,10 +105,7 @@ impl VpgCapture {
         self.log.sync_to(seq).await?;
         if self.mode == ReplicationMode::Sync {
             let mut acked = self.log.watch_acked();
-            acked
-                .wait_for(|a| *a >= seq)
-                .await
-                .context("waiting for the recovery journal")?;
+            acked.wait_for(|a| *a >= seq).await.context("waiting for the recovery journal")?;
         }
         Ok(())
     }
@@ -115,10 +126,7 @@ impl VpgCapture {
             let _order = self.order.lock().await;
             self.copy_generation.fetch_add(1, Ordering::SeqCst);
             self.log.advance_seq_to(min_seq);
-            let seq = self
-                .log
-                .append(RecordBody::StreamStart { time_ms: now_ms() })
-                .await?;
+            let seq = self.log.append(&RecordBody::StreamStart { time_ms: now_ms() }).await?;
             let mut state = self.state.lock().expect("state lock");
             state.copied.clear();
             state.store(self.log.dir())?;
@@ -141,9 +149,7 @@ impl VpgCapture {
         let generation = self.copy_generation.load(Ordering::SeqCst);
         let pending: Vec<u32> = {
             let state = self.state.lock().expect("state lock");
-            (0..self.volumes.len() as u32)
-                .filter(|i| !state.copied.contains(&self.volumes[*i as usize].name))
-                .collect()
+            (0..self.volumes.len() as u32).filter(|i| !state.copied.contains(&self.volumes[*i as usize].name)).collect()
         };
         for index in pending {
             let volume = &self.volumes[index as usize];
@@ -155,22 +161,7 @@ impl VpgCapture {
                 if self.copy_generation.load(Ordering::SeqCst) != generation {
                     return Ok(());
                 }
-                let mut chunk = vec![0u8; len];
-                volume.read_at(&mut chunk, offset)?;
-                let body = if chunk.iter().all(|b| *b == 0) {
-                    RecordBody::Zero {
-                        volume: index,
-                        offset,
-                        length: len as u64,
-                    }
-                } else {
-                    RecordBody::Write {
-                        volume: index,
-                        offset,
-                        data: chunk,
-                    }
-                };
-                self.log.append(body).await?;
+                self.append_volume_range(index, offset, len).await?;
                 offset += len as u64;
             }
             let seq = {
@@ -178,9 +169,7 @@ impl VpgCapture {
                 if self.copy_generation.load(Ordering::SeqCst) != generation {
                     return Ok(());
                 }
-                self.log
-                    .append(RecordBody::CopyDone { volume: index })
-                    .await?
+                self.log.append(&RecordBody::CopyDone { volume: index }).await?
             };
             // Record the copy as done only once its marker is durable.
             self.log.sync_to(seq).await?;

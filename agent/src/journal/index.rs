@@ -42,12 +42,7 @@ impl JournalIndex {
     }
 
     pub fn observe(&mut self, rec: &Record) {
-        assert!(
-            rec.seq > self.durable_seq,
-            "journal seqs must ascend ({} after {})",
-            rec.seq,
-            self.durable_seq
-        );
+        assert!(rec.seq > self.durable_seq, "journal seqs must ascend ({} after {})", rec.seq, self.durable_seq);
         self.durable_seq = rec.seq;
         self.records += 1;
         self.data_bytes += rec.data_bytes();
@@ -84,9 +79,6 @@ impl JournalIndex {
                 return Some(c);
             }
         }
-        self.checkpoints
-            .iter()
-            .rev()
-            .find(|c| !c.tag.is_empty() && c.tag == wanted)
+        self.checkpoints.iter().rev().find(|c| !c.tag.is_empty() && c.tag == wanted)
     }
 }

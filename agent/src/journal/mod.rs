@@ -33,8 +33,7 @@ pub struct JournalMeta {
 impl JournalMeta {
     pub fn load(dir: &Path) -> Result<JournalMeta> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -67,8 +66,7 @@ impl Journal {
     /// segments to `quarantine/` and the journal continues from the last
     /// good record, so the sender resends or restarts the stream.
     pub fn open(dir: &Path, meta: JournalMeta) -> Result<Journal> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating journal {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating journal {}", dir.display()))?;
         match JournalMeta::load(dir) {
             Ok(existing) if existing == meta => {}
             Ok(existing) => bail!(
@@ -89,31 +87,17 @@ impl Journal {
         }
         let (current, current_len) = match list_tail(dir)? {
             Some(path) => {
-                let f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .read(true)
-                    .open(&path)?;
+                let f = std::fs::OpenOptions::new().append(true).read(true).open(&path)?;
                 let len = f.metadata()?.len();
                 (f, len)
             }
             None => {
-                let (_, f) = create_segment(
-                    dir,
-                    SegmentKind::Journal,
-                    meta.vpg_id,
-                    index.durable_seq + 1,
-                )?;
+                let (_, f) = create_segment(dir, SegmentKind::Journal, meta.vpg_id, index.durable_seq + 1)?;
                 let len = f.metadata()?.len();
                 (f, len)
             }
         };
-        Ok(Journal {
-            dir: dir.to_path_buf(),
-            meta,
-            current,
-            current_len,
-            index,
-        })
+        Ok(Journal { dir: dir.to_path_buf(), meta, current, current_len, index })
     }
 
     pub fn durable_seq(&self) -> u64 {
@@ -124,10 +108,7 @@ impl Journal {
     /// durable seq. Records at or below it are replays and are skipped.
     /// A gap in seqs is only allowed where a new stream starts.
     pub fn append(&mut self, records: &[Record]) -> Result<u64> {
-        let fresh: Vec<&Record> = records
-            .iter()
-            .filter(|r| r.seq > self.index.durable_seq)
-            .collect();
+        let fresh: Vec<&Record> = records.iter().filter(|r| r.seq > self.index.durable_seq).collect();
         let Some(first) = fresh.first() else {
             return Ok(self.index.durable_seq);
         };
@@ -141,8 +122,7 @@ impl Journal {
             );
         }
         if self.current_len >= JOURNAL_SEGMENT_BYTES {
-            let (_, f) =
-                create_segment(&self.dir, SegmentKind::Journal, self.meta.vpg_id, first.seq)?;
+            let (_, f) = create_segment(&self.dir, SegmentKind::Journal, self.meta.vpg_id, first.seq)?;
             self.current_len = f.metadata()?.len();
             self.current = f;
         }
@@ -150,9 +130,7 @@ impl Journal {
         for rec in &fresh {
             rec.encode_into(&mut bytes);
         }
-        self.current
-            .write_all(&bytes)
-            .context("appending to the journal")?;
+        self.current.write_all(&bytes).context("appending to the journal")?;
         self.current.sync_data().context("syncing the journal")?;
         self.current_len += bytes.len() as u64;
         for rec in &fresh {
@@ -164,17 +142,12 @@ impl Journal {
 
 /// The newest segment, if any.
 fn list_tail(dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(crate::segment::list_segments(dir, SegmentKind::Journal)?
-        .pop()
-        .map(|(_, p)| p))
+    Ok(crate::segment::list_segments(dir, SegmentKind::Journal)?.pop().map(|(_, p)| p))
 }
 
 /// Cuts the journal back to its last good record (see `Journal::open`).
 fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()> {
-    let position = segments
-        .iter()
-        .position(|(_, p)| *p == damage.path)
-        .context("damaged segment not listed")?;
+    let position = segments.iter().position(|(_, p)| *p == damage.path).context("damaged segment not listed")?;
     let is_last = position + 1 == segments.len();
     if damage.torn && is_last {
         tracing::warn!("journal: cutting torn tail: {damage}");
@@ -183,12 +156,10 @@ fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()
         let quarantine = dir.join(QUARANTINE_DIR);
         std::fs::create_dir_all(&quarantine)?;
         let name = damage.path.file_name().context("segment name")?;
-        std::fs::copy(&damage.path, quarantine.join(name))
-            .context("keeping the damaged segment")?;
+        std::fs::copy(&damage.path, quarantine.join(name)).context("keeping the damaged segment")?;
         for (_, later) in &segments[position + 1..] {
             let name = later.file_name().context("segment name")?;
-            std::fs::rename(later, quarantine.join(name))
-                .context("quarantining a later segment")?;
+            std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
         }
     }
     let f = std::fs::OpenOptions::new().write(true).open(&damage.path)?;

@@ -18,18 +18,8 @@ pub struct Damage {
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.torn {
-            "torn record"
-        } else {
-            "corrupt record"
-        };
-        write!(
-            f,
-            "{}: {what} at offset {}: {}",
-            self.path.display(),
-            self.offset,
-            self.reason
-        )
+        let what = if self.torn { "torn record" } else { "corrupt record" };
+        write!(f, "{}: {what} at offset {}: {}", self.path.display(), self.offset, self.reason)
     }
 }
 
@@ -57,35 +47,19 @@ pub fn scan_journal_until(
     for (first_seq, path) in &segments {
         let (mut reader, header_seq) = SegmentReader::open(path, SegmentKind::Journal, vpg_id)?;
         if header_seq != *first_seq {
-            bail!(
-                "{}: header says first seq {header_seq}, name says {first_seq}",
-                path.display()
-            );
+            bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
         }
         loop {
             match reader.next_record() {
                 Ok(Some((rec, at))) => {
                     if rec.seq <= last_seq {
                         let reason = format!("seq {} does not follow {last_seq}", rec.seq);
-                        let damage = Damage {
-                            path: path.clone(),
-                            offset: at,
-                            torn: false,
-                            reason,
-                        };
-                        return Ok(ScanOutcome {
-                            segments,
-                            last_seq,
-                            damage: Some(damage),
-                        });
+                        let damage = Damage { path: path.clone(), offset: at, torn: false, reason };
+                        return Ok(ScanOutcome { segments, last_seq, damage: Some(damage) });
                     }
                     last_seq = rec.seq;
                     if let Visit::Stop = visit(&rec, path) {
-                        return Ok(ScanOutcome {
-                            segments,
-                            last_seq,
-                            damage: None,
-                        });
+                        return Ok(ScanOutcome { segments, last_seq, damage: None });
                     }
                 }
                 Ok(None) => break,
@@ -96,27 +70,15 @@ pub fn scan_journal_until(
                         torn: d.error.is_incomplete(),
                         reason: d.error.to_string(),
                     };
-                    return Ok(ScanOutcome {
-                        segments,
-                        last_seq,
-                        damage: Some(damage),
-                    });
+                    return Ok(ScanOutcome { segments, last_seq, damage: Some(damage) });
                 }
             }
         }
     }
-    Ok(ScanOutcome {
-        segments,
-        last_seq,
-        damage: None,
-    })
+    Ok(ScanOutcome { segments, last_seq, damage: None })
 }
 
-pub fn scan_journal(
-    dir: &Path,
-    vpg_id: u32,
-    mut visit: impl FnMut(&Record, &Path),
-) -> Result<ScanOutcome> {
+pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, &Path)) -> Result<ScanOutcome> {
     scan_journal_until(dir, vpg_id, |rec, path| {
         visit(rec, path);
         Visit::Continue

@@ -16,11 +16,7 @@ pub struct LogCursor {
 
 impl LogCursor {
     pub(super) fn new(log: Arc<ProtectedLog>, from_seq: u64) -> Self {
-        LogCursor {
-            log,
-            want_seq: from_seq,
-            open: None,
-        }
+        LogCursor { log, want_seq: from_seq, open: None }
     }
 
     /// Records from the cursor's position that are already appended, up to

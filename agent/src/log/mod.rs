@@ -11,7 +11,7 @@ mod state;
 pub use cursor::LogCursor;
 pub use state::CaptureState;
 
-use crate::record::{now_ms, Record, RecordBody};
+use crate::record::{encode_parts, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
 use crate::segment::{create_segment, list_segments, SegmentKind, SegmentReader};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
@@ -72,6 +72,10 @@ pub struct LogOpenReport {
     /// A torn tail that was cut off, if any (`file: offset: reason`).
     pub truncated_tail: Option<String>,
     pub next_seq: u64,
+    /// The volume range of the newest record, if it changed a volume. The
+    /// volume may or may not hold that change (the agent may have died
+    /// between logging it and writing it), so it is re-read at start.
+    pub last_update: Option<(u32, u64, u64)>,
 }
 
 /// Where the published end of the log is, for readers.
@@ -82,56 +86,45 @@ pub(crate) struct LogEnd {
 }
 
 impl ProtectedLog {
-    pub fn open(
-        dir: &Path,
-        vpg_id: u32,
-        capacity_bytes: u64,
-    ) -> Result<(Arc<Self>, LogOpenReport)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating log directory {}", dir.display()))?;
+    pub fn open(dir: &Path, vpg_id: u32, capacity_bytes: u64) -> Result<(Arc<Self>, LogOpenReport)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
         let segment_bytes = (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN);
         let found = list_segments(dir, SegmentKind::ProtectedLog)?;
         let mut closed = VecDeque::new();
         let mut truncated_tail = None;
         let mut next_seq = 0;
+        let mut last_update = None;
         let fresh = found.is_empty();
+        // Closed segments are verified record by record when the sender
+        // reads them; at open only the newest can have a torn tail, so only
+        // it (and, if it is empty, the one before) is scanned.
         for (i, (first_seq, path)) in found.iter().enumerate() {
-            let is_last = i + 1 == found.len();
-            let (mut reader, header_seq) =
-                SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
+            let (_, header_seq) = SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
             if header_seq != *first_seq {
-                bail!(
-                    "{}: header says first seq {header_seq}, name says {first_seq}",
-                    path.display()
-                );
+                bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
             }
-            next_seq = next_seq.max(*first_seq);
-            let end = loop {
-                match reader.next_record() {
-                    Ok(Some((rec, _))) => {
-                        if rec.seq < next_seq {
-                            bail!(
-                                "{}: sequence goes backwards at seq {}",
-                                path.display(),
-                                rec.seq
-                            );
-                        }
-                        next_seq = rec.seq + 1;
-                    }
-                    Ok(None) => break reader.offset(),
-                    Err(damage) if is_last => {
-                        // The writer died mid-append: cut the tail it left.
-                        truncated_tail = Some(damage.to_string());
-                        break damage.offset;
-                    }
-                    Err(damage) => bail!("protected log is damaged before its tail: {damage}"),
+            let bytes = std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len();
+            closed.push_back(Segment { first_seq: *first_seq, path: path.clone(), bytes });
+            if i + 1 == found.len() {
+                next_seq = *first_seq;
+            }
+        }
+        if let Some(last) = closed.back_mut() {
+            let tail = scan_segment(&last.path, vpg_id)?;
+            if let Some(damage) = tail.damage {
+                // The writer died mid-append: cut the tail it left.
+                truncated_tail = Some(damage);
+            }
+            last.bytes = tail.end;
+            next_seq = next_seq.max(tail.last_seq.map_or(0, |s| s + 1));
+            last_update = tail.last_update;
+            if tail.last_seq.is_none() && closed.len() > 1 {
+                let previous = scan_segment(&closed[closed.len() - 2].path, vpg_id)?;
+                if let Some(damage) = previous.damage {
+                    bail!("protected log is damaged before its tail: {damage}");
                 }
-            };
-            closed.push_back(Segment {
-                first_seq: *first_seq,
-                path: path.clone(),
-                bytes: end,
-            });
+                last_update = previous.last_update;
+            }
         }
         let (current, current_file) = match closed.pop_back() {
             Some(seg) => {
@@ -141,8 +134,7 @@ impl ProtectedLog {
                     .open(&seg.path)
                     .with_context(|| format!("opening {}", seg.path.display()))?;
                 if truncated_tail.is_some() {
-                    file.set_len(seg.bytes)
-                        .with_context(|| format!("truncating {}", seg.path.display()))?;
+                    file.set_len(seg.bytes).with_context(|| format!("truncating {}", seg.path.display()))?;
                     file.sync_all()?;
                 }
                 (seg, file)
@@ -154,17 +146,9 @@ impl ProtectedLog {
                 // the sender checks the rest. Seqs stay below 2^53, exact
                 // in JSON for the tools that read status and checkpoints.
                 next_seq = now_ms() * STREAM_SEQS_PER_MS;
-                let (path, file) =
-                    create_segment(dir, SegmentKind::ProtectedLog, vpg_id, next_seq)?;
+                let (path, file) = create_segment(dir, SegmentKind::ProtectedLog, vpg_id, next_seq)?;
                 let bytes = file.metadata()?.len();
-                (
-                    Segment {
-                        first_seq: next_seq,
-                        path,
-                        bytes,
-                    },
-                    file,
-                )
+                (Segment { first_seq: next_seq, path, bytes }, file)
             }
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
@@ -196,16 +180,9 @@ impl ProtectedLog {
             .spawn(move || group_commit_loop(weak, sync_rx))
             .context("starting the log sync thread")?;
         if fresh {
-            log.append_now(RecordBody::StreamStart { time_ms: now_ms() })?;
+            log.append_now(&RecordBody::StreamStart { time_ms: now_ms() })?;
         }
-        Ok((
-            log,
-            LogOpenReport {
-                fresh,
-                truncated_tail,
-                next_seq,
-            },
-        ))
+        Ok((log, LogOpenReport { fresh, truncated_tail, next_seq, last_update }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -214,8 +191,8 @@ impl ProtectedLog {
 
     /// Appends a record, waiting while the log is full. Returns its seq.
     /// Callers serialise appends per VPG; the seq order is the write order.
-    pub async fn append(&self, body: RecordBody) -> Result<u64> {
-        let needed = (crate::record::RECORD_HEADER_BYTES + body_payload_hint(&body)) as u64;
+    pub async fn append(&self, body: &RecordBody) -> Result<u64> {
+        let needed = (RECORD_HEADER_BYTES + payload_len(body)) as u64;
         loop {
             let notified = self.space.notified();
             {
@@ -229,15 +206,11 @@ impl ProtectedLog {
         }
     }
 
-    fn append_now(&self, body: RecordBody) -> Result<u64> {
+    fn append_now(&self, body: &RecordBody) -> Result<u64> {
         let mut inner = self.inner.lock().expect("log lock");
         let seq = inner.next_seq;
-        let record = Record {
-            seq,
-            vpg_id: self.vpg_id,
-            body,
-        };
-        let bytes = record.encode();
+        let mut bytes = Vec::with_capacity(RECORD_HEADER_BYTES + payload_len(body));
+        encode_parts(seq, self.vpg_id, body, &mut bytes);
         (&*inner.current_file)
             .write_all(&bytes)
             .with_context(|| format!("appending seq {seq} to {}", inner.current.path.display()))?;
@@ -264,17 +237,9 @@ impl ProtectedLog {
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
-        let (path, file) =
-            create_segment(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq)?;
+        let (path, file) = create_segment(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq)?;
         let bytes = file.metadata()?.len();
-        let old = std::mem::replace(
-            &mut inner.current,
-            Segment {
-                first_seq,
-                path,
-                bytes,
-            },
-        );
+        let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
         let old_file = std::mem::replace(&mut inner.current_file, Arc::new(file));
         inner.unsynced_closed.push(old_file);
         inner.closed.push_back(old);
@@ -313,9 +278,7 @@ impl ProtectedLog {
             return Ok(());
         }
         let _ = self.sync_wake.lock().expect("sync wake lock").send(());
-        rx.wait_for(|s| *s >= seq)
-            .await
-            .context("log sync thread stopped")?;
+        rx.wait_for(|s| *s >= seq).await.context("log sync thread stopped")?;
         Ok(())
     }
 
@@ -328,18 +291,11 @@ impl ProtectedLog {
             if seq >= inner.next_seq {
                 // An ack beyond what we wrote: the journal is ahead of a log
                 // that was rebuilt. Never retire on it.
-                tracing::warn!(
-                    seq,
-                    next = inner.next_seq,
-                    "peer acknowledged a seq this log never wrote"
-                );
+                tracing::warn!(seq, next = inner.next_seq, "peer acknowledged a seq this log never wrote");
                 return;
             }
             while !inner.closed.is_empty() {
-                let next_first = inner
-                    .closed
-                    .get(1)
-                    .map_or(inner.current.first_seq, |s| s.first_seq);
+                let next_first = inner.closed.get(1).map_or(inner.current.first_seq, |s| s.first_seq);
                 if next_first > seq + 1 {
                     break;
                 }
@@ -388,21 +344,13 @@ impl ProtectedLog {
 
     pub(crate) fn end(&self) -> LogEnd {
         let inner = self.inner.lock().expect("log lock");
-        LogEnd {
-            current_first_seq: inner.current.first_seq,
-            current_len: inner.current.bytes,
-        }
+        LogEnd { current_first_seq: inner.current.first_seq, current_len: inner.current.bytes }
     }
 
     /// First seqs of every segment, oldest first, current last.
     pub(crate) fn segment_starts(&self) -> Vec<u64> {
         let inner = self.inner.lock().expect("log lock");
-        inner
-            .closed
-            .iter()
-            .map(|s| s.first_seq)
-            .chain([inner.current.first_seq])
-            .collect()
+        inner.closed.iter().map(|s| s.first_seq).chain([inner.current.first_seq]).collect()
     }
 
     pub fn vpg_id(&self) -> u32 {
@@ -414,11 +362,37 @@ impl ProtectedLog {
     }
 }
 
-fn body_payload_hint(body: &RecordBody) -> usize {
-    match body {
-        RecordBody::Write { data, .. } => data.len(),
-        RecordBody::Checkpoint { tag, .. } => 8 + tag.len(),
-        _ => 8,
+struct SegmentScan {
+    end: u64,
+    last_seq: Option<u64>,
+    last_update: Option<(u32, u64, u64)>,
+    damage: Option<String>,
+}
+
+/// Reads one segment to its end or first bad record.
+fn scan_segment(path: &Path, vpg_id: u32) -> Result<SegmentScan> {
+    let (mut reader, _) = SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
+    let mut scan = SegmentScan { end: reader.offset(), last_seq: None, last_update: None, damage: None };
+    loop {
+        match reader.next_record() {
+            Ok(Some((rec, _))) => {
+                if scan.last_seq.is_some_and(|s| rec.seq <= s) {
+                    bail!("{}: sequence goes backwards at seq {}", path.display(), rec.seq);
+                }
+                scan.last_seq = Some(rec.seq);
+                scan.last_update = match rec.body {
+                    RecordBody::Write { volume, offset, ref data } => Some((volume, offset, data.len() as u64)),
+                    RecordBody::Zero { volume, offset, length } => Some((volume, offset, length)),
+                    _ => None,
+                };
+                scan.end = reader.offset();
+            }
+            Ok(None) => return Ok(scan),
+            Err(damage) => {
+                scan.damage = Some(damage.to_string());
+                return Ok(scan);
+            }
+        }
     }
 }
 
@@ -453,11 +427,7 @@ mod tests {
     use super::*;
 
     fn write(i: u64, size: usize) -> RecordBody {
-        RecordBody::Write {
-            volume: 0,
-            offset: i * 4096,
-            data: vec![i as u8; size],
-        }
+        RecordBody::Write { volume: 0, offset: i * 4096, data: vec![i as u8; size] }
     }
 
     #[tokio::test]
@@ -467,7 +437,7 @@ mod tests {
         assert!(report.fresh);
         let mut seqs = vec![];
         for i in 0..100 {
-            seqs.push(log.append(write(i, 4096)).await.unwrap());
+            seqs.push(log.append(&write(i, 4096)).await.unwrap());
         }
         log.sync_to(*seqs.last().unwrap()).await.unwrap();
         drop(log);
@@ -476,29 +446,22 @@ mod tests {
         assert_eq!(report.next_seq, seqs.last().unwrap() + 1);
         let mut cursor = log.cursor(seqs[10]);
         let got = cursor.read_available(usize::MAX, 1000).unwrap();
-        assert_eq!(
-            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            seqs[10..].to_vec()
-        );
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[10..].to_vec());
     }
 
     #[tokio::test]
     async fn torn_tail_is_cut_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        let last = log.append(write(1, 512)).await.unwrap();
+        let last = log.append(&write(1, 512)).await.unwrap();
         drop(log);
-        let seg = list_segments(dir.path(), SegmentKind::ProtectedLog)
-            .unwrap()
-            .pop()
-            .unwrap()
-            .1;
+        let seg = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap().1;
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[0x43, 0x52]).unwrap();
         let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
         assert!(report.truncated_tail.is_some());
         assert_eq!(report.next_seq, last + 1);
-        assert_eq!(log.append(write(2, 512)).await.unwrap(), last + 1);
+        assert_eq!(log.append(&write(2, 512)).await.unwrap(), last + 1);
     }
 
     #[tokio::test]
@@ -508,22 +471,16 @@ mod tests {
         let mut last = 0;
         // 64 MiB capacity, 4 MiB segments: fill it with 1 MiB writes.
         for i in 0..63 {
-            last = log.append(write(i, 1 << 20)).await.unwrap();
+            last = log.append(&write(i, 1 << 20)).await.unwrap();
         }
-        let blocked = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            log.append(write(99, 1 << 20)),
-        )
-        .await;
+        let blocked =
+            tokio::time::timeout(std::time::Duration::from_millis(300), log.append(&write(99, 1 << 20))).await;
         assert!(blocked.is_err(), "append must wait on a full log");
         log.ack(last);
-        let seq = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            log.append(write(99, 1 << 20)),
-        )
-        .await
-        .expect("space after ack")
-        .unwrap();
+        let seq = tokio::time::timeout(std::time::Duration::from_secs(5), log.append(&write(99, 1 << 20)))
+            .await
+            .expect("space after ack")
+            .unwrap();
         assert_eq!(seq, last + 1);
     }
 }

@@ -22,8 +22,7 @@ impl CaptureState {
         if fresh_log || !path.exists() {
             return Ok(CaptureState::default());
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -33,8 +32,7 @@ impl CaptureState {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self)?;
         {
-            let mut f = std::fs::File::create(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
             std::io::Write::write_all(&mut f, &text)?;
             f.sync_all()?;
         }

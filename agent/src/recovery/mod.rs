@@ -23,22 +23,14 @@ impl JournalView {
         crate::config::validate_name("--vpg", vpg)?;
         let dir = vpg_dir(journal_root, vpg);
         if !dir.exists() {
-            bail!(
-                "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
-                journal_root.display()
-            );
+            bail!("no journal for VPG {vpg:?} under {} (has the protected side connected?)", journal_root.display());
         }
         let meta = JournalMeta::load(&dir)?;
         let mut index = JournalIndex::new(meta.volumes.len());
         let outcome = scan_journal(&dir, meta.vpg_id, |rec, _| index.observe(rec))?;
         // A torn end of the newest segment is an append in progress.
         let corruption = outcome.damage.filter(|d| !d.torn);
-        Ok(JournalView {
-            dir,
-            meta,
-            index,
-            corruption,
-        })
+        Ok(JournalView { dir, meta, index, corruption })
     }
 
     /// Resolves `latest`, an id or a tag to a complete checkpoint, saying

@@ -24,17 +24,14 @@ pub struct RestoreReport {
     pub warning: Option<String>,
 }
 
-pub fn restore(
-    journal_root: &Path,
-    vpg: &str,
-    wanted: &str,
-    out_dir: &Path,
-    progress: bool,
-) -> Result<RestoreReport> {
+pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, progress: bool) -> Result<RestoreReport> {
     let view = JournalView::open(journal_root, vpg)?;
     let target = view.resolve(wanted)?;
     let warning = view.corruption.as_ref().map(|d| {
-        format!("journal damaged: {d}; nothing after it is used; restoring checkpoint {} (the last good one asked for)", target.id)
+        format!(
+            "journal damaged: {d}; nothing after it is used; restoring checkpoint {} (the last good one asked for)",
+            target.id
+        )
     });
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut outputs = Vec::new();
@@ -45,12 +42,7 @@ pub fn restore(
             .read(true)
             .write(true)
             .open(&path)
-            .with_context(|| {
-                format!(
-                    "creating {} (remove it or pick another --out)",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("creating {} (remove it or pick another --out)", path.display()))?;
         file.set_len(v.size)?;
         outputs.push((path, file, v.size));
     }
@@ -69,11 +61,7 @@ pub fn restore(
         applied += rec.data_bytes();
         if progress && last_report.elapsed() >= PROGRESS_INTERVAL {
             last_report = Instant::now();
-            eprint!(
-                "\rrestore: {} applied, {:.0} s",
-                format_bytes(applied),
-                started.elapsed().as_secs_f64()
-            );
+            eprint!("\rrestore: {} applied, {:.0} s", format_bytes(applied), started.elapsed().as_secs_f64());
         }
         Visit::Continue
     })?;
@@ -81,22 +69,13 @@ pub fn restore(
         return Err(e);
     }
     if outcome.last_seq < target.id {
-        bail!(
-            "journal ended at seq {} before checkpoint {}",
-            outcome.last_seq,
-            target.id
-        );
+        bail!("journal ended at seq {} before checkpoint {}", outcome.last_seq, target.id);
     }
     for (path, file, _) in &outputs {
-        file.sync_all()
-            .with_context(|| format!("syncing {}", path.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     }
     if progress {
-        eprintln!(
-            "\rrestore: {} applied in {:.1} s",
-            format_bytes(applied),
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("\rrestore: {} applied in {:.1} s", format_bytes(applied), started.elapsed().as_secs_f64());
     }
     Ok(RestoreReport {
         checkpoint: target.id,
@@ -108,26 +87,13 @@ pub fn restore(
 
 fn apply(outputs: &[(PathBuf, File, u64)], body: &RecordBody) -> Result<()> {
     let (volume, offset, length) = match body {
-        RecordBody::Write {
-            volume,
-            offset,
-            data,
-        } => (*volume, *offset, data.len() as u64),
-        RecordBody::Zero {
-            volume,
-            offset,
-            length,
-        } => (*volume, *offset, *length),
+        RecordBody::Write { volume, offset, data } => (*volume, *offset, data.len() as u64),
+        RecordBody::Zero { volume, offset, length } => (*volume, *offset, *length),
         _ => return Ok(()),
     };
-    let Some((path, file, size)) = outputs.get(volume as usize) else {
-        bail!("record for unknown volume {volume}")
-    };
+    let Some((path, file, size)) = outputs.get(volume as usize) else { bail!("record for unknown volume {volume}") };
     if offset.checked_add(length).is_none_or(|end| end > *size) {
-        bail!(
-            "record [{offset}, +{length}) lies outside {} ({size} bytes)",
-            path.display()
-        );
+        bail!("record [{offset}, +{length}) lies outside {} ({size} bytes)", path.display());
     }
     match body {
         RecordBody::Write { data, .. } => file.write_all_at(data, offset)?,

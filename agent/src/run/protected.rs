@@ -29,11 +29,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let mut runtimes = Vec::new();
     let mut exports = BTreeMap::new();
     for vpg_cfg in &cfg.vpgs {
-        let volumes = vpg_cfg
-            .volumes
-            .iter()
-            .map(|v| Volume::open(&v.name, &v.path))
-            .collect::<Result<Vec<_>>>()?;
+        let volumes = vpg_cfg.volumes.iter().map(|v| Volume::open(&v.name, &v.path)).collect::<Result<Vec<_>>>()?;
         let dir = cfg.node.data_dir.join("log").join(&vpg_cfg.name);
         let (log, report) = ProtectedLog::open(&dir, vpg_id(&vpg_cfg.name), cfg.log.capacity_bytes)
             .with_context(|| format!("opening the protected log of VPG {}", vpg_cfg.name))?;
@@ -44,21 +40,12 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         if report.fresh {
             state.store(&dir)?;
         }
-        let capture = Arc::new(VpgCapture::new(
-            vpg_cfg.name.clone(),
-            vpg_cfg.mode,
-            volumes,
-            log,
-            state,
-        ));
+        let capture = Arc::new(VpgCapture::new(vpg_cfg.name.clone(), vpg_cfg.mode, volumes, log, state));
+        if let Some((volume, offset, length)) = report.last_update {
+            capture.resync_last_update(volume, offset, length).await?;
+        }
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
-            exports.insert(
-                v.name.clone(),
-                Export {
-                    vpg: capture.clone(),
-                    volume: i as u32,
-                },
-            );
+            exports.insert(v.name.clone(), Export { vpg: capture.clone(), volume: i as u32 });
         }
         runtimes.push((
             vpg_cfg.checkpoint_interval_ms,
@@ -80,17 +67,8 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
                 tracing::error!(vpg = %capture.name, "initial copy failed: {e:#}");
             }
         });
-        tokio::spawn(checkpoint_timer(
-            rt.capture.clone(),
-            *interval_ms,
-            rt.last_checkpoint.clone(),
-        ));
-        tokio::spawn(sender::run(
-            rt.capture.clone(),
-            cfg.peer.clone(),
-            tls_config.clone(),
-            rt.stats.clone(),
-        ));
+        tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms, rt.last_checkpoint.clone()));
+        tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
     let names: Vec<&str> = cfg.vpgs.iter().map(|v| v.name.as_str()).collect();
@@ -108,11 +86,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     Ok(())
 }
 
-async fn checkpoint_timer(
-    capture: Arc<VpgCapture>,
-    interval_ms: u64,
-    last: Arc<Mutex<Option<CheckpointSummary>>>,
-) {
+async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64, last: Arc<Mutex<Option<CheckpointSummary>>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -120,11 +94,8 @@ async fn checkpoint_timer(
         tick.tick().await;
         match capture.checkpoint("").await {
             Ok(id) => {
-                *last.lock().expect("checkpoint lock") = Some(CheckpointSummary {
-                    id,
-                    time_ms: crate::record::now_ms(),
-                    tag: String::new(),
-                })
+                *last.lock().expect("checkpoint lock") =
+                    Some(CheckpointSummary { id, time_ms: crate::record::now_ms(), tag: String::new() })
             }
             Err(e) => tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}"),
         }
@@ -161,12 +132,8 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 head_seq: log.appended_seq(),
                 acked_seq: log.acked_seq(),
                 last_checkpoint: rt.last_checkpoint.lock().expect("checkpoint lock").clone(),
-                note: format!(
-                    "mode {:?}, {} reconnects",
-                    rt.capture.mode,
-                    rt.stats.reconnects.load(Ordering::Relaxed)
-                )
-                .to_lowercase(),
+                note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
+                    .to_lowercase(),
             });
         }
         let s = AgentStatus {

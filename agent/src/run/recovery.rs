@@ -13,33 +13,18 @@ use tokio_rustls::TlsAcceptor;
 
 pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     let identity = tls::load_identity(&cfg.node.cert, &cfg.node.key)?;
-    let allowed = cfg
-        .listen
-        .peer_fingerprints
-        .iter()
-        .map(|f| parse_fingerprint(f))
-        .collect::<Result<Vec<_>>>()?;
+    let allowed = cfg.listen.peer_fingerprints.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>>>()?;
     let acceptor = TlsAcceptor::from(tls::server_config(identity, allowed)?);
     let journal_root = cfg.node.data_dir.join("journal");
-    std::fs::create_dir_all(&journal_root)
-        .with_context(|| format!("creating {}", journal_root.display()))?;
+    std::fs::create_dir_all(&journal_root).with_context(|| format!("creating {}", journal_root.display()))?;
     let receiver = Receiver::new(journal_root);
     let bind = |port: u16| {
         let addr = std::net::SocketAddr::new(cfg.listen.address, port);
-        async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))
-        }
+        async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}")) }
     };
     let control = bind(cfg.listen.control_port).await?;
     let data = bind(cfg.listen.data_port).await?;
-    tokio::spawn(accept_loop(
-        control,
-        acceptor.clone(),
-        receiver.clone(),
-        "control",
-    ));
+    tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
     tokio::spawn(accept_loop(data, acceptor, receiver.clone(), "data"));
     tracing::info!(
         "tidemark recovery ready: control {}:{}, data {}:{}",
@@ -60,30 +45,18 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
     loop {
         tick.tick().await;
-        let slots: Vec<(String, Arc<_>)> = receiver
-            .vpgs
-            .lock()
-            .expect("vpgs lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let slots: Vec<(String, Arc<_>)> =
+            receiver.vpgs.lock().expect("vpgs lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut vpgs = Vec::new();
         for (name, slot) in slots {
             let received = slot.received_bytes.load(Ordering::Relaxed);
-            let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000
-                / STATUS_INTERVAL_MS;
+            let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000 / STATUS_INTERVAL_MS;
             prev.insert(name.clone(), received);
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
             let last = index.checkpoints.last();
-            let lag_seconds = last.map_or(0.0, |c| {
-                crate::record::now_ms().saturating_sub(c.time_ms) as f64 / 1000.0
-            });
-            let state = if index.initial_copy_complete() {
-                "protected"
-            } else {
-                "initial copy in progress"
-            };
+            let lag_seconds = last.map_or(0.0, |c| crate::record::now_ms().saturating_sub(c.time_ms) as f64 / 1000.0);
+            let state = if index.initial_copy_complete() { "protected" } else { "initial copy in progress" };
             vpgs.push(VpgStatus {
                 name,
                 state: state.into(),
@@ -92,16 +65,8 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
                 throughput_bytes_per_sec: throughput,
                 head_seq: index.durable_seq,
                 acked_seq: index.durable_seq,
-                last_checkpoint: last.map(|c| CheckpointSummary {
-                    id: c.id,
-                    time_ms: c.time_ms,
-                    tag: c.tag.clone(),
-                }),
-                note: index
-                    .damage
-                    .clone()
-                    .map(|d| format!("journal was damaged: {d}"))
-                    .unwrap_or_default(),
+                last_checkpoint: last.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() }),
+                note: index.damage.clone().map(|d| format!("journal was damaged: {d}")).unwrap_or_default(),
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -38,10 +38,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new(journal_root: PathBuf) -> Arc<Self> {
-        Arc::new(Receiver {
-            journal_root,
-            vpgs: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()) })
     }
 
     fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
@@ -49,12 +46,7 @@ impl Receiver {
     }
 }
 
-pub async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    receiver: Arc<Receiver>,
-    role: &'static str,
-) {
+pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver: Arc<Receiver>, role: &'static str) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -83,11 +75,8 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let result = if role == "control" {
-                control_link(tls, &receiver).await
-            } else {
-                data_link(tls, &receiver).await
-            };
+            let result =
+                if role == "control" { control_link(tls, &receiver).await } else { data_link(tls, &receiver).await };
             if let Err(e) = result {
                 tracing::warn!(%peer, "{role} link closed: {e:#}");
             }
@@ -96,44 +85,22 @@ pub async fn accept_loop(
     }
 }
 
-async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
-    mut link: S,
-    receiver: &Arc<Receiver>,
-) -> Result<()> {
+async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
     let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
-        ControlMessage::Hello {
-            protocol,
-            vpg,
-            vpg_id: id,
-            volumes,
-            ..
-        } => {
+        ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
             let opened = open_vpg(receiver, protocol, &vpg, id, volumes).await;
             match opened {
                 Ok((durable, session)) => (vpg, durable, session),
                 Err(e) => {
                     let reason = format!("{e:#}");
-                    send_control(
-                        &mut link,
-                        &ControlMessage::Refused {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await?;
+                    send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
                     bail!("refused hello for VPG {vpg:?}: {reason}");
                 }
             }
         }
         other => bail!("expected hello, got {other:?}"),
     };
-    send_control(
-        &mut link,
-        &ControlMessage::Welcome {
-            durable_seq,
-            session,
-        },
-    )
-    .await?;
+    send_control(&mut link, &ControlMessage::Welcome { durable_seq, session }).await?;
     tracing::info!(%vpg, durable_seq, "protected side connected");
     loop {
         match recv_control(&mut link).await? {
@@ -167,21 +134,13 @@ async fn open_vpg(
     if let Some(slot) = receiver.slot(vpg) {
         let journal = slot.journal.lock().expect("journal lock");
         if journal.meta.volumes != volumes {
-            bail!(
-                "volumes {:?} differ from the journal's {:?}",
-                volumes,
-                journal.meta.volumes
-            );
+            bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
         }
         slot.session.store(session, Ordering::SeqCst);
         return Ok((journal.durable_seq(), session));
     }
     let dir = vpg_dir(&receiver.journal_root, vpg);
-    let meta = JournalMeta {
-        vpg: vpg.to_string(),
-        vpg_id: id,
-        volumes,
-    };
+    let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
     let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, meta)).await??;
     if let Some(damage) = &journal.index.damage {
         tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
@@ -199,34 +158,21 @@ async fn open_vpg(
     Ok((durable, session))
 }
 
-async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(
-    link: S,
-    receiver: &Arc<Receiver>,
-) -> Result<()> {
+async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>) -> Result<()> {
     let (mut rd, mut wr) = tokio::io::split(link);
     let (vpg, session) = match recv_control(&mut rd).await? {
         ControlMessage::Attach { vpg, session } => (vpg, session),
         other => bail!("expected attach, got {other:?}"),
     };
-    let Some(slot) = receiver
-        .slot(&vpg)
-        .filter(|s| s.session.load(Ordering::SeqCst) == session)
-    else {
-        send_control(
-            &mut wr,
-            &ControlMessage::Refused {
-                reason: "no such session".into(),
-            },
-        )
-        .await?;
+    let Some(slot) = receiver.slot(&vpg).filter(|s| s.session.load(Ordering::SeqCst) == session) else {
+        send_control(&mut wr, &ControlMessage::Refused { reason: "no such session".into() }).await?;
         bail!("attach for VPG {vpg:?} with an unknown session");
     };
     let id = vpg_id(&vpg);
     loop {
-        let (kind, payload) =
-            tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame(&mut rd))
-                .await
-                .context("data link idle too long")??;
+        let (kind, payload) = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame(&mut rd))
+            .await
+            .context("data link idle too long")??;
         if kind != FrameKind::Batch {
             bail!("expected a batch frame, got {kind:?}");
         }
@@ -235,35 +181,24 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let records = batch::decode(&payload, id).context("bad batch")?;
         let slot2 = slot.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            slot2.journal.lock().expect("journal lock").append(&records)
-        })
-        .await?;
+        let appended =
+            tokio::task::spawn_blocking(move || slot2.journal.lock().expect("journal lock").append(&records)).await?;
         let durable = match appended {
             Ok(d) => d,
             Err(e) => {
                 let reason = format!("{e:#}");
-                send_control(
-                    &mut wr,
-                    &ControlMessage::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await?;
+                send_control(&mut wr, &ControlMessage::Refused { reason: reason.clone() }).await?;
                 bail!("journal append for {vpg}: {reason}");
             }
         };
-        slot.received_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        slot.last_batch_ms
-            .store(crate::record::now_ms(), Ordering::Relaxed);
+        slot.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        slot.last_batch_ms.store(crate::record::now_ms(), Ordering::Relaxed);
         send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
     }
 }
 
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .expect("system randomness");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
     u64::from_le_bytes(b)
 }

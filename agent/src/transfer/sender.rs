@@ -37,12 +37,7 @@ pub struct SenderStats {
     pub reconnects: AtomicU64,
 }
 
-pub async fn run(
-    vpg: Arc<VpgCapture>,
-    peer: PeerConfig,
-    tls: Arc<rustls::ClientConfig>,
-    stats: Arc<SenderStats>,
-) {
+pub async fn run(vpg: Arc<VpgCapture>, peer: PeerConfig, tls: Arc<rustls::ClientConfig>, stats: Arc<SenderStats>) {
     let connector = TlsConnector::from(tls);
     let mut delay = RECONNECT_DELAY_MIN;
     loop {
@@ -66,19 +61,13 @@ async fn dial(
     port: u16,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let attempt = async {
-        let tcp = TcpStream::connect((address, port))
-            .await
-            .with_context(|| format!("connecting to {address}:{port}"))?;
+        let tcp =
+            TcpStream::connect((address, port)).await.with_context(|| format!("connecting to {address}:{port}"))?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(PEER_SERVER_NAME).expect("static name");
-        connector
-            .connect(name, tcp)
-            .await
-            .with_context(|| format!("TLS handshake with {address}:{port}"))
+        connector.connect(name, tcp).await.with_context(|| format!("TLS handshake with {address}:{port}"))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-        .await
-        .context("connect timed out")?
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.context("connect timed out")?
 }
 
 async fn session(
@@ -92,22 +81,12 @@ async fn session(
         protocol: PROTOCOL_VERSION,
         vpg: vpg.name.clone(),
         vpg_id: vpg.log.vpg_id(),
-        volumes: vpg
-            .volumes
-            .iter()
-            .map(|v| VolumeInfo {
-                name: v.name.clone(),
-                size: v.size,
-            })
-            .collect(),
+        volumes: vpg.volumes.iter().map(|v| VolumeInfo { name: v.name.clone(), size: v.size }).collect(),
         sender: String::new(),
     };
     send_control(&mut control, &hello).await?;
     let (durable_seq, session_id) = match recv_control(&mut control).await? {
-        ControlMessage::Welcome {
-            durable_seq,
-            session,
-        } => (durable_seq, session),
+        ControlMessage::Welcome { durable_seq, session } => (durable_seq, session),
         ControlMessage::Refused { reason } => {
             bail!("recovery side refused VPG {}: {reason}", vpg.name)
         }
@@ -116,14 +95,7 @@ async fn session(
     vpg.log.ack(durable_seq);
     let start_seq = resume_point(vpg, durable_seq).await?;
     let mut data = dial(connector, &peer.address, peer.data_port).await?;
-    send_control(
-        &mut data,
-        &ControlMessage::Attach {
-            vpg: vpg.name.clone(),
-            session: session_id,
-        },
-    )
-    .await?;
+    send_control(&mut data, &ControlMessage::Attach { vpg: vpg.name.clone(), session: session_id }).await?;
     stats.connected.store(true, Ordering::Relaxed);
     tracing::info!(vpg = %vpg.name, durable_seq, start_seq, "link up");
     let (data_rd, data_wr) = tokio::io::split(data);
@@ -141,9 +113,7 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64) -> Result<u64> {
     let mut cursor = vpg.log.cursor(durable_seq + 1);
     let first = cursor.read_available(1, 1)?;
     let continues = match first.first() {
-        Some(rec) => {
-            rec.seq == durable_seq + 1 || matches!(rec.body, RecordBody::StreamStart { .. })
-        }
+        Some(rec) => rec.seq == durable_seq + 1 || matches!(rec.body, RecordBody::StreamStart { .. }),
         // Nothing unsent: fine if the journal is exactly where the log ends.
         None => vpg.log.appended_seq() == durable_seq,
     };
@@ -200,15 +170,7 @@ async fn stream<W: AsyncWrite + Unpin>(
             appended.changed().await.context("log closed")?;
             continue;
         }
-        send_batch(
-            &records,
-            &mut wr,
-            &mut throttle,
-            &mut inflight,
-            &mut inflight_bytes,
-            stats,
-        )
-        .await?;
+        send_batch(&records, &mut wr, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -236,12 +198,8 @@ async fn send_batch<W: AsyncWrite + Unpin>(
         tokio::time::sleep(wait).await;
     }
     write_frame(wr, FrameKind::Batch, &encoded.bytes).await?;
-    stats
-        .wire_bytes
-        .fetch_add(encoded.bytes.len() as u64, Ordering::Relaxed);
-    stats
-        .raw_bytes
-        .fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
+    stats.wire_bytes.fetch_add(encoded.bytes.len() as u64, Ordering::Relaxed);
+    stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
     inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
     *inflight_bytes += encoded.bytes.len() as u64;
     Ok(())

@@ -38,10 +38,7 @@ pub fn encode(records: &[Record]) -> EncodedBatch {
     for r in records {
         raw.extend_from_slice(&r.encode());
     }
-    assert!(
-        records.windows(2).all(|w| w[0].seq < w[1].seq),
-        "batch seqs must ascend"
-    );
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "batch seqs must ascend");
     let (raw_len, raw_crc) = (raw.len(), crc32fast::hash(&raw));
     let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).ok();
     let (codec, body) = match compressed {
@@ -58,13 +55,7 @@ pub fn encode(records: &[Record]) -> EncodedBatch {
     bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
     bytes.extend_from_slice(&raw_crc.to_le_bytes());
     bytes.extend_from_slice(&body);
-    EncodedBatch {
-        bytes,
-        raw_len,
-        codec,
-        first_seq,
-        last_seq,
-    }
+    EncodedBatch { bytes, raw_len, codec, first_seq, last_seq }
 }
 
 /// Decodes and verifies a batch; every record must belong to `vpg_id`.
@@ -92,14 +83,9 @@ pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<Vec<Record>> {
     let mut records = Vec::with_capacity(count);
     let mut at = 0;
     while at < raw.len() {
-        let (rec, used) =
-            Record::decode(&raw[at..]).with_context(|| format!("record at batch offset {at}"))?;
+        let (rec, used) = Record::decode(&raw[at..]).with_context(|| format!("record at batch offset {at}"))?;
         if rec.vpg_id != vpg_id {
-            bail!(
-                "record seq {} belongs to VPG id {:#x}, not {vpg_id:#x}",
-                rec.seq,
-                rec.vpg_id
-            );
+            bail!("record seq {} belongs to VPG id {:#x}, not {vpg_id:#x}", rec.seq, rec.vpg_id);
         }
         if let Some(prev) = records.last().map(|r: &Record| r.seq) {
             if rec.seq <= prev {
@@ -127,11 +113,7 @@ mod tests {
             .map(|(i, d)| Record {
                 seq: 10 + i as u64,
                 vpg_id: 3,
-                body: RecordBody::Write {
-                    volume: 1,
-                    offset: 0,
-                    data: d,
-                },
+                body: RecordBody::Write { volume: 1, offset: 0, data: d },
             })
             .collect()
     }

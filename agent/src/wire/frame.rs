@@ -28,10 +28,7 @@ impl FrameKind {
 }
 
 pub fn encode_header(kind: FrameKind, payload: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
-    assert!(
-        payload.len() <= FRAME_PAYLOAD_BYTES_MAX,
-        "frame payload over the limit"
-    );
+    assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame payload over the limit");
     let mut h = [0u8; FRAME_HEADER_BYTES];
     h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
     h[4] = kind as u8;
@@ -51,18 +48,10 @@ pub fn decode_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(FrameKind, usize, 
     if len > FRAME_PAYLOAD_BYTES_MAX {
         bail!("frame of {len} bytes is over the {FRAME_PAYLOAD_BYTES_MAX}-byte limit");
     }
-    Ok((
-        kind,
-        len,
-        u32::from_le_bytes(h[12..16].try_into().expect("4")),
-    ))
+    Ok((kind, len, u32::from_le_bytes(h[12..16].try_into().expect("4"))))
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: FrameKind,
-    payload: &[u8],
-) -> Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payload: &[u8]) -> Result<()> {
     w.write_all(&encode_header(kind, payload)).await?;
     w.write_all(payload).await?;
     w.flush().await?;
@@ -74,9 +63,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, V
     r.read_exact(&mut h).await.context("reading frame header")?;
     let (kind, len, crc) = decode_header(&h)?;
     let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .await
-        .context("reading frame payload")?;
+    r.read_exact(&mut payload).await.context("reading frame payload")?;
     if crc32fast::hash(&payload) != crc {
         bail!("frame checksum mismatch");
     }
@@ -90,9 +77,7 @@ mod tests {
     #[tokio::test]
     async fn roundtrip_and_corruption() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, FrameKind::Batch, b"hello")
-            .await
-            .unwrap();
+        write_frame(&mut buf, FrameKind::Batch, b"hello").await.unwrap();
         let (k, p) = read_frame(&mut &buf[..]).await.unwrap();
         assert_eq!((k, p.as_slice()), (FrameKind::Batch, &b"hello"[..]));
         for i in 0..buf.len() {
@@ -101,10 +86,7 @@ mod tests {
             if (5..8).contains(&i) {
                 continue; // reserved bytes
             }
-            assert!(
-                read_frame(&mut &bad[..]).await.is_err(),
-                "flip at {i} undetected"
-            );
+            assert!(read_frame(&mut &bad[..]).await.is_err(), "flip at {i} undetected");
         }
     }
 

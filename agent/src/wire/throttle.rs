@@ -17,12 +17,7 @@ impl Throttle {
     /// `bytes_per_sec == 0` means no cap.
     pub fn new(bytes_per_sec: u64) -> Self {
         let burst = (bytes_per_sec as f64 * BURST_SECONDS).max(BURST_BYTES_MIN);
-        Throttle {
-            bytes_per_sec,
-            tokens: burst,
-            burst,
-            last: Instant::now(),
-        }
+        Throttle { bytes_per_sec, tokens: burst, burst, last: Instant::now() }
     }
 
     /// How long to wait before sending `bytes`, and takes them. Tokens may
@@ -52,10 +47,7 @@ mod tests {
         let mut t = Throttle::new(1_000_000);
         assert_eq!(t.take(100_000), Duration::ZERO);
         let wait = t.take(1_000_000);
-        assert!(
-            wait > Duration::from_millis(700) && wait < Duration::from_millis(1000),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_millis(700) && wait < Duration::from_millis(1000), "{wait:?}");
         assert_eq!(Throttle::new(0).take(usize::MAX), Duration::ZERO);
     }
 }

@@ -21,8 +21,7 @@ pub struct Identity {
 }
 
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
-    let cert_pem =
-        std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let cert_pem = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
     let chain = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
@@ -60,9 +59,7 @@ impl Pinned {
         }
         let seen = format_fingerprint(&seen);
         tracing::warn!("refusing {who}: certificate {seen} is not pinned");
-        Err(TlsError::General(format!(
-            "{who} certificate {seen} is not pinned"
-        )))
+        Err(TlsError::General(format!("{who} certificate {seen} is not pinned")))
     }
 
     fn verify13(
@@ -71,18 +68,11 @@ impl Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -95,8 +85,7 @@ impl ServerCertVerifier for Pinned {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        self.check(end_entity, "peer")
-            .map(|_| ServerCertVerified::assertion())
+        self.check(end_entity, "peer").map(|_| ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -104,9 +93,7 @@ impl ServerCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General(
-            "TLS 1.2 is not allowed between appliances".into(),
-        ))
+        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
     }
     fn verify_tls13_signature(
         &self,
@@ -131,8 +118,7 @@ impl ClientCertVerifier for Pinned {
         _: &[CertificateDer<'_>],
         _: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        self.check(end_entity, "client")
-            .map(|_| ClientCertVerified::assertion())
+        self.check(end_entity, "client").map(|_| ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -140,9 +126,7 @@ impl ClientCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General(
-            "TLS 1.2 is not allowed between appliances".into(),
-        ))
+        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
     }
     fn verify_tls13_signature(
         &self,
@@ -159,14 +143,8 @@ impl ClientCertVerifier for Pinned {
 
 /// Server side (recovery appliance): requires a client certificate whose
 /// digest is one of `allowed`.
-pub fn server_config(
-    identity: Identity,
-    allowed: Vec<[u8; 32]>,
-) -> Result<Arc<rustls::ServerConfig>> {
-    let verifier = Arc::new(Pinned {
-        allowed,
-        provider: provider(),
-    });
+pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<rustls::ServerConfig>> {
+    let verifier = Arc::new(Pinned { allowed, provider: provider() });
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
@@ -178,10 +156,7 @@ pub fn server_config(
 
 /// Client side (protected appliance): trusts only the pinned server digest.
 pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>> {
-    let verifier = Arc::new(Pinned {
-        allowed: vec![pinned],
-        provider: provider(),
-    });
+    let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
@@ -201,19 +176,15 @@ pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<S
         bail!("{} already holds a key or certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
-    let mut params = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])
-        .context("certificate parameters")?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()]).context("certificate parameters")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(&key).context("signing certificate")?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
     Ok(format_fingerprint(&fingerprint(cert.der())))
 }
 
