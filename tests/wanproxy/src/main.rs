@@ -6,6 +6,7 @@
 //!     new ones are closed at once (a router reboot);
 //!   - it holds anything else ("blackhole"): bytes stop flowing both ways
 //!     but connections stay open (a cable pulled).
+//!
 //! Removing the file heals the link. Byte counts go to `--stats`.
 
 use anyhow::{bail, Context, Result};
