@@ -73,7 +73,8 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         vpg: String,
-        /// `latest`, a checkpoint id, or a tag.
+        /// `latest` (newest complete checkpoint), `head` (the journal's durable
+        /// end, crash-consistent; RPO 0 in sync mode), a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
         /// Output directory; existing image files there are never overwritten.

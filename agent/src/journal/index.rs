@@ -69,16 +69,27 @@ impl JournalIndex {
         self.checkpoints.iter().rev().find(|c| c.consistent)
     }
 
-    /// Finds a checkpoint by `latest`, numeric id, or tag.
-    pub fn find(&self, wanted: &str) -> Option<&CheckpointInfo> {
+    /// Finds a checkpoint by `latest`, `head`, numeric id, or tag.
+    /// `head` is the journal's durable end: every prefix of the stream is
+    /// crash-consistent, so it is a valid recovery point (RPO 0 in sync
+    /// mode) even though no checkpoint record marks it.
+    pub fn find(&self, wanted: &str) -> Option<CheckpointInfo> {
+        if wanted == "head" {
+            return (self.durable_seq > 0).then(|| CheckpointInfo {
+                id: self.durable_seq,
+                time_ms: crate::record::now_ms(),
+                tag: "head".into(),
+                consistent: self.initial_copy_complete(),
+            });
+        }
         if wanted == "latest" {
-            return self.latest_consistent();
+            return self.latest_consistent().cloned();
         }
         if let Ok(id) = wanted.parse::<u64>() {
             if let Some(c) = self.checkpoints.iter().find(|c| c.id == id) {
-                return Some(c);
+                return Some(c.clone());
             }
         }
-        self.checkpoints.iter().rev().find(|c| !c.tag.is_empty() && c.tag == wanted)
+        self.checkpoints.iter().rev().find(|c| !c.tag.is_empty() && c.tag == wanted).cloned()
     }
 }

@@ -36,7 +36,7 @@ impl JournalView {
     /// Resolves `latest`, an id or a tag to a complete checkpoint, saying
     /// clearly why when it cannot.
     pub fn resolve(&self, wanted: &str) -> Result<CheckpointInfo> {
-        let found = self.index.find(wanted).cloned();
+        let found = self.index.find(wanted);
         match (found, &self.corruption) {
             (Some(c), _) if !c.consistent => bail!(
                 "checkpoint {} was taken before the initial copy finished; it is not a complete image",
