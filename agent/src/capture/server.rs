@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, Semaphore};
 const NBD_CONNECTIONS_MAX: usize = 64;
 /// Replies queued per connection before the reader stops taking requests.
 const REPLY_QUEUE_DEPTH: usize = 256;
+/// Queued replies are gathered into one socket write up to this size.
+const REPLY_COALESCE_BYTES: usize = 256 << 10;
+/// Requests (and write payloads) are read through a buffer this big.
+const REQUEST_READ_BUFFER_BYTES: usize = 256 << 10;
 
 pub struct Export {
     pub vpg: Arc<VpgCapture>,
@@ -71,12 +75,23 @@ async fn serve_connection(stream: TcpStream, exports: Exports) -> Result<()> {
     let export = exports.get(&neg.export).expect("negotiated export exists");
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
     let writer = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
+        // Replies that are already queued go out in one write.
+        let mut out = Vec::with_capacity(REPLY_COALESCE_BYTES);
+        while let Some(first) = rx.recv().await {
+            out.clear();
+            out.extend_from_slice(&first);
+            while out.len() < REPLY_COALESCE_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
                 break;
             }
         }
     });
+    let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let result = transmission(&mut rd, export, neg.structured, &tx).await;
     drop(tx);
     let _ = writer.await;
@@ -185,7 +200,7 @@ fn read_reply(req: &Request, data: &[u8], structured: bool) -> Vec<u8> {
 }
 
 async fn transmission(
-    rd: &mut OwnedReadHalf,
+    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
     export: &Export,
     structured: bool,
     tx: &mpsc::Sender<Vec<u8>>,

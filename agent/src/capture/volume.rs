@@ -53,6 +53,15 @@ impl Volume {
             .with_context(|| format!("zeroing {length} bytes at {offset} of {}", self.name))
     }
 
+    /// Drops clean cached pages of a range that was read once (the
+    /// initial copy): a full scan must not evict the VM's working set, and
+    /// large read-ahead folios would make every later 4 KiB write into
+    /// them slow.
+    pub fn drop_cache(&self, offset: u64, length: u64) {
+        let _ =
+            rustix::fs::fadvise(&*self.file, offset, std::num::NonZeroU64::new(length), rustix::fs::Advice::DontNeed);
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().with_context(|| format!("syncing volume {}", self.name))
     }

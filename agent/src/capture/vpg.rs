@@ -81,6 +81,9 @@ impl VpgCapture {
     async fn append_volume_range(&self, volume: u32, offset: u64, len: usize) -> Result<u64> {
         let mut chunk = vec![0u8; len];
         self.volumes[volume as usize].read_at(&mut chunk, offset)?;
+        // Everything before the chunk's end: read-ahead folios can be larger
+        // than a chunk and straddle it; the part already dropped is cheap.
+        self.volumes[volume as usize].drop_cache(0, offset + len as u64);
         let body = if chunk.iter().all(|b| *b == 0) {
             RecordBody::Zero { volume, offset, length: len as u64 }
         } else {

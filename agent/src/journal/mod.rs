@@ -6,8 +6,8 @@
 pub mod index;
 pub mod scan;
 
-use crate::record::Record;
 use crate::segment::{create_segment, sync_dir, SegmentKind};
+use crate::wire::batch::DecodedBatch;
 use crate::wire::message::VolumeInfo;
 use anyhow::{bail, Context, Result};
 use index::JournalIndex;
@@ -104,14 +104,16 @@ impl Journal {
         self.index.durable_seq
     }
 
-    /// Appends records after `durable_seq`, fsyncs, and returns the new
-    /// durable seq. Records at or below it are replays and are skipped.
-    /// A gap in seqs is only allowed where a new stream starts.
-    pub fn append(&mut self, records: &[Record]) -> Result<u64> {
-        let fresh: Vec<&Record> = records.iter().filter(|r| r.seq > self.index.durable_seq).collect();
-        let Some(first) = fresh.first() else {
+    /// Appends a verified batch after `durable_seq`, fsyncs, and returns
+    /// the new durable seq. Records at or below it are replays and are
+    /// skipped. A gap in seqs is only allowed where a new stream starts.
+    /// The batch's raw bytes are written as they are: they were checked
+    /// record by record when the batch was decoded.
+    pub fn append(&mut self, batch: &DecodedBatch) -> Result<u64> {
+        let Some(first_fresh) = batch.records.iter().position(|r| r.seq > self.index.durable_seq) else {
             return Ok(self.index.durable_seq);
         };
+        let first = &batch.records[first_fresh];
         let contiguous = first.seq == self.index.durable_seq + 1;
         let starts_stream = matches!(first.body, crate::record::RecordBody::StreamStart { .. });
         if !contiguous && !starts_stream && self.index.durable_seq != 0 {
@@ -126,14 +128,11 @@ impl Journal {
             self.current_len = f.metadata()?.len();
             self.current = f;
         }
-        let mut bytes = Vec::with_capacity(fresh.iter().map(|r| r.encoded_len()).sum());
-        for rec in &fresh {
-            rec.encode_into(&mut bytes);
-        }
-        self.current.write_all(&bytes).context("appending to the journal")?;
+        let bytes = &batch.raw[batch.offsets[first_fresh]..];
+        self.current.write_all(bytes).context("appending to the journal")?;
         self.current.sync_data().context("syncing the journal")?;
         self.current_len += bytes.len() as u64;
-        for rec in &fresh {
+        for rec in &batch.records[first_fresh..] {
             self.index.observe(rec);
         }
         Ok(self.index.durable_seq)

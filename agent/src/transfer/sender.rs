@@ -8,7 +8,7 @@ use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
 use crate::record::RecordBody;
-use crate::wire::batch::{self, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use crate::wire::batch::{BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
 use crate::wire::frame::{write_frame, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
 use crate::wire::throttle::Throttle;
@@ -24,6 +24,10 @@ use tokio_rustls::TlsConnector;
 
 /// Bytes sent but not yet acknowledged before the sender waits.
 const INFLIGHT_BYTES_MAX: u64 = 32 << 20;
+/// When less than this is waiting, the sender lingers `BATCH_LINGER` so
+/// small writes travel in fewer, larger batches (fewer journal fsyncs).
+const BATCH_LINGER_BYTES: usize = 256 << 10;
+const BATCH_LINGER: Duration = Duration::from_millis(1);
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 
@@ -159,18 +163,24 @@ async fn stream<W: AsyncWrite + Unpin>(
     let mut appended = vpg.log.watch_appended();
     let mut acked = vpg.log.watch_acked();
     let mut throttle = Throttle::new(bytes_per_sec);
+    let mut encoder = BatchEncoder::default();
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut inflight_bytes = 0u64;
     loop {
         // Mark the current end seen before reading, so an append that
         // lands after the read still wakes us.
         appended.borrow_and_update();
-        let records = cursor.read_available(BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
+        let mut records = cursor.read_available(BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
         if records.is_empty() {
             appended.changed().await.context("log closed")?;
             continue;
         }
-        send_batch(&records, &mut wr, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
+        let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
+        if bytes < BATCH_LINGER_BYTES && records.len() < BATCH_RECORDS_MAX {
+            tokio::time::sleep(BATCH_LINGER).await;
+            records.extend(cursor.read_available(BATCH_RAW_BYTES_TARGET - bytes, BATCH_RECORDS_MAX - records.len())?);
+        }
+        send_batch(&records, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -187,12 +197,13 @@ async fn stream<W: AsyncWrite + Unpin>(
 async fn send_batch<W: AsyncWrite + Unpin>(
     records: &[crate::record::Record],
     wr: &mut W,
+    encoder: &mut BatchEncoder,
     throttle: &mut Throttle,
     inflight: &mut VecDeque<(u64, u64)>,
     inflight_bytes: &mut u64,
     stats: &SenderStats,
 ) -> Result<()> {
-    let encoded = batch::encode(records);
+    let encoded = encoder.encode(records);
     let wait = throttle.take(encoded.bytes.len());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;

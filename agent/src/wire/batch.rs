@@ -32,34 +32,76 @@ pub struct EncodedBatch {
     pub last_seq: u64,
 }
 
-pub fn encode(records: &[Record]) -> EncodedBatch {
-    assert!(!records.is_empty() && records.len() <= BATCH_RECORDS_MAX);
-    let mut raw = Vec::with_capacity(records.iter().map(Record::encoded_len).sum());
-    for r in records {
-        raw.extend_from_slice(&r.encode());
+/// After a batch that did not compress, this many batches are sent raw
+/// before compression is tried again (adaptive: incompressible streams,
+/// such as encrypted guests, cost no compression CPU most of the time).
+const INCOMPRESSIBLE_SKIP_BATCHES: u32 = 16;
+
+/// Encodes batches for one link, keeping a zstd context and remembering
+/// whether the stream has been compressing.
+pub struct BatchEncoder {
+    zstd: zstd::bulk::Compressor<'static>,
+    skip_compression: u32,
+}
+
+impl Default for BatchEncoder {
+    fn default() -> Self {
+        BatchEncoder { zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1"), skip_compression: 0 }
     }
-    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "batch seqs must ascend");
-    let (raw_len, raw_crc) = (raw.len(), crc32fast::hash(&raw));
-    let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).ok();
-    let (codec, body) = match compressed {
-        Some(c) if (c.len() as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => (Codec::Zstd, c),
-        _ => (Codec::Raw, raw),
-    };
-    let first_seq = records[0].seq;
-    let last_seq = records[records.len() - 1].seq;
-    let mut bytes = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
-    bytes.extend_from_slice(&first_seq.to_le_bytes());
-    bytes.extend_from_slice(&last_seq.to_le_bytes());
-    bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&[codec as u8, 0, 0, 0]);
-    bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
-    bytes.extend_from_slice(&raw_crc.to_le_bytes());
-    bytes.extend_from_slice(&body);
-    EncodedBatch { bytes, raw_len, codec, first_seq, last_seq }
+}
+
+impl BatchEncoder {
+    pub fn encode(&mut self, records: &[Record]) -> EncodedBatch {
+        assert!(!records.is_empty() && records.len() <= BATCH_RECORDS_MAX);
+        assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "batch seqs must ascend");
+        let mut raw = Vec::with_capacity(records.iter().map(Record::encoded_len).sum());
+        for r in records {
+            r.encode_into(&mut raw);
+        }
+        let (raw_len, raw_crc) = (raw.len(), crc32fast::hash(&raw));
+        let compressed = if self.skip_compression > 0 {
+            self.skip_compression -= 1;
+            None
+        } else {
+            self.zstd.compress(&raw).ok()
+        };
+        let (codec, body) = match compressed {
+            Some(c) if (c.len() as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => (Codec::Zstd, c),
+            Some(_) => {
+                self.skip_compression = INCOMPRESSIBLE_SKIP_BATCHES;
+                (Codec::Raw, raw)
+            }
+            None => (Codec::Raw, raw),
+        };
+        let first_seq = records[0].seq;
+        let last_seq = records[records.len() - 1].seq;
+        let mut bytes = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+        bytes.extend_from_slice(&first_seq.to_le_bytes());
+        bytes.extend_from_slice(&last_seq.to_le_bytes());
+        bytes.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&[codec as u8, 0, 0, 0]);
+        bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
+        bytes.extend_from_slice(&raw_crc.to_le_bytes());
+        bytes.extend_from_slice(&body);
+        EncodedBatch { bytes, raw_len, codec, first_seq, last_seq }
+    }
+}
+
+/// Encodes one batch with a fresh encoder (tests and tools).
+pub fn encode(records: &[Record]) -> EncodedBatch {
+    BatchEncoder::default().encode(records)
+}
+
+/// A verified batch: its records and the raw bytes they were decoded
+/// from, with each record's start offset in `raw`.
+pub struct DecodedBatch {
+    pub raw: Vec<u8>,
+    pub records: Vec<Record>,
+    pub offsets: Vec<usize>,
 }
 
 /// Decodes and verifies a batch; every record must belong to `vpg_id`.
-pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<Vec<Record>> {
+pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<DecodedBatch> {
     if bytes.len() < BATCH_HEADER_BYTES {
         bail!("batch of {} bytes is shorter than its header", bytes.len());
     }
@@ -81,6 +123,7 @@ pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<Vec<Record>> {
         bail!("batch checksum mismatch (seq {first_seq}..={last_seq})");
     }
     let mut records = Vec::with_capacity(count);
+    let mut offsets = Vec::with_capacity(count);
     let mut at = 0;
     while at < raw.len() {
         let (rec, used) = Record::decode(&raw[at..]).with_context(|| format!("record at batch offset {at}"))?;
@@ -93,12 +136,13 @@ pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<Vec<Record>> {
             }
         }
         records.push(rec);
+        offsets.push(at);
         at += used;
     }
     if records.len() != count || records[0].seq != first_seq || records[count - 1].seq != last_seq {
         bail!("batch header does not match its records");
     }
-    Ok(records)
+    Ok(DecodedBatch { raw, records, offsets })
 }
 
 #[cfg(test)]
@@ -126,7 +170,20 @@ mod tests {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
         let random = encode(&recs(vec![noise]));
         assert_eq!(random.codec, Codec::Raw);
-        assert_eq!(decode(&random.bytes, 3).unwrap().len(), 1);
+        assert_eq!(decode(&random.bytes, 3).unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn incompressible_stream_skips_compression_then_probes_again() {
+        let mut noise = vec![0u8; 65536];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
+        let mut enc = BatchEncoder::default();
+        assert_eq!(enc.encode(&recs(vec![noise])).codec, Codec::Raw);
+        for _ in 0..INCOMPRESSIBLE_SKIP_BATCHES {
+            // Skipped even though this batch would compress.
+            assert_eq!(enc.encode(&recs(vec![vec![0u8; 65536]])).codec, Codec::Raw);
+        }
+        assert_eq!(enc.encode(&recs(vec![vec![0u8; 65536]])).codec, Codec::Zstd);
     }
 
     #[test]
@@ -140,7 +197,7 @@ mod tests {
         fn roundtrip(data in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..3000), 1..20)) {
             let records = recs(data);
             let b = encode(&records);
-            prop_assert_eq!(decode(&b.bytes, 3).unwrap(), records);
+            prop_assert_eq!(decode(&b.bytes, 3).unwrap().records, records);
         }
 
         #[test]
