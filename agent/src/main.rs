@@ -6,6 +6,14 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tidemark::config::Config;
 
+/// musl's allocator maps and unmaps every large buffer (each 1 MiB write
+/// paid page faults and zeroing); mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (the Rust bindings do not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 #[derive(Parser)]
 #[command(
     name = "tidemark",
@@ -81,6 +89,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
+    /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
+    #[command(hide = true)]
+    BenchCompress { file: PathBuf },
     /// Show each VPG's state, lag, throughput and last checkpoint (either role).
     Status {
         #[arg(long)]
@@ -91,6 +103,9 @@ enum Command {
 }
 
 fn main() {
+    // Give freed memory back at once: the appliance's memory budget is
+    // small, and batches come and go in large blocks.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     init_logging();
     if let Err(e) = run(cli) {
@@ -173,6 +188,17 @@ fn run(cli: Cli) -> Result<()> {
                 true,
             )?;
             print!("{}", tidemark::recovery::restore::describe(&report));
+        }
+        Command::BenchCompress { file } => {
+            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (seconds, wire) = tidemark::wire::batch::bench_compress(&data);
+            println!(
+                "{:.1} MB/s, {} -> {} bytes ({:.2}x)",
+                data.len() as f64 / seconds / 1e6,
+                data.len(),
+                wire,
+                data.len() as f64 / wire as f64
+            );
         }
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;

@@ -92,6 +92,27 @@ pub fn encode(records: &[Record]) -> EncodedBatch {
     BatchEncoder::default().encode(records)
 }
 
+/// Encodes `data` as 64 KiB write records in batches of
+/// `BATCH_RAW_BYTES_TARGET`, as the sender does; returns the seconds spent
+/// and the bytes that would go on the wire. For `tidemark bench-compress`.
+pub fn bench_compress(data: &[u8]) -> (f64, usize) {
+    const WRITE_BYTES: usize = 64 << 10;
+    let records: Vec<Record> = data
+        .chunks(WRITE_BYTES)
+        .enumerate()
+        .map(|(i, c)| Record {
+            seq: i as u64 + 1,
+            vpg_id: 1,
+            body: crate::record::RecordBody::Write { volume: 0, offset: (i * WRITE_BYTES) as u64, data: c.to_vec() },
+        })
+        .collect();
+    let per_batch = BATCH_RAW_BYTES_TARGET / WRITE_BYTES;
+    let mut encoder = BatchEncoder::default();
+    let start = std::time::Instant::now();
+    let wire = records.chunks(per_batch).map(|b| encoder.encode(b).bytes.len()).sum();
+    (start.elapsed().as_secs_f64(), wire)
+}
+
 /// A verified batch: its records and the raw bytes they were decoded
 /// from, with each record's start offset in `raw`.
 pub struct DecodedBatch {

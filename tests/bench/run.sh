@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make bench`: Tidemark's figures, each beside a peer measured in the same
+# run on the same disk. Prints `BENCH <name> <value> <unit> peer=<v>
+# ratio=<r>` lines and writes tests/bench/RESULTS.md. Nothing here asserts:
+# the machines are shared and noisy; goals are in the table for reading.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PORT_BASE=36000
+source tests/lib/common.sh
+RESULTS=tests/bench/RESULTS.md
+RUNTIME=${BENCH_RUNTIME:-10}
+ROWS=()
+
+bench() { # name value unit peer_name peer_value goal higher_is_better(1|0)
+    local ratio
+    ratio=$(python3 -c "print('%.2f' % ($2 / $5) if $5 else 'n/a')")
+    echo "BENCH $1 $2 $3 peer=$5 ratio=$ratio"
+    ROWS+=("| $1 | $2 $3 | $4: $5 $3 | $ratio | $6 |")
+}
+
+fio_iops() { # uri rw bs iodepth -> "iops bw_MiBps"
+    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size=1G \
+        --time_based --runtime="$RUNTIME" --randrepeat=0 --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
+    # fio's nbd engine may print a line before the JSON document.
+    sed -n '/^{/,$p' "$WORK/fio.json" | jq -r '.jobs[0].write | "\(.iops) \(.bw / 1024)"'
+}
+
+rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+log "1/4 fio through the inline export (replication running) vs qemu-nbd, same disk"
+mkdir -p "$WORK/src"
+fallocate -l 1G "$WORK/src/disk0.img"
+fallocate -l 1G "$WORK/peer.img"
+LOG_CAPACITY=$((4 << 30)) setup_pair async 5000 disk0:1G
+start_recovery
+start_protected
+wait_replicated 120
+qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -t "$WORK/peer.img" --cache=writeback --aio=threads &
+QPID=$!
+PIDS+=("$QPID")
+wait_port $((PORT_BASE + 9))
+PEER_URI=nbd://127.0.0.1:$((PORT_BASE + 9))/disk
+read -r piops _ < <(fio_iops "$PEER_URI" randwrite 4k 32)
+read -r tiops _ < <(fio_iops "$NBD_URI/disk0" randwrite 4k 32)
+bench fio_randwrite_4k_qd32 "$(printf %.0f "$tiops")" IOPS qemu-nbd "$(printf %.0f "$piops")" "≥ 0.8×"
+read -r _ pbw < <(fio_iops "$PEER_URI" write 1M 8)
+read -r _ tbw < <(fio_iops "$NBD_URI/disk0" write 1M 8)
+bench fio_seqwrite_1M_qd8 "$(printf %.0f "$tbw")" MiB/s qemu-nbd "$(printf %.0f "$pbw")" "≥ 0.9×"
+wait_replicated 300
+RSS_P=$(rss_mib "$PROTECTED_PID")
+RSS_R=$(rss_mib "$RECOVERY_PID")
+RSS_Q=$(rss_mib "$QPID")
+bench peak_rss_protected "$RSS_P" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
+bench peak_rss_recovery "$RSS_R" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
+kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID"
+
+log "2/4 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
+rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
+USE_PROXY=1 setup_pair async 1000 rpo:64M
+"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
+    --map "$((PORT_BASE + 7))=127.0.0.1:$((PORT_BASE + 8))" --bandwidth-bps 100000000 >"$WORK/proxy.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PROXY_DATA_PORT"
+start_recovery
+start_protected
+wait_replicated 120
+python3 tests/bench/rpo.py watch "$WORK/b/data/journal/vpg1" $((RUNTIME + 5)) "$WORK/seen" &
+W=$!
+python3 tests/bench/rpo.py writer "$NBD_PORT" rpo "$RUNTIME" 6250000 "$WORK/flushed"
+wait "$W"
+read -r p50 p99 n total < <(python3 tests/bench/rpo.py report "$WORK/flushed" "$WORK/seen")
+python3 tests/bench/rpo.py sink $((PORT_BASE + 8)) "$WORK/arrived" $((RUNTIME + 10)) &
+S=$!
+sleep 0.5
+python3 tests/bench/rpo.py source $((PORT_BASE + 7)) "$RUNTIME" 6250000 "$WORK/sent"
+wait "$S" || true
+read -r l50 l99 _ _ < <(python3 tests/bench/rpo.py report "$WORK/sent" "$WORK/arrived")
+bench rpo_p50 "$p50" ms plain-TCP "$l50" "—"
+bench rpo_p99 "$p99" ms plain-TCP "$l99" "p99 ≤ 1000 ms"
+log "RPO samples: $n of $total flushed writes seen in the journal"
+kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
+
+log "3/4 batch compression vs the zstd -1 CLI on the same data"
+# A mixed corpus: text (docs, man pages) and binaries, 128 MiB.
+( set +o pipefail
+  tar -cf - /usr/share/doc /usr/share/man 2>/dev/null | head -c $((96 << 20))
+  cat /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | head -c $((32 << 20)) ) >"$WORK/corpus"
+ours=$("$TIDEMARK" bench-compress "$WORK/corpus" | awk '{print $1}')
+start=$(date +%s.%N)
+zstd -1 -q -c "$WORK/corpus" >/dev/null
+end=$(date +%s.%N)
+size=$(stat -c %s "$WORK/corpus")
+peer=$(python3 -c "print('%.1f' % ($size / ($end - $start) / 1e6))")
+bench zstd_batch_compress "$ours" MB/s zstd-1-CLI "$peer" "—"
+
+log "4/4 writing $RESULTS"
+{
+    echo "# Benchmark results"
+    echo
+    echo "Written by \`make bench\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)."
+    echo "Each figure is measured beside its peer in the same run, on the same disk."
+    echo "fio runs ${RUNTIME} s per job against preallocated 1 GiB files; replication to a"
+    echo "local recovery agent runs throughout. RPO: time from a FLUSH reply to the write"
+    echo "appearing in the recovery journal, through wanproxy capped at 100 Mbit/s,"
+    echo "writes of 64 KiB at 50 Mbit/s; the peer is the same messages over plain TCP."
+    echo
+    echo "| figure | Tidemark | peer | ratio | goal |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+} >"$RESULTS"
+cat "$RESULTS"
