@@ -13,6 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_purge_delay` in mimalloc.h (the Rust bindings do not name it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// Freed memory goes back to the kernel after this long: long enough to
+/// reuse buffers within a burst of writes, short enough to keep RSS small.
+const ALLOCATOR_PURGE_DELAY_MS: std::os::raw::c_long = 50;
 
 #[derive(Parser)]
 #[command(
@@ -103,9 +106,9 @@ enum Command {
 }
 
 fn main() {
-    // Give freed memory back at once: the appliance's memory budget is
-    // small, and batches come and go in large blocks.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // Give freed memory back soon: the appliance's memory budget is small,
+    // and batches come and go in large blocks.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     let cli = Cli::parse();
     init_logging();
     if let Err(e) = run(cli) {

@@ -103,6 +103,17 @@ impl Record {
     /// Decodes one record from the front of `buf`, verifying both
     /// checksums. Returns the record and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<(Record, usize), RecordError> {
+        Self::decode_inner(buf, true)
+    }
+
+    /// Like `decode`, with every check, but a Write's data is left empty:
+    /// for callers that keep the raw bytes and only need what the record
+    /// is (the receiver journals verified batches as they came).
+    pub fn decode_metadata(buf: &[u8]) -> Result<(Record, usize), RecordError> {
+        Self::decode_inner(buf, false)
+    }
+
+    fn decode_inner(buf: &[u8], keep_data: bool) -> Result<(Record, usize), RecordError> {
         if buf.len() < RECORD_HEADER_BYTES {
             return Err(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: buf.len() });
         }
@@ -136,7 +147,7 @@ impl Record {
                 if length != payload_len as u64 {
                     return Err(RecordError::Malformed("write length differs from payload length"));
                 }
-                RecordBody::Write { volume, offset, data: payload.to_vec() }
+                RecordBody::Write { volume, offset, data: if keep_data { payload.to_vec() } else { Vec::new() } }
             }
             KIND_ZERO => RecordBody::Zero { volume, offset, length },
             KIND_CHECKPOINT => {

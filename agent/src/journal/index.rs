@@ -23,7 +23,6 @@ pub struct JournalIndex {
     pub checkpoints: Vec<CheckpointInfo>,
     copied: BTreeSet<u32>,
     pub records: u64,
-    pub data_bytes: u64,
     /// Set when the journal was found damaged (file, offset, reason).
     pub damage: Option<String>,
 }
@@ -36,7 +35,6 @@ impl JournalIndex {
             checkpoints: Vec::new(),
             copied: BTreeSet::new(),
             records: 0,
-            data_bytes: 0,
             damage: None,
         }
     }
@@ -45,7 +43,6 @@ impl JournalIndex {
         assert!(rec.seq > self.durable_seq, "journal seqs must ascend ({} after {})", rec.seq, self.durable_seq);
         self.durable_seq = rec.seq;
         self.records += 1;
-        self.data_bytes += rec.data_bytes();
         match &rec.body {
             RecordBody::StreamStart { .. } => self.copied.clear(),
             RecordBody::CopyDone { volume } => {

@@ -54,7 +54,8 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
             prev.insert(name.clone(), received);
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
-            let last = index.checkpoints.last();
+            // The newest checkpoint that can be restored (complete).
+            let last = index.latest_consistent();
             let lag_seconds = last.map_or(0.0, |c| crate::record::now_ms().saturating_sub(c.time_ms) as f64 / 1000.0);
             let state = if index.initial_copy_complete() { "protected" } else { "initial copy in progress" };
             vpgs.push(VpgStatus {

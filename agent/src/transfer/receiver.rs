@@ -179,10 +179,13 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         if slot.session.load(Ordering::SeqCst) != session {
             bail!("a newer session replaced this link");
         }
-        let records = batch::decode(&payload, id).context("bad batch")?;
-        let slot2 = slot.clone();
-        let appended =
-            tokio::task::spawn_blocking(move || slot2.journal.lock().expect("journal lock").append(&records)).await?;
+        let decoded = batch::decode(&payload, id).context("bad batch")?;
+        let wire_len = payload.len();
+        drop(payload);
+        // On this thread (not the blocking pool): the batch is allocated and
+        // freed by one thread, which keeps the allocator from holding it.
+        let appended = tokio::task::block_in_place(|| slot.journal.lock().expect("journal lock").append(&decoded));
+        drop(decoded);
         let durable = match appended {
             Ok(d) => d,
             Err(e) => {
@@ -191,7 +194,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
                 bail!("journal append for {vpg}: {reason}");
             }
         };
-        slot.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);
         slot.last_batch_ms.store(crate::record::now_ms(), Ordering::Relaxed);
         send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
     }
