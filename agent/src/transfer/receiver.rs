@@ -7,7 +7,7 @@ use super::{recv_control, send_control, CONNECT_TIMEOUT};
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
 use crate::wire::batch;
-use crate::wire::frame::{read_frame, FrameKind};
+use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -169,8 +169,9 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         bail!("attach for VPG {vpg:?} with an unknown session");
     };
     let id = vpg_id(&vpg);
+    let mut payload = Vec::new();
     loop {
-        let (kind, payload) = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame(&mut rd))
+        let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
             .context("data link idle too long")??;
         if kind != FrameKind::Batch {
@@ -181,7 +182,6 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         }
         let decoded = batch::decode(&payload, id).context("bad batch")?;
         let wire_len = payload.len();
-        drop(payload);
         // On this thread (not the blocking pool): the batch is allocated and
         // freed by one thread, which keeps the allocator from holding it.
         let appended = tokio::task::block_in_place(|| slot.journal.lock().expect("journal lock").append(&decoded));

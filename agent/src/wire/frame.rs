@@ -59,15 +59,23 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payl
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, Vec<u8>)> {
+    let mut payload = Vec::new();
+    let kind = read_frame_into(r, &mut payload).await?;
+    Ok((kind, payload))
+}
+
+/// Reads a frame into `payload`, reusing its allocation: the data link
+/// receives megabyte batches back to back.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> Result<FrameKind> {
     let mut h = [0u8; FRAME_HEADER_BYTES];
     r.read_exact(&mut h).await.context("reading frame header")?;
     let (kind, len, crc) = decode_header(&h)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await.context("reading frame payload")?;
-    if crc32fast::hash(&payload) != crc {
+    payload.resize(len, 0);
+    r.read_exact(payload).await.context("reading frame payload")?;
+    if crc32fast::hash(payload) != crc {
         bail!("frame checksum mismatch");
     }
-    Ok((kind, payload))
+    Ok(kind)
 }
 
 #[cfg(test)]
