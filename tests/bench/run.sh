@@ -86,7 +86,9 @@ log "3/4 batch compression vs the zstd -1 CLI on the same data"
   tar -cf - /usr/share/doc /usr/share/man 2>/dev/null | head -c $((96 << 20))
   cat /usr/lib/x86_64-linux-gnu/*.so* 2>/dev/null | head -c $((32 << 20)) ) >"$WORK/corpus"
 cat "$WORK/corpus" >/dev/null # both read it from the page cache
-read -r ours _ _ _ _ ours_ratio < <("$TIDEMARK" bench-compress "$WORK/corpus")
+line=$("$TIDEMARK" bench-compress "$WORK/corpus")
+ours=${line%% *}
+ours_ratio=$(sed -n 's/.*(\([0-9.]*\)x).*/\1/p' <<<"$line")
 start=$(date +%s.%N)
 zstd -1 -q -c "$WORK/corpus" >"$WORK/corpus.zst"
 end=$(date +%s.%N)
@@ -94,8 +96,7 @@ size=$(stat -c %s "$WORK/corpus")
 peer=$(python3 -c "print('%.1f' % ($size / ($end - $start) / 1e6))")
 peer_ratio=$(python3 -c "print('%.2f' % ($size / $(stat -c %s "$WORK/corpus.zst")))")
 bench zstd_batch_compress "$ours" MB/s zstd-1-CLI "$peer" "—"
-ours_ratio=${ours_ratio#(}
-bench zstd_compression_ratio "${ours_ratio%x)}" x zstd-1-CLI "$peer_ratio" "— (4 MiB batches, adaptive)"
+bench zstd_compression_ratio "$ours_ratio" x zstd-1-CLI "$peer_ratio" "— (4 MiB batches, adaptive)"
 
 log "4/4 writing $RESULTS"
 {

@@ -32,9 +32,11 @@ pub struct EncodedBatch {
     pub last_seq: u64,
 }
 
-/// After a batch that did not compress, this many batches are sent raw
-/// before compression is tried again (adaptive: incompressible streams,
-/// such as encrypted guests, cost no compression CPU most of the time).
+/// After batches that did not compress, up to this many are sent raw
+/// before compression is tried again: 1, 2, 4, ... batches after 1, 2, 3
+/// misses in a row (adaptive: an incompressible stream, such as an
+/// encrypted guest, costs little compression CPU, and a mixed stream
+/// finds its compressible parts again quickly).
 const INCOMPRESSIBLE_SKIP_BATCHES: u32 = 16;
 
 /// Encodes batches for one link, keeping a zstd context and remembering
@@ -42,11 +44,16 @@ const INCOMPRESSIBLE_SKIP_BATCHES: u32 = 16;
 pub struct BatchEncoder {
     zstd: zstd::bulk::Compressor<'static>,
     skip_compression: u32,
+    misses_in_a_row: u32,
 }
 
 impl Default for BatchEncoder {
     fn default() -> Self {
-        BatchEncoder { zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1"), skip_compression: 0 }
+        BatchEncoder {
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1"),
+            skip_compression: 0,
+            misses_in_a_row: 0,
+        }
     }
 }
 
@@ -66,9 +73,13 @@ impl BatchEncoder {
             self.zstd.compress(&raw).ok()
         };
         let (codec, body) = match compressed {
-            Some(c) if (c.len() as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => (Codec::Zstd, c),
+            Some(c) if (c.len() as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => {
+                self.misses_in_a_row = 0;
+                (Codec::Zstd, c)
+            }
             Some(_) => {
-                self.skip_compression = INCOMPRESSIBLE_SKIP_BATCHES;
+                self.misses_in_a_row += 1;
+                self.skip_compression = (1u32 << (self.misses_in_a_row - 1).min(4)).min(INCOMPRESSIBLE_SKIP_BATCHES);
                 (Codec::Raw, raw)
             }
             None => (Codec::Raw, raw),
@@ -200,12 +211,20 @@ mod tests {
         let mut noise = vec![0u8; 65536];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
         let mut enc = BatchEncoder::default();
-        assert_eq!(enc.encode(&recs(vec![noise])).codec, Codec::Raw);
-        for _ in 0..INCOMPRESSIBLE_SKIP_BATCHES {
-            // Skipped even though this batch would compress.
-            assert_eq!(enc.encode(&recs(vec![vec![0u8; 65536]])).codec, Codec::Raw);
+        let zeros = || recs(vec![vec![0u8; 65536]]);
+        // Misses in a row: skip 1, then 2, then 4 batches.
+        for skip in [1, 2, 4] {
+            assert_eq!(enc.encode(&recs(vec![noise.clone()])).codec, Codec::Raw);
+            for _ in 0..skip {
+                // Skipped even though this batch would compress.
+                assert_eq!(enc.encode(&zeros()).codec, Codec::Raw);
+            }
         }
-        assert_eq!(enc.encode(&recs(vec![vec![0u8; 65536]])).codec, Codec::Zstd);
+        // Probed again, it compresses, and the backoff resets.
+        assert_eq!(enc.encode(&zeros()).codec, Codec::Zstd);
+        assert_eq!(enc.encode(&recs(vec![noise])).codec, Codec::Raw);
+        assert_eq!(enc.encode(&zeros()).codec, Codec::Raw);
+        assert_eq!(enc.encode(&zeros()).codec, Codec::Zstd);
     }
 
     #[test]
