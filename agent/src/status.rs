@@ -53,6 +53,20 @@ pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
+/// Writes this agent's status now; a failure is logged, never fatal.
+pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>) {
+    let status = AgentStatus {
+        role: role.into(),
+        node: node.name.clone(),
+        pid: std::process::id(),
+        updated_ms: crate::record::now_ms(),
+        vpgs,
+    };
+    if let Err(e) = write(&node.data_dir, &status) {
+        tracing::warn!("{e:#}");
+    }
+}
+
 pub fn read(data_dir: &Path) -> Result<AgentStatus> {
     let path = path(data_dir);
     let text = std::fs::read_to_string(&path)

@@ -109,21 +109,17 @@ wait_port() {
     fail "nothing listens on port $port"
 }
 
-start_recovery() {
-    "$TIDEMARK" recovery --config "$WORK/recovery.toml" >>"$WORK/recovery.log" 2>&1 &
-    RECOVERY_PID=$!
-    disown "$RECOVERY_PID"
-    PIDS+=("$RECOVERY_PID")
-    wait_port "$CONTROL_PORT"
+# start_agent ROLE PORT: runs `tidemark ROLE` with $WORK/ROLE.toml in the
+# background and waits for PORT; its pid is left in $AGENT_PID.
+start_agent() {
+    "$TIDEMARK" "$1" --config "$WORK/$1.toml" >>"$WORK/$1.log" 2>&1 &
+    AGENT_PID=$!
+    disown "$AGENT_PID"
+    PIDS+=("$AGENT_PID")
+    wait_port "$2"
 }
-
-start_protected() {
-    "$TIDEMARK" protected --config "$WORK/protected.toml" >>"$WORK/protected.log" 2>&1 &
-    PROTECTED_PID=$!
-    disown "$PROTECTED_PID"
-    PIDS+=("$PROTECTED_PID")
-    wait_port "$NBD_PORT"
-}
+start_recovery() { start_agent recovery "$CONTROL_PORT"; RECOVERY_PID=$AGENT_PID; }
+start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID; }
 
 status_json() { "$TIDEMARK" status --json --config "$WORK/$1.toml" 2>/dev/null; }
 

@@ -90,3 +90,46 @@ impl JournalIndex {
         self.checkpoints.iter().rev().find(|c| !c.tag.is_empty() && c.tag == wanted).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, body: RecordBody) -> Record {
+        Record { seq, vpg_id: 1, body }
+    }
+
+    fn checkpoint(seq: u64, tag: &str) -> Record {
+        rec(seq, RecordBody::Checkpoint { time_ms: seq, tag: tag.into() })
+    }
+
+    #[test]
+    fn replica_is_not_offered_before_every_initial_copy_completes() {
+        let mut index = JournalIndex::new(2);
+        index.observe(&rec(1, RecordBody::StreamStart { time_ms: 0 }));
+        index.observe(&checkpoint(2, ""));
+        index.observe(&rec(3, RecordBody::CopyDone { volume: 0 }));
+        index.observe(&checkpoint(4, "half"));
+        assert!(index.find("latest").is_none(), "no complete checkpoint while volume 1 is copying");
+        assert!(!index.find("half").unwrap().consistent);
+        assert!(!index.find("head").unwrap().consistent);
+        index.observe(&rec(5, RecordBody::CopyDone { volume: 1 }));
+        index.observe(&checkpoint(6, "full"));
+        assert_eq!(index.find("latest").unwrap().id, 6);
+        assert!(index.find("head").unwrap().consistent);
+        // A new stream (lost protected log) starts over: nothing after it
+        // is complete until both volumes are copied again.
+        index.observe(&rec(100, RecordBody::StreamStart { time_ms: 0 }));
+        index.observe(&checkpoint(101, ""));
+        assert_eq!(index.find("latest").unwrap().id, 6);
+        assert!(!index.find("101").unwrap().consistent);
+    }
+
+    #[test]
+    #[should_panic(expected = "journal seqs must ascend")]
+    fn seqs_going_backwards_is_a_bug() {
+        let mut index = JournalIndex::new(1);
+        index.observe(&checkpoint(5, ""));
+        index.observe(&checkpoint(5, ""));
+    }
+}

@@ -7,7 +7,7 @@ use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, ProtectedConfig};
 use crate::log::{CaptureState, ProtectedLog};
 use crate::record::vpg_id;
-use crate::status::{self, AgentStatus, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
+use crate::status::{self, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::sender::{self, SenderStats};
 use crate::wire::tls;
 use anyhow::{Context, Result};
@@ -136,15 +136,6 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                     .to_lowercase(),
             });
         }
-        let s = AgentStatus {
-            role: "protected".into(),
-            node: cfg.node.name.clone(),
-            pid: std::process::id(),
-            updated_ms: crate::record::now_ms(),
-            vpgs,
-        };
-        if let Err(e) = status::write(&cfg.node.data_dir, &s) {
-            tracing::warn!("{e:#}");
-        }
+        status::publish(&cfg.node, "protected", vpgs);
     }
 }

@@ -2,7 +2,7 @@
 //! journal per VPG, status.
 
 use crate::config::{parse_fingerprint, RecoveryConfig};
-use crate::status::{self, AgentStatus, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
+use crate::status::{self, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::receiver::{accept_loop, Receiver};
 use crate::wire::tls;
 use anyhow::{Context, Result};
@@ -71,15 +71,6 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));
-        let s = AgentStatus {
-            role: "recovery".into(),
-            node: cfg.node.name.clone(),
-            pid: std::process::id(),
-            updated_ms: crate::record::now_ms(),
-            vpgs,
-        };
-        if let Err(e) = status::write(&cfg.node.data_dir, &s) {
-            tracing::warn!("{e:#}");
-        }
+        status::publish(&cfg.node, "recovery", vpgs);
     }
 }

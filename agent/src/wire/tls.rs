@@ -76,6 +76,10 @@ impl Pinned {
     }
 }
 
+fn tls12_refused() -> TlsError {
+    TlsError::General("TLS 1.2 is not allowed between appliances".into())
+}
+
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
@@ -93,7 +97,7 @@ impl ServerCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+        Err(tls12_refused())
     }
     fn verify_tls13_signature(
         &self,
@@ -126,7 +130,7 @@ impl ClientCertVerifier for Pinned {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not allowed between appliances".into()))
+        Err(tls12_refused())
     }
     fn verify_tls13_signature(
         &self,
