@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=$PWD/build/tidemark
 DEMO=/var/lib/tidemark-demo
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+    step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n== %s\n' "$*"; }
+fi
 cleanup() {
     [ -n "${PPID_A:-}" ] && kill "$PPID_A" 2>/dev/null || true
     [ -n "${PPID_B:-}" ] && kill "$PPID_B" 2>/dev/null || true
@@ -77,4 +81,5 @@ done
 e2fsck -fn "$DEMO/restored/webapp-os.img" >/dev/null 2>&1 && echo "webapp-os: e2fsck clean"
 debugfs -R "cat /www/index.html" "$DEMO/restored/webapp-os.img" 2>/dev/null | sed 's/^/restored file: /'
 
+"$T" status --config "$DEMO/protected.toml" | head -n 1
 step "Done. Files are in $DEMO (configs, logs, restored images)."

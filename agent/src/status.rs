@@ -97,7 +97,11 @@ pub fn format_bytes(n: u64) -> String {
 pub fn render(status: &AgentStatus) -> String {
     let age = crate::record::now_ms().saturating_sub(status.updated_ms);
     let mut out = String::new();
-    let running = if age > STATUS_STALE_MS {
+    // The pid must be alive too: an agent that just stopped left a fresh file.
+    let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
+    let running = if !alive {
+        format!("NOT RUNNING (pid {} has exited; last report at {})", status.pid, format_time_ms(status.updated_ms))
+    } else if age > STATUS_STALE_MS {
         format!(
             "NOT RUNNING (last report {} ago)",
             humantime::format_duration(std::time::Duration::from_secs(age / 1000))
