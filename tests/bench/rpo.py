@@ -26,22 +26,28 @@ def payload(i):
     return MARK + struct.pack("<Q", i) + os.urandom(MSG - 13)
 
 
+def paced(seconds, rate):
+    """Yields message numbers 0, 1, ... at `rate` bytes/s for `seconds`."""
+    interval = MSG / float(rate)
+    end = time.time() + float(seconds)
+    nxt = time.time()
+    i = 0
+    while time.time() < end:
+        yield i
+        i += 1
+        nxt += interval
+        time.sleep(max(0, nxt - time.time()))
+
+
 def writer(port, export, seconds, rate, out):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
     from nbdclient import Client
     c = Client("127.0.0.1", int(port), export)
-    interval = MSG / float(rate)
-    end = time.time() + float(seconds)
-    i = 0
-    nxt = time.time()
     with open(out, "w") as f:
-        while time.time() < end:
+        for i in paced(seconds, rate):
             c.write((i % 1024) * MSG, payload(i))
             c.flush()
             f.write("%d %.6f\n" % (i, time.time()))
-            i += 1
-            nxt += interval
-            time.sleep(max(0, nxt - time.time()))
     c.close()
 
 
@@ -96,17 +102,10 @@ def sink(port, out, seconds):
 
 def source(port, seconds, rate, out):
     s = socket.create_connection(("127.0.0.1", int(port)))
-    interval = MSG / float(rate)
-    end = time.time() + float(seconds)
-    i = 0
-    nxt = time.time()
     with open(out, "w") as f:
-        while time.time() < end:
+        for i in paced(seconds, rate):
             s.sendall(payload(i))
             f.write("%d %.6f\n" % (i, time.time()))
-            i += 1
-            nxt += interval
-            time.sleep(max(0, nxt - time.time()))
     time.sleep(2)
     s.close()
 

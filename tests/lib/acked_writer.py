@@ -14,7 +14,6 @@ import time
 from nbdclient import Client
 
 port, export, counter_file, acked_file, seconds, tag = sys.argv[1:7]
-SLOTS = 16384  # 64 MiB of 4 KiB slots
 FLUSH_EVERY = 8
 
 
@@ -26,10 +25,11 @@ def main():
     slot = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
     deadline = time.time() + float(seconds)
     c = Client("127.0.0.1", int(port), export)
+    slots = c.size // 4096  # every write gets a fresh 4 KiB slot
     pending = []
     with open(acked_file, "a") as acked:
         try:
-            while time.time() < deadline and slot < SLOTS:
+            while time.time() < deadline and slot < slots:
                 c.write(slot * 4096, block(slot, tag))
                 pending.append(slot)
                 slot += 1
@@ -44,6 +44,8 @@ def main():
         except (OSError, ConnectionError, AssertionError) as e:
             print("writer stopped: %s" % e)
             return
+    if slot >= slots:
+        print("writer ran out of slots")
     c.close()
 
 
