@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build demo test unit e2e bench lint clean
+.PHONY: all deps build demo test unit e2e bench fuzz lint clean
 
 all: build
 
@@ -30,6 +30,16 @@ test: build lint unit e2e
 
 bench: build
 	@tests/bench/run.sh
+
+# Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
+# cargo-fuzz; not part of `make test`).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@for t in record_decode batch_decode nbd_request control_message; do \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		(cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
 
 clean:
 	rm -rf build target

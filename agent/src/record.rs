@@ -142,6 +142,24 @@ impl Record {
         if crc32fast::hash(payload) != u32_at(buf, 44) {
             return Err(RecordError::PayloadChecksum { seq });
         }
+        // Only canonical records: fields a kind does not use must be zero,
+        // so every accepted record re-encodes to exactly the same bytes.
+        if buf[5..8] != [0, 0, 0] {
+            return Err(RecordError::Malformed("reserved header bytes are set"));
+        }
+        let unused_zero = |fields_zero: bool| {
+            if fields_zero {
+                Ok(())
+            } else {
+                Err(RecordError::Malformed("a field this kind does not use is set"))
+            }
+        };
+        match kind {
+            KIND_ZERO => unused_zero(payload_len == 0)?,
+            KIND_COPY_DONE => unused_zero(payload_len == 0 && offset == 0 && length == 0)?,
+            KIND_CHECKPOINT | KIND_STREAM_START => unused_zero(volume == 0 && offset == 0 && length == 0)?,
+            _ => {}
+        }
         let body = match kind {
             KIND_WRITE => {
                 if length != payload_len as u64 {
@@ -272,6 +290,19 @@ mod tests {
             let i = pos.index(bytes.len());
             bytes[i] ^= 1 << bit;
             prop_assert!(Record::decode(&bytes).is_err());
+        }
+
+        #[test]
+        fn only_canonical_records_decode(body in body_strategy(), pos in 0usize..48, byte in any::<u8>()) {
+            // Change one header byte and fix the header crc: the result either
+            // fails to decode or re-encodes to exactly the same bytes.
+            let mut bytes = Record { seq: 3, vpg_id: 1, body }.encode();
+            bytes[pos] = byte;
+            let crc = crc32fast::hash(&bytes[..48]);
+            bytes[48..52].copy_from_slice(&crc.to_le_bytes());
+            if let Ok((rec, used)) = Record::decode(&bytes) {
+                prop_assert_eq!(rec.encode(), bytes[..used].to_vec());
+            }
         }
 
         #[test]

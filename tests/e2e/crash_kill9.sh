@@ -6,7 +6,7 @@
 source "$(dirname "$0")/../lib/common.sh"
 
 CYCLES=${CRASH_CYCLES:-20}
-setup_pair async 1000 disk0:256M load:32M
+setup_pair async 1000 disk0:1G load:32M
 start_recovery
 start_protected
 
