@@ -10,12 +10,6 @@ setup_pair async 1000 disk0:1G load:32M
 start_recovery
 start_protected
 
-kill9() {
-    local pid=$1
-    kill -9 "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-}
-
 load() {
     timeout -s KILL "$(($1 + 5))" fio --name=load --ioengine=nbd --uri="$NBD_URI/load" --rw=randwrite --bs=64k --iodepth=16 \
         --size=32M --rate=20m --time_based --runtime="$1" >/dev/null 2>&1 || true

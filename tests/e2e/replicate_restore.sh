@@ -31,8 +31,7 @@ grep -q "VPG vpg1" <<<"$st" || fail "status does not show the VPG: $st"
 grep -Eq "state: +(in sync|replicating)" <<<"$st" || fail "status state unexpected: $st"
 grep -q "last checkpoint: [0-9]" <<<"$st" || fail "status has no last checkpoint: $st"
 "$TIDEMARK" status --config "$WORK/recovery.toml" | grep -q "state: *protected" || fail "recovery status not protected"
-kill -9 "$PROTECTED_PID"
-sleep 0.2
+kill9 "$PROTECTED_PID"
 "$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "NOT RUNNING" || fail "status calls a killed agent running"
 start_protected
 log "status on both sides reports the VPG, and a killed agent as not running"

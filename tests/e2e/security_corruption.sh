@@ -19,7 +19,7 @@ sed -e "s|$WORK/a/keys/|$WORK/rogue/|g" -e "s|$WORK/a/data|$WORK/rogue-data|" "$
 rogue=$!
 PIDS+=("$rogue")
 sleep 3
-kill -9 "$rogue"
+kill9 "$rogue"
 rogue_fp=$("$TIDEMARK" fingerprint --cert "$WORK/rogue/cert.pem")
 grep -q "certificate $rogue_fp is not pinned" "$WORK/recovery.log" || fail "recovery did not log the rogue fingerprint $rogue_fp"
 [ ! -e "$WORK/b/data/journal/vpg1" ] || fail "a journal was created for a refused peer"
@@ -31,7 +31,7 @@ sed "s|^fingerprint = .*|fingerprint = \"sha256:$(printf '%064d' 0)\"|" "$WORK/p
 wp=$!
 PIDS+=("$wp")
 sleep 3
-kill -9 "$wp"
+kill9 "$wp"
 grep -q "refusing peer: certificate $FP_B is not pinned" "$WORK/wrongpin.log" || fail "protected side did not refuse a wrongly pinned peer"
 [ ! -e "$WORK/b/data/journal/vpg1" ] || fail "a journal was created through a wrongly pinned link"
 rm -rf "$WORK/a/data"
@@ -107,7 +107,7 @@ grep -q "not in the readable part of the journal" "$WORK/r3.out" || fail "unclea
 log "flipped byte detected and reported; restore stopped at the last good checkpoint"
 
 # 5. Restarting the recovery agent quarantines the damage; replication heals.
-kill -9 "$RECOVERY_PID"
+kill9 "$RECOVERY_PID"
 start_recovery
 sleep 2
 grep -q "quarantining" "$WORK/recovery.log" || fail "recovery agent did not quarantine the damage"

@@ -27,7 +27,7 @@ c = Client("127.0.0.1", port, "disk0")
 c.write(pattern << 16, bytes([pattern]) * 65536)
 c.flush()
 PY
-        kill -9 "$PROTECTED_PID"
+        kill9 "$PROTECTED_PID"
         rm -rf "$WORK/a/data/log" "$WORK/out"
         restore_to head "$WORK/out"
         rm -f "$WORK/cut"
@@ -44,7 +44,7 @@ PY
     rm -rf "$WORK/final"
     restore_to latest "$WORK/final"
     cmp "$WORK/final/disk0.img" "$WORK/src/disk0.img" || fail "$mode: after the new streams the replica differs"
-    kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
+    kill9 "$PROTECTED_PID" "$RECOVERY_PID"
 }
 
 "$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \

@@ -35,7 +35,7 @@ run_with_cap() {
     took=$(replicate_seconds)
     restore_to latest "$WORK/out"
     cmp "$WORK/out/disk0.img" "$WORK/src/disk0.img" || fail "replica with cap $1 differs"
-    kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
+    kill9 "$PROTECTED_PID" "$RECOVERY_PID"
 }
 
 run_with_cap 4000000

@@ -118,6 +118,15 @@ start_agent() {
     PIDS+=("$AGENT_PID")
     wait_port "$2"
 }
+# kill9 PID...: SIGKILL and wait until each process is gone (its ports free).
+kill9() {
+    local pid
+    for pid in "$@"; do kill -9 "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    done
+}
+
 start_recovery() { start_agent recovery "$CONTROL_PORT"; RECOVERY_PID=$AGENT_PID; }
 start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID; }
 

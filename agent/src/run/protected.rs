@@ -56,9 +56,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             },
         ));
     }
-    let listener = tokio::net::TcpListener::bind(cfg.capture.listen)
-        .await
-        .with_context(|| format!("listening for NBD on {}", cfg.capture.listen))?;
+    let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
     tokio::spawn(server::serve(listener, Arc::new(exports)));
     for (interval_ms, rt) in &runtimes {
         let capture = rt.capture.clone();

@@ -18,12 +18,8 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     let journal_root = cfg.node.data_dir.join("journal");
     std::fs::create_dir_all(&journal_root).with_context(|| format!("creating {}", journal_root.display()))?;
     let receiver = Receiver::new(journal_root);
-    let bind = |port: u16| {
-        let addr = std::net::SocketAddr::new(cfg.listen.address, port);
-        async move { tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}")) }
-    };
-    let control = bind(cfg.listen.control_port).await?;
-    let data = bind(cfg.listen.data_port).await?;
+    let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
+    let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
     tokio::spawn(accept_loop(data, acceptor, receiver.clone(), "data"));
     tracing::info!(
