@@ -26,7 +26,6 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
 pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
-pub const REP_ERR_POLICY: u32 = 0x8000_0002;
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
 pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 
@@ -65,13 +64,10 @@ pub const REQUEST_HEADER_BYTES: usize = 28;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Errno {
-    Perm = 1,
     Io = 5,
     Inval = 22,
     NoSpc = 28,
     Overflow = 75,
-    NotSup = 95,
-    Shutdown = 108,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -337,11 +337,6 @@ impl ProtectedLog {
         }
     }
 
-    /// Bytes the log's segments occupy on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.inner.lock().expect("log lock").bytes_total
-    }
-
     pub(crate) fn end(&self) -> LogEnd {
         let inner = self.inner.lock().expect("log lock");
         LogEnd { current_first_seq: inner.current.first_seq, current_len: inner.current.bytes }

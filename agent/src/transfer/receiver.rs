@@ -27,7 +27,6 @@ pub struct VpgSlot {
     /// The session of the newest hello; older data links are dropped.
     session: AtomicU64,
     pub received_bytes: AtomicU64,
-    pub last_batch_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -150,7 +149,6 @@ async fn open_vpg(
         journal: Mutex::new(journal),
         session: AtomicU64::new(session),
         received_bytes: AtomicU64::new(0),
-        last_batch_ms: AtomicU64::new(0),
     });
     let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
@@ -195,7 +193,6 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             }
         };
         slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);
-        slot.last_batch_ms.store(crate::record::now_ms(), Ordering::Relaxed);
         send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
     }
 }

@@ -34,8 +34,6 @@ const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct SenderStats {
     pub connected: AtomicBool,
-    /// Batch bytes put on the wire (after compression), ever.
-    pub wire_bytes: AtomicU64,
     /// Record bytes sent (before compression), ever.
     pub raw_bytes: AtomicU64,
     pub reconnects: AtomicU64,
@@ -209,7 +207,6 @@ async fn send_batch<W: AsyncWrite + Unpin>(
         tokio::time::sleep(wait).await;
     }
     write_frame(wr, FrameKind::Batch, &encoded.bytes).await?;
-    stats.wire_bytes.fetch_add(encoded.bytes.len() as u64, Ordering::Relaxed);
     stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
     inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
     *inflight_bytes += encoded.bytes.len() as u64;
