@@ -4,10 +4,13 @@
 //! batches) → `journal` (recovery journal) → `recovery` (restore).
 //! `record` and `segment` are the on-disk and on-wire formats they share.
 
+pub mod api;
 pub mod capture;
 pub mod config;
+pub mod harden;
 pub mod journal;
 pub mod log;
+pub mod logging;
 pub mod record;
 pub mod recovery;
 pub mod run;

@@ -103,6 +103,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lock the appliance down: firewall (default DROP + the port table),
+    /// kernel settings (read back), console-only root logins. Fails closed:
+    /// if anything fails, the previous rules stay and the exit status is 1.
+    Harden {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check every hardening item on the running system; exit status 1 if any fails.
+    Audit {
+        #[arg(long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Support SSH: opened only from the local console, for a set time and network.
+    #[command(subcommand)]
+    SupportSsh(SupportSsh),
+    /// Write the diagnostics bundle (the one served on port 4005) to a file.
+    Diag {
+        #[arg(long)]
+        config: PathBuf,
+        /// The .tar.zst to write; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SupportSsh {
+    /// Start an SSH server (keys only, no forwarding) reachable from one network
+    /// for N minutes; everything closes by itself when the time runs out.
+    Enable {
+        #[arg(long)]
+        config: PathBuf,
+        /// How long the session stays open (at most appliance.support_ssh.minutes_max).
+        #[arg(long, required_unless_present = "seconds")]
+        minutes: Option<u64>,
+        /// The network the engineer connects from, like 198.51.100.0/24 or one address.
+        #[arg(long, value_name = "CIDR")]
+        from: String,
+        /// The engineer's OpenSSH public key (ed25519, ECDSA, or RSA of 3072+ bits).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Tests only: accept a stdin that is not a console line.
+        #[arg(long, hide = true)]
+        assume_console: bool,
+        /// Tests only: the session lasts this many seconds instead of --minutes.
+        #[arg(long, hide = true)]
+        seconds: Option<u64>,
+    },
+    /// Close the session now: port 22, the server and every SSH session.
+    Disable {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Say whether a session is open, from where and until when.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Internal: waits for the session's end and closes it.
+    #[command(hide = true)]
+    Warden {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() {
@@ -110,22 +177,78 @@ fn main() {
     // and batches come and go in large blocks.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     let cli = Cli::parse();
-    init_logging();
+    init_logging(&cli.command);
     if let Err(e) = run(cli) {
         eprintln!("tidemark: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+/// Commands that act on the appliance keep a persistent log (journald or
+/// capped files) as well as stderr: who opened SSH, who pulled a bundle,
+/// what the agents did. Read-only commands log to stderr only.
+fn init_logging(command: &Command) {
+    let config = match command {
+        Command::Protected { config }
+        | Command::Recovery { config }
+        | Command::Restore { config, .. }
+        | Command::Harden { config }
+        | Command::Diag { config, .. } => Some(config),
+        Command::SupportSsh(
+            SupportSsh::Enable { config, .. } | SupportSsh::Disable { config } | SupportSsh::Warden { config },
+        ) => Some(config),
+        _ => None,
+    };
+    // A config that does not load is reported by the command itself.
+    match config.and_then(|path| Config::load(path).ok()) {
+        Some(cfg) => {
+            if let Err(e) = tidemark::logging::init(cfg.system().logging) {
+                eprintln!("tidemark: warning: logging to stderr only: {e:#}");
+            }
+        }
+        None => tidemark::logging::init_stderr(),
+    }
+}
+
+fn support_ssh(command: SupportSsh) -> Result<()> {
+    use tidemark::harden::support_ssh as ssh;
+    match command {
+        SupportSsh::Enable { config, minutes, from, key, assume_console, seconds } => {
+            let cfg = Config::load(&config)?;
+            let tty = match ssh::console_tty() {
+                Ok(tty) => tty,
+                Err(_) if assume_console => "not a console (--assume-console, tests only)".to_string(),
+                Err(e) => return Err(e),
+            };
+            let network = tidemark::config::parse_network(&from).context("--from")?;
+            let key_text =
+                std::fs::read_to_string(&key).with_context(|| format!("--key: reading {}", key.display()))?;
+            let config_path = std::fs::canonicalize(&config)?;
+            let duration_ms = ssh::session_length_ms(&cfg, minutes.unwrap_or(0), seconds)?;
+            let session = ssh::enable(&cfg, ssh::EnableRequest { duration_ms, network, key_text, tty, config_path })?;
+            println!(
+                "support SSH open on port {} from {} until {}; key {}",
+                session.port,
+                session.network,
+                tidemark::status::format_time_ms(session.until_ms),
+                session.key_fingerprint
+            );
+        }
+        SupportSsh::Disable { config } => {
+            let cfg = Config::load(&config)?;
+            let tty = ssh::console_tty().unwrap_or_else(|_| "not a console".into());
+            match ssh::disable(&cfg, &ssh::who(), &tty)? {
+                Some(s) => println!("support SSH closed (it was open from {})", s.network),
+                None => println!("support SSH was not open"),
+            }
+        }
+        SupportSsh::Status { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{}", ssh::describe(&cfg.system().appliance.state_dir)?);
+        }
+        SupportSsh::Warden { config } => ssh::warden(&Config::load(&config)?)?,
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -151,14 +274,67 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fingerprint { cert } => {
             println!("{}", tidemark::wire::tls::fingerprint_of_file(&cert)?)
         }
-        Command::Protected { config } => match Config::load(&config)? {
-            Config::Protected(p) => runtime()?.block_on(tidemark::run::protected::run(p))?,
-            Config::Recovery(_) => bail!("{}: role is \"recovery\"; use `tidemark recovery`", config.display()),
-        },
-        Command::Recovery { config } => match Config::load(&config)? {
-            Config::Recovery(r) => runtime()?.block_on(tidemark::run::recovery::run(r))?,
-            Config::Protected(_) => bail!("{}: role is \"protected\"; use `tidemark protected`", config.display()),
-        },
+        Command::Protected { config: path } => {
+            let cfg = Config::load(&path)?;
+            let Config::Protected(p) = cfg.clone() else {
+                bail!("{}: role is \"recovery\"; use `tidemark recovery`", path.display())
+            };
+            let rt = runtime()?;
+            rt.block_on(async {
+                tidemark::run::start_appliance_services(cfg, path).await?;
+                tidemark::run::protected::run(p).await
+            })?
+        }
+        Command::Recovery { config: path } => {
+            let cfg = Config::load(&path)?;
+            let Config::Recovery(r) = cfg.clone() else {
+                bail!("{}: role is \"protected\"; use `tidemark protected`", path.display())
+            };
+            let rt = runtime()?;
+            rt.block_on(async {
+                tidemark::run::start_appliance_services(cfg, path).await?;
+                tidemark::run::recovery::run(r).await
+            })?
+        }
+        Command::Harden { config } => {
+            let cfg = Config::load(&config)?;
+            tidemark::harden::harden(&cfg).context("hardening failed; the appliance stays closed")?;
+            println!("hardened: firewall, kernel settings and securetty applied (run `tidemark audit` to check)");
+        }
+        Command::Audit { config, json } => {
+            let cfg = Config::load(&config)?;
+            let report = tidemark::harden::audit::run(&cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Command::SupportSsh(command) => support_ssh(command)?,
+        Command::Diag { config, out } => {
+            let cfg = Config::load(&config)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("creating {} (an existing file is never overwritten)", out.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let written = tidemark::api::bundle::write(&cfg, &config, &mut writer)
+                .and_then(|()| Ok(writer.into_inner().map_err(|e| e.into_error())?.sync_all()?));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&out);
+                return Err(e.context("writing the diagnostics bundle"));
+            }
+            tracing::info!(
+                "diagnostics bundle written to {} by {}",
+                out.display(),
+                tidemark::harden::support_ssh::who()
+            );
+            println!("wrote {}", out.display());
+        }
         Command::Checkpoints { config, vpg, json } => {
             let cfg = recovery_config(&config)?;
             let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;

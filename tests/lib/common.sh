@@ -18,10 +18,13 @@ NBD_URI=nbd://127.0.0.1:$NBD_PORT
 
 WORK=$(mktemp -d /tmp/tidemark-e2e.XXXXXX)
 PIDS=()
+# Commands run at exit after the processes are killed (netns removal...).
+CLEANUP_HOOKS=()
 cleanup() {
-    local pid
+    local pid hook
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     { wait; } 2>/dev/null || true
+    for hook in "${CLEANUP_HOOKS[@]}"; do eval "$hook" 2>/dev/null || true; done
     if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

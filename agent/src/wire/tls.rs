@@ -158,6 +158,20 @@ pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<r
     Ok(Arc::new(config))
 }
 
+/// HTTPS for the manager and support (diagnostics on 4005): this
+/// appliance's certificate, no client certificate (a bearer token
+/// authorises instead), TLS 1.3, HTTP/1.1.
+pub fn https_server_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with ring")?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .context("loading this appliance's certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Client side (protected appliance): trusts only the pinned server digest.
 pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>> {
     let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });

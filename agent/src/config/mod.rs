@@ -7,6 +7,12 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod system;
+pub use system::{
+    parse_network, validate_interface, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig, SupportSshConfig,
+    DIAG_PORT_DEFAULT,
+};
+
 pub const CONTROL_PORT_DEFAULT: u16 = 4007;
 pub const DATA_PORT_DEFAULT: u16 = 4008;
 pub const NBD_PORT_DEFAULT: u16 = 10809;
@@ -43,6 +49,14 @@ pub struct ProtectedConfig {
     pub log: LogConfig,
     #[serde(rename = "vpg")]
     pub vpgs: Vec<VpgConfig>,
+    #[serde(default)]
+    pub appliance: ApplianceConfig,
+    #[serde(default)]
+    pub diag: Option<DiagConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +132,14 @@ pub struct VolumeConfig {
 pub struct RecoveryConfig {
     pub node: Identity,
     pub listen: ListenConfig,
+    #[serde(default)]
+    pub appliance: ApplianceConfig,
+    #[serde(default)]
+    pub diag: Option<DiagConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +191,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        let system = self.system();
+        system.appliance.validate()?;
+        if let Some(diag) = system.diag {
+            diag.validate()?;
+        }
+        system.logging.validate()?;
         match self {
             Config::Protected(p) => p.validate(),
             Config::Recovery(r) => {
@@ -184,12 +212,54 @@ impl Config {
         }
     }
 
+    /// The appliance-level sections, the same for both roles.
+    pub fn system(&self) -> SystemView<'_> {
+        match self {
+            Config::Protected(p) => SystemView {
+                node: &p.node,
+                appliance: &p.appliance,
+                diag: p.diag.as_ref(),
+                logging: &p.logging,
+                audit: &p.audit,
+            },
+            Config::Recovery(r) => SystemView {
+                node: &r.node,
+                appliance: &r.appliance,
+                diag: r.diag.as_ref(),
+                logging: &r.logging,
+                audit: &r.audit,
+            },
+        }
+    }
+
+    /// Sources allowed on the replication ports: the configured networks,
+    /// plus the recovery peer's address on the protected side.
+    pub fn peer_networks(&self) -> Vec<ipnet::IpNet> {
+        let mut nets = self.system().appliance.peer_networks.clone();
+        if let Config::Protected(p) = self {
+            if let Ok(ip) = p.peer.address.parse::<std::net::IpAddr>() {
+                nets.push(ip.into());
+            }
+        }
+        nets
+    }
+
     pub fn node(&self) -> &Identity {
         match self {
             Config::Protected(p) => &p.node,
             Config::Recovery(r) => &r.node,
         }
     }
+}
+
+/// Borrowed view of the sections both roles share.
+#[derive(Clone, Copy)]
+pub struct SystemView<'a> {
+    pub node: &'a Identity,
+    pub appliance: &'a ApplianceConfig,
+    pub diag: Option<&'a DiagConfig>,
+    pub logging: &'a LoggingConfig,
+    pub audit: &'a AuditConfig,
 }
 
 fn explain(e: toml::de::Error) -> anyhow::Error {

@@ -1,0 +1,199 @@
+//! The diagnostics endpoint on 4005: HTTPS (rustls), one route,
+//! `GET /bundle` with `Authorization: Bearer <token>`. Any request without
+//! the right token gets 401 and nothing else, whatever its path. The token
+//! is compared in constant time (as SHA-256 digests, so its length does not
+//! leak either). One bundle is made at a time; a second request meanwhile
+//! gets 429.
+
+use super::bundle;
+use crate::config::Config;
+use crate::wire::tls;
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{channel::Channel, combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Connections served at once; more wait in the kernel's backlog.
+const CONNECTIONS_MAX: usize = 16;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bundle bytes buffered before a chunk goes to the client.
+const CHUNK_BYTES: usize = 64 << 10;
+/// Chunks queued between the bundle writer and the connection.
+const CHUNKS_QUEUED_MAX: usize = 8;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+struct State {
+    cfg: Arc<Config>,
+    config_path: PathBuf,
+    token_digest: [u8; 32],
+    /// One bundle at a time.
+    bundle_slot: Arc<Semaphore>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().try_into().expect("sha256 is 32 bytes")
+}
+
+/// Binds 4005 (errors here stop the agent's start) and serves in the
+/// background. The config must have a `[diag]` section.
+pub async fn start(cfg: Arc<Config>, config_path: PathBuf) -> Result<()> {
+    let system = cfg.system();
+    let diag = system.diag.ok_or_else(|| anyhow!("no [diag] section: the diagnostics endpoint is off"))?;
+    let identity = tls::load_identity(&system.node.cert, &system.node.key)?;
+    let acceptor = TlsAcceptor::from(tls::https_server_config(identity)?);
+    let listener = crate::run::bind_listener(diag.listen, "diagnostics").await?;
+    tracing::info!("diagnostics bundle served on https://{}/bundle (token required)", diag.listen);
+    let state = Arc::new(State {
+        token_digest: digest(diag.token.as_bytes()),
+        cfg: cfg.clone(),
+        config_path,
+        bundle_slot: Arc::new(Semaphore::new(1)),
+    });
+    tokio::spawn(accept_loop(listener, acceptor, state));
+    Ok(())
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("diagnostics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::info!("diagnostics: TLS handshake with {peer} failed: {e}"),
+                Err(_) => return tracing::info!("diagnostics: TLS handshake with {peer} timed out"),
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, peer)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                tracing::info!("diagnostics: connection from {peer} ended: {e}");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+    }
+    response
+}
+
+fn authorized(req: &Request<Incoming>, state: &State) -> bool {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else { return false };
+    let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
+    bool::from(digest(token).ct_eq(&state.token_digest))
+}
+
+fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<Body> {
+    if !authorized(&req, state) {
+        tracing::warn!(
+            "diagnostics: refused {} {} from {peer}: missing or wrong token",
+            req.method(),
+            req.uri().path()
+        );
+        return text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/bundle") => {}
+        (_, "/bundle") => return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        _ => return text(StatusCode::NOT_FOUND, "the only route is GET /bundle\n"),
+    }
+    let Ok(slot) = state.bundle_slot.clone().try_acquire_owned() else {
+        tracing::info!("diagnostics: {peer} asked for a bundle while another is being made");
+        return text(StatusCode::TOO_MANY_REQUESTS, "a bundle is already being made; try again shortly\n");
+    };
+    tracing::info!("diagnostics: making a bundle for {peer}");
+    let (sender, body) = Channel::<Bytes, std::io::Error>::new(CHUNKS_QUEUED_MAX);
+    let (cfg, config_path) = (state.cfg.clone(), state.config_path.clone());
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let mut writer = ChunkWriter { sender: Some(sender), runtime, buffer: Vec::new(), sent: 0 };
+        match bundle::write(&cfg, &config_path, &mut writer) {
+            Ok(()) => tracing::info!("diagnostics: bundle sent to {peer} ({} bytes)", writer.sent),
+            Err(e) => {
+                tracing::warn!("diagnostics: bundle for {peer} failed: {e:#}");
+                if let Some(sender) = writer.sender.take() {
+                    sender.abort(std::io::Error::other(format!("{e:#}")));
+                }
+            }
+        }
+    });
+    let name = format!("attachment; filename=\"tidemark-diag-{}.tar.zst\"", state.cfg.system().node.name);
+    let mut response = Response::new(body.boxed());
+    response.headers_mut().insert(header::CONTENT_TYPE, "application/zstd".parse().expect("static header"));
+    if let Ok(value) = name.parse() {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// `Write` for the bundle writer's thread, feeding the response body.
+struct ChunkWriter {
+    sender: Option<http_body_util::channel::Sender<Bytes, std::io::Error>>,
+    runtime: tokio::runtime::Handle,
+    buffer: Vec<u8>,
+    sent: u64,
+}
+
+impl ChunkWriter {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buffer));
+        let len = chunk.len() as u64;
+        let sender = self.sender.as_mut().ok_or_else(|| std::io::Error::other("body closed"))?;
+        self.runtime
+            .block_on(sender.send_data(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        self.sent += len;
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.send_buffer()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}

@@ -1,0 +1,258 @@
+//! The parts of the config that are about the appliance itself rather than
+//! the pipeline: which networks may reach which port, hardening paths,
+//! support SSH, the diagnostics endpoint, logging and the audit. Both
+//! roles share them. Every path has the appliance's value as its default;
+//! the tests point them into scratch directories.
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DIAG_PORT_DEFAULT: u16 = 4005;
+/// A bundle token shorter than this is refused: it would be guessable.
+pub const DIAG_TOKEN_CHARS_MIN: usize = 24;
+pub const LOG_FILE_BYTES_DEFAULT: usize = 8 << 20;
+pub const LOG_FILES_KEPT_DEFAULT: usize = 4;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// Sources allowed to reach the diagnostics (4005), management API
+    /// (4006) and checkpoint coordination (4009) ports.
+    #[serde(default, deserialize_with = "networks")]
+    pub management_networks: Vec<IpNet>,
+    /// Sources allowed to reach replication control and data (4007, 4008).
+    /// On the protected side the peer's address is added when it is an IP.
+    #[serde(default, deserialize_with = "networks")]
+    pub peer_networks: Vec<IpNet>,
+    /// The interface the hypervisor's NBD traffic (10809) arrives on.
+    #[serde(default)]
+    pub storage_interface: Option<String>,
+    /// Rule file to apply; default: the copy of `firewall/tidemark.rules`
+    /// built into the binary.
+    #[serde(default)]
+    pub firewall_rules: Option<PathBuf>,
+    /// sysctl file to apply; default: the built-in `sysctl/90-tidemark.conf`.
+    #[serde(default)]
+    pub sysctl_file: Option<PathBuf>,
+    /// Where per-network-namespace keys (`net.*`) are written.
+    #[serde(default = "default_proc_sys")]
+    pub sysctl_root: PathBuf,
+    /// Where kernel-wide keys (`kernel.*`, `fs.*`, `vm.*`, `net.core.bpf_*`)
+    /// are written; separate so tests in a namespace never touch the host's.
+    #[serde(default = "default_proc_sys")]
+    pub global_sysctl_root: PathBuf,
+    #[serde(default = "default_securetty")]
+    pub securetty: PathBuf,
+    /// Runtime state (support SSH session); on tmpfs so a reboot clears it.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub support_ssh: SupportSshConfig,
+}
+
+impl Default for ApplianceConfig {
+    fn default() -> Self {
+        toml::Value::Table(Default::default()).try_into().expect("empty [appliance] takes every default")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportSshConfig {
+    /// The SSH server: dropbear (small, no configuration file to drift).
+    #[serde(default = "default_dropbear")]
+    pub server: PathBuf,
+    /// Makes the server's host key on first use (kept in the state dir).
+    #[serde(default = "default_dropbearkey")]
+    pub keygen: PathBuf,
+    /// The file the server reads root's keys from; on the appliance
+    /// `/root/.ssh` is a link into tmpfs.
+    #[serde(default = "default_authorized_keys")]
+    pub authorized_keys: PathBuf,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Longest session one `enable` may open.
+    #[serde(default = "default_ssh_minutes_max")]
+    pub minutes_max: u64,
+}
+
+impl Default for SupportSshConfig {
+    fn default() -> Self {
+        toml::Value::Table(Default::default()).try_into().expect("empty [appliance.support_ssh] takes every default")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagConfig {
+    #[serde(default = "default_diag_listen")]
+    pub listen: SocketAddr,
+    /// The bundle token. Secret: never logged, never in the bundle.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Size-capped log files go here when journald is not running.
+    #[serde(default = "default_log_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_log_file_bytes")]
+    pub file_bytes: usize,
+    #[serde(default = "default_log_files_kept")]
+    pub files_kept: usize,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        toml::Value::Table(Default::default()).try_into().expect("empty [logging] takes every default")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Root of the file system checked for setuid files and forbidden
+    /// programs (compilers, package managers, cron).
+    #[serde(default = "default_fs_root")]
+    pub fs_root: PathBuf,
+    /// Process names (`/proc/PID/comm`) allowed to run.
+    #[serde(default = "default_allowed_processes")]
+    pub allowed_processes: Vec<String>,
+    /// setuid/setgid files allowed under `fs_root` (paths relative to it).
+    #[serde(default)]
+    pub setuid_allowed: Vec<PathBuf>,
+    /// The appliance's root is read-only; a development host's is not.
+    #[serde(default = "default_true")]
+    pub readonly_root: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        toml::Value::Table(Default::default()).try_into().expect("empty [audit] takes every default")
+    }
+}
+
+/// A list of `address/prefix` (or a bare address, meaning that one host),
+/// normalised to the network address as iptables prints it.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|t| parse_network(t).map_err(serde::de::Error::custom)).collect()
+}
+
+pub fn parse_network(text: &str) -> Result<IpNet> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match text.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ip.into()),
+        Err(_) => bail!("{text:?} is not a network (like 10.0.0.0/24) or an address"),
+    }
+}
+
+fn default_proc_sys() -> PathBuf {
+    "/proc/sys".into()
+}
+fn default_securetty() -> PathBuf {
+    "/etc/securetty".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/run/tidemark".into()
+}
+fn default_dropbear() -> PathBuf {
+    "/usr/sbin/dropbear".into()
+}
+fn default_dropbearkey() -> PathBuf {
+    "/usr/bin/dropbearkey".into()
+}
+fn default_authorized_keys() -> PathBuf {
+    "/root/.ssh/authorized_keys".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_ssh_minutes_max() -> u64 {
+    8 * 60
+}
+fn default_diag_listen() -> SocketAddr {
+    ([0, 0, 0, 0], DIAG_PORT_DEFAULT).into()
+}
+fn default_log_dir() -> PathBuf {
+    "/var/log/tidemark".into()
+}
+fn default_log_file_bytes() -> usize {
+    LOG_FILE_BYTES_DEFAULT
+}
+fn default_log_files_kept() -> usize {
+    LOG_FILES_KEPT_DEFAULT
+}
+fn default_fs_root() -> PathBuf {
+    "/".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_allowed_processes() -> Vec<String> {
+    ["init", "sh", "ash", "getty", "tidemark", "dropbear", "udhcpc"].map(String::from).to_vec()
+}
+
+impl ApplianceConfig {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(iface) = &self.storage_interface {
+            validate_interface(iface).context("appliance.storage_interface")?;
+        }
+        if self.support_ssh.port != 22 {
+            bail!(
+                "appliance.support_ssh.port: {} is not in the port table; support SSH uses 22",
+                self.support_ssh.port
+            );
+        }
+        if self.support_ssh.minutes_max == 0 {
+            bail!("appliance.support_ssh.minutes_max: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl DiagConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.port() != DIAG_PORT_DEFAULT {
+            bail!(
+                "diag.listen: port {} is not in the port table; the diagnostics bundle uses 4005",
+                self.listen.port()
+            );
+        }
+        let chars = self.token.chars().count();
+        if chars < DIAG_TOKEN_CHARS_MIN || self.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Never echo the token itself.
+            bail!(
+                "diag.token: must be at least {DIAG_TOKEN_CHARS_MIN} characters without spaces (got {chars}); \
+                 make one with `head -c 24 /dev/urandom | base64`"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LoggingConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.file_bytes < 64 << 10 || self.files_kept == 0 {
+            bail!("logging: file_bytes must be at least 65536 and files_kept at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Interface names go into firewall rules: the kernel allows 15 bytes.
+pub fn validate_interface(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        bail!("{name:?} is not an interface name (1-15 letters, digits, '-', '_' or '.')");
+    }
+    Ok(())
+}

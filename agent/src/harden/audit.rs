@@ -1,0 +1,365 @@
+//! `tidemark audit`: checks every hardening item on the running system and
+//! reports PASS/FAIL per item. It only reads; it changes nothing. The
+//! report goes to the console, to `--json` consumers and into the
+//! diagnostics bundle.
+
+use super::firewall::{Firewall, DROPPED_CHAINS};
+use super::rules::{Family, CHAIN};
+use super::{ports, securetty, sockets, support_ssh, sysctl, Plan};
+use crate::config::Config;
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not applicable here (a key this kernel lacks, a writable dev root).
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub item: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.items.iter().all(|i| i.verdict != Verdict::Fail)
+    }
+
+    pub fn failures(&self) -> usize {
+        self.items.iter().filter(|i| i.verdict == Verdict::Fail).count()
+    }
+
+    pub fn render(&self) -> String {
+        let width = self.items.iter().map(|i| i.item.len()).max().unwrap_or(4).max(4);
+        let mut out = format!("{:<6} {:<width$} DETAIL\n", "RESULT", "ITEM");
+        for i in &self.items {
+            let verdict = match i.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "SKIP",
+            };
+            out.push_str(&format!("{verdict:<6} {:<width$} {}\n", i.item, i.detail));
+        }
+        let failed = self.failures();
+        out.push_str(&if failed == 0 {
+            format!("audit: all {} items pass\n", self.items.len())
+        } else {
+            format!("audit: {failed} of {} items FAIL\n", self.items.len())
+        });
+        out
+    }
+}
+
+struct Builder(Vec<Item>);
+
+impl Builder {
+    fn add(&mut self, item: impl Into<String>, verdict: Verdict, detail: impl Into<String>) {
+        self.0.push(Item { item: item.into(), verdict, detail: detail.into() });
+    }
+    fn check(&mut self, item: impl Into<String>, ok: bool, pass: impl Into<String>, fail: impl Into<String>) {
+        if ok {
+            self.add(item, Verdict::Pass, pass);
+        } else {
+            self.add(item, Verdict::Fail, fail);
+        }
+    }
+}
+
+/// Programs an appliance must not carry: compilers, package managers, cron.
+const FORBIDDEN_PROGRAMS: &[&str] = &[
+    "gcc", "cc", "c++", "g++", "clang", "rustc", "tcc", "as", "apt", "apt-get", "dpkg", "rpm", "yum", "dnf", "apk",
+    "opkg", "pip", "cron", "crond", "crontab", "anacron", "atd",
+];
+const PROGRAM_DIRS: &[&str] = &["bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin"];
+/// Names listed per failing item, at most.
+const LISTED_MAX: usize = 10;
+
+pub fn run(cfg: &Config) -> Report {
+    let mut b = Builder(Vec::new());
+    let plan = Plan::load(cfg);
+    let session = support_ssh::open_session(&cfg.system().appliance.state_dir).ok().flatten();
+    match &plan {
+        Ok(plan) => {
+            sysctls(&mut b, plan, cfg);
+            firewall(&mut b, plan, session.as_ref().map(|s| s.network));
+        }
+        Err(e) => b.add("configuration", Verdict::Fail, format!("{e:#}")),
+    }
+    listeners(&mut b, session.is_some());
+    let appliance = cfg.system().appliance;
+    match securetty::unexpected_lines(&appliance.securetty) {
+        Ok(wrong) => b.check(
+            "securetty",
+            wrong.is_empty(),
+            format!("{} holds only {}", appliance.securetty.display(), securetty::CONSOLE_LINES.join(", ")),
+            format!("{}: unexpected {}", appliance.securetty.display(), wrong.join(", ")),
+        ),
+        Err(e) => b.add("securetty", Verdict::Fail, format!("{e:#}")),
+    }
+    support(&mut b, cfg, session.as_ref());
+    processes(&mut b, cfg);
+    setuid(&mut b, cfg);
+    forbidden_programs(&mut b, cfg);
+    readonly_root(&mut b, cfg);
+    Report { items: b.0 }
+}
+
+fn sysctls(b: &mut Builder, plan: &Plan, cfg: &Config) {
+    for c in sysctl::check(&plan.settings, &super::sysctl_roots(cfg)) {
+        let item = format!("sysctl {}", c.key);
+        match (&c.actual, c.passes()) {
+            (None, true) => b.add(item, Verdict::Skip, "not present on this kernel"),
+            (None, false) => b.add(item, Verdict::Fail, format!("missing (want {})", c.expected)),
+            (Some(actual), true) => b.add(item, Verdict::Pass, format!("= {actual}")),
+            (Some(actual), false) => b.add(item, Verdict::Fail, format!("= {actual}, want {}", c.expected)),
+        }
+    }
+}
+
+fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
+    let fw = match Firewall::open() {
+        Ok(fw) => fw,
+        Err(e) => return b.add("firewall", Verdict::Fail, format!("{e:#}")),
+    };
+    if !super::firewall::ipv6_enabled() {
+        b.add("firewall IPv6", Verdict::Pass, "IPv6 is disabled in this kernel");
+    }
+    for family in [Family::V4, Family::V6] {
+        if !fw.families().any(|f| f == family) {
+            continue;
+        }
+        for chain in DROPPED_CHAINS {
+            let item = format!("firewall {family:?} {chain} policy");
+            match fw.policy(family, chain) {
+                Ok(p) => b.check(item, p == "DROP", "DROP", format!("{p}, want DROP")),
+                Err(e) => b.add(item, Verdict::Fail, format!("{e:#}")),
+            }
+        }
+        let jump = format!("-j {CHAIN}");
+        match fw.rules(family, "INPUT") {
+            Ok(Some(input)) => b.check(
+                format!("firewall {family:?} INPUT rules"),
+                input == [jump.clone()],
+                format!("only {jump}"),
+                format!("{input:?}, want only [{jump:?}]"),
+            ),
+            Ok(None) => b.add(format!("firewall {family:?} INPUT rules"), Verdict::Fail, "INPUT chain missing"),
+            Err(e) => b.add(format!("firewall {family:?} INPUT rules"), Verdict::Fail, format!("{e:#}")),
+        }
+        let item = format!("firewall {family:?} {CHAIN} rules");
+        let want = plan.chain_rules(family, support);
+        match fw.rules(family, CHAIN) {
+            Ok(Some(have)) if have == want => b.add(item, Verdict::Pass, format!("{} rules as planned", have.len())),
+            Ok(Some(have)) => {
+                let extra: Vec<&String> = have.iter().filter(|r| !want.contains(r)).collect();
+                let missing: Vec<&String> = want.iter().filter(|r| !have.contains(r)).collect();
+                b.add(item, Verdict::Fail, format!("differs from the plan: extra {extra:?}, missing {missing:?}"))
+            }
+            Ok(None) => b.add(item, Verdict::Fail, format!("chain {CHAIN} missing: run `tidemark harden`")),
+            Err(e) => b.add(item, Verdict::Fail, format!("{e:#}")),
+        }
+    }
+}
+
+fn listeners(b: &mut Builder, support_open: bool) {
+    let all = match sockets::listeners() {
+        Ok(l) => l,
+        Err(e) => return b.add("listening sockets", Verdict::Fail, format!("{e:#}")),
+    };
+    let mut allowed: Vec<String> = Vec::new();
+    let mut wrong: Vec<String> = Vec::new();
+    for l in &all {
+        let in_table = l.proto == "tcp" && ports::entry(l.port).is_some_and(|e| e.port != 22 || support_open);
+        let text = format!("{}/{} on {}", l.port, l.proto, l.address);
+        if in_table {
+            allowed.push(text);
+        } else {
+            wrong.push(text);
+        }
+    }
+    wrong.dedup();
+    b.check(
+        "listening sockets",
+        wrong.is_empty(),
+        format!("{} listeners, all in the port table", allowed.len()),
+        format!("not in the port table: {}", wrong.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+    );
+}
+
+fn support(b: &mut Builder, cfg: &Config, session: Option<&support_ssh::Session>) {
+    let ssh = &cfg.system().appliance.support_ssh;
+    match session {
+        Some(s) => b.add(
+            "support SSH",
+            Verdict::Pass,
+            format!(
+                "open from {} until {} (opened by {} on {})",
+                s.network,
+                crate::status::format_time_ms(s.until_ms),
+                s.who,
+                s.tty
+            ),
+        ),
+        None => {
+            let listening = sockets::is_listening_tcp(ssh.port);
+            let keys = ssh.authorized_keys.exists();
+            b.check(
+                "support SSH",
+                !listening && !keys,
+                "closed: nothing on port 22, no authorized keys",
+                format!(
+                    "no open session, yet{}{}",
+                    if listening { " port 22 listens" } else { "" },
+                    if keys { format!(" {} exists", ssh.authorized_keys.display()) } else { String::new() }
+                ),
+            );
+        }
+    }
+}
+
+fn processes(b: &mut Builder, cfg: &Config) {
+    let allowed = &cfg.system().audit.allowed_processes;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return b.add("processes", Verdict::Fail, "cannot read /proc");
+    };
+    let mut seen = 0;
+    let mut wrong = std::collections::BTreeSet::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.chars().all(|c| c.is_ascii_digit())) else { continue };
+        // Kernel threads have no command line; they are the kernel's own.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        seen += 1;
+        if !allowed.iter().any(|a| a == comm) {
+            wrong.insert(comm.to_string());
+        }
+    }
+    b.check(
+        "processes",
+        wrong.is_empty(),
+        format!("{seen} processes, all allowed"),
+        format!("not allowed: {}", wrong.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+    );
+}
+
+fn setuid(b: &mut Builder, cfg: &Config) {
+    let audit = &cfg.system().audit;
+    let mut found = Vec::new();
+    let mut scanned = 0u64;
+    for entry in walkdir::WalkDir::new(&audit.fs_root).same_file_system(true).into_iter().filter_map(|e| e.ok()) {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        scanned += 1;
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.mode() & 0o6000 == 0 {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(&audit.fs_root).unwrap_or(entry.path());
+        if !audit.setuid_allowed.iter().any(|a| a == relative) {
+            found.push(format!("/{}", relative.display()));
+        }
+    }
+    b.check(
+        "setuid files",
+        found.is_empty(),
+        format!("none outside the allow-list ({scanned} files under {})", audit.fs_root.display()),
+        format!(
+            "{} not allowed: {}",
+            found.len(),
+            found.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    );
+}
+
+fn forbidden_programs(b: &mut Builder, cfg: &Config) {
+    let root = &cfg.system().audit.fs_root;
+    let mut found = Vec::new();
+    for dir in PROGRAM_DIRS {
+        for program in FORBIDDEN_PROGRAMS {
+            let path = root.join(dir).join(program);
+            if path.symlink_metadata().is_ok() {
+                found.push(format!("/{dir}/{program}"));
+            }
+        }
+    }
+    b.check(
+        "no compilers, package managers or cron",
+        found.is_empty(),
+        format!("none under {}", root.display()),
+        format!("found {}", found.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+    );
+}
+
+fn readonly_root(b: &mut Builder, cfg: &Config) {
+    if !cfg.system().audit.readonly_root {
+        return b.add("read-only root", Verdict::Skip, "audit.readonly_root = false (not an appliance root)");
+    }
+    match root_mount_options(Path::new("/proc/mounts")) {
+        Some(options) => b.check(
+            "read-only root",
+            options.split(',').any(|o| o == "ro"),
+            "/ is mounted ro",
+            format!("/ is mounted {options}"),
+        ),
+        None => b.add("read-only root", Verdict::Fail, "no / in /proc/mounts"),
+    }
+}
+
+/// The options of the last mount on / (the one in effect).
+fn root_mount_options(mounts: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(mounts).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.get(1) == Some(&"/")).then(|| fields.get(3).map(|s| s.to_string())).flatten()
+        })
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_fails_when_any_item_fails() {
+        let mut b = Builder(Vec::new());
+        b.add("a", Verdict::Pass, "");
+        b.add("b", Verdict::Skip, "");
+        assert!(Report { items: b.0.clone() }.passed());
+        b.add("c", Verdict::Fail, "why");
+        let report = Report { items: b.0 };
+        assert!(!report.passed());
+        assert!(report.render().contains("FAIL   c"));
+        assert!(report.render().ends_with("audit: 1 of 3 items FAIL\n"));
+    }
+
+    #[test]
+    fn last_root_mount_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = dir.path().join("mounts");
+        std::fs::write(
+            &mounts,
+            "rootfs / rootfs rw 0 0\n/dev/vda / squashfs ro,relatime 0 0\nproc /proc proc rw 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(root_mount_options(&mounts).unwrap(), "ro,relatime");
+    }
+}
