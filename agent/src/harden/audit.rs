@@ -326,12 +326,10 @@ fn readonly_root(b: &mut Builder, cfg: &Config) {
 /// The options of the last mount on / (the one in effect).
 fn root_mount_options(mounts: &Path) -> Option<String> {
     let text = std::fs::read_to_string(mounts).ok()?;
-    text.lines()
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            (fields.get(1) == Some(&"/")).then(|| fields.get(3).map(|s| s.to_string())).flatten()
-        })
-        .last()
+    text.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields.get(1) == Some(&"/")).then(|| fields.get(3).map(|s| s.to_string())).flatten()
+    })
 }
 
 #[cfg(test)]
