@@ -77,25 +77,42 @@ fn store(state_dir: &Path, session: &Session) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Is `pid` alive and running a program whose name is `comm`? (A pid in a
-/// stale state file may have been reused.)
+/// The name and state of a process, from /proc/PID/stat.
+fn proc_stat(pid: i32) -> Option<(String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name may hold spaces and parentheses: it ends at the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let state = stat[close + 1..].split_whitespace().next()?.to_string();
+    Some((stat[open + 1..close].to_string(), state))
+}
+
+/// Alive, not a zombie: a killed process whose parent has not reaped it yet
+/// still answers kill(pid, 0).
+fn pid_alive(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(_, state)| !matches!(state.as_str(), "Z" | "X"))
+}
+
+/// Alive and running a program named `comm` (a pid in a stale state file
+/// may have been reused).
 fn process_is(pid: i32, comm: &str) -> bool {
-    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let comm = &comm[..comm.len().min(15)];
-    name.trim_end() == comm
+    pid_alive(pid) && proc_stat(pid).is_some_and(|(name, _)| name == comm)
 }
 
 fn server_comm(system: SystemView) -> String {
     system.appliance.support_ssh.server.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The session that is open now: its time has not run out and its server runs.
+/// The session that is open now: its time has not run out, and its server
+/// and the warden that will close it both run.
 pub fn open_session(state_dir: &Path) -> Result<Option<Session>> {
-    Ok(load(state_dir)?.filter(|s| s.until_ms > crate::record::now_ms() && pid_alive(s.server_pid)))
+    Ok(load(state_dir)?.filter(|s| {
+        s.until_ms > crate::record::now_ms() && pid_alive(s.server_pid) && s.warden_pid.is_some_and(warden_alive)
+    }))
 }
 
-fn pid_alive(pid: i32) -> bool {
-    Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+fn warden_alive(pid: i32) -> bool {
+    process_is(pid, "tidemark")
 }
 
 /// The console line stdin is attached to, or an error saying why not.
@@ -260,8 +277,7 @@ fn start_server(system: SystemView, state_dir: &Path, host_key: &Path) -> Result
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        // Its own process group: closing kills every session with it, and
-        // the console's hang-up does not.
+        // Its own process group: the console's hang-up does not reach it.
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", ssh.server.display()))?;
@@ -274,7 +290,7 @@ fn start_server(system: SystemView, state_dir: &Path, host_key: &Path) -> Result
             bail!("{} exited ({status}) before listening: {}", ssh.server.display(), tail.join(" | "));
         }
         if std::time::Instant::now() > deadline {
-            kill_group(pid);
+            kill_tree(pid);
             bail!("{} did not listen on port {} within {:?}", ssh.server.display(), ssh.port, SERVER_START_TIMEOUT);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -297,16 +313,44 @@ fn start_warden(config_path: &Path) -> Result<i32> {
     Ok(child.id() as i32)
 }
 
-fn kill_group(pid: i32) {
-    let Some(pid) = Pid::from_raw(pid) else { return };
-    let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+/// The process and all its descendants (dropbear puts each connection in
+/// its own session, so a process group does not reach them).
+fn process_tree(root: i32) -> Vec<Pid> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The command name may hold spaces and parentheses: parse after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree.into_iter().filter_map(Pid::from_raw).collect()
+}
+
+/// Stops the server and every session it runs: TERM, then KILL.
+fn kill_tree(pid: i32) {
+    let tree = process_tree(pid);
+    for p in &tree {
+        let _ = rustix::process::kill_process(*p, Signal::TERM);
+    }
     for _ in 0..40 {
-        if rustix::process::test_kill_process_group(pid).is_err() {
+        if tree.iter().all(|p| !pid_alive(p.as_raw_nonzero().get())) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    for p in &tree {
+        let _ = rustix::process::kill_process(*p, Signal::KILL);
+    }
 }
 
 /// Closes a session: port 22 first, then the server and every session it
@@ -316,7 +360,7 @@ fn close(cfg: &Config, session: &Session, reason: &str) -> Result<()> {
     let firewall_result = Firewall::open()
         .and_then(|fw| fw.remove(family_of(&session.network), &support_rule(session.network, session.port)));
     if session.server_pid > 0 && process_is(session.server_pid, &server_comm(system)) {
-        kill_group(session.server_pid);
+        kill_tree(session.server_pid);
     }
     let keys = &system.appliance.support_ssh.authorized_keys;
     match std::fs::remove_file(keys) {
@@ -345,8 +389,7 @@ fn close(cfg: &Config, session: &Session, reason: &str) -> Result<()> {
 pub fn clear_stale(cfg: &Config) -> Result<()> {
     let state_dir = &cfg.system().appliance.state_dir;
     if let Some(session) = load(state_dir)? {
-        let warden_alive = session.warden_pid.is_some_and(|p| process_is(p, "tidemark"));
-        if !warden_alive || session.until_ms <= crate::record::now_ms() {
+        if !session.warden_pid.is_some_and(warden_alive) || session.until_ms <= crate::record::now_ms() {
             close(cfg, &session, "stale session found")?;
         }
     }
@@ -358,7 +401,7 @@ pub fn disable(cfg: &Config, by: &str, tty: &str) -> Result<Option<Session>> {
     let state_dir = &cfg.system().appliance.state_dir;
     let Some(session) = load(state_dir)? else { return Ok(None) };
     tracing::info!("support SSH disable requested by {by} on {tty}");
-    if let Some(warden) = session.warden_pid.filter(|p| process_is(*p, "tidemark")) {
+    if let Some(warden) = session.warden_pid.filter(|p| warden_alive(*p)) {
         if let Some(pid) = Pid::from_raw(warden) {
             let _ = rustix::process::kill_process(pid, Signal::TERM);
         }
