@@ -215,17 +215,23 @@ fn support_ssh(command: SupportSsh) -> Result<()> {
     match command {
         SupportSsh::Enable { config, minutes, from, key, assume_console, seconds } => {
             let cfg = Config::load(&config)?;
-            let tty = match ssh::console_tty() {
-                Ok(tty) => tty,
-                Err(_) if assume_console => "not a console (--assume-console, tests only)".to_string(),
-                Err(e) => return Err(e),
-            };
-            let network = tidemark::config::parse_network(&from).context("--from")?;
-            let key_text =
-                std::fs::read_to_string(&key).with_context(|| format!("--key: reading {}", key.display()))?;
-            let config_path = std::fs::canonicalize(&config)?;
-            let duration_ms = ssh::session_length_ms(&cfg, minutes.unwrap_or(0), seconds)?;
-            let session = ssh::enable(&cfg, ssh::EnableRequest { duration_ms, network, key_text, tty, config_path })?;
+            let opened = (|| {
+                let tty = match ssh::console_tty() {
+                    Ok(tty) => tty,
+                    Err(_) if assume_console => "not a console (--assume-console, tests only)".to_string(),
+                    Err(e) => return Err(e),
+                };
+                let network = tidemark::config::parse_network(&from).context("--from")?;
+                let key_text =
+                    std::fs::read_to_string(&key).with_context(|| format!("--key: reading {}", key.display()))?;
+                let config_path = std::fs::canonicalize(&config)?;
+                let duration_ms = ssh::session_length_ms(&cfg, minutes.unwrap_or(0), seconds)?;
+                ssh::enable(&cfg, ssh::EnableRequest { duration_ms, network, key_text, tty, config_path })
+            })();
+            let session = opened.inspect_err(|e| {
+                // Refusals belong in the audit trail too.
+                tracing::warn!("support SSH enable by {} refused: {e:#}", ssh::who());
+            })?;
             println!(
                 "support SSH open on port {} from {} until {}; key {}",
                 session.port,

@@ -35,6 +35,9 @@ enable() {
         </dev/null >"$WORK/out" 2>&1
 }
 
+# running PID: alive and not a zombie (an orphan waits for init to reap it).
+running() { [ -r "/proc/$1/stat" ] && ! awk '{ exit !($3 == "Z" || $3 == "X") }' "/proc/$1/stat"; }
+
 assert_closed() {
     [ -z "$(in_app ss -Hltn 'sport = :22')" ] || fail "$1: something listens on 22"
     [ ! -e "$WORK/home/.ssh/authorized_keys" ] || fail "$1: authorized_keys left behind"
@@ -94,7 +97,7 @@ log "the time runs out: everything closes by itself"
 for _ in $(seq 1 100); do [ -e "$STATE" ] || break; sleep 0.2; done
 [ -e "$STATE" ] && fail "the session did not close after its time"
 assert_closed "after the time ran out"
-kill -0 "$server_pid" 2>/dev/null && fail "dropbear still runs after the time ran out"
+running "$server_pid" && fail "dropbear still runs after the time ran out"
 result=$(scan "$NS_MGMT" "$APP_MGMT_IP" 22)
 [ "$result" = "open= closed= rest=filtered" ] || fail "after the time ran out port 22 is: $result"
 grep -q "support SSH enabled by .* from $MGMT_IP/32 until " "$WORK/logs/tidemark.log" || fail "enable is not in the log"
@@ -109,8 +112,8 @@ sleep 1
 kill -0 "$live" 2>/dev/null || fail "the live session did not start"
 in_app "$TIDEMARK" support-ssh disable --config "$WORK/recovery.toml" | grep -q "support SSH closed" || fail "disable said otherwise"
 assert_closed "after disable"
-for _ in $(seq 1 50); do kill -0 "$live" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$live" 2>/dev/null && fail "a live SSH session survived disable"
+for _ in $(seq 1 50); do running "$live" || break; sleep 0.1; done
+running "$live" && fail "a live SSH session survived disable"
 grep -q "support SSH disable requested by" "$WORK/logs/tidemark.log" || fail "disable is not in the log"
 
 log "a crashed session (warden killed) is cleared by the next harden"
@@ -119,5 +122,5 @@ kill -9 "$(jq -r .warden_pid "$STATE")"
 server_pid=$(jq -r .server_pid "$STATE")
 in_app "$TIDEMARK" harden --config "$WORK/recovery.toml" >"$WORK/out" 2>&1 || fail "harden: $(cat "$WORK/out")"
 assert_closed "after harden found a stale session"
-kill -0 "$server_pid" 2>/dev/null && fail "the stale session's dropbear still runs"
+running "$server_pid" && fail "the stale session's dropbear still runs"
 log "PASS: support SSH opens only from the console, only for its network and time"

@@ -67,6 +67,8 @@ address = "127.0.0.1"
 control_port = $CONTROL_PORT
 data_port = $DATA_PORT
 peer_fingerprints = ["$FP_A"]
+[logging]
+dir = "$WORK/b/logs"
 TOML
     cat > "$WORK/protected.toml" <<TOML
 role = "protected"
@@ -85,6 +87,8 @@ fingerprint = "$FP_B"
 throttle_bytes_per_sec = ${THROTTLE:-0}
 [log]
 capacity_bytes = ${LOG_CAPACITY:-1073741824}
+[logging]
+dir = "$WORK/a/logs"
 [[vpg]]
 name = "vpg1"
 mode = "$mode"

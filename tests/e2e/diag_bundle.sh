@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The diagnostics bundle on 4005 over real HTTPS (curl) from the management
+# namespace: 401 and nothing else without the right token, a tar.zst with
+# every listed part with it, no secret anywhere in it or in the logs, one
+# bundle at a time, the same bundle from `tidemark diag --out`, and log
+# files that stay within their size cap.
+source "$(dirname "$0")/../lib/common.sh"
+source "$(dirname "$0")/../lib/netns.sh"
+
+LOG_FILE_BYTES=65536
+make_netns
+EXTRA_LOGGING="file_bytes = $LOG_FILE_BYTES
+files_kept = 2" write_appliance_configs
+in_app "$TIDEMARK" harden --config "$WORK/recovery.toml" >"$WORK/out" 2>&1 || fail "harden: $(cat "$WORK/out")"
+start_app_agent recovery 4005
+start_app_agent protected 10809
+URL=https://$APP_MGMT_IP:4005
+# The appliance's certificate is self-signed; a manager pins it. Here: -k.
+get() { in_mgmt curl -sk --max-time 20 -o "$WORK/body" -w '%{http_code}' "$@"; }
+
+log "no token, a wrong token, the wrong scheme: 401 and nothing else"
+[ "$(get "$URL/bundle")" = 401 ] || fail "no token: not 401"
+[ "$(cat "$WORK/body")" = "unauthorized" ] || fail "401 body says more: $(head -c 200 "$WORK/body")"
+[ "$(get -H "Authorization: Bearer ${DIAG_TOKEN}x" "$URL/bundle")" = 401 ] || fail "wrong token: not 401"
+[ "$(get -H "Authorization: Bearer ${DIAG_TOKEN:0:10}" "$URL/bundle")" = 401 ] || fail "token prefix: not 401"
+[ "$(get -H "Authorization: Basic $DIAG_TOKEN" "$URL/bundle")" = 401 ] || fail "Basic scheme: not 401"
+[ "$(get "$URL/anything")" = 401 ] || fail "unknown path without a token: not 401"
+[ "$(get -H "Authorization: Bearer $DIAG_TOKEN" "$URL/anything")" = 404 ] || fail "unknown path with the token: not 404"
+[ "$(get -X POST -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")" = 405 ] || fail "POST: not 405"
+result=$(scan "$NS_OTHER" "$APP_OTHER_IP" 4005)
+[ "$result" = "open= closed= rest=filtered" ] || fail "4005 from an unnamed network: $result"
+
+log "the right token: a tar.zst with every part"
+code=$(get -H "Authorization: Bearer $DIAG_TOKEN" -D "$WORK/headers" "$URL/bundle")
+[ "$code" = 200 ] || fail "with the token: $code"
+grep -qi '^content-type: application/zstd' "$WORK/headers" || fail "content type: $(cat "$WORK/headers")"
+mv "$WORK/body" "$WORK/bundle.tar.zst"
+mkdir -p "$WORK/unpacked"
+tar --zstd -xf "$WORK/bundle.tar.zst" -C "$WORK/unpacked" || fail "the bundle does not unpack"
+top=$(ls "$WORK/unpacked")
+for part in version.txt audit.txt audit.json config.toml status.json system.txt logs/tidemark.log; do
+    [ -s "$WORK/unpacked/$top/$part" ] || fail "the bundle has no $part"
+done
+grep -q "^tidemark " "$WORK/unpacked/$top/version.txt" || fail "no version"
+grep -q "^audit: " "$WORK/unpacked/$top/audit.txt" || fail "no audit verdict"
+grep -q 'token = "<redacted>"' "$WORK/unpacked/$top/config.toml" || fail "the token is not shown as redacted"
+grep -q "diagnostics: refused GET /bundle from $MGMT_IP" "$WORK/unpacked/$top/logs/tidemark.log" || fail "refusals are not logged"
+log "bundle: $(stat -c %s "$WORK/bundle.tar.zst") bytes, $(find "$WORK/unpacked" -type f | wc -l) files"
+
+log "no secret in the bundle or the logs"
+secrets=("$DIAG_TOKEN")
+for keyfile in "$WORK/a/keys/key.pem" "$WORK/b/keys/key.pem"; do
+    while read -r line; do secrets+=("$line"); done < <(grep -v -- '-----' "$keyfile")
+done
+for s in "${secrets[@]}"; do
+    grep -rqF -- "$s" "$WORK/unpacked" && fail "a secret is in the bundle: ${s:0:6}..."
+    grep -rqF -- "$s" "$WORK/logs" "$WORK"/*.log && fail "a secret is in a log: ${s:0:6}..."
+done
+log "checked ${#secrets[@]} secret values: none found"
+
+log "one bundle at a time"
+head -c 24M /dev/urandom >"$WORK/logs/noise.log"  # incompressible: the first bundle stays busy
+ip netns exec "$NS_MGMT" curl -sk --limit-rate 50k -o /dev/null -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle" &
+slow=$!
+PIDS+=("$slow")
+sleep 2
+[ "$(get -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")" = 429 ] || fail "a second bundle at the same time was not refused"
+kill "$slow"
+rm "$WORK/logs/noise.log"
+for _ in $(seq 1 50); do
+    code=$(get -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")
+    [ "$code" = 200 ] && break
+    sleep 0.2
+done
+[ "$code" = 200 ] || fail "the slot was not freed after the first client went away ($code)"
+
+log "tidemark diag --out writes the same parts locally, never over a file"
+in_app "$TIDEMARK" diag --config "$WORK/recovery.toml" --out "$WORK/local.tar.zst" >/dev/null || fail "diag --out failed"
+tar --zstd -tf "$WORK/local.tar.zst" | grep -q '/audit.json$' || fail "the local bundle has no audit"
+if in_app "$TIDEMARK" diag --config "$WORK/recovery.toml" --out "$WORK/local.tar.zst" 2>"$WORK/out"; then
+    fail "diag overwrote an existing file"
+fi
+grep -q "never overwritten" "$WORK/out" || fail "unclear refusal: $(cat "$WORK/out")"
+
+log "log files stay within their cap"
+# Each refused request logs one line; enough of them to rotate several times.
+urls=()
+for i in $(seq 1 1500); do urls+=("$URL/bundle?n=$i"); done
+in_mgmt curl -sk "${urls[@]}" >/dev/null || true
+ls -l "$WORK/logs"
+total=$(du -cb "$WORK"/logs/tidemark.log* | tail -n1 | cut -f1)
+files=$(ls "$WORK"/logs/tidemark.log* | wc -l)
+[ "$files" = 3 ] || fail "expected tidemark.log and 2 rotated files, got $files"
+((total <= 3 * LOG_FILE_BYTES + 4096)) || fail "logs hold $total bytes, over the cap"
+log "PASS: 401 without the token, a complete bundle with it, no secrets, logs capped at $total bytes"
