@@ -77,6 +77,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Insert a tagged checkpoint into a VPG's write order now (protected side,
+    /// agent running); `--checkpoint TAG` then works wherever an id does.
+    Checkpoint {
+        /// The protected appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// A name for it, like "before upgrade" (not a number, "latest" or "head").
+        #[arg(long)]
+        tag: String,
+        /// How long to wait for the recovery journal to have it.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Write every volume of a VPG, as it was at a checkpoint, into DIR/<volume>.img.
     Restore {
         /// The recovery appliance's config.
@@ -202,12 +217,28 @@ fn init_logging(command: &Command) {
     // A config that does not load is reported by the command itself.
     match config.and_then(|path| Config::load(path).ok()) {
         Some(cfg) => {
-            if let Err(e) = tidemark::logging::init(cfg.system().logging) {
+            if let Err(e) = tidemark::logging::init(&cfg.system().logging) {
                 eprintln!("tidemark: warning: logging to stderr only: {e:#}");
             }
         }
         None => tidemark::logging::init_stderr(),
     }
+}
+
+/// Runs one role's agent, with the appliance services beside it.
+fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let other = if role == "protected" { "recovery" } else { "protected" };
+    if !matches!((&cfg, role), (Config::Protected(_), "protected") | (Config::Recovery(_), "recovery")) {
+        bail!("{}: role is \"{other}\"; use `tidemark {other}`", path.display());
+    }
+    runtime()?.block_on(async {
+        tidemark::run::start_appliance_services(cfg.clone(), path.to_path_buf()).await?;
+        match cfg {
+            Config::Protected(p) => tidemark::run::protected::run(p).await,
+            Config::Recovery(r) => tidemark::run::recovery::run(r).await,
+        }
+    })
 }
 
 fn support_ssh(command: SupportSsh) -> Result<()> {
@@ -280,28 +311,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fingerprint { cert } => {
             println!("{}", tidemark::wire::tls::fingerprint_of_file(&cert)?)
         }
-        Command::Protected { config: path } => {
-            let cfg = Config::load(&path)?;
-            let Config::Protected(p) = cfg.clone() else {
-                bail!("{}: role is \"recovery\"; use `tidemark recovery`", path.display())
-            };
-            let rt = runtime()?;
-            rt.block_on(async {
-                tidemark::run::start_appliance_services(cfg, path).await?;
-                tidemark::run::protected::run(p).await
-            })?
-        }
-        Command::Recovery { config: path } => {
-            let cfg = Config::load(&path)?;
-            let Config::Recovery(r) = cfg.clone() else {
-                bail!("{}: role is \"protected\"; use `tidemark protected`", path.display())
-            };
-            let rt = runtime()?;
-            rt.block_on(async {
-                tidemark::run::start_appliance_services(cfg, path).await?;
-                tidemark::run::recovery::run(r).await
-            })?
-        }
+        Command::Protected { config } => run_agent(&config, "protected")?,
+        Command::Recovery { config } => run_agent(&config, "recovery")?,
         Command::Harden { config } => {
             let cfg = Config::load(&config)?;
             tidemark::harden::harden(&cfg).context("hardening failed; the appliance stays closed")?;
@@ -361,6 +372,28 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(d) = &view.corruption {
                 eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
+            }
+        }
+        Command::Checkpoint { config, vpg, tag, wait } => {
+            let cfg = match Config::load(&config)? {
+                Config::Protected(p) => p,
+                Config::Recovery(_) => bail!(
+                    "{}: this is a recovery-side config; checkpoints are inserted on the protected appliance",
+                    config.display()
+                ),
+            };
+            tidemark::api::local::validate_tag(&tag)?;
+            let request =
+                tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
+            let reply = tidemark::api::local::call(&cfg.node.data_dir, &request)?;
+            let id = match (reply.ok, reply.id) {
+                (true, Some(id)) => id,
+                _ => bail!("{}", reply.error.unwrap_or_else(|| "the agent refused without a reason".into())),
+            };
+            if reply.durable {
+                println!("checkpoint {id} {tag:?}: in the recovery journal");
+            } else {
+                println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
             }
         }
         Command::Restore { config, vpg, checkpoint, out } => {

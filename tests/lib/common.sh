@@ -23,6 +23,8 @@ CLEANUP_HOOKS=()
 cleanup() {
     local pid hook
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    # Whatever else names the work dir (a support SSH server, its warden).
+    pkill -9 -f "$WORK/" 2>/dev/null || true
     { wait; } 2>/dev/null || true
     for hook in "${CLEANUP_HOOKS[@]}"; do eval "$hook" 2>/dev/null || true; done
     if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
@@ -41,6 +43,11 @@ fail() {
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
+# node_toml NAME DIR: the [node] table of an agent whose keys and data are in DIR.
+node_toml() {
+    printf '[node]\nname = "%s"\ndata_dir = "%s/data"\ncert = "%s/keys/cert.pem"\nkey = "%s/keys/key.pem"\n' "$1" "$2" "$2" "$2"
+}
+
 # setup_pair MODE INTERVAL_MS VOLUME_SPEC...
 # VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
 # Peer addresses go through the WAN proxy when USE_PROXY=1.
@@ -57,11 +64,7 @@ setup_pair() {
     fi
     cat > "$WORK/recovery.toml" <<TOML
 role = "recovery"
-[node]
-name = "site-b"
-data_dir = "$WORK/b/data"
-cert = "$WORK/b/keys/cert.pem"
-key = "$WORK/b/keys/key.pem"
+$(node_toml site-b "$WORK/b")
 [listen]
 address = "127.0.0.1"
 control_port = $CONTROL_PORT
@@ -72,11 +75,7 @@ dir = "$WORK/b/logs"
 TOML
     cat > "$WORK/protected.toml" <<TOML
 role = "protected"
-[node]
-name = "site-a"
-data_dir = "$WORK/a/data"
-cert = "$WORK/a/keys/cert.pem"
-key = "$WORK/a/keys/key.pem"
+$(node_toml site-a "$WORK/a")
 [capture]
 listen = "127.0.0.1:$NBD_PORT"
 [peer]
@@ -116,14 +115,28 @@ wait_port() {
     fail "nothing listens on port $port"
 }
 
-# start_agent ROLE PORT: runs `tidemark ROLE` with $WORK/ROLE.toml in the
-# background and waits for PORT; its pid is left in $AGENT_PID.
+# start_agent ROLE PORT [NETNS]: runs `tidemark ROLE` with $WORK/ROLE.toml in
+# the background (inside network namespace NETNS if given) and waits until
+# it listens on PORT; its pid is left in $AGENT_PID.
 start_agent() {
-    "$TIDEMARK" "$1" --config "$WORK/$1.toml" >>"$WORK/$1.log" 2>&1 &
+    local role=$1 port=$2 netns=${3:-}
+    local run=()
+    [ -n "$netns" ] && run=(ip netns exec "$netns")
+    "${run[@]}" "$TIDEMARK" "$role" --config "$WORK/$role.toml" >>"$WORK/$role.log" 2>&1 &
     AGENT_PID=$!
     disown "$AGENT_PID"
     PIDS+=("$AGENT_PID")
-    wait_port "$2"
+    if [ -z "$netns" ]; then
+        wait_port "$port"
+        return
+    fi
+    local i
+    for i in $(seq 1 100); do
+        # Not a connect: a firewall may (rightly) drop even loopback.
+        [ -n "$(ip netns exec "$netns" ss -Hltn "sport = :$port")" ] && return 0
+        sleep 0.1
+    done
+    fail "tidemark $role does not listen on $port in $netns"
 }
 # kill9 PID...: SIGKILL and wait until each process is gone (its ports free).
 kill9() {

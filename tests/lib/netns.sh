@@ -108,11 +108,7 @@ TOML
 )
     cat >"$WORK/recovery.toml" <<TOML
 role = "recovery"
-[node]
-name = "site-b"
-data_dir = "$WORK/b/data"
-cert = "$WORK/b/keys/cert.pem"
-key = "$WORK/b/keys/key.pem"
+$(node_toml site-b "$WORK/b")
 [listen]
 address = "0.0.0.0"
 peer_fingerprints = ["$FP_A"]
@@ -122,11 +118,7 @@ $appliance
 TOML
     cat >"$WORK/protected.toml" <<TOML
 role = "protected"
-[node]
-name = "site-a"
-data_dir = "$WORK/a/data"
-cert = "$WORK/a/keys/cert.pem"
-key = "$WORK/a/keys/key.pem"
+$(node_toml site-a "$WORK/a")
 [capture]
 listen = "0.0.0.0:10809"
 [peer]
@@ -141,20 +133,8 @@ $appliance
 TOML
 }
 
-# start_app_agent ROLE PORT: like start_agent, inside the app namespace.
-start_app_agent() {
-    in_app "$TIDEMARK" "$1" --config "$WORK/$1.toml" >>"$WORK/$1.log" 2>&1 &
-    AGENT_PID=$!
-    disown "$AGENT_PID"
-    PIDS+=("$AGENT_PID")
-    local i
-    for i in $(seq 1 100); do
-        # Not a connect: the firewall may (rightly) drop even loopback.
-        [ -n "$(in_app ss -Hltn "sport = :$2")" ] && return 0
-        sleep 0.1
-    done
-    fail "tidemark $1 does not listen on $2 in $NS_APP"
-}
+# start_app_agent ROLE PORT: start_agent inside the app namespace.
+start_app_agent() { start_agent "$1" "$2" "$NS_APP"; }
 
 # scan NS_RUNNER TARGET_IP [PORTS]: nmap TCP scan of every port (or PORTS);
 # prints "open=<list> closed=<list> rest=<states>", where rest is the state

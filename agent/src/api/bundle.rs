@@ -57,7 +57,7 @@ pub fn redact_config(text: &str) -> Result<String> {
 
 /// The secret values in this config (to scrub from every part).
 pub fn secret_values(cfg: &Config) -> Vec<String> {
-    cfg.system().diag.map(|d| d.token.clone()).into_iter().collect()
+    cfg.system().diag.as_ref().map(|d| d.token.clone()).into_iter().collect()
 }
 
 fn scrub(text: &str, secrets: &[String]) -> String {
@@ -117,7 +117,7 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
     {
         let mut p = Packer {
             tar: tar::Builder::new(&mut encoder),
-            prefix: format!("tidemark-diag-{}-{}", system.node.name, now_ms / 1000),
+            prefix: format!("tidemark-diag-{}-{}", cfg.node().name, now_ms / 1000),
             secrets: secret_values(cfg),
             mtime: now_ms / 1000,
         };
@@ -131,7 +131,7 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
         p.add_or_note("config.toml", config_text)?;
         p.add_or_note(
             "status.json",
-            read_tail(&system.node.data_dir.join(crate::status::STATUS_FILE)).context("no status yet"),
+            read_tail(&cfg.node().data_dir.join(crate::status::STATUS_FILE)).context("no status yet"),
         )?;
         p.add_or_note("support-ssh.txt", support_ssh::describe(&system.appliance.state_dir))?;
         p.add("system.txt", &system_facts())?;

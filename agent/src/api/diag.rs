@@ -49,8 +49,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 /// background. The config must have a `[diag]` section.
 pub async fn start(cfg: Arc<Config>, config_path: PathBuf) -> Result<()> {
     let system = cfg.system();
-    let diag = system.diag.ok_or_else(|| anyhow!("no [diag] section: the diagnostics endpoint is off"))?;
-    let identity = tls::load_identity(&system.node.cert, &system.node.key)?;
+    let diag = system.diag.as_ref().ok_or_else(|| anyhow!("no [diag] section: the diagnostics endpoint is off"))?;
+    let identity = tls::load_identity(&cfg.node().cert, &cfg.node().key)?;
     let acceptor = TlsAcceptor::from(tls::https_server_config(identity)?);
     let listener = crate::run::bind_listener(diag.listen, "diagnostics").await?;
     tracing::info!("diagnostics bundle served on https://{}/bundle (token required)", diag.listen);
@@ -151,7 +151,7 @@ fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<B
             }
         }
     });
-    let name = format!("attachment; filename=\"tidemark-diag-{}.tar.zst\"", state.cfg.system().node.name);
+    let name = format!("attachment; filename=\"tidemark-diag-{}.tar.zst\"", state.cfg.node().name);
     let mut response = Response::new(body.boxed());
     response.headers_mut().insert(header::CONTENT_TYPE, "application/zstd".parse().expect("static header"));
     if let Ok(value) = name.parse() {

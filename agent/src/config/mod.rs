@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 mod system;
 pub use system::{
     parse_network, validate_interface, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig, SupportSshConfig,
-    DIAG_PORT_DEFAULT,
+    SystemConfig, DIAG_PORT_DEFAULT,
 };
 
 pub const CONTROL_PORT_DEFAULT: u16 = 4007;
@@ -49,14 +49,9 @@ pub struct ProtectedConfig {
     pub log: LogConfig,
     #[serde(rename = "vpg")]
     pub vpgs: Vec<VpgConfig>,
-    #[serde(default)]
-    pub appliance: ApplianceConfig,
-    #[serde(default)]
-    pub diag: Option<DiagConfig>,
-    #[serde(default)]
-    pub logging: LoggingConfig,
-    #[serde(default)]
-    pub audit: AuditConfig,
+    /// The appliance-level tables, read apart (see `Config::parse`).
+    #[serde(skip)]
+    pub system: SystemConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,14 +127,9 @@ pub struct VolumeConfig {
 pub struct RecoveryConfig {
     pub node: Identity,
     pub listen: ListenConfig,
-    #[serde(default)]
-    pub appliance: ApplianceConfig,
-    #[serde(default)]
-    pub diag: Option<DiagConfig>,
-    #[serde(default)]
-    pub logging: LoggingConfig,
-    #[serde(default)]
-    pub audit: AuditConfig,
+    /// The appliance-level tables, read apart (see `Config::parse`).
+    #[serde(skip)]
+    pub system: SystemConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,10 +170,23 @@ impl Config {
             Some(_) => bail!("role: must be a string, \"protected\" or \"recovery\""),
             None => bail!("role: missing; set role = \"protected\" or role = \"recovery\""),
         };
+        // The appliance-level tables are the same for both roles: they are
+        // read into one struct, and the rest into the role's.
+        let mut system_table = toml::Table::new();
+        for key in SystemConfig::TABLES {
+            if let Some(value) = table.remove(key) {
+                system_table.insert(key.to_string(), value);
+            }
+        }
+        let system = SystemConfig::deserialize(toml::Value::Table(system_table)).map_err(explain)?;
         let value = toml::Value::Table(table);
         let config = match role.as_str() {
-            "protected" => Config::Protected(ProtectedConfig::deserialize(value).map_err(explain)?),
-            "recovery" => Config::Recovery(RecoveryConfig::deserialize(value).map_err(explain)?),
+            "protected" => {
+                Config::Protected(ProtectedConfig { system, ..ProtectedConfig::deserialize(value).map_err(explain)? })
+            }
+            "recovery" => {
+                Config::Recovery(RecoveryConfig { system, ..RecoveryConfig::deserialize(value).map_err(explain)? })
+            }
             other => bail!("role: unknown role {other:?}; expected \"protected\" or \"recovery\""),
         };
         config.validate()?;
@@ -191,12 +194,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        let system = self.system();
-        system.appliance.validate()?;
-        if let Some(diag) = system.diag {
-            diag.validate()?;
-        }
-        system.logging.validate()?;
+        self.system().validate()?;
         match self {
             Config::Protected(p) => p.validate(),
             Config::Recovery(r) => {
@@ -213,22 +211,10 @@ impl Config {
     }
 
     /// The appliance-level sections, the same for both roles.
-    pub fn system(&self) -> SystemView<'_> {
+    pub fn system(&self) -> &SystemConfig {
         match self {
-            Config::Protected(p) => SystemView {
-                node: &p.node,
-                appliance: &p.appliance,
-                diag: p.diag.as_ref(),
-                logging: &p.logging,
-                audit: &p.audit,
-            },
-            Config::Recovery(r) => SystemView {
-                node: &r.node,
-                appliance: &r.appliance,
-                diag: r.diag.as_ref(),
-                logging: &r.logging,
-                audit: &r.audit,
-            },
+            Config::Protected(p) => &p.system,
+            Config::Recovery(r) => &r.system,
         }
     }
 
@@ -250,16 +236,6 @@ impl Config {
             Config::Recovery(r) => &r.node,
         }
     }
-}
-
-/// Borrowed view of the sections both roles share.
-#[derive(Clone, Copy)]
-pub struct SystemView<'a> {
-    pub node: &'a Identity,
-    pub appliance: &'a ApplianceConfig,
-    pub diag: Option<&'a DiagConfig>,
-    pub logging: &'a LoggingConfig,
-    pub audit: &'a AuditConfig,
 }
 
 fn explain(e: toml::de::Error) -> anyhow::Error {

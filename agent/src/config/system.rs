@@ -16,6 +16,45 @@ pub const DIAG_TOKEN_CHARS_MIN: usize = 24;
 pub const LOG_FILE_BYTES_DEFAULT: usize = 8 << 20;
 pub const LOG_FILES_KEPT_DEFAULT: usize = 4;
 
+/// The tables both roles share: `[appliance]`, `[diag]`, `[logging]`, `[audit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    #[serde(default)]
+    pub appliance: ApplianceConfig,
+    /// Without it nothing listens on 4005: there is no default token.
+    #[serde(default)]
+    pub diag: Option<DiagConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+impl SystemConfig {
+    pub const TABLES: [&'static str; 4] = ["appliance", "diag", "logging", "audit"];
+
+    pub fn validate(&self) -> Result<()> {
+        self.appliance.validate()?;
+        if let Some(diag) = &self.diag {
+            diag.validate()?;
+        }
+        self.logging.validate()
+    }
+}
+
+/// Every field of these tables has a default: an absent table is an empty one.
+macro_rules! default_from_empty_table {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                toml::Value::Table(Default::default()).try_into().expect("an empty table takes every default")
+            }
+        }
+    )*};
+}
+default_from_empty_table!(ApplianceConfig, SupportSshConfig, LoggingConfig, AuditConfig);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplianceConfig {
@@ -53,12 +92,6 @@ pub struct ApplianceConfig {
     pub support_ssh: SupportSshConfig,
 }
 
-impl Default for ApplianceConfig {
-    fn default() -> Self {
-        toml::Value::Table(Default::default()).try_into().expect("empty [appliance] takes every default")
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupportSshConfig {
@@ -77,12 +110,6 @@ pub struct SupportSshConfig {
     /// Longest session one `enable` may open.
     #[serde(default = "default_ssh_minutes_max")]
     pub minutes_max: u64,
-}
-
-impl Default for SupportSshConfig {
-    fn default() -> Self {
-        toml::Value::Table(Default::default()).try_into().expect("empty [appliance.support_ssh] takes every default")
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,12 +133,6 @@ pub struct LoggingConfig {
     pub files_kept: usize,
 }
 
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        toml::Value::Table(Default::default()).try_into().expect("empty [logging] takes every default")
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -128,12 +149,6 @@ pub struct AuditConfig {
     /// The appliance's root is read-only; a development host's is not.
     #[serde(default = "default_true")]
     pub readonly_root: bool,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        toml::Value::Table(Default::default()).try_into().expect("empty [audit] takes every default")
-    }
 }
 
 /// A list of `address/prefix` (or a bare address, meaning that one host),

@@ -98,7 +98,7 @@ pub fn run(cfg: &Config) -> Report {
         Err(e) => b.add("configuration", Verdict::Fail, format!("{e:#}")),
     }
     listeners(&mut b, session.is_some());
-    let appliance = cfg.system().appliance;
+    let appliance = &cfg.system().appliance;
     match securetty::unexpected_lines(&appliance.securetty) {
         Ok(wrong) => b.check(
             "securetty",

@@ -32,7 +32,7 @@ impl Plan {
     /// Reads and checks the rule and sysctl files named in the config (or
     /// the built-in copies). Nothing is applied here.
     pub fn load(cfg: &Config) -> Result<Plan> {
-        let appliance = cfg.system().appliance;
+        let appliance = &cfg.system().appliance;
         let allows = match &appliance.firewall_rules {
             Some(path) => rules::parse(&read(path, "firewall rules")?, &path.display().to_string())?,
             None => rules::parse(rules::BUILTIN_RULES, "built-in firewall/tidemark.rules")?,
@@ -64,7 +64,7 @@ impl Plan {
 }
 
 pub fn sysctl_roots(cfg: &Config) -> sysctl::Roots<'_> {
-    let appliance = cfg.system().appliance;
+    let appliance = &cfg.system().appliance;
     sysctl::Roots { namespace: &appliance.sysctl_root, global: &appliance.global_sysctl_root }
 }
 
@@ -76,7 +76,7 @@ fn read(path: &Path, what: &str) -> Result<String> {
 /// firewall's policies go to DROP before anything is read, so a broken rule
 /// file at first boot leaves the appliance unreachable, not open.
 pub fn harden(cfg: &Config) -> Result<()> {
-    let appliance = cfg.system().appliance;
+    let appliance = &cfg.system().appliance;
     let firewall = firewall::Firewall::open()?;
     firewall.drop_by_default()?;
     let plan = Plan::load(cfg)?;

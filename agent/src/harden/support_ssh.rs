@@ -12,7 +12,7 @@ use super::firewall::Firewall;
 use super::rules::{family_of, support_rule};
 use super::sockets;
 use super::ssh_key::SupportKey;
-use crate::config::{Config, SystemView};
+use crate::config::{Config, SystemConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use rustix::process::{Pid, Signal};
@@ -99,7 +99,7 @@ fn process_is(pid: i32, comm: &str) -> bool {
     pid_alive(pid) && proc_stat(pid).is_some_and(|(name, _)| name == comm)
 }
 
-fn server_comm(system: SystemView) -> String {
+fn server_comm(system: &SystemConfig) -> String {
     system.appliance.support_ssh.server.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
@@ -219,7 +219,7 @@ pub fn session_length_ms(cfg: &Config, minutes: u64, seconds: Option<u64>) -> Re
     Ok(minutes * 60_000)
 }
 
-fn ensure_host_key(system: SystemView, state_dir: &Path) -> Result<PathBuf> {
+fn ensure_host_key(system: &SystemConfig, state_dir: &Path) -> Result<PathBuf> {
     let path = state_dir.join(HOST_KEY_FILE);
     if path.exists() {
         return Ok(path);
@@ -255,7 +255,7 @@ fn write_authorized_keys(path: &Path, key: &SupportKey) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-fn start_server(system: SystemView, state_dir: &Path, host_key: &Path) -> Result<i32> {
+fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     let ssh = &system.appliance.support_ssh;
     let log_path = state_dir.join(SERVER_LOG_FILE);

@@ -56,6 +56,8 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             },
         ));
     }
+    let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
+    crate::api::local::start(&cfg.node.data_dir, by_name)?;
     let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
     tokio::spawn(server::serve(listener, Arc::new(exports)));
     for (interval_ms, rt) in &runtimes {
