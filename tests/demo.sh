@@ -69,11 +69,12 @@ sleep 6
 "$T" status --config "$DEMO/protected.toml"
 "$T" status --config "$DEMO/recovery.toml"
 
-step "8. Checkpoints on the recovery side (one every 5 s)"
+step "8. A tagged checkpoint, then the checkpoints on the recovery side (automatic ones every 5 s)"
+"$T" checkpoint --config "$DEMO/protected.toml" --vpg webapp --tag "after the fio run"
 "$T" checkpoints --config "$DEMO/recovery.toml" --vpg webapp | tail -n 5
 
-step "9. Restore the latest checkpoint and compare with the source, bit for bit"
-"$T" restore --config "$DEMO/recovery.toml" --vpg webapp --checkpoint latest --out "$DEMO/restored"
+step "9. Restore the tagged checkpoint and compare with the source, bit for bit"
+"$T" restore --config "$DEMO/recovery.toml" --vpg webapp --checkpoint "after the fio run" --out "$DEMO/restored"
 kill "$PPID_A"; wait "$PPID_A" 2>/dev/null || true; PPID_A=
 for v in webapp-os webapp-data; do
     cmp "$DEMO/restored/$v.img" "$DEMO/disks/$v.img" && echo "$v: identical ($(sha256sum <"$DEMO/restored/$v.img" | cut -c1-16)...)"
