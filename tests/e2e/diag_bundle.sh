@@ -76,7 +76,7 @@ done
 
 log "tidemark diag --out writes the same parts locally, never over a file"
 in_app "$TIDEMARK" diag --config "$WORK/recovery.toml" --out "$WORK/local.tar.zst" >/dev/null || fail "diag --out failed"
-tar --zstd -tf "$WORK/local.tar.zst" | grep -q '/audit.json$' || fail "the local bundle has no audit"
+grep -q '/audit.json$' <<<"$(tar --zstd -tf "$WORK/local.tar.zst")" || fail "the local bundle has no audit"
 if in_app "$TIDEMARK" diag --config "$WORK/recovery.toml" --out "$WORK/local.tar.zst" 2>"$WORK/out"; then
     fail "diag overwrote an existing file"
 fi

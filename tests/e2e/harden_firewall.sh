@@ -20,7 +20,7 @@ log "first boot, broken rule file: harden fails and everything stays dropped"
 if in_app "$TIDEMARK" harden --config "$WORK/broken.toml" >"$WORK/out" 2>&1; then fail "harden accepted a broken rule file"; fi
 grep -q "broken.rules line 2: port 8080 is not in the design's port table" "$WORK/out" || fail "unclear error: $(cat "$WORK/out")"
 for t in iptables ip6tables; do
-    in_app $t -S INPUT | grep -qx -- "-P INPUT DROP" || fail "$t INPUT policy is not DROP after a failed first harden"
+    grep -qx -- "-P INPUT DROP" <<<"$(in_app $t -S INPUT)" || fail "$t INPUT policy is not DROP after a failed first harden"
 done
 start_app_agent recovery 4005
 result=$(scan "$NS_MGMT" "$APP_MGMT_IP")

@@ -30,9 +30,9 @@ st=$("$TIDEMARK" status --config "$WORK/protected.toml")
 grep -q "VPG vpg1" <<<"$st" || fail "status does not show the VPG: $st"
 grep -Eq "state: +(in sync|replicating)" <<<"$st" || fail "status state unexpected: $st"
 grep -q "last checkpoint: [0-9]" <<<"$st" || fail "status has no last checkpoint: $st"
-"$TIDEMARK" status --config "$WORK/recovery.toml" | grep -q "state: *protected" || fail "recovery status not protected"
+grep -q "state: *protected" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" || fail "recovery status not protected"
 kill9 "$PROTECTED_PID"
-"$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "NOT RUNNING" || fail "status calls a killed agent running"
+grep -q "NOT RUNNING" <<<"$("$TIDEMARK" status --config "$WORK/protected.toml")" || fail "status calls a killed agent running"
 start_protected
 log "status on both sides reports the VPG, and a killed agent as not running"
 

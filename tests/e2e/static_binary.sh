@@ -13,7 +13,7 @@ help=$("$TIDEMARK" --help)
 for cmd in keygen protected recovery checkpoints restore status; do
     grep -q "^  $cmd " <<<"$help" || fail "--help does not list '$cmd'"
 done
-"$TIDEMARK" restore --help | grep -q -- "--checkpoint" || fail "restore --help lacks --checkpoint"
+grep -q -- "--checkpoint" <<<"$("$TIDEMARK" restore --help)" || fail "restore --help lacks --checkpoint"
 set +e
 "$TIDEMARK" restore --no-such-flag >/dev/null 2>&1
 rc=$?

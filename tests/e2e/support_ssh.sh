@@ -86,7 +86,7 @@ in_mgmt ssh "${SSH_OPTS[@]}" -o PubkeyAuthentication=no -o PreferredAuthenticati
 in_mgmt ssh "${SSH_OPTS[@]}" -i "$KEYS/dsa" "root@$APP_MGMT_IP" true 2>/dev/null && fail "another key logged in"
 in_mgmt ssh "${SSH_OPTS[@]}" -i "$KEYS/good" -W 127.0.0.1:4005 "root@$APP_MGMT_IP" </dev/null >/dev/null 2>&1 &&
     fail "TCP forwarding through support SSH worked"
-in_app "$TIDEMARK" support-ssh status --config "$WORK/recovery.toml" | grep -q "OPEN from $MGMT_IP/32" || fail "status does not say open"
+grep -q "OPEN from $MGMT_IP/32" <<<"$(in_app "$TIDEMARK" support-ssh status --config "$WORK/recovery.toml")" || fail "status does not say open"
 if enable --seconds 30 --from "$OTHER_IP" --key "$KEYS/good.pub" --assume-console; then fail "a second session opened"; fi
 grep -q "already open" "$WORK/out" || fail "unclear refusal of a second session: $(cat "$WORK/out")"
 in_app "$TIDEMARK" audit --config "$WORK/recovery.toml" >"$WORK/audit.out" 2>&1 || true
@@ -110,7 +110,7 @@ live=$!
 PIDS+=("$live")
 sleep 1
 kill -0 "$live" 2>/dev/null || fail "the live session did not start"
-in_app "$TIDEMARK" support-ssh disable --config "$WORK/recovery.toml" | grep -q "support SSH closed" || fail "disable said otherwise"
+grep -q "support SSH closed" <<<"$(in_app "$TIDEMARK" support-ssh disable --config "$WORK/recovery.toml")" || fail "disable said otherwise"
 assert_closed "after disable"
 for _ in $(seq 1 50); do running "$live" || break; sleep 0.1; done
 running "$live" && fail "a live SSH session survived disable"

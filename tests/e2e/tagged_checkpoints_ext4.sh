@@ -68,7 +68,9 @@ assert len(auto) >= 2, "no automatic checkpoints between the rounds"
 assert all(c["consistent"] for c in cps if c["tag"]), "a tagged checkpoint is not complete"
 print(f"{len(cps)} checkpoints, {len(auto)} automatic ones between the tagged ones")
 PY
-"$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 | grep -q "complete .*round 1$" || fail "the table does not show the tag"
+# Whole output first: `grep -q` stops reading early, and pipefail would count the writer's SIGPIPE.
+table=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1)
+grep -q "complete .*round 1$" <<<"$table" || fail "the table does not show the tag: $table"
 
 for round in 0 1 2; do
     restore_to "round $round" "$WORK/r$round"
@@ -80,8 +82,8 @@ for round in 0 1 2; do
     done <"$WORK/round-$round.sums"
     log "round $round restored from its tag: e2fsck clean, $(wc -l <"$WORK/round-$round.sums") files match"
 done
-debugfs -R "stat /etc/old.txt" "$WORK/r2/disk0.img" 2>&1 | grep -q "File not found" || fail "round 2 still has the removed file"
-debugfs -R "stat /data/new-in-1.bin" "$WORK/r0/disk0.img" 2>&1 | grep -q "File not found" || fail "round 0 has a later file"
+grep -q "File not found" <<<"$(debugfs -R "stat /etc/old.txt" "$WORK/r2/disk0.img" 2>&1)" || fail "round 2 still has the removed file"
+grep -q "File not found" <<<"$(debugfs -R "stat /data/new-in-1.bin" "$WORK/r0/disk0.img" 2>&1)" || fail "round 0 has a later file"
 
 restore_to "$(cat "$WORK/round-1.id")" "$WORK/r1-by-id"
 cmp "$WORK/r1-by-id/disk0.img" "$WORK/r1/disk0.img" || fail "restore by id differs from restore by tag"

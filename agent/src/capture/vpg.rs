@@ -8,6 +8,7 @@ use super::volume::Volume;
 use crate::config::ReplicationMode;
 use crate::log::{CaptureState, ProtectedLog};
 use crate::record::{now_ms, RecordBody};
+use crate::status::CheckpointSummary;
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct VpgCapture {
     state: std::sync::Mutex<CaptureState>,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     copy_generation: AtomicU64,
+    /// The newest checkpoint inserted, automatic or tagged (for status).
+    last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
 }
 
 impl VpgCapture {
@@ -43,6 +46,7 @@ impl VpgCapture {
             order: Mutex::new(()),
             state: std::sync::Mutex::new(state),
             copy_generation: AtomicU64::new(0),
+            last_checkpoint: std::sync::Mutex::new(None),
         }
     }
 
@@ -94,7 +98,15 @@ impl VpgCapture {
 
     pub async fn checkpoint(&self, tag: &str) -> Result<u64> {
         let _order = self.order.lock().await;
-        self.log.append(&RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string() }).await
+        let time_ms = now_ms();
+        let id = self.log.append(&RecordBody::Checkpoint { time_ms, tag: tag.to_string() }).await?;
+        *self.last_checkpoint.lock().expect("checkpoint lock") =
+            Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
+        Ok(id)
+    }
+
+    pub fn last_checkpoint(&self) -> Option<CheckpointSummary> {
+        self.last_checkpoint.lock().expect("checkpoint lock").clone()
     }
 
     /// Makes every write up to `seq` as durable as the mode promises:

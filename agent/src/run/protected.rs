@@ -7,19 +7,18 @@ use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, ProtectedConfig};
 use crate::log::{CaptureState, ProtectedLog};
 use crate::record::vpg_id;
-use crate::status::{self, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
+use crate::status::{self, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::sender::{self, SenderStats};
 use crate::wire::tls;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 struct VpgRuntime {
     capture: Arc<VpgCapture>,
     stats: Arc<SenderStats>,
-    last_checkpoint: Arc<Mutex<Option<CheckpointSummary>>>,
 }
 
 pub async fn run(cfg: ProtectedConfig) -> Result<()> {
@@ -47,14 +46,8 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
             exports.insert(v.name.clone(), Export { vpg: capture.clone(), volume: i as u32 });
         }
-        runtimes.push((
-            vpg_cfg.checkpoint_interval_ms,
-            VpgRuntime {
-                capture,
-                stats: Arc::new(SenderStats::default()),
-                last_checkpoint: Arc::new(Mutex::new(None)),
-            },
-        ));
+        runtimes
+            .push((vpg_cfg.checkpoint_interval_ms, VpgRuntime { capture, stats: Arc::new(SenderStats::default()) }));
     }
     let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
     crate::api::local::start(&cfg.node.data_dir, by_name)?;
@@ -67,7 +60,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
                 tracing::error!(vpg = %capture.name, "initial copy failed: {e:#}");
             }
         });
-        tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms, rt.last_checkpoint.clone()));
+        tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
         tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
@@ -86,18 +79,14 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     Ok(())
 }
 
-async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64, last: Arc<Mutex<Option<CheckpointSummary>>>) {
+async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match capture.checkpoint("").await {
-            Ok(id) => {
-                *last.lock().expect("checkpoint lock") =
-                    Some(CheckpointSummary { id, time_ms: crate::record::now_ms(), tag: String::new() })
-            }
-            Err(e) => tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}"),
+        if let Err(e) = capture.checkpoint("").await {
+            tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
         }
     }
 }
@@ -131,7 +120,7 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 throughput_bytes_per_sec: throughput,
                 head_seq: log.appended_seq(),
                 acked_seq: log.acked_seq(),
-                last_checkpoint: rt.last_checkpoint.lock().expect("checkpoint lock").clone(),
+                last_checkpoint: rt.capture.last_checkpoint(),
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
             });
