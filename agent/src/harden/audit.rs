@@ -5,7 +5,7 @@
 
 use super::firewall::{Firewall, DROPPED_CHAINS};
 use super::rules::{Family, CHAIN};
-use super::{ports, securetty, sockets, support_ssh, sysctl, Plan};
+use super::{ports, procfs, securetty, sockets, support_ssh, sysctl, Plan};
 use crate::config::Config;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
@@ -86,6 +86,11 @@ const PROGRAM_DIRS: &[&str] = &["bin", "sbin", "usr/bin", "usr/sbin", "usr/local
 /// Names listed per failing item, at most.
 const LISTED_MAX: usize = 10;
 
+/// The first `LISTED_MAX` names, for a failure's detail.
+fn listed<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
+    names.into_iter().take(LISTED_MAX).map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
 pub fn run(cfg: &Config) -> Report {
     let mut b = Builder(Vec::new());
     let plan = Plan::load(cfg);
@@ -97,7 +102,8 @@ pub fn run(cfg: &Config) -> Report {
         }
         Err(e) => b.add("configuration", Verdict::Fail, format!("{e:#}")),
     }
-    listeners(&mut b, session.is_some());
+    let listening = sockets::listeners();
+    listeners(&mut b, &listening, session.is_some());
     let appliance = &cfg.system().appliance;
     match securetty::unexpected_lines(&appliance.securetty) {
         Ok(wrong) => b.check(
@@ -108,7 +114,7 @@ pub fn run(cfg: &Config) -> Report {
         ),
         Err(e) => b.add("securetty", Verdict::Fail, format!("{e:#}")),
     }
-    support(&mut b, cfg, session.as_ref());
+    support(&mut b, cfg, session.as_ref(), listening.as_deref().unwrap_or_default());
     processes(&mut b, cfg);
     setuid(&mut b, cfg);
     forbidden_programs(&mut b, cfg);
@@ -173,14 +179,14 @@ fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
     }
 }
 
-fn listeners(b: &mut Builder, support_open: bool) {
-    let all = match sockets::listeners() {
+fn listeners(b: &mut Builder, listening: &anyhow::Result<Vec<sockets::Listener>>, support_open: bool) {
+    let all = match listening {
         Ok(l) => l,
         Err(e) => return b.add("listening sockets", Verdict::Fail, format!("{e:#}")),
     };
     let mut allowed: Vec<String> = Vec::new();
     let mut wrong: Vec<String> = Vec::new();
-    for l in &all {
+    for l in all {
         let in_table = l.proto == "tcp" && ports::entry(l.port).is_some_and(|e| e.port != 22 || support_open);
         let text = format!("{}/{} on {}", l.port, l.proto, l.address);
         if in_table {
@@ -194,11 +200,11 @@ fn listeners(b: &mut Builder, support_open: bool) {
         "listening sockets",
         wrong.is_empty(),
         format!("{} listeners, all in the port table", allowed.len()),
-        format!("not in the port table: {}", wrong.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+        format!("not in the port table: {}", listed(&wrong)),
     );
 }
 
-fn support(b: &mut Builder, cfg: &Config, session: Option<&support_ssh::Session>) {
+fn support(b: &mut Builder, cfg: &Config, session: Option<&support_ssh::Session>, listening: &[sockets::Listener]) {
     let ssh = &cfg.system().appliance.support_ssh;
     match session {
         Some(s) => b.add(
@@ -213,7 +219,7 @@ fn support(b: &mut Builder, cfg: &Config, session: Option<&support_ssh::Session>
             ),
         ),
         None => {
-            let listening = sockets::is_listening_tcp(ssh.port);
+            let listening = sockets::has_tcp(listening, ssh.port);
             let keys = ssh.authorized_keys.exists();
             b.check(
                 "support SSH",
@@ -231,31 +237,22 @@ fn support(b: &mut Builder, cfg: &Config, session: Option<&support_ssh::Session>
 
 fn processes(b: &mut Builder, cfg: &Config) {
     let allowed = &cfg.system().audit.allowed_processes;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return b.add("processes", Verdict::Fail, "cannot read /proc");
-    };
     let mut seen = 0;
     let mut wrong = std::collections::BTreeSet::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.chars().all(|c| c.is_ascii_digit())) else { continue };
+    for pid in procfs::pids() {
         // Kernel threads have no command line; they are the kernel's own.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline.is_empty() {
-            continue;
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm = comm.trim_end();
+        let Some(stat) = procfs::stat(pid).filter(|_| !cmdline.is_empty()) else { continue };
         seen += 1;
-        if !allowed.iter().any(|a| a == comm) {
-            wrong.insert(comm.to_string());
+        if !allowed.contains(&stat.name) {
+            wrong.insert(stat.name);
         }
     }
     b.check(
         "processes",
         wrong.is_empty(),
         format!("{seen} processes, all allowed"),
-        format!("not allowed: {}", wrong.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+        format!("not allowed: {}", listed(&wrong)),
     );
 }
 
@@ -281,11 +278,7 @@ fn setuid(b: &mut Builder, cfg: &Config) {
         "setuid files",
         found.is_empty(),
         format!("none outside the allow-list ({scanned} files under {})", audit.fs_root.display()),
-        format!(
-            "{} not allowed: {}",
-            found.len(),
-            found.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")
-        ),
+        format!("{} not allowed: {}", found.len(), listed(&found)),
     );
 }
 
@@ -304,7 +297,7 @@ fn forbidden_programs(b: &mut Builder, cfg: &Config) {
         "no compilers, package managers or cron",
         found.is_empty(),
         format!("none under {}", root.display()),
-        format!("found {}", found.iter().take(LISTED_MAX).cloned().collect::<Vec<_>>().join(", ")),
+        format!("found {}", listed(&found)),
     );
 }
 

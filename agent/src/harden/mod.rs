@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod firewall;
 pub mod ports;
+pub mod procfs;
 pub mod rules;
 pub mod securetty;
 pub mod sockets;

@@ -58,8 +58,12 @@ fn parse_address(hex: &str) -> Option<IpAddr> {
     }
 }
 
+pub fn has_tcp(listeners: &[Listener], port: u16) -> bool {
+    listeners.iter().any(|l| l.proto == "tcp" && l.port == port)
+}
+
 pub fn is_listening_tcp(port: u16) -> bool {
-    listeners().map(|l| l.iter().any(|l| l.proto == "tcp" && l.port == port)).unwrap_or(false)
+    listeners().is_ok_and(|l| has_tcp(&l, port))
 }
 
 #[cfg(test)]

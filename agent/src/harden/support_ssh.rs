@@ -9,6 +9,7 @@
 //! keep right on a read-only root; the flags below are the whole policy.
 
 use super::firewall::Firewall;
+use super::procfs;
 use super::rules::{family_of, support_rule};
 use super::sockets;
 use super::ssh_key::SupportKey;
@@ -77,28 +78,6 @@ fn store(state_dir: &Path, session: &Session) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The name and state of a process, from /proc/PID/stat.
-fn proc_stat(pid: i32) -> Option<(String, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name may hold spaces and parentheses: it ends at the last ')'.
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    let state = stat[close + 1..].split_whitespace().next()?.to_string();
-    Some((stat[open + 1..close].to_string(), state))
-}
-
-/// Alive, not a zombie: a killed process whose parent has not reaped it yet
-/// still answers kill(pid, 0).
-fn pid_alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(_, state)| !matches!(state.as_str(), "Z" | "X"))
-}
-
-/// Alive and running a program named `comm` (a pid in a stale state file
-/// may have been reused).
-fn process_is(pid: i32, comm: &str) -> bool {
-    let comm = &comm[..comm.len().min(15)];
-    pid_alive(pid) && proc_stat(pid).is_some_and(|(name, _)| name == comm)
-}
-
 fn server_comm(system: &SystemConfig) -> String {
     system.appliance.support_ssh.server.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -107,12 +86,12 @@ fn server_comm(system: &SystemConfig) -> String {
 /// and the warden that will close it both run.
 pub fn open_session(state_dir: &Path) -> Result<Option<Session>> {
     Ok(load(state_dir)?.filter(|s| {
-        s.until_ms > crate::record::now_ms() && pid_alive(s.server_pid) && s.warden_pid.is_some_and(warden_alive)
+        s.until_ms > crate::record::now_ms() && procfs::alive(s.server_pid) && s.warden_pid.is_some_and(warden_alive)
     }))
 }
 
 fn warden_alive(pid: i32) -> bool {
-    process_is(pid, "tidemark")
+    procfs::alive_as(pid, "tidemark")
 }
 
 /// The console line stdin is attached to, or an error saying why not.
@@ -313,44 +292,24 @@ fn start_warden(config_path: &Path) -> Result<i32> {
     Ok(child.id() as i32)
 }
 
-/// The process and all its descendants (dropbear puts each connection in
-/// its own session, so a process group does not reach them).
-fn process_tree(root: i32) -> Vec<Pid> {
-    let mut parents: Vec<(i32, i32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // The command name may hold spaces and parentheses: parse after the last ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
-        if let Some(ppid) = ppid {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    tree.into_iter().filter_map(Pid::from_raw).collect()
-}
-
-/// Stops the server and every session it runs: TERM, then KILL.
+/// Stops the server and every session it runs (dropbear gives each
+/// connection its own session, so a process group would not reach them):
+/// TERM, then KILL.
 fn kill_tree(pid: i32) {
-    let tree = process_tree(pid);
-    for p in &tree {
-        let _ = rustix::process::kill_process(*p, Signal::TERM);
-    }
+    let tree = procfs::tree(pid);
+    let signal_all = |signal| {
+        for p in tree.iter().filter_map(|p| Pid::from_raw(*p)) {
+            let _ = rustix::process::kill_process(p, signal);
+        }
+    };
+    signal_all(Signal::TERM);
     for _ in 0..40 {
-        if tree.iter().all(|p| !pid_alive(p.as_raw_nonzero().get())) {
+        if !tree.iter().any(|p| procfs::alive(*p)) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for p in &tree {
-        let _ = rustix::process::kill_process(*p, Signal::KILL);
-    }
+    signal_all(Signal::KILL);
 }
 
 /// Closes a session: port 22 first, then the server and every session it
@@ -359,7 +318,7 @@ fn close(cfg: &Config, session: &Session, reason: &str) -> Result<()> {
     let system = cfg.system();
     let firewall_result = Firewall::open()
         .and_then(|fw| fw.remove(family_of(&session.network), &support_rule(session.network, session.port)));
-    if session.server_pid > 0 && process_is(session.server_pid, &server_comm(system)) {
+    if session.server_pid > 0 && procfs::alive_as(session.server_pid, &server_comm(system)) {
         kill_tree(session.server_pid);
     }
     let keys = &system.appliance.support_ssh.authorized_keys;
@@ -430,7 +389,7 @@ pub fn warden(cfg: &Config) -> Result<()> {
             if crate::record::now_ms() >= session.until_ms {
                 return Ok(Some((session, "time ran out".to_string())));
             }
-            if !pid_alive(session.server_pid) {
+            if !procfs::alive(session.server_pid) {
                 return Ok(Some((session, "the SSH server exited".to_string())));
             }
             tokio::select! {
