@@ -36,16 +36,12 @@ pub fn init_stderr() {
     tracing_subscriber::registry().with(stderr_layer().with_filter(filter())).init();
 }
 
-/// Where the persistent copy of the log goes.
-pub enum Sink {
-    Journald,
-    Files(std::path::PathBuf),
-}
-
-pub fn init(cfg: &LoggingConfig) -> Result<Sink> {
+/// stderr plus journald or files. On an error nothing is installed yet, so
+/// the caller can fall back to `init_stderr`.
+pub fn init(cfg: &LoggingConfig) -> Result<()> {
     let journald = if Path::new(JOURNALD_SOCKET).exists() { tracing_journald::layer().ok() } else { None };
-    let (files, sink) = match journald {
-        Some(_) => (None, Sink::Journald),
+    let files = match journald {
+        Some(_) => None,
         None => {
             std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating log dir {}", cfg.dir.display()))?;
             let path = cfg.dir.join(LOG_FILE_NAME);
@@ -57,7 +53,7 @@ pub fn init(cfg: &LoggingConfig) -> Result<Sink> {
                 None,
             );
             let layer = tracing_subscriber::fmt::layer().with_writer(Mutex::new(rotating)).with_ansi(false);
-            (Some(layer), Sink::Files(cfg.dir.clone()))
+            Some(layer)
         }
     };
     tracing_subscriber::registry()
@@ -65,5 +61,5 @@ pub fn init(cfg: &LoggingConfig) -> Result<Sink> {
         .with(journald.with_filter(filter()))
         .with(files.with_filter(filter()))
         .init();
-    Ok(sink)
+    Ok(())
 }

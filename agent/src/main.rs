@@ -218,6 +218,7 @@ fn init_logging(command: &Command) {
     match config.and_then(|path| Config::load(path).ok()) {
         Some(cfg) => {
             if let Err(e) = tidemark::logging::init(&cfg.system().logging) {
+                tidemark::logging::init_stderr();
                 eprintln!("tidemark: warning: logging to stderr only: {e:#}");
             }
         }
