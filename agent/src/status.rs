@@ -33,6 +33,23 @@ pub struct VpgStatus {
     pub acked_seq: u64,
     pub last_checkpoint: Option<CheckpointSummary>,
     pub note: String,
+    /// Recovery side: the history window and the journal's size.
+    #[serde(default)]
+    pub history: Option<HistoryStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HistoryStatus {
+    pub configured_seconds: u64,
+    /// How far back the oldest recoverable checkpoint is now.
+    pub window_seconds: u64,
+    pub oldest_checkpoint: Option<CheckpointSummary>,
+    /// The replica holds every record up to this seq.
+    pub replica_seq: u64,
+    pub journal_bytes: u64,
+    pub journal_limit: Option<u64>,
+    /// Set when the window is shorter than configured, and why.
+    pub warning: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +147,24 @@ pub fn render(status: &AgentStatus) -> String {
                 if c.tag.is_empty() { String::new() } else { format!(" ({})", c.tag) }
             )),
             None => out.push_str("  last checkpoint: none\n"),
+        }
+        if let Some(h) = &v.history {
+            let secs = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+            out.push_str(&format!(
+                "  history:         {} of {} configured (oldest checkpoint {})\n",
+                secs(h.window_seconds),
+                secs(h.configured_seconds),
+                h.oldest_checkpoint.as_ref().map_or("none yet".into(), |c| c.id.to_string())
+            ));
+            out.push_str(&format!(
+                "  journal:         {}{}, replica at seq {}\n",
+                format_bytes(h.journal_bytes),
+                h.journal_limit.map_or(String::new(), |l| format!(" of {} limit", format_bytes(l))),
+                h.replica_seq
+            ));
+            if !h.warning.is_empty() {
+                out.push_str(&format!("  WARNING:         {}\n", h.warning));
+            }
         }
         if !v.note.is_empty() {
             out.push_str(&format!("  note:            {}\n", v.note));

@@ -20,6 +20,11 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const CHECKPOINT_INTERVAL_MS_MIN: u64 = 1_000;
 pub const LOG_CAPACITY_BYTES_DEFAULT: u64 = 1 << 30;
 pub const LOG_CAPACITY_BYTES_MIN: u64 = 64 << 20;
+pub const HISTORY_DEFAULT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+pub const HISTORY_MIN: std::time::Duration = std::time::Duration::from_secs(60);
+pub const HISTORY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// Below this a journal could not hold even a few segments.
+pub const JOURNAL_LIMIT_MIN: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub enum Config {
@@ -127,9 +132,83 @@ pub struct VolumeConfig {
 pub struct RecoveryConfig {
     pub node: Identity,
     pub listen: ListenConfig,
+    /// History settings per VPG; a VPG not listed gets the defaults.
+    #[serde(rename = "vpg", default)]
+    pub vpgs: Vec<RecoveryVpgConfig>,
     /// The appliance-level tables, read apart (see `Config::parse`).
     #[serde(skip)]
     pub system: SystemConfig,
+}
+
+/// How long a VPG's journal keeps history on the recovery side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryVpgConfig {
+    pub name: String,
+    /// Checkpoints this old stay recoverable ("4h", "30min", "7days").
+    #[serde(default = "default_history", with = "humantime_serde_compat")]
+    pub history: std::time::Duration,
+    /// Bytes the journal may hold ("20GiB", or a number); when it would
+    /// pass this, the oldest history is applied early. None: no limit.
+    #[serde(default, deserialize_with = "deserialize_bytes")]
+    pub journal_limit: Option<u64>,
+}
+
+impl RecoveryVpgConfig {
+    pub fn defaults(name: &str) -> Self {
+        RecoveryVpgConfig { name: name.to_string(), history: default_history(), journal_limit: None }
+    }
+}
+
+impl RecoveryConfig {
+    /// The history settings of `vpg` (the defaults when it is not listed).
+    pub fn vpg(&self, vpg: &str) -> RecoveryVpgConfig {
+        self.vpgs.iter().find(|v| v.name == vpg).cloned().unwrap_or_else(|| RecoveryVpgConfig::defaults(vpg))
+    }
+}
+
+fn default_history() -> std::time::Duration {
+    HISTORY_DEFAULT
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"4h\" or \"30min\": {e}")))
+    }
+}
+
+/// A byte count: a number, or a string with a unit (KiB, MiB, GiB, TiB).
+fn deserialize_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        Number(u64),
+        Text(String),
+    }
+    match Bytes::deserialize(d)? {
+        Bytes::Number(n) => Ok(Some(n)),
+        Bytes::Text(t) => parse_bytes(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses "512MiB", "2 GiB", "1048576".
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| anyhow!("{text:?} is not a byte count like \"20GiB\""))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        "TiB" | "T" => 40,
+        other => bail!("{text:?}: unknown unit {other:?} (use KiB, MiB, GiB or TiB)"),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| anyhow!("{text:?} is too large"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,7 +284,7 @@ impl Config {
                 for (i, fp) in r.listen.peer_fingerprints.iter().enumerate() {
                     parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?;
                 }
-                Ok(())
+                r.validate_vpgs()
             }
         }
     }
@@ -259,6 +338,25 @@ pub fn validate_name(key: &str, name: &str) -> Result<()> {
         bail!("{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'");
     }
     Ok(())
+}
+
+impl RecoveryConfig {
+    fn validate_vpgs(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for (i, vpg) in self.vpgs.iter().enumerate() {
+            validate_name(&format!("vpg[{i}].name"), &vpg.name)?;
+            if !names.insert(&vpg.name) {
+                bail!("vpg[{i}].name: {:?} is listed twice", vpg.name);
+            }
+            if vpg.history < HISTORY_MIN || vpg.history > HISTORY_MAX {
+                bail!("vpg[{i}].history: {} is outside 1 minute to 30 days", humantime::format_duration(vpg.history));
+            }
+            if vpg.journal_limit.is_some_and(|l| l < JOURNAL_LIMIT_MIN) {
+                bail!("vpg[{i}].journal_limit: must be at least 64MiB");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ProtectedConfig {
@@ -375,6 +473,60 @@ path = "/tmp/v1"
     fn bad_mode_is_refused() {
         let err = Config::parse(&protected("mode = \"eventually\"")).unwrap_err().to_string();
         assert!(err.contains("eventually"), "{err}");
+    }
+
+    fn recovery(vpg: &str) -> String {
+        format!(
+            r#"role = "recovery"
+[node]
+name = "b"
+data_dir = "/tmp/y"
+cert = "c"
+key = "k"
+[listen]
+address = "127.0.0.1"
+peer_fingerprints = ["{FP}"]
+{vpg}
+"#
+        )
+    }
+
+    #[test]
+    fn history_defaults_and_limits() {
+        let Config::Recovery(r) = Config::parse(&recovery("")).unwrap() else { panic!() };
+        assert_eq!(r.vpg("db").history, HISTORY_DEFAULT);
+        assert_eq!(r.vpg("db").journal_limit, None);
+        let Config::Recovery(r) =
+            Config::parse(&recovery("[[vpg]]\nname = \"db\"\nhistory = \"1min\"\njournal_limit = \"2GiB\"")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.vpg("db").history, HISTORY_MIN);
+        assert_eq!(r.vpg("db").journal_limit, Some(2 << 30));
+        for bad in [
+            "history = \"30s\"",
+            "history = \"31days\"",
+            "history = \"soon\"",
+            "journal_limit = \"1MiB\"",
+            "journal_limit = \"2 parsecs\"",
+        ] {
+            let err = Config::parse(&recovery(&format!("[[vpg]]\nname = \"db\"\n{bad}"))).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("vpg[0]")
+                    || format!("{err:#}").contains("history")
+                    || format!("{err:#}").contains("journal_limit"),
+                "{bad}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2 GiB").unwrap(), 2 << 30);
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
     }
 
     #[test]

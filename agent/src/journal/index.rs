@@ -1,12 +1,15 @@
 //! What the recovery side knows about a journal without reading its data:
 //! the durable end, the checkpoints, and whether each checkpoint is a
 //! complete image (every volume's initial copy is before it in its stream).
+//! It starts from what the applier left (`apply_state.rs`): records at or
+//! below the replica's seq are in the replica, not in the index.
 
+use super::apply_state::ApplyState;
 use crate::record::{Record, RecordBody};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckpointInfo {
     /// The checkpoint's id is its seq in the stream.
     pub id: u64,
@@ -19,6 +22,8 @@ pub struct CheckpointInfo {
 #[derive(Debug, Clone)]
 pub struct JournalIndex {
     volume_count: usize,
+    /// The replica holds every record up to here.
+    pub applied_seq: u64,
     pub durable_seq: u64,
     pub checkpoints: Vec<CheckpointInfo>,
     copied: BTreeSet<u32>,
@@ -29,17 +34,39 @@ pub struct JournalIndex {
 
 impl JournalIndex {
     pub fn new(volume_count: usize) -> Self {
+        Self::from_applied(volume_count, &ApplyState::default())
+    }
+
+    /// An index whose history starts at the replica.
+    pub fn from_applied(volume_count: usize, state: &ApplyState) -> Self {
         JournalIndex {
             volume_count,
-            durable_seq: 0,
-            checkpoints: Vec::new(),
-            copied: BTreeSet::new(),
+            applied_seq: state.applied_seq,
+            durable_seq: state.applied_seq,
+            checkpoints: state.base.iter().cloned().collect(),
+            copied: state.copied.iter().copied().collect(),
             records: 0,
             damage: None,
         }
     }
 
+    /// The applier moved the replica forward: older checkpoints are gone.
+    pub fn applied(&mut self, state: &ApplyState) {
+        self.applied_seq = state.applied_seq;
+        self.checkpoints.retain(|c| c.id >= state.applied_seq);
+    }
+
+    /// The oldest checkpoint still recoverable (the replica's own).
+    pub fn oldest(&self) -> Option<&CheckpointInfo> {
+        self.checkpoints.first()
+    }
+
+    /// Records already in the replica (left in a partly applied segment)
+    /// are skipped.
     pub fn observe(&mut self, rec: &Record) {
+        if rec.seq <= self.applied_seq {
+            return;
+        }
         assert!(rec.seq > self.durable_seq, "journal seqs must ascend ({} after {})", rec.seq, self.durable_seq);
         self.durable_seq = rec.seq;
         self.records += 1;
@@ -56,6 +83,10 @@ impl JournalIndex {
             }),
             RecordBody::Write { .. } | RecordBody::Zero { .. } => {}
         }
+    }
+
+    pub fn copied_volumes(&self) -> Vec<u32> {
+        self.copied.iter().copied().collect()
     }
 
     pub fn initial_copy_complete(&self) -> bool {
@@ -83,6 +114,9 @@ impl JournalIndex {
             return self.latest_consistent().cloned();
         }
         if let Ok(id) = wanted.parse::<u64>() {
+            if id < self.applied_seq {
+                return None;
+            }
             if let Some(c) = self.checkpoints.iter().find(|c| c.id == id) {
                 return Some(c.clone());
             }

@@ -3,19 +3,26 @@
 //! index (`index.rs`) is rebuilt from the segments at every start; damage
 //! is found by `scan.rs`, reported with file and offset, and never used.
 
+pub mod applier;
+pub mod apply_state;
 pub mod index;
+pub mod lease;
+pub mod replica;
 pub mod scan;
 
 use crate::segment::{create_segment, sync_dir, SegmentKind};
 use crate::wire::batch::DecodedBatch;
 use crate::wire::message::VolumeInfo;
 use anyhow::{bail, Context, Result};
+use applier::HistoryPolicy;
+use apply_state::ApplyState;
 use index::JournalIndex;
 use scan::{scan_journal, Damage};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A segment is closed and a new one started past this size.
 pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
@@ -57,6 +64,9 @@ pub struct Journal {
     pub meta: JournalMeta,
     current: File,
     current_len: u64,
+    current_opened: Instant,
+    segment_bytes: u64,
+    segment_age: Duration,
     pub index: JournalIndex,
 }
 
@@ -64,8 +74,9 @@ impl Journal {
     /// Opens (or creates) the journal for `meta.vpg`. A torn tail is cut;
     /// a corrupt record moves the damaged segment's original and all later
     /// segments to `quarantine/` and the journal continues from the last
-    /// good record, so the sender resends or restarts the stream.
-    pub fn open(dir: &Path, meta: JournalMeta) -> Result<Journal> {
+    /// good record, so the sender resends or restarts the stream. An apply
+    /// a crash interrupted is finished here, before anything reads.
+    pub fn open(dir: &Path, meta: JournalMeta, policy: &HistoryPolicy) -> Result<Journal> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating journal {}", dir.display()))?;
         match JournalMeta::load(dir) {
             Ok(existing) if existing == meta => {}
@@ -79,11 +90,18 @@ impl Journal {
             Err(_) if !dir.join(META_FILE).exists() => meta.store(dir)?,
             Err(e) => return Err(e),
         }
-        let mut index = JournalIndex::new(meta.volumes.len());
+        let state = ApplyState::load(dir)?;
+        let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
         let outcome = scan_journal(dir, meta.vpg_id, |rec, _| index.observe(rec))?;
         if let Some(damage) = &outcome.damage {
             repair(dir, damage, &outcome.segments)?;
             index.damage = Some(damage.to_string());
+        }
+        if let Some(target) = state.applying_to {
+            tracing::warn!(vpg = %meta.vpg, "finishing an apply to seq {target} that was interrupted");
+            let _lock = lease::ApplyLock::exclusive(dir)?;
+            let (applied, _) = applier::apply_to(dir, &meta, &state, target)?;
+            index.applied(&applied);
         }
         let (current, current_len) = match list_tail(dir)? {
             Some(path) => {
@@ -97,7 +115,20 @@ impl Journal {
                 (f, len)
             }
         };
-        Ok(Journal { dir: dir.to_path_buf(), meta, current, current_len, index })
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            meta,
+            current,
+            current_len,
+            current_opened: Instant::now(),
+            segment_bytes: policy.segment_bytes(),
+            segment_age: policy.segment_age(),
+            index,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn durable_seq(&self) -> u64 {
@@ -123,10 +154,13 @@ impl Journal {
                 first.seq
             );
         }
-        if self.current_len >= JOURNAL_SEGMENT_BYTES {
+        let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
+        let old = self.current_opened.elapsed() >= self.segment_age;
+        if self.current_len >= self.segment_bytes || (old && holds_records) {
             let (_, f) = create_segment(&self.dir, SegmentKind::Journal, self.meta.vpg_id, first.seq)?;
             self.current_len = f.metadata()?.len();
             self.current = f;
+            self.current_opened = Instant::now();
         }
         let bytes = &batch.raw[batch.offsets[first_fresh]..];
         self.current.write_all(bytes).context("appending to the journal")?;

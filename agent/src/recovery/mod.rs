@@ -3,6 +3,7 @@
 
 pub mod restore;
 
+use crate::journal::apply_state::ApplyState;
 use crate::journal::index::{CheckpointInfo, JournalIndex};
 use crate::journal::scan::{scan_journal, Damage};
 use crate::journal::{vpg_dir, JournalMeta};
@@ -26,7 +27,8 @@ impl JournalView {
             bail!("no journal for VPG {vpg:?} under {} (has the protected side connected?)", journal_root.display());
         }
         let meta = JournalMeta::load(&dir)?;
-        let mut index = JournalIndex::new(meta.volumes.len());
+        let state = ApplyState::load(&dir)?;
+        let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
         let outcome = scan_journal(&dir, meta.vpg_id, |rec, _| index.observe(rec))?;
         // A torn end of the newest segment is an append in progress.
         let corruption = outcome.damage.filter(|d| !d.torn);
@@ -46,6 +48,11 @@ impl JournalView {
             (None, Some(damage)) => bail!(
                 "checkpoint {wanted:?} is not in the readable part of the journal: {damage}; the last good checkpoint is {}",
                 self.index.latest_consistent().map_or("none".into(), |c| c.id.to_string())
+            ),
+            (None, _) if wanted.parse::<u64>().is_ok_and(|id| id < self.index.applied_seq) => bail!(
+                "checkpoint {wanted} is older than the history window; the oldest recoverable checkpoint is {} \
+                 (see `tidemark checkpoints`)",
+                self.index.oldest().map_or("none".into(), |c| c.id.to_string())
             ),
             (None, None) if wanted == "latest" => {
                 bail!("VPG {:?} has no complete checkpoint yet (initial copy still running?)", self.meta.vpg)

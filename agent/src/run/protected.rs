@@ -123,6 +123,7 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 last_checkpoint: rt.capture.last_checkpoint(),
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
+                history: None,
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

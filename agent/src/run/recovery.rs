@@ -2,8 +2,9 @@
 //! journal per VPG, status.
 
 use crate::config::{parse_fingerprint, RecoveryConfig};
-use crate::status::{self, CheckpointSummary, VpgStatus, STATUS_INTERVAL_MS};
-use crate::transfer::receiver::{accept_loop, Receiver};
+use crate::journal::applier::{self, HistoryPolicy};
+use crate::status::{self, CheckpointSummary, HistoryStatus, VpgStatus, STATUS_INTERVAL_MS};
+use crate::transfer::receiver::{accept_loop, Receiver, VpgSlot};
 use crate::wire::tls;
 use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
@@ -17,7 +18,18 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     let acceptor = TlsAcceptor::from(tls::server_config(identity, allowed)?);
     let journal_root = cfg.node.data_dir.join("journal");
     std::fs::create_dir_all(&journal_root).with_context(|| format!("creating {}", journal_root.display()))?;
-    let receiver = Receiver::new(journal_root);
+    let vpg_settings = cfg.clone();
+    let receiver = Receiver::new(
+        journal_root,
+        Box::new(move |vpg| {
+            let v = vpg_settings.vpg(vpg);
+            HistoryPolicy { history: v.history, journal_limit: v.journal_limit }
+        }),
+    );
+    {
+        let receiver = receiver.clone();
+        tokio::task::spawn_blocking(move || receiver.open_existing()).await??;
+    }
     let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
     let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
@@ -32,6 +44,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("stopping"),
         _ = status_writer(&cfg, &receiver) => {}
+        _ = applier_loop(&receiver) => {}
     }
     Ok(())
 }
@@ -48,6 +61,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
             let received = slot.received_bytes.load(Ordering::Relaxed);
             let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000 / STATUS_INTERVAL_MS;
             prev.insert(name.clone(), received);
+            let history = history_status(&slot);
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
             // The newest checkpoint that can be restored (complete).
@@ -64,9 +78,87 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
                 acked_seq: index.durable_seq,
                 last_checkpoint: last.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() }),
                 note: index.damage.clone().map(|d| format!("journal was damaged: {d}")).unwrap_or_default(),
+                history: Some(history),
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));
         status::publish(&cfg.node, "recovery", vpgs);
     }
+}
+
+/// How often the applier looks at each VPG's window.
+const APPLY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Moves each VPG's replica forward as its history ages out (see
+/// `journal::applier`). A failing pass is reported in status and tried
+/// again; it never stops the stream.
+async fn applier_loop(receiver: &Arc<Receiver>) {
+    let mut tick = tokio::time::interval(APPLY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let slots: Vec<Arc<VpgSlot>> = receiver.vpgs.lock().expect("vpgs lock").values().cloned().collect();
+        for slot in slots {
+            let task = slot.clone();
+            let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
+            let mut history = slot.history.lock().expect("history lock");
+            match result {
+                Ok(Ok(report)) => {
+                    history.journal_bytes = report.journal_bytes;
+                    history.replica_seq = report.applied_seq;
+                    history.warning = if !report.held_by.is_empty() {
+                        format!("history is held past the window by an open {}", report.held_by.join(", "))
+                    } else if report.shortened {
+                        "journal_limit reached: the oldest history was applied early, so the window is shorter than configured".into()
+                    } else {
+                        String::new()
+                    };
+                }
+                Ok(Err(e)) => history.warning = format!("applier failed (retrying): {e:#}"),
+                Err(e) => history.warning = format!("applier task failed: {e}"),
+            }
+            if !history.warning.is_empty() {
+                tracing::warn!("{}", history.warning);
+            }
+        }
+    }
+}
+
+fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
+    let (dir, meta, checkpoints) = {
+        let journal = slot.journal.lock().expect("journal lock");
+        (journal.dir().to_path_buf(), journal.meta.clone(), journal.index.checkpoints.clone())
+    };
+    let report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
+    if let Some(to) = report.applied_to {
+        slot.journal.lock().expect("journal lock").index.applied(&report.state);
+        tracing::debug!(
+            vpg = %meta.vpg,
+            "applied history up to checkpoint {to} ({} bytes), retired {} segments; journal now {} bytes",
+            report.bytes_applied,
+            report.segments_retired,
+            report.journal_bytes
+        );
+    }
+    if report.segments_retired > 0 {
+        tracing::info!(
+            vpg = %meta.vpg,
+            "replica at seq {}: retired {} journal segments, journal now {} bytes",
+            report.applied_seq,
+            report.segments_retired,
+            report.journal_bytes
+        );
+    }
+    Ok(report)
+}
+
+fn history_status(slot: &VpgSlot) -> HistoryStatus {
+    let mut h = slot.history.lock().expect("history lock").clone();
+    let journal = slot.journal.lock().expect("journal lock");
+    let oldest = journal.index.oldest();
+    h.configured_seconds = slot.policy.history.as_secs();
+    h.journal_limit = slot.policy.journal_limit;
+    h.window_seconds = oldest.map_or(0, |c| crate::record::now_ms().saturating_sub(c.time_ms) / 1000);
+    h.oldest_checkpoint = oldest.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() });
+    h
 }

@@ -4,6 +4,7 @@
 //! sends anything malformed is dropped alone; other links keep running.
 
 use super::{recv_control, send_control, CONNECT_TIMEOUT};
+use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
 use crate::wire::batch;
@@ -27,21 +28,63 @@ pub struct VpgSlot {
     /// The session of the newest hello; older data links are dropped.
     session: AtomicU64,
     pub received_bytes: AtomicU64,
+    pub policy: HistoryPolicy,
+    /// What the applier last reported (for status).
+    pub history: Mutex<crate::status::HistoryStatus>,
 }
 
-#[derive(Default)]
+/// The history settings of a VPG, by name.
+pub type PolicyFor = Box<dyn Fn(&str) -> HistoryPolicy + Send + Sync>;
+
 pub struct Receiver {
     journal_root: PathBuf,
     pub vpgs: Mutex<HashMap<String, Arc<VpgSlot>>>,
+    policy_for: PolicyFor,
 }
 
 impl Receiver {
-    pub fn new(journal_root: PathBuf) -> Arc<Self> {
-        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()) })
+    pub fn new(journal_root: PathBuf, policy_for: PolicyFor) -> Arc<Self> {
+        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()), policy_for })
     }
 
-    fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
+    pub fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
         self.vpgs.lock().expect("vpgs lock").get(vpg).cloned()
+    }
+
+    pub fn journal_root(&self) -> &std::path::Path {
+        &self.journal_root
+    }
+
+    /// Opens every journal already on disk, so the applier keeps history
+    /// moving (and finishes an interrupted apply) before, or without, the
+    /// protected side connecting.
+    pub fn open_existing(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.journal_root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", self.journal_root.display())),
+        };
+        for entry in entries {
+            let dir = entry?.path();
+            let Ok(meta) = JournalMeta::load(&dir) else { continue };
+            let vpg = meta.vpg.clone();
+            let policy = (self.policy_for)(&vpg);
+            let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
+            self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(VpgSlot::new(journal, 0, policy)));
+        }
+        Ok(())
+    }
+}
+
+impl VpgSlot {
+    fn new(journal: Journal, session: u64, policy: HistoryPolicy) -> Self {
+        VpgSlot {
+            journal: Mutex::new(journal),
+            session: AtomicU64::new(session),
+            received_bytes: AtomicU64::new(0),
+            policy,
+            history: Mutex::new(Default::default()),
+        }
     }
 }
 
@@ -140,16 +183,13 @@ async fn open_vpg(
     }
     let dir = vpg_dir(&receiver.journal_root, vpg);
     let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, meta)).await??;
+    let policy = (receiver.policy_for)(vpg);
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, meta, &policy)).await??;
     if let Some(damage) = &journal.index.damage {
         tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
     }
     let durable = journal.durable_seq();
-    let slot = Arc::new(VpgSlot {
-        journal: Mutex::new(journal),
-        session: AtomicU64::new(session),
-        received_bytes: AtomicU64::new(0),
-    });
+    let slot = Arc::new(VpgSlot::new(journal, session, policy));
     let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
     slot.session.store(session, Ordering::SeqCst);

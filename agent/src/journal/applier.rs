@@ -1,0 +1,376 @@
+//! The applier: moves the replica forward through the journal and
+//! retires what it no longer needs. One pass:
+//! 1. takes `apply.lock` and reads the live leases (`lease.rs`);
+//! 2. picks a target checkpoint: the newest one older than the history
+//!    window, or a newer one when the journal is over its byte limit (the
+//!    window shrinks, protection goes on), but never past a lease;
+//! 3. records the target in `apply.json`, writes every record after the
+//!    replica's seq up to the target into the replica in seq order,
+//!    fsyncs the images, records the new seq;
+//! 4. deletes the segments whose records are all in the replica.
+//!
+//! After a crash in step 3 the same records are written again: each byte
+//! ends as the last record up to the target left it, whatever part of the
+//! first try reached the disk, so applying twice equals applying once.
+
+use super::apply_state::ApplyState;
+use super::index::{CheckpointInfo, JournalIndex};
+use super::lease::{self, ApplyLock, LeaseInfo};
+use super::replica::VolumeFiles;
+use super::scan::{scan_journal_until, Visit};
+use super::JournalMeta;
+use crate::segment::{list_segments, sync_dir, SegmentKind};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What the recovery config says about one VPG's history.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryPolicy {
+    pub history: Duration,
+    pub journal_limit: Option<u64>,
+}
+
+impl HistoryPolicy {
+    /// When the journal is over its limit, it is brought down to this
+    /// share of it, so early applies come in steps, not on every batch.
+    const LIMIT_TARGET_PERCENT: u64 = 90;
+
+    /// Segments close at this size, so a limit is kept in small steps.
+    pub fn segment_bytes(&self) -> u64 {
+        let cap = super::JOURNAL_SEGMENT_BYTES;
+        self.journal_limit.map_or(cap, |l| (l / 16).clamp(4 << 20, cap))
+    }
+
+    /// Segments close at this age, so a quiet VPG's history still retires.
+    pub fn segment_age(&self) -> Duration {
+        (self.history / 8).clamp(Duration::from_secs(5), Duration::from_secs(15 * 60))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// The replica's seq after the pass.
+    pub applied_seq: u64,
+    /// Set when this pass moved the replica.
+    pub applied_to: Option<u64>,
+    pub bytes_applied: u64,
+    pub segments_retired: usize,
+    /// Journal bytes on disk after the pass.
+    pub journal_bytes: u64,
+    /// The byte limit made the window shorter than configured.
+    pub shortened: bool,
+    /// A reader's lease held the replica back (holder names).
+    pub held_by: Vec<String>,
+    pub state: ApplyState,
+}
+
+struct SegmentFile {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+fn segments(dir: &Path) -> Result<Vec<SegmentFile>> {
+    let mut out = Vec::new();
+    for (first_seq, path) in list_segments(dir, SegmentKind::Journal)? {
+        let bytes = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        out.push(SegmentFile { first_seq, path, bytes });
+    }
+    Ok(out)
+}
+
+/// The checkpoint to apply up to, and whether the byte limit chose it.
+fn choose_target(
+    checkpoints: &[CheckpointInfo],
+    applied_seq: u64,
+    segments: &[SegmentFile],
+    policy: &HistoryPolicy,
+    now_ms: u64,
+) -> (Option<u64>, bool) {
+    let horizon = now_ms.saturating_sub(policy.history.as_millis() as u64);
+    let by_time = checkpoints.iter().filter(|c| c.id > applied_seq && c.time_ms <= horizon).map(|c| c.id).max();
+    let Some(limit) = policy.journal_limit else { return (by_time, false) };
+    let total: u64 = segments.iter().map(|s| s.bytes).sum();
+    if total <= limit {
+        return (by_time, false);
+    }
+    // Retire the oldest closed segments until the rest fits; the target is
+    // the first checkpoint at or after the last of them.
+    let goal = limit / 100 * HistoryPolicy::LIMIT_TARGET_PERCENT;
+    let mut freed = 0;
+    let mut needed_seq = None;
+    for pair in segments.windows(2) {
+        freed += pair[0].bytes;
+        needed_seq = Some(pair[1].first_seq - 1);
+        if total - freed <= goal {
+            break;
+        }
+    }
+    let Some(needed_seq) = needed_seq else { return (by_time, false) };
+    let by_limit = checkpoints.iter().find(|c| c.id >= needed_seq && c.id > applied_seq).map(|c| c.id);
+    match (by_time, by_limit) {
+        (Some(t), Some(l)) if l > t => (Some(l), true),
+        (None, Some(l)) => (Some(l), true),
+        (t, _) => (t, false),
+    }
+}
+
+/// Writes every record after the replica's seq up to `target` into the
+/// replica and makes it durable (see the module comment for crashes).
+pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64) -> Result<(ApplyState, u64)> {
+    if target <= state.applied_seq {
+        return Ok((state.clone(), 0));
+    }
+    if state.applying_to != Some(target) {
+        if let Some(pending) = state.applying_to.filter(|p| *p > target) {
+            bail!("an interrupted apply to seq {pending} must finish before any apply to {target}");
+        }
+        ApplyState { applying_to: Some(target), ..state.clone() }.store(dir)?;
+    }
+    let replica = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
+    let mut index = JournalIndex::from_applied(meta.volumes.len(), state);
+    let mut bytes = 0u64;
+    let mut failure = None;
+    let outcome = scan_journal_until(dir, meta.vpg_id, |rec, _| {
+        if rec.seq <= state.applied_seq {
+            return Visit::Continue;
+        }
+        if rec.seq > target {
+            return Visit::Stop;
+        }
+        if let Err(e) = replica.apply(&rec.body) {
+            failure = Some(e.context(format!("applying seq {}", rec.seq)));
+            return Visit::Stop;
+        }
+        bytes += rec.data_bytes();
+        index.observe(rec);
+        Visit::Continue
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if index.durable_seq < target {
+        let why = outcome.damage.map_or("the journal ends".to_string(), |d| d.to_string());
+        bail!("cannot apply to seq {target}: the readable journal stops at seq {} ({why})", index.durable_seq);
+    }
+    replica.sync_all()?;
+    let next = ApplyState {
+        applied_seq: target,
+        applying_to: None,
+        copied: index.copied_volumes(),
+        base: index.checkpoints.iter().find(|c| c.id == target).cloned(),
+    };
+    next.store(dir)?;
+    Ok((next, bytes))
+}
+
+/// Deletes the closed segments whose records are all at or below both the
+/// replica's seq and every lease's base. The newest segment always stays.
+fn retire(dir: &Path, segments: &[SegmentFile], applied_seq: u64, leases: &[LeaseInfo]) -> Result<usize> {
+    let keep_after = leases.iter().map(|l| l.base).chain([applied_seq]).min().unwrap_or(applied_seq);
+    let mut retired = 0;
+    for pair in segments.windows(2) {
+        if pair[1].first_seq - 1 > keep_after {
+            break;
+        }
+        std::fs::remove_file(&pair[0].path).with_context(|| format!("retiring {}", pair[0].path.display()))?;
+        retired += 1;
+    }
+    if retired > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(retired)
+}
+
+/// One applier pass over a VPG's journal; `checkpoints` are the journal
+/// index's, oldest first.
+pub fn pass(
+    dir: &Path,
+    meta: &JournalMeta,
+    checkpoints: &[CheckpointInfo],
+    policy: &HistoryPolicy,
+    now_ms: u64,
+) -> Result<PassReport> {
+    let lock = ApplyLock::exclusive(dir)?;
+    let leases = lease::live(dir, &lock)?;
+    let mut state = ApplyState::load(dir)?;
+    let before = segments(dir)?;
+    let (wanted, shortened) = choose_target(checkpoints, state.applied_seq, &before, policy, now_ms);
+    let mut report = PassReport { shortened, ..Default::default() };
+    // An interrupted apply is finished first, whatever the window says.
+    let mut target = wanted.max(state.applying_to);
+    if let (Some(t), Some(pin)) = (target, leases.iter().map(|l| l.checkpoint).min()) {
+        if pin < t {
+            report.held_by = leases.iter().filter(|l| l.checkpoint < t).map(|l| l.holder.clone()).collect();
+            target = Some(pin.max(state.applying_to.unwrap_or(0)));
+        }
+    }
+    if let Some(t) = target.filter(|t| *t > state.applied_seq) {
+        let (next, bytes) = apply_to(dir, meta, &state, t)?;
+        state = next;
+        report.applied_to = Some(t);
+        report.bytes_applied = bytes;
+    }
+    report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
+    report.journal_bytes = segments(dir)?.iter().map(|s| s.bytes).sum();
+    report.applied_seq = state.applied_seq;
+    report.state = state;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(id: u64, time_ms: u64) -> CheckpointInfo {
+        CheckpointInfo { id, time_ms, tag: String::new(), consistent: true }
+    }
+
+    fn seg(first_seq: u64, bytes: u64) -> SegmentFile {
+        SegmentFile { first_seq, path: PathBuf::new(), bytes }
+    }
+
+    #[test]
+    fn window_picks_the_newest_checkpoint_older_than_history() {
+        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+        let cps = [cp(10, 1_000), cp(20, 30_000), cp(30, 90_000)];
+        assert_eq!(choose_target(&cps, 0, &[], &policy, 60_500), (None, false));
+        assert_eq!(choose_target(&cps, 0, &[], &policy, 61_500), (Some(10), false));
+        assert_eq!(choose_target(&cps, 0, &[], &policy, 91_000), (Some(20), false));
+        assert_eq!(choose_target(&cps, 20, &[], &policy, 91_000), (None, false));
+    }
+
+    #[test]
+    fn limit_applies_early_and_says_so() {
+        let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100) };
+        let cps = [cp(10, 1_000), cp(25, 2_000), cp(40, 3_000)];
+        // 150 bytes in three segments; the first two must go to reach 90.
+        let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
+        assert_eq!(choose_target(&cps, 0, &segs, &policy, 4_000), (Some(40), true));
+        // Under the limit, nothing is early.
+        let small = [seg(1, 40), seg(21, 40)];
+        assert_eq!(choose_target(&cps, 0, &small, &policy, 4_000), (None, false));
+    }
+
+    mod on_disk {
+        use super::super::*;
+        use crate::journal::Journal;
+        use crate::record::{Record, RecordBody};
+        use crate::segment::create_segment;
+        use crate::wire::message::VolumeInfo;
+        use std::io::Write;
+
+        const VPG_ID: u32 = 77;
+
+        fn body_at(seq: u64) -> RecordBody {
+            match seq {
+                1 => RecordBody::StreamStart { time_ms: 0 },
+                2 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'a'; 8192] },
+                3 => RecordBody::CopyDone { volume: 0 },
+                4 => RecordBody::Checkpoint { time_ms: 1_000, tag: "first".into() },
+                5 => RecordBody::Write { volume: 0, offset: 4096, data: vec![b'b'; 4096] },
+                6 => RecordBody::Zero { volume: 0, offset: 0, length: 1024 },
+                7 => RecordBody::Checkpoint { time_ms: 2_000, tag: String::new() },
+                8 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'c'; 512] },
+                9 => RecordBody::Checkpoint { time_ms: 100_000, tag: "last".into() },
+                _ => unreachable!(),
+            }
+        }
+
+        /// Three segments: seqs 1-4, 5-7, 8-9.
+        fn journal() -> (tempfile::TempDir, std::path::PathBuf, JournalMeta) {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("db");
+            std::fs::create_dir(&dir).unwrap();
+            let meta = JournalMeta {
+                vpg: "db".into(),
+                vpg_id: VPG_ID,
+                volumes: vec![VolumeInfo { name: "v".into(), size: 16384 }],
+            };
+            std::fs::write(dir.join("journal.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+            for seqs in [1..5, 5..8, 8..10] {
+                let (_, mut f) = create_segment(&dir, SegmentKind::Journal, VPG_ID, seqs.start).unwrap();
+                for seq in seqs {
+                    f.write_all(&Record { seq, vpg_id: VPG_ID, body: body_at(seq) }.encode()).unwrap();
+                }
+            }
+            (root, dir, meta)
+        }
+
+        fn expected_at(last: u64) -> Vec<u8> {
+            let replica = tempfile::tempdir().unwrap();
+            let files =
+                VolumeFiles::create_new(replica.path(), &[VolumeInfo { name: "v".into(), size: 16384 }]).unwrap();
+            (1..=last).for_each(|seq| files.apply(&body_at(seq)).unwrap());
+            std::fs::read(&files.files[0].path).unwrap()
+        }
+
+        fn replica_bytes(dir: &Path) -> Vec<u8> {
+            std::fs::read(dir.join("replica/v.img")).unwrap()
+        }
+
+        #[test]
+        fn pass_applies_the_aged_history_and_retires_its_segments() {
+            let (_root, dir, meta) = journal();
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!(report.applied_to, Some(7));
+            assert_eq!(report.segments_retired, 2);
+            assert_eq!(replica_bytes(&dir), expected_at(7));
+            // Reopened, the index starts at the replica and still sees 9.
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            assert_eq!(index.checkpoints.iter().map(|c| c.id).collect::<Vec<_>>(), vec![7, 9]);
+            assert!(index.initial_copy_complete(), "the copy's end was in a retired segment");
+            assert!(index.find("4").is_none() && index.find("first").is_none());
+            // Restores start from the replica.
+            let root = dir.parent().unwrap();
+            for (cp, last) in [("last", 9), ("7", 7)] {
+                let out = tempfile::tempdir().unwrap();
+                crate::recovery::restore::restore(root, "db", cp, out.path(), false).unwrap();
+                assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), expected_at(last), "checkpoint {cp}");
+            }
+            let out = tempfile::tempdir().unwrap();
+            let err = crate::recovery::restore::restore(root, "db", "4", out.path(), false).err().unwrap();
+            assert!(format!("{err:#}").contains("older than the history window"), "{err:#}");
+        }
+
+        #[test]
+        fn a_lease_holds_the_replica_back() {
+            let (_root, dir, meta) = journal();
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            let held = lease::take(&dir, "export", 4).unwrap();
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!(report.applied_to, Some(4));
+            assert_eq!(report.held_by, vec!["export".to_string()]);
+            assert_eq!(report.segments_retired, 0, "the lease reads from seq 0");
+            drop(held);
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!((report.applied_to, report.segments_retired), (Some(7), 2));
+        }
+
+        #[test]
+        fn an_interrupted_apply_is_finished_the_same_from_any_point() {
+            for done in 0..=7 {
+                let (_root, dir, meta) = journal();
+                // The crash: apply.json says "applying to 7", and the
+                // replica holds the first `done` records of that apply.
+                ApplyState { applying_to: Some(7), ..Default::default() }.store(&dir).unwrap();
+                let replica = VolumeFiles::open_replica(&dir, &meta.volumes, true).unwrap();
+                (1..=done).for_each(|seq| replica.apply(&body_at(seq)).unwrap());
+                let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: None };
+                let journal = Journal::open(&dir, meta.clone(), &policy).unwrap();
+                assert_eq!(journal.index.applied_seq, 7, "after {done} records");
+                assert_eq!(replica_bytes(&dir), expected_at(7), "after {done} records");
+                let state = ApplyState::load(&dir).unwrap();
+                assert_eq!((state.applied_seq, state.applying_to), (7, None));
+            }
+        }
+    }
+}

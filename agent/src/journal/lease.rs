@@ -1,0 +1,169 @@
+//! Readers of a point in time (restore, export, test failover) take a
+//! lease: a file in `<vpg>/leases/` holding an exclusive `flock` for as
+//! long as the reader lives, naming the checkpoint it reads and the
+//! replica seq it started from. The applier never applies past a live
+//! lease's checkpoint and never retires a segment the lease still needs.
+//! A lease whose holder died (lock free) is removed by the next applier.
+//!
+//! `apply.lock` orders the two: the applier holds it exclusively from
+//! reading the leases to retiring segments; a lease is taken under it
+//! shared, so the applier sees every lease taken before its pass.
+
+use super::apply_state::ApplyState;
+use anyhow::{bail, Context, Result};
+use rustix::fs::{flock, FlockOperation};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const LEASE_DIR: &str = "leases";
+const APPLY_LOCK_FILE: &str = "apply.lock";
+
+/// Held while applying (exclusive) or while taking a lease (shared).
+pub struct ApplyLock(#[allow(dead_code)] File);
+
+impl ApplyLock {
+    fn take(vpg_dir: &Path, op: FlockOperation) -> Result<ApplyLock> {
+        let path = vpg_dir.join(APPLY_LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
+        Ok(ApplyLock(file))
+    }
+
+    pub fn exclusive(vpg_dir: &Path) -> Result<ApplyLock> {
+        Self::take(vpg_dir, FlockOperation::LockExclusive)
+    }
+
+    pub fn shared(vpg_dir: &Path) -> Result<ApplyLock> {
+        Self::take(vpg_dir, FlockOperation::LockShared)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Who reads ("restore", "export", "test-failover"), for status.
+    pub holder: String,
+    /// The checkpoint read; the replica must not pass it.
+    pub checkpoint: u64,
+    /// The replica seq the reader started from; journal records after it
+    /// must stay.
+    pub base: u64,
+}
+
+pub struct Lease {
+    path: PathBuf,
+    _file: File,
+    pub info: LeaseInfo,
+    /// The replica as it was when the lease was taken.
+    pub state: ApplyState,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+static LEASE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Pins `checkpoint` for `holder`. Refused when the replica is already
+/// past it (the checkpoint left the history window), or when a crashed
+/// apply left the replica between two points that `checkpoint` is not
+/// after (the recovery agent finishes that apply when it starts).
+pub fn take(vpg_dir: &Path, holder: &str, checkpoint: u64) -> Result<Lease> {
+    let _lock = ApplyLock::shared(vpg_dir)?;
+    let state = ApplyState::load(vpg_dir)?;
+    if checkpoint < state.applied_seq {
+        bail!(
+            "checkpoint {checkpoint} is older than the history window: the replica already holds seq {} \
+             (see `tidemark checkpoints` for the recoverable ones)",
+            state.applied_seq
+        );
+    }
+    if let Some(to) = state.applying_to.filter(|to| checkpoint < *to) {
+        bail!(
+            "an apply to seq {to} was interrupted and checkpoint {checkpoint} is before it; \
+             start the recovery agent so it finishes the apply, then pick a checkpoint at or after {to}"
+        );
+    }
+    let dir = vpg_dir.join(LEASE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let n = LEASE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}-{holder}.lease", std::process::id()));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("creating lease {}", path.display()))?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).with_context(|| format!("locking {}", path.display()))?;
+    let info = LeaseInfo { holder: holder.to_string(), checkpoint, base: state.applied_seq };
+    file.write_all(&serde_json::to_vec(&info)?)?;
+    Ok(Lease { path, _file: file, info, state })
+}
+
+/// The leases whose holders are alive; stale ones are removed. Call with
+/// the apply lock held exclusively.
+pub fn live(vpg_dir: &Path, _held: &ApplyLock) -> Result<Vec<LeaseInfo>> {
+    let dir = vpg_dir.join(LEASE_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Ok(mut file) = File::open(&path) else { continue };
+        if flock(&file, FlockOperation::NonBlockingLockShared).is_ok() {
+            tracing::info!("removing the lease of a reader that is gone: {}", path.display());
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        match serde_json::from_str(&text) {
+            Ok(info) => found.push(info),
+            Err(e) => bail!("lease {} is unreadable: {e}", path.display()),
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_live_while_held_and_refuse_old_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        ApplyState { applied_seq: 10, ..Default::default() }.store(dir.path()).unwrap();
+        let err = take(dir.path(), "restore", 9).err().unwrap().to_string();
+        assert!(err.contains("older than the history window"), "{err}");
+        let lease = take(dir.path(), "export", 12).unwrap();
+        assert_eq!(lease.info.base, 10);
+        {
+            let lock = ApplyLock::exclusive(dir.path()).unwrap();
+            assert_eq!(live(dir.path(), &lock).unwrap(), vec![lease.info.clone()]);
+        }
+        drop(lease);
+        let lock = ApplyLock::exclusive(dir.path()).unwrap();
+        assert!(live(dir.path(), &lock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn interrupted_apply_pins_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        ApplyState { applied_seq: 10, applying_to: Some(20), ..Default::default() }.store(dir.path()).unwrap();
+        assert!(take(dir.path(), "restore", 15).is_err());
+        assert!(take(dir.path(), "restore", 20).is_ok());
+    }
+}
