@@ -11,6 +11,7 @@ pub mod harden;
 pub mod journal;
 pub mod log;
 pub mod logging;
+pub mod nbd;
 pub mod record;
 pub mod recovery;
 pub mod run;

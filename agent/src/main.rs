@@ -38,6 +38,28 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum TestFailover {
+    /// Serve the VPG at CHECKPOINT writable, as nbd://<exports.listen>/<vpg>/<volume>/test.
+    Start {
+        /// The recovery appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// `latest`, `head`, a checkpoint id, or a tag.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+    },
+    /// Stop the VPG's test failover and throw its writes away.
+    Stop {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Create this appliance's key and self-signed certificate and print its fingerprint.
     Keygen {
@@ -107,6 +129,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve every volume of a VPG, as it was at a checkpoint, read-only over
+    /// NBD (recovery agent running, [exports] listen set), built from the
+    /// replica and the journal without copying. Runs until interrupted.
+    Export {
+        /// The recovery appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// `latest`, `head`, a checkpoint id, or a tag.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+    },
+    /// Rehearse a failover: writable NBD exports at a checkpoint whose writes
+    /// go to scratch and are discarded at `stop`; replication goes on.
+    #[command(subcommand)]
+    TestFailover(TestFailover),
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
     #[command(hide = true)]
@@ -223,6 +262,15 @@ fn init_logging(command: &Command) {
             }
         }
         None => tidemark::logging::init_stderr(),
+    }
+}
+
+/// The agent's reply, or its error as ours.
+fn ok_reply(reply: tidemark::api::local::Reply) -> Result<tidemark::api::local::Reply> {
+    if reply.ok {
+        Ok(reply)
+    } else {
+        bail!("{}", reply.error.unwrap_or_else(|| "the agent refused without a reason".into()))
     }
 }
 
@@ -386,11 +434,8 @@ fn run(cli: Cli) -> Result<()> {
             tidemark::api::local::validate_tag(&tag)?;
             let request =
                 tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
-            let reply = tidemark::api::local::call(&cfg.node.data_dir, &request)?;
-            let id = match (reply.ok, reply.id) {
-                (true, Some(id)) => id,
-                _ => bail!("{}", reply.error.unwrap_or_else(|| "the agent refused without a reason".into())),
-            };
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            let id = reply.id.context("the agent did not say which checkpoint it inserted")?;
             if reply.durable {
                 println!("checkpoint {id} {tag:?}: in the recovery journal");
             } else {
@@ -407,6 +452,40 @@ fn run(cli: Cli) -> Result<()> {
                 true,
             )?;
             print!("{}", tidemark::recovery::restore::describe(&report));
+        }
+        Command::Export { config, vpg, checkpoint } => {
+            let cfg = recovery_config(&config)?;
+            let request = tidemark::api::local::Request::Export { vpg, checkpoint };
+            let (reply, mut held) = tidemark::api::local::call_and_hold(&cfg.node.data_dir, &request)?;
+            let reply = ok_reply(reply)?;
+            println!("serving checkpoint {} read-only:", reply.id.unwrap_or(0));
+            for uri in &reply.exports {
+                println!("  {uri}");
+            }
+            eprintln!("press Ctrl-C to stop serving");
+            // The exports last as long as this connection; the agent closes
+            // it only when it stops.
+            let mut rest = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut held, &mut rest);
+            bail!("the recovery agent stopped serving the exports");
+        }
+        Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {
+            let cfg = recovery_config(&config)?;
+            let request = tidemark::api::local::Request::TestFailoverStart { vpg: vpg.clone(), checkpoint };
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            println!(
+                "test failover of {vpg} at checkpoint {}; writable exports (discarded at stop):",
+                reply.id.unwrap_or(0)
+            );
+            for uri in &reply.exports {
+                println!("  {uri}");
+            }
+        }
+        Command::TestFailover(TestFailover::Stop { config, vpg }) => {
+            let cfg = recovery_config(&config)?;
+            let request = tidemark::api::local::Request::TestFailoverStop { vpg };
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            println!("{}", reply.message.unwrap_or_default());
         }
         Command::BenchCompress { file } => {
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

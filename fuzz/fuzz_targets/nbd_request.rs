@@ -1,7 +1,7 @@
 //! NBD request headers and option payloads come from the hypervisor.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tidemark::capture::protocol::{check_bounds, parse_info_request, parse_request, REQUEST_HEADER_BYTES};
+use tidemark::nbd::protocol::{check_bounds, parse_info_request, parse_request, REQUEST_HEADER_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= REQUEST_HEADER_BYTES {

@@ -1,13 +1,17 @@
-//! The protected agent's local control socket, `<data_dir>/control.sock`
-//! (mode 0600, root only; a Unix socket, so no network port). Console
-//! commands such as `tidemark checkpoint` use it to ask the running agent
-//! for something only it can do: insert a record into the write order.
+//! The agent's local control socket, `<data_dir>/control.sock` (mode
+//! 0600, root only; a Unix socket, so no network port). Console commands
+//! use it to ask the running agent for what only it can do: insert a
+//! record into the write order (protected side), serve a point in time or
+//! run a test failover (recovery side).
 //!
 //! One JSON request per connection, one JSON reply:
 //! `{"op":"checkpoint","vpg":"db","tag":"before upgrade","wait_ms":30000}` →
 //! `{"ok":true,"id":N,"durable":true}` or `{"ok":false,"error":"..."}`.
+//! An `export` lasts as long as its connection: the exports go when the
+//! client closes it.
 
 use crate::capture::vpg::VpgCapture;
+use crate::recovery::ops::RecoveryOps;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,9 +30,16 @@ const WAIT_MS_MAX: u64 = 10 * 60 * 1000;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Inserts a tagged checkpoint; waits up to `wait_ms` for the recovery
-    /// journal to have it.
+    /// Protected: inserts a tagged checkpoint; waits up to `wait_ms` for
+    /// the recovery journal to have it.
     Checkpoint { vpg: String, tag: String, wait_ms: u64 },
+    /// Recovery: serves the VPG at `checkpoint` read-only over NBD while
+    /// this connection stays open.
+    Export { vpg: String, checkpoint: String },
+    /// Recovery: writable exports at `checkpoint` over a scratch overlay.
+    TestFailoverStart { vpg: String, checkpoint: String },
+    /// Recovery: ends the test failover and discards its writes.
+    TestFailoverStop { vpg: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +52,35 @@ pub struct Reply {
     pub durable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// NBD URIs of the exports the request made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Reply {
+    fn done(message: String) -> Reply {
+        Reply { ok: true, id: None, durable: false, error: None, exports: Vec::new(), message: Some(message) }
+    }
+
+    fn served(served: &crate::recovery::ops::Served) -> Reply {
+        Reply {
+            ok: true,
+            id: Some(served.checkpoint.id),
+            durable: true,
+            error: None,
+            exports: served.uris.clone(),
+            message: None,
+        }
+    }
+}
+
+/// Who answers on the socket.
+#[derive(Clone)]
+pub enum Agent {
+    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>),
+    Recovery(Arc<RecoveryOps>),
 }
 
 /// Tags name checkpoints wherever an id does: they must not look like one.
@@ -62,7 +102,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Binds the socket (replacing a stale one) and serves in the background.
-pub fn start(data_dir: &Path, vpgs: BTreeMap<String, Arc<VpgCapture>>) -> Result<()> {
+pub fn start(data_dir: &Path, agent: Agent) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -73,13 +113,12 @@ pub fn start(data_dir: &Path, vpgs: BTreeMap<String, Arc<VpgCapture>>) -> Result
     }
     let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let vpgs = Arc::new(vpgs);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let vpgs = vpgs.clone();
+            let agent = agent.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_one(stream, &vpgs).await {
+                if let Err(e) = serve_one(stream, &agent).await {
                     tracing::info!("control socket: {e:#}");
                 }
             });
@@ -88,32 +127,59 @@ pub fn start(data_dir: &Path, vpgs: BTreeMap<String, Arc<VpgCapture>>) -> Result
     Ok(())
 }
 
-async fn serve_one(stream: tokio::net::UnixStream, vpgs: &BTreeMap<String, Arc<VpgCapture>>) -> Result<()> {
+async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(REQUEST_BYTES_MAX as u64 + 1);
     reader.read_until(b'\n', &mut line).await?;
-    let reply = if line.len() > REQUEST_BYTES_MAX {
-        failure(anyhow!("request longer than {REQUEST_BYTES_MAX} bytes"))
+    let request = if line.len() > REQUEST_BYTES_MAX {
+        Err(anyhow!("request longer than {REQUEST_BYTES_MAX} bytes"))
     } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => handle(request, vpgs).await.unwrap_or_else(failure),
-            Err(e) => failure(anyhow!("malformed request: {e}")),
-        }
+        serde_json::from_slice::<Request>(&line).map_err(|e| anyhow!("malformed request: {e}"))
     };
-    let mut text = serde_json::to_vec(&reply)?;
+    // An export lives while the client keeps the connection open.
+    if let (Ok(Request::Export { vpg, checkpoint }), Agent::Recovery(ops)) = (&request, agent) {
+        let served = match ops.export(vpg, checkpoint).await {
+            Ok(s) => s,
+            Err(e) => return send(&mut write, &failure(e)).await,
+        };
+        let sent = send(&mut write, &Reply::served(&served)).await;
+        if sent.is_ok() {
+            let mut rest = Vec::new();
+            let _ = reader.into_inner().read_to_end(&mut rest).await;
+        }
+        ops.unexport(&served);
+        return sent;
+    }
+    let reply = match request {
+        Ok(request) => handle(request, agent).await.unwrap_or_else(failure),
+        Err(e) => failure(e),
+    };
+    send(&mut write, &reply).await
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
+    let mut text = serde_json::to_vec(reply)?;
     text.push(b'\n');
     write.write_all(&text).await?;
     Ok(())
 }
 
 fn failure(e: anyhow::Error) -> Reply {
-    Reply { ok: false, id: None, durable: false, error: Some(format!("{e:#}")) }
+    Reply { ok: false, id: None, durable: false, error: Some(format!("{e:#}")), exports: Vec::new(), message: None }
 }
 
-async fn handle(request: Request, vpgs: &BTreeMap<String, Arc<VpgCapture>>) -> Result<Reply> {
-    match request {
-        Request::Checkpoint { vpg, tag, wait_ms } => {
+async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
+    let role = match agent {
+        Agent::Protected(_) => "protected",
+        Agent::Recovery(_) => "recovery",
+    };
+    match (request, agent) {
+        (Request::TestFailoverStart { vpg, checkpoint }, Agent::Recovery(ops)) => {
+            Ok(Reply::served(&ops.test_failover_start(&vpg, &checkpoint).await?))
+        }
+        (Request::TestFailoverStop { vpg }, Agent::Recovery(ops)) => Ok(Reply::done(ops.test_failover_stop(&vpg)?)),
+        (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs)) => {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
@@ -122,23 +188,42 @@ async fn handle(request: Request, vpgs: &BTreeMap<String, Arc<VpgCapture>>) -> R
             let mut acked = capture.log.watch_acked();
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             let durable = matches!(tokio::time::timeout(wait, acked.wait_for(|a| *a >= id)).await, Ok(Ok(_)));
-            Ok(Reply { ok: true, id: Some(id), durable, error: None })
+            Ok(Reply { ok: true, id: Some(id), durable, error: None, exports: Vec::new(), message: None })
         }
+        (other, _) => bail!("the {role} agent does not do {:?}", op_name(&other)),
+    }
+}
+
+fn op_name(request: &Request) -> &'static str {
+    match request {
+        Request::Checkpoint { .. } => "checkpoint",
+        Request::Export { .. } => "export",
+        Request::TestFailoverStart { .. } => "test-failover start",
+        Request::TestFailoverStop { .. } => "test-failover stop",
     }
 }
 
 /// Client side, for the CLI: one request, one reply.
 pub fn call(data_dir: &Path, request: &Request) -> Result<Reply> {
+    call_and_hold(data_dir, request).map(|(reply, _)| reply)
+}
+
+/// Like `call`, and returns the connection: an export lasts until it is
+/// closed (or the process exits).
+pub fn call_and_hold(data_dir: &Path, request: &Request) -> Result<(Reply, std::os::unix::net::UnixStream)> {
     use std::io::{BufRead, Write};
     let path = socket_path(data_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("connecting to the protected agent at {} (is it running?)", path.display()))?;
+        .with_context(|| format!("connecting to the agent at {} (is it running?)", path.display()))?;
     let mut text = serde_json::to_vec(request)?;
     text.push(b'\n');
     stream.write_all(&text)?;
+    let mut reader = std::io::BufReader::new(stream);
     let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line).context("reading the agent's reply")?;
-    serde_json::from_str(&line).with_context(|| format!("the agent's reply is not understood: {line:?}"))
+    reader.read_line(&mut line).context("reading the agent's reply")?;
+    let reply =
+        serde_json::from_str(&line).with_context(|| format!("the agent's reply is not understood: {line:?}"))?;
+    Ok((reply, reader.into_inner()))
 }
 
 #[cfg(test)]

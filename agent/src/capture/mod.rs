@@ -1,9 +1,8 @@
-//! Capture: the NBD exports a hypervisor writes to. `protocol` encodes and
-//! parses NBD messages, `server` speaks it on sockets, `volume` does I/O on
-//! the backing file or device, and `vpg` orders every write of a protection
-//! group into the protected log.
+//! Capture: the NBD exports a hypervisor writes to (served by `nbd`).
+//! `volume` does I/O on the backing file or device, `vpg` orders every
+//! write of a protection group into the protected log, and `export` is one
+//! volume of a VPG as an NBD export.
 
-pub mod protocol;
-pub mod server;
+pub mod export;
 pub mod volume;
 pub mod vpg;

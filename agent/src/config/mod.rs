@@ -135,9 +135,20 @@ pub struct RecoveryConfig {
     /// History settings per VPG; a VPG not listed gets the defaults.
     #[serde(rename = "vpg", default)]
     pub vpgs: Vec<RecoveryVpgConfig>,
+    /// Where recovered volumes are served over NBD (point-in-time views,
+    /// test failover, failover): the recovery site's storage network.
+    #[serde(default)]
+    pub exports: Option<RecoveryExportsConfig>,
     /// The appliance-level tables, read apart (see `Config::parse`).
     #[serde(skip)]
     pub system: SystemConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryExportsConfig {
+    /// Address the NBD exports listen on (port 10809 by design).
+    pub listen: SocketAddr,
 }
 
 /// How long a VPG's journal keeps history on the recovery side.

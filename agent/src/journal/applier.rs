@@ -340,6 +340,32 @@ mod tests {
             assert!(format!("{err:#}").contains("older than the history window"), "{err:#}");
         }
 
+        fn view_bytes(dir: &Path, checkpoint: &str) -> Vec<u8> {
+            let view = crate::recovery::view::PitView::open(dir.parent().unwrap(), "db", checkpoint, "test").unwrap();
+            let mut buf = vec![0xee; 16384];
+            view.read_at(0, &mut buf, 0).unwrap();
+            // Unaligned pieces read the same bytes.
+            let mut piece = vec![0; 3000];
+            view.read_at(0, &mut piece, 3500).unwrap();
+            assert_eq!(piece, buf[3500..6500]);
+            assert!(view.read_at(0, &mut piece, 16000).is_err());
+            buf
+        }
+
+        #[test]
+        fn views_read_the_replica_plus_the_journal() {
+            let (_root, dir, meta) = journal();
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            for (cp, last) in [("first", 4), ("7", 7), ("last", 9)] {
+                assert_eq!(view_bytes(&dir, cp), expected_at(last), "before the apply, checkpoint {cp}");
+            }
+            pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            for (cp, last) in [("7", 7), ("last", 9)] {
+                assert_eq!(view_bytes(&dir, cp), expected_at(last), "after the apply, checkpoint {cp}");
+            }
+        }
+
         #[test]
         fn a_lease_holds_the_replica_back() {
             let (_root, dir, meta) = journal();

@@ -29,18 +29,25 @@ pub struct ScanOutcome {
     pub damage: Option<Damage>,
 }
 
+/// Where a record lies: its segment and the file offset of its header
+/// (a Write's data follows the header).
+pub struct RecordAt<'a> {
+    pub path: &'a Path,
+    pub offset: u64,
+}
+
 /// Which records `scan_journal` hands to its visitor.
 pub enum Visit {
     Continue,
     Stop,
 }
 
-/// Calls `visit` for every verified record in order, with its segment's
-/// path. Stops at the first damage, at `Visit::Stop`, or at the end.
+/// Calls `visit` for every verified record in order, with where it lies.
+/// Stops at the first damage, at `Visit::Stop`, or at the end.
 pub fn scan_journal_until(
     dir: &Path,
     vpg_id: u32,
-    mut visit: impl FnMut(&Record, &Path) -> Visit,
+    mut visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
     let segments = list_segments(dir, SegmentKind::Journal)?;
     let mut last_seq = 0;
@@ -64,7 +71,7 @@ pub fn scan_journal_until(
                         return Ok(ScanOutcome { segments, last_seq, damage: Some(damage) });
                     }
                     last_seq = rec.seq;
-                    if let Visit::Stop = visit(&rec, path) {
+                    if let Visit::Stop = visit(&rec, RecordAt { path, offset: at }) {
                         return Ok(ScanOutcome { segments, last_seq, damage: None });
                     }
                 }
@@ -84,9 +91,9 @@ pub fn scan_journal_until(
     Ok(ScanOutcome { segments, last_seq, damage: None })
 }
 
-pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, &Path)) -> Result<ScanOutcome> {
-    scan_journal_until(dir, vpg_id, |rec, path| {
-        visit(rec, path);
+pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, RecordAt)) -> Result<ScanOutcome> {
+    scan_journal_until(dir, vpg_id, |rec, at| {
+        visit(rec, at);
         Visit::Continue
     })
 }

@@ -1,7 +1,10 @@
 //! Getting data back out of a journal: listing checkpoints and restoring a
 //! VPG's volumes as they were at one of them.
 
+pub mod exports;
+pub mod ops;
 pub mod restore;
+pub mod view;
 
 use crate::journal::apply_state::ApplyState;
 use crate::journal::index::{CheckpointInfo, JournalIndex};

@@ -1,17 +1,18 @@
 //! The protected appliance: NBD exports in front of the volumes, one
 //! protected log and one sender per VPG, periodic checkpoints, status.
 
-use crate::capture::server::{self, Export};
+use crate::capture::export::CaptureExport;
 use crate::capture::volume::Volume;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, ProtectedConfig};
 use crate::log::{CaptureState, ProtectedLog};
+use crate::nbd::export::{BlockExport, ExportTable};
+use crate::nbd::server;
 use crate::record::vpg_id;
 use crate::status::{self, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::sender::{self, SenderStats};
 use crate::wire::tls;
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let pinned = parse_fingerprint(&cfg.peer.fingerprint)?;
     let tls_config = tls::client_config(identity, pinned)?;
     let mut runtimes = Vec::new();
-    let mut exports = BTreeMap::new();
+    let mut exports = Vec::new();
     for vpg_cfg in &cfg.vpgs {
         let volumes = vpg_cfg.volumes.iter().map(|v| Volume::open(&v.name, &v.path)).collect::<Result<Vec<_>>>()?;
         let dir = cfg.node.data_dir.join("log").join(&vpg_cfg.name);
@@ -44,15 +45,18 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             capture.resync_last_update(volume, offset, length).await?;
         }
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
-            exports.insert(v.name.clone(), Export { vpg: capture.clone(), volume: i as u32 });
+            let export: Arc<dyn BlockExport> = Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 });
+            exports.push((v.name.clone(), export));
         }
         runtimes
             .push((vpg_cfg.checkpoint_interval_ms, VpgRuntime { capture, stats: Arc::new(SenderStats::default()) }));
     }
     let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
-    crate::api::local::start(&cfg.node.data_dir, by_name)?;
+    crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Protected(Arc::new(by_name)))?;
     let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
-    tokio::spawn(server::serve(listener, Arc::new(exports)));
+    let table = ExportTable::default();
+    table.add(exports)?;
+    tokio::spawn(server::serve(listener, table));
     for (interval_ms, rt) in &runtimes {
         let capture = rt.capture.clone();
         tokio::spawn(async move {

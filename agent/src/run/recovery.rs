@@ -3,6 +3,7 @@
 
 use crate::config::{parse_fingerprint, RecoveryConfig};
 use crate::journal::applier::{self, HistoryPolicy};
+use crate::recovery::ops::RecoveryOps;
 use crate::status::{self, CheckpointSummary, HistoryStatus, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::receiver::{accept_loop, Receiver, VpgSlot};
 use crate::wire::tls;
@@ -30,6 +31,13 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         let receiver = receiver.clone();
         tokio::task::spawn_blocking(move || receiver.open_existing()).await??;
     }
+    let nbd_listen = cfg.exports.as_ref().map(|e| e.listen);
+    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen)?;
+    crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
+    if let Some(listen) = nbd_listen {
+        let listener = super::bind_listener(listen, "NBD").await?;
+        tokio::spawn(crate::nbd::server::serve(listener, ops.exports.clone()));
+    }
     let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
     let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
@@ -43,13 +51,13 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     );
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("stopping"),
-        _ = status_writer(&cfg, &receiver) => {}
+        _ = status_writer(&cfg, &receiver, &ops) => {}
         _ = applier_loop(&receiver) => {}
     }
     Ok(())
 }
 
-async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
+async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &RecoveryOps) {
     let mut prev: std::collections::HashMap<String, u64> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
     loop {
@@ -57,11 +65,13 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
         let slots: Vec<(String, Arc<_>)> =
             receiver.vpgs.lock().expect("vpgs lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut vpgs = Vec::new();
+        let tests = ops.running_tests();
         for (name, slot) in slots {
             let received = slot.received_bytes.load(Ordering::Relaxed);
             let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000 / STATUS_INTERVAL_MS;
             prev.insert(name.clone(), received);
             let history = history_status(&slot);
+            let test = tests.get(&name).map(|c| format!("test failover running at checkpoint {c}"));
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
             // The newest checkpoint that can be restored (complete).
@@ -77,7 +87,11 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>) {
                 head_seq: index.durable_seq,
                 acked_seq: index.durable_seq,
                 last_checkpoint: last.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() }),
-                note: index.damage.clone().map(|d| format!("journal was damaged: {d}")).unwrap_or_default(),
+                note: [index.damage.as_ref().map(|d| format!("journal was damaged: {d}")), test]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 history: Some(history),
             });
         }
@@ -102,6 +116,7 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
             let task = slot.clone();
             let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
             let mut history = slot.history.lock().expect("history lock");
+            let before = history.warning.clone();
             match result {
                 Ok(Ok(report)) => {
                     history.journal_bytes = report.journal_bytes;
@@ -117,8 +132,12 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                 Ok(Err(e)) => history.warning = format!("applier failed (retrying): {e:#}"),
                 Err(e) => history.warning = format!("applier task failed: {e}"),
             }
-            if !history.warning.is_empty() {
-                tracing::warn!("{}", history.warning);
+            // Said once when it starts, not every second.
+            if history.warning != before {
+                match history.warning.as_str() {
+                    "" => tracing::info!("history window back to normal"),
+                    w => tracing::warn!("{w}"),
+                }
             }
         }
     }

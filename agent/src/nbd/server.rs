@@ -4,10 +4,9 @@
 //! reads and writes behind them. A malformed request gets an error reply
 //! or closes that one connection; nothing is written for it.
 
+use super::export::{BlockExport, ExportTable, Refusal};
 use super::protocol::*;
-use super::vpg::VpgCapture;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -23,20 +22,7 @@ const REPLY_COALESCE_BYTES: usize = 256 << 10;
 /// Requests (and write payloads) are read through a buffer this big.
 const REQUEST_READ_BUFFER_BYTES: usize = 256 << 10;
 
-pub struct Export {
-    pub vpg: Arc<VpgCapture>,
-    pub volume: u32,
-}
-
-impl Export {
-    fn size(&self) -> u64 {
-        self.vpg.volumes[self.volume as usize].size
-    }
-}
-
-pub type Exports = Arc<BTreeMap<String, Export>>;
-
-pub async fn serve(listener: TcpListener, exports: Exports) {
+pub async fn serve(listener: TcpListener, exports: ExportTable) {
     let slots = Arc::new(Semaphore::new(NBD_CONNECTIONS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -62,17 +48,17 @@ pub async fn serve(listener: TcpListener, exports: Exports) {
 }
 
 struct Negotiated {
-    export: String,
+    export: Arc<dyn BlockExport>,
     structured: bool,
 }
 
-async fn serve_connection(stream: TcpStream, exports: Exports) -> Result<()> {
+async fn serve_connection(stream: TcpStream, exports: ExportTable) -> Result<()> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let Some(neg) = handshake(&mut rd, &mut wr, &exports).await? else {
         return Ok(());
     };
-    let export = exports.get(&neg.export).expect("negotiated export exists");
+    let export = neg.export;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
     let writer = tokio::spawn(async move {
         // Replies that are already queued go out in one write.
@@ -92,7 +78,7 @@ async fn serve_connection(stream: TcpStream, exports: Exports) -> Result<()> {
         }
     });
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
-    let result = transmission(&mut rd, export, neg.structured, &tx).await;
+    let result = transmission(&mut rd, &export, neg.structured, &tx).await;
     drop(tx);
     let _ = writer.await;
     result
@@ -106,7 +92,7 @@ async fn read_u32(rd: &mut OwnedReadHalf) -> Result<u32> {
 async fn handshake(
     rd: &mut OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    exports: &Exports,
+    exports: &ExportTable,
 ) -> Result<Option<Negotiated>> {
     wr.write_all(&server_greeting()).await?;
     let client_flags = read_u32(rd).await.context("reading client flags")?;
@@ -132,8 +118,8 @@ async fn handshake(
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
                 let Some(export) = exports.get(&name) else { bail!("client asked for unknown export {name:?}") };
-                wr.write_all(&export_name_reply(export.size(), no_zeroes)).await?;
-                return Ok(Some(Negotiated { export: name, structured }));
+                wr.write_all(&export_name_reply(export.size(), export_flags(export.writable()), no_zeroes)).await?;
+                return Ok(Some(Negotiated { export, structured }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
@@ -141,8 +127,8 @@ async fn handshake(
             }
             OPT_LIST if !data.is_empty() => wr.write_all(&reply(REP_ERR_INVALID, &[])).await?,
             OPT_LIST => {
-                for name in exports.keys() {
-                    wr.write_all(&reply(REP_SERVER, &list_entry(name))).await?;
+                for name in exports.names() {
+                    wr.write_all(&reply(REP_SERVER, &list_entry(&name))).await?;
                 }
                 wr.write_all(&reply(REP_ACK, &[])).await?;
             }
@@ -160,7 +146,7 @@ async fn handshake(
                     wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export")).await?;
                     continue;
                 };
-                wr.write_all(&reply(REP_INFO, &info_export(export.size()))).await?;
+                wr.write_all(&reply(REP_INFO, &info_export(export.size(), export_flags(export.writable())))).await?;
                 if wanted.contains(&INFO_NAME) {
                     wr.write_all(&reply(REP_INFO, &info_name(&name))).await?;
                 }
@@ -168,7 +154,7 @@ async fn handshake(
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated { export: name, structured }));
+                    return Ok(Some(Negotiated { export, structured }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,
@@ -201,12 +187,12 @@ fn read_reply(req: &Request, data: &[u8], structured: bool) -> Vec<u8> {
 
 async fn transmission(
     rd: &mut tokio::io::BufReader<OwnedReadHalf>,
-    export: &Export,
+    export: &Arc<dyn BlockExport>,
     structured: bool,
     tx: &mpsc::Sender<Vec<u8>>,
 ) -> Result<()> {
-    let vpg = &export.vpg;
     let size = export.size();
+    let writable = export.writable();
     loop {
         let mut h = [0u8; REQUEST_HEADER_BYTES];
         match rd.read_exact(&mut h).await {
@@ -220,15 +206,17 @@ async fn transmission(
         };
         if let Err(errno) = check_bounds(&req, size) {
             if req.command == Command::Write {
-                // The payload cannot be skipped safely if it is huge.
-                if req.length > PAYLOAD_BYTES_MAX {
-                    let _ = tx.send(error_reply(&req, errno, structured, "request too large")).await;
-                    bail!("write of {} bytes is over the limit", req.length);
-                }
-                let mut discard = vec![0u8; req.length as usize];
-                rd.read_exact(&mut discard).await.context("reading the payload of a refused write")?;
+                skip_payload(rd, &req, structured, tx).await?;
             }
             tx.send(error_reply(&req, errno, structured, "request out of bounds")).await?;
+            continue;
+        }
+        let is_update = matches!(req.command, Command::Write | Command::Trim | Command::WriteZeroes);
+        if is_update && !writable {
+            if req.command == Command::Write {
+                skip_payload(rd, &req, structured, tx).await?;
+            }
+            tx.send(error_reply(&req, Errno::Perm, structured, "read-only export")).await?;
             continue;
         }
         match req.command {
@@ -239,7 +227,7 @@ async fn transmission(
             }
             Command::Read => {
                 let mut buf = vec![0u8; req.length as usize];
-                let reply = match vpg.volumes[export.volume as usize].read_at(&mut buf, req.offset) {
+                let reply = match export.read_at(&mut buf, req.offset) {
                     Ok(()) => read_reply(&req, &buf, structured),
                     Err(e) => {
                         tracing::error!("{e:#}");
@@ -251,26 +239,24 @@ async fn transmission(
             Command::Write => {
                 let mut data = vec![0u8; req.length as usize];
                 rd.read_exact(&mut data).await.context("client left in the middle of a write")?;
-                let result = if data.is_empty() {
-                    Ok(vpg.log.appended_seq())
-                } else {
-                    vpg.write(export.volume, req.offset, data).await
-                };
-                finish_update(vpg, req, result, tx).await?;
+                let result =
+                    if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
+                finish_update(export, req, result, structured, tx).await?;
             }
             Command::Trim | Command::WriteZeroes => {
                 let result = if req.length == 0 {
-                    Ok(vpg.log.appended_seq())
+                    Ok(export.last_token())
                 } else {
-                    vpg.zero(export.volume, req.offset, req.length as u64).await
+                    export.zero(req.offset, req.length as u64).await
                 };
-                finish_update(vpg, req, result, tx).await?;
+                finish_update(export, req, result, structured, tx).await?;
             }
             Command::Flush => {
-                let vpg = vpg.clone();
+                let export = export.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let reply = match vpg.flush().await {
+                    let token = export.last_token();
+                    let reply = match export.make_durable(token).await {
                         Ok(()) => simple_reply(req.handle, 0).to_vec(),
                         Err(e) => {
                             tracing::error!("flush failed: {e:#}");
@@ -284,18 +270,47 @@ async fn transmission(
     }
 }
 
+/// Reads and drops the payload of a write that is refused. A payload over
+/// the limit cannot be skipped safely: the connection closes.
+async fn skip_payload(
+    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
+    req: &Request,
+    structured: bool,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<()> {
+    if req.length > PAYLOAD_BYTES_MAX {
+        let _ = tx.send(error_reply(req, Errno::Overflow, structured, "request too large")).await;
+        bail!("write of {} bytes is over the limit", req.length);
+    }
+    let mut discard = vec![0u8; req.length as usize];
+    rd.read_exact(&mut discard).await.context("reading the payload of a refused write")?;
+    Ok(())
+}
+
 /// Replies to a WRITE/TRIM/WRITE_ZEROES; with FUA only once it is durable.
 async fn finish_update(
-    vpg: &Arc<VpgCapture>,
+    export: &Arc<dyn BlockExport>,
     req: Request,
     result: Result<u64>,
+    structured: bool,
     tx: &mpsc::Sender<Vec<u8>>,
 ) -> Result<()> {
     let seq = match result {
         Ok(seq) => seq,
         Err(e) => {
-            tracing::error!("write failed: {e:#}");
-            tx.send(simple_reply(req.handle, Errno::Io as u32).to_vec()).await?;
+            // A refusal (a move froze the export) is EPERM and expected; any
+            // other failure is an I/O error worth a log line.
+            let errno = match e.downcast_ref::<Refusal>() {
+                Some(r) => {
+                    tracing::info!("write refused: {r}");
+                    Errno::Perm
+                }
+                None => {
+                    tracing::error!("write failed: {e:#}");
+                    Errno::Io
+                }
+            };
+            tx.send(error_reply(&req, errno, structured, "write refused")).await?;
             return Ok(());
         }
     };
@@ -303,10 +318,10 @@ async fn finish_update(
         tx.send(simple_reply(req.handle, 0).to_vec()).await?;
         return Ok(());
     }
-    let vpg = vpg.clone();
+    let export = export.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
-        let error = match vpg.make_durable(seq).await {
+        let error = match export.make_durable(seq).await {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("FUA failed: {e:#}");

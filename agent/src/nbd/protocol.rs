@@ -34,6 +34,7 @@ pub const INFO_NAME: u16 = 1;
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
 pub const TFLAG_HAS_FLAGS: u16 = 1;
+pub const TFLAG_READ_ONLY: u16 = 2;
 pub const TFLAG_SEND_FLUSH: u16 = 4;
 pub const TFLAG_SEND_FUA: u16 = 8;
 pub const TFLAG_SEND_TRIM: u16 = 32;
@@ -47,6 +48,16 @@ pub const EXPORT_FLAGS: u16 = TFLAG_HAS_FLAGS
     | TFLAG_SEND_TRIM
     | TFLAG_SEND_WRITE_ZEROES
     | TFLAG_CAN_MULTI_CONN;
+/// A read-only export: no write commands are offered.
+pub const READ_ONLY_EXPORT_FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
+
+pub fn export_flags(writable: bool) -> u16 {
+    if writable {
+        EXPORT_FLAGS
+    } else {
+        READ_ONLY_EXPORT_FLAGS
+    }
+}
 
 pub const CMD_FLAG_FUA: u16 = 1;
 
@@ -64,6 +75,7 @@ pub const REQUEST_HEADER_BYTES: usize = 28;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Errno {
+    Perm = 1,
     Io = 5,
     Inval = 22,
     NoSpc = 28,
@@ -156,11 +168,11 @@ pub fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn info_export(size: u64) -> Vec<u8> {
+pub fn info_export(size: u64, flags: u16) -> Vec<u8> {
     let mut d = Vec::with_capacity(12);
     d.extend_from_slice(&INFO_EXPORT.to_be_bytes());
     d.extend_from_slice(&size.to_be_bytes());
-    d.extend_from_slice(&EXPORT_FLAGS.to_be_bytes());
+    d.extend_from_slice(&flags.to_be_bytes());
     d
 }
 
@@ -187,9 +199,9 @@ pub fn list_entry(name: &str) -> Vec<u8> {
 
 /// The reply to NBD_OPT_EXPORT_NAME (no zero padding: we require NO_ZEROES
 /// or send the 124 bytes when the client did not ask for it).
-pub fn export_name_reply(size: u64, no_zeroes: bool) -> Vec<u8> {
+pub fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
     let mut out = size.to_be_bytes().to_vec();
-    out.extend_from_slice(&EXPORT_FLAGS.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
     if !no_zeroes {
         out.extend_from_slice(&[0u8; 124]);
     }

@@ -1,0 +1,42 @@
+//! One volume of a protected VPG as an NBD export: writes go through the
+//! VPG's write order (`vpg.rs`), tokens are protected-log seqs.
+
+use super::vpg::VpgCapture;
+use crate::nbd::export::{BlockExport, BoxFuture};
+use anyhow::Result;
+use std::sync::Arc;
+
+pub struct CaptureExport {
+    pub vpg: Arc<VpgCapture>,
+    pub volume: u32,
+}
+
+impl BlockExport for CaptureExport {
+    fn size(&self) -> u64 {
+        self.vpg.volumes[self.volume as usize].size
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.vpg.volumes[self.volume as usize].read_at(buf, offset)
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.vpg.write(self.volume, offset, data))
+    }
+
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.vpg.zero(self.volume, offset, length))
+    }
+
+    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.vpg.make_durable(token).await })
+    }
+
+    fn last_token(&self) -> u64 {
+        self.vpg.log.appended_seq()
+    }
+}

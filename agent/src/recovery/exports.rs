@@ -1,0 +1,191 @@
+//! The recovery side's NBD exports of a point-in-time view: read-only
+//! (`PitVolume`, for `tidemark export`), or writable over a scratch
+//! overlay (`OverlayVolume`, for a test failover). Overlay writes land in a
+//! sparse scratch file, block by block; the view, the replica and the
+//! journal are never written. Closing the overlay makes later I/O fail and
+//! lets go of the view (and its lease).
+
+use super::view::PitView;
+use crate::capture::volume::zero_file_range;
+use crate::nbd::export::{BlockExport, BoxFuture, Refusal};
+use anyhow::{anyhow, Context, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub struct PitVolume {
+    pub view: Arc<PitView>,
+    pub volume: usize,
+}
+
+impl BlockExport for PitVolume {
+    fn size(&self) -> u64 {
+        self.view.volumes[self.volume].size
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.view.read_at(self.volume, buf, offset)
+    }
+
+    fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async { Err(Refusal::ReadOnly("a point-in-time export is read-only".into()).into()) })
+    }
+
+    fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async { Err(Refusal::ReadOnly("a point-in-time export is read-only".into()).into()) })
+    }
+
+    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn last_token(&self) -> u64 {
+        0
+    }
+}
+
+/// Overlay granularity: a partly written block is filled from the view.
+const BLOCK: u64 = 4096;
+
+pub struct OverlayVolume {
+    view: RwLock<Option<Arc<PitView>>>,
+    volume: usize,
+    size: u64,
+    scratch: File,
+    pub scratch_path: PathBuf,
+    /// One bit per block: set when the scratch file holds the block.
+    written: Mutex<Vec<u64>>,
+}
+
+impl OverlayVolume {
+    pub fn create(view: Arc<PitView>, volume: usize, scratch_path: PathBuf) -> Result<OverlayVolume> {
+        let size = view.volumes[volume].size;
+        let scratch = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&scratch_path)
+            .with_context(|| format!("creating scratch overlay {}", scratch_path.display()))?;
+        scratch.set_len(size)?;
+        let blocks = size.div_ceil(BLOCK);
+        Ok(OverlayVolume {
+            view: RwLock::new(Some(view)),
+            volume,
+            size,
+            scratch,
+            scratch_path,
+            written: Mutex::new(vec![0; blocks.div_ceil(64) as usize]),
+        })
+    }
+
+    /// Ends the overlay: later I/O fails, and the view is let go.
+    pub fn close(&self) {
+        self.view.write().expect("overlay view").take();
+    }
+
+    fn view(&self) -> Result<Arc<PitView>> {
+        self.view.read().expect("overlay view").clone().ok_or_else(|| anyhow!("the test failover was stopped"))
+    }
+
+    /// Blocks changed in the overlay (for status and the stop report).
+    pub fn blocks_written(&self) -> u64 {
+        self.written.lock().expect("overlay bitmap").iter().map(|w| w.count_ones() as u64).sum()
+    }
+
+    /// Makes sure the scratch file holds every block the range touches
+    /// only partly, copying it from the view first.
+    fn fill_partial(&self, view: &PitView, bits: &mut [u64], offset: u64, length: u64) -> Result<()> {
+        let end = offset + length;
+        for block in [offset / BLOCK, (end - 1) / BLOCK] {
+            let (start, stop) = (block * BLOCK, ((block + 1) * BLOCK).min(self.size));
+            let whole = offset <= start && end >= stop;
+            if whole || is_set(bits, block) {
+                continue;
+            }
+            let mut buf = vec![0u8; (stop - start) as usize];
+            view.read_at(self.volume, &mut buf, start)?;
+            self.scratch.write_all_at(&buf, start)?;
+            set(bits, block);
+        }
+        Ok(())
+    }
+
+    fn update(&self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<u64> {
+        let view = self.view()?;
+        let mut bits = self.written.lock().expect("overlay bitmap");
+        self.fill_partial(&view, &mut bits, offset, length)?;
+        match data {
+            Some(d) => self.scratch.write_all_at(d, offset)?,
+            None => zero_file_range(&self.scratch, offset, length)?,
+        }
+        for block in offset / BLOCK..=(offset + length - 1) / BLOCK {
+            set(&mut bits, block);
+        }
+        Ok(0)
+    }
+}
+
+fn is_set(bits: &[u64], block: u64) -> bool {
+    bits[(block / 64) as usize] & (1 << (block % 64)) != 0
+}
+
+fn set(bits: &mut [u64], block: u64) {
+    bits[(block / 64) as usize] |= 1 << (block % 64);
+}
+
+impl BlockExport for OverlayVolume {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    /// Runs of blocks come from the scratch file or the view, whichever
+    /// holds them.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let view = self.view()?;
+        let bits = self.written.lock().expect("overlay bitmap");
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let from_scratch = is_set(&bits, at / BLOCK);
+            let mut run_end = ((at / BLOCK) + 1) * BLOCK;
+            while run_end < end && is_set(&bits, run_end / BLOCK) == from_scratch {
+                run_end += BLOCK;
+            }
+            let run_end = run_end.min(end);
+            let piece = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
+            if from_scratch {
+                self.scratch.read_exact_at(piece, at)?;
+            } else {
+                view.read_at(self.volume, piece, at)?;
+            }
+            at = run_end;
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { self.update(offset, data.len() as u64, Some(&data)) })
+    }
+
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { self.update(offset, length, None) })
+    }
+
+    /// A test's writes are thrown away at stop: nothing to make durable.
+    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn last_token(&self) -> u64 {
+        0
+    }
+}
