@@ -142,6 +142,37 @@ enum Command {
         #[arg(long, default_value = "latest")]
         checkpoint: String,
     },
+    /// Fail a VPG over to a checkpoint (recovery side, agent running): the
+    /// journal up to it goes into the replica, later history is set aside,
+    /// the stream for the VPG stops, and the volumes are served writable at
+    /// nbd://<exports.listen>/<vpg>/<volume> (or left as files with --files).
+    /// If the protected side is reachable it is told to stop capturing.
+    Failover {
+        /// The recovery appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// `latest`, `head`, a checkpoint id, or a tag.
+        #[arg(long)]
+        checkpoint: String,
+        /// Leave the recovered volumes as image files; do not serve them.
+        #[arg(long)]
+        files: bool,
+    },
+    /// Planned migration (protected side, agent running): refuse new writes,
+    /// flush, ship a final checkpoint, wait for the recovery side to make it
+    /// durable, then fail over to it. Nothing is lost.
+    Move {
+        /// The protected appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// How long to wait for the recovery side.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Rehearse a failover: writable NBD exports at a checkpoint whose writes
     /// go to scratch and are discarded at `stop`; replication goes on.
     #[command(subcommand)]
@@ -246,6 +277,8 @@ fn init_logging(command: &Command) {
         Command::Protected { config }
         | Command::Recovery { config }
         | Command::Restore { config, .. }
+        | Command::Failover { config, .. }
+        | Command::Move { config, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
         Command::SupportSsh(
@@ -350,6 +383,15 @@ fn recovery_config(path: &std::path::Path) -> Result<tidemark::config::RecoveryC
     }
 }
 
+fn protected_config(path: &std::path::Path) -> Result<tidemark::config::ProtectedConfig> {
+    match Config::load(path)? {
+        Config::Protected(p) => Ok(p),
+        Config::Recovery(_) => {
+            bail!("{}: this is a recovery-side config; this command runs on the protected appliance", path.display())
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen { dir, name, force } => {
@@ -424,13 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Checkpoint { config, vpg, tag, wait } => {
-            let cfg = match Config::load(&config)? {
-                Config::Protected(p) => p,
-                Config::Recovery(_) => bail!(
-                    "{}: this is a recovery-side config; checkpoints are inserted on the protected appliance",
-                    config.display()
-                ),
-            };
+            let cfg = protected_config(&config)?;
             tidemark::api::local::validate_tag(&tag)?;
             let request =
                 tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
@@ -468,6 +504,19 @@ fn run(cli: Cli) -> Result<()> {
             let mut rest = Vec::new();
             let _ = std::io::Read::read_to_end(&mut held, &mut rest);
             bail!("the recovery agent stopped serving the exports");
+        }
+        Command::Failover { config, vpg, checkpoint, files } => {
+            let cfg = recovery_config(&config)?;
+            let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            print!("{}", reply.message.unwrap_or_default());
+        }
+        Command::Move { config, vpg, wait } => {
+            let cfg = protected_config(&config)?;
+            let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64 };
+            eprintln!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})");
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            println!("{}", reply.message.unwrap_or_default());
         }
         Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {
             let cfg = recovery_config(&config)?;

@@ -33,6 +33,14 @@ pub enum Request {
     /// Protected: inserts a tagged checkpoint; waits up to `wait_ms` for
     /// the recovery journal to have it.
     Checkpoint { vpg: String, tag: String, wait_ms: u64 },
+    /// Protected: planned migration. Refuses new writes, flushes, inserts a
+    /// final checkpoint, waits for the journal to have it, and has the
+    /// recovery side fail over to it.
+    Move { vpg: String, wait_ms: u64 },
+    /// Recovery: commits the journal up to `checkpoint` into the replica,
+    /// sets aside what came after, stops taking the stream, and serves the
+    /// volumes writable over NBD (`serve`) or leaves them as files.
+    Failover { vpg: String, checkpoint: String, serve: bool },
     /// Recovery: serves the VPG at `checkpoint` read-only over NBD while
     /// this connection stays open.
     Export { vpg: String, checkpoint: String },
@@ -179,6 +187,16 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             Ok(Reply::served(&ops.test_failover_start(&vpg, &checkpoint).await?))
         }
         (Request::TestFailoverStop { vpg }, Agent::Recovery(ops)) => Ok(Reply::done(ops.test_failover_stop(&vpg)?)),
+        (Request::Failover { vpg, checkpoint, serve }, Agent::Recovery(ops)) => {
+            let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery::ops::How::Failover).await?;
+            Ok(Reply { exports: done.uris.clone(), id: Some(done.checkpoint.id), ..Reply::done(done.describe()) })
+        }
+        (Request::Move { vpg, wait_ms }, Agent::Protected(vpgs)) => {
+            let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
+            let (id, message) =
+                crate::capture::moving::move_vpg(capture, Duration::from_millis(wait_ms.min(WAIT_MS_MAX))).await?;
+            Ok(Reply { id: Some(id), durable: true, ..Reply::done(message) })
+        }
         (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs)) => {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
@@ -200,6 +218,8 @@ fn op_name(request: &Request) -> &'static str {
         Request::Export { .. } => "export",
         Request::TestFailoverStart { .. } => "test-failover start",
         Request::TestFailoverStop { .. } => "test-failover stop",
+        Request::Move { .. } => "move",
+        Request::Failover { .. } => "failover",
     }
 }
 

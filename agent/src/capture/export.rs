@@ -16,6 +16,8 @@ impl BlockExport for CaptureExport {
         self.vpg.volumes[self.volume as usize].size
     }
 
+    /// Advertised writable even after a move: a client connected before
+    /// then gets EPERM per write, a new one sees the same.
     fn writable(&self) -> bool {
         true
     }

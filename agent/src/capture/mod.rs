@@ -4,5 +4,6 @@
 //! volume of a VPG as an NBD export.
 
 pub mod export;
+pub mod moving;
 pub mod volume;
 pub mod vpg;

@@ -7,12 +7,27 @@
 use super::volume::Volume;
 use crate::config::ReplicationMode;
 use crate::log::{CaptureState, ProtectedLog};
+use crate::nbd::export::Refusal;
 use crate::record::{now_ms, RecordBody};
 use crate::status::CheckpointSummary;
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// What a move asks of the recovery side, through the link.
+pub enum MoveStep {
+    /// A move begins: the recovery side refuses other failovers of the VPG
+    /// (or refuses the move, saying why).
+    Begin,
+    /// Fail over to this checkpoint, which the journal holds.
+    Promote(u64),
+}
+
+pub struct PromoteRequest {
+    pub step: MoveStep,
+    pub reply: oneshot::Sender<Result<()>>,
+}
 
 /// Reads of the initial copy, one record each.
 const INITIAL_COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -28,6 +43,11 @@ pub struct VpgCapture {
     copy_generation: AtomicU64,
     /// The newest checkpoint inserted, automatic or tagged (for status).
     last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
+    promote_tx: mpsc::Sender<PromoteRequest>,
+    /// Taken by the link that is up; a move's request waits for one.
+    pub promote_rx: Mutex<mpsc::Receiver<PromoteRequest>>,
+    /// Held by the one move that may run at a time.
+    pub moving: Mutex<()>,
 }
 
 impl VpgCapture {
@@ -38,6 +58,7 @@ impl VpgCapture {
         log: Arc<ProtectedLog>,
         state: CaptureState,
     ) -> Self {
+        let (promote_tx, promote_rx) = mpsc::channel(1);
         VpgCapture {
             name,
             mode,
@@ -47,7 +68,41 @@ impl VpgCapture {
             state: std::sync::Mutex::new(state),
             copy_generation: AtomicU64::new(0),
             last_checkpoint: std::sync::Mutex::new(None),
+            promote_tx,
+            promote_rx: Mutex::new(promote_rx),
+            moving: Mutex::new(()),
         }
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.state.lock().expect("state lock").writes_refused.clone()
+    }
+
+    /// From now on every write and zero is refused (EPERM) with `reason`,
+    /// also after a restart. Writes already ordered are not affected.
+    pub async fn refuse_writes(&self, reason: &str) -> Result<()> {
+        let _order = self.order.lock().await;
+        let mut state = self.state.lock().expect("state lock");
+        state.writes_refused = Some(reason.to_string());
+        state.store(self.log.dir())?;
+        tracing::warn!(vpg = %self.name, "writes refused from now on: {reason}");
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match self.writes_refused() {
+            Some(reason) => Err(Refusal::ReadOnly(reason).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the recovery side (through the link, when it is up) to fail
+    /// over to `checkpoint`; returns when it has, or why not.
+    pub async fn move_step(&self, step: MoveStep) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.promote_tx.send(PromoteRequest { step, reply }).await.context("the link task is gone")?;
+        answer.await.context("the link dropped the request")?
     }
 
     /// Logs a write, then applies it to the volume. Log first: if the agent
@@ -55,6 +110,7 @@ impl VpgCapture {
     /// re-reads it from the volume at start, so source and replica agree.
     pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
         let _order = self.order.lock().await;
+        self.check_writable()?;
         let body = RecordBody::Write { volume, offset, data };
         let seq = self.log.append(&body).await?;
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
@@ -64,6 +120,7 @@ impl VpgCapture {
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         let _order = self.order.lock().await;
+        self.check_writable()?;
         let seq = self.log.append(&RecordBody::Zero { volume, offset, length }).await?;
         self.volumes[volume as usize].zero_range(offset, length)?;
         Ok(seq)

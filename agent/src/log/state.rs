@@ -1,5 +1,6 @@
 //! Small persistent facts about a VPG's capture that outlive log segments:
-//! which volumes' initial copies are complete in the current stream.
+//! which volumes' initial copies are complete in the current stream, and
+//! whether the VPG no longer takes writes here (moved or failed over).
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub struct CaptureState {
     /// Volumes whose initial copy was fully appended to this stream.
     pub copied: Vec<String>,
+    /// Set when writes are refused for good (a move began, or the VPG was
+    /// failed over to the recovery site); says why.
+    #[serde(default)]
+    pub writes_refused: Option<String>,
 }
 
 impl CaptureState {

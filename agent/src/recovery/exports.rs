@@ -189,3 +189,44 @@ impl BlockExport for OverlayVolume {
         0
     }
 }
+
+/// A recovered volume after a failover: the replica image itself, served
+/// writable; FLUSH and FUA fsync it.
+pub struct LiveVolume {
+    pub file: Arc<File>,
+    pub size: u64,
+}
+
+impl BlockExport for LiveVolume {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        Ok(self.file.read_exact_at(buf, offset)?)
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { Ok(self.file.write_all_at(&data, offset).map(|()| 0)?) })
+    }
+
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { Ok(zero_file_range(&self.file, offset, length).map(|()| 0)?) })
+    }
+
+    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let file = self.file.clone();
+            tokio::task::spawn_blocking(move || file.sync_data()).await??;
+            Ok(())
+        })
+    }
+
+    fn last_token(&self) -> u64 {
+        0
+    }
+}

@@ -2,6 +2,7 @@
 //! VPG's volumes as they were at one of them.
 
 pub mod exports;
+pub mod failover;
 pub mod ops;
 pub mod restore;
 pub mod view;
@@ -28,6 +29,9 @@ impl JournalView {
         let dir = vpg_dir(journal_root, vpg);
         if !dir.exists() {
             bail!("no journal for VPG {vpg:?} under {} (has the protected side connected?)", journal_root.display());
+        }
+        if let Some(record) = failover::FailoverRecord::load(&dir)? {
+            bail!("{}", record.refusal(vpg));
         }
         let meta = JournalMeta::load(&dir)?;
         let state = ApplyState::load(&dir)?;

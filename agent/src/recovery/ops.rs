@@ -3,15 +3,21 @@
 //! failovers. It is the one place that knows what is running for each VPG,
 //! so conflicting requests are refused here with the reason.
 
-use super::exports::{OverlayVolume, PitVolume};
+use super::exports::{LiveVolume, OverlayVolume, PitVolume};
+pub use super::failover::How;
+use super::failover::{commit, FailoverRecord};
 use super::view::PitView;
 use crate::journal::index::CheckpointInfo;
+use crate::journal::replica::VolumeFiles;
+use crate::journal::{vpg_dir, JournalMeta};
 use crate::nbd::export::{BlockExport, ExportTable};
+use crate::transfer::receiver::{Receiver, FAILOVER_PENDING};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 const SCRATCH_DIR: &str = "scratch";
@@ -36,12 +42,73 @@ pub struct RecoveryOps {
     pub exports: ExportTable,
     listen: Option<SocketAddr>,
     tests: Mutex<BTreeMap<String, TestFailover>>,
+    receiver: Arc<Receiver>,
+    /// VPG → the failover or move being committed for it.
+    busy: Mutex<BTreeMap<String, How>>,
+}
+
+/// What a failover did, for the operator.
+pub struct FailedOver {
+    pub vpg: String,
+    pub checkpoint: CheckpointInfo,
+    pub how: How,
+    pub bytes_applied: u64,
+    pub set_aside_bytes: u64,
+    pub uris: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+impl FailedOver {
+    pub fn describe(&self) -> String {
+        let verb = if self.how == How::Move { "moved" } else { "failed over" };
+        let mut out = format!(
+            "VPG {:?} {verb} at checkpoint {} ({}{}): {} applied to the replica; the journal segments holding what came \
+             after it ({}) are set aside in after-failover/\n",
+            self.vpg,
+            self.checkpoint.id,
+            crate::status::format_time_ms(self.checkpoint.time_ms),
+            if self.checkpoint.tag.is_empty() { String::new() } else { format!(", {:?}", self.checkpoint.tag) },
+            crate::status::format_bytes(self.bytes_applied),
+            crate::status::format_bytes(self.set_aside_bytes),
+        );
+        if self.uris.is_empty() {
+            out.push_str("volumes (files):\n");
+            for f in &self.files {
+                out.push_str(&format!("  {}\n", f.display()));
+            }
+        } else {
+            out.push_str("volumes served writable:\n");
+            for u in &self.uris {
+                out.push_str(&format!("  {u}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A move announced by the protected side: other failovers of the VPG
+/// are refused until it ends or its link drops.
+pub struct MoveMark(Arc<RecoveryOps>, String);
+
+impl Drop for MoveMark {
+    fn drop(&mut self) {
+        self.0.busy.lock().expect("busy lock").remove(&self.1);
+    }
+}
+
+/// Takes a VPG's "busy" mark off when a failover ends, however it ends.
+struct BusyGuard<'a>(&'a RecoveryOps, String);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.lock().expect("busy lock").remove(&self.1);
+    }
 }
 
 impl RecoveryOps {
     /// A test failover does not outlive the agent: scratch left by a
     /// previous run is removed here.
-    pub fn new(data_dir: &Path, listen: Option<SocketAddr>) -> Result<Arc<RecoveryOps>> {
+    pub fn new(data_dir: &Path, listen: Option<SocketAddr>, receiver: Arc<Receiver>) -> Result<Arc<RecoveryOps>> {
         let scratch_root = data_dir.join(SCRATCH_DIR);
         match std::fs::remove_dir_all(&scratch_root) {
             Ok(()) => tracing::info!("removed test-failover scratch left by the previous run"),
@@ -54,7 +121,165 @@ impl RecoveryOps {
             exports: ExportTable::default(),
             listen,
             tests: Mutex::new(BTreeMap::new()),
+            receiver,
+            busy: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// After a restart: VPGs failed over with `serve` are served again.
+    pub fn resume_failovers(&self) -> Result<()> {
+        let slots: Vec<_> = self.receiver.vpgs.lock().expect("vpgs lock").keys().cloned().collect();
+        for vpg in slots {
+            let dir = vpg_dir(&self.journal_root, &vpg);
+            if let Some(record) = FailoverRecord::load(&dir)? {
+                if record.serve {
+                    let uris = self.serve_live(&vpg, &dir, &JournalMeta::load(&dir)?)?;
+                    tracing::info!(%vpg, "failed-over volumes served again: {uris:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_live(&self, vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Vec<String>> {
+        let files = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
+        let exports: Vec<(String, Arc<dyn BlockExport>)> = files
+            .files
+            .into_iter()
+            .zip(&meta.volumes)
+            .map(|(f, v)| {
+                let export: Arc<dyn BlockExport> = Arc::new(LiveVolume { file: Arc::new(f.file), size: f.size });
+                (format!("{vpg}/{}", v.name), export)
+            })
+            .collect();
+        let uris = exports.iter().map(|(n, _)| self.uri(n)).collect::<Result<Vec<_>>>()?;
+        self.exports.add(exports)?;
+        Ok(uris)
+    }
+
+    /// Marks a move of `vpg` as running; refused when the VPG is failed
+    /// over already, or a failover or test failover of it runs.
+    pub fn begin_move(self: &Arc<Self>, vpg: &str) -> Result<MoveMark> {
+        let mut busy = self.busy.lock().expect("busy lock");
+        if let Some(running) = busy.get(vpg) {
+            bail!(
+                "a {} of VPG {vpg:?} is already running here",
+                if *running == How::Move { "move" } else { "failover" }
+            );
+        }
+        if let Some(record) = FailoverRecord::load(&vpg_dir(&self.journal_root, vpg))? {
+            bail!("{}", record.refusal(vpg));
+        }
+        if self.tests.lock().expect("tests lock").contains_key(vpg) {
+            bail!("a test failover of VPG {vpg:?} is running at the recovery site; stop it first");
+        }
+        busy.insert(vpg.to_string(), How::Move);
+        tracing::info!(%vpg, "a move begins; other failovers of this VPG are refused until it ends");
+        Ok(MoveMark(self.clone(), vpg.to_string()))
+    }
+
+    /// Fails `vpg` over to `wanted` (see `failover.rs`). The stream for
+    /// the VPG stops first; if the commit fails, it is taken up again and
+    /// nothing changed. A move's repeated promote of the same checkpoint
+    /// is answered as done.
+    pub async fn failover(&self, vpg: &str, wanted: &str, serve: bool, how: How) -> Result<FailedOver> {
+        crate::config::validate_name("--vpg", vpg)?;
+        if serve {
+            self.uri("")?;
+        }
+        let slot = self.receiver.slot(vpg).ok_or_else(|| {
+            anyhow!(
+                "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
+                self.journal_root.display()
+            )
+        })?;
+        let dir = vpg_dir(&self.journal_root, vpg);
+        {
+            let mut busy = self.busy.lock().expect("busy lock");
+            // A move's own promote finds the move's mark.
+            match busy.get(vpg) {
+                Some(How::Move) if how == How::Move => {}
+                Some(running) => {
+                    let what = if *running == How::Move { "a move" } else { "a failover" };
+                    bail!("{what} of VPG {vpg:?} is already running; wait for it to finish");
+                }
+                None => {}
+            }
+            if let Some(record) = FailoverRecord::load(&dir)? {
+                if how == How::Move && record.how == How::Move && record.checkpoint.id.to_string() == wanted {
+                    return Ok(self.already_moved(vpg, record));
+                }
+                bail!("{}", record.refusal(vpg));
+            }
+            if self.tests.lock().expect("tests lock").contains_key(vpg) {
+                bail!("a test failover of VPG {vpg:?} is running; stop it first (`tidemark test-failover stop`)");
+            }
+            if how == How::Failover {
+                busy.insert(vpg.to_string(), How::Failover);
+            }
+        }
+        let _busy = (how == How::Failover).then(|| BusyGuard(self, vpg.to_string()));
+        // A checkpoint that cannot be resolved is refused before the stream
+        // is touched.
+        {
+            let (root, name, wanted) = (self.journal_root.clone(), vpg.to_string(), wanted.to_string());
+            tokio::task::spawn_blocking(move || super::JournalView::open(&root, &name)?.resolve(&wanted))
+                .await
+                .context("failover task")??;
+        }
+        let meta = {
+            let journal = slot.journal.lock().expect("journal lock");
+            slot.failed_over.store(FAILOVER_PENDING, Ordering::SeqCst);
+            journal.meta.clone()
+        };
+        tracing::warn!(%vpg, "{:?} to checkpoint {wanted:?} begins; the stream for this VPG is closed", how);
+        let (root, name, wanted_owned, how_owned, dir_owned, meta_owned) =
+            (self.journal_root.clone(), vpg.to_string(), wanted.to_string(), how.clone(), dir.clone(), meta.clone());
+        let committed = tokio::task::spawn_blocking(move || {
+            let view = super::JournalView::open(&root, &name)?;
+            let checkpoint = view.resolve(&wanted_owned)?;
+            commit(&dir_owned, &meta_owned, &checkpoint, how_owned, serve)
+        })
+        .await
+        .context("failover task")?;
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                slot.failed_over.store(0, Ordering::SeqCst);
+                tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
+                return Err(e);
+            }
+        };
+        let checkpoint = committed.record.checkpoint.clone();
+        slot.failed_over.store(checkpoint.id, Ordering::SeqCst);
+        let uris = if serve { self.serve_live(vpg, &dir, &meta)? } else { Vec::new() };
+        let done = FailedOver {
+            vpg: vpg.to_string(),
+            checkpoint,
+            how,
+            bytes_applied: committed.bytes_applied,
+            set_aside_bytes: committed.record.set_aside_bytes,
+            uris,
+            files: FailoverRecord::volume_paths(&dir, &meta),
+        };
+        tracing::warn!("{}", done.describe().trim_end());
+        Ok(done)
+    }
+
+    fn already_moved(&self, vpg: &str, record: FailoverRecord) -> FailedOver {
+        let dir = vpg_dir(&self.journal_root, vpg);
+        let meta = JournalMeta::load(&dir).ok();
+        let names: Vec<String> =
+            meta.as_ref().map(|m| m.volumes.iter().map(|v| format!("{vpg}/{}", v.name)).collect()).unwrap_or_default();
+        FailedOver {
+            vpg: vpg.to_string(),
+            checkpoint: record.checkpoint,
+            how: How::Move,
+            bytes_applied: 0,
+            set_aside_bytes: record.set_aside_bytes,
+            uris: names.iter().filter_map(|n| self.uri(n).ok()).collect(),
+            files: meta.map(|m| FailoverRecord::volume_paths(&dir, &m)).unwrap_or_default(),
+        }
     }
 
     fn uri(&self, name: &str) -> Result<String> {
@@ -103,6 +328,9 @@ impl RecoveryOps {
     /// `checkpoint`, whose writes go to scratch files. Replication goes on.
     pub async fn test_failover_start(&self, vpg: &str, checkpoint: &str) -> Result<Served> {
         crate::config::validate_name("--vpg", vpg)?;
+        if let Some(running) = self.busy.lock().expect("busy lock").get(vpg) {
+            bail!("a {running:?} of VPG {vpg:?} is running; no test failover now");
+        }
         if let Some(t) = self.tests.lock().expect("tests lock").get(vpg) {
             bail!(
                 "a test failover of VPG {vpg:?} is already running (checkpoint {}); stop it first with \

@@ -89,6 +89,10 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     tick.tick().await;
     loop {
         tick.tick().await;
+        // A moved or failed-over VPG's stream has ended.
+        if capture.writes_refused().is_some() {
+            continue;
+        }
         if let Err(e) = capture.checkpoint("").await {
             tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
         }

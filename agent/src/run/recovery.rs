@@ -32,12 +32,14 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         tokio::task::spawn_blocking(move || receiver.open_existing()).await??;
     }
     let nbd_listen = cfg.exports.as_ref().map(|e| e.listen);
-    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen)?;
+    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, receiver.clone())?;
+    let _ = receiver.ops.set(ops.clone());
     crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
     if let Some(listen) = nbd_listen {
         let listener = super::bind_listener(listen, "NBD").await?;
         tokio::spawn(crate::nbd::server::serve(listener, ops.exports.clone()));
     }
+    ops.resume_failovers()?;
     let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
     let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
@@ -77,10 +79,15 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
             // The newest checkpoint that can be restored (complete).
             let last = index.latest_consistent();
             let lag_seconds = last.map_or(0.0, |c| crate::record::now_ms().saturating_sub(c.time_ms) as f64 / 1000.0);
-            let state = if index.initial_copy_complete() { "protected" } else { "initial copy in progress" };
+            let state = match slot.failed_over.load(Ordering::SeqCst) {
+                0 if index.initial_copy_complete() => "protected".to_string(),
+                0 => "initial copy in progress".to_string(),
+                crate::transfer::receiver::FAILOVER_PENDING => "failover in progress".to_string(),
+                c => format!("failed over at checkpoint {c} (volumes live here)"),
+            };
             vpgs.push(VpgStatus {
                 name,
-                state: state.into(),
+                state,
                 lag_bytes: 0,
                 lag_seconds,
                 throughput_bytes_per_sec: throughput,
@@ -112,7 +119,8 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
     loop {
         tick.tick().await;
         let slots: Vec<Arc<VpgSlot>> = receiver.vpgs.lock().expect("vpgs lock").values().cloned().collect();
-        for slot in slots {
+        // A failed-over VPG's replica is live: the applier leaves it alone.
+        for slot in slots.into_iter().filter(|s| s.failed_over.load(std::sync::atomic::Ordering::SeqCst) == 0) {
             let task = slot.clone();
             let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
             let mut history = slot.history.lock().expect("history lock");

@@ -31,7 +31,13 @@ pub struct VpgSlot {
     pub policy: HistoryPolicy,
     /// What the applier last reported (for status).
     pub history: Mutex<crate::status::HistoryStatus>,
+    /// 0 while the VPG replicates here; `FAILOVER_PENDING` while a
+    /// failover commits; else the checkpoint it was failed over at. Set
+    /// under the journal lock, so no batch is appended after it.
+    pub failed_over: AtomicU64,
 }
+
+pub const FAILOVER_PENDING: u64 = u64::MAX;
 
 /// The history settings of a VPG, by name.
 pub type PolicyFor = Box<dyn Fn(&str) -> HistoryPolicy + Send + Sync>;
@@ -40,11 +46,13 @@ pub struct Receiver {
     journal_root: PathBuf,
     pub vpgs: Mutex<HashMap<String, Arc<VpgSlot>>>,
     policy_for: PolicyFor,
+    /// Carries out a move's promote (set once at start).
+    pub ops: std::sync::OnceLock<Arc<crate::recovery::ops::RecoveryOps>>,
 }
 
 impl Receiver {
     pub fn new(journal_root: PathBuf, policy_for: PolicyFor) -> Arc<Self> {
-        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()), policy_for })
+        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()), policy_for, ops: Default::default() })
     }
 
     pub fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
@@ -69,8 +77,13 @@ impl Receiver {
             let Ok(meta) = JournalMeta::load(&dir) else { continue };
             let vpg = meta.vpg.clone();
             let policy = (self.policy_for)(&vpg);
+            let failed = crate::recovery::failover::FailoverRecord::load(&dir)?;
             let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
-            self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(VpgSlot::new(journal, 0, policy)));
+            let slot = VpgSlot::new(journal, 0, policy);
+            if let Some(record) = failed {
+                slot.failed_over.store(record.checkpoint.id, Ordering::SeqCst);
+            }
+            self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(slot));
         }
         Ok(())
     }
@@ -84,6 +97,7 @@ impl VpgSlot {
             received_bytes: AtomicU64::new(0),
             policy,
             history: Mutex::new(Default::default()),
+            failed_over: AtomicU64::new(0),
         }
     }
 }
@@ -130,6 +144,14 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
 async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
     let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
+            if let Some(checkpoint) = receiver
+                .slot(&vpg)
+                .map(|s| s.failed_over.load(Ordering::SeqCst))
+                .filter(|c| *c != 0 && *c != FAILOVER_PENDING)
+            {
+                send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
+                bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
+            }
             let opened = open_vpg(receiver, protocol, &vpg, id, volumes).await;
             match opened {
                 Ok((durable, session)) => (vpg, durable, session),
@@ -144,11 +166,65 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
     };
     send_control(&mut link, &ControlMessage::Welcome { durable_seq, session }).await?;
     tracing::info!(%vpg, durable_seq, "protected side connected");
+    // Held while a move announced on this link runs; dropped with the link.
+    let mut moving: Option<crate::recovery::ops::MoveMark> = None;
     loop {
         match recv_control(&mut link).await? {
-            ControlMessage::Ping => send_control(&mut link, &ControlMessage::Pong).await?,
+            ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
+                Ok(()) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
+                Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
+            },
+            ControlMessage::Ping => {
+                let failed = receiver.slot(&vpg).map_or(0, |s| s.failed_over.load(Ordering::SeqCst));
+                if failed != 0 && failed != FAILOVER_PENDING {
+                    send_control(&mut link, &ControlMessage::FailedOver { checkpoint: failed }).await?;
+                } else {
+                    send_control(&mut link, &ControlMessage::Pong).await?;
+                }
+            }
+            // After a reconnect the move is announced again implicitly.
+            ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
+                Ok(()) => promote(&mut link, receiver, &vpg, checkpoint).await?,
+                Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
+            },
             other => bail!("unexpected control message {other:?}"),
         }
+    }
+}
+
+/// Marks a move of `vpg` as running for this link (once).
+fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery::ops::MoveMark>) -> Result<()> {
+    if moving.is_none() {
+        let ops = receiver.ops.get().context("the recovery agent is still starting")?;
+        *moving = Some(ops.begin_move(vpg)?);
+    }
+    Ok(())
+}
+
+/// A move's last step: fail over to `checkpoint`, telling the protected
+/// side it is still working every few seconds.
+async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    receiver: &Arc<Receiver>,
+    vpg: &str,
+    checkpoint: u64,
+) -> Result<()> {
+    let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+    let vpg_name = vpg.to_string();
+    let mut work = tokio::spawn(async move {
+        ops.failover(&vpg_name, &checkpoint.to_string(), true, crate::recovery::failover::How::Move).await
+    });
+    let mut tick = tokio::time::interval(super::KEEPALIVE_INTERVAL);
+    tick.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done.context("failover task")?,
+            _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
+        }
+    };
+    match outcome {
+        Ok(_) => send_control(link, &ControlMessage::Promoted { checkpoint }).await,
+        Err(e) => send_control(link, &ControlMessage::Refused { reason: format!("{e:#}") }).await,
     }
 }
 
@@ -174,6 +250,9 @@ async fn open_vpg(
     }
     let session = random_u64();
     if let Some(slot) = receiver.slot(vpg) {
+        if slot.failed_over.load(Ordering::SeqCst) == FAILOVER_PENDING {
+            bail!("a failover of VPG {vpg:?} is being committed here");
+        }
         let journal = slot.journal.lock().expect("journal lock");
         if journal.meta.volumes != volumes {
             bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
@@ -222,7 +301,13 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         let wire_len = payload.len();
         // On this thread (not the blocking pool): the batch is allocated and
         // freed by one thread, which keeps the allocator from holding it.
-        let appended = tokio::task::block_in_place(|| slot.journal.lock().expect("journal lock").append(&decoded));
+        let appended = tokio::task::block_in_place(|| {
+            let mut journal = slot.journal.lock().expect("journal lock");
+            match slot.failed_over.load(Ordering::SeqCst) {
+                0 => journal.append(&decoded),
+                _ => Err(anyhow::anyhow!("VPG {vpg:?} is being failed over here; the stream is closed")),
+            }
+        });
         drop(decoded);
         let durable = match appended {
             Ok(d) => d,

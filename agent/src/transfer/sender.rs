@@ -5,7 +5,7 @@
 //! because the log keeps everything not yet acknowledged.
 
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
-use crate::capture::vpg::VpgCapture;
+use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::PeerConfig;
 use crate::record::RecordBody;
 use crate::wire::batch::{BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
@@ -45,10 +45,25 @@ pub async fn run(vpg: Arc<VpgCapture>, peer: PeerConfig, tls: Arc<rustls::Client
     loop {
         let result = session(&vpg, &peer, &connector, &stats).await;
         stats.connected.store(false, Ordering::Relaxed);
-        stats.reconnects.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(()) => delay = RECONNECT_DELAY_MIN,
+            Ok(Ended::FailedOver(checkpoint)) => {
+                let reason = format!(
+                    "VPG {} runs at the recovery site now (failed over at checkpoint {checkpoint}); \
+                     `tidemark reverse` replicates it back",
+                    vpg.name
+                );
+                if let Err(e) = vpg.refuse_writes(&reason).await {
+                    tracing::error!(vpg = %vpg.name, "{e:#}");
+                }
+                tracing::warn!(vpg = %vpg.name, "{reason}; this side stops sending");
+                return;
+            }
+            Ok(Ended::Normally) => {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                delay = RECONNECT_DELAY_MIN
+            }
             Err(e) => {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(vpg = %vpg.name, "link to {} down: {e:#}; retrying in {delay:?}", peer.address);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RECONNECT_DELAY_MAX);
@@ -72,12 +87,19 @@ async fn dial(
     tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.context("connect timed out")?
 }
 
+/// How a session ended without an error.
+enum Ended {
+    Normally,
+    /// The recovery site failed the VPG over (at this checkpoint).
+    FailedOver(u64),
+}
+
 async fn session(
     vpg: &Arc<VpgCapture>,
     peer: &PeerConfig,
     connector: &TlsConnector,
     stats: &SenderStats,
-) -> Result<()> {
+) -> Result<Ended> {
     let mut control = dial(connector, &peer.address, peer.control_port).await?;
     let hello = ControlMessage::Hello {
         protocol: PROTOCOL_VERSION,
@@ -89,6 +111,7 @@ async fn session(
     send_control(&mut control, &hello).await?;
     let (durable_seq, session_id) = match recv_control(&mut control).await? {
         ControlMessage::Welcome { durable_seq, session } => (durable_seq, session),
+        ControlMessage::FailedOver { checkpoint } => return Ok(Ended::FailedOver(checkpoint)),
         ControlMessage::Refused { reason } => {
             bail!("recovery side refused VPG {}: {reason}", vpg.name)
         }
@@ -102,9 +125,9 @@ async fn session(
     tracing::info!(vpg = %vpg.name, durable_seq, start_seq, "link up");
     let (data_rd, data_wr) = tokio::io::split(data);
     tokio::select! {
-        r = keepalive(&mut control) => r,
-        r = receive_acks(vpg, data_rd) => r,
-        r = stream(vpg, data_wr, start_seq, peer.throttle_bytes_per_sec, stats) => r,
+        r = keepalive(vpg, &mut control) => r,
+        r = receive_acks(vpg, data_rd) => r.map(|()| Ended::Normally),
+        r = stream(vpg, data_wr, start_seq, peer.throttle_bytes_per_sec, stats) => r.map(|()| Ended::Normally),
     }
 }
 
@@ -127,13 +150,51 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64) -> Result<u64> {
     Ok(seq)
 }
 
-async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> {
+/// Pings the recovery side, and carries a move's promote request. Ends
+/// when the recovery side says the VPG was failed over there.
+async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control: &mut S) -> Result<Ended> {
+    let mut requests = vpg.promote_rx.lock().await;
     loop {
-        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-        send_control(control, &ControlMessage::Ping).await?;
+        tokio::select! {
+            _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
+                send_control(control, &ControlMessage::Ping).await?;
+                match recv_control(control).await? {
+                    ControlMessage::Pong => {}
+                    ControlMessage::FailedOver { checkpoint } => return Ok(Ended::FailedOver(checkpoint)),
+                    other => bail!("unexpected control message {other:?}"),
+                }
+            }
+            Some(request) = requests.recv() => {
+                let asked = match request.step {
+                    MoveStep::Begin => ask(control, &ControlMessage::MoveBegins).await,
+                    MoveStep::Promote(checkpoint) => ask(control, &ControlMessage::Promote { checkpoint }).await,
+                };
+                // A refusal is the answer; a broken link is also the link's end.
+                match asked {
+                    Ok(answer) => {
+                        let _ = request.reply.send(answer);
+                    }
+                    Err(e) => {
+                        let _ = request.reply.send(Err(anyhow::anyhow!("the link broke: {e:#}")));
+                        return Err(e.context("move step"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends a move step and waits for its answer (the inner result: done, or
+/// refused and why), however long applying takes (the recovery side
+/// reports progress every few seconds). The outer error is the link's.
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &ControlMessage) -> Result<Result<()>> {
+    send_control(control, request).await?;
+    loop {
         match recv_control(control).await? {
-            ControlMessage::Pong => {}
-            other => bail!("unexpected control message {other:?}"),
+            ControlMessage::Promoting => {}
+            ControlMessage::Promoted { .. } => return Ok(Ok(())),
+            ControlMessage::Refused { reason } => return Ok(Err(anyhow::anyhow!("{reason}"))),
+            other => bail!("unexpected reply to {request:?}: {other:?}"),
         }
     }
 }

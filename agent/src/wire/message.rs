@@ -39,6 +39,26 @@ pub enum ControlMessage {
     /// Keepalive on the control link, both ways.
     Ping,
     Pong,
+    /// Protected → recovery on the control link: a move of the VPG begins;
+    /// answered `Promoted` (agreed) or `Refused`.
+    MoveBegins,
+    /// Protected → recovery on the control link (a move): fail over to
+    /// this checkpoint, which the journal already holds.
+    Promote {
+        checkpoint: u64,
+    },
+    /// Recovery → protected while a promote is being applied.
+    Promoting,
+    /// Recovery → protected: the move step is done (`checkpoint` is 0
+    /// for `MoveBegins`).
+    Promoted {
+        checkpoint: u64,
+    },
+    /// Recovery → protected, instead of a welcome or a pong: the VPG was
+    /// failed over at the recovery site; stop capturing it.
+    FailedOver {
+        checkpoint: u64,
+    },
     /// The other side refuses and says why; the connection then closes.
     Refused {
         reason: String,

@@ -1,0 +1,62 @@
+//! Move (planned migration) of a VPG to the recovery site, protected side:
+//! 0. tell the recovery side a move begins (it may refuse, saying why);
+//! 1. refuse every new write (EPERM; persisted, so a restart keeps it);
+//! 2. make everything written so far durable;
+//! 3. insert a final checkpoint, tagged "move";
+//! 4. wait until the recovery journal has it;
+//! 5. have the recovery side fail over to exactly that checkpoint.
+//!
+//! Every write acknowledged before step 1 is in that checkpoint; every
+//! write after it got an error. If the link is down, step 4 or 5 waits up
+//! to the given time and the move can simply be run again: writes stay
+//! refused, and a repeated promote of the same checkpoint is accepted.
+
+use super::vpg::{MoveStep, VpgCapture};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+
+pub const MOVE_TAG: &str = "move";
+const MOVING: &str = "a move to the recovery site is in progress";
+
+pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)> {
+    let _running =
+        vpg.moving.try_lock().map_err(|_| anyhow::anyhow!("a move of VPG {:?} is already running", vpg.name))?;
+    match vpg.writes_refused() {
+        Some(reason) if reason != MOVING => bail!("VPG {:?} takes no writes here already: {reason}", vpg.name),
+        Some(_) => tracing::info!(vpg = %vpg.name, "continuing an unfinished move"),
+        None => {}
+    }
+    // The recovery side must agree first (no test failover or failover of
+    // the VPG running there); until then nothing is refused.
+    tokio::time::timeout(wait, vpg.move_step(MoveStep::Begin))
+        .await
+        .map_err(|_| anyhow::anyhow!("the recovery side is not reachable (waited {wait:?}); nothing was changed"))?
+        .context("the recovery side refused the move; nothing was changed")?;
+    if vpg.writes_refused().is_none() {
+        vpg.refuse_writes(MOVING).await?;
+    }
+    vpg.flush().await.context("flushing before the final checkpoint")?;
+    let id = vpg.checkpoint(MOVE_TAG).await?;
+    tracing::info!(vpg = %vpg.name, "move: final checkpoint {id}; waiting for the recovery journal");
+    let mut acked = vpg.log.watch_acked();
+    let deadline = tokio::time::Instant::now() + wait;
+    tokio::time::timeout_at(deadline, acked.wait_for(|a| *a >= id)).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the recovery journal did not confirm the final checkpoint {id} within {wait:?} (link down?); \
+             writes stay refused; run `tidemark move` again when the link is back"
+        )
+    })??;
+    tokio::time::timeout_at(deadline, vpg.move_step(MoveStep::Promote(id)))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the recovery side did not finish the failover within {wait:?}; run the move again")
+        })?
+        .context("the recovery side could not fail over")?;
+    let message = format!(
+        "moved VPG {:?}: final checkpoint {id} is live at the recovery site; writes here are refused from now on",
+        vpg.name
+    );
+    vpg.refuse_writes(&format!("VPG {:?} was moved to the recovery site (checkpoint {id})", vpg.name)).await?;
+    tracing::info!("{message}");
+    Ok((id, message))
+}

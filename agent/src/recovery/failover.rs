@@ -1,0 +1,125 @@
+//! Failover, recovery side, on disk: commit the journal up to the chosen
+//! checkpoint into the replica, set aside every segment after it (kept in
+//! `after-failover/`, never applied), and record the failover in
+//! `failover.json`. From then on the replica images are the VPG's live
+//! volumes; the stream for the VPG is refused, and restore/export/test
+//! failover of it are refused with the reason.
+
+use crate::journal::applier::apply_to;
+use crate::journal::apply_state::ApplyState;
+use crate::journal::index::CheckpointInfo;
+use crate::journal::lease::{self, ApplyLock};
+use crate::journal::replica::replica_dir;
+use crate::journal::JournalMeta;
+use crate::segment::{list_segments, sync_dir, SegmentKind};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FAILOVER_FILE: &str = "failover.json";
+const SET_ASIDE_DIR: &str = "after-failover";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// An operator chose a checkpoint (disaster, or a drill gone live).
+    Failover,
+    /// A planned move: the protected side stopped writes and sent a final
+    /// checkpoint; nothing was lost.
+    Move,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub checkpoint: CheckpointInfo,
+    pub how: How,
+    pub time_ms: u64,
+    /// The volumes are served over NBD (else they are left as files).
+    pub serve: bool,
+    /// Journal bytes after the checkpoint that were set aside.
+    pub set_aside_bytes: u64,
+}
+
+impl FailoverRecord {
+    pub fn load(vpg_dir: &Path) -> Result<Option<FailoverRecord>> {
+        let path = vpg_dir.join(FAILOVER_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn store(&self, vpg_dir: &Path) -> Result<()> {
+        let path = vpg_dir.join(FAILOVER_FILE);
+        let tmp = vpg_dir.join(format!("{FAILOVER_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(vpg_dir)
+    }
+
+    /// Where the live volumes are.
+    pub fn volume_paths(vpg_dir: &Path, meta: &JournalMeta) -> Vec<PathBuf> {
+        meta.volumes.iter().map(|v| replica_dir(vpg_dir).join(format!("{}.img", v.name))).collect()
+    }
+
+    /// The error for anything that wants the VPG's history after this.
+    pub fn refusal(&self, vpg: &str) -> String {
+        format!(
+            "VPG {vpg:?} was {} at checkpoint {} on {}; its volumes are live now and its history is closed",
+            match self.how {
+                How::Failover => "failed over",
+                How::Move => "moved",
+            },
+            self.checkpoint.id,
+            crate::status::format_time_ms(self.time_ms)
+        )
+    }
+}
+
+pub struct Committed {
+    pub record: FailoverRecord,
+    pub bytes_applied: u64,
+}
+
+/// Commits `checkpoint` (blocking). Refused while a reader holds a lease
+/// (an export, restore or test failover) or if the checkpoint is older than
+/// the replica; nothing changes then.
+pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: How, serve: bool) -> Result<Committed> {
+    let lock = ApplyLock::exclusive(dir)?;
+    let readers = lease::live(dir, &lock)?;
+    if !readers.is_empty() {
+        let who: Vec<&str> = readers.iter().map(|l| l.holder.as_str()).collect();
+        bail!("a reader of VPG {:?} is open ({}); stop it first", meta.vpg, who.join(", "));
+    }
+    let state = ApplyState::load(dir)?;
+    if checkpoint.id < state.applied_seq {
+        bail!(
+            "checkpoint {} is older than the history window (the replica holds seq {})",
+            checkpoint.id,
+            state.applied_seq
+        );
+    }
+    let (_, bytes_applied) = apply_to(dir, meta, &state, checkpoint.id)?;
+    let aside = dir.join(SET_ASIDE_DIR);
+    let mut set_aside_bytes = 0;
+    for (_, path) in list_segments(dir, SegmentKind::Journal)? {
+        std::fs::create_dir_all(&aside)?;
+        set_aside_bytes += std::fs::metadata(&path)?.len();
+        let name = path.file_name().context("segment name")?;
+        std::fs::rename(&path, aside.join(name)).with_context(|| format!("setting aside {}", path.display()))?;
+    }
+    sync_dir(dir)?;
+    let record = FailoverRecord {
+        checkpoint: checkpoint.clone(),
+        how,
+        time_ms: crate::record::now_ms(),
+        serve,
+        set_aside_bytes,
+    };
+    record.store(dir)?;
+    Ok(Committed { record, bytes_applied })
+}
