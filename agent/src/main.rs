@@ -173,6 +173,20 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Reverse protection (old protected site, agent running, after a
+    /// failover or move): the recovery site sends the VPG back, only the
+    /// 64 KiB extents whose hashes differ, then every new write. Waits
+    /// until this site is in sync and reports the bytes received.
+    Reverse {
+        /// The old protected appliance's config.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        /// How long to wait for the delta copy.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Rehearse a failover: writable NBD exports at a checkpoint whose writes
     /// go to scratch and are discarded at `stop`; replication goes on.
     #[command(subcommand)]
@@ -279,6 +293,7 @@ fn init_logging(command: &Command) {
         | Command::Restore { config, .. }
         | Command::Failover { config, .. }
         | Command::Move { config, .. }
+        | Command::Reverse { config, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
         Command::SupportSsh(
@@ -510,6 +525,13 @@ fn run(cli: Cli) -> Result<()> {
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
             let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
             print!("{}", reply.message.unwrap_or_default());
+        }
+        Command::Reverse { config, vpg, wait } => {
+            let cfg = protected_config(&config)?;
+            let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
+            eprintln!("reverse protection: comparing extent hashes with the recovery site and receiving what differs");
+            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+            println!("{}", reply.message.unwrap_or_default());
         }
         Command::Move { config, vpg, wait } => {
             let cfg = protected_config(&config)?;

@@ -59,11 +59,7 @@ for v in disk0 disk1; do
         fail "failed-over $v differs from checkpoint golden: $cmp"
 done
 [ "$(find "$JDIR/after-failover" -name '*.tmjrn' | wc -l)" = "$segments_before" ] || fail "later history was not set aside"
-for _ in $(seq 1 30); do
-    grep -q "failed over at checkpoint" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" && break
-    sleep 0.2
-done
-grep -q "failed over at checkpoint" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" || fail "recovery status does not show the failover"
+wait_status recovery "failed over at checkpoint"
 
 log "the protected side is told to stop capturing"
 refused=0

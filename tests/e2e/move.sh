@@ -69,12 +69,7 @@ args=()
 while read -r off pat; do args+=("read -P $pat $off 4k"); done <"$WORK/expect"
 qio_check "$EXPORTS/vpg1/disk0" "${args[@]}"
 log "$(wc -l <"$WORK/expect") acknowledged offsets verified on the moved volume"
-for _ in $(seq 1 30); do
-    grep -q "failed over at checkpoint" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" && break
-    sleep 0.2
-done
-grep -q "failed over at checkpoint" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" ||
-    fail "recovery status does not show the move"
+wait_status recovery "failed over at checkpoint"
 
 out=$("$TIDEMARK" move --config "$WORK/recovery.toml" --vpg vpg1 2>&1) && fail "move from the recovery config ran"
 grep -q "runs on the protected appliance" <<<"$out" || fail "unclear error: $out"

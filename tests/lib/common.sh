@@ -152,6 +152,17 @@ start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID;
 
 status_json() { "$TIDEMARK" status --json --config "$WORK/$1.toml" 2>/dev/null; }
 
+# wait_status ROLE REGEX: `tidemark status` (rewritten every second)
+# shows REGEX within 6 s.
+wait_status() {
+    local role=$1 regex=$2
+    for _ in $(seq 1 30); do
+        grep -q "$regex" <<<"$("$TIDEMARK" status --config "$WORK/$role.toml")" && return 0
+        sleep 0.2
+    done
+    fail "$role status does not show /$regex/: $("$TIDEMARK" status --config "$WORK/$role.toml")"
+}
+
 # Waits until the recovery journal holds a complete checkpoint taken after
 # everything the protected side has appended so far.
 wait_replicated() {

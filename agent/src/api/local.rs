@@ -37,6 +37,9 @@ pub enum Request {
     /// final checkpoint, waits for the journal to have it, and has the
     /// recovery side fail over to it.
     Move { vpg: String, wait_ms: u64 },
+    /// Protected (old site, after a failover or move): receive the VPG
+    /// back; waits up to `wait_ms` for the delta copy.
+    Reverse { vpg: String, wait_ms: u64 },
     /// Recovery: commits the journal up to `checkpoint` into the replica,
     /// sets aside what came after, stops taking the stream, and serves the
     /// volumes writable over NBD (`serve`) or leaves them as files.
@@ -87,7 +90,7 @@ impl Reply {
 /// Who answers on the socket.
 #[derive(Clone)]
 pub enum Agent {
-    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>),
+    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>, Arc<crate::transfer::reverse::ReverseRunner>),
     Recovery(Arc<RecoveryOps>),
 }
 
@@ -179,7 +182,7 @@ fn failure(e: anyhow::Error) -> Reply {
 
 async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
     let role = match agent {
-        Agent::Protected(_) => "protected",
+        Agent::Protected(..) => "protected",
         Agent::Recovery(_) => "recovery",
     };
     match (request, agent) {
@@ -191,13 +194,18 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery::ops::How::Failover).await?;
             Ok(Reply { exports: done.uris.clone(), id: Some(done.checkpoint.id), ..Reply::done(done.describe()) })
         }
-        (Request::Move { vpg, wait_ms }, Agent::Protected(vpgs)) => {
+        (Request::Reverse { vpg, wait_ms }, Agent::Protected(vpgs, runner)) => {
+            let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
+            let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+            Ok(Reply { durable: true, ..Reply::done(crate::transfer::reverse::start(runner, capture, wait).await?) })
+        }
+        (Request::Move { vpg, wait_ms }, Agent::Protected(vpgs, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let (id, message) =
                 crate::capture::moving::move_vpg(capture, Duration::from_millis(wait_ms.min(WAIT_MS_MAX))).await?;
             Ok(Reply { id: Some(id), durable: true, ..Reply::done(message) })
         }
-        (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs)) => {
+        (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs, _)) => {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
@@ -219,6 +227,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::TestFailoverStart { .. } => "test-failover start",
         Request::TestFailoverStop { .. } => "test-failover stop",
         Request::Move { .. } => "move",
+        Request::Reverse { .. } => "reverse",
         Request::Failover { .. } => "failover",
     }
 }

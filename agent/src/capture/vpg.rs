@@ -37,10 +37,10 @@ pub struct VpgCapture {
     pub mode: ReplicationMode,
     pub volumes: Vec<Volume>,
     pub log: Arc<ProtectedLog>,
-    order: Mutex<()>,
-    state: std::sync::Mutex<CaptureState>,
+    pub(crate) order: Mutex<()>,
+    pub(crate) state: std::sync::Mutex<CaptureState>,
     /// Bumped when a new stream starts; a copy from an older stream stops.
-    copy_generation: AtomicU64,
+    pub(crate) copy_generation: AtomicU64,
     /// The newest checkpoint inserted, automatic or tagged (for status).
     last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
     promote_tx: mpsc::Sender<PromoteRequest>,
@@ -72,6 +72,18 @@ impl VpgCapture {
             promote_rx: Mutex::new(promote_rx),
             moving: Mutex::new(()),
         }
+    }
+
+    /// Reverse protection state, if this site receives the VPG back.
+    pub fn reverse_state(&self) -> Option<crate::log::state::ReverseState> {
+        self.state.lock().expect("state lock").reverse.clone()
+    }
+
+    /// Records reverse progress durably (before it is acknowledged).
+    pub fn set_reverse_state(&self, reverse: crate::log::state::ReverseState) -> Result<()> {
+        let mut state = self.state.lock().expect("state lock");
+        state.reverse = Some(reverse);
+        state.store(self.log.dir())
     }
 
     /// Why writes are refused, if they are.
@@ -139,7 +151,7 @@ impl VpgCapture {
     }
 
     /// Appends what the volume holds in a range: zeros as a Zero record.
-    async fn append_volume_range(&self, volume: u32, offset: u64, len: usize) -> Result<u64> {
+    pub(crate) async fn append_volume_range(&self, volume: u32, offset: u64, len: usize) -> Result<u64> {
         let mut chunk = vec![0u8; len];
         self.volumes[volume as usize].read_at(&mut chunk, offset)?;
         // Everything before the chunk's end: read-ahead folios can be larger

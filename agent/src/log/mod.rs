@@ -6,7 +6,7 @@
 //! `append` waits: a full log applies back-pressure and never drops data.
 
 mod cursor;
-mod state;
+pub mod state;
 
 pub use cursor::LogCursor;
 pub use state::CaptureState;

@@ -14,6 +14,19 @@ pub struct CaptureState {
     /// failed over to the recovery site); says why.
     #[serde(default)]
     pub writes_refused: Option<String>,
+    /// Reverse protection: this site receives the VPG back from the
+    /// recovery site, and has applied its stream up to this seq.
+    #[serde(default)]
+    pub reverse: Option<ReverseState>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ReverseState {
+    pub applied_seq: u64,
+    /// The delta copy of every volume is applied: the volumes equal the
+    /// recovery site's as of `applied_seq`.
+    #[serde(default)]
+    pub in_sync: bool,
 }
 
 impl CaptureState {

@@ -190,11 +190,25 @@ impl BlockExport for OverlayVolume {
     }
 }
 
+/// Where a failed-over VPG's writes go: straight to the image files, or,
+/// once reverse protection starts, through a capture that logs them for
+/// the old site. Shared by the VPG's volumes.
+pub type LiveCapture = Arc<RwLock<Option<Arc<crate::capture::vpg::VpgCapture>>>>;
+
 /// A recovered volume after a failover: the replica image itself, served
-/// writable; FLUSH and FUA fsync it.
+/// writable; FLUSH and FUA fsync it. Under reverse protection its writes go
+/// through the capture (and so to the old site).
 pub struct LiveVolume {
     pub file: Arc<File>,
     pub size: u64,
+    pub volume: u32,
+    pub capture: LiveCapture,
+}
+
+impl LiveVolume {
+    fn capture(&self) -> Option<Arc<crate::capture::vpg::VpgCapture>> {
+        self.capture.read().expect("live capture").clone()
+    }
 }
 
 impl BlockExport for LiveVolume {
@@ -211,22 +225,51 @@ impl BlockExport for LiveVolume {
     }
 
     fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async move { Ok(self.file.write_all_at(&data, offset).map(|()| 0)?) })
+        Box::pin(async move {
+            // The read guard is held across a direct write, so switching to
+            // the capture waits for every direct write to finish.
+            let direct = {
+                let guard = self.capture.read().expect("live capture");
+                match guard.as_ref() {
+                    Some(c) => Err(c.clone()),
+                    None => Ok(self.file.write_all_at(&data, offset).map(|()| 0)?),
+                }
+            };
+            match direct {
+                Ok(token) => Ok(token),
+                Err(capture) => capture.write(self.volume, offset, data).await,
+            }
+        })
     }
 
     fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async move { Ok(zero_file_range(&self.file, offset, length).map(|()| 0)?) })
+        Box::pin(async move {
+            let direct = {
+                let guard = self.capture.read().expect("live capture");
+                match guard.as_ref() {
+                    Some(c) => Err(c.clone()),
+                    None => Ok(zero_file_range(&self.file, offset, length).map(|()| 0)?),
+                }
+            };
+            match direct {
+                Ok(token) => Ok(token),
+                Err(capture) => capture.zero(self.volume, offset, length).await,
+            }
+        })
     }
 
-    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let file = self.file.clone();
             tokio::task::spawn_blocking(move || file.sync_data()).await??;
+            if let Some(capture) = self.capture() {
+                capture.make_durable(token).await?;
+            }
             Ok(())
         })
     }
 
     fn last_token(&self) -> u64 {
-        0
+        self.capture().map_or(0, |c| c.log.appended_seq())
     }
 }

@@ -3,10 +3,11 @@
 //! failovers. It is the one place that knows what is running for each VPG,
 //! so conflicting requests are refused here with the reason.
 
-use super::exports::{LiveVolume, OverlayVolume, PitVolume};
+use super::exports::{LiveCapture, LiveVolume, OverlayVolume, PitVolume};
 pub use super::failover::How;
 use super::failover::{commit, FailoverRecord};
 use super::view::PitView;
+use crate::capture::vpg::VpgCapture;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::{vpg_dir, JournalMeta};
@@ -21,6 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 const SCRATCH_DIR: &str = "scratch";
+/// Where a failed-over VPG logs its writes for the old site.
+const REVERSE_LOG_DIR: &str = "reverse-log";
+const REVERSE_LOG_CAPACITY: u64 = 1 << 30;
 
 /// The NBD exports one request made.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +49,17 @@ pub struct RecoveryOps {
     receiver: Arc<Receiver>,
     /// VPG → the failover or move being committed for it.
     busy: Mutex<BTreeMap<String, How>>,
+    /// Failed-over VPGs served live: where their writes go.
+    live: Mutex<BTreeMap<String, LiveCapture>>,
+    /// Reverse protection: VPG → (session, capture).
+    reverse: Mutex<BTreeMap<String, (u64, Arc<VpgCapture>)>>,
+}
+
+/// What a reverse hello gets.
+pub struct ReverseStart {
+    pub session: u64,
+    pub need_hashes: bool,
+    pub capture: Arc<VpgCapture>,
 }
 
 /// What a failover did, for the operator.
@@ -123,18 +138,25 @@ impl RecoveryOps {
             tests: Mutex::new(BTreeMap::new()),
             receiver,
             busy: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(BTreeMap::new()),
+            reverse: Mutex::new(BTreeMap::new()),
         }))
     }
 
     /// After a restart: VPGs failed over with `serve` are served again.
-    pub fn resume_failovers(&self) -> Result<()> {
+    pub async fn resume_failovers(&self) -> Result<()> {
         let slots: Vec<_> = self.receiver.vpgs.lock().expect("vpgs lock").keys().cloned().collect();
         for vpg in slots {
             let dir = vpg_dir(&self.journal_root, &vpg);
             if let Some(record) = FailoverRecord::load(&dir)? {
                 if record.serve {
-                    let uris = self.serve_live(&vpg, &dir, &JournalMeta::load(&dir)?)?;
+                    let meta = JournalMeta::load(&dir)?;
+                    let uris = self.serve_live(&vpg, &dir, &meta)?;
                     tracing::info!(%vpg, "failed-over volumes served again: {uris:?}");
+                    // Writes must keep being logged for the old site.
+                    if dir.join(REVERSE_LOG_DIR).exists() {
+                        self.reverse_capture(&vpg, &dir, &meta).await?;
+                    }
                 }
             }
         }
@@ -143,15 +165,20 @@ impl RecoveryOps {
 
     fn serve_live(&self, vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Vec<String>> {
         let files = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
+        let capture: LiveCapture = Default::default();
         let exports: Vec<(String, Arc<dyn BlockExport>)> = files
             .files
             .into_iter()
             .zip(&meta.volumes)
-            .map(|(f, v)| {
-                let export: Arc<dyn BlockExport> = Arc::new(LiveVolume { file: Arc::new(f.file), size: f.size });
+            .enumerate()
+            .map(|(i, (f, v))| {
+                let live =
+                    LiveVolume { file: Arc::new(f.file), size: f.size, volume: i as u32, capture: capture.clone() };
+                let export: Arc<dyn BlockExport> = Arc::new(live);
                 (format!("{vpg}/{}", v.name), export)
             })
             .collect();
+        self.live.lock().expect("live lock").insert(vpg.to_string(), capture);
         let uris = exports.iter().map(|(n, _)| self.uri(n)).collect::<Result<Vec<_>>>()?;
         self.exports.add(exports)?;
         Ok(uris)
@@ -264,6 +291,75 @@ impl RecoveryOps {
         };
         tracing::warn!("{}", done.describe().trim_end());
         Ok(done)
+    }
+
+    /// The capture that logs a failed-over VPG's writes for the old site,
+    /// made (and switched in) the first time.
+    async fn reverse_capture(&self, vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc<VpgCapture>> {
+        let live = self.live.lock().expect("live lock").get(vpg).cloned().ok_or_else(|| {
+            anyhow!("VPG {vpg:?} was failed over with its volumes left as files; reverse protection needs them served")
+        })?;
+        if let Some(c) = live.read().expect("live capture").clone() {
+            return Ok(c);
+        }
+        let log_dir = dir.join(REVERSE_LOG_DIR);
+        let (log, report) = crate::log::ProtectedLog::open(&log_dir, meta.vpg_id, REVERSE_LOG_CAPACITY)?;
+        let state = crate::log::CaptureState::load(&log_dir, report.fresh)?;
+        if report.fresh {
+            state.store(&log_dir)?;
+        }
+        let mut volumes = Vec::new();
+        for (v, path) in meta.volumes.iter().zip(FailoverRecord::volume_paths(dir, meta)) {
+            volumes.push(crate::capture::volume::Volume::open(&v.name, &path)?);
+        }
+        let capture = Arc::new(VpgCapture::new(vpg.to_string(), Default::default(), volumes, log, state));
+        if let Some((volume, offset, length)) = report.last_update {
+            capture.resync_last_update(volume, offset, length).await?;
+        }
+        // Waits for direct writes in progress; every later write is logged.
+        *live.write().expect("live capture") = Some(capture.clone());
+        tracing::info!(%vpg, "writes to the failed-over volumes are logged for reverse protection from now on");
+        Ok(capture)
+    }
+
+    /// A reverse hello from the old protected site: start (or resume)
+    /// sending the VPG back. Hashes are needed unless the reverse log can
+    /// continue right after what the old site applied.
+    pub async fn reverse_begin(
+        &self,
+        vpg: &str,
+        volumes: &[crate::wire::message::VolumeInfo],
+        applied_seq: u64,
+    ) -> Result<ReverseStart> {
+        crate::config::validate_name("vpg", vpg)?;
+        let dir = vpg_dir(&self.journal_root, vpg);
+        let Some(_record) = FailoverRecord::load(&dir)? else {
+            bail!("VPG {vpg:?} was not failed over or moved here; there is nothing to reverse");
+        };
+        let meta = JournalMeta::load(&dir)?;
+        if meta.volumes != volumes {
+            bail!("the old site's volumes {:?} differ from this VPG's {:?}", volumes, meta.volumes);
+        }
+        let capture = self.reverse_capture(vpg, &dir, &meta).await?;
+        let log = &capture.log;
+        let continues = applied_seq > 0 && {
+            let next = log.cursor(applied_seq + 1).read_available(1, 1)?;
+            next.first().map_or(log.appended_seq() == applied_seq, |r| r.seq == applied_seq + 1)
+        };
+        if continues {
+            log.ack(applied_seq);
+        } else {
+            // The delta copy that follows supersedes whatever the log holds.
+            log.ack(log.appended_seq());
+        }
+        let session = crate::transfer::receiver::random_u64();
+        self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, capture.clone()));
+        Ok(ReverseStart { session, need_hashes: !continues, capture })
+    }
+
+    /// The capture of a reverse session, if `session` is the current one.
+    pub fn reverse_session(&self, vpg: &str, session: u64) -> Option<Arc<VpgCapture>> {
+        self.reverse.lock().expect("reverse lock").get(vpg).filter(|(s, _)| *s == session).map(|(_, c)| c.clone())
     }
 
     fn already_moved(&self, vpg: &str, record: FailoverRecord) -> FailedOver {

@@ -52,7 +52,11 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             .push((vpg_cfg.checkpoint_interval_ms, VpgRuntime { capture, stats: Arc::new(SenderStats::default()) }));
     }
     let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
-    crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Protected(Arc::new(by_name)))?;
+    let reverse = Arc::new(crate::transfer::reverse::ReverseRunner::new(cfg.peer.clone(), tls_config.clone()));
+    crate::api::local::start(
+        &cfg.node.data_dir,
+        crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone()),
+    )?;
     let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
     let table = ExportTable::default();
     table.add(exports)?;
@@ -65,7 +69,12 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             }
         });
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
-        tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
+        // A VPG under reverse protection receives from the recovery site.
+        if rt.capture.reverse_state().is_some() {
+            reverse.ensure(&rt.capture);
+        } else {
+            tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
+        }
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
     let names: Vec<&str> = cfg.vpgs.iter().map(|v| v.name.as_str()).collect();
@@ -114,7 +123,18 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
             let connected = rt.stats.connected.load(Ordering::Relaxed);
             let copied = rt.capture.copied().len();
             let total = rt.capture.volumes.len();
+            let stopped = rt.capture.writes_refused();
+            let reverse = rt.capture.reverse_state();
             let state = match (connected, copied == total) {
+                _ if reverse.is_some() => {
+                    let r = reverse.expect("checked");
+                    format!(
+                        "reverse protection: receiving from the recovery site (applied seq {}, {})",
+                        r.applied_seq,
+                        if r.in_sync { "in sync" } else { "delta copy in progress" }
+                    )
+                }
+                _ if stopped.is_some() => format!("stopped: {}", stopped.expect("checked")),
                 (false, _) => "disconnected (writes are kept in the protected log)".to_string(),
                 (true, false) => format!("initial copy ({copied}/{total} volumes appended)"),
                 (true, true) if log.appended_seq() > log.acked_seq() => "replicating".to_string(),

@@ -39,7 +39,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         let listener = super::bind_listener(listen, "NBD").await?;
         tokio::spawn(crate::nbd::server::serve(listener, ops.exports.clone()));
     }
-    ops.resume_failovers()?;
+    ops.resume_failovers().await?;
     let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
     let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));

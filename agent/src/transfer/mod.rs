@@ -4,6 +4,7 @@
 //! batches one way and acknowledgements of durable seqs the other.
 
 pub mod receiver;
+pub mod reverse;
 pub mod sender;
 
 use crate::wire::frame::{read_frame, write_frame, FrameKind};

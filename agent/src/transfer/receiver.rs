@@ -162,6 +162,15 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 }
             }
         }
+        ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, .. } => {
+            if protocol != PROTOCOL_VERSION {
+                let reason = format!("protocol version {protocol} is not supported");
+                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                bail!("reverse hello with protocol {protocol}");
+            }
+            let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq).await;
+        }
         other => bail!("expected hello, got {other:?}"),
     };
     send_control(&mut link, &ControlMessage::Welcome { durable_seq, session }).await?;
@@ -282,6 +291,9 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         other => bail!("expected attach, got {other:?}"),
     };
     let Some(slot) = receiver.slot(&vpg).filter(|s| s.session.load(Ordering::SeqCst) == session) else {
+        if let Some(capture) = receiver.ops.get().and_then(|ops| ops.reverse_session(&vpg, session)) {
+            return super::reverse::serve_data(rd.unsplit(wr), capture).await;
+        }
         send_control(&mut wr, &ControlMessage::Refused { reason: "no such session".into() }).await?;
         bail!("attach for VPG {vpg:?} with an unknown session");
     };
@@ -322,7 +334,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     }
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
     u64::from_le_bytes(b)

@@ -72,7 +72,7 @@ pub async fn run(vpg: Arc<VpgCapture>, peer: PeerConfig, tls: Arc<rustls::Client
     }
 }
 
-async fn dial(
+pub(crate) async fn dial(
     connector: &TlsConnector,
     address: &str,
     port: u16,
@@ -199,7 +199,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &Contr
     }
 }
 
-async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Result<()> {
+pub(crate) async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Result<()> {
     loop {
         match recv_control(&mut rd).await? {
             ControlMessage::Ack { seq } => vpg.log.ack(seq),
@@ -211,7 +211,7 @@ async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Resu
     }
 }
 
-async fn stream<W: AsyncWrite + Unpin>(
+pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     vpg: &Arc<VpgCapture>,
     mut wr: W,
     start_seq: u64,

@@ -36,6 +36,30 @@ pub enum ControlMessage {
     Ack {
         seq: u64,
     },
+    /// Old protected → recovery on the control link, after a failover or
+    /// move: replicate the VPG back to me. `applied_seq` is how far a
+    /// previous reverse session got (0: never).
+    ReverseHello {
+        protocol: u32,
+        vpg: String,
+        vpg_id: u32,
+        volumes: Vec<VolumeInfo>,
+        applied_seq: u64,
+    },
+    /// Recovery → old protected: attach the data link with `session`; when
+    /// `need_hashes`, send every volume's extent hashes first.
+    ReverseWelcome {
+        session: u64,
+        need_hashes: bool,
+    },
+    /// Old protected → recovery: SHA-256 (hex) of 64 KiB extents
+    /// `first_extent..` of `volume`.
+    ExtentHashes {
+        volume: u32,
+        first_extent: u64,
+        hashes: Vec<String>,
+    },
+    HashesDone,
     /// Keepalive on the control link, both ways.
     Ping,
     Pong,

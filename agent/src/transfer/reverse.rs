@@ -1,0 +1,349 @@
+//! Reverse protection: after a failover or move, the recovery site sends
+//! the VPG back to the old protected site, which applies it to its own
+//! volumes. The old site still dials (firewall and pinning stay as they
+//! are); only the direction of the data turns:
+//!
+//! - control: `ReverseHello` (with how far a previous session got) →
+//!   `ReverseWelcome { session, need_hashes }`; when asked, the old site
+//!   sends every 64 KiB extent's hash and the recovery site appends only
+//!   the extents that differ (`capture::delta`), then keepalives;
+//! - data: `Attach { session }`, then batches recovery → old site, each
+//!   applied to the volumes, fsynced, recorded, and only then acknowledged.
+//!
+//! The old site's exports keep refusing writes: its volumes are a replica
+//! until the VPG is moved back.
+
+use super::sender::{dial, receive_acks, stream, SenderStats};
+use super::{recv_control, send_control, KEEPALIVE_INTERVAL};
+use crate::capture::delta::{self, ExtentHash};
+use crate::capture::vpg::VpgCapture;
+use crate::config::PeerConfig;
+use crate::log::state::ReverseState;
+use crate::record::{RecordBody, RECORD_HEADER_BYTES};
+use crate::recovery::ops::RecoveryOps;
+use crate::wire::batch;
+use crate::wire::frame::{read_frame_into, FrameKind};
+use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+/// Hashes per control message (about 0.5 MiB of JSON).
+const HASHES_PER_MESSAGE: usize = 8192;
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// What the old site has received so far (for `tidemark reverse`).
+#[derive(Debug, Clone, Default)]
+pub struct ReverseProgress {
+    /// Every volume's delta copy is applied here.
+    pub in_sync: bool,
+    /// Batch bytes received on the wire since the delta copy began.
+    pub wire_bytes: u64,
+    /// Data bytes written to the volumes since then.
+    pub data_bytes: u64,
+    pub applied_seq: u64,
+    pub last_error: Option<String>,
+}
+
+// ---- the old protected site ----
+
+/// Receives the VPG back from the recovery site until the agent stops,
+/// reconnecting after any failure.
+pub async fn run(
+    vpg: Arc<VpgCapture>,
+    peer: PeerConfig,
+    tls: Arc<rustls::ClientConfig>,
+    progress: watch::Sender<ReverseProgress>,
+) {
+    let connector = TlsConnector::from(tls);
+    loop {
+        if let Err(e) = session(&vpg, &peer, &connector, &progress).await {
+            tracing::warn!(vpg = %vpg.name, "reverse link to {} down: {e:#}; retrying in {RETRY_DELAY:?}", peer.address);
+            progress.send_modify(|p| p.last_error = Some(format!("{e:#}")));
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+    }
+}
+
+async fn session(
+    vpg: &Arc<VpgCapture>,
+    peer: &PeerConfig,
+    connector: &TlsConnector,
+    progress: &watch::Sender<ReverseProgress>,
+) -> Result<()> {
+    let applied_seq = vpg.reverse_state().map_or(0, |r| r.applied_seq);
+    let mut control = dial(connector, &peer.address, peer.control_port).await?;
+    let volumes: Vec<VolumeInfo> =
+        vpg.volumes.iter().map(|v| VolumeInfo { name: v.name.clone(), size: v.size }).collect();
+    let hello = ControlMessage::ReverseHello {
+        protocol: PROTOCOL_VERSION,
+        vpg: vpg.name.clone(),
+        vpg_id: vpg.log.vpg_id(),
+        volumes,
+        applied_seq,
+    };
+    send_control(&mut control, &hello).await?;
+    let (session, need_hashes) = match recv_control(&mut control).await? {
+        ControlMessage::ReverseWelcome { session, need_hashes } => (session, need_hashes),
+        ControlMessage::Refused { reason } => bail!("the recovery site refused reverse protection: {reason}"),
+        other => bail!("unexpected reply to the reverse hello: {other:?}"),
+    };
+    let was_in_sync = vpg.reverse_state().is_some_and(|r| r.in_sync);
+    progress.send_modify(|p| p.in_sync = was_in_sync && !need_hashes);
+    if need_hashes {
+        progress.send_modify(|p| *p = ReverseProgress { applied_seq, ..Default::default() });
+        for (index, volume) in vpg.volumes.iter().enumerate() {
+            let v = volume.clone();
+            let hashes = tokio::task::spawn_blocking(move || delta::hash_volume(&v)).await??;
+            for (chunk_no, chunk) in hashes.chunks(HASHES_PER_MESSAGE).enumerate() {
+                let message = ControlMessage::ExtentHashes {
+                    volume: index as u32,
+                    first_extent: (chunk_no * HASHES_PER_MESSAGE) as u64,
+                    hashes: chunk.iter().map(|h| h.iter().map(|b| format!("{b:02x}")).collect()).collect(),
+                };
+                send_control(&mut control, &message).await?;
+            }
+        }
+        send_control(&mut control, &ControlMessage::HashesDone).await?;
+    }
+    let mut data = dial(connector, &peer.address, peer.data_port).await?;
+    send_control(&mut data, &ControlMessage::Attach { vpg: vpg.name.clone(), session }).await?;
+    tracing::info!(vpg = %vpg.name, applied_seq, need_hashes, "reverse link up: receiving from the recovery site");
+    progress.send_modify(|p| p.last_error = None);
+    tokio::select! {
+        r = ping(&mut control) => r,
+        r = apply_stream(vpg, data, progress) => r,
+    }
+}
+
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        send_control(control, &ControlMessage::Ping).await?;
+        match recv_control(control).await? {
+            ControlMessage::Pong => {}
+            other => bail!("unexpected control message {other:?}"),
+        }
+    }
+}
+
+/// Applies each batch to the volumes in seq order, makes it durable,
+/// records the seq, then acknowledges it.
+async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    vpg: &Arc<VpgCapture>,
+    link: S,
+    progress: &watch::Sender<ReverseProgress>,
+) -> Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(link);
+    let id = vpg.log.vpg_id();
+    let mut payload = Vec::new();
+    let mut copied = vec![vpg.reverse_state().is_some_and(|r| r.in_sync); vpg.volumes.len()];
+    loop {
+        let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
+            .await
+            .context("reverse data link idle too long")??;
+        if kind != FrameKind::Batch {
+            bail!("expected a batch frame, got {kind:?}");
+        }
+        let decoded = batch::decode(&payload, id).context("bad batch")?;
+        let wire = payload.len() as u64;
+        let vpg2 = vpg.clone();
+        let before = copied.clone();
+        let (last, data_bytes, copied_now) = tokio::task::spawn_blocking(move || -> Result<(u64, u64, Vec<bool>)> {
+            let mut copied = before;
+            let mut data_bytes = 0;
+            for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
+                match &rec.body {
+                    RecordBody::Write { volume, offset, .. } => {
+                        let start = at + RECORD_HEADER_BYTES;
+                        let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
+                        let v = vpg2.volumes.get(*volume as usize).context("record for an unknown volume")?;
+                        if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
+                            bail!("seq {}: write past the end of {}", rec.seq, v.name);
+                        }
+                        v.write_at(&decoded.raw[start..start + len], *offset)?;
+                        data_bytes += len as u64;
+                    }
+                    RecordBody::Zero { volume, offset, length } => {
+                        let v = vpg2.volumes.get(*volume as usize).context("record for an unknown volume")?;
+                        if offset.checked_add(*length).is_none_or(|e| e > v.size) {
+                            bail!("seq {}: zero past the end of {}", rec.seq, v.name);
+                        }
+                        v.zero_range(*offset, *length)?;
+                    }
+                    RecordBody::StreamStart { .. } => copied.iter_mut().for_each(|c| *c = false),
+                    RecordBody::CopyDone { volume } => {
+                        if let Some(c) = copied.get_mut(*volume as usize) {
+                            *c = true;
+                        }
+                    }
+                    RecordBody::Checkpoint { .. } => {}
+                }
+            }
+            for v in &vpg2.volumes {
+                v.sync()?;
+            }
+            let last = decoded.records.last().map_or(0, |r| r.seq);
+            let in_sync = copied.iter().all(|c| *c);
+            vpg2.set_reverse_state(ReverseState { applied_seq: last, in_sync })?;
+            Ok((last, data_bytes, copied))
+        })
+        .await
+        .context("reverse apply task")??;
+        copied = copied_now;
+        let in_sync = copied.iter().all(|c| *c);
+        progress.send_modify(|p| {
+            p.applied_seq = last;
+            p.wire_bytes += wire;
+            p.data_bytes += data_bytes;
+            p.in_sync = in_sync;
+        });
+        send_control(&mut wr, &ControlMessage::Ack { seq: last }).await?;
+    }
+}
+
+/// Starts and tracks the reverse tasks of the old protected site.
+pub struct ReverseRunner {
+    peer: PeerConfig,
+    tls: Arc<rustls::ClientConfig>,
+    running: std::sync::Mutex<std::collections::BTreeMap<String, watch::Receiver<ReverseProgress>>>,
+}
+
+impl ReverseRunner {
+    pub fn new(peer: PeerConfig, tls: Arc<rustls::ClientConfig>) -> Self {
+        ReverseRunner { peer, tls, running: Default::default() }
+    }
+
+    /// The VPG's reverse task, started if it is not running.
+    pub fn ensure(&self, vpg: &Arc<VpgCapture>) -> watch::Receiver<ReverseProgress> {
+        let mut running = self.running.lock().expect("reverse tasks");
+        if let Some(rx) = running.get(&vpg.name) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(ReverseProgress::default());
+        tokio::spawn(run(vpg.clone(), self.peer.clone(), self.tls.clone(), tx));
+        running.insert(vpg.name.clone(), rx.clone());
+        rx
+    }
+
+    pub fn progress(&self, vpg: &str) -> Option<ReverseProgress> {
+        self.running.lock().expect("reverse tasks").get(vpg).map(|rx| rx.borrow().clone())
+    }
+}
+
+/// `tidemark reverse` on the old protected site: start receiving the VPG
+/// back and wait until the delta copy is applied.
+pub async fn start(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
+    if vpg.writes_refused().is_none() {
+        bail!("VPG {:?} is protected from this site (not failed over or moved); there is nothing to reverse", vpg.name);
+    }
+    if vpg.reverse_state().is_none() {
+        vpg.set_reverse_state(ReverseState::default())?;
+    }
+    let mut progress = runner.ensure(vpg);
+    let reached = matches!(tokio::time::timeout(wait, progress.wait_for(|p| p.in_sync)).await, Ok(Ok(_)));
+    let p = progress.borrow().clone();
+    if !reached {
+        bail!(
+            "the delta copy is not applied yet after {wait:?} ({}); reverse protection keeps trying",
+            p.last_error.unwrap_or_else(|| format!("{} received so far", crate::status::format_bytes(p.wire_bytes)))
+        );
+    }
+    let size: u64 = vpg.volumes.iter().map(|v| v.size).sum();
+    Ok(format!(
+        "reverse protection of VPG {:?} is running; this site is in sync with the recovery site. \
+         Received {} on the wire ({} of extent data) for {} of volumes ({:.2}%)",
+        vpg.name,
+        crate::status::format_bytes(p.wire_bytes),
+        crate::status::format_bytes(p.data_bytes),
+        crate::status::format_bytes(size),
+        p.wire_bytes as f64 * 100.0 / size as f64
+    ))
+}
+
+// ---- the recovery site ----
+
+/// The control link of a reverse session (after its hello).
+pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
+    mut link: S,
+    ops: &Arc<RecoveryOps>,
+    vpg: &str,
+    volumes: Vec<VolumeInfo>,
+    applied_seq: u64,
+) -> Result<()> {
+    let start = match ops.reverse_begin(vpg, &volumes, applied_seq).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
+            bail!("refused reverse protection of {vpg:?}: {reason}");
+        }
+    };
+    send_control(&mut link, &ControlMessage::ReverseWelcome { session: start.session, need_hashes: start.need_hashes })
+        .await?;
+    if start.need_hashes {
+        let mut theirs: Vec<Vec<ExtentHash>> =
+            volumes.iter().map(|v| Vec::with_capacity(delta::extent_count(v.size) as usize)).collect();
+        loop {
+            match recv_control(&mut link).await? {
+                ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
+                    let list = theirs.get_mut(volume as usize).context("hashes for an unknown volume")?;
+                    if first_extent != list.len() as u64 {
+                        bail!("extent hashes out of order for volume {volume}");
+                    }
+                    for h in hashes {
+                        list.push(parse_hash(&h)?);
+                    }
+                }
+                ControlMessage::HashesDone => break,
+                other => bail!("expected extent hashes, got {other:?}"),
+            }
+        }
+        let capture = start.capture.clone();
+        let name = vpg.to_string();
+        tokio::spawn(async move {
+            match capture.copy_differing_extents(&theirs).await {
+                Ok(r) => tracing::info!(
+                    vpg = %name,
+                    "reverse delta: {} of {} extents differ, {} bytes queued for the old site",
+                    r.extents_sent,
+                    r.extents,
+                    r.bytes_sent
+                ),
+                Err(e) => tracing::error!(vpg = %name, "reverse delta copy failed: {e:#}"),
+            }
+        });
+    }
+    tracing::info!(%vpg, "reverse protection: sending the VPG back to the old site");
+    loop {
+        match recv_control(&mut link).await? {
+            ControlMessage::Ping => send_control(&mut link, &ControlMessage::Pong).await?,
+            other => bail!("unexpected control message {other:?}"),
+        }
+    }
+}
+
+/// The data link of a reverse session: stream the reverse log.
+pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc<VpgCapture>) -> Result<()> {
+    let (rd, wr) = tokio::io::split(link);
+    let stats = SenderStats::default();
+    let start = capture.log.acked_seq() + 1;
+    tokio::select! {
+        r = receive_acks(&capture, rd) => r,
+        r = stream(&capture, wr, start, 0, &stats) => r,
+    }
+}
+
+fn parse_hash(text: &str) -> Result<ExtentHash> {
+    if text.len() != 64 {
+        bail!("an extent hash must be 64 hex digits");
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).context("extent hash is not hex")?;
+    }
+    Ok(out)
+}
