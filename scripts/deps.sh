@@ -5,7 +5,7 @@
 # everything is already there.
 set -euo pipefail
 
-packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar)
+packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar rsync)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for port in 4007 4008 10809; do
+for port in 4007 4008 10809 10810; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "demo: port $port is already in use (another demo running?)" >&2
         exit 1
@@ -81,6 +81,17 @@ for v in webapp-os webapp-data; do
 done
 e2fsck -fn "$DEMO/restored/webapp-os.img" >/dev/null 2>&1 && echo "webapp-os: e2fsck clean"
 debugfs -R "cat /www/index.html" "$DEMO/restored/webapp-os.img" 2>/dev/null | sed 's/^/restored file: /'
+
+step "10. The same checkpoint as a read-only NBD export (replica + journal, nothing copied)"
+"$T" export --config "$DEMO/recovery.toml" --vpg webapp --checkpoint "after the fio run" >"$DEMO/export.out" 2>/dev/null &
+EXPORT_PID=$!
+for _ in $(seq 1 100); do [ "$(grep -c nbd:// "$DEMO/export.out")" = 2 ] && break; sleep 0.1; done
+cat "$DEMO/export.out"
+for v in webapp-os webapp-data; do
+    qemu-img compare -f raw -F raw "$DEMO/restored/$v.img" "nbd://127.0.0.1:10810/webapp/$v/$(awk '/serving checkpoint/ {print $3}' "$DEMO/export.out")" |
+        sed "s/^/$v: export vs restore: /"
+done
+kill "$EXPORT_PID"; wait "$EXPORT_PID" 2>/dev/null || true
 
 "$T" status --config "$DEMO/protected.toml" | head -n 1
 step "Done. Files are in $DEMO (configs, logs, restored images)."

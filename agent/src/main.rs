@@ -322,6 +322,11 @@ fn ok_reply(reply: tidemark::api::local::Reply) -> Result<tidemark::api::local::
     }
 }
 
+/// Asks the running agent and returns what it says it did.
+fn agent_says(data_dir: &std::path::Path, request: &tidemark::api::local::Request) -> Result<String> {
+    Ok(ok_reply(tidemark::api::local::call(data_dir, request)?)?.message.unwrap_or_default())
+}
+
 /// Runs one role's agent, with the appliance services beside it.
 fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -523,22 +528,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Failover { config, vpg, checkpoint, files } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            print!("{}", reply.message.unwrap_or_default());
+            print!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::Reverse { config, vpg, wait } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
             eprintln!("reverse protection: comparing extent hashes with the recovery site and receiving what differs");
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            println!("{}", reply.message.unwrap_or_default());
+            println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::Move { config, vpg, wait } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64 };
             eprintln!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})");
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            println!("{}", reply.message.unwrap_or_default());
+            println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {
             let cfg = recovery_config(&config)?;
@@ -555,8 +557,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TestFailover(TestFailover::Stop { config, vpg }) => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStop { vpg };
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            println!("{}", reply.message.unwrap_or_default());
+            println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::BenchCompress { file } => {
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -18,16 +18,20 @@ bench() { # name value unit peer_name peer_value goal higher_is_better(1|0)
     ROWS+=("| $1 | $2 $3 | $4: $5 $3 | $ratio | $6 |")
 }
 
-fio_iops() { # uri rw bs iodepth -> "iops bw_MiBps"
-    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size=1G \
+fio_iops() { # uri rw bs iodepth [size] -> "iops bw_MiBps"
+    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="${5:-1G}" \
         --time_based --runtime="$RUNTIME" --randrepeat=0 --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
     # fio's nbd engine may print a line before the JSON document.
-    sed -n '/^{/,$p' "$WORK/fio.json" | jq -r '.jobs[0].write | "\(.iops) \(.bw / 1024)"'
+    local dir=write
+    [[ $2 == *read* ]] && dir=read
+    sed -n '/^{/,$p' "$WORK/fio.json" | jq -r ".jobs[0].$dir | \"\(.iops) \(.bw / 1024)\""
 }
+
+seconds() { python3 -c "import time; print(time.time())"; }
 
 rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
-log "1/4 fio through the inline export (replication running) vs qemu-nbd, same disk"
+log "1/5 fio through the inline export (replication running) vs qemu-nbd, same disk"
 mkdir -p "$WORK/src"
 fallocate -l 1G "$WORK/src/disk0.img"
 fallocate -l 1G "$WORK/peer.img"
@@ -54,7 +58,7 @@ bench peak_rss_protected "$RSS_P" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
 bench peak_rss_recovery "$RSS_R" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
 kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID"
 
-log "2/4 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
+log "2/5 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
 rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
 USE_PROXY=1 setup_pair async 1000 rpo:64M
 "$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
@@ -80,7 +84,7 @@ bench rpo_p99 "$p99" ms plain-TCP "$l99" "p99 ≤ 1000 ms"
 log "RPO samples: $n of $total flushed writes seen in the journal"
 kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
 
-log "3/4 batch compression vs the zstd -1 CLI on the same data"
+log "3/5 batch compression vs the zstd -1 CLI on the same data"
 # A mixed corpus: text (docs, man pages) and binaries, 128 MiB.
 ( set +o pipefail
   tar -cf - /usr/share/doc /usr/share/man 2>/dev/null | head -c $((96 << 20))
@@ -98,7 +102,64 @@ peer_ratio=$(python3 -c "print('%.2f' % ($size / $(stat -c %s "$WORK/corpus.zst"
 bench zstd_batch_compress "$ours" MB/s zstd-1-CLI "$peer" "—"
 bench zstd_compression_ratio "$ours_ratio" x zstd-1-CLI "$peer_ratio" "— (4 MiB batches, adaptive)"
 
-log "4/4 writing $RESULTS"
+log "4/5 recovery: restore vs qemu-img convert, PIT export reads vs qemu-nbd, failback bytes vs rsync"
+rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
+mkdir -p "$WORK/src"
+head -c 512M /dev/urandom >"$WORK/src/disk0.img"
+setup_pair async 1000 disk0:512M
+printf '[exports]\nlisten = "127.0.0.1:%s"\n' $((PORT_BASE + 6)) >>"$WORK/recovery.toml"
+start_recovery
+start_protected
+wait_replicated 300
+sync
+# Restore (from the journal: the replica is empty inside a 4 h window).
+t0=$(seconds)
+restore_to latest "$WORK/restored"
+t1=$(seconds)
+rm -rf "$WORK/restored"
+t2=$(seconds)
+qemu-img convert -f raw -O raw "$WORK/src/disk0.img" "$WORK/converted.img"
+sync -f "$WORK/converted.img"
+t3=$(seconds)
+rm -f "$WORK/converted.img"
+ours=$(python3 -c "print('%.0f' % (512 / ($t1 - $t0)))")
+peer=$(python3 -c "print('%.0f' % (512 / ($t3 - $t2)))")
+bench restore_512M "$ours" MiB/s qemu-img-convert "$peer" "≥ 0.8×"
+# Point-in-time export reads vs qemu-nbd on a plain file.
+"$TIDEMARK" export --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >"$WORK/export.out" 2>&1 &
+EXPORT_PID=$!
+PIDS+=("$EXPORT_PID")
+for _ in $(seq 1 300); do grep -q nbd:// "$WORK/export.out" && break; sleep 0.1; done
+PIT_URI=$(grep -o 'nbd://[^ ]*' "$WORK/export.out" | head -1)
+qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -r -t "$WORK/src/disk0.img" --cache=writeback --aio=threads &
+QPID=$!
+PIDS+=("$QPID")
+wait_port $((PORT_BASE + 9))
+read -r _ pbw < <(fio_iops "nbd://127.0.0.1:$((PORT_BASE + 9))/disk" read 1M 8 512M)
+read -r _ tbw < <(fio_iops "$PIT_URI" read 1M 8 512M)
+bench pit_export_seqread_1M_qd8 "$(printf %.0f "$tbw")" MiB/s qemu-nbd "$(printf %.0f "$pbw")" "≥ 0.7×"
+kill "$EXPORT_PID" "$QPID"
+# Failback: fail over, change 1 % of the 64 KiB extents on the recovered
+# side, reverse; rsync's delta transfer of the same change is the peer.
+"$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >/dev/null
+cp --sparse=never "$WORK/src/disk0.img" "$WORK/rsync-old.img"
+args=()
+for i in $(seq 0 81); do
+    head -c 64K /dev/urandom >"$WORK/change-$i"
+    args+=(-c "write -s $WORK/change-$i $((i * 100 * 65536)) 64k")
+done
+qemu-io -f raw "${args[@]}" "nbd://127.0.0.1:$((PORT_BASE + 6))/vpg1/disk0" >/dev/null
+wait_status protected "stopped:" # the protected side has heard of the failover
+out=$("$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 300s)
+pct=$(sed -n 's/.*(\([0-9.]*\)%).*/\1/p' <<<"$out")
+qemu-img convert -f raw -O raw "nbd://127.0.0.1:$((PORT_BASE + 6))/vpg1/disk0" "$WORK/rsync-new.img"
+sent=$(rsync --no-whole-file --inplace --stats "$WORK/rsync-new.img" "$WORK/rsync-old.img" | sed -n 's/^Total bytes sent: \([0-9,]*\).*/\1/p' | tr -d ,)
+rsync_pct=$(python3 -c "print('%.2f' % ($sent * 100 / (512 << 20)))")
+bench failback_bytes_for_1pct_change "$pct" "%_of_volume" rsync-delta "$rsync_pct" "≤ 2 %"
+kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
+rm -f "$WORK/rsync-old.img" "$WORK/rsync-new.img"
+
+log "5/5 writing $RESULTS"
 {
     echo "# Benchmark results"
     echo
@@ -108,6 +169,10 @@ log "4/4 writing $RESULTS"
     echo "local recovery agent runs throughout. RPO: time from a FLUSH reply to the write"
     echo "appearing in the recovery journal, through wanproxy capped at 100 Mbit/s,"
     echo "writes of 64 KiB at 50 Mbit/s; the peer is the same messages over plain TCP."
+    echo "Recovery: a 512 MiB volume of random data. Restore (journal -> image, fsynced) vs"
+    echo '`qemu-img convert` of the source image; PIT export (replica + journal) read with fio'
+    echo "vs qemu-nbd serving the plain file; failback after 1 % of the 64 KiB extents changed:"
+    echo "bytes on the wire as % of the volume, vs rsync's delta transfer of the same change."
     echo
     echo "| figure | Tidemark | peer | ratio | goal |"
     echo "|---|---|---|---|---|"

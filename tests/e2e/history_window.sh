@@ -92,8 +92,12 @@ listed_rounds() {
 mapfile -t IN_WINDOW < <(listed_rounds)
 [ "${#IN_WINDOW[@]}" -ge 5 ] || fail "only ${#IN_WINDOW[@]} rounds are inside the window"
 [ "${IN_WINDOW[0]}" -gt 1 ] || fail "round 1 is still listed although it is older than the window"
-pick=("${IN_WINDOW[0]}" "${IN_WINDOW[$(( ${#IN_WINDOW[@]} / 2 ))]}" "${IN_WINDOW[-1]}")
-log "rounds ${IN_WINDOW[0]}..${IN_WINDOW[-1]} are in the window; restoring ${pick[*]}"
+# The oldest, the newest and every 4th round between: each must be exact.
+pick=()
+for i in "${!IN_WINDOW[@]}"; do
+    if [ $((i % 4)) = 0 ] || [ "$i" = $(( ${#IN_WINDOW[@]} - 1 )) ]; then pick+=("${IN_WINDOW[$i]}"); fi
+done
+log "rounds ${IN_WINDOW[0]}..${IN_WINDOW[-1]} are in the window; restoring ${#pick[@]} of them: ${pick[*]}"
 for r in "${pick[@]}"; do restore_round "$r"; done
 
 old_id=$(awk '$1 == 1 {print $2}' "$WORK/rounds")

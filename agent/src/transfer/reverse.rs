@@ -34,6 +34,10 @@ use tokio_rustls::TlsConnector;
 /// Hashes per control message (about 0.5 MiB of JSON).
 const HASHES_PER_MESSAGE: usize = 8192;
 const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// How long `reverse` waits to hear of a failover that just happened
+/// (a few keepalive intervals).
+const FAILOVER_NEWS_POLL: Duration = Duration::from_millis(200);
+const FAILOVER_NEWS_POLLS: u32 = 50;
 
 /// What the old site has received so far (for `tidemark reverse`).
 #[derive(Debug, Clone, Default)]
@@ -237,6 +241,14 @@ impl ReverseRunner {
 /// `tidemark reverse` on the old protected site: start receiving the VPG
 /// back and wait until the delta copy is applied.
 pub async fn start(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
+    // Right after a failover this site may not have heard of it yet: it
+    // does at the link's next keepalive.
+    for _ in 0..FAILOVER_NEWS_POLLS {
+        if vpg.writes_refused().is_some() {
+            break;
+        }
+        tokio::time::sleep(FAILOVER_NEWS_POLL).await;
+    }
     if vpg.writes_refused().is_none() {
         bail!("VPG {:?} is protected from this site (not failed over or moved); there is nothing to reverse", vpg.name);
     }
