@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build demo test unit e2e bench fuzz lint clean
+.PHONY: all deps build image demo test unit e2e bench fuzz lint clean
 
 all: build
 
@@ -12,6 +12,10 @@ deps:
 
 build: deps
 	@scripts/build-static.sh
+
+# The appliance from Debian 12 packages + build/tidemark (build/image/).
+image: build
+	@image/build.sh
 
 demo: build
 	@tests/demo.sh
@@ -23,7 +27,7 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-e2e: build
+e2e: build image
 	@tests/run-e2e.sh
 
 test: build lint unit e2e

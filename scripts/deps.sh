@@ -5,17 +5,22 @@
 # everything is already there.
 set -euo pipefail
 
-packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar rsync)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar rsync
+    qemu-system-x86 xorriso squashfs-tools cpio binutils)
+# Two passes: installing one package can remove another that conflicts
+# with it (a backported qemu-utils goes when Debian's qemu-system-x86
+# comes); the second pass puts back Debian's matching version.
+for pass in 1 2; do
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]})) || break
     echo "deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    [ "$pass" = 1 ] && apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# `make image`: the appliance, built offline from Debian 12 packages and the
+# static build/tidemark, with the overlay in buildroot-overlay/rootfs-overlay.
+#
+# Output in build/image/:
+#   vmlinuz       the Debian cloud kernel
+#   initrd.img    busybox + the disk modules; mounts the root, switch_root
+#   root.squashfs the read-only root: busybox, iptables (legacy), dropbear,
+#                 tidemark, the modules in image/modules.txt, the overlay
+#   data.img      an empty ext4 data disk (LABEL=tidemark-data)
+#   SHA256SUMS
+# Booting: direct kernel boot (QEMU -kernel/-initrd, root=/dev/vda). The
+# bootable disk with a boot loader and the OVA come in a later step.
+#
+# Reproducible: packages are pinned by what apt resolves (recorded in
+# build/image/packages.lock), every timestamp is SOURCE_DATE_EPOCH, file
+# lists are sorted, squashfs and cpio are written without time or owner
+# variation. Two builds from the same inputs give the same SHA256SUMS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/build/image
+CACHE=$ROOT/build/image-cache
+TIDEMARK=$ROOT/build/tidemark
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1767225600)}
+export LC_ALL=C TZ=UTC
+
+[ -x "$TIDEMARK" ] || { echo "image: build/tidemark is missing (make build)" >&2; exit 2; }
+for tool in mksquashfs cpio dpkg-deb apt-get mke2fs; do
+    command -v "$tool" >/dev/null || { echo "image: $tool is missing (make deps)" >&2; exit 2; }
+done
+step() { echo "image: $*"; }
+
+step "fetching packages (apt-get download, cached in $CACHE)"
+mkdir -p "$CACHE" "$OUT"
+mapfile -t wanted < <(grep -v '^#' image/packages.txt | sed '/^$/d')
+# The kernel metapackage names the versioned image package.
+kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
+[ -n "$kernel_pkg" ] || { echo "image: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+wanted=("${wanted[@]/linux-image-cloud-amd64/$kernel_pkg}")
+: >"$OUT/packages.lock"
+for p in "${wanted[@]}"; do
+    v=$(apt-cache policy "$p" | sed -n 's/^ *Candidate: //p')
+    echo "$p=$v" >>"$OUT/packages.lock"
+done
+(cd "$CACHE" && chown _apt . 2>/dev/null || true; apt-get download -q $(sed 's/=/=/' "$OUT/packages.lock") >/dev/null)
+
+STAGE=$(mktemp -d /tmp/tidemark-image.XXXXXX)
+trap 'rm -rf "$STAGE"' EXIT
+X=$STAGE/extracted
+R=$STAGE/root
+I=$STAGE/initrd
+mkdir -p "$X" "$R" "$I"
+while IFS== read -r p v; do
+    deb=$(ls "$CACHE"/"${p}"_*.deb | grep -F "_$(sed 's/:/%3a/' <<<"$v")_" | head -1)
+    dpkg-deb -x "$deb" "$X"
+done <"$OUT/packages.lock"
+KVER=$(ls "$X/lib/modules")
+
+step "root file system"
+mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,lib64,lib/x86_64-linux-gnu,etc,proc,sys,dev,run,tmp,var/lib/tidemark,var/log,mnt/config}
+cp "$X/bin/busybox" "$R/bin/busybox"
+for applet in $("$X/bin/busybox" --list-full | sort); do
+    [ -e "$R/$applet" ] || ln -s /bin/busybox "$R/$applet"
+done
+cp "$TIDEMARK" "$R/usr/bin/tidemark"
+# iptables, legacy backend: one multi-call binary, IPv4 and IPv6.
+cp "$X/usr/sbin/xtables-legacy-multi" "$R/usr/sbin/"
+for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf xtables-legacy-multi "$R/usr/sbin/$n"
+done
+mkdir -p "$R/usr/lib/x86_64-linux-gnu/xtables"
+for ext in libxt_conntrack libxt_tcp libxt_udp libxt_state libxt_standard libip6t_icmp6 libipt_icmp libxt_comment; do
+    cp "$X/usr/lib/x86_64-linux-gnu/xtables/$ext.so" "$R/usr/lib/x86_64-linux-gnu/xtables/"
+done
+cp "$X/usr/sbin/dropbear" "$R/usr/sbin/"
+cp "$X/usr/bin/dropbearkey" "$R/usr/bin/"
+# The shared libraries those need, found through their NEEDED entries.
+needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/ {print $2}'; }
+queue=("$R/usr/sbin/xtables-legacy-multi" "$R/usr/sbin/dropbear" "$R/usr/bin/dropbearkey" "$R"/usr/lib/x86_64-linux-gnu/xtables/*.so)
+declare -A seen=()
+while ((${#queue[@]})); do
+    f=${queue[0]}
+    queue=("${queue[@]:1}")
+    for lib in $(needed "$f"); do
+        [ -n "${seen[$lib]:-}" ] && continue
+        seen[$lib]=1
+        src=$(find "$X/lib/x86_64-linux-gnu" "$X/usr/lib/x86_64-linux-gnu" -maxdepth 1 -name "$lib" | head -1)
+        [ -n "$src" ] || { echo "image: $lib (needed by $(basename "$f")) is not in the packages" >&2; exit 1; }
+        cp -L "$src" "$R/lib/x86_64-linux-gnu/$lib"
+        queue+=("$R/lib/x86_64-linux-gnu/$lib")
+    done
+done
+cp -L "$X/lib64/ld-linux-x86-64.so.2" "$R/lib64/"
+# Kernel modules: those listed and what they depend on.
+"$X/bin/busybox" depmod -b "$X" "$KVER"
+M=lib/modules/$KVER
+mkdir -p "$R/$M"
+resolve_modules() { # names... -> module paths (relative to $M), deps first
+    local name path
+    for name in "$@"; do
+        path=$(grep -E "(^|/)${name}\.ko:" "$X/$M/modules.dep" | cut -d: -f1)
+        [ -n "$path" ] || { grep -q "/${name}.ko$" "$X/$M/modules.builtin" && continue; echo "image: no module $name" >&2; exit 1; }
+        for dep in $(grep -E "^${path}:" "$X/$M/modules.dep" | cut -d: -f2); do echo "$dep"; done
+        echo "$path"
+    done
+}
+mapfile -t modules < <(grep -v '^#' image/modules.txt | sed '/^$/d')
+resolve_modules "${modules[@]}" >"$STAGE/modules.all"
+awk '!seen[$0]++' "$STAGE/modules.all" >"$STAGE/modules.list"
+while read -r m; do
+    mkdir -p "$R/$M/$(dirname "$m")"
+    cp "$X/$M/$m" "$R/$M/$m"
+done <"$STAGE/modules.list"
+cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$R/$M/"
+"$X/bin/busybox" depmod -b "$R" "$KVER"
+printf '%s\n' "${modules[@]}" >"$R/etc/modules"
+# The overlay, then what the build knows.
+cp -a buildroot-overlay/rootfs-overlay/. "$R/"
+ln -sf /run/tidemark/securetty "$R/etc/securetty"
+ln -sf /run/root "$R/root"
+chmod 0600 "$R/etc/shadow"
+{
+    echo "NAME=Tidemark appliance"
+    echo "VERSION=$("$TIDEMARK" --version | awk '{print $2}')"
+    echo "COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "KERNEL=$KVER"
+} >"$R/etc/tidemark-release"
+
+step "initramfs (busybox, disk modules)"
+mkdir -p "$I"/{bin,dev,proc,sys,newroot,etc,$M}
+cp "$X/bin/busybox" "$I/bin/busybox"
+cp image/initramfs-init "$I/init"
+chmod 0755 "$I/init"
+resolve_modules virtio_pci virtio_blk vmw_pvscsi sd_mod ata_piix squashfs >"$STAGE/initrd.all"
+awk '!seen[$0]++' "$STAGE/initrd.all" >"$STAGE/initrd.modules"
+while read -r m; do
+    mkdir -p "$I/$M/$(dirname "$m")"
+    cp "$X/$M/$m" "$I/$M/$m"
+done <"$STAGE/initrd.modules"
+cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$I/$M/"
+"$X/bin/busybox" depmod -b "$I" "$KVER"
+printf '%s\n' virtio_pci virtio_blk vmw_pvscsi sd_mod ata_piix squashfs >"$I/etc/modules"
+
+step "writing $OUT"
+find "$R" "$I" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+rm -f "$OUT/root.squashfs"
+mksquashfs "$R" "$OUT/root.squashfs" -comp xz -all-root -noappend -no-progress -quiet \
+    >/dev/null # mkfs and file times come from SOURCE_DATE_EPOCH
+(cd "$I" && find . | sort | cpio -o -H newc --reproducible -R 0:0 --quiet | gzip -n -9) >"$OUT/initrd.img"
+cp "$X/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+rm -f "$OUT/data.img"
+truncate -s 256M "$OUT/data.img"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L tidemark-data -U 5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172 \
+    -E hash_seed=5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172,lazy_itable_init=0,lazy_journal_init=0 "$OUT/data.img" >/dev/null
+(cd "$OUT" && sha256sum vmlinuz initrd.img root.squashfs data.img >SHA256SUMS)
+step "root $(du -h --apparent-size "$OUT/root.squashfs" | cut -f1), initrd $(du -h --apparent-size "$OUT/initrd.img" | cut -f1), kernel $(du -h --apparent-size "$OUT/vmlinuz" | cut -f1); $(find "$R" -type f | wc -l) files, $(find "$R" -type f -perm -u+x | wc -l) executables"
+cat "$OUT/SHA256SUMS"

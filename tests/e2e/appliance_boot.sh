@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The appliance image (`make image`) under QEMU with -accel tcg, the way
+# the hardware gives it: a read-only squashfs root, an empty data disk and
+# a CD-ROM carrying its configuration; its NIC is a tap in a network
+# namespace of ours, where the test stands as the peer appliance.
+# - It boots to "tidemark recovery ready" (boot-to-ready is measured),
+#   made its key on the data disk, and hardened itself first: firewall,
+#   all 39 kernel settings read back in a real guest kernel (the kernel-wide
+#   ones the namespace tests cannot touch), securetty. From the peer
+#   address the replication port answers; a closed port does not.
+# - Fail closed: with a rule file naming a port outside the port table the
+#   same image reports the failed hardening, never starts the agent, and
+#   nothing on its network answers.
+source "$(dirname "$0")/../lib/common.sh"
+
+IMAGE=$ROOT/build/image
+[ -f "$IMAGE/SHA256SUMS" ] || fail "no image: run make image"
+(cd "$IMAGE" && sha256sum -c --quiet SHA256SUMS) || fail "image files do not match SHA256SUMS"
+NS=tmboot$$
+ip netns add "$NS"
+CLEANUP_HOOKS+=("ip netns del $NS")
+ip netns exec "$NS" ip link set lo up
+ip netns exec "$NS" ip tuntap add tap0 mode tap
+ip netns exec "$NS" ip addr add 10.0.2.2/24 dev tap0
+ip netns exec "$NS" ip link set tap0 up
+
+# boot NAME RULES_LINE: a guest with its own data disk and config CD.
+boot() {
+    local name=$1 rules=$2 dir=$WORK/$1
+    mkdir -p "$dir/cfg"
+    cat >"$dir/cfg/tidemark.toml" <<TOML
+role = "recovery"
+[node]
+name = "appliance-$name"
+data_dir = "/var/lib/tidemark"
+cert = "/var/lib/tidemark/keys/cert.pem"
+key = "/var/lib/tidemark/keys/key.pem"
+[listen]
+address = "0.0.0.0"
+peer_fingerprints = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+[appliance]
+management_networks = ["10.0.9.0/24"]
+peer_networks = ["10.0.2.2"]
+securetty = "/run/tidemark/securetty"
+$rules
+TOML
+    printf 'interface=eth0\naddress=10.0.2.15/24\n' >"$dir/cfg/network"
+    xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
+    cp --sparse=always "$IMAGE/data.img" "$dir/data.img"
+    BOOT_START=$(date +%s.%N)
+    ip netns exec "$NS" qemu-system-x86_64 -accel tcg -m 512 -nodefaults -display none -no-reboot \
+        -serial "file:$dir/serial.log" \
+        -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "console=ttyS0 root=/dev/vda panic=-1 quiet" \
+        -drive "file=$IMAGE/root.squashfs,format=raw,if=virtio,readonly=on" \
+        -drive "file=$dir/data.img,format=raw,if=virtio" \
+        -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
+        -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=n0 \
+        >"$dir/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    disown "$QEMU_PID"
+    PIDS+=("$QEMU_PID")
+}
+wait_serial() { # dir regex seconds
+    for _ in $(seq 1 $(($3 * 5))); do
+        grep -q "$2" "$1/serial.log" 2>/dev/null && return 0
+        kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited: $(cat "$1/qemu.log")"
+        sleep 0.2
+    done
+    return 1
+}
+stop_guest() { kill9 "$QEMU_PID"; }
+port_answers() { ip netns exec "$NS" timeout 3 bash -c "exec 3<>/dev/tcp/10.0.2.15/$1" 2>/dev/null; }
+
+log "boot with a good configuration"
+boot good ""
+wait_serial "$WORK/good" "tidemark recovery ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/good/serial.log")"
+ready_s=$(python3 -c "import time; print('%.1f' % (time.time() - $BOOT_START))")
+log "boot to ready: ${ready_s} s under TCG"
+echo "$ready_s" >"$WORK/boot-seconds"
+s=$WORK/good/serial.log
+grep -q "configuration read from /dev/sr0" "$s" || fail "the configuration was not read from the CD-ROM"
+grep -q "data disk /dev/vdb mounted" "$s" || fail "the data disk was not mounted"
+grep -q "fingerprint: sha256:" "$s" || fail "no key was made"
+grep -q "39 kernel settings applied and read back" "$s" || fail "the kernel settings were not all applied in the guest"
+grep -q "allows root on tty1, ttyS0 only" "$s" || fail "securetty was not written"
+grep -q "eth0 up with 10.0.2.15/24" "$s" || fail "the network did not come up after hardening"
+port_answers 4007 || fail "the replication port does not answer the peer address"
+port_answers 4005 && fail "4005 answers a source outside the management networks"
+port_answers 22 && fail "22 answers with no support session open"
+stop_guest
+
+log "fail closed: a rule file with a port outside the port table"
+mkdir -p "$WORK/bad/cfg"
+printf "allow tcp 8080 from peers\n" >"$WORK/bad/cfg/bad.rules"
+boot bad 'firewall_rules = "/run/tidemark/bad.rules"'
+wait_serial "$WORK/bad" "HARDENING FAILED\|no configuration found\|ready" 120 || fail "the bad image said nothing: $(tail -20 "$WORK/bad/serial.log")"
+grep -q "HARDENING FAILED" "$WORK/bad/serial.log" || fail "a broken rule set did not fail the hardening: $(tail -20 "$WORK/bad/serial.log")"
+sleep 3
+grep -q "tidemark recovery ready" "$WORK/bad/serial.log" && fail "the agent started although hardening failed"
+ip netns exec "$NS" ping -c 2 -W 1 10.0.2.15 >/dev/null 2>&1 && fail "the guest answers pings although hardening failed"
+port_answers 4007 && fail "the guest answers on 4007 although hardening failed"
+stop_guest
+log "PASS"
