@@ -32,6 +32,8 @@ done
 step() { echo "image: $*"; }
 
 step "fetching packages (apt-get download, cached in $CACHE)"
+# Package lists may be missing on a fresh machine.
+apt-cache policy linux-image-cloud-amd64 | grep -q 'Candidate: [0-9]' || apt-get update -qq
 mkdir -p "$CACHE" "$OUT"
 mapfile -t wanted < <(grep -v '^#' image/packages.txt | sed '/^$/d')
 # The kernel metapackage names the versioned image package.
