@@ -119,9 +119,12 @@ cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$R/$M/"
 printf '%s\n' "${modules[@]}" >"$R/etc/modules"
 # The overlay, then what the build knows.
 cp -a buildroot-overlay/rootfs-overlay/. "$R/"
-ln -sf /run/tidemark/securetty "$R/etc/securetty"
+# What first boot writes lives in /run/tidemark; /etc points there.
+for f in securetty shadow resolv.conf; do
+    rm -f "$R/etc/$f"
+    ln -s "/run/tidemark/$f" "$R/etc/$f"
+done
 ln -sf /run/root "$R/root"
-chmod 0600 "$R/etc/shadow"
 {
     echo "NAME=Tidemark appliance"
     echo "VERSION=$("$TIDEMARK" --version | awk '{print $2}')"

@@ -5,6 +5,7 @@
 //! `record` and `segment` are the on-disk and on-wire formats they share.
 
 pub mod api;
+pub mod appliance;
 pub mod capture;
 pub mod config;
 pub mod harden;

@@ -191,6 +191,19 @@ enum Command {
     /// go to scratch and are discarded at `stop`; replication goes on.
     #[command(subcommand)]
     TestFailover(TestFailover),
+    /// First boot of the appliance: write its configuration (tidemark.toml,
+    /// network, hostname, resolv.conf, shadow) into OUT from the OVF
+    /// environment the hypervisor attached (ovf-env.xml). Writes nothing if
+    /// any property is wrong, and says which.
+    ApplianceConfig {
+        #[arg(long)]
+        ovf_env: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the data disk is mounted.
+        #[arg(long, default_value = "/var/lib/tidemark")]
+        data_dir: PathBuf,
+    },
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
     #[command(hide = true)]
@@ -558,6 +571,18 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStop { vpg };
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);
+        }
+        Command::ApplianceConfig { ovf_env, out, data_dir } => {
+            let xml = std::fs::read_to_string(&ovf_env).with_context(|| format!("reading {}", ovf_env.display()))?;
+            let properties = tidemark::appliance::ovf_env::parse(&xml)?;
+            let files = tidemark::appliance::ovf_config::render(&properties, &data_dir)?;
+            tidemark::appliance::ovf_config::write(&files, &out)?;
+            println!(
+                "configuration for {} written to {} from {} OVF properties",
+                files.hostname.trim(),
+                out.display(),
+                properties.len()
+            );
         }
         Command::BenchCompress { file } => {
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

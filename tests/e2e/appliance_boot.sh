@@ -3,7 +3,8 @@
 # the hardware gives it: a read-only squashfs root, an empty data disk and
 # a CD-ROM carrying its configuration; its NIC is a tap in a network
 # namespace of ours, where the test stands as the peer appliance.
-# - It boots to "tidemark recovery ready" (boot-to-ready is measured),
+# - Configured by an OVF environment (ovf-env.xml) on the CD-ROM, as ESXi
+#   attaches it, it boots to "tidemark recovery ready" (boot-to-ready is measured),
 #   made its key on the data disk, and hardened itself first: firewall,
 #   all 39 kernel settings read back in a real guest kernel (the kernel-wide
 #   ones the namespace tests cannot touch), securetty. From the peer
@@ -24,27 +25,9 @@ ip netns exec "$NS" ip tuntap add tap0 mode tap
 ip netns exec "$NS" ip addr add 10.0.2.2/24 dev tap0
 ip netns exec "$NS" ip link set tap0 up
 
-# boot NAME RULES_LINE: a guest with its own data disk and config CD.
+# boot NAME: a guest with its own data disk and $WORK/NAME/cfg as its CD.
 boot() {
-    local name=$1 rules=$2 dir=$WORK/$1
-    mkdir -p "$dir/cfg"
-    cat >"$dir/cfg/tidemark.toml" <<TOML
-role = "recovery"
-[node]
-name = "appliance-$name"
-data_dir = "/var/lib/tidemark"
-cert = "/var/lib/tidemark/keys/cert.pem"
-key = "/var/lib/tidemark/keys/key.pem"
-[listen]
-address = "0.0.0.0"
-peer_fingerprints = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
-[appliance]
-management_networks = ["10.0.9.0/24"]
-peer_networks = ["10.0.2.2"]
-securetty = "/run/tidemark/securetty"
-$rules
-TOML
-    printf 'interface=eth0\naddress=10.0.2.15/24\n' >"$dir/cfg/network"
+    local name=$1 dir=$WORK/$1
     xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
     cp --sparse=always "$IMAGE/data.img" "$dir/data.img"
     BOOT_START=$(date +%s.%N)
@@ -71,14 +54,31 @@ wait_serial() { # dir regex seconds
 stop_guest() { kill9 "$QEMU_PID"; }
 port_answers() { ip netns exec "$NS" timeout 3 bash -c "exec 3<>/dev/tcp/10.0.2.15/$1" 2>/dev/null; }
 
-log "boot with a good configuration"
-boot good ""
+# The OVF environment ESXi would attach (ISO transport).
+mkdir -p "$WORK/good/cfg"
+cat >"$WORK/good/cfg/ovf-env.xml" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">
+  <PlatformSection><Kind>QEMU</Kind></PlatformSection>
+  <PropertySection>
+    <Property oe:key="tidemark.role" oe:value="recovery"/>
+    <Property oe:key="tidemark.hostname" oe:value="tm-boot"/>
+    <Property oe:key="tidemark.mgmt.address" oe:value="10.0.2.15/24"/>
+    <Property oe:key="tidemark.mgmt.networks" oe:value="10.0.9.0/24"/>
+    <Property oe:key="tidemark.peer.address" oe:value="10.0.2.2"/>
+    <Property oe:key="tidemark.peer.fingerprint" oe:value="sha256:0000000000000000000000000000000000000000000000000000000000000000"/>
+  </PropertySection>
+</Environment>
+XML
+log "boot with an OVF environment on the CD-ROM"
+boot good
 wait_serial "$WORK/good" "tidemark recovery ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/good/serial.log")"
 ready_s=$(python3 -c "import time; print('%.1f' % (time.time() - $BOOT_START))")
 log "boot to ready: ${ready_s} s under TCG"
 echo "$ready_s" >"$WORK/boot-seconds"
 s=$WORK/good/serial.log
-grep -q "configuration read from /dev/sr0" "$s" || fail "the configuration was not read from the CD-ROM"
+grep -q "configuration read from the OVF environment on /dev/sr0" "$s" || fail "the OVF environment was not read from the CD-ROM"
+grep -q "tm-boot login:" "$s" || fail "the host name from the OVF properties is not set"
 grep -q "data disk /dev/vdb mounted" "$s" || fail "the data disk was not mounted"
 grep -q "fingerprint: sha256:" "$s" || fail "no key was made"
 grep -q "39 kernel settings applied and read back" "$s" || fail "the kernel settings were not all applied in the guest"
@@ -92,7 +92,24 @@ stop_guest
 log "fail closed: a rule file with a port outside the port table"
 mkdir -p "$WORK/bad/cfg"
 printf "allow tcp 8080 from peers\n" >"$WORK/bad/cfg/bad.rules"
-boot bad 'firewall_rules = "/run/tidemark/bad.rules"'
+cat >"$WORK/bad/cfg/tidemark.toml" <<TOML
+role = "recovery"
+[node]
+name = "appliance-bad"
+data_dir = "/var/lib/tidemark"
+cert = "/var/lib/tidemark/keys/cert.pem"
+key = "/var/lib/tidemark/keys/key.pem"
+[listen]
+address = "0.0.0.0"
+peer_fingerprints = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+[appliance]
+management_networks = ["10.0.9.0/24"]
+peer_networks = ["10.0.2.2"]
+securetty = "/run/tidemark/securetty"
+firewall_rules = "/run/tidemark/bad.rules"
+TOML
+printf 'eth0 10.0.2.15/24\n' >"$WORK/bad/cfg/network"
+boot bad
 wait_serial "$WORK/bad" "HARDENING FAILED\|no configuration found\|ready" 120 || fail "the bad image said nothing: $(tail -20 "$WORK/bad/serial.log")"
 grep -q "HARDENING FAILED" "$WORK/bad/serial.log" || fail "a broken rule set did not fail the hardening: $(tail -20 "$WORK/bad/serial.log")"
 sleep 3

@@ -3,9 +3,11 @@
 # overlay. $1 is the target directory.
 set -eu
 TARGET=$1
-ln -sf /run/tidemark/securetty "$TARGET/etc/securetty"
+for f in securetty shadow resolv.conf; do
+    rm -f "$TARGET/etc/$f"
+    ln -s "/run/tidemark/$f" "$TARGET/etc/$f"
+done
 ln -sfn /run/root "$TARGET/root"
-chmod 0600 "$TARGET/etc/shadow"
 mkdir -p "$TARGET/var/lib/tidemark" "$TARGET/mnt/config"
 {
     echo "NAME=Tidemark appliance"

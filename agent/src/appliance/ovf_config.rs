@@ -1,0 +1,313 @@
+//! The appliance's configuration from its OVF properties (first boot).
+//! Every `tidemark.*` property is known here; an unknown one (a typo in a
+//! deployment script) is refused, as is anything the agent's own config
+//! check refuses. Nothing is written unless all of it is valid.
+//!
+//! Interfaces: management on eth0, replication on eth1 (if its address is
+//! given), storage (NBD) on eth2 (if given).
+
+use crate::config::Config;
+use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The properties the OVF descriptor declares (`ova/tidemark.ovf`).
+pub const PROPERTIES: &[(&str, &str)] = &[
+    ("tidemark.role", "protected or recovery"),
+    ("tidemark.hostname", "host name"),
+    ("tidemark.mgmt.address", "management address with prefix, e.g. 192.0.2.10/24 (eth0)"),
+    ("tidemark.mgmt.gateway", "default gateway"),
+    ("tidemark.mgmt.networks", "networks allowed on the management ports, comma separated (default: eth0's)"),
+    ("tidemark.dns", "DNS servers, comma separated"),
+    ("tidemark.ntp", "NTP servers, comma separated"),
+    ("tidemark.repl.address", "replication address with prefix (eth1; default: the management address)"),
+    ("tidemark.storage.address", "storage network address with prefix, where the hypervisor reaches NBD (eth2)"),
+    ("tidemark.peer.address", "the peer appliance's replication address"),
+    ("tidemark.peer.fingerprint", "the peer appliance's certificate fingerprint, sha256:..."),
+    ("tidemark.vpgs", "protected side: VPGs, as name:volume=/dev/sdX,volume=/dev/sdY;name2:..."),
+    ("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),
+    ("tidemark.admin.ssh_key", "the first administrator's SSH public key (for support sessions)"),
+    ("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)"),
+];
+
+pub const NBD_PORT: u16 = 10809;
+
+/// What first boot writes under `/run/tidemark`.
+#[derive(Debug)]
+pub struct FirstBootFiles {
+    pub config: String,
+    /// One line per interface: `name address/prefix [gateway]`.
+    pub network: String,
+    pub hostname: String,
+    pub resolv_conf: String,
+    pub shadow: String,
+    pub admin_ssh_key: Option<String>,
+    pub ntp: String,
+}
+
+struct Props<'a>(&'a BTreeMap<String, String>);
+
+impl Props<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn need(&self, key: &str) -> Result<&str> {
+        self.get(key).ok_or_else(|| anyhow!("OVF property {key} is required"))
+    }
+
+    fn cidr(&self, key: &str) -> Result<Option<IpNet>> {
+        self.get(key)
+            .map(|v| v.parse::<IpNet>().map_err(|_| anyhow!("OVF property {key}: {v:?} is not an address with prefix")))
+            .transpose()
+    }
+
+    fn list<T: std::str::FromStr>(&self, key: &str) -> Result<Vec<T>> {
+        self.get(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().parse::<T>().map_err(|_| anyhow!("OVF property {key}: {s:?} is not valid")))
+                    .collect()
+            })
+            .unwrap_or(Ok(Vec::new()))
+    }
+}
+
+pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path) -> Result<FirstBootFiles> {
+    for key in properties.keys().filter(|k| k.starts_with("tidemark.")) {
+        if !PROPERTIES.iter().any(|(known, _)| known == key) {
+            bail!("OVF property {key} is not one of the appliance's properties");
+        }
+    }
+    let p = Props(properties);
+    let role = p.need("tidemark.role")?;
+    let hostname = p.get("tidemark.hostname").unwrap_or("tidemark");
+    if hostname.len() > 63 || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("OVF property tidemark.hostname: {hostname:?} is not a host name");
+    }
+    let mgmt = p.cidr("tidemark.mgmt.address")?.context("OVF property tidemark.mgmt.address is required")?;
+    let gateway: Option<IpAddr> = p
+        .get("tidemark.mgmt.gateway")
+        .map(|g| g.parse().map_err(|_| anyhow!("OVF property tidemark.mgmt.gateway: {g:?} is not an address")))
+        .transpose()?;
+    let mut mgmt_networks: Vec<IpNet> = p.list("tidemark.mgmt.networks")?;
+    if mgmt_networks.is_empty() {
+        mgmt_networks.push(mgmt.trunc());
+    }
+    let dns: Vec<IpAddr> = p.list("tidemark.dns")?;
+    let repl = p.cidr("tidemark.repl.address")?;
+    let storage = p.cidr("tidemark.storage.address")?;
+    let peer = p.need("tidemark.peer.address")?;
+    let fingerprint = p.need("tidemark.peer.fingerprint")?;
+
+    let mut network = format!("eth0 {mgmt}{}\n", gateway.map(|g| format!(" {g}")).unwrap_or_default());
+    if let Some(r) = repl {
+        network.push_str(&format!("eth1 {r}\n"));
+    }
+    if let Some(s) = storage {
+        network.push_str(&format!("eth2 {s}\n"));
+    }
+    let repl_ip = repl.unwrap_or(mgmt).addr();
+
+    let mut t = toml::Table::new();
+    t.insert("role".into(), role.into());
+    let keys = data_dir.join("keys");
+    t.insert(
+        "node".into(),
+        toml::Value::Table(toml::toml! {
+            name = hostname
+            data_dir = (data_dir.display().to_string())
+            cert = (keys.join("cert.pem").display().to_string())
+            key = (keys.join("key.pem").display().to_string())
+        }),
+    );
+    let mut appliance = toml::Table::new();
+    appliance.insert("management_networks".into(), strings(mgmt_networks.iter()));
+    let peer_networks: Vec<String> =
+        peer.parse::<IpAddr>().map(|ip| vec![IpNet::from(ip).to_string()]).unwrap_or_default();
+    appliance.insert("peer_networks".into(), strings(peer_networks.iter()));
+    if storage.is_some() {
+        appliance.insert("storage_interface".into(), "eth2".into());
+    }
+    appliance.insert("securetty".into(), "/run/tidemark/securetty".into());
+    t.insert("appliance".into(), toml::Value::Table(appliance));
+    match role {
+        "recovery" => {
+            t.insert(
+                "listen".into(),
+                toml::Value::Table(toml::toml! {
+                    address = (repl_ip.to_string())
+                    peer_fingerprints = [fingerprint]
+                }),
+            );
+            if let Some(s) = storage {
+                t.insert(
+                    "exports".into(),
+                    toml::Value::Table(
+                        toml::toml! { listen = (std::net::SocketAddr::new(s.addr(), NBD_PORT).to_string()) },
+                    ),
+                );
+            }
+        }
+        "protected" => {
+            let s =
+                storage.context("OVF property tidemark.storage.address is required on a protected appliance (NBD)")?;
+            t.insert(
+                "capture".into(),
+                toml::Value::Table(
+                    toml::toml! { listen = (std::net::SocketAddr::new(s.addr(), NBD_PORT).to_string()) },
+                ),
+            );
+            t.insert("peer".into(), toml::Value::Table(toml::toml! { address = peer fingerprint = fingerprint }));
+            t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
+        }
+        other => bail!("OVF property tidemark.role: {other:?} must be protected or recovery"),
+    }
+    if let Some(token) = p.get("tidemark.diag.token") {
+        t.insert("diag".into(), toml::Value::Table(toml::toml! { token = token }));
+    }
+    let config = toml::to_string(&t).context("rendering the configuration")?;
+    Config::parse(&config).context("the OVF properties do not make a valid configuration")?;
+
+    let shadow = match p.get("tidemark.admin.password_hash") {
+        Some(h) if h.starts_with('$') && !h.contains(':') && !h.contains('\n') => format!("root:{h}:1::::::\n"),
+        Some(_) => bail!("OVF property tidemark.admin.password_hash must be a crypt(3) hash such as $6$..."),
+        None => "root:!:1::::::\n".to_string(),
+    };
+    let admin_ssh_key = p
+        .get("tidemark.admin.ssh_key")
+        .map(|k| crate::harden::ssh_key::SupportKey::parse(k).map(|_| format!("{k}\n")))
+        .transpose()
+        .context("OVF property tidemark.admin.ssh_key")?;
+    let ntp: Vec<String> = p.list("tidemark.ntp")?;
+    Ok(FirstBootFiles {
+        config,
+        network,
+        hostname: format!("{hostname}\n"),
+        resolv_conf: dns.iter().map(|d| format!("nameserver {d}\n")).collect(),
+        shadow,
+        admin_ssh_key,
+        ntp: ntp.join("\n"),
+    })
+}
+
+fn strings<'a, T: ToString + 'a>(items: impl Iterator<Item = &'a T>) -> toml::Value {
+    toml::Value::Array(items.map(|i| toml::Value::String(i.to_string())).collect())
+}
+
+/// `name:volume=/dev/sdb,volume=/dev/sdc;name2:...` → `[[vpg]]` tables.
+fn vpgs(spec: &str) -> Result<toml::Value> {
+    let mut out = Vec::new();
+    for group in spec.split(';').map(str::trim).filter(|g| !g.is_empty()) {
+        let (name, volumes) = group.split_once(':').with_context(|| format!("tidemark.vpgs: {group:?} lacks name:"))?;
+        let mut vols = Vec::new();
+        for v in volumes.split(',').map(str::trim) {
+            let (vname, path) =
+                v.split_once('=').with_context(|| format!("tidemark.vpgs: {v:?} is not volume=/dev/..."))?;
+            vols.push(toml::Value::Table(toml::toml! { name = (vname.trim()) path = (path.trim()) }));
+        }
+        out.push(toml::Value::Table(toml::toml! { name = (name.trim()) volume = vols }));
+    }
+    Ok(toml::Value::Array(out))
+}
+
+/// Writes the files into `dir` (the secrets mode 0600).
+pub fn write(files: &FirstBootFiles, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut items: Vec<(&str, &str, u32)> = vec![
+        ("tidemark.toml", &files.config, 0o600),
+        ("network", &files.network, 0o644),
+        ("hostname", &files.hostname, 0o644),
+        ("resolv.conf", &files.resolv_conf, 0o644),
+        ("shadow", &files.shadow, 0o600),
+        ("ntp", &files.ntp, 0o644),
+    ];
+    if let Some(k) = &files.admin_ssh_key {
+        items.push(("admin.pub", k, 0o644));
+    }
+    for (name, text, mode) in items {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn props(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut p: BTreeMap<String, String> = [
+            ("tidemark.role", "recovery"),
+            ("tidemark.hostname", "tm-b"),
+            ("tidemark.mgmt.address", "192.0.2.10/24"),
+            ("tidemark.mgmt.gateway", "192.0.2.1"),
+            ("tidemark.dns", "192.0.2.53, 192.0.2.54"),
+            ("tidemark.repl.address", "198.51.100.10/24"),
+            ("tidemark.peer.address", "198.51.100.20"),
+            ("tidemark.peer.fingerprint", FP),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            p.insert(k.to_string(), v.to_string());
+        }
+        p
+    }
+
+    #[test]
+    fn recovery_appliance_from_properties() {
+        let f = render(&props(&[]), Path::new("/var/lib/tidemark")).unwrap();
+        let Config::Recovery(r) = Config::parse(&f.config).unwrap() else { panic!("not recovery") };
+        assert_eq!(r.listen.address.to_string(), "198.51.100.10");
+        assert_eq!(r.system.appliance.management_networks[0].to_string(), "192.0.2.0/24");
+        assert_eq!(r.system.appliance.peer_networks[0].to_string(), "198.51.100.20/32");
+        assert_eq!(f.network, "eth0 192.0.2.10/24 192.0.2.1\neth1 198.51.100.10/24\n");
+        assert_eq!(f.resolv_conf, "nameserver 192.0.2.53\nnameserver 192.0.2.54\n");
+        assert_eq!(f.shadow, "root:!:1::::::\n", "root stays locked without a hash");
+    }
+
+    #[test]
+    fn protected_appliance_needs_storage_and_vpgs() {
+        let base = props(&[("tidemark.role", "protected")]);
+        assert!(render(&base, Path::new("/d")).unwrap_err().to_string().contains("storage.address"));
+        let f = render(
+            &props(&[
+                ("tidemark.role", "protected"),
+                ("tidemark.storage.address", "10.9.0.5/24"),
+                ("tidemark.vpgs", "web:os=/dev/sdb,data=/dev/sdc; db:db0=/dev/sdd"),
+                ("tidemark.admin.password_hash", "$6$salt$hash"),
+            ]),
+            Path::new("/d"),
+        )
+        .unwrap();
+        let Config::Protected(c) = Config::parse(&f.config).unwrap() else { panic!("not protected") };
+        assert_eq!(c.capture.listen.to_string(), "10.9.0.5:10809");
+        assert_eq!(c.vpgs.len(), 2);
+        assert_eq!(c.vpgs[0].volumes[1].path, Path::new("/dev/sdc"));
+        assert_eq!(c.system.appliance.storage_interface.as_deref(), Some("eth2"));
+        assert_eq!(f.shadow, "root:$6$salt$hash:1::::::\n");
+    }
+
+    #[test]
+    fn bad_properties_are_named() {
+        for (key, value, says) in [
+            ("tidemark.role", "witness", "tidemark.role"),
+            ("tidemark.mgmt.address", "192.0.2.10", "tidemark.mgmt.address"),
+            ("tidemark.peer.fingerprint", "md5:00", "valid configuration"),
+            ("tidemark.hostnme", "x", "tidemark.hostnme"),
+            ("tidemark.admin.password_hash", "hunter2", "crypt(3)"),
+            ("tidemark.admin.ssh_key", "ssh-dss AAAA", "ssh_key"),
+        ] {
+            let err = render(&props(&[(key, value)]), Path::new("/d")).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{key}={value}: {err:#}");
+        }
+    }
+}
