@@ -75,6 +75,8 @@ mkdir -p "$R/usr/lib/x86_64-linux-gnu/xtables"
 for ext in libxt_conntrack libxt_tcp libxt_udp libxt_state libxt_standard libip6t_icmp6 libipt_icmp libxt_comment; do
     cp "$X/usr/lib/x86_64-linux-gnu/xtables/$ext.so" "$R/usr/lib/x86_64-linux-gnu/xtables/"
 done
+# Protocol and service names for iptables (netbase).
+cp "$X/etc/protocols" "$X/etc/services" "$R/etc/"
 cp "$X/usr/sbin/dropbear" "$R/usr/sbin/"
 cp "$X/usr/bin/dropbearkey" "$R/usr/bin/"
 # The shared libraries those need, found through their NEEDED entries.
@@ -120,7 +122,7 @@ printf '%s\n' "${modules[@]}" >"$R/etc/modules"
 # The overlay, then what the build knows.
 cp -a buildroot-overlay/rootfs-overlay/. "$R/"
 # What first boot writes lives in /run/tidemark; /etc points there.
-for f in securetty shadow resolv.conf; do
+for f in securetty shadow resolv.conf hosts; do
     rm -f "$R/etc/$f"
     ln -s "/run/tidemark/$f" "$R/etc/$f"
 done

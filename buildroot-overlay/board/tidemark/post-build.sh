@@ -3,7 +3,7 @@
 # overlay. $1 is the target directory.
 set -eu
 TARGET=$1
-for f in securetty shadow resolv.conf; do
+for f in securetty shadow resolv.conf hosts; do
     rm -f "$TARGET/etc/$f"
     ln -s "/run/tidemark/$f" "$TARGET/etc/$f"
 done
