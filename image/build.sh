@@ -7,10 +7,12 @@
 #   initrd.img    busybox + the disk modules; mounts the root, switch_root
 #   root.squashfs the read-only root: busybox, iptables (legacy), dropbear,
 #                 tidemark, the modules in image/modules.txt, the overlay
+#   disk.img      the bootable system disk: MBR + syslinux, a FAT boot
+#                 partition (kernel, initrd), the squashfs root as
+#                 partition 2 (BIOS boot: SeaBIOS in QEMU, ESXi's BIOS)
 #   data.img      an empty ext4 data disk (LABEL=tidemark-data)
 #   SHA256SUMS
-# Booting: direct kernel boot (QEMU -kernel/-initrd, root=/dev/vda). The
-# bootable disk with a boot loader and the OVA come in a later step.
+# QEMU can also boot the pieces directly (-kernel/-initrd, root=/dev/vda).
 #
 # Reproducible: packages are pinned by what apt resolves (recorded in
 # build/image/packages.lock), every timestamp is SOURCE_DATE_EPOCH, file
@@ -19,14 +21,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=$ROOT/build/image
+OUT=${IMAGE_OUT:-$ROOT/build/image}
 CACHE=$ROOT/build/image-cache
 TIDEMARK=$ROOT/build/tidemark
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1767225600)}
 export LC_ALL=C TZ=UTC
 
 [ -x "$TIDEMARK" ] || { echo "image: build/tidemark is missing (make build)" >&2; exit 2; }
-for tool in mksquashfs cpio dpkg-deb apt-get mke2fs; do
+for tool in mksquashfs cpio dpkg-deb apt-get mke2fs mkfs.vfat mcopy syslinux sfdisk; do
     command -v "$tool" >/dev/null || { echo "image: $tool is missing (make deps)" >&2; exit 2; }
 done
 step() { echo "image: $*"; }
@@ -160,6 +162,35 @@ rm -f "$OUT/data.img"
 truncate -s 256M "$OUT/data.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L tidemark-data -U 5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172 \
     -E hash_seed=5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172,lazy_itable_init=0,lazy_journal_init=0 "$OUT/data.img" >/dev/null
-(cd "$OUT" && sha256sum vmlinuz initrd.img root.squashfs data.img >SHA256SUMS)
+step "bootable disk (MBR, syslinux on a FAT boot partition, the squashfs root as partition 2)"
+BOOT_MIB=32
+cat >"$STAGE/syslinux.cfg" <<CFG
+DEFAULT tidemark
+PROMPT 0
+TIMEOUT 0
+LABEL tidemark
+  KERNEL /vmlinuz
+  INITRD /initrd.img
+  APPEND console=tty1 console=ttyS0,115200 quiet panic=-1
+CFG
+rm -f "$STAGE/boot.fat"
+mkfs.vfat -C -n TIDEMARK -i 54494445 --invariant "$STAGE/boot.fat" $((BOOT_MIB * 1024)) >/dev/null
+touch -d "@$SOURCE_DATE_EPOCH" "$STAGE/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initrd.img"
+mcopy -m -i "$STAGE/boot.fat" "$STAGE/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initrd.img" ::/
+syslinux --install "$STAGE/boot.fat"
+root_mib=$(( ($(stat -c %s "$OUT/root.squashfs") + (1 << 20) - 1) >> 20 ))
+disk_mib=$((1 + BOOT_MIB + root_mib))
+rm -f "$OUT/disk.img"
+truncate -s "${disk_mib}M" "$OUT/disk.img"
+sfdisk -q "$OUT/disk.img" <<PARTS
+label: dos
+label-id: 0x54494445
+start=1MiB, size=${BOOT_MIB}MiB, type=6, bootable
+start=$((1 + BOOT_MIB))MiB, type=83
+PARTS
+dd if=/usr/lib/syslinux/mbr/mbr.bin of="$OUT/disk.img" bs=440 count=1 conv=notrunc status=none
+dd if="$STAGE/boot.fat" of="$OUT/disk.img" bs=1M seek=1 conv=notrunc status=none
+dd if="$OUT/root.squashfs" of="$OUT/disk.img" bs=1M seek=$((1 + BOOT_MIB)) conv=notrunc status=none
+(cd "$OUT" && sha256sum vmlinuz initrd.img root.squashfs disk.img data.img >SHA256SUMS)
 step "root $(du -h --apparent-size "$OUT/root.squashfs" | cut -f1), initrd $(du -h --apparent-size "$OUT/initrd.img" | cut -f1), kernel $(du -h --apparent-size "$OUT/vmlinuz" | cut -f1); $(find "$R" -type f | wc -l) files, $(find "$R" -type f -perm -u+x | wc -l) executables"
 cat "$OUT/SHA256SUMS"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The appliance image (`make image`) under QEMU with -accel tcg, the way
-# the hardware gives it: a read-only squashfs root, an empty data disk and
+# the hardware gives it: the system disk booted by the BIOS (SeaBIOS,
+# syslinux, kernel, initramfs, read-only squashfs root), an empty data disk and
 # a CD-ROM carrying its configuration; its NIC is a tap in a network
 # namespace of ours, where the test stands as the peer appliance.
 # - Configured by an OVF environment (ovf-env.xml) on the CD-ROM, as ESXi
@@ -33,8 +34,7 @@ boot() {
     BOOT_START=$(date +%s.%N)
     ip netns exec "$NS" qemu-system-x86_64 -accel tcg -m 512 -nodefaults -display none -no-reboot \
         -serial "file:$dir/serial.log" \
-        -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" -append "console=ttyS0 root=/dev/vda panic=-1 quiet" \
-        -drive "file=$IMAGE/root.squashfs,format=raw,if=virtio,readonly=on" \
+        -drive "file=$IMAGE/disk.img,format=raw,if=virtio,readonly=on" \
         -drive "file=$dir/data.img,format=raw,if=virtio" \
         -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=n0 \
