@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build image demo test unit e2e bench fuzz lint clean
+.PHONY: all deps build image ova demo test unit e2e bench fuzz lint clean
 
 all: build
 
@@ -16,6 +16,10 @@ build: deps
 # The appliance from Debian 12 packages + build/tidemark (build/image/).
 image: build
 	@image/build.sh
+
+# The OVA for ESXi (build/ova/tidemark.ova).
+ova: image
+	@ova/package.sh
 
 demo: build
 	@tests/demo.sh

@@ -204,6 +204,10 @@ enum Command {
         #[arg(long, default_value = "/var/lib/tidemark")]
         data_dir: PathBuf,
     },
+    /// The OVF properties the appliance reads (key, tab, description), for
+    /// the OVA packager's ProductSection.
+    #[command(hide = true)]
+    OvfProperties,
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
     #[command(hide = true)]
@@ -583,6 +587,11 @@ fn run(cli: Cli) -> Result<()> {
                 out.display(),
                 properties.len()
             );
+        }
+        Command::OvfProperties => {
+            for (key, what) in tidemark::appliance::ovf_config::PROPERTIES {
+                println!("{key}\t{what}");
+            }
         }
         Command::BenchCompress { file } => {
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
