@@ -64,7 +64,11 @@ KVER=$(ls "$X/lib/modules")
 step "root file system"
 mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,lib64,lib/x86_64-linux-gnu,etc,proc,sys,dev,run,tmp,var/lib/tidemark,var/log,mnt/config}
 cp "$X/bin/busybox" "$R/bin/busybox"
+# Busybox's applets, less what an appliance must not have (`tidemark audit`
+# checks): package managers, cron, and network daemons of its own.
+NO_APPLETS=" rpm rpm2cpio dpkg dpkg-deb crontab crond httpd ftpd tftpd telnetd inetd udhcpd dnsd ntpd tcpsvd udpsvd nc ssl_client "
 for applet in $("$X/bin/busybox" --list-full | sort); do
+    [[ $NO_APPLETS == *" $(basename "$applet") "* ]] && continue
     [ -e "$R/$applet" ] || ln -s /bin/busybox "$R/$applet"
 done
 cp "$TIDEMARK" "$R/usr/bin/tidemark"

@@ -8,8 +8,10 @@
 #   attaches it, it boots to "tidemark recovery ready" (boot-to-ready is measured),
 #   made its key on the data disk, and hardened itself first: firewall,
 #   all 39 kernel settings read back in a real guest kernel (the kernel-wide
-#   ones the namespace tests cannot touch), securetty. From the peer
-#   address the replication port answers; a closed port does not.
+#   ones the namespace tests cannot touch), securetty. `nmap -p-` sees
+#   exactly 4007 and 4008 open from the peer address and exactly 4005 from
+#   the management station; the diagnostics bundle fetched over HTTPS
+#   from there holds the guest's own `tidemark audit`, every item PASS.
 # - Fail closed: with a rule file naming a port outside the port table the
 #   same image reports the failed hardening, never starts the agent, and
 #   nothing on its network answers.
@@ -24,6 +26,7 @@ CLEANUP_HOOKS+=("ip netns del $NS")
 ip netns exec "$NS" ip link set lo up
 ip netns exec "$NS" ip tuntap add tap0 mode tap
 ip netns exec "$NS" ip addr add 10.0.2.2/24 dev tap0
+ip netns exec "$NS" ip addr add 10.0.2.9/24 dev tap0 # the management station
 ip netns exec "$NS" ip link set tap0 up
 
 # boot NAME: a guest with its own data disk and $WORK/NAME/cfg as its CD.
@@ -64,7 +67,8 @@ cat >"$WORK/good/cfg/ovf-env.xml" <<XML
     <Property oe:key="tidemark.role" oe:value="recovery"/>
     <Property oe:key="tidemark.hostname" oe:value="tm-boot"/>
     <Property oe:key="tidemark.mgmt.address" oe:value="10.0.2.15/24"/>
-    <Property oe:key="tidemark.mgmt.networks" oe:value="10.0.9.0/24"/>
+    <Property oe:key="tidemark.mgmt.networks" oe:value="10.0.2.9/32"/>
+    <Property oe:key="tidemark.diag.token" oe:value="boot-test-token-0123456789abcdef"/>
     <Property oe:key="tidemark.peer.address" oe:value="10.0.2.2"/>
     <Property oe:key="tidemark.peer.fingerprint" oe:value="sha256:0000000000000000000000000000000000000000000000000000000000000000"/>
   </PropertySection>
@@ -84,9 +88,33 @@ grep -q "fingerprint: sha256:" "$s" || fail "no key was made"
 grep -q "39 kernel settings applied and read back" "$s" || fail "the kernel settings were not all applied in the guest"
 grep -q "allows root on tty1, ttyS0 only" "$s" || fail "securetty was not written"
 grep -q "eth0 up with 10.0.2.15/24" "$s" || fail "the network did not come up after hardening"
-port_answers 4007 || fail "the replication port does not answer the peer address"
-port_answers 4005 && fail "4005 answers a source outside the management networks"
-port_answers 22 && fail "22 answers with no support session open"
+# scan_from SOURCE: every TCP port of the guest, as seen from SOURCE.
+scan_from() {
+    ip netns exec "$NS" nmap -n -Pn -sS -T5 --min-rate 20000 --max-retries 1 -p- -S "$1" -e tap0 10.0.2.15 -oG - 2>/dev/null |
+        python3 -c '
+import re, sys
+ports = sorted(int(p) for p, s in re.findall(r"(\d+)/(\w+)/tcp", sys.stdin.read()) if s == "open")
+print(",".join(map(str, ports)))'
+}
+from_peer=$(scan_from 10.0.2.2)
+from_mgmt=$(scan_from 10.0.2.9)
+log "nmap -p- of the guest: open from the peer: [$from_peer], from the management station: [$from_mgmt]"
+[ "$from_peer" = "4007,4008" ] || fail "from the peer address, open ports are [$from_peer], not [4007,4008]"
+[ "$from_mgmt" = "4005" ] || fail "from the management station, open ports are [$from_mgmt], not [4005]"
+
+log "tidemark audit inside the guest, read from its diagnostics bundle"
+ip netns exec "$NS" curl -sk --max-time 60 --interface 10.0.2.9 -o "$WORK/bundle.tar.zst" \
+    -H "Authorization: Bearer boot-test-token-0123456789abcdef" https://10.0.2.15:4005/bundle ||
+    fail "the diagnostics bundle could not be fetched from the guest"
+mkdir -p "$WORK/bundle"
+tar --zstd -xf "$WORK/bundle.tar.zst" -C "$WORK/bundle" || fail "the bundle does not unpack"
+audit=$(find "$WORK/bundle" -name 'audit.txt' | head -1)
+[ -n "$audit" ] || fail "the bundle holds no audit: $(find "$WORK/bundle" -type f)"
+grep -c "^PASS" "$audit" >"$WORK/audit-pass" || true
+if grep -q "^FAIL" "$audit"; then
+    fail "tidemark audit in the guest: $(grep "^FAIL" "$audit")"
+fi
+log "audit in the guest: $(cat "$WORK/audit-pass") items PASS, none FAIL"
 stop_guest
 
 log "fail closed: a rule file with a port outside the port table"
