@@ -34,6 +34,19 @@ pub enum RecordBody {
     StreamStart { time_ms: u64 },
 }
 
+impl RecordBody {
+    /// The range of a volume a Write or Zero changes: (volume, offset,
+    /// length); None for markers. A Write's length is its data's, so not
+    /// for records decoded with `decode_metadata`.
+    pub fn extent(&self) -> Option<(u32, u64, u64)> {
+        match self {
+            RecordBody::Write { volume, offset, data } => Some((*volume, *offset, data.len() as u64)),
+            RecordBody::Zero { volume, offset, length } => Some((*volume, *offset, *length)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,

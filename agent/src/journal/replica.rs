@@ -84,11 +84,7 @@ impl VolumeFiles {
     /// Writes one journal record's data (checkpoints and stream markers
     /// change nothing).
     pub fn apply(&self, body: &RecordBody) -> Result<()> {
-        let (volume, offset, length) = match body {
-            RecordBody::Write { volume, offset, data } => (*volume, *offset, data.len() as u64),
-            RecordBody::Zero { volume, offset, length } => (*volume, *offset, *length),
-            _ => return Ok(()),
-        };
+        let Some((volume, offset, length)) = body.extent() else { return Ok(()) };
         let Some(target) = self.files.get(volume as usize) else { bail!("record for unknown volume {volume}") };
         if offset.checked_add(length).is_none_or(|end| end > target.size) {
             bail!("record [{offset}, +{length}) lies outside {} ({} bytes)", target.path.display(), target.size);

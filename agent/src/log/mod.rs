@@ -375,11 +375,7 @@ fn scan_segment(path: &Path, vpg_id: u32) -> Result<SegmentScan> {
                     bail!("{}: sequence goes backwards at seq {}", path.display(), rec.seq);
                 }
                 scan.last_seq = Some(rec.seq);
-                scan.last_update = match rec.body {
-                    RecordBody::Write { volume, offset, ref data } => Some((volume, offset, data.len() as u64)),
-                    RecordBody::Zero { volume, offset, length } => Some((volume, offset, length)),
-                    _ => None,
-                };
+                scan.last_update = rec.body.extent();
                 scan.end = reader.offset();
             }
             Ok(None) => return Ok(scan),

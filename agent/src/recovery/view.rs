@@ -52,11 +52,7 @@ impl PitView {
                 return Visit::Stop;
             }
             last_seq = rec.seq;
-            let (volume, offset, length) = match &rec.body {
-                RecordBody::Write { volume, offset, data } => (*volume, *offset, data.len() as u64),
-                RecordBody::Zero { volume, offset, length } => (*volume, *offset, *length),
-                _ => return Visit::Continue,
-            };
+            let Some((volume, offset, length)) = rec.body.extent() else { return Visit::Continue };
             let fits =
                 volumes.get(volume as usize).is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
             if !fits {
