@@ -247,8 +247,10 @@ impl RecoveryOps {
         }
         let _busy = (how == How::Failover).then(|| BusyGuard(self, vpg.to_string()));
         // A checkpoint that cannot be resolved is refused before the stream
-        // is touched.
-        {
+        // is touched. The running journal's index answers for the common
+        // case; only a miss reads the journal, for the precise reason.
+        let known = slot.journal.lock().expect("journal lock").index.find(wanted).is_some_and(|c| c.consistent);
+        if !known {
             let (root, name, wanted) = (self.journal_root.clone(), vpg.to_string(), wanted.to_string());
             tokio::task::spawn_blocking(move || super::JournalView::open(&root, &name)?.resolve(&wanted))
                 .await

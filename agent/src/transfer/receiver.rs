@@ -90,6 +90,11 @@ impl Receiver {
 }
 
 impl VpgSlot {
+    /// The checkpoint the VPG was failed over at, once that is committed.
+    pub fn failed_over_at(&self) -> Option<u64> {
+        Some(self.failed_over.load(Ordering::SeqCst)).filter(|c| *c != 0 && *c != FAILOVER_PENDING)
+    }
+
     fn new(journal: Journal, session: u64, policy: HistoryPolicy) -> Self {
         VpgSlot {
             journal: Mutex::new(journal),
@@ -144,11 +149,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
 async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
     let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
-            if let Some(checkpoint) = receiver
-                .slot(&vpg)
-                .map(|s| s.failed_over.load(Ordering::SeqCst))
-                .filter(|c| *c != 0 && *c != FAILOVER_PENDING)
-            {
+            if let Some(checkpoint) = receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
                 send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
                 bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
             }
@@ -184,12 +185,11 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
             },
             ControlMessage::Ping => {
-                let failed = receiver.slot(&vpg).map_or(0, |s| s.failed_over.load(Ordering::SeqCst));
-                if failed != 0 && failed != FAILOVER_PENDING {
-                    send_control(&mut link, &ControlMessage::FailedOver { checkpoint: failed }).await?;
-                } else {
-                    send_control(&mut link, &ControlMessage::Pong).await?;
-                }
+                let reply = match receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
+                    Some(checkpoint) => ControlMessage::FailedOver { checkpoint },
+                    None => ControlMessage::Pong,
+                };
+                send_control(&mut link, &reply).await?;
             }
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
