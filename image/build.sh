@@ -115,16 +115,24 @@ resolve_modules() { # names... -> module paths (relative to $M), deps first
         echo "$path"
     done
 }
+# install_modules ROOT NAMES...: the modules and what they depend on into
+# ROOT, with modules.dep for busybox modprobe, and NAMES in ROOT/etc/modules
+# (loaded at start).
+install_modules() {
+    local root=$1 m
+    shift
+    resolve_modules "$@" >"$STAGE/modules.all"
+    mkdir -p "$root/$M" "$root/etc"
+    awk '!seen[$0]++' "$STAGE/modules.all" | while read -r m; do
+        mkdir -p "$root/$M/$(dirname "$m")"
+        cp "$X/$M/$m" "$root/$M/$m"
+    done
+    cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$root/$M/"
+    "$X/bin/busybox" depmod -b "$root" "$KVER"
+    printf '%s\n' "$@" >"$root/etc/modules"
+}
 mapfile -t modules < <(grep -v '^#' image/modules.txt | sed '/^$/d')
-resolve_modules "${modules[@]}" >"$STAGE/modules.all"
-awk '!seen[$0]++' "$STAGE/modules.all" >"$STAGE/modules.list"
-while read -r m; do
-    mkdir -p "$R/$M/$(dirname "$m")"
-    cp "$X/$M/$m" "$R/$M/$m"
-done <"$STAGE/modules.list"
-cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$R/$M/"
-"$X/bin/busybox" depmod -b "$R" "$KVER"
-printf '%s\n' "${modules[@]}" >"$R/etc/modules"
+install_modules "$R" "${modules[@]}"
 # The overlay, then what the build knows.
 cp -a buildroot-overlay/rootfs-overlay/. "$R/"
 # What first boot writes lives in /run/tidemark; /etc points there.
@@ -145,15 +153,7 @@ mkdir -p "$I"/{bin,dev,proc,sys,newroot,etc,$M}
 cp "$X/bin/busybox" "$I/bin/busybox"
 cp image/initramfs-init "$I/init"
 chmod 0755 "$I/init"
-resolve_modules virtio_pci virtio_blk vmw_pvscsi sd_mod ata_piix squashfs >"$STAGE/initrd.all"
-awk '!seen[$0]++' "$STAGE/initrd.all" >"$STAGE/initrd.modules"
-while read -r m; do
-    mkdir -p "$I/$M/$(dirname "$m")"
-    cp "$X/$M/$m" "$I/$M/$m"
-done <"$STAGE/initrd.modules"
-cp "$X/$M/modules.builtin" "$X/$M/modules.order" "$I/$M/"
-"$X/bin/busybox" depmod -b "$I" "$KVER"
-printf '%s\n' virtio_pci virtio_blk vmw_pvscsi sd_mod ata_piix squashfs >"$I/etc/modules"
+install_modules "$I" virtio_pci virtio_blk vmw_pvscsi sd_mod ata_piix squashfs
 
 step "writing $OUT"
 find "$R" "$I" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
