@@ -579,7 +579,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApplianceConfig { ovf_env, out, data_dir } => {
             let xml = std::fs::read_to_string(&ovf_env).with_context(|| format!("reading {}", ovf_env.display()))?;
             let properties = tidemark::appliance::ovf_env::parse(&xml)?;
-            let files = tidemark::appliance::ovf_config::render(&properties, &data_dir)?;
+            let fs =
+                rustix::fs::statvfs(&data_dir).with_context(|| format!("the data disk at {}", data_dir.display()))?;
+            let files = tidemark::appliance::ovf_config::render(&properties, &data_dir, fs.f_blocks * fs.f_frsize)?;
             tidemark::appliance::ovf_config::write(&files, &out)?;
             println!(
                 "configuration for {} written to {} from {} OVF properties",

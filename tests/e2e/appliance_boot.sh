@@ -16,10 +16,9 @@
 #   same image reports the failed hardening, never starts the agent, and
 #   nothing on its network answers.
 source "$(dirname "$0")/../lib/common.sh"
+source "$ROOT/tests/lib/appliance.sh"
 
-IMAGE=$ROOT/build/image
-[ -f "$IMAGE/SHA256SUMS" ] || fail "no image: run make image"
-(cd "$IMAGE" && sha256sum -c --quiet SHA256SUMS) || fail "image files do not match SHA256SUMS"
+appliance_image_check
 NS=tmboot$$
 ip netns add "$NS"
 CLEANUP_HOOKS+=("ip netns del $NS")
@@ -29,55 +28,21 @@ ip netns exec "$NS" ip addr add 10.0.2.2/24 dev tap0
 ip netns exec "$NS" ip addr add 10.0.2.9/24 dev tap0 # the management station
 ip netns exec "$NS" ip link set tap0 up
 
-# boot NAME: a guest with its own data disk and $WORK/NAME/cfg as its CD.
+# boot NAME: a guest on tap0 with $WORK/NAME/cfg as its CD.
 boot() {
-    local name=$1 dir=$WORK/$1
-    xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
-    cp --sparse=always "$IMAGE/data.img" "$dir/data.img"
-    BOOT_START=$(date +%s.%N)
-    ip netns exec "$NS" qemu-system-x86_64 -accel tcg -m 512 -nodefaults -display none -no-reboot \
-        -serial "file:$dir/serial.log" \
-        -drive "file=$IMAGE/disk.img,format=raw,if=virtio,readonly=on" \
-        -drive "file=$dir/data.img,format=raw,if=virtio" \
-        -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
-        -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=n0 \
-        >"$dir/qemu.log" 2>&1 &
-    QEMU_PID=$!
-    disown "$QEMU_PID"
-    PIDS+=("$QEMU_PID")
+    guest_start "$1" "$NS" -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=n0
 }
-wait_serial() { # dir regex seconds
-    for _ in $(seq 1 $(($3 * 5))); do
-        grep -q "$2" "$1/serial.log" 2>/dev/null && return 0
-        kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited: $(cat "$1/qemu.log")"
-        sleep 0.2
-    done
-    return 1
-}
-stop_guest() { kill9 "$QEMU_PID"; }
 port_answers() { ip netns exec "$NS" timeout 3 bash -c "exec 3<>/dev/tcp/10.0.2.15/$1" 2>/dev/null; }
 
 # The OVF environment ESXi would attach (ISO transport).
-mkdir -p "$WORK/good/cfg"
-cat >"$WORK/good/cfg/ovf-env.xml" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">
-  <PlatformSection><Kind>QEMU</Kind></PlatformSection>
-  <PropertySection>
-    <Property oe:key="tidemark.role" oe:value="recovery"/>
-    <Property oe:key="tidemark.hostname" oe:value="tm-boot"/>
-    <Property oe:key="tidemark.mgmt.address" oe:value="10.0.2.15/24"/>
-    <Property oe:key="tidemark.mgmt.networks" oe:value="10.0.2.9/32"/>
-    <Property oe:key="tidemark.diag.token" oe:value="boot-test-token-0123456789abcdef"/>
-    <Property oe:key="tidemark.peer.address" oe:value="10.0.2.2"/>
-    <Property oe:key="tidemark.peer.fingerprint" oe:value="sha256:0000000000000000000000000000000000000000000000000000000000000000"/>
-  </PropertySection>
-</Environment>
-XML
+ovf_env "$WORK/good/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-boot \
+    tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
+    tidemark.diag.token=boot-test-token-0123456789abcdef tidemark.peer.address=10.0.2.2 \
+    tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
 log "boot with an OVF environment on the CD-ROM"
 boot good
-wait_serial "$WORK/good" "tidemark recovery ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/good/serial.log")"
-ready_s=$(python3 -c "import time; print('%.1f' % (time.time() - $BOOT_START))")
+guest_wait good "tidemark recovery ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/good/serial.log")"
+ready_s=$(guest_seconds_since_start)
 log "boot to ready: ${ready_s} s under TCG"
 echo "$ready_s" >"$WORK/boot-seconds"
 s=$WORK/good/serial.log
@@ -103,11 +68,7 @@ log "nmap -p- of the guest: open from the peer: [$from_peer], from the managemen
 [ "$from_mgmt" = "4005" ] || fail "from the management station, open ports are [$from_mgmt], not [4005]"
 
 log "tidemark audit inside the guest, read from its diagnostics bundle"
-ip netns exec "$NS" curl -sk --max-time 60 --interface 10.0.2.9 -o "$WORK/bundle.tar.zst" \
-    -H "Authorization: Bearer boot-test-token-0123456789abcdef" https://10.0.2.15:4005/bundle ||
-    fail "the diagnostics bundle could not be fetched from the guest"
-mkdir -p "$WORK/bundle"
-tar --zstd -xf "$WORK/bundle.tar.zst" -C "$WORK/bundle" || fail "the bundle does not unpack"
+guest_bundle "$NS" 10.0.2.9 10.0.2.15 boot-test-token-0123456789abcdef "$WORK/bundle"
 audit=$(find "$WORK/bundle" -name 'audit.txt' | head -1)
 [ -n "$audit" ] || fail "the bundle holds no audit: $(find "$WORK/bundle" -type f)"
 grep -c "^PASS" "$audit" >"$WORK/audit-pass" || true
@@ -115,7 +76,10 @@ if grep -q "^FAIL" "$audit"; then
     fail "tidemark audit in the guest: $(grep "^FAIL" "$audit")"
 fi
 log "audit in the guest: $(cat "$WORK/audit-pass") items PASS, none FAIL"
-stop_guest
+rss=$(bundle_agent_rss_kib "$WORK/bundle")
+[ -n "$rss" ] || fail "the bundle does not give the agent's VmRSS"
+log "idle recovery agent in the guest: VmRSS $((rss / 1024)) MiB ($rss KiB)"
+guest_stop
 
 log "fail closed: a rule file with a port outside the port table"
 mkdir -p "$WORK/bad/cfg"
@@ -138,11 +102,11 @@ firewall_rules = "/run/tidemark/bad.rules"
 TOML
 printf 'eth0 10.0.2.15/24\n' >"$WORK/bad/cfg/network"
 boot bad
-wait_serial "$WORK/bad" "HARDENING FAILED\|no configuration found\|ready" 120 || fail "the bad image said nothing: $(tail -20 "$WORK/bad/serial.log")"
+guest_wait bad "HARDENING FAILED\|no configuration found\|ready" 120 || fail "the bad image said nothing: $(tail -20 "$WORK/bad/serial.log")"
 grep -q "HARDENING FAILED" "$WORK/bad/serial.log" || fail "a broken rule set did not fail the hardening: $(tail -20 "$WORK/bad/serial.log")"
 sleep 3
 grep -q "tidemark recovery ready" "$WORK/bad/serial.log" && fail "the agent started although hardening failed"
 ip netns exec "$NS" ping -c 2 -W 1 10.0.2.15 >/dev/null 2>&1 && fail "the guest answers pings although hardening failed"
 port_answers 4007 && fail "the guest answers on 4007 although hardening failed"
-stop_guest
+guest_stop
 log "PASS"

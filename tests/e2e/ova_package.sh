@@ -8,6 +8,7 @@
 # VMDK itself boots in QEMU to "ready" with an OVF environment attached and
 # a vmxnet3 NIC (what ESXi gives), on an isolated user-mode network.
 source "$(dirname "$0")/../lib/common.sh"
+source "$ROOT/tests/lib/appliance.sh"
 
 OVA_OUT=$WORK/ova "$ROOT/ova/package.sh" >"$WORK/package.log" 2>&1 || fail "packaging failed: $(cat "$WORK/package.log")"
 OVA=$WORK/ova/tidemark.ova
@@ -56,35 +57,14 @@ for d in system data; do
 done
 
 log "the system VMDK boots in QEMU with an OVF environment"
-mkdir -p "$WORK/cfg"
-cat >"$WORK/cfg/ovf-env.xml" <<XML
-<?xml version="1.0" encoding="UTF-8"?>
-<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
-  <PropertySection>
-    <Property oe:key="tidemark.role" oe:value="recovery"/>
-    <Property oe:key="tidemark.hostname" oe:value="tm-ova"/>
-    <Property oe:key="tidemark.mgmt.address" oe:value="10.0.2.15/24"/>
-    <Property oe:key="tidemark.peer.address" oe:value="10.0.2.2"/>
-    <Property oe:key="tidemark.peer.fingerprint" oe:value="sha256:0000000000000000000000000000000000000000000000000000000000000000"/>
-  </PropertySection>
-</Environment>
-XML
-xorriso -as mkisofs -quiet -V OVF_ENV -o "$WORK/env.iso" "$WORK/cfg" 2>/dev/null || fail "xorriso failed"
+ovf_env "$WORK/ova-guest/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-ova \
+    tidemark.mgmt.address=10.0.2.15/24 tidemark.peer.address=10.0.2.2 \
+    tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
 qemu-img convert -O raw data.vmdk "$WORK/data.img"
-qemu-system-x86_64 -accel tcg -m 512 -nodefaults -display none -no-reboot -serial "file:$WORK/serial.log" \
-    -drive "file=$WORK/x/system.vmdk,format=vmdk,if=virtio,readonly=on" \
-    -drive "file=$WORK/data.img,format=raw,if=virtio" \
-    -drive "file=$WORK/env.iso,media=cdrom,if=ide" \
-    -netdev user,id=n0,restrict=on -device vmxnet3,netdev=n0 >"$WORK/qemu.log" 2>&1 &
-QEMU_PID=$!
-disown "$QEMU_PID"
-PIDS+=("$QEMU_PID")
-for _ in $(seq 1 600); do
-    grep -q "tidemark recovery ready" "$WORK/serial.log" 2>/dev/null && break
-    kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited: $(cat "$WORK/qemu.log")"
-    sleep 0.2
-done
-grep -q "tidemark recovery ready" "$WORK/serial.log" || fail "the VMDK did not boot to ready: $(tail -20 "$WORK/serial.log")"
-grep -q "tm-ova login:" "$WORK/serial.log" || fail "the OVF properties were not applied"
-kill9 "$QEMU_PID"
+GUEST_SYSTEM="file=$WORK/x/system.vmdk,format=vmdk" GUEST_DATA=$WORK/data.img \
+    guest_start ova-guest "" -netdev user,id=n0,restrict=on -device vmxnet3,netdev=n0
+guest_wait ova-guest "tidemark recovery ready" 120 ||
+    fail "the VMDK did not boot to ready: $(tail -20 "$WORK/ova-guest/serial.log")"
+grep -q "tm-ova login:" "$WORK/ova-guest/serial.log" || fail "the OVF properties were not applied"
+guest_stop
 log "PASS"

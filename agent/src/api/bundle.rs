@@ -111,6 +111,8 @@ impl<W: Write> Packer<W> {
 
 /// Writes the bundle as tar + zstd into `out`.
 pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
+    // Before the bundle's own buffers: the process as it was when asked.
+    let process = this_process();
     let system = cfg.system();
     let now_ms = crate::record::now_ms();
     let mut encoder = zstd::Encoder::new(out, ZSTD_LEVEL)?;
@@ -134,7 +136,7 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
             read_tail(&cfg.node().data_dir.join(crate::status::STATUS_FILE)).context("no status yet"),
         )?;
         p.add_or_note("support-ssh.txt", support_ssh::describe(&system.appliance.state_dir))?;
-        p.add("system.txt", &system_facts())?;
+        p.add("system.txt", &system_facts(&process))?;
         logs(&mut p, cfg)?;
         p.tar.finish()?;
     }
@@ -167,8 +169,24 @@ fn logs<W: Write>(p: &mut Packer<W>, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn system_facts() -> String {
-    let mut out = String::new();
+/// The process making the bundle (the agent, when served on 4005): its
+/// command line and the memory and thread lines of /proc/self/status.
+fn this_process() -> String {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let keep = ["Pid:", "VmPeak:", "VmSize:", "VmHWM:", "VmRSS:", "RssAnon:", "RssFile:", "Threads:"];
+    let mut out = format!("Command: {}\n", args.join(" "));
+    for line in status.lines().filter(|l| keep.iter().any(|k| l.starts_with(k))) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn system_facts(process: &str) -> String {
+    let mut out = format!("== this process, when the bundle was asked for\n{process}\n");
     for (title, path) in [
         ("kernel", "/proc/version"),
         ("uptime (s)", "/proc/uptime"),

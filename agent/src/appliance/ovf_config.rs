@@ -6,7 +6,7 @@
 //! Interfaces: management on eth0, replication on eth1 (if its address is
 //! given), storage (NBD) on eth2 (if given).
 
-use crate::config::Config;
+use crate::config::{Config, LOG_CAPACITY_BYTES_MIN};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -75,7 +75,9 @@ impl Props<'_> {
     }
 }
 
-pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path) -> Result<FirstBootFiles> {
+/// `data_dir` is where the data disk is mounted and `data_bytes` its
+/// file system's size: the protected log gets three quarters of it.
+pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes: u64) -> Result<FirstBootFiles> {
     for key in properties.keys().filter(|k| k.starts_with("tidemark.")) {
         if !PROPERTIES.iter().any(|(known, _)| known == key) {
             bail!("OVF property {key} is not one of the appliance's properties");
@@ -161,6 +163,8 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path) -> Result<
                 ),
             );
             t.insert("peer".into(), toml::Value::Table(toml::toml! { address = peer fingerprint = fingerprint }));
+            let log_bytes = i64::try_from(log_capacity(data_bytes)?)?;
+            t.insert("log".into(), toml::Value::Table(toml::toml! { capacity_bytes = log_bytes }));
             t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
         }
         other => bail!("OVF property tidemark.role: {other:?} must be protected or recovery"),
@@ -191,6 +195,21 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path) -> Result<
         admin_ssh_key,
         ntp: ntp.join("\n"),
     })
+}
+
+/// The protected log's share of the data disk: three quarters, in whole
+/// MiB, leaving the rest for keys, status, logs and the file system.
+fn log_capacity(data_bytes: u64) -> Result<u64> {
+    let bytes = (data_bytes / 4 * 3) & !((1 << 20) - 1);
+    if bytes < LOG_CAPACITY_BYTES_MIN {
+        bail!(
+            "the data disk ({} MiB) is too small for the protected log, which needs at least {} MiB: give the appliance a data disk of at least {} MiB",
+            data_bytes >> 20,
+            LOG_CAPACITY_BYTES_MIN >> 20,
+            (LOG_CAPACITY_BYTES_MIN / 3 * 4) >> 20
+        );
+    }
+    Ok(bytes)
 }
 
 fn strings<'a, T: ToString + 'a>(items: impl Iterator<Item = &'a T>) -> toml::Value {
@@ -240,6 +259,7 @@ pub fn write(files: &FirstBootFiles, dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    const GIB: u64 = 1 << 30;
     const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
     fn props(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -264,7 +284,7 @@ mod tests {
 
     #[test]
     fn recovery_appliance_from_properties() {
-        let f = render(&props(&[]), Path::new("/var/lib/tidemark")).unwrap();
+        let f = render(&props(&[]), Path::new("/var/lib/tidemark"), GIB).unwrap();
         let Config::Recovery(r) = Config::parse(&f.config).unwrap() else { panic!("not recovery") };
         assert_eq!(r.listen.address.to_string(), "198.51.100.10");
         assert_eq!(r.system.appliance.management_networks[0].to_string(), "192.0.2.0/24");
@@ -277,7 +297,7 @@ mod tests {
     #[test]
     fn protected_appliance_needs_storage_and_vpgs() {
         let base = props(&[("tidemark.role", "protected")]);
-        assert!(render(&base, Path::new("/d")).unwrap_err().to_string().contains("storage.address"));
+        assert!(render(&base, Path::new("/d"), GIB).unwrap_err().to_string().contains("storage.address"));
         let f = render(
             &props(&[
                 ("tidemark.role", "protected"),
@@ -286,6 +306,7 @@ mod tests {
                 ("tidemark.admin.password_hash", "$6$salt$hash"),
             ]),
             Path::new("/d"),
+            GIB,
         )
         .unwrap();
         let Config::Protected(c) = Config::parse(&f.config).unwrap() else { panic!("not protected") };
@@ -294,6 +315,21 @@ mod tests {
         assert_eq!(c.vpgs[0].volumes[1].path, Path::new("/dev/sdc"));
         assert_eq!(c.system.appliance.storage_interface.as_deref(), Some("eth2"));
         assert_eq!(f.shadow, "root:$6$salt$hash:1::::::\n");
+        assert_eq!(c.log.capacity_bytes, 768 << 20, "three quarters of the data disk");
+    }
+
+    #[test]
+    fn protected_log_fits_the_data_disk() {
+        let p = props(&[
+            ("tidemark.role", "protected"),
+            ("tidemark.storage.address", "10.9.0.5/24"),
+            ("tidemark.vpgs", "web:os=/dev/sdb"),
+        ]);
+        let f = render(&p, Path::new("/d"), 250 << 20).unwrap();
+        let Config::Protected(c) = Config::parse(&f.config).unwrap() else { panic!("not protected") };
+        assert_eq!(c.log.capacity_bytes, 187 << 20);
+        let err = render(&p, Path::new("/d"), 80 << 20).unwrap_err();
+        assert!(format!("{err:#}").contains("data disk (80 MiB) is too small"), "{err:#}");
     }
 
     #[test]
@@ -306,7 +342,7 @@ mod tests {
             ("tidemark.admin.password_hash", "hunter2", "crypt(3)"),
             ("tidemark.admin.ssh_key", "ssh-dss AAAA", "ssh_key"),
         ] {
-            let err = render(&props(&[(key, value)]), Path::new("/d")).unwrap_err();
+            let err = render(&props(&[(key, value)]), Path::new("/d"), GIB).unwrap_err();
             assert!(format!("{err:#}").contains(says), "{key}={value}: {err:#}");
         }
     }

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# A protected appliance booted from the image (QEMU, -accel tcg) replicates
+# a VM disk to a recovery agent on the host, and restores match.
+# - The guest has the appliance's three NICs, each on a tap in a network
+#   namespace of ours: management (eth0, 10.0.2.15), replication (eth1,
+#   10.0.3.15) and storage (eth2, 10.0.4.15). Its OVF environment names the
+#   role, the addresses, the peer and its fingerprint, and the VPG: the
+#   guest's third disk (/dev/vdc), which already holds 8 MiB of data.
+# - The recovery agent runs on the host, in the namespace, pinned to the
+#   fingerprint the appliance printed on its console at first boot.
+# - The initial copy arrives: its checkpoint restores to the disk as it was.
+# - The "hypervisor" (nbdcopy, in the namespace) writes 32 MiB of new data
+#   through the appliance's NBD export on the storage network and flushes;
+#   the replication link is down meanwhile, and the guest loses power
+#   (QEMU gets SIGKILL) the moment the flush returns: the data is only in
+#   the appliance's log. Rebooted on the same disks, with the link back, it
+#   keeps its key and sends what its log holds: a later checkpoint restores bit-exact to the flushed data, and
+#   the guest's disk holds it too.
+# - The diagnostics bundle from the management station: the protected
+#   agent's own audit all PASS, and its resident memory when idle.
+source "$(dirname "$0")/../lib/common.sh"
+source "$ROOT/tests/lib/appliance.sh"
+
+appliance_image_check
+NS=tmrepl$$
+ip netns add "$NS"
+CLEANUP_HOOKS+=("ip netns del $NS")
+ip netns exec "$NS" ip link set lo up
+net=2
+for tap in mgmt repl stor; do
+    ip netns exec "$NS" ip tuntap add "$tap" mode tap
+    ip netns exec "$NS" ip addr add "10.0.$net.2/24" dev "$tap"
+    ip netns exec "$NS" ip link set "$tap" up
+    net=$((net + 1))
+done
+ip netns exec "$NS" ip addr add 10.0.2.9/24 dev mgmt # the management station
+TOKEN=replicate-test-token-0123456789abcdef
+NBD=nbd://10.0.4.15:10809/disk0
+
+mkdir -p "$WORK/b" "$WORK/restored" "$WORK/prot/cfg"
+FP_R=$("$TIDEMARK" keygen --dir "$WORK/b/keys" --name recovery-host | tail -n1)
+truncate -s 32M "$WORK/vmdisk.img"
+head -c 8M /dev/urandom | dd of="$WORK/vmdisk.img" conv=notrunc status=none
+cp "$WORK/vmdisk.img" "$WORK/before.img"
+ovf_env "$WORK/prot/cfg/ovf-env.xml" tidemark.role=protected tidemark.hostname=tm-prot \
+    tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
+    tidemark.repl.address=10.0.3.15/24 tidemark.storage.address=10.0.4.15/24 \
+    tidemark.peer.address=10.0.3.2 tidemark.peer.fingerprint="$FP_R" \
+    tidemark.vpgs="vm1:disk0=/dev/vdc" tidemark.diag.token=$TOKEN
+
+log "boot a protected appliance (three NICs, the VM disk as /dev/vdc)"
+nics=()
+for tap in mgmt repl stor; do # eth0, eth1, eth2 in PCI order
+    nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
+done
+guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
+guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
+FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
+
+cat >"$WORK/recovery.toml" <<TOML
+role = "recovery"
+$(node_toml recovery-host "$WORK/b")
+[listen]
+address = "10.0.3.2"
+peer_fingerprints = ["$FP_P"]
+[logging]
+dir = "$WORK/b/logs"
+TOML
+start_agent recovery 4007 "$NS"
+guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/prot/serial.log")"
+log "protected appliance ready $(guest_seconds_since_start) s after power-on; fingerprint $FP_P"
+s=$WORK/prot/serial.log
+for iface in "eth0 up with 10.0.2.15/24" "eth1 up with 10.0.3.15/24" "eth2 up with 10.0.4.15/24"; do
+    grep -q "$iface" "$s" || fail "not on the console: $iface"
+done
+
+# recovery_checkpoint: the newest complete checkpoint of vm1 on the host (0: none).
+recovery_checkpoint() {
+    status_json recovery | jq -r '.vpgs[] | select(.name == "vm1" and .state == "protected") | .last_checkpoint.id // 0' 2>/dev/null || true
+}
+# restore_until_equal FILE SECONDS: restores each new checkpoint until one
+# matches FILE byte for byte; leaves the seconds it took in RESTORED_AFTER.
+restore_until_equal() {
+    local want=$1 limit=$2 start last=0 cp
+    start=$(date +%s.%N)
+    while python3 -c "import sys, time; sys.exit(time.time() - $start > $limit)"; do
+        cp=$(recovery_checkpoint)
+        if [ -n "$cp" ] && [ "$cp" != 0 ] && [ "$cp" != "$last" ]; then
+            last=$cp
+            rm -f "$WORK/restored/disk0.img"
+            "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint "$cp" --out "$WORK/restored" \
+                >"$WORK/restore.out" 2>&1 || fail "restore of checkpoint $cp failed: $(cat "$WORK/restore.out")"
+            if cmp -s "$WORK/restored/disk0.img" "$want"; then
+                RESTORED_AFTER=$(python3 -c "import time; print('%.1f' % (time.time() - $start))")
+                return 0
+            fi
+        fi
+        sleep 0.5
+    done
+    fail "no checkpoint restored equal to $(basename "$want") within $limit s (last tried: $last)"
+}
+
+log "the initial copy: a checkpoint restores to the disk as it was"
+restore_until_equal "$WORK/before.img" 180
+log "initial copy of 32 MiB restored equal $RESTORED_AFTER s after ready"
+
+log "replication link down; the hypervisor writes 32 MiB through NBD on the storage network, then flushes"
+ip netns exec "$NS" ip link set repl down
+head -c 32M /dev/urandom >"$WORK/after.img"
+ip netns exec "$NS" nbdinfo --list nbd://10.0.4.15:10809 >"$WORK/nbdinfo.out" 2>&1 || fail "nbdinfo: $(cat "$WORK/nbdinfo.out")"
+grep -q "export=\"disk0\"\|export=disk0" "$WORK/nbdinfo.out" || fail "the appliance does not export disk0: $(cat "$WORK/nbdinfo.out")"
+w0=$(date +%s.%N)
+ip netns exec "$NS" nbdcopy --flush "$WORK/after.img" "$NBD" || fail "nbdcopy into the appliance failed"
+w=$(python3 -c "import time; print('%.1f' % (time.time() - $w0))")
+guest_stop
+log "32 MiB written through the appliance in ${w} s; power cut (SIGKILL to QEMU) as the flush returned"
+cp=$(recovery_checkpoint)
+"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint "$cp" --out "$WORK/cut" >/dev/null 2>&1 ||
+    fail "restore of checkpoint $cp failed"
+cmp -s "$WORK/cut/disk0.img" "$WORK/after.img" && fail "the new data reached the recovery side although its link was down"
+ip netns exec "$NS" ip link set repl up
+mkdir -p "$WORK/prot2"
+cp -r "$WORK/prot/cfg" "$WORK/prot2/"
+GUEST_DATA=$WORK/prot/data.img guest_start prot2 "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
+guest_wait prot2 "tidemark protected ready" 120 || fail "no 'ready' after the power cut: $(tail -20 "$WORK/prot2/serial.log")"
+grep -q "fingerprint: $FP_P" "$WORK/prot2/serial.log" || fail "the key on the data disk did not survive the power cut"
+restore_until_equal "$WORK/after.img" 180
+log "rebooted; a checkpoint restored bit-exact to the flushed data $RESTORED_AFTER s after ready"
+
+log "the diagnostics bundle, from the management station"
+sleep 5
+guest_bundle "$NS" 10.0.2.9 10.0.2.15 "$TOKEN" "$WORK/bundle"
+audit=$(find "$WORK/bundle" -name audit.txt | head -1)
+[ -n "$audit" ] || fail "the bundle holds no audit"
+if grep -q "^FAIL" "$audit"; then
+    fail "tidemark audit in the protected guest: $(grep "^FAIL" "$audit")"
+fi
+rss=$(bundle_agent_rss_kib "$WORK/bundle")
+[ -n "$rss" ] || fail "the bundle does not give the agent's VmRSS"
+grep -q "Command: tidemark protected" "$(find "$WORK/bundle" -name system.txt | head -1)" ||
+    fail "the bundle was not made by the protected agent"
+log "protected appliance: audit $(grep -c "^PASS" "$audit") items PASS, none FAIL; idle agent VmRSS $((rss / 1024)) MiB ($rss KiB)"
+
+guest_stop
+cmp "$WORK/vmdisk.img" "$WORK/after.img" || fail "the guest's disk does not hold what the hypervisor wrote"
+log "PASS"

@@ -1,0 +1,94 @@
+# Helpers for tests that boot the appliance image (`make image`) under QEMU
+# with -accel tcg. Source after common.sh. Each guest has a work dir
+# $WORK/NAME holding its configuration CD (cfg/ → cfg.iso), its data disk
+# and its serial console log.
+
+IMAGE=$ROOT/build/image
+
+appliance_image_check() {
+    [ -f "$IMAGE/SHA256SUMS" ] || fail "no image: run make image"
+    (cd "$IMAGE" && sha256sum -c --quiet SHA256SUMS) || fail "image files do not match SHA256SUMS"
+}
+
+# ovf_env FILE KEY=VALUE...: the OVF environment ESXi attaches on the
+# CD-ROM (ISO transport), with these properties.
+ovf_env() {
+    local file=$1 kv
+    shift
+    mkdir -p "$(dirname "$file")"
+    {
+        echo '<?xml version="1.0" encoding="UTF-8"?>'
+        echo '<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">'
+        echo '  <PlatformSection><Kind>QEMU</Kind></PlatformSection>'
+        echo '  <PropertySection>'
+        for kv in "$@"; do
+            printf '    <Property oe:key="%s" oe:value="%s"/>\n' "${kv%%=*}" "${kv#*=}"
+        done
+        echo '  </PropertySection>'
+        echo '</Environment>'
+    } >"$file"
+}
+
+# guest_start NAME NETNS [QEMU_ARGS...]: boots a guest (in network
+# namespace NETNS unless it is empty) from $GUEST_SYSTEM (default: the
+# image's disk.img, read-only) with $GUEST_DATA as its data disk (default:
+# a fresh copy of the image's empty one), $WORK/NAME/cfg as its CD-ROM,
+# and QEMU_ARGS (NICs, more disks). Sets GUEST_PID and GUEST_START.
+guest_start() {
+    local name=$1 netns=$2 dir=$WORK/$1
+    shift 2
+    local system=${GUEST_SYSTEM:-file=$IMAGE/disk.img,format=raw} data=${GUEST_DATA:-$dir/data.img}
+    xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
+    [ -f "$data" ] || cp --sparse=always "$IMAGE/data.img" "$data"
+    local run=()
+    [ -n "$netns" ] && run=(ip netns exec "$netns")
+    GUEST_START=$(date +%s.%N)
+    "${run[@]}" qemu-system-x86_64 -accel tcg -m "${GUEST_MEM:-512}" -nodefaults -display none -no-reboot \
+        -serial "file:$dir/serial.log" \
+        -drive "$system,if=virtio,readonly=on" \
+        -drive "file=$data,format=raw,if=virtio" \
+        -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
+        "$@" >"$dir/qemu.log" 2>&1 &
+    GUEST_PID=$!
+    disown "$GUEST_PID"
+    PIDS+=("$GUEST_PID")
+}
+
+# guest_wait NAME REGEX SECONDS: true once the serial console shows REGEX;
+# fails the test at once if QEMU exits.
+guest_wait() {
+    local dir=$WORK/$1
+    for _ in $(seq 1 $(($3 * 5))); do
+        grep -q "$2" "$dir/serial.log" 2>/dev/null && return 0
+        kill -0 "$GUEST_PID" 2>/dev/null || fail "QEMU exited: $(cat "$dir/qemu.log")"
+        sleep 0.2
+    done
+    return 1
+}
+
+# guest_seconds_since_start: wall time since guest_start, one decimal.
+guest_seconds_since_start() {
+    python3 -c "import time; print('%.1f' % (time.time() - $GUEST_START))"
+}
+
+guest_stop() { kill9 "$GUEST_PID"; }
+
+# guest_bundle NETNS SOURCE_IP GUEST_IP TOKEN DIR: fetches the diagnostics
+# bundle over HTTPS from SOURCE_IP and unpacks it into DIR.
+guest_bundle() {
+    local netns=$1 src=$2 ip=$3 token=$4 dir=$5
+    mkdir -p "$dir"
+    ip netns exec "$netns" curl -sk --max-time 60 --interface "$src" -o "$dir.tar.zst" \
+        -H "Authorization: Bearer $token" "https://$ip:4005/bundle" ||
+        fail "the diagnostics bundle could not be fetched from the guest"
+    tar --zstd -xf "$dir.tar.zst" -C "$dir" || fail "the bundle does not unpack"
+}
+
+# bundle_agent_rss_kib DIR: the agent's resident set when the bundle was
+# asked for, from the unpacked bundle's system.txt.
+bundle_agent_rss_kib() {
+    local facts
+    facts=$(find "$1" -name system.txt | head -1)
+    [ -n "$facts" ] || fail "the bundle holds no system.txt"
+    awk '/^VmRSS:/ {print $2; exit}' "$facts"
+}
