@@ -36,8 +36,9 @@ e2e: build image
 
 test: build lint unit e2e
 
-bench: build
+bench: build image
 	@tests/bench/run.sh
+	@tests/bench/appliance.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

@@ -167,34 +167,7 @@ truncate -s 256M "$OUT/data.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L tidemark-data -U 5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172 \
     -E hash_seed=5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172,lazy_itable_init=0,lazy_journal_init=0 "$OUT/data.img" >/dev/null
 step "bootable disk (MBR, syslinux on a FAT boot partition, the squashfs root as partition 2)"
-BOOT_MIB=32
-cat >"$STAGE/syslinux.cfg" <<CFG
-DEFAULT tidemark
-PROMPT 0
-TIMEOUT 0
-LABEL tidemark
-  KERNEL /vmlinuz
-  INITRD /initrd.img
-  APPEND console=tty1 console=ttyS0,115200 quiet panic=-1
-CFG
-rm -f "$STAGE/boot.fat"
-mkfs.vfat -C -n TIDEMARK -i 54494445 --invariant "$STAGE/boot.fat" $((BOOT_MIB * 1024)) >/dev/null
-touch -d "@$SOURCE_DATE_EPOCH" "$STAGE/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initrd.img"
-mcopy -m -i "$STAGE/boot.fat" "$STAGE/syslinux.cfg" "$OUT/vmlinuz" "$OUT/initrd.img" ::/
-syslinux --install "$STAGE/boot.fat"
-root_mib=$(( ($(stat -c %s "$OUT/root.squashfs") + (1 << 20) - 1) >> 20 ))
-disk_mib=$((1 + BOOT_MIB + root_mib))
-rm -f "$OUT/disk.img"
-truncate -s "${disk_mib}M" "$OUT/disk.img"
-sfdisk -q "$OUT/disk.img" <<PARTS
-label: dos
-label-id: 0x54494445
-start=1MiB, size=${BOOT_MIB}MiB, type=6, bootable
-start=$((1 + BOOT_MIB))MiB, type=83
-PARTS
-dd if=/usr/lib/syslinux/mbr/mbr.bin of="$OUT/disk.img" bs=440 count=1 conv=notrunc status=none
-dd if="$STAGE/boot.fat" of="$OUT/disk.img" bs=1M seek=1 conv=notrunc status=none
-dd if="$OUT/root.squashfs" of="$OUT/disk.img" bs=1M seek=$((1 + BOOT_MIB)) conv=notrunc status=none
+image/mkdisk.sh "$OUT/disk.img" "$OUT/vmlinuz" "$OUT/root.squashfs" "$OUT/initrd.img"
 (cd "$OUT" && sha256sum vmlinuz initrd.img root.squashfs disk.img data.img >SHA256SUMS)
 step "root $(du -h --apparent-size "$OUT/root.squashfs" | cut -f1), initrd $(du -h --apparent-size "$OUT/initrd.img" | cut -f1), kernel $(du -h --apparent-size "$OUT/vmlinuz" | cut -f1); $(find "$R" -type f | wc -l) files, $(find "$R" -type f -perm -u+x | wc -l) executables"
 cat "$OUT/SHA256SUMS"

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 IMAGE=${1:-$ROOT/build/image}
 OUT=${OVA_OUT:-$ROOT/build/ova}
-TIDEMARK=$ROOT/build/tidemark
+TIDEMARK=${TIDEMARK:-$ROOT/build/tidemark}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1767225600)}
 [ -f "$IMAGE/disk.img" ] || { echo "ova: no image in $IMAGE (make image)" >&2; exit 2; }
 STAGE=$(mktemp -d /tmp/tidemark-ova.XXXXXX)

@@ -38,6 +38,7 @@ port_answers() { ip netns exec "$NS" timeout 3 bash -c "exec 3<>/dev/tcp/10.0.2.
 ovf_env "$WORK/good/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-boot \
     tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
     tidemark.diag.token=boot-test-token-0123456789abcdef tidemark.peer.address=10.0.2.2 \
+    tidemark.dns=10.0.2.53 \
     tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
 log "boot with an OVF environment on the CD-ROM"
 boot good

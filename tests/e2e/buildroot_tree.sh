@@ -5,7 +5,9 @@
 # needs, Config.in sources the package, the package builds the agent crate
 # with the cargo infrastructure, the kernel fragment has the virtual
 # hardware, and the overlay's init only runs what exists, with logins on
-# the console lines only.
+# the console lines only. Then board/tidemark/post-image.sh, run the way
+# Buildroot runs it (on the offline image's kernel and root), writes the
+# system disk through image/mkdisk.sh, the data disk and the OVA.
 source "$(dirname "$0")/../lib/common.sh"
 
 T=$ROOT/buildroot-overlay
@@ -55,4 +57,29 @@ while IFS=: read -r tty _ action cmd; do
     fi
 done < <(grep -v '^#' "$I" | sed '/^$/d')
 grep -q '^root:!' rootfs-overlay/etc/shadow || fail "root must be locked (no default password)"
+
+# post-image.sh as Buildroot runs it, on the offline image's kernel and
+# root: the system disk, the data disk and the OVA come out, and the disk
+# is laid out for a kernel without initrd (root by PARTUUID).
+[ -f "$ROOT/build/image/root.squashfs" ] || fail "no image: run make image"
+B=$WORK/br
+mkdir -p "$B/images" "$B/target/usr/bin" "$B/host/sbin"
+cp "$ROOT/build/image/vmlinuz" "$B/images/bzImage"
+cp "$ROOT/build/image/root.squashfs" "$B/images/rootfs.squashfs"
+ln -s "$TIDEMARK" "$B/target/usr/bin/tidemark"
+ln -s "$(command -v mkfs.ext4)" "$B/host/sbin/mkfs.ext4"
+BINARIES_DIR=$B/images TARGET_DIR=$B/target HOST_DIR=$B/host BR2_EXTERNAL_TIDEMARK_PATH=$T \
+    board/tidemark/post-image.sh "$B/images" >"$WORK/post-image.log" 2>&1 || fail "post-image.sh failed: $(tail -5 "$WORK/post-image.log")"
+for f in disk.img data.img tidemark.ova SHA256SUMS; do
+    [ -s "$B/images/$f" ] || fail "post-image.sh did not write $f"
+done
+disk=$B/images/disk.img
+grep -q "label-id: 0x54494445" <<<"$(sfdisk -d "$disk")" || fail "the disk signature is not 54494445 (PARTUUID)"
+cmp -s -n 440 "$disk" /usr/lib/syslinux/mbr/mbr.bin || fail "the MBR does not hold syslinux's boot code"
+cmp -s -n "$(stat -c %s "$B/images/rootfs.squashfs")" "$B/images/rootfs.squashfs" <(tail -c +$((33 * 1048576 + 1)) "$disk") ||
+    fail "partition 2 is not the squashfs root"
+cfg=$(mtype -i "$disk@@1M" ::/syslinux.cfg) || fail "no syslinux.cfg on the boot partition"
+grep -q "root=PARTUUID=54494445-02 rootfstype=squashfs" <<<"$cfg" || fail "syslinux.cfg does not mount the root by PARTUUID: $cfg"
+grep -qi "ldlinux.sys" <<<"$(mdir -a -b -i "$disk@@1M" ::/)" || fail "syslinux is not installed on the boot partition"
+log "post-image.sh: system disk (MBR, syslinux, root by PARTUUID), data disk and OVA written"
 log "PASS"

@@ -25,6 +25,24 @@ fn ipt<T>(result: Result<T, Box<dyn std::error::Error>>, what: impl FnOnce() -> 
     result.map_err(|e| anyhow!("{}: {}", what(), e.to_string().trim()))
 }
 
+/// Whether `chain` exists, by `iptables -S CHAIN`. Not the crate's own
+/// check nor its policy reader: they run `iptables -L`, which looks up
+/// every rule's addresses in DNS (an unreachable resolver held the boot
+/// for 30 s); and its numeric mode passes `-n` to `-S`, which iptables
+/// refuses.
+fn chain_exists(t: &IPTables, chain: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    Ok(t.execute(TABLE, &format!("-S {chain}"))?.status.success())
+}
+
+/// A built-in chain's policy, from its `-P CHAIN POLICY` line.
+fn policy_of(t: &IPTables, chain: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let prefix = format!("-P {chain} ");
+    t.list(TABLE, chain)?
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix).map(|p| p.trim().to_string()))
+        .ok_or_else(|| format!("no policy line for {chain}").into())
+}
+
 pub struct Firewall {
     families: Vec<(Family, IPTables)>,
 }
@@ -86,13 +104,13 @@ impl Firewall {
 
     pub fn policy(&self, family: Family, chain: &str) -> Result<String> {
         let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled"))?;
-        ipt(t.get_policy(TABLE, chain), || format!("{family:?}: reading the {chain} policy"))
+        ipt(policy_of(t, chain), || format!("{family:?}: reading the {chain} policy"))
     }
 
     /// A chain's rules as `iptables -S CHAIN` prints them, or None if absent.
     pub fn rules(&self, family: Family, chain: &str) -> Result<Option<Vec<String>>> {
         let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled"))?;
-        if !ipt(t.chain_exists(TABLE, chain), || format!("{family:?}: looking for chain {chain}"))? {
+        if !ipt(chain_exists(t, chain), || format!("{family:?}: looking for chain {chain}"))? {
             return Ok(None);
         }
         let lines = ipt(t.list(TABLE, chain), || format!("{family:?}: listing chain {chain}"))?;
@@ -103,7 +121,7 @@ impl Firewall {
     /// Adds one rule at the end of the running chain (the support session's).
     pub fn append(&self, family: Family, rule: &str) -> Result<()> {
         let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled on this kernel"))?;
-        if !ipt(t.chain_exists(TABLE, CHAIN), || format!("{family:?}: looking for chain {CHAIN}"))? {
+        if !ipt(chain_exists(t, CHAIN), || format!("{family:?}: looking for chain {CHAIN}"))? {
             bail!("the firewall is not set up (no {CHAIN} chain); run `tidemark harden` first");
         }
         ipt(t.append_unique(TABLE, CHAIN, rule), || format!("{family:?}: adding rule {rule:?}"))
@@ -112,7 +130,7 @@ impl Firewall {
     /// Removes one rule from the running chain; absent is not an error.
     pub fn remove(&self, family: Family, rule: &str) -> Result<()> {
         let Some(t) = self.tables(family) else { return Ok(()) };
-        if !ipt(t.chain_exists(TABLE, CHAIN), || format!("{family:?}: looking for chain {CHAIN}"))? {
+        if !ipt(chain_exists(t, CHAIN), || format!("{family:?}: looking for chain {CHAIN}"))? {
             return Ok(());
         }
         if ipt(t.exists(TABLE, CHAIN, rule), || format!("{family:?}: looking for rule {rule:?}"))? {
@@ -132,7 +150,7 @@ fn stage(t: &IPTables, rules: &[String]) -> Result<()> {
 }
 
 fn discard_staging(t: &IPTables) {
-    if matches!(t.chain_exists(TABLE, STAGING_CHAIN), Ok(true)) {
+    if matches!(chain_exists(t, STAGING_CHAIN), Ok(true)) {
         let _ = t.flush_chain(TABLE, STAGING_CHAIN);
         let _ = t.delete_chain(TABLE, STAGING_CHAIN);
     }
@@ -148,7 +166,7 @@ fn swap_in(t: &IPTables) -> Result<()> {
             ipt(t.delete(TABLE, "INPUT", rule), || format!("removing INPUT rule {rule:?}"))?;
         }
     }
-    if ipt(t.chain_exists(TABLE, CHAIN), || format!("looking for chain {CHAIN}"))? {
+    if ipt(chain_exists(t, CHAIN), || format!("looking for chain {CHAIN}"))? {
         ipt(t.flush_chain(TABLE, CHAIN), || format!("flushing the old chain {CHAIN}"))?;
         ipt(t.delete_chain(TABLE, CHAIN), || format!("deleting the old chain {CHAIN}"))?;
     }
