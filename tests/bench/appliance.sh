@@ -101,11 +101,7 @@ deb_mem_kib=$(sed -n 's/.*BENCH-MEM \([0-9]*\).*/\1/p' "$WORK/deb-guest/serial.l
 guest_stop
 
 NS=tmbench$$
-ip netns add "$NS"
-CLEANUP_HOOKS+=("ip netns del $NS")
-ip netns exec "$NS" ip tuntap add tap0 mode tap
-ip netns exec "$NS" ip addr add 10.0.2.9/24 dev tap0
-ip netns exec "$NS" ip link set tap0 up
+guest_netns "$NS" tap0
 TOKEN=bench-token-0123456789abcdef0123
 ovf_env "$WORK/app/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-bench \
     tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 tidemark.diag.token=$TOKEN \

@@ -20,13 +20,7 @@ source "$ROOT/tests/lib/appliance.sh"
 
 appliance_image_check
 NS=tmboot$$
-ip netns add "$NS"
-CLEANUP_HOOKS+=("ip netns del $NS")
-ip netns exec "$NS" ip link set lo up
-ip netns exec "$NS" ip tuntap add tap0 mode tap
-ip netns exec "$NS" ip addr add 10.0.2.2/24 dev tap0
-ip netns exec "$NS" ip addr add 10.0.2.9/24 dev tap0 # the management station
-ip netns exec "$NS" ip link set tap0 up
+guest_netns "$NS" tap0
 
 # boot NAME: a guest on tap0 with $WORK/NAME/cfg as its CD.
 boot() {

@@ -23,17 +23,7 @@ source "$ROOT/tests/lib/appliance.sh"
 
 appliance_image_check
 NS=tmrepl$$
-ip netns add "$NS"
-CLEANUP_HOOKS+=("ip netns del $NS")
-ip netns exec "$NS" ip link set lo up
-net=2
-for tap in mgmt repl stor; do
-    ip netns exec "$NS" ip tuntap add "$tap" mode tap
-    ip netns exec "$NS" ip addr add "10.0.$net.2/24" dev "$tap"
-    ip netns exec "$NS" ip link set "$tap" up
-    net=$((net + 1))
-done
-ip netns exec "$NS" ip addr add 10.0.2.9/24 dev mgmt # the management station
+guest_netns "$NS" mgmt repl stor
 TOKEN=replicate-test-token-0123456789abcdef
 NBD=nbd://10.0.4.15:10809/disk0
 

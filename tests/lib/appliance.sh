@@ -10,6 +10,25 @@ appliance_image_check() {
     (cd "$IMAGE" && sha256sum -c --quiet SHA256SUMS) || fail "image files do not match SHA256SUMS"
 }
 
+# guest_netns NS TAP...: network namespace NS (removed at exit) with one
+# tap per guest NIC, in NIC order: the i-th (from 0) is 10.0.(2+i).2/24,
+# the peer's side of the guest's 10.0.(2+i).15; the first also holds
+# 10.0.2.9, the management station.
+guest_netns() {
+    local ns=$1 net=2 tap
+    shift
+    ip netns add "$ns"
+    CLEANUP_HOOKS+=("ip netns del $ns")
+    ip netns exec "$ns" ip link set lo up
+    for tap in "$@"; do
+        ip netns exec "$ns" ip tuntap add "$tap" mode tap
+        ip netns exec "$ns" ip addr add "10.0.$net.2/24" dev "$tap"
+        ip netns exec "$ns" ip link set "$tap" up
+        net=$((net + 1))
+    done
+    ip netns exec "$ns" ip addr add 10.0.2.9/24 dev "$1"
+}
+
 # ovf_env FILE KEY=VALUE...: the OVF environment ESXi attaches on the
 # CD-ROM (ISO transport), with these properties.
 ovf_env() {
