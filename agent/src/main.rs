@@ -172,6 +172,11 @@ enum Command {
         /// How long to wait for the recovery side.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+        /// Call off an unfinished move (one that gave up waiting, writes
+        /// refused): once the recovery site confirms over the link that it
+        /// has not taken over, writes are accepted here again.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Reverse protection (old protected site, agent running, after a
     /// failover or move): the recovery site sends the VPG back, only the
@@ -553,10 +558,14 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("reverse protection: comparing extent hashes with the recovery site and receiving what differs");
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
-        Command::Move { config, vpg, wait } => {
+        Command::Move { config, vpg, wait, cancel } => {
             let cfg = protected_config(&config)?;
-            let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64 };
-            eprintln!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})");
+            let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
+            if cancel {
+                eprintln!("cancelling the move: asking the recovery side (up to {wait:?})");
+            } else {
+                eprintln!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})");
+            }
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {

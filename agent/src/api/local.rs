@@ -35,8 +35,14 @@ pub enum Request {
     Checkpoint { vpg: String, tag: String, wait_ms: u64 },
     /// Protected: planned migration. Refuses new writes, flushes, inserts a
     /// final checkpoint, waits for the journal to have it, and has the
-    /// recovery side fail over to it.
-    Move { vpg: String, wait_ms: u64 },
+    /// recovery side fail over to it. With `cancel`, calls off an
+    /// unfinished one instead.
+    Move {
+        vpg: String,
+        wait_ms: u64,
+        #[serde(default)]
+        cancel: bool,
+    },
     /// Protected (old site, after a failover or move): receive the VPG
     /// back; waits up to `wait_ms` for the delta copy.
     Reverse { vpg: String, wait_ms: u64 },
@@ -199,10 +205,13 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             Ok(Reply { durable: true, ..Reply::done(crate::transfer::reverse::start(runner, capture, wait).await?) })
         }
-        (Request::Move { vpg, wait_ms }, Agent::Protected(vpgs, _)) => {
+        (Request::Move { vpg, wait_ms, cancel }, Agent::Protected(vpgs, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
-            let (id, message) =
-                crate::capture::moving::move_vpg(capture, Duration::from_millis(wait_ms.min(WAIT_MS_MAX))).await?;
+            let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+            if cancel {
+                return Ok(Reply::done(crate::capture::moving::cancel_move(capture, wait).await?));
+            }
+            let (id, message) = crate::capture::moving::move_vpg(capture, wait).await?;
             Ok(Reply { id: Some(id), durable: true, ..Reply::done(message) })
         }
         (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs, _)) => {

@@ -10,9 +10,11 @@
 //! write after it got an error. If the link is down, step 4 or 5 waits up
 //! to the given time and the move can simply be run again: writes stay
 //! refused, and a repeated promote of the same checkpoint is accepted.
+//! Or it can be cancelled: once the recovery side confirms, over the link,
+//! that it has not failed the VPG over, writes are taken here again.
 
 use super::vpg::{MoveStep, VpgCapture};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::time::Duration;
 
 pub const MOVE_TAG: &str = "move";
@@ -59,4 +61,34 @@ pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)>
     vpg.refuse_writes(&format!("VPG {:?} was moved to the recovery site (checkpoint {id})", vpg.name)).await?;
     tracing::info!("{message}");
     Ok((id, message))
+}
+
+/// Calls off an unfinished move (writes refused here, the recovery side
+/// not live). Only the recovery side knows whether it already failed over
+/// (a promote whose answer the link lost): it must say so over the link
+/// before writes are taken again. Without the link, nothing changes.
+pub async fn cancel_move(vpg: &VpgCapture, wait: Duration) -> Result<String> {
+    let _running = vpg
+        .moving
+        .try_lock()
+        .map_err(|_| anyhow!("a move of VPG {:?} is running; cancel it after it gives up (its --wait)", vpg.name))?;
+    match vpg.writes_refused() {
+        Some(reason) if reason == MOVING => {}
+        Some(reason) => bail!("VPG {:?} has no unfinished move to cancel: {reason}", vpg.name),
+        None => bail!("VPG {:?} has no move to cancel: it takes writes", vpg.name),
+    }
+    tokio::time::timeout(wait, vpg.move_step(MoveStep::Cancel))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the recovery side is not reachable (waited {wait:?}); it may already have taken over, so writes \
+                 stay refused: cancel again when the link is back, or finish with `tidemark move`"
+            )
+        })?
+        .context("the recovery side did not agree; writes stay refused")?;
+    vpg.accept_writes_again().await?;
+    Ok(format!(
+        "move of VPG {:?} cancelled: the recovery site confirmed it has not taken over; writes are taken here again",
+        vpg.name
+    ))
 }

@@ -22,6 +22,9 @@ pub enum MoveStep {
     Begin,
     /// Fail over to this checkpoint, which the journal holds.
     Promote(u64),
+    /// An unfinished move is called off: the recovery side confirms it has
+    /// not failed over the VPG (or refuses, saying so).
+    Cancel,
 }
 
 pub struct PromoteRequest {
@@ -99,6 +102,17 @@ impl VpgCapture {
         state.writes_refused = Some(reason.to_string());
         state.store(self.log.dir())?;
         tracing::warn!(vpg = %self.name, "writes refused from now on: {reason}");
+        Ok(())
+    }
+
+    /// Writes are taken again (an unfinished move was cancelled), also
+    /// after a restart.
+    pub async fn accept_writes_again(&self) -> Result<()> {
+        let _order = self.order.lock().await;
+        let mut state = self.state.lock().expect("state lock");
+        state.writes_refused = None;
+        state.store(self.log.dir())?;
+        tracing::warn!(vpg = %self.name, "writes accepted again");
         Ok(())
     }
 

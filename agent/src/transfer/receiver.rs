@@ -184,6 +184,21 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 Ok(()) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
                 Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
             },
+            ControlMessage::MoveCancel => {
+                let reply = match receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
+                    Some(checkpoint) => ControlMessage::Refused {
+                        reason: format!(
+                            "VPG {vpg:?} was already failed over at the recovery site (checkpoint {checkpoint})"
+                        ),
+                    },
+                    None => {
+                        moving = None;
+                        tracing::info!(vpg = %vpg, "the protected side cancelled its move");
+                        ControlMessage::Promoted { checkpoint: 0 }
+                    }
+                };
+                send_control(&mut link, &reply).await?;
+            }
             ControlMessage::Ping => {
                 let reply = match receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
                     Some(checkpoint) => ControlMessage::FailedOver { checkpoint },

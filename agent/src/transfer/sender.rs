@@ -168,6 +168,7 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                 let asked = match request.step {
                     MoveStep::Begin => ask(control, &ControlMessage::MoveBegins).await,
                     MoveStep::Promote(checkpoint) => ask(control, &ControlMessage::Promote { checkpoint }).await,
+                    MoveStep::Cancel => ask(control, &ControlMessage::MoveCancel).await,
                 };
                 // A refusal is the answer; a broken link is also the link's end.
                 match asked {

@@ -71,6 +71,10 @@ pub enum ControlMessage {
     Promote {
         checkpoint: u64,
     },
+    /// Protected → recovery on the control link: an unfinished move is
+    /// called off; answered `Promoted` (not failed over here, the move's
+    /// mark is dropped) or `Refused` (it was).
+    MoveCancel,
     /// Recovery → protected while a promote is being applied.
     Promoting,
     /// Recovery → protected: the move step is done (`checkpoint` is 0
