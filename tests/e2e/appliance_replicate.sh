@@ -48,11 +48,7 @@ guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the consol
 FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
 
 cat >"$WORK/recovery.toml" <<TOML
-role = "recovery"
-$(node_toml recovery-host "$WORK/b")
-[listen]
-address = "10.0.3.2"
-peer_fingerprints = ["$FP_P"]
+$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
 [logging]
 dir = "$WORK/b/logs"
 TOML

@@ -48,6 +48,13 @@ node_toml() {
     printf '[node]\nname = "%s"\ndata_dir = "%s/data"\ncert = "%s/keys/cert.pem"\nkey = "%s/keys/key.pem"\n' "$1" "$2" "$2" "$2"
 }
 
+# recovery_head NAME DIR ADDRESS FINGERPRINT: the start of a recovery
+# agent's config (default ports, one pinned peer); tables follow.
+recovery_head() {
+    printf 'role = "recovery"\n%s\n[listen]\naddress = "%s"\npeer_fingerprints = ["%s"]\n' \
+        "$(node_toml "$1" "$2")" "$3" "$4"
+}
+
 # setup_pair MODE INTERVAL_MS VOLUME_SPEC...
 # VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
 # Peer addresses go through the WAN proxy when USE_PROXY=1.

@@ -107,11 +107,7 @@ allowed_processes = ["tidemark", "dropbear", "bash", "sh", "unshare"]
 TOML
 )
     cat >"$WORK/recovery.toml" <<TOML
-role = "recovery"
-$(node_toml site-b "$WORK/b")
-[listen]
-address = "0.0.0.0"
-peer_fingerprints = ["$FP_A"]
+$(recovery_head site-b "$WORK/b" 0.0.0.0 "$FP_A")
 [diag]
 token = "$DIAG_TOKEN"
 $appliance
