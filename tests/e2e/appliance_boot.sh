@@ -12,6 +12,8 @@
 #   exactly 4007 and 4008 open from the peer address and exactly 4005 from
 #   the management station; the diagnostics bundle fetched over HTTPS
 #   from there holds the guest's own `tidemark audit`, every item PASS.
+# - On the serial console root logs in with the administrator's password
+#   hash from the OVF properties (and a wrong password is refused).
 # - Fail closed: with a rule file naming a port outside the port table the
 #   same image reports the failed hardening, never starts the agent, and
 #   nothing on its network answers.
@@ -32,7 +34,7 @@ port_answers() { ip netns exec "$NS" timeout 3 bash -c "exec 3<>/dev/tcp/10.0.2.
 ovf_env "$WORK/good/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-boot \
     tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
     tidemark.diag.token=boot-test-token-0123456789abcdef tidemark.peer.address=10.0.2.2 \
-    tidemark.dns=10.0.2.53 \
+    tidemark.dns=10.0.2.53 tidemark.admin.password_hash="$(openssl passwd -6 -salt bootsalt 'correct horse')" \
     tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
 log "boot with an OVF environment on the CD-ROM"
 boot good
@@ -71,6 +73,13 @@ if grep -q "^FAIL" "$audit"; then
     fail "tidemark audit in the guest: $(grep "^FAIL" "$audit")"
 fi
 log "audit in the guest: $(cat "$WORK/audit-pass") items PASS, none FAIL"
+log "the console: root logs in on ttyS0 with the administrator's password from the OVF properties, and only with it"
+code=0
+guest_console good root 'wrong horse' true >/dev/null || code=$?
+[ "$code" = 3 ] || fail "a wrong password on the console was not refused (status $code)"
+who=$(guest_console good root 'correct horse' 'id -u; hostname; cat /proc/sys/net/ipv4/tcp_syncookies') ||
+    fail "root could not log in on the console with the OVF password"
+[ "$(tr -d '\r' <<<"$who" | tr '\n' ' ')" = "0 tm-boot 1 " ] || fail "the console session said: $who"
 rss=$(bundle_agent_rss_kib "$WORK/bundle")
 [ -n "$rss" ] || fail "the bundle does not give the agent's VmRSS"
 log "idle recovery agent in the guest: VmRSS $((rss / 1024)) MiB ($rss KiB)"

@@ -62,8 +62,10 @@ guest_start() {
     local run=()
     [ -n "$netns" ] && run=(ip netns exec "$netns")
     GUEST_START=$(date +%s.%N)
+    # The serial console: logged to serial.log, and a socket to type on
+    # (tests/lib/console.py).
     "${run[@]}" qemu-system-x86_64 -accel tcg -m "${GUEST_MEM:-512}" -nodefaults -display none -no-reboot \
-        -serial "file:$dir/serial.log" \
+        -chardev "socket,id=con,path=$dir/console.sock,server=on,wait=off,logfile=$dir/serial.log" -serial chardev:con \
         -drive "$system,if=virtio,readonly=on" \
         -drive "file=$data,format=raw,if=virtio" \
         -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
@@ -71,6 +73,12 @@ guest_start() {
     GUEST_PID=$!
     disown "$GUEST_PID"
     PIDS+=("$GUEST_PID")
+}
+
+# guest_console NAME USER PASSWORD COMMAND: logs in on the guest's serial
+# console and prints what COMMAND printed; status 3 if the login is refused.
+guest_console() {
+    python3 "$ROOT/tests/lib/console.py" "$WORK/$1/console.sock" login "$2" "$3" "$4"
 }
 
 # guest_wait NAME REGEX SECONDS: true once the serial console shows REGEX;
