@@ -162,10 +162,7 @@ mksquashfs "$R" "$OUT/root.squashfs" -comp xz -all-root -noappend -no-progress -
     >/dev/null # mkfs and file times come from SOURCE_DATE_EPOCH
 (cd "$I" && find . | sort | cpio -o -H newc --reproducible -R 0:0 --quiet | gzip -n -9) >"$OUT/initrd.img"
 cp "$X/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
-rm -f "$OUT/data.img"
-truncate -s 256M "$OUT/data.img"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L tidemark-data -U 5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172 \
-    -E hash_seed=5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172,lazy_itable_init=0,lazy_journal_init=0 "$OUT/data.img" >/dev/null
+image/mkdata.sh "$OUT/data.img"
 step "bootable disk (MBR, syslinux on a FAT boot partition, the squashfs root as partition 2)"
 image/mkdisk.sh "$OUT/disk.img" "$OUT/vmlinuz" "$OUT/root.squashfs" "$OUT/initrd.img"
 (cd "$OUT" && sha256sum vmlinuz initrd.img root.squashfs disk.img data.img >SHA256SUMS)

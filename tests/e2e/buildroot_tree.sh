@@ -67,7 +67,7 @@ mkdir -p "$B/images" "$B/target/usr/bin" "$B/host/sbin"
 cp "$ROOT/build/image/vmlinuz" "$B/images/bzImage"
 cp "$ROOT/build/image/root.squashfs" "$B/images/rootfs.squashfs"
 ln -s "$TIDEMARK" "$B/target/usr/bin/tidemark"
-ln -s "$(command -v mkfs.ext4)" "$B/host/sbin/mkfs.ext4"
+ln -s "$(command -v mke2fs)" "$B/host/sbin/mke2fs"
 BINARIES_DIR=$B/images TARGET_DIR=$B/target HOST_DIR=$B/host BR2_EXTERNAL_TIDEMARK_PATH=$T \
     board/tidemark/post-image.sh "$B/images" >"$WORK/post-image.log" 2>&1 || fail "post-image.sh failed: $(tail -5 "$WORK/post-image.log")"
 for f in disk.img data.img tidemark.ova SHA256SUMS; do

@@ -97,10 +97,7 @@ impl VpgCapture {
     /// From now on every write and zero is refused (EPERM) with `reason`,
     /// also after a restart. Writes already ordered are not affected.
     pub async fn refuse_writes(&self, reason: &str) -> Result<()> {
-        let _order = self.order.lock().await;
-        let mut state = self.state.lock().expect("state lock");
-        state.writes_refused = Some(reason.to_string());
-        state.store(self.log.dir())?;
+        self.store_refusal(Some(reason)).await?;
         tracing::warn!(vpg = %self.name, "writes refused from now on: {reason}");
         Ok(())
     }
@@ -108,12 +105,17 @@ impl VpgCapture {
     /// Writes are taken again (an unfinished move was cancelled), also
     /// after a restart.
     pub async fn accept_writes_again(&self) -> Result<()> {
-        let _order = self.order.lock().await;
-        let mut state = self.state.lock().expect("state lock");
-        state.writes_refused = None;
-        state.store(self.log.dir())?;
+        self.store_refusal(None).await?;
         tracing::warn!(vpg = %self.name, "writes accepted again");
         Ok(())
+    }
+
+    /// Sets and persists the refusal, between writes (under the order lock).
+    async fn store_refusal(&self, reason: Option<&str>) -> Result<()> {
+        let _order = self.order.lock().await;
+        let mut state = self.state.lock().expect("state lock");
+        state.writes_refused = reason.map(str::to_string);
+        state.store(self.log.dir())
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -2,7 +2,8 @@
 # Buildroot post-image: the same system disk as the offline builder
 # (image/mkdisk.sh: MBR + syslinux, FAT boot partition with bzImage, the
 # squashfs root as partition 2, mounted by PARTUUID since this kernel has
-# its disk drivers built in), an empty data disk, then the OVA packager.
+# its disk drivers built in), the empty data disk (image/mkdata.sh), then
+# the OVA packager.
 # $BINARIES_DIR holds bzImage and rootfs.squashfs.
 set -eu
 : "${BINARIES_DIR:?run from Buildroot}"
@@ -12,9 +13,6 @@ export SOURCE_DATE_EPOCH
 cp "$BINARIES_DIR/bzImage" "$BINARIES_DIR/vmlinuz"
 cp "$BINARIES_DIR/rootfs.squashfs" "$BINARIES_DIR/root.squashfs"
 "$TOP/image/mkdisk.sh" "$BINARIES_DIR/disk.img" "$BINARIES_DIR/vmlinuz" "$BINARIES_DIR/root.squashfs"
-rm -f "$BINARIES_DIR/data.img"
-truncate -s 256M "$BINARIES_DIR/data.img"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH "$HOST_DIR/sbin/mkfs.ext4" -q -F -L tidemark-data \
-    -U 5f0e3c1a-7d1e-4c5b-9a0e-7469646d6172 -E lazy_itable_init=0,lazy_journal_init=0 "$BINARIES_DIR/data.img"
+"$TOP/image/mkdata.sh" "$BINARIES_DIR/data.img"
 (cd "$BINARIES_DIR" && sha256sum vmlinuz root.squashfs disk.img data.img >SHA256SUMS)
 TIDEMARK=$TARGET_DIR/usr/bin/tidemark OVA_OUT=$BINARIES_DIR "$TOP/ova/package.sh" "$BINARIES_DIR"
