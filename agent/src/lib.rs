@@ -8,6 +8,7 @@ pub mod api;
 pub mod appliance;
 pub mod capture;
 pub mod config;
+pub mod durable;
 pub mod harden;
 pub mod journal;
 pub mod log;

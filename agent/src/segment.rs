@@ -82,12 +82,8 @@ pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64
     file.write_all(&encode_header(kind, vpg_id, first_seq))
         .with_context(|| format!("writing header of {}", path.display()))?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
-    sync_dir(dir)?;
+    crate::durable::sync_dir(dir)?;
     Ok((path, file))
-}
-
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Reads the records of one segment in order, verifying every checksum.

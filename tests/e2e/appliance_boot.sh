@@ -6,7 +6,8 @@
 # namespace of ours, where the test stands as the peer appliance.
 # - Configured by an OVF environment (ovf-env.xml) on the CD-ROM, as ESXi
 #   attaches it, it boots to "tidemark recovery ready" (boot-to-ready is measured),
-#   made its key on the data disk, and hardened itself first: firewall,
+#   made its key on the data disk (kept across a power cut right after
+#   that first boot), and hardened itself first: firewall,
 #   all 39 kernel settings read back in a real guest kernel (the kernel-wide
 #   ones the namespace tests cannot touch), securetty. `nmap -p-` sees
 #   exactly 4007 and 4008 open from the peer address and exactly 4005 from
@@ -50,6 +51,18 @@ grep -q "fingerprint: sha256:" "$s" || fail "no key was made"
 grep -q "39 kernel settings applied and read back" "$s" || fail "the kernel settings were not all applied in the guest"
 grep -q "allows root on tty1, ttyS0 only" "$s" || fail "securetty was not written"
 grep -q "eth0 up with 10.0.2.15/24" "$s" || fail "the network did not come up after hardening"
+# The identity is what the peer pins: a power cut seconds after the first
+# boot made it must not lose it (keygen writes durably).
+first_fp=$(grep -o "fingerprint: sha256:[0-9a-f]*" "$s" | head -1)
+log "power cut seconds after the first boot made the key; boot again on the same data disk"
+guest_stop
+mv "$s" "$WORK/good/serial-first-boot.log"
+boot good
+guest_wait good "tidemark recovery ready" 120 ||
+    fail "no 'ready' after a power cut right after the first boot: $(tail -20 "$s")"
+again_fp=$(grep -o "fingerprint: sha256:[0-9a-f]*" "$s" | head -1)
+[ "$first_fp" = "$again_fp" ] || fail "the appliance's identity changed across the power cut: '$first_fp', then '$again_fp'"
+log "same identity after the power cut (${first_fp#fingerprint: })"
 # scan_from SOURCE: every TCP port of the guest, as seen from SOURCE.
 scan_from() {
     ip netns exec "$NS" nmap -n -Pn -sS -T5 --min-rate 20000 --max-retries 1 -p- -S "$1" -e tap0 10.0.2.15 -oG - 2>/dev/null |

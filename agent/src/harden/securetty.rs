@@ -14,18 +14,7 @@ pub fn write(path: &Path) -> Result<()> {
         text.push_str(line);
         text.push('\n');
     }
-    let tmp = path.with_extension("tidemark-new");
-    let result = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    crate::durable::replace_file(path, text.as_bytes(), crate::durable::FileMode::Public)
 }
 
 /// The lines that should not be there (empty when the file is right), or

@@ -14,6 +14,7 @@ use super::rules::{family_of, support_rule};
 use super::sockets;
 use super::ssh_key::SupportKey;
 use crate::config::{Config, SystemConfig};
+use crate::durable::{replace_file, FileMode};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use rustix::process::{Pid, Signal};
@@ -72,10 +73,7 @@ fn load(state_dir: &Path) -> Result<Option<Session>> {
 
 fn store(state_dir: &Path, session: &Session) -> Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = state_path(state_dir);
-    let tmp = path.with_extension("json.new");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(session)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    replace_file(&state_path(state_dir), &serde_json::to_vec_pretty(session)?, FileMode::Public)
 }
 
 fn server_comm(system: &SystemConfig) -> String {
@@ -216,22 +214,12 @@ fn ensure_host_key(system: &SystemConfig, state_dir: &Path) -> Result<PathBuf> {
 }
 
 fn write_authorized_keys(path: &Path, key: &SupportKey) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("securing {}", dir.display()))?;
-    let tmp = path.with_extension("tidemark-new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, key.authorized_line().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    replace_file(path, key.authorized_line().as_bytes(), FileMode::OwnerOnly)
 }
 
 fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Result<i32> {

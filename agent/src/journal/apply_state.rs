@@ -5,10 +5,9 @@
 //! stays a mix of two points in time.
 
 use super::index::CheckpointInfo;
-use crate::segment::sync_dir;
+use crate::durable::{replace_file, FileMode};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 const APPLY_STATE_FILE: &str = "apply.json";
@@ -38,13 +37,7 @@ impl ApplyState {
     }
 
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(APPLY_STATE_FILE);
-        let tmp = dir.join(format!("{APPLY_STATE_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
-        sync_dir(dir)
+        replace_file(&dir.join(APPLY_STATE_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
     }
 }
 

@@ -11,7 +11,8 @@ pub mod lease;
 pub mod replica;
 pub mod scan;
 
-use crate::segment::{create_segment, sync_dir, SegmentKind};
+use crate::durable::{replace_file, sync_dir, FileMode};
+use crate::segment::{create_segment, SegmentKind};
 use crate::wire::batch::DecodedBatch;
 use crate::wire::message::VolumeInfo;
 use anyhow::{bail, Context, Result};
@@ -46,13 +47,7 @@ impl JournalMeta {
     }
 
     fn store(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(META_FILE);
-        let tmp = dir.join(format!("{META_FILE}.tmp"));
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(dir)
+        replace_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
     }
 }
 

@@ -44,17 +44,9 @@ impl CaptureState {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// Writes the state atomically (temp file, fsync, rename, dir fsync).
+    /// Writes the state atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let path = Self::path(dir);
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self)?;
-        {
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            std::io::Write::write_all(&mut f, &text)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
-        crate::segment::sync_dir(dir)
+        crate::durable::replace_file(&Self::path(dir), &text, crate::durable::FileMode::Public)
     }
 }

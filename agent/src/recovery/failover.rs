@@ -5,16 +5,16 @@
 //! volumes; the stream for the VPG is refused, and restore/export/test
 //! failover of it are refused with the reason.
 
+use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::journal::applier::apply_to;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::lease::{self, ApplyLock};
 use crate::journal::replica::replica_dir;
 use crate::journal::JournalMeta;
-use crate::segment::{list_segments, sync_dir, SegmentKind};
+use crate::segment::{list_segments, SegmentKind};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const FAILOVER_FILE: &str = "failover.json";
@@ -52,13 +52,7 @@ impl FailoverRecord {
     }
 
     fn store(&self, vpg_dir: &Path) -> Result<()> {
-        let path = vpg_dir.join(FAILOVER_FILE);
-        let tmp = vpg_dir.join(format!("{FAILOVER_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(vpg_dir)
+        replace_file(&vpg_dir.join(FAILOVER_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
     }
 
     /// Where the live volumes are.

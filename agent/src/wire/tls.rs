@@ -3,6 +3,7 @@
 //! digests in its config and logs the digest it saw when it refuses one.
 
 use crate::config::format_fingerprint;
+use crate::durable::{replace_file, FileMode};
 use anyhow::{bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
@@ -163,8 +164,10 @@ pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls:
 pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<String> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if !force && (cert_path.exists() || key_path.exists()) {
-        bail!("{} already holds a key or certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
+    // A key without a readable certificate is a keygen cut short: its
+    // fingerprint was never shown to anybody, so it is made again.
+    if !force && fingerprint_of_file(&cert_path).is_ok() {
+        bail!("{} already holds a certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
@@ -174,24 +177,11 @@ pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<S
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(&key).context("signing certificate")?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    // The key first, the certificate last: a crash in between leaves a key
+    // without a certificate, which the next keygen replaces.
+    replace_file(&key_path, key.serialize_pem().as_bytes(), FileMode::OwnerOnly)?;
+    replace_file(&cert_path, cert.pem().as_bytes(), FileMode::Public)?;
     Ok(format_fingerprint(&fingerprint(cert.der())))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// Fingerprint of the certificate in a PEM file.
