@@ -135,18 +135,11 @@ mapfile -t modules < <(grep -v '^#' image/modules.txt | sed '/^$/d')
 install_modules "$R" "${modules[@]}"
 # The overlay, then what the build knows.
 cp -a buildroot-overlay/rootfs-overlay/. "$R/"
-# What first boot writes lives in /run/tidemark; /etc points there.
-for f in securetty shadow resolv.conf hosts; do
-    rm -f "$R/etc/$f"
-    ln -s "/run/tidemark/$f" "$R/etc/$f"
-done
-ln -sf /run/root "$R/root"
+TIDEMARK_BUILT_BY=offline-builder buildroot-overlay/board/tidemark/post-build.sh "$R"
 {
-    echo "NAME=Tidemark appliance"
-    echo "VERSION=$("$TIDEMARK" --version | awk '{print $2}')"
     echo "COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "KERNEL=$KVER"
-} >"$R/etc/tidemark-release"
+} >>"$R/etc/tidemark-release"
 
 step "initramfs (busybox, disk modules)"
 mkdir -p "$I"/{bin,dev,proc,sys,newroot,etc,$M}

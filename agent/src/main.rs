@@ -349,6 +349,19 @@ fn agent_says(data_dir: &std::path::Path, request: &tidemark::api::local::Reques
     Ok(ok_reply(tidemark::api::local::call(data_dir, request)?)?.message.unwrap_or_default())
 }
 
+/// Like `agent_says`, for long requests: `progress` is printed once the
+/// agent is reached (not before, so it never precedes "is it running?").
+fn agent_says_slowly(
+    data_dir: &std::path::Path,
+    request: &tidemark::api::local::Request,
+    progress: &str,
+) -> Result<String> {
+    let connection = tidemark::api::local::connect(data_dir)?;
+    eprintln!("{progress}");
+    let (reply, _) = tidemark::api::local::ask(connection, request)?;
+    Ok(ok_reply(reply)?.message.unwrap_or_default())
+}
+
 /// Runs one role's agent, with the appliance services beside it.
 fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -555,18 +568,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reverse { config, vpg, wait } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
-            eprintln!("reverse protection: comparing extent hashes with the recovery site and receiving what differs");
-            println!("{}", agent_says(&cfg.node.data_dir, &request)?);
+            let progress =
+                "reverse protection: comparing extent hashes with the recovery site and receiving what differs";
+            println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, progress)?);
         }
         Command::Move { config, vpg, wait, cancel } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
-            if cancel {
-                eprintln!("cancelling the move: asking the recovery side (up to {wait:?})");
+            let progress = if cancel {
+                format!("cancelling the move: asking the recovery side (up to {wait:?})")
             } else {
-                eprintln!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})");
-            }
-            println!("{}", agent_says(&cfg.node.data_dir, &request)?);
+                format!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})")
+            };
+            println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
         }
         Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {
             let cfg = recovery_config(&config)?;

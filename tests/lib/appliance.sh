@@ -111,6 +111,19 @@ guest_bundle() {
     tar --zstd -xf "$dir.tar.zst" -C "$dir" || fail "the bundle does not unpack"
 }
 
+# bundle_audit_passes DIR WHO: fails the test unless the unpacked bundle in
+# DIR holds the guest's `tidemark audit` with no FAIL; prints the number
+# of PASS items.
+bundle_audit_passes() {
+    local audit
+    audit=$(find "$1" -name audit.txt | head -1)
+    [ -n "$audit" ] || fail "the bundle of $2 holds no audit: $(find "$1" -type f)"
+    if grep -q "^FAIL" "$audit"; then
+        fail "tidemark audit in $2: $(grep "^FAIL" "$audit")"
+    fi
+    grep -c "^PASS" "$audit" || true
+}
+
 # bundle_agent_rss_kib DIR: the agent's resident set when the bundle was
 # asked for, from the unpacked bundle's system.txt.
 bundle_agent_rss_kib() {

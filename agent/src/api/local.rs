@@ -249,10 +249,22 @@ pub fn call(data_dir: &Path, request: &Request) -> Result<Reply> {
 /// Like `call`, and returns the connection: an export lasts until it is
 /// closed (or the process exits).
 pub fn call_and_hold(data_dir: &Path, request: &Request) -> Result<(Reply, std::os::unix::net::UnixStream)> {
-    use std::io::{BufRead, Write};
+    ask(connect(data_dir)?, request)
+}
+
+/// A connection to the running agent (an error that says so if it is not).
+pub fn connect(data_dir: &Path) -> Result<std::os::unix::net::UnixStream> {
     let path = socket_path(data_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("connecting to the agent at {} (is it running?)", path.display()))?;
+    std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("connecting to the agent at {} (is it running?)", path.display()))
+}
+
+/// Sends one request on a connection from `connect` and reads the reply.
+pub fn ask(
+    mut stream: std::os::unix::net::UnixStream,
+    request: &Request,
+) -> Result<(Reply, std::os::unix::net::UnixStream)> {
+    use std::io::{BufRead, Write};
     let mut text = serde_json::to_vec(request)?;
     text.push(b'\n');
     stream.write_all(&text)?;

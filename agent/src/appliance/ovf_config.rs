@@ -7,6 +7,7 @@
 //! given), storage (NBD) on eth2 (if given).
 
 use crate::config::{Config, LOG_CAPACITY_BYTES_MIN};
+use crate::durable::{replace_file, FileMode};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -234,23 +235,22 @@ fn vpgs(spec: &str) -> Result<toml::Value> {
 
 /// Writes the files into `dir` (the secrets mode 0600).
 pub fn write(files: &FirstBootFiles, dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut items: Vec<(&str, &str, u32)> = vec![
-        ("tidemark.toml", &files.config, 0o600),
-        ("network", &files.network, 0o644),
-        ("hostname", &files.hostname, 0o644),
-        ("resolv.conf", &files.resolv_conf, 0o644),
-        ("shadow", &files.shadow, 0o600),
-        ("ntp", &files.ntp, 0o644),
+    let mut items: Vec<(&str, &str, FileMode)> = vec![
+        ("tidemark.toml", &files.config, FileMode::OwnerOnly),
+        ("network", &files.network, FileMode::Public),
+        ("hostname", &files.hostname, FileMode::Public),
+        ("resolv.conf", &files.resolv_conf, FileMode::Public),
+        ("shadow", &files.shadow, FileMode::OwnerOnly),
+        ("ntp", &files.ntp, FileMode::Public),
     ];
     if let Some(k) = &files.admin_ssh_key {
-        items.push(("admin.pub", k, 0o644));
+        items.push(("admin.pub", k, FileMode::Public));
     }
+    // Created with their final mode: the shadow file is never readable by
+    // others, not even between a write and a chmod.
     for (name, text, mode) in items {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        replace_file(&dir.join(name), text.as_bytes(), mode)?;
     }
     Ok(())
 }

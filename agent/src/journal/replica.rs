@@ -61,6 +61,7 @@ impl VolumeFiles {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut files = Vec::new();
+        let mut created = false;
         for v in volumes {
             let path = image_path(&dir, v);
             let file = OpenOptions::new()
@@ -73,10 +74,18 @@ impl VolumeFiles {
             let len = file.metadata()?.len();
             if writable && len == 0 {
                 file.set_len(v.size)?;
+                created = true;
             } else if len != v.size {
                 bail!("replica image {} is {len} bytes; volume {:?} is {} bytes", path.display(), v.name, v.size);
             }
             files.push(VolumeFile { path, file, size: v.size });
+        }
+        // The applier retires journal segments once apply.json says the
+        // replica holds them: the images' names must be as durable as
+        // their data.
+        if created {
+            crate::durable::sync_dir(&dir)?;
+            crate::durable::sync_dir(vpg_dir)?;
         }
         Ok(VolumeFiles { files })
     }

@@ -106,6 +106,9 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
         let name = path.file_name().context("segment name")?;
         std::fs::rename(&path, aside.join(name)).with_context(|| format!("setting aside {}", path.display()))?;
     }
+    if aside.exists() {
+        sync_dir(&aside)?;
+    }
     sync_dir(dir)?;
     let record = FailoverRecord {
         checkpoint: checkpoint.clone(),
