@@ -159,6 +159,19 @@ start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID;
 
 status_json() { "$TIDEMARK" status --json --config "$WORK/$1.toml" 2>/dev/null; }
 
+# fresh_status_json ROLE: the status once the agent has rewritten it
+# (once a second) after this call, so it reflects everything before it.
+fresh_status_json() {
+    local since st
+    since=$(($(date +%s%3N) + 50))
+    for _ in $(seq 1 50); do
+        st=$(status_json "$1")
+        [ "$(jq -r '.updated_ms' <<<"$st")" -gt "$since" ] 2>/dev/null && { echo "$st"; return 0; }
+        sleep 0.1
+    done
+    fail "$1 status was not rewritten within 5 s"
+}
+
 # wait_status ROLE REGEX: `tidemark status` (rewritten every second)
 # shows REGEX within 6 s.
 wait_status() {
@@ -173,14 +186,8 @@ wait_status() {
 # Waits until the recovery journal holds a complete checkpoint taken after
 # everything the protected side has appended so far.
 wait_replicated() {
-    local timeout=${1:-120} head i cp since
-    # The status file is rewritten every second: take one written after now.
-    since=$(($(date +%s%3N) + 50))
-    for i in $(seq 1 50); do
-        [ "$(status_json protected | jq -r '.updated_ms')" -gt "$since" ] 2>/dev/null && break
-        sleep 0.1
-    done
-    head=$(status_json protected | jq -r '.vpgs[0].head_seq')
+    local timeout=${1:-120} head i cp
+    head=$(fresh_status_json protected | jq -r '.vpgs[0].head_seq')
     # The recovery agent's status (rewritten every second) names its newest
     # checkpoint; "protected" means every volume's initial copy is in, so
     # that checkpoint is complete. Cheap, unlike listing the journal.
