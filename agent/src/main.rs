@@ -37,25 +37,42 @@ struct Cli {
     command: Command,
 }
 
+/// `--config` and `--vpg` of a command run on the recovery appliance.
+#[derive(clap::Args)]
+struct OnRecovery {
+    /// The recovery appliance's config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// The VPG (protection group), as named in the protected side's config.
+    #[arg(long)]
+    vpg: String,
+}
+
+/// `--config` and `--vpg` of a command run on the protected appliance.
+#[derive(clap::Args)]
+struct OnProtected {
+    /// The protected appliance's config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// The VPG (protection group), as named in that config.
+    #[arg(long)]
+    vpg: String,
+}
+
 #[derive(Subcommand)]
 enum TestFailover {
     /// Serve the VPG at CHECKPOINT writable, as nbd://<exports.listen>/<vpg>/<volume>/test.
     Start {
-        /// The recovery appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
         /// `latest`, `head`, a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
     },
     /// Stop the VPG's test failover and throw its writes away.
     Stop {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
     },
 }
 
@@ -90,11 +107,8 @@ enum Command {
     },
     /// List a VPG's checkpoints on the recovery side (id, time, tag, completeness).
     Checkpoints {
-        /// The recovery appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -102,11 +116,8 @@ enum Command {
     /// Insert a tagged checkpoint into a VPG's write order now (protected side,
     /// agent running); `--checkpoint TAG` then works wherever an id does.
     Checkpoint {
-        /// The protected appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnProtected,
         /// A name for it, like "before upgrade" (not a number, "latest" or "head").
         #[arg(long)]
         tag: String,
@@ -116,11 +127,8 @@ enum Command {
     },
     /// Write every volume of a VPG, as it was at a checkpoint, into DIR/<volume>.img.
     Restore {
-        /// The recovery appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
         /// `latest` (newest complete checkpoint), `head` (the journal's durable
         /// end, crash-consistent; RPO 0 in sync mode), a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
@@ -133,11 +141,8 @@ enum Command {
     /// NBD (recovery agent running, [exports] listen set), built from the
     /// replica and the journal without copying. Runs until interrupted.
     Export {
-        /// The recovery appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
         /// `latest`, `head`, a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
@@ -148,11 +153,8 @@ enum Command {
     /// nbd://<exports.listen>/<vpg>/<volume> (or left as files with --files).
     /// If the protected side is reachable it is told to stop capturing.
     Failover {
-        /// The recovery appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnRecovery,
         /// `latest`, `head`, a checkpoint id, or a tag.
         #[arg(long)]
         checkpoint: String,
@@ -164,11 +166,8 @@ enum Command {
     /// flush, ship a final checkpoint, wait for the recovery side to make it
     /// durable, then fail over to it. Nothing is lost.
     Move {
-        /// The protected appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnProtected,
         /// How long to wait for the recovery side.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -183,11 +182,8 @@ enum Command {
     /// 64 KiB extents whose hashes differ, then every new write. Waits
     /// until this site is in sync and reports the bytes received.
     Reverse {
-        /// The old protected appliance's config.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        vpg: String,
+        #[command(flatten)]
+        at: OnProtected,
         /// How long to wait for the delta copy.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -312,10 +308,10 @@ fn init_logging(command: &Command) {
     let config = match command {
         Command::Protected { config }
         | Command::Recovery { config }
-        | Command::Restore { config, .. }
-        | Command::Failover { config, .. }
-        | Command::Move { config, .. }
-        | Command::Reverse { config, .. }
+        | Command::Restore { at: OnRecovery { config, .. }, .. }
+        | Command::Failover { at: OnRecovery { config, .. }, .. }
+        | Command::Move { at: OnProtected { config, .. }, .. }
+        | Command::Reverse { at: OnProtected { config, .. }, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
         Command::SupportSsh(
@@ -498,7 +494,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("wrote {}", out.display());
         }
-        Command::Checkpoints { config, vpg, json } => {
+        Command::Checkpoints { at: OnRecovery { config, vpg }, json } => {
             let cfg = recovery_config(&config)?;
             let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
             if json {
@@ -520,7 +516,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
             }
         }
-        Command::Checkpoint { config, vpg, tag, wait } => {
+        Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
             let cfg = protected_config(&config)?;
             tidemark::api::local::validate_tag(&tag)?;
             let request =
@@ -533,7 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
             }
         }
-        Command::Restore { config, vpg, checkpoint, out } => {
+        Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => {
             let cfg = recovery_config(&config)?;
             let report = tidemark::recovery::restore::restore(
                 &cfg.node.data_dir.join("journal"),
@@ -544,7 +540,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             print!("{}", tidemark::recovery::restore::describe(&report));
         }
-        Command::Export { config, vpg, checkpoint } => {
+        Command::Export { at: OnRecovery { config, vpg }, checkpoint } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Export { vpg, checkpoint };
             let (reply, mut held) = tidemark::api::local::call_and_hold(&cfg.node.data_dir, &request)?;
@@ -560,19 +556,19 @@ fn run(cli: Cli) -> Result<()> {
             let _ = std::io::Read::read_to_end(&mut held, &mut rest);
             bail!("the recovery agent stopped serving the exports");
         }
-        Command::Failover { config, vpg, checkpoint, files } => {
+        Command::Failover { at: OnRecovery { config, vpg }, checkpoint, files } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
             print!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
-        Command::Reverse { config, vpg, wait } => {
+        Command::Reverse { at: OnProtected { config, vpg }, wait } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
             let progress =
                 "reverse protection: comparing extent hashes with the recovery site and receiving what differs";
             println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, progress)?);
         }
-        Command::Move { config, vpg, wait, cancel } => {
+        Command::Move { at: OnProtected { config, vpg }, wait, cancel } => {
             let cfg = protected_config(&config)?;
             let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
             let progress = if cancel {
@@ -582,7 +578,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
         }
-        Command::TestFailover(TestFailover::Start { config, vpg, checkpoint }) => {
+        Command::TestFailover(TestFailover::Start { at: OnRecovery { config, vpg }, checkpoint }) => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStart { vpg: vpg.clone(), checkpoint };
             let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
@@ -594,7 +590,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  {uri}");
             }
         }
-        Command::TestFailover(TestFailover::Stop { config, vpg }) => {
+        Command::TestFailover(TestFailover::Stop { at: OnRecovery { config, vpg } }) => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStop { vpg };
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);

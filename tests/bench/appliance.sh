@@ -84,16 +84,10 @@ count_commands() {
 read -r deb_elf deb_cmds < <(count_commands "$D")
 
 log "2/3 boot both under TCG: seconds to the login prompt, memory in use once settled"
-mkdir -p "$WORK/deb-guest"
-GUEST_START=$(date +%s.%N)
-qemu-system-x86_64 -accel tcg -m 512 -nodefaults -display none -no-reboot \
-    -serial "file:$WORK/deb-guest/serial.log" \
+qemu_guest deb-guest "" \
     -kernel "$WORK/deb-vmlinuz" -initrd "$WORK/deb-initrd" -append "root=/dev/vda rw console=ttyS0 net.ifnames=0" \
     -drive "file=$WORK/deb-disk.img,format=raw,if=virtio" \
-    -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 >"$WORK/deb-guest/qemu.log" 2>&1 &
-GUEST_PID=$!
-disown "$GUEST_PID"
-PIDS+=("$GUEST_PID")
+    -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0
 guest_wait deb-guest "debian-min login:" 300 || fail "Debian did not reach a login prompt: $(tail -5 "$WORK/deb-guest/serial.log")"
 deb_login=$(guest_seconds_since_start)
 guest_wait deb-guest "BENCH-MEM" 120 || fail "Debian did not report its memory"
@@ -125,9 +119,11 @@ unsquashfs -q -f -d "$WORK/app-root" "$IMAGE/root.squashfs" >/dev/null
 app_root_kib=$(du -sk --apparent-size "$WORK/app-root" | cut -f1)
 read -r app_elf app_cmds < <(count_commands "$WORK/app-root")
 app_pkgs=$(grep -cv '^#\|^$' image/packages.txt)
-OVA_OUT=$WORK/ova ova/package.sh >/dev/null
-app_ova=$(stat -c %s "$WORK/ova/tidemark.ova")
-app_vmdk=$(tar -tvf "$WORK/ova/tidemark.ova" system.vmdk | awk '{print $3}')
+# The OVA `make ova` made from this image (packed again only if older).
+OVA=$ROOT/build/ova/tidemark.ova
+[ "$OVA" -nt "$IMAGE/disk.img" ] || ova/package.sh >/dev/null
+app_ova=$(stat -c %s "$OVA")
+app_vmdk=$(tar -tvf "$OVA" system.vmdk | awk '{print $3}')
 deb_vmdk=$(stat -c %s "$WORK/deb-system.vmdk")
 app_sq=$(stat -c %s "$IMAGE/root.squashfs")
 deb_sq=$(stat -c %s "$WORK/deb-root.squashfs")

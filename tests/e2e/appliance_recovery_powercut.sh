@@ -45,13 +45,7 @@ log "recovery appliance ready $(guest_seconds_since_start) s after power-on; fin
 
 truncate -s 32M "$WORK/src/disk0.img"
 cat >"$WORK/protected.toml" <<TOML
-role = "protected"
-$(node_toml protected-host "$WORK/a")
-[capture]
-listen = "127.0.0.1:$NBD_PORT"
-[peer]
-address = "10.0.2.15"
-fingerprint = "$FP_R"
+$(protected_head protected-host "$WORK/a" "127.0.0.1:$NBD_PORT" 10.0.2.15 "$FP_R")
 [log]
 capacity_bytes = 268435456
 [logging]
@@ -76,6 +70,8 @@ guest_restore_sha() {
 tagged() {
     ip netns exec "$NS" "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vm1 --tag "$1" --wait 120s \
         >"$WORK/checkpoint.out" 2>&1 || fail "checkpoint '$1': $(cat "$WORK/checkpoint.out")"
+    grep -q "in the recovery journal" "$WORK/checkpoint.out" ||
+        fail "checkpoint '$1' was not acknowledged: $(cat "$WORK/checkpoint.out")"
 }
 
 log "the hypervisor writes 32 MiB through the protected agent and flushes; checkpoint 'before-cut'"

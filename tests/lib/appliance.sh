@@ -59,16 +59,26 @@ guest_start() {
     local system=${GUEST_SYSTEM:-file=$IMAGE/disk.img,format=raw} data=${GUEST_DATA:-$dir/data.img}
     xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
     [ -f "$data" ] || cp --sparse=always "$IMAGE/data.img" "$data"
-    local run=()
-    [ -n "$netns" ] && run=(ip netns exec "$netns")
-    GUEST_START=$(date +%s.%N)
-    # The serial console: logged to serial.log, and a socket to type on
-    # (tests/lib/console.py).
-    "${run[@]}" qemu-system-x86_64 -accel tcg -m "${GUEST_MEM:-512}" -nodefaults -display none -no-reboot \
-        -chardev "socket,id=con,path=$dir/console.sock,server=on,wait=off,logfile=$dir/serial.log" -serial chardev:con \
+    qemu_guest "$name" "$netns" \
         -drive "$system,if=virtio,readonly=on" \
         -drive "file=$data,format=raw,if=virtio" \
         -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
+        "$@"
+}
+
+# qemu_guest NAME NETNS QEMU_ARGS...: any guest (the appliance through
+# guest_start, or a peer OS for comparison) under TCG with $GUEST_MEM MiB,
+# its serial console logged to $WORK/NAME/serial.log and on a socket to
+# type on (tests/lib/console.py). Sets GUEST_PID and GUEST_START.
+qemu_guest() {
+    local name=$1 netns=$2 dir=$WORK/$1
+    shift 2
+    mkdir -p "$dir"
+    local run=()
+    [ -n "$netns" ] && run=(ip netns exec "$netns")
+    GUEST_START=$(date +%s.%N)
+    "${run[@]}" qemu-system-x86_64 -accel tcg -m "${GUEST_MEM:-512}" -nodefaults -display none -no-reboot \
+        -chardev "socket,id=con,path=$dir/console.sock,server=on,wait=off,logfile=$dir/serial.log" -serial chardev:con \
         "$@" >"$dir/qemu.log" 2>&1 &
     GUEST_PID=$!
     disown "$GUEST_PID"

@@ -55,6 +55,14 @@ recovery_head() {
         "$(node_toml "$1" "$2")" "$3" "$4"
 }
 
+# protected_head NAME DIR NBD_LISTEN PEER_ADDRESS FINGERPRINT: the start of
+# a protected agent's config, ending inside its [peer] table (more peer
+# keys may follow); then [log], [[vpg]] and the rest.
+protected_head() {
+    printf 'role = "protected"\n%s\n[capture]\nlisten = "%s"\n[peer]\naddress = "%s"\nfingerprint = "%s"\n' \
+        "$(node_toml "$1" "$2")" "$3" "$4" "$5"
+}
+
 # setup_pair MODE INTERVAL_MS VOLUME_SPEC...
 # VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
 # Peer addresses go through the WAN proxy when USE_PROXY=1.
@@ -81,15 +89,9 @@ peer_fingerprints = ["$FP_A"]
 dir = "$WORK/b/logs"
 TOML
     cat > "$WORK/protected.toml" <<TOML
-role = "protected"
-$(node_toml site-a "$WORK/a")
-[capture]
-listen = "127.0.0.1:$NBD_PORT"
-[peer]
-address = "127.0.0.1"
+$(protected_head site-a "$WORK/a" "127.0.0.1:$NBD_PORT" 127.0.0.1 "$FP_B")
 control_port = $peer_control
 data_port = $peer_data
-fingerprint = "$FP_B"
 throttle_bytes_per_sec = ${THROTTLE:-0}
 [log]
 capacity_bytes = ${LOG_CAPACITY:-1073741824}

@@ -113,13 +113,7 @@ token = "$DIAG_TOKEN"
 $appliance
 TOML
     cat >"$WORK/protected.toml" <<TOML
-role = "protected"
-$(node_toml site-a "$WORK/a")
-[capture]
-listen = "0.0.0.0:10809"
-[peer]
-address = "127.0.0.1"
-fingerprint = "$FP_B"
+$(protected_head site-a "$WORK/a" 0.0.0.0:10809 127.0.0.1 "$FP_B")
 [[vpg]]
 name = "vpg1"
 [[vpg.volume]]
