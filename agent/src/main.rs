@@ -17,6 +17,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// reuse buffers within a burst of writes, short enough to keep RSS small.
 const ALLOCATOR_PURGE_DELAY_MS: std::os::raw::c_long = 50;
 
+/// `tidemark checkpoint`'s exit status when the checkpoint is in the
+/// protected log but not yet in the recovery journal (EX_TEMPFAIL): a
+/// script that goes on only once its checkpoint is safe can tell.
+const EXIT_NOT_YET_REPLICATED: i32 = 75;
+
 #[derive(Parser)]
 #[command(
     name = "tidemark",
@@ -115,6 +120,8 @@ enum Command {
     },
     /// Insert a tagged checkpoint into a VPG's write order now (protected side,
     /// agent running); `--checkpoint TAG` then works wherever an id does.
+    /// Exit status 0 once the recovery journal has it; 75 if it is only in
+    /// the protected log when --wait runs out (it follows when the link allows).
     Checkpoint {
         #[command(flatten)]
         at: OnProtected,
@@ -527,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("checkpoint {id} {tag:?}: in the recovery journal");
             } else {
                 println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
+                std::process::exit(EXIT_NOT_YET_REPLICATED);
             }
         }
         Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => {

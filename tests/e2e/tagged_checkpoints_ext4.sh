@@ -110,4 +110,18 @@ assert "\"ok\":false" in reply and "malformed request" in reply, reply
 ' "$WORK/a/data/control.sock" || fail "garbage on the control socket was not refused"
 after=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 --json | jq '[.[] | select(.tag != "")] | length')
 [ "$before" = "$after" ] || fail "a refused request added a tagged checkpoint"
+
+log "with the recovery side down a checkpoint waits in the protected log (exit 75), then arrives"
+kill9 "$RECOVERY_PID"
+code=0
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag "while down" --wait 1s >"$WORK/out" 2>&1 || code=$?
+[ "$code" = 75 ] || fail "a checkpoint the recovery side never acknowledged exited $code: $(cat "$WORK/out")"
+grep -q "in the protected log" "$WORK/out" || fail "the checkpoint command did not say where it is: $(cat "$WORK/out")"
+start_recovery
+for _ in $(seq 1 150); do
+    [ "$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 --json |
+        jq -r '[.[] | select(.tag == "while down" and .consistent)] | length')" = 1 ] && break
+    sleep 0.2
+done
+restore_to "while down" "$WORK/while-down"
 log "PASS: tagged checkpoints restore ext4 images that fsck clean with every file as it was"
