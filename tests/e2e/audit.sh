@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `tidemark audit` on a hardened namespace passes; each single breakage
 # (a sysctl flipped back, an extra listening port, INPUT policy ACCEPT, a
-# stray securetty line, an unexpected process, a setuid file, a compiler)
+# stray securetty line, an unexpected process, a setuid file, a compiler,
+# a private key others may read)
 # makes it fail, naming that item and only that item. The audit runs in its
 # own PID namespace so the process check sees the appliance's processes,
 # not the test host's.
@@ -90,6 +91,11 @@ rm "$WORK/fsroot/usr/bin/helper"
 touch "$WORK/fsroot/usr/bin/gcc"
 expect_only_failure "no compilers, package managers or cron .*/usr/bin/gcc"
 rm "$WORK/fsroot/usr/bin/gcc"
+
+log "the private key readable by others"
+chmod 0644 "$WORK/b/keys/key.pem"
+expect_only_failure "private key .*mode 0644"
+chmod 0600 "$WORK/b/keys/key.pem"
 
 log "all repaired: the audit passes again"
 audit || fail "audit still fails after repairs: $(grep FAIL "$WORK/audit.out")"

@@ -119,6 +119,7 @@ pub fn run(cfg: &Config) -> Report {
     setuid(&mut b, cfg);
     forbidden_programs(&mut b, cfg);
     readonly_root(&mut b, cfg);
+    private_key(&mut b, &cfg.node().key);
     Report { items: b.0 }
 }
 
@@ -299,6 +300,23 @@ fn forbidden_programs(b: &mut Builder, cfg: &Config) {
         format!("none under {}", root.display()),
         format!("found {}", listed(&found)),
     );
+}
+
+/// The appliance's TLS key is its identity towards the peer: whoever reads
+/// it can pose as this appliance. Owner only, like `keygen` writes it.
+fn private_key(b: &mut Builder, key: &Path) {
+    match std::fs::metadata(key) {
+        Ok(meta) => {
+            let mode = meta.mode() & 0o7777;
+            b.check(
+                "private key",
+                mode & 0o077 == 0,
+                format!("{} is mode {mode:04o} (owner only)", key.display()),
+                format!("{} is mode {mode:04o}: group or others may read it (want 0600)", key.display()),
+            );
+        }
+        Err(e) => b.add("private key", Verdict::Fail, format!("{}: {e}", key.display())),
+    }
 }
 
 fn readonly_root(b: &mut Builder, cfg: &Config) {
