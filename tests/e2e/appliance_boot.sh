@@ -18,6 +18,9 @@
 # - Fail closed: with a rule file naming a port outside the port table the
 #   same image reports the failed hardening, never starts the agent, and
 #   nothing on its network answers.
+# - An agent that stops right after it starts (here: its VM disk is not
+#   there) says why on the console and is started again after 5 s, 10 s,
+#   ... (at most a minute), so the console stays usable.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
 
@@ -120,5 +123,17 @@ sleep 3
 grep -q "tidemark recovery ready" "$WORK/bad/serial.log" && fail "the agent started although hardening failed"
 ip netns exec "$NS" ping -c 2 -W 1 10.0.2.15 >/dev/null 2>&1 && fail "the guest answers pings although hardening failed"
 port_answers 4007 && fail "the guest answers on 4007 although hardening failed"
+guest_stop
+
+log "an agent that cannot start (its VM disk is missing) is started again after a growing pause"
+ovf_env "$WORK/nodisk/cfg/ovf-env.xml" tidemark.role=protected tidemark.hostname=tm-nodisk \
+    tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 tidemark.storage.address=10.0.2.16/24 \
+    tidemark.peer.address=10.0.2.2 tidemark.vpgs="vm1:disk0=/dev/vdz" \
+    tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
+boot nodisk
+guest_wait nodisk "(2 in a row); next start in 10 s" 120 ||
+    fail "no growing pause between failed starts: $(tail -20 "$WORK/nodisk/serial.log")"
+grep -q 'opening volume "disk0" at /dev/vdz' "$WORK/nodisk/serial.log" || fail "the agent's error is not on the console"
+grep -q "(1 in a row); next start in 5 s" "$WORK/nodisk/serial.log" || fail "the first pause is not 5 s"
 guest_stop
 log "PASS"
