@@ -58,13 +58,13 @@ path = "$WORK/src/disk0.img"
 TOML
 start_agent protected "$NBD_PORT" "$NS"
 
-# in_guest COMMAND: runs COMMAND as root on the guest's serial console.
-in_guest() { guest_console "$GUEST" root "$PASSWORD" "$1" | tr -d '\r'; }
-# guest_restore_sha TAG: SHA-256 of vm1/disk0 restored at TAG inside the guest.
+# guest_restore_sha NAME TAG: restores vm1 at TAG inside guest NAME (root
+# on its serial console) and leaves disk0's SHA-256 in RESTORED_SHA.
 guest_restore_sha() {
     local out
-    out=$(in_guest "rm -rf /tmp/r; tidemark restore --config /run/tidemark/tidemark.toml --vpg vm1 --checkpoint '$1' --out /tmp/r >/tmp/restore.out 2>&1 && sha256sum /tmp/r/disk0.img || cat /tmp/restore.out; rm -rf /tmp/r")
-    awk '/disk0.img$/ {print $1}' <<<"$out" | grep . || fail "restore of '$1' in the guest failed: $out"
+    out=$(guest_console "$1" root "$PASSWORD" "rm -rf /tmp/r; tidemark restore --config /run/tidemark/tidemark.toml --vpg vm1 --checkpoint '$2' --out /tmp/r >/tmp/restore.out 2>&1 && sha256sum /tmp/r/disk0.img || cat /tmp/restore.out; rm -rf /tmp/r" | tr -d '\r')
+    RESTORED_SHA=$(awk '/disk0.img$/ {print $1}' <<<"$out")
+    [ -n "$RESTORED_SHA" ] || fail "restore of '$2' in the guest failed: $out"
 }
 # tagged NAME: a checkpoint tagged NAME that the recovery journal holds.
 tagged() {
@@ -80,7 +80,7 @@ ip netns exec "$NS" nbdcopy --flush "$WORK/data.img" "$NBD" || fail "nbdcopy int
 tagged before-cut
 guest_stop
 log "power cut of the recovery appliance as the checkpoint was acknowledged"
-st=$(fresh_status_json protected)
+st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten within 5 s"
 head_seq=$(jq -r '.vpgs[0].head_seq' <<<"$st")
 acked_seq=$(jq -r '.vpgs[0].acked_seq' <<<"$st")
 [ "$acked_seq" -ge "$head_seq" ] 2>/dev/null ||
@@ -89,12 +89,11 @@ acked_seq=$(jq -r '.vpgs[0].acked_seq' <<<"$st")
 mkdir -p "$WORK/rec2"
 cp -r "$WORK/rec/cfg" "$WORK/rec2/"
 GUEST_DATA=$WORK/rec/data.img boot rec2
-GUEST=rec2
 guest_wait rec2 "tidemark recovery ready" 120 || fail "no 'ready' after the power cut: $(tail -20 "$WORK/rec2/serial.log")"
 grep -q "fingerprint: $FP_R" "$WORK/rec2/serial.log" || fail "the recovery appliance's key did not survive the power cut"
 want=$(sha256sum <"$WORK/data.img" | cut -d' ' -f1)
-got=$(guest_restore_sha before-cut)
-[ "$got" = "$want" ] || fail "after the power cut, 'before-cut' restores to sha256 $got, not the data's $want"
+guest_restore_sha rec2 before-cut
+[ "$RESTORED_SHA" = "$want" ] || fail "after the power cut, 'before-cut' restores to sha256 $RESTORED_SHA, not the data's $want"
 log "rebooted; 'before-cut' restored in the guest equals the 32 MiB written (sha256 ${want:0:16}…)"
 
 log "replication goes on: 8 MiB more, checkpoint 'after-cut'"
@@ -102,8 +101,8 @@ head -c 8M /dev/urandom | dd of="$WORK/data.img" bs=1M seek=12 conv=notrunc stat
 ip netns exec "$NS" nbdcopy --flush "$WORK/data.img" "$NBD" || fail "nbdcopy after the reboot failed"
 tagged after-cut
 want=$(sha256sum <"$WORK/data.img" | cut -d' ' -f1)
-got=$(guest_restore_sha after-cut)
-[ "$got" = "$want" ] || fail "'after-cut' restores to sha256 $got, not the data's $want"
+guest_restore_sha rec2 after-cut
+[ "$RESTORED_SHA" = "$want" ] || fail "'after-cut' restores to sha256 $RESTORED_SHA, not the data's $want"
 log "'after-cut' restored in the guest equals the data"
 guest_stop
 log "PASS"

@@ -162,7 +162,9 @@ start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID;
 status_json() { "$TIDEMARK" status --json --config "$WORK/$1.toml" 2>/dev/null; }
 
 # fresh_status_json ROLE: the status once the agent has rewritten it
-# (once a second) after this call, so it reflects everything before it.
+# (once a second) after this call, so it reflects everything before it;
+# status 1 if it was not rewritten within 5 s. Called as $(...), so the
+# caller fails the test: `fail` here would only end the subshell.
 fresh_status_json() {
     local since st
     since=$(($(date +%s%3N) + 50))
@@ -171,7 +173,7 @@ fresh_status_json() {
         [ "$(jq -r '.updated_ms' <<<"$st")" -gt "$since" ] 2>/dev/null && { echo "$st"; return 0; }
         sleep 0.1
     done
-    fail "$1 status was not rewritten within 5 s"
+    return 1
 }
 
 # wait_status ROLE REGEX: `tidemark status` (rewritten every second)
@@ -188,8 +190,9 @@ wait_status() {
 # Waits until the recovery journal holds a complete checkpoint taken after
 # everything the protected side has appended so far.
 wait_replicated() {
-    local timeout=${1:-120} head i cp
-    head=$(fresh_status_json protected | jq -r '.vpgs[0].head_seq')
+    local timeout=${1:-120} head i cp st
+    st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten within 5 s"
+    head=$(jq -r '.vpgs[0].head_seq' <<<"$st")
     # The recovery agent's status (rewritten every second) names its newest
     # checkpoint; "protected" means every volume's initial copy is in, so
     # that checkpoint is complete. Cheap, unlike listing the journal.

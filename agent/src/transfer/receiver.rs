@@ -59,6 +59,11 @@ impl Receiver {
         self.vpgs.lock().expect("vpgs lock").get(vpg).cloned()
     }
 
+    /// The checkpoint `vpg` was failed over at here, if it was.
+    fn failed_over_at(&self, vpg: &str) -> Option<u64> {
+        self.slot(vpg).and_then(|s| s.failed_over_at())
+    }
+
     pub fn journal_root(&self) -> &std::path::Path {
         &self.journal_root
     }
@@ -149,7 +154,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
 async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
     let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
-            if let Some(checkpoint) = receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
+            if let Some(checkpoint) = receiver.failed_over_at(&vpg) {
                 send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
                 bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
             }
@@ -185,7 +190,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
             },
             ControlMessage::MoveCancel => {
-                let reply = match receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
+                let reply = match receiver.failed_over_at(&vpg) {
                     Some(checkpoint) => ControlMessage::Refused {
                         reason: format!(
                             "VPG {vpg:?} was already failed over at the recovery site (checkpoint {checkpoint})"
@@ -200,7 +205,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 send_control(&mut link, &reply).await?;
             }
             ControlMessage::Ping => {
-                let reply = match receiver.slot(&vpg).and_then(|s| s.failed_over_at()) {
+                let reply = match receiver.failed_over_at(&vpg) {
                     Some(checkpoint) => ControlMessage::FailedOver { checkpoint },
                     None => ControlMessage::Pong,
                 };
