@@ -349,13 +349,35 @@ pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc
     }
 }
 
+/// Peer data: checked as bytes, never sliced as text (a multi-byte
+/// character once made a byte slice panic and took the agent down).
 fn parse_hash(text: &str) -> Result<ExtentHash> {
-    if text.len() != 64 {
+    let digits = text.as_bytes();
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
         bail!("an extent hash must be 64 hex digits");
     }
+    let nibble = |d: u8| (d as char).to_digit(16).expect("checked hex") as u8;
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).context("extent hash is not hex")?;
+    for (b, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *b = nibble(pair[0]) << 4 | nibble(pair[1]);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_hashes_from_the_peer_are_checked_not_trusted() {
+        let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_hash(&hex).unwrap().to_vec(), (0u8..32).collect::<Vec<_>>());
+        assert_eq!(parse_hash(&hex.to_uppercase()).unwrap(), parse_hash(&hex).unwrap());
+        // 64 bytes with a character across a digit pair: once a panic (the
+        // pair was sliced as text), now an error. And "+f" is not a digit.
+        let split = [format!("0é{}", &hex[..61]), format!("€{}", &hex[..61]), "é".repeat(32)];
+        for bad in split.into_iter().chain(["+f".repeat(32), hex[..62].to_string(), String::new()]) {
+            assert!(parse_hash(&bad).is_err(), "{bad:?}");
+        }
+    }
 }
