@@ -125,7 +125,8 @@ enum Command {
     Checkpoint {
         #[command(flatten)]
         at: OnProtected,
-        /// A name for it, like "before upgrade" (not a number, "latest" or "head").
+        /// A name for it, like "before upgrade" (not a number, "latest" or "head");
+        /// at most 256 bytes of UTF-8 (85 characters such as "€", 256 ASCII).
         #[arg(long)]
         tag: String,
         /// How long to wait for the recovery journal to have it.

@@ -16,7 +16,9 @@ pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TMRC");
 pub const RECORD_HEADER_BYTES: usize = 52;
 /// Largest payload a record may carry: one NBD write (32 MiB) or a tag.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Longest checkpoint tag, in bytes of UTF-8 (not characters).
 pub const CHECKPOINT_TAG_BYTES_MAX: usize = 256;
+const _: () = assert!(8 + CHECKPOINT_TAG_BYTES_MAX <= RECORD_PAYLOAD_BYTES_MAX);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
@@ -35,6 +37,22 @@ pub enum RecordBody {
 }
 
 impl RecordBody {
+    /// What the decoder would refuse in this body, checked before anything
+    /// is encoded: an encoder that writes only what its decoder accepts
+    /// (a 300-byte tag once stalled a sender for good, refused by every
+    /// decoder after it had been logged).
+    pub fn check(&self) -> Result<(), RecordError> {
+        match self {
+            RecordBody::Write { data, .. } if data.len() > RECORD_PAYLOAD_BYTES_MAX => {
+                Err(RecordError::PayloadTooLarge(data.len()))
+            }
+            RecordBody::Checkpoint { tag, .. } if tag.len() > CHECKPOINT_TAG_BYTES_MAX => {
+                Err(RecordError::TagTooLong(tag.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The range of a volume a Write or Zero changes: (volume, offset,
     /// length); None for markers. A Write's length is its data's, so not
     /// for records decoded with `decode_metadata`.
@@ -68,6 +86,8 @@ pub enum RecordError {
     UnknownKind(u8),
     #[error("record payload of {0} bytes is over the limit")]
     PayloadTooLarge(usize),
+    #[error("checkpoint tag of {0} bytes is over the {CHECKPOINT_TAG_BYTES_MAX}-byte limit")]
+    TagTooLong(usize),
     #[error("malformed record: {0}")]
     Malformed(&'static str),
 }
@@ -182,8 +202,11 @@ impl Record {
             }
             KIND_ZERO => RecordBody::Zero { volume, offset, length },
             KIND_CHECKPOINT => {
-                if payload_len < 8 || payload_len - 8 > CHECKPOINT_TAG_BYTES_MAX {
+                if payload_len < 8 {
                     return Err(RecordError::Malformed("checkpoint payload size"));
+                }
+                if payload_len - 8 > CHECKPOINT_TAG_BYTES_MAX {
+                    return Err(RecordError::TagTooLong(payload_len - 8));
                 }
                 let tag = std::str::from_utf8(&payload[8..])
                     .map_err(|_| RecordError::Malformed("checkpoint tag is not UTF-8"))?;
@@ -204,7 +227,16 @@ impl Record {
 
 /// Encodes a record from its parts, so callers that keep the body (the
 /// capture path writes the same bytes to the volume) need not copy it.
+/// The body must pass `RecordBody::check` (callers check first and turn a
+/// refusal into an error; reaching here with one is a bug).
 pub fn encode_parts(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>) {
+    if let Err(e) = body.check() {
+        panic!("encoding seq {seq}: {e}: the decoder would refuse this record");
+    }
+    encode_unchecked(seq, vpg_id, body, out)
+}
+
+fn encode_unchecked(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>) {
     let (kind, volume, offset, length) = match body {
         RecordBody::Write { volume, offset, data } => (KIND_WRITE, *volume, *offset, data.len() as u64),
         RecordBody::Zero { volume, offset, length } => (KIND_ZERO, *volume, *offset, *length),
@@ -273,16 +305,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Any text, ASCII or not, cut at a character boundary to the limit.
+    fn tag_strategy() -> impl Strategy<Value = String> {
+        "\\PC{0,120}".prop_map(|t| {
+            let mut end = t.len().min(CHECKPOINT_TAG_BYTES_MAX);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t[..end].to_string()
+        })
+    }
+
     fn body_strategy() -> impl Strategy<Value = RecordBody> {
         prop_oneof![
             (any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2048))
                 .prop_map(|(volume, offset, data)| RecordBody::Write { volume, offset, data }),
             (any::<u32>(), any::<u64>(), any::<u64>())
                 .prop_map(|(volume, offset, length)| { RecordBody::Zero { volume, offset, length } }),
-            (any::<u64>(), "[a-z ]{0,40}").prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
+            (any::<u64>(), tag_strategy()).prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
             any::<u32>().prop_map(|volume| RecordBody::CopyDone { volume }),
             any::<u64>().prop_map(|time_ms| RecordBody::StreamStart { time_ms }),
         ]
+    }
+
+    #[test]
+    fn largest_records_round_trip() {
+        let tag = "€".repeat(CHECKPOINT_TAG_BYTES_MAX / 3);
+        assert_eq!(tag.len(), 255);
+        let data = vec![0xa5; RECORD_PAYLOAD_BYTES_MAX];
+        for body in [
+            RecordBody::Checkpoint { time_ms: 9, tag: format!("{tag}x") },
+            RecordBody::Write { volume: 1, offset: 1 << 40, data },
+        ] {
+            let rec = Record { seq: 77, vpg_id: 5, body };
+            assert_eq!(Record::decode(&rec.encode()).unwrap().0, rec);
+        }
+    }
+
+    #[test]
+    fn a_tag_over_the_limit_in_bytes_is_refused_before_encoding() {
+        // 100 characters, 300 bytes: the unit is bytes.
+        let body = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
+        assert_eq!(body.check(), Err(RecordError::TagTooLong(300)));
+        let too_big = RecordBody::Write { volume: 0, offset: 0, data: vec![0; RECORD_PAYLOAD_BYTES_MAX + 1] };
+        assert!(matches!(too_big.check(), Err(RecordError::PayloadTooLarge(_))));
+        let encode = std::panic::catch_unwind(|| Record { seq: 1, vpg_id: 1, body }.encode());
+        assert!(encode.is_err(), "the encoder must refuse what the decoder refuses");
     }
 
     proptest! {
@@ -315,6 +383,22 @@ mod tests {
             bytes[48..52].copy_from_slice(&crc.to_le_bytes());
             if let Ok((rec, used)) = Record::decode(&bytes) {
                 prop_assert_eq!(rec.encode(), bytes[..used].to_vec());
+            }
+        }
+
+        #[test]
+        fn encoder_and_decoder_agree_on_tags(tag in "\\PC{0,200}") {
+            // Whatever `check` accepts encodes and decodes back; whatever it
+            // refuses, the decoder refuses too, for the same reason.
+            let body = RecordBody::Checkpoint { time_ms: 1, tag: tag.clone() };
+            let mut bytes = Vec::new();
+            encode_unchecked(4, 1, &body, &mut bytes);
+            match body.check() {
+                Ok(()) => prop_assert_eq!(Record::decode(&bytes).unwrap().0.body, body),
+                Err(e) => {
+                    prop_assert!(tag.len() > CHECKPOINT_TAG_BYTES_MAX);
+                    prop_assert_eq!(Record::decode(&bytes).unwrap_err(), e);
+                }
             }
         }
 

@@ -21,9 +21,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub const SOCKET_FILE: &str = "control.sock";
-/// A request line longer than this is refused (a tag is at most 128 chars).
+/// A request line longer than this is refused (it holds at most a tag).
 const REQUEST_BYTES_MAX: usize = 4096;
-pub const TAG_CHARS_MAX: usize = 128;
+/// A tag is stored in a checkpoint record: its limit, in bytes of UTF-8.
+pub const TAG_BYTES_MAX: usize = crate::record::CHECKPOINT_TAG_BYTES_MAX;
+// A tag escaped as JSON (at most 6 bytes per byte, \u00XX) fits a request.
+const _: () = assert!(6 * TAG_BYTES_MAX + 512 <= REQUEST_BYTES_MAX);
 /// The longest a caller may ask to wait for the recovery side.
 const WAIT_MS_MAX: u64 = 10 * 60 * 1000;
 
@@ -102,8 +105,15 @@ pub enum Agent {
 
 /// Tags name checkpoints wherever an id does: they must not look like one.
 pub fn validate_tag(tag: &str) -> Result<()> {
-    if tag.trim().is_empty() || tag.chars().count() > TAG_CHARS_MAX {
-        bail!("tag: must be 1-{TAG_CHARS_MAX} characters");
+    if tag.trim().is_empty() {
+        bail!("tag: must not be empty");
+    }
+    if tag.len() > TAG_BYTES_MAX {
+        bail!(
+            "tag: {} bytes as UTF-8 ({} characters); at most {TAG_BYTES_MAX} bytes (characters beyond ASCII take 2-4)",
+            tag.len(),
+            tag.chars().count()
+        );
     }
     if tag.chars().any(char::is_control) {
         bail!("tag: must not contain control characters");
@@ -282,10 +292,13 @@ mod tests {
 
     #[test]
     fn tags_that_look_like_ids_or_keywords_are_refused() {
-        for bad in ["", "  ", "latest", "head", "12345", "a\nb", &"x".repeat(129)] {
+        for bad in ["", "  ", "latest", "head", "12345", "a\nb", &"x".repeat(257), &"€".repeat(100)] {
             assert!(validate_tag(bad).is_err(), "{bad:?}");
         }
         validate_tag("before upgrade 2.4").unwrap();
+        // The limit is in bytes, as the record stores it: 85 × 3 = 255.
+        validate_tag(&"€".repeat(85)).unwrap();
+        validate_tag(&"x".repeat(256)).unwrap();
     }
 
     #[test]

@@ -12,27 +12,53 @@ pub struct LogCursor {
     /// Next seq the caller wants.
     want_seq: u64,
     open: Option<(u64, SegmentReader)>,
+    /// A record read that did not fit the last batch: the next one starts
+    /// with it.
+    held: Option<Record>,
 }
 
 impl LogCursor {
     pub(super) fn new(log: Arc<ProtectedLog>, from_seq: u64) -> Self {
-        LogCursor { log, want_seq: from_seq, open: None }
+        LogCursor { log, want_seq: from_seq, open: None, held: None }
     }
 
-    /// Records from the cursor's position that are already appended, up to
-    /// `max_bytes` of encoded size (at least one) or `max_records`.
-    pub fn read_available(&mut self, max_bytes: usize, max_records: usize) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while out.len() < max_records && (out.is_empty() || bytes < max_bytes) {
-            if self.open.is_none() && !self.open_segment_for_want()? {
+    /// The next record available, if any (it is not consumed).
+    pub fn peek(&mut self) -> Result<Option<&Record>> {
+        if self.held.is_none() {
+            self.held = self.read_one()?;
+        }
+        Ok(self.held.as_ref())
+    }
+
+    /// Adds records available from the cursor's position to `batch` while
+    /// the batch stays within `max_bytes` of encoded size and `max_records`.
+    /// A record larger than `max_bytes` goes alone into an empty batch, so
+    /// a batch is either one record or at most `max_bytes`.
+    pub fn fill(&mut self, batch: &mut Vec<Record>, max_bytes: usize, max_records: usize) -> Result<()> {
+        let mut bytes: usize = batch.iter().map(Record::encoded_len).sum();
+        while batch.len() < max_records {
+            let Some(next) = self.peek()? else { break };
+            let len = next.encoded_len();
+            if !batch.is_empty() && bytes + len > max_bytes {
                 break;
+            }
+            bytes += len;
+            batch.push(self.held.take().expect("peeked above"));
+        }
+        Ok(())
+    }
+
+    /// The next appended record at or after `want_seq`, if any.
+    fn read_one(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.open.is_none() && !self.open_segment_for_want()? {
+                return Ok(None);
             }
             let end = self.log.end();
             let (first_seq, reader) = self.open.as_mut().expect("opened above");
             let is_current = *first_seq == end.current_first_seq;
             if is_current && reader.offset() >= end.current_len {
-                break;
+                return Ok(None);
             }
             match reader.next_record() {
                 Ok(Some((rec, _))) => {
@@ -40,15 +66,13 @@ impl LogCursor {
                         continue;
                     }
                     self.want_seq = rec.seq + 1;
-                    bytes += rec.encoded_len();
-                    out.push(rec);
+                    return Ok(Some(rec));
                 }
                 Ok(None) if !is_current => self.open = None,
-                Ok(None) => break,
+                Ok(None) => return Ok(None),
                 Err(damage) => bail!("reading the protected log: {damage}"),
             }
         }
-        Ok(out)
     }
 
     /// Opens the segment that holds `want_seq`; false if none exists yet.

@@ -192,6 +192,7 @@ impl ProtectedLog {
     /// Appends a record, waiting while the log is full. Returns its seq.
     /// Callers serialise appends per VPG; the seq order is the write order.
     pub async fn append(&self, body: &RecordBody) -> Result<u64> {
+        body.check().context("refusing to log a record its readers would refuse")?;
         let needed = (RECORD_HEADER_BYTES + payload_len(body)) as u64;
         loop {
             let notified = self.space.notified();
@@ -436,8 +437,60 @@ mod tests {
         assert!(!report.fresh);
         assert_eq!(report.next_seq, seqs.last().unwrap() + 1);
         let mut cursor = log.cursor(seqs[10]);
-        let got = cursor.read_available(usize::MAX, 1000).unwrap();
+        let mut got = Vec::new();
+        cursor.fill(&mut got, usize::MAX, 1000).unwrap();
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[10..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn batches_never_exceed_the_receivers_limit() {
+        use crate::record::RECORD_PAYLOAD_BYTES_MAX;
+        use crate::wire::batch::{BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ProtectedLog::open(dir.path(), 1, 256 << 20).unwrap();
+        // Small writes ending 28 bytes short of the batch target, then one
+        // of the largest size: the big one must travel alone, not on top of
+        // a nearly full batch (together they are over the receiver's limit).
+        for i in 0..63 {
+            log.append(&write(i, 64 << 10)).await.unwrap();
+        }
+        log.append(&write(63, 62_120)).await.unwrap();
+        let big = RecordBody::Write { volume: 0, offset: 0, data: vec![7; RECORD_PAYLOAD_BYTES_MAX] };
+        let last = log.append(&big).await.unwrap();
+        let mut cursor = log.cursor(0);
+        let mut seen = 0;
+        loop {
+            // As the sender does: a batch, then a second look (its linger).
+            let mut batch = Vec::new();
+            cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
+            seen += batch.len();
+            let encoded = crate::wire::batch::encode(&batch);
+            crate::wire::batch::decode(&encoded.bytes, 1).expect("the receiver takes every batch the cursor makes");
+            assert!(batch.last().unwrap().seq <= last);
+        }
+        assert_eq!(seen, 66, "stream start, 64 writes and the big one");
+    }
+
+    #[tokio::test]
+    async fn a_record_its_readers_would_refuse_is_never_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
+        let before = log.appended_seq();
+        let tag = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
+        let err = log.append(&tag).await.unwrap_err();
+        assert!(format!("{err:#}").contains("300 bytes"), "{err:#}");
+        assert_eq!(log.appended_seq(), before);
+        // The log goes on, and reopens without cutting anything.
+        let seq = log.append(&write(1, 512)).await.unwrap();
+        log.sync_to(seq).await.unwrap();
+        drop(log);
+        let (_, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
+        assert!(report.truncated_tail.is_none());
+        assert_eq!(report.next_seq, seq + 1);
     }
 
     #[tokio::test]

@@ -345,8 +345,8 @@ impl RecoveryOps {
         let capture = self.reverse_capture(vpg, &dir, &meta).await?;
         let log = &capture.log;
         let continues = applied_seq > 0 && {
-            let next = log.cursor(applied_seq + 1).read_available(1, 1)?;
-            next.first().map_or(log.appended_seq() == applied_seq, |r| r.seq == applied_seq + 1)
+            let mut cursor = log.cursor(applied_seq + 1);
+            cursor.peek()?.map_or(log.appended_seq() == applied_seq, |r| r.seq == applied_seq + 1)
         };
         if continues {
             log.ack(applied_seq);

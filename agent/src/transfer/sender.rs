@@ -136,8 +136,7 @@ async fn session(
 /// a new stream starts with a full copy.
 async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64) -> Result<u64> {
     let mut cursor = vpg.log.cursor(durable_seq + 1);
-    let first = cursor.read_available(1, 1)?;
-    let continues = match first.first() {
+    let continues = match cursor.peek()? {
         Some(rec) => rec.seq == durable_seq + 1 || matches!(rec.body, RecordBody::StreamStart { .. }),
         // Nothing unsent: fine if the journal is exactly where the log ends.
         None => vpg.log.appended_seq() == durable_seq,
@@ -230,7 +229,8 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         // Mark the current end seen before reading, so an append that
         // lands after the read still wakes us.
         appended.borrow_and_update();
-        let mut records = cursor.read_available(BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
+        let mut records = Vec::new();
+        cursor.fill(&mut records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
         if records.is_empty() {
             appended.changed().await.context("log closed")?;
             continue;
@@ -238,7 +238,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
         if bytes < BATCH_LINGER_BYTES && records.len() < BATCH_RECORDS_MAX {
             tokio::time::sleep(BATCH_LINGER).await;
-            records.extend(cursor.read_available(BATCH_RAW_BYTES_TARGET - bytes, BATCH_RECORDS_MAX - records.len())?);
+            cursor.fill(&mut records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
         }
         send_batch(&records, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {

@@ -5,15 +5,22 @@
 //! Three checks guard the data: the frame crc, `raw_crc` over the
 //! decompressed records, and each record's own crcs.
 
-use crate::record::Record;
+use crate::record::{Record, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::wire::frame::FRAME_PAYLOAD_BYTES_MAX;
 use anyhow::{bail, Context, Result};
 
 pub const BATCH_HEADER_BYTES: usize = 32;
 /// Soft target for the raw size of one batch.
 pub const BATCH_RAW_BYTES_TARGET: usize = 4 << 20;
 pub const BATCH_RECORDS_MAX: usize = 4096;
-/// Hard limit on a decompressed batch (one maximal write plus slack).
+/// Hard limit on a decompressed batch (one maximal write plus slack). The
+/// cursor makes a batch either one record or at most the target, so every
+/// batch it makes fits (`LogCursor::fill`).
 pub const BATCH_RAW_BYTES_MAX: usize = 36 << 20;
+const _: () = assert!(BATCH_RAW_BYTES_TARGET <= BATCH_RAW_BYTES_MAX);
+const _: () = assert!(RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX <= BATCH_RAW_BYTES_MAX);
+// A batch is sent raw unless compression makes it smaller: it fits a frame.
+const _: () = assert!(BATCH_HEADER_BYTES + BATCH_RAW_BYTES_MAX <= FRAME_PAYLOAD_BYTES_MAX);
 const ZSTD_LEVEL: i32 = 1;
 /// Send compressed only when it saves at least this share of the bytes.
 const COMPRESSION_WORTH_RATIO: f64 = 0.9;
@@ -66,6 +73,7 @@ impl BatchEncoder {
             r.encode_into(&mut raw);
         }
         let (raw_len, raw_crc) = (raw.len(), crc32fast::hash(&raw));
+        assert!(raw_len <= BATCH_RAW_BYTES_MAX, "a batch of {raw_len} raw bytes would be refused by the receiver");
         let compressed = if self.skip_compression > 0 {
             self.skip_compression -= 1;
             None
