@@ -24,12 +24,14 @@ ova: image
 demo: build
 	@tests/demo.sh
 
+# The unit tests, then those that set failpoints (process-wide: one at a time).
 unit: deps
 	cargo test --workspace --locked
+	cargo test --locked -p tidemark --features failpoints --lib failpoints:: -- --test-threads=1
 
 lint: deps
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 e2e: build image
 	@tests/run-e2e.sh

@@ -95,7 +95,31 @@ pub struct SegmentReader {
     buf: Vec<u8>,
 }
 
-/// Why reading a segment stopped before its end.
+/// Why reading a segment stopped before its end: the storage failed, or
+/// the bytes read are not a good record. The two call for opposite
+/// answers, so they are told apart here: a read error says nothing about
+/// the data (retry, report, never cut or quarantine on it), damage is
+/// known bad bytes (a torn tail is cut, corruption is quarantined).
+#[derive(Debug)]
+pub enum SegmentError {
+    Io { path: PathBuf, offset: u64, source: std::io::Error },
+    Damage(SegmentDamage),
+}
+
+impl std::fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentError::Io { path, offset, source } => {
+                write!(f, "{}: read error at offset {offset}: {source}", path.display())
+            }
+            SegmentError::Damage(d) => d.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SegmentError {}
+
+/// A record that fails its checks, and where.
 #[derive(Debug)]
 pub struct SegmentDamage {
     pub path: PathBuf,
@@ -141,12 +165,12 @@ impl SegmentReader {
     }
 
     /// The next record and its file offset; `Ok(None)` at a clean end.
-    pub fn next_record(&mut self) -> Result<Option<(Record, u64)>, SegmentDamage> {
+    pub fn next_record(&mut self) -> Result<Option<(Record, u64)>, SegmentError> {
         let at = self.offset;
-        let damage = |error| SegmentDamage { path: self.path.clone(), offset: at, error };
+        let damage = |error| SegmentError::Damage(SegmentDamage { path: self.path.clone(), offset: at, error });
+        let io = |source| SegmentError::Io { path: self.path.clone(), offset: at, source };
         self.buf.resize(RECORD_HEADER_BYTES, 0);
-        let got =
-            read_fully(&mut self.reader, &mut self.buf).map_err(|_| damage(RecordError::Malformed("read error")))?;
+        let got = read_fully(&mut self.reader, &mut self.buf).map_err(io)?;
         if got == 0 {
             return Ok(None);
         }
@@ -162,8 +186,7 @@ impl SegmentReader {
         let payload_len = u32_at(&self.buf, 40) as usize;
         debug_assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
         self.buf.resize(RECORD_HEADER_BYTES + payload_len, 0);
-        let got = read_fully(&mut self.reader, &mut self.buf[RECORD_HEADER_BYTES..])
-            .map_err(|_| damage(RecordError::Malformed("read error")))?;
+        let got = read_fully(&mut self.reader, &mut self.buf[RECORD_HEADER_BYTES..]).map_err(io)?;
         if got < payload_len {
             let needed = RECORD_HEADER_BYTES + payload_len;
             return Err(damage(RecordError::Incomplete { needed, have: RECORD_HEADER_BYTES + got }));
@@ -176,6 +199,7 @@ impl SegmentReader {
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
 fn read_fully(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    fail::fail_point!("segment-read", |_| Err(std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())));
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -216,7 +240,7 @@ mod tests {
         for seq in 1..4 {
             assert_eq!(r.next_record().unwrap().unwrap().0.seq, seq);
         }
-        let damage = r.next_record().unwrap_err();
+        let SegmentError::Damage(damage) = r.next_record().unwrap_err() else { panic!("not damage") };
         assert_eq!(damage.offset, good_len);
         assert!(damage.error.is_incomplete());
     }
@@ -233,7 +257,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (mut r, _) = SegmentReader::open(&path, SegmentKind::Journal, 9).unwrap();
         assert_eq!(r.next_record().unwrap().unwrap().0.seq, 1);
-        let damage = r.next_record().unwrap_err();
+        let SegmentError::Damage(damage) = r.next_record().unwrap_err() else { panic!("not damage") };
         assert!(!damage.error.is_incomplete());
     }
 

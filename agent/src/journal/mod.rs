@@ -196,3 +196,51 @@ fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()
     f.sync_all()?;
     sync_dir(dir)
 }
+
+/// Tests that make the storage fail at exact points (`--features
+/// failpoints`; `make unit` runs them one at a time: a failpoint is
+/// process-wide).
+#[cfg(all(test, feature = "failpoints"))]
+mod failpoints {
+    use super::*;
+    use crate::record::{Record, RecordBody};
+
+    const VPG_ID: u32 = 5;
+
+    fn meta() -> JournalMeta {
+        JournalMeta { vpg: "db".into(), vpg_id: VPG_ID, volumes: vec![VolumeInfo { name: "v".into(), size: 1 << 20 }] }
+    }
+
+    /// A journal of seqs 1..=3 in one segment; returns its bytes.
+    fn journal(dir: &Path) -> Vec<u8> {
+        meta().store(dir).unwrap();
+        let (path, mut f) = create_segment(dir, SegmentKind::Journal, VPG_ID, 1).unwrap();
+        for seq in 1..=3 {
+            let body = RecordBody::Write { volume: 0, offset: seq * 4096, data: vec![seq as u8; 4096] };
+            f.write_all(&Record { seq, vpg_id: VPG_ID, body }.encode()).unwrap();
+        }
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn a_read_error_at_open_is_reported_and_cuts_nothing() {
+        let scenario = fail::FailScenario::setup();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        std::fs::create_dir(&dir).unwrap();
+        let bytes = journal(&dir);
+        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+        // The second record's read fails with EIO.
+        fail::cfg("segment-read", "2*off->return").unwrap();
+        let err = Journal::open(&dir, meta(), &policy).err().expect("an I/O error must fail the open");
+        assert!(format!("{err:#}").contains("read error"), "{err:#}");
+        fail::remove("segment-read");
+        let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
+        assert_eq!(segments.len(), 1);
+        assert_eq!(std::fs::read(&segments[0].1).unwrap(), bytes, "the segment was changed on a read error");
+        assert!(!dir.join(QUARANTINE_DIR).exists(), "a read error is not corruption");
+        // Once the storage reads again, every record is there.
+        assert_eq!(Journal::open(&dir, meta(), &policy).unwrap().durable_seq(), 3);
+        scenario.teardown();
+    }
+}

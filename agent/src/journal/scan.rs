@@ -3,7 +3,7 @@
 //! and to restore; it never returns a record it could not verify.
 
 use crate::record::Record;
-use crate::segment::{list_segments, SegmentKind, SegmentReader};
+use crate::segment::{list_segments, SegmentError, SegmentKind, SegmentReader};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -76,7 +76,10 @@ pub fn scan_journal_until(
                     }
                 }
                 Ok(None) => break,
-                Err(d) => {
+                // The storage failed: nothing is known about the records,
+                // so nothing may be cut or quarantined on it.
+                Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("reading the journal")),
+                Err(SegmentError::Damage(d)) => {
                     let damage = Damage {
                         path: d.path,
                         offset: d.offset,

@@ -12,7 +12,7 @@ pub use cursor::LogCursor;
 pub use state::CaptureState;
 
 use crate::record::{encode_parts, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment, list_segments, SegmentKind, SegmentReader};
+use crate::segment::{create_segment, list_segments, SegmentError, SegmentKind, SegmentReader};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -380,7 +380,8 @@ fn scan_segment(path: &Path, vpg_id: u32) -> Result<SegmentScan> {
                 scan.end = reader.offset();
             }
             Ok(None) => return Ok(scan),
-            Err(damage) => {
+            Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("opening the protected log")),
+            Err(SegmentError::Damage(damage)) => {
                 scan.damage = Some(damage.to_string());
                 return Ok(scan);
             }
@@ -526,5 +527,34 @@ mod tests {
             .expect("space after ack")
             .unwrap();
         assert_eq!(seq, last + 1);
+    }
+}
+
+/// Storage faults at exact points (`--features failpoints`, one at a time).
+#[cfg(all(test, feature = "failpoints"))]
+mod failpoints {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_error_at_open_is_reported_and_cuts_nothing() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
+        let mut last = 0;
+        for i in 0..3 {
+            last = log.append(&RecordBody::Write { volume: 0, offset: i * 512, data: vec![1; 512] }).await.unwrap();
+        }
+        log.sync_to(last).await.unwrap();
+        drop(log);
+        let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        fail::cfg("segment-read", "2*off->return").unwrap();
+        let err = ProtectedLog::open(dir.path(), 1, 64 << 20).err().expect("an I/O error must fail the open");
+        assert!(format!("{err:#}").contains("read error"), "{err:#}");
+        fail::remove("segment-read");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was cut on a read error");
+        let (_, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
+        assert_eq!(report.next_seq, last + 1);
+        scenario.teardown();
     }
 }
