@@ -78,11 +78,15 @@ fn parent_dir(path: &Path) -> Result<&Path> {
     }
 }
 
+/// A temporary name no other replace of the same file uses at the same
+/// time (two replaces with one name once wrote into each other's file).
 fn temporary_beside(path: &Path) -> Result<PathBuf> {
+    static REPLACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
+    let n = REPLACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}-{n}.tmp", std::process::id()));
     Ok(path.with_file_name(tmp_name))
 }
 
@@ -111,15 +115,34 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_owner_only_even_over_a_stale_temporary() {
+    fn secrets_are_owner_only() {
         let dir = scratch("secret");
         let path = dir.join("key.pem");
-        let stale = dir.join(".key.pem.tmp");
-        std::fs::write(&stale, b"stale").unwrap();
-        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
         replace_file(&path, b"secret", FileMode::OwnerOnly).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_replaces_of_one_file_never_mix() {
+        let dir = scratch("concurrent");
+        let path = dir.join("state.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        replace_file(&path, &vec![b'a' + i; 4096], FileMode::Public).unwrap();
+                    }
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        // Whole content of one writer, never a mix or a short file.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
