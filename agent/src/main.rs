@@ -303,6 +303,10 @@ fn main() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     let cli = Cli::parse();
     init_logging(&cli.command);
+    // The test build reads FAILPOINTS from the environment; the shipped
+    // build has no failpoints at all.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     if let Err(e) = run(cli) {
         eprintln!("tidemark: error: {e:#}");
         std::process::exit(1);

@@ -30,10 +30,13 @@ pub enum RecordBody {
     Checkpoint { time_ms: u64, tag: String },
     /// The initial copy of `volume` is complete in the stream up to here.
     CopyDone { volume: u32 },
-    /// The first record of a fresh protected log; the recovery side must
-    /// not treat the stream as consistent again until every volume has a
-    /// CopyDone after it.
-    StreamStart { time_ms: u64 },
+    /// The first record of a stream (a fresh protected log, or a log that
+    /// started over); the recovery side must not treat the stream as
+    /// consistent again until every volume has a CopyDone after it.
+    /// `stream_id` names the stream (random, never 0 in a new one; 0 in
+    /// records of builds before stream ids): a journal continues a stream
+    /// only for a protected log that says it is the same stream.
+    StreamStart { time_ms: u64, stream_id: u32 },
 }
 
 impl RecordBody {
@@ -214,10 +217,14 @@ impl Record {
             }
             KIND_COPY_DONE => RecordBody::CopyDone { volume },
             KIND_STREAM_START => {
-                if payload_len != 8 {
-                    return Err(RecordError::Malformed("stream start payload size"));
-                }
-                RecordBody::StreamStart { time_ms: u64_at(payload, 0) }
+                // 8 bytes: a stream of an earlier build (id 0); 12: with its
+                // id, which is then never 0 (one encoding per record).
+                let stream_id = match payload_len {
+                    8 => 0,
+                    12 if u32_at(payload, 8) != 0 => u32_at(payload, 8),
+                    _ => return Err(RecordError::Malformed("stream start payload")),
+                };
+                RecordBody::StreamStart { time_ms: u64_at(payload, 0), stream_id }
             }
             other => return Err(RecordError::UnknownKind(other)),
         };
@@ -263,7 +270,12 @@ fn encode_unchecked(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>)
             out.extend_from_slice(&time_ms.to_le_bytes());
             out.extend_from_slice(tag.as_bytes());
         }
-        RecordBody::StreamStart { time_ms } => out.extend_from_slice(&time_ms.to_le_bytes()),
+        RecordBody::StreamStart { time_ms, stream_id } => {
+            out.extend_from_slice(&time_ms.to_le_bytes());
+            if *stream_id != 0 {
+                out.extend_from_slice(&stream_id.to_le_bytes());
+            }
+        }
         RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => {}
     }
     let payload_crc = crc32fast::hash(&out[payload_start..]);
@@ -277,7 +289,8 @@ pub fn payload_len(body: &RecordBody) -> usize {
     match body {
         RecordBody::Write { data, .. } => data.len(),
         RecordBody::Checkpoint { tag, .. } => 8 + tag.len(),
-        RecordBody::StreamStart { .. } => 8,
+        RecordBody::StreamStart { stream_id: 0, .. } => 8,
+        RecordBody::StreamStart { .. } => 12,
         RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => 0,
     }
 }
@@ -324,7 +337,8 @@ mod tests {
                 .prop_map(|(volume, offset, length)| { RecordBody::Zero { volume, offset, length } }),
             (any::<u64>(), tag_strategy()).prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
             any::<u32>().prop_map(|volume| RecordBody::CopyDone { volume }),
-            any::<u64>().prop_map(|time_ms| RecordBody::StreamStart { time_ms }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(time_ms, stream_id)| RecordBody::StreamStart { time_ms, stream_id }),
         ]
     }
 

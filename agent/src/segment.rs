@@ -3,8 +3,14 @@
 //! ordered lists of segments; this module reads and writes one of them.
 //!
 //! Header (little endian, `SEGMENT_HEADER_BYTES`):
-//! `magic [u8;8], version u32, vpg_id u32, first_seq u64, reserved u32,
-//! header_crc u32` (crc32 of the 28 bytes before it).
+//! `magic [u8;8], version u32, vpg_id u32, first_seq u64, stream_id u32,
+//! header_crc u32` (crc32 of the 28 bytes before it). `stream_id` names the
+//! stream a protected-log segment belongs to (0 in journal segments, which
+//! hold several streams, and in segments of builds before stream ids).
+//!
+//! A segment appears under its name only once its header is durable: it is
+//! written under a temporary name, fsynced, then renamed (a power cut must
+//! never leave a named segment without its header).
 
 use crate::record::{u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use anyhow::{bail, Context, Result};
@@ -43,10 +49,15 @@ pub fn segment_path(dir: &Path, kind: SegmentKind, first_seq: u64) -> PathBuf {
 }
 
 /// Every segment of `kind` in `dir`, ordered by first sequence number.
+/// Temporary files of a creation a crash cut short are removed.
 pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(CREATING_EXTENSION) {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
@@ -59,31 +70,68 @@ pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)
     Ok(found)
 }
 
-fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+/// A segment being created, before its rename into place.
+const CREATING_EXTENSION: &str = "creating";
+
+fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64, stream_id: u32) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[0..8].copy_from_slice(kind.magic());
     h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&vpg_id.to_le_bytes());
     h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    h[24..28].copy_from_slice(&stream_id.to_le_bytes());
     let crc = crc32fast::hash(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Creates a new, empty segment and makes it durable (file and directory).
-pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
+/// Creates a new segment holding `first` (encoded records, may be empty)
+/// after its header, and makes it durable under its name (see the module
+/// comment). Refused if a segment of that name exists.
+pub fn create_segment_with(
+    dir: &Path,
+    kind: SegmentKind,
+    vpg_id: u32,
+    first_seq: u64,
+    stream_id: u32,
+    first: &[u8],
+) -> Result<(PathBuf, File)> {
     let path = segment_path(dir, kind, first_seq);
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("creating segment {}", path.display()))?;
-    file.write_all(&encode_header(kind, vpg_id, first_seq))
-        .with_context(|| format!("writing header of {}", path.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    if path.exists() {
+        bail!("segment {} exists already", path.display());
+    }
+    let creating = path.with_extension(CREATING_EXTENSION);
+    let made = (|| {
+        // Left by a creation a crash cut short.
+        let _ = std::fs::remove_file(&creating);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&creating)
+            .with_context(|| format!("creating segment {}", creating.display()))?;
+        file.write_all(&encode_header(kind, vpg_id, first_seq, stream_id))
+            .and_then(|()| file.write_all(first))
+            .with_context(|| format!("writing {}", creating.display()))?;
+        fail::fail_point!("segment-create-before-sync", |_| Err(anyhow::anyhow!("failpoint")));
+        file.sync_all().with_context(|| format!("syncing {}", creating.display()))?;
+        std::fs::rename(&creating, &path).with_context(|| format!("naming {}", path.display()))?;
+        Ok(file)
+    })();
+    let file = match made {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&creating);
+            return Err(e);
+        }
+    };
     crate::durable::sync_dir(dir)?;
     Ok((path, file))
+}
+
+/// Creates a new segment with no records (see `create_segment_with`).
+pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
+    create_segment_with(dir, kind, vpg_id, first_seq, 0, &[])
 }
 
 /// Reads the records of one segment in order, verifying every checksum.
@@ -93,6 +141,7 @@ pub struct SegmentReader {
     /// File offset of the next record.
     offset: u64,
     buf: Vec<u8>,
+    stream_id: u32,
 }
 
 /// Why reading a segment stopped before its end: the storage failed, or
@@ -154,9 +203,20 @@ impl SegmentReader {
             bail!("{}: segment belongs to another VPG (id {:#x})", path.display(), u32_at(&h, 12));
         }
         let first_seq = u64_at(&h, 16);
-        let me =
-            SegmentReader { path: path.to_path_buf(), reader, offset: SEGMENT_HEADER_BYTES as u64, buf: Vec::new() };
+        let stream_id = u32_at(&h, 24);
+        let me = SegmentReader {
+            path: path.to_path_buf(),
+            reader,
+            offset: SEGMENT_HEADER_BYTES as u64,
+            buf: Vec::new(),
+            stream_id,
+        };
         Ok((me, first_seq))
+    }
+
+    /// The stream the header names (0: none, or a journal segment).
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
     }
 
     /// File offset just past the last record returned.

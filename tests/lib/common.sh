@@ -5,6 +5,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TIDEMARK=${TIDEMARK:-$ROOT/build/tidemark}
+# The same agent with failpoints (FAILPOINTS=name=action,...): crashes and
+# failures at exact points. Tests that use it set AGENT_BIN to it.
+TIDEMARK_TEST=${TIDEMARK_TEST:-$ROOT/build/tidemark-test}
 WANPROXY=${WANPROXY:-$ROOT/target/release/wanproxy}
 export PYTHONPATH=$ROOT/tests/lib
 # Each test gets its own ports (the runner sets PORT_BASE).
@@ -131,7 +134,7 @@ start_agent() {
     local role=$1 port=$2 netns=${3:-}
     local run=()
     [ -n "$netns" ] && run=(ip netns exec "$netns")
-    "${run[@]}" "$TIDEMARK" "$role" --config "$WORK/$role.toml" >>"$WORK/$role.log" 2>&1 &
+    "${run[@]}" "${AGENT_BIN:-$TIDEMARK}" "$role" --config "$WORK/$role.toml" >>"$WORK/$role.log" 2>&1 &
     AGENT_PID=$!
     disown "$AGENT_PID"
     PIDS+=("$AGENT_PID")

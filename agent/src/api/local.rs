@@ -228,10 +228,10 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
-            let id = capture.checkpoint(&tag).await?;
+            let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+            let id = capture.checkpoint(&tag, wait).await?;
             tracing::info!(vpg = %vpg, "tagged checkpoint {id} {tag:?} inserted");
             let mut acked = capture.log.watch_acked();
-            let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             let durable = matches!(tokio::time::timeout(wait, acked.wait_for(|a| *a >= id)).await, Ok(Ok(_)));
             Ok(Reply { ok: true, id: Some(id), durable, error: None, exports: Vec::new(), message: None })
         }

@@ -10,14 +10,11 @@
 
 use super::volume::Volume;
 use super::vpg::VpgCapture;
-use crate::record::{now_ms, RecordBody};
+use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use anyhow::Result;
 use std::sync::atomic::Ordering;
 
 pub const EXTENT_BYTES: u64 = 64 << 10;
-/// Extents read per hold of the order lock (1 MiB): writes wait at most
-/// one such read.
-const EXTENTS_PER_LOCK: u64 = 16;
 
 pub type ExtentHash = [u8; 32];
 
@@ -60,31 +57,30 @@ impl VpgCapture {
         {
             let _order = self.order.lock().await;
             self.copy_generation.fetch_add(1, Ordering::SeqCst);
-            self.log.append(&RecordBody::StreamStart { time_ms: now_ms() }).await?;
+            self.log.start_stream(0)?;
         }
         let mut report = DeltaReport::default();
-        let mut buf = vec![0u8; EXTENT_BYTES as usize];
         for (index, volume) in self.volumes.iter().enumerate() {
-            let count = extent_count(volume.size);
-            let mut extent = 0;
-            while extent < count {
+            for e in 0..extent_count(volume.size) {
+                let offset = e * EXTENT_BYTES;
+                let len = (volume.size - offset).min(EXTENT_BYTES);
+                // Room first, then the lock: writes wait at most one read.
+                let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
                 let _order = self.order.lock().await;
-                for e in extent..(extent + EXTENTS_PER_LOCK).min(count) {
-                    let offset = e * EXTENT_BYTES;
-                    let len = (volume.size - offset).min(EXTENT_BYTES) as usize;
-                    volume.read_at(&mut buf[..len], offset)?;
-                    report.extents += 1;
-                    if theirs.get(index).and_then(|h| h.get(e as usize)) == Some(&hash(&buf[..len])) {
-                        continue;
-                    }
-                    report.extents_sent += 1;
-                    report.bytes_sent += len as u64;
-                    self.append_volume_range(index as u32, offset, len).await?;
+                let mut buf = vec![0u8; len as usize];
+                volume.read_at(&mut buf, offset)?;
+                report.extents += 1;
+                if theirs.get(index).and_then(|h| h.get(e as usize)) == Some(&hash(&buf)) {
+                    continue;
                 }
-                extent += EXTENTS_PER_LOCK;
+                report.extents_sent += 1;
+                report.bytes_sent += len;
+                self.append_data(space, index as u32, offset, buf)?;
             }
+            let done = RecordBody::CopyDone { volume: index as u32 };
+            let space = self.log.reserve(&done).await?;
             let _order = self.order.lock().await;
-            self.log.append(&RecordBody::CopyDone { volume: index as u32 }).await?;
+            self.log.append_reserved(space, &done)?;
         }
         Ok(report)
     }

@@ -3,6 +3,7 @@
 //! write of a protection group into the protected log, and `export` is one
 //! volume of a VPG as an NBD export.
 
+pub mod activity;
 pub mod delta;
 pub mod export;
 pub mod moving;

@@ -38,7 +38,7 @@ pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)>
         vpg.refuse_writes(MOVING).await?;
     }
     vpg.flush().await.context("flushing before the final checkpoint")?;
-    let id = vpg.checkpoint(MOVE_TAG).await?;
+    let id = vpg.checkpoint(MOVE_TAG, wait).await?;
     tracing::info!(vpg = %vpg.name, "move: final checkpoint {id}; waiting for the recovery journal");
     let mut acked = vpg.log.watch_acked();
     let deadline = tokio::time::Instant::now() + wait;

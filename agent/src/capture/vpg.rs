@@ -1,19 +1,28 @@
 //! One protection group on the protected side: its volumes, its protected
-//! log, and the lock that puts every write of every volume into one order.
-//! A write is applied to the volume and appended to the log under that
-//! lock, so the log's seq order is the order the volumes saw; a checkpoint
-//! appended under the same lock is therefore a prefix of that order.
+//! log, its activity log, and the lock that puts every write of every
+//! volume into one order. A write is applied to the volume and appended to
+//! the log under that lock, so the log's seq order is the order the
+//! volumes saw; a checkpoint appended under the same lock is therefore a
+//! prefix of that order. Room in the log is reserved before the lock is
+//! taken: a full log holds up writers, never the lock.
+//!
+//! After any stop the stream is made consistent again before the next
+//! checkpoint (`StartWork`): the ranges whose volume content may differ
+//! from the log are read again from the volumes and appended.
 
+use super::activity::{extent_range, ActivityLog};
 use super::volume::Volume;
 use crate::config::ReplicationMode;
-use crate::log::{CaptureState, ProtectedLog};
+use crate::log::{CaptureState, LogSpace, ProtectedLog};
 use crate::nbd::export::Refusal;
-use crate::record::{now_ms, RecordBody};
+use crate::record::{now_ms, RecordBody, RECORD_HEADER_BYTES};
 use crate::status::CheckpointSummary;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 /// What a move asks of the recovery side, through the link.
 pub enum MoveStep {
@@ -32,8 +41,22 @@ pub struct PromoteRequest {
     pub reply: oneshot::Sender<Result<()>>,
 }
 
-/// Reads of the initial copy, one record each.
-const INITIAL_COPY_CHUNK_BYTES: usize = 1 << 20;
+/// Reads of the initial copy and of ranges read again, one record each.
+const COPY_CHUNK_BYTES: u64 = 1 << 20;
+/// How often written extents are made durable and forgotten by the
+/// activity log (when there were writes).
+const ACTIVITY_EPOCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause before a start's re-reading is tried again after an error.
+const START_WORK_RETRY: Duration = Duration::from_secs(5);
+
+/// What a start must do before the stream is consistent again.
+enum StartWork {
+    /// Read these ranges (volume, offset, length) again into the stream.
+    Reread { ranges: Vec<(u32, u64, u64)>, why: String },
+    /// Records the log had fsynced were lost, or nothing is known: start a
+    /// new stream (a full copy).
+    NewStream { why: String },
+}
 
 pub struct VpgCapture {
     pub name: String,
@@ -42,6 +65,13 @@ pub struct VpgCapture {
     pub log: Arc<ProtectedLog>,
     pub(crate) order: Mutex<()>,
     pub(crate) state: std::sync::Mutex<CaptureState>,
+    activity: std::sync::Mutex<ActivityLog>,
+    /// False while a start's re-reading is not yet in the stream: a
+    /// checkpoint before it could name an image the volumes never held.
+    consistent: watch::Sender<bool>,
+    /// Set when a volume write failed and the stream could not be made to
+    /// agree with the volume: every write fails until a restart.
+    failed: std::sync::Mutex<Option<String>>,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     pub(crate) copy_generation: AtomicU64,
     /// The newest checkpoint inserted, automatic or tagged (for status).
@@ -54,27 +84,183 @@ pub struct VpgCapture {
 }
 
 impl VpgCapture {
-    pub fn new(
+    /// Opens a VPG's capture from `dir` (its protected log, activity log
+    /// and state; created when new), and starts in the background what
+    /// makes the stream consistent again after an unclean stop, and the
+    /// activity log's epochs. Nothing here waits for room in the log.
+    pub fn open(
         name: String,
         mode: ReplicationMode,
         volumes: Vec<Volume>,
-        log: Arc<ProtectedLog>,
-        state: CaptureState,
-    ) -> Self {
+        vpg_id: u32,
+        dir: &Path,
+        capacity_bytes: u64,
+    ) -> Result<Arc<VpgCapture>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (activity, found) = ActivityLog::open(dir)?;
+        let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through)
+            .with_context(|| format!("opening the protected log of VPG {name}"))?;
+        if let Some(cut) = &report.cut {
+            tracing::warn!(vpg = %name, "protected log: cut after seq {} at {}", cut.after_seq, cut.damage);
+        }
+        let state = CaptureState::load(dir, report.fresh)?;
+        if report.fresh {
+            state.store(dir)?;
+        }
+        let lost_synced = report.cut.as_ref().filter(|c| c.after_seq < found.durable_through);
+        let work = if report.fresh {
+            None // a new log copies every volume anyway
+        } else if let Some(cut) = lost_synced {
+            Some(StartWork::NewStream {
+                why: format!(
+                    "the protected log lost records it had made durable ({}; durable through seq {})",
+                    cut.damage, found.durable_through
+                ),
+            })
+        } else if found.unknown {
+            Some(StartWork::NewStream { why: found.why.clone().unwrap_or_default() })
+        } else {
+            let mut ranges: Vec<(u32, u64, u64)> = found
+                .unclean
+                .iter()
+                .filter_map(|(volume, extent)| {
+                    let size = volumes.get(*volume as usize)?.size;
+                    let (offset, length) = extent_range(*extent);
+                    (offset < size).then(|| (*volume, offset, length.min(size - offset)))
+                })
+                .collect();
+            let why = match &found.why {
+                Some(why) => why.clone(),
+                None => "the agent stopped while writing".to_string(),
+            };
+            if let Some((volume, offset, length)) = report.last_update {
+                let fits = volumes
+                    .get(volume as usize)
+                    .is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
+                if fits {
+                    ranges.push((volume, offset, length));
+                }
+            }
+            (!ranges.is_empty()).then_some(StartWork::Reread { ranges, why })
+        };
         let (promote_tx, promote_rx) = mpsc::channel(1);
-        VpgCapture {
+        let capture = Arc::new(VpgCapture {
             name,
             mode,
             volumes,
             log,
             order: Mutex::new(()),
             state: std::sync::Mutex::new(state),
+            activity: std::sync::Mutex::new(activity),
+            consistent: watch::channel(work.is_none()).0,
+            failed: std::sync::Mutex::new(None),
             copy_generation: AtomicU64::new(0),
             last_checkpoint: std::sync::Mutex::new(None),
             promote_tx,
             promote_rx: Mutex::new(promote_rx),
             moving: Mutex::new(()),
+        });
+        if let Some(work) = work {
+            tokio::spawn(capture.clone().finish_start(work));
         }
+        tokio::spawn(capture.clone().activity_epochs());
+        Ok(capture)
+    }
+
+    /// Runs a start's work until it is done (retrying after errors), then
+    /// lets checkpoints be taken again.
+    async fn finish_start(self: Arc<Self>, work: StartWork) {
+        loop {
+            let done = match &work {
+                StartWork::NewStream { why } => {
+                    tracing::error!(vpg = %self.name, "{why}: starting a new stream with a full copy");
+                    self.restart_stream(0).await.map(|_| ())
+                }
+                StartWork::Reread { ranges, why } => {
+                    let bytes: u64 = ranges.iter().map(|r| r.2).sum();
+                    tracing::warn!(
+                        vpg = %self.name,
+                        "{why}: reading {} of volume data again into the stream before the next checkpoint",
+                        crate::status::format_bytes(bytes)
+                    );
+                    self.append_ranges(ranges).await
+                }
+            };
+            match done.and(self.epoch(true).await) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(vpg = %self.name, "making the stream consistent after the stop failed (retrying): {e:#}");
+                    tokio::time::sleep(START_WORK_RETRY).await;
+                }
+            }
+        }
+        self.consistent.send_replace(true);
+        tracing::info!(vpg = %self.name, "the stream is consistent again; checkpoints resume");
+    }
+
+    /// Appends what the volumes hold in `ranges`, chunk by chunk, each read
+    /// under the write-order lock (so after every write before it).
+    async fn append_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<()> {
+        for (volume, offset, length) in ranges {
+            let mut at = *offset;
+            while at < offset + length {
+                let len = (offset + length - at).min(COPY_CHUNK_BYTES);
+                let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
+                let _order = self.order.lock().await;
+                self.append_volume_range(space, *volume, at, len)?;
+                at += len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable in the volumes and the log, then
+    /// lets the activity log forget the extents written before.
+    async fn epoch(&self, resync_done: bool) -> Result<()> {
+        let (upto, through) = {
+            let _order = self.order.lock().await;
+            (self.activity.lock().expect("activity lock").generation(), self.log.appended_seq())
+        };
+        self.sync_volumes().await?;
+        self.log.sync_to(through).await?;
+        self.activity.lock().expect("activity lock").finish_epoch(through, upto, resync_done)
+    }
+
+    async fn activity_epochs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ACTIVITY_EPOCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let idle = self.activity.lock().expect("activity lock").marked_count() == 0;
+            if idle || !*self.consistent.borrow() {
+                continue;
+            }
+            if let Err(e) = self.epoch(false).await {
+                tracing::warn!(vpg = %self.name, "activity log epoch failed: {e:#}");
+            }
+        }
+    }
+
+    async fn sync_volumes(&self) -> Result<()> {
+        let volumes = self.volumes.clone();
+        tokio::task::spawn_blocking(move || volumes.iter().try_for_each(|v| v.sync()))
+            .await
+            .context("volume sync task")?
+    }
+
+    /// Marks the range active before a write to it; under the write-order
+    /// lock. A full activity log is emptied by an epoch first.
+    async fn mark_active(&self, volume: u32, offset: u64, length: u64) -> Result<()> {
+        let full = self.activity.lock().expect("activity lock").would_overflow(volume, offset, length);
+        if full {
+            // The order lock is held: every write so far is in the log and
+            // on the volume (page cache); make both durable.
+            let (upto, through) = (self.activity.lock().expect("activity lock").generation(), self.log.appended_seq());
+            self.sync_volumes().await?;
+            self.log.sync_to(through).await?;
+            self.activity.lock().expect("activity lock").finish_epoch(through, upto, false)?;
+        }
+        self.activity.lock().expect("activity lock").mark(volume, offset, length)
     }
 
     /// Reverse protection state, if this site receives the VPG back.
@@ -119,10 +305,18 @@ impl VpgCapture {
     }
 
     fn check_writable(&self) -> Result<()> {
+        if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
+            bail!("VPG {} takes no writes until the agent restarts: {why}", self.name);
+        }
         match self.writes_refused() {
             Some(reason) => Err(Refusal::ReadOnly(reason).into()),
             None => Ok(()),
         }
+    }
+
+    /// Why the stream is not consistent yet, if it is not (for status).
+    pub fn start_work_pending(&self) -> bool {
+        !*self.consistent.borrow()
     }
 
     /// Asks the recovery side (through the link, when it is up) to fail
@@ -134,57 +328,113 @@ impl VpgCapture {
     }
 
     /// Logs a write, then applies it to the volume. Log first: if the agent
-    /// dies in between, the log names the range and `resync_last_update`
-    /// re-reads it from the volume at start, so source and replica agree.
+    /// dies in between, the log names the range and the next start reads
+    /// it again from the volume, so source and replica agree.
     pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
-        let _order = self.order.lock().await;
         self.check_writable()?;
         let body = RecordBody::Write { volume, offset, data };
-        let seq = self.log.append(&body).await?;
+        let space = self.log.reserve(&body).await?;
+        let _order = self.order.lock().await;
+        self.check_writable()?;
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
-        self.volumes[volume as usize].write_at(data, offset)?;
+        self.mark_active(volume, offset, data.len() as u64).await?;
+        let seq = self.log.append_reserved(space, &body)?;
+        let written = (|| {
+            fail::fail_point!("volume-write", |_| Err(anyhow!("volume write failed (failpoint)")));
+            self.volumes[volume as usize].write_at(data, offset)
+        })();
+        if let Err(e) = written {
+            self.after_failed_update(volume, offset, data.len() as u64, &e);
+            return Err(e);
+        }
         Ok(seq)
     }
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
+        self.check_writable()?;
+        let body = RecordBody::Zero { volume, offset, length };
+        let space = self.log.reserve(&body).await?;
         let _order = self.order.lock().await;
         self.check_writable()?;
-        let seq = self.log.append(&RecordBody::Zero { volume, offset, length }).await?;
-        self.volumes[volume as usize].zero_range(offset, length)?;
+        self.mark_active(volume, offset, length).await?;
+        let seq = self.log.append_reserved(space, &body)?;
+        if let Err(e) = self.volumes[volume as usize].zero_range(offset, length) {
+            self.after_failed_update(volume, offset, length, &e);
+            return Err(e);
+        }
         Ok(seq)
     }
 
-    /// After a restart: the newest logged update may not have reached the
-    /// volume (or only partly). Send what the volume really holds there.
-    pub async fn resync_last_update(&self, volume: u32, offset: u64, length: u64) -> Result<()> {
-        let Some(vol) = self.volumes.get(volume as usize) else { return Ok(()) };
-        if offset.checked_add(length).is_none_or(|end| end > vol.size) {
-            return Ok(());
+    /// A logged update failed on its volume (the guest is told it failed,
+    /// but the recovery side will apply the record): append what the
+    /// volume holds there now, so both sides agree again. If even that
+    /// fails, the next start must read the range again, and until then no
+    /// write is taken. Under the write-order lock.
+    fn after_failed_update(&self, volume: u32, offset: u64, length: u64, error: &anyhow::Error) {
+        let compensated = (|| -> Result<()> {
+            let mut at = offset;
+            while at < offset + length {
+                let len = (offset + length - at).min(COPY_CHUNK_BYTES);
+                let space = self.log.try_reserve_bytes(RECORD_HEADER_BYTES as u64 + len).context("the log is full")?;
+                self.append_volume_range(space, volume, at, len)?;
+                at += len;
+            }
+            Ok(())
+        })();
+        match compensated {
+            Ok(()) => tracing::error!(
+                vpg = %self.name,
+                "{error:#}; what the volume holds there now was logged after it, so the replica agrees"
+            ),
+            Err(e) => {
+                let why = format!("{error:#}, and reading back what the volume holds failed: {e:#}");
+                tracing::error!(vpg = %self.name, "{why}; no write is taken until a restart reads the range again");
+                if let Err(e) = self.activity.lock().expect("activity lock").require_resync() {
+                    tracing::error!(vpg = %self.name, "recording that a resync is needed failed: {e:#}");
+                }
+                *self.failed.lock().expect("failed lock") = Some(why);
+            }
         }
-        let _order = self.order.lock().await;
-        self.append_volume_range(volume, offset, length as usize).await?;
-        Ok(())
     }
 
-    /// Appends what the volume holds in a range: zeros as a Zero record.
-    pub(crate) async fn append_volume_range(&self, volume: u32, offset: u64, len: usize) -> Result<u64> {
-        let mut chunk = vec![0u8; len];
+    /// Appends what the volume holds in a range (zeros as a Zero record),
+    /// in space reserved for a Write of it. Under the write-order lock.
+    pub(crate) fn append_volume_range(&self, space: LogSpace<'_>, volume: u32, offset: u64, len: u64) -> Result<u64> {
+        let mut chunk = vec![0u8; len as usize];
         self.volumes[volume as usize].read_at(&mut chunk, offset)?;
         // Everything before the chunk's end: read-ahead folios can be larger
         // than a chunk and straddle it; the part already dropped is cheap.
-        self.volumes[volume as usize].drop_cache(0, offset + len as u64);
-        let body = if chunk.iter().all(|b| *b == 0) {
-            RecordBody::Zero { volume, offset, length: len as u64 }
-        } else {
-            RecordBody::Write { volume, offset, data: chunk }
-        };
-        self.log.append(&body).await
+        self.volumes[volume as usize].drop_cache(0, offset + len);
+        self.append_data(space, volume, offset, chunk)
     }
 
-    pub async fn checkpoint(&self, tag: &str) -> Result<u64> {
-        let _order = self.order.lock().await;
+    /// Appends `data` read from a volume at `offset` (zeros as a Zero
+    /// record). Under the write-order lock.
+    pub(crate) fn append_data(&self, space: LogSpace<'_>, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
+        let body = if data.iter().all(|b| *b == 0) {
+            RecordBody::Zero { volume, offset, length: data.len() as u64 }
+        } else {
+            RecordBody::Write { volume, offset, data }
+        };
+        self.log.append_reserved(space, &body)
+    }
+
+    /// Inserts a checkpoint, once the stream is consistent (see
+    /// `finish_start`); waits at most `wait` for that.
+    pub async fn checkpoint(&self, tag: &str, wait: Duration) -> Result<u64> {
+        let mut consistent = self.consistent.subscribe();
+        tokio::time::timeout(wait, consistent.wait_for(|c| *c)).await.map_err(|_| {
+            anyhow!(
+                "VPG {} is still reading ranges again after an unclean stop (see the agent's log); \
+                 no checkpoint can be taken before that is done; try again shortly",
+                self.name
+            )
+        })??;
         let time_ms = now_ms();
-        let id = self.log.append(&RecordBody::Checkpoint { time_ms, tag: tag.to_string() }).await?;
+        let body = RecordBody::Checkpoint { time_ms, tag: tag.to_string() };
+        let space = self.log.reserve(&body).await?;
+        let _order = self.order.lock().await;
+        let id = self.log.append_reserved(space, &body)?;
         *self.last_checkpoint.lock().expect("checkpoint lock") =
             Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
         Ok(id)
@@ -198,10 +448,7 @@ impl VpgCapture {
     /// on the volume and in the protected log, and in sync mode also in
     /// the recovery journal.
     pub async fn make_durable(&self, seq: u64) -> Result<()> {
-        let volumes = self.volumes.clone();
-        tokio::task::spawn_blocking(move || volumes.iter().try_for_each(|v| v.sync()))
-            .await
-            .context("volume sync task")??;
+        self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
         if self.mode == ReplicationMode::Sync {
             let mut acked = self.log.watch_acked();
@@ -220,17 +467,21 @@ impl VpgCapture {
     }
 
     /// Starts a new stream at a seq of at least `min_seq` (the recovery
-    /// journal cannot continue the old one) and copies every volume again.
+    /// journal cannot continue the old one): the log drops what it held,
+    /// and every volume is copied again. Needs no room in the log.
     pub async fn restart_stream(self: &Arc<Self>, min_seq: u64) -> Result<u64> {
         let seq = {
             let _order = self.order.lock().await;
             self.copy_generation.fetch_add(1, Ordering::SeqCst);
-            self.log.advance_seq_to(min_seq);
-            let seq = self.log.append(&RecordBody::StreamStart { time_ms: now_ms() }).await?;
-            let mut state = self.state.lock().expect("state lock");
-            state.copied.clear();
-            state.store(self.log.dir())?;
-            seq
+            // The copy state first: a stop between the two copies again,
+            // where the other order would skip the copy for good.
+            {
+                let mut state = self.state.lock().expect("state lock");
+                state.copied.clear();
+                state.store(self.log.dir())?;
+            }
+            fail::fail_point!("restart-stream-after-state", |_| std::process::abort());
+            self.log.start_stream(min_seq)?
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -256,20 +507,23 @@ impl VpgCapture {
             tracing::info!(vpg = %self.name, volume = %volume.name, bytes = volume.size, "initial copy starts");
             let mut offset = 0;
             while offset < volume.size {
-                let len = (volume.size - offset).min(INITIAL_COPY_CHUNK_BYTES as u64) as usize;
+                let len = (volume.size - offset).min(COPY_CHUNK_BYTES);
+                let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
                 let _order = self.order.lock().await;
                 if self.copy_generation.load(Ordering::SeqCst) != generation {
                     return Ok(());
                 }
-                self.append_volume_range(index, offset, len).await?;
-                offset += len as u64;
+                self.append_volume_range(space, index, offset, len)?;
+                offset += len;
             }
+            let done = RecordBody::CopyDone { volume: index };
+            let space = self.log.reserve(&done).await?;
             let seq = {
                 let _order = self.order.lock().await;
                 if self.copy_generation.load(Ordering::SeqCst) != generation {
                     return Ok(());
                 }
-                self.log.append(&RecordBody::CopyDone { volume: index }).await?
+                self.log.append_reserved(space, &done)?
             };
             // Record the copy as done only once its marker is durable.
             self.log.sync_to(seq).await?;

@@ -165,6 +165,7 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
         applying_to: None,
         copied: index.copied_volumes(),
         base: index.checkpoints.iter().find(|c| c.id == target).cloned(),
+        stream_id: index.stream_id,
     };
     next.store(dir)?;
     Ok((next, bytes))
@@ -270,7 +271,7 @@ mod tests {
 
         fn body_at(seq: u64) -> RecordBody {
             match seq {
-                1 => RecordBody::StreamStart { time_ms: 0 },
+                1 => RecordBody::StreamStart { time_ms: 0, stream_id: 3 },
                 2 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'a'; 8192] },
                 3 => RecordBody::CopyDone { volume: 0 },
                 4 => RecordBody::Checkpoint { time_ms: 1_000, tag: "first".into() },

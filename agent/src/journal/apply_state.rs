@@ -23,6 +23,10 @@ pub struct ApplyState {
     pub copied: Vec<u32>,
     /// The checkpoint the replica holds (none before the first apply).
     pub base: Option<CheckpointInfo>,
+    /// The stream the replica's records came from (its StreamStart may be
+    /// retired already); 0 before stream ids.
+    #[serde(default)]
+    pub stream_id: u32,
 }
 
 impl ApplyState {
@@ -54,6 +58,7 @@ mod tests {
             applying_to: Some(50),
             copied: vec![0, 1],
             base: Some(CheckpointInfo { id: 42, time_ms: 7, tag: "t".into(), consistent: true }),
+            stream_id: 9,
         };
         state.store(dir.path()).unwrap();
         assert_eq!(ApplyState::load(dir.path()).unwrap(), state);

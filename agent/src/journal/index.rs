@@ -27,6 +27,8 @@ pub struct JournalIndex {
     pub durable_seq: u64,
     pub checkpoints: Vec<CheckpointInfo>,
     copied: BTreeSet<u32>,
+    /// The stream the newest record belongs to (its StreamStart's id).
+    pub stream_id: u32,
     pub records: u64,
     /// Set when the journal was found damaged (file, offset, reason).
     pub damage: Option<String>,
@@ -45,6 +47,7 @@ impl JournalIndex {
             durable_seq: state.applied_seq,
             checkpoints: state.base.iter().cloned().collect(),
             copied: state.copied.iter().copied().collect(),
+            stream_id: state.stream_id,
             records: 0,
             damage: None,
         }
@@ -71,7 +74,10 @@ impl JournalIndex {
         self.durable_seq = rec.seq;
         self.records += 1;
         match &rec.body {
-            RecordBody::StreamStart { .. } => self.copied.clear(),
+            RecordBody::StreamStart { stream_id, .. } => {
+                self.stream_id = *stream_id;
+                self.copied.clear();
+            }
             RecordBody::CopyDone { volume } => {
                 self.copied.insert(*volume);
             }
@@ -140,7 +146,7 @@ mod tests {
     #[test]
     fn replica_is_not_offered_before_every_initial_copy_completes() {
         let mut index = JournalIndex::new(2);
-        index.observe(&rec(1, RecordBody::StreamStart { time_ms: 0 }));
+        index.observe(&rec(1, RecordBody::StreamStart { time_ms: 0, stream_id: 7 }));
         index.observe(&checkpoint(2, ""));
         index.observe(&rec(3, RecordBody::CopyDone { volume: 0 }));
         index.observe(&checkpoint(4, "half"));
@@ -153,7 +159,9 @@ mod tests {
         assert!(index.find("head").unwrap().consistent);
         // A new stream (lost protected log) starts over: nothing after it
         // is complete until both volumes are copied again.
-        index.observe(&rec(100, RecordBody::StreamStart { time_ms: 0 }));
+        assert_eq!(index.stream_id, 7);
+        index.observe(&rec(100, RecordBody::StreamStart { time_ms: 0, stream_id: 8 }));
+        assert_eq!(index.stream_id, 8);
         index.observe(&checkpoint(101, ""));
         assert_eq!(index.find("latest").unwrap().id, 6);
         assert!(!index.find("101").unwrap().consistent);

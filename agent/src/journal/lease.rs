@@ -80,6 +80,10 @@ static LEASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// after (the recovery agent finishes that apply when it starts).
 pub fn take(vpg_dir: &Path, holder: &str, checkpoint: u64) -> Result<Lease> {
     let _lock = ApplyLock::shared(vpg_dir)?;
+    // A failover commits under the apply lock: seen here, or not begun.
+    if vpg_dir.join(super::FAILOVER_RECORD_FILE).exists() {
+        bail!("the VPG was failed over while this reader was opening; its history is closed");
+    }
     let state = ApplyState::load(vpg_dir)?;
     if checkpoint < state.applied_seq {
         bail!(
@@ -157,6 +161,14 @@ mod tests {
         drop(lease);
         let lock = ApplyLock::exclusive(dir.path()).unwrap();
         assert!(live(dir.path(), &lock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_lease_on_a_failed_over_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(crate::journal::FAILOVER_RECORD_FILE), b"{}").unwrap();
+        let err = take(dir.path(), "export", 1).err().unwrap().to_string();
+        assert!(err.contains("failed over"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,10 @@ impl JournalMeta {
     }
 }
 
+/// Present once a VPG was failed over or moved here (`recovery::failover`
+/// writes it): the replica is then a live volume, not history.
+pub const FAILOVER_RECORD_FILE: &str = "failover.json";
+
 pub fn vpg_dir(journal_root: &Path, vpg: &str) -> PathBuf {
     journal_root.join(vpg)
 }
@@ -85,6 +89,25 @@ impl Journal {
             ),
             Err(_) if !dir.join(META_FILE).exists() => meta.store(dir)?,
             Err(e) => return Err(e),
+        }
+        // A killed predecessor's appends may be only in the page cache: make
+        // them durable before anything is read, advertised or retired on
+        // the strength of them.
+        let segments = crate::segment::list_segments(dir, SegmentKind::Journal)?;
+        for (_, path) in &segments {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
+        }
+        // A newest segment without a whole header is a creation a crash cut
+        // short (earlier builds named it before writing it): it held nothing.
+        if let Some((_, newest)) = segments.last() {
+            let len = std::fs::metadata(newest).with_context(|| format!("sizing {}", newest.display()))?.len();
+            if len < crate::segment::SEGMENT_HEADER_BYTES as u64 {
+                tracing::warn!("journal: removing {}, created without its header", newest.display());
+                std::fs::remove_file(newest).with_context(|| format!("removing {}", newest.display()))?;
+                sync_dir(dir)?;
+            }
         }
         let state = ApplyState::load(dir)?;
         let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
@@ -133,22 +156,33 @@ impl Journal {
 
     /// Appends a verified batch after `durable_seq`, fsyncs, and returns
     /// the new durable seq. Records at or below it are replays and are
-    /// skipped. A gap in seqs is only allowed where a new stream starts.
-    /// The batch's raw bytes are written as they are: they were checked
-    /// record by record when the batch was decoded.
-    pub fn append(&mut self, batch: &DecodedBatch) -> Result<u64> {
+    /// skipped. `session_stream` is the stream the sender's log holds: a
+    /// batch continues the journal's stream only from that same stream, or
+    /// starts that stream with its StreamStart (the only place a gap in
+    /// seqs is allowed). The batch's raw bytes are written as they are:
+    /// they were checked record by record when the batch was decoded. On
+    /// an error nothing of the batch stays in the journal.
+    pub fn append(&mut self, batch: &DecodedBatch, session_stream: u32) -> Result<u64> {
         let Some(first_fresh) = batch.records.iter().position(|r| r.seq > self.index.durable_seq) else {
             return Ok(self.index.durable_seq);
         };
         let first = &batch.records[first_fresh];
-        let contiguous = first.seq == self.index.durable_seq + 1;
-        let starts_stream = matches!(first.body, crate::record::RecordBody::StreamStart { .. });
-        if !contiguous && !starts_stream && self.index.durable_seq != 0 {
-            bail!(
+        match first.body {
+            crate::record::RecordBody::StreamStart { stream_id, .. } if stream_id != session_stream => bail!(
+                "the batch starts stream {stream_id:#x}, but its sender said its log holds stream {session_stream:#x}"
+            ),
+            crate::record::RecordBody::StreamStart { .. } => {}
+            _ if self.index.stream_id != session_stream => bail!(
+                "the journal holds stream {:#x} up to seq {}; a log of stream {session_stream:#x} cannot continue it",
+                self.index.stream_id,
+                self.index.durable_seq
+            ),
+            _ if first.seq != self.index.durable_seq + 1 => bail!(
                 "gap in the stream: journal holds up to seq {}, batch starts at {}",
                 self.index.durable_seq,
                 first.seq
-            );
+            ),
+            _ => {}
         }
         let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
         let old = self.current_opened.elapsed() >= self.segment_age;
@@ -159,8 +193,25 @@ impl Journal {
             self.current_opened = Instant::now();
         }
         let bytes = &batch.raw[batch.offsets[first_fresh]..];
-        self.current.write_all(bytes).context("appending to the journal")?;
-        self.current.sync_data().context("syncing the journal")?;
+        let written = (|| {
+            // Half the batch reaches the file, then the disk is full.
+            fail::fail_point!("journal-append-torn", |_| {
+                let _ = self.current.write_all(&bytes[..bytes.len() / 2]);
+                Err(std::io::Error::from_raw_os_error(28))
+            });
+            self.current.write_all(bytes)?;
+            self.current.sync_data()
+        })();
+        if let Err(e) = written {
+            // Nothing of a failed batch may stay in front of its resending.
+            let undone = self.current.set_len(self.current_len).and_then(|()| self.current.sync_all());
+            if let Err(undo) = undone {
+                // Durability can no longer be promised: stop rather than lie.
+                tracing::error!("journal append failed ({e}) and could not be undone ({undo}); stopping");
+                std::process::exit(70);
+            }
+            return Err(anyhow::Error::new(e).context("appending to the journal (undone)"));
+        }
         self.current_len += bytes.len() as u64;
         for rec in &batch.records[first_fresh..] {
             self.index.observe(rec);
@@ -197,6 +248,59 @@ fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()
     sync_dir(dir)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, RecordBody};
+
+    pub(super) const VPG_ID: u32 = 5;
+
+    pub(super) fn meta() -> JournalMeta {
+        JournalMeta { vpg: "db".into(), vpg_id: VPG_ID, volumes: vec![VolumeInfo { name: "v".into(), size: 1 << 20 }] }
+    }
+
+    pub(super) fn policy() -> HistoryPolicy {
+        HistoryPolicy { history: Duration::from_secs(60), journal_limit: None }
+    }
+
+    /// A decoded batch of `bodies` at seqs `first..`.
+    pub(super) fn batch(first: u64, bodies: Vec<RecordBody>) -> DecodedBatch {
+        let records: Vec<Record> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Record { seq: first + i as u64, vpg_id: VPG_ID, body })
+            .collect();
+        crate::wire::batch::decode(&crate::wire::batch::encode(&records).bytes, VPG_ID).unwrap()
+    }
+
+    pub(super) fn write(seq: u64) -> RecordBody {
+        RecordBody::Write { volume: 0, offset: seq * 4096 % (1 << 20), data: vec![seq as u8; 4096] }
+    }
+
+    #[test]
+    fn a_stream_is_continued_only_by_a_log_of_that_stream() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        let mut j = Journal::open(&dir, meta(), &policy()).unwrap();
+        let start = RecordBody::StreamStart { time_ms: 1, stream_id: 7 };
+        // A sender must start its stream: no records without a StreamStart.
+        assert!(j.append(&batch(10, vec![write(10)]), 7).is_err());
+        // The StreamStart must be of the stream the sender announced.
+        assert!(j.append(&batch(10, vec![start.clone()]), 8).is_err());
+        assert_eq!(j.append(&batch(10, vec![start, write(11)]), 7).unwrap(), 11);
+        // Another log (a rebuilt one reusing seqs) cannot continue it.
+        let err = j.append(&batch(12, vec![write(12)]), 9).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot continue"), "{err:#}");
+        assert_eq!(j.append(&batch(12, vec![write(12)]), 7).unwrap(), 12);
+        // It may start its own stream after the journal's end.
+        let other = RecordBody::StreamStart { time_ms: 2, stream_id: 9 };
+        assert_eq!(j.append(&batch(20, vec![other, write(21)]), 9).unwrap(), 21);
+        drop(j);
+        let j = Journal::open(&dir, meta(), &policy()).unwrap();
+        assert_eq!((j.durable_seq(), j.index.stream_id), (21, 9));
+    }
+}
+
 /// Tests that make the storage fail at exact points (`--features
 /// failpoints`; `make unit` runs them one at a time: a failpoint is
 /// process-wide).
@@ -229,7 +333,7 @@ mod failpoints {
         let dir = root.path().join("db");
         std::fs::create_dir(&dir).unwrap();
         let bytes = journal(&dir);
-        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+        let policy = super::tests::policy();
         // The second record's read fails with EIO.
         fail::cfg("segment-read", "2*off->return").unwrap();
         let err = Journal::open(&dir, meta(), &policy).err().expect("an I/O error must fail the open");
@@ -241,6 +345,31 @@ mod failpoints {
         assert!(!dir.join(QUARANTINE_DIR).exists(), "a read error is not corruption");
         // Once the storage reads again, every record is there.
         assert_eq!(Journal::open(&dir, meta(), &policy).unwrap().durable_seq(), 3);
+        scenario.teardown();
+    }
+
+    /// ENOSPC half way through a batch: the part written is undone, and
+    /// the resent batch is acknowledged and read back whole (once it was
+    /// acknowledged after garbage that restores and the applier stop at).
+    #[test]
+    fn a_failed_append_is_undone_before_the_batch_comes_again() {
+        use super::tests::{batch, policy, write};
+        let scenario = fail::FailScenario::setup();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        let mut j = Journal::open(&dir, meta(), &policy()).unwrap();
+        let start = RecordBody::StreamStart { time_ms: 1, stream_id: 7 };
+        assert_eq!(j.append(&batch(1, vec![start, write(2)]), 7).unwrap(), 2);
+        let next = batch(3, vec![write(3), write(4), write(5)]);
+        fail::cfg("journal-append-torn", "1*return").unwrap();
+        assert!(j.append(&next, 7).is_err());
+        fail::remove("journal-append-torn");
+        assert_eq!(j.durable_seq(), 2);
+        assert_eq!(j.append(&next, 7).unwrap(), 5);
+        drop(j);
+        let j = Journal::open(&dir, meta(), &policy()).unwrap();
+        assert_eq!(j.durable_seq(), 5);
+        assert!(j.index.damage.is_none(), "{:?}", j.index.damage);
         scenario.teardown();
     }
 }

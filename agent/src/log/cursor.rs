@@ -1,14 +1,18 @@
 //! Reads a protected log's stream back in order, from a given seq, only up
-//! to what has been fully appended. The sender owns one cursor per link.
+//! to what is fsynced (a record a power cut could take must not reach the
+//! recovery side), and only the log's current stream. The sender owns one
+//! cursor per link.
 
 use super::ProtectedLog;
 use crate::record::Record;
 use crate::segment::{segment_path, SegmentKind, SegmentReader};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::sync::Arc;
 
 pub struct LogCursor {
     log: Arc<ProtectedLog>,
+    /// The stream being read; a new stream makes the cursor start over.
+    stream_id: u32,
     /// Next seq the caller wants.
     want_seq: u64,
     open: Option<(u64, SegmentReader)>,
@@ -19,15 +23,29 @@ pub struct LogCursor {
 
 impl LogCursor {
     pub(super) fn new(log: Arc<ProtectedLog>, from_seq: u64) -> Self {
-        LogCursor { log, want_seq: from_seq, open: None, held: None }
+        let stream_id = log.stream_id();
+        LogCursor { log, stream_id, want_seq: from_seq, open: None, held: None }
     }
 
-    /// The next record available, if any (it is not consumed).
+    /// The stream this cursor reads.
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    /// The next record available (fsynced), if any; it is not consumed.
     pub fn peek(&mut self) -> Result<Option<&Record>> {
+        let stream_id = self.log.stream_id();
+        if stream_id != self.stream_id {
+            // The records held or half read belong to a dropped stream.
+            self.stream_id = stream_id;
+            self.open = None;
+            self.held = None;
+        }
         if self.held.is_none() {
             self.held = self.read_one()?;
         }
-        Ok(self.held.as_ref())
+        let synced = self.log.synced_seq();
+        Ok(self.held.as_ref().filter(|r| r.seq <= synced))
     }
 
     /// Adds records available from the cursor's position to `batch` while
@@ -70,7 +88,8 @@ impl LogCursor {
                 }
                 Ok(None) if !is_current => self.open = None,
                 Ok(None) => return Ok(None),
-                Err(damage) => bail!("reading the protected log: {damage}"),
+                // Kept typed: the sender starts the stream over on damage.
+                Err(e) => return Err(anyhow::Error::new(e).context("reading the protected log")),
             }
         }
     }

@@ -2,17 +2,29 @@
 //! holding a VPG's write stream until the recovery site has acknowledged
 //! it. Appends are ordered by the caller (one writer at a time per VPG);
 //! durability is group-committed by one thread that fsyncs on demand; the
-//! sender reads the stream back with a `LogCursor`. When the log is full,
-//! `append` waits: a full log applies back-pressure and never drops data.
+//! sender reads the stream back with a `LogCursor`, and only what is
+//! fsynced: the recovery journal must never hold a record this log could
+//! lose in a power cut.
+//!
+//! Space is reserved before the caller takes its write-order lock
+//! (`reserve`), so a full log makes writers wait without holding up
+//! anything else; a full log applies back-pressure and never drops data.
+//!
+//! A *stream* is the sequence of records from one StreamStart on; each has
+//! a random id, in its StreamStart and in the header of each of its
+//! segments. `start_stream` begins a new one and drops every older
+//! segment: a stream the recovery journal cannot continue is worth nothing.
 
 mod cursor;
+mod open;
 pub mod state;
 
 pub use cursor::LogCursor;
+pub use open::{LogCut, LogOpenReport};
 pub use state::CaptureState;
 
 use crate::record::{encode_parts, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment, list_segments, SegmentError, SegmentKind, SegmentReader};
+use crate::segment::{create_segment_with, SegmentKind};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -25,7 +37,7 @@ use tokio::sync::{watch, Notify};
 /// Segments are a fraction of the capacity so retiring frees space early.
 const LOG_SEGMENTS_PER_CAPACITY: u64 = 16;
 const LOG_SEGMENT_BYTES_MIN: u64 = 4 << 20;
-/// A new stream's first seq is the wall clock in ms times this.
+/// A new stream's first seq is at least the wall clock in ms times this.
 const STREAM_SEQS_PER_MS: u64 = 1000;
 /// Resolution of the lag-in-seconds estimate.
 const LAG_SAMPLE_INTERVAL_MS: u128 = 50;
@@ -57,25 +69,18 @@ struct Inner {
     /// Closed segments whose data the sync thread has not fsynced yet.
     unsynced_closed: Vec<Arc<File>>,
     next_seq: u64,
+    stream_id: u32,
     bytes_total: u64,
+    /// Space promised to appends that have not happened yet.
+    reserved_bytes: u64,
     /// Bytes ever appended by this process, for the lag estimate.
     appended_bytes: u64,
     /// Sampled appends not yet acknowledged: (seq, when, `appended_bytes`
     /// before it). Lag is measured from the oldest.
     lag_samples: VecDeque<(u64, Instant, u64)>,
-}
-
-/// What opening the log found on disk.
-pub struct LogOpenReport {
-    /// True when no log existed: a new stream starts (full initial copy).
-    pub fresh: bool,
-    /// A torn tail that was cut off, if any (`file: offset: reason`).
-    pub truncated_tail: Option<String>,
-    pub next_seq: u64,
-    /// The volume range of the newest record, if it changed a volume. The
-    /// volume may or may not hold that change (the agent may have died
-    /// between logging it and writing it), so it is re-read at start.
-    pub last_update: Option<(u32, u64, u64)>,
+    /// Set when a failed append could not be undone: nothing more may be
+    /// appended until the log is opened again (which cuts the damage).
+    broken: Option<String>,
 }
 
 /// Where the published end of the log is, for readers.
@@ -85,71 +90,55 @@ pub(crate) struct LogEnd {
     pub current_len: u64,
 }
 
+/// Room in the log for one record, taken before the write-order lock.
+/// Dropped unused, it is given back.
+pub struct LogSpace<'a> {
+    log: &'a ProtectedLog,
+    bytes: u64,
+}
+
+impl Drop for LogSpace<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.log.inner.lock().expect("log lock").reserved_bytes -= self.bytes;
+            self.log.space.notify_waiters();
+        }
+    }
+}
+
 impl ProtectedLog {
-    pub fn open(dir: &Path, vpg_id: u32, capacity_bytes: u64) -> Result<(Arc<Self>, LogOpenReport)> {
+    /// Opens the log in `dir`, or starts one. `durable_through` is a seq
+    /// known to have been fsynced with everything before it (0: unknown);
+    /// damage found after it is a torn tail, cut without a word (see
+    /// `open.rs`).
+    pub fn open(
+        dir: &Path,
+        vpg_id: u32,
+        capacity_bytes: u64,
+        durable_through: u64,
+    ) -> Result<(Arc<Self>, LogOpenReport)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
         let segment_bytes = (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN);
-        let found = list_segments(dir, SegmentKind::ProtectedLog)?;
-        let mut closed = VecDeque::new();
-        let mut truncated_tail = None;
-        let mut next_seq = 0;
-        let mut last_update = None;
-        let fresh = found.is_empty();
-        // Closed segments are verified record by record when the sender
-        // reads them; at open only the newest can have a torn tail, so only
-        // it (and, if it is empty, the one before) is scanned.
-        for (i, (first_seq, path)) in found.iter().enumerate() {
-            let (_, header_seq) = SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
-            if header_seq != *first_seq {
-                bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
-            }
-            let bytes = std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len();
-            closed.push_back(Segment { first_seq: *first_seq, path: path.clone(), bytes });
-            if i + 1 == found.len() {
-                next_seq = *first_seq;
-            }
-        }
-        if let Some(last) = closed.back_mut() {
-            let tail = scan_segment(&last.path, vpg_id)?;
-            if let Some(damage) = tail.damage {
-                // The writer died mid-append: cut the tail it left.
-                truncated_tail = Some(damage);
-            }
-            last.bytes = tail.end;
-            next_seq = next_seq.max(tail.last_seq.map_or(0, |s| s + 1));
-            last_update = tail.last_update;
-            if tail.last_seq.is_none() && closed.len() > 1 {
-                let previous = scan_segment(&closed[closed.len() - 2].path, vpg_id)?;
-                if let Some(damage) = previous.damage {
-                    bail!("protected log is damaged before its tail: {damage}");
-                }
-                last_update = previous.last_update;
-            }
-        }
-        let (current, current_file) = match closed.pop_back() {
-            Some(seg) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(&seg.path)
-                    .with_context(|| format!("opening {}", seg.path.display()))?;
-                if truncated_tail.is_some() {
-                    file.set_len(seg.bytes).with_context(|| format!("truncating {}", seg.path.display()))?;
-                    file.sync_all()?;
-                }
-                (seg, file)
-            }
-            None => {
-                // A new stream starts at a seq above any earlier stream's
-                // (unless one wrote over 1000 records per ms of its life),
-                // so the recovery side does not mistake it for a replay;
-                // the sender checks the rest. Seqs stay below 2^53, exact
-                // in JSON for the tools that read status and checkpoints.
-                next_seq = now_ms() * STREAM_SEQS_PER_MS;
-                let (path, file) = create_segment(dir, SegmentKind::ProtectedLog, vpg_id, next_seq)?;
-                let bytes = file.metadata()?.len();
-                (Segment { first_seq: next_seq, path, bytes }, file)
-            }
+        let found = open::recover(dir, vpg_id, durable_through)?;
+        let fresh = found.segments.is_empty();
+        let (closed, current, current_file, next_seq, stream_id) = if fresh {
+            // A new stream starts at a seq above any earlier stream's
+            // (unless one wrote over 1000 records per ms of its life), so
+            // the recovery side does not mistake it for a replay; its id
+            // tells the rest. Seqs stay below 2^53, exact in JSON.
+            let (segment, file, stream_id) = create_stream_segment(dir, vpg_id, now_ms() * STREAM_SEQS_PER_MS)?;
+            let next_seq = segment.first_seq + 1;
+            (VecDeque::new(), segment, file, next_seq, stream_id)
+        } else {
+            let mut segments: VecDeque<Segment> =
+                found.segments.into_iter().map(|(first_seq, path, bytes)| Segment { first_seq, path, bytes }).collect();
+            let current = segments.pop_back().expect("not fresh");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&current.path)
+                .with_context(|| format!("opening {}", current.path.display()))?;
+            (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
         let (sync_tx, sync_rx) = mpsc::channel();
@@ -164,12 +153,16 @@ impl ProtectedLog {
                 current_file: Arc::new(current_file),
                 unsynced_closed: Vec::new(),
                 next_seq,
+                stream_id,
                 bytes_total,
+                reserved_bytes: 0,
                 appended_bytes: 0,
                 lag_samples: VecDeque::new(),
+                broken: None,
             }),
-            appended: watch::channel(next_seq.saturating_sub(1)).0,
-            synced: watch::channel(next_seq.saturating_sub(1)).0,
+            // Everything found at open was fsynced there (`open.rs`).
+            appended: watch::channel(next_seq - 1).0,
+            synced: watch::channel(next_seq - 1).0,
             acked: watch::channel(0).0,
             space: Notify::new(),
             sync_wake: Mutex::new(sync_tx),
@@ -179,42 +172,94 @@ impl ProtectedLog {
             .name("log-sync".into())
             .spawn(move || group_commit_loop(weak, sync_rx))
             .context("starting the log sync thread")?;
-        if fresh {
-            log.append_now(&RecordBody::StreamStart { time_ms: now_ms() })?;
-        }
-        Ok((log, LogOpenReport { fresh, truncated_tail, next_seq, last_update }))
+        let report = LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update };
+        Ok((log, report))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Appends a record, waiting while the log is full. Returns its seq.
-    /// Callers serialise appends per VPG; the seq order is the write order.
-    pub async fn append(&self, body: &RecordBody) -> Result<u64> {
+    /// Waits until the log has room for `body`, and holds it. Call before
+    /// taking the write-order lock, so a full log holds up only writers.
+    pub async fn reserve(&self, body: &RecordBody) -> Result<LogSpace<'_>> {
         body.check().context("refusing to log a record its readers would refuse")?;
-        let needed = (RECORD_HEADER_BYTES + payload_len(body)) as u64;
+        self.reserve_bytes((RECORD_HEADER_BYTES + payload_len(body)) as u64).await
+    }
+
+    /// Like `reserve`, for a record of up to `bytes` encoded.
+    pub async fn reserve_bytes(&self, bytes: u64) -> Result<LogSpace<'_>> {
         loop {
             let notified = self.space.notified();
             {
-                let inner = self.inner.lock().expect("log lock");
-                if inner.bytes_total + needed <= self.capacity_bytes || inner.closed.is_empty() {
-                    drop(inner);
-                    return self.append_now(body);
+                let mut inner = self.inner.lock().expect("log lock");
+                if let Some(why) = &inner.broken {
+                    bail!("the protected log takes no more records: {why}");
+                }
+                // With no closed segment nothing can be retired: one more
+                // record is let in rather than waiting for ever.
+                let fits = inner.bytes_total + inner.reserved_bytes + bytes <= self.capacity_bytes;
+                if fits || (inner.closed.is_empty() && inner.reserved_bytes == 0) {
+                    inner.reserved_bytes += bytes;
+                    return Ok(LogSpace { log: self, bytes });
                 }
             }
             notified.await;
         }
     }
 
-    fn append_now(&self, body: &RecordBody) -> Result<u64> {
+    /// Room for a record of up to `bytes` encoded if the log has it now
+    /// (for callers that hold the write-order lock and must not wait).
+    pub fn try_reserve_bytes(&self, bytes: u64) -> Option<LogSpace<'_>> {
         let mut inner = self.inner.lock().expect("log lock");
+        let fits = inner.bytes_total + inner.reserved_bytes + bytes <= self.capacity_bytes;
+        (inner.broken.is_none() && fits).then(|| {
+            inner.reserved_bytes += bytes;
+            LogSpace { log: self, bytes }
+        })
+    }
+
+    /// Appends a record in space reserved for it. Returns its seq. Callers
+    /// serialise appends per VPG; the seq order is the write order. On an
+    /// error nothing was appended (a partial write is undone).
+    pub fn append_reserved(&self, mut space: LogSpace<'_>, body: &RecordBody) -> Result<u64> {
+        let len = RECORD_HEADER_BYTES + payload_len(body);
+        assert!(len as u64 <= space.bytes, "a record of {len} bytes in a reservation of {}", space.bytes);
+        let mut bytes = Vec::with_capacity(len);
+        let mut inner = self.inner.lock().expect("log lock");
+        if let Some(why) = &inner.broken {
+            bail!("the protected log takes no more records: {why}");
+        }
+        // A full segment is closed before the next record, not after the
+        // last one: a failure here leaves nothing half done.
+        if inner.current.bytes >= self.segment_bytes {
+            self.roll(&mut inner)?;
+        }
         let seq = inner.next_seq;
-        let mut bytes = Vec::with_capacity(RECORD_HEADER_BYTES + payload_len(body));
         encode_parts(seq, self.vpg_id, body, &mut bytes);
-        (&*inner.current_file)
-            .write_all(&bytes)
-            .with_context(|| format!("appending seq {seq} to {}", inner.current.path.display()))?;
+        inner.reserved_bytes -= space.bytes;
+        let unused = std::mem::take(&mut space.bytes) - len as u64;
+        let written = (|| {
+            // Half a record reaches the file, then the disk is full.
+            fail::fail_point!("log-append-torn", |_| {
+                let _ = (&*inner.current_file).write_all(&bytes[..bytes.len() / 2]);
+                Err(std::io::Error::from_raw_os_error(28))
+            });
+            (&*inner.current_file).write_all(&bytes)
+        })();
+        if let Err(e) = written {
+            let path = inner.current.path.display().to_string();
+            // Undo a partial write, so later records never follow garbage.
+            let good = inner.current.bytes;
+            if let Err(undo) = inner.current_file.set_len(good) {
+                let why = format!("appending seq {seq} to {path} failed ({e}) and could not be undone ({undo})");
+                tracing::error!("{why}");
+                inner.broken = Some(why);
+            }
+            drop(inner);
+            self.space.notify_waiters();
+            return Err(anyhow::Error::new(e).context(format!("appending seq {seq} to {path}")));
+        }
         inner.next_seq = seq + 1;
         inner.current.bytes += bytes.len() as u64;
         inner.bytes_total += bytes.len() as u64;
@@ -228,17 +273,24 @@ impl ProtectedLog {
             inner.lag_samples.push_back((seq, now, before));
         }
         inner.appended_bytes += bytes.len() as u64;
-        if inner.current.bytes >= self.segment_bytes {
-            self.roll(&mut inner)?;
-        }
         drop(inner);
         self.appended.send_replace(seq);
+        if unused > 0 {
+            self.space.notify_waiters();
+        }
         Ok(seq)
+    }
+
+    /// Reserves and appends (for callers that hold no lock while waiting).
+    pub async fn append(&self, body: &RecordBody) -> Result<u64> {
+        let space = self.reserve(body).await?;
+        self.append_reserved(space, body)
     }
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
-        let (path, file) = create_segment(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq)?;
+        let (path, file) =
+            create_segment_with(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq, inner.stream_id, &[])?;
         let bytes = file.metadata()?.len();
         let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
         let old_file = std::mem::replace(&mut inner.current_file, Arc::new(file));
@@ -248,11 +300,42 @@ impl ProtectedLog {
         Ok(())
     }
 
-    /// Makes the next record's seq at least `min_seq` (a new stream must
-    /// start above whatever the recovery journal already holds).
-    pub fn advance_seq_to(&self, min_seq: u64) {
+    /// Starts a new stream at a seq of at least `min_seq` (above anything
+    /// the recovery journal holds): its StreamStart, under a new stream id,
+    /// is made durable as the first record of a new segment, and every
+    /// older segment is dropped. Returns the StreamStart's seq. Call under
+    /// the write-order lock.
+    pub fn start_stream(&self, min_seq: u64) -> Result<u64> {
         let mut inner = self.inner.lock().expect("log lock");
-        inner.next_seq = inner.next_seq.max(min_seq);
+        let seq = inner.next_seq.max(min_seq);
+        let (segment, file, stream_id) = create_stream_segment(&self.dir, self.vpg_id, seq)?;
+        let size = segment.bytes;
+        let mut dropped: Vec<PathBuf> = inner.closed.drain(..).map(|s| s.path).collect();
+        dropped.push(std::mem::replace(&mut inner.current, segment).path);
+        inner.current_file = Arc::new(file);
+        inner.unsynced_closed.clear();
+        inner.next_seq = seq + 1;
+        inner.stream_id = stream_id;
+        inner.bytes_total = size;
+        inner.lag_samples.clear();
+        inner.broken = None;
+        drop(inner);
+        for path in &dropped {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!("dropping log segment {} of the old stream: {e}", path.display());
+            }
+        }
+        crate::durable::sync_dir(&self.dir)?;
+        self.appended.send_replace(seq);
+        self.synced.send_if_modified(|s| std::mem::replace(s, seq) != seq);
+        self.space.notify_waiters();
+        tracing::info!(stream_id, seq, dropped = dropped.len(), "protected log: a new stream starts");
+        Ok(seq)
+    }
+
+    /// The id of the stream the log holds now.
+    pub fn stream_id(&self) -> u32 {
+        self.inner.lock().expect("log lock").stream_id
     }
 
     /// Last seq appended (0 when the stream is empty).
@@ -262,6 +345,11 @@ impl ProtectedLog {
 
     pub fn watch_appended(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    /// Last seq fsynced with everything before it.
+    pub fn synced_seq(&self) -> u64 {
+        *self.synced.borrow()
     }
 
     pub fn acked_seq(&self) -> u64 {
@@ -289,10 +377,10 @@ impl ProtectedLog {
         let mut retired = Vec::new();
         {
             let mut inner = self.inner.lock().expect("log lock");
-            if seq >= inner.next_seq {
-                // An ack beyond what we wrote: the journal is ahead of a log
-                // that was rebuilt. Never retire on it.
-                tracing::warn!(seq, next = inner.next_seq, "peer acknowledged a seq this log never wrote");
+            if seq >= inner.next_seq || seq > self.synced_seq() {
+                // An ack beyond what this log holds durably: the journal is
+                // ahead of a log that was rebuilt. Never retire on it.
+                tracing::warn!(seq, next = inner.next_seq, "peer acknowledged a seq this log does not hold durably");
                 return;
             }
             while !inner.closed.is_empty() {
@@ -338,6 +426,11 @@ impl ProtectedLog {
         }
     }
 
+    /// Bytes the log holds on disk, and its capacity.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.inner.lock().expect("log lock").bytes_total, self.capacity_bytes)
+    }
+
     pub(crate) fn end(&self) -> LogEnd {
         let inner = self.inner.lock().expect("log lock");
         LogEnd { current_first_seq: inner.current.first_seq, current_len: inner.current.bytes }
@@ -353,40 +446,52 @@ impl ProtectedLog {
         self.vpg_id
     }
 
+    /// Whether a receiver that holds stream `their_stream` through seq
+    /// `their_seq` can be sent this log from `their_seq + 1` on: it holds
+    /// this log's stream and the log goes on right after it, or this log's
+    /// stream begins after what it holds. Makes everything appended durable
+    /// first (only that is sent). An error of kind `SegmentError::Damage`
+    /// means the log cannot be read there.
+    pub async fn continues(self: &Arc<Self>, their_seq: u64, their_stream: u32) -> Result<bool> {
+        self.sync_to(self.appended_seq()).await?;
+        let same_stream = their_stream == self.stream_id();
+        let mut cursor = self.cursor(their_seq + 1);
+        Ok(match cursor.peek()? {
+            Some(rec) => match rec.body {
+                RecordBody::StreamStart { stream_id, .. } => stream_id == cursor.stream_id(),
+                _ => same_stream && rec.seq == their_seq + 1,
+            },
+            // Nothing unsent: fine if the receiver is exactly at the end.
+            None => same_stream && self.synced_seq() == their_seq,
+        })
+    }
+
     pub fn cursor(self: &Arc<Self>, from_seq: u64) -> LogCursor {
         LogCursor::new(self.clone(), from_seq)
     }
 }
 
-struct SegmentScan {
-    end: u64,
-    last_seq: Option<u64>,
-    last_update: Option<(u32, u64, u64)>,
-    damage: Option<String>,
-}
-
-/// Reads one segment to its end or first bad record.
-fn scan_segment(path: &Path, vpg_id: u32) -> Result<SegmentScan> {
-    let (mut reader, _) = SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id)?;
-    let mut scan = SegmentScan { end: reader.offset(), last_seq: None, last_update: None, damage: None };
+/// A random, non-zero stream id.
+fn new_stream_id() -> u32 {
+    let mut b = [0u8; 4];
     loop {
-        match reader.next_record() {
-            Ok(Some((rec, _))) => {
-                if scan.last_seq.is_some_and(|s| rec.seq <= s) {
-                    bail!("{}: sequence goes backwards at seq {}", path.display(), rec.seq);
-                }
-                scan.last_seq = Some(rec.seq);
-                scan.last_update = rec.body.extent();
-                scan.end = reader.offset();
-            }
-            Ok(None) => return Ok(scan),
-            Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("opening the protected log")),
-            Err(SegmentError::Damage(damage)) => {
-                scan.damage = Some(damage.to_string());
-                return Ok(scan);
-            }
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
+        let id = u32::from_le_bytes(b);
+        if id != 0 {
+            return id;
         }
     }
+}
+
+/// The first segment of a new stream, durable with its StreamStart at
+/// `seq`, under a new stream id.
+fn create_stream_segment(dir: &Path, vpg_id: u32, seq: u64) -> Result<(Segment, File, u32)> {
+    let stream_id = new_stream_id();
+    let mut bytes = Vec::new();
+    encode_parts(seq, vpg_id, &RecordBody::StreamStart { time_ms: now_ms(), stream_id }, &mut bytes);
+    let (path, file) = create_segment_with(dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
+    let size = file.metadata().with_context(|| format!("sizing {}", path.display()))?.len();
+    Ok((Segment { first_seq: seq, path, bytes: size }, file, stream_id))
 }
 
 /// Group commit: one fsync covers every append made before it started.
@@ -416,145 +521,4 @@ fn group_commit_loop(log: std::sync::Weak<ProtectedLog>, wake: mpsc::Receiver<()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(i: u64, size: usize) -> RecordBody {
-        RecordBody::Write { volume: 0, offset: i * 4096, data: vec![i as u8; size] }
-    }
-
-    #[tokio::test]
-    async fn reopen_resumes_after_last_record_and_cursor_reads_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        assert!(report.fresh);
-        let mut seqs = vec![];
-        for i in 0..100 {
-            seqs.push(log.append(&write(i, 4096)).await.unwrap());
-        }
-        log.sync_to(*seqs.last().unwrap()).await.unwrap();
-        drop(log);
-        let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        assert!(!report.fresh);
-        assert_eq!(report.next_seq, seqs.last().unwrap() + 1);
-        let mut cursor = log.cursor(seqs[10]);
-        let mut got = Vec::new();
-        cursor.fill(&mut got, usize::MAX, 1000).unwrap();
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs[10..].to_vec());
-    }
-
-    #[tokio::test]
-    async fn batches_never_exceed_the_receivers_limit() {
-        use crate::record::RECORD_PAYLOAD_BYTES_MAX;
-        use crate::wire::batch::{BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = ProtectedLog::open(dir.path(), 1, 256 << 20).unwrap();
-        // Small writes ending 28 bytes short of the batch target, then one
-        // of the largest size: the big one must travel alone, not on top of
-        // a nearly full batch (together they are over the receiver's limit).
-        for i in 0..63 {
-            log.append(&write(i, 64 << 10)).await.unwrap();
-        }
-        log.append(&write(63, 62_120)).await.unwrap();
-        let big = RecordBody::Write { volume: 0, offset: 0, data: vec![7; RECORD_PAYLOAD_BYTES_MAX] };
-        let last = log.append(&big).await.unwrap();
-        let mut cursor = log.cursor(0);
-        let mut seen = 0;
-        loop {
-            // As the sender does: a batch, then a second look (its linger).
-            let mut batch = Vec::new();
-            cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
-            seen += batch.len();
-            let encoded = crate::wire::batch::encode(&batch);
-            crate::wire::batch::decode(&encoded.bytes, 1).expect("the receiver takes every batch the cursor makes");
-            assert!(batch.last().unwrap().seq <= last);
-        }
-        assert_eq!(seen, 66, "stream start, 64 writes and the big one");
-    }
-
-    #[tokio::test]
-    async fn a_record_its_readers_would_refuse_is_never_logged() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        let before = log.appended_seq();
-        let tag = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
-        let err = log.append(&tag).await.unwrap_err();
-        assert!(format!("{err:#}").contains("300 bytes"), "{err:#}");
-        assert_eq!(log.appended_seq(), before);
-        // The log goes on, and reopens without cutting anything.
-        let seq = log.append(&write(1, 512)).await.unwrap();
-        log.sync_to(seq).await.unwrap();
-        drop(log);
-        let (_, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        assert!(report.truncated_tail.is_none());
-        assert_eq!(report.next_seq, seq + 1);
-    }
-
-    #[tokio::test]
-    async fn torn_tail_is_cut_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        let last = log.append(&write(1, 512)).await.unwrap();
-        drop(log);
-        let seg = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap().1;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[0x43, 0x52]).unwrap();
-        let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        assert!(report.truncated_tail.is_some());
-        assert_eq!(report.next_seq, last + 1);
-        assert_eq!(log.append(&write(2, 512)).await.unwrap(), last + 1);
-    }
-
-    #[tokio::test]
-    async fn full_log_waits_until_acked() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        let mut last = 0;
-        // 64 MiB capacity, 4 MiB segments: fill it with 1 MiB writes.
-        for i in 0..63 {
-            last = log.append(&write(i, 1 << 20)).await.unwrap();
-        }
-        let blocked =
-            tokio::time::timeout(std::time::Duration::from_millis(300), log.append(&write(99, 1 << 20))).await;
-        assert!(blocked.is_err(), "append must wait on a full log");
-        log.ack(last);
-        let seq = tokio::time::timeout(std::time::Duration::from_secs(5), log.append(&write(99, 1 << 20)))
-            .await
-            .expect("space after ack")
-            .unwrap();
-        assert_eq!(seq, last + 1);
-    }
-}
-
-/// Storage faults at exact points (`--features failpoints`, one at a time).
-#[cfg(all(test, feature = "failpoints"))]
-mod failpoints {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_read_error_at_open_is_reported_and_cuts_nothing() {
-        let scenario = fail::FailScenario::setup();
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        let mut last = 0;
-        for i in 0..3 {
-            last = log.append(&RecordBody::Write { volume: 0, offset: i * 512, data: vec![1; 512] }).await.unwrap();
-        }
-        log.sync_to(last).await.unwrap();
-        drop(log);
-        let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        fail::cfg("segment-read", "2*off->return").unwrap();
-        let err = ProtectedLog::open(dir.path(), 1, 64 << 20).err().expect("an I/O error must fail the open");
-        assert!(format!("{err:#}").contains("read error"), "{err:#}");
-        fail::remove("segment-read");
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was cut on a read error");
-        let (_, report) = ProtectedLog::open(dir.path(), 1, 64 << 20).unwrap();
-        assert_eq!(report.next_seq, last + 1);
-        scenario.teardown();
-    }
-}
+mod tests;

@@ -23,6 +23,9 @@ pub struct CaptureState {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ReverseState {
     pub applied_seq: u64,
+    /// The stream of the recovery site's reverse log `applied_seq` is in.
+    #[serde(default)]
+    pub stream_id: u32,
     /// The delta copy of every volume is applied: the volumes equal the
     /// recovery site's as of `applied_seq`.
     #[serde(default)]

@@ -1,9 +1,15 @@
 //! Failover, recovery side, on disk: commit the journal up to the chosen
-//! checkpoint into the replica, set aside every segment after it (kept in
-//! `after-failover/`, never applied), and record the failover in
-//! `failover.json`. From then on the replica images are the VPG's live
-//! volumes; the stream for the VPG is refused, and restore/export/test
-//! failover of it are refused with the reason.
+//! checkpoint into the replica, record the failover in `failover.json`,
+//! then set aside every segment after it (kept in `after-failover/`, never
+//! applied). From then on the replica images are the VPG's live volumes;
+//! the stream for the VPG is refused, and restore/export/test failover of
+//! it are refused with the reason.
+//!
+//! Crash safety: the apply records its target first (`apply_state`), and
+//! the record is written before any segment moves, so after a crash either
+//! nothing changed but the replica moving forward to a checkpoint (the
+//! failover did not happen; run it again) or the record exists and the
+//! setting aside is finished at the next start (`finish_commit`).
 
 use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::journal::applier::apply_to;
@@ -17,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-const FAILOVER_FILE: &str = "failover.json";
+use crate::journal::FAILOVER_RECORD_FILE as FAILOVER_FILE;
 const SET_ASIDE_DIR: &str = "after-failover";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -98,18 +104,10 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
         );
     }
     let (_, bytes_applied) = apply_to(dir, meta, &state, checkpoint.id)?;
-    let aside = dir.join(SET_ASIDE_DIR);
     let mut set_aside_bytes = 0;
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
-        std::fs::create_dir_all(&aside)?;
-        set_aside_bytes += std::fs::metadata(&path)?.len();
-        let name = path.file_name().context("segment name")?;
-        std::fs::rename(&path, aside.join(name)).with_context(|| format!("setting aside {}", path.display()))?;
+        set_aside_bytes += std::fs::metadata(&path).with_context(|| format!("sizing {}", path.display()))?.len();
     }
-    if aside.exists() {
-        sync_dir(&aside)?;
-    }
-    sync_dir(dir)?;
     let record = FailoverRecord {
         checkpoint: checkpoint.clone(),
         how,
@@ -118,5 +116,36 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
         set_aside_bytes,
     };
     record.store(dir)?;
+    fail::fail_point!("failover-after-record", |_| std::process::abort());
+    set_aside(dir)?;
     Ok(Committed { record, bytes_applied })
+}
+
+/// After a crash in the middle of a failover: if its record exists, the
+/// segments it had not set aside yet are set aside now. Idempotent.
+pub fn finish_commit(dir: &Path) -> Result<()> {
+    if FailoverRecord::load(dir)?.is_none() {
+        return Ok(());
+    }
+    let left = list_segments(dir, SegmentKind::Journal)?.len();
+    if left > 0 {
+        tracing::warn!("{}: finishing a failover a stop interrupted ({left} segments to set aside)", dir.display());
+        set_aside(dir)?;
+    }
+    Ok(())
+}
+
+/// Moves every journal segment into `after-failover/`, durably.
+fn set_aside(dir: &Path) -> Result<()> {
+    let aside = dir.join(SET_ASIDE_DIR);
+    for (_, path) in list_segments(dir, SegmentKind::Journal)? {
+        std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
+        let name = path.file_name().context("segment name")?;
+        std::fs::rename(&path, aside.join(name)).with_context(|| format!("setting aside {}", path.display()))?;
+        fail::fail_point!("failover-set-aside", |_| std::process::abort());
+    }
+    if aside.exists() {
+        sync_dir(&aside)?;
+    }
+    sync_dir(dir)
 }

@@ -53,6 +53,21 @@ pub struct RecoveryOps {
     live: Mutex<BTreeMap<String, LiveCapture>>,
     /// Reverse protection: VPG → (session, capture).
     reverse: Mutex<BTreeMap<String, (u64, Arc<VpgCapture>)>>,
+    /// Held while a reverse capture is made.
+    reverse_setup: tokio::sync::Mutex<()>,
+    /// Held by the one failover or move being committed.
+    committing: tokio::sync::Mutex<()>,
+}
+
+/// Opens the capture of a failed-over VPG's writes for the old site, in
+/// its reverse log (created the first time).
+fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc<VpgCapture>> {
+    let mut volumes = Vec::new();
+    for (v, path) in meta.volumes.iter().zip(FailoverRecord::volume_paths(dir, meta)) {
+        volumes.push(crate::capture::volume::Volume::open(&v.name, &path)?);
+    }
+    let log_dir = dir.join(REVERSE_LOG_DIR);
+    VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY)
 }
 
 /// What a reverse hello gets.
@@ -140,6 +155,8 @@ impl RecoveryOps {
             busy: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
             reverse: Mutex::new(BTreeMap::new()),
+            reverse_setup: tokio::sync::Mutex::new(()),
+            committing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -151,21 +168,31 @@ impl RecoveryOps {
             if let Some(record) = FailoverRecord::load(&dir)? {
                 if record.serve {
                     let meta = JournalMeta::load(&dir)?;
-                    let uris = self.serve_live(&vpg, &dir, &meta)?;
+                    // Writes must keep being logged for the old site, from
+                    // the first one: the capture exists before the exports.
+                    let capture = match dir.join(REVERSE_LOG_DIR).exists() {
+                        true => Some(open_reverse_capture(&vpg, &dir, &meta)?),
+                        false => None,
+                    };
+                    let uris = self.serve_live(&vpg, &dir, &meta, capture)?;
                     tracing::info!(%vpg, "failed-over volumes served again: {uris:?}");
-                    // Writes must keep being logged for the old site.
-                    if dir.join(REVERSE_LOG_DIR).exists() {
-                        self.reverse_capture(&vpg, &dir, &meta).await?;
-                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn serve_live(&self, vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Vec<String>> {
+    /// Serves a failed-over VPG's volumes writable; their writes go to
+    /// `capture` when reverse protection runs, else straight to the files.
+    fn serve_live(
+        &self,
+        vpg: &str,
+        dir: &Path,
+        meta: &JournalMeta,
+        capture: Option<Arc<VpgCapture>>,
+    ) -> Result<Vec<String>> {
         let files = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
-        let capture: LiveCapture = Default::default();
+        let capture: LiveCapture = Arc::new(std::sync::RwLock::new(capture));
         let exports: Vec<(String, Arc<dyn BlockExport>)> = files
             .files
             .into_iter()
@@ -211,6 +238,9 @@ impl RecoveryOps {
     /// is answered as done.
     pub async fn failover(&self, vpg: &str, wanted: &str, serve: bool, how: How) -> Result<FailedOver> {
         crate::config::validate_name("--vpg", vpg)?;
+        // One commit at a time: a second promote of a move (a new link
+        // while the first runs) then finds the first one's record.
+        let _committing = self.committing.lock().await;
         if serve {
             self.uri("")?;
         }
@@ -274,6 +304,16 @@ impl RecoveryOps {
         let committed = match committed {
             Ok(c) => c,
             Err(e) => {
+                // Once its record is written the failover happened, even if
+                // what follows failed (it is finished at the next start).
+                if let Ok(Some(record)) = FailoverRecord::load(&dir) {
+                    slot.failed_over.store(record.checkpoint.id, Ordering::SeqCst);
+                    return Err(e.context(format!(
+                        "VPG {vpg:?} is failed over at checkpoint {}, but finishing it failed; \
+                         restart the recovery agent to finish it",
+                        record.checkpoint.id
+                    )));
+                }
                 slot.failed_over.store(0, Ordering::SeqCst);
                 tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
                 return Err(e);
@@ -281,7 +321,7 @@ impl RecoveryOps {
         };
         let checkpoint = committed.record.checkpoint.clone();
         slot.failed_over.store(checkpoint.id, Ordering::SeqCst);
-        let uris = if serve { self.serve_live(vpg, &dir, &meta)? } else { Vec::new() };
+        let uris = if serve { self.serve_live(vpg, &dir, &meta, None)? } else { Vec::new() };
         let done = FailedOver {
             vpg: vpg.to_string(),
             checkpoint,
@@ -298,26 +338,15 @@ impl RecoveryOps {
     /// The capture that logs a failed-over VPG's writes for the old site,
     /// made (and switched in) the first time.
     async fn reverse_capture(&self, vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc<VpgCapture>> {
+        // Two hellos at once must not open the reverse log twice.
+        let _setup = self.reverse_setup.lock().await;
         let live = self.live.lock().expect("live lock").get(vpg).cloned().ok_or_else(|| {
             anyhow!("VPG {vpg:?} was failed over with its volumes left as files; reverse protection needs them served")
         })?;
         if let Some(c) = live.read().expect("live capture").clone() {
             return Ok(c);
         }
-        let log_dir = dir.join(REVERSE_LOG_DIR);
-        let (log, report) = crate::log::ProtectedLog::open(&log_dir, meta.vpg_id, REVERSE_LOG_CAPACITY)?;
-        let state = crate::log::CaptureState::load(&log_dir, report.fresh)?;
-        if report.fresh {
-            state.store(&log_dir)?;
-        }
-        let mut volumes = Vec::new();
-        for (v, path) in meta.volumes.iter().zip(FailoverRecord::volume_paths(dir, meta)) {
-            volumes.push(crate::capture::volume::Volume::open(&v.name, &path)?);
-        }
-        let capture = Arc::new(VpgCapture::new(vpg.to_string(), Default::default(), volumes, log, state));
-        if let Some((volume, offset, length)) = report.last_update {
-            capture.resync_last_update(volume, offset, length).await?;
-        }
+        let capture = open_reverse_capture(vpg, dir, meta)?;
         // Waits for direct writes in progress; every later write is logged.
         *live.write().expect("live capture") = Some(capture.clone());
         tracing::info!(%vpg, "writes to the failed-over volumes are logged for reverse protection from now on");
@@ -332,6 +361,7 @@ impl RecoveryOps {
         vpg: &str,
         volumes: &[crate::wire::message::VolumeInfo],
         applied_seq: u64,
+        applied_stream: u32,
     ) -> Result<ReverseStart> {
         crate::config::validate_name("vpg", vpg)?;
         let dir = vpg_dir(&self.journal_root, vpg);
@@ -344,16 +374,12 @@ impl RecoveryOps {
         }
         let capture = self.reverse_capture(vpg, &dir, &meta).await?;
         let log = &capture.log;
-        let continues = applied_seq > 0 && {
-            let mut cursor = log.cursor(applied_seq + 1);
-            cursor.peek()?.map_or(log.appended_seq() == applied_seq, |r| r.seq == applied_seq + 1)
-        };
-        if continues {
+        let continues = applied_seq > 0 && log.continues(applied_seq, applied_stream).await?;
+        if continues && applied_stream == log.stream_id() {
             log.ack(applied_seq);
-        } else {
-            // The delta copy that follows supersedes whatever the log holds.
-            log.ack(log.appended_seq());
         }
+        // Else the delta copy that follows starts a new stream, which drops
+        // whatever the log holds.
         let session = crate::transfer::receiver::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, capture.clone()));
         Ok(ReverseStart { session, need_hashes: !continues, capture })

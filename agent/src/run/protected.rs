@@ -5,14 +5,13 @@ use crate::capture::export::CaptureExport;
 use crate::capture::volume::Volume;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, ProtectedConfig};
-use crate::log::{CaptureState, ProtectedLog};
 use crate::nbd::export::{BlockExport, ExportTable};
 use crate::nbd::server;
 use crate::record::vpg_id;
 use crate::status::{self, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::sender::{self, SenderStats};
 use crate::wire::tls;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,19 +30,16 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     for vpg_cfg in &cfg.vpgs {
         let volumes = vpg_cfg.volumes.iter().map(|v| Volume::open(&v.name, &v.path)).collect::<Result<Vec<_>>>()?;
         let dir = cfg.node.data_dir.join("log").join(&vpg_cfg.name);
-        let (log, report) = ProtectedLog::open(&dir, vpg_id(&vpg_cfg.name), cfg.log.capacity_bytes)
-            .with_context(|| format!("opening the protected log of VPG {}", vpg_cfg.name))?;
-        if let Some(tail) = &report.truncated_tail {
-            tracing::warn!(vpg = %vpg_cfg.name, "protected log: cut a torn tail: {tail}");
-        }
-        let state = CaptureState::load(&dir, report.fresh)?;
-        if report.fresh {
-            state.store(&dir)?;
-        }
-        let capture = Arc::new(VpgCapture::new(vpg_cfg.name.clone(), vpg_cfg.mode, volumes, log, state));
-        if let Some((volume, offset, length)) = report.last_update {
-            capture.resync_last_update(volume, offset, length).await?;
-        }
+        // Nothing here waits for the log or the link: whatever a start
+        // has to do runs in the background, and the VMs get their disks.
+        let capture = VpgCapture::open(
+            vpg_cfg.name.clone(),
+            vpg_cfg.mode,
+            volumes,
+            vpg_id(&vpg_cfg.name),
+            &dir,
+            cfg.log.capacity_bytes,
+        )?;
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
             let export: Arc<dyn BlockExport> = Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 });
             exports.push((v.name.clone(), export));
@@ -98,11 +94,12 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        // A moved or failed-over VPG's stream has ended.
-        if capture.writes_refused().is_some() {
+        // A moved or failed-over VPG's stream has ended; a VPG still
+        // reading ranges again after an unclean stop is not consistent yet.
+        if capture.writes_refused().is_some() || capture.start_work_pending() {
             continue;
         }
-        if let Err(e) = capture.checkpoint("").await {
+        if let Err(e) = capture.checkpoint("", Duration::ZERO).await {
             tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
         }
     }

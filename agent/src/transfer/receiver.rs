@@ -27,6 +27,8 @@ pub struct VpgSlot {
     pub journal: Mutex<Journal>,
     /// The session of the newest hello; older data links are dropped.
     session: AtomicU64,
+    /// The stream that session's protected log holds (from its hello).
+    session_stream: std::sync::atomic::AtomicU32,
     pub received_bytes: AtomicU64,
     pub policy: HistoryPolicy,
     /// What the applier last reported (for status).
@@ -82,6 +84,7 @@ impl Receiver {
             let Ok(meta) = JournalMeta::load(&dir) else { continue };
             let vpg = meta.vpg.clone();
             let policy = (self.policy_for)(&vpg);
+            crate::recovery::failover::finish_commit(&dir)?;
             let failed = crate::recovery::failover::FailoverRecord::load(&dir)?;
             let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
             let slot = VpgSlot::new(journal, 0, policy);
@@ -104,6 +107,7 @@ impl VpgSlot {
         VpgSlot {
             journal: Mutex::new(journal),
             session: AtomicU64::new(session),
+            session_stream: Default::default(),
             received_bytes: AtomicU64::new(0),
             policy,
             history: Mutex::new(Default::default()),
@@ -152,15 +156,15 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
 }
 
 async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
-    let (vpg, durable_seq, session) = match recv_control(&mut link).await? {
-        ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, .. } => {
+    let (vpg, durable_seq, session, stream_id) = match recv_control(&mut link).await? {
+        ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
             if let Some(checkpoint) = receiver.failed_over_at(&vpg) {
                 send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
                 bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
             }
-            let opened = open_vpg(receiver, protocol, &vpg, id, volumes).await;
+            let opened = open_vpg(receiver, protocol, &vpg, id, volumes, stream_id).await;
             match opened {
-                Ok((durable, session)) => (vpg, durable, session),
+                Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
                 Err(e) => {
                     let reason = format!("{e:#}");
                     send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
@@ -168,18 +172,18 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
                 }
             }
         }
-        ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, .. } => {
+        ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, .. } => {
             if protocol != PROTOCOL_VERSION {
                 let reason = format!("protocol version {protocol} is not supported");
                 send_control(&mut link, &ControlMessage::Refused { reason }).await?;
                 bail!("reverse hello with protocol {protocol}");
             }
             let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq).await;
+            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id).await;
         }
         other => bail!("expected hello, got {other:?}"),
     };
-    send_control(&mut link, &ControlMessage::Welcome { durable_seq, session }).await?;
+    send_control(&mut link, &ControlMessage::Welcome { durable_seq, session, stream_id }).await?;
     tracing::info!(%vpg, durable_seq, "protected side connected");
     // Held while a move announced on this link runs; dropped with the link.
     let mut moving: Option<crate::recovery::ops::MoveMark> = None;
@@ -263,7 +267,8 @@ async fn open_vpg(
     vpg: &str,
     id: u32,
     volumes: Vec<crate::wire::message::VolumeInfo>,
-) -> Result<(u64, u64)> {
+    stream_id: u32,
+) -> Result<(u64, u64, u32)> {
     if protocol != PROTOCOL_VERSION {
         bail!("protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION})");
     }
@@ -286,8 +291,9 @@ async fn open_vpg(
         if journal.meta.volumes != volumes {
             bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
         }
+        slot.session_stream.store(stream_id, Ordering::SeqCst);
         slot.session.store(session, Ordering::SeqCst);
-        return Ok((journal.durable_seq(), session));
+        return Ok((journal.durable_seq(), session, journal.index.stream_id));
     }
     let dir = vpg_dir(&receiver.journal_root, vpg);
     let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
@@ -296,12 +302,13 @@ async fn open_vpg(
     if let Some(damage) = &journal.index.damage {
         tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
     }
-    let durable = journal.durable_seq();
+    let (durable, journal_stream) = (journal.durable_seq(), journal.index.stream_id);
     let slot = Arc::new(VpgSlot::new(journal, session, policy));
     let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
+    slot.session_stream.store(stream_id, Ordering::SeqCst);
     slot.session.store(session, Ordering::SeqCst);
-    Ok((durable, session))
+    Ok((durable, session, journal_stream))
 }
 
 async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>) -> Result<()> {
@@ -318,6 +325,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         bail!("attach for VPG {vpg:?} with an unknown session");
     };
     let id = vpg_id(&vpg);
+    let stream = slot.session_stream.load(Ordering::SeqCst);
     let mut payload = Vec::new();
     loop {
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
@@ -336,7 +344,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         let appended = tokio::task::block_in_place(|| {
             let mut journal = slot.journal.lock().expect("journal lock");
             match slot.failed_over.load(Ordering::SeqCst) {
-                0 => journal.append(&decoded),
+                0 => journal.append(&decoded, stream),
                 _ => Err(anyhow::anyhow!("VPG {vpg:?} is being failed over here; the stream is closed")),
             }
         });

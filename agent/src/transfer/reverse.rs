@@ -88,6 +88,7 @@ async fn session(
         vpg_id: vpg.log.vpg_id(),
         volumes,
         applied_seq,
+        stream_id: vpg.reverse_state().map_or(0, |r| r.stream_id),
     };
     send_control(&mut control, &hello).await?;
     let (session, need_hashes) = match recv_control(&mut control).await? {
@@ -145,6 +146,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let id = vpg.log.vpg_id();
     let mut payload = Vec::new();
     let mut copied = vec![vpg.reverse_state().is_some_and(|r| r.in_sync); vpg.volumes.len()];
+    let mut stream = vpg.reverse_state().map_or(0, |r| r.stream_id);
     loop {
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
@@ -156,8 +158,10 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         let wire = payload.len() as u64;
         let vpg2 = vpg.clone();
         let before = copied.clone();
-        let (last, data_bytes, copied_now) = tokio::task::spawn_blocking(move || -> Result<(u64, u64, Vec<bool>)> {
+        let stream_before = stream;
+        let (last, data_bytes, copied_now, stream_now) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut copied = before;
+            let mut stream = stream_before;
             let mut data_bytes = 0;
             for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
                 match &rec.body {
@@ -178,7 +182,10 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         v.zero_range(*offset, *length)?;
                     }
-                    RecordBody::StreamStart { .. } => copied.iter_mut().for_each(|c| *c = false),
+                    RecordBody::StreamStart { stream_id, .. } => {
+                        stream = *stream_id;
+                        copied.iter_mut().for_each(|c| *c = false)
+                    }
                     RecordBody::CopyDone { volume } => {
                         if let Some(c) = copied.get_mut(*volume as usize) {
                             *c = true;
@@ -192,11 +199,12 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let last = decoded.records.last().map_or(0, |r| r.seq);
             let in_sync = copied.iter().all(|c| *c);
-            vpg2.set_reverse_state(ReverseState { applied_seq: last, in_sync })?;
-            Ok((last, data_bytes, copied))
+            vpg2.set_reverse_state(ReverseState { applied_seq: last, stream_id: stream, in_sync })?;
+            Ok((last, data_bytes, copied, stream))
         })
         .await
         .context("reverse apply task")??;
+        stream = stream_now;
         copied = copied_now;
         let in_sync = copied.iter().all(|c| *c);
         progress.send_modify(|p| {
@@ -285,8 +293,9 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     vpg: &str,
     volumes: Vec<VolumeInfo>,
     applied_seq: u64,
+    applied_stream: u32,
 ) -> Result<()> {
-    let start = match ops.reverse_begin(vpg, &volumes, applied_seq).await {
+    let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("{e:#}");

@@ -1,13 +1,15 @@
-//! The protected side of a link, one per VPG: dial, say hello, learn the
-//! recovery side's durable seq, then stream the log from just after it,
+//! The protected side of a link, one per VPG: dial, say hello with the
+//! log's stream id, learn the recovery side's durable seq and stream, then
+//! stream the log from just after it (only what the log has fsynced),
 //! batched, compressed and throttled. Acks retire log segments. Any error
 //! drops both connections and the loop dials again; nothing is lost
-//! because the log keeps everything not yet acknowledged.
+//! because the log keeps everything not yet acknowledged. A journal that
+//! holds another stream, or more than this log, gets a new stream.
 
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::PeerConfig;
-use crate::record::RecordBody;
+use crate::segment::SegmentError;
 use crate::wire::batch::{BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
 use crate::wire::frame::{write_frame, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
@@ -107,18 +109,18 @@ async fn session(
         vpg_id: vpg.log.vpg_id(),
         volumes: vpg.volumes.iter().map(|v| VolumeInfo { name: v.name.clone(), size: v.size }).collect(),
         sender: String::new(),
+        stream_id: vpg.log.stream_id(),
     };
     send_control(&mut control, &hello).await?;
-    let (durable_seq, session_id) = match recv_control(&mut control).await? {
-        ControlMessage::Welcome { durable_seq, session } => (durable_seq, session),
+    let (durable_seq, session_id, journal_stream) = match recv_control(&mut control).await? {
+        ControlMessage::Welcome { durable_seq, session, stream_id } => (durable_seq, session, stream_id),
         ControlMessage::FailedOver { checkpoint } => return Ok(Ended::FailedOver(checkpoint)),
         ControlMessage::Refused { reason } => {
             bail!("recovery side refused VPG {}: {reason}", vpg.name)
         }
         other => bail!("unexpected reply to hello: {other:?}"),
     };
-    vpg.log.ack(durable_seq);
-    let start_seq = resume_point(vpg, durable_seq).await?;
+    let start_seq = resume_point(vpg, durable_seq, journal_stream, hello_stream(&hello)).await?;
     let mut data = dial(connector, &peer.address, peer.data_port).await?;
     send_control(&mut data, &ControlMessage::Attach { vpg: vpg.name.clone(), session: session_id }).await?;
     stats.connected.store(true, Ordering::Relaxed);
@@ -131,22 +133,51 @@ async fn session(
     }
 }
 
-/// Where to resume: just after the journal's durable seq, unless the log
-/// cannot continue from there (journal reset, log rebuilt), in which case
-/// a new stream starts with a full copy.
-async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64) -> Result<u64> {
-    let mut cursor = vpg.log.cursor(durable_seq + 1);
-    let continues = match cursor.peek()? {
-        Some(rec) => rec.seq == durable_seq + 1 || matches!(rec.body, RecordBody::StreamStart { .. }),
-        // Nothing unsent: fine if the journal is exactly where the log ends.
-        None => vpg.log.appended_seq() == durable_seq,
+fn hello_stream(hello: &ControlMessage) -> u32 {
+    match hello {
+        ControlMessage::Hello { stream_id, .. } => *stream_id,
+        _ => unreachable!("built as a hello"),
+    }
+}
+
+/// Where to resume: just after the journal's durable seq when the journal
+/// holds this log's stream and the log continues it there; at this log's
+/// StreamStart when the journal ends before it. Otherwise (journal reset,
+/// log lost or replaced, another stream) a new stream starts with a full
+/// copy. `log_stream` is the stream named in the hello.
+async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u32, log_stream: u32) -> Result<u64> {
+    // The stream the hello named, still the log's (not restarted since).
+    let announced = vpg.log.stream_id() == log_stream;
+    let continues = match vpg.log.continues(durable_seq, journal_stream).await {
+        Ok(c) => c && announced,
+        Err(e) if is_damage(&e) => {
+            tracing::error!(vpg = %vpg.name, "{e:#}");
+            false
+        }
+        Err(e) => return Err(e),
     };
     if continues {
+        if journal_stream == log_stream {
+            vpg.log.ack(durable_seq);
+        }
         return Ok(durable_seq + 1);
     }
-    tracing::warn!(vpg = %vpg.name, durable_seq, "the log cannot continue the journal's stream; starting a new stream with a full copy");
-    let seq = vpg.restart_stream(durable_seq + 1).await?;
-    Ok(seq)
+    tracing::warn!(
+        vpg = %vpg.name,
+        durable_seq,
+        journal_stream,
+        log_stream,
+        "the log cannot continue the journal's stream; starting a new stream with a full copy"
+    );
+    vpg.restart_stream(durable_seq + 1).await?;
+    // This session announced the old stream: the next hello names the new.
+    bail!("a new stream started; connecting again to announce it")
+}
+
+/// A record in the log that fails its checks (not a read error): what
+/// follows it cannot be sent, so the stream must start over.
+fn is_damage(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<SegmentError>(), Some(SegmentError::Damage(_)))
 }
 
 /// Pings the recovery side, and carries a move's promote request. Ends
@@ -230,15 +261,22 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         // lands after the read still wakes us.
         appended.borrow_and_update();
         let mut records = Vec::new();
-        cursor.fill(&mut records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
+        fill_or_restart(vpg, &mut cursor, &mut records).await?;
         if records.is_empty() {
-            appended.changed().await.context("log closed")?;
+            // The stream's own group commit: what is appended becomes
+            // durable, then sendable.
+            let appended_seq = vpg.log.appended_seq();
+            if appended_seq > vpg.log.synced_seq() {
+                vpg.log.sync_to(appended_seq).await?;
+            } else {
+                appended.changed().await.context("log closed")?;
+            }
             continue;
         }
         let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
         if bytes < BATCH_LINGER_BYTES && records.len() < BATCH_RECORDS_MAX {
             tokio::time::sleep(BATCH_LINGER).await;
-            cursor.fill(&mut records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX)?;
+            fill_or_restart(vpg, &mut cursor, &mut records).await?;
         }
         send_batch(&records, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
@@ -251,6 +289,23 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             }
             acked.changed().await.context("log closed")?;
         }
+    }
+}
+
+/// Fills a batch; damage in the log (a record that fails its checks) ends
+/// the stream: a new one starts, and the link with it.
+async fn fill_or_restart(
+    vpg: &Arc<VpgCapture>,
+    cursor: &mut crate::log::LogCursor,
+    records: &mut Vec<crate::record::Record>,
+) -> Result<()> {
+    match cursor.fill(records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+        Err(e) if is_damage(&e) => {
+            tracing::error!(vpg = %vpg.name, "{e:#}; the records after it are lost: starting a new stream");
+            vpg.restart_stream(0).await?;
+            Err(e)
+        }
+        other => other,
     }
 }
 

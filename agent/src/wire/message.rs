@@ -14,18 +14,25 @@ pub struct VolumeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlMessage {
-    /// Protected → recovery on the control link: who we are and what we send.
+    /// Protected → recovery on the control link: who we are and what we
+    /// send: the stream the protected log holds (`stream_id`).
     Hello {
         protocol: u32,
         vpg: String,
         vpg_id: u32,
         volumes: Vec<VolumeInfo>,
         sender: String,
+        #[serde(default)]
+        stream_id: u32,
     },
-    /// Recovery → protected: resume after `durable_seq`; attach data with `session`.
+    /// Recovery → protected: the journal holds `stream_id` through
+    /// `durable_seq`; resume after it if the log holds that same stream, or
+    /// with a StreamStart of the log's; attach data with `session`.
     Welcome {
         durable_seq: u64,
         session: u64,
+        #[serde(default)]
+        stream_id: u32,
     },
     /// Protected → recovery on the data link: join the control session.
     Attach {
@@ -45,6 +52,9 @@ pub enum ControlMessage {
         vpg_id: u32,
         volumes: Vec<VolumeInfo>,
         applied_seq: u64,
+        /// The stream `applied_seq` belongs to.
+        #[serde(default)]
+        stream_id: u32,
     },
     /// Recovery → old protected: attach the data link with `session`; when
     /// `need_hashes`, send every volume's extent hashes first.

@@ -1,0 +1,180 @@
+//! What opening a protected log finds on disk after any stop, clean or not,
+//! and how it is made whole again before anything is appended:
+//!
+//! 1. every segment is fsynced: a killed predecessor's appends may be only
+//!    in the page cache, and nothing may be sent or acknowledged that a
+//!    power cut could still take away;
+//! 2. segments of a stream that an interrupted `start_stream` replaced are
+//!    dropped (they precede the newest stream's segments);
+//! 3. the segments that can hold records written after `durable_through`
+//!    (a seq known fsynced, from the activity log) are read record by
+//!    record; at the first bad record the segment is cut there and every
+//!    later segment dropped. Damage after `durable_through` is the torn end
+//!    of writes a crash cut short; before it, it is lost data, and the
+//!    caller starts the stream over (`LogCut::after_seq`).
+//!
+//! Segments before those are read (and checked) by the sender's cursor.
+
+use crate::segment::{list_segments, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// What opening the log found and did.
+pub struct LogOpenReport {
+    /// True when no log existed: a new stream starts (full initial copy).
+    pub fresh: bool,
+    /// Bad records that were cut off, if any.
+    pub cut: Option<LogCut>,
+    pub next_seq: u64,
+    /// The volume range of the newest record, if it changed a volume. The
+    /// volume may or may not hold that change (the agent may have died
+    /// between logging it and writing it), so it is re-read at start.
+    pub last_update: Option<(u32, u64, u64)>,
+}
+
+/// Records cut at open.
+#[derive(Debug, Clone)]
+pub struct LogCut {
+    /// What was found (file, offset, reason).
+    pub damage: String,
+    /// The last good record before the damage (0: none was read).
+    pub after_seq: u64,
+    /// Segments after the damaged one that were dropped with it.
+    pub segments_dropped: usize,
+}
+
+pub(super) struct Recovered {
+    /// (first seq, path, bytes), oldest first; empty for a new log.
+    pub segments: Vec<(u64, PathBuf, u64)>,
+    pub next_seq: u64,
+    pub stream_id: u32,
+    pub cut: Option<LogCut>,
+    pub last_update: Option<(u32, u64, u64)>,
+}
+
+struct Found {
+    first_seq: u64,
+    path: PathBuf,
+    stream_id: u32,
+}
+
+pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<Recovered> {
+    let listed = list_segments(dir, SegmentKind::ProtectedLog)?;
+    let mut found = Vec::with_capacity(listed.len());
+    for (i, (first_seq, path)) in listed.iter().enumerate() {
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
+        match SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id) {
+            Ok((reader, header_seq)) => {
+                if header_seq != *first_seq {
+                    bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
+                }
+                found.push(Found { first_seq: *first_seq, path: path.clone(), stream_id: reader.stream_id() });
+            }
+            // A newest segment without a whole header is a creation that a
+            // crash cut short (earlier builds named it before writing it).
+            Err(e) if i + 1 == listed.len() && file_len(path)? < SEGMENT_HEADER_BYTES as u64 => {
+                tracing::warn!("protected log: removing {}, created without its header: {e:#}", path.display());
+                remove(path)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(newest) = found.last() else {
+        return Ok(Recovered { segments: Vec::new(), next_seq: 0, stream_id: 0, cut: None, last_update: None });
+    };
+    let stream_id = newest.stream_id;
+    let first_of_stream = found.iter().rposition(|f| f.stream_id != stream_id).map_or(0, |i| i + 1);
+    for old in found.drain(..first_of_stream) {
+        tracing::warn!("protected log: dropping {}, left by a new stream that a stop interrupted", old.path.display());
+        remove(&old.path)?;
+    }
+    // The segment holding `durable_through` and every later one (with it
+    // unknown, the newest).
+    let mut start_at =
+        found.iter().rposition(|f| durable_through > 0 && f.first_seq <= durable_through).unwrap_or(found.len() - 1);
+    let mut tail = scan_from(&found, start_at, vpg_id)?;
+    // Nothing readable there: the records before may end in the damage.
+    while tail.last_seq.is_none() && tail.cut.is_none() && start_at > 0 {
+        start_at -= 1;
+        tail = scan_from(&found, start_at, vpg_id)?;
+    }
+    let mut segments = Vec::with_capacity(found.len());
+    for (i, f) in found.iter().enumerate() {
+        let scanned = i.checked_sub(start_at).and_then(|k| tail.ends.get(k)).copied();
+        let bytes = match scanned {
+            Some(end) => end,
+            None => file_len(&f.path)?,
+        };
+        segments.push((f.first_seq, f.path.clone(), bytes));
+    }
+    if let Some((index, offset)) = tail.cut_at {
+        let (_, path, _) = &segments[index];
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(offset).with_context(|| format!("cutting {}", path.display()))?;
+        file.sync_all()?;
+        for (_, later, _) in segments.drain(index + 1..) {
+            remove(&later)?;
+        }
+        crate::durable::sync_dir(dir)?;
+    }
+    let next_seq = match tail.last_seq {
+        Some(seq) => seq + 1,
+        None => segments.last().expect("the damaged segment stays").0,
+    };
+    Ok(Recovered { segments, next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
+}
+
+/// The records of segments `start..`, read in order up to the first bad one.
+struct TailScan {
+    last_seq: Option<u64>,
+    last_update: Option<(u32, u64, u64)>,
+    /// End of the good records of each scanned segment.
+    ends: Vec<u64>,
+    cut: Option<LogCut>,
+    /// (segment index, offset) where the log is to be cut.
+    cut_at: Option<(usize, u64)>,
+}
+
+fn scan_from(found: &[Found], start: usize, vpg_id: u32) -> Result<TailScan> {
+    let mut scan = TailScan { last_seq: None, last_update: None, ends: Vec::new(), cut: None, cut_at: None };
+    for (i, f) in found.iter().enumerate().skip(start) {
+        let (mut reader, _) = SegmentReader::open(&f.path, SegmentKind::ProtectedLog, vpg_id)?;
+        loop {
+            match reader.next_record() {
+                Ok(Some((rec, _))) => {
+                    if scan.last_seq.is_some_and(|s| rec.seq <= s) || rec.seq < f.first_seq {
+                        bail!("{}: sequence goes backwards at seq {}", f.path.display(), rec.seq);
+                    }
+                    scan.last_seq = Some(rec.seq);
+                    scan.last_update = rec.body.extent();
+                }
+                Ok(None) => break,
+                Err(e @ SegmentError::Io { .. }) => {
+                    return Err(anyhow::Error::new(e).context("opening the protected log"))
+                }
+                Err(SegmentError::Damage(damage)) => {
+                    scan.ends.push(damage.offset);
+                    scan.cut_at = Some((i, damage.offset));
+                    scan.cut = Some(LogCut {
+                        damage: damage.to_string(),
+                        after_seq: scan.last_seq.unwrap_or(0),
+                        segments_dropped: found.len() - i - 1,
+                    });
+                    return Ok(scan);
+                }
+            }
+        }
+        scan.ends.push(reader.offset());
+    }
+    Ok(scan)
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len())
+}
+
+fn remove(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
+}

@@ -1,0 +1,271 @@
+use super::*;
+use crate::segment::{list_segments, SEGMENT_HEADER_BYTES};
+
+fn write(i: u64, size: usize) -> RecordBody {
+    RecordBody::Write { volume: 0, offset: i * 4096, data: vec![i as u8; size] }
+}
+
+fn open(dir: &Path, capacity: u64) -> (Arc<ProtectedLog>, LogOpenReport) {
+    ProtectedLog::open(dir, 1, capacity, 0).unwrap()
+}
+
+/// Every record the cursor has for now, from `from`.
+fn read_all(log: &Arc<ProtectedLog>, from: u64) -> Vec<u64> {
+    let mut cursor = log.cursor(from);
+    let mut got = Vec::new();
+    cursor.fill(&mut got, usize::MAX, 100_000).unwrap();
+    got.iter().map(|r| r.seq).collect()
+}
+
+#[tokio::test]
+async fn reopen_resumes_after_last_record_and_cursor_reads_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, report) = open(dir.path(), 64 << 20);
+    assert!(report.fresh);
+    let mut seqs = vec![];
+    for i in 0..100 {
+        seqs.push(log.append(&write(i, 4096)).await.unwrap());
+    }
+    log.sync_to(*seqs.last().unwrap()).await.unwrap();
+    let stream = log.stream_id();
+    drop(log);
+    let (log, report) = open(dir.path(), 64 << 20);
+    assert!(!report.fresh);
+    assert_eq!(report.next_seq, seqs.last().unwrap() + 1);
+    assert_eq!(log.stream_id(), stream, "the stream goes on");
+    assert_eq!(read_all(&log, seqs[10]), seqs[10..].to_vec());
+}
+
+#[tokio::test]
+async fn the_cursor_reads_only_what_is_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let first = log.append(&write(1, 512)).await.unwrap();
+    log.sync_to(first).await.unwrap();
+    let second = log.append(&write(2, 512)).await.unwrap();
+    // Appended but not fsynced: a power cut could still take it, so the
+    // recovery side must not get it yet.
+    assert_eq!(read_all(&log, first), vec![first]);
+    let mut cursor = log.cursor(second);
+    assert!(cursor.peek().unwrap().is_none());
+    log.sync_to(second).await.unwrap();
+    assert_eq!(cursor.peek().unwrap().map(|r| r.seq), Some(second));
+    // An ack of what the log does not hold durably retires nothing.
+    let third = log.append(&write(3, 512)).await.unwrap();
+    log.ack(third);
+    assert_eq!(log.acked_seq(), 0);
+}
+
+#[tokio::test]
+async fn batches_never_exceed_the_receivers_limit() {
+    use crate::record::RECORD_PAYLOAD_BYTES_MAX;
+    use crate::wire::batch::{BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 256 << 20);
+    // Small writes ending 28 bytes short of the batch target, then one
+    // of the largest size: the big one must travel alone, not on top of
+    // a nearly full batch (together they are over the receiver's limit).
+    for i in 0..63 {
+        log.append(&write(i, 64 << 10)).await.unwrap();
+    }
+    log.append(&write(63, 62_120)).await.unwrap();
+    let big = RecordBody::Write { volume: 0, offset: 0, data: vec![7; RECORD_PAYLOAD_BYTES_MAX] };
+    let last = log.append(&big).await.unwrap();
+    log.sync_to(last).await.unwrap();
+    let mut cursor = log.cursor(0);
+    let mut seen = 0;
+    loop {
+        // As the sender does: a batch, then a second look (its linger).
+        let mut batch = Vec::new();
+        cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
+        seen += batch.len();
+        let encoded = crate::wire::batch::encode(&batch);
+        crate::wire::batch::decode(&encoded.bytes, 1).expect("the receiver takes every batch the cursor makes");
+        assert!(batch.last().unwrap().seq <= last);
+    }
+    assert_eq!(seen, 66, "stream start, 64 writes and the big one");
+}
+
+#[tokio::test]
+async fn a_record_its_readers_would_refuse_is_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let before = log.appended_seq();
+    let tag = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
+    let err = log.append(&tag).await.unwrap_err();
+    assert!(format!("{err:#}").contains("300 bytes"), "{err:#}");
+    assert_eq!(log.appended_seq(), before);
+    // The log goes on, and reopens without cutting anything.
+    let seq = log.append(&write(1, 512)).await.unwrap();
+    log.sync_to(seq).await.unwrap();
+    drop(log);
+    let (_, report) = open(dir.path(), 64 << 20);
+    assert!(report.cut.is_none());
+    assert_eq!(report.next_seq, seq + 1);
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let last = log.append(&write(1, 512)).await.unwrap();
+    drop(log);
+    let seg = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap().1;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0x43, 0x52]).unwrap();
+    let (log, report) = open(dir.path(), 64 << 20);
+    let cut = report.cut.expect("the torn record is cut");
+    assert_eq!(cut.after_seq, last);
+    assert_eq!(report.next_seq, last + 1);
+    assert_eq!(log.append(&write(2, 512)).await.unwrap(), last + 1);
+}
+
+/// A power cut after a roll: the old segment's unsynced tail is lost and
+/// the new segment holds only its header. Once the agent could not start
+/// ("damaged before its tail"); now the torn end is cut there.
+#[tokio::test]
+async fn a_torn_segment_before_an_empty_newest_one_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB capacity: 4 MiB segments.
+    let (log, _) = open(dir.path(), 64 << 20);
+    let mut last = 0;
+    for i in 0..5 {
+        last = log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    // The fifth write went into the second segment: roll it too.
+    let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+    assert_eq!(segments.len(), 2);
+    drop(log);
+    // Lose the tail of the first segment and the record in the second.
+    let (first, second) = (&segments[0].1, &segments[1].1);
+    let len = std::fs::metadata(first).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(first).unwrap().set_len(len - 1000).unwrap();
+    std::fs::OpenOptions::new().write(true).open(second).unwrap().set_len(SEGMENT_HEADER_BYTES as u64).unwrap();
+    let (log, report) = open(dir.path(), 64 << 20);
+    let cut = report.cut.expect("the torn end is cut");
+    assert_eq!(cut.segments_dropped, 1);
+    assert!(cut.after_seq < last);
+    assert_eq!(report.next_seq, cut.after_seq + 1);
+    assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 1);
+    let next = log.append(&write(9, 512)).await.unwrap();
+    assert_eq!(next, cut.after_seq + 1);
+}
+
+/// A segment named before its header was durable (earlier builds, or a
+/// file system that orders it so) must not keep the agent from starting.
+#[tokio::test]
+async fn a_newest_segment_without_its_header_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let last = log.append(&write(1, 512)).await.unwrap();
+    drop(log);
+    let stray = crate::segment::segment_path(dir.path(), SegmentKind::ProtectedLog, last + 1);
+    std::fs::write(&stray, b"").unwrap();
+    let (_, report) = open(dir.path(), 64 << 20);
+    assert_eq!(report.next_seq, last + 1);
+    assert!(!stray.exists());
+}
+
+#[tokio::test]
+async fn a_new_stream_drops_the_old_one_and_an_interrupted_one_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    for i in 0..9 {
+        log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    let old_stream = log.stream_id();
+    let old_segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+    assert!(old_segments.len() > 1);
+    let old_bytes: Vec<Vec<u8>> = old_segments.iter().map(|(_, p)| std::fs::read(p).unwrap()).collect();
+    let start = log.start_stream(0).unwrap();
+    assert_ne!(log.stream_id(), old_stream);
+    assert_eq!(read_all(&log, 0), vec![start], "only the new StreamStart is left");
+    assert_eq!(log.synced_seq(), start, "the StreamStart is durable");
+    drop(log);
+    // A stop between the new segment and the removal of the old ones.
+    for ((_, path), bytes) in old_segments.iter().zip(&old_bytes) {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let (log, report) = open(dir.path(), 64 << 20);
+    assert_eq!(report.next_seq, start + 1);
+    assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 1);
+    assert_eq!(read_all(&log, 0), vec![start]);
+}
+
+#[tokio::test]
+async fn full_log_waits_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let mut last = 0;
+    // 64 MiB capacity, 4 MiB segments: fill it with 1 MiB writes.
+    for i in 0..63 {
+        last = log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    let blocked = tokio::time::timeout(std::time::Duration::from_millis(300), log.append(&write(99, 1 << 20))).await;
+    assert!(blocked.is_err(), "append must wait on a full log");
+    // A reservation waits too, without anything held.
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(100), log.reserve(&write(98, 1 << 20))).await;
+    assert!(waiting.is_err(), "reserve must wait on a full log");
+    log.sync_to(last).await.unwrap();
+    log.ack(last);
+    let seq = tokio::time::timeout(std::time::Duration::from_secs(5), log.append(&write(99, 1 << 20)))
+        .await
+        .expect("space after ack")
+        .unwrap();
+    assert_eq!(seq, last + 1);
+}
+
+/// Storage faults at exact points (`--features failpoints`, one at a time).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_error_at_open_is_reported_and_cuts_nothing() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 20);
+        let mut last = 0;
+        for i in 0..3 {
+            last = log.append(&write(i, 512)).await.unwrap();
+        }
+        log.sync_to(last).await.unwrap();
+        drop(log);
+        let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        fail::cfg("segment-read", "2*off->return").unwrap();
+        let err = ProtectedLog::open(dir.path(), 1, 64 << 20, 0).err().expect("an I/O error must fail the open");
+        assert!(format!("{err:#}").contains("read error"), "{err:#}");
+        fail::remove("segment-read");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was cut on a read error");
+        let (_, report) = open(dir.path(), 64 << 20);
+        assert_eq!(report.next_seq, last + 1);
+        scenario.teardown();
+    }
+
+    /// ENOSPC in the middle of an append: the partial record is undone, the
+    /// write fails, and the records after it are read back whole (once
+    /// they followed the garbage and were cut as a torn tail).
+    #[tokio::test]
+    async fn a_failed_append_leaves_nothing_behind() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 20);
+        let first = log.append(&write(1, 4096)).await.unwrap();
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        assert!(log.append(&write(2, 4096)).await.is_err());
+        fail::remove("log-append-torn");
+        let third = log.append(&write(3, 4096)).await.unwrap();
+        assert_eq!(third, first + 1, "the failed record has no seq");
+        log.sync_to(third).await.unwrap();
+        drop(log);
+        let (log, report) = open(dir.path(), 64 << 20);
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, first), vec![first, third]);
+        scenario.teardown();
+    }
+}
