@@ -54,6 +54,35 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Runs a blocking sync so that callers who arrive while one runs share
+/// the next one: at most one runs and one waits, however many callers
+/// there are (100,000 FLUSHes once started 516 threads, one sync each).
+#[derive(Default)]
+pub struct SyncGroup {
+    requested: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl SyncGroup {
+    /// Returns once a run of `sync` that started after this call finished.
+    pub async fn sync<F>(&self, sync: F) -> Result<()>
+    where
+        F: FnOnce() -> Result<()> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _running = self.running.lock().await;
+        if self.done.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.requested.load(Ordering::SeqCst);
+        tokio::task::spawn_blocking(sync).await.context("sync task")??;
+        self.done.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 fn write_synced(tmp: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)

@@ -11,6 +11,7 @@ pub mod config;
 pub mod durable;
 pub mod harden;
 pub mod journal;
+pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod nbd;

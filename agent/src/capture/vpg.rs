@@ -72,6 +72,7 @@ pub struct VpgCapture {
     /// Set when a volume write failed and the stream could not be made to
     /// agree with the volume: every write fails until a restart.
     failed: std::sync::Mutex<Option<String>>,
+    volume_sync: crate::durable::SyncGroup,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     pub(crate) copy_generation: AtomicU64,
     /// The newest checkpoint inserted, automatic or tagged (for status).
@@ -154,6 +155,7 @@ impl VpgCapture {
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(work.is_none()).0,
             failed: std::sync::Mutex::new(None),
+            volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
             last_checkpoint: std::sync::Mutex::new(None),
             promote_tx,
@@ -241,11 +243,10 @@ impl VpgCapture {
         }
     }
 
+    /// fsyncs every volume; concurrent callers share one sync.
     async fn sync_volumes(&self) -> Result<()> {
         let volumes = self.volumes.clone();
-        tokio::task::spawn_blocking(move || volumes.iter().try_for_each(|v| v.sync()))
-            .await
-            .context("volume sync task")?
+        self.volume_sync.sync(move || volumes.iter().try_for_each(|v| v.sync())).await
     }
 
     /// Marks the range active before a write to it; under the write-order

@@ -230,8 +230,89 @@ pub struct ListenConfig {
     pub control_port: u16,
     #[serde(default = "default_data_port")]
     pub data_port: u16,
-    /// Fingerprints (`sha256:<hex>`) of the protected appliances allowed in.
+    /// The one protected appliance allowed in (`sha256:<hex>`), which may
+    /// replicate any VPG here. With several, list them as `[[listen.peer]]`
+    /// instead, each with the VPGs it may use.
+    #[serde(default)]
     pub peer_fingerprints: Vec<String>,
+    /// Each protected appliance allowed in, and the VPGs it may replicate
+    /// here (and receive back, and move here).
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerAccessConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAccessConfig {
+    pub fingerprint: String,
+    pub vpgs: Vec<String>,
+}
+
+/// Which pinned protected appliance may use which VPG here. A VPG has one
+/// protected site: another pinned peer may neither replace its session,
+/// send into its journal, move it, nor receive it back.
+#[derive(Debug, Clone)]
+pub struct PeerAccess {
+    peers: Vec<([u8; 32], Option<std::collections::BTreeSet<String>>)>,
+}
+
+impl PeerAccess {
+    /// Every fingerprint let through TLS.
+    pub fn fingerprints(&self) -> Vec<[u8; 32]> {
+        self.peers.iter().map(|(fp, _)| *fp).collect()
+    }
+
+    /// Whether the peer with this certificate may use `vpg`.
+    pub fn allows(&self, fingerprint: &[u8; 32], vpg: &str) -> bool {
+        self.peers.iter().any(|(fp, vpgs)| fp == fingerprint && vpgs.as_ref().is_none_or(|v| v.contains(vpg)))
+    }
+}
+
+impl ListenConfig {
+    /// The peers and what each may use (the config was validated).
+    pub fn access(&self) -> Result<PeerAccess> {
+        let mut peers = Vec::new();
+        for (i, fp) in self.peer_fingerprints.iter().enumerate() {
+            peers.push((parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?, None));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let fp = parse_fingerprint(&p.fingerprint).with_context(|| format!("listen.peer[{i}].fingerprint"))?;
+            peers.push((fp, Some(p.vpgs.iter().cloned().collect())));
+        }
+        Ok(PeerAccess { peers })
+    }
+
+    fn validate(&self) -> Result<()> {
+        match (self.peer_fingerprints.len(), self.peers.len()) {
+            (0, 0) => bail!("listen: pin at least one protected appliance (peer_fingerprints, or [[listen.peer]])"),
+            (1, 0) | (0, _) => {}
+            (_, 0) => bail!(
+                "listen.peer_fingerprints: with more than one protected appliance, say which VPGs each may use: \
+                 one [[listen.peer]] per appliance, with fingerprint = \"sha256:...\" and vpgs = [\"...\"]"
+            ),
+            _ => bail!("listen: use peer_fingerprints (one appliance) or [[listen.peer]], not both"),
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut owner: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (i, p) in self.peers.iter().enumerate() {
+            let fp = parse_fingerprint(&p.fingerprint).with_context(|| format!("listen.peer[{i}].fingerprint"))?;
+            if !seen.insert(fp) {
+                bail!("listen.peer[{i}]: fingerprint {} is listed twice", p.fingerprint);
+            }
+            if p.vpgs.is_empty() {
+                bail!("listen.peer[{i}].vpgs: name at least one VPG this appliance may replicate");
+            }
+            for v in &p.vpgs {
+                validate_name("listen.peer.vpgs", v)?;
+                if let Some(other) = owner.insert(v, i) {
+                    bail!(
+                        "VPG {v:?} is given to listen.peer[{other}] and listen.peer[{i}]; a VPG has one protected site"
+                    );
+                }
+            }
+        }
+        self.access().map(|_| ())
+    }
 }
 
 fn default_control_port() -> u16 {
@@ -289,12 +370,7 @@ impl Config {
             Config::Protected(p) => p.validate(),
             Config::Recovery(r) => {
                 validate_identity(&r.node)?;
-                if r.listen.peer_fingerprints.is_empty() {
-                    bail!("listen.peer_fingerprints: at least one protected appliance must be pinned");
-                }
-                for (i, fp) in r.listen.peer_fingerprints.iter().enumerate() {
-                    parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?;
-                }
+                r.listen.validate()?;
                 r.validate_vpgs()
             }
         }

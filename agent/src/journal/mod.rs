@@ -166,6 +166,7 @@ impl Journal {
         let Some(first_fresh) = batch.records.iter().position(|r| r.seq > self.index.durable_seq) else {
             return Ok(self.index.durable_seq);
         };
+        self.check_fits(batch, first_fresh)?;
         let first = &batch.records[first_fresh];
         match first.body {
             crate::record::RecordBody::StreamStart { stream_id, .. } if stream_id != session_stream => bail!(
@@ -217,6 +218,30 @@ impl Journal {
             self.index.observe(rec);
         }
         Ok(self.index.durable_seq)
+    }
+}
+
+impl Journal {
+    /// Every record from `from` on names a volume of this VPG and stays
+    /// inside it: checked on receipt, so a peer's bad record is refused
+    /// with its batch instead of stalling the applier later.
+    fn check_fits(&self, batch: &DecodedBatch, from: usize) -> Result<()> {
+        let volumes = &self.meta.volumes;
+        for i in from..batch.records.len() {
+            let seq = batch.records[i].seq;
+            let (volume, end) = match (&batch.records[i].body, batch.extent(i)) {
+                (_, Some((volume, offset, length))) => (volume, offset.checked_add(length)),
+                (crate::record::RecordBody::CopyDone { volume }, None) => (*volume, Some(0)),
+                _ => continue,
+            };
+            let Some(v) = volumes.get(volume as usize) else {
+                bail!("seq {seq} names volume {volume}; VPG {} has {}", self.meta.vpg, volumes.len());
+            };
+            if end.is_none_or(|e| e > v.size) {
+                bail!("seq {seq} reaches past the end of volume {} ({} bytes)", v.name, v.size);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +317,11 @@ mod tests {
         let err = j.append(&batch(12, vec![write(12)]), 9).unwrap_err();
         assert!(format!("{err:#}").contains("cannot continue"), "{err:#}");
         assert_eq!(j.append(&batch(12, vec![write(12)]), 7).unwrap(), 12);
+        // Records outside the VPG's volumes are refused with their batch.
+        let past_end = RecordBody::Zero { volume: 0, offset: (1 << 20) - 4096, length: 8192 };
+        assert!(j.append(&batch(13, vec![past_end]), 7).is_err());
+        assert!(j.append(&batch(13, vec![RecordBody::CopyDone { volume: 3 }]), 7).is_err());
+        assert_eq!(j.durable_seq(), 12);
         // It may start its own stream after the journal's end.
         let other = RecordBody::StreamStart { time_ms: 2, stream_id: 9 };
         assert_eq!(j.append(&batch(20, vec![other, write(21)]), 9).unwrap(), 21);

@@ -1,5 +1,5 @@
-//! One NBD export as the server sees it. Reads are plain `pread`s and run
-//! inline; updates return a token (a log seq on the protected side) that
+//! One NBD export as the server sees it. Reads are plain `pread`s;
+//! updates return a token (a log seq on the protected side) that
 //! `make_durable` later waits for, so FUA and FLUSH cost only what they
 //! must.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -30,36 +31,73 @@ pub trait BlockExport: Send + Sync {
     fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>>;
     /// The token of the newest update (what a FLUSH makes durable).
     fn last_token(&self) -> u64;
+    /// The export is no longer served: let go of what it holds (a point in
+    /// time's lease); later I/O fails.
+    fn close(&self) {}
 }
 
-/// The exports a server offers, by name. Connections take their export
-/// when they negotiate; removing it stops new connections only.
-#[derive(Default, Clone)]
-pub struct ExportTable(Arc<RwLock<BTreeMap<String, Arc<dyn BlockExport>>>>);
+/// An export being served, and the signal that ends its connections.
+struct Served {
+    export: Arc<dyn BlockExport>,
+    closed: watch::Sender<bool>,
+}
+
+/// The exports a server offers, by name. Removing one closes it and every
+/// connection to it.
+#[derive(Clone)]
+pub struct ExportTable {
+    exports: Arc<RwLock<BTreeMap<String, Served>>>,
+    /// Whether NBD_OPT_LIST names the exports (not on the recovery side,
+    /// whose names say which VPGs and checkpoints it holds).
+    listed: bool,
+}
 
 impl ExportTable {
-    pub fn get(&self, name: &str) -> Option<Arc<dyn BlockExport>> {
-        self.0.read().expect("export table").get(name).cloned()
+    /// A table whose names NBD_OPT_LIST gives to any client.
+    pub fn listed() -> Self {
+        ExportTable { exports: Default::default(), listed: true }
+    }
+
+    /// A table whose names are not listed: a client must know them.
+    pub fn unlisted() -> Self {
+        ExportTable { exports: Default::default(), listed: false }
+    }
+
+    pub fn is_listed(&self) -> bool {
+        self.listed
+    }
+
+    /// The export and a receiver that turns true when it is removed.
+    pub fn get(&self, name: &str) -> Option<(Arc<dyn BlockExport>, watch::Receiver<bool>)> {
+        self.exports.read().expect("export table").get(name).map(|s| (s.export.clone(), s.closed.subscribe()))
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.0.read().expect("export table").keys().cloned().collect()
+        self.exports.read().expect("export table").keys().cloned().collect()
     }
 
     /// Adds exports; refused (and nothing added) if any name is taken.
     pub fn add(&self, exports: Vec<(String, Arc<dyn BlockExport>)>) -> Result<()> {
-        let mut table = self.0.write().expect("export table");
+        let mut table = self.exports.write().expect("export table");
         if let Some((taken, _)) = exports.iter().find(|(n, _)| table.contains_key(n)) {
             anyhow::bail!("an NBD export named {taken:?} is already served");
         }
-        table.extend(exports);
+        for (name, export) in exports {
+            table.insert(name, Served { export, closed: watch::channel(false).0 });
+        }
         Ok(())
     }
 
+    /// Stops serving: no new connection gets these exports, the open ones
+    /// are closed, and each export lets go of what it holds.
     pub fn remove(&self, names: &[String]) {
-        let mut table = self.0.write().expect("export table");
-        for n in names {
-            table.remove(n);
+        let removed: Vec<Served> = {
+            let mut table = self.exports.write().expect("export table");
+            names.iter().filter_map(|n| table.remove(n)).collect()
+        };
+        for served in removed {
+            served.closed.send_replace(true);
+            served.export.close();
         }
     }
 }

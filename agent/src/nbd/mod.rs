@@ -4,6 +4,7 @@
 //! protected side, and the point-in-time and test-failover exports of the
 //! recovery side.
 
+pub mod admission;
 pub mod export;
 pub mod protocol;
 pub mod server;

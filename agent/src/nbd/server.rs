@@ -3,99 +3,184 @@
 //! through one writer task per connection so slow FLUSHes do not hold up
 //! reads and writes behind them. A malformed request gets an error reply
 //! or closes that one connection; nothing is written for it.
+//!
+//! Nothing a client sends makes the server hold more than `admission`
+//! allows: buffers are paid for before they are allocated and freed once
+//! the client has taken the reply; a client has `NBD_HANDSHAKE_TIMEOUT` to
+//! choose an export and `NBD_SEND_TIMEOUT` to take each reply; FLUSH and
+//! FUA waits are bounded per connection. Removing an export from the table
+//! closes its connections.
 
+use super::admission::{Admission, Admitted, Buffers, REPLY_HEADER_BYTES_MAX};
 use super::export::{BlockExport, ExportTable, Refusal};
 use super::protocol::*;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
 
-/// Connections served at once; more wait in the listen backlog.
-const NBD_CONNECTIONS_MAX: usize = 64;
-/// Replies queued per connection before the reader stops taking requests.
+/// Time a client has to choose an export after connecting.
+pub const NBD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to take each reply; a client that reads nothing for
+/// this long is disconnected and its buffers freed.
+pub const NBD_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection that ends in an error still sends what is queued.
+const CLOSING_REPLY_GRACE: Duration = Duration::from_secs(2);
+/// FLUSH and FUA requests waiting for durability, per connection; the
+/// reader takes no more requests while this many wait.
+const DURABLE_WAITS_PER_CONNECTION_MAX: usize = 32;
+/// Replies queued per connection (each holds its buffers until sent).
 const REPLY_QUEUE_DEPTH: usize = 256;
-/// Queued replies are gathered into one socket write up to this size.
+/// Small replies queued together are sent in one write up to this size;
+/// larger ones go out as they are, never copied.
 const REPLY_COALESCE_BYTES: usize = 256 << 10;
-/// Requests (and write payloads) are read through a buffer this big.
-const REQUEST_READ_BUFFER_BYTES: usize = 256 << 10;
+/// Requests (and small write payloads) are read through a buffer this big.
+const REQUEST_READ_BUFFER_BYTES: usize = 64 << 10;
+/// TCP keepalive: a hypervisor that vanished is noticed within about a
+/// minute and its connection slot freed.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 
 pub async fn serve(listener: TcpListener, exports: ExportTable) {
-    let slots = Arc::new(Semaphore::new(NBD_CONNECTIONS_MAX));
+    let admission = Admission::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("NBD accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        if let Err(e) = tune_socket(&stream) {
+            tracing::warn!(%peer, "NBD socket options: {e}");
+        }
+        let Some(admitted) = admission.admit(peer.ip()).await else {
+            tracing::warn!(%peer, "NBD connection refused: this source holds its maximum of connections");
+            continue;
         };
         let exports = exports.clone();
         tokio::spawn(async move {
-            match serve_connection(stream, exports).await {
+            match serve_connection(stream, exports, admitted).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client disconnected"),
                 Err(e) => tracing::warn!(%peer, "NBD connection closed: {e:#}"),
             }
-            drop(slot);
         });
     }
 }
 
+fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    stream.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    Ok(())
+}
+
 struct Negotiated {
     export: Arc<dyn BlockExport>,
+    closed: watch::Receiver<bool>,
     structured: bool,
 }
 
-async fn serve_connection(stream: TcpStream, exports: ExportTable) -> Result<()> {
-    stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
-    let Some(neg) = handshake(&mut rd, &mut wr, &exports).await? else {
-        return Ok(());
-    };
-    let export = neg.export;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE_DEPTH);
-    let writer = tokio::spawn(async move {
-        // Replies that are already queued go out in one write.
-        let mut out = Vec::with_capacity(REPLY_COALESCE_BYTES);
-        while let Some(first) = rx.recv().await {
-            out.clear();
-            out.extend_from_slice(&first);
-            while out.len() < REPLY_COALESCE_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => out.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&out).await.is_err() {
-                break;
-            }
-        }
-    });
+/// A reply on its way to the client, with the buffers it holds.
+struct Reply {
+    bytes: Vec<u8>,
+    _buffers: Option<Buffers>,
+}
+
+impl Reply {
+    fn small(bytes: Vec<u8>) -> Reply {
+        Reply { bytes, _buffers: None }
+    }
+}
+
+/// Serves one client on any stream (a TCP connection, or a test's pipe).
+pub async fn serve_connection<S>(stream: S, exports: ExportTable, admitted: Admitted) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let negotiated = tokio::time::timeout(NBD_HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &exports))
+        .await
+        .map_err(|_| anyhow!("no export chosen within {NBD_HANDSHAKE_TIMEOUT:?}"))??;
+    let Some(neg) = negotiated else { return Ok(()) };
+    let (tx, rx) = mpsc::channel::<Reply>(REPLY_QUEUE_DEPTH);
+    let mut writer = tokio::spawn(write_replies(wr, rx));
+    let mut closed = neg.closed.clone();
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
-    let result = transmission(&mut rd, &export, neg.structured, &tx).await;
+    let result = tokio::select! {
+        r = transmission(&mut rd, &neg, &tx, &admitted) => r,
+        _ = closed.wait_for(|c| *c) => Err(anyhow!("the export is no longer served")),
+        w = &mut writer => return w.context("reply writer")?,
+    };
     drop(tx);
-    let _ = writer.await;
+    // Replies still queued go out (the error reply of a request that ends
+    // the connection among them), within a bound.
+    let grace = if result.is_ok() { NBD_SEND_TIMEOUT } else { CLOSING_REPLY_GRACE };
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
     result
 }
 
-async fn read_u32(rd: &mut OwnedReadHalf) -> Result<u32> {
-    Ok(rd.read_u32().await?)
+/// Sends replies until every sender is gone; stops (and so ends the
+/// connection) when a write fails or the client takes nothing for
+/// `NBD_SEND_TIMEOUT`.
+async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Reply>) -> Result<()> {
+    let mut gathered = Vec::with_capacity(REPLY_COALESCE_BYTES);
+    while let Some(first) = rx.recv().await {
+        let mut queued = vec![first];
+        let mut bytes = queued[0].bytes.len();
+        while bytes < REPLY_COALESCE_BYTES {
+            match rx.try_recv() {
+                Ok(more) => {
+                    bytes += more.bytes.len();
+                    queued.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        for reply in queued {
+            if gathered.len() + reply.bytes.len() > REPLY_COALESCE_BYTES {
+                send(&mut wr, &gathered).await?;
+                gathered.clear();
+            }
+            if reply.bytes.len() > REPLY_COALESCE_BYTES {
+                send(&mut wr, &reply.bytes).await?;
+            } else {
+                gathered.extend_from_slice(&reply.bytes);
+            }
+        }
+        if !gathered.is_empty() {
+            send(&mut wr, &gathered).await?;
+            gathered.clear();
+        }
+    }
+    Ok(())
+}
+
+async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> Result<()> {
+    tokio::time::timeout(NBD_SEND_TIMEOUT, wr.write_all(bytes))
+        .await
+        .map_err(|_| anyhow!("the client took no reply for {NBD_SEND_TIMEOUT:?}"))?
+        .context("sending a reply")?;
+    Ok(())
 }
 
 /// Option haggling. Returns the chosen export, or None if the client left.
-async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    exports: &ExportTable,
-) -> Result<Option<Negotiated>> {
+async fn handshake<R, W>(rd: &mut R, wr: &mut W, exports: &ExportTable) -> Result<Option<Negotiated>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     wr.write_all(&server_greeting()).await?;
-    let client_flags = read_u32(rd).await.context("reading client flags")?;
+    let client_flags = rd.read_u32().await.context("reading client flags")?;
     if client_flags & !CLIENT_FLAGS_KNOWN != 0 || client_flags & FLAG_FIXED_NEWSTYLE as u32 == 0 {
         bail!("unsupported client flags {client_flags:#x} (fixed newstyle required)");
     }
@@ -106,8 +191,8 @@ async fn handshake(
         if magic != IHAVEOPT {
             bail!("bad option magic {magic:#x}");
         }
-        let option = read_u32(rd).await?;
-        let len = read_u32(rd).await?;
+        let option = rd.read_u32().await?;
+        let len = rd.read_u32().await?;
         if len > OPTION_BYTES_MAX {
             bail!("option {option} with {len} bytes of data is over the limit");
         }
@@ -117,15 +202,20 @@ async fn handshake(
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
-                let Some(export) = exports.get(&name) else { bail!("client asked for unknown export {name:?}") };
+                let Some((export, closed)) = exports.get(&name) else {
+                    bail!("client asked for unknown export {name:?}")
+                };
                 wr.write_all(&export_name_reply(export.size(), export_flags(export.writable()), no_zeroes)).await?;
-                return Ok(Some(Negotiated { export, structured }));
+                return Ok(Some(Negotiated { export, closed, structured }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 return Ok(None);
             }
             OPT_LIST if !data.is_empty() => wr.write_all(&reply(REP_ERR_INVALID, &[])).await?,
+            OPT_LIST if !exports.is_listed() => {
+                wr.write_all(&reply(REP_ERR_POLICY, b"exports are not listed here")).await?
+            }
             OPT_LIST => {
                 for name in exports.names() {
                     wr.write_all(&reply(REP_SERVER, &list_entry(&name))).await?;
@@ -142,7 +232,7 @@ async fn handshake(
                     wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request")).await?;
                     continue;
                 };
-                let Some(export) = exports.get(&name) else {
+                let Some((export, closed)) = exports.get(&name) else {
                     wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export")).await?;
                     continue;
                 };
@@ -154,7 +244,7 @@ async fn handshake(
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated { export, structured }));
+                    return Ok(Some(Negotiated { export, closed, structured }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,
@@ -170,29 +260,37 @@ fn error_reply(req: &Request, errno: Errno, structured: bool, message: &str) -> 
     }
 }
 
-fn read_reply(req: &Request, data: &[u8], structured: bool) -> Vec<u8> {
-    let mut out;
+/// The header of a successful read's reply (the data follows it).
+fn read_reply_header(req: &Request, structured: bool) -> Vec<u8> {
     if structured {
-        let len = 8 + data.len() as u32;
-        out = structured_header(req.handle, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, len).to_vec();
-        out.reserve(len as usize);
+        let mut out = structured_header(req.handle, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 8 + req.length).to_vec();
         out.extend_from_slice(&req.offset.to_be_bytes());
+        out
     } else {
-        out = simple_reply(req.handle, 0).to_vec();
-        out.reserve(data.len());
+        simple_reply(req.handle, 0).to_vec()
     }
-    out.extend_from_slice(data);
-    out
 }
 
-async fn transmission(
-    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
-    export: &Arc<dyn BlockExport>,
-    structured: bool,
-    tx: &mpsc::Sender<Vec<u8>>,
+/// Runs blocking file I/O without stalling the async workers' other tasks
+/// (the test and fuzz harnesses run on one thread, where it runs inline).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+async fn transmission<R: AsyncRead + Unpin>(
+    rd: &mut tokio::io::BufReader<R>,
+    neg: &Negotiated,
+    tx: &mpsc::Sender<Reply>,
+    admitted: &Admitted,
 ) -> Result<()> {
+    let export = &neg.export;
+    let structured = neg.structured;
     let size = export.size();
     let writable = export.writable();
+    let durable_waits = Arc::new(Semaphore::new(DURABLE_WAITS_PER_CONNECTION_MAX));
     loop {
         let mut h = [0u8; REQUEST_HEADER_BYTES];
         match rd.read_exact(&mut h).await {
@@ -208,7 +306,7 @@ async fn transmission(
             if req.command == Command::Write {
                 skip_payload(rd, &req, structured, tx).await?;
             }
-            tx.send(error_reply(&req, errno, structured, "request out of bounds")).await?;
+            tx.send(Reply::small(error_reply(&req, errno, structured, "request out of bounds"))).await?;
             continue;
         }
         let is_update = matches!(req.command, Command::Write | Command::Trim | Command::WriteZeroes);
@@ -216,32 +314,40 @@ async fn transmission(
             if req.command == Command::Write {
                 skip_payload(rd, &req, structured, tx).await?;
             }
-            tx.send(error_reply(&req, Errno::Perm, structured, "read-only export")).await?;
+            tx.send(Reply::small(error_reply(&req, Errno::Perm, structured, "read-only export"))).await?;
             continue;
         }
         match req.command {
             Command::Disc => return Ok(()),
             Command::Unknown(c) => {
                 tracing::debug!("unknown NBD command {c}");
-                tx.send(error_reply(&req, Errno::Inval, structured, "unknown command")).await?;
+                tx.send(Reply::small(error_reply(&req, Errno::Inval, structured, "unknown command"))).await?;
             }
             Command::Read => {
-                let mut buf = vec![0u8; req.length as usize];
-                let reply = match export.read_at(&mut buf, req.offset) {
-                    Ok(()) => read_reply(&req, &buf, structured),
+                // Paid for before it is allocated; freed once sent.
+                let header = read_reply_header(&req, structured);
+                let buffers = admitted.buffers(REPLY_HEADER_BYTES_MAX + req.length as usize).await;
+                let mut reply = Vec::with_capacity(header.len() + req.length as usize);
+                reply.extend_from_slice(&header);
+                reply.resize(header.len() + req.length as usize, 0);
+                let read = blocking(|| export.read_at(&mut reply[header.len()..], req.offset));
+                let reply = match read {
+                    Ok(()) => Reply { bytes: reply, _buffers: Some(buffers) },
                     Err(e) => {
                         tracing::error!("{e:#}");
-                        error_reply(&req, Errno::Io, structured, "read failed")
+                        Reply::small(error_reply(&req, Errno::Io, structured, "read failed"))
                     }
                 };
                 tx.send(reply).await?;
             }
             Command::Write => {
+                let buffers = admitted.buffers(req.length as usize).await;
                 let mut data = vec![0u8; req.length as usize];
                 rd.read_exact(&mut data).await.context("client left in the middle of a write")?;
                 let result =
                     if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
-                finish_update(export, req, result, structured, tx).await?;
+                drop(buffers);
+                finish_update(export, req, result, structured, tx, &durable_waits).await?;
             }
             Command::Trim | Command::WriteZeroes => {
                 let result = if req.length == 0 {
@@ -249,9 +355,10 @@ async fn transmission(
                 } else {
                     export.zero(req.offset, req.length as u64).await
                 };
-                finish_update(export, req, result, structured, tx).await?;
+                finish_update(export, req, result, structured, tx, &durable_waits).await?;
             }
             Command::Flush => {
+                let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
                 let export = export.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -263,27 +370,33 @@ async fn transmission(
                             simple_reply(req.handle, Errno::Io as u32).to_vec()
                         }
                     };
-                    let _ = tx.send(reply).await;
+                    let _ = tx.send(Reply::small(reply)).await;
+                    drop(waiting);
                 });
             }
         }
     }
 }
 
-/// Reads and drops the payload of a write that is refused. A payload over
-/// the limit cannot be skipped safely: the connection closes.
-async fn skip_payload(
-    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
+/// Reads and drops the payload of a write that is refused, a piece at a
+/// time (it is not paid for). A payload over the limit cannot be skipped
+/// safely: the connection closes.
+async fn skip_payload<R: AsyncRead + Unpin>(
+    rd: &mut tokio::io::BufReader<R>,
     req: &Request,
     structured: bool,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Reply>,
 ) -> Result<()> {
     if req.length > PAYLOAD_BYTES_MAX {
-        let _ = tx.send(error_reply(req, Errno::Overflow, structured, "request too large")).await;
+        let _ = tx.send(Reply::small(error_reply(req, Errno::Overflow, structured, "request too large"))).await;
         bail!("write of {} bytes is over the limit", req.length);
     }
-    let mut discard = vec![0u8; req.length as usize];
-    rd.read_exact(&mut discard).await.context("reading the payload of a refused write")?;
+    let skipped = tokio::io::copy(&mut rd.take(req.length as u64), &mut tokio::io::sink())
+        .await
+        .context("reading the payload of a refused write")?;
+    if skipped != req.length as u64 {
+        bail!("client left in the middle of a refused write");
+    }
     Ok(())
 }
 
@@ -293,7 +406,8 @@ async fn finish_update(
     req: Request,
     result: Result<u64>,
     structured: bool,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Reply>,
+    durable_waits: &Arc<Semaphore>,
 ) -> Result<()> {
     let seq = match result {
         Ok(seq) => seq,
@@ -310,14 +424,15 @@ async fn finish_update(
                     Errno::Io
                 }
             };
-            tx.send(error_reply(&req, errno, structured, "write refused")).await?;
+            tx.send(Reply::small(error_reply(&req, errno, structured, "write refused"))).await?;
             return Ok(());
         }
     };
     if !req.fua() {
-        tx.send(simple_reply(req.handle, 0).to_vec()).await?;
+        tx.send(Reply::small(simple_reply(req.handle, 0).to_vec())).await?;
         return Ok(());
     }
+    let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
     let export = export.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
@@ -328,7 +443,8 @@ async fn finish_update(
                 Errno::Io as u32
             }
         };
-        let _ = tx.send(simple_reply(req.handle, error).to_vec()).await;
+        let _ = tx.send(Reply::small(simple_reply(req.handle, error).to_vec())).await;
+        drop(waiting);
     });
     Ok(())
 }

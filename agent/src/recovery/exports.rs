@@ -15,13 +15,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub struct PitVolume {
-    pub view: Arc<PitView>,
-    pub volume: usize,
+    /// None once the export was closed: the view (and its lease) is let go
+    /// even while a client still holds its connection.
+    view: RwLock<Option<Arc<PitView>>>,
+    volume: usize,
+    size: u64,
+}
+
+impl PitVolume {
+    pub fn new(view: Arc<PitView>, volume: usize) -> PitVolume {
+        let size = view.volumes[volume].size;
+        PitVolume { view: RwLock::new(Some(view)), volume, size }
+    }
 }
 
 impl BlockExport for PitVolume {
     fn size(&self) -> u64 {
-        self.view.volumes[self.volume].size
+        self.size
     }
 
     fn writable(&self) -> bool {
@@ -29,7 +39,12 @@ impl BlockExport for PitVolume {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.view.read_at(self.volume, buf, offset)
+        let view = self.view.read().expect("pit view").clone().ok_or_else(|| anyhow!("the export was closed"))?;
+        view.read_at(self.volume, buf, offset)
+    }
+
+    fn close(&self) {
+        self.view.write().expect("pit view").take();
     }
 
     fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
@@ -81,11 +96,6 @@ impl OverlayVolume {
             scratch_path,
             written: Mutex::new(vec![0; blocks.div_ceil(64) as usize]),
         })
-    }
-
-    /// Ends the overlay: later I/O fails, and the view is let go.
-    pub fn close(&self) {
-        self.view.write().expect("overlay view").take();
     }
 
     fn view(&self) -> Result<Arc<PitView>> {
@@ -188,6 +198,11 @@ impl BlockExport for OverlayVolume {
     fn last_token(&self) -> u64 {
         0
     }
+
+    /// Ends the overlay: later I/O fails, and the view is let go.
+    fn close(&self) {
+        self.view.write().expect("overlay view").take();
+    }
 }
 
 /// Where a failed-over VPG's writes go: straight to the image files, or,
@@ -203,6 +218,8 @@ pub struct LiveVolume {
     pub size: u64,
     pub volume: u32,
     pub capture: LiveCapture,
+    /// Concurrent FLUSHes share one fsync.
+    pub syncs: crate::durable::SyncGroup,
 }
 
 impl LiveVolume {
@@ -261,7 +278,7 @@ impl BlockExport for LiveVolume {
     fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let file = self.file.clone();
-            tokio::task::spawn_blocking(move || file.sync_data()).await??;
+            self.syncs.sync(move || Ok(file.sync_data()?)).await?;
             if let Some(capture) = self.capture() {
                 capture.make_durable(token).await?;
             }

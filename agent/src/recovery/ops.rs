@@ -51,8 +51,8 @@ pub struct RecoveryOps {
     busy: Mutex<BTreeMap<String, How>>,
     /// Failed-over VPGs served live: where their writes go.
     live: Mutex<BTreeMap<String, LiveCapture>>,
-    /// Reverse protection: VPG → (session, capture).
-    reverse: Mutex<BTreeMap<String, (u64, Arc<VpgCapture>)>>,
+    /// Reverse protection sessions, by VPG.
+    reverse: Mutex<BTreeMap<String, ReverseSession>>,
     /// Held while a reverse capture is made.
     reverse_setup: tokio::sync::Mutex<()>,
     /// Held by the one failover or move being committed.
@@ -69,6 +69,9 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
     let log_dir = dir.join(REVERSE_LOG_DIR);
     VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY)
 }
+
+/// A reverse session: its id, the certificate that opened it, its capture.
+type ReverseSession = (u64, [u8; 32], Arc<VpgCapture>);
 
 /// What a reverse hello gets.
 pub struct ReverseStart {
@@ -148,7 +151,8 @@ impl RecoveryOps {
         Ok(Arc::new(RecoveryOps {
             journal_root: data_dir.join("journal"),
             scratch_root,
-            exports: ExportTable::default(),
+            // The names say which VPGs and checkpoints are here: not listed.
+            exports: ExportTable::unlisted(),
             listen,
             tests: Mutex::new(BTreeMap::new()),
             receiver,
@@ -199,8 +203,13 @@ impl RecoveryOps {
             .zip(&meta.volumes)
             .enumerate()
             .map(|(i, (f, v))| {
-                let live =
-                    LiveVolume { file: Arc::new(f.file), size: f.size, volume: i as u32, capture: capture.clone() };
+                let live = LiveVolume {
+                    file: Arc::new(f.file),
+                    size: f.size,
+                    volume: i as u32,
+                    capture: capture.clone(),
+                    syncs: Default::default(),
+                };
                 let export: Arc<dyn BlockExport> = Arc::new(live);
                 (format!("{vpg}/{}", v.name), export)
             })
@@ -362,6 +371,7 @@ impl RecoveryOps {
         volumes: &[crate::wire::message::VolumeInfo],
         applied_seq: u64,
         applied_stream: u32,
+        peer: [u8; 32],
     ) -> Result<ReverseStart> {
         crate::config::validate_name("vpg", vpg)?;
         let dir = vpg_dir(&self.journal_root, vpg);
@@ -381,13 +391,15 @@ impl RecoveryOps {
         // Else the delta copy that follows starts a new stream, which drops
         // whatever the log holds.
         let session = crate::transfer::receiver::random_u64();
-        self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, capture.clone()));
+        self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
         Ok(ReverseStart { session, need_hashes: !continues, capture })
     }
 
-    /// The capture of a reverse session, if `session` is the current one.
-    pub fn reverse_session(&self, vpg: &str, session: u64) -> Option<Arc<VpgCapture>> {
-        self.reverse.lock().expect("reverse lock").get(vpg).filter(|(s, _)| *s == session).map(|(_, c)| c.clone())
+    /// The capture of a reverse session, if `session` is the current one
+    /// and `peer` the certificate that opened it.
+    pub fn reverse_session(&self, vpg: &str, session: u64, peer: &[u8; 32]) -> Option<Arc<VpgCapture>> {
+        let reverse = self.reverse.lock().expect("reverse lock");
+        reverse.get(vpg).filter(|(s, p, _)| *s == session && p == peer).map(|(_, _, c)| c.clone())
     }
 
     fn already_moved(&self, vpg: &str, record: FailoverRecord) -> FailedOver {
@@ -434,7 +446,7 @@ impl RecoveryOps {
         let exports = (0..view.volumes.len())
             .map(|i| {
                 let name = format!("{vpg}/{}/{}", view.volumes[i].name, view.checkpoint.id);
-                let export: Arc<dyn BlockExport> = Arc::new(PitVolume { view: view.clone(), volume: i });
+                let export: Arc<dyn BlockExport> = Arc::new(PitVolume::new(view.clone(), i));
                 (name, export)
             })
             .collect();
@@ -494,11 +506,9 @@ impl RecoveryOps {
         let test = self.tests.lock().expect("tests lock").remove(vpg).ok_or_else(|| {
             anyhow!("no test failover of VPG {vpg:?} is running (start one with `tidemark test-failover start`)")
         })?;
+        // Closes the overlays and every connection to them.
         self.exports.remove(&test.served.names);
         let blocks: u64 = test.overlays.iter().map(|o| o.blocks_written()).sum();
-        for overlay in &test.overlays {
-            overlay.close();
-        }
         std::fs::remove_dir_all(&test.scratch_dir)
             .with_context(|| format!("removing scratch {}", test.scratch_dir.display()))?;
         let report = format!(

@@ -54,7 +54,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone()),
     )?;
     let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
-    let table = ExportTable::default();
+    let table = ExportTable::listed();
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
     for (interval_ms, rt) in &runtimes {

@@ -1,7 +1,7 @@
 //! The recovery appliance: TLS listeners for control and data, one
 //! journal per VPG, status.
 
-use crate::config::{parse_fingerprint, RecoveryConfig};
+use crate::config::RecoveryConfig;
 use crate::journal::applier::{self, HistoryPolicy};
 use crate::recovery::ops::RecoveryOps;
 use crate::status::{self, CheckpointSummary, HistoryStatus, VpgStatus, STATUS_INTERVAL_MS};
@@ -15,8 +15,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     let identity = tls::load_identity(&cfg.node.cert, &cfg.node.key)?;
-    let allowed = cfg.listen.peer_fingerprints.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>>>()?;
-    let acceptor = TlsAcceptor::from(tls::server_config(identity, allowed)?);
+    let access = cfg.listen.access()?;
+    let acceptor = TlsAcceptor::from(tls::server_config(identity, access.fingerprints())?);
     let journal_root = cfg.node.data_dir.join("journal");
     std::fs::create_dir_all(&journal_root).with_context(|| format!("creating {}", journal_root.display()))?;
     let vpg_settings = cfg.clone();
@@ -26,6 +26,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
             let v = vpg_settings.vpg(vpg);
             HistoryPolicy { history: v.history, journal_limit: v.journal_limit }
         }),
+        access,
     );
     {
         let receiver = receiver.clone();

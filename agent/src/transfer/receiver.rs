@@ -3,13 +3,14 @@
 //! verified batch, fsyncs, and only then acknowledges. A connection that
 //! sends anything malformed is dropped alone; other links keep running.
 
-use super::{recv_control, send_control, CONNECT_TIMEOUT};
+use super::{recv_control, send_control};
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
+use crate::wire::tls::fingerprint;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,14 +20,35 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// Connections accepted at once on each port.
-const PEER_CONNECTIONS_MAX: usize = 64;
+/// TLS handshakes under way at once on each port, and from one source:
+/// before its certificate is checked a connection is anybody's, and one
+/// source must not hold every slot. Authenticated links are not counted.
+const HANDSHAKES_MAX: usize = 64;
+const HANDSHAKES_PER_SOURCE_MAX: usize = 4;
+/// Authenticated links at once on each port (a pinned peer has one per VPG).
+const PEER_LINKS_MAX: usize = 1024;
+/// Time allowed for the TLS handshake of an incoming link.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The whole answer to a peer that asks for a VPG it may not use: whether
+/// the VPG exists, and what it holds, is none of its business.
+const NOT_YOURS: &str = "no such VPG for this appliance";
+
+/// Who is at the other end of a link: its address and the fingerprint of
+/// the certificate it presented (pinned, checked during the handshake).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: std::net::SocketAddr,
+    pub fingerprint: [u8; 32],
+}
 
 /// One VPG as the receiver sees it.
 pub struct VpgSlot {
     pub journal: Mutex<Journal>,
     /// The session of the newest hello; older data links are dropped.
     session: AtomicU64,
+    /// The certificate of the peer that opened that session: a data link
+    /// joins it only with the same certificate.
+    session_peer: Mutex<[u8; 32]>,
     /// The stream that session's protected log holds (from its hello).
     session_stream: std::sync::atomic::AtomicU32,
     pub received_bytes: AtomicU64,
@@ -46,6 +68,8 @@ pub type PolicyFor = Box<dyn Fn(&str) -> HistoryPolicy + Send + Sync>;
 
 pub struct Receiver {
     journal_root: PathBuf,
+    /// Which pinned peer may use which VPG.
+    access: crate::config::PeerAccess,
     pub vpgs: Mutex<HashMap<String, Arc<VpgSlot>>>,
     policy_for: PolicyFor,
     /// Carries out a move's promote (set once at start).
@@ -53,8 +77,29 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(journal_root: PathBuf, policy_for: PolicyFor) -> Arc<Self> {
-        Arc::new(Receiver { journal_root, vpgs: Mutex::new(HashMap::new()), policy_for, ops: Default::default() })
+    pub fn new(journal_root: PathBuf, policy_for: PolicyFor, access: crate::config::PeerAccess) -> Arc<Self> {
+        Arc::new(Receiver {
+            journal_root,
+            access,
+            vpgs: Mutex::new(HashMap::new()),
+            policy_for,
+            ops: Default::default(),
+        })
+    }
+
+    /// Whether `peer` may use `vpg`; if not, says so in the log (with who
+    /// asked) and tells the peer no more than that.
+    fn check_access(&self, peer: &Peer, vpg: &str, what: &str) -> Result<(), String> {
+        if self.access.allows(&peer.fingerprint, vpg) {
+            return Ok(());
+        }
+        tracing::warn!(
+            peer = %peer.address,
+            certificate = %crate::config::format_fingerprint(&peer.fingerprint),
+            vpg = %vpg,
+            "refused {what}: this protected appliance may not use that VPG here"
+        );
+        Err(NOT_YOURS.to_string())
     }
 
     pub fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
@@ -107,6 +152,7 @@ impl VpgSlot {
         VpgSlot {
             journal: Mutex::new(journal),
             session: AtomicU64::new(session),
+            session_peer: Mutex::new([0; 32]),
             session_stream: Default::default(),
             received_bytes: AtomicU64::new(0),
             policy,
@@ -117,9 +163,11 @@ impl VpgSlot {
 }
 
 pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver: Arc<Receiver>, role: &'static str) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+    let per_source = crate::limits::PerSource::new(HANDSHAKES_PER_SOURCE_MAX);
+    let links = Arc::new(tokio::sync::Semaphore::new(PEER_LINKS_MAX));
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, address) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("{role} accept failed: {e}");
@@ -127,42 +175,61 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let Some(source_slot) = per_source.enter(address.ip()) else {
+            tracing::warn!(peer = %address, "{role}: connection refused, this source has {HANDSHAKES_PER_SOURCE_MAX} handshakes under way");
+            continue;
         };
-        let acceptor = acceptor.clone();
-        let receiver = receiver.clone();
+        let Ok(handshake_slot) = handshakes.clone().acquire_owned().await else { return };
+        let (acceptor, receiver, links) = (acceptor.clone(), receiver.clone(), links.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, "{role}: TLS handshake refused: {e}");
+                    tracing::warn!(peer = %address, "{role}: TLS handshake refused: {e}");
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, "{role}: TLS handshake timed out");
+                    tracing::warn!(peer = %address, "{role}: TLS handshake timed out");
                     return;
                 }
             };
-            let result =
-                if role == "control" { control_link(tls, &receiver).await } else { data_link(tls, &receiver).await };
+            drop((handshake_slot, source_slot));
+            let Ok(_link_slot) = links.acquire_owned().await else { return };
+            // The verifier let only pinned certificates through.
+            let Some(fingerprint) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(fingerprint) else {
+                tracing::warn!(peer = %address, "{role}: no client certificate");
+                return;
+            };
+            let peer = Peer { address, fingerprint };
+            let result = if role == "control" {
+                control_link(tls, &receiver, &peer).await
+            } else {
+                data_link(tls, &receiver, &peer).await
+            };
             if let Err(e) = result {
-                tracing::warn!(%peer, "{role} link closed: {e:#}");
+                tracing::warn!(peer = %address, "{role} link closed: {e:#}");
             }
-            drop(slot);
         });
     }
 }
 
-async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: &Arc<Receiver>) -> Result<()> {
+async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
+    mut link: S,
+    receiver: &Arc<Receiver>,
+    peer: &Peer,
+) -> Result<()> {
     let (vpg, durable_seq, session, stream_id) = match recv_control(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
+            if let Err(reason) = receiver.check_access(peer, &vpg, "a hello") {
+                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                bail!("refused a hello for a VPG this peer may not use");
+            }
             if let Some(checkpoint) = receiver.failed_over_at(&vpg) {
                 send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
                 bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
             }
-            let opened = open_vpg(receiver, protocol, &vpg, id, volumes, stream_id).await;
+            let opened = open_vpg(receiver, protocol, &vpg, id, volumes, stream_id, peer).await;
             match opened {
                 Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
                 Err(e) => {
@@ -173,13 +240,17 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(mut link: S, receiver: 
             }
         }
         ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, .. } => {
+            if let Err(reason) = receiver.check_access(peer, &vpg, "a reverse hello") {
+                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                bail!("refused a reverse hello for a VPG this peer may not use");
+            }
             if protocol != PROTOCOL_VERSION {
                 let reason = format!("protocol version {protocol} is not supported");
                 send_control(&mut link, &ControlMessage::Refused { reason }).await?;
                 bail!("reverse hello with protocol {protocol}");
             }
             let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id).await;
+            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id, peer).await;
         }
         other => bail!("expected hello, got {other:?}"),
     };
@@ -268,6 +339,7 @@ async fn open_vpg(
     id: u32,
     volumes: Vec<crate::wire::message::VolumeInfo>,
     stream_id: u32,
+    peer: &Peer,
 ) -> Result<(u64, u64, u32)> {
     if protocol != PROTOCOL_VERSION {
         bail!("protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION})");
@@ -292,6 +364,7 @@ async fn open_vpg(
             bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
         }
         slot.session_stream.store(stream_id, Ordering::SeqCst);
+        *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
         slot.session.store(session, Ordering::SeqCst);
         return Ok((journal.durable_seq(), session, journal.index.stream_id));
     }
@@ -307,18 +380,24 @@ async fn open_vpg(
     let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
     slot.session_stream.store(stream_id, Ordering::SeqCst);
+    *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
     slot.session.store(session, Ordering::SeqCst);
     Ok((durable, session, journal_stream))
 }
 
-async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>) -> Result<()> {
+async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>, peer: &Peer) -> Result<()> {
     let (mut rd, mut wr) = tokio::io::split(link);
     let (vpg, session) = match recv_control(&mut rd).await? {
         ControlMessage::Attach { vpg, session } => (vpg, session),
         other => bail!("expected attach, got {other:?}"),
     };
-    let Some(slot) = receiver.slot(&vpg).filter(|s| s.session.load(Ordering::SeqCst) == session) else {
-        if let Some(capture) = receiver.ops.get().and_then(|ops| ops.reverse_session(&vpg, session)) {
+    // A session is joined only by the certificate that opened it.
+    let ours = |s: &Arc<VpgSlot>| {
+        s.session.load(Ordering::SeqCst) == session && *s.session_peer.lock().expect("session peer") == peer.fingerprint
+    };
+    let Some(slot) = receiver.slot(&vpg).filter(ours) else {
+        if let Some(capture) = receiver.ops.get().and_then(|ops| ops.reverse_session(&vpg, session, &peer.fingerprint))
+        {
             return super::reverse::serve_data(rd.unsplit(wr), capture).await;
         }
         send_control(&mut wr, &ControlMessage::Refused { reason: "no such session".into() }).await?;

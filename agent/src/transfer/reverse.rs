@@ -294,8 +294,9 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     volumes: Vec<VolumeInfo>,
     applied_seq: u64,
     applied_stream: u32,
+    peer: &super::receiver::Peer,
 ) -> Result<()> {
-    let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream).await {
+    let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("{e:#}");
@@ -312,12 +313,9 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
             match recv_control(&mut link).await? {
                 ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
                     let list = theirs.get_mut(volume as usize).context("hashes for an unknown volume")?;
-                    if first_extent != list.len() as u64 {
-                        bail!("extent hashes out of order for volume {volume}");
-                    }
-                    for h in hashes {
-                        list.push(parse_hash(&h)?);
-                    }
+                    let size = volumes[volume as usize].size;
+                    add_hashes(list, delta::extent_count(size), first_extent, &hashes)
+                        .with_context(|| format!("extent hashes of volume {volume}"))?;
                 }
                 ControlMessage::HashesDone => break,
                 other => bail!("expected extent hashes, got {other:?}"),
@@ -358,6 +356,21 @@ pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc
     }
 }
 
+/// Adds a message's hashes to a volume's list: in order, and never more
+/// than the volume has extents (a peer once could pile them up at will).
+fn add_hashes(list: &mut Vec<ExtentHash>, extents: u64, first_extent: u64, hashes: &[String]) -> Result<()> {
+    if first_extent != list.len() as u64 {
+        bail!("out of order: {first_extent} after {} hashes", list.len());
+    }
+    if list.len() as u64 + hashes.len() as u64 > extents {
+        bail!("more hashes than the volume's {extents} extents");
+    }
+    for h in hashes {
+        list.push(parse_hash(h)?);
+    }
+    Ok(())
+}
+
 /// Peer data: checked as bytes, never sliced as text (a multi-byte
 /// character once made a byte slice panic and took the agent down).
 fn parse_hash(text: &str) -> Result<ExtentHash> {
@@ -376,6 +389,17 @@ fn parse_hash(text: &str) -> Result<ExtentHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extent_hashes_never_outnumber_the_extents() {
+        let hash = "ab".repeat(32);
+        let mut list = Vec::new();
+        add_hashes(&mut list, 3, 0, &[hash.clone(), hash.clone()]).unwrap();
+        assert!(add_hashes(&mut list, 3, 0, std::slice::from_ref(&hash)).is_err(), "out of order");
+        assert!(add_hashes(&mut list, 3, 2, &[hash.clone(), hash.clone()]).is_err(), "one too many");
+        add_hashes(&mut list, 3, 2, &[hash]).unwrap();
+        assert_eq!(list.len(), 3);
+    }
 
     #[test]
     fn extent_hashes_from_the_peer_are_checked_not_trusted() {

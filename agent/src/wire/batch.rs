@@ -140,6 +140,21 @@ pub struct DecodedBatch {
     pub offsets: Vec<usize>,
 }
 
+impl DecodedBatch {
+    /// The range of a volume record `i` changes: (volume, offset, length);
+    /// None for markers. (A Write's data is in `raw`, so its length is
+    /// read from its header, not from its empty `data`.)
+    pub fn extent(&self, i: usize) -> Option<(u32, u64, u64)> {
+        match &self.records[i].body {
+            crate::record::RecordBody::Write { volume, offset, .. } => {
+                let payload_len = crate::record::u32_at(&self.raw, self.offsets[i] + 40) as u64;
+                Some((*volume, *offset, payload_len))
+            }
+            body => body.extent(),
+        }
+    }
+}
+
 /// Decodes and verifies a batch; every record must belong to `vpg_id`.
 pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<DecodedBatch> {
     if bytes.len() < BATCH_HEADER_BYTES {

@@ -1,0 +1,172 @@
+"""NBD clients that misbehave on purpose, for the security tests: they
+pipeline huge reads and never read the replies, flood FLUSHes, hold silent
+connections, or crawl through the handshake. Each binds to a source
+address of its own (127.0.0.2, ...) so a test can tell an attacker's
+connections from the well-behaved client's.
+
+usage:
+  hostile_nbd.py reads   PORT EXPORT SOURCE CONNECTIONS COUNT LENGTH HOLD_S
+  hostile_nbd.py flushes PORT EXPORT SOURCE COUNT
+  hostile_nbd.py silent  PORT SOURCE COUNT HOLD_S
+  hostile_nbd.py slow    PORT EXPORT SOURCE
+Each prints one line of JSON saying what happened.
+"""
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+from nbdclient import IHAVEOPT, NBDMAGIC, OPT_GO, REQUEST_MAGIC, recv_exact
+
+HOST = "127.0.0.1"
+CMD_READ, CMD_FLUSH = 0, 3
+
+
+def connect(port, source, timeout=30):
+    return socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0))
+
+
+def negotiate(sock, export):
+    magic, opt, _ = struct.unpack(">QQH", recv_exact(sock, 18))
+    assert magic == NBDMAGIC and opt == IHAVEOPT
+    sock.sendall(struct.pack(">I", 3))
+    name = export.encode()
+    sock.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, 4 + len(name) + 2) + struct.pack(">I", len(name)) + name + b"\0\0")
+    while True:
+        _, _, rtype, length = struct.unpack(">QIII", recv_exact(sock, 20))
+        recv_exact(sock, length)
+        if rtype == 1:
+            return
+        if rtype & 0x80000000:
+            raise RuntimeError("GO refused: %#x" % rtype)
+
+
+def request(cmd, handle, offset=0, length=0):
+    return struct.pack(">IHHQQI", REQUEST_MAGIC, 0, cmd, handle, offset, length)
+
+
+def closed_by_server(sock, within=2.0):
+    """Reads what the server sent until its end (it closed the connection)
+    or until nothing more comes for `within` seconds (it did not)."""
+    sock.setblocking(True)
+    sock.settimeout(within)
+    try:
+        while sock.recv(1 << 20):
+            pass
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def reads(port, export, source, connections, count, length, hold):
+    """Pipelines COUNT reads of LENGTH bytes on each connection and never
+    reads a reply; holds the connections open for HOLD seconds."""
+    socks, sent = [], 0
+    for _ in range(connections):
+        s = connect(port, source)
+        negotiate(s, export)
+        s.setblocking(False)
+        socks.append(s)
+    deadline = time.time() + hold
+    pending = {s: b"".join(request(CMD_READ, i + 1, 0, length) for i in range(count)) for s in socks}
+    while time.time() < deadline:
+        for s in socks:
+            if pending[s]:
+                try:
+                    n = s.send(pending[s])
+                    pending[s] = pending[s][n:]
+                    sent += n
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    pending[s] = b""
+        time.sleep(0.05)
+    closed = sum(1 for s in socks if closed_by_server(s))
+    for s in socks:
+        s.close()
+    print(json.dumps({"requests_sent_bytes": sent, "connections": connections, "closed_by_server": closed}))
+
+
+def flushes(port, export, source, count):
+    """Sends COUNT FLUSHes as fast as the server takes them, reading the
+    replies on another thread."""
+    s = connect(port, source, timeout=120)
+    negotiate(s, export)
+    got = [0]
+
+    def drain():
+        try:
+            while got[0] < count:
+                recv_exact(s, 16)
+                got[0] += 1
+        except Exception:
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    start = time.time()
+    batch = 1000
+    for first in range(0, count, batch):
+        s.sendall(b"".join(request(CMD_FLUSH, first + i + 1) for i in range(min(batch, count - first))))
+    reader.join(120)
+    s.close()
+    print(json.dumps({"flushes": count, "replies": got[0], "seconds": round(time.time() - start, 2)}))
+
+
+def silent(port, source, count, hold):
+    """Opens COUNT connections that never say anything; after HOLD seconds
+    reports how many the server has closed (and how many it refused)."""
+    socks, refused = [], 0
+    for _ in range(count):
+        try:
+            socks.append(connect(port, source, timeout=2))
+        except OSError:
+            refused += 1
+    time.sleep(hold)
+    closed = sum(1 for s in socks if closed_by_server(s, 0.2))
+    for s in socks:
+        s.close()
+    print(json.dumps({"opened": len(socks), "refused": refused, "closed_by_server": closed}))
+
+
+def slow(port, export, source):
+    """Reads the greeting, then sends the handshake one byte a second;
+    reports when the server gave up on it."""
+    s = connect(port, source, timeout=60)
+    recv_exact(s, 18)
+    name = export.encode()
+    msg = struct.pack(">I", 3) + struct.pack(">QII", IHAVEOPT, OPT_GO, 4 + len(name) + 2) + struct.pack(">I", len(name)) + name + b"\0\0"
+    start = time.time()
+    for b in msg:
+        try:
+            s.sendall(bytes([b]))
+        except OSError:
+            break
+        time.sleep(1)
+        s.settimeout(0.01)
+        try:
+            if s.recv(1, socket.MSG_PEEK) == b"":
+                break
+        except socket.timeout:
+            pass
+        except OSError:
+            break
+    print(json.dumps({"closed_after_s": round(time.time() - start, 1), "bytes_of_handshake": len(msg)}))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "reads":
+        reads(int(args[0]), args[1], args[2], int(args[3]), int(args[4]), int(args[5]), float(args[6]))
+    elif cmd == "flushes":
+        flushes(int(args[0]), args[1], args[2], int(args[3]))
+    elif cmd == "silent":
+        silent(int(args[0]), args[1], int(args[2]), float(args[3]))
+    elif cmd == "slow":
+        slow(int(args[0]), args[1], args[2])
+    else:
+        sys.exit(__doc__)
