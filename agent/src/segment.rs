@@ -49,15 +49,10 @@ pub fn segment_path(dir: &Path, kind: SegmentKind, first_seq: u64) -> PathBuf {
 }
 
 /// Every segment of `kind` in `dir`, ordered by first sequence number.
-/// Temporary files of a creation a crash cut short are removed.
 pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) == Some(CREATING_EXTENSION) {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
@@ -72,6 +67,18 @@ pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)
 
 /// A segment being created, before its rename into place.
 const CREATING_EXTENSION: &str = "creating";
+
+/// Removes what creations a stop cut short left (call at open, when no
+/// creation can be under way: a listing while one runs must not).
+pub fn remove_unfinished_creations(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(CREATING_EXTENSION) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
 
 fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64, stream_id: u32) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
@@ -217,6 +224,10 @@ impl SegmentReader {
     /// The stream the header names (0: none, or a journal segment).
     pub fn stream_id(&self) -> u32 {
         self.stream_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// File offset just past the last record returned.

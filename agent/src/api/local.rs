@@ -231,8 +231,9 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             let id = capture.checkpoint(&tag, wait).await?;
             tracing::info!(vpg = %vpg, "tagged checkpoint {id} {tag:?} inserted");
-            let mut acked = capture.log.watch_acked();
-            let durable = matches!(tokio::time::timeout(wait, acked.wait_for(|a| *a >= id)).await, Ok(Ok(_)));
+            // Acknowledged in its own stream: a checkpoint of a stream that
+            // started over never reaches the journal.
+            let durable = matches!(tokio::time::timeout(wait, capture.log.wait_acked(id)).await, Ok(Ok(true)));
             Ok(Reply { ok: true, id: Some(id), durable, error: None, exports: Vec::new(), message: None })
         }
         (other, _) => bail!("the {role} agent does not do {:?}", op_name(&other)),

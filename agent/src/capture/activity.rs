@@ -40,9 +40,13 @@ const MAGIC: &[u8; 8] = b"TMACTLOG";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 48;
 const ENTRY_BYTES: usize = 12;
-/// Set when a write's outcome on its volume is unknown: the next start
-/// re-reads every marked extent even on the same boot.
+/// The marked extents must be read again at the next start, even on the
+/// same boot: a start's re-reading is not done yet, or a write's outcome on
+/// its volume is unknown.
 const FLAG_RESYNC: u32 = 1;
+/// Nothing is known (the file was unreadable, or the log lost records it
+/// had made durable): the next start begins a new stream, a full copy.
+const FLAG_NEW_STREAM: u32 = 2;
 
 /// (volume, extent index)
 pub type Extent = (u32, u32);
@@ -57,20 +61,35 @@ pub struct ActivityFound {
     pub why: Option<String>,
     /// The log was fsynced through this seq at the last epoch (0: unknown).
     pub durable_through: u64,
-    /// The file was unreadable: nothing is known, everything must be
-    /// compared again.
+    /// Nothing is known: a new stream (full copy) must start.
     pub unknown: bool,
+}
+
+/// The header of the file on disk, as last written.
+#[derive(Clone, Copy)]
+struct Header {
+    flags: u32,
+    boot_id: [u8; 16],
+    durable_through: u64,
 }
 
 pub struct ActivityLog {
     path: PathBuf,
     file: File,
     boot_id: [u8; 16],
+    /// What the file's header says now.
+    header: Header,
+    /// Bytes of the file known whole (entries are appended after them).
+    good_len: u64,
+    /// An append failed and could not be undone: rewrite before the next.
+    must_rewrite: bool,
     /// Marked extents, with the generation of the last write to each.
     marked: HashMap<Extent, u64>,
     generation: u64,
-    /// A write's outcome is unknown: kept through epochs until a restart.
-    resync_required: bool,
+    /// The extents found unclean at open are not read again yet.
+    start_resync_pending: bool,
+    /// A write's outcome on its volume is unknown (until a restart).
+    write_failed: bool,
 }
 
 impl ActivityLog {
@@ -79,47 +98,70 @@ impl ActivityLog {
         let boot_id = current_boot_id();
         let mut found = ActivityFound::default();
         let mut marked = HashMap::new();
+        let mut header = Header { flags: 0, boot_id, durable_through: 0 };
+        let mut write_fresh = false;
         match std::fs::read(&path) {
             Ok(bytes) => match parse(&bytes) {
-                Some((header, extents)) => {
-                    found.durable_through = header.durable_through;
-                    let why = if header.flags & FLAG_RESYNC != 0 {
-                        Some("a write failed on its volume")
-                    } else if header.boot_id != boot_id {
+                Some((on_disk, extents)) => {
+                    header = on_disk;
+                    found.durable_through = on_disk.durable_through;
+                    let why = if on_disk.flags & FLAG_RESYNC != 0 {
+                        Some("the previous start's re-reading, or a failed volume write, is unfinished")
+                    } else if on_disk.boot_id != boot_id {
                         Some("the machine restarted without a clean stop (power cut or crash)")
                     } else {
                         None
                     };
-                    if let Some(why) = why.filter(|_| !extents.is_empty()) {
+                    if on_disk.flags & FLAG_NEW_STREAM != 0 {
+                        found.unknown = true;
+                        found.why = Some("a new stream was due and has not been started yet".into());
+                    } else if let Some(why) = why.filter(|_| !extents.is_empty()) {
                         found.unclean = extents.clone();
                         found.why = Some(why.to_string());
                     }
                     marked = extents.into_iter().map(|e| (e, 0)).collect();
                 }
                 None => {
-                    tracing::error!("{} is unreadable: every volume is compared again", path.display());
+                    tracing::error!("{} is unreadable: every volume is copied again", path.display());
                     found.unknown = true;
                     found.why = Some(format!("{} is unreadable", path.display()));
+                    header = Header { flags: FLAG_NEW_STREAM, boot_id, durable_through: 0 };
+                    write_fresh = true;
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_fresh = true,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
-        let write_fresh = found.unknown || !path.exists();
         if write_fresh {
-            replace_file(&path, &header_bytes(&boot_id, 0, found.durable_through), FileMode::Public)?;
+            replace_file(&path, &header_bytes(&header), FileMode::Public)?;
         }
-        // Until an epoch after the resync, the file keeps its header (and
-        // so says "unclean" again if this run stops before then).
+        // Until an epoch after the start's work, the file keeps its header
+        // (and so says "unclean" again if this run stops before then).
         let file =
             OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let log = ActivityLog { path, file, boot_id, marked, generation: 1, resync_required: false };
+        let good_len = file.metadata().with_context(|| format!("sizing {}", path.display()))?.len();
+        let start_resync_pending = !found.unclean.is_empty() || found.unknown;
+        let log = ActivityLog {
+            path,
+            file,
+            boot_id,
+            header,
+            good_len,
+            must_rewrite: false,
+            marked,
+            generation: 1,
+            start_resync_pending,
+            write_failed: false,
+        };
         Ok((log, found))
     }
 
     /// Marks every extent `[offset, offset + length)` of `volume` touches,
     /// durably, before a write to it. No I/O for extents already marked.
     pub fn mark(&mut self, volume: u32, offset: u64, length: u64) -> Result<()> {
+        if self.must_rewrite {
+            self.rewrite()?;
+        }
         self.generation += 1;
         let mut new = Vec::new();
         for extent in extents_of(offset, length) {
@@ -135,10 +177,26 @@ impl ActivityLog {
         for e in &new {
             bytes.extend_from_slice(&entry_bytes(*e));
         }
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("marking {} extents active in {}", new.len(), self.path.display()))?;
+        let appended = (|| {
+            fail::fail_point!("activity-mark-torn", |_| {
+                let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
+                Err(std::io::Error::from_raw_os_error(28))
+            });
+            self.file.write_all(&bytes)?;
+            self.file.sync_data()
+        })();
+        if let Err(e) = appended {
+            // A torn entry would hide every later one: undo it, or rewrite.
+            if self.file.set_len(self.good_len).is_err() && self.rewrite().is_err() {
+                self.must_rewrite = true;
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "marking {} extents in {}",
+                new.len(),
+                self.path.display()
+            )));
+        }
+        self.good_len += bytes.len() as u64;
         for e in new {
             self.marked.insert(e, self.generation);
         }
@@ -146,8 +204,12 @@ impl ActivityLog {
     }
 
     /// Marking `[offset, offset + length)` of `volume` would add extents
-    /// beyond the limit: an epoch must come first.
+    /// beyond the limit: an epoch must come first. Never while marks must
+    /// all be kept (then the log grows instead).
     pub fn would_overflow(&self, volume: u32, offset: u64, length: u64) -> bool {
+        if self.keeps_every_mark() {
+            return false;
+        }
         let new = extents_of(offset, length).filter(|e| !self.marked.contains_key(&(volume, *e))).count();
         new > 0 && self.marked.len() + new > ACTIVITY_EXTENTS_MAX
     }
@@ -161,17 +223,62 @@ impl ActivityLog {
         self.generation
     }
 
+    fn keeps_every_mark(&self) -> bool {
+        self.write_failed || self.start_resync_pending
+    }
+
     /// The volumes and the log were fsynced through `durable_through`,
     /// holding every write marked up to generation `upto`: only extents
-    /// written since stay marked. `resync_done` after a start's re-reading
-    /// of unclean extents (its header said unclean until now).
-    pub fn finish_epoch(&mut self, durable_through: u64, upto: u64, resync_done: bool) -> Result<()> {
-        // While a failed write awaits its resync, every mark stays.
-        let keep_all = self.resync_required && !resync_done;
-        let keep: Vec<Extent> = self.marked.iter().filter(|(_, g)| keep_all || **g > upto).map(|(e, _)| *e).collect();
-        let flags = if keep_all { FLAG_RESYNC } else { 0 };
-        let mut bytes = header_bytes(&self.boot_id, flags, durable_through).to_vec();
-        for e in &keep {
+    /// written since stay marked. `start_work_done` once a start's work
+    /// (re-reading unclean extents, or a new stream) is durable; until
+    /// then, and while a failed write awaits a restart, every mark stays
+    /// and the file asks the next start to re-read them.
+    pub fn finish_epoch(&mut self, durable_through: u64, upto: u64, start_work_done: bool) -> Result<()> {
+        if start_work_done {
+            self.start_resync_pending = false;
+        }
+        let keep_all = self.keeps_every_mark();
+        self.marked.retain(|_, g| keep_all || *g > upto);
+        let new_stream = if start_work_done { 0 } else { self.header.flags & FLAG_NEW_STREAM };
+        let flags = if keep_all { FLAG_RESYNC } else { 0 } | new_stream;
+        self.header = Header { flags, boot_id: self.boot_id, durable_through };
+        self.rewrite()
+    }
+
+    /// The next start must read `ranges` of the volumes again, even on the
+    /// same boot (the newest record's range after a process kill): they
+    /// are marked, durably, before the exports are served.
+    pub fn require_start_resync(&mut self, ranges: &[(u32, u64, u64)]) -> Result<()> {
+        for (volume, offset, length) in ranges {
+            for extent in extents_of(*offset, *length) {
+                self.marked.entry((*volume, extent)).or_insert(0);
+            }
+        }
+        self.start_resync_pending = true;
+        self.header.flags |= FLAG_RESYNC;
+        self.rewrite()
+    }
+
+    /// The next start must begin a new stream (the log lost records it had
+    /// made durable): said durably before anything else happens.
+    pub fn require_new_stream(&mut self) -> Result<()> {
+        self.start_resync_pending = true;
+        self.header.flags |= FLAG_NEW_STREAM;
+        self.rewrite()
+    }
+
+    /// A write's outcome on its volume is unknown: the next start must read
+    /// every marked extent again, even if the machine did not restart.
+    pub fn require_resync(&mut self) -> Result<()> {
+        self.write_failed = true;
+        self.header.flags |= FLAG_RESYNC;
+        self.rewrite()
+    }
+
+    /// Replaces the file with the header and every mark.
+    fn rewrite(&mut self) -> Result<()> {
+        let mut bytes = header_bytes(&self.header).to_vec();
+        for e in self.marked.keys() {
             bytes.extend_from_slice(&entry_bytes(*e));
         }
         replace_file(&self.path, &bytes, FileMode::Public)?;
@@ -179,20 +286,8 @@ impl ActivityLog {
             .append(true)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
-        self.marked.retain(|_, g| keep_all || *g > upto);
-        Ok(())
-    }
-
-    /// A write's outcome on its volume is unknown: the next start must read
-    /// every marked extent again, even if the machine did not restart.
-    pub fn require_resync(&mut self) -> Result<()> {
-        self.resync_required = true;
-        let mut bytes = header_bytes(&self.boot_id, FLAG_RESYNC, 0).to_vec();
-        for e in self.marked.keys() {
-            bytes.extend_from_slice(&entry_bytes(*e));
-        }
-        replace_file(&self.path, &bytes, FileMode::Public)?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.good_len = bytes.len() as u64;
+        self.must_rewrite = false;
         Ok(())
     }
 }
@@ -208,19 +303,13 @@ fn extents_of(offset: u64, length: u64) -> impl Iterator<Item = u32> {
     (first..=last).map(|e| u32::try_from(e).expect("volumes are under 16 PiB"))
 }
 
-struct Header {
-    flags: u32,
-    boot_id: [u8; 16],
-    durable_through: u64,
-}
-
-fn header_bytes(boot_id: &[u8; 16], flags: u32, durable_through: u64) -> [u8; HEADER_BYTES] {
+fn header_bytes(header: &Header) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&flags.to_le_bytes());
-    h[16..32].copy_from_slice(boot_id);
-    h[32..40].copy_from_slice(&durable_through.to_le_bytes());
+    h[12..16].copy_from_slice(&header.flags.to_le_bytes());
+    h[16..32].copy_from_slice(&header.boot_id);
+    h[32..40].copy_from_slice(&header.durable_through.to_le_bytes());
     let crc = crc32fast::hash(&h[..44]);
     h[44..48].copy_from_slice(&crc.to_le_bytes());
     h
@@ -314,7 +403,11 @@ mod tests {
         // As if written on another boot.
         let path = dir.path().join(ACTIVITY_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&[9; 16], 0, 5));
+        bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&Header {
+            flags: 0,
+            boot_id: [9; 16],
+            durable_through: 5,
+        }));
         // And a torn last entry, which never guarded a write.
         bytes.extend_from_slice(&entry_bytes((3, 3))[..7]);
         std::fs::write(&path, &bytes).unwrap();
@@ -336,13 +429,45 @@ mod tests {
         let (mut al, _) = reopen(dir.path());
         al.mark(0, 0, 1).unwrap();
         al.require_resync().unwrap();
-        // An ordinary epoch does not clear the request.
+        // No epoch forgets a mark until the restart.
         al.mark(0, ACTIVITY_EXTENT_BYTES, 1).unwrap();
         let upto = al.generation();
         al.finish_epoch(3, upto, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert_eq!(found.unclean, vec![(0, 0), (0, 1)], "the failed write's extent is kept");
-        assert!(found.why.unwrap().contains("write failed"));
+        assert!(found.why.unwrap().contains("failed volume write"));
+    }
+
+    #[test]
+    fn a_start_resync_keeps_its_marks_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut al, _) = reopen(dir.path());
+        // The newest record's range after a process kill, same boot.
+        al.require_start_resync(&[(1, 0, 10)]).unwrap();
+        assert!(!al.would_overflow(0, 0, (ACTIVITY_EXTENTS_MAX as u64 + 9) * ACTIVITY_EXTENT_BYTES));
+        let upto = al.generation();
+        // An epoch before the re-reading is done (a forced one) forgets nothing.
+        al.finish_epoch(5, upto, false).unwrap();
+        let (_, found) = reopen(dir.path());
+        assert_eq!(found.unclean, vec![(1, 0)]);
+        al.finish_epoch(6, upto, true).unwrap();
+        let (_, found) = reopen(dir.path());
+        assert!(found.unclean.is_empty());
+    }
+
+    #[test]
+    fn a_new_stream_that_is_due_survives_a_second_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut al, _) = reopen(dir.path());
+        al.require_new_stream().unwrap();
+        let (mut al, found) = reopen(dir.path());
+        assert!(found.unknown, "a stop before the new stream keeps asking for it");
+        al.mark(0, 0, 1).unwrap();
+        let upto = al.generation();
+        al.finish_epoch(9, upto, false).unwrap();
+        assert!(reopen(dir.path()).1.unknown);
+        al.finish_epoch(9, upto, true).unwrap();
+        assert!(!reopen(dir.path()).1.unknown);
     }
 
     #[test]
@@ -352,6 +477,37 @@ mod tests {
         let (_, found) = reopen(dir.path());
         assert!(found.unknown);
         let (_, found) = reopen(dir.path());
-        assert!(!found.unknown, "rewritten whole after the first open");
+        assert!(found.unknown, "still unknown until the new stream is done");
+    }
+
+    /// Storage faults at exact points (`--features failpoints`).
+    #[cfg(feature = "failpoints")]
+    mod failpoints {
+        use super::*;
+
+        /// ENOSPC half way through an entry: it is undone, so the entries
+        /// appended after it are read back (a torn one once hid them all).
+        #[test]
+        fn a_failed_mark_hides_nothing_after_it() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let (mut al, _) = reopen(dir.path());
+            al.mark(0, 0, 1).unwrap();
+            fail::cfg("activity-mark-torn", "1*return").unwrap();
+            assert!(al.mark(0, ACTIVITY_EXTENT_BYTES, 1).is_err());
+            fail::remove("activity-mark-torn");
+            al.mark(0, 2 * ACTIVITY_EXTENT_BYTES, 1).unwrap();
+            drop(al);
+            let path = dir.path().join(ACTIVITY_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&Header {
+                flags: 0,
+                boot_id: [9; 16],
+                durable_through: 0,
+            }));
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0), (0, 2)]);
+            scenario.teardown();
+        }
     }
 }

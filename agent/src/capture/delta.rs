@@ -50,15 +50,19 @@ pub struct DeltaReport {
 }
 
 impl VpgCapture {
-    /// Starts a new stream and appends, per volume, the extents whose hash
-    /// differs from `theirs[volume]` (a missing hash counts as different),
-    /// then the volume's CopyDone.
+    /// Starts the stream a delta copy goes into (dropping what the log
+    /// held, and stopping any copy under way): before the receiving side
+    /// attaches, so it gets nothing of the old stream after its hashes.
+    pub async fn start_delta_stream(&self) -> Result<u64> {
+        let _order = self.order.lock().await;
+        self.copy_generation.fetch_add(1, Ordering::SeqCst);
+        self.log.start_stream(0)
+    }
+
+    /// Appends, per volume, into the stream `start_delta_stream` began, the
+    /// extents whose hash differs from `theirs[volume]` (a missing hash
+    /// counts as different), then the volume's CopyDone.
     pub async fn copy_differing_extents(&self, theirs: &[Vec<ExtentHash>]) -> Result<DeltaReport> {
-        {
-            let _order = self.order.lock().await;
-            self.copy_generation.fetch_add(1, Ordering::SeqCst);
-            self.log.start_stream(0)?;
-        }
         let mut report = DeltaReport::default();
         for (index, volume) in self.volumes.iter().enumerate() {
             for e in 0..extent_count(volume.size) {

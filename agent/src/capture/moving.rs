@@ -40,14 +40,19 @@ pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)>
     vpg.flush().await.context("flushing before the final checkpoint")?;
     let id = vpg.checkpoint(MOVE_TAG, wait).await?;
     tracing::info!(vpg = %vpg.name, "move: final checkpoint {id}; waiting for the recovery journal");
-    let mut acked = vpg.log.watch_acked();
     let deadline = tokio::time::Instant::now() + wait;
-    tokio::time::timeout_at(deadline, acked.wait_for(|a| *a >= id)).await.map_err(|_| {
+    let acked = tokio::time::timeout_at(deadline, vpg.log.wait_acked(id)).await.map_err(|_| {
         anyhow::anyhow!(
             "the recovery journal did not confirm the final checkpoint {id} within {wait:?} (link down?); \
              writes stay refused; run `tidemark move` again when the link is back"
         )
     })??;
+    if !acked {
+        bail!(
+            "the stream started over (the recovery journal could not continue it) before the final checkpoint {id} \
+             arrived; writes stay refused; run `tidemark move` again once the new copy is through"
+        );
+    }
     tokio::time::timeout_at(deadline, vpg.move_step(MoveStep::Promote(id)))
         .await
         .map_err(|_| {

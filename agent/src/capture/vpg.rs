@@ -75,6 +75,9 @@ pub struct VpgCapture {
     volume_sync: crate::durable::SyncGroup,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     pub(crate) copy_generation: AtomicU64,
+    /// The seq of the CopyDone that completed the current stream's copy,
+    /// once it did in this run (None after a new stream starts).
+    copy_complete: watch::Sender<Option<u64>>,
     /// The newest checkpoint inserted, automatic or tagged (for status).
     last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
     promote_tx: mpsc::Sender<PromoteRequest>,
@@ -98,7 +101,7 @@ impl VpgCapture {
         capacity_bytes: u64,
     ) -> Result<Arc<VpgCapture>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (activity, found) = ActivityLog::open(dir)?;
+        let (mut activity, found) = ActivityLog::open(dir)?;
         let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through)
             .with_context(|| format!("opening the protected log of VPG {name}"))?;
         if let Some(cut) = &report.cut {
@@ -108,18 +111,29 @@ impl VpgCapture {
         if report.fresh {
             state.store(dir)?;
         }
-        let lost_synced = report.cut.as_ref().filter(|c| c.after_seq < found.durable_through);
+        // The log must hold everything it had made durable: ending before
+        // that (cut now, or by an earlier start that stopped before its new
+        // stream) it lost records the recovery side may hold.
+        let log_end = report.next_seq - 1;
         let work = if report.fresh {
-            None // a new log copies every volume anyway
-        } else if let Some(cut) = lost_synced {
-            Some(StartWork::NewStream {
-                why: format!(
+            // A new log copies every volume anyway.
+            activity.finish_epoch(0, activity.generation(), true)?;
+            None
+        } else if found.unknown || log_end < found.durable_through {
+            let why = match (&report.cut, found.unknown) {
+                (_, true) => found.why.clone().unwrap_or_default(),
+                (Some(cut), false) => format!(
                     "the protected log lost records it had made durable ({}; durable through seq {})",
                     cut.damage, found.durable_through
                 ),
-            })
-        } else if found.unknown {
-            Some(StartWork::NewStream { why: found.why.clone().unwrap_or_default() })
+                (None, false) => format!(
+                    "the protected log ends at seq {log_end}, before seq {} it had made durable",
+                    found.durable_through
+                ),
+            };
+            // Said durably first: a stop before the new stream asks again.
+            activity.require_new_stream()?;
+            Some(StartWork::NewStream { why })
         } else {
             let mut ranges: Vec<(u32, u64, u64)> = found
                 .unclean
@@ -139,6 +153,9 @@ impl VpgCapture {
                     .get(volume as usize)
                     .is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
                 if fits {
+                    // Kept durably until read again: a second stop before then
+                    // must find it, whatever was appended meanwhile.
+                    activity.require_start_resync(&[(volume, offset, length)])?;
                     ranges.push((volume, offset, length));
                 }
             }
@@ -157,6 +174,7 @@ impl VpgCapture {
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
+            copy_complete: watch::channel(None).0,
             last_checkpoint: std::sync::Mutex::new(None),
             promote_tx,
             promote_rx: Mutex::new(promote_rx),
@@ -188,7 +206,11 @@ impl VpgCapture {
                     self.append_ranges(ranges).await
                 }
             };
-            match done.and(self.epoch(true).await) {
+            let done = match done {
+                Ok(()) => self.epoch(true).await,
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(vpg = %self.name, "making the stream consistent after the stop failed (retrying): {e:#}");
@@ -315,9 +337,11 @@ impl VpgCapture {
         }
     }
 
-    /// Why the stream is not consistent yet, if it is not (for status).
-    pub fn start_work_pending(&self) -> bool {
-        !*self.consistent.borrow()
+    /// No checkpoint may be taken now: a start's work is not done, or a
+    /// failed volume write left the stream ahead of the volume until a
+    /// restart reads the range again.
+    pub fn checkpoints_held(&self) -> bool {
+        !*self.consistent.borrow() || self.failed.lock().expect("failed lock").is_some()
     }
 
     /// Asks the recovery side (through the link, when it is up) to fail
@@ -435,6 +459,9 @@ impl VpgCapture {
         let body = RecordBody::Checkpoint { time_ms, tag: tag.to_string() };
         let space = self.log.reserve(&body).await?;
         let _order = self.order.lock().await;
+        if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
+            bail!("VPG {} takes no checkpoint until the agent restarts: {why}", self.name);
+        }
         let id = self.log.append_reserved(space, &body)?;
         *self.last_checkpoint.lock().expect("checkpoint lock") =
             Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
@@ -452,8 +479,7 @@ impl VpgCapture {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
         if self.mode == ReplicationMode::Sync {
-            let mut acked = self.log.watch_acked();
-            acked.wait_for(|a| *a >= seq).await.context("waiting for the recovery journal")?;
+            self.wait_recovery_durable(seq).await.context("waiting for the recovery journal")?;
         }
         Ok(())
     }
@@ -471,34 +497,62 @@ impl VpgCapture {
     /// journal cannot continue the old one): the log drops what it held,
     /// and every volume is copied again. Needs no room in the log.
     pub async fn restart_stream(self: &Arc<Self>, min_seq: u64) -> Result<u64> {
-        let seq = {
+        let (started, generation) = {
             let _order = self.order.lock().await;
-            self.copy_generation.fetch_add(1, Ordering::SeqCst);
+            let generation = self.copy_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            self.copy_complete.send_replace(None);
             // The copy state first: a stop between the two copies again,
             // where the other order would skip the copy for good.
-            {
+            let stored = {
                 let mut state = self.state.lock().expect("state lock");
                 state.copied.clear();
-                state.store(self.log.dir())?;
-            }
+                state.store(self.log.dir())
+            };
             fail::fail_point!("restart-stream-after-state", |_| std::process::abort());
-            self.log.start_stream(min_seq)?
+            (stored.and_then(|()| self.log.start_stream(min_seq)), generation)
         };
+        // Whatever happened, "copied" was emptied and any copy under way
+        // stopped: a copy runs again, into whichever stream the log holds.
+        self.spawn_initial_copy(generation);
+        started
+    }
+
+    /// Runs the initial copy of generation `generation` in the background.
+    pub fn spawn_initial_copy(self: &Arc<Self>, generation: u64) {
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.initial_copy().await {
+            if let Err(e) = me.initial_copy(generation).await {
                 tracing::error!(vpg = %me.name, "initial copy failed: {e:#}");
             }
         });
-        Ok(seq)
+    }
+
+    /// The copy generation now (for a copy started at the agent's start).
+    pub fn copy_generation(&self) -> u64 {
+        self.copy_generation.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the recovery journal holds the data of every update up
+    /// to `seq` (sync mode's promise). If the stream started over past
+    /// `seq`, its records were dropped; their data is in the new stream's
+    /// full copy, durable once the copy's last CopyDone is acknowledged.
+    pub async fn wait_recovery_durable(&self, mut seq: u64) -> Result<()> {
+        loop {
+            if self.log.wait_acked(seq).await? {
+                return Ok(());
+            }
+            let mut complete = self.copy_complete.subscribe();
+            let done = complete.wait_for(|c| c.is_some()).await.context("waiting for the new stream's copy")?;
+            seq = done.expect("waited for Some");
+        }
     }
 
     /// Copies every not-yet-copied volume whole into the stream while
     /// writes keep flowing; each chunk is read under the order lock so it
     /// reflects every write before it in the stream. Stops quietly if a
-    /// new stream starts meanwhile (that stream runs its own copy).
-    pub async fn initial_copy(&self) -> Result<()> {
-        let generation = self.copy_generation.load(Ordering::SeqCst);
+    /// new stream (another generation) starts meanwhile: that stream runs
+    /// its own copy.
+    async fn initial_copy(&self, generation: u64) -> Result<()> {
         let pending: Vec<u32> = {
             let state = self.state.lock().expect("state lock");
             (0..self.volumes.len() as u32).filter(|i| !state.copied.contains(&self.volumes[*i as usize].name)).collect()
@@ -535,6 +589,9 @@ impl VpgCapture {
             let mut state = self.state.lock().expect("state lock");
             state.copied.push(volume.name.clone());
             state.store(self.log.dir())?;
+            if state.copied.len() == self.volumes.len() {
+                self.copy_complete.send_replace(Some(seq));
+            }
             tracing::info!(vpg = %self.name, volume = %volume.name, "initial copy appended to the log");
         }
         Ok(())

@@ -199,6 +199,11 @@ pub fn pass(
     now_ms: u64,
 ) -> Result<PassReport> {
     let lock = ApplyLock::exclusive(dir)?;
+    // A failover committed while this pass waited for the lock: the replica
+    // is a live volume now, not history to move forward.
+    if dir.join(super::FAILOVER_RECORD_FILE).exists() {
+        return Ok(PassReport { applied_seq: ApplyState::load(dir)?.applied_seq, ..Default::default() });
+    }
     let leases = lease::live(dir, &lock)?;
     let mut state = ApplyState::load(dir)?;
     let before = segments(dir)?;

@@ -93,6 +93,7 @@ impl Journal {
         // A killed predecessor's appends may be only in the page cache: make
         // them durable before anything is read, advertised or retired on
         // the strength of them.
+        crate::segment::remove_unfinished_creations(dir)?;
         let segments = crate::segment::list_segments(dir, SegmentKind::Journal)?;
         for (_, path) in &segments {
             File::open(path)

@@ -5,7 +5,8 @@
 
 use super::ProtectedLog;
 use crate::record::Record;
-use crate::segment::{segment_path, SegmentKind, SegmentReader};
+use crate::record::RecordError;
+use crate::segment::{segment_path, SegmentDamage, SegmentError, SegmentKind, SegmentReader};
 use anyhow::Result;
 use std::sync::Arc;
 
@@ -86,7 +87,21 @@ impl LogCursor {
                     self.want_seq = rec.seq + 1;
                     return Ok(Some(rec));
                 }
-                Ok(None) if !is_current => self.open = None,
+                Ok(None) if !is_current => {
+                    // The next segment must go on where this one ended.
+                    let (first_seq, reader) = self.open.take().expect("opened above");
+                    let next = self.log.segment_starts().into_iter().find(|s| *s > first_seq);
+                    if next.is_some_and(|n| self.want_seq < n) {
+                        let damage = SegmentDamage {
+                            path: reader.path().to_path_buf(),
+                            offset: reader.offset(),
+                            error: RecordError::Malformed("the next segment does not go on where this one ends"),
+                        };
+                        return Err(
+                            anyhow::Error::new(SegmentError::Damage(damage)).context("reading the protected log")
+                        );
+                    }
+                }
                 Ok(None) => return Ok(None),
                 // Kept typed: the sender starts the stream over on damage.
                 Err(e) => return Err(anyhow::Error::new(e).context("reading the protected log")),

@@ -51,6 +51,11 @@ pub struct ProtectedLog {
     appended: watch::Sender<u64>,
     synced: watch::Sender<u64>,
     acked: watch::Sender<u64>,
+    /// The seq of the current stream's StreamStart once this process
+    /// started it (0: the stream was open before, all its seqs are older
+    /// than anything waited for), and how far the stream before it was
+    /// acknowledged. An ack is of the current stream only.
+    stream_start: watch::Sender<(u64, u64)>,
     space: Notify,
     sync_wake: Mutex<mpsc::Sender<()>>,
 }
@@ -164,6 +169,7 @@ impl ProtectedLog {
             appended: watch::channel(next_seq - 1).0,
             synced: watch::channel(next_seq - 1).0,
             acked: watch::channel(0).0,
+            stream_start: watch::channel((if fresh { next_seq - 1 } else { 0 }, 0)).0,
             space: Notify::new(),
             sync_wake: Mutex::new(sync_tx),
         });
@@ -275,9 +281,10 @@ impl ProtectedLog {
         inner.appended_bytes += bytes.len() as u64;
         drop(inner);
         self.appended.send_replace(seq);
-        if unused > 0 {
-            self.space.notify_waiters();
-        }
+        // The reservation is gone: room (or "no reservation left") for a
+        // writer that waits.
+        let _ = unused;
+        self.space.notify_waiters();
         Ok(seq)
     }
 
@@ -307,7 +314,9 @@ impl ProtectedLog {
     /// the write-order lock.
     pub fn start_stream(&self, min_seq: u64) -> Result<u64> {
         let mut inner = self.inner.lock().expect("log lock");
-        let seq = inner.next_seq.max(min_seq);
+        // Above the current segment's name too: an empty current segment
+        // (a stop right after a roll) is named after the next seq.
+        let seq = inner.next_seq.max(min_seq).max(inner.current.first_seq + 1);
         let (segment, file, stream_id) = create_stream_segment(&self.dir, self.vpg_id, seq)?;
         let size = segment.bytes;
         let mut dropped: Vec<PathBuf> = inner.closed.drain(..).map(|s| s.path).collect();
@@ -320,14 +329,19 @@ impl ProtectedLog {
         inner.lag_samples.clear();
         inner.broken = None;
         drop(inner);
+        // The new stream is in place: what follows may fail without undoing
+        // it (an old segment left behind is dropped at the next open).
         for path in &dropped {
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::error!("dropping log segment {} of the old stream: {e}", path.display());
             }
         }
-        crate::durable::sync_dir(&self.dir)?;
+        if let Err(e) = crate::durable::sync_dir(&self.dir) {
+            tracing::error!("{e:#}");
+        }
         self.appended.send_replace(seq);
         self.synced.send_if_modified(|s| std::mem::replace(s, seq) != seq);
+        self.stream_start.send_replace((seq, self.acked_seq()));
         self.space.notify_waiters();
         tracing::info!(stream_id, seq, dropped = dropped.len(), "protected log: a new stream starts");
         Ok(seq)
@@ -358,6 +372,28 @@ impl ProtectedLog {
 
     pub fn watch_acked(&self) -> watch::Receiver<u64> {
         self.acked.subscribe()
+    }
+
+    /// Waits until the recovery side acknowledged `seq`: true; or until a
+    /// new stream started past it, so its record will never be
+    /// acknowledged: false. (An ack of the new stream's seqs says nothing
+    /// about a dropped record with a smaller seq.)
+    pub async fn wait_acked(&self, seq: u64) -> Result<bool> {
+        let mut acked = self.acked.subscribe();
+        let mut started = self.stream_start.subscribe();
+        loop {
+            let (start, acked_before) = *started.borrow_and_update();
+            if start > seq {
+                return Ok(acked_before >= seq);
+            }
+            if *acked.borrow_and_update() >= seq {
+                return Ok(true);
+            }
+            tokio::select! {
+                r = acked.changed() => r.context("log closed")?,
+                r = started.changed() => r.context("log closed")?,
+            }
+        }
     }
 
     /// Waits until every record up to `seq` is fsynced in this log.

@@ -7,15 +7,19 @@
 //! 2. segments of a stream that an interrupted `start_stream` replaced are
 //!    dropped (they precede the newest stream's segments);
 //! 3. the segments that can hold records written after `durable_through`
-//!    (a seq known fsynced, from the activity log) are read record by
-//!    record; at the first bad record the segment is cut there and every
-//!    later segment dropped. Damage after `durable_through` is the torn end
-//!    of writes a crash cut short; before it, it is lost data, and the
-//!    caller starts the stream over (`LogCut::after_seq`).
+//!    (a seq known fsynced, from the activity log; all segments when it is
+//!    unknown) are read record by record, and seqs must follow each other
+//!    across segments; at the first bad record or gap the log is cut there
+//!    and every later segment dropped. A log that then ends before
+//!    `durable_through` lost records it had made durable, and the caller
+//!    starts the stream over; what is cut after it is the torn end of
+//!    writes a crash cut short.
 //!
 //! Segments before those are read (and checked) by the sender's cursor.
 
-use crate::segment::{list_segments, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES};
+use crate::segment::{
+    list_segments, remove_unfinished_creations, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -59,6 +63,7 @@ struct Found {
 }
 
 pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<Recovered> {
+    remove_unfinished_creations(dir)?;
     let listed = list_segments(dir, SegmentKind::ProtectedLog)?;
     let mut found = Vec::with_capacity(listed.len());
     for (i, (first_seq, path)) in listed.iter().enumerate() {
@@ -90,16 +95,10 @@ pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<R
         tracing::warn!("protected log: dropping {}, left by a new stream that a stop interrupted", old.path.display());
         remove(&old.path)?;
     }
-    // The segment holding `durable_through` and every later one (with it
-    // unknown, the newest).
-    let mut start_at =
-        found.iter().rposition(|f| durable_through > 0 && f.first_seq <= durable_through).unwrap_or(found.len() - 1);
-    let mut tail = scan_from(&found, start_at, vpg_id)?;
-    // Nothing readable there: the records before may end in the damage.
-    while tail.last_seq.is_none() && tail.cut.is_none() && start_at > 0 {
-        start_at -= 1;
-        tail = scan_from(&found, start_at, vpg_id)?;
-    }
+    // The segment holding `durable_through` and every later one; all of
+    // them when it is unknown or older than the oldest (acks retired it).
+    let start_at = found.iter().rposition(|f| f.first_seq <= durable_through).unwrap_or(0);
+    let tail = scan_from(&found, start_at, vpg_id)?;
     let mut segments = Vec::with_capacity(found.len());
     for (i, f) in found.iter().enumerate() {
         let scanned = i.checked_sub(start_at).and_then(|k| tail.ends.get(k)).copied();
@@ -119,56 +118,76 @@ pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<R
         }
         crate::durable::sync_dir(dir)?;
     }
-    let next_seq = match tail.last_seq {
-        Some(seq) => seq + 1,
-        None => segments.last().expect("the damaged segment stays").0,
-    };
-    Ok(Recovered { segments, next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
+    Ok(Recovered { segments, next_seq: tail.next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
 }
 
 /// The records of segments `start..`, read in order up to the first bad one.
 struct TailScan {
-    last_seq: Option<u64>,
+    /// The seq the next record must have (after the last good one).
+    next_seq: u64,
     last_update: Option<(u32, u64, u64)>,
     /// End of the good records of each scanned segment.
     ends: Vec<u64>,
     cut: Option<LogCut>,
-    /// (segment index, offset) where the log is to be cut.
+    /// (segment index, offset) where the log is to be cut; later segments go.
     cut_at: Option<(usize, u64)>,
 }
 
+/// Reads segments `start..` record by record. Seqs must follow each other
+/// without a gap, across segments too: a segment that ends short of the
+/// next one's first seq lost its unsynced end in a power cut (a roll makes
+/// the new segment durable, not the old one's tail), and the log is cut
+/// there.
 fn scan_from(found: &[Found], start: usize, vpg_id: u32) -> Result<TailScan> {
-    let mut scan = TailScan { last_seq: None, last_update: None, ends: Vec::new(), cut: None, cut_at: None };
+    let mut scan =
+        TailScan { next_seq: found[start].first_seq, last_update: None, ends: Vec::new(), cut: None, cut_at: None };
     for (i, f) in found.iter().enumerate().skip(start) {
+        if f.first_seq != scan.next_seq {
+            let damage = format!(
+                "{}: the log holds seqs up to {}, the next segment starts at {}",
+                f.path.display(),
+                scan.next_seq - 1,
+                f.first_seq
+            );
+            let kept = i - 1;
+            scan.cut_at = Some((kept, scan.ends[kept - start]));
+            scan.cut = Some(LogCut { damage, after_seq: scan.next_seq - 1, segments_dropped: found.len() - i });
+            return Ok(scan);
+        }
         let (mut reader, _) = SegmentReader::open(&f.path, SegmentKind::ProtectedLog, vpg_id)?;
         loop {
+            let at = reader.offset();
             match reader.next_record() {
-                Ok(Some((rec, _))) => {
-                    if scan.last_seq.is_some_and(|s| rec.seq <= s) || rec.seq < f.first_seq {
-                        bail!("{}: sequence goes backwards at seq {}", f.path.display(), rec.seq);
-                    }
-                    scan.last_seq = Some(rec.seq);
+                Ok(Some((rec, _))) if rec.seq == scan.next_seq => {
+                    scan.next_seq = rec.seq + 1;
                     scan.last_update = rec.body.extent();
+                }
+                Ok(Some((rec, _))) => {
+                    let damage =
+                        format!("{}: seq {} at offset {at} where {} was due", f.path.display(), rec.seq, scan.next_seq);
+                    return Ok(cut_here(scan, found, i, at, damage));
                 }
                 Ok(None) => break,
                 Err(e @ SegmentError::Io { .. }) => {
                     return Err(anyhow::Error::new(e).context("opening the protected log"))
                 }
                 Err(SegmentError::Damage(damage)) => {
-                    scan.ends.push(damage.offset);
-                    scan.cut_at = Some((i, damage.offset));
-                    scan.cut = Some(LogCut {
-                        damage: damage.to_string(),
-                        after_seq: scan.last_seq.unwrap_or(0),
-                        segments_dropped: found.len() - i - 1,
-                    });
-                    return Ok(scan);
+                    let offset = damage.offset;
+                    return Ok(cut_here(scan, found, i, offset, damage.to_string()));
                 }
             }
         }
         scan.ends.push(reader.offset());
     }
     Ok(scan)
+}
+
+/// Ends a scan at a bad record: segment `i` is cut at `offset`.
+fn cut_here(mut scan: TailScan, found: &[Found], i: usize, offset: u64, damage: String) -> TailScan {
+    scan.ends.push(offset);
+    scan.cut_at = Some((i, offset));
+    scan.cut = Some(LogCut { damage, after_seq: scan.next_seq - 1, segments_dropped: found.len() - i - 1 });
+    scan
 }
 
 fn file_len(path: &Path) -> Result<u64> {

@@ -155,6 +155,82 @@ async fn a_torn_segment_before_an_empty_newest_one_is_cut() {
     assert_eq!(next, cut.after_seq + 1);
 }
 
+/// A power cut after a roll: the old segment lost its unsynced tail at a
+/// record boundary (no torn record to see), while the new segment kept
+/// records written back after the gap. Once the sender looped for ever on
+/// the gap (or the next open refused to start); now the log is cut there.
+#[tokio::test]
+async fn a_gap_between_segments_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        seqs.push(log.append(&write(i, 1 << 20)).await.unwrap());
+    }
+    log.sync_to(*seqs.last().unwrap()).await.unwrap();
+    drop(log);
+    let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+    assert_eq!(segments.len(), 2);
+    // Drop the first segment's last record, whole.
+    let first = &segments[0].1;
+    let len = std::fs::metadata(first).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(len - (RECORD_HEADER_BYTES as u64 + (1 << 20)))
+        .unwrap();
+    let (log, report) = open(dir.path(), 64 << 20);
+    let cut = report.cut.expect("the gap is cut");
+    assert_eq!(cut.segments_dropped, 1);
+    assert_eq!(report.next_seq, segments[1].0 - 1, "the record lost before the gap is the next seq");
+    assert_eq!(read_all(&log, 0).last().copied(), Some(report.next_seq - 1));
+    let next = log.append(&write(9, 512)).await.unwrap();
+    log.sync_to(next).await.unwrap();
+    drop(log);
+    // And it opens again (once: "sequence goes backwards").
+    let (_, report) = open(dir.path(), 64 << 20);
+    assert_eq!(report.next_seq, next + 1);
+}
+
+/// A new stream right after a roll, with the current segment still empty
+/// (once: "segment exists already", and no new stream ever).
+#[tokio::test]
+async fn a_new_stream_starts_over_an_empty_current_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    // Four 1 MiB writes fill the first 4 MiB segment; the fifth goes into a
+    // new one, which a power cut then leaves with only its header.
+    for i in 0..4 {
+        log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    let last = log.append(&write(4, 1 << 20)).await.unwrap();
+    drop(log);
+    let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+    let newest = &segments.last().unwrap().1;
+    std::fs::OpenOptions::new().write(true).open(newest).unwrap().set_len(SEGMENT_HEADER_BYTES as u64).unwrap();
+    let (log, report) = open(dir.path(), 64 << 20);
+    assert_eq!(report.next_seq, last, "the newest segment is empty and named after the next seq");
+    let start = log.start_stream(0).expect("a new stream over an empty current segment");
+    assert!(start > last);
+    assert_eq!(read_all(&log, 0), vec![start]);
+}
+
+#[tokio::test]
+async fn an_ack_of_a_new_stream_is_no_ack_of_a_dropped_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let acked = log.append(&write(1, 512)).await.unwrap();
+    log.sync_to(acked).await.unwrap();
+    log.ack(acked);
+    let dropped = log.append(&write(2, 512)).await.unwrap();
+    let start = log.start_stream(0).unwrap();
+    log.ack(start);
+    assert!(log.wait_acked(acked).await.unwrap(), "acknowledged before the new stream");
+    assert!(!log.wait_acked(dropped).await.unwrap(), "dropped with the old stream, never acknowledged");
+    assert!(log.wait_acked(start).await.unwrap());
+}
+
 /// A segment named before its header was durable (earlier builds, or a
 /// file system that orders it so) must not keep the agent from starting.
 #[tokio::test]

@@ -127,25 +127,79 @@ pub fn finish_commit(dir: &Path) -> Result<()> {
     if FailoverRecord::load(dir)?.is_none() {
         return Ok(());
     }
-    let left = list_segments(dir, SegmentKind::Journal)?.len();
+    let mut left = 0;
+    for (_, path) in list_segments(dir, SegmentKind::Journal)? {
+        left += usize::from(holds_records(&path)?);
+    }
     if left > 0 {
         tracing::warn!("{}: finishing a failover a stop interrupted ({left} segments to set aside)", dir.display());
-        set_aside(dir)?;
     }
-    Ok(())
+    set_aside(dir)
 }
 
-/// Moves every journal segment into `after-failover/`, durably.
+/// More than a header: records that were journaled.
+fn holds_records(path: &Path) -> Result<bool> {
+    let len = std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len();
+    Ok(len > crate::segment::SEGMENT_HEADER_BYTES as u64)
+}
+
+/// Moves every journal segment that holds records into `after-failover/`,
+/// durably, never over one already there; empty ones (a journal reopened
+/// after the failover makes one) are removed.
 fn set_aside(dir: &Path) -> Result<()> {
     let aside = dir.join(SET_ASIDE_DIR);
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
+        if !holds_records(&path)? {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            continue;
+        }
         std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
-        let name = path.file_name().context("segment name")?;
-        std::fs::rename(&path, aside.join(name)).with_context(|| format!("setting aside {}", path.display()))?;
+        let name = path.file_name().context("segment name")?.to_string_lossy().to_string();
+        let mut target = aside.join(&name);
+        let mut n = 1;
+        while target.exists() {
+            target = aside.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        std::fs::rename(&path, &target).with_context(|| format!("setting aside {}", path.display()))?;
         fail::fail_point!("failover-set-aside", |_| std::process::abort());
     }
     if aside.exists() {
         sync_dir(&aside)?;
     }
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::{create_segment, segment_path};
+    use std::io::Write;
+
+    /// After a failover, a reopened journal makes an empty segment; the
+    /// next start must not set it aside over a segment of the same name
+    /// (it once replaced 8 KiB of history with a 32-byte header).
+    #[test]
+    fn setting_aside_never_overwrites_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = FailoverRecord {
+            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true },
+            how: How::Failover,
+            time_ms: 1,
+            serve: false,
+            set_aside_bytes: 0,
+        };
+        record.store(dir.path()).unwrap();
+        let (path, mut f) = create_segment(dir.path(), SegmentKind::Journal, 1, 11).unwrap();
+        f.write_all(&[7; 8192]).unwrap();
+        finish_commit(dir.path()).unwrap();
+        assert!(!path.exists());
+        let kept = dir.path().join(SET_ASIDE_DIR).join(path.file_name().unwrap());
+        assert_eq!(std::fs::metadata(&kept).unwrap().len(), 32 + 8192);
+        // The journal reopens and makes an empty segment of the same name.
+        create_segment(dir.path(), SegmentKind::Journal, 1, 11).unwrap();
+        finish_commit(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&kept).unwrap().len(), 32 + 8192, "history was overwritten");
+        assert!(!segment_path(dir.path(), SegmentKind::Journal, 11).exists());
+    }
 }

@@ -388,8 +388,12 @@ impl RecoveryOps {
         if continues && applied_stream == log.stream_id() {
             log.ack(applied_seq);
         }
-        // Else the delta copy that follows starts a new stream, which drops
-        // whatever the log holds.
+        if !continues {
+            // The delta copy's stream starts now, before the old site can
+            // attach: nothing of the old stream (which it did not hash)
+            // reaches it after its hashes.
+            capture.start_delta_stream().await?;
+        }
         let session = crate::transfer::receiver::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
         Ok(ReverseStart { session, need_hashes: !continues, capture })

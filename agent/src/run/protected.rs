@@ -58,12 +58,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
     for (interval_ms, rt) in &runtimes {
-        let capture = rt.capture.clone();
-        tokio::spawn(async move {
-            if let Err(e) = capture.initial_copy().await {
-                tracing::error!(vpg = %capture.name, "initial copy failed: {e:#}");
-            }
-        });
+        rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
         // A VPG under reverse protection receives from the recovery site.
         if rt.capture.reverse_state().is_some() {
@@ -96,7 +91,7 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
         tick.tick().await;
         // A moved or failed-over VPG's stream has ended; a VPG still
         // reading ranges again after an unclean stop is not consistent yet.
-        if capture.writes_refused().is_some() || capture.start_work_pending() {
+        if capture.writes_refused().is_some() || capture.checkpoints_held() {
             continue;
         }
         if let Err(e) = capture.checkpoint("", Duration::ZERO).await {

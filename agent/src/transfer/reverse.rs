@@ -155,6 +155,8 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             bail!("expected a batch frame, got {kind:?}");
         }
         let decoded = batch::decode(&payload, id).context("bad batch")?;
+        let applied_before = vpg.reverse_state().map_or(0, |r| r.applied_seq);
+        check_continues(&decoded, applied_before)?;
         let wire = payload.len() as u64;
         let vpg2 = vpg.clone();
         let before = copied.clone();
@@ -164,6 +166,9 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             let mut stream = stream_before;
             let mut data_bytes = 0;
             for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
+                if rec.seq <= applied_before {
+                    continue; // applied already (a resend after a reconnect)
+                }
                 match &rec.body {
                     RecordBody::Write { volume, offset, .. } => {
                         let start = at + RECORD_HEADER_BYTES;
@@ -197,7 +202,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             for v in &vpg2.volumes {
                 v.sync()?;
             }
-            let last = decoded.records.last().map_or(0, |r| r.seq);
+            let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
             let in_sync = copied.iter().all(|c| *c);
             vpg2.set_reverse_state(ReverseState { applied_seq: last, stream_id: stream, in_sync })?;
             Ok((last, data_bytes, copied, stream))
@@ -214,6 +219,21 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             p.in_sync = in_sync;
         });
         send_control(&mut wr, &ControlMessage::Ack { seq: last }).await?;
+    }
+}
+
+/// A batch must go on right after what this site applied, in the same
+/// stream, or start a new stream (a delta copy): anything else would be
+/// applied over a state the sending side does not know.
+fn check_continues(batch: &batch::DecodedBatch, applied_seq: u64) -> Result<()> {
+    let Some(first) = batch.records.iter().find(|r| r.seq > applied_seq) else { return Ok(()) };
+    match first.body {
+        RecordBody::StreamStart { .. } => Ok(()),
+        _ if applied_seq == 0 => bail!("the first batch does not start a stream (seq {})", first.seq),
+        _ if first.seq != applied_seq + 1 => {
+            bail!("seq {} does not follow seq {applied_seq}, applied here", first.seq)
+        }
+        _ => Ok(()),
     }
 }
 
