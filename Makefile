@@ -27,7 +27,7 @@ demo: build
 # The unit tests, then those that set failpoints (process-wide: one at a time).
 unit: deps
 	cargo test --workspace --locked
-	cargo test --locked -p tidemark --features failpoints --lib failpoints:: -- --test-threads=1
+	cargo test --locked -p tidemark --features test-build --lib failpoints:: -- --test-threads=1
 
 lint: deps
 	cargo fmt --all -- --check
@@ -47,9 +47,9 @@ bench: build image
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	@for t in record_decode batch_decode nbd_request control_message local_request appliance_files; do \
+	@for t in record_decode batch_decode nbd_request nbd_server control_message local_request appliance_files; do \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-		(cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+		(cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=512) || exit 1; \
 	done
 
 clean:

@@ -264,7 +264,7 @@ enum SupportSsh {
         #[arg(long)]
         config: PathBuf,
         /// How long the session stays open (at most appliance.support_ssh.minutes_max).
-        #[arg(long, required_unless_present = "seconds")]
+        #[arg(long)]
         minutes: Option<u64>,
         /// The network the engineer connects from, like 198.51.100.0/24 or one address.
         #[arg(long, value_name = "CIDR")]
@@ -272,12 +272,8 @@ enum SupportSsh {
         /// The engineer's OpenSSH public key (ed25519, ECDSA, or RSA of 3072+ bits).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// Tests only: accept a stdin that is not a console line.
-        #[arg(long, hide = true)]
-        assume_console: bool,
-        /// Tests only: the session lasts this many seconds instead of --minutes.
-        #[arg(long, hide = true)]
-        seconds: Option<u64>,
+        #[command(flatten)]
+        test_hooks: ConsoleTestHooks,
     },
     /// Close the session now: port 22, the server and every SSH session.
     Disable {
@@ -297,6 +293,36 @@ enum SupportSsh {
     },
 }
 
+/// What the tests need of `support-ssh enable`: only in the test build
+/// (`--features test-build`); the shipped binary does not know these flags.
+#[derive(clap::Args, Default)]
+struct ConsoleTestHooks {
+    /// Tests only: accept a stdin that is not a console line.
+    #[cfg(feature = "test-build")]
+    #[arg(long, hide = true)]
+    assume_console: bool,
+    /// Tests only: the session lasts this many seconds instead of --minutes.
+    #[cfg(feature = "test-build")]
+    #[arg(long, hide = true)]
+    seconds: Option<u64>,
+}
+
+impl ConsoleTestHooks {
+    fn assume_console(&self) -> bool {
+        #[cfg(feature = "test-build")]
+        return self.assume_console;
+        #[cfg(not(feature = "test-build"))]
+        false
+    }
+
+    fn seconds(&self) -> Option<u64> {
+        #[cfg(feature = "test-build")]
+        return self.seconds;
+        #[cfg(not(feature = "test-build"))]
+        None
+    }
+}
+
 fn main() {
     // Give freed memory back soon: the appliance's memory budget is small,
     // and batches come and go in large blocks.
@@ -305,7 +331,7 @@ fn main() {
     init_logging(&cli.command);
     // The test build reads FAILPOINTS from the environment; the shipped
     // build has no failpoints at all.
-    #[cfg(feature = "failpoints")]
+    #[cfg(feature = "test-build")]
     let _failpoints = fail::FailScenario::setup();
     if let Err(e) = run(cli) {
         eprintln!("tidemark: error: {e:#}");
@@ -389,12 +415,16 @@ fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
 fn support_ssh(command: SupportSsh) -> Result<()> {
     use tidemark::harden::support_ssh as ssh;
     match command {
-        SupportSsh::Enable { config, minutes, from, key, assume_console, seconds } => {
+        SupportSsh::Enable { config, minutes, from, key, test_hooks } => {
             let cfg = Config::load(&config)?;
+            let seconds = test_hooks.seconds();
+            if minutes.is_none() && seconds.is_none() {
+                bail!("--minutes is required: how long the session stays open");
+            }
             let opened = (|| {
                 let tty = match ssh::console_tty() {
                     Ok(tty) => tty,
-                    Err(_) if assume_console => "not a console (--assume-console, tests only)".to_string(),
+                    Err(_) if test_hooks.assume_console() => "not a console (--assume-console, tests only)".to_string(),
                     Err(e) => return Err(e),
                 };
                 let network = tidemark::config::parse_network(&from).context("--from")?;

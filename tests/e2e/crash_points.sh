@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Crashes and failures at exact points, with the test build's failpoints
-# (build/tidemark-test, FAILPOINTS=...). Each needs no operator afterwards:
+# (build/test/tidemark, FAILPOINTS=...). Each needs no operator afterwards:
 # - A new stream (the recovery journal was lost) is cut down between
 #   storing "nothing copied yet" and its StreamStart: after a restart every
 #   volume is copied again and a checkpoint restores equal to the source.

@@ -3,14 +3,21 @@
 # namespace: 401 and nothing else without the right token, a tar.zst with
 # every listed part with it, no secret anywhere in it or in the logs, one
 # bundle at a time, the same bundle from `tidemark diag --out`, and log
-# files that stay within their size cap.
+# files that stay within their size cap. Nobody holds the port for others:
+# a refused request closes its connection, a source holds at most 4
+# connections (another management station is still served), and a client
+# that takes nothing loses its bundle after 15 s, freeing the one slot.
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/netns.sh"
 
 LOG_FILE_BYTES=65536
 make_netns
+# A second management station, on the same network.
+MGMT2_IP=${MGMT_IP%.*}.3
+ip netns exec "$NS_MGMT" ip addr add "$MGMT2_IP/24" dev "$(ip netns exec "$NS_MGMT" ip -o -4 addr show | awk -v ip="$MGMT_IP" '$4 ~ ip"/" {print $2}')"
 EXTRA_LOGGING="file_bytes = $LOG_FILE_BYTES
 files_kept = 2" write_appliance_configs
+sed -i "s|^management_networks = \[\"$MGMT_IP\"\]|management_networks = [\"$MGMT_IP\", \"$MGMT2_IP\"]|" "$WORK/recovery.toml"
 in_app "$TIDEMARK" harden --config "$WORK/recovery.toml" >"$WORK/out" 2>&1 || fail "harden: $(cat "$WORK/out")"
 start_app_agent recovery 4005
 start_app_agent protected 10809
@@ -73,6 +80,72 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 [ "$code" = 200 ] || fail "the slot was not freed after the first client went away ($code)"
+
+# hold SOURCE N SECONDS [REQUEST]: N TLS connections to 4005 from SOURCE,
+# each sending REQUEST (nothing by default) and reading nothing; prints
+# how many the appliance closed at once, then holds the rest SECONDS.
+hold() {
+    in_mgmt python3 - "$APP_MGMT_IP" "$1" "$2" "$3" "${4:-}" <<'PY'
+import socket, ssl, sys, time
+host, source, n, hold, request = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+held, closed = [], 0
+for _ in range(n):
+    raw = socket.create_connection((host, 4005), timeout=5, source_address=(source, 0))
+    try:
+        s = ctx.wrap_socket(raw)
+        if request:
+            s.sendall(request.encode().replace(b"\\n", b"\r\n"))
+        held.append(s)
+    except (ssl.SSLError, OSError):
+        closed += 1
+print(closed, flush=True)
+time.sleep(hold)
+PY
+}
+
+log "a refused request closes its connection"
+out=$(in_mgmt python3 - "$APP_MGMT_IP" <<'PY'
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], 4005), timeout=10))
+s.sendall(b"GET /bundle HTTP/1.1\r\nHost: x\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print("closed" if b" 401 " in data.split(b"\r\n")[0] and b"connection: close" in data.lower() else data[:200])
+PY
+)
+[ "$out" = closed ] || fail "a 401 did not close its connection: $out"
+
+log "one source holds at most 4 connections; another is served meanwhile"
+hold "$MGMT_IP" 5 6 >"$WORK/hold.out" &
+holder=$!
+sleep 2
+[ "$(head -1 "$WORK/hold.out")" = 1 ] || fail "the fifth connection from one source was not refused: $(cat "$WORK/hold.out")"
+[ "$(in_mgmt curl -sk --interface "$MGMT2_IP" --max-time 20 -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")" = 200 ] || fail "another station was not served"
+wait "$holder"
+
+log "a client that takes nothing loses its bundle after 15 s"
+head -c 24M /dev/urandom >"$WORK/logs/noise.log"
+hold "$MGMT_IP" 1 25 "GET /bundle HTTP/1.1\nHost: x\nAuthorization: Bearer $DIAG_TOKEN\n\n" >/dev/null &
+holder=$!
+sleep 3
+code=$(in_mgmt curl -sk --interface "$MGMT2_IP" --max-time 20 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")
+[ "$code" = 429 ] || fail "the stalled bundle did not hold the slot ($code)"
+rm "$WORK/logs/noise.log"
+for _ in $(seq 1 30); do
+    code=$(in_mgmt curl -sk --interface "$MGMT2_IP" --max-time 20 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")
+    [ "$code" = 200 ] && break
+    sleep 1
+done
+[ "$code" = 200 ] || fail "the slot of a client that takes nothing was not freed ($code)"
+kill -0 "$holder" 2>/dev/null || fail "the stalled client was gone before the slot was freed (the test proves nothing)"
+wait "$holder"
 
 log "tidemark diag --out writes the same parts locally, never over a file"
 in_app "$TIDEMARK" diag --config "$WORK/recovery.toml" --out "$WORK/local.tar.zst" >/dev/null || fail "diag --out failed"

@@ -29,9 +29,10 @@ cat "$KEYS/good.pub" "$KEYS/good.pub" >"$KEYS/two.pub"
 SSH_OPTS=(-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR)
 STATE=$WORK/run/support-ssh.json
 
-# enable ARGS...: support-ssh enable in the app netns, /root = $WORK/home.
+# enable ARGS...: support-ssh enable in the app netns, /root = $WORK/home,
+# with the test build (its --assume-console and --seconds).
 enable() {
-    in_app unshare --mount bash -c "mount --bind '$WORK/home' /root && exec '$TIDEMARK' support-ssh enable --config '$WORK/recovery.toml' $*" \
+    in_app unshare --mount bash -c "mount --bind '$WORK/home' /root && exec '$TIDEMARK_TEST' support-ssh enable --config '$WORK/recovery.toml' $*" \
         </dev/null >"$WORK/out" 2>&1
 }
 
@@ -56,6 +57,22 @@ grep -q "stdin is not a terminal" "$WORK/out" || fail "unclear refusal: $(cat "$
 script -qec "ip netns exec $NS_APP $TIDEMARK support-ssh enable --config $WORK/recovery.toml --minutes 5 --from $MGMT_IP --key $KEYS/good.pub" \
     /dev/null >"$WORK/out" 2>&1 && fail "enabled from a pseudo-terminal"
 grep -q "is not a local console line" "$WORK/out" || fail "unclear refusal for a pty: $(cat "$WORK/out")"
+# A console line as stdin is not enough: it must be the controlling
+# terminal (a shell elsewhere redirecting </dev/tty1 is not at the console).
+if [ -c /dev/tty1 ] && (: </dev/tty1) 2>/dev/null; then
+    in_app setsid "$TIDEMARK" support-ssh enable --config "$WORK/recovery.toml" --minutes 5 --from "$MGMT_IP" \
+        --key "$KEYS/good.pub" </dev/tty1 >"$WORK/out" 2>&1 && fail "enabled with stdin redirected from /dev/tty1"
+    grep -q "not this command's controlling terminal" "$WORK/out" || fail "unclear refusal for </dev/tty1: $(cat "$WORK/out")"
+else
+    fail "this machine has no /dev/tty1 to redirect from"
+fi
+# The shipped binary has no test hooks at all.
+"$TIDEMARK" support-ssh enable --config "$WORK/recovery.toml" --minutes 5 --from "$MGMT_IP" --key "$KEYS/good.pub" \
+    --assume-console </dev/null >"$WORK/out" 2>&1 && fail "the shipped binary took --assume-console"
+grep -q "unexpected argument '--assume-console'" "$WORK/out" || fail "unclear refusal of --assume-console: $(cat "$WORK/out")"
+# A world-open network is refused.
+if enable --minutes 5 --from 0.0.0.0/0 --key "$KEYS/good.pub" --assume-console; then fail "accepted --from 0.0.0.0/0"; fi
+grep -q "far too many addresses" "$WORK/out" || fail "unclear refusal of 0.0.0.0/0: $(cat "$WORK/out")"
 assert_closed "after console refusals"
 
 log "bad keys are refused"
@@ -70,9 +87,11 @@ done
 if enable --minutes 100000 --from "$MGMT_IP" --key "$KEYS/good.pub" --assume-console; then fail "accepted 100000 minutes"; fi
 grep -q "outside 1..=480" "$WORK/out" || fail "unclear refusal of a long session: $(cat "$WORK/out")"
 
-log "enable for 12 s from the management address"
-enable --seconds 12 --from "$MGMT_IP" --key "$KEYS/good.pub" --assume-console || fail "enable: $(cat "$WORK/out")"
+log "enable for 12 s from the management address (with SUDO_USER=mallory, which must not be believed)"
+SUDO_USER=mallory enable --seconds 12 --from "$MGMT_IP" --key "$KEYS/good.pub" --assume-console || fail "enable: $(cat "$WORK/out")"
 cat "$WORK/out"
+who=$(jq -r .who "$STATE")
+[ "$who" = "$(id -un)" ] || fail "the session says it was opened by '$who', not by $(id -un)"
 server_pid=$(jq -r .server_pid "$STATE")
 result=$(scan "$NS_MGMT" "$APP_MGMT_IP" 22)
 [ "$result" = "open=22 closed= rest=none" ] || fail "from the allowed network port 22 is: $result"

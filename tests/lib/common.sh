@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TIDEMARK=${TIDEMARK:-$ROOT/build/tidemark}
 # The same agent with failpoints (FAILPOINTS=name=action,...): crashes and
 # failures at exact points. Tests that use it set AGENT_BIN to it.
-TIDEMARK_TEST=${TIDEMARK_TEST:-$ROOT/build/tidemark-test}
+TIDEMARK_TEST=${TIDEMARK_TEST:-$ROOT/build/test/tidemark}
 WANPROXY=${WANPROXY:-$ROOT/target/release/wanproxy}
 export PYTHONPATH=$ROOT/tests/lib
 # Each test gets its own ports (the runner sets PORT_BASE).

@@ -3,7 +3,9 @@
 //! the right token gets 401 and nothing else, whatever its path. The token
 //! is compared in constant time (as SHA-256 digests, so its length does not
 //! leak either). One bundle is made at a time; a second request meanwhile
-//! gets 429.
+//! gets 429. A refused request closes its connection; a source holds at
+//! most `CONNECTIONS_PER_SOURCE_MAX` connections, and a client that takes
+//! no bundle data for `SEND_TIMEOUT` loses its bundle (and frees the slot).
 
 use super::bundle;
 use crate::config::Config;
@@ -24,6 +26,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const CONNECTIONS_MAX: usize = 16;
+/// Connections one source address may hold; more are closed at once.
+const CONNECTIONS_PER_SOURCE_MAX: usize = 4;
+/// A bundle chunk the client does not take within this time ends the
+/// bundle (its slot is freed for the next request).
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bundle bytes buffered before a chunk goes to the client.
@@ -66,6 +73,7 @@ pub async fn start(cfg: Arc<Config>, config_path: PathBuf) -> Result<()> {
 
 async fn accept_loop(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
     let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let per_source = crate::limits::PerSource::new(CONNECTIONS_PER_SOURCE_MAX);
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
@@ -76,9 +84,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, s
                 continue;
             }
         };
+        let Some(source_slot) = per_source.enter(peer.ip()) else {
+            tracing::warn!("diagnostics: {peer} refused: {CONNECTIONS_PER_SOURCE_MAX} connections from there already");
+            continue;
+        };
         let (acceptor, state) = (acceptor.clone(), state.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _source_slot = source_slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::info!("diagnostics: TLS handshake with {peer} failed: {e}"),
@@ -123,7 +136,10 @@ fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<B
             req.method(),
             req.uri().path()
         );
-        return text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        // And the connection closes: a refused client does not keep a slot.
+        let mut refused = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        refused.headers_mut().insert(header::CONNECTION, "close".parse().expect("static header"));
+        return refused;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/bundle") => {}
@@ -177,7 +193,13 @@ impl ChunkWriter {
         let len = chunk.len() as u64;
         let sender = self.sender.as_mut().ok_or_else(|| std::io::Error::other("body closed"))?;
         self.runtime
-            .block_on(sender.send_data(chunk))
+            .block_on(tokio::time::timeout(SEND_TIMEOUT, sender.send_data(chunk)))
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client took nothing for {SEND_TIMEOUT:?}"),
+                )
+            })?
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
         self.sent += len;
         Ok(())

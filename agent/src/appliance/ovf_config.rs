@@ -181,12 +181,17 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
         Some(_) => bail!("OVF property tidemark.admin.password_hash must be a crypt(3) hash such as $6$..."),
         None => "root:!:1::::::\n".to_string(),
     };
+    // The key as parsed (one line, no options, no comment), never the
+    // property's text, which may hold more lines than the key.
     let admin_ssh_key = p
         .get("tidemark.admin.ssh_key")
-        .map(|k| crate::harden::ssh_key::SupportKey::parse(k).map(|_| format!("{k}\n")))
+        .map(|k| crate::harden::ssh_key::SupportKey::parse(k).map(|key| key.plain_line()))
         .transpose()
         .context("OVF property tidemark.admin.ssh_key")?;
     let ntp: Vec<String> = p.list("tidemark.ntp")?;
+    if let Some(bad) = ntp.iter().find(|server| !is_host_name(server)) {
+        bail!("OVF property tidemark.ntp: {bad:?} is not a host name or address");
+    }
     Ok(FirstBootFiles {
         config,
         network,
@@ -196,6 +201,13 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
         admin_ssh_key,
         ntp: ntp.join("\n"),
     })
+}
+
+/// A host name or an IP address: what an NTP server may be called, and
+/// nothing that could break the line it is written on.
+fn is_host_name(text: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+    !text.is_empty() && text.len() <= 253 && text.chars().all(ok) && !text.starts_with('-')
 }
 
 /// The protected log's share of the data disk: three quarters, in whole
@@ -333,6 +345,24 @@ mod tests {
     }
 
     #[test]
+    fn files_hold_only_what_was_checked() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0S9PzCg0rRx6c4cUzNHp3nJqBzwVw6u3wWk0dXbNf engineer@laptop";
+        let f = render(
+            &props(&[
+                ("tidemark.ntp", "pool.ntp.org, 192.0.2.1"),
+                ("tidemark.admin.ssh_key", &format!("# note\n{key}")),
+            ]),
+            Path::new("/d"),
+            GIB,
+        )
+        .unwrap();
+        assert_eq!(f.ntp, "pool.ntp.org\n192.0.2.1");
+        let written = f.admin_ssh_key.unwrap();
+        assert_eq!(written.lines().count(), 1, "{written:?}");
+        assert!(written.starts_with("ssh-ed25519 AAAA") && !written.contains("note"), "{written:?}");
+    }
+
+    #[test]
     fn bad_properties_are_named() {
         for (key, value, says) in [
             ("tidemark.role", "witness", "tidemark.role"),
@@ -341,6 +371,8 @@ mod tests {
             ("tidemark.hostnme", "x", "tidemark.hostnme"),
             ("tidemark.admin.password_hash", "hunter2", "crypt(3)"),
             ("tidemark.admin.ssh_key", "ssh-dss AAAA", "ssh_key"),
+            ("tidemark.ntp", "pool.ntp.org\nserver evil.example", "tidemark.ntp"),
+            ("tidemark.ntp", "-x", "tidemark.ntp"),
         ] {
             let err = render(&props(&[(key, value)]), Path::new("/d"), GIB).unwrap_err();
             assert!(format!("{err:#}").contains(says), "{key}={value}: {err:#}");

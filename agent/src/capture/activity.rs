@@ -480,8 +480,8 @@ mod tests {
         assert!(found.unknown, "still unknown until the new stream is done");
     }
 
-    /// Storage faults at exact points (`--features failpoints`).
-    #[cfg(feature = "failpoints")]
+    /// Storage faults at exact points (`--features test-build`).
+    #[cfg(feature = "test-build")]
     mod failpoints {
         use super::*;
 

@@ -1,12 +1,15 @@
 //! Processes as /proc shows them, for the audit (which programs run) and for
 //! support SSH (is the server still alive, what did it start).
 
-/// One process's name, state and parent, from /proc/PID/stat.
+/// One process's name, state, parent and controlling terminal, from
+/// /proc/PID/stat.
 pub struct ProcStat {
     /// The kernel's `comm`: the program name, cut at 15 bytes.
     pub name: String,
     pub state: String,
     pub ppid: i32,
+    /// The controlling terminal's (major, minor), if it has one.
+    pub tty: Option<(u32, u32)>,
 }
 
 impl ProcStat {
@@ -24,7 +27,15 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
     let mut rest = text[close + 1..].split_whitespace();
     let state = rest.next()?.to_string();
     let ppid = rest.next()?.parse().ok()?;
-    Some(ProcStat { name: text[open + 1..close].to_string(), state, ppid })
+    // pgrp, session, then tty_nr.
+    let tty = decode_tty_nr(rest.nth(2)?.parse::<i64>().ok()? as u32);
+    Some(ProcStat { name: text[open + 1..close].to_string(), state, ppid, tty })
+}
+
+/// /proc's `tty_nr`: major in bits 8-15, minor in bits 0-7 and 20-31; 0 is
+/// no controlling terminal.
+fn decode_tty_nr(tty_nr: u32) -> Option<(u32, u32)> {
+    (tty_nr != 0).then_some(((tty_nr >> 8) & 0xfff, (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00)))
 }
 
 /// Every process id in this PID namespace.
@@ -64,6 +75,15 @@ pub fn tree(root: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controlling_terminals_decode() {
+        assert_eq!(decode_tty_nr(0), None);
+        assert_eq!(decode_tty_nr(0x0401), Some((4, 1)), "tty1");
+        assert_eq!(decode_tty_nr(0x0440), Some((4, 64)), "ttyS0");
+        assert_eq!(decode_tty_nr(0x8803), Some((136, 3)), "pts/3");
+        assert_eq!(decode_tty_nr(0x0010_8800), Some((136, 256)), "pts/256");
+    }
 
     #[test]
     fn this_process_is_alive_and_in_its_parents_tree() {

@@ -50,11 +50,18 @@ impl SupportKey {
         self.key.keytype()
     }
 
+    /// The key alone on one line: no options, no comment.
+    pub fn plain_line(&self) -> String {
+        let mut key = self.key.clone();
+        key.comment = None;
+        format!("{}\n", key.to_key_format())
+    }
+
     /// The authorized_keys line: our options, the key, no comment.
     pub fn authorized_line(&self) -> String {
         let mut key = self.key.clone();
         key.comment = None;
-        format!("{FORCED_OPTIONS} {}\n", key.to_key_format())
+        format!("{FORCED_OPTIONS} {}", self.plain_line())
     }
 }
 

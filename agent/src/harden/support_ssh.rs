@@ -92,33 +92,58 @@ fn warden_alive(pid: i32) -> bool {
     procfs::alive_as(pid, "tidemark")
 }
 
-/// The console line stdin is attached to, or an error saying why not.
+/// The console line this command runs on, or an error saying why not:
+/// stdin must be a console line and this process's controlling terminal
+/// (a shell elsewhere that redirects `</dev/tty1` is not at the console).
 pub fn console_tty() -> Result<String> {
-    let name = rustix::termios::ttyname(std::io::stdin(), Vec::new())
+    let stdin = std::io::stdin();
+    let name = rustix::termios::ttyname(&stdin, Vec::new())
         .map_err(|_| anyhow!("stdin is not a terminal; support SSH can only be enabled at the local console"))?;
     let name = name.to_string_lossy().into_owned();
-    let line = name.strip_prefix("/dev/").unwrap_or(&name);
+    if !is_console_line(&name) {
+        bail!("{name} is not a local console line; support SSH can only be enabled at the console (tty1 or ttyS0)");
+    }
+    let rdev = rustix::fs::fstat(&stdin).context("reading stdin's device")?.st_rdev;
+    let device = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let controlling = procfs::stat(std::process::id() as i32).and_then(|s| s.tty);
+    if controlling != Some(device) {
+        bail!(
+            "{name} is not this command's controlling terminal (stdin was redirected from it); \
+             support SSH can only be enabled by someone logged in at the console"
+        );
+    }
+    Ok(name)
+}
+
+fn is_console_line(name: &str) -> bool {
+    let line = name.strip_prefix("/dev/").unwrap_or(name);
     let numbered = |prefix: &str| {
         line.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
     };
-    if line == "console" || numbered("tty") || numbered("ttyS") || numbered("hvc") {
-        Ok(name)
-    } else {
-        bail!("{name} is not a local console line; support SSH can only be enabled at the console (tty1 or ttyS0)")
-    }
+    line == "console" || numbered("tty") || numbered("ttyS") || numbered("hvc")
 }
 
-/// The person asking, as far as the system knows.
+/// The person asking, as the kernel knows them: the login uid (set at
+/// login, kept across su and sudo) or else the real uid, by name. Never an
+/// environment variable, which the caller sets at will.
 pub fn who() -> String {
-    for var in ["SUDO_USER", "LOGNAME", "USER"] {
-        if let Ok(v) = std::env::var(var) {
-            if !v.is_empty() {
-                return v;
-            }
-        }
-    }
-    format!("uid {}", rustix::process::getuid().as_raw())
+    let loginuid = std::fs::read_to_string("/proc/self/loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    let uid = loginuid.filter(|u| *u != u32::MAX).unwrap_or_else(|| rustix::process::getuid().as_raw());
+    user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
 }
+
+/// The name /etc/passwd gives `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// The narrowest a support session's network may be: wider is the world.
+const FROM_PREFIX_MIN: u8 = 8;
 
 pub fn enable(cfg: &Config, request: EnableRequest) -> Result<Session> {
     let system = cfg.system();
@@ -131,6 +156,12 @@ pub fn enable(cfg: &Config, request: EnableRequest) -> Result<Session> {
             open.network,
             crate::status::format_time_ms(open.until_ms),
             open.who
+        );
+    }
+    if request.network.prefix_len() < FROM_PREFIX_MIN {
+        bail!(
+            "--from {}: that opens SSH to far too many addresses; give the engineer's network (a /{FROM_PREFIX_MIN} at most)",
+            request.network
         );
     }
     let firewall = Firewall::open()?;
@@ -408,4 +439,30 @@ pub fn describe(state_dir: &Path) -> Result<String> {
         ),
         None => "support SSH: closed".to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_is_the_login_not_what_the_environment_claims() {
+        let before = who();
+        std::env::set_var("SUDO_USER", "mallory");
+        std::env::set_var("LOGNAME", "mallory");
+        let after = who();
+        std::env::remove_var("SUDO_USER");
+        assert_eq!(after, before);
+        assert!(!after.contains("mallory"));
+    }
+
+    #[test]
+    fn console_lines_are_named() {
+        for line in ["/dev/tty1", "/dev/ttyS0", "/dev/hvc0", "/dev/console"] {
+            assert!(is_console_line(line), "{line}");
+        }
+        for line in ["/dev/pts/0", "/dev/tty", "/dev/ttyUSB0", "/dev/ttyS", "/dev/null"] {
+            assert!(!is_console_line(line), "{line}");
+        }
+    }
 }

@@ -335,7 +335,7 @@ mod tests {
 /// Tests that make the storage fail at exact points (`--features
 /// failpoints`; `make unit` runs them one at a time: a failpoint is
 /// process-wide).
-#[cfg(all(test, feature = "failpoints"))]
+#[cfg(all(test, feature = "test-build"))]
 mod failpoints {
     use super::*;
     use crate::record::{Record, RecordBody};

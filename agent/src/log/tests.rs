@@ -295,8 +295,8 @@ async fn full_log_waits_until_acked() {
     assert_eq!(seq, last + 1);
 }
 
-/// Storage faults at exact points (`--features failpoints`, one at a time).
-#[cfg(feature = "failpoints")]
+/// Storage faults at exact points (`--features test-build`, one at a time).
+#[cfg(feature = "test-build")]
 mod failpoints {
     use super::*;
 
