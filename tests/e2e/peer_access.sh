@@ -7,6 +7,10 @@
 #   vpga's volumes or sizes), logged with B's fingerprint; A's session is
 #   never dropped. (Before: any pinned peer could take any VPG's session,
 #   inject batches, fail it over or receive it back.)
+# - A promote can only follow a hello for the link's own VPG: alone, it is
+#   refused and nothing fails over.
+# - 70 silent connections from one address hold 4 handshake slots at most:
+#   a peer from another address still gets through at once.
 # - A record outside the VPG's volumes, from the VPG's own site, is refused
 #   with its batch on receipt. (Before: journaled, then the applier stalled.)
 # - Two fingerprints in peer_fingerprints, with no say on which VPG each may
@@ -92,6 +96,28 @@ qio_check "nbd://127.0.0.1:$NBD_PORT/disk0" "write -P 0xac 1M 1M" "flush"
 "$TIDEMARK" checkpoint --config "$WORK/protected-a.toml" --vpg vpga --tag still --wait 30s >/dev/null ||
     fail "A no longer replicates after B's attempts"
 log "refused, logged with B's certificate, nothing about vpga said; A's session untouched"
+
+log "a promote without a hello, and 70 silent connections from one address"
+$PEER ask "$CONTROL_PORT" "${B[@]}" '{"type":"promote","checkpoint":1}' >"$WORK/promote.out"
+grep -q '"closed"\|"refused"' "$WORK/promote.out" || fail "a promote without a hello was answered: $(cat "$WORK/promote.out")"
+st=$(fresh_status_json recovery) || fail "no recovery status"
+grep -q "failed over" <<<"$st" && fail "a VPG failed over on a stray promote: $st"
+python3 - "$CONTROL_PORT" >"$WORK/silent.out" <<'PY' &
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), source_address=("127.0.0.2", 0)) for _ in range(70)]
+print(len(held), flush=True)
+time.sleep(8)
+PY
+silent=$!
+sleep 1
+t0=$(date +%s.%N)
+timeout 4 $PEER ask "$CONTROL_PORT" "${B[@]}" "$(hello hello vpgb '"sender":"","stream_id":1')" >"$WORK/through.out" ||
+    fail "a peer could not get through while one address held silent connections"
+took=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
+grep -q '"welcome"\|"refused"' "$WORK/through.out" || fail "no answer while silent connections were held: $(cat "$WORK/through.out")"
+grep -q "this source has 4 handshakes under way" "$WORK/recovery.log" || fail "the silent address was not held to 4 handshakes"
+wait "$silent"
+log "refused; a peer got through in ${took}s while 127.0.0.2 held 70 silent connections"
 
 log "a record outside the VPG's volumes, from the VPG's own site"
 head=$(status_json recovery | jq -r '.vpgs[] | select(.name == "vpga") | .head_seq')

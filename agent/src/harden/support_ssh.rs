@@ -452,6 +452,7 @@ mod tests {
         std::env::set_var("LOGNAME", "mallory");
         let after = who();
         std::env::remove_var("SUDO_USER");
+        std::env::remove_var("LOGNAME");
         assert_eq!(after, before);
         assert!(!after.contains("mallory"));
     }
