@@ -19,6 +19,8 @@ import sys
 import time
 import zlib
 
+from nbdclient import recv_exact
+
 FRAME_MAGIC = struct.unpack("<I", b"TMWF")[0]
 RECORD_MAGIC = struct.unpack("<I", b"TMRC")[0]
 CONTROL, BATCH = 1, 2
@@ -33,16 +35,6 @@ def connect(port, cert, key):
     ctx.load_cert_chain(cert, key)
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     return ctx.wrap_socket(raw, server_hostname="tidemark-peer")
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
 
 
 def send_frame(sock, kind, payload):

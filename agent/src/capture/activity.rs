@@ -373,6 +373,16 @@ mod tests {
         ActivityLog::open(dir).unwrap()
     }
 
+    /// Gives the file the header another boot would have left; its path.
+    fn as_if_on_another_boot(dir: &Path, durable_through: u64) -> PathBuf {
+        let path = dir.join(ACTIVITY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let header = Header { flags: 0, boot_id: [9; 16], durable_through };
+        bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&header));
+        std::fs::write(&path, &bytes).unwrap();
+        path
+    }
+
     #[test]
     fn marks_survive_and_an_epoch_keeps_only_newer_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -400,14 +410,8 @@ mod tests {
         let (mut al, _) = reopen(dir.path());
         al.mark(2, 5 * ACTIVITY_EXTENT_BYTES, 100).unwrap();
         drop(al);
-        // As if written on another boot.
-        let path = dir.path().join(ACTIVITY_FILE);
+        let path = as_if_on_another_boot(dir.path(), 5);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&Header {
-            flags: 0,
-            boot_id: [9; 16],
-            durable_through: 5,
-        }));
         // And a torn last entry, which never guarded a write.
         bytes.extend_from_slice(&entry_bytes((3, 3))[..7]);
         std::fs::write(&path, &bytes).unwrap();
@@ -498,14 +502,7 @@ mod tests {
             fail::remove("activity-mark-torn");
             al.mark(0, 2 * ACTIVITY_EXTENT_BYTES, 1).unwrap();
             drop(al);
-            let path = dir.path().join(ACTIVITY_FILE);
-            let mut bytes = std::fs::read(&path).unwrap();
-            bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&Header {
-                flags: 0,
-                boot_id: [9; 16],
-                durable_through: 0,
-            }));
-            std::fs::write(&path, &bytes).unwrap();
+            as_if_on_another_boot(dir.path(), 0);
             assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0), (0, 2)]);
             scenario.teardown();
         }
