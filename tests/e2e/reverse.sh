@@ -7,7 +7,9 @@
 # 2 % of the volume on the wire, and both sides end identical (the old
 # site's unreplicated write is undone). New writes on the recovered side
 # keep flowing back, also after the old site's agent is SIGKILLed and
-# restarted (it resumes without a new hash pass).
+# restarted (it resumes without a new hash pass), and after the recovery
+# agent is: the first write it takes when it serves the volume again
+# reaches the old site.
 source "$(dirname "$0")/../lib/common.sh"
 
 EXPORT_PORT=$((PORT_BASE + 6))
@@ -75,4 +77,32 @@ same_within 30
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x33 30M 512k"
 same_within 15
 grep -q "need_hashes=false" "$WORK/protected.log" || fail "the restarted reverse session hashed the volumes again"
+
+log "SIGKILL the recovery agent 3 times; each time the first write it takes is sent back"
+# A client waits for the export to reappear and writes the moment it does:
+# the capture that logs writes for the old site must exist before the
+# export is served (before, writes in between went to the volume unlogged).
+for round in 1 2 3; do
+    kill9 "$RECOVERY_PID"
+    python3 - "$EXPORT_PORT" "$round" >"$WORK/first-write.out" 2>&1 <<'PY' &
+import sys, time
+from nbdclient import Client
+port, round_ = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        c = Client("127.0.0.1", port, "vpg1/disk0", timeout=2)
+    except Exception:
+        time.sleep(0.001)
+        continue
+    c.write(round_ << 20, bytes([0x40 + round_]) * 65536, fua=True)
+    print("written", flush=True)
+    break
+PY
+    writer=$!
+    start_recovery
+    wait "$writer"
+    grep -q written "$WORK/first-write.out" || fail "round $round: the first write failed: $(cat "$WORK/first-write.out")"
+    same_within 20
+done
 log "PASS"
