@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config;
 pub mod durable;
 pub mod harden;
+pub mod iscsi;
 pub mod journal;
 pub mod limits;
 pub mod log;

@@ -403,6 +403,15 @@ fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     if !matches!((&cfg, role), (Config::Protected(_), "protected") | (Config::Recovery(_), "recovery")) {
         bail!("{}: role is \"{other}\"; use `tidemark {other}`", path.display());
     }
+    if let Config::Protected(p) = &cfg {
+        if p.iscsi.is_some() {
+            // The agent serves the block devices under the iSCSI LUNs: its
+            // allocations must not wait on writeback to them (a deadlock).
+            // Set before the runtime's threads exist, so they inherit it.
+            rustix::process::configure_io_flusher_behavior(true)
+                .context("marking the agent as an I/O flusher (PR_SET_IO_FLUSHER)")?;
+        }
+    }
     runtime()?.block_on(async {
         tidemark::run::start_appliance_services(cfg.clone(), path.to_path_buf()).await?;
         match cfg {

@@ -36,6 +36,25 @@ pub struct VpgStatus {
     /// Recovery side: the history window and the journal's size.
     #[serde(default)]
     pub history: Option<HistoryStatus>,
+    /// Protected side with iSCSI: the VPG's target, LUNs and sessions.
+    #[serde(default)]
+    pub iscsi: Option<IscsiStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct IscsiStatus {
+    pub target: String,
+    pub luns: Vec<LunStatus>,
+    /// The initiators logged in (each sees every LUN of the target).
+    pub sessions: Vec<crate::iscsi::lio::Session>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LunStatus {
+    pub lun: u32,
+    pub volume: String,
+    pub naa: String,
+    pub serial: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -164,6 +183,21 @@ pub fn render(status: &AgentStatus) -> String {
             ));
             if !h.warning.is_empty() {
                 out.push_str(&format!("  WARNING:         {}\n", h.warning));
+            }
+        }
+        if let Some(t) = &v.iscsi {
+            out.push_str(&format!("  iSCSI target:    {}\n", t.target));
+            let sessions = if t.sessions.is_empty() {
+                "no initiator logged in".to_string()
+            } else {
+                t.sessions
+                    .iter()
+                    .map(|s| format!("{} ({}, from {})", s.initiator, s.state.to_lowercase(), s.addresses.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            for l in &t.luns {
+                out.push_str(&format!("    LUN {} {}: {} serial {}; {sessions}\n", l.lun, l.volume, l.naa, l.serial));
             }
         }
         if !v.note.is_empty() {

@@ -44,7 +44,8 @@ for s in board/tidemark/post-build.sh board/tidemark/post-image.sh rootfs-overla
     [ -x "$s" ] || fail "$s is not executable"
     sh -n "$s" || fail "$s does not parse"
 done
-for opt in VIRTIO_BLK VIRTIO_NET VMXNET3 SCSI_VMW_PVSCSI EXT4_FS SQUASHFS ISO9660_FS IP_NF_FILTER IP6_NF_FILTER; do
+for opt in VIRTIO_BLK VIRTIO_NET VMXNET3 SCSI_VMW_PVSCSI EXT4_FS SQUASHFS ISO9660_FS IP_NF_FILTER IP6_NF_FILTER \
+    CONFIGFS_FS TARGET_CORE TCM_IBLOCK ISCSI_TARGET BLK_DEV_NBD; do
     grep -qx "CONFIG_$opt=y" board/tidemark/linux.fragment || fail "linux.fragment lacks CONFIG_$opt"
 done
 # The overlay: init runs only scripts that exist; logins on tty1/ttyS0 only.

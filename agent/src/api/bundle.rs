@@ -57,7 +57,13 @@ pub fn redact_config(text: &str) -> Result<String> {
 
 /// The secret values in this config (to scrub from every part).
 pub fn secret_values(cfg: &Config) -> Vec<String> {
-    cfg.system().diag.as_ref().map(|d| d.token.clone()).into_iter().collect()
+    let mut secrets: Vec<String> = cfg.system().diag.as_ref().map(|d| d.token.clone()).into_iter().collect();
+    if let Config::Protected(p) = cfg {
+        if let Some(iscsi) = &p.iscsi {
+            secrets.extend([iscsi.chap_secret.clone(), iscsi.mutual_chap_secret.clone()]);
+        }
+    }
+    secrets
 }
 
 fn scrub(text: &str, secrets: &[String]) -> String {
@@ -79,6 +85,47 @@ fn read_tail(path: &Path) -> Result<String> {
     let mut bytes = Vec::new();
     f.take(PART_BYTES_MAX).read_to_end(&mut bytes)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The kernel's log device.
+const KMSG: &str = "/dev/kmsg";
+
+/// The kernel's log as it stands (LIO's login refusals name the initiator;
+/// the NBD driver's messages), read without waiting for more: one record
+/// per read, `prio,seq,usec,flags;text`, kept as `[usec] text`, the newest
+/// `PART_BYTES_MAX` bytes.
+fn kernel_log(kmsg: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(kmsg)
+        .with_context(|| format!("opening {}", kmsg.display()))?;
+    let mut lines = std::collections::VecDeque::new();
+    let mut bytes = 0usize;
+    let mut record = vec![0u8; 8192];
+    loop {
+        match f.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&record[..n]);
+                let Some((head, message)) = text.split_once(';') else { continue };
+                let usec = head.split(',').nth(2).unwrap_or("?");
+                let line = format!("[{usec}] {}\n", message.lines().next().unwrap_or(""));
+                bytes += line.len();
+                lines.push_back(line);
+                while bytes as u64 > PART_BYTES_MAX {
+                    bytes -= lines.pop_front().map_or(0, |l| l.len());
+                }
+            }
+            // EAGAIN: nothing more; EPIPE: a record was overwritten while
+            // reading (the next read goes on from the oldest one left).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PIPE.raw_os_error()) => continue,
+            Err(e) => return Err(e).context("reading the kernel log"),
+        }
+    }
+    Ok(lines.into_iter().collect())
 }
 
 struct Packer<W: Write> {
@@ -157,6 +204,9 @@ fn logs<W: Write>(p: &mut Packer<W>, cfg: &Config) -> Result<()> {
     let server_log = system.appliance.state_dir.join("support-ssh-server.log");
     if server_log.exists() {
         p.add_or_note("logs/support-ssh-server.log", read_tail(&server_log))?;
+    }
+    if Path::new(KMSG).exists() {
+        p.add_or_note("logs/kernel.txt", kernel_log(Path::new(KMSG)))?;
     }
     if Path::new("/run/systemd/journal/socket").exists() {
         let journal = std::process::Command::new("journalctl")

@@ -31,7 +31,19 @@ pub const PROPERTIES: &[(&str, &str)] = &[
     ("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),
     ("tidemark.admin.ssh_key", "the first administrator's SSH public key (for support sessions)"),
     ("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)"),
+    (
+        "tidemark.iscsi.initiators",
+        "protected side, for ESXi: initiator IQNs allowed on the iSCSI LUNs, comma separated",
+    ),
+    ("tidemark.iscsi.chap_user", "the CHAP user name the initiators present"),
+    ("tidemark.iscsi.chap_secret", "the CHAP secret the initiators present (12-255 characters)"),
+    ("tidemark.iscsi.mutual_chap_user", "the CHAP user name the appliance presents back (mutual CHAP)"),
+    ("tidemark.iscsi.mutual_chap_secret", "the CHAP secret the appliance presents back (12-255, not the initiators')"),
+    ("tidemark.iscsi.domain", "the reversed domain in the target names (default io.tidemark)"),
 ];
+
+/// The iSCSI portal: the storage address, the port table's port.
+const ISCSI_PORT: u16 = crate::config::ISCSI_PORT;
 
 pub const NBD_PORT: u16 = 10809;
 
@@ -167,6 +179,19 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
             let log_bytes = i64::try_from(log_capacity(data_bytes)?)?;
             t.insert("log".into(), toml::Value::Table(toml::toml! { capacity_bytes = log_bytes }));
             t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
+            if let Some(initiators) = p.get("tidemark.iscsi.initiators") {
+                let mut iscsi = toml::Table::new();
+                iscsi.insert("listen".into(), std::net::SocketAddr::new(s.addr(), ISCSI_PORT).to_string().into());
+                let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+                iscsi.insert("initiators".into(), strings(list.iter()));
+                for key in ["chap_user", "chap_secret", "mutual_chap_user", "mutual_chap_secret"] {
+                    iscsi.insert(key.into(), p.need(&format!("tidemark.iscsi.{key}"))?.into());
+                }
+                if let Some(domain) = p.get("tidemark.iscsi.domain") {
+                    iscsi.insert("domain".into(), domain.into());
+                }
+                t.insert("iscsi".into(), toml::Value::Table(iscsi));
+            }
         }
         other => bail!("OVF property tidemark.role: {other:?} must be protected or recovery"),
     }

@@ -54,9 +54,82 @@ pub struct ProtectedConfig {
     pub log: LogConfig,
     #[serde(rename = "vpg")]
     pub vpgs: Vec<VpgConfig>,
+    /// LUNs for ESXi (off when absent).
+    #[serde(default)]
+    pub iscsi: Option<IscsiConfig>,
     /// The appliance-level tables, read apart (see `Config::parse`).
     #[serde(skip)]
     pub system: SystemConfig,
+}
+
+/// The iSCSI front-end (ESXi): LUNs on the storage interface, mutual CHAP,
+/// initiator ACLs. No defaults for anything secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// The storage interface's address, port 3260 (the port table's).
+    pub listen: SocketAddr,
+    /// The reversed domain in target names:
+    /// `iqn.2026-12.<domain>:tidemark:<appliance>:<vpg>`.
+    #[serde(default = "default_iqn_domain")]
+    pub domain: String,
+    /// The IQNs of the initiators (hypervisors) allowed in.
+    pub initiators: Vec<String>,
+    /// What the initiators present (CHAP).
+    pub chap_user: String,
+    pub chap_secret: String,
+    /// What the appliance presents back to them (mutual CHAP).
+    pub mutual_chap_user: String,
+    pub mutual_chap_secret: String,
+}
+
+/// The iSCSI port of the port table.
+pub const ISCSI_PORT: u16 = 3260;
+/// CHAP secrets: RFC 3720 wants at least 12 bytes (96 bits); LIO takes 255.
+const CHAP_SECRET_BYTES_MIN: usize = 12;
+const CHAP_SECRET_BYTES_MAX: usize = 255;
+
+fn default_iqn_domain() -> String {
+    "io.tidemark".into()
+}
+
+impl IscsiConfig {
+    fn validate(&self) -> Result<()> {
+        if self.listen.port() != ISCSI_PORT {
+            bail!("iscsi.listen: the port must be {ISCSI_PORT} (the only one the firewall opens for iSCSI)");
+        }
+        if self.initiators.is_empty() {
+            bail!("iscsi.initiators: name the initiators (IQNs) that may log in; nobody else can");
+        }
+        for (i, iqn) in self.initiators.iter().enumerate() {
+            let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':');
+            if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.")) || !iqn.chars().all(ok) || iqn.len() > 223 {
+                bail!("iscsi.initiators[{i}]: {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:..., lower case)");
+            }
+        }
+        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+        for (key, user) in [("chap_user", &self.chap_user), ("mutual_chap_user", &self.mutual_chap_user)] {
+            if !printable(user) || user.len() > CHAP_SECRET_BYTES_MAX {
+                bail!("iscsi.{key}: 1-{CHAP_SECRET_BYTES_MAX} printable characters, no spaces");
+            }
+        }
+        for (key, secret) in [("chap_secret", &self.chap_secret), ("mutual_chap_secret", &self.mutual_chap_secret)] {
+            if !printable(secret) || !(CHAP_SECRET_BYTES_MIN..=CHAP_SECRET_BYTES_MAX).contains(&secret.len()) {
+                bail!(
+                    "iscsi.{key}: {CHAP_SECRET_BYTES_MIN}-{CHAP_SECRET_BYTES_MAX} printable characters, no spaces \
+                     (it is {} long)",
+                    secret.len()
+                );
+            }
+        }
+        if self.chap_secret == self.mutual_chap_secret {
+            bail!("iscsi.mutual_chap_secret: must differ from chap_secret (each side has its own)");
+        }
+        if !self.domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') || self.domain.is_empty() {
+            bail!("iscsi.domain: a reversed domain name such as com.example");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +523,9 @@ impl ProtectedConfig {
     fn validate(&self) -> Result<()> {
         validate_identity(&self.node)?;
         parse_fingerprint(&self.peer.fingerprint).context("peer.fingerprint")?;
+        if let Some(iscsi) = &self.iscsi {
+            iscsi.validate()?;
+        }
         if self.log.capacity_bytes < LOG_CAPACITY_BYTES_MIN {
             bail!(
                 "log.capacity_bytes: {} is below the minimum of {} (64 MiB)",

@@ -7,6 +7,7 @@ use super::firewall::{Firewall, DROPPED_CHAINS};
 use super::rules::{Family, CHAIN};
 use super::{ports, procfs, securetty, sockets, support_ssh, sysctl, Plan};
 use crate::config::Config;
+use crate::iscsi::{self, kernel_nbd, lio};
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -120,6 +121,7 @@ pub fn run(cfg: &Config) -> Report {
     forbidden_programs(&mut b, cfg);
     readonly_root(&mut b, cfg);
     private_key(&mut b, &cfg.node().key);
+    iscsi_targets(&mut b, cfg, Path::new(iscsi::lio::CONFIGFS_TARGET));
     Report { items: b.0 }
 }
 
@@ -317,6 +319,67 @@ fn private_key(b: &mut Builder, key: &Path) {
         }
         Err(e) => b.add("private key", Verdict::Fail, format!("{}: {e}", key.display())),
     }
+}
+
+/// LIO holds exactly the targets the configuration asks for: one per VPG,
+/// with its LUNs on the VPG's own devices, one portal, the configured ACLs,
+/// CHAP required for sessions and discovery; nothing else.
+fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
+    const ITEM: &str = "iscsi targets";
+    let present = lio::targets(configfs);
+    let Config::Protected(p) = cfg else {
+        return b.check(
+            ITEM,
+            present.is_empty(),
+            "no iSCSI target (recovery side)",
+            format!("unexpected targets: {}", listed(&present)),
+        );
+    };
+    let Some(config) = &p.iscsi else {
+        return b.check(
+            ITEM,
+            present.is_empty(),
+            "iSCSI is off and LIO holds no target",
+            format!("iSCSI is off, yet LIO holds {}", listed(&present)),
+        );
+    };
+    if !configfs.is_dir() {
+        return b.add(
+            ITEM,
+            Verdict::Fail,
+            format!("iSCSI is configured but {} is missing (LIO not loaded)", configfs.display()),
+        );
+    }
+    let fingerprint = match crate::wire::tls::fingerprint_of_file(&p.node.cert) {
+        Ok(f) => f,
+        Err(e) => return b.add(ITEM, Verdict::Fail, format!("the appliance certificate: {e:#}")),
+    };
+    let mut problems = Vec::new();
+    let mut wanted = Vec::new();
+    for vpg in &p.vpgs {
+        let mut devices = Vec::new();
+        for volume in &vpg.volumes {
+            match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
+                Ok(Some(index)) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
+                _ => problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name)),
+            }
+        }
+        let spec = iscsi::target_spec(config, &p.node.name, &fingerprint, &vpg.name, &devices);
+        if devices.len() == vpg.volumes.len() {
+            problems.extend(lio::differences(configfs, &spec));
+        }
+        wanted.push(spec.iqn);
+    }
+    let extra: Vec<String> = present.into_iter().filter(|t| !wanted.contains(t)).collect();
+    if !extra.is_empty() {
+        problems.push(format!("targets not in the configuration: {}", listed(&extra)));
+    }
+    b.check(
+        ITEM,
+        problems.is_empty(),
+        format!("{} target(s) as configured, mutual CHAP on sessions and discovery", wanted.len()),
+        listed(&problems),
+    );
 }
 
 fn readonly_root(b: &mut Builder, cfg: &Config) {

@@ -36,6 +36,7 @@ pub const PORT_TABLE: &[PortEntry] = &[
     PortEntry { port: 4008, source: Source::Peers, what: "replication data" },
     PortEntry { port: 4009, source: Source::Management, what: "checkpoint coordination" },
     PortEntry { port: 10809, source: Source::Storage, what: "NBD capture exports" },
+    PortEntry { port: 3260, source: Source::Storage, what: "iSCSI LUNs (ESXi), mutual CHAP" },
 ];
 
 pub fn entry(port: u16) -> Option<&'static PortEntry> {

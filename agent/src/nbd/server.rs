@@ -86,6 +86,9 @@ struct Negotiated {
     export: Arc<dyn BlockExport>,
     closed: watch::Receiver<bool>,
     structured: bool,
+    /// Every update is made durable before its reply, as if it had FUA
+    /// (the kernel's device for an iSCSI LUN: no write cache).
+    write_through: bool,
 }
 
 /// A reply on its way to the client, with the buffers it holds.
@@ -110,6 +113,30 @@ where
         .await
         .map_err(|_| anyhow!("no export chosen within {NBD_HANDSHAKE_TIMEOUT:?}"))??;
     let Some(neg) = negotiated else { return Ok(()) };
+    serve_negotiated(rd, wr, neg, admitted).await
+}
+
+/// Serves the kernel's NBD client on one connection of an attached device
+/// (`iscsi::kernel_nbd`): no handshake (the device was configured over
+/// netlink), and write-through: an update's reply means it is durable.
+pub async fn serve_kernel<S>(stream: S, export: Arc<dyn BlockExport>, admitted: Admitted) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let (_never, closed) = watch::channel(false);
+    let neg = Negotiated { export, closed, structured: false, write_through: true };
+    // The sender stays alive for the connection's life: never "closed".
+    let result = serve_negotiated(rd, wr, neg, admitted).await;
+    drop(_never);
+    result
+}
+
+async fn serve_negotiated<R, W>(rd: R, wr: W, neg: Negotiated, admitted: Admitted) -> Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Reply>(REPLY_QUEUE_DEPTH);
     let mut writer = tokio::spawn(write_replies(wr, rx));
     let mut closed = neg.closed.clone();
@@ -206,7 +233,7 @@ where
                     bail!("client asked for unknown export {name:?}")
                 };
                 wr.write_all(&export_name_reply(export.size(), export_flags(export.writable()), no_zeroes)).await?;
-                return Ok(Some(Negotiated { export, closed, structured }));
+                return Ok(Some(Negotiated { export, closed, structured, write_through: false }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
@@ -244,7 +271,7 @@ where
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated { export, closed, structured }));
+                    return Ok(Some(Negotiated { export, closed, structured, write_through: false }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,
@@ -347,7 +374,7 @@ async fn transmission<R: AsyncRead + Unpin>(
                 let result =
                     if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
                 drop(buffers);
-                finish_update(export, req, result, structured, tx, &durable_waits).await?;
+                finish_update(export, req, neg.write_through, result, structured, tx, &durable_waits).await?;
             }
             Command::Trim | Command::WriteZeroes => {
                 let result = if req.length == 0 {
@@ -355,7 +382,7 @@ async fn transmission<R: AsyncRead + Unpin>(
                 } else {
                     export.zero(req.offset, req.length as u64).await
                 };
-                finish_update(export, req, result, structured, tx, &durable_waits).await?;
+                finish_update(export, req, neg.write_through, result, structured, tx, &durable_waits).await?;
             }
             Command::Flush => {
                 let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
@@ -400,10 +427,12 @@ async fn skip_payload<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Replies to a WRITE/TRIM/WRITE_ZEROES; with FUA only once it is durable.
+/// Replies to a WRITE/TRIM/WRITE_ZEROES; with FUA (or write-through) only
+/// once it is durable.
 async fn finish_update(
     export: &Arc<dyn BlockExport>,
     req: Request,
+    write_through: bool,
     result: Result<u64>,
     structured: bool,
     tx: &mpsc::Sender<Reply>,
@@ -428,7 +457,7 @@ async fn finish_update(
             return Ok(());
         }
     };
-    if !req.fua() {
+    if !req.fua() && !write_through {
         tx.send(Reply::small(simple_reply(req.handle, 0).to_vec())).await?;
         return Ok(());
     }

@@ -11,7 +11,7 @@ use crate::record::vpg_id;
 use crate::status::{self, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::sender::{self, SenderStats};
 use crate::wire::tls;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,15 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let table = ExportTable::listed();
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
+    if let Some(iscsi) = &cfg.iscsi {
+        let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
+        let captures: Vec<Arc<VpgCapture>> = runtimes.iter().map(|(_, rt)| rt.capture.clone()).collect();
+        let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
+        let state_dir = cfg.node.data_dir.join("lio");
+        crate::iscsi::start(iscsi, &cfg.node.name, &fingerprint, &captures, configfs, &state_dir)
+            .await
+            .context("starting the iSCSI front-end")?;
+    }
     for (interval_ms, rt) in &runtimes {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
@@ -102,6 +111,12 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
 
 async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Result<()> {
     let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
+    // The LUN identities come from the appliance's certificate.
+    let fingerprint = match &cfg.iscsi {
+        Some(_) => Some(tls::fingerprint_of_file(&cfg.node.cert)?),
+        None => None,
+    };
+    let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
     loop {
         tick.tick().await;
@@ -144,6 +159,17 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
                 history: None,
+                iscsi: cfg.iscsi.as_ref().zip(fingerprint.as_deref()).map(|(iscsi, fingerprint)| {
+                    let volumes: Vec<&str> = rt.capture.volumes.iter().map(|v| v.name.as_str()).collect();
+                    crate::iscsi::target_status(
+                        iscsi,
+                        &cfg.node.name,
+                        fingerprint,
+                        &rt.capture.name,
+                        &volumes,
+                        configfs,
+                    )
+                }),
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

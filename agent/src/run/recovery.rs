@@ -101,6 +101,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                     .collect::<Vec<_>>()
                     .join("; "),
                 history: Some(history),
+                iscsi: None,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,0 +1,181 @@
+//! Attaches a kernel NBD device (`/dev/nbdN`) to one of the agent's
+//! exports, so the kernel's LIO target can serve the export as an iSCSI
+//! LUN (an iblock backstore on the device). The kernel gets one end of a
+//! socketpair and speaks NBD's transmission phase on it; the agent's NBD
+//! server answers on the other end (`nbd::server::serve_kernel`), so every
+//! iSCSI write goes through the same capture path as an NBD write.
+//!
+//! The device is configured over generic netlink (the "nbd" family), not
+//! ioctls, for one reason: a dead-connection timeout. If the agent dies,
+//! the kernel holds the LUN's I/O for `DEAD_CONNECTION_WAIT` instead of
+//! failing it, and the restarted agent hands the same device a new socket
+//! (`reconnect`): the initiator sees a pause, never an error or a new LUN.
+//! Each device carries a backend identifier naming its volume, which is
+//! how a restarted agent finds it again.
+//!
+//! The device advertises no write cache (no `NBD_FLAG_SEND_FLUSH`): LIO then
+//! reports WCE=0 and every write is stable when it completes, as ESXi
+//! expects; the server makes each write durable before it replies.
+
+use super::genetlink::{GenlSocket, Message};
+use anyhow::{bail, Context, Result};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const NBD_FAMILY: &str = "nbd";
+const NBD_GENL_VERSION: u8 = 1;
+const NBD_CMD_CONNECT: u8 = 1;
+const NBD_CMD_DISCONNECT: u8 = 2;
+const NBD_CMD_RECONFIGURE: u8 = 3;
+const NBD_ATTR_INDEX: u16 = 1;
+const NBD_ATTR_SIZE_BYTES: u16 = 2;
+const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
+const NBD_ATTR_TIMEOUT: u16 = 4;
+const NBD_ATTR_SERVER_FLAGS: u16 = 5;
+const NBD_ATTR_SOCKETS: u16 = 7;
+const NBD_ATTR_DEAD_CONN_TIMEOUT: u16 = 8;
+const NBD_ATTR_BACKEND_IDENTIFIER: u16 = 10;
+const NBD_SOCK_ITEM: u16 = 1;
+const NBD_SOCK_FD: u16 = 1;
+/// What the device is told the export can do: no FLUSH (write-through),
+/// but TRIM and WRITE_ZEROES (UNMAP and WRITE SAME reach the volume).
+const SERVER_FLAGS: u64 = (crate::nbd::protocol::TFLAG_HAS_FLAGS
+    | crate::nbd::protocol::TFLAG_SEND_TRIM
+    | crate::nbd::protocol::TFLAG_SEND_WRITE_ZEROES) as u64;
+/// The logical block size of the LUN: 512-byte sectors, what VMFS wants.
+pub const LUN_BLOCK_BYTES: u64 = 512;
+/// How long the kernel holds the LUN's I/O while no agent answers.
+pub const DEAD_CONNECTION_WAIT: Duration = Duration::from_secs(120);
+/// Connections per device: one. With more, the kernel resends a request
+/// that has waited 30 s on another connection while the first copy is
+/// still being served (a sync-mode write waits for the journal as long as
+/// the link is down), and a stale copy could land after a newer write. With
+/// one and no request timeout, a request is sent again only after the
+/// agent died and its successor reconnected. The server serves many
+/// requests of one connection at once, so one is not a bottleneck.
+pub const CONNECTIONS_PER_DEVICE: usize = 1;
+
+/// A device attached to the agent.
+pub struct Attached {
+    pub index: u32,
+}
+
+impl Attached {
+    pub fn device(&self) -> PathBuf {
+        device_path(self.index)
+    }
+}
+
+/// `/dev/nbdN`.
+pub fn device_path(index: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/nbd{index}"))
+}
+
+/// Attaches `identifier`'s device (the one a previous agent attached, if
+/// the kernel still holds it; else a free one) to new connections, each
+/// handed to `serve` before the kernel is told to use it. Blocking.
+pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result<Attached> {
+    if !size.is_multiple_of(LUN_BLOCK_BYTES) {
+        bail!("a volume served over iSCSI must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
+    }
+    let mut socket = GenlSocket::open()?;
+    let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
+    if let Some(index) = find(identifier)? {
+        let theirs = pairs(&serve)?;
+        let mut message = Message::new(family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
+        // The kernel wants the identifier again, to be sure it is ours.
+        message.u32(NBD_ATTR_INDEX, index).string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+        add_sockets(&mut message, &theirs);
+        match socket.request(message) {
+            Ok(_) => {
+                tracing::info!("{identifier}: /dev/nbd{index} (left waiting by the previous agent) reconnected");
+                return Ok(Attached { index });
+            }
+            // Its configuration is gone (the wait ran out): connect it anew.
+            Err(e) => {
+                tracing::warn!("{identifier}: /dev/nbd{index} could not be reconnected ({e:#}); connecting it again")
+            }
+        }
+        return connect(&mut socket, family, Some(index), identifier, size, &serve);
+    }
+    connect(&mut socket, family, None, identifier, size, &serve)
+}
+
+fn connect(
+    socket: &mut GenlSocket,
+    family: u16,
+    index: Option<u32>,
+    identifier: &str,
+    size: u64,
+    serve: &impl Fn(UnixStream),
+) -> Result<Attached> {
+    let theirs = pairs(serve)?;
+    let mut message = Message::new(family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
+    if let Some(index) = index {
+        message.u32(NBD_ATTR_INDEX, index);
+    }
+    message
+        .u64(NBD_ATTR_SIZE_BYTES, size)
+        .u64(NBD_ATTR_BLOCK_SIZE_BYTES, LUN_BLOCK_BYTES)
+        // No request times out: a write waits for durability (in sync mode,
+        // for the recovery journal) however long that takes.
+        .u64(NBD_ATTR_TIMEOUT, 0)
+        .u64(NBD_ATTR_SERVER_FLAGS, SERVER_FLAGS)
+        .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, DEAD_CONNECTION_WAIT.as_secs())
+        .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+    add_sockets(&mut message, &theirs);
+    let attrs = socket.request(message).with_context(|| format!("connecting a kernel NBD device for {identifier}"))?;
+    let index = match attrs.iter().find(|(kind, _)| *kind == NBD_ATTR_INDEX) {
+        Some((_, v)) => u32::from_ne_bytes(v.get(0..4).context("device index cut short")?.try_into().expect("4")),
+        None => index.context("the kernel did not say which device it connected")?,
+    };
+    tracing::info!("{identifier}: served as /dev/nbd{index}");
+    Ok(Attached { index })
+}
+
+/// Detaches device `index` (the LUN is being removed).
+pub fn detach(index: u32) -> Result<()> {
+    let mut socket = GenlSocket::open()?;
+    let family = socket.family(NBD_FAMILY)?;
+    let mut message = Message::new(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
+    message.u32(NBD_ATTR_INDEX, index);
+    socket.request(message).with_context(|| format!("disconnecting /dev/nbd{index}"))?;
+    Ok(())
+}
+
+/// The device whose backend identifier is `identifier`, if any.
+pub fn find(identifier: &str) -> Result<Option<u32>> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Ok(None) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(index) = name.strip_prefix("nbd").and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let backend = Path::new("/sys/block").join(&name).join("backend");
+        if std::fs::read_to_string(&backend).is_ok_and(|b| b.trim() == identifier) {
+            return Ok(Some(index));
+        }
+    }
+    Ok(None)
+}
+
+/// Socket pairs, one per connection: the agent's ends go to `serve` (a
+/// request the kernel refuses closes them again), the kernel's are
+/// returned to be handed over.
+fn pairs(serve: &impl Fn(UnixStream)) -> Result<Vec<UnixStream>> {
+    let mut theirs = Vec::new();
+    for _ in 0..CONNECTIONS_PER_DEVICE {
+        let (ours, kernels) = UnixStream::pair().context("making a socket pair for the kernel NBD device")?;
+        serve(ours);
+        theirs.push(kernels);
+    }
+    Ok(theirs)
+}
+
+fn add_sockets(message: &mut Message, theirs: &[UnixStream]) {
+    message.begin_nest(NBD_ATTR_SOCKETS);
+    for s in theirs {
+        message.begin_nest(NBD_SOCK_ITEM).u32(NBD_SOCK_FD, s.as_raw_fd() as u32).end_nest();
+    }
+    message.end_nest();
+}

@@ -1,0 +1,401 @@
+//! The kernel's LIO iSCSI target, configured through configfs
+//! (`/sys/kernel/config/target`; no targetcli on the appliance). One target
+//! per VPG, one LUN per volume, each LUN an iblock backstore on the
+//! volume's kernel NBD device (`kernel_nbd.rs`). What is wanted is a
+//! `TargetSpec`; `apply` makes configfs say exactly that:
+//!
+//! - a target that already matches is left alone (an agent restart must
+//!   not drop the initiators' sessions or change a LUN);
+//! - anything else of ours is removed and built again, in order (backstores,
+//!   target, portal, LUNs, authentication, ACLs, enable last); if a step
+//!   fails, everything of that target is removed again: never a half-built
+//!   target, and never one serving without authentication.
+//!
+//! Every file written and read here is a plain configfs attribute; the
+//! layout is the kernel's (Documentation/target/).
+
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where configfs shows the target subsystem.
+pub const CONFIGFS_TARGET: &str = "/sys/kernel/config/target";
+/// Our backstores' prefix, so nothing else on the box is touched.
+const BACKSTORE_PREFIX: &str = "tm-";
+const IBLOCK_HBA: &str = "iblock_0";
+const TPG: &str = "tpgt_1";
+
+/// Mutual CHAP: what the initiators present, and what the target presents
+/// back to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    pub mutual_user: String,
+    pub mutual_secret: String,
+}
+
+/// One LUN: the volume's backstore on its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunSpec {
+    /// The backstore's name (`tm-<vpg>-<volume>`).
+    pub backstore: String,
+    pub device: PathBuf,
+    /// VPD 0x80 serial; LIO derives the NAA id (VPD 0x83) from it, so a
+    /// stable serial is a stable LUN identity.
+    pub serial: String,
+    pub read_only: bool,
+}
+
+/// One target: a VPG's LUNs behind one IQN and one portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub iqn: String,
+    pub portal: SocketAddr,
+    pub luns: Vec<LunSpec>,
+    pub initiators: Vec<String>,
+    pub chap: Chap,
+}
+
+pub fn backstore_name(vpg: &str, volume: &str) -> String {
+    format!("{BACKSTORE_PREFIX}{vpg}-{volume}")
+}
+
+/// Points LIO's state directory (`dbroot`: persistent reservations with
+/// APTPL, ALUA state) at `dir` on the data disk; the default, /var/target,
+/// is on the read-only root, and LIO then fails every PERSISTENT RESERVE
+/// OUT (NOT READY, LOGICAL UNIT COMMUNICATION FAILURE). LIO accepts this
+/// only while it has no backstore, so it is done first; if a previous agent
+/// of this boot already did, the setting is already there.
+pub fn set_state_dir(root: &Path, dir: &Path) -> Result<()> {
+    check_loaded(root)?;
+    for sub in ["pr", "alua"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let wanted = dir.to_string_lossy();
+    if read(&root.join("dbroot")).as_deref() == Some(&*wanted) {
+        return Ok(());
+    }
+    write(&root.join("dbroot"), &wanted).context("LIO keeps its state in /var/target unless told first")
+}
+
+/// Makes configfs under `root` hold `spec` (see the module comment).
+pub fn apply(root: &Path, spec: &TargetSpec) -> Result<()> {
+    check_loaded(root)?;
+    if matches(root, spec)? {
+        tracing::info!(iqn = %spec.iqn, "iSCSI target already configured as wanted; left as it is");
+        return Ok(());
+    }
+    remove(root, spec)?;
+    if let Err(e) = build(root, spec) {
+        let _ = remove(root, spec);
+        return Err(e.context(format!("configuring iSCSI target {} (nothing of it was left)", spec.iqn)));
+    }
+    tracing::info!(iqn = %spec.iqn, portal = %spec.portal, luns = spec.luns.len(), "iSCSI target configured");
+    Ok(())
+}
+
+fn check_loaded(root: &Path) -> Result<()> {
+    if !root.join("core").is_dir() {
+        bail!("{} is not there: is configfs mounted and target_core_mod loaded?", root.display());
+    }
+    Ok(())
+}
+
+fn tpg(root: &Path, spec: &TargetSpec) -> PathBuf {
+    root.join("iscsi").join(&spec.iqn).join(TPG)
+}
+
+fn backstore(root: &Path, lun: &LunSpec) -> PathBuf {
+    root.join("core").join(IBLOCK_HBA).join(&lun.backstore)
+}
+
+fn portal_dir(spec: &TargetSpec) -> String {
+    match spec.portal {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {} to {}", shown(path, value), path.display()))
+}
+
+/// What a write is said to be in an error: never a secret.
+fn shown(path: &Path, value: &str) -> String {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with("password") {
+        "a secret".into()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
+    for lun in &spec.luns {
+        let dir = backstore(root, lun);
+        mkdir(&root.join("core").join(IBLOCK_HBA))?;
+        mkdir(&dir)?;
+        write(&dir.join("control"), &format!("udev_path={}", lun.device.display()))?;
+        // The control key tells iblock what to open; this attribute is what
+        // configfs shows back (what `differences` compares), as rtslib does.
+        write(&dir.join("udev_path"), &lun.device.to_string_lossy())?;
+        if lun.read_only {
+            write(&dir.join("control"), "readonly=1")?;
+        }
+        write(&dir.join("wwn/vpd_unit_serial"), &lun.serial)?;
+        write(&dir.join("enable"), "1")?;
+        // UNMAP and WRITE SAME (VAAI); COMPARE AND WRITE is on by default.
+        write(&dir.join("attrib/emulate_tpu"), "1")?;
+        write(&dir.join("attrib/emulate_tpws"), "1")?;
+    }
+    let tpg = tpg(root, spec);
+    mkdir(&root.join("iscsi"))?;
+    mkdir(&root.join("iscsi").join(&spec.iqn))?;
+    mkdir(&tpg)?;
+    // Authentication before anything can log in: CHAP required, and only
+    // the initiators named in an ACL (no generated ACLs, no demo mode).
+    write(&tpg.join("attrib/authentication"), "1")?;
+    write(&tpg.join("attrib/generate_node_acls"), "0")?;
+    write(&tpg.join("attrib/demo_mode_write_protect"), "1")?;
+    write(&tpg.join("attrib/cache_dynamic_acls"), "0")?;
+    for (i, lun) in spec.luns.iter().enumerate() {
+        let dir = tpg.join(format!("lun/lun_{i}"));
+        mkdir(&dir)?;
+        let link = dir.join(&lun.backstore);
+        std::os::unix::fs::symlink(backstore(root, lun), &link)
+            .with_context(|| format!("linking {} to its backstore", link.display()))?;
+    }
+    for initiator in &spec.initiators {
+        let acl = tpg.join("acls").join(initiator);
+        mkdir(&acl)?;
+        write(&acl.join("auth/userid"), &spec.chap.user)?;
+        write(&acl.join("auth/password"), &spec.chap.secret)?;
+        write(&acl.join("auth/userid_mutual"), &spec.chap.mutual_user)?;
+        write(&acl.join("auth/password_mutual"), &spec.chap.mutual_secret)?;
+        for (i, lun) in spec.luns.iter().enumerate() {
+            let mapped = acl.join(format!("lun_{i}"));
+            mkdir(&mapped)?;
+            std::os::unix::fs::symlink(tpg.join(format!("lun/lun_{i}")), mapped.join("lun"))
+                .with_context(|| format!("mapping LUN {i} for {initiator}"))?;
+            write(&mapped.join("write_protect"), if lun.read_only { "1" } else { "0" })?;
+        }
+    }
+    // Discovery needs mutual CHAP too.
+    let discovery = root.join("iscsi/discovery_auth");
+    write(&discovery.join("userid"), &spec.chap.user)?;
+    write(&discovery.join("password"), &spec.chap.secret)?;
+    write(&discovery.join("userid_mutual"), &spec.chap.mutual_user)?;
+    write(&discovery.join("password_mutual"), &spec.chap.mutual_secret)?;
+    write(&discovery.join("enforce_discovery_auth"), "1")?;
+    mkdir(&tpg.join("np").join(portal_dir(spec)))?;
+    write(&tpg.join("enable"), "1")?;
+    Ok(())
+}
+
+/// Removes the target and our backstores named in `spec`, whatever of
+/// them exists, children first.
+pub fn remove(root: &Path, spec: &TargetSpec) -> Result<()> {
+    let target = root.join("iscsi").join(&spec.iqn);
+    let tpg = target.join(TPG);
+    if tpg.is_dir() {
+        let _ = std::fs::write(tpg.join("enable"), "0");
+        for acl in children(&tpg.join("acls")) {
+            for mapped in children(&acl).into_iter().filter(|p| name_of(p).starts_with("lun_")) {
+                let _ = std::fs::remove_file(mapped.join("lun"));
+                rmdir(&mapped)?;
+            }
+            rmdir(&acl)?;
+        }
+        for np in children(&tpg.join("np")) {
+            rmdir(&np)?;
+        }
+        for lun in children(&tpg.join("lun")) {
+            for link in children(&lun) {
+                if link.is_symlink() {
+                    std::fs::remove_file(&link).with_context(|| format!("unlinking {}", link.display()))?;
+                }
+            }
+            rmdir(&lun)?;
+        }
+        rmdir(&tpg)?;
+    }
+    if target.is_dir() {
+        rmdir(&target)?;
+    }
+    for lun in &spec.luns {
+        let dir = backstore(root, lun);
+        if dir.is_dir() {
+            rmdir(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn children(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() || p.is_symlink()).collect();
+    out.sort();
+    out
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+fn rmdir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Whether configfs already holds exactly `spec` (enabled, with its LUNs on
+/// their devices and serials, its portal, its ACLs and CHAP).
+pub fn matches(root: &Path, spec: &TargetSpec) -> Result<bool> {
+    Ok(differences(root, spec).is_empty())
+}
+
+/// What differs between configfs and `spec`, in words (for the audit).
+pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let tpg = tpg(root, spec);
+    if read(&tpg.join("enable")).as_deref() != Some("1") {
+        out.push(format!("target {} is not enabled", spec.iqn));
+        return out;
+    }
+    for (key, want) in [("authentication", "1"), ("generate_node_acls", "0"), ("demo_mode_write_protect", "1")] {
+        if read(&tpg.join("attrib").join(key)).as_deref() != Some(want) {
+            out.push(format!("target {}: attrib/{key} is not {want}", spec.iqn));
+        }
+    }
+    let luns: Vec<String> = children(&tpg.join("lun")).iter().map(|p| name_of(p)).collect();
+    let want: Vec<String> = (0..spec.luns.len()).map(|i| format!("lun_{i}")).collect();
+    if luns != want {
+        out.push(format!("target {}: LUNs {luns:?}, not {want:?}", spec.iqn));
+    }
+    for lun in &spec.luns {
+        let dir = backstore(root, lun);
+        let udev = read(&dir.join("udev_path"));
+        if udev.as_deref() != Some(&*lun.device.to_string_lossy()) {
+            out.push(format!("backstore {} is on {udev:?}, not {}", lun.backstore, lun.device.display()));
+        }
+        if read(&dir.join("wwn/vpd_unit_serial")).is_none_or(|s| !s.ends_with(&lun.serial)) {
+            out.push(format!("backstore {} does not carry serial {}", lun.backstore, lun.serial));
+        }
+    }
+    let nps: Vec<String> = children(&tpg.join("np")).iter().map(|p| name_of(p)).collect();
+    if nps != vec![portal_dir(spec)] {
+        out.push(format!("target {}: portals {nps:?}, not [{}]", spec.iqn, portal_dir(spec)));
+    }
+    let acls: Vec<String> = children(&tpg.join("acls")).iter().map(|p| name_of(p)).collect();
+    let mut want_acls = spec.initiators.clone();
+    want_acls.sort();
+    if acls != want_acls {
+        out.push(format!("target {}: ACLs {acls:?}, not {want_acls:?}", spec.iqn));
+    }
+    for initiator in &spec.initiators {
+        let auth = tpg.join("acls").join(initiator).join("auth");
+        let same = read(&auth.join("userid")).as_deref() == Some(&*spec.chap.user)
+            && read(&auth.join("password")).as_deref() == Some(&*spec.chap.secret)
+            && read(&auth.join("userid_mutual")).as_deref() == Some(&*spec.chap.mutual_user)
+            && read(&auth.join("password_mutual")).as_deref() == Some(&*spec.chap.mutual_secret);
+        if !same {
+            out.push(format!("target {}: CHAP of initiator {initiator} is not the configured one", spec.iqn));
+        }
+    }
+    let discovery = root.join("iscsi/discovery_auth");
+    if read(&discovery.join("enforce_discovery_auth")).as_deref() != Some("1") {
+        out.push("discovery does not require CHAP".into());
+    }
+    out
+}
+
+/// One initiator's session on a target, as LIO shows it in the ACL's
+/// `info` (only logged-in or logging-in sessions are shown).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    pub initiator: String,
+    /// LIO's session state without its prefix: `LOGGED_IN`, `FAILED`...
+    pub state: String,
+    /// The initiator's address of each connection.
+    pub addresses: Vec<String>,
+}
+
+/// The sessions of the target `iqn`, one per ACL that has one.
+pub fn sessions(root: &Path, iqn: &str) -> Vec<Session> {
+    let acls = root.join("iscsi").join(iqn).join(TPG).join("acls");
+    children(&acls)
+        .iter()
+        .filter_map(|acl| {
+            std::fs::read_to_string(acl.join("info")).ok().and_then(|t| parse_acl_info(&name_of(acl), &t))
+        })
+        .collect()
+}
+
+/// Reads an ACL's `info` (iscsi_target_configfs.c): "No active iSCSI
+/// Session..." or the session's state line and one "Address" line per
+/// connection.
+fn parse_acl_info(initiator: &str, text: &str) -> Option<Session> {
+    if text.contains("No active iSCSI Session") {
+        return None;
+    }
+    let state = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Session State:"))
+        .map(|s| s.trim().trim_start_matches("TARG_SESS_STATE_").to_string())
+        .unwrap_or_else(|| "UNKNOWN".into());
+    let addresses = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Address "))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+        .collect();
+    Some(Session { initiator: initiator.into(), state, addresses })
+}
+
+/// Every iSCSI target configfs holds (for the audit: nothing beyond ours).
+pub fn targets(root: &Path) -> Vec<String> {
+    children(&root.join("iscsi"))
+        .iter()
+        .map(|p| name_of(p))
+        .filter(|n| n.starts_with("iqn.") || n.starts_with("eui.") || n.starts_with("naa."))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acl_with_a_session_and_one_without() {
+        let logged_in = "InitiatorName: iqn.2026-12.test:host1\nInitiatorAlias: \n\
+            LIO Session ID: 1   ISID: 0x23d000000000  TSIH: 1  SessionType: Normal\n\
+            Session State: TARG_SESS_STATE_LOGGED_IN\n\
+            ---------------------[iSCSI Session Values]-----------------------\n\
+            ----------------------[iSCSI Connections]-------------------------\n\
+            CID: 0  Connection State: TARG_CONN_STATE_LOGGED_IN\n   Address 10.0.4.2 TCP  StatSN: 0x00000004\n";
+        assert_eq!(
+            parse_acl_info("iqn.2026-12.test:host1", logged_in),
+            Some(Session {
+                initiator: "iqn.2026-12.test:host1".into(),
+                state: "LOGGED_IN".into(),
+                addresses: vec!["10.0.4.2".into()],
+            })
+        );
+        let none = "No active iSCSI Session for Initiator Endpoint: iqn.2026-12.test:host1\n";
+        assert_eq!(parse_acl_info("iqn.2026-12.test:host1", none), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! The iSCSI front-end, for hypervisors that cannot open NBD (ESXi): the
+//! kernel's LIO target serves each volume of each VPG as a LUN, one target
+//! (IQN) per VPG, with mutual CHAP and initiator ACLs. The agent stays the
+//! only writer of the volumes: each LUN's backstore is a kernel NBD device
+//! attached to the agent's own export of the volume (`kernel_nbd`), so an
+//! iSCSI write takes the same path, in the same write order, into the same
+//! protected log as an NBD write. `lio` writes the target into configfs.
+//!
+//! LUN identity: the serial (and the NAA id LIO derives from it) comes from
+//! the appliance's key, the VPG and the volume: stable across restarts and
+//! reboots, different on every appliance.
+
+pub mod genetlink;
+pub mod kernel_nbd;
+pub mod lio;
+
+use crate::capture::export::CaptureExport;
+use crate::capture::vpg::VpgCapture;
+use crate::config::IscsiConfig;
+use crate::nbd::admission::Admission;
+use crate::nbd::export::BlockExport;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The month in the IQNs (when the naming authority was Tidemark's).
+const IQN_DATE: &str = "2026-12";
+
+/// `iqn.2026-12.<domain>:tidemark:<appliance>:<vpg>`, lower case, with only
+/// the characters an iSCSI name may hold.
+pub fn target_iqn(domain: &str, appliance: &str, vpg: &str) -> String {
+    let clean = |s: &str| {
+        s.to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+            .collect::<String>()
+    };
+    format!("iqn.{IQN_DATE}.{}:tidemark:{}:{}", clean(domain), clean(appliance), clean(vpg))
+}
+
+/// The LUN's serial: 32 hex digits of SHA-256 over the appliance's
+/// certificate fingerprint, the VPG and the volume.
+pub fn lun_serial(appliance_fingerprint: &str, vpg: &str, volume: &str) -> String {
+    let mut input = appliance_fingerprint.as_bytes().to_vec();
+    for part in [vpg, volume] {
+        input.push(0);
+        input.extend_from_slice(part.as_bytes());
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The NAA id (VPD 0x83) LIO derives from a LUN's serial: NAA type 6, its
+/// IEEE company id 00-14-05, then the serial's first 25 hex digits.
+pub fn lun_naa(serial: &str) -> String {
+    let digits: String = serial.chars().filter(char::is_ascii_hexdigit).take(25).collect();
+    format!("naa.6001405{}", digits.to_ascii_lowercase())
+}
+
+/// What status shows of one VPG's target: its LUNs and the sessions on it
+/// (every initiator in the ACLs sees every LUN of the target).
+pub fn target_status(
+    config: &IscsiConfig,
+    appliance: &str,
+    fingerprint: &str,
+    vpg: &str,
+    volumes: &[&str],
+    configfs: &Path,
+) -> crate::status::IscsiStatus {
+    crate::status::IscsiStatus {
+        target: target_iqn(&config.domain, appliance, vpg),
+        luns: volumes
+            .iter()
+            .enumerate()
+            .map(|(i, volume)| {
+                let serial = lun_serial(fingerprint, vpg, volume);
+                crate::status::LunStatus { lun: i as u32, volume: volume.to_string(), naa: lun_naa(&serial), serial }
+            })
+            .collect(),
+        sessions: lio::sessions(configfs, &target_iqn(&config.domain, appliance, vpg)),
+    }
+}
+
+/// The backend identifier a volume's kernel NBD device carries: how a
+/// restarted agent finds (and re-attaches) the same device.
+pub fn device_identifier(vpg: &str, volume: &str) -> String {
+    format!("tidemark:{vpg}/{volume}")
+}
+
+/// The target LIO must hold for one VPG, given the device of each of its
+/// volumes (in the VPG's order: LUN i is volume i).
+pub fn target_spec(
+    config: &IscsiConfig,
+    appliance: &str,
+    fingerprint: &str,
+    vpg: &str,
+    volumes: &[(&str, PathBuf)],
+) -> lio::TargetSpec {
+    lio::TargetSpec {
+        iqn: target_iqn(&config.domain, appliance, vpg),
+        portal: config.listen,
+        luns: volumes
+            .iter()
+            .map(|(volume, device)| lio::LunSpec {
+                backstore: lio::backstore_name(vpg, volume),
+                device: device.clone(),
+                serial: lun_serial(fingerprint, vpg, volume),
+                read_only: false,
+            })
+            .collect(),
+        initiators: config.initiators.clone(),
+        chap: lio::Chap {
+            user: config.chap_user.clone(),
+            secret: config.chap_secret.clone(),
+            mutual_user: config.mutual_chap_user.clone(),
+            mutual_secret: config.mutual_chap_secret.clone(),
+        },
+    }
+}
+
+/// Serves every VPG's volumes as LUNs: attaches (or re-attaches) each
+/// volume's kernel NBD device, serves it, and makes LIO hold the targets.
+pub async fn start(
+    config: &IscsiConfig,
+    appliance: &str,
+    fingerprint: &str,
+    captures: &[Arc<VpgCapture>],
+    configfs: &Path,
+    state_dir: &Path,
+) -> Result<()> {
+    lio::set_state_dir(configfs, state_dir)?;
+    let admission = Admission::new();
+    for capture in captures {
+        let mut devices = Vec::new();
+        for (i, volume) in capture.volumes.iter().enumerate() {
+            let export: Arc<dyn BlockExport> = Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 });
+            let identifier = device_identifier(&capture.name, &volume.name);
+            let size = volume.size;
+            let (ex, adm) = (export.clone(), admission.clone());
+            // Blocking netlink; the connections are served before the
+            // kernel is asked to use them (it reads the device at once).
+            let attached = tokio::task::spawn_blocking(move || {
+                kernel_nbd::attach(&identifier, size, |connection| {
+                    serve_connection(connection, ex.clone(), adm.clone())
+                })
+            })
+            .await
+            .context("attaching a kernel NBD device")??;
+            devices.push((volume.name.as_str(), attached.device()));
+        }
+        let spec = target_spec(config, appliance, fingerprint, &capture.name, &devices);
+        let root = configfs.to_path_buf();
+        tokio::task::spawn_blocking(move || lio::apply(&root, &spec)).await.context("configuring LIO")??;
+    }
+    Ok(())
+}
+
+/// Serves the kernel's side of one device connection (from a blocking
+/// thread: it spawns onto the runtime).
+fn serve_connection(
+    connection: std::os::unix::net::UnixStream,
+    export: Arc<dyn BlockExport>,
+    admission: Arc<Admission>,
+) {
+    let handle = tokio::runtime::Handle::current();
+    handle.spawn(async move {
+        let result = async {
+            connection.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(connection)?;
+            let admitted = admission
+                .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+                .await
+                .context("no slot for the kernel's connection")?;
+            crate::nbd::server::serve_kernel(stream, export, admitted).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("kernel NBD connection ended: {e:#}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_serials_are_stable_and_distinct() {
+        assert_eq!(target_iqn("io.Example", "tm-prot_1", "DB"), "iqn.2026-12.io.example:tidemark:tm-prot-1:db");
+        let a = lun_serial("sha256:aa", "db", "disk0");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, lun_serial("sha256:aa", "db", "disk0"));
+        assert_ne!(a, lun_serial("sha256:bb", "db", "disk0"), "another appliance, another identity");
+        assert_ne!(a, lun_serial("sha256:aa", "db", "disk1"));
+        assert_ne!(lun_serial("sha256:aa", "d", "bdisk0"), lun_serial("sha256:aa", "db", "disk0"));
+        assert_eq!(lun_naa("339849c9d35fb41d2ce36c58b0839bc6"), "naa.6001405339849c9d35fb41d2ce36c58b");
+    }
+}

@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# The ESXi data path: a protected appliance booted from the image (QEMU,
+# -accel tcg) serves its VM disk as an iSCSI LUN (LIO, the agent's kernel
+# NBD device as the backstore), with mutual CHAP and an initiator ACL; the
+# initiators are libiscsi's tools and QEMU's iSCSI driver in the storage
+# network's namespace; the recovery agent runs on the host.
+# - The LUN answers INQUIRY with a serial derived from the appliance's key,
+#   and advertises no volatile write cache (WCE=0: a completed write is
+#   stable, as ESXi assumes).
+# - Refused and logged: no CHAP, a wrong secret, an initiator not in the
+#   ACL, discovery without credentials; and an initiator that expects
+#   another target secret refuses the appliance (mutual CHAP).
+# - An ext4 image written through QEMU's iSCSI driver, a tagged checkpoint,
+#   and the restore on the recovery side passes e2fsck with every file's
+#   SHA-256.
+# - Garbage, a SCSI command before login, an oversized and a truncated
+#   login PDU on 3260: each connection is dropped, the volume is unchanged,
+#   a good login still works; nmap sees 3260 open on the storage link only;
+#   `tidemark audit` passes the LIO configuration.
+# - The agent is killed (SIGKILL, from the console): the LUN keeps its
+#   identity, writes go on after it restarts, and nothing acknowledged is
+#   lost.
+# - The appliance loses power under iSCSI writes (QEMU killed): it boots
+#   again with the same LUN identity, and the restore of head holds every
+#   write the initiator saw acknowledged; `status` shows the LUN's NAA id
+#   (checked against VPD 0x83) and the writer's session.
+# - Last: libiscsi's iscsi-test-cu against the LUN and, as the reference, a
+#   plain LIO fileio LUN set up in the same guest with the same CHAP: every
+#   test the reference passes must pass on Tidemark's LUN.
+source "$(dirname "$0")/../lib/common.sh"
+source "$ROOT/tests/lib/appliance.sh"
+
+appliance_image_check
+NS=tmiscsi$$
+guest_netns "$NS" mgmt repl stor
+PASSWORD='iscsi console'
+INITIATOR=iqn.2026-12.io.tidemark.test:host1
+# iscsi-test-cu's second I_T nexus (reservations, multipath).
+INITIATOR2=iqn.2026-12.io.tidemark.test:host2
+CHAP_USER=esxi
+CHAP_SECRET=initiator-secret-0123
+MUTUAL_USER=tidemark
+MUTUAL_SECRET=target-secret-456789
+PORTAL=10.0.4.15
+IQN=iqn.2026-12.io.tidemark:tidemark:tm-iscsi:vm1
+in_ns() { ip netns exec "$NS" "$@"; }
+url() { echo "iscsi://$1@$PORTAL/$2/0"; }
+GOOD="$CHAP_USER%$CHAP_SECRET"
+MUTUAL="?target_user=$MUTUAL_USER&target_password=$MUTUAL_SECRET"
+
+mkdir -p "$WORK/b" "$WORK/prot/cfg"
+FP_R=$("$TIDEMARK" keygen --dir "$WORK/b/keys" --name recovery-host | tail -n1)
+truncate -s 64M "$WORK/vmdisk.img"
+ovf_env "$WORK/prot/cfg/ovf-env.xml" tidemark.role=protected tidemark.hostname=tm-iscsi \
+    tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
+    tidemark.repl.address=10.0.3.15/24 tidemark.storage.address=$PORTAL/24 \
+    tidemark.peer.address=10.0.3.2 tidemark.peer.fingerprint="$FP_R" \
+    tidemark.vpgs="vm1:disk0=/dev/vdc" \
+    tidemark.iscsi.initiators=$INITIATOR,$INITIATOR2 tidemark.iscsi.chap_user=$CHAP_USER \
+    tidemark.iscsi.chap_secret=$CHAP_SECRET tidemark.iscsi.mutual_chap_user=$MUTUAL_USER \
+    tidemark.iscsi.mutual_chap_secret=$MUTUAL_SECRET \
+    tidemark.admin.password_hash="$(openssl passwd -6 -salt iscsisalt "$PASSWORD")"
+
+log "boot a protected appliance with iSCSI on its storage network"
+nics=()
+for tap in mgmt repl stor; do
+    nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
+done
+GUEST_MEM=768 guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
+PROT_PID=$GUEST_PID
+guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
+FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
+cat >"$WORK/recovery.toml" <<TOML
+$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
+[logging]
+dir = "$WORK/b/logs"
+TOML
+start_agent recovery 4007 "$NS"
+guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
+for _ in $(seq 1 100); do
+    grep -q "iSCSI target configured\|starting the iSCSI front-end" "$WORK/prot/serial.log" && break
+    sleep 0.2
+done
+grep -q "iSCSI target configured" "$WORK/prot/serial.log" || fail "no iSCSI target: $(tail -30 "$WORK/prot/serial.log")"
+log "appliance ready $(guest_seconds_since_start) s after power-on, target $IQN"
+
+out=$(guest_console prot root "$PASSWORD" "tidemark audit --config /run/tidemark/tidemark.toml | grep 'iscsi targets'" | tr -d '\r')
+grep -q "PASS *iscsi targets" <<<"$out" || fail "the audit does not pass the iSCSI targets: $out"
+log "audit: $(grep -o 'PASS *iscsi targets.*' <<<"$out")"
+
+log "INQUIRY: the LUN's serial, and no volatile write cache"
+in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 128 "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/serial.out" 2>&1 ||
+    fail "iscsi-inq with mutual CHAP failed: $(cat "$WORK/serial.out")"
+cat "$WORK/serial.out"
+serial=$(grep -io "[0-9a-f]\{32\}" "$WORK/serial.out" | head -1)
+[ ${#serial} = 32 ] || fail "no unit serial: $(cat "$WORK/serial.out")"
+out=$(guest_console prot root "$PASSWORD" "cat /sys/block/nbd0/queue/write_cache /sys/kernel/config/target/core/iblock_0/tm-vm1-disk0/attrib/emulate_write_cache" | tr -d '\r')
+grep -q "write through" <<<"$out" || fail "the LUN's device has a write cache: $out"
+log "LUN serial $serial; write through"
+
+log "refused: no CHAP, a wrong secret, another initiator, discovery without credentials, a wrong target secret"
+refused() {
+    local what=$1
+    shift
+    if in_ns "$@" >"$WORK/refused.out" 2>&1; then fail "$what was let in: $(cat "$WORK/refused.out")"; fi
+}
+refused "a login without CHAP" iscsi-inq -i "$INITIATOR" "iscsi://$PORTAL/$IQN/0"
+refused "a wrong secret" iscsi-inq -i "$INITIATOR" "$(url "$CHAP_USER%wrong-secret-0000" "$IQN")$MUTUAL"
+# Mutual CHAP: the appliance proves itself with its own secret, so an
+# initiator that expects another one refuses it. (Whether an initiator asks
+# the target to prove itself is the initiator's setting, ESXi's
+# "bidirectional CHAP"; a target cannot demand it.)
+refused "a target secret the initiator does not know" iscsi-inq -i "$INITIATOR" \
+    "$(url "$GOOD" "$IQN")?target_user=$MUTUAL_USER&target_password=not-the-target-secret"
+refused "an initiator not in the ACL" iscsi-inq -i iqn.2026-12.io.tidemark.test:intruder "$(url "$GOOD" "$IQN")$MUTUAL"
+refused "discovery without credentials" iscsi-ls -i "$INITIATOR" "iscsi://$PORTAL"
+# The appliance's kernel says so on its console (and in the bundle's
+# logs/kernel.txt); LIO names the initiator for an ACL refusal only.
+for _ in $(seq 1 20); do grep -q "intruder is not authorized" "$WORK/prot/serial.log" && break; sleep 0.2; done
+grep -q "iqn.2026-12.io.tidemark.test:intruder is not authorized" "$WORK/prot/serial.log" ||
+    fail "the refused initiator is not in the kernel's log"
+grep -q "has not been successfully authenticated" "$WORK/prot/serial.log" || fail "the login without CHAP is not in the kernel's log"
+in_ns iscsi-ls -i "$INITIATOR" -s "iscsi://$GOOD@$PORTAL$MUTUAL" >"$WORK/ls.out" 2>&1 ||
+    fail "discovery with mutual CHAP failed: $(cat "$WORK/ls.out")"
+grep -q "$IQN" "$WORK/ls.out" || fail "discovery does not list $IQN: $(cat "$WORK/ls.out")"
+
+log "bad input on 3260: garbage and truncated PDUs are dropped, nothing is written, other sessions go on"
+volume_sum() { guest_console prot root "$PASSWORD" "sha256sum /dev/vdc" | tr -d '\r' | grep -o '^[0-9a-f]\{64\}'; }
+sum_before=$(volume_sum)
+in_ns python3 - "$PORTAL" <<'PY' || fail "the target kept a connection that sent garbage"
+import os, socket, struct, sys, time
+
+def login_header(data_len, opcode=0x43):
+    # BHS: opcode (immediate login), T-bit + CSG/NSG, versions, AHS len,
+    # 24-bit DataSegmentLength, ISID/TSIH, ITT, CID, CmdSN, ExpStatSN.
+    return struct.pack(">BBBBB", opcode, 0x87, 0, 0, 0) + data_len.to_bytes(3, "big") + bytes(40)
+
+cases = [
+    ("48 random bytes", os.urandom(48), False),
+    ("a SCSI command before any login", bytes([0x01, 0x80]) + bytes(46), False),
+    ("a login PDU claiming 16 MiB of text", login_header(0xFFFFFF) + b"x" * 4096, False),
+    ("a login PDU cut short after 20 bytes", login_header(64)[:20], True),
+]
+for what, payload, then_close in cases:
+    s = socket.create_connection((sys.argv[1], 3260), timeout=5)
+    s.sendall(payload)
+    if then_close:
+        s.shutdown(socket.SHUT_WR)
+    deadline = time.time() + 30
+    closed = False
+    while time.time() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+    s.close()
+    if not closed:
+        sys.exit(f"{what}: the connection was still open after 30 s")
+    print(f"dropped: {what}")
+PY
+in_ns iscsi-inq -i "$INITIATOR" "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/after-garbage.out" 2>&1 ||
+    fail "a good session failed after the garbage: $(cat "$WORK/after-garbage.out")"
+[ "$(volume_sum)" = "$sum_before" ] || fail "the volume changed under garbage PDUs"
+log "volume unchanged (sha256 ${sum_before:0:16}...); a good login still works"
+
+log "nmap: 3260 answers on the storage link only"
+in_ns nmap -Pn -n -p 3260 -oG - 10.0.2.15 10.0.3.15 "$PORTAL" >"$WORK/nmap.out" 2>&1 || fail "nmap failed: $(cat "$WORK/nmap.out")"
+grep -q "Host: $PORTAL .*3260/open/" "$WORK/nmap.out" || fail "3260 is not open on the storage link: $(cat "$WORK/nmap.out")"
+for other in 10.0.2.15 10.0.3.15; do
+    grep -q "Host: $other .*3260/filtered/" "$WORK/nmap.out" || fail "3260 is not filtered on $other: $(cat "$WORK/nmap.out")"
+done
+
+# The guests on the LUN: the appliance's kernel (ext4 built in) and
+# initramfs, with this host's mke2fs (and the libraries it links) and an
+# /init of the test's own; their one disk (/dev/vda) is the LUN through
+# QEMU's iSCSI driver (one-way CHAP: QEMU has no setting for mutual).
+BASE=$WORK/guest-base
+mkdir -p "$BASE" && (cd "$BASE" && gzip -dc "$IMAGE/initrd.img" | cpio -id --quiet) || fail "cannot unpack the initramfs"
+mkdir -p "$BASE/sbin" && cp /sbin/mke2fs "$BASE/sbin/"
+for lib in $(ldd /sbin/mke2fs | grep -o '/[^ ]*'); do
+    mkdir -p "$BASE$(dirname "$lib")" && cp -L "$lib" "$BASE$lib"
+done
+# iscsi_guest NAME: boots a guest that runs the shell script on stdin.
+iscsi_guest() {
+    local name=$1 tree=$WORK/$1-initrd
+    cp -a "$BASE" "$tree"
+    {
+        cat <<'PRELUDE'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /etc/modules); do modprobe "$m" 2>/dev/null; done
+for _ in $(seq 1 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+PRELUDE
+        cat
+        echo "poweroff -f"
+    } >"$tree/init"
+    chmod +x "$tree/init"
+    (cd "$tree" && find . | sort | cpio -o -H newc --quiet) >"$WORK/$name-initrd.img"
+    qemu_guest "$name" "$NS" -kernel "$IMAGE/vmlinuz" -initrd "$WORK/$name-initrd.img" \
+        -append "console=ttyS0 panic=-1 loglevel=4" \
+        -iscsi "initiator-name=$INITIATOR,user=$CHAP_USER,password=$CHAP_SECRET" \
+        -drive "file=iscsi://$PORTAL/$IQN/0,format=raw,if=virtio,cache=none"
+}
+# iscsi_guest_done NAME SECONDS: waits for the guest to power off.
+iscsi_guest_done() {
+    local pid=$GUEST_PID log=$WORK/$1/serial.log
+    for _ in $(seq 1 $(($2 * 2))); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        grep -q "guest: .* failed\|Kernel panic\|halting" "$log" 2>/dev/null && break
+        sleep 0.5
+    done
+    fail "guest $1 did not finish within $2 s: $(tail -20 "$log")"
+}
+
+log "a Linux guest on the LUN through QEMU's iSCSI driver: ext4, 300 files, each fsynced"
+iscsi_guest vm <<'INIT'
+/sbin/mke2fs -q -F -t ext4 -b 4096 /dev/vda || { echo "guest: mke2fs failed"; poweroff -f; }
+echo "guest: ext4 made"
+mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && mkdir -p /mnt/data || { echo "guest: mount failed"; poweroff -f; }
+i=0
+while [ $i -lt 300 ]; do
+    head -c $((i * 37 % 8000 + 1)) /dev/urandom >/mnt/data/f$i
+    sync /mnt/data/f$i
+    i=$((i + 1))
+    [ $((i % 50)) = 0 ] && echo "guest: $i files"
+done
+sync
+(cd /mnt && find . -type f | sort | xargs sha256sum) >/sums
+umount /mnt
+echo "guest: sums begin"
+cat /sums
+echo "guest: sums end"
+INIT
+iscsi_guest_done vm 300
+sed -n '/guest: sums begin/,/guest: sums end/p' "$WORK/vm/serial.log" | grep -v "guest: sums" | tr -d '\r' >"$WORK/guest.sums"
+[ "$(wc -l <"$WORK/guest.sums")" = 300 ] || fail "the guest did not write its files: $(tail -20 "$WORK/vm/serial.log")"
+log "the guest wrote 300 files and powered off"
+
+out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-guest --wait 120s" | tr -d '\r')
+grep -q "in the recovery journal" <<<"$out" || fail "the tagged checkpoint did not reach the recovery journal: $out"
+"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint after-guest --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
+    fail "restore failed: $(cat "$WORK/restore.out")"
+img=$WORK/restored/disk0.img
+e2fsck -fn "$img" >"$WORK/fsck.out" 2>&1 || fail "e2fsck on the restore: $(cat "$WORK/fsck.out")"
+while read -r sum path; do
+    debugfs -R "dump ${path#.} $WORK/dumped" "$img" >/dev/null 2>&1 || fail "${path#.} is missing from the restore"
+    [ "$(sha256sum <"$WORK/dumped" | cut -d' ' -f1)" = "$sum" ] || fail "${path#.} differs in the restore"
+done <"$WORK/guest.sums"
+log "restored from the tag: e2fsck clean, all 300 files match"
+
+log "SIGKILL of the agent under iSCSI writes: the LUN keeps its identity, nothing acknowledged is lost"
+# VPD page 0x83 (iscsi-inq takes it in decimal): the NAA id and the rest.
+identity() { in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 131 "$(url "$GOOD" "$IQN")$MUTUAL" 2>&1 || true; }
+before=$(identity)
+grep -qi naa <<<"$before" || fail "no NAA designator in VPD 0x83: $before"
+BLOCKS=600
+iscsi_guest writer <<'INIT'
+i=0
+while [ $i -lt 600 ]; do
+    printf "tidemark block %06d\n" $i | dd of=/dev/vda bs=4096 seek=$i conv=sync,fsync 2>/dev/null ||
+        { echo "guest: write $i failed"; poweroff -f; }
+    echo "acked $i"
+    i=$((i + 1))
+done
+echo "guest: writes done"
+INIT
+for _ in $(seq 1 600); do
+    grep -q "acked 150" "$WORK/writer/serial.log" 2>/dev/null && break
+    sleep 0.2
+done
+grep -q "acked 150" "$WORK/writer/serial.log" || fail "the writer did not get going: $(tail -5 "$WORK/writer/serial.log")"
+out=$(guest_console prot root "$PASSWORD" "tidemark status --config /run/tidemark/tidemark.toml" | tr -d '\r')
+grep -q "iSCSI target: *$IQN" <<<"$out" || fail "status does not show the target: $out"
+lun_line=$(grep "LUN 0 disk0:" <<<"$out") || fail "status does not show LUN 0: $out"
+grep -q "$INITIATOR (logged_in, from 10\.0\.4\." <<<"$lun_line" || fail "status does not show the writer's session: $lun_line"
+naa=$(grep -o 'naa\.[0-9a-f]*' <<<"$lun_line")
+# iscsi-inq prints the binary NAA designator as a C string: compare bytes,
+# up to the first NUL.
+in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 131 "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/vpd83.bin" 2>&1 || true
+python3 - "$WORK/vpd83.bin" "${naa#naa.}" <<'PY' || fail "status says $naa; VPD 0x83 says otherwise"
+import sys
+raw, want = open(sys.argv[1], "rb").read(), bytes.fromhex(sys.argv[2])
+at = raw.find(b"NAA")
+start = raw.find(b"Designator:[", at) + len(b"Designator:[")
+found = raw[start:raw.find(b"]\n", start)]
+want = want.split(b"\0")[0]
+if at < 0 or found != want:
+    sys.exit(f"VPD 0x83 NAA designator {found.hex()}, status {want.hex()}")
+PY
+log "status: $(sed 's/^ *//' <<<"$lun_line")"
+restarts=$(grep -c "tidemark protected ready" "$WORK/prot/serial.log")
+guest_console prot root "$PASSWORD" "kill -9 \$(pidof tidemark); echo killed" | grep -q killed || fail "the agent was not killed"
+acked_at_kill=$(grep -o "acked [0-9]*" "$WORK/writer/serial.log" | tail -1 | cut -d' ' -f2)
+log "agent killed with $acked_at_kill blocks acknowledged"
+iscsi_guest_done writer 300
+grep -q "guest: writes done" "$WORK/writer/serial.log" || fail "the writer did not finish: $(tail -5 "$WORK/writer/serial.log")"
+[ "$(grep -c "tidemark protected ready" "$WORK/prot/serial.log")" -gt "$restarts" ] || fail "the agent did not come back"
+grep -q "reconnected" "$WORK/prot/serial.log" || fail "the restarted agent did not take its device back: $(grep -i nbd "$WORK/prot/serial.log" | tail -5)"
+after=$(identity)
+[ "$before" = "$after" ] || fail "the LUN's identity changed across the restart: $before -> $after"
+out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-kill --wait 120s" | tr -d '\r')
+grep -q "in the recovery journal" <<<"$out" || fail "the tagged checkpoint did not reach the recovery journal: $out"
+rm -rf "$WORK/restored"
+"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint after-kill --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
+    fail "restore failed: $(cat "$WORK/restore.out")"
+python3 - "$WORK/restored/disk0.img" "$BLOCKS" <<'PY' || fail "acknowledged writes are missing from the restore"
+import sys
+img, n = open(sys.argv[1], "rb"), int(sys.argv[2])
+bad = []
+for i in range(n):
+    img.seek(i * 4096)
+    if img.read(22) != b"tidemark block %06d\n" % i:
+        bad.append(i)
+if bad:
+    print(f"{len(bad)} of {n} blocks differ, first {bad[:10]}")
+    sys.exit(1)
+PY
+log "restarted; same identity ($naa); all $BLOCKS acknowledged blocks restored"
+
+log "power cut of the appliance under iSCSI writes: every acknowledged write is in the restore of head"
+iscsi_guest cutter <<'INIT'
+i=0
+while [ $i -lt 600 ]; do
+    printf "tidemark power %06d\n" $i | dd of=/dev/vda bs=4096 seek=$((1000 + i)) conv=sync,fsync 2>/dev/null ||
+        { echo "guest: write $i failed"; poweroff -f; }
+    echo "acked $i"
+    i=$((i + 1))
+done
+echo "guest: writes done"
+INIT
+CUTTER_PID=$GUEST_PID
+for _ in $(seq 1 600); do
+    grep -q "acked 100" "$WORK/cutter/serial.log" 2>/dev/null && break
+    sleep 0.2
+done
+grep -q "acked 100" "$WORK/cutter/serial.log" || fail "the writer did not get going: $(tail -5 "$WORK/cutter/serial.log")"
+kill9 "$PROT_PID"
+# Whatever the guest saw acknowledged before the power went is in its log.
+sleep 1
+kill9 "$CUTTER_PID"
+acked=$(grep -o "acked [0-9]*" "$WORK/cutter/serial.log" | tail -1 | cut -d' ' -f2)
+log "power cut with $((acked + 1)) blocks acknowledged; booting the appliance again from its disks"
+mkdir -p "$WORK/prot2" && cp -r "$WORK/prot/cfg" "$WORK/prot2/"
+GUEST_MEM=768 GUEST_DATA=$WORK/prot/data.img guest_start prot2 "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
+guest_wait prot2 "tidemark protected ready" 120 || fail "no 'ready' after the power cut: $(tail -20 "$WORK/prot2/serial.log")"
+grep -q "iSCSI target configured" "$WORK/prot2/serial.log" || fail "no iSCSI target after the power cut"
+[ "$(identity)" = "$before" ] || fail "the LUN's identity changed across the power cut: $(identity)"
+out=$(guest_console prot2 root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-cut --wait 120s" | tr -d '\r')
+grep -q "in the recovery journal" <<<"$out" || fail "no checkpoint after the power cut: $out"
+rm -rf "$WORK/restored"
+"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint head --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
+    fail "restore of head failed: $(cat "$WORK/restore.out")"
+python3 - "$WORK/restored/disk0.img" "$acked" <<'PY' || fail "acknowledged writes are missing after the power cut"
+import sys
+img, last = open(sys.argv[1], "rb"), int(sys.argv[2])
+bad = [i for i in range(last + 1) if (img.seek((1000 + i) * 4096), img.read(22))[1] != b"tidemark power %06d\n" % i]
+if bad:
+    print(f"{len(bad)} of {last + 1} acknowledged blocks missing, first {bad[:10]}")
+    sys.exit(1)
+PY
+log "after the power cut: same identity, all $((acked + 1)) acknowledged blocks in the restore of head"
+log "conformance: iscsi-test-cu against Tidemark's LUN and, as the reference, a plain LIO fileio LUN"
+# The reference: the same guest, the same portal and CHAP, the same ACLs, a
+# fileio backstore on a file of the same size (write-through: O_DSYNC).
+REF_IQN=iqn.2026-12.io.tidemark:reference
+ref_setup="T=/sys/kernel/config/target; B=\$T/core/fileio_0/ref; G=\$T/iscsi/$REF_IQN/tpgt_1
+truncate -s 64M /run/ref.img && mkdir -p \$B && echo fd_dev_name=/run/ref.img,fd_dev_size=67108864 >\$B/control
+echo 1 >\$B/enable && echo 1 >\$B/attrib/emulate_tpu && echo 1 >\$B/attrib/emulate_tpws
+mkdir -p \$G/lun/lun_0 && ln -s \$B \$G/lun/lun_0/ref
+echo 1 >\$G/attrib/authentication && echo 0 >\$G/attrib/generate_node_acls
+for i in $INITIATOR $INITIATOR2; do A=\$G/acls/\$i; mkdir -p \$A/lun_0 && ln -s \$G/lun/lun_0 \$A/lun_0/lun
+printf %s $CHAP_USER >\$A/auth/userid; printf %s $CHAP_SECRET >\$A/auth/password
+printf %s $MUTUAL_USER >\$A/auth/userid_mutual; printf %s $MUTUAL_SECRET >\$A/auth/password_mutual; done
+mkdir \$G/np/$PORTAL:3260 && echo 1 >\$G/enable && echo reference-ready"
+out=$(guest_console prot2 root "$PASSWORD" "$ref_setup" | tr -d '\r')
+grep -q reference-ready <<<"$out" || fail "the reference LUN could not be set up: $out"
+# The SCSI families ESXi relies on (VAAI: COMPARE AND WRITE for ATS
+# locking, WRITE SAME, UNMAP, EXTENDED COPY; persistent reservations for
+# clustered VMs) and the iSCSI protocol's negative tests. One run per suite,
+# each bounded, so a suite that stalls costs two minutes, not the budget.
+# One-way CHAP here: libiscsi reads the pad bytes of a login response as
+# text, and LIO leaves stale bytes there, so a libiscsi mutual-CHAP login
+# fails once the target's CHAP identifier has three digits (docs/iscsi.md);
+# mutual CHAP is what the checks above proved. (Last in this test for that
+# reason too: every check above logs in with mutual CHAP where it can.)
+SUITES="Inquiry ReadCapacity16 TestUnitReady Mandatory ModeSense6 Read10 Read16 Write10 Write16
+WriteSame10 WriteSame16 Unmap GetLBAStatus ReportSupportedOpcodes CompareAndWrite ExtendedCopy
+ReceiveCopyResults PrinReadKeys PrinReportCapabilities PrinServiceactionRange ProutRegister
+ProutReserve ProutClear ProutPreempt MultipathIO iSCSIcmdsn iSCSIdatasn iSCSIResiduals iSCSITMF"
+# run_suite IQN SUITE DIR: one bounded iscsi-test-cu run; true if it left
+# verdicts in DIR/verdicts.
+run_suite() {
+    rm -f "$3/CUnitAutomated-Results.xml"
+    (cd "$3" && in_ns timeout 120 iscsi-test-cu -d -x -i "$INITIATOR" -I "$INITIATOR2" -t "ALL.$2" \
+        "$(url "$GOOD" "$1")" "$(url "$GOOD" "$1")" >run.out 2>&1) || true
+    [ -s "$3/CUnitAutomated-Results.xml" ] &&
+        python3 "$ROOT/tests/lib/cunit_results.py" "$3/CUnitAutomated-Results.xml" >"$3/verdicts" 2>/dev/null
+}
+conformance() {
+    local name=$1 iqn=$2 suite dir
+    mkdir -p "$WORK/cu-$name"
+    for suite in $SUITES; do
+        dir=$WORK/cu-$name/$suite
+        mkdir -p "$dir"
+        # A run that left no results (the login or the tool itself gave
+        # up; seen once in a while under TCG) is run once more, said aloud.
+        if ! run_suite "$iqn" "$suite" "$dir"; then
+            log "$name $suite: no results ($(tail -n2 "$dir/run.out" | tr '\n' ' ')); running it again" >&2
+            run_suite "$iqn" "$suite" "$dir" || echo "$suite.(no results) FAIL" >"$dir/verdicts"
+        fi
+        cat "$dir/verdicts"
+    done >"$WORK/cu-$name/results"
+}
+start=$(date +%s)
+conformance reference "$REF_IQN"
+conformance tidemark "$IQN"
+python3 "$ROOT/tests/lib/cunit_results.py" --compare "$WORK/cu-reference/results" "$WORK/cu-tidemark/results" ||
+    fail "Tidemark's LUN fails iscsi-test-cu tests the reference passes"
+# A run that reached nothing would compare equal: the reference must pass.
+[ "$(grep -c ' PASS$' "$WORK/cu-reference/results")" -ge 100 ] ||
+    fail "the reference passed too few tests to compare with: $(grep -c ' PASS$' "$WORK/cu-reference/results")"
+log "iscsi-test-cu took $(($(date +%s) - start)) s for both LUNs"
+log "PASS"
