@@ -19,8 +19,8 @@ class Console:
         self.sock.settimeout(0.2)
         self.seen = b""
 
-    def send(self, text):
-        self.sock.sendall(text.encode() + b"\r")
+    def send(self, text, end=b"\r"):
+        self.sock.sendall(text.encode() + end)
 
     def expect(self, *needles):
         """Waits until one of needles appears after what was already read."""
@@ -48,7 +48,10 @@ def login(path, user, password, command):
     c.expect("login: ")
     c.send(user)
     c.expect("Password: ")
-    c.send(password)
+    # A line feed, not a return: under load the password can arrive while
+    # the terminal still has getty's settings (no CR-to-NL mapping), and a
+    # return then never ends the line (login times out after 60 s).
+    c.send(password, end=b"\n")
     found, _ = c.expect("# ", "Login incorrect")
     if found == "Login incorrect":
         return 3
