@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make ova`: the appliance as an OVA for ESXi 7/8, from build/image/.
+# `make ova`: the appliance as an OVA for ESXi 6.7 or later (vmx-14 and the
+# guest OS id other4xLinux64Guest both need 6.7), from build/image/.
 #   tidemark.ovf   OVF 1.0 descriptor: 2 vCPU, 2 GiB, vmx-14 (ESXi 6.7+),
 #                  a PVSCSI controller with the system and data disks, three
 #                  vmxnet3 NICs (management, replication, storage), a CD-ROM
@@ -29,9 +30,14 @@ size() { stat -c %s "$1"; }
 capacity() { qemu-img info --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])'; }
 xml_escape() { sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g' -e 's/"/\&quot;/g'; }
 
-properties=$("$TIDEMARK" ovf-properties | while IFS=$'\t' read -r key what; do
+# The wizard checks what it can (ovf:qualifiers) and hides secrets
+# (ovf:password, OVF 1.1); first boot checks everything again.
+properties=$("$TIDEMARK" ovf-properties | while IFS=$'\t' read -r key what qualifiers secret; do
     label=${key#tidemark.}
-    printf '      <Property ovf:key="%s" ovf:type="string" ovf:userConfigurable="true" ovf:value="">\n' "$key"
+    extra=""
+    [ -n "$qualifiers" ] && extra+=" ovf:qualifiers=\"$(printf '%s' "$qualifiers" | xml_escape)\""
+    [ "$secret" = true ] && extra+=' ovf:password="true"'
+    printf '      <Property ovf:key="%s" ovf:type="string" ovf:userConfigurable="true" ovf:value=""%s>\n' "$key" "$extra"
     printf '        <Label>%s</Label>\n        <Description>%s</Description>\n      </Property>\n' \
         "$label" "$(printf '%s' "$what" | xml_escape)"
 done)
@@ -56,13 +62,13 @@ cat >"$STAGE/tidemark.ovf" <<OVF
     <Info>Networks</Info>
     <Network ovf:name="Management"><Description>Management: 4005, 4006, 4009 (eth0)</Description></Network>
     <Network ovf:name="Replication"><Description>Peer appliance: 4007, 4008 (eth1)</Description></Network>
-    <Network ovf:name="Storage"><Description>Hypervisor storage network: NBD 10809 (eth2)</Description></Network>
+    <Network ovf:name="Storage"><Description>Hypervisor storage network: NBD 10809, iSCSI 3260 (eth2)</Description></Network>
   </NetworkSection>
   <VirtualSystem ovf:id="tidemark">
     <Info>Tidemark replication appliance</Info>
     <Name>tidemark</Name>
-    <OperatingSystemSection ovf:id="101" vmw:osType="other5xLinux64Guest">
-      <Info>Linux 64-bit</Info>
+    <OperatingSystemSection ovf:id="101" vmw:osType="other4xLinux64Guest">
+      <Info>Linux 64-bit; other4xLinux64Guest and vmx-14 need ESXi 6.7 or later</Info>
     </OperatingSystemSection>
     <ProductSection ovf:required="true">
       <Info>Appliance settings, read at first boot from the OVF environment</Info>

@@ -213,8 +213,9 @@ enum Command {
         #[arg(long, default_value = "/var/lib/tidemark")]
         data_dir: PathBuf,
     },
-    /// The OVF properties the appliance reads (key, tab, description), for
-    /// the OVA packager's ProductSection.
+    /// The OVF properties the appliance reads (key, description, OVF
+    /// qualifiers, whether secret; tab separated), for the OVA packager's
+    /// ProductSection.
     #[command(hide = true)]
     OvfProperties,
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
@@ -662,8 +663,8 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::OvfProperties => {
-            for (key, what) in tidemark::appliance::ovf_config::PROPERTIES {
-                println!("{key}\t{what}");
+            for p in tidemark::appliance::ovf_config::PROPERTIES {
+                println!("{}\t{}\t{}\t{}", p.key, p.what, p.qualifiers, p.password);
             }
         }
         Command::BenchCompress { file } => {

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make ova`: the OVA is a ustar with the descriptor first; the manifest's
 # SHA-256 lines verify; the OVF is well-formed XML whose References name
-# every other file with its real size, on the hardware ESXi 7/8 take
-# (vmx-14, 2 vCPU, 2 GiB, PVSCSI, three vmxnet3 NICs, an ISO-transport
-# CD-ROM); its ProductSection declares exactly the properties the
-# appliance reads; the disks are streamOptimized VMDKs; and the system
+# every other file with its real size, on the hardware ESXi 6.7+ takes
+# (vmx-14, other4xLinux64Guest, 2 vCPU, 2 GiB, PVSCSI, three vmxnet3 NICs,
+# an ISO-transport CD-ROM); its ProductSection declares exactly the
+# properties the appliance reads, with the wizard's checks (a ValueMap for
+# the role, MinLen(24) for the token) and the secrets hidden; the disks are streamOptimized VMDKs; and the system
 # VMDK itself boots in QEMU to "ready" with an OVF environment attached and
 # a vmxnet3 NIC (what ESXi gives), on an isolated user-mode network.
 source "$(dirname "$0")/../lib/common.sh"
@@ -50,6 +51,14 @@ assert len(kind("17")) == 2 and len(kind("15")) == 1
 props = sorted(p.get(O + "key") for p in root.findall("o:VirtualSystem/o:ProductSection/o:Property", ns))
 expected = open(sys.argv[1]).read().split()
 assert props == expected, f"ProductSection {props} != appliance {expected}"
+by_key = {p.get(O + "key"): p for p in root.findall("o:VirtualSystem/o:ProductSection/o:Property", ns)}
+assert by_key["tidemark.role"].get(O + "qualifiers") == 'ValueMap{"protected","recovery"}', "role has no ValueMap"
+assert by_key["tidemark.diag.token"].get(O + "qualifiers") == "MinLen(24)", "the token has no MinLen(24)"
+for key in ("tidemark.diag.token", "tidemark.iscsi.chap_secret", "tidemark.iscsi.mutual_chap_secret"):
+    assert by_key[key].get(O + "password") == "true", f"{key} is shown in the wizard"
+assert not [k for k, p in by_key.items() if "secret" not in k and "token" not in k and p.get(O + "password")], "a non-secret is hidden"
+os_type = root.find("o:VirtualSystem/o:OperatingSystemSection", ns).get("{http://www.vmware.com/schema/ovf}osType")
+assert os_type == "other4xLinux64Guest", os_type
 print(f"OVF: {len(props)} properties, {len(items)} hardware items, sizes match")
 PY
 for d in system data; do

@@ -14,32 +14,74 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-/// The properties the OVF descriptor declares (`ova/tidemark.ovf`).
-pub const PROPERTIES: &[(&str, &str)] = &[
-    ("tidemark.role", "protected or recovery"),
-    ("tidemark.hostname", "host name"),
-    ("tidemark.mgmt.address", "management address with prefix, e.g. 192.0.2.10/24 (eth0)"),
-    ("tidemark.mgmt.gateway", "default gateway"),
-    ("tidemark.mgmt.networks", "networks allowed on the management ports, comma separated (default: eth0's)"),
-    ("tidemark.dns", "DNS servers, comma separated"),
-    ("tidemark.ntp", "NTP servers, comma separated"),
-    ("tidemark.repl.address", "replication address with prefix (eth1; default: the management address)"),
-    ("tidemark.storage.address", "storage network address with prefix, where the hypervisor reaches NBD (eth2)"),
-    ("tidemark.peer.address", "the peer appliance's replication address"),
-    ("tidemark.peer.fingerprint", "the peer appliance's certificate fingerprint, sha256:..."),
-    ("tidemark.vpgs", "protected side: VPGs, as name:volume=/dev/sdX,volume=/dev/sdY;name2:..."),
-    ("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),
-    ("tidemark.admin.ssh_key", "the first administrator's SSH public key (for support sessions)"),
-    ("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)"),
-    (
+/// One property of the OVF descriptor: what the deploy wizard shows, what
+/// it can check before first boot does (`ovf:qualifiers`: `MinLen(n)`,
+/// `MaxLen(n)`, `ValueMap{...}`), and whether it is a secret the wizard
+/// hides (`ovf:password`). First boot checks the same and more.
+pub struct Property {
+    pub key: &'static str,
+    pub what: &'static str,
+    pub qualifiers: &'static str,
+    pub password: bool,
+}
+
+const fn prop(key: &'static str, what: &'static str) -> Property {
+    Property { key, what, qualifiers: "", password: false }
+}
+
+const fn checked(key: &'static str, what: &'static str, qualifiers: &'static str) -> Property {
+    Property { key, what, qualifiers, password: false }
+}
+
+const fn secret(key: &'static str, what: &'static str, qualifiers: &'static str) -> Property {
+    Property { key, what, qualifiers, password: true }
+}
+
+/// The properties the OVF descriptor declares (`ova/package.sh`). A
+/// qualifier cannot say "empty or at least n": the optional CHAP secrets get
+/// only their maximum here (first boot checks 12-255 when iSCSI is on); the
+/// diagnostics token is required by the wizard (at least 24), though first
+/// boot lets an appliance run without the bundle.
+pub const PROPERTIES: &[Property] = &[
+    checked("tidemark.role", "protected or recovery", r#"ValueMap{"protected","recovery"}"#),
+    checked("tidemark.hostname", "host name (default tidemark)", "MaxLen(63)"),
+    checked("tidemark.mgmt.address", "management address with prefix, e.g. 192.0.2.10/24 (eth0)", "MinLen(1)"),
+    prop("tidemark.mgmt.gateway", "default gateway"),
+    prop("tidemark.mgmt.networks", "networks allowed on the management ports, comma separated (default: eth0's)"),
+    prop("tidemark.dns", "DNS servers, comma separated"),
+    prop("tidemark.ntp", "NTP servers, comma separated"),
+    prop("tidemark.repl.address", "replication address with prefix (eth1; default: the management address)"),
+    prop(
+        "tidemark.storage.address",
+        "storage network address with prefix, where the hypervisor reaches NBD and iSCSI (eth2)",
+    ),
+    checked("tidemark.peer.address", "the peer appliance's replication address", "MinLen(1)"),
+    checked(
+        "tidemark.peer.fingerprint",
+        "the peer appliance's certificate fingerprint, sha256:...",
+        "MinLen(71),MaxLen(71)",
+    ),
+    prop("tidemark.vpgs", "protected side: VPGs, as name:volume=/dev/sdX,volume=/dev/sdY;name2:..."),
+    prop("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),
+    prop("tidemark.admin.ssh_key", "the first administrator's SSH public key (for support sessions)"),
+    secret("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)", "MinLen(24)"),
+    prop(
         "tidemark.iscsi.initiators",
         "protected side, for ESXi: initiator IQNs allowed on the iSCSI LUNs, comma separated",
     ),
-    ("tidemark.iscsi.chap_user", "the CHAP user name the initiators present"),
-    ("tidemark.iscsi.chap_secret", "the CHAP secret the initiators present (12-255 characters)"),
-    ("tidemark.iscsi.mutual_chap_user", "the CHAP user name the appliance presents back (mutual CHAP)"),
-    ("tidemark.iscsi.mutual_chap_secret", "the CHAP secret the appliance presents back (12-255, not the initiators')"),
-    ("tidemark.iscsi.domain", "the reversed domain in the target names (default io.tidemark)"),
+    checked("tidemark.iscsi.chap_user", "the CHAP user name the initiators present", "MaxLen(255)"),
+    secret("tidemark.iscsi.chap_secret", "the CHAP secret the initiators present (12-255 characters)", "MaxLen(255)"),
+    checked(
+        "tidemark.iscsi.mutual_chap_user",
+        "the CHAP user name the appliance presents back (mutual CHAP)",
+        "MaxLen(255)",
+    ),
+    secret(
+        "tidemark.iscsi.mutual_chap_secret",
+        "the CHAP secret the appliance presents back (12-255, not the initiators')",
+        "MaxLen(255)",
+    ),
+    prop("tidemark.iscsi.domain", "the reversed domain in the target names (default io.tidemark)"),
 ];
 
 /// The iSCSI portal: the storage address, the port table's port.
@@ -92,7 +134,7 @@ impl Props<'_> {
 /// file system's size: the protected log gets three quarters of it.
 pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes: u64) -> Result<FirstBootFiles> {
     for key in properties.keys().filter(|k| k.starts_with("tidemark.")) {
-        if !PROPERTIES.iter().any(|(known, _)| known == key) {
+        if !PROPERTIES.iter().any(|p| p.key == key) {
             bail!("OVF property {key} is not one of the appliance's properties");
         }
     }
@@ -385,6 +427,62 @@ mod tests {
         let written = f.admin_ssh_key.unwrap();
         assert_eq!(written.lines().count(), 1, "{written:?}");
         assert!(written.starts_with("ssh-ed25519 AAAA") && !written.contains("note"), "{written:?}");
+    }
+
+    /// What the wizard checks, first boot checks too: a value one short of
+    /// a `MinLen` (or one over a `MaxLen`) is refused, the limit itself is
+    /// taken; a `ValueMap` takes its values only.
+    #[test]
+    fn the_wizard_qualifiers_match_first_boot() {
+        let iscsi = [
+            ("tidemark.role", "protected"),
+            ("tidemark.storage.address", "10.9.0.5/24"),
+            ("tidemark.vpgs", "web:os=/dev/sdb"),
+            ("tidemark.iscsi.initiators", "iqn.1998-01.com.vmware:esx1"),
+            ("tidemark.iscsi.chap_user", "esx"),
+            ("tidemark.iscsi.chap_secret", "initiator-secret-1"),
+            ("tidemark.iscsi.mutual_chap_user", "tidemark"),
+            ("tidemark.iscsi.mutual_chap_secret", "target-secret-12"),
+        ];
+        let fill = |key: &str, n: usize| -> String {
+            match key {
+                "tidemark.peer.fingerprint" => format!("sha256:{}", "0".repeat(n.saturating_sub(7))),
+                "tidemark.iscsi.mutual_chap_secret" => "m".repeat(n),
+                _ => "a".repeat(n),
+            }
+        };
+        let number = |q: &str, name: &str| -> Option<usize> {
+            let at = q.find(&format!("{name}("))? + name.len() + 1;
+            q[at..].split(')').next()?.parse().ok()
+        };
+        let mut checked = 0;
+        for p in PROPERTIES.iter().filter(|p| !p.qualifiers.is_empty()) {
+            let with = |value: String| {
+                let mut extra: Vec<(&str, &str)> = iscsi.to_vec();
+                extra.push((p.key, value.as_str()));
+                render(&props(&extra), Path::new("/d"), GIB).map(|_| ()).map_err(|e| format!("{e:#}"))
+            };
+            if let Some(min) = number(p.qualifiers, "MinLen").filter(|&m| m > 1) {
+                assert!(with(fill(p.key, min - 1)).is_err(), "{}: {} characters pass first boot", p.key, min - 1);
+                assert_eq!(with(fill(p.key, min)), Ok(()), "{}: {min} characters", p.key);
+                checked += 1;
+            }
+            if let Some(max) = number(p.qualifiers, "MaxLen") {
+                assert!(with(fill(p.key, max + 1)).is_err(), "{}: {} characters pass first boot", p.key, max + 1);
+                checked += 1;
+            }
+            if let Some(list) = p.qualifiers.strip_prefix("ValueMap{").and_then(|l| l.strip_suffix('}')) {
+                for value in list.split(',').map(|v| v.trim_matches('"')) {
+                    assert_eq!(with(value.to_string()), Ok(()), "{}={value}", p.key);
+                }
+                assert!(with("witness".into()).is_err());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "only {checked} qualifiers checked");
+        for key in ["tidemark.diag.token", "tidemark.iscsi.chap_secret", "tidemark.iscsi.mutual_chap_secret"] {
+            assert!(PROPERTIES.iter().any(|p| p.key == key && p.password), "{key} is not hidden in the wizard");
+        }
     }
 
     #[test]
