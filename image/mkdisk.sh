@@ -42,9 +42,9 @@ if [ -n "$INITRD" ]; then
     cp "$INITRD" "$stage/initrd.img"
     files+=("$stage/initrd.img")
     boot_lines="  INITRD /initrd.img
-  APPEND console=tty1 console=ttyS0,115200 quiet panic=-1"
+  APPEND console=tty1 console=ttyS0,115200 quiet panic=-1 nbd.max_part=0"
 else
-    boot_lines="  APPEND root=PARTUUID=$DISK_ID-02 rootfstype=squashfs ro rootwait console=tty1 console=ttyS0,115200 quiet panic=-1"
+    boot_lines="  APPEND root=PARTUUID=$DISK_ID-02 rootfstype=squashfs ro rootwait console=tty1 console=ttyS0,115200 quiet panic=-1 nbd.max_part=0"
 fi
 cat >"$stage/syslinux.cfg" <<CFG
 DEFAULT tidemark

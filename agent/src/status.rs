@@ -46,7 +46,18 @@ pub struct IscsiStatus {
     pub target: String,
     pub luns: Vec<LunStatus>,
     /// The initiators logged in (each sees every LUN of the target).
-    pub sessions: Vec<crate::iscsi::lio::Session>,
+    pub sessions: Vec<IscsiSession>,
+}
+
+/// One initiator's session on a target, as LIO shows it in the ACL's
+/// `info` (only logged-in or logging-in sessions are shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IscsiSession {
+    pub initiator: String,
+    /// LIO's session state without its prefix: `LOGGED_IN`, `FAILED`...
+    pub state: String,
+    /// The initiator's address of each connection.
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -85,6 +85,9 @@ pub struct IscsiConfig {
 
 /// The iSCSI port of the port table.
 pub const ISCSI_PORT: u16 = 3260;
+/// LUNs one appliance serves: each is one connection of the agent's NBD
+/// server, which admits that many from one source (the kernel's).
+pub const ISCSI_LUNS_MAX: usize = crate::nbd::admission::NBD_CONNECTIONS_PER_SOURCE_MAX;
 /// CHAP secrets: RFC 3720 wants at least 12 bytes (96 bits); LIO takes 255.
 const CHAP_SECRET_BYTES_MIN: usize = 12;
 const CHAP_SECRET_BYTES_MAX: usize = 255;
@@ -102,6 +105,9 @@ impl IscsiConfig {
             bail!("iscsi.initiators: name the initiators (IQNs) that may log in; nobody else can");
         }
         for (i, iqn) in self.initiators.iter().enumerate() {
+            if self.initiators[..i].contains(iqn) {
+                bail!("iscsi.initiators[{i}]: {iqn} is listed twice");
+            }
             let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':');
             if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.")) || !iqn.chars().all(ok) || iqn.len() > 223 {
                 bail!("iscsi.initiators[{i}]: {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:..., lower case)");
@@ -525,6 +531,30 @@ impl ProtectedConfig {
         parse_fingerprint(&self.peer.fingerprint).context("peer.fingerprint")?;
         if let Some(iscsi) = &self.iscsi {
             iscsi.validate()?;
+            let mut targets: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+            for vpg in &self.vpgs {
+                let iqn = crate::iscsi::names::target_iqn(&iscsi.domain, &self.node.name, &vpg.name);
+                if iqn.len() > crate::iscsi::names::IQN_BYTES_MAX {
+                    bail!(
+                        "iscsi: the target name of VPG {} is {} bytes, over {} (shorten iscsi.domain, node.name or \
+                         the VPG's name): {iqn}",
+                        vpg.name,
+                        iqn.len(),
+                        crate::iscsi::names::IQN_BYTES_MAX
+                    );
+                }
+                if let Some(other) = targets.insert(iqn.clone(), &vpg.name) {
+                    bail!(
+                        "iscsi: VPGs {other:?} and {:?} would share the target {iqn} (target names are lower case, \
+                         with - for _); rename one",
+                        vpg.name
+                    );
+                }
+            }
+            let luns: usize = self.vpgs.iter().map(|v| v.volumes.len()).sum();
+            if luns > ISCSI_LUNS_MAX {
+                bail!("iscsi: {luns} volumes, over the {ISCSI_LUNS_MAX} LUNs one appliance serves");
+            }
         }
         if self.log.capacity_bytes < LOG_CAPACITY_BYTES_MIN {
             bail!(
@@ -618,6 +648,34 @@ path = "/tmp/v1"
         assert_eq!(p.vpgs[0].mode, ReplicationMode::Async);
         assert_eq!(p.vpgs[0].checkpoint_interval_ms, 5000);
         assert_eq!(p.log.capacity_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn iscsi_names_that_would_collide_are_refused() {
+        let iscsi = |initiators: &str| {
+            format!(
+                "[iscsi]\nlisten = \"127.0.0.1:3260\"\ninitiators = [{initiators}]\nchap_user = \"esx\"\n\
+                 chap_secret = \"initiator-secret\"\nmutual_chap_user = \"tm\"\nmutual_chap_secret = \"target-secret-1\"\n"
+            )
+        };
+        let good = format!("{}{}", protected(""), iscsi("\"iqn.1998-01.com.vmware:esx1\""));
+        Config::parse(&good).unwrap();
+        let twice =
+            format!("{}{}", protected(""), iscsi("\"iqn.1998-01.com.vmware:esx1\", \"iqn.1998-01.com.vmware:esx1\""));
+        let err = format!("{:#}", Config::parse(&twice).unwrap_err());
+        assert!(err.contains("listed twice"), "{err}");
+        // `DB` and `db` are two VPGs, but one target name.
+        let second = "[[vpg]]\nname = \"DB\"\n[[vpg.volume]]\nname = \"v2\"\npath = \"/tmp/v2\"\n";
+        let clash = format!("{}{second}{}", protected(""), iscsi("\"iqn.1998-01.com.vmware:esx1\""));
+        let err = format!("{:#}", Config::parse(&clash).unwrap_err());
+        assert!(err.contains("would share the target"), "{err}");
+        let mut many = protected("");
+        for i in 0..ISCSI_LUNS_MAX {
+            many.push_str(&format!("[[vpg.volume]]\nname = \"x{i}\"\npath = \"/tmp/x{i}\"\n"));
+        }
+        let err =
+            format!("{:#}", Config::parse(&format!("{many}{}", iscsi("\"iqn.1998-01.com.vmware:esx1\""))).unwrap_err());
+        assert!(err.contains("LUNs one appliance serves"), "{err}");
     }
 
     #[test]

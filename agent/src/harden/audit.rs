@@ -356,6 +356,7 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
     };
     let mut problems = Vec::new();
     let mut wanted = Vec::new();
+    let mut wanted_backstores = Vec::new();
     for vpg in &p.vpgs {
         let mut devices = Vec::new();
         for volume in &vpg.volumes {
@@ -368,11 +369,16 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         if devices.len() == vpg.volumes.len() {
             problems.extend(lio::differences(configfs, &spec));
         }
+        wanted_backstores.extend(spec.luns.iter().map(|l| l.backstore.clone()));
         wanted.push(spec.iqn);
     }
     let extra: Vec<String> = present.into_iter().filter(|t| !wanted.contains(t)).collect();
     if !extra.is_empty() {
         problems.push(format!("targets not in the configuration: {}", listed(&extra)));
+    }
+    let extra: Vec<String> = lio::backstores(configfs).into_iter().filter(|b| !wanted_backstores.contains(b)).collect();
+    if !extra.is_empty() {
+        problems.push(format!("backstores not in the configuration: {}", listed(&extra)));
     }
     b.check(
         ITEM,

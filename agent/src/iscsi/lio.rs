@@ -14,6 +14,7 @@
 //! Every file written and read here is a plain configfs attribute; the
 //! layout is the kernel's (Documentation/target/).
 
+use crate::status::IscsiSession as Session;
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ pub struct Chap {
 /// One LUN: the volume's backstore on its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSpec {
-    /// The backstore's name (`tm-<vpg>-<volume>`).
+    /// The backstore's name (`backstore_name`).
     pub backstore: String,
     pub device: PathBuf,
     /// VPD 0x80 serial; LIO derives the NAA id (VPD 0x83) from it, so a
@@ -57,8 +58,11 @@ pub struct TargetSpec {
     pub chap: Chap,
 }
 
-pub fn backstore_name(vpg: &str, volume: &str) -> String {
-    format!("{BACKSTORE_PREFIX}{vpg}-{volume}")
+/// A LUN's backstore name: `tm-` and the first 16 hex digits of its serial
+/// (unique per appliance, VPG and volume; names with dashes cannot collide
+/// as `tm-<vpg>-<volume>` could).
+pub fn backstore_name(serial: &str) -> String {
+    format!("{BACKSTORE_PREFIX}{}", &serial[..serial.len().min(16)])
 }
 
 /// Points LIO's state directory (`dbroot`: persistent reservations with
@@ -282,10 +286,25 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
             out.push(format!("target {}: attrib/{key} is not {want}", spec.iqn));
         }
     }
-    let luns: Vec<String> = children(&tpg.join("lun")).iter().map(|p| name_of(p)).collect();
+    let tpgs: Vec<String> = children(&root.join("iscsi").join(&spec.iqn)).iter().map(|p| name_of(p)).collect();
+    if tpgs != [TPG] {
+        out.push(format!("target {}: portal groups {tpgs:?}, not [{TPG}]", spec.iqn));
+    }
     let want: Vec<String> = (0..spec.luns.len()).map(|i| format!("lun_{i}")).collect();
+    let luns = lun_names(&tpg.join("lun"));
     if luns != want {
         out.push(format!("target {}: LUNs {luns:?}, not {want:?}", spec.iqn));
+    }
+    for (i, lun) in spec.luns.iter().enumerate() {
+        // LUN i is this volume's backstore, not another's.
+        let linked = children(&tpg.join(format!("lun/lun_{i}")))
+            .into_iter()
+            .find(|p| p.is_symlink())
+            .and_then(|p| std::fs::read_link(p).ok())
+            .map(|target| name_of(&target));
+        if linked.as_deref() != Some(&*lun.backstore) {
+            out.push(format!("target {}: lun_{i} is {linked:?}, not backstore {}", spec.iqn, lun.backstore));
+        }
     }
     for lun in &spec.luns {
         let dir = backstore(root, lun);
@@ -316,23 +335,51 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
         if !same {
             out.push(format!("target {}: CHAP of initiator {initiator} is not the configured one", spec.iqn));
         }
+        // Each initiator sees exactly the LUNs, each with its write protection.
+        let acl = tpg.join("acls").join(initiator);
+        let mapped = lun_names(&acl);
+        if mapped != want {
+            out.push(format!("target {}: initiator {initiator} is mapped {mapped:?}, not {want:?}", spec.iqn));
+        }
+        for (i, lun) in spec.luns.iter().enumerate() {
+            let protect = read(&acl.join(format!("lun_{i}/write_protect")));
+            if protect.as_deref() != Some(if lun.read_only { "1" } else { "0" }) {
+                out.push(format!("target {}: lun_{i} of {initiator} has write_protect {protect:?}", spec.iqn));
+            }
+        }
     }
     let discovery = root.join("iscsi/discovery_auth");
-    if read(&discovery.join("enforce_discovery_auth")).as_deref() != Some("1") {
-        out.push("discovery does not require CHAP".into());
+    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1")
+        && read(&discovery.join("userid")).as_deref() == Some(&*spec.chap.user)
+        && read(&discovery.join("password")).as_deref() == Some(&*spec.chap.secret)
+        && read(&discovery.join("userid_mutual")).as_deref() == Some(&*spec.chap.mutual_user)
+        && read(&discovery.join("password_mutual")).as_deref() == Some(&*spec.chap.mutual_secret);
+    if !same {
+        out.push("discovery does not require the configured CHAP".into());
     }
     out
 }
 
-/// One initiator's session on a target, as LIO shows it in the ACL's
-/// `info` (only logged-in or logging-in sessions are shown).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Session {
-    pub initiator: String,
-    /// LIO's session state without its prefix: `LOGGED_IN`, `FAILED`...
-    pub state: String,
-    /// The initiator's address of each connection.
-    pub addresses: Vec<String>,
+/// The `lun_N` entries under `dir`, in LUN order (not text order: `lun_10`
+/// comes after `lun_9`).
+fn lun_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<(u64, String)> = children(dir)
+        .iter()
+        .map(|p| name_of(p))
+        .filter_map(|n| n.strip_prefix("lun_").and_then(|i| i.parse().ok()).map(|i| (i, n.clone())))
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Our backstores (by name) that configfs holds (for the audit: nothing
+/// beyond the configured LUNs').
+pub fn backstores(root: &Path) -> Vec<String> {
+    children(&root.join("core").join(IBLOCK_HBA))
+        .iter()
+        .map(|p| name_of(p))
+        .filter(|n| n.starts_with(BACKSTORE_PREFIX))
+        .collect()
 }
 
 /// The sessions of the target `iqn`, one per ACL that has one.
@@ -378,6 +425,18 @@ pub fn targets(root: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn luns_are_in_lun_order_and_backstores_are_named_by_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in [10, 2, 0, 1] {
+            std::fs::create_dir(dir.path().join(format!("lun_{i}"))).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("info")).unwrap();
+        assert_eq!(lun_names(dir.path()), ["lun_0", "lun_1", "lun_2", "lun_10"]);
+        // VPG "a" volume "b-c" and VPG "a-b" volume "c" were both tm-a-b-c.
+        assert_eq!(backstore_name("339849c9d35fb41d2ce36c58b0839bc6"), "tm-339849c9d35fb41d");
+    }
 
     #[test]
     fn an_acl_with_a_session_and_one_without() {

@@ -13,6 +13,9 @@
 pub mod genetlink;
 pub mod kernel_nbd;
 pub mod lio;
+pub mod names;
+
+pub use names::target_iqn;
 
 use crate::capture::export::CaptureExport;
 use crate::capture::vpg::VpgCapture;
@@ -22,21 +25,6 @@ use crate::nbd::export::BlockExport;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The month in the IQNs (when the naming authority was Tidemark's).
-const IQN_DATE: &str = "2026-12";
-
-/// `iqn.2026-12.<domain>:tidemark:<appliance>:<vpg>`, lower case, with only
-/// the characters an iSCSI name may hold.
-pub fn target_iqn(domain: &str, appliance: &str, vpg: &str) -> String {
-    let clean = |s: &str| {
-        s.to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
-            .collect::<String>()
-    };
-    format!("iqn.{IQN_DATE}.{}:tidemark:{}:{}", clean(domain), clean(appliance), clean(vpg))
-}
 
 /// The LUN's serial: 32 hex digits of SHA-256 over the appliance's
 /// certificate fingerprint, the VPG and the volume.
@@ -101,11 +89,14 @@ pub fn target_spec(
         portal: config.listen,
         luns: volumes
             .iter()
-            .map(|(volume, device)| lio::LunSpec {
-                backstore: lio::backstore_name(vpg, volume),
-                device: device.clone(),
-                serial: lun_serial(fingerprint, vpg, volume),
-                read_only: false,
+            .map(|(volume, device)| {
+                let serial = lun_serial(fingerprint, vpg, volume);
+                lio::LunSpec {
+                    backstore: lio::backstore_name(&serial),
+                    device: device.clone(),
+                    serial,
+                    read_only: false,
+                }
             })
             .collect(),
         initiators: config.initiators.clone(),
@@ -129,23 +120,23 @@ pub async fn start(
     state_dir: &Path,
 ) -> Result<()> {
     lio::set_state_dir(configfs, state_dir)?;
+    // The kernel's connections are admitted apart from the hypervisors' NBD
+    // clients (one per LUN; the configuration bounds the LUNs).
     let admission = Admission::new();
     for capture in captures {
         let mut devices = Vec::new();
         for (i, volume) in capture.volumes.iter().enumerate() {
-            let export: Arc<dyn BlockExport> = Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 });
-            let identifier = device_identifier(&capture.name, &volume.name);
-            let size = volume.size;
-            let (ex, adm) = (export.clone(), admission.clone());
+            let device = Arc::new(Device {
+                identifier: device_identifier(&capture.name, &volume.name),
+                size: volume.size,
+                export: Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 }),
+                admission: admission.clone(),
+            });
             // Blocking netlink; the connections are served before the
             // kernel is asked to use them (it reads the device at once).
-            let attached = tokio::task::spawn_blocking(move || {
-                kernel_nbd::attach(&identifier, size, |connection| {
-                    serve_connection(connection, ex.clone(), adm.clone())
-                })
-            })
-            .await
-            .context("attaching a kernel NBD device")??;
+            let attached = tokio::task::spawn_blocking(move || device.attach())
+                .await
+                .context("attaching a kernel NBD device")??;
             devices.push((volume.name.as_str(), attached.device()));
         }
         let spec = target_spec(config, appliance, fingerprint, &capture.name, &devices);
@@ -155,29 +146,66 @@ pub async fn start(
     Ok(())
 }
 
-/// Serves the kernel's side of one device connection (from a blocking
-/// thread: it spawns onto the runtime).
-fn serve_connection(
-    connection: std::os::unix::net::UnixStream,
+/// One volume's kernel NBD device, and what serves it.
+struct Device {
+    identifier: String,
+    size: u64,
     export: Arc<dyn BlockExport>,
     admission: Arc<Admission>,
-) {
-    let handle = tokio::runtime::Handle::current();
-    handle.spawn(async move {
-        let result = async {
-            connection.set_nonblocking(true)?;
-            let stream = tokio::net::UnixStream::from_std(connection)?;
-            let admitted = admission
-                .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-                .await
-                .context("no slot for the kernel's connection")?;
-            crate::nbd::server::serve_kernel(stream, export, admitted).await
+}
+
+/// Pauses between attempts to give a device a new connection.
+const REATTACH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const REATTACH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Device {
+    /// Attaches the device (blocking), each connection served by `serve`.
+    fn attach(self: &Arc<Self>) -> Result<kernel_nbd::Attached> {
+        let device = self.clone();
+        kernel_nbd::attach(&self.identifier, self.size, move |connection| device.clone().serve(connection))
+    }
+
+    /// Serves the kernel's side of one connection (called from a blocking
+    /// thread: it spawns onto the runtime). If the connection ends while the
+    /// agent runs (an error, a reply the kernel did not take), the device is
+    /// given a new one; the kernel holds its I/O meanwhile, so a LUN is never
+    /// left without a server until the agent restarts.
+    fn serve(self: Arc<Self>, connection: std::os::unix::net::UnixStream) {
+        let handle = tokio::runtime::Handle::current();
+        handle.spawn(async move {
+            let result = async {
+                connection.set_nonblocking(true)?;
+                let stream = tokio::net::UnixStream::from_std(connection)?;
+                let admitted = self
+                    .admission
+                    .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+                    .await
+                    .context("no slot for the kernel's connection")?;
+                crate::nbd::server::serve_kernel(stream, self.export.clone(), admitted).await
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::warn!("{}: the kernel closed its NBD connection", self.identifier),
+                Err(e) => tracing::warn!("{}: kernel NBD connection ended: {e:#}", self.identifier),
+            }
+            self.reattach().await;
+        });
+    }
+
+    /// Gives the device a new connection, trying until it takes one.
+    async fn reattach(self: Arc<Self>) {
+        let mut pause = REATTACH_PAUSE;
+        loop {
+            tokio::time::sleep(pause).await;
+            let device = self.clone();
+            match tokio::task::spawn_blocking(move || device.attach()).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => tracing::error!("{}: could not give the device a new connection: {e:#}", self.identifier),
+                Err(e) => tracing::error!("{}: reattaching: {e}", self.identifier),
+            }
+            pause = (pause * 2).min(REATTACH_PAUSE_MAX);
         }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!("kernel NBD connection ended: {e:#}");
-        }
-    });
+    }
 }
 
 #[cfg(test)]
