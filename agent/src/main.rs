@@ -200,6 +200,23 @@ enum Command {
     /// go to scratch and are discarded at `stop`; replication goes on.
     #[command(subcommand)]
     TestFailover(TestFailover),
+    /// Write the appliance's OVF properties onto a CD image (ISO 9660,
+    /// label TIDEMARK-CFG) to attach to its CD-ROM before first boot, for
+    /// ESXi hosts deployed without vCenter (which do not pass the properties
+    /// on themselves). PROPERTIES holds `tidemark.key = value` lines; they
+    /// are checked as first boot checks them, and nothing is written if one
+    /// is wrong.
+    ConfigIso {
+        #[arg(long)]
+        properties: PathBuf,
+        /// The ISO to write (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The size of the appliance's data disk, which the protected log's
+        /// size comes from (default: the OVA's, 256 MiB), e.g. 20GiB.
+        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
+        data_disk: Option<u64>,
+    },
     /// First boot of the appliance: write its configuration (tidemark.toml,
     /// network, hostname, resolv.conf, shadow) into OUT from the OVF
     /// environment the hypervisor attached (ovf-env.xml). Writes nothing if
@@ -647,6 +664,28 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStop { vpg };
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);
+        }
+        Command::ConfigIso { properties, out, data_disk } => {
+            use tidemark::appliance::config_iso;
+            let text =
+                std::fs::read_to_string(&properties).with_context(|| format!("reading {}", properties.display()))?;
+            let parsed = config_iso::parse_properties(&text).with_context(|| properties.display().to_string())?;
+            let image = config_iso::build(&parsed, data_disk.unwrap_or(config_iso::OVA_DATA_DISK_BYTES))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("creating {} (an existing file is never overwritten)", out.display()))?;
+            std::io::Write::write_all(&mut file, &image).with_context(|| format!("writing {}", out.display()))?;
+            file.sync_all()?;
+            println!(
+                "{}: {} properties for {} checked and written ({} bytes, label {}); attach it to the appliance's CD-ROM before first boot",
+                out.display(),
+                parsed.len(),
+                parsed.get("tidemark.hostname").map_or("tidemark", String::as_str),
+                image.len(),
+                config_iso::VOLUME_LABEL
+            );
         }
         Command::ApplianceConfig { ovf_env, out, data_dir } => {
             let xml = std::fs::read_to_string(&ovf_env).with_context(|| format!("reading {}", ovf_env.display()))?;

@@ -5,9 +5,11 @@
 # (vmx-14, other4xLinux64Guest, 2 vCPU, 2 GiB, PVSCSI, three vmxnet3 NICs,
 # an ISO-transport CD-ROM); its ProductSection declares exactly the
 # properties the appliance reads, with the wizard's checks (a ValueMap for
-# the role, MinLen(24) for the token) and the secrets hidden; the disks are streamOptimized VMDKs; and the system
-# VMDK itself boots in QEMU to "ready" with an OVF environment attached and
-# a vmxnet3 NIC (what ESXi gives), on an isolated user-mode network.
+# the role, MinLen(24) for the token) and the secrets hidden; the disks are
+# streamOptimized VMDKs; `tidemark config-iso` refuses a wrong property and
+# writes the CD of a right set; and the system VMDK itself boots in QEMU to
+# "ready" with that CD attached and a vmxnet3 NIC (what ESXi gives), on an
+# isolated user-mode network.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
 
@@ -65,12 +67,27 @@ for d in system data; do
     qemu-img info "$d.vmdk" | grep -q "create type: streamOptimized" || fail "$d.vmdk is not streamOptimized"
 done
 
-log "the system VMDK boots in QEMU with an OVF environment"
-ovf_env "$WORK/ova-guest/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm-ova \
-    tidemark.mgmt.address=10.0.2.15/24 tidemark.peer.address=10.0.2.2 \
-    tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
+log "config-iso: the properties of a standalone ESXi deployment, checked as first boot checks them"
+cat >"$WORK/props.txt" <<'PROPS'
+# a recovery appliance on a standalone host
+tidemark.role = recovery
+tidemark.hostname = tm-ova
+tidemark.mgmt.address = 10.0.2.15/24
+tidemark.peer.address = 10.0.2.2
+tidemark.peer.fingerprint = sha256:0000000000000000000000000000000000000000000000000000000000000000
+PROPS
+sed 's/= recovery/= witness/' "$WORK/props.txt" >"$WORK/bad.txt"
+if "$TIDEMARK" config-iso --properties "$WORK/bad.txt" --out "$WORK/bad.iso" >"$WORK/bad.out" 2>&1; then
+    fail "config-iso took a wrong role"
+fi
+grep -q "tidemark.role" "$WORK/bad.out" || fail "config-iso did not name the wrong property: $(cat "$WORK/bad.out")"
+[ ! -e "$WORK/bad.iso" ] || fail "config-iso wrote an ISO from wrong properties"
+"$TIDEMARK" config-iso --properties "$WORK/props.txt" --out "$WORK/cfg.iso" >"$WORK/iso.out" 2>&1 ||
+    fail "config-iso failed: $(cat "$WORK/iso.out")"
+blkid "$WORK/cfg.iso" | grep -q 'LABEL="TIDEMARK-CFG"' || fail "the ISO is not labelled TIDEMARK-CFG: $(blkid "$WORK/cfg.iso")"
+log "the system VMDK boots in QEMU with that ISO as its CD-ROM"
 qemu-img convert -O raw data.vmdk "$WORK/data.img"
-GUEST_SYSTEM="file=$WORK/x/system.vmdk,format=vmdk" GUEST_DATA=$WORK/data.img \
+GUEST_SYSTEM="file=$WORK/x/system.vmdk,format=vmdk" GUEST_DATA=$WORK/data.img GUEST_CFG_ISO=$WORK/cfg.iso \
     guest_start ova-guest "" -netdev user,id=n0,restrict=on -device vmxnet3,netdev=n0
 guest_wait ova-guest "tidemark recovery ready" 120 ||
     fail "the VMDK did not boot to ready: $(tail -20 "$WORK/ova-guest/serial.log")"

@@ -51,18 +51,22 @@ ovf_env() {
 # guest_start NAME NETNS [QEMU_ARGS...]: boots a guest (in network
 # namespace NETNS unless it is empty) from $GUEST_SYSTEM (default: the
 # image's disk.img, read-only) with $GUEST_DATA as its data disk (default:
-# a fresh copy of the image's empty one), $WORK/NAME/cfg as its CD-ROM,
+# a fresh copy of the image's empty one), $WORK/NAME/cfg (or the ISO
+# $GUEST_CFG_ISO) as its CD-ROM,
 # and QEMU_ARGS (NICs, more disks). Sets GUEST_PID and GUEST_START.
 guest_start() {
     local name=$1 netns=$2 dir=$WORK/$1
     shift 2
     local system=${GUEST_SYSTEM:-file=$IMAGE/disk.img,format=raw} data=${GUEST_DATA:-$dir/data.img}
-    xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$dir/cfg.iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
+    local iso=${GUEST_CFG_ISO:-$dir/cfg.iso}
+    if [ -z "${GUEST_CFG_ISO:-}" ]; then
+        xorriso -as mkisofs -quiet -V TIDEMARK-CFG -o "$iso" "$dir/cfg" 2>/dev/null || fail "xorriso failed"
+    fi
     [ -f "$data" ] || cp --sparse=always "$IMAGE/data.img" "$data"
     qemu_guest "$name" "$netns" \
         -drive "$system,if=virtio,readonly=on" \
         -drive "file=$data,format=raw,if=virtio" \
-        -drive "file=$dir/cfg.iso,media=cdrom,if=ide" \
+        -drive "file=$iso,media=cdrom,if=ide" \
         "$@"
 }
 
