@@ -41,6 +41,7 @@ test: build lint unit e2e
 bench: build image
 	@tests/bench/run.sh
 	@tests/bench/appliance.sh
+	@tests/bench/iscsi.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

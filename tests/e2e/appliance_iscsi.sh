@@ -13,6 +13,9 @@
 # - An ext4 image written through QEMU's iSCSI driver, a tagged checkpoint,
 #   and the restore on the recovery side passes e2fsck with every file's
 #   SHA-256.
+# - Write order across front-ends: numbered writes alternating between an
+#   NBD and an iSCSI client of one volume; every checkpoint restored holds
+#   a prefix of that order.
 # - Garbage, a SCSI command before login, an oversized and a truncated
 #   login PDU on 3260: each connection is dropped, the volume is unchanged,
 #   a good login still works; nmap sees 3260 open on the storage link only;
@@ -29,59 +32,10 @@
 #   test the reference passes must pass on Tidemark's LUN.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
-
-appliance_image_check
-NS=tmiscsi$$
-guest_netns "$NS" mgmt repl stor
-PASSWORD='iscsi console'
-INITIATOR=iqn.2026-12.io.tidemark.test:host1
-# iscsi-test-cu's second I_T nexus (reservations, multipath).
-INITIATOR2=iqn.2026-12.io.tidemark.test:host2
-CHAP_USER=esxi
-CHAP_SECRET=initiator-secret-0123
-MUTUAL_USER=tidemark
-MUTUAL_SECRET=target-secret-456789
-PORTAL=10.0.4.15
-IQN=iqn.2026-12.io.tidemark:tidemark:tm-iscsi:vm1
-in_ns() { ip netns exec "$NS" "$@"; }
-url() { echo "iscsi://$1@$PORTAL/$2/0"; }
-GOOD="$CHAP_USER%$CHAP_SECRET"
-MUTUAL="?target_user=$MUTUAL_USER&target_password=$MUTUAL_SECRET"
-
-mkdir -p "$WORK/b" "$WORK/prot/cfg"
-FP_R=$("$TIDEMARK" keygen --dir "$WORK/b/keys" --name recovery-host | tail -n1)
-truncate -s 64M "$WORK/vmdisk.img"
-ovf_env "$WORK/prot/cfg/ovf-env.xml" tidemark.role=protected tidemark.hostname=tm-iscsi \
-    tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
-    tidemark.repl.address=10.0.3.15/24 tidemark.storage.address=$PORTAL/24 \
-    tidemark.peer.address=10.0.3.2 tidemark.peer.fingerprint="$FP_R" \
-    tidemark.vpgs="vm1:disk0=/dev/vdc" \
-    tidemark.iscsi.initiators=$INITIATOR,$INITIATOR2 tidemark.iscsi.chap_user=$CHAP_USER \
-    tidemark.iscsi.chap_secret=$CHAP_SECRET tidemark.iscsi.mutual_chap_user=$MUTUAL_USER \
-    tidemark.iscsi.mutual_chap_secret=$MUTUAL_SECRET \
-    tidemark.admin.password_hash="$(openssl passwd -6 -salt iscsisalt "$PASSWORD")"
+source "$ROOT/tests/lib/iscsi.sh"
 
 log "boot a protected appliance with iSCSI on its storage network"
-nics=()
-for tap in mgmt repl stor; do
-    nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
-done
-GUEST_MEM=768 guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
-PROT_PID=$GUEST_PID
-guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
-FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
-cat >"$WORK/recovery.toml" <<TOML
-$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
-[logging]
-dir = "$WORK/b/logs"
-TOML
-start_agent recovery 4007 "$NS"
-guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
-for _ in $(seq 1 100); do
-    grep -q "iSCSI target configured\|starting the iSCSI front-end" "$WORK/prot/serial.log" && break
-    sleep 0.2
-done
-grep -q "iSCSI target configured" "$WORK/prot/serial.log" || fail "no iSCSI target: $(tail -30 "$WORK/prot/serial.log")"
+iscsi_boot_protected
 log "appliance ready $(guest_seconds_since_start) s after power-on, target $IQN"
 
 out=$(guest_console prot root "$PASSWORD" "tidemark audit --config /run/tidemark/tidemark.toml | grep 'iscsi targets'" | tr -d '\r')
@@ -94,7 +48,7 @@ in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 128 "$(url "$GOOD" "$IQN")$MUTUAL" >"$WO
 cat "$WORK/serial.out"
 serial=$(grep -io "[0-9a-f]\{32\}" "$WORK/serial.out" | head -1)
 [ ${#serial} = 32 ] || fail "no unit serial: $(cat "$WORK/serial.out")"
-out=$(guest_console prot root "$PASSWORD" "cat /sys/block/nbd0/queue/write_cache /sys/kernel/config/target/core/iblock_0/tm-vm1-disk0/attrib/emulate_write_cache" | tr -d '\r')
+out=$(guest_console prot root "$PASSWORD" "cat /sys/block/nbd0/queue/write_cache /sys/kernel/config/target/core/iblock_0/tm-*/attrib/emulate_write_cache" | tr -d '\r')
 grep -q "write through" <<<"$out" || fail "the LUN's device has a write cache: $out"
 log "LUN serial $serial; write through"
 
@@ -258,6 +212,77 @@ while read -r sum path; do
 done <"$WORK/guest.sums"
 log "restored from the tag: e2fsck clean, all 300 files match"
 
+log "write order across front-ends: NBD and iSCSI writes to one VPG keep one order"
+# One writer alternates numbered 4 KiB writes between an NBD client and an
+# iSCSI client of the same volume, each waiting for the previous reply, so
+# the order is total; write k fills its own block with byte k%255+1. Every
+# checkpoint restored must hold writes 0..m and none after.
+ORDER_BASE=4096 ORDER_WRITES=600
+cat >"$WORK/order.py" <<'PY'
+import subprocess, sys, time
+portal, iqn, initiator, user, secret, base, n = sys.argv[1:8]
+base, n = int(base), int(n)
+def client(args):
+    return subprocess.Popen(["qemu-io"] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+nbd = client(["-f", "raw", f"nbd://{portal}:10809/disk0"])
+iscsi = client(["--image-opts", f"driver=iscsi,transport=tcp,portal={portal}:3260,target={iqn},lun=0,"
+                f"user={user},password={secret},initiator-name={initiator}"])
+for k in range(n):
+    c = nbd if k % 2 == 0 else iscsi
+    c.stdin.write(f"write -P {k % 255 + 1} {(base + k) * 4096} 4k\n")
+    c.stdin.flush()
+    while True:
+        line = c.stdout.readline()
+        if "wrote 4096/4096" in line:
+            break
+        if not line or "failed" in line or "error" in line.lower():
+            sys.exit(f"write {k} through {'NBD' if c is nbd else 'iSCSI'}: {line.strip() or 'client exited'}")
+    if k % 25 == 24:
+        time.sleep(0.5)  # spread the run over several 5 s checkpoints
+for c in (nbd, iscsi):
+    c.stdin.close()
+    c.wait()
+print(f"{n} writes, alternating NBD and iSCSI")
+PY
+start=$(date +%s)
+in_ns python3 "$WORK/order.py" "$PORTAL" "$IQN" "$INITIATOR" "$CHAP_USER" "$CHAP_SECRET" "$ORDER_BASE" "$ORDER_WRITES" ||
+    fail "the interleaved writer failed"
+log "written in $(($(date +%s) - start)) s"
+out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-order --wait 120s" | tr -d '\r')
+grep -q "in the recovery journal" <<<"$out" || fail "the checkpoint after the ordered writes did not arrive: $out"
+"$TIDEMARK" checkpoints --json --config "$WORK/recovery.toml" --vpg vm1 | jq -r '.[] | select(.consistent) | .id' >"$WORK/ids"
+partial=0 full=0
+while read -r id; do
+    rm -rf "$WORK/r"
+    "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint "$id" --out "$WORK/r" >"$WORK/restore.out" 2>&1 ||
+        fail "restore of checkpoint $id failed: $(cat "$WORK/restore.out")"
+    m=$(python3 - "$WORK/r/disk0.img" "$ORDER_BASE" "$ORDER_WRITES" <<'PY'
+import sys
+img, base, n = open(sys.argv[1], "rb"), int(sys.argv[2]), int(sys.argv[3])
+present = []
+for k in range(n):
+    img.seek((base + k) * 4096)
+    block = img.read(4096)
+    if block == bytes(4096):
+        continue
+    if block != bytes([k % 255 + 1]) * 4096:
+        sys.exit(f"write {k}'s block holds something else")
+    present.append(k)
+m = present[-1] if present else -1
+if len(present) != m + 1:
+    missing = sorted(set(range(m + 1)) - set(present))[0]
+    sys.exit(f"write {m} is there but write {missing} before it is not")
+print(m)
+PY
+) || fail "checkpoint $id is not a prefix of the interleaved write order: $m"
+    [ "$m" -ge 0 ] && [ "$m" -lt $((ORDER_WRITES - 1)) ] && partial=$((partial + 1))
+    [ "$m" = $((ORDER_WRITES - 1)) ] && full=$((full + 1))
+done <"$WORK/ids"
+[ "$partial" -ge 2 ] || fail "only $partial checkpoints fell inside the write run; the check proved nothing"
+[ "$full" -ge 1 ] || fail "no checkpoint holds all $ORDER_WRITES writes"
+log "$(wc -l <"$WORK/ids") checkpoints restored, each a prefix of the interleaved order ($partial mid-run)"
+
 log "SIGKILL of the agent under iSCSI writes: the LUN keeps its identity, nothing acknowledged is lost"
 # VPD page 0x83 (iscsi-inq takes it in decimal): the NAA id and the rest.
 identity() { in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 131 "$(url "$GOOD" "$IQN")$MUTUAL" 2>&1 || true; }
@@ -372,18 +397,7 @@ log "after the power cut: same identity, all $((acked + 1)) acknowledged blocks 
 log "conformance: iscsi-test-cu against Tidemark's LUN and, as the reference, a plain LIO fileio LUN"
 # The reference: the same guest, the same portal and CHAP, the same ACLs, a
 # fileio backstore on a file of the same size (write-through: O_DSYNC).
-REF_IQN=iqn.2026-12.io.tidemark:reference
-ref_setup="T=/sys/kernel/config/target; B=\$T/core/fileio_0/ref; G=\$T/iscsi/$REF_IQN/tpgt_1
-truncate -s 64M /run/ref.img && mkdir -p \$B && echo fd_dev_name=/run/ref.img,fd_dev_size=67108864 >\$B/control
-echo 1 >\$B/enable && echo 1 >\$B/attrib/emulate_tpu && echo 1 >\$B/attrib/emulate_tpws
-mkdir -p \$G/lun/lun_0 && ln -s \$B \$G/lun/lun_0/ref
-echo 1 >\$G/attrib/authentication && echo 0 >\$G/attrib/generate_node_acls
-for i in $INITIATOR $INITIATOR2; do A=\$G/acls/\$i; mkdir -p \$A/lun_0 && ln -s \$G/lun/lun_0 \$A/lun_0/lun
-printf %s $CHAP_USER >\$A/auth/userid; printf %s $CHAP_SECRET >\$A/auth/password
-printf %s $MUTUAL_USER >\$A/auth/userid_mutual; printf %s $MUTUAL_SECRET >\$A/auth/password_mutual; done
-mkdir \$G/np/$PORTAL:3260 && echo 1 >\$G/enable && echo reference-ready"
-out=$(guest_console prot2 root "$PASSWORD" "$ref_setup" | tr -d '\r')
-grep -q reference-ready <<<"$out" || fail "the reference LUN could not be set up: $out"
+iscsi_reference_lun prot2 /run/ref.img
 # The SCSI families ESXi relies on (VAAI: COMPARE AND WRITE for ATS
 # locking, WRITE SAME, UNMAP, EXTENDED COPY; persistent reservations for
 # clustered VMs) and the iSCSI protocol's negative tests. One run per suite,

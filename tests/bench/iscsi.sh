@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The iSCSI front-end's cost, in the booted appliance (QEMU -accel tcg):
+# the same writes through Tidemark's LUN (replication on: the recovery agent
+# runs on the host) and through a plain LIO fileio LUN on a disk of the same
+# kind in the same guest, without replication and with the same durability
+# (fileio without buffered I/O writes O_DSYNC; both LUNs report WCE=0).
+# The client is `qemu-img bench` with QEMU's iSCSI driver, from the storage
+# network's namespace. qemu-img bench has no random mode: the 4 KiB writes
+# step 64 KiB apart over the LUN (no two adjacent, none merged). Writes
+# tests/bench/ISCSI.md; asserts nothing (the machine is shared and noisy).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PORT_BASE=36600
+source tests/lib/common.sh
+source tests/lib/appliance.sh
+source tests/lib/iscsi.sh
+OUT=tests/bench/ISCSI.md
+ROWS=()
+
+log "boot the protected appliance with a second 64 MiB disk for the reference LUN"
+truncate -s 64M "$WORK/refdisk.img"
+iscsi_boot_protected -drive "file=$WORK/refdisk.img,format=raw,if=virtio"
+iscsi_reference_lun prot /dev/vdd
+
+# run IQN COUNT DEPTH SIZE STEP: seconds for COUNT writes of SIZE bytes.
+# (qemu-img bench takes no --image-opts: the iSCSI options go in a json:
+# file name. The pattern is not zero, so nothing can skip the data.)
+run() {
+    local file="json:{\"driver\":\"raw\",\"file\":{\"driver\":\"iscsi\",\"transport\":\"tcp\",\"portal\":\"$PORTAL:3260\","
+    file+="\"target\":\"$1\",\"lun\":0,\"user\":\"$CHAP_USER\",\"password\":\"$CHAP_SECRET\",\"initiator-name\":\"$INITIATOR\"}}"
+    local out
+    out=$(in_ns qemu-img bench -w -t none -c "$2" -d "$3" -s "$4" -S "$5" --pattern=165 "$file" 2>&1) ||
+        fail "qemu-img bench on $1 failed: $out"
+    sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out"
+}
+row() { # name count size tidemark_s reference_s goal
+    python3 - "$@" <<'PY'
+import sys
+name, count, size, t, r, goal = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+if size >= 1 << 20:
+    unit, tv, rv = "MiB/s", count * size / t / 2**20, count * size / r / 2**20
+else:
+    unit, tv, rv = "IOPS", count / t, count / r
+print(f"| {name} | {tv:.0f} {unit} | fileio O_DSYNC: {rv:.0f} {unit} | {tv / rv:.2f} | {goal} |")
+PY
+}
+for i in 1 2; do
+    log "round $i/2: 4 KiB writes at queue depth 32"
+    t=$(run "$IQN" 4000 32 4096 65536)
+    r=$(run "$REF_IQN" 4000 32 4096 65536)
+    ROWS+=("$(row "4k write QD32, round $i" 4000 4096 "$t" "$r" "≥ 0.8×")")
+    log "round $i/2: 1 MiB sequential writes at queue depth 8"
+    t=$(run "$IQN" 128 8 1048576 1048576)
+    r=$(run "$REF_IQN" 128 8 1048576 1048576)
+    ROWS+=("$(row "1 MiB seq write QD8, round $i" 128 1048576 "$t" "$r" "≥ 0.7×")")
+done
+rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof tidemark)/status" | tr -d '\r' | tr -s ' \n' ' ')
+{
+    echo "# iSCSI bench (tests/bench/iscsi.sh)"
+    echo
+    echo "$(date -u +%Y-%m-%d), QEMU -accel tcg, 2 host cores. Tidemark's LUN (kernel NBD device under an"
+    echo "iblock backstore, write-through into the protected log, replication on) against a plain LIO"
+    echo "fileio LUN on a virtio disk of the same kind in the same guest (O_DSYNC, no replication)."
+    echo "Client: qemu-img bench (QEMU's iSCSI driver) from the storage namespace; 4 KiB writes step 64 KiB."
+    echo
+    echo "| run | Tidemark | reference | ratio | goal |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "Agent memory after the runs: $rss (goal: ≤ 64 MiB)."
+} >"$OUT"
+cat "$OUT"

@@ -1,0 +1,83 @@
+# The iSCSI appliance tests' common part (tests/e2e/appliance_iscsi.sh and
+# tests/bench/iscsi.sh): a protected appliance booted from the image with
+# iSCSI on its storage network (mutual CHAP, two initiators in its ACLs),
+# the recovery agent on the host, and a plain LIO fileio LUN beside it as
+# the reference. Source after common.sh and appliance.sh.
+
+NS=tmiscsi$$
+PASSWORD='iscsi console'
+INITIATOR=iqn.2026-12.io.tidemark.test:host1
+# iscsi-test-cu's second I_T nexus (reservations, multipath).
+INITIATOR2=iqn.2026-12.io.tidemark.test:host2
+CHAP_USER=esxi
+CHAP_SECRET=initiator-secret-0123
+MUTUAL_USER=tidemark
+MUTUAL_SECRET=target-secret-456789
+PORTAL=10.0.4.15
+IQN=iqn.2026-12.io.tidemark:tidemark:tm-iscsi:vm1
+REF_IQN=iqn.2026-12.io.tidemark:reference
+in_ns() { ip netns exec "$NS" "$@"; }
+url() { echo "iscsi://$1@$PORTAL/$2/0"; }
+GOOD="$CHAP_USER%$CHAP_SECRET"
+MUTUAL="?target_user=$MUTUAL_USER&target_password=$MUTUAL_SECRET"
+
+# iscsi_boot_protected [QEMU_ARGS...]: boots the appliance ("prot") with
+# the VM disk $WORK/vmdisk.img (64 MiB) as /dev/vdc and QEMU_ARGS (more
+# disks), starts the recovery agent, and waits for the iSCSI target. Sets
+# nics (for a second boot), PROT_PID and FP_P.
+iscsi_boot_protected() {
+    appliance_image_check
+    guest_netns "$NS" mgmt repl stor
+    mkdir -p "$WORK/b" "$WORK/prot/cfg"
+    local fp_r
+    fp_r=$("$TIDEMARK" keygen --dir "$WORK/b/keys" --name recovery-host | tail -n1)
+    truncate -s 64M "$WORK/vmdisk.img"
+    ovf_env "$WORK/prot/cfg/ovf-env.xml" tidemark.role=protected tidemark.hostname=tm-iscsi \
+        tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
+        tidemark.repl.address=10.0.3.15/24 tidemark.storage.address=$PORTAL/24 \
+        tidemark.peer.address=10.0.3.2 tidemark.peer.fingerprint="$fp_r" \
+        tidemark.vpgs="vm1:disk0=/dev/vdc" \
+        tidemark.iscsi.initiators=$INITIATOR,$INITIATOR2 tidemark.iscsi.chap_user=$CHAP_USER \
+        tidemark.iscsi.chap_secret=$CHAP_SECRET tidemark.iscsi.mutual_chap_user=$MUTUAL_USER \
+        tidemark.iscsi.mutual_chap_secret=$MUTUAL_SECRET \
+        tidemark.admin.password_hash="$(openssl passwd -6 -salt iscsisalt "$PASSWORD")"
+    nics=()
+    for tap in mgmt repl stor; do
+        nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
+    done
+    GUEST_MEM=768 guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}" "$@"
+    PROT_PID=$GUEST_PID
+    guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
+    FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
+    cat >"$WORK/recovery.toml" <<TOML
+$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
+[logging]
+dir = "$WORK/b/logs"
+TOML
+    start_agent recovery 4007 "$NS"
+    guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
+    for _ in $(seq 1 100); do
+        grep -q "iSCSI target configured\|starting the iSCSI front-end" "$WORK/prot/serial.log" && break
+        sleep 0.2
+    done
+    grep -q "iSCSI target configured" "$WORK/prot/serial.log" || fail "no iSCSI target: $(tail -30 "$WORK/prot/serial.log")"
+}
+
+# iscsi_reference_lun GUEST BACKING: a plain LIO fileio LUN ($REF_IQN) on
+# BACKING in GUEST (a file it creates, 64 MiB, or a block device), with the
+# same portal, ACLs and CHAP as Tidemark's, write-through (no buffered I/O:
+# O_DSYNC, WCE=0).
+iscsi_reference_lun() {
+    local setup out
+    setup="T=/sys/kernel/config/target; B=\$T/core/fileio_0/ref; G=\$T/iscsi/$REF_IQN/tpgt_1
+[ -b $2 ] || truncate -s 64M $2; mkdir -p \$B && echo fd_dev_name=$2,fd_dev_size=67108864 >\$B/control
+echo 1 >\$B/enable && echo 1 >\$B/attrib/emulate_tpu && echo 1 >\$B/attrib/emulate_tpws
+mkdir -p \$G/lun/lun_0 && ln -s \$B \$G/lun/lun_0/ref
+echo 1 >\$G/attrib/authentication && echo 0 >\$G/attrib/generate_node_acls
+for i in $INITIATOR $INITIATOR2; do A=\$G/acls/\$i; mkdir -p \$A/lun_0 && ln -s \$G/lun/lun_0 \$A/lun_0/lun
+printf %s $CHAP_USER >\$A/auth/userid; printf %s $CHAP_SECRET >\$A/auth/password
+printf %s $MUTUAL_USER >\$A/auth/userid_mutual; printf %s $MUTUAL_SECRET >\$A/auth/password_mutual; done
+mkdir \$G/np/$PORTAL:3260 && echo 1 >\$G/enable && echo reference-ready"
+    out=$(guest_console "$1" root "$PASSWORD" "$setup" | tr -d '\r')
+    grep -q reference-ready <<<"$out" || fail "the reference LUN could not be set up: $out"
+}
