@@ -286,7 +286,11 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
             out.push(format!("target {}: attrib/{key} is not {want}", spec.iqn));
         }
     }
-    let tpgs: Vec<String> = children(&root.join("iscsi").join(&spec.iqn)).iter().map(|p| name_of(p)).collect();
+    let tpgs: Vec<String> = children(&root.join("iscsi").join(&spec.iqn))
+        .iter()
+        .map(|p| name_of(p))
+        .filter(|n| n.starts_with("tpgt_"))
+        .collect();
     if tpgs != [TPG] {
         out.push(format!("target {}: portal groups {tpgs:?}, not [{TPG}]", spec.iqn));
     }
