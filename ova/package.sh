@@ -32,7 +32,9 @@ xml_escape() { sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g' -e 's/"/\
 
 # The wizard checks what it can (ovf:qualifiers) and hides secrets
 # (ovf:password, OVF 1.1); first boot checks everything again.
-properties=$("$TIDEMARK" ovf-properties | while IFS=$'\t' read -r key what qualifiers secret; do
+# (Fields are tab separated, and empty ones are common: a tab in IFS is
+# whitespace and runs of it collapse, so each tab becomes \x1f first.)
+properties=$("$TIDEMARK" ovf-properties | tr '\t' '\037' | while IFS=$'\037' read -r key what qualifiers secret; do
     label=${key#tidemark.}
     extra=""
     [ -n "$qualifiers" ] && extra+=" ovf:qualifiers=\"$(printf '%s' "$qualifiers" | xml_escape)\""

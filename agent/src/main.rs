@@ -213,7 +213,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// The size of the appliance's data disk, which the protected log's
-        /// size comes from (default: the OVA's, 256 MiB), e.g. 20GiB.
+        /// size comes from (default: the OVA's, 256 MiB), e.g. 20GiB; its
+        /// file system is taken as 90 % of it.
         #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
         data_disk: Option<u64>,
     },
@@ -671,13 +672,7 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::read_to_string(&properties).with_context(|| format!("reading {}", properties.display()))?;
             let parsed = config_iso::parse_properties(&text).with_context(|| properties.display().to_string())?;
             let image = config_iso::build(&parsed, data_disk.unwrap_or(config_iso::OVA_DATA_DISK_BYTES))?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| format!("creating {} (an existing file is never overwritten)", out.display()))?;
-            std::io::Write::write_all(&mut file, &image).with_context(|| format!("writing {}", out.display()))?;
-            file.sync_all()?;
+            config_iso::write_new(&out, &image)?;
             println!(
                 "{}: {} properties for {} checked and written ({} bytes, label {}); attach it to the appliance's CD-ROM before first boot",
                 out.display(),

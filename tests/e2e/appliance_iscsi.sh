@@ -50,6 +50,7 @@ serial=$(grep -io "[0-9a-f]\{32\}" "$WORK/serial.out" | head -1)
 [ ${#serial} = 32 ] || fail "no unit serial: $(cat "$WORK/serial.out")"
 out=$(guest_console prot root "$PASSWORD" "cat /sys/block/nbd0/queue/write_cache /sys/kernel/config/target/core/iblock_0/tm-*/attrib/emulate_write_cache" | tr -d '\r')
 grep -q "write through" <<<"$out" || fail "the LUN's device has a write cache: $out"
+[ "$(tail -n1 <<<"$out")" = 0 ] || fail "the backstore emulates a write cache: $out"
 log "LUN serial $serial; write through"
 
 log "refused: no CHAP, a wrong secret, another initiator, discovery without credentials, a wrong target secret"
@@ -283,6 +284,43 @@ done <"$WORK/ids"
 [ "$full" -ge 1 ] || fail "no checkpoint holds all $ORDER_WRITES writes"
 log "$(wc -l <"$WORK/ids") checkpoints restored, each a prefix of the interleaved order ($partial mid-run)"
 
+# block_writer NAME WORD BASE: boots guest NAME on the LUN, writing 600
+# blocks, block BASE+i holding "tidemark WORD %06d\n" % i, each with
+# fsync; it prints "acked i" after each, so its console log holds exactly
+# what the initiator saw acknowledged.
+block_writer() {
+    iscsi_guest "$1" <<INIT
+i=0
+while [ \$i -lt 600 ]; do
+    printf "tidemark $2 %06d\\n" \$i | dd of=/dev/vda bs=4096 seek=\$(($3 + i)) conv=sync,fsync 2>/dev/null ||
+        { echo "guest: write \$i failed"; poweroff -f; }
+    echo "acked \$i"
+    i=\$((i + 1))
+done
+echo "guest: writes done"
+INIT
+}
+# wait_acked NAME N: until guest NAME has had write N acknowledged.
+wait_acked() {
+    for _ in $(seq 1 600); do
+        grep -q "acked $2" "$WORK/$1/serial.log" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    fail "the writer did not get going: $(tail -5 "$WORK/$1/serial.log")"
+}
+# check_blocks IMAGE WORD BASE COUNT: blocks BASE.. of IMAGE hold the first
+# COUNT lines block_writer WORD BASE wrote.
+check_blocks() {
+    python3 - "$@" <<'PY'
+import sys
+img, word, base, n = open(sys.argv[1], "rb"), sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
+bad = [i for i in range(n) if (img.seek((base + i) * 4096), img.read(len(word) + 17))[1] != b"tidemark %s %06d\n" % (word, i)]
+if bad:
+    print(f"{len(bad)} of {n} acknowledged blocks missing, first {bad[:10]}")
+    sys.exit(1)
+PY
+}
+
 log "SIGKILL of the agent under iSCSI writes: the LUN keeps its identity, nothing acknowledged is lost"
 # VPD page 0x83 (iscsi-inq takes it in decimal): the NAA id and the rest.
 # One-way CHAP from here on: LIO's CHAP identifier counts every CHAP login
@@ -293,21 +331,8 @@ identity() { in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 131 "$(url "$GOOD" "$IQN")"
 before=$(identity)
 grep -qi naa <<<"$before" || fail "no NAA designator in VPD 0x83: $before"
 BLOCKS=600
-iscsi_guest writer <<'INIT'
-i=0
-while [ $i -lt 600 ]; do
-    printf "tidemark block %06d\n" $i | dd of=/dev/vda bs=4096 seek=$i conv=sync,fsync 2>/dev/null ||
-        { echo "guest: write $i failed"; poweroff -f; }
-    echo "acked $i"
-    i=$((i + 1))
-done
-echo "guest: writes done"
-INIT
-for _ in $(seq 1 600); do
-    grep -q "acked 150" "$WORK/writer/serial.log" 2>/dev/null && break
-    sleep 0.2
-done
-grep -q "acked 150" "$WORK/writer/serial.log" || fail "the writer did not get going: $(tail -5 "$WORK/writer/serial.log")"
+block_writer writer block 0
+wait_acked writer 150
 out=$(guest_console prot root "$PASSWORD" "tidemark status --config /run/tidemark/tidemark.toml" | tr -d '\r')
 grep -q "iSCSI target: *$IQN" <<<"$out" || fail "status does not show the target: $out"
 lun_line=$(grep "LUN 0 disk0:" <<<"$out") || fail "status does not show LUN 0: $out"
@@ -342,37 +367,13 @@ grep -q "in the recovery journal" <<<"$out" || fail "the tagged checkpoint did n
 rm -rf "$WORK/restored"
 "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint after-kill --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
     fail "restore failed: $(cat "$WORK/restore.out")"
-python3 - "$WORK/restored/disk0.img" "$BLOCKS" <<'PY' || fail "acknowledged writes are missing from the restore"
-import sys
-img, n = open(sys.argv[1], "rb"), int(sys.argv[2])
-bad = []
-for i in range(n):
-    img.seek(i * 4096)
-    if img.read(22) != b"tidemark block %06d\n" % i:
-        bad.append(i)
-if bad:
-    print(f"{len(bad)} of {n} blocks differ, first {bad[:10]}")
-    sys.exit(1)
-PY
+check_blocks "$WORK/restored/disk0.img" block 0 "$BLOCKS" || fail "acknowledged writes are missing from the restore"
 log "restarted; same identity ($naa); all $BLOCKS acknowledged blocks restored"
 
 log "power cut of the appliance under iSCSI writes: every acknowledged write is in the restore of head"
-iscsi_guest cutter <<'INIT'
-i=0
-while [ $i -lt 600 ]; do
-    printf "tidemark power %06d\n" $i | dd of=/dev/vda bs=4096 seek=$((1000 + i)) conv=sync,fsync 2>/dev/null ||
-        { echo "guest: write $i failed"; poweroff -f; }
-    echo "acked $i"
-    i=$((i + 1))
-done
-echo "guest: writes done"
-INIT
+block_writer cutter power 1000
 CUTTER_PID=$GUEST_PID
-for _ in $(seq 1 600); do
-    grep -q "acked 100" "$WORK/cutter/serial.log" 2>/dev/null && break
-    sleep 0.2
-done
-grep -q "acked 100" "$WORK/cutter/serial.log" || fail "the writer did not get going: $(tail -5 "$WORK/cutter/serial.log")"
+wait_acked cutter 100
 kill9 "$PROT_PID"
 # Whatever the guest saw acknowledged before the power went is in its log.
 sleep 1
@@ -389,14 +390,7 @@ grep -q "in the recovery journal" <<<"$out" || fail "no checkpoint after the pow
 rm -rf "$WORK/restored"
 "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint head --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
     fail "restore of head failed: $(cat "$WORK/restore.out")"
-python3 - "$WORK/restored/disk0.img" "$acked" <<'PY' || fail "acknowledged writes are missing after the power cut"
-import sys
-img, last = open(sys.argv[1], "rb"), int(sys.argv[2])
-bad = [i for i in range(last + 1) if (img.seek((1000 + i) * 4096), img.read(22))[1] != b"tidemark power %06d\n" % i]
-if bad:
-    print(f"{len(bad)} of {last + 1} acknowledged blocks missing, first {bad[:10]}")
-    sys.exit(1)
-PY
+check_blocks "$WORK/restored/disk0.img" power 1000 $((acked + 1)) || fail "acknowledged writes are missing after the power cut"
 log "after the power cut: same identity, all $((acked + 1)) acknowledged blocks in the restore of head"
 log "conformance: iscsi-test-cu against Tidemark's LUN and, as the reference, a plain LIO fileio LUN"
 # The reference: the same guest, the same portal and CHAP, the same ACLs, a

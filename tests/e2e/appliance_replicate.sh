@@ -51,17 +51,7 @@ nics=()
 for tap in mgmt repl stor; do # eth0, eth1, eth2 in PCI order
     nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
 done
-guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
-guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
-FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
-
-cat >"$WORK/recovery.toml" <<TOML
-$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
-[logging]
-dir = "$WORK/b/logs"
-TOML
-start_agent recovery 4007 "$NS"
-guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -20 "$WORK/prot/serial.log")"
+protected_guest_with_host_recovery "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}"
 log "protected appliance ready $(guest_seconds_since_start) s after power-on; fingerprint $FP_P"
 s=$WORK/prot/serial.log
 for iface in "eth0 up with 10.0.2.15/24" "eth1 up with 10.0.3.15/24" "eth2 up with 10.0.4.15/24"; do

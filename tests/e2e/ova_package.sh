@@ -28,7 +28,7 @@ while read -r line; do
     [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$want" ] || fail "manifest: $f does not match"
 done <tidemark.mf
 [ "$(wc -l <tidemark.mf)" = 3 ] || fail "the manifest does not cover every file"
-"$TIDEMARK" ovf-properties | cut -f1 | sort >"$WORK/props.expected"
+"$TIDEMARK" ovf-properties >"$WORK/props.expected"
 python3 - "$WORK/props.expected" <<'PY' || fail "the OVF descriptor is wrong"
 import os, sys, xml.etree.ElementTree as ET
 ns = {"o": "http://schemas.dmtf.org/ovf/envelope/1",
@@ -51,9 +51,14 @@ nics = [i.find("r:ResourceSubType", ns).text for i in kind("10")]
 assert nics == ["VmxNet3"] * 3, nics
 assert len(kind("17")) == 2 and len(kind("15")) == 1
 props = sorted(p.get(O + "key") for p in root.findall("o:VirtualSystem/o:ProductSection/o:Property", ns))
-expected = open(sys.argv[1]).read().split()
+appliance = {f[0]: f for f in (line.split("\t") for line in open(sys.argv[1]).read().splitlines())}
+expected = sorted(appliance)
 assert props == expected, f"ProductSection {props} != appliance {expected}"
 by_key = {p.get(O + "key"): p for p in root.findall("o:VirtualSystem/o:ProductSection/o:Property", ns)}
+# Each property carries exactly the appliance's qualifiers and secrecy.
+for key, (_, _, qualifiers, secret) in appliance.items():
+    assert (by_key[key].get(O + "qualifiers") or "") == qualifiers, f"{key}: {by_key[key].get(O + 'qualifiers')!r}"
+    assert (by_key[key].get(O + "password") == "true") == (secret == "true"), f"{key}: password flag"
 assert by_key["tidemark.role"].get(O + "qualifiers") == 'ValueMap{"protected","recovery"}', "role has no ValueMap"
 assert by_key["tidemark.diag.token"].get(O + "qualifiers") == "MinLen(24)", "the token has no MinLen(24)"
 for key in ("tidemark.diag.token", "tidemark.iscsi.chap_secret", "tidemark.iscsi.mutual_chap_secret"):

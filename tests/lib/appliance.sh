@@ -146,3 +146,24 @@ bundle_agent_rss_kib() {
     [ -n "$facts" ] || fail "the bundle holds no system.txt"
     awk '/^VmRSS:/ {print $2; exit}' "$facts"
 }
+
+# protected_guest_with_host_recovery NETNS QEMU_ARGS...: boots the
+# protected appliance "prot" (its OVF environment in $WORK/prot/cfg, its
+# peer at 10.0.3.2) in NETNS with QEMU_ARGS, then the recovery agent on the
+# host (keys in $WORK/b, $WORK/recovery.toml) pinned to the fingerprint the
+# guest prints, and waits for the guest's "ready". Sets PROT_PID and FP_P.
+protected_guest_with_host_recovery() {
+    local netns=$1
+    shift
+    guest_start prot "$netns" "$@"
+    PROT_PID=$GUEST_PID
+    guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
+    FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
+    cat >"$WORK/recovery.toml" <<TOML
+$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
+[logging]
+dir = "$WORK/b/logs"
+TOML
+    start_agent recovery 4007 "$netns"
+    guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
+}

@@ -45,17 +45,8 @@ iscsi_boot_protected() {
     for tap in mgmt repl stor; do
         nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
     done
-    GUEST_MEM=768 guest_start prot "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" "${nics[@]}" "$@"
-    PROT_PID=$GUEST_PID
-    guest_wait prot "fingerprint: sha256:" 120 || fail "no fingerprint on the console: $(tail -20 "$WORK/prot/serial.log")"
-    FP_P=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/prot/serial.log" | head -1 | cut -d' ' -f2)
-    cat >"$WORK/recovery.toml" <<TOML
-$(recovery_head recovery-host "$WORK/b" 10.0.3.2 "$FP_P")
-[logging]
-dir = "$WORK/b/logs"
-TOML
-    start_agent recovery 4007 "$NS"
-    guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
+    GUEST_MEM=768 protected_guest_with_host_recovery "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" \
+        "${nics[@]}" "$@"
     for _ in $(seq 1 100); do
         grep -q "iSCSI target configured\|starting the iSCSI front-end" "$WORK/prot/serial.log" && break
         sleep 0.2

@@ -30,6 +30,8 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>> {
     if text.len() > PROPERTIES_BYTES_MAX {
         bail!("the properties file is {} bytes, over the {PROPERTIES_BYTES_MAX}-byte limit", text.len());
     }
+    // An editor's byte-order mark would stick to the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -40,11 +42,55 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>> {
             bail!("line {}: not `key = value`", i + 1);
         };
         let (key, value) = (key.trim(), value.trim());
+        // First boot skips keys that are not the appliance's (the
+        // environment may hold others); here a misspelt key is a mistake.
+        if !ovf_config::PROPERTIES.iter().any(|p| p.key == key) {
+            bail!("line {}: {key:?} is not one of the appliance's properties (`tidemark ovf-properties`)", i + 1);
+        }
+        if value.len() >= 2
+            && (value.starts_with('"') && value.ends_with('"') || value.starts_with('\'') && value.ends_with('\''))
+        {
+            bail!("line {}: {key}: write the value without quotes (they would become part of it)", i + 1);
+        }
         if out.insert(key.to_string(), value.to_string()).is_some() {
             bail!("line {}: {key} is set twice", i + 1);
         }
     }
     Ok(out)
+}
+
+/// The file system first boot sizes the protected log from, estimated from
+/// the data disk's size (ext4's own structures take a few per cent; first
+/// boot reads the real figure).
+pub fn data_filesystem_bytes(disk_bytes: u64) -> u64 {
+    disk_bytes / 100 * FILESYSTEM_SHARE_PERCENT
+}
+const FILESYSTEM_SHARE_PERCENT: u64 = 90;
+
+/// Writes `image` to `out` readable by its owner only (it holds secrets):
+/// into a temporary file beside it, synced, then linked into place, which
+/// fails if `out` exists. Nothing is left behind on failure.
+pub fn write_new(out: &Path, image: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if out.exists() {
+        bail!("{} exists (an existing file is never overwritten)", out.display());
+    }
+    let name = out.file_name().context("the output needs a file name")?.to_string_lossy();
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(image).with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::hard_link(&tmp, out).with_context(|| format!("creating {}", out.display()))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 /// The OVF environment document holding `properties`, as vSphere writes it.
@@ -86,7 +132,7 @@ fn escape(s: &str) -> String {
 /// holding their environment. `data_disk_bytes` is the data disk the
 /// appliance will have (the protected log is sized from it).
 pub fn build(properties: &BTreeMap<String, String>, data_disk_bytes: u64) -> Result<Vec<u8>> {
-    ovf_config::render(properties, Path::new("/var/lib/tidemark"), data_disk_bytes)?;
+    ovf_config::render(properties, Path::new("/var/lib/tidemark"), data_filesystem_bytes(data_disk_bytes))?;
     let xml = environment_xml(properties);
     // What first boot will read back is what was checked.
     let read_back = ovf_env::parse(&xml).context("the environment written does not parse")?;
@@ -138,6 +184,7 @@ mod tests {
     #[test]
     fn properties_round_trip_through_the_environment() {
         let p = parse_properties(&recovery()).unwrap();
+        assert_eq!(parse_properties(&format!("\u{feff}{}", recovery())).unwrap(), p, "a byte-order mark is skipped");
         assert_eq!(p["tidemark.role"], "recovery");
         assert_eq!(p["tidemark.admin.password_hash"], "$6$salt$h=a&s<h>\"", "split at the first = only");
         assert_eq!(ovf_env::parse(&environment_xml(&p)).unwrap(), p);
@@ -151,12 +198,27 @@ mod tests {
     }
 
     #[test]
+    fn the_image_is_written_once_and_only_for_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cfg.iso");
+        write_new(&out, b"image").unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        let err = write_new(&out, b"other").unwrap_err();
+        assert!(format!("{err:#}").contains("never overwritten"), "{err:#}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"image");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
     fn wrong_properties_are_refused_and_named() {
         for (text, says) in [
             ("tidemark.role recovery\n".to_string(), "line 1: not `key = value`"),
             (format!("{}tidemark.role = protected\n", recovery()), "tidemark.role is set twice"),
             (recovery().replace("recovery\n", "witness\n"), "tidemark.role"),
             (recovery().replace("tidemark.peer.address", "tidemark.peer.adress"), "tidemark.peer.adress"),
+            (recovery().replace("tidemark.peer.address", "Tidemark.peer.address"), "Tidemark.peer.address"),
+            (format!("{}tidemark.iscsi.chap_secret = \"initiator-secret\"\n", recovery()), "without quotes"),
             (format!("{}tidemark.diag.token = short\n", recovery()), "diag.token"),
         ] {
             let err = parse_properties(&text).and_then(|p| build(&p, OVA_DATA_DISK_BYTES)).unwrap_err();

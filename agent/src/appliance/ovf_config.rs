@@ -58,8 +58,8 @@ pub const PROPERTIES: &[Property] = &[
     checked("tidemark.peer.address", "the peer appliance's replication address", "MinLen(1)"),
     checked(
         "tidemark.peer.fingerprint",
-        "the peer appliance's certificate fingerprint, sha256:...",
-        "MinLen(71),MaxLen(71)",
+        "the peer appliance's certificate fingerprint, sha256:... (64 hex digits, colons allowed)",
+        "MinLen(71),MaxLen(102)",
     ),
     prop("tidemark.vpgs", "protected side: VPGs, as name:volume=/dev/sdX,volume=/dev/sdY;name2:..."),
     prop("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),

@@ -369,7 +369,7 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         if devices.len() == vpg.volumes.len() {
             problems.extend(lio::differences(configfs, &spec));
         }
-        wanted_backstores.extend(spec.luns.iter().map(|l| l.backstore.clone()));
+        wanted_backstores.extend(spec.luns.iter().map(lio::backstore_key));
         wanted.push(spec.iqn);
     }
     let extra: Vec<String> = present.into_iter().filter(|t| !wanted.contains(t)).collect();

@@ -48,9 +48,6 @@ const SERVER_FLAGS: u64 = (crate::nbd::protocol::TFLAG_HAS_FLAGS
 pub const LUN_BLOCK_BYTES: u64 = 512;
 /// How long the kernel holds the LUN's I/O while no agent answers.
 pub const DEAD_CONNECTION_WAIT: Duration = Duration::from_secs(120);
-/// How often, and how far apart, a reconnect is tried.
-const RECONNECT_ATTEMPTS: u32 = 20;
-const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// Connections per device: one. With more, the kernel resends a request
 /// that has waited 30 s on another connection while the first copy is
 /// still being served (a sync-mode write waits for the journal as long as
@@ -92,9 +89,9 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
 }
 
 /// Hands a device that still has its configuration (its previous server
-/// died) a new connection. The kernel refuses while it has not yet marked
-/// the old one dead, so this tries for a while; the device holds its I/O
-/// meanwhile (up to `DEAD_CONNECTION_WAIT`).
+/// died) a new connection. The kernel answers yes even when it has no dead
+/// connection to replace (it then drops the socket): the caller sees that
+/// connection end at once and tries again later (`iscsi::Device`).
 fn reconnect(
     socket: &mut GenlSocket,
     family: u16,
@@ -102,26 +99,14 @@ fn reconnect(
     identifier: &str,
     serve: &impl Fn(UnixStream),
 ) -> Result<Attached> {
-    let mut last = None;
-    for attempt in 0..RECONNECT_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(RECONNECT_PAUSE);
-        }
-        let theirs = pairs(serve)?;
-        let mut message = Message::new(family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
-        // The kernel wants the identifier again, to be sure it is ours.
-        message.u32(NBD_ATTR_INDEX, index).string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
-        add_sockets(&mut message, &theirs);
-        match socket.request(message) {
-            Ok(_) => {
-                tracing::info!("{identifier}: /dev/nbd{index} (left waiting by its previous server) reconnected");
-                return Ok(Attached { index });
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let e = last.expect("at least one attempt");
-    Err(e.context(format!("{identifier}: /dev/nbd{index} refused a new connection {RECONNECT_ATTEMPTS} times")))
+    let theirs = pairs(serve)?;
+    let mut message = Message::new(family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION);
+    // The kernel wants the identifier again, to be sure it is ours.
+    message.u32(NBD_ATTR_INDEX, index).string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
+    add_sockets(&mut message, &theirs);
+    socket.request(message).with_context(|| format!("{identifier}: /dev/nbd{index} refused a new connection"))?;
+    tracing::info!("{identifier}: /dev/nbd{index} (left waiting by its previous server) reconnected");
+    Ok(Attached { index })
 }
 
 fn connect(

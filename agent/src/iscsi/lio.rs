@@ -300,13 +300,13 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
         out.push(format!("target {}: LUNs {luns:?}, not {want:?}", spec.iqn));
     }
     for (i, lun) in spec.luns.iter().enumerate() {
-        // LUN i is this volume's backstore, not another's.
+        // LUN i is this volume's backstore (the very directory), not
+        // another's, nor one of the same name on another HBA.
         let linked = children(&tpg.join(format!("lun/lun_{i}")))
             .into_iter()
             .find(|p| p.is_symlink())
-            .and_then(|p| std::fs::read_link(p).ok())
-            .map(|target| name_of(&target));
-        if linked.as_deref() != Some(&*lun.backstore) {
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        if linked.is_none() || linked != std::fs::canonicalize(backstore(root, lun)).ok() {
             out.push(format!("target {}: lun_{i} is {linked:?}, not backstore {}", spec.iqn, lun.backstore));
         }
     }
@@ -346,6 +346,13 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
             out.push(format!("target {}: initiator {initiator} is mapped {mapped:?}, not {want:?}", spec.iqn));
         }
         for (i, lun) in spec.luns.iter().enumerate() {
+            let mapped = std::fs::canonicalize(acl.join(format!("lun_{i}/lun"))).ok();
+            if mapped.is_none() || mapped != std::fs::canonicalize(tpg.join(format!("lun/lun_{i}"))).ok() {
+                out.push(format!(
+                    "target {}: lun_{i} of {initiator} is {mapped:?}, not the target's lun_{i}",
+                    spec.iqn
+                ));
+            }
             let protect = read(&acl.join(format!("lun_{i}/write_protect")));
             if protect.as_deref() != Some(if lun.read_only { "1" } else { "0" }) {
                 out.push(format!("target {}: lun_{i} of {initiator} has write_protect {protect:?}", spec.iqn));
@@ -376,14 +383,19 @@ fn lun_names(dir: &Path) -> Vec<String> {
     names.into_iter().map(|(_, n)| n).collect()
 }
 
-/// Our backstores (by name) that configfs holds (for the audit: nothing
-/// beyond the configured LUNs').
+/// Our backstores that configfs holds, on any HBA, as `hba/name` (for the
+/// audit: nothing beyond the configured LUNs', `backstore_key`).
 pub fn backstores(root: &Path) -> Vec<String> {
-    children(&root.join("core").join(IBLOCK_HBA))
+    children(&root.join("core"))
         .iter()
-        .map(|p| name_of(p))
-        .filter(|n| n.starts_with(BACKSTORE_PREFIX))
+        .flat_map(|hba| children(hba).into_iter().map(move |b| format!("{}/{}", name_of(hba), name_of(&b))))
+        .filter(|key| key.split('/').nth(1).is_some_and(|n| n.starts_with(BACKSTORE_PREFIX)))
         .collect()
+}
+
+/// How `backstores` names the backstore of `lun`.
+pub fn backstore_key(lun: &LunSpec) -> String {
+    format!("{IBLOCK_HBA}/{}", lun.backstore)
 }
 
 /// The sessions of the target `iqn`, one per ACL that has one.

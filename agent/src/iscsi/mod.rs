@@ -25,6 +25,7 @@ use crate::nbd::export::BlockExport;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The LUN's serial: 32 hex digits of SHA-256 over the appliance's
 /// certificate fingerprint, the VPG and the volume.
@@ -132,11 +133,12 @@ pub async fn start(
                 export: Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 }),
                 admission: admission.clone(),
             });
-            // Blocking netlink; the connections are served before the
-            // kernel is asked to use them (it reads the device at once).
-            let attached = tokio::task::spawn_blocking(move || device.attach())
-                .await
-                .context("attaching a kernel NBD device")??;
+            // Blocking netlink; the connection is served before the kernel
+            // is asked to use it (it reads the device at once).
+            let d = device.clone();
+            let (attached, ended) =
+                tokio::task::spawn_blocking(move || d.attach()).await.context("attaching a kernel NBD device")??;
+            tokio::spawn(device.supervise(ended));
             devices.push((volume.name.as_str(), attached.device()));
         }
         let spec = target_spec(config, appliance, fingerprint, &capture.name, &devices);
@@ -154,23 +156,37 @@ struct Device {
     admission: Arc<Admission>,
 }
 
-/// Pauses between attempts to give a device a new connection.
-const REATTACH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
-const REATTACH_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Resolves when the connection of one attach has ended.
+type Ended = tokio::sync::oneshot::Receiver<()>;
+
+/// Pauses between attempts to give a device a new connection; a connection
+/// that served this long resets the pause.
+const REATTACH_PAUSE: Duration = Duration::from_secs(1);
+const REATTACH_PAUSE_MAX: Duration = Duration::from_secs(30);
+const CONNECTION_LIVED: Duration = Duration::from_secs(10);
 
 impl Device {
-    /// Attaches the device (blocking), each connection served by `serve`.
-    fn attach(self: &Arc<Self>) -> Result<kernel_nbd::Attached> {
+    /// Attaches the device (blocking), its connection served at once; the
+    /// receiver resolves when that connection ends (at once, if the kernel
+    /// did not keep it).
+    fn attach(self: &Arc<Self>) -> Result<(kernel_nbd::Attached, Ended)> {
+        let (tx, ended) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
         let device = self.clone();
-        kernel_nbd::attach(&self.identifier, self.size, move |connection| device.clone().serve(connection))
+        let attached = kernel_nbd::attach(&self.identifier, self.size, move |connection| {
+            let done = tx.lock().expect("ended lock").take();
+            device.clone().serve(connection, done)
+        })?;
+        Ok((attached, ended))
     }
 
     /// Serves the kernel's side of one connection (called from a blocking
-    /// thread: it spawns onto the runtime). If the connection ends while the
-    /// agent runs (an error, a reply the kernel did not take), the device is
-    /// given a new one; the kernel holds its I/O meanwhile, so a LUN is never
-    /// left without a server until the agent restarts.
-    fn serve(self: Arc<Self>, connection: std::os::unix::net::UnixStream) {
+    /// thread: it spawns onto the runtime); `done` fires when it ends.
+    fn serve(
+        self: Arc<Self>,
+        connection: std::os::unix::net::UnixStream,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let handle = tokio::runtime::Handle::current();
         handle.spawn(async move {
             let result = async {
@@ -184,26 +200,42 @@ impl Device {
                 crate::nbd::server::serve_kernel(stream, self.export.clone(), admitted).await
             }
             .await;
-            match result {
-                Ok(()) => tracing::warn!("{}: the kernel closed its NBD connection", self.identifier),
-                Err(e) => tracing::warn!("{}: kernel NBD connection ended: {e:#}", self.identifier),
+            if let Err(e) = result {
+                tracing::debug!("{}: kernel NBD connection: {e:#}", self.identifier);
             }
-            self.reattach().await;
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
     }
 
-    /// Gives the device a new connection, trying until it takes one.
-    async fn reattach(self: Arc<Self>) {
+    /// The one loop per device that keeps it served: whenever the current
+    /// connection ends while the agent runs (an error, a reply the kernel
+    /// did not take, a reconnect the kernel did not keep), the device gets a
+    /// new one; the kernel holds the LUN's I/O meanwhile. Attempts that fail
+    /// or end at once back off, up to `REATTACH_PAUSE_MAX`.
+    async fn supervise(self: Arc<Self>, mut ended: Ended) {
         let mut pause = REATTACH_PAUSE;
         loop {
-            tokio::time::sleep(pause).await;
-            let device = self.clone();
-            match tokio::task::spawn_blocking(move || device.attach()).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => tracing::error!("{}: could not give the device a new connection: {e:#}", self.identifier),
-                Err(e) => tracing::error!("{}: reattaching: {e}", self.identifier),
+            let since = tokio::time::Instant::now();
+            let _ = (&mut ended).await;
+            if since.elapsed() >= CONNECTION_LIVED {
+                pause = REATTACH_PAUSE;
             }
-            pause = (pause * 2).min(REATTACH_PAUSE_MAX);
+            tracing::warn!("{}: its kernel NBD connection ended; giving the device a new one", self.identifier);
+            loop {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REATTACH_PAUSE_MAX);
+                let device = self.clone();
+                match tokio::task::spawn_blocking(move || device.attach()).await {
+                    Ok(Ok((_, next))) => {
+                        ended = next;
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::error!("{}: no new connection yet: {e:#}", self.identifier),
+                    Err(e) => tracing::error!("{}: reattaching: {e}", self.identifier),
+                }
+            }
         }
     }
 }
