@@ -207,6 +207,8 @@ enum Command {
     /// are checked as first boot checks them, and nothing is written if one
     /// is wrong.
     ConfigIso {
+        /// The properties: `tidemark.key = value` lines, `#` for comments
+        /// (`tidemark ovf-properties` lists the keys).
         #[arg(long)]
         properties: PathBuf,
         /// The ISO to write (refused if it exists).
@@ -231,10 +233,10 @@ enum Command {
         #[arg(long, default_value = "/var/lib/tidemark")]
         data_dir: PathBuf,
     },
-    /// The OVF properties the appliance reads (key, description, OVF
-    /// qualifiers, whether secret; tab separated), for the OVA packager's
-    /// ProductSection.
-    #[command(hide = true)]
+    /// List the OVF properties the appliance reads, one per line: key,
+    /// description, the deploy wizard's checks, whether secret (tab
+    /// separated). What a `config-iso` properties file may hold, and what
+    /// the OVA's ProductSection declares.
     OvfProperties,
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
