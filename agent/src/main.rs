@@ -200,12 +200,12 @@ enum Command {
     /// go to scratch and are discarded at `stop`; replication goes on.
     #[command(subcommand)]
     TestFailover(TestFailover),
-    /// Write the appliance's OVF properties onto a CD image (ISO 9660,
-    /// label TIDEMARK-CFG) to attach to its CD-ROM before first boot, for
-    /// ESXi hosts deployed without vCenter (which do not pass the properties
-    /// on themselves). PROPERTIES holds `tidemark.key = value` lines; they
-    /// are checked as first boot checks them, and nothing is written if one
-    /// is wrong.
+    /// Write the appliance's OVF properties onto a CD image for first boot.
+    ///
+    /// The image (ISO 9660, label TIDEMARK-CFG) goes on the appliance's
+    /// CD-ROM before first boot, for ESXi hosts deployed without vCenter
+    /// (which do not pass the properties on themselves). The properties are
+    /// checked as first boot checks them; nothing is written if one is wrong.
     ConfigIso {
         /// The properties: `tidemark.key = value` lines, `#` for comments
         /// (`tidemark ovf-properties` lists the keys).
@@ -233,10 +233,11 @@ enum Command {
         #[arg(long, default_value = "/var/lib/tidemark")]
         data_dir: PathBuf,
     },
-    /// List the OVF properties the appliance reads, one per line: key,
-    /// description, the deploy wizard's checks, whether secret (tab
-    /// separated). What a `config-iso` properties file may hold, and what
-    /// the OVA's ProductSection declares.
+    /// List the OVF properties the appliance reads.
+    ///
+    /// One per line: key, description, the deploy wizard's checks, whether
+    /// secret (tab separated). What a `config-iso` properties file may hold,
+    /// and what the OVA's ProductSection declares.
     OvfProperties,
     /// Benchmark helper: compress FILE as the sender would (64 KiB writes in
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
