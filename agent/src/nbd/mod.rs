@@ -6,5 +6,7 @@
 
 pub mod admission;
 pub mod export;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod one_client;
 pub mod protocol;
 pub mod server;

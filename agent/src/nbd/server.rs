@@ -481,81 +481,11 @@ async fn finish_update(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nbd::export::BoxFuture;
     use proptest::prelude::*;
-    use std::sync::Mutex;
 
-    const DISK_BYTES: usize = 1 << 20;
-
-    /// A small disk in memory (the server is what is under test here).
-    struct MemoryDisk(Mutex<Vec<u8>>);
-
-    impl BlockExport for MemoryDisk {
-        fn size(&self) -> u64 {
-            DISK_BYTES as u64
-        }
-        fn writable(&self) -> bool {
-            true
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-            let disk = self.0.lock().unwrap();
-            buf.copy_from_slice(&disk[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(async move {
-                self.0.lock().unwrap()[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
-                Ok(0)
-            })
-        }
-        fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(async move {
-                self.0.lock().unwrap()[offset as usize..(offset + length) as usize].fill(0);
-                Ok(0)
-            })
-        }
-        fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn last_token(&self) -> u64 {
-            0
-        }
-    }
-
-    /// Runs one client that sends `bytes`, then reads what comes back; the
-    /// server must end (time is virtual: its timeouts pass at once).
+    /// One scripted client: the server must end, without a panic.
     fn run_client(bytes: Vec<u8>) -> Vec<u8> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-        runtime.block_on(async move {
-            let table = ExportTable::listed();
-            let disk: Arc<dyn BlockExport> = Arc::new(MemoryDisk(Mutex::new(vec![0; DISK_BYTES])));
-            table.add(vec![("disk".into(), disk)]).unwrap();
-            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
-            let (mut client, server) = tokio::io::duplex(64 << 10);
-            let served = tokio::spawn(serve_connection(server, table, admitted));
-            let (mut rd, mut wr) = tokio::io::split(&mut client);
-            let send = async {
-                let _ = wr.write_all(&bytes).await;
-                let _ = wr.shutdown().await;
-            };
-            let mut got = Vec::new();
-            let drain = async {
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n) = rd.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                }
-            };
-            tokio::join!(send, drain);
-            tokio::time::timeout(Duration::from_secs(600), served)
-                .await
-                .expect("the server ended")
-                .expect("the server did not panic")
-                .ok();
-            got
-        })
+        crate::nbd::one_client::run(&bytes).expect("the server ended cleanly")
     }
 
     /// Flags and OPT_GO for "disk": what a real client sends first.
@@ -604,7 +534,7 @@ mod tests {
         ) {
             let mut bytes = if after_handshake { handshake() } else { Vec::new() };
             for (command, offset, length) in requests {
-                let offset = if offset % 2 == 0 { offset % DISK_BYTES as u64 } else { offset };
+                let offset = if offset % 2 == 0 { offset % crate::nbd::one_client::DISK_BYTES as u64 } else { offset };
                 bytes.extend(request(command, offset, length));
             }
             bytes.extend(garbage);
