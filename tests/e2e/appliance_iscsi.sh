@@ -177,6 +177,22 @@ iscsi_guest_done() {
     fail "guest $1 did not finish within $2 s: $(tail -20 "$log")"
 }
 
+# guest_checkpoint GUEST TAG: a tagged checkpoint taken on GUEST's console;
+# fails unless it is in the recovery journal.
+guest_checkpoint() {
+    local out
+    out=$(guest_console "$1" root "$PASSWORD" \
+        "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag $2 --wait 120s" | tr -d '\r')
+    grep -q "in the recovery journal" <<<"$out" || fail "checkpoint $2 did not reach the recovery journal: $out"
+}
+# restore_vm1 CHECKPOINT DIR: restores VPG vm1 at CHECKPOINT into DIR
+# (emptied first).
+restore_vm1() {
+    rm -rf "$2"
+    "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint "$1" --out "$2" >"$WORK/restore.out" 2>&1 ||
+        fail "restore of checkpoint $1 failed: $(cat "$WORK/restore.out")"
+}
+
 log "a Linux guest on the LUN through QEMU's iSCSI driver: ext4, 300 files, each fsynced"
 iscsi_guest vm <<'INIT'
 /sbin/mke2fs -q -F -t ext4 -b 4096 /dev/vda || { echo "guest: mke2fs failed"; poweroff -f; }
@@ -201,10 +217,8 @@ sed -n '/guest: sums begin/,/guest: sums end/p' "$WORK/vm/serial.log" | grep -v 
 [ "$(wc -l <"$WORK/guest.sums")" = 300 ] || fail "the guest did not write its files: $(tail -20 "$WORK/vm/serial.log")"
 log "the guest wrote 300 files and powered off"
 
-out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-guest --wait 120s" | tr -d '\r')
-grep -q "in the recovery journal" <<<"$out" || fail "the tagged checkpoint did not reach the recovery journal: $out"
-"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint after-guest --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
-    fail "restore failed: $(cat "$WORK/restore.out")"
+guest_checkpoint prot after-guest
+restore_vm1 after-guest "$WORK/restored"
 img=$WORK/restored/disk0.img
 e2fsck -fn "$img" >"$WORK/fsck.out" 2>&1 || fail "e2fsck on the restore: $(cat "$WORK/fsck.out")"
 while read -r sum path; do
@@ -250,14 +264,11 @@ start=$(date +%s)
 in_ns python3 "$WORK/order.py" "$PORTAL" "$IQN" "$INITIATOR" "$CHAP_USER" "$CHAP_SECRET" "$ORDER_BASE" "$ORDER_WRITES" ||
     fail "the interleaved writer failed"
 log "written in $(($(date +%s) - start)) s"
-out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-order --wait 120s" | tr -d '\r')
-grep -q "in the recovery journal" <<<"$out" || fail "the checkpoint after the ordered writes did not arrive: $out"
+guest_checkpoint prot after-order
 "$TIDEMARK" checkpoints --json --config "$WORK/recovery.toml" --vpg vm1 | jq -r '.[] | select(.consistent) | .id' >"$WORK/ids"
 partial=0 full=0
 while read -r id; do
-    rm -rf "$WORK/r"
-    "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint "$id" --out "$WORK/r" >"$WORK/restore.out" 2>&1 ||
-        fail "restore of checkpoint $id failed: $(cat "$WORK/restore.out")"
+    restore_vm1 "$id" "$WORK/r"
     m=$(python3 - "$WORK/r/disk0.img" "$ORDER_BASE" "$ORDER_WRITES" <<'PY'
 import sys
 img, base, n = open(sys.argv[1], "rb"), int(sys.argv[2]), int(sys.argv[3])
@@ -362,11 +373,8 @@ grep -q "guest: writes done" "$WORK/writer/serial.log" || fail "the writer did n
 grep -q "reconnected" "$WORK/prot/serial.log" || fail "the restarted agent did not take its device back: $(grep -i nbd "$WORK/prot/serial.log" | tail -5)"
 after=$(identity)
 [ "$before" = "$after" ] || fail "the LUN's identity changed across the restart: $before -> $after"
-out=$(guest_console prot root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-kill --wait 120s" | tr -d '\r')
-grep -q "in the recovery journal" <<<"$out" || fail "the tagged checkpoint did not reach the recovery journal: $out"
-rm -rf "$WORK/restored"
-"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint after-kill --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
-    fail "restore failed: $(cat "$WORK/restore.out")"
+guest_checkpoint prot after-kill
+restore_vm1 after-kill "$WORK/restored"
 check_blocks "$WORK/restored/disk0.img" block 0 "$BLOCKS" || fail "acknowledged writes are missing from the restore"
 log "restarted; same identity ($naa); all $BLOCKS acknowledged blocks restored"
 
@@ -385,11 +393,8 @@ GUEST_MEM=768 GUEST_DATA=$WORK/prot/data.img guest_start prot2 "$NS" -drive "fil
 guest_wait prot2 "tidemark protected ready" 120 || fail "no 'ready' after the power cut: $(tail -20 "$WORK/prot2/serial.log")"
 grep -q "iSCSI target configured" "$WORK/prot2/serial.log" || fail "no iSCSI target after the power cut"
 [ "$(identity)" = "$before" ] || fail "the LUN's identity changed across the power cut: $(identity)"
-out=$(guest_console prot2 root "$PASSWORD" "tidemark checkpoint --config /run/tidemark/tidemark.toml --vpg vm1 --tag after-cut --wait 120s" | tr -d '\r')
-grep -q "in the recovery journal" <<<"$out" || fail "no checkpoint after the power cut: $out"
-rm -rf "$WORK/restored"
-"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vm1 --checkpoint head --out "$WORK/restored" >"$WORK/restore.out" 2>&1 ||
-    fail "restore of head failed: $(cat "$WORK/restore.out")"
+guest_checkpoint prot2 after-cut
+restore_vm1 head "$WORK/restored"
 check_blocks "$WORK/restored/disk0.img" power 1000 $((acked + 1)) || fail "acknowledged writes are missing after the power cut"
 log "after the power cut: same identity, all $((acked + 1)) acknowledged blocks in the restore of head"
 log "conformance: iscsi-test-cu against Tidemark's LUN and, as the reference, a plain LIO fileio LUN"

@@ -84,7 +84,7 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
     let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
     match find(identifier)? {
         Some(index) => reconnect(&mut socket, family, index, identifier, &serve),
-        None => connect(&mut socket, family, None, identifier, size, &serve),
+        None => connect(&mut socket, family, identifier, size, &serve),
     }
 }
 
@@ -109,19 +109,16 @@ fn reconnect(
     Ok(Attached { index })
 }
 
+/// Connects a free device (the kernel picks it) for `identifier`.
 fn connect(
     socket: &mut GenlSocket,
     family: u16,
-    index: Option<u32>,
     identifier: &str,
     size: u64,
     serve: &impl Fn(UnixStream),
 ) -> Result<Attached> {
     let theirs = pairs(serve)?;
     let mut message = Message::new(family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
-    if let Some(index) = index {
-        message.u32(NBD_ATTR_INDEX, index);
-    }
     message
         .u64(NBD_ATTR_SIZE_BYTES, size)
         .u64(NBD_ATTR_BLOCK_SIZE_BYTES, LUN_BLOCK_BYTES)
@@ -133,10 +130,11 @@ fn connect(
         .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
     add_sockets(&mut message, &theirs);
     let attrs = socket.request(message).with_context(|| format!("connecting a kernel NBD device for {identifier}"))?;
-    let index = match attrs.iter().find(|(kind, _)| *kind == NBD_ATTR_INDEX) {
-        Some((_, v)) => u32::from_ne_bytes(v.get(0..4).context("device index cut short")?.try_into().expect("4")),
-        None => index.context("the kernel did not say which device it connected")?,
-    };
+    let (_, value) = attrs
+        .iter()
+        .find(|(kind, _)| *kind == NBD_ATTR_INDEX)
+        .context("the kernel did not say which device it connected")?;
+    let index = u32::from_ne_bytes(value.get(0..4).context("device index cut short")?.try_into().expect("4"));
     tracing::info!("{identifier}: served as /dev/nbd{index}");
     Ok(Attached { index })
 }

@@ -36,6 +36,28 @@ pub struct Chap {
     pub mutual_secret: String,
 }
 
+impl Chap {
+    /// The configfs attributes of an `auth` directory (an ACL's, or
+    /// discovery's) and what each holds.
+    fn attributes(&self) -> [(&'static str, &str); 4] {
+        [
+            ("userid", &self.user),
+            ("password", &self.secret),
+            ("userid_mutual", &self.mutual_user),
+            ("password_mutual", &self.mutual_secret),
+        ]
+    }
+
+    fn write_to(&self, auth: &Path) -> Result<()> {
+        self.attributes().into_iter().try_for_each(|(name, value)| write(&auth.join(name), value))
+    }
+
+    /// Whether the `auth` directory holds exactly these credentials.
+    fn is_in(&self, auth: &Path) -> bool {
+        self.attributes().into_iter().all(|(name, value)| read(&auth.join(name)).as_deref() == Some(value))
+    }
+}
+
 /// One LUN: the volume's backstore on its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSpec {
@@ -86,7 +108,7 @@ pub fn set_state_dir(root: &Path, dir: &Path) -> Result<()> {
 /// Makes configfs under `root` hold `spec` (see the module comment).
 pub fn apply(root: &Path, spec: &TargetSpec) -> Result<()> {
     check_loaded(root)?;
-    if matches(root, spec)? {
+    if matches(root, spec) {
         tracing::info!(iqn = %spec.iqn, "iSCSI target already configured as wanted; left as it is");
         return Ok(());
     }
@@ -185,10 +207,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
     for initiator in &spec.initiators {
         let acl = tpg.join("acls").join(initiator);
         mkdir(&acl)?;
-        write(&acl.join("auth/userid"), &spec.chap.user)?;
-        write(&acl.join("auth/password"), &spec.chap.secret)?;
-        write(&acl.join("auth/userid_mutual"), &spec.chap.mutual_user)?;
-        write(&acl.join("auth/password_mutual"), &spec.chap.mutual_secret)?;
+        spec.chap.write_to(&acl.join("auth"))?;
         for (i, lun) in spec.luns.iter().enumerate() {
             let mapped = acl.join(format!("lun_{i}"));
             mkdir(&mapped)?;
@@ -199,10 +218,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
     }
     // Discovery needs mutual CHAP too.
     let discovery = root.join("iscsi/discovery_auth");
-    write(&discovery.join("userid"), &spec.chap.user)?;
-    write(&discovery.join("password"), &spec.chap.secret)?;
-    write(&discovery.join("userid_mutual"), &spec.chap.mutual_user)?;
-    write(&discovery.join("password_mutual"), &spec.chap.mutual_secret)?;
+    spec.chap.write_to(&discovery)?;
     write(&discovery.join("enforce_discovery_auth"), "1")?;
     mkdir(&tpg.join("np").join(portal_dir(spec)))?;
     write(&tpg.join("enable"), "1")?;
@@ -269,8 +285,8 @@ fn rmdir(path: &Path) -> Result<()> {
 
 /// Whether configfs already holds exactly `spec` (enabled, with its LUNs on
 /// their devices and serials, its portal, its ACLs and CHAP).
-pub fn matches(root: &Path, spec: &TargetSpec) -> Result<bool> {
-    Ok(differences(root, spec).is_empty())
+pub fn matches(root: &Path, spec: &TargetSpec) -> bool {
+    differences(root, spec).is_empty()
 }
 
 /// What differs between configfs and `spec`, in words (for the audit).
@@ -332,11 +348,7 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
     }
     for initiator in &spec.initiators {
         let auth = tpg.join("acls").join(initiator).join("auth");
-        let same = read(&auth.join("userid")).as_deref() == Some(&*spec.chap.user)
-            && read(&auth.join("password")).as_deref() == Some(&*spec.chap.secret)
-            && read(&auth.join("userid_mutual")).as_deref() == Some(&*spec.chap.mutual_user)
-            && read(&auth.join("password_mutual")).as_deref() == Some(&*spec.chap.mutual_secret);
-        if !same {
+        if !spec.chap.is_in(&auth) {
             out.push(format!("target {}: CHAP of initiator {initiator} is not the configured one", spec.iqn));
         }
         // Each initiator sees exactly the LUNs, each with its write protection.
@@ -360,11 +372,7 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
         }
     }
     let discovery = root.join("iscsi/discovery_auth");
-    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1")
-        && read(&discovery.join("userid")).as_deref() == Some(&*spec.chap.user)
-        && read(&discovery.join("password")).as_deref() == Some(&*spec.chap.secret)
-        && read(&discovery.join("userid_mutual")).as_deref() == Some(&*spec.chap.mutual_user)
-        && read(&discovery.join("password_mutual")).as_deref() == Some(&*spec.chap.mutual_secret);
+    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1") && spec.chap.is_in(&discovery);
     if !same {
         out.push("discovery does not require the configured CHAP".into());
     }

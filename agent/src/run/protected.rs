@@ -57,7 +57,10 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let table = ExportTable::listed();
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
+    // Each VPG's iSCSI target as status shows it (None without iSCSI).
+    let mut targets: Vec<Option<crate::status::IscsiStatus>> = vec![None; runtimes.len()];
     if let Some(iscsi) = &cfg.iscsi {
+        // The LUN identities come from the appliance's certificate.
         let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
         let captures: Vec<Arc<VpgCapture>> = runtimes.iter().map(|(_, rt)| rt.capture.clone()).collect();
         let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
@@ -65,6 +68,10 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         crate::iscsi::start(iscsi, &cfg.node.name, &fingerprint, &captures, configfs, &state_dir)
             .await
             .context("starting the iSCSI front-end")?;
+        for (target, capture) in targets.iter_mut().zip(&captures) {
+            let volumes: Vec<&str> = capture.volumes.iter().map(|v| v.name.as_str()).collect();
+            *target = Some(crate::iscsi::target_status(iscsi, &cfg.node.name, &fingerprint, &capture.name, &volumes));
+        }
     }
     for (interval_ms, rt) in &runtimes {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
@@ -84,7 +91,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         cfg.peer.address,
         names
     );
-    let status_loop = status_writer(cfg.clone(), runtimes);
+    let status_loop = status_writer(cfg.clone(), runtimes, targets);
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("stopping"),
         r = status_loop => r?,
@@ -109,13 +116,12 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     }
 }
 
-async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Result<()> {
+async fn status_writer(
+    cfg: ProtectedConfig,
+    runtimes: Vec<VpgRuntime>,
+    targets: Vec<Option<crate::status::IscsiStatus>>,
+) -> Result<()> {
     let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
-    // The LUN identities come from the appliance's certificate.
-    let fingerprint = match &cfg.iscsi {
-        Some(_) => Some(tls::fingerprint_of_file(&cfg.node.cert)?),
-        None => None,
-    };
     let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
     loop {
@@ -159,16 +165,9 @@ async fn status_writer(cfg: ProtectedConfig, runtimes: Vec<VpgRuntime>) -> Resul
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
                 history: None,
-                iscsi: cfg.iscsi.as_ref().zip(fingerprint.as_deref()).map(|(iscsi, fingerprint)| {
-                    let volumes: Vec<&str> = rt.capture.volumes.iter().map(|v| v.name.as_str()).collect();
-                    crate::iscsi::target_status(
-                        iscsi,
-                        &cfg.node.name,
-                        fingerprint,
-                        &rt.capture.name,
-                        &volumes,
-                        configfs,
-                    )
+                iscsi: targets[i].clone().map(|mut target| {
+                    target.sessions = crate::iscsi::lio::sessions(configfs, &target.target);
+                    target
                 }),
             });
         }
