@@ -16,6 +16,7 @@ pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod nbd;
+pub mod random;
 pub mod record;
 pub mod recovery;
 pub mod run;

@@ -66,7 +66,8 @@ struct OnProtected {
 
 #[derive(Subcommand)]
 enum TestFailover {
-    /// Serve the VPG at CHECKPOINT writable, as nbd://<exports.listen>/<vpg>/<volume>/test.
+    /// Serve the VPG at CHECKPOINT writable, as nbd://<exports.listen>/<vpg>/<volume>/test
+    /// and, with [iscsi] set, as the LUNs of target ...:<vpg>:test.
     Start {
         #[command(flatten)]
         at: OnRecovery,
@@ -146,7 +147,8 @@ enum Command {
         out: PathBuf,
     },
     /// Serve every volume of a VPG, as it was at a checkpoint, read-only over
-    /// NBD (recovery agent running, [exports] listen set), built from the
+    /// NBD (recovery agent running, [exports] listen set) and, with [iscsi]
+    /// set, as the read-only LUNs of target ...:<vpg>:cp<id>; built from the
     /// replica and the journal without copying. Runs until interrupted.
     Export {
         #[command(flatten)]
@@ -158,7 +160,8 @@ enum Command {
     /// Fail a VPG over to a checkpoint (recovery side, agent running): the
     /// journal up to it goes into the replica, later history is set aside,
     /// the stream for the VPG stops, and the volumes are served writable at
-    /// nbd://<exports.listen>/<vpg>/<volume> (or left as files with --files).
+    /// nbd://<exports.listen>/<vpg>/<volume> and, with [iscsi] set, as the
+    /// LUNs of target ...:<vpg> (or left as files with --files).
     /// If the protected side is reachable it is told to stop capturing.
     Failover {
         #[command(flatten)]
@@ -196,8 +199,9 @@ enum Command {
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
-    /// Rehearse a failover: writable NBD exports at a checkpoint whose writes
-    /// go to scratch and are discarded at `stop`; replication goes on.
+    /// Rehearse a failover: writable NBD exports (and iSCSI LUNs) at a
+    /// checkpoint whose writes go to scratch and are discarded at `stop`;
+    /// replication goes on.
     #[command(subcommand)]
     TestFailover(TestFailover),
     /// Write the appliance's OVF properties onto a CD image for first boot.
@@ -425,14 +429,12 @@ fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     if !matches!((&cfg, role), (Config::Protected(_), "protected") | (Config::Recovery(_), "recovery")) {
         bail!("{}: role is \"{other}\"; use `tidemark {other}`", path.display());
     }
-    if let Config::Protected(p) = &cfg {
-        if p.iscsi.is_some() {
-            // The agent serves the block devices under the iSCSI LUNs: its
-            // allocations must not wait on writeback to them (a deadlock).
-            // Set before the runtime's threads exist, so they inherit it.
-            rustix::process::configure_io_flusher_behavior(true)
-                .context("marking the agent as an I/O flusher (PR_SET_IO_FLUSHER)")?;
-        }
+    if cfg.iscsi().is_some() {
+        // The agent serves the block devices under the iSCSI LUNs: its
+        // allocations must not wait on writeback to them (a deadlock).
+        // Set before the runtime's threads exist, so they inherit it.
+        rustix::process::configure_io_flusher_behavior(true)
+            .context("marking the agent as an I/O flusher (PR_SET_IO_FLUSHER)")?;
     }
     runtime()?.block_on(async {
         tidemark::run::start_appliance_services(cfg.clone(), path.to_path_buf()).await?;
@@ -623,6 +625,9 @@ fn run(cli: Cli) -> Result<()> {
             for uri in &reply.exports {
                 println!("  {uri}");
             }
+            if let Some(problem) = &reply.message {
+                eprintln!("{problem}");
+            }
             eprintln!("press Ctrl-C to stop serving");
             // The exports last as long as this connection; the agent closes
             // it only when it stops.
@@ -662,6 +667,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             for uri in &reply.exports {
                 println!("  {uri}");
+            }
+            if let Some(problem) = &reply.message {
+                eprintln!("{problem}");
             }
         }
         Command::TestFailover(TestFailover::Stop { at: OnRecovery { config, vpg } }) => {

@@ -432,7 +432,10 @@ conformance() {
         # up; seen once in a while under TCG) is run once more, said aloud.
         if ! run_suite "$iqn" "$suite" "$dir"; then
             log "$name $suite: no results ($(tail -n2 "$dir/run.out" | tr '\n' ' ')); running it again" >&2
-            run_suite "$iqn" "$suite" "$dir" || echo "$suite.(no results) FAIL" >"$dir/verdicts"
+            if ! run_suite "$iqn" "$suite" "$dir"; then
+                echo "$suite.(no results) FAIL" >"$dir/verdicts"
+                echo "$name $suite: $(tail -n3 "$dir/run.out" | tr '\n' ' ')" >>"$WORK/cu-no-results"
+            fi
         fi
         cat "$dir/verdicts"
     done >"$WORK/cu-$name/results"
@@ -440,8 +443,15 @@ conformance() {
 start=$(date +%s)
 conformance reference "$REF_IQN"
 conformance tidemark "$IQN"
-python3 "$ROOT/tests/lib/cunit_results.py" --compare "$WORK/cu-reference/results" "$WORK/cu-tidemark/results" ||
+if ! python3 "$ROOT/tests/lib/cunit_results.py" --compare "$WORK/cu-reference/results" "$WORK/cu-tidemark/results"; then
+    # What it takes to tell a defect from the test bed: why runs left no
+    # results, whether the LUN still answers, and what the guest said.
+    [ -f "$WORK/cu-no-results" ] && { echo "--- runs that left no results"; cat "$WORK/cu-no-results"; }
+    echo "--- the LUN now: $(in_ns iscsi-inq -i "$INITIATOR" "$(url "$GOOD" "$IQN")" 2>&1 | head -3 | tr '\n' ' ')"
+    echo "--- the appliance's console, last kernel and agent lines"
+    grep -a "^\[ *[0-9]\|WARN\|ERROR" "$WORK/prot2/serial.log" | grep -av "exceeds last lba\|contains NoLB" | tail -40
     fail "Tidemark's LUN fails iscsi-test-cu tests the reference passes"
+fi
 # A run that reached nothing would compare equal: the reference must pass.
 [ "$(grep -c ' PASS$' "$WORK/cu-reference/results")" -ge 100 ] ||
     fail "the reference passed too few tests to compare with: $(grep -c ' PASS$' "$WORK/cu-reference/results")"

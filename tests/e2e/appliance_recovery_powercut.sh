@@ -44,19 +44,7 @@ FP_R=$(grep -o 'fingerprint: sha256:[0-9a-f]*' "$WORK/rec/serial.log" | head -1 
 log "recovery appliance ready $(guest_seconds_since_start) s after power-on; fingerprint $FP_R"
 
 truncate -s 32M "$WORK/src/disk0.img"
-cat >"$WORK/protected.toml" <<TOML
-$(protected_head protected-host "$WORK/a" "127.0.0.1:$NBD_PORT" 10.0.2.15 "$FP_R")
-[log]
-capacity_bytes = 268435456
-[logging]
-dir = "$WORK/a/logs"
-[[vpg]]
-name = "vm1"
-[[vpg.volume]]
-name = "disk0"
-path = "$WORK/src/disk0.img"
-TOML
-start_agent protected "$NBD_PORT" "$NS"
+host_protected_vm1 "$NS" 10.0.2.15 "$FP_R" "$(printf '[log]\ncapacity_bytes = 268435456')"
 
 # guest_restore_sha NAME TAG: restores vm1 at TAG inside guest NAME (root
 # on its serial console) and leaves disk0's SHA-256 in RESTORED_SHA.
@@ -66,18 +54,10 @@ guest_restore_sha() {
     RESTORED_SHA=$(awk '/disk0.img$/ {print $1}' <<<"$out")
     [ -n "$RESTORED_SHA" ] || fail "restore of '$2' in the guest failed: $out"
 }
-# tagged NAME: a checkpoint tagged NAME that the recovery journal holds.
-tagged() {
-    ip netns exec "$NS" "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vm1 --tag "$1" --wait 120s \
-        >"$WORK/checkpoint.out" 2>&1 || fail "checkpoint '$1': $(cat "$WORK/checkpoint.out")"
-    grep -q "in the recovery journal" "$WORK/checkpoint.out" ||
-        fail "checkpoint '$1' was not acknowledged: $(cat "$WORK/checkpoint.out")"
-}
-
 log "the hypervisor writes 32 MiB through the protected agent and flushes; checkpoint 'before-cut'"
 head -c 32M /dev/urandom >"$WORK/data.img"
 ip netns exec "$NS" nbdcopy --flush "$WORK/data.img" "$NBD" || fail "nbdcopy into the protected agent failed"
-tagged before-cut
+host_checkpoint "$NS" before-cut
 guest_stop
 log "power cut of the recovery appliance as the checkpoint was acknowledged"
 st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten within 5 s"
@@ -99,7 +79,7 @@ log "rebooted; 'before-cut' restored in the guest equals the 32 MiB written (sha
 log "replication goes on: 8 MiB more, checkpoint 'after-cut'"
 head -c 8M /dev/urandom | dd of="$WORK/data.img" bs=1M seek=12 conv=notrunc status=none
 ip netns exec "$NS" nbdcopy --flush "$WORK/data.img" "$NBD" || fail "nbdcopy after the reboot failed"
-tagged after-cut
+host_checkpoint "$NS" after-cut
 want=$(sha256sum <"$WORK/data.img" | cut -d' ' -f1)
 guest_restore_sha rec2 after-cut
 [ "$RESTORED_SHA" = "$want" ] || fail "'after-cut' restores to sha256 $RESTORED_SHA, not the data's $want"

@@ -167,3 +167,32 @@ TOML
     start_agent recovery 4007 "$netns"
     guest_wait prot "tidemark protected ready" 120 || fail "no 'ready' within 120 s: $(tail -30 "$WORK/prot/serial.log")"
 }
+
+# host_protected_vm1 NETNS PEER FINGERPRINT [TOML]: the protected agent on
+# the host in NETNS (keys in $WORK/a, config $WORK/protected.toml, NBD on
+# 127.0.0.1:$NBD_PORT) protecting VPG vm1, volume disk0 =
+# $WORK/src/disk0.img, for the recovery appliance at PEER; TOML (tables)
+# goes before the VPG.
+host_protected_vm1() {
+    cat >"$WORK/protected.toml" <<TOML
+$(protected_head protected-host "$WORK/a" "127.0.0.1:$NBD_PORT" "$2" "$3")
+${4:-}
+[logging]
+dir = "$WORK/a/logs"
+[[vpg]]
+name = "vm1"
+[[vpg.volume]]
+name = "disk0"
+path = "$WORK/src/disk0.img"
+TOML
+    start_agent protected "$NBD_PORT" "$1"
+}
+
+# host_checkpoint NETNS TAG: a checkpoint of vm1 tagged TAG, taken on the
+# host's protected agent, that the recovery journal holds.
+host_checkpoint() {
+    ip netns exec "$1" "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vm1 --tag "$2" --wait 120s \
+        >"$WORK/checkpoint.out" 2>&1 || fail "checkpoint '$2': $(cat "$WORK/checkpoint.out")"
+    grep -q "in the recovery journal" "$WORK/checkpoint.out" ||
+        fail "checkpoint '$2' was not acknowledged: $(cat "$WORK/checkpoint.out")"
+}

@@ -20,6 +20,22 @@ in_ns() { ip netns exec "$NS" "$@"; }
 url() { echo "iscsi://$1@$PORTAL/$2/0"; }
 GOOD="$CHAP_USER%$CHAP_SECRET"
 MUTUAL="?target_user=$MUTUAL_USER&target_password=$MUTUAL_SECRET"
+# The appliance's OVF properties for all of the above.
+ISCSI_PROPERTIES=(tidemark.iscsi.initiators=$INITIATOR,$INITIATOR2 tidemark.iscsi.chap_user=$CHAP_USER
+    tidemark.iscsi.chap_secret=$CHAP_SECRET tidemark.iscsi.mutual_chap_user=$MUTUAL_USER
+    tidemark.iscsi.mutual_chap_secret=$MUTUAL_SECRET)
+# storage_nics: QEMU NIC arguments in $nics for the taps mgmt, repl and
+# stor of guest_netns (eth0, eth1, eth2: 10.0.2.15, 10.0.3.15, $PORTAL).
+storage_nics() {
+    nics=()
+    for tap in mgmt repl stor; do
+        nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
+    done
+}
+# lun_opts IQN: QEMU's iSCSI driver options for LUN 0 of IQN, one-way CHAP.
+lun_opts() {
+    echo "driver=iscsi,transport=tcp,portal=$PORTAL:3260,target=$1,lun=0,user=$CHAP_USER,password=$CHAP_SECRET,initiator-name=$INITIATOR"
+}
 
 # iscsi_boot_protected [QEMU_ARGS...]: boots the appliance ("prot") with
 # the VM disk $WORK/vmdisk.img (64 MiB) as /dev/vdc and QEMU_ARGS (more
@@ -37,14 +53,8 @@ iscsi_boot_protected() {
         tidemark.repl.address=10.0.3.15/24 tidemark.storage.address=$PORTAL/24 \
         tidemark.peer.address=10.0.3.2 tidemark.peer.fingerprint="$fp_r" \
         tidemark.vpgs="vm1:disk0=/dev/vdc" \
-        tidemark.iscsi.initiators=$INITIATOR,$INITIATOR2 tidemark.iscsi.chap_user=$CHAP_USER \
-        tidemark.iscsi.chap_secret=$CHAP_SECRET tidemark.iscsi.mutual_chap_user=$MUTUAL_USER \
-        tidemark.iscsi.mutual_chap_secret=$MUTUAL_SECRET \
-        tidemark.admin.password_hash="$(openssl passwd -6 -salt iscsisalt "$PASSWORD")"
-    nics=()
-    for tap in mgmt repl stor; do
-        nics+=(-netdev "tap,id=$tap,ifname=$tap,script=no,downscript=no" -device "virtio-net-pci,netdev=$tap")
-    done
+        "${ISCSI_PROPERTIES[@]}" tidemark.admin.password_hash="$(openssl passwd -6 -salt iscsisalt "$PASSWORD")"
+    storage_nics
     GUEST_MEM=768 protected_guest_with_host_recovery "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" \
         "${nics[@]}" "$@"
     for _ in $(seq 1 100); do

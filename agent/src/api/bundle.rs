@@ -58,10 +58,8 @@ pub fn redact_config(text: &str) -> Result<String> {
 /// The secret values in this config (to scrub from every part).
 pub fn secret_values(cfg: &Config) -> Vec<String> {
     let mut secrets: Vec<String> = cfg.system().diag.as_ref().map(|d| d.token.clone()).into_iter().collect();
-    if let Config::Protected(p) = cfg {
-        if let Some(iscsi) = &p.iscsi {
-            secrets.extend([iscsi.chap_secret.clone(), iscsi.mutual_chap_secret.clone()]);
-        }
+    if let Some(iscsi) = cfg.iscsi() {
+        secrets.extend([iscsi.chap_secret.clone(), iscsi.mutual_chap_secret.clone()]);
     }
     secrets
 }

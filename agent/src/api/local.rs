@@ -91,7 +91,8 @@ impl Reply {
             durable: true,
             error: None,
             exports: served.uris.clone(),
-            message: None,
+            // Said only when the volumes could not be iSCSI LUNs as well.
+            message: served.iscsi_problem.as_ref().map(|p| format!("not served over iSCSI: {p}")),
         }
     }
 }
@@ -175,7 +176,7 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent) -> Result<()> 
             let mut rest = Vec::new();
             let _ = reader.into_inner().read_to_end(&mut rest).await;
         }
-        ops.unexport(&served);
+        ops.unexport(&served).await;
         return sent;
     }
     let reply = match request {
@@ -205,7 +206,9 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
         (Request::TestFailoverStart { vpg, checkpoint }, Agent::Recovery(ops)) => {
             Ok(Reply::served(&ops.test_failover_start(&vpg, &checkpoint).await?))
         }
-        (Request::TestFailoverStop { vpg }, Agent::Recovery(ops)) => Ok(Reply::done(ops.test_failover_stop(&vpg)?)),
+        (Request::TestFailoverStop { vpg }, Agent::Recovery(ops)) => {
+            Ok(Reply::done(ops.test_failover_stop(&vpg).await?))
+        }
         (Request::Failover { vpg, checkpoint, serve }, Agent::Recovery(ops)) => {
             let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery::ops::How::Failover).await?;
             Ok(Reply { exports: done.uris.clone(), id: Some(done.checkpoint.id), ..Reply::done(done.describe()) })

@@ -67,7 +67,7 @@ pub const PROPERTIES: &[Property] = &[
     secret("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)", "MinLen(24)"),
     prop(
         "tidemark.iscsi.initiators",
-        "protected side, for ESXi: initiator IQNs allowed on the iSCSI LUNs, comma separated",
+        "for ESXi: initiator IQNs allowed on the iSCSI LUNs (protected volumes, or recovered ones), comma separated",
     ),
     checked("tidemark.iscsi.chap_user", "the CHAP user name the initiators present", "MaxLen(255)"),
     secret("tidemark.iscsi.chap_secret", "the CHAP secret the initiators present (12-255 characters)", "MaxLen(255)"),
@@ -221,21 +221,11 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
             let log_bytes = i64::try_from(log_capacity(data_bytes)?)?;
             t.insert("log".into(), toml::Value::Table(toml::toml! { capacity_bytes = log_bytes }));
             t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
-            if let Some(initiators) = p.get("tidemark.iscsi.initiators") {
-                let mut iscsi = toml::Table::new();
-                iscsi.insert("listen".into(), std::net::SocketAddr::new(s.addr(), ISCSI_PORT).to_string().into());
-                let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
-                iscsi.insert("initiators".into(), strings(list.iter()));
-                for key in ["chap_user", "chap_secret", "mutual_chap_user", "mutual_chap_secret"] {
-                    iscsi.insert(key.into(), p.need(&format!("tidemark.iscsi.{key}"))?.into());
-                }
-                if let Some(domain) = p.get("tidemark.iscsi.domain") {
-                    iscsi.insert("domain".into(), domain.into());
-                }
-                t.insert("iscsi".into(), toml::Value::Table(iscsi));
-            }
         }
         other => bail!("OVF property tidemark.role: {other:?} must be protected or recovery"),
+    }
+    if let Some(iscsi) = iscsi_table(&p, storage.map(|s| s.addr()))? {
+        t.insert("iscsi".into(), toml::Value::Table(iscsi));
     }
     if let Some(token) = p.get("tidemark.diag.token") {
         t.insert("diag".into(), toml::Value::Table(toml::toml! { token = token }));
@@ -272,6 +262,26 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
 
 /// A host name or an IP address: what an NTP server may be called, and
 /// nothing that could break the line it is written on.
+/// The `[iscsi]` table, if the properties name initiators: the portal on
+/// the storage address (either role: LUNs of the protected volumes, or of
+/// the recovered ones).
+fn iscsi_table(p: &Props, storage: Option<IpAddr>) -> Result<Option<toml::Table>> {
+    let Some(initiators) = p.get("tidemark.iscsi.initiators") else { return Ok(None) };
+    let storage =
+        storage.context("OVF property tidemark.iscsi.initiators needs tidemark.storage.address (the portal)")?;
+    let mut iscsi = toml::Table::new();
+    iscsi.insert("listen".into(), std::net::SocketAddr::new(storage, ISCSI_PORT).to_string().into());
+    let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+    iscsi.insert("initiators".into(), strings(list.iter()));
+    for key in ["chap_user", "chap_secret", "mutual_chap_user", "mutual_chap_secret"] {
+        iscsi.insert(key.into(), p.need(&format!("tidemark.iscsi.{key}"))?.into());
+    }
+    if let Some(domain) = p.get("tidemark.iscsi.domain") {
+        iscsi.insert("domain".into(), domain.into());
+    }
+    Ok(Some(iscsi))
+}
+
 fn is_host_name(text: &str) -> bool {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
     !text.is_empty() && text.len() <= 253 && text.chars().all(ok) && !text.starts_with('-')
@@ -395,6 +405,27 @@ mod tests {
         assert_eq!(c.system.appliance.storage_interface.as_deref(), Some("eth2"));
         assert_eq!(f.shadow, "root:$6$salt$hash:1::::::\n");
         assert_eq!(c.log.capacity_bytes, 768 << 20, "three quarters of the data disk");
+    }
+
+    #[test]
+    fn a_recovery_appliance_serves_iscsi_on_its_storage_address() {
+        let iscsi = [
+            ("tidemark.role", "recovery"),
+            ("tidemark.iscsi.initiators", "iqn.1998-01.com.vmware:esx9"),
+            ("tidemark.iscsi.chap_user", "esx"),
+            ("tidemark.iscsi.chap_secret", "initiator-secret-1"),
+            ("tidemark.iscsi.mutual_chap_user", "tidemark"),
+            ("tidemark.iscsi.mutual_chap_secret", "target-secret-12"),
+        ];
+        let err = render(&props(&iscsi), Path::new("/d"), GIB).unwrap_err();
+        assert!(format!("{err:#}").contains("needs tidemark.storage.address"), "{err:#}");
+        let mut with_storage = iscsi.to_vec();
+        with_storage.push(("tidemark.storage.address", "10.9.0.6/24"));
+        let f = render(&props(&with_storage), Path::new("/d"), GIB).unwrap();
+        let config = Config::parse(&f.config).unwrap();
+        assert_eq!(config.iscsi().unwrap().listen.to_string(), "10.9.0.6:3260");
+        let Config::Recovery(r) = config else { panic!("not recovery") };
+        assert_eq!(r.exports.unwrap().listen.to_string(), "10.9.0.6:10809");
     }
 
     #[test]

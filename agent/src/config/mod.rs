@@ -218,6 +218,10 @@ pub struct RecoveryConfig {
     /// test failover, failover): the recovery site's storage network.
     #[serde(default)]
     pub exports: Option<RecoveryExportsConfig>,
+    /// The same recovered volumes as iSCSI LUNs, for a recovery ESXi host
+    /// (off when absent; needs `[exports]`, whose NBD exports they share).
+    #[serde(default)]
+    pub iscsi: Option<IscsiConfig>,
     /// The appliance-level tables, read apart (see `Config::parse`).
     #[serde(skip)]
     pub system: SystemConfig,
@@ -450,8 +454,22 @@ impl Config {
             Config::Recovery(r) => {
                 validate_identity(&r.node)?;
                 r.listen.validate()?;
+                if let Some(iscsi) = &r.iscsi {
+                    iscsi.validate()?;
+                    if r.exports.is_none() {
+                        bail!("iscsi: recovered volumes are served as LUNs only with [exports] listen set as well");
+                    }
+                }
                 r.validate_vpgs()
             }
+        }
+    }
+
+    /// The iSCSI front-end, if this appliance has one (either role).
+    pub fn iscsi(&self) -> Option<&IscsiConfig> {
+        match self {
+            Config::Protected(p) => p.iscsi.as_ref(),
+            Config::Recovery(r) => r.iscsi.as_ref(),
         }
     }
 

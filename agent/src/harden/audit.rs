@@ -321,21 +321,16 @@ fn private_key(b: &mut Builder, key: &Path) {
     }
 }
 
-/// LIO holds exactly the targets the configuration asks for: one per VPG,
-/// with its LUNs on the VPG's own devices, one portal, the configured ACLs,
-/// CHAP required for sessions and discovery; nothing else.
+/// LIO holds exactly the targets the configuration asks for, each with its
+/// LUNs on our own devices, one portal, the configured ACLs, CHAP required
+/// for sessions and discovery; nothing else. On the recovery side the
+/// targets come and go with exports and test failovers: each one present
+/// must be ours, on the devices named for it, with those serials, and
+/// read-only if it serves a checkpoint.
 fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
     const ITEM: &str = "iscsi targets";
     let present = lio::targets(configfs);
-    let Config::Protected(p) = cfg else {
-        return b.check(
-            ITEM,
-            present.is_empty(),
-            "no iSCSI target (recovery side)",
-            format!("unexpected targets: {}", listed(&present)),
-        );
-    };
-    let Some(config) = &p.iscsi else {
+    let Some(config) = cfg.iscsi() else {
         return b.check(
             ITEM,
             present.is_empty(),
@@ -350,40 +345,66 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
             format!("iSCSI is configured but {} is missing (LIO not loaded)", configfs.display()),
         );
     }
-    let fingerprint = match crate::wire::tls::fingerprint_of_file(&p.node.cert) {
+    let node = cfg.node();
+    let fingerprint = match crate::wire::tls::fingerprint_of_file(&node.cert) {
         Ok(f) => f,
         Err(e) => return b.add(ITEM, Verdict::Fail, format!("the appliance certificate: {e:#}")),
     };
     let mut problems = Vec::new();
-    let mut wanted = Vec::new();
-    let mut wanted_backstores = Vec::new();
-    for vpg in &p.vpgs {
-        let mut devices = Vec::new();
-        for volume in &vpg.volumes {
-            match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
-                Ok(Some(index)) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
-                _ => problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name)),
+    let specs = match cfg {
+        Config::Protected(p) => {
+            let mut specs = Vec::new();
+            for vpg in &p.vpgs {
+                let mut devices = Vec::new();
+                for volume in &vpg.volumes {
+                    match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
+                        Some(index) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
+                        None => problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name)),
+                    }
+                }
+                if devices.len() == vpg.volumes.len() {
+                    specs.push(iscsi::target_spec(config, &node.name, &fingerprint, &vpg.name, &devices));
+                }
             }
+            specs
         }
-        let spec = iscsi::target_spec(config, &p.node.name, &fingerprint, &vpg.name, &devices);
-        if devices.len() == vpg.volumes.len() {
-            problems.extend(lio::differences(configfs, &spec));
-        }
-        wanted_backstores.extend(spec.luns.iter().map(lio::backstore_key));
-        wanted.push(spec.iqn);
+        Config::Recovery(_) => present
+            .iter()
+            .filter_map(|iqn| match iscsi::served_spec(config, &node.name, &fingerprint, configfs, iqn) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    problems.push(format!("target {iqn}: {e:#}"));
+                    None
+                }
+            })
+            .collect(),
+    };
+    for spec in &specs {
+        problems.extend(lio::differences(configfs, spec));
     }
-    let extra: Vec<String> = present.into_iter().filter(|t| !wanted.contains(t)).collect();
-    if !extra.is_empty() {
+    let wanted: Vec<&String> = specs.iter().map(|s| &s.iqn).collect();
+    let extra: Vec<String> = present.iter().filter(|t| !wanted.contains(t)).cloned().collect();
+    if !extra.is_empty() && matches!(cfg, Config::Protected(_)) {
         problems.push(format!("targets not in the configuration: {}", listed(&extra)));
     }
+    let wanted_backstores: Vec<String> = specs.iter().flat_map(|s| s.luns.iter().map(lio::backstore_key)).collect();
     let extra: Vec<String> = lio::backstores(configfs).into_iter().filter(|b| !wanted_backstores.contains(b)).collect();
     if !extra.is_empty() {
-        problems.push(format!("backstores not in the configuration: {}", listed(&extra)));
+        problems.push(format!("backstores no target of ours uses: {}", listed(&extra)));
+    }
+    let used: Vec<&Path> = specs.iter().flat_map(|s| s.luns.iter().map(|l| l.device.as_path())).collect();
+    let stray: Vec<String> = kernel_nbd::ours()
+        .into_iter()
+        .filter(|(index, _)| !used.contains(&kernel_nbd::device_path(*index).as_path()))
+        .map(|(index, identifier)| format!("/dev/nbd{index} ({identifier})"))
+        .collect();
+    if !stray.is_empty() {
+        problems.push(format!("kernel NBD devices of ours under no LUN: {}", listed(&stray)));
     }
     b.check(
         ITEM,
         problems.is_empty(),
-        format!("{} target(s) as configured, mutual CHAP on sessions and discovery", wanted.len()),
+        format!("{} target(s) as configured, mutual CHAP on sessions and discovery", specs.len()),
         listed(&problems),
     );
 }

@@ -39,7 +39,7 @@ impl Plan {
             None => rules::parse(rules::BUILTIN_RULES, "built-in firewall/tidemark.rules")?,
         };
         // The iSCSI port is opened only where iSCSI is configured.
-        let iscsi = matches!(cfg, Config::Protected(p) if p.iscsi.is_some());
+        let iscsi = cfg.iscsi().is_some();
         let allows = allows.into_iter().filter(|a| iscsi || a.port != crate::config::ISCSI_PORT).collect();
         let settings = match &appliance.sysctl_file {
             Some(path) => sysctl::parse(&read(path, "sysctl settings")?, &path.display().to_string())?,

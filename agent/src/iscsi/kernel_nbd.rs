@@ -57,6 +57,9 @@ pub const DEAD_CONNECTION_WAIT: Duration = Duration::from_secs(120);
 /// requests of one connection at once, so one is not a bottleneck.
 pub const CONNECTIONS_PER_DEVICE: usize = 1;
 
+/// How every backend identifier of ours begins (`iscsi::device_identifier`).
+pub const IDENTIFIER_PREFIX: &str = "tidemark:";
+
 /// A device attached to the agent.
 pub struct Attached {
     pub index: u32,
@@ -82,7 +85,7 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
     }
     let mut socket = GenlSocket::open()?;
     let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
-    match find(identifier)? {
+    match find(identifier) {
         Some(index) => reconnect(&mut socket, family, index, identifier, &serve),
         None => connect(&mut socket, family, identifier, size, &serve),
     }
@@ -150,17 +153,35 @@ pub fn detach(index: u32) -> Result<()> {
 }
 
 /// The device whose backend identifier is `identifier`, if any.
-pub fn find(identifier: &str) -> Result<Option<u32>> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Ok(None) };
+pub fn find(identifier: &str) -> Option<u32> {
+    devices().into_iter().find(|(_, backend)| backend == identifier).map(|(index, _)| index)
+}
+
+/// The devices an agent attached (backend identifiers `tidemark:...`).
+pub fn ours() -> Vec<(u32, String)> {
+    devices().into_iter().filter(|(_, backend)| backend.starts_with(IDENTIFIER_PREFIX)).collect()
+}
+
+/// The backend identifier of `device` (`/dev/nbdN`), if it has one.
+pub fn identifier_of(device: &Path) -> Option<String> {
+    let name = device.file_name()?.to_str()?;
+    let index: u32 = name.strip_prefix("nbd")?.parse().ok()?;
+    devices().into_iter().find(|(i, _)| *i == index).map(|(_, backend)| backend)
+}
+
+/// Every configured NBD device and its backend identifier.
+fn devices() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let Some(index) = name.strip_prefix("nbd").and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let backend = Path::new("/sys/block").join(&name).join("backend");
-        if std::fs::read_to_string(&backend).is_ok_and(|b| b.trim() == identifier) {
-            return Ok(Some(index));
+        if let Ok(backend) = std::fs::read_to_string(Path::new("/sys/block").join(&name).join("backend")) {
+            out.push((index, backend.trim().to_string()));
         }
     }
-    Ok(None)
+    out.sort();
+    out
 }
 
 /// Socket pairs, one per connection: the agent's ends go to `serve` (a

@@ -184,8 +184,13 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
         write(&dir.join("wwn/vpd_unit_serial"), &lun.serial)?;
         write(&dir.join("enable"), "1")?;
         // UNMAP and WRITE SAME (VAAI); COMPARE AND WRITE is on by default.
-        write(&dir.join("attrib/emulate_tpu"), "1")?;
-        write(&dir.join("attrib/emulate_tpws"), "1")?;
+        // A read-only LUN says it has no thin provisioning: LIO checks write
+        // protection by a command's data direction, and a WRITE SAME with
+        // UNMAP has no data, so it would reach the device (which refuses
+        // it, as a failure rather than DATA PROTECT).
+        let thin = if lun.read_only { "0" } else { "1" };
+        write(&dir.join("attrib/emulate_tpu"), thin)?;
+        write(&dir.join("attrib/emulate_tpws"), thin)?;
     }
     let tpg = tpg(root, spec);
     mkdir(&root.join("iscsi"))?;
@@ -228,7 +233,17 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
 /// Removes the target and our backstores named in `spec`, whatever of
 /// them exists, children first.
 pub fn remove(root: &Path, spec: &TargetSpec) -> Result<()> {
-    let target = root.join("iscsi").join(&spec.iqn);
+    remove_target(root, &spec.iqn)?;
+    for lun in &spec.luns {
+        remove_backstore(root, &backstore_key(lun))?;
+    }
+    Ok(())
+}
+
+/// Removes target `iqn`, whatever of it exists, children first (its
+/// backstores stay).
+pub fn remove_target(root: &Path, iqn: &str) -> Result<()> {
+    let target = root.join("iscsi").join(iqn);
     let tpg = target.join(TPG);
     if tpg.is_dir() {
         let _ = std::fs::write(tpg.join("enable"), "0");
@@ -252,16 +267,16 @@ pub fn remove(root: &Path, spec: &TargetSpec) -> Result<()> {
         }
         rmdir(&tpg)?;
     }
-    if target.is_dir() {
-        rmdir(&target)?;
+    rmdir(&target)
+}
+
+/// Removes one of our backstores, `hba/name` as `backstores` lists them
+/// (no LUN may use it any more).
+pub fn remove_backstore(root: &Path, key: &str) -> Result<()> {
+    if !key.split('/').nth(1).is_some_and(|name| name.starts_with(BACKSTORE_PREFIX)) {
+        bail!("{key} is not one of our backstores");
     }
-    for lun in &spec.luns {
-        let dir = backstore(root, lun);
-        if dir.is_dir() {
-            rmdir(&dir)?;
-        }
-    }
-    Ok(())
+    rmdir(&root.join("core").join(key))
 }
 
 fn children(dir: &Path) -> Vec<PathBuf> {
@@ -389,6 +404,18 @@ fn lun_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names.into_iter().map(|(_, n)| n).collect()
+}
+
+/// The devices under target `iqn`'s LUNs, in LUN order (what each LUN's
+/// backstore is on).
+pub fn lun_devices(root: &Path, iqn: &str) -> Vec<PathBuf> {
+    let luns = root.join("iscsi").join(iqn).join(TPG).join("lun");
+    lun_names(&luns)
+        .iter()
+        .filter_map(|lun| children(&luns.join(lun)).into_iter().find(|p| p.is_symlink()))
+        .filter_map(|link| read(&link.join("udev_path")))
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// Our backstores that configfs holds, on any HBA, as `hba/name` (for the

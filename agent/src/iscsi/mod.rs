@@ -22,8 +22,9 @@ use crate::capture::vpg::VpgCapture;
 use crate::config::IscsiConfig;
 use crate::nbd::admission::Admission;
 use crate::nbd::export::BlockExport;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,28 +71,37 @@ pub fn target_status(
     }
 }
 
+/// The target name in a target identity: a VPG's name, or on the recovery
+/// side `<vpg>:<purpose>`, the part before any `#` (a test failover adds
+/// `#<instance>` so that each one has LUN identities of its own).
+pub fn target_name(identity: &str) -> &str {
+    identity.split('#').next().unwrap_or(identity)
+}
+
 /// The backend identifier a volume's kernel NBD device carries: how a
 /// restarted agent finds (and re-attaches) the same device.
 pub fn device_identifier(vpg: &str, volume: &str) -> String {
-    format!("tidemark:{vpg}/{volume}")
+    format!("{}{vpg}/{volume}", kernel_nbd::IDENTIFIER_PREFIX)
 }
 
-/// The target LIO must hold for one VPG, given the device of each of its
-/// volumes (in the VPG's order: LUN i is volume i).
+/// The target LIO must hold for `identity` (a VPG's name on the protected
+/// side; see `target_name`), given the device of each of its volumes (LUN i
+/// is volume i). The IQN comes from the target name, the serials from the
+/// whole identity.
 pub fn target_spec(
     config: &IscsiConfig,
     appliance: &str,
     fingerprint: &str,
-    vpg: &str,
+    identity: &str,
     volumes: &[(&str, PathBuf)],
 ) -> lio::TargetSpec {
     lio::TargetSpec {
-        iqn: target_iqn(&config.domain, appliance, vpg),
+        iqn: target_iqn(&config.domain, appliance, target_name(identity)),
         portal: config.listen,
         luns: volumes
             .iter()
             .map(|(volume, device)| {
-                let serial = lun_serial(fingerprint, vpg, volume);
+                let serial = lun_serial(fingerprint, identity, volume);
                 lio::LunSpec {
                     backstore: lio::backstore_name(&serial),
                     device: device.clone(),
@@ -110,42 +120,258 @@ pub fn target_spec(
     }
 }
 
-/// Serves every VPG's volumes as LUNs: attaches (or re-attaches) each
-/// volume's kernel NBD device, serves it, and makes LIO hold the targets.
-pub async fn start(
+/// What LIO should hold for target `iqn` as a recovery agent serves it:
+/// each LUN on the device an agent attached for this very target, with the
+/// serial that target's name and the device's volume give, read-only if it
+/// serves a checkpoint (`recovery::luns`). For the audit.
+pub fn served_spec(
     config: &IscsiConfig,
     appliance: &str,
     fingerprint: &str,
-    captures: &[Arc<VpgCapture>],
     configfs: &Path,
-    state_dir: &Path,
-) -> Result<()> {
-    lio::set_state_dir(configfs, state_dir)?;
-    // The kernel's connections are admitted apart from the hypervisors' NBD
-    // clients (one per LUN; the configuration bounds the LUNs).
-    let admission = Admission::new();
-    for capture in captures {
+    iqn: &str,
+) -> Result<lio::TargetSpec> {
+    let mut identity: Option<String> = None;
+    let mut devices = Vec::new();
+    for device in lio::lun_devices(configfs, iqn) {
+        let identifier = kernel_nbd::identifier_of(&device)
+            .with_context(|| format!("{} is not a kernel NBD device of ours", device.display()))?;
+        let (target, volume) = identifier
+            .strip_prefix(kernel_nbd::IDENTIFIER_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .with_context(|| format!("{}: backend {identifier:?} is not ours", device.display()))?;
+        if target_iqn(&config.domain, appliance, target_name(target)) != iqn {
+            bail!("{} serves {target}/{volume}, which belongs to another target", device.display());
+        }
+        if identity.as_deref().is_some_and(|i| i != target) {
+            bail!("its LUNs are on the devices of two targets ({} and {target})", identity.unwrap_or_default());
+        }
+        identity = Some(target.to_string());
+        devices.push((volume.to_string(), device));
+    }
+    let identity = identity.context("a target with no LUN")?;
+    let devices: Vec<(&str, PathBuf)> = devices.iter().map(|(v, d)| (v.as_str(), d.clone())).collect();
+    let mut spec = target_spec(config, appliance, fingerprint, &identity, &devices);
+    let read_only = target_name(&identity).split_once(':').is_some_and(|(_, purpose)| purpose.starts_with("cp"));
+    for lun in &mut spec.luns {
+        lun.read_only = read_only;
+    }
+    Ok(spec)
+}
+
+/// Who serves LUNs here and how they are named: the configuration, the
+/// appliance's name and certificate fingerprint (the LUN serials), LIO's
+/// configfs, and the admission of the kernel's NBD connections.
+pub struct Frontend {
+    pub config: IscsiConfig,
+    appliance: String,
+    fingerprint: String,
+    configfs: PathBuf,
+    /// The kernel's connections are admitted apart from the hypervisors'
+    /// NBD clients (one per LUN).
+    admission: Arc<Admission>,
+}
+
+/// One LUN to serve: a volume, and the export that holds it.
+pub struct Lun {
+    pub volume: String,
+    pub export: Arc<dyn BlockExport>,
+    pub read_only: bool,
+}
+
+/// A target being served: what LIO holds, and the devices under its LUNs.
+pub struct Target {
+    pub spec: lio::TargetSpec,
+    devices: Vec<Arc<Device>>,
+}
+
+impl Target {
+    /// `iscsi://<portal>/<target>/<lun>` for each LUN, as initiators name them.
+    pub fn uris(&self) -> Vec<String> {
+        (0..self.spec.luns.len()).map(|i| format!("iscsi://{}/{}/{i}", self.spec.portal, self.spec.iqn)).collect()
+    }
+}
+
+impl Frontend {
+    /// Points LIO's state directory at `state_dir` (before any backstore).
+    pub fn new(
+        config: &IscsiConfig,
+        appliance: &str,
+        fingerprint: &str,
+        configfs: &Path,
+        state_dir: &Path,
+    ) -> Result<Frontend> {
+        lio::set_state_dir(configfs, state_dir)?;
+        Ok(Frontend {
+            config: config.clone(),
+            appliance: appliance.to_string(),
+            fingerprint: fingerprint.to_string(),
+            configfs: configfs.to_path_buf(),
+            admission: Admission::new(),
+        })
+    }
+
+    /// The IQN of the target for `identity` (`names::target_iqn`).
+    pub fn iqn(&self, identity: &str) -> String {
+        target_iqn(&self.config.domain, &self.appliance, target_name(identity))
+    }
+
+    /// Serves `luns` (LUN i is `luns[i]`) behind the target for `identity`
+    /// (`target_spec`): attaches (or re-attaches) each LUN's kernel NBD
+    /// device, serves it, and makes LIO hold the target. If a step fails, a
+    /// target this call built is removed again; one that was there before
+    /// (a previous agent's, still serving the initiators through the
+    /// kernel's dead-connection wait) is left to the next attempt.
+    pub async fn serve(&self, identity: &str, luns: Vec<Lun>) -> Result<Target> {
+        let iqn = self.iqn(identity);
+        if iqn.len() > names::IQN_BYTES_MAX {
+            bail!("the iSCSI target name {iqn} is {} bytes, over {}", iqn.len(), names::IQN_BYTES_MAX);
+        }
+        if let Some(lun) = luns.iter().find(|l| !l.export.size().is_multiple_of(kernel_nbd::LUN_BLOCK_BYTES)) {
+            bail!(
+                "volume {} is {} bytes, not a whole number of {}-byte sectors: it cannot be a LUN",
+                lun.volume,
+                lun.export.size(),
+                kernel_nbd::LUN_BLOCK_BYTES
+            );
+        }
+        let existed = lio::targets(&self.configfs).contains(&iqn);
+        let mut target = Target {
+            spec: target_spec(&self.config, &self.appliance, &self.fingerprint, identity, &[]),
+            devices: Vec::new(),
+        };
+        if let Err(e) = self.build(identity, luns, &mut target).await {
+            if existed {
+                for device in &target.devices {
+                    device.closed.store(true, Ordering::SeqCst);
+                }
+            } else {
+                self.withdraw(target).await;
+            }
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    async fn build(&self, identity: &str, luns: Vec<Lun>, target: &mut Target) -> Result<()> {
         let mut devices = Vec::new();
-        for (i, volume) in capture.volumes.iter().enumerate() {
+        for lun in &luns {
             let device = Arc::new(Device {
-                identifier: device_identifier(&capture.name, &volume.name),
-                size: volume.size,
-                export: Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 }),
-                admission: admission.clone(),
+                identifier: device_identifier(identity, &lun.volume),
+                size: lun.export.size(),
+                export: lun.export.clone(),
+                admission: self.admission.clone(),
+                closed: AtomicBool::new(false),
+                index: AtomicU32::new(u32::MAX),
+                attaching: tokio::sync::Mutex::new(()),
             });
             // Blocking netlink; the connection is served before the kernel
             // is asked to use it (it reads the device at once).
             let d = device.clone();
-            let (attached, ended) =
+            let ended =
                 tokio::task::spawn_blocking(move || d.attach()).await.context("attaching a kernel NBD device")??;
-            tokio::spawn(device.supervise(ended));
-            devices.push((volume.name.as_str(), attached.device()));
+            tokio::spawn(device.clone().supervise(ended));
+            devices.push((lun.volume.as_str(), kernel_nbd::device_path(device.index.load(Ordering::SeqCst))));
+            target.devices.push(device);
         }
-        let spec = target_spec(config, appliance, fingerprint, &capture.name, &devices);
-        let root = configfs.to_path_buf();
-        tokio::task::spawn_blocking(move || lio::apply(&root, &spec)).await.context("configuring LIO")??;
+        let mut spec = target_spec(&self.config, &self.appliance, &self.fingerprint, identity, &devices);
+        for (spec_lun, lun) in spec.luns.iter_mut().zip(&luns) {
+            spec_lun.read_only = lun.read_only;
+        }
+        target.spec = spec.clone();
+        let root = self.configfs.clone();
+        tokio::task::spawn_blocking(move || lio::apply(&root, &spec)).await.context("configuring LIO")?
     }
-    Ok(())
+
+    /// Takes a target down: LIO first (its sessions end and the commands in
+    /// flight complete, still served, a lost connection still replaced),
+    /// then each device, once no new connection is being made for it: its
+    /// server ends with the kernel's disconnect, and no other follows.
+    pub async fn withdraw(&self, target: Target) {
+        let root = self.configfs.clone();
+        let spec = target.spec.clone();
+        let mut problems = match tokio::task::spawn_blocking(move || lio::remove(&root, &spec)).await {
+            Ok(Ok(())) => Vec::new(),
+            Ok(Err(e)) => vec![format!("{e:#}")],
+            Err(e) => vec![e.to_string()],
+        };
+        for device in &target.devices {
+            device.closed.store(true, Ordering::SeqCst);
+            let _attaching = device.attaching.lock().await;
+            let index = device.index.load(Ordering::SeqCst);
+            match tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => problems.push(format!("{}: {e:#}", device.identifier)),
+                Err(e) => problems.push(format!("{}: {e}", device.identifier)),
+            }
+        }
+        match problems.is_empty() {
+            true => tracing::info!(iqn = %target.spec.iqn, "iSCSI target withdrawn"),
+            false => tracing::error!(iqn = %target.spec.iqn, "withdrawing the iSCSI target: {}", problems.join("; ")),
+        }
+    }
+
+    /// Removes every target of this appliance, backstore of ours and kernel
+    /// NBD device of ours that `keep` does not hold (left by a previous
+    /// agent of this boot). The devices go first: nothing serves them, and
+    /// LIO could otherwise wait for their commands until the
+    /// dead-connection timeout. What cannot be removed is logged, and the
+    /// audit reports it: it never stops the agent.
+    pub async fn remove_strays(&self, keep: Vec<lio::TargetSpec>) {
+        let root = self.configfs.clone();
+        let ours = self.iqn("");
+        let done = tokio::task::spawn_blocking(move || {
+            let kept_devices: Vec<PathBuf> =
+                keep.iter().flat_map(|t| t.luns.iter().map(|l| l.device.clone())).collect();
+            for (index, identifier) in kernel_nbd::ours() {
+                if !kept_devices.contains(&kernel_nbd::device_path(index)) {
+                    match kernel_nbd::detach(index) {
+                        Ok(()) => {
+                            tracing::info!("{identifier}: /dev/nbd{index} left by the previous agent; disconnected")
+                        }
+                        Err(e) => tracing::error!("{identifier}: /dev/nbd{index} left by the previous agent: {e:#}"),
+                    }
+                }
+            }
+            let kept_targets: Vec<&str> = keep.iter().map(|t| t.iqn.as_str()).collect();
+            let strays =
+                lio::targets(&root).into_iter().filter(|t| t.starts_with(&ours) && !kept_targets.contains(&t.as_str()));
+            for iqn in strays {
+                match lio::remove_target(&root, &iqn) {
+                    Ok(()) => tracing::info!(%iqn, "iSCSI target left by the previous agent; removed"),
+                    Err(e) => tracing::error!(%iqn, "iSCSI target left by the previous agent: {e:#}"),
+                }
+            }
+            let kept_backstores: Vec<String> =
+                keep.iter().flat_map(|t| t.luns.iter().map(lio::backstore_key)).collect();
+            for key in lio::backstores(&root).into_iter().filter(|b| !kept_backstores.contains(b)) {
+                if let Err(e) = lio::remove_backstore(&root, &key) {
+                    tracing::error!("backstore {key} left by the previous agent: {e:#}");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!("removing iSCSI targets left behind: {e}");
+        }
+    }
+}
+
+/// Serves every VPG's volumes as LUNs, one target per VPG (the protected
+/// side: for as long as the agent runs, so the caller keeps the targets).
+pub async fn start(frontend: &Frontend, captures: &[Arc<VpgCapture>]) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for capture in captures {
+        let luns = (0..capture.volumes.len())
+            .map(|i| Lun {
+                volume: capture.volumes[i].name.clone(),
+                export: Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 }),
+                read_only: false,
+            })
+            .collect();
+        targets.push(frontend.serve(&capture.name, luns).await?);
+    }
+    Ok(targets)
 }
 
 /// One volume's kernel NBD device, and what serves it.
@@ -154,6 +380,12 @@ struct Device {
     size: u64,
     export: Arc<dyn BlockExport>,
     admission: Arc<Admission>,
+    /// Withdrawn: its connection ends for good.
+    closed: AtomicBool,
+    /// The device's index, as the last attach found or made it.
+    index: AtomicU32,
+    /// Held while a connection is being made (withdrawal waits for it).
+    attaching: tokio::sync::Mutex<()>,
 }
 
 /// Resolves when the connection of one attach has ended.
@@ -166,10 +398,10 @@ const REATTACH_PAUSE_MAX: Duration = Duration::from_secs(30);
 const CONNECTION_LIVED: Duration = Duration::from_secs(10);
 
 impl Device {
-    /// Attaches the device (blocking), its connection served at once; the
-    /// receiver resolves when that connection ends (at once, if the kernel
-    /// did not keep it).
-    fn attach(self: &Arc<Self>) -> Result<(kernel_nbd::Attached, Ended)> {
+    /// Attaches the device (blocking), its connection served at once, and
+    /// notes its index; the receiver resolves when that connection ends (at
+    /// once, if the kernel did not keep it).
+    fn attach(self: &Arc<Self>) -> Result<Ended> {
         let (tx, ended) = tokio::sync::oneshot::channel();
         let tx = std::sync::Mutex::new(Some(tx));
         let device = self.clone();
@@ -177,7 +409,8 @@ impl Device {
             let done = tx.lock().expect("ended lock").take();
             device.clone().serve(connection, done)
         })?;
-        Ok((attached, ended))
+        self.index.store(attached.index, Ordering::SeqCst);
+        Ok(ended)
     }
 
     /// Serves the kernel's side of one connection (called from a blocking
@@ -219,16 +452,25 @@ impl Device {
         loop {
             let since = tokio::time::Instant::now();
             let _ = (&mut ended).await;
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             if since.elapsed() >= CONNECTION_LIVED {
                 pause = REATTACH_PAUSE;
             }
             tracing::warn!("{}: its kernel NBD connection ended; giving the device a new one", self.identifier);
             loop {
                 tokio::time::sleep(pause).await;
+                // A withdrawal sets `closed`, then waits for this lock: it
+                // detaches whatever device the attach below left.
+                let _attaching = self.attaching.lock().await;
+                if self.closed.load(Ordering::SeqCst) {
+                    return;
+                }
                 pause = (pause * 2).min(REATTACH_PAUSE_MAX);
                 let device = self.clone();
                 match tokio::task::spawn_blocking(move || device.attach()).await {
-                    Ok(Ok((_, next))) => {
+                    Ok(Ok(next)) => {
                         ended = next;
                         break;
                     }

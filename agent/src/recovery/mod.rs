@@ -3,6 +3,7 @@
 
 pub mod exports;
 pub mod failover;
+pub mod luns;
 pub mod ops;
 pub mod restore;
 pub mod view;

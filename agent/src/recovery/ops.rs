@@ -6,6 +6,7 @@
 use super::exports::{LiveCapture, LiveVolume, OverlayVolume, PitVolume};
 pub use super::failover::How;
 use super::failover::{commit, FailoverRecord};
+use super::luns::{Purpose, RecoveryLuns};
 use super::view::PitView;
 use crate::capture::vpg::VpgCapture;
 use crate::journal::index::CheckpointInfo;
@@ -26,12 +27,16 @@ const SCRATCH_DIR: &str = "scratch";
 const REVERSE_LOG_DIR: &str = "reverse-log";
 const REVERSE_LOG_CAPACITY: u64 = 1 << 30;
 
-/// The NBD exports one request made.
+/// The exports one request made: NBD, and iSCSI LUNs where configured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Served {
+    pub vpg: String,
     pub checkpoint: CheckpointInfo,
     pub names: Vec<String>,
+    /// `nbd://` URIs, then `iscsi://` ones.
     pub uris: Vec<String>,
+    /// Why the volumes are not served over iSCSI as well, if they are not.
+    pub iscsi_problem: Option<String>,
 }
 
 struct TestFailover {
@@ -40,11 +45,43 @@ struct TestFailover {
     scratch_dir: PathBuf,
 }
 
+impl TestFailover {
+    /// Holds a VPG's slot while its test failover starts or stops.
+    fn placeholder(vpg: &str, checkpoint: &CheckpointInfo, scratch_dir: &Path) -> TestFailover {
+        TestFailover {
+            served: Served {
+                vpg: vpg.to_string(),
+                checkpoint: checkpoint.clone(),
+                names: Vec::new(),
+                uris: Vec::new(),
+                iscsi_problem: None,
+            },
+            overlays: Vec::new(),
+            scratch_dir: scratch_dir.to_path_buf(),
+        }
+    }
+
+    fn is_placeholder(&self) -> bool {
+        self.served.names.is_empty()
+    }
+}
+
+/// Frees a VPG's test-failover slot when a stop ends, however it ends.
+struct TestSlot<'a>(&'a RecoveryOps, String);
+
+impl Drop for TestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.tests.lock().expect("tests lock").remove(&self.1);
+    }
+}
+
 pub struct RecoveryOps {
     journal_root: PathBuf,
     scratch_root: PathBuf,
     pub exports: ExportTable,
     listen: Option<SocketAddr>,
+    /// The same exports as iSCSI LUNs (`[iscsi]` configured).
+    luns: Option<RecoveryLuns>,
     tests: Mutex<BTreeMap<String, TestFailover>>,
     receiver: Arc<Receiver>,
     /// VPG → the failover or move being committed for it.
@@ -88,6 +125,7 @@ pub struct FailedOver {
     pub bytes_applied: u64,
     pub set_aside_bytes: u64,
     pub uris: Vec<String>,
+    pub iscsi_problem: Option<String>,
     pub files: Vec<PathBuf>,
 }
 
@@ -115,6 +153,9 @@ impl FailedOver {
                 out.push_str(&format!("  {u}\n"));
             }
         }
+        if let Some(problem) = &self.iscsi_problem {
+            out.push_str(&format!("not served over iSCSI: {problem}\n"));
+        }
         out
     }
 }
@@ -141,7 +182,12 @@ impl Drop for BusyGuard<'_> {
 impl RecoveryOps {
     /// A test failover does not outlive the agent: scratch left by a
     /// previous run is removed here.
-    pub fn new(data_dir: &Path, listen: Option<SocketAddr>, receiver: Arc<Receiver>) -> Result<Arc<RecoveryOps>> {
+    pub fn new(
+        data_dir: &Path,
+        listen: Option<SocketAddr>,
+        luns: Option<RecoveryLuns>,
+        receiver: Arc<Receiver>,
+    ) -> Result<Arc<RecoveryOps>> {
         let scratch_root = data_dir.join(SCRATCH_DIR);
         match std::fs::remove_dir_all(&scratch_root) {
             Ok(()) => tracing::info!("removed test-failover scratch left by the previous run"),
@@ -154,6 +200,7 @@ impl RecoveryOps {
             // The names say which VPGs and checkpoints are here: not listed.
             exports: ExportTable::unlisted(),
             listen,
+            luns,
             tests: Mutex::new(BTreeMap::new()),
             receiver,
             busy: Mutex::new(BTreeMap::new()),
@@ -178,23 +225,30 @@ impl RecoveryOps {
                         true => Some(open_reverse_capture(&vpg, &dir, &meta)?),
                         false => None,
                     };
-                    let uris = self.serve_live(&vpg, &dir, &meta, capture)?;
+                    let (uris, _) = self.serve_live(&vpg, &dir, &meta, capture).await?;
                     tracing::info!(%vpg, "failed-over volumes served again: {uris:?}");
                 }
             }
+        }
+        // What a previous agent served over iSCSI and nobody serves now
+        // (exports, test failovers) is taken down.
+        if let Some(luns) = &self.luns {
+            luns.remove_strays().await;
         }
         Ok(())
     }
 
     /// Serves a failed-over VPG's volumes writable; their writes go to
     /// `capture` when reverse protection runs, else straight to the files.
-    fn serve_live(
+    /// Returns their URIs, and why they are not iSCSI LUNs as well if they
+    /// are not (the failover happened: that never undoes it).
+    async fn serve_live(
         &self,
         vpg: &str,
         dir: &Path,
         meta: &JournalMeta,
         capture: Option<Arc<VpgCapture>>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Option<String>)> {
         let files = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
         let capture: LiveCapture = Arc::new(std::sync::RwLock::new(capture));
         let exports: Vec<(String, Arc<dyn BlockExport>)> = files
@@ -215,9 +269,34 @@ impl RecoveryOps {
             })
             .collect();
         self.live.lock().expect("live lock").insert(vpg.to_string(), capture);
-        let uris = exports.iter().map(|(n, _)| self.uri(n)).collect::<Result<Vec<_>>>()?;
+        let mut uris = exports.iter().map(|(n, _)| self.uri(n)).collect::<Result<Vec<_>>>()?;
+        let luns = lun_sources(&meta.volumes, &exports);
         self.exports.add(exports)?;
-        Ok(uris)
+        let problem = self.publish_luns(vpg, Purpose::Failover, &luns, &mut uris).await;
+        Ok((uris, problem))
+    }
+
+    /// Serves `luns` over iSCSI too, where configured, adding their URIs;
+    /// returns why not if that failed (the NBD exports stay: a LUN problem,
+    /// such as a volume that is not whole sectors, must not take them away).
+    async fn publish_luns(
+        &self,
+        vpg: &str,
+        purpose: Purpose,
+        luns: &[(String, Arc<dyn BlockExport>)],
+        uris: &mut Vec<String>,
+    ) -> Option<String> {
+        let l = self.luns.as_ref()?;
+        match l.publish(vpg, purpose, luns).await {
+            Ok(more) => {
+                uris.extend(more);
+                None
+            }
+            Err(e) => {
+                tracing::error!(%vpg, "not served over iSCSI: {e:#}");
+                Some(format!("{e:#}"))
+            }
+        }
     }
 
     /// Marks a move of `vpg` as running; refused when the VPG is failed
@@ -330,7 +409,8 @@ impl RecoveryOps {
         };
         let checkpoint = committed.record.checkpoint.clone();
         slot.failed_over.store(checkpoint.id, Ordering::SeqCst);
-        let uris = if serve { self.serve_live(vpg, &dir, &meta, None)? } else { Vec::new() };
+        let (uris, iscsi_problem) =
+            if serve { self.serve_live(vpg, &dir, &meta, None).await? } else { (Vec::new(), None) };
         let done = FailedOver {
             vpg: vpg.to_string(),
             checkpoint,
@@ -338,6 +418,7 @@ impl RecoveryOps {
             bytes_applied: committed.bytes_applied,
             set_aside_bytes: committed.record.set_aside_bytes,
             uris,
+            iscsi_problem,
             files: FailoverRecord::volume_paths(&dir, &meta),
         };
         tracing::warn!("{}", done.describe().trim_end());
@@ -394,7 +475,7 @@ impl RecoveryOps {
             // reaches it after its hashes.
             capture.start_delta_stream().await?;
         }
-        let session = crate::transfer::receiver::random_u64();
+        let session = crate::random::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
         Ok(ReverseStart { session, need_hashes: !continues, capture })
     }
@@ -418,6 +499,7 @@ impl RecoveryOps {
             bytes_applied: 0,
             set_aside_bytes: record.set_aside_bytes,
             uris: names.iter().filter_map(|n| self.uri(n).ok()).collect(),
+            iscsi_problem: None,
             files: meta.map(|m| FailoverRecord::volume_paths(&dir, &m)).unwrap_or_default(),
         }
     }
@@ -436,11 +518,20 @@ impl RecoveryOps {
         Ok(Arc::new(view))
     }
 
-    fn publish(&self, view: &PitView, exports: Vec<(String, Arc<dyn BlockExport>)>) -> Result<Served> {
+    /// Serves `exports` over NBD, and over iSCSI as the target for
+    /// `purpose` where configured (`publish_luns`).
+    async fn publish(
+        &self,
+        view: &PitView,
+        purpose: Purpose,
+        exports: Vec<(String, Arc<dyn BlockExport>)>,
+    ) -> Result<Served> {
         let names: Vec<String> = exports.iter().map(|(n, _)| n.clone()).collect();
-        let uris = names.iter().map(|n| self.uri(n)).collect::<Result<_>>()?;
+        let mut uris: Vec<String> = names.iter().map(|n| self.uri(n)).collect::<Result<_>>()?;
+        let luns = lun_sources(&view.volumes, &exports);
         self.exports.add(exports)?;
-        Ok(Served { checkpoint: view.checkpoint.clone(), names, uris })
+        let iscsi_problem = self.publish_luns(&view.vpg, purpose, &luns, &mut uris).await;
+        Ok(Served { vpg: view.vpg.clone(), checkpoint: view.checkpoint.clone(), names, uris, iscsi_problem })
     }
 
     /// Serves every volume of `vpg` at `checkpoint`, read-only, as
@@ -454,12 +545,17 @@ impl RecoveryOps {
                 (name, export)
             })
             .collect();
-        let served = self.publish(&view, exports)?;
+        let served = self.publish(&view, Purpose::Checkpoint(view.checkpoint.id), exports).await?;
         tracing::info!(%vpg, "serving checkpoint {} read-only: {:?}", served.checkpoint.id, served.names);
         Ok(served)
     }
 
-    pub fn unexport(&self, served: &Served) {
+    /// Ends an export: its LUNs first (the initiators' commands in flight
+    /// still read the view), then the NBD exports and the view.
+    pub async fn unexport(&self, served: &Served) {
+        if let Some(l) = &self.luns {
+            l.withdraw(&served.vpg, Purpose::Checkpoint(served.checkpoint.id)).await;
+        }
         self.exports.remove(&served.names);
         tracing::info!("stopped serving {:?}", served.names);
     }
@@ -489,28 +585,55 @@ impl RecoveryOps {
             exports.push((format!("{vpg}/{}/test", v.name), overlay.clone()));
             overlays.push(overlay);
         }
-        let mut tests = self.tests.lock().expect("tests lock");
-        if tests.contains_key(vpg) {
-            bail!("a test failover of VPG {vpg:?} was started at the same time; stop it first");
+        // The VPG's slot is taken before anything is served, so a second
+        // start at the same time is refused, not served twice.
+        {
+            let mut tests = self.tests.lock().expect("tests lock");
+            if tests.contains_key(vpg) {
+                bail!("a test failover of VPG {vpg:?} was started at the same time; stop it first");
+            }
+            tests.insert(vpg.to_string(), TestFailover::placeholder(vpg, &view.checkpoint, &scratch_dir));
         }
-        let served = match self.publish(&view, exports) {
+        let served = match self.publish(&view, Purpose::TestFailover, exports).await {
             Ok(s) => s,
             Err(e) => {
+                self.tests.lock().expect("tests lock").remove(vpg);
                 let _ = std::fs::remove_dir_all(&scratch_dir);
                 return Err(e);
             }
         };
         tracing::info!(%vpg, "test failover started at checkpoint {}: {:?}", served.checkpoint.id, served.names);
-        tests.insert(vpg.to_string(), TestFailover { served: served.clone(), overlays, scratch_dir });
+        self.tests
+            .lock()
+            .expect("tests lock")
+            .insert(vpg.to_string(), TestFailover { served: served.clone(), overlays, scratch_dir });
         Ok(served)
     }
 
     /// Stops a test failover and throws its writes away. Returns a report.
-    pub fn test_failover_stop(&self, vpg: &str) -> Result<String> {
-        let test = self.tests.lock().expect("tests lock").remove(vpg).ok_or_else(|| {
-            anyhow!("no test failover of VPG {vpg:?} is running (start one with `tidemark test-failover start`)")
-        })?;
-        // Closes the overlays and every connection to them.
+    pub async fn test_failover_stop(&self, vpg: &str) -> Result<String> {
+        // A placeholder holds the VPG's slot until everything is gone, so a
+        // new start cannot meet this one's scratch files or export names.
+        let test = {
+            let mut tests = self.tests.lock().expect("tests lock");
+            match tests.get_mut(vpg) {
+                None => {
+                    bail!("no test failover of VPG {vpg:?} is running (start one with `tidemark test-failover start`)")
+                }
+                Some(t) if t.is_placeholder() => {
+                    bail!("the test failover of VPG {vpg:?} is starting or stopping; try again in a moment")
+                }
+                Some(t) => {
+                    let placeholder = TestFailover::placeholder(vpg, &t.served.checkpoint, &t.scratch_dir);
+                    std::mem::replace(t, placeholder)
+                }
+            }
+        };
+        let _slot = TestSlot(self, vpg.to_string());
+        // Its LUNs first, then the overlays and every connection to them.
+        if let Some(l) = &self.luns {
+            l.withdraw(vpg, Purpose::TestFailover).await;
+        }
         self.exports.remove(&test.served.names);
         let blocks: u64 = test.overlays.iter().map(|o| o.blocks_written()).sum();
         std::fs::remove_dir_all(&test.scratch_dir)
@@ -528,4 +651,13 @@ impl RecoveryOps {
     pub fn running_tests(&self) -> BTreeMap<String, u64> {
         self.tests.lock().expect("tests lock").iter().map(|(k, t)| (k.clone(), t.served.checkpoint.id)).collect()
     }
+}
+
+/// Each volume's name and its export (the exports in the volumes' order),
+/// as iSCSI LUN sources.
+fn lun_sources(
+    volumes: &[crate::wire::message::VolumeInfo],
+    exports: &[(String, Arc<dyn BlockExport>)],
+) -> Vec<(String, Arc<dyn BlockExport>)> {
+    volumes.iter().zip(exports).map(|(v, (_, export))| (v.name.clone(), export.clone())).collect()
 }

@@ -59,15 +59,16 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     tokio::spawn(server::serve(listener, table));
     // Each VPG's iSCSI target as status shows it (None without iSCSI).
     let mut targets: Vec<Option<crate::status::IscsiStatus>> = vec![None; runtimes.len()];
+    // Served for as long as the agent runs.
+    let mut _served_luns = Vec::new();
     if let Some(iscsi) = &cfg.iscsi {
         // The LUN identities come from the appliance's certificate.
         let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
         let captures: Vec<Arc<VpgCapture>> = runtimes.iter().map(|(_, rt)| rt.capture.clone()).collect();
         let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
-        let state_dir = cfg.node.data_dir.join("lio");
-        crate::iscsi::start(iscsi, &cfg.node.name, &fingerprint, &captures, configfs, &state_dir)
-            .await
-            .context("starting the iSCSI front-end")?;
+        let frontend =
+            crate::iscsi::Frontend::new(iscsi, &cfg.node.name, &fingerprint, configfs, &cfg.node.data_dir.join("lio"))?;
+        _served_luns = crate::iscsi::start(&frontend, &captures).await.context("starting the iSCSI front-end")?;
         for (target, capture) in targets.iter_mut().zip(&captures) {
             let volumes: Vec<&str> = capture.volumes.iter().map(|v| v.name.as_str()).collect();
             *target = Some(crate::iscsi::target_status(iscsi, &cfg.node.name, &fingerprint, &capture.name, &volumes));

@@ -33,7 +33,24 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         tokio::task::spawn_blocking(move || receiver.open_existing()).await??;
     }
     let nbd_listen = cfg.exports.as_ref().map(|e| e.listen);
-    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, receiver.clone())?;
+    let luns = match &cfg.iscsi {
+        Some(iscsi) => {
+            // The LUN identities come from the appliance's certificate.
+            let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
+            let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
+            let frontend = crate::iscsi::Frontend::new(
+                iscsi,
+                &cfg.node.name,
+                &fingerprint,
+                configfs,
+                &cfg.node.data_dir.join("lio"),
+            )
+            .context("starting the iSCSI front-end")?;
+            Some(crate::recovery::luns::RecoveryLuns::new(frontend))
+        }
+        None => None,
+    };
+    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, luns, receiver.clone())?;
     let _ = receiver.ops.set(ops.clone());
     crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
     if let Some(listen) = nbd_listen {

@@ -354,7 +354,7 @@ async fn open_vpg(
     for v in &volumes {
         crate::config::validate_name("volume", &v.name)?;
     }
-    let session = random_u64();
+    let session = crate::random::random_u64();
     if let Some(slot) = receiver.slot(vpg) {
         if slot.failed_over.load(Ordering::SeqCst) == FAILOVER_PENDING {
             bail!("a failover of VPG {vpg:?} is being committed here");
@@ -439,10 +439,4 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);
         send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
     }
-}
-
-pub(crate) fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
-    u64::from_le_bytes(b)
 }

@@ -1,0 +1,157 @@
+//! The recovery side's iSCSI LUNs, for a recovery ESXi host: each set of
+//! volumes the recovery agent serves over NBD (a point-in-time export, a
+//! test failover, a failover) is served as one iSCSI target as well, built
+//! from the very same exports (`iscsi::Frontend`):
+//!
+//! - `...:<vpg>:cp<id>`: a checkpoint, read-only (LIO refuses writes with
+//!   DATA PROTECT, and the export refuses them anyway);
+//! - `...:<vpg>:test`: a test failover, writable, its writes discarded at
+//!   stop;
+//! - `...:<vpg>`: a failed-over VPG, writable, while it is failed over.
+//!
+//! The serials, and so the NAA ids, come from this appliance's key and the
+//! target's name: a test failover's LUN is never the failover's, and
+//! neither is ever the production LUN (another appliance's key), which is
+//! why ESXi mounts them with a new signature.
+
+use crate::iscsi::{lio, Frontend, Lun, Target};
+use crate::nbd::export::BlockExport;
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a set of LUNs is for; it names the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A point-in-time export of this checkpoint id (read-only).
+    Checkpoint(u64),
+    TestFailover,
+    Failover,
+}
+
+impl Purpose {
+    fn target_name(self, vpg: &str) -> String {
+        match self {
+            Purpose::Checkpoint(id) => format!("{vpg}:cp{id}"),
+            Purpose::TestFailover => format!("{vpg}:test"),
+            Purpose::Failover => vpg.to_string(),
+        }
+    }
+
+    /// The target's identity (`iscsi::target_name`): a test failover's
+    /// LUNs get identities of their own each time, so an initiator that
+    /// still holds the last one's LUN never takes the next one for it. An
+    /// export shows one checkpoint's data, a failover must keep its
+    /// identity across restarts: their names are their identities.
+    fn identity(self, vpg: &str) -> String {
+        match self {
+            Purpose::TestFailover => {
+                format!("{}#{:016x}", self.target_name(vpg), crate::random::random_u64())
+            }
+            _ => self.target_name(vpg),
+        }
+    }
+}
+
+pub struct RecoveryLuns {
+    frontend: Frontend,
+    /// Served targets by IQN, with the name each serves; held across a whole
+    /// publication or withdrawal, so those never interleave.
+    served: tokio::sync::Mutex<BTreeMap<String, (String, Target)>>,
+    /// False until what a previous agent left is removed (`remove_strays`):
+    /// only a resumed failover is served before.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl RecoveryLuns {
+    pub fn new(frontend: Frontend) -> RecoveryLuns {
+        RecoveryLuns { frontend, served: Default::default(), ready: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Serves `volumes` (name, export) of `vpg` as the target for
+    /// `purpose`; returns their `iscsi://` URIs.
+    pub async fn publish(
+        &self,
+        vpg: &str,
+        purpose: Purpose,
+        volumes: &[(String, Arc<dyn BlockExport>)],
+    ) -> Result<Vec<String>> {
+        if purpose != Purpose::Failover {
+            let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+        }
+        let name = purpose.target_name(vpg);
+        let iqn = self.frontend.iqn(&name);
+        let mut served = self.served.lock().await;
+        if let Some((other, _)) = served.get(&iqn) {
+            bail!(
+                "target {iqn} is already served for {other:?} (target names are lower case, '_' becomes '-':                  VPGs whose names differ only so share one)"
+            );
+        }
+        let luns: usize = served.values().map(|(_, t)| t.spec.luns.len()).sum();
+        if luns + volumes.len() > crate::config::ISCSI_LUNS_MAX {
+            bail!(
+                "{luns} iSCSI LUNs are served already; {} more would pass the {} this appliance serves \
+                 (close an export or stop a test failover first)",
+                volumes.len(),
+                crate::config::ISCSI_LUNS_MAX
+            );
+        }
+        let read_only = matches!(purpose, Purpose::Checkpoint(_));
+        let luns = volumes
+            .iter()
+            .map(|(volume, export)| Lun { volume: volume.clone(), export: export.clone(), read_only })
+            .collect();
+        let target = self.frontend.serve(&purpose.identity(vpg), luns).await?;
+        let uris = target.uris();
+        let how = if read_only { ", read-only" } else { "" };
+        tracing::info!(%vpg, "served over iSCSI as {iqn} ({} LUNs{how})", uris.len());
+        served.insert(iqn, (name, target));
+        Ok(uris)
+    }
+
+    /// Takes the target for `purpose` down, if it is served.
+    pub async fn withdraw(&self, vpg: &str, purpose: Purpose) {
+        let name = purpose.target_name(vpg);
+        let mut served = self.served.lock().await;
+        let iqn = self.frontend.iqn(&name);
+        if served.get(&iqn).is_some_and(|(n, _)| *n == name) {
+            let (_, target) = served.remove(&iqn).expect("present");
+            self.frontend.withdraw(target).await;
+        }
+    }
+
+    /// Removes whatever a previous agent left in LIO and the kernel that is
+    /// not served now (call after the failovers are served again); then
+    /// exports and test failovers may be served.
+    pub async fn remove_strays(&self) {
+        let served = self.served.lock().await;
+        let keep: Vec<lio::TargetSpec> = served.values().map(|(_, t)| t.spec.clone()).collect();
+        self.frontend.remove_strays(keep).await;
+        self.ready.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_purpose_has_its_own_target_and_so_its_own_lun_identity() {
+        let names: Vec<String> =
+            [Purpose::Checkpoint(17), Purpose::TestFailover, Purpose::Failover].map(|p| p.target_name("db")).into();
+        assert_eq!(names, ["db:cp17", "db:test", "db"]);
+        // Each test failover has LUN identities of its own, under one name.
+        let (a, b) = (Purpose::TestFailover.identity("db"), Purpose::TestFailover.identity("db"));
+        assert_ne!(a, b);
+        assert_eq!(crate::iscsi::target_name(&a), "db:test");
+        assert_eq!(Purpose::Failover.identity("db"), "db", "a failover keeps its identity across restarts");
+        // A VPG named "db-test" cannot take the test failover's name.
+        let iqn = |name: &str| crate::iscsi::target_iqn("io.tidemark", "rec", name);
+        assert_eq!(iqn("db:test"), "iqn.2026-12.io.tidemark:tidemark:rec:db:test");
+        assert_ne!(iqn("db:test"), iqn("db-test"));
+        let serial = |name: &str| crate::iscsi::lun_serial("sha256:recovery", name, "disk0");
+        assert_ne!(serial("db:test"), serial("db"));
+        assert_ne!(serial("db:cp17"), serial("db"));
+        assert_ne!(serial("db"), crate::iscsi::lun_serial("sha256:protected", "db", "disk0"));
+    }
+}
