@@ -13,6 +13,7 @@ pub mod harden;
 pub mod iscsi;
 pub mod journal;
 pub mod limits;
+pub mod listen;
 pub mod log;
 pub mod logging;
 pub mod nbd;

@@ -59,7 +59,7 @@ pub async fn start(cfg: Arc<Config>, config_path: PathBuf) -> Result<()> {
     let diag = system.diag.as_ref().ok_or_else(|| anyhow!("no [diag] section: the diagnostics endpoint is off"))?;
     let identity = tls::load_identity(&cfg.node().cert, &cfg.node().key)?;
     let acceptor = TlsAcceptor::from(tls::https_server_config(identity)?);
-    let listener = crate::run::bind_listener(diag.listen, "diagnostics").await?;
+    let listener = crate::listen::bind_listener(diag.listen, "diagnostics").await?;
     tracing::info!("diagnostics bundle served on https://{}/bundle (token required)", diag.listen);
     let state = Arc::new(State {
         token_digest: digest(diag.token.as_bytes()),

@@ -4,7 +4,7 @@
 //! that apply is finished before anything else, so the replica never
 //! stays a mix of two points in time.
 
-use super::index::CheckpointInfo;
+use super::checkpoint::CheckpointInfo;
 use crate::durable::{replace_file, FileMode};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -5,19 +5,9 @@
 //! below the replica's seq are in the replica, not in the index.
 
 use super::apply_state::ApplyState;
+pub use super::checkpoint::CheckpointInfo;
 use crate::record::{Record, RecordBody};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CheckpointInfo {
-    /// The checkpoint's id is its seq in the stream.
-    pub id: u64,
-    pub time_ms: u64,
-    pub tag: String,
-    /// False while some volume's initial copy was still incomplete.
-    pub consistent: bool,
-}
 
 #[derive(Debug, Clone)]
 pub struct JournalIndex {

@@ -5,6 +5,7 @@
 
 pub mod applier;
 pub mod apply_state;
+pub mod checkpoint;
 pub mod extent_map;
 pub mod index;
 pub mod lease;

@@ -1,0 +1,20 @@
+//! Binding the agent's TCP listeners (the port table's ports).
+
+/// How long a listener keeps trying a port still held by a process that
+/// is exiting (a restart right after a crash).
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Binds a listener, retrying for `BIND_RETRY` while the address is in use.
+pub async fn bind_listener(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("listening for {what} on {addr}")),
+        }
+    }
+}
