@@ -36,9 +36,10 @@ pub struct VpgStatus {
     /// Recovery side: the history window and the journal's size.
     #[serde(default)]
     pub history: Option<HistoryStatus>,
-    /// Protected side with iSCSI: the VPG's target, LUNs and sessions.
+    /// With iSCSI: the VPG's targets, their LUNs and sessions (protected:
+    /// one; recovery: one per export, test failover or failover served).
     #[serde(default)]
-    pub iscsi: Option<IscsiStatus>,
+    pub iscsi: Vec<IscsiStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -196,7 +197,7 @@ pub fn render(status: &AgentStatus) -> String {
                 out.push_str(&format!("  WARNING:         {}\n", h.warning));
             }
         }
-        if let Some(t) = &v.iscsi {
+        for t in &v.iscsi {
             out.push_str(&format!("  iSCSI target:    {}\n", t.target));
             let sessions = if t.sessions.is_empty() {
                 "no initiator logged in".to_string()

@@ -14,7 +14,7 @@
 #   checkpoint again. Each set, and each test failover, has its own LUN
 #   identity (VPD 0x80 serial).
 # - `tidemark audit` passes the LIO configuration with targets up and once
-#   they are withdrawn.
+#   they are withdrawn; `tidemark status` lists the targets served.
 # - An export whose agent is killed leaves no target or device behind once
 #   the agent is back; a failover's LUN keeps its writes and its identity
 #   across a SIGKILL of the agent.
@@ -110,7 +110,10 @@ test_serial=$(serial_of "$TEST_IQN")
 [ -n "$cp_serial" ] && [ -n "$test_serial" ] && [ "$cp_serial" != "$test_serial" ] ||
     fail "the export and the test failover share a LUN identity: '$cp_serial' '$test_serial'"
 audit_iscsi 2
-log "1 MiB written and read back on $TEST_IQN; serials ${cp_serial:0:12}… and ${test_serial:0:12}… differ; audit passes"
+out=$(rec "tidemark status --config $CFG")
+grep -q "iSCSI target: *$CP_IQN" <<<"$out" && grep -q "iSCSI target: *$TEST_IQN" <<<"$out" ||
+    fail "status does not show both targets: $out"
+log "1 MiB written and read back on $TEST_IQN; serials ${cp_serial:0:12}… and ${test_serial:0:12}… differ; audit passes; status shows both targets"
 
 rec "ps | grep '[t]idemark export' | awk '{print \$1}' | xargs kill; tidemark test-failover stop --config $CFG --vpg vm1" >"$WORK/stop.out"
 grep -q "discarded" "$WORK/stop.out" || fail "test-failover stop: $(cat "$WORK/stop.out")"

@@ -47,30 +47,6 @@ pub fn lun_naa(serial: &str) -> String {
     format!("naa.6001405{}", digits.to_ascii_lowercase())
 }
 
-/// What status shows of one VPG's target that never changes: its name and
-/// LUNs (every initiator in the ACLs sees every LUN of the target). The
-/// sessions are read anew for each report (`lio::sessions`).
-pub fn target_status(
-    config: &IscsiConfig,
-    appliance: &str,
-    fingerprint: &str,
-    vpg: &str,
-    volumes: &[&str],
-) -> crate::status::IscsiStatus {
-    crate::status::IscsiStatus {
-        target: target_iqn(&config.domain, appliance, vpg),
-        luns: volumes
-            .iter()
-            .enumerate()
-            .map(|(i, volume)| {
-                let serial = lun_serial(fingerprint, vpg, volume);
-                crate::status::LunStatus { lun: i as u32, volume: volume.to_string(), naa: lun_naa(&serial), serial }
-            })
-            .collect(),
-        sessions: Vec::new(),
-    }
-}
-
 /// The target name in a target identity: a VPG's name, or on the recovery
 /// side `<vpg>:<purpose>`, the part before any `#` (a test failover adds
 /// `#<instance>` so that each one has LUN identities of its own).
@@ -179,13 +155,38 @@ pub struct Lun {
     pub read_only: bool,
 }
 
-/// A target being served: what LIO holds, and the devices under its LUNs.
+/// A target being served: what LIO holds, the volume of each LUN, and the
+/// devices under them.
 pub struct Target {
     pub spec: lio::TargetSpec,
+    volumes: Vec<String>,
     devices: Vec<Arc<Device>>,
 }
 
 impl Target {
+    /// What status shows of the target that never changes: its name and
+    /// LUNs (every initiator in the ACLs sees every LUN of the target). The
+    /// sessions are read anew for each report (`lio::sessions`).
+    pub fn status(&self) -> crate::status::IscsiStatus {
+        crate::status::IscsiStatus {
+            target: self.spec.iqn.clone(),
+            luns: self
+                .spec
+                .luns
+                .iter()
+                .zip(&self.volumes)
+                .enumerate()
+                .map(|(i, (lun, volume))| crate::status::LunStatus {
+                    lun: i as u32,
+                    volume: volume.clone(),
+                    naa: lun_naa(&lun.serial),
+                    serial: lun.serial.clone(),
+                })
+                .collect(),
+            sessions: Vec::new(),
+        }
+    }
+
     /// `iscsi://<portal>/<target>/<lun>` for each LUN, as initiators name them.
     pub fn uris(&self) -> Vec<String> {
         (0..self.spec.luns.len()).map(|i| format!("iscsi://{}/{}/{i}", self.spec.portal, self.spec.iqn)).collect()
@@ -209,6 +210,11 @@ impl Frontend {
             configfs: configfs.to_path_buf(),
             admission: Admission::new(),
         })
+    }
+
+    /// The initiators logged in to target `iqn` now.
+    pub fn sessions(&self, iqn: &str) -> Vec<crate::status::IscsiSession> {
+        lio::sessions(&self.configfs, iqn)
     }
 
     /// The IQN of the target for `identity` (`names::target_iqn`).
@@ -238,6 +244,7 @@ impl Frontend {
         let existed = lio::targets(&self.configfs).contains(&iqn);
         let mut target = Target {
             spec: target_spec(&self.config, &self.appliance, &self.fingerprint, identity, &[]),
+            volumes: luns.iter().map(|l| l.volume.clone()).collect(),
             devices: Vec::new(),
         };
         if let Err(e) = self.build(identity, luns, &mut target).await {

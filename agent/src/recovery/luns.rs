@@ -16,6 +16,7 @@
 
 use crate::iscsi::{lio, Frontend, Lun, Target};
 use crate::nbd::export::BlockExport;
+use crate::status::IscsiStatus;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,11 +62,19 @@ pub struct RecoveryLuns {
     /// False until what a previous agent left is removed (`remove_strays`):
     /// only a resumed failover is served before.
     ready: tokio::sync::watch::Sender<bool>,
+    /// What status shows of each served target, by IQN, with its VPG (kept
+    /// apart from `served`, whose lock a publication holds for long).
+    shown: std::sync::Mutex<BTreeMap<String, (String, IscsiStatus)>>,
 }
 
 impl RecoveryLuns {
     pub fn new(frontend: Frontend) -> RecoveryLuns {
-        RecoveryLuns { frontend, served: Default::default(), ready: tokio::sync::watch::channel(false).0 }
+        RecoveryLuns {
+            frontend,
+            served: Default::default(),
+            ready: tokio::sync::watch::channel(false).0,
+            shown: Default::default(),
+        }
     }
 
     /// Serves `volumes` (name, export) of `vpg` as the target for
@@ -105,6 +114,7 @@ impl RecoveryLuns {
         let uris = target.uris();
         let how = if read_only { ", read-only" } else { "" };
         tracing::info!(%vpg, "served over iSCSI as {iqn} ({} LUNs{how})", uris.len());
+        self.shown.lock().expect("shown lock").insert(iqn.clone(), (vpg.to_string(), target.status()));
         served.insert(iqn, (name, target));
         Ok(uris)
     }
@@ -116,8 +126,20 @@ impl RecoveryLuns {
         let iqn = self.frontend.iqn(&name);
         if served.get(&iqn).is_some_and(|(n, _)| *n == name) {
             let (_, target) = served.remove(&iqn).expect("present");
+            self.shown.lock().expect("shown lock").remove(&iqn);
             self.frontend.withdraw(target).await;
         }
+    }
+
+    /// Each VPG's served targets, with the initiators logged in now.
+    pub fn status(&self) -> BTreeMap<String, Vec<IscsiStatus>> {
+        let shown: Vec<(String, IscsiStatus)> = self.shown.lock().expect("shown lock").values().cloned().collect();
+        let mut out: BTreeMap<String, Vec<IscsiStatus>> = BTreeMap::new();
+        for (vpg, mut target) in shown {
+            target.sessions = self.frontend.sessions(&target.target);
+            out.entry(vpg).or_default().push(target);
+        }
+        out
     }
 
     /// Removes whatever a previous agent left in LIO and the kernel that is

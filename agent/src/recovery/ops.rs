@@ -647,6 +647,11 @@ impl RecoveryOps {
         Ok(report)
     }
 
+    /// VPG → its served iSCSI targets and their sessions (for status).
+    pub fn iscsi_status(&self) -> BTreeMap<String, Vec<crate::status::IscsiStatus>> {
+        self.luns.as_ref().map(|l| l.status()).unwrap_or_default()
+    }
+
     /// VPG → checkpoint of each running test failover (for status).
     pub fn running_tests(&self) -> BTreeMap<String, u64> {
         self.tests.lock().expect("tests lock").iter().map(|(k, t)| (k.clone(), t.served.checkpoint.id)).collect()

@@ -53,7 +53,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         &cfg.node.data_dir,
         crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone()),
     )?;
-    let listener = super::bind_listener(cfg.capture.listen, "NBD").await?;
+    let listener = crate::listen::bind_listener(cfg.capture.listen, "NBD").await?;
     let table = ExportTable::listed();
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
@@ -69,9 +69,8 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         let frontend =
             crate::iscsi::Frontend::new(iscsi, &cfg.node.name, &fingerprint, configfs, &cfg.node.data_dir.join("lio"))?;
         _served_luns = crate::iscsi::start(&frontend, &captures).await.context("starting the iSCSI front-end")?;
-        for (target, capture) in targets.iter_mut().zip(&captures) {
-            let volumes: Vec<&str> = capture.volumes.iter().map(|v| v.name.as_str()).collect();
-            *target = Some(crate::iscsi::target_status(iscsi, &cfg.node.name, &fingerprint, &capture.name, &volumes));
+        for (target, served) in targets.iter_mut().zip(&_served_luns) {
+            *target = Some(served.status());
         }
     }
     for (interval_ms, rt) in &runtimes {
@@ -166,10 +165,14 @@ async fn status_writer(
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
                 history: None,
-                iscsi: targets[i].clone().map(|mut target| {
-                    target.sessions = crate::iscsi::lio::sessions(configfs, &target.target);
-                    target
-                }),
+                iscsi: targets[i]
+                    .clone()
+                    .map(|mut target| {
+                        target.sessions = crate::iscsi::lio::sessions(configfs, &target.target);
+                        target
+                    })
+                    .into_iter()
+                    .collect(),
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

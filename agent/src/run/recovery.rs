@@ -54,12 +54,12 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     let _ = receiver.ops.set(ops.clone());
     crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
     if let Some(listen) = nbd_listen {
-        let listener = super::bind_listener(listen, "NBD").await?;
+        let listener = crate::listen::bind_listener(listen, "NBD").await?;
         tokio::spawn(crate::nbd::server::serve(listener, ops.exports.clone()));
     }
     ops.resume_failovers().await?;
-    let control = super::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
-    let data = super::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
+    let control = crate::listen::bind_listener((cfg.listen.address, cfg.listen.control_port).into(), "control").await?;
+    let data = crate::listen::bind_listener((cfg.listen.address, cfg.listen.data_port).into(), "data").await?;
     tokio::spawn(accept_loop(control, acceptor.clone(), receiver.clone(), "control"));
     tokio::spawn(accept_loop(data, acceptor, receiver.clone(), "data"));
     tracing::info!(
@@ -86,12 +86,14 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
             receiver.vpgs.lock().expect("vpgs lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut vpgs = Vec::new();
         let tests = ops.running_tests();
+        let mut targets = ops.iscsi_status();
         for (name, slot) in slots {
             let received = slot.received_bytes.load(Ordering::Relaxed);
             let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000 / STATUS_INTERVAL_MS;
             prev.insert(name.clone(), received);
             let history = history_status(&slot);
             let test = tests.get(&name).map(|c| format!("test failover running at checkpoint {c}"));
+            let iscsi = targets.remove(&name).unwrap_or_default();
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
             // The newest checkpoint that can be restored (complete).
@@ -118,7 +120,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                     .collect::<Vec<_>>()
                     .join("; "),
                 history: Some(history),
-                iscsi: None,
+                iscsi,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));
