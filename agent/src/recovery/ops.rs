@@ -13,7 +13,7 @@ use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::{vpg_dir, JournalMeta};
 use crate::nbd::export::{BlockExport, ExportTable};
-use crate::transfer::receiver::{Receiver, FAILOVER_PENDING};
+use crate::transfer::slot::{VpgSlots, FAILOVER_PENDING};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -83,7 +83,8 @@ pub struct RecoveryOps {
     /// The same exports as iSCSI LUNs (`[iscsi]` configured).
     luns: Option<RecoveryLuns>,
     tests: Mutex<BTreeMap<String, TestFailover>>,
-    receiver: Arc<Receiver>,
+    /// The VPGs whose journals are open here.
+    slots: Arc<VpgSlots>,
     /// VPG → the failover or move being committed for it.
     busy: Mutex<BTreeMap<String, How>>,
     /// Failed-over VPGs served live: where their writes go.
@@ -186,7 +187,7 @@ impl RecoveryOps {
         data_dir: &Path,
         listen: Option<SocketAddr>,
         luns: Option<RecoveryLuns>,
-        receiver: Arc<Receiver>,
+        slots: Arc<VpgSlots>,
     ) -> Result<Arc<RecoveryOps>> {
         let scratch_root = data_dir.join(SCRATCH_DIR);
         match std::fs::remove_dir_all(&scratch_root) {
@@ -202,7 +203,7 @@ impl RecoveryOps {
             listen,
             luns,
             tests: Mutex::new(BTreeMap::new()),
-            receiver,
+            slots,
             busy: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
             reverse: Mutex::new(BTreeMap::new()),
@@ -213,7 +214,7 @@ impl RecoveryOps {
 
     /// After a restart: VPGs failed over with `serve` are served again.
     pub async fn resume_failovers(&self) -> Result<()> {
-        let slots: Vec<_> = self.receiver.vpgs.lock().expect("vpgs lock").keys().cloned().collect();
+        let slots: Vec<_> = self.slots.lock().expect("vpgs lock").keys().cloned().collect();
         for vpg in slots {
             let dir = vpg_dir(&self.journal_root, &vpg);
             if let Some(record) = FailoverRecord::load(&dir)? {
@@ -332,7 +333,7 @@ impl RecoveryOps {
         if serve {
             self.uri("")?;
         }
-        let slot = self.receiver.slot(vpg).ok_or_else(|| {
+        let slot = crate::transfer::slot::find(&self.slots, vpg).ok_or_else(|| {
             anyhow!(
                 "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
                 self.journal_root.display()

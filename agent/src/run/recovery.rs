@@ -5,7 +5,8 @@ use crate::config::RecoveryConfig;
 use crate::journal::applier::{self, HistoryPolicy};
 use crate::recovery::ops::RecoveryOps;
 use crate::status::{self, CheckpointSummary, HistoryStatus, VpgStatus, STATUS_INTERVAL_MS};
-use crate::transfer::receiver::{accept_loop, Receiver, VpgSlot};
+use crate::transfer::receiver::{accept_loop, Receiver};
+use crate::transfer::slot::VpgSlot;
 use crate::wire::tls;
 use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
@@ -50,7 +51,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         }
         None => None,
     };
-    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, luns, receiver.clone())?;
+    let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, luns, receiver.vpgs.clone())?;
     let _ = receiver.ops.set(ops.clone());
     crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
     if let Some(listen) = nbd_listen {
@@ -102,7 +103,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
             let state = match slot.failed_over.load(Ordering::SeqCst) {
                 0 if index.initial_copy_complete() => "protected".to_string(),
                 0 => "initial copy in progress".to_string(),
-                crate::transfer::receiver::FAILOVER_PENDING => "failover in progress".to_string(),
+                crate::transfer::slot::FAILOVER_PENDING => "failover in progress".to_string(),
                 c => format!("failed over at checkpoint {c} (volumes live here)"),
             };
             vpgs.push(VpgStatus {

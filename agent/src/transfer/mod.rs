@@ -3,9 +3,11 @@
 //! carries the hello/resume handshake and keepalives; data (4008) carries
 //! batches one way and acknowledgements of durable seqs the other.
 
+pub mod peer;
 pub mod receiver;
 pub mod reverse;
 pub mod sender;
+pub mod slot;
 
 use crate::wire::frame::{read_frame, write_frame, FrameKind};
 use crate::wire::message::ControlMessage;

@@ -3,6 +3,8 @@
 //! verified batch, fsyncs, and only then acknowledges. A connection that
 //! sends anything malformed is dropped alone; other links keep running.
 
+use super::peer::Peer;
+use super::slot::{VpgSlot, VpgSlots, FAILOVER_PENDING};
 use super::{recv_control, send_control};
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
@@ -12,10 +14,9 @@ use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
 use crate::wire::tls::fingerprint;
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -33,36 +34,6 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// the VPG exists, and what it holds, is none of its business.
 const NOT_YOURS: &str = "no such VPG for this appliance";
 
-/// Who is at the other end of a link: its address and the fingerprint of
-/// the certificate it presented (pinned, checked during the handshake).
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub address: std::net::SocketAddr,
-    pub fingerprint: [u8; 32],
-}
-
-/// One VPG as the receiver sees it.
-pub struct VpgSlot {
-    pub journal: Mutex<Journal>,
-    /// The session of the newest hello; older data links are dropped.
-    session: AtomicU64,
-    /// The certificate of the peer that opened that session: a data link
-    /// joins it only with the same certificate.
-    session_peer: Mutex<[u8; 32]>,
-    /// The stream that session's protected log holds (from its hello).
-    session_stream: std::sync::atomic::AtomicU32,
-    pub received_bytes: AtomicU64,
-    pub policy: HistoryPolicy,
-    /// What the applier last reported (for status).
-    pub history: Mutex<crate::status::HistoryStatus>,
-    /// 0 while the VPG replicates here; `FAILOVER_PENDING` while a
-    /// failover commits; else the checkpoint it was failed over at. Set
-    /// under the journal lock, so no batch is appended after it.
-    pub failed_over: AtomicU64,
-}
-
-pub const FAILOVER_PENDING: u64 = u64::MAX;
-
 /// The history settings of a VPG, by name.
 pub type PolicyFor = Box<dyn Fn(&str) -> HistoryPolicy + Send + Sync>;
 
@@ -70,7 +41,7 @@ pub struct Receiver {
     journal_root: PathBuf,
     /// Which pinned peer may use which VPG.
     access: crate::config::PeerAccess,
-    pub vpgs: Mutex<HashMap<String, Arc<VpgSlot>>>,
+    pub vpgs: Arc<VpgSlots>,
     policy_for: PolicyFor,
     /// Carries out a move's promote (set once at start).
     pub ops: std::sync::OnceLock<Arc<crate::recovery::ops::RecoveryOps>>,
@@ -78,13 +49,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new(journal_root: PathBuf, policy_for: PolicyFor, access: crate::config::PeerAccess) -> Arc<Self> {
-        Arc::new(Receiver {
-            journal_root,
-            access,
-            vpgs: Mutex::new(HashMap::new()),
-            policy_for,
-            ops: Default::default(),
-        })
+        Arc::new(Receiver { journal_root, access, vpgs: Default::default(), policy_for, ops: Default::default() })
     }
 
     /// Whether `peer` may use `vpg`; if not, says so in the log (with who
@@ -103,7 +68,7 @@ impl Receiver {
     }
 
     pub fn slot(&self, vpg: &str) -> Option<Arc<VpgSlot>> {
-        self.vpgs.lock().expect("vpgs lock").get(vpg).cloned()
+        super::slot::find(&self.vpgs, vpg)
     }
 
     /// The checkpoint `vpg` was failed over at here, if it was.
@@ -139,26 +104,6 @@ impl Receiver {
             self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(slot));
         }
         Ok(())
-    }
-}
-
-impl VpgSlot {
-    /// The checkpoint the VPG was failed over at, once that is committed.
-    pub fn failed_over_at(&self) -> Option<u64> {
-        Some(self.failed_over.load(Ordering::SeqCst)).filter(|c| *c != 0 && *c != FAILOVER_PENDING)
-    }
-
-    fn new(journal: Journal, session: u64, policy: HistoryPolicy) -> Self {
-        VpgSlot {
-            journal: Mutex::new(journal),
-            session: AtomicU64::new(session),
-            session_peer: Mutex::new([0; 32]),
-            session_stream: Default::default(),
-            received_bytes: AtomicU64::new(0),
-            policy,
-            history: Mutex::new(Default::default()),
-            failed_over: AtomicU64::new(0),
-        }
     }
 }
 

@@ -314,7 +314,7 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     volumes: Vec<VolumeInfo>,
     applied_seq: u64,
     applied_stream: u32,
-    peer: &super::receiver::Peer,
+    peer: &super::peer::Peer,
 ) -> Result<()> {
     let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
         Ok(s) => s,
