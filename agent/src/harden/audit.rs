@@ -351,48 +351,56 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         Err(e) => return b.add(ITEM, Verdict::Fail, format!("the appliance certificate: {e:#}")),
     };
     let mut problems = Vec::new();
-    let specs = match cfg {
+    // Every target this configuration accounts for; `complete` are those
+    // whose devices all exist, compared with LIO in full.
+    let mut accounted = Vec::new();
+    let mut complete = Vec::new();
+    match cfg {
         Config::Protected(p) => {
-            let mut specs = Vec::new();
             for vpg in &p.vpgs {
                 let mut devices = Vec::new();
                 for volume in &vpg.volumes {
                     match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
                         Some(index) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
-                        None => problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name)),
+                        None => {
+                            problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name));
+                            devices.push((volume.name.as_str(), std::path::PathBuf::new()));
+                        }
                     }
                 }
-                if devices.len() == vpg.volumes.len() {
-                    specs.push(iscsi::target_spec(config, &node.name, &fingerprint, &vpg.name, &devices));
+                let spec = iscsi::target_spec(config, &node.name, &fingerprint, &vpg.name, &devices);
+                if spec.luns.iter().all(|l| !l.device.as_os_str().is_empty()) {
+                    complete.push(spec.clone());
+                }
+                accounted.push(spec);
+            }
+        }
+        Config::Recovery(_) => {
+            for iqn in &present {
+                match iscsi::served_spec(config, &node.name, &fingerprint, configfs, iqn) {
+                    Ok(spec) => {
+                        complete.push(spec.clone());
+                        accounted.push(spec);
+                    }
+                    Err(e) => problems.push(format!("target {iqn}: {e:#}")),
                 }
             }
-            specs
         }
-        Config::Recovery(_) => present
-            .iter()
-            .filter_map(|iqn| match iscsi::served_spec(config, &node.name, &fingerprint, configfs, iqn) {
-                Ok(spec) => Some(spec),
-                Err(e) => {
-                    problems.push(format!("target {iqn}: {e:#}"));
-                    None
-                }
-            })
-            .collect(),
-    };
-    for spec in &specs {
+    }
+    for spec in &complete {
         problems.extend(lio::differences(configfs, spec));
     }
-    let wanted: Vec<&String> = specs.iter().map(|s| &s.iqn).collect();
+    let wanted: Vec<&String> = accounted.iter().map(|s| &s.iqn).collect();
     let extra: Vec<String> = present.iter().filter(|t| !wanted.contains(t)).cloned().collect();
     if !extra.is_empty() && matches!(cfg, Config::Protected(_)) {
         problems.push(format!("targets not in the configuration: {}", listed(&extra)));
     }
-    let wanted_backstores: Vec<String> = specs.iter().flat_map(|s| s.luns.iter().map(lio::backstore_key)).collect();
+    let wanted_backstores: Vec<String> = accounted.iter().flat_map(|s| s.luns.iter().map(lio::backstore_key)).collect();
     let extra: Vec<String> = lio::backstores(configfs).into_iter().filter(|b| !wanted_backstores.contains(b)).collect();
     if !extra.is_empty() {
         problems.push(format!("backstores no target of ours uses: {}", listed(&extra)));
     }
-    let used: Vec<&Path> = specs.iter().flat_map(|s| s.luns.iter().map(|l| l.device.as_path())).collect();
+    let used: Vec<&Path> = accounted.iter().flat_map(|s| s.luns.iter().map(|l| l.device.as_path())).collect();
     let stray: Vec<String> = kernel_nbd::ours()
         .into_iter()
         .filter(|(index, _)| !used.contains(&kernel_nbd::device_path(*index).as_path()))
@@ -401,6 +409,7 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
     if !stray.is_empty() {
         problems.push(format!("kernel NBD devices of ours under no LUN: {}", listed(&stray)));
     }
+    let specs = accounted;
     b.check(
         ITEM,
         problems.is_empty(),

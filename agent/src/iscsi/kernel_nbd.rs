@@ -63,6 +63,8 @@ pub const IDENTIFIER_PREFIX: &str = "tidemark:";
 /// A device attached to the agent.
 pub struct Attached {
     pub index: u32,
+    /// It was a device a previous agent had left waiting (not a new one).
+    pub reconnected: bool,
 }
 
 impl Attached {
@@ -109,7 +111,7 @@ fn reconnect(
     add_sockets(&mut message, &theirs);
     socket.request(message).with_context(|| format!("{identifier}: /dev/nbd{index} refused a new connection"))?;
     tracing::info!("{identifier}: /dev/nbd{index} (left waiting by its previous server) reconnected");
-    Ok(Attached { index })
+    Ok(Attached { index, reconnected: true })
 }
 
 /// Connects a free device (the kernel picks it) for `identifier`.
@@ -139,7 +141,7 @@ fn connect(
         .context("the kernel did not say which device it connected")?;
     let index = u32::from_ne_bytes(value.get(0..4).context("device index cut short")?.try_into().expect("4"));
     tracing::info!("{identifier}: served as /dev/nbd{index}");
-    Ok(Attached { index })
+    Ok(Attached { index, reconnected: false })
 }
 
 /// Detaches device `index` (the LUN is being removed).

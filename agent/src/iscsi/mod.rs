@@ -249,15 +249,32 @@ impl Frontend {
         };
         if let Err(e) = self.build(identity, luns, &mut target).await {
             if existed {
-                for device in &target.devices {
-                    device.closed.store(true, Ordering::SeqCst);
-                }
+                self.abandon(target).await;
             } else {
                 self.withdraw(target).await;
             }
             return Err(e);
         }
         Ok(target)
+    }
+
+    /// After a failed serve of a target that was there before: its LIO
+    /// configuration and the devices a previous agent left stay as they
+    /// are (still holding the initiators' I/O through the kernel's
+    /// dead-connection wait, for the next agent); devices this serve
+    /// connected anew are disconnected.
+    async fn abandon(&self, target: Target) {
+        for device in &target.devices {
+            device.closed.store(true, Ordering::SeqCst);
+            let _attaching = device.attaching.lock().await;
+            if device.reconnected.load(Ordering::SeqCst) {
+                continue;
+            }
+            let index = device.index.load(Ordering::SeqCst);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await {
+                tracing::error!("{}: {e:#}", device.identifier);
+            }
+        }
     }
 
     async fn build(&self, identity: &str, luns: Vec<Lun>, target: &mut Target) -> Result<()> {
@@ -270,6 +287,7 @@ impl Frontend {
                 admission: self.admission.clone(),
                 closed: AtomicBool::new(false),
                 index: AtomicU32::new(u32::MAX),
+                reconnected: AtomicBool::new(false),
                 attaching: tokio::sync::Mutex::new(()),
             });
             // Blocking netlink; the connection is served before the kernel
@@ -391,6 +409,8 @@ struct Device {
     closed: AtomicBool,
     /// The device's index, as the last attach found or made it.
     index: AtomicU32,
+    /// The last attach found the device left by a previous agent.
+    reconnected: AtomicBool,
     /// Held while a connection is being made (withdrawal waits for it).
     attaching: tokio::sync::Mutex<()>,
 }
@@ -417,6 +437,7 @@ impl Device {
             device.clone().serve(connection, done)
         })?;
         self.index.store(attached.index, Ordering::SeqCst);
+        self.reconnected.store(attached.reconnected, Ordering::SeqCst);
         Ok(ended)
     }
 

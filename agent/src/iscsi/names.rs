@@ -12,12 +12,15 @@ pub const IQN_BYTES_MAX: usize = 223;
 /// `target` is a VPG's name, or on the recovery side a VPG's name, ':' and
 /// a purpose (`db:test`); VPG names hold no ':', so the two cannot meet.
 pub fn target_iqn(domain: &str, appliance: &str, target: &str) -> String {
-    let clean = |s: &str| {
-        s.to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
-            .collect::<String>()
-    };
-    let target: Vec<String> = target.split(':').map(clean).collect();
-    format!("iqn.{IQN_DATE}.{}:tidemark:{}:{}", clean(domain), clean(appliance), target.join(":"))
+    let target: Vec<String> = target.split(':').map(fold).collect();
+    format!("iqn.{IQN_DATE}.{}:tidemark:{}:{}", fold(domain), fold(appliance), target.join(":"))
+}
+
+/// `name` as an iSCSI name holds it: lower case, and only letters, digits,
+/// '.' and '-' (anything else becomes '-').
+pub fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .collect()
 }

@@ -32,10 +32,11 @@ pub enum Purpose {
 
 impl Purpose {
     fn target_name(self, vpg: &str) -> String {
+        let vpg = unfolded(vpg);
         match self {
             Purpose::Checkpoint(id) => format!("{vpg}:cp{id}"),
             Purpose::TestFailover => format!("{vpg}:test"),
-            Purpose::Failover => vpg.to_string(),
+            Purpose::Failover => vpg,
         }
     }
 
@@ -52,6 +53,19 @@ impl Purpose {
             _ => self.target_name(vpg),
         }
     }
+}
+
+/// A VPG's name as it goes into a target name. IQNs are lower case and
+/// hold no '_', so `DB` and `db` (from one protected site or two, which the
+/// recovery side cannot refuse) would share a target: a name the IQN would
+/// change gets 8 hex digits of its SHA-256, the same at every start.
+fn unfolded(vpg: &str) -> String {
+    if crate::iscsi::names::fold(vpg) == vpg {
+        return vpg.to_string();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, vpg.as_bytes());
+    let hex: String = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{vpg}-{hex}")
 }
 
 pub struct RecoveryLuns {
@@ -162,6 +176,12 @@ mod tests {
         let names: Vec<String> =
             [Purpose::Checkpoint(17), Purpose::TestFailover, Purpose::Failover].map(|p| p.target_name("db")).into();
         assert_eq!(names, ["db:cp17", "db:test", "db"]);
+        // Names the IQN would fold together stay apart, at every start.
+        let iqn = |vpg: &str| crate::iscsi::target_iqn("io.tidemark", "rec", &Purpose::Failover.target_name(vpg));
+        assert_ne!(iqn("DB"), iqn("db"));
+        assert_ne!(iqn("a_b"), iqn("a-b"));
+        assert_eq!(iqn("DB"), iqn("DB"));
+        assert_eq!(iqn("db"), "iqn.2026-12.io.tidemark:tidemark:rec:db");
         // Each test failover has LUN identities of its own, under one name.
         let (a, b) = (Purpose::TestFailover.identity("db"), Purpose::TestFailover.identity("db"));
         assert_ne!(a, b);

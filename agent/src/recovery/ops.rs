@@ -66,7 +66,8 @@ impl TestFailover {
     }
 }
 
-/// Frees a VPG's test-failover slot when a stop ends, however it ends.
+/// Frees a VPG's test-failover slot when a start fails or a stop ends,
+/// however it ends (a start that succeeds forgets it).
 struct TestSlot<'a>(&'a RecoveryOps, String);
 
 impl Drop for TestSlot<'_> {
@@ -595,10 +596,11 @@ impl RecoveryOps {
             }
             tests.insert(vpg.to_string(), TestFailover::placeholder(vpg, &view.checkpoint, &scratch_dir));
         }
+        // Frees the slot if the start ends any other way than served.
+        let slot = TestSlot(self, vpg.to_string());
         let served = match self.publish(&view, Purpose::TestFailover, exports).await {
             Ok(s) => s,
             Err(e) => {
-                self.tests.lock().expect("tests lock").remove(vpg);
                 let _ = std::fs::remove_dir_all(&scratch_dir);
                 return Err(e);
             }
@@ -608,6 +610,7 @@ impl RecoveryOps {
             .lock()
             .expect("tests lock")
             .insert(vpg.to_string(), TestFailover { served: served.clone(), overlays, scratch_dir });
+        std::mem::forget(slot);
         Ok(served)
     }
 

@@ -34,23 +34,16 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         tokio::task::spawn_blocking(move || receiver.open_existing()).await??;
     }
     let nbd_listen = cfg.exports.as_ref().map(|e| e.listen);
-    let luns = match &cfg.iscsi {
-        Some(iscsi) => {
-            // The LUN identities come from the appliance's certificate.
-            let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
-            let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
-            let frontend = crate::iscsi::Frontend::new(
-                iscsi,
-                &cfg.node.name,
-                &fingerprint,
-                configfs,
-                &cfg.node.data_dir.join("lio"),
-            )
-            .context("starting the iSCSI front-end")?;
-            Some(crate::recovery::luns::RecoveryLuns::new(frontend))
+    // Without LIO the agent runs on, NBD only: failed-over volumes, the
+    // control socket and replication must not depend on the iSCSI front-end
+    // (the audit reports it).
+    let luns = cfg.iscsi.as_ref().and_then(|iscsi| match recovery_luns(&cfg, iscsi) {
+        Ok(luns) => Some(luns),
+        Err(e) => {
+            tracing::error!("no iSCSI LUNs, NBD exports only: {e:#}");
+            None
         }
-        None => None,
-    };
+    });
     let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, luns, receiver.vpgs.clone())?;
     let _ = receiver.ops.set(ops.clone());
     crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
@@ -210,4 +203,17 @@ fn history_status(slot: &VpgSlot) -> HistoryStatus {
     h.window_seconds = oldest.map_or(0, |c| crate::record::now_ms().saturating_sub(c.time_ms) / 1000);
     h.oldest_checkpoint = oldest.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() });
     h
+}
+
+/// The recovery side's iSCSI front-end; its LUN identities come from the
+/// appliance's certificate.
+fn recovery_luns(
+    cfg: &RecoveryConfig,
+    iscsi: &crate::config::IscsiConfig,
+) -> Result<crate::recovery::luns::RecoveryLuns> {
+    let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
+    let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
+    let state_dir = cfg.node.data_dir.join("lio");
+    let frontend = crate::iscsi::Frontend::new(iscsi, &cfg.node.name, &fingerprint, configfs, &state_dir)?;
+    Ok(crate::recovery::luns::RecoveryLuns::new(frontend))
 }
