@@ -535,203 +535,223 @@ fn run(cli: Cli) -> Result<()> {
             tidemark::harden::harden(&cfg).context("hardening failed; the appliance stays closed")?;
             println!("hardened: firewall, kernel settings and securetty applied (run `tidemark audit` to check)");
         }
-        Command::Audit { config, json } => {
-            let cfg = Config::load(&config)?;
-            let report = tidemark::harden::audit::run(&cfg);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            if !report.passed() {
-                std::process::exit(1);
-            }
-        }
+        Command::Audit { config, json } => audit(config, json)?,
         Command::SupportSsh(command) => support_ssh(command)?,
-        Command::Diag { config, out } => {
-            let cfg = Config::load(&config)?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| format!("creating {} (an existing file is never overwritten)", out.display()))?;
-            let mut writer = std::io::BufWriter::new(file);
-            let written = tidemark::api::bundle::write(&cfg, &config, &mut writer)
-                .and_then(|()| Ok(writer.into_inner().map_err(|e| e.into_error())?.sync_all()?));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&out);
-                return Err(e.context("writing the diagnostics bundle"));
-            }
-            tracing::info!(
-                "diagnostics bundle written to {} by {}",
-                out.display(),
-                tidemark::harden::support_ssh::who()
-            );
-            println!("wrote {}", out.display());
-        }
-        Command::Checkpoints { at: OnRecovery { config, vpg }, json } => {
-            let cfg = recovery_config(&config)?;
-            let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view.index.checkpoints)?);
-            } else {
-                println!("{:<22} {:<22} {:<10} TAG", "ID", "TIME (UTC)", "STATE");
-                for c in &view.index.checkpoints {
-                    let state = if c.consistent { "complete" } else { "partial" };
-                    println!(
-                        "{:<22} {:<22} {:<10} {}",
-                        c.id,
-                        tidemark::status::format_time_ms(c.time_ms),
-                        state,
-                        c.tag
-                    );
-                }
-            }
-            if let Some(d) = &view.corruption {
-                eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
-            }
-        }
+        Command::Diag { config, out } => diag(config, out)?,
+        Command::Checkpoints { at: OnRecovery { config, vpg }, json } => list_checkpoints(config, vpg, json)?,
         Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
-            let cfg = protected_config(&config)?;
-            tidemark::api::local::validate_tag(&tag)?;
-            let request =
-                tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            let id = reply.id.context("the agent did not say which checkpoint it inserted")?;
-            if reply.durable {
-                println!("checkpoint {id} {tag:?}: in the recovery journal");
-            } else {
-                println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
-                std::process::exit(EXIT_NOT_YET_REPLICATED);
-            }
+            insert_checkpoint(config, vpg, tag, wait)?
         }
-        Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => {
-            let cfg = recovery_config(&config)?;
-            let report = tidemark::recovery::restore::restore(
-                &cfg.node.data_dir.join("journal"),
-                &vpg,
-                &checkpoint,
-                &out,
-                true,
-            )?;
-            print!("{}", tidemark::recovery::restore::describe(&report));
-        }
-        Command::Export { at: OnRecovery { config, vpg }, checkpoint } => {
-            let cfg = recovery_config(&config)?;
-            let request = tidemark::api::local::Request::Export { vpg, checkpoint };
-            let (reply, mut held) = tidemark::api::local::call_and_hold(&cfg.node.data_dir, &request)?;
-            let reply = ok_reply(reply)?;
-            println!("serving checkpoint {} read-only:", reply.id.unwrap_or(0));
-            for uri in &reply.exports {
-                println!("  {uri}");
-            }
-            if let Some(problem) = &reply.message {
-                eprintln!("{problem}");
-            }
-            eprintln!("press Ctrl-C to stop serving");
-            // The exports last as long as this connection; the agent closes
-            // it only when it stops.
-            let mut rest = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut held, &mut rest);
-            bail!("the recovery agent stopped serving the exports");
-        }
+        Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => restore(config, vpg, checkpoint, out)?,
+        Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
         Command::Failover { at: OnRecovery { config, vpg }, checkpoint, files } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
             print!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
-        Command::Reverse { at: OnProtected { config, vpg }, wait } => {
-            let cfg = protected_config(&config)?;
-            let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
-            let progress =
-                "reverse protection: comparing extent hashes with the recovery site and receiving what differs";
-            println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, progress)?);
-        }
-        Command::Move { at: OnProtected { config, vpg }, wait, cancel } => {
-            let cfg = protected_config(&config)?;
-            let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
-            let progress = if cancel {
-                format!("cancelling the move: asking the recovery side (up to {wait:?})")
-            } else {
-                format!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})")
-            };
-            println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
-        }
+        Command::Reverse { at: OnProtected { config, vpg }, wait } => reverse(config, vpg, wait)?,
+        Command::Move { at: OnProtected { config, vpg }, wait, cancel } => move_vpg(config, vpg, wait, cancel)?,
         Command::TestFailover(TestFailover::Start { at: OnRecovery { config, vpg }, checkpoint }) => {
-            let cfg = recovery_config(&config)?;
-            let request = tidemark::api::local::Request::TestFailoverStart { vpg: vpg.clone(), checkpoint };
-            let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
-            println!(
-                "test failover of {vpg} at checkpoint {}; writable exports (discarded at stop):",
-                reply.id.unwrap_or(0)
-            );
-            for uri in &reply.exports {
-                println!("  {uri}");
-            }
-            if let Some(problem) = &reply.message {
-                eprintln!("{problem}");
-            }
+            test_failover_start(config, vpg, checkpoint)?
         }
         Command::TestFailover(TestFailover::Stop { at: OnRecovery { config, vpg } }) => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::TestFailoverStop { vpg };
             println!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
-        Command::ConfigIso { properties, out, data_disk } => {
-            use tidemark::appliance::config_iso;
-            let text =
-                std::fs::read_to_string(&properties).with_context(|| format!("reading {}", properties.display()))?;
-            let parsed = config_iso::parse_properties(&text).with_context(|| properties.display().to_string())?;
-            let image = config_iso::build(&parsed, data_disk.unwrap_or(config_iso::OVA_DATA_DISK_BYTES))?;
-            config_iso::write_new(&out, &image)?;
-            println!(
-                "{}: {} properties for {} checked and written ({} bytes, label {}); attach it to the appliance's CD-ROM before first boot",
-                out.display(),
-                parsed.len(),
-                parsed.get("tidemark.hostname").map_or("tidemark", String::as_str),
-                image.len(),
-                config_iso::VOLUME_LABEL
-            );
-        }
-        Command::ApplianceConfig { ovf_env, out, data_dir } => {
-            let xml = std::fs::read_to_string(&ovf_env).with_context(|| format!("reading {}", ovf_env.display()))?;
-            let properties = tidemark::appliance::ovf_env::parse(&xml)?;
-            let fs =
-                rustix::fs::statvfs(&data_dir).with_context(|| format!("the data disk at {}", data_dir.display()))?;
-            let files = tidemark::appliance::ovf_config::render(&properties, &data_dir, fs.f_blocks * fs.f_frsize)?;
-            tidemark::appliance::ovf_config::write(&files, &out)?;
-            println!(
-                "configuration for {} written to {} from {} OVF properties",
-                files.hostname.trim(),
-                out.display(),
-                properties.len()
-            );
-        }
+        Command::ConfigIso { properties, out, data_disk } => config_iso(properties, out, data_disk)?,
+        Command::ApplianceConfig { ovf_env, out, data_dir } => appliance_config(ovf_env, out, data_dir)?,
         Command::OvfProperties => {
             for p in tidemark::appliance::ovf_config::PROPERTIES {
                 println!("{}\t{}\t{}\t{}", p.key, p.what, p.qualifiers, p.password);
             }
         }
-        Command::BenchCompress { file } => {
-            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (seconds, wire) = tidemark::wire::batch::bench_compress(&data);
-            println!(
-                "{:.1} MB/s, {} -> {} bytes ({:.2}x)",
-                data.len() as f64 / seconds / 1e6,
-                data.len(),
-                wire,
-                data.len() as f64 / wire as f64
-            );
+        Command::BenchCompress { file } => bench_compress(file)?,
+        Command::Status { config, json } => status(config, json)?,
+    }
+    Ok(())
+}
+
+fn audit(config: PathBuf, json: bool) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let report = tidemark::harden::audit::run(&cfg);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn diag(config: PathBuf, out: PathBuf) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&out)
+        .with_context(|| format!("creating {} (an existing file is never overwritten)", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let written = tidemark::api::bundle::write(&cfg, &config, &mut writer)
+        .and_then(|()| Ok(writer.into_inner().map_err(|e| e.into_error())?.sync_all()?));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&out);
+        return Err(e.context("writing the diagnostics bundle"));
+    }
+    tracing::info!("diagnostics bundle written to {} by {}", out.display(), tidemark::harden::support_ssh::who());
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view.index.checkpoints)?);
+    } else {
+        println!("{:<22} {:<22} {:<10} TAG", "ID", "TIME (UTC)", "STATE");
+        for c in &view.index.checkpoints {
+            let state = if c.consistent { "complete" } else { "partial" };
+            println!("{:<22} {:<22} {:<10} {}", c.id, tidemark::status::format_time_ms(c.time_ms), state, c.tag);
         }
-        Command::Status { config, json } => {
-            let cfg = Config::load(&config)?;
-            let status = tidemark::status::read(&cfg.node().data_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", tidemark::status::render(&status));
-            }
-        }
+    }
+    if let Some(d) = &view.corruption {
+        eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
+    }
+    Ok(())
+}
+
+fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time::Duration) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    tidemark::api::local::validate_tag(&tag)?;
+    let request = tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
+    let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+    let id = reply.id.context("the agent did not say which checkpoint it inserted")?;
+    if reply.durable {
+        println!("checkpoint {id} {tag:?}: in the recovery journal");
+    } else {
+        println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
+        std::process::exit(EXIT_NOT_YET_REPLICATED);
+    }
+    Ok(())
+}
+
+fn restore(config: PathBuf, vpg: String, checkpoint: String, out: PathBuf) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    let report =
+        tidemark::recovery::restore::restore(&cfg.node.data_dir.join("journal"), &vpg, &checkpoint, &out, true)?;
+    print!("{}", tidemark::recovery::restore::describe(&report));
+    Ok(())
+}
+
+fn export(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    let request = tidemark::api::local::Request::Export { vpg, checkpoint };
+    let (reply, mut held) = tidemark::api::local::call_and_hold(&cfg.node.data_dir, &request)?;
+    let reply = ok_reply(reply)?;
+    println!("serving checkpoint {} read-only:", reply.id.unwrap_or(0));
+    for uri in &reply.exports {
+        println!("  {uri}");
+    }
+    if let Some(problem) = &reply.message {
+        eprintln!("{problem}");
+    }
+    eprintln!("press Ctrl-C to stop serving");
+    // The exports last as long as this connection; the agent closes
+    // it only when it stops.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut held, &mut rest);
+    bail!("the recovery agent stopped serving the exports");
+}
+
+fn reverse(config: PathBuf, vpg: String, wait: std::time::Duration) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    let request = tidemark::api::local::Request::Reverse { vpg, wait_ms: wait.as_millis() as u64 };
+    let progress = "reverse protection: comparing extent hashes with the recovery site and receiving what differs";
+    println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, progress)?);
+    Ok(())
+}
+
+fn move_vpg(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: bool) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    let request = tidemark::api::local::Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
+    let progress = if cancel {
+        format!("cancelling the move: asking the recovery side (up to {wait:?})")
+    } else {
+        format!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})")
+    };
+    println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
+    Ok(())
+}
+
+fn test_failover_start(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    let request = tidemark::api::local::Request::TestFailoverStart { vpg: vpg.clone(), checkpoint };
+    let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+    println!("test failover of {vpg} at checkpoint {}; writable exports (discarded at stop):", reply.id.unwrap_or(0));
+    for uri in &reply.exports {
+        println!("  {uri}");
+    }
+    if let Some(problem) = &reply.message {
+        eprintln!("{problem}");
+    }
+    Ok(())
+}
+
+fn config_iso(properties: PathBuf, out: PathBuf, data_disk: Option<u64>) -> Result<()> {
+    use tidemark::appliance::config_iso;
+    let text = std::fs::read_to_string(&properties).with_context(|| format!("reading {}", properties.display()))?;
+    let parsed = config_iso::parse_properties(&text).with_context(|| properties.display().to_string())?;
+    let image = config_iso::build(&parsed, data_disk.unwrap_or(config_iso::OVA_DATA_DISK_BYTES))?;
+    config_iso::write_new(&out, &image)?;
+    println!(
+            "{}: {} properties for {} checked and written ({} bytes, label {}); attach it to the appliance's CD-ROM before first boot",
+            out.display(),
+            parsed.len(),
+            parsed.get("tidemark.hostname").map_or("tidemark", String::as_str),
+            image.len(),
+            config_iso::VOLUME_LABEL
+        );
+    Ok(())
+}
+
+fn appliance_config(ovf_env: PathBuf, out: PathBuf, data_dir: PathBuf) -> Result<()> {
+    let xml = std::fs::read_to_string(&ovf_env).with_context(|| format!("reading {}", ovf_env.display()))?;
+    let properties = tidemark::appliance::ovf_env::parse(&xml)?;
+    let fs = rustix::fs::statvfs(&data_dir).with_context(|| format!("the data disk at {}", data_dir.display()))?;
+    let files = tidemark::appliance::ovf_config::render(&properties, &data_dir, fs.f_blocks * fs.f_frsize)?;
+    tidemark::appliance::ovf_config::write(&files, &out)?;
+    println!(
+        "configuration for {} written to {} from {} OVF properties",
+        files.hostname.trim(),
+        out.display(),
+        properties.len()
+    );
+    Ok(())
+}
+
+fn bench_compress(file: PathBuf) -> Result<()> {
+    let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let (seconds, wire) = tidemark::wire::batch::bench_compress(&data);
+    println!(
+        "{:.1} MB/s, {} -> {} bytes ({:.2}x)",
+        data.len() as f64 / seconds / 1e6,
+        data.len(),
+        wire,
+        data.len() as f64 / wire as f64
+    );
+    Ok(())
+}
+
+fn status(config: PathBuf, json: bool) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let status = tidemark::status::read(&cfg.node().data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", tidemark::status::render(&status));
     }
     Ok(())
 }

@@ -351,42 +351,7 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         Err(e) => return b.add(ITEM, Verdict::Fail, format!("the appliance certificate: {e:#}")),
     };
     let mut problems = Vec::new();
-    // Every target this configuration accounts for; `complete` are those
-    // whose devices all exist, compared with LIO in full.
-    let mut accounted = Vec::new();
-    let mut complete = Vec::new();
-    match cfg {
-        Config::Protected(p) => {
-            for vpg in &p.vpgs {
-                let mut devices = Vec::new();
-                for volume in &vpg.volumes {
-                    match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
-                        Some(index) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
-                        None => {
-                            problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name));
-                            devices.push((volume.name.as_str(), std::path::PathBuf::new()));
-                        }
-                    }
-                }
-                let spec = iscsi::target_spec(config, &node.name, &fingerprint, &vpg.name, &devices);
-                if spec.luns.iter().all(|l| !l.device.as_os_str().is_empty()) {
-                    complete.push(spec.clone());
-                }
-                accounted.push(spec);
-            }
-        }
-        Config::Recovery(_) => {
-            for iqn in &present {
-                match iscsi::served_spec(config, &node.name, &fingerprint, configfs, iqn) {
-                    Ok(spec) => {
-                        complete.push(spec.clone());
-                        accounted.push(spec);
-                    }
-                    Err(e) => problems.push(format!("target {iqn}: {e:#}")),
-                }
-            }
-        }
-    }
+    let (accounted, complete) = accounted_targets(cfg, config, &fingerprint, configfs, &present, &mut problems);
     for spec in &complete {
         problems.extend(lio::differences(configfs, spec));
     }
@@ -416,6 +381,56 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         format!("{} target(s) as configured, mutual CHAP on sessions and discovery", specs.len()),
         listed(&problems),
     );
+}
+
+/// The iSCSI targets a configuration accounts for, and of those the ones
+/// whose devices all exist (compared with LIO in full). Protected: one per
+/// configured VPG; recovery: each target present that an agent of ours
+/// served (`iscsi::served_spec`). What does not add up goes to `problems`.
+fn accounted_targets(
+    cfg: &Config,
+    config: &crate::config::IscsiConfig,
+    fingerprint: &str,
+    configfs: &Path,
+    present: &[String],
+    problems: &mut Vec<String>,
+) -> (Vec<lio::TargetSpec>, Vec<lio::TargetSpec>) {
+    let node = cfg.node();
+    let mut accounted = Vec::new();
+    let mut complete = Vec::new();
+    match cfg {
+        Config::Protected(p) => {
+            for vpg in &p.vpgs {
+                let mut devices = Vec::new();
+                for volume in &vpg.volumes {
+                    match kernel_nbd::find(&iscsi::device_identifier(&vpg.name, &volume.name)) {
+                        Some(index) => devices.push((volume.name.as_str(), kernel_nbd::device_path(index))),
+                        None => {
+                            problems.push(format!("volume {}/{} has no kernel NBD device", vpg.name, volume.name));
+                            devices.push((volume.name.as_str(), std::path::PathBuf::new()));
+                        }
+                    }
+                }
+                let spec = iscsi::target_spec(config, &node.name, fingerprint, &vpg.name, &devices);
+                if spec.luns.iter().all(|l| !l.device.as_os_str().is_empty()) {
+                    complete.push(spec.clone());
+                }
+                accounted.push(spec);
+            }
+        }
+        Config::Recovery(_) => {
+            for iqn in present {
+                match iscsi::served_spec(config, &node.name, fingerprint, configfs, iqn) {
+                    Ok(spec) => {
+                        complete.push(spec.clone());
+                        accounted.push(spec);
+                    }
+                    Err(e) => problems.push(format!("target {iqn}: {e:#}")),
+                }
+            }
+        }
+    }
+    (accounted, complete)
 }
 
 fn readonly_root(b: &mut Builder, cfg: &Config) {
