@@ -16,6 +16,7 @@ pub mod limits;
 pub mod listen;
 pub mod log;
 pub mod logging;
+pub mod names;
 pub mod nbd;
 pub mod random;
 pub mod record;

@@ -514,11 +514,7 @@ fn validate_identity(node: &Identity) -> Result<()> {
 
 /// Names end up in file paths and export names: keep them plain.
 pub fn validate_name(key: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !name.starts_with('.');
-    if !ok {
+    if !crate::names::is_plain(name) {
         bail!("{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'");
     }
     Ok(())
@@ -600,6 +596,13 @@ impl ProtectedConfig {
             if vpg.volumes.is_empty() {
                 bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
             }
+            if vpg.volumes.len() > crate::names::VOLUMES_PER_VPG_MAX {
+                bail!(
+                    "vpg[{i}].volume: {} volumes, over the {} one VPG may hold (split it into several VPGs)",
+                    vpg.volumes.len(),
+                    crate::names::VOLUMES_PER_VPG_MAX
+                );
+            }
             for (j, vol) in vpg.volumes.iter().enumerate() {
                 validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
                 if !exports.insert(&vol.name) {
@@ -635,6 +638,17 @@ mod tests {
     use super::*;
 
     const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn a_vpg_holds_at_most_so_many_volumes() {
+        let volumes = |n: usize| {
+            (1..n).map(|i| format!("[[vpg.volume]]\nname = \"w{i}\"\npath = \"/dev/w{i}\"\n")).collect::<String>()
+        };
+        let max = crate::names::VOLUMES_PER_VPG_MAX;
+        Config::parse(&format!("{}{}", protected(""), volumes(max))).unwrap();
+        let err = Config::parse(&format!("{}{}", protected(""), volumes(max + 1))).unwrap_err();
+        assert!(err.to_string().contains("257 volumes, over the 256"), "{err}");
+    }
 
     fn protected(extra_vpg: &str) -> String {
         format!(

@@ -9,8 +9,8 @@ pub mod reverse;
 pub mod sender;
 pub mod slot;
 
-use crate::wire::frame::{read_frame, write_frame, FrameKind};
-use crate::wire::message::ControlMessage;
+use crate::wire::frame::{read_frame_within, write_frame, FrameKind};
+use crate::wire::message::{ControlMessage, CONTROL_BYTES_MAX};
 use anyhow::{bail, Result};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,15 +22,18 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage) -> Result<()> {
-    write_frame(w, FrameKind::Control, &msg.to_bytes()).await
+    write_frame(w, FrameKind::Control, &msg.to_bytes()?).await
 }
 
+/// The next control message; a frame over `CONTROL_BYTES_MAX` is refused
+/// from its header, before its payload is read.
 pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage> {
-    let (kind, payload) = tokio::time::timeout(LINK_IDLE_TIMEOUT, read_frame(r))
+    let mut payload = Vec::new();
+    let kind = tokio::time::timeout(LINK_IDLE_TIMEOUT, read_frame_within(r, &mut payload, CONTROL_BYTES_MAX))
         .await
         .map_err(|_| anyhow::anyhow!("peer silent for {LINK_IDLE_TIMEOUT:?}"))??;
     if kind != FrameKind::Control {
         bail!("expected a control frame, got {kind:?}");
     }
-    ControlMessage::from_bytes(&payload)
+    Ok(ControlMessage::from_bytes(&payload)?)
 }

@@ -167,7 +167,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     let (vpg, durable_seq, session, stream_id) = match recv_control(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
             if let Err(reason) = receiver.check_access(peer, &vpg, "a hello") {
-                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                send_control(&mut link, &ControlMessage::refused(reason)).await?;
                 bail!("refused a hello for a VPG this peer may not use");
             }
             if let Some(checkpoint) = receiver.failed_over_at(&vpg) {
@@ -179,19 +179,19 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
                 Err(e) => {
                     let reason = format!("{e:#}");
-                    send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
+                    send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
                     bail!("refused hello for VPG {vpg:?}: {reason}");
                 }
             }
         }
         ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, .. } => {
             if let Err(reason) = receiver.check_access(peer, &vpg, "a reverse hello") {
-                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                send_control(&mut link, &ControlMessage::refused(reason)).await?;
                 bail!("refused a reverse hello for a VPG this peer may not use");
             }
             if protocol != PROTOCOL_VERSION {
                 let reason = format!("protocol version {protocol} is not supported");
-                send_control(&mut link, &ControlMessage::Refused { reason }).await?;
+                send_control(&mut link, &ControlMessage::refused(reason)).await?;
                 bail!("reverse hello with protocol {protocol}");
             }
             let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
@@ -207,7 +207,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
         match recv_control(&mut link).await? {
             ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(()) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
-                Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
+                Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
             },
             ControlMessage::MoveCancel => {
                 let reply = match receiver.failed_over_at(&vpg) {
@@ -234,7 +234,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(()) => promote(&mut link, receiver, &vpg, checkpoint).await?,
-                Err(e) => send_control(&mut link, &ControlMessage::Refused { reason: format!("{e:#}") }).await?,
+                Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
             },
             other => bail!("unexpected control message {other:?}"),
         }
@@ -273,7 +273,7 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match outcome {
         Ok(_) => send_control(link, &ControlMessage::Promoted { checkpoint }).await,
-        Err(e) => send_control(link, &ControlMessage::Refused { reason: format!("{e:#}") }).await,
+        Err(e) => send_control(link, &ControlMessage::refused(format!("{e:#}"))).await,
     }
 }
 
@@ -345,7 +345,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         {
             return super::reverse::serve_data(rd.unsplit(wr), capture).await;
         }
-        send_control(&mut wr, &ControlMessage::Refused { reason: "no such session".into() }).await?;
+        send_control(&mut wr, &ControlMessage::refused("no such session")).await?;
         bail!("attach for VPG {vpg:?} with an unknown session");
     };
     let id = vpg_id(&vpg);
@@ -377,7 +377,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             Ok(d) => d,
             Err(e) => {
                 let reason = format!("{e:#}");
-                send_control(&mut wr, &ControlMessage::Refused { reason: reason.clone() }).await?;
+                send_control(&mut wr, &ControlMessage::refused(reason.clone())).await?;
                 bail!("journal append for {vpg}: {reason}");
             }
         };

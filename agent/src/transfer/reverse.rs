@@ -23,7 +23,7 @@ use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::recovery::ops::RecoveryOps;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
-use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
+use crate::wire::message::{ControlMessage, VolumeInfo, EXTENT_HASHES_PER_MESSAGE_MAX, PROTOCOL_VERSION};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +31,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-/// Hashes per control message (about 0.5 MiB of JSON).
-const HASHES_PER_MESSAGE: usize = 8192;
 const RETRY_DELAY: Duration = Duration::from_secs(2);
 /// How long `reverse` waits to hear of a failover that just happened
 /// (a few keepalive intervals).
@@ -103,10 +101,10 @@ async fn session(
         for (index, volume) in vpg.volumes.iter().enumerate() {
             let v = volume.clone();
             let hashes = tokio::task::spawn_blocking(move || delta::hash_volume(&v)).await??;
-            for (chunk_no, chunk) in hashes.chunks(HASHES_PER_MESSAGE).enumerate() {
+            for (chunk_no, chunk) in hashes.chunks(EXTENT_HASHES_PER_MESSAGE_MAX).enumerate() {
                 let message = ControlMessage::ExtentHashes {
                     volume: index as u32,
-                    first_extent: (chunk_no * HASHES_PER_MESSAGE) as u64,
+                    first_extent: (chunk_no * EXTENT_HASHES_PER_MESSAGE_MAX) as u64,
                     hashes: chunk.iter().map(|h| h.iter().map(|b| format!("{b:02x}")).collect()).collect(),
                 };
                 send_control(&mut control, &message).await?;
@@ -320,7 +318,7 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(s) => s,
         Err(e) => {
             let reason = format!("{e:#}");
-            send_control(&mut link, &ControlMessage::Refused { reason: reason.clone() }).await?;
+            send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
             bail!("refused reverse protection of {vpg:?}: {reason}");
         }
     };

@@ -67,9 +67,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(FrameKind, V
 /// Reads a frame into `payload`, reusing its allocation: the data link
 /// receives megabyte batches back to back.
 pub async fn read_frame_into<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> Result<FrameKind> {
+    read_frame_within(r, payload, FRAME_PAYLOAD_BYTES_MAX).await
+}
+
+/// Reads a frame whose payload is at most `max` bytes (refused from its
+/// header, before anything is allocated or read).
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    payload: &mut Vec<u8>,
+    max: usize,
+) -> Result<FrameKind> {
     let mut h = [0u8; FRAME_HEADER_BYTES];
     r.read_exact(&mut h).await.context("reading frame header")?;
     let (kind, len, crc) = decode_header(&h)?;
+    if len > max {
+        bail!("{kind:?} frame of {len} bytes, over the {max} bytes this link takes");
+    }
     payload.resize(len, 0);
     r.read_exact(payload).await.context("reading frame payload")?;
     if crc32fast::hash(payload) != crc {

@@ -1,9 +1,52 @@
 //! Control messages, carried as JSON in `Control` frames. They are small
 //! and rare; the bulk data travels in binary `Batch` frames.
 
+use crate::names::{is_plain, NAME_BYTES_MAX, VOLUMES_PER_VPG_MAX};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest control message either side sends or takes: a batch of
+/// extent hashes is the largest there is.
+pub const CONTROL_BYTES_MAX: usize = 1 << 20;
+/// Extent hashes in one `ExtentHashes` message (about 0.5 MiB of JSON).
+pub const EXTENT_HASHES_PER_MESSAGE_MAX: usize = 8192;
+/// A hash as sent: SHA-256 in hex.
+pub const EXTENT_HASH_HEX_BYTES: usize = 64;
+/// The longest reason a `Refused` carries (longer ones are cut, `refused`).
+pub const REASON_BYTES_MAX: usize = 1024;
+/// The longest sender name a hello carries.
+pub const SENDER_BYTES_MAX: usize = 255;
+/// What JSON adds around one value at most: a key, quotes, escapes of a
+/// plain name or hex (none), separators. Generous on purpose.
+const JSON_PER_VALUE_BYTES_MAX: usize = 64;
+// Everything the decoder accepts, the encoder can send within the limit,
+// and the limit fits a frame.
+const _: () = assert!(
+    EXTENT_HASHES_PER_MESSAGE_MAX * (EXTENT_HASH_HEX_BYTES + 3) + 16 * JSON_PER_VALUE_BYTES_MAX <= CONTROL_BYTES_MAX
+);
+// (Names are plain, so JSON escapes nothing in them; free text such as a
+// sender or a reason may be escaped, up to 6 bytes for each byte.)
+const _: () = assert!(
+    VOLUMES_PER_VPG_MAX * (NAME_BYTES_MAX + 2 * JSON_PER_VALUE_BYTES_MAX)
+        + NAME_BYTES_MAX
+        + 6 * SENDER_BYTES_MAX
+        + 16 * JSON_PER_VALUE_BYTES_MAX
+        <= CONTROL_BYTES_MAX
+);
+const _: () = assert!(6 * REASON_BYTES_MAX + 16 * JSON_PER_VALUE_BYTES_MAX <= CONTROL_BYTES_MAX);
+const _: () = assert!(CONTROL_BYTES_MAX <= super::frame::FRAME_PAYLOAD_BYTES_MAX);
+
+/// Why a control message is refused, on either side of the link.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("control message of {0} bytes, over the {CONTROL_BYTES_MAX}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed control message: {0}")]
+    Malformed(String),
+    #[error("control message {kind}: {what}")]
+    Invalid { kind: &'static str, what: String },
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeInfo {
@@ -104,11 +147,183 @@ pub enum ControlMessage {
 }
 
 impl ControlMessage {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("control messages always serialise")
+    /// A refusal, its reason cut to `REASON_BYTES_MAX` (at a character
+    /// boundary): a refusal must always be sendable.
+    pub fn refused(reason: impl Into<String>) -> ControlMessage {
+        let mut reason = reason.into();
+        if reason.len() > REASON_BYTES_MAX {
+            let mut end = REASON_BYTES_MAX - 3;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push_str("...");
+        }
+        ControlMessage::Refused { reason }
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("malformed control message: {e}"))
+    /// What the decoder refuses in this message, checked on both sides:
+    /// the sender never sends what the receiver would refuse.
+    pub fn check(&self) -> Result<(), MessageError> {
+        let invalid = |kind, what: String| Err(MessageError::Invalid { kind, what });
+        match self {
+            ControlMessage::Hello { vpg, volumes, sender, .. } => {
+                check_vpg("hello", vpg, volumes)?;
+                if sender.len() > SENDER_BYTES_MAX {
+                    return invalid("hello", format!("sender name of {} bytes", sender.len()));
+                }
+            }
+            ControlMessage::ReverseHello { vpg, volumes, .. } => check_vpg("reverse_hello", vpg, volumes)?,
+            ControlMessage::Attach { vpg, .. } if !is_plain(vpg) => {
+                return invalid("attach", format!("VPG name {vpg:?}"));
+            }
+            ControlMessage::ExtentHashes { hashes, .. } => {
+                if hashes.len() > EXTENT_HASHES_PER_MESSAGE_MAX {
+                    return invalid("extent_hashes", format!("{} hashes", hashes.len()));
+                }
+                let bad = |h: &String| h.len() != EXTENT_HASH_HEX_BYTES || !h.bytes().all(|b| b.is_ascii_hexdigit());
+                if let Some(h) = hashes.iter().find(|h| bad(h)) {
+                    return invalid("extent_hashes", format!("{h:?} is not a SHA-256 in hex"));
+                }
+            }
+            ControlMessage::Refused { reason } if reason.len() > REASON_BYTES_MAX => {
+                return invalid("refused", format!("reason of {} bytes", reason.len()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The message as sent; refused (never sent) if the receiver would
+    /// refuse it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MessageError> {
+        self.check()?;
+        let bytes = serde_json::to_vec(self).expect("control messages always serialise");
+        if bytes.len() > CONTROL_BYTES_MAX {
+            return Err(MessageError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, MessageError> {
+        if bytes.len() > CONTROL_BYTES_MAX {
+            return Err(MessageError::TooLarge(bytes.len()));
+        }
+        let message: ControlMessage =
+            serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        message.check()?;
+        Ok(message)
+    }
+}
+
+fn check_vpg(kind: &'static str, vpg: &str, volumes: &[VolumeInfo]) -> Result<(), MessageError> {
+    let invalid = |what: String| Err(MessageError::Invalid { kind, what });
+    if !is_plain(vpg) {
+        return invalid(format!("VPG name {vpg:?}"));
+    }
+    if volumes.len() > VOLUMES_PER_VPG_MAX {
+        return invalid(format!("{} volumes, over {VOLUMES_PER_VPG_MAX}", volumes.len()));
+    }
+    if let Some(v) = volumes.iter().find(|v| !is_plain(&v.name)) {
+        return invalid(format!("volume name {:?}", v.name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name(c: char) -> String {
+        std::iter::repeat_n(c, NAME_BYTES_MAX).collect()
+    }
+
+    /// The largest message of each kind that carries lists or text.
+    fn largest() -> Vec<ControlMessage> {
+        let volumes: Vec<VolumeInfo> =
+            (0..VOLUMES_PER_VPG_MAX).map(|i| VolumeInfo { name: format!("{i:0>64}"), size: u64::MAX }).collect();
+        vec![
+            ControlMessage::Hello {
+                protocol: u32::MAX,
+                vpg: name('v'),
+                vpg_id: u32::MAX,
+                volumes: volumes.clone(),
+                sender: "\u{1}".repeat(SENDER_BYTES_MAX),
+                stream_id: u32::MAX,
+            },
+            ControlMessage::ReverseHello {
+                protocol: u32::MAX,
+                vpg: name('v'),
+                vpg_id: u32::MAX,
+                volumes,
+                applied_seq: u64::MAX,
+                stream_id: u32::MAX,
+            },
+            ControlMessage::ExtentHashes {
+                volume: u32::MAX,
+                first_extent: u64::MAX,
+                hashes: vec!["f".repeat(EXTENT_HASH_HEX_BYTES); EXTENT_HASHES_PER_MESSAGE_MAX],
+            },
+            ControlMessage::refused("\u{1}".repeat(10 * REASON_BYTES_MAX)),
+            ControlMessage::Attach { vpg: name('a'), session: u64::MAX },
+        ]
+    }
+
+    #[test]
+    fn the_largest_of_each_kind_is_sent_and_read_back() {
+        for message in largest() {
+            let bytes = message.to_bytes().unwrap_or_else(|e| panic!("{message:?}: {e}"));
+            assert!(bytes.len() <= CONTROL_BYTES_MAX);
+            assert_eq!(ControlMessage::from_bytes(&bytes).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn what_the_decoder_refuses_is_never_sent() {
+        let too_many = ControlMessage::ExtentHashes {
+            volume: 0,
+            first_extent: 0,
+            hashes: vec!["0".repeat(64); EXTENT_HASHES_PER_MESSAGE_MAX + 1],
+        };
+        let not_hex = ControlMessage::ExtentHashes { volume: 0, first_extent: 0, hashes: vec!["g".repeat(64)] };
+        let volumes = vec![VolumeInfo { name: "disk0".into(), size: 1 }; VOLUMES_PER_VPG_MAX + 1];
+        let hello = |vpg: &str, volumes: Vec<VolumeInfo>| ControlMessage::Hello {
+            protocol: 1,
+            vpg: vpg.into(),
+            vpg_id: 1,
+            volumes,
+            sender: String::new(),
+            stream_id: 0,
+        };
+        for (message, says) in [
+            (too_many, "8193 hashes"),
+            (not_hex, "not a SHA-256"),
+            (hello("vm1", volumes), "257 volumes"),
+            (hello("../etc", Vec::new()), "VPG name"),
+            (hello("vm1", vec![VolumeInfo { name: "a/b".into(), size: 1 }]), "volume name"),
+            (ControlMessage::Refused { reason: "x".repeat(REASON_BYTES_MAX + 1) }, "reason of"),
+        ] {
+            let err = message.to_bytes().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            let bytes = serde_json::to_vec(&message).unwrap();
+            assert!(ControlMessage::from_bytes(&bytes).is_err(), "the decoder took {says}");
+        }
+        let huge = vec![b' '; CONTROL_BYTES_MAX + 1];
+        assert_eq!(ControlMessage::from_bytes(&huge), Err(MessageError::TooLarge(CONTROL_BYTES_MAX + 1)));
+    }
+
+    proptest! {
+        /// Any reason, in any script, makes a refusal that is sent and read
+        /// back as sent (cut at a character boundary if long).
+        #[test]
+        fn any_refusal_is_sendable(reason in "\\PC{0,1500}") {
+            let message = ControlMessage::refused(reason.clone());
+            let ControlMessage::Refused { reason: sent } = &message else { unreachable!() };
+            prop_assert!(sent.len() <= REASON_BYTES_MAX);
+            prop_assert!(reason.starts_with(sent.trim_end_matches("...")));
+            let bytes = message.to_bytes().unwrap();
+            prop_assert_eq!(ControlMessage::from_bytes(&bytes).unwrap(), message);
+        }
     }
 }
