@@ -47,11 +47,12 @@ struct TestFailover {
 
 impl TestFailover {
     /// Holds a VPG's slot while its test failover starts or stops.
-    fn placeholder(vpg: &str, checkpoint: &CheckpointInfo, scratch_dir: &Path) -> TestFailover {
+    fn placeholder(vpg: &str, scratch_dir: &Path) -> TestFailover {
+        let none = CheckpointInfo { id: 0, time_ms: 0, tag: String::new(), consistent: false };
         TestFailover {
             served: Served {
                 vpg: vpg.to_string(),
-                checkpoint: checkpoint.clone(),
+                checkpoint: none,
                 names: Vec::new(),
                 uris: Vec::new(),
                 iscsi_problem: None,
@@ -569,36 +570,27 @@ impl RecoveryOps {
         if let Some(running) = self.busy.lock().expect("busy lock").get(vpg) {
             bail!("a {running:?} of VPG {vpg:?} is running; no test failover now");
         }
-        if let Some(t) = self.tests.lock().expect("tests lock").get(vpg) {
-            bail!(
-                "a test failover of VPG {vpg:?} is already running (checkpoint {}); stop it first with \
-                 `tidemark test-failover stop --vpg {vpg}`",
-                t.served.checkpoint.id
-            );
-        }
-        let view = self.open_view(vpg, checkpoint, "test-failover").await?;
         let scratch_dir = self.scratch_root.join(vpg);
-        std::fs::create_dir_all(&scratch_dir).with_context(|| format!("creating {}", scratch_dir.display()))?;
-        let mut overlays = Vec::new();
-        let mut exports: Vec<(String, Arc<dyn BlockExport>)> = Vec::new();
-        for (i, v) in view.volumes.iter().enumerate() {
-            let overlay =
-                Arc::new(OverlayVolume::create(view.clone(), i, scratch_dir.join(format!("{}.overlay", v.name)))?);
-            exports.push((format!("{vpg}/{}/test", v.name), overlay.clone()));
-            overlays.push(overlay);
-        }
-        // The VPG's slot is taken before anything is served, so a second
-        // start at the same time is refused, not served twice.
+        // The VPG's slot is taken first: a second start at the same time is
+        // refused, and the scratch directory is this start's alone.
         {
             let mut tests = self.tests.lock().expect("tests lock");
-            if tests.contains_key(vpg) {
-                bail!("a test failover of VPG {vpg:?} was started at the same time; stop it first");
+            if let Some(t) = tests.get(vpg) {
+                if t.is_placeholder() {
+                    bail!("a test failover of VPG {vpg:?} is starting or stopping; try again in a moment");
+                }
+                bail!(
+                    "a test failover of VPG {vpg:?} is already running (checkpoint {}); stop it first with \
+                     `tidemark test-failover stop --vpg {vpg}`",
+                    t.served.checkpoint.id
+                );
             }
-            tests.insert(vpg.to_string(), TestFailover::placeholder(vpg, &view.checkpoint, &scratch_dir));
+            tests.insert(vpg.to_string(), TestFailover::placeholder(vpg, &scratch_dir));
         }
         // Frees the slot if the start ends any other way than served.
         let slot = TestSlot(self, vpg.to_string());
-        let served = match self.publish(&view, Purpose::TestFailover, exports).await {
+        let started = self.start_test(vpg, checkpoint, &scratch_dir).await;
+        let (served, overlays) = match started {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&scratch_dir);
@@ -612,6 +604,33 @@ impl RecoveryOps {
             .insert(vpg.to_string(), TestFailover { served: served.clone(), overlays, scratch_dir });
         std::mem::forget(slot);
         Ok(served)
+    }
+
+    /// A test failover's overlays in `scratch_dir` (emptied first: what a
+    /// start that failed left there), served.
+    async fn start_test(
+        &self,
+        vpg: &str,
+        checkpoint: &str,
+        scratch_dir: &Path,
+    ) -> Result<(Served, Vec<Arc<OverlayVolume>>)> {
+        let view = self.open_view(vpg, checkpoint, "test-failover").await?;
+        match std::fs::remove_dir_all(scratch_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("emptying {}", scratch_dir.display())),
+        }
+        std::fs::create_dir_all(scratch_dir).with_context(|| format!("creating {}", scratch_dir.display()))?;
+        let mut overlays = Vec::new();
+        let mut exports: Vec<(String, Arc<dyn BlockExport>)> = Vec::new();
+        for (i, v) in view.volumes.iter().enumerate() {
+            let overlay =
+                Arc::new(OverlayVolume::create(view.clone(), i, scratch_dir.join(format!("{}.overlay", v.name)))?);
+            exports.push((format!("{vpg}/{}/test", v.name), overlay.clone()));
+            overlays.push(overlay);
+        }
+        let served = self.publish(&view, Purpose::TestFailover, exports).await?;
+        Ok((served, overlays))
     }
 
     /// Stops a test failover and throws its writes away. Returns a report.
@@ -628,7 +647,7 @@ impl RecoveryOps {
                     bail!("the test failover of VPG {vpg:?} is starting or stopping; try again in a moment")
                 }
                 Some(t) => {
-                    let placeholder = TestFailover::placeholder(vpg, &t.served.checkpoint, &t.scratch_dir);
+                    let placeholder = TestFailover::placeholder(vpg, &t.scratch_dir);
                     std::mem::replace(t, placeholder)
                 }
             }
@@ -658,7 +677,8 @@ impl RecoveryOps {
 
     /// VPG → checkpoint of each running test failover (for status).
     pub fn running_tests(&self) -> BTreeMap<String, u64> {
-        self.tests.lock().expect("tests lock").iter().map(|(k, t)| (k.clone(), t.served.checkpoint.id)).collect()
+        let tests = self.tests.lock().expect("tests lock");
+        tests.iter().filter(|(_, t)| !t.is_placeholder()).map(|(k, t)| (k.clone(), t.served.checkpoint.id)).collect()
     }
 }
 
