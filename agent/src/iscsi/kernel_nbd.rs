@@ -87,9 +87,32 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
     }
     let mut socket = GenlSocket::open()?;
     let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
-    match find(identifier) {
-        Some(index) => reconnect(&mut socket, family, index, identifier, &serve),
-        None => connect(&mut socket, family, identifier, size, &serve),
+    let attached = match find(identifier) {
+        Some(index) => reconnect(&mut socket, family, index, identifier, &serve)?,
+        None => connect(&mut socket, family, identifier, size, &serve)?,
+    };
+    allow_large_requests(attached.index);
+    Ok(attached)
+}
+
+/// The largest request the device sends the agent, in KiB. The kernel's
+/// default, 128 KiB, cut every 1 MiB write of an initiator into eight
+/// requests, each waiting for the log's fsync: 4 MiB (the size of a batch)
+/// made 1 MiB sequential writes about 1.4 times faster (docs/iscsi.md).
+pub const REQUEST_KIB_MAX: u64 = 4096;
+const _: () = assert!(REQUEST_KIB_MAX * 1024 <= crate::nbd::protocol::PAYLOAD_BYTES_MAX as u64);
+
+/// Raises the device's request size limit to `REQUEST_KIB_MAX` (or the
+/// most its queue takes). A failure only costs speed: logged.
+fn allow_large_requests(index: u32) {
+    let queue = Path::new("/sys/block").join(format!("nbd{index}")).join("queue");
+    let hw: u64 = std::fs::read_to_string(queue.join("max_hw_sectors_kb"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(REQUEST_KIB_MAX);
+    let kib = REQUEST_KIB_MAX.min(hw);
+    if let Err(e) = std::fs::write(queue.join("max_sectors_kb"), kib.to_string()) {
+        tracing::warn!("/dev/nbd{index}: requests stay at the kernel's default size: {e}");
     }
 }
 
