@@ -170,6 +170,74 @@ impl RecoveryLuns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nbd::export::BoxFuture;
+
+    /// An export of a given size that is never read or written: what a
+    /// refusal must happen before.
+    struct Untouched(u64);
+
+    impl BlockExport for Untouched {
+        fn size(&self) -> u64 {
+            self.0
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn read_at(&self, _: &mut [u8], _: u64) -> anyhow::Result<()> {
+            unreachable!("read")
+        }
+        fn write(&self, _: u64, _: Vec<u8>) -> BoxFuture<'_, anyhow::Result<u64>> {
+            unreachable!("write")
+        }
+        fn zero(&self, _: u64, _: u64) -> BoxFuture<'_, anyhow::Result<u64>> {
+            unreachable!("zero")
+        }
+        fn make_durable(self: Arc<Self>, _: u64) -> BoxFuture<'static, anyhow::Result<()>> {
+            unreachable!("make_durable")
+        }
+        fn last_token(&self) -> u64 {
+            0
+        }
+    }
+
+    /// What iSCSI cannot serve is refused with the reason before any
+    /// device or LIO object is made (configfs here is a plain directory:
+    /// anything made would show in it).
+    #[tokio::test]
+    async fn what_cannot_be_a_lun_is_refused_before_anything_is_made() {
+        let configfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(configfs.path().join("core")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = crate::config::IscsiConfig {
+            listen: "127.0.0.1:3260".parse().unwrap(),
+            domain: "io.tidemark".into(),
+            initiators: vec!["iqn.1998-01.com.vmware:esx1".into()],
+            chap_user: "esx".into(),
+            chap_secret: "initiator-secret".into(),
+            mutual_chap_user: "tidemark".into(),
+            mutual_chap_secret: "target-secret-1".into(),
+        };
+        let luns = |appliance: &str| {
+            RecoveryLuns::new(Frontend::new(&config, appliance, "sha256:00", configfs.path(), state.path()).unwrap())
+        };
+        let one =
+            |size: u64| -> Vec<(String, Arc<dyn BlockExport>)> { vec![("disk0".into(), Arc::new(Untouched(size)))] };
+        let refused = |result: Result<Vec<String>>| format!("{:#}", result.unwrap_err());
+
+        let err = refused(luns("rec").publish("vm1", Purpose::Failover, &one(1000)).await);
+        assert!(err.contains("not a whole number of 512-byte sectors"), "{err}");
+        let many: Vec<(String, Arc<dyn BlockExport>)> = (0..=crate::config::ISCSI_LUNS_MAX)
+            .map(|i| (format!("d{i}"), Arc::new(Untouched(512)) as Arc<dyn BlockExport>))
+            .collect();
+        let err = refused(luns("rec").publish("vm1", Purpose::Failover, &many).await);
+        assert!(err.contains("would pass the 64"), "{err}");
+        let err = refused(luns(&"r".repeat(200)).publish("vm1", Purpose::Failover, &one(512)).await);
+        assert!(err.contains("over 223"), "{err}");
+
+        let made: Vec<_> = std::fs::read_dir(configfs.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(made.len(), 2, "only core/ and LIO's dbroot setting: {made:?}");
+        assert!(luns("rec").status().is_empty());
+    }
 
     #[test]
     fn each_purpose_has_its_own_target_and_so_its_own_lun_identity() {
