@@ -583,31 +583,40 @@ impl ProtectedConfig {
         let mut exports = std::collections::HashSet::new();
         let mut vpg_names = std::collections::HashSet::new();
         for (i, vpg) in self.vpgs.iter().enumerate() {
-            validate_name(&format!("vpg[{i}].name"), &vpg.name)?;
+            vpg.validate(i, &mut exports)?;
             if !vpg_names.insert(&vpg.name) {
                 bail!("vpg[{i}].name: {:?} is used twice", vpg.name);
             }
-            if vpg.checkpoint_interval_ms < CHECKPOINT_INTERVAL_MS_MIN {
-                bail!(
-                    "vpg[{i}].checkpoint_interval_ms: {} is below the minimum of {CHECKPOINT_INTERVAL_MS_MIN} (1 s)",
-                    vpg.checkpoint_interval_ms
-                );
-            }
-            if vpg.volumes.is_empty() {
-                bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
-            }
-            if vpg.volumes.len() > crate::names::VOLUMES_PER_VPG_MAX {
-                bail!(
-                    "vpg[{i}].volume: {} volumes, over the {} one VPG may hold (split it into several VPGs)",
-                    vpg.volumes.len(),
-                    crate::names::VOLUMES_PER_VPG_MAX
-                );
-            }
-            for (j, vol) in vpg.volumes.iter().enumerate() {
-                validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
-                if !exports.insert(&vol.name) {
-                    bail!("vpg[{i}].volume[{j}].name: export {:?} is used twice", vol.name);
-                }
+        }
+        Ok(())
+    }
+}
+
+impl VpgConfig {
+    /// One `[[vpg]]` (`i`, for the messages) on its own; `exports` collects
+    /// the volume names, which must be unique across VPGs.
+    fn validate(&self, i: usize, exports: &mut std::collections::HashSet<String>) -> Result<()> {
+        validate_name(&format!("vpg[{i}].name"), &self.name)?;
+        if self.checkpoint_interval_ms < CHECKPOINT_INTERVAL_MS_MIN {
+            bail!(
+                "vpg[{i}].checkpoint_interval_ms: {} is below the minimum of {CHECKPOINT_INTERVAL_MS_MIN} (1 s)",
+                self.checkpoint_interval_ms
+            );
+        }
+        if self.volumes.is_empty() {
+            bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
+        }
+        if self.volumes.len() > crate::names::VOLUMES_PER_VPG_MAX {
+            bail!(
+                "vpg[{i}].volume: {} volumes, over the {} one VPG may hold (split it into several VPGs)",
+                self.volumes.len(),
+                crate::names::VOLUMES_PER_VPG_MAX
+            );
+        }
+        for (j, vol) in self.volumes.iter().enumerate() {
+            validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
+            if !exports.insert(vol.name.clone()) {
+                bail!("vpg[{i}].volume[{j}].name: export {:?} is used twice", vol.name);
             }
         }
         Ok(())

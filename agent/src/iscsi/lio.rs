@@ -355,6 +355,20 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
     if nps != vec![portal_dir(spec)] {
         out.push(format!("target {}: portals {nps:?}, not [{}]", spec.iqn, portal_dir(spec)));
     }
+    out.extend(acl_differences(&tpg, spec, &want));
+    let discovery = root.join("iscsi/discovery_auth");
+    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1") && spec.chap.is_in(&discovery);
+    if !same {
+        out.push("discovery does not require the configured CHAP".into());
+    }
+    out
+}
+
+/// What differs in the ACLs of `spec`'s portal group `tpg`: exactly the
+/// configured initiators, each with the configured CHAP, mapped to exactly
+/// the LUNs `want`, each with its write protection.
+fn acl_differences(tpg: &Path, spec: &TargetSpec, want: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
     let acls: Vec<String> = children(&tpg.join("acls")).iter().map(|p| name_of(p)).collect();
     let mut want_acls = spec.initiators.clone();
     want_acls.sort();
@@ -385,11 +399,6 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
                 out.push(format!("target {}: lun_{i} of {initiator} has write_protect {protect:?}", spec.iqn));
             }
         }
-    }
-    let discovery = root.join("iscsi/discovery_auth");
-    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1") && spec.chap.is_in(&discovery);
-    if !same {
-        out.push("discovery does not require the configured CHAP".into());
     }
     out
 }
