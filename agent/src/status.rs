@@ -38,8 +38,24 @@ pub struct VpgStatus {
     pub history: Option<HistoryStatus>,
     /// With iSCSI: the VPG's targets, their LUNs and sessions (protected:
     /// one; recovery: one per export, test failover or failover served).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub iscsi: Vec<IscsiStatus>,
+}
+
+/// `iscsi` as this build writes it (a list), or as the build before wrote
+/// it (one target or null): a status file outlives the agent that wrote it.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IscsiStatus>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Many(Vec<IscsiStatus>),
+        One(IscsiStatus),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Either::Many(v)) => v,
+        Some(Either::One(t)) => vec![t],
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -217,4 +233,31 @@ pub fn render(status: &AgentStatus) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod iscsi_field_tests {
+    use super::*;
+
+    /// A status file written by the build before (one target, or null)
+    /// still reads.
+    #[test]
+    fn iscsi_reads_as_a_list_a_single_target_or_null() {
+        let vpg = |iscsi: &str| {
+            format!(
+                r#"{{"name":"vm1","state":"s","lag_bytes":0,"lag_seconds":0.0,"throughput_bytes_per_sec":0,
+                "head_seq":0,"acked_seq":0,"last_checkpoint":null,"note":""{iscsi}}}"#
+            )
+        };
+        let target = r#"{"target":"iqn.2026-12.io.tidemark:tidemark:a:vm1","luns":[],"sessions":[]}"#;
+        for (iscsi, targets) in [
+            (String::new(), 0),
+            (",\"iscsi\":null".to_string(), 0),
+            (format!(",\"iscsi\":{target}"), 1),
+            (format!(",\"iscsi\":[{target},{target}]"), 2),
+        ] {
+            let v: VpgStatus = serde_json::from_str(&vpg(&iscsi)).unwrap_or_else(|e| panic!("{iscsi}: {e}"));
+            assert_eq!(v.iscsi.len(), targets, "{iscsi}");
+        }
+    }
 }

@@ -97,9 +97,11 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
 
 /// The largest request the device sends the agent, in KiB. The kernel's
 /// default, 128 KiB, cut every 1 MiB write of an initiator into eight
-/// requests, each waiting for the log's fsync: 4 MiB (the size of a batch)
-/// made 1 MiB sequential writes about 1.4 times faster (docs/iscsi.md).
-pub const REQUEST_KIB_MAX: u64 = 4096;
+/// requests, each waiting for the log's fsync: whole 1 MiB requests made
+/// 1 MiB sequential writes about 1.4 times faster (docs/iscsi.md). Not
+/// more: every LUN's requests draw on one admission budget (the kernel is
+/// one source), and writes that wait for a full log hold theirs.
+pub const REQUEST_KIB_MAX: u64 = 1024;
 const _: () = assert!(REQUEST_KIB_MAX * 1024 <= crate::nbd::protocol::PAYLOAD_BYTES_MAX as u64);
 
 /// Raises the device's request size limit to `REQUEST_KIB_MAX` (or the

@@ -567,13 +567,16 @@ impl RecoveryOps {
     /// `checkpoint`, whose writes go to scratch files. Replication goes on.
     pub async fn test_failover_start(&self, vpg: &str, checkpoint: &str) -> Result<Served> {
         crate::config::validate_name("--vpg", vpg)?;
-        if let Some(running) = self.busy.lock().expect("busy lock").get(vpg) {
-            bail!("a {running:?} of VPG {vpg:?} is running; no test failover now");
-        }
         let scratch_dir = self.scratch_root.join(vpg);
         // The VPG's slot is taken first: a second start at the same time is
-        // refused, and the scratch directory is this start's alone.
+        // refused, and the scratch directory is this start's alone. `busy`
+        // is held meanwhile (as a failover holds it while it looks at the
+        // test failovers: busy, then tests), so no failover slips between.
         {
+            let busy = self.busy.lock().expect("busy lock");
+            if let Some(running) = busy.get(vpg) {
+                bail!("a {running:?} of VPG {vpg:?} is running; no test failover now");
+            }
             let mut tests = self.tests.lock().expect("tests lock");
             if let Some(t) = tests.get(vpg) {
                 if t.is_placeholder() {

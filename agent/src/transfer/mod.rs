@@ -25,6 +25,19 @@ pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage
     write_frame(w, FrameKind::Control, &msg.to_bytes()?).await
 }
 
+/// The next control message, as `recv_control`; one this side refuses
+/// (malformed, over a limit) is answered with a `refused` naming why before
+/// the error is returned, so the peer learns more than a closed link.
+pub async fn recv_control_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(link: &mut S) -> Result<ControlMessage> {
+    match recv_control(link).await {
+        Err(e) if e.downcast_ref::<crate::wire::message::MessageError>().is_some() => {
+            let _ = send_control(link, &ControlMessage::refused(format!("{e:#}"))).await;
+            Err(e)
+        }
+        other => other,
+    }
+}
+
 /// The next control message; a frame over `CONTROL_BYTES_MAX` is refused
 /// from its header, before its payload is read.
 pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage> {

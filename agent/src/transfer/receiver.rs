@@ -5,7 +5,7 @@
 
 use super::peer::Peer;
 use super::slot::{VpgSlot, VpgSlots, FAILOVER_PENDING};
-use super::{recv_control, send_control};
+use super::{recv_control, recv_control_or_refuse, send_control};
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
@@ -164,7 +164,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     receiver: &Arc<Receiver>,
     peer: &Peer,
 ) -> Result<()> {
-    let (vpg, durable_seq, session, stream_id) = match recv_control(&mut link).await? {
+    let (vpg, durable_seq, session, stream_id) = match recv_control_or_refuse(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
             if let Err(reason) = receiver.check_access(peer, &vpg, "a hello") {
                 send_control(&mut link, &ControlMessage::refused(reason)).await?;

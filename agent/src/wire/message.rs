@@ -163,7 +163,8 @@ impl ControlMessage {
     }
 
     /// What the decoder refuses in this message, checked on both sides:
-    /// the sender never sends what the receiver would refuse.
+    /// the sender never sends what the receiver would refuse. (A refusal's
+    /// reason over the limit is never sent either; the decoder cuts it.)
     pub fn check(&self) -> Result<(), MessageError> {
         let invalid = |kind, what: String| Err(MessageError::Invalid { kind, what });
         match self {
@@ -209,8 +210,13 @@ impl ControlMessage {
         if bytes.len() > CONTROL_BYTES_MAX {
             return Err(MessageError::TooLarge(bytes.len()));
         }
-        let message: ControlMessage =
+        let mut message: ControlMessage =
             serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        // A reason is only shown: a long one (an older peer does not cut
+        // them) is cut here rather than lost with the whole message.
+        if let ControlMessage::Refused { reason } = message {
+            message = ControlMessage::refused(reason);
+        }
         message.check()?;
         Ok(message)
     }
@@ -302,13 +308,17 @@ mod tests {
             (hello("vm1", volumes), "257 volumes"),
             (hello("../etc", Vec::new()), "VPG name"),
             (hello("vm1", vec![VolumeInfo { name: "a/b".into(), size: 1 }]), "volume name"),
-            (ControlMessage::Refused { reason: "x".repeat(REASON_BYTES_MAX + 1) }, "reason of"),
         ] {
             let err = message.to_bytes().unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
             let bytes = serde_json::to_vec(&message).unwrap();
             assert!(ControlMessage::from_bytes(&bytes).is_err(), "the decoder took {says}");
         }
+        // A long reason is never sent, but read and cut if a peer sends it.
+        let long = ControlMessage::Refused { reason: "x".repeat(REASON_BYTES_MAX + 1) };
+        assert!(long.to_bytes().unwrap_err().to_string().contains("reason of"));
+        let read = ControlMessage::from_bytes(&serde_json::to_vec(&long).unwrap()).unwrap();
+        assert_eq!(read, ControlMessage::refused("x".repeat(REASON_BYTES_MAX + 1)));
         let huge = vec![b' '; CONTROL_BYTES_MAX + 1];
         assert_eq!(ControlMessage::from_bytes(&huge), Err(MessageError::TooLarge(CONTROL_BYTES_MAX + 1)));
     }
