@@ -91,7 +91,9 @@ round_matches() {
 # restore_oldest: the oldest listed round restores exactly. It sits at the
 # window's edge: the applier (once a second) may retire it between the
 # listing and the restore's lease (taken after the restore reads the
-# journal). Then the refusal must say so, and the new oldest is tried.
+# journal). Then the refusal must say so (older than the window, or, if
+# its segment was retired before the restore read it, no such checkpoint
+# any more), and the new oldest is tried.
 restore_oldest() {
     local n
     for _ in 1 2 3; do
@@ -103,7 +105,7 @@ restore_oldest() {
             OLDEST_RESTORED=$n
             return 0
         fi
-        grep -q "older than the history window" "$WORK/oldest.out" ||
+        grep -q "older than the history window\|has no checkpoint \"round-$n\"" "$WORK/oldest.out" ||
             fail "restore of the oldest round $n failed: $(cat "$WORK/oldest.out")"
         [ -e "$WORK/r-$n" ] && fail "a refused restore left output behind"
     done
