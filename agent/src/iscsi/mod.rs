@@ -265,13 +265,7 @@ impl Frontend {
     /// connected anew are disconnected.
     async fn abandon(&self, target: Target) {
         for device in &target.devices {
-            device.closed.store(true, Ordering::SeqCst);
-            let _attaching = device.attaching.lock().await;
-            if device.reconnected.load(Ordering::SeqCst) {
-                continue;
-            }
-            let index = device.index.load(Ordering::SeqCst);
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await {
+            if let Err(e) = device.close(|d| !d.reconnected.load(Ordering::SeqCst)).await {
                 tracing::error!("{}: {e:#}", device.identifier);
             }
         }
@@ -321,13 +315,8 @@ impl Frontend {
             Err(e) => vec![e.to_string()],
         };
         for device in &target.devices {
-            device.closed.store(true, Ordering::SeqCst);
-            let _attaching = device.attaching.lock().await;
-            let index = device.index.load(Ordering::SeqCst);
-            match tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => problems.push(format!("{}: {e:#}", device.identifier)),
-                Err(e) => problems.push(format!("{}: {e}", device.identifier)),
+            if let Err(e) = device.close(|_| true).await {
+                problems.push(format!("{}: {e:#}", device.identifier));
             }
         }
         match problems.is_empty() {
@@ -425,6 +414,19 @@ const REATTACH_PAUSE_MAX: Duration = Duration::from_secs(30);
 const CONNECTION_LIVED: Duration = Duration::from_secs(10);
 
 impl Device {
+    /// Ends the device's service for good: no new connection after this;
+    /// once none is being made, the device is disconnected if `detach`
+    /// says so (asked then, when the last attach's outcome is known).
+    async fn close(&self, detach: impl Fn(&Device) -> bool) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        let _attaching = self.attaching.lock().await;
+        if !detach(self) {
+            return Ok(());
+        }
+        let index = self.index.load(Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await.context("disconnecting")?
+    }
+
     /// Attaches the device (blocking), its connection served at once, and
     /// notes its index; the receiver resolves when that connection ends (at
     /// once, if the kernel did not keep it).
