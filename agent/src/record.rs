@@ -10,6 +10,7 @@
 //! 44 payload_crc u32   48 header_crc u32 (crc32 of bytes 0..48)
 //! ```
 
+use std::borrow::Cow;
 use thiserror::Error;
 
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TMRC");
@@ -237,13 +238,24 @@ impl Record {
 /// The body must pass `RecordBody::check` (callers check first and turn a
 /// refusal into an error; reaching here with one is a bug).
 pub fn encode_parts(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>) {
+    let (header, payload) = encode_split(seq, vpg_id, body);
+    out.reserve(header.len() + payload.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&payload);
+}
+
+/// A record as its header and its payload, apart: the header carries both
+/// checksums, and a Write's payload is its data, borrowed (the log writes
+/// the two with one `writev`, so a write's bytes are never copied to be
+/// logged). The body must pass `RecordBody::check`, as for `encode_parts`.
+pub fn encode_split(seq: u64, vpg_id: u32, body: &RecordBody) -> ([u8; RECORD_HEADER_BYTES], Cow<'_, [u8]>) {
     if let Err(e) = body.check() {
         panic!("encoding seq {seq}: {e}: the decoder would refuse this record");
     }
-    encode_unchecked(seq, vpg_id, body, out)
+    split_unchecked(seq, vpg_id, body)
 }
 
-fn encode_unchecked(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>) {
+fn split_unchecked(seq: u64, vpg_id: u32, body: &RecordBody) -> ([u8; RECORD_HEADER_BYTES], Cow<'_, [u8]>) {
     let (kind, volume, offset, length) = match body {
         RecordBody::Write { volume, offset, data } => (KIND_WRITE, *volume, *offset, data.len() as u64),
         RecordBody::Zero { volume, offset, length } => (KIND_ZERO, *volume, *offset, *length),
@@ -251,38 +263,32 @@ fn encode_unchecked(seq: u64, vpg_id: u32, body: &RecordBody, out: &mut Vec<u8>)
         RecordBody::CopyDone { volume } => (KIND_COPY_DONE, *volume, 0, 0),
         RecordBody::StreamStart { .. } => (KIND_STREAM_START, 0, 0, 0),
     };
-    let start = out.len();
-    out.reserve(RECORD_HEADER_BYTES + payload_len(body));
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&[kind, 0, 0, 0]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&vpg_id.to_le_bytes());
-    out.extend_from_slice(&volume.to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&(payload_len(body) as u32).to_le_bytes());
-    let payload_crc_at = out.len();
-    out.extend_from_slice(&[0; 8]);
-    let payload_start = out.len();
-    match body {
-        RecordBody::Write { data, .. } => out.extend_from_slice(data),
-        RecordBody::Checkpoint { time_ms, tag } => {
-            out.extend_from_slice(&time_ms.to_le_bytes());
-            out.extend_from_slice(tag.as_bytes());
-        }
+    let payload: Cow<'_, [u8]> = match body {
+        RecordBody::Write { data, .. } => Cow::Borrowed(data),
+        RecordBody::Checkpoint { time_ms, tag } => Cow::Owned([&time_ms.to_le_bytes()[..], tag.as_bytes()].concat()),
         RecordBody::StreamStart { time_ms, stream_id } => {
-            out.extend_from_slice(&time_ms.to_le_bytes());
+            let mut p = time_ms.to_le_bytes().to_vec();
             if *stream_id != 0 {
-                out.extend_from_slice(&stream_id.to_le_bytes());
+                p.extend_from_slice(&stream_id.to_le_bytes());
             }
+            Cow::Owned(p)
         }
-        RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => {}
-    }
-    let payload_crc = crc32fast::hash(&out[payload_start..]);
-    out[payload_crc_at..payload_crc_at + 4].copy_from_slice(&payload_crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&out[start..start + 48]);
-    out[payload_crc_at + 4..payload_crc_at + 8].copy_from_slice(&header_crc.to_le_bytes());
-    debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES + payload_len(body));
+        RecordBody::Zero { .. } | RecordBody::CopyDone { .. } => Cow::Borrowed(&[]),
+    };
+    debug_assert_eq!(payload.len(), payload_len(body));
+    let mut h = [0u8; RECORD_HEADER_BYTES];
+    h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    h[4] = kind;
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..20].copy_from_slice(&vpg_id.to_le_bytes());
+    h[20..24].copy_from_slice(&volume.to_le_bytes());
+    h[24..32].copy_from_slice(&offset.to_le_bytes());
+    h[32..40].copy_from_slice(&length.to_le_bytes());
+    h[40..44].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[44..48].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    let header_crc = crc32fast::hash(&h[..48]);
+    h[48..52].copy_from_slice(&header_crc.to_le_bytes());
+    (h, payload)
 }
 
 pub fn payload_len(body: &RecordBody) -> usize {
@@ -405,8 +411,8 @@ mod tests {
             // Whatever `check` accepts encodes and decodes back; whatever it
             // refuses, the decoder refuses too, for the same reason.
             let body = RecordBody::Checkpoint { time_ms: 1, tag: tag.clone() };
-            let mut bytes = Vec::new();
-            encode_unchecked(4, 1, &body, &mut bytes);
+            let (header, payload) = split_unchecked(4, 1, &body);
+            let bytes = [&header[..], &payload].concat();
             match body.check() {
                 Ok(()) => prop_assert_eq!(Record::decode(&bytes).unwrap().0.body, body),
                 Err(e) => {

@@ -23,12 +23,12 @@ pub use cursor::LogCursor;
 pub use open::{LogCut, LogOpenReport};
 pub use state::CaptureState;
 
-use crate::record::{encode_parts, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
+use crate::record::{encode_parts, encode_split, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
 use crate::segment::{create_segment_with, SegmentKind};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -231,7 +231,6 @@ impl ProtectedLog {
     pub fn append_reserved(&self, mut space: LogSpace<'_>, body: &RecordBody) -> Result<u64> {
         let len = RECORD_HEADER_BYTES + payload_len(body);
         assert!(len as u64 <= space.bytes, "a record of {len} bytes in a reservation of {}", space.bytes);
-        let mut bytes = Vec::with_capacity(len);
         let mut inner = self.inner.lock().expect("log lock");
         if let Some(why) = &inner.broken {
             bail!("the protected log takes no more records: {why}");
@@ -242,16 +241,16 @@ impl ProtectedLog {
             self.roll(&mut inner)?;
         }
         let seq = inner.next_seq;
-        encode_parts(seq, self.vpg_id, body, &mut bytes);
+        let (header, payload) = encode_split(seq, self.vpg_id, body);
         inner.reserved_bytes -= space.bytes;
         let unused = std::mem::take(&mut space.bytes) - len as u64;
         let written = (|| {
             // Half a record reaches the file, then the disk is full.
             fail::fail_point!("log-append-torn", |_| {
-                let _ = (&*inner.current_file).write_all(&bytes[..bytes.len() / 2]);
+                let _ = (&*inner.current_file).write_all(&header[..RECORD_HEADER_BYTES / 2]);
                 Err(std::io::Error::from_raw_os_error(28))
             });
-            (&*inner.current_file).write_all(&bytes)
+            write_all_vectored(&inner.current_file, &header, &payload)
         })();
         if let Err(e) = written {
             let path = inner.current.path.display().to_string();
@@ -267,8 +266,8 @@ impl ProtectedLog {
             return Err(anyhow::Error::new(e).context(format!("appending seq {seq} to {path}")));
         }
         inner.next_seq = seq + 1;
-        inner.current.bytes += bytes.len() as u64;
-        inner.bytes_total += bytes.len() as u64;
+        inner.current.bytes += len as u64;
+        inner.bytes_total += len as u64;
         let now = Instant::now();
         let sample_due = inner
             .lag_samples
@@ -278,7 +277,7 @@ impl ProtectedLog {
             let before = inner.appended_bytes;
             inner.lag_samples.push_back((seq, now, before));
         }
-        inner.appended_bytes += bytes.len() as u64;
+        inner.appended_bytes += len as u64;
         drop(inner);
         self.appended.send_replace(seq);
         // The reservation is gone: room (or "no reservation left") for a
@@ -528,6 +527,22 @@ fn create_stream_segment(dir: &Path, vpg_id: u32, seq: u64) -> Result<(Segment, 
     let (path, file) = create_segment_with(dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
     let size = file.metadata().with_context(|| format!("sizing {}", path.display()))?.len();
     Ok((Segment { first_seq: seq, path, bytes: size }, file, stream_id))
+}
+
+/// Appends a record's header and payload with as few `writev` calls as
+/// the kernel allows (one, unless a write comes back short).
+fn write_all_vectored(mut file: &File, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let mut parts = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        match file.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Group commit: one fsync covers every append made before it started.
