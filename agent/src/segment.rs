@@ -12,7 +12,7 @@
 //! written under a temporary name, fsynced, then renamed (a power cut must
 //! never leave a named segment without its header).
 
-use crate::record::{u32_at, u64_at, Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::record::{u32_at, u64_at, Record, RecordBody, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
@@ -141,6 +141,11 @@ pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64
     create_segment_with(dir, kind, vpg_id, first_seq, 0, &[])
 }
 
+/// Small enough that a large record's payload is mostly read straight
+/// into its buffer, not copied through this one; large enough that small
+/// records take few reads.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// Reads the records of one segment in order, verifying every checksum.
 pub struct SegmentReader {
     path: PathBuf,
@@ -194,7 +199,7 @@ impl SegmentReader {
     /// Opens a segment and checks its header belongs to `kind` and `vpg_id`.
     pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
         let file = File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;
         if &h[0..8] != kind.magic() {
@@ -237,11 +242,30 @@ impl SegmentReader {
 
     /// The next record and its file offset; `Ok(None)` at a clean end.
     pub fn next_record(&mut self) -> Result<Option<(Record, u64)>, SegmentError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let next = self.next_record_into(&mut buf);
+        let next = next.map(|found| {
+            found.map(|(mut record, len, at)| {
+                if let RecordBody::Write { data, .. } = &mut record.body {
+                    *data = buf[RECORD_HEADER_BYTES..len].to_vec();
+                }
+                (record, at)
+            })
+        });
+        self.buf = buf;
+        next
+    }
+
+    /// The next record's bytes, checked in full, into `buf[..len]` (`buf`
+    /// grows as needed and is never shrunk or zeroed again, so a reused
+    /// one costs nothing but the read), with what the record is (a
+    /// Write's data left empty: it is in `buf`), `len`, and its offset.
+    pub fn next_record_into(&mut self, buf: &mut Vec<u8>) -> Result<Option<(Record, usize, u64)>, SegmentError> {
         let at = self.offset;
         let damage = |error| SegmentError::Damage(SegmentDamage { path: self.path.clone(), offset: at, error });
         let io = |source| SegmentError::Io { path: self.path.clone(), offset: at, source };
-        self.buf.resize(RECORD_HEADER_BYTES, 0);
-        let got = read_fully(&mut self.reader, &mut self.buf).map_err(io)?;
+        grow(buf, RECORD_HEADER_BYTES);
+        let got = read_fully(&mut self.reader, &mut buf[..RECORD_HEADER_BYTES]).map_err(io)?;
         if got == 0 {
             return Ok(None);
         }
@@ -250,21 +274,28 @@ impl SegmentReader {
         }
         // Only trust the length once the header checksum has passed.
         if let Err(e @ (RecordError::BadMagic(_) | RecordError::HeaderChecksum | RecordError::PayloadTooLarge(_))) =
-            Record::decode(&self.buf)
+            Record::decode_metadata(&buf[..RECORD_HEADER_BYTES])
         {
             return Err(damage(e));
         }
-        let payload_len = u32_at(&self.buf, 40) as usize;
-        debug_assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
-        self.buf.resize(RECORD_HEADER_BYTES + payload_len, 0);
-        let got = read_fully(&mut self.reader, &mut self.buf[RECORD_HEADER_BYTES..]).map_err(io)?;
-        if got < payload_len {
-            let needed = RECORD_HEADER_BYTES + payload_len;
-            return Err(damage(RecordError::Incomplete { needed, have: RECORD_HEADER_BYTES + got }));
+        let len = RECORD_HEADER_BYTES + u32_at(buf, 40) as usize;
+        debug_assert!(len <= RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX);
+        grow(buf, len);
+        let got = read_fully(&mut self.reader, &mut buf[RECORD_HEADER_BYTES..len]).map_err(io)?;
+        if got < len - RECORD_HEADER_BYTES {
+            return Err(damage(RecordError::Incomplete { needed: len, have: RECORD_HEADER_BYTES + got }));
         }
-        let (record, used) = Record::decode(&self.buf).map_err(damage)?;
+        let (record, used) = Record::decode_metadata(&buf[..len]).map_err(damage)?;
+        debug_assert_eq!(used, len);
         self.offset += used as u64;
-        Ok(Some((record, at)))
+        Ok(Some((record, len, at)))
+    }
+}
+
+/// Makes `buf` at least `len` long (zeroing only what is new).
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
 }
 

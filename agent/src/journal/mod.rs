@@ -291,13 +291,13 @@ mod tests {
     }
 
     /// A decoded batch of `bodies` at seqs `first..`.
-    pub(super) fn batch(first: u64, bodies: Vec<RecordBody>) -> DecodedBatch {
+    pub(super) fn batch(first: u64, bodies: Vec<RecordBody>) -> DecodedBatch<'static> {
         let records: Vec<Record> = bodies
             .into_iter()
             .enumerate()
             .map(|(i, body)| Record { seq: first + i as u64, vpg_id: VPG_ID, body })
             .collect();
-        crate::wire::batch::decode(&crate::wire::batch::encode(&records).bytes, VPG_ID).unwrap()
+        crate::wire::batch::decode(&crate::wire::batch::encode(&records).bytes, VPG_ID).unwrap().into_owned()
     }
 
     pub(super) fn write(seq: u64) -> RecordBody {

@@ -7,6 +7,7 @@ use super::ProtectedLog;
 use crate::record::Record;
 use crate::record::RecordError;
 use crate::segment::{segment_path, SegmentDamage, SegmentError, SegmentKind, SegmentReader};
+use crate::wire::batch::BatchBuilder;
 use anyhow::Result;
 use std::sync::Arc;
 
@@ -17,15 +18,19 @@ pub struct LogCursor {
     /// Next seq the caller wants.
     want_seq: u64,
     open: Option<(u64, SegmentReader)>,
-    /// A record read that did not fit the last batch: the next one starts
-    /// with it.
-    held: Option<Record>,
+    /// A record read that did not fit the last batch (the next one starts
+    /// with it), or was only peeked at: what it is, and its bytes, in
+    /// `held_bytes[..len]`.
+    held: Option<(Record, usize)>,
+    /// Reused from record to record: a record's bytes are read into it
+    /// and copied once more, into the batch.
+    held_bytes: Vec<u8>,
 }
 
 impl LogCursor {
     pub(super) fn new(log: Arc<ProtectedLog>, from_seq: u64) -> Self {
         let stream_id = log.stream_id();
-        LogCursor { log, stream_id, want_seq: from_seq, open: None, held: None }
+        LogCursor { log, stream_id, want_seq: from_seq, open: None, held: None, held_bytes: Vec::new() }
     }
 
     /// The stream this cursor reads.
@@ -33,7 +38,8 @@ impl LogCursor {
         self.stream_id
     }
 
-    /// The next record available (fsynced), if any; it is not consumed.
+    /// The next record available (fsynced), if any, with a Write's data
+    /// left empty; it is not consumed.
     pub fn peek(&mut self) -> Result<Option<&Record>> {
         let stream_id = self.log.stream_id();
         if stream_id != self.stream_id {
@@ -46,29 +52,29 @@ impl LogCursor {
             self.held = self.read_one()?;
         }
         let synced = self.log.synced_seq();
-        Ok(self.held.as_ref().filter(|r| r.seq <= synced))
+        Ok(self.held.as_ref().map(|(r, _)| r).filter(|r| r.seq <= synced))
     }
 
     /// Adds records available from the cursor's position to `batch` while
-    /// the batch stays within `max_bytes` of encoded size and `max_records`.
+    /// the batch stays within `max_bytes` of records and `max_records`.
     /// A record larger than `max_bytes` goes alone into an empty batch, so
     /// a batch is either one record or at most `max_bytes`.
-    pub fn fill(&mut self, batch: &mut Vec<Record>, max_bytes: usize, max_records: usize) -> Result<()> {
-        let mut bytes: usize = batch.iter().map(Record::encoded_len).sum();
-        while batch.len() < max_records {
+    pub fn fill(&mut self, batch: &mut BatchBuilder, max_bytes: usize, max_records: usize) -> Result<()> {
+        while batch.count() < max_records {
             let Some(next) = self.peek()? else { break };
-            let len = next.encoded_len();
-            if !batch.is_empty() && bytes + len > max_bytes {
+            let seq = next.seq;
+            let len = self.held.as_ref().expect("peeked above").1;
+            if !batch.is_empty() && batch.raw_len() + len > max_bytes {
                 break;
             }
-            bytes += len;
-            batch.push(self.held.take().expect("peeked above"));
+            self.held = None;
+            batch.push_verified(seq, &self.held_bytes[..len]);
         }
         Ok(())
     }
 
     /// The next appended record at or after `want_seq`, if any.
-    fn read_one(&mut self) -> Result<Option<Record>> {
+    fn read_one(&mut self) -> Result<Option<(Record, usize)>> {
         loop {
             if self.open.is_none() && !self.open_segment_for_want()? {
                 return Ok(None);
@@ -79,13 +85,13 @@ impl LogCursor {
             if is_current && reader.offset() >= end.current_len {
                 return Ok(None);
             }
-            match reader.next_record() {
-                Ok(Some((rec, _))) => {
+            match reader.next_record_into(&mut self.held_bytes) {
+                Ok(Some((rec, len, _))) => {
                     if rec.seq < self.want_seq {
                         continue;
                     }
                     self.want_seq = rec.seq + 1;
-                    return Ok(Some(rec));
+                    return Ok(Some((rec, len)));
                 }
                 Ok(None) if !is_current => {
                     // The next segment must go on where this one ended.

@@ -9,12 +9,22 @@ fn open(dir: &Path, capacity: u64) -> (Arc<ProtectedLog>, LogOpenReport) {
     ProtectedLog::open(dir, 1, capacity, 0).unwrap()
 }
 
-/// Every record the cursor has for now, from `from`.
+/// The seqs of every record the cursor has for now, from `from`, read in
+/// batches as the sender does and decoded as the receiver does.
 fn read_all(log: &Arc<ProtectedLog>, from: u64) -> Vec<u64> {
+    use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
     let mut cursor = log.cursor(from);
-    let mut got = Vec::new();
-    cursor.fill(&mut got, usize::MAX, 100_000).unwrap();
-    got.iter().map(|r| r.seq).collect()
+    let (mut batch, mut encoder) = (BatchBuilder::default(), BatchEncoder::default());
+    let mut seqs = Vec::new();
+    loop {
+        batch.clear();
+        cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
+        if batch.is_empty() {
+            return seqs;
+        }
+        let decoded = decode(encoder.encode(&mut batch).bytes, log.vpg_id()).unwrap();
+        seqs.extend(decoded.records.iter().map(|r| r.seq));
+    }
 }
 
 #[tokio::test]
@@ -59,7 +69,7 @@ async fn the_cursor_reads_only_what_is_fsynced() {
 #[tokio::test]
 async fn batches_never_exceed_the_receivers_limit() {
     use crate::record::RECORD_PAYLOAD_BYTES_MAX;
-    use crate::wire::batch::{BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+    use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), 256 << 20);
     // Small writes ending 28 bytes short of the batch target, then one
@@ -76,16 +86,16 @@ async fn batches_never_exceed_the_receivers_limit() {
     let mut seen = 0;
     loop {
         // As the sender does: a batch, then a second look (its linger).
-        let mut batch = Vec::new();
+        let mut batch = BatchBuilder::default();
         cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
         if batch.is_empty() {
             break;
         }
         cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX).unwrap();
-        seen += batch.len();
-        let encoded = crate::wire::batch::encode(&batch);
-        crate::wire::batch::decode(&encoded.bytes, 1).expect("the receiver takes every batch the cursor makes");
-        assert!(batch.last().unwrap().seq <= last);
+        seen += batch.count();
+        let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
+        let decoded = crate::wire::batch::decode(&encoded, 1).expect("the receiver takes every batch the cursor makes");
+        assert!(decoded.records.last().unwrap().seq <= last);
     }
     assert_eq!(seen, 66, "stream start, 64 writes and the big one");
 }

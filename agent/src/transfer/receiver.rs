@@ -351,6 +351,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     let id = vpg_id(&vpg);
     let stream = slot.session_stream.load(Ordering::SeqCst);
     let mut payload = Vec::new();
+    let mut decoder = batch::BatchDecoder::default();
     loop {
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
@@ -361,7 +362,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         if slot.session.load(Ordering::SeqCst) != session {
             bail!("a newer session replaced this link");
         }
-        let decoded = batch::decode(&payload, id).context("bad batch")?;
+        let decoded = decoder.decode(&payload, id).context("bad batch")?;
         let wire_len = payload.len();
         // On this thread (not the blocking pool): the batch is allocated and
         // freed by one thread, which keeps the allocator from holding it.

@@ -152,7 +152,8 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         if kind != FrameKind::Batch {
             bail!("expected a batch frame, got {kind:?}");
         }
-        let decoded = batch::decode(&payload, id).context("bad batch")?;
+        // Owned: the batch goes to a blocking thread.
+        let decoded = batch::decode(&payload, id).context("bad batch")?.into_owned();
         let applied_before = vpg.reverse_state().map_or(0, |r| r.applied_seq);
         check_continues(&decoded, applied_before)?;
         let wire = payload.len() as u64;

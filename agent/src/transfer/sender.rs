@@ -10,8 +10,8 @@ use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::PeerConfig;
 use crate::segment::SegmentError;
-use crate::wire::batch::{BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
-use crate::wire::frame::{write_frame, FrameKind};
+use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use crate::wire::frame::{write_frame_with_crc, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
 use crate::wire::throttle::Throttle;
 use crate::wire::tls::PEER_SERVER_NAME;
@@ -254,15 +254,16 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     let mut acked = vpg.log.watch_acked();
     let mut throttle = Throttle::new(bytes_per_sec);
     let mut encoder = BatchEncoder::default();
+    let mut batch = BatchBuilder::default();
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut inflight_bytes = 0u64;
     loop {
         // Mark the current end seen before reading, so an append that
         // lands after the read still wakes us.
         appended.borrow_and_update();
-        let mut records = Vec::new();
-        fill_or_restart(vpg, &mut cursor, &mut records).await?;
-        if records.is_empty() {
+        batch.clear();
+        fill_or_restart(vpg, &mut cursor, &mut batch).await?;
+        if batch.is_empty() {
             // The stream's own group commit: what is appended becomes
             // durable, then sendable.
             let appended_seq = vpg.log.appended_seq();
@@ -273,12 +274,11 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
-        if bytes < BATCH_LINGER_BYTES && records.len() < BATCH_RECORDS_MAX {
+        if batch.raw_len() < BATCH_LINGER_BYTES && batch.count() < BATCH_RECORDS_MAX {
             tokio::time::sleep(BATCH_LINGER).await;
-            fill_or_restart(vpg, &mut cursor, &mut records).await?;
+            fill_or_restart(vpg, &mut cursor, &mut batch).await?;
         }
-        send_batch(&records, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
+        send_batch(&mut batch, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -297,9 +297,9 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
 async fn fill_or_restart(
     vpg: &Arc<VpgCapture>,
     cursor: &mut crate::log::LogCursor,
-    records: &mut Vec<crate::record::Record>,
+    batch: &mut BatchBuilder,
 ) -> Result<()> {
-    match cursor.fill(records, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+    match cursor.fill(batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
         Err(e) if is_damage(&e) => {
             tracing::error!(vpg = %vpg.name, "{e:#}; the records after it are lost: starting a new stream");
             vpg.restart_stream(0).await?;
@@ -310,7 +310,7 @@ async fn fill_or_restart(
 }
 
 async fn send_batch<W: AsyncWrite + Unpin>(
-    records: &[crate::record::Record],
+    batch: &mut BatchBuilder,
     wr: &mut W,
     encoder: &mut BatchEncoder,
     throttle: &mut Throttle,
@@ -318,12 +318,12 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     inflight_bytes: &mut u64,
     stats: &SenderStats,
 ) -> Result<()> {
-    let encoded = encoder.encode(records);
+    let encoded = encoder.encode(batch);
     let wait = throttle.take(encoded.bytes.len());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    write_frame(wr, FrameKind::Batch, &encoded.bytes).await?;
+    write_frame_with_crc(wr, FrameKind::Batch, encoded.bytes, encoded.crc).await?;
     stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
     inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
     *inflight_bytes += encoded.bytes.len() as u64;
