@@ -40,6 +40,14 @@ pub struct VpgStatus {
     /// one; recovery: one per export, test failover or failover served).
     #[serde(default, deserialize_with = "one_or_many")]
     pub iscsi: Vec<IscsiStatus>,
+    /// Protected side: the VPG's priority on the link ("high", "medium",
+    /// "low"), its RPO target, and whether the lag is over it now.
+    #[serde(default)]
+    pub priority: String,
+    #[serde(default)]
+    pub rpo_target_seconds: Option<f64>,
+    #[serde(default)]
+    pub rpo_over_target: bool,
 }
 
 /// `iscsi` as this build writes it (a list), or as the build before wrote
@@ -181,6 +189,19 @@ pub fn render(status: &AgentStatus) -> String {
         out.push_str(&format!("VPG {}\n", v.name));
         out.push_str(&format!("  state:           {}\n", v.state));
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
+        if !v.priority.is_empty() {
+            out.push_str(&format!("  priority:        {}\n", v.priority));
+        }
+        if let Some(target) = v.rpo_target_seconds {
+            out.push_str(&format!("  RPO target:      {target:.0} s\n"));
+            if v.rpo_over_target {
+                out.push_str(&format!(
+                    "  WARNING:         RPO target missed: the oldest write not yet at the recovery site is {:.1} s \
+                     old, over the {target:.0} s target\n",
+                    v.lag_seconds
+                ));
+            }
+        }
         out.push_str(&format!("  throughput:      {}/s\n", format_bytes(v.throughput_bytes_per_sec)));
         out.push_str(&format!("  head seq:        {}\n", v.head_seq));
         if status.role == "protected" {

@@ -20,6 +20,8 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const CHECKPOINT_INTERVAL_MS_MIN: u64 = 1_000;
 pub const LOG_CAPACITY_BYTES_DEFAULT: u64 = 1 << 30;
 pub const LOG_CAPACITY_BYTES_MIN: u64 = 64 << 20;
+/// The lag status samples once a second: a shorter RPO target means nothing.
+const RPO_ALERT_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 pub const HISTORY_DEFAULT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 pub const HISTORY_MIN: std::time::Duration = std::time::Duration::from_secs(60);
 pub const HISTORY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -185,6 +187,18 @@ pub enum ReplicationMode {
     Sync,
 }
 
+/// A VPG's claim on a capped link (`peer.throttle_bytes_per_sec`): while
+/// VPGs wait for it, each priority gets link time in proportion to its
+/// weight (`transfer::link_share`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Medium,
+    Low,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VpgConfig {
@@ -193,6 +207,12 @@ pub struct VpgConfig {
     pub mode: ReplicationMode,
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
+    #[serde(default)]
+    pub priority: Priority,
+    /// The RPO this VPG should keep ("30s", "5min"): longer, and status and
+    /// the log warn. None: no target.
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub rpo_alert: Option<std::time::Duration>,
     #[serde(rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
 }
@@ -272,6 +292,12 @@ mod humantime_serde_compat {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"4h\" or \"30min\": {e}")))
     }
+}
+
+fn deserialize_optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<std::time::Duration>, D::Error> {
+    humantime_serde_compat::deserialize(d).map(Some)
 }
 
 /// A byte count: a number, or a string with a unit (KiB, MiB, GiB, TiB).
@@ -603,6 +629,9 @@ impl VpgConfig {
                 self.checkpoint_interval_ms
             );
         }
+        if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
+            bail!("vpg[{i}].rpo_alert: must be at least 1s");
+        }
         if self.volumes.is_empty() {
             bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
         }
@@ -689,6 +718,27 @@ path = "/tmp/v1"
         assert_eq!(p.vpgs[0].mode, ReplicationMode::Async);
         assert_eq!(p.vpgs[0].checkpoint_interval_ms, 5000);
         assert_eq!(p.log.capacity_bytes, 1 << 30);
+        assert_eq!((p.vpgs[0].priority, p.vpgs[0].rpo_alert), (Priority::Medium, None));
+    }
+
+    #[test]
+    fn priority_and_rpo_alert_parse_and_bad_ones_are_named() {
+        let Config::Protected(p) = Config::parse(&protected("priority = \"high\"\nrpo_alert = \"30s\"")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (p.vpgs[0].priority, p.vpgs[0].rpo_alert),
+            (Priority::High, Some(std::time::Duration::from_secs(30)))
+        );
+        for (bad, named) in [
+            ("priority = \"urgent\"", "urgent"),
+            ("rpo_alert = \"soon\"", "not a duration"),
+            ("rpo_alert = \"100ms\"", "vpg[0].rpo_alert: must be at least 1s"),
+        ] {
+            let err = format!("{:#}", Config::parse(&protected(bad)).unwrap_err());
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::nbd::export::{BlockExport, ExportTable};
 use crate::nbd::server;
 use crate::record::vpg_id;
 use crate::status::{self, VpgStatus, STATUS_INTERVAL_MS};
-use crate::transfer::sender::{self, SenderStats};
+use crate::transfer::link_share::LinkShare;
+use crate::transfer::sender::{self, LinkSeat, SenderStats};
 use crate::wire::tls;
 use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
@@ -73,14 +74,17 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             *target = Some(served.status());
         }
     }
-    for (interval_ms, rt) in &runtimes {
+    // One cap for the link, shared by every VPG on it.
+    let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec));
+    for ((interval_ms, rt), vpg_cfg) in runtimes.iter().zip(&cfg.vpgs) {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
         // A VPG under reverse protection receives from the recovery site.
         if rt.capture.reverse_state().is_some() {
             reverse.ensure(&rt.capture);
         } else {
-            tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone()));
+            let seat = LinkSeat { share: link.clone(), priority: vpg_cfg.priority };
+            tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone(), seat));
         }
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
@@ -122,14 +126,17 @@ async fn status_writer(
     targets: Vec<Option<crate::status::IscsiStatus>>,
 ) -> Result<()> {
     let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
+    let mut over_target = vec![false; runtimes.len()];
     let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
     loop {
         tick.tick().await;
         let mut vpgs = Vec::new();
-        for (i, rt) in runtimes.iter().enumerate() {
+        for (i, (rt, vpg_cfg)) in runtimes.iter().zip(&cfg.vpgs).enumerate() {
             let log = &rt.capture.log;
             let (lag_bytes, lag_seconds) = log.lag();
+            let rpo_target_seconds = vpg_cfg.rpo_alert.map(|t| t.as_secs_f64());
+            check_rpo(&rt.capture.name, lag_seconds, rpo_target_seconds, &mut over_target[i]);
             let raw = rt.stats.raw_bytes.load(Ordering::Relaxed);
             let throughput = raw.saturating_sub(prev_raw[i]) * 1000 / STATUS_INTERVAL_MS;
             prev_raw[i] = raw;
@@ -173,8 +180,28 @@ async fn status_writer(
                     })
                     .into_iter()
                     .collect(),
+                priority: format!("{:?}", vpg_cfg.priority).to_lowercase(),
+                rpo_target_seconds,
+                rpo_over_target: over_target[i],
             });
         }
         status::publish(&cfg.node, "protected", vpgs);
     }
+}
+
+/// Compares a VPG's lag with its RPO target (`rpo_alert`) and says so in
+/// the log when it passes the target and when it is back under it.
+fn check_rpo(vpg: &str, lag_seconds: f64, target_seconds: Option<f64>, over: &mut bool) {
+    let Some(target) = target_seconds else { return };
+    let now_over = lag_seconds > target;
+    if now_over && !*over {
+        tracing::warn!(
+            vpg,
+            "RPO target missed: the oldest write not yet at the recovery site is {lag_seconds:.1} s old, over the \
+             {target:.0} s target (rpo_alert)"
+        );
+    } else if !now_over && *over {
+        tracing::info!(vpg, "RPO back within its {target:.0} s target: lag {lag_seconds:.1} s");
+    }
+    *over = now_over;
 }

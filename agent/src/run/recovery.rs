@@ -115,6 +115,9 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                     .join("; "),
                 history: Some(history),
                 iscsi,
+                priority: String::new(),
+                rpo_target_seconds: None,
+                rpo_over_target: false,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

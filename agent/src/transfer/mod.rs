@@ -3,6 +3,7 @@
 //! carries the hello/resume handshake and keepalives; data (4008) carries
 //! batches one way and acknowledgements of durable seqs the other.
 
+pub mod link_share;
 pub mod peer;
 pub mod receiver;
 pub mod reverse;

@@ -13,7 +13,7 @@
 //! The old site's exports keep refusing writes: its volumes are a replica
 //! until the VPG is moved back.
 
-use super::sender::{dial, receive_acks, stream, SenderStats};
+use super::sender::{dial, receive_acks, stream, LinkSeat, SenderStats};
 use super::{recv_control, send_control, KEEPALIVE_INTERVAL};
 use crate::capture::delta::{self, ExtentHash};
 use crate::capture::vpg::VpgCapture;
@@ -369,9 +369,10 @@ pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc
     let (rd, wr) = tokio::io::split(link);
     let stats = SenderStats::default();
     let start = capture.log.acked_seq() + 1;
+    let seat = LinkSeat::alone();
     tokio::select! {
         r = receive_acks(&capture, rd) => r,
-        r = stream(&capture, wr, start, 0, &stats) => r,
+        r = stream(&capture, wr, start, &seat, &stats) => r,
     }
 }
 

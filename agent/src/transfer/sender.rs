@@ -6,14 +6,14 @@
 //! because the log keeps everything not yet acknowledged. A journal that
 //! holds another stream, or more than this log, gets a new stream.
 
+use super::link_share::LinkShare;
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::vpg::{MoveStep, VpgCapture};
-use crate::config::PeerConfig;
+use crate::config::{PeerConfig, Priority};
 use crate::segment::SegmentError;
-use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
 use crate::wire::frame::{write_frame_with_crc, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
-use crate::wire::throttle::Throttle;
 use crate::wire::tls::PEER_SERVER_NAME;
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
@@ -41,11 +41,31 @@ pub struct SenderStats {
     pub reconnects: AtomicU64,
 }
 
-pub async fn run(vpg: Arc<VpgCapture>, peer: PeerConfig, tls: Arc<rustls::ClientConfig>, stats: Arc<SenderStats>) {
+/// What a VPG's sender shares with the others on the link, and its place
+/// among them.
+pub struct LinkSeat {
+    pub share: Arc<LinkShare>,
+    pub priority: Priority,
+}
+
+impl LinkSeat {
+    /// A link of its own, uncapped (the reverse stream).
+    pub fn alone() -> Self {
+        LinkSeat { share: Arc::new(LinkShare::new(0)), priority: Priority::Medium }
+    }
+}
+
+pub async fn run(
+    vpg: Arc<VpgCapture>,
+    peer: PeerConfig,
+    tls: Arc<rustls::ClientConfig>,
+    stats: Arc<SenderStats>,
+    seat: LinkSeat,
+) {
     let connector = TlsConnector::from(tls);
     let mut delay = RECONNECT_DELAY_MIN;
     loop {
-        let result = session(&vpg, &peer, &connector, &stats).await;
+        let result = session(&vpg, &peer, &connector, &stats, &seat).await;
         stats.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(Ended::FailedOver(checkpoint)) => {
@@ -101,6 +121,7 @@ async fn session(
     peer: &PeerConfig,
     connector: &TlsConnector,
     stats: &SenderStats,
+    seat: &LinkSeat,
 ) -> Result<Ended> {
     let mut control = dial(connector, &peer.address, peer.control_port).await?;
     let hello = ControlMessage::Hello {
@@ -129,7 +150,7 @@ async fn session(
     tokio::select! {
         r = keepalive(vpg, &mut control) => r,
         r = receive_acks(vpg, data_rd) => r.map(|()| Ended::Normally),
-        r = stream(vpg, data_wr, start_seq, peer.throttle_bytes_per_sec, stats) => r.map(|()| Ended::Normally),
+        r = stream(vpg, data_wr, start_seq, seat, stats) => r.map(|()| Ended::Normally),
     }
 }
 
@@ -246,13 +267,13 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     vpg: &Arc<VpgCapture>,
     mut wr: W,
     start_seq: u64,
-    bytes_per_sec: u64,
+    seat: &LinkSeat,
     stats: &SenderStats,
 ) -> Result<()> {
     let mut cursor = vpg.log.cursor(start_seq);
     let mut appended = vpg.log.watch_appended();
     let mut acked = vpg.log.watch_acked();
-    let mut throttle = Throttle::new(bytes_per_sec);
+    let batch_target = seat.share.batch_target_bytes();
     let mut encoder = BatchEncoder::default();
     let mut batch = BatchBuilder::default();
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
@@ -262,7 +283,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         // lands after the read still wakes us.
         appended.borrow_and_update();
         batch.clear();
-        fill_or_restart(vpg, &mut cursor, &mut batch).await?;
+        fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         if batch.is_empty() {
             // The stream's own group commit: what is appended becomes
             // durable, then sendable.
@@ -276,9 +297,9 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         }
         if batch.raw_len() < BATCH_LINGER_BYTES && batch.count() < BATCH_RECORDS_MAX {
             tokio::time::sleep(BATCH_LINGER).await;
-            fill_or_restart(vpg, &mut cursor, &mut batch).await?;
+            fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
-        send_batch(&mut batch, &mut wr, &mut encoder, &mut throttle, &mut inflight, &mut inflight_bytes, stats).await?;
+        send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -298,8 +319,9 @@ async fn fill_or_restart(
     vpg: &Arc<VpgCapture>,
     cursor: &mut crate::log::LogCursor,
     batch: &mut BatchBuilder,
+    batch_target: usize,
 ) -> Result<()> {
-    match cursor.fill(batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+    match cursor.fill(batch, batch_target, BATCH_RECORDS_MAX) {
         Err(e) if is_damage(&e) => {
             tracing::error!(vpg = %vpg.name, "{e:#}; the records after it are lost: starting a new stream");
             vpg.restart_stream(0).await?;
@@ -313,16 +335,13 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     batch: &mut BatchBuilder,
     wr: &mut W,
     encoder: &mut BatchEncoder,
-    throttle: &mut Throttle,
+    seat: &LinkSeat,
     inflight: &mut VecDeque<(u64, u64)>,
     inflight_bytes: &mut u64,
     stats: &SenderStats,
 ) -> Result<()> {
     let encoded = encoder.encode(batch);
-    let wait = throttle.take(encoded.bytes.len());
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
+    seat.share.wait_turn(seat.priority, encoded.bytes.len()).await;
     write_frame_with_crc(wr, FrameKind::Batch, encoded.bytes, encoded.crc).await?;
     stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
     inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));

@@ -1,6 +1,8 @@
 //! Token bucket capping the bytes per second sent to the peer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the std one outside tests), so tests can run it paused.
+use tokio::time::Instant;
 
 /// Burst allowance as a fraction of one second of traffic.
 const BURST_SECONDS: f64 = 0.25;
