@@ -75,7 +75,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         }
     }
     // One cap for the link, shared by every VPG on it.
-    let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec));
+    let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec, cfg.vpgs.len()));
     for ((interval_ms, rt), vpg_cfg) in runtimes.iter().zip(&cfg.vpgs) {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));

@@ -12,7 +12,7 @@ use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::{PeerConfig, Priority};
 use crate::segment::SegmentError;
 use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
-use crate::wire::frame::{write_frame_with_crc, FrameKind};
+use crate::wire::frame::{frame_header, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
 use crate::wire::tls::PEER_SERVER_NAME;
 use anyhow::{bail, Context, Result};
@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -51,7 +51,7 @@ pub struct LinkSeat {
 impl LinkSeat {
     /// A link of its own, uncapped (the reverse stream).
     pub fn alone() -> Self {
-        LinkSeat { share: Arc::new(LinkShare::new(0)), priority: Priority::Medium }
+        LinkSeat { share: Arc::new(LinkShare::new(0, 1)), priority: Priority::Medium }
     }
 }
 
@@ -285,6 +285,10 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
         batch.clear();
         fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         if batch.is_empty() {
+            // Idle: the buffers a busy link reuses are let go.
+            batch.trim_idle();
+            encoder.trim_idle();
+            cursor.trim_idle();
             // The stream's own group commit: what is appended becomes
             // durable, then sendable.
             let appended_seq = vpg.log.appended_seq();
@@ -341,8 +345,18 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     stats: &SenderStats,
 ) -> Result<()> {
     let encoded = encoder.encode(batch);
-    seat.share.wait_turn(seat.priority, encoded.bytes.len()).await;
-    write_frame_with_crc(wr, FrameKind::Batch, encoded.bytes, encoded.crc).await?;
+    // A turn per slice of a batch's target size: a batch of one large write
+    // does not hold a capped link for its whole length (uncapped, no wait).
+    let header = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc);
+    let slice = seat.share.batch_target_bytes();
+    for (i, part) in encoded.bytes.chunks(slice).enumerate() {
+        seat.share.wait_turn(seat.priority, part.len() + if i == 0 { header.len() } else { 0 }).await;
+        if i == 0 {
+            wr.write_all(&header).await?;
+        }
+        wr.write_all(part).await?;
+    }
+    wr.flush().await?;
     stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
     inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
     *inflight_bytes += encoded.bytes.len() as u64;

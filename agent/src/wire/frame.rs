@@ -28,11 +28,12 @@ impl FrameKind {
 }
 
 pub fn encode_header(kind: FrameKind, payload: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
-    encode_header_with_crc(kind, payload, crc32fast::hash(payload))
+    frame_header(kind, payload, crc32fast::hash(payload))
 }
 
-/// A header for `payload` whose crc32 the caller already knows.
-fn encode_header_with_crc(kind: FrameKind, payload: &[u8], crc: u32) -> [u8; FRAME_HEADER_BYTES] {
+/// A header for `payload` whose crc32 the caller already knows (a batch's,
+/// worked out from its records' checksums).
+pub fn frame_header(kind: FrameKind, payload: &[u8], crc: u32) -> [u8; FRAME_HEADER_BYTES] {
     assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame payload over the limit");
     debug_assert_eq!(crc, crc32fast::hash(payload), "a frame crc that does not match its payload");
     let mut h = [0u8; FRAME_HEADER_BYTES];
@@ -58,18 +59,7 @@ pub fn decode_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(FrameKind, usize, 
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payload: &[u8]) -> Result<()> {
-    write_frame_with_crc(w, kind, payload, crc32fast::hash(payload)).await
-}
-
-/// `write_frame` for a payload whose crc32 the caller worked out (a
-/// batch's, from its records' checksums).
-pub async fn write_frame_with_crc<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: FrameKind,
-    payload: &[u8],
-    crc: u32,
-) -> Result<()> {
-    w.write_all(&encode_header_with_crc(kind, payload, crc)).await?;
+    w.write_all(&encode_header(kind, payload)).await?;
     w.write_all(payload).await?;
     w.flush().await?;
     Ok(())
