@@ -5,6 +5,6 @@ use tidemark::wire::message::ControlMessage;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(message) = ControlMessage::from_bytes(data) {
-        assert_eq!(ControlMessage::from_bytes(&message.to_bytes()).unwrap(), message);
+        assert_eq!(ControlMessage::from_bytes(&message.to_bytes().expect("a decoded message encodes")).unwrap(), message);
     }
 });

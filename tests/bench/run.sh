@@ -31,7 +31,7 @@ seconds() { python3 -c "import time; print(time.time())"; }
 
 rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
-log "1/5 fio through the inline export (replication running) vs qemu-nbd, same disk"
+log "1/6 fio through the inline export (replication running) vs qemu-nbd, same disk"
 mkdir -p "$WORK/src"
 fallocate -l 1G "$WORK/src/disk0.img"
 fallocate -l 1G "$WORK/peer.img"
@@ -69,7 +69,7 @@ bench peak_rss_protected "$RSS_P" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
 bench peak_rss_recovery "$RSS_R" MiB qemu-nbd "$RSS_Q" "≤ 64 MiB"
 kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID"
 
-log "2/5 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
+log "2/6 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
 rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
 USE_PROXY=1 setup_pair async 1000 rpo:64M
 "$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
@@ -95,7 +95,7 @@ bench rpo_p99 "$p99" ms plain-TCP "$l99" "p99 ≤ 1000 ms"
 log "RPO samples: $n of $total flushed writes seen in the journal"
 kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
 
-log "3/5 batch compression vs the zstd -1 CLI on the same data"
+log "3/6 batch compression vs the zstd -1 CLI on the same data"
 # A mixed corpus: text (docs, man pages) and binaries, 128 MiB.
 ( set +o pipefail
   tar -cf - /usr/share/doc /usr/share/man 2>/dev/null | head -c $((96 << 20))
@@ -113,7 +113,7 @@ peer_ratio=$(python3 -c "print('%.2f' % ($size / $(stat -c %s "$WORK/corpus.zst"
 bench zstd_batch_compress "$ours" MB/s zstd-1-CLI "$peer" "—"
 bench zstd_compression_ratio "$ours_ratio" x zstd-1-CLI "$peer_ratio" "— (4 MiB batches, adaptive)"
 
-log "4/5 recovery: restore vs qemu-img convert, PIT export reads vs qemu-nbd, failback bytes vs rsync"
+log "4/6 recovery: restore vs qemu-img convert, PIT export reads vs qemu-nbd, failback bytes vs rsync"
 rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
 mkdir -p "$WORK/src"
 head -c 512M /dev/urandom >"$WORK/src/disk0.img"
@@ -170,7 +170,52 @@ bench failback_bytes_for_1pct_change "$pct" "%_of_volume" rsync-delta "$rsync_pc
 kill -9 "$PROTECTED_PID" "$RECOVERY_PID"
 rm -f "$WORK/rsync-old.img" "$WORK/rsync-new.img"
 
-log "5/5 writing $RESULTS"
+log "5/6 scale: one protected agent with 16 VPGs x 8 volumes (128 exports), writes on all of them"
+rm -rf "$WORK/a" "$WORK/b" "$WORK/src" "$WORK/peer"
+mkdir -p "$WORK/peer"
+specs=()
+for v in $(seq 0 7); do specs+=("g1v$v:32M"); done
+LOG_CAPACITY=$((64 << 20)) setup_pair async 5000 "${specs[@]}"
+for g in $(seq 2 16); do
+    printf '[[vpg]]\nname = "vpg%s"\ncheckpoint_interval_ms = 5000\n' "$g" >>"$WORK/protected.toml"
+    for v in $(seq 0 7); do
+        truncate -s 32M "$WORK/src/g${g}v$v.img"
+        printf '[[vpg.volume]]\nname = "g%sv%s"\npath = "%s"\n' "$g" "$v" "$WORK/src/g${g}v$v.img" >>"$WORK/protected.toml"
+    done
+done
+start_recovery
+start_protected
+wait_replicated 300
+# One fio job per export: 16 MiB of 256 KiB writes each, 2 GiB in all;
+# the peer is the same jobs as plain buffered writes to files of their own.
+{ echo "[global]"; echo "rw=write"; echo "bs=256k"; echo "size=16M"; echo "thread"; } >"$WORK/scale-tm.fio"
+cp "$WORK/scale-tm.fio" "$WORK/scale-peer.fio"
+echo "ioengine=nbd" >>"$WORK/scale-tm.fio"
+echo "iodepth=2" >>"$WORK/scale-tm.fio"
+echo "ioengine=psync" >>"$WORK/scale-peer.fio"
+for g in $(seq 1 16); do
+    for v in $(seq 0 7); do
+        printf '[g%sv%s]\nuri=nbd://127.0.0.1:%s/g%sv%s\n' "$g" "$v" "$NBD_PORT" "$g" "$v" >>"$WORK/scale-tm.fio"
+        printf '[g%sv%s]\nfilename=%s/peer/g%sv%s.img\n' "$g" "$v" "$WORK" "$g" "$v" >>"$WORK/scale-peer.fio"
+    done
+done
+scale_bw() { # jobfile -> aggregate MiB/s
+    fio --group_reporting --output-format=json --output="$WORK/scale.json" "$1" >"$WORK/scale.err" 2>&1 || fail "fio $1 failed: $(tail -5 "$WORK/scale.err")"
+    sed -n '/^{/,$p' "$WORK/scale.json" | jq -r '.jobs[0].write.bw / 1024 | floor'
+}
+pbw=$(scale_bw "$WORK/scale-peer.fio")
+tbw=$(scale_bw "$WORK/scale-tm.fio")
+bench scale_128_exports_write_256k "$tbw" MiB/s raw-local-writes "$pbw" "—"
+qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -t "$WORK/peer/g1v0.img" --cache=writeback --aio=threads &
+QPID=$!
+PIDS+=("$QPID")
+wait_port $((PORT_BASE + 9))
+fio_iops "nbd://127.0.0.1:$((PORT_BASE + 9))/disk" write 256k 2 16M >/dev/null
+peer_rss=$(python3 -c "print('%.1f' % (128 * $(rss_mib "$QPID")))")
+bench scale_128_exports_rss_protected "$(rss_mib "$PROTECTED_PID")" MiB 128-qemu-nbd "$peer_rss" "≤ 128 MiB"
+kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID"
+
+log "6/6 writing $RESULTS"
 {
     echo "# Benchmark results"
     echo
@@ -185,9 +230,14 @@ log "5/5 writing $RESULTS"
     echo '`qemu-img convert` of the source image; PIT export (replica + journal) read with fio'
     echo "vs qemu-nbd serving the plain file; failback after 1 % of the 64 KiB extents changed:"
     echo "bytes on the wire as % of the volume, vs rsync's delta transfer of the same change."
+    echo "Scale: 16 VPGs x 8 volumes of 32 MiB on one protected agent (64 MiB log each), one fio"
+    echo "job per export (256 KiB writes, 16 MiB each, 2 GiB in all) with replication on, vs the"
+    echo "same jobs as plain buffered writes; its RSS vs 128 qemu-nbd processes (one measured x 128)."
     echo
     echo "| figure | Tidemark | peer | ratio | goal |"
     echo "|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
+    echo
+    cat tests/bench/profile.md
 } >"$RESULTS"
 cat "$RESULTS"

@@ -11,8 +11,8 @@
 #   to 1,276 MiB.)
 # - 127.0.0.5: 100,000 FLUSHes; all answered, with at most 40 threads in
 #   the agent. (Before: 516 threads, one blocking sync each.)
-# - 127.0.0.3: 65 silent connections: the 65th is closed at once (64 per
-#   source), the others after the 10 s handshake timeout.
+# - 127.0.0.3: 257 silent connections: the 257th is closed at once (256
+#   per source), the others after the 10 s handshake timeout.
 # - 127.0.0.4: a handshake sent one byte a second is cut after ~10 s.
 # Meanwhile the hypervisor connects and reads within seconds, every time.
 source "$(dirname "$0")/../lib/common.sh"
@@ -41,7 +41,7 @@ base=$(cut -d' ' -f1 "$WORK/peaks")
 log "attacks from four sources at once (idle agent: $((base / 1024)) MiB resident)"
 $HOSTILE reads "$NBD_PORT" disk0 127.0.0.2 4 48 33554432 36 >"$WORK/reads.out" 2>&1 &
 reads=$!
-$HOSTILE silent "$NBD_PORT" 127.0.0.3 65 13 >"$WORK/silent.out" 2>&1 &
+$HOSTILE silent "$NBD_PORT" 127.0.0.3 257 13 >"$WORK/silent.out" 2>&1 &
 silent=$!
 $HOSTILE slow "$NBD_PORT" disk0 127.0.0.4 >"$WORK/slow.out" 2>&1 &
 slow=$!
@@ -77,10 +77,10 @@ log "agent peak: $((peak_rss / 1024)) MiB resident, $peak_threads threads"
 # waiting for buffers (holding none) and get their turn after.
 [ "$(jq .closed_by_server "$WORK/reads.out")" -ge 2 ] || fail "connections that took no reply for 30 s were not closed"
 [ "$(jq .replies "$WORK/flushes.out")" = 100000 ] || fail "not every FLUSH was answered"
-[ "$(jq .closed_by_server "$WORK/silent.out")" = 65 ] || fail "silent connections were not all closed within 13 s"
+[ "$(jq .closed_by_server "$WORK/silent.out")" = 257 ] || fail "silent connections were not all closed within 13 s"
 python3 -c "import json,sys; s=json.load(open('$WORK/slow.out'))['closed_after_s']; sys.exit(0 if 8 <= s <= 14 else 1)" ||
     fail "the slow handshake was not cut after about 10 s"
-grep -q "this source holds its maximum" "$WORK/protected.log" || fail "the 65th connection from one source was not refused"
+grep -q "this source holds its maximum" "$WORK/protected.log" || fail "the 257th connection from one source was not refused"
 kill -0 "$PROTECTED_PID" || fail "the protected agent died"
 qio_check "$NBD_URI/disk0" "write -P 0x5a 0 1M" "flush" "read -P 0x5a 0 1M"
 log "PASS"

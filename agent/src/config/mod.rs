@@ -87,9 +87,11 @@ pub struct IscsiConfig {
 
 /// The iSCSI port of the port table.
 pub const ISCSI_PORT: u16 = 3260;
-/// LUNs one appliance serves: each is one connection of the agent's NBD
-/// server, which admits that many from one source (the kernel's).
-pub const ISCSI_LUNS_MAX: usize = crate::nbd::admission::NBD_CONNECTIONS_PER_SOURCE_MAX;
+/// LUNs one appliance serves (what the appliance tests exercise): each is
+/// one connection of the agent's NBD server from one source (the kernel's),
+/// which admits more.
+pub const ISCSI_LUNS_MAX: usize = 64;
+const _: () = assert!(ISCSI_LUNS_MAX <= crate::nbd::admission::NBD_CONNECTIONS_PER_SOURCE_MAX);
 /// CHAP secrets: RFC 3720 wants at least 12 bytes (96 bits); LIO takes 255.
 const CHAP_SECRET_BYTES_MIN: usize = 12;
 const CHAP_SECRET_BYTES_MAX: usize = 255;

@@ -69,8 +69,17 @@ impl LogCursor {
             }
             self.held = None;
             batch.push_verified(seq, &self.held_bytes[..len]);
+            // One large write leaves no large buffer behind.
+            crate::wire::batch::trim_buffer(&mut self.held_bytes, crate::wire::batch::BUSY_BUFFER_BYTES);
         }
         Ok(())
+    }
+
+    /// Lets go of the record buffer's memory while nothing is held in it.
+    pub fn trim_idle(&mut self) {
+        if self.held.is_none() {
+            crate::wire::batch::trim_buffer(&mut self.held_bytes, crate::wire::batch::IDLE_BUFFER_BYTES);
+        }
     }
 
     /// The next appended record at or after `want_seq`, if any.

@@ -247,7 +247,7 @@ impl ProtectedLog {
         let written = (|| {
             // Half a record reaches the file, then the disk is full.
             fail::fail_point!("log-append-torn", |_| {
-                let _ = (&*inner.current_file).write_all(&header[..RECORD_HEADER_BYTES / 2]);
+                let _ = write_all_vectored(&inner.current_file, &header, &payload[..payload.len() / 2]);
                 Err(std::io::Error::from_raw_os_error(28))
             });
             write_all_vectored(&inner.current_file, &header, &payload)

@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections served at once; more wait in the listen backlog.
-pub const NBD_CONNECTIONS_MAX: usize = 256;
+pub const NBD_CONNECTIONS_MAX: usize = 1024;
 /// Connections one source address may hold (a hypervisor has one per
-/// virtual disk); more are closed at once.
-pub const NBD_CONNECTIONS_PER_SOURCE_MAX: usize = 64;
+/// virtual disk, and one agent serves 16 VPGs of 8 volumes from one host
+/// and more); more are closed at once.
+pub const NBD_CONNECTIONS_PER_SOURCE_MAX: usize = 256;
+const _: () = assert!(NBD_CONNECTIONS_MAX >= 4 * NBD_CONNECTIONS_PER_SOURCE_MAX);
 /// The longest reply header (a structured read chunk: 20 + offset 8).
 pub const REPLY_HEADER_BYTES_MAX: usize = 28;
 /// Request payloads and replies one source may hold at once: two of the

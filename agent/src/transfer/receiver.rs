@@ -353,6 +353,8 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     let mut payload = Vec::new();
     let mut decoder = batch::BatchDecoder::default();
     loop {
+        // A larger batch than most (one big write) leaves no large buffer behind.
+        batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
             .context("data link idle too long")??;

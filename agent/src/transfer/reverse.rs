@@ -146,6 +146,8 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let mut copied = vec![vpg.reverse_state().is_some_and(|r| r.in_sync); vpg.volumes.len()];
     let mut stream = vpg.reverse_state().map_or(0, |r| r.stream_id);
     loop {
+        // A larger batch than most (one big write) leaves no large buffer behind.
+        batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
             .context("reverse data link idle too long")??;

@@ -23,6 +23,18 @@ const _: () = assert!(RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX <= BATCH_RA
 // A batch is sent raw unless compression makes it smaller: it fits a frame.
 const _: () = assert!(BATCH_HEADER_BYTES + BATCH_RAW_BYTES_MAX <= FRAME_PAYLOAD_BYTES_MAX);
 const ZSTD_LEVEL: i32 = 1;
+/// Buffers reused from batch to batch keep at most this much while their
+/// link is idle, and at most twice a batch target after a larger batch:
+/// memory stays bounded by the number of links, not by the largest write.
+pub const IDLE_BUFFER_BYTES: usize = 256 << 10;
+pub const BUSY_BUFFER_BYTES: usize = 2 * (BATCH_HEADER_BYTES + BATCH_RAW_BYTES_TARGET);
+
+/// Gives back what `buf` holds beyond `keep` bytes of capacity.
+pub fn trim_buffer(buf: &mut Vec<u8>, keep: usize) {
+    if buf.capacity() > keep {
+        buf.shrink_to(keep.max(buf.len()));
+    }
+}
 /// Send compressed only when it saves at least this share of the bytes.
 const COMPRESSION_WORTH_RATIO: f64 = 0.9;
 
@@ -81,8 +93,14 @@ impl BatchBuilder {
 
     pub fn clear(&mut self) {
         self.buf.truncate(BATCH_HEADER_BYTES);
+        trim_buffer(&mut self.buf, BUSY_BUFFER_BYTES);
         self.count = 0;
         self.crc = crc32fast::Hasher::new();
+    }
+
+    /// Lets go of the buffer's memory while the link has nothing to send.
+    pub fn trim_idle(&mut self) {
+        trim_buffer(&mut self.buf, IDLE_BUFFER_BYTES);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,12 +215,18 @@ impl BatchEncoder {
         }
     }
 
+    /// Lets go of the compression buffer's memory while the link is idle.
+    pub fn trim_idle(&mut self) {
+        trim_buffer(&mut self.compressed, IDLE_BUFFER_BYTES);
+    }
+
     /// Compresses `raw` after room for a header in `self.compressed`
     /// (written into its spare capacity, never zeroed first); the
     /// compressed length, or None if zstd failed.
     fn compress(&mut self, raw: &[u8]) -> Option<usize> {
         let mut out = std::io::Cursor::new(std::mem::take(&mut self.compressed));
         out.get_mut().clear();
+        trim_buffer(out.get_mut(), BUSY_BUFFER_BYTES);
         out.get_mut().resize(BATCH_HEADER_BYTES, 0);
         out.get_mut().reserve(zstd::zstd_safe::compress_bound(raw.len()));
         out.set_position(BATCH_HEADER_BYTES as u64);
@@ -366,6 +390,7 @@ impl BatchDecoder {
         let body = &bytes[BATCH_HEADER_BYTES..];
         let raw = if h.codec == Codec::Zstd as u8 {
             self.decompressed.clear();
+            trim_buffer(&mut self.decompressed, BUSY_BUFFER_BYTES);
             self.decompressed.reserve(h.raw_len);
             // Into the spare capacity: more than `raw_len` is an error.
             self.zstd.decompress_to_buffer(body, &mut self.decompressed).context("decompressing batch")?;
@@ -512,6 +537,21 @@ mod tests {
             assert!(d.raw[RECORD_HEADER_BYTES..].iter().all(|b| *b == byte));
             assert_eq!(d.raw.len(), RECORD_HEADER_BYTES + n);
         }
+    }
+
+    #[test]
+    fn reused_buffers_keep_little_after_a_big_write_or_while_idle() {
+        let mut batch = BatchBuilder::of(&recs(vec![vec![1; 20 << 20]]));
+        let mut encoder = BatchEncoder::default();
+        assert_eq!(encoder.encode(&mut batch).codec, Codec::Zstd);
+        batch.clear();
+        assert!(batch.buf.capacity() <= BUSY_BUFFER_BYTES, "{}", batch.buf.capacity());
+        batch.push_verified(10, &recs(vec![vec![2; 1000]])[0].encode());
+        encoder.encode(&mut batch);
+        assert!(encoder.compressed.capacity() <= BUSY_BUFFER_BYTES, "{}", encoder.compressed.capacity());
+        batch.trim_idle();
+        encoder.trim_idle();
+        assert!(batch.buf.capacity() <= IDLE_BUFFER_BYTES && encoder.compressed.capacity() <= IDLE_BUFFER_BYTES);
     }
 
     #[test]
