@@ -69,7 +69,7 @@ impl LogCursor {
             }
             self.held = None;
             batch.push_verified(seq, &self.held_bytes[..len]);
-            // One large write leaves no large buffer behind.
+            // One large write leaves no large buffer behind (nothing is held).
             crate::wire::batch::trim_buffer(&mut self.held_bytes, crate::wire::batch::BUSY_BUFFER_BYTES);
         }
         Ok(())

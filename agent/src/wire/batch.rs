@@ -29,10 +29,12 @@ const ZSTD_LEVEL: i32 = 1;
 pub const IDLE_BUFFER_BYTES: usize = 256 << 10;
 pub const BUSY_BUFFER_BYTES: usize = 2 * (BATCH_HEADER_BYTES + BATCH_RAW_BYTES_TARGET);
 
-/// Gives back what `buf` holds beyond `keep` bytes of capacity.
+/// Gives back what a reused buffer holds beyond `keep` bytes of capacity;
+/// what it holds is not kept when it shrinks (callers trim between uses).
 pub fn trim_buffer(buf: &mut Vec<u8>, keep: usize) {
     if buf.capacity() > keep {
-        buf.shrink_to(keep.max(buf.len()));
+        buf.clear();
+        buf.shrink_to(keep);
     }
 }
 /// Send compressed only when it saves at least this share of the bytes.
@@ -92,15 +94,23 @@ impl BatchBuilder {
     }
 
     pub fn clear(&mut self) {
-        self.buf.truncate(BATCH_HEADER_BYTES);
-        trim_buffer(&mut self.buf, BUSY_BUFFER_BYTES);
+        self.trim(BUSY_BUFFER_BYTES);
         self.count = 0;
         self.crc = crc32fast::Hasher::new();
     }
 
-    /// Lets go of the buffer's memory while the link has nothing to send.
+    /// Lets go of the buffer's memory while the link has nothing to send
+    /// (the batch is empty).
     pub fn trim_idle(&mut self) {
-        trim_buffer(&mut self.buf, IDLE_BUFFER_BYTES);
+        assert!(self.is_empty(), "trimming a batch that holds records");
+        self.trim(IDLE_BUFFER_BYTES);
+    }
+
+    /// Keeps the room for the header; the records' bytes are dropped.
+    fn trim(&mut self, keep: usize) {
+        self.buf.truncate(BATCH_HEADER_BYTES);
+        trim_buffer(&mut self.buf, keep);
+        self.buf.resize(BATCH_HEADER_BYTES, 0);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -549,9 +559,18 @@ mod tests {
         batch.push_verified(10, &recs(vec![vec![2; 1000]])[0].encode());
         encoder.encode(&mut batch);
         assert!(encoder.compressed.capacity() <= BUSY_BUFFER_BYTES, "{}", encoder.compressed.capacity());
+        batch.clear();
         batch.trim_idle();
         encoder.trim_idle();
         assert!(batch.buf.capacity() <= IDLE_BUFFER_BYTES && encoder.compressed.capacity() <= IDLE_BUFFER_BYTES);
+        assert_eq!(batch.buf.len(), BATCH_HEADER_BYTES, "the room for the header stays");
+        batch.push_verified(11, &recs(vec![vec![0; 1], vec![3; 1000]])[1].encode());
+        decode(encoder.encode(&mut batch).bytes, 3).unwrap();
+        // A buffer whose length is its largest use (a frame payload, a
+        // record read) shrinks too.
+        let mut payload = vec![0u8; 36 << 20];
+        trim_buffer(&mut payload, BUSY_BUFFER_BYTES);
+        assert!(payload.capacity() <= BUSY_BUFFER_BYTES);
     }
 
     #[test]
