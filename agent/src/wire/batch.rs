@@ -196,8 +196,9 @@ impl BatchEncoder {
         } else {
             self.compress(batch.raw())
         };
-        let header = |codec| header(batch.first_seq, batch.last_seq, batch.count, codec, raw_len, raw_crc);
-        let (first_seq, last_seq) = (batch.first_seq, batch.last_seq);
+        let (first_seq, last_seq, count) = (batch.first_seq, batch.last_seq, batch.count);
+        let header =
+            |codec: Codec| BatchHeader { first_seq, last_seq, count, codec: codec as u8, raw_len, raw_crc }.to_bytes();
         match compressed_len {
             Some(n) if (n as f64) < raw_len as f64 * COMPRESSION_WORTH_RATIO => {
                 self.misses_in_a_row = 0;
@@ -214,10 +215,7 @@ impl BatchEncoder {
                 }
                 let h = header(Codec::Raw);
                 batch.buf[..BATCH_HEADER_BYTES].copy_from_slice(&h);
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(&h);
-                crc.combine(&crc32fast::Hasher::new_with_initial_len(raw_crc, raw_len as u64));
-                let crc = crc.finalize();
+                let crc = crc_followed_by(&h, raw_crc, raw_len).finalize();
                 let bytes = &batch.buf[..];
                 debug_assert_eq!(crc, crc32fast::hash(bytes), "the combined frame crc");
                 EncodedBatch { bytes, crc, raw_len, codec: Codec::Raw, first_seq, last_seq }
@@ -244,24 +242,6 @@ impl BatchEncoder {
         self.compressed = out.into_inner();
         n
     }
-}
-
-fn header(
-    first_seq: u64,
-    last_seq: u64,
-    count: usize,
-    codec: Codec,
-    raw_len: usize,
-    raw_crc: u32,
-) -> [u8; BATCH_HEADER_BYTES] {
-    let mut h = [0u8; BATCH_HEADER_BYTES];
-    h[0..8].copy_from_slice(&first_seq.to_le_bytes());
-    h[8..16].copy_from_slice(&last_seq.to_le_bytes());
-    h[16..20].copy_from_slice(&(count as u32).to_le_bytes());
-    h[20] = codec as u8;
-    h[24..28].copy_from_slice(&(raw_len as u32).to_le_bytes());
-    h[28..32].copy_from_slice(&raw_crc.to_le_bytes());
-    h
 }
 
 /// A batch's bytes and codec, owned (tests and tools).
@@ -335,17 +315,23 @@ impl DecodedBatch<'_> {
     }
 }
 
-/// The crc32 of one record's bytes, from its header and its (verified)
-/// payload crc: no pass over the payload.
-fn record_crc(record: &[u8]) -> crc32fast::Hasher {
-    let payload_len = (record.len() - RECORD_HEADER_BYTES) as u64;
-    let payload_crc = crate::record::u32_at(record, 44);
+/// The crc32 of `head` followed by `rest_len` bytes whose crc32 is
+/// `rest_crc`, without a pass over those bytes.
+fn crc_followed_by(head: &[u8], rest_crc: u32, rest_len: usize) -> crc32fast::Hasher {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&record[..RECORD_HEADER_BYTES]);
-    crc.combine(&crc32fast::Hasher::new_with_initial_len(payload_crc, payload_len));
+    crc.update(head);
+    crc.combine(&crc32fast::Hasher::new_with_initial_len(rest_crc, rest_len as u64));
     crc
 }
 
+/// The crc32 of one record's bytes, from its header and its (verified)
+/// payload crc: no pass over the payload.
+fn record_crc(record: &[u8]) -> crc32fast::Hasher {
+    let payload_crc = crate::record::u32_at(record, 44);
+    crc_followed_by(&record[..RECORD_HEADER_BYTES], payload_crc, record.len() - RECORD_HEADER_BYTES)
+}
+
+/// The batch header, as the encoder writes it and the decoder reads it.
 struct BatchHeader {
     first_seq: u64,
     last_seq: u64,
@@ -356,6 +342,17 @@ struct BatchHeader {
 }
 
 impl BatchHeader {
+    fn to_bytes(&self) -> [u8; BATCH_HEADER_BYTES] {
+        let mut h = [0u8; BATCH_HEADER_BYTES];
+        h[0..8].copy_from_slice(&self.first_seq.to_le_bytes());
+        h[8..16].copy_from_slice(&self.last_seq.to_le_bytes());
+        h[16..20].copy_from_slice(&(self.count as u32).to_le_bytes());
+        h[20] = self.codec;
+        h[24..28].copy_from_slice(&(self.raw_len as u32).to_le_bytes());
+        h[28..32].copy_from_slice(&self.raw_crc.to_le_bytes());
+        h
+    }
+
     fn read(bytes: &[u8]) -> Result<BatchHeader> {
         if bytes.len() < BATCH_HEADER_BYTES {
             bail!("batch of {} bytes is shorter than its header", bytes.len());
