@@ -43,6 +43,11 @@ impl HistoryPolicy {
         self.journal_limit.map_or(cap, |l| (l / 16).clamp(4 << 20, cap))
     }
 
+    /// Checkpoints taken at or before this time are out of the window.
+    fn horizon_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.history.as_millis() as u64)
+    }
+
     /// Segments close at this age, so a quiet VPG's history still retires.
     pub fn segment_age(&self) -> Duration {
         (self.history / 8).clamp(Duration::from_secs(5), Duration::from_secs(15 * 60))
@@ -59,7 +64,10 @@ pub struct PassReport {
     pub segments_retired: usize,
     /// Journal bytes on disk after the pass.
     pub journal_bytes: u64,
-    /// The byte limit made the window shorter than configured.
+    /// The replica is at a checkpoint younger than the window: the byte
+    /// limit made the window shorter than configured. Stays set after the
+    /// journal is back under its limit, until time catches up with the
+    /// replica, so status says so for as long as it is true.
     pub shortened: bool,
     /// A reader's lease held the replica back (holder names).
     pub held_by: Vec<String>,
@@ -93,7 +101,7 @@ fn choose_target(
     policy: &HistoryPolicy,
     now_ms: u64,
 ) -> (Option<u64>, bool) {
-    let horizon = now_ms.saturating_sub(policy.history.as_millis() as u64);
+    let horizon = policy.horizon_ms(now_ms);
     let by_time = checkpoints.iter().filter(|c| c.id > applied_seq && c.time_ms <= horizon).map(|c| c.id).max();
     let Some(limit) = policy.journal_limit else { return (by_time, false) };
     let total: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -226,6 +234,7 @@ pub fn pass(
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
     report.journal_bytes = segments(dir)?.iter().map(|s| s.bytes).sum();
     report.applied_seq = state.applied_seq;
+    report.shortened |= state.base.as_ref().is_some_and(|b| b.time_ms > policy.horizon_ms(now_ms));
     report.state = state;
     Ok(report)
 }
@@ -371,6 +380,21 @@ mod tests {
             for (cp, last) in [("7", 7), ("last", 9)] {
                 assert_eq!(view_bytes(&dir, cp), expected_at(last), "after the apply, checkpoint {cp}");
             }
+        }
+
+        #[test]
+        fn a_window_shortened_by_the_limit_is_reported_until_time_catches_up() {
+            let (_root, dir, meta) = journal();
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: Some(1) };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
+            assert_eq!((report.applied_to, report.shortened), (Some(7), true));
+            // Nothing more to apply early, but the window is still short.
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
+            assert_eq!((report.applied_to, report.shortened), (None, true));
+            // Checkpoint 7 (at 2 s) has aged out of the 60 s window.
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!((report.applied_to, report.shortened), (None, false));
         }
 
         #[test]
