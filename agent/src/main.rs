@@ -620,6 +620,13 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     if let Some(d) = &view.corruption {
         eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
     }
+    if !json {
+        let (summarized, scanned, bytes) = view.read;
+        eprintln!(
+            "journal index: {summarized} sealed segments read from their summaries, {scanned} scanned ({})",
+            tidemark::status::format_bytes(bytes)
+        );
+    }
     Ok(())
 }
 

@@ -154,6 +154,16 @@ pub struct SegmentReader {
     offset: u64,
     buf: Vec<u8>,
     stream_id: u32,
+    last_crcs: RecordCrcs,
+}
+
+/// The checksums a record's header carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCrcs {
+    /// crc32 of the payload.
+    pub payload: u32,
+    /// crc32 of the header before it.
+    pub header: u32,
 }
 
 /// Why reading a segment stopped before its end: the storage failed, or
@@ -222,6 +232,7 @@ impl SegmentReader {
             offset: SEGMENT_HEADER_BYTES as u64,
             buf: Vec::new(),
             stream_id,
+            last_crcs: RecordCrcs::default(),
         };
         Ok((me, first_seq))
     }
@@ -233,6 +244,11 @@ impl SegmentReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The checksums of the last record returned (verified).
+    pub fn last_crcs(&self) -> RecordCrcs {
+        self.last_crcs
     }
 
     /// File offset just past the last record returned.
@@ -288,6 +304,7 @@ impl SegmentReader {
         let (record, used) = Record::decode_metadata(&buf[..len]).map_err(damage)?;
         debug_assert_eq!(used, len);
         self.offset += used as u64;
+        self.last_crcs = RecordCrcs { payload: u32_at(buf, 44), header: u32_at(buf, 48) };
         Ok(Some((record, len, at)))
     }
 }

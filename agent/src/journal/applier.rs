@@ -189,6 +189,7 @@ fn retire(dir: &Path, segments: &[SegmentFile], applied_seq: u64, leases: &[Leas
             break;
         }
         std::fs::remove_file(&pair[0].path).with_context(|| format!("retiring {}", pair[0].path.display()))?;
+        super::summary::forget(&pair[0].path)?;
         retired += 1;
     }
     if retired > 0 {

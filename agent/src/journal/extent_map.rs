@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// Data in journal segment `segment` (an index into the view's list
-    /// of open segments) starting at file offset `at`.
+    /// Data of journal record `record` (an index into the view's list of
+    /// records), this byte at file offset `at` of its segment.
     Journal {
-        segment: u32,
+        record: u32,
         at: u64,
     },
     Zero,
@@ -21,7 +21,7 @@ impl Source {
     /// The same source `skip` bytes further in.
     fn advanced(self, skip: u64) -> Source {
         match self {
-            Source::Journal { segment, at } => Source::Journal { segment, at: at + skip },
+            Source::Journal { record, at } => Source::Journal { record, at: at + skip },
             Source::Zero => Source::Zero,
         }
     }
@@ -118,7 +118,7 @@ mod tests {
             for (i, (start, len, zero)) in ops.into_iter().enumerate() {
                 let len = len.min(SPACE - start);
                 let id = i as u64 + 1;
-                let source = if zero { Source::Zero } else { Source::Journal { segment: 0, at: id << 20 } };
+                let source = if zero { Source::Zero } else { Source::Journal { record: 0, at: id << 20 } };
                 map.insert(start, len, source);
                 apply_model(&mut model, start, len, if zero { 0 } else { id });
                 starts.insert(id, start);

@@ -6,7 +6,8 @@
 
 use super::apply_state::ApplyState;
 pub use super::checkpoint::CheckpointInfo;
-use crate::record::{Record, RecordBody};
+use super::summary::{Entry, EntryKind};
+use crate::record::Record;
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone)]
@@ -57,27 +58,32 @@ impl JournalIndex {
     /// Records already in the replica (left in a partly applied segment)
     /// are skipped.
     pub fn observe(&mut self, rec: &Record) {
-        if rec.seq <= self.applied_seq {
+        self.observe_entry(&Entry::of(rec, 0, 0));
+    }
+
+    /// `observe` for a record read from a segment's summary.
+    pub fn observe_entry(&mut self, entry: &Entry) {
+        if entry.seq <= self.applied_seq {
             return;
         }
-        assert!(rec.seq > self.durable_seq, "journal seqs must ascend ({} after {})", rec.seq, self.durable_seq);
-        self.durable_seq = rec.seq;
+        assert!(entry.seq > self.durable_seq, "journal seqs must ascend ({} after {})", entry.seq, self.durable_seq);
+        self.durable_seq = entry.seq;
         self.records += 1;
-        match &rec.body {
-            RecordBody::StreamStart { stream_id, .. } => {
+        match &entry.kind {
+            EntryKind::StreamStart { stream_id, .. } => {
                 self.stream_id = *stream_id;
                 self.copied.clear();
             }
-            RecordBody::CopyDone { volume } => {
+            EntryKind::CopyDone { volume } => {
                 self.copied.insert(*volume);
             }
-            RecordBody::Checkpoint { time_ms, tag } => self.checkpoints.push(CheckpointInfo {
-                id: rec.seq,
+            EntryKind::Checkpoint { time_ms, tag } => self.checkpoints.push(CheckpointInfo {
+                id: entry.seq,
                 time_ms: *time_ms,
                 tag: tag.clone(),
                 consistent: self.copied.len() == self.volume_count,
             }),
-            RecordBody::Write { .. } | RecordBody::Zero { .. } => {}
+            EntryKind::Write { .. } | EntryKind::Zero { .. } => {}
         }
     }
 
@@ -124,6 +130,7 @@ impl JournalIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RecordBody;
 
     fn rec(seq: u64, body: RecordBody) -> Record {
         Record { seq, vpg_id: 1, body }

@@ -15,6 +15,7 @@ use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,7 +61,8 @@ pub struct LeaseInfo {
 
 pub struct Lease {
     path: PathBuf,
-    _file: File,
+    file: File,
+    vpg_dir: PathBuf,
     pub info: LeaseInfo,
     /// The replica as it was when the lease was taken.
     pub state: ApplyState,
@@ -79,25 +81,25 @@ static LEASE_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// apply left the replica between two points that `checkpoint` is not
 /// after (the recovery agent finishes that apply when it starts).
 pub fn take(vpg_dir: &Path, holder: &str, checkpoint: u64) -> Result<Lease> {
+    take_with(vpg_dir, holder, |_| checkpoint)
+}
+
+/// Pins the replica where it is, before the reader has read anything: the
+/// applier cannot move it nor retire a segment while the reader lists
+/// checkpoints; `Lease::move_to` then pins the one the reader chose.
+pub fn take_at_replica(vpg_dir: &Path, holder: &str) -> Result<Lease> {
+    take_with(vpg_dir, holder, |state| state.applying_to.unwrap_or(0).max(state.applied_seq))
+}
+
+fn take_with(vpg_dir: &Path, holder: &str, checkpoint: impl FnOnce(&ApplyState) -> u64) -> Result<Lease> {
     let _lock = ApplyLock::shared(vpg_dir)?;
     // A failover commits under the apply lock: seen here, or not begun.
     if vpg_dir.join(super::FAILOVER_RECORD_FILE).exists() {
         bail!("the VPG was failed over while this reader was opening; its history is closed");
     }
     let state = ApplyState::load(vpg_dir)?;
-    if checkpoint < state.applied_seq {
-        bail!(
-            "checkpoint {checkpoint} is older than the history window: the replica already holds seq {} \
-             (see `tidemark checkpoints` for the recoverable ones)",
-            state.applied_seq
-        );
-    }
-    if let Some(to) = state.applying_to.filter(|to| checkpoint < *to) {
-        bail!(
-            "an apply to seq {to} was interrupted and checkpoint {checkpoint} is before it; \
-             start the recovery agent so it finishes the apply, then pick a checkpoint at or after {to}"
-        );
-    }
+    let checkpoint = checkpoint(&state);
+    check_readable(&state, checkpoint)?;
     let dir = vpg_dir.join(LEASE_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let n = LEASE_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -111,7 +113,47 @@ pub fn take(vpg_dir: &Path, holder: &str, checkpoint: u64) -> Result<Lease> {
     flock(&file, FlockOperation::NonBlockingLockExclusive).with_context(|| format!("locking {}", path.display()))?;
     let info = LeaseInfo { holder: holder.to_string(), checkpoint, base: state.applied_seq };
     file.write_all(&serde_json::to_vec(&info)?)?;
-    Ok(Lease { path, _file: file, info, state })
+    Ok(Lease { path, file, vpg_dir: vpg_dir.to_path_buf(), info, state })
+}
+
+/// Why the replica (as `state` says) cannot be read at `checkpoint`.
+fn check_readable(state: &ApplyState, checkpoint: u64) -> Result<()> {
+    if checkpoint < state.applied_seq {
+        bail!(
+            "checkpoint {checkpoint} is older than the history window: the replica already holds seq {} \
+             (see `tidemark checkpoints` for the recoverable ones)",
+            state.applied_seq
+        );
+    }
+    if let Some(to) = state.applying_to.filter(|to| checkpoint < *to) {
+        bail!(
+            "an apply to seq {to} was interrupted and checkpoint {checkpoint} is before it; \
+             start the recovery agent so it finishes the apply, then pick a checkpoint at or after {to}"
+        );
+    }
+    Ok(())
+}
+
+impl Lease {
+    /// Moves the pin forward to `checkpoint` (what the reader resolved
+    /// under the pin it took first); never backwards past the replica.
+    pub fn move_to(&mut self, checkpoint: u64) -> Result<()> {
+        check_readable(&self.state, checkpoint)?;
+        if checkpoint == self.info.checkpoint {
+            return Ok(());
+        }
+        // The applier reads leases under the exclusive lock: it sees the
+        // old pin or the new one, never a half-written file.
+        let _lock = ApplyLock::shared(&self.vpg_dir)?;
+        let info = LeaseInfo { checkpoint, ..self.info.clone() };
+        let bytes = serde_json::to_vec(&info)?;
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.write_all_at(&bytes, 0))
+            .with_context(|| format!("updating lease {}", self.path.display()))?;
+        self.info = info;
+        Ok(())
+    }
 }
 
 /// The leases whose holders are alive; stale ones are removed. Call with
@@ -177,5 +219,19 @@ mod tests {
         ApplyState { applied_seq: 10, applying_to: Some(20), ..Default::default() }.store(dir.path()).unwrap();
         assert!(take(dir.path(), "restore", 15).is_err());
         assert!(take(dir.path(), "restore", 20).is_ok());
+    }
+
+    #[test]
+    fn a_lease_taken_first_pins_the_replica_then_moves_to_the_chosen_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        ApplyState { applied_seq: 10, applying_to: Some(20), ..Default::default() }.store(dir.path()).unwrap();
+        let mut lease = take_at_replica(dir.path(), "export").unwrap();
+        assert_eq!((lease.info.checkpoint, lease.info.base), (20, 10));
+        let err = lease.move_to(15).err().unwrap().to_string();
+        assert!(err.contains("interrupted"), "{err}");
+        lease.move_to(30).unwrap();
+        let lock = ApplyLock::exclusive(dir.path()).unwrap();
+        let seen = live(dir.path(), &lock).unwrap();
+        assert_eq!(seen, vec![LeaseInfo { holder: "export".into(), checkpoint: 30, base: 10 }]);
     }
 }

@@ -5,12 +5,14 @@
 
 pub mod applier;
 pub mod apply_state;
+pub mod catalog;
 pub mod checkpoint;
 pub mod extent_map;
 pub mod index;
 pub mod lease;
 pub mod replica;
 pub mod scan;
+pub mod summary;
 
 use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::segment::{create_segment, SegmentKind};
@@ -108,6 +110,7 @@ impl Journal {
             if len < crate::segment::SEGMENT_HEADER_BYTES as u64 {
                 tracing::warn!("journal: removing {}, created without its header", newest.display());
                 std::fs::remove_file(newest).with_context(|| format!("removing {}", newest.display()))?;
+                summary::forget(newest)?;
                 sync_dir(dir)?;
             }
         }
@@ -267,8 +270,10 @@ fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()
         for (_, later) in &segments[position + 1..] {
             let name = later.file_name().context("segment name")?;
             std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
+            summary::forget(later)?;
         }
     }
+    summary::forget(&damage.path)?;
     let f = std::fs::OpenOptions::new().write(true).open(&damage.path)?;
     f.set_len(damage.offset)?;
     f.sync_all()?;

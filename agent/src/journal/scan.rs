@@ -3,7 +3,7 @@
 //! and to restore; it never returns a record it could not verify.
 
 use crate::record::Record;
-use crate::segment::{list_segments, SegmentError, SegmentKind, SegmentReader};
+use crate::segment::{list_segments, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -42,6 +42,79 @@ pub enum Visit {
     Stop,
 }
 
+/// How reading one segment ended.
+pub enum SegmentScan {
+    /// Every record read and verified; `len` bytes in all.
+    Whole {
+        len: u64,
+    },
+    /// The visitor said stop.
+    Stopped,
+    Damaged(Damage),
+}
+
+/// Calls `visit` for every verified record of one journal segment, with
+/// its file offset and its checksums, until the end, damage or a stop.
+/// `first_seq` is the one its name says. The storage failing is an
+/// error, never damage.
+pub fn scan_segment(
+    path: &Path,
+    vpg_id: u32,
+    first_seq: u64,
+    mut visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
+) -> Result<SegmentScan> {
+    let (mut reader, header_seq) = SegmentReader::open(path, SegmentKind::Journal, vpg_id)?;
+    if header_seq != first_seq {
+        bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
+    }
+    loop {
+        match reader.next_record() {
+            Ok(Some((rec, at))) => {
+                if let Visit::Stop = visit(&rec, at, reader.last_crcs()) {
+                    return Ok(SegmentScan::Stopped);
+                }
+            }
+            Ok(None) => return Ok(SegmentScan::Whole { len: reader.offset() }),
+            // The storage failed: nothing is known about the records,
+            // so nothing may be cut or quarantined on it.
+            Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("reading the journal")),
+            Err(SegmentError::Damage(d)) => {
+                return Ok(SegmentScan::Damaged(Damage {
+                    path: d.path,
+                    offset: d.offset,
+                    torn: d.error.is_incomplete(),
+                    reason: d.error.to_string(),
+                }))
+            }
+        }
+    }
+}
+
+/// Checks the seqs a reader meets ascend across the whole journal.
+#[derive(Default)]
+pub struct SeqOrder {
+    pub last_seq: u64,
+}
+
+impl SeqOrder {
+    /// Damage at `path`/`offset` when `seq` does not follow the last one.
+    pub fn check(&mut self, seq: u64, path: &Path, offset: u64) -> Option<Damage> {
+        if seq <= self.last_seq {
+            let reason = format!("seq {seq} does not follow {}", self.last_seq);
+            return Some(Damage { path: path.to_path_buf(), offset, torn: false, reason });
+        }
+        self.last_seq = seq;
+        None
+    }
+}
+
+/// A segment listed but gone when opened was retired by the applier since
+/// the listing (its records are all in the replica); the newest is never
+/// retired, so its absence is an error.
+pub fn retired_since_listing(path: &Path, is_newest: bool) -> bool {
+    !is_newest && !path.exists()
+}
+
 /// Calls `visit` for every verified record in order, with where it lies.
 /// Stops at the first damage, at `Visit::Stop`, or at the end.
 pub fn scan_journal_until(
@@ -50,48 +123,26 @@ pub fn scan_journal_until(
     mut visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
     let segments = list_segments(dir, SegmentKind::Journal)?;
-    let mut last_seq = 0;
+    let mut order = SeqOrder::default();
     for (i, (first_seq, path)) in segments.iter().enumerate() {
-        let (mut reader, header_seq) = match SegmentReader::open(path, SegmentKind::Journal, vpg_id) {
-            Ok(opened) => opened,
-            // Retired by the applier since the listing: its records are
-            // all in the replica.
-            Err(_) if !path.exists() && i + 1 < segments.len() => continue,
-            Err(e) => return Err(e),
-        };
-        if header_seq != *first_seq {
-            bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
-        }
-        loop {
-            match reader.next_record() {
-                Ok(Some((rec, at))) => {
-                    if rec.seq <= last_seq {
-                        let reason = format!("seq {} does not follow {last_seq}", rec.seq);
-                        let damage = Damage { path: path.clone(), offset: at, torn: false, reason };
-                        return Ok(ScanOutcome { segments, last_seq, damage: Some(damage) });
-                    }
-                    last_seq = rec.seq;
-                    if let Visit::Stop = visit(&rec, RecordAt { path, offset: at }) {
-                        return Ok(ScanOutcome { segments, last_seq, damage: None });
-                    }
-                }
-                Ok(None) => break,
-                // The storage failed: nothing is known about the records,
-                // so nothing may be cut or quarantined on it.
-                Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("reading the journal")),
-                Err(SegmentError::Damage(d)) => {
-                    let damage = Damage {
-                        path: d.path,
-                        offset: d.offset,
-                        torn: d.error.is_incomplete(),
-                        reason: d.error.to_string(),
-                    };
-                    return Ok(ScanOutcome { segments, last_seq, damage: Some(damage) });
-                }
+        let mut damage = None;
+        let scanned = scan_segment(path, vpg_id, *first_seq, |rec, at, _| {
+            damage = order.check(rec.seq, path, at);
+            if damage.is_some() {
+                return Visit::Stop;
             }
-        }
+            visit(rec, RecordAt { path, offset: at })
+        });
+        let damage = match scanned {
+            Err(_) if retired_since_listing(path, i + 1 == segments.len()) => continue,
+            Err(e) => return Err(e),
+            Ok(SegmentScan::Whole { .. }) => continue,
+            Ok(SegmentScan::Stopped) => damage,
+            Ok(SegmentScan::Damaged(d)) => Some(d),
+        };
+        return Ok(ScanOutcome { segments, last_seq: order.last_seq, damage });
     }
-    Ok(ScanOutcome { segments, last_seq, damage: None })
+    Ok(ScanOutcome { segments, last_seq: order.last_seq, damage: None })
 }
 
 pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, RecordAt)) -> Result<ScanOutcome> {

@@ -149,6 +149,7 @@ fn holds_records(path: &Path) -> Result<bool> {
 fn set_aside(dir: &Path) -> Result<()> {
     let aside = dir.join(SET_ASIDE_DIR);
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
+        crate::journal::summary::forget(&path)?;
         if !holds_records(&path)? {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             continue;

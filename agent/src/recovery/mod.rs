@@ -9,23 +9,44 @@ pub mod restore;
 pub mod view;
 
 use crate::journal::apply_state::ApplyState;
+use crate::journal::catalog::walk_journal;
 use crate::journal::index::{CheckpointInfo, JournalIndex};
-use crate::journal::scan::{scan_journal, Damage};
+use crate::journal::lease::{self, Lease};
+use crate::journal::scan::{Damage, Visit};
 use crate::journal::{vpg_dir, JournalMeta};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// A journal read from disk, without taking it from the running agent.
+/// A journal read from disk, without taking it from the running agent:
+/// sealed segments from their summaries (`journal::summary`), the rest
+/// scanned.
 pub struct JournalView {
     pub dir: PathBuf,
     pub meta: JournalMeta,
     pub index: JournalIndex,
     /// Corruption (not a torn tail) found while reading, if any.
     pub corruption: Option<Damage>,
+    /// How the index was read: (segments from summaries, segments
+    /// scanned, bytes scanned).
+    pub read: (usize, usize, u64),
+    /// A reader's lease, taken before anything was read.
+    lease: Option<Lease>,
 }
 
 impl JournalView {
+    /// Lists the journal without pinning anything (`checkpoints`).
     pub fn open(journal_root: &Path, vpg: &str) -> Result<JournalView> {
+        Self::open_as(journal_root, vpg, None)
+    }
+
+    /// Takes `holder`'s lease first, so the applier neither moves the
+    /// replica nor retires a segment while the reader lists and chooses;
+    /// `pin` then moves the lease to the chosen checkpoint.
+    pub fn open_leased(journal_root: &Path, vpg: &str, holder: &str) -> Result<JournalView> {
+        Self::open_as(journal_root, vpg, Some(holder))
+    }
+
+    fn open_as(journal_root: &Path, vpg: &str, holder: Option<&str>) -> Result<JournalView> {
         crate::config::validate_name("--vpg", vpg)?;
         let dir = vpg_dir(journal_root, vpg);
         if !dir.exists() {
@@ -35,12 +56,28 @@ impl JournalView {
             bail!("{}", record.refusal(vpg));
         }
         let meta = JournalMeta::load(&dir)?;
-        let state = ApplyState::load(&dir)?;
+        let lease = holder.map(|h| lease::take_at_replica(&dir, h)).transpose()?;
+        let state = match &lease {
+            Some(l) => l.state.clone(),
+            None => ApplyState::load(&dir)?,
+        };
         let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
-        let outcome = scan_journal(&dir, meta.vpg_id, |rec, _| index.observe(rec))?;
+        let outcome = walk_journal(&dir, meta.vpg_id, state.applied_seq, |entry, _| {
+            index.observe_entry(entry);
+            Visit::Continue
+        })?;
         // A torn end of the newest segment is an append in progress.
         let corruption = outcome.damage.filter(|d| !d.torn);
-        Ok(JournalView { dir, meta, index, corruption })
+        let read = (outcome.summarized, outcome.scanned, outcome.scanned_bytes);
+        Ok(JournalView { dir, meta, index, corruption, read, lease })
+    }
+
+    /// Resolves `wanted` and moves the lease taken at open to it.
+    pub fn pin(&mut self, wanted: &str) -> Result<(CheckpointInfo, Lease)> {
+        let checkpoint = self.resolve(wanted)?;
+        let mut lease = self.lease.take().expect("pin needs a view opened with open_leased");
+        lease.move_to(checkpoint.id)?;
+        Ok((checkpoint, lease))
     }
 
     /// Resolves `latest`, an id or a tag to a complete checkpoint, saying

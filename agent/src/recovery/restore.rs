@@ -4,7 +4,6 @@
 //! so the result is exactly the volumes at that point of the write order.
 
 use super::JournalView;
-use crate::journal::lease;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::scan::{scan_journal_until, Visit};
 use crate::status::format_bytes;
@@ -26,17 +25,16 @@ pub struct RestoreReport {
 }
 
 pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, progress: bool) -> Result<RestoreReport> {
-    let view = JournalView::open(journal_root, vpg)?;
-    let target = view.resolve(wanted)?;
+    // The lease comes first: the applier cannot move the replica past
+    // what is listed while the checkpoint is chosen.
+    let mut view = JournalView::open_leased(journal_root, vpg, "restore")?;
+    let (target, lease) = view.pin(wanted)?;
     let warning = view.corruption.as_ref().map(|d| {
         format!(
             "journal damaged: {d}; nothing after it is used; restoring checkpoint {} (the last good one asked for)",
             target.id
         )
     });
-    // Pins the checkpoint and the journal after the replica's seq while
-    // the applier (in a running agent) goes on.
-    let lease = lease::take(&view.dir, "restore", target.id)?;
     let base = lease.info.base;
     let outputs = VolumeFiles::create_new(out_dir, &view.meta.volumes)?;
     let started = Instant::now();

@@ -175,6 +175,12 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
         (journal.dir().to_path_buf(), journal.meta.clone(), journal.index.checkpoints.clone())
     };
     let report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
+    // Summaries only speed readers up: a failure is logged, never fatal.
+    match slot.summarizer.lock().expect("summarizer lock").pass(&dir, meta.vpg_id) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(vpg = %meta.vpg, "summarized {n} sealed journal segments"),
+        Err(e) => tracing::warn!(vpg = %meta.vpg, "summarizing journal segments: {e:#}"),
+    }
     if let Some(to) = report.applied_to {
         slot.journal.lock().expect("journal lock").index.applied(&report.state);
         tracing::debug!(

@@ -26,6 +26,8 @@ pub struct VpgSlot {
     /// failover commits; else the checkpoint it was failed over at. Set
     /// under the journal lock, so no batch is appended after it.
     pub failed_over: AtomicU64,
+    /// Keeps the journal's segment summaries (run by the applier loop).
+    pub summarizer: Mutex<crate::journal::summary::Summarizer>,
 }
 
 pub const FAILOVER_PENDING: u64 = u64::MAX;
@@ -54,6 +56,7 @@ impl VpgSlot {
             policy,
             history: Mutex::new(Default::default()),
             failed_over: AtomicU64::new(0),
+            summarizer: Default::default(),
         }
     }
 }

@@ -1,0 +1,565 @@
+//! The persisted journal index: one summary file per sealed journal
+//! segment (`<segment>.idx`), listing what each record is and where its
+//! data lies, without the data. Readers (`checkpoints`, export, test
+//! failover, restore's resolve) read summaries instead of whole segments,
+//! so they open in time that does not grow with the bytes journaled.
+//!
+//! A summary is a cache, never the truth:
+//! - it is written only from a segment read back in full with every
+//!   checksum verified, once the segment is sealed (a newer one exists),
+//!   by the recovery agent's maintenance pass (`Summarizer`);
+//! - it is trusted only while it matches its segment: its own crc, the
+//!   VPG, the first seq, the segment's length, and the header of the
+//!   segment's last record read back from the segment itself;
+//! - anything else (missing, damaged, stale, from a crash mid-write) and
+//!   the reader scans that segment as before, and the next pass rewrites it.
+//!
+//! Reads of data through a summary still verify it: a Write entry carries
+//! its payload's crc and readers check it (`recovery::view`).
+//!
+//! Layout (little endian): header `magic [u8;8] "TMJRNIDX", version u32,
+//! vpg_id u32, first_seq u64, segment_len u64, last_record_at u64,
+//! last_header_crc u32, entry_count u32`, then the entries (kind u8, seq
+//! u64, then by kind: Write `volume u32, offset u64, len u32, at u64,
+//! crc u32`; Zero `volume u32, offset u64, length u64`; Checkpoint
+//! `time_ms u64, tag_len u16, tag`; CopyDone `volume u32`; StreamStart
+//! `time_ms u64, stream_id u32`), then the crc32 of everything before it.
+
+use super::scan::{scan_segment, SegmentScan, Visit};
+use crate::record::{
+    u32_at, u64_at, Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
+};
+use crate::segment::{list_segments, SegmentKind};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+const MAGIC: &[u8; 8] = b"TMJRNIDX";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 48;
+const SUMMARY_EXTENSION: &str = "idx";
+const TEMP_EXTENSION: &str = "idx-new";
+
+/// What one journal record is, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `len` bytes at file offset `at` of the segment, whose crc32 is `crc`.
+    Write {
+        volume: u32,
+        offset: u64,
+        len: u32,
+        at: u64,
+        crc: u32,
+    },
+    Zero {
+        volume: u32,
+        offset: u64,
+        length: u64,
+    },
+    Checkpoint {
+        time_ms: u64,
+        tag: String,
+    },
+    CopyDone {
+        volume: u32,
+    },
+    StreamStart {
+        time_ms: u64,
+        stream_id: u32,
+    },
+}
+
+impl Entry {
+    /// The entry of a verified record whose header is at file offset `at`
+    /// and whose payload's crc32 is `payload_crc`.
+    pub fn of(rec: &Record, at: u64, payload_crc: u32) -> Entry {
+        let kind = match &rec.body {
+            RecordBody::Write { volume, offset, data } => EntryKind::Write {
+                volume: *volume,
+                offset: *offset,
+                len: data.len() as u32,
+                at: at + RECORD_HEADER_BYTES as u64,
+                crc: payload_crc,
+            },
+            RecordBody::Zero { volume, offset, length } => {
+                EntryKind::Zero { volume: *volume, offset: *offset, length: *length }
+            }
+            RecordBody::Checkpoint { time_ms, tag } => EntryKind::Checkpoint { time_ms: *time_ms, tag: tag.clone() },
+            RecordBody::CopyDone { volume } => EntryKind::CopyDone { volume: *volume },
+            RecordBody::StreamStart { time_ms, stream_id } => {
+                EntryKind::StreamStart { time_ms: *time_ms, stream_id: *stream_id }
+            }
+        };
+        Entry { seq: rec.seq, kind }
+    }
+
+    /// The range of a volume a Write or Zero changes: (volume, offset, length).
+    pub fn extent(&self) -> Option<(u32, u64, u64)> {
+        match self.kind {
+            EntryKind::Write { volume, offset, len, .. } => Some((volume, offset, len as u64)),
+            EntryKind::Zero { volume, offset, length } => Some((volume, offset, length)),
+            _ => None,
+        }
+    }
+}
+
+/// A sealed segment's summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub vpg_id: u32,
+    pub first_seq: u64,
+    /// The segment's length when summarized; sealed segments never change.
+    pub segment_len: u64,
+    /// File offset and header crc of the last record (0, 0: no records).
+    pub last_record_at: u64,
+    pub last_header_crc: u32,
+    pub entries: Vec<Entry>,
+}
+
+const KIND_WRITE: u8 = 1;
+const KIND_ZERO: u8 = 2;
+const KIND_CHECKPOINT: u8 = 3;
+const KIND_COPY_DONE: u8 = 4;
+const KIND_STREAM_START: u8 = 5;
+
+impl SegmentSummary {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.entries.len() * 37 + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.vpg_id.to_le_bytes());
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
+        out.extend_from_slice(&self.segment_len.to_le_bytes());
+        out.extend_from_slice(&self.last_record_at.to_le_bytes());
+        out.extend_from_slice(&self.last_header_crc.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        debug_assert_eq!(out.len(), HEADER_BYTES);
+        for e in &self.entries {
+            let mut put = |kind: u8| {
+                out.push(kind);
+                out.extend_from_slice(&e.seq.to_le_bytes());
+            };
+            match &e.kind {
+                EntryKind::Write { volume, offset, len, at, crc } => {
+                    put(KIND_WRITE);
+                    for field in [&volume.to_le_bytes()[..], &offset.to_le_bytes(), &len.to_le_bytes()] {
+                        out.extend_from_slice(field);
+                    }
+                    out.extend_from_slice(&at.to_le_bytes());
+                    out.extend_from_slice(&crc.to_le_bytes());
+                }
+                EntryKind::Zero { volume, offset, length } => {
+                    put(KIND_ZERO);
+                    out.extend_from_slice(&volume.to_le_bytes());
+                    out.extend_from_slice(&offset.to_le_bytes());
+                    out.extend_from_slice(&length.to_le_bytes());
+                }
+                EntryKind::Checkpoint { time_ms, tag } => {
+                    assert!(tag.len() <= CHECKPOINT_TAG_BYTES_MAX, "a journaled tag is within the record limit");
+                    put(KIND_CHECKPOINT);
+                    out.extend_from_slice(&time_ms.to_le_bytes());
+                    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+                    out.extend_from_slice(tag.as_bytes());
+                }
+                EntryKind::CopyDone { volume } => {
+                    put(KIND_COPY_DONE);
+                    out.extend_from_slice(&volume.to_le_bytes());
+                }
+                EntryKind::StreamStart { time_ms, stream_id } => {
+                    put(KIND_STREAM_START);
+                    out.extend_from_slice(&time_ms.to_le_bytes());
+                    out.extend_from_slice(&stream_id.to_le_bytes());
+                }
+            }
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a summary, refusing anything that is not exactly one.
+    pub fn from_bytes(buf: &[u8]) -> Result<SegmentSummary> {
+        if buf.len() < HEADER_BYTES + 4 {
+            bail!("summary of {} bytes is too short", buf.len());
+        }
+        let (body, trailer) = buf.split_at(buf.len() - 4);
+        if crc32fast::hash(body) != u32_at(trailer, 0) {
+            bail!("summary checksum mismatch");
+        }
+        if &body[..8] != MAGIC || u32_at(body, 8) != VERSION {
+            bail!("not a version {VERSION} journal summary");
+        }
+        let mut summary = SegmentSummary {
+            vpg_id: u32_at(body, 12),
+            first_seq: u64_at(body, 16),
+            segment_len: u64_at(body, 24),
+            last_record_at: u64_at(body, 32),
+            last_header_crc: u32_at(body, 40),
+            entries: Vec::new(),
+        };
+        let count = u32_at(body, 44) as usize;
+        let mut r = Cursor { buf: body, at: HEADER_BYTES };
+        let mut last_seq = summary.first_seq.saturating_sub(1);
+        for _ in 0..count {
+            let kind_byte = r.u8()?;
+            let seq = r.u64()?;
+            if seq <= last_seq {
+                bail!("summary entry seq {seq} does not follow {last_seq}");
+            }
+            last_seq = seq;
+            let kind = match kind_byte {
+                KIND_WRITE => {
+                    let (volume, offset, len) = (r.u32()?, r.u64()?, r.u32()?);
+                    let (at, crc) = (r.u64()?, r.u32()?);
+                    if len as usize > RECORD_PAYLOAD_BYTES_MAX
+                        || at.checked_add(len as u64).is_none_or(|e| e > summary.segment_len)
+                    {
+                        bail!("summary entry seq {seq} points outside its segment");
+                    }
+                    EntryKind::Write { volume, offset, len, at, crc }
+                }
+                KIND_ZERO => EntryKind::Zero { volume: r.u32()?, offset: r.u64()?, length: r.u64()? },
+                KIND_CHECKPOINT => {
+                    let time_ms = r.u64()?;
+                    let len = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
+                    if len > CHECKPOINT_TAG_BYTES_MAX {
+                        bail!("summary entry seq {seq}: tag of {len} bytes");
+                    }
+                    let tag = std::str::from_utf8(r.take(len)?).context("summary tag is not UTF-8")?.to_string();
+                    EntryKind::Checkpoint { time_ms, tag }
+                }
+                KIND_COPY_DONE => EntryKind::CopyDone { volume: r.u32()? },
+                KIND_STREAM_START => EntryKind::StreamStart { time_ms: r.u64()?, stream_id: r.u32()? },
+                other => bail!("summary entry seq {seq}: unknown kind {other}"),
+            };
+            summary.entries.push(Entry { seq, kind });
+        }
+        if r.at != body.len() {
+            bail!("summary has {} bytes after its last entry", body.len() - r.at);
+        }
+        Ok(summary)
+    }
+
+    /// The seq of the segment's last record (None: it holds none).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.entries.last().map(|e| e.seq)
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len()).context("summary cut short")?;
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64_at(self.take(8)?, 0))
+    }
+}
+
+/// Where the summary of `segment` lives.
+pub fn summary_path(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(".");
+    name.push(SUMMARY_EXTENSION);
+    PathBuf::from(name)
+}
+
+/// Builds the summary of a sealed segment by reading it in full; None
+/// when the segment is damaged (readers then scan it and meet the damage).
+pub fn build(segment: &Path, vpg_id: u32, first_seq: u64) -> Result<Option<SegmentSummary>> {
+    let mut entries = Vec::new();
+    let mut last = (0u64, 0u32);
+    let outcome = scan_segment(segment, vpg_id, first_seq, |rec, at, crcs| {
+        entries.push(Entry::of(rec, at, crcs.payload));
+        last = (at, crcs.header);
+        Visit::Continue
+    })?;
+    let SegmentScan::Whole { len } = outcome else { return Ok(None) };
+    Ok(Some(SegmentSummary {
+        vpg_id,
+        first_seq,
+        segment_len: len,
+        last_record_at: last.0,
+        last_header_crc: last.1,
+        entries,
+    }))
+}
+
+/// The summary of `segment` if there is one and it still describes it;
+/// None otherwise (the caller scans the segment).
+pub fn load_valid(segment: &Path, vpg_id: u32, first_seq: u64) -> Option<SegmentSummary> {
+    let bytes = std::fs::read(summary_path(segment)).ok()?;
+    let summary = match SegmentSummary::from_bytes(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("{}: ignoring summary: {e:#}", segment.display());
+            return None;
+        }
+    };
+    if summary.vpg_id != vpg_id || summary.first_seq != first_seq {
+        return None;
+    }
+    let file = File::open(segment).ok()?;
+    if file.metadata().ok()?.len() != summary.segment_len {
+        return None;
+    }
+    // The last record read back from the segment itself: a summary of an
+    // earlier file of the same name and length does not match it.
+    if let Some(last_seq) = summary.last_seq() {
+        let mut h = [0u8; RECORD_HEADER_BYTES];
+        file.read_exact_at(&mut h, summary.last_record_at).ok()?;
+        if u32_at(&h, 48) != summary.last_header_crc
+            || u64_at(&h, 8) != last_seq
+            || crc32fast::hash(&h[..48]) != u32_at(&h, 48)
+        {
+            return None;
+        }
+    }
+    Some(summary)
+}
+
+/// Writes a summary next to its segment: temporary name, then rename. No
+/// fsync: a summary lost or torn by a power cut fails `load_valid` and is
+/// built again.
+fn store(segment: &Path, summary: &SegmentSummary) -> Result<()> {
+    let path = summary_path(segment);
+    let temp = path.with_extension(TEMP_EXTENSION);
+    let bytes = summary.to_bytes();
+    // What a power cut can leave, as summaries are not fsynced: the new
+    // name with part of the bytes.
+    fail::fail_point!("summary-store-torn", |_| {
+        let _ = std::fs::write(&path, &bytes[..bytes.len() / 2]);
+        std::process::abort()
+    });
+    std::fs::write(&temp, &bytes).with_context(|| format!("writing {}", temp.display()))?;
+    fail::fail_point!("summary-store-before-rename", |_| std::process::abort());
+    std::fs::rename(&temp, &path).with_context(|| format!("renaming {}", temp.display()))
+}
+
+/// Removes the summary of a segment that is removed, cut or moved.
+pub fn forget(segment: &Path) -> Result<()> {
+    forget_file(&summary_path(segment))
+}
+
+/// The recovery agent's maintenance of one journal's summaries (it is
+/// their only writer). Each pass writes the summary of sealed segments
+/// that lack a valid one, a few per pass so the applier stays prompt, and
+/// removes summaries whose segment is gone and temporaries a crash left.
+/// A summary checked once is checked again only when its file changes.
+#[derive(Default)]
+pub struct Summarizer {
+    seen: HashMap<PathBuf, (u64, SystemTime)>,
+}
+
+impl Summarizer {
+    /// Summaries written (or rewritten) in one pass, at most.
+    pub const PER_PASS: usize = 4;
+
+    /// Returns how many summaries it wrote.
+    pub fn pass(&mut self, dir: &Path, vpg_id: u32) -> Result<usize> {
+        let segments = list_segments(dir, SegmentKind::Journal)?;
+        let mut written = 0;
+        if let Some((_, sealed)) = segments.split_last() {
+            for (first_seq, path) in sealed {
+                if written == Self::PER_PASS {
+                    break;
+                }
+                let before = stamp(&summary_path(path));
+                if before.is_some() && self.seen.get(path) == before.as_ref() {
+                    continue;
+                }
+                if load_valid(path, vpg_id, *first_seq).is_none() {
+                    // Retired by the applier since the listing: nothing to do.
+                    let Some(summary) =
+                        build(path, vpg_id, *first_seq).or_else(|e| if path.exists() { Err(e) } else { Ok(None) })?
+                    else {
+                        continue;
+                    };
+                    store(path, &summary)?;
+                    written += 1;
+                }
+                if let Some(s) = stamp(&summary_path(path)) {
+                    self.seen.insert(path.clone(), s);
+                }
+            }
+        }
+        self.seen.retain(|p, _| p.exists());
+        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            let ext = path.extension().and_then(|e| e.to_str());
+            let orphan = ext == Some(SUMMARY_EXTENSION) && !path.with_extension("").exists();
+            if ext == Some(TEMP_EXTENSION) || orphan {
+                forget_file(&path)?;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// A summary file's length and modification time, if it exists.
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn forget_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::catalog::walk_journal;
+    use crate::segment::create_segment;
+    use std::io::Write;
+
+    const VPG_ID: u32 = 41;
+
+    fn body_at(seq: u64) -> RecordBody {
+        match seq % 5 {
+            0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t-{seq}-é") },
+            1 => RecordBody::Zero { volume: 0, offset: seq * 16, length: 512 },
+            2 if seq == 2 => RecordBody::StreamStart { time_ms: 1, stream_id: 9 },
+            3 if seq == 3 => RecordBody::CopyDone { volume: 0 },
+            _ => RecordBody::Write { volume: 0, offset: seq * 8, data: vec![seq as u8; 700 + seq as usize % 300] },
+        }
+    }
+
+    /// Segments holding `per` records each, `count` of them.
+    fn journal(count: u64, per: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..count {
+            let first = 1 + i * per;
+            let (_, mut f) = create_segment(dir.path(), SegmentKind::Journal, VPG_ID, first).unwrap();
+            for seq in first..first + per {
+                f.write_all(&Record { seq, vpg_id: VPG_ID, body: body_at(seq) }.encode()).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn entries(dir: &Path) -> (Vec<Entry>, (usize, usize)) {
+        let mut out = Vec::new();
+        let o = walk_journal(dir, VPG_ID, 0, |e, _| {
+            out.push(e.clone());
+            Visit::Continue
+        })
+        .unwrap();
+        assert!(o.damage.is_none());
+        (out, (o.summarized, o.scanned))
+    }
+
+    fn sealed(dir: &Path) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> =
+            list_segments(dir, SegmentKind::Journal).unwrap().into_iter().map(|(_, p)| p).collect();
+        all.pop();
+        all
+    }
+
+    #[test]
+    fn a_summary_round_trips_and_refuses_every_damaged_byte() {
+        let dir = journal(2, 20);
+        let first = &sealed(dir.path())[0];
+        let summary = build(first, VPG_ID, 1).unwrap().unwrap();
+        assert_eq!(summary.entries.len(), 20);
+        let bytes = summary.to_bytes();
+        assert_eq!(SegmentSummary::from_bytes(&bytes).unwrap(), summary);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(SegmentSummary::from_bytes(&bad).is_err(), "byte {i} flipped was accepted");
+        }
+        for cut in [0, 10, HEADER_BYTES, bytes.len() - 1] {
+            assert!(SegmentSummary::from_bytes(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn readers_use_summaries_and_see_exactly_what_a_scan_sees() {
+        let dir = journal(4, 30);
+        let (scanned, how) = entries(dir.path());
+        assert_eq!(how, (0, 4));
+        let mut keeper = Summarizer::default();
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 3, "the newest segment is not sealed");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 0, "a valid summary is not rewritten");
+        let (summarized, how) = entries(dir.path());
+        assert_eq!(how, (3, 1));
+        assert_eq!(summarized, scanned);
+        // Past a seq: whole segments below it are not read.
+        let o = walk_journal(dir.path(), VPG_ID, 65, |e, _| {
+            assert!(e.seq > 65);
+            Visit::Continue
+        })
+        .unwrap();
+        assert_eq!((o.summarized, o.scanned), (1, 1));
+    }
+
+    #[test]
+    fn a_deleted_damaged_or_stale_summary_is_not_trusted_and_is_rebuilt() {
+        let dir = journal(3, 25);
+        let (scanned, _) = entries(dir.path());
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        let segs = sealed(dir.path());
+        // Deleted.
+        std::fs::remove_file(summary_path(&segs[0])).unwrap();
+        assert_eq!(entries(dir.path()), (scanned.clone(), (1, 2)));
+        // Damaged: one byte flipped.
+        let path = summary_path(&segs[1]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(entries(dir.path()), (scanned.clone(), (0, 3)));
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 2);
+        assert_eq!(entries(dir.path()), (scanned.clone(), (2, 1)));
+        // Stale: the segment replaced by another of the same name and
+        // length whose last record differs.
+        let mut seg = std::fs::read(&segs[0]).unwrap();
+        let n = seg.len();
+        let last =
+            Record { seq: 25, vpg_id: VPG_ID, body: RecordBody::Checkpoint { time_ms: 25, tag: "x-25-é".into() } }
+                .encode();
+        let prev = Record { seq: 25, vpg_id: VPG_ID, body: body_at(25) }.encode();
+        assert_eq!(last.len(), prev.len());
+        seg[n - last.len()..].copy_from_slice(&last);
+        std::fs::write(&segs[0], &seg).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
+        // A crash mid-write leaves a temporary; orphans go too.
+        std::fs::write(summary_path(&segs[1]).with_extension(TEMP_EXTENSION), b"half").unwrap();
+        std::fs::write(dir.path().join("00000000000000000999.tmjrn.idx"), b"orphan").unwrap();
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".tmjrn"))
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+}
