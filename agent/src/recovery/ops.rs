@@ -549,7 +549,14 @@ impl RecoveryOps {
             })
             .collect();
         let served = self.publish(&view, Purpose::Checkpoint(view.checkpoint.id), exports).await?;
-        tracing::info!(%vpg, "serving checkpoint {} read-only: {:?}", served.checkpoint.id, served.names);
+        let (summarized, scanned) = view.read;
+        tracing::info!(
+            %vpg,
+            "serving checkpoint {} read-only: {:?} (journal index: {summarized} sealed segments read from their \
+             summaries, {scanned} scanned)",
+            served.checkpoint.id,
+            served.names
+        );
         Ok(served)
     }
 
