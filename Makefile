@@ -42,6 +42,7 @@ bench: build image
 	@tests/bench/run.sh
 	@tests/bench/appliance.sh
 	@tests/bench/iscsi.sh
+	@tests/bench/index.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

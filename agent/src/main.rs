@@ -247,6 +247,23 @@ enum Command {
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
     #[command(hide = true)]
     BenchCompress { file: PathBuf },
+    /// Benchmark helper (test build): write a synthetic journal for VPG
+    /// --vpg under --journal-root: --checkpoints checkpoints among --bytes
+    /// of 1 MiB writes to one volume of --volume-size bytes.
+    #[cfg(feature = "test-build")]
+    #[command(hide = true)]
+    BenchJournal {
+        #[arg(long)]
+        journal_root: PathBuf,
+        #[arg(long)]
+        vpg: String,
+        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
+        volume_size: u64,
+        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
+        bytes: u64,
+        #[arg(long)]
+        checkpoints: u64,
+    },
     /// Show each VPG's state, lag, throughput and last checkpoint (either role).
     Status {
         #[arg(long)]
@@ -567,6 +584,17 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::BenchCompress { file } => bench_compress(file)?,
+        #[cfg(feature = "test-build")]
+        Command::BenchJournal { journal_root, vpg, volume_size, bytes, checkpoints } => {
+            let made = tidemark::journal::synth::write(&journal_root, &vpg, volume_size, bytes, checkpoints)?;
+            println!(
+                "{}: {} records in {} segments ({})",
+                vpg,
+                made.records,
+                made.segments,
+                tidemark::status::format_bytes(made.bytes)
+            );
+        }
         Command::Status { config, json } => status(config, json)?,
     }
     Ok(())
@@ -611,11 +639,30 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&view.index.checkpoints)?);
     } else {
-        println!("{:<22} {:<22} {:<10} TAG", "ID", "TIME (UTC)", "STATE");
+        use std::io::Write as _;
+        // A long history is 100,000s of lines: one buffered write per
+        // line, padded by hand (`{:<22}` pads a character at a time).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut line = String::new();
+        let column = |line: &mut String, text: &str, width: usize| {
+            line.push_str(text);
+            line.push_str(&" ".repeat(width.saturating_sub(text.len()) + 1));
+        };
+        column(&mut line, "ID", 22);
+        column(&mut line, "TIME (UTC)", 22);
+        column(&mut line, "STATE", 10);
+        line.push_str("TAG\n");
         for c in &view.index.checkpoints {
-            let state = if c.consistent { "complete" } else { "partial" };
-            println!("{:<22} {:<22} {:<10} {}", c.id, tidemark::status::format_time_ms(c.time_ms), state, c.tag);
+            out.write_all(line.as_bytes())?;
+            line.clear();
+            column(&mut line, &c.id.to_string(), 22);
+            column(&mut line, &tidemark::status::format_time_ms(c.time_ms), 22);
+            column(&mut line, if c.consistent { "complete" } else { "partial" }, 10);
+            line.push_str(&c.tag);
+            line.push('\n');
         }
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
     }
     if let Some(d) = &view.corruption {
         eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");

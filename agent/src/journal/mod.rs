@@ -13,6 +13,8 @@ pub mod lease;
 pub mod replica;
 pub mod scan;
 pub mod summary;
+#[cfg(feature = "test-build")]
+pub mod synth;
 
 use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::segment::{create_segment, SegmentKind};
@@ -49,7 +51,7 @@ impl JournalMeta {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    fn store(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn store(&self, dir: &Path) -> Result<()> {
         replace_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
     }
 }
