@@ -146,6 +146,28 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Keep a checkpoint restorable until it is released: the replica never
+    /// moves past it, whatever the history window or journal_limit say, so
+    /// the journal grows while it holds (status warns). For the moment
+    /// before an incident, an upgrade, or an investigation.
+    Pin {
+        #[command(flatten)]
+        at: OnRecovery,
+        /// A checkpoint id, a tag, or `latest`.
+        #[arg(long)]
+        checkpoint: String,
+        /// Why, shown in status and the checkpoint list (one line, at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release a pinned checkpoint: the applier may move past it again.
+    Unpin {
+        #[command(flatten)]
+        at: OnRecovery,
+        /// The pinned checkpoint's id or tag.
+        #[arg(long)]
+        checkpoint: String,
+    },
     /// Serve every volume of a VPG, as it was at a checkpoint, read-only over
     /// NBD (recovery agent running, [exports] listen set) and, with [iscsi]
     /// set, as the read-only LUNs of target ...:<vpg>:cp<id>; built from the
@@ -391,6 +413,8 @@ fn init_logging(command: &Command) {
         | Command::Recovery { config }
         | Command::Restore { at: OnRecovery { config, .. }, .. }
         | Command::Failover { at: OnRecovery { config, .. }, .. }
+        | Command::Pin { at: OnRecovery { config, .. }, .. }
+        | Command::Unpin { at: OnRecovery { config, .. }, .. }
         | Command::Move { at: OnProtected { config, .. }, .. }
         | Command::Reverse { at: OnProtected { config, .. }, .. }
         | Command::Harden { config }
@@ -561,6 +585,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => restore(config, vpg, checkpoint, out)?,
         Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
+        Command::Pin { at: OnRecovery { config, vpg }, checkpoint, reason } => pin(config, vpg, checkpoint, reason)?,
+        Command::Unpin { at: OnRecovery { config, vpg }, checkpoint } => unpin(config, vpg, checkpoint)?,
         Command::Failover { at: OnRecovery { config, vpg }, checkpoint, files } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
@@ -636,8 +662,15 @@ fn diag(config: PathBuf, out: PathBuf) -> Result<()> {
 fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     let cfg = recovery_config(&config)?;
     let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
+    let pins = tidemark::journal::pins::load(&view.dir)?;
+    let pinned = |id: u64| pins.binary_search_by_key(&id, |p| p.checkpoint).is_ok();
     if json {
-        println!("{}", serde_json::to_string_pretty(&view.index.checkpoints)?);
+        let mut listed = serde_json::to_value(&view.index.checkpoints)?;
+        for c in listed.as_array_mut().into_iter().flatten() {
+            let id = c["id"].as_u64().unwrap_or(0);
+            c["pinned"] = pinned(id).into();
+        }
+        println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
         use std::io::Write as _;
         // A long history is 100,000s of lines: one buffered write per
@@ -657,12 +690,27 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
             line.clear();
             column(&mut line, &c.id.to_string(), 22);
             column(&mut line, &tidemark::status::format_time_ms(c.time_ms), 22);
-            column(&mut line, if c.consistent { "complete" } else { "partial" }, 10);
+            let state = match (c.consistent, pinned(c.id)) {
+                (true, true) => "pinned",
+                (true, false) => "complete",
+                (false, _) => "partial",
+            };
+            column(&mut line, state, 10);
             line.push_str(&c.tag);
             line.push('\n');
         }
         out.write_all(line.as_bytes())?;
         out.flush()?;
+    }
+    if !json {
+        for p in &pins {
+            let reason = if p.reason.is_empty() { "no reason given" } else { &p.reason };
+            eprintln!(
+                "pinned: checkpoint {} since {} ({reason})",
+                p.checkpoint,
+                tidemark::status::format_time_ms(p.since_ms)
+            );
+        }
     }
     if let Some(d) = &view.corruption {
         eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
@@ -697,6 +745,39 @@ fn restore(config: PathBuf, vpg: String, checkpoint: String, out: PathBuf) -> Re
     let report =
         tidemark::recovery::restore::restore(&cfg.node.data_dir.join("journal"), &vpg, &checkpoint, &out, true)?;
     print!("{}", tidemark::recovery::restore::describe(&report));
+    Ok(())
+}
+
+fn pin(config: PathBuf, vpg: String, checkpoint: String, reason: String) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    // Under a reader's lease, so the applier cannot pass the checkpoint
+    // between choosing it and pinning it.
+    let mut view = tidemark::recovery::JournalView::open_leased(&cfg.node.data_dir.join("journal"), &vpg, "pin")?;
+    let (chosen, _lease) = view.pin(&checkpoint)?;
+    let pin = tidemark::journal::pins::pin(&view.dir, chosen.id, &reason, tidemark::record::now_ms())?;
+    tracing::info!(%vpg, "checkpoint {} pinned by {} ({})", pin.checkpoint, tidemark::harden::support_ssh::who(), pin.reason);
+    println!(
+        "checkpoint {} of {vpg} ({}) is pinned: it stays restorable, and the journal grows past its limit if it must, \
+         until `tidemark unpin --vpg {vpg} --checkpoint {}`",
+        pin.checkpoint,
+        tidemark::status::format_time_ms(chosen.time_ms),
+        pin.checkpoint
+    );
+    Ok(())
+}
+
+fn unpin(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    let root = cfg.node.data_dir.join("journal");
+    let view = tidemark::recovery::JournalView::open(&root, &vpg)?;
+    // An id needs no lookup (a damaged journal may hide the checkpoint).
+    let id = match checkpoint.parse::<u64>() {
+        Ok(id) => id,
+        Err(_) => view.resolve(&checkpoint)?.id,
+    };
+    let gone = tidemark::journal::pins::unpin(&view.dir, id)?;
+    tracing::info!(%vpg, "checkpoint {} unpinned by {}", gone.checkpoint, tidemark::harden::support_ssh::who());
+    println!("checkpoint {} of {vpg} is no longer pinned; the history window applies to it again", gone.checkpoint);
     Ok(())
 }
 

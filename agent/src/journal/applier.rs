@@ -56,6 +56,9 @@ impl HistoryPolicy {
 
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
+    /// The pin that kept the replica from where the window or the limit
+    /// would have taken it.
+    pub pinned: Option<super::pins::Pin>,
     /// The replica's seq after the pass.
     pub applied_seq: u64,
     /// Set when this pass moved the replica.
@@ -224,6 +227,15 @@ pub fn pass(
         if pin < t {
             report.held_by = leases.iter().filter(|l| l.checkpoint < t).map(|l| l.holder.clone()).collect();
             target = Some(pin.max(state.applying_to.unwrap_or(0)));
+        }
+    }
+    // A pinned checkpoint stays restorable: the replica stops before it,
+    // whatever the window or the limit says.
+    let pins = super::pins::load(dir)?;
+    if let (Some(t), Some(pin)) = (target, pins.first()) {
+        if pin.checkpoint < t {
+            report.pinned = Some(pin.clone());
+            target = Some(pin.checkpoint.max(state.applying_to.unwrap_or(0)));
         }
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {

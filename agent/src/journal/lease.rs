@@ -117,7 +117,7 @@ fn take_with(vpg_dir: &Path, holder: &str, checkpoint: impl FnOnce(&ApplyState) 
 }
 
 /// Why the replica (as `state` says) cannot be read at `checkpoint`.
-fn check_readable(state: &ApplyState, checkpoint: u64) -> Result<()> {
+pub(super) fn check_readable(state: &ApplyState, checkpoint: u64) -> Result<()> {
     if checkpoint < state.applied_seq {
         bail!(
             "checkpoint {checkpoint} is older than the history window: the replica already holds seq {} \

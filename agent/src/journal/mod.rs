@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod extent_map;
 pub mod index;
 pub mod lease;
+pub mod pins;
 pub mod replica;
 pub mod scan;
 pub mod summary;

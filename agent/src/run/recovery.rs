@@ -147,7 +147,9 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                 Ok(Ok(report)) => {
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
-                    history.warning = if !report.held_by.is_empty() {
+                    history.warning = if let Some(pin) = &report.pinned {
+                        pinned_warning(pin, report.journal_bytes, slot.policy.journal_limit)
+                    } else if !report.held_by.is_empty() {
                         format!("history is held past the window by an open {}", report.held_by.join(", "))
                     } else if report.shortened {
                         "journal_limit reached: the oldest history was applied early, so the window is shorter than configured".into()
@@ -167,6 +169,21 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
             }
         }
     }
+}
+
+/// What status and the log say while a pin holds the replica back.
+fn pinned_warning(pin: &crate::journal::pins::Pin, journal_bytes: u64, limit: Option<u64>) -> String {
+    let size = status::format_bytes(journal_bytes);
+    let over = match limit {
+        Some(l) if journal_bytes > l => format!("{size}, over its journal_limit of {}", status::format_bytes(l)),
+        _ => size,
+    };
+    format!(
+        "checkpoint {} is pinned ({}): the replica stays before it and the journal keeps growing ({over}); \
+         release it with `tidemark unpin` when it is no longer needed",
+        pin.checkpoint,
+        if pin.reason.is_empty() { "no reason given" } else { &pin.reason },
+    )
 }
 
 fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
