@@ -59,6 +59,8 @@ pub struct PassReport {
     /// The pin that kept the replica from where the window or the limit
     /// would have taken it.
     pub pinned: Option<super::pins::Pin>,
+    /// Pins of seqs that are no checkpoint in the journal (ignored).
+    pub void_pins: Vec<u64>,
     /// The replica's seq after the pass.
     pub applied_seq: u64,
     /// Set when this pass moved the replica.
@@ -191,8 +193,10 @@ fn retire(dir: &Path, segments: &[SegmentFile], applied_seq: u64, leases: &[Leas
         if pair[1].first_seq - 1 > keep_after {
             break;
         }
-        std::fs::remove_file(&pair[0].path).with_context(|| format!("retiring {}", pair[0].path.display()))?;
+        // The summary first: a crash between leaves no summary of a
+        // segment that is gone.
         super::summary::forget(&pair[0].path)?;
+        std::fs::remove_file(&pair[0].path).with_context(|| format!("retiring {}", pair[0].path.display()))?;
         retired += 1;
     }
     if retired > 0 {
@@ -231,7 +235,12 @@ pub fn pass(
     }
     // A pinned checkpoint stays restorable: the replica stops before it,
     // whatever the window or the limit says.
-    let pins = super::pins::load(dir)?;
+    // A pin that names no checkpoint of the journal (one a repair cut
+    // away) protects nothing and must not become a target.
+    let (pins, void): (Vec<_>, Vec<_>) = super::pins::load(dir)?
+        .into_iter()
+        .partition(|p| checkpoints.binary_search_by_key(&p.checkpoint, |c| c.id).is_ok());
+    report.void_pins = void.iter().map(|p| p.checkpoint).collect();
     if let (Some(t), Some(pin)) = (target, pins.first()) {
         if pin.checkpoint < t {
             report.pinned = Some(pin.clone());
@@ -367,6 +376,23 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             let err = crate::recovery::restore::restore(root, "db", "4", out.path(), false).err().unwrap();
             assert!(format!("{err:#}").contains("older than the history window"), "{err:#}");
+        }
+
+        #[test]
+        fn a_pin_holds_the_replica_before_it_and_a_pin_of_no_checkpoint_is_ignored() {
+            let (_root, dir, meta) = journal();
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            // Seq 5 is a write, not a checkpoint (a pin a repair left behind).
+            crate::journal::pins::pin(&dir, 5, "void", 1).unwrap();
+            crate::journal::pins::pin(&dir, 4, "kept", 1).unwrap();
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!((report.applied_to, report.void_pins.clone()), (Some(4), vec![5]));
+            assert_eq!(report.pinned.map(|p| p.checkpoint), Some(4));
+            assert_eq!(replica_bytes(&dir), expected_at(4));
+            crate::journal::pins::unpin(&dir, 4).unwrap();
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
+            assert_eq!((report.applied_to, report.pinned), (Some(7), None), "released, the window applies again");
         }
 
         fn view_bytes(dir: &Path, checkpoint: &str) -> Vec<u8> {

@@ -74,7 +74,8 @@ impl JournalIndex {
                 self.stream_id = *stream_id;
                 self.copied.clear();
             }
-            EntryKind::CopyDone { volume } => {
+            // A volume the VPG does not have cannot complete its copy.
+            EntryKind::CopyDone { volume } if (*volume as usize) < self.volume_count => {
                 self.copied.insert(*volume);
             }
             EntryKind::Checkpoint { time_ms, tag } => self.checkpoints.push(CheckpointInfo {
@@ -83,7 +84,7 @@ impl JournalIndex {
                 tag: tag.clone(),
                 consistent: self.copied.len() == self.volume_count,
             }),
-            EntryKind::Write { .. } | EntryKind::Zero { .. } => {}
+            EntryKind::CopyDone { .. } | EntryKind::Write { .. } | EntryKind::Zero { .. } => {}
         }
     }
 

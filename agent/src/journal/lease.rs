@@ -147,9 +147,10 @@ impl Lease {
         let _lock = ApplyLock::shared(&self.vpg_dir)?;
         let info = LeaseInfo { checkpoint, ..self.info.clone() };
         let bytes = serde_json::to_vec(&info)?;
+        // Written over the old bytes, then cut to length: never empty.
         self.file
-            .set_len(0)
-            .and_then(|()| self.file.write_all_at(&bytes, 0))
+            .write_all_at(&bytes, 0)
+            .and_then(|()| self.file.set_len(bytes.len() as u64))
             .with_context(|| format!("updating lease {}", self.path.display()))?;
         self.info = info;
         Ok(())

@@ -272,8 +272,10 @@ fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()
         std::fs::copy(&damage.path, quarantine.join(name)).context("keeping the damaged segment")?;
         for (_, later) in &segments[position + 1..] {
             let name = later.file_name().context("segment name")?;
-            std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
+            // The summary first: a crash between leaves no summary of a
+            // segment that is gone.
             summary::forget(later)?;
+            std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
         }
     }
     summary::forget(&damage.path)?;

@@ -25,14 +25,16 @@
 //! `time_ms u64, tag_len u16, tag`; CopyDone `volume u32`; StreamStart
 //! `time_ms u64, stream_id u32`), then the crc32 of everything before it.
 
+use super::lease::ApplyLock;
 use super::scan::{scan_segment, SegmentScan, Visit};
 use crate::record::{
     u32_at, u64_at, Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
 };
-use crate::segment::{list_segments, SegmentKind};
+use crate::segment::{list_segments, SegmentKind, SEGMENT_HEADER_BYTES};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -310,7 +312,16 @@ pub fn build(segment: &Path, vpg_id: u32, first_seq: u64) -> Result<Option<Segme
 /// The summary of `segment` if there is one and it still describes it;
 /// None otherwise (the caller scans the segment).
 pub fn load_valid(segment: &Path, vpg_id: u32, first_seq: u64) -> Option<SegmentSummary> {
-    let bytes = std::fs::read(summary_path(segment)).ok()?;
+    let file = File::open(segment).ok()?;
+    let segment_len = file.metadata().ok()?.len();
+    // An entry is never longer than the record it describes, so a summary
+    // longer than its segment (plus its own header) is not read at all.
+    let mut summary_file = File::open(summary_path(segment)).ok()?;
+    if summary_file.metadata().ok()?.len() > segment_len + HEADER_BYTES as u64 + 8 {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    summary_file.read_to_end(&mut bytes).ok()?;
     let summary = match SegmentSummary::from_bytes(&bytes) {
         Ok(s) => s,
         Err(e) => {
@@ -318,15 +329,15 @@ pub fn load_valid(segment: &Path, vpg_id: u32, first_seq: u64) -> Option<Segment
             return None;
         }
     };
-    if summary.vpg_id != vpg_id || summary.first_seq != first_seq {
-        return None;
-    }
-    let file = File::open(segment).ok()?;
-    if file.metadata().ok()?.len() != summary.segment_len {
+    if summary.vpg_id != vpg_id || summary.first_seq != first_seq || summary.segment_len != segment_len {
         return None;
     }
     // The last record read back from the segment itself: a summary of an
-    // earlier file of the same name and length does not match it.
+    // earlier file of the same name and length does not match it. A
+    // summary of no records is only valid for a segment of no records.
+    if summary.last_seq().is_none() && segment_len != SEGMENT_HEADER_BYTES as u64 {
+        return None;
+    }
     if let Some(last_seq) = summary.last_seq() {
         let mut h = [0u8; RECORD_HEADER_BYTES];
         file.read_exact_at(&mut h, summary.last_record_at).ok()?;
@@ -367,10 +378,17 @@ pub fn forget(segment: &Path) -> Result<()> {
 /// their only writer). Each pass writes the summary of sealed segments
 /// that lack a valid one, a few per pass so the applier stays prompt, and
 /// removes summaries whose segment is gone and temporaries a crash left.
-/// A summary checked once is checked again only when its file changes.
+/// A summary checked once is checked again only when its file changes; a
+/// segment that cannot be summarized (damaged, unreadable) is tried again
+/// only when it changes, and never stops the others.
+///
+/// A pass holds the apply lock shared: a failover (which sets segments
+/// aside under it exclusively) or a retire never interleaves with it, so
+/// no summary is written for a segment that is going away.
 #[derive(Default)]
 pub struct Summarizer {
     seen: HashMap<PathBuf, (u64, SystemTime)>,
+    failed: HashMap<PathBuf, (u64, SystemTime)>,
 }
 
 impl Summarizer {
@@ -379,6 +397,10 @@ impl Summarizer {
 
     /// Returns how many summaries it wrote.
     pub fn pass(&mut self, dir: &Path, vpg_id: u32) -> Result<usize> {
+        let _lock = ApplyLock::shared(dir)?;
+        if dir.join(super::FAILOVER_RECORD_FILE).exists() {
+            return Ok(0);
+        }
         let segments = list_segments(dir, SegmentKind::Journal)?;
         let mut written = 0;
         if let Some((_, sealed)) = segments.split_last() {
@@ -390,15 +412,26 @@ impl Summarizer {
                 if before.is_some() && self.seen.get(path) == before.as_ref() {
                     continue;
                 }
+                let segment_stamp = stamp(path);
+                if segment_stamp.is_some() && self.failed.get(path) == segment_stamp.as_ref() {
+                    continue;
+                }
                 if load_valid(path, vpg_id, *first_seq).is_none() {
-                    // Retired by the applier since the listing: nothing to do.
-                    let Some(summary) =
-                        build(path, vpg_id, *first_seq).or_else(|e| if path.exists() { Err(e) } else { Ok(None) })?
-                    else {
-                        continue;
-                    };
-                    store(path, &summary)?;
-                    written += 1;
+                    match build(path, vpg_id, *first_seq).and_then(|s| s.map(|s| store(path, &s)).transpose()) {
+                        Ok(Some(())) => written += 1,
+                        Ok(None) => {
+                            tracing::warn!("{}: damaged; not summarized (readers scan it)", path.display());
+                            self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
+                            continue;
+                        }
+                        // Retired since the listing: nothing to do.
+                        Err(_) if !path.exists() => continue,
+                        Err(e) => {
+                            tracing::warn!("{}: not summarized (readers scan it): {e:#}", path.display());
+                            self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
+                            continue;
+                        }
+                    }
                 }
                 if let Some(s) = stamp(&summary_path(path)) {
                     self.seen.insert(path.clone(), s);
@@ -406,6 +439,7 @@ impl Summarizer {
             }
         }
         self.seen.retain(|p, _| p.exists());
+        self.failed.retain(|p, _| p.exists());
         for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let path = entry?.path();
             let ext = path.extension().and_then(|e| e.to_str());
@@ -558,8 +592,24 @@ mod tests {
         let left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.ends_with(".tmjrn"))
+            .filter(|n| n.contains(".idx"))
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
+    fn a_hostile_summary_is_refused_without_being_read_whole() {
+        let dir = journal(3, 25);
+        Summarizer::default().pass(dir.path(), VPG_ID).unwrap();
+        let segs = sealed(dir.path());
+        let good = load_valid(&segs[0], VPG_ID, 1).unwrap();
+        // Far longer than its segment (sparse): refused before reading.
+        let path = summary_path(&segs[0]);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 40).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
+        // A valid summary of no records for a segment that has some.
+        let empty = SegmentSummary { entries: Vec::new(), ..good };
+        std::fs::write(&path, empty.to_bytes()).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
     }
 }

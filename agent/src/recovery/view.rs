@@ -144,8 +144,13 @@ impl PitView {
             match source {
                 Source::Journal { record, at } => {
                     let record = &self.records[record as usize];
-                    self.verify(record)?;
-                    self.segments[record.segment as usize].read_exact_at(piece, at).context("reading journal data")?
+                    // The first read serves the very bytes it checked.
+                    match self.verify(record)? {
+                        Some(data) => piece.copy_from_slice(&data[(at - record.at) as usize..][..piece.len()]),
+                        None => self.segments[record.segment as usize]
+                            .read_exact_at(piece, at)
+                            .context("reading journal data")?,
+                    }
                 }
                 Source::Zero => piece.fill(0),
             }
@@ -153,10 +158,11 @@ impl PitView {
         Ok(())
     }
 
-    /// Reads a record's data in full once and checks it against its crc.
-    fn verify(&self, record: &RecordData) -> Result<()> {
+    /// Reads a record's data in full once and checks it against its crc;
+    /// returns the data when this call checked it.
+    fn verify(&self, record: &RecordData) -> Result<Option<Vec<u8>>> {
         if record.verified.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
         let mut data = vec![0u8; record.len as usize];
         let file = &self.segments[record.segment as usize];
@@ -170,7 +176,7 @@ impl PitView {
             );
         }
         record.verified.store(true, Ordering::Release);
-        Ok(())
+        Ok(Some(data))
     }
 }
 

@@ -147,7 +147,13 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                 Ok(Ok(report)) => {
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
-                    history.warning = if let Some(pin) = &report.pinned {
+                    history.warning = if !report.void_pins.is_empty() {
+                        format!(
+                            "pinned checkpoints {:?} are no longer in the journal (it was repaired); \
+                             they protect nothing: release them with `tidemark unpin`",
+                            report.void_pins
+                        )
+                    } else if let Some(pin) = &report.pinned {
                         pinned_warning(pin, report.journal_bytes, slot.policy.journal_limit)
                     } else if !report.held_by.is_empty() {
                         format!("history is held past the window by an open {}", report.held_by.join(", "))
