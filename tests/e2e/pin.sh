@@ -41,8 +41,9 @@ log "$out"
 id=$("$TIDEMARK" checkpoints "${R[@]}" --json | jq -r '.[] | select(.tag == "before") | .id')
 [ "$("$TIDEMARK" checkpoints "${R[@]}" --json | jq -r ".[] | select(.id == $id) | .pinned")" = true ] ||
     fail "the list does not show the checkpoint pinned"
-"$TIDEMARK" checkpoints "${R[@]}" 2>&1 >/dev/null | grep -q "pinned: checkpoint $id .*e2e: before the incident" ||
-    fail "the listing does not name the pin and its reason"
+"$TIDEMARK" checkpoints "${R[@]}" >/dev/null 2>"$WORK/list.err" || fail "checkpoints failed"
+grep -q "pinned: checkpoint $id .*e2e: before the incident" "$WORK/list.err" ||
+    fail "the listing does not name the pin and its reason: $(cat "$WORK/list.err")"
 
 log "bad pins change nothing"
 cp "$JDIR/pins.json" "$WORK/pins.before"
