@@ -13,7 +13,10 @@
 #   test build's failpoints: half a summary under its name, as a power cut
 #   can leave it; a temporary not yet renamed), then SIGKILLed at random
 #   moments while rebuilding all of them; every time the readers stay exact
-#   and the next agent finishes the job.
+#   and the next agent finishes the job;
+# - a byte flipped in a summarized segment (bit rot after the summary was
+#   written) is found by the agent's background check: the summary goes,
+#   status warns, and the listing reports the damage.
 source "$(dirname "$0")/../lib/common.sh"
 
 EXPORT_PORT=$((PORT_BASE + 6))
@@ -178,4 +181,12 @@ the_same_as_before "after the kills"
 expect_index "${#SEALED[@]}"
 restores_exact 1 7 12
 export_exact 11
+
+log "bit rot in a summarized segment: the background check finds it"
+size=$(stat -c %s "${SEALED[2]}")
+printf '\x5a' | dd of="${SEALED[2]}" bs=1 seek=$((size / 2)) conv=notrunc status=none
+wait_status recovery "WARNING:.*$(basename "${SEALED[2]}") is damaged (found by the background check)"
+[ -e "${SEALED[2]}.idx" ] && fail "the damaged segment's summary is still there"
+"$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 >/dev/null 2>"$WORK/cps.err" || true
+grep -q "WARNING: journal damaged" "$WORK/cps.err" || fail "the listing does not report the damage: $(cat "$WORK/cps.err")"
 log "PASS"

@@ -59,6 +59,8 @@ pub struct PassReport {
     /// The pin that kept the replica from where the window or the limit
     /// would have taken it.
     pub pinned: Option<super::pins::Pin>,
+    /// Damage the summarizer found in a sealed segment (it fills this in).
+    pub journal_damage: Option<String>,
     /// Pins of seqs that are no checkpoint in the journal (ignored).
     pub void_pins: Vec<u64>,
     /// The replica's seq after the pass.

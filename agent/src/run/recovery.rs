@@ -147,7 +147,9 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                 Ok(Ok(report)) => {
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
-                    history.warning = if !report.void_pins.is_empty() {
+                    history.warning = if let Some(damage) = &report.journal_damage {
+                        damage.clone()
+                    } else if !report.void_pins.is_empty() {
                         format!(
                             "pinned checkpoints {:?} are no longer in the journal (it was repaired); \
                              they protect nothing: release them with `tidemark unpin`",
@@ -197,13 +199,16 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
         let journal = slot.journal.lock().expect("journal lock");
         (journal.dir().to_path_buf(), journal.meta.clone(), journal.index.checkpoints.clone())
     };
-    let report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
+    let mut report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
     // Summaries only speed readers up: a failure is logged, never fatal.
-    match slot.summarizer.lock().expect("summarizer lock").pass(&dir, meta.vpg_id) {
+    let mut summarizer = slot.summarizer.lock().expect("summarizer lock");
+    match summarizer.pass(&dir, meta.vpg_id) {
         Ok(0) => {}
         Ok(n) => tracing::debug!(vpg = %meta.vpg, "summarized {n} sealed journal segments"),
         Err(e) => tracing::warn!(vpg = %meta.vpg, "summarizing journal segments: {e:#}"),
     }
+    report.journal_damage = summarizer.damage.as_ref().map(|(_, message)| message.clone());
+    drop(summarizer);
     if let Some(to) = report.applied_to {
         slot.journal.lock().expect("journal lock").index.applied(&report.state);
         tracing::debug!(
