@@ -95,7 +95,9 @@ fn segments(dir: &Path) -> Result<Vec<SegmentFile>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        out.push(SegmentFile { first_seq, path, bytes });
+        // A segment's summary goes with it and counts toward the limit.
+        let summary = std::fs::metadata(super::summary::summary_path(&path)).map_or(0, |m| m.len());
+        out.push(SegmentFile { first_seq, path, bytes: bytes + summary });
     }
     Ok(out)
 }
