@@ -63,7 +63,6 @@ qio_check "$NBD_URI/disk0" "write -P 0x33 0 12M" "flush"
 restore_to golden "$WORK/golden"
 qio_check "$NBD_URI/disk0" "write -P 0x34 0 12M" "flush"
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
 segments=$(find "$JDIR" -maxdepth 1 -name '*.tmjrn' | wc -l)
 [ "$segments" -ge 3 ] || fail "only $segments journal segments; the test needs several"
 kill9 "$RECOVERY_PID"

@@ -15,7 +15,6 @@ printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.t
 start_recovery
 start_protected
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
 fo() { "$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 "$@" 2>&1; }
 
 qio_check "$NBD_URI/disk0" "write -P 0x41 0 4M" "write -P 0x42 10M 1M"

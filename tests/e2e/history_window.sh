@@ -20,9 +20,6 @@ start_recovery
 start_protected
 wait_replicated 60
 
-JDIR=$WORK/b/data/journal/vpg1
-journal_bytes() { find "$JDIR" -maxdepth 1 -name '*.tmjrn' -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
-applied_seq() { jq -r '.applied_seq' "$JDIR/apply.json" 2>/dev/null || echo 0; }
 
 # round N: 2 MiB of random data at a random offset, a tagged checkpoint,
 # and the checksum of the source volume at that checkpoint.

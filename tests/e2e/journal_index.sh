@@ -28,7 +28,6 @@ printf '[exports]\nlisten = "127.0.0.1:%s"\n[[vpg]]\nname = "vpg1"\njournal_limi
 start_recovery
 start_protected
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
 
 ROUND_BYTES=$((2 << 20))
 : >"$WORK/rounds"

@@ -18,9 +18,6 @@ printf '[[vpg]]\nname = "vpg1"\nhistory = "1min"\njournal_limit = "64MiB"\n' >>"
 start_recovery
 start_protected
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
-journal_bytes() { find "$JDIR" -maxdepth 1 -name '*.tmjrn' -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
-applied_seq() { jq -r '.applied_seq' "$JDIR/apply.json" 2>/dev/null || echo 0; }
 R=(--config "$WORK/recovery.toml" --vpg vpg1)
 
 write_mib() { # MiB of random data in 2 MiB writes, then a flush
@@ -36,7 +33,8 @@ write_mib 8
 "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag before --wait 60s >/dev/null ||
     fail "checkpoint failed"
 want=$(sha256sum <"$WORK/src/disk0.img" | cut -d' ' -f1)
-out=$("$TIDEMARK" pin "${R[@]}" --checkpoint before --reason "e2e: before the incident") || fail "pin failed: $out"
+out=$("$TIDEMARK" pin "${R[@]}" --checkpoint before --reason "e2e: before the incident" 2>>"$WORK/cli.log") ||
+    fail "pin failed: $out $(cat "$WORK/cli.log")"
 log "$out"
 id=$("$TIDEMARK" checkpoints "${R[@]}" --json | jq -r '.[] | select(.tag == "before") | .id')
 [ "$("$TIDEMARK" checkpoints "${R[@]}" --json | jq -r ".[] | select(.id == $id) | .pinned")" = true ] ||
@@ -74,7 +72,7 @@ restore_to before "$WORK/r"
 log "pinned checkpoint restored exactly with the journal at $(( $(journal_bytes) >> 20 )) MiB"
 
 log "unpin: the applier catches up"
-"$TIDEMARK" unpin "${R[@]}" --checkpoint before >/dev/null || fail "unpin failed"
+"$TIDEMARK" unpin "${R[@]}" --checkpoint before >/dev/null 2>>"$WORK/cli.log" || fail "unpin failed"
 for _ in $(seq 1 100); do
     [ "$(journal_bytes)" -le $((64 << 20)) ] && break
     sleep 0.2

@@ -14,7 +14,6 @@ printf '[exports]\nlisten = "127.0.0.1:%s"\n[[vpg]]\nname = "vpg1"\nhistory = "1
 start_recovery
 start_protected
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
 
 # Writes with checkpoints between: random 1 MiB chunks on both volumes.
 write_round() {

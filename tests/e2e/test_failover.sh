@@ -15,7 +15,6 @@ printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.t
 start_recovery
 start_protected
 wait_replicated 60
-JDIR=$WORK/b/data/journal/vpg1
 
 for v in disk0 disk1; do
     qemu-io -f raw -c "write -P 0x11 0 8M" -c "write -P 0x22 4M 1M" "$NBD_URI/$v" >/dev/null || fail "write failed"

@@ -209,6 +209,12 @@ wait_replicated() {
     fail "no complete checkpoint after seq $head within ${timeout}s"
 }
 
+# The recovery journal of vpg1: its directory, its segments' bytes on disk
+# and the seq the replica holds.
+JDIR=$WORK/b/data/journal/vpg1
+journal_bytes() { find "$JDIR" -maxdepth 1 -name '*.tmjrn' -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
+applied_seq() { jq -r '.applied_seq' "$JDIR/apply.json" 2>/dev/null || echo 0; }
+
 restore_to() {
     local checkpoint=$1 out=$2
     "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$checkpoint" --out "$out" >"$WORK/restore-last.out" 2>&1 ||

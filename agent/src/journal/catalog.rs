@@ -87,3 +87,181 @@ fn finish(mut out: WalkOutcome, order: &SeqOrder) -> WalkOutcome {
     out.last_seq = order.last_seq;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    //! The summaries and the walk that reads them, together.
+    use super::summary::*;
+    use super::*;
+    use crate::record::{Record, RecordBody};
+    use crate::segment::create_segment;
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    const VPG_ID: u32 = 41;
+
+    fn body_at(seq: u64) -> RecordBody {
+        match seq % 5 {
+            0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t-{seq}-é") },
+            1 => RecordBody::Zero { volume: 0, offset: seq * 16, length: 512 },
+            2 if seq == 2 => RecordBody::StreamStart { time_ms: 1, stream_id: 9 },
+            3 if seq == 3 => RecordBody::CopyDone { volume: 0 },
+            _ => RecordBody::Write { volume: 0, offset: seq * 8, data: vec![seq as u8; 700 + seq as usize % 300] },
+        }
+    }
+
+    /// Segments holding `per` records each, `count` of them.
+    fn journal(count: u64, per: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..count {
+            let first = 1 + i * per;
+            let (_, mut f) = create_segment(dir.path(), SegmentKind::Journal, VPG_ID, first).unwrap();
+            for seq in first..first + per {
+                f.write_all(&Record { seq, vpg_id: VPG_ID, body: body_at(seq) }.encode()).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn entries(dir: &Path) -> (Vec<Entry>, (usize, usize)) {
+        let mut out = Vec::new();
+        let o = walk_journal(dir, VPG_ID, 0, |e, _| {
+            out.push(e.clone());
+            Visit::Continue
+        })
+        .unwrap();
+        assert!(o.damage.is_none());
+        (out, (o.summarized, o.scanned))
+    }
+
+    fn sealed(dir: &Path) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> =
+            list_segments(dir, SegmentKind::Journal).unwrap().into_iter().map(|(_, p)| p).collect();
+        all.pop();
+        all
+    }
+
+    #[test]
+    fn a_summary_round_trips_and_refuses_every_damaged_byte() {
+        let dir = journal(2, 20);
+        let first = &sealed(dir.path())[0];
+        let summary = build(first, VPG_ID, 1).unwrap().unwrap();
+        assert_eq!(summary.entries.len(), 20);
+        let bytes = summary.to_bytes();
+        assert_eq!(SegmentSummary::from_bytes(&bytes).unwrap(), summary);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(SegmentSummary::from_bytes(&bad).is_err(), "byte {i} flipped was accepted");
+        }
+        for cut in [0, 10, HEADER_BYTES, bytes.len() - 1] {
+            assert!(SegmentSummary::from_bytes(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn readers_use_summaries_and_see_exactly_what_a_scan_sees() {
+        let dir = journal(4, 30);
+        let (scanned, how) = entries(dir.path());
+        assert_eq!(how, (0, 4));
+        let mut keeper = Summarizer::default();
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 3, "the newest segment is not sealed");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 0, "a valid summary is not rewritten");
+        let (summarized, how) = entries(dir.path());
+        assert_eq!(how, (3, 1));
+        assert_eq!(summarized, scanned);
+        // Past a seq: whole segments below it are not read.
+        let o = walk_journal(dir.path(), VPG_ID, 65, |e, _| {
+            assert!(e.seq > 65);
+            Visit::Continue
+        })
+        .unwrap();
+        assert_eq!((o.summarized, o.scanned), (1, 1));
+    }
+
+    #[test]
+    fn a_deleted_damaged_or_stale_summary_is_not_trusted_and_is_rebuilt() {
+        let dir = journal(3, 25);
+        let (scanned, _) = entries(dir.path());
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        let segs = sealed(dir.path());
+        // Deleted.
+        std::fs::remove_file(summary_path(&segs[0])).unwrap();
+        assert_eq!(entries(dir.path()), (scanned.clone(), (1, 2)));
+        // Damaged: one byte flipped.
+        let path = summary_path(&segs[1]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(entries(dir.path()), (scanned.clone(), (0, 3)));
+        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 2);
+        assert_eq!(entries(dir.path()), (scanned.clone(), (2, 1)));
+        // Stale: the segment replaced by another of the same name and
+        // length whose last record differs.
+        let mut seg = std::fs::read(&segs[0]).unwrap();
+        let n = seg.len();
+        let last =
+            Record { seq: 25, vpg_id: VPG_ID, body: RecordBody::Checkpoint { time_ms: 25, tag: "x-25-é".into() } }
+                .encode();
+        let prev = Record { seq: 25, vpg_id: VPG_ID, body: body_at(25) }.encode();
+        assert_eq!(last.len(), prev.len());
+        seg[n - last.len()..].copy_from_slice(&last);
+        std::fs::write(&segs[0], &seg).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
+        // A crash mid-write leaves a temporary; orphans go too.
+        std::fs::write(summary_path(&segs[1]).with_extension(TEMP_EXTENSION), b"half").unwrap();
+        std::fs::write(dir.path().join("00000000000000000999.tmjrn.idx"), b"orphan").unwrap();
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".idx"))
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
+    fn damage_after_the_summary_was_written_is_found_and_the_summary_dropped() {
+        let dir = journal(3, 25);
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        let segs = sealed(dir.path());
+        // The header of seq 31 (a Zero: no data crc for a reader to check),
+        // in the middle of the second segment.
+        let mut bytes = std::fs::read(&segs[1]).unwrap();
+        let header = Record { seq: 31, vpg_id: VPG_ID, body: body_at(31) }.encode();
+        let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).unwrap();
+        bytes[at + 20] ^= 0x40;
+        std::fs::write(&segs[1], &bytes).unwrap();
+        assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the summary alone cannot see it");
+        for _ in 0..4 {
+            keeper.pass(dir.path(), VPG_ID).unwrap();
+        }
+        let (path, message) = keeper.damage.clone().expect("the background check found the damage");
+        assert_eq!(path, segs[1]);
+        assert!(message.contains("is damaged"), "{message}");
+        assert!(!summary_path(&segs[1]).exists(), "the summary of a damaged segment is dropped");
+        let walked = walk_journal(dir.path(), VPG_ID, 0, |_, _| Visit::Continue).unwrap();
+        assert!(walked.damage.is_some(), "readers now meet the damage");
+        // Not summarized again while it stays damaged.
+        keeper.pass(dir.path(), VPG_ID).unwrap();
+        assert!(!summary_path(&segs[1]).exists());
+    }
+
+    #[test]
+    fn a_hostile_summary_is_refused_without_being_read_whole() {
+        let dir = journal(3, 25);
+        Summarizer::default().pass(dir.path(), VPG_ID).unwrap();
+        let segs = sealed(dir.path());
+        let good = load_valid(&segs[0], VPG_ID, 1).unwrap();
+        // Far longer than its segment (sparse): refused before reading.
+        let path = summary_path(&segs[0]);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 40).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
+        // A valid summary of no records for a segment that has some.
+        let empty = SegmentSummary { entries: Vec::new(), ..good };
+        std::fs::write(&path, empty.to_bytes()).unwrap();
+        assert!(load_valid(&segs[0], VPG_ID, 1).is_none());
+    }
+}
