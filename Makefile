@@ -49,7 +49,7 @@ bench: build image
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	@for t in record_decode batch_decode nbd_request nbd_server control_message local_request appliance_files; do \
+	@for t in record_decode batch_decode summary_decode nbd_request nbd_server control_message local_request appliance_files; do \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 		(cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=512) || exit 1; \
 	done
