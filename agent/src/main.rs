@@ -750,14 +750,8 @@ fn restore(config: PathBuf, vpg: String, checkpoint: String, out: PathBuf) -> Re
 
 fn pin(config: PathBuf, vpg: String, checkpoint: String, reason: String) -> Result<()> {
     let cfg = recovery_config(&config)?;
-    // Under a reader's lease, so the applier cannot pass the checkpoint
-    // between choosing it and pinning it.
-    let mut view = tidemark::recovery::JournalView::open_leased(&cfg.node.data_dir.join("journal"), &vpg, "pin")?;
-    let (chosen, _lease) = view.pin(&checkpoint)?;
-    if view.index.checkpoints.binary_search_by_key(&chosen.id, |c| c.id).is_err() {
-        bail!("{checkpoint:?} is the journal's end, not a checkpoint; pin a checkpoint id, a tag or `latest`");
-    }
-    let pin = tidemark::journal::pins::pin(&view.dir, chosen.id, &reason, tidemark::record::now_ms())?;
+    let (chosen, pin) =
+        tidemark::recovery::pinning::pin(&cfg.node.data_dir.join("journal"), &vpg, &checkpoint, &reason)?;
     tracing::info!(%vpg, "checkpoint {} pinned by {} ({})", pin.checkpoint, tidemark::harden::support_ssh::who(), pin.reason);
     println!(
         "checkpoint {} of {vpg} ({}) is pinned: it stays restorable, and the journal grows past its limit if it must, \
@@ -771,15 +765,7 @@ fn pin(config: PathBuf, vpg: String, checkpoint: String, reason: String) -> Resu
 
 fn unpin(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
     let cfg = recovery_config(&config)?;
-    let root = cfg.node.data_dir.join("journal");
-    tidemark::config::validate_name("--vpg", &vpg)?;
-    // An id needs no lookup: a repaired or failed-over journal may no
-    // longer list the checkpoint, and its pin must still go.
-    let id = match checkpoint.parse::<u64>() {
-        Ok(id) => id,
-        Err(_) => tidemark::recovery::JournalView::open(&root, &vpg)?.resolve(&checkpoint)?.id,
-    };
-    let gone = tidemark::journal::pins::unpin(&tidemark::journal::vpg_dir(&root, &vpg), id)?;
+    let gone = tidemark::recovery::pinning::unpin(&cfg.node.data_dir.join("journal"), &vpg, &checkpoint)?;
     tracing::info!(%vpg, "checkpoint {} unpinned by {}", gone.checkpoint, tidemark::harden::support_ssh::who());
     println!("checkpoint {} of {vpg} is no longer pinned; the history window applies to it again", gone.checkpoint);
     Ok(())

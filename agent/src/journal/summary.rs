@@ -145,13 +145,22 @@ impl SegmentSummary {
         out.extend_from_slice(&self.last_header_crc.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         debug_assert_eq!(out.len(), HEADER_BYTES);
+        let mut last_seq = self.first_seq.saturating_sub(1);
         for e in &self.entries {
+            // What `from_bytes` refuses is never written.
+            assert!(e.seq > last_seq, "summary entries ascend from the segment's first seq");
+            last_seq = e.seq;
             let mut put = |kind: u8| {
                 out.push(kind);
                 out.extend_from_slice(&e.seq.to_le_bytes());
             };
             match &e.kind {
                 EntryKind::Write { volume, offset, len, at, crc } => {
+                    assert!(
+                        *len as usize <= RECORD_PAYLOAD_BYTES_MAX
+                            && at.checked_add(*len as u64).is_some_and(|end| end <= self.segment_len),
+                        "a summarized write lies inside its segment"
+                    );
                     put(KIND_WRITE);
                     for field in [&volume.to_le_bytes()[..], &offset.to_le_bytes(), &len.to_le_bytes()] {
                         out.extend_from_slice(field);
@@ -534,5 +543,54 @@ fn forget_file(path: &Path) -> Result<()> {
             Err(e).with_context(|| format!("removing {}", path.display()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind_strategy() -> impl Strategy<Value = EntryKind> {
+        prop_oneof![
+            (any::<u32>(), any::<u64>(), 0u32..4096, 0u64..1 << 20, any::<u32>())
+                .prop_map(|(volume, offset, len, at, crc)| EntryKind::Write { volume, offset, len, at, crc }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(volume, offset, length)| EntryKind::Zero {
+                volume,
+                offset,
+                length
+            }),
+            // Up to 63 characters of any script: at most 252 bytes of UTF-8.
+            (any::<u64>(), "\\PC{0,63}").prop_map(|(time_ms, tag)| EntryKind::Checkpoint { time_ms, tag }),
+            any::<u32>().prop_map(|volume| EntryKind::CopyDone { volume }),
+            (any::<u64>(), any::<u32>()).prop_map(|(time_ms, stream_id)| EntryKind::StreamStart { time_ms, stream_id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_summary_the_encoder_writes_decodes_to_itself(
+            first_seq in 1u64..u64::MAX / 2,
+            kinds in prop::collection::vec((1u64..1000, kind_strategy()), 0..40),
+        ) {
+            let mut seq = first_seq - 1;
+            let entries = kinds
+                .into_iter()
+                .map(|(step, kind)| {
+                    seq += step;
+                    Entry { seq, kind }
+                })
+                .collect();
+            let summary = SegmentSummary {
+                vpg_id: 3,
+                first_seq,
+                segment_len: 2 << 20,
+                last_record_at: 77,
+                last_header_crc: 5,
+                entries,
+            };
+            let bytes = summary.to_bytes();
+            prop_assert_eq!(SegmentSummary::from_bytes(&bytes).unwrap(), summary);
+        }
     }
 }

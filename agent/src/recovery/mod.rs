@@ -5,6 +5,7 @@ pub mod exports;
 pub mod failover;
 pub mod luns;
 pub mod ops;
+pub mod pinning;
 pub mod restore;
 pub mod view;
 

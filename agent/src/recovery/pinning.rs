@@ -1,0 +1,34 @@
+//! `tidemark pin` / `unpin` on a VPG's journal: resolving what the
+//! operator named to a checkpoint, then `journal::pins` keeps it.
+
+use super::JournalView;
+use crate::journal::index::CheckpointInfo;
+use crate::journal::pins::{self, Pin};
+use crate::journal::vpg_dir;
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// Pins the checkpoint `wanted` names (an id, a tag or `latest`). Resolved
+/// under a reader's lease, so the applier cannot pass it between the
+/// choice and the pin.
+pub fn pin(journal_root: &Path, vpg: &str, wanted: &str, reason: &str) -> Result<(CheckpointInfo, Pin)> {
+    let mut view = JournalView::open_leased(journal_root, vpg, "pin")?;
+    let (chosen, _lease) = view.pin(wanted)?;
+    if view.index.checkpoints.binary_search_by_key(&chosen.id, |c| c.id).is_err() {
+        bail!("{wanted:?} is the journal's end, not a checkpoint; pin a checkpoint id, a tag or `latest`");
+    }
+    let pin = pins::pin(&view.dir, chosen.id, reason, crate::record::now_ms())?;
+    Ok((chosen, pin))
+}
+
+/// Releases the pin of the checkpoint `wanted` names. An id needs no
+/// lookup: a repaired or failed-over journal may no longer list the
+/// checkpoint, and its pin must still go.
+pub fn unpin(journal_root: &Path, vpg: &str, wanted: &str) -> Result<Pin> {
+    crate::config::validate_name("--vpg", vpg)?;
+    let id = match wanted.parse::<u64>() {
+        Ok(id) => id,
+        Err(_) => JournalView::open(journal_root, vpg)?.resolve(wanted)?.id,
+    };
+    pins::unpin(&vpg_dir(journal_root, vpg), id)
+}
