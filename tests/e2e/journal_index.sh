@@ -184,6 +184,12 @@ export_exact 11
 log "bit rot in a summarized segment: the background check finds it"
 size=$(stat -c %s "${SEALED[2]}")
 printf '\x5a' | dd of="${SEALED[2]}" bs=1 seek=$((size / 2)) conv=notrunc status=none
+# 8 MiB a second over 6 segments of 4 MiB: one round takes about 3 s.
+for _ in $(seq 1 100); do
+    grep -q "WARNING:.*$(basename "${SEALED[2]}") is damaged (found by the background check)" \
+        <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" && break
+    sleep 0.2
+done
 wait_status recovery "WARNING:.*$(basename "${SEALED[2]}") is damaged (found by the background check)"
 [ -e "${SEALED[2]}.idx" ] && fail "the damaged segment's summary is still there"
 "$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 >/dev/null 2>"$WORK/cps.err" || true

@@ -428,43 +428,53 @@ impl Summarizer {
         self.damage = Some((segment.to_path_buf(), message));
     }
 
-    /// Re-verifies the next summarized segment once the budget covers it.
+    /// Re-verifies summarized segments, round robin, as far as this pass's
+    /// share of the budget goes (a budget saved up over passes covers one
+    /// segment of the largest size).
     fn scrub(&mut self, sealed: &[(u64, PathBuf)], vpg_id: u32) -> Result<()> {
-        let summarized = |p: &PathBuf| self.seen.contains_key(p);
-        let Some((first_seq, path)) = sealed
-            .iter()
-            .find(|(f, p)| *f >= self.scrub_next && summarized(p))
-            .or_else(|| sealed.iter().find(|(_, p)| summarized(p)))
-            .cloned()
-        else {
-            self.scrub_budget = 0;
-            return Ok(());
-        };
-        let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else { return Ok(()) };
-        self.scrub_budget = (self.scrub_budget + Self::SCRUB_BYTES_PER_PASS).min(len.max(Self::SCRUB_BYTES_PER_PASS));
-        if self.scrub_budget < len {
-            return Ok(());
+        self.scrub_budget = (self.scrub_budget + Self::SCRUB_BYTES_PER_PASS)
+            .min(super::JOURNAL_SEGMENT_BYTES.max(Self::SCRUB_BYTES_PER_PASS));
+        for _ in 0..sealed.len() {
+            let summarized = |p: &PathBuf| self.seen.contains_key(p);
+            let Some((first_seq, path)) = sealed
+                .iter()
+                .find(|(f, p)| *f >= self.scrub_next && summarized(p))
+                .or_else(|| sealed.iter().find(|(_, p)| summarized(p)))
+                .cloned()
+            else {
+                self.scrub_budget = 0;
+                return Ok(());
+            };
+            let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else { return Ok(()) };
+            if self.scrub_budget < len {
+                return Ok(());
+            }
+            self.scrub_budget -= len;
+            self.scrub_next = first_seq + 1;
+            self.scrub_one(&path, first_seq, vpg_id)?;
         }
-        self.scrub_budget -= len;
-        self.scrub_next = first_seq + 1;
-        let why = match (build(&path, vpg_id, first_seq), load_valid(&path, vpg_id, first_seq)) {
+        Ok(())
+    }
+
+    fn scrub_one(&mut self, path: &Path, first_seq: u64, vpg_id: u32) -> Result<()> {
+        let why = match (build(path, vpg_id, first_seq), load_valid(path, vpg_id, first_seq)) {
             (Ok(Some(fresh)), Some(stored)) if fresh == stored => return Ok(()),
             (_, _) if !path.exists() => return Ok(()),
             // A sound segment its summary no longer describes: summarize
             // it again (readers already refuse the old one).
             (Ok(Some(fresh)), _) => {
                 tracing::warn!("{}: its summary no longer described it; rewritten", path.display());
-                store(&path, &fresh)?;
-                self.seen.extend(stamp(&summary_path(&path)).map(|s| (path.clone(), s)));
+                store(path, &fresh)?;
+                self.seen.extend(stamp(&summary_path(path)).map(|s| (path.to_path_buf(), s)));
                 return Ok(());
             }
             (Ok(None), _) => "is damaged (found by the background check)".to_string(),
             (Err(e), _) => format!("cannot be read (found by the background check): {e:#}"),
         };
-        forget(&path)?;
-        self.seen.remove(&path);
-        self.failed.extend(stamp(&path).map(|s| (path.clone(), s)));
-        self.report_damage(&path, &why);
+        forget(path)?;
+        self.seen.remove(path);
+        self.failed.extend(stamp(path).map(|s| (path.to_path_buf(), s)));
+        self.report_damage(path, &why);
         Ok(())
     }
 
