@@ -291,6 +291,8 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             cursor.trim_idle();
             // The stream's own group commit: what is appended becomes
             // durable, then sendable.
+            // A client's FLUSH may sync what the read above left unsent.
+            fail::fail_point!("stream-idle-before-check");
             let appended_seq = vpg.log.appended_seq();
             if appended_seq > vpg.log.synced_seq() {
                 vpg.log.sync_to(appended_seq).await?;
