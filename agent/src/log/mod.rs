@@ -365,6 +365,10 @@ impl ProtectedLog {
         *self.synced.borrow()
     }
 
+    pub fn watch_synced(&self) -> watch::Receiver<u64> {
+        self.synced.subscribe()
+    }
+
     pub fn acked_seq(&self) -> u64 {
         *self.acked.borrow()
     }

@@ -272,6 +272,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
 ) -> Result<()> {
     let mut cursor = vpg.log.cursor(start_seq);
     let mut appended = vpg.log.watch_appended();
+    let mut synced = vpg.log.watch_synced();
     let mut acked = vpg.log.watch_acked();
     let batch_target = seat.share.batch_target_bytes();
     let mut encoder = BatchEncoder::default();
@@ -279,9 +280,10 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut inflight_bytes = 0u64;
     loop {
-        // Mark the current end seen before reading, so an append that
-        // lands after the read still wakes us.
+        // Mark the current end and sync point seen before reading, so an
+        // append or an fsync that lands after the read still wakes us.
         appended.borrow_and_update();
+        synced.borrow_and_update();
         batch.clear();
         fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         if batch.is_empty() {
@@ -297,7 +299,14 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             if appended_seq > vpg.log.synced_seq() {
                 vpg.log.sync_to(appended_seq).await?;
             } else {
-                appended.changed().await.context("log closed")?;
+                // Records read before their fsync become sendable when a
+                // client's FLUSH syncs them: that wakes us too, not only
+                // the next append (which may never come).
+                tokio::select! {
+                    r = appended.changed() => r,
+                    r = synced.changed() => r,
+                }
+                .context("log closed")?;
             }
             continue;
         }
