@@ -71,7 +71,7 @@ enum TestFailover {
     Start {
         #[command(flatten)]
         at: OnRecovery,
-        /// `latest`, `head`, a checkpoint id, or a tag.
+        /// `latest`, `head`, `last-clean` (pinned by the encryption detector), a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
     },
@@ -139,7 +139,8 @@ enum Command {
         #[command(flatten)]
         at: OnRecovery,
         /// `latest` (newest complete checkpoint), `head` (the journal's durable
-        /// end, crash-consistent; RPO 0 in sync mode), a checkpoint id, or a tag.
+        /// end, crash-consistent; RPO 0 in sync mode), `last-clean` (pinned by the
+        /// encryption detector), a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
         /// Output directory; existing image files there are never overwritten.
@@ -175,7 +176,7 @@ enum Command {
     Export {
         #[command(flatten)]
         at: OnRecovery,
-        /// `latest`, `head`, a checkpoint id, or a tag.
+        /// `latest`, `head`, `last-clean` (pinned by the encryption detector), a checkpoint id, or a tag.
         #[arg(long, default_value = "latest")]
         checkpoint: String,
     },
@@ -188,7 +189,7 @@ enum Command {
     Failover {
         #[command(flatten)]
         at: OnRecovery,
-        /// `latest`, `head`, a checkpoint id, or a tag.
+        /// `latest`, `head`, `last-clean` (pinned by the encryption detector), a checkpoint id, or a tag.
         #[arg(long)]
         checkpoint: String,
         /// Leave the recovered volumes as image files; do not serve them.
@@ -664,11 +665,20 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
     let pins = tidemark::journal::pins::load(&view.dir)?;
     let pinned = |id: u64| pins.binary_search_by_key(&id, |p| p.checkpoint).is_ok();
+    // After the oldest checkpoint the encryption detector pinned, every
+    // checkpoint may hold encrypted data.
+    let last_clean = pins
+        .iter()
+        .filter(|p| tidemark::capture::alert::names_last_clean(p.reason.split(':').next().unwrap_or_default()))
+        .map(|p| p.checkpoint)
+        .min();
+    let after_alert = |id: u64| last_clean.is_some_and(|c| id > c);
     if json {
         let mut listed = serde_json::to_value(&view.index.checkpoints)?;
         for c in listed.as_array_mut().into_iter().flatten() {
             let id = c["id"].as_u64().unwrap_or(0);
             c["pinned"] = pinned(id).into();
+            c["after_alert"] = after_alert(id).into();
         }
         println!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
@@ -692,6 +702,7 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
             column(&mut line, &tidemark::status::format_time_ms(c.time_ms), 22);
             let state = match (c.consistent, pinned(c.id)) {
                 (true, true) => "pinned",
+                (true, false) if after_alert(c.id) => "suspect",
                 (true, false) => "complete",
                 (false, _) => "partial",
             };
@@ -711,6 +722,12 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
                 tidemark::status::format_time_ms(p.since_ms)
             );
         }
+    }
+    if let Some(c) = last_clean.filter(|_| !json) {
+        eprintln!(
+            "WARNING: the encryption detector raised an alert; checkpoints after {c} are listed as suspect \
+             (restore `--checkpoint last-clean`)"
+        );
     }
     if let Some(d) = &view.corruption {
         eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");

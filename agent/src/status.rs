@@ -48,6 +48,9 @@ pub struct VpgStatus {
     pub rpo_target_seconds: Option<f64>,
     #[serde(default)]
     pub rpo_over_target: bool,
+    /// Protected side: the encryption detector's alert, if it raised one.
+    #[serde(default)]
+    pub alert: Option<String>,
 }
 
 /// `iscsi` as this build writes it (a list), or as the build before wrote
@@ -188,6 +191,9 @@ pub fn render(status: &AgentStatus) -> String {
     for v in &status.vpgs {
         out.push_str(&format!("VPG {}\n", v.name));
         out.push_str(&format!("  state:           {}\n", v.state));
+        if let Some(alert) = &v.alert {
+            out.push_str(&format!("  ALERT:           {alert}\n"));
+        }
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
         if !v.priority.is_empty() {
             out.push_str(&format!("  priority:        {}\n", v.priority));

@@ -119,7 +119,11 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     if tag.chars().any(char::is_control) {
         bail!("tag: must not contain control characters");
     }
-    if tag == "latest" || tag == "head" || tag.chars().all(|c| c.is_ascii_digit()) {
+    if tag == "latest"
+        || tag == "head"
+        || crate::capture::alert::names_last_clean(tag)
+        || tag.chars().all(|c| c.is_ascii_digit())
+    {
         bail!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another");
     }
     Ok(())

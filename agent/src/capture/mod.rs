@@ -4,7 +4,9 @@
 //! volume of a VPG as an NBD export.
 
 pub mod activity;
+pub mod alert;
 pub mod delta;
+pub mod detector;
 pub mod export;
 pub mod moving;
 pub mod volume;

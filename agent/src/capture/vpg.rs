@@ -11,6 +11,7 @@
 //! from the log are read again from the volumes and appended.
 
 use super::activity::{extent_range, ActivityLog};
+use super::alert::Detection;
 use super::volume::Volume;
 use crate::config::ReplicationMode;
 use crate::log::{CaptureState, LogSpace, ProtectedLog};
@@ -85,6 +86,8 @@ pub struct VpgCapture {
     pub promote_rx: Mutex<mpsc::Receiver<PromoteRequest>>,
     /// Held by the one move that may run at a time.
     pub moving: Mutex<()>,
+    /// The encryption-attack detector, when it is on.
+    detection: std::sync::OnceLock<Arc<Detection>>,
 }
 
 impl VpgCapture {
@@ -179,6 +182,7 @@ impl VpgCapture {
             promote_tx,
             promote_rx: Mutex::new(promote_rx),
             moving: Mutex::new(()),
+            detection: std::sync::OnceLock::new(),
         });
         if let Some(work) = work {
             tokio::spawn(capture.clone().finish_start(work));
@@ -286,6 +290,27 @@ impl VpgCapture {
         self.activity.lock().expect("activity lock").mark(volume, offset, length)
     }
 
+    /// Turns the encryption-attack detector on (once, before writes come)
+    /// and starts its interval clock.
+    pub fn enable_detection(self: &Arc<Self>, cfg: &crate::config::DetectionConfig) -> Result<()> {
+        let volumes: Vec<(String, u64)> = self.volumes.iter().map(|v| (v.name.clone(), v.size)).collect();
+        let detection = Arc::new(Detection::open(self.log.dir(), cfg, &volumes)?);
+        tracing::info!(
+            vpg = %self.name,
+            "encryption detector on: {} intervals, class maps of {}",
+            humantime::format_duration(cfg.interval),
+            crate::status::format_bytes(detection.map_bytes() as u64)
+        );
+        if self.detection.set(detection.clone()).is_ok() {
+            tokio::spawn(super::alert::run(self.name.clone(), detection));
+        }
+        Ok(())
+    }
+
+    pub fn detection(&self) -> Option<&Arc<Detection>> {
+        self.detection.get()
+    }
+
     /// Reverse protection state, if this site receives the VPG back.
     pub fn reverse_state(&self) -> Option<crate::log::state::ReverseState> {
         self.state.lock().expect("state lock").reverse.clone()
@@ -364,6 +389,9 @@ impl VpgCapture {
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
         self.mark_active(volume, offset, data.len() as u64).await?;
         let seq = self.log.append_reserved(space, &body)?;
+        if let Some(d) = self.detection.get() {
+            d.observe_write(volume, seq, offset, data);
+        }
         let written = (|| {
             fail::fail_point!("volume-write", |_| Err(anyhow!("volume write failed (failpoint)")));
             self.volumes[volume as usize].write_at(data, offset)
@@ -383,6 +411,9 @@ impl VpgCapture {
         self.check_writable()?;
         self.mark_active(volume, offset, length).await?;
         let seq = self.log.append_reserved(space, &body)?;
+        if let Some(d) = self.detection.get() {
+            d.observe_zero(volume, offset, length);
+        }
         if let Err(e) = self.volumes[volume as usize].zero_range(offset, length) {
             self.after_failed_update(volume, offset, length, &e);
             return Err(e);
@@ -436,6 +467,9 @@ impl VpgCapture {
     /// Appends `data` read from a volume at `offset` (zeros as a Zero
     /// record). Under the write-order lock.
     pub(crate) fn append_data(&self, space: LogSpace<'_>, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
+        if let Some(d) = self.detection.get() {
+            d.observe_contents(volume, offset, &data);
+        }
         let body = if data.iter().all(|b| *b == 0) {
             RecordBody::Zero { volume, offset, length: data.len() as u64 }
         } else {

@@ -215,8 +215,60 @@ pub struct VpgConfig {
     /// the log warn. None: no target.
     #[serde(default, deserialize_with = "deserialize_optional_duration")]
     pub rpo_alert: Option<std::time::Duration>,
+    /// The encryption-attack detector (`[vpg.detection]`; on by default).
+    #[serde(default)]
+    pub detection: DetectionConfig,
     #[serde(rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
+}
+
+/// The encryption-attack detector of a VPG (see docs/detection.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often each volume's features are closed and judged ("10s").
+    #[serde(default = "default_detection_interval", with = "humantime_serde_compat")]
+    pub interval: std::time::Duration,
+    /// Low-entropy data turned random over three intervals must reach this
+    /// many times the volume's baseline ...
+    #[serde(default = "default_detection_factor")]
+    pub factor: f64,
+    /// ... and at least this much ("1MiB") to raise an alert.
+    #[serde(default = "default_detection_min_bytes", deserialize_with = "deserialize_bytes_required")]
+    pub min_bytes: u64,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            enabled: true,
+            interval: default_detection_interval(),
+            factor: default_detection_factor(),
+            min_bytes: default_detection_min_bytes(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_detection_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_detection_factor() -> f64 {
+    8.0
+}
+
+fn default_detection_min_bytes() -> u64 {
+    1 << 20
+}
+
+fn deserialize_bytes_required<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    deserialize_bytes(d).map(|b| b.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -633,6 +685,16 @@ impl VpgConfig {
         }
         if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
             bail!("vpg[{i}].rpo_alert: must be at least 1s");
+        }
+        let d = &self.detection;
+        if d.interval < std::time::Duration::from_secs(1) || d.interval > std::time::Duration::from_secs(3600) {
+            bail!("vpg[{i}].detection.interval: must be between 1s and 1h");
+        }
+        if !(d.factor >= 1.0 && d.factor <= 1000.0) {
+            bail!("vpg[{i}].detection.factor: must be between 1 and 1000");
+        }
+        if d.min_bytes < 64 << 10 {
+            bail!("vpg[{i}].detection.min_bytes: must be at least 64KiB");
         }
         if self.volumes.is_empty() {
             bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");

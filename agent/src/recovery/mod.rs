@@ -84,6 +84,9 @@ impl JournalView {
     /// Resolves `latest`, an id or a tag to a complete checkpoint, saying
     /// clearly why when it cannot.
     pub fn resolve(&self, wanted: &str) -> Result<CheckpointInfo> {
+        if crate::capture::alert::names_last_clean(wanted) {
+            return self.resolve_last_clean(wanted);
+        }
         let found = self.index.find(wanted);
         match (found, &self.corruption) {
             (Some(c), _) if !c.consistent => bail!(
@@ -105,5 +108,23 @@ impl JournalView {
             }
             (None, None) => bail!("VPG {:?} has no checkpoint {wanted:?} (see `tidemark checkpoints`)", self.meta.vpg),
         }
+    }
+
+    /// `last-clean`: the newest checkpoint the encryption detector had
+    /// pinned; `last-clean-<time>`: the one pinned with that label.
+    fn resolve_last_clean(&self, wanted: &str) -> Result<CheckpointInfo> {
+        let pins = crate::journal::pins::load(&self.dir)?;
+        let label = |reason: &str| reason.split(':').next().unwrap_or_default().to_string();
+        let Some(pin) = pins.iter().rev().find(|p| {
+            let l = label(&p.reason);
+            crate::capture::alert::names_last_clean(&l) && (wanted == crate::capture::alert::LAST_CLEAN || l == wanted)
+        }) else {
+            bail!(
+                "VPG {:?} has no checkpoint pinned as {wanted:?}: the encryption detector has not raised an alert \
+                 (see `tidemark checkpoints` and the protected side's status)",
+                self.meta.vpg
+            );
+        };
+        self.resolve(&pin.checkpoint.to_string())
     }
 }

@@ -304,6 +304,26 @@ impl RecoveryOps {
 
     /// Marks a move of `vpg` as running; refused when the VPG is failed
     /// over already, or a failover or test failover of it runs.
+    /// The encryption detector of the protected side raised an alert:
+    /// pins the newest complete checkpoint before `since_seq`.
+    pub async fn pin_last_clean(&self, vpg: &str, since_seq: u64, reason: String) -> Result<u64> {
+        let root = self.journal_root.clone();
+        let name = vpg.to_string();
+        let (chosen, pin) =
+            tokio::task::spawn_blocking(move || super::pinning::pin_last_clean(&root, &name, since_seq, &reason))
+                .await
+                .context("pin task")??;
+        tracing::warn!(
+            %vpg,
+            "the protected side's encryption detector raised an alert: checkpoint {} ({}) is pinned as {:?} \
+             and stays restorable until `tidemark unpin`",
+            chosen.id,
+            crate::status::format_time_ms(chosen.time_ms),
+            pin.reason
+        );
+        Ok(chosen.id)
+    }
+
     pub fn begin_move(self: &Arc<Self>, vpg: &str) -> Result<MoveMark> {
         let mut busy = self.busy.lock().expect("busy lock");
         if let Some(running) = busy.get(vpg) {

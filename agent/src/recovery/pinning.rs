@@ -21,6 +21,22 @@ pub fn pin(journal_root: &Path, vpg: &str, wanted: &str, reason: &str) -> Result
     Ok((chosen, pin))
 }
 
+/// The encryption detector's alert: pins the newest complete checkpoint
+/// before `since_seq` (the first write of the anomaly) with `reason`.
+pub fn pin_last_clean(journal_root: &Path, vpg: &str, since_seq: u64, reason: &str) -> Result<(CheckpointInfo, Pin)> {
+    let mut view = JournalView::open_leased(journal_root, vpg, "last-clean")?;
+    let Some(chosen) = view.index.checkpoints.iter().rev().find(|c| c.id < since_seq && c.consistent).cloned() else {
+        bail!(
+            "no complete checkpoint before seq {since_seq} is left in the journal (the replica already holds \
+             seq {}: the history window or the journal limit merged it)",
+            view.index.applied_seq
+        );
+    };
+    let (_, _lease) = view.pin(&chosen.id.to_string())?;
+    let pin = pins::pin(&view.dir, chosen.id, reason, crate::record::now_ms())?;
+    Ok((chosen, pin))
+}
+
 /// Releases the pin of the checkpoint `wanted` names. An id needs no
 /// lookup: a repaired or failed-over journal may no longer list the
 /// checkpoint, and its pin must still go.

@@ -41,6 +41,9 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             &dir,
             cfg.log.capacity_bytes,
         )?;
+        if vpg_cfg.detection.enabled {
+            capture.enable_detection(&vpg_cfg.detection)?;
+        }
         for (i, v) in vpg_cfg.volumes.iter().enumerate() {
             let export: Arc<dyn BlockExport> = Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 });
             exports.push((v.name.clone(), export));
@@ -183,6 +186,7 @@ async fn status_writer(
                 priority: format!("{:?}", vpg_cfg.priority).to_lowercase(),
                 rpo_target_seconds,
                 rpo_over_target: over_target[i],
+                alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

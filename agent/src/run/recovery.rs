@@ -118,6 +118,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 priority: String::new(),
                 rpo_target_seconds: None,
                 rpo_over_target: false,
+                alert: None,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

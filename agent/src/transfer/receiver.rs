@@ -231,6 +231,17 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 send_control(&mut link, &reply).await?;
             }
+            ControlMessage::PinLastClean { since_seq, reason } => {
+                let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+                let reply = match ops.pin_last_clean(&vpg, since_seq, reason).await {
+                    Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
+                    Err(e) => {
+                        tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
+                        ControlMessage::refused(format!("{e:#}"))
+                    }
+                };
+                send_control(&mut link, &reply).await?;
+            }
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(()) => promote(&mut link, receiver, &vpg, checkpoint).await?,

@@ -195,6 +195,18 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u
     bail!("a new stream started; connecting again to announce it")
 }
 
+/// After an alert of the encryption detector: asks the recovery site to
+/// pin the last clean checkpoint, once it holds everything before the
+/// attack, and stores the answer.
+async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control: &mut S) -> Result<()> {
+    let Some(detection) = vpg.detection() else { return Ok(()) };
+    let Some(alert) = detection.pin_due(vpg.log.acked_seq()) else { return Ok(()) };
+    let reason = format!("{}: the encryption detector's alert on volume {}", alert.label, alert.volume);
+    let request = ControlMessage::PinLastClean { since_seq: alert.since_seq, reason };
+    let answer = ask(control, &request).await.context("asking for the last clean checkpoint's pin")?;
+    detection.pin_answered(&vpg.name, answer.map_err(|e| format!("{e:#}")))
+}
+
 /// A record in the log that fails its checks (not a read error): what
 /// follows it cannot be sent, so the stream must start over.
 fn is_damage(e: &anyhow::Error) -> bool {
@@ -208,6 +220,7 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
     loop {
         tokio::select! {
             _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
+                pin_last_clean(vpg, control).await?;
                 send_control(control, &ControlMessage::Ping).await?;
                 match recv_control(control).await? {
                     ControlMessage::Pong => {}
@@ -224,7 +237,7 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                 // A refusal is the answer; a broken link is also the link's end.
                 match asked {
                     Ok(answer) => {
-                        let _ = request.reply.send(answer);
+                        let _ = request.reply.send(answer.map(|_| ()));
                     }
                     Err(e) => {
                         let _ = request.reply.send(Err(anyhow::anyhow!("the link broke: {e:#}")));
@@ -239,12 +252,12 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
 /// Sends a move step and waits for its answer (the inner result: done, or
 /// refused and why), however long applying takes (the recovery side
 /// reports progress every few seconds). The outer error is the link's.
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &ControlMessage) -> Result<Result<()>> {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &ControlMessage) -> Result<Result<u64>> {
     send_control(control, request).await?;
     loop {
         match recv_control(control).await? {
             ControlMessage::Promoting => {}
-            ControlMessage::Promoted { .. } => return Ok(Ok(())),
+            ControlMessage::Promoted { checkpoint } => return Ok(Ok(checkpoint)),
             ControlMessage::Refused { reason } => return Ok(Err(anyhow::anyhow!("{reason}"))),
             other => bail!("unexpected reply to {request:?}: {other:?}"),
         }

@@ -128,6 +128,15 @@ pub enum ControlMessage {
     /// called off; answered `Promoted` (not failed over here, the move's
     /// mark is dropped) or `Refused` (it was).
     MoveCancel,
+    /// Protected → recovery on the control link: the encryption detector
+    /// raised an alert; pin the newest complete checkpoint before
+    /// `since_seq` with `reason` (which starts with its
+    /// `last-clean-<time>` label). Answered `Promoted { checkpoint }` (the
+    /// one pinned) or `Refused`.
+    PinLastClean {
+        since_seq: u64,
+        reason: String,
+    },
     /// Recovery → protected while a promote is being applied.
     Promoting,
     /// Recovery → protected: the move step is done (`checkpoint` is 0
@@ -186,6 +195,12 @@ impl ControlMessage {
                 if let Some(h) = hashes.iter().find(|h| bad(h)) {
                     return invalid("extent_hashes", format!("{h:?} is not a SHA-256 in hex"));
                 }
+            }
+            ControlMessage::PinLastClean { reason, .. }
+                if reason.len() > crate::journal::pins::PIN_REASON_BYTES_MAX
+                    || reason.chars().any(char::is_control) =>
+            {
+                return invalid("pin_last_clean", format!("reason of {} bytes", reason.len()));
             }
             ControlMessage::Refused { reason } if reason.len() > REASON_BYTES_MAX => {
                 return invalid("refused", format!("reason of {} bytes", reason.len()));
@@ -273,6 +288,10 @@ mod tests {
             },
             ControlMessage::refused("\u{1}".repeat(10 * REASON_BYTES_MAX)),
             ControlMessage::Attach { vpg: name('a'), session: u64::MAX },
+            ControlMessage::PinLastClean {
+                since_seq: u64::MAX,
+                reason: "é".repeat(crate::journal::pins::PIN_REASON_BYTES_MAX / 2),
+            },
         ]
     }
 
@@ -287,6 +306,10 @@ mod tests {
 
     #[test]
     fn what_the_decoder_refuses_is_never_sent() {
+        for reason in ["x".repeat(crate::journal::pins::PIN_REASON_BYTES_MAX + 1), "two\nlines".into()] {
+            let pin = ControlMessage::PinLastClean { since_seq: 1, reason };
+            assert!(pin.to_bytes().is_err(), "{pin:?}");
+        }
         let too_many = ControlMessage::ExtentHashes {
             volume: 0,
             first_extent: 0,

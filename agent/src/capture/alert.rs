@@ -1,0 +1,280 @@
+//! The encryption detector of one VPG: its volumes' detectors, the
+//! interval clock, and the alert they raise.
+//!
+//! An alert is stored (`detector-alert.json` in the VPG's log directory,
+//! fsynced) before anything else happens, so a restart still asks the
+//! recovery site to pin the last clean checkpoint: the newest checkpoint
+//! before the first write of the anomalous window. The link asks once the
+//! recovery site acknowledged everything before that write (so it holds
+//! that checkpoint), and the answer is stored too. While an alert's
+//! anomaly goes on no other alert is raised; a new one needs
+//! `NEW_ALERT_AFTER` of quiet first.
+
+use super::detector::{Anomaly, DetectionLimits, IntervalStats, VolumeDetector};
+use crate::config::DetectionConfig;
+use crate::durable::{replace_file, FileMode};
+use crate::status::format_bytes;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, UNIX_EPOCH};
+
+const ALERT_FILE: &str = "detector-alert.json";
+/// Quiet time after an alert's last anomalous interval before another
+/// alert may be raised.
+const NEW_ALERT_AFTER: Duration = Duration::from_secs(600);
+/// The label pins of the detector carry (and `--checkpoint` accepts).
+pub const LAST_CLEAN: &str = "last-clean";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Alert {
+    pub volume: String,
+    /// When the first write of the anomalous window was seen.
+    pub started_ms: u64,
+    pub detected_ms: u64,
+    pub last_anomaly_ms: u64,
+    /// The attack began at this seq or after: the checkpoint before it is
+    /// the last clean one.
+    pub since_seq: u64,
+    /// `last-clean-<time the anomaly started>`.
+    pub label: String,
+    /// What was seen, for people.
+    pub summary: String,
+    /// The checkpoint the recovery site pinned, once it did.
+    pub pinned: Option<u64>,
+    /// Why the recovery site could not pin one.
+    pub pin_error: Option<String>,
+}
+
+impl Alert {
+    /// One line for status and the logs.
+    pub fn describe(&self) -> String {
+        let pin = match (&self.pinned, &self.pin_error) {
+            (Some(id), _) => format!("checkpoint {id} is pinned at the recovery site as {:?}", self.label),
+            (None, Some(e)) => format!("no checkpoint could be pinned: {e}"),
+            (None, None) => "pinning the last clean checkpoint at the recovery site".to_string(),
+        };
+        format!(
+            "possible encryption attack on volume {} since {}: {}; {pin}",
+            self.volume,
+            rfc3339(self.started_ms),
+            self.summary
+        )
+    }
+}
+
+/// A volume's detector, and when the open interval's first write came.
+type Watched = (VolumeDetector, Option<u64>);
+
+/// The volumes' detectors and the VPG's alert.
+pub struct Detection {
+    dir: PathBuf,
+    limits: DetectionLimits,
+    pub interval: Duration,
+    /// One per volume, with its name.
+    volumes: Vec<(String, Mutex<Watched>)>,
+    alert: Mutex<Option<Alert>>,
+}
+
+impl Detection {
+    /// The VPG's detection, with the alert a previous run stored.
+    pub fn open(dir: &Path, cfg: &DetectionConfig, volumes: &[(String, u64)]) -> Result<Detection> {
+        let path = dir.join(ALERT_FILE);
+        let alert = match std::fs::read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Detection {
+            dir: dir.to_path_buf(),
+            limits: DetectionLimits { min_bytes: cfg.min_bytes, factor: cfg.factor },
+            interval: cfg.interval,
+            volumes: volumes
+                .iter()
+                .map(|(name, size)| (name.clone(), Mutex::new((VolumeDetector::new(*size), None))))
+                .collect(),
+            alert: Mutex::new(alert),
+        })
+    }
+
+    /// Class-map memory of every volume.
+    pub fn map_bytes(&self) -> usize {
+        self.volumes.iter().map(|(_, v)| v.lock().expect("detector").0.map_bytes()).sum()
+    }
+
+    pub fn observe_write(&self, volume: u32, seq: u64, offset: u64, data: &[u8]) {
+        if let Some((_, v)) = self.volumes.get(volume as usize) {
+            let mut v = v.lock().expect("detector");
+            v.0.observe_write(seq, offset, data);
+            v.1.get_or_insert_with(crate::record::now_ms);
+        }
+    }
+
+    pub fn observe_zero(&self, volume: u32, offset: u64, length: u64) {
+        if let Some((_, v)) = self.volumes.get(volume as usize) {
+            v.lock().expect("detector").0.observe_zero(offset, length);
+        }
+    }
+
+    pub fn observe_contents(&self, volume: u32, offset: u64, data: &[u8]) {
+        if let Some((_, v)) = self.volumes.get(volume as usize) {
+            v.lock().expect("detector").0.observe_contents(offset, data);
+        }
+    }
+
+    /// Closes every volume's interval; raises (and stores) an alert on an
+    /// anomaly. Returns each volume's closed interval.
+    pub fn end_interval(&self, vpg: &str) -> Result<Vec<IntervalStats>> {
+        let mut closed = Vec::new();
+        for (name, v) in &self.volumes {
+            let (stats, anomaly, first_ms) = {
+                let mut v = v.lock().expect("detector");
+                let (stats, anomaly) = v.0.end_interval(self.limits);
+                (stats, anomaly, v.1.take())
+            };
+            if let Some(anomaly) = anomaly {
+                self.anomaly(vpg, name, &anomaly, first_ms.unwrap_or_else(crate::record::now_ms))?;
+            }
+            closed.push(stats);
+        }
+        Ok(closed)
+    }
+
+    fn anomaly(&self, vpg: &str, volume: &str, anomaly: &Anomaly, first_ms: u64) -> Result<()> {
+        let now = crate::record::now_ms();
+        let mut alert = self.alert.lock().expect("alert");
+        if let Some(a) = alert.as_mut() {
+            if now.saturating_sub(a.last_anomaly_ms) < NEW_ALERT_AFTER.as_millis() as u64 {
+                a.last_anomaly_ms = now;
+                return self.store(a);
+            }
+        }
+        // The window began up to WINDOW_INTERVALS intervals ago.
+        let window = self.interval * super::detector::WINDOW_INTERVALS as u32;
+        let started_ms = first_ms.saturating_sub(window.as_millis() as u64 - self.interval.as_millis() as u64);
+        let new = Alert {
+            volume: volume.to_string(),
+            started_ms,
+            detected_ms: now,
+            last_anomaly_ms: now,
+            since_seq: anomaly.first_transition_seq,
+            label: format!("{LAST_CLEAN}-{}", rfc3339(started_ms)),
+            summary: format!(
+                "{} of low-entropy data overwritten with random-looking data in {} s ({:.0} % of the bytes \
+                 written were random-looking; threshold {}, baseline {} per interval)",
+                format_bytes(anomaly.window_transition_bytes),
+                window.as_secs(),
+                anomaly.high_share * 100.0,
+                format_bytes(anomaly.threshold_bytes),
+                format_bytes(anomaly.baseline_bytes as u64),
+            ),
+            pinned: None,
+            pin_error: None,
+        };
+        self.store(&new)?;
+        tracing::error!(vpg, "ALERT: {}", new.describe());
+        *alert = Some(new);
+        Ok(())
+    }
+
+    fn store(&self, alert: &Alert) -> Result<()> {
+        replace_file(&self.dir.join(ALERT_FILE), &serde_json::to_vec_pretty(alert)?, FileMode::Public)
+    }
+
+    pub fn alert(&self) -> Option<Alert> {
+        self.alert.lock().expect("alert").clone()
+    }
+
+    /// The pin to ask for, if one is due and the recovery site holds
+    /// everything before the attack (`acked_seq`).
+    pub fn pin_due(&self, acked_seq: u64) -> Option<Alert> {
+        let alert = self.alert.lock().expect("alert");
+        alert.as_ref().filter(|a| a.pinned.is_none() && a.pin_error.is_none() && acked_seq + 1 >= a.since_seq).cloned()
+    }
+
+    /// The recovery site's answer to the pin request.
+    pub fn pin_answered(&self, vpg: &str, answer: std::result::Result<u64, String>) -> Result<()> {
+        let mut alert = self.alert.lock().expect("alert");
+        let Some(a) = alert.as_mut() else { return Ok(()) };
+        match answer {
+            Ok(id) => a.pinned = Some(id),
+            Err(e) => a.pin_error = Some(e),
+        }
+        self.store(a)?;
+        match &a.pin_error {
+            None => tracing::warn!(vpg, "{}", a.describe()),
+            Some(_) => tracing::error!(vpg, "{}", a.describe()),
+        }
+        Ok(())
+    }
+}
+
+/// The detector's clock: closes an interval every `interval`.
+pub async fn run(vpg: String, detection: std::sync::Arc<Detection>) {
+    let mut tick = tokio::time::interval(detection.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match detection.end_interval(&vpg) {
+            Ok(stats) => {
+                for ((name, _), s) in detection.volumes.iter().zip(&stats) {
+                    if s.bytes > 0 {
+                        tracing::debug!(%vpg, volume = %name, ?s, "detector interval");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(%vpg, "storing the detector's alert failed: {e:#}"),
+        }
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `last-clean` or `last-clean-<time>`: names a detector pin.
+pub fn names_last_clean(wanted: &str) -> bool {
+    wanted == LAST_CLEAN || wanted.starts_with(&format!("{LAST_CLEAN}-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_survives_a_restart_and_asks_for_its_pin_once_the_journal_holds_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DetectionConfig { enabled: true, interval: Duration::from_secs(10), factor: 8.0, min_bytes: 1 << 20 };
+        let d = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
+        let line = b"ordinary text, repeated, nothing random about it at all.\n";
+        let text: Vec<u8> = line.iter().cycle().take(4 << 20).copied().collect();
+        d.observe_write(0, 5, 0, &text);
+        d.end_interval("v").unwrap();
+        assert_eq!(d.alert(), None);
+        let mut x = 88172645463325252u64;
+        let random: Vec<u8> = (0..(2 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        d.observe_write(0, 40, 0, &random);
+        d.end_interval("v").unwrap();
+        let alert = d.alert().expect("an alert");
+        assert_eq!((alert.since_seq, alert.volume.as_str()), (40, "disk0"));
+        assert!(alert.label.starts_with("last-clean-20"), "{}", alert.label);
+        assert!(names_last_clean(&alert.label) && names_last_clean("last-clean") && !names_last_clean("last-cleaner"));
+        assert_eq!(d.pin_due(30), None, "the journal does not hold seq 39 yet");
+        let reopened = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
+        assert_eq!(reopened.pin_due(39).map(|a| a.since_seq), Some(40));
+        reopened.pin_answered("v", Ok(33)).unwrap();
+        assert_eq!(reopened.pin_due(100), None);
+        let again = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
+        assert_eq!(again.alert().unwrap().pinned, Some(33));
+        assert!(again.alert().unwrap().describe().contains("checkpoint 33 is pinned"));
+    }
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Encryption-attack detection with a real guest. A Linux guest under QEMU
+# (TCG; the appliance's kernel and busybox) has an ext4 disk on the
+# protected agent's NBD export. It writes 480 ordinary files (logs and
+# CSV tables, ~4.5 MiB), prints their MD5 sums, waits 20 s, then encrypts
+# every file in place (random bytes over its data, fsync per file) as
+# ransomware does. The detector must alert within 30 s of the first
+# encrypted write; the recovery site pins the checkpoint before the
+# attack as last-clean-<time>; `restore --checkpoint last-clean` gives an
+# image that passes `e2fsck -fn` with every file's original checksum; the
+# checkpoints after it are listed as suspect. Writing the files raises no
+# alarm (they go into free space).
+source "$(dirname "$0")/../lib/common.sh"
+source "$ROOT/tests/lib/appliance.sh"
+
+[ -f "$IMAGE/vmlinuz" ] && [ -f "$IMAGE/initrd.img" ] || fail "no image: run make image"
+SIZE=64M
+mkdir -p "$WORK/src"
+truncate -s "$SIZE" "$WORK/src/disk0.img"
+mkfs.ext4 -q -F -L attacked "$WORK/src/disk0.img"
+setup_pair async 1000 disk0:$SIZE
+# Short intervals so the test's quiet phase is long enough to learn in.
+cat >>"$WORK/protected.toml" <<TOML
+[vpg.detection]
+interval = "5s"
+TOML
+start_recovery
+start_protected
+wait_replicated 60
+
+# The guest: the appliance's initramfs (busybox, the disk drivers) with
+# the attack script as its /init.
+G=$WORK/guest-root
+mkdir -p "$G"
+(cd "$G" && gzip -dc "$IMAGE/initrd.img" | cpio -idm --quiet)
+cp "$ROOT/tests/guest/attack-init.sh" "$G/init"
+chmod +x "$G/init"
+(cd "$G" && find . | sort | cpio -o -H newc --quiet | gzip -1) >"$WORK/guest-initrd.img"
+GUEST_MEM=256 qemu_guest attack "" -kernel "$IMAGE/vmlinuz" -initrd "$WORK/guest-initrd.img" \
+    -append "console=ttyS0 panic=-1 quiet" \
+    -drive "file=$NBD_URI/disk0,format=raw,if=virtio,cache=none"
+SERIAL=$WORK/attack/serial.log
+guest_wait attack "FILES-WRITTEN" 240 || fail "the guest did not write its files: $(tail -5 "$SERIAL")"
+grep -q "GUEST-FAIL" "$SERIAL" && fail "guest: $(grep GUEST-FAIL "$SERIAL")"
+sed -n '/SUMS-BEGIN/,/SUMS-END/p' "$SERIAL" | tr -d '\r' | grep -E '^[0-9a-f]{32}  ' >"$WORK/sums"
+files=$(wc -l <"$WORK/sums")
+[ "$files" -eq 480 ] || fail "the guest printed $files checksums, not 480"
+log "the guest wrote $files files"
+alerted() { status_json protected | jq -r '.vpgs[0].alert // empty'; }
+[ -z "$(alerted)" ] || fail "an alert while the guest wrote ordinary files: $(alerted)"
+
+guest_wait attack "ATTACK-START" 60 || fail "the attack did not start"
+start=$(date +%s.%N)
+log "the attack starts"
+alert=
+for _ in $(seq 1 150); do
+    alert=$(alerted)
+    [ -n "$alert" ] && break
+    sleep 0.2
+done
+[ -n "$alert" ] || fail "no alert within 30 s of the attack's start"
+took=$(python3 -c "import time; print('%.1f' % (time.time() - $start))")
+log "alert after ${took} s: $alert"
+echo "detection: alert ${took} s after the attack started" >"$WORK/detect-latency"
+guest_wait attack "ATTACK-DONE" 240 || fail "the attack did not finish"
+
+# The recovery site pins the checkpoint before the attack.
+for _ in $(seq 1 100); do
+    grep -q "is pinned at the recovery site" <<<"$(alerted)" && break
+    sleep 0.2
+done
+grep -q "is pinned at the recovery site" <<<"$(alerted)" || fail "the last clean checkpoint was not pinned: $(alerted)"
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag after-attack --wait 60s >/dev/null ||
+    fail "checkpoint after the attack failed"
+list=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 2>"$WORK/list.err")
+grep -q "pinned: checkpoint .*(last-clean-" "$WORK/list.err" || fail "the list shows no last-clean pin: $(cat "$WORK/list.err")"
+grep -E "suspect +after-attack" <<<"$list" >/dev/null || fail "the checkpoint after the attack is not suspect: $list"
+log "checkpoints after the attack are listed as suspect"
+
+restore_to last-clean "$WORK/clean"
+e2fsck -fn "$WORK/clean/disk0.img" >"$WORK/fsck.out" 2>&1 || fail "e2fsck of last-clean: $(tail -5 "$WORK/fsck.out")"
+mkdir -p "$WORK/out"
+while read -r sum path; do
+    got=$(debugfs -R "cat /$path" "$WORK/clean/disk0.img" 2>/dev/null | md5sum | cut -d' ' -f1)
+    [ "$got" = "$sum" ] || fail "$path at last-clean: md5 $got, the guest wrote $sum"
+done <"$WORK/sums"
+log "last-clean: e2fsck clean, all $files files as the guest wrote them"
+# And the attack is real: at the newest checkpoint the files are random.
+restore_to after-attack "$WORK/after"
+path=$(awk 'NR==1 {print $2}' "$WORK/sums")
+debugfs -R "cat /$path" "$WORK/after/disk0.img" 2>/dev/null | head -c 4096 | grep -q "INFO request" &&
+    fail "the attack did not change $path"
+log "PASS"
