@@ -43,6 +43,7 @@ bench: build image
 	@tests/bench/appliance.sh
 	@tests/bench/iscsi.sh
 	@tests/bench/index.sh
+	@tests/bench/detection.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

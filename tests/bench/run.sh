@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PORT_BASE=36000
 source tests/lib/common.sh
+source tests/bench/lib.sh
 RESULTS=tests/bench/RESULTS.md
 RUNTIME=${BENCH_RUNTIME:-10}
 ROWS=()
@@ -16,15 +17,6 @@ bench() { # name value unit peer_name peer_value goal higher_is_better(1|0)
     ratio=$(python3 -c "print('%.2f' % ($2 / $5) if $5 else 'n/a')")
     echo "BENCH $1 $2 $3 peer=$5 ratio=$ratio"
     ROWS+=("| $1 | $2 $3 | $4: $5 $3 | $ratio | $6 |")
-}
-
-fio_iops() { # uri rw bs iodepth [size] -> "iops bw_MiBps"
-    fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="${5:-1G}" \
-        --time_based --runtime="$RUNTIME" --randrepeat=0 --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
-    # fio's nbd engine may print a line before the JSON document.
-    local dir=write
-    [[ $2 == *read* ]] && dir=read
-    sed -n '/^{/,$p' "$WORK/fio.json" | jq -r ".jobs[0].$dir | \"\(.iops) \(.bw / 1024)\""
 }
 
 seconds() { python3 -c "import time; print(time.time())"; }

@@ -9,11 +9,13 @@
 # attack as last-clean-<time>; `restore --checkpoint last-clean` gives an
 # image that passes `e2fsck -fn` with every file's original checksum; the
 # checkpoints after it are listed as suspect. Writing the files raises no
-# alarm (they go into free space).
+# alarm (they go into free space). With a 64 MiB journal_limit and writes
+# going on past it, the pin holds (last-clean still restores); after
+# `unpin` the applier moves on.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
+source "$ROOT/tests/lib/detect_guest.sh"
 
-[ -f "$IMAGE/vmlinuz" ] && [ -f "$IMAGE/initrd.img" ] || fail "no image: run make image"
 SIZE=64M
 mkdir -p "$WORK/src"
 truncate -s "$SIZE" "$WORK/src/disk0.img"
@@ -24,21 +26,12 @@ cat >>"$WORK/protected.toml" <<TOML
 [vpg.detection]
 interval = "5s"
 TOML
+printf '[[vpg]]\nname = "vpg1"\njournal_limit = "64MiB"\n' >>"$WORK/recovery.toml"
 start_recovery
 start_protected
 wait_replicated 60
 
-# The guest: the appliance's initramfs (busybox, the disk drivers) with
-# the attack script as its /init.
-G=$WORK/guest-root
-mkdir -p "$G"
-(cd "$G" && gzip -dc "$IMAGE/initrd.img" | cpio -idm --quiet)
-cp "$ROOT/tests/guest/attack-init.sh" "$G/init"
-chmod +x "$G/init"
-(cd "$G" && find . | sort | cpio -o -H newc --quiet | gzip -1) >"$WORK/guest-initrd.img"
-GUEST_MEM=256 qemu_guest attack "" -kernel "$IMAGE/vmlinuz" -initrd "$WORK/guest-initrd.img" \
-    -append "console=ttyS0 panic=-1 quiet" \
-    -drive "file=$NBD_URI/disk0,format=raw,if=virtio,cache=none"
+detect_guest_start attack ""
 SERIAL=$WORK/attack/serial.log
 guest_wait attack "FILES-WRITTEN" 240 || fail "the guest did not write its files: $(tail -5 "$SERIAL")"
 grep -q "GUEST-FAIL" "$SERIAL" && fail "guest: $(grep GUEST-FAIL "$SERIAL")"
@@ -46,19 +39,13 @@ sed -n '/SUMS-BEGIN/,/SUMS-END/p' "$SERIAL" | tr -d '\r' | grep -E '^[0-9a-f]{32
 files=$(wc -l <"$WORK/sums")
 [ "$files" -eq 480 ] || fail "the guest printed $files checksums, not 480"
 log "the guest wrote $files files"
-alerted() { status_json protected | jq -r '.vpgs[0].alert // empty'; }
-[ -z "$(alerted)" ] || fail "an alert while the guest wrote ordinary files: $(alerted)"
+[ -z "$(detector_alert)" ] || fail "an alert while the guest wrote ordinary files: $(detector_alert)"
 
 guest_wait attack "ATTACK-START" 60 || fail "the attack did not start"
 start=$(date +%s.%N)
 log "the attack starts"
-alert=
-for _ in $(seq 1 150); do
-    alert=$(alerted)
-    [ -n "$alert" ] && break
-    sleep 0.2
-done
-[ -n "$alert" ] || fail "no alert within 30 s of the attack's start"
+wait_alert 30 || fail "no alert within 30 s of the attack's start"
+alert=$(detector_alert)
 took=$(python3 -c "import time; print('%.1f' % (time.time() - $start))")
 log "alert after ${took} s: $alert"
 echo "detection: alert ${took} s after the attack started" >"$WORK/detect-latency"
@@ -66,10 +53,10 @@ guest_wait attack "ATTACK-DONE" 240 || fail "the attack did not finish"
 
 # The recovery site pins the checkpoint before the attack.
 for _ in $(seq 1 100); do
-    grep -q "is pinned at the recovery site" <<<"$(alerted)" && break
+    grep -q "is pinned at the recovery site" <<<"$(detector_alert)" && break
     sleep 0.2
 done
-grep -q "is pinned at the recovery site" <<<"$(alerted)" || fail "the last clean checkpoint was not pinned: $(alerted)"
+grep -q "is pinned at the recovery site" <<<"$(detector_alert)" || fail "the last clean checkpoint was not pinned: $(detector_alert)"
 "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag after-attack --wait 60s >/dev/null ||
     fail "checkpoint after the attack failed"
 list=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 2>"$WORK/list.err")
@@ -90,4 +77,27 @@ restore_to after-attack "$WORK/after"
 path=$(awk 'NR==1 {print $2}' "$WORK/sums")
 debugfs -R "cat /$path" "$WORK/after/disk0.img" 2>/dev/null | head -c 4096 | grep -q "INFO request" &&
     fail "the attack did not change $path"
+log "the pin holds past the 64 MiB journal limit while writes go on"
+pinned=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 --json | jq -r '[.[] | select(.pinned)][0].id')
+qio_check "$NBD_URI/disk0" "write -P 0x61 0 60M" "flush"
+qio_check "$NBD_URI/disk0" "write -P 0x62 0 60M" "flush"
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag past-limit --wait 60s >/dev/null ||
+    fail "checkpoint past the limit failed"
+sleep 3
+[ "$(journal_bytes)" -gt $((64 << 20)) ] || fail "the journal ($(journal_bytes) bytes) did not grow past the limit"
+[ "$(applied_seq)" -le "$pinned" ] || fail "the replica moved past the pinned checkpoint $pinned: $(applied_seq)"
+rm -rf "$WORK/clean"
+restore_to last-clean "$WORK/clean"
+e2fsck -fn "$WORK/clean/disk0.img" >"$WORK/fsck.out" 2>&1 || fail "e2fsck of last-clean past the limit: $(tail -5 "$WORK/fsck.out")"
+head -20 "$WORK/sums" | while read -r sum path; do
+    got=$(debugfs -R "cat /$path" "$WORK/clean/disk0.img" 2>/dev/null | md5sum | cut -d' ' -f1)
+    [ "$got" = "$sum" ] || fail "$path at last-clean past the limit: md5 $got, not $sum"
+done
+"$TIDEMARK" unpin --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint last-clean >/dev/null || fail "unpin failed"
+for _ in $(seq 1 100); do
+    [ "$(applied_seq)" -gt "$pinned" ] && break
+    sleep 0.2
+done
+[ "$(applied_seq)" -gt "$pinned" ] || fail "after the release the applier did not move on"
+log "released: the applier moved on (replica at seq $(applied_seq))"
 log "PASS"

@@ -104,9 +104,15 @@ impl Detection {
     }
 
     pub fn observe_write(&self, volume: u32, seq: u64, offset: u64, data: &[u8]) {
+        self.observe_parts(volume, seq, &super::detector::classify_parts(offset, data));
+    }
+
+    /// A write classified (`detector::classify_parts`) before the VPG's
+    /// write-order lock was taken.
+    pub fn observe_parts(&self, volume: u32, seq: u64, parts: &[super::detector::Part]) {
         if let Some((_, v)) = self.volumes.get(volume as usize) {
             let mut v = v.lock().expect("detector");
-            v.0.observe_write(seq, offset, data);
+            v.0.observe_parts(seq, parts);
             v.1.get_or_insert_with(crate::record::now_ms);
         }
     }
@@ -142,6 +148,13 @@ impl Detection {
     }
 
     fn anomaly(&self, vpg: &str, volume: &str, anomaly: &Anomaly, first_ms: u64) -> Result<()> {
+        tracing::warn!(
+            vpg,
+            volume,
+            "detector: anomalous window: {} of low-entropy data turned random-looking (threshold {})",
+            format_bytes(anomaly.window_transition_bytes),
+            format_bytes(anomaly.threshold_bytes)
+        );
         let now = crate::record::now_ms();
         let mut alert = self.alert.lock().expect("alert");
         if let Some(a) = alert.as_mut() {
@@ -217,7 +230,10 @@ pub async fn run(vpg: String, detection: std::sync::Arc<Detection>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        match detection.end_interval(&vpg) {
+        // An anomaly fsyncs the alert file: not on a runtime thread.
+        let (d, name) = (detection.clone(), vpg.clone());
+        let closed = tokio::task::spawn_blocking(move || d.end_interval(&name)).await;
+        match closed.unwrap_or_else(|e| Err(anyhow::anyhow!("detector task: {e}"))) {
             Ok(stats) => {
                 for ((name, _), s) in detection.volumes.iter().zip(&stats) {
                     if s.bytes > 0 {

@@ -382,6 +382,9 @@ impl VpgCapture {
     /// it again from the volume, so source and replica agree.
     pub async fn write(&self, volume: u32, offset: u64, data: Vec<u8>) -> Result<u64> {
         self.check_writable()?;
+        // Classified before the write-order lock: only the class map's
+        // update is done under it.
+        let parts = self.detection.get().map(|_| super::detector::classify_parts(offset, &data));
         let body = RecordBody::Write { volume, offset, data };
         let space = self.log.reserve(&body).await?;
         let _order = self.order.lock().await;
@@ -389,8 +392,8 @@ impl VpgCapture {
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
         self.mark_active(volume, offset, data.len() as u64).await?;
         let seq = self.log.append_reserved(space, &body)?;
-        if let Some(d) = self.detection.get() {
-            d.observe_write(volume, seq, offset, data);
+        if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
+            d.observe_parts(volume, seq, parts);
         }
         let written = (|| {
             fail::fail_point!("volume-write", |_| Err(anyhow!("volume write failed (failpoint)")));

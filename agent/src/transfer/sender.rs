@@ -204,7 +204,11 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, con
     let reason = format!("{}: the encryption detector's alert on volume {}", alert.label, alert.volume);
     let request = ControlMessage::PinLastClean { since_seq: alert.since_seq, reason };
     let answer = ask(control, &request).await.context("asking for the last clean checkpoint's pin")?;
-    detection.pin_answered(&vpg.name, answer.map_err(|e| format!("{e:#}")))
+    // Stored (fsynced) off the runtime's threads.
+    let (d, name) = (detection.clone(), vpg.name.clone());
+    tokio::task::spawn_blocking(move || d.pin_answered(&name, answer.map_err(|e| format!("{e:#}"))))
+        .await
+        .context("storing the pin's answer")?
 }
 
 /// A record in the log that fails its checks (not a read error): what
