@@ -667,11 +667,8 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     let pinned = |id: u64| pins.binary_search_by_key(&id, |p| p.checkpoint).is_ok();
     // After the oldest checkpoint the encryption detector pinned, every
     // checkpoint may hold encrypted data.
-    let last_clean = pins
-        .iter()
-        .filter(|p| tidemark::capture::alert::names_last_clean(p.reason.split(':').next().unwrap_or_default()))
-        .map(|p| p.checkpoint)
-        .min();
+    let last_clean =
+        pins.iter().filter(|p| tidemark::recovery::pinning::is_detector_pin(&p.reason)).map(|p| p.checkpoint).min();
     let after_alert = |id: u64| last_clean.is_some_and(|c| id > c);
     if json {
         let mut listed = serde_json::to_value(&view.index.checkpoints)?;

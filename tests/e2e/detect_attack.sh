@@ -72,6 +72,11 @@ while read -r sum path; do
     [ "$got" = "$sum" ] || fail "$path at last-clean: md5 $got, the guest wrote $sum"
 done <"$WORK/sums"
 log "last-clean: e2fsck clean, all $files files as the guest wrote them"
+label=$(sed -n 's/.*pinned at the recovery site as "\(last-clean-[^"]*\)".*/\1/p' <<<"$(detector_alert)")
+[ -n "$label" ] || fail "the alert names no label: $(detector_alert)"
+restore_to "$label" "$WORK/by-label"
+cmp -s "$WORK/clean/disk0.img" "$WORK/by-label/disk0.img" || fail "restore of $label differs from last-clean"
+log "restore of $label == restore of last-clean"
 # And the attack is real: at the newest checkpoint the files are random.
 restore_to after-attack "$WORK/after"
 path=$(awk 'NR==1 {print $2}' "$WORK/sums")

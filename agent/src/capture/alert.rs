@@ -79,13 +79,28 @@ pub struct Detection {
 
 impl Detection {
     /// The VPG's detection, with the alert a previous run stored.
-    pub fn open(dir: &Path, cfg: &DetectionConfig, volumes: &[(String, u64)]) -> Result<Detection> {
+    /// `log_end` is the last seq the log held when it was opened: an alert
+    /// not yet pinned that names a later seq saw records a power cut took
+    /// (their seqs are used again), so it is moved back to there.
+    pub fn open(dir: &Path, cfg: &DetectionConfig, volumes: &[(String, u64)], log_end: u64) -> Result<Detection> {
         let path = dir.join(ALERT_FILE);
-        let alert = match std::fs::read(&path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?),
+        let mut alert: Option<Alert> = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    // Kept for people to read; never a reason not to start.
+                    let aside = dir.join(format!("{ALERT_FILE}.damaged"));
+                    tracing::error!("{} is damaged ({e}); moved to {}", path.display(), aside.display());
+                    std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+                    None
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        if let Some(a) = alert.as_mut().filter(|a| a.pinned.is_none() && a.pin_error.is_none()) {
+            a.since_seq = a.since_seq.min(log_end + 1);
+        }
         Ok(Detection {
             dir: dir.to_path_buf(),
             limits: DetectionLimits { min_bytes: cfg.min_bytes, factor: cfg.factor },
@@ -160,6 +175,11 @@ impl Detection {
         if let Some(a) = alert.as_mut() {
             if now.saturating_sub(a.last_anomaly_ms) < NEW_ALERT_AFTER.as_millis() as u64 {
                 a.last_anomaly_ms = now;
+                // Another volume (or a longer run) began earlier: until the
+                // pin is asked, it is the point to keep.
+                if a.pinned.is_none() && a.pin_error.is_none() {
+                    a.since_seq = a.since_seq.min(anomaly.first_transition_seq);
+                }
                 return self.store(a);
             }
         }
@@ -172,7 +192,8 @@ impl Detection {
             detected_ms: now,
             last_anomaly_ms: now,
             since_seq: anomaly.first_transition_seq,
-            label: format!("{LAST_CLEAN}-{}", rfc3339(started_ms)),
+            // No ':' in a label: the pin's reason is "<label>: ...".
+            label: format!("{LAST_CLEAN}-{}", rfc3339(started_ms).replace(':', "")),
             summary: format!(
                 "{} of low-entropy data overwritten with random-looking data in {} s ({:.0} % of the bytes \
                  written were random-looking; threshold {}, baseline {} per interval)",
@@ -206,10 +227,11 @@ impl Detection {
         alert.as_ref().filter(|a| a.pinned.is_none() && a.pin_error.is_none() && acked_seq + 1 >= a.since_seq).cloned()
     }
 
-    /// The recovery site's answer to the pin request.
-    pub fn pin_answered(&self, vpg: &str, answer: std::result::Result<u64, String>) -> Result<()> {
+    /// The recovery site's answer to the pin request for `label`.
+    pub fn pin_answered(&self, vpg: &str, label: &str, answer: std::result::Result<u64, String>) -> Result<()> {
         let mut alert = self.alert.lock().expect("alert");
-        let Some(a) = alert.as_mut() else { return Ok(()) };
+        // A new alert since the request: the answer was not about it.
+        let Some(a) = alert.as_mut().filter(|a| a.label == label) else { return Ok(()) };
         match answer {
             Ok(id) => a.pinned = Some(id),
             Err(e) => a.pin_error = Some(e),
@@ -263,7 +285,7 @@ mod tests {
     fn an_alert_survives_a_restart_and_asks_for_its_pin_once_the_journal_holds_what_came_before() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = DetectionConfig { enabled: true, interval: Duration::from_secs(10), factor: 8.0, min_bytes: 1 << 20 };
-        let d = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
+        let d = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
         let line = b"ordinary text, repeated, nothing random about it at all.\n";
         let text: Vec<u8> = line.iter().cycle().take(4 << 20).copied().collect();
         d.observe_write(0, 5, 0, &text);
@@ -285,12 +307,20 @@ mod tests {
         assert!(alert.label.starts_with("last-clean-20"), "{}", alert.label);
         assert!(names_last_clean(&alert.label) && names_last_clean("last-clean") && !names_last_clean("last-cleaner"));
         assert_eq!(d.pin_due(30), None, "the journal does not hold seq 39 yet");
-        let reopened = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
-        assert_eq!(reopened.pin_due(39).map(|a| a.since_seq), Some(40));
-        reopened.pin_answered("v", Ok(33)).unwrap();
+        assert!(!alert.label.contains(':'), "{}", alert.label);
+        // After a power cut the log held seqs up to 35 only.
+        let reopened = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 35).unwrap();
+        assert_eq!(reopened.pin_due(35).map(|a| a.since_seq), Some(36));
+        reopened.pin_answered("v", "another-label", Ok(99)).unwrap();
+        assert_eq!(reopened.alert().unwrap().pinned, None, "an answer about another alert");
+        reopened.pin_answered("v", &alert.label, Ok(33)).unwrap();
         assert_eq!(reopened.pin_due(100), None);
-        let again = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)]).unwrap();
+        let again = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
         assert_eq!(again.alert().unwrap().pinned, Some(33));
         assert!(again.alert().unwrap().describe().contains("checkpoint 33 is pinned"));
+        std::fs::write(dir.path().join(ALERT_FILE), b"{not json").unwrap();
+        let damaged = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
+        assert_eq!(damaged.alert(), None, "a damaged file is moved aside, not fatal");
+        assert!(dir.path().join("detector-alert.json.damaged").exists());
     }
 }

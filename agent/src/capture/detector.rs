@@ -183,8 +183,8 @@ pub struct Anomaly {
     pub window_transition_bytes: u64,
     pub threshold_bytes: u64,
     pub baseline_bytes: f64,
-    /// The first transition of the window: the attack began at or after
-    /// the write before it.
+    /// The first transition of the run of intervals with transitions that
+    /// ends with this one: the attack began at or after it.
     pub first_transition_seq: u64,
     pub high_share: f64,
 }
@@ -196,6 +196,9 @@ pub struct VolumeDetector {
     window: std::collections::VecDeque<IntervalStats>,
     /// Average transition bytes of a quiet interval.
     baseline: f64,
+    /// The first transition since the last interval without any: an
+    /// attack that ramps up before the window still names its start.
+    run_first_seq: Option<u64>,
 }
 
 impl VolumeDetector {
@@ -205,6 +208,7 @@ impl VolumeDetector {
             current: IntervalStats::default(),
             window: Default::default(),
             baseline: 0.0,
+            run_first_seq: None,
         }
     }
 
@@ -270,6 +274,10 @@ impl VolumeDetector {
         if self.window.len() > WINDOW_INTERVALS {
             self.window.pop_front();
         }
+        self.run_first_seq = match closed.first_transition_seq {
+            None => None,
+            Some(seq) => Some(self.run_first_seq.unwrap_or(seq)),
+        };
         let window_bytes: u64 = self.window.iter().map(|s| s.transition_bytes).sum();
         let threshold = (self.baseline * limits.factor * WINDOW_INTERVALS as f64).max(limits.min_bytes as f64) as u64;
         // Over the intervals that had transitions: a random file copied in
@@ -279,7 +287,8 @@ impl VolumeDetector {
         if window_bytes >= threshold && window_bytes > 0 && share >= TRANSITION_SHARE_MIN {
             let written: u64 = self.window.iter().map(|s| s.bytes).sum();
             let high: u64 = self.window.iter().map(|s| s.high_bytes).sum();
-            let first = self.window.iter().find_map(|s| s.first_transition_seq).expect("transitions were counted");
+            let window_first = self.window.iter().find_map(|s| s.first_transition_seq);
+            let first = self.run_first_seq.or(window_first).expect("transitions were counted");
             let anomaly = Anomaly {
                 window_transition_bytes: window_bytes,
                 threshold_bytes: threshold,
@@ -412,6 +421,22 @@ mod tests {
         let (stats, anomaly) = d.end_interval(LIMITS);
         assert_eq!(stats.transition_bytes, 3 << 19);
         assert_eq!(anomaly, None, "6 % of the random bytes were transitions");
+    }
+
+    #[test]
+    fn a_slow_start_before_the_window_is_where_the_attack_began() {
+        let mut d = VolumeDetector::new(64 << 20);
+        d.observe_write(1, 0, &text(32 << 20));
+        d.end_interval(LIMITS);
+        // Five intervals of a trickle (64 KiB each, under the floor) ...
+        for i in 0..5u64 {
+            d.observe_write(10 + i, i * EXTENT_BYTES, &random(EXTENT_BYTES as usize, i + 1));
+            assert_eq!(d.end_interval(LIMITS).1, None);
+        }
+        // ... then the flood.
+        d.observe_write(100, 1 << 20, &random(4 << 20, 3));
+        let anomaly = d.end_interval(LIMITS).1.expect("an anomaly");
+        assert_eq!(anomaly.first_transition_seq, 10, "the trickle's first write, not the window's");
     }
 
     #[test]

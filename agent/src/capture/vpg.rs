@@ -88,6 +88,8 @@ pub struct VpgCapture {
     pub moving: Mutex<()>,
     /// The encryption-attack detector, when it is on.
     detection: std::sync::OnceLock<Arc<Detection>>,
+    /// The last seq the log held when it was opened.
+    opened_end: u64,
 }
 
 impl VpgCapture {
@@ -183,6 +185,7 @@ impl VpgCapture {
             promote_rx: Mutex::new(promote_rx),
             moving: Mutex::new(()),
             detection: std::sync::OnceLock::new(),
+            opened_end: log_end,
         });
         if let Some(work) = work {
             tokio::spawn(capture.clone().finish_start(work));
@@ -294,7 +297,7 @@ impl VpgCapture {
     /// and starts its interval clock.
     pub fn enable_detection(self: &Arc<Self>, cfg: &crate::config::DetectionConfig) -> Result<()> {
         let volumes: Vec<(String, u64)> = self.volumes.iter().map(|v| (v.name.clone(), v.size)).collect();
-        let detection = Arc::new(Detection::open(self.log.dir(), cfg, &volumes)?);
+        let detection = Arc::new(Detection::open(self.log.dir(), cfg, &volumes, self.opened_end)?);
         tracing::info!(
             vpg = %self.name,
             "encryption detector on: {} intervals, class maps of {}",

@@ -17,8 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const PINS_FILE: &str = "pins.json";
-/// A reason is for people; it is shown, never parsed.
-pub const PIN_REASON_BYTES_MAX: usize = 256;
+pub use crate::names::PIN_REASON_BYTES_MAX;
 /// More would be a mistake in a script, not a plan.
 pub const PINS_MAX: usize = 64;
 
@@ -51,7 +50,7 @@ fn store(vpg_dir: &Path, pins: &[Pin]) -> Result<()> {
 /// Pins `checkpoint` (already resolved to a complete checkpoint by the
 /// caller). Pinning a pinned checkpoint again changes nothing.
 pub fn pin(vpg_dir: &Path, checkpoint: u64, reason: &str, now_ms: u64) -> Result<Pin> {
-    if reason.len() > PIN_REASON_BYTES_MAX || reason.chars().any(char::is_control) {
+    if !crate::names::is_pin_reason(reason) {
         bail!("--reason: at most {PIN_REASON_BYTES_MAX} bytes of text on one line");
     }
     let _lock = ApplyLock::exclusive(vpg_dir)?;

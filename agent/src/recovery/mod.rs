@@ -114,10 +114,10 @@ impl JournalView {
     /// pinned; `last-clean-<time>`: the one pinned with that label.
     fn resolve_last_clean(&self, wanted: &str) -> Result<CheckpointInfo> {
         let pins = crate::journal::pins::load(&self.dir)?;
-        let label = |reason: &str| reason.split(':').next().unwrap_or_default().to_string();
-        let Some(pin) = pins.iter().rev().find(|p| {
-            let l = label(&p.reason);
-            crate::capture::alert::names_last_clean(&l) && (wanted == crate::capture::alert::LAST_CLEAN || l == wanted)
+        // The oldest: every later checkpoint may hold encrypted data.
+        let Some(pin) = pins.iter().find(|p| {
+            pinning::is_detector_pin(&p.reason)
+                && (wanted == crate::capture::alert::LAST_CLEAN || p.reason.starts_with(&format!("{wanted}: ")))
         }) else {
             bail!(
                 "VPG {:?} has no checkpoint pinned as {wanted:?}: the encryption detector has not raised an alert \

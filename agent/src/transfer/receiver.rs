@@ -232,15 +232,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 send_control(&mut link, &reply).await?;
             }
             ControlMessage::PinLastClean { since_seq, reason } => {
-                let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-                let reply = match ops.pin_last_clean(&vpg, since_seq, reason).await {
-                    Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
-                    Err(e) => {
-                        tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
-                        ControlMessage::refused(format!("{e:#}"))
-                    }
-                };
-                send_control(&mut link, &reply).await?;
+                pin_last_clean(&mut link, receiver, &vpg, since_seq, reason).await?
             }
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
@@ -259,6 +251,37 @@ fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery
         *moving = Some(ops.begin_move(vpg)?);
     }
     Ok(())
+}
+
+/// The encryption detector's alert: pin the last clean checkpoint (a
+/// journal read and the apply lock: it may take a while), telling the
+/// protected side it is still working every few seconds.
+async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    receiver: &Arc<Receiver>,
+    vpg: &str,
+    since_seq: u64,
+    reason: String,
+) -> Result<()> {
+    let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+    let vpg_name = vpg.to_string();
+    let mut work = tokio::spawn(async move { ops.pin_last_clean(&vpg_name, since_seq, reason).await });
+    let mut tick = tokio::time::interval(super::KEEPALIVE_INTERVAL);
+    tick.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done.context("pin task")?,
+            _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
+        }
+    };
+    let reply = match outcome {
+        Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
+        Err(e) => {
+            tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
+            ControlMessage::refused(format!("{e:#}"))
+        }
+    };
+    send_control(link, &reply).await
 }
 
 /// A move's last step: fail over to `checkpoint`, telling the protected

@@ -206,7 +206,7 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, con
     let answer = ask(control, &request).await.context("asking for the last clean checkpoint's pin")?;
     // Stored (fsynced) off the runtime's threads.
     let (d, name) = (detection.clone(), vpg.name.clone());
-    tokio::task::spawn_blocking(move || d.pin_answered(&name, answer.map_err(|e| format!("{e:#}"))))
+    tokio::task::spawn_blocking(move || d.pin_answered(&name, &alert.label, answer.map_err(|e| format!("{e:#}"))))
         .await
         .context("storing the pin's answer")?
 }

@@ -196,11 +196,8 @@ impl ControlMessage {
                     return invalid("extent_hashes", format!("{h:?} is not a SHA-256 in hex"));
                 }
             }
-            ControlMessage::PinLastClean { reason, .. }
-                if reason.len() > crate::journal::pins::PIN_REASON_BYTES_MAX
-                    || reason.chars().any(char::is_control) =>
-            {
-                return invalid("pin_last_clean", format!("reason of {} bytes", reason.len()));
+            ControlMessage::PinLastClean { reason, .. } if !crate::names::is_pin_reason(reason) => {
+                return invalid("pin_last_clean", format!("a reason of {} bytes or over one line", reason.len()));
             }
             ControlMessage::Refused { reason } if reason.len() > REASON_BYTES_MAX => {
                 return invalid("refused", format!("reason of {} bytes", reason.len()));
@@ -290,7 +287,7 @@ mod tests {
             ControlMessage::Attach { vpg: name('a'), session: u64::MAX },
             ControlMessage::PinLastClean {
                 since_seq: u64::MAX,
-                reason: "é".repeat(crate::journal::pins::PIN_REASON_BYTES_MAX / 2),
+                reason: "é".repeat(crate::names::PIN_REASON_BYTES_MAX / 2),
             },
         ]
     }
@@ -306,7 +303,7 @@ mod tests {
 
     #[test]
     fn what_the_decoder_refuses_is_never_sent() {
-        for reason in ["x".repeat(crate::journal::pins::PIN_REASON_BYTES_MAX + 1), "two\nlines".into()] {
+        for reason in ["x".repeat(crate::names::PIN_REASON_BYTES_MAX + 1), "two\nlines".into()] {
             let pin = ControlMessage::PinLastClean { since_seq: 1, reason };
             assert!(pin.to_bytes().is_err(), "{pin:?}");
         }
