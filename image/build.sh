@@ -85,9 +85,13 @@ done
 cp "$X/etc/protocols" "$X/etc/services" "$R/etc/"
 cp "$X/usr/sbin/dropbear" "$R/usr/sbin/"
 cp "$X/usr/bin/dropbearkey" "$R/usr/bin/"
+# The file system checkers `tidemark verify-checkpoint` runs (in place of
+# any busybox applet of the same name).
+rm -f "$R/usr/sbin/e2fsck" "$R/usr/sbin/xfs_repair"
+cp "$X/sbin/e2fsck" "$X/sbin/xfs_repair" "$R/usr/sbin/"
 # The shared libraries those need, found through their NEEDED entries.
 needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/ {print $2}'; }
-queue=("$R/usr/sbin/xtables-legacy-multi" "$R/usr/sbin/dropbear" "$R/usr/bin/dropbearkey" "$R"/usr/lib/x86_64-linux-gnu/xtables/*.so)
+queue=("$R/usr/sbin/xtables-legacy-multi" "$R/usr/sbin/dropbear" "$R/usr/bin/dropbearkey" "$R/usr/sbin/e2fsck" "$R/usr/sbin/xfs_repair" "$R"/usr/lib/x86_64-linux-gnu/xtables/*.so)
 declare -A seen=()
 while ((${#queue[@]})); do
     f=${queue[0]}

@@ -142,6 +142,43 @@ done
 audit_iscsi 0
 log "restarted: the export's target and device are gone, audit passes"
 
+log "verify-checkpoint: the file systems at a checkpoint, checked in place"
+# A GPT disk with one ext4 partition (1 MiB to 15 MiB) holding 40 files,
+# made without mounting anything.
+mkdir -p "$WORK/tree"
+for i in $(seq 1 40); do head -c $((i * 997)) /dev/urandom | base64 >"$WORK/tree/file$i"; done
+truncate -s 14M "$WORK/part.img"
+mkfs.ext4 -q -F -d "$WORK/tree" "$WORK/part.img" >/dev/null 2>&1 || fail "mkfs.ext4 -d failed"
+truncate -s 16M "$WORK/fs.img"
+printf 'label: gpt\nstart=2048, size=28672, type=linux\n' | sfdisk -q "$WORK/fs.img" || fail "sfdisk failed"
+dd if="$WORK/part.img" of="$WORK/fs.img" bs=1M seek=1 conv=notrunc status=none
+in_ns nbdcopy --flush "$WORK/fs.img" "nbd://127.0.0.1:$NBD_PORT/disk0" || fail "nbdcopy of the ext4 disk failed"
+host_checkpoint "$NS" fs-clean
+# Then group 0's inode table overwritten, as a bad disk or a bug would.
+block=$(dumpe2fs -h "$WORK/part.img" 2>/dev/null | sed -n 's/^Block size: *//p')
+itable=$(dumpe2fs "$WORK/part.img" 2>/dev/null | sed -n 's/.*Inode table at \([0-9]*\)-.*/\1/p' | head -1)
+[ -n "$block" ] && [ -n "$itable" ] || fail "dumpe2fs does not say where the inode table is"
+in_ns qemu-io -f raw "nbd://127.0.0.1:$NBD_PORT/disk0" -c "write -P 0xa5 $((1048576 + itable * block)) 32k" -c flush \
+    >"$WORK/qio.out" 2>&1 || fail "corrupting the inode table: $(cat "$WORK/qio.out")"
+host_checkpoint "$NS" fs-bad
+verify() { rec "tidemark verify-checkpoint --config $CFG --vpg vm1 --checkpoint $1; echo exit=\$?"; }
+out=$(verify fs-clean)
+grep -q "exit=0" <<<"$out" && grep -q "disk0 partition 1 (ext4, 14.0 MiB): clean" <<<"$out" &&
+    grep -q "\"fs-clean\": verified" <<<"$out" || fail "the clean ext4 checkpoint is not verified: $out"
+out=$(verify fs-bad)
+grep -q "exit=65" <<<"$out" && grep -q "partition 1 (ext4, 14.0 MiB): FAILED" <<<"$out" &&
+    grep -Eq "e2fsck -fn exit (4|12):" <<<"$out" && grep -qi "inode\|corrupt" <<<"$out" ||
+    fail "the damaged inode table was not reported with e2fsck's findings: $out"
+out=$(verify cp1)
+grep -q "exit=69" <<<"$out" && grep -q "whole volume (unknown contents, 16.0 MiB): not checked" <<<"$out" ||
+    fail "a volume of random bytes is not reported as unverifiable: $out"
+list=$(rec "tidemark checkpoints --config $CFG --vpg vm1")
+grep -Eq "complete +verified +fs-clean" <<<"$list" && grep -Eq "complete +failed +fs-bad" <<<"$list" &&
+    grep -Eq "complete +unverifiable +cp1" <<<"$list" || fail "the list does not show the verdicts: $list"
+grep -q "^checkers=0" <<<"$(rec "echo checkers=\$(cat /sys/block/nbd*/backend 2>/dev/null | grep -c tidemark-check)")" ||
+    fail "a checker's device is still attached"
+log "fs-clean verified; fs-bad failed with e2fsck's findings (exit 65); cp1 unverifiable (exit 69); the list shows all three; no device left"
+
 log "failover: the LUN keeps its writes and identity across a SIGKILL of the agent"
 out=$(rec "tidemark failover --config $CFG --vpg vm1 --checkpoint cp1")
 [ "$(target_of "$out")" = "$BASE_IQN" ] || fail "the failover names no iSCSI LUN: $out"

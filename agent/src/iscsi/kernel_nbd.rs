@@ -44,6 +44,8 @@ const NBD_SOCK_FD: u16 = 1;
 const SERVER_FLAGS: u64 = (crate::nbd::protocol::TFLAG_HAS_FLAGS
     | crate::nbd::protocol::TFLAG_SEND_TRIM
     | crate::nbd::protocol::TFLAG_SEND_WRITE_ZEROES) as u64;
+/// A checker's device: read-only (the kernel refuses writes to it).
+const READ_ONLY_FLAGS: u64 = (crate::nbd::protocol::TFLAG_HAS_FLAGS | crate::nbd::protocol::TFLAG_READ_ONLY) as u64;
 /// The logical block size of the LUN: 512-byte sectors, what VMFS wants.
 pub const LUN_BLOCK_BYTES: u64 = 512;
 /// How long the kernel holds the LUN's I/O while no agent answers.
@@ -59,6 +61,20 @@ pub const CONNECTIONS_PER_DEVICE: usize = 1;
 
 /// How every backend identifier of ours begins (`iscsi::device_identifier`).
 pub const IDENTIFIER_PREFIX: &str = "tidemark:";
+/// How a file system checker's devices' identifiers begin
+/// (`recovery::fs_check`): not a LUN's, so not `IDENTIFIER_PREFIX`.
+pub const CHECK_IDENTIFIER_PREFIX: &str = "tidemark-check:";
+
+/// What a device is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    /// Under a LUN: writable, and its I/O waits `DEAD_CONNECTION_WAIT` for
+    /// a restarted agent.
+    Lun,
+    /// A checker's view of a checkpoint: read-only, and its I/O fails at
+    /// once if the process serving it dies.
+    Check,
+}
 
 /// A device attached to the agent.
 pub struct Attached {
@@ -89,10 +105,23 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
     let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
     let attached = match find(identifier) {
         Some(index) => reconnect(&mut socket, family, index, identifier, &serve)?,
-        None => connect(&mut socket, family, identifier, size, &serve)?,
+        None => connect(&mut socket, family, identifier, size, &serve, Purpose::Lun)?,
     };
     allow_large_requests(attached.index);
     Ok(attached)
+}
+
+/// Attaches a free device, read-only, to one connection handed to
+/// `serve`, for a file system checker. Nothing waits for it if its server
+/// dies; `detach` it when done. Blocking.
+pub fn attach_read_only(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result<Attached> {
+    assert!(identifier.starts_with(CHECK_IDENTIFIER_PREFIX), "a checker's identifier");
+    if !size.is_multiple_of(LUN_BLOCK_BYTES) {
+        bail!("a device must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
+    }
+    let mut socket = GenlSocket::open()?;
+    let family = socket.family(NBD_FAMILY).context("is the nbd module loaded (modprobe nbd)?")?;
+    connect(&mut socket, family, identifier, size, &serve, Purpose::Check)
 }
 
 /// The largest request the device sends the agent, in KiB. The kernel's
@@ -146,8 +175,13 @@ fn connect(
     identifier: &str,
     size: u64,
     serve: &impl Fn(UnixStream),
+    purpose: Purpose,
 ) -> Result<Attached> {
     let theirs = pairs(serve)?;
+    let (flags, dead_wait) = match purpose {
+        Purpose::Lun => (SERVER_FLAGS, DEAD_CONNECTION_WAIT),
+        Purpose::Check => (READ_ONLY_FLAGS, Duration::ZERO),
+    };
     let mut message = Message::new(family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
     message
         .u64(NBD_ATTR_SIZE_BYTES, size)
@@ -155,8 +189,8 @@ fn connect(
         // No request times out: a write waits for durability (in sync mode,
         // for the recovery journal) however long that takes.
         .u64(NBD_ATTR_TIMEOUT, 0)
-        .u64(NBD_ATTR_SERVER_FLAGS, SERVER_FLAGS)
-        .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, DEAD_CONNECTION_WAIT.as_secs())
+        .u64(NBD_ATTR_SERVER_FLAGS, flags)
+        .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, dead_wait.as_secs())
         .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
     add_sockets(&mut message, &theirs);
     let attrs = socket.request(message).with_context(|| format!("connecting a kernel NBD device for {identifier}"))?;
@@ -194,6 +228,11 @@ pub fn identifier_of(device: &Path) -> Option<String> {
     let name = device.file_name()?.to_str()?;
     let index: u32 = name.strip_prefix("nbd")?.parse().ok()?;
     devices().into_iter().find(|(i, _)| *i == index).map(|(_, backend)| backend)
+}
+
+/// The devices a checker attached (`attach_read_only`).
+pub fn checkers() -> Vec<(u32, String)> {
+    devices().into_iter().filter(|(_, backend)| backend.starts_with(CHECK_IDENTIFIER_PREFIX)).collect()
 }
 
 /// Every configured NBD device and its backend identifier.

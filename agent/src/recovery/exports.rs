@@ -19,13 +19,23 @@ pub struct PitVolume {
     /// even while a client still holds its connection.
     view: RwLock<Option<Arc<PitView>>>,
     volume: usize,
+    /// Where the export starts in the volume: 0 but for a window.
+    start: u64,
     size: u64,
 }
 
 impl PitVolume {
     pub fn new(view: Arc<PitView>, volume: usize) -> PitVolume {
         let size = view.volumes[volume].size;
-        PitVolume { view: RwLock::new(Some(view)), volume, size }
+        PitVolume { view: RwLock::new(Some(view)), volume, start: 0, size }
+    }
+
+    /// `bytes` of the volume from `start` (one partition), as an export
+    /// of its own.
+    pub fn window(view: Arc<PitView>, volume: usize, start: u64, bytes: u64) -> PitVolume {
+        let size = view.volumes[volume].size;
+        assert!(start.checked_add(bytes).is_some_and(|end| end <= size), "a window inside the volume");
+        PitVolume { view: RwLock::new(Some(view)), volume, start, size: bytes }
     }
 }
 
@@ -40,7 +50,7 @@ impl BlockExport for PitVolume {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let view = self.view.read().expect("pit view").clone().ok_or_else(|| anyhow!("the export was closed"))?;
-        view.read_at(self.volume, buf, offset)
+        view.read_at(self.volume, buf, self.start + offset)
     }
 
     fn close(&self) {

@@ -1,8 +1,10 @@
 //! Getting data back out of a journal: listing checkpoints and restoring a
 //! VPG's volumes as they were at one of them.
 
+pub mod disk_layout;
 pub mod exports;
 pub mod failover;
+pub mod fs_check;
 pub mod luns;
 pub mod ops;
 pub mod pinning;
