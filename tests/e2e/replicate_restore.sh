@@ -55,4 +55,10 @@ expect_error "bad.toml" "$TIDEMARK" protected --config "$WORK/bad.toml"
 sed 's/^checkpoint_interval_ms = .*/checkpoint_interval_ms = 10/' "$WORK/protected.toml" >"$WORK/bad2.toml"
 expect_error "checkpoint_interval_ms" "$TIDEMARK" protected --config "$WORK/bad2.toml"
 expect_error "unexpected argument\|Usage" "$TIDEMARK" restore --colour
+expect_error "no checkpoint" "$TIDEMARK" verify-checkpoint --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint 12345
+# This host's kernel has no NBD client: verification says so and stores nothing.
+if [ ! -e /sys/module/nbd ]; then
+    expect_error "kernel NBD device.*modprobe nbd" "$TIDEMARK" verify-checkpoint --config "$WORK/recovery.toml" --vpg vpg1
+    [ ! -e "$JDIR/verified.json" ] || fail "a verification that could not run stored a verdict"
+fi
 log "bad input gives clear errors"

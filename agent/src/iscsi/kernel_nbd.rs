@@ -230,6 +230,13 @@ pub fn identifier_of(device: &Path) -> Option<String> {
     devices().into_iter().find(|(i, _)| *i == index).map(|(_, backend)| backend)
 }
 
+/// Fails, saying why, when the kernel has no NBD client to attach to.
+pub fn check_available() -> Result<()> {
+    let mut socket = GenlSocket::open()?;
+    socket.family(NBD_FAMILY).context("the kernel has no NBD client (modprobe nbd)")?;
+    Ok(())
+}
+
 /// The devices a checker attached (`attach_read_only`).
 pub fn checkers() -> Vec<(u32, String)> {
     devices().into_iter().filter(|(_, backend)| backend.starts_with(CHECK_IDENTIFIER_PREFIX)).collect()

@@ -103,8 +103,9 @@ pub fn verify(
     timeout: Duration,
     progress: &dyn Fn(&str),
 ) -> Result<Report> {
-    remove_stale_devices();
     let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
+    kernel_nbd::check_available().context("verify-checkpoint reads through a kernel NBD device")?;
+    remove_stale_devices();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
