@@ -44,6 +44,7 @@ bench: build image
 	@tests/bench/iscsi.sh
 	@tests/bench/index.sh
 	@tests/bench/detection.sh
+	@tests/bench/verify.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

@@ -274,7 +274,7 @@ fn run_checker_blocking(tool: &[&str], device: &Path, timeout: Duration) -> Resu
         return Ok(Outcome::NotChecked(format!("{} did not finish within {timeout:?}", tool.join(" "))));
     };
     let said = tail(&output);
-    tracing::info!("{} {}: {status} in {:?}", tool.join(" "), device.display(), started.elapsed());
+    tracing::info!("{} {}: {status} in {:.2?}", tool.join(" "), device.display(), started.elapsed());
     // e2fsck's exit status is a bit set: 4 is "errors left uncorrected",
     // even when 8 ("operational error": it could not go on) is set too;
     // xfs_repair -n exits 1 when it found corruption.
