@@ -65,6 +65,9 @@ pub const IDENTIFIER_PREFIX: &str = "tidemark:";
 /// (`recovery::fs_check`): not a LUN's, so not `IDENTIFIER_PREFIX`.
 pub const CHECK_IDENTIFIER_PREFIX: &str = "tidemark-check:";
 
+/// How long a checker's device waits for one read.
+const CHECK_REQUEST_WAIT: Duration = Duration::from_secs(120);
+
 /// What a device is for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Purpose {
@@ -178,17 +181,19 @@ fn connect(
     purpose: Purpose,
 ) -> Result<Attached> {
     let theirs = pairs(serve)?;
-    let (flags, dead_wait) = match purpose {
-        Purpose::Lun => (SERVER_FLAGS, DEAD_CONNECTION_WAIT),
-        Purpose::Check => (READ_ONLY_FLAGS, Duration::ZERO),
+    let (flags, dead_wait, request_wait) = match purpose {
+        // No request times out: a write waits for durability (in sync
+        // mode, for the recovery journal) however long that takes.
+        Purpose::Lun => (SERVER_FLAGS, DEAD_CONNECTION_WAIT, Duration::ZERO),
+        // A read that hangs (a disk that stops answering) fails, so a
+        // checker never sleeps uninterruptibly past its timeout.
+        Purpose::Check => (READ_ONLY_FLAGS, Duration::ZERO, CHECK_REQUEST_WAIT),
     };
     let mut message = Message::new(family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
     message
         .u64(NBD_ATTR_SIZE_BYTES, size)
         .u64(NBD_ATTR_BLOCK_SIZE_BYTES, LUN_BLOCK_BYTES)
-        // No request times out: a write waits for durability (in sync mode,
-        // for the recovery journal) however long that takes.
-        .u64(NBD_ATTR_TIMEOUT, 0)
+        .u64(NBD_ATTR_TIMEOUT, request_wait.as_secs())
         .u64(NBD_ATTR_SERVER_FLAGS, flags)
         .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, dead_wait.as_secs())
         .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);

@@ -150,16 +150,23 @@ pub fn layout(read_at: ReadAt, volume_bytes: u64) -> Result<Layout> {
             skipped.push(format!("{name}: an extended partition (logical partitions are not checked)"));
             continue;
         }
-        let (offset, bytes) = (start * SECTOR_BYTES, sectors * SECTOR_BYTES);
-        if start == 0 || offset + bytes > volume_bytes {
+        let bytes = sectors * SECTOR_BYTES;
+        let Some(offset) = sectors_inside(start, bytes, volume_bytes).filter(|_| start > 0) else {
             return Ok(Layout::Damaged(format!(
                 "MBR {name} (sectors {start}..{}) lies outside the volume ({volume_bytes} bytes)",
                 start + sectors
             )));
-        }
+        };
         regions.push(Region { name, offset, bytes });
     }
     Ok(Layout::Table { kind: "MBR", regions, skipped })
+}
+
+/// The byte offset of sector `first` when `bytes` from there fit inside
+/// the volume; None when they do not (or the arithmetic would overflow).
+fn sectors_inside(first: u64, bytes: u64, volume_bytes: u64) -> Option<u64> {
+    let offset = first.checked_mul(SECTOR_BYTES)?;
+    (offset.checked_add(bytes)? <= volume_bytes).then_some(offset)
 }
 
 /// The GPT whose header is `header` (LBA 1).
@@ -181,10 +188,11 @@ fn gpt(read_at: ReadAt, header: &[u8], volume_bytes: u64) -> Result<Layout> {
         return Ok(Layout::Damaged(format!("GPT lists {count} entries of {entry_bytes} bytes")));
     }
     let table_bytes = count as u64 * entry_bytes as u64;
-    if entries_lba < 2 || entries_lba * SECTOR_BYTES + table_bytes > volume_bytes {
+    // Guest bytes: every product and sum is checked, never wrapped.
+    let Some(table_at) = sectors_inside(entries_lba, table_bytes, volume_bytes).filter(|_| entries_lba >= 2) else {
         return Ok(Layout::Damaged(format!("the GPT's entries at sector {entries_lba} lie outside the volume")));
-    }
-    let table = read(read_at, entries_lba * SECTOR_BYTES, table_bytes as usize)?;
+    };
+    let table = read(read_at, table_at, table_bytes as usize)?;
     if crc32fast::hash(&table) != le_u32(header, 88) {
         return Ok(Layout::Damaged("the GPT partition entries' CRC does not match".into()));
     }
@@ -195,12 +203,14 @@ fn gpt(read_at: ReadAt, header: &[u8], volume_bytes: u64) -> Result<Layout> {
         }
         let (first, last) = (le_u64(e, 32), le_u64(e, 40));
         let name = format!("partition {}", i + 1);
-        if first < 2 || last < first || (last + 1) * SECTOR_BYTES > volume_bytes {
+        let bytes = last.checked_sub(first).and_then(|n| n.checked_add(1)).and_then(|n| n.checked_mul(SECTOR_BYTES));
+        let offset = bytes.and_then(|b| sectors_inside(first, b, volume_bytes));
+        let (Some(offset), Some(bytes)) = (offset.filter(|_| first >= 2), bytes) else {
             return Ok(Layout::Damaged(format!(
                 "GPT {name} (sectors {first}..={last}) lies outside the volume ({volume_bytes} bytes)"
             )));
-        }
-        regions.push(Region { name, offset: first * SECTOR_BYTES, bytes: (last + 1 - first) * SECTOR_BYTES });
+        };
+        regions.push(Region { name, offset, bytes });
     }
     Ok(Layout::Table { kind: "GPT", regions, skipped: Vec::new() })
 }
@@ -301,5 +311,24 @@ mod tests {
         assert!(matches!(layout(&reader(&bad), 8 * MIB).unwrap(), Layout::Damaged(m) if m.contains("header's CRC")));
         let outside = gpt_disk(8 * MIB as usize, &[(2048, 16384)]);
         assert!(matches!(layout(&reader(&outside), 8 * MIB).unwrap(), Layout::Damaged(m) if m.contains("outside")));
+        // Sector numbers whose byte offsets overflow u64 are damage, never
+        // a wrapped region inside the volume (or a panic).
+        for (first, last) in
+            [(2048, (1u64 << 55) - 1), (2048, u64::MAX), (u64::MAX, u64::MAX), ((1 << 55) + 2, (1 << 55) + 4)]
+        {
+            let crafted = gpt_disk(8 * MIB as usize, &[(first, last)]);
+            assert!(
+                matches!(layout(&reader(&crafted), 8 * MIB).unwrap(), Layout::Damaged(m) if m.contains("outside")),
+                "{first}..={last}"
+            );
+        }
+        let mut crafted = disk.clone();
+        crafted[512 + 72..512 + 80].copy_from_slice(&((1u64 << 55) + 2).to_le_bytes());
+        crafted[512 + 16..512 + 20].fill(0);
+        let crc = crc32fast::hash(&crafted[512..512 + 92]);
+        crafted[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(layout(&reader(&crafted), 8 * MIB).unwrap(), Layout::Damaged(m) if m.contains("entries at sector"))
+        );
     }
 }

@@ -8,10 +8,11 @@
 use super::view::PitView;
 use crate::capture::volume::zero_file_range;
 use crate::nbd::export::{BlockExport, BoxFuture, Refusal};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub struct PitVolume {
@@ -22,20 +23,30 @@ pub struct PitVolume {
     /// Where the export starts in the volume: 0 but for a window.
     start: u64,
     size: u64,
+    read_errors: AtomicU64,
 }
 
 impl PitVolume {
     pub fn new(view: Arc<PitView>, volume: usize) -> PitVolume {
         let size = view.volumes[volume].size;
-        PitVolume { view: RwLock::new(Some(view)), volume, start: 0, size }
+        PitVolume { view: RwLock::new(Some(view)), volume, start: 0, size, read_errors: AtomicU64::new(0) }
     }
 
     /// `bytes` of the volume from `start` (one partition), as an export
     /// of its own.
-    pub fn window(view: Arc<PitView>, volume: usize, start: u64, bytes: u64) -> PitVolume {
+    pub fn window(view: Arc<PitView>, volume: usize, start: u64, bytes: u64) -> Result<PitVolume> {
         let size = view.volumes[volume].size;
-        assert!(start.checked_add(bytes).is_some_and(|end| end <= size), "a window inside the volume");
-        PitVolume { view: RwLock::new(Some(view)), volume, start, size: bytes }
+        if start.checked_add(bytes).is_none_or(|end| end > size) {
+            bail!("bytes {start}..+{bytes} are not inside volume {volume} ({size} bytes)");
+        }
+        Ok(PitVolume { view: RwLock::new(Some(view)), volume, start, size: bytes, read_errors: AtomicU64::new(0) })
+    }
+
+    /// Reads that failed (a journal record that fails its checksum, an
+    /// I/O error): a checker's findings then say nothing about the file
+    /// system.
+    pub fn read_errors(&self) -> u64 {
+        self.read_errors.load(Ordering::Relaxed)
     }
 }
 
@@ -50,7 +61,11 @@ impl BlockExport for PitVolume {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let view = self.view.read().expect("pit view").clone().ok_or_else(|| anyhow!("the export was closed"))?;
-        view.read_at(self.volume, buf, self.start + offset)
+        let result = view.read_at(self.volume, buf, self.start + offset);
+        if result.is_err() {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     fn close(&self) {

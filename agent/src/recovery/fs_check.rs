@@ -181,38 +181,62 @@ async fn check_region(view: &Arc<PitView>, volume: usize, region: &Region, timeo
     let name = view.volumes[volume].name.clone();
     let head_len = disk_layout::PROBE_BYTES.min(region.bytes) as usize;
     let mut head = vec![0u8; head_len];
-    view.read_at(volume, &mut head, region.offset)?;
+    let read = view.read_at(volume, &mut head, region.offset);
     let fs = disk_layout::probe(&head);
-    let report = |outcome| RegionReport {
+    let report = |fs: FileSystem, outcome| RegionReport {
         volume: name.clone(),
         region: region.name.clone(),
         file_system: fs.name().into(),
         bytes: region.bytes,
         outcome,
     };
+    if let Err(e) = read {
+        let why = format!("reading its first bytes from the checkpoint failed: {e:#}");
+        return Ok(report(FileSystem::Unknown, Outcome::NotChecked(why)));
+    }
     let tool: &'static [&'static str] = match fs {
         FileSystem::Ext { .. } => &["e2fsck", "-fn"],
         FileSystem::Xfs => &["xfs_repair", "-n"],
-        FileSystem::Unchecked(_) => return Ok(report(Outcome::NotChecked("no checker for this file system".into()))),
-        FileSystem::Empty => return Ok(report(Outcome::NotChecked("no file system: nothing but zeros".into()))),
-        FileSystem::Unknown => return Ok(report(Outcome::NotChecked("no file system recognised".into()))),
+        FileSystem::Unchecked(_) => {
+            return Ok(report(fs, Outcome::NotChecked("no checker for this file system".into())))
+        }
+        FileSystem::Empty => return Ok(report(fs, Outcome::NotChecked("no file system: nothing but zeros".into()))),
+        FileSystem::Unknown => return Ok(report(fs, Outcome::NotChecked("no file system recognised".into()))),
     };
     // The kernel's device is sector-sized; a partial last sector holds no
     // file system data.
     let bytes = region.bytes / SECTOR_BYTES * SECTOR_BYTES;
-    let export: Arc<dyn BlockExport> = Arc::new(PitVolume::window(view.clone(), volume, region.offset, bytes));
-    let device = attach(export, bytes).await?;
+    let window = Arc::new(PitVolume::window(view.clone(), volume, region.offset, bytes)?);
+    let device = attach(window.clone(), bytes).await?;
     let outcome = run_checker(tool, &device.path, timeout).await;
+    let connection_ended = device.ended.load(std::sync::atomic::Ordering::SeqCst);
     device.detach().await;
-    let mut outcome = outcome?;
-    if let (FileSystem::Ext { needs_recovery: true }, Outcome::Failed(why)) = (fs, &mut outcome) {
-        why.insert_str(
-            0,
-            "(its journal needs recovery: the checkpoint was taken while it was mounted, and e2fsck -n does not \
-             replay it; a checkpoint taken after a sync or an unmount checks without this)\n",
+    let outcome = outcome?;
+    // A checker that could not read the checkpoint reports what it could
+    // not read, not the file system's state.
+    if window.read_errors() > 0 || connection_ended {
+        let why = format!(
+            "reading the checkpoint failed during the check ({} read error(s){}); the checker's findings say \
+             nothing about the file system",
+            window.read_errors(),
+            if connection_ended { ", the device's connection ended" } else { "" }
         );
+        return Ok(report(fs, Outcome::NotChecked(why)));
     }
-    Ok(report(outcome))
+    // e2fsck -n does not replay a journal: findings on a file system that
+    // was mounted when the checkpoint was taken may be what a mount would
+    // repair. Not `failed`, not `verified`.
+    if let (FileSystem::Ext { needs_recovery: true }, Outcome::Failed(why)) = (fs, &outcome) {
+        return Ok(report(
+            fs,
+            Outcome::NotChecked(format!(
+                "its journal needs recovery (the checkpoint was taken while it was mounted) and e2fsck -n does not \
+                 replay it, so these findings may be what a mount repairs; a checkpoint taken after a sync or an \
+                 unmount checks cleanly:\n{why}"
+            )),
+        ));
+    }
+    Ok(report(fs, outcome))
 }
 
 /// Runs `tool DEVICE`; its exit status says clean (0) or damaged (e2fsck:
@@ -308,6 +332,8 @@ fn tail(output: &[u8]) -> String {
 struct Device {
     index: u32,
     path: std::path::PathBuf,
+    /// Set when the connection serving the device ended.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Device {
@@ -327,9 +353,11 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
     let identifier = format!("{}{}:{n}", kernel_nbd::CHECK_IDENTIFIER_PREFIX, std::process::id());
     let handle = tokio::runtime::Handle::current();
     let admission = Admission::new();
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ended.clone();
     let attached = tokio::task::spawn_blocking(move || {
         kernel_nbd::attach_read_only(&identifier, bytes, move |connection| {
-            let (export, admission) = (export.clone(), admission.clone());
+            let (export, admission, flag) = (export.clone(), admission.clone(), flag.clone());
             handle.spawn(async move {
                 let result = async {
                     connection.set_nonblocking(true)?;
@@ -342,15 +370,16 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
                 }
                 .await;
                 if let Err(e) = result {
-                    tracing::debug!("checker's kernel NBD connection: {e:#}");
+                    tracing::warn!("checker's kernel NBD connection: {e:#}");
                 }
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
             });
         })
     })
     .await
     .context("attaching a kernel NBD device")?
     .context("the checkers read the checkpoint through a kernel NBD device")?;
-    Ok(Device { index: attached.index, path: attached.device() })
+    Ok(Device { index: attached.index, path: attached.device(), ended })
 }
 
 /// Detaches the devices a checker that died left attached.
