@@ -104,8 +104,7 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
     if !size.is_multiple_of(LUN_BLOCK_BYTES) {
         bail!("a volume served over iSCSI must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
     }
-    let mut socket = GenlSocket::open()?;
-    let family = socket.family(NBD_FAMILY).context("is the nbd module loaded?")?;
+    let (mut socket, family) = nbd_family()?;
     let attached = match find(identifier) {
         Some(index) => reconnect(&mut socket, family, index, identifier, &serve)?,
         None => connect(&mut socket, family, identifier, size, &serve, Purpose::Lun)?,
@@ -122,8 +121,7 @@ pub fn attach_read_only(identifier: &str, size: u64, serve: impl Fn(UnixStream))
     if !size.is_multiple_of(LUN_BLOCK_BYTES) {
         bail!("a device must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
     }
-    let mut socket = GenlSocket::open()?;
-    let family = socket.family(NBD_FAMILY).context("is the nbd module loaded (modprobe nbd)?")?;
+    let (mut socket, family) = nbd_family()?;
     connect(&mut socket, family, identifier, size, &serve, Purpose::Check)
 }
 
@@ -210,8 +208,7 @@ fn connect(
 
 /// Detaches device `index` (the LUN is being removed).
 pub fn detach(index: u32) -> Result<()> {
-    let mut socket = GenlSocket::open()?;
-    let family = socket.family(NBD_FAMILY)?;
+    let (mut socket, family) = nbd_family()?;
     let mut message = Message::new(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
     message.u32(NBD_ATTR_INDEX, index);
     socket.request(message).with_context(|| format!("disconnecting /dev/nbd{index}"))?;
@@ -237,9 +234,14 @@ pub fn identifier_of(device: &Path) -> Option<String> {
 
 /// Fails, saying why, when the kernel has no NBD client to attach to.
 pub fn check_available() -> Result<()> {
+    nbd_family().map(|_| ())
+}
+
+/// A generic netlink socket and the kernel NBD client's family on it.
+fn nbd_family() -> Result<(GenlSocket, u16)> {
     let mut socket = GenlSocket::open()?;
-    socket.family(NBD_FAMILY).context("the kernel has no NBD client (modprobe nbd)")?;
-    Ok(())
+    let family = socket.family(NBD_FAMILY).context("the kernel has no NBD client (modprobe nbd)")?;
+    Ok((socket, family))
 }
 
 /// The devices a checker attached (`attach_read_only`).

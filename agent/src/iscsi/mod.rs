@@ -452,17 +452,8 @@ impl Device {
     ) {
         let handle = tokio::runtime::Handle::current();
         handle.spawn(async move {
-            let result = async {
-                connection.set_nonblocking(true)?;
-                let stream = tokio::net::UnixStream::from_std(connection)?;
-                let admitted = self
-                    .admission
-                    .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-                    .await
-                    .context("no slot for the kernel's connection")?;
-                crate::nbd::server::serve_kernel(stream, self.export.clone(), admitted).await
-            }
-            .await;
+            let result =
+                crate::nbd::server::serve_kernel_connection(connection, self.export.clone(), &self.admission).await;
             if let Err(e) = result {
                 tracing::debug!("{}: kernel NBD connection: {e:#}", self.identifier);
             }

@@ -132,6 +132,23 @@ where
     result
 }
 
+/// `serve_kernel` on the agent's end of a kernel device's socket pair
+/// (a blocking std socket), once `admission` has a slot for it. The
+/// kernel is one source: every device it serves shares its slots.
+pub async fn serve_kernel_connection(
+    connection: std::os::unix::net::UnixStream,
+    export: Arc<dyn BlockExport>,
+    admission: &Arc<Admission>,
+) -> Result<()> {
+    connection.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(connection)?;
+    let admitted = admission
+        .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        .await
+        .context("no slot for the kernel's connection")?;
+    serve_kernel(stream, export, admitted).await
+}
+
 async fn serve_negotiated<R, W>(rd: R, wr: W, neg: Negotiated, admitted: Admitted) -> Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,

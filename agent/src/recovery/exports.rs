@@ -29,7 +29,7 @@ pub struct PitVolume {
 impl PitVolume {
     pub fn new(view: Arc<PitView>, volume: usize) -> PitVolume {
         let size = view.volumes[volume].size;
-        PitVolume { view: RwLock::new(Some(view)), volume, start: 0, size, read_errors: AtomicU64::new(0) }
+        Self::window(view, volume, 0, size).expect("a volume is inside itself")
     }
 
     /// `bytes` of the volume from `start` (one partition), as an export

@@ -121,22 +121,22 @@ pub fn verify(
             Layout::Table { kind, regions: parts, skipped } => {
                 progress(&format!("{}: {kind} partition table, {} partition(s)", info.name, parts.len()));
                 for s in skipped {
-                    regions.push(not_checked(&info.name, "extended", "-", 0, s));
+                    regions.push(region_report(&info.name, "extended", "-", 0, Outcome::NotChecked(s)));
                 }
                 if parts.is_empty() {
-                    regions.push(not_checked(&info.name, "table", kind, 0, "no partitions".into()));
+                    regions.push(region_report(
+                        &info.name,
+                        "table",
+                        kind,
+                        0,
+                        Outcome::NotChecked("no partitions".into()),
+                    ));
                 }
                 parts
             }
             Layout::Damaged(why) => {
                 progress(&format!("{}: FAILED: partition table: {why}", info.name));
-                regions.push(RegionReport {
-                    volume: info.name.clone(),
-                    region: "partition table".into(),
-                    file_system: "-".into(),
-                    bytes: info.size,
-                    outcome: Outcome::Failed(why),
-                });
+                regions.push(region_report(&info.name, "partition table", "-", info.size, Outcome::Failed(why)));
                 continue;
             }
         };
@@ -157,14 +157,8 @@ pub fn verify(
     Ok(report)
 }
 
-fn not_checked(volume: &str, region: &str, fs: &str, bytes: u64, why: String) -> RegionReport {
-    RegionReport {
-        volume: volume.into(),
-        region: region.into(),
-        file_system: fs.into(),
-        bytes,
-        outcome: Outcome::NotChecked(why),
-    }
+fn region_report(volume: &str, region: &str, fs: &str, bytes: u64, outcome: Outcome) -> RegionReport {
+    RegionReport { volume: volume.into(), region: region.into(), file_system: fs.into(), bytes, outcome }
 }
 
 /// One line for the progress output.
@@ -183,13 +177,7 @@ async fn check_region(view: &Arc<PitView>, volume: usize, region: &Region, timeo
     let mut head = vec![0u8; head_len];
     let read = view.read_at(volume, &mut head, region.offset);
     let fs = disk_layout::probe(&head);
-    let report = |fs: FileSystem, outcome| RegionReport {
-        volume: name.clone(),
-        region: region.name.clone(),
-        file_system: fs.name().into(),
-        bytes: region.bytes,
-        outcome,
-    };
+    let report = |fs: FileSystem, outcome| region_report(&name, &region.name, fs.name(), region.bytes, outcome);
     if let Err(e) = read {
         let why = format!("reading its first bytes from the checkpoint failed: {e:#}");
         return Ok(report(FileSystem::Unknown, Outcome::NotChecked(why)));
@@ -359,16 +347,7 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
         kernel_nbd::attach_read_only(&identifier, bytes, move |connection| {
             let (export, admission, flag) = (export.clone(), admission.clone(), flag.clone());
             handle.spawn(async move {
-                let result = async {
-                    connection.set_nonblocking(true)?;
-                    let stream = tokio::net::UnixStream::from_std(connection)?;
-                    let admitted = admission
-                        .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-                        .await
-                        .context("no slot for the kernel's connection")?;
-                    crate::nbd::server::serve_kernel(stream, export, admitted).await
-                }
-                .await;
+                let result = crate::nbd::server::serve_kernel_connection(connection, export, &admission).await;
                 if let Err(e) = result {
                     tracing::warn!("checker's kernel NBD connection: {e:#}");
                 }
