@@ -9,12 +9,16 @@
 # - bad pins are clear errors that change nothing (a checkpoint the
 #   replica passed, an unknown one, a two-line reason, unpinning what is
 #   not pinned);
-# - after unpin the journal is back under its limit and the warning goes.
+# - with a 128 MiB journal_cap, 48 MiB more is refused at the cap: the
+#   journal stays under it, both sides' status say why, the protected
+#   side keeps the writes, and the pinned checkpoint still restores;
+# - after unpin the journal is back under its limit, the warning goes, the
+#   held-back writes arrive and the newest checkpoint equals the source.
 source "$(dirname "$0")/../lib/common.sh"
 
 SIZE_MB=32
 setup_pair async 1000 disk0:${SIZE_MB}M
-printf '[[vpg]]\nname = "vpg1"\nhistory = "1min"\njournal_limit = "64MiB"\n' >>"$WORK/recovery.toml"
+printf '[[vpg]]\nname = "vpg1"\nhistory = "1min"\njournal_limit = "64MiB"\njournal_cap = "128MiB"\n' >>"$WORK/recovery.toml"
 start_recovery
 start_protected
 wait_replicated 60
@@ -71,6 +75,19 @@ restore_to before "$WORK/r"
 [ "$(sha256sum <"$WORK/r/disk0.img" | cut -d' ' -f1)" = "$want" ] || fail "the pinned checkpoint restores wrong"
 log "pinned checkpoint restored exactly with the journal at $(( $(journal_bytes) >> 20 )) MiB"
 
+log "48 MiB more against the 128 MiB journal_cap: refused at the cap, kept by the protected side"
+write_mib 48
+wait_status recovery "WARNING:.*at its journal_cap of 128.0 MiB.*checkpoint $id is pinned"
+wait_status protected "disconnected (writes are kept in the protected log): .*journal_cap"
+[ "$(journal_bytes)" -le $((128 << 20)) ] || fail "the journal passed its cap: $(journal_bytes) bytes"
+acked=$(status_json protected | jq -r '.vpgs[0].acked_seq')
+head=$(status_json protected | jq -r '.vpgs[0].head_seq')
+[ "$acked" -lt "$head" ] || fail "every write was acknowledged although the journal is at its cap"
+rm -rf "$WORK/r"
+restore_to before "$WORK/r"
+[ "$(sha256sum <"$WORK/r/disk0.img" | cut -d' ' -f1)" = "$want" ] || fail "the pinned checkpoint restores wrong at the cap"
+log "at the cap: journal $(( $(journal_bytes) >> 20 )) MiB, seqs $((acked + 1))..$head held by the protected side"
+
 log "unpin: the applier catches up"
 "$TIDEMARK" unpin "${R[@]}" --checkpoint before >/dev/null 2>>"$WORK/cli.log" || fail "unpin failed"
 for _ in $(seq 1 100); do
@@ -79,6 +96,13 @@ for _ in $(seq 1 100); do
 done
 [ "$(journal_bytes)" -le $((64 << 20)) ] || fail "the journal is still over its limit after unpin: $(journal_bytes)"
 [ "$(applied_seq)" -gt "$id" ] || fail "the replica did not move past the released checkpoint"
+wait_replicated 120
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag after-cap --wait 60s >/dev/null ||
+    fail "checkpoint after the cap failed"
+rm -rf "$WORK/r"
+restore_to after-cap "$WORK/r"
+cmp -s "$WORK/r/disk0.img" "$WORK/src/disk0.img" || fail "after the release, the newest checkpoint differs from the source"
+log "the writes held at the cap arrived: the newest checkpoint equals the source"
 sleep 1.5
 grep -q "is pinned" <<<"$("$TIDEMARK" status --config "$WORK/recovery.toml")" && fail "status still warns of the pin"
 cp "$JDIR/pins.json" "$WORK/pins.before"

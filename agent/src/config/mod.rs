@@ -320,11 +320,39 @@ pub struct RecoveryVpgConfig {
     /// pass this, the oldest history is applied early. None: no limit.
     #[serde(default, deserialize_with = "deserialize_bytes")]
     pub journal_limit: Option<u64>,
+    /// Bytes the journal never passes, even while a pinned checkpoint (or
+    /// an open export) keeps the applier from retiring history: at the cap
+    /// batches are refused and the protected site keeps them in its log.
+    /// None: the journal's disk is the cap. Needs `journal_limit`.
+    #[serde(default, deserialize_with = "deserialize_bytes")]
+    pub journal_cap: Option<u64>,
 }
 
 impl RecoveryVpgConfig {
     pub fn defaults(name: &str) -> Self {
-        RecoveryVpgConfig { name: name.to_string(), history: default_history(), journal_limit: None }
+        RecoveryVpgConfig { name: name.to_string(), history: default_history(), journal_limit: None, journal_cap: None }
+    }
+
+    fn validate(&self, i: usize) -> Result<()> {
+        if self.history < HISTORY_MIN || self.history > HISTORY_MAX {
+            bail!("vpg[{i}].history: {} is outside 1 minute to 30 days", humantime::format_duration(self.history));
+        }
+        if self.journal_limit.is_some_and(|l| l < JOURNAL_LIMIT_MIN) {
+            bail!("vpg[{i}].journal_limit: must be at least 64MiB");
+        }
+        match (self.journal_limit, self.journal_cap) {
+            (_, None) => {}
+            (None, Some(_)) => bail!(
+                "vpg[{i}].journal_cap: set journal_limit too; without it the cap would pause replication \
+                 whenever the history window fills the journal"
+            ),
+            // Room above the limit for the applier to keep it in steps.
+            (Some(limit), Some(cap)) if cap < limit + limit / 4 => {
+                bail!("vpg[{i}].journal_cap: must be at least 1.25 x journal_limit ({} bytes)", limit + limit / 4)
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -608,12 +636,7 @@ impl RecoveryConfig {
             if !names.insert(&vpg.name) {
                 bail!("vpg[{i}].name: {:?} is listed twice", vpg.name);
             }
-            if vpg.history < HISTORY_MIN || vpg.history > HISTORY_MAX {
-                bail!("vpg[{i}].history: {} is outside 1 minute to 30 days", humantime::format_duration(vpg.history));
-            }
-            if vpg.journal_limit.is_some_and(|l| l < JOURNAL_LIMIT_MIN) {
-                bail!("vpg[{i}].journal_limit: must be at least 64MiB");
-            }
+            vpg.validate(i)?;
         }
         Ok(())
     }
@@ -885,6 +908,8 @@ peer_fingerprints = ["{FP}"]
             "history = \"soon\"",
             "journal_limit = \"1MiB\"",
             "journal_limit = \"2 parsecs\"",
+            "journal_cap = \"1GiB\"",
+            "journal_limit = \"1GiB\"\njournal_cap = \"1200MiB\"",
         ] {
             let err = Config::parse(&recovery(&format!("[[vpg]]\nname = \"db\"\n{bad}"))).unwrap_err();
             assert!(
@@ -894,6 +919,11 @@ peer_fingerprints = ["{FP}"]
                 "{bad}: {err:#}"
             );
         }
+        let toml = "[[vpg]]\nname = \"db\"\njournal_limit = \"1GiB\"\njournal_cap = \"1280MiB\"";
+        let Config::Recovery(r) = Config::parse(&recovery(toml)).unwrap() else { panic!() };
+        assert_eq!(r.vpg("db").journal_cap, Some(1280 << 20));
+        let err = Config::parse(&recovery("[[vpg]]\nname = \"db\"\njournal_cap = \"1GiB\"")).unwrap_err();
+        assert!(format!("{err:#}").contains("set journal_limit too"), "{err:#}");
     }
 
     #[test]

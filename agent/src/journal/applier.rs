@@ -30,6 +30,8 @@ use std::time::Duration;
 pub struct HistoryPolicy {
     pub history: Duration,
     pub journal_limit: Option<u64>,
+    /// Bytes the journal never passes: appends are refused at it.
+    pub journal_cap: Option<u64>,
 }
 
 impl HistoryPolicy {
@@ -100,6 +102,11 @@ fn segments(dir: &Path) -> Result<Vec<SegmentFile>> {
         out.push(SegmentFile { first_seq, path, bytes: bytes + summary });
     }
     Ok(out)
+}
+
+/// Bytes the journal holds on disk: its segments and their summaries.
+pub fn journal_bytes(dir: &Path) -> Result<u64> {
+    Ok(segments(dir)?.iter().map(|s| s.bytes).sum())
 }
 
 /// The checkpoint to apply up to, and whether the byte limit chose it.
@@ -258,7 +265,7 @@ pub fn pass(
         report.bytes_applied = bytes;
     }
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
-    report.journal_bytes = segments(dir)?.iter().map(|s| s.bytes).sum();
+    report.journal_bytes = journal_bytes(dir)?;
     report.applied_seq = state.applied_seq;
     report.shortened |= state.base.as_ref().is_some_and(|b| b.time_ms > policy.horizon_ms(now_ms));
     report.state = state;
@@ -279,7 +286,7 @@ mod tests {
 
     #[test]
     fn window_picks_the_newest_checkpoint_older_than_history() {
-        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
         let cps = [cp(10, 1_000), cp(20, 30_000), cp(30, 90_000)];
         assert_eq!(choose_target(&cps, 0, &[], &policy, 60_500), (None, false));
         assert_eq!(choose_target(&cps, 0, &[], &policy, 61_500), (Some(10), false));
@@ -289,7 +296,7 @@ mod tests {
 
     #[test]
     fn limit_applies_early_and_says_so() {
-        let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100) };
+        let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100), journal_cap: None };
         let cps = [cp(10, 1_000), cp(25, 2_000), cp(40, 3_000)];
         // 150 bytes in three segments; the first two must go to reach 90.
         let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
@@ -359,7 +366,7 @@ mod tests {
         #[test]
         fn pass_applies_the_aged_history_and_retires_its_segments() {
             let (_root, dir, meta) = journal();
-            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
             assert_eq!(report.applied_to, Some(7));
@@ -385,7 +392,7 @@ mod tests {
         #[test]
         fn a_pin_holds_the_replica_before_it_and_a_pin_of_no_checkpoint_is_ignored() {
             let (_root, dir, meta) = journal();
-            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             // Seq 5 is a write, not a checkpoint (a pin a repair left behind).
             crate::journal::pins::pin(&dir, 5, "void", 1).unwrap();
@@ -414,7 +421,7 @@ mod tests {
         #[test]
         fn views_read_the_replica_plus_the_journal() {
             let (_root, dir, meta) = journal();
-            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             for (cp, last) in [("first", 4), ("7", 7), ("last", 9)] {
                 assert_eq!(view_bytes(&dir, cp), expected_at(last), "before the apply, checkpoint {cp}");
@@ -428,7 +435,7 @@ mod tests {
         #[test]
         fn a_window_shortened_by_the_limit_is_reported_until_time_catches_up() {
             let (_root, dir, meta) = journal();
-            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: Some(1) };
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: Some(1), journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
             assert_eq!((report.applied_to, report.shortened), (Some(7), true));
@@ -443,7 +450,7 @@ mod tests {
         #[test]
         fn a_lease_holds_the_replica_back() {
             let (_root, dir, meta) = journal();
-            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None };
+            let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let held = lease::take(&dir, "export", 4).unwrap();
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
@@ -464,7 +471,8 @@ mod tests {
                 ApplyState { applying_to: Some(7), ..Default::default() }.store(&dir).unwrap();
                 let replica = VolumeFiles::open_replica(&dir, &meta.volumes, true).unwrap();
                 (1..=done).for_each(|seq| replica.apply(&body_at(seq)).unwrap());
-                let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: None };
+                let policy =
+                    HistoryPolicy { history: Duration::from_secs(3600), journal_limit: None, journal_cap: None };
                 let journal = Journal::open(&dir, meta.clone(), &policy).unwrap();
                 assert_eq!(journal.index.applied_seq, 7, "after {done} records");
                 assert_eq!(replica_bytes(&dir), expected_at(7), "after {done} records");

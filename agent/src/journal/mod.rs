@@ -74,6 +74,12 @@ pub struct Journal {
     segment_bytes: u64,
     segment_age: Duration,
     pub index: JournalIndex,
+    /// `journal_cap`, and the bytes on disk as last measured plus what was
+    /// appended since (never less than the truth: retiring only shrinks).
+    cap: Option<u64>,
+    bytes_at_most: u64,
+    /// Why the last batch was refused at the cap, until one fits again.
+    capped: Option<String>,
 }
 
 impl Journal {
@@ -151,6 +157,9 @@ impl Journal {
             segment_bytes: policy.segment_bytes(),
             segment_age: policy.segment_age(),
             index,
+            cap: policy.journal_cap,
+            bytes_at_most: applier::journal_bytes(dir)?,
+            capped: None,
         })
     }
 
@@ -160,6 +169,35 @@ impl Journal {
 
     pub fn durable_seq(&self) -> u64 {
         self.index.durable_seq
+    }
+
+    /// Set while batches are refused at `journal_cap`: why, for status.
+    pub fn capped(&self) -> Option<&str> {
+        self.capped.as_deref()
+    }
+
+    /// Refuses `len` more bytes when they would take the journal past its
+    /// cap. The count is measured again only near the cap, where the
+    /// applier's retiring may have made room.
+    fn check_cap(&mut self, len: u64) -> Result<()> {
+        let Some(cap) = self.cap else { return Ok(()) };
+        if self.bytes_at_most + len > cap {
+            self.bytes_at_most = applier::journal_bytes(&self.dir)?;
+        }
+        if self.bytes_at_most + len <= cap {
+            self.capped = None;
+            return Ok(());
+        }
+        let why = format!(
+            "the journal of VPG {} holds {} and is at its journal_cap of {}: the batch is refused and the \
+             protected site keeps it in its log until history can be retired (a pinned checkpoint or an \
+             open export holds it back)",
+            self.meta.vpg,
+            crate::status::format_bytes(self.bytes_at_most),
+            crate::status::format_bytes(cap)
+        );
+        self.capped = Some(why.clone());
+        bail!(why)
     }
 
     /// Appends a verified batch after `durable_seq`, fsyncs, and returns
@@ -193,6 +231,8 @@ impl Journal {
             ),
             _ => {}
         }
+        let bytes = &batch.raw[batch.offsets[first_fresh]..];
+        self.check_cap(bytes.len() as u64)?;
         let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
         let old = self.current_opened.elapsed() >= self.segment_age;
         if self.current_len >= self.segment_bytes || (old && holds_records) {
@@ -201,7 +241,6 @@ impl Journal {
             self.current = f;
             self.current_opened = Instant::now();
         }
-        let bytes = &batch.raw[batch.offsets[first_fresh]..];
         let written = (|| {
             // Half the batch reaches the file, then the disk is full.
             fail::fail_point!("journal-append-torn", |_| {
@@ -222,6 +261,7 @@ impl Journal {
             return Err(anyhow::Error::new(e).context("appending to the journal (undone)"));
         }
         self.current_len += bytes.len() as u64;
+        self.bytes_at_most += bytes.len() as u64;
         for rec in &batch.records[first_fresh..] {
             self.index.observe(rec);
         }
@@ -297,7 +337,7 @@ mod tests {
     }
 
     pub(super) fn policy() -> HistoryPolicy {
-        HistoryPolicy { history: Duration::from_secs(60), journal_limit: None }
+        HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None }
     }
 
     /// A decoded batch of `bodies` at seqs `first..`.
@@ -340,6 +380,34 @@ mod tests {
         drop(j);
         let j = Journal::open(&dir, meta(), &policy()).unwrap();
         assert_eq!((j.durable_seq(), j.index.stream_id), (21, 9));
+    }
+
+    /// At `journal_cap` a batch is refused and leaves the journal as it
+    /// was; once the applier retires a segment, the same batch fits.
+    #[test]
+    fn at_its_cap_the_journal_refuses_a_batch_until_history_is_retired() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        let mut j = Journal::open(&dir, meta(), &policy()).unwrap();
+        let start = RecordBody::StreamStart { time_ms: 1, stream_id: 7 };
+        assert_eq!(j.append(&batch(1, vec![start, write(2)]), 7).unwrap(), 2);
+        // Every batch from here opens a segment of its own.
+        j.segment_bytes = 0;
+        assert_eq!(j.append(&batch(3, vec![write(3)]), 7).unwrap(), 3);
+        let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
+        assert_eq!(segments.len(), 2);
+        let held = applier::journal_bytes(&dir).unwrap();
+        j.cap = Some(held + 1024);
+        let err = j.append(&batch(4, vec![write(4)]), 7).unwrap_err();
+        assert!(format!("{err:#}").contains("at its journal_cap"), "{err:#}");
+        assert!(j.capped().is_some_and(|why| why.contains("pinned checkpoint")));
+        assert_eq!(j.durable_seq(), 3);
+        assert_eq!(applier::journal_bytes(&dir).unwrap(), held, "a refused batch changed the journal");
+        assert_eq!(crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap(), segments);
+        // The applier retires the first segment: room again.
+        std::fs::remove_file(&segments[0].1).unwrap();
+        assert_eq!(j.append(&batch(4, vec![write(4)]), 7).unwrap(), 4);
+        assert!(j.capped().is_none());
     }
 }
 

@@ -158,7 +158,10 @@ async fn status_writer(
                     )
                 }
                 _ if stopped.is_some() => format!("stopped: {}", stopped.expect("checked")),
-                (false, _) => "disconnected (writes are kept in the protected log)".to_string(),
+                (false, _) => match rt.stats.last_error.lock().expect("last error").as_str() {
+                    "" => "disconnected (writes are kept in the protected log)".to_string(),
+                    why => format!("disconnected (writes are kept in the protected log): {why}"),
+                },
                 (true, false) => format!("initial copy ({copied}/{total} volumes appended)"),
                 (true, true) if log.appended_seq() > log.acked_seq() => "replicating".to_string(),
                 (true, true) => "in sync".to_string(),

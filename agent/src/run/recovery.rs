@@ -25,7 +25,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
         journal_root,
         Box::new(move |vpg| {
             let v = vpg_settings.vpg(vpg);
-            HistoryPolicy { history: v.history, journal_limit: v.journal_limit }
+            HistoryPolicy { history: v.history, journal_limit: v.journal_limit, journal_cap: v.journal_cap }
         }),
         access,
     );
@@ -142,13 +142,14 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
         for slot in slots.into_iter().filter(|s| s.failed_over.load(std::sync::atomic::Ordering::SeqCst) == 0) {
             let task = slot.clone();
             let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
+            let capped = slot.journal.lock().expect("journal lock").capped().map(str::to_owned);
             let mut history = slot.history.lock().expect("history lock");
             let before = history.warning.clone();
             match result {
                 Ok(Ok(report)) => {
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
-                    history.warning = if let Some(damage) = &report.journal_damage {
+                    let why = if let Some(damage) = &report.journal_damage {
                         damage.clone()
                     } else if !report.void_pins.is_empty() {
                         format!(
@@ -164,6 +165,12 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                         "journal_limit reached: the oldest history was applied early, so the window is shorter than configured".into()
                     } else {
                         String::new()
+                    };
+                    // The cap stops replication: said first.
+                    history.warning = match capped {
+                        Some(cap) if why.is_empty() => cap,
+                        Some(cap) => format!("{cap}. {why}"),
+                        None => why,
                     };
                 }
                 Ok(Err(e)) => history.warning = format!("applier failed (retrying): {e:#}"),

@@ -39,6 +39,8 @@ pub struct SenderStats {
     /// Record bytes sent (before compression), ever.
     pub raw_bytes: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Why the link last went down (for status while it is down).
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// What a VPG's sender shares with the others on the link, and its place
@@ -86,6 +88,7 @@ pub async fn run(
             }
             Err(e) => {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                *stats.last_error.lock().expect("last error") = format!("{e:#}");
                 tracing::warn!(vpg = %vpg.name, "link to {} down: {e:#}; retrying in {delay:?}", peer.address);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RECONNECT_DELAY_MAX);
