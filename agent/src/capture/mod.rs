@@ -7,6 +7,7 @@ pub mod activity;
 pub mod alert;
 pub mod delta;
 pub mod detector;
+pub mod dirty_map;
 pub mod export;
 pub mod moving;
 pub mod volume;
