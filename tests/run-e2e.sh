@@ -19,6 +19,22 @@ jobs=${E2E_JOBS:-2}
 out=$(mktemp -d /tmp/tidemark-e2e-run.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
+# interrupted: prints the output so far of every test still running, so
+# a run cut short (a CI timeout, ^C) still shows where each test stood.
+interrupted() {
+    trap - INT TERM
+    local f name
+    for f in "$out"/*.log; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f" .log)
+        grep -qxs "$name" "$out/passed" "$out/failed" && continue
+        echo "=== $name (interrupted; its output so far)"
+        cat "$f"
+    done
+    exit 130
+}
+trap interrupted INT TERM
+
 boots_a_guest() { grep -q 'lib/appliance.sh\|lib/detect_guest.sh\|qemu-system' "$1"; }
 
 # run_one INDEX TEST: runs it, then prints its output and verdict at once.
