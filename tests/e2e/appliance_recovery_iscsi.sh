@@ -178,6 +178,25 @@ grep -Eq "complete +verified +fs-clean" <<<"$list" && grep -Eq "complete +failed
 grep -q "^checkers=0" <<<"$(rec "echo checkers=\$(cat /sys/block/nbd*/backend 2>/dev/null | grep -c tidemark-check)")" ||
     fail "a checker's device is still attached"
 log "fs-clean verified; fs-bad failed with e2fsck's findings (exit 65); cp1 unverifiable (exit 69); the list shows all three; no device left"
+# A verify-checkpoint killed while its checker reads may leave its device
+# (nothing is left to detach it): the audit names it, and the next verify
+# detaches it.
+checker_audit() { rec "tidemark audit --config $CFG | grep 'checker devices'"; }
+left=$(rec "tidemark verify-checkpoint --config $CFG --vpg vm1 --checkpoint fs-clean >/dev/null 2>&1 </dev/null & p=\$!; \
+for i in \$(seq 1 200); do grep -qs tidemark-check /sys/block/nbd*/backend && break; sleep 0.05; done; \
+kill -9 \$p; sleep 2; echo left=\$(cat /sys/block/nbd*/backend 2>/dev/null | grep -c tidemark-check)" | sed -n 's/^left=//p')
+if [ "${left:-0}" -gt 0 ]; then
+    grep -q "FAIL *checker devices.*tidemark-check:" <<<"$(checker_audit)" ||
+        fail "the audit does not name the killed checker's device: $(checker_audit)"
+    out=$(verify fs-clean)
+    grep -q "exit=0" <<<"$out" || fail "the verify after a killed one failed: $out"
+    log "a killed verify left $left device(s): the audit named them, the next verify detached them"
+else
+    log "a killed verify left no device (the kernel dropped it)"
+fi
+grep -q "PASS *checker devices" <<<"$(checker_audit)" || fail "the audit does not pass the checker devices: $(checker_audit)"
+grep -q "^checkers=0" <<<"$(rec "echo checkers=\$(cat /sys/block/nbd*/backend 2>/dev/null | grep -c tidemark-check)")" ||
+    fail "a checker's device is still attached after the next verify"
 
 log "failover: the LUN keeps its writes and identity across a SIGKILL of the agent"
 out=$(rec "tidemark failover --config $CFG --vpg vm1 --checkpoint cp1")

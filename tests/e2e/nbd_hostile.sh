@@ -27,7 +27,8 @@ HOSTILE="python3 $ROOT/tests/lib/hostile_nbd.py"
 (
     peak_rss=0 peak_threads=0
     while kill -0 "$PROTECTED_PID" 2>/dev/null; do
-        read -r rss threads < <(awk '/^VmRSS/ {r=$2} /^Threads/ {t=$2} END {print r, t}' "/proc/$PROTECTED_PID/status")
+        read -r rss threads < <(awk '/^VmRSS/ {r=$2} /^Threads/ {t=$2} END {print r, t}' "/proc/$PROTECTED_PID/status") ||
+            break
         [ "${rss:-0}" -gt "$peak_rss" ] && peak_rss=$rss
         [ "${threads:-0}" -gt "$peak_threads" ] && peak_threads=$threads
         echo "$peak_rss $peak_threads" >"$WORK/peaks"
@@ -58,11 +59,12 @@ for i in 1 2 3 4 5 6; do
     log "hypervisor read $i: connected and read 1 MiB in ${took}s"
 done
 
+kill -0 "$PROTECTED_PID" || fail "the protected agent died during the attacks"
 wait "$silent" || fail "silent client: $(cat "$WORK/silent.out")"
 wait "$slow" || fail "slow client: $(cat "$WORK/slow.out")"
 wait "$flushes" || fail "flush flood: $(cat "$WORK/flushes.out")"
 wait "$reads" || fail "read attack: $(cat "$WORK/reads.out")"
-kill "$sampler" 2>/dev/null
+kill "$sampler" 2>/dev/null || true
 read -r peak_rss peak_threads <"$WORK/peaks"
 log "reads: $(cat "$WORK/reads.out")"
 log "silent: $(cat "$WORK/silent.out")"

@@ -46,6 +46,10 @@ fail() {
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
+# A command that fails outside `|| fail ...` ends the test (set -e): say
+# which, so no test ends without a reason.
+trap 'echo "FAIL: line $LINENO of ${0##*/}: \`$BASH_COMMAND\` exited $?" >&2' ERR
+
 # node_toml NAME DIR: the [node] table of an agent whose keys and data are in DIR.
 node_toml() {
     printf '[node]\nname = "%s"\ndata_dir = "%s/data"\ncert = "%s/keys/cert.pem"\nkey = "%s/keys/key.pem"\n' "$1" "$2" "$2" "$2"

@@ -122,6 +122,7 @@ pub fn run(cfg: &Config) -> Report {
     readonly_root(&mut b, cfg);
     private_key(&mut b, &cfg.node().key);
     iscsi_targets(&mut b, cfg, Path::new(iscsi::lio::CONFIGFS_TARGET));
+    checker_devices(&mut b);
     Report { items: b.0 }
 }
 
@@ -319,6 +320,22 @@ fn private_key(b: &mut Builder, key: &Path) {
         }
         Err(e) => b.add("private key", Verdict::Fail, format!("{}: {e}", key.display())),
     }
+}
+
+/// No kernel NBD device is left by a `verify-checkpoint` that died (a
+/// checker killed by a signal cannot detach its device; the next one
+/// does).
+fn checker_devices(b: &mut Builder) {
+    let orphaned: Vec<String> = kernel_nbd::orphaned_checkers()
+        .into_iter()
+        .map(|(index, identifier)| format!("/dev/nbd{index} ({identifier})"))
+        .collect();
+    b.check(
+        "checker devices",
+        orphaned.is_empty(),
+        "no kernel NBD device of a verify-checkpoint that is gone",
+        format!("left by a verify-checkpoint that died (the next one detaches them): {}", listed(&orphaned)),
+    );
 }
 
 /// LIO holds exactly the targets the configuration asks for, each with its

@@ -249,6 +249,18 @@ pub fn checkers() -> Vec<(u32, String)> {
     devices().into_iter().filter(|(_, backend)| backend.starts_with(CHECK_IDENTIFIER_PREFIX)).collect()
 }
 
+/// The devices of checkers that are gone (`tidemark-check:<pid>:n` with
+/// no process `pid`): a checker killed by a signal leaves its device.
+pub fn orphaned_checkers() -> Vec<(u32, String)> {
+    checkers()
+        .into_iter()
+        .filter(|(_, identifier)| {
+            let pid = identifier.strip_prefix(CHECK_IDENTIFIER_PREFIX).and_then(|r| r.split(':').next());
+            !pid.is_some_and(|p| !p.is_empty() && Path::new("/proc").join(p).exists())
+        })
+        .collect()
+}
+
 /// Every configured NBD device and its backend identifier.
 fn devices() -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };

@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const VERDICTS_FILE: &str = "verified.json";
+/// Beside the journal root (`<data_dir>/verify.lock`).
+const VERIFY_LOCK_FILE: &str = "verify.lock";
 /// Lines of a checker's output kept in the report and the verdicts file.
 const OUTPUT_LINES_MAX: usize = 12;
 const OUTPUT_LINE_BYTES_MAX: usize = 200;
@@ -103,9 +105,10 @@ pub fn verify(
     timeout: Duration,
     progress: &dyn Fn(&str),
 ) -> Result<Report> {
-    let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
     kernel_nbd::check_available().context("verify-checkpoint reads through a kernel NBD device")?;
-    remove_stale_devices();
+    let lock = VerifyLock::take(journal_root, progress)?;
+    let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
+    remove_stale_devices(&lock);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -361,17 +364,39 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
     Ok(Device { index: attached.index, path: attached.device(), ended })
 }
 
-/// Detaches the devices a checker that died left attached.
-fn remove_stale_devices() {
-    for (index, identifier) in kernel_nbd::checkers() {
-        let pid = identifier.strip_prefix(kernel_nbd::CHECK_IDENTIFIER_PREFIX).and_then(|r| r.split(':').next());
-        let alive = pid.is_some_and(|p| Path::new("/proc").join(p).exists());
-        if !alive {
-            match kernel_nbd::detach(index) {
-                Ok(()) => tracing::info!("/dev/nbd{index}: detached ({identifier}: its checker is gone)"),
-                Err(e) => tracing::warn!("/dev/nbd{index} ({identifier}): {e:#}"),
-            }
+/// Detaches the devices a checker that died left attached. Under the
+/// verify lock, so no other checker is between attaching a device and
+/// serving it.
+fn remove_stale_devices(_lock: &VerifyLock) {
+    for (index, identifier) in kernel_nbd::orphaned_checkers() {
+        match kernel_nbd::detach(index) {
+            Ok(()) => tracing::info!("/dev/nbd{index}: detached ({identifier}: its checker is gone)"),
+            Err(e) => tracing::warn!("/dev/nbd{index} ({identifier}): {e:#}"),
         }
+    }
+}
+
+/// One verify at a time per appliance: they share the kernel's NBD
+/// devices, and one's clean-up must not race another's attach.
+struct VerifyLock {
+    _file: std::fs::File,
+}
+
+impl VerifyLock {
+    fn take(journal_root: &Path, progress: &dyn Fn(&str)) -> Result<VerifyLock> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = journal_root.parent().unwrap_or(journal_root).join(VERIFY_LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            progress("another verify-checkpoint is running; waiting for it to finish");
+            flock(&file, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
+        }
+        Ok(VerifyLock { _file: file })
     }
 }
 
