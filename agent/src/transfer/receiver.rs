@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -415,10 +415,24 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             Err(e) => {
                 let reason = format!("{e:#}");
                 send_control(&mut wr, &ControlMessage::refused(reason.clone())).await?;
+                drain_until_closed(&mut rd).await;
                 bail!("journal append for {vpg}: {reason}");
             }
         };
         slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);
         send_control(&mut wr, &ControlMessage::Ack { seq: durable }).await?;
     }
+}
+
+/// How long a refusal waits for the sender to read it and hang up.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what the sender still pipelines until it closes (or
+/// `REFUSAL_LINGER` passes). Closing with its batches unread would reset
+/// the connection, and the sender would lose the refusal's reason with
+/// them: its status would say "connection reset" instead of why.
+async fn drain_until_closed<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut buf = vec![0u8; 64 << 10];
+    let drain = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
 }
