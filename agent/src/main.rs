@@ -140,6 +140,14 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Clear the encryption detector's alert on a VPG once it has been looked
+    /// into (protected side, agent running). A last-clean pin it made stays
+    /// at the recovery site until `tidemark unpin`; the next anomaly raises
+    /// a new alert at once.
+    ClearAlert {
+        #[command(flatten)]
+        at: OnProtected,
+    },
     /// Write every volume of a VPG, as it was at a checkpoint, into DIR/<volume>.img.
     Restore {
         #[command(flatten)]
@@ -445,6 +453,7 @@ fn init_logging(command: &Command) {
         | Command::Pin { at: OnRecovery { config, .. }, .. }
         | Command::Unpin { at: OnRecovery { config, .. }, .. }
         | Command::Move { at: OnProtected { config, .. }, .. }
+        | Command::ClearAlert { at: OnProtected { config, .. } }
         | Command::Reverse { at: OnProtected { config, .. }, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
@@ -612,6 +621,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
             insert_checkpoint(config, vpg, tag, wait)?
         }
+        Command::ClearAlert { at: OnProtected { config, vpg } } => clear_alert(config, vpg)?,
         Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => restore(config, vpg, checkpoint, out)?,
         Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
         Command::VerifyCheckpoint { at: OnRecovery { config, vpg }, checkpoint, timeout, json } => {
@@ -791,6 +801,15 @@ fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time:
         println!("checkpoint {id} {tag:?}: in the protected log; the recovery side has not acknowledged it within {wait:?} (it will when the link allows)");
         std::process::exit(EXIT_NOT_YET_REPLICATED);
     }
+    Ok(())
+}
+
+fn clear_alert(config: PathBuf, vpg: String) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    let by = tidemark::harden::support_ssh::who();
+    let request = tidemark::api::local::Request::ClearAlert { vpg, by };
+    let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+    println!("{}", reply.message.unwrap_or_default());
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 # checkpoints after it are listed as suspect. Writing the files raises no
 # alarm (they go into free space). With a 64 MiB journal_limit and writes
 # going on past it, the pin holds (last-clean still restores); after
-# `unpin` the applier moves on.
+# `unpin` the applier moves on; `clear-alert` then clears the alert.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
 source "$ROOT/tests/lib/detect_guest.sh"
@@ -105,4 +105,16 @@ for _ in $(seq 1 100); do
 done
 [ "$(applied_seq)" -gt "$pinned" ] || fail "after the release the applier did not move on"
 log "released: the applier moved on (replica at seq $(applied_seq))"
+out=$("$TIDEMARK" clear-alert --config "$WORK/protected.toml" --vpg vpg1 2>>"$WORK/cli.log") ||
+    fail "clear-alert failed: $(tail -3 "$WORK/cli.log")"
+grep -q "alert on VPG vpg1 cleared.*was pinned at the recovery site as \"$label\"" <<<"$out" || fail "clear-alert said: $out"
+for _ in $(seq 1 25); do
+    [ -z "$(detector_alert)" ] && break
+    sleep 0.2
+done
+[ -z "$(detector_alert)" ] || fail "status still shows the alert after clear-alert: $(detector_alert)"
+grep -q "alert cleared by" "$WORK/protected.log" || fail "the agent's log does not say who cleared the alert"
+out=$("$TIDEMARK" clear-alert --config "$WORK/protected.toml" --vpg vpg1 2>&1) && fail "a second clear-alert succeeded: $out"
+grep -q "has no alert" <<<"$out" || fail "a second clear-alert says: $out"
+log "clear-alert: the alert is gone from status, the log names who cleared it; a second clear is refused"
 log "PASS"

@@ -49,6 +49,13 @@ pub enum Request {
     /// Protected (old site, after a failover or move): receive the VPG
     /// back; waits up to `wait_ms` for the delta copy.
     Reverse { vpg: String, wait_ms: u64 },
+    /// Protected: clears the encryption detector's alert on `vpg` (`by`:
+    /// who asked, for the log).
+    ClearAlert {
+        vpg: String,
+        #[serde(default)]
+        by: String,
+    },
     /// Recovery: commits the journal up to `checkpoint` into the replica,
     /// sets aside what came after, stops taking the stream, and serves the
     /// volumes writable over NBD (`serve`) or leaves them as files.
@@ -231,6 +238,21 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let (id, message) = crate::capture::moving::move_vpg(capture, wait).await?;
             Ok(Reply { id: Some(id), durable: true, ..Reply::done(message) })
         }
+        (Request::ClearAlert { vpg, by }, Agent::Protected(vpgs, _)) => {
+            let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
+            let detection = capture.detection().ok_or_else(|| anyhow!("VPG {vpg:?} has its detector off"))?;
+            let Some(cleared) = detection.clear()? else { bail!("VPG {vpg:?} has no alert") };
+            let pin = match (cleared.pinned, &cleared.pin_error) {
+                (Some(id), _) => format!(
+                    "checkpoint {id} was pinned at the recovery site as {:?} and stays so until `tidemark unpin`",
+                    cleared.label
+                ),
+                (None, Some(e)) => format!("the last clean checkpoint was not pinned ({e})"),
+                (None, None) => "the last clean checkpoint had not been pinned yet and will not be now".into(),
+            };
+            tracing::warn!(vpg = %vpg, "alert cleared by {}: {}; {pin}", if by.is_empty() { "?" } else { &by }, cleared.describe());
+            Ok(Reply::done(format!("alert on VPG {vpg} cleared ({}); {pin}", cleared.summary)))
+        }
         (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs, _)) => {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
@@ -250,6 +272,7 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
 fn op_name(request: &Request) -> &'static str {
     match request {
         Request::Checkpoint { .. } => "checkpoint",
+        Request::ClearAlert { .. } => "clear-alert",
         Request::Export { .. } => "export",
         Request::TestFailoverStart { .. } => "test-failover start",
         Request::TestFailoverStop { .. } => "test-failover stop",

@@ -220,6 +220,24 @@ impl Detection {
         self.alert.lock().expect("alert").clone()
     }
 
+    /// Clears the alert (an operator looked into it), durably; returns it.
+    /// A pin it had not asked for yet is not asked for; one it made stays
+    /// at the recovery site until `tidemark unpin`. The next anomaly
+    /// raises a new alert at once.
+    pub fn clear(&self) -> Result<Option<Alert>> {
+        let mut alert = self.alert.lock().expect("alert");
+        if alert.is_none() {
+            return Ok(None);
+        }
+        let path = self.dir.join(ALERT_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => crate::durable::sync_dir(&self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+        }
+        Ok(alert.take())
+    }
+
     /// The pin to ask for, if one is due and the recovery site holds
     /// everything before the attack (`acked_seq`).
     pub fn pin_due(&self, acked_seq: u64) -> Option<Alert> {
@@ -318,6 +336,13 @@ mod tests {
         let again = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
         assert_eq!(again.alert().unwrap().pinned, Some(33));
         assert!(again.alert().unwrap().describe().contains("checkpoint 33 is pinned"));
+        // Cleared: gone for good (also after a restart), and once only.
+        assert_eq!(again.clear().unwrap().map(|a| a.pinned), Some(Some(33)));
+        assert_eq!(again.alert(), None);
+        assert_eq!(again.pin_due(100), None);
+        assert_eq!(again.clear().unwrap(), None);
+        let cleared = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
+        assert_eq!(cleared.alert(), None);
         std::fs::write(dir.path().join(ALERT_FILE), b"{not json").unwrap();
         let damaged = Detection::open(dir.path(), &cfg, &[("disk0".into(), 64 << 20)], 100).unwrap();
         assert_eq!(damaged.alert(), None, "a damaged file is moved aside, not fatal");
