@@ -105,9 +105,10 @@ pub fn verify(
     timeout: Duration,
     progress: &dyn Fn(&str),
 ) -> Result<Report> {
+    // The checkpoint first: a wrong name is the error to show, on any host.
+    let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
     kernel_nbd::check_available().context("verify-checkpoint reads through a kernel NBD device")?;
     let lock = VerifyLock::take(journal_root, progress)?;
-    let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
     remove_stale_devices(&lock);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
