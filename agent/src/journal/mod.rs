@@ -75,7 +75,9 @@ pub struct Journal {
     segment_age: Duration,
     pub index: JournalIndex,
     /// `journal_cap`, and the bytes on disk as last measured plus what was
-    /// appended since (never less than the truth: retiring only shrinks).
+    /// appended since. Retiring only shrinks the truth; the summaries the
+    /// applier writes between measurements add a little (a few KiB per
+    /// sealed segment), which a cap in MiB absorbs.
     cap: Option<u64>,
     bytes_at_most: u64,
     /// Why the last batch was refused at the cap, until one fits again.
