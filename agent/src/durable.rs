@@ -49,6 +49,16 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Removes `path` durably (its directory is synced); a file that is not
+/// there is already removed.
+pub fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(parent_dir(path)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+    }
+}
+
 /// Makes a directory's entries (creates, renames, removes) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))

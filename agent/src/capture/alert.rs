@@ -229,12 +229,7 @@ impl Detection {
         if alert.is_none() {
             return Ok(None);
         }
-        let path = self.dir.join(ALERT_FILE);
-        match std::fs::remove_file(&path) {
-            Ok(()) => crate::durable::sync_dir(&self.dir)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
-        }
+        crate::durable::remove_file(&self.dir.join(ALERT_FILE))?;
         Ok(alert.take())
     }
 

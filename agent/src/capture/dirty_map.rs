@@ -23,7 +23,7 @@
 //! `ceil(regions / 64)` words, unused high bits zero), then `crc u32`
 //! (crc32 of every byte before it).
 
-use crate::durable::{replace_file, FileMode};
+use crate::durable::{remove_file, replace_file, FileMode};
 use std::path::Path;
 
 pub const DIRTY_MAP_FILE: &str = "dirty.map";
@@ -246,7 +246,7 @@ impl DirtyMap {
     pub fn store(&self, dir: &Path, vpg_id: u32) -> anyhow::Result<()> {
         let path = dir.join(DIRTY_MAP_FILE);
         if self.is_empty() {
-            return remove(dir);
+            return remove_file(&path);
         }
         replace_file(&path, &self.encode(vpg_id), FileMode::Public)
     }
@@ -270,15 +270,6 @@ impl DirtyMap {
             LoadError::Foreign { why, .. } => LoadError::Foreign { path: shown, why },
             io => io,
         })
-    }
-}
-
-/// Removes the stored map (durably: the directory is fsynced).
-pub fn remove(dir: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(dir.join(DIRTY_MAP_FILE)) {
-        Ok(()) => crate::durable::sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", dir.join(DIRTY_MAP_FILE).display()))),
     }
 }
 

@@ -256,7 +256,8 @@ pub fn orphaned_checkers() -> Vec<(u32, String)> {
         .into_iter()
         .filter(|(_, identifier)| {
             let pid = identifier.strip_prefix(CHECK_IDENTIFIER_PREFIX).and_then(|r| r.split(':').next());
-            !pid.is_some_and(|p| !p.is_empty() && Path::new("/proc").join(p).exists())
+            let alive = pid.is_some_and(|p| !p.is_empty() && Path::new("/proc").join(p).exists());
+            !alive
         })
         .collect()
 }

@@ -22,19 +22,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const LEASE_DIR: &str = "leases";
 const APPLY_LOCK_FILE: &str = "apply.lock";
 
+/// Opens (creating it, never truncating) a file that is only ever
+/// `flock`ed.
+pub fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Held while applying (exclusive) or while taking a lease (shared).
 pub struct ApplyLock(#[allow(dead_code)] File);
 
 impl ApplyLock {
     fn take(vpg_dir: &Path, op: FlockOperation) -> Result<ApplyLock> {
         let path = vpg_dir.join(APPLY_LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
         Ok(ApplyLock(file))
     }

@@ -387,12 +387,7 @@ impl VerifyLock {
     fn take(journal_root: &Path, progress: &dyn Fn(&str)) -> Result<VerifyLock> {
         use rustix::fs::{flock, FlockOperation};
         let path = journal_root.parent().unwrap_or(journal_root).join(VERIFY_LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = crate::journal::lease::open_lock_file(&path)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             progress("another verify-checkpoint is running; waiting for it to finish");
             flock(&file, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
