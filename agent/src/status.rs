@@ -51,6 +51,26 @@ pub struct VpgStatus {
     /// Protected side: the encryption detector's alert, if it raised one.
     #[serde(default)]
     pub alert: Option<String>,
+    /// Protected side: bitmap mode or a resync, while one is under way.
+    #[serde(default)]
+    pub bitmap: Option<BitmapStatus>,
+}
+
+/// A VPG in bitmap mode or resyncing (docs/bitmap-mode.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BitmapStatus {
+    /// "bitmap" or "resync".
+    pub mode: String,
+    /// Why the VPG entered this mode.
+    pub why: String,
+    pub since_seconds: u64,
+    /// Bytes of volume marked in the dirty map (not yet read back).
+    pub dirty_bytes: u64,
+    /// Resync: bytes read back so far, of about this many in all.
+    pub resynced_bytes: u64,
+    pub resync_total_bytes: u64,
+    pub resync_rate_bytes_per_sec: u64,
+    pub resync_eta_seconds: Option<u64>,
 }
 
 /// `iscsi` as this build writes it (a list), or as the build before wrote
@@ -169,6 +189,30 @@ pub fn format_bytes(n: u64) -> String {
     }
 }
 
+/// One line on bitmap mode or a resync.
+fn describe_bitmap(b: &BitmapStatus) -> String {
+    let since = humantime::format_duration(std::time::Duration::from_secs(b.since_seconds));
+    match b.mode.as_str() {
+        "resync" => format!(
+            "{} of {} read back, {} left at {}/s{} (since {since}: {}); checkpoints resume when done",
+            format_bytes(b.resynced_bytes),
+            format_bytes(b.resync_total_bytes),
+            format_bytes(b.dirty_bytes),
+            format_bytes(b.resync_rate_bytes_per_sec),
+            b.resync_eta_seconds
+                .map(|s| format!(", about {} more", humantime::format_duration(std::time::Duration::from_secs(s))))
+                .unwrap_or_default(),
+            b.why
+        ),
+        _ => format!(
+            "{} of changed regions marked, not logged: write order is given up for them, sync mode is suspended \
+             and checkpoints are held until a resync (since {since}: {})",
+            format_bytes(b.dirty_bytes),
+            b.why
+        ),
+    }
+}
+
 pub fn render(status: &AgentStatus) -> String {
     let age = crate::record::now_ms().saturating_sub(status.updated_ms);
     let mut out = String::new();
@@ -193,6 +237,9 @@ pub fn render(status: &AgentStatus) -> String {
         out.push_str(&format!("  state:           {}\n", v.state));
         if let Some(alert) = &v.alert {
             out.push_str(&format!("  ALERT:           {alert}\n"));
+        }
+        if let Some(b) = &v.bitmap {
+            out.push_str(&format!("  {:<17}{}\n", format!("{}:", b.mode), describe_bitmap(b)));
         }
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
         if !v.priority.is_empty() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A full protected log never takes the VMs' disks away:
+# A full protected log never takes the VMs' disks away, with bitmap mode
+# off (bitmap_outage.sh tests it on):
 # - With the recovery side down, a writer fills the 64 MiB log and blocks
 #   (back-pressure: writes wait for room, nothing is dropped).
 # - kill -9 of the protected agent, and a restart: it listens on NBD at
@@ -12,7 +13,7 @@
 #   complete, and a checkpoint restores equal to the source.
 source "$(dirname "$0")/../lib/common.sh"
 
-LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:256M
+BITMAP_TOML=$'[vpg.bitmap]\nenabled = false' LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:256M
 start_protected
 head -c 96M /dev/urandom >"$WORK/data.bin"
 

@@ -72,7 +72,8 @@ protected_head() {
 
 # setup_pair MODE INTERVAL_MS VOLUME_SPEC...
 # VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
-# Peer addresses go through the WAN proxy when USE_PROXY=1.
+# Peer addresses go through the WAN proxy when USE_PROXY=1. BITMAP_TOML is
+# added to the [[vpg]] table (e.g. a [vpg.bitmap] table).
 setup_pair() {
     local mode=$1 interval=$2
     shift 2
@@ -108,6 +109,7 @@ dir = "$WORK/a/logs"
 name = "vpg1"
 mode = "$mode"
 checkpoint_interval_ms = $interval
+${BITMAP_TOML:-}
 TOML
     local spec name size
     for spec in "$@"; do

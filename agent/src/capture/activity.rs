@@ -90,6 +90,10 @@ pub struct ActivityLog {
     start_resync_pending: bool,
     /// A write's outcome on its volume is unknown (until a restart).
     write_failed: bool,
+    /// Bitmap mode: the dirty map holds regions written without the log,
+    /// and the extents marked here since its last store must be read
+    /// again at any next start (a kill too), not only after a power cut.
+    map_in_use: bool,
 }
 
 impl ActivityLog {
@@ -106,7 +110,7 @@ impl ActivityLog {
                     header = on_disk;
                     found.durable_through = on_disk.durable_through;
                     let why = if on_disk.flags & FLAG_RESYNC != 0 {
-                        Some("the previous start's re-reading, or a failed volume write, is unfinished")
+                        Some("bitmap mode, the previous start's re-reading, or a failed volume write, is unfinished")
                     } else if on_disk.boot_id != boot_id {
                         Some("the machine restarted without a clean stop (power cut or crash)")
                     } else {
@@ -152,6 +156,7 @@ impl ActivityLog {
             generation: 1,
             start_resync_pending,
             write_failed: false,
+            map_in_use: false,
         };
         Ok((log, found))
     }
@@ -233,14 +238,24 @@ impl ActivityLog {
     /// (re-reading unclean extents, or a new stream) is durable; until
     /// then, and while a failed write awaits a restart, every mark stays
     /// and the file asks the next start to re-read them.
-    pub fn finish_epoch(&mut self, durable_through: u64, upto: u64, start_work_done: bool) -> Result<()> {
+    /// `map_in_use`: the dirty map, stored before this call, covers every
+    /// unlogged write up to `upto`; the file keeps asking the next start to
+    /// read the extents marked after it again (see `use_map`).
+    pub fn finish_epoch(
+        &mut self,
+        durable_through: u64,
+        upto: u64,
+        start_work_done: bool,
+        map_in_use: bool,
+    ) -> Result<()> {
         if start_work_done {
             self.start_resync_pending = false;
         }
+        self.map_in_use = map_in_use;
         let keep_all = self.keeps_every_mark();
         self.marked.retain(|_, g| keep_all || *g > upto);
         let new_stream = if start_work_done { 0 } else { self.header.flags & FLAG_NEW_STREAM };
-        let flags = if keep_all { FLAG_RESYNC } else { 0 } | new_stream;
+        let flags = if keep_all || map_in_use { FLAG_RESYNC } else { 0 } | new_stream;
         self.header = Header { flags, boot_id: self.boot_id, durable_through };
         self.rewrite()
     }
@@ -271,6 +286,18 @@ impl ActivityLog {
     /// every marked extent again, even if the machine did not restart.
     pub fn require_resync(&mut self) -> Result<()> {
         self.write_failed = true;
+        self.header.flags |= FLAG_RESYNC;
+        self.rewrite()
+    }
+
+    /// Bitmap mode begins: from now on every extent marked is read again
+    /// at the next start, whatever kind of stop it was. Durable before the
+    /// first write that is not logged.
+    pub fn use_map(&mut self) -> Result<()> {
+        self.map_in_use = true;
+        if self.header.flags & FLAG_RESYNC != 0 {
+            return Ok(());
+        }
         self.header.flags |= FLAG_RESYNC;
         self.rewrite()
     }
@@ -398,10 +425,31 @@ mod tests {
         assert!(found.unclean.is_empty());
         assert_eq!(al2.marked_count(), 4);
         drop(al2);
-        al.finish_epoch(77, upto, false).unwrap();
+        al.finish_epoch(77, upto, false, false).unwrap();
         assert_eq!(al.marked_count(), 1);
         let (_, found) = reopen(dir.path());
         assert_eq!(found.durable_through, 77);
+    }
+
+    #[test]
+    fn in_bitmap_mode_a_kill_reads_the_marks_since_the_maps_store_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut al, _) = reopen(dir.path());
+        al.mark(0, 0, 4096).unwrap();
+        al.use_map().unwrap();
+        // A kill now (same boot): the extent marked before is read again.
+        assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0)]);
+        let upto = al.generation();
+        al.mark(0, 3 * ACTIVITY_EXTENT_BYTES, 1).unwrap();
+        // The map was stored through `upto`: only the newer mark is left,
+        // and a kill still reads it again.
+        al.finish_epoch(8, upto, true, true).unwrap();
+        assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 3)]);
+        // Back to logging: a kill reads nothing again.
+        let upto = al.generation();
+        al.finish_epoch(9, upto, true, false).unwrap();
+        let (_, found) = reopen(dir.path());
+        assert!(found.unclean.is_empty() && found.why.is_none());
     }
 
     #[test]
@@ -422,7 +470,7 @@ mod tests {
         let (_, again) = reopen(dir.path());
         assert_eq!(again.unclean, vec![(2, 5)]);
         let upto = al.generation();
-        al.finish_epoch(9, upto, true).unwrap();
+        al.finish_epoch(9, upto, true, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert!(found.unclean.is_empty());
     }
@@ -436,7 +484,7 @@ mod tests {
         // No epoch forgets a mark until the restart.
         al.mark(0, ACTIVITY_EXTENT_BYTES, 1).unwrap();
         let upto = al.generation();
-        al.finish_epoch(3, upto, false).unwrap();
+        al.finish_epoch(3, upto, false, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert_eq!(found.unclean, vec![(0, 0), (0, 1)], "the failed write's extent is kept");
         assert!(found.why.unwrap().contains("failed volume write"));
@@ -451,10 +499,10 @@ mod tests {
         assert!(!al.would_overflow(0, 0, (ACTIVITY_EXTENTS_MAX as u64 + 9) * ACTIVITY_EXTENT_BYTES));
         let upto = al.generation();
         // An epoch before the re-reading is done (a forced one) forgets nothing.
-        al.finish_epoch(5, upto, false).unwrap();
+        al.finish_epoch(5, upto, false, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert_eq!(found.unclean, vec![(1, 0)]);
-        al.finish_epoch(6, upto, true).unwrap();
+        al.finish_epoch(6, upto, true, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert!(found.unclean.is_empty());
     }
@@ -468,9 +516,9 @@ mod tests {
         assert!(found.unknown, "a stop before the new stream keeps asking for it");
         al.mark(0, 0, 1).unwrap();
         let upto = al.generation();
-        al.finish_epoch(9, upto, false).unwrap();
+        al.finish_epoch(9, upto, false, false).unwrap();
         assert!(reopen(dir.path()).1.unknown);
-        al.finish_epoch(9, upto, true).unwrap();
+        al.finish_epoch(9, upto, true, false).unwrap();
         assert!(!reopen(dir.path()).1.unknown);
     }
 

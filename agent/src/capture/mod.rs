@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod alert;
+pub mod bitmap_mode;
 pub mod delta;
 pub mod detector;
 pub mod dirty_map;

@@ -7,13 +7,17 @@
 //! taken: a full log holds up writers, never the lock.
 //!
 //! After any stop the stream is made consistent again before the next
-//! checkpoint (`StartWork`): the ranges whose volume content may differ
-//! from the log are read again from the volumes and appended.
+//! checkpoint: the ranges whose volume content may differ from the log
+//! are marked in the dirty map and read back by a resync
+//! (`bitmap_mode`), or, if the log lost what it had made durable, a new
+//! stream starts.
 
 use super::activity::{extent_range, ActivityLog};
 use super::alert::Detection;
+use super::bitmap_mode::{BitmapState, CaptureMode};
+use super::dirty_map::DirtyMap;
 use super::volume::Volume;
-use crate::config::ReplicationMode;
+use crate::config::{BitmapConfig, ReplicationMode};
 use crate::log::{CaptureState, LogSpace, ProtectedLog};
 use crate::nbd::export::Refusal;
 use crate::record::{now_ms, RecordBody, RECORD_HEADER_BYTES};
@@ -43,21 +47,12 @@ pub struct PromoteRequest {
 }
 
 /// Reads of the initial copy and of ranges read again, one record each.
-const COPY_CHUNK_BYTES: u64 = 1 << 20;
+pub(super) const COPY_CHUNK_BYTES: u64 = 1 << 20;
 /// How often written extents are made durable and forgotten by the
 /// activity log (when there were writes).
 const ACTIVITY_EPOCH_INTERVAL: Duration = Duration::from_secs(5);
-/// Pause before a start's re-reading is tried again after an error.
+/// Pause before a start's new stream is tried again after an error.
 const START_WORK_RETRY: Duration = Duration::from_secs(5);
-
-/// What a start must do before the stream is consistent again.
-enum StartWork {
-    /// Read these ranges (volume, offset, length) again into the stream.
-    Reread { ranges: Vec<(u32, u64, u64)>, why: String },
-    /// Records the log had fsynced were lost, or nothing is known: start a
-    /// new stream (a full copy).
-    NewStream { why: String },
-}
 
 pub struct VpgCapture {
     pub name: String,
@@ -66,10 +61,12 @@ pub struct VpgCapture {
     pub log: Arc<ProtectedLog>,
     pub(crate) order: Mutex<()>,
     pub(crate) state: std::sync::Mutex<CaptureState>,
-    activity: std::sync::Mutex<ActivityLog>,
-    /// False while a start's re-reading is not yet in the stream: a
-    /// checkpoint before it could name an image the volumes never held.
+    pub(super) activity: std::sync::Mutex<ActivityLog>,
+    /// False while a start's new stream has not begun: a checkpoint before
+    /// it could name an image the volumes never held.
     consistent: watch::Sender<bool>,
+    /// The mode (logging, bitmap, resync) and the dirty map.
+    pub(super) bitmap: BitmapState,
     /// Set when a volume write failed and the stream could not be made to
     /// agree with the volume: every write fails until a restart.
     failed: std::sync::Mutex<Option<String>>,
@@ -93,10 +90,11 @@ pub struct VpgCapture {
 }
 
 impl VpgCapture {
-    /// Opens a VPG's capture from `dir` (its protected log, activity log
-    /// and state; created when new), and starts in the background what
-    /// makes the stream consistent again after an unclean stop, and the
-    /// activity log's epochs. Nothing here waits for room in the log.
+    /// Opens a VPG's capture from `dir` (its protected log, activity log,
+    /// dirty map and state; created when new), and starts in the background
+    /// what makes the stream consistent again after an unclean stop, the
+    /// resync, and the activity log's epochs. Nothing here waits for room
+    /// in the log. `bitmap`: None or off, a full log holds writers back.
     pub fn open(
         name: String,
         mode: ReplicationMode,
@@ -104,6 +102,7 @@ impl VpgCapture {
         vpg_id: u32,
         dir: &Path,
         capacity_bytes: u64,
+        bitmap: Option<&BitmapConfig>,
     ) -> Result<Arc<VpgCapture>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (mut activity, found) = ActivityLog::open(dir)?;
@@ -116,29 +115,39 @@ impl VpgCapture {
         if report.fresh {
             state.store(dir)?;
         }
+        let shapes = super::bitmap_mode::shapes(&volumes);
+        let granularity = bitmap.map_or(super::dirty_map::GRANULARITY_DEFAULT, |b| b.granularity);
+        let mut dirty = DirtyMap::new(granularity, &shapes);
+        // A map that is damaged or not this VPG's is never trusted.
+        let stored_map = match report.fresh {
+            true => Ok(None),
+            false => DirtyMap::load(dir, vpg_id, granularity, &shapes),
+        };
         // The log must hold everything it had made durable: ending before
         // that (cut now, or by an earlier start that stopped before its new
         // stream) it lost records the recovery side may hold.
         let log_end = report.next_seq - 1;
-        let work = if report.fresh {
+        let mut why_dirty = String::new();
+        let new_stream = if report.fresh {
             // A new log copies every volume anyway.
-            activity.finish_epoch(0, activity.generation(), true)?;
+            activity.finish_epoch(0, activity.generation(), true, false)?;
             None
-        } else if found.unknown || log_end < found.durable_through {
-            let why = match (&report.cut, found.unknown) {
-                (_, true) => found.why.clone().unwrap_or_default(),
-                (Some(cut), false) => format!(
+        } else if found.unknown || log_end < found.durable_through || stored_map.is_err() {
+            let why = match (&report.cut, found.unknown, &stored_map) {
+                (_, true, _) => found.why.clone().unwrap_or_default(),
+                (Some(cut), false, _) => format!(
                     "the protected log lost records it had made durable ({}; durable through seq {})",
                     cut.damage, found.durable_through
                 ),
-                (None, false) => format!(
+                (None, false, Err(e)) => format!("the dirty map cannot be trusted ({e})"),
+                (None, false, Ok(_)) => format!(
                     "the protected log ends at seq {log_end}, before seq {} it had made durable",
                     found.durable_through
                 ),
             };
             // Said durably first: a stop before the new stream asks again.
             activity.require_new_stream()?;
-            Some(StartWork::NewStream { why })
+            Some(why)
         } else {
             let mut ranges: Vec<(u32, u64, u64)> = found
                 .unclean
@@ -149,22 +158,39 @@ impl VpgCapture {
                     (offset < size).then(|| (*volume, offset, length.min(size - offset)))
                 })
                 .collect();
-            let why = match &found.why {
-                Some(why) => why.clone(),
-                None => "the agent stopped while writing".to_string(),
-            };
             if let Some((volume, offset, length)) = report.last_update {
                 let fits = volumes
                     .get(volume as usize)
                     .is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
                 if fits {
-                    // Kept durably until read again: a second stop before then
-                    // must find it, whatever was appended meanwhile.
+                    // Kept durably until the first epoch stores the dirty map:
+                    // a second stop before then must find it, whatever was
+                    // appended meanwhile.
                     activity.require_start_resync(&[(volume, offset, length)])?;
                     ranges.push((volume, offset, length));
                 }
             }
-            (!ranges.is_empty()).then_some(StartWork::Reread { ranges, why })
+            for (volume, offset, length) in &ranges {
+                dirty.mark(*volume, *offset, *length);
+            }
+            if let Ok(Some(stored)) = &stored_map {
+                dirty.merge(stored);
+            }
+            if !dirty.is_empty() {
+                let stored = matches!(&stored_map, Ok(Some(m)) if !m.is_empty());
+                why_dirty = match (&found.why, stored) {
+                    (_, true) => "bitmap mode or a resync was under way (the dirty map names regions)".to_string(),
+                    (Some(why), false) => why.clone(),
+                    (None, false) => "the agent stopped while writing".to_string(),
+                };
+                tracing::warn!(
+                    vpg = %name,
+                    "{why_dirty}: {} of volume data are read again into the stream before the next checkpoint",
+                    crate::status::format_bytes(dirty.dirty_bytes())
+                );
+                activity.use_map()?;
+            }
+            None
         };
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
@@ -175,7 +201,8 @@ impl VpgCapture {
             order: Mutex::new(()),
             state: std::sync::Mutex::new(state),
             activity: std::sync::Mutex::new(activity),
-            consistent: watch::channel(work.is_none()).0,
+            consistent: watch::channel(new_stream.is_none()).0,
+            bitmap: BitmapState::new(bitmap, capacity_bytes, dirty, why_dirty),
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
@@ -187,40 +214,27 @@ impl VpgCapture {
             detection: std::sync::OnceLock::new(),
             opened_end: log_end,
         });
-        if let Some(work) = work {
-            tokio::spawn(capture.clone().finish_start(work));
+        if let Some(why) = new_stream {
+            tokio::spawn(capture.clone().start_new_stream(why));
         }
+        tokio::spawn(capture.clone().resync_loop());
         tokio::spawn(capture.clone().activity_epochs());
         Ok(capture)
     }
 
-    /// Runs a start's work until it is done (retrying after errors), then
-    /// lets checkpoints be taken again.
-    async fn finish_start(self: Arc<Self>, work: StartWork) {
+    /// Starts the new stream a start found due (retrying after errors),
+    /// then lets checkpoints be taken again.
+    async fn start_new_stream(self: Arc<Self>, why: String) {
+        tracing::error!(vpg = %self.name, "{why}: starting a new stream with a full copy");
         loop {
-            let done = match &work {
-                StartWork::NewStream { why } => {
-                    tracing::error!(vpg = %self.name, "{why}: starting a new stream with a full copy");
-                    self.restart_stream(0).await.map(|_| ())
-                }
-                StartWork::Reread { ranges, why } => {
-                    let bytes: u64 = ranges.iter().map(|r| r.2).sum();
-                    tracing::warn!(
-                        vpg = %self.name,
-                        "{why}: reading {} of volume data again into the stream before the next checkpoint",
-                        crate::status::format_bytes(bytes)
-                    );
-                    self.append_ranges(ranges).await
-                }
-            };
-            let done = match done {
-                Ok(()) => self.epoch(true).await,
+            let done = match self.restart_stream(0).await {
+                Ok(_) => self.epoch_with(self.plan_epoch_now().await, true).await,
                 Err(e) => Err(e),
             };
             match done {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(vpg = %self.name, "making the stream consistent after the stop failed (retrying): {e:#}");
+                    tracing::error!(vpg = %self.name, "starting the new stream failed (retrying): {e:#}");
                     tokio::time::sleep(START_WORK_RETRY).await;
                 }
             }
@@ -229,32 +243,41 @@ impl VpgCapture {
         tracing::info!(vpg = %self.name, "the stream is consistent again; checkpoints resume");
     }
 
-    /// Appends what the volumes hold in `ranges`, chunk by chunk, each read
-    /// under the write-order lock (so after every write before it).
-    async fn append_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<()> {
-        for (volume, offset, length) in ranges {
-            let mut at = *offset;
-            while at < offset + length {
-                let len = (offset + length - at).min(COPY_CHUNK_BYTES);
-                let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
-                let _order = self.order.lock().await;
-                self.append_volume_range(space, *volume, at, len)?;
-                at += len;
-            }
+    /// What an epoch makes durable, as it is now. Under the order lock.
+    fn plan_epoch(&self) -> EpochPlan {
+        EpochPlan {
+            upto: self.activity.lock().expect("activity lock").generation(),
+            through: self.log.appended_seq(),
+            map: self.bitmap.snapshot(),
         }
-        Ok(())
     }
 
-    /// Makes every write so far durable in the volumes and the log, then
-    /// lets the activity log forget the extents written before.
-    async fn epoch(&self, resync_done: bool) -> Result<()> {
-        let (upto, through) = {
-            let _order = self.order.lock().await;
-            (self.activity.lock().expect("activity lock").generation(), self.log.appended_seq())
-        };
+    async fn plan_epoch_now(&self) -> EpochPlan {
+        let _order = self.order.lock().await;
+        self.plan_epoch()
+    }
+
+    /// Makes every write up to `plan` durable in the volumes and the log,
+    /// stores the dirty map as it was then, and only then lets the activity
+    /// log forget the extents written before. `start_work_done`: a start's
+    /// work (its new stream, or its re-reading now in the map) is durable.
+    async fn epoch_with(&self, plan: EpochPlan, start_work_done: bool) -> Result<()> {
         self.sync_volumes().await?;
-        self.log.sync_to(through).await?;
-        self.activity.lock().expect("activity lock").finish_epoch(through, upto, resync_done)
+        self.log.sync_to(plan.through).await?;
+        self.bitmap.store(&plan.map, self.log.dir(), self.log.vpg_id())?;
+        self.activity.lock().expect("activity lock").finish_epoch(
+            plan.through,
+            plan.upto,
+            start_work_done,
+            plan.map.in_use,
+        )
+    }
+
+    /// An epoch now (once a start's new stream has begun).
+    pub(super) async fn epoch(&self) -> Result<()> {
+        let plan = self.plan_epoch_now().await;
+        let start_work_done = *self.consistent.borrow();
+        self.epoch_with(plan, start_work_done).await
     }
 
     async fn activity_epochs(self: Arc<Self>) {
@@ -262,11 +285,15 @@ impl VpgCapture {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let idle = self.activity.lock().expect("activity lock").marked_count() == 0;
-            if idle || !*self.consistent.borrow() {
+            if !*self.consistent.borrow() {
                 continue;
             }
-            if let Err(e) = self.epoch(false).await {
+            let plan = self.plan_epoch_now().await;
+            let idle = self.activity.lock().expect("activity lock").marked_count() == 0;
+            if idle && !plan.map.changed() {
+                continue;
+            }
+            if let Err(e) = self.epoch_with(plan, true).await {
                 tracing::warn!(vpg = %self.name, "activity log epoch failed: {e:#}");
             }
         }
@@ -280,15 +307,12 @@ impl VpgCapture {
 
     /// Marks the range active before a write to it; under the write-order
     /// lock. A full activity log is emptied by an epoch first.
-    async fn mark_active(&self, volume: u32, offset: u64, length: u64) -> Result<()> {
+    pub(super) async fn mark_active(&self, volume: u32, offset: u64, length: u64) -> Result<()> {
         let full = self.activity.lock().expect("activity lock").would_overflow(volume, offset, length);
         if full {
-            // The order lock is held: every write so far is in the log and
-            // on the volume (page cache); make both durable.
-            let (upto, through) = (self.activity.lock().expect("activity lock").generation(), self.log.appended_seq());
-            self.sync_volumes().await?;
-            self.log.sync_to(through).await?;
-            self.activity.lock().expect("activity lock").finish_epoch(through, upto, false)?;
+            // The order lock is held: every write so far is in the log or
+            // the dirty map, and on the volume (page cache).
+            self.epoch_with(self.plan_epoch(), false).await?;
         }
         self.activity.lock().expect("activity lock").mark(volume, offset, length)
     }
@@ -355,7 +379,7 @@ impl VpgCapture {
         state.store(self.log.dir())
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(super) fn check_writable(&self) -> Result<()> {
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
             bail!("VPG {} takes no writes until the agent restarts: {why}", self.name);
         }
@@ -365,11 +389,19 @@ impl VpgCapture {
         }
     }
 
-    /// No checkpoint may be taken now: a start's work is not done, or a
-    /// failed volume write left the stream ahead of the volume until a
-    /// restart reads the range again.
+    /// No checkpoint may be taken now: a start's new stream has not begun,
+    /// the VPG is in bitmap mode or resyncing, or a failed volume write
+    /// left the stream ahead of the volume until a restart reads the range
+    /// again.
     pub fn checkpoints_held(&self) -> bool {
-        !*self.consistent.borrow() || self.failed.lock().expect("failed lock").is_some()
+        !*self.consistent.borrow()
+            || self.bitmap.mode() != CaptureMode::Logging
+            || self.failed.lock().expect("failed lock").is_some()
+    }
+
+    /// Bitmap mode and resync, for status (None while logging).
+    pub fn bitmap_status(&self) -> Option<crate::status::BitmapStatus> {
+        self.bitmap.status()
     }
 
     /// Asks the recovery side (through the link, when it is up) to fail
@@ -389,10 +421,24 @@ impl VpgCapture {
         // update is done under it.
         let parts = self.detection.get().map(|_| super::detector::classify_parts(offset, &data));
         let body = RecordBody::Write { volume, offset, data };
-        let space = self.log.reserve(&body).await?;
+        body.check().context("refusing to log a record its readers would refuse")?;
+        let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
+        let space = loop {
+            if let Some(space) = self.log_room(record_bytes(&body)).await? {
+                break space;
+            }
+            let unlogged = self.write_unlogged(volume, offset, data.len() as u64, || {
+                if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
+                    d.observe_parts(volume, self.log.appended_seq(), parts);
+                }
+                self.volumes[volume as usize].write_at(data, offset)
+            });
+            if let Some(seq) = unlogged.await? {
+                return Ok(seq);
+            }
+        };
         let _order = self.order.lock().await;
         self.check_writable()?;
-        let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
         self.mark_active(volume, offset, data.len() as u64).await?;
         let seq = self.log.append_reserved(space, &body)?;
         if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
@@ -412,7 +458,21 @@ impl VpgCapture {
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         self.check_writable()?;
         let body = RecordBody::Zero { volume, offset, length };
-        let space = self.log.reserve(&body).await?;
+        body.check().context("refusing to log a record its readers would refuse")?;
+        let space = loop {
+            if let Some(space) = self.log_room(record_bytes(&body)).await? {
+                break space;
+            }
+            let unlogged = self.write_unlogged(volume, offset, length, || {
+                if let Some(d) = self.detection.get() {
+                    d.observe_zero(volume, offset, length);
+                }
+                self.volumes[volume as usize].zero_range(offset, length)
+            });
+            if let Some(seq) = unlogged.await? {
+                return Ok(seq);
+            }
+        };
         let _order = self.order.lock().await;
         self.check_writable()?;
         self.mark_active(volume, offset, length).await?;
@@ -484,16 +544,30 @@ impl VpgCapture {
         self.log.append_reserved(space, &body)
     }
 
-    /// Inserts a checkpoint, once the stream is consistent (see
-    /// `finish_start`); waits at most `wait` for that.
+    /// Inserts a checkpoint, once the stream is consistent (a start's new
+    /// stream has begun, and no bitmap mode or resync is under way); waits
+    /// at most `wait` for that.
     pub async fn checkpoint(&self, tag: &str, wait: Duration) -> Result<u64> {
         let mut consistent = self.consistent.subscribe();
-        tokio::time::timeout(wait, consistent.wait_for(|c| *c)).await.map_err(|_| {
-            anyhow!(
-                "VPG {} is still reading ranges again after an unclean stop (see the agent's log); \
+        let mut mode = self.bitmap.subscribe();
+        let ready = async {
+            consistent.wait_for(|c| *c).await?;
+            mode.wait_for(|m| *m == CaptureMode::Logging).await.map(|_| ())
+        };
+        tokio::time::timeout(wait, ready).await.map_err(|_| match self.bitmap.status() {
+            Some(b) => anyhow!(
+                "VPG {} is in {} mode ({}; {} of changed regions not yet read back): no checkpoint can be \
+                 taken until the resync is done (see `tidemark status`); try again later",
+                self.name,
+                b.mode,
+                b.why,
+                crate::status::format_bytes(b.dirty_bytes)
+            ),
+            None => anyhow!(
+                "VPG {} is still starting a new stream after an unclean stop (see the agent's log); \
                  no checkpoint can be taken before that is done; try again shortly",
                 self.name
-            )
+            ),
         })??;
         let time_ms = now_ms();
         let body = RecordBody::Checkpoint { time_ms, tag: tag.to_string() };
@@ -501,6 +575,9 @@ impl VpgCapture {
         let _order = self.order.lock().await;
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
             bail!("VPG {} takes no checkpoint until the agent restarts: {why}", self.name);
+        }
+        if self.bitmap.mode() != CaptureMode::Logging {
+            bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name);
         }
         let id = self.log.append_reserved(space, &body)?;
         *self.last_checkpoint.lock().expect("checkpoint lock") =
@@ -519,7 +596,13 @@ impl VpgCapture {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
         if self.mode == ReplicationMode::Sync {
-            self.wait_recovery_durable(seq).await.context("waiting for the recovery journal")?;
+            // Bitmap mode suspends sync mode: production never waits for
+            // the link (status says so).
+            let mut mode = self.bitmap.subscribe();
+            tokio::select! {
+                done = self.wait_recovery_durable(seq) => done.context("waiting for the recovery journal")?,
+                _ = mode.wait_for(|m| *m == CaptureMode::Bitmap) => {}
+            }
         }
         Ok(())
     }
@@ -636,4 +719,17 @@ impl VpgCapture {
         }
         Ok(())
     }
+}
+
+/// What an epoch makes durable (taken under the write-order lock).
+struct EpochPlan {
+    /// The activity log's generation and the log's last seq then.
+    upto: u64,
+    through: u64,
+    map: super::bitmap_mode::MapSnapshot,
+}
+
+/// Bytes a record takes in the log.
+fn record_bytes(body: &RecordBody) -> u64 {
+    (RECORD_HEADER_BYTES + crate::record::payload_len(body)) as u64
 }

@@ -218,6 +218,10 @@ pub struct VpgConfig {
     /// The encryption-attack detector (`[vpg.detection]`; on by default).
     #[serde(default)]
     pub detection: DetectionConfig,
+    /// Bitmap mode when the protected log fills (`[vpg.bitmap]`; on by
+    /// default; docs/bitmap-mode.md).
+    #[serde(default)]
+    pub bitmap: BitmapConfig,
     #[serde(rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
 }
@@ -249,6 +253,48 @@ impl Default for DetectionConfig {
             min_bytes: default_detection_min_bytes(),
         }
     }
+}
+
+/// When a VPG stops logging its writes and only marks the regions they
+/// change, and when it reads them back (docs/bitmap-mode.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitmapConfig {
+    /// Off: a full protected log holds writers back until the link drains it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Percent of the log's capacity at which writes switch to bitmap mode.
+    #[serde(default = "default_bitmap_high_water")]
+    pub high_water: u8,
+    /// Percent below which the log must drain before the resync begins.
+    #[serde(default = "default_bitmap_low_water")]
+    pub low_water: u8,
+    /// Bytes of volume one bit of the dirty map stands for ("64KiB").
+    #[serde(default = "default_bitmap_granularity", deserialize_with = "deserialize_bytes_required")]
+    pub granularity: u64,
+}
+
+impl Default for BitmapConfig {
+    fn default() -> Self {
+        BitmapConfig {
+            enabled: true,
+            high_water: default_bitmap_high_water(),
+            low_water: default_bitmap_low_water(),
+            granularity: default_bitmap_granularity(),
+        }
+    }
+}
+
+fn default_bitmap_high_water() -> u8 {
+    90
+}
+
+fn default_bitmap_low_water() -> u8 {
+    50
+}
+
+fn default_bitmap_granularity() -> u64 {
+    crate::capture::dirty_map::GRANULARITY_DEFAULT
 }
 
 fn default_true() -> bool {
@@ -718,6 +764,14 @@ impl VpgConfig {
         }
         if d.min_bytes < 64 << 10 {
             bail!("vpg[{i}].detection.min_bytes: must be at least 64KiB");
+        }
+        let b = &self.bitmap;
+        if !(10..=100).contains(&b.high_water) || b.low_water < 1 || b.low_water >= b.high_water {
+            bail!("vpg[{i}].bitmap: need 1 <= low_water < high_water <= 100 (percent of the log's capacity)");
+        }
+        use crate::capture::dirty_map::{GRANULARITY_MAX, GRANULARITY_MIN};
+        if !b.granularity.is_power_of_two() || !(GRANULARITY_MIN..=GRANULARITY_MAX).contains(&b.granularity) {
+            bail!("vpg[{i}].bitmap.granularity: must be a power of two from 4KiB to 1MiB");
         }
         if self.volumes.is_empty() {
             bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");

@@ -217,8 +217,15 @@ impl ProtectedLog {
     /// Room for a record of up to `bytes` encoded if the log has it now
     /// (for callers that hold the write-order lock and must not wait).
     pub fn try_reserve_bytes(&self, bytes: u64) -> Option<LogSpace<'_>> {
+        self.try_reserve_below(bytes, self.capacity_bytes)
+    }
+
+    /// Room for a record of up to `bytes` encoded if the log, with it and
+    /// every other reservation, stays at or under `limit` bytes (bitmap
+    /// mode's high-water mark). Never waits.
+    pub fn try_reserve_below(&self, bytes: u64, limit: u64) -> Option<LogSpace<'_>> {
         let mut inner = self.inner.lock().expect("log lock");
-        let fits = inner.bytes_total + inner.reserved_bytes + bytes <= self.capacity_bytes;
+        let fits = inner.bytes_total + inner.reserved_bytes + bytes <= limit.min(self.capacity_bytes);
         (inner.broken.is_none() && fits).then(|| {
             inner.reserved_bytes += bytes;
             LogSpace { log: self, bytes }
@@ -463,6 +470,11 @@ impl ProtectedLog {
             // Unacked records from before this process started.
             None => (inner.bytes_total, 0.0),
         }
+    }
+
+    /// Why the log takes no more records, if it does not.
+    pub fn broken(&self) -> Option<String> {
+        self.inner.lock().expect("log lock").broken.clone()
     }
 
     /// Bytes the log holds on disk, and its capacity.

@@ -40,6 +40,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             vpg_id(&vpg_cfg.name),
             &dir,
             cfg.log.capacity_bytes,
+            Some(&vpg_cfg.bitmap),
         )?;
         if vpg_cfg.detection.enabled {
             capture.enable_detection(&vpg_cfg.detection)?;
@@ -148,6 +149,11 @@ async fn status_writer(
             let total = rt.capture.volumes.len();
             let stopped = rt.capture.writes_refused();
             let reverse = rt.capture.reverse_state();
+            let bitmap = rt.capture.bitmap_status();
+            let kept = match &bitmap {
+                Some(b) if b.mode == "bitmap" => "changed regions are kept in the dirty map",
+                _ => "writes are kept in the protected log",
+            };
             let state = match (connected, copied == total) {
                 _ if reverse.is_some() => {
                     let r = reverse.expect("checked");
@@ -159,9 +165,10 @@ async fn status_writer(
                 }
                 _ if stopped.is_some() => format!("stopped: {}", stopped.expect("checked")),
                 (false, _) => match rt.stats.last_error.lock().expect("last error").as_str() {
-                    "" => "disconnected (writes are kept in the protected log)".to_string(),
-                    why => format!("disconnected (writes are kept in the protected log): {why}"),
+                    "" => format!("disconnected ({kept})"),
+                    why => format!("disconnected ({kept}): {why}"),
                 },
+                _ if bitmap.is_some() => bitmap.as_ref().map(|b| b.mode.clone()).expect("checked"),
                 (true, false) => format!("initial copy ({copied}/{total} volumes appended)"),
                 (true, true) if log.appended_seq() > log.acked_seq() => "replicating".to_string(),
                 (true, true) => "in sync".to_string(),
@@ -190,6 +197,7 @@ async fn status_writer(
                 rpo_target_seconds,
                 rpo_over_target: over_target[i],
                 alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
+                bitmap,
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

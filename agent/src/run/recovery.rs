@@ -119,6 +119,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 rpo_target_seconds: None,
                 rpo_over_target: false,
                 alert: None,
+                bitmap: None,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Bitmap mode (issue 13): a WAN outage never makes production wait.
+# - A 64 MiB protected log (the smallest allowed), the link through tests/wanproxy. fio (its nbd
+#   engine) writes 8x the log's capacity at 32 MiB/s, once with the link
+#   up and once with it blackholed: with the link down the VPG goes to
+#   `bitmap` and the writes complete with latencies like the link-up run's
+#   (back-pressure would hold them for the whole outage). The tagged
+#   pre-outage checkpoint restores bit-exact throughout.
+# - SIGKILL of the protected agent in bitmap mode: it restarts with every
+#   written region still dirty, and takes writes at once.
+# - The link comes back while writes continue: the VPG resyncs and
+#   converges, the newest checkpoint restores equal to the source, and the
+#   bytes on the wire are about the log's contents plus the dirty regions
+#   plus the new writes, not the 1 GiB volume.
+# - A second outage, and SIGKILL in the middle of its resync: after the
+#   restart it converges and restores equal to the source.
+source "$(dirname "$0")/../lib/common.sh"
+
+LOG_MIB=64
+USE_PROXY=1 LOG_CAPACITY=$((LOG_MIB << 20)) setup_pair async 1000 disk0:1G
+"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
+    --latency-ms 10 --bandwidth-bps 400000000 --cut-file "$WORK/cut" --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
+PIDS+=($!)
+disown "$!"
+wait_port "$PROXY_DATA_PORT"
+start_recovery
+start_protected
+
+bitmap_field() { status_json protected | jq -r ".vpgs[0].bitmap.$1 // \"none\""; }
+# expect_mode MODE WHAT: status, rewritten after this call, shows MODE.
+expect_mode() {
+    local st
+    st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten"
+    [ "$(jq -r '.vpgs[0].bitmap.mode // "none"' <<<"$st")" = "$1" ] || fail "$2: $(jq -c '.vpgs[0]' <<<"$st")"
+}
+wire_bytes() { jq -r '.forward_bytes' "$WORK/proxy.json"; }
+# fio_write NAME OFFSET SIZE IO_SIZE [RATE]: random 64 KiB writes of fresh
+# random data (incompressible) through fio's nbd engine; JSON in NAME.json.
+fio_write() {
+    local rate=()
+    [ -n "${5:-}" ] && rate=(--rate="$5")
+    timeout -s KILL 120 fio --name="$1" --ioengine=nbd --uri="$NBD_URI/disk0" --rw=randwrite --bs=64k \
+        --offset="$2" --size="$3" --io_size="$4" "${rate[@]}" --iodepth=4 --refill_buffers --randrepeat=0 \
+        --output-format=json --output="$WORK/$1.json" >"$WORK/$1.out" 2>&1 ||
+        fail "fio $1 did not complete: $(tail -5 "$WORK/$1.out")"
+}
+# p99 and max completion latency in ms of a fio run.
+fio_lat() {
+    jq -r '.jobs[0].write.clat_ns | "\(.percentile["99.000000"] / 1e6) \(.max / 1e6)"' "$WORK/$1.json"
+}
+restore_equal() { # CHECKPOINT REFERENCE WHAT
+    rm -rf "$WORK/out"
+    restore_to "$1" "$WORK/out"
+    cmp -s "$WORK/out/disk0.img" "$2" || fail "$3: checkpoint $1 does not restore equal to $2"
+}
+
+head -c 8M /dev/urandom >"$WORK/base.bin"
+nbdcopy "$WORK/base.bin" "$NBD_URI/disk0"
+wait_replicated 120
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag before --wait 60s >/dev/null ||
+    fail "the pre-outage checkpoint was not taken"
+cp --sparse=always "$WORK/src/disk0.img" "$WORK/before.img"
+log "baseline replicated; checkpoint 'before' tagged"
+
+# fio writes 8x the log at 32 MiB/s; the link (50 MB/s) keeps up.
+fio_write up 64m 96m $((8 * LOG_MIB))m 32m
+read -r up_p99 up_max < <(fio_lat up)
+expect_mode none "the VPG left logging with the link up"
+log "link up: ${up_p99} ms p99, ${up_max} ms max"
+wait_replicated 120
+
+echo blackhole >"$WORK/cut"
+log "link blackholed"
+fio_write down 64m 96m $((8 * LOG_MIB))m 32m
+read -r down_p99 down_max < <(fio_lat down)
+log "link down: ${down_p99} ms p99, ${down_max} ms max"
+expect_mode bitmap "the VPG is not in bitmap mode after 8x its log with the link down"
+grep -q "bitmap mode: the protected log holds" "$WORK/protected.log" || fail "entering bitmap mode was not logged"
+# Back-pressure would hold a write for the whole outage; allow for a noisy
+# shared machine, but not for a wait on the link.
+awk -v d="$down_max" 'BEGIN { exit !(d < 1000) }' || fail "a write took ${down_max} ms with the link down"
+awk -v d="$down_p99" -v u="$up_p99" 'BEGIN { exit !(d <= 3 * u + 20) }' ||
+    fail "p99 ${down_p99} ms with the link down, against ${up_p99} ms with it up"
+restore_equal before "$WORK/before.img" "in bitmap mode"
+"$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "bitmap: .*changed regions marked" ||
+    fail "status does not explain bitmap mode: $("$TIDEMARK" status --config "$WORK/protected.toml")"
+if "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag during --wait 1s >"$WORK/cp.out" 2>&1; then
+    fail "a checkpoint was taken in bitmap mode"
+fi
+grep -q "bitmap mode" "$WORK/cp.out" || fail "the refused checkpoint does not say why: $(cat "$WORK/cp.out")"
+
+log "SIGKILL of the protected agent in bitmap mode"
+kill -9 "$PROTECTED_PID"
+wait "$PROTECTED_PID" 2>/dev/null || true
+start_protected
+mode=$(fresh_status_json protected | jq -r '.vpgs[0].bitmap.mode // "none"')
+[ "$mode" = bitmap ] || [ "$mode" = resync ] || fail "after the kill the VPG forgot its dirty regions (mode $mode)"
+fio_write after-kill 64m 96m 16m
+expect_mode bitmap "writes after the restart did not go to bitmap mode"
+restore_equal before "$WORK/before.img" "after the kill in bitmap mode"
+
+dirty=$(bitmap_field dirty_bytes)
+log_used=$(du -sb "$WORK/a/data/log/vpg1" --exclude='*.json' | cut -f1)
+wire0=$(wire_bytes)
+log "healing the link: ${dirty} bytes dirty, ${log_used} bytes in the log; writes go on"
+rm -f "$WORK/cut"
+fio_write during 64m 96m 16m 4m &
+writer=$!
+for _ in $(seq 1 100); do
+    [ "$(bitmap_field mode)" = resync ] && break
+    sleep 0.2
+done
+grep -q "resync: the protected log drained" "$WORK/protected.log" || fail "the resync never began"
+wait "$writer" || fail "writes during the resync failed"
+for _ in $(seq 1 300); do
+    [ "$(bitmap_field mode)" = none ] && break
+    sleep 0.2
+done
+[ "$(bitmap_field mode)" = none ] || fail "the resync did not finish: $("$TIDEMARK" status --config "$WORK/protected.toml")"
+wait_replicated 120
+wire=$(($(wire_bytes) - wire0))
+expected=$((log_used + dirty + (16 << 20)))
+log "converged: ${wire} bytes on the wire for ${expected} expected (log + dirty + new writes)"
+[ "$wire" -le $((expected * 11 / 10 + (4 << 20))) ] || fail "the resync sent ${wire} bytes, over ${expected} + 10 %"
+[ "$wire" -ge $((dirty * 9 / 10)) ] || fail "the resync sent ${wire} bytes, under the ${dirty} dirty"
+restore_equal latest "$WORK/src/disk0.img" "after the resync"
+restore_equal before "$WORK/before.img" "after the resync"
+
+log "second outage; SIGKILL in the middle of its resync"
+echo blackhole >"$WORK/cut"
+fio_write second 256m 256m 384m
+expect_mode bitmap "the second outage did not go to bitmap mode"
+rm -f "$WORK/cut"
+for _ in $(seq 1 300); do
+    [ "$(bitmap_field mode)" = resync ] && [ "$(bitmap_field resynced_bytes)" -gt 0 ] && break
+    sleep 0.1
+done
+[ "$(bitmap_field mode)" = resync ] || fail "the second resync was not seen under way"
+left=$(bitmap_field dirty_bytes)
+kill -9 "$PROTECTED_PID"
+wait "$PROTECTED_PID" 2>/dev/null || true
+log "killed with ${left} bytes left to resync"
+start_protected
+for _ in $(seq 1 300); do
+    [ "$(bitmap_field mode)" = none ] && break
+    sleep 0.2
+done
+[ "$(bitmap_field mode)" = none ] || fail "the resync did not finish after the kill"
+wait_replicated 120
+restore_equal latest "$WORK/src/disk0.img" "after a kill in the middle of the resync"
+restore_equal before "$WORK/before.img" "at the end"
+log "PASS"
