@@ -205,8 +205,8 @@ fn describe_bitmap(b: &BitmapStatus) -> String {
             b.why
         ),
         _ => format!(
-            "{} of changed regions marked, not logged: write order is given up for them, sync mode is suspended \
-             and checkpoints are held until a resync (since {since}: {})",
+            "{} of changed regions marked, not logged: write order is given up for them, checkpoints are held \
+             until a resync, and FLUSH/FUA wait for the protected log only (no sync mode) (since {since}: {})",
             format_bytes(b.dirty_bytes),
             b.why
         ),

@@ -90,10 +90,10 @@ pub struct ActivityLog {
     start_resync_pending: bool,
     /// A write's outcome on its volume is unknown (until a restart).
     write_failed: bool,
-    /// Bitmap mode: the dirty map holds regions written without the log,
-    /// and the extents marked here since its last store must be read
-    /// again at any next start (a kill too), not only after a power cut.
-    map_in_use: bool,
+    /// The generation at which bitmap mode last began (`use_map`): an
+    /// epoch planned before it must not clear the resync flag, whatever
+    /// its plan said.
+    map_since: u64,
 }
 
 impl ActivityLog {
@@ -156,7 +156,7 @@ impl ActivityLog {
             generation: 1,
             start_resync_pending,
             write_failed: false,
-            map_in_use: false,
+            map_since: 0,
         };
         Ok((log, found))
     }
@@ -240,7 +240,8 @@ impl ActivityLog {
     /// and the file asks the next start to re-read them.
     /// `map_in_use`: the dirty map, stored before this call, covers every
     /// unlogged write up to `upto`; the file keeps asking the next start to
-    /// read the extents marked after it again (see `use_map`).
+    /// read the extents marked after it again (see `use_map`). So does a
+    /// `use_map` after generation `upto`, whatever `map_in_use` says.
     pub fn finish_epoch(
         &mut self,
         durable_through: u64,
@@ -251,7 +252,7 @@ impl ActivityLog {
         if start_work_done {
             self.start_resync_pending = false;
         }
-        self.map_in_use = map_in_use;
+        let map_in_use = map_in_use || self.map_since > upto;
         let keep_all = self.keeps_every_mark();
         self.marked.retain(|_, g| keep_all || *g > upto);
         let new_stream = if start_work_done { 0 } else { self.header.flags & FLAG_NEW_STREAM };
@@ -293,11 +294,11 @@ impl ActivityLog {
     /// Bitmap mode begins: from now on every extent marked is read again
     /// at the next start, whatever kind of stop it was. Durable before the
     /// first write that is not logged.
+    /// Always rewrites: the header in memory may be ahead of the file (a
+    /// failed rewrite), and this is rare (once per switch).
     pub fn use_map(&mut self) -> Result<()> {
-        self.map_in_use = true;
-        if self.header.flags & FLAG_RESYNC != 0 {
-            return Ok(());
-        }
+        self.generation += 1;
+        self.map_since = self.generation;
         self.header.flags |= FLAG_RESYNC;
         self.rewrite()
     }
@@ -450,6 +451,21 @@ mod tests {
         al.finish_epoch(9, upto, true, false).unwrap();
         let (_, found) = reopen(dir.path());
         assert!(found.unclean.is_empty() && found.why.is_none());
+    }
+
+    #[test]
+    fn an_epoch_planned_before_bitmap_mode_keeps_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut al, _) = reopen(dir.path());
+        al.mark(0, 0, 4096).unwrap();
+        // Planned while logging ...
+        let upto = al.generation();
+        // ... then bitmap mode begins and a write is marked ...
+        al.use_map().unwrap();
+        al.mark(0, 5 * ACTIVITY_EXTENT_BYTES, 1).unwrap();
+        // ... and the epoch finishes as planned: a kill still finds it.
+        al.finish_epoch(3, upto, true, false).unwrap();
+        assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 5)]);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::record::RECORD_HEADER_BYTES;
 use crate::status::{format_bytes, BitmapStatus};
 use anyhow::{bail, Result};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -34,6 +35,8 @@ use tokio::sync::watch;
 const POLL: Duration = Duration::from_millis(100);
 /// Pause before a failed resync step is tried again.
 const RESYNC_RETRY: Duration = Duration::from_secs(5);
+/// Reads per resync pass (of up to `COPY_CHUNK_BYTES` each).
+const PASS_CHUNKS_MAX: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureMode {
@@ -91,8 +94,10 @@ pub struct BitmapState {
     mode: watch::Sender<CaptureMode>,
     map: Mutex<Map>,
     /// The version of the map last stored; a store of an older snapshot
-    /// is skipped (two epochs can overlap).
+    /// is skipped (two epochs can overlap). Held while storing; `stored`
+    /// is its value for readers that must not wait for a store's fsync.
     stored_version: Mutex<u64>,
+    stored: AtomicU64,
     progress: Mutex<Progress>,
 }
 
@@ -129,6 +134,7 @@ impl BitmapState {
             // Version 1, stored 0: the first epoch stores what the start found.
             map: Mutex::new(Map { map, version: 1 }),
             stored_version: Mutex::new(0),
+            stored: AtomicU64::new(0),
             progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total }),
         }
     }
@@ -182,7 +188,7 @@ impl BitmapState {
     /// The map as it is, for an epoch (under the write-order lock).
     pub fn snapshot(&self) -> MapSnapshot {
         let m = self.map.lock().expect("map lock");
-        let stored = *self.stored_version.lock().expect("stored lock");
+        let stored = self.stored.load(Ordering::SeqCst);
         MapSnapshot {
             changed: (m.version > stored).then(|| (m.version, m.map.clone())),
             in_use: self.mode() != CaptureMode::Logging || !m.map.is_empty(),
@@ -196,6 +202,7 @@ impl BitmapState {
         if *version > *stored {
             map.store(dir, vpg_id)?;
             *stored = *version;
+            self.stored.store(*version, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -276,8 +283,8 @@ impl VpgCapture {
 
     /// A write or zero of `[offset, offset + length)` in bitmap mode:
     /// `apply` does it on the volume. Returns the seq everything before it
-    /// is durable with, or None if the VPG logs writes again (the caller
-    /// logs it).
+    /// is durable with, or None if the VPG left bitmap mode meanwhile (the
+    /// caller logs it).
     pub(super) async fn write_unlogged(
         &self,
         volume: u32,
@@ -287,7 +294,8 @@ impl VpgCapture {
     ) -> Result<Option<u64>> {
         let _order = self.order.lock().await;
         self.check_writable()?;
-        if self.bitmap.mode() == CaptureMode::Logging {
+        // A resync (or logging) began meanwhile: the write is logged.
+        if self.bitmap.mode() != CaptureMode::Bitmap {
             return Ok(None);
         }
         self.mark_active(volume, offset, length).await?;
@@ -325,7 +333,9 @@ impl VpgCapture {
     }
 
     /// In bitmap mode: once the link has drained the log below the
-    /// low-water mark, begins the resync.
+    /// low-water mark, or acknowledged all of it (the current segment is
+    /// never retired, and nothing is appended to roll it), begins the
+    /// resync.
     async fn wait_to_resync(&self) -> Result<()> {
         let low = self.bitmap.waters.map_or(u64::MAX, |w| w.low);
         loop {
@@ -333,7 +343,7 @@ impl VpgCapture {
                 return Ok(());
             }
             let (used, _) = self.log.usage();
-            if used < low {
+            if used < low || self.log_all_acked() {
                 let _order = self.order.lock().await;
                 if self.bitmap.mode() == CaptureMode::Bitmap {
                     let why = format!("the protected log drained to {}", format_bytes(used));
@@ -350,9 +360,10 @@ impl VpgCapture {
     /// before every write after it, which the log then carries after it),
     /// appended, and cleared from the map. An empty map ends the resync.
     async fn resync_pass(&self) -> Result<()> {
+        // A bounded batch per pass: the map lock is held while it is taken.
         let ranges: Vec<(u32, u64, u64)> = {
             let m = self.bitmap.map.lock().expect("map lock");
-            m.map.ranges().flat_map(chunks).collect()
+            m.map.ranges().flat_map(chunks).take(PASS_CHUNKS_MAX).collect()
         };
         if ranges.is_empty() {
             return self.finish_resync().await;
@@ -376,15 +387,18 @@ impl VpgCapture {
         Ok(())
     }
 
-    /// Room for a resync read below the resync ceiling; None if the VPG
-    /// left resync mode meanwhile.
+    /// Room for a resync read below the resync ceiling (below the
+    /// high-water mark when the log is all acknowledged: its current
+    /// segment alone may be over the ceiling, and only an append rolls
+    /// it); None if the VPG left resync mode meanwhile.
     async fn resync_room(&self, bytes: u64) -> Result<Option<LogSpace<'_>>> {
         let Some(waters) = self.bitmap.waters else { return self.log.reserve_bytes(bytes).await.map(Some) };
         loop {
             if self.bitmap.mode() != CaptureMode::Resync {
                 return Ok(None);
             }
-            if let Some(space) = self.log.try_reserve_below(bytes, waters.resync_ceiling) {
+            let limit = if self.log_all_acked() { waters.high } else { waters.resync_ceiling };
+            if let Some(space) = self.log.try_reserve_below(bytes, limit) {
                 return Ok(Some(space));
             }
             if let Some(why) = self.log.broken() {
@@ -394,8 +408,14 @@ impl VpgCapture {
         }
     }
 
+    fn log_all_acked(&self) -> bool {
+        self.log.acked_seq() >= self.log.appended_seq()
+    }
+
     /// The map is empty: back to logging, then an epoch makes the resync's
-    /// appends durable and removes the stored map.
+    /// appends durable and removes the stored map. Checkpoints may come
+    /// before that epoch: a checkpoint's record follows the resync's in
+    /// the log, and only what the log made durable is ever sent.
     async fn finish_resync(&self) -> Result<()> {
         {
             let _order = self.order.lock().await;

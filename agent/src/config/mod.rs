@@ -766,8 +766,14 @@ impl VpgConfig {
             bail!("vpg[{i}].detection.min_bytes: must be at least 64KiB");
         }
         let b = &self.bitmap;
-        if !(10..=100).contains(&b.high_water) || b.low_water < 1 || b.low_water >= b.high_water {
-            bail!("vpg[{i}].bitmap: need 1 <= low_water < high_water <= 100 (percent of the log's capacity)");
+        // A resync needs room for its reads between the two marks, and the
+        // log's current segment (up to a 16th of it and one record) below
+        // the high one.
+        if !(60..=100).contains(&b.high_water) || b.low_water < 10 || b.low_water + 10 > b.high_water {
+            bail!(
+                "vpg[{i}].bitmap: need 60 <= high_water <= 100 and 10 <= low_water <= high_water - 10 \
+                 (percent of the log's capacity)"
+            );
         }
         use crate::capture::dirty_map::{GRANULARITY_MAX, GRANULARITY_MIN};
         if !b.granularity.is_power_of_two() || !(GRANULARITY_MIN..=GRANULARITY_MAX).contains(&b.granularity) {
@@ -860,6 +866,22 @@ path = "/tmp/v1"
         assert_eq!(p.vpgs[0].checkpoint_interval_ms, 5000);
         assert_eq!(p.log.capacity_bytes, 1 << 30);
         assert_eq!((p.vpgs[0].priority, p.vpgs[0].rpo_alert), (Priority::Medium, None));
+    }
+
+    #[test]
+    fn bitmap_mode_is_on_by_default_and_bad_marks_are_named() {
+        let Config::Protected(p) = Config::parse(&protected("")).unwrap() else { panic!() };
+        let b = &p.vpgs[0].bitmap;
+        assert_eq!((b.enabled, b.high_water, b.low_water, b.granularity), (true, 90, 50, 64 << 10));
+        let toml = "[vpg.bitmap]\nhigh_water = 80\nlow_water = 30\ngranularity = \"1MiB\"";
+        let Config::Protected(p) = Config::parse(&protected(toml)).unwrap() else { panic!() };
+        assert_eq!((p.vpgs[0].bitmap.high_water, p.vpgs[0].bitmap.granularity), (80, 1 << 20));
+        for bad in
+            ["high_water = 50", "low_water = 85", "low_water = 5", "granularity = \"96KiB\"", "granularity = \"2MiB\""]
+        {
+            let err = Config::parse(&protected(&format!("[vpg.bitmap]\n{bad}"))).unwrap_err();
+            assert!(format!("{err:#}").contains("vpg[0].bitmap"), "{bad}: {err:#}");
+        }
     }
 
     #[test]
