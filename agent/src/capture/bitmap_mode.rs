@@ -84,6 +84,9 @@ struct Progress {
     resynced: u64,
     /// Dirty bytes when the resync began.
     resync_total: u64,
+    /// The resync's start was logged (a start's resync is logged at its
+    /// first read).
+    announced: bool,
 }
 
 /// A VPG's bitmap-mode state, part of `VpgCapture`.
@@ -135,7 +138,7 @@ impl BitmapState {
             map: Mutex::new(Map { map, version: 1 }),
             stored_version: Mutex::new(0),
             stored: AtomicU64::new(0),
-            progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total }),
+            progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total, announced: false }),
         }
     }
 
@@ -156,6 +159,7 @@ impl BitmapState {
         if mode == CaptureMode::Resync {
             progress.resynced = 0;
             progress.resync_total = dirty_bytes;
+            progress.announced = true;
         }
         drop(progress);
         let dirty = format_bytes(dirty_bytes);
@@ -382,7 +386,16 @@ impl VpgCapture {
                 m.map.clear(volume, offset, length);
                 m.version += 1;
             }
-            self.bitmap.progress.lock().expect("progress lock").resynced += length;
+            let mut progress = self.bitmap.progress.lock().expect("progress lock");
+            progress.resynced += length;
+            if !std::mem::replace(&mut progress.announced, true) {
+                tracing::warn!(
+                    vpg = %self.name,
+                    "resync: reading {} of changed regions back into the stream ({})",
+                    format_bytes(progress.resync_total),
+                    progress.why
+                );
+            }
         }
         Ok(())
     }
