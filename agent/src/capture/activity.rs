@@ -305,6 +305,10 @@ impl ActivityLog {
 
     /// Replaces the file with the header and every mark.
     fn rewrite(&mut self) -> Result<()> {
+        // Until the new file is open for appends: a failure after the
+        // rename (its directory sync, the reopen) leaves `file` on the
+        // replaced one, where a mark would reach no file anyone reads.
+        self.must_rewrite = true;
         let mut bytes = header_bytes(&self.header).to_vec();
         for e in self.marked.keys() {
             bytes.extend_from_slice(&entry_bytes(*e));

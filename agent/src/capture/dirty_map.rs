@@ -146,7 +146,9 @@ impl DirtyMap {
                 }
                 let start = r;
                 while r < n && set(r) {
-                    r += 1;
+                    // Whole set words at once (bits past the end are clear,
+                    // so a full word lies within the volume).
+                    r = if r % 64 == 0 && self.bits[v][(r / 64) as usize] == !0 { r + 64 } else { r + 1 };
                 }
                 let offset = start * self.granularity;
                 let end = (r * self.granularity).min(shape.size);
@@ -342,6 +344,11 @@ mod tests {
         m.clear(0, 100 * G, 512);
         m.clear(1, 63 * G, G);
         assert!(m.is_empty());
+        // Whole words set: one run per volume, to its exact end.
+        m.mark(0, 0, 100 * G + 512);
+        m.mark(1, 0, 64 * G);
+        assert_eq!(m.ranges().collect::<Vec<_>>(), vec![(0, 0, 100 * G + 512), (1, 0, 64 * G)]);
+        assert_eq!(m.dirty_bytes(), 164 * G + 512);
     }
 
     #[test]

@@ -226,15 +226,24 @@ impl VpgCapture {
     /// then lets checkpoints be taken again.
     async fn start_new_stream(self: Arc<Self>, why: String) {
         tracing::error!(vpg = %self.name, "{why}: starting a new stream with a full copy");
+        let mut started = false;
         loop {
-            let done = match self.restart_stream(0).await {
-                Ok(_) => self.epoch_with(self.plan_epoch_now().await, true).await,
-                Err(e) => Err(e),
-            };
+            // Once the stream has started, only its epoch is tried again.
+            if !started {
+                started = match self.restart_stream(0).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(vpg = %self.name, "starting the new stream failed (retrying): {e:#}");
+                        tokio::time::sleep(START_WORK_RETRY).await;
+                        continue;
+                    }
+                };
+            }
+            let done = self.epoch_with(self.plan_epoch_now().await, true).await;
             match done {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(vpg = %self.name, "starting the new stream failed (retrying): {e:#}");
+                    tracing::error!(vpg = %self.name, "making the new stream's start durable failed (retrying): {e:#}");
                     tokio::time::sleep(START_WORK_RETRY).await;
                 }
             }
