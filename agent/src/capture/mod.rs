@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod alert;
 pub mod bitmap_mode;
+pub mod bitmap_state;
 pub mod delta;
 pub mod detector;
 pub mod dirty_map;

@@ -14,7 +14,7 @@
 
 use super::activity::{extent_range, ActivityLog};
 use super::alert::Detection;
-use super::bitmap_mode::{BitmapState, CaptureMode};
+use super::bitmap_state::{BitmapState, CaptureMode};
 use super::dirty_map::DirtyMap;
 use super::volume::Volume;
 use crate::config::{BitmapConfig, ReplicationMode};
@@ -115,7 +115,7 @@ impl VpgCapture {
         if report.fresh {
             state.store(dir)?;
         }
-        let shapes = super::bitmap_mode::shapes(&volumes);
+        let shapes = super::bitmap_state::shapes(&volumes);
         let granularity = bitmap.map_or(super::dirty_map::GRANULARITY_DEFAULT, |b| b.granularity);
         let mut dirty = DirtyMap::new(granularity, &shapes);
         // A map that is damaged or not this VPG's is never trusted.
@@ -735,7 +735,7 @@ struct EpochPlan {
     /// The activity log's generation and the log's last seq then.
     upto: u64,
     through: u64,
-    map: super::bitmap_mode::MapSnapshot,
+    map: super::bitmap_state::MapSnapshot,
 }
 
 /// Bytes a record takes in the log.

@@ -1,0 +1,245 @@
+//! The state of bitmap mode for one VPG (docs/bitmap-mode.md): its mode,
+//! the marks that move it between modes, the dirty map with its version,
+//! and the resync's progress for status. What the modes do is in
+//! `bitmap_mode`; this file is a leaf both it and `vpg` use.
+
+use super::dirty_map::{DirtyMap, VolumeShape};
+use crate::config::BitmapConfig;
+use crate::status::{format_bytes, BitmapStatus};
+use anyhow::Result;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// Every write is logged, in order.
+    Logging,
+    /// Writes go to the volumes and mark the dirty map; nothing is logged.
+    Bitmap,
+    /// Writes are logged again; the dirty regions are read back.
+    Resync,
+}
+
+impl CaptureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureMode::Logging => "logging",
+            CaptureMode::Bitmap => "bitmap",
+            CaptureMode::Resync => "resync",
+        }
+    }
+}
+
+/// The log levels, in bytes, that move a VPG between the modes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Waters {
+    /// A write that would take the log past this goes to bitmap mode.
+    pub(super) high: u64,
+    /// A VPG in bitmap mode resyncs once the log is below this.
+    pub(super) low: u64,
+    /// A resync's reads fill the log up to here, leaving the rest to
+    /// writes (so they do not go back to bitmap mode because of it).
+    pub(super) resync_ceiling: u64,
+}
+
+pub(super) struct Map {
+    pub(super) map: DirtyMap,
+    /// Bumped on every change (under the write-order lock).
+    pub(super) version: u64,
+}
+
+pub(super) struct Progress {
+    /// When the VPG entered its current mode, and why.
+    pub(super) since: Instant,
+    pub(super) why: String,
+    /// Bytes read back into the stream since the resync began.
+    pub(super) resynced: u64,
+    /// Dirty bytes when the resync began.
+    pub(super) resync_total: u64,
+    /// The resync's start was logged (a start's resync is logged at its
+    /// first read).
+    pub(super) announced: bool,
+}
+
+/// A VPG's bitmap-mode state, part of `VpgCapture`.
+pub struct BitmapState {
+    /// None: bitmap mode is off, a full log holds writers back (a start's
+    /// re-reading still uses the map and a resync).
+    pub(super) waters: Option<Waters>,
+    mode: watch::Sender<CaptureMode>,
+    pub(super) map: Mutex<Map>,
+    /// The version of the map last stored; a store of an older snapshot
+    /// is skipped (two epochs can overlap). Held while storing; `stored`
+    /// is its value for readers that must not wait for a store's fsync.
+    stored_version: Mutex<u64>,
+    stored: AtomicU64,
+    pub(super) progress: Mutex<Progress>,
+}
+
+/// What an epoch stores: the map as it was under the write-order lock,
+/// if it changed since the last store, and whether it is in use.
+pub struct MapSnapshot {
+    changed: Option<(u64, DirtyMap)>,
+    pub in_use: bool,
+}
+
+impl MapSnapshot {
+    /// The map changed since it was last stored.
+    pub fn changed(&self) -> bool {
+        self.changed.is_some()
+    }
+}
+
+impl BitmapState {
+    /// `map` holds the regions a start must read again (empty: none).
+    pub fn new(cfg: Option<&BitmapConfig>, capacity: u64, map: DirtyMap, why: String) -> BitmapState {
+        let waters = cfg.filter(|c| c.enabled).map(|c| {
+            let at = |percent: u64| capacity / 100 * percent;
+            Waters {
+                high: at(c.high_water as u64),
+                low: at(c.low_water as u64),
+                resync_ceiling: at((c.low_water as u64 + c.high_water as u64) / 2),
+            }
+        });
+        let mode = if map.is_empty() { CaptureMode::Logging } else { CaptureMode::Resync };
+        let resync_total = map.dirty_bytes();
+        BitmapState {
+            waters,
+            mode: watch::channel(mode).0,
+            // Version 1, stored 0: the first epoch stores what the start found.
+            map: Mutex::new(Map { map, version: 1 }),
+            stored_version: Mutex::new(0),
+            stored: AtomicU64::new(0),
+            progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total, announced: false }),
+        }
+    }
+
+    pub fn mode(&self) -> CaptureMode {
+        *self.mode.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<CaptureMode> {
+        self.mode.subscribe()
+    }
+
+    /// Under the write-order lock.
+    pub(super) fn set_mode(&self, vpg: &str, mode: CaptureMode, why: &str) {
+        let dirty_bytes = self.dirty_bytes();
+        let mut progress = self.progress.lock().expect("progress lock");
+        progress.since = Instant::now();
+        progress.why = why.to_string();
+        if mode == CaptureMode::Resync {
+            progress.resynced = 0;
+            progress.resync_total = dirty_bytes;
+            progress.announced = true;
+        }
+        drop(progress);
+        let dirty = format_bytes(dirty_bytes);
+        match mode {
+            CaptureMode::Bitmap => tracing::warn!(
+                vpg,
+                "bitmap mode: {why}; writes are no longer logged, only their regions are marked ({dirty} marked); \
+                 write order is given up for them and checkpoints are held until a resync"
+            ),
+            CaptureMode::Resync => {
+                tracing::warn!(vpg, "resync: {why}; reading {dirty} of changed regions back into the stream")
+            }
+            CaptureMode::Logging => tracing::info!(vpg, "logging: {why}"),
+        }
+        self.mode.send_replace(mode);
+    }
+
+    /// Under the write-order lock.
+    pub(super) fn mark(&self, volume: u32, offset: u64, length: u64) {
+        let mut m = self.map.lock().expect("map lock");
+        if m.map.mark(volume, offset, length) {
+            m.version += 1;
+        }
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.map.lock().expect("map lock").map.dirty_bytes()
+    }
+
+    /// The map as it is, for an epoch (under the write-order lock).
+    pub fn snapshot(&self) -> MapSnapshot {
+        let m = self.map.lock().expect("map lock");
+        let stored = self.stored.load(Ordering::SeqCst);
+        MapSnapshot {
+            changed: (m.version > stored).then(|| (m.version, m.map.clone())),
+            in_use: self.mode() != CaptureMode::Logging || !m.map.is_empty(),
+        }
+    }
+
+    /// Stores the snapshot unless a newer one was stored already.
+    pub fn store(&self, snapshot: &MapSnapshot, dir: &Path, vpg_id: u32) -> Result<()> {
+        let Some((version, map)) = &snapshot.changed else { return Ok(()) };
+        let mut stored = self.stored_version.lock().expect("stored lock");
+        if *version > *stored {
+            map.store(dir, vpg_id)?;
+            *stored = *version;
+            self.stored.store(*version, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// For status: None while logging with nothing to resync.
+    pub fn status(&self) -> Option<BitmapStatus> {
+        let mode = self.mode();
+        if mode == CaptureMode::Logging {
+            return None;
+        }
+        let dirty_bytes = self.dirty_bytes();
+        let p = self.progress.lock().expect("progress lock");
+        let seconds = p.since.elapsed().as_secs_f64();
+        let (rate, eta) = match mode {
+            CaptureMode::Resync if p.resynced > 0 && seconds > 0.0 => {
+                let rate = p.resynced as f64 / seconds;
+                (rate as u64, Some((dirty_bytes as f64 / rate).ceil() as u64))
+            }
+            _ => (0, None),
+        };
+        Some(BitmapStatus {
+            mode: mode.name().to_string(),
+            why: p.why.clone(),
+            since_seconds: seconds as u64,
+            dirty_bytes,
+            resynced_bytes: p.resynced,
+            resync_total_bytes: p.resync_total.max(p.resynced + dirty_bytes),
+            resync_rate_bytes_per_sec: rate,
+            resync_eta_seconds: eta,
+        })
+    }
+}
+
+/// The shapes a VPG's dirty map must match.
+pub fn shapes(volumes: &[super::volume::Volume]) -> Vec<VolumeShape> {
+    volumes.iter().map(|v| VolumeShape { name: v.name.clone(), size: v.size }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_waters_follow_the_config_and_off_means_none() {
+        let cfg = BitmapConfig::default();
+        let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
+        let state = BitmapState::new(Some(&cfg), 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
+        let w = state.waters.expect("on by default");
+        assert_eq!((w.high, w.low, w.resync_ceiling), (90 << 20, 50 << 20, 70 << 20));
+        assert_eq!(state.mode(), CaptureMode::Logging);
+        assert!(state.status().is_none());
+        let off = BitmapConfig { enabled: false, ..cfg };
+        let mut map = DirtyMap::new(64 << 10, &shapes);
+        map.mark(0, 0, 1);
+        let state = BitmapState::new(Some(&off), 100 << 20, map, "start".into());
+        assert!(state.waters.is_none());
+        // Regions a start must read again: a resync, even with bitmap mode off.
+        assert_eq!(state.mode(), CaptureMode::Resync);
+        assert_eq!(state.status().expect("resync").dirty_bytes, 64 << 10);
+    }
+}
