@@ -430,10 +430,10 @@ impl VpgCapture {
         // update is done under it.
         let parts = self.detection.get().map(|_| super::detector::classify_parts(offset, &data));
         let body = RecordBody::Write { volume, offset, data };
-        body.check().context("refusing to log a record its readers would refuse")?;
+        let bytes = crate::log::encoded_bytes(&body)?;
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
         let space = loop {
-            if let Some(space) = self.log_room(record_bytes(&body)).await? {
+            if let Some(space) = self.log_room(bytes).await? {
                 break space;
             }
             let unlogged = self.write_unlogged(volume, offset, data.len() as u64, || {
@@ -467,9 +467,9 @@ impl VpgCapture {
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         self.check_writable()?;
         let body = RecordBody::Zero { volume, offset, length };
-        body.check().context("refusing to log a record its readers would refuse")?;
+        let bytes = crate::log::encoded_bytes(&body)?;
         let space = loop {
-            if let Some(space) = self.log_room(record_bytes(&body)).await? {
+            if let Some(space) = self.log_room(bytes).await? {
                 break space;
             }
             let unlogged = self.write_unlogged(volume, offset, length, || {
@@ -736,9 +736,4 @@ struct EpochPlan {
     upto: u64,
     through: u64,
     map: super::bitmap_state::MapSnapshot,
-}
-
-/// Bytes a record takes in the log.
-fn record_bytes(body: &RecordBody) -> u64 {
-    (RECORD_HEADER_BYTES + crate::record::payload_len(body)) as u64
 }

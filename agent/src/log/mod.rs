@@ -102,6 +102,12 @@ pub struct LogSpace<'a> {
     bytes: u64,
 }
 
+/// Bytes `body` takes in the log, once it is known its readers accept it.
+pub fn encoded_bytes(body: &RecordBody) -> Result<u64> {
+    body.check().context("refusing to log a record its readers would refuse")?;
+    Ok((RECORD_HEADER_BYTES + payload_len(body)) as u64)
+}
+
 impl Drop for LogSpace<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
@@ -189,11 +195,10 @@ impl ProtectedLog {
     /// Waits until the log has room for `body`, and holds it. Call before
     /// taking the write-order lock, so a full log holds up only writers.
     pub async fn reserve(&self, body: &RecordBody) -> Result<LogSpace<'_>> {
-        body.check().context("refusing to log a record its readers would refuse")?;
-        self.reserve_bytes((RECORD_HEADER_BYTES + payload_len(body)) as u64).await
+        self.reserve_bytes(encoded_bytes(body)?).await
     }
 
-    /// Like `reserve`, for a record of up to `bytes` encoded.
+    /// Like `reserve`, for a record of up to `bytes` encoded (`encoded_bytes`).
     pub async fn reserve_bytes(&self, bytes: u64) -> Result<LogSpace<'_>> {
         loop {
             let notified = self.space.notified();
