@@ -9,6 +9,7 @@ pub mod appliance;
 pub mod capture;
 pub mod config;
 pub mod durable;
+pub mod extent_hash;
 pub mod harden;
 pub mod iscsi;
 pub mod journal;

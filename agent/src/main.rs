@@ -161,6 +161,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Pre-load a VPG's replica at the recovery site (recovery agent
+    /// stopped, before the protected site first connects) from image files:
+    /// a disk shipped to the site, a backup, or a restore of an older
+    /// checkpoint. The protected site then compares SHA-256 hashes of 64 KiB
+    /// extents and sends only those that differ, not the whole volume.
+    /// Refused for a VPG that already has a journal (move it aside first).
+    Seed {
+        #[command(flatten)]
+        at: OnRecovery,
+        /// VOLUME=FILE: a raw image of the whole volume (repeat per volume;
+        /// volumes not named start as zeros).
+        #[arg(long = "image", value_parser = parse_seed_image, required = true)]
+        images: Vec<(String, PathBuf)>,
+    },
     /// Check the file systems of every volume at a checkpoint, in place
     /// (through a read-only view: nothing is copied or written): the
     /// partition table, then `e2fsck -fn` for ext2/3/4 and `xfs_repair -n`
@@ -256,6 +270,22 @@ enum Command {
         /// How long to wait for the delta copy.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+    },
+    /// Online verify (protected side, agent running): take a checkpoint,
+    /// have the recovery site hash its image there (SHA-256 per 64 KiB
+    /// extent), and compare with the volumes while writes go on (extents
+    /// written meanwhile are counted, not compared). Lists the extents that
+    /// differ; exit status 65 if any do and --repair was not given.
+    Verify {
+        #[command(flatten)]
+        at: OnProtected,
+        /// Resend the extents that differ, so the recovery site holds them
+        /// from then on (older checkpoints keep the damage).
+        #[arg(long)]
+        repair: bool,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rehearse a failover: writable NBD exports (and iSCSI LUNs) at a
     /// checkpoint whose writes go to scratch and are discarded at `stop`;
@@ -448,6 +478,7 @@ fn init_logging(command: &Command) {
         Command::Protected { config }
         | Command::Recovery { config }
         | Command::Restore { at: OnRecovery { config, .. }, .. }
+        | Command::Seed { at: OnRecovery { config, .. }, .. }
         | Command::VerifyCheckpoint { at: OnRecovery { config, .. }, .. }
         | Command::Failover { at: OnRecovery { config, .. }, .. }
         | Command::Pin { at: OnRecovery { config, .. }, .. }
@@ -455,6 +486,7 @@ fn init_logging(command: &Command) {
         | Command::Move { at: OnProtected { config, .. }, .. }
         | Command::ClearAlert { at: OnProtected { config, .. } }
         | Command::Reverse { at: OnProtected { config, .. }, .. }
+        | Command::Verify { at: OnProtected { config, .. }, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
         Command::SupportSsh(
@@ -623,6 +655,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ClearAlert { at: OnProtected { config, vpg } } => clear_alert(config, vpg)?,
         Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => restore(config, vpg, checkpoint, out)?,
+        Command::Seed { at: OnRecovery { config, vpg }, images } => seed(config, vpg, images)?,
         Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
         Command::VerifyCheckpoint { at: OnRecovery { config, vpg }, checkpoint, timeout, json } => {
             verify_checkpoint(config, vpg, checkpoint, timeout, json)?
@@ -635,6 +668,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::Reverse { at: OnProtected { config, vpg }, wait } => reverse(config, vpg, wait)?,
+        Command::Verify { at: OnProtected { config, vpg }, repair, json } => verify(config, vpg, repair, json)?,
         Command::Move { at: OnProtected { config, vpg }, wait, cancel } => move_vpg(config, vpg, wait, cancel)?,
         Command::TestFailover(TestFailover::Start { at: OnRecovery { config, vpg }, checkpoint }) => {
             test_failover_start(config, vpg, checkpoint)?
@@ -847,6 +881,33 @@ fn restore(config: PathBuf, vpg: String, checkpoint: String, out: PathBuf) -> Re
     Ok(())
 }
 
+fn parse_seed_image(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((volume, file)) if !volume.is_empty() && !file.is_empty() => Ok((volume.to_string(), file.into())),
+        _ => Err(format!("{text:?}: expected VOLUME=FILE, e.g. disk0=/mnt/shipped/disk0.raw")),
+    }
+}
+
+fn seed(config: PathBuf, vpg: String, images: Vec<(String, PathBuf)>) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    if tidemark::api::local::connect(&cfg.node.data_dir).is_ok() {
+        bail!("the recovery agent is running: stop it before seeding (the replica must not change under it)");
+    }
+    let seeded = tidemark::recovery::seed::seed(&cfg.node.data_dir.join("journal"), &vpg, &images, true)?;
+    for s in &seeded {
+        println!(
+            "seeded volume {} of {vpg}: {} ({} of data)",
+            s.volume,
+            tidemark::status::format_bytes(s.size),
+            tidemark::status::format_bytes(s.data_bytes)
+        );
+    }
+    println!(
+        "when the protected site connects, it compares extent hashes with this replica and sends only what differs"
+    );
+    Ok(())
+}
+
 fn pin(config: PathBuf, vpg: String, checkpoint: String, reason: String) -> Result<()> {
     let cfg = recovery_config(&config)?;
     let (chosen, pin) =
@@ -907,6 +968,43 @@ fn move_vpg(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: boo
         format!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})")
     };
     println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
+    Ok(())
+}
+
+fn verify(config: PathBuf, vpg: String, repair: bool, json: bool) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    let connection = tidemark::api::local::connect(&cfg.node.data_dir)?;
+    if !json {
+        eprintln!(
+            "verify of {vpg}: taking a checkpoint and comparing every volume with the recovery site's image there"
+        );
+    }
+    let request = tidemark::api::local::Request::Verify { vpg: vpg.clone(), repair };
+    let (reply, _) = tidemark::api::local::ask(connection, &request)?;
+    let report = ok_reply(reply)?.verify.context("the agent's reply has no report")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{vpg}: {}", report.summary());
+        for d in &report.differing {
+            println!("  differs: volume {} offset {} ({} bytes)", d.volume, d.offset, d.length);
+        }
+        let unlisted = report.differing_extents - report.differing.len() as u64;
+        if unlisted > 0 {
+            println!("  ... and {unlisted} more (see the agent's log)");
+        }
+        match report.repaired_seq {
+            Some(seq) => println!(
+                "resent: the recovery site holds these extents from seq {seq} on; checkpoints before it still hold \
+                 the damage"
+            ),
+            None if report.differing_extents > 0 => println!("run again with --repair to resend them"),
+            None => {}
+        }
+    }
+    if report.differing_extents > 0 && report.repaired_seq.is_none() {
+        std::process::exit(EXIT_CHECK_FAILED);
+    }
     Ok(())
 }
 

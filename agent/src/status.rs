@@ -54,6 +54,9 @@ pub struct VpgStatus {
     /// Protected side: bitmap mode or a resync, while one is under way.
     #[serde(default)]
     pub bitmap: Option<BitmapStatus>,
+    /// Protected side: the last online verify (`tidemark verify`), in one line.
+    #[serde(default)]
+    pub last_verify: Option<String>,
 }
 
 /// A VPG in bitmap mode or resyncing (docs/bitmap-mode.md).
@@ -240,6 +243,9 @@ pub fn render(status: &AgentStatus) -> String {
         }
         if let Some(b) = &v.bitmap {
             out.push_str(&format!("  {:<17}{}\n", format!("{}:", b.mode), describe_bitmap(b)));
+        }
+        if let Some(verify) = &v.last_verify {
+            out.push_str(&format!("  last verify:     {verify}\n"));
         }
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
         if !v.priority.is_empty() {

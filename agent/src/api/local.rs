@@ -56,6 +56,10 @@ pub enum Request {
         #[serde(default)]
         by: String,
     },
+    /// Protected: compares every volume of `vpg` with the recovery journal
+    /// at a new checkpoint (online verify); with `repair`, resends the
+    /// extents that differ.
+    Verify { vpg: String, repair: bool },
     /// Recovery: commits the journal up to `checkpoint` into the replica,
     /// sets aside what came after, stops taking the stream, and serves the
     /// volumes writable over NBD (`serve`) or leaves them as files.
@@ -84,11 +88,22 @@ pub struct Reply {
     pub exports: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A verify's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::capture::verify::VerifyReport>,
 }
 
 impl Reply {
     fn done(message: String) -> Reply {
-        Reply { ok: true, id: None, durable: false, error: None, exports: Vec::new(), message: Some(message) }
+        Reply {
+            ok: true,
+            id: None,
+            durable: false,
+            error: None,
+            exports: Vec::new(),
+            message: Some(message),
+            verify: None,
+        }
     }
 
     fn served(served: &crate::recovery::ops::Served) -> Reply {
@@ -100,6 +115,7 @@ impl Reply {
             exports: served.uris.clone(),
             // Said only when the volumes could not be iSCSI LUNs as well.
             message: served.iscsi_problem.as_ref().map(|p| format!("not served over iSCSI: {p}")),
+            verify: None,
         }
     }
 }
@@ -205,7 +221,15 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Re
 }
 
 fn failure(e: anyhow::Error) -> Reply {
-    Reply { ok: false, id: None, durable: false, error: Some(format!("{e:#}")), exports: Vec::new(), message: None }
+    Reply {
+        ok: false,
+        id: None,
+        durable: false,
+        error: Some(format!("{e:#}")),
+        exports: Vec::new(),
+        message: None,
+        verify: None,
+    }
 }
 
 async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
@@ -263,7 +287,12 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             // Acknowledged in its own stream: a checkpoint of a stream that
             // started over never reaches the journal.
             let durable = matches!(tokio::time::timeout(wait, capture.log.wait_acked(id)).await, Ok(Ok(true)));
-            Ok(Reply { ok: true, id: Some(id), durable, error: None, exports: Vec::new(), message: None })
+            Ok(Reply { id: Some(id), durable, message: None, ..Reply::done(String::new()) })
+        }
+        (Request::Verify { vpg, repair }, Agent::Protected(vpgs, _)) => {
+            let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
+            let report = capture.verify(repair).await?;
+            Ok(Reply { id: Some(report.checkpoint), verify: Some(report), ..Reply::done(String::new()) })
         }
         (other, _) => bail!("the {role} agent does not do {:?}", op_name(&other)),
     }
@@ -279,6 +308,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::Move { .. } => "move",
         Request::Reverse { .. } => "reverse",
         Request::Failover { .. } => "failover",
+        Request::Verify { .. } => "verify",
     }
 }
 

@@ -45,7 +45,7 @@ const ENTRY_BYTES: usize = 12;
 /// its volume is unknown.
 const FLAG_RESYNC: u32 = 1;
 /// Nothing is known (the file was unreadable, or the log lost records it
-/// had made durable): the next start begins a new stream, a full copy.
+/// had made durable): the next start begins a new stream and its copy.
 const FLAG_NEW_STREAM: u32 = 2;
 
 /// (volume, extent index)
@@ -61,7 +61,7 @@ pub struct ActivityFound {
     pub why: Option<String>,
     /// The log was fsynced through this seq at the last epoch (0: unknown).
     pub durable_through: u64,
-    /// Nothing is known: a new stream (full copy) must start.
+    /// Nothing is known: a new stream (and its copy) must start.
     pub unknown: bool,
 }
 

@@ -108,6 +108,12 @@ impl DirtyMap {
         offset / self.granularity..end.div_ceil(self.granularity)
     }
 
+    /// Whether any region `offset..offset + length` of `volume` touches is marked.
+    pub fn any_marked(&self, volume: u32, offset: u64, length: u64) -> bool {
+        self.regions_of(volume, offset, length)
+            .any(|r| self.bits[volume as usize][(r / 64) as usize] & (1 << (r % 64)) != 0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bits.iter().flatten().all(|w| *w == 0)
     }

@@ -41,6 +41,25 @@ pub enum MoveStep {
     Cancel,
 }
 
+/// Where a capture's stream goes.
+pub enum StreamTo<'a> {
+    /// The recovery site (forward protection): bitmap mode as configured,
+    /// and a new stream's copy sends only extents whose hashes differ
+    /// from the recovery journal's.
+    RecoverySite(&'a BitmapConfig),
+    /// The old site of a failed-over VPG (reverse protection): a full log
+    /// holds writers back, and a new stream's copy sends everything.
+    OldSite,
+}
+
+/// How far the current initial copy is (for status and the log).
+#[derive(Default)]
+pub struct CopyProgress {
+    pub compared_bytes: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub total_bytes: AtomicU64,
+}
+
 pub struct PromoteRequest {
     pub step: MoveStep,
     pub reply: oneshot::Sender<Result<()>>,
@@ -75,7 +94,16 @@ pub struct VpgCapture {
     pub(crate) copy_generation: AtomicU64,
     /// The seq of the CopyDone that completed the current stream's copy,
     /// once it did in this run (None after a new stream starts).
-    copy_complete: watch::Sender<Option<u64>>,
+    pub(super) copy_complete: watch::Sender<Option<u64>>,
+    /// Whether a copy compares extent hashes with the recovery side.
+    pub(super) copies_by_hash: bool,
+    pub(super) copy_progress: CopyProgress,
+    /// Questions for the recovery side's extent hashes, for the link.
+    pub peer_hashes: super::peer_hashes::PeerHashes,
+    /// While a verify runs: the extents written since its checkpoint.
+    pub(super) verify_written: std::sync::Mutex<Option<DirtyMap>>,
+    /// Held by the one verify that may run at a time; its last report.
+    pub(super) verify: Mutex<Option<super::verify_report::VerifyReport>>,
     /// The newest checkpoint inserted, automatic or tagged (for status).
     last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
     promote_tx: mpsc::Sender<PromoteRequest>,
@@ -94,7 +122,7 @@ impl VpgCapture {
     /// dirty map and state; created when new), and starts in the background
     /// what makes the stream consistent again after an unclean stop, the
     /// resync, and the activity log's epochs. Nothing here waits for room
-    /// in the log. `bitmap`: None or off, a full log holds writers back.
+    /// in the log.
     pub fn open(
         name: String,
         mode: ReplicationMode,
@@ -102,8 +130,12 @@ impl VpgCapture {
         vpg_id: u32,
         dir: &Path,
         capacity_bytes: u64,
-        bitmap: Option<&BitmapConfig>,
+        to: StreamTo<'_>,
     ) -> Result<Arc<VpgCapture>> {
+        let (bitmap, copies_by_hash) = match to {
+            StreamTo::RecoverySite(b) => (Some(b), true),
+            StreamTo::OldSite => (None, false),
+        };
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (mut activity, found) = ActivityLog::open(dir)?;
         let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through)
@@ -207,6 +239,11 @@ impl VpgCapture {
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
             copy_complete: watch::channel(None).0,
+            copies_by_hash,
+            copy_progress: Default::default(),
+            peer_hashes: Default::default(),
+            verify_written: std::sync::Mutex::new(None),
+            verify: Mutex::new(None),
             last_checkpoint: std::sync::Mutex::new(None),
             promote_tx,
             promote_rx: Mutex::new(promote_rx),
@@ -225,7 +262,7 @@ impl VpgCapture {
     /// Starts the new stream a start found due (retrying after errors),
     /// then lets checkpoints be taken again.
     async fn start_new_stream(self: Arc<Self>, why: String) {
-        tracing::error!(vpg = %self.name, "{why}: starting a new stream with a full copy");
+        tracing::error!(vpg = %self.name, "{why}: starting a new stream (its copy sends what differs from the recovery journal)");
         let mut started = false;
         loop {
             // Once the stream has started, only its epoch is tried again.
@@ -323,7 +360,12 @@ impl VpgCapture {
             // the dirty map, and on the volume (page cache).
             self.epoch_with(self.plan_epoch(), false).await?;
         }
-        self.activity.lock().expect("activity lock").mark(volume, offset, length)
+        self.activity.lock().expect("activity lock").mark(volume, offset, length)?;
+        // A verify running compares only what was not written since its checkpoint.
+        if let Some(written) = self.verify_written.lock().expect("verify lock").as_mut() {
+            written.mark(volume, offset, length);
+        }
+        Ok(())
     }
 
     /// Turns the encryption-attack detector on (once, before writes come)
@@ -557,6 +599,12 @@ impl VpgCapture {
     /// stream has begun, and no bitmap mode or resync is under way); waits
     /// at most `wait` for that.
     pub async fn checkpoint(&self, tag: &str, wait: Duration) -> Result<u64> {
+        self.checkpoint_then(tag, wait, || {}).await
+    }
+
+    /// `checkpoint`, running `then` under the write-order lock right after
+    /// the checkpoint is appended (before any later write).
+    pub(super) async fn checkpoint_then(&self, tag: &str, wait: Duration, then: impl FnOnce()) -> Result<u64> {
         let mut consistent = self.consistent.subscribe();
         let mut mode = self.bitmap.subscribe();
         let ready = async {
@@ -589,6 +637,7 @@ impl VpgCapture {
             bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name);
         }
         let id = self.log.append_reserved(space, &body)?;
+        then();
         *self.last_checkpoint.lock().expect("checkpoint lock") =
             Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
         Ok(id)
@@ -649,25 +698,10 @@ impl VpgCapture {
         started
     }
 
-    /// Runs the initial copy of generation `generation` in the background.
-    pub fn spawn_initial_copy(self: &Arc<Self>, generation: u64) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.initial_copy(generation).await {
-                tracing::error!(vpg = %me.name, "initial copy failed: {e:#}");
-            }
-        });
-    }
-
-    /// The copy generation now (for a copy started at the agent's start).
-    pub fn copy_generation(&self) -> u64 {
-        self.copy_generation.load(Ordering::SeqCst)
-    }
-
     /// Waits until the recovery journal holds the data of every update up
     /// to `seq` (sync mode's promise). If the stream started over past
     /// `seq`, its records were dropped; their data is in the new stream's
-    /// full copy, durable once the copy's last CopyDone is acknowledged.
+    /// copy, durable once the copy's last CopyDone is acknowledged.
     pub async fn wait_recovery_durable(&self, mut seq: u64) -> Result<()> {
         loop {
             if self.log.wait_acked(seq).await? {
@@ -677,56 +711,6 @@ impl VpgCapture {
             let done = complete.wait_for(|c| c.is_some()).await.context("waiting for the new stream's copy")?;
             seq = done.expect("waited for Some");
         }
-    }
-
-    /// Copies every not-yet-copied volume whole into the stream while
-    /// writes keep flowing; each chunk is read under the order lock so it
-    /// reflects every write before it in the stream. Stops quietly if a
-    /// new stream (another generation) starts meanwhile: that stream runs
-    /// its own copy.
-    async fn initial_copy(&self, generation: u64) -> Result<()> {
-        let pending: Vec<u32> = {
-            let state = self.state.lock().expect("state lock");
-            (0..self.volumes.len() as u32).filter(|i| !state.copied.contains(&self.volumes[*i as usize].name)).collect()
-        };
-        for index in pending {
-            let volume = &self.volumes[index as usize];
-            tracing::info!(vpg = %self.name, volume = %volume.name, bytes = volume.size, "initial copy starts");
-            let mut offset = 0;
-            while offset < volume.size {
-                let len = (volume.size - offset).min(COPY_CHUNK_BYTES);
-                let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
-                let _order = self.order.lock().await;
-                if self.copy_generation.load(Ordering::SeqCst) != generation {
-                    return Ok(());
-                }
-                self.append_volume_range(space, index, offset, len)?;
-                offset += len;
-            }
-            let done = RecordBody::CopyDone { volume: index };
-            let space = self.log.reserve(&done).await?;
-            let seq = {
-                let _order = self.order.lock().await;
-                if self.copy_generation.load(Ordering::SeqCst) != generation {
-                    return Ok(());
-                }
-                self.log.append_reserved(space, &done)?
-            };
-            // Record the copy as done only once its marker is durable.
-            self.log.sync_to(seq).await?;
-            let _order = self.order.lock().await;
-            if self.copy_generation.load(Ordering::SeqCst) != generation {
-                return Ok(());
-            }
-            let mut state = self.state.lock().expect("state lock");
-            state.copied.push(volume.name.clone());
-            state.store(self.log.dir())?;
-            if state.copied.len() == self.volumes.len() {
-                self.copy_complete.send_replace(Some(seq));
-            }
-            tracing::info!(vpg = %self.name, volume = %volume.name, "initial copy appended to the log");
-        }
-        Ok(())
     }
 }
 

@@ -104,6 +104,17 @@ impl Journal {
             Err(_) if !dir.join(META_FILE).exists() => meta.store(dir)?,
             Err(e) => return Err(e),
         }
+        // A seeded replica (`tidemark seed`) is checked against the volumes
+        // now, and gets zero images for the volumes it was not given, so a
+        // reader finds every image before the first apply.
+        // (Under the apply lock: a seed that is still writing finishes first.)
+        {
+            let _seeding = lease::ApplyLock::shared(dir)?;
+            if apply_state::ApplyState::load(dir)?.applied_seq == 0 && replica::replica_dir(dir).exists() {
+                replica::VolumeFiles::open_replica(dir, &meta.volumes, true)
+                    .context("the seeded replica does not fit the VPG's volumes")?;
+            }
+        }
         // A killed predecessor's appends may be only in the page cache: make
         // them durable before anything is read, advertised or retired on
         // the strength of them.

@@ -90,6 +90,17 @@ impl VolumeFiles {
         Ok(VolumeFiles { files })
     }
 
+    /// What a reader starts from, when the replica holds seq `applied_seq`:
+    /// the replica once anything was applied or it was seeded (`tidemark
+    /// seed` put images there before any apply); None while it is all
+    /// zeros (nothing applied, nothing seeded: the images may not exist).
+    pub fn open_base(vpg_dir: &Path, volumes: &[VolumeInfo], applied_seq: u64) -> Result<Option<VolumeFiles>> {
+        if applied_seq == 0 && !replica_dir(vpg_dir).exists() {
+            return Ok(None);
+        }
+        Self::open_replica(vpg_dir, volumes, false).map(Some)
+    }
+
     /// Writes one journal record's data (checkpoints and stream markers
     /// change nothing).
     pub fn apply(&self, body: &RecordBody) -> Result<()> {
@@ -137,6 +148,13 @@ impl VolumeFiles {
             }
         }
         Ok(copied)
+    }
+}
+
+impl VolumeFile {
+    /// Whether `[offset, offset+len)` holds any data (not only a hole).
+    pub fn has_data(&self, offset: u64, len: u64) -> Result<bool> {
+        Ok(seek(&self.file, SeekFrom::Data(offset))?.is_some_and(|at| at < offset + len))
     }
 }
 

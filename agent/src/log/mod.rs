@@ -108,6 +108,16 @@ pub fn encoded_bytes(body: &RecordBody) -> Result<u64> {
     Ok((RECORD_HEADER_BYTES + payload_len(body)) as u64)
 }
 
+impl<'a> LogSpace<'a> {
+    /// Takes `bytes` of this room for a record of its own (several records
+    /// appended under one hold of the write-order lock).
+    pub fn split(&mut self, bytes: u64) -> LogSpace<'a> {
+        assert!(bytes <= self.bytes, "{bytes} bytes split off a reservation of {}", self.bytes);
+        self.bytes -= bytes;
+        LogSpace { log: self.log, bytes }
+    }
+}
+
 impl Drop for LogSpace<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {

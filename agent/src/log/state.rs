@@ -18,6 +18,11 @@ pub struct CaptureState {
     /// recovery site, and has applied its stream up to this seq.
     #[serde(default)]
     pub reverse: Option<ReverseState>,
+    /// The stream whose initial copy skipped extents on the strength of a
+    /// recovery journal's hashes (0: none): it may be sent again from its
+    /// start only to a journal that holds it (`docs/hash-sync.md`).
+    #[serde(default)]
+    pub compared_stream: u32,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -5,10 +5,12 @@ pub mod disk_layout;
 pub mod exports;
 pub mod failover;
 pub mod fs_check;
+pub mod hashes;
 pub mod luns;
 pub mod ops;
 pub mod pinning;
 pub mod restore;
+pub mod seed;
 pub mod view;
 
 use crate::journal::apply_state::ApplyState;
@@ -79,6 +81,17 @@ impl JournalView {
     pub fn pin(&mut self, wanted: &str) -> Result<(CheckpointInfo, Lease)> {
         let checkpoint = self.resolve(wanted)?;
         let mut lease = self.lease.take().expect("pin needs a view opened with open_leased");
+        lease.move_to(checkpoint.id)?;
+        Ok((checkpoint, lease))
+    }
+
+    /// Moves the lease taken at open to the journal's durable end, whether
+    /// or not the image there is complete (`PitView::open_head`).
+    pub fn pin_head(&mut self) -> Result<(CheckpointInfo, Lease)> {
+        let head = self.index.durable_seq.max(self.index.applied_seq);
+        let checkpoint =
+            CheckpointInfo { id: head, time_ms: crate::record::now_ms(), tag: "head".into(), consistent: false };
+        let mut lease = self.lease.take().expect("pin_head needs a view opened with open_leased");
         lease.move_to(checkpoint.id)?;
         Ok((checkpoint, lease))
     }

@@ -107,7 +107,8 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
         volumes.push(crate::capture::volume::Volume::open(&v.name, &path)?);
     }
     let log_dir = dir.join(REVERSE_LOG_DIR);
-    VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY, None)
+    let to = crate::capture::vpg::StreamTo::OldSite;
+    VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY, to)
 }
 
 /// A reverse session: its id, the certificate that opened it, its capture.

@@ -45,11 +45,9 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
             eprint!("\rrestore: {phase} {}, {:.0} s   ", format_bytes(bytes), started.elapsed().as_secs_f64());
         }
     };
-    let copied = if base > 0 {
-        let replica = VolumeFiles::open_replica(&view.dir, &view.meta.volumes, false)?;
-        outputs.copy_from(&replica, |n| report("replica copied", n))?
-    } else {
-        0
+    let copied = match VolumeFiles::open_base(&view.dir, &view.meta.volumes, base)? {
+        Some(replica) => outputs.copy_from(&replica, |n| report("replica copied", n))?,
+        None => 0,
     };
     let mut applied = 0u64;
     let mut failure: Option<anyhow::Error> = None;

@@ -10,6 +10,7 @@
 //! never moves the replica past it nor retires a segment it reads.
 
 use super::JournalView;
+use crate::extent_hash::{extent_span, hash, zero_hash, ExtentHash};
 use crate::journal::catalog::walk_journal;
 use crate::journal::extent_map::{ExtentMap, Source};
 use crate::journal::index::CheckpointInfo;
@@ -41,7 +42,7 @@ pub struct PitView {
     /// How the journal was read to open the view: (segments from
     /// summaries, segments scanned).
     pub read: (usize, usize),
-    /// None while nothing was ever applied: the replica is all zeros.
+    /// None while nothing was ever applied nor seeded: all zeros.
     replica: Option<VolumeFiles>,
     segments: Vec<File>,
     segment_paths: Vec<PathBuf>,
@@ -53,11 +54,31 @@ pub struct PitView {
 impl PitView {
     /// Opens the view of `vpg` at `wanted` (id, tag, `latest`, `head`).
     pub fn open(journal_root: &Path, vpg: &str, wanted: &str, holder: &str) -> Result<PitView> {
+        Self::open_with_stream(journal_root, vpg, wanted, holder).map(|(view, _)| view)
+    }
+
+    /// `open`, and the stream the journal holds (its newest).
+    pub fn open_with_stream(journal_root: &Path, vpg: &str, wanted: &str, holder: &str) -> Result<(PitView, u32)> {
         let mut view = JournalView::open_leased(journal_root, vpg, holder)?;
         let (checkpoint, lease) = view.pin(wanted)?;
+        let stream = view.index.stream_id;
+        Ok((Self::build(vpg, view, checkpoint, lease)?, stream))
+    }
+
+    /// Opens the view of `vpg` at the journal's durable end, complete
+    /// image or not: what a new stream's copy compares its volumes with
+    /// (only what differs from it is sent). With the stream it ends in.
+    pub fn open_head(journal_root: &Path, vpg: &str, holder: &str) -> Result<(PitView, u32)> {
+        let mut view = JournalView::open_leased(journal_root, vpg, holder)?;
+        let (checkpoint, lease) = view.pin_head()?;
+        let stream = view.index.stream_id;
+        Ok((Self::build(vpg, view, checkpoint, lease)?, stream))
+    }
+
+    fn build(vpg: &str, view: JournalView, checkpoint: CheckpointInfo, lease: Lease) -> Result<PitView> {
         let base = lease.info.base;
         let volumes = view.meta.volumes.clone();
-        let replica = if base > 0 { Some(VolumeFiles::open_replica(&view.dir, &volumes, false)?) } else { None };
+        let replica = VolumeFiles::open_base(&view.dir, &volumes, base)?;
         let mut maps = vec![ExtentMap::default(); volumes.len()];
         let mut segments: Vec<File> = Vec::new();
         let mut segment_paths: Vec<PathBuf> = Vec::new();
@@ -156,6 +177,23 @@ impl PitView {
             }
         }
         Ok(())
+    }
+
+    /// The hash of extent `extent` of `volume`: a region of holes the
+    /// journal does not write is known to be zeros without reading it.
+    pub fn hash_extent(&self, volume: usize, extent: u64) -> Result<ExtentHash> {
+        let (offset, len) = extent_span(self.volumes[volume].size, extent);
+        let written = self.maps[volume].overlapping(offset, len).iter().any(|(_, _, s)| !matches!(s, Source::Zero));
+        let replica_data = match &self.replica {
+            Some(r) => r.files[volume].has_data(offset, len)?,
+            None => false,
+        };
+        if !written && !replica_data {
+            return Ok(zero_hash(len));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.read_at(volume, &mut buf, offset)?;
+        Ok(hash(&buf))
     }
 
     /// Reads a record's data in full once and checks it against its crc;

@@ -40,7 +40,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             vpg_id(&vpg_cfg.name),
             &dir,
             cfg.log.capacity_bytes,
-            Some(&vpg_cfg.bitmap),
+            crate::capture::vpg::StreamTo::RecoverySite(&vpg_cfg.bitmap),
         )?;
         if vpg_cfg.detection.enabled {
             capture.enable_detection(&vpg_cfg.detection)?;
@@ -169,7 +169,9 @@ async fn status_writer(
                     why => format!("disconnected ({kept}): {why}"),
                 },
                 _ if bitmap.is_some() => bitmap.as_ref().map(|b| b.mode.clone()).expect("checked"),
-                (true, false) => format!("initial copy ({copied}/{total} volumes appended)"),
+                (true, false) => {
+                    format!("initial copy ({copied}/{total} volumes appended; {})", rt.capture.copy_progress())
+                }
                 (true, true) if log.appended_seq() > log.acked_seq() => "replicating".to_string(),
                 (true, true) => "in sync".to_string(),
             };
@@ -198,6 +200,7 @@ async fn status_writer(
                 rpo_over_target: over_target[i],
                 alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
                 bitmap,
+                last_verify: rt.capture.last_verify().map(|r| r.summary()),
             });
         }
         status::publish(&cfg.node, "protected", vpgs);

@@ -120,6 +120,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 rpo_over_target: false,
                 alert: None,
                 bitmap: None,
+                last_verify: None,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -9,6 +9,7 @@ use super::{recv_control, recv_control_or_refuse, send_control};
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
+use crate::recovery::hashes::HashAsk;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
@@ -234,6 +235,10 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             ControlMessage::PinLastClean { since_seq, reason } => {
                 pin_last_clean(&mut link, receiver, &vpg, since_seq, reason).await?
             }
+            ControlMessage::AskExtentHashes { stream_id, at, volume, first_extent, count } => {
+                let ask = HashAsk { stream_id, at, volume, first_extent, count };
+                answer_hashes(&mut link, receiver, &vpg, ask).await?
+            }
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(()) => promote(&mut link, receiver, &vpg, checkpoint).await?,
@@ -254,8 +259,7 @@ fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery
 }
 
 /// The encryption detector's alert: pin the last clean checkpoint (a
-/// journal read and the apply lock: it may take a while), telling the
-/// protected side it is still working every few seconds.
+/// journal read and the apply lock: it may take a while).
 async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut S,
     receiver: &Arc<Receiver>,
@@ -264,28 +268,23 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
     reason: String,
 ) -> Result<()> {
     let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-    let vpg_name = vpg.to_string();
-    let mut work = tokio::spawn(async move { ops.pin_last_clean(&vpg_name, since_seq, reason).await });
-    let mut tick = tokio::time::interval(super::KEEPALIVE_INTERVAL);
-    tick.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            done = &mut work => break done.context("pin task")?,
-            _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
-        }
-    };
-    let reply = match outcome {
-        Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
-        Err(e) => {
-            tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
-            ControlMessage::refused(format!("{e:#}"))
-        }
-    };
-    send_control(link, &reply).await
+    let vpg = vpg.to_string();
+    answer_when_done(
+        link,
+        tokio::spawn(async move {
+            match ops.pin_last_clean(&vpg, since_seq, reason).await {
+                Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
+                Err(e) => {
+                    tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
+                    ControlMessage::refused(format!("{e:#}"))
+                }
+            }
+        }),
+    )
+    .await
 }
 
-/// A move's last step: fail over to `checkpoint`, telling the protected
-/// side it is still working every few seconds.
+/// A move's last step: fail over to `checkpoint`.
 async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut S,
     receiver: &Arc<Receiver>,
@@ -293,23 +292,89 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     checkpoint: u64,
 ) -> Result<()> {
     let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-    let vpg_name = vpg.to_string();
-    let mut work = tokio::spawn(async move {
-        ops.failover(&vpg_name, &checkpoint.to_string(), true, crate::recovery::failover::How::Move).await
+    let vpg = vpg.to_string();
+    answer_when_done(
+        link,
+        tokio::spawn(async move {
+            match ops.failover(&vpg, &checkpoint.to_string(), true, crate::recovery::failover::How::Move).await {
+                Ok(_) => ControlMessage::Promoted { checkpoint },
+                Err(e) => ControlMessage::refused(format!("{e:#}")),
+            }
+        }),
+    )
+    .await
+}
+
+/// Extent hashes of the journal at `at` (a new stream's copy or a verify
+/// compares its volumes with them): once the journal holds the asked-for
+/// stream (waiting a while for it), read off the runtime's threads, and
+/// given up if this link goes first.
+async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    receiver: &Arc<Receiver>,
+    vpg: &str,
+    ask: HashAsk,
+) -> Result<()> {
+    let slot = receiver.slot(vpg).context("no journal open for the VPG")?;
+    let root = receiver.journal_root.clone();
+    let vpg = vpg.to_string();
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let work = tokio::spawn(async move {
+        let holds = || slot.journal.lock().expect("journal lock").index.stream_id == ask.stream_id;
+        let waited = std::time::Instant::now();
+        while !holds() && waited.elapsed() < HASH_STREAM_WAIT && !cancel.load(Ordering::Relaxed) {
+            tokio::time::sleep(HASH_STREAM_POLL).await;
+        }
+        let hashed = tokio::task::spawn_blocking(move || {
+            let hashes = crate::recovery::hashes::extent_hashes(&root, &vpg, &ask, &cancel);
+            (hashes, vpg, ask)
+        });
+        match hashed.await {
+            Ok((Ok(hashes), _, ask)) => ControlMessage::ExtentHashes {
+                volume: ask.volume,
+                first_extent: ask.first_extent,
+                hashes: hashes.iter().map(crate::extent_hash::to_hex).collect(),
+            },
+            Ok((Err(e), vpg, ask)) => {
+                tracing::warn!(%vpg, at = ask.at, volume = ask.volume, first = ask.first_extent, "extent hashes refused: {e:#}");
+                ControlMessage::refused(format!("extent hashes of volume {} at {}: {e:#}", ask.volume, ask.at))
+            }
+            Err(e) => ControlMessage::refused(format!("extent hashes: the task failed: {e}")),
+        }
     });
+    answer_when_done(link, work).await
+}
+
+/// Sets its flag when dropped: blocking work watching it stops.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends what `work` answers, telling the protected side it is still
+/// working (`Promoting`) every few seconds until then.
+async fn answer_when_done<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    mut work: tokio::task::JoinHandle<ControlMessage>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(super::KEEPALIVE_INTERVAL);
     tick.tick().await;
-    let outcome = loop {
+    let reply = loop {
         tokio::select! {
-            done = &mut work => break done.context("failover task")?,
+            done = &mut work => break done.context("control request task")?,
             _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
         }
     };
-    match outcome {
-        Ok(_) => send_control(link, &ControlMessage::Promoted { checkpoint }).await,
-        Err(e) => send_control(link, &ControlMessage::refused(format!("{e:#}"))).await,
-    }
+    send_control(link, &reply).await
 }
+
+/// How long a hash question waits for the journal to hold its stream.
+const HASH_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const HASH_STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn open_vpg(
     receiver: &Arc<Receiver>,

@@ -15,9 +15,10 @@
 
 use super::sender::{dial, receive_acks, stream, LinkSeat, SenderStats};
 use super::{recv_control, send_control, KEEPALIVE_INTERVAL};
-use crate::capture::delta::{self, ExtentHash};
+use crate::capture::delta;
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
+use crate::extent_hash::{self, ExtentHash};
 use crate::log::state::ReverseState;
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::recovery::ops::RecoveryOps;
@@ -105,7 +106,7 @@ async fn session(
                 let message = ControlMessage::ExtentHashes {
                     volume: index as u32,
                     first_extent: (chunk_no * EXTENT_HASHES_PER_MESSAGE_MAX) as u64,
-                    hashes: chunk.iter().map(|h| h.iter().map(|b| format!("{b:02x}")).collect()).collect(),
+                    hashes: chunk.iter().map(crate::extent_hash::to_hex).collect(),
                 };
                 send_control(&mut control, &message).await?;
             }
@@ -329,13 +330,13 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     if start.need_hashes {
         let mut theirs: Vec<Vec<ExtentHash>> =
-            volumes.iter().map(|v| Vec::with_capacity(delta::extent_count(v.size) as usize)).collect();
+            volumes.iter().map(|v| Vec::with_capacity(extent_hash::extent_count(v.size) as usize)).collect();
         loop {
             match recv_control(&mut link).await? {
                 ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
                     let list = theirs.get_mut(volume as usize).context("hashes for an unknown volume")?;
                     let size = volumes[volume as usize].size;
-                    add_hashes(list, delta::extent_count(size), first_extent, &hashes)
+                    add_hashes(list, extent_hash::extent_count(size), first_extent, &hashes)
                         .with_context(|| format!("extent hashes of volume {volume}"))?;
                 }
                 ControlMessage::HashesDone => break,
@@ -388,24 +389,9 @@ fn add_hashes(list: &mut Vec<ExtentHash>, extents: u64, first_extent: u64, hashe
         bail!("more hashes than the volume's {extents} extents");
     }
     for h in hashes {
-        list.push(parse_hash(h)?);
+        list.push(crate::extent_hash::parse_hex(h)?);
     }
     Ok(())
-}
-
-/// Peer data: checked as bytes, never sliced as text (a multi-byte
-/// character once made a byte slice panic and took the agent down).
-fn parse_hash(text: &str) -> Result<ExtentHash> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        bail!("an extent hash must be 64 hex digits");
-    }
-    let nibble = |d: u8| (d as char).to_digit(16).expect("checked hex") as u8;
-    let mut out = [0u8; 32];
-    for (b, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *b = nibble(pair[0]) << 4 | nibble(pair[1]);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -421,18 +407,5 @@ mod tests {
         assert!(add_hashes(&mut list, 3, 2, &[hash.clone(), hash.clone()]).is_err(), "one too many");
         add_hashes(&mut list, 3, 2, &[hash]).unwrap();
         assert_eq!(list.len(), 3);
-    }
-
-    #[test]
-    fn extent_hashes_from_the_peer_are_checked_not_trusted() {
-        let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
-        assert_eq!(parse_hash(&hex).unwrap().to_vec(), (0u8..32).collect::<Vec<_>>());
-        assert_eq!(parse_hash(&hex.to_uppercase()).unwrap(), parse_hash(&hex).unwrap());
-        // 64 bytes with a character across a digit pair: once a panic (the
-        // pair was sliced as text), now an error. And "+f" is not a digit.
-        let split = [format!("0é{}", &hex[..61]), format!("€{}", &hex[..61]), "é".repeat(32)];
-        for bad in split.into_iter().chain(["+f".repeat(32), hex[..62].to_string(), String::new()]) {
-            assert!(parse_hash(&bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -8,8 +8,10 @@
 
 use super::link_share::LinkShare;
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
+use crate::capture::peer_hashes::PeerHashAsk;
 use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::{PeerConfig, Priority};
+use crate::extent_hash::ExtentHash;
 use crate::segment::SegmentError;
 use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
 use crate::wire::frame::{frame_header, FrameKind};
@@ -167,13 +169,18 @@ fn hello_stream(hello: &ControlMessage) -> u32 {
 /// Where to resume: just after the journal's durable seq when the journal
 /// holds this log's stream and the log continues it there; at this log's
 /// StreamStart when the journal ends before it. Otherwise (journal reset,
-/// log lost or replaced, another stream) a new stream starts with a full
-/// copy. `log_stream` is the stream named in the hello.
+/// log lost or replaced, another stream) a new stream starts, and its copy
+/// sends what differs from the journal. `log_stream` is the stream named in
+/// the hello.
 async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u32, log_stream: u32) -> Result<u64> {
     // The stream the hello named, still the log's (not restarted since).
     let announced = vpg.log.stream_id() == log_stream;
+    // A stream whose copy compared hashes with a journal that held it goes
+    // from its start only to a journal that holds it: another (reset,
+    // replaced, cut back before it) was never compared with.
+    let replayable = journal_stream == log_stream || vpg.stream_replayable_elsewhere();
     let continues = match vpg.log.continues(durable_seq, journal_stream).await {
-        Ok(c) => c && announced,
+        Ok(c) => c && announced && replayable,
         Err(e) if is_damage(&e) => {
             tracing::error!(vpg = %vpg.name, "{e:#}");
             false
@@ -191,7 +198,7 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u
         durable_seq,
         journal_stream,
         log_stream,
-        "the log cannot continue the journal's stream; starting a new stream with a full copy"
+        "the log cannot continue the journal's stream; starting a new stream (its copy sends what differs from the journal)"
     );
     vpg.restart_stream(durable_seq + 1).await?;
     // This session announced the old stream: the next hello names the new.
@@ -224,8 +231,21 @@ fn is_damage(e: &anyhow::Error) -> bool {
 /// when the recovery side says the VPG was failed over there.
 async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control: &mut S) -> Result<Ended> {
     let mut requests = vpg.promote_rx.lock().await;
+    let mut hash_asks = vpg.peer_hashes.rx.lock().await;
     loop {
         tokio::select! {
+            Some(ask) = hash_asks.recv() => {
+                // Whoever asked stopped waiting: the question is dropped.
+                if ask.reply.is_closed() {
+                    continue;
+                }
+                let answer = ask_extent_hashes(control, &ask).await;
+                let broke = answer.as_ref().err().map(|e| anyhow::anyhow!("{e:#}"));
+                let _ = ask.reply.send(answer);
+                if let Some(e) = broke {
+                    return Err(e.context("asking for extent hashes"));
+                }
+            }
             _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
                 pin_last_clean(vpg, control).await?;
                 send_control(control, &ControlMessage::Ping).await?;
@@ -266,6 +286,38 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &Contr
             ControlMessage::Promoting => {}
             ControlMessage::Promoted { checkpoint } => return Ok(Ok(checkpoint)),
             ControlMessage::Refused { reason } => return Ok(Err(anyhow::anyhow!("{reason}"))),
+            other => bail!("unexpected reply to {request:?}: {other:?}"),
+        }
+    }
+}
+
+/// Asks the recovery side for extent hashes and waits for them, however
+/// long it reads. The inner error is its refusal; the outer, the link's.
+async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
+    control: &mut S,
+    ask: &PeerHashAsk,
+) -> Result<Result<Vec<ExtentHash>, String>> {
+    let request = ControlMessage::AskExtentHashes {
+        stream_id: ask.stream_id,
+        at: ask.at.clone(),
+        volume: ask.volume,
+        first_extent: ask.first_extent,
+        count: ask.count,
+    };
+    send_control(control, &request).await?;
+    loop {
+        match recv_control(control).await? {
+            ControlMessage::Promoting => {}
+            ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
+                if volume != ask.volume || first_extent != ask.first_extent || hashes.len() > ask.count as usize {
+                    bail!(
+                        "extent hashes for volume {volume} from {first_extent} ({}) answer another question",
+                        hashes.len()
+                    );
+                }
+                return Ok(Ok(hashes.iter().map(|h| crate::extent_hash::parse_hex(h)).collect::<Result<_>>()?));
+            }
+            ControlMessage::Refused { reason } => return Ok(Err(reason)),
             other => bail!("unexpected reply to {request:?}: {other:?}"),
         }
     }

@@ -113,6 +113,19 @@ pub enum ControlMessage {
         hashes: Vec<String>,
     },
     HashesDone,
+    /// Protected → recovery on the control link: the hashes of `count`
+    /// extents of `volume` from `first_extent`, as the journal holds them
+    /// at `at` (`head`: its durable end, whether or not a copy is complete;
+    /// or a checkpoint's id), once the journal holds stream `stream_id`.
+    /// Answered `ExtentHashes` (after `Promoting` every few seconds while
+    /// it reads) or `Refused`.
+    AskExtentHashes {
+        stream_id: u32,
+        at: String,
+        volume: u32,
+        first_extent: u64,
+        count: u32,
+    },
     /// Keepalive on the control link, both ways.
     Ping,
     Pong,
@@ -196,6 +209,14 @@ impl ControlMessage {
                     return invalid("extent_hashes", format!("{h:?} is not a SHA-256 in hex"));
                 }
             }
+            ControlMessage::AskExtentHashes { at, count, .. } => {
+                if *count == 0 || *count as usize > EXTENT_HASHES_PER_MESSAGE_MAX {
+                    return invalid("ask_extent_hashes", format!("{count} hashes"));
+                }
+                if !is_hash_point(at) {
+                    return invalid("ask_extent_hashes", format!("point {at:?} (head or a checkpoint id)"));
+                }
+            }
             ControlMessage::PinLastClean { reason, .. } if !crate::names::is_pin_reason(reason) => {
                 return invalid("pin_last_clean", format!("a reason of {} bytes or over one line", reason.len()));
             }
@@ -232,6 +253,12 @@ impl ControlMessage {
         message.check()?;
         Ok(message)
     }
+}
+
+/// `head` or a checkpoint id (a u64 in decimal).
+fn is_hash_point(at: &str) -> bool {
+    at == "head"
+        || (!at.is_empty() && at.len() <= 20 && at.bytes().all(|b| b.is_ascii_digit()) && at.parse::<u64>().is_ok())
 }
 
 fn check_vpg(kind: &'static str, vpg: &str, volumes: &[VolumeInfo]) -> Result<(), MessageError> {
@@ -285,6 +312,13 @@ mod tests {
             },
             ControlMessage::refused("\u{1}".repeat(10 * REASON_BYTES_MAX)),
             ControlMessage::Attach { vpg: name('a'), session: u64::MAX },
+            ControlMessage::AskExtentHashes {
+                stream_id: u32::MAX,
+                at: u64::MAX.to_string(),
+                volume: u32::MAX,
+                first_extent: u64::MAX,
+                count: EXTENT_HASHES_PER_MESSAGE_MAX as u32,
+            },
             ControlMessage::PinLastClean {
                 since_seq: u64::MAX,
                 reason: "é".repeat(crate::names::PIN_REASON_BYTES_MAX / 2),
@@ -322,7 +356,19 @@ mod tests {
             sender: String::new(),
             stream_id: 0,
         };
+        let ask = |at: &str, count: u32| ControlMessage::AskExtentHashes {
+            stream_id: 1,
+            at: at.into(),
+            volume: 0,
+            first_extent: 0,
+            count,
+        };
         for (message, says) in [
+            (ask("head", 0), "0 hashes"),
+            (ask("head", EXTENT_HASHES_PER_MESSAGE_MAX as u32 + 1), "8193 hashes"),
+            (ask("latest", 1), "point"),
+            (ask("18446744073709551616", 1), "point"),
+            (ask("", 1), "point"),
             (too_many, "8193 hashes"),
             (not_hex, "not a SHA-256"),
             (hello("vm1", volumes), "257 volumes"),
