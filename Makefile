@@ -45,6 +45,7 @@ bench: build image
 	@tests/bench/index.sh
 	@tests/bench/detection.sh
 	@tests/bench/verify.sh
+	@tests/bench/delta.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

@@ -10,6 +10,18 @@ pub const EXTENT_BYTES: u64 = 64 << 10;
 
 pub type ExtentHash = [u8; 32];
 
+/// A question for the recovery side's extent hashes (`AskExtentHashes`):
+/// `count` extents of `volume` from `first_extent`, as the journal holds
+/// them at `at` (`head` or a checkpoint id), once it holds `stream_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashQuestion {
+    pub stream_id: u32,
+    pub at: String,
+    pub volume: u32,
+    pub first_extent: u64,
+    pub count: u32,
+}
+
 /// Extents of a volume of `size` bytes.
 pub fn extent_count(size: u64) -> u64 {
     size.div_ceil(EXTENT_BYTES)

@@ -335,6 +335,10 @@ enum Command {
     /// 4 MiB batches, adaptive zstd) and print MB/s and the ratio.
     #[command(hide = true)]
     BenchCompress { file: PathBuf },
+    /// Benchmark helper: hash FILE as a copy or a verify does (1 MiB
+    /// reads, SHA-256 per 64 KiB extent) and print MB/s.
+    #[command(hide = true)]
+    BenchHash { file: PathBuf },
     /// Benchmark helper (test build): write a synthetic journal for VPG
     /// --vpg under --journal-root: --checkpoints checkpoints among --bytes
     /// of 1 MiB writes to one volume of --volume-size bytes.
@@ -686,6 +690,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::BenchCompress { file } => bench_compress(file)?,
+        Command::BenchHash { file } => bench_hash(file)?,
         #[cfg(feature = "test-build")]
         Command::BenchJournal { journal_root, vpg, volume_size, bytes, checkpoints } => {
             let made = tidemark::journal::synth::write(&journal_root, &vpg, volume_size, bytes, checkpoints)?;
@@ -1064,6 +1069,27 @@ fn bench_compress(file: PathBuf) -> Result<()> {
         wire,
         data.len() as f64 / wire as f64
     );
+    Ok(())
+}
+
+fn bench_hash(file: PathBuf) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata()?.len();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut extents) = (0u64, 0u64);
+    while at < size {
+        let len = (size - at).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..len], at)?;
+        for piece in buf[..len].chunks(tidemark::extent_hash::EXTENT_BYTES as usize) {
+            std::hint::black_box(tidemark::extent_hash::hash(piece));
+            extents += 1;
+        }
+        at += len as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("{:.1} MB/s, {extents} extents of {size} bytes in {seconds:.3} s", size as f64 / seconds / 1e6);
     Ok(())
 }
 

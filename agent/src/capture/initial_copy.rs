@@ -13,8 +13,9 @@
 //! two agree at the end too. Without a peer that hashes (the reverse
 //! stream's capture) every extent is copied whole.
 
+use super::peer_hashes::{PeerHashes, PendingAnswer};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
-use crate::extent_hash::{extent_count, hash, ExtentHash, EXTENT_BYTES};
+use crate::extent_hash::{extent_count, hash, ExtentHash, HashQuestion, EXTENT_BYTES};
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::wire::message::EXTENT_HASHES_PER_MESSAGE_MAX;
 use anyhow::Result;
@@ -121,12 +122,20 @@ impl VpgCapture {
         let volume = &self.volumes[index as usize];
         let extents = extent_count(volume.size);
         let mut first = 0;
+        // The next question, put in line before this one's extents are
+        // read: the recovery side hashes while this side reads.
+        let mut queued: Option<PendingAnswer> = None;
         while first < extents {
             let count = (extents - first).min(HASHES_PER_ASK);
             let theirs = match self.copies_by_hash {
-                true => self.their_hashes(generation, index, first, count).await?,
+                true => self.their_hashes(generation, index, first, count, queued.take()).await?,
                 false => None,
             };
+            let next = first + count;
+            if self.copies_by_hash && theirs.is_some() && next < extents {
+                let n = (extents - next).min(HASHES_PER_ASK) as u32;
+                queued = self.peer_hashes.queue(self.head_question(index, next, n)).await.ok();
+            }
             let mut e = first;
             while e < first + count {
                 let n = (first + count - e).min(EXTENTS_PER_READ);
@@ -179,21 +188,27 @@ impl VpgCapture {
     /// head of this stream; None when it cannot give them (they are then
     /// copied whole). A question the link dropped is asked again, a few
     /// times; one asked before the journal holds this stream, until it does.
+    /// `queued`: the same question, put in line earlier.
     async fn their_hashes(
         &self,
         generation: u64,
         volume: u32,
         first: u64,
         count: u64,
+        mut queued: Option<PendingAnswer>,
     ) -> Result<Option<Vec<ExtentHash>>> {
         let mut broken = 0;
         loop {
             if self.copy_generation.load(Ordering::SeqCst) != generation {
                 return Ok(None);
             }
-            let stream = self.log.stream_id();
-            let asked = self.peer_hashes.ask(stream, "head", volume, first, count as u32);
-            let answer = match tokio::time::timeout(ASK_WAIT, asked).await {
+            let question = self.head_question(volume, first, count as u32);
+            let stream = question.stream_id;
+            let answer = match queued.take() {
+                Some(pending) => tokio::time::timeout(ASK_WAIT, PeerHashes::answer(pending)).await,
+                None => tokio::time::timeout(ASK_WAIT, self.peer_hashes.ask(question)).await,
+            };
+            let answer = match answer {
                 Ok(answer) => answer,
                 // No link carried it: look at the generation again.
                 Err(_) => continue,
@@ -227,6 +242,11 @@ impl VpgCapture {
                 }
             }
         }
+    }
+
+    /// A question about this stream's head.
+    fn head_question(&self, volume: u32, first_extent: u64, count: u32) -> HashQuestion {
+        HashQuestion { stream_id: self.log.stream_id(), at: "head".into(), volume, first_extent, count }
     }
 
     /// Records, durably, that `stream`'s copy relies on a journal that

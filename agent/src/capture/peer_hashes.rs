@@ -3,18 +3,13 @@
 //! is up carries the question on its control connection and brings the
 //! answer back. A question waits for a link.
 
-use crate::extent_hash::ExtentHash;
+use crate::extent_hash::{ExtentHash, HashQuestion};
 use anyhow::{anyhow, Result};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// One question, as the link sends it.
 pub struct PeerHashAsk {
-    /// `head` or a checkpoint id.
-    pub at: String,
-    pub stream_id: u32,
-    pub volume: u32,
-    pub first_extent: u64,
-    pub count: u32,
+    pub question: HashQuestion,
     /// The outer error: the link broke before the answer. The inner: the
     /// recovery side refused, and why.
     pub reply: oneshot::Sender<Result<Result<Vec<ExtentHash>, String>>>,
@@ -33,19 +28,25 @@ impl Default for PeerHashes {
     }
 }
 
+/// An answer on its way.
+pub type PendingAnswer = oneshot::Receiver<Result<Result<Vec<ExtentHash>, String>>>;
+
 impl PeerHashes {
     /// Asks, and waits for a link to carry the question and its answer.
-    pub async fn ask(
-        &self,
-        stream_id: u32,
-        at: &str,
-        volume: u32,
-        first_extent: u64,
-        count: u32,
-    ) -> Result<Result<Vec<ExtentHash>, String>> {
+    pub async fn ask(&self, question: HashQuestion) -> Result<Result<Vec<ExtentHash>, String>> {
+        Self::answer(self.queue(question).await?).await
+    }
+
+    /// Puts a question in line and returns where its answer will come:
+    /// the recovery side works on it while the asker does something else.
+    pub async fn queue(&self, question: HashQuestion) -> Result<PendingAnswer> {
         let (reply, answer) = oneshot::channel();
-        let ask = PeerHashAsk { at: at.to_string(), stream_id, volume, first_extent, count, reply };
-        self.tx.send(ask).await.map_err(|_| anyhow!("no link takes questions any more"))?;
+        self.tx.send(PeerHashAsk { question, reply }).await.map_err(|_| anyhow!("no link takes questions any more"))?;
+        Ok(answer)
+    }
+
+    /// The answer to a question `queue` put in line.
+    pub async fn answer(answer: PendingAnswer) -> Result<Result<Vec<ExtentHash>, String>> {
         answer.await.map_err(|_| anyhow!("the link dropped the question"))?
     }
 }

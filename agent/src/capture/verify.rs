@@ -17,7 +17,7 @@
 use super::dirty_map::DirtyMap;
 pub use super::verify_report::{Differing, VerifyReport};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
-use crate::extent_hash::{extent_count, hash, EXTENT_BYTES};
+use crate::extent_hash::{extent_count, hash, HashQuestion, EXTENT_BYTES};
 use crate::record::{now_ms, RECORD_HEADER_BYTES};
 use crate::wire::message::EXTENT_HASHES_PER_MESSAGE_MAX;
 use anyhow::{anyhow, bail, Result};
@@ -83,13 +83,20 @@ impl VpgCapture {
             let mut first = 0;
             while first < extents {
                 let count = (extents - first).min(HASHES_PER_ASK);
-                let theirs =
-                    match self.peer_hashes.ask(stream, &id.to_string(), index as u32, first, count as u32).await {
-                        Ok(Ok(h)) if h.len() as u64 == count => h,
-                        Ok(Ok(h)) => bail!("the recovery side sent {} hashes for {count}", h.len()),
-                        Ok(Err(why)) => bail!("the recovery side could not hash checkpoint {id}: {why}"),
-                        Err(e) => bail!("asking the recovery side for hashes: {e:#}"),
-                    };
+                let at = id.to_string();
+                let question = HashQuestion {
+                    stream_id: stream,
+                    at,
+                    volume: index as u32,
+                    first_extent: first,
+                    count: count as u32,
+                };
+                let theirs = match self.peer_hashes.ask(question).await {
+                    Ok(Ok(h)) if h.len() as u64 == count => h,
+                    Ok(Ok(h)) => bail!("the recovery side sent {} hashes for {count}", h.len()),
+                    Ok(Err(why)) => bail!("the recovery side could not hash checkpoint {id}: {why}"),
+                    Err(e) => bail!("asking the recovery side for hashes: {e:#}"),
+                };
                 let mut e = first;
                 while e < first + count {
                     let n = (first + count - e).min(EXTENTS_PER_READ);

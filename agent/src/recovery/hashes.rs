@@ -11,7 +11,7 @@
 //! waits a while for it, then refuses with `STREAM_NOT_YET` (asked again).
 
 use super::view::PitView;
-use crate::extent_hash::{extent_count, ExtentHash};
+use crate::extent_hash::{extent_count, ExtentHash, HashQuestion};
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,21 +19,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// In a refusal: the journal does not hold the stream yet; ask again.
 pub const STREAM_NOT_YET: &str = "the journal does not hold the stream yet";
 
-/// What the protected side asks (`AskExtentHashes`).
-#[derive(Debug, Clone)]
-pub struct HashAsk {
-    pub stream_id: u32,
-    /// `head` or a checkpoint id.
-    pub at: String,
-    pub volume: u32,
-    pub first_extent: u64,
-    pub count: u32,
-}
-
 /// Hashes of up to `count` extents of `volume` from `first_extent` (fewer
 /// at the volume's end). Blocking; stops early once `cancel` is set (the
 /// link that asked is gone).
-pub fn extent_hashes(journal_root: &Path, vpg: &str, ask: &HashAsk, cancel: &AtomicBool) -> Result<Vec<ExtentHash>> {
+pub fn extent_hashes(
+    journal_root: &Path,
+    vpg: &str,
+    ask: &HashQuestion,
+    cancel: &AtomicBool,
+) -> Result<Vec<ExtentHash>> {
     let (view, stream) = match ask.at.as_str() {
         "head" => PitView::open_head(journal_root, vpg, "hashes")?,
         id => PitView::open_with_stream(journal_root, vpg, id, "verify")?,

@@ -6,10 +6,10 @@
 use super::peer::Peer;
 use super::slot::{VpgSlot, VpgSlots, FAILOVER_PENDING};
 use super::{recv_control, recv_control_or_refuse, send_control};
+use crate::extent_hash::HashQuestion;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
-use crate::recovery::hashes::HashAsk;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
@@ -236,7 +236,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 pin_last_clean(&mut link, receiver, &vpg, since_seq, reason).await?
             }
             ControlMessage::AskExtentHashes { stream_id, at, volume, first_extent, count } => {
-                let ask = HashAsk { stream_id, at, volume, first_extent, count };
+                let ask = HashQuestion { stream_id, at, volume, first_extent, count };
                 answer_hashes(&mut link, receiver, &vpg, ask).await?
             }
             // After a reconnect the move is announced again implicitly.
@@ -313,7 +313,7 @@ async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut S,
     receiver: &Arc<Receiver>,
     vpg: &str,
-    ask: HashAsk,
+    ask: HashQuestion,
 ) -> Result<()> {
     let slot = receiver.slot(vpg).context("no journal open for the VPG")?;
     let root = receiver.journal_root.clone();

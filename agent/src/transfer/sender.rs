@@ -297,19 +297,20 @@ async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
     control: &mut S,
     ask: &PeerHashAsk,
 ) -> Result<Result<Vec<ExtentHash>, String>> {
+    let q = &ask.question;
     let request = ControlMessage::AskExtentHashes {
-        stream_id: ask.stream_id,
-        at: ask.at.clone(),
-        volume: ask.volume,
-        first_extent: ask.first_extent,
-        count: ask.count,
+        stream_id: q.stream_id,
+        at: q.at.clone(),
+        volume: q.volume,
+        first_extent: q.first_extent,
+        count: q.count,
     };
     send_control(control, &request).await?;
     loop {
         match recv_control(control).await? {
             ControlMessage::Promoting => {}
             ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
-                if volume != ask.volume || first_extent != ask.first_extent || hashes.len() > ask.count as usize {
+                if volume != q.volume || first_extent != q.first_extent || hashes.len() > q.count as usize {
                     bail!(
                         "extent hashes for volume {volume} from {first_extent} ({}) answer another question",
                         hashes.len()
