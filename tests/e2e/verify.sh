@@ -70,3 +70,16 @@ out=$("$TIDEMARK" verify --config "$WORK/protected.toml" --vpg nosuch 2>&1) && f
 grep -q 'no VPG "nosuch"' <<<"$out" || fail "unknown VPG: $out"
 out=$("$TIDEMARK" verify --config "$WORK/recovery.toml" --vpg vpg1 2>&1) && fail "verify on the recovery side passed"
 grep -q "recovery-side config\|protected appliance\|role" <<<"$out" || fail "verify with the recovery config: $out"
+
+# A scheduled verify (verify_interval): its result shows in status.
+kill9 "$PROTECTED_PID"
+sed -i 's/^checkpoint_interval_ms = 1000$/checkpoint_interval_ms = 1000\nverify_interval = "10s"/' "$WORK/protected.toml"
+grep -q '^verify_interval = "10s"' "$WORK/protected.toml" || fail "verify_interval not set in the config"
+start_protected
+for _ in $(seq 1 150); do
+    "$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "last verify: .*0 extents differ" && break
+    sleep 0.2
+done
+"$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "last verify: .*0 extents differ" ||
+    fail "no scheduled verify in status within 30 s: $("$TIDEMARK" status --config "$WORK/protected.toml")"
+log "a scheduled verify ran: $("$TIDEMARK" status --config "$WORK/protected.toml" | grep 'last verify')"

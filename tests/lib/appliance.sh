@@ -189,8 +189,17 @@ TOML
 }
 
 # host_checkpoint NETNS TAG: a checkpoint of vm1 tagged TAG, taken on the
-# host's protected agent, that the recovery journal holds.
+# host's protected agent once its initial copy is in the stream (a
+# checkpoint before that is partial), that the recovery journal holds.
 host_checkpoint() {
+    local state
+    for _ in $(seq 1 600); do
+        state=$("$TIDEMARK" status --json --config "$WORK/protected.toml" 2>/dev/null | jq -r '.vpgs[0].state // ""')
+        grep -Eq '^(in sync|replicating|bitmap|resync)' <<<"$state" && break
+        sleep 0.2
+    done
+    grep -Eq '^(in sync|replicating|bitmap|resync)' <<<"$state" ||
+        fail "the host's protected agent did not finish its initial copy within 120 s: $state"
     ip netns exec "$1" "$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vm1 --tag "$2" --wait 120s \
         >"$WORK/checkpoint.out" 2>&1 || fail "checkpoint '$2': $(cat "$WORK/checkpoint.out")"
     grep -q "in the recovery journal" "$WORK/checkpoint.out" ||

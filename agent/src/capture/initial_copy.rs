@@ -134,7 +134,9 @@ impl VpgCapture {
             let next = first + count;
             if self.copies_by_hash && theirs.is_some() && next < extents {
                 let n = (extents - next).min(HASHES_PER_ASK) as u32;
-                queued = self.peer_hashes.queue(self.head_question(index, next, n)).await.ok();
+                // Never waits long: with no link up, the line may be full.
+                let queue = self.peer_hashes.queue(self.head_question(index, next, n));
+                queued = tokio::time::timeout(ASK_RETRY, queue).await.ok().and_then(Result::ok);
             }
             let mut e = first;
             while e < first + count {

@@ -16,13 +16,15 @@ pub struct Differing {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub vpg: String,
-    /// The checkpoint compared at (0 if the verify failed before one).
+    /// The first checkpoint compared at (each 512 MiB has its own; 0 if
+    /// the verify failed before one).
     pub checkpoint: u64,
     pub started_ms: u64,
     pub elapsed_ms: u64,
     /// Bytes compared (extents not written during the verify).
     pub compared_bytes: u64,
-    /// Extents written since the checkpoint, so not compared.
+    /// Extents written after each checkpoint they were tried at, so not
+    /// compared.
     pub changed_extents: u64,
     pub differing_extents: u64,
     /// The first `DIFFERING_LISTED_MAX` of them.
@@ -46,7 +48,7 @@ impl VerifyReport {
             None => String::new(),
         };
         format!(
-            "{when}: checkpoint {}: {} compared, {} extents differ{repaired}, {} written meanwhile (not compared)",
+            "{when}: from checkpoint {}: {} compared, {} extents differ{repaired}, {} written meanwhile (not compared)",
             self.checkpoint,
             crate::status::format_bytes(self.compared_bytes),
             self.differing_extents,

@@ -102,8 +102,10 @@ pub struct VpgCapture {
     pub peer_hashes: super::peer_hashes::PeerHashes,
     /// While a verify runs: the extents written since its checkpoint.
     pub(super) verify_written: std::sync::Mutex<Option<DirtyMap>>,
-    /// Held by the one verify that may run at a time; its last report.
-    pub(super) verify: Mutex<Option<super::verify_report::VerifyReport>>,
+    /// Held by the one verify that runs at a time (others wait).
+    pub(super) verifying: Mutex<()>,
+    /// The last verify's report.
+    pub(super) last_verify: std::sync::Mutex<Option<super::verify_report::VerifyReport>>,
     /// The newest checkpoint inserted, automatic or tagged (for status).
     last_checkpoint: std::sync::Mutex<Option<CheckpointSummary>>,
     promote_tx: mpsc::Sender<PromoteRequest>,
@@ -243,7 +245,8 @@ impl VpgCapture {
             copy_progress: Default::default(),
             peer_hashes: Default::default(),
             verify_written: std::sync::Mutex::new(None),
-            verify: Mutex::new(None),
+            verifying: Mutex::new(()),
+            last_verify: std::sync::Mutex::new(None),
             last_checkpoint: std::sync::Mutex::new(None),
             promote_tx,
             promote_rx: Mutex::new(promote_rx),

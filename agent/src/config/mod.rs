@@ -22,6 +22,8 @@ pub const LOG_CAPACITY_BYTES_DEFAULT: u64 = 1 << 30;
 pub const LOG_CAPACITY_BYTES_MIN: u64 = 64 << 20;
 /// The lag status samples once a second: a shorter RPO target means nothing.
 const RPO_ALERT_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// A scheduled verify reads every volume whole: not more often than this.
+const VERIFY_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_secs(10);
 pub const HISTORY_DEFAULT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 pub const HISTORY_MIN: std::time::Duration = std::time::Duration::from_secs(60);
 pub const HISTORY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -215,6 +217,10 @@ pub struct VpgConfig {
     /// the log warn. None: no target.
     #[serde(default, deserialize_with = "deserialize_optional_duration")]
     pub rpo_alert: Option<std::time::Duration>,
+    /// Run an online verify (`tidemark verify`, no repair) this often
+    /// ("1day", "12h"); the result is in status. None: only on demand.
+    #[serde(default, deserialize_with = "deserialize_optional_duration")]
+    pub verify_interval: Option<std::time::Duration>,
     /// The encryption-attack detector (`[vpg.detection]`; on by default).
     #[serde(default)]
     pub detection: DetectionConfig,
@@ -755,6 +761,9 @@ impl VpgConfig {
         if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
             bail!("vpg[{i}].rpo_alert: must be at least 1s");
         }
+        if self.verify_interval.is_some_and(|t| t < VERIFY_INTERVAL_MIN) {
+            bail!("vpg[{i}].verify_interval: must be at least 10s (each verify reads every volume)");
+        }
         let d = &self.detection;
         if d.interval < std::time::Duration::from_secs(1) || d.interval > std::time::Duration::from_secs(3600) {
             bail!("vpg[{i}].detection.interval: must be between 1s and 1h");
@@ -898,6 +907,7 @@ path = "/tmp/v1"
             ("priority = \"urgent\"", "urgent"),
             ("rpo_alert = \"soon\"", "not a duration"),
             ("rpo_alert = \"100ms\"", "vpg[0].rpo_alert: must be at least 1s"),
+            ("verify_interval = \"5s\"", "vpg[0].verify_interval: must be at least 10s"),
         ] {
             let err = format!("{:#}", Config::parse(&protected(bad)).unwrap_err());
             assert!(err.contains(named), "{bad}: {err}");

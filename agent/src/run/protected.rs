@@ -83,6 +83,9 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     for ((interval_ms, rt), vpg_cfg) in runtimes.iter().zip(&cfg.vpgs) {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
+        if let Some(every) = vpg_cfg.verify_interval {
+            tokio::spawn(verify_timer(rt.capture.clone(), every));
+        }
         // A VPG under reverse protection receives from the recovery site.
         if rt.capture.reverse_state().is_some() {
             reverse.ensure(&rt.capture);
@@ -120,6 +123,30 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
         }
         if let Err(e) = capture.checkpoint("", Duration::ZERO).await {
             tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
+        }
+    }
+}
+
+/// A scheduled online verify (no repair): the report goes to status and
+/// the log; differing extents are logged as errors.
+async fn verify_timer(capture: Arc<VpgCapture>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        // Not while the stream has ended here (moved, failed over, reverse).
+        if capture.writes_refused().is_some() || capture.reverse_state().is_some() {
+            continue;
+        }
+        match capture.verify(false).await {
+            Ok(r) if r.differing_extents > 0 => tracing::error!(
+                vpg = %capture.name,
+                "scheduled verify: {} extents differ from the recovery site (run `tidemark verify --repair`)",
+                r.differing_extents
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(vpg = %capture.name, "scheduled verify did not finish: {e:#}"),
         }
     }
 }
