@@ -172,7 +172,7 @@ enum Command {
         at: OnRecovery,
         /// VOLUME=FILE: a raw image of the whole volume (repeat per volume;
         /// volumes not named start as zeros).
-        #[arg(long = "image", value_parser = parse_seed_image, required = true)]
+        #[arg(long = "image", value_name = "VOLUME=FILE", value_parser = parse_seed_image, required = true)]
         images: Vec<(String, PathBuf)>,
     },
     /// Check the file systems of every volume at a checkpoint, in place
@@ -271,11 +271,12 @@ enum Command {
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
-    /// Online verify (protected side, agent running): take a checkpoint,
-    /// have the recovery site hash its image there (SHA-256 per 64 KiB
-    /// extent), and compare with the volumes while writes go on (extents
-    /// written meanwhile are counted, not compared). Lists the extents that
-    /// differ; exit status 65 if any do and --repair was not given.
+    /// Online verify (protected side, agent running): per 512 MiB, take a
+    /// checkpoint, have the recovery site hash its image there (SHA-256 per
+    /// 64 KiB extent), and compare with the volumes while writes go on
+    /// (extents written meanwhile are tried again at newer checkpoints,
+    /// then counted, not compared). Lists the extents that differ; exit
+    /// status 65 if any do and --repair was not given.
     Verify {
         #[command(flatten)]
         at: OnProtected,
@@ -834,6 +835,9 @@ fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time:
     let request = tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
     let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
     let id = reply.id.context("the agent did not say which checkpoint it inserted")?;
+    if let Some(note) = &reply.message {
+        eprintln!("note: {note}");
+    }
     if reply.durable {
         println!("checkpoint {id} {tag:?}: in the recovery journal");
     } else {

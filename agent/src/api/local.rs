@@ -282,12 +282,21 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+            // Said before it is inserted: a copy that ends meanwhile ends after it.
+            let partial = capture.copied().len() < capture.volumes.len();
             let id = capture.checkpoint(&tag, wait).await?;
             tracing::info!(vpg = %vpg, "tagged checkpoint {id} {tag:?} inserted");
             // Acknowledged in its own stream: a checkpoint of a stream that
             // started over never reaches the journal.
             let durable = matches!(tokio::time::timeout(wait, capture.log.wait_acked(id)).await, Ok(Ok(true)));
-            Ok(Reply { id: Some(id), durable, message: None, ..Reply::done(String::new()) })
+            let message = partial.then(|| {
+                format!(
+                    "VPG {vpg}'s initial copy is still running ({}): this checkpoint is partial, not restorable; \
+                     checkpoints after the copy completes are",
+                    capture.copy_progress()
+                )
+            });
+            Ok(Reply { id: Some(id), durable, message, ..Reply::done(String::new()) })
         }
         (Request::Verify { vpg, repair }, Agent::Protected(vpgs, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
