@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Extents asked for at a time: 512 MiB of volume, one control message.
-const HASHES_PER_ASK: u64 = EXTENT_HASHES_PER_MESSAGE_MAX as u64;
+pub(super) const HASHES_PER_ASK: u64 = EXTENT_HASHES_PER_MESSAGE_MAX as u64;
 /// Extents read, compared and appended under one hold of the order lock.
-const EXTENTS_PER_READ: u64 = COPY_CHUNK_BYTES / EXTENT_BYTES;
+pub(super) const EXTENTS_PER_READ: u64 = COPY_CHUNK_BYTES / EXTENT_BYTES;
 const _: () = assert!(COPY_CHUNK_BYTES.is_multiple_of(EXTENT_BYTES) && EXTENTS_PER_READ > 0);
 /// Pause before a question the link dropped is asked again.
 const ASK_RETRY: Duration = Duration::from_secs(1);

@@ -18,24 +18,22 @@
 //! checkpoints before that keep the damage, and the report says so.
 
 use super::dirty_map::DirtyMap;
+use super::initial_copy::{EXTENTS_PER_READ, HASHES_PER_ASK};
 pub use super::verify_report::{Differing, VerifyReport, DIFFERING_LISTED_MAX};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
 use crate::extent_hash::{extent_count, hash, HashQuestion, EXTENT_BYTES};
 use crate::record::{now_ms, RECORD_HEADER_BYTES};
-use crate::wire::message::EXTENT_HASHES_PER_MESSAGE_MAX;
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
 /// How long the checkpoint may take to be allowed and to reach the journal.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(60);
 const JOURNAL_WAIT: Duration = Duration::from_secs(600);
-const HASHES_PER_ASK: u64 = EXTENT_HASHES_PER_MESSAGE_MAX as u64;
 /// Checkpoints a group of extents is compared at, at most: an extent
 /// written after each of them is counted as changed, not compared.
 const VERIFY_PASSES: usize = 3;
 /// How long a question may wait for the link and the recovery side.
 const ASK_WAIT: Duration = Duration::from_secs(600);
-const EXTENTS_PER_READ: u64 = COPY_CHUNK_BYTES / EXTENT_BYTES;
 
 impl VpgCapture {
     /// Compares every volume with the recovery journal at a new
@@ -138,12 +136,7 @@ impl VpgCapture {
                 report.checkpoint = id;
             }
             let stream = self.log.stream_id();
-            match tokio::time::timeout(JOURNAL_WAIT, self.log.wait_acked(id)).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => bail!("the stream started over before checkpoint {id} reached the recovery journal"),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => bail!("checkpoint {id} did not reach the recovery journal within {JOURNAL_WAIT:?}"),
-            }
+            self.wait_in_journal(id, &format!("checkpoint {id}")).await?;
             let question = HashQuestion {
                 stream_id: stream,
                 at: id.to_string(),
@@ -208,11 +201,17 @@ impl VpgCapture {
             report.repaired_bytes += len;
         }
         report.repaired_seq = first_seq;
-        match tokio::time::timeout(JOURNAL_WAIT, self.log.wait_acked(last_seq)).await {
+        self.wait_in_journal(last_seq, "the resent extents").await
+    }
+
+    /// Waits (`JOURNAL_WAIT` at most) until the recovery journal holds
+    /// `seq`; `what` names it in the error.
+    async fn wait_in_journal(&self, seq: u64, what: &str) -> Result<()> {
+        match tokio::time::timeout(JOURNAL_WAIT, self.log.wait_acked(seq)).await {
             Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => bail!("the stream started over before the resent extents reached the recovery journal"),
+            Ok(Ok(false)) => bail!("the stream started over before {what} reached the recovery journal"),
             Ok(Err(e)) => Err(e),
-            Err(_) => bail!("the resent extents did not reach the recovery journal within {JOURNAL_WAIT:?}"),
+            Err(_) => bail!("{what} did not reach the recovery journal within {JOURNAL_WAIT:?}"),
         }
     }
 }
