@@ -271,6 +271,24 @@ enum Command {
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Switch-back (old protected site, under reverse protection and in
+    /// sync): the recovery site refuses writes and marks the end of its
+    /// log, this site applies it, the recovery site ends its failover, and
+    /// the VPG runs here again, protected towards the recovery site by a
+    /// new stream whose copy sends only extents that differ (none when
+    /// nothing changed). Stop the VM at the recovery site first. If it is
+    /// interrupted, run it again to finish, or cancel it.
+    MoveBack {
+        #[command(flatten)]
+        at: OnProtected,
+        /// How long to wait for the recovery site at each step.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// Call off an unfinished switch-back: the recovery site takes writes
+        /// on its live volumes again (refused once it has ended its failover).
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Online verify (protected side, agent running): per 512 MiB, take a
     /// checkpoint, have the recovery site hash its image there (SHA-256 per
     /// 64 KiB extent), and compare with the volumes while writes go on
@@ -491,6 +509,7 @@ fn init_logging(command: &Command) {
         | Command::Move { at: OnProtected { config, .. }, .. }
         | Command::ClearAlert { at: OnProtected { config, .. } }
         | Command::Reverse { at: OnProtected { config, .. }, .. }
+        | Command::MoveBack { at: OnProtected { config, .. }, .. }
         | Command::Verify { at: OnProtected { config, .. }, .. }
         | Command::Harden { config }
         | Command::Diag { config, .. } => Some(config),
@@ -673,6 +692,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", agent_says(&cfg.node.data_dir, &request)?);
         }
         Command::Reverse { at: OnProtected { config, vpg }, wait } => reverse(config, vpg, wait)?,
+        Command::MoveBack { at: OnProtected { config, vpg }, wait, cancel } => move_back(config, vpg, wait, cancel)?,
         Command::Verify { at: OnProtected { config, vpg }, repair, json } => verify(config, vpg, repair, json)?,
         Command::Move { at: OnProtected { config, vpg }, wait, cancel } => move_vpg(config, vpg, wait, cancel)?,
         Command::TestFailover(TestFailover::Start { at: OnRecovery { config, vpg }, checkpoint }) => {
@@ -975,6 +995,18 @@ fn move_vpg(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: boo
         format!("cancelling the move: asking the recovery side (up to {wait:?})")
     } else {
         format!("moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})")
+    };
+    println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
+    Ok(())
+}
+
+fn move_back(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: bool) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    let request = tidemark::api::local::Request::MoveBack { vpg, wait_ms: wait.as_millis() as u64, cancel };
+    let progress = if cancel {
+        format!("cancelling the switch-back: asking the recovery site (up to {wait:?})")
+    } else {
+        format!("switching back: the recovery site refuses writes from now on (waiting up to {wait:?} per step)")
     };
     println!("{}", agent_says_slowly(&cfg.node.data_dir, &request, &progress)?);
     Ok(())

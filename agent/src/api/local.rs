@@ -49,6 +49,15 @@ pub enum Request {
     /// Protected (old site, after a failover or move): receive the VPG
     /// back; waits up to `wait_ms` for the delta copy.
     Reverse { vpg: String, wait_ms: u64 },
+    /// Protected (old site, under reverse protection and in sync): run the
+    /// VPG here again, protected forward (switch-back); waits up to
+    /// `wait_ms` for each step. With `cancel`, calls off an unfinished one.
+    MoveBack {
+        vpg: String,
+        wait_ms: u64,
+        #[serde(default)]
+        cancel: bool,
+    },
     /// Protected: clears the encryption detector's alert on `vpg` (`by`:
     /// who asked, for the log).
     ClearAlert {
@@ -123,7 +132,7 @@ impl Reply {
 /// Who answers on the socket.
 #[derive(Clone)]
 pub enum Agent {
-    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>, Arc<crate::transfer::reverse::ReverseRunner>),
+    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>, Arc<crate::transfer::reverse_runner::ReverseRunner>),
     Recovery(Arc<RecoveryOps>),
 }
 
@@ -251,7 +260,19 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
         (Request::Reverse { vpg, wait_ms }, Agent::Protected(vpgs, runner)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
-            Ok(Reply { durable: true, ..Reply::done(crate::transfer::reverse::start(runner, capture, wait).await?) })
+            Ok(Reply {
+                durable: true,
+                ..Reply::done(crate::transfer::reverse_runner::start(runner, capture, wait).await?)
+            })
+        }
+        (Request::MoveBack { vpg, wait_ms, cancel }, Agent::Protected(vpgs, runner)) => {
+            let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
+            let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+            let message = match cancel {
+                true => crate::transfer::switch_back::cancel(runner, capture, wait).await?,
+                false => crate::transfer::switch_back::move_back(runner, capture, wait).await?,
+            };
+            Ok(Reply { durable: true, ..Reply::done(message) })
         }
         (Request::Move { vpg, wait_ms, cancel }, Agent::Protected(vpgs, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
@@ -316,6 +337,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::TestFailoverStop { .. } => "test-failover stop",
         Request::Move { .. } => "move",
         Request::Reverse { .. } => "reverse",
+        Request::MoveBack { .. } => "move-back",
         Request::Failover { .. } => "failover",
         Request::Verify { .. } => "verify",
     }

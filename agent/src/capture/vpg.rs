@@ -404,6 +404,33 @@ impl VpgCapture {
         state.store(self.log.dir())
     }
 
+    /// The marker of a switch-back this site applied, if one is under way.
+    pub fn move_back_marker(&self) -> Option<u64> {
+        self.state.lock().expect("state lock").move_back_marker
+    }
+
+    /// Records (durably) that this site applied the reverse log through
+    /// `marker`, or forgets it.
+    pub fn set_move_back_marker(&self, marker: Option<u64>) -> Result<()> {
+        let mut state = self.state.lock().expect("state lock");
+        state.move_back_marker = marker;
+        state.store(self.log.dir())
+    }
+
+    /// Reverse protection ends (switched back): this site takes writes
+    /// again, in one durable write, between the reverse apply's batches
+    /// (it holds the order lock too).
+    pub async fn end_reverse(&self) -> Result<()> {
+        let _order = self.order.lock().await;
+        let mut state = self.state.lock().expect("state lock");
+        state.reverse = None;
+        state.writes_refused = None;
+        state.move_back_marker = None;
+        state.store(self.log.dir())?;
+        tracing::warn!(vpg = %self.name, "reverse protection ended: this site takes writes again");
+        Ok(())
+    }
+
     /// Why writes are refused, if they are.
     pub fn writes_refused(&self) -> Option<String> {
         self.state.lock().expect("state lock").writes_refused.clone()

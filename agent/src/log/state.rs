@@ -23,6 +23,11 @@ pub struct CaptureState {
     /// start only to a journal that holds it (`docs/hash-sync.md`).
     #[serde(default)]
     pub compared_stream: u32,
+    /// A switch-back (`tidemark move-back`): this site applied the reverse
+    /// log through the recovery site's marker (that checkpoint's seq) and
+    /// asked it to end the failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_back_marker: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::journal::FAILOVER_RECORD_FILE as FAILOVER_FILE;
-const SET_ASIDE_DIR: &str = "after-failover";
+pub(super) const SET_ASIDE_DIR: &str = "after-failover";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +45,19 @@ pub struct FailoverRecord {
     pub serve: bool,
     /// Journal bytes after the checkpoint that were set aside.
     pub set_aside_bytes: u64,
+    /// A switch-back (`tidemark move-back`) under way: writes on the live
+    /// volumes are refused and the reverse log ends at its marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_back: Option<MoveBackMark>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveBackMark {
+    /// The checkpoint that ends the reverse log (nothing is written after it).
+    pub marker: u64,
+    /// The old site applied the reverse log through the marker: the
+    /// failover ends (also at the next start, if a stop interrupts it).
+    pub applied: bool,
 }
 
 impl FailoverRecord {
@@ -57,7 +70,7 @@ impl FailoverRecord {
         }
     }
 
-    fn store(&self, vpg_dir: &Path) -> Result<()> {
+    pub(super) fn store(&self, vpg_dir: &Path) -> Result<()> {
         replace_file(&vpg_dir.join(FAILOVER_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
     }
 
@@ -114,6 +127,7 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
         time_ms: crate::record::now_ms(),
         serve,
         set_aside_bytes,
+        move_back: None,
     };
     record.store(dir)?;
     fail::fail_point!("failover-after-record", |_| std::process::abort());
@@ -189,6 +203,7 @@ mod tests {
             time_ms: 1,
             serve: false,
             set_aside_bytes: 0,
+            move_back: None,
         };
         record.store(dir.path()).unwrap();
         let (path, mut f) = create_segment(dir.path(), SegmentKind::Journal, 1, 11).unwrap();

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod pinning;
 pub mod restore;
 pub mod seed;
+pub mod switch_back;
 pub mod view;
 
 use crate::journal::apply_state::ApplyState;

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 const SCRATCH_DIR: &str = "scratch";
 /// Where a failed-over VPG logs its writes for the old site.
-const REVERSE_LOG_DIR: &str = "reverse-log";
+pub(super) const REVERSE_LOG_DIR: &str = "reverse-log";
 const REVERSE_LOG_CAPACITY: u64 = 1 << 30;
 
 /// The exports one request made: NBD, and iSCSI LUNs where configured.
@@ -78,25 +78,25 @@ impl Drop for TestSlot<'_> {
 }
 
 pub struct RecoveryOps {
-    journal_root: PathBuf,
+    pub(super) journal_root: PathBuf,
     scratch_root: PathBuf,
     pub exports: ExportTable,
     listen: Option<SocketAddr>,
     /// The same exports as iSCSI LUNs (`[iscsi]` configured).
-    luns: Option<RecoveryLuns>,
+    pub(super) luns: Option<RecoveryLuns>,
     tests: Mutex<BTreeMap<String, TestFailover>>,
     /// The VPGs whose journals are open here.
-    slots: Arc<VpgSlots>,
+    pub(super) slots: Arc<VpgSlots>,
     /// VPG → the failover or move being committed for it.
     busy: Mutex<BTreeMap<String, How>>,
     /// Failed-over VPGs served live: where their writes go.
-    live: Mutex<BTreeMap<String, LiveCapture>>,
+    pub(super) live: Mutex<BTreeMap<String, LiveCapture>>,
     /// Reverse protection sessions, by VPG.
-    reverse: Mutex<BTreeMap<String, ReverseSession>>,
+    pub(super) reverse: Mutex<BTreeMap<String, ReverseSession>>,
     /// Held while a reverse capture is made.
     reverse_setup: tokio::sync::Mutex<()>,
     /// Held by the one failover or move being committed.
-    committing: tokio::sync::Mutex<()>,
+    pub(super) committing: tokio::sync::Mutex<()>,
 }
 
 /// Opens the capture of a failed-over VPG's writes for the old site, in
@@ -469,7 +469,8 @@ impl RecoveryOps {
 
     /// A reverse hello from the old protected site: start (or resume)
     /// sending the VPG back. Hashes are needed unless the reverse log can
-    /// continue right after what the old site applied.
+    /// continue right after what the old site applied. None when the VPG
+    /// is not failed over here (never, or switched back).
     pub async fn reverse_begin(
         &self,
         vpg: &str,
@@ -477,12 +478,12 @@ impl RecoveryOps {
         applied_seq: u64,
         applied_stream: u32,
         peer: [u8; 32],
-    ) -> Result<ReverseStart> {
+    ) -> Result<Option<ReverseStart>> {
         crate::config::validate_name("vpg", vpg)?;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(_record) = FailoverRecord::load(&dir)? else {
-            bail!("VPG {vpg:?} was not failed over or moved here; there is nothing to reverse");
-        };
+        if FailoverRecord::load(&dir)?.is_none() {
+            return Ok(None);
+        }
         let meta = JournalMeta::load(&dir)?;
         if meta.volumes != volumes {
             bail!("the old site's volumes {:?} differ from this VPG's {:?}", volumes, meta.volumes);
@@ -501,7 +502,7 @@ impl RecoveryOps {
         }
         let session = crate::random::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
-        Ok(ReverseStart { session, need_hashes: !continues, capture })
+        Ok(Some(ReverseStart { session, need_hashes: !continues, capture }))
     }
 
     /// The capture of a reverse session, if `session` is the current one

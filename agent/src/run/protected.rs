@@ -53,7 +53,26 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             .push((vpg_cfg.checkpoint_interval_ms, VpgRuntime { capture, stats: Arc::new(SenderStats::default()) }));
     }
     let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
-    let reverse = Arc::new(crate::transfer::reverse::ReverseRunner::new(cfg.peer.clone(), tls_config.clone()));
+    // One cap for the link, shared by every VPG on it.
+    let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec, cfg.vpgs.len()));
+    let start_forward: crate::transfer::reverse_runner::StartForward = {
+        let seats: std::collections::BTreeMap<String, (Arc<SenderStats>, crate::config::Priority)> = runtimes
+            .iter()
+            .zip(&cfg.vpgs)
+            .map(|((_, rt), v)| (rt.capture.name.clone(), (rt.stats.clone(), v.priority)))
+            .collect();
+        let (peer, tls_config, link) = (cfg.peer.clone(), tls_config.clone(), link.clone());
+        Box::new(move |capture: &Arc<VpgCapture>| {
+            let Some((stats, priority)) = seats.get(&capture.name) else { return };
+            let seat = LinkSeat { share: link.clone(), priority: *priority };
+            tokio::spawn(sender::run(capture.clone(), peer.clone(), tls_config.clone(), stats.clone(), seat));
+        })
+    };
+    let reverse = Arc::new(crate::transfer::reverse_runner::ReverseRunner::new(
+        cfg.peer.clone(),
+        tls_config.clone(),
+        start_forward,
+    ));
     crate::api::local::start(
         &cfg.node.data_dir,
         crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone()),
@@ -78,8 +97,6 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             *target = Some(served.status());
         }
     }
-    // One cap for the link, shared by every VPG on it.
-    let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec, cfg.vpgs.len()));
     for ((interval_ms, rt), vpg_cfg) in runtimes.iter().zip(&cfg.vpgs) {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
         tokio::spawn(checkpoint_timer(rt.capture.clone(), *interval_ms));
@@ -90,8 +107,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         if rt.capture.reverse_state().is_some() {
             reverse.ensure(&rt.capture);
         } else {
-            let seat = LinkSeat { share: link.clone(), priority: vpg_cfg.priority };
-            tokio::spawn(sender::run(rt.capture.clone(), cfg.peer.clone(), tls_config.clone(), rt.stats.clone(), seat));
+            reverse.start_forward(&rt.capture);
         }
     }
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();

@@ -97,6 +97,9 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 0 if index.initial_copy_complete() => "protected".to_string(),
                 0 => "initial copy in progress".to_string(),
                 crate::transfer::slot::FAILOVER_PENDING => "failover in progress".to_string(),
+                c if ops.switching_back(&name) => {
+                    format!("failed over at checkpoint {c}; switching back to the old site (writes refused here)")
+                }
                 c => format!("failed over at checkpoint {c} (volumes live here)"),
             };
             vpgs.push(VpgStatus {

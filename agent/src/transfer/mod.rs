@@ -7,12 +7,14 @@ pub mod link_share;
 pub mod peer;
 pub mod receiver;
 pub mod reverse;
+pub mod reverse_runner;
 pub mod sender;
 pub mod slot;
+pub mod switch_back;
 
 use crate::wire::frame::{read_frame_within, write_frame, FrameKind};
 use crate::wire::message::{ControlMessage, CONTROL_BYTES_MAX};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -50,4 +52,21 @@ pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMess
         bail!("expected a control frame, got {kind:?}");
     }
     Ok(ControlMessage::from_bytes(&payload)?)
+}
+
+/// Sends what `work` answers, telling the protected side it is still
+/// working (`Promoting`) every few seconds until then.
+pub(crate) async fn answer_when_done<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    mut work: tokio::task::JoinHandle<ControlMessage>,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(KEEPALIVE_INTERVAL);
+    tick.tick().await;
+    let reply = loop {
+        tokio::select! {
+            done = &mut work => break done.context("control request task")?,
+            _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
+        }
+    };
+    send_control(link, &reply).await
 }

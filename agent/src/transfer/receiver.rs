@@ -5,7 +5,7 @@
 
 use super::peer::Peer;
 use super::slot::{VpgSlot, VpgSlots, FAILOVER_PENDING};
-use super::{recv_control, recv_control_or_refuse, send_control};
+use super::{answer_when_done, recv_control, recv_control_or_refuse, send_control};
 use crate::extent_hash::HashQuestion;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
@@ -95,6 +95,9 @@ impl Receiver {
             let Ok(meta) = JournalMeta::load(&dir) else { continue };
             let vpg = meta.vpg.clone();
             let policy = (self.policy_for)(&vpg);
+            if crate::recovery::switch_back::finish_on_disk(&dir)? {
+                tracing::warn!(%vpg, "finished a switch-back a stop interrupted");
+            }
             crate::recovery::failover::finish_commit(&dir)?;
             let failed = crate::recovery::failover::FailoverRecord::load(&dir)?;
             let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
@@ -197,6 +200,22 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
             return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id, peer).await;
+        }
+        request @ (ControlMessage::MoveBackBegin { .. }
+        | ControlMessage::MoveBackFinish { .. }
+        | ControlMessage::MoveBackCancel { .. }) => {
+            let (protocol, vpg) = request.move_back_target().expect("a switch-back request");
+            if let Err(reason) = receiver.check_access(peer, &vpg, "a switch-back request") {
+                send_control(&mut link, &ControlMessage::refused(reason)).await?;
+                bail!("refused a switch-back request for a VPG this peer may not use");
+            }
+            if protocol != PROTOCOL_VERSION {
+                let reason = format!("protocol version {protocol} is not supported");
+                send_control(&mut link, &ControlMessage::refused(reason)).await?;
+                bail!("switch-back request with protocol {protocol}");
+            }
+            let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+            return super::switch_back::serve(link, ops, request).await;
         }
         other => bail!("expected hello, got {other:?}"),
     };
@@ -322,8 +341,11 @@ async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let work = tokio::spawn(async move {
         let holds = || slot.journal.lock().expect("journal lock").index.stream_id == ask.stream_id;
+        // Only the stream the sender's log holds can still come: a question
+        // of a copy whose stream was replaced is not waited for.
+        let may_come = || slot.session_stream.load(Ordering::SeqCst) == ask.stream_id;
         let waited = std::time::Instant::now();
-        while !holds() && waited.elapsed() < HASH_STREAM_WAIT && !cancel.load(Ordering::Relaxed) {
+        while !holds() && may_come() && waited.elapsed() < HASH_STREAM_WAIT && !cancel.load(Ordering::Relaxed) {
             tokio::time::sleep(HASH_STREAM_POLL).await;
         }
         let hashed = tokio::task::spawn_blocking(move || {
@@ -353,23 +375,6 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-/// Sends what `work` answers, telling the protected side it is still
-/// working (`Promoting`) every few seconds until then.
-async fn answer_when_done<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut S,
-    mut work: tokio::task::JoinHandle<ControlMessage>,
-) -> Result<()> {
-    let mut tick = tokio::time::interval(super::KEEPALIVE_INTERVAL);
-    tick.tick().await;
-    let reply = loop {
-        tokio::select! {
-            done = &mut work => break done.context("control request task")?,
-            _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
-        }
-    };
-    send_control(link, &reply).await
 }
 
 /// How long a hash question waits for the journal to hold its stream.

@@ -26,6 +26,7 @@ use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, EXTENT_HASHES_PER_MESSAGE_MAX, PROTOCOL_VERSION};
 use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,10 +34,6 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 const RETRY_DELAY: Duration = Duration::from_secs(2);
-/// How long `reverse` waits to hear of a failover that just happened
-/// (a few keepalive intervals).
-const FAILOVER_NEWS_POLL: Duration = Duration::from_millis(200);
-const FAILOVER_NEWS_POLLS: u32 = 50;
 
 /// What the old site has received so far (for `tidemark reverse`).
 #[derive(Debug, Clone, Default)]
@@ -53,22 +50,41 @@ pub struct ReverseProgress {
 
 // ---- the old protected site ----
 
-/// Receives the VPG back from the recovery site until the agent stops,
-/// reconnecting after any failure.
-pub async fn run(
-    vpg: Arc<VpgCapture>,
-    peer: PeerConfig,
+/// Receives the VPG back from the recovery site until `stop` is set (the
+/// switch-back ended reverse protection) or the recovery site says it
+/// ended its failover after this site recorded a switch-back's marker;
+/// reconnects after any failure.
+pub(super) async fn run(
+    vpg: &Arc<VpgCapture>,
+    peer: &PeerConfig,
     tls: Arc<rustls::ClientConfig>,
-    progress: watch::Sender<ReverseProgress>,
-) {
+    progress: &watch::Sender<ReverseProgress>,
+    stop: &AtomicBool,
+) -> Ended {
     let connector = TlsConnector::from(tls);
-    loop {
-        if let Err(e) = session(&vpg, &peer, &connector, &progress).await {
-            tracing::warn!(vpg = %vpg.name, "reverse link to {} down: {e:#}; retrying in {RETRY_DELAY:?}", peer.address);
-            progress.send_modify(|p| p.last_error = Some(format!("{e:#}")));
+    while !stop.load(Ordering::SeqCst) {
+        match session(vpg, peer, &connector, progress).await {
+            Ok(Ended::SwitchedBack) => return Ended::SwitchedBack,
+            Ok(Ended::Stopped) | Err(_) if stop.load(Ordering::SeqCst) => break,
+            Ok(Ended::Stopped) => {}
+            Err(e) => {
+                tracing::warn!(vpg = %vpg.name, "reverse link to {} down: {e:#}; retrying in {RETRY_DELAY:?}", peer.address);
+                progress.send_modify(|p| p.last_error = Some(format!("{e:#}")));
+            }
         }
         tokio::time::sleep(RETRY_DELAY).await;
     }
+    tracing::info!(vpg = %vpg.name, "reverse protection stopped");
+    Ended::Stopped
+}
+
+/// How reverse protection ended without an error.
+pub(super) enum Ended {
+    /// Stopped from this site.
+    Stopped,
+    /// The recovery site ended its failover after this site applied a
+    /// switch-back's marker.
+    SwitchedBack,
 }
 
 async fn session(
@@ -76,7 +92,7 @@ async fn session(
     peer: &PeerConfig,
     connector: &TlsConnector,
     progress: &watch::Sender<ReverseProgress>,
-) -> Result<()> {
+) -> Result<Ended> {
     let applied_seq = vpg.reverse_state().map_or(0, |r| r.applied_seq);
     let mut control = dial(connector, &peer.address, peer.control_port).await?;
     let volumes: Vec<VolumeInfo> =
@@ -92,6 +108,10 @@ async fn session(
     send_control(&mut control, &hello).await?;
     let (session, need_hashes) = match recv_control(&mut control).await? {
         ControlMessage::ReverseWelcome { session, need_hashes } => (session, need_hashes),
+        ControlMessage::NotFailedOver if vpg.move_back_marker().is_some() => return Ok(Ended::SwitchedBack),
+        ControlMessage::NotFailedOver => {
+            bail!("the recovery site has no failover of VPG {:?}; there is nothing to reverse", vpg.name)
+        }
         ControlMessage::Refused { reason } => bail!("the recovery site refused reverse protection: {reason}"),
         other => bail!("unexpected reply to the reverse hello: {other:?}"),
     };
@@ -117,10 +137,12 @@ async fn session(
     send_control(&mut data, &ControlMessage::Attach { vpg: vpg.name.clone(), session }).await?;
     tracing::info!(vpg = %vpg.name, applied_seq, need_hashes, "reverse link up: receiving from the recovery site");
     progress.send_modify(|p| p.last_error = None);
-    tokio::select! {
+    let ended = tokio::select! {
         r = ping(&mut control) => r,
         r = apply_stream(vpg, data, progress) => r,
-    }
+    };
+    ended?;
+    bail!("the reverse session ended")
 }
 
 async fn ping<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> {
@@ -164,6 +186,12 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         let before = copied.clone();
         let stream_before = stream;
         let (last, data_bytes, copied_now, stream_now) = tokio::task::spawn_blocking(move || -> Result<_> {
+            // Between this and a switch-back's end of reverse protection
+            // (which holds it too): no batch is applied after that.
+            let _order = vpg2.order.blocking_lock();
+            if vpg2.reverse_state().is_none() {
+                bail!("reverse protection ended (switched back); the batch is not applied");
+            }
             let mut copied = before;
             let mut stream = stream_before;
             let mut data_bytes = 0;
@@ -239,73 +267,6 @@ fn check_continues(batch: &batch::DecodedBatch, applied_seq: u64) -> Result<()> 
     }
 }
 
-/// Starts and tracks the reverse tasks of the old protected site.
-pub struct ReverseRunner {
-    peer: PeerConfig,
-    tls: Arc<rustls::ClientConfig>,
-    running: std::sync::Mutex<std::collections::BTreeMap<String, watch::Receiver<ReverseProgress>>>,
-}
-
-impl ReverseRunner {
-    pub fn new(peer: PeerConfig, tls: Arc<rustls::ClientConfig>) -> Self {
-        ReverseRunner { peer, tls, running: Default::default() }
-    }
-
-    /// The VPG's reverse task, started if it is not running.
-    pub fn ensure(&self, vpg: &Arc<VpgCapture>) -> watch::Receiver<ReverseProgress> {
-        let mut running = self.running.lock().expect("reverse tasks");
-        if let Some(rx) = running.get(&vpg.name) {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(ReverseProgress::default());
-        tokio::spawn(run(vpg.clone(), self.peer.clone(), self.tls.clone(), tx));
-        running.insert(vpg.name.clone(), rx.clone());
-        rx
-    }
-
-    pub fn progress(&self, vpg: &str) -> Option<ReverseProgress> {
-        self.running.lock().expect("reverse tasks").get(vpg).map(|rx| rx.borrow().clone())
-    }
-}
-
-/// `tidemark reverse` on the old protected site: start receiving the VPG
-/// back and wait until the delta copy is applied.
-pub async fn start(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
-    // Right after a failover this site may not have heard of it yet: it
-    // does at the link's next keepalive.
-    for _ in 0..FAILOVER_NEWS_POLLS {
-        if vpg.writes_refused().is_some() {
-            break;
-        }
-        tokio::time::sleep(FAILOVER_NEWS_POLL).await;
-    }
-    if vpg.writes_refused().is_none() {
-        bail!("VPG {:?} is protected from this site (not failed over or moved); there is nothing to reverse", vpg.name);
-    }
-    if vpg.reverse_state().is_none() {
-        vpg.set_reverse_state(ReverseState::default())?;
-    }
-    let mut progress = runner.ensure(vpg);
-    let reached = matches!(tokio::time::timeout(wait, progress.wait_for(|p| p.in_sync)).await, Ok(Ok(_)));
-    let p = progress.borrow().clone();
-    if !reached {
-        bail!(
-            "the delta copy is not applied yet after {wait:?} ({}); reverse protection keeps trying",
-            p.last_error.unwrap_or_else(|| format!("{} received so far", crate::status::format_bytes(p.wire_bytes)))
-        );
-    }
-    let size: u64 = vpg.volumes.iter().map(|v| v.size).sum();
-    Ok(format!(
-        "reverse protection of VPG {:?} is running; this site is in sync with the recovery site. \
-         Received {} on the wire ({} of extent data) for {} of volumes ({:.2}%)",
-        vpg.name,
-        crate::status::format_bytes(p.wire_bytes),
-        crate::status::format_bytes(p.data_bytes),
-        crate::status::format_bytes(size),
-        p.wire_bytes as f64 * 100.0 / size as f64
-    ))
-}
-
 // ---- the recovery site ----
 
 /// The control link of a reverse session (after its hello).
@@ -319,7 +280,11 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &super::peer::Peer,
 ) -> Result<()> {
     let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
-        Ok(s) => s,
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            send_control(&mut link, &ControlMessage::NotFailedOver).await?;
+            bail!("VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it");
+        }
         Err(e) => {
             let reason = format!("{e:#}");
             send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
@@ -361,6 +326,10 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!(%vpg, "reverse protection: sending the VPG back to the old site");
     loop {
         match recv_control(&mut link).await? {
+            // A newer session, or a switch-back, ended this one.
+            ControlMessage::Ping if ops.reverse_session(vpg, start.session, &peer.fingerprint).is_none() => {
+                bail!("the reverse session of {vpg:?} ended (replaced, or switched back)")
+            }
             ControlMessage::Ping => send_control(&mut link, &ControlMessage::Pong).await?,
             other => bail!("unexpected control message {other:?}"),
         }

@@ -157,6 +157,43 @@ pub enum ControlMessage {
     Promoted {
         checkpoint: u64,
     },
+    /// Old protected → recovery, first on a control connection of its own
+    /// (switch-back, `docs/switch-back.md`): refuse writes on the live
+    /// volumes and mark the end of the reverse log. Answered
+    /// `MoveBackMarked`, `NotFailedOver` or `Refused` (after `Promoting`).
+    MoveBackBegin {
+        protocol: u32,
+        vpg: String,
+    },
+    /// Recovery → old protected: writes are refused; the reverse log ends
+    /// at the checkpoint `marker`.
+    MoveBackMarked {
+        marker: u64,
+    },
+    /// Old protected → recovery: this site applied the reverse log through
+    /// `marker` (`applied_seq`, in sync): end the failover. Answered
+    /// `MoveBackDone`, `NotFailedOver` or `Refused` (after `Promoting`).
+    MoveBackFinish {
+        protocol: u32,
+        vpg: String,
+        marker: u64,
+        applied_seq: u64,
+    },
+    /// Recovery → old protected: the failover is over; the journal is at
+    /// `journal_seq` and takes a new stream after it.
+    MoveBackDone {
+        journal_seq: u64,
+    },
+    /// Old protected → recovery: call off an unfinished switch-back (writes
+    /// are taken on the live volumes again). Answered `Promoted`,
+    /// `NotFailedOver` or `Refused`.
+    MoveBackCancel {
+        protocol: u32,
+        vpg: String,
+    },
+    /// Recovery → old protected: the VPG is not failed over here (any
+    /// more): a switch-back finished, or there never was a failover.
+    NotFailedOver,
     /// Recovery → protected, instead of a welcome or a pong: the VPG was
     /// failed over at the recovery site; stop capturing it.
     FailedOver {
@@ -184,6 +221,16 @@ impl ControlMessage {
         ControlMessage::Refused { reason }
     }
 
+    /// The protocol and VPG of a switch-back request (None for others).
+    pub fn move_back_target(&self) -> Option<(u32, String)> {
+        match self {
+            ControlMessage::MoveBackBegin { protocol, vpg }
+            | ControlMessage::MoveBackFinish { protocol, vpg, .. }
+            | ControlMessage::MoveBackCancel { protocol, vpg } => Some((*protocol, vpg.clone())),
+            _ => None,
+        }
+    }
+
     /// What the decoder refuses in this message, checked on both sides:
     /// the sender never sends what the receiver would refuse. (A refusal's
     /// reason over the limit is never sent either; the decoder cuts it.)
@@ -197,6 +244,13 @@ impl ControlMessage {
                 }
             }
             ControlMessage::ReverseHello { vpg, volumes, .. } => check_vpg("reverse_hello", vpg, volumes)?,
+            ControlMessage::MoveBackBegin { vpg, .. }
+            | ControlMessage::MoveBackFinish { vpg, .. }
+            | ControlMessage::MoveBackCancel { vpg, .. }
+                if !is_plain(vpg) =>
+            {
+                return invalid("move_back", format!("VPG name {vpg:?}"));
+            }
             ControlMessage::Attach { vpg, .. } if !is_plain(vpg) => {
                 return invalid("attach", format!("VPG name {vpg:?}"));
             }
@@ -312,6 +366,12 @@ mod tests {
             },
             ControlMessage::refused("\u{1}".repeat(10 * REASON_BYTES_MAX)),
             ControlMessage::Attach { vpg: name('a'), session: u64::MAX },
+            ControlMessage::MoveBackFinish {
+                protocol: u32::MAX,
+                vpg: name('m'),
+                marker: u64::MAX,
+                applied_seq: u64::MAX,
+            },
             ControlMessage::AskExtentHashes {
                 stream_id: u32::MAX,
                 at: u64::MAX.to_string(),
@@ -372,6 +432,7 @@ mod tests {
             (too_many, "8193 hashes"),
             (not_hex, "not a SHA-256"),
             (hello("vm1", volumes), "257 volumes"),
+            (ControlMessage::MoveBackBegin { protocol: 1, vpg: "a/b".into() }, "VPG name"),
             (hello("../etc", Vec::new()), "VPG name"),
             (hello("vm1", vec![VolumeInfo { name: "a/b".into(), size: 1 }]), "volume name"),
         ] {

@@ -1,0 +1,262 @@
+//! Switch-back, recovery side (`docs/switch-back.md`): after a failover and
+//! reverse protection, the VPG goes back to the old site. The old site asks
+//! three things, each on a control connection of its own:
+//!
+//! - begin: refuse writes on the live volumes (persisted in the reverse
+//!   log's capture state, so a restart keeps it), append a checkpoint
+//!   `move-back` as the reverse log's last record (the marker), and record
+//!   the marker in `failover.json`;
+//! - finish (the old site applied through the marker and is in sync):
+//!   record that in `failover.json`, stop serving the volumes, move
+//!   `after-failover/` and `reverse-log/` under `history-<time>/`, remove
+//!   `failover.json` last, and reopen the journal: its replica, exactly the
+//!   old site's volumes, is the base of the next forward stream;
+//! - cancel (before finish): forget the marker and take writes again.
+//!
+//! Once `applied` is recorded, a stop is finished at the next start
+//! (`finish_on_disk`): the VPG is either still failed over or protected
+//! forward again, never in between.
+
+use super::failover::{FailoverRecord, MoveBackMark, SET_ASIDE_DIR};
+use super::luns::Purpose;
+use super::ops::{RecoveryOps, REVERSE_LOG_DIR};
+use crate::capture::vpg::VpgCapture;
+use crate::durable::sync_dir;
+use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tag of the checkpoint that ends the reverse log.
+pub const MOVE_BACK_TAG: &str = "move-back";
+const MOVE_BACK_REFUSAL: &str =
+    "the VPG is switching back to the old site (`tidemark move-back`); writes are refused here";
+const HISTORY_DIR_PREFIX: &str = "history-";
+/// How long the marker waits for the reverse log to be consistent.
+const MARKER_WAIT: Duration = Duration::from_secs(60);
+
+/// What a switch-back request gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MoveBackAnswer {
+    /// Writes are refused; the reverse log ends at this checkpoint.
+    Marked(u64),
+    /// The failover is over; the journal takes a new stream after this seq.
+    Done {
+        journal_seq: u64,
+    },
+    Cancelled,
+    /// The VPG is not failed over here.
+    NotFailedOver,
+}
+
+/// Ends a failover whose switch-back was applied at the old site, on
+/// disk: the set-aside history and the reverse log go under
+/// `history-<failover time>/` (for the operator to delete), then
+/// `failover.json` goes. Idempotent; true if it found one to finish.
+pub fn finish_on_disk(dir: &Path) -> Result<bool> {
+    let Some(record) = FailoverRecord::load(dir)? else { return Ok(false) };
+    if !record.move_back.is_some_and(|m| m.applied) {
+        return Ok(false);
+    }
+    let history = dir.join(format!("{HISTORY_DIR_PREFIX}{}", record.time_ms));
+    std::fs::create_dir_all(&history).with_context(|| format!("creating {}", history.display()))?;
+    for name in [SET_ASIDE_DIR, REVERSE_LOG_DIR] {
+        let from = dir.join(name);
+        if from.exists() {
+            let to = history.join(name);
+            std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+    }
+    sync_dir(&history)?;
+    sync_dir(dir)?;
+    fail::fail_point!("move-back-after-history", |_| std::process::abort());
+    let record_path = dir.join(FAILOVER_RECORD_FILE);
+    std::fs::remove_file(&record_path).with_context(|| format!("removing {}", record_path.display()))?;
+    sync_dir(dir)?;
+    tracing::warn!(
+        "{}: the failover is over (switched back to the old site); its history is kept in {}",
+        dir.display(),
+        history.display()
+    );
+    Ok(true)
+}
+
+impl RecoveryOps {
+    /// The capture logging a failed-over VPG's writes for the old site.
+    fn reverse_capture_of(&self, vpg: &str) -> Option<Arc<VpgCapture>> {
+        self.live.lock().expect("live lock").get(vpg).and_then(|l| l.read().expect("live capture").clone())
+    }
+
+    /// Whether writes on `vpg`'s live volumes are refused for a switch-back.
+    pub fn switching_back(&self, vpg: &str) -> bool {
+        self.reverse_capture_of(vpg).is_some_and(|c| c.writes_refused().is_some())
+    }
+
+    /// Begin: refuse writes, mark the reverse log's end. Asked again, it
+    /// answers the same marker.
+    pub async fn move_back_begin(&self, vpg: &str) -> Result<MoveBackAnswer> {
+        crate::config::validate_name("vpg", vpg)?;
+        let _committing = self.committing.lock().await;
+        let dir = vpg_dir(&self.journal_root, vpg);
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        let capture = self.reverse_capture_of(vpg);
+        match (record.move_back, &capture) {
+            (Some(m), _) if m.applied => return Ok(MoveBackAnswer::Marked(m.marker)),
+            (Some(m), Some(c)) if c.writes_refused().is_some() => return Ok(MoveBackAnswer::Marked(m.marker)),
+            _ => {}
+        }
+        let capture = capture.ok_or_else(|| {
+            anyhow!(
+                "reverse protection of VPG {vpg:?} is not running here; run `tidemark reverse` on the old site first"
+            )
+        })?;
+        if capture.writes_refused().is_none() {
+            capture.refuse_writes(MOVE_BACK_REFUSAL).await?;
+        }
+        fail::fail_point!("move-back-after-refusal", |_| std::process::abort());
+        // Every write taken before the refusal is in the log before this.
+        let marker = capture.checkpoint(MOVE_BACK_TAG, MARKER_WAIT).await?;
+        capture.log.sync_to(marker).await?;
+        record.move_back = Some(MoveBackMark { marker, applied: false });
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+        tracing::warn!(%vpg, marker, "switch-back begins: writes on the live volumes are refused; the reverse log ends at checkpoint {marker}");
+        Ok(MoveBackAnswer::Marked(marker))
+    }
+
+    /// Finish: the old site applied the reverse log through `marker` and
+    /// is in sync; the failover ends.
+    pub async fn move_back_finish(&self, vpg: &str, marker: u64, applied_seq: u64) -> Result<MoveBackAnswer> {
+        crate::config::validate_name("vpg", vpg)?;
+        let _committing = self.committing.lock().await;
+        let dir = vpg_dir(&self.journal_root, vpg);
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        let Some(mut mark) = record.move_back else {
+            bail!(
+                "no switch-back of VPG {vpg:?} is under way here (was it cancelled?); run `tidemark move-back` again"
+            );
+        };
+        if mark.marker != marker {
+            bail!(
+                "the switch-back of VPG {vpg:?} here ends the reverse log at checkpoint {}, not {marker}; run \
+                 `tidemark move-back` again",
+                mark.marker
+            );
+        }
+        if !mark.applied {
+            if applied_seq < marker {
+                bail!("the old site applied seq {applied_seq}, before the reverse log's end at {marker}");
+            }
+            if !self.switching_back(vpg) {
+                bail!("writes on VPG {vpg:?} are taken here again; run `tidemark move-back` again");
+            }
+            mark.applied = true;
+            record.move_back = Some(mark);
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+        }
+        fail::fail_point!("move-back-after-applied", |_| std::process::abort());
+        self.end_failover(vpg, &dir).await
+    }
+
+    /// Cancel: forget the marker, take writes on the live volumes again.
+    pub async fn move_back_cancel(&self, vpg: &str) -> Result<MoveBackAnswer> {
+        crate::config::validate_name("vpg", vpg)?;
+        let _committing = self.committing.lock().await;
+        let dir = vpg_dir(&self.journal_root, vpg);
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        if record.move_back.is_some_and(|m| m.applied) {
+            bail!(
+                "the switch-back of VPG {vpg:?} is committed here (the old site applied everything); it cannot be \
+                 cancelled: finish it with `tidemark move-back`"
+            );
+        }
+        // The marker goes first: a stop in between leaves writes refused
+        // without one, which a new begin or cancel takes from there.
+        if record.move_back.take().is_some() {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+        }
+        if let Some(capture) = self.reverse_capture_of(vpg).filter(|c| c.writes_refused().is_some()) {
+            capture.accept_writes_again().await?;
+        }
+        tracing::warn!(%vpg, "switch-back cancelled: the live volumes take writes again");
+        Ok(MoveBackAnswer::Cancelled)
+    }
+
+    /// Stops serving the live volumes, ends the failover on disk, and
+    /// reopens the journal so the forward stream can come again.
+    async fn end_failover(&self, vpg: &str, dir: &Path) -> Result<MoveBackAnswer> {
+        let meta = JournalMeta::load(dir)?;
+        if let Some(luns) = &self.luns {
+            luns.withdraw(vpg, Purpose::Failover).await;
+        }
+        let names: Vec<String> = meta.volumes.iter().map(|v| format!("{vpg}/{}", v.name)).collect();
+        self.exports.remove(&names);
+        self.reverse.lock().expect("reverse lock").remove(vpg);
+        self.live.lock().expect("live lock").remove(vpg);
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
+        let slot = crate::transfer::slot::find(&self.slots, vpg).context("the VPG's journal is not open")?;
+        let (d, policy) = (dir.to_path_buf(), slot.policy);
+        let journal = tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
+            .await
+            .context("reopening the journal")??;
+        let journal_seq = journal.durable_seq();
+        {
+            let mut open = slot.journal.lock().expect("journal lock");
+            *open = journal;
+            *slot.summarizer.lock().expect("summarizer lock") = Default::default();
+            slot.failed_over.store(0, Ordering::SeqCst);
+        }
+        tracing::warn!(%vpg, journal_seq, "switched back: the VPG runs at the old site again; its journal takes the new forward stream");
+        Ok(MoveBackAnswer::Done { journal_seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::index::CheckpointInfo;
+    use crate::recovery::failover::How;
+
+    fn record(move_back: Option<MoveBackMark>) -> FailoverRecord {
+        FailoverRecord {
+            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true },
+            how: How::Failover,
+            time_ms: 77,
+            serve: true,
+            set_aside_bytes: 0,
+            move_back,
+        }
+    }
+
+    /// Only a switch-back the old site applied ends the failover; ending
+    /// it again (a stop in the middle) finishes it and changes nothing else.
+    #[test]
+    fn the_failover_ends_only_once_applied_and_ending_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join(SET_ASIDE_DIR)).unwrap();
+        std::fs::create_dir_all(d.join(REVERSE_LOG_DIR)).unwrap();
+        std::fs::write(d.join(REVERSE_LOG_DIR).join("capture-state.json"), b"{}").unwrap();
+        assert!(!finish_on_disk(d).unwrap(), "no record");
+        record(None).store(d).unwrap();
+        assert!(!finish_on_disk(d).unwrap(), "no switch-back");
+        record(Some(MoveBackMark { marker: 20, applied: false })).store(d).unwrap();
+        assert!(!finish_on_disk(d).unwrap(), "not applied at the old site");
+        assert!(d.join(REVERSE_LOG_DIR).exists());
+        record(Some(MoveBackMark { marker: 20, applied: true })).store(d).unwrap();
+        // A stop after the reverse log moved, before the record went.
+        std::fs::create_dir_all(d.join("history-77")).unwrap();
+        std::fs::rename(d.join(REVERSE_LOG_DIR), d.join("history-77").join(REVERSE_LOG_DIR)).unwrap();
+        assert!(finish_on_disk(d).unwrap());
+        assert!(FailoverRecord::load(d).unwrap().is_none());
+        assert!(d.join("history-77").join(REVERSE_LOG_DIR).join("capture-state.json").exists());
+        assert!(d.join("history-77").join(SET_ASIDE_DIR).exists());
+        assert!(!d.join(SET_ASIDE_DIR).exists() && !d.join(REVERSE_LOG_DIR).exists());
+        assert!(!finish_on_disk(d).unwrap(), "already over");
+    }
+}
