@@ -285,7 +285,9 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
         /// Call off an unfinished switch-back: the recovery site takes writes
-        /// on its live volumes again (refused once it has ended its failover).
+        /// on its live volumes again (refused once the old site applied
+        /// everything). Also runs at the recovery site (its config), for an
+        /// old site that is gone.
         #[arg(long)]
         cancel: bool,
     },
@@ -1001,6 +1003,12 @@ fn move_vpg(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: boo
 }
 
 fn move_back(config: PathBuf, vpg: String, wait: std::time::Duration, cancel: bool) -> Result<()> {
+    // The recovery site can only cancel (its old site may be gone).
+    if let (true, Config::Recovery(cfg)) = (cancel, Config::load(&config)?) {
+        let request = tidemark::api::local::Request::MoveBack { vpg, wait_ms: 0, cancel };
+        println!("{}", agent_says(&cfg.node.data_dir, &request)?.trim_end());
+        return Ok(());
+    }
     let cfg = protected_config(&config)?;
     let request = tidemark::api::local::Request::MoveBack { vpg, wait_ms: wait.as_millis() as u64, cancel };
     let progress = if cancel {

@@ -9,7 +9,7 @@
 # - the agent killed (failpoint abort, as SIGKILL) at each step, on either
 #   side: before the old site asks to finish, and right after the recovery
 #   site refuses writes, the VPG stays failed over with reverse protection
-#   in sync (`--cancel` takes writes there again); after the recovery site
+#   in sync (`--cancel`, at either site, takes writes there again); after the recovery site
 #   recorded that the old site applied everything, after it moved the
 #   history aside, and after the old site started its new stream, the
 #   restarted agent finishes the switch-back by itself;
@@ -57,7 +57,9 @@ gone() {
 # 1 MiB at the recovery site, and reverse until the old site is in sync.
 failover_and_reverse() {
     wait_replicated 90
-    "$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >/dev/null || fail "failover failed"
+    out=$("$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest) || fail "failover failed: $out"
+    FAILOVER_CP=$(sed -n 's/.* at checkpoint \([0-9]*\) .*/\1/p' <<<"$out" | head -1)
+    [ -n "$FAILOVER_CP" ] || fail "the failover's output names no checkpoint: $out"
     for _ in $(seq 1 50); do
         qemu-io -f raw -c "write -P 1 0 512" "$NBD_URI/disk0" >/dev/null 2>&1 || break
         sleep 0.2
@@ -77,6 +79,10 @@ switched_back() {
     qemu-io -f raw -c "read 0 512" "$EXPORTS/vpg1/disk0" >/dev/null 2>&1 && fail "$what: the recovery site still serves the volume"
     cmp -s "$WORK/src/disk0.img" "$JDIR/replica/disk0.img" || fail "$what: the recovery replica differs from the old site's volume"
     [ -z "$(ls "$JDIR/failover.json" 2>/dev/null)" ] || fail "$what: failover.json is still there"
+    # The replica holds what was written after the failover: no checkpoint
+    # of before it may be offered as that image.
+    out=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 2>&1) || true
+    grep -q "^$FAILOVER_CP " <<<"$out" && fail "$what: the failover's checkpoint is still offered as the replica's image: $out"
     ls -d "$JDIR"/history-*/reverse-log >/dev/null || fail "$what: the reverse log was not kept in history-*/"
     qio_check "$NBD_URI/disk0" "write -P 0x7e 60M 64k" "flush"
     wait_replicated 90
@@ -117,7 +123,9 @@ out=$(move_back) && fail "move-back ran through the recovery agent's failpoint: 
 gone "$RECOVERY_PID"
 start_recovery
 recovery_refuses
-out=$(move_back --cancel) || fail "cancel failed: $out"
+# Cancelled at the recovery site this time (as when the old site is gone).
+out=$("$TIDEMARK" move-back --cancel --config "$WORK/recovery.toml" --vpg vpg1 2>&1) || fail "cancel at the recovery site failed: $out"
+grep -q "take writes again" <<<"$out" || fail "cancel at the recovery site says: $out"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x42 5M 64k" "flush"
 same_within 20
 

@@ -274,6 +274,17 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             };
             Ok(Reply { durable: true, ..Reply::done(message) })
         }
+        // The recovery site may call off a switch-back whose old site is gone.
+        (Request::MoveBack { vpg, cancel: true, .. }, Agent::Recovery(ops)) => {
+            crate::config::validate_name("--vpg", &vpg)?;
+            match ops.move_back_cancel(&vpg).await? {
+                crate::recovery::switch_back::MoveBackAnswer::Cancelled => Ok(Reply::done(format!(
+                    "switch-back of VPG {vpg:?} cancelled here: the live volumes take writes again (the old site \
+                     learns it at its next `tidemark move-back`)"
+                ))),
+                _ => bail!("VPG {vpg:?} is not failed over here; there is no switch-back to cancel"),
+            }
+        }
         (Request::Move { vpg, wait_ms, cancel }, Agent::Protected(vpgs, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));

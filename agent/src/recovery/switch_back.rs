@@ -21,9 +21,11 @@ use super::failover::{FailoverRecord, MoveBackMark, SET_ASIDE_DIR};
 use super::luns::Purpose;
 use super::ops::{RecoveryOps, REVERSE_LOG_DIR};
 use crate::capture::vpg::VpgCapture;
-use crate::durable::sync_dir;
+use crate::durable::{replace_file, sync_dir, FileMode};
+use crate::journal::apply_state::ApplyState;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
 use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +36,13 @@ pub const MOVE_BACK_TAG: &str = "move-back";
 const MOVE_BACK_REFUSAL: &str =
     "the VPG is switching back to the old site (`tidemark move-back`); writes are refused here";
 const HISTORY_DIR_PREFIX: &str = "history-";
+/// The marker of the last switch-back that ended a failover here: the old
+/// site finishes on its strength only if it holds that same marker.
+const SWITCHED_BACK_FILE: &str = "switched-back.json";
+/// How long a switch-back request waits for the old site's reverse
+/// session to connect (it dials again every 2 s).
+const REVERSE_SESSION_WAIT: Duration = Duration::from_secs(15);
+const REVERSE_SESSION_POLL: Duration = Duration::from_millis(200);
 /// How long the marker waits for the reverse log to be consistent.
 const MARKER_WAIT: Duration = Duration::from_secs(60);
 
@@ -47,8 +56,11 @@ pub enum MoveBackAnswer {
         journal_seq: u64,
     },
     Cancelled,
-    /// The VPG is not failed over here.
-    NotFailedOver,
+    /// The VPG is not failed over here; the marker of the last switch-back
+    /// that ended a failover of it (0: none).
+    NotFailedOver {
+        switched_back_at: u64,
+    },
 }
 
 /// Ends a failover whose switch-back was applied at the old site, on
@@ -72,6 +84,18 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
     sync_dir(&history)?;
     sync_dir(dir)?;
     fail::fail_point!("move-back-after-history", |_| std::process::abort());
+    // The replica is at no checkpoint of the forward stream any more (it
+    // holds what was written after the failover): none is offered until
+    // the next stream's copy makes one.
+    let mut state = ApplyState::load(dir)?;
+    if state.base.is_some() || !state.copied.is_empty() {
+        state.base = None;
+        state.copied.clear();
+        state.store(dir)?;
+    }
+    let marker = record.move_back.map_or(0, |m| m.marker);
+    let done = SwitchedBack { marker, time_ms: crate::record::now_ms() };
+    replace_file(&dir.join(SWITCHED_BACK_FILE), &serde_json::to_vec_pretty(&done)?, FileMode::Public)?;
     let record_path = dir.join(FAILOVER_RECORD_FILE);
     std::fs::remove_file(&record_path).with_context(|| format!("removing {}", record_path.display()))?;
     sync_dir(dir)?;
@@ -83,10 +107,34 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
+#[derive(Serialize, Deserialize)]
+struct SwitchedBack {
+    marker: u64,
+    time_ms: u64,
+}
+
+/// The marker of the last switch-back that ended a failover of the VPG in
+/// `dir` (0: none).
+pub fn last_switch_back(dir: &Path) -> u64 {
+    std::fs::read(dir.join(SWITCHED_BACK_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SwitchedBack>(&b).ok())
+        .map_or(0, |s| s.marker)
+}
+
+fn not_failed_over(dir: &Path) -> MoveBackAnswer {
+    MoveBackAnswer::NotFailedOver { switched_back_at: last_switch_back(dir) }
+}
+
 impl RecoveryOps {
     /// The capture logging a failed-over VPG's writes for the old site.
     fn reverse_capture_of(&self, vpg: &str) -> Option<Arc<VpgCapture>> {
         self.live.lock().expect("live lock").get(vpg).and_then(|l| l.read().expect("live capture").clone())
+    }
+
+    /// The marker of the last switch-back that ended a failover of `vpg`.
+    pub fn switched_back_at(&self, vpg: &str) -> u64 {
+        last_switch_back(&vpg_dir(&self.journal_root, vpg))
     }
 
     /// Whether writes on `vpg`'s live volumes are refused for a switch-back.
@@ -94,13 +142,32 @@ impl RecoveryOps {
         self.reverse_capture_of(vpg).is_some_and(|c| c.writes_refused().is_some())
     }
 
+    /// Only the certificate that holds the VPG's reverse session (the old
+    /// site it is sent back to) may begin or finish its switch-back.
+    /// A session that is not connected yet (either agent just started) is
+    /// waited for a while.
+    async fn check_reverse_peer(&self, vpg: &str, peer: &[u8; 32]) -> Result<()> {
+        let since = tokio::time::Instant::now();
+        loop {
+            let holder = self.reverse.lock().expect("reverse lock").get(vpg).map(|(_, holder, _)| *holder);
+            match holder {
+                Some(holder) if holder == *peer => return Ok(()),
+                Some(_) => bail!("VPG {vpg:?} is sent back to another appliance; only it can switch back"),
+                None if since.elapsed() >= REVERSE_SESSION_WAIT => bail!(
+                    "the old site's reverse protection of VPG {vpg:?} is not connected here; try again when it is"
+                ),
+                None => tokio::time::sleep(REVERSE_SESSION_POLL).await,
+            }
+        }
+    }
+
     /// Begin: refuse writes, mark the reverse log's end. Asked again, it
-    /// answers the same marker.
-    pub async fn move_back_begin(&self, vpg: &str) -> Result<MoveBackAnswer> {
+    /// answers the same marker. If marking fails, writes are taken again.
+    pub async fn move_back_begin(&self, vpg: &str, peer: &[u8; 32]) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
         let capture = self.reverse_capture_of(vpg);
         match (record.move_back, &capture) {
             (Some(m), _) if m.applied => return Ok(MoveBackAnswer::Marked(m.marker)),
@@ -112,27 +179,46 @@ impl RecoveryOps {
                 "reverse protection of VPG {vpg:?} is not running here; run `tidemark reverse` on the old site first"
             )
         })?;
-        if capture.writes_refused().is_none() {
+        self.check_reverse_peer(vpg, peer).await?;
+        let refused_now = capture.writes_refused().is_none();
+        if refused_now {
             capture.refuse_writes(MOVE_BACK_REFUSAL).await?;
         }
         fail::fail_point!("move-back-after-refusal", |_| std::process::abort());
-        // Every write taken before the refusal is in the log before this.
-        let marker = capture.checkpoint(MOVE_BACK_TAG, MARKER_WAIT).await?;
-        capture.log.sync_to(marker).await?;
-        record.move_back = Some(MoveBackMark { marker, applied: false });
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+        let marked = async {
+            // Every write taken before the refusal is in the log before this.
+            let marker =
+                tokio::time::timeout(MARKER_WAIT, capture.checkpoint(MOVE_BACK_TAG, MARKER_WAIT)).await.map_err(
+                    |_| anyhow!("the reverse log had no room for the final checkpoint within {MARKER_WAIT:?}"),
+                )??;
+            capture.log.sync_to(marker).await?;
+            record.move_back = Some(MoveBackMark { marker, applied: false });
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+            anyhow::Ok(marker)
+        };
+        let marker = match marked.await {
+            Ok(m) => m,
+            Err(e) => {
+                // The VM here must not stay refused by a switch-back that
+                // never began.
+                if refused_now {
+                    capture.accept_writes_again().await?;
+                }
+                return Err(e.context("the switch-back did not begin; writes are taken here again"));
+            }
+        };
         tracing::warn!(%vpg, marker, "switch-back begins: writes on the live volumes are refused; the reverse log ends at checkpoint {marker}");
         Ok(MoveBackAnswer::Marked(marker))
     }
 
     /// Finish: the old site applied the reverse log through `marker` and
     /// is in sync; the failover ends.
-    pub async fn move_back_finish(&self, vpg: &str, marker: u64, applied_seq: u64) -> Result<MoveBackAnswer> {
+    pub async fn move_back_finish(&self, vpg: &str, marker: u64, peer: &[u8; 32]) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
         let Some(mut mark) = record.move_back else {
             bail!(
                 "no switch-back of VPG {vpg:?} is under way here (was it cancelled?); run `tidemark move-back` again"
@@ -146,11 +232,19 @@ impl RecoveryOps {
             );
         }
         if !mark.applied {
-            if applied_seq < marker {
-                bail!("the old site applied seq {applied_seq}, before the reverse log's end at {marker}");
-            }
-            if !self.switching_back(vpg) {
+            self.check_reverse_peer(vpg, peer).await?;
+            let capture = self.reverse_capture_of(vpg).context("reverse protection is not running here")?;
+            if capture.writes_refused().is_none() {
                 bail!("writes on VPG {vpg:?} are taken here again; run `tidemark move-back` again");
+            }
+            // What the old site acknowledged, not what it says: everything
+            // logged here (the old site also waited for its delta copy).
+            let (acked, appended) = (capture.log.acked_seq(), capture.log.appended_seq());
+            if acked < marker || acked < appended {
+                bail!(
+                    "the old site has acknowledged seq {acked} of the reverse log, which ends at {appended} (marker \
+                     {marker}); wait until it is in sync"
+                );
             }
             mark.applied = true;
             record.move_back = Some(mark);
@@ -166,7 +260,7 @@ impl RecoveryOps {
         crate::config::validate_name("vpg", vpg)?;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(MoveBackAnswer::NotFailedOver) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
         if record.move_back.is_some_and(|m| m.applied) {
             bail!(
                 "the switch-back of VPG {vpg:?} is committed here (the old site applied everything); it cannot be \

@@ -215,7 +215,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 bail!("switch-back request with protocol {protocol}");
             }
             let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
-            return super::switch_back::serve(link, ops, request).await;
+            return super::switch_back::serve(link, ops, peer.fingerprint, request).await;
         }
         other => bail!("expected hello, got {other:?}"),
     };

@@ -108,8 +108,10 @@ async fn session(
     send_control(&mut control, &hello).await?;
     let (session, need_hashes) = match recv_control(&mut control).await? {
         ControlMessage::ReverseWelcome { session, need_hashes } => (session, need_hashes),
-        ControlMessage::NotFailedOver if vpg.move_back_marker().is_some() => return Ok(Ended::SwitchedBack),
-        ControlMessage::NotFailedOver => {
+        ControlMessage::NotFailedOver { switched_back_at } if vpg.move_back_marker() == Some(switched_back_at) => {
+            return Ok(Ended::SwitchedBack)
+        }
+        ControlMessage::NotFailedOver { .. } => {
             bail!("the recovery site has no failover of VPG {:?}; there is nothing to reverse", vpg.name)
         }
         ControlMessage::Refused { reason } => bail!("the recovery site refused reverse protection: {reason}"),
@@ -282,7 +284,8 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            send_control(&mut link, &ControlMessage::NotFailedOver).await?;
+            let switched_back_at = ops.switched_back_at(vpg);
+            send_control(&mut link, &ControlMessage::NotFailedOver { switched_back_at }).await?;
             bail!("VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it");
         }
         Err(e) => {

@@ -55,8 +55,9 @@ impl ReverseRunner {
             let ended = super::reverse::run(&vpg2, &me.peer, me.tls.clone(), &tx, &stop2).await;
             if matches!(ended, Ended::SwitchedBack) {
                 if let Err(e) = finish_interrupted(&me, &vpg2).await {
-                    tracing::error!(vpg = %vpg2.name, "finishing the switch-back failed: {e:#}");
-                    tx.send_modify(|p| p.last_error = Some(format!("{e:#}")));
+                    tracing::error!(vpg = %vpg2.name, "finishing the switch-back failed (run `tidemark move-back`): {e:#}");
+                    // Ended: the next `ensure` starts a task again.
+                    me.running.lock().expect("reverse tasks").remove(&vpg2.name);
                 }
             }
         });
@@ -79,6 +80,11 @@ impl ReverseRunner {
 /// `tidemark reverse` on the old protected site: start receiving the VPG
 /// back and wait until the delta copy is applied.
 pub async fn start(runner: &Arc<ReverseRunner>, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
+    // Not while a move or a switch-back changes what this site is.
+    let running = vpg
+        .moving
+        .try_lock()
+        .map_err(|_| anyhow::anyhow!("a move or switch-back of VPG {:?} is running; try again after it", vpg.name))?;
     // Right after a failover this site may not have heard of it yet: it
     // does at the link's next keepalive.
     for _ in 0..FAILOVER_NEWS_POLLS {
@@ -93,6 +99,7 @@ pub async fn start(runner: &Arc<ReverseRunner>, vpg: &Arc<VpgCapture>, wait: Dur
     if vpg.reverse_state().is_none() {
         vpg.set_reverse_state(ReverseState::default())?;
     }
+    drop(running);
     let mut progress = runner.ensure(vpg);
     let reached = matches!(tokio::time::timeout(wait, progress.wait_for(|p| p.in_sync)).await, Ok(Ok(_)));
     let p = progress.borrow().clone();

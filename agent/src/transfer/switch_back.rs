@@ -60,12 +60,14 @@ pub async fn move_back(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Dura
     }
     let deadline = Instant::now() + wait;
     let begin = ControlMessage::MoveBackBegin { protocol: PROTOCOL_VERSION, vpg: name.clone() };
-    let marker = match ask(runner, &begin, deadline).await.context("nothing was changed")? {
+    let lost = "if the recovery site got the request it refuses writes now: run `tidemark move-back` again, or \
+                `tidemark move-back --cancel`";
+    let marker = match ask(runner, &begin, deadline).await.context(lost)? {
         ControlMessage::MoveBackMarked { marker } => marker,
-        ControlMessage::NotFailedOver if vpg.move_back_marker().is_some() => {
+        ControlMessage::NotFailedOver { switched_back_at } if vpg.move_back_marker() == Some(switched_back_at) => {
             return take_back(runner, vpg, 0).await;
         }
-        ControlMessage::NotFailedOver => bail!(
+        ControlMessage::NotFailedOver { .. } => bail!(
             "the recovery site has no failover of VPG {name:?}; there is nothing to switch back (nothing was changed)"
         ),
         ControlMessage::Refused { reason } => {
@@ -95,7 +97,12 @@ pub async fn move_back(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Dura
     let unfinished = "writes stay refused at both sites: run `tidemark move-back` again to finish";
     match ask(runner, &finish, deadline).await.with_context(|| unfinished.to_string())? {
         ControlMessage::MoveBackDone { journal_seq } => take_back(runner, vpg, journal_seq + 1).await,
-        ControlMessage::NotFailedOver => take_back(runner, vpg, 0).await,
+        ControlMessage::NotFailedOver { switched_back_at } if switched_back_at == marker => {
+            take_back(runner, vpg, 0).await
+        }
+        ControlMessage::NotFailedOver { .. } => {
+            bail!("the recovery site has no failover of VPG {name:?} any more, ended by another switch-back; {unfinished}")
+        }
         ControlMessage::Refused { reason } => bail!("the recovery site did not end its failover: {reason}"),
         other => bail!("unexpected answer to a switch-back: {other:?}; {unfinished}"),
     }
@@ -114,7 +121,7 @@ pub async fn cancel(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duratio
     let unchanged = "nothing was changed";
     match ask(runner, &request, Instant::now() + wait).await.context(unchanged)? {
         ControlMessage::Promoted { .. } => {}
-        ControlMessage::NotFailedOver => bail!(
+        ControlMessage::NotFailedOver { .. } => bail!(
             "the recovery site has already ended its failover of VPG {:?}: finish with `tidemark move-back`",
             vpg.name
         ),
@@ -156,14 +163,16 @@ async fn ask(runner: &ReverseRunner, request: &ControlMessage, deadline: Instant
 pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut link: S,
     ops: Arc<RecoveryOps>,
+    peer: [u8; 32],
     request: ControlMessage,
 ) -> Result<()> {
     let Some((_, vpg)) = request.move_back_target() else { bail!("not a switch-back request: {request:?}") };
     let work = tokio::spawn(async move {
         let answer = match request {
-            ControlMessage::MoveBackBegin { .. } => ops.move_back_begin(&vpg).await,
+            ControlMessage::MoveBackBegin { .. } => ops.move_back_begin(&vpg, &peer).await,
             ControlMessage::MoveBackFinish { marker, applied_seq, .. } => {
-                ops.move_back_finish(&vpg, marker, applied_seq).await
+                tracing::info!(%vpg, marker, applied_seq, "the old site applied the reverse log and asks to end the failover");
+                ops.move_back_finish(&vpg, marker, &peer).await
             }
             _ => ops.move_back_cancel(&vpg).await,
         };
@@ -171,7 +180,9 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(MoveBackAnswer::Marked(marker)) => ControlMessage::MoveBackMarked { marker },
             Ok(MoveBackAnswer::Done { journal_seq }) => ControlMessage::MoveBackDone { journal_seq },
             Ok(MoveBackAnswer::Cancelled) => ControlMessage::Promoted { checkpoint: 0 },
-            Ok(MoveBackAnswer::NotFailedOver) => ControlMessage::NotFailedOver,
+            Ok(MoveBackAnswer::NotFailedOver { switched_back_at }) => {
+                ControlMessage::NotFailedOver { switched_back_at }
+            }
             Err(e) => {
                 tracing::warn!(%vpg, "switch-back request refused: {e:#}");
                 ControlMessage::refused(format!("{e:#}"))

@@ -192,8 +192,12 @@ pub enum ControlMessage {
         vpg: String,
     },
     /// Recovery → old protected: the VPG is not failed over here (any
-    /// more): a switch-back finished, or there never was a failover.
-    NotFailedOver,
+    /// more). `switched_back_at`: the marker of the last switch-back that
+    /// ended a failover of it (0: none); the old site takes the VPG back
+    /// on this answer only if it holds that marker.
+    NotFailedOver {
+        switched_back_at: u64,
+    },
     /// Recovery → protected, instead of a welcome or a pong: the VPG was
     /// failed over at the recovery site; stop capturing it.
     FailedOver {
