@@ -171,27 +171,29 @@ with open(sys.argv[1], "rb") as f:
 PY
 switched_back "recovery killed after the old site applied everything ($acked writes acked there)" "$wire0"
 
+# crashed_switch_back ROLE FAILPOINT WHAT: a switch-back whose ROLE agent
+# (restarted with FAILPOINT) dies there; restarted without it, the
+# switch-back finishes by itself.
+crashed_switch_back() {
+    local role=$1 wire0 pid
+    if [ "$role" = recovery ]; then kill9 "$RECOVERY_PID"; else kill9 "$PROTECTED_PID"; fi
+    AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="$2=return" "start_$role"
+    pid=$AGENT_PID
+    wait_status protected "reverse protection: .*in sync"
+    wire0=$(wire_bytes)
+    out=$(move_back) && fail "move-back ran through the $role agent's failpoint $2: $out"
+    gone "$pid"
+    "start_$role"
+    switched_back "$3" "$wire0"
+}
+
 failover_and_reverse 34
 log "recovery agent killed after it moved the history aside"
-kill9 "$RECOVERY_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-after-history=return" start_recovery
-wait_status protected "reverse protection: .*in sync"
-wire0=$(wire_bytes)
-out=$(move_back) && fail "move-back ran through the recovery agent's failpoint: $out"
-gone "$RECOVERY_PID"
-start_recovery
-switched_back "recovery killed after moving the history aside" "$wire0"
+crashed_switch_back recovery move-back-after-history "recovery killed after moving the history aside"
 
 failover_and_reverse 35
 log "old site killed after its new stream began, before it takes writes"
-kill9 "$PROTECTED_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-after-new-stream=return" start_protected
-wait_status protected "reverse protection: .*in sync"
-wire0=$(wire_bytes)
-out=$(move_back) && fail "move-back ran through its failpoint: $out"
-gone "$PROTECTED_PID"
-start_protected
-switched_back "old site killed after its new stream began" "$wire0"
+crashed_switch_back protected move-back-after-new-stream "old site killed after its new stream began"
 
 failover_and_reverse 36
 log "plain switch-back"

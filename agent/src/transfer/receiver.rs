@@ -189,32 +189,14 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, .. } => {
-            if let Err(reason) = receiver.check_access(peer, &vpg, "a reverse hello") {
-                send_control(&mut link, &ControlMessage::refused(reason)).await?;
-                bail!("refused a reverse hello for a VPG this peer may not use");
-            }
-            if protocol != PROTOCOL_VERSION {
-                let reason = format!("protocol version {protocol} is not supported");
-                send_control(&mut link, &ControlMessage::refused(reason)).await?;
-                bail!("reverse hello with protocol {protocol}");
-            }
-            let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+            let ops = admit_old_site(&mut link, receiver, peer, &vpg, protocol, "a reverse hello").await?;
             return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id, peer).await;
         }
         request @ (ControlMessage::MoveBackBegin { .. }
         | ControlMessage::MoveBackFinish { .. }
         | ControlMessage::MoveBackCancel { .. }) => {
             let (protocol, vpg) = request.move_back_target().expect("a switch-back request");
-            if let Err(reason) = receiver.check_access(peer, &vpg, "a switch-back request") {
-                send_control(&mut link, &ControlMessage::refused(reason)).await?;
-                bail!("refused a switch-back request for a VPG this peer may not use");
-            }
-            if protocol != PROTOCOL_VERSION {
-                let reason = format!("protocol version {protocol} is not supported");
-                send_control(&mut link, &ControlMessage::refused(reason)).await?;
-                bail!("switch-back request with protocol {protocol}");
-            }
-            let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+            let ops = admit_old_site(&mut link, receiver, peer, &vpg, protocol, "a switch-back request").await?;
             return super::switch_back::serve(link, ops, peer.fingerprint, request).await;
         }
         other => bail!("expected hello, got {other:?}"),
@@ -266,6 +248,28 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             other => bail!("unexpected control message {other:?}"),
         }
     }
+}
+
+/// The checks of an old site's first message (`what`): the peer may use
+/// the VPG and speaks this protocol; refused (and said why) otherwise.
+async fn admit_old_site<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+    receiver: &Receiver,
+    peer: &Peer,
+    vpg: &str,
+    protocol: u32,
+    what: &str,
+) -> Result<Arc<crate::recovery::ops::RecoveryOps>> {
+    if let Err(reason) = receiver.check_access(peer, vpg, what) {
+        send_control(link, &ControlMessage::refused(reason)).await?;
+        bail!("refused {what} for a VPG this peer may not use");
+    }
+    if protocol != PROTOCOL_VERSION {
+        let reason = format!("protocol version {protocol} is not supported");
+        send_control(link, &ControlMessage::refused(reason)).await?;
+        bail!("{what} with protocol {protocol}");
+    }
+    Ok(receiver.ops.get().context("the recovery agent is still starting")?.clone())
 }
 
 /// Marks a move of `vpg` as running for this link (once).
