@@ -13,7 +13,10 @@
 #   recorded that the old site applied everything, after it moved the
 #   history aside, and after the old site started its new stream, the
 #   restarted agent finishes the switch-back by itself;
-# - after each switch-back: the old site takes writes, the forward resync
+# - after each switch-back: the recovery replica is offered as a checkpoint
+#   tagged move-back that restores equal to the old site's volume (no
+#   recovery point is lost while the new stream's copy runs); the old site
+#   takes writes, the forward resync
 #   sends under 1 MiB for a 64 MiB volume of random data (hashes only), and
 #   the newest checkpoint restores equal to the old site's volume.
 source "$(dirname "$0")/../lib/common.sh"
@@ -79,10 +82,15 @@ switched_back() {
     qemu-io -f raw -c "read 0 512" "$EXPORTS/vpg1/disk0" >/dev/null 2>&1 && fail "$what: the recovery site still serves the volume"
     cmp -s "$WORK/src/disk0.img" "$JDIR/replica/disk0.img" || fail "$what: the recovery replica differs from the old site's volume"
     [ -z "$(ls "$JDIR/failover.json" 2>/dev/null)" ] || fail "$what: failover.json is still there"
-    # The replica holds what was written after the failover: no checkpoint
-    # of before it may be offered as that image.
+    # The replica holds what was written after the failover: it is offered
+    # as the switch-back's image (tag move-back), not the failover's, and
+    # restores equal to the old site's volume.
     out=$("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 2>&1) || true
-    grep -q "^$FAILOVER_CP " <<<"$out" && fail "$what: the failover's checkpoint is still offered as the replica's image: $out"
+    grep "^$FAILOVER_CP " <<<"$out" | grep -q "move-back" ||
+        fail "$what: the replica is not offered as the switch-back's checkpoint: $out"
+    rm -rf "$WORK/out"
+    restore_to "$FAILOVER_CP" "$WORK/out"
+    cmp -s "$WORK/out/disk0.img" "$WORK/src/disk0.img" || fail "$what: the switch-back's checkpoint differs from the old site's volume"
     ls -d "$JDIR"/history-*/reverse-log >/dev/null || fail "$what: the reverse log was not kept in history-*/"
     qio_check "$NBD_URI/disk0" "write -P 0x7e 60M 64k" "flush"
     wait_replicated 90

@@ -23,7 +23,9 @@ use super::ops::{RecoveryOps, REVERSE_LOG_DIR};
 use crate::capture::vpg::VpgCapture;
 use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::journal::apply_state::ApplyState;
+use crate::journal::checkpoint::CheckpointInfo;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
+use crate::transfer::slot::FAILOVER_PENDING;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -43,6 +45,8 @@ const SWITCHED_BACK_FILE: &str = "switched-back.json";
 /// session to connect (it dials again every 2 s).
 const REVERSE_SESSION_WAIT: Duration = Duration::from_secs(15);
 const REVERSE_SESSION_POLL: Duration = Duration::from_millis(200);
+/// How long a finish waits for the old site's ack of the last batch.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long the marker waits for the reverse log to be consistent.
 const MARKER_WAIT: Duration = Duration::from_secs(60);
 
@@ -84,15 +88,19 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
     sync_dir(&history)?;
     sync_dir(dir)?;
     fail::fail_point!("move-back-after-history", |_| std::process::abort());
-    // The replica is at no checkpoint of the forward stream any more (it
-    // holds what was written after the failover): none is offered until
-    // the next stream's copy makes one.
+    // The replica holds the volumes as the switch-back left them, not as
+    // of the failover's checkpoint: its base is that image now, tagged
+    // `move-back`, a recovery point until the next stream makes newer ones.
     let mut state = ApplyState::load(dir)?;
-    if state.base.is_some() || !state.copied.is_empty() {
-        state.base = None;
-        state.copied.clear();
-        state.store(dir)?;
-    }
+    let volumes = JournalMeta::load(dir)?.volumes.len() as u32;
+    state.base = Some(CheckpointInfo {
+        id: state.applied_seq,
+        time_ms: crate::record::now_ms(),
+        tag: MOVE_BACK_TAG.to_string(),
+        consistent: true,
+    });
+    state.copied = (0..volumes).collect();
+    state.store(dir)?;
     let marker = record.move_back.map_or(0, |m| m.marker);
     let done = SwitchedBack { marker, time_ms: crate::record::now_ms() };
     replace_file(&dir.join(SWITCHED_BACK_FILE), &serde_json::to_vec_pretty(&done)?, FileMode::Public)?;
@@ -144,20 +152,22 @@ impl RecoveryOps {
 
     /// Only the certificate that holds the VPG's reverse session (the old
     /// site it is sent back to) may begin or finish its switch-back.
-    /// A session that is not connected yet (either agent just started) is
-    /// waited for a while.
-    async fn check_reverse_peer(&self, vpg: &str, peer: &[u8; 32]) -> Result<()> {
-        let since = tokio::time::Instant::now();
-        loop {
-            let holder = self.reverse.lock().expect("reverse lock").get(vpg).map(|(_, holder, _)| *holder);
-            match holder {
-                Some(holder) if holder == *peer => return Ok(()),
-                Some(_) => bail!("VPG {vpg:?} is sent back to another appliance; only it can switch back"),
-                None if since.elapsed() >= REVERSE_SESSION_WAIT => bail!(
-                    "the old site's reverse protection of VPG {vpg:?} is not connected here; try again when it is"
-                ),
-                None => tokio::time::sleep(REVERSE_SESSION_POLL).await,
+    fn check_reverse_peer(&self, vpg: &str, peer: &[u8; 32]) -> Result<()> {
+        match self.reverse.lock().expect("reverse lock").get(vpg) {
+            Some((_, holder, _)) if holder == peer => Ok(()),
+            Some(_) => bail!("VPG {vpg:?} is sent back to another appliance; only it can switch back"),
+            None => {
+                bail!("the old site's reverse protection of VPG {vpg:?} is not connected here; try again when it is")
             }
+        }
+    }
+
+    /// Waits a while for a reverse session of `vpg` that is not connected
+    /// yet (either agent just started), before any lock is taken.
+    async fn wait_reverse_session(&self, vpg: &str) {
+        let since = tokio::time::Instant::now();
+        while !self.reverse.lock().expect("reverse lock").contains_key(vpg) && since.elapsed() < REVERSE_SESSION_WAIT {
+            tokio::time::sleep(REVERSE_SESSION_POLL).await;
         }
     }
 
@@ -165,6 +175,7 @@ impl RecoveryOps {
     /// answers the same marker. If marking fails, writes are taken again.
     pub async fn move_back_begin(&self, vpg: &str, peer: &[u8; 32]) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
+        self.wait_reverse_session(vpg).await;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
         let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
@@ -179,7 +190,7 @@ impl RecoveryOps {
                 "reverse protection of VPG {vpg:?} is not running here; run `tidemark reverse` on the old site first"
             )
         })?;
-        self.check_reverse_peer(vpg, peer).await?;
+        self.check_reverse_peer(vpg, peer)?;
         let refused_now = capture.writes_refused().is_none();
         if refused_now {
             capture.refuse_writes(MOVE_BACK_REFUSAL).await?;
@@ -216,6 +227,7 @@ impl RecoveryOps {
     /// is in sync; the failover ends.
     pub async fn move_back_finish(&self, vpg: &str, marker: u64, peer: &[u8; 32]) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
+        self.wait_reverse_session(vpg).await;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
         let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
@@ -232,14 +244,17 @@ impl RecoveryOps {
             );
         }
         if !mark.applied {
-            self.check_reverse_peer(vpg, peer).await?;
+            self.check_reverse_peer(vpg, peer)?;
             let capture = self.reverse_capture_of(vpg).context("reverse protection is not running here")?;
             if capture.writes_refused().is_none() {
                 bail!("writes on VPG {vpg:?} are taken here again; run `tidemark move-back` again");
             }
             // What the old site acknowledged, not what it says: everything
             // logged here (the old site also waited for its delta copy).
-            let (acked, appended) = (capture.log.acked_seq(), capture.log.appended_seq());
+            // (Its ack of the last batch may trail its request a little.)
+            let appended = capture.log.appended_seq();
+            let _ = tokio::time::timeout(ACK_WAIT, capture.log.wait_acked(appended.max(marker))).await;
+            let acked = capture.log.acked_seq();
             if acked < marker || acked < appended {
                 bail!(
                     "the old site has acknowledged seq {acked} of the reverse log, which ends at {appended} (marker \
@@ -291,9 +306,13 @@ impl RecoveryOps {
         self.exports.remove(&names);
         self.reverse.lock().expect("reverse lock").remove(vpg);
         self.live.lock().expect("live lock").remove(vpg);
+        let slot = crate::transfer::slot::find(&self.slots, vpg).context("the VPG's journal is not open")?;
+        // Until the journal is open again a forward hello is asked to come
+        // back (never told "failed over", which would stop the old site,
+        // already taking the VPG back, for good).
+        slot.failed_over.store(FAILOVER_PENDING, Ordering::SeqCst);
         let d = dir.to_path_buf();
         tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
-        let slot = crate::transfer::slot::find(&self.slots, vpg).context("the VPG's journal is not open")?;
         let (d, policy) = (dir.to_path_buf(), slot.policy);
         let journal = tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
             .await
@@ -313,7 +332,6 @@ impl RecoveryOps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::index::CheckpointInfo;
     use crate::recovery::failover::How;
 
     fn record(move_back: Option<MoveBackMark>) -> FailoverRecord {
@@ -333,6 +351,12 @@ mod tests {
     fn the_failover_ends_only_once_applied_and_ending_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let volumes = vec![crate::wire::message::VolumeInfo { name: "disk0".into(), size: 1 << 20 }; 2];
+        JournalMeta { vpg: "vm1".into(), vpg_id: 1, volumes }.store(d).unwrap();
+        let failed_over_at = CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true };
+        ApplyState { applied_seq: 10, base: Some(failed_over_at), copied: vec![0, 1], ..Default::default() }
+            .store(d)
+            .unwrap();
         std::fs::create_dir_all(d.join(SET_ASIDE_DIR)).unwrap();
         std::fs::create_dir_all(d.join(REVERSE_LOG_DIR)).unwrap();
         std::fs::write(d.join(REVERSE_LOG_DIR).join("capture-state.json"), b"{}").unwrap();
@@ -348,6 +372,13 @@ mod tests {
         std::fs::rename(d.join(REVERSE_LOG_DIR), d.join("history-77").join(REVERSE_LOG_DIR)).unwrap();
         assert!(finish_on_disk(d).unwrap());
         assert!(FailoverRecord::load(d).unwrap().is_none());
+        // The replica's image is the switch-back's now, not the failover's.
+        let state = ApplyState::load(d).unwrap();
+        let base = state.base.unwrap();
+        assert_eq!((base.id, base.tag.as_str(), base.consistent), (10, MOVE_BACK_TAG, true));
+        assert!(base.time_ms > 1);
+        assert_eq!(state.copied, vec![0, 1]);
+        assert_eq!(last_switch_back(d), 20);
         assert!(d.join("history-77").join(REVERSE_LOG_DIR).join("capture-state.json").exists());
         assert!(d.join("history-77").join(SET_ASIDE_DIR).exists());
         assert!(!d.join(SET_ASIDE_DIR).exists() && !d.join(REVERSE_LOG_DIR).exists());
