@@ -480,6 +480,9 @@ impl RecoveryOps {
         peer: [u8; 32],
     ) -> Result<Option<ReverseStart>> {
         crate::config::validate_name("vpg", vpg)?;
+        // Not alongside a switch-back's finish, which drops the session
+        // this would add for the capture it drops.
+        let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
         if FailoverRecord::load(&dir)?.is_none() {
             return Ok(None);

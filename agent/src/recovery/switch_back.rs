@@ -122,16 +122,21 @@ struct SwitchedBack {
 }
 
 /// The marker of the last switch-back that ended a failover of the VPG in
-/// `dir` (0: none).
-pub fn last_switch_back(dir: &Path) -> u64 {
-    std::fs::read(dir.join(SWITCHED_BACK_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<SwitchedBack>(&b).ok())
-        .map_or(0, |s| s.marker)
+/// `dir` (0: none). A record that cannot be read is an error, never "none":
+/// an old site finishing its switch-back needs it.
+pub fn last_switch_back(dir: &Path) -> Result<u64> {
+    let path = dir.join(SWITCHED_BACK_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(serde_json::from_slice::<SwitchedBack>(&b)
+            .with_context(|| format!("parsing {}", path.display()))?
+            .marker),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
-fn not_failed_over(dir: &Path) -> MoveBackAnswer {
-    MoveBackAnswer::NotFailedOver { switched_back_at: last_switch_back(dir) }
+fn not_failed_over(dir: &Path) -> Result<MoveBackAnswer> {
+    Ok(MoveBackAnswer::NotFailedOver { switched_back_at: last_switch_back(dir)? })
 }
 
 impl RecoveryOps {
@@ -141,7 +146,7 @@ impl RecoveryOps {
     }
 
     /// The marker of the last switch-back that ended a failover of `vpg`.
-    pub fn switched_back_at(&self, vpg: &str) -> u64 {
+    pub fn switched_back_at(&self, vpg: &str) -> Result<u64> {
         last_switch_back(&vpg_dir(&self.journal_root, vpg))
     }
 
@@ -178,7 +183,7 @@ impl RecoveryOps {
         self.wait_reverse_session(vpg).await;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
         let capture = self.reverse_capture_of(vpg);
         match (record.move_back, &capture) {
             (Some(m), _) if m.applied => return Ok(MoveBackAnswer::Marked(m.marker)),
@@ -230,7 +235,7 @@ impl RecoveryOps {
         self.wait_reverse_session(vpg).await;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
         let Some(mut mark) = record.move_back else {
             bail!(
                 "no switch-back of VPG {vpg:?} is under way here (was it cancelled?); run `tidemark move-back` again"
@@ -275,7 +280,7 @@ impl RecoveryOps {
         crate::config::validate_name("vpg", vpg)?;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return Ok(not_failed_over(&dir)) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
         if record.move_back.is_some_and(|m| m.applied) {
             bail!(
                 "the switch-back of VPG {vpg:?} is committed here (the old site applied everything); it cannot be \
@@ -378,7 +383,7 @@ mod tests {
         assert_eq!((base.id, base.tag.as_str(), base.consistent), (10, MOVE_BACK_TAG, true));
         assert!(base.time_ms > 1);
         assert_eq!(state.copied, vec![0, 1]);
-        assert_eq!(last_switch_back(d), 20);
+        assert_eq!(last_switch_back(d).unwrap(), 20);
         assert!(d.join("history-77").join(REVERSE_LOG_DIR).join("capture-state.json").exists());
         assert!(d.join("history-77").join(SET_ASIDE_DIR).exists());
         assert!(!d.join(SET_ASIDE_DIR).exists() && !d.join(REVERSE_LOG_DIR).exists());

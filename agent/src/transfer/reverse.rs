@@ -284,7 +284,13 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            let switched_back_at = ops.switched_back_at(vpg);
+            let switched_back_at = match ops.switched_back_at(vpg) {
+                Ok(m) => m,
+                Err(e) => {
+                    send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?;
+                    bail!("VPG {vpg:?} is not failed over here, and: {e:#}");
+                }
+            };
             send_control(&mut link, &ControlMessage::NotFailedOver { switched_back_at }).await?;
             bail!("VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it");
         }
