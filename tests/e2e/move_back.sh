@@ -38,14 +38,6 @@ wait_replicated 90
 
 wire_bytes() { jq -r '.forward_bytes' "$WORK/proxy.json"; }
 move_back() { "$TIDEMARK" move-back --config "$WORK/protected.toml" --vpg vpg1 --wait 60s "$@" 2>&1; }
-# same_within SECONDS: the old site equals the recovered volume.
-same_within() {
-    for _ in $(seq 1 $(($1 * 5))); do
-        qemu-img compare -q -f raw -F raw "$WORK/src/disk0.img" "$EXPORTS/vpg1/disk0" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    fail "the old site did not catch up within $1 s"
-}
 recovery_refuses() {
     local out
     out=$(qemu-io -f raw -c "write -P 9 0 4k" "$EXPORTS/vpg1/disk0" 2>&1) && fail "the recovery site took a write during a switch-back"
@@ -69,7 +61,7 @@ failover_and_reverse() {
     done
     qio_check "$EXPORTS/vpg1/disk0" "write -P $1 $(($1 % 32))M 1M" "flush"
     "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 120s >/dev/null || fail "reverse failed"
-    same_within 20
+    same_within 20 "$EXPORTS/vpg1/disk0"
 }
 # switched_back WHAT WIRE_BEFORE: the VPG runs at the old site again,
 # protected forward, and the resync sent hashes only.
@@ -102,6 +94,27 @@ switched_back() {
     [ "$wire" -lt $((1 << 20)) ] || fail "$what: the forward resync sent $wire bytes (a full copy?)"
 }
 
+# crash_at ROLE FAILPOINT: a switch-back whose ROLE agent (restarted with
+# FAILPOINT) dies there; the agent is left stopped, and WIRE0 holds the
+# wire bytes from before the switch-back.
+crash_at() {
+    local role=$1 pid
+    if [ "$role" = recovery ]; then kill9 "$RECOVERY_PID"; else kill9 "$PROTECTED_PID"; fi
+    AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="$2=return" "start_$role"
+    pid=$AGENT_PID
+    wait_status protected "reverse protection: .*in sync"
+    WIRE0=$(wire_bytes)
+    out=$(move_back) && fail "move-back ran through the $role agent's failpoint $2: $out"
+    gone "$pid"
+}
+# crashed_switch_back ROLE FAILPOINT WHAT: crash_at, then the agent restarted
+# without the failpoint finishes the switch-back by itself.
+crashed_switch_back() {
+    crash_at "$1" "$2"
+    "start_$1"
+    switched_back "$3" "$WIRE0"
+}
+
 failover_and_reverse 33
 log "refusals"
 out=$("$TIDEMARK" move-back --config "$WORK/recovery.toml" --vpg vpg1 2>&1) && fail "move-back ran from the recovery config"
@@ -110,32 +123,24 @@ out=$("$TIDEMARK" move-back --config "$WORK/protected.toml" --vpg nosuch 2>&1) &
 grep -q "no VPG" <<<"$out" || fail "unclear error: $out"
 
 log "old site killed before it asks the recovery site to finish: still failed over; cancel"
-kill9 "$PROTECTED_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-before-finish=return" start_protected
-wait_status protected "reverse protection: .*in sync"
-out=$(move_back) && fail "move-back ran through its failpoint: $out"
-gone "$PROTECTED_PID"
+crash_at protected move-back-before-finish
 recovery_refuses
 wait_status recovery "switching back to the old site"
 start_protected
 wait_status protected "reverse protection: .*in sync"
 out=$(move_back --cancel) || fail "cancel failed: $out"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x41 3M 64k" "flush"
-same_within 20
+same_within 20 "$EXPORTS/vpg1/disk0"
 
 log "recovery agent killed right after it refused writes: still failed over; cancel"
-kill9 "$RECOVERY_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-after-refusal=return" start_recovery
-wait_status protected "reverse protection: .*in sync"
-out=$(move_back) && fail "move-back ran through the recovery agent's failpoint: $out"
-gone "$RECOVERY_PID"
+crash_at recovery move-back-after-refusal
 start_recovery
 recovery_refuses
 # Cancelled at the recovery site this time (as when the old site is gone).
 out=$("$TIDEMARK" move-back --cancel --config "$WORK/recovery.toml" --vpg vpg1 2>&1) || fail "cancel at the recovery site failed: $out"
 grep -q "take writes again" <<<"$out" || fail "cancel at the recovery site says: $out"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x42 5M 64k" "flush"
-same_within 20
+same_within 20 "$EXPORTS/vpg1/disk0"
 
 log "a VM writes at the recovery site during the switch-back; the recovery agent is killed after the old site applied everything"
 kill9 "$RECOVERY_PID"
@@ -179,21 +184,6 @@ with open(sys.argv[1], "rb") as f:
 PY
 switched_back "recovery killed after the old site applied everything ($acked writes acked there)" "$wire0"
 
-# crashed_switch_back ROLE FAILPOINT WHAT: a switch-back whose ROLE agent
-# (restarted with FAILPOINT) dies there; restarted without it, the
-# switch-back finishes by itself.
-crashed_switch_back() {
-    local role=$1 wire0 pid
-    if [ "$role" = recovery ]; then kill9 "$RECOVERY_PID"; else kill9 "$PROTECTED_PID"; fi
-    AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="$2=return" "start_$role"
-    pid=$AGENT_PID
-    wait_status protected "reverse protection: .*in sync"
-    wire0=$(wire_bytes)
-    out=$(move_back) && fail "move-back ran through the $role agent's failpoint $2: $out"
-    gone "$pid"
-    "start_$role"
-    switched_back "$3" "$wire0"
-}
 
 failover_and_reverse 34
 log "recovery agent killed after it moved the history aside"

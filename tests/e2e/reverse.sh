@@ -56,26 +56,18 @@ cmp=$(qemu-img compare -f raw -F raw "$WORK/src/disk0.img" "$EXPORTS/vpg1/disk0"
     fail "after reverse the sites differ: $cmp"
 wait_status protected "reverse protection: .*in sync"
 
-# same_within SECONDS: wait until the old site equals the recovered volume.
-same_within() {
-    for _ in $(seq 1 $(($1 * 5))); do
-        qemu-img compare -q -f raw -F raw "$WORK/src/disk0.img" "$EXPORTS/vpg1/disk0" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    fail "the old site did not catch up within $1 s"
-}
 log "new writes on the recovered side flow back"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x31 8M 1M" "write -z 12M 256k"
-same_within 15
+same_within 15 "$EXPORTS/vpg1/disk0"
 out=$(qemu-io -f raw -c "write -P 2 0 512" "$NBD_URI/disk0" 2>&1) && fail "the old site took a write under reverse protection"
 
 log "SIGKILL the old site's agent; it resumes without a new hash pass"
 kill9 "$PROTECTED_PID"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x32 20M 1M"
 start_protected
-same_within 30
+same_within 30 "$EXPORTS/vpg1/disk0"
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x33 30M 512k"
-same_within 15
+same_within 15 "$EXPORTS/vpg1/disk0"
 grep -q "need_hashes=false" "$WORK/protected.log" || fail "the restarted reverse session hashed the volumes again"
 
 log "SIGKILL the recovery agent 3 times; each time the first write it takes is sent back"
@@ -103,6 +95,6 @@ PY
     start_recovery
     wait "$writer"
     grep -q written "$WORK/first-write.out" || fail "round $round: the first write failed: $(cat "$WORK/first-write.out")"
-    same_within 20
+    same_within 20 "$EXPORTS/vpg1/disk0"
 done
 log "PASS"

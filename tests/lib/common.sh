@@ -227,6 +227,16 @@ restore_to() {
         { cat "$WORK/restore-last.out" >&2; fail "restore of $checkpoint failed"; }
 }
 
+# same_within SECONDS URI: waits until $WORK/src/disk0.img (an old site's
+# volume under reverse protection) equals the recovered volume at URI.
+same_within() {
+    for _ in $(seq 1 $(($1 * 5))); do
+        qemu-img compare -q -f raw -F raw "$WORK/src/disk0.img" "$2" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    fail "the old site did not catch up within $1 s"
+}
+
 # qio_check URI CMD... : runs qemu-io commands that must all succeed and
 # whose -P pattern checks must all pass.
 qio_check() {

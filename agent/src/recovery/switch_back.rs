@@ -121,6 +121,12 @@ struct SwitchedBack {
     time_ms: u64,
 }
 
+/// Stores `record` in `dir` off the runtime's threads (an fsynced write).
+async fn store_record(record: FailoverRecord, dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || record.store(&dir)).await.context("storing the failover record")?
+}
+
 /// The marker of the last switch-back that ended a failover of the VPG in
 /// `dir` (0: none). A record that cannot be read is an error, never "none":
 /// an old site finishing its switch-back needs it.
@@ -209,8 +215,7 @@ impl RecoveryOps {
                 )??;
             capture.log.sync_to(marker).await?;
             record.move_back = Some(MoveBackMark { marker, applied: false });
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+            store_record(record, &dir).await?;
             anyhow::Ok(marker)
         };
         let marker = match marked.await {
@@ -268,8 +273,7 @@ impl RecoveryOps {
             }
             mark.applied = true;
             record.move_back = Some(mark);
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+            store_record(record, &dir).await?;
         }
         fail::fail_point!("move-back-after-applied", |_| std::process::abort());
         self.end_failover(vpg, &dir).await
@@ -290,8 +294,7 @@ impl RecoveryOps {
         // The marker goes first: a stop in between leaves writes refused
         // without one, which a new begin or cancel takes from there.
         if record.move_back.take().is_some() {
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || record.store(&d)).await.context("storing the failover record")??;
+            store_record(record, &dir).await?;
         }
         if let Some(capture) = self.reverse_capture_of(vpg).filter(|c| c.writes_refused().is_some()) {
             capture.accept_writes_again().await?;

@@ -71,10 +71,6 @@ impl ReverseRunner {
             stop.store(true, Ordering::SeqCst);
         }
     }
-
-    pub fn progress(&self, vpg: &str) -> Option<ReverseProgress> {
-        self.running.lock().expect("reverse tasks").get(vpg).map(|(rx, _)| rx.borrow().clone())
-    }
 }
 
 /// `tidemark reverse` on the old protected site: start receiving the VPG
