@@ -117,7 +117,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// List a VPG's checkpoints on the recovery side (id, time, tag, completeness).
+    /// List a VPG's checkpoints on the recovery side (id, time, state, tag).
+    ///
+    /// STATE: complete (restorable), pinned (restorable, kept by a pin),
+    /// suspect (after a ransomware alert), partial (taken before the
+    /// initial copy finished) or inconsistent (taken during a resync after
+    /// bitmap mode); partial and inconsistent ones cannot be restored.
     Checkpoints {
         #[command(flatten)]
         at: OnRecovery,
@@ -800,7 +805,7 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
         };
         column(&mut line, "ID", 22);
         column(&mut line, "TIME (UTC)", 22);
-        column(&mut line, "STATE", 10);
+        column(&mut line, "STATE", 12);
         column(&mut line, "CHECK", 12);
         line.push_str("TAG\n");
         for c in &view.index.checkpoints {
@@ -811,10 +816,9 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
             let state = match (c.consistent, pinned(c.id)) {
                 (true, true) => "pinned",
                 (true, false) if after_alert(c.id) => "suspect",
-                (true, false) => "complete",
-                (false, _) => "partial",
+                _ => c.listed_state(),
             };
-            column(&mut line, state, 10);
+            column(&mut line, state, 12);
             column(&mut line, checked(c.id).unwrap_or("-"), 12);
             line.push_str(&c.tag);
             line.push('\n');

@@ -27,8 +27,11 @@ pub enum RecordBody {
     Write { volume: u32, offset: u64, data: Vec<u8> },
     /// A range that reads as zeros afterwards (WRITE_ZEROES or TRIM).
     Zero { volume: u32, offset: u64, length: u64 },
-    /// A crash-consistent point: everything before it in the stream.
-    Checkpoint { time_ms: u64, tag: String },
+    /// A point in the stream: everything before it. Crash-consistent,
+    /// unless `resync`: taken while the VPG read changed regions back
+    /// after bitmap mode, so the image is a mix of times (listed
+    /// `inconsistent`, never restored).
+    Checkpoint { time_ms: u64, tag: String, resync: bool },
     /// The initial copy of `volume` is complete in the stream up to here.
     CopyDone { volume: u32 },
     /// The first record of a stream (a fresh protected log, or a log that
@@ -108,6 +111,8 @@ const KIND_ZERO: u8 = 2;
 const KIND_CHECKPOINT: u8 = 3;
 const KIND_COPY_DONE: u8 = 4;
 const KIND_STREAM_START: u8 = 5;
+/// A Checkpoint's header `volume` field: its flags.
+const CHECKPOINT_FLAG_RESYNC: u32 = 1;
 
 impl Record {
     /// Bytes this record occupies once encoded.
@@ -194,7 +199,8 @@ impl Record {
         match kind {
             KIND_ZERO => unused_zero(payload_len == 0)?,
             KIND_COPY_DONE => unused_zero(payload_len == 0 && offset == 0 && length == 0)?,
-            KIND_CHECKPOINT | KIND_STREAM_START => unused_zero(volume == 0 && offset == 0 && length == 0)?,
+            KIND_CHECKPOINT => unused_zero(volume & !CHECKPOINT_FLAG_RESYNC == 0 && offset == 0 && length == 0)?,
+            KIND_STREAM_START => unused_zero(volume == 0 && offset == 0 && length == 0)?,
             _ => {}
         }
         let body = match kind {
@@ -214,7 +220,11 @@ impl Record {
                 }
                 let tag = std::str::from_utf8(&payload[8..])
                     .map_err(|_| RecordError::Malformed("checkpoint tag is not UTF-8"))?;
-                RecordBody::Checkpoint { time_ms: u64_at(payload, 0), tag: tag.to_string() }
+                RecordBody::Checkpoint {
+                    time_ms: u64_at(payload, 0),
+                    tag: tag.to_string(),
+                    resync: volume & CHECKPOINT_FLAG_RESYNC != 0,
+                }
             }
             KIND_COPY_DONE => RecordBody::CopyDone { volume },
             KIND_STREAM_START => {
@@ -259,13 +269,17 @@ fn split_unchecked(seq: u64, vpg_id: u32, body: &RecordBody) -> ([u8; RECORD_HEA
     let (kind, volume, offset, length) = match body {
         RecordBody::Write { volume, offset, data } => (KIND_WRITE, *volume, *offset, data.len() as u64),
         RecordBody::Zero { volume, offset, length } => (KIND_ZERO, *volume, *offset, *length),
-        RecordBody::Checkpoint { .. } => (KIND_CHECKPOINT, 0, 0, 0),
+        RecordBody::Checkpoint { resync, .. } => {
+            (KIND_CHECKPOINT, if *resync { CHECKPOINT_FLAG_RESYNC } else { 0 }, 0, 0)
+        }
         RecordBody::CopyDone { volume } => (KIND_COPY_DONE, *volume, 0, 0),
         RecordBody::StreamStart { .. } => (KIND_STREAM_START, 0, 0, 0),
     };
     let payload: Cow<'_, [u8]> = match body {
         RecordBody::Write { data, .. } => Cow::Borrowed(data),
-        RecordBody::Checkpoint { time_ms, tag } => Cow::Owned([&time_ms.to_le_bytes()[..], tag.as_bytes()].concat()),
+        RecordBody::Checkpoint { time_ms, tag, .. } => {
+            Cow::Owned([&time_ms.to_le_bytes()[..], tag.as_bytes()].concat())
+        }
         RecordBody::StreamStart { time_ms, stream_id } => {
             let mut p = time_ms.to_le_bytes().to_vec();
             if *stream_id != 0 {
@@ -341,7 +355,11 @@ mod tests {
                 .prop_map(|(volume, offset, data)| RecordBody::Write { volume, offset, data }),
             (any::<u32>(), any::<u64>(), any::<u64>())
                 .prop_map(|(volume, offset, length)| { RecordBody::Zero { volume, offset, length } }),
-            (any::<u64>(), tag_strategy()).prop_map(|(time_ms, tag)| RecordBody::Checkpoint { time_ms, tag }),
+            (any::<u64>(), tag_strategy(), any::<bool>()).prop_map(|(time_ms, tag, resync)| RecordBody::Checkpoint {
+                time_ms,
+                tag,
+                resync
+            }),
             any::<u32>().prop_map(|volume| RecordBody::CopyDone { volume }),
             (any::<u64>(), any::<u32>())
                 .prop_map(|(time_ms, stream_id)| RecordBody::StreamStart { time_ms, stream_id }),
@@ -354,7 +372,7 @@ mod tests {
         assert_eq!(tag.len(), 255);
         let data = vec![0xa5; RECORD_PAYLOAD_BYTES_MAX];
         for body in [
-            RecordBody::Checkpoint { time_ms: 9, tag: format!("{tag}x") },
+            RecordBody::Checkpoint { time_ms: 9, tag: format!("{tag}x"), resync: true },
             RecordBody::Write { volume: 1, offset: 1 << 40, data },
         ] {
             let rec = Record { seq: 77, vpg_id: 5, body };
@@ -365,7 +383,7 @@ mod tests {
     #[test]
     fn a_tag_over_the_limit_in_bytes_is_refused_before_encoding() {
         // 100 characters, 300 bytes: the unit is bytes.
-        let body = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
+        let body = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100), resync: false };
         assert_eq!(body.check(), Err(RecordError::TagTooLong(300)));
         let too_big = RecordBody::Write { volume: 0, offset: 0, data: vec![0; RECORD_PAYLOAD_BYTES_MAX + 1] };
         assert!(matches!(too_big.check(), Err(RecordError::PayloadTooLarge(_))));
@@ -410,7 +428,7 @@ mod tests {
         fn encoder_and_decoder_agree_on_tags(tag in "\\PC{0,200}") {
             // Whatever `check` accepts encodes and decodes back; whatever it
             // refuses, the decoder refuses too, for the same reason.
-            let body = RecordBody::Checkpoint { time_ms: 1, tag: tag.clone() };
+            let body = RecordBody::Checkpoint { time_ms: 1, tag: tag.clone(), resync: false };
             let (header, payload) = split_unchecked(4, 1, &body);
             let bytes = [&header[..], &payload].concat();
             match body.check() {

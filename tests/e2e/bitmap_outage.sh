@@ -12,6 +12,10 @@
 #   converges, the newest checkpoint restores equal to the source, and the
 #   bytes on the wire are about the log's contents plus the dirty regions
 #   plus the new writes, not the 1 GiB volume.
+# - Checkpoints taken during the resync are listed `inconsistent` and a
+#   restore of one is refused with why, leaving nothing behind; the
+#   checkpoint before the outage stays `complete` (and the latest) during
+#   the resync; the first checkpoint after the resync is complete again.
 # - A second outage, and SIGKILL in the middle of its resync: after the
 #   restart it converges and restores equal to the source.
 source "$(dirname "$0")/../lib/common.sh"
@@ -48,6 +52,7 @@ fio_write() {
 fio_lat() {
     jq -r '.jobs[0].write.clat_ns | "\(.percentile["99.000000"] / 1e6) \(.max / 1e6)"' "$WORK/$1.json"
 }
+checkpoints_json() { "$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 --json; }
 restore_equal() { # CHECKPOINT REFERENCE WHAT
     rm -rf "$WORK/out"
     restore_to "$1" "$WORK/out"
@@ -111,6 +116,13 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 grep -q "resync: the protected log drained" "$WORK/protected.log" || fail "the resync never began"
+before_id=$(checkpoints_json | jq -r '.[] | select(.tag == "before") | .id')
+during_resync=$(checkpoints_json)
+[ "$(bitmap_field mode)" = resync ] || fail "the resync ended before the list was read; the check proves nothing"
+jq -e --argjson b "$before_id" '[.[] | select(.consistent)] | last | .id >= $b' <<<"$during_resync" >/dev/null ||
+    fail "during the resync the pre-outage checkpoint is no longer the latest complete one: $during_resync"
+jq -e '.[] | select(.tag == "before") | .consistent' <<<"$during_resync" >/dev/null ||
+    fail "during the resync the pre-outage checkpoint is not listed complete: $during_resync"
 wait "$writer" || fail "writes during the resync failed"
 for _ in $(seq 1 300); do
     [ "$(bitmap_field mode)" = none ] && break
@@ -125,6 +137,26 @@ log "converged: ${wire} bytes on the wire for ${expected} expected (log + dirty 
 [ "$wire" -ge $((dirty * 9 / 10)) ] || fail "the resync sent ${wire} bytes, under the ${dirty} dirty"
 restore_equal latest "$WORK/src/disk0.img" "after the resync"
 restore_equal before "$WORK/before.img" "after the resync"
+
+list=$(checkpoints_json)
+inconsistent=$(jq -r '[.[] | select(.resync and (.consistent | not)) | .id] | join(" ")' <<<"$list")
+[ -n "$inconsistent" ] || fail "no checkpoint taken during the resync is listed: $list"
+last_inconsistent=${inconsistent##* }
+jq -e --argjson i "$last_inconsistent" '[.[] | select(.id > $i)] | first | .consistent' <<<"$list" >/dev/null ||
+    fail "the first checkpoint after the resync is not complete: $list"
+jq -e --argjson f "${inconsistent%% *}" --argjson l "$last_inconsistent" \
+    '[.[] | select(.id > $f and .id < $l and .consistent)] | length == 0' <<<"$list" >/dev/null ||
+    fail "a checkpoint in the middle of the resync is listed complete: $list"
+"$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 | grep -Eq "^$last_inconsistent +.* inconsistent " ||
+    fail "the list does not say inconsistent: $("$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1)"
+rm -rf "$WORK/refused"
+if "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$last_inconsistent" \
+    --out "$WORK/refused" >"$WORK/refused.out" 2>&1; then
+    fail "checkpoint $last_inconsistent, taken during the resync, was restored"
+fi
+grep -q "taken during a resync" "$WORK/refused.out" || fail "the refused restore does not say why: $(cat "$WORK/refused.out")"
+[ ! -e "$WORK/refused/disk0.img" ] || fail "the refused restore left an image behind"
+log "$(wc -w <<<"$inconsistent") checkpoints taken during the resync listed inconsistent and refused; the next is complete"
 
 log "second outage; SIGKILL in the middle of its resync"
 echo blackhole >"$WORK/cut"

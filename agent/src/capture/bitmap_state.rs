@@ -145,7 +145,11 @@ impl BitmapState {
                  write order is given up for them and checkpoints are held until a resync"
             ),
             CaptureMode::Resync => {
-                tracing::warn!(vpg, "resync: {why}; reading {dirty} of changed regions back into the stream")
+                tracing::warn!(
+                    vpg,
+                    "resync: {why}; reading {dirty} of changed regions back into the stream (checkpoints taken \
+                     until it is done are marked inconsistent)"
+                )
             }
             CaptureMode::Logging => tracing::info!(vpg, "logging: {why}"),
         }

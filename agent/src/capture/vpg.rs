@@ -470,16 +470,6 @@ impl VpgCapture {
         }
     }
 
-    /// No checkpoint may be taken now: a start's new stream has not begun,
-    /// the VPG is in bitmap mode or resyncing, or a failed volume write
-    /// left the stream ahead of the volume until a restart reads the range
-    /// again.
-    pub fn checkpoints_held(&self) -> bool {
-        !*self.consistent.borrow()
-            || self.bitmap.mode() != CaptureMode::Logging
-            || self.failed.lock().expect("failed lock").is_some()
-    }
-
     /// Bitmap mode and resync, for status (None while logging).
     pub fn bitmap_status(&self) -> Option<crate::status::BitmapStatus> {
         self.bitmap.status()
@@ -656,20 +646,57 @@ impl VpgCapture {
                 self.name
             ),
         })??;
+        self.append_checkpoint(tag, false, then).await
+    }
+
+    /// The checkpoint timer's: a consistent checkpoint while the VPG logs,
+    /// and during a resync one marked `resync` (listed `inconsistent` at
+    /// the recovery site, never restored), so the list shows the resync
+    /// in the timeline. None while anything else holds checkpoints: the
+    /// stream has ended here (moved, failed over), a start's new stream has
+    /// not begun, bitmap mode, or a failed volume write left the stream
+    /// ahead of the volume until a restart reads the range again.
+    pub async fn scheduled_checkpoint(&self) -> Result<Option<u64>> {
+        let held = self.writes_refused().is_some()
+            || !*self.consistent.borrow()
+            || self.failed.lock().expect("failed lock").is_some()
+            || self.bitmap.mode() == CaptureMode::Bitmap;
+        if held {
+            return Ok(None);
+        }
+        match self.append_checkpoint("", true, || {}).await {
+            // Bitmap mode began while the record waited for room.
+            Err(_) if self.bitmap.mode() == CaptureMode::Bitmap => Ok(None),
+            done => done.map(Some),
+        }
+    }
+
+    /// Appends a checkpoint under the write-order lock, then runs `then`
+    /// (before any later write). A resyncing VPG refuses it, unless
+    /// `resync_allowed`: then it is marked `resync`.
+    async fn append_checkpoint(&self, tag: &str, resync_allowed: bool, then: impl FnOnce()) -> Result<u64> {
         let time_ms = now_ms();
-        let body = RecordBody::Checkpoint { time_ms, tag: tag.to_string() };
+        let mut body = RecordBody::Checkpoint { time_ms, tag: tag.to_string(), resync: false };
         let space = self.log.reserve(&body).await?;
         let _order = self.order.lock().await;
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
             bail!("VPG {} takes no checkpoint until the agent restarts: {why}", self.name);
         }
-        if self.bitmap.mode() != CaptureMode::Logging {
-            bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name);
+        let resync = match self.bitmap.mode() {
+            CaptureMode::Logging => false,
+            CaptureMode::Resync if resync_allowed => true,
+            _ => bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name),
+        };
+        if let RecordBody::Checkpoint { resync: flag, .. } = &mut body {
+            *flag = resync;
         }
         let id = self.log.append_reserved(space, &body)?;
         then();
-        *self.last_checkpoint.lock().expect("checkpoint lock") =
-            Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
+        // Status shows the newest checkpoint that can be restored.
+        if !resync {
+            *self.last_checkpoint.lock().expect("checkpoint lock") =
+                Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
+        }
         Ok(id)
     }
 

@@ -3,7 +3,10 @@
 //! 1. takes `apply.lock` and reads the live leases (`lease.rs`);
 //! 2. picks a target checkpoint: the newest one older than the history
 //!    window, or a newer one when the journal is over its byte limit (the
-//!    window shrinks, protection goes on), but never past a lease;
+//!    window shrinks, protection goes on), but never past a lease; once
+//!    the replica is a consistent image, only a consistent checkpoint,
+//!    unless the limit leaves no other (a long resync or new stream's
+//!    copy: the last consistent image is given up, and the pass says so);
 //! 3. records the target in `apply.json`, writes every record after the
 //!    replica's seq up to the target into the replica in seq order,
 //!    fsyncs the images, records the new seq;
@@ -80,6 +83,10 @@ pub struct PassReport {
     pub shortened: bool,
     /// A reader's lease held the replica back (holder names).
     pub held_by: Vec<String>,
+    /// The byte limit moved the replica from a consistent checkpoint to
+    /// one that is not: no checkpoint is restorable until the next
+    /// consistent one arrives.
+    pub left_consistent: bool,
     pub state: ApplyState,
 }
 
@@ -110,15 +117,21 @@ pub fn journal_bytes(dir: &Path) -> Result<u64> {
 }
 
 /// The checkpoint to apply up to, and whether the byte limit chose it.
+/// A replica at a consistent checkpoint (`keep_consistent`) moves only
+/// to consistent ones, unless the limit finds no consistent one far
+/// enough on.
 fn choose_target(
     checkpoints: &[CheckpointInfo],
     applied_seq: u64,
+    keep_consistent: bool,
     segments: &[SegmentFile],
     policy: &HistoryPolicy,
     now_ms: u64,
 ) -> (Option<u64>, bool) {
+    let ahead = |c: &&CheckpointInfo| c.id > applied_seq;
+    let allowed = |c: &&CheckpointInfo| c.consistent || !keep_consistent;
     let horizon = policy.horizon_ms(now_ms);
-    let by_time = checkpoints.iter().filter(|c| c.id > applied_seq && c.time_ms <= horizon).map(|c| c.id).max();
+    let by_time = checkpoints.iter().filter(ahead).filter(allowed).filter(|c| c.time_ms <= horizon).map(|c| c.id).max();
     let Some(limit) = policy.journal_limit else { return (by_time, false) };
     let total: u64 = segments.iter().map(|s| s.bytes).sum();
     if total <= limit {
@@ -137,7 +150,12 @@ fn choose_target(
         }
     }
     let Some(needed_seq) = needed_seq else { return (by_time, false) };
-    let by_limit = checkpoints.iter().find(|c| c.id >= needed_seq && c.id > applied_seq).map(|c| c.id);
+    let far_enough = |c: &&CheckpointInfo| c.id >= needed_seq;
+    let mut candidates = checkpoints.iter().filter(ahead).filter(far_enough);
+    let by_limit = match candidates.clone().find(allowed) {
+        Some(c) => Some(c.id),
+        None => candidates.next().map(|c| c.id),
+    };
     match (by_time, by_limit) {
         (Some(t), Some(l)) if l > t => (Some(l), true),
         (None, Some(l)) => (Some(l), true),
@@ -234,7 +252,8 @@ pub fn pass(
     let leases = lease::live(dir, &lock)?;
     let mut state = ApplyState::load(dir)?;
     let before = segments(dir)?;
-    let (wanted, shortened) = choose_target(checkpoints, state.applied_seq, &before, policy, now_ms);
+    let consistent_base = state.base.as_ref().is_some_and(|b| b.consistent && b.id == state.applied_seq);
+    let (wanted, shortened) = choose_target(checkpoints, state.applied_seq, consistent_base, &before, policy, now_ms);
     let mut report = PassReport { shortened, ..Default::default() };
     // An interrupted apply is finished first, whatever the window says.
     let mut target = wanted.max(state.applying_to);
@@ -260,6 +279,7 @@ pub fn pass(
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
+        report.left_consistent = consistent_base && !next.base.as_ref().is_some_and(|b| b.consistent);
         state = next;
         report.applied_to = Some(t);
         report.bytes_applied = bytes;
@@ -277,7 +297,7 @@ mod tests {
     use super::*;
 
     fn cp(id: u64, time_ms: u64) -> CheckpointInfo {
-        CheckpointInfo { id, time_ms, tag: String::new(), consistent: true }
+        CheckpointInfo { id, time_ms, tag: String::new(), consistent: true, resync: false }
     }
 
     fn seg(first_seq: u64, bytes: u64) -> SegmentFile {
@@ -288,10 +308,10 @@ mod tests {
     fn window_picks_the_newest_checkpoint_older_than_history() {
         let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
         let cps = [cp(10, 1_000), cp(20, 30_000), cp(30, 90_000)];
-        assert_eq!(choose_target(&cps, 0, &[], &policy, 60_500), (None, false));
-        assert_eq!(choose_target(&cps, 0, &[], &policy, 61_500), (Some(10), false));
-        assert_eq!(choose_target(&cps, 0, &[], &policy, 91_000), (Some(20), false));
-        assert_eq!(choose_target(&cps, 20, &[], &policy, 91_000), (None, false));
+        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 60_500), (None, false));
+        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 61_500), (Some(10), false));
+        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 91_000), (Some(20), false));
+        assert_eq!(choose_target(&cps, 20, true, &[], &policy, 91_000), (None, false));
     }
 
     #[test]
@@ -300,10 +320,30 @@ mod tests {
         let cps = [cp(10, 1_000), cp(25, 2_000), cp(40, 3_000)];
         // 150 bytes in three segments; the first two must go to reach 90.
         let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
-        assert_eq!(choose_target(&cps, 0, &segs, &policy, 4_000), (Some(40), true));
+        assert_eq!(choose_target(&cps, 0, true, &segs, &policy, 4_000), (Some(40), true));
         // Under the limit, nothing is early.
         let small = [seg(1, 40), seg(21, 40)];
-        assert_eq!(choose_target(&cps, 0, &small, &policy, 4_000), (None, false));
+        assert_eq!(choose_target(&cps, 0, true, &small, &policy, 4_000), (None, false));
+    }
+
+    #[test]
+    fn a_consistent_replica_moves_only_to_consistent_checkpoints_unless_the_limit_leaves_none() {
+        let resync = |id, time_ms| CheckpointInfo { consistent: false, resync: true, ..cp(id, time_ms) };
+        let window = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
+        let cps = [cp(10, 1_000), resync(20, 2_000), resync(30, 3_000), cp(40, 90_000)];
+        // The window passed 30, but 30 and 20 were taken during a resync.
+        assert_eq!(choose_target(&cps, 10, true, &[], &window, 63_500), (None, false));
+        assert_eq!(choose_target(&cps, 10, true, &[], &window, 150_000), (Some(40), false));
+        // A replica that is no image yet (initial copy) may move through any.
+        assert_eq!(choose_target(&cps, 0, false, &[], &window, 63_500), (Some(30), false));
+        // Over the limit: a consistent checkpoint far enough on is chosen
+        // first; with none, the limit wins over the last consistent image.
+        let limit = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100), journal_cap: None };
+        let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
+        assert_eq!(choose_target(&cps, 10, true, &segs, &limit, 4_000), (Some(40), true));
+        let without_40 = &cps[..3];
+        let segs = [seg(1, 50), seg(15, 50), seg(31, 50)];
+        assert_eq!(choose_target(without_40, 10, true, &segs, &limit, 4_000), (Some(30), true));
     }
 
     mod on_disk {
@@ -321,12 +361,12 @@ mod tests {
                 1 => RecordBody::StreamStart { time_ms: 0, stream_id: 3 },
                 2 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'a'; 8192] },
                 3 => RecordBody::CopyDone { volume: 0 },
-                4 => RecordBody::Checkpoint { time_ms: 1_000, tag: "first".into() },
+                4 => RecordBody::Checkpoint { time_ms: 1_000, tag: "first".into(), resync: false },
                 5 => RecordBody::Write { volume: 0, offset: 4096, data: vec![b'b'; 4096] },
                 6 => RecordBody::Zero { volume: 0, offset: 0, length: 1024 },
-                7 => RecordBody::Checkpoint { time_ms: 2_000, tag: String::new() },
+                7 => RecordBody::Checkpoint { time_ms: 2_000, tag: String::new(), resync: false },
                 8 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'c'; 512] },
-                9 => RecordBody::Checkpoint { time_ms: 100_000, tag: "last".into() },
+                9 => RecordBody::Checkpoint { time_ms: 100_000, tag: "last".into(), resync: false },
                 _ => unreachable!(),
             }
         }

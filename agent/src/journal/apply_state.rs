@@ -57,7 +57,7 @@ mod tests {
             applied_seq: 42,
             applying_to: Some(50),
             copied: vec![0, 1],
-            base: Some(CheckpointInfo { id: 42, time_ms: 7, tag: "t".into(), consistent: true }),
+            base: Some(CheckpointInfo { id: 42, time_ms: 7, tag: "t".into(), consistent: true, resync: false }),
             stream_id: 9,
         };
         state.store(dir.path()).unwrap();

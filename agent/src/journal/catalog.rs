@@ -102,7 +102,7 @@ mod tests {
 
     fn body_at(seq: u64) -> RecordBody {
         match seq % 5 {
-            0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t-{seq}-é") },
+            0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t-{seq}-é"), resync: false },
             1 => RecordBody::Zero { volume: 0, offset: seq * 16, length: 512 },
             2 if seq == 2 => RecordBody::StreamStart { time_ms: 1, stream_id: 9 },
             3 if seq == 3 => RecordBody::CopyDone { volume: 0 },
@@ -201,9 +201,12 @@ mod tests {
         // length whose last record differs.
         let mut seg = std::fs::read(&segs[0]).unwrap();
         let n = seg.len();
-        let last =
-            Record { seq: 25, vpg_id: VPG_ID, body: RecordBody::Checkpoint { time_ms: 25, tag: "x-25-é".into() } }
-                .encode();
+        let last = Record {
+            seq: 25,
+            vpg_id: VPG_ID,
+            body: RecordBody::Checkpoint { time_ms: 25, tag: "x-25-é".into(), resync: false },
+        }
+        .encode();
         let prev = Record { seq: 25, vpg_id: VPG_ID, body: body_at(25) }.encode();
         assert_eq!(last.len(), prev.len());
         seg[n - last.len()..].copy_from_slice(&last);

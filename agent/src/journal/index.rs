@@ -18,6 +18,9 @@ pub struct JournalIndex {
     pub durable_seq: u64,
     pub checkpoints: Vec<CheckpointInfo>,
     copied: BTreeSet<u32>,
+    /// The newest checkpoint was taken during a resync: the stream's end
+    /// is no consistent image until a consistent checkpoint follows.
+    resyncing: bool,
     /// The stream the newest record belongs to (its StreamStart's id).
     pub stream_id: u32,
     pub records: u64,
@@ -38,6 +41,7 @@ impl JournalIndex {
             durable_seq: state.applied_seq,
             checkpoints: state.base.iter().cloned().collect(),
             copied: state.copied.iter().copied().collect(),
+            resyncing: state.base.as_ref().is_some_and(|b| b.resync),
             stream_id: state.stream_id,
             records: 0,
             damage: None,
@@ -73,17 +77,22 @@ impl JournalIndex {
             EntryKind::StreamStart { stream_id, .. } => {
                 self.stream_id = *stream_id;
                 self.copied.clear();
+                self.resyncing = false;
             }
             // A volume the VPG does not have cannot complete its copy.
             EntryKind::CopyDone { volume } if (*volume as usize) < self.volume_count => {
                 self.copied.insert(*volume);
             }
-            EntryKind::Checkpoint { time_ms, tag } => self.checkpoints.push(CheckpointInfo {
-                id: entry.seq,
-                time_ms: *time_ms,
-                tag: tag.clone(),
-                consistent: self.copied.len() == self.volume_count,
-            }),
+            EntryKind::Checkpoint { time_ms, tag, resync } => {
+                self.resyncing = *resync;
+                self.checkpoints.push(CheckpointInfo {
+                    id: entry.seq,
+                    time_ms: *time_ms,
+                    tag: tag.clone(),
+                    consistent: self.copied.len() == self.volume_count && !resync,
+                    resync: *resync,
+                })
+            }
             EntryKind::CopyDone { .. } | EntryKind::Write { .. } | EntryKind::Zero { .. } => {}
         }
     }
@@ -110,7 +119,8 @@ impl JournalIndex {
                 id: self.durable_seq,
                 time_ms: crate::record::now_ms(),
                 tag: "head".into(),
-                consistent: self.initial_copy_complete(),
+                consistent: self.initial_copy_complete() && !self.resyncing,
+                resync: self.resyncing,
             });
         }
         if wanted == "latest" {
@@ -138,7 +148,26 @@ mod tests {
     }
 
     fn checkpoint(seq: u64, tag: &str) -> Record {
-        rec(seq, RecordBody::Checkpoint { time_ms: seq, tag: tag.into() })
+        rec(seq, RecordBody::Checkpoint { time_ms: seq, tag: tag.into(), resync: false })
+    }
+
+    #[test]
+    fn checkpoints_taken_during_a_resync_are_listed_but_not_consistent() {
+        let mut index = JournalIndex::new(1);
+        index.observe(&rec(1, RecordBody::StreamStart { time_ms: 0, stream_id: 7 }));
+        index.observe(&rec(2, RecordBody::CopyDone { volume: 0 }));
+        index.observe(&checkpoint(3, "before"));
+        index.observe(&rec(4, RecordBody::Checkpoint { time_ms: 4, tag: "during".into(), resync: true }));
+        let during = index.find("during").unwrap();
+        assert!(during.resync && !during.consistent);
+        assert_eq!(during.listed_state(), "inconsistent");
+        assert!(during.not_restorable_why().unwrap().contains("resync"));
+        assert_eq!(index.find("latest").unwrap().id, 3, "the last consistent checkpoint stays the latest");
+        assert!(!index.find("head").unwrap().consistent, "the end of a resyncing stream is no image");
+        index.observe(&checkpoint(5, "after"));
+        assert_eq!(index.find("latest").unwrap().id, 5, "the first checkpoint after the resync is consistent");
+        assert!(index.find("head").unwrap().consistent);
+        assert_eq!(index.checkpoints.len(), 3);
     }
 
     #[test]

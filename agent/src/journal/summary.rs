@@ -21,9 +21,10 @@
 //! vpg_id u32, first_seq u64, segment_len u64, last_record_at u64,
 //! last_header_crc u32, entry_count u32`, then the entries (kind u8, seq
 //! u64, then by kind: Write `volume u32, offset u64, len u32, at u64,
-//! crc u32`; Zero `volume u32, offset u64, length u64`; Checkpoint
-//! `time_ms u64, tag_len u16, tag`; CopyDone `volume u32`; StreamStart
-//! `time_ms u64, stream_id u32`), then the crc32 of everything before it.
+//! crc u32`; Zero `volume u32, offset u64, length u64`; Checkpoint, and
+//! kind 6, a checkpoint taken during a resync, `time_ms u64, tag_len u16,
+//! tag`; CopyDone `volume u32`; StreamStart `time_ms u64, stream_id u32`),
+//! then the crc32 of everything before it.
 
 use super::lease::ApplyLock;
 use super::scan::{scan_segment, SegmentScan, Visit};
@@ -70,6 +71,8 @@ pub enum EntryKind {
     Checkpoint {
         time_ms: u64,
         tag: String,
+        /// Taken during a resync: not a consistent image.
+        resync: bool,
     },
     CopyDone {
         volume: u32,
@@ -95,7 +98,9 @@ impl Entry {
             RecordBody::Zero { volume, offset, length } => {
                 EntryKind::Zero { volume: *volume, offset: *offset, length: *length }
             }
-            RecordBody::Checkpoint { time_ms, tag } => EntryKind::Checkpoint { time_ms: *time_ms, tag: tag.clone() },
+            RecordBody::Checkpoint { time_ms, tag, resync } => {
+                EntryKind::Checkpoint { time_ms: *time_ms, tag: tag.clone(), resync: *resync }
+            }
             RecordBody::CopyDone { volume } => EntryKind::CopyDone { volume: *volume },
             RecordBody::StreamStart { time_ms, stream_id } => {
                 EntryKind::StreamStart { time_ms: *time_ms, stream_id: *stream_id }
@@ -132,6 +137,9 @@ const KIND_ZERO: u8 = 2;
 const KIND_CHECKPOINT: u8 = 3;
 const KIND_COPY_DONE: u8 = 4;
 const KIND_STREAM_START: u8 = 5;
+/// A checkpoint taken during a resync (a kind of its own here, so
+/// summaries written before it existed still read as version 1).
+const KIND_RESYNC_CHECKPOINT: u8 = 6;
 
 impl SegmentSummary {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -174,9 +182,9 @@ impl SegmentSummary {
                     out.extend_from_slice(&offset.to_le_bytes());
                     out.extend_from_slice(&length.to_le_bytes());
                 }
-                EntryKind::Checkpoint { time_ms, tag } => {
+                EntryKind::Checkpoint { time_ms, tag, resync } => {
                     assert!(tag.len() <= CHECKPOINT_TAG_BYTES_MAX, "a journaled tag is within the record limit");
-                    put(KIND_CHECKPOINT);
+                    put(if *resync { KIND_RESYNC_CHECKPOINT } else { KIND_CHECKPOINT });
                     out.extend_from_slice(&time_ms.to_le_bytes());
                     out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
                     out.extend_from_slice(tag.as_bytes());
@@ -239,14 +247,14 @@ impl SegmentSummary {
                     EntryKind::Write { volume, offset, len, at, crc }
                 }
                 KIND_ZERO => EntryKind::Zero { volume: r.u32()?, offset: r.u64()?, length: r.u64()? },
-                KIND_CHECKPOINT => {
+                KIND_CHECKPOINT | KIND_RESYNC_CHECKPOINT => {
                     let time_ms = r.u64()?;
                     let len = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
                     if len > CHECKPOINT_TAG_BYTES_MAX {
                         bail!("summary entry seq {seq}: tag of {len} bytes");
                     }
                     let tag = std::str::from_utf8(r.take(len)?).context("summary tag is not UTF-8")?.to_string();
-                    EntryKind::Checkpoint { time_ms, tag }
+                    EntryKind::Checkpoint { time_ms, tag, resync: kind_byte == KIND_RESYNC_CHECKPOINT }
                 }
                 KIND_COPY_DONE => EntryKind::CopyDone { volume: r.u32()? },
                 KIND_STREAM_START => EntryKind::StreamStart { time_ms: r.u64()?, stream_id: r.u32()? },
@@ -571,7 +579,11 @@ mod tests {
                 length
             }),
             // Up to 63 characters of any script: at most 252 bytes of UTF-8.
-            (any::<u64>(), "\\PC{0,63}").prop_map(|(time_ms, tag)| EntryKind::Checkpoint { time_ms, tag }),
+            (any::<u64>(), "\\PC{0,63}", any::<bool>()).prop_map(|(time_ms, tag, resync)| EntryKind::Checkpoint {
+                time_ms,
+                tag,
+                resync
+            }),
             any::<u32>().prop_map(|volume| EntryKind::CopyDone { volume }),
             (any::<u64>(), any::<u32>()).prop_map(|(time_ms, stream_id)| EntryKind::StreamStart { time_ms, stream_id }),
         ]

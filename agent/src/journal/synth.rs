@@ -104,6 +104,6 @@ impl Iterator for SynthBodies {
         }
         self.taken += 1;
         let tag = if self.taken == self.checkpoints { "last".to_string() } else { String::new() };
-        Some(RecordBody::Checkpoint { time_ms: self.start_ms + self.taken, tag })
+        Some(RecordBody::Checkpoint { time_ms: self.start_ms + self.taken, tag, resync: false })
     }
 }

@@ -105,7 +105,7 @@ async fn a_record_its_readers_would_refuse_is_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), 64 << 20);
     let before = log.appended_seq();
-    let tag = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100) };
+    let tag = RecordBody::Checkpoint { time_ms: 1, tag: "€".repeat(100), resync: false };
     let err = log.append(&tag).await.unwrap_err();
     assert!(format!("{err:#}").contains("300 bytes"), "{err:#}");
     assert_eq!(log.appended_seq(), before);

@@ -198,7 +198,7 @@ mod tests {
     fn setting_aside_never_overwrites_history() {
         let dir = tempfile::tempdir().unwrap();
         let record = FailoverRecord {
-            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true },
+            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true, resync: false },
             how: How::Failover,
             time_ms: 1,
             serve: false,

@@ -90,8 +90,13 @@ impl JournalView {
     /// or not the image there is complete (`PitView::open_head`).
     pub fn pin_head(&mut self) -> Result<(CheckpointInfo, Lease)> {
         let head = self.index.durable_seq.max(self.index.applied_seq);
-        let checkpoint =
-            CheckpointInfo { id: head, time_ms: crate::record::now_ms(), tag: "head".into(), consistent: false };
+        let checkpoint = CheckpointInfo {
+            id: head,
+            time_ms: crate::record::now_ms(),
+            tag: "head".into(),
+            consistent: false,
+            resync: false,
+        };
         let mut lease = self.lease.take().expect("pin_head needs a view opened with open_leased");
         lease.move_to(checkpoint.id)?;
         Ok((checkpoint, lease))
@@ -106,8 +111,15 @@ impl JournalView {
         let found = self.index.find(wanted);
         match (found, &self.corruption) {
             (Some(c), _) if !c.consistent => bail!(
-                "checkpoint {} was taken before the initial copy finished; it is not a complete image",
-                c.id
+                "checkpoint {} cannot be restored: {}; the newest restorable checkpoint before it is {}",
+                c.id,
+                c.not_restorable_why().unwrap_or("it is not a complete image"),
+                self.index
+                    .checkpoints
+                    .iter()
+                    .rev()
+                    .find(|o| o.consistent && o.id < c.id)
+                    .map_or("none".into(), |o| o.id.to_string())
             ),
             (Some(c), _) => Ok(c),
             (None, Some(damage)) => bail!(

@@ -48,7 +48,7 @@ struct TestFailover {
 impl TestFailover {
     /// Holds a VPG's slot while its test failover starts or stops.
     fn placeholder(vpg: &str, scratch_dir: &Path) -> TestFailover {
-        let none = CheckpointInfo { id: 0, time_ms: 0, tag: String::new(), consistent: false };
+        let none = CheckpointInfo { id: 0, time_ms: 0, tag: String::new(), consistent: false, resync: false };
         TestFailover {
             served: Served {
                 vpg: vpg.to_string(),

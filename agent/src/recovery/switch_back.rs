@@ -98,6 +98,7 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
         time_ms: crate::record::now_ms(),
         tag: MOVE_BACK_TAG.to_string(),
         consistent: true,
+        resync: false,
     });
     state.copied = (0..volumes).collect();
     state.store(dir)?;
@@ -344,7 +345,7 @@ mod tests {
 
     fn record(move_back: Option<MoveBackMark>) -> FailoverRecord {
         FailoverRecord {
-            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true },
+            checkpoint: CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true, resync: false },
             how: How::Failover,
             time_ms: 77,
             serve: true,
@@ -361,7 +362,7 @@ mod tests {
         let d = dir.path();
         let volumes = vec![crate::wire::message::VolumeInfo { name: "disk0".into(), size: 1 << 20 }; 2];
         JournalMeta { vpg: "vm1".into(), vpg_id: 1, volumes }.store(d).unwrap();
-        let failed_over_at = CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true };
+        let failed_over_at = CheckpointInfo { id: 10, time_ms: 1, tag: String::new(), consistent: true, resync: false };
         ApplyState { applied_seq: 10, base: Some(failed_over_at), copied: vec![0, 1], ..Default::default() }
             .store(d)
             .unwrap();

@@ -240,9 +240,11 @@ mod tests {
             s if s % 100 == 0 => {
                 RecordBody::Write { volume: 0, offset: (s / 100 * 4096) % SIZE, data: vec![(s / 100) as u8; 4096] }
             }
-            s => {
-                RecordBody::Checkpoint { time_ms: s, tag: if s % 1000 == 1 { format!("k{s}") } else { String::new() } }
-            }
+            s => RecordBody::Checkpoint {
+                time_ms: s,
+                tag: if s % 1000 == 1 { format!("k{s}") } else { String::new() },
+                resync: false,
+            },
         }
     }
 

@@ -132,12 +132,7 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        // A moved or failed-over VPG's stream has ended; a VPG still
-        // reading ranges again after an unclean stop is not consistent yet.
-        if capture.writes_refused().is_some() || capture.checkpoints_held() {
-            continue;
-        }
-        if let Err(e) = capture.checkpoint("", Duration::ZERO).await {
+        if let Err(e) = capture.scheduled_checkpoint().await {
             tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
         }
     }

@@ -213,6 +213,14 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
         (journal.dir().to_path_buf(), journal.meta.clone(), journal.index.checkpoints.clone())
     };
     let mut report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
+    if report.left_consistent {
+        tracing::warn!(
+            vpg = %meta.vpg,
+            "journal_limit reached during a resync or a new stream's copy: the replica moved past the last \
+             consistent checkpoint, so none is restorable until the next consistent one (raise journal_limit \
+             to keep it)"
+        );
+    }
     // Summaries only speed readers up: a failure is logged, never fatal.
     let mut summarizer = slot.summarizer.lock().expect("summarizer lock");
     match summarizer.pass(&dir, meta.vpg_id) {
