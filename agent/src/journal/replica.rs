@@ -135,9 +135,8 @@ impl VolumeFiles {
                 let (mut off_in, mut off_out) = (data, data);
                 while off_in < end {
                     let chunk = ((end - off_in) as usize).min(1 << 30);
-                    let n =
-                        rustix::fs::copy_file_range(&from.file, Some(&mut off_in), &to.file, Some(&mut off_out), chunk)
-                            .with_context(|| format!("copying {} to {}", from.path.display(), to.path.display()))?;
+                    let n = copy_range(from, to, &mut off_in, &mut off_out, chunk)
+                        .with_context(|| format!("copying {} to {}", from.path.display(), to.path.display()))?;
                     if n == 0 {
                         bail!("{} ended early at {off_in}", from.path.display());
                     }
@@ -157,6 +156,27 @@ impl VolumeFile {
         Ok(seek(&self.file, SeekFrom::Data(offset))?.is_some_and(|at| at < offset + len))
     }
 }
+
+/// Copies up to `len` bytes at the offsets (moving them on) in the
+/// kernel, or, where it cannot (another file system type: a restore from
+/// the data disk to a tmpfs is EXDEV), through a buffer.
+fn copy_range(from: &VolumeFile, to: &VolumeFile, off_in: &mut u64, off_out: &mut u64, len: usize) -> Result<usize> {
+    use rustix::io::Errno;
+    match rustix::fs::copy_file_range(&from.file, Some(off_in), &to.file, Some(off_out), len) {
+        Ok(n) => return Ok(n),
+        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut buf = vec![0u8; len.min(COPY_BUFFER_BYTES)];
+    let n = from.file.read_at(&mut buf, *off_in)?;
+    to.file.write_all_at(&buf[..n], *off_out)?;
+    *off_in += n as u64;
+    *off_out += n as u64;
+    Ok(n)
+}
+
+/// The buffer of a copy the kernel cannot make by itself.
+const COPY_BUFFER_BYTES: usize = 1 << 20;
 
 /// SEEK_DATA / SEEK_HOLE; `None` when there is no more data.
 fn seek(file: &File, whence: SeekFrom) -> Result<Option<u64>> {
