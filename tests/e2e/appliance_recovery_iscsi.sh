@@ -18,6 +18,13 @@
 # - An export whose agent is killed leaves no target or device behind once
 #   the agent is back; a failover's LUN keeps its writes and its identity
 #   across a SIGKILL of the agent.
+# - Switch-back under a power cut: the old site (the host's agent) takes
+#   reverse protection of the failed-over LUN, then `move-back`; it stops
+#   (failpoint) as the recovery appliance has finished its part, and the
+#   appliance loses power at once. Rebooted, the appliance is no longer
+#   failed over and serves no LUN; the restarted old site finishes by itself
+#   and replicates forward again; the switch-back's checkpoint and a later
+#   one restore in the guest equal to the old site's volume.
 source "$(dirname "$0")/../lib/common.sh"
 source "$ROOT/tests/lib/appliance.sh"
 source "$ROOT/tests/lib/iscsi.sh"
@@ -46,6 +53,7 @@ log "recovery appliance ready $(guest_seconds_since_start) s after power-on"
 
 truncate -s 16M "$WORK/src/disk0.img"
 host_protected_vm1 "$NS" 10.0.3.15 "$FP_R"
+P_PID=$AGENT_PID
 head -c 16M /dev/urandom >"$WORK/data.img"
 in_ns nbdcopy --flush "$WORK/data.img" "nbd://127.0.0.1:$NBD_PORT/disk0" || fail "nbdcopy into the protected agent failed"
 host_checkpoint "$NS" cp1
@@ -222,5 +230,63 @@ done
     fail "after the restart the appliance holds more than the failover's target and device: $(in_guest)"
 audit_iscsi 1
 log "after the restart: same identity (${fo_serial:0:12}…), the write is there, audit passes"
+
+log "switch-back: the old site takes reverse protection of the failed-over LUN"
+# host_state REGEX SECONDS WHAT: waits until the old site's status matches.
+host_state() {
+    for _ in $(seq 1 $(($2 * 5))); do
+        grep -q "$1" <<<"$("$TIDEMARK" status --config "$WORK/protected.toml" 2>&1)" && return 0
+        sleep 0.2
+    done
+    fail "$3: $("$TIDEMARK" status --config "$WORK/protected.toml" 2>&1)"
+}
+in_ns "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vm1 >"$WORK/reverse.out" 2>&1 ||
+    fail "reverse: $(cat "$WORK/reverse.out")"
+host_state "reverse protection: .*in sync" 120 "reverse protection did not reach sync"
+[ "$(sha256sum <"$WORK/src/disk0.img" | cut -d' ' -f1)" = "$WANT" ] ||
+    fail "in sync, the old site's volume is not the failed-over LUN's data"
+log "old site in sync with the LUN; restarted with a failpoint before its take-back"
+kill9 "$P_PID"
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-before-take-back=return" start_agent protected "$NBD_PORT" "$NS"
+P_PID=$AGENT_PID
+fresh_status_json protected >/dev/null || fail "the restarted old site writes no status"
+host_state "reverse protection: .*in sync" 120 "reverse protection did not resume after the restart"
+if in_ns "$TIDEMARK" move-back --config "$WORK/protected.toml" --vpg vm1 --wait 120s >"$WORK/move-back.out" 2>&1; then
+    fail "move-back ran through the old site's failpoint: $(cat "$WORK/move-back.out")"
+fi
+guest_stop
+gone "$P_PID"
+grep -q "switched back" "$WORK/protected.log" && fail "the old site took the VPG back before its failpoint"
+log "power cut of the recovery appliance as it finished its part of the switch-back"
+
+mkdir -p "$WORK/rec2"
+cp -r "$WORK/rec/cfg" "$WORK/rec2/"
+GUEST_DATA=$WORK/rec/data.img GUEST_MEM=768 guest_start rec2 "$NS" "${nics[@]}"
+guest_wait rec2 "tidemark recovery ready" 120 || fail "no 'ready' after the power cut: $(tail -20 "$WORK/rec2/serial.log")"
+rec2() { guest_console rec2 root "$PASSWORD" "$1" | tr -d '\r'; }
+out=$(rec2 "tidemark status --config $CFG")
+grep -qi "failed over\|switching back" <<<"$out" && fail "after the power cut the appliance is still failed over: $out"
+held=$(rec2 "ls /sys/kernel/config/target/iscsi | grep -c '^iqn'; cat /sys/block/nbd*/backend 2>/dev/null | grep -c tidemark")
+[ "$(grep -Ec '^0$' <<<"$held")" -eq 2 ] || fail "after the power cut the appliance still serves the failover: $held"
+grep -Eq "complete +[a-z-]+ +move-back" <<<"$(rec2 "tidemark checkpoints --config $CFG --vpg vm1")" ||
+    fail "the switch-back's checkpoint is not listed complete: $(rec2 "tidemark checkpoints --config $CFG --vpg vm1")"
+guest_restore_sha rec2 move-back
+[ "$RESTORED_SHA" = "$WANT" ] || fail "after the power cut, 'move-back' restores to $RESTORED_SHA, not the LUN's data $WANT"
+log "rebooted: not failed over, no LUN served, 'move-back' restores equal to the LUN's data"
+
+start_agent protected "$NBD_PORT" "$NS"
+for _ in $(seq 1 600); do
+    grep -q "switched back VPG" "$WORK/protected.log" && break
+    sleep 0.2
+done
+grep -q "finishing it here" "$WORK/protected.log" && grep -q "switched back VPG" "$WORK/protected.log" ||
+    fail "the restarted old site did not finish the switch-back: $(tail -20 "$WORK/protected.log")"
+in_ns qemu-io -f raw "nbd://127.0.0.1:$NBD_PORT/disk0" -c "write -P 0x5a 4M 1M" -c flush >"$WORK/qio.out" 2>&1 ||
+    fail "the old site takes no writes after the switch-back: $(cat "$WORK/qio.out")"
+host_checkpoint "$NS" after-switch-back
+guest_restore_sha rec2 after-switch-back
+[ "$RESTORED_SHA" = "$(sha256sum <"$WORK/src/disk0.img" | cut -d' ' -f1)" ] ||
+    fail "'after-switch-back' does not restore equal to the old site's volume"
+log "the old site finished the switch-back by itself, takes writes and replicates forward: 'after-switch-back' restores equal"
 guest_stop
 log "PASS"

@@ -46,14 +46,6 @@ log "recovery appliance ready $(guest_seconds_since_start) s after power-on; fin
 truncate -s 32M "$WORK/src/disk0.img"
 host_protected_vm1 "$NS" 10.0.2.15 "$FP_R" "$(printf '[log]\ncapacity_bytes = 268435456')"
 
-# guest_restore_sha NAME TAG: restores vm1 at TAG inside guest NAME (root
-# on its serial console) and leaves disk0's SHA-256 in RESTORED_SHA.
-guest_restore_sha() {
-    local out
-    out=$(guest_console "$1" root "$PASSWORD" "rm -rf /tmp/r; tidemark restore --config /run/tidemark/tidemark.toml --vpg vm1 --checkpoint '$2' --out /tmp/r >/tmp/restore.out 2>&1 && sha256sum /tmp/r/disk0.img || cat /tmp/restore.out; rm -rf /tmp/r" | tr -d '\r')
-    RESTORED_SHA=$(awk '/disk0.img$/ {print $1}' <<<"$out")
-    [ -n "$RESTORED_SHA" ] || fail "restore of '$2' in the guest failed: $out"
-}
 log "the hypervisor writes 32 MiB through the protected agent and flushes; checkpoint 'before-cut'"
 head -c 32M /dev/urandom >"$WORK/data.img"
 ip netns exec "$NS" nbdcopy --flush "$WORK/data.img" "$NBD" || fail "nbdcopy into the protected agent failed"

@@ -43,11 +43,6 @@ recovery_refuses() {
     out=$(qemu-io -f raw -c "write -P 9 0 4k" "$EXPORTS/vpg1/disk0" 2>&1) && fail "the recovery site took a write during a switch-back"
     grep -q "Operation not permitted" <<<"$out" || fail "a refused write at the recovery site says: $out"
 }
-# gone PID: waits until an agent that aborted at its failpoint is gone.
-gone() {
-    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    fail "the agent did not stop at its failpoint"
-}
 # failover_and_reverse PATTERN: fail over to the newest checkpoint, change
 # 1 MiB at the recovery site, and reverse until the old site is in sync.
 failover_and_reverse() {

@@ -188,6 +188,16 @@ TOML
     start_agent protected "$NBD_PORT" "$1"
 }
 
+# guest_restore_sha NAME TAG: restores vm1 at TAG inside guest NAME (root,
+# password $PASSWORD, on its serial console) and leaves disk0's SHA-256 in
+# RESTORED_SHA.
+guest_restore_sha() {
+    local out
+    out=$(guest_console "$1" root "$PASSWORD" "rm -rf /tmp/r; tidemark restore --config /run/tidemark/tidemark.toml --vpg vm1 --checkpoint '$2' --out /tmp/r >/tmp/restore.out 2>&1 && sha256sum /tmp/r/disk0.img || cat /tmp/restore.out; rm -rf /tmp/r" | tr -d '\r')
+    RESTORED_SHA=$(awk '/disk0.img$/ {print $1}' <<<"$out")
+    [ -n "$RESTORED_SHA" ] || fail "restore of '$2' in the guest failed: $out"
+}
+
 # host_checkpoint NETNS TAG: a checkpoint of vm1 tagged TAG, taken on the
 # host's protected agent once its initial copy is in the stream (a
 # checkpoint before that is partial), that the recovery journal holds.

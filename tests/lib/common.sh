@@ -165,6 +165,12 @@ kill9() {
     done
 }
 
+# gone PID: waits up to 10 s for an agent that hit its failpoint to be gone.
+gone() {
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    fail "the agent did not stop at its failpoint"
+}
+
 start_recovery() { start_agent recovery "$CONTROL_PORT"; RECOVERY_PID=$AGENT_PID; }
 start_protected() { start_agent protected "$NBD_PORT"; PROTECTED_PID=$AGENT_PID; }
 

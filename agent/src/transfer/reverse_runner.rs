@@ -133,6 +133,7 @@ async fn finish_interrupted(runner: &ReverseRunner, vpg: &Arc<VpgCapture>) -> Re
 /// The failover is over at the recovery site: a new forward stream (above
 /// `min_seq`, the journal's end), then writes here again, then the sender.
 pub(super) async fn take_back(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, min_seq: u64) -> Result<String> {
+    fail::fail_point!("move-back-before-take-back", |_| std::process::abort());
     // The new stream first: the old one holds writes from before the
     // failover that the volumes no longer hold, and must never be sent.
     let stream_seq = vpg.restart_stream(min_seq).await?;
