@@ -80,6 +80,9 @@ fio_write down 64m 96m $((8 * LOG_MIB))m 32m
 read -r down_p99 down_max < <(fio_lat down)
 log "link down: ${down_p99} ms p99, ${down_max} ms max"
 expect_mode bitmap "the VPG is not in bitmap mode after 8x its log with the link down"
+# The last checkpoint that names an image: none is taken from here until
+# the resync is done.
+pre_bitmap=$(status_json protected | jq -r '.vpgs[0].last_checkpoint.id')
 grep -q "bitmap mode: the protected log holds" "$WORK/protected.log" || fail "entering bitmap mode was not logged"
 # Back-pressure would hold a write for the whole outage; allow for a noisy
 # shared machine, but not for a wait on the link.
@@ -117,10 +120,19 @@ for _ in $(seq 1 100); do
 done
 grep -q "resync: the protected log drained" "$WORK/protected.log" || fail "the resync never began"
 before_id=$(checkpoints_json | jq -r '.[] | select(.tag == "before") | .id')
-during_resync=$(checkpoints_json)
+# The resync's start is marked in the stream at once (head is no image
+# from there): the list shows it while the resync runs.
+for _ in $(seq 1 50); do
+    during_resync=$(checkpoints_json)
+    jq -e '[.[] | select(.resync)] | length > 0' <<<"$during_resync" >/dev/null && break
+    sleep 0.1
+done
 [ "$(bitmap_field mode)" = resync ] || fail "the resync ended before the list was read; the check proves nothing"
-jq -e --argjson b "$before_id" '[.[] | select(.consistent)] | last | .id >= $b' <<<"$during_resync" >/dev/null ||
-    fail "during the resync the pre-outage checkpoint is no longer the latest complete one: $during_resync"
+jq -e '[.[] | select(.resync and .tag == "resync-start" and (.consistent | not))] | length > 0' \
+    <<<"$during_resync" >/dev/null || fail "the resync's start is not listed as an inconsistent checkpoint: $during_resync"
+jq -e --argjson b "$before_id" --argjson p "$pre_bitmap" \
+    '[.[] | select(.consistent)] | last | .id >= $b and .id <= $p' <<<"$during_resync" >/dev/null ||
+    fail "during the resync the latest complete checkpoint is not one from before bitmap mode ($before_id..$pre_bitmap): $during_resync"
 jq -e '.[] | select(.tag == "before") | .consistent' <<<"$during_resync" >/dev/null ||
     fail "during the resync the pre-outage checkpoint is not listed complete: $during_resync"
 wait "$writer" || fail "writes during the resync failed"

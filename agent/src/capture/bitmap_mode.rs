@@ -139,6 +139,9 @@ impl VpgCapture {
                 let _order = self.order.lock().await;
                 if self.bitmap.mode() == CaptureMode::Bitmap {
                     let why = format!("the protected log drained to {}", format_bytes(used));
+                    // Before any write is logged again: from here the
+                    // stream's end is no image until the resync is done.
+                    super::vpg::mark_resync_start(&self.log, &self.name)?;
                     self.bitmap.set_mode(&self.name, CaptureMode::Resync, &why);
                 }
                 return Ok(());

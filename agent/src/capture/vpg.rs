@@ -226,6 +226,10 @@ impl VpgCapture {
             }
             None
         };
+        // No writer yet: the resync's start is marked before any write.
+        if new_stream.is_none() && !dirty.is_empty() {
+            mark_resync_start(&log, &name)?;
+        }
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
             name,
@@ -646,7 +650,10 @@ impl VpgCapture {
                 self.name
             ),
         })??;
-        self.append_checkpoint(tag, false, then).await
+        match self.append_checkpoint(tag, false, then).await? {
+            Some(id) => Ok(id),
+            None => bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name),
+        }
     }
 
     /// The checkpoint timer's: a consistent checkpoint while the VPG logs,
@@ -664,17 +671,14 @@ impl VpgCapture {
         if held {
             return Ok(None);
         }
-        match self.append_checkpoint("", true, || {}).await {
-            // Bitmap mode began while the record waited for room.
-            Err(_) if self.bitmap.mode() == CaptureMode::Bitmap => Ok(None),
-            done => done.map(Some),
-        }
+        self.append_checkpoint("", true, || {}).await
     }
 
     /// Appends a checkpoint under the write-order lock, then runs `then`
-    /// (before any later write). A resyncing VPG refuses it, unless
-    /// `resync_allowed`: then it is marked `resync`.
-    async fn append_checkpoint(&self, tag: &str, resync_allowed: bool, then: impl FnOnce()) -> Result<u64> {
+    /// (before any later write). None, appending nothing, in bitmap mode
+    /// (it may have begun while the record waited for room) and in a
+    /// resync, unless `resync_allowed`: then it is marked `resync`.
+    async fn append_checkpoint(&self, tag: &str, resync_allowed: bool, then: impl FnOnce()) -> Result<Option<u64>> {
         let time_ms = now_ms();
         let mut body = RecordBody::Checkpoint { time_ms, tag: tag.to_string(), resync: false };
         let space = self.log.reserve(&body).await?;
@@ -685,7 +689,7 @@ impl VpgCapture {
         let resync = match self.bitmap.mode() {
             CaptureMode::Logging => false,
             CaptureMode::Resync if resync_allowed => true,
-            _ => bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name),
+            _ => return Ok(None),
         };
         if let RecordBody::Checkpoint { resync: flag, .. } = &mut body {
             *flag = resync;
@@ -697,7 +701,7 @@ impl VpgCapture {
             *self.last_checkpoint.lock().expect("checkpoint lock") =
                 Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
         }
-        Ok(id)
+        Ok(Some(id))
     }
 
     pub fn last_checkpoint(&self) -> Option<CheckpointSummary> {
@@ -778,3 +782,26 @@ struct EpochPlan {
     through: u64,
     map: super::bitmap_state::MapSnapshot,
 }
+
+/// Marks the stream's end as no consistent image from here: a resync
+/// begins, and writes logged from now on follow regions the stream does
+/// not hold yet. The recovery site takes `head` as inconsistent from this
+/// record until the next consistent checkpoint. Called under the
+/// write-order lock, or before any writer exists. Without room in the log
+/// now, the next scheduled checkpoint (flagged too) marks it instead.
+pub(super) fn mark_resync_start(log: &ProtectedLog, vpg: &str) -> Result<()> {
+    let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: RESYNC_START_TAG.to_string(), resync: true };
+    match log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) {
+        Some(space) => {
+            log.append_reserved(space, &body)?;
+        }
+        None => tracing::warn!(
+            vpg,
+            "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it"
+        ),
+    }
+    Ok(())
+}
+
+/// The tag of the checkpoint that marks a resync's start.
+pub const RESYNC_START_TAG: &str = "resync-start";

@@ -87,6 +87,10 @@ pub struct PassReport {
     /// one that is not: no checkpoint is restorable until the next
     /// consistent one arrives.
     pub left_consistent: bool,
+    /// The replica stays at this consistent checkpoint although the
+    /// window passed newer ones, which are no image (a resync or a new
+    /// stream's copy is under way): the journal grows meanwhile.
+    pub held_consistent: Option<u64>,
     pub state: ApplyState,
 }
 
@@ -116,26 +120,46 @@ pub fn journal_bytes(dir: &Path) -> Result<u64> {
     Ok(segments(dir)?.iter().map(|s| s.bytes).sum())
 }
 
-/// The checkpoint to apply up to, and whether the byte limit chose it.
-/// A replica at a consistent checkpoint (`keep_consistent`) moves only
-/// to consistent ones, unless the limit finds no consistent one far
-/// enough on.
+/// Where a pass takes the replica, and why.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Target {
+    /// The checkpoint to apply up to (None: the replica stays).
+    id: Option<u64>,
+    /// The byte limit (or a nearly full disk) chose it, not the window.
+    early: bool,
+    /// Only checkpoints that are no image were far enough on for the
+    /// limit: the replica leaves its consistent checkpoint.
+    gives_up_consistent: bool,
+    /// The window passed checkpoints that are no image (a resync's, a new
+    /// stream's copy's) and the replica stays at its consistent one.
+    held_consistent: bool,
+}
+
+/// The checkpoint to apply up to: the newest one older than the window,
+/// or one far enough on to bring the journal under `limit`. A replica at
+/// a consistent checkpoint (`keep_consistent`) moves only to consistent
+/// ones, unless the limit finds no consistent one far enough on.
 fn choose_target(
     checkpoints: &[CheckpointInfo],
     applied_seq: u64,
     keep_consistent: bool,
     segments: &[SegmentFile],
+    limit: Option<u64>,
     policy: &HistoryPolicy,
     now_ms: u64,
-) -> (Option<u64>, bool) {
+) -> Target {
     let ahead = |c: &&CheckpointInfo| c.id > applied_seq;
     let allowed = |c: &&CheckpointInfo| c.consistent || !keep_consistent;
     let horizon = policy.horizon_ms(now_ms);
-    let by_time = checkpoints.iter().filter(ahead).filter(allowed).filter(|c| c.time_ms <= horizon).map(|c| c.id).max();
-    let Some(limit) = policy.journal_limit else { return (by_time, false) };
+    let aged = |c: &&CheckpointInfo| c.time_ms <= horizon;
+    let by_time = checkpoints.iter().filter(ahead).filter(allowed).filter(aged).map(|c| c.id).max();
+    let by_time_any = checkpoints.iter().filter(ahead).filter(aged).map(|c| c.id).max();
+    let held = by_time_any > by_time;
+    let by_time_only = Target { id: by_time, held_consistent: held, ..Default::default() };
+    let Some(limit) = limit else { return by_time_only };
     let total: u64 = segments.iter().map(|s| s.bytes).sum();
     if total <= limit {
-        return (by_time, false);
+        return by_time_only;
     }
     // Retire the oldest closed segments until the rest fits; the target is
     // the first checkpoint at or after the last of them.
@@ -149,19 +173,38 @@ fn choose_target(
             break;
         }
     }
-    let Some(needed_seq) = needed_seq else { return (by_time, false) };
+    let Some(needed_seq) = needed_seq else { return by_time_only };
     let far_enough = |c: &&CheckpointInfo| c.id >= needed_seq;
     let mut candidates = checkpoints.iter().filter(ahead).filter(far_enough);
-    let by_limit = match candidates.clone().find(allowed) {
-        Some(c) => Some(c.id),
-        None => candidates.next().map(|c| c.id),
+    let (by_limit, gives_up) = match candidates.clone().find(allowed) {
+        Some(c) => (c.id, false),
+        None => match candidates.next() {
+            Some(c) => (c.id, true),
+            None => return by_time_only,
+        },
     };
-    match (by_time, by_limit) {
-        (Some(t), Some(l)) if l > t => (Some(l), true),
-        (None, Some(l)) => (Some(l), true),
-        (t, _) => (t, false),
+    if by_time.is_some_and(|t| t >= by_limit) {
+        return by_time_only;
     }
+    Target { id: Some(by_limit), early: true, gives_up_consistent: gives_up, held_consistent: held && gives_up }
 }
+
+/// The byte limit a pass keeps the journal under: the configured one, or,
+/// without one, a little under what the journal holds when its file
+/// system is nearly full (the window shrinks rather than the journal
+/// running out of room).
+fn effective_limit(dir: &Path, policy: &HistoryPolicy, journal_bytes: u64) -> Option<u64> {
+    if policy.journal_limit.is_some() {
+        return policy.journal_limit;
+    }
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    let nearly_full = fs.f_bavail.saturating_mul(DISK_FREE_FLOOR_DIVISOR) < fs.f_blocks;
+    nearly_full.then_some(journal_bytes / 100 * HistoryPolicy::LIMIT_TARGET_PERCENT)
+}
+
+/// Without a journal_limit, the journal's file system is nearly full below
+/// 1/20 (5 %) of it free.
+const DISK_FREE_FLOOR_DIVISOR: u64 = 20;
 
 /// Writes every record after the replica's seq up to `target` into the
 /// replica and makes it durable (see the module comment for crashes).
@@ -253,8 +296,14 @@ pub fn pass(
     let mut state = ApplyState::load(dir)?;
     let before = segments(dir)?;
     let consistent_base = state.base.as_ref().is_some_and(|b| b.consistent && b.id == state.applied_seq);
-    let (wanted, shortened) = choose_target(checkpoints, state.applied_seq, consistent_base, &before, policy, now_ms);
-    let mut report = PassReport { shortened, ..Default::default() };
+    let limit = effective_limit(dir, policy, before.iter().map(|s| s.bytes).sum());
+    let chosen = choose_target(checkpoints, state.applied_seq, consistent_base, &before, limit, policy, now_ms);
+    let wanted = chosen.id;
+    let mut report = PassReport {
+        shortened: chosen.early,
+        held_consistent: (chosen.held_consistent && !chosen.gives_up_consistent).then_some(state.applied_seq),
+        ..Default::default()
+    };
     // An interrupted apply is finished first, whatever the window says.
     let mut target = wanted.max(state.applying_to);
     if let (Some(t), Some(pin)) = (target, leases.iter().map(|l| l.checkpoint).min()) {
@@ -279,7 +328,7 @@ pub fn pass(
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
-        report.left_consistent = consistent_base && !next.base.as_ref().is_some_and(|b| b.consistent);
+        report.left_consistent = chosen.gives_up_consistent && !next.base.as_ref().is_some_and(|b| b.consistent);
         state = next;
         report.applied_to = Some(t);
         report.bytes_applied = bytes;
@@ -304,14 +353,18 @@ mod tests {
         SegmentFile { first_seq, path: PathBuf::new(), bytes }
     }
 
+    fn pick(id: Option<u64>, early: bool) -> Target {
+        Target { id, early, ..Default::default() }
+    }
+
     #[test]
     fn window_picks_the_newest_checkpoint_older_than_history() {
         let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
         let cps = [cp(10, 1_000), cp(20, 30_000), cp(30, 90_000)];
-        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 60_500), (None, false));
-        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 61_500), (Some(10), false));
-        assert_eq!(choose_target(&cps, 0, true, &[], &policy, 91_000), (Some(20), false));
-        assert_eq!(choose_target(&cps, 20, true, &[], &policy, 91_000), (None, false));
+        assert_eq!(choose_target(&cps, 0, true, &[], None, &policy, 60_500), pick(None, false));
+        assert_eq!(choose_target(&cps, 0, true, &[], None, &policy, 61_500), pick(Some(10), false));
+        assert_eq!(choose_target(&cps, 0, true, &[], None, &policy, 91_000), pick(Some(20), false));
+        assert_eq!(choose_target(&cps, 20, true, &[], None, &policy, 91_000), pick(None, false));
     }
 
     #[test]
@@ -320,10 +373,10 @@ mod tests {
         let cps = [cp(10, 1_000), cp(25, 2_000), cp(40, 3_000)];
         // 150 bytes in three segments; the first two must go to reach 90.
         let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
-        assert_eq!(choose_target(&cps, 0, true, &segs, &policy, 4_000), (Some(40), true));
+        assert_eq!(choose_target(&cps, 0, true, &segs, Some(100), &policy, 4_000), pick(Some(40), true));
         // Under the limit, nothing is early.
         let small = [seg(1, 40), seg(21, 40)];
-        assert_eq!(choose_target(&cps, 0, true, &small, &policy, 4_000), (None, false));
+        assert_eq!(choose_target(&cps, 0, true, &small, Some(100), &policy, 4_000), pick(None, false));
     }
 
     #[test]
@@ -331,19 +384,21 @@ mod tests {
         let resync = |id, time_ms| CheckpointInfo { consistent: false, resync: true, ..cp(id, time_ms) };
         let window = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
         let cps = [cp(10, 1_000), resync(20, 2_000), resync(30, 3_000), cp(40, 90_000)];
-        // The window passed 30, but 30 and 20 were taken during a resync.
-        assert_eq!(choose_target(&cps, 10, true, &[], &window, 63_500), (None, false));
-        assert_eq!(choose_target(&cps, 10, true, &[], &window, 150_000), (Some(40), false));
+        // The window passed 30, but 30 and 20 were taken during a resync:
+        // the replica stays at 10, and the pass says why.
+        let held = Target { held_consistent: true, ..pick(None, false) };
+        assert_eq!(choose_target(&cps, 10, true, &[], None, &window, 63_500), held);
+        assert_eq!(choose_target(&cps, 10, true, &[], None, &window, 150_000), pick(Some(40), false));
         // A replica that is no image yet (initial copy) may move through any.
-        assert_eq!(choose_target(&cps, 0, false, &[], &window, 63_500), (Some(30), false));
+        assert_eq!(choose_target(&cps, 0, false, &[], None, &window, 63_500), pick(Some(30), false));
         // Over the limit: a consistent checkpoint far enough on is chosen
         // first; with none, the limit wins over the last consistent image.
-        let limit = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100), journal_cap: None };
         let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
-        assert_eq!(choose_target(&cps, 10, true, &segs, &limit, 4_000), (Some(40), true));
+        assert_eq!(choose_target(&cps, 10, true, &segs, Some(100), &window, 4_000), pick(Some(40), true));
         let without_40 = &cps[..3];
         let segs = [seg(1, 50), seg(15, 50), seg(31, 50)];
-        assert_eq!(choose_target(without_40, 10, true, &segs, &limit, 4_000), (Some(30), true));
+        let gives_up = Target { gives_up_consistent: true, ..pick(Some(30), true) };
+        assert_eq!(choose_target(without_40, 10, true, &segs, Some(100), &window, 4_000), gives_up);
     }
 
     mod on_disk {

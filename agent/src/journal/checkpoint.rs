@@ -24,8 +24,8 @@ impl CheckpointInfo {
         match (self.consistent, self.resync) {
             (true, _) => None,
             (false, true) => Some(
-                "it was taken during a resync after bitmap mode, while changed regions were still being read \
-                 back, so the volumes it holds are a mix of times",
+                "it was taken during a resync (changed regions read back after bitmap mode or an unclean stop), \
+                 so the volumes it holds are a mix of times",
             ),
             (false, false) => Some("it was taken before the initial copy finished; it is not a complete image"),
         }

@@ -166,6 +166,12 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                         pinned_warning(pin, report.journal_bytes, slot.policy.journal_limit)
                     } else if !report.held_by.is_empty() {
                         format!("history is held past the window by an open {}", report.held_by.join(", "))
+                    } else if let Some(at) = report.held_consistent {
+                        format!(
+                            "the replica stays at checkpoint {at}, the last consistent one: newer checkpoints \
+                             passed the history window but are no image (a resync or a new stream's copy is under \
+                             way); the journal grows until one is (journal_limit bounds it)"
+                        )
                     } else if report.shortened {
                         "journal_limit reached: the oldest history was applied early, so the window is shorter than configured".into()
                     } else {

@@ -265,7 +265,10 @@ async fn admit_old_site<S: AsyncRead + AsyncWrite + Unpin>(
         bail!("refused {what} for a VPG this peer may not use");
     }
     if protocol != PROTOCOL_VERSION {
-        let reason = format!("protocol version {protocol} is not supported");
+        let reason = format!(
+            "protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION}): upgrade both \
+             appliances to the same build"
+        );
         send_control(link, &ControlMessage::refused(reason)).await?;
         bail!("{what} with protocol {protocol}");
     }
@@ -395,7 +398,10 @@ async fn open_vpg(
     peer: &Peer,
 ) -> Result<(u64, u64, u32)> {
     if protocol != PROTOCOL_VERSION {
-        bail!("protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION})");
+        bail!(
+            "protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION}): upgrade both \
+             appliances to the same build"
+        );
     }
     crate::config::validate_name("vpg", vpg)?;
     if id != vpg_id(vpg) {

@@ -5,7 +5,10 @@ use crate::names::{is_plain, NAME_BYTES_MAX, VOLUMES_PER_VPG_MAX};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Both sides must speak the same version (no negotiation yet). 2: a
+/// Checkpoint record may carry the `resync` flag, which version 1
+/// decoders refuse.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The largest control message either side sends or takes: a batch of
 /// extent hashes is the largest there is.
 pub const CONTROL_BYTES_MAX: usize = 1 << 20;
