@@ -46,6 +46,8 @@ bench: build image
 	@tests/bench/detection.sh
 	@tests/bench/verify.sh
 	@tests/bench/delta.sh
+	@tests/bench/outage_latency.sh
+	@tests/bench/delta.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).
