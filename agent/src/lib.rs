@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod appliance;
+pub mod audit_trail;
 pub mod capture;
 pub mod config;
 pub mod durable;

@@ -404,6 +404,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the audit trail: who asked for what, when, from where, and how
+    /// it ended (docs/audit-trail.md). With --verify, check its hash chain
+    /// and name the first broken link (exit status 1).
+    AuditLog {
+        #[arg(long)]
+        config: PathBuf,
+        /// Check every entry's hash and its link to the one before.
+        #[arg(long)]
+        verify: bool,
+        /// Machine-readable output (the entries, or the verdict).
+        #[arg(long)]
+        json: bool,
+    },
     /// Support SSH: opened only from the local console, for a set time and network.
     #[command(subcommand)]
     SupportSsh(SupportSsh),
@@ -678,21 +691,37 @@ fn run(cli: Cli) -> Result<()> {
             println!("hardened: firewall, kernel settings and securetty applied (run `tidemark audit` to check)");
         }
         Command::Audit { config, json } => audit(config, json)?,
+        Command::AuditLog { config, verify, json } => audit_log(config, verify, json)?,
         Command::SupportSsh(command) => support_ssh(command)?,
-        Command::Diag { config, out } => diag(config, out)?,
+        Command::Diag { config, out } => {
+            let params = serde_json::json!({ "out": out });
+            audited_cli(&config.clone(), "diag", params, || diag(config, out))?
+        }
         Command::Checkpoints { at: OnRecovery { config, vpg }, json } => list_checkpoints(config, vpg, json)?,
         Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
             insert_checkpoint(config, vpg, tag, wait)?
         }
         Command::ClearAlert { at: OnProtected { config, vpg } } => clear_alert(config, vpg)?,
-        Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => restore(config, vpg, checkpoint, out)?,
-        Command::Seed { at: OnRecovery { config, vpg }, images } => seed(config, vpg, images)?,
+        Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => {
+            let params = serde_json::json!({ "vpg": vpg, "checkpoint": checkpoint, "out": out });
+            audited_cli(&config.clone(), "restore", params, || restore(config, vpg, checkpoint, out))?
+        }
+        Command::Seed { at: OnRecovery { config, vpg }, images } => {
+            let params = serde_json::json!({ "vpg": vpg, "images": images });
+            audited_cli(&config.clone(), "seed", params, || seed(config, vpg, images))?
+        }
         Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
         Command::VerifyCheckpoint { at: OnRecovery { config, vpg }, checkpoint, timeout, json } => {
             verify_checkpoint(config, vpg, checkpoint, timeout, json)?
         }
-        Command::Pin { at: OnRecovery { config, vpg }, checkpoint, reason } => pin(config, vpg, checkpoint, reason)?,
-        Command::Unpin { at: OnRecovery { config, vpg }, checkpoint } => unpin(config, vpg, checkpoint)?,
+        Command::Pin { at: OnRecovery { config, vpg }, checkpoint, reason } => {
+            let params = serde_json::json!({ "vpg": vpg, "checkpoint": checkpoint, "reason": reason });
+            audited_cli(&config.clone(), "pin", params, || pin(config, vpg, checkpoint, reason))?
+        }
+        Command::Unpin { at: OnRecovery { config, vpg }, checkpoint } => {
+            let params = serde_json::json!({ "vpg": vpg, "checkpoint": checkpoint });
+            audited_cli(&config.clone(), "unpin", params, || unpin(config, vpg, checkpoint))?
+        }
         Command::Failover { at: OnRecovery { config, vpg }, checkpoint, files } => {
             let cfg = recovery_config(&config)?;
             let request = tidemark::api::local::Request::Failover { vpg, checkpoint, serve: !files };
@@ -731,6 +760,59 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Status { config, json } => status(config, json)?,
+    }
+    Ok(())
+}
+
+/// Runs a console command that works without the agent, with its request
+/// and outcome in the audit trail. A config that cannot be read runs
+/// nothing (the command would refuse it too).
+fn audited_cli(
+    config: &std::path::Path,
+    op: &str,
+    params: serde_json::Value,
+    run: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let data_dir = Config::load(config)?.node().data_dir.clone();
+    let actor = tidemark::audit_trail::Actor::console();
+    tidemark::audit_trail::audited(&data_dir, &actor, op, params, run)
+}
+
+fn audit_log(config: PathBuf, verify: bool, json: bool) -> Result<()> {
+    let cfg = Config::load(&config)?;
+    let path = tidemark::audit_trail::trail_path(&cfg.node().data_dir);
+    if verify {
+        let verdict = tidemark::audit_trail::verify(&path)?;
+        match json {
+            true => println!("{}", serde_json::to_string_pretty(&verdict)?),
+            false => print!("{}", verdict.render()),
+        }
+        if verdict.broken.is_some() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let entries = tidemark::audit_trail::read_all(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("the audit trail at {} is empty", path.display());
+    }
+    for e in &entries {
+        let of = e.of.map(|s| format!(" (of {s})")).unwrap_or_default();
+        println!(
+            "{:>6} {} {} [{}] from {}: {} {} -> {}{of}",
+            e.seq,
+            tidemark::status::format_time_ms(e.time_ms),
+            e.user,
+            e.role,
+            e.source,
+            e.op,
+            e.params,
+            e.outcome
+        );
     }
     Ok(())
 }

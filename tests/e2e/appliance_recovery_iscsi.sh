@@ -18,6 +18,8 @@
 # - An export whose agent is killed leaves no target or device behind once
 #   the agent is back; a failover's LUN keeps its writes and its identity
 #   across a SIGKILL of the agent.
+# - The audit trail survives that power cut: it verifies, and holds the
+#   operations run on the console before it.
 # - Switch-back under a power cut: the old site (the host's agent) takes
 #   reverse protection of the failed-over LUN, then `move-back`; it stops
 #   (failpoint) as the recovery appliance has finished its part, and the
@@ -273,6 +275,15 @@ grep -Eq "complete +[a-z-]+ +move-back" <<<"$(rec2 "tidemark checkpoints --confi
 guest_restore_sha rec2 move-back
 [ "$RESTORED_SHA" = "$WANT" ] || fail "after the power cut, 'move-back' restores to $RESTORED_SHA, not the LUN's data $WANT"
 log "rebooted: not failed over, no LUN served, 'move-back' restores equal to the LUN's data"
+out=$(rec2 "tidemark audit-log --config $CFG --verify; echo exit=\$?")
+grep -q "exit=0" <<<"$out" && grep -q "audit trail intact" <<<"$out" ||
+    fail "after the power cut the audit trail does not verify: $out"
+trail=$(rec2 "tidemark audit-log --config $CFG")
+for op in "failover" "test-failover start" "export"; do
+    grep -Eq "root \[admin \(console\)\] from [^:]*: $op \{.* -> ok" <<<"$trail" ||
+        fail "after the power cut the audit trail has no finished $op by root: $trail"
+done
+log "the audit trail survived the power cut: intact, with the failover, test failover and export before it"
 
 start_agent protected "$NBD_PORT" "$NS"
 for _ in $(seq 1 600); do

@@ -10,6 +10,7 @@
 //! An `export` lasts as long as its connection: the exports go when the
 //! client closes it.
 
+use crate::audit_trail::Actor;
 use crate::capture::vpg::VpgCapture;
 use crate::recovery::ops::RecoveryOps;
 use anyhow::{anyhow, bail, Context, Result};
@@ -177,12 +178,14 @@ pub fn start(data_dir: &Path, agent: Agent) -> Result<()> {
     }
     let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let data_dir = Arc::new(data_dir.to_path_buf());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let agent = agent.clone();
+            let data_dir = data_dir.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_one(stream, &agent).await {
+                if let Err(e) = serve_one(stream, &agent, &data_dir).await {
                     tracing::info!("control socket: {e:#}");
                 }
             });
@@ -191,7 +194,11 @@ pub fn start(data_dir: &Path, agent: Agent) -> Result<()> {
     Ok(())
 }
 
-async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent) -> Result<()> {
+async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Path) -> Result<()> {
+    let actor = match stream.peer_cred() {
+        Ok(c) => Actor::local_peer(c.uid(), c.pid()),
+        Err(_) => Actor::local_peer(u32::MAX, None),
+    };
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(REQUEST_BYTES_MAX as u64 + 1);
@@ -201,25 +208,71 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent) -> Result<()> 
     } else {
         serde_json::from_slice::<Request>(&line).map_err(|e| anyhow!("malformed request: {e}"))
     };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            // What was sent is not kept: it may be anything.
+            let params = serde_json::json!({ "bytes": line.len() });
+            record(data_dir, &actor, "invalid-request", params, format!("refused: {e:#}"), None).await;
+            return send(&mut write, &failure(e)).await;
+        }
+    };
+    let (op, params) = (op_name(&request), serde_json::to_value(&request)?);
+    let started = record(data_dir, &actor, op, params.clone(), "started".into(), None).await;
+    let outcome = |reply: &Reply| match &reply.error {
+        None => "ok".to_string(),
+        Some(e) => format!("failed: {e}"),
+    };
     // An export lives while the client keeps the connection open.
-    if let (Ok(Request::Export { vpg, checkpoint }), Agent::Recovery(ops)) = (&request, agent) {
+    if let (Request::Export { vpg, checkpoint }, Agent::Recovery(ops)) = (&request, agent) {
         let served = match ops.export(vpg, checkpoint).await {
             Ok(s) => s,
-            Err(e) => return send(&mut write, &failure(e)).await,
+            Err(e) => {
+                let reply = failure(e);
+                record(data_dir, &actor, op, params, outcome(&reply), started).await;
+                return send(&mut write, &reply).await;
+            }
         };
-        let sent = send(&mut write, &Reply::served(&served)).await;
+        let reply = Reply::served(&served);
+        record(data_dir, &actor, op, params.clone(), format!("ok: serving {}", reply.exports.join(" ")), started).await;
+        let sent = send(&mut write, &reply).await;
         if sent.is_ok() {
             let mut rest = Vec::new();
             let _ = reader.into_inner().read_to_end(&mut rest).await;
         }
         ops.unexport(&served).await;
+        record(data_dir, &actor, op, params, "closed: the client ended the export".into(), started).await;
         return sent;
     }
-    let reply = match request {
-        Ok(request) => handle(request, agent).await.unwrap_or_else(failure),
-        Err(e) => failure(e),
-    };
+    let reply = handle(request, agent).await.unwrap_or_else(failure);
+    record(data_dir, &actor, op, params, outcome(&reply), started).await;
     send(&mut write, &reply).await
+}
+
+/// Appends to the audit trail off the runtime's threads; a trail that
+/// cannot be written is logged, and the operation goes on.
+async fn record(
+    data_dir: &Path,
+    actor: &Actor,
+    op: &str,
+    params: serde_json::Value,
+    outcome: String,
+    of: Option<u64>,
+) -> Option<u64> {
+    let (dir, who, what) = (data_dir.to_path_buf(), actor.clone(), op.to_string());
+    let appended =
+        tokio::task::spawn_blocking(move || crate::audit_trail::append(&dir, &who, &what, params, &outcome, of)).await;
+    match appended {
+        Ok(Ok(seq)) => Some(seq),
+        Ok(Err(e)) => {
+            tracing::error!("audit trail: could not record {op}: {e:#}");
+            None
+        }
+        Err(e) => {
+            tracing::error!("audit trail: could not record {op}: {e}");
+            None
+        }
+    }
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
