@@ -58,10 +58,7 @@ mv "$WORK/stale.img" "$WORK/rsync/disk0.img"
 sync
 echo 3 >/proc/sys/vm/drop_caches
 
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --latency-ms 5 --bandwidth-bps 1000000000 --cut-file "$WORK/cut" --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --latency-ms 5 --bandwidth-bps 1000000000
 start_recovery
 t0=$(seconds)
 start_protected

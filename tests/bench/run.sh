@@ -64,10 +64,7 @@ kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID"
 log "2/6 RPO through a 100 Mbit/s link, writes at 50 Mbit/s, vs plain TCP on the same link"
 rm -rf "$WORK/a" "$WORK/b" "$WORK/src"
 USE_PROXY=1 setup_pair async 1000 rpo:64M
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --map "$((PORT_BASE + 7))=127.0.0.1:$((PORT_BASE + 8))" --bandwidth-bps 100000000 >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --map "$((PORT_BASE + 7))=127.0.0.1:$((PORT_BASE + 8))" --bandwidth-bps 100000000
 start_recovery
 start_protected
 wait_replicated 120

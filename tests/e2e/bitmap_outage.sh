@@ -22,11 +22,7 @@ source "$(dirname "$0")/../lib/common.sh"
 
 LOG_MIB=64
 USE_PROXY=1 LOG_CAPACITY=$((LOG_MIB << 20)) setup_pair async 1000 disk0:1G
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --latency-ms 10 --bandwidth-bps 400000000 --cut-file "$WORK/cut" --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-disown "$!"
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --latency-ms 10 --bandwidth-bps 400000000
 start_recovery
 start_protected
 

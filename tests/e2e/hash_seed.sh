@@ -17,11 +17,7 @@ EXTENT=65536
 # A small log (4 MiB segments): the writes below retire its first segment,
 # so a journal that is gone cannot be given the stream again from its start.
 USE_PROXY=1 LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:256M
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --latency-ms 5 --bandwidth-bps 1000000000 --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-disown "$!"
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --latency-ms 5 --bandwidth-bps 1000000000
 
 wire_bytes() { jq -r '.forward_bytes' "$WORK/proxy.json"; }
 hash_bytes() { jq -r '.reverse_bytes' "$WORK/proxy.json"; }

@@ -27,11 +27,7 @@ mkdir -p "$WORK/src"
 head -c $((64 << 20)) /dev/urandom >"$WORK/src/disk0.img"
 USE_PROXY=1 setup_pair async 1000 disk0:64M
 printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-disown "$!"
-wait_port "$PROXY_DATA_PORT"
+start_wan_link
 start_recovery
 start_protected
 wait_replicated 90

@@ -47,11 +47,7 @@ PY
     kill9 "$PROTECTED_PID" "$RECOVERY_PID"
 }
 
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --latency-ms 150 --cut-file "$WORK/cut" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-disown "$!" # no "Killed" line from bash when cleanup stops it
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --latency-ms 150
 
 run_rounds sync present
 run_rounds async absent

@@ -7,11 +7,7 @@
 source "$(dirname "$0")/../lib/common.sh"
 
 USE_PROXY=1 setup_pair async 1000 disk0:128M
-"$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
-    --latency-ms 20 --bandwidth-bps 100000000 --cut-file "$WORK/cut" --stats "$WORK/proxy.json" >"$WORK/proxy.log" 2>&1 &
-PIDS+=($!)
-disown "$!" # no "Killed" line from bash when cleanup stops it
-wait_port "$PROXY_DATA_PORT"
+start_wan_link --latency-ms 20 --bandwidth-bps 100000000
 start_recovery
 start_protected
 

@@ -165,6 +165,18 @@ kill9() {
     done
 }
 
+# start_wan_link [WANPROXY ARGS...]: tests/wanproxy between the proxy ports
+# and the recovery agent's control and data ports (a USE_PROXY=1 pair goes
+# through it), e.g. --latency-ms 10 --bandwidth-bps 400000000. The link is
+# cut while $WORK/cut holds `blackhole`; $WORK/proxy.json counts the bytes.
+start_wan_link() {
+    "$WANPROXY" --map "$PROXY_CONTROL_PORT=127.0.0.1:$CONTROL_PORT" --map "$PROXY_DATA_PORT=127.0.0.1:$DATA_PORT" \
+        --cut-file "$WORK/cut" --stats "$WORK/proxy.json" "$@" >"$WORK/proxy.log" 2>&1 &
+    PIDS+=($!)
+    disown "$!" # no "Killed" line from bash when cleanup stops it
+    wait_port "$PROXY_DATA_PORT"
+}
+
 # gone PID: waits up to 10 s for an agent that hit its failpoint to be gone.
 gone() {
     for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
