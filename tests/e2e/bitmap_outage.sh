@@ -120,12 +120,17 @@ before_id=$(checkpoints_json | jq -r '.[] | select(.tag == "before") | .id')
 # from there): the list shows it while the resync runs.
 for _ in $(seq 1 50); do
     during_resync=$(checkpoints_json)
-    jq -e '[.[] | select(.resync)] | length > 0' <<<"$during_resync" >/dev/null && break
+    jq -e '([.[] | select(.tag == "resync-start") | .id] | max // 0) > ([.[] | select(.tag == "bitmap-start") | .id] | max // 0)' \
+        <<<"$during_resync" >/dev/null && break
     sleep 0.1
 done
 [ "$(bitmap_field mode)" = resync ] || fail "the resync ended before the list was read; the check proves nothing"
-jq -e '[.[] | select(.resync and .tag == "resync-start" and (.consistent | not))] | length > 0' \
-    <<<"$during_resync" >/dev/null || fail "the resync's start is not listed as an inconsistent checkpoint: $during_resync"
+# Marks, all inconsistent: where bitmap mode began (again after the
+# restart), and this resync's start after the last of those (the restart's
+# own resync-start comes before it).
+jq -e '[.[] | select(.tag == "bitmap-start" or .tag == "resync-start")] | all(.resync and (.consistent | not)) and
+    ([.[] | select(.tag == "resync-start") | .id] | max) > ([.[] | select(.tag == "bitmap-start") | .id] | max)' \
+    <<<"$during_resync" >/dev/null || fail "the marks of bitmap mode and of the resync's start are not listed: $during_resync"
 jq -e --argjson b "$before_id" --argjson p "$pre_bitmap" \
     '[.[] | select(.consistent)] | last | .id >= $b and .id <= $p' <<<"$during_resync" >/dev/null ||
     fail "during the resync the latest complete checkpoint is not one from before bitmap mode ($before_id..$pre_bitmap): $during_resync"

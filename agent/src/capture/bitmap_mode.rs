@@ -69,6 +69,14 @@ impl VpgCapture {
             return Ok(());
         }
         self.activity.lock().expect("activity lock").use_map()?;
+        // Before the first write that is not logged: from here the
+        // stream's end is no image (copy or repair records may still be
+        // appended after unlogged writes). The mark is small and the log
+        // below its high-water mark; without room the resync's start
+        // marks it, before any write is logged again.
+        if !super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG)? {
+            tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began");
+        }
         self.bitmap.set_mode(&self.name, CaptureMode::Bitmap, why);
         Ok(())
     }
@@ -141,7 +149,12 @@ impl VpgCapture {
                     let why = format!("the protected log drained to {}", format_bytes(used));
                     // Before any write is logged again: from here the
                     // stream's end is no image until the resync is done.
-                    super::vpg::mark_resync_start(&self.log, &self.name)?;
+                    // Without room for the mark, no resync yet.
+                    if !super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::RESYNC_START_TAG)? {
+                        drop(_order);
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
                     self.bitmap.set_mode(&self.name, CaptureMode::Resync, &why);
                 }
                 return Ok(());

@@ -227,8 +227,8 @@ impl VpgCapture {
             None
         };
         // No writer yet: the resync's start is marked before any write.
-        if new_stream.is_none() && !dirty.is_empty() {
-            mark_resync_start(&log, &name)?;
+        if new_stream.is_none() && !dirty.is_empty() && !mark_inconsistent_from_here(&log, RESYNC_START_TAG)? {
+            tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it");
         }
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
@@ -783,25 +783,21 @@ struct EpochPlan {
     map: super::bitmap_state::MapSnapshot,
 }
 
-/// Marks the stream's end as no consistent image from here: a resync
-/// begins, and writes logged from now on follow regions the stream does
-/// not hold yet. The recovery site takes `head` as inconsistent from this
-/// record until the next consistent checkpoint. Called under the
-/// write-order lock, or before any writer exists. Without room in the log
-/// now, the next scheduled checkpoint (flagged too) marks it instead.
-pub(super) fn mark_resync_start(log: &ProtectedLog, vpg: &str) -> Result<()> {
-    let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: RESYNC_START_TAG.to_string(), resync: true };
-    match log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) {
-        Some(space) => {
-            log.append_reserved(space, &body)?;
-        }
-        None => tracing::warn!(
-            vpg,
-            "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it"
-        ),
-    }
-    Ok(())
+/// Marks the stream's end as no consistent image from here (`tag` says
+/// why: bitmap mode or a resync begins): records appended from now on
+/// follow writes the stream does not hold, or regions it does not hold
+/// yet. The recovery site takes `head` as inconsistent from this record
+/// until the next consistent checkpoint. Called under the write-order
+/// lock, or before any writer exists. False, appending nothing, when the
+/// log has no room now.
+pub(super) fn mark_inconsistent_from_here(log: &ProtectedLog, tag: &str) -> Result<bool> {
+    let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: true };
+    let Some(space) = log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) else { return Ok(false) };
+    log.append_reserved(space, &body)?;
+    Ok(true)
 }
 
-/// The tag of the checkpoint that marks a resync's start.
+/// The tag of the checkpoint that marks where bitmap mode began.
+pub const BITMAP_START_TAG: &str = "bitmap-start";
+/// The tag of the checkpoint that marks where a resync began.
 pub const RESYNC_START_TAG: &str = "resync-start";

@@ -91,6 +91,9 @@ pub struct PassReport {
     /// window passed newer ones, which are no image (a resync or a new
     /// stream's copy is under way): the journal grows meanwhile.
     pub held_consistent: Option<u64>,
+    /// Without a journal_limit, the journal's file system was nearly full
+    /// and the pass applied early to free room.
+    pub disk_nearly_full: bool,
     pub state: ApplyState,
 }
 
@@ -190,16 +193,25 @@ fn choose_target(
 }
 
 /// The byte limit a pass keeps the journal under: the configured one, or,
-/// without one, a little under what the journal holds when its file
-/// system is nearly full (the window shrinks rather than the journal
-/// running out of room).
-fn effective_limit(dir: &Path, policy: &HistoryPolicy, journal_bytes: u64) -> Option<u64> {
+/// without one, when the journal's file system is nearly full, what the
+/// journal holds less what is missing to the free-space floor (the
+/// window shrinks by that much rather than the journal running out of
+/// room; once the floor is free again, nothing more). The second value
+/// says the disk chose it.
+fn effective_limit(dir: &Path, policy: &HistoryPolicy, journal_bytes: u64) -> (Option<u64>, bool) {
     if policy.journal_limit.is_some() {
-        return policy.journal_limit;
+        return (policy.journal_limit, false);
     }
-    let fs = rustix::fs::statvfs(dir).ok()?;
-    let nearly_full = fs.f_bavail.saturating_mul(DISK_FREE_FLOOR_DIVISOR) < fs.f_blocks;
-    nearly_full.then_some(journal_bytes / 100 * HistoryPolicy::LIMIT_TARGET_PERCENT)
+    let Ok(fs) = rustix::fs::statvfs(dir) else { return (None, false) };
+    // The agent runs as root: the blocks reserved for root are its too.
+    let free = if rustix::process::getuid().is_root() { fs.f_bfree } else { fs.f_bavail };
+    let block = fs.f_frsize.max(1);
+    let floor = fs.f_blocks / DISK_FREE_FLOOR_DIVISOR;
+    if free >= floor {
+        return (None, false);
+    }
+    let missing = (floor - free).saturating_mul(block);
+    (Some(journal_bytes.saturating_sub(missing)), true)
 }
 
 /// Without a journal_limit, the journal's file system is nearly full below
@@ -296,14 +308,11 @@ pub fn pass(
     let mut state = ApplyState::load(dir)?;
     let before = segments(dir)?;
     let consistent_base = state.base.as_ref().is_some_and(|b| b.consistent && b.id == state.applied_seq);
-    let limit = effective_limit(dir, policy, before.iter().map(|s| s.bytes).sum());
+    let (limit, by_disk) = effective_limit(dir, policy, before.iter().map(|s| s.bytes).sum());
     let chosen = choose_target(checkpoints, state.applied_seq, consistent_base, &before, limit, policy, now_ms);
     let wanted = chosen.id;
-    let mut report = PassReport {
-        shortened: chosen.early,
-        held_consistent: (chosen.held_consistent && !chosen.gives_up_consistent).then_some(state.applied_seq),
-        ..Default::default()
-    };
+    let mut report =
+        PassReport { shortened: chosen.early, disk_nearly_full: chosen.early && by_disk, ..Default::default() };
     // An interrupted apply is finished first, whatever the window says.
     let mut target = wanted.max(state.applying_to);
     if let (Some(t), Some(pin)) = (target, leases.iter().map(|l| l.checkpoint).min()) {
@@ -332,6 +341,9 @@ pub fn pass(
         state = next;
         report.applied_to = Some(t);
         report.bytes_applied = bytes;
+    }
+    if chosen.held_consistent && !chosen.gives_up_consistent {
+        report.held_consistent = Some(state.applied_seq);
     }
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
     report.journal_bytes = journal_bytes(dir)?;

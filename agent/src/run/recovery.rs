@@ -172,6 +172,10 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                              passed the history window but are no image (a resync or a new stream's copy is under \
                              way); the journal grows until one is (journal_limit bounds it)"
                         )
+                    } else if report.disk_nearly_full {
+                        "the journal's file system is nearly full (under 5 % free): the oldest history was applied \
+                         early, so the window is shorter than configured (free space, or set journal_limit)"
+                            .into()
                     } else if report.shortened {
                         "journal_limit reached: the oldest history was applied early, so the window is shorter than configured".into()
                     } else {
@@ -222,8 +226,8 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
     if report.left_consistent {
         tracing::warn!(
             vpg = %meta.vpg,
-            "journal_limit reached during a resync or a new stream's copy: the replica moved past the last \
-             consistent checkpoint, so none is restorable until the next consistent one (raise journal_limit \
+            "journal_limit (or a nearly full disk) reached during a resync or a new stream's copy: the replica \
+             moved past the last consistent checkpoint, so none is restorable until the next consistent one (raise journal_limit \
              to keep it)"
         );
     }
