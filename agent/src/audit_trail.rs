@@ -81,24 +81,44 @@ impl Actor {
         let tty = std::fs::read_link("/proc/self/fd/0")
             .ok()
             .map(|p| p.display().to_string())
-            .filter(|p| p.starts_with("/dev/tty") || p.starts_with("/dev/pts") || p.starts_with("/dev/ttyS"));
+            .filter(|p| p.starts_with("/dev/tty") || p.starts_with("/dev/pts"));
+        let place = match tty.as_deref() {
+            // Support SSH sessions get pseudo-terminals; the console is a tty.
+            Some(t) if t.starts_with("/dev/pts") => format!("ssh session {t}"),
+            Some(t) => format!("console {t}"),
+            None => "console, without a terminal".into(),
+        };
         Actor {
-            user: user_name(uid),
+            user: login_name(std::process::id() as i32, uid),
             role: local_role(uid).into(),
-            source: format!("console {} (pid {})", tty.as_deref().unwrap_or("without a terminal"), std::process::id()),
+            source: format!("{place} (pid {})", std::process::id()),
         }
     }
 
     /// The peer of the agent's control socket (root only: mode 0600).
     pub fn local_peer(uid: u32, pid: Option<i32>) -> Actor {
         Actor {
-            user: user_name(uid),
+            user: pid.map_or_else(|| user_name(uid), |p| login_name(p, uid)),
             role: local_role(uid).into(),
             source: match pid {
                 Some(pid) => format!("control socket (pid {pid})"),
                 None => "control socket".into(),
             },
         }
+    }
+}
+
+/// Who logged in to run process `pid` (its loginuid survives `su` and
+/// `sudo`), with the uid it runs as when that differs; `uid` alone when
+/// the process has no login (a service, a test).
+fn login_name(pid: i32, uid: u32) -> String {
+    let login = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|l| *l != u32::MAX);
+    match login {
+        Some(l) if l != uid => format!("{} (as {})", user_name(l), user_name(uid)),
+        _ => user_name(uid),
     }
 }
 
@@ -152,7 +172,7 @@ pub fn append(
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).context("locking the audit trail")?;
+    lock(&file)?;
     if created {
         crate::durable::sync_dir(&dir)?;
         crate::durable::sync_dir(data_dir)?;
@@ -177,6 +197,13 @@ pub fn append(
     };
     entry.hash = entry.digest();
     let mut line = serde_json::to_vec(&entry)?;
+    if line.len() >= LINE_BYTES_MAX {
+        // Parameters this long are paths or lists: kept cut, not dropped.
+        let text = entry.params.to_string();
+        entry.params = serde_json::json!({ "cut": cut(&text, LINE_BYTES_MAX / 4) });
+        entry.hash = entry.digest();
+        line = serde_json::to_vec(&entry)?;
+    }
     line.push(b'\n');
     if line.len() > LINE_BYTES_MAX {
         bail!("an audit entry of {} bytes is over the {LINE_BYTES_MAX}-byte limit", line.len());
@@ -186,6 +213,25 @@ pub fn append(
     file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
     Ok(seq)
 }
+
+/// Takes the trail's lock, waiting at most `LOCK_WAIT` for another
+/// appender (one stuck in a stalled fsync must not hold an operation up).
+fn lock(file: &File) -> Result<()> {
+    use rustix::fs::FlockOperation::NonBlockingLockExclusive;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(file, NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => bail!("another process has held the audit trail for {LOCK_WAIT:?}"),
+            Err(e) => return Err(e).context("locking the audit trail"),
+        }
+    }
+}
+
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The last complete entry; a torn last line (a crash mid-append, never
 /// synced) is cut first.
@@ -218,10 +264,43 @@ fn last_entry(file: &mut File, path: &Path) -> Result<Option<Entry>> {
     if start == 0 && window < len {
         bail!("{}: its last line is longer than {LINE_BYTES_MAX} bytes", path.display());
     }
-    let entry: Entry = serde_json::from_slice(&body[start..]).with_context(|| {
-        format!("{}: the last entry is not readable (run `tidemark audit-log --verify`)", path.display())
-    })?;
-    Ok(Some(entry))
+    let last = &body[start..];
+    match serde_json::from_slice::<Entry>(last) {
+        Ok(entry) => Ok(Some(entry)),
+        // Damaged (a bad disk block, an edit): the trail goes on from the
+        // damaged line's own hash, one seq on from the entry before it;
+        // `--verify` names the damage.
+        Err(e) => {
+            tracing::error!(
+                "{}: the last entry is not readable ({e}); appending after it (run `tidemark audit-log --verify`)",
+                path.display()
+            );
+            let before = body[..start.saturating_sub(1)]
+                .rsplit(|b| *b == b'\n')
+                .next()
+                .and_then(|l| serde_json::from_slice::<Entry>(l).ok())
+                .map_or(0, |e| e.seq);
+            let digest = hex(ring::digest::digest(&ring::digest::SHA256, last).as_ref());
+            Ok(Some(Entry { seq: before + 1, hash: digest, ..placeholder() }))
+        }
+    }
+}
+
+/// An entry that stands for a damaged line (only its seq and hash count).
+fn placeholder() -> Entry {
+    Entry {
+        seq: 0,
+        time_ms: 0,
+        user: String::new(),
+        role: String::new(),
+        source: String::new(),
+        op: String::new(),
+        params: serde_json::Value::Null,
+        outcome: String::new(),
+        of: None,
+        prev: String::new(),
+        hash: String::new(),
+    }
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -300,6 +379,11 @@ pub fn verify(path: &Path) -> Result<Verdict> {
             Ok(e) if e.digest() != e.hash => {
                 Some(format!("seq {}: its hash does not match its contents (edited)", e.seq))
             }
+            // Only the bytes the writer wrote: escapes, spaces or repeated
+            // keys would hide an entry from a search and still hash alike.
+            Ok(e) if serde_json::to_vec(&e).ok().as_deref() != Some(body) => {
+                Some(format!("seq {}: not written as the trail writes it (edited)", e.seq))
+            }
             Ok(e) => {
                 verdict.entries = e.seq;
                 verdict.last_hash = e.hash;
@@ -314,14 +398,21 @@ pub fn verify(path: &Path) -> Result<Verdict> {
     Ok(verdict)
 }
 
-/// Every readable entry, oldest first (for `audit-log` and the bundle).
-pub fn read_all(path: &Path) -> Result<Vec<Entry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+/// Every readable entry, oldest first, and how many lines were not
+/// (damaged, or a torn last line).
+pub fn read_all(path: &Path) -> Result<(Vec<Entry>, usize)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    let mut unreadable = 0;
+    let entries = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).inspect_err(|_| unreadable += 1).ok())
+        .collect();
+    Ok((entries, unreadable))
 }
 
 /// Runs `op` as `actor`, with a `started` entry before and its outcome
@@ -396,7 +487,7 @@ mod tests {
         let (_dir, path) = trail(5);
         let v = verify(&path).unwrap();
         assert_eq!((v.entries, v.broken, v.torn_tail), (5, None, false));
-        let all = read_all(&path).unwrap();
+        let all = read_all(&path).unwrap().0;
         assert_eq!(all[0].prev, GENESIS);
         assert!(all.windows(2).all(|w| w[1].prev == w[0].hash && w[1].seq == w[0].seq + 1));
         assert_eq!(v.last_hash, all[4].hash);
@@ -449,11 +540,43 @@ mod tests {
     }
 
     #[test]
+    fn the_same_entry_written_another_way_is_found() {
+        let (_dir, path) = trail(3);
+        let mut l = lines(&path);
+        l[1] = l[1].replace("\"op\":\"checkpoint\"", "\"op\":\"ch\\u0065ckpoint\"");
+        write_lines(&path, &l);
+        let broken = verify(&path).unwrap().broken.unwrap();
+        assert!(broken.starts_with("line 2: seq 2: not written as the trail writes it"), "{broken}");
+    }
+
+    #[test]
+    fn a_damaged_last_line_is_named_and_the_trail_goes_on() {
+        let (dir, path) = trail(3);
+        let mut l = lines(&path);
+        l[2] = "\u{0}\u{0}\u{0}damaged".into();
+        write_lines(&path, &l);
+        assert_eq!(append(dir.path(), &actor(), "pin", json!({}), "ok", None).unwrap(), 4);
+        let v = verify(&path).unwrap();
+        assert!(v.broken.unwrap().starts_with("line 3: not an audit entry"));
+        assert_eq!(read_all(&path).unwrap().1, 1);
+    }
+
+    #[test]
+    fn long_parameters_are_cut_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "é".repeat(20_000);
+        append(dir.path(), &actor(), "seed", json!({ "images": [long] }), "ok", None).unwrap();
+        let path = trail_path(dir.path());
+        assert_eq!(verify(&path).unwrap().entries, 1);
+        assert!(read_all(&path).unwrap().0[0].params["cut"].is_string());
+    }
+
+    #[test]
     fn audited_records_start_and_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let out: Result<()> = audited(dir.path(), &actor(), "pin", json!({"checkpoint": "7"}), || bail!("no such"));
         assert!(out.is_err());
-        let all = read_all(&trail_path(dir.path())).unwrap();
+        let all = read_all(&trail_path(dir.path())).unwrap().0;
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].outcome.as_str(), all[1].of), ("started", Some(1)));
         assert!(all[1].outcome.starts_with("failed: no such"));

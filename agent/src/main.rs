@@ -685,16 +685,31 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Protected { config } => run_agent(&config, "protected")?,
         Command::Recovery { config } => run_agent(&config, "recovery")?,
-        Command::Harden { config } => {
+        Command::Harden { config } => audited_cli(&config.clone(), "harden", serde_json::json!({}), || {
             let cfg = Config::load(&config)?;
             tidemark::harden::harden(&cfg).context("hardening failed; the appliance stays closed")?;
             println!("hardened: firewall, kernel settings and securetty applied (run `tidemark audit` to check)");
-        }
+            Ok(())
+        })?,
         Command::Audit { config, json } => audit(config, json)?,
         Command::AuditLog { config, verify, json } => audit_log(config, verify, json)?,
-        Command::SupportSsh(command) => support_ssh(command)?,
+        Command::SupportSsh(command) => {
+            let audited = match &command {
+                SupportSsh::Enable { config, minutes, from, key, .. } => Some((
+                    config.clone(),
+                    "support-ssh enable",
+                    serde_json::json!({ "minutes": minutes, "from": from, "key": key.display().to_string() }),
+                )),
+                SupportSsh::Disable { config } => Some((config.clone(), "support-ssh disable", serde_json::json!({}))),
+                SupportSsh::Status { .. } | SupportSsh::Warden { .. } => None,
+            };
+            match audited {
+                Some((config, op, params)) => audited_cli(&config, op, params, || support_ssh(command))?,
+                None => support_ssh(command)?,
+            }
+        }
         Command::Diag { config, out } => {
-            let params = serde_json::json!({ "out": out });
+            let params = serde_json::json!({ "out": out.display().to_string() });
             audited_cli(&config.clone(), "diag", params, || diag(config, out))?
         }
         Command::Checkpoints { at: OnRecovery { config, vpg }, json } => list_checkpoints(config, vpg, json)?,
@@ -703,11 +718,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ClearAlert { at: OnProtected { config, vpg } } => clear_alert(config, vpg)?,
         Command::Restore { at: OnRecovery { config, vpg }, checkpoint, out } => {
-            let params = serde_json::json!({ "vpg": vpg, "checkpoint": checkpoint, "out": out });
+            let params = serde_json::json!({ "vpg": vpg, "checkpoint": checkpoint, "out": out.display().to_string() });
             audited_cli(&config.clone(), "restore", params, || restore(config, vpg, checkpoint, out))?
         }
         Command::Seed { at: OnRecovery { config, vpg }, images } => {
-            let params = serde_json::json!({ "vpg": vpg, "images": images });
+            let named: Vec<String> = images.iter().map(|(v, f)| format!("{v}={}", f.display())).collect();
+            let params = serde_json::json!({ "vpg": vpg, "images": named });
             audited_cli(&config.clone(), "seed", params, || seed(config, vpg, images))?
         }
         Command::Export { at: OnRecovery { config, vpg }, checkpoint } => export(config, vpg, checkpoint)?,
@@ -792,7 +808,10 @@ fn audit_log(config: PathBuf, verify: bool, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let entries = tidemark::audit_trail::read_all(&path)?;
+    let (entries, unreadable) = tidemark::audit_trail::read_all(&path)?;
+    if unreadable > 0 {
+        eprintln!("WARNING: {unreadable} lines of {} are not readable entries (run --verify)", path.display());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
@@ -802,16 +821,19 @@ fn audit_log(config: PathBuf, verify: bool, json: bool) -> Result<()> {
     }
     for e in &entries {
         let of = e.of.map(|s| format!(" (of {s})")).unwrap_or_default();
+        // The trail holds what requests said: shown, never interpreted
+        // by the terminal.
+        let shown = |s: &str| s.chars().flat_map(|c| c.escape_debug()).collect::<String>();
         println!(
             "{:>6} {} {} [{}] from {}: {} {} -> {}{of}",
             e.seq,
             tidemark::status::format_time_ms(e.time_ms),
-            e.user,
-            e.role,
-            e.source,
-            e.op,
+            shown(&e.user),
+            shown(&e.role),
+            shown(&e.source),
+            shown(&e.op),
             e.params,
-            e.outcome
+            shown(&e.outcome)
         );
     }
     Ok(())

@@ -253,6 +253,9 @@ AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-before-take-back=return" start_ag
 P_PID=$AGENT_PID
 fresh_status_json protected >/dev/null || fail "the restarted old site writes no status"
 host_state "reverse protection: .*in sync" 120 "reverse protection did not resume after the restart"
+# An operation on the appliance's console a moment before the cut: its
+# audit entries must be on the disk, not in the page cache.
+rec "tidemark restore --config $CFG --vpg vm1 --checkpoint just-before-the-cut --out /tmp/none" >/dev/null
 if in_ns "$TIDEMARK" move-back --config "$WORK/protected.toml" --vpg vm1 --wait 120s >"$WORK/move-back.out" 2>&1; then
     fail "move-back ran through the old site's failpoint: $(cat "$WORK/move-back.out")"
 fi
@@ -283,6 +286,8 @@ for op in "failover" "test-failover start" "export"; do
     grep -Eq "root \[admin \(console\)\] from [^:]*: $op \{.* -> ok" <<<"$trail" ||
         fail "after the power cut the audit trail has no finished $op by root: $trail"
 done
+grep -Eq ": restore \{.*just-before-the-cut.* -> failed" <<<"$trail" ||
+    fail "the restore tried a moment before the power cut is not in the audit trail: $trail"
 log "the audit trail survived the power cut: intact, with the failover, test failover and export before it"
 
 start_agent protected "$NBD_PORT" "$NS"

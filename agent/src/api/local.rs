@@ -206,14 +206,20 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Pat
     let request = if line.len() > REQUEST_BYTES_MAX {
         Err(anyhow!("request longer than {REQUEST_BYTES_MAX} bytes"))
     } else {
-        serde_json::from_slice::<Request>(&line).map_err(|e| anyhow!("malformed request: {e}"))
+        serde_json::from_slice::<Request>(&line).map_err(|e| anyhow::Error::new(e).context("malformed request"))
     };
     let request = match request {
         Ok(r) => r,
         Err(e) => {
             // What was sent is not kept: it may be anything.
             let params = serde_json::json!({ "bytes": line.len() });
-            record(data_dir, &actor, "invalid-request", params, format!("refused: {e:#}"), None).await;
+            // Nor what the parser says of it: that quotes the sender.
+            let why = match e.downcast_ref::<serde_json::Error>().map(serde_json::Error::classify) {
+                Some(serde_json::error::Category::Data) => "refused: malformed request (not a known operation)",
+                Some(_) => "refused: malformed request (not JSON)",
+                None => "refused: malformed request (too long)",
+            };
+            record(data_dir, &actor, "invalid-request", params, why.into(), None).await;
             return send(&mut write, &failure(e)).await;
         }
     };
