@@ -75,7 +75,7 @@ log "both sites replicate their own VPG"
 reconnects_a() { "$TIDEMARK" status --json --config "$WORK/protected-a.toml" | jq -r '.vpgs[0].note'; }
 before=$(reconnects_a)
 B=("$WORK/b/keys/cert.pem" "$WORK/b/keys/key.pem")
-hello() { printf '{"type":"%s","protocol":1,"vpg":"%s","vpg_id":%s,"volumes":[{"name":"disk0","size":8388608}],%s}' "$1" "$2" \
+hello() { printf '{"type":"%s","protocol":2,"vpg":"%s","vpg_id":%s,"volumes":[{"name":"disk0","size":8388608}],%s}' "$1" "$2" \
     "$(python3 -c "import zlib; print(zlib.crc32(b'$2'))")" "$3"; }
 
 log "B's certificate asks for vpga, and for a VPG that does not exist"

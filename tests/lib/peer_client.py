@@ -76,7 +76,7 @@ def batch(cport, dport, cert, key, vpg, volumes, records):
     vpg_id = zlib.crc32(vpg.encode())
     stream_id = next((r["stream_id"] for r in records if r["kind"] == "stream_start"), 1)
     control = connect(cport, cert, key)
-    hello = {"type": "hello", "protocol": 1, "vpg": vpg, "vpg_id": vpg_id, "volumes": volumes, "sender": "", "stream_id": stream_id}
+    hello = {"type": "hello", "protocol": 2, "vpg": vpg, "vpg_id": vpg_id, "volumes": volumes, "sender": "", "stream_id": stream_id}
     welcome = ask(control, hello)
     print(json.dumps(welcome), flush=True)
     if welcome.get("type") != "welcome":
