@@ -133,7 +133,7 @@ fn local_role(uid: u32) -> &'static str {
 }
 
 /// The name of `uid` in /etc/passwd, or `uid N`.
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     passwd
         .lines()
@@ -425,34 +425,29 @@ pub fn audited<T>(
     params: serde_json::Value,
     run: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let started = match append(data_dir, actor, op, params.clone(), "started", None) {
-        Ok(seq) => Some(seq),
-        Err(e) => {
-            tracing::error!("audit trail: could not record {op}: {e:#}");
-            None
-        }
-    };
+    let started = append_or_log(data_dir, actor, op, params.clone(), "started", None);
     let result = run();
-    record_outcome(data_dir, actor, op, params, started, result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("failed: {e:#}"),
+    };
+    append_or_log(data_dir, actor, op, params, &outcome, started);
     result
 }
 
-/// The second entry of an operation: `ok` or `failed: why`.
-pub fn record_outcome(
+/// `append`, with a failure logged as an error instead of returned: the
+/// operation it records goes on either way.
+pub fn append_or_log(
     data_dir: &Path,
     actor: &Actor,
     op: &str,
     params: serde_json::Value,
-    started: Option<u64>,
-    result: std::result::Result<(), String>,
-) {
-    let outcome = match result {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("failed: {e}"),
-    };
-    if let Err(e) = append(data_dir, actor, op, params, &outcome, started) {
-        tracing::error!("audit trail: could not record the outcome of {op}: {e:#}");
-    }
+    outcome: &str,
+    of: Option<u64>,
+) -> Option<u64> {
+    append(data_dir, actor, op, params, outcome, of)
+        .inspect_err(|e| tracing::error!("audit trail: could not record {op} ({outcome}): {e:#}"))
+        .ok()
 }
 
 #[cfg(test)]

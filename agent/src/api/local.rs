@@ -267,18 +267,12 @@ async fn record(
 ) -> Option<u64> {
     let (dir, who, what) = (data_dir.to_path_buf(), actor.clone(), op.to_string());
     let appended =
-        tokio::task::spawn_blocking(move || crate::audit_trail::append(&dir, &who, &what, params, &outcome, of)).await;
-    match appended {
-        Ok(Ok(seq)) => Some(seq),
-        Ok(Err(e)) => {
-            tracing::error!("audit trail: could not record {op}: {e:#}");
-            None
-        }
-        Err(e) => {
-            tracing::error!("audit trail: could not record {op}: {e}");
-            None
-        }
-    }
+        tokio::task::spawn_blocking(move || crate::audit_trail::append_or_log(&dir, &who, &what, params, &outcome, of))
+            .await;
+    appended.unwrap_or_else(|e| {
+        tracing::error!("audit trail: could not record {op}: {e}");
+        None
+    })
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {

@@ -129,17 +129,7 @@ fn is_console_line(name: &str) -> bool {
 pub fn who() -> String {
     let loginuid = std::fs::read_to_string("/proc/self/loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok());
     let uid = loginuid.filter(|u| *u != u32::MAX).unwrap_or_else(|| rustix::process::getuid().as_raw());
-    user_name(uid).unwrap_or_else(|| format!("uid {uid}"))
-}
-
-/// The name /etc/passwd gives `uid`.
-fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
-    })
+    crate::audit_trail::user_name(uid)
 }
 
 /// The narrowest a support session's network may be: wider is the world.

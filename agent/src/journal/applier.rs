@@ -189,7 +189,7 @@ fn choose_target(
     if by_time.is_some_and(|t| t >= by_limit) {
         return by_time_only;
     }
-    Target { id: Some(by_limit), early: true, gives_up_consistent: gives_up, held_consistent: held && gives_up }
+    Target { id: Some(by_limit), early: true, gives_up_consistent: gives_up, held_consistent: false }
 }
 
 /// The byte limit a pass keeps the journal under: the configured one, or,
@@ -342,7 +342,7 @@ pub fn pass(
         report.applied_to = Some(t);
         report.bytes_applied = bytes;
     }
-    if chosen.held_consistent && !chosen.gives_up_consistent {
+    if chosen.held_consistent {
         report.held_consistent = Some(state.applied_seq);
     }
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
