@@ -4,6 +4,7 @@
 //! batches) → `journal` (recovery journal) → `recovery` (restore).
 //! `record` and `segment` are the on-disk and on-wire formats they share.
 
+pub mod access;
 pub mod api;
 pub mod appliance;
 pub mod audit_trail;

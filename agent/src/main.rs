@@ -1,6 +1,8 @@
 //! `tidemark`: the one binary on the appliance. This file only parses the
 //! command line and calls into the library.
 
+mod cli_access;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -420,6 +422,12 @@ enum Command {
     /// Support SSH: opened only from the local console, for a set time and network.
     #[command(subcommand)]
     SupportSsh(SupportSsh),
+    /// The management API's users (port 4006): add, list, delete, unlock.
+    #[command(subcommand)]
+    User(cli_access::UserCommand),
+    /// The management API's tokens for automation: add, list, delete.
+    #[command(subcommand)]
+    Token(cli_access::TokenCommand),
     /// Write the diagnostics bundle (the one served on port 4005) to a file.
     Diag {
         #[arg(long)]
@@ -471,10 +479,8 @@ enum SupportSsh {
 /// (`--features test-build`); the shipped binary does not know these flags.
 #[derive(clap::Args, Default)]
 struct ConsoleTestHooks {
-    /// Tests only: accept a stdin that is not a console line.
-    #[cfg(feature = "test-build")]
-    #[arg(long, hide = true)]
-    assume_console: bool,
+    #[command(flatten)]
+    console: cli_access::AssumeConsole,
     /// Tests only: the session lasts this many seconds instead of --minutes.
     #[cfg(feature = "test-build")]
     #[arg(long, hide = true)]
@@ -482,13 +488,6 @@ struct ConsoleTestHooks {
 }
 
 impl ConsoleTestHooks {
-    fn assume_console(&self) -> bool {
-        #[cfg(feature = "test-build")]
-        return self.assume_console;
-        #[cfg(not(feature = "test-build"))]
-        false
-    }
-
     fn seconds(&self) -> Option<u64> {
         #[cfg(feature = "test-build")]
         return self.seconds;
@@ -612,7 +611,7 @@ fn support_ssh(command: SupportSsh) -> Result<()> {
             let opened = (|| {
                 let tty = match ssh::console_tty() {
                     Ok(tty) => tty,
-                    Err(_) if test_hooks.assume_console() => "not a console (--assume-console, tests only)".to_string(),
+                    Err(_) if test_hooks.console.assume() => "not a console (--assume-console, tests only)".to_string(),
                     Err(e) => return Err(e),
                 };
                 let network = tidemark::config::parse_network(&from).context("--from")?;
@@ -693,6 +692,8 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Audit { config, json } => audit(config, json)?,
         Command::AuditLog { config, verify, json } => audit_log(config, verify, json)?,
+        Command::User(command) => cli_access::user(command)?,
+        Command::Token(command) => cli_access::token(command)?,
         Command::SupportSsh(command) => {
             let audited = match &command {
                 SupportSsh::Enable { config, minutes, from, key, .. } => Some((
@@ -874,29 +875,9 @@ fn diag(config: PathBuf, out: PathBuf) -> Result<()> {
 
 fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     let cfg = recovery_config(&config)?;
-    let view = tidemark::recovery::JournalView::open(&cfg.node.data_dir.join("journal"), &vpg)?;
-    let pins = tidemark::journal::pins::load(&view.dir)?;
-    let pinned = |id: u64| pins.binary_search_by_key(&id, |p| p.checkpoint).is_ok();
-    // After the oldest checkpoint the encryption detector pinned, every
-    // checkpoint may hold encrypted data.
-    let last_clean =
-        pins.iter().filter(|p| tidemark::recovery::pinning::is_detector_pin(&p.reason)).map(|p| p.checkpoint).min();
-    let after_alert = |id: u64| last_clean.is_some_and(|c| id > c);
-    // A damaged verdicts file costs the column, never the list.
-    let verdicts = tidemark::recovery::fs_check::load(&view.dir).unwrap_or_else(|e| {
-        eprintln!("WARNING: {e:#}");
-        Default::default()
-    });
-    let checked = |id: u64| verdicts.get(&id).map(|r| r.verdict.as_str());
+    let listing = tidemark::recovery::listing::list(&cfg.node.data_dir, &vpg)?;
     if json {
-        let mut listed = serde_json::to_value(&view.index.checkpoints)?;
-        for c in listed.as_array_mut().into_iter().flatten() {
-            let id = c["id"].as_u64().unwrap_or(0);
-            c["pinned"] = pinned(id).into();
-            c["after_alert"] = after_alert(id).into();
-            c["check"] = checked(id).into();
-        }
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        println!("{}", serde_json::to_string_pretty(&listing.checkpoints)?);
     } else {
         use std::io::Write as _;
         // A long history is 100,000s of lines: one buffered write per
@@ -912,26 +893,19 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
         column(&mut line, "STATE", 12);
         column(&mut line, "CHECK", 12);
         line.push_str("TAG\n");
-        for c in &view.index.checkpoints {
+        for c in &listing.checkpoints {
             out.write_all(line.as_bytes())?;
             line.clear();
-            column(&mut line, &c.id.to_string(), 22);
-            column(&mut line, &tidemark::status::format_time_ms(c.time_ms), 22);
-            let state = match (c.consistent, pinned(c.id)) {
-                (true, true) => "pinned",
-                (true, false) if after_alert(c.id) => "suspect",
-                _ => c.listed_state(),
-            };
-            column(&mut line, state, 12);
-            column(&mut line, checked(c.id).unwrap_or("-"), 12);
-            line.push_str(&c.tag);
+            column(&mut line, &c.info.id.to_string(), 22);
+            column(&mut line, &tidemark::status::format_time_ms(c.info.time_ms), 22);
+            column(&mut line, c.state(), 12);
+            column(&mut line, c.check.as_deref().unwrap_or("-"), 12);
+            line.push_str(&c.info.tag);
             line.push('\n');
         }
         out.write_all(line.as_bytes())?;
         out.flush()?;
-    }
-    if !json {
-        for p in &pins {
+        for p in &listing.pins {
             let reason = if p.reason.is_empty() { "no reason given" } else { &p.reason };
             eprintln!(
                 "pinned: checkpoint {} since {} ({reason})",
@@ -940,17 +914,17 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
             );
         }
     }
-    if let Some(c) = last_clean.filter(|_| !json) {
+    if let Some(c) = listing.last_clean.filter(|_| !json) {
         eprintln!(
             "WARNING: the encryption detector raised an alert; checkpoints after {c} are listed as suspect \
              (restore `--checkpoint last-clean`)"
         );
     }
-    if let Some(d) = &view.corruption {
-        eprintln!("WARNING: journal damaged, checkpoints after it are not listed: {d}");
+    for warning in &listing.warnings {
+        eprintln!("WARNING: {warning}");
     }
     if !json {
-        let (summarized, scanned, bytes) = view.read;
+        let (summarized, scanned, bytes) = listing.read;
         eprintln!(
             "journal index: {summarized} sealed segments read from their summaries, {scanned} scanned ({})",
             tidemark::status::format_bytes(bytes)

@@ -4,18 +4,18 @@
 //! is compared in constant time (as SHA-256 digests, so its length does not
 //! leak either). One bundle is made at a time; a second request meanwhile
 //! gets 429. A refused request closes its connection; a source holds at
-//! most `CONNECTIONS_PER_SOURCE_MAX` connections, and a client that takes
+//! most `LIMITS.per_source_max` connections, and a client that takes
 //! no bundle data for `SEND_TIMEOUT` loses its bundle (and frees the slot).
 
 use super::bundle;
+use super::https::{self, Body};
 use crate::config::Config;
 use crate::wire::tls;
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{channel::Channel, combinators::BoxBody, BodyExt, Full};
+use http_body_util::{channel::Channel, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,21 +24,20 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-/// Connections served at once; more wait in the kernel's backlog.
-const CONNECTIONS_MAX: usize = 16;
-/// Connections one source address may hold; more are closed at once.
-const CONNECTIONS_PER_SOURCE_MAX: usize = 4;
+/// 16 connections at once, 4 from one source address.
+const LIMITS: https::Limits = https::Limits {
+    connections_max: 16,
+    per_source_max: 4,
+    handshake_timeout: Duration::from_secs(10),
+    header_read_timeout: Duration::from_secs(10),
+};
 /// A bundle chunk the client does not take within this time ends the
 /// bundle (its slot is freed for the next request).
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bundle bytes buffered before a chunk goes to the client.
 const CHUNK_BYTES: usize = 64 << 10;
 /// Chunks queued between the bundle writer and the connection.
 const CHUNKS_QUEUED_MAX: usize = 8;
-
-type Body = BoxBody<Bytes, std::io::Error>;
 
 struct State {
     cfg: Arc<Config>,
@@ -67,50 +66,12 @@ pub async fn start(cfg: Arc<Config>, config_path: PathBuf) -> Result<()> {
         config_path,
         bundle_slot: Arc::new(Semaphore::new(1)),
     });
-    tokio::spawn(accept_loop(listener, acceptor, state));
+    let handler = move |req, peer| {
+        let state = state.clone();
+        async move { handle(req, &state, peer) }
+    };
+    tokio::spawn(https::serve(listener, acceptor, "diagnostics", LIMITS, handler));
     Ok(())
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let per_source = crate::limits::PerSource::new(CONNECTIONS_PER_SOURCE_MAX);
-    loop {
-        let Ok(permit) = connections.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!("diagnostics: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(source_slot) = per_source.enter(peer.ip()) else {
-            tracing::warn!("diagnostics: {peer} refused: {CONNECTIONS_PER_SOURCE_MAX} connections from there already");
-            continue;
-        };
-        let (acceptor, state) = (acceptor.clone(), state.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _source_slot = source_slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::info!("diagnostics: TLS handshake with {peer} failed: {e}"),
-                Err(_) => return tracing::info!("diagnostics: TLS handshake with {peer} timed out"),
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, peer)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = served {
-                tracing::info!("diagnostics: connection from {peer} ended: {e}");
-            }
-        });
-    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -104,7 +104,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn done(message: String) -> Reply {
+    pub(crate) fn done(message: String) -> Reply {
         Reply {
             ok: true,
             id: None,
@@ -116,7 +116,7 @@ impl Reply {
         }
     }
 
-    fn served(served: &crate::recovery::ops::Served) -> Reply {
+    pub(crate) fn served(served: &crate::recovery::ops::Served) -> Reply {
         Reply {
             ok: true,
             id: Some(served.checkpoint.id),
@@ -219,12 +219,12 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Pat
                 Some(_) => "refused: malformed request (not JSON)",
                 None => "refused: malformed request (too long)",
             };
-            record(data_dir, &actor, "invalid-request", params, why.into(), None).await;
+            super::record(data_dir, &actor, "invalid-request", params, why.into(), None).await;
             return send(&mut write, &failure(e)).await;
         }
     };
     let (op, params) = (op_name(&request), serde_json::to_value(&request)?);
-    let started = record(data_dir, &actor, op, params.clone(), "started".into(), None).await;
+    let started = super::record(data_dir, &actor, op, params.clone(), "started".into(), None).await;
     let outcome = |reply: &Reply| match &reply.error {
         None => "ok".to_string(),
         Some(e) => format!("failed: {e}"),
@@ -235,44 +235,32 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Pat
             Ok(s) => s,
             Err(e) => {
                 let reply = failure(e);
-                record(data_dir, &actor, op, params, outcome(&reply), started).await;
+                super::record(data_dir, &actor, op, params, outcome(&reply), started).await;
                 return send(&mut write, &reply).await;
             }
         };
         let reply = Reply::served(&served);
-        record(data_dir, &actor, op, params.clone(), format!("ok: serving {}", reply.exports.join(" ")), started).await;
+        super::record(
+            data_dir,
+            &actor,
+            op,
+            params.clone(),
+            format!("ok: serving {}", reply.exports.join(" ")),
+            started,
+        )
+        .await;
         let sent = send(&mut write, &reply).await;
         if sent.is_ok() {
             let mut rest = Vec::new();
             let _ = reader.into_inner().read_to_end(&mut rest).await;
         }
         ops.unexport(&served).await;
-        record(data_dir, &actor, op, params, "closed: the client ended the export".into(), started).await;
+        super::record(data_dir, &actor, op, params, "closed: the client ended the export".into(), started).await;
         return sent;
     }
     let reply = handle(request, agent).await.unwrap_or_else(failure);
-    record(data_dir, &actor, op, params, outcome(&reply), started).await;
+    super::record(data_dir, &actor, op, params, outcome(&reply), started).await;
     send(&mut write, &reply).await
-}
-
-/// Appends to the audit trail off the runtime's threads; a trail that
-/// cannot be written is logged, and the operation goes on.
-async fn record(
-    data_dir: &Path,
-    actor: &Actor,
-    op: &str,
-    params: serde_json::Value,
-    outcome: String,
-    of: Option<u64>,
-) -> Option<u64> {
-    let (dir, who, what) = (data_dir.to_path_buf(), actor.clone(), op.to_string());
-    let appended =
-        tokio::task::spawn_blocking(move || crate::audit_trail::append_or_log(&dir, &who, &what, params, &outcome, of))
-            .await;
-    appended.unwrap_or_else(|e| {
-        tracing::error!("audit trail: could not record {op}: {e}");
-        None
-    })
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
@@ -282,7 +270,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Re
     Ok(())
 }
 
-fn failure(e: anyhow::Error) -> Reply {
+pub(crate) fn failure(e: anyhow::Error) -> Reply {
     Reply {
         ok: false,
         id: None,
@@ -294,7 +282,7 @@ fn failure(e: anyhow::Error) -> Reply {
     }
 }
 
-async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
+pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
     let role = match agent {
         Agent::Protected(..) => "protected",
         Agent::Recovery(_) => "recovery",
@@ -392,7 +380,7 @@ async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
     }
 }
 
-fn op_name(request: &Request) -> &'static str {
+pub(crate) fn op_name(request: &Request) -> &'static str {
     match request {
         Request::Checkpoint { .. } => "checkpoint",
         Request::ClearAlert { .. } => "clear-alert",

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 mod system;
 pub use system::{
-    parse_network, validate_interface, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig, SupportSshConfig,
-    SystemConfig, DIAG_PORT_DEFAULT,
+    parse_network, validate_interface, ApiConfig, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig,
+    SupportSshConfig, SystemConfig, DIAG_PORT_DEFAULT,
 };
 
 pub const CONTROL_PORT_DEFAULT: u16 = 4007;

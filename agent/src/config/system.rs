@@ -9,14 +9,17 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const DIAG_PORT_DEFAULT: u16 = 4005;
+pub const API_PORT_DEFAULT: u16 = 4006;
 /// A bundle token shorter than this is refused: it would be guessable.
 pub const DIAG_TOKEN_CHARS_MIN: usize = 24;
 pub const LOG_FILE_BYTES_DEFAULT: usize = 8 << 20;
 pub const LOG_FILES_KEPT_DEFAULT: usize = 4;
 
-/// The tables both roles share: `[appliance]`, `[diag]`, `[logging]`, `[audit]`.
+/// The tables both roles share: `[appliance]`, `[diag]`, `[api]`,
+/// `[logging]`, `[audit]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SystemConfig {
@@ -25,6 +28,9 @@ pub struct SystemConfig {
     /// Without it nothing listens on 4005: there is no default token.
     #[serde(default)]
     pub diag: Option<DiagConfig>,
+    /// Without it nothing listens on 4006.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
@@ -32,12 +38,15 @@ pub struct SystemConfig {
 }
 
 impl SystemConfig {
-    pub const TABLES: [&'static str; 4] = ["appliance", "diag", "logging", "audit"];
+    pub const TABLES: [&'static str; 5] = ["appliance", "diag", "api", "logging", "audit"];
 
     pub fn validate(&self) -> Result<()> {
         self.appliance.validate()?;
         if let Some(diag) = &self.diag {
             diag.validate()?;
+        }
+        if let Some(api) = &self.api {
+            api.validate()?;
         }
         self.logging.validate()
     }
@@ -53,7 +62,7 @@ macro_rules! default_from_empty_table {
         }
     )*};
 }
-default_from_empty_table!(ApplianceConfig, SupportSshConfig, LoggingConfig, AuditConfig);
+default_from_empty_table!(ApplianceConfig, SupportSshConfig, ApiConfig, LoggingConfig, AuditConfig);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +128,32 @@ pub struct DiagConfig {
     pub listen: SocketAddr,
     /// The bundle token. Secret: never logged, never in the bundle.
     pub token: String,
+}
+
+/// The management API (4006): HTTPS, users and roles, sessions, the login
+/// throttle (see `access::throttle`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// A session ends after this long without a request.
+    #[serde(default = "default_session_idle", with = "super::humantime_serde_compat")]
+    pub session_idle: Duration,
+    /// And this long after its login, however busy.
+    #[serde(default = "default_session_max", with = "super::humantime_serde_compat")]
+    pub session_max: Duration,
+    /// Wrong logins (per user and per source) answered without delay.
+    #[serde(default = "default_login_free_failures")]
+    pub login_free_failures: u32,
+    /// The first delay after those; each further failure doubles it.
+    #[serde(default = "default_login_delay", with = "super::humantime_serde_compat")]
+    pub login_delay: Duration,
+    #[serde(default = "default_login_delay_max", with = "super::humantime_serde_compat")]
+    pub login_delay_max: Duration,
+    /// Consecutive wrong logins that lock an account (an admin unlocks it).
+    #[serde(default = "default_lock_after")]
+    pub lock_after: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +230,27 @@ fn default_ssh_minutes_max() -> u64 {
 fn default_diag_listen() -> SocketAddr {
     ([0, 0, 0, 0], DIAG_PORT_DEFAULT).into()
 }
+fn default_api_listen() -> SocketAddr {
+    ([0, 0, 0, 0], API_PORT_DEFAULT).into()
+}
+fn default_session_idle() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_session_max() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_login_free_failures() -> u32 {
+    3
+}
+fn default_login_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_login_delay_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_lock_after() -> u32 {
+    10
+}
 fn default_log_dir() -> PathBuf {
     "/var/log/tidemark".into()
 }
@@ -249,6 +305,39 @@ impl DiagConfig {
             );
         }
         Ok(())
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.port() != API_PORT_DEFAULT {
+            bail!("api.listen: port {} is not in the port table; the management API uses 4006", self.listen.port());
+        }
+        if self.session_idle.is_zero() || self.session_idle > self.session_max {
+            bail!("api.session_idle: must be more than zero and at most api.session_max");
+        }
+        if self.session_max > Duration::from_secs(24 * 3600) {
+            bail!("api.session_max: at most 24h");
+        }
+        if self.lock_after == 0 || self.lock_after <= self.login_free_failures {
+            bail!("api.lock_after: must be more than api.login_free_failures");
+        }
+        if self.login_delay.is_zero()
+            || self.login_delay > self.login_delay_max
+            || self.login_delay_max > Duration::from_secs(300)
+        {
+            bail!("api.login_delay: must be more than zero and at most api.login_delay_max (itself at most 5min)");
+        }
+        Ok(())
+    }
+
+    pub fn throttle_policy(&self) -> crate::access::throttle::Policy {
+        crate::access::throttle::Policy {
+            free: self.login_free_failures,
+            delay: self.login_delay,
+            delay_max: self.login_delay_max,
+            lock_after: self.lock_after,
+        }
     }
 }
 

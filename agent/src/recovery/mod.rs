@@ -6,6 +6,7 @@ pub mod exports;
 pub mod failover;
 pub mod fs_check;
 pub mod hashes;
+pub mod listing;
 pub mod luns;
 pub mod ops;
 pub mod pinning;

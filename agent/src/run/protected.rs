@@ -73,10 +73,8 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         tls_config.clone(),
         start_forward,
     ));
-    crate::api::local::start(
-        &cfg.node.data_dir,
-        crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone()),
-    )?;
+    let agent = crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone());
+    crate::api::start_control(&cfg.node, &cfg.system, agent).await?;
     let listener = crate::listen::bind_listener(cfg.capture.listen, "NBD").await?;
     let table = ExportTable::listed();
     table.add(exports)?;

@@ -46,7 +46,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
     });
     let ops = crate::recovery::ops::RecoveryOps::new(&cfg.node.data_dir, nbd_listen, luns, receiver.vpgs.clone())?;
     let _ = receiver.ops.set(ops.clone());
-    crate::api::local::start(&cfg.node.data_dir, crate::api::local::Agent::Recovery(ops.clone()))?;
+    crate::api::start_control(&cfg.node, &cfg.system, crate::api::local::Agent::Recovery(ops.clone())).await?;
     if let Some(listen) = nbd_listen {
         let listener = crate::listen::bind_listener(listen, "NBD").await?;
         tokio::spawn(crate::nbd::server::serve(listener, ops.exports.clone()));
