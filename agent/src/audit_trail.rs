@@ -312,7 +312,7 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 /// What `--verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     /// Entries read before the first broken link (all of them if none).
     pub entries: u64,

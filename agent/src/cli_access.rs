@@ -147,7 +147,7 @@ fn read_password(hooks: &AccessTestHooks) -> Result<String> {
 }
 
 /// Reads one line from the terminal with echo off (and back on after).
-fn prompt_hidden(prompt: &str) -> Result<String> {
+pub fn prompt_hidden(prompt: &str) -> Result<String> {
     use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
     use std::io::Write;
     let stdin = std::io::stdin();

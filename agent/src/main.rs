@@ -2,6 +2,7 @@
 //! command line and calls into the library.
 
 mod cli_access;
+mod cli_remote;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,7 +44,10 @@ Typical set-up:\n  1. `tidemark keygen --dir /etc/tidemark` on each appliance; e
 3. `tidemark recovery --config recovery.toml` on the recovery site,\n     \
 `tidemark protected --config protected.toml` on the protected site.\n  \
 4. Point the hypervisor at nbd://<protected>:10809/<volume>.\n  \
-5. `tidemark checkpoints` / `tidemark restore` on the recovery site."
+5. `tidemark checkpoints` / `tidemark restore` on the recovery site.\n\n\
+From a workstation: `tidemark --server https://HOST:4006 --fingerprint sha256:... COMMAND` runs \
+status, checkpoints, checkpoint, export, failover, test-failover, move, reverse, move-back, verify, \
+clear-alert and audit-log through an appliance's management API (`tidemark --server URL --help`)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -500,6 +504,15 @@ fn main() {
     // Give freed memory back soon: the appliance's memory budget is small,
     // and batches come and go in large blocks.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if cli_remote::wanted(&args) {
+        tidemark::logging::init_stderr();
+        if let Err(e) = cli_remote::run(<cli_remote::RemoteCli as clap::Parser>::parse_from(args)) {
+            eprintln!("tidemark: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     init_logging(&cli.command);
     // The test build reads FAILPOINTS from the environment; the shipped
@@ -799,28 +812,36 @@ fn audit_log(config: PathBuf, verify: bool, json: bool) -> Result<()> {
     let cfg = Config::load(&config)?;
     let path = tidemark::audit_trail::trail_path(&cfg.node().data_dir);
     if verify {
-        let verdict = tidemark::audit_trail::verify(&path)?;
-        match json {
-            true => println!("{}", serde_json::to_string_pretty(&verdict)?),
-            false => print!("{}", verdict.render()),
-        }
-        if verdict.broken.is_some() {
-            std::process::exit(1);
-        }
-        return Ok(());
+        return print_audit_verdict(&tidemark::audit_trail::verify(&path)?, json);
     }
     let (entries, unreadable) = tidemark::audit_trail::read_all(&path)?;
     if unreadable > 0 {
         eprintln!("WARNING: {unreadable} lines of {} are not readable entries (run --verify)", path.display());
     }
+    print_audit_entries(&entries, json, &format!("the audit trail at {} is empty", path.display()))
+}
+
+/// `audit-log --verify`'s verdict; exit status 1 for a broken chain.
+fn print_audit_verdict(verdict: &tidemark::audit_trail::Verdict, json: bool) -> Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(verdict)?),
+        false => print!("{}", verdict.render()),
+    }
+    if verdict.broken.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_audit_entries(entries: &[tidemark::audit_trail::Entry], json: bool, empty: &str) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
     if entries.is_empty() {
-        println!("the audit trail at {} is empty", path.display());
+        println!("{empty}");
     }
-    for e in &entries {
+    for e in entries {
         let of = e.of.map(|s| format!(" (of {s})")).unwrap_or_default();
         // The trail holds what requests said: shown, never interpreted
         // by the terminal.
@@ -876,35 +897,8 @@ fn diag(config: PathBuf, out: PathBuf) -> Result<()> {
 fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     let cfg = recovery_config(&config)?;
     let listing = tidemark::recovery::listing::list(&cfg.node.data_dir, &vpg)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&listing.checkpoints)?);
-    } else {
-        use std::io::Write as _;
-        // A long history is 100,000s of lines: one buffered write per
-        // line, padded by hand (`{:<22}` pads a character at a time).
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut line = String::new();
-        let column = |line: &mut String, text: &str, width: usize| {
-            line.push_str(text);
-            line.push_str(&" ".repeat(width.saturating_sub(text.len()) + 1));
-        };
-        column(&mut line, "ID", 22);
-        column(&mut line, "TIME (UTC)", 22);
-        column(&mut line, "STATE", 12);
-        column(&mut line, "CHECK", 12);
-        line.push_str("TAG\n");
-        for c in &listing.checkpoints {
-            out.write_all(line.as_bytes())?;
-            line.clear();
-            column(&mut line, &c.info.id.to_string(), 22);
-            column(&mut line, &tidemark::status::format_time_ms(c.info.time_ms), 22);
-            column(&mut line, c.state(), 12);
-            column(&mut line, c.check.as_deref().unwrap_or("-"), 12);
-            line.push_str(&c.info.tag);
-            line.push('\n');
-        }
-        out.write_all(line.as_bytes())?;
-        out.flush()?;
+    print_checkpoints(&listing.checkpoints, json)?;
+    if !json {
         for p in &listing.pins {
             let reason = if p.reason.is_empty() { "no reason given" } else { &p.reason };
             eprintln!(
@@ -933,13 +927,52 @@ fn list_checkpoints(config: PathBuf, vpg: String, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint list: JSON, or the table (here or through --server).
+fn print_checkpoints(checkpoints: &[tidemark::recovery::listing::Listed], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(checkpoints)?);
+    } else {
+        use std::io::Write as _;
+        // A long history is 100,000s of lines: one buffered write per
+        // line, padded by hand (`{:<22}` pads a character at a time).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut line = String::new();
+        let column = |line: &mut String, text: &str, width: usize| {
+            line.push_str(text);
+            line.push_str(&" ".repeat(width.saturating_sub(text.len()) + 1));
+        };
+        column(&mut line, "ID", 22);
+        column(&mut line, "TIME (UTC)", 22);
+        column(&mut line, "STATE", 12);
+        column(&mut line, "CHECK", 12);
+        line.push_str("TAG\n");
+        for c in checkpoints {
+            out.write_all(line.as_bytes())?;
+            line.clear();
+            column(&mut line, &c.info.id.to_string(), 22);
+            column(&mut line, &tidemark::status::format_time_ms(c.info.time_ms), 22);
+            column(&mut line, c.state(), 12);
+            column(&mut line, c.check.as_deref().unwrap_or("-"), 12);
+            line.push_str(&c.info.tag);
+            line.push('\n');
+        }
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time::Duration) -> Result<()> {
     let cfg = protected_config(&config)?;
     tidemark::api::local::validate_tag(&tag)?;
     let request = tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
-    let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+    report_checkpoint(ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?, &tag, wait)
+}
+
+/// What `checkpoint` prints of the agent's reply (here or through --server).
+fn report_checkpoint(reply: tidemark::api::local::Reply, tag: &str, wait: std::time::Duration) -> Result<()> {
     let id = reply.id.context("the agent did not say which checkpoint it inserted")?;
-    if let Some(note) = &reply.message {
+    if let Some(note) = reply.message.as_ref().filter(|m| !m.is_empty()) {
         eprintln!("note: {note}");
     }
     if reply.durable {
@@ -1048,20 +1081,24 @@ fn export(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
     let cfg = recovery_config(&config)?;
     let request = tidemark::api::local::Request::Export { vpg, checkpoint };
     let (reply, mut held) = tidemark::api::local::call_and_hold(&cfg.node.data_dir, &request)?;
-    let reply = ok_reply(reply)?;
-    println!("serving checkpoint {} read-only:", reply.id.unwrap_or(0));
-    for uri in &reply.exports {
-        println!("  {uri}");
-    }
-    if let Some(problem) = &reply.message {
-        eprintln!("{problem}");
-    }
-    eprintln!("press Ctrl-C to stop serving");
+    report_export(&ok_reply(reply)?);
     // The exports last as long as this connection; the agent closes
     // it only when it stops.
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut held, &mut rest);
     bail!("the recovery agent stopped serving the exports");
+}
+
+/// What `export` prints once the volumes are served.
+fn report_export(reply: &tidemark::api::local::Reply) {
+    println!("serving checkpoint {} read-only:", reply.id.unwrap_or(0));
+    for uri in &reply.exports {
+        println!("  {uri}");
+    }
+    if let Some(problem) = reply.message.as_ref().filter(|m| !m.is_empty()) {
+        eprintln!("{problem}");
+    }
+    eprintln!("press Ctrl-C to stop serving");
 }
 
 fn reverse(config: PathBuf, vpg: String, wait: std::time::Duration) -> Result<()> {
@@ -1112,7 +1149,13 @@ fn verify(config: PathBuf, vpg: String, repair: bool, json: bool) -> Result<()> 
     }
     let request = tidemark::api::local::Request::Verify { vpg: vpg.clone(), repair };
     let (reply, _) = tidemark::api::local::ask(connection, &request)?;
-    let report = ok_reply(reply)?.verify.context("the agent's reply has no report")?;
+    report_verify(&vpg, ok_reply(reply)?, json)
+}
+
+/// What `verify` prints of the agent's report; exit status 65 when
+/// extents differ and were not repaired.
+fn report_verify(vpg: &str, reply: tidemark::api::local::Reply, json: bool) -> Result<()> {
+    let report = reply.verify.context("the agent's reply has no report")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1142,15 +1185,19 @@ fn verify(config: PathBuf, vpg: String, repair: bool, json: bool) -> Result<()> 
 fn test_failover_start(config: PathBuf, vpg: String, checkpoint: String) -> Result<()> {
     let cfg = recovery_config(&config)?;
     let request = tidemark::api::local::Request::TestFailoverStart { vpg: vpg.clone(), checkpoint };
-    let reply = ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?;
+    report_test_failover(&vpg, &ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?);
+    Ok(())
+}
+
+/// What `test-failover start` prints once the exports are served.
+fn report_test_failover(vpg: &str, reply: &tidemark::api::local::Reply) {
     println!("test failover of {vpg} at checkpoint {}; writable exports (discarded at stop):", reply.id.unwrap_or(0));
     for uri in &reply.exports {
         println!("  {uri}");
     }
-    if let Some(problem) = &reply.message {
+    if let Some(problem) = reply.message.as_ref().filter(|m| !m.is_empty()) {
         eprintln!("{problem}");
     }
-    Ok(())
 }
 
 fn config_iso(properties: PathBuf, out: PathBuf, data_disk: Option<u64>) -> Result<()> {
@@ -1221,11 +1268,14 @@ fn bench_hash(file: PathBuf) -> Result<()> {
 
 fn status(config: PathBuf, json: bool) -> Result<()> {
     let cfg = Config::load(&config)?;
-    let status = tidemark::status::read(&cfg.node().data_dir)?;
+    print_status(&tidemark::status::read(&cfg.node().data_dir)?, json)
+}
+
+fn print_status(status: &tidemark::status::AgentStatus, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", tidemark::status::render(&status));
+        print!("{}", tidemark::status::render(status));
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod diag;
 pub mod https;
 pub mod local;
+pub mod remote;
 pub mod v1;
 
 use crate::audit_trail::Actor;

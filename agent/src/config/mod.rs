@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 mod system;
 pub use system::{
     parse_network, validate_interface, ApiConfig, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig,
-    SupportSshConfig, SystemConfig, DIAG_PORT_DEFAULT,
+    SupportSshConfig, SystemConfig, API_PORT_DEFAULT, DIAG_PORT_DEFAULT,
 };
 
 pub const CONTROL_PORT_DEFAULT: u16 = 4007;

@@ -6,10 +6,10 @@ use super::JournalView;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::pins::Pin;
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Listed {
     #[serde(flatten)]
     pub info: CheckpointInfo,

@@ -159,6 +159,20 @@ pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls:
     Ok(Arc::new(config))
 }
 
+/// HTTPS client (the CLI's `--server`): trusts only the pinned server
+/// digest, TLS 1.3, no client certificate (the API authenticates users).
+pub fn https_client_config(pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>> {
+    let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with ring")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Writes a new P-256 key and self-signed certificate; returns the
 /// certificate's fingerprint.
 pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<String> {
