@@ -1,9 +1,9 @@
 //! `tidemark user ...` and `tidemark token ...`: the management API's
 //! users and tokens from the appliance's console. Changes are refused
 //! anywhere but a local console line (tty1, ttyS0), as support SSH's
-//! enable is: the first administrator is made here, and nobody who only
-//! holds a network session can make another. Every change is in the
-//! audit trail.
+//! enable is: the first administrator is made here (later ones also by
+//! an admin through the API, with password and TOTP). Every change is in
+//! the audit trail.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

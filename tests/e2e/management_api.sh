@@ -275,9 +275,41 @@ check(took < 20 and b" 408 " in got, "a client slow with its body: %.1f s %r" % 
 print("bad input: body never finished      -> %r after %.1f s" % (got[:24], took))
 check(api.call("GET", "/api/v1/status", token=oper)[0] == 200, "the agent stopped serving")
 admin = api.session("adm1", "admin password 1", ADM)  # the slow clients took longer than the idle limit
+greedy = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA"
+status, answer, _ = api.call("POST", "/api/v1/users", {"name": "greedy", "role": "viewer", "password_hash": greedy}, token=admin)
+check(status == 400 and "at most" in answer["error"], "a hash asking 4 GiB per login: %d %s" % (status, answer))
+print("bad input: a hash asking 4 GiB      -> %d %s" % (status, answer["error"][:60]))
+# A password typed into the name field is not kept anywhere.
+status, _, _ = api.login("Typed-Password-In-Name-42", "whatever password")
+check(status == 401, "a login with an unknown name: %d" % status)
 status, users, _ = api.call("GET", "/api/v1/users", token=admin)
 check(status == 200 and sorted(u["name"] for u in users) == ["adm1", "dra1", "oper1", "victim", "view1"],
       "the users changed: %s" % users)
+stop_if_failed()
+
+# ---- a user deleted and made again is another user: the old session ends
+session = api.session("view1", "viewer password 1")
+for argv, stdin in ((["user", "delete", "view1"], None), (["user", "add", "view1", "--role", "viewer", "--password-stdin"], "viewer password 1\n")):
+    out = subprocess.run([E["TIDEMARK_TEST"]] + argv[:2] + ["--config", E["RCONF"]] + argv[2:] + ["--assume-console"],
+                         input=stdin, capture_output=True, text=True)
+    check(out.returncode == 0, "%s: %s %s" % (argv, out.stdout, out.stderr))
+status, answer, _ = api.call("GET", "/api/v1/whoami", token=session)
+check(status == 401, "a session outlived its user's deletion and re-creation: %d %s" % (status, answer))
+print("the session of a user deleted and made again: %d %s" % (status, answer["error"]))
+
+# ---- a client that goes away does not cut an operation short
+operator = api.session("oper1", "operator password 1")
+body = b'{"checkpoint": "latest"}'
+request = (b"POST /api/v1/vpgs/vpg1/test-failover HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + operator.encode() +
+           b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+raw_exchange(E["API_R"], 4006, request, wait=0.05)
+for _ in range(100):
+    status, answer, _ = api.call("DELETE", "/api/v1/vpgs/vpg1/test-failover", token=operator)
+    if status == 200:
+        break
+    time.sleep(0.1)
+check(status == 200, "the test failover of a client that went away did not run to its end: %d %s" % (status, answer))
+print("a test failover whose client hung up at once ran to its end and was stopped:", answer.get("message", "")[:60])
 stop_if_failed()
 
 # ---- the real operations
@@ -337,3 +369,9 @@ jq -e '.[] | select(.op == "checkpoint" and .user == "token:optok" and .outcome 
     fail "the protected side's trail has no checkpoint by the token"
 "$TIDEMARK" audit-log "${R[@]}" --verify >"$WORK/verify.out" || fail "the trail does not verify: $(cat "$WORK/verify.out")"
 log "audit trail: $(jq length <<<"$entries") entries with each login, refusal, lock and operation; $(cat "$WORK/verify.out")"
+grep -q 'Typed-Password-In-Name-42' "$WORK/b/data/audit/trail.jsonl" "$WORK/b/logs/"* 2>/dev/null &&
+    fail "what was typed as a user name is in the trail or the log"
+jq -e '([.[] | select(.op == "test-failover start" and .outcome == "started")] | length) as $started |
+       ([.[] | select(.op == "test-failover start" and .of != null)] | length) as $ended | $started == $ended and $started >= 2' \
+    <<<"$entries" >/dev/null ||
+    fail "a test failover started through the API has no outcome in the trail"

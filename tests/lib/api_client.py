@@ -117,7 +117,7 @@ def raw_exchange(host, port, data, tls=True, max_version=ssl.TLSVersion.TLSv1_3,
     """Sends bytes on a fresh connection; returns what came back before the
     server closed it or `wait` seconds passed (b"" for a closed one). A TLS
     handshake failure is returned as the string "handshake failed: ..."."""
-    sock = socket.create_connection((host, port), timeout=wait)
+    sock = socket.create_connection((host, port), timeout=max(wait, 10))
     try:
         if tls:
             try:
@@ -125,6 +125,7 @@ def raw_exchange(host, port, data, tls=True, max_version=ssl.TLSVersion.TLSv1_3,
             except (ssl.SSLError, OSError) as e:
                 return "handshake failed: %s" % e
         sock.sendall(data)
+        sock.settimeout(wait)
         got = b""
         try:
             while True:

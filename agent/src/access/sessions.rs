@@ -18,6 +18,10 @@ const SESSIONS_MAX: usize = 1024;
 pub struct Principal {
     pub user: String,
     pub role: Role,
+    /// When the user was made (`User::created_ms`): a user deleted and
+    /// made again under the same name is another user, whose sessions
+    /// these are not.
+    pub generation: u64,
 }
 
 struct Session {
@@ -121,7 +125,7 @@ mod tests {
     use super::*;
 
     fn alice() -> Principal {
-        Principal { user: "alice".into(), role: Role::Operator }
+        Principal { user: "alice".into(), role: Role::Operator, generation: 1 }
     }
 
     #[test]

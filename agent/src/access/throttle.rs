@@ -1,19 +1,24 @@
-//! The login throttle. Each wrong login adds a strike to its user and to
-//! its source address; after `free` strikes, every further failure is
+//! The login throttle. Each wrong login adds a strike to the name it tried
+//! (whether or not a user has it: a delay tells no name apart) and to its
+//! source address; after `free` strikes, every further failure is
 //! answered only after a delay that doubles from `delay` up to
 //! `delay_max`, and until that delay has passed, further attempts for the
-//! same user or from the same source are refused at once without their
-//! password being looked at (parallel connections gain nothing). After
-//! `lock_after` consecutive failures the account is locked until an admin
-//! unlocks it. A success clears the user's and the source's strikes.
+//! same name or from the same source are refused at once without their
+//! password being looked at. One attempt per name is checked at a time (a
+//! second one meanwhile is refused), so parallel connections gain no
+//! guesses. After `lock_after` consecutive failures of a user the account
+//! is locked until an admin unlocks it. A success clears its name's
+//! strikes (not its source's: one good account must not reset the count
+//! of guesses at others from the same address).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Sources remembered; beyond it the quietest are forgotten.
-const SOURCES_MAX: usize = 4096;
+/// Names and sources remembered each; beyond it the quietest are forgotten.
+const ENTRIES_MAX: usize = 4096;
 /// Strikes older than this are forgotten.
 const STRIKES_FORGOTTEN_AFTER: Duration = Duration::from_secs(15 * 60);
 
@@ -45,8 +50,10 @@ struct Strikes {
 
 pub struct Throttle {
     policy: Policy,
-    users: Mutex<HashMap<String, Strikes>>,
+    names: Mutex<HashMap<String, Strikes>>,
     sources: Mutex<HashMap<IpAddr, Strikes>>,
+    /// Names with an attempt being checked now.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 /// What a failure costs.
@@ -54,78 +61,111 @@ pub struct Throttle {
 pub struct Failure {
     /// Hold the answer this long.
     pub delay: Duration,
-    /// The user's consecutive failures so far (0 for an unknown user).
+    /// The name's consecutive failures so far.
     pub failures: u32,
-    /// This failure reached `lock_after`: lock the account.
+    /// This failure reached `lock_after`: lock the account (if it is one).
     pub lock: bool,
+}
+
+/// Why an attempt is not looked at now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotNow {
+    /// The name or the source is serving a delay this long.
+    Delay(Duration),
+    /// Another attempt for the same name is being checked.
+    Busy,
+}
+
+/// An admitted attempt: its name counts as in flight until this is dropped.
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    name: String,
+    source: IpAddr,
+}
+
+/// Adds a strike to `key` in `map`, first making room in a full map.
+fn strike<K: Hash + Eq + Clone>(map: &mut HashMap<K, Strikes>, key: &K, policy: &Policy, now: Instant) -> u32 {
+    if map.len() >= ENTRIES_MAX && !map.contains_key(key) {
+        map.retain(|_, s| now.duration_since(s.last) <= STRIKES_FORGOTTEN_AFTER);
+        if map.len() >= ENTRIES_MAX {
+            // Flooded with names or addresses: keep the worst half.
+            let mut counts: Vec<u32> = map.values().map(|s| s.failures).collect();
+            counts.sort_unstable();
+            let median = counts[counts.len() / 2];
+            map.retain(|_, s| s.failures > median);
+        }
+    }
+    let entry = map.entry(key.clone()).or_insert(Strikes { failures: 0, not_before: now, last: now });
+    if now.duration_since(entry.last) > STRIKES_FORGOTTEN_AFTER {
+        entry.failures = 0;
+    }
+    entry.failures = entry.failures.saturating_add(1);
+    entry.last = now;
+    entry.not_before = now + policy.delay_after(entry.failures);
+    entry.failures
 }
 
 impl Throttle {
     pub fn new(policy: Policy) -> Throttle {
-        Throttle { policy, users: Mutex::new(HashMap::new()), sources: Mutex::new(HashMap::new()) }
+        Throttle {
+            policy,
+            names: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+        }
     }
 
-    /// `Err(wait)` while the user or the source is still serving a delay.
-    pub fn admit(&self, user: Option<&str>, source: IpAddr) -> Result<(), Duration> {
+    /// Lets an attempt for `name` from `source` be checked, unless either is
+    /// serving a delay or the name has an attempt in flight.
+    pub fn admit(&self, name: &str, source: IpAddr) -> Result<Attempt<'_>, NotNow> {
         let now = Instant::now();
         let wait = |s: Option<&Strikes>| s.map_or(Duration::ZERO, |s| s.not_before.saturating_duration_since(now));
-        let by_user = user.map_or(Duration::ZERO, |u| wait(self.users.lock().expect("throttle lock").get(u)));
+        let by_name = wait(self.names.lock().expect("throttle lock").get(name));
         let by_source = wait(self.sources.lock().expect("throttle lock").get(&source));
-        match by_user.max(by_source) {
-            Duration::ZERO => Ok(()),
-            longest => Err(longest),
+        let longest = by_name.max(by_source);
+        if !longest.is_zero() {
+            return Err(NotNow::Delay(longest));
         }
+        if !self.in_flight.lock().expect("throttle lock").insert(name.to_string()) {
+            return Err(NotNow::Busy);
+        }
+        Ok(Attempt { throttle: self, name: name.to_string(), source })
     }
 
-    /// Counts a failure; `user` is `None` for a name that is not a user
-    /// (only its source is counted: unknown names are not remembered).
-    pub fn failed(&self, user: Option<&str>, source: IpAddr) -> Failure {
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Forgets a name's strikes (after a lock, and after an unlock: the
+    /// user starts again from none).
+    pub fn forget_name(&self, name: &str) {
+        self.names.lock().expect("throttle lock").remove(name);
+    }
+}
+
+impl Attempt<'_> {
+    /// Counts the failure against the name and the source (the name stays
+    /// in flight until the attempt is dropped: hold it through the delay).
+    pub fn failed(&self) -> Failure {
         let now = Instant::now();
-        let policy = self.policy;
-        let strike = |entry: &mut Strikes| {
-            if now.duration_since(entry.last) > STRIKES_FORGOTTEN_AFTER {
-                entry.failures = 0;
-            }
-            entry.failures = entry.failures.saturating_add(1);
-            entry.last = now;
-            entry.not_before = now + policy.delay_after(entry.failures);
-            entry.failures
-        };
-        let fresh = Strikes { failures: 0, not_before: now, last: now };
-        let source_failures = {
-            let mut sources = self.sources.lock().expect("throttle lock");
-            if sources.len() >= SOURCES_MAX && !sources.contains_key(&source) {
-                sources.retain(|_, s| now.duration_since(s.last) <= STRIKES_FORGOTTEN_AFTER);
-                if sources.len() >= SOURCES_MAX {
-                    // Flooded from many addresses: keep the worst half.
-                    let mut counts: Vec<u32> = sources.values().map(|s| s.failures).collect();
-                    counts.sort_unstable();
-                    let median = counts[counts.len() / 2];
-                    sources.retain(|_, s| s.failures > median);
-                }
-            }
-            strike(sources.entry(source).or_insert(fresh))
-        };
-        let user_failures = match user {
-            Some(u) => strike(self.users.lock().expect("throttle lock").entry(u.to_string()).or_insert(fresh)),
-            None => 0,
-        };
-        let worst = user_failures.max(source_failures);
+        let policy = self.throttle.policy;
+        let by_source = strike(&mut self.throttle.sources.lock().expect("throttle lock"), &self.source, &policy, now);
+        let by_name = strike(&mut self.throttle.names.lock().expect("throttle lock"), &self.name, &policy, now);
         Failure {
-            delay: policy.delay_after(worst),
-            failures: user_failures,
-            lock: user_failures >= policy.lock_after && user_failures > 0,
+            delay: policy.delay_after(by_name.max(by_source)),
+            failures: by_name,
+            lock: by_name >= policy.lock_after,
         }
     }
 
-    pub fn succeeded(&self, user: &str, source: IpAddr) {
-        self.users.lock().expect("throttle lock").remove(user);
-        self.sources.lock().expect("throttle lock").remove(&source);
+    pub fn succeeded(self) {
+        self.throttle.forget_name(&self.name);
     }
+}
 
-    /// After an unlock: the user starts again with no strikes.
-    pub fn forget_user(&self, user: &str) {
-        self.users.lock().expect("throttle lock").remove(user);
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.throttle.in_flight.lock().expect("throttle lock").remove(&self.name);
     }
 }
 
@@ -153,19 +193,29 @@ mod tests {
             ..policy()
         });
         let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
         for n in 1..=9 {
-            let f = throttle.failed(Some("bob"), ip);
+            if n > 4 {
+                // The fourth failure and each after it start a delay.
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            let f = throttle.admit("bob", ip).expect("admitted").failed();
             assert_eq!((f.failures, f.lock), (n, false));
         }
-        assert!(throttle.admit(Some("bob"), ip).is_err(), "still in the ninth failure's delay");
-        assert!(throttle.admit(Some("bob"), [10, 0, 0, 2].into()).is_err(), "the user is throttled from anywhere");
-        assert!(throttle.admit(Some("carol"), [10, 0, 0, 2].into()).is_ok());
+        assert!(matches!(throttle.admit("bob", ip), Err(NotNow::Delay(_))), "still in the ninth failure's delay");
+        assert!(matches!(throttle.admit("bob", other), Err(NotNow::Delay(_))), "the name is throttled from anywhere");
+        assert!(matches!(throttle.admit("carol", ip), Err(NotNow::Delay(_))), "and the source for any name");
+        assert!(throttle.admit("carol", other).is_ok());
         std::thread::sleep(Duration::from_millis(30));
-        assert!(throttle.admit(Some("bob"), ip).is_ok());
-        assert!(throttle.failed(Some("bob"), ip).lock);
-        throttle.succeeded("bob", ip);
-        assert_eq!(throttle.failed(Some("bob"), ip).failures, 1);
-        // Unknown names count against the source only.
-        assert_eq!(throttle.failed(None, ip).failures, 0);
+        let attempt = throttle.admit("bob", ip).expect("admitted after the delay");
+        assert!(matches!(throttle.admit("bob", other), Err(NotNow::Busy)), "one attempt per name at a time");
+        assert!(attempt.failed().lock);
+        drop(attempt);
+        throttle.forget_name("bob");
+        std::thread::sleep(Duration::from_millis(30));
+        throttle.admit("bob", other).expect("admitted").succeeded();
+        assert_eq!(throttle.admit("bob", other).expect("admitted").failed().failures, 1);
+        // A name nobody has is counted like one that exists.
+        assert_eq!(throttle.admit("nosuch", other).expect("admitted").failed().failures, 1);
     }
 }

@@ -24,6 +24,11 @@ pub const PASSWORD_CHARS_MIN: usize = 12;
 pub const PASSWORD_BYTES_MAX: usize = 1024;
 /// Made tokens start with it, so a log scanner (and a person) knows one.
 pub const TOKEN_PREFIX: &str = "tmt_";
+/// The most a stored hash may ask of one login (the default is 19 MiB,
+/// 2 passes, 1 lane).
+const ARGON2_MEMORY_KIB_MAX: u32 = 64 << 10;
+const ARGON2_PASSES_MAX: u32 = 8;
+const ARGON2_LANES_MAX: u32 = 4;
 /// Users and tokens a store may hold: every login reads the whole file.
 pub const USERS_MAX: usize = 256;
 pub const TOKENS_MAX: usize = 256;
@@ -171,6 +176,23 @@ pub fn validate_hash(phc: &str) -> Result<()> {
     if parsed.algorithm.as_str() != "argon2id" {
         bail!("the password hash is {}; argon2id is required", parsed.algorithm);
     }
+    // Every login for the name costs what the hash asks: bounded, so a
+    // hash cannot make the agent allocate gigabytes or spin for minutes.
+    let params = argon2::Params::try_from(&parsed).map_err(|e| anyhow!("the hash's parameters: {e}"))?;
+    if params.m_cost() > ARGON2_MEMORY_KIB_MAX
+        || params.t_cost() > ARGON2_PASSES_MAX
+        || params.p_cost() > ARGON2_LANES_MAX
+    {
+        bail!(
+            "the hash asks m={} KiB, t={}, p={}; at most m={ARGON2_MEMORY_KIB_MAX}, t={ARGON2_PASSES_MAX}, p={ARGON2_LANES_MAX}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        );
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        bail!("the password hash has no salt or no output");
+    }
     Ok(())
 }
 
@@ -314,16 +336,17 @@ pub fn find_token(store: &Store, token: &str) -> Option<(String, Role)> {
         .map(|(name, t)| (name.clone(), t.role))
 }
 
-/// Records that a login used TOTP step `step`; refuses a step not after
-/// the last one used (two logins racing with one code: one wins).
-pub fn use_totp_step(data_dir: &Path, name: &str, step: u64) -> Result<()> {
+/// Records that a login used TOTP step `step`; false (and nothing
+/// written) for a step not after the last one used: two logins racing
+/// with one code, one wins.
+pub fn use_totp_step(data_dir: &Path, name: &str, step: u64) -> Result<bool> {
     update(data_dir, |store| {
         let user = store.users.get_mut(name).ok_or_else(|| anyhow!("no user {name:?}"))?;
         if user.totp_last_step.is_some_and(|used| step <= used) {
-            bail!("this TOTP code was used already");
+            return Ok(false);
         }
         user.totp_last_step = Some(step);
-        Ok(())
+        Ok(true)
     })
 }
 
@@ -344,14 +367,16 @@ mod tests {
         assert!(add_user(dir.path(), "alice", Role::Viewer, hash.clone(), "test").is_err());
         assert!(add_user(dir.path(), "../x", Role::Viewer, hash.clone(), "test").is_err());
         assert!(add_user(dir.path(), "carol", Role::Viewer, "$2y$10$notargon".into(), "test").is_err());
+        let greedy = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+        assert!(validate_hash(greedy).unwrap_err().to_string().contains("at most"));
         let token = add_token(dir.path(), "ci", Role::Operator, std::time::Duration::from_secs(60), "test").unwrap();
         let store = load(dir.path()).unwrap();
         assert_eq!(find_token(&store, &token), Some(("ci".into(), Role::Operator)));
         assert_eq!(find_token(&store, "tmt_00"), None);
         let listed = serde_json::to_string(&(list_users(&store), list_tokens(&store))).unwrap();
         assert!(!listed.contains(&hash) && !listed.contains(&token_digest(&token)) && !listed.contains("totp_secret"));
-        use_totp_step(dir.path(), "alice", 10).unwrap();
-        assert!(use_totp_step(dir.path(), "alice", 10).is_err());
+        assert!(use_totp_step(dir.path(), "alice", 10).unwrap());
+        assert!(!use_totp_step(dir.path(), "alice", 10).unwrap());
         assert!(lock_user(dir.path(), "bob", "ten wrong passwords").unwrap());
         assert!(unlock_user(dir.path(), "bob").unwrap());
         assert!(!unlock_user(dir.path(), "bob").unwrap());

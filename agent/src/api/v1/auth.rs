@@ -5,11 +5,13 @@
 
 use super::{error, json, State};
 use crate::access::sessions::{self, Principal, SESSION_PREFIX};
+use crate::access::throttle::{Attempt, NotNow};
 use crate::access::{totp, users, Role};
 use crate::audit_trail::Actor;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::https::Body;
 
@@ -77,7 +79,8 @@ pub async fn authenticate(headers: &http::HeaderMap, state: &State) -> Result<Ca
     let store = load_store(state).await?;
     if bearer.starts_with(users::TOKEN_PREFIX) {
         let (name, role) = users::find_token(&store, bearer).ok_or_else(|| unauthorized("unknown or expired token"))?;
-        return Ok(Caller { user: name.clone(), role, via: Via::Token(name) });
+        // A token is never more than an operator, whatever the store says.
+        return Ok(Caller { user: name.clone(), role: role.min(Role::Operator), via: Via::Token(name) });
     }
     if !bearer.starts_with(SESSION_PREFIX) {
         return Err(unauthorized("not a session or an API token"));
@@ -92,13 +95,33 @@ pub async fn authenticate(headers: &http::HeaderMap, state: &State) -> Result<Ca
             unauthorized("session expired (sessions last at most api.session_max); log in again")
         }
     })?;
-    // The user as the store has it now: deleted or locked ends the
-    // session; a role lowered since login applies at once.
-    let Some(user) = store.users.get(&principal.user).filter(|u| u.locked.is_none()) else {
+    // The user as the store has it now: deleted (or deleted and made
+    // again) ends the session; a role lowered since login applies at once.
+    // A lock does not: it stops logins (someone else's wrong passwords
+    // may have caused it), not the sessions of the one who logged in.
+    let Some(user) = store.users.get(&principal.user).filter(|u| u.created_ms == principal.generation) else {
         state.sessions.close(bearer);
-        return Err(unauthorized("this user was deleted or locked; the session is over"));
+        return Err(unauthorized("this user was deleted; the session is over"));
     };
     Ok(Caller { role: principal.role.min(user.role), user: principal.user, via: Via::Session(bearer.to_string()) })
+}
+
+/// What the trail and the log call a login's name: only a user's name is
+/// repeated (a password typed into the name field must not be kept).
+fn shown_name(name: &str, user: Option<&users::User>) -> String {
+    match user {
+        Some(_) => name.to_string(),
+        None => "(not a user)".to_string(),
+    }
+}
+
+/// The throttle's key for a name: names that could not be a user's share one.
+fn throttle_key(name: &str) -> &str {
+    if crate::names::is_plain(name) {
+        name
+    } else {
+        "\0not a name"
+    }
 }
 
 pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Body> {
@@ -108,60 +131,72 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
             return error(StatusCode::BAD_REQUEST, &format!("a login is {{\"user\", \"password\", \"totp\"}}: {e}"))
         }
     };
-    let plain = crate::names::is_plain(&request.user);
+    let attempt = match state.throttle.admit(throttle_key(&request.user), peer.ip()) {
+        Ok(attempt) => attempt,
+        Err(not_now) => {
+            // Not recorded: a flood of these must not grow the trail.
+            let (wait, why) = match not_now {
+                NotNow::Delay(wait) => (wait, "too many wrong logins; wait before trying again"),
+                NotNow::Busy => (Duration::from_secs(1), "another login for this user is being checked; try again"),
+            };
+            tracing::info!("management API: a login from {peer} throttled for {wait:?}");
+            let mut refused = error(StatusCode::TOO_MANY_REQUESTS, why);
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
+                refused.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return refused;
+        }
+    };
     let store = match load_store(state).await {
         Ok(s) => s,
         Err(refused) => return refused,
     };
-    let user = store.users.get(&request.user).filter(|_| plain).cloned();
-    let known = user.as_ref().map(|_| request.user.as_str());
+    let user = store.users.get(&request.user).filter(|_| crate::names::is_plain(&request.user)).cloned();
     let actor = Actor {
-        user: if plain { request.user.clone() } else { "(not a user name)".into() },
+        user: shown_name(&request.user, user.as_ref()),
         role: user.as_ref().map_or("-".into(), |u| format!("{} (api)", u.role)),
         source: format!("api {peer}"),
     };
     let params = serde_json::json!({ "user": actor.user });
-    if let Err(wait) = state.throttle.admit(known, peer.ip()) {
-        // Not recorded: a flood of these must not grow the trail.
-        tracing::info!("management API: login for {} from {peer} throttled for {wait:?}", actor.user);
-        let mut refused = error(StatusCode::TOO_MANY_REQUESTS, "too many wrong logins; wait before trying again");
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
-            refused.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return refused;
-    }
-    let (phc, password) = (user.as_ref().map(|u| u.password.clone()), request.password);
-    let password_ok = password.len() <= users::PASSWORD_BYTES_MAX
-        && tokio::task::spawn_blocking(move || users::verify_password(phc.as_deref(), &password))
-            .await
-            .unwrap_or(false);
-    let Some(user) = user else {
-        return refuse(state, peer, None, &actor, params, "refused: no such user".into()).await;
-    };
-    if let Some(lock) = &user.locked {
+    if let Some(lock) = user.as_ref().and_then(|u| u.locked.as_ref()) {
+        // Counted like a wrong password, so trying a locked account is
+        // throttled too; its password is not looked at.
+        let failure = attempt.failed();
         let why = format!("refused: account locked since {} ({})", crate::status::format_time_ms(lock.at_ms), lock.why);
-        tracing::warn!("management API: login of locked account {} from {peer} refused", request.user);
+        tracing::warn!("management API: login of locked account {} from {peer} refused", actor.user);
         super::super::record(&state.data_dir, &actor, "login", params, why, None).await;
+        tokio::time::sleep(failure.delay).await;
         return error(StatusCode::FORBIDDEN, "this account is locked; an admin unlocks it (`tidemark user unlock`)");
     }
+    let (phc, password) = (user.as_ref().map(|u| u.password.clone()), request.password);
+    let password_ok = password.len() <= users::PASSWORD_BYTES_MAX && {
+        // argon2 takes 19 MiB and a core's worth of time: a few at once.
+        let _permit = state.password_checks.acquire().await;
+        tokio::task::spawn_blocking(move || users::verify_password(phc.as_deref(), &password)).await.unwrap_or(false)
+    };
+    let Some(user) = user else {
+        return refuse(state, peer, attempt, None, &actor, params, "refused: no such user".into()).await;
+    };
+    let name = request.user.as_str();
     if !password_ok {
-        return refuse(state, peer, known, &actor, params, "refused: wrong password".into()).await;
+        return refuse(state, peer, attempt, Some(name), &actor, params, "refused: wrong password".into()).await;
     }
-    if let Some(secret) = &user.totp_secret {
+    if user.role.needs_totp() || user.totp_secret.is_some() {
+        let secret = user.totp_secret.as_deref().and_then(|s| totp::decode_secret(s).ok());
+        let Some(secret) = secret.filter(|s| s.len() == totp::SECRET_BYTES) else {
+            tracing::error!("management API: user {name} has a role that needs TOTP and no usable TOTP secret");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this account's second factor is missing or damaged; an admin must make the user again",
+            );
+        };
         let Some(code) = request.totp else {
             // The password was right: say what is missing, strike nothing.
             super::super::record(&state.data_dir, &actor, "login", params, "refused: no TOTP code".into(), None).await;
             return json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({ "error": format!("role {} needs a TOTP code", user.role), "totp_required": true }),
-            );
-        };
-        let Ok(secret) = totp::decode_secret(secret) else {
-            tracing::error!("management API: user {}'s TOTP secret is damaged", request.user);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this account's second factor is damaged; an admin must reset it",
             );
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -173,25 +208,33 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
                     totp::Refusal::Wrong => "refused: wrong TOTP code",
                     totp::Refusal::Replayed => "refused: TOTP code used already (replay)",
                 };
-                return refuse(state, peer, known, &actor, params, why.into()).await;
+                return refuse(state, peer, attempt, Some(name), &actor, params, why.into()).await;
             }
         };
-        let (dir, name) = (state.data_dir.clone(), request.user.clone());
-        let used = tokio::task::spawn_blocking(move || users::use_totp_step(&dir, &name, step)).await;
-        if !matches!(used, Ok(Ok(()))) {
+        let (dir, owned) = (state.data_dir.clone(), name.to_string());
+        match tokio::task::spawn_blocking(move || users::use_totp_step(&dir, &owned, step)).await {
+            Ok(Ok(true)) => {}
             // Another login took this code first.
-            return refuse(state, peer, known, &actor, params, "refused: TOTP code used already (race)".into()).await;
+            Ok(Ok(false)) => {
+                let why = "refused: TOTP code used already (race)".to_string();
+                return refuse(state, peer, attempt, Some(name), &actor, params, why).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("management API: recording {name}'s TOTP step failed: {e:#}");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be written; see the agent's log");
+            }
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be written"),
         }
     }
-    state.throttle.succeeded(&request.user, peer.ip());
-    let token = state.sessions.open(Principal { user: request.user.clone(), role: user.role });
-    tracing::info!("management API: {} ({}) logged in from {peer}", request.user, user.role);
+    attempt.succeeded();
+    let token = state.sessions.open(Principal { user: name.to_string(), role: user.role, generation: user.created_ms });
+    tracing::info!("management API: {name} ({}) logged in from {peer}", user.role);
     super::super::record(&state.data_dir, &actor, "login", params, "ok".into(), None).await;
     json(
         StatusCode::OK,
         &serde_json::json!({
             "token": token,
-            "user": request.user,
+            "user": name,
             "role": user.role,
             "idle_timeout_s": state.sessions.idle().as_secs(),
         }),
@@ -199,16 +242,18 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
 }
 
 /// A wrong login: counted, recorded, the account locked at the limit, and
-/// answered only after the throttle's delay.
+/// answered only after the throttle's delay (the name stays in flight
+/// meanwhile, so no parallel attempt gets in).
 async fn refuse(
     state: &State,
     peer: SocketAddr,
+    attempt: Attempt<'_>,
     user: Option<&str>,
     actor: &Actor,
     params: serde_json::Value,
     why: String,
 ) -> Response<Body> {
-    let failure = state.throttle.failed(user, peer.ip());
+    let failure = attempt.failed();
     tracing::warn!("management API: login for {} from {peer} {why} ({} in a row)", actor.user, failure.failures);
     super::super::record(&state.data_dir, actor, "login", params.clone(), why, None).await;
     if let (true, Some(name)) = (failure.lock, user) {
@@ -217,6 +262,8 @@ async fn refuse(
         let locked = tokio::task::spawn_blocking(move || users::lock_user(&dir, &owned, &reason)).await;
         match locked {
             Ok(Ok(_)) => {
+                // Its strikes go: after an unlock the user starts from none.
+                state.throttle.forget_name(name);
                 tracing::warn!("management API: account {name} locked after {} wrong logins", failure.failures);
                 let outcome = format!("account locked after {} wrong logins", failure.failures);
                 super::super::record(&state.data_dir, actor, "user lock", params, outcome, None).await;
@@ -225,5 +272,6 @@ async fn refuse(
         }
     }
     tokio::time::sleep(failure.delay).await;
+    drop(attempt);
     unauthorized(WRONG)
 }

@@ -36,6 +36,7 @@ use std::time::Duration;
 pub const BODY_BYTES_MAX: usize = 64 << 10;
 /// A body must arrive within this time of its headers.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const PASSWORD_CHECKS_MAX: usize = 2;
 /// 64 connections at once, 8 from one source address.
 const LIMITS: https::Limits = https::Limits {
     connections_max: 64,
@@ -52,6 +53,8 @@ pub struct State {
     pub sessions: Sessions,
     pub throttle: Throttle,
     pub exports: ops::OpenExports,
+    /// Password checks running at once (argon2: 19 MiB and a core each).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// Binds 4006 (errors here stop the agent's start) and serves in the
@@ -75,6 +78,7 @@ pub async fn start(
         sessions: Sessions::new(api.session_idle, api.session_max),
         throttle: Throttle::new(api.throttle_policy()),
         exports: Default::default(),
+        password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
     });
     let handler = move |req, peer| {
         let state = state.clone();
@@ -92,7 +96,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, peer: SocketAddr) -> 
     response
 }
 
-async fn answer(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<Body> {
+async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Response<Body> {
     let route = match routes::parse(req.method(), req.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => return error(StatusCode::NOT_FOUND, "no such route; see docs/api.md"),
@@ -149,17 +153,25 @@ async fn answer(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Resp
             return e.response();
         }
     };
-    let params = prepared.params();
-    let started = super::record(&state.data_dir, &actor, op, params.clone(), "started".into(), None).await;
-    let outcome = ops::execute(state, &caller, &actor, prepared).await;
-    let said = match &outcome {
-        Ok(_) => "ok".to_string(),
-        Err(e) => format!("failed: {}", e.message),
-    };
-    super::record(&state.data_dir, &actor, op, params, said, started).await;
-    match outcome {
-        Ok(value) => json(StatusCode::OK, &value),
-        Err(e) => e.response(),
+    // Run to the end in a task of its own: a client that goes away (hyper
+    // then drops this future) must not cut a failover or an export in two,
+    // nor leave its `started` entry without an outcome.
+    let state = state.clone();
+    let run = tokio::spawn(async move {
+        let params = prepared.params();
+        let started = super::record(&state.data_dir, &actor, op, params.clone(), "started".into(), None).await;
+        let outcome = ops::execute(&state, &caller, &actor, prepared).await;
+        let said = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("failed: {}", e.message),
+        };
+        super::record(&state.data_dir, &actor, op, params, said, started).await;
+        outcome
+    });
+    match run.await {
+        Ok(Ok(value)) => json(StatusCode::OK, &value),
+        Ok(Err(e)) => e.response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the operation's task ended: {e}")),
     }
 }
 

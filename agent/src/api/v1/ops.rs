@@ -334,7 +334,7 @@ pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Pr
         Prepared::UnlockUser { name } => {
             let owned = name.clone();
             let was = blocking(move || users::unlock_user(&dir, &owned)).await?;
-            state.throttle.forget_user(&name);
+            state.throttle.forget_name(&name);
             Ok(json!({ "unlocked": name, "was_locked": was }))
         }
         Prepared::AddToken { name, role, lifetime } => {
