@@ -27,6 +27,13 @@ pub struct VpgStatus {
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     pub throughput_bytes_per_sec: u64,
+    /// Record bytes sent (protected) or received (recovery) since the
+    /// agent started, before compression.
+    #[serde(default)]
+    pub transferred_bytes: u64,
+    /// Protected side: whether the replication link is up.
+    #[serde(default)]
+    pub link_connected: Option<bool>,
     /// Protected side: last seq appended; recovery side: last seq durable.
     pub head_seq: u64,
     /// Protected side: last seq the recovery site acknowledged.

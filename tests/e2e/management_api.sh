@@ -110,6 +110,7 @@ except ssl.SSLError:
 # ---- RBAC matrix
 ROUTES = [
     ("GET", "/api/v1/whoami", "viewer"),
+    ("GET", "/metrics", "viewer"),
     ("GET", "/api/v1/status", "viewer"),
     ("GET", "/api/v1/vpgs", "viewer"),
     ("GET", "/api/v1/vpgs/nosuch/checkpoints", "viewer"),
@@ -161,9 +162,29 @@ for name, role, credential in CALLERS:
 print("RBAC matrix (allow/deny and the HTTP status; allowed calls use names that do not exist):")
 print("%-8s %-36s %-9s" % ("METHOD", "ROUTE", "NEEDS") + "".join("%-11s" % c[0] for c in CALLERS))
 for method, path, needed in ROUTES:
-    print("%-8s %-36s %-9s" % (method, path[len("/api/v1/"):], needed) +
+    print("%-8s %-36s %-9s" % (method, path.replace("/api/v1/", ""), needed) +
           "".join("%-11s" % table[(method, path, c[0])] for c in CALLERS))
 stop_if_failed()
+
+# ---- /metrics for Prometheus, with a viewer's token
+import re
+def metrics(client, token):
+    conn = client.connect()
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + token})
+    response = conn.getresponse()
+    text = response.read().decode()
+    conn.close()
+    check(response.status == 200 and "openmetrics-text" in response.getheader("Content-Type", ""), "metrics: %d" % response.status)
+    return text
+text = metrics(api, E["VIEW_TOKEN"])
+sent = re.search(r'^tidemark_vpg_transferred_bytes_total\{vpg="vpg1"\} (\d+)$', text, re.M)
+check(sent and int(sent.group(1)) > 4 << 20, "recovery metrics, bytes received: %s" % text[:600])
+for line in ['tidemark_vpg_state{vpg="vpg1",state="protected"} 1', 'tidemark_agent_up{role="recovery",node="site-b"} 1']:
+    check(line in text.splitlines(), "recovery metrics have no %r" % line)
+check(re.search(r'^tidemark_vpg_lag_seconds\{vpg="vpg1"\} [0-9.]+$', text, re.M), "no RPO in the recovery metrics")
+text = metrics(papi, E["P_TOKEN"])
+check('tidemark_link_connected{vpg="vpg1"} 1' in text.splitlines(), "protected metrics: %s" % text[:600])
+print("metrics: the recovery site reports bytes received, state and RPO; the protected site %d series, link up" % len([l for l in text.splitlines() if l and not l.startswith("#")]))
 
 # ---- MFA: no code, a wrong code, a replayed code
 status, answer, _ = api.login("dra1", "dr-admin password 1")

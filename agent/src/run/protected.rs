@@ -217,6 +217,8 @@ async fn status_writer(
                 lag_bytes,
                 lag_seconds,
                 throughput_bytes_per_sec: throughput,
+                transferred_bytes: raw,
+                link_connected: Some(connected),
                 head_seq: log.appended_seq(),
                 acked_seq: log.acked_seq(),
                 last_checkpoint: rt.capture.last_checkpoint(),

@@ -108,6 +108,8 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 lag_bytes: 0,
                 lag_seconds,
                 throughput_bytes_per_sec: throughput,
+                transferred_bytes: received,
+                link_connected: None,
                 head_seq: index.durable_seq,
                 acked_seq: index.durable_seq,
                 last_checkpoint: last.map(|c| CheckpointSummary { id: c.id, time_ms: c.time_ms, tag: c.tag.clone() }),

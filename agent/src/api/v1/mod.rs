@@ -13,6 +13,7 @@
 //! over `BODY_BYTES_MAX`; 429 a login throttled.
 
 mod auth;
+mod metrics;
 mod ops;
 mod reads;
 pub mod routes;
@@ -139,6 +140,9 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
         Ok(body) => body,
         Err(refused) => return refused,
     };
+    if route == routes::Route::Metrics {
+        return metrics_text(state).await;
+    }
     let Some(op) = route.op() else {
         return match reads::answer(state, &caller, &route, parts.uri.query()).await {
             Ok(value) => json(StatusCode::OK, &value),
@@ -174,6 +178,33 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the operation's task ended: {e}")),
     }
 }
+
+/// `GET /metrics`: the status as OpenMetrics text.
+async fn metrics_text(state: &State) -> Response<Body> {
+    let dir = state.data_dir.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let status = crate::status::read(&dir)?;
+        let age_ms = crate::record::now_ms().saturating_sub(status.updated_ms);
+        metrics::render(&status, age_ms < METRICS_FRESH_MS)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(text)) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("no status to report: {e:#}")),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the metrics task ended"),
+    }
+}
+
+/// The agent publishes its status every second: older than this, it is
+/// reported down.
+const METRICS_FRESH_MS: u64 = 5_000;
 
 /// An answer other than 200, with its reason.
 #[derive(Debug)]

@@ -10,31 +10,63 @@ pub enum Route {
     Login,
     Logout,
     Whoami,
+    /// `GET /metrics` (Prometheus), outside the versioned prefix as scrapers expect.
+    Metrics,
     Status,
     Vpgs,
-    Checkpoints { vpg: String },
-    AddCheckpoint { vpg: String },
+    Checkpoints {
+        vpg: String,
+    },
+    AddCheckpoint {
+        vpg: String,
+    },
     Exports,
-    OpenExport { vpg: String },
-    CloseExport { id: u64 },
-    TestFailoverStart { vpg: String },
-    TestFailoverStop { vpg: String },
-    Failover { vpg: String },
-    Move { vpg: String },
-    Reverse { vpg: String },
-    MoveBack { vpg: String },
-    Verify { vpg: String },
-    ClearAlert { vpg: String },
+    OpenExport {
+        vpg: String,
+    },
+    CloseExport {
+        id: u64,
+    },
+    TestFailoverStart {
+        vpg: String,
+    },
+    TestFailoverStop {
+        vpg: String,
+    },
+    Failover {
+        vpg: String,
+    },
+    Move {
+        vpg: String,
+    },
+    Reverse {
+        vpg: String,
+    },
+    MoveBack {
+        vpg: String,
+    },
+    Verify {
+        vpg: String,
+    },
+    ClearAlert {
+        vpg: String,
+    },
     Audit,
     AuditVerify,
     SupportSsh,
     Users,
     AddUser,
-    DeleteUser { name: String },
-    UnlockUser { name: String },
+    DeleteUser {
+        name: String,
+    },
+    UnlockUser {
+        name: String,
+    },
     Tokens,
     AddToken,
-    DeleteToken { name: String },
+    DeleteToken {
+        name: String,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +81,12 @@ pub enum RouteError {
 pub const PREFIX: &str = "/api/v1/";
 
 pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
+    if path == "/metrics" {
+        return match *method {
+            Method::GET => Ok(Route::Metrics),
+            _ => Err(RouteError::MethodNotAllowed("GET")),
+        };
+    }
     let rest = path.strip_prefix(PREFIX).ok_or(RouteError::NotFound)?;
     let segments: Vec<&str> = rest.split('/').collect();
     let name = |text: &str| -> Result<String, RouteError> {
@@ -116,9 +154,16 @@ impl Route {
         use Route::*;
         Some(match self {
             Login => return None,
-            Logout | Whoami | Status | Vpgs | Checkpoints { .. } | Exports | Audit | AuditVerify | SupportSsh => {
-                Role::Viewer
-            }
+            Logout
+            | Whoami
+            | Metrics
+            | Status
+            | Vpgs
+            | Checkpoints { .. }
+            | Exports
+            | Audit
+            | AuditVerify
+            | SupportSsh => Role::Viewer,
             AddCheckpoint { .. }
             | OpenExport { .. }
             | CloseExport { .. }
@@ -156,6 +201,7 @@ impl Route {
             AddToken => "token add",
             DeleteToken { .. } => "token delete",
             Whoami
+            | Metrics
             | Status
             | Vpgs
             | Checkpoints { .. }
@@ -196,6 +242,7 @@ mod tests {
             Route::Login,
             Route::Logout,
             Route::Whoami,
+            Route::Metrics,
             Route::Status,
             Route::Vpgs,
             Route::Checkpoints { vpg: v() },

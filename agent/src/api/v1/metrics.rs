@@ -1,0 +1,198 @@
+//! `GET /metrics` on the management API (a viewer's session or token):
+//! the agent's status as Prometheus/OpenMetrics text, named after
+//! node_exporter's and drbd-reactor's conventions (`_seconds`, `_bytes`,
+//! `_total`, one series per state with value 1). Read from the status the
+//! agent publishes every second, so a scrape costs no lock in the
+//! pipeline.
+
+use crate::status::AgentStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Agent {
+    role: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Vpg {
+    vpg: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VpgState {
+    vpg: String,
+    state: String,
+}
+
+/// A VPG's state as a short, fixed word (the status's text also says why,
+/// which would make a new series for every reason).
+pub fn state_class(state: &str) -> &'static str {
+    const CLASSES: [&str; 12] = [
+        "in sync",
+        "replicating",
+        "initial copy",
+        "disconnected",
+        "stopped",
+        "bitmap",
+        "resync",
+        "reverse protection",
+        "protected",
+        "failover in progress",
+        "failed over",
+        "moved",
+    ];
+    CLASSES.into_iter().find(|c| state.starts_with(c)).unwrap_or("other")
+}
+
+/// The OpenMetrics text of `status`; `fresh` says whether it is recent
+/// (the agent published it in the last few seconds).
+pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
+    let mut registry = Registry::with_prefix("tidemark");
+    let up = Family::<Agent, Gauge>::default();
+    registry.register("agent_up", "Whether the agent published its status in the last seconds", up.clone());
+    up.get_or_create(&Agent { role: status.role.clone(), node: status.node.clone() }).set(i64::from(fresh));
+    let lag_seconds = Family::<Vpg, FloatGauge>::default();
+    registry.register_with_unit(
+        "vpg_lag",
+        "Protected: age of the oldest write the recovery site has not acknowledged; recovery: age of the newest \
+         restorable checkpoint (the RPO now)",
+        Unit::Seconds,
+        lag_seconds.clone(),
+    );
+    let lag_bytes =
+        family::<Gauge>(&mut registry, "vpg_lag", "Bytes written here and not yet acknowledged", Unit::Bytes);
+    let transferred = Family::<Vpg, Counter>::default();
+    registry.register_with_unit(
+        "vpg_transferred",
+        "Record bytes sent (protected) or received (recovery) since the agent started, before compression",
+        Unit::Bytes,
+        transferred.clone(),
+    );
+    let throughput = family::<Gauge>(
+        &mut registry,
+        "vpg_throughput",
+        "Record bytes per second, the last second",
+        Unit::Other("bytes_per_second".into()),
+    );
+    let rpo_target = Family::<Vpg, FloatGauge>::default();
+    registry.register_with_unit(
+        "vpg_rpo_target",
+        "The VPG's RPO target (rpo_alert)",
+        Unit::Seconds,
+        rpo_target.clone(),
+    );
+    let over_target = Family::<Vpg, Gauge>::default();
+    registry.register("vpg_rpo_over_target", "1 while the lag is over the RPO target", over_target.clone());
+    let connected = Family::<Vpg, Gauge>::default();
+    registry.register("link_connected", "1 while the VPG's replication link is up (protected side)", connected.clone());
+    let state = Family::<VpgState, Gauge>::default();
+    registry.register("vpg_state", "The VPG's state: 1 for the state it is in", state.clone());
+    let journal = family::<Gauge>(
+        &mut registry,
+        "vpg_journal",
+        "Bytes of journal kept for the history window (recovery)",
+        Unit::Bytes,
+    );
+    let history = family::<Gauge>(
+        &mut registry,
+        "vpg_history",
+        "How far back the oldest restorable checkpoint is (recovery)",
+        Unit::Seconds,
+    );
+    let alert = Family::<Vpg, Gauge>::default();
+    registry.register(
+        "vpg_encryption_alert",
+        "1 while the encryption detector's alert is raised (protected)",
+        alert.clone(),
+    );
+    for v in &status.vpgs {
+        let key = Vpg { vpg: v.name.clone() };
+        lag_seconds.get_or_create(&key).set(v.lag_seconds);
+        lag_bytes.get_or_create(&key).set(saturate(v.lag_bytes));
+        transferred.get_or_create(&key).inc_by(v.transferred_bytes);
+        throughput.get_or_create(&key).set(saturate(v.throughput_bytes_per_sec));
+        if let Some(target) = v.rpo_target_seconds {
+            rpo_target.get_or_create(&key).set(target);
+            over_target.get_or_create(&key).set(i64::from(v.rpo_over_target));
+        }
+        if let Some(up) = v.link_connected {
+            connected.get_or_create(&key).set(i64::from(up));
+        }
+        state.get_or_create(&VpgState { vpg: v.name.clone(), state: state_class(&v.state).to_string() }).set(1);
+        if let Some(h) = &v.history {
+            journal.get_or_create(&key).set(saturate(h.journal_bytes));
+            history.get_or_create(&key).set(saturate(h.window_seconds));
+        }
+        if status.role == "protected" {
+            alert.get_or_create(&key).set(i64::from(v.alert.is_some()));
+        }
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+fn family<
+    M: prometheus_client::metrics::TypedMetric
+        + Default
+        + prometheus_client::encoding::EncodeMetric
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Unit,
+) -> Family<Vpg, M> {
+    let family = Family::<Vpg, M>::default();
+    registry.register_with_unit(name, help, unit, family.clone());
+    family
+}
+
+fn saturate(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::VpgStatus;
+
+    #[test]
+    fn status_becomes_openmetrics_with_one_state_series_per_vpg() {
+        let vpg: VpgStatus = serde_json::from_value(serde_json::json!({
+            "name": "db", "state": "disconnected (writes are kept in the protected log): refused",
+            "lag_bytes": 4096, "lag_seconds": 2.5, "throughput_bytes_per_sec": 10, "transferred_bytes": 123456,
+            "link_connected": false, "head_seq": 9, "acked_seq": 7, "last_checkpoint": null, "note": "",
+            "rpo_target_seconds": 30.0, "rpo_over_target": false
+        }))
+        .unwrap();
+        let status = AgentStatus { role: "protected".into(), node: "a".into(), pid: 1, updated_ms: 0, vpgs: vec![vpg] };
+        let text = render(&status, true).unwrap();
+        for line in [
+            "tidemark_agent_up{role=\"protected\",node=\"a\"} 1",
+            "tidemark_vpg_lag_seconds{vpg=\"db\"} 2.5",
+            "tidemark_vpg_lag_bytes{vpg=\"db\"} 4096",
+            "tidemark_vpg_transferred_bytes_total{vpg=\"db\"} 123456",
+            "tidemark_link_connected{vpg=\"db\"} 0",
+            "tidemark_vpg_state{vpg=\"db\",state=\"disconnected\"} 1",
+            "tidemark_vpg_rpo_target_seconds{vpg=\"db\"} 30.0",
+            "tidemark_vpg_encryption_alert{vpg=\"db\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(state_class("failed over at checkpoint 7 (volumes live here)"), "failed over");
+        assert_eq!(state_class("something new"), "other");
+    }
+}
