@@ -8,7 +8,8 @@ set -euo pipefail
 packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar rsync
     qemu-system-x86 xorriso squashfs-tools cpio binutils
     syslinux syslinux-common mtools dosfstools fdisk debootstrap
-    libiscsi-bin qemu-block-extra)
+    libiscsi-bin qemu-block-extra
+    chromium chromium-driver python3-selenium)
 # Two passes: installing one package can remove another that conflicts
 # with it (a backported qemu-utils goes when Debian's qemu-system-x86
 # comes); the second pass puts back Debian's matching version.

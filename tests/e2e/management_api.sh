@@ -111,6 +111,7 @@ except ssl.SSLError:
 ROUTES = [
     ("GET", "/api/v1/whoami", "viewer"),
     ("GET", "/metrics", "viewer"),
+    ("GET", "/api/v1/history", "viewer"),
     ("GET", "/api/v1/status", "viewer"),
     ("GET", "/api/v1/vpgs", "viewer"),
     ("GET", "/api/v1/vpgs/nosuch/checkpoints", "viewer"),

@@ -13,6 +13,8 @@
 //! over `BODY_BYTES_MAX`; 429 a login throttled.
 
 mod auth;
+mod dashboard;
+mod history;
 mod metrics;
 mod ops;
 mod reads;
@@ -56,6 +58,7 @@ pub struct State {
     pub exports: ops::OpenExports,
     /// Password checks running at once (argon2: 19 MiB and a core each).
     pub password_checks: tokio::sync::Semaphore,
+    pub history: Arc<history::History>,
 }
 
 /// Binds 4006 (errors here stop the agent's start) and serves in the
@@ -80,6 +83,7 @@ pub async fn start(
         throttle: Throttle::new(api.throttle_policy()),
         exports: Default::default(),
         password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
+        history: history::start(node.data_dir.clone()),
     });
     let handler = move |req, peer| {
         let state = state.clone();
@@ -98,6 +102,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, peer: SocketAddr) -> 
 }
 
 async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Response<Body> {
+    if req.method() == http::Method::GET {
+        if let Some(file) = dashboard::serve(req.uri().path()) {
+            return file;
+        }
+    }
     let route = match routes::parse(req.method(), req.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => return error(StatusCode::NOT_FOUND, "no such route; see docs/api.md"),

@@ -58,6 +58,10 @@ pub async fn answer(state: &State, caller: &Caller, route: &Route, query: Option
             .await
         }
         Route::Exports => Ok(Value::Array(state.exports.list())),
+        Route::History => Ok(json!({
+            "interval_s": super::history::SAMPLE_INTERVAL.as_secs(),
+            "samples": state.history.snapshot(),
+        })),
         Route::Audit => {
             let limit = query_limit(query)?;
             blocking(move || {

@@ -12,6 +12,8 @@ pub enum Route {
     Whoami,
     /// `GET /metrics` (Prometheus), outside the versioned prefix as scrapers expect.
     Metrics,
+    /// The last hour of lag and throughput per VPG (the dashboard's chart).
+    History,
     Status,
     Vpgs,
     Checkpoints {
@@ -109,6 +111,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
         ["logout"] => only(&Method::POST, "POST", Route::Logout),
         ["whoami"] => only(&Method::GET, "GET", Route::Whoami),
         ["status"] => only(&Method::GET, "GET", Route::Status),
+        ["history"] => only(&Method::GET, "GET", Route::History),
         ["vpgs"] => only(&Method::GET, "GET", Route::Vpgs),
         ["audit"] => only(&Method::GET, "GET", Route::Audit),
         ["audit", "verify"] => only(&Method::GET, "GET", Route::AuditVerify),
@@ -157,6 +160,7 @@ impl Route {
             Logout
             | Whoami
             | Metrics
+            | History
             | Status
             | Vpgs
             | Checkpoints { .. }
@@ -202,6 +206,7 @@ impl Route {
             DeleteToken { .. } => "token delete",
             Whoami
             | Metrics
+            | History
             | Status
             | Vpgs
             | Checkpoints { .. }
@@ -243,6 +248,7 @@ mod tests {
             Route::Logout,
             Route::Whoami,
             Route::Metrics,
+            Route::History,
             Route::Status,
             Route::Vpgs,
             Route::Checkpoints { vpg: v() },
