@@ -39,6 +39,11 @@ pub enum UserCommand {
     Delete(Named),
     /// Unlock an account locked by wrong logins (console only).
     Unlock(Named),
+    /// Print the argon2id hash of a password (asked twice without echo, or
+    /// one line from a stdin that is not a terminal): for the OVF property
+    /// tidemark.api.admin_password_hash or `user add --password-hash`.
+    /// Runs anywhere; changes nothing.
+    Hash,
 }
 
 #[derive(clap::Subcommand)]
@@ -194,6 +199,17 @@ pub fn user(command: UserCommand) -> Result<()> {
                 println!("TOTP enrolment, shown once; add it to an authenticator app now:");
                 println!("{uri}");
             }
+        }
+        UserCommand::Hash => {
+            let password = if rustix::termios::isatty(std::io::stdin()) {
+                read_password(&AccessTestHooks::default())?
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            };
+            users::validate_password(&password)?;
+            println!("{}", users::hash_password(&password)?);
         }
         UserCommand::List { config } => {
             let store = users::load(&data_dir(&config)?)?;

@@ -1223,6 +1223,18 @@ fn appliance_config(ovf_env: PathBuf, out: PathBuf, data_dir: PathBuf) -> Result
     let fs = rustix::fs::statvfs(&data_dir).with_context(|| format!("the data disk at {}", data_dir.display()))?;
     let files = tidemark::appliance::ovf_config::render(&properties, &data_dir, fs.f_blocks * fs.f_frsize)?;
     tidemark::appliance::ovf_config::write(&files, &out)?;
+    if let Some((name, hash)) = &files.api_admin {
+        // Made once: a later boot with the same properties keeps the user
+        // (and its TOTP enrolment) as it is.
+        use tidemark::access::{users, Role};
+        if !users::load(&data_dir)?.users.contains_key(name) {
+            let added = users::add_user(&data_dir, name, Role::Admin, hash.clone(), "the OVF properties")?;
+            println!("tidemark: management API administrator {name} made from the OVF properties");
+            if let Some(uri) = added.totp_uri {
+                println!("tidemark: its TOTP enrolment, shown once (add it to an authenticator app now):\n{uri}");
+            }
+        }
+    }
     println!(
         "configuration for {} written to {} from {} OVF properties",
         files.hostname.trim(),

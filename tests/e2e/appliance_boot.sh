@@ -10,9 +10,14 @@
 #   that first boot), and hardened itself first: firewall,
 #   all 39 kernel settings read back in a real guest kernel (the kernel-wide
 #   ones the namespace tests cannot touch), securetty. `nmap -p-` sees
-#   exactly 4007 and 4008 open from the peer address and exactly 4005 from
-#   the management station; the diagnostics bundle fetched over HTTPS
-#   from there holds the guest's own `tidemark audit`, every item PASS.
+#   exactly 4007 and 4008 open from the peer address and exactly 4005 and
+#   4006 from the management station; the diagnostics bundle fetched over
+#   HTTPS from there holds the guest's own `tidemark audit`, every item
+#   PASS. The management API's first administrator comes from an argon2id
+#   hash in the OVF properties: its TOTP enrolment is shown on the console
+#   once (not again after a reboot), and it logs in from the management
+#   station with password + TOTP, the certificate pinned by the
+#   fingerprint the console printed.
 # - On the serial console root logs in with the administrator's password
 #   hash from the OVF properties (and a wrong password is refused).
 # - Fail closed: with a rule file naming a port outside the port table the
@@ -39,6 +44,7 @@ ovf_env "$WORK/good/cfg/ovf-env.xml" tidemark.role=recovery tidemark.hostname=tm
     tidemark.mgmt.address=10.0.2.15/24 tidemark.mgmt.networks=10.0.2.9/32 \
     tidemark.diag.token=boot-test-token-0123456789abcdef tidemark.peer.address=10.0.2.2 \
     tidemark.dns=10.0.2.53 tidemark.admin.password_hash="$(openssl passwd -6 -salt bootsalt 'correct horse')" \
+    tidemark.api.admin_password_hash="$(echo 'api admin password' | "$TIDEMARK" user hash)" \
     tidemark.peer.fingerprint=sha256:0000000000000000000000000000000000000000000000000000000000000000
 log "boot with an OVF environment on the CD-ROM"
 boot good
@@ -54,6 +60,9 @@ grep -q "fingerprint: sha256:" "$s" || fail "no key was made"
 grep -q "39 kernel settings applied and read back" "$s" || fail "the kernel settings were not all applied in the guest"
 grep -q "allows root on tty1, ttyS0 only" "$s" || fail "securetty was not written"
 grep -q "eth0 up with 10.0.2.15/24" "$s" || fail "the network did not come up after hardening"
+grep -q "management API administrator admin made from the OVF properties" "$s" || fail "no API administrator was made"
+API_URI=$(grep -o 'otpauth://totp/[^[:space:]]*' "$s" | head -1)
+[ -n "$API_URI" ] || fail "the API administrator's TOTP enrolment was not shown on the console"
 # The identity is what the peer pins: a power cut seconds after the first
 # boot made it must not lose it (keygen writes durably).
 first_fp=$(grep -o "fingerprint: sha256:[0-9a-f]*" "$s" | head -1)
@@ -66,6 +75,7 @@ guest_wait good "tidemark recovery ready" 120 ||
 again_fp=$(grep -o "fingerprint: sha256:[0-9a-f]*" "$s" | head -1)
 [ "$first_fp" = "$again_fp" ] || fail "the appliance's identity changed across the power cut: '$first_fp', then '$again_fp'"
 log "same identity after the power cut (${first_fp#fingerprint: })"
+grep -q "otpauth://" "$s" && fail "the TOTP enrolment was shown again at the second boot"
 # scan_from SOURCE: every TCP port of the guest, as seen from SOURCE: a
 # fast scan of all ports, and a patient one of the port table's (a TCG
 # guest on a loaded machine can miss the fast scan's one retry).
@@ -83,7 +93,21 @@ from_peer=$(scan_from 10.0.2.2)
 from_mgmt=$(scan_from 10.0.2.9)
 log "nmap -p- of the guest: open from the peer: [$from_peer], from the management station: [$from_mgmt]"
 [ "$from_peer" = "4007,4008" ] || fail "from the peer address, open ports are [$from_peer], not [4007,4008]"
-[ "$from_mgmt" = "4005" ] || fail "from the management station, open ports are [$from_mgmt], not [4005]"
+[ "$from_mgmt" = "4005,4006" ] || fail "from the management station, open ports are [$from_mgmt], not [4005,4006]"
+
+log "the management API: the OVF's administrator logs in from the management station with password + TOTP"
+ip netns exec "$NS" env PYTHONPATH="$ROOT/tests/lib" python3 - "${first_fp#fingerprint: }" "$API_URI" <<'PY' ||
+import sys
+from api_client import Api, totp_secret
+api = Api("10.0.2.15", 4006, sys.argv[1], source="10.0.2.9")
+token = api.session("admin", "api admin password", totp_secret(sys.argv[2]))
+status, me, _ = api.call("GET", "/api/v1/whoami", token=token)
+assert status == 200 and me == {"user": "admin", "role": "admin"}, (status, me)
+status, answer, _ = api.call("GET", "/api/v1/status", token=token)
+assert status == 200 and answer["role"] == "recovery", (status, answer)
+print("logged in as", me, "; status role", answer["role"])
+PY
+    fail "the OVF's API administrator could not log in"
 
 log "tidemark audit inside the guest, read from its diagnostics bundle"
 guest_bundle "$NS" 10.0.2.9 10.0.2.15 boot-test-token-0123456789abcdef "$WORK/bundle"

@@ -64,6 +64,11 @@ pub const PROPERTIES: &[Property] = &[
     prop("tidemark.vpgs", "protected side: VPGs, as name:volume=/dev/sdX,volume=/dev/sdY;name2:..."),
     prop("tidemark.admin.password_hash", "the first administrator's console password, as a crypt(3) hash"),
     prop("tidemark.admin.ssh_key", "the first administrator's SSH public key (for support sessions)"),
+    prop(
+        "tidemark.api.admin_password_hash",
+        "turns on the management API (4006): its first administrator's password, as an argon2id hash ($argon2id$...)",
+    ),
+    checked("tidemark.api.admin_user", "that administrator's user name (default admin)", "MaxLen(64)"),
     secret("tidemark.diag.token", "token for the diagnostics bundle on 4005 (at least 24 characters)", "MinLen(24)"),
     prop(
         "tidemark.iscsi.initiators",
@@ -100,6 +105,9 @@ pub struct FirstBootFiles {
     pub shadow: String,
     pub admin_ssh_key: Option<String>,
     pub ntp: String,
+    /// The management API's first administrator (name, argon2id hash);
+    /// `appliance-config` adds it to the user store if it is not there.
+    pub api_admin: Option<(String, String)>,
 }
 
 struct Props<'a>(&'a BTreeMap<String, String>);
@@ -230,6 +238,20 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
     if let Some(token) = p.get("tidemark.diag.token") {
         t.insert("diag".into(), toml::Value::Table(toml::toml! { token = token }));
     }
+    let api_admin = match p.get("tidemark.api.admin_password_hash") {
+        Some(hash) => {
+            crate::access::users::validate_hash(hash).context("OVF property tidemark.api.admin_password_hash")?;
+            let name = p.get("tidemark.api.admin_user").unwrap_or("admin");
+            crate::config::validate_name("OVF property tidemark.api.admin_user", name)?;
+            let listen = std::net::SocketAddr::new(mgmt.addr(), crate::config::API_PORT_DEFAULT).to_string();
+            t.insert("api".into(), toml::Value::Table(toml::toml! { listen = listen }));
+            Some((name.to_string(), hash.to_string()))
+        }
+        None if p.get("tidemark.api.admin_user").is_some() => {
+            bail!("OVF property tidemark.api.admin_user needs tidemark.api.admin_password_hash")
+        }
+        None => None,
+    };
     let config = toml::to_string(&t).context("rendering the configuration")?;
     Config::parse(&config).context("the OVF properties do not make a valid configuration")?;
 
@@ -257,6 +279,7 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
         shadow,
         admin_ssh_key,
         ntp: ntp.join("\n"),
+        api_admin,
     })
 }
 
@@ -369,6 +392,23 @@ mod tests {
             p.insert(k.to_string(), v.to_string());
         }
         p
+    }
+
+    #[test]
+    fn the_api_and_its_first_admin_come_from_an_argon2id_hash() {
+        let hash = crate::access::users::hash_password("first admin password").unwrap();
+        let f = render(&props(&[("tidemark.api.admin_password_hash", &hash)]), Path::new("/d"), GIB).unwrap();
+        assert_eq!(f.api_admin, Some(("admin".to_string(), hash.clone())));
+        let Config::Recovery(r) = Config::parse(&f.config).unwrap() else { panic!("not recovery") };
+        assert_eq!(r.system.api.unwrap().listen.to_string(), "192.0.2.10:4006");
+        assert!(render(&props(&[]), Path::new("/d"), GIB).unwrap().api_admin.is_none());
+        for bad in [
+            vec![("tidemark.api.admin_password_hash", "$6$salt$crypt")],
+            vec![("tidemark.api.admin_password_hash", hash.as_str()), ("tidemark.api.admin_user", "../root")],
+            vec![("tidemark.api.admin_user", "alice")],
+        ] {
+            assert!(render(&props(&bad), Path::new("/d"), GIB).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
