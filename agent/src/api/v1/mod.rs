@@ -154,7 +154,7 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
     }
     let Some(op) = route.op() else {
         return match reads::answer(state, &caller, &route, parts.uri.query()).await {
-            Ok(value) => json(StatusCode::OK, &value),
+            Ok(text) => json_text(StatusCode::OK, text),
             Err(e) => e.response(),
         };
     };
@@ -243,7 +243,12 @@ impl ApiError {
 }
 
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let mut text = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error\":\"unserialisable answer\"}".to_vec());
+    let text = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error\":\"unserialisable answer\"}".to_vec());
+    json_text(status, text)
+}
+
+/// An answer already serialized.
+pub fn json_text(status: StatusCode, mut text: Vec<u8>) -> Response<Body> {
     text.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed());
     *response.status_mut() = status;

@@ -13,11 +13,29 @@ use serde_json::{json, Value};
 const AUDIT_ENTRIES_MAX: usize = 10_000;
 const AUDIT_ENTRIES_DEFAULT: usize = 100;
 
-async fn blocking(run: impl FnOnce() -> anyhow::Result<Value> + Send + 'static) -> Result<Value, ApiError> {
+/// Runs a read off the runtime's threads; its answer is JSON text.
+async fn blocking(run: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static) -> Result<Vec<u8>, ApiError> {
     tokio::task::spawn_blocking(run)
         .await
         .map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?
         .map_err(ApiError::failed)
+}
+
+fn text(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::failed(e.into()))
+}
+
+/// Serialized straight to text (no `Value` tree: 100,000s of checkpoints).
+#[derive(serde::Serialize)]
+struct CheckpointList<'a> {
+    checkpoints: &'a [crate::recovery::listing::Listed],
+    warnings: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct AuditPage<'a> {
+    entries: &'a [crate::audit_trail::Entry],
+    unreadable_lines: usize,
 }
 
 fn query_limit(query: Option<&str>) -> Result<usize, ApiError> {
@@ -37,15 +55,16 @@ fn query_limit(query: Option<&str>) -> Result<usize, ApiError> {
     Ok(limit)
 }
 
-pub async fn answer(state: &State, caller: &Caller, route: &Route, query: Option<&str>) -> Result<Value, ApiError> {
+/// A read's answer, as JSON text.
+pub async fn answer(state: &State, caller: &Caller, route: &Route, query: Option<&str>) -> Result<Vec<u8>, ApiError> {
     let dir = state.data_dir.clone();
     if query.is_some() && *route != Route::Audit {
         return Err(ApiError::bad_request("this route takes no query parameters"));
     }
     match route {
-        Route::Whoami => Ok(json!({ "user": caller.name(), "role": caller.role })),
-        Route::Status => blocking(move || Ok(serde_json::to_value(crate::status::read(&dir)?)?)).await,
-        Route::Vpgs => blocking(move || Ok(serde_json::to_value(crate::status::read(&dir)?.vpgs)?)).await,
+        Route::Whoami => text(&json!({ "user": caller.name(), "role": caller.role })),
+        Route::Status => blocking(move || Ok(serde_json::to_vec(&crate::status::read(&dir)?)?)).await,
+        Route::Vpgs => blocking(move || Ok(serde_json::to_vec(&crate::status::read(&dir)?.vpgs)?)).await,
         Route::Checkpoints { vpg } => {
             if !matches!(state.agent, Agent::Recovery(_)) {
                 return Err(ApiError::failed(anyhow::anyhow!("checkpoints are listed at the recovery site")));
@@ -53,12 +72,13 @@ pub async fn answer(state: &State, caller: &Caller, route: &Route, query: Option
             let vpg = vpg.clone();
             blocking(move || {
                 let listing = crate::recovery::listing::list(&dir, &vpg)?;
-                Ok(json!({ "checkpoints": listing.checkpoints, "warnings": listing.warnings }))
+                let list = CheckpointList { checkpoints: &listing.checkpoints, warnings: &listing.warnings };
+                Ok(serde_json::to_vec(&list)?)
             })
             .await
         }
-        Route::Exports => Ok(Value::Array(state.exports.list())),
-        Route::History => Ok(json!({
+        Route::Exports => text(&Value::Array(state.exports.list())),
+        Route::History => text(&json!({
             "interval_s": super::history::SAMPLE_INTERVAL.as_secs(),
             "samples": state.history.snapshot(),
         })),
@@ -67,23 +87,25 @@ pub async fn answer(state: &State, caller: &Caller, route: &Route, query: Option
             blocking(move || {
                 let (entries, unreadable) = crate::audit_trail::read_all(&crate::audit_trail::trail_path(&dir))?;
                 let skip = entries.len().saturating_sub(limit);
-                let entries: Vec<_> = entries.into_iter().skip(skip).collect();
-                Ok(json!({ "entries": entries, "unreadable_lines": unreadable }))
+                Ok(serde_json::to_vec(&AuditPage { entries: &entries[skip..], unreadable_lines: unreadable })?)
             })
             .await
         }
         Route::AuditVerify => {
             blocking(move || {
-                Ok(serde_json::to_value(crate::audit_trail::verify(&crate::audit_trail::trail_path(&dir))?)?)
+                Ok(serde_json::to_vec(&crate::audit_trail::verify(&crate::audit_trail::trail_path(&dir))?)?)
             })
             .await
         }
         Route::SupportSsh => {
             let state_dir = state.state_dir.clone();
-            blocking(move || Ok(json!({ "status": crate::harden::support_ssh::describe(&state_dir)? }))).await
+            blocking(move || {
+                Ok(serde_json::to_vec(&json!({ "status": crate::harden::support_ssh::describe(&state_dir)? }))?)
+            })
+            .await
         }
-        Route::Users => blocking(move || Ok(serde_json::to_value(users::list_users(&users::load(&dir)?))?)).await,
-        Route::Tokens => blocking(move || Ok(serde_json::to_value(users::list_tokens(&users::load(&dir)?))?)).await,
+        Route::Users => blocking(move || Ok(serde_json::to_vec(&users::list_users(&users::load(&dir)?))?)).await,
+        Route::Tokens => blocking(move || Ok(serde_json::to_vec(&users::list_tokens(&users::load(&dir)?))?)).await,
         other => Err(ApiError::bad_request(format!("{other:?} is not a read"))),
     }
 }
