@@ -71,12 +71,21 @@ enum RemoteCommand {
         #[arg(long)]
         vpg: String,
     },
-    /// Serve a checkpoint read-only until Ctrl-C (recovery appliance).
+    /// Serve a checkpoint read-only until Ctrl-C (recovery appliance). The
+    /// export stays open if this process is killed: `exports` lists them,
+    /// `export-close` closes one.
     Export {
         #[arg(long)]
         vpg: String,
-        #[arg(long)]
+        #[arg(long, default_value = "latest")]
         checkpoint: String,
+    },
+    /// The exports open through the API (recovery appliance).
+    Exports,
+    /// Close an export opened through the API (its number from `exports`).
+    ExportClose {
+        #[arg(long)]
+        id: u64,
     },
     /// Fail over to a checkpoint (recovery appliance; dr-admin).
     Failover {
@@ -104,7 +113,7 @@ enum RemoteCommand {
     Reverse {
         #[arg(long)]
         vpg: String,
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
     /// Switch-back (old protected appliance; dr-admin).
@@ -247,11 +256,42 @@ fn run_command(remote: &Remote, command: RemoteCommand, ours: bool) -> Result<()
             println!("{}", ask(Request::ClearAlert { vpg, by: String::new() })?.message.unwrap_or_default());
         }
         RemoteCommand::Export { vpg, checkpoint } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // Signals are taken before the export opens: none may end this
+            // process between the open and the close.
+            let mut stop = runtime.block_on(async { Signals::new() })?;
             let (export, reply) = remote.open_export(&vpg, &checkpoint)?;
             crate::report_export(&reply);
-            wait_for_interrupt()?;
-            remote.close_export(export)?;
-            eprintln!("export closed");
+            // A request now and then keeps the session from idling out, so
+            // the close below is still allowed.
+            while !runtime.block_on(stop.within(KEEP_ALIVE)) {
+                let _ = get("whoami");
+            }
+            match remote.close_export(export) {
+                Ok(()) => eprintln!("export closed"),
+                Err(e) => {
+                    bail!("export {export} could not be closed ({e:#}); close it with `export-close --id {export}`")
+                }
+            }
+        }
+        RemoteCommand::Exports => {
+            let open = get("exports")?;
+            for e in open.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\tcheckpoint {}\topened by {}",
+                    e["id"],
+                    e["vpg"].as_str().unwrap_or("?"),
+                    e["checkpoint"],
+                    e["by"].as_str().unwrap_or("?")
+                );
+                for uri in e["exports"].as_array().into_iter().flatten() {
+                    println!("  {}", uri.as_str().unwrap_or_default());
+                }
+            }
+        }
+        RemoteCommand::ExportClose { id } => {
+            remote.close_export(id)?;
+            println!("export {id} closed");
         }
         RemoteCommand::Failover { vpg, checkpoint, files } => {
             print!("{}", ask(Request::Failover { vpg, checkpoint, serve: !files })?.message.unwrap_or_default());
@@ -263,6 +303,15 @@ fn run_command(remote: &Remote, command: RemoteCommand, ours: bool) -> Result<()
             println!("{}", ask(Request::TestFailoverStop { vpg })?.message.unwrap_or_default());
         }
         RemoteCommand::Move { vpg, wait, cancel } => {
+            eprintln!(
+                "{}",
+                match cancel {
+                    true => format!("cancelling the move: asking the recovery side (up to {wait:?})"),
+                    false => format!(
+                        "moving: writes are refused from now on; waiting for the recovery side (up to {wait:?})"
+                    ),
+                }
+            );
             let request = Request::Move { vpg, wait_ms: wait.as_millis() as u64, cancel };
             println!("{}", ask(request)?.message.unwrap_or_default());
         }
@@ -278,6 +327,9 @@ fn run_command(remote: &Remote, command: RemoteCommand, ours: bool) -> Result<()
             println!("{}", ask(request)?.message.unwrap_or_default().trim_end());
         }
         RemoteCommand::Verify { vpg, repair, json } => {
+            if !json {
+                eprintln!("verify of {vpg}: taking a checkpoint and comparing every volume with the recovery site's image there");
+            }
             crate::report_verify(&vpg, ask(Request::Verify { vpg: vpg.clone(), repair })?, json)?
         }
         RemoteCommand::AuditLog { verify: true, json } => {
@@ -296,8 +348,35 @@ fn run_command(remote: &Remote, command: RemoteCommand, ours: bool) -> Result<()
     Ok(())
 }
 
-fn wait_for_interrupt() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(tidemark::run::shutdown_signal());
-    Ok(())
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session), taken
+/// before anything is opened.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Whether one of them arrives within `time`.
+    async fn within(&mut self, time: Duration) -> bool {
+        tokio::select! {
+            _ = self.int.recv() => true,
+            _ = self.term.recv() => true,
+            _ = self.hup.recv() => true,
+            _ = tokio::time::sleep(time) => false,
+        }
+    }
+}
+
+/// How often a held export touches its session (the idle limit is 30
+/// minutes by default, at least a minute by config).
+const KEEP_ALIVE: Duration = Duration::from_secs(30);

@@ -252,7 +252,7 @@ def slow_headers(result):
     result["headers"] = (time.monotonic() - start, got)
 def slow_body(result):
     start = time.monotonic()
-    got = raw_exchange(E["API_R"], 4006, b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user\"", wait=25)
+    got = raw_exchange(E["API_R"], 4006, b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user\"", wait=25)
     result["body"] = (time.monotonic() - start, got)
 slow = {}
 threads = [threading.Thread(target=f, args=(slow,)) for f in (slow_headers, slow_body)]
@@ -270,6 +270,7 @@ cases = [
     ("a user without a password", "POST", "/api/v1/users", b'{"name": "x1", "role": "admin"}', 400),
     ("a role that is not one", "POST", "/api/v1/users", b'{"name": "x1", "role": "root", "password": "long enough password"}', 400),
     ("a malformed login", "POST", "/api/v1/login", b'{"user": 1}', 400),
+    ("a query on a change", "POST", "/api/v1/vpgs/vpg1/test-failover?/failover", b'{"checkpoint": "latest"}', 400),
 ]
 for what, method, path, raw, expected in cases:
     token = admin if "users" in path or "tokens" in path else oper
@@ -281,6 +282,10 @@ for what, method, path, raw, expected in cases:
         status, answer = (413 if expected == 413 else -1), {"error": "connection closed while sending: %s" % e}
     check(status == expected, "%s: %d %s (expected %d)" % (what, status, answer, expected))
     print("bad input: %-26s -> %d %s" % (what, status, (answer or {}).get("error", "")[:70]))
+form = b'{"user": "victim", "password": "x"}'
+got = raw_exchange(E["API_R"], 4006, b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(form) + form, wait=5)
+check(b" 415 " in got.split(b"\r\n")[0], "a login posted as text/plain (a cross-site form): %r" % got[:60])
+print("bad input: a login as text/plain     ->", got.split(b"\r\n")[0].decode())
 got = raw_exchange(E["API_R"], 4006, b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n", tls=False)
 check(not got.startswith(b"HTTP/"), "plain HTTP was answered: %r" % got[:80])
 print("bad input: plain HTTP               -> no HTTP answer (%d bytes: a TLS alert or nothing)" % len(got))

@@ -93,6 +93,27 @@ diff <(same_shape "$WORK/r.start") <(same_shape "$WORK/l.start") || fail "test f
 diff <(same_shape "$WORK/r.stop") <(same_shape "$WORK/l.stop") || fail "test failover stop prints differently"
 cat "$WORK/r.start" "$WORK/r.stop"
 
+log "a name that is not one never reaches the API (it could name another route)"
+remote "$NS_MGMT" "${OPER[@]}" -- test-failover start --vpg 'vpg1/failover?' --checkpoint latest >"$WORK/out" 2>&1 &&
+    fail "a crafted VPG name was sent"
+grep -q "must be 1-64 characters" "$WORK/out" || fail "a crafted VPG name: $(cat "$WORK/out")"
+
+log "an export held by the CLI is listed, and closed when its terminal goes (SIGHUP)"
+# Not through `remote` (a subshell): $! is the CLI itself (ip netns exec
+# execs it), so the hang-up reaches it and the cleanup can kill it.
+ip netns exec "$NS_MGMT" env TIDEMARK_TOKEN="$TOKEN" "$TIDEMARK" --server "$URL" --fingerprint "$FP" export --vpg vpg1 \
+    >"$WORK/export.out" 2>&1 &
+export_pid=$!
+PIDS+=("$export_pid")
+for _ in $(seq 1 100); do grep -q 'nbd://' "$WORK/export.out" && break; sleep 0.1; done
+grep -q 'serving checkpoint [0-9]* read-only' "$WORK/export.out" || fail "remote export: $(cat "$WORK/export.out")"
+remote "$NS_MGMT" TIDEMARK_TOKEN="$TOKEN" -- exports >"$WORK/exports" 2>&1 || fail "exports: $(cat "$WORK/exports")"
+grep -q 'vpg1.*opened by token:auto' "$WORK/exports" || fail "the export is not listed: $(cat "$WORK/exports")"
+kill -HUP "$export_pid"
+wait "$export_pid" || true
+grep -q 'export closed' "$WORK/export.out" || fail "the hung-up export did not close: $(cat "$WORK/export.out")"
+[ -z "$(remote "$NS_MGMT" TIDEMARK_TOKEN="$TOKEN" -- exports)" ] || fail "an export is left open"
+
 log "a session from login, and an API token"
 session=$(remote "$NS_MGMT" "${OPER[@]}" -- login) || fail "login"
 [ "$(remote "$NS_MGMT" TIDEMARK_TOKEN="$session" -- whoami)" = "oper1 (operator)" ] || fail "whoami with the session"

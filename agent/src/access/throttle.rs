@@ -158,6 +158,15 @@ impl Attempt<'_> {
         }
     }
 
+    /// Counts a failure against the source alone (a locked account's
+    /// tries: its name's count restarts from the lock).
+    pub fn failed_source_only(&self) -> Failure {
+        let now = Instant::now();
+        let policy = self.throttle.policy;
+        let by_source = strike(&mut self.throttle.sources.lock().expect("throttle lock"), &self.source, &policy, now);
+        Failure { delay: policy.delay_after(by_source), failures: 0, lock: false }
+    }
+
     pub fn succeeded(self) {
         self.throttle.forget_name(&self.name);
     }

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// What any call may take beyond the wait it asks the appliance for.
 const CALL_SLACK: Duration = Duration::from_secs(60);
+/// Verify and failover wait this long for their answer (a large volume or
+/// journal); beyond it the CLI says the operation may still be running.
+const LONG_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// A firewall that drops the connection is told apart from a slow answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The biggest answer read (an audit trail of 10,000 entries fits).
@@ -77,9 +80,15 @@ impl Remote {
     /// One request; `wait` is how long the appliance may take.
     pub fn call(&self, method: Method, path: &str, body: Option<Value>, wait: Duration) -> Result<Answer> {
         let exchange = self.exchange(method, path, body);
-        self.runtime
-            .block_on(async { tokio::time::timeout(wait + CALL_SLACK, exchange).await })
-            .map_err(|_| anyhow!("{}:{} did not answer within {:?}", self.host, self.port, wait + CALL_SLACK))?
+        self.runtime.block_on(async { tokio::time::timeout(wait + CALL_SLACK, exchange).await }).map_err(|_| {
+            anyhow!(
+                "{}:{} did not answer within {:?}; the operation may still be running there (see `status` and \
+                     `audit-log`)",
+                self.host,
+                self.port,
+                wait + CALL_SLACK
+            )
+        })?
     }
 
     async fn exchange(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer> {
@@ -129,6 +138,21 @@ impl Remote {
 
     /// A control-socket request through the API: the same `Reply`.
     pub fn ask(&self, request: &Request) -> Result<Reply> {
+        // Names go into the path: one that is not plain could name another
+        // route (`db/failover?`).
+        let vpg = match request {
+            Request::Checkpoint { vpg, .. }
+            | Request::Move { vpg, .. }
+            | Request::MoveBack { vpg, .. }
+            | Request::Reverse { vpg, .. }
+            | Request::ClearAlert { vpg, .. }
+            | Request::Verify { vpg, .. }
+            | Request::Failover { vpg, .. }
+            | Request::Export { vpg, .. }
+            | Request::TestFailoverStart { vpg, .. }
+            | Request::TestFailoverStop { vpg } => vpg,
+        };
+        crate::config::validate_name("--vpg", vpg)?;
         let wait = |ms: u64| Duration::from_millis(ms);
         let (method, path, body, waits) = match request {
             Request::Checkpoint { vpg, tag, wait_ms } => (
@@ -155,13 +179,13 @@ impl Remote {
             }
             Request::ClearAlert { vpg, .. } => (Method::POST, format!("vpgs/{vpg}/clear-alert"), json!({}), wait(0)),
             Request::Verify { vpg, repair } => {
-                (Method::POST, format!("vpgs/{vpg}/verify"), json!({ "repair": repair }), Duration::from_secs(3600))
+                (Method::POST, format!("vpgs/{vpg}/verify"), json!({ "repair": repair }), LONG_WAIT)
             }
             Request::Failover { vpg, checkpoint, serve } => (
                 Method::POST,
                 format!("vpgs/{vpg}/failover"),
                 json!({ "checkpoint": checkpoint, "serve": serve }),
-                Duration::from_secs(3600),
+                LONG_WAIT,
             ),
             Request::TestFailoverStart { vpg, checkpoint } => (
                 Method::POST,
@@ -183,13 +207,15 @@ impl Remote {
 
     /// Opens an export; returns its API id and the reply to print.
     pub fn open_export(&self, vpg: &str, checkpoint: &str) -> Result<(u64, Reply)> {
+        crate::config::validate_name("--vpg", vpg)?;
         let path = format!("vpgs/{vpg}/exports");
         let body = self
             .call(Method::POST, &path, Some(json!({ "checkpoint": checkpoint })), Duration::from_secs(600))?
             .ok()?;
         let export = body["export"].as_u64().context("the API did not say which export it opened")?;
         let exports = serde_json::from_value(body["exports"].clone()).unwrap_or_default();
-        Ok((export, Reply { id: body["id"].as_u64(), exports, ..Reply::done(String::new()) }))
+        let message = body["message"].as_str().map(str::to_string);
+        Ok((export, Reply { id: body["id"].as_u64(), exports, message, ..Reply::done(String::new()) }))
     }
 
     pub fn close_export(&self, export: u64) -> Result<()> {

@@ -160,14 +160,27 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
     };
     let params = serde_json::json!({ "user": actor.user });
     if let Some(lock) = user.as_ref().and_then(|u| u.locked.as_ref()) {
-        // Counted like a wrong password, so trying a locked account is
-        // throttled too; its password is not looked at.
-        let failure = attempt.failed();
+        // Counted against the source, so trying a locked account is
+        // throttled too (not against the name: an unlock at the console
+        // cannot reach the agent's strikes, which would lock it again);
+        // its password is not looked at.
+        let failure = attempt.failed_source_only();
         let why = format!("refused: account locked since {} ({})", crate::status::format_time_ms(lock.at_ms), lock.why);
         tracing::warn!("management API: login of locked account {} from {peer} refused", actor.user);
         super::super::record(&state.data_dir, &actor, "login", params, why, None).await;
         tokio::time::sleep(failure.delay).await;
         return error(StatusCode::FORBIDDEN, "this account is locked; an admin unlocks it (`tidemark user unlock`)");
+    }
+    if let Some(u) = &user {
+        // A hash outside the bounds (hand-edited, or stored before them)
+        // would cost any memory per login.
+        if let Err(e) = users::validate_hash(&u.password) {
+            tracing::error!("management API: user {}'s password hash is refused: {e:#}", actor.user);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this account's password hash is not usable; an admin must make the user again",
+            );
+        }
     }
     let (phc, password) = (user.as_ref().map(|u| u.password.clone()), request.password);
     let password_ok = password.len() <= users::PASSWORD_BYTES_MAX && {

@@ -121,10 +121,26 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
     };
     let (parts, body) = req.into_parts();
     let Some(needed) = route.needs() else {
-        return match read_body(&parts.headers, body).await {
-            Ok(body) => auth::login(state, peer, &body).await,
-            Err(refused) => refused,
+        // JSON only: a form another site's page posts from a manager's
+        // browser is not a login (it would need a CORS preflight first).
+        let json_body =
+            parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json_body {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "a login is sent as Content-Type: application/json");
+        }
+        let body = match read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
+        // In a task of its own, like the changes: a client that goes away
+        // must not free the password check's slot while argon2 still runs,
+        // nor skip the strike, the lock or the record of a wrong login.
+        let state = state.clone();
+        return tokio::spawn(async move { auth::login(&state, peer, &body).await })
+            .await
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the login's task ended"));
     };
     let caller = match auth::authenticate(&parts.headers, state).await {
         Ok(caller) => caller,
@@ -158,6 +174,9 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
             Err(e) => e.response(),
         };
     };
+    if parts.uri.query().is_some() {
+        return error(StatusCode::BAD_REQUEST, "a change takes no query parameters");
+    }
     let prepared = match ops::prepare(&route, &body) {
         Ok(p) => p,
         Err(e) => {

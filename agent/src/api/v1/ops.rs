@@ -291,7 +291,9 @@ pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Pr
             }
             let served = ops.export(&vpg, &checkpoint).await.map_err(ApiError::failed)?;
             let id = state.exports.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let answer = json!({ "export": id, "id": served.checkpoint.id, "exports": served.uris });
+            let problem = served.iscsi_problem.as_ref().map(|p| format!("not served over iSCSI: {p}"));
+            let answer =
+                json!({ "export": id, "id": served.checkpoint.id, "exports": served.uris, "message": problem });
             state.exports.open.lock().expect("exports lock").insert(id, (caller.name(), served));
             Ok(answer)
         }

@@ -6,7 +6,11 @@
 const RANK = { viewer: 0, operator: 1, "dr-admin": 2, admin: 3 };
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
 const POLL_MS = 3000;
-const ui = { role: null, agentRole: null, selected: null, timer: null, pending: null };
+// The API's idle limit counts requests, and the page polls: it counts input.
+const IDLE_MS = 30 * 60 * 1000;
+// The checkpoint list can be long (a month of history): fetched less often.
+const CHECKPOINTS_MS = 15000;
+const ui = { role: null, agentRole: null, selected: null, timer: null, pending: null, listed: { vpg: null, at: 0 } };
 
 const $ = (id) => document.getElementById(id);
 
@@ -51,7 +55,7 @@ function bytes(n) {
 
 function loggedOut(why) {
   sessionStorage.removeItem("tidemark-session");
-  clearInterval(ui.timer);
+  clearTimeout(ui.timer);
   ui.timer = null;
   $("app").hidden = true;
   $("logout").hidden = true;
@@ -93,8 +97,21 @@ async function start() {
   $("login-panel").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
+  ui.lastInput = Date.now();
   await refresh();
-  ui.timer = setInterval(refresh, POLL_MS);
+  schedule();
+}
+
+// The next poll starts when this one has ended (slow answers never pile up).
+function schedule() {
+  ui.timer = setTimeout(async () => {
+    if (Date.now() - ui.lastInput > IDLE_MS) {
+      await api("POST", "/api/v1/logout", {});
+      return loggedOut("Logged out after 30 minutes without input.");
+    }
+    await refresh();
+    if (ui.timer !== null) schedule();
+  }, POLL_MS);
 }
 
 async function refresh() {
@@ -181,6 +198,11 @@ function renderAudit(entries) {
 }
 
 async function select(name) {
+  if (name !== ui.selected) {
+    // A question about another VPG is not answered by a click here.
+    $("confirm").hidden = true;
+    ui.pending = null;
+  }
   ui.selected = name;
   for (const row of document.querySelectorAll("tr.vpg")) row.classList.toggle("selected", row.dataset.vpg === name);
   $("vpg-detail").hidden = false;
@@ -196,6 +218,8 @@ async function renderDetail() {
   $("act-test-stop").hidden = !(recovery && rank >= RANK.operator);
   $("act-failover").hidden = !(recovery && rank >= RANK["dr-admin"]);
   if (!recovery) return;
+  if (ui.listed.vpg === ui.selected && Date.now() - ui.listed.at < CHECKPOINTS_MS) return;
+  ui.listed = { vpg: ui.selected, at: Date.now() };
   const r = await api("GET", "/api/v1/vpgs/" + encodeURIComponent(ui.selected) + "/checkpoints");
   if (r.status !== 200) return;
   const select = $("checkpoint-select");
@@ -243,6 +267,7 @@ async function operate(method, what, path, body) {
   const r = await api(method, path, body);
   if (r.status === 200) say(what + ": done. " + ((r.data && r.data.message) || "") + " " + ((r.data && r.data.exports) || []).join(" "), true);
   else say(what + " refused (" + r.status + "): " + ((r.data && r.data.error) || ""), false);
+  ui.listed.at = 0;
   await refresh();
 }
 
@@ -254,24 +279,30 @@ function wire() {
   });
   $("confirm-yes").addEventListener("click", confirmed);
   $("confirm-no").addEventListener("click", () => { $("confirm").hidden = true; ui.pending = null; });
-  const vpgPath = (tail) => "/api/v1/vpgs/" + encodeURIComponent(ui.selected) + tail;
+  // The VPG and checkpoint are taken when the button is pressed: what the
+  // confirmation names is what runs.
+  const vpgPath = (vpg, tail) => "/api/v1/vpgs/" + encodeURIComponent(vpg) + tail;
   $("act-test-start").addEventListener("click", () => {
-    const cp = checkpointText();
+    const cp = checkpointText(), vpg = ui.selected, id = $("checkpoint-select").value;
     if (!cp) return say("No restorable checkpoint to test.", false);
-    const id = $("checkpoint-select").value;
-    ask("Start a test failover of VPG " + ui.selected + " at checkpoint " + cp + "?", () =>
-      operate("POST", "Test failover start", vpgPath("/test-failover"), { checkpoint: id }));
+    ask("Start a test failover of VPG " + vpg + " at checkpoint " + cp + "?", () =>
+      operate("POST", "Test failover start", vpgPath(vpg, "/test-failover"), { checkpoint: id }));
   });
-  $("act-test-stop").addEventListener("click", () =>
-    ask("Stop the test failover of VPG " + ui.selected + " and discard its writes?", () =>
-      operate("DELETE", "Test failover stop", vpgPath("/test-failover"))));
+  $("act-test-stop").addEventListener("click", () => {
+    const vpg = ui.selected;
+    ask("Stop the test failover of VPG " + vpg + " and discard its writes?", () =>
+      operate("DELETE", "Test failover stop", vpgPath(vpg, "/test-failover")));
+  });
   $("act-failover").addEventListener("click", () => {
-    const cp = checkpointText();
+    const cp = checkpointText(), vpg = ui.selected, id = $("checkpoint-select").value;
     if (!cp) return say("No restorable checkpoint to fail over to.", false);
-    const id = $("checkpoint-select").value;
-    ask("FAIL OVER VPG " + ui.selected + " to checkpoint " + cp + "? The replica stops taking the stream.", () =>
-      operate("POST", "Failover", vpgPath("/failover"), { checkpoint: id }));
+    ask("FAIL OVER VPG " + vpg + " to checkpoint " + cp + "? The replica stops taking the stream.", () =>
+      operate("POST", "Failover", vpgPath(vpg, "/failover"), { checkpoint: id }));
   });
+  // Polling keeps the session alive: a tab nobody uses logs itself out.
+  for (const kind of ["click", "keydown", "mousemove"]) {
+    document.addEventListener(kind, () => { ui.lastInput = Date.now(); }, { passive: true });
+  }
   if (sessionStorage.getItem("tidemark-session")) start();
 }
 
