@@ -247,13 +247,8 @@ pub fn token(command: TokenCommand) -> Result<()> {
         TokenCommand::Add { config, name, role, expires, test_hooks } => {
             on_console(&test_hooks, "making a token")?;
             let role = Role::parse(&role).context("--role")?;
-            if role.needs_totp() {
-                bail!("--role: a token may be viewer or operator; {role} needs a person with a second factor");
-            }
             let lifetime = humantime::parse_duration(&expires).with_context(|| format!("--expires {expires:?}"))?;
-            if lifetime.is_zero() || lifetime > std::time::Duration::from_secs(366 * 24 * 3600) {
-                bail!("--expires: between 1s and 366d");
-            }
+            users::validate_token(role, lifetime).context("--role, --expires")?;
             let dir = data_dir(&config)?;
             let params = serde_json::json!({ "name": name, "role": role, "expires": expires });
             let mut token = String::new();

@@ -283,6 +283,22 @@ pub fn token_digest(token: &str) -> String {
     data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
+/// The longest an API token may live.
+pub const TOKEN_LIFETIME_MAX: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// What a token may be: viewer or operator (a failover or a user change
+/// needs a person with a second factor), for 1 s to `TOKEN_LIFETIME_MAX`.
+/// The console and the API both ask for it before a token is made.
+pub fn validate_token(role: Role, lifetime: std::time::Duration) -> Result<()> {
+    if role.needs_totp() {
+        bail!("a token may be viewer or operator: role {role} needs a person with a second factor");
+    }
+    if lifetime.is_zero() || lifetime > TOKEN_LIFETIME_MAX {
+        bail!("a token lives between 1s and 366d");
+    }
+    Ok(())
+}
+
 /// Makes a token; returns it (the only time it is ever shown).
 pub fn add_token(data_dir: &Path, name: &str, role: Role, lifetime: std::time::Duration, by: &str) -> Result<String> {
     crate::config::validate_name("token", name)?;
