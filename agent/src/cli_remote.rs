@@ -66,6 +66,14 @@ enum RemoteCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Take one checkpoint across a checkpoint group (the coordinating
+    /// protected appliance).
+    GroupCheckpoint {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Clear the encryption detector's alert (protected appliance).
     ClearAlert {
         #[arg(long)]
@@ -251,6 +259,12 @@ fn run_command(remote: &Remote, command: RemoteCommand, ours: bool) -> Result<()
             tidemark::api::local::validate_tag(&tag)?;
             let request = Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
             crate::report_checkpoint(ask(request)?, &tag, wait)?;
+        }
+        RemoteCommand::GroupCheckpoint { group, tag } => {
+            if let Some(tag) = &tag {
+                tidemark::api::local::validate_tag(tag)?;
+            }
+            println!("{}", ask(Request::GroupCheckpoint { group, tag })?.message.unwrap_or_default());
         }
         RemoteCommand::ClearAlert { vpg } => {
             println!("{}", ask(Request::ClearAlert { vpg, by: String::new() })?.message.unwrap_or_default());

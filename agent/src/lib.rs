@@ -10,6 +10,7 @@ pub mod appliance;
 pub mod audit_trail;
 pub mod capture;
 pub mod config;
+pub mod coordination;
 pub mod durable;
 pub mod extent_hash;
 pub mod harden;

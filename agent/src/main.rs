@@ -151,6 +151,23 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Take one checkpoint across every member of a checkpoint group
+    /// ([[coordination.group]], on the coordinating protected appliance, agent
+    /// running): each member's writes are held for a moment, so the checkpoint
+    /// is one instant on all of them. Restore every member's VPG at the tag it
+    /// prints. Exit status 1, naming the member, if any did not take it.
+    GroupCheckpoint {
+        /// The coordinating appliance's config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The group, as named in [[coordination.group]].
+        #[arg(long)]
+        group: String,
+        /// A name for it (by default <group>@<UTC time>); the same rules as
+        /// `checkpoint --tag`.
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Clear the encryption detector's alert on a VPG once it has been looked
     /// into (protected side, agent running). A last-clean pin it made stays
     /// at the recovery site until `tidemark unpin`; the next anomaly raises
@@ -727,6 +744,7 @@ fn run(cli: Cli) -> Result<()> {
             audited_cli(&config.clone(), "diag", params, || diag(config, out))?
         }
         Command::Checkpoints { at: OnRecovery { config, vpg }, json } => list_checkpoints(config, vpg, json)?,
+        Command::GroupCheckpoint { config, group, tag } => group_checkpoint(config, group, tag)?,
         Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
             insert_checkpoint(config, vpg, tag, wait)?
         }
@@ -967,6 +985,16 @@ fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time:
     tidemark::api::local::validate_tag(&tag)?;
     let request = tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
     report_checkpoint(ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?, &tag, wait)
+}
+
+fn group_checkpoint(config: PathBuf, group: String, tag: Option<String>) -> Result<()> {
+    let cfg = protected_config(&config)?;
+    if let Some(tag) = &tag {
+        tidemark::api::local::validate_tag(tag)?;
+    }
+    let request = tidemark::api::local::Request::GroupCheckpoint { group, tag };
+    println!("{}", ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?.message.unwrap_or_default());
+    Ok(())
 }
 
 /// What `checkpoint` prints of the agent's reply (here or through --server).

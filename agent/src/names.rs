@@ -24,3 +24,35 @@ pub fn is_plain(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with('.')
 }
+
+/// A tag is stored in a checkpoint record: its limit, in bytes of UTF-8.
+pub const TAG_BYTES_MAX: usize = crate::record::CHECKPOINT_TAG_BYTES_MAX;
+
+/// The label pins of the encryption detector carry (and `--checkpoint` accepts).
+pub const LAST_CLEAN: &str = "last-clean";
+
+/// `last-clean` or `last-clean-<time>`: names a detector pin.
+pub fn names_last_clean(wanted: &str) -> bool {
+    wanted == LAST_CLEAN || wanted.starts_with(&format!("{LAST_CLEAN}-"))
+}
+
+/// Tags name checkpoints wherever an id does: they must not look like one.
+pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
+    if tag.trim().is_empty() {
+        anyhow::bail!("tag: must not be empty");
+    }
+    if tag.len() > TAG_BYTES_MAX {
+        anyhow::bail!(
+            "tag: {} bytes as UTF-8 ({} characters); at most {TAG_BYTES_MAX} bytes (characters beyond ASCII take 2-4)",
+            tag.len(),
+            tag.chars().count()
+        );
+    }
+    if tag.chars().any(char::is_control) {
+        anyhow::bail!("tag: must not contain control characters");
+    }
+    if tag == "latest" || tag == "head" || names_last_clean(tag) || tag.chars().all(|c| c.is_ascii_digit()) {
+        anyhow::bail!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another");
+    }
+    Ok(())
+}

@@ -18,6 +18,35 @@ pub struct AgentStatus {
     pub pid: u32,
     pub updated_ms: u64,
     pub vpgs: Vec<VpgStatus>,
+    /// The checkpoint groups this appliance coordinates (protected side).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+}
+
+/// A group of VPGs, on this and other appliances, whose checkpoints this
+/// appliance takes at one instant (`crate::coordination`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    /// `vpg` (this appliance) or `vpg@host:port`.
+    pub members: Vec<String>,
+    pub interval_seconds: Option<f64>,
+    /// Checkpoints taken on every member, and attempts that were not.
+    pub complete: u64,
+    pub failed: u64,
+    pub last_complete: Option<GroupCheckpointSummary>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// The longest any member's writes were held, over this run.
+    pub hold_max_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupCheckpointSummary {
+    pub tag: String,
+    pub time_ms: u64,
+    /// How long writes were held (the longest of the members).
+    pub held_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,13 +188,14 @@ pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
 }
 
 /// Writes this agent's status now; a failure is logged, never fatal.
-pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>) {
+pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>, groups: Vec<GroupStatus>) {
     let status = AgentStatus {
         role: role.into(),
         node: node.name.clone(),
         pid: std::process::id(),
         updated_ms: crate::record::now_ms(),
         vpgs,
+        groups,
     };
     if let Err(e) = write(&node.data_dir, &status) {
         tracing::warn!("{e:#}");
@@ -317,6 +347,26 @@ pub fn render(status: &AgentStatus) -> String {
         }
         if !v.note.is_empty() {
             out.push_str(&format!("  note:            {}\n", v.note));
+        }
+    }
+    for g in &status.groups {
+        out.push_str(&format!("checkpoint group {} ({})\n", g.name, g.members.join(", ")));
+        let every = g.interval_seconds.map_or("on demand".to_string(), |s| format!("every {s} s"));
+        out.push_str(&format!(
+            "  checkpoints:     {every}; {} taken on every member, {} not\n",
+            g.complete, g.failed
+        ));
+        if let Some(c) = &g.last_complete {
+            out.push_str(&format!(
+                "  last:            {:?} at {} (writes held {:.2} ms; at most {:.2} ms this run)\n",
+                c.tag,
+                format_time_ms(c.time_ms),
+                c.held_us as f64 / 1e3,
+                g.hold_max_us as f64 / 1e3
+            ));
+        }
+        if let Some(e) = &g.last_error {
+            out.push_str(&format!("  WARNING:         the last one was not taken: {e}\n"));
         }
     }
     out

@@ -120,6 +120,7 @@ ROUTES = [
     ("GET", "/api/v1/audit/verify", "viewer"),
     ("GET", "/api/v1/support-ssh", "viewer"),
     ("POST", "/api/v1/vpgs/nosuch/checkpoints", "operator"),
+    ("POST", "/api/v1/groups/nosuch/checkpoints", "operator"),
     ("POST", "/api/v1/vpgs/nosuch/exports", "operator"),
     ("DELETE", "/api/v1/exports/999", "operator"),
     ("POST", "/api/v1/vpgs/nosuch/test-failover", "operator"),

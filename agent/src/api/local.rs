@@ -24,8 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 pub const SOCKET_FILE: &str = "control.sock";
 /// A request line longer than this is refused (it holds at most a tag).
 const REQUEST_BYTES_MAX: usize = 4096;
-/// A tag is stored in a checkpoint record: its limit, in bytes of UTF-8.
-pub const TAG_BYTES_MAX: usize = crate::record::CHECKPOINT_TAG_BYTES_MAX;
+pub use crate::names::TAG_BYTES_MAX;
 // A tag escaped as JSON (at most 6 bytes per byte, \u00XX) fits a request.
 const _: () = assert!(6 * TAG_BYTES_MAX + 512 <= REQUEST_BYTES_MAX);
 /// The longest a caller may ask to wait for the recovery side.
@@ -37,6 +36,14 @@ pub enum Request {
     /// Protected: inserts a tagged checkpoint; waits up to `wait_ms` for
     /// the recovery journal to have it.
     Checkpoint { vpg: String, tag: String, wait_ms: u64 },
+    /// Protected (a coordinator): takes one checkpoint across every
+    /// member of `group` (`crate::coordination`); `tag` by default
+    /// `<group>@<time>`.
+    GroupCheckpoint {
+        group: String,
+        #[serde(default)]
+        tag: Option<String>,
+    },
     /// Protected: planned migration. Refuses new writes, flushes, inserts a
     /// final checkpoint, waits for the journal to have it, and has the
     /// recovery side fail over to it. With `cancel`, calls off an
@@ -133,34 +140,15 @@ impl Reply {
 /// Who answers on the socket.
 #[derive(Clone)]
 pub enum Agent {
-    Protected(Arc<BTreeMap<String, Arc<VpgCapture>>>, Arc<crate::transfer::reverse_runner::ReverseRunner>),
+    Protected(
+        Arc<BTreeMap<String, Arc<VpgCapture>>>,
+        Arc<crate::transfer::reverse_runner::ReverseRunner>,
+        Arc<crate::coordination::coordinator::Coordinator>,
+    ),
     Recovery(Arc<RecoveryOps>),
 }
 
-/// Tags name checkpoints wherever an id does: they must not look like one.
-pub fn validate_tag(tag: &str) -> Result<()> {
-    if tag.trim().is_empty() {
-        bail!("tag: must not be empty");
-    }
-    if tag.len() > TAG_BYTES_MAX {
-        bail!(
-            "tag: {} bytes as UTF-8 ({} characters); at most {TAG_BYTES_MAX} bytes (characters beyond ASCII take 2-4)",
-            tag.len(),
-            tag.chars().count()
-        );
-    }
-    if tag.chars().any(char::is_control) {
-        bail!("tag: must not contain control characters");
-    }
-    if tag == "latest"
-        || tag == "head"
-        || crate::capture::alert::names_last_clean(tag)
-        || tag.chars().all(|c| c.is_ascii_digit())
-    {
-        bail!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another");
-    }
-    Ok(())
-}
+pub use crate::names::validate_tag;
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_FILE)
@@ -298,7 +286,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery::ops::How::Failover).await?;
             Ok(Reply { exports: done.uris.clone(), id: Some(done.checkpoint.id), ..Reply::done(done.describe()) })
         }
-        (Request::Reverse { vpg, wait_ms }, Agent::Protected(vpgs, runner)) => {
+        (Request::Reverse { vpg, wait_ms }, Agent::Protected(vpgs, runner, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             Ok(Reply {
@@ -306,7 +294,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
                 ..Reply::done(crate::transfer::reverse_runner::start(runner, capture, wait).await?)
             })
         }
-        (Request::MoveBack { vpg, wait_ms, cancel }, Agent::Protected(vpgs, runner)) => {
+        (Request::MoveBack { vpg, wait_ms, cancel }, Agent::Protected(vpgs, runner, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             let message = match cancel {
@@ -326,7 +314,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
                 _ => bail!("VPG {vpg:?} is not failed over here; there is no switch-back to cancel"),
             }
         }
-        (Request::Move { vpg, wait_ms, cancel }, Agent::Protected(vpgs, _)) => {
+        (Request::Move { vpg, wait_ms, cancel }, Agent::Protected(vpgs, _, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
             if cancel {
@@ -335,7 +323,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let (id, message) = crate::capture::moving::move_vpg(capture, wait).await?;
             Ok(Reply { id: Some(id), durable: true, ..Reply::done(message) })
         }
-        (Request::ClearAlert { vpg, by }, Agent::Protected(vpgs, _)) => {
+        (Request::ClearAlert { vpg, by }, Agent::Protected(vpgs, _, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let detection = capture.detection().ok_or_else(|| anyhow!("VPG {vpg:?} has its detector off"))?;
             let Some(cleared) = detection.clear()? else { bail!("VPG {vpg:?} has no alert") };
@@ -350,7 +338,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             tracing::warn!(vpg = %vpg, "alert cleared by {}: {}; {pin}", if by.is_empty() { "?" } else { &by }, cleared.describe());
             Ok(Reply::done(format!("alert on VPG {vpg} cleared ({}); {pin}", cleared.summary)))
         }
-        (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs, _)) => {
+        (Request::Checkpoint { vpg, tag, wait_ms }, Agent::Protected(vpgs, _, _)) => {
             validate_tag(&tag)?;
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
@@ -371,7 +359,18 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             });
             Ok(Reply { id: Some(id), durable, message, ..Reply::done(String::new()) })
         }
-        (Request::Verify { vpg, repair }, Agent::Protected(vpgs, _)) => {
+        (Request::GroupCheckpoint { group, tag }, Agent::Protected(_, _, coordinator)) => {
+            if let Some(tag) = &tag {
+                validate_tag(tag)?;
+            }
+            let done = coordinator.checkpoint(&group, tag).await?;
+            if !done.complete {
+                bail!("{}", done.describe());
+            }
+            tracing::info!(group = %group, "{}", done.describe());
+            Ok(Reply::done(done.describe()))
+        }
+        (Request::Verify { vpg, repair }, Agent::Protected(vpgs, _, _)) => {
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here"))?;
             let report = capture.verify(repair).await?;
             Ok(Reply { id: Some(report.checkpoint), verify: Some(report), ..Reply::done(String::new()) })
@@ -383,6 +382,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
 pub(crate) fn op_name(request: &Request) -> &'static str {
     match request {
         Request::Checkpoint { .. } => "checkpoint",
+        Request::GroupCheckpoint { .. } => "group-checkpoint",
         Request::ClearAlert { .. } => "clear-alert",
         Request::Export { .. } => "export",
         Request::TestFailoverStart { .. } => "test-failover start",

@@ -141,7 +141,8 @@ impl Remote {
         // Names go into the path: one that is not plain could name another
         // route (`db/failover?`).
         let vpg = match request {
-            Request::Checkpoint { vpg, .. }
+            Request::GroupCheckpoint { group: vpg, .. }
+            | Request::Checkpoint { vpg, .. }
             | Request::Move { vpg, .. }
             | Request::MoveBack { vpg, .. }
             | Request::Reverse { vpg, .. }
@@ -155,6 +156,9 @@ impl Remote {
         crate::config::validate_name("--vpg", vpg)?;
         let wait = |ms: u64| Duration::from_millis(ms);
         let (method, path, body, waits) = match request {
+            Request::GroupCheckpoint { group, tag } => {
+                (Method::POST, format!("groups/{group}/checkpoints"), json!({ "tag": tag }), wait(60_000))
+            }
             Request::Checkpoint { vpg, tag, wait_ms } => (
                 Method::POST,
                 format!("vpgs/{vpg}/checkpoints"),

@@ -24,8 +24,7 @@ const ALERT_FILE: &str = "detector-alert.json";
 /// Quiet time after an alert's last anomalous interval before another
 /// alert may be raised.
 const NEW_ALERT_AFTER: Duration = Duration::from_secs(600);
-/// The label pins of the detector carry (and `--checkpoint` accepts).
-pub const LAST_CLEAN: &str = "last-clean";
+pub use crate::names::{names_last_clean, LAST_CLEAN};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Alert {
@@ -283,11 +282,6 @@ pub async fn run(vpg: String, detection: std::sync::Arc<Detection>) {
 
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// `last-clean` or `last-clean-<time>`: names a detector pin.
-pub fn names_last_clean(wanted: &str) -> bool {
-    wanted == LAST_CLEAN || wanted.starts_with(&format!("{LAST_CLEAN}-"))
 }
 
 #[cfg(test)]

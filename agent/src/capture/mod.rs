@@ -11,6 +11,7 @@ pub mod delta;
 pub mod detector;
 pub mod dirty_map;
 pub mod export;
+pub mod group_hold;
 pub mod initial_copy;
 pub mod moving;
 pub mod peer_hashes;

@@ -674,15 +674,54 @@ impl VpgCapture {
         self.append_checkpoint("", true, || {}).await
     }
 
+    /// Why a restorable checkpoint cannot be taken now, if it cannot:
+    /// what `scheduled_checkpoint` skips on, and an initial copy still
+    /// running (its checkpoints are partial). For a coordinator.
+    pub(super) fn checkpoint_refusal(&self) -> Option<String> {
+        let name = &self.name;
+        if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
+            return Some(format!("VPG {name} takes no checkpoint until the agent restarts: {why}"));
+        }
+        if let Some(why) = self.writes_refused() {
+            return Some(format!("VPG {name} takes no writes here: {why}"));
+        }
+        if !*self.consistent.borrow() {
+            return Some(format!("VPG {name} is still starting a new stream after an unclean stop"));
+        }
+        let mode = self.bitmap.mode();
+        if mode != CaptureMode::Logging {
+            return Some(format!("VPG {name} is in {} mode: no checkpoint until its resync is done", mode.name()));
+        }
+        if self.copied().len() < self.volumes.len() {
+            return Some(format!("VPG {name}'s initial copy is still running ({})", self.copy_progress()));
+        }
+        None
+    }
+
     /// Appends a checkpoint under the write-order lock, then runs `then`
     /// (before any later write). None, appending nothing, in bitmap mode
     /// (it may have begun while the record waited for room) and in a
     /// resync, unless `resync_allowed`: then it is marked `resync`.
     async fn append_checkpoint(&self, tag: &str, resync_allowed: bool, then: impl FnOnce()) -> Result<Option<u64>> {
-        let time_ms = now_ms();
-        let mut body = RecordBody::Checkpoint { time_ms, tag: tag.to_string(), resync: false };
+        let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: false };
         let space = self.log.reserve(&body).await?;
         let _order = self.order.lock().await;
+        self.append_checkpoint_held(space, body, resync_allowed, then)
+    }
+
+    /// `append_checkpoint`'s work once the write-order lock is held, in
+    /// `space` reserved for `body` (a Checkpoint).
+    pub(super) fn append_checkpoint_held(
+        &self,
+        space: LogSpace<'_>,
+        mut body: RecordBody,
+        resync_allowed: bool,
+        then: impl FnOnce(),
+    ) -> Result<Option<u64>> {
+        let RecordBody::Checkpoint { time_ms, ref tag, .. } = body else {
+            panic!("append_checkpoint_held takes a Checkpoint record");
+        };
+        let tag = tag.clone();
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
             bail!("VPG {} takes no checkpoint until the agent restarts: {why}", self.name);
         }
@@ -698,8 +737,7 @@ impl VpgCapture {
         then();
         // Status shows the newest checkpoint that can be restored.
         if !resync {
-            *self.last_checkpoint.lock().expect("checkpoint lock") =
-                Some(CheckpointSummary { id, time_ms, tag: tag.to_string() });
+            *self.last_checkpoint.lock().expect("checkpoint lock") = Some(CheckpointSummary { id, time_ms, tag });
         }
         Ok(Some(id))
     }

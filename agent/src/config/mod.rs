@@ -7,7 +7,11 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod coordination;
 mod system;
+pub use coordination::{
+    CoordinationConfig, GroupConfig, MemberConfig, COORDINATION_PORT_DEFAULT, HOLD_MAX_DEFAULT, HOLD_MAX_LIMIT,
+};
 pub use system::{
     parse_network, validate_interface, ApiConfig, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig,
     SupportSshConfig, SystemConfig, API_PORT_DEFAULT, DIAG_PORT_DEFAULT,
@@ -61,6 +65,9 @@ pub struct ProtectedConfig {
     /// LUNs for ESXi (off when absent).
     #[serde(default)]
     pub iscsi: Option<IscsiConfig>,
+    /// Checkpoints taken at one instant with VPGs of other appliances.
+    #[serde(default)]
+    pub coordination: Option<CoordinationConfig>,
     /// The appliance-level tables, read apart (see `Config::parse`).
     #[serde(skip)]
     pub system: SystemConfig,
@@ -742,6 +749,10 @@ impl ProtectedConfig {
             if !vpg_names.insert(&vpg.name) {
                 bail!("vpg[{i}].name: {:?} is used twice", vpg.name);
             }
+        }
+        if let Some(coordination) = &self.coordination {
+            let local: Vec<&str> = self.vpgs.iter().map(|v| v.name.as_str()).collect();
+            coordination.validate(&local)?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use crate::capture::export::CaptureExport;
 use crate::capture::volume::Volume;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, ProtectedConfig};
+use crate::coordination::coordinator::Coordinator;
 use crate::nbd::export::{BlockExport, ExportTable};
 use crate::nbd::server;
 use crate::record::vpg_id;
@@ -25,7 +26,7 @@ struct VpgRuntime {
 pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let identity = tls::load_identity(&cfg.node.cert, &cfg.node.key)?;
     let pinned = parse_fingerprint(&cfg.peer.fingerprint)?;
-    let tls_config = tls::client_config(identity, pinned)?;
+    let tls_config = tls::client_config(identity.duplicate(), pinned)?;
     let mut runtimes = Vec::new();
     let mut exports = Vec::new();
     for vpg_cfg in &cfg.vpgs {
@@ -52,7 +53,12 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         runtimes
             .push((vpg_cfg.checkpoint_interval_ms, VpgRuntime { capture, stats: Arc::new(SenderStats::default()) }));
     }
-    let by_name = runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect();
+    let by_name: Arc<std::collections::BTreeMap<String, Arc<VpgCapture>>> =
+        Arc::new(runtimes.iter().map(|(_, rt)| (rt.capture.name.clone(), rt.capture.clone())).collect());
+    let coordinator = Arc::new(match &cfg.coordination {
+        Some(c) => Coordinator::new(c, &identity, &by_name)?,
+        None => Coordinator::none(),
+    });
     // One cap for the link, shared by every VPG on it.
     let link = Arc::new(LinkShare::new(cfg.peer.throttle_bytes_per_sec, cfg.vpgs.len()));
     let start_forward: crate::transfer::reverse_runner::StartForward = {
@@ -73,8 +79,11 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         tls_config.clone(),
         start_forward,
     ));
-    let agent = crate::api::local::Agent::Protected(Arc::new(by_name), reverse.clone());
+    let agent = crate::api::local::Agent::Protected(by_name.clone(), reverse.clone(), coordinator.clone());
     crate::api::start_control(&cfg.node, &cfg.system, agent).await?;
+    if let Some(c) = &cfg.coordination {
+        crate::coordination::member::start(c, identity, by_name.clone()).await?;
+    }
     let listener = crate::listen::bind_listener(cfg.capture.listen, "NBD").await?;
     let table = ExportTable::listed();
     table.add(exports)?;
@@ -108,6 +117,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             reverse.start_forward(&rt.capture);
         }
     }
+    coordinator.start_timers();
     let runtimes: Vec<VpgRuntime> = runtimes.into_iter().map(|(_, rt)| rt).collect();
     let names: Vec<&str> = cfg.vpgs.iter().map(|v| v.name.as_str()).collect();
     tracing::info!(
@@ -116,7 +126,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         cfg.peer.address,
         names
     );
-    let status_loop = status_writer(cfg.clone(), runtimes, targets);
+    let status_loop = status_writer(cfg.clone(), runtimes, targets, coordinator);
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("stopping"),
         r = status_loop => r?,
@@ -164,6 +174,7 @@ async fn status_writer(
     cfg: ProtectedConfig,
     runtimes: Vec<VpgRuntime>,
     targets: Vec<Option<crate::status::IscsiStatus>>,
+    coordinator: Arc<Coordinator>,
 ) -> Result<()> {
     let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
     let mut over_target = vec![false; runtimes.len()];
@@ -241,7 +252,7 @@ async fn status_writer(
                 last_verify: rt.capture.last_verify().map(|r| r.summary()),
             });
         }
-        status::publish(&cfg.node, "protected", vpgs);
+        status::publish(&cfg.node, "protected", vpgs, coordinator.status());
     }
 }
 

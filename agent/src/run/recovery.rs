@@ -129,7 +129,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));
-        status::publish(&cfg.node, "recovery", vpgs);
+        status::publish(&cfg.node, "recovery", vpgs, Vec::new());
     }
 }
 

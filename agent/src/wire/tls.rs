@@ -21,6 +21,13 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl Identity {
+    /// Another copy (a TLS config takes its identity by value).
+    pub fn duplicate(&self) -> Identity {
+        Identity { chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
     let cert_pem = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
     let chain = rustls_pemfile::certs(&mut &cert_pem[..])

@@ -177,7 +177,14 @@ mod tests {
             "rpo_target_seconds": 30.0, "rpo_over_target": false
         }))
         .unwrap();
-        let status = AgentStatus { role: "protected".into(), node: "a".into(), pid: 1, updated_ms: 0, vpgs: vec![vpg] };
+        let status = AgentStatus {
+            role: "protected".into(),
+            node: "a".into(),
+            pid: 1,
+            updated_ms: 0,
+            vpgs: vec![vpg],
+            groups: Vec::new(),
+        };
         let text = render(&status, true).unwrap();
         for line in [
             "tidemark_agent_up{role=\"protected\",node=\"a\"} 1",

@@ -54,6 +54,13 @@ struct CheckpointBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct GroupCheckpointBody {
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AtCheckpoint {
     checkpoint: String,
 }
@@ -139,6 +146,13 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
             let b: CheckpointBody = body(bytes)?;
             local::validate_tag(&b.tag).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
             pipeline(Request::Checkpoint { vpg, tag: b.tag, wait_ms: b.wait_ms })
+        }
+        Route::AddGroupCheckpoint { group } => {
+            let b: GroupCheckpointBody = body(bytes)?;
+            if let Some(tag) = &b.tag {
+                local::validate_tag(tag).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            }
+            pipeline(Request::GroupCheckpoint { group, tag: b.tag })
         }
         Route::OpenExport { vpg } => {
             let b: AtCheckpoint = body(bytes)?;

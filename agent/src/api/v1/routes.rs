@@ -22,6 +22,10 @@ pub enum Route {
     AddCheckpoint {
         vpg: String,
     },
+    /// A checkpoint across a group's members (`crate::coordination`).
+    AddGroupCheckpoint {
+        group: String,
+    },
     Exports,
     OpenExport {
         vpg: String,
@@ -126,6 +130,9 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
         ["users", user, "unlock"] => only(&Method::POST, "POST", Route::UnlockUser { name: name(user)? }),
         ["tokens"] => get_or_post("GET, POST", Route::Tokens, Route::AddToken),
         ["tokens", token] => only(&Method::DELETE, "DELETE", Route::DeleteToken { name: name(token)? }),
+        ["groups", group, "checkpoints"] => {
+            only(&Method::POST, "POST", Route::AddGroupCheckpoint { group: name(group)? })
+        }
         ["vpgs", vpg, operation] => {
             let vpg = name(vpg)?;
             match *operation {
@@ -169,6 +176,7 @@ impl Route {
             | AuditVerify
             | SupportSsh => Role::Viewer,
             AddCheckpoint { .. }
+            | AddGroupCheckpoint { .. }
             | OpenExport { .. }
             | CloseExport { .. }
             | TestFailoverStart { .. }
@@ -189,6 +197,7 @@ impl Route {
             Login => "login",
             Logout => "logout",
             AddCheckpoint { .. } => "checkpoint",
+            AddGroupCheckpoint { .. } => "group-checkpoint",
             OpenExport { .. } => "export",
             CloseExport { .. } => "export close",
             TestFailoverStart { .. } => "test-failover start",
@@ -228,6 +237,12 @@ mod tests {
     fn paths_methods_and_names() {
         let vpg = || "db".to_string();
         assert_eq!(parse(&Method::POST, "/api/v1/vpgs/db/failover"), Ok(Route::Failover { vpg: vpg() }));
+        assert_eq!(
+            parse(&Method::POST, "/api/v1/groups/erp/checkpoints"),
+            Ok(Route::AddGroupCheckpoint { group: "erp".into() })
+        );
+        assert!(parse(&Method::GET, "/api/v1/groups/erp/checkpoints").is_err());
+        assert!(parse(&Method::POST, "/api/v1/groups/..%2f/checkpoints").is_err());
         assert_eq!(parse(&Method::GET, "/api/v1/vpgs/db/checkpoints"), Ok(Route::Checkpoints { vpg: vpg() }));
         assert_eq!(parse(&Method::DELETE, "/api/v1/vpgs/db/test-failover"), Ok(Route::TestFailoverStop { vpg: vpg() }));
         assert_eq!(parse(&Method::DELETE, "/api/v1/exports/7"), Ok(Route::CloseExport { id: 7 }));

@@ -1,0 +1,91 @@
+//! One VPG's part in a coordinated checkpoint (`crate::coordination`).
+//!
+//! The hold takes the VPG's write-order lock: from then on no write is
+//! logged, applied or completed, so the log's end is where the VPG stands
+//! while every member is held. Once the coordinator has heard that every
+//! member holds, it says "mark": the checkpoint is appended at that end
+//! and the lock is let go. A write completed on one member before the
+//! hold began is therefore in that member's checkpoint; a write issued
+//! after it was completed can only be logged on another member after that
+//! member's hold ends, which is after every member marked, so after its
+//! checkpoint. No checkpoint ever holds a write without the writes that
+//! completed before it was issued, on whichever member.
+//!
+//! A hold lasts at most `hold_max`. Past it, or when the coordinator says
+//! "no" or goes away, the writes go on and nothing is appended: a member
+//! whose writes went on unmarked has no checkpoint with that tag, so the
+//! group's checkpoint is incomplete and is never taken as one.
+
+use super::vpg::VpgCapture;
+use crate::record::{now_ms, RecordBody};
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How a hold ended, with how long writes were held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// The checkpoint `id` was appended.
+    Marked { id: u64, held: Duration },
+    /// The coordinator said no (another member could not hold), or went
+    /// away: nothing was appended.
+    Released { held: Duration },
+    /// `hold_max` ran out before the coordinator spoke: nothing appended.
+    TooLate { held: Duration },
+}
+
+impl VpgCapture {
+    /// Holds this VPG's writes for a checkpoint tagged `tag`: sends on
+    /// `held` once they are held, then waits for `mark` (true: append the
+    /// checkpoint; false or dropped: do not) for at most `hold_max` from
+    /// the moment the hold began. Refused (nothing held) when no
+    /// restorable checkpoint can be taken now, or when room in the log or
+    /// the lock is not had within `hold_max`.
+    pub async fn hold_for_group(
+        &self,
+        tag: &str,
+        hold_max: Duration,
+        held: oneshot::Sender<()>,
+        mark: oneshot::Receiver<bool>,
+    ) -> Result<HoldOutcome> {
+        if let Some(why) = self.checkpoint_refusal() {
+            bail!("{why}");
+        }
+        let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: false };
+        let Ok(space) = tokio::time::timeout(hold_max, self.log.reserve(&body)).await else {
+            bail!("VPG {}'s protected log had no room for a checkpoint within {hold_max:?}", self.name);
+        };
+        let space = space?;
+        let Ok(order) = tokio::time::timeout(hold_max, self.order.lock()).await else {
+            bail!("VPG {}'s writes could not be held within {hold_max:?} (a write took that long)", self.name);
+        };
+        let began = Instant::now();
+        // Anything may have changed while the lock was awaited.
+        if let Some(why) = self.checkpoint_refusal() {
+            bail!("{why}");
+        }
+        if held.send(()).is_err() {
+            return Ok(HoldOutcome::Released { held: began.elapsed() });
+        }
+        let decision = tokio::time::timeout_at((began + hold_max).into(), mark).await;
+        let outcome = match decision {
+            Ok(Ok(true)) => {
+                fail::fail_point!("group-hold-before-mark", |_| bail!("failpoint before the group checkpoint"));
+                match self.append_checkpoint_held(space, body, false, || {})? {
+                    Some(id) => HoldOutcome::Marked { id, held: began.elapsed() },
+                    None => bail!("VPG {} left logging mode during the hold", self.name),
+                }
+            }
+            Ok(Ok(false)) | Ok(Err(_)) => HoldOutcome::Released { held: began.elapsed() },
+            Err(_) => HoldOutcome::TooLate { held: began.elapsed() },
+        };
+        drop(order);
+        if let HoldOutcome::TooLate { held } = outcome {
+            tracing::warn!(
+                vpg = %self.name,
+                "coordinated checkpoint {tag:?}: the coordinator did not answer within {held:?}; writes go on, no checkpoint"
+            );
+        }
+        Ok(outcome)
+    }
+}
