@@ -48,6 +48,7 @@ bench: build image
 	@tests/bench/delta.sh
 	@tests/bench/outage_latency.sh
 	@tests/bench/api_latency.sh
+	@tests/bench/coordinated_hold.sh
 	@tests/bench/delta.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
