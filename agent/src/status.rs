@@ -352,10 +352,7 @@ pub fn render(status: &AgentStatus) -> String {
     for g in &status.groups {
         out.push_str(&format!("checkpoint group {} ({})\n", g.name, g.members.join(", ")));
         let every = g.interval_seconds.map_or("on demand".to_string(), |s| format!("every {s} s"));
-        out.push_str(&format!(
-            "  checkpoints:     {every}; {} taken on every member, {} not\n",
-            g.complete, g.failed
-        ));
+        out.push_str(&format!("  checkpoints:     {every}; {} taken on every member, {} not\n", g.complete, g.failed));
         if let Some(c) = &g.last_complete {
             out.push_str(&format!(
                 "  last:            {:?} at {} (writes held {:.2} ms; at most {:.2} ms this run)\n",

@@ -37,25 +37,7 @@ partial=0
 while read -r id; do
     rm -rf "$WORK/r"
     restore_to "$id" "$WORK/r"
-    m=$(python3 - "$WORK/r/vola.img" "$WORK/r/volb.img" "$WRITES" <<'PY'
-import struct, sys
-va, vb, n = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read(), int(sys.argv[3])
-present = set()
-for k in range(n):
-    vol = va if k % 2 == 0 else vb
-    slot = vol[(k // 2) * 4096:(k // 2) * 4096 + 4096]
-    if slot == bytes(4096):
-        continue
-    if slot != struct.pack("<Q", k + 1) * 512:
-        print("torn or foreign data in the slot of write %d" % k); sys.exit(1)
-    present.add(k)
-m = max(present) if present else -1
-missing = [k for k in range(m + 1) if k not in present]
-if missing:
-    print("write %d is present but write %d before it is missing" % (m, missing[0])); sys.exit(1)
-print(m)
-PY
-) || fail "checkpoint $id is not a prefix of the write order: $m"
+    m=$(python3 "$ROOT/tests/lib/order_prefix.py" "$WORK/r/vola.img" "$WORK/r/volb.img" "$WRITES") || fail "checkpoint $id is not a prefix of the write order: $m"
     [ "$m" -ge 0 ] && [ "$m" -lt $((WRITES - 1)) ] && partial=$((partial + 1))
 done <"$WORK/ids"
 [ "$partial" -ge 2 ] || fail "only $partial checkpoints fell inside the write run; the test proved nothing"
