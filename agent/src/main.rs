@@ -136,6 +136,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the tags that name a restorable checkpoint in every one of the given
+    /// VPGs (recovery side): the group checkpoints taken on every member
+    /// (`group-checkpoint`), to restore, export or fail over each VPG at.
+    GroupCheckpoints {
+        /// The recovery appliance's config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// A member VPG; name each (at least two).
+        #[arg(long = "vpg", required = true, num_args = 1)]
+        vpgs: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Insert a tagged checkpoint into a VPG's write order now (protected side,
     /// agent running); `--checkpoint TAG` then works wherever an id does.
     /// Exit status 0 once the recovery journal has it; 75 if it is only in
@@ -745,6 +759,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Checkpoints { at: OnRecovery { config, vpg }, json } => list_checkpoints(config, vpg, json)?,
         Command::GroupCheckpoint { config, group, tag } => group_checkpoint(config, group, tag)?,
+        Command::GroupCheckpoints { config, vpgs, json } => list_group_checkpoints(config, vpgs, json)?,
         Command::Checkpoint { at: OnProtected { config, vpg }, tag, wait } => {
             insert_checkpoint(config, vpg, tag, wait)?
         }
@@ -985,6 +1000,36 @@ fn insert_checkpoint(config: PathBuf, vpg: String, tag: String, wait: std::time:
     tidemark::api::local::validate_tag(&tag)?;
     let request = tidemark::api::local::Request::Checkpoint { vpg, tag: tag.clone(), wait_ms: wait.as_millis() as u64 };
     report_checkpoint(ok_reply(tidemark::api::local::call(&cfg.node.data_dir, &request)?)?, &tag, wait)
+}
+
+fn list_group_checkpoints(config: PathBuf, vpgs: Vec<String>, json: bool) -> Result<()> {
+    let cfg = recovery_config(&config)?;
+    if vpgs.len() < 2 {
+        bail!("--vpg: name every member VPG (at least two)");
+    }
+    let common = tidemark::recovery::listing::common_tags(&cfg.node.data_dir, &vpgs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&common)?);
+        return Ok(());
+    }
+    let mut out = format!("{:<21}", "TIME");
+    for v in &vpgs {
+        out.push_str(&format!("{v:<18} "));
+    }
+    out.push_str("TAG\n");
+    for c in &common {
+        out.push_str(&format!("{:<21}", tidemark::status::format_time_ms(c.time_ms)));
+        for id in &c.ids {
+            out.push_str(&format!("{id:<18} "));
+        }
+        out.push_str(&c.tag);
+        out.push('\n');
+    }
+    print!("{out}");
+    if common.is_empty() {
+        eprintln!("no tag names a restorable checkpoint in all of {vpgs:?}");
+    }
+    Ok(())
 }
 
 fn group_checkpoint(config: PathBuf, group: String, tag: Option<String>) -> Result<()> {

@@ -163,6 +163,11 @@ prefix() {
 jq -r '.[] | select(.tag | startswith("app@")) | .tag' "$WORK/list-a.json" | sort >"$WORK/tags-a"
 jq -r '.[] | select(.tag | startswith("app@")) | .tag' "$WORK/list-b.json" | sort >"$WORK/tags-b"
 comm -12 "$WORK/tags-a" "$WORK/tags-b" >"$WORK/tags"
+# The recovery side's own list of tags restorable on every member agrees.
+"$TIDEMARK" group-checkpoints --config "$WORK/recovery.toml" --vpg app-a --vpg app-b --json |
+    jq -r '.[] | select(.tag | startswith("app@")) | .tag' | sort >"$WORK/tags-listed"
+cmp -s "$WORK/tags" "$WORK/tags-listed" || fail "group-checkpoints lists $(wc -l <"$WORK/tags-listed") tags, both journals share $(wc -l <"$WORK/tags")"
+"$TIDEMARK" group-checkpoints --config "$WORK/recovery.toml" --vpg app-a --vpg app-b | tail -n 3
 [ "$(wc -l <"$WORK/tags")" -ge 10 ] || fail "only $(wc -l <"$WORK/tags") group checkpoints in both journals"
 # Every one is checked; those inside the run must lie strictly inside it.
 checked=0 inside=0

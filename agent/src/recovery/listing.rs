@@ -67,3 +67,46 @@ pub fn list(data_dir: &Path, vpg: &str) -> Result<Listing> {
         .collect();
     Ok(Listing { checkpoints, pins, last_clean, warnings, read: view.read })
 }
+
+/// A tag that names a restorable checkpoint in every VPG asked about: a
+/// coordinated checkpoint taken on every member (`crate::coordination`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommonTag {
+    pub tag: String,
+    /// The first VPG's checkpoint time.
+    pub time_ms: u64,
+    /// Each VPG's checkpoint id with that tag (the newest, as `--checkpoint`
+    /// takes it), in the order the VPGs were named.
+    pub ids: Vec<u64>,
+}
+
+/// The tags restorable in every one of `vpgs` on this appliance, oldest
+/// first (by the first VPG's order). A tag whose newest checkpoint in some
+/// VPG cannot be restored is left out.
+pub fn common_tags(data_dir: &Path, vpgs: &[String]) -> Result<Vec<CommonTag>> {
+    let mut per_vpg = Vec::new();
+    for vpg in vpgs {
+        let listing = list(data_dir, vpg)?;
+        // The newest checkpoint of each tag, as a restore by tag finds it.
+        let mut newest = std::collections::BTreeMap::new();
+        for c in listing.checkpoints.into_iter().filter(|c| !c.info.tag.is_empty()) {
+            newest.insert(c.info.tag.clone(), c.info);
+        }
+        per_vpg.push(newest);
+    }
+    let Some((first, rest)) = per_vpg.split_first() else { return Ok(Vec::new()) };
+    let mut common: Vec<CommonTag> = first
+        .values()
+        .filter_map(|c| {
+            let mut ids = vec![c.id];
+            for other in rest {
+                let found = other.get(&c.tag)?;
+                ids.push(found.id);
+                found.not_restorable_why().is_none().then_some(())?;
+            }
+            c.not_restorable_why().is_none().then(|| CommonTag { tag: c.tag.clone(), time_ms: c.time_ms, ids })
+        })
+        .collect();
+    common.sort_by_key(|t| t.ids[0]);
+    Ok(common)
+}
