@@ -177,8 +177,9 @@ enum Command {
         /// The group, as named in [[coordination.group]].
         #[arg(long)]
         group: String,
-        /// A name for it (by default <group>@<UTC time>); the same rules as
-        /// `checkpoint --tag`.
+        /// A name for it: the tag is then <name>@<group>@<UTC time> (by default
+        /// <group>@<UTC time>), never one used before, so each member's newest
+        /// checkpoint with it is this one. The same rules as `checkpoint --tag`.
         #[arg(long)]
         tag: Option<String>,
     },

@@ -38,6 +38,32 @@ pub fn names_last_clean(wanted: &str) -> bool {
 
 /// Tags name checkpoints wherever an id does: they must not look like one.
 pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
+    if is_group_tag(tag) {
+        anyhow::bail!(
+            "tag: {tag:?} ends in <group>@<UTC time>, the form of coordinated checkpoints' tags; choose another"
+        );
+    }
+    validate_tag_text(tag)
+}
+
+/// A coordinated checkpoint's tag: of the group form, and a valid tag.
+pub fn validate_group_tag(tag: &str) -> anyhow::Result<()> {
+    if !is_group_tag(tag) {
+        anyhow::bail!("tag: {tag:?} is not of the form [<name>@]<group>@<UTC time>, as coordinators make them");
+    }
+    validate_tag_text(tag)
+}
+
+/// `[<name>@]<group>@<UTC time to the millisecond>`: the tags of
+/// coordinated checkpoints (`crate::coordination`), made only by a
+/// coordinator, so that no ordinary checkpoint takes one's name.
+pub fn is_group_tag(tag: &str) -> bool {
+    let Some((head, time)) = tag.rsplit_once('@') else { return false };
+    let group = head.rsplit_once('@').map_or(head, |(_, g)| g);
+    is_plain(group) && time.len() == 24 && time.ends_with('Z') && humantime::parse_rfc3339(time).is_ok()
+}
+
+fn validate_tag_text(tag: &str) -> anyhow::Result<()> {
     if tag.trim().is_empty() {
         anyhow::bail!("tag: must not be empty");
     }
@@ -55,4 +81,34 @@ pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
         anyhow::bail!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod group_tag_tests {
+    use super::*;
+
+    #[test]
+    fn group_tags_are_made_by_coordinators_only() {
+        for tag in [
+            "erp@2026-12-04T19:40:01.123Z",
+            "nightly@erp@2026-12-04T19:40:01.123Z",
+            "a b@c@erp@2026-12-04T19:40:01.123Z",
+        ] {
+            assert!(is_group_tag(tag), "{tag}");
+            validate_group_tag(tag).unwrap();
+            assert!(validate_tag(tag).unwrap_err().to_string().contains("coordinated"), "{tag}");
+        }
+        for tag in [
+            "erp",
+            "erp@",
+            "erp@2026-12-04T19:40:01Z",
+            "e/rp@2026-12-04T19:40:01.123Z",
+            "erp@2026-13-04T19:40:01.123Z",
+            "x@y",
+        ] {
+            assert!(!is_group_tag(tag), "{tag}");
+            assert!(validate_group_tag(tag).is_err(), "{tag}");
+        }
+        validate_tag("before upgrade @ 10:00").unwrap();
+    }
 }

@@ -138,17 +138,18 @@ wait "$WRITER" || fail "the ordered writer failed: $(cat "$WORK/writer.out")"
 log "$(cat "$WORK/writer.out"); $CONTROL control pairs"
 out=$("$TIDEMARK" group-checkpoint --config "$WORK/protected.toml" --group app --tag final) || fail "group-checkpoint: $out"
 echo "$out"
-grep -q '"final" taken across group app (2 members' <<<"$out" || fail "group-checkpoint said: $out"
+FINAL=$(sed -n 's/^checkpoint "\(final@app@[^"]*\)" taken across group app (2 members.*/\1/p' <<<"$out")
+[ -n "$FINAL" ] || fail "group-checkpoint said: $out"
 
 # Both journals have every checkpoint up to "final".
 listed() { "$TIDEMARK" checkpoints --json --config "$WORK/recovery.toml" --vpg "$1"; }
 for _ in $(seq 1 300); do
-    listed app-a | jq -e 'any(.[]; .tag == "final")' >/dev/null 2>&1 &&
-        listed app-b | jq -e 'any(.[]; .tag == "final")' >/dev/null 2>&1 && break
+    listed app-a | jq -e 'any(.[]; .tag == $t)' --arg t "$FINAL" >/dev/null 2>&1 &&
+        listed app-b | jq -e 'any(.[]; .tag == $t)' --arg t "$FINAL" >/dev/null 2>&1 && break
     sleep 0.2
 done
 listed app-a >"$WORK/list-a.json" && listed app-b >"$WORK/list-b.json" || fail "listing checkpoints failed"
-jq -e 'any(.[]; .tag == "final")' "$WORK/list-b.json" >/dev/null || fail "the recovery journals never got \"final\""
+jq -e 'any(.[]; .tag == $t)' --arg t "$FINAL" "$WORK/list-b.json" >/dev/null || fail "the recovery journals never got $FINAL"
 
 # prefix TAG: restores both VPGs at TAG and prints the last write of the
 # prefix they hold, or why they hold no prefix.
@@ -176,7 +177,7 @@ while read -r tag; do
     [[ $m =~ ^-?[0-9]+$ ]] || fail "group checkpoint $tag: $m"
     checked=$((checked + 1))
     [ "$m" -ge 0 ] && [ "$m" -lt $((WRITES - 1)) ] && inside=$((inside + 1))
-done < <(echo final; cat "$WORK/tags")
+done < <(echo "$FINAL"; cat "$WORK/tags")
 [ "$inside" -ge 5 ] || fail "only $inside group checkpoints fell inside the write run; the test proved nothing"
 violations=0 control=0
 for i in $(seq 1 "$CONTROL"); do
@@ -271,7 +272,7 @@ def reply():
     head = exact(16)
     return exact(struct.unpack("<I", head[8:12])[0])
 b = Client("127.0.0.1", nbd, "volb")
-s.sendall(frame(b'{"op":"hold","vpg":"app-b","tag":"silent-1"}'))
+s.sendall(frame(b'{"op":"hold","vpg":"app-b","tag":"silent@2026-12-04T00:00:00.000Z"}'))
 assert b'"held"' in reply()
 t0 = time.time()
 b.write(31 << 20, b"\x5a" * 4096)  # held, then let go
@@ -282,11 +283,22 @@ late = reply()
 assert b'"too_late"' in late, late
 print("a write during a silent coordinator's hold waited %.0f ms; the late mark got %s" % (waited * 1e3, late.decode()))
 assert 0.02 < waited < 1.0, "the write waited %.3f s (hold_max is 100 ms)" % waited
+# Right after a hold that ran to hold_max, the next is refused: holds are
+# kept to a tenth of the time, whatever a coordinator asks.
+s.sendall(frame(b'{"op":"hold","vpg":"app-b","tag":"again@2026-12-04T00:00:00.000Z"}'))
+again = reply()
+assert b'"refused"' in again and b"a tenth of the time" in again, again
+time.sleep(1.0)
+s.sendall(frame(b'{"op":"hold","vpg":"app-b","tag":"again@2026-12-04T00:00:00.000Z"}'))
+assert b'"held"' in reply()
+s.sendall(frame(b'{"op":"mark","mark":false}'))
+assert b'"released"' in reply()
+print("the next hold was refused at once, taken 1 s later")
 PY
 "$TIDEMARK" checkpoint --config "$WORK/protected2.toml" --vpg app-b --tag after-silent --wait 20s >/dev/null ||
     fail "app-b takes no checkpoint after the silent coordinator"
 for _ in $(seq 1 50); do listed app-b | jq -e 'any(.[]; .tag == "after-silent")' >/dev/null && break; sleep 0.2; done
-listed app-b | jq -e 'any(.[]; .tag == "silent-1")' >/dev/null && fail "the silent coordinator's checkpoint was taken"
+listed app-b | jq -e 'any(.[]; .tag | startswith("silent@"))' >/dev/null && fail "the silent coordinator's checkpoint was taken"
 
 # ---- A member that is down: the group checkpoint fails at once, naming it,
 # and appliance 1's writes are not held.
@@ -303,3 +315,16 @@ st=$(fresh_status_json protected) || fail "the protected agent's status was not 
 jq -e '.groups[] | select(.name == "app") | .failed >= 1 and (.last_error | test("app-b"))' <<<"$st" >/dev/null ||
     fail "status does not count the failed group checkpoints: $(jq -c .groups <<<"$st")"
 log "with appliance 2 down: refused in $took ms: $(tail -n1 <<<"$out")"
+
+# ---- Appliance 2 back: the coordinator notices its kept connection is dead
+# and connects again before holding (no attempt fails on the old one).
+start_protected2
+for i in $(seq 1 60); do
+    if out=$("$TIDEMARK" group-checkpoint --config "$WORK/protected.toml" --group app --tag back 2>&1); then
+        break
+    fi
+    grep -q "connection to the member is lost" <<<"$out" && fail "a dead kept connection was used: $out"
+    sleep 0.5
+done
+grep -q 'taken across group app' <<<"$out" || fail "no group checkpoint after appliance 2 came back: $out"
+log "appliance 2 back: a group checkpoint after $i attempt(s) (the first wait for its restart's new stream)"

@@ -117,6 +117,9 @@ pub struct VpgCapture {
     detection: std::sync::OnceLock<Arc<Detection>>,
     /// The last seq the log held when it was opened.
     opened_end: u64,
+    /// When the last coordinated checkpoint's hold ended, and the hold
+    /// debt then (`group_hold`: holds are kept to a tenth of the time).
+    pub(super) last_group_hold: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
 }
 
 impl VpgCapture {
@@ -257,6 +260,7 @@ impl VpgCapture {
             moving: Mutex::new(()),
             detection: std::sync::OnceLock::new(),
             opened_end: log_end,
+            last_group_hold: std::sync::Mutex::new(None),
         });
         if let Some(why) = new_stream {
             tokio::spawn(capture.clone().start_new_stream(why));

@@ -45,7 +45,7 @@ pub struct CoordinationConfig {
 pub struct GroupConfig {
     pub name: String,
     /// How often a checkpoint is taken across the group ("30s"); none:
-    /// only on demand (`tidemark checkpoint --group`).
+    /// only on demand (`tidemark group-checkpoint`).
     #[serde(default, deserialize_with = "super::deserialize_optional_duration")]
     pub interval: Option<Duration>,
     #[serde(rename = "member")]
@@ -63,6 +63,21 @@ pub struct MemberConfig {
     pub address: Option<String>,
     #[serde(default)]
     pub fingerprint: Option<String>,
+}
+
+/// `host:port` or `[v6 address]:port` into the host and the port.
+pub fn split_address(address: &str) -> Result<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':').with_context(|| format!("{address:?} must be host:port"))?;
+    let port: u16 = port.parse().with_context(|| format!("{port:?} in {address:?} is not a port"))?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6,
+        None if host.contains(':') => bail!("{address:?}: write an IPv6 address in brackets, as [fe80::1]:4009"),
+        None => host,
+    };
+    if host.is_empty() || port == 0 {
+        bail!("{address:?} must be host:port");
+    }
+    Ok((host, port))
 }
 
 fn default_hold_max() -> Duration {
@@ -93,18 +108,21 @@ impl CoordinationConfig {
             if !names.insert(&g.name) {
                 bail!("coordination.group[{i}].name: {:?} is used twice", g.name);
             }
-            g.validate(i, local_vpgs)?;
+            g.validate(i, local_vpgs, self.hold_max)?;
         }
         Ok(())
     }
 }
 
 impl GroupConfig {
-    fn validate(&self, i: usize, local_vpgs: &[&str]) -> Result<()> {
+    fn validate(&self, i: usize, local_vpgs: &[&str], hold_max: Duration) -> Result<()> {
         let at = format!("coordination.group[{i}]");
         if let Some(every) = self.interval {
             if every < GROUP_INTERVAL_MIN {
                 bail!("{at}.interval: {every:?} is below the minimum of {GROUP_INTERVAL_MIN:?}");
+            }
+            if every < 2 * hold_max {
+                bail!("{at}.interval: {every:?} is below twice coordination.hold_max ({hold_max:?})");
             }
         }
         if self.members.len() < 2 {
@@ -124,9 +142,7 @@ impl GroupConfig {
                     }
                 }
                 (Some(address), Some(fingerprint)) => {
-                    if address.trim().is_empty() || !address.contains(':') {
-                        bail!("{at}.address: {address:?} must be host:port (the member's coordination.listen)");
-                    }
+                    split_address(address).with_context(|| format!("{at}.address"))?;
                     parse_fingerprint(fingerprint).with_context(|| format!("{at}.fingerprint"))?;
                 }
                 (Some(_), None) => bail!("{at}.fingerprint: required with an address (the member's certificate)"),
@@ -184,6 +200,9 @@ mod tests {
             ),
             (format!("[[group]]\nname = \"g\"\n{local}{local}"), "listed twice"),
             (format!("[[group]]\nname = \"g\"\ninterval = \"10ms\"\n{local}{remote}"), "below the minimum"),
+            (format!("hold_max = \"200ms\"\n[[group]]\nname = \"g\"\ninterval = \"300ms\"\n{local}{remote}"), "twice"),
+            (format!("[[group]]\nname = \"g\"\n{local}{}", remote.replace("h:4009", "fe80::1")), "[fe80::1]:4009"),
+            (format!("[[group]]\nname = \"g\"\n{local}{}", remote.replace("h:4009", "h:abc")), "not a port"),
             (format!("[[group]]\nname = \"../g\"\n{local}{remote}"), "must be 1-64"),
             (format!("hold_max = \"5s\"\n[[group]]\nname = \"g\"\n{local}{remote}"), "at most"),
             ("listen = \"10.0.0.2:4009\"\n".to_string(), "no coordinators"),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 mod coordination;
 mod system;
 pub use coordination::{
-    CoordinationConfig, GroupConfig, MemberConfig, COORDINATION_PORT_DEFAULT, HOLD_MAX_DEFAULT, HOLD_MAX_LIMIT,
+    split_address, CoordinationConfig, GroupConfig, MemberConfig, COORDINATION_PORT_DEFAULT, HOLD_MAX_DEFAULT,
+    HOLD_MAX_LIMIT,
 };
 pub use system::{
     parse_network, validate_interface, ApiConfig, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig,

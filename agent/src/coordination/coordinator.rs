@@ -30,6 +30,8 @@ use tokio_rustls::TlsConnector;
 /// A connection idle longer than this is made again before a checkpoint
 /// (members close theirs after `member::IDLE_TIMEOUT`).
 const CONNECTION_REUSE_MAX: Duration = Duration::from_secs(240);
+/// A member on the management network answers a connection within this.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Coordinator {
     groups: BTreeMap<String, Arc<Group>>,
@@ -204,8 +206,9 @@ impl Coordinator {
         let g = self.groups.get(group).ok_or_else(|| {
             anyhow!("no checkpoint group {group:?} is coordinated here (groups: {:?})", self.group_names())
         })?;
-        let tag = tag.unwrap_or_else(|| default_tag(&g.name));
-        crate::names::validate_tag(&tag)?;
+        let tag = group_tag(&g.name, tag.as_deref());
+        crate::names::validate_group_tag(&tag)
+            .context("the group checkpoint's tag (the name given, @, the group, @, the time)")?;
         let _one = g.running.lock().await;
         let result = g.take(tag, self.hold_max).await;
         g.record(&result);
@@ -213,9 +216,17 @@ impl Coordinator {
     }
 }
 
-/// `<group>@<UTC time to the millisecond>`: unique for a group's checkpoints.
-fn default_tag(group: &str) -> String {
-    format!("{group}@{}", humantime::format_rfc3339_millis(std::time::SystemTime::now()))
+/// `<group>@<UTC time to the millisecond>`, after `<name>@` if a name is
+/// given. Never a tag used before: restoring "by tag" takes each VPG's
+/// newest checkpoint with it, and a reused tag could pair one attempt's
+/// checkpoint on one member with another's (or with an ordinary
+/// checkpoint) on the next.
+fn group_tag(group: &str, name: Option<&str>) -> String {
+    let at = format!("{group}@{}", humantime::format_rfc3339_millis(std::time::SystemTime::now()));
+    match name {
+        Some(name) => format!("{name}@{at}"),
+        None => at,
+    }
 }
 
 impl Group {
@@ -266,30 +277,37 @@ impl Group {
             mark.push(h.mark);
             tasks.push(h.task);
         }
+        // Which members said they held before the deadline, and the one
+        // that did not (the others are let go then).
+        let mut in_time = vec![false; self.members.len()];
+        let mut late = None;
         if all_ready {
             // Remote members first, this appliance's once they all hold:
             // the order of the holds does not matter (only that all hold
             // before any marks), and a local hold then lasts microseconds
             // instead of a round trip.
             let deadline = tokio::time::Instant::now() + hold_max;
-            let mut all_held = true;
-            let (local, remote): (Vec<_>, Vec<_>) =
-                go.into_iter().zip(held).zip(&self.members).partition(|(_, m)| matches!(***m, Member::Local(_)));
-            for batch in [remote, local] {
+            let mut steps: Vec<_> = go.into_iter().zip(held).enumerate().map(|(i, step)| (i, Some(step))).collect();
+            let is_local = |i: usize| matches!(*self.members[i], Member::Local(_));
+            'batches: for local in [false, true] {
+                let batch: Vec<_> = steps.iter_mut().filter(|(i, _)| is_local(*i) == local).collect();
                 let mut waiting = Vec::new();
-                for ((go, held), _) in batch {
+                for (i, step) in batch {
+                    let (go, held) = step.take().expect("each member is told once");
                     let _ = go.send(());
-                    waiting.push(held);
+                    waiting.push((*i, held));
                 }
-                for h in waiting {
-                    if all_held {
-                        all_held = matches!(tokio::time::timeout_at(deadline, h).await, Ok(Ok(())));
+                for (i, held) in waiting {
+                    in_time[i] = matches!(tokio::time::timeout_at(deadline, held).await, Ok(Ok(())));
+                    if !in_time[i] {
+                        late = Some(i);
+                        break 'batches;
                     }
                 }
-                if !all_held {
-                    break;
-                }
             }
+            // Members not yet told to hold are let go by dropping their steps.
+            drop(steps);
+            let all_held = in_time.iter().all(|h| *h);
             for m in mark {
                 let _ = m.send(all_held);
             }
@@ -298,8 +316,12 @@ impl Group {
             drop(go);
         }
         let mut members = Vec::new();
-        for (task, member) in tasks.into_iter().zip(&self.members) {
+        for (i, (task, member)) in tasks.into_iter().zip(&self.members).enumerate() {
             let outcome = match task.await {
+                // Let go because this member was late, not another.
+                Ok(Ok(HoldOutcome::Released { .. })) if late == Some(i) => {
+                    Err(format!("did not say it held within hold_max ({hold_max:?})"))
+                }
                 Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(e)) => Err(format!("{e:#}")),
                 Err(e) => Err(format!("its task ended: {e}")),
@@ -371,7 +393,7 @@ fn spawn_member(member: Arc<Member>, tag: &str, hold_max: Duration) -> StepHandl
 impl RemoteMember {
     async fn take_part(&self, tag: &str, hold_max: Duration, steps: Steps) -> Result<HoldOutcome> {
         let mut slot = self.connection.lock().await;
-        let reusable = slot.take().filter(|(_, used)| used.elapsed() < CONNECTION_REUSE_MAX);
+        let reusable = slot.take().filter(|(stream, used)| used.elapsed() < CONNECTION_REUSE_MAX && quiet(stream));
         let mut stream = match reusable {
             Some((stream, _)) => stream,
             None => match self.dial().await {
@@ -389,8 +411,10 @@ impl RemoteMember {
             bail!("not held: another member was not ready");
         }
         let word = hold_max + MARK_GRACE;
-        send(&mut stream, &ToMember::Hold { vpg: self.vpg.clone(), tag: tag.to_string() })
+        let hold = ToMember::Hold { vpg: self.vpg.clone(), tag: tag.to_string() };
+        tokio::time::timeout(word, send(&mut stream, &hold))
             .await
+            .map_err(|_| anyhow!("the member took no hold within {word:?}"))?
             .context("sending the hold (the connection to the member is lost; the next checkpoint connects again)")?;
         match tokio::time::timeout(word, receive::<_, FromMember>(&mut stream)).await {
             Ok(Ok(FromMember::Held)) => {
@@ -405,7 +429,10 @@ impl RemoteMember {
             Err(_) => bail!("did not answer the hold within {word:?}"),
         }
         let mark = steps.mark.await.unwrap_or(false);
-        send(&mut stream, &ToMember::Mark { mark }).await.context("sending the mark")?;
+        tokio::time::timeout(word, send(&mut stream, &ToMember::Mark { mark }))
+            .await
+            .map_err(|_| anyhow!("the member took no mark within {word:?}"))?
+            .context("sending the mark")?;
         let outcome = match tokio::time::timeout(word, receive::<_, FromMember>(&mut stream)).await {
             Ok(Ok(FromMember::Marked { id, held_us })) => HoldOutcome::Marked { id, held: us(held_us) },
             Ok(Ok(FromMember::Released { held_us })) => HoldOutcome::Released { held: us(held_us) },
@@ -423,11 +450,20 @@ impl RemoteMember {
     }
 
     async fn dial(&self) -> Result<TlsStream<TcpStream>> {
-        let (host, port) = self.address.rsplit_once(':').context("address is not host:port")?;
-        let port: u16 = port.parse().with_context(|| format!("{:?} is not a port", port))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        crate::transfer::sender::dial(&self.connector, host, port).await
+        let (host, port) = crate::config::split_address(&self.address)?;
+        let dial = crate::transfer::sender::dial(&self.connector, host, port);
+        tokio::time::timeout(DIAL_TIMEOUT, dial).await.with_context(|| format!("no answer within {DIAL_TIMEOUT:?}"))?
     }
+}
+
+/// A kept connection the member has said nothing on since: a member never
+/// speaks unasked, so readable means it closed (restarted, timed out) or
+/// broke the protocol, and the connection is made again before the hold.
+fn quiet(stream: &TlsStream<TcpStream>) -> bool {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let readable = std::pin::pin!(stream.get_ref().0.ready(tokio::io::Interest::READABLE));
+    readable.poll(&mut cx).is_pending()
 }
 
 fn us(micros: u64) -> Duration {

@@ -17,9 +17,11 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Coordinators connected at once (each group of each coordinator holds
-/// one connection).
+/// one connection), and from one address: a stranger's idle connections
+/// cannot take every slot.
 const CONNECTIONS_MAX: usize = 64;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTIONS_PER_SOURCE_MAX: usize = 16;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection with no hold for this long is closed (coordinators drop
 /// theirs sooner, `coordinator::CONNECTION_REUSE_MAX`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,16 +41,30 @@ pub async fn start(cfg: &CoordinationConfig, identity: tls::Identity, vpgs: Vpgs
     let hold_max = cfg.hold_max;
     tracing::info!("checkpoint coordination on {listen} (writes held at most {hold_max:?})");
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let per_source = crate::limits::PerSource::new(CONNECTIONS_PER_SOURCE_MAX);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, from)) = listener.accept().await else { continue };
+            let (tcp, from) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("checkpoint coordination: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(source_slot) = per_source.enter(from.ip()) else {
+                tracing::warn!(
+                    "checkpoint coordination: {from} refused, {CONNECTIONS_PER_SOURCE_MAX} connections from there already"
+                );
+                continue;
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!("checkpoint coordination: {from} refused, {CONNECTIONS_MAX} connections already");
                 continue;
             };
             let (acceptor, vpgs) = (acceptor.clone(), vpgs.clone());
             tokio::spawn(async move {
-                let _slot = slot;
+                let _slot = (slot, source_slot);
                 let _ = tcp.set_nodelay(true);
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -74,7 +90,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, vpgs: &Vp
             Ok(r) => r?,
         };
         let ToMember::Hold { vpg, tag } = request else { bail!("a mark with no hold before it") };
-        let refusal = match (vpgs.get(&vpg), crate::names::validate_tag(&tag)) {
+        let refusal = match (vpgs.get(&vpg), crate::names::validate_group_tag(&tag)) {
             (None, _) => Some(format!("no VPG {vpg:?} on this appliance")),
             (_, Err(e)) => Some(format!("{e:#}")),
             (Some(_), Ok(())) => None,
