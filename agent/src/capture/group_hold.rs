@@ -45,6 +45,20 @@ pub enum HoldOutcome {
 }
 
 impl VpgCapture {
+    /// Refuses a hold while more than `HOLD_DEBT_MAX` is owed.
+    fn check_hold_debt(&self) -> Result<()> {
+        let owed = self.hold_debt();
+        if owed > HOLD_DEBT_MAX {
+            bail!(
+                "VPG {}'s writes were held {owed:?} more than a tenth of the time allows lately (coordinated \
+                 checkpoints too often, or a hold that ran to hold_max); the next may begin in {:?}",
+                self.name,
+                (owed - HOLD_DEBT_MAX) * HOLD_REST_FACTOR
+            );
+        }
+        Ok(())
+    }
+
     /// What is owed of the hold debt now.
     fn hold_debt(&self) -> Duration {
         match *self.last_group_hold.lock().expect("hold lock") {
@@ -69,52 +83,56 @@ impl VpgCapture {
         if let Some(why) = self.checkpoint_refusal() {
             bail!("{why}");
         }
-        let owed = self.hold_debt();
-        if owed > HOLD_DEBT_MAX {
-            bail!(
-                "VPG {}'s writes were held {owed:?} more than a tenth of the time allows lately (coordinated \
-                 checkpoints too often, or a hold that ran to hold_max); the next may begin in {:?}",
-                self.name,
-                (owed - HOLD_DEBT_MAX) * HOLD_REST_FACTOR
-            );
-        }
+        self.check_hold_debt()?;
         let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: false };
         let Ok(space) = tokio::time::timeout(hold_max, self.log.reserve(&body)).await else {
             bail!("VPG {}'s protected log had no room for a checkpoint within {hold_max:?}", self.name);
         };
         let space = space?;
         let Ok(order) = tokio::time::timeout(hold_max, self.order.lock()).await else {
-            bail!("VPG {}'s writes could not be held within {hold_max:?} (a write, its fsync or another group's hold kept the lock that long)", self.name);
+            bail!(
+                "VPG {}'s writes could not be held within {hold_max:?} (a write, its fsync or another hold kept \
+                 the lock that long)",
+                self.name
+            );
         };
         let began = Instant::now();
-        // Anything may have changed while the lock was awaited.
+        // Anything may have changed while the lock was awaited, the debt
+        // too (another hold may have had the lock meanwhile): checked again
+        // before anything is held.
         if let Some(why) = self.checkpoint_refusal() {
             bail!("{why}");
         }
-        if held.send(()).is_err() {
-            return Ok(HoldOutcome::Released { held: began.elapsed() });
-        }
-        let decision = tokio::time::timeout_at((began + hold_max).into(), mark).await;
-        let outcome = match decision {
-            Ok(Ok(true)) => {
-                fail::fail_point!("group-hold-before-mark", |_| bail!("failpoint before the group checkpoint"));
-                match self.append_checkpoint_held(space, body, false, || {})? {
-                    Some(id) => HoldOutcome::Marked { id, held: began.elapsed() },
-                    None => bail!("VPG {} left logging mode during the hold", self.name),
-                }
+        self.check_hold_debt()?;
+        let outcome = async {
+            if held.send(()).is_err() {
+                return Ok(HoldOutcome::Released { held: began.elapsed() });
             }
-            Ok(Ok(false)) | Ok(Err(_)) => HoldOutcome::Released { held: began.elapsed() },
-            Err(_) => HoldOutcome::TooLate { held: began.elapsed() },
-        };
-        drop(order);
+            let decision = tokio::time::timeout_at((began + hold_max).into(), mark).await;
+            Ok(match decision {
+                Ok(Ok(true)) => {
+                    fail::fail_point!("group-hold-before-mark", |_| bail!("failpoint before the group checkpoint"));
+                    match self.append_checkpoint_held(space, body, false, || {})? {
+                        Some(id) => HoldOutcome::Marked { id, held: began.elapsed() },
+                        None => bail!("VPG {} left logging mode during the hold", self.name),
+                    }
+                }
+                Ok(Ok(false)) | Ok(Err(_)) => HoldOutcome::Released { held: began.elapsed() },
+                Err(_) => HoldOutcome::TooLate { held: began.elapsed() },
+            })
+        }
+        .await;
+        // Owed before the lock goes, whatever the outcome: a hold queued
+        // behind this one sees it.
         let owed = self.hold_debt() + began.elapsed();
         *self.last_group_hold.lock().expect("hold lock") = Some((Instant::now(), owed));
-        if let HoldOutcome::TooLate { held } = outcome {
+        drop(order);
+        if let Ok(HoldOutcome::TooLate { held }) = outcome {
             tracing::warn!(
                 vpg = %self.name,
                 "coordinated checkpoint {tag:?}: the coordinator did not answer within {held:?}; writes go on, no checkpoint"
             );
         }
-        Ok(outcome)
+        outcome
     }
 }

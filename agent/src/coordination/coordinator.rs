@@ -42,8 +42,10 @@ struct Group {
     name: String,
     interval: Option<Duration>,
     members: Vec<Arc<Member>>,
-    /// One checkpoint of a group at a time.
-    running: Mutex<()>,
+    /// One checkpoint of a group at a time; it holds the time of the last
+    /// one's tag (ms since the epoch), so every tag is later than the one
+    /// before, even within a millisecond or after the clock stepped back.
+    running: Mutex<u64>,
     status: std::sync::Mutex<GroupStatus>,
 }
 
@@ -206,10 +208,15 @@ impl Coordinator {
         let g = self.groups.get(group).ok_or_else(|| {
             anyhow!("no checkpoint group {group:?} is coordinated here (groups: {:?})", self.group_names())
         })?;
-        let tag = group_tag(&g.name, tag.as_deref());
-        crate::names::validate_group_tag(&tag)
-            .context("the group checkpoint's tag (the name given, @, the group, @, the time)")?;
-        let _one = g.running.lock().await;
+        if let Some(name) = &tag {
+            // Refused before waiting for the group: the time part is short.
+            crate::names::validate_group_tag(&group_tag(&g.name, Some(name), crate::record::now_ms()))
+                .context("the group checkpoint's tag (the name given, @, the group, @, the time)")?;
+        }
+        let mut last_ms = g.running.lock().await;
+        *last_ms = crate::record::now_ms().max(*last_ms + 1);
+        let tag = group_tag(&g.name, tag.as_deref(), *last_ms);
+        crate::names::validate_group_tag(&tag)?;
         let result = g.take(tag, self.hold_max).await;
         g.record(&result);
         Ok(result)
@@ -221,8 +228,9 @@ impl Coordinator {
 /// newest checkpoint with it, and a reused tag could pair one attempt's
 /// checkpoint on one member with another's (or with an ordinary
 /// checkpoint) on the next.
-fn group_tag(group: &str, name: Option<&str>) -> String {
-    let at = format!("{group}@{}", humantime::format_rfc3339_millis(std::time::SystemTime::now()));
+fn group_tag(group: &str, name: Option<&str>, time_ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(time_ms);
+    let at = format!("{group}@{}", humantime::format_rfc3339_millis(time));
     match name {
         Some(name) => format!("{name}@{at}"),
         None => at,
@@ -260,7 +268,7 @@ impl Group {
             name: cfg.name.clone(),
             interval: cfg.interval,
             members,
-            running: Mutex::new(()),
+            running: Mutex::new(0),
             status: std::sync::Mutex::new(status),
         })
     }
@@ -280,7 +288,7 @@ impl Group {
         // Which members said they held before the deadline, and the one
         // that did not (the others are let go then).
         let mut in_time = vec![false; self.members.len()];
-        let mut late = None;
+        let mut late = Vec::new();
         if all_ready {
             // Remote members first, this appliance's once they all hold:
             // the order of the holds does not matter (only that all hold
@@ -289,20 +297,20 @@ impl Group {
             let deadline = tokio::time::Instant::now() + hold_max;
             let mut steps: Vec<_> = go.into_iter().zip(held).enumerate().map(|(i, step)| (i, Some(step))).collect();
             let is_local = |i: usize| matches!(*self.members[i], Member::Local(_));
-            'batches: for local in [false, true] {
-                let batch: Vec<_> = steps.iter_mut().filter(|(i, _)| is_local(*i) == local).collect();
+            for local in [false, true] {
                 let mut waiting = Vec::new();
-                for (i, step) in batch {
+                for (i, step) in steps.iter_mut().filter(|(i, _)| is_local(*i) == local) {
                     let (go, held) = step.take().expect("each member is told once");
                     let _ = go.send(());
                     waiting.push((*i, held));
                 }
-                for (i, held) in waiting {
-                    in_time[i] = matches!(tokio::time::timeout_at(deadline, held).await, Ok(Ok(())));
-                    if !in_time[i] {
-                        late = Some(i);
-                        break 'batches;
-                    }
+                let (held, failed) = all_hold(waiting, deadline).await;
+                for i in held {
+                    in_time[i] = true;
+                }
+                if !failed.is_empty() {
+                    late = failed;
+                    break;
                 }
             }
             // Members not yet told to hold are let go by dropping their steps.
@@ -319,7 +327,7 @@ impl Group {
         for (i, (task, member)) in tasks.into_iter().zip(&self.members).enumerate() {
             let outcome = match task.await {
                 // Let go because this member was late, not another.
-                Ok(Ok(HoldOutcome::Released { .. })) if late == Some(i) => {
+                Ok(Ok(HoldOutcome::Released { .. })) if late.contains(&i) => {
                     Err(format!("did not say it held within hold_max ({hold_max:?})"))
                 }
                 Ok(Ok(outcome)) => Ok(outcome),
@@ -366,6 +374,38 @@ impl Group {
                 Some(if why.is_empty() { "a member did not hold in time".into() } else { why.join("; ") });
         }
     }
+}
+
+/// Waits until every one of `waiting` (member index, its "held") says it
+/// holds, or one cannot, or the deadline: the members that held, and those
+/// that did not (empty when all did). Stops at the first that cannot, so
+/// one refusal does not keep the others held to the deadline.
+async fn all_hold(
+    waiting: Vec<(usize, oneshot::Receiver<()>)>,
+    deadline: tokio::time::Instant,
+) -> (Vec<usize>, Vec<usize>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(waiting.len().max(1));
+    let mut pending: Vec<usize> = waiting.iter().map(|(i, _)| *i).collect();
+    for (i, held) in waiting {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send((i, held.await.is_ok())).await;
+        });
+    }
+    drop(tx);
+    let mut held = Vec::new();
+    while !pending.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((i, true))) => {
+                pending.retain(|p| *p != i);
+                held.push(i);
+            }
+            Ok(Some((i, false))) => return (held, vec![i]),
+            // The deadline: every member still silent is late.
+            Ok(None) | Err(_) => return (held, pending),
+        }
+    }
+    (held, Vec::new())
 }
 
 fn spawn_member(member: Arc<Member>, tag: &str, hold_max: Duration) -> StepHandles {

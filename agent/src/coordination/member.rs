@@ -36,7 +36,11 @@ pub type Vpgs = Arc<BTreeMap<String, Arc<VpgCapture>>>;
 pub async fn start(cfg: &CoordinationConfig, identity: tls::Identity, vpgs: Vpgs) -> Result<()> {
     let Some(listen) = cfg.listen else { return Ok(()) };
     let allowed = cfg.coordinators.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>>>()?;
-    let acceptor = TlsAcceptor::from(tls::server_config(identity, allowed)?);
+    // No session tickets: the coordinator reads nothing unasked between
+    // holds, and an unread ticket would look like a closed connection.
+    let mut config = (*tls::server_config(identity, allowed)?).clone();
+    config.send_tls13_tickets = 0;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = crate::listen::bind_listener(listen, "checkpoint coordination").await?;
     let hold_max = cfg.hold_max;
     tracing::info!("checkpoint coordination on {listen} (writes held at most {hold_max:?})");
