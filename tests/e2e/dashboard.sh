@@ -41,6 +41,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import StaleElementReferenceException
 from api_client import totp, totp_secret
 
 E = os.environ
@@ -56,7 +57,22 @@ for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic"
     options.add_argument(flag)
 options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(driver, 30)
+# The page re-renders its tables on every poll: an element found just
+# before a re-render is stale by the time its text is read; the wait tries
+# again instead of failing.
+wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
+
+
+def text_of(by, what):
+    """An element's text, found again if a re-render made it stale."""
+    for _ in range(50):
+        try:
+            return driver.find_element(by, what).text
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return driver.find_element(by, what).text
+
+
 failures = []
 requested = set()
 
@@ -125,14 +141,14 @@ try:
     text = confirm(chosen)
     wait.until(lambda d: "Test failover start: done" in d.find_element(By.ID, "message").text)
     wait.until(lambda d: "test failover running" in d.find_element(By.CSS_SELECTOR, "#vpg-vpg1 .note").text)
-    check("nbd://" in driver.find_element(By.ID, "message").text, "no export shown: %r" % driver.find_element(By.ID, "message").text)
+    check("nbd://" in text_of(By.ID, "message"), "no export shown: %r" % text_of(By.ID, "message"))
     shot("3-operator-test-failover-running")
-    print("operator: confirmed %r; %s" % (text, driver.find_element(By.ID, "message").text[:100]))
+    print("operator: confirmed %r; %s" % (text, text_of(By.ID, "message")[:100]))
     driver.find_element(By.ID, "act-test-stop").click()
     confirm("vpg1")
     wait.until(lambda d: "Test failover stop: done" in d.find_element(By.ID, "message").text)
     shot("4-operator-test-failover-stopped")
-    audit_text = driver.find_element(By.ID, "audit").text
+    audit_text = text_of(By.ID, "audit")
     check("test-failover start" in audit_text and "oper1" in audit_text, "the audit table lacks the test failover")
     drain_logs("as the operator")
     logout()
