@@ -452,38 +452,26 @@ impl RemoteMember {
         }
         let word = hold_max + MARK_GRACE;
         let hold = ToMember::Hold { vpg: self.vpg.clone(), tag: tag.to_string() };
-        tokio::time::timeout(word, send(&mut stream, &hold))
-            .await
-            .map_err(|_| anyhow!("the member took no hold within {word:?}"))?
-            .context("sending the hold (the connection to the member is lost; the next checkpoint connects again)")?;
-        match tokio::time::timeout(word, receive::<_, FromMember>(&mut stream)).await {
-            Ok(Ok(FromMember::Held)) => {
+        match ask(&mut stream, &hold, word, "hold").await? {
+            FromMember::Held => {
                 let _ = steps.held.send(());
             }
-            Ok(Ok(FromMember::Refused { reason })) => {
+            FromMember::Refused { reason } => {
                 *slot = Some((stream, Instant::now()));
                 bail!("refused: {reason}");
             }
-            Ok(Ok(other)) => bail!("answered {other:?} to a hold"),
-            Ok(Err(e)) => return Err(e.context("waiting for the hold")),
-            Err(_) => bail!("did not answer the hold within {word:?}"),
+            other => bail!("answered {other:?} to a hold"),
         }
         let mark = steps.mark.await.unwrap_or(false);
-        tokio::time::timeout(word, send(&mut stream, &ToMember::Mark { mark }))
-            .await
-            .map_err(|_| anyhow!("the member took no mark within {word:?}"))?
-            .context("sending the mark")?;
-        let outcome = match tokio::time::timeout(word, receive::<_, FromMember>(&mut stream)).await {
-            Ok(Ok(FromMember::Marked { id, held_us })) => HoldOutcome::Marked { id, held: us(held_us) },
-            Ok(Ok(FromMember::Released { held_us })) => HoldOutcome::Released { held: us(held_us) },
-            Ok(Ok(FromMember::TooLate { held_us })) => HoldOutcome::TooLate { held: us(held_us) },
-            Ok(Ok(FromMember::Refused { reason })) => {
+        let outcome = match ask(&mut stream, &ToMember::Mark { mark }, word, "mark").await? {
+            FromMember::Marked { id, held_us } => HoldOutcome::Marked { id, held: us(held_us) },
+            FromMember::Released { held_us } => HoldOutcome::Released { held: us(held_us) },
+            FromMember::TooLate { held_us } => HoldOutcome::TooLate { held: us(held_us) },
+            FromMember::Refused { reason } => {
                 *slot = Some((stream, Instant::now()));
                 bail!("{reason}");
             }
-            Ok(Ok(other)) => bail!("answered {other:?} to a mark"),
-            Ok(Err(e)) => return Err(e.context("waiting for the mark's answer")),
-            Err(_) => bail!("did not answer the mark within {word:?}"),
+            other => bail!("answered {other:?} to a mark"),
         };
         *slot = Some((stream, Instant::now()));
         Ok(outcome)
@@ -494,6 +482,21 @@ impl RemoteMember {
         let dial = crate::transfer::sender::dial(&self.connector, host, port);
         tokio::time::timeout(DIAL_TIMEOUT, dial).await.with_context(|| format!("no answer within {DIAL_TIMEOUT:?}"))?
     }
+}
+
+/// Sends the `what` (hold or mark) and reads the member's answer, each
+/// within `word`. Err: the connection is lost.
+async fn ask(stream: &mut TlsStream<TcpStream>, message: &ToMember, word: Duration, what: &str) -> Result<FromMember> {
+    tokio::time::timeout(word, send(stream, message))
+        .await
+        .map_err(|_| anyhow!("the member took no {what} within {word:?}"))?
+        .with_context(|| {
+            format!("sending the {what} (the connection to the member is lost; the next checkpoint connects again)")
+        })?;
+    tokio::time::timeout(word, receive(stream))
+        .await
+        .map_err(|_| anyhow!("did not answer the {what} within {word:?}"))?
+        .with_context(|| format!("waiting for the answer to the {what}"))
 }
 
 /// A kept connection the member has said nothing on since: a member never
