@@ -25,6 +25,7 @@ pub mod nbd;
 pub mod random;
 pub mod record;
 pub mod recovery;
+pub mod recovery_state;
 pub mod run;
 pub mod segment;
 pub mod status;

@@ -26,15 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::journal::FAILOVER_RECORD_FILE as FAILOVER_FILE;
 pub(super) const SET_ASIDE_DIR: &str = "after-failover";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum How {
-    /// An operator chose a checkpoint (disaster, or a drill gone live).
-    Failover,
-    /// A planned move: the protected side stopped writes and sent a final
-    /// checkpoint; nothing was lost.
-    Move,
-}
+pub use crate::recovery_state::How;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverRecord {
@@ -81,15 +73,7 @@ impl FailoverRecord {
 
     /// The error for anything that wants the VPG's history after this.
     pub fn refusal(&self, vpg: &str) -> String {
-        format!(
-            "VPG {vpg:?} was {} at checkpoint {} on {}; its volumes are live now and its history is closed",
-            match self.how {
-                How::Failover => "failed over",
-                How::Move => "moved",
-            },
-            self.checkpoint.id,
-            crate::status::format_time_ms(self.time_ms)
-        )
+        crate::recovery_state::failed_over_message(vpg, self.how, self.checkpoint.id, self.time_ms)
     }
 }
 

@@ -13,13 +13,13 @@ use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::{vpg_dir, JournalMeta};
 use crate::nbd::export::{BlockExport, ExportTable};
-use crate::transfer::slot::{VpgSlots, FAILOVER_PENDING};
+use crate::recovery_state::{Event, VpgState};
+use crate::transfer::slot::{VpgSlot, VpgSlots};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 const SCRATCH_DIR: &str = "scratch";
@@ -39,41 +39,29 @@ pub struct Served {
     pub iscsi_problem: Option<String>,
 }
 
+/// What a running test failover serves (its state is the VPG's).
 struct TestFailover {
     served: Served,
     overlays: Vec<Arc<OverlayVolume>>,
     scratch_dir: PathBuf,
 }
 
-impl TestFailover {
-    /// Holds a VPG's slot while its test failover starts or stops.
-    fn placeholder(vpg: &str, scratch_dir: &Path) -> TestFailover {
-        let none = CheckpointInfo { id: 0, time_ms: 0, tag: String::new(), consistent: false, resync: false };
-        TestFailover {
-            served: Served {
-                vpg: vpg.to_string(),
-                checkpoint: none,
-                names: Vec::new(),
-                uris: Vec::new(),
-                iscsi_problem: None,
-            },
-            overlays: Vec::new(),
-            scratch_dir: scratch_dir.to_path_buf(),
-        }
-    }
+/// Ends a VPG's `TestChanging` when a start fails or a stop ends, however
+/// it ends, unless the start succeeded (`started`).
+struct TestChange(Option<Arc<VpgSlot>>);
 
-    fn is_placeholder(&self) -> bool {
-        self.served.names.is_empty()
+impl TestChange {
+    fn started(mut self, checkpoint: u64) -> Result<()> {
+        let slot = self.0.take().expect("a test change ends once");
+        slot.change(Event::TestStarted { checkpoint }).map(drop)
     }
 }
 
-/// Frees a VPG's test-failover slot when a start fails or a stop ends,
-/// however it ends (a start that succeeds forgets it).
-struct TestSlot<'a>(&'a RecoveryOps, String);
-
-impl Drop for TestSlot<'_> {
+impl Drop for TestChange {
     fn drop(&mut self) {
-        self.0.tests.lock().expect("tests lock").remove(&self.1);
+        if let Some(Err(e)) = self.0.take().map(|slot| slot.change(Event::TestGone)) {
+            tracing::error!("{e:#}");
+        }
     }
 }
 
@@ -84,11 +72,11 @@ pub struct RecoveryOps {
     listen: Option<SocketAddr>,
     /// The same exports as iSCSI LUNs (`[iscsi]` configured).
     pub(super) luns: Option<RecoveryLuns>,
+    /// What each VPG's running test failover serves, added before its
+    /// state says `Testing` and taken once it says `TestChanging`.
     tests: Mutex<BTreeMap<String, TestFailover>>,
-    /// The VPGs whose journals are open here.
+    /// The VPGs whose journals are open here, each with its state.
     pub(super) slots: Arc<VpgSlots>,
-    /// VPG → the failover or move being committed for it.
-    busy: Mutex<BTreeMap<String, How>>,
     /// Failed-over VPGs served live: where their writes go.
     pub(super) live: Mutex<BTreeMap<String, LiveCapture>>,
     /// Reverse protection sessions, by VPG.
@@ -166,20 +154,35 @@ impl FailedOver {
 
 /// A move announced by the protected side: other failovers of the VPG
 /// are refused until it ends or its link drops.
-pub struct MoveMark(Arc<RecoveryOps>, String);
+pub struct MoveMark(Arc<VpgSlot>, u64);
 
 impl Drop for MoveMark {
     fn drop(&mut self) {
-        self.0.busy.lock().expect("busy lock").remove(&self.1);
+        if let Err(e) = self.0.change(Event::MoveEnd { mark: self.1 }) {
+            tracing::error!("{e:#}");
+        }
     }
 }
 
-/// Takes a VPG's "busy" mark off when a failover ends, however it ends.
-struct BusyGuard<'a>(&'a RecoveryOps, String);
+/// Takes a failover's commit back when it ends any other way than
+/// committed (`Event::CommitFailed`), however it ends.
+struct CommitGuard<'a>(&'a VpgSlot, bool);
 
-impl Drop for BusyGuard<'_> {
+impl CommitGuard<'_> {
+    /// The commit ended with the VPG failed over.
+    fn committed(mut self, checkpoint: &CheckpointInfo, how: How, time_ms: u64) -> Result<()> {
+        self.1 = false;
+        self.0.change(Event::Committed { checkpoint: checkpoint.id, how, time_ms }).map(drop)
+    }
+}
+
+impl Drop for CommitGuard<'_> {
     fn drop(&mut self) {
-        self.0.busy.lock().expect("busy lock").remove(&self.1);
+        if self.1 {
+            if let Err(e) = self.0.change(Event::CommitFailed) {
+                tracing::error!("{e:#}");
+            }
+        }
     }
 }
 
@@ -207,7 +210,6 @@ impl RecoveryOps {
             luns,
             tests: Mutex::new(BTreeMap::new()),
             slots,
-            busy: Mutex::new(BTreeMap::new()),
             live: Mutex::new(BTreeMap::new()),
             reverse: Mutex::new(BTreeMap::new()),
             reverse_setup: tokio::sync::Mutex::new(()),
@@ -325,23 +327,22 @@ impl RecoveryOps {
         Ok(chosen.id)
     }
 
-    pub fn begin_move(self: &Arc<Self>, vpg: &str) -> Result<MoveMark> {
-        let mut busy = self.busy.lock().expect("busy lock");
-        if let Some(running) = busy.get(vpg) {
-            bail!(
-                "a {} of VPG {vpg:?} is already running here",
-                if *running == How::Move { "move" } else { "failover" }
-            );
-        }
-        if let Some(record) = FailoverRecord::load(&vpg_dir(&self.journal_root, vpg))? {
-            bail!("{}", record.refusal(vpg));
-        }
-        if self.tests.lock().expect("tests lock").contains_key(vpg) {
-            bail!("a test failover of VPG {vpg:?} is running at the recovery site; stop it first");
-        }
-        busy.insert(vpg.to_string(), How::Move);
+    pub fn begin_move(&self, vpg: &str) -> Result<MoveMark> {
+        let slot = self.slot(vpg)?;
+        let mark = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark })?;
         tracing::info!(%vpg, "a move begins; other failovers of this VPG are refused until it ends");
-        Ok(MoveMark(self.clone(), vpg.to_string()))
+        Ok(MoveMark(slot, mark))
+    }
+
+    /// The slot of `vpg`, whose journal must be open here.
+    fn slot(&self, vpg: &str) -> Result<Arc<VpgSlot>> {
+        crate::transfer::slot::find(&self.slots, vpg).ok_or_else(|| {
+            anyhow!(
+                "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
+                self.journal_root.display()
+            )
+        })
     }
 
     /// Fails `vpg` over to `wanted` (see `failover.rs`). The stream for
@@ -356,38 +357,18 @@ impl RecoveryOps {
         if serve {
             self.uri("")?;
         }
-        let slot = crate::transfer::slot::find(&self.slots, vpg).ok_or_else(|| {
-            anyhow!(
-                "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
-                self.journal_root.display()
-            )
-        })?;
+        let slot = self.slot(vpg)?;
         let dir = vpg_dir(&self.journal_root, vpg);
-        {
-            let mut busy = self.busy.lock().expect("busy lock");
-            // A move's own promote finds the move's mark.
-            match busy.get(vpg) {
-                Some(How::Move) if how == How::Move => {}
-                Some(running) => {
-                    let what = if *running == How::Move { "a move" } else { "a failover" };
-                    bail!("{what} of VPG {vpg:?} is already running; wait for it to finish");
-                }
-                None => {}
-            }
-            if let Some(record) = FailoverRecord::load(&dir)? {
-                if how == How::Move && record.how == How::Move && record.checkpoint.id.to_string() == wanted {
+        // A move's promote asked again (its link came back) is answered as done.
+        if let VpgState::FailedOver { checkpoint, how: How::Move, .. } = slot.state() {
+            if how == How::Move && checkpoint.to_string() == wanted {
+                if let Some(record) = FailoverRecord::load(&dir)? {
                     return Ok(self.already_moved(vpg, record));
                 }
-                bail!("{}", record.refusal(vpg));
-            }
-            if self.tests.lock().expect("tests lock").contains_key(vpg) {
-                bail!("a test failover of VPG {vpg:?} is running; stop it first (`tidemark test-failover stop`)");
-            }
-            if how == How::Failover {
-                busy.insert(vpg.to_string(), How::Failover);
             }
         }
-        let _busy = (how == How::Failover).then(|| BusyGuard(self, vpg.to_string()));
+        // Refused now if it would be once the checkpoint is found.
+        slot.check(Event::CommitBegin(how))?;
         // A checkpoint that cannot be resolved is refused before the stream
         // is touched. The running journal's index answers for the common
         // case; only a miss reads the journal, for the precise reason.
@@ -398,14 +379,16 @@ impl RecoveryOps {
                 .await
                 .context("failover task")??;
         }
+        // The stream closes under the journal lock: no batch is appended after.
         let meta = {
             let journal = slot.journal.lock().expect("journal lock");
-            slot.failed_over.store(FAILOVER_PENDING, Ordering::SeqCst);
+            slot.change(Event::CommitBegin(how))?;
             journal.meta.clone()
         };
+        let guard = CommitGuard(&slot, true);
         tracing::warn!(%vpg, "{:?} to checkpoint {wanted:?} begins; the stream for this VPG is closed", how);
         let (root, name, wanted_owned, how_owned, dir_owned, meta_owned) =
-            (self.journal_root.clone(), vpg.to_string(), wanted.to_string(), how.clone(), dir.clone(), meta.clone());
+            (self.journal_root.clone(), vpg.to_string(), wanted.to_string(), how, dir.clone(), meta.clone());
         let committed = tokio::task::spawn_blocking(move || {
             let view = super::JournalView::open(&root, &name)?;
             let checkpoint = view.resolve(&wanted_owned)?;
@@ -419,20 +402,20 @@ impl RecoveryOps {
                 // Once its record is written the failover happened, even if
                 // what follows failed (it is finished at the next start).
                 if let Ok(Some(record)) = FailoverRecord::load(&dir) {
-                    slot.failed_over.store(record.checkpoint.id, Ordering::SeqCst);
+                    guard.committed(&record.checkpoint, record.how, record.time_ms)?;
                     return Err(e.context(format!(
                         "VPG {vpg:?} is failed over at checkpoint {}, but finishing it failed; \
                          restart the recovery agent to finish it",
                         record.checkpoint.id
                     )));
                 }
-                slot.failed_over.store(0, Ordering::SeqCst);
+                drop(guard);
                 tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
                 return Err(e);
             }
         };
         let checkpoint = committed.record.checkpoint.clone();
-        slot.failed_over.store(checkpoint.id, Ordering::SeqCst);
+        guard.committed(&checkpoint, how, committed.record.time_ms)?;
         let (uris, iscsi_problem) =
             if serve { self.serve_live(vpg, &dir, &meta, None).await? } else { (Vec::new(), None) };
         let done = FailedOver {
@@ -600,30 +583,13 @@ impl RecoveryOps {
     pub async fn test_failover_start(&self, vpg: &str, checkpoint: &str) -> Result<Served> {
         crate::config::validate_name("--vpg", vpg)?;
         let scratch_dir = self.scratch_root.join(vpg);
-        // The VPG's slot is taken first: a second start at the same time is
-        // refused, and the scratch directory is this start's alone. `busy`
-        // is held meanwhile (as a failover holds it while it looks at the
-        // test failovers: busy, then tests), so no failover slips between.
-        {
-            let busy = self.busy.lock().expect("busy lock");
-            if let Some(running) = busy.get(vpg) {
-                bail!("a {running:?} of VPG {vpg:?} is running; no test failover now");
-            }
-            let mut tests = self.tests.lock().expect("tests lock");
-            if let Some(t) = tests.get(vpg) {
-                if t.is_placeholder() {
-                    bail!("a test failover of VPG {vpg:?} is starting or stopping; try again in a moment");
-                }
-                bail!(
-                    "a test failover of VPG {vpg:?} is already running (checkpoint {}); stop it first with \
-                     `tidemark test-failover stop --vpg {vpg}`",
-                    t.served.checkpoint.id
-                );
-            }
-            tests.insert(vpg.to_string(), TestFailover::placeholder(vpg, &scratch_dir));
-        }
-        // Frees the slot if the start ends any other way than served.
-        let slot = TestSlot(self, vpg.to_string());
+        // The VPG's state says a test failover is starting first: a second
+        // start, a failover or a move is refused meanwhile, and the scratch
+        // directory is this start's alone.
+        let slot = self.slot(vpg)?;
+        slot.change(Event::TestStart)?;
+        // Back to replicating if the start ends any other way than served.
+        let change = TestChange(Some(slot));
         let started = self.start_test(vpg, checkpoint, &scratch_dir).await;
         let (served, overlays) = match started {
             Ok(s) => s,
@@ -633,11 +599,12 @@ impl RecoveryOps {
             }
         };
         tracing::info!(%vpg, "test failover started at checkpoint {}: {:?}", served.checkpoint.id, served.names);
+        let checkpoint = served.checkpoint.id;
         self.tests
             .lock()
             .expect("tests lock")
             .insert(vpg.to_string(), TestFailover { served: served.clone(), overlays, scratch_dir });
-        std::mem::forget(slot);
+        change.started(checkpoint)?;
         Ok(served)
     }
 
@@ -670,24 +637,18 @@ impl RecoveryOps {
 
     /// Stops a test failover and throws its writes away. Returns a report.
     pub async fn test_failover_stop(&self, vpg: &str) -> Result<String> {
-        // A placeholder holds the VPG's slot until everything is gone, so a
-        // new start cannot meet this one's scratch files or export names.
-        let test = {
-            let mut tests = self.tests.lock().expect("tests lock");
-            match tests.get_mut(vpg) {
-                None => {
-                    bail!("no test failover of VPG {vpg:?} is running (start one with `tidemark test-failover start`)")
-                }
-                Some(t) if t.is_placeholder() => {
-                    bail!("the test failover of VPG {vpg:?} is starting or stopping; try again in a moment")
-                }
-                Some(t) => {
-                    let placeholder = TestFailover::placeholder(vpg, &t.scratch_dir);
-                    std::mem::replace(t, placeholder)
-                }
-            }
-        };
-        let _slot = TestSlot(self, vpg.to_string());
+        // The VPG stays `TestChanging` until everything is gone, so a new
+        // start cannot meet this one's scratch files or export names.
+        let slot = crate::transfer::slot::find(&self.slots, vpg)
+            .ok_or_else(|| anyhow!(crate::recovery_state::Refusal::NoTest.message(vpg)))?;
+        slot.change(Event::TestStop)?;
+        let _change = TestChange(Some(slot));
+        let test = self
+            .tests
+            .lock()
+            .expect("tests lock")
+            .remove(vpg)
+            .ok_or_else(|| anyhow!("internal error: the test failover of VPG {vpg:?} serves nothing"))?;
         // Its LUNs first, then the overlays and every connection to them.
         if let Some(l) = &self.luns {
             l.withdraw(vpg, Purpose::TestFailover).await;
@@ -708,12 +669,6 @@ impl RecoveryOps {
     /// VPG → its served iSCSI targets and their sessions (for status).
     pub fn iscsi_status(&self) -> BTreeMap<String, Vec<crate::status::IscsiStatus>> {
         self.luns.as_ref().map(|l| l.status()).unwrap_or_default()
-    }
-
-    /// VPG → checkpoint of each running test failover (for status).
-    pub fn running_tests(&self) -> BTreeMap<String, u64> {
-        let tests = self.tests.lock().expect("tests lock");
-        tests.iter().filter(|(_, t)| !t.is_placeholder()).map(|(k, t)| (k.clone(), t.served.checkpoint.id)).collect()
     }
 }
 

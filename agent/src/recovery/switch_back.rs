@@ -25,11 +25,10 @@ use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::journal::apply_state::ApplyState;
 use crate::journal::checkpoint::CheckpointInfo;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
-use crate::transfer::slot::FAILOVER_PENDING;
+use crate::recovery_state::Event;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,19 +318,23 @@ impl RecoveryOps {
         // Until the journal is open again a forward hello is asked to come
         // back (never told "failed over", which would stop the old site,
         // already taking the VPG back, for good).
-        slot.failed_over.store(FAILOVER_PENDING, Ordering::SeqCst);
+        slot.change(Event::SwitchBackEnds)?;
         let d = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
-        let (d, policy) = (dir.to_path_buf(), slot.policy);
-        let journal = tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
-            .await
-            .context("reopening the journal")??;
+        let reopened = async {
+            tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
+            let (d, policy) = (dir.to_path_buf(), slot.policy);
+            tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
+                .await
+                .context("reopening the journal")?
+        };
+        // Stays `Reopening` on failure: the disk is finished at the next start.
+        let journal = reopened.await.context("restart the recovery agent to finish the switch-back")?;
         let journal_seq = journal.durable_seq();
         {
             let mut open = slot.journal.lock().expect("journal lock");
             *open = journal;
             *slot.summarizer.lock().expect("summarizer lock") = Default::default();
-            slot.failed_over.store(0, Ordering::SeqCst);
+            slot.change(Event::Reopened)?;
         }
         tracing::warn!(%vpg, journal_seq, "switched back: the VPG runs at the old site again; its journal takes the new forward stream");
         Ok(MoveBackAnswer::Done { journal_seq })

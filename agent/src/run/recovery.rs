@@ -4,6 +4,7 @@
 use crate::config::RecoveryConfig;
 use crate::journal::applier::{self, HistoryPolicy};
 use crate::recovery::ops::RecoveryOps;
+use crate::recovery_state::VpgState;
 use crate::status::{self, CheckpointSummary, HistoryStatus, VpgStatus, STATUS_INTERVAL_MS};
 use crate::transfer::receiver::{accept_loop, Receiver};
 use crate::transfer::slot::VpgSlot;
@@ -79,28 +80,31 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
         let slots: Vec<(String, Arc<_>)> =
             receiver.vpgs.lock().expect("vpgs lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut vpgs = Vec::new();
-        let tests = ops.running_tests();
         let mut targets = ops.iscsi_status();
         for (name, slot) in slots {
             let received = slot.received_bytes.load(Ordering::Relaxed);
             let throughput = received.saturating_sub(prev.get(&name).copied().unwrap_or(0)) * 1000 / STATUS_INTERVAL_MS;
             prev.insert(name.clone(), received);
             let history = history_status(&slot);
-            let test = tests.get(&name).map(|c| format!("test failover running at checkpoint {c}"));
+            let vpg_state = slot.state();
+            let test = vpg_state.testing_at().map(|c| format!("test failover running at checkpoint {c}"));
             let iscsi = targets.remove(&name).unwrap_or_default();
             let journal = slot.journal.lock().expect("journal lock");
             let index = &journal.index;
             // The newest checkpoint that can be restored (complete).
             let last = index.latest_consistent();
             let lag_seconds = last.map_or(0.0, |c| crate::record::now_ms().saturating_sub(c.time_ms) as f64 / 1000.0);
-            let state = match slot.failed_over.load(Ordering::SeqCst) {
-                0 if index.initial_copy_complete() => "protected".to_string(),
-                0 => "initial copy in progress".to_string(),
-                crate::transfer::slot::FAILOVER_PENDING => "failover in progress".to_string(),
-                c if ops.switching_back(&name) => {
-                    format!("failed over at checkpoint {c}; switching back to the old site (writes refused here)")
+            let state = match vpg_state {
+                VpgState::Committing { .. } => "failover in progress".to_string(),
+                VpgState::Reopening => "failed over; switching back: the journal is being reopened".to_string(),
+                VpgState::FailedOver { checkpoint, .. } if ops.switching_back(&name) => format!(
+                    "failed over at checkpoint {checkpoint}; switching back to the old site (writes refused here)"
+                ),
+                VpgState::FailedOver { checkpoint, .. } => {
+                    format!("failed over at checkpoint {checkpoint} (volumes live here)")
                 }
-                c => format!("failed over at checkpoint {c} (volumes live here)"),
+                _ if index.initial_copy_complete() => "protected".to_string(),
+                _ => "initial copy in progress".to_string(),
             };
             vpgs.push(VpgStatus {
                 name,
@@ -146,7 +150,7 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
         tick.tick().await;
         let slots: Vec<Arc<VpgSlot>> = receiver.vpgs.lock().expect("vpgs lock").values().cloned().collect();
         // A failed-over VPG's replica is live: the applier leaves it alone.
-        for slot in slots.into_iter().filter(|s| s.failed_over.load(std::sync::atomic::Ordering::SeqCst) == 0) {
+        for slot in slots.into_iter().filter(|s| s.state().replica_moves()) {
             let task = slot.clone();
             let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
             let capped = slot.journal.lock().expect("journal lock").capped().map(str::to_owned);

@@ -4,12 +4,13 @@
 //! sends anything malformed is dropped alone; other links keep running.
 
 use super::peer::Peer;
-use super::slot::{VpgSlot, VpgSlots, FAILOVER_PENDING};
+use super::slot::{VpgSlot, VpgSlots};
 use super::{answer_when_done, recv_control, recv_control_or_refuse, send_control};
 use crate::extent_hash::HashQuestion;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
+use crate::recovery_state::VpgState;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
@@ -101,10 +102,8 @@ impl Receiver {
             crate::recovery::failover::finish_commit(&dir)?;
             let failed = crate::recovery::failover::FailoverRecord::load(&dir)?;
             let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
-            let slot = VpgSlot::new(journal, 0, policy);
-            if let Some(record) = failed {
-                slot.failed_over.store(record.checkpoint.id, Ordering::SeqCst);
-            }
+            let state = VpgState::at_start(failed.map(|r| (r.checkpoint.id, r.how, r.time_ms)));
+            let slot = VpgSlot::new(journal, 0, policy, state);
             self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(slot));
         }
         Ok(())
@@ -415,8 +414,8 @@ async fn open_vpg(
     }
     let session = crate::random::random_u64();
     if let Some(slot) = receiver.slot(vpg) {
-        if slot.failed_over.load(Ordering::SeqCst) == FAILOVER_PENDING {
-            bail!("a failover of VPG {vpg:?} is being committed here");
+        if let Some(why) = slot.stream_refusal() {
+            bail!("{why}");
         }
         let journal = slot.journal.lock().expect("journal lock");
         if journal.meta.volumes != volumes {
@@ -435,7 +434,7 @@ async fn open_vpg(
         tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
     }
     let (durable, journal_stream) = (journal.durable_seq(), journal.index.stream_id);
-    let slot = Arc::new(VpgSlot::new(journal, session, policy));
+    let slot = Arc::new(VpgSlot::new(journal, session, policy, VpgState::Replicating));
     let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
     slot.session_stream.store(stream_id, Ordering::SeqCst);
@@ -484,9 +483,9 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         // freed by one thread, which keeps the allocator from holding it.
         let appended = tokio::task::block_in_place(|| {
             let mut journal = slot.journal.lock().expect("journal lock");
-            match slot.failed_over.load(Ordering::SeqCst) {
-                0 => journal.append(&decoded, stream),
-                _ => Err(anyhow::anyhow!("VPG {vpg:?} is being failed over here; the stream is closed")),
+            match slot.stream_refusal() {
+                None => journal.append(&decoded, stream),
+                Some(why) => Err(anyhow::anyhow!("{why}; the stream is closed")),
             }
         });
         drop(decoded);

@@ -4,12 +4,14 @@
 
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::Journal;
+use crate::recovery_state::{Event, VpgState};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 /// One VPG as the receiver sees it.
 pub struct VpgSlot {
+    pub name: String,
     pub journal: Mutex<Journal>,
     /// The session of the newest hello; older data links are dropped.
     pub(super) session: AtomicU64,
@@ -22,15 +24,13 @@ pub struct VpgSlot {
     pub policy: HistoryPolicy,
     /// What the applier last reported (for status).
     pub history: Mutex<crate::status::HistoryStatus>,
-    /// 0 while the VPG replicates here; `FAILOVER_PENDING` while a
-    /// failover commits; else the checkpoint it was failed over at. Set
-    /// under the journal lock, so no batch is appended after it.
-    pub failed_over: AtomicU64,
+    /// What the VPG is doing here (`recovery_state`). Changed only through
+    /// `change`; a change that closes the stream is made under the journal
+    /// lock, so no batch is appended after it.
+    state: Mutex<VpgState>,
     /// Keeps the journal's segment summaries (run by the applier loop).
     pub summarizer: Mutex<crate::journal::summary::Summarizer>,
 }
-
-pub const FAILOVER_PENDING: u64 = u64::MAX;
 
 /// The VPGs whose journals are open here, by name.
 pub type VpgSlots = Mutex<HashMap<String, Arc<VpgSlot>>>;
@@ -41,13 +41,43 @@ pub fn find(slots: &VpgSlots, vpg: &str) -> Option<Arc<VpgSlot>> {
 }
 
 impl VpgSlot {
-    /// The checkpoint the VPG was failed over at, once that is committed.
-    pub fn failed_over_at(&self) -> Option<u64> {
-        Some(self.failed_over.load(Ordering::SeqCst)).filter(|c| *c != 0 && *c != FAILOVER_PENDING)
+    /// The VPG's state now.
+    pub fn state(&self) -> VpgState {
+        self.state.lock().expect("vpg state lock").clone()
     }
 
-    pub(super) fn new(journal: Journal, session: u64, policy: HistoryPolicy) -> Self {
+    /// Applies `event` to the VPG's state (`VpgState::next`), or says why
+    /// it is refused, naming the VPG.
+    pub fn change(&self, event: Event) -> anyhow::Result<VpgState> {
+        let mut state = self.state.lock().expect("vpg state lock");
+        let next = state.next(event).map_err(|refusal| anyhow::anyhow!(refusal.message(&self.name)))?;
+        if next != *state {
+            tracing::info!(vpg = %self.name, "{:?} -> {next:?} ({event:?})", *state);
+        }
+        *state = next.clone();
+        Ok(next)
+    }
+
+    /// Whether `event` would be taken now (nothing changes): for a check
+    /// before slow work, whose `change` is then made, and may be refused.
+    pub fn check(&self, event: Event) -> anyhow::Result<()> {
+        let state = self.state.lock().expect("vpg state lock");
+        state.next(event).map(drop).map_err(|refusal| anyhow::anyhow!(refusal.message(&self.name)))
+    }
+
+    /// The checkpoint the VPG was failed over at, once that is committed.
+    pub fn failed_over_at(&self) -> Option<u64> {
+        self.state.lock().expect("vpg state lock").failed_over_at()
+    }
+
+    /// Why the journal takes no stream now, if it does not.
+    pub fn stream_refusal(&self) -> Option<String> {
+        self.state.lock().expect("vpg state lock").stream_refusal().map(|r| r.message(&self.name))
+    }
+
+    pub(super) fn new(journal: Journal, session: u64, policy: HistoryPolicy, state: VpgState) -> Self {
         VpgSlot {
+            name: journal.meta.vpg.clone(),
             journal: Mutex::new(journal),
             session: AtomicU64::new(session),
             session_peer: Mutex::new([0; 32]),
@@ -55,7 +85,7 @@ impl VpgSlot {
             received_bytes: AtomicU64::new(0),
             policy,
             history: Mutex::new(Default::default()),
-            failed_over: AtomicU64::new(0),
+            state: Mutex::new(state),
             summarizer: Default::default(),
         }
     }
