@@ -164,24 +164,35 @@ impl Drop for MoveMark {
     }
 }
 
-/// Takes a failover's commit back when it ends any other way than
-/// committed (`Event::CommitFailed`), however it ends.
-struct CommitGuard<'a>(&'a VpgSlot, bool);
-
-impl CommitGuard<'_> {
-    /// The commit ended with the VPG failed over.
-    fn committed(mut self, checkpoint: &CheckpointInfo, how: How, time_ms: u64) -> Result<()> {
-        self.1 = false;
-        self.0.change(Event::Committed { checkpoint: checkpoint.id, how, time_ms }).map(drop)
-    }
+/// Ends a failover's `Committing` as the disk says it ended, however the
+/// commit ends (a panic aborts the agent, whose next start reads the
+/// disk). It travels with the blocking commit,
+/// not with the caller's future: a caller that goes away while the commit
+/// runs must not reopen the stream of a VPG whose record is then written.
+struct CommitEnd {
+    slot: Arc<VpgSlot>,
+    dir: PathBuf,
 }
 
-impl Drop for CommitGuard<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            if let Err(e) = self.0.change(Event::CommitFailed) {
-                tracing::error!("{e:#}");
+impl CommitEnd {
+    /// Failed over once the record is on disk, else back to before.
+    fn settle(&self, committed: Option<&FailoverRecord>) {
+        let record = match committed {
+            Some(r) => Ok(Some(r.clone())),
+            None => FailoverRecord::load(&self.dir),
+        };
+        let event = match record {
+            Ok(Some(r)) => Event::Committed { checkpoint: r.checkpoint.id, how: r.how, time_ms: r.time_ms },
+            Ok(None) => Event::CommitFailed,
+            // Unknown: the stream stays closed until a restart reads it.
+            Err(e) => {
+                tracing::error!(vpg = %self.slot.name, "after a failed commit, reading its record failed: {e:#}; \
+                    the stream stays closed until the recovery agent restarts");
+                return;
             }
+        };
+        if let Err(e) = self.slot.change(event) {
+            tracing::error!("{e:#}");
         }
     }
 }
@@ -385,14 +396,18 @@ impl RecoveryOps {
             slot.change(Event::CommitBegin(how))?;
             journal.meta.clone()
         };
-        let guard = CommitGuard(&slot, true);
+        let end = CommitEnd { slot: slot.clone(), dir: dir.clone() };
         tracing::warn!(%vpg, "{:?} to checkpoint {wanted:?} begins; the stream for this VPG is closed", how);
         let (root, name, wanted_owned, how_owned, dir_owned, meta_owned) =
             (self.journal_root.clone(), vpg.to_string(), wanted.to_string(), how, dir.clone(), meta.clone());
         let committed = tokio::task::spawn_blocking(move || {
-            let view = super::JournalView::open(&root, &name)?;
-            let checkpoint = view.resolve(&wanted_owned)?;
-            commit(&dir_owned, &meta_owned, &checkpoint, how_owned, serve)
+            let committed = (|| {
+                let view = super::JournalView::open(&root, &name)?;
+                let checkpoint = view.resolve(&wanted_owned)?;
+                commit(&dir_owned, &meta_owned, &checkpoint, how_owned, serve)
+            })();
+            end.settle(committed.as_ref().ok().map(|c| &c.record));
+            committed
         })
         .await
         .context("failover task")?;
@@ -401,21 +416,17 @@ impl RecoveryOps {
             Err(e) => {
                 // Once its record is written the failover happened, even if
                 // what follows failed (it is finished at the next start).
-                if let Ok(Some(record)) = FailoverRecord::load(&dir) {
-                    guard.committed(&record.checkpoint, record.how, record.time_ms)?;
+                if let Some(checkpoint) = slot.failed_over_at() {
                     return Err(e.context(format!(
-                        "VPG {vpg:?} is failed over at checkpoint {}, but finishing it failed; \
-                         restart the recovery agent to finish it",
-                        record.checkpoint.id
+                        "VPG {vpg:?} is failed over at checkpoint {checkpoint}, but finishing it failed; \
+                         restart the recovery agent to finish it"
                     )));
                 }
-                drop(guard);
                 tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
                 return Err(e);
             }
         };
         let checkpoint = committed.record.checkpoint.clone();
-        guard.committed(&checkpoint, how, committed.record.time_ms)?;
         let (uris, iscsi_problem) =
             if serve { self.serve_live(vpg, &dir, &meta, None).await? } else { (Vec::new(), None) };
         let done = FailedOver {
