@@ -18,7 +18,7 @@
 //!    │  │                               │ Committed
 //!    │  │                               ▼
 //!    │  └───────── Reopening ◄──── FailedOver
-//!    └ Reopened      (SwitchBackEnds)
+//!    └ Reopened      (SwitchBackEnds, also again from Reopening)
 //! ```
 //!
 //! What must survive a crash is on disk, one durable write per change:
@@ -226,7 +226,9 @@ impl VpgState {
             (S::Committing { how, .. }, E::Committed { checkpoint, how: committed, time_ms }) if *how == committed => {
                 S::FailedOver { checkpoint, how: committed, time_ms }
             }
-            (S::FailedOver { .. }, E::SwitchBackEnds) => S::Reopening,
+            // Asked again after an end that failed half-way (its disk
+            // steps are idempotent).
+            (S::FailedOver { .. } | S::Reopening, E::SwitchBackEnds) => S::Reopening,
             (S::Reopening, E::Reopened) => S::Replicating,
             (_, event) => return Err(self.refusal(event)),
         };
@@ -383,6 +385,7 @@ mod tests {
                 moved,
             ),
             (failed_over(), E::SwitchBackEnds, S::Reopening),
+            (S::Reopening, E::SwitchBackEnds, S::Reopening),
             (S::Reopening, E::Reopened, S::Replicating),
         ];
         for state in states() {
