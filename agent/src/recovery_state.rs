@@ -247,9 +247,10 @@ impl VpgState {
             return out_of_order;
         }
         match (self, event) {
-            (S::Replicating | S::Moving { .. } | S::Committing { .. } | S::FailedOver { .. }, E::TestStop) => {
-                Refusal::NoTest
-            }
+            (
+                S::Replicating | S::Moving { .. } | S::Committing { .. } | S::FailedOver { .. } | S::Reopening,
+                E::TestStop,
+            ) => Refusal::NoTest,
             // A move's promote without its mark (the receiver marks first).
             (S::Replicating, _) => out_of_order,
             (S::TestChanging, _) => Refusal::TestChanging,
@@ -414,7 +415,7 @@ mod tests {
         for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(How::Failover)] {
             assert_eq!(refused(S::Testing { checkpoint: CHECKPOINT }, event), running);
         }
-        for state in [S::Replicating, S::Moving { mark: MARK }, failed_over()] {
+        for state in [S::Replicating, S::Moving { mark: MARK }, failed_over(), S::Reopening] {
             assert_eq!(refused(state, E::TestStop), Refusal::NoTest);
         }
         let moving = S::Moving { mark: MARK };
