@@ -53,7 +53,7 @@ struct TestChange(Option<Arc<VpgSlot>>);
 impl TestChange {
     fn started(mut self, checkpoint: u64) -> Result<()> {
         let slot = self.0.take().expect("a test change ends once");
-        slot.change(Event::TestStarted { checkpoint }).map(drop)
+        slot.change(Event::TestStarted { checkpoint })
     }
 }
 

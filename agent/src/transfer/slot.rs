@@ -47,22 +47,29 @@ impl VpgSlot {
     }
 
     /// Applies `event` to the VPG's state (`VpgState::next`), or says why
-    /// it is refused, naming the VPG.
-    pub fn change(&self, event: Event) -> anyhow::Result<VpgState> {
-        let mut state = self.state.lock().expect("vpg state lock");
-        let next = state.next(event).map_err(|refusal| anyhow::anyhow!(refusal.message(&self.name)))?;
-        if next != *state {
-            tracing::info!(vpg = %self.name, "{:?} -> {next:?} ({event:?})", *state);
+    /// it is refused, naming the VPG. The change is logged once the state
+    /// lock is let go.
+    pub fn change(&self, event: Event) -> anyhow::Result<()> {
+        let (before, next) = {
+            let mut state = self.state.lock().expect("vpg state lock");
+            let next = state.next(event).map_err(|refusal| self.refused(refusal))?;
+            (std::mem::replace(&mut *state, next.clone()), next)
+        };
+        if next != before {
+            tracing::info!(vpg = %self.name, "{before:?} -> {next:?} ({event:?})");
         }
-        *state = next.clone();
-        Ok(next)
+        Ok(())
     }
 
     /// Whether `event` would be taken now (nothing changes): for a check
     /// before slow work, whose `change` is then made, and may be refused.
     pub fn check(&self, event: Event) -> anyhow::Result<()> {
         let state = self.state.lock().expect("vpg state lock");
-        state.next(event).map(drop).map_err(|refusal| anyhow::anyhow!(refusal.message(&self.name)))
+        state.next(event).map(drop).map_err(|refusal| self.refused(refusal))
+    }
+
+    fn refused(&self, refusal: crate::recovery_state::Refusal) -> anyhow::Error {
+        anyhow::anyhow!(refusal.message(&self.name))
     }
 
     /// The checkpoint the VPG was failed over at, once that is committed.
