@@ -11,6 +11,7 @@ source tests/bench/lib.sh
 RESULTS=tests/bench/RESULTS.md
 RUNTIME=${BENCH_RUNTIME:-10}
 ROWS=()
+NOTES=()
 
 bench() { # name value unit peer_name peer_value goal higher_is_better(1|0)
     local ratio
@@ -22,6 +23,85 @@ bench() { # name value unit peer_name peer_value goal higher_is_better(1|0)
 seconds() { python3 -c "import time; print(time.time())"; }
 
 rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+cpu_ticks() { # pid... -> their user + sys clock ticks, summed
+    local t=0 pid
+    for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    echo "$t"
+}
+
+cpu_of() { # command... -> user + sys seconds it took (its output is discarded)
+    local TIMEFORMAT='%U %S' t
+    t=$({ time "$@" >/dev/null 2>&1; } 2>&1)
+    awk '{printf "%.3f", $1 + $2}' <<<"$t"
+}
+
+wait_quiet() { # pid... : until they use under 2 ticks in half a second (30 s at most)
+    local before after
+    for _ in $(seq 1 60); do
+        before=$(cpu_ticks "$@")
+        sleep 0.5
+        after=$(cpu_ticks "$@")
+        [ $((after - before)) -lt 2 ] && return 0
+    done
+}
+
+fio_gib() { # uri: 1 GiB of 1 MiB writes at QD8, once, of data that compresses about 2:1
+    fio --name=b --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 --size=1G \
+        --refill_buffers --buffer_compress_percentage=50 --buffer_compress_chunk=4k \
+        --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1 || fail "fio to $1 failed"
+}
+
+# CPU seconds (user + sys, both agents) to replicate 1 GiB of 1 MiB writes,
+# from the NBD socket to the replica, beside the floor of the work the
+# pipeline cannot skip on the same bytes: serving them over NBD (qemu-nbd),
+# compressing and decompressing them (zstd -1, in memory) and encrypting
+# and decrypting what compression leaves (AES-256-GCM). Then what the three
+# extra writes of the bytes (protected log, recovery journal, replica) cost
+# as a plain `dd` into a new file; the rest is Tidemark's own overhead.
+cpu_per_gib() {
+    local tck q0 q1 p0 p1 r0 r1 zline zin zout zc_mbs zd_mbs aes_kps dd_one
+    local serve prot rec ours zc zd aes floor dd3 left
+    tck=$(getconf CLK_TCK)
+    wait_quiet "$QPID"
+    q0=$(cpu_ticks "$QPID")
+    fio_gib "$PEER_URI"
+    wait_quiet "$QPID"
+    q1=$(cpu_ticks "$QPID")
+    wait_quiet "$PROTECTED_PID" "$RECOVERY_PID"
+    p0=$(cpu_ticks "$PROTECTED_PID")
+    r0=$(cpu_ticks "$RECOVERY_PID")
+    fio_gib "$NBD_URI/disk0"
+    wait_replicated 300
+    wait_quiet "$PROTECTED_PID" "$RECOVERY_PID"
+    p1=$(cpu_ticks "$PROTECTED_PID")
+    r1=$(cpu_ticks "$RECOVERY_PID")
+    # The peer file now holds 1 GiB of the kind of bytes fio sent both.
+    # zstd's own benchmark: one thread, in memory, no file written.
+    zline=$(zstd -b1 -i1 "$WORK/peer.img" 2>&1 | tr '\r' '\n' | grep 'MB/s, ' | tail -1)
+    read -r zin zout zc_mbs zd_mbs < <(sed -E 's/.*: *([0-9]+) -> *([0-9]+) .*, *([0-9.]+) MB\/s, *([0-9.]+) MB\/s.*/\1 \2 \3 \4/' <<<"$zline")
+    aes_kps=$(openssl speed -elapsed -seconds 2 -bytes 16384 -evp aes-256-gcm 2>/dev/null | awk '/^AES-256-GCM/ {sub("k", "", $2); print $2}')
+    dd_one=$(cpu_of dd if=/dev/zero of="$WORK/dd.img" bs=1M count=1024 conv=fdatasync)
+    rm -f "$WORK/dd.img"
+    read -r serve prot rec ours zc zd aes floor dd3 left < <(python3 -c "
+tck = $tck
+serve = ($q1 - $q0) / tck
+prot = ($p1 - $p0) / tck
+rec = ($r1 - $r0) / tck
+ours = prot + rec
+zc = $zin / ($zc_mbs * 1e6)
+zd = $zin / ($zd_mbs * 1e6)
+aes = 2 * $zout / ($aes_kps * 1000)
+floor = serve + zc + zd + aes
+dd3 = 3 * $dd_one
+print('%.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f' % (serve, prot, rec, ours, zc, zd, aes, floor, dd3, ours - floor - dd3))")
+    bench cpu_s_per_replicated_GiB "$ours" s floor "$floor" "— (lower is better)"
+    NOTES+=("CPU per replicated GiB of 1 MiB writes (data fio makes 2:1 compressible): Tidemark ${ours} s,")
+    NOTES+=("protected agent ${prot} s and recovery agent ${rec} s. The floor, ${floor} s: qemu-nbd serving the same")
+    NOTES+=("GiB ${serve} s, zstd -1 ${zc} s, zstd -d ${zd} s, AES-256-GCM both ways on the $((zout >> 20)) MiB zstd")
+    NOTES+=("leaves ${aes} s. Beyond it: the log, journal and replica writes, as \`dd\` into a new file, ${dd3} s")
+    NOTES+=("(3 x ${dd_one} s); Tidemark's own overhead, the rest: ${left} s (see the profile below).")
+}
 
 log "1/6 fio through the inline export (replication running) vs qemu-nbd, same disk"
 mkdir -p "$WORK/src"
@@ -54,6 +134,7 @@ read -r _ pbw < <(fio_iops "$PEER_URI" write 1M 8)
 read -r _ tbw < <(fio_iops "$NBD_URI/disk0" write 1M 8)
 bench fio_seqwrite_1M_qd8 "$(printf %.0f "$tbw")" MiB/s qemu-nbd "$(printf %.0f "$pbw")" "≥ 0.9×"
 wait_replicated 300
+cpu_per_gib
 RSS_P=$(rss_mib "$PROTECTED_PID")
 RSS_R=$(rss_mib "$RECOVERY_PID")
 RSS_Q=$(rss_mib "$QPID")
@@ -227,6 +308,8 @@ log "6/6 writing $RESULTS"
     echo "| figure | Tidemark | peer | ratio | goal |"
     echo "|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
+    echo
+    printf '%s\n' "${NOTES[@]}"
     echo
     cat tests/bench/profile.md
 } >"$RESULTS"
