@@ -22,6 +22,7 @@ pub mod log;
 pub mod logging;
 pub mod names;
 pub mod nbd;
+pub mod protected_state;
 pub mod random;
 pub mod record;
 pub mod recovery;

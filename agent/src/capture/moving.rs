@@ -14,19 +14,18 @@
 //! that it has not failed the VPG over, writes are taken here again.
 
 use super::vpg::{MoveStep, VpgCapture};
+use crate::protected_state::{Event, WritesRefused};
 use anyhow::{anyhow, bail, Context, Result};
 use std::time::Duration;
 
 pub const MOVE_TAG: &str = "move";
-const MOVING: &str = "a move to the recovery site is in progress";
 
 pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)> {
     let _running =
         vpg.moving.try_lock().map_err(|_| anyhow::anyhow!("a move of VPG {:?} is already running", vpg.name))?;
-    match vpg.writes_refused() {
-        Some(reason) if reason != MOVING => bail!("VPG {:?} takes no writes here already: {reason}", vpg.name),
-        Some(_) => tracing::info!(vpg = %vpg.name, "continuing an unfinished move"),
-        None => {}
+    vpg.check_writes_change(Event::MoveBegin)?;
+    if vpg.refusal() == Some(WritesRefused::Moving) {
+        tracing::info!(vpg = %vpg.name, "continuing an unfinished move");
     }
     // The recovery side must agree first (no test failover or failover of
     // the VPG running there); until then nothing is refused.
@@ -34,9 +33,7 @@ pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)>
         .await
         .map_err(|_| anyhow::anyhow!("the recovery side is not reachable (waited {wait:?}); nothing was changed"))?
         .context("the recovery side refused the move; nothing was changed")?;
-    if vpg.writes_refused().is_none() {
-        vpg.refuse_writes(MOVING).await?;
-    }
+    vpg.change_writes(Event::MoveBegin).await?;
     vpg.flush().await.context("flushing before the final checkpoint")?;
     let id = vpg.checkpoint(MOVE_TAG, wait).await?;
     tracing::info!(vpg = %vpg.name, "move: final checkpoint {id}; waiting for the recovery journal");
@@ -63,7 +60,7 @@ pub async fn move_vpg(vpg: &VpgCapture, wait: Duration) -> Result<(u64, String)>
         "moved VPG {:?}: final checkpoint {id} is live at the recovery site; writes here are refused from now on",
         vpg.name
     );
-    vpg.refuse_writes(&format!("VPG {:?} was moved to the recovery site (checkpoint {id})", vpg.name)).await?;
+    vpg.change_writes(Event::MoveCommitted { checkpoint: id }).await?;
     tracing::info!("{message}");
     Ok((id, message))
 }
@@ -77,11 +74,7 @@ pub async fn cancel_move(vpg: &VpgCapture, wait: Duration) -> Result<String> {
         .moving
         .try_lock()
         .map_err(|_| anyhow!("a move of VPG {:?} is running; cancel it after it gives up (its --wait)", vpg.name))?;
-    match vpg.writes_refused() {
-        Some(reason) if reason == MOVING => {}
-        Some(reason) => bail!("VPG {:?} has no unfinished move to cancel: {reason}", vpg.name),
-        None => bail!("VPG {:?} has no move to cancel: it takes writes", vpg.name),
-    }
+    vpg.check_writes_change(Event::MoveCancelled)?;
     tokio::time::timeout(wait, vpg.move_step(MoveStep::Cancel))
         .await
         .map_err(|_| {
@@ -91,7 +84,7 @@ pub async fn cancel_move(vpg: &VpgCapture, wait: Duration) -> Result<String> {
             )
         })?
         .context("the recovery side did not agree; writes stay refused")?;
-    vpg.accept_writes_again().await?;
+    vpg.change_writes(Event::MoveCancelled).await?;
     Ok(format!(
         "move of VPG {:?} cancelled: the recovery site confirmed it has not taken over; writes are taken here again",
         vpg.name

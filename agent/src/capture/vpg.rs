@@ -20,6 +20,7 @@ use super::volume::Volume;
 use crate::config::{BitmapConfig, ReplicationMode};
 use crate::log::{CaptureState, LogSpace, ProtectedLog};
 use crate::nbd::export::Refusal;
+use crate::protected_state::{self, Event, WritesRefused};
 use crate::record::{now_ms, RecordBody, RECORD_HEADER_BYTES};
 use crate::status::CheckpointSummary;
 use anyhow::{anyhow, bail, Context, Result};
@@ -431,41 +432,55 @@ impl VpgCapture {
     pub async fn end_reverse(&self) -> Result<()> {
         let _order = self.order.lock().await;
         let mut state = self.state.lock().expect("state lock");
+        let refused =
+            protected_state::next(state.refused(), Event::ReverseEnded).map_err(|r| anyhow!(r.message(&self.name)))?;
         state.reverse = None;
-        state.writes_refused = None;
+        state.set_refused(refused, &self.name);
         state.move_back_marker = None;
         state.store(self.log.dir())?;
         tracing::warn!(vpg = %self.name, "reverse protection ended: this site takes writes again");
         Ok(())
     }
 
-    /// Why writes are refused, if they are.
+    /// Why writes are refused, in words, if they are.
     pub fn writes_refused(&self) -> Option<String> {
-        self.state.lock().expect("state lock").writes_refused.clone()
+        self.refusal().map(|r| r.message(&self.name))
     }
 
-    /// From now on every write and zero is refused (EPERM) with `reason`,
-    /// also after a restart. Writes already ordered are not affected.
-    pub async fn refuse_writes(&self, reason: &str) -> Result<()> {
-        self.store_refusal(Some(reason)).await?;
-        tracing::warn!(vpg = %self.name, "writes refused from now on: {reason}");
-        Ok(())
+    /// Why writes are refused, if they are.
+    pub fn refusal(&self) -> Option<WritesRefused> {
+        self.state.lock().expect("state lock").refused().cloned()
     }
 
-    /// Writes are taken again (an unfinished move was cancelled), also
-    /// after a restart.
-    pub async fn accept_writes_again(&self) -> Result<()> {
-        self.store_refusal(None).await?;
-        tracing::warn!(vpg = %self.name, "writes accepted again");
-        Ok(())
+    /// Refused (with the operator's words) if `event` cannot happen now;
+    /// changes nothing.
+    pub fn check_writes_change(&self, event: Event) -> Result<()> {
+        protected_state::next(self.refusal().as_ref(), event).map(|_| ()).map_err(|r| anyhow!(r.message(&self.name)))
     }
 
-    /// Sets and persists the refusal, between writes (under the order lock).
-    async fn store_refusal(&self, reason: Option<&str>) -> Result<()> {
+    /// Whether writes are taken here changes by `event` (refused, with the
+    /// operator's words, if it cannot happen now), durably before it takes
+    /// effect, between writes (under the order lock): from then on every
+    /// write and zero is refused (EPERM) with the refusal's words, or taken
+    /// again, also after a restart. Writes already ordered are not affected.
+    pub async fn change_writes(&self, event: Event) -> Result<()> {
         let _order = self.order.lock().await;
-        let mut state = self.state.lock().expect("state lock");
-        state.writes_refused = reason.map(str::to_string);
-        state.store(self.log.dir())
+        let (before, after) = {
+            let mut state = self.state.lock().expect("state lock");
+            let before = state.refused().cloned();
+            let after = protected_state::next(before.as_ref(), event).map_err(|r| anyhow!(r.message(&self.name)))?;
+            if after != before {
+                state.set_refused(after.clone(), &self.name);
+                state.store(self.log.dir())?;
+            }
+            (before, after)
+        };
+        match after {
+            _ if after == before => {}
+            Some(r) => tracing::warn!(vpg = %self.name, "writes refused from now on: {}", r.message(&self.name)),
+            None => tracing::warn!(vpg = %self.name, "writes accepted again"),
+        }
+        Ok(())
     }
 
     pub(super) fn check_writable(&self) -> Result<()> {

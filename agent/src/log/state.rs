@@ -2,6 +2,7 @@
 //! which volumes' initial copies are complete in the current stream, and
 //! whether the VPG no longer takes writes here (moved or failed over).
 
+use crate::protected_state::WritesRefused;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -12,8 +13,13 @@ pub struct CaptureState {
     pub copied: Vec<String>,
     /// Set when writes are refused for good (a move began, or the VPG was
     /// failed over to the recovery site); says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<WritesRefused>,
+    /// The same refusal as text, which builds before `refused` read and
+    /// wrote: written beside it, read only where it is missing (a state an
+    /// earlier build wrote last).
     #[serde(default)]
-    pub writes_refused: Option<String>,
+    writes_refused: Option<String>,
     /// Reverse protection: this site receives the VPG back from the
     /// recovery site, and has applied its stream up to this seq.
     #[serde(default)]
@@ -54,12 +60,70 @@ impl CaptureState {
             return Ok(CaptureState::default());
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut state: CaptureState =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if state.refused.is_none() {
+            state.refused = state.writes_refused.as_deref().map(WritesRefused::from_text);
+        }
+        Ok(state)
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn refused(&self) -> Option<&WritesRefused> {
+        self.refused.as_ref()
+    }
+
+    /// Sets the refusal (to be stored); `vpg` names the VPG in its text.
+    pub fn set_refused(&mut self, refused: Option<WritesRefused>, vpg: &str) {
+        self.writes_refused = refused.as_ref().map(|r| r.message(vpg));
+        self.refused = refused;
     }
 
     /// Writes the state atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
         crate::durable::replace_file(&Self::path(dir), &text, crate::durable::FileMode::Public)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidemark-capture-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_refusal_an_earlier_build_wrote_as_text_is_read_typed() {
+        let dir = scratch("legacy");
+        let text = r#"{"copied": ["disk0"], "writes_refused": "a move to the recovery site is in progress"}"#;
+        std::fs::write(dir.join("capture-state.json"), text).unwrap();
+        let state = CaptureState::load(&dir, false).unwrap();
+        assert_eq!(state.refused(), Some(&WritesRefused::Moving));
+        assert_eq!(state.copied, vec!["disk0".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_is_stored_typed_and_as_the_text_earlier_builds_read() {
+        let dir = scratch("store");
+        let mut state = CaptureState::default();
+        state.set_refused(Some(WritesRefused::Moved { checkpoint: 12 }), "db");
+        state.store(&dir).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("capture-state.json")).unwrap()).unwrap();
+        assert_eq!(json["refused"], serde_json::json!({"kind": "moved", "checkpoint": 12}));
+        assert_eq!(json["writes_refused"], "VPG \"db\" was moved to the recovery site (checkpoint 12)");
+        assert_eq!(CaptureState::load(&dir, false).unwrap().refused(), Some(&WritesRefused::Moved { checkpoint: 12 }));
+        state.set_refused(None, "db");
+        state.store(&dir).unwrap();
+        let back = CaptureState::load(&dir, false).unwrap();
+        assert_eq!(back.refused(), None);
+        assert!(back.writes_refused.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

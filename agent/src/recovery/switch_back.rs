@@ -25,6 +25,7 @@ use crate::durable::{replace_file, sync_dir, FileMode};
 use crate::journal::apply_state::ApplyState;
 use crate::journal::checkpoint::CheckpointInfo;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
+use crate::protected_state::Event as WritesEvent;
 use crate::recovery_state::Event;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -34,8 +35,6 @@ use std::time::Duration;
 
 /// The tag of the checkpoint that ends the reverse log.
 pub const MOVE_BACK_TAG: &str = "move-back";
-const MOVE_BACK_REFUSAL: &str =
-    "the VPG is switching back to the old site (`tidemark move-back`); writes are refused here";
 const HISTORY_DIR_PREFIX: &str = "history-";
 /// The marker of the last switch-back that ended a failover here: the old
 /// site finishes on its strength only if it holds that same marker.
@@ -204,7 +203,7 @@ impl RecoveryOps {
         self.check_reverse_peer(vpg, peer)?;
         let refused_now = capture.writes_refused().is_none();
         if refused_now {
-            capture.refuse_writes(MOVE_BACK_REFUSAL).await?;
+            capture.change_writes(WritesEvent::MoveBackBegin).await?;
         }
         fail::fail_point!("move-back-after-refusal", |_| std::process::abort());
         let marked = async {
@@ -224,7 +223,7 @@ impl RecoveryOps {
                 // The VM here must not stay refused by a switch-back that
                 // never began.
                 if refused_now {
-                    capture.accept_writes_again().await?;
+                    capture.change_writes(WritesEvent::MoveBackUndone).await?;
                 }
                 return Err(e.context("the switch-back did not begin; writes are taken here again"));
             }
@@ -297,7 +296,7 @@ impl RecoveryOps {
             store_record(record, &dir).await?;
         }
         if let Some(capture) = self.reverse_capture_of(vpg).filter(|c| c.writes_refused().is_some()) {
-            capture.accept_writes_again().await?;
+            capture.change_writes(WritesEvent::MoveBackUndone).await?;
         }
         tracing::warn!(%vpg, "switch-back cancelled: the live volumes take writes again");
         Ok(MoveBackAnswer::Cancelled)

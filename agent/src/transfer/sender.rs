@@ -73,15 +73,11 @@ pub async fn run(
         stats.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(Ended::FailedOver(checkpoint)) => {
-                let reason = format!(
-                    "VPG {} runs at the recovery site now (failed over at checkpoint {checkpoint}); \
-                     `tidemark reverse` replicates it back",
-                    vpg.name
-                );
-                if let Err(e) = vpg.refuse_writes(&reason).await {
+                let event = crate::protected_state::Event::FailedOverHeard { checkpoint };
+                if let Err(e) = vpg.change_writes(event).await {
                     tracing::error!(vpg = %vpg.name, "{e:#}");
                 }
-                tracing::warn!(vpg = %vpg.name, "{reason}; this side stops sending");
+                tracing::warn!(vpg = %vpg.name, "{}; this side stops sending", vpg.writes_refused().unwrap_or_default());
                 return;
             }
             Ok(Ended::Normally) => {
