@@ -276,6 +276,15 @@ impl VpgState {
         }
     }
 
+    /// Why the protected side may not be told "not failed over", which
+    /// lets it take writes again (a move's cancel), if it may not: a
+    /// commit under way could still fail the VPG over (a promote read
+    /// from another link of the same protected side), and a failed-over
+    /// or reopening VPG was failed over. The same states as the stream.
+    pub fn move_cancel_refusal(&self) -> Option<Refusal> {
+        self.stream_refusal()
+    }
+
     /// Whether the applier may move the replica forward (it is not live,
     /// nor being made live).
     pub fn replica_moves(&self) -> bool {
@@ -474,6 +483,22 @@ mod tests {
         assert!(closed.contains("was moved at checkpoint 4") && closed.contains("history is closed"), "{closed}");
         assert_eq!(S::at_start(Some((4, How::Move, 0))), S::FailedOver { checkpoint: 4, how: How::Move, time_ms: 0 });
         assert_eq!(S::at_start(None), S::Replicating);
+    }
+
+    /// A cancel is confirmed only where no failover is committed or being
+    /// committed: in the middle of one, the protected side would take
+    /// writes while the recovery site goes live.
+    #[test]
+    fn a_move_is_cancelled_only_where_no_failover_is_or_may_be_committed() {
+        for state in states() {
+            let refused = state.move_cancel_refusal();
+            let may_go_live = matches!(state, S::Committing { .. } | S::FailedOver { .. } | S::Reopening);
+            assert_eq!(refused.is_some(), may_go_live, "{state:?}");
+        }
+        assert_eq!(
+            S::Committing { how: How::Move, mark: Some(MARK) }.move_cancel_refusal(),
+            Some(Refusal::Busy(How::Move))
+        );
     }
 
     #[test]

@@ -211,12 +211,9 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
             },
             ControlMessage::MoveCancel => {
-                let reply = match receiver.failed_over_at(&vpg) {
-                    Some(checkpoint) => ControlMessage::Refused {
-                        reason: format!(
-                            "VPG {vpg:?} was already failed over at the recovery site (checkpoint {checkpoint})"
-                        ),
-                    },
+                let refusal = receiver.slot(&vpg).and_then(|s| s.move_cancel_refusal());
+                let reply = match refusal {
+                    Some(reason) => ControlMessage::Refused { reason },
                     None => {
                         moving = None;
                         tracing::info!(vpg = %vpg, "the protected side cancelled its move");
