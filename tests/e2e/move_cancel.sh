@@ -5,7 +5,7 @@
 # are taken again, also after a SIGKILL and restart; replication goes on
 # and a restore equals the source. With the recovery agent dead the cancel
 # changes nothing (it may have taken over); once it is back the cancel
-# goes through. Cancel with no move, or after a finished move, is a clear
+# goes through. Reverse during an unfinished move is refused. Cancel with no move, or after a finished move, is a clear
 # error; a finished move still works after all this.
 source "$(dirname "$0")/../lib/common.sh"
 
@@ -35,6 +35,14 @@ grep -q "has no move to cancel" <<<"$out" || fail "cancel with no move: $out"
 
 log "a move that gives up, then --cancel with the link up"
 gives_up
+# Reverse protection is for a VPG the recovery site runs: during an
+# unfinished move it is refused and recorded nowhere (a recorded reverse
+# would keep the sender stopped after the cancel and a restart).
+out=$(tm reverse --wait 3s 2>&1) && fail "reverse during an unfinished move succeeded: $out"
+grep -q "unfinished move" <<<"$out" || fail "reverse during an unfinished move said: $out"
+state=$WORK/a/data/log/vpg1/capture-state.json
+[ -f "$state" ] || fail "no capture state at $state"
+grep -q '"reverse": {' "$state" && fail "a refused reverse was recorded: $(cat "$state")"
 tm move --cancel >"$WORK/cancel.out" 2>&1 || fail "cancel failed: $(cat "$WORK/cancel.out")"
 grep -q "cancelled: the recovery site confirmed" "$WORK/cancel.out" || fail "cancel said: $(cat "$WORK/cancel.out")"
 writes_ok 0x22 1M || fail "writes are still refused after the cancel"
