@@ -90,6 +90,9 @@ pub enum Event {
     MoveCancelled,
     /// The link said the recovery site failed the VPG over.
     FailedOverHeard { checkpoint: u64 },
+    /// `tidemark reverse` at the old site: it receives the VPG back from
+    /// the recovery site, which must run it (refusals unchanged).
+    ReverseBegin,
     /// A switch-back begins at the live side of reverse protection.
     MoveBackBegin,
     /// That switch-back did not begin after all, or was cancelled.
@@ -108,6 +111,11 @@ pub enum Refusal {
     /// There is no unfinished move to cancel: writes are refused for
     /// another reason.
     NotMoving(WritesRefused),
+    /// Nothing to reverse: this site protects the VPG (or switches it
+    /// back), the recovery site does not run it.
+    NothingToReverse,
+    /// A move is unfinished: the recovery site may or may not run the VPG.
+    ReverseWhileMoving,
     /// An event the agent sends only after another (a bug if seen).
     OutOfOrder { from: Option<WritesRefused>, event: Event },
 }
@@ -118,6 +126,13 @@ impl Refusal {
             Refusal::RefusedAlready(r) => format!("VPG {vpg:?} takes no writes here already: {}", r.message(vpg)),
             Refusal::NoMoveToCancel => format!("VPG {vpg:?} has no move to cancel: it takes writes"),
             Refusal::NotMoving(r) => format!("VPG {vpg:?} has no unfinished move to cancel: {}", r.message(vpg)),
+            Refusal::NothingToReverse => format!(
+                "VPG {vpg:?} is protected from this site (not failed over or moved); there is nothing to reverse"
+            ),
+            Refusal::ReverseWhileMoving => format!(
+                "VPG {vpg:?} has an unfinished move: finish it with `tidemark move` or call it off with \
+                 `tidemark move --cancel` before reversing; nothing was changed"
+            ),
             Refusal::OutOfOrder { from, event } => {
                 let from = from.as_ref().map_or("writes are taken".to_string(), |r| r.message(vpg));
                 format!("VPG {vpg:?}: {event:?} cannot follow \"{from}\" (a bug: please report it)")
@@ -144,6 +159,11 @@ pub fn next(now: Option<&WritesRefused>, event: Event) -> Result<Option<WritesRe
         (None, Event::MoveCancelled) => Err(Refusal::NoMoveToCancel),
         (Some(other), Event::MoveCancelled) => Err(Refusal::NotMoving(other.clone())),
         (_, Event::FailedOverHeard { checkpoint }) => Ok(Some(FailedOver { checkpoint })),
+        // The recovery site runs it (moved, failed over, or a refusal an
+        // earlier build wrote, which its reverse hello confirms or not).
+        (Some(r @ (Moved { .. } | FailedOver { .. } | Other { .. })), Event::ReverseBegin) => Ok(Some(r.clone())),
+        (Some(Moving), Event::ReverseBegin) => Err(Refusal::ReverseWhileMoving),
+        (None | Some(MovingBack), Event::ReverseBegin) => Err(Refusal::NothingToReverse),
         (None, Event::MoveBackBegin) => Ok(Some(MovingBack)),
         // Refused already (a begin asked again after a stop): kept.
         (Some(other), Event::MoveBackBegin) => Ok(Some(other.clone())),
@@ -175,6 +195,7 @@ mod tests {
             Event::MoveBackBegin,
             Event::MoveBackUndone,
             Event::ReverseEnded,
+            Event::ReverseBegin,
         ]
     }
 
@@ -185,7 +206,7 @@ mod tests {
         use WritesRefused::*;
         let states = samples();
         let (none, moving, moved, failed, back, other) = (0, 1, 2, 3, 4, 5);
-        let (begin, commit, cancel, heard, back_begin, undone, ended) = (0, 1, 2, 3, 4, 5, 6);
+        let (begin, commit, cancel, heard, back_begin, undone, ended, reverse) = (0, 1, 2, 3, 4, 5, 6, 7);
         let mut allowed: Vec<(usize, usize, Option<WritesRefused>)> = vec![
             (none, begin, Some(Moving)),
             (moving, begin, Some(Moving)),
@@ -197,6 +218,9 @@ mod tests {
         ];
         for s in [moving, moved, failed, back, other] {
             allowed.push((s, back_begin, states[s].clone()));
+        }
+        for s in [moved, failed, other] {
+            allowed.push((s, reverse, states[s].clone()));
         }
         for s in 0..states.len() {
             allowed.push((s, heard, Some(FailedOver { checkpoint: 12 })));
@@ -216,7 +240,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(changes, 30);
+        assert_eq!(changes, 33);
         assert!(matches!(next(Some(&moved_sample()), Event::MoveBegin), Err(Refusal::RefusedAlready(_))));
     }
 
@@ -267,6 +291,9 @@ mod tests {
             "VPG \"db\" takes no writes here already: VPG \"db\" was moved to the recovery site (checkpoint 3)"
         );
         assert_eq!(Refusal::NoMoveToCancel.message("db"), "VPG \"db\" has no move to cancel: it takes writes");
+        assert_eq!(next(Some(&WritesRefused::Moving), Event::ReverseBegin), Err(Refusal::ReverseWhileMoving));
+        assert!(Refusal::ReverseWhileMoving.message("db").contains("unfinished move"));
+        assert_eq!(next(None, Event::ReverseBegin), Err(Refusal::NothingToReverse));
         assert!(Refusal::NotMoving(moved).message("db").starts_with("VPG \"db\" has no unfinished move to cancel: "));
     }
 }

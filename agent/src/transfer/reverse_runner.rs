@@ -6,6 +6,7 @@ use super::reverse::{Ended, ReverseProgress};
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
 use crate::log::state::ReverseState;
+use crate::protected_state::Event;
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -81,17 +82,16 @@ pub async fn start(runner: &Arc<ReverseRunner>, vpg: &Arc<VpgCapture>, wait: Dur
         .moving
         .try_lock()
         .map_err(|_| anyhow::anyhow!("a move or switch-back of VPG {:?} is running; try again after it", vpg.name))?;
-    // Right after a failover this site may not have heard of it yet: it
-    // does at the link's next keepalive.
+    // Right after a failover (or a move's promote whose answer was lost)
+    // this site may not have heard of it yet: it does at the link's next
+    // keepalive.
     for _ in 0..FAILOVER_NEWS_POLLS {
-        if vpg.writes_refused().is_some() {
+        if vpg.check_writes_change(Event::ReverseBegin).is_ok() {
             break;
         }
         tokio::time::sleep(FAILOVER_NEWS_POLL).await;
     }
-    if vpg.writes_refused().is_none() {
-        bail!("VPG {:?} is protected from this site (not failed over or moved); there is nothing to reverse", vpg.name);
-    }
+    vpg.check_writes_change(Event::ReverseBegin)?;
     if vpg.reverse_state().is_none() {
         vpg.set_reverse_state(ReverseState::default())?;
     }
