@@ -691,3 +691,96 @@ fn lun_sources(
 ) -> Vec<(String, Arc<dyn BlockExport>)> {
     volumes.iter().zip(exports).map(|(v, (_, export))| (v.name.clone(), export.clone())).collect()
 }
+
+/// The guards that end a state when an operation ends however it ends
+/// (returned, failed, or its future dropped), each on a real journal.
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use crate::journal::applier::HistoryPolicy;
+    use crate::journal::Journal;
+    use crate::recovery_state::How;
+    use std::time::Duration;
+
+    fn slot(name: &str) -> (Arc<VpgSlot>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tidemark-guards-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let meta = JournalMeta { vpg: name.to_string(), vpg_id: 1, volumes: Vec::new() };
+        let policy = HistoryPolicy { history: Duration::from_secs(60), journal_limit: None, journal_cap: None };
+        let journal = Journal::open(&dir, meta, &policy).unwrap();
+        (Arc::new(VpgSlot::new(journal, 1, policy, VpgState::Replicating)), dir)
+    }
+
+    fn record(checkpoint: u64) -> FailoverRecord {
+        FailoverRecord {
+            checkpoint: CheckpointInfo {
+                id: checkpoint,
+                time_ms: 5,
+                tag: String::new(),
+                consistent: true,
+                resync: false,
+            },
+            how: How::Move,
+            time_ms: 6,
+            serve: false,
+            set_aside_bytes: 0,
+            move_back: None,
+        }
+    }
+
+    #[test]
+    fn a_test_failover_that_never_started_leaves_no_trace() {
+        let (slot, dir) = slot("test-change");
+        slot.change(Event::TestStart).unwrap();
+        drop(TestChange(Some(slot.clone())));
+        assert_eq!(slot.state(), VpgState::Replicating);
+        slot.change(Event::TestStart).unwrap();
+        TestChange(Some(slot.clone())).started(9).unwrap();
+        assert_eq!(slot.state(), VpgState::Testing { checkpoint: 9 });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_move_mark_ends_its_own_move_and_nothing_after_it() {
+        let (slot, dir) = slot("move-mark");
+        let mark = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark }).unwrap();
+        drop(MoveMark(slot.clone(), mark));
+        assert_eq!(slot.state(), VpgState::Replicating);
+        // A mark whose move committed: dropping it (its link went away)
+        // must not touch the failed-over state.
+        let mark = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark }).unwrap();
+        let held = MoveMark(slot.clone(), mark);
+        slot.change(Event::CommitBegin(How::Move)).unwrap();
+        slot.change(Event::Committed { checkpoint: 4, how: How::Move, time_ms: 6 }).unwrap();
+        drop(held);
+        assert_eq!(slot.state().failed_over_at(), Some(4));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_commit_ends_as_the_disk_says() {
+        let (slot, dir) = slot("commit-end");
+        let end = CommitEnd { slot: slot.clone(), dir: dir.clone() };
+        // Nothing on disk: the commit failed, the stream reopens.
+        slot.change(Event::CommitBegin(How::Failover)).unwrap();
+        end.settle(None);
+        assert_eq!(slot.state(), VpgState::Replicating);
+        // The record is on disk although the commit reported an error.
+        slot.change(Event::MoveBegin { mark: crate::recovery_state::new_move_mark() }).unwrap();
+        slot.change(Event::CommitBegin(How::Move)).unwrap();
+        record(7).store(&dir).unwrap();
+        end.settle(None);
+        assert_eq!(slot.state().failed_over_at(), Some(7));
+        // The record cannot be read: unknown, so the stream stays closed.
+        let (slot, dir2) = self::slot("commit-unknown");
+        std::fs::write(dir2.join(crate::journal::FAILOVER_RECORD_FILE), b"{not json").unwrap();
+        slot.change(Event::CommitBegin(How::Failover)).unwrap();
+        CommitEnd { slot: slot.clone(), dir: dir2.clone() }.settle(None);
+        assert!(matches!(slot.state(), VpgState::Committing { .. }));
+        assert!(slot.stream_refusal().is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(dir2).unwrap();
+    }
+}

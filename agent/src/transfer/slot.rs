@@ -87,7 +87,7 @@ impl VpgSlot {
         self.state.lock().expect("vpg state lock").stream_refusal().map(|r| r.message(&self.name))
     }
 
-    pub(super) fn new(journal: Journal, session: u64, policy: HistoryPolicy, state: VpgState) -> Self {
+    pub(crate) fn new(journal: Journal, session: u64, policy: HistoryPolicy, state: VpgState) -> Self {
         VpgSlot {
             name: journal.meta.vpg.clone(),
             journal: Mutex::new(journal),
