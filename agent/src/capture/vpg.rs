@@ -409,8 +409,7 @@ impl VpgCapture {
     /// Records reverse progress durably (before it is acknowledged).
     pub fn set_reverse_state(&self, reverse: crate::log::state::ReverseState) -> Result<()> {
         let mut state = self.state.lock().expect("state lock");
-        state.reverse = Some(reverse);
-        state.store(self.log.dir())
+        state.update(self.log.dir(), |s| s.reverse = Some(reverse))
     }
 
     /// The marker of a switch-back this site applied, if one is under way.
@@ -422,8 +421,7 @@ impl VpgCapture {
     /// `marker`, or forgets it.
     pub fn set_move_back_marker(&self, marker: Option<u64>) -> Result<()> {
         let mut state = self.state.lock().expect("state lock");
-        state.move_back_marker = marker;
-        state.store(self.log.dir())
+        state.update(self.log.dir(), |s| s.move_back_marker = marker)
     }
 
     /// Reverse protection ends (switched back): this site takes writes
@@ -434,10 +432,11 @@ impl VpgCapture {
         let mut state = self.state.lock().expect("state lock");
         let refused =
             protected_state::next(state.refused(), Event::ReverseEnded).map_err(|r| anyhow!(r.message(&self.name)))?;
-        state.reverse = None;
-        state.set_refused(refused, &self.name);
-        state.move_back_marker = None;
-        state.store(self.log.dir())?;
+        state.update(self.log.dir(), |s| {
+            s.reverse = None;
+            s.set_refused(refused, &self.name);
+            s.move_back_marker = None;
+        })?;
         tracing::warn!(vpg = %self.name, "reverse protection ended: this site takes writes again");
         Ok(())
     }
@@ -465,18 +464,16 @@ impl VpgCapture {
     /// again, also after a restart. Writes already ordered are not affected.
     pub async fn change_writes(&self, event: Event) -> Result<()> {
         let _order = self.order.lock().await;
-        let (before, after) = {
+        let after = {
             let mut state = self.state.lock().expect("state lock");
-            let before = state.refused().cloned();
-            let after = protected_state::next(before.as_ref(), event).map_err(|r| anyhow!(r.message(&self.name)))?;
-            if after != before {
-                state.set_refused(after.clone(), &self.name);
-                state.store(self.log.dir())?;
+            let after = protected_state::next(state.refused(), event).map_err(|r| anyhow!(r.message(&self.name)))?;
+            if after.as_ref() == state.refused() {
+                return Ok(());
             }
-            (before, after)
+            state.update(self.log.dir(), |s| s.set_refused(after.clone(), &self.name))?;
+            after
         };
         match after {
-            _ if after == before => {}
             Some(r) => tracing::warn!(vpg = %self.name, "writes refused from now on: {}", r.message(&self.name)),
             None => tracing::warn!(vpg = %self.name, "writes accepted again"),
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct CaptureState {
     /// Volumes whose initial copy was fully appended to this stream.
     pub copied: Vec<String>,
@@ -79,6 +79,17 @@ impl CaptureState {
         self.refused = refused;
     }
 
+    /// Changes the state by `change` durably before it takes effect: if
+    /// the store fails, the state stays as it was (what is in effect is
+    /// never ahead of what a restart reads back).
+    pub fn update<T>(&mut self, dir: &Path, change: impl FnOnce(&mut Self) -> T) -> Result<T> {
+        let mut changed = self.clone();
+        let out = change(&mut changed);
+        changed.store(dir)?;
+        *self = changed;
+        Ok(out)
+    }
+
     /// Writes the state atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
@@ -95,6 +106,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_change_whose_store_fails_is_not_in_effect() {
+        let missing = std::env::temp_dir().join(format!("tidemark-capture-state-missing-{}", std::process::id()));
+        let mut state = CaptureState::default();
+        let stored = state.update(&missing, |s| s.set_refused(Some(WritesRefused::Moving), "db"));
+        assert!(stored.is_err());
+        assert_eq!(state.refused(), None);
+        assert!(state.writes_refused.is_none());
     }
 
     #[test]
