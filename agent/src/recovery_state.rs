@@ -12,8 +12,8 @@
 //!   Replicating ───────────► TestChanging ───────────► Testing
 //!    ▲  ▲  │ ▲ ◄──────────────── (TestGone)  ◄──────────── (TestStop)
 //!    │  │  │ │
-//!    │  │  │ └── MoveEnd ── Moving ◄── MoveBegin ── (from Replicating)
-//!    │  │  │                  │ CommitBegin(Move)
+//!    │  │  │ └── MoveEnd, MoveCancel ── Moving ◄── MoveBegin ── (from Replicating)
+//!    │  │  │                  │ CommitBegin(Move, its mark)
 //!    │  │  └ CommitBegin(Failover) ─► Committing ── CommitFailed ─► Replicating / Moving
 //!    │  │                               │ Committed
 //!    │  │                               ▼
@@ -66,6 +66,23 @@ impl How {
     }
 }
 
+/// What a commit makes live: an operator's failover, or the promote of
+/// the move announced on the link holding `mark` (and no other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Failover,
+    Move { mark: u64 },
+}
+
+impl Commit {
+    pub fn how(self) -> How {
+        match self {
+            Commit::Failover => How::Failover,
+            Commit::Move { .. } => How::Move,
+        }
+    }
+}
+
 /// One VPG's life at the recovery site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VpgState {
@@ -111,7 +128,11 @@ pub enum Event {
     MoveEnd {
         mark: u64,
     },
-    CommitBegin(How),
+    /// The protected side called its move off (on any of its links: it
+    /// takes writes again once this is confirmed). Whatever link holds
+    /// the move, its promote is refused from now on.
+    MoveCancel,
+    CommitBegin(Commit),
     Committed {
         checkpoint: u64,
         how: How,
@@ -138,6 +159,9 @@ pub enum Refusal {
         time_ms: u64,
     },
     Reopening,
+    /// A move's promote on a link whose move has ended: called off, or
+    /// its link replaced.
+    MoveEnded,
     /// The event cannot happen in this state: a bug in the caller.
     OutOfOrder {
         state: VpgState,
@@ -166,6 +190,10 @@ impl Refusal {
             Refusal::Reopening => format!(
                 "VPG {vpg:?} is switching back to the old site and its journal is being reopened; try again in a \
                  moment"
+            ),
+            Refusal::MoveEnded => format!(
+                "the move of VPG {vpg:?} announced on this link has ended (it was cancelled, or the link was \
+                 replaced); nothing was promoted: run `tidemark move` again"
             ),
             Refusal::OutOfOrder { state, event } => {
                 format!("internal error: {event:?} cannot happen to VPG {vpg:?} while it is {state:?}")
@@ -217,8 +245,14 @@ impl VpgState {
             // A mark that no longer holds the VPG: its move committed, or
             // was refused and another link's move runs now.
             (_, E::MoveEnd { .. }) => self.clone(),
-            (S::Replicating, E::CommitBegin(How::Failover)) => S::Committing { how: How::Failover, mark: None },
-            (S::Moving { mark }, E::CommitBegin(How::Move)) => S::Committing { how: How::Move, mark: Some(*mark) },
+            // One protected side: a cancel on any of its links calls off
+            // the move whichever link announced it.
+            (S::Moving { .. }, E::MoveCancel) => S::Replicating,
+            (S::Replicating | S::TestChanging | S::Testing { .. }, E::MoveCancel) => self.clone(),
+            (S::Replicating, E::CommitBegin(Commit::Failover)) => S::Committing { how: How::Failover, mark: None },
+            (S::Moving { mark }, E::CommitBegin(Commit::Move { mark: promoted })) if *mark == promoted => {
+                S::Committing { how: How::Move, mark: Some(*mark) }
+            }
             (S::Committing { mark, .. }, E::CommitFailed) => match mark {
                 Some(mark) => S::Moving { mark: *mark },
                 None => S::Replicating,
@@ -242,7 +276,8 @@ impl VpgState {
         let out_of_order = Refusal::OutOfOrder { state: self.clone(), event };
         // Only these come from outside (an operator, a link); any other
         // event refused is a bug in the caller.
-        let asked = matches!(event, E::TestStart | E::TestStop | E::MoveBegin { .. } | E::CommitBegin(_));
+        let asked =
+            matches!(event, E::TestStart | E::TestStop | E::MoveBegin { .. } | E::MoveCancel | E::CommitBegin(_));
         if !asked {
             return out_of_order;
         }
@@ -251,7 +286,8 @@ impl VpgState {
                 S::Replicating | S::Moving { .. } | S::Committing { .. } | S::FailedOver { .. } | S::Reopening,
                 E::TestStop,
             ) => Refusal::NoTest,
-            // A move's promote without its mark (the receiver marks first).
+            // A promote whose move is no longer the one running.
+            (S::Replicating | S::Moving { .. }, E::CommitBegin(Commit::Move { .. })) => Refusal::MoveEnded,
             (S::Replicating, _) => out_of_order,
             (S::TestChanging, _) => Refusal::TestChanging,
             (S::Testing { checkpoint }, _) => Refusal::TestRunning { checkpoint: *checkpoint },
@@ -274,15 +310,6 @@ impl VpgState {
             }
             VpgState::Reopening => Some(Refusal::Reopening),
         }
-    }
-
-    /// Why the protected side may not be told "not failed over", which
-    /// lets it take writes again (a move's cancel), if it may not: a
-    /// commit under way could still fail the VPG over (a promote read
-    /// from another link of the same protected side), and a failed-over
-    /// or reopening VPG was failed over. The same states as the stream.
-    pub fn move_cancel_refusal(&self) -> Option<Refusal> {
-        self.stream_refusal()
     }
 
     /// Whether the applier may move the replica forward (it is not live,
@@ -347,8 +374,10 @@ mod tests {
             E::MoveBegin { mark: MARK },
             E::MoveEnd { mark: MARK },
             E::MoveEnd { mark: OTHER_MARK },
-            E::CommitBegin(How::Failover),
-            E::CommitBegin(How::Move),
+            E::CommitBegin(Commit::Failover),
+            E::CommitBegin(Commit::Move { mark: MARK }),
+            E::CommitBegin(Commit::Move { mark: OTHER_MARK }),
+            E::MoveCancel,
             E::Committed { checkpoint: CHECKPOINT, how: How::Failover, time_ms: 1 },
             E::Committed { checkpoint: CHECKPOINT, how: How::Move, time_ms: 1 },
             E::CommitFailed,
@@ -374,8 +403,16 @@ mod tests {
                 E::MoveEnd { mark: MARK },
                 S::Committing { how: How::Move, mark: None },
             ),
-            (S::Replicating, E::CommitBegin(How::Failover), S::Committing { how: How::Failover, mark: None }),
-            (S::Moving { mark: MARK }, E::CommitBegin(How::Move), S::Committing { how: How::Move, mark: Some(MARK) }),
+            (S::Replicating, E::CommitBegin(Commit::Failover), S::Committing { how: How::Failover, mark: None }),
+            (
+                S::Moving { mark: MARK },
+                E::CommitBegin(Commit::Move { mark: MARK }),
+                S::Committing { how: How::Move, mark: Some(MARK) },
+            ),
+            (S::Moving { mark: MARK }, E::MoveCancel, S::Replicating),
+            (S::Replicating, E::MoveCancel, S::Replicating),
+            (S::TestChanging, E::MoveCancel, S::TestChanging),
+            (S::Testing { checkpoint: CHECKPOINT }, E::MoveCancel, S::Testing { checkpoint: CHECKPOINT }),
             (S::Committing { how: How::Failover, mark: None }, E::CommitFailed, S::Replicating),
             (S::Committing { how: How::Move, mark: Some(MARK) }, E::CommitFailed, S::Moving { mark: MARK }),
             (S::Committing { how: How::Move, mark: None }, E::CommitFailed, S::Replicating),
@@ -419,30 +456,37 @@ mod tests {
         let refused = |state: VpgState, event: Event| state.next(event).unwrap_err();
         assert_eq!(refused(S::TestChanging, E::TestStart), Refusal::TestChanging);
         assert_eq!(refused(S::TestChanging, E::TestStop), Refusal::TestChanging);
-        assert_eq!(refused(S::TestChanging, E::CommitBegin(How::Failover)), Refusal::TestChanging);
+        assert_eq!(refused(S::TestChanging, E::CommitBegin(Commit::Failover)), Refusal::TestChanging);
         let running = Refusal::TestRunning { checkpoint: CHECKPOINT };
-        for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(How::Failover)] {
+        for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(Commit::Failover)] {
             assert_eq!(refused(S::Testing { checkpoint: CHECKPOINT }, event), running);
         }
         for state in [S::Replicating, S::Moving { mark: MARK }, failed_over(), S::Reopening] {
             assert_eq!(refused(state, E::TestStop), Refusal::NoTest);
         }
         let moving = S::Moving { mark: MARK };
-        for event in [E::TestStart, E::MoveBegin { mark: OTHER_MARK }, E::CommitBegin(How::Failover)] {
+        for event in [E::TestStart, E::MoveBegin { mark: OTHER_MARK }, E::CommitBegin(Commit::Failover)] {
             assert_eq!(refused(moving.clone(), event), Refusal::Busy(How::Move));
         }
         let committing = S::Committing { how: How::Failover, mark: None };
-        for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(How::Failover)] {
+        for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(Commit::Failover)] {
             assert_eq!(refused(committing.clone(), event), Refusal::Busy(How::Failover));
         }
         let closed = Refusal::FailedOver { checkpoint: CHECKPOINT, how: How::Failover, time_ms: 1 };
-        for event in [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(How::Move)] {
+        for event in
+            [E::TestStart, E::MoveBegin { mark: MARK }, E::CommitBegin(Commit::Move { mark: MARK }), E::MoveCancel]
+        {
             assert_eq!(refused(failed_over(), event), closed);
         }
         assert_eq!(refused(S::Reopening, E::MoveBegin { mark: MARK }), Refusal::Reopening);
+        assert_eq!(refused(S::Reopening, E::MoveCancel), Refusal::Reopening);
+        // A promote of a move that is not the one running: called off, or
+        // another link's.
+        let promote = E::CommitBegin(Commit::Move { mark: MARK });
+        assert_eq!(refused(S::Replicating, promote), Refusal::MoveEnded);
+        assert_eq!(refused(S::Moving { mark: OTHER_MARK }, promote), Refusal::MoveEnded);
         // Caller bugs.
         for (state, event) in [
-            (S::Replicating, E::CommitBegin(How::Move)),
             (S::Replicating, E::TestStarted { checkpoint: CHECKPOINT }),
             (S::Replicating, E::CommitFailed),
             (S::Testing { checkpoint: CHECKPOINT }, E::TestGone),
@@ -487,18 +531,28 @@ mod tests {
 
     /// A cancel is confirmed only where no failover is committed or being
     /// committed: in the middle of one, the protected side would take
-    /// writes while the recovery site goes live.
+    /// writes while the recovery site goes live. And once confirmed, no
+    /// promote of the cancelled move (read late, from the same link or
+    /// another) can commit: both sites would take writes.
     #[test]
-    fn a_move_is_cancelled_only_where_no_failover_is_or_may_be_committed() {
+    fn a_cancelled_move_is_never_promoted() {
         for state in states() {
-            let refused = state.move_cancel_refusal();
+            let refused = state.next(E::MoveCancel).err();
             let may_go_live = matches!(state, S::Committing { .. } | S::FailedOver { .. } | S::Reopening);
             assert_eq!(refused.is_some(), may_go_live, "{state:?}");
         }
         assert_eq!(
-            S::Committing { how: How::Move, mark: Some(MARK) }.move_cancel_refusal(),
-            Some(Refusal::Busy(How::Move))
+            S::Committing { how: How::Move, mark: Some(MARK) }.next(E::MoveCancel),
+            Err(Refusal::Busy(How::Move))
         );
+        // Link A announced the move; link B (the same protected side,
+        // reconnected) cancels it; A's promote is read after that.
+        let cancelled = S::Replicating.next(E::MoveBegin { mark: MARK }).unwrap().next(E::MoveCancel).unwrap();
+        assert_eq!(cancelled, S::Replicating);
+        assert_eq!(cancelled.next(E::CommitBegin(Commit::Move { mark: MARK })), Err(Refusal::MoveEnded));
+        // A's link drops later: nothing changes.
+        assert_eq!(cancelled.next(E::MoveEnd { mark: MARK }), Ok(S::Replicating));
+        assert!(Refusal::MoveEnded.message("v").contains("nothing was promoted: run `tidemark move` again"));
     }
 
     #[test]

@@ -283,7 +283,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             Ok(Reply::done(ops.test_failover_stop(&vpg).await?))
         }
         (Request::Failover { vpg, checkpoint, serve }, Agent::Recovery(ops)) => {
-            let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery::ops::How::Failover).await?;
+            let done = ops.failover(&vpg, &checkpoint, serve, crate::recovery_state::Commit::Failover).await?;
             Ok(Reply { exports: done.uris.clone(), id: Some(done.checkpoint.id), ..Reply::done(done.describe()) })
         }
         (Request::Reverse { vpg, wait_ms }, Agent::Protected(vpgs, runner, _)) => {

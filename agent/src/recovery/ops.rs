@@ -13,7 +13,7 @@ use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::{vpg_dir, JournalMeta};
 use crate::nbd::export::{BlockExport, ExportTable};
-use crate::recovery_state::{Event, VpgState};
+use crate::recovery_state::{Commit, Event, VpgState};
 use crate::transfer::slot::{VpgSlot, VpgSlots};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -155,6 +155,13 @@ impl FailedOver {
 /// A move announced by the protected side: other failovers of the VPG
 /// are refused until it ends or its link drops.
 pub struct MoveMark(Arc<VpgSlot>, u64);
+
+impl MoveMark {
+    /// Names this move: only its promote may commit it.
+    pub fn mark(&self) -> u64 {
+        self.1
+    }
+}
 
 impl Drop for MoveMark {
     fn drop(&mut self) {
@@ -360,7 +367,8 @@ impl RecoveryOps {
     /// the VPG stops first; if the commit fails, it is taken up again and
     /// nothing changed. A move's repeated promote of the same checkpoint
     /// is answered as done.
-    pub async fn failover(&self, vpg: &str, wanted: &str, serve: bool, how: How) -> Result<FailedOver> {
+    pub async fn failover(&self, vpg: &str, wanted: &str, serve: bool, what: Commit) -> Result<FailedOver> {
+        let how = what.how();
         crate::config::validate_name("--vpg", vpg)?;
         // One commit at a time: a second promote of a move (a new link
         // while the first runs) then finds the first one's record.
@@ -379,7 +387,7 @@ impl RecoveryOps {
             }
         }
         // Refused now if it would be once the checkpoint is found.
-        slot.check(Event::CommitBegin(how))?;
+        slot.check(Event::CommitBegin(what))?;
         // A checkpoint that cannot be resolved is refused before the stream
         // is touched. The running journal's index answers for the common
         // case; only a miss reads the journal, for the precise reason.
@@ -393,7 +401,7 @@ impl RecoveryOps {
         // The stream closes under the journal lock: no batch is appended after.
         let meta = {
             let journal = slot.journal.lock().expect("journal lock");
-            slot.change(Event::CommitBegin(how))?;
+            slot.change(Event::CommitBegin(what))?;
             journal.meta.clone()
         };
         let end = CommitEnd { slot: slot.clone(), dir: dir.clone() };
@@ -752,10 +760,32 @@ mod guard_tests {
         let mark = crate::recovery_state::new_move_mark();
         slot.change(Event::MoveBegin { mark }).unwrap();
         let held = MoveMark(slot.clone(), mark);
-        slot.change(Event::CommitBegin(How::Move)).unwrap();
+        slot.change(Event::CommitBegin(Commit::Move { mark: held.mark() })).unwrap();
         slot.change(Event::Committed { checkpoint: 4, how: How::Move, time_ms: 6 }).unwrap();
         drop(held);
         assert_eq!(slot.state().failed_over_at(), Some(4));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The protected side announced a move on link A, reconnected, and
+    /// cancelled it on link B (it takes writes again); A's promote read
+    /// after that must not fail the VPG over, and A's link dropping later
+    /// must not touch a move announced since.
+    #[test]
+    fn a_cancelled_move_is_not_promoted_from_its_old_link() {
+        let (slot, dir) = slot("move-cancel");
+        let a = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark: a }).unwrap();
+        let held_by_a = MoveMark(slot.clone(), a);
+        slot.change(Event::MoveCancel).unwrap();
+        assert_eq!(slot.state(), VpgState::Replicating);
+        let late = slot.change(Event::CommitBegin(Commit::Move { mark: a })).unwrap_err().to_string();
+        assert!(late.contains("has ended") && late.contains("nothing was promoted"), "{late}");
+        assert_eq!(slot.state(), VpgState::Replicating);
+        let c = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark: c }).unwrap();
+        drop(held_by_a);
+        assert_eq!(slot.state(), VpgState::Moving { mark: c });
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -764,19 +794,20 @@ mod guard_tests {
         let (slot, dir) = slot("commit-end");
         let end = CommitEnd { slot: slot.clone(), dir: dir.clone() };
         // Nothing on disk: the commit failed, the stream reopens.
-        slot.change(Event::CommitBegin(How::Failover)).unwrap();
+        slot.change(Event::CommitBegin(Commit::Failover)).unwrap();
         end.settle(None);
         assert_eq!(slot.state(), VpgState::Replicating);
         // The record is on disk although the commit reported an error.
-        slot.change(Event::MoveBegin { mark: crate::recovery_state::new_move_mark() }).unwrap();
-        slot.change(Event::CommitBegin(How::Move)).unwrap();
+        let mark = crate::recovery_state::new_move_mark();
+        slot.change(Event::MoveBegin { mark }).unwrap();
+        slot.change(Event::CommitBegin(Commit::Move { mark })).unwrap();
         record(7).store(&dir).unwrap();
         end.settle(None);
         assert_eq!(slot.state().failed_over_at(), Some(7));
         // The record cannot be read: unknown, so the stream stays closed.
         let (slot, dir2) = self::slot("commit-unknown");
         std::fs::write(dir2.join(crate::journal::FAILOVER_RECORD_FILE), b"{not json").unwrap();
-        slot.change(Event::CommitBegin(How::Failover)).unwrap();
+        slot.change(Event::CommitBegin(Commit::Failover)).unwrap();
         CommitEnd { slot: slot.clone(), dir: dir2.clone() }.settle(None);
         assert!(matches!(slot.state(), VpgState::Committing { .. }));
         assert!(slot.stream_refusal().is_some());

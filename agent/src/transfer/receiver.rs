@@ -10,7 +10,7 @@ use crate::extent_hash::HashQuestion;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
-use crate::recovery_state::VpgState;
+use crate::recovery_state::{Event, VpgState};
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
@@ -207,14 +207,17 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         match recv_control(&mut link).await? {
             ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
-                Ok(()) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
+                Ok(_) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
                 Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
             },
             ControlMessage::MoveCancel => {
-                let refusal = receiver.slot(&vpg).and_then(|s| s.move_cancel_refusal());
-                let reply = match refusal {
-                    Some(reason) => ControlMessage::Refused { reason },
-                    None => {
+                // Refused while a failover is (being) committed; once
+                // taken, no promote of the move commits, whichever link
+                // reads it.
+                let cancelled = receiver.slot(&vpg).map_or(Ok(()), |s| s.change(Event::MoveCancel));
+                let reply = match cancelled {
+                    Err(e) => ControlMessage::Refused { reason: format!("{e:#}") },
+                    Ok(()) => {
                         moving = None;
                         tracing::info!(vpg = %vpg, "the protected side cancelled its move");
                         ControlMessage::Promoted { checkpoint: 0 }
@@ -238,7 +241,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
-                Ok(()) => promote(&mut link, receiver, &vpg, checkpoint).await?,
+                Ok(mark) => promote(&mut link, receiver, &vpg, checkpoint, mark).await?,
                 Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
             },
             other => bail!("unexpected control message {other:?}"),
@@ -271,13 +274,14 @@ async fn admit_old_site<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(receiver.ops.get().context("the recovery agent is still starting")?.clone())
 }
 
-/// Marks a move of `vpg` as running for this link (once).
-fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery::ops::MoveMark>) -> Result<()> {
-    if moving.is_none() {
-        let ops = receiver.ops.get().context("the recovery agent is still starting")?;
-        *moving = Some(ops.begin_move(vpg)?);
+/// Marks a move of `vpg` as running for this link (once); its mark.
+fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery::ops::MoveMark>) -> Result<u64> {
+    if let Some(held) = moving {
+        return Ok(held.mark());
     }
-    Ok(())
+    let ops = receiver.ops.get().context("the recovery agent is still starting")?;
+    let held = moving.insert(ops.begin_move(vpg)?);
+    Ok(held.mark())
 }
 
 /// The encryption detector's alert: pin the last clean checkpoint (a
@@ -312,13 +316,15 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     receiver: &Arc<Receiver>,
     vpg: &str,
     checkpoint: u64,
+    mark: u64,
 ) -> Result<()> {
     let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
     let vpg = vpg.to_string();
+    let commit = crate::recovery_state::Commit::Move { mark };
     answer_when_done(
         link,
         tokio::spawn(async move {
-            match ops.failover(&vpg, &checkpoint.to_string(), true, crate::recovery::failover::How::Move).await {
+            match ops.failover(&vpg, &checkpoint.to_string(), true, commit).await {
                 Ok(_) => ControlMessage::Promoted { checkpoint },
                 Err(e) => ControlMessage::refused(format!("{e:#}")),
             }

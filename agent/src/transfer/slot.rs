@@ -77,11 +77,6 @@ impl VpgSlot {
         self.state.lock().expect("vpg state lock").failed_over_at()
     }
 
-    /// Why a move may not be confirmed cancelled now, if it may not.
-    pub fn move_cancel_refusal(&self) -> Option<String> {
-        self.state.lock().expect("vpg state lock").move_cancel_refusal().map(|r| r.message(&self.name))
-    }
-
     /// Why the journal takes no stream now, if it does not.
     pub fn stream_refusal(&self) -> Option<String> {
         self.state.lock().expect("vpg state lock").stream_refusal().map(|r| r.message(&self.name))
