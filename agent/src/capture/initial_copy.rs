@@ -96,8 +96,7 @@ impl VpgCapture {
                 return Ok(());
             }
             let mut state = self.state.lock().expect("state lock");
-            state.copied.push(volume.name.clone());
-            state.store(self.log.dir())?;
+            state.update(self.log.dir(), |s| s.copied.push(volume.name.clone()))?;
             if state.copied.len() == self.volumes.len() {
                 self.copy_complete.send_replace(Some(seq));
             }
@@ -256,8 +255,7 @@ impl VpgCapture {
     fn note_compared_stream(&self, stream: u32) -> Result<()> {
         let mut state = self.state.lock().expect("state lock");
         if state.compared_stream != stream {
-            state.compared_stream = stream;
-            state.store(self.log.dir())?;
+            state.update(self.log.dir(), |s| s.compared_stream = stream)?;
         }
         Ok(())
     }
