@@ -424,11 +424,22 @@ impl RecoveryOps {
             Err(e) => {
                 // Once its record is written the failover happened, even if
                 // what follows failed (it is finished at the next start).
-                if let Some(checkpoint) = slot.failed_over_at() {
-                    return Err(e.context(format!(
-                        "VPG {vpg:?} is failed over at checkpoint {checkpoint}, but finishing it failed; \
-                         restart the recovery agent to finish it"
-                    )));
+                match slot.state() {
+                    VpgState::FailedOver { checkpoint, .. } => {
+                        return Err(e.context(format!(
+                            "VPG {vpg:?} is failed over at checkpoint {checkpoint}, but finishing it failed; \
+                             restart the recovery agent to finish it"
+                        )))
+                    }
+                    // The record could not be read back (`CommitEnd`).
+                    VpgState::Committing { .. } => {
+                        return Err(e.context(format!(
+                            "whether VPG {vpg:?} was {} is not known (its failover record could not be read); \
+                             replication of it is stopped until the recovery agent restarts and reads the record",
+                            how.past_participle()
+                        )))
+                    }
+                    _ => {}
                 }
                 tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
                 return Err(e);
