@@ -13,6 +13,9 @@
 #   recorded that the old site applied everything, after it moved the
 #   history aside, and after the old site started its new stream, the
 #   restarted agent finishes the switch-back by itself;
+# - the recovery site's journal failing to reopen at the very end (a
+#   failpoint): `move-back` says to run it again, and run again it reopens
+#   the journal and the switch-back ends (no restart needed);
 # - after each switch-back: the recovery replica is offered as a checkpoint
 #   tagged move-back that restores equal to the old site's volume (no
 #   recovery point is lost while the new stream's copy runs); the old site
@@ -183,6 +186,17 @@ crashed_switch_back recovery move-back-after-history "recovery killed after movi
 failover_and_reverse 35
 log "old site killed after its new stream began, before it takes writes"
 crashed_switch_back protected move-back-after-new-stream "old site killed after its new stream began"
+
+failover_and_reverse 37
+log "the recovery site's journal fails to reopen at the end of a switch-back: asked again, it reopens"
+kill9 "$RECOVERY_PID"
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="move-back-reopen=1*return" start_recovery
+wait_status protected "reverse protection: .*in sync"
+wire0=$(wire_bytes)
+out=$(move_back) && fail "move-back ran through a failed reopening: $out"
+grep -q "run \`tidemark move-back\` again" <<<"$out" || fail "unclear error after a failed reopening: $out"
+out=$(move_back) || fail "move-back asked again after a failed reopening: $out"
+switched_back "the journal reopened when asked again" "$wire0"
 
 failover_and_reverse 36
 log "plain switch-back"

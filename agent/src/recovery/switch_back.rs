@@ -321,13 +321,17 @@ impl RecoveryOps {
         let d = dir.to_path_buf();
         let reopened = async {
             tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
+            fail::fail_point!("move-back-reopen", |_| Err(anyhow!("failpoint move-back-reopen")));
             let (d, policy) = (dir.to_path_buf(), slot.policy);
             tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
                 .await
                 .context("reopening the journal")?
         };
         // Stays `Reopening` on failure: the disk is finished at the next start.
-        let journal = reopened.await.context("restart the recovery agent to finish the switch-back")?;
+        let journal = reopened.await.context(
+            "the failover is over but its journal is not open again; run `tidemark move-back` again, or restart the \
+             recovery agent, to finish the switch-back",
+        )?;
         let journal_seq = journal.durable_seq();
         {
             let mut open = slot.journal.lock().expect("journal lock");
