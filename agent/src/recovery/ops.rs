@@ -498,6 +498,7 @@ impl RecoveryOps {
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
         if FailoverRecord::load(&dir)?.is_none() {
+            self.reopen_if_ended(vpg, &dir).await?;
             return Ok(None);
         }
         let meta = JournalMeta::load(&dir)?;

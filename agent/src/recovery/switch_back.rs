@@ -26,7 +26,7 @@ use crate::journal::apply_state::ApplyState;
 use crate::journal::checkpoint::CheckpointInfo;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
 use crate::protected_state::Event as WritesEvent;
-use crate::recovery_state::Event;
+use crate::recovery_state::{Event, VpgState};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -239,7 +239,10 @@ impl RecoveryOps {
         self.wait_reverse_session(vpg).await;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
-        let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
+        let Some(mut record) = FailoverRecord::load(&dir)? else {
+            self.reopen_if_ended(vpg, &dir).await?;
+            return not_failed_over(&dir);
+        };
         let Some(mut mark) = record.move_back else {
             bail!(
                 "no switch-back of VPG {vpg:?} is under way here (was it cancelled?); run `tidemark move-back` again"
@@ -300,6 +303,19 @@ impl RecoveryOps {
         }
         tracing::warn!(%vpg, "switch-back cancelled: the live volumes take writes again");
         Ok(MoveBackAnswer::Cancelled)
+    }
+
+    /// Reopens the journal of a VPG whose failover ended on disk but
+    /// whose reopening failed, before the old site is told "not failed
+    /// over" (which it takes as the switch-back's end): else every forward
+    /// hello is asked to come back until a restart. The caller holds
+    /// `committing`.
+    pub(super) async fn reopen_if_ended(&self, vpg: &str, dir: &Path) -> Result<()> {
+        let slot = crate::transfer::slot::find(&self.slots, vpg);
+        if slot.is_some_and(|s| s.state() == VpgState::Reopening) {
+            self.end_failover(vpg, dir).await?;
+        }
+        Ok(())
     }
 
     /// Stops serving the live volumes, ends the failover on disk, and
