@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build image ova demo test unit e2e bench fuzz lint clean
+.PHONY: all deps build image ova demo test unit e2e bench fuzz lint clean simulate
 
 all: build
 
@@ -50,6 +50,15 @@ bench: build image
 	@tests/bench/api_latency.sh
 	@tests/bench/coordinated_hold.sh
 	@tests/bench/delta.sh
+
+# The deterministic fault simulator (agent/src/simulator, docs/simulator.md)
+# over SEEDS seeds from 0, or one SEED with its whole trace. `make test`
+# runs a fixed set of seeds in the unit tests.
+SEEDS ?= 1000
+simulate: deps
+	cargo build --release --locked -p tidemark --features simulate --example simulate
+	@if [ -n "$(SEED)" ]; then target/release/examples/simulate --seed $(SEED); \
+	else target/release/examples/simulate --seeds $(SEEDS); fi
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

@@ -9,6 +9,7 @@ pub mod api;
 pub mod appliance;
 pub mod audit_trail;
 pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod coordination;
 pub mod durable;
@@ -29,6 +30,9 @@ pub mod recovery;
 pub mod recovery_state;
 pub mod run;
 pub mod segment;
+#[cfg(any(test, feature = "simulate"))]
+pub mod simulator;
 pub mod status;
+pub mod storage;
 pub mod transfer;
 pub mod wire;

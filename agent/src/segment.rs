@@ -13,10 +13,12 @@
 //! never leave a named segment without its header).
 
 use crate::record::{u32_at, u64_at, Record, RecordBody, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::storage::{SequentialReader, Storage, StorageFile, REAL};
 use anyhow::{bail, Context, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 const SEGMENT_VERSION: u32 = 1;
@@ -50,9 +52,13 @@ pub fn segment_path(dir: &Path, kind: SegmentKind, first_seq: u64) -> PathBuf {
 
 /// Every segment of `kind` in `dir`, ordered by first sequence number.
 pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
+    list_segments_on(&REAL, dir, kind)
+}
+
+/// `list_segments` on `fs`.
+pub fn list_segments_on(fs: &dyn Storage, dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
+    for path in fs.list(dir).with_context(|| format!("listing {}", dir.display()))? {
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
@@ -71,10 +77,14 @@ const CREATING_EXTENSION: &str = "creating";
 /// Removes what creations a stop cut short left (call at open, when no
 /// creation can be under way: a listing while one runs must not).
 pub fn remove_unfinished_creations(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
+    remove_unfinished_creations_on(&REAL, dir)
+}
+
+/// `remove_unfinished_creations` on `fs`.
+pub fn remove_unfinished_creations_on(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    for path in fs.list(dir).with_context(|| format!("listing {}", dir.display()))? {
         if path.extension().and_then(|e| e.to_str()) == Some(CREATING_EXTENSION) {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            fs.remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
@@ -92,53 +102,55 @@ fn encode_header(kind: SegmentKind, vpg_id: u32, first_seq: u64, stream_id: u32)
     h
 }
 
-/// Creates a new segment holding `first` (encoded records, may be empty)
-/// after its header, and makes it durable under its name (see the module
-/// comment). Refused if a segment of that name exists.
-pub fn create_segment_with(
+/// Creates a new segment on `fs` holding `first` (encoded records, may be
+/// empty) after its header, and makes it durable under its name (see the
+/// module comment). Refused if a segment of that name exists.
+pub fn create_segment_on(
+    fs: &dyn Storage,
     dir: &Path,
     kind: SegmentKind,
     vpg_id: u32,
     first_seq: u64,
     stream_id: u32,
     first: &[u8],
-) -> Result<(PathBuf, File)> {
+) -> Result<(PathBuf, Arc<dyn StorageFile>)> {
     let path = segment_path(dir, kind, first_seq);
-    if path.exists() {
+    if fs.exists(&path) {
         bail!("segment {} exists already", path.display());
     }
     let creating = path.with_extension(CREATING_EXTENSION);
     let made = (|| {
         // Left by a creation a crash cut short.
-        let _ = std::fs::remove_file(&creating);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(&creating)
-            .with_context(|| format!("creating segment {}", creating.display()))?;
-        file.write_all(&encode_header(kind, vpg_id, first_seq, stream_id))
-            .and_then(|()| file.write_all(first))
+        let _ = fs.remove_file(&creating);
+        let file = fs.create_new(&creating).with_context(|| format!("creating segment {}", creating.display()))?;
+        file.append(&[&encode_header(kind, vpg_id, first_seq, stream_id), first])
             .with_context(|| format!("writing {}", creating.display()))?;
         fail::fail_point!("segment-create-before-sync", |_| Err(anyhow::anyhow!("failpoint")));
         file.sync_all().with_context(|| format!("syncing {}", creating.display()))?;
-        std::fs::rename(&creating, &path).with_context(|| format!("naming {}", path.display()))?;
+        fs.rename(&creating, &path).with_context(|| format!("naming {}", path.display()))?;
         Ok(file)
     })();
     let file = match made {
         Ok(f) => f,
         Err(e) => {
-            let _ = std::fs::remove_file(&creating);
+            let _ = fs.remove_file(&creating);
             return Err(e);
         }
     };
-    crate::durable::sync_dir(dir)?;
+    fs.sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))?;
     Ok((path, file))
 }
 
-/// Creates a new segment with no records (see `create_segment_with`).
+/// Creates a new segment with no records (see `create_segment_on`) and
+/// opens it for appending.
 pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
-    create_segment_with(dir, kind, vpg_id, first_seq, 0, &[])
+    let (path, _) = create_segment_on(&REAL, dir, kind, vpg_id, first_seq, 0, &[])?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((path, file))
 }
 
 /// Small enough that a large record's payload is mostly read straight
@@ -149,7 +161,7 @@ const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Reads the records of one segment in order, verifying every checksum.
 pub struct SegmentReader {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: BufReader<SequentialReader>,
     /// File offset of the next record.
     offset: u64,
     buf: Vec<u8>,
@@ -208,8 +220,13 @@ impl std::fmt::Display for SegmentDamage {
 impl SegmentReader {
     /// Opens a segment and checks its header belongs to `kind` and `vpg_id`.
     pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let file = File::open(path).with_context(|| format!("opening segment {}", path.display()))?;
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        Self::open_on(&REAL, path, kind, vpg_id)
+    }
+
+    /// `open` on `fs`.
+    pub fn open_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
+        let file = fs.open_read(path).with_context(|| format!("opening segment {}", path.display()))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, SequentialReader::new(file, 0));
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;
         if &h[0..8] != kind.magic() {
@@ -335,6 +352,7 @@ fn read_fully(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
 mod tests {
     use super::*;
     use crate::record::RecordBody;
+    use std::io::Write;
 
     fn write_records(file: &mut File, seqs: std::ops::Range<u64>) {
         for seq in seqs {

@@ -138,7 +138,8 @@ impl LogCursor {
             }
         };
         let path = segment_path(self.log.dir(), SegmentKind::ProtectedLog, first_seq);
-        let (reader, _) = SegmentReader::open(&path, SegmentKind::ProtectedLog, self.log.vpg_id())?;
+        let (reader, _) =
+            SegmentReader::open_on(self.log.storage(), &path, SegmentKind::ProtectedLog, self.log.vpg_id())?;
         self.open = Some((first_seq, reader));
         Ok(true)
     }

@@ -23,12 +23,12 @@ pub use cursor::LogCursor;
 pub use open::{LogCut, LogOpenReport};
 pub use state::CaptureState;
 
-use crate::record::{encode_parts, encode_split, now_ms, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment_with, SegmentKind};
+use crate::clock::{Clock, SystemClock};
+use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
+use crate::segment::{create_segment_on, SegmentKind};
+use crate::storage::{RealStorage, Storage, StorageFile};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -42,7 +42,42 @@ const STREAM_SEQS_PER_MS: u64 = 1000;
 /// Resolution of the lag-in-seconds estimate.
 const LAG_SAMPLE_INTERVAL_MS: u128 = 50;
 
+/// How much a log holds, and in segments of what size.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSize {
+    pub capacity_bytes: u64,
+    /// A segment is closed once it holds this much (one record may take
+    /// it over).
+    pub segment_bytes: u64,
+}
+
+impl LogSize {
+    /// Segments a fraction of `capacity_bytes`, so retiring frees space early.
+    pub fn for_capacity(capacity_bytes: u64) -> Self {
+        LogSize {
+            capacity_bytes,
+            segment_bytes: (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN),
+        }
+    }
+}
+
+/// What a log reaches the world through: its files and the time.
+#[derive(Clone)]
+pub struct LogEnv {
+    pub storage: Arc<dyn Storage>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LogEnv {
+    /// The kernel's file system and the wall clock.
+    pub fn real() -> Self {
+        LogEnv { storage: Arc::new(RealStorage), clock: Arc::new(SystemClock) }
+    }
+}
+
 pub struct ProtectedLog {
+    fs: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
     dir: PathBuf,
     vpg_id: u32,
     capacity_bytes: u64,
@@ -70,9 +105,9 @@ struct Inner {
     /// Closed segments, oldest first; the current one is not in here.
     closed: VecDeque<Segment>,
     current: Segment,
-    current_file: Arc<File>,
+    current_file: Arc<dyn StorageFile>,
     /// Closed segments whose data the sync thread has not fsynced yet.
-    unsynced_closed: Vec<Arc<File>>,
+    unsynced_closed: Vec<Arc<dyn StorageFile>>,
     next_seq: u64,
     stream_id: u32,
     bytes_total: u64,
@@ -138,32 +173,44 @@ impl ProtectedLog {
         capacity_bytes: u64,
         durable_through: u64,
     ) -> Result<(Arc<Self>, LogOpenReport)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
-        let segment_bytes = (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN);
-        let found = open::recover(dir, vpg_id, durable_through)?;
+        Self::open_on(LogEnv::real(), dir, vpg_id, LogSize::for_capacity(capacity_bytes), durable_through)
+    }
+
+    /// `open` in `env`, with segments of a chosen size.
+    pub fn open_on(
+        env: LogEnv,
+        dir: &Path,
+        vpg_id: u32,
+        size: LogSize,
+        durable_through: u64,
+    ) -> Result<(Arc<Self>, LogOpenReport)> {
+        let LogSize { capacity_bytes, segment_bytes } = size;
+        let LogEnv { storage: fs, clock } = env;
+        assert!(segment_bytes > 0 && segment_bytes <= capacity_bytes, "{size:?}");
+        fs.create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+        let found = open::recover(&*fs, dir, vpg_id, durable_through)?;
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
             // (unless one wrote over 1000 records per ms of its life), so
             // the recovery side does not mistake it for a replay; its id
             // tells the rest. Seqs stay below 2^53, exact in JSON.
-            let (segment, file, stream_id) = create_stream_segment(dir, vpg_id, now_ms() * STREAM_SEQS_PER_MS)?;
+            let (segment, file, stream_id) =
+                create_stream_segment(&*fs, dir, vpg_id, clock.now_ms() * STREAM_SEQS_PER_MS, clock.now_ms())?;
             let next_seq = segment.first_seq + 1;
             (VecDeque::new(), segment, file, next_seq, stream_id)
         } else {
             let mut segments: VecDeque<Segment> =
                 found.segments.into_iter().map(|(first_seq, path, bytes)| Segment { first_seq, path, bytes }).collect();
             let current = segments.pop_back().expect("not fresh");
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&current.path)
-                .with_context(|| format!("opening {}", current.path.display()))?;
+            let file = fs.open_append(&current.path).with_context(|| format!("opening {}", current.path.display()))?;
             (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
         let (sync_tx, sync_rx) = mpsc::channel();
         let log = Arc::new(ProtectedLog {
+            fs,
+            clock,
             dir: dir.to_path_buf(),
             vpg_id,
             capacity_bytes,
@@ -171,7 +218,7 @@ impl ProtectedLog {
             inner: Mutex::new(Inner {
                 closed,
                 current,
-                current_file: Arc::new(current_file),
+                current_file,
                 unsynced_closed: Vec::new(),
                 next_seq,
                 stream_id,
@@ -200,6 +247,10 @@ impl ProtectedLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        &*self.fs
     }
 
     /// Waits until the log has room for `body`, and holds it. Call before
@@ -269,10 +320,10 @@ impl ProtectedLog {
         let written = (|| {
             // Half a record reaches the file, then the disk is full.
             fail::fail_point!("log-append-torn", |_| {
-                let _ = write_all_vectored(&inner.current_file, &header, &payload[..payload.len() / 2]);
+                let _ = inner.current_file.append(&[&header, &payload[..payload.len() / 2]]);
                 Err(std::io::Error::from_raw_os_error(28))
             });
-            write_all_vectored(&inner.current_file, &header, &payload)
+            inner.current_file.append(&[&header, &payload])
         })();
         if let Err(e) = written {
             let path = inner.current.path.display().to_string();
@@ -317,11 +368,18 @@ impl ProtectedLog {
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
-        let (path, file) =
-            create_segment_with(&self.dir, SegmentKind::ProtectedLog, self.vpg_id, first_seq, inner.stream_id, &[])?;
-        let bytes = file.metadata()?.len();
+        let (path, file) = create_segment_on(
+            &*self.fs,
+            &self.dir,
+            SegmentKind::ProtectedLog,
+            self.vpg_id,
+            first_seq,
+            inner.stream_id,
+            &[],
+        )?;
+        let bytes = file.size().with_context(|| format!("sizing {}", path.display()))?;
         let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
-        let old_file = std::mem::replace(&mut inner.current_file, Arc::new(file));
+        let old_file = std::mem::replace(&mut inner.current_file, file);
         inner.unsynced_closed.push(old_file);
         inner.closed.push_back(old);
         inner.bytes_total += bytes;
@@ -338,11 +396,12 @@ impl ProtectedLog {
         // Above the current segment's name too: an empty current segment
         // (a stop right after a roll) is named after the next seq.
         let seq = inner.next_seq.max(min_seq).max(inner.current.first_seq + 1);
-        let (segment, file, stream_id) = create_stream_segment(&self.dir, self.vpg_id, seq)?;
+        let (segment, file, stream_id) =
+            create_stream_segment(&*self.fs, &self.dir, self.vpg_id, seq, self.clock.now_ms())?;
         let size = segment.bytes;
         let mut dropped: Vec<PathBuf> = inner.closed.drain(..).map(|s| s.path).collect();
         dropped.push(std::mem::replace(&mut inner.current, segment).path);
-        inner.current_file = Arc::new(file);
+        inner.current_file = file;
         inner.unsynced_closed.clear();
         inner.next_seq = seq + 1;
         inner.stream_id = stream_id;
@@ -353,12 +412,12 @@ impl ProtectedLog {
         // The new stream is in place: what follows may fail without undoing
         // it (an old segment left behind is dropped at the next open).
         for path in &dropped {
-            if let Err(e) = std::fs::remove_file(path) {
+            if let Err(e) = self.fs.remove_file(path) {
                 tracing::error!("dropping log segment {} of the old stream: {e}", path.display());
             }
         }
-        if let Err(e) = crate::durable::sync_dir(&self.dir) {
-            tracing::error!("{e:#}");
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            tracing::error!("syncing directory {}: {e}", self.dir.display());
         }
         self.appended.send_replace(seq);
         self.synced.send_if_modified(|s| std::mem::replace(s, seq) != seq);
@@ -458,7 +517,7 @@ impl ProtectedLog {
             }
         }
         for path in &retired {
-            if let Err(e) = std::fs::remove_file(path) {
+            if let Err(e) = self.fs.remove_file(path) {
                 tracing::error!("retiring log segment {}: {e}", path.display());
             }
         }
@@ -550,30 +609,20 @@ fn new_stream_id() -> u32 {
 }
 
 /// The first segment of a new stream, durable with its StreamStart at
-/// `seq`, under a new stream id.
-fn create_stream_segment(dir: &Path, vpg_id: u32, seq: u64) -> Result<(Segment, File, u32)> {
+/// `seq` (taken at `time_ms`), under a new stream id.
+fn create_stream_segment(
+    fs: &dyn Storage,
+    dir: &Path,
+    vpg_id: u32,
+    seq: u64,
+    time_ms: u64,
+) -> Result<(Segment, Arc<dyn StorageFile>, u32)> {
     let stream_id = new_stream_id();
     let mut bytes = Vec::new();
-    encode_parts(seq, vpg_id, &RecordBody::StreamStart { time_ms: now_ms(), stream_id }, &mut bytes);
-    let (path, file) = create_segment_with(dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
-    let size = file.metadata().with_context(|| format!("sizing {}", path.display()))?.len();
+    encode_parts(seq, vpg_id, &RecordBody::StreamStart { time_ms, stream_id }, &mut bytes);
+    let (path, file) = create_segment_on(fs, dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
+    let size = file.size().with_context(|| format!("sizing {}", path.display()))?;
     Ok((Segment { first_seq: seq, path, bytes: size }, file, stream_id))
-}
-
-/// Appends a record's header and payload with as few `writev` calls as
-/// the kernel allows (one, unless a write comes back short).
-fn write_all_vectored(mut file: &File, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
-    let mut parts = [IoSlice::new(header), IoSlice::new(payload)];
-    let mut parts = &mut parts[..];
-    while !parts.is_empty() {
-        match file.write_vectored(parts) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Group commit: one fsync covers every append made before it started.

@@ -18,8 +18,9 @@
 //! Segments before those are read (and checked) by the sender's cursor.
 
 use crate::segment::{
-    list_segments, remove_unfinished_creations, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES,
+    list_segments_on, remove_unfinished_creations_on, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES,
 };
+use crate::storage::Storage;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -62,15 +63,15 @@ struct Found {
     stream_id: u32,
 }
 
-pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<Recovered> {
-    remove_unfinished_creations(dir)?;
-    let listed = list_segments(dir, SegmentKind::ProtectedLog)?;
+pub(super) fn recover(fs: &dyn Storage, dir: &Path, vpg_id: u32, durable_through: u64) -> Result<Recovered> {
+    remove_unfinished_creations_on(fs, dir)?;
+    let listed = list_segments_on(fs, dir, SegmentKind::ProtectedLog)?;
     let mut found = Vec::with_capacity(listed.len());
     for (i, (first_seq, path)) in listed.iter().enumerate() {
-        std::fs::File::open(path)
+        fs.open_read(path)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
-        match SegmentReader::open(path, SegmentKind::ProtectedLog, vpg_id) {
+        match SegmentReader::open_on(fs, path, SegmentKind::ProtectedLog, vpg_id) {
             Ok((reader, header_seq)) => {
                 if header_seq != *first_seq {
                     bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
@@ -79,9 +80,9 @@ pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<R
             }
             // A newest segment without a whole header is a creation that a
             // crash cut short (earlier builds named it before writing it).
-            Err(e) if i + 1 == listed.len() && file_len(path)? < SEGMENT_HEADER_BYTES as u64 => {
+            Err(e) if i + 1 == listed.len() && file_len(fs, path)? < SEGMENT_HEADER_BYTES as u64 => {
                 tracing::warn!("protected log: removing {}, created without its header: {e:#}", path.display());
-                remove(path)?;
+                remove(fs, path)?;
             }
             Err(e) => return Err(e),
         }
@@ -93,30 +94,30 @@ pub(super) fn recover(dir: &Path, vpg_id: u32, durable_through: u64) -> Result<R
     let first_of_stream = found.iter().rposition(|f| f.stream_id != stream_id).map_or(0, |i| i + 1);
     for old in found.drain(..first_of_stream) {
         tracing::warn!("protected log: dropping {}, left by a new stream that a stop interrupted", old.path.display());
-        remove(&old.path)?;
+        remove(fs, &old.path)?;
     }
     // The segment holding `durable_through` and every later one; all of
     // them when it is unknown or older than the oldest (acks retired it).
     let start_at = found.iter().rposition(|f| f.first_seq <= durable_through).unwrap_or(0);
-    let tail = scan_from(&found, start_at, vpg_id)?;
+    let tail = scan_from(fs, &found, start_at, vpg_id)?;
     let mut segments = Vec::with_capacity(found.len());
     for (i, f) in found.iter().enumerate() {
         let scanned = i.checked_sub(start_at).and_then(|k| tail.ends.get(k)).copied();
         let bytes = match scanned {
             Some(end) => end,
-            None => file_len(&f.path)?,
+            None => file_len(fs, &f.path)?,
         };
         segments.push((f.first_seq, f.path.clone(), bytes));
     }
     if let Some((index, offset)) = tail.cut_at {
         let (_, path, _) = &segments[index];
-        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let file = fs.open_append(path).with_context(|| format!("opening {}", path.display()))?;
         file.set_len(offset).with_context(|| format!("cutting {}", path.display()))?;
-        file.sync_all()?;
+        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
         for (_, later, _) in segments.drain(index + 1..) {
-            remove(&later)?;
+            remove(fs, &later)?;
         }
-        crate::durable::sync_dir(dir)?;
+        fs.sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))?;
     }
     Ok(Recovered { segments, next_seq: tail.next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
 }
@@ -138,7 +139,7 @@ struct TailScan {
 /// next one's first seq lost its unsynced end in a power cut (a roll makes
 /// the new segment durable, not the old one's tail), and the log is cut
 /// there.
-fn scan_from(found: &[Found], start: usize, vpg_id: u32) -> Result<TailScan> {
+fn scan_from(fs: &dyn Storage, found: &[Found], start: usize, vpg_id: u32) -> Result<TailScan> {
     let mut scan =
         TailScan { next_seq: found[start].first_seq, last_update: None, ends: Vec::new(), cut: None, cut_at: None };
     for (i, f) in found.iter().enumerate().skip(start) {
@@ -154,7 +155,7 @@ fn scan_from(found: &[Found], start: usize, vpg_id: u32) -> Result<TailScan> {
             scan.cut = Some(LogCut { damage, after_seq: scan.next_seq - 1, segments_dropped: found.len() - i });
             return Ok(scan);
         }
-        let (mut reader, _) = SegmentReader::open(&f.path, SegmentKind::ProtectedLog, vpg_id)?;
+        let (mut reader, _) = SegmentReader::open_on(fs, &f.path, SegmentKind::ProtectedLog, vpg_id)?;
         loop {
             let at = reader.offset();
             match reader.next_record() {
@@ -190,10 +191,10 @@ fn cut_here(mut scan: TailScan, found: &[Found], i: usize, offset: u64, damage: 
     scan
 }
 
-fn file_len(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len())
+fn file_len(fs: &dyn Storage, path: &Path) -> Result<u64> {
+    fs.size_of(path).with_context(|| format!("sizing {}", path.display()))
 }
 
-fn remove(path: &Path) -> Result<()> {
-    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
+fn remove(fs: &dyn Storage, path: &Path) -> Result<()> {
+    fs.remove_file(path).with_context(|| format!("removing {}", path.display()))
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::segment::{list_segments, SEGMENT_HEADER_BYTES};
+use std::io::Write;
 
 fn write(i: u64, size: usize) -> RecordBody {
     RecordBody::Write { volume: 0, offset: i * 4096, data: vec![i as u8; size] }

@@ -1,0 +1,523 @@
+//! The protected-log scenario: a writer appends records of every kind
+//! (writes of many sizes, zeroes, checkpoints with any tag, copy markers),
+//! the group commit fsyncs them, a sender's cursor builds batches that go
+//! through the wire encoder and decoder to a model recovery side, which
+//! acknowledges them; and, at any step, faults come and go, the process is
+//! killed, or the power is cut. After each step the model says what must
+//! hold:
+//! - seqs follow each other; an append fails only when a fault was injected;
+//! - the recovery side gets the stream in order, only records that are
+//!   durable, each exactly as it was appended, in batches its decoder takes;
+//! - after any crash the log opens again (at worst once faults stop),
+//!   holds every record that was fsynced and every one the recovery side
+//!   holds, each as it was appended (nothing whose append failed comes
+//!   back), and continues the recovery side's stream.
+
+use super::rng::SimRng;
+use super::{SeedReport, Violation};
+use crate::clock::ManualClock;
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
+use crate::record::{Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX};
+use crate::storage::sim::SimStorage;
+use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VPG_ID: u32 = 0x5EED;
+const STEPS: u64 = 300;
+/// Small segments, so that rolls happen every few writes.
+const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 << 10 };
+/// While faults are on, the chance each fallible operation fails.
+const FAULT_PER_MILLE: u32 = 40;
+const TRACE_SHOWN_STEPS: usize = 40;
+/// Longer than any wait of a healthy log on this in-memory storage.
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
+    let mut run = Run::new(seed);
+    let out = runtime().block_on(run.go());
+    out.map(|()| run.report())
+}
+
+/// Every step a seed takes.
+pub(super) fn trace_of(seed: u64) -> Vec<String> {
+    let mut run = Run::new(seed);
+    let _ = runtime().block_on(run.go());
+    run.trace
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+/// What the simulator knows must be true of the log.
+#[derive(Default)]
+struct Model {
+    /// The log's stream.
+    stream: u32,
+    next_seq: u64,
+    /// Records appended after what the recovery side holds: their
+    /// encodings (None for the StreamStart the log writes itself).
+    appended: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Every record up to here was fsynced (sync_to returned, or an open
+    /// found it).
+    durable_seq: u64,
+    /// What the recovery side holds: its stream, through this seq.
+    recv_stream: u32,
+    recv_seq: u64,
+    acked_seq: u64,
+    /// A new stream failed to start: a restart may find it in place.
+    stream_uncertain: bool,
+}
+
+struct Run {
+    seed: u64,
+    rng: SimRng,
+    fs: SimStorage,
+    clock: Arc<ManualClock>,
+    dir: PathBuf,
+    log: Option<Arc<ProtectedLog>>,
+    cursor: Option<LogCursor>,
+    faults_on: bool,
+    model: Model,
+    step: u64,
+    trace: Vec<String>,
+    report: SeedReport,
+}
+
+enum Stop {
+    Crash,
+    PowerCut,
+}
+
+type Checked = Result<(), Box<Violation>>;
+
+impl Run {
+    fn new(seed: u64) -> Self {
+        Run {
+            seed,
+            rng: SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001),
+            fs: SimStorage::new(seed),
+            clock: Arc::new(ManualClock::starting_at(1_700_000_000_000)),
+            dir: PathBuf::from("/sim/log"),
+            log: None,
+            cursor: None,
+            faults_on: false,
+            model: Model::default(),
+            step: 0,
+            trace: Vec::new(),
+            report: SeedReport::default(),
+        }
+    }
+
+    fn report(&self) -> SeedReport {
+        let fs = self.fs.stats();
+        SeedReport {
+            faults: fs.faults,
+            crashes: fs.crashes,
+            power_cuts: fs.power_cuts,
+            torn_tails: fs.torn_tails,
+            ..self.report
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        self.trace.push(format!("{:>3} {what}", self.step));
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Box<Violation> {
+        let shown = self.trace.len().saturating_sub(TRACE_SHOWN_STEPS);
+        Box::new(Violation { seed: self.seed, step: self.step, invariant, detail, trace: self.trace[shown..].to_vec() })
+    }
+
+    fn check(&mut self, holds: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Checked {
+        self.report.checks += 1;
+        if holds {
+            Ok(())
+        } else {
+            Err(self.violation(invariant, detail()))
+        }
+    }
+
+    fn log(&self) -> Arc<ProtectedLog> {
+        self.log.clone().expect("the log is open")
+    }
+
+    async fn go(&mut self) -> Checked {
+        self.open_first()?;
+        while self.step < STEPS {
+            self.step += 1;
+            self.report.steps += 1;
+            self.clock.advance_ms(self.rng.below(50));
+            if let Some(why) = self.log().broken() {
+                self.note(format!("the log is broken ({why}): kill the process"));
+                self.restart(Stop::Crash).await?;
+                continue;
+            }
+            match self.rng.below(100) {
+                0..=39 => self.append_write()?,
+                40..=44 => self.append_marker()?,
+                45..=59 => self.sync().await?,
+                60..=74 => self.send()?,
+                75..=84 => self.ack(),
+                85..=86 => self.start_stream()?,
+                87..=90 => self.toggle_faults(),
+                91..=95 => self.restart(Stop::Crash).await?,
+                _ => self.restart(Stop::PowerCut).await?,
+            }
+        }
+        // The end: no faults, a power cut, and everything durable is there.
+        self.faults_on = false;
+        self.fs.set_fault_per_mille(0);
+        self.restart(Stop::PowerCut).await
+    }
+
+    fn env(&self) -> LogEnv {
+        LogEnv { storage: Arc::new(self.fs.clone()), clock: self.clock.clone() }
+    }
+
+    fn open_first(&mut self) -> Checked {
+        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, 0);
+        let (log, report) = match opened {
+            Ok(o) => o,
+            Err(e) => return Err(self.violation("a new log opens", format!("{e:#}"))),
+        };
+        self.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
+        let start = log.appended_seq();
+        self.model = Model {
+            stream: log.stream_id(),
+            next_seq: start + 1,
+            durable_seq: start,
+            recv_stream: log.stream_id(),
+            recv_seq: start,
+            acked_seq: start,
+            ..Model::default()
+        };
+        self.note(format!("open a new log: stream starts at seq {start}"));
+        self.log = Some(log);
+        Ok(())
+    }
+
+    fn append_write(&mut self) -> Checked {
+        let len = match self.rng.below(20) {
+            0 => 1 + self.rng.below(300 << 10) as usize,
+            1..=4 => 512,
+            5..=9 => 4096,
+            _ => 1 + self.rng.below(16 << 10) as usize,
+        };
+        let mut data = vec![0u8; len];
+        self.rng.fill(&mut data);
+        let body = RecordBody::Write { volume: self.rng.below(4) as u32, offset: self.rng.below(1 << 30) * 512, data };
+        self.append(body)
+    }
+
+    fn append_marker(&mut self) -> Checked {
+        let body = match self.rng.below(4) {
+            0 => RecordBody::Zero {
+                volume: self.rng.below(4) as u32,
+                offset: self.rng.below(1 << 20) * 512,
+                length: 4096,
+            },
+            1 => RecordBody::CopyDone { volume: self.rng.below(4) as u32 },
+            _ => {
+                RecordBody::Checkpoint { time_ms: self.clock_ms(), tag: self.any_tag(), resync: self.rng.below(8) == 0 }
+            }
+        };
+        self.append(body)
+    }
+
+    fn clock_ms(&self) -> u64 {
+        crate::clock::Clock::now_ms(&*self.clock)
+    }
+
+    /// A tag of any characters, up to somewhat over the limit in bytes.
+    fn any_tag(&mut self) -> String {
+        const CHARS: [char; 8] = ['a', 'Z', '7', '-', ' ', 'é', '日', '🦀'];
+        let chars = self.rng.below(CHECKPOINT_TAG_BYTES_MAX as u64 / 2 + 40);
+        (0..chars).map(|_| CHARS[self.rng.below(CHARS.len() as u64) as usize]).collect()
+    }
+
+    fn append(&mut self, body: RecordBody) -> Checked {
+        let log = self.log();
+        let what = describe(&body);
+        let Ok(bytes) = encoded_bytes(&body) else {
+            self.check(body.check().is_err(), "a record is refused only for what its readers refuse", || {
+                format!("{what} refused")
+            })?;
+            self.note(format!("append {what}: refused, as its readers would refuse it"));
+            return Ok(());
+        };
+        let Some(space) = log.try_reserve_bytes(bytes) else {
+            self.note(format!("append {what}: the log is full"));
+            return Ok(());
+        };
+        match log.append_reserved(space, &body) {
+            Ok(seq) => {
+                let due = self.model.next_seq;
+                self.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
+                self.model.next_seq = seq + 1;
+                let encoding = Record { seq, vpg_id: VPG_ID, body }.encode();
+                self.model.appended.insert(seq, Some(encoding));
+                self.report.records_appended += 1;
+                self.note(format!("append {what}: seq {seq}"));
+            }
+            Err(e) => {
+                let faults_on = self.faults_on;
+                self.check(faults_on, "an append fails only on an injected fault", || format!("{what}: {e:#}"))?;
+                self.note(format!("append {what}: failed: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> Checked {
+        let log = self.log();
+        let target = log.appended_seq();
+        match tokio::time::timeout(WAIT_LIMIT, log.sync_to(target)).await {
+            Ok(Ok(())) => {
+                self.model.durable_seq = self.model.durable_seq.max(target);
+                self.note(format!("sync through {target}"));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.violation("the group commit syncs", format!("{e:#}"))),
+            Err(_) => Err(self.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
+        }
+    }
+
+    fn send(&mut self) -> Checked {
+        let log = self.log();
+        let from = self.model.recv_seq + 1;
+        let cursor = self.cursor.get_or_insert_with(|| log.cursor(from));
+        let mut batch = BatchBuilder::default();
+        if let Err(e) = cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+            self.cursor = None;
+            let faults_on = self.faults_on;
+            self.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
+            self.note(format!("send: read failed: {e:#}"));
+            return Ok(());
+        }
+        if batch.is_empty() {
+            self.note("send: nothing durable to send".into());
+            return Ok(());
+        }
+        let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
+        let decoded = match decode(&encoded, VPG_ID) {
+            Ok(d) => d,
+            Err(e) => return Err(self.violation("the receiver takes every batch the sender builds", format!("{e:#}"))),
+        };
+        let (first, count) = (decoded.records[0].seq, decoded.records.len());
+        for (i, record) in decoded.records.iter().enumerate() {
+            let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
+            self.receive(record, &decoded.raw[decoded.offsets[i]..end])?;
+        }
+        self.note(format!("send {count} records from seq {first}"));
+        Ok(())
+    }
+
+    /// The recovery side takes one record.
+    fn receive(&mut self, record: &Record, bytes: &[u8]) -> Checked {
+        let (seq, due, durable) = (record.seq, self.model.recv_seq + 1, self.model.durable_seq);
+        self.check(seq == due, "the stream arrives in order, without gaps", || format!("got {seq}, {due} was due"))?;
+        self.check(seq <= durable, "only durable records are sent", || {
+            format!("sent {seq}, durable through {durable}")
+        })?;
+        match self.model.appended.remove(&seq) {
+            Some(Some(appended)) => self.check(appended == bytes, "a record arrives as it was appended", || {
+                format!("seq {seq} differs from what was appended")
+            })?,
+            Some(None) => {
+                let stream = self.model.stream;
+                let starts = matches!(record.body, RecordBody::StreamStart { stream_id, .. } if stream_id == stream);
+                self.check(starts, "a stream begins with its StreamStart", || format!("seq {seq}: {:?}", record.body))?;
+            }
+            None => {
+                return Err(self.violation("only appended records are sent", format!("seq {seq} was never appended")))
+            }
+        }
+        self.model.recv_seq = seq;
+        self.report.records_sent += 1;
+        Ok(())
+    }
+
+    fn ack(&mut self) {
+        let (acked, held) = (self.model.acked_seq, self.model.recv_seq);
+        if held <= acked {
+            self.note("ack: nothing new".into());
+            return;
+        }
+        let seq = acked + 1 + self.rng.below(held - acked);
+        self.log().ack(seq);
+        self.model.acked_seq = seq;
+        self.note(format!("ack through {seq}"));
+    }
+
+    fn start_stream(&mut self) -> Checked {
+        let log = self.log();
+        match log.start_stream(self.model.recv_seq + 1) {
+            Ok(seq) => {
+                self.begin_stream(&log, seq);
+                self.note(format!("start a new stream at seq {seq}"));
+            }
+            Err(e) => {
+                let faults_on = self.faults_on;
+                self.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
+                self.model.stream_uncertain = true;
+                self.note(format!("start a new stream: failed: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model follows a new stream whose StreamStart is `seq`, which
+    /// the recovery side is yet to get.
+    fn begin_stream(&mut self, log: &ProtectedLog, seq: u64) {
+        self.cursor = None;
+        let m = &mut self.model;
+        m.stream = log.stream_id();
+        m.recv_stream = m.stream;
+        m.recv_seq = seq - 1;
+        m.acked_seq = m.acked_seq.max(seq - 1);
+        m.appended = BTreeMap::from([(seq, None)]);
+        m.next_seq = seq + 1;
+        m.durable_seq = seq;
+        m.stream_uncertain = false;
+    }
+
+    fn toggle_faults(&mut self) {
+        self.faults_on = !self.faults_on;
+        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+        self.note(format!("faults {}", if self.faults_on { "on" } else { "off" }));
+    }
+
+    async fn restart(&mut self, stop: Stop) -> Checked {
+        self.cursor = None;
+        self.log = None;
+        match stop {
+            Stop::Crash => {
+                self.fs.crash();
+                self.note("kill the process".into());
+            }
+            Stop::PowerCut => {
+                self.fs.power_cut();
+                self.note("cut the power".into());
+            }
+        }
+        let (log, report) = self.reopen()?;
+        let (durable, held) = (self.model.durable_seq, self.model.recv_seq);
+        let last = report.next_seq - 1;
+        self.check(!report.fresh, "a log opens again as the log it was", || "it opened as a new log".into())?;
+        if log.stream_id() != self.model.stream {
+            let stream_uncertain = self.model.stream_uncertain;
+            self.check(stream_uncertain, "a log keeps its stream across a restart", || {
+                format!("a new stream at seq {}", log.segment_starts()[0])
+            })?;
+            let start = log.segment_starts()[0];
+            self.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
+            self.begin_stream(&log, start);
+            self.model.durable_seq = last;
+            self.model.next_seq = last + 1;
+            self.log = Some(log);
+            return Ok(());
+        }
+        self.model.stream_uncertain = false;
+        self.check(last >= durable, "no fsynced record is lost", || {
+            format!("fsynced through {durable}, the log opens ending at {last}; cut: {:?}", report.cut)
+        })?;
+        self.check(last >= held, "the log holds what the recovery side holds", || {
+            format!("the recovery side holds {held}, the log opens ending at {last}")
+        })?;
+        let recv_stream = self.model.recv_stream;
+        let continues = tokio::time::timeout(WAIT_LIMIT, log.continues(held, recv_stream)).await;
+        self.check(matches!(continues, Ok(Ok(true))), "the log continues the recovery side's stream", || {
+            format!("continues({held}): {continues:?}")
+        })?;
+        self.read_back(&log, last)?;
+        self.model.appended.retain(|seq, _| *seq <= last);
+        self.model.next_seq = last + 1;
+        self.model.durable_seq = last;
+        self.note(format!(
+            "opened: through seq {last}{}",
+            report.cut.map(|c| format!(", cut after {}: {}", c.after_seq, short(&c.damage))).unwrap_or_default()
+        ));
+        self.log = Some(log);
+        Ok(())
+    }
+
+    /// Opens the log after a stop: with the faults of the moment first,
+    /// then without (the agent must come back once the storage does).
+    fn reopen(&mut self) -> Result<(Arc<ProtectedLog>, crate::log::LogOpenReport), Box<Violation>> {
+        let durable = self.model.durable_seq;
+        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
+        let opened = match opened {
+            Ok(o) => Ok(o),
+            Err(e) if self.faults_on => {
+                self.note(format!("open failed on a fault: {e:#}; again without faults"));
+                self.fs.set_fault_per_mille(0);
+                let again = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
+                self.fs.set_fault_per_mille(FAULT_PER_MILLE);
+                again
+            }
+            Err(e) => Err(e),
+        };
+        opened.map_err(|e| self.violation("the log opens again after any stop", format!("{e:#}")))
+    }
+
+    /// Every record the log holds past the recovery side is the one appended.
+    fn read_back(&mut self, log: &Arc<ProtectedLog>, last: u64) -> Checked {
+        let faults = if self.faults_on { FAULT_PER_MILLE } else { 0 };
+        self.fs.set_fault_per_mille(0);
+        let mut cursor = log.cursor(self.model.recv_seq + 1);
+        let mut next = self.model.recv_seq + 1;
+        while next <= last {
+            let mut batch = BatchBuilder::default();
+            if let Err(e) = cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+                return Err(self.violation("a log that opened reads back", format!("{e:#}")));
+            }
+            if batch.is_empty() {
+                return Err(self.violation("a log that opened reads back", format!("seq {next} is missing")));
+            }
+            let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
+            let decoded = decode(&encoded, VPG_ID)
+                .map_err(|e| self.violation("the receiver takes every batch the sender builds", format!("{e:#}")))?;
+            for (i, record) in decoded.records.iter().enumerate() {
+                let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
+                let bytes = &decoded.raw[decoded.offsets[i]..end];
+                let seq = record.seq;
+                self.check(seq == next, "the log reads back in order", || format!("read {seq}, {next} was due"))?;
+                let same = match self.model.appended.get(&seq) {
+                    Some(Some(appended)) => appended == bytes,
+                    Some(None) => matches!(record.body, RecordBody::StreamStart { .. }),
+                    None => false,
+                };
+                self.check(same, "a log holds each record as it was appended", || {
+                    format!("seq {seq} is not the record appended with that seq")
+                })?;
+                next += 1;
+            }
+        }
+        self.fs.set_fault_per_mille(faults);
+        Ok(())
+    }
+}
+
+fn describe(body: &RecordBody) -> String {
+    match body {
+        RecordBody::Write { volume, data, .. } => format!("write of {} bytes to volume {volume}", data.len()),
+        RecordBody::Zero { volume, length, .. } => format!("zero of {length} bytes on volume {volume}"),
+        RecordBody::Checkpoint { tag, .. } => {
+            format!("checkpoint tagged {} bytes ({} chars)", tag.len(), tag.chars().count())
+        }
+        RecordBody::CopyDone { volume } => format!("copy done of volume {volume}"),
+        RecordBody::StreamStart { .. } => "stream start".into(),
+    }
+}
+
+fn short(text: &str) -> String {
+    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
+    match text.split_once(": ") {
+        Some((path, rest)) => format!("{}: {rest}", name(path).unwrap_or_default()),
+        None => text.to_string(),
+    }
+}

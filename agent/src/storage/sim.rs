@@ -1,0 +1,396 @@
+//! An in-memory file system for the seeded fault simulator (`simulator`),
+//! modelled on TigerBeetle's `src/testing/storage.zig`: every file keeps
+//! what the process sees (`data`, the page cache) apart from what a power
+//! cut leaves (`durable`, as of its last fsync), and every directory entry
+//! likewise (`names` apart from `durable_names`, as of the directory's
+//! last sync). From the seed it
+//! - fails operations (EIO on reads, opens, renames, removals, directory
+//!   and file syncs; ENOSPC on creations and appends, an append leaving
+//!   any strict prefix of its bytes behind) while faults are on;
+//! - on `power_cut`, drops every name and byte not made durable, keeping
+//!   of an unsynced append any prefix, sometimes with a garbled byte (a
+//!   torn sector);
+//! - on `crash` (SIGKILL), keeps everything: the page cache survives a
+//!   process.
+//!
+//! After either, the handles opened before fail (EBADF): a dead process's
+//! threads must not write into its successor's files. The group-commit
+//! fsync (`sync_data`) is never failed: the log stops the process on it
+//! (an fsync error cannot be retried), which the simulator models as the
+//! crash it is.
+//!
+//! Directories are created durable and never removed (the log makes its
+//! directory once).
+
+use super::{Storage, StorageFile};
+use crate::simulator::rng::SimRng;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Error, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const EIO: i32 = 5;
+const EBADF: i32 = 9;
+const ENOSPC: i32 = 28;
+
+/// What was done to the storage, for the simulator's report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SimStorageStats {
+    pub faults: u64,
+    pub power_cuts: u64,
+    pub crashes: u64,
+    /// Power cuts that left part of an unsynced append behind.
+    pub torn_tails: u64,
+}
+
+#[derive(Clone)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+}
+
+struct SimState {
+    rng: SimRng,
+    /// Chance, per thousand, that a fallible operation fails (0: off).
+    fault_per_mille: u32,
+    files: HashMap<u64, FileData>,
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    dirs: BTreeSet<PathBuf>,
+    next_id: u64,
+    /// Bumped by every crash and power cut: older handles are dead.
+    generation: u64,
+    stats: SimStorageStats,
+}
+
+#[derive(Default)]
+struct FileData {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+struct SimFile {
+    state: Arc<Mutex<SimState>>,
+    id: u64,
+    generation: u64,
+}
+
+impl SimStorage {
+    pub fn new(seed: u64) -> Self {
+        SimStorage {
+            state: Arc::new(Mutex::new(SimState {
+                rng: SimRng::new(seed),
+                fault_per_mille: 0,
+                files: HashMap::new(),
+                names: BTreeMap::new(),
+                durable_names: BTreeMap::new(),
+                dirs: BTreeSet::new(),
+                next_id: 1,
+                generation: 0,
+                stats: SimStorageStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().expect("sim storage lock")
+    }
+
+    /// Faults from now on, per thousand fallible operations (0: none).
+    pub fn set_fault_per_mille(&self, per_mille: u32) {
+        assert!(per_mille <= 1000);
+        self.lock().fault_per_mille = per_mille;
+    }
+
+    pub fn stats(&self) -> SimStorageStats {
+        self.lock().stats
+    }
+
+    /// The process dies: its handles go, the page cache stays.
+    pub fn crash(&self) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.stats.crashes += 1;
+    }
+
+    /// The machine loses power: what was not fsynced goes (see the module
+    /// comment), and the process with it.
+    pub fn power_cut(&self) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.stats.power_cuts += 1;
+        s.names = s.durable_names.clone();
+        let alive: BTreeSet<u64> = s.names.values().copied().collect();
+        s.files.retain(|id, _| alive.contains(id));
+        let mut ids: Vec<u64> = s.files.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let SimState { files, rng, stats, .. } = &mut *s;
+            let file = files.get_mut(&id).expect("listed");
+            let after = survivor(file, rng);
+            if after.len() > file.durable.len() {
+                stats.torn_tails += 1;
+            }
+            file.data = after.clone();
+            file.durable = after;
+        }
+    }
+}
+
+/// What of `file` a power cut leaves: its durable bytes, and of an
+/// unsynced append any prefix (now and then with one byte garbled);
+/// of an unsynced truncation, either side.
+fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
+    let (data, durable) = (&file.data, &file.durable);
+    if data.len() > durable.len() && data.starts_with(durable) {
+        let unsynced = data.len() - durable.len();
+        let kept = match rng.below(3) {
+            0 => 0,
+            1 => unsynced,
+            _ => rng.below(unsynced as u64 + 1) as usize,
+        };
+        let mut after = data[..durable.len() + kept].to_vec();
+        if kept > 0 && rng.below(8) == 0 {
+            let at = durable.len() + rng.below(kept as u64) as usize;
+            after[at] ^= 1 << rng.below(8);
+        }
+        after
+    } else if rng.below(2) == 0 {
+        durable.clone()
+    } else {
+        data.clone()
+    }
+}
+
+impl SimState {
+    /// Whether this operation fails (counted).
+    fn fault(&mut self) -> bool {
+        let hit = self.fault_per_mille > 0 && self.rng.below(1000) < self.fault_per_mille as u64;
+        if hit {
+            self.stats.faults += 1;
+        }
+        hit
+    }
+
+    fn fail(&mut self, errno: i32) -> std::io::Result<()> {
+        if self.fault() {
+            return Err(Error::from_raw_os_error(errno));
+        }
+        Ok(())
+    }
+
+    fn id_of(&self, path: &Path) -> std::io::Result<u64> {
+        self.names.get(path).copied().ok_or_else(|| not_found(path))
+    }
+
+    fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64) -> Arc<dyn StorageFile> {
+        Arc::new(SimFile { state: state.clone(), id, generation: self.generation })
+    }
+}
+
+fn not_found(path: &Path) -> Error {
+    Error::new(ErrorKind::NotFound, format!("{}: no such file", path.display()))
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        let mut s = self.lock();
+        for d in dir.ancestors() {
+            s.dirs.insert(d.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(s.names.keys().filter(|p| p.parent() == Some(dir)).cloned().collect())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.lock().names.contains_key(path)
+    }
+
+    fn size_of(&self, path: &Path) -> std::io::Result<u64> {
+        let s = self.lock();
+        let id = s.id_of(path)?;
+        Ok(s.files[&id].data.len() as u64)
+    }
+
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        let mut s = self.lock();
+        s.fail(ENOSPC)?;
+        if s.names.contains_key(path) {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+        }
+        if !s.dirs.contains(&parent(path)) {
+            return Err(not_found(&parent(path)));
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        s.files.insert(id, FileData::default());
+        s.names.insert(path.to_path_buf(), id);
+        Ok(s.handle(&self.state, id))
+    }
+
+    fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        self.open_read(path)
+    }
+
+    fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        let id = s.id_of(path)?;
+        Ok(s.handle(&self.state, id))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        let id = s.id_of(from)?;
+        s.names.remove(from);
+        s.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        s.id_of(path)?;
+        s.names.remove(path);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+        s.durable_names.retain(|p, _| !in_dir(p));
+        let now: Vec<(PathBuf, u64)> =
+            s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        s.durable_names.extend(now);
+        Ok(())
+    }
+}
+
+impl SimFile {
+    /// The state, if this handle's process is still alive.
+    fn live(&self) -> std::io::Result<MutexGuard<'_, SimState>> {
+        let s = self.state.lock().expect("sim storage lock");
+        if s.generation != self.generation {
+            return Err(Error::from_raw_os_error(EBADF));
+        }
+        Ok(s)
+    }
+}
+
+impl StorageFile for SimFile {
+    fn append(&self, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut s = self.live()?;
+        let bytes = parts.concat();
+        if s.fault() {
+            let kept = s.rng.below(bytes.len() as u64) as usize;
+            s.files.get_mut(&self.id).expect("open file").data.extend_from_slice(&bytes[..kept]);
+            return Err(Error::from_raw_os_error(ENOSPC));
+        }
+        s.files.get_mut(&self.id).expect("open file").data.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut s = self.live()?;
+        s.fail(EIO)?;
+        let data = &s.files[&self.id].data;
+        let start = (offset as usize).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.live()?.files[&self.id].data.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut s = self.live()?;
+        s.fail(EIO)?;
+        s.files.get_mut(&self.id).expect("open file").data.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let mut s = self.live()?;
+        let file = s.files.get_mut(&self.id).expect("open file");
+        file.durable = file.data.clone();
+        Ok(())
+    }
+
+    fn sync_all(&self) -> std::io::Result<()> {
+        let mut s = self.live()?;
+        s.fail(EIO)?;
+        let file = s.files.get_mut(&self.id).expect("open file");
+        file.durable = file.data.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/log")
+    }
+
+    #[test]
+    fn a_power_cut_keeps_only_what_was_synced() {
+        let fs = SimStorage::new(1);
+        fs.create_dir_all(&dir()).unwrap();
+        let synced = fs.create_new(&dir().join("a")).unwrap();
+        synced.append(&[b"kept"]).unwrap();
+        synced.sync_all().unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        let unnamed = fs.create_new(&dir().join("b")).unwrap();
+        unnamed.append(&[b"data"]).unwrap();
+        unnamed.sync_all().unwrap();
+        fs.power_cut();
+        assert_eq!(fs.list(&dir()).unwrap(), vec![dir().join("a")]);
+        let mut buf = [0u8; 16];
+        let n = fs.open_read(&dir().join("a")).unwrap().read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"kept");
+        assert!(synced.size().is_err(), "a handle of the dead process still works");
+    }
+
+    #[test]
+    fn a_crash_keeps_the_page_cache() {
+        let fs = SimStorage::new(2);
+        fs.create_dir_all(&dir()).unwrap();
+        let f = fs.create_new(&dir().join("a")).unwrap();
+        f.append(&[b"cached"]).unwrap();
+        fs.crash();
+        assert_eq!(fs.size_of(&dir().join("a")).unwrap(), 6);
+        assert!(f.append(&[b"more"]).is_err());
+    }
+
+    #[test]
+    fn an_unsynced_append_leaves_a_prefix_at_most() {
+        for seed in 0..64 {
+            let fs = SimStorage::new(seed);
+            fs.create_dir_all(&dir()).unwrap();
+            let f = fs.create_new(&dir().join("a")).unwrap();
+            f.append(&[b"durable|"]).unwrap();
+            f.sync_data().unwrap();
+            fs.sync_dir(&dir()).unwrap();
+            f.append(&[b"unsynced tail"]).unwrap();
+            fs.power_cut();
+            let len = fs.size_of(&dir().join("a")).unwrap() as usize;
+            assert!((8..=21).contains(&len), "{len}");
+        }
+    }
+}
