@@ -1,9 +1,11 @@
 //! What opening a protected log finds on disk after any stop, clean or not,
 //! and how it is made whole again before anything is appended:
 //!
-//! 1. every segment is fsynced: a killed predecessor's appends may be only
-//!    in the page cache, and nothing may be sent or acknowledged that a
-//!    power cut could still take away;
+//! 1. every segment is fsynced, and then the directory: a killed
+//!    predecessor's appends, and the name of a segment it created, may be
+//!    only in the page cache, and nothing may be sent or acknowledged that
+//!    a power cut could still take away (records fsynced into a segment
+//!    whose name was never made durable vanish with the name);
 //! 2. segments of a stream that an interrupted `start_stream` replaced are
 //!    dropped (they precede the newest stream's segments);
 //! 3. the segments that can hold records written after `durable_through`
@@ -87,6 +89,7 @@ pub(super) fn recover(fs: &dyn Storage, dir: &Path, vpg_id: u32, durable_through
             Err(e) => return Err(e),
         }
     }
+    fs.sync_dir(dir).with_context(|| format!("syncing directory {} (named before this start)", dir.display()))?;
     let Some(newest) = found.last() else {
         return Ok(Recovered { segments: Vec::new(), next_seq: 0, stream_id: 0, cut: None, last_update: None });
     };

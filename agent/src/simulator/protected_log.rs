@@ -428,12 +428,19 @@ impl Run {
         self.check(last >= held, "the log holds what the recovery side holds", || {
             format!("the recovery side holds {held}, the log opens ending at {last}")
         })?;
+        // The checks read without faults (a sender retries a read error).
+        self.fs.set_fault_per_mille(0);
         let recv_stream = self.model.recv_stream;
-        let continues = tokio::time::timeout(WAIT_LIMIT, log.continues(held, recv_stream)).await;
-        self.check(matches!(continues, Ok(Ok(true))), "the log continues the recovery side's stream", || {
-            format!("continues({held}): {continues:?}")
+        let continues = match tokio::time::timeout(WAIT_LIMIT, log.continues(held, recv_stream)).await {
+            Ok(Ok(c)) => c.to_string(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "hangs".into(),
+        };
+        self.check(continues == "true", "the log continues the recovery side's stream", || {
+            format!("continues({held}): {continues}")
         })?;
         self.read_back(&log, last)?;
+        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
         self.model.appended.retain(|seq, _| *seq <= last);
         self.model.next_seq = last + 1;
         self.model.durable_seq = last;
@@ -466,8 +473,6 @@ impl Run {
 
     /// Every record the log holds past the recovery side is the one appended.
     fn read_back(&mut self, log: &Arc<ProtectedLog>, last: u64) -> Checked {
-        let faults = if self.faults_on { FAULT_PER_MILLE } else { 0 };
-        self.fs.set_fault_per_mille(0);
         let mut cursor = log.cursor(self.model.recv_seq + 1);
         let mut next = self.model.recv_seq + 1;
         while next <= last {
@@ -497,7 +502,6 @@ impl Run {
                 next += 1;
             }
         }
-        self.fs.set_fault_per_mille(faults);
         Ok(())
     }
 }
