@@ -137,7 +137,12 @@ pub fn create_segment_on(
             return Err(e);
         }
     };
-    fs.sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))?;
+    if let Err(e) = fs.sync_dir(dir) {
+        // Not created after all: a restart must not find it named (its
+        // name may still come back in a power cut, as an empty segment).
+        let _ = fs.remove_file(&path);
+        return Err(anyhow::Error::new(e).context(format!("syncing directory {}", dir.display())));
+    }
     Ok((path, file))
 }
 

@@ -368,6 +368,7 @@ impl ProtectedLog {
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
+        remove_failed_creation(&*self.fs, &self.dir, first_seq)?;
         let (path, file) = create_segment_on(
             &*self.fs,
             &self.dir,
@@ -396,6 +397,7 @@ impl ProtectedLog {
         // Above the current segment's name too: an empty current segment
         // (a stop right after a roll) is named after the next seq.
         let seq = inner.next_seq.max(min_seq).max(inner.current.first_seq + 1);
+        remove_failed_creation(&*self.fs, &self.dir, seq)?;
         let (segment, file, stream_id) =
             create_stream_segment(&*self.fs, &self.dir, self.vpg_id, seq, self.clock.now_ms())?;
         let size = segment.bytes;
@@ -594,6 +596,18 @@ impl ProtectedLog {
     pub fn cursor(self: &Arc<Self>, from_seq: u64) -> LogCursor {
         LogCursor::new(self.clone(), from_seq)
     }
+}
+
+/// Removes a segment named `first_seq` (at or past the next seq, so it
+/// holds no record of the log) that a failed roll or stream start of this
+/// process left behind, so the next one does not find its name taken.
+fn remove_failed_creation(fs: &dyn Storage, dir: &Path, first_seq: u64) -> Result<()> {
+    let path = crate::segment::segment_path(dir, SegmentKind::ProtectedLog, first_seq);
+    if fs.exists(&path) {
+        tracing::warn!("protected log: removing {}, left by a creation that failed", path.display());
+        fs.remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A random, non-zero stream id.
