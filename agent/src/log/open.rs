@@ -6,8 +6,11 @@
 //!    only in the page cache, and nothing may be sent or acknowledged that
 //!    a power cut could still take away (records fsynced into a segment
 //!    whose name was never made durable vanish with the name);
-//! 2. segments of a stream that an interrupted `start_stream` replaced are
-//!    dropped (they precede the newest stream's segments);
+//! 2. segments of any stream but the newest segment's are dropped: those
+//!    of a stream that an interrupted `start_stream` replaced (they
+//!    precede the newest stream's segments), and the first segment of a
+//!    stream whose start failed and left it named (the log went on in
+//!    its old stream, whose later segments follow it);
 //! 3. the segments that can hold records written after `durable_through`
 //!    (a seq known fsynced, from the activity log; all segments when it is
 //!    unknown) are read record by record, and seqs must follow each other
@@ -94,11 +97,15 @@ pub(super) fn recover(fs: &dyn Storage, dir: &Path, vpg_id: u32, durable_through
         return Ok(Recovered { segments: Vec::new(), next_seq: 0, stream_id: 0, cut: None, last_update: None });
     };
     let stream_id = newest.stream_id;
-    let first_of_stream = found.iter().rposition(|f| f.stream_id != stream_id).map_or(0, |i| i + 1);
-    for old in found.drain(..first_of_stream) {
-        tracing::warn!("protected log: dropping {}, left by a new stream that a stop interrupted", old.path.display());
+    let (current, other): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|f| f.stream_id == stream_id);
+    for old in other {
+        tracing::warn!(
+            "protected log: dropping {}, of a stream a new one replaced, or of a new one that failed to start",
+            old.path.display()
+        );
         remove(fs, &old.path)?;
     }
+    let found = current;
     // The segment holding `durable_through` and every later one; all of
     // them when it is unknown or older than the oldest (acks retired it).
     let start_at = found.iter().rposition(|f| f.first_seq <= durable_through).unwrap_or(0);
