@@ -436,8 +436,9 @@ impl Run {
             Ok(Err(e)) => format!("{e:#}"),
             Err(_) => "hangs".into(),
         };
+        let files = self.listing();
         self.check(continues == "true", "the log continues the recovery side's stream", || {
-            format!("continues({held}): {continues}")
+            format!("continues({held}): {continues}; segments {:?}; files {files:?}", log.segment_starts())
         })?;
         self.read_back(&log, last)?;
         self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
@@ -503,6 +504,18 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+impl Run {
+    /// The log directory's file names, for a violation's detail.
+    fn listing(&self) -> Vec<String> {
+        use crate::storage::Storage;
+        let mut names: Vec<String> = (self.fs.list(&self.dir).unwrap_or_default().iter())
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
     }
 }
 
