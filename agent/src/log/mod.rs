@@ -93,6 +93,9 @@ pub struct ProtectedLog {
     stream_start: watch::Sender<(u64, u64)>,
     space: Notify,
     sync_wake: Mutex<mpsc::Sender<()>>,
+    /// Held through an ack's retirement of segments, so that segments go
+    /// oldest first and a failed removal is put back at the front.
+    retiring: Mutex<()>,
 }
 
 struct Segment {
@@ -235,6 +238,7 @@ impl ProtectedLog {
             stream_start: watch::channel((if fresh { next_seq - 1 } else { 0 }, 0)).0,
             space: Notify::new(),
             sync_wake: Mutex::new(sync_tx),
+            retiring: Mutex::new(()),
         });
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
@@ -496,7 +500,8 @@ impl ProtectedLog {
     /// The recovery site has `seq` and everything before it durable:
     /// retire segments that hold nothing newer.
     pub fn ack(&self, seq: u64) {
-        let mut retired = Vec::new();
+        let _retiring = self.retiring.lock().expect("retiring lock");
+        let mut retired = VecDeque::new();
         {
             let mut inner = self.inner.lock().expect("log lock");
             if seq >= inner.next_seq || seq > self.synced_seq() {
@@ -512,15 +517,27 @@ impl ProtectedLog {
                 }
                 let seg = inner.closed.pop_front().expect("non-empty");
                 inner.bytes_total -= seg.bytes;
-                retired.push(seg.path);
+                retired.push_back(seg);
             }
             while inner.lag_samples.front().is_some_and(|(s, _, _)| *s <= seq) {
                 inner.lag_samples.pop_front();
             }
         }
-        for path in &retired {
-            if let Err(e) = self.fs.remove_file(path) {
-                tracing::error!("retiring log segment {}: {e}", path.display());
+        let any_retired = !retired.is_empty();
+        while let Some(seg) = retired.pop_front() {
+            if let Err(e) = self.fs.remove_file(&seg.path) {
+                // Kept, with every later one: a segment left on disk that
+                // the log forgot would sit before a gap at the next open,
+                // which would cut the log there.
+                tracing::error!(
+                    "retiring log segment {}: {e}; retried at the next acknowledgement",
+                    seg.path.display()
+                );
+                let mut inner = self.inner.lock().expect("log lock");
+                for kept in std::iter::once(seg).chain(retired.drain(..)).rev() {
+                    inner.bytes_total += kept.bytes;
+                    inner.closed.push_front(kept);
+                }
             }
         }
         self.acked.send_if_modified(|a| {
@@ -528,7 +545,7 @@ impl ProtectedLog {
             *a = (*a).max(seq);
             moved
         });
-        if !retired.is_empty() {
+        if any_retired {
             self.space.notify_waiters();
         }
     }
