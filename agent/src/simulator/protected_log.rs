@@ -289,9 +289,15 @@ impl Run {
     fn send(&mut self) -> Checked {
         let log = self.log();
         let from = self.model.recv_seq + 1;
+        // The sender's budget, scaled to the simulated records' sizes (the
+        // real one is related to the receiver's limit at compile time).
+        let budget = match self.rng.below(3) {
+            0 => BATCH_RAW_BYTES_TARGET,
+            _ => 1 + self.rng.below(64 << 10) as usize,
+        };
         let cursor = self.cursor.get_or_insert_with(|| log.cursor(from));
         let mut batch = BatchBuilder::default();
-        if let Err(e) = cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
+        if let Err(e) = cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
             self.cursor = None;
             let faults_on = self.faults_on;
             self.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
@@ -302,6 +308,10 @@ impl Run {
             self.note("send: nothing durable to send".into());
             return Ok(());
         }
+        let (count, raw) = (batch.count(), batch.raw_len());
+        self.check(count == 1 || raw <= budget, "a batch is one record or within the sender's budget", || {
+            format!("{count} records of {raw} bytes in a budget of {budget}")
+        })?;
         let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
         let decoded = match decode(&encoded, VPG_ID) {
             Ok(d) => d,
