@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build image ova demo test unit e2e bench fuzz lint clean simulate
+.PHONY: all deps build image ova demo test unit e2e bench fuzz lint clean simulate simulate-reverts
 
 all: build
 
@@ -59,6 +59,10 @@ simulate: deps
 	cargo build --release --locked -p tidemark --features simulate --example simulate
 	@if [ -n "$(SEED)" ]; then target/release/examples/simulate --seed $(SEED); \
 	else target/release/examples/simulate --seeds $(SEEDS); fi
+
+# Each earlier defect's fix reverted in turn: the simulator must find it.
+simulate-reverts: deps
+	@SEEDS=$(SEEDS) tests/sim/reverts.sh
 
 # Fuzz every parser of outside input for FUZZ_SECONDS each (nightly +
 # cargo-fuzz; not part of `make test`).

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Reverts the fix of one earlier defect in a copy of the tree (the
+simulator must then find it: tests/sim/reverts.sh). Usage:
+reverts.py TREE NAME, or reverts.py --list."""
+import sys
+
+# name: (file, the fixed code, the defect as it was, in effect)
+REVERTS = {
+    "unicode-tag": (
+        "agent/src/record.rs",
+        "RecordBody::Checkpoint { tag, .. } if tag.len() > CHECKPOINT_TAG_BYTES_MAX => {",
+        "RecordBody::Checkpoint { tag, .. } if tag.chars().count() > CHECKPOINT_TAG_BYTES_MAX => {",
+    ),
+    "eio-taken-for-corruption": (
+        "agent/src/log/open.rs",
+        """                Err(e @ SegmentError::Io { .. }) => {
+                    return Err(anyhow::Error::new(e).context("opening the protected log"))
+                }""",
+        """                Err(SegmentError::Io { offset, source, .. }) => {
+                    return Ok(cut_here(scan, found, i, offset, source.to_string()));
+                }""",
+    ),
+    "unsynced-records-sent": (
+        "agent/src/log/cursor.rs",
+        ".filter(|r| r.seq <= synced))",
+        ".filter(|r| r.seq <= synced || r.seq > synced))",
+    ),
+    "old-segment-not-synced-at-roll": (
+        "agent/src/log/mod.rs",
+        "let mut files = std::mem::take(&mut inner.unsynced_closed);",
+        "inner.unsynced_closed.clear(); let mut files = Vec::new();",
+    ),
+    "batch-overshoot": (
+        "agent/src/log/cursor.rs",
+        "if !batch.is_empty() && batch.raw_len() + len > max_bytes {",
+        "if !batch.is_empty() && batch.raw_len() >= max_bytes {",
+    ),
+    "open-trusts-page-cache": (
+        "agent/src/log/open.rs",
+        """        fs.open_read(path)
+            .and_then(|f| f.sync_all())""",
+        """        fs.open_read(path)
+            .map(drop)""",
+    ),
+    "open-trusts-unsynced-names": (
+        "agent/src/log/open.rs",
+        """    fs.sync_dir(dir).with_context(|| format!("syncing directory {} (named before this start)", dir.display()))?;
+""",
+        "",
+    ),
+    "failed-removal-forgotten": (
+        "agent/src/log/mod.rs",
+        """                for kept in std::iter::once(seg).chain(retired.drain(..)).rev() {""",
+        """                for kept in std::iter::empty::<Segment>() {""",
+    ),
+}
+
+if sys.argv[1:] == ["--list"]:
+    print("\n".join(REVERTS))
+    sys.exit(0)
+tree, name = sys.argv[1], sys.argv[2]
+path, fixed, defect = REVERTS[name]
+text = open(f"{tree}/{path}").read()
+if text.count(fixed) != 1:
+    sys.exit(f"reverts.py: the fix of {name} is not in {path} as expected: update this script")
+open(f"{tree}/{path}", "w").write(text.replace(fixed, defect))
