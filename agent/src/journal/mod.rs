@@ -115,9 +115,11 @@ impl Journal {
                     .context("the seeded replica does not fit the VPG's volumes")?;
             }
         }
-        // A killed predecessor's appends may be only in the page cache: make
-        // them durable before anything is read, advertised or retired on
-        // the strength of them.
+        // A killed predecessor's appends, and the name of a segment it
+        // created, may be only in the page cache: make them durable before
+        // anything is read, advertised or retired on the strength of them
+        // (records fsynced into a segment whose name is not durable vanish
+        // with the name in a power cut).
         crate::segment::remove_unfinished_creations(dir)?;
         let segments = crate::segment::list_segments(dir, SegmentKind::Journal)?;
         for (_, path) in &segments {
@@ -125,6 +127,7 @@ impl Journal {
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
         }
+        sync_dir(dir)?;
         // A newest segment without a whole header is a creation a crash cut
         // short (earlier builds named it before writing it): it held nothing.
         if let Some((_, newest)) = segments.last() {
