@@ -670,8 +670,8 @@ fn group_commit_loop(log: std::sync::Weak<ProtectedLog>, wake: mpsc::Receiver<()
         for file in files {
             if let Err(e) = file.sync_data() {
                 // Durability can no longer be promised: stop rather than lie.
-                tracing::error!("fsync of the protected log failed: {e}; stopping");
-                std::process::exit(70);
+                log.fs.stop_process(&format!("fsync of the protected log failed: {e}"));
+                return;
             }
         }
         log.synced.send_if_modified(|s| {

@@ -31,6 +31,13 @@ const STEPS: u64 = 300;
 const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 << 10 };
 /// While faults are on, the chance each fallible operation fails.
 const FAULT_PER_MILLE: u32 = 40;
+/// The chance, at each step, that the process dies within its next few
+/// storage operations (inside whatever the step does).
+const DEATH_PER_MILLE: u64 = 40;
+/// The chance that a process opening the log dies while it does.
+const OPEN_DEATH_PER_MILLE: u64 = 150;
+/// A death while opening, a fault, then a clean open.
+const OPEN_ATTEMPTS: usize = 3;
 const TRACE_SHOWN_STEPS: usize = 40;
 /// Longer than any wait of a healthy log on this in-memory storage.
 const WAIT_LIMIT: Duration = Duration::from_secs(20);
@@ -141,6 +148,12 @@ impl Run {
         }
     }
 
+    /// Whether an operation may fail now: faults are on, or the process
+    /// died in the middle of the step.
+    fn may_fail(&self) -> bool {
+        self.faults_on || self.fs.is_dead()
+    }
+
     fn log(&self) -> Arc<ProtectedLog> {
         self.log.clone().expect("the log is open")
     }
@@ -156,6 +169,11 @@ impl Run {
                 self.restart(Stop::Crash).await?;
                 continue;
             }
+            if self.rng.chance(DEATH_PER_MILLE) {
+                let ops = self.rng.below(8);
+                self.fs.die_after(ops);
+                self.note(format!("the process will die after {ops} more storage operations"));
+            }
             match self.rng.below(100) {
                 0..=39 => self.append_write()?,
                 40..=44 => self.append_marker()?,
@@ -166,6 +184,11 @@ impl Run {
                 87..=90 => self.toggle_faults(),
                 91..=95 => self.restart(Stop::Crash).await?,
                 _ => self.restart(Stop::PowerCut).await?,
+            }
+            if self.fs.is_dead() {
+                self.note("the process died in the middle of that step".into());
+                let stop = if self.rng.below(2) == 0 { Stop::Crash } else { Stop::PowerCut };
+                self.restart(stop).await?;
             }
         }
         // The end: no faults, a power cut, and everything durable is there.
@@ -264,7 +287,7 @@ impl Run {
                 self.note(format!("append {what}: seq {seq}"));
             }
             Err(e) => {
-                let faults_on = self.faults_on;
+                let faults_on = self.may_fail();
                 self.check(faults_on, "an append fails only on an injected fault", || format!("{what}: {e:#}"))?;
                 self.note(format!("append {what}: failed: {e:#}"));
             }
@@ -275,7 +298,21 @@ impl Run {
     async fn sync(&mut self) -> Checked {
         let log = self.log();
         let target = log.appended_seq();
-        match tokio::time::timeout(WAIT_LIMIT, log.sync_to(target)).await {
+        let fs = self.fs.clone();
+        let died = async move {
+            while !fs.is_dead() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let synced = tokio::select! {
+            biased;
+            synced = tokio::time::timeout(WAIT_LIMIT, log.sync_to(target)) => synced,
+            () = died => {
+                self.note(format!("sync through {target}: the process died"));
+                return Ok(());
+            }
+        };
+        match synced {
             Ok(Ok(())) => {
                 self.model.durable_seq = self.model.durable_seq.max(target);
                 self.note(format!("sync through {target}"));
@@ -299,7 +336,7 @@ impl Run {
         let mut batch = BatchBuilder::default();
         if let Err(e) = cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
             self.cursor = None;
-            let faults_on = self.faults_on;
+            let faults_on = self.may_fail();
             self.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
             self.note(format!("send: read failed: {e:#}"));
             return Ok(());
@@ -371,7 +408,7 @@ impl Run {
                 self.note(format!("start a new stream at seq {seq}"));
             }
             Err(e) => {
-                let faults_on = self.faults_on;
+                let faults_on = self.may_fail();
                 self.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
                 self.model.stream_uncertain = true;
                 self.note(format!("start a new stream: failed: {e:#}"));
@@ -464,22 +501,44 @@ impl Run {
     }
 
     /// Opens the log after a stop: with the faults of the moment first,
-    /// then without (the agent must come back once the storage does).
+    /// then without (the agent must come back once the storage does); now
+    /// and then the opening process dies too, and its successor opens
+    /// what it left (recovery must be idempotent).
     fn reopen(&mut self) -> Result<(Arc<ProtectedLog>, crate::log::LogOpenReport), Box<Violation>> {
         let durable = self.model.durable_seq;
-        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
-        let opened = match opened {
-            Ok(o) => Ok(o),
-            Err(e) if self.faults_on => {
-                self.note(format!("open failed on a fault: {e:#}; again without faults"));
-                self.fs.set_fault_per_mille(0);
-                let again = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
-                self.fs.set_fault_per_mille(FAULT_PER_MILLE);
-                again
+        if self.rng.chance(OPEN_DEATH_PER_MILLE) {
+            let ops = self.rng.below(12);
+            self.fs.die_after(ops);
+            self.note(format!("the opening process will die after {ops} more storage operations"));
+        }
+        let mut faults = self.faults_on;
+        for _attempt in 0..OPEN_ATTEMPTS {
+            let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
+            if self.fs.is_dead() {
+                drop(opened);
+                if self.rng.below(2) == 0 {
+                    self.fs.crash();
+                    self.note("the process died while opening the log: kill".into());
+                } else {
+                    self.fs.power_cut();
+                    self.note("the process died while opening the log: cut the power".into());
+                }
+                continue;
             }
-            Err(e) => Err(e),
-        };
-        opened.map_err(|e| self.violation("the log opens again after any stop", format!("{e:#}")))
+            match opened {
+                Ok(o) => {
+                    self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+                    return Ok(o);
+                }
+                Err(e) if faults => {
+                    self.note(format!("open failed on a fault: {e:#}; again without faults"));
+                    faults = false;
+                    self.fs.set_fault_per_mille(0);
+                }
+                Err(e) => return Err(self.violation("the log opens again after any stop", format!("{e:#}"))),
+            }
+        }
+        Err(self.violation("the log opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
     }
 
     /// Every record the log holds past the recovery side is the one appended.

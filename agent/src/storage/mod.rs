@@ -37,6 +37,15 @@ pub trait Storage: Send + Sync {
     fn remove_file(&self, path: &Path) -> std::io::Result<()>;
     /// Makes the entries of `dir` (names created, renamed, removed) durable.
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+
+    /// Stops the process after a failure that leaves it nothing true to
+    /// say, such as a failed fsync (the kernel may have dropped the dirty
+    /// pages: a retry would succeed and lie). Returns only in a simulation,
+    /// where the simulated process is dead from then on.
+    fn stop_process(&self, why: &str) {
+        tracing::error!("{why}; stopping");
+        std::process::exit(70);
+    }
 }
 
 /// One open file.

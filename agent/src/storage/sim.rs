@@ -59,6 +59,11 @@ struct SimState {
     next_id: u64,
     /// Bumped by every crash and power cut: older handles are dead.
     generation: u64,
+    /// Operations left before the process dies (a crash inside a step).
+    death_in: Option<u64>,
+    /// The process died: every operation fails until `crash` or
+    /// `power_cut` starts its successor.
+    dead: bool,
     stats: SimStorageStats,
 }
 
@@ -86,6 +91,8 @@ impl SimStorage {
                 dirs: BTreeSet::new(),
                 next_id: 1,
                 generation: 0,
+                death_in: None,
+                dead: false,
                 stats: SimStorageStats::default(),
             })),
         }
@@ -105,10 +112,20 @@ impl SimStorage {
         self.lock().stats
     }
 
+    /// The process dies after `ops` more operations, in the middle of
+    /// whatever it is doing: from then on nothing it does reaches storage.
+    pub fn die_after(&self, ops: u64) {
+        self.lock().death_in = Some(ops);
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
     /// The process dies: its handles go, the page cache stays.
     pub fn crash(&self) {
         let mut s = self.lock();
-        s.generation += 1;
+        s.restart();
         s.stats.crashes += 1;
     }
 
@@ -116,7 +133,7 @@ impl SimStorage {
     /// comment), and the process with it.
     pub fn power_cut(&self) {
         let mut s = self.lock();
-        s.generation += 1;
+        s.restart();
         s.stats.power_cuts += 1;
         s.names = s.durable_names.clone();
         let alive: BTreeSet<u64> = s.names.values().copied().collect();
@@ -162,6 +179,29 @@ fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
 }
 
 impl SimState {
+    /// A new process: older handles are dead, and it is alive.
+    fn restart(&mut self) {
+        self.generation += 1;
+        self.dead = false;
+        self.death_in = None;
+    }
+
+    /// One operation of the process: refused if it is dead, and the one
+    /// that kills it when its death is due.
+    fn tick(&mut self) -> std::io::Result<()> {
+        match self.death_in {
+            _ if self.dead => return Err(dead()),
+            Some(0) => {
+                self.dead = true;
+                self.death_in = None;
+                return Err(dead());
+            }
+            Some(n) => self.death_in = Some(n - 1),
+            None => {}
+        }
+        Ok(())
+    }
+
     /// Whether this operation fails (counted).
     fn fault(&mut self) -> bool {
         let hit = self.fault_per_mille > 0 && self.rng.below(1000) < self.fault_per_mille as u64;
@@ -172,6 +212,7 @@ impl SimState {
     }
 
     fn fail(&mut self, errno: i32) -> std::io::Result<()> {
+        self.tick()?;
         if self.fault() {
             return Err(Error::from_raw_os_error(errno));
         }
@@ -187,6 +228,10 @@ impl SimState {
     }
 }
 
+fn dead() -> Error {
+    Error::other("the simulated process is dead")
+}
+
 fn not_found(path: &Path) -> Error {
     Error::new(ErrorKind::NotFound, format!("{}: no such file", path.display()))
 }
@@ -198,6 +243,7 @@ fn parent(path: &Path) -> PathBuf {
 impl Storage for SimStorage {
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
         let mut s = self.lock();
+        s.tick()?;
         for d in dir.ancestors() {
             s.dirs.insert(d.to_path_buf());
         }
@@ -277,15 +323,20 @@ impl Storage for SimStorage {
         s.durable_names.extend(now);
         Ok(())
     }
+
+    fn stop_process(&self, _why: &str) {
+        self.lock().dead = true;
+    }
 }
 
 impl SimFile {
     /// The state, if this handle's process is still alive.
     fn live(&self) -> std::io::Result<MutexGuard<'_, SimState>> {
-        let s = self.state.lock().expect("sim storage lock");
+        let mut s = self.state.lock().expect("sim storage lock");
         if s.generation != self.generation {
             return Err(Error::from_raw_os_error(EBADF));
         }
+        s.tick()?;
         Ok(s)
     }
 }
