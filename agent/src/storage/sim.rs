@@ -7,6 +7,11 @@
 //! - fails operations (EIO on reads, opens, renames, removals, directory
 //!   and file syncs; ENOSPC on creations and appends, an append leaving
 //!   any strict prefix of its bytes behind) while faults are on;
+//! - on a failed fsync, does what Linux does: the dirty pages it could not
+//!   write back are marked clean, the page cache goes on showing their
+//!   bytes, the disk holds zeros there, and no later fsync writes them
+//!   (it succeeds: nothing is dirty). A process that trusts the page
+//!   cache after that, even a successor after a kill, is lied to;
 //! - on `power_cut`, drops every name and byte not made durable, keeping
 //!   of an unsynced append any prefix, sometimes with a garbled byte (a
 //!   torn sector);
@@ -14,10 +19,7 @@
 //!   process.
 //!
 //! After either, the handles opened before fail (EBADF): a dead process's
-//! threads must not write into its successor's files. The group-commit
-//! fsync (`sync_data`) is never failed: the log stops the process on it
-//! (an fsync error cannot be retried), which the simulator models as the
-//! crash it is.
+//! threads must not write into its successor's files.
 //!
 //! Directories are created durable and never removed (the log makes its
 //! directory once).
@@ -69,8 +71,37 @@ struct SimState {
 
 #[derive(Default)]
 struct FileData {
+    /// What the process reads: the page cache.
     data: Vec<u8>,
+    /// What the disk holds as of the last fsync, successful or not.
     durable: Vec<u8>,
+    /// `data[..clean_to]` is clean: the disk holds `durable` there, which
+    /// differs where a failed fsync dropped dirty pages. The rest is
+    /// dirty, written back by the next fsync.
+    clean_to: usize,
+}
+
+impl FileData {
+    /// What the disk holds once every dirty page is written back.
+    fn written_back(&self) -> Vec<u8> {
+        let mut image = self.durable.clone();
+        image.resize(self.clean_to, 0);
+        image.extend_from_slice(&self.data[self.clean_to..]);
+        image
+    }
+
+    /// A successful fsync.
+    fn synced(&mut self) {
+        self.durable = self.written_back();
+        self.clean_to = self.data.len();
+    }
+
+    /// A failed fsync: the dirty pages are dropped (marked clean, never
+    /// written), the size reaches the disk.
+    fn sync_failed(&mut self) {
+        self.durable.resize(self.data.len(), 0);
+        self.clean_to = self.data.len();
+    }
 }
 
 struct SimFile {
@@ -147,6 +178,7 @@ impl SimStorage {
             if after.len() > file.durable.len() {
                 stats.torn_tails += 1;
             }
+            file.clean_to = after.len();
             file.data = after.clone();
             file.durable = after;
         }
@@ -157,7 +189,7 @@ impl SimStorage {
 /// unsynced append any prefix (now and then with one byte garbled);
 /// of an unsynced truncation, either side.
 fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
-    let (data, durable) = (&file.data, &file.durable);
+    let (data, durable) = (&file.written_back(), &file.durable);
     if data.len() > durable.len() && data.starts_with(durable) {
         let unsynced = data.len() - durable.len();
         let kept = match rng.below(3) {
@@ -341,6 +373,21 @@ impl SimFile {
     }
 }
 
+impl SimFile {
+    /// Either fsync: a failure drops the dirty pages (see the module).
+    fn sync(&self) -> std::io::Result<()> {
+        let mut s = self.live()?;
+        let failed = s.fault();
+        let file = s.files.get_mut(&self.id).expect("open file");
+        if failed {
+            file.sync_failed();
+            return Err(Error::from_raw_os_error(EIO));
+        }
+        file.synced();
+        Ok(())
+    }
+}
+
 impl StorageFile for SimFile {
     fn append(&self, parts: &[&[u8]]) -> std::io::Result<()> {
         let mut s = self.live()?;
@@ -371,23 +418,18 @@ impl StorageFile for SimFile {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut s = self.live()?;
         s.fail(EIO)?;
-        s.files.get_mut(&self.id).expect("open file").data.resize(len as usize, 0);
+        let file = s.files.get_mut(&self.id).expect("open file");
+        file.data.resize(len as usize, 0);
+        file.clean_to = file.clean_to.min(file.data.len());
         Ok(())
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
-        let mut s = self.live()?;
-        let file = s.files.get_mut(&self.id).expect("open file");
-        file.durable = file.data.clone();
-        Ok(())
+        self.sync()
     }
 
     fn sync_all(&self) -> std::io::Result<()> {
-        let mut s = self.live()?;
-        s.fail(EIO)?;
-        let file = s.files.get_mut(&self.id).expect("open file");
-        file.durable = file.data.clone();
-        Ok(())
+        self.sync()
     }
 }
 
@@ -416,6 +458,29 @@ mod tests {
         let n = fs.open_read(&dir().join("a")).unwrap().read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"kept");
         assert!(synced.size().is_err(), "a handle of the dead process still works");
+    }
+
+    #[test]
+    fn a_failed_fsync_drops_the_dirty_pages_for_good() {
+        let fs = SimStorage::new(3);
+        fs.create_dir_all(&dir()).unwrap();
+        let f = fs.create_new(&dir().join("a")).unwrap();
+        f.append(&[b"synced|"]).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(&dir()).unwrap();
+        f.append(&[b"dropped"]).unwrap();
+        fs.set_fault_per_mille(1000);
+        assert!(f.sync_data().is_err());
+        fs.set_fault_per_mille(0);
+        fs.crash();
+        let mut buf = [0u8; 32];
+        let again = fs.open_read(&dir().join("a")).unwrap();
+        let n = again.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"synced|dropped", "the page cache still shows the bytes");
+        again.sync_all().expect("nothing is dirty: the retry succeeds");
+        fs.power_cut();
+        let n = fs.open_read(&dir().join("a")).unwrap().read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"synced|\0\0\0\0\0\0\0", "the disk never got them");
     }
 
     #[test]
