@@ -231,6 +231,18 @@ impl SegmentReader {
     /// `open` on `fs`.
     pub fn open_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
         let file = fs.open_read(path).with_context(|| format!("opening segment {}", path.display()))?;
+        Self::over(file, path, kind, vpg_id)
+    }
+
+    /// `open_on`, reading what the disk holds rather than the page cache
+    /// (`Storage::open_direct`): for records about to be trusted as
+    /// durable.
+    pub fn open_direct_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
+        let file = fs.open_direct(path).with_context(|| format!("opening segment {}", path.display()))?;
+        Self::over(file, path, kind, vpg_id)
+    }
+
+    fn over(file: Arc<dyn StorageFile>, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, SequentialReader::new(file, 0));
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;

@@ -15,7 +15,10 @@
 //!    (a seq known fsynced, from the activity log; all segments when it is
 //!    unknown) are read record by record, and seqs must follow each other
 //!    across segments; at the first bad record or gap the log is cut there
-//!    and every later segment dropped. A log that then ends before
+//!    and every later segment dropped. They are read from the disk, past
+//!    the page cache: after a failed fsync Linux keeps showing bytes it
+//!    never wrote, and the fsync of step 1 succeeds without writing them.
+//!    A log that then ends before
 //!    `durable_through` lost records it had made durable, and the caller
 //!    starts the stream over; what is cut after it is the torn end of
 //!    writes a crash cut short.
@@ -165,7 +168,10 @@ fn scan_from(fs: &dyn Storage, found: &[Found], start: usize, vpg_id: u32) -> Re
             scan.cut = Some(LogCut { damage, after_seq: scan.next_seq - 1, segments_dropped: found.len() - i });
             return Ok(scan);
         }
-        let (mut reader, _) = SegmentReader::open_on(fs, &f.path, SegmentKind::ProtectedLog, vpg_id)?;
+        // From the disk, not the page cache: after a failed fsync (this
+        // process's or a killed predecessor's) the page cache shows bytes
+        // the disk never got, and the fsync above succeeded without them.
+        let (mut reader, _) = SegmentReader::open_direct_on(fs, &f.path, SegmentKind::ProtectedLog, vpg_id)?;
         loop {
             let at = reader.offset();
             match reader.next_record() {

@@ -10,6 +10,7 @@
 //! operations whose durability a power cut tests (create, rename, remove,
 //! sync of the directory).
 
+mod direct;
 #[cfg(any(test, feature = "simulate"))]
 pub mod sim;
 
@@ -31,6 +32,10 @@ pub trait Storage: Send + Sync {
     /// An existing file for reading and appending.
     fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
+    /// An existing file for reading what the disk holds, not the page
+    /// cache (after a failed fsync the page cache may show bytes the disk
+    /// never got, and a later fsync succeeds without writing them).
+    fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
     /// Replaces `to` with `from`; durable once their directory is synced.
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
     /// Durable once its directory is synced.
@@ -99,6 +104,10 @@ impl Storage for RealStorage {
 
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
         Ok(Arc::new(std::fs::File::open(path)?))
+    }
+
+    fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        direct::open(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {

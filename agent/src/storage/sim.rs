@@ -108,6 +108,8 @@ struct SimFile {
     state: Arc<Mutex<SimState>>,
     id: u64,
     generation: u64,
+    /// Reads what the disk holds (O_DIRECT), not the page cache.
+    direct: bool,
 }
 
 impl SimStorage {
@@ -256,7 +258,7 @@ impl SimState {
     }
 
     fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64) -> Arc<dyn StorageFile> {
-        Arc::new(SimFile { state: state.clone(), id, generation: self.generation })
+        Arc::new(SimFile { state: state.clone(), id, generation: self.generation, direct: false })
     }
 }
 
@@ -328,6 +330,13 @@ impl Storage for SimStorage {
         Ok(s.handle(&self.state, id))
     }
 
+    fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        let id = s.id_of(path)?;
+        Ok(Arc::new(SimFile { state: self.state.clone(), id, generation: s.generation, direct: true }))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         let mut s = self.lock();
         s.fail(EIO)?;
@@ -390,6 +399,7 @@ impl SimFile {
 
 impl StorageFile for SimFile {
     fn append(&self, parts: &[&[u8]]) -> std::io::Result<()> {
+        assert!(!self.direct, "appending through a direct-read handle");
         let mut s = self.live()?;
         let bytes = parts.concat();
         if s.fault() {
@@ -404,7 +414,16 @@ impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let mut s = self.live()?;
         s.fail(EIO)?;
-        let data = &s.files[&self.id].data;
+        let file = &s.files[&self.id];
+        // A direct read writes the dirty pages back first, then reads the disk.
+        let image;
+        let data = match self.direct {
+            true => {
+                image = file.written_back();
+                &image
+            }
+            false => &file.data,
+        };
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
@@ -478,6 +497,8 @@ mod tests {
         let n = again.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"synced|dropped", "the page cache still shows the bytes");
         again.sync_all().expect("nothing is dirty: the retry succeeds");
+        let n = fs.open_direct(&dir().join("a")).unwrap().read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"synced|\0\0\0\0\0\0\0", "a direct read shows the disk");
         fs.power_cut();
         let n = fs.open_read(&dir().join("a")).unwrap().read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf[..n], b"synced|\0\0\0\0\0\0\0", "the disk never got them");
