@@ -48,6 +48,11 @@ REVERTS = {
 """,
         "",
     ),
+    "tail-read-from-page-cache": (
+        "agent/src/log/open.rs",
+        "SegmentReader::open_direct_on(fs, &f.path, SegmentKind::ProtectedLog, vpg_id)?;",
+        "SegmentReader::open_on(fs, &f.path, SegmentKind::ProtectedLog, vpg_id)?;",
+    ),
     "failed-removal-forgotten": (
         "agent/src/log/mod.rs",
         """                for kept in std::iter::once(seg).chain(retired.drain(..)).rev() {""",
