@@ -356,3 +356,91 @@ mod failpoints {
         scenario.teardown();
     }
 }
+
+/// The kernel's file system, except that once armed the next removal
+/// waits until the test lets it go on, and then fails.
+struct NextRemovalStalls {
+    entered: std::sync::mpsc::SyncSender<()>,
+    go: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Storage for NextRemovalStalls {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealStorage.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        RealStorage.list(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        RealStorage.exists(path)
+    }
+    fn size_of(&self, path: &Path) -> std::io::Result<u64> {
+        RealStorage.size_of(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        RealStorage.create_new(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        RealStorage.open_append(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        RealStorage.open_read(path)
+    }
+    fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        RealStorage.open_direct(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealStorage.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        let Some(go) = self.go.lock().unwrap().take() else { return RealStorage.remove_file(path) };
+        self.entered.send(()).unwrap();
+        go.recv().unwrap();
+        Err(std::io::Error::from_raw_os_error(5))
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        RealStorage.sync_dir(dir)
+    }
+}
+
+/// An acknowledgement whose removal fails puts its segment back; a new
+/// stream started meanwhile must not get the old stream's segment (it sat
+/// before the new stream's first segment, and the sender's cursor and the
+/// next ack read it as part of the new stream).
+#[test]
+fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (entered, entered_rx) = std::sync::mpsc::sync_channel(1);
+    let (go_tx, go) = std::sync::mpsc::sync_channel(1);
+    let storage = Arc::new(NextRemovalStalls { entered, go: Mutex::new(None) });
+    let env = LogEnv { storage: storage.clone(), clock: Arc::new(SystemClock) };
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let (log, _) = ProtectedLog::open_on(env, dir.path(), 1, size, 0).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut last = 0;
+    for i in 0..4 {
+        last = runtime.block_on(log.append(&write(i, 1 << 20))).unwrap();
+    }
+    runtime.block_on(log.sync_to(last)).unwrap();
+    *storage.go.lock().unwrap() = Some(go);
+    let acking = std::thread::spawn({
+        let log = log.clone();
+        move || log.ack(last)
+    });
+    entered_rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the acknowledgement removes a segment");
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let starting = std::thread::spawn({
+        let log = log.clone();
+        move || started_tx.send(log.start_stream(0).unwrap()).unwrap()
+    });
+    // The new stream starts now, or (serialised with retirement) once the
+    // removal has failed: either way the old segment must stay out of it.
+    let early = started.recv_timeout(std::time::Duration::from_millis(500)).ok();
+    go_tx.send(()).unwrap();
+    acking.join().unwrap();
+    let start = early.unwrap_or_else(|| started.recv().unwrap());
+    starting.join().unwrap();
+    let starts = log.segment_starts();
+    assert!(starts.iter().all(|s| *s >= start), "segments {starts:?} in a stream starting at {start}");
+    assert_eq!(read_all(&log, 0), vec![start], "only the new StreamStart is left");
+}
