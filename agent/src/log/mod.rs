@@ -94,7 +94,9 @@ pub struct ProtectedLog {
     space: Notify,
     sync_wake: Mutex<mpsc::Sender<()>>,
     /// Held through an ack's retirement of segments, so that segments go
-    /// oldest first and a failed removal is put back at the front.
+    /// oldest first and a failed removal is put back at the front, and
+    /// through a stream start, so that what is put back is of the stream
+    /// it was taken from. Taken before `inner`, never while holding it.
     retiring: Mutex<()>,
 }
 
@@ -397,6 +399,7 @@ impl ProtectedLog {
     /// older segment is dropped. Returns the StreamStart's seq. Call under
     /// the write-order lock.
     pub fn start_stream(&self, min_seq: u64) -> Result<u64> {
+        let _retiring = self.retiring.lock().expect("retiring lock");
         let mut inner = self.inner.lock().expect("log lock");
         // Above the current segment's name too: an empty current segment
         // (a stop right after a roll) is named after the next seq.
