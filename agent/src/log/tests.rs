@@ -444,3 +444,24 @@ fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
     assert!(starts.iter().all(|s| *s >= start), "segments {starts:?} in a stream starting at {start}");
     assert_eq!(read_all(&log, 0), vec![start], "only the new StreamStart is left");
 }
+
+/// A segment that is already gone when its acknowledgement retires it
+/// (removed by hand to free space, or by a removal whose success was not
+/// reported) is retired: kept, it would be retried forever and hold its
+/// space, and every later segment's, until writers wait on a full log.
+#[tokio::test]
+async fn a_segment_already_gone_is_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0).unwrap();
+    let mut last = 0;
+    for i in 0..4 {
+        last = log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    let (_, oldest) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().remove(0);
+    std::fs::remove_file(&oldest).unwrap();
+    log.ack(last);
+    assert_eq!(log.segment_starts().len(), 1, "segments {:?} after acknowledging all", log.segment_starts());
+    assert!(log.usage().0 < 2 << 20, "{} bytes held", log.usage().0);
+}
