@@ -528,7 +528,16 @@ impl ProtectedLog {
         }
         let any_retired = !retired.is_empty();
         while let Some(seg) = retired.pop_front() {
-            if let Err(e) = self.fs.remove_file(&seg.path) {
+            let removed = match self.fs.remove_file(&seg.path) {
+                // Gone already (by hand, or a removal whose success was
+                // not reported): retired all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!("retiring log segment {}: it is gone already", seg.path.display());
+                    Ok(())
+                }
+                other => other,
+            };
+            if let Err(e) = removed {
                 // Kept, with every later one: a segment left on disk that
                 // the log forgot would sit before a gap at the next open,
                 // which would cut the log there.
