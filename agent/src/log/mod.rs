@@ -25,7 +25,7 @@ pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment_on, SegmentKind};
+use crate::segment::{create_segment_on, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::storage::{RealStorage, Storage, StorageFile};
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
@@ -37,6 +37,7 @@ use tokio::sync::{watch, Notify};
 /// Segments are a fraction of the capacity so retiring frees space early.
 const LOG_SEGMENTS_PER_CAPACITY: u64 = 16;
 const LOG_SEGMENT_BYTES_MIN: u64 = 4 << 20;
+const _: () = assert!(LOG_SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES as u64);
 /// A new stream's first seq is at least the wall clock in ms times this.
 const STREAM_SEQS_PER_MS: u64 = 1000;
 /// Resolution of the lag-in-seconds estimate.
@@ -191,7 +192,9 @@ impl ProtectedLog {
     ) -> Result<(Arc<Self>, LogOpenReport)> {
         let LogSize { capacity_bytes, segment_bytes } = size;
         let LogEnv { storage: fs, clock } = env;
-        assert!(segment_bytes > 0 && segment_bytes <= capacity_bytes, "{size:?}");
+        // A segment holding its header only never rolls: the roll would
+        // name its new segment as the empty one is named.
+        assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through)?;
         let fresh = found.segments.is_empty();
@@ -374,6 +377,7 @@ impl ProtectedLog {
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
+        assert!(first_seq > inner.current.first_seq, "rolling an empty segment (named {first_seq})");
         remove_failed_creation(&*self.fs, &self.dir, first_seq)?;
         let (path, file) = create_segment_on(
             &*self.fs,

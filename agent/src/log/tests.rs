@@ -465,3 +465,14 @@ async fn a_segment_already_gone_is_retired() {
     assert_eq!(log.segment_starts().len(), 1, "segments {:?} after acknowledging all", log.segment_starts());
     assert!(log.usage().0 < 2 << 20, "{} bytes held", log.usage().0);
 }
+
+/// Segments no larger than their header would roll while empty, naming
+/// the new segment as the empty one is named (and removing it as the
+/// leftover of a failed creation): refused at open.
+#[test]
+#[should_panic(expected = "LogSize")]
+fn segments_no_larger_than_their_header_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { capacity_bytes: 1 << 20, segment_bytes: SEGMENT_HEADER_BYTES as u64 };
+    let _ = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0);
+}
