@@ -4,6 +4,7 @@
 
 use crate::record::Record;
 use crate::segment::{list_segments, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
+use crate::storage::REAL;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -61,9 +62,31 @@ pub fn scan_segment(
     path: &Path,
     vpg_id: u32,
     first_seq: u64,
+    visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
+) -> Result<SegmentScan> {
+    scan_segment_from(Source::PageCache, path, vpg_id, first_seq, visit)
+}
+
+/// Where a scan reads a segment from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    PageCache,
+    /// What the disk holds (`Storage::open_direct`): after a failed fsync
+    /// the page cache shows bytes the disk never got.
+    Disk,
+}
+
+fn scan_segment_from(
+    source: Source,
+    path: &Path,
+    vpg_id: u32,
+    first_seq: u64,
     mut visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
-    let (mut reader, header_seq) = SegmentReader::open(path, SegmentKind::Journal, vpg_id)?;
+    let (mut reader, header_seq) = match source {
+        Source::PageCache => SegmentReader::open(path, SegmentKind::Journal, vpg_id)?,
+        Source::Disk => SegmentReader::open_direct_on(&REAL, path, SegmentKind::Journal, vpg_id)?,
+    };
     if header_seq != first_seq {
         bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
     }
@@ -120,13 +143,24 @@ pub fn retired_since_listing(path: &Path, is_newest: bool) -> bool {
 pub fn scan_journal_until(
     dir: &Path,
     vpg_id: u32,
+    visit: impl FnMut(&Record, RecordAt) -> Visit,
+) -> Result<ScanOutcome> {
+    scan_journal_with(Source::PageCache, dir, vpg_id, visit)
+}
+
+/// `scan_journal_until`, the newest segment read from `newest_from`.
+fn scan_journal_with(
+    newest_from: Source,
+    dir: &Path,
+    vpg_id: u32,
     mut visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
     let segments = list_segments(dir, SegmentKind::Journal)?;
     let mut order = SeqOrder::default();
     for (i, (first_seq, path)) in segments.iter().enumerate() {
         let mut damage = None;
-        let scanned = scan_segment(path, vpg_id, *first_seq, |rec, at, _| {
+        let source = if i + 1 == segments.len() { newest_from } else { Source::PageCache };
+        let scanned = scan_segment_from(source, path, vpg_id, *first_seq, |rec, at, _| {
             damage = order.check(rec.seq, path, at);
             if damage.is_some() {
                 return Visit::Stop;
@@ -145,8 +179,13 @@ pub fn scan_journal_until(
     Ok(ScanOutcome { segments, last_seq: order.last_seq, damage: None })
 }
 
+/// The scan of a journal that opens: its newest segment, the only one a
+/// failed fsync can have left bytes in that the disk never got (each
+/// batch is fsynced before it is acknowledged, and a segment is closed
+/// only after its last batch was), is read from the disk, not the page
+/// cache, so the journal never acknowledges records it does not hold.
 pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, RecordAt)) -> Result<ScanOutcome> {
-    scan_journal_until(dir, vpg_id, |rec, at| {
+    scan_journal_with(Source::Disk, dir, vpg_id, |rec, at| {
         visit(rec, at);
         Visit::Continue
     })
