@@ -48,7 +48,8 @@ fn main() {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "simulate: seeds {from}..{} hold every invariant: {count} seeds in {secs:.1} s ({:.0} seeds/s); {} steps, \
-         {} records appended, {} sent, {} checks; {} faults injected, {} process kills, {} power cuts ({} left a torn tail)",
+         {} records appended, {} sent, {} checks; {} faults injected, {} process kills, {} power cuts ({} left a torn tail); {} fsyncs and {} removals failed; {} appends found the log full; {} \
+         stream starts that failed were found in place",
         from + count,
         count as f64 / secs,
         total.steps,
@@ -59,6 +60,10 @@ fn main() {
         total.crashes,
         total.power_cuts,
         total.torn_tails,
+        total.failed_syncs,
+        total.failed_removals,
+        total.full_log,
+        total.adopted_streams,
     );
 }
 

@@ -27,6 +27,12 @@ pub struct SeedReport {
     pub crashes: u64,
     pub power_cuts: u64,
     pub torn_tails: u64,
+    pub failed_syncs: u64,
+    pub failed_removals: u64,
+    /// Appends that found the log full.
+    pub full_log: u64,
+    /// Opens that found in place a new stream whose start had failed.
+    pub adopted_streams: u64,
 }
 
 impl SeedReport {
@@ -39,6 +45,10 @@ impl SeedReport {
         self.crashes += o.crashes;
         self.power_cuts += o.power_cuts;
         self.torn_tails += o.torn_tails;
+        self.failed_syncs += o.failed_syncs;
+        self.failed_removals += o.failed_removals;
+        self.full_log += o.full_log;
+        self.adopted_streams += o.adopted_streams;
     }
 }
 
@@ -91,9 +101,12 @@ mod tests {
                 Err(v) => panic!("{v}"),
             }
         }
-        // The seeds must reach what they are there to test.
+        // The seeds must reach what they are there to test, the paths of
+        // earlier fixes among them.
         assert!(total.power_cuts > 0 && total.crashes > 0 && total.faults > 0 && total.torn_tails > 0, "{total:?}");
         assert!(total.records_sent > 0, "{total:?}");
+        assert!(total.failed_syncs > 0 && total.failed_removals > 0, "{total:?}");
+        assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
     }
 
     #[test]

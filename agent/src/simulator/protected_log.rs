@@ -29,6 +29,9 @@ const VPG_ID: u32 = 0x5EED;
 const STEPS: u64 = 300;
 /// Small segments, so that rolls happen every few writes.
 const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 << 10 };
+/// One seed in `SMALL_LOG_ONE_IN` runs a log this small, which fills.
+const SMALL_LOG_SIZE: LogSize = LogSize { capacity_bytes: 384 << 10, segment_bytes: 64 << 10 };
+const SMALL_LOG_ONE_IN: u64 = 4;
 /// While faults are on, the chance each fallible operation fails.
 const FAULT_PER_MILLE: u32 = 40;
 /// The chance, at each step, that the process dies within its next few
@@ -75,8 +78,9 @@ struct Model {
     recv_stream: u32,
     recv_seq: u64,
     acked_seq: u64,
-    /// A new stream failed to start: a restart may find it in place.
-    stream_uncertain: bool,
+    /// A new stream failed to start, at a seq of at least this: a restart
+    /// may find it in place.
+    stream_uncertain: Option<u64>,
 }
 
 struct Run {
@@ -85,6 +89,7 @@ struct Run {
     fs: SimStorage,
     clock: Arc<ManualClock>,
     dir: PathBuf,
+    size: LogSize,
     log: Option<Arc<ProtectedLog>>,
     cursor: Option<LogCursor>,
     faults_on: bool,
@@ -103,9 +108,12 @@ type Checked = Result<(), Box<Violation>>;
 
 impl Run {
     fn new(seed: u64) -> Self {
+        let mut rng = SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001);
+        let size = if rng.below(SMALL_LOG_ONE_IN) == 0 { SMALL_LOG_SIZE } else { LOG_SIZE };
         Run {
             seed,
-            rng: SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001),
+            rng,
+            size,
             fs: SimStorage::new(seed),
             clock: Arc::new(ManualClock::starting_at(1_700_000_000_000)),
             dir: PathBuf::from("/sim/log"),
@@ -126,6 +134,8 @@ impl Run {
             crashes: fs.crashes,
             power_cuts: fs.power_cuts,
             torn_tails: fs.torn_tails,
+            failed_syncs: fs.failed_syncs,
+            failed_removals: fs.failed_removals,
             ..self.report
         }
     }
@@ -202,7 +212,7 @@ impl Run {
     }
 
     fn open_first(&mut self) -> Checked {
-        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, 0);
+        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, 0);
         let (log, report) = match opened {
             Ok(o) => o,
             Err(e) => return Err(self.violation("a new log opens", format!("{e:#}"))),
@@ -273,6 +283,12 @@ impl Run {
             return Ok(());
         };
         let Some(space) = log.try_reserve_bytes(bytes) else {
+            let (used, capacity) = log.usage();
+            let broken = log.broken().is_some();
+            self.check(used + bytes > capacity || broken, "an append finds the log full only when it is", || {
+                format!("{what}: {bytes} bytes refused with {used} of {capacity} used")
+            })?;
+            self.report.full_log += 1;
             self.note(format!("append {what}: the log is full"));
             return Ok(());
         };
@@ -410,7 +426,9 @@ impl Run {
             Err(e) => {
                 let faults_on = self.may_fail();
                 self.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
-                self.model.stream_uncertain = true;
+                let least = self.model.next_seq.max(self.model.recv_seq + 1);
+                let earlier = self.model.stream_uncertain.unwrap_or(least);
+                self.model.stream_uncertain = Some(earlier.min(least));
                 self.note(format!("start a new stream: failed: {e:#}"));
             }
         }
@@ -429,7 +447,7 @@ impl Run {
         m.appended = BTreeMap::from([(seq, None)]);
         m.next_seq = seq + 1;
         m.durable_seq = seq;
-        m.stream_uncertain = false;
+        m.stream_uncertain = None;
     }
 
     fn toggle_faults(&mut self) {
@@ -456,19 +474,29 @@ impl Run {
         let last = report.next_seq - 1;
         self.check(!report.fresh, "a log opens again as the log it was", || "it opened as a new log".into())?;
         if log.stream_id() != self.model.stream {
-            let stream_uncertain = self.model.stream_uncertain;
-            self.check(stream_uncertain, "a log keeps its stream across a restart", || {
-                format!("a new stream at seq {}", log.segment_starts()[0])
-            })?;
             let start = log.segment_starts()[0];
+            let Some(least) = self.model.stream_uncertain else {
+                return Err(
+                    self.violation("a log keeps its stream across a restart", format!("a new stream at {start}"))
+                );
+            };
+            // What is in place is that start, and nothing after it: the
+            // log went on in its old stream.
+            self.check(start >= least && last == start, "a stream that failed to start holds only its start", || {
+                format!("a stream from {start} through {last}, where one started at {least} or later failed")
+            })?;
             self.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
+            self.report.adopted_streams += 1;
             self.begin_stream(&log, start);
+            self.fs.set_fault_per_mille(0);
+            self.read_back(&log, last)?;
+            self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
             self.model.durable_seq = last;
             self.model.next_seq = last + 1;
             self.log = Some(log);
             return Ok(());
         }
-        self.model.stream_uncertain = false;
+        self.model.stream_uncertain = None;
         self.check(last >= durable, "no fsynced record is lost", || {
             format!("fsynced through {durable}, the log opens ending at {last}; cut: {:?}", report.cut)
         })?;
@@ -513,7 +541,7 @@ impl Run {
         }
         let mut faults = self.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
-            let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, LOG_SIZE, durable);
+            let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, durable);
             if self.fs.is_dead() {
                 drop(opened);
                 if self.rng.below(2) == 0 {

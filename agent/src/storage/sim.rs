@@ -43,6 +43,10 @@ pub struct SimStorageStats {
     pub crashes: u64,
     /// Power cuts that left part of an unsynced append behind.
     pub torn_tails: u64,
+    /// File fsyncs failed (their dirty pages dropped).
+    pub failed_syncs: u64,
+    /// Removals failed.
+    pub failed_removals: u64,
 }
 
 #[derive(Clone)]
@@ -348,7 +352,11 @@ impl Storage for SimStorage {
 
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         let mut s = self.lock();
-        s.fail(EIO)?;
+        s.tick()?;
+        if s.fault() {
+            s.stats.failed_removals += 1;
+            return Err(Error::from_raw_os_error(EIO));
+        }
         s.id_of(path)?;
         s.names.remove(path);
         Ok(())
@@ -387,6 +395,7 @@ impl SimFile {
     fn sync(&self) -> std::io::Result<()> {
         let mut s = self.live()?;
         let failed = s.fault();
+        s.stats.failed_syncs += failed as u64;
         let file = s.files.get_mut(&self.id).expect("open file");
         if failed {
             file.sync_failed();
