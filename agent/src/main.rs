@@ -536,6 +536,12 @@ fn main() {
     // Give freed memory back soon: the appliance's memory budget is small,
     // and batches come and go in large blocks.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+    // No transparent huge pages: a 2 MiB page that a buffer touches in
+    // part counts in full and outlives the purge (16 VPGs x 8 exports
+    // peaked at 151 MiB with them, 109 MiB without, writing the same).
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("tidemark: transparent huge pages stay on: {e}");
+    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if cli_remote::wanted(&args) {
         tidemark::logging::init_stderr();
