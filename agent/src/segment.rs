@@ -162,6 +162,9 @@ pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64
 /// into its buffer, not copied through this one; large enough that small
 /// records take few reads.
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Reads past the page cache have no readahead: each fill is one
+/// synchronous read of the disk, so fewer, larger ones.
+const DIRECT_READ_BUFFER_BYTES: usize = 1 << 20;
 
 /// Reads the records of one segment in order, verifying every checksum.
 pub struct SegmentReader {
@@ -231,7 +234,7 @@ impl SegmentReader {
     /// `open` on `fs`.
     pub fn open_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
         let file = fs.open_read(path).with_context(|| format!("opening segment {}", path.display()))?;
-        Self::over(file, path, kind, vpg_id)
+        Self::over(file, READ_BUFFER_BYTES, path, kind, vpg_id)
     }
 
     /// `open_on`, reading what the disk holds rather than the page cache
@@ -239,11 +242,17 @@ impl SegmentReader {
     /// durable.
     pub fn open_direct_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
         let file = fs.open_direct(path).with_context(|| format!("opening segment {}", path.display()))?;
-        Self::over(file, path, kind, vpg_id)
+        Self::over(file, DIRECT_READ_BUFFER_BYTES, path, kind, vpg_id)
     }
 
-    fn over(file: Arc<dyn StorageFile>, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, SequentialReader::new(file, 0));
+    fn over(
+        file: Arc<dyn StorageFile>,
+        buffer_bytes: usize,
+        path: &Path,
+        kind: SegmentKind,
+        vpg_id: u32,
+    ) -> Result<(Self, u64)> {
+        let mut reader = BufReader::with_capacity(buffer_bytes, SequentialReader::new(file, 0));
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;
         if &h[0..8] != kind.magic() {
