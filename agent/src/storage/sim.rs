@@ -146,6 +146,14 @@ impl SimStorage {
         self.state.lock().expect("sim storage lock")
     }
 
+    /// An existing file, `direct` or through the page cache.
+    fn open(&self, path: &Path, direct: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        let id = s.id_of(path)?;
+        Ok(s.handle(&self.state, id, direct))
+    }
+
     /// Faults from now on, per thousand fallible operations (0: none).
     pub fn set_fault_per_mille(&self, per_mille: u32) {
         assert!(per_mille <= 1000);
@@ -292,8 +300,10 @@ impl SimState {
         self.names.get(path).copied().ok_or_else(|| not_found(path))
     }
 
-    fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64) -> Arc<dyn StorageFile> {
-        Arc::new(SimFile { state: state.clone(), id, generation: self.generation, direct: false })
+    /// A handle of this process on file `id`; a `direct` one reads what
+    /// the disk holds.
+    fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64, direct: bool) -> Arc<dyn StorageFile> {
+        Arc::new(SimFile { state: state.clone(), id, generation: self.generation, direct })
     }
 }
 
@@ -352,7 +362,7 @@ impl Storage for SimStorage {
         s.next_id += 1;
         s.files.insert(id, FileData::default());
         s.change_names(vec![(path.to_path_buf(), Some(id))]);
-        Ok(s.handle(&self.state, id))
+        Ok(s.handle(&self.state, id, false))
     }
 
     fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
@@ -360,17 +370,11 @@ impl Storage for SimStorage {
     }
 
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
-        let mut s = self.lock();
-        s.fail(EIO)?;
-        let id = s.id_of(path)?;
-        Ok(s.handle(&self.state, id))
+        self.open(path, false)
     }
 
     fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
-        let mut s = self.lock();
-        s.fail(EIO)?;
-        let id = s.id_of(path)?;
-        Ok(Arc::new(SimFile { state: self.state.clone(), id, generation: s.generation, direct: true }))
+        self.open(path, true)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -423,9 +427,7 @@ impl SimFile {
         s.tick()?;
         Ok(s)
     }
-}
 
-impl SimFile {
     /// Either fsync: a failure drops the dirty pages (see the module).
     fn sync(&self) -> std::io::Result<()> {
         let mut s = self.live()?;
