@@ -450,9 +450,14 @@ impl Run {
         m.stream_uncertain = None;
     }
 
+    /// The storage fails as the run chose (`faults_on`).
+    fn apply_faults(&self) {
+        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+    }
+
     fn toggle_faults(&mut self) {
         self.faults_on = !self.faults_on;
-        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+        self.apply_faults();
         self.note(format!("faults {}", if self.faults_on { "on" } else { "off" }));
     }
 
@@ -490,7 +495,7 @@ impl Run {
             self.begin_stream(&log, start);
             self.fs.set_fault_per_mille(0);
             self.read_back(&log, last)?;
-            self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+            self.apply_faults();
             self.model.durable_seq = last;
             self.model.next_seq = last + 1;
             self.log = Some(log);
@@ -516,7 +521,7 @@ impl Run {
             format!("continues({held}): {continues}; segments {:?}; files {files:?}", log.segment_starts())
         })?;
         self.read_back(&log, last)?;
-        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+        self.apply_faults();
         self.model.appended.retain(|seq, _| *seq <= last);
         self.model.next_seq = last + 1;
         self.model.durable_seq = last;
@@ -555,7 +560,7 @@ impl Run {
             }
             match opened {
                 Ok(o) => {
-                    self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+                    self.apply_faults();
                     return Ok(o);
                 }
                 Err(e) if faults => {
