@@ -250,7 +250,8 @@ impl ProtectedLog {
             .name("log-sync".into())
             .spawn(move || group_commit_loop(weak, sync_rx))
             .context("starting the log sync thread")?;
-        let report = LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update };
+        let report =
+            LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update, dropped_stream: None };
         Ok((log, report))
     }
 

@@ -43,6 +43,14 @@ pub struct LogOpenReport {
     /// volume may or may not hold that change (the agent may have died
     /// between logging it and writing it), so it is re-read at start.
     pub last_update: Option<(u32, u64, u64)>,
+    /// Segments of another stream than the newest segment's, holding
+    /// records, that were dropped (what they were). Either a stream start
+    /// that a stop cut short before it removed them, or a start that
+    /// failed after its segment was named, where the log went on in the
+    /// old stream: records made durable after it are among them. The two
+    /// cannot be told apart, so the caller starts a new stream (and
+    /// copies again) in both.
+    pub dropped_stream: Option<String>,
 }
 
 /// Records cut at open.

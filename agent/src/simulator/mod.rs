@@ -91,11 +91,15 @@ mod tests {
 
     /// The fixed seeds `make test` runs (`make simulate` runs more).
     const TEST_SEEDS: std::ops::Range<u64> = 0..40;
+    /// Seeds outside those that found a defect, kept so its fix stays
+    /// tested: 48, a stream start that failed is taken in place at the
+    /// next open, dropping records fsynced after it unreported.
+    const REGRESSION_SEEDS: [u64; 1] = [48];
 
     #[test]
     fn fixed_seeds_hold_every_invariant() {
         let mut total = SeedReport::default();
-        for seed in TEST_SEEDS {
+        for seed in TEST_SEEDS.chain(REGRESSION_SEEDS) {
             match run_seed(seed) {
                 Ok(r) => total.add(&r),
                 Err(v) => panic!("{v}"),

@@ -81,6 +81,10 @@ struct Model {
     /// A new stream failed to start, at a seq of at least this: a restart
     /// may find it in place.
     stream_uncertain: Option<u64>,
+    /// The seq the log's next append had when a new stream first failed
+    /// to start: records from here on were appended to the old stream
+    /// after it.
+    appended_after_failed_start: Option<u64>,
 }
 
 struct Run {
@@ -429,6 +433,7 @@ impl Run {
                 let least = self.model.next_seq.max(self.model.recv_seq + 1);
                 let earlier = self.model.stream_uncertain.unwrap_or(least);
                 self.model.stream_uncertain = Some(earlier.min(least));
+                self.model.appended_after_failed_start.get_or_insert(self.model.next_seq);
                 self.note(format!("start a new stream: failed: {e:#}"));
             }
         }
@@ -448,6 +453,7 @@ impl Run {
         m.next_seq = seq + 1;
         m.durable_seq = seq;
         m.stream_uncertain = None;
+        m.appended_after_failed_start = None;
     }
 
     /// The storage fails as the run chose (`faults_on`).
@@ -490,6 +496,20 @@ impl Run {
             self.check(start >= least && last == start, "a stream that failed to start holds only its start", || {
                 format!("a stream from {start} through {last}, where one started at {least} or later failed")
             })?;
+            // Taking it in place drops the old stream's segments, and with
+            // them any record fsynced after the start failed: the caller
+            // must learn of it (and copy again).
+            let lost = self.model.appended_after_failed_start.filter(|first| durable >= *first);
+            self.check(
+                lost.is_none() || report.dropped_stream.is_some(),
+                "an open that drops fsynced records says so",
+                || {
+                    format!(
+                        "records {}..={durable}, fsynced after the start failed, dropped unreported",
+                        lost.unwrap_or(0)
+                    )
+                },
+            )?;
             self.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
             self.report.adopted_streams += 1;
             self.begin_stream(&log, start);
@@ -502,6 +522,7 @@ impl Run {
             return Ok(());
         }
         self.model.stream_uncertain = None;
+        self.model.appended_after_failed_start = None;
         self.check(last >= durable, "no fsynced record is lost", || {
             format!("fsynced through {durable}, the log opens ending at {last}; cut: {:?}", report.cut)
         })?;
