@@ -144,7 +144,15 @@ impl VpgCapture {
         };
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (mut activity, found) = ActivityLog::open(dir)?;
-        let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through)
+        let mut dropped_stream = None;
+        let before_dropping = &mut |what: &str| {
+            // Said durably before the records go: a stop right after the
+            // drop still starts the new stream.
+            activity.require_new_stream()?;
+            dropped_stream = Some(what.to_string());
+            Ok(())
+        };
+        let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through, before_dropping)
             .with_context(|| format!("opening the protected log of VPG {name}"))?;
         if let Some(cut) = &report.cut {
             tracing::warn!(vpg = %name, "protected log: cut after seq {} at {}", cut.after_seq, cut.damage);
@@ -170,8 +178,9 @@ impl VpgCapture {
             // A new log copies every volume anyway.
             activity.finish_epoch(0, activity.generation(), true, false)?;
             None
-        } else if found.unknown || log_end < found.durable_through || stored_map.is_err() {
+        } else if found.unknown || dropped_stream.is_some() || log_end < found.durable_through || stored_map.is_err() {
             let why = match (&report.cut, found.unknown, &stored_map) {
+                _ if dropped_stream.is_some() => dropped_stream.clone().unwrap_or_default(),
                 (_, true, _) => found.why.clone().unwrap_or_default(),
                 (Some(cut), false, _) => format!(
                     "the protected log lost records it had made durable ({}; durable through seq {})",

@@ -20,7 +20,7 @@ mod open;
 pub mod state;
 
 pub use cursor::LogCursor;
-pub use open::{LogCut, LogOpenReport};
+pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
@@ -172,14 +172,17 @@ impl ProtectedLog {
     /// Opens the log in `dir`, or starts one. `durable_through` is a seq
     /// known to have been fsynced with everything before it (0: unknown);
     /// damage found after it is a torn tail, cut without a word (see
-    /// `open.rs`).
+    /// `open.rs`). `before_dropping` is told of another stream's records
+    /// before they are dropped (see `BeforeDroppingStream`).
     pub fn open(
         dir: &Path,
         vpg_id: u32,
         capacity_bytes: u64,
         durable_through: u64,
+        before_dropping: BeforeDroppingStream<'_>,
     ) -> Result<(Arc<Self>, LogOpenReport)> {
-        Self::open_on(LogEnv::real(), dir, vpg_id, LogSize::for_capacity(capacity_bytes), durable_through)
+        let size = LogSize::for_capacity(capacity_bytes);
+        Self::open_on(LogEnv::real(), dir, vpg_id, size, durable_through, before_dropping)
     }
 
     /// `open` in `env`, with segments of a chosen size.
@@ -189,6 +192,7 @@ impl ProtectedLog {
         vpg_id: u32,
         size: LogSize,
         durable_through: u64,
+        before_dropping: BeforeDroppingStream<'_>,
     ) -> Result<(Arc<Self>, LogOpenReport)> {
         let LogSize { capacity_bytes, segment_bytes } = size;
         let LogEnv { storage: fs, clock } = env;
@@ -196,7 +200,7 @@ impl ProtectedLog {
         // name its new segment as the empty one is named.
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
-        let found = open::recover(&*fs, dir, vpg_id, durable_through)?;
+        let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -250,8 +254,7 @@ impl ProtectedLog {
             .name("log-sync".into())
             .spawn(move || group_commit_loop(weak, sync_rx))
             .context("starting the log sync thread")?;
-        let report =
-            LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update, dropped_stream: None };
+        let report = LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update };
         Ok((log, report))
     }
 

@@ -10,7 +10,8 @@
 //!    of a stream that an interrupted `start_stream` replaced (they
 //!    precede the newest stream's segments), and the first segment of a
 //!    stream whose start failed and left it named (the log went on in
-//!    its old stream, whose later segments follow it);
+//!    its old stream, whose later segments follow it). Before segments
+//!    holding records go, the caller is told (`BeforeDroppingStream`);
 //! 3. the segments that can hold records written after `durable_through`
 //!    (a seq known fsynced, from the activity log; all segments when it is
 //!    unknown) are read record by record, and seqs must follow each other
@@ -43,15 +44,18 @@ pub struct LogOpenReport {
     /// volume may or may not hold that change (the agent may have died
     /// between logging it and writing it), so it is re-read at start.
     pub last_update: Option<(u32, u64, u64)>,
-    /// Segments of another stream than the newest segment's, holding
-    /// records, that were dropped (what they were). Either a stream start
-    /// that a stop cut short before it removed them, or a start that
-    /// failed after its segment was named, where the log went on in the
-    /// old stream: records made durable after it are among them. The two
-    /// cannot be told apart, so the caller starts a new stream (and
-    /// copies again) in both.
-    pub dropped_stream: Option<String>,
 }
+
+/// Called by an open before it drops segments of another stream than the
+/// newest segment's that hold records, with what they are. They are left
+/// either by a stream start that a stop cut short before it removed them,
+/// or by a start that failed after its segment was named, where the log
+/// went on in the old stream: records made durable after that are among
+/// them. The two cannot be told apart, so the caller must start a new
+/// stream (and copy again) in both, and make that durable here: an error
+/// fails the open before anything is dropped, and a stop right after the
+/// drop finds nothing left to tell it.
+pub type BeforeDroppingStream<'a> = &'a mut dyn FnMut(&str) -> Result<()>;
 
 /// Records cut at open.
 #[derive(Debug, Clone)]
@@ -79,7 +83,13 @@ struct Found {
     stream_id: u32,
 }
 
-pub(super) fn recover(fs: &dyn Storage, dir: &Path, vpg_id: u32, durable_through: u64) -> Result<Recovered> {
+pub(super) fn recover(
+    fs: &dyn Storage,
+    dir: &Path,
+    vpg_id: u32,
+    durable_through: u64,
+    before_dropping: BeforeDroppingStream<'_>,
+) -> Result<Recovered> {
     remove_unfinished_creations_on(fs, dir)?;
     let listed = list_segments_on(fs, dir, SegmentKind::ProtectedLog)?;
     let mut found = Vec::with_capacity(listed.len());
@@ -107,8 +117,22 @@ pub(super) fn recover(fs: &dyn Storage, dir: &Path, vpg_id: u32, durable_through
     let Some(newest) = found.last() else {
         return Ok(Recovered { segments: Vec::new(), next_seq: 0, stream_id: 0, cut: None, last_update: None });
     };
-    let stream_id = newest.stream_id;
+    let (stream_id, newest_first_seq) = (newest.stream_id, newest.first_seq);
     let (current, other): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|f| f.stream_id == stream_id);
+    let mut holding = Vec::new();
+    for old in &other {
+        if file_len(fs, &old.path)? > SEGMENT_HEADER_BYTES as u64 + stream_start_bytes() {
+            holding.push(old.path.display().to_string());
+        }
+    }
+    if !holding.is_empty() {
+        let what = format!(
+            "the protected log held records of another stream than its newest segment's (at seq {}): {}",
+            newest_first_seq,
+            holding.join(", ")
+        );
+        before_dropping(&what)?;
+    }
     for old in other {
         tracing::warn!(
             "protected log: dropping {}, of a stream a new one replaced, or of a new one that failed to start",
@@ -213,6 +237,13 @@ fn cut_here(mut scan: TailScan, found: &[Found], i: usize, offset: u64, damage: 
     scan.cut_at = Some((i, offset));
     scan.cut = Some(LogCut { damage, after_seq: scan.next_seq - 1, segments_dropped: found.len() - i - 1 });
     scan
+}
+
+/// The bytes of a StreamStart record: a segment no longer than its header
+/// and one holds no record of a write.
+fn stream_start_bytes() -> u64 {
+    super::encoded_bytes(&crate::record::RecordBody::StreamStart { time_ms: 0, stream_id: 1 })
+        .expect("a StreamStart is a valid record")
 }
 
 fn file_len(fs: &dyn Storage, path: &Path) -> Result<u64> {

@@ -7,7 +7,7 @@ fn write(i: u64, size: usize) -> RecordBody {
 }
 
 fn open(dir: &Path, capacity: u64) -> (Arc<ProtectedLog>, LogOpenReport) {
-    ProtectedLog::open(dir, 1, capacity, 0).unwrap()
+    ProtectedLog::open(dir, 1, capacity, 0, &mut |_| Ok(())).unwrap()
 }
 
 /// The seqs of every record the cursor has for now, from `from`, read in
@@ -277,10 +277,56 @@ async fn a_new_stream_drops_the_old_one_and_an_interrupted_one_is_finished() {
     for ((_, path), bytes) in old_segments.iter().zip(&old_bytes) {
         std::fs::write(path, bytes).unwrap();
     }
-    let (log, report) = open(dir.path(), 64 << 20);
+    // The caller is told before the old stream's records go; when it
+    // cannot make that durable, nothing goes.
+    let refused = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |_| anyhow::bail!("no room to say it"));
+    assert!(format!("{:#}", refused.err().expect("the open fails with its caller")).contains("no room to say it"));
+    assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), old_segments.len() + 1);
+    let mut told = Vec::new();
+    let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
+        told.push(what.to_string());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    for (_, path) in &old_segments {
+        assert!(told[0].contains(&path.display().to_string()), "{told:?} names {}", path.display());
+    }
     assert_eq!(report.next_seq, start + 1);
     assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 1);
     assert_eq!(read_all(&log, 0), vec![start]);
+}
+
+#[tokio::test]
+async fn a_failed_stream_start_left_behind_the_old_stream_is_dropped_without_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let first = log.append(&write(0, 4096)).await.unwrap();
+    // A start that failed once its segment was named, after which the log
+    // went on in its old stream past it (a roll names a later segment).
+    let failed_at = first + 2;
+    let (path, _, _) = {
+        let (segment, file, id) =
+            create_stream_segment(&*log.fs, dir.path(), 1, failed_at, 0).expect("the start's segment");
+        (segment.path, file, id)
+    };
+    for i in 1..20 {
+        // Small records past the failed start, then a roll well after it.
+        log.append(&write(i, if i < 4 { 4096 } else { 1 << 20 })).await.unwrap();
+    }
+    let last = log.appended_seq();
+    log.sync_to(last).await.unwrap();
+    let starts = log.segment_starts();
+    assert!(!starts.contains(&failed_at) && starts.iter().any(|s| *s > failed_at), "{starts:?}");
+    drop(log);
+    let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
+        panic!("a lone StreamStart holds no record to lose: {what}")
+    })
+    .unwrap();
+    assert!(!path.exists());
+    assert_eq!(report.next_seq, last + 1);
+    // The stream's own StreamStart, then every record appended.
+    assert_eq!(read_all(&log, 0), (first - 1..=last).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -325,7 +371,9 @@ mod failpoints {
         let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         fail::cfg("segment-read", "2*off->return").unwrap();
-        let err = ProtectedLog::open(dir.path(), 1, 64 << 20, 0).err().expect("an I/O error must fail the open");
+        let err = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |_| Ok(()))
+            .err()
+            .expect("an I/O error must fail the open");
         assert!(format!("{err:#}").contains("read error"), "{err:#}");
         fail::remove("segment-read");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "the log was cut on a read error");
@@ -415,7 +463,7 @@ fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
     let storage = Arc::new(NextRemovalStalls { entered, go: Mutex::new(None) });
     let env = LogEnv { storage: storage.clone(), clock: Arc::new(SystemClock) };
     let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
-    let (log, _) = ProtectedLog::open_on(env, dir.path(), 1, size, 0).unwrap();
+    let (log, _) = ProtectedLog::open_on(env, dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut last = 0;
     for i in 0..4 {
@@ -453,7 +501,7 @@ fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
 async fn a_segment_already_gone_is_retired() {
     let dir = tempfile::tempdir().unwrap();
     let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
-    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0).unwrap();
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
     let mut last = 0;
     for i in 0..4 {
         last = log.append(&write(i, 1 << 20)).await.unwrap();
@@ -474,5 +522,5 @@ async fn a_segment_already_gone_is_retired() {
 fn segments_no_larger_than_their_header_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let size = LogSize { capacity_bytes: 1 << 20, segment_bytes: SEGMENT_HEADER_BYTES as u64 };
-    let _ = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0);
+    let _ = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(()));
 }

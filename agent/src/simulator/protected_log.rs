@@ -85,6 +85,10 @@ struct Model {
     /// to start: records from here on were appended to the old stream
     /// after it.
     appended_after_failed_start: Option<u64>,
+    /// An open told its caller, durably, that a new stream is due (it
+    /// dropped another stream's records), as the agent's activity log
+    /// would keep it until the new stream starts.
+    new_stream_due: bool,
 }
 
 struct Run {
@@ -216,7 +220,9 @@ impl Run {
     }
 
     fn open_first(&mut self) -> Checked {
-        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, 0);
+        let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, 0, &mut |what| {
+            anyhow::bail!("a new log dropped another stream: {what}")
+        });
         let (log, report) = match opened {
             Ok(o) => o,
             Err(e) => return Err(self.violation("a new log opens", format!("{e:#}"))),
@@ -454,6 +460,7 @@ impl Run {
         m.durable_seq = seq;
         m.stream_uncertain = None;
         m.appended_after_failed_start = None;
+        m.new_stream_due = false;
     }
 
     /// The storage fails as the run chose (`faults_on`).
@@ -498,18 +505,13 @@ impl Run {
             })?;
             // Taking it in place drops the old stream's segments, and with
             // them any record fsynced after the start failed: the caller
-            // must learn of it (and copy again).
+            // must have made it durable that a new stream is due (and a
+            // copy) before they went.
             let lost = self.model.appended_after_failed_start.filter(|first| durable >= *first);
-            self.check(
-                lost.is_none() || report.dropped_stream.is_some(),
-                "an open that drops fsynced records says so",
-                || {
-                    format!(
-                        "records {}..={durable}, fsynced after the start failed, dropped unreported",
-                        lost.unwrap_or(0)
-                    )
-                },
-            )?;
+            let told = self.model.new_stream_due;
+            self.check(lost.is_none() || told, "an open that drops fsynced records says so first", || {
+                format!("records {}..={durable}, fsynced after the start failed, dropped unreported", lost.unwrap_or(0))
+            })?;
             self.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
             self.report.adopted_streams += 1;
             self.begin_stream(&log, start);
@@ -567,7 +569,17 @@ impl Run {
         }
         let mut faults = self.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
-            let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, durable);
+            let fs = self.fs.clone();
+            let mut told = false;
+            // Durable at once, as the activity log's rewrite is, unless the
+            // process is gone.
+            let before_dropping = &mut |_: &str| {
+                anyhow::ensure!(!fs.is_dead(), "the process died before it could say a new stream is due");
+                told = true;
+                Ok(())
+            };
+            let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, durable, before_dropping);
+            self.model.new_stream_due |= told;
             if self.fs.is_dead() {
                 drop(opened);
                 if self.rng.below(2) == 0 {
