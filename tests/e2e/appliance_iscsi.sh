@@ -422,10 +422,13 @@ run_suite() {
     [ -s "$3/CUnitAutomated-Results.xml" ] &&
         python3 "$ROOT/tests/lib/cunit_results.py" "$3/CUnitAutomated-Results.xml" >"$3/verdicts" 2>/dev/null
 }
+# conformance NAME IQN SUITES...: runs each suite, its verdicts into
+# $WORK/cu-NAME/results.
 conformance() {
     local name=$1 iqn=$2 suite dir
+    shift 2
     mkdir -p "$WORK/cu-$name"
-    for suite in $SUITES; do
+    for suite in "$@"; do
         dir=$WORK/cu-$name/$suite
         mkdir -p "$dir"
         # A run that left no results (the login or the tool itself gave
@@ -441,16 +444,34 @@ conformance() {
     done >"$WORK/cu-$name/results"
 }
 start=$(date +%s)
-conformance reference "$REF_IQN"
-conformance tidemark "$IQN"
-if ! python3 "$ROOT/tests/lib/cunit_results.py" --compare "$WORK/cu-reference/results" "$WORK/cu-tidemark/results"; then
+# shellcheck disable=SC2086 # the suites are words
+conformance reference "$REF_IQN" $SUITES
+# shellcheck disable=SC2086
+conformance tidemark "$IQN" $SUITES
+compare() { python3 "$ROOT/tests/lib/cunit_results.py" "$1" "$WORK/cu-reference$2/results" "$WORK/cu-tidemark$2/results"; }
+if ! compare --compare ""; then
     # What it takes to tell a defect from the test bed: why runs left no
     # results, whether the LUN still answers, and what the guest said.
     [ -f "$WORK/cu-no-results" ] && { echo "--- runs that left no results"; cat "$WORK/cu-no-results"; }
     echo "--- the LUN now: $(in_ns iscsi-inq -i "$INITIATOR" "$(url "$GOOD" "$IQN")" 2>&1 | head -3 | tr '\n' ' ')"
     echo "--- the appliance's console, last kernel and agent lines"
     grep -a "^\[ *[0-9]\|WARN\|ERROR" "$WORK/prot2/serial.log" | grep -av "exceeds last lba\|contains NoLB" | tail -40
-    fail "Tidemark's LUN fails iscsi-test-cu tests the reference passes"
+    # Under TCG a run now and then loses its session (the initiator misses
+    # the target's NOP-In and LIO drops the connection mid-suite): those
+    # suites run once more on both LUNs, said aloud, and a test the
+    # reference passes must pass on Tidemark then.
+    again=$(compare --worse-suites "" | tr '\n' ' ')
+    log "WARN: Tidemark failed tests the reference passes, in suites: $again; running them once more on both LUNs"
+    rm -f "$WORK/cu-no-results"
+    # shellcheck disable=SC2086
+    conformance reference-again "$REF_IQN" $again
+    # shellcheck disable=SC2086
+    conformance tidemark-again "$IQN" $again
+    if ! compare --compare -again; then
+        [ -f "$WORK/cu-no-results" ] && { echo "--- runs that left no results"; cat "$WORK/cu-no-results"; }
+        fail "Tidemark's LUN fails iscsi-test-cu tests the reference passes, twice: $(compare --worse-suites -again | tr '\n' ' ')"
+    fi
+    log "WARN: on the second run every test the reference passes passed on Tidemark (first run's failures above)"
 fi
 # A run that reached nothing would compare equal: the reference must pass.
 [ "$(grep -c ' PASS$' "$WORK/cu-reference/results")" -ge 100 ] ||

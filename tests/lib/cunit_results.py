@@ -9,6 +9,8 @@
       compares two such listings: prints both pass counts and every test
       whose verdict differs; exits 1 if a test the reference passes fails
       on Tidemark (or is missing from its run).
+  cunit_results.py --worse-suites REFERENCE TIDEMARK
+      prints the suites of those tests, one per line.
 
 The XML is read with regular expressions, not a parser: CUnit does not
 escape the assertion text it copies into it.
@@ -48,20 +50,23 @@ def read_listing(path):
     return out
 
 
+def worse(ref, ours):
+    """The tests the reference passes and Tidemark does not (or lacks)."""
+    return [name for name in sorted(ref) if ref[name] == "PASS" and ours.get(name, "absent") != "PASS"]
+
+
 def compare(reference_path, tidemark_path):
     ref, ours = read_listing(reference_path), read_listing(tidemark_path)
     passed = lambda listing: sum(1 for v in listing.values() if v == "PASS")
     print(f"reference (LIO fileio): {passed(ref)} of {len(ref)} tests pass")
     print(f"Tidemark LUN:           {passed(ours)} of {len(ours)} tests pass")
-    worse = []
     for name in sorted(set(ref) | set(ours)):
         a, b = ref.get(name, "absent"), ours.get(name, "absent")
         if a != b:
             print(f"  differs: {name}: reference {a}, Tidemark {b}")
-            if a == "PASS":
-                worse.append(name)
-    if worse:
-        print(f"{len(worse)} tests pass on the reference and not on Tidemark: {', '.join(worse)}")
+    failing = worse(ref, ours)
+    if failing:
+        print(f"{len(failing)} tests pass on the reference and not on Tidemark: {', '.join(failing)}")
         return 1
     print("every test the reference passes passes on Tidemark")
     return 0
@@ -70,6 +75,10 @@ def compare(reference_path, tidemark_path):
 def main(argv):
     if len(argv) == 4 and argv[1] == "--compare":
         return compare(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "--worse-suites":
+        failing = worse(read_listing(argv[2]), read_listing(argv[3]))
+        print("\n".join(sorted({name.split(".", 1)[0] for name in failing})))
+        return 0
     if len(argv) == 2:
         results = verdicts(argv[1])
         if not results:
