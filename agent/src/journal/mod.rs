@@ -13,29 +13,27 @@ pub mod lease;
 pub mod pins;
 pub mod replica;
 pub mod scan;
+pub mod segments;
 pub mod summary;
 #[cfg(feature = "test-build")]
 pub mod synth;
 
-use crate::durable::{replace_file, sync_dir, FileMode};
-use crate::segment::{create_segment, SegmentKind};
+use crate::durable::{replace_file, FileMode};
+use crate::storage::Storage;
 use crate::wire::batch::DecodedBatch;
 use crate::wire::message::VolumeInfo;
 use anyhow::{bail, Context, Result};
 use applier::HistoryPolicy;
 use apply_state::ApplyState;
 use index::JournalIndex;
-use scan::{scan_journal, Damage};
+use segments::{Rolling, SegmentFiles};
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 /// A segment is closed and a new one started past this size.
 pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
 const META_FILE: &str = "journal.json";
-const QUARANTINE_DIR: &str = "quarantine";
 
 /// What the journal is a journal of; written once, checked on every open.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,11 +66,7 @@ pub fn vpg_dir(journal_root: &Path, vpg: &str) -> PathBuf {
 pub struct Journal {
     dir: PathBuf,
     pub meta: JournalMeta,
-    current: File,
-    current_len: u64,
-    current_opened: Instant,
-    segment_bytes: u64,
-    segment_age: Duration,
+    segments: SegmentFiles,
     pub index: JournalIndex,
     /// `journal_cap`, and the bytes on disk as last measured plus what was
     /// appended since. Retiring only shrinks the truth; the summaries the
@@ -115,35 +109,12 @@ impl Journal {
                     .context("the seeded replica does not fit the VPG's volumes")?;
             }
         }
-        // A killed predecessor's appends, and the name of a segment it
-        // created, may be only in the page cache: make them durable before
-        // anything is read, advertised or retired on the strength of them
-        // (records fsynced into a segment whose name is not durable vanish
-        // with the name in a power cut).
-        crate::segment::remove_unfinished_creations(dir)?;
-        let segments = crate::segment::list_segments(dir, SegmentKind::Journal)?;
-        for (_, path) in &segments {
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
-        }
-        sync_dir(dir)?;
-        // A newest segment without a whole header is a creation a crash cut
-        // short (earlier builds named it before writing it): it held nothing.
-        if let Some((_, newest)) = segments.last() {
-            let len = std::fs::metadata(newest).with_context(|| format!("sizing {}", newest.display()))?.len();
-            if len < crate::segment::SEGMENT_HEADER_BYTES as u64 {
-                tracing::warn!("journal: removing {}, created without its header", newest.display());
-                std::fs::remove_file(newest).with_context(|| format!("removing {}", newest.display()))?;
-                summary::forget(newest)?;
-                sync_dir(dir)?;
-            }
-        }
         let state = ApplyState::load(dir)?;
         let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
-        let outcome = scan_journal(dir, meta.vpg_id, |rec, _| index.observe(rec))?;
+        let fs: Arc<dyn Storage> = Arc::new(crate::storage::RealStorage);
+        let forget = &mut |segment: &Path| summary::forget(segment);
+        let outcome = segments::recover(&*fs, dir, meta.vpg_id, forget, |rec, _| index.observe(rec))?;
         if let Some(damage) = &outcome.damage {
-            repair(dir, damage, &outcome.segments)?;
             index.damage = Some(damage.to_string());
         }
         if let Some(target) = state.applying_to {
@@ -152,26 +123,12 @@ impl Journal {
             let (applied, _) = applier::apply_to(dir, &meta, &state, target)?;
             index.applied(&applied);
         }
-        let (current, current_len) = match list_tail(dir)? {
-            Some(path) => {
-                let f = std::fs::OpenOptions::new().append(true).read(true).open(&path)?;
-                let len = f.metadata()?.len();
-                (f, len)
-            }
-            None => {
-                let (_, f) = create_segment(dir, SegmentKind::Journal, meta.vpg_id, index.durable_seq + 1)?;
-                let len = f.metadata()?.len();
-                (f, len)
-            }
-        };
+        let rolling = Rolling { segment_bytes: policy.segment_bytes(), segment_age: policy.segment_age() };
+        let segments = SegmentFiles::open(fs, dir, meta.vpg_id, rolling, index.durable_seq + 1)?;
         Ok(Journal {
             dir: dir.to_path_buf(),
             meta,
-            current,
-            current_len,
-            current_opened: Instant::now(),
-            segment_bytes: policy.segment_bytes(),
-            segment_age: policy.segment_age(),
+            segments,
             index,
             cap: policy.journal_cap,
             bytes_at_most: applier::journal_bytes(dir)?,
@@ -249,34 +206,7 @@ impl Journal {
         }
         let bytes = &batch.raw[batch.offsets[first_fresh]..];
         self.check_cap(bytes.len() as u64)?;
-        let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
-        let old = self.current_opened.elapsed() >= self.segment_age;
-        if self.current_len >= self.segment_bytes || (old && holds_records) {
-            let (_, f) = create_segment(&self.dir, SegmentKind::Journal, self.meta.vpg_id, first.seq)?;
-            self.current_len = f.metadata()?.len();
-            self.current = f;
-            self.current_opened = Instant::now();
-        }
-        let written = (|| {
-            // Half the batch reaches the file, then the disk is full.
-            fail::fail_point!("journal-append-torn", |_| {
-                let _ = self.current.write_all(&bytes[..bytes.len() / 2]);
-                Err(std::io::Error::from_raw_os_error(28))
-            });
-            self.current.write_all(bytes)?;
-            self.current.sync_data()
-        })();
-        if let Err(e) = written {
-            // Nothing of a failed batch may stay in front of its resending.
-            let undone = self.current.set_len(self.current_len).and_then(|()| self.current.sync_all());
-            if let Err(undo) = undone {
-                // Durability can no longer be promised: stop rather than lie.
-                tracing::error!("journal append failed ({e}) and could not be undone ({undo}); stopping");
-                std::process::exit(70);
-            }
-            return Err(anyhow::Error::new(e).context("appending to the journal (undone)"));
-        }
-        self.current_len += bytes.len() as u64;
+        self.segments.append(bytes, first.seq)?;
         self.bytes_at_most += bytes.len() as u64;
         for rec in &batch.records[first_fresh..] {
             self.index.observe(rec);
@@ -309,42 +239,12 @@ impl Journal {
     }
 }
 
-/// The newest segment, if any.
-fn list_tail(dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(crate::segment::list_segments(dir, SegmentKind::Journal)?.pop().map(|(_, p)| p))
-}
-
-/// Cuts the journal back to its last good record (see `Journal::open`).
-fn repair(dir: &Path, damage: &Damage, segments: &[(u64, PathBuf)]) -> Result<()> {
-    let position = segments.iter().position(|(_, p)| *p == damage.path).context("damaged segment not listed")?;
-    let is_last = position + 1 == segments.len();
-    if damage.torn && is_last {
-        tracing::warn!("journal: cutting torn tail: {damage}");
-    } else {
-        tracing::error!("journal: damage found, quarantining: {damage}");
-        let quarantine = dir.join(QUARANTINE_DIR);
-        std::fs::create_dir_all(&quarantine)?;
-        let name = damage.path.file_name().context("segment name")?;
-        std::fs::copy(&damage.path, quarantine.join(name)).context("keeping the damaged segment")?;
-        for (_, later) in &segments[position + 1..] {
-            let name = later.file_name().context("segment name")?;
-            // The summary first: a crash between leaves no summary of a
-            // segment that is gone.
-            summary::forget(later)?;
-            std::fs::rename(later, quarantine.join(name)).context("quarantining a later segment")?;
-        }
-    }
-    summary::forget(&damage.path)?;
-    let f = std::fs::OpenOptions::new().write(true).open(&damage.path)?;
-    f.set_len(damage.offset)?;
-    f.sync_all()?;
-    sync_dir(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::{Record, RecordBody};
+    use crate::segment::SegmentKind;
+    use std::time::Duration;
 
     pub(super) const VPG_ID: u32 = 5;
 
@@ -408,7 +308,7 @@ mod tests {
         let start = RecordBody::StreamStart { time_ms: 1, stream_id: 7 };
         assert_eq!(j.append(&batch(1, vec![start, write(2)]), 7).unwrap(), 2);
         // Every batch from here opens a segment of its own.
-        j.segment_bytes = 0;
+        j.segments.set_segment_bytes(0);
         assert_eq!(j.append(&batch(3, vec![write(3)]), 7).unwrap(), 3);
         let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
         assert_eq!(segments.len(), 2);
@@ -434,6 +334,8 @@ mod tests {
 mod failpoints {
     use super::*;
     use crate::record::{Record, RecordBody};
+    use crate::segment::{create_segment, SegmentKind};
+    use std::io::Write;
 
     const VPG_ID: u32 = 5;
 
@@ -468,7 +370,7 @@ mod failpoints {
         let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
         assert_eq!(segments.len(), 1);
         assert_eq!(std::fs::read(&segments[0].1).unwrap(), bytes, "the segment was changed on a read error");
-        assert!(!dir.join(QUARANTINE_DIR).exists(), "a read error is not corruption");
+        assert!(!dir.join(super::segments::QUARANTINE_DIR).exists(), "a read error is not corruption");
         // Once the storage reads again, every record is there.
         assert_eq!(Journal::open(&dir, meta(), &policy).unwrap().durable_seq(), 3);
         scenario.teardown();

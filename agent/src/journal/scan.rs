@@ -3,8 +3,8 @@
 //! and to restore; it never returns a record it could not verify.
 
 use crate::record::Record;
-use crate::segment::{list_segments, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
-use crate::storage::REAL;
+use crate::segment::{list_segments_on, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
+use crate::storage::{Storage, REAL};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -64,7 +64,7 @@ pub fn scan_segment(
     first_seq: u64,
     visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
-    scan_segment_from(Source::PageCache, path, vpg_id, first_seq, visit)
+    scan_segment_from(&REAL, Source::PageCache, path, vpg_id, first_seq, visit)
 }
 
 /// Where a scan reads a segment from.
@@ -77,6 +77,7 @@ enum Source {
 }
 
 fn scan_segment_from(
+    fs: &dyn Storage,
     source: Source,
     path: &Path,
     vpg_id: u32,
@@ -84,8 +85,8 @@ fn scan_segment_from(
     mut visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
     let (mut reader, header_seq) = match source {
-        Source::PageCache => SegmentReader::open(path, SegmentKind::Journal, vpg_id)?,
-        Source::Disk => SegmentReader::open_direct_on(&REAL, path, SegmentKind::Journal, vpg_id)?,
+        Source::PageCache => SegmentReader::open_on(fs, path, SegmentKind::Journal, vpg_id)?,
+        Source::Disk => SegmentReader::open_direct_on(fs, path, SegmentKind::Journal, vpg_id)?,
     };
     if header_seq != first_seq {
         bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
@@ -135,7 +136,11 @@ impl SeqOrder {
 /// the listing (its records are all in the replica); the newest is never
 /// retired, so its absence is an error.
 pub fn retired_since_listing(path: &Path, is_newest: bool) -> bool {
-    !is_newest && !path.exists()
+    retired_since_listing_on(&REAL, path, is_newest)
+}
+
+fn retired_since_listing_on(fs: &dyn Storage, path: &Path, is_newest: bool) -> bool {
+    !is_newest && !fs.exists(path)
 }
 
 /// Calls `visit` for every verified record in order, with where it lies.
@@ -145,22 +150,23 @@ pub fn scan_journal_until(
     vpg_id: u32,
     visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
-    scan_journal_with(Source::PageCache, dir, vpg_id, visit)
+    scan_journal_with(&REAL, Source::PageCache, dir, vpg_id, visit)
 }
 
 /// `scan_journal_until`, the newest segment read from `newest_from`.
 fn scan_journal_with(
+    fs: &dyn Storage,
     newest_from: Source,
     dir: &Path,
     vpg_id: u32,
     mut visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
-    let segments = list_segments(dir, SegmentKind::Journal)?;
+    let segments = list_segments_on(fs, dir, SegmentKind::Journal)?;
     let mut order = SeqOrder::default();
     for (i, (first_seq, path)) in segments.iter().enumerate() {
         let mut damage = None;
         let source = if i + 1 == segments.len() { newest_from } else { Source::PageCache };
-        let scanned = scan_segment_from(source, path, vpg_id, *first_seq, |rec, at, _| {
+        let scanned = scan_segment_from(fs, source, path, vpg_id, *first_seq, |rec, at, _| {
             damage = order.check(rec.seq, path, at);
             if damage.is_some() {
                 return Visit::Stop;
@@ -168,7 +174,7 @@ fn scan_journal_with(
             visit(rec, RecordAt { path, offset: at })
         });
         let damage = match scanned {
-            Err(_) if retired_since_listing(path, i + 1 == segments.len()) => continue,
+            Err(_) if retired_since_listing_on(fs, path, i + 1 == segments.len()) => continue,
             Err(e) => return Err(e),
             Ok(SegmentScan::Whole { .. }) => continue,
             Ok(SegmentScan::Stopped) => damage,
@@ -184,8 +190,13 @@ fn scan_journal_with(
 /// batch is fsynced before it is acknowledged, and a segment is closed
 /// only after its last batch was), is read from the disk, not the page
 /// cache, so the journal never acknowledges records it does not hold.
-pub fn scan_journal(dir: &Path, vpg_id: u32, mut visit: impl FnMut(&Record, RecordAt)) -> Result<ScanOutcome> {
-    scan_journal_with(Source::Disk, dir, vpg_id, |rec, at| {
+pub fn scan_journal_on(
+    fs: &dyn Storage,
+    dir: &Path,
+    vpg_id: u32,
+    mut visit: impl FnMut(&Record, RecordAt),
+) -> Result<ScanOutcome> {
+    scan_journal_with(fs, Source::Disk, dir, vpg_id, |rec, at| {
         visit(rec, at);
         Visit::Continue
     })
