@@ -10,11 +10,16 @@
 //! - `protected_log`: the protected log, its sender's cursor and the
 //!   batches it builds, against a model of what was appended, fsynced,
 //!   sent and acknowledged.
+//! - `journal`: the recovery journal's segment files, taking batches a
+//!   model sender resends after every failure, against a model of what
+//!   the journal acknowledged.
 
+mod journal;
 mod protected_log;
 pub mod rng;
 
 use std::fmt;
+use std::path::Path;
 
 /// What one seed did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,6 +38,10 @@ pub struct SeedReport {
     pub full_log: u64,
     /// Opens that found in place a new stream whose start had failed.
     pub adopted_streams: u64,
+    /// Records the journal took (acknowledged appends).
+    pub journal_records: u64,
+    /// Journal opens that cut or quarantined damage (torn or failed writes).
+    pub journal_cuts: u64,
 }
 
 impl SeedReport {
@@ -49,6 +58,8 @@ impl SeedReport {
         self.failed_removals += o.failed_removals;
         self.full_log += o.full_log;
         self.adopted_streams += o.adopted_streams;
+        self.journal_records += o.journal_records;
+        self.journal_cuts += o.journal_cuts;
     }
 }
 
@@ -77,12 +88,25 @@ impl fmt::Display for Violation {
 
 /// Runs every scenario on `seed`.
 pub fn run_seed(seed: u64) -> Result<SeedReport, Box<Violation>> {
-    protected_log::run(seed)
+    let mut report = protected_log::run(seed)?;
+    report.add(&journal::run(seed)?);
+    Ok(report)
 }
 
 /// Every step `seed` takes, for reading a failure through.
 pub fn trace_seed(seed: u64) -> Vec<String> {
-    protected_log::trace_of(seed)
+    let mut trace = protected_log::trace_of(seed);
+    trace.extend(journal::trace_of(seed));
+    trace
+}
+
+/// A damage report with its path shortened to the file name.
+fn short(text: &str) -> String {
+    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
+    match text.split_once(": ") {
+        Some((path, rest)) => format!("{}: {rest}", name(path).unwrap_or_default()),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +135,7 @@ mod tests {
         assert!(total.records_sent > 0, "{total:?}");
         assert!(total.failed_syncs > 0 && total.failed_removals > 0, "{total:?}");
         assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
+        assert!(total.journal_records > 0 && total.journal_cuts > 0, "{total:?}");
     }
 
     #[test]

@@ -14,14 +14,14 @@
 //!   back), and continues the recovery side's stream.
 
 use super::rng::SimRng;
-use super::{SeedReport, Violation};
+use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
 use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX};
 use crate::storage::sim::SimStorage;
 use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -663,13 +663,5 @@ fn describe(body: &RecordBody) -> String {
         }
         RecordBody::CopyDone { volume } => format!("copy done of volume {volume}"),
         RecordBody::StreamStart { .. } => "stream start".into(),
-    }
-}
-
-fn short(text: &str) -> String {
-    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
-    match text.split_once(": ") {
-        Some((path, rest)) => format!("{}: {rest}", name(path).unwrap_or_default()),
-        None => text.to_string(),
     }
 }

@@ -1,0 +1,308 @@
+//! The recovery journal scenario: a model protected side sends batches of
+//! records of every kind (resending from the journal's durable seq after
+//! any failure, as the sender does), the journal's segment files take them
+//! (`journal::segments`: append and fsync, or undo), and at any step
+//! faults come and go, the process is killed, or the power is cut. After
+//! each step the model says what must hold:
+//! - an append fails only when a fault was injected, and a failed one
+//!   leaves nothing: the batch comes again and is taken;
+//! - after any stop the journal opens again (at worst once faults stop)
+//!   and holds every record it acknowledged, an append's or an open's
+//!   (the receiver advertises what an open found as durable, and the
+//!   protected side retires its log up to it), each exactly as it was
+//!   sent, in seq order without a gap.
+//!
+//! Not simulated here: the index, the stream rules, the applier and the
+//! retiring of history (`Journal` around these files), and the link.
+
+use super::rng::SimRng;
+use super::{short, SeedReport, Violation};
+use crate::journal::segments::{self, Rolling, SegmentFiles};
+use crate::record::{Record, RecordBody};
+use crate::storage::sim::SimStorage;
+use crate::storage::Storage;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VPG_ID: u32 = 0x10_5EED;
+const STEPS: u64 = 200;
+/// Small segments, so that a batch often starts a new one.
+const ROLLING: Rolling = Rolling { segment_bytes: 48 << 10, segment_age: Duration::from_secs(1 << 30) };
+const FAULT_PER_MILLE: u32 = 40;
+const DEATH_PER_MILLE: u64 = 40;
+const OPEN_DEATH_PER_MILLE: u64 = 150;
+const OPEN_ATTEMPTS: usize = 3;
+const TRACE_SHOWN_STEPS: usize = 40;
+
+pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
+    let mut run = Run::new(seed);
+    run.go().map(|()| run.report())
+}
+
+pub(super) fn trace_of(seed: u64) -> Vec<String> {
+    let mut run = Run::new(seed);
+    let _ = run.go();
+    run.trace
+}
+
+/// What the simulator knows must be true of the journal.
+#[derive(Default)]
+struct Model {
+    /// Every record the protected side has, by seq: its encoding. Those
+    /// past `acked` are sent (again) from there.
+    records: BTreeMap<u64, Vec<u8>>,
+    /// The journal said it holds every record through this seq.
+    acked: u64,
+}
+
+struct Run {
+    seed: u64,
+    rng: SimRng,
+    fs: SimStorage,
+    dir: PathBuf,
+    files: Option<SegmentFiles>,
+    faults_on: bool,
+    model: Model,
+    step: u64,
+    trace: Vec<String>,
+    report: SeedReport,
+}
+
+enum Stop {
+    Crash,
+    PowerCut,
+}
+
+type Checked = Result<(), Box<Violation>>;
+
+impl Run {
+    fn new(seed: u64) -> Self {
+        Run {
+            seed,
+            rng: SimRng::new(seed ^ 0x10A2_4A11_5EED_0002),
+            fs: SimStorage::new(seed ^ 0x10A2),
+            dir: PathBuf::from("/sim/journal"),
+            files: None,
+            faults_on: false,
+            model: Model::default(),
+            step: 0,
+            trace: Vec::new(),
+            report: SeedReport::default(),
+        }
+    }
+
+    fn report(&self) -> SeedReport {
+        let fs = self.fs.stats();
+        SeedReport {
+            faults: fs.faults,
+            crashes: fs.crashes,
+            power_cuts: fs.power_cuts,
+            torn_tails: fs.torn_tails,
+            failed_syncs: fs.failed_syncs,
+            failed_removals: fs.failed_removals,
+            ..self.report
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        self.trace.push(format!("{:>3} journal: {what}", self.step));
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Box<Violation> {
+        let shown = self.trace.len().saturating_sub(TRACE_SHOWN_STEPS);
+        Box::new(Violation { seed: self.seed, step: self.step, invariant, detail, trace: self.trace[shown..].to_vec() })
+    }
+
+    fn check(&mut self, holds: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Checked {
+        self.report.checks += 1;
+        if holds {
+            Ok(())
+        } else {
+            Err(self.violation(invariant, detail()))
+        }
+    }
+
+    fn apply_faults(&self) {
+        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
+    }
+
+    fn go(&mut self) -> Checked {
+        self.fs.create_dir_all(&self.dir).expect("a new simulated directory");
+        self.reopen()?;
+        while self.step < STEPS {
+            self.step += 1;
+            self.report.steps += 1;
+            if self.rng.chance(DEATH_PER_MILLE) {
+                let ops = self.rng.below(8);
+                self.fs.die_after(ops);
+                self.note(format!("the process will die after {ops} more storage operations"));
+            }
+            match self.rng.below(100) {
+                0..=74 => self.append()?,
+                75..=84 => {
+                    self.faults_on = !self.faults_on;
+                    self.apply_faults();
+                    self.note(format!("faults {}", if self.faults_on { "on" } else { "off" }));
+                }
+                85..=92 => self.restart(Stop::Crash)?,
+                _ => self.restart(Stop::PowerCut)?,
+            }
+            if self.fs.is_dead() {
+                self.note("the process died in the middle of that step".into());
+                let stop = if self.rng.below(2) == 0 { Stop::Crash } else { Stop::PowerCut };
+                self.restart(stop)?;
+            }
+        }
+        self.faults_on = false;
+        self.apply_faults();
+        self.restart(Stop::PowerCut)
+    }
+
+    /// The next record the protected side makes, at `seq`.
+    fn make_record(&mut self, seq: u64) -> Vec<u8> {
+        let body = if seq == 1 {
+            RecordBody::StreamStart { time_ms: 1, stream_id: 7 }
+        } else {
+            match self.rng.below(10) {
+                0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t{seq}"), resync: false },
+                1 => RecordBody::Zero { volume: 0, offset: self.rng.below(1 << 20) * 512, length: 4096 },
+                _ => {
+                    let len = match self.rng.below(8) {
+                        0 => 1 + self.rng.below(40 << 10) as usize,
+                        _ => 1 + self.rng.below(4 << 10) as usize,
+                    };
+                    let mut data = vec![0u8; len];
+                    self.rng.fill(&mut data);
+                    RecordBody::Write { volume: self.rng.below(3) as u32, offset: self.rng.below(1 << 20) * 512, data }
+                }
+            }
+        };
+        Record { seq, vpg_id: VPG_ID, body }.encode()
+    }
+
+    /// Sends the records after the journal's durable seq, some new ones
+    /// among them, as one batch.
+    fn append(&mut self) -> Checked {
+        let first = self.model.acked + 1;
+        let count = 1 + self.rng.below(6);
+        let mut bytes = Vec::new();
+        for seq in first..first + count {
+            if !self.model.records.contains_key(&seq) {
+                let record = self.make_record(seq);
+                self.model.records.insert(seq, record);
+            }
+            bytes.extend_from_slice(&self.model.records[&seq]);
+        }
+        let last = first + count - 1;
+        let files = self.files.as_mut().expect("the journal is open");
+        match files.append(&bytes, first) {
+            Ok(()) => {
+                self.model.acked = last;
+                self.report.journal_records += count;
+                self.note(format!("append seqs {first}..={last} ({} bytes)", bytes.len()));
+            }
+            Err(e) => {
+                let may_fail = self.faults_on || self.fs.is_dead();
+                self.check(may_fail, "a journal append fails only on an injected fault", || format!("{e:#}"))?;
+                self.note(format!("append seqs {first}..={last}: failed: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, stop: Stop) -> Checked {
+        self.files = None;
+        match stop {
+            Stop::Crash => {
+                self.fs.crash();
+                self.note("kill the process".into());
+            }
+            Stop::PowerCut => {
+                self.fs.power_cut();
+                self.note("cut the power".into());
+            }
+        }
+        self.reopen()
+    }
+
+    /// Opens the journal after a stop (now and then dying while it does,
+    /// its successor opening what it left), and checks what it holds.
+    fn reopen(&mut self) -> Checked {
+        if self.rng.chance(OPEN_DEATH_PER_MILLE) {
+            let ops = self.rng.below(12);
+            self.fs.die_after(ops);
+            self.note(format!("the opening process will die after {ops} more storage operations"));
+        }
+        let mut faults = self.faults_on;
+        for _attempt in 0..OPEN_ATTEMPTS {
+            let mut read = Vec::new();
+            let opened = self.open_once(&mut read);
+            if self.fs.is_dead() {
+                drop(opened);
+                if self.rng.below(2) == 0 {
+                    self.fs.crash();
+                    self.note("the process died while opening the journal: kill".into());
+                } else {
+                    self.fs.power_cut();
+                    self.note("the process died while opening the journal: cut the power".into());
+                }
+                continue;
+            }
+            match opened {
+                Ok((files, damage)) => {
+                    self.apply_faults();
+                    self.files = Some(files);
+                    return self.check_opened(&read, damage);
+                }
+                Err(e) if faults => {
+                    self.note(format!("open failed on a fault: {e:#}; again without faults"));
+                    faults = false;
+                    self.fs.set_fault_per_mille(0);
+                }
+                Err(e) => return Err(self.violation("the journal opens again after any stop", format!("{e:#}"))),
+            }
+        }
+        Err(self.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
+    }
+
+    /// One open: what it read (seq, encoding) into `read`.
+    fn open_once(&self, read: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<(SegmentFiles, Option<String>)> {
+        let forget = &mut |_: &Path| Ok(());
+        let outcome = segments::recover(&self.fs, &self.dir, VPG_ID, forget, |rec, _| {
+            read.push((rec.seq, rec.encode()));
+        })?;
+        let next_seq = outcome.last_seq + 1;
+        let files = SegmentFiles::open(Arc::new(self.fs.clone()), &self.dir, VPG_ID, ROLLING, next_seq)?;
+        Ok((files, outcome.damage.map(|d| d.to_string())))
+    }
+
+    fn check_opened(&mut self, read: &[(u64, Vec<u8>)], damage: Option<String>) -> Checked {
+        let last = read.last().map_or(0, |(seq, _)| *seq);
+        let acked = self.model.acked;
+        self.check(last >= acked, "no record the journal acknowledged is lost", || {
+            format!("acknowledged through {acked}, the journal opens ending at {last}; damage: {damage:?}")
+        })?;
+        // One check each for the whole journal read (it grows all run).
+        let gap = read.iter().enumerate().find(|(i, (seq, _))| *seq != *i as u64 + 1);
+        self.check(gap.is_none(), "the journal holds the stream in order, without gaps", || {
+            let (i, (seq, _)) = gap.expect("found");
+            format!("seq {seq} where {} was due", i + 1)
+        })?;
+        let differs = read.iter().find(|(seq, bytes)| self.model.records.get(seq) != Some(bytes));
+        self.check(differs.is_none(), "the journal holds each record as it was sent", || {
+            format!("seq {} differs", differs.expect("found").0)
+        })?;
+        // What an open finds is what the receiver advertises as durable.
+        self.model.acked = last;
+        if damage.is_some() {
+            self.report.journal_cuts += 1;
+        }
+        self.note(format!(
+            "opened: through seq {last}{}",
+            damage.map(|d| format!(", cut: {}", short(&d))).unwrap_or_default()
+        ));
+        Ok(())
+    }
+}
