@@ -63,6 +63,16 @@ REVERTS = {
         "        before_dropping(&what)?;\n",
         "        let _ = (what, before_dropping);\n",
     ),
+    "journal-tail-read-from-page-cache": (
+        "agent/src/journal/scan.rs",
+        "    scan_journal_with(fs, Source::Disk, dir, vpg_id, |rec, at| {",
+        "    scan_journal_with(fs, Source::PageCache, dir, vpg_id, |rec, at| { let _ = Source::Disk;",
+    ),
+    "journal-roll-leftover-kept": (
+        "agent/src/journal/segments.rs",
+        "            if self.fs.exists(&leftover) {",
+        "            if false && self.fs.exists(&leftover) {",
+    ),
 }
 
 if sys.argv[1:] == ["--list"]:

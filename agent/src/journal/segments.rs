@@ -6,7 +6,7 @@
 
 use super::scan::{scan_journal_on, Damage, RecordAt, ScanOutcome};
 use crate::record::Record;
-use crate::segment::{create_segment_on, list_segments_on, remove_unfinished_creations_on, SegmentKind};
+use crate::segment::{create_segment_on, list_segments_on, remove_unfinished_creations_on, segment_path, SegmentKind};
 use crate::storage::{Storage, StorageFile};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -167,6 +167,15 @@ impl SegmentFiles {
         let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
         let old = self.current_opened.elapsed() >= self.rolling.segment_age;
         if self.current_len >= self.rolling.segment_bytes || (old && holds_records) {
+            // A roll that failed after naming its segment (the directory's
+            // sync failed, and then its removal) left it, empty: no record
+            // was appended there. Without this, every later roll at this
+            // seq, so every resending of the batch, would fail on it.
+            let leftover = segment_path(&self.dir, SegmentKind::Journal, first_seq);
+            if self.fs.exists(&leftover) {
+                tracing::warn!("journal: removing {}, left by a roll that failed", leftover.display());
+                self.fs.remove_file(&leftover).with_context(|| format!("removing {}", leftover.display()))?;
+            }
             let (_, f) = create_segment_on(&*self.fs, &self.dir, SegmentKind::Journal, self.vpg_id, first_seq, 0, &[])?;
             self.current_len = f.size().context("sizing a new journal segment")?;
             self.current = f;
