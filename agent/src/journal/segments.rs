@@ -164,6 +164,7 @@ impl SegmentFiles {
     /// off and that is made durable), so the batch can come again; when
     /// even that fails the process stops, as it can promise nothing.
     pub fn append(&mut self, bytes: &[u8], first_seq: u64) -> Result<()> {
+        assert!(first_seq > 0 && bytes.len() >= crate::record::RECORD_HEADER_BYTES, "a batch of no record");
         let holds_records = self.current_len > crate::segment::SEGMENT_HEADER_BYTES as u64;
         let old = self.current_opened.elapsed() >= self.rolling.segment_age;
         if self.current_len >= self.rolling.segment_bytes || (old && holds_records) {

@@ -328,6 +328,9 @@ impl ProtectedLog {
         }
         let seq = inner.next_seq;
         let (header, payload) = encode_split(seq, self.vpg_id, body);
+        // Accounting that went wrong would wrap here, silently, in a
+        // release build: the log would then never find itself full.
+        assert!(inner.reserved_bytes >= space.bytes, "{} reserved, {} released", inner.reserved_bytes, space.bytes);
         inner.reserved_bytes -= space.bytes;
         let unused = std::mem::take(&mut space.bytes) - len as u64;
         let written = (|| {
@@ -527,6 +530,7 @@ impl ProtectedLog {
                     break;
                 }
                 let seg = inner.closed.pop_front().expect("non-empty");
+                assert!(inner.bytes_total >= seg.bytes, "{} bytes in all, {} retired", inner.bytes_total, seg.bytes);
                 inner.bytes_total -= seg.bytes;
                 retired.push_back(seg);
             }
