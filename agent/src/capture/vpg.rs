@@ -12,13 +12,13 @@
 //! (`bitmap_mode`), or, if the log lost what it had made durable, a new
 //! stream starts.
 
-use super::activity::{extent_range, ActivityLog};
+use super::activity::{extent_range, ActivityFound, ActivityLog};
 use super::alert::Detection;
 use super::bitmap_state::{BitmapState, CaptureMode};
-use super::dirty_map::DirtyMap;
+use super::dirty_map::{DirtyMap, LoadError};
 use super::volume::Volume;
 use crate::config::{BitmapConfig, ReplicationMode};
-use crate::log::{CaptureState, LogSpace, ProtectedLog};
+use crate::log::{CaptureState, LogOpenReport, LogSpace, ProtectedLog};
 use crate::nbd::export::Refusal;
 use crate::protected_state::{self, Event, WritesRefused};
 use crate::record::{now_ms, RecordBody, RECORD_HEADER_BYTES};
@@ -169,74 +169,19 @@ impl VpgCapture {
             true => Ok(None),
             false => DirtyMap::load(dir, vpg_id, granularity, &shapes),
         };
-        // The log must hold everything it had made durable: ending before
-        // that (cut now, or by an earlier start that stopped before its new
-        // stream) it lost records the recovery side may hold.
         let log_end = report.next_seq - 1;
         let mut why_dirty = String::new();
         let new_stream = if report.fresh {
             // A new log copies every volume anyway.
             activity.finish_epoch(0, activity.generation(), true, false)?;
             None
-        } else if found.unknown || dropped_stream.is_some() || log_end < found.durable_through || stored_map.is_err() {
-            let why = match (&report.cut, found.unknown, &stored_map) {
-                _ if dropped_stream.is_some() => dropped_stream.clone().unwrap_or_default(),
-                (_, true, _) => found.why.clone().unwrap_or_default(),
-                (Some(cut), false, _) => format!(
-                    "the protected log lost records it had made durable ({}; durable through seq {})",
-                    cut.damage, found.durable_through
-                ),
-                (None, false, Err(e)) => format!("the dirty map cannot be trusted ({e})"),
-                (None, false, Ok(_)) => format!(
-                    "the protected log ends at seq {log_end}, before seq {} it had made durable",
-                    found.durable_through
-                ),
-            };
+        } else if let Some(why) = new_stream_due(&found, &report, &stored_map, dropped_stream) {
             // Said durably first: a stop before the new stream asks again.
             activity.require_new_stream()?;
             Some(why)
         } else {
-            let mut ranges: Vec<(u32, u64, u64)> = found
-                .unclean
-                .iter()
-                .filter_map(|(volume, extent)| {
-                    let size = volumes.get(*volume as usize)?.size;
-                    let (offset, length) = extent_range(*extent);
-                    (offset < size).then(|| (*volume, offset, length.min(size - offset)))
-                })
-                .collect();
-            if let Some((volume, offset, length)) = report.last_update {
-                let fits = volumes
-                    .get(volume as usize)
-                    .is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
-                if fits {
-                    // Kept durably until the first epoch stores the dirty map:
-                    // a second stop before then must find it, whatever was
-                    // appended meanwhile.
-                    activity.require_start_resync(&[(volume, offset, length)])?;
-                    ranges.push((volume, offset, length));
-                }
-            }
-            for (volume, offset, length) in &ranges {
-                dirty.mark(*volume, *offset, *length);
-            }
-            if let Ok(Some(stored)) = &stored_map {
-                dirty.merge(stored);
-            }
-            if !dirty.is_empty() {
-                let stored = matches!(&stored_map, Ok(Some(m)) if !m.is_empty());
-                why_dirty = match (&found.why, stored) {
-                    (_, true) => "bitmap mode or a resync was under way (the dirty map names regions)".to_string(),
-                    (Some(why), false) => why.clone(),
-                    (None, false) => "the agent stopped while writing".to_string(),
-                };
-                tracing::warn!(
-                    vpg = %name,
-                    "{why_dirty}: {} of volume data are read again into the stream before the next checkpoint",
-                    crate::status::format_bytes(dirty.dirty_bytes())
-                );
-                activity.use_map()?;
-            }
+            let start = StartFound { volumes: &volumes, found: &found, report: &report, stored_map: &stored_map };
+            why_dirty = start.mark_dirty(&name, &mut activity, &mut dirty)?;
             None
         };
         // No writer yet: the resync's start is marked before any write.
@@ -835,6 +780,98 @@ impl VpgCapture {
             let done = complete.wait_for(|c| c.is_some()).await.context("waiting for the new stream's copy")?;
             seq = done.expect("waited for Some");
         }
+    }
+}
+
+/// Why a start cannot go on with the stream the log holds, if so: the log
+/// must hold everything it had made durable, and ending before that (cut
+/// now, or by an earlier start that stopped before its new stream) it
+/// lost records the recovery side may hold; it dropped another stream's
+/// records (`dropped_stream`, see `log::BeforeDroppingStream`); or the
+/// dirty map, which says what a resync must read, cannot be trusted.
+fn new_stream_due(
+    found: &ActivityFound,
+    report: &LogOpenReport,
+    stored_map: &Result<Option<DirtyMap>, LoadError>,
+    dropped_stream: Option<String>,
+) -> Option<String> {
+    let log_end = report.next_seq - 1;
+    if let Some(what) = dropped_stream {
+        return Some(what);
+    }
+    if found.unknown {
+        return Some(found.why.clone().unwrap_or_default());
+    }
+    match (&report.cut, stored_map) {
+        _ if log_end >= found.durable_through && stored_map.is_ok() => None,
+        (Some(cut), _) if log_end < found.durable_through => Some(format!(
+            "the protected log lost records it had made durable ({}; durable through seq {})",
+            cut.damage, found.durable_through
+        )),
+        (_, Err(e)) => Some(format!("the dirty map cannot be trusted ({e})")),
+        (_, Ok(_)) => Some(format!(
+            "the protected log ends at seq {log_end}, before seq {} it had made durable",
+            found.durable_through
+        )),
+    }
+}
+
+/// What a start found that goes on with its stream.
+struct StartFound<'a> {
+    volumes: &'a [Volume],
+    found: &'a ActivityFound,
+    report: &'a LogOpenReport,
+    stored_map: &'a Result<Option<DirtyMap>, LoadError>,
+}
+
+impl StartFound<'_> {
+    /// Marks in `dirty` what must be read again into the stream before the
+    /// next consistent checkpoint: extents the activity log says may
+    /// differ between volume and log, the newest logged update (the volume
+    /// may not hold it), and what a stored dirty map names. Returns why,
+    /// or "" when nothing is.
+    fn mark_dirty(&self, name: &str, activity: &mut ActivityLog, dirty: &mut DirtyMap) -> Result<String> {
+        let volumes = self.volumes;
+        let mut ranges: Vec<(u32, u64, u64)> = (self.found.unclean.iter())
+            .filter_map(|(volume, extent)| {
+                let size = volumes.get(*volume as usize)?.size;
+                let (offset, length) = extent_range(*extent);
+                (offset < size).then(|| (*volume, offset, length.min(size - offset)))
+            })
+            .collect();
+        if let Some((volume, offset, length)) = self.report.last_update {
+            let fits =
+                volumes.get(volume as usize).is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
+            if fits {
+                // Kept durably until the first epoch stores the dirty map:
+                // a second stop before then must find it, whatever was
+                // appended meanwhile.
+                activity.require_start_resync(&[(volume, offset, length)])?;
+                ranges.push((volume, offset, length));
+            }
+        }
+        for (volume, offset, length) in &ranges {
+            dirty.mark(*volume, *offset, *length);
+        }
+        if let Ok(Some(stored)) = self.stored_map {
+            dirty.merge(stored);
+        }
+        if dirty.is_empty() {
+            return Ok(String::new());
+        }
+        let stored = matches!(self.stored_map, Ok(Some(m)) if !m.is_empty());
+        let why = match (&self.found.why, stored) {
+            (_, true) => "bitmap mode or a resync was under way (the dirty map names regions)".to_string(),
+            (Some(why), false) => why.clone(),
+            (None, false) => "the agent stopped while writing".to_string(),
+        };
+        tracing::warn!(
+            vpg = %name,
+            "{why}: {} of volume data are read again into the stream before the next checkpoint",
+            crate::status::format_bytes(dirty.dirty_bytes())
+        );
+        activity.use_map()?;
+        Ok(why)
     }
 }
 
