@@ -42,6 +42,7 @@ bench: build image
 	@tests/bench/run.sh
 	@tests/bench/appliance.sh
 	@tests/bench/iscsi.sh
+	@tests/bench/page_churn.sh
 	@tests/bench/index.sh
 	@tests/bench/detection.sh
 	@tests/bench/verify.sh
