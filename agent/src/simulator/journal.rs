@@ -15,6 +15,7 @@
 //! Not simulated here: the index, the stream rules, the applier and the
 //! retiring of history (`Journal` around these files), and the link.
 
+use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::journal::segments::{self, Rolling, SegmentFiles};
@@ -30,21 +31,16 @@ const VPG_ID: u32 = 0x10_5EED;
 const STEPS: u64 = 200;
 /// Small segments, so that a batch often starts a new one.
 const ROLLING: Rolling = Rolling { segment_bytes: 48 << 10, segment_age: Duration::from_secs(1 << 30) };
-const FAULT_PER_MILLE: u32 = 40;
-const DEATH_PER_MILLE: u64 = 40;
-const OPEN_DEATH_PER_MILLE: u64 = 150;
-const OPEN_ATTEMPTS: usize = 3;
-const TRACE_SHOWN_STEPS: usize = 40;
 
 pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
     let mut run = Run::new(seed);
-    run.go().map(|()| run.report())
+    run.go().map(|()| run.h.report())
 }
 
 pub(super) fn trace_of(seed: u64) -> Vec<String> {
     let mut run = Run::new(seed);
     let _ = run.go();
-    run.trace
+    run.h.trace
 }
 
 /// What the simulator knows must be true of the journal.
@@ -58,105 +54,43 @@ struct Model {
 }
 
 struct Run {
-    seed: u64,
-    rng: SimRng,
-    fs: SimStorage,
+    h: Harness,
     dir: PathBuf,
     files: Option<SegmentFiles>,
-    faults_on: bool,
     model: Model,
-    step: u64,
-    trace: Vec<String>,
-    report: SeedReport,
 }
-
-enum Stop {
-    Crash,
-    PowerCut,
-}
-
-type Checked = Result<(), Box<Violation>>;
 
 impl Run {
     fn new(seed: u64) -> Self {
+        let rng = SimRng::new(seed ^ 0x10A2_4A11_5EED_0002);
         Run {
-            seed,
-            rng: SimRng::new(seed ^ 0x10A2_4A11_5EED_0002),
-            fs: SimStorage::new(seed ^ 0x10A2),
+            h: Harness::new(seed, rng, SimStorage::new(seed ^ 0x10A2), "journal: "),
             dir: PathBuf::from("/sim/journal"),
             files: None,
-            faults_on: false,
             model: Model::default(),
-            step: 0,
-            trace: Vec::new(),
-            report: SeedReport::default(),
         }
-    }
-
-    fn report(&self) -> SeedReport {
-        let fs = self.fs.stats();
-        SeedReport {
-            faults: fs.faults,
-            crashes: fs.crashes,
-            power_cuts: fs.power_cuts,
-            torn_tails: fs.torn_tails,
-            failed_syncs: fs.failed_syncs,
-            failed_removals: fs.failed_removals,
-            ..self.report
-        }
-    }
-
-    fn note(&mut self, what: String) {
-        self.trace.push(format!("{:>3} journal: {what}", self.step));
-    }
-
-    fn violation(&self, invariant: &'static str, detail: String) -> Box<Violation> {
-        let shown = self.trace.len().saturating_sub(TRACE_SHOWN_STEPS);
-        Box::new(Violation { seed: self.seed, step: self.step, invariant, detail, trace: self.trace[shown..].to_vec() })
-    }
-
-    fn check(&mut self, holds: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Checked {
-        self.report.checks += 1;
-        if holds {
-            Ok(())
-        } else {
-            Err(self.violation(invariant, detail()))
-        }
-    }
-
-    fn apply_faults(&self) {
-        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
     }
 
     fn go(&mut self) -> Checked {
-        self.fs.create_dir_all(&self.dir).expect("a new simulated directory");
+        self.h.fs.create_dir_all(&self.dir).expect("a new simulated directory");
         self.reopen()?;
-        while self.step < STEPS {
-            self.step += 1;
-            self.report.steps += 1;
-            if self.rng.chance(DEATH_PER_MILLE) {
-                let ops = self.rng.below(8);
-                self.fs.die_after(ops);
-                self.note(format!("the process will die after {ops} more storage operations"));
-            }
-            match self.rng.below(100) {
+        while self.h.step < STEPS {
+            self.h.step += 1;
+            self.h.report.steps += 1;
+            self.h.maybe_die();
+            match self.h.rng.below(100) {
                 0..=74 => self.append()?,
-                75..=84 => {
-                    self.faults_on = !self.faults_on;
-                    self.apply_faults();
-                    self.note(format!("faults {}", if self.faults_on { "on" } else { "off" }));
-                }
+                75..=84 => self.h.toggle_faults(),
                 85..=92 => self.restart(Stop::Crash)?,
                 _ => self.restart(Stop::PowerCut)?,
             }
-            if self.fs.is_dead() {
-                self.note("the process died in the middle of that step".into());
-                let stop = if self.rng.below(2) == 0 { Stop::Crash } else { Stop::PowerCut };
+            if self.h.fs.is_dead() {
+                let stop = self.h.stop_after_death();
                 self.restart(stop)?;
             }
         }
-        self.faults_on = false;
-        self.apply_faults();
+        self.h.faults_on = false;
+        self.h.apply_faults();
         self.restart(Stop::PowerCut)
     }
 
@@ -165,17 +99,21 @@ impl Run {
         let body = if seq == 1 {
             RecordBody::StreamStart { time_ms: 1, stream_id: 7 }
         } else {
-            match self.rng.below(10) {
+            match self.h.rng.below(10) {
                 0 => RecordBody::Checkpoint { time_ms: seq, tag: format!("t{seq}"), resync: false },
-                1 => RecordBody::Zero { volume: 0, offset: self.rng.below(1 << 20) * 512, length: 4096 },
+                1 => RecordBody::Zero { volume: 0, offset: self.h.rng.below(1 << 20) * 512, length: 4096 },
                 _ => {
-                    let len = match self.rng.below(8) {
-                        0 => 1 + self.rng.below(40 << 10) as usize,
-                        _ => 1 + self.rng.below(4 << 10) as usize,
+                    let len = match self.h.rng.below(8) {
+                        0 => 1 + self.h.rng.below(40 << 10) as usize,
+                        _ => 1 + self.h.rng.below(4 << 10) as usize,
                     };
                     let mut data = vec![0u8; len];
-                    self.rng.fill(&mut data);
-                    RecordBody::Write { volume: self.rng.below(3) as u32, offset: self.rng.below(1 << 20) * 512, data }
+                    self.h.rng.fill(&mut data);
+                    RecordBody::Write {
+                        volume: self.h.rng.below(3) as u32,
+                        offset: self.h.rng.below(1 << 20) * 512,
+                        data,
+                    }
                 }
             }
         };
@@ -186,7 +124,7 @@ impl Run {
     /// among them, as one batch.
     fn append(&mut self) -> Checked {
         let first = self.model.acked + 1;
-        let count = 1 + self.rng.below(6);
+        let count = 1 + self.h.rng.below(6);
         let mut bytes = Vec::new();
         for seq in first..first + count {
             if !self.model.records.contains_key(&seq) {
@@ -200,13 +138,13 @@ impl Run {
         match files.append(&bytes, first) {
             Ok(()) => {
                 self.model.acked = last;
-                self.report.journal_records += count;
-                self.note(format!("append seqs {first}..={last} ({} bytes)", bytes.len()));
+                self.h.report.journal_records += count;
+                self.h.note(format!("append seqs {first}..={last} ({} bytes)", bytes.len()));
             }
             Err(e) => {
-                let may_fail = self.faults_on || self.fs.is_dead();
-                self.check(may_fail, "a journal append fails only on an injected fault", || format!("{e:#}"))?;
-                self.note(format!("append seqs {first}..={last}: failed: {e:#}"));
+                let may_fail = self.h.faults_on || self.h.fs.is_dead();
+                self.h.check(may_fail, "a journal append fails only on an injected fault", || format!("{e:#}"))?;
+                self.h.note(format!("append seqs {first}..={last}: failed: {e:#}"));
             }
         }
         Ok(())
@@ -214,92 +152,72 @@ impl Run {
 
     fn restart(&mut self, stop: Stop) -> Checked {
         self.files = None;
-        match stop {
-            Stop::Crash => {
-                self.fs.crash();
-                self.note("kill the process".into());
-            }
-            Stop::PowerCut => {
-                self.fs.power_cut();
-                self.note("cut the power".into());
-            }
-        }
+        self.h.stop(stop);
         self.reopen()
     }
 
     /// Opens the journal after a stop (now and then dying while it does,
     /// its successor opening what it left), and checks what it holds.
     fn reopen(&mut self) -> Checked {
-        if self.rng.chance(OPEN_DEATH_PER_MILLE) {
-            let ops = self.rng.below(12);
-            self.fs.die_after(ops);
-            self.note(format!("the opening process will die after {ops} more storage operations"));
-        }
-        let mut faults = self.faults_on;
+        self.h.maybe_die_opening();
+        let mut faults = self.h.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
             let mut read = Vec::new();
             let opened = self.open_once(&mut read);
-            if self.fs.is_dead() {
+            if self.h.died_opening("journal") {
                 drop(opened);
-                if self.rng.below(2) == 0 {
-                    self.fs.crash();
-                    self.note("the process died while opening the journal: kill".into());
-                } else {
-                    self.fs.power_cut();
-                    self.note("the process died while opening the journal: cut the power".into());
-                }
                 continue;
             }
             match opened {
                 Ok((files, damage)) => {
-                    self.apply_faults();
+                    self.h.apply_faults();
                     self.files = Some(files);
                     return self.check_opened(&read, damage);
                 }
                 Err(e) if faults => {
-                    self.note(format!("open failed on a fault: {e:#}; again without faults"));
+                    self.h.note(format!("open failed on a fault: {e:#}; again without faults"));
                     faults = false;
-                    self.fs.set_fault_per_mille(0);
+                    self.h.fs.set_fault_per_mille(0);
                 }
-                Err(e) => return Err(self.violation("the journal opens again after any stop", format!("{e:#}"))),
+                Err(e) => return Err(self.h.violation("the journal opens again after any stop", format!("{e:#}"))),
             }
         }
-        Err(self.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
+        Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
     }
 
     /// One open: what it read (seq, encoding) into `read`.
     fn open_once(&self, read: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<(SegmentFiles, Option<String>)> {
         let forget = &mut |_: &Path| Ok(());
-        let outcome = segments::recover(&self.fs, &self.dir, VPG_ID, forget, |rec, _| {
+        let outcome = segments::recover(&self.h.fs, &self.dir, VPG_ID, forget, |rec, _| {
             read.push((rec.seq, rec.encode()));
         })?;
         let next_seq = outcome.last_seq + 1;
-        let files = SegmentFiles::open(Arc::new(self.fs.clone()), &self.dir, VPG_ID, ROLLING, next_seq)?;
+        let files = SegmentFiles::open(Arc::new(self.h.fs.clone()), &self.dir, VPG_ID, ROLLING, next_seq)?;
         Ok((files, outcome.damage.map(|d| d.to_string())))
     }
 
     fn check_opened(&mut self, read: &[(u64, Vec<u8>)], damage: Option<String>) -> Checked {
         let last = read.last().map_or(0, |(seq, _)| *seq);
         let acked = self.model.acked;
-        self.check(last >= acked, "no record the journal acknowledged is lost", || {
+        self.h.check(last >= acked, "no record the journal acknowledged is lost", || {
             format!("acknowledged through {acked}, the journal opens ending at {last}; damage: {damage:?}")
         })?;
         // One check each for the whole journal read (it grows all run).
         let gap = read.iter().enumerate().find(|(i, (seq, _))| *seq != *i as u64 + 1);
-        self.check(gap.is_none(), "the journal holds the stream in order, without gaps", || {
+        self.h.check(gap.is_none(), "the journal holds the stream in order, without gaps", || {
             let (i, (seq, _)) = gap.expect("found");
             format!("seq {seq} where {} was due", i + 1)
         })?;
         let differs = read.iter().find(|(seq, bytes)| self.model.records.get(seq) != Some(bytes));
-        self.check(differs.is_none(), "the journal holds each record as it was sent", || {
+        self.h.check(differs.is_none(), "the journal holds each record as it was sent", || {
             format!("seq {} differs", differs.expect("found").0)
         })?;
         // What an open finds is what the receiver advertises as durable.
         self.model.acked = last;
         if damage.is_some() {
-            self.report.journal_cuts += 1;
+            self.h.report.journal_cuts += 1;
         }
-        self.note(format!(
+        self.h.note(format!(
             "opened: through seq {last}{}",
             damage.map(|d| format!(", cut: {}", short(&d))).unwrap_or_default()
         ));

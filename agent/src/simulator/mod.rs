@@ -14,6 +14,7 @@
 //!   model sender resends after every failure, against a model of what
 //!   the journal acknowledged.
 
+mod harness;
 mod journal;
 mod protected_log;
 pub mod rng;

@@ -13,6 +13,7 @@
 //!   holds, each as it was appended (nothing whose append failed comes
 //!   back), and continues the recovery side's stream.
 
+use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
@@ -32,30 +33,20 @@ const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 <
 /// One seed in `SMALL_LOG_ONE_IN` runs a log this small, which fills.
 const SMALL_LOG_SIZE: LogSize = LogSize { capacity_bytes: 384 << 10, segment_bytes: 64 << 10 };
 const SMALL_LOG_ONE_IN: u64 = 4;
-/// While faults are on, the chance each fallible operation fails.
-const FAULT_PER_MILLE: u32 = 40;
-/// The chance, at each step, that the process dies within its next few
-/// storage operations (inside whatever the step does).
-const DEATH_PER_MILLE: u64 = 40;
-/// The chance that a process opening the log dies while it does.
-const OPEN_DEATH_PER_MILLE: u64 = 150;
-/// A death while opening, a fault, then a clean open.
-const OPEN_ATTEMPTS: usize = 3;
-const TRACE_SHOWN_STEPS: usize = 40;
 /// Longer than any wait of a healthy log on this in-memory storage.
 const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
 pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
     let mut run = Run::new(seed);
     let out = runtime().block_on(run.go());
-    out.map(|()| run.report())
+    out.map(|()| run.h.report())
 }
 
 /// Every step a seed takes.
 pub(super) fn trace_of(seed: u64) -> Vec<String> {
     let mut run = Run::new(seed);
     let _ = runtime().block_on(run.go());
-    run.trace
+    run.h.trace
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -92,84 +83,28 @@ struct Model {
 }
 
 struct Run {
-    seed: u64,
-    rng: SimRng,
-    fs: SimStorage,
+    h: Harness,
     clock: Arc<ManualClock>,
     dir: PathBuf,
     size: LogSize,
     log: Option<Arc<ProtectedLog>>,
     cursor: Option<LogCursor>,
-    faults_on: bool,
     model: Model,
-    step: u64,
-    trace: Vec<String>,
-    report: SeedReport,
 }
-
-enum Stop {
-    Crash,
-    PowerCut,
-}
-
-type Checked = Result<(), Box<Violation>>;
 
 impl Run {
     fn new(seed: u64) -> Self {
         let mut rng = SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001);
         let size = if rng.below(SMALL_LOG_ONE_IN) == 0 { SMALL_LOG_SIZE } else { LOG_SIZE };
         Run {
-            seed,
-            rng,
+            h: Harness::new(seed, rng, SimStorage::new(seed), ""),
             size,
-            fs: SimStorage::new(seed),
             clock: Arc::new(ManualClock::starting_at(1_700_000_000_000)),
             dir: PathBuf::from("/sim/log"),
             log: None,
             cursor: None,
-            faults_on: false,
             model: Model::default(),
-            step: 0,
-            trace: Vec::new(),
-            report: SeedReport::default(),
         }
-    }
-
-    fn report(&self) -> SeedReport {
-        let fs = self.fs.stats();
-        SeedReport {
-            faults: fs.faults,
-            crashes: fs.crashes,
-            power_cuts: fs.power_cuts,
-            torn_tails: fs.torn_tails,
-            failed_syncs: fs.failed_syncs,
-            failed_removals: fs.failed_removals,
-            ..self.report
-        }
-    }
-
-    fn note(&mut self, what: String) {
-        self.trace.push(format!("{:>3} {what}", self.step));
-    }
-
-    fn violation(&self, invariant: &'static str, detail: String) -> Box<Violation> {
-        let shown = self.trace.len().saturating_sub(TRACE_SHOWN_STEPS);
-        Box::new(Violation { seed: self.seed, step: self.step, invariant, detail, trace: self.trace[shown..].to_vec() })
-    }
-
-    fn check(&mut self, holds: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Checked {
-        self.report.checks += 1;
-        if holds {
-            Ok(())
-        } else {
-            Err(self.violation(invariant, detail()))
-        }
-    }
-
-    /// Whether an operation may fail now: faults are on, or the process
-    /// died in the middle of the step.
-    fn may_fail(&self) -> bool {
-        self.faults_on || self.fs.is_dead()
     }
 
     fn log(&self) -> Arc<ProtectedLog> {
@@ -178,45 +113,40 @@ impl Run {
 
     async fn go(&mut self) -> Checked {
         self.open_first()?;
-        while self.step < STEPS {
-            self.step += 1;
-            self.report.steps += 1;
-            self.clock.advance_ms(self.rng.below(50));
+        while self.h.step < STEPS {
+            self.h.step += 1;
+            self.h.report.steps += 1;
+            self.clock.advance_ms(self.h.rng.below(50));
             if let Some(why) = self.log().broken() {
-                self.note(format!("the log is broken ({why}): kill the process"));
+                self.h.note(format!("the log is broken ({why}): kill the process"));
                 self.restart(Stop::Crash).await?;
                 continue;
             }
-            if self.rng.chance(DEATH_PER_MILLE) {
-                let ops = self.rng.below(8);
-                self.fs.die_after(ops);
-                self.note(format!("the process will die after {ops} more storage operations"));
-            }
-            match self.rng.below(100) {
+            self.h.maybe_die();
+            match self.h.rng.below(100) {
                 0..=39 => self.append_write()?,
                 40..=44 => self.append_marker()?,
                 45..=59 => self.sync().await?,
                 60..=74 => self.send()?,
                 75..=84 => self.ack(),
                 85..=86 => self.start_stream()?,
-                87..=90 => self.toggle_faults(),
+                87..=90 => self.h.toggle_faults(),
                 91..=95 => self.restart(Stop::Crash).await?,
                 _ => self.restart(Stop::PowerCut).await?,
             }
-            if self.fs.is_dead() {
-                self.note("the process died in the middle of that step".into());
-                let stop = if self.rng.below(2) == 0 { Stop::Crash } else { Stop::PowerCut };
+            if self.h.fs.is_dead() {
+                let stop = self.h.stop_after_death();
                 self.restart(stop).await?;
             }
         }
         // The end: no faults, a power cut, and everything durable is there.
-        self.faults_on = false;
-        self.fs.set_fault_per_mille(0);
+        self.h.faults_on = false;
+        self.h.fs.set_fault_per_mille(0);
         self.restart(Stop::PowerCut).await
     }
 
     fn env(&self) -> LogEnv {
-        LogEnv { storage: Arc::new(self.fs.clone()), clock: self.clock.clone() }
+        LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() }
     }
 
     fn open_first(&mut self) -> Checked {
@@ -225,9 +155,9 @@ impl Run {
         });
         let (log, report) = match opened {
             Ok(o) => o,
-            Err(e) => return Err(self.violation("a new log opens", format!("{e:#}"))),
+            Err(e) => return Err(self.h.violation("a new log opens", format!("{e:#}"))),
         };
-        self.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
+        self.h.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
         let start = log.appended_seq();
         self.model = Model {
             stream: log.stream_id(),
@@ -238,35 +168,38 @@ impl Run {
             acked_seq: start,
             ..Model::default()
         };
-        self.note(format!("open a new log: stream starts at seq {start}"));
+        self.h.note(format!("open a new log: stream starts at seq {start}"));
         self.log = Some(log);
         Ok(())
     }
 
     fn append_write(&mut self) -> Checked {
-        let len = match self.rng.below(20) {
-            0 => 1 + self.rng.below(300 << 10) as usize,
+        let len = match self.h.rng.below(20) {
+            0 => 1 + self.h.rng.below(300 << 10) as usize,
             1..=4 => 512,
             5..=9 => 4096,
-            _ => 1 + self.rng.below(16 << 10) as usize,
+            _ => 1 + self.h.rng.below(16 << 10) as usize,
         };
         let mut data = vec![0u8; len];
-        self.rng.fill(&mut data);
-        let body = RecordBody::Write { volume: self.rng.below(4) as u32, offset: self.rng.below(1 << 30) * 512, data };
+        self.h.rng.fill(&mut data);
+        let body =
+            RecordBody::Write { volume: self.h.rng.below(4) as u32, offset: self.h.rng.below(1 << 30) * 512, data };
         self.append(body)
     }
 
     fn append_marker(&mut self) -> Checked {
-        let body = match self.rng.below(4) {
+        let body = match self.h.rng.below(4) {
             0 => RecordBody::Zero {
-                volume: self.rng.below(4) as u32,
-                offset: self.rng.below(1 << 20) * 512,
+                volume: self.h.rng.below(4) as u32,
+                offset: self.h.rng.below(1 << 20) * 512,
                 length: 4096,
             },
-            1 => RecordBody::CopyDone { volume: self.rng.below(4) as u32 },
-            _ => {
-                RecordBody::Checkpoint { time_ms: self.clock_ms(), tag: self.any_tag(), resync: self.rng.below(8) == 0 }
-            }
+            1 => RecordBody::CopyDone { volume: self.h.rng.below(4) as u32 },
+            _ => RecordBody::Checkpoint {
+                time_ms: self.clock_ms(),
+                tag: self.any_tag(),
+                resync: self.h.rng.below(8) == 0,
+            },
         };
         self.append(body)
     }
@@ -278,44 +211,44 @@ impl Run {
     /// A tag of any characters, up to somewhat over the limit in bytes.
     fn any_tag(&mut self) -> String {
         const CHARS: [char; 8] = ['a', 'Z', '7', '-', ' ', 'é', '日', '🦀'];
-        let chars = self.rng.below(CHECKPOINT_TAG_BYTES_MAX as u64 / 2 + 40);
-        (0..chars).map(|_| CHARS[self.rng.below(CHARS.len() as u64) as usize]).collect()
+        let chars = self.h.rng.below(CHECKPOINT_TAG_BYTES_MAX as u64 / 2 + 40);
+        (0..chars).map(|_| CHARS[self.h.rng.below(CHARS.len() as u64) as usize]).collect()
     }
 
     fn append(&mut self, body: RecordBody) -> Checked {
         let log = self.log();
         let what = describe(&body);
         let Ok(bytes) = encoded_bytes(&body) else {
-            self.check(body.check().is_err(), "a record is refused only for what its readers refuse", || {
+            self.h.check(body.check().is_err(), "a record is refused only for what its readers refuse", || {
                 format!("{what} refused")
             })?;
-            self.note(format!("append {what}: refused, as its readers would refuse it"));
+            self.h.note(format!("append {what}: refused, as its readers would refuse it"));
             return Ok(());
         };
         let Some(space) = log.try_reserve_bytes(bytes) else {
             let (used, capacity) = log.usage();
             let broken = log.broken().is_some();
-            self.check(used + bytes > capacity || broken, "an append finds the log full only when it is", || {
+            self.h.check(used + bytes > capacity || broken, "an append finds the log full only when it is", || {
                 format!("{what}: {bytes} bytes refused with {used} of {capacity} used")
             })?;
-            self.report.full_log += 1;
-            self.note(format!("append {what}: the log is full"));
+            self.h.report.full_log += 1;
+            self.h.note(format!("append {what}: the log is full"));
             return Ok(());
         };
         match log.append_reserved(space, &body) {
             Ok(seq) => {
                 let due = self.model.next_seq;
-                self.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
+                self.h.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
                 self.model.next_seq = seq + 1;
                 let encoding = Record { seq, vpg_id: VPG_ID, body }.encode();
                 self.model.appended.insert(seq, Some(encoding));
-                self.report.records_appended += 1;
-                self.note(format!("append {what}: seq {seq}"));
+                self.h.report.records_appended += 1;
+                self.h.note(format!("append {what}: seq {seq}"));
             }
             Err(e) => {
-                let faults_on = self.may_fail();
-                self.check(faults_on, "an append fails only on an injected fault", || format!("{what}: {e:#}"))?;
-                self.note(format!("append {what}: failed: {e:#}"));
+                let faults_on = self.h.may_fail();
+                self.h.check(faults_on, "an append fails only on an injected fault", || format!("{what}: {e:#}"))?;
+                self.h.note(format!("append {what}: failed: {e:#}"));
             }
         }
         Ok(())
@@ -324,7 +257,7 @@ impl Run {
     async fn sync(&mut self) -> Checked {
         let log = self.log();
         let target = log.appended_seq();
-        let fs = self.fs.clone();
+        let fs = self.h.fs.clone();
         let died = async move {
             while !fs.is_dead() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -334,18 +267,18 @@ impl Run {
             biased;
             synced = tokio::time::timeout(WAIT_LIMIT, log.sync_to(target)) => synced,
             () = died => {
-                self.note(format!("sync through {target}: the process died"));
+                self.h.note(format!("sync through {target}: the process died"));
                 return Ok(());
             }
         };
         match synced {
             Ok(Ok(())) => {
                 self.model.durable_seq = self.model.durable_seq.max(target);
-                self.note(format!("sync through {target}"));
+                self.h.note(format!("sync through {target}"));
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.violation("the group commit syncs", format!("{e:#}"))),
-            Err(_) => Err(self.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
+            Ok(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
+            Err(_) => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
         }
     }
 
@@ -354,76 +287,81 @@ impl Run {
         let from = self.model.recv_seq + 1;
         // The sender's budget, scaled to the simulated records' sizes (the
         // real one is related to the receiver's limit at compile time).
-        let budget = match self.rng.below(3) {
+        let budget = match self.h.rng.below(3) {
             0 => BATCH_RAW_BYTES_TARGET,
-            _ => 1 + self.rng.below(64 << 10) as usize,
+            _ => 1 + self.h.rng.below(64 << 10) as usize,
         };
         let cursor = self.cursor.get_or_insert_with(|| log.cursor(from));
         let mut batch = BatchBuilder::default();
         if let Err(e) = cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
             self.cursor = None;
-            let faults_on = self.may_fail();
-            self.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
-            self.note(format!("send: read failed: {e:#}"));
+            let faults_on = self.h.may_fail();
+            self.h.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
+            self.h.note(format!("send: read failed: {e:#}"));
             return Ok(());
         }
         if batch.is_empty() {
-            self.note("send: nothing durable to send".into());
+            self.h.note("send: nothing durable to send".into());
             return Ok(());
         }
         let (count, raw) = (batch.count(), batch.raw_len());
-        self.check(count == 1 || raw <= budget, "a batch is one record or within the sender's budget", || {
+        self.h.check(count == 1 || raw <= budget, "a batch is one record or within the sender's budget", || {
             format!("{count} records of {raw} bytes in a budget of {budget}")
         })?;
         let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
         let decoded = match decode(&encoded, VPG_ID) {
             Ok(d) => d,
-            Err(e) => return Err(self.violation("the receiver takes every batch the sender builds", format!("{e:#}"))),
+            Err(e) => {
+                return Err(self.h.violation("the receiver takes every batch the sender builds", format!("{e:#}")))
+            }
         };
         let (first, count) = (decoded.records[0].seq, decoded.records.len());
         for (i, record) in decoded.records.iter().enumerate() {
             let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
             self.receive(record, &decoded.raw[decoded.offsets[i]..end])?;
         }
-        self.note(format!("send {count} records from seq {first}"));
+        self.h.note(format!("send {count} records from seq {first}"));
         Ok(())
     }
 
     /// The recovery side takes one record.
     fn receive(&mut self, record: &Record, bytes: &[u8]) -> Checked {
         let (seq, due, durable) = (record.seq, self.model.recv_seq + 1, self.model.durable_seq);
-        self.check(seq == due, "the stream arrives in order, without gaps", || format!("got {seq}, {due} was due"))?;
-        self.check(seq <= durable, "only durable records are sent", || {
+        self.h
+            .check(seq == due, "the stream arrives in order, without gaps", || format!("got {seq}, {due} was due"))?;
+        self.h.check(seq <= durable, "only durable records are sent", || {
             format!("sent {seq}, durable through {durable}")
         })?;
         match self.model.appended.remove(&seq) {
-            Some(Some(appended)) => self.check(appended == bytes, "a record arrives as it was appended", || {
+            Some(Some(appended)) => self.h.check(appended == bytes, "a record arrives as it was appended", || {
                 format!("seq {seq} differs from what was appended")
             })?,
             Some(None) => {
                 let stream = self.model.stream;
                 let starts = matches!(record.body, RecordBody::StreamStart { stream_id, .. } if stream_id == stream);
-                self.check(starts, "a stream begins with its StreamStart", || format!("seq {seq}: {:?}", record.body))?;
+                self.h.check(starts, "a stream begins with its StreamStart", || {
+                    format!("seq {seq}: {:?}", record.body)
+                })?;
             }
             None => {
-                return Err(self.violation("only appended records are sent", format!("seq {seq} was never appended")))
+                return Err(self.h.violation("only appended records are sent", format!("seq {seq} was never appended")))
             }
         }
         self.model.recv_seq = seq;
-        self.report.records_sent += 1;
+        self.h.report.records_sent += 1;
         Ok(())
     }
 
     fn ack(&mut self) {
         let (acked, held) = (self.model.acked_seq, self.model.recv_seq);
         if held <= acked {
-            self.note("ack: nothing new".into());
+            self.h.note("ack: nothing new".into());
             return;
         }
-        let seq = acked + 1 + self.rng.below(held - acked);
+        let seq = acked + 1 + self.h.rng.below(held - acked);
         self.log().ack(seq);
         self.model.acked_seq = seq;
-        self.note(format!("ack through {seq}"));
+        self.h.note(format!("ack through {seq}"));
     }
 
     fn start_stream(&mut self) -> Checked {
@@ -431,16 +369,16 @@ impl Run {
         match log.start_stream(self.model.recv_seq + 1) {
             Ok(seq) => {
                 self.begin_stream(&log, seq);
-                self.note(format!("start a new stream at seq {seq}"));
+                self.h.note(format!("start a new stream at seq {seq}"));
             }
             Err(e) => {
-                let faults_on = self.may_fail();
-                self.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
+                let faults_on = self.h.may_fail();
+                self.h.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
                 let least = self.model.next_seq.max(self.model.recv_seq + 1);
                 let earlier = self.model.stream_uncertain.unwrap_or(least);
                 self.model.stream_uncertain = Some(earlier.min(least));
                 self.model.appended_after_failed_start.get_or_insert(self.model.next_seq);
-                self.note(format!("start a new stream: failed: {e:#}"));
+                self.h.note(format!("start a new stream: failed: {e:#}"));
             }
         }
         Ok(())
@@ -463,61 +401,43 @@ impl Run {
         m.new_stream_due = false;
     }
 
-    /// The storage fails as the run chose (`faults_on`).
-    fn apply_faults(&self) {
-        self.fs.set_fault_per_mille(if self.faults_on { FAULT_PER_MILLE } else { 0 });
-    }
-
-    fn toggle_faults(&mut self) {
-        self.faults_on = !self.faults_on;
-        self.apply_faults();
-        self.note(format!("faults {}", if self.faults_on { "on" } else { "off" }));
-    }
-
     async fn restart(&mut self, stop: Stop) -> Checked {
         self.cursor = None;
         self.log = None;
-        match stop {
-            Stop::Crash => {
-                self.fs.crash();
-                self.note("kill the process".into());
-            }
-            Stop::PowerCut => {
-                self.fs.power_cut();
-                self.note("cut the power".into());
-            }
-        }
+        self.h.stop(stop);
         let (log, report) = self.reopen()?;
         let (durable, held) = (self.model.durable_seq, self.model.recv_seq);
         let last = report.next_seq - 1;
-        self.check(!report.fresh, "a log opens again as the log it was", || "it opened as a new log".into())?;
+        self.h.check(!report.fresh, "a log opens again as the log it was", || "it opened as a new log".into())?;
         if log.stream_id() != self.model.stream {
             let start = log.segment_starts()[0];
             let Some(least) = self.model.stream_uncertain else {
-                return Err(
-                    self.violation("a log keeps its stream across a restart", format!("a new stream at {start}"))
-                );
+                return Err(self
+                    .h
+                    .violation("a log keeps its stream across a restart", format!("a new stream at {start}")));
             };
             // What is in place is that start, and nothing after it: the
             // log went on in its old stream.
-            self.check(start >= least && last == start, "a stream that failed to start holds only its start", || {
-                format!("a stream from {start} through {last}, where one started at {least} or later failed")
-            })?;
+            self.h.check(
+                start >= least && last == start,
+                "a stream that failed to start holds only its start",
+                || format!("a stream from {start} through {last}, where one started at {least} or later failed"),
+            )?;
             // Taking it in place drops the old stream's segments, and with
             // them any record fsynced after the start failed: the caller
             // must have made it durable that a new stream is due (and a
             // copy) before they went.
             let lost = self.model.appended_after_failed_start.filter(|first| durable >= *first);
             let told = self.model.new_stream_due;
-            self.check(lost.is_none() || told, "an open that drops fsynced records says so first", || {
+            self.h.check(lost.is_none() || told, "an open that drops fsynced records says so first", || {
                 format!("records {}..={durable}, fsynced after the start failed, dropped unreported", lost.unwrap_or(0))
             })?;
-            self.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
-            self.report.adopted_streams += 1;
+            self.h.note(format!("opened: the stream that failed to start is in place, at seq {start}"));
+            self.h.report.adopted_streams += 1;
             self.begin_stream(&log, start);
-            self.fs.set_fault_per_mille(0);
+            self.h.fs.set_fault_per_mille(0);
             self.read_back(&log, last)?;
-            self.apply_faults();
+            self.h.apply_faults();
             self.model.durable_seq = last;
             self.model.next_seq = last + 1;
             self.log = Some(log);
@@ -525,14 +445,14 @@ impl Run {
         }
         self.model.stream_uncertain = None;
         self.model.appended_after_failed_start = None;
-        self.check(last >= durable, "no fsynced record is lost", || {
+        self.h.check(last >= durable, "no fsynced record is lost", || {
             format!("fsynced through {durable}, the log opens ending at {last}; cut: {:?}", report.cut)
         })?;
-        self.check(last >= held, "the log holds what the recovery side holds", || {
+        self.h.check(last >= held, "the log holds what the recovery side holds", || {
             format!("the recovery side holds {held}, the log opens ending at {last}")
         })?;
         // The checks read without faults (a sender retries a read error).
-        self.fs.set_fault_per_mille(0);
+        self.h.fs.set_fault_per_mille(0);
         let recv_stream = self.model.recv_stream;
         let continues = match tokio::time::timeout(WAIT_LIMIT, log.continues(held, recv_stream)).await {
             Ok(Ok(c)) => c.to_string(),
@@ -540,15 +460,15 @@ impl Run {
             Err(_) => "hangs".into(),
         };
         let files = self.listing();
-        self.check(continues == "true", "the log continues the recovery side's stream", || {
+        self.h.check(continues == "true", "the log continues the recovery side's stream", || {
             format!("continues({held}): {continues}; segments {:?}; files {files:?}", log.segment_starts())
         })?;
         self.read_back(&log, last)?;
-        self.apply_faults();
+        self.h.apply_faults();
         self.model.appended.retain(|seq, _| *seq <= last);
         self.model.next_seq = last + 1;
         self.model.durable_seq = last;
-        self.note(format!(
+        self.h.note(format!(
             "opened: through seq {last}{}",
             report.cut.map(|c| format!(", cut after {}: {}", c.after_seq, short(&c.damage))).unwrap_or_default()
         ));
@@ -562,14 +482,10 @@ impl Run {
     /// what it left (recovery must be idempotent).
     fn reopen(&mut self) -> Result<(Arc<ProtectedLog>, crate::log::LogOpenReport), Box<Violation>> {
         let durable = self.model.durable_seq;
-        if self.rng.chance(OPEN_DEATH_PER_MILLE) {
-            let ops = self.rng.below(12);
-            self.fs.die_after(ops);
-            self.note(format!("the opening process will die after {ops} more storage operations"));
-        }
-        let mut faults = self.faults_on;
+        self.h.maybe_die_opening();
+        let mut faults = self.h.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
-            let fs = self.fs.clone();
+            let fs = self.h.fs.clone();
             let mut told = false;
             // Durable at once, as the activity log's rewrite is, unless the
             // process is gone.
@@ -580,31 +496,24 @@ impl Run {
             };
             let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, durable, before_dropping);
             self.model.new_stream_due |= told;
-            if self.fs.is_dead() {
+            if self.h.died_opening("log") {
                 drop(opened);
-                if self.rng.below(2) == 0 {
-                    self.fs.crash();
-                    self.note("the process died while opening the log: kill".into());
-                } else {
-                    self.fs.power_cut();
-                    self.note("the process died while opening the log: cut the power".into());
-                }
                 continue;
             }
             match opened {
                 Ok(o) => {
-                    self.apply_faults();
+                    self.h.apply_faults();
                     return Ok(o);
                 }
                 Err(e) if faults => {
-                    self.note(format!("open failed on a fault: {e:#}; again without faults"));
+                    self.h.note(format!("open failed on a fault: {e:#}; again without faults"));
                     faults = false;
-                    self.fs.set_fault_per_mille(0);
+                    self.h.fs.set_fault_per_mille(0);
                 }
-                Err(e) => return Err(self.violation("the log opens again after any stop", format!("{e:#}"))),
+                Err(e) => return Err(self.h.violation("the log opens again after any stop", format!("{e:#}"))),
             }
         }
-        Err(self.violation("the log opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
+        Err(self.h.violation("the log opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
     }
 
     /// Every record the log holds past the recovery side is the one appended.
@@ -614,25 +523,25 @@ impl Run {
         while next <= last {
             let mut batch = BatchBuilder::default();
             if let Err(e) = cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
-                return Err(self.violation("a log that opened reads back", format!("{e:#}")));
+                return Err(self.h.violation("a log that opened reads back", format!("{e:#}")));
             }
             if batch.is_empty() {
-                return Err(self.violation("a log that opened reads back", format!("seq {next} is missing")));
+                return Err(self.h.violation("a log that opened reads back", format!("seq {next} is missing")));
             }
             let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
             let decoded = decode(&encoded, VPG_ID)
-                .map_err(|e| self.violation("the receiver takes every batch the sender builds", format!("{e:#}")))?;
+                .map_err(|e| self.h.violation("the receiver takes every batch the sender builds", format!("{e:#}")))?;
             for (i, record) in decoded.records.iter().enumerate() {
                 let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
                 let bytes = &decoded.raw[decoded.offsets[i]..end];
                 let seq = record.seq;
-                self.check(seq == next, "the log reads back in order", || format!("read {seq}, {next} was due"))?;
+                self.h.check(seq == next, "the log reads back in order", || format!("read {seq}, {next} was due"))?;
                 let same = match self.model.appended.get(&seq) {
                     Some(Some(appended)) => appended == bytes,
                     Some(None) => matches!(record.body, RecordBody::StreamStart { .. }),
                     None => false,
                 };
-                self.check(same, "a log holds each record as it was appended", || {
+                self.h.check(same, "a log holds each record as it was appended", || {
                     format!("seq {seq} is not the record appended with that seq")
                 })?;
                 next += 1;
@@ -646,7 +555,7 @@ impl Run {
     /// The log directory's file names, for a violation's detail.
     fn listing(&self) -> Vec<String> {
         use crate::storage::Storage;
-        let mut names: Vec<String> = (self.fs.list(&self.dir).unwrap_or_default().iter())
+        let mut names: Vec<String> = (self.h.fs.list(&self.dir).unwrap_or_default().iter())
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         names.sort();
