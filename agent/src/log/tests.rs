@@ -329,6 +329,40 @@ async fn a_failed_stream_start_left_behind_the_old_stream_is_dropped_without_a_w
     assert_eq!(read_all(&log, 0), (first - 1..=last).collect::<Vec<_>>());
 }
 
+/// (Review finding of helper-28.) A segment of the old stream holding one
+/// small record (a Zero, a CopyDone, a short checkpoint) is no larger than
+/// a lone StreamStart: whether a segment holds records is what it holds,
+/// not its size.
+#[tokio::test]
+async fn an_old_stream_segment_holding_one_small_record_is_reported_before_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
+    for i in 0..3 {
+        log.append(&write(i, 1 << 20)).await.unwrap();
+    }
+    let zero_seq = log.append(&RecordBody::Zero { volume: 0, offset: 0, length: 4096 }).await.unwrap();
+    log.sync_to(zero_seq).await.unwrap();
+    let starts = log.segment_starts();
+    assert_eq!(*starts.last().unwrap(), zero_seq, "the Zero is alone in its segment: {starts:?}");
+    // A start that failed once its segment was named, left behind.
+    create_stream_segment(&*log.fs, dir.path(), 1, zero_seq + 1, 0).expect("the start's segment");
+    drop(log);
+    // The old stream's earlier segments were acknowledged and retired.
+    for (first, path) in list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap() {
+        if first < zero_seq {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let mut told = None;
+    let (_log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
+        told = Some(what.to_string());
+        Ok(())
+    })
+    .unwrap();
+    assert!(told.is_some(), "the fsynced Zero at seq {zero_seq} was dropped unreported (next seq {})", report.next_seq);
+}
+
 #[tokio::test]
 async fn full_log_waits_until_acked() {
     let dir = tempfile::tempdir().unwrap();
