@@ -121,7 +121,7 @@ pub(super) fn recover(
     let (current, other): (Vec<Found>, Vec<Found>) = found.into_iter().partition(|f| f.stream_id == stream_id);
     let mut holding = Vec::new();
     for old in &other {
-        if file_len(fs, &old.path)? > SEGMENT_HEADER_BYTES as u64 + stream_start_bytes() {
+        if holds_records(fs, &old.path, vpg_id) {
             holding.push(old.path.display().to_string());
         }
     }
@@ -239,11 +239,21 @@ fn cut_here(mut scan: TailScan, found: &[Found], i: usize, offset: u64, damage: 
     scan
 }
 
-/// The bytes of a StreamStart record: a segment no longer than its header
-/// and one holds no record of a write.
-fn stream_start_bytes() -> u64 {
-    super::encoded_bytes(&crate::record::RecordBody::StreamStart { time_ms: 0, stream_id: 1 })
-        .expect("a StreamStart is a valid record")
+/// Whether a segment holds any record but a StreamStart: read, not judged
+/// by its size (a Zero, a CopyDone or a short checkpoint is no larger than
+/// a StreamStart). One that cannot be read, or is damaged, counts as
+/// holding records: what it held is not known.
+fn holds_records(fs: &dyn Storage, path: &Path, vpg_id: u32) -> bool {
+    let Ok((mut reader, _)) = SegmentReader::open_on(fs, path, SegmentKind::ProtectedLog, vpg_id) else {
+        return true;
+    };
+    loop {
+        match reader.next_record() {
+            Ok(Some((rec, _))) if matches!(rec.body, crate::record::RecordBody::StreamStart { .. }) => {}
+            Ok(None) => return false,
+            Ok(Some(_)) | Err(_) => return true,
+        }
+    }
 }
 
 fn file_len(fs: &dyn Storage, path: &Path) -> Result<u64> {
