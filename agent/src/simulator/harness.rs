@@ -128,6 +128,18 @@ impl Harness {
         true
     }
 
+    /// An open that failed: with faults on, tried again without them; with
+    /// them off, `invariant` is broken.
+    pub fn open_failed(&mut self, e: &anyhow::Error, faults: &mut bool, invariant: &'static str) -> Checked {
+        if !*faults {
+            return Err(self.violation(invariant, format!("{e:#}")));
+        }
+        self.note(format!("open failed on a fault: {e:#}; again without faults"));
+        *faults = false;
+        self.fs.set_fault_per_mille(0);
+        Ok(())
+    }
+
     /// Stops the process as `stop` says.
     pub fn stop(&mut self, stop: Stop) {
         match stop {

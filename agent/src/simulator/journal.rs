@@ -174,12 +174,7 @@ impl Run {
                     self.files = Some(files);
                     return self.check_opened(&read, damage);
                 }
-                Err(e) if faults => {
-                    self.h.note(format!("open failed on a fault: {e:#}; again without faults"));
-                    faults = false;
-                    self.h.fs.set_fault_per_mille(0);
-                }
-                Err(e) => return Err(self.h.violation("the journal opens again after any stop", format!("{e:#}"))),
+                Err(e) => self.h.open_failed(&e, &mut faults, "the journal opens again after any stop")?,
             }
         }
         Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))

@@ -505,12 +505,7 @@ impl Run {
                     self.h.apply_faults();
                     return Ok(o);
                 }
-                Err(e) if faults => {
-                    self.h.note(format!("open failed on a fault: {e:#}; again without faults"));
-                    faults = false;
-                    self.h.fs.set_fault_per_mille(0);
-                }
-                Err(e) => return Err(self.h.violation("the log opens again after any stop", format!("{e:#}"))),
+                Err(e) => self.h.open_failed(&e, &mut faults, "the log opens again after any stop")?,
             }
         }
         Err(self.h.violation("the log opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
