@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod extent_map;
 pub mod index;
+pub mod intake;
 pub mod lease;
 pub mod pins;
 pub mod replica;
@@ -68,10 +69,14 @@ pub struct Journal {
     pub meta: JournalMeta,
     segments: SegmentFiles,
     pub index: JournalIndex,
-    /// `journal_cap`, and the bytes on disk as last measured plus what was
-    /// appended since. Retiring only shrinks the truth; the summaries the
-    /// applier writes between measurements add a little (a few KiB per
-    /// sealed segment), which a cap in MiB absorbs.
+    cap: CapGauge,
+}
+
+/// `journal_cap`, and the bytes on disk as last measured plus what was
+/// appended since. Retiring only shrinks the truth; the summaries the
+/// applier writes between measurements add a little (a few KiB per sealed
+/// segment), which a cap in MiB absorbs.
+struct CapGauge {
     cap: Option<u64>,
     bytes_at_most: u64,
     /// Why the last batch was refused at the cap, until one fits again.
@@ -130,9 +135,7 @@ impl Journal {
             meta,
             segments,
             index,
-            cap: policy.journal_cap,
-            bytes_at_most: applier::journal_bytes(dir)?,
-            capped: None,
+            cap: CapGauge { cap: policy.journal_cap, bytes_at_most: applier::journal_bytes(dir)?, capped: None },
         })
     }
 
@@ -146,16 +149,30 @@ impl Journal {
 
     /// Set while batches are refused at `journal_cap`: why, for status.
     pub fn capped(&self) -> Option<&str> {
-        self.capped.as_deref()
+        self.cap.capped.as_deref()
     }
 
+    /// Appends a verified batch after `durable_seq`, fsyncs, and returns
+    /// the new durable seq (`intake::append` says what a batch must meet;
+    /// replays are skipped). At `journal_cap` the batch is refused. On an
+    /// error nothing of the batch stays in the journal.
+    pub fn append(&mut self, batch: &DecodedBatch, session_stream: u32) -> Result<u64> {
+        let Journal { dir, meta, segments, index, cap, .. } = self;
+        let room = &mut |len| cap.check(dir, &meta.vpg, len);
+        let appended = intake::append(segments, index, meta, batch, session_stream, room)?;
+        self.cap.bytes_at_most += appended.bytes;
+        Ok(appended.durable_seq)
+    }
+}
+
+impl CapGauge {
     /// Refuses `len` more bytes when they would take the journal past its
     /// cap. The count is measured again only near the cap, where the
     /// applier's retiring may have made room.
-    fn check_cap(&mut self, len: u64) -> Result<()> {
+    fn check(&mut self, dir: &Path, vpg: &str, len: u64) -> Result<()> {
         let Some(cap) = self.cap else { return Ok(()) };
         if self.bytes_at_most + len > cap {
-            self.bytes_at_most = applier::journal_bytes(&self.dir)?;
+            self.bytes_at_most = applier::journal_bytes(dir)?;
         }
         if self.bytes_at_most + len <= cap {
             self.capped = None;
@@ -165,77 +182,12 @@ impl Journal {
             "the journal of VPG {} holds {} and is at its journal_cap of {}: the batch is refused and the \
              protected site keeps it in its log until history can be retired (a pinned checkpoint or an \
              open export holds it back)",
-            self.meta.vpg,
+            vpg,
             crate::status::format_bytes(self.bytes_at_most),
             crate::status::format_bytes(cap)
         );
         self.capped = Some(why.clone());
         bail!(why)
-    }
-
-    /// Appends a verified batch after `durable_seq`, fsyncs, and returns
-    /// the new durable seq. Records at or below it are replays and are
-    /// skipped. `session_stream` is the stream the sender's log holds: a
-    /// batch continues the journal's stream only from that same stream, or
-    /// starts that stream with its StreamStart (the only place a gap in
-    /// seqs is allowed). The batch's raw bytes are written as they are:
-    /// they were checked record by record when the batch was decoded. On
-    /// an error nothing of the batch stays in the journal.
-    pub fn append(&mut self, batch: &DecodedBatch, session_stream: u32) -> Result<u64> {
-        let Some(first_fresh) = batch.records.iter().position(|r| r.seq > self.index.durable_seq) else {
-            return Ok(self.index.durable_seq);
-        };
-        self.check_fits(batch, first_fresh)?;
-        let first = &batch.records[first_fresh];
-        match first.body {
-            crate::record::RecordBody::StreamStart { stream_id, .. } if stream_id != session_stream => bail!(
-                "the batch starts stream {stream_id:#x}, but its sender said its log holds stream {session_stream:#x}"
-            ),
-            crate::record::RecordBody::StreamStart { .. } => {}
-            _ if self.index.stream_id != session_stream => bail!(
-                "the journal holds stream {:#x} up to seq {}; a log of stream {session_stream:#x} cannot continue it",
-                self.index.stream_id,
-                self.index.durable_seq
-            ),
-            _ if first.seq != self.index.durable_seq + 1 => bail!(
-                "gap in the stream: journal holds up to seq {}, batch starts at {}",
-                self.index.durable_seq,
-                first.seq
-            ),
-            _ => {}
-        }
-        let bytes = &batch.raw[batch.offsets[first_fresh]..];
-        self.check_cap(bytes.len() as u64)?;
-        self.segments.append(bytes, first.seq)?;
-        self.bytes_at_most += bytes.len() as u64;
-        for rec in &batch.records[first_fresh..] {
-            self.index.observe(rec);
-        }
-        Ok(self.index.durable_seq)
-    }
-}
-
-impl Journal {
-    /// Every record from `from` on names a volume of this VPG and stays
-    /// inside it: checked on receipt, so a peer's bad record is refused
-    /// with its batch instead of stalling the applier later.
-    fn check_fits(&self, batch: &DecodedBatch, from: usize) -> Result<()> {
-        let volumes = &self.meta.volumes;
-        for i in from..batch.records.len() {
-            let seq = batch.records[i].seq;
-            let (volume, end) = match (&batch.records[i].body, batch.extent(i)) {
-                (_, Some((volume, offset, length))) => (volume, offset.checked_add(length)),
-                (crate::record::RecordBody::CopyDone { volume }, None) => (*volume, Some(0)),
-                _ => continue,
-            };
-            let Some(v) = volumes.get(volume as usize) else {
-                bail!("seq {seq} names volume {volume}; VPG {} has {}", self.meta.vpg, volumes.len());
-            };
-            if end.is_none_or(|e| e > v.size) {
-                bail!("seq {seq} reaches past the end of volume {} ({} bytes)", v.name, v.size);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -313,7 +265,7 @@ mod tests {
         let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
         assert_eq!(segments.len(), 2);
         let held = applier::journal_bytes(&dir).unwrap();
-        j.cap = Some(held + 1024);
+        j.cap.cap = Some(held + 1024);
         let err = j.append(&batch(4, vec![write(4)]), 7).unwrap_err();
         assert!(format!("{err:#}").contains("at its journal_cap"), "{err:#}");
         assert!(j.capped().is_some_and(|why| why.contains("pinned checkpoint")));
