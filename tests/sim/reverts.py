@@ -73,6 +73,13 @@ REVERTS = {
         "            if self.fs.exists(&leftover) {",
         "            if false && self.fs.exists(&leftover) {",
     ),
+    # Not an earlier defect: a rule of the journal's intake, kept here as
+    # the link scenario's proof that it can fail.
+    "journal-takes-a-gap": (
+        "agent/src/journal/intake.rs",
+        "        _ if first.seq != index.durable_seq + 1 => {",
+        "        _ if first.seq != index.durable_seq + 1 && false => {",
+    ),
 }
 
 if sys.argv[1:] == ["--list"]:

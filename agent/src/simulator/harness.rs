@@ -5,6 +5,8 @@
 use super::rng::SimRng;
 use super::{SeedReport, Violation};
 use crate::storage::sim::SimStorage;
+use std::future::Future;
+use std::time::Duration;
 
 /// While faults are on, the chance each fallible storage operation fails.
 pub(super) const FAULT_PER_MILLE: u32 = 40;
@@ -17,6 +19,8 @@ pub(super) const OPEN_DEATH_PER_MILLE: u64 = 150;
 pub(super) const OPEN_ATTEMPTS: usize = 3;
 /// The steps a violation shows.
 const TRACE_SHOWN_STEPS: usize = 40;
+/// Longer than any wait of a healthy log on this in-memory storage.
+pub(super) const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
 pub(super) type Checked = Result<(), Box<Violation>>;
 
@@ -162,5 +166,29 @@ impl Harness {
         } else {
             Stop::PowerCut
         }
+    }
+}
+
+/// How a wait on work of the log's threads ended.
+pub(super) enum Waited<T> {
+    Done(T),
+    /// The process died first: its storage fails from then on, and the
+    /// work may never end.
+    Died,
+    /// Not within `WAIT_LIMIT`.
+    Hung,
+}
+
+/// Waits for `work` unless the process on `fs` dies first.
+pub(super) async fn wait_unless_died<T>(fs: &SimStorage, work: impl Future<Output = T>) -> Waited<T> {
+    let died = async {
+        while !fs.is_dead() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        done = tokio::time::timeout(WAIT_LIMIT, work) => done.map_or(Waited::Hung, Waited::Done),
+        () = died => Waited::Died,
     }
 }

@@ -13,9 +13,15 @@
 //! - `journal`: the recovery journal's segment files, taking batches a
 //!   model sender resends after every failure, against a model of what
 //!   the journal acknowledged.
+//! - `link`: both sides over a faulty in-memory link, each on its own
+//!   faulty storage: the log and a sender's sessions, frames the link
+//!   drops, duplicates, reorders or garbles, the journal's intake, and
+//!   acks back; replication must never start over, and must catch up once
+//!   the link heals.
 
 mod harness;
 mod journal;
+mod link;
 mod protected_log;
 pub mod rng;
 
@@ -43,6 +49,10 @@ pub struct SeedReport {
     pub journal_records: u64,
     /// Journal opens that cut or quarantined damage (torn or failed writes).
     pub journal_cuts: u64,
+    /// Sessions a sender started over the simulated link.
+    pub sessions: u64,
+    /// Frames the link dropped, duplicated, reordered or garbled.
+    pub link_faults: u64,
 }
 
 impl SeedReport {
@@ -61,6 +71,8 @@ impl SeedReport {
         self.adopted_streams += o.adopted_streams;
         self.journal_records += o.journal_records;
         self.journal_cuts += o.journal_cuts;
+        self.sessions += o.sessions;
+        self.link_faults += o.link_faults;
     }
 }
 
@@ -91,6 +103,7 @@ impl fmt::Display for Violation {
 pub fn run_seed(seed: u64) -> Result<SeedReport, Box<Violation>> {
     let mut report = protected_log::run(seed)?;
     report.add(&journal::run(seed)?);
+    report.add(&link::run(seed)?);
     Ok(report)
 }
 
@@ -98,6 +111,7 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, Box<Violation>> {
 pub fn trace_seed(seed: u64) -> Vec<String> {
     let mut trace = protected_log::trace_of(seed);
     trace.extend(journal::trace_of(seed));
+    trace.extend(link::trace_of(seed));
     trace
 }
 
@@ -137,6 +151,7 @@ mod tests {
         assert!(total.failed_syncs > 0 && total.failed_removals > 0, "{total:?}");
         assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
         assert!(total.journal_records > 0 && total.journal_cuts > 0, "{total:?}");
+        assert!(total.sessions > 0 && total.link_faults > 0, "{total:?}");
     }
 
     #[test]

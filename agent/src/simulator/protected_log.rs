@@ -13,7 +13,7 @@
 //!   holds, each as it was appended (nothing whose append failed comes
 //!   back), and continues the recovery side's stream.
 
-use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS};
+use super::harness::{wait_unless_died, Checked, Harness, Stop, Waited, OPEN_ATTEMPTS, WAIT_LIMIT};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
@@ -24,7 +24,6 @@ use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TAR
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 const VPG_ID: u32 = 0x5EED;
 const STEPS: u64 = 300;
@@ -33,8 +32,6 @@ const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 <
 /// One seed in `SMALL_LOG_ONE_IN` runs a log this small, which fills.
 const SMALL_LOG_SIZE: LogSize = LogSize { capacity_bytes: 384 << 10, segment_bytes: 64 << 10 };
 const SMALL_LOG_ONE_IN: u64 = 4;
-/// Longer than any wait of a healthy log on this in-memory storage.
-const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
 pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
     let mut run = Run::new(seed);
@@ -257,28 +254,18 @@ impl Run {
     async fn sync(&mut self) -> Checked {
         let log = self.log();
         let target = log.appended_seq();
-        let fs = self.h.fs.clone();
-        let died = async move {
-            while !fs.is_dead() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        let synced = tokio::select! {
-            biased;
-            synced = tokio::time::timeout(WAIT_LIMIT, log.sync_to(target)) => synced,
-            () = died => {
-                self.h.note(format!("sync through {target}: the process died"));
-                return Ok(());
-            }
-        };
-        match synced {
-            Ok(Ok(())) => {
+        match wait_unless_died(&self.h.fs, log.sync_to(target)).await {
+            Waited::Done(Ok(())) => {
                 self.model.durable_seq = self.model.durable_seq.max(target);
                 self.h.note(format!("sync through {target}"));
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
-            Err(_) => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
+            Waited::Died => {
+                self.h.note(format!("sync through {target}: the process died"));
+                Ok(())
+            }
+            Waited::Done(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
+            Waited::Hung => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
         }
     }
 

@@ -1,0 +1,779 @@
+//! The link scenario: both sides in one process, each on a faulty storage
+//! of its own.
+//! - The protected log takes writes and fsyncs them.
+//! - A sender's session says hello, learns the journal's durable seq and
+//!   stream (what the recovery side's welcome says), and streams the log
+//!   from just after it as framed batches: the real cursor, batch encoder,
+//!   frame header and checksum.
+//! - The link carries the batches one way and the journal's answers the
+//!   other. It may reorder, duplicate, drop or garble any of them, or be
+//!   cut, which ends the session.
+//! - The recovery side reads each frame, decodes its batch and appends it
+//!   through `journal::intake` (the rules `Journal::append` runs), then
+//!   answers with an ack of its durable seq or a refusal.
+//! - Either side is killed or loses power at any step, and may die inside
+//!   a step or while it opens.
+//!
+//! After each step, what must hold:
+//! - the journal takes only records the protected side appended and
+//!   fsynced, each byte for byte; it refuses a batch only for a fault (of
+//!   its storage, or of the link in that session);
+//! - a frame the sender built is taken by the receiver unless the link
+//!   garbled it; an answer the receiver sent reaches the sender likewise;
+//! - an ack never runs ahead of what the journal holds;
+//! - after any stop each side opens again (at worst once faults stop): the
+//!   journal holds every record it acknowledged, and the log every record
+//!   it fsynced, in its stream, and continues the journal's stream:
+//!   replication never starts over (no new stream, no new copy);
+//! - at the end, once faults stop and the link heals, the journal catches
+//!   up with the log: every record fsynced on the protected side is in the
+//!   journal, as it was appended.
+
+use super::harness::{wait_unless_died, Checked, Harness, Stop, Waited, OPEN_ATTEMPTS};
+use super::harness::{DEATH_PER_MILLE, FAULT_PER_MILLE, OPEN_DEATH_PER_MILLE};
+use super::rng::SimRng;
+use super::{short, SeedReport, Violation};
+use crate::clock::ManualClock;
+use crate::journal::index::JournalIndex;
+use crate::journal::segments::{self, Rolling, SegmentFiles};
+use crate::journal::{intake, JournalMeta};
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
+use crate::record::{Record, RecordBody};
+use crate::storage::sim::SimStorage;
+use crate::storage::Storage;
+use crate::transfer::{recv_control, send_control};
+use crate::wire::batch::{BatchBuilder, BatchDecoder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
+use crate::wire::frame::{frame_header, read_frame_into, FrameKind};
+use crate::wire::message::{ControlMessage, VolumeInfo};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VPG_ID: u32 = 0x11_5EED;
+const STEPS: u64 = 300;
+const LOG_SIZE: LogSize = LogSize { capacity_bytes: 8 << 20, segment_bytes: 64 << 10 };
+/// Small journal segments, so that a batch often starts a new one.
+const ROLLING: Rolling = Rolling { segment_bytes: 48 << 10, segment_age: Duration::from_secs(1 << 30) };
+const VOLUMES: usize = 3;
+const VOLUME_BYTES: u64 = 1 << 30;
+/// Batches in flight before the sender waits for acks.
+const INFLIGHT_FRAMES_MAX: usize = 8;
+/// While link faults are on, the chance a delivery goes wrong (dropped,
+/// duplicated, reordered, garbled: one in four each).
+const LINK_FAULT_PER_MILLE: u64 = 250;
+/// Sends and deliveries the healed link gets at the end to catch up.
+const CATCH_UP_ROUNDS: usize = 2000;
+
+pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
+    let mut run = Run::new(seed);
+    let out = runtime().block_on(run.go());
+    out.map(|()| run.report())
+}
+
+pub(super) fn trace_of(seed: u64) -> Vec<String> {
+    let mut run = Run::new(seed);
+    let _ = runtime().block_on(run.go());
+    run.h.trace
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+/// A frame on the link, and whether the link garbled it.
+#[derive(Clone)]
+struct Frame {
+    bytes: Vec<u8>,
+    garbled: bool,
+}
+
+/// A sender's session: what the hello announced, where its cursor is, and
+/// the link's two directions.
+struct Session {
+    stream: u32,
+    cursor: LogCursor,
+    to_recovery: VecDeque<Frame>,
+    to_protected: VecDeque<Frame>,
+    /// The recovery side refused a batch and hung up: nothing more of
+    /// this session reaches it.
+    recovery_hung_up: bool,
+    /// The link dropped, duplicated or reordered a batch of this session:
+    /// the receiver may refuse what follows (a gap).
+    disturbed: bool,
+}
+
+/// What the simulator knows must be true of both sides.
+#[derive(Default)]
+struct Model {
+    /// The log's stream, which never changes.
+    stream: u32,
+    /// Every record of the stream the log holds or held, by seq: its
+    /// encoding (None for the StreamStart the log writes itself).
+    appended: BTreeMap<u64, Option<Vec<u8>>>,
+    next_seq: u64,
+    /// The log fsynced every record through here.
+    durable_seq: u64,
+    /// The journal said it holds every record through here (an ack, or a
+    /// welcome after an open).
+    journal_acked: u64,
+}
+
+/// The recovery side: the journal's segment files and index.
+struct RecoverySide {
+    fs: SimStorage,
+    dir: PathBuf,
+    meta: JournalMeta,
+    files: Option<SegmentFiles>,
+    index: JournalIndex,
+}
+
+struct Run {
+    /// The protected side's storage is `h.fs`.
+    h: Harness,
+    clock: Arc<ManualClock>,
+    log_dir: PathBuf,
+    log: Option<Arc<ProtectedLog>>,
+    rec: RecoverySide,
+    session: Option<Session>,
+    link_faults_on: bool,
+    model: Model,
+}
+
+impl Run {
+    fn new(seed: u64) -> Self {
+        let rng = SimRng::new(seed ^ 0x11E4_7A11_5EED_0003);
+        let volumes = (0..VOLUMES).map(|i| VolumeInfo { name: format!("v{i}"), size: VOLUME_BYTES }).collect();
+        Run {
+            h: Harness::new(seed, rng, SimStorage::new(seed ^ 0x11E4), "link: "),
+            clock: Arc::new(ManualClock::starting_at(1_700_000_000_000)),
+            log_dir: PathBuf::from("/sim/log"),
+            log: None,
+            rec: RecoverySide {
+                fs: SimStorage::new(seed ^ 0x11E5),
+                dir: PathBuf::from("/sim/journal"),
+                meta: JournalMeta { vpg: "sim".into(), vpg_id: VPG_ID, volumes },
+                files: None,
+                index: JournalIndex::new(VOLUMES),
+            },
+            session: None,
+            link_faults_on: false,
+            model: Model::default(),
+        }
+    }
+
+    /// Both sides' counts.
+    fn report(&self) -> SeedReport {
+        let mut report = self.h.report();
+        let rec = self.rec.fs.stats();
+        report.faults += rec.faults;
+        report.crashes += rec.crashes;
+        report.power_cuts += rec.power_cuts;
+        report.torn_tails += rec.torn_tails;
+        report.failed_syncs += rec.failed_syncs;
+        report.failed_removals += rec.failed_removals;
+        report
+    }
+
+    fn log(&self) -> Arc<ProtectedLog> {
+        self.log.clone().expect("the log is open")
+    }
+
+    async fn go(&mut self) -> Checked {
+        self.open_first()?;
+        while self.h.step < STEPS {
+            self.h.step += 1;
+            self.h.report.steps += 1;
+            self.clock.advance_ms(self.h.rng.below(50));
+            if let Some(why) = self.log().broken() {
+                self.h.note(format!("the log is broken ({why}): kill the protected process"));
+                self.restart_protected(Stop::Crash).await?;
+                continue;
+            }
+            // A death inside the step, on one side or the other (each as
+            // often as in the one-sided scenarios would leave a session
+            // too few steps to carry anything).
+            if self.h.rng.below(2) == 0 {
+                self.h.maybe_die();
+            } else {
+                self.maybe_recovery_dies();
+            }
+            match self.h.rng.below(100) {
+                0..=27 => self.append_write()?,
+                28..=31 => self.append_marker()?,
+                32..=41 => self.sync().await?,
+                42..=56 => self.send().await?,
+                57..=74 => self.deliver_batch().await?,
+                75..=84 => self.deliver_answer().await?,
+                85 => self.end_session("the link is cut"),
+                86..=88 => self.toggle_faults(),
+                89..=92 => self.toggle_link_faults(),
+                93..=94 => self.restart_protected(Stop::Crash).await?,
+                95 => self.restart_protected(Stop::PowerCut).await?,
+                96..=97 => self.restart_recovery(Stop::Crash)?,
+                _ => self.restart_recovery(Stop::PowerCut)?,
+            }
+            if self.h.fs.is_dead() {
+                let stop = self.h.stop_after_death();
+                self.restart_protected(stop).await?;
+            }
+            if self.rec.fs.is_dead() {
+                self.h.note("the recovery process died in the middle of that step".into());
+                let stop = if self.h.rng.below(2) == 0 { Stop::Crash } else { Stop::PowerCut };
+                self.restart_recovery(stop)?;
+            }
+        }
+        self.catch_up().await
+    }
+
+    fn open_first(&mut self) -> Checked {
+        self.rec.fs.create_dir_all(&self.rec.dir).expect("a new simulated directory");
+        self.reopen_recovery()?;
+        let env = LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() };
+        let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, 0, &mut |what| {
+            anyhow::bail!("a new log dropped another stream: {what}")
+        });
+        let (log, report) = opened.map_err(|e| self.h.violation("a new log opens", format!("{e:#}")))?;
+        let start = log.appended_seq();
+        self.model = Model {
+            stream: log.stream_id(),
+            appended: BTreeMap::from([(start, None)]),
+            next_seq: start + 1,
+            durable_seq: start,
+            journal_acked: 0,
+        };
+        self.h.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
+        self.h.note(format!("open a new log: its stream starts at seq {start}"));
+        self.log = Some(log);
+        Ok(())
+    }
+
+    fn append_write(&mut self) -> Checked {
+        let len = match self.h.rng.below(10) {
+            0 => 1 + self.h.rng.below(200 << 10) as usize,
+            1..=3 => 4096,
+            _ => 1 + self.h.rng.below(16 << 10) as usize,
+        };
+        let mut data = vec![0u8; len];
+        self.h.rng.fill(&mut data);
+        let volume = self.h.rng.below(VOLUMES as u64) as u32;
+        let body = RecordBody::Write { volume, offset: self.h.rng.below(1 << 20) * 512, data };
+        self.append(body)
+    }
+
+    fn append_marker(&mut self) -> Checked {
+        let volume = self.h.rng.below(VOLUMES as u64) as u32;
+        let body = match self.h.rng.below(3) {
+            0 => RecordBody::Zero { volume, offset: self.h.rng.below(1 << 20) * 512, length: 4096 },
+            _ => RecordBody::Checkpoint {
+                time_ms: crate::clock::Clock::now_ms(&*self.clock),
+                tag: format!("t{}", self.h.step),
+                resync: false,
+            },
+        };
+        self.append(body)
+    }
+
+    fn append(&mut self, body: RecordBody) -> Checked {
+        let log = self.log();
+        let bytes = encoded_bytes(&body).expect("the scenario's records are valid");
+        let Some(space) = log.try_reserve_bytes(bytes) else {
+            self.h.note("append: the log is full".into());
+            return Ok(());
+        };
+        match log.append_reserved(space, &body) {
+            Ok(seq) => {
+                let due = self.model.next_seq;
+                self.h.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
+                self.model.next_seq = seq + 1;
+                self.model.appended.insert(seq, Some(Record { seq, vpg_id: VPG_ID, body }.encode()));
+                self.h.report.records_appended += 1;
+                self.h.note(format!("append seq {seq} ({bytes} bytes)"));
+            }
+            Err(e) => {
+                let may_fail = self.h.may_fail();
+                self.h.check(may_fail, "an append fails only on an injected fault", || format!("{e:#}"))?;
+                self.h.note(format!("append: failed: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> Checked {
+        let log = self.log();
+        let target = log.appended_seq();
+        match wait_unless_died(&self.h.fs, log.sync_to(target)).await {
+            Waited::Done(Ok(())) => {
+                self.model.durable_seq = self.model.durable_seq.max(target);
+                self.h.note(format!("sync through {target}"));
+                Ok(())
+            }
+            Waited::Died => {
+                self.h.note(format!("sync through {target}: the process died"));
+                Ok(())
+            }
+            Waited::Done(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
+            Waited::Hung => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
+        }
+    }
+
+    /// With no session, the sender connects; with one, it sends a batch.
+    async fn send(&mut self) -> Checked {
+        let Some(s) = self.session.as_mut() else { return self.connect().await };
+        if s.to_recovery.len() >= INFLIGHT_FRAMES_MAX {
+            self.h.note("send: waits for acks".into());
+            return Ok(());
+        }
+        let budget = match self.h.rng.below(3) {
+            0 => BATCH_RAW_BYTES_TARGET,
+            _ => 1 + self.h.rng.below(64 << 10) as usize,
+        };
+        let mut batch = BatchBuilder::default();
+        if let Err(e) = s.cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
+            let may_fail = self.h.may_fail();
+            self.h.check(may_fail, "the sender reads the log without error", || format!("{e:#}"))?;
+            self.end_session(&format!("send: the read failed ({e:#})"));
+            return Ok(());
+        }
+        if batch.is_empty() {
+            self.h.note("send: nothing durable to send".into());
+            return Ok(());
+        }
+        let (count, raw) = (batch.count(), batch.raw_len());
+        let mut encoder = BatchEncoder::default();
+        let encoded = encoder.encode(&mut batch);
+        let mut bytes = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc).to_vec();
+        bytes.extend_from_slice(encoded.bytes);
+        s.to_recovery.push_back(Frame { bytes, garbled: false });
+        self.h.note(format!("send a batch of {count} records ({raw} bytes)"));
+        Ok(())
+    }
+
+    /// A session starts: hello, the recovery side's welcome (its journal's
+    /// durable seq and stream), and where the sender resumes.
+    async fn connect(&mut self) -> Checked {
+        let log = self.log();
+        let (durable, journal_stream) = (self.rec.index.durable_seq, self.rec.index.stream_id);
+        // What a welcome advertises, the protected side may retire.
+        self.model.journal_acked = self.model.journal_acked.max(durable);
+        // It fsyncs what was appended first.
+        let appended = log.appended_seq();
+        let continues = match wait_unless_died(&self.h.fs, log.continues(durable, journal_stream)).await {
+            Waited::Done(Ok(c)) => {
+                self.model.durable_seq = self.model.durable_seq.max(appended);
+                c
+            }
+            Waited::Done(Err(e)) => {
+                let may_fail = self.h.may_fail();
+                self.h.check(may_fail, "the sender reads the log without error", || format!("{e:#}"))?;
+                self.h.note(format!("connect: the log could not say where to resume ({e:#})"));
+                return Ok(());
+            }
+            Waited::Died => {
+                self.h.note("connect: the protected process died".into());
+                return Ok(());
+            }
+            Waited::Hung => {
+                return Err(self.h.violation("the sender reads the log without error", "continues hangs".into()))
+            }
+        };
+        let stream = log.stream_id();
+        self.h.check(continues, "the log continues the journal's stream: replication never starts over", || {
+            format!(
+                "the journal holds stream {journal_stream:#x} through {durable}; the log (stream {stream:#x}) holds \
+                 segments {:?}, fsynced through {}",
+                log.segment_starts(),
+                log.synced_seq()
+            )
+        })?;
+        if journal_stream == stream {
+            log.ack(durable);
+        }
+        self.session = Some(Session {
+            stream,
+            cursor: log.cursor(durable + 1),
+            to_recovery: VecDeque::new(),
+            to_protected: VecDeque::new(),
+            recovery_hung_up: false,
+            disturbed: false,
+        });
+        self.h.report.sessions += 1;
+        self.h.note(format!("connect: the journal holds seq {durable}, the sender resumes after it"));
+        Ok(())
+    }
+
+    /// The next frame the link delivers from `queue`, with what the link
+    /// did to it, if anything.
+    fn next_frame(&mut self, batches: bool) -> Option<(Frame, &'static str)> {
+        let faulty = self.link_faults_on && self.h.rng.chance(LINK_FAULT_PER_MILLE);
+        let fault = if faulty { self.h.rng.below(4) } else { 4 };
+        let rng_pick = self.h.rng.below(1 << 16) as usize;
+        let s = self.session.as_mut()?;
+        let queue = if batches { &mut s.to_recovery } else { &mut s.to_protected };
+        if queue.is_empty() {
+            return None;
+        }
+        let (frame, what) = match fault {
+            0 => {
+                queue.pop_front();
+                (None, "dropped a frame")
+            }
+            1 => (queue.front().cloned(), "duplicated a frame"),
+            2 => (queue.remove(rng_pick % queue.len()), "took a frame out of order"),
+            3 => {
+                let mut f = queue.pop_front().expect("not empty");
+                let at = rng_pick % f.bytes.len();
+                f.bytes[at] ^= 1 << (rng_pick % 8);
+                f.garbled = true;
+                (Some(f), "garbled a frame")
+            }
+            _ => (queue.pop_front(), ""),
+        };
+        if batches && matches!(fault, 0..=2) {
+            s.disturbed = true;
+        }
+        if faulty {
+            self.h.report.link_faults += 1;
+            self.h.note(format!("the link {what}"));
+        }
+        frame.map(|f| (f, what))
+    }
+
+    /// The recovery side takes the next batch the link delivers.
+    async fn deliver_batch(&mut self) -> Checked {
+        let Some((frame, _)) = self.next_frame(true) else {
+            self.h.note("deliver a batch: none on the link".into());
+            return Ok(());
+        };
+        let s = self.session.as_ref().expect("a frame came from a session");
+        if s.recovery_hung_up {
+            self.h.note("deliver a batch: the recovery side hung up".into());
+            return Ok(());
+        }
+        let (stream, disturbed) = (s.stream, s.disturbed);
+        let mut payload = Vec::new();
+        let mut decoder = BatchDecoder::default();
+        let decoded = match read_frame_into(&mut &frame.bytes[..], &mut payload).await {
+            Ok(FrameKind::Batch) => decoder.decode(&payload, VPG_ID),
+            Ok(kind) => Err(anyhow::anyhow!("a {kind:?} frame on the data link")),
+            Err(e) => Err(e),
+        };
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                let garbled = frame.garbled;
+                self.h.check(garbled, "the receiver takes every frame the sender built", || format!("{e:#}"))?;
+                self.end_session(&format!("deliver a batch: refused ({e:#}), the recovery side hangs up"));
+                return Ok(());
+            }
+        };
+        // Whatever the link did, the journal takes only what was appended
+        // and fsynced, as it was.
+        for (i, record) in decoded.records.iter().enumerate() {
+            let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
+            self.check_sent(record, &decoded.raw[decoded.offsets[i]..end])?;
+        }
+        let first = decoded.records[0].seq;
+        let last = decoded.records.last().expect("a batch holds records").seq;
+        let rec = &mut self.rec;
+        let fresh = decoded.records.iter().filter(|r| r.seq > rec.index.durable_seq).count() as u64;
+        let files = rec.files.as_mut().expect("the journal is open");
+        let appended = intake::append(files, &mut rec.index, &rec.meta, &decoded, stream, &mut |_| Ok(()));
+        drop(decoded);
+        let answer = match appended {
+            Ok(a) => {
+                self.model.journal_acked = self.model.journal_acked.max(a.durable_seq);
+                self.h.report.journal_records += fresh;
+                self.h.note(format!("deliver seqs {first}..={last}: the journal holds {}, acks it", a.durable_seq));
+                ControlMessage::Ack { seq: a.durable_seq }
+            }
+            Err(e) => {
+                let fault = self.rec.fs.is_dead() || self.h.faults_on || disturbed;
+                self.h.check(
+                    fault,
+                    "the journal refuses a batch only for a fault of its storage or the link",
+                    || format!("seqs {first}..={last}: {e:#}"),
+                )?;
+                self.h.note(format!("deliver seqs {first}..={last}: refused ({e:#})"));
+                if let Some(s) = self.session.as_mut() {
+                    s.recovery_hung_up = true;
+                }
+                ControlMessage::refused(format!("{e:#}"))
+            }
+        };
+        let mut bytes = Vec::new();
+        send_control(&mut bytes, &answer).await.expect("encoding to memory");
+        if let Some(s) = self.session.as_mut() {
+            s.to_protected.push_back(Frame { bytes, garbled: false });
+        }
+        Ok(())
+    }
+
+    /// A record the recovery side got is one the protected side appended
+    /// and fsynced, as it was appended.
+    fn check_sent(&mut self, record: &Record, bytes: &[u8]) -> Checked {
+        let (seq, durable) = (record.seq, self.model.durable_seq);
+        self.h.check(seq <= durable, "only durable records are sent", || {
+            format!("sent {seq}, durable through {durable}")
+        })?;
+        let same = match self.model.appended.get(&seq) {
+            Some(Some(appended)) => appended == bytes,
+            Some(None) => {
+                matches!(record.body, RecordBody::StreamStart { stream_id, .. } if stream_id == self.model.stream)
+            }
+            None => false,
+        };
+        self.h.check(same, "a record arrives as it was appended", || format!("seq {seq} is not the record appended"))
+    }
+
+    /// The sender takes the next answer the link delivers.
+    async fn deliver_answer(&mut self) -> Checked {
+        let Some((frame, _)) = self.next_frame(false) else {
+            self.h.note("deliver an answer: none on the link".into());
+            return Ok(());
+        };
+        match recv_control(&mut &frame.bytes[..]).await {
+            Ok(ControlMessage::Ack { seq }) => {
+                let held = self.rec.index.durable_seq;
+                self.h.check(seq <= held, "an ack never runs ahead of the journal", || {
+                    format!("ack of {seq}; the journal holds {held}")
+                })?;
+                self.log().ack(seq);
+                self.h.note(format!("deliver an ack of {seq}"));
+            }
+            Ok(ControlMessage::Refused { reason }) => self.end_session(&format!("the recovery side refused: {reason}")),
+            Ok(other) => return Err(self.h.violation("the sender gets what the receiver sent", format!("{other:?}"))),
+            Err(e) => {
+                let garbled = frame.garbled;
+                self.h.check(garbled, "the sender takes every answer the receiver built", || format!("{e:#}"))?;
+                self.end_session(&format!("deliver an answer: refused ({e:#}), the sender hangs up"));
+            }
+        }
+        Ok(())
+    }
+
+    fn end_session(&mut self, why: &str) {
+        if self.session.take().is_some() {
+            self.h.note(format!("{why}: the session ends"));
+        } else {
+            self.h.note(format!("{why}: no session"));
+        }
+    }
+
+    fn apply_faults(&self) {
+        self.h.apply_faults();
+        self.rec.fs.set_fault_per_mille(if self.h.faults_on { FAULT_PER_MILLE } else { 0 });
+    }
+
+    fn toggle_faults(&mut self) {
+        self.h.toggle_faults();
+        self.apply_faults();
+    }
+
+    fn toggle_link_faults(&mut self) {
+        self.link_faults_on = !self.link_faults_on;
+        self.h.note(format!("link faults {}", if self.link_faults_on { "on" } else { "off" }));
+    }
+
+    fn maybe_recovery_dies(&mut self) {
+        if self.h.rng.chance(DEATH_PER_MILLE) {
+            let ops = self.h.rng.below(8);
+            self.rec.fs.die_after(ops);
+            self.h.note(format!("the recovery process will die after {ops} more storage operations"));
+        }
+    }
+
+    async fn restart_protected(&mut self, stop: Stop) -> Checked {
+        self.session = None;
+        self.log = None;
+        self.h.stop(stop);
+        let log = self.reopen_protected()?;
+        let last = log.appended_seq();
+        let (durable, stream) = (self.model.durable_seq, self.model.stream);
+        self.h.check(log.stream_id() == stream, "the log keeps its stream across a restart", || {
+            format!("stream {:#x} where {stream:#x} was", log.stream_id())
+        })?;
+        self.h.check(last >= durable, "no fsynced record is lost", || {
+            format!("fsynced through {durable}, the log opens ending at {last}")
+        })?;
+        // Appends past the end were never durable: their seqs come again.
+        self.model.appended.retain(|seq, _| *seq <= last);
+        self.model.next_seq = last + 1;
+        self.model.durable_seq = last;
+        self.h.note(format!("the log opened: through seq {last}"));
+        self.log = Some(log);
+        Ok(())
+    }
+
+    /// Opens the log after a stop (now and then dying while it does).
+    fn reopen_protected(&mut self) -> Result<Arc<ProtectedLog>, Box<Violation>> {
+        self.h.maybe_die_opening();
+        let mut faults = self.h.faults_on;
+        for _attempt in 0..OPEN_ATTEMPTS {
+            let env = LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() };
+            let durable = self.model.durable_seq;
+            let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, durable, &mut |what| {
+                // No stream ever starts here but the first.
+                anyhow::bail!("the open would drop another stream's records: {what}")
+            });
+            if self.h.died_opening("log") {
+                drop(opened);
+                continue;
+            }
+            match opened {
+                Ok((log, _)) => {
+                    self.apply_faults();
+                    return Ok(log);
+                }
+                Err(e) => self.h.open_failed(&e, &mut faults, "the log opens again after any stop")?,
+            }
+        }
+        Err(self.h.violation("the log opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
+    }
+
+    fn restart_recovery(&mut self, stop: Stop) -> Checked {
+        self.session = None;
+        self.rec.files = None;
+        match stop {
+            Stop::Crash => {
+                self.rec.fs.crash();
+                self.h.note("kill the recovery process".into());
+            }
+            Stop::PowerCut => {
+                self.rec.fs.power_cut();
+                self.h.note("cut the recovery side's power".into());
+            }
+        }
+        self.reopen_recovery()
+    }
+
+    /// Opens the journal after a stop (now and then dying while it does,
+    /// its successor opening what it left), and checks what it holds.
+    fn reopen_recovery(&mut self) -> Checked {
+        if self.h.rng.chance(OPEN_DEATH_PER_MILLE) {
+            let ops = self.h.rng.below(12);
+            self.rec.fs.die_after(ops);
+            self.h.note(format!("the opening recovery process will die after {ops} more storage operations"));
+        }
+        let mut faults = self.h.faults_on;
+        for _attempt in 0..OPEN_ATTEMPTS {
+            let mut read = Vec::new();
+            let opened = self.open_journal_once(&mut read);
+            if self.rec.fs.is_dead() {
+                drop(opened);
+                let cut = self.h.rng.below(2) == 0;
+                if cut {
+                    self.rec.fs.power_cut()
+                } else {
+                    self.rec.fs.crash()
+                }
+                self.h.note(format!(
+                    "the recovery process died while opening: {}",
+                    if cut { "cut the power" } else { "kill" }
+                ));
+                continue;
+            }
+            match opened {
+                Ok((files, index, damage)) => {
+                    self.apply_faults();
+                    self.rec.files = Some(files);
+                    self.rec.index = index;
+                    return self.check_journal(&read, damage);
+                }
+                Err(e) if faults => {
+                    self.h.note(format!("the journal's open failed on a fault: {e:#}; again without faults"));
+                    faults = false;
+                    self.rec.fs.set_fault_per_mille(0);
+                }
+                Err(e) => return Err(self.h.violation("the journal opens again after any stop", format!("{e:#}"))),
+            }
+        }
+        Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
+    }
+
+    /// One open of the journal, as `Journal::open` does it: what it read
+    /// (seq, encoding) into `read`.
+    fn open_journal_once(
+        &self,
+        read: &mut Vec<(u64, Vec<u8>)>,
+    ) -> anyhow::Result<(SegmentFiles, JournalIndex, Option<String>)> {
+        let rec = &self.rec;
+        let mut index = JournalIndex::new(VOLUMES);
+        let forget = &mut |_: &Path| Ok(());
+        let outcome = segments::recover(&rec.fs, &rec.dir, VPG_ID, forget, |r, _| {
+            index.observe(r);
+            read.push((r.seq, r.encode()));
+        })?;
+        let fs: Arc<dyn Storage> = Arc::new(rec.fs.clone());
+        let files = SegmentFiles::open(fs, &rec.dir, VPG_ID, ROLLING, index.durable_seq + 1)?;
+        Ok((files, index, outcome.damage.map(|d| d.to_string())))
+    }
+
+    /// The journal that opened holds every record it acknowledged, each
+    /// as the protected side appended it, in order from the stream's start.
+    fn check_journal(&mut self, read: &[(u64, Vec<u8>)], damage: Option<String>) -> Checked {
+        let last = read.last().map_or(0, |(seq, _)| *seq);
+        let acked = self.model.journal_acked;
+        self.h.check(last >= acked, "no record the journal acknowledged is lost", || {
+            format!("acknowledged through {acked}, the journal opens ending at {last}; damage: {damage:?}")
+        })?;
+        let start = self.model.appended.keys().next().copied().unwrap_or(0);
+        let gap = read.iter().enumerate().find(|(i, (seq, _))| *seq != start + *i as u64);
+        self.h.check(gap.is_none(), "the journal holds the stream from its start, in order, without gaps", || {
+            let (i, (seq, _)) = gap.expect("found");
+            format!("seq {seq} where {} was due", start + i as u64)
+        })?;
+        let differs = read.iter().find(|(seq, bytes)| match self.model.appended.get(seq) {
+            Some(Some(appended)) => appended != bytes,
+            Some(None) => false,
+            None => true,
+        });
+        self.h.check(differs.is_none(), "the journal holds each record as it was appended", || {
+            format!("seq {} differs", differs.expect("found").0)
+        })?;
+        // What an open found, the welcome advertises.
+        self.model.journal_acked = last;
+        if damage.is_some() {
+            self.h.report.journal_cuts += 1;
+        }
+        self.h.note(format!(
+            "the journal opened: through seq {last}{}",
+            damage.map(|d| format!(", cut: {}", short(&d))).unwrap_or_default()
+        ));
+        Ok(())
+    }
+
+    /// The end: faults stop, both sides lose power and come back, the link
+    /// heals, and the journal must catch up with the log.
+    async fn catch_up(&mut self) -> Checked {
+        self.h.faults_on = false;
+        self.link_faults_on = false;
+        self.apply_faults();
+        self.h.note("the end: no more faults, and the link heals".into());
+        self.restart_protected(Stop::PowerCut).await?;
+        self.restart_recovery(Stop::PowerCut)?;
+        let log = self.log();
+        for _round in 0..CATCH_UP_ROUNDS {
+            if self.rec.index.durable_seq == log.synced_seq() && log.acked_seq() == log.synced_seq() {
+                break;
+            }
+            self.send().await?;
+            while self.session.as_ref().is_some_and(|s| !s.to_recovery.is_empty()) {
+                self.deliver_batch().await?;
+            }
+            while self.session.as_ref().is_some_and(|s| !s.to_protected.is_empty()) {
+                self.deliver_answer().await?;
+            }
+        }
+        let (held, synced, acked) = (self.rec.index.durable_seq, log.synced_seq(), log.acked_seq());
+        self.h.check(held == synced && acked == synced, "once the link heals the journal catches up", || {
+            format!("the log fsynced through {synced}, the journal holds {held}, the log has {acked} acked")
+        })?;
+        // What it caught up, it holds across a power cut, as appended.
+        self.restart_recovery(Stop::PowerCut)?;
+        let held = self.rec.index.durable_seq;
+        self.h.check(held == synced, "every record fsynced on the protected side reaches the journal", || {
+            format!("fsynced through {synced}, the journal holds {held} after a power cut")
+        })
+    }
+}
