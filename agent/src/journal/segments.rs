@@ -209,3 +209,48 @@ impl SegmentFiles {
         self.rolling.segment_bytes = bytes;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, RecordBody};
+    use crate::storage::sim::SimStorage;
+
+    const VPG_ID: u32 = 5;
+
+    fn write(seq: u64) -> Vec<u8> {
+        let body = RecordBody::Write { volume: 0, offset: seq * 4096, data: vec![seq as u8; 4096] };
+        Record { seq, vpg_id: VPG_ID, body }.encode()
+    }
+
+    /// What a quarantine keeps, the damaged segment's original and every
+    /// later segment, is still there after a power cut: it is the only
+    /// evidence of the damage (the journal itself is cut back).
+    #[test]
+    fn a_quarantine_survives_a_power_cut() {
+        for seed in 0..32 {
+            let fs = SimStorage::new(seed);
+            let dir = Path::new("/sim/journal");
+            fs.create_dir_all(dir).unwrap();
+            let rolling = Rolling { segment_bytes: 6000, segment_age: Duration::from_secs(3600) };
+            let mut files = SegmentFiles::open(Arc::new(fs.clone()), dir, VPG_ID, rolling, 1).unwrap();
+            let mut damaged = [write(1), write(2)].concat();
+            let last = damaged.len() - 1;
+            damaged[last] ^= 0x40;
+            files.append(&damaged, 1).unwrap();
+            files.append(&write(3), 3).unwrap();
+            drop(files);
+            let segments = list_segments_on(&fs, dir, SegmentKind::Journal).unwrap();
+            assert_eq!(segments.len(), 2, "seed {seed}: the third record starts a segment of its own");
+            let outcome = recover(&fs, dir, VPG_ID, &mut |_| Ok(()), |_, _| {}).unwrap();
+            assert!(outcome.damage.is_some_and(|d| !d.torn), "seed {seed}: a corrupt record in a closed segment");
+            fs.power_cut();
+            let quarantine = dir.join(QUARANTINE_DIR);
+            for (_, path) in &segments {
+                let kept = quarantine.join(path.file_name().unwrap());
+                assert!(fs.exists(&kept), "seed {seed}: {} is gone from the quarantine", kept.display());
+            }
+            assert_eq!(list_segments_on(&fs, dir, SegmentKind::Journal).unwrap().len(), 1, "seed {seed}");
+        }
+    }
+}
