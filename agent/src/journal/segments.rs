@@ -90,6 +90,10 @@ fn repair(
             forget(later)?;
             fs.rename(later, &quarantine.join(name)).context("quarantining a later segment")?;
         }
+        // The quarantine and its names are durable before the original is
+        // cut: they are the only evidence of the damage.
+        sync_dir(fs, &quarantine)?;
+        sync_dir(fs, dir)?;
     }
     forget(&damage.path)?;
     let f = fs.open_append(&damage.path).with_context(|| format!("opening {}", damage.path.display()))?;
