@@ -81,8 +81,7 @@ log "$(jq length <<<"$entries") entries at the recovery side, each operation sta
 
 log "SIGKILL of the recovery agent right after an operation"
 "$TIDEMARK" test-failover start "${R[@]}" --vpg vpg1 --checkpoint latest >/dev/null || fail "test failover failed"
-kill -9 "$RECOVERY_PID"
-wait "$RECOVERY_PID" 2>/dev/null || true
+kill9 "$RECOVERY_PID"
 start_recovery
 "$TIDEMARK" test-failover stop "${R[@]}" --vpg vpg1 >/dev/null 2>&1 || true
 "$TIDEMARK" audit-log "${R[@]}" --verify >"$WORK/verify.out" || fail "after the kill: $(cat "$WORK/verify.out")"

@@ -94,8 +94,7 @@ fi
 grep -q "bitmap mode" "$WORK/cp.out" || fail "the refused checkpoint does not say why: $(cat "$WORK/cp.out")"
 
 log "SIGKILL of the protected agent in bitmap mode"
-kill -9 "$PROTECTED_PID"
-wait "$PROTECTED_PID" 2>/dev/null || true
+kill9 "$PROTECTED_PID"
 start_protected
 mode=$(fresh_status_json protected | jq -r '.vpgs[0].bitmap.mode // "none"')
 [ "$mode" = bitmap ] || [ "$mode" = resync ] || fail "after the kill the VPG forgot its dirty regions (mode $mode)"
@@ -182,8 +181,7 @@ for _ in $(seq 1 300); do
 done
 [ "$(bitmap_field mode)" = resync ] || fail "the second resync was not seen under way"
 left=$(bitmap_field dirty_bytes)
-kill -9 "$PROTECTED_PID"
-wait "$PROTECTED_PID" 2>/dev/null || true
+kill9 "$PROTECTED_PID"
 log "killed with ${left} bytes left to resync"
 start_protected
 for _ in $(seq 1 300); do
