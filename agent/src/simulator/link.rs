@@ -45,7 +45,7 @@ use crate::transfer::{recv_control, send_control};
 use crate::wire::batch::{BatchBuilder, BatchDecoder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
 use crate::wire::frame::{frame_header, read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,8 @@ const LOG_SIZE: LogSize = LogSize { capacity_bytes: 8 << 20, segment_bytes: 64 <
 /// Small journal segments, so that a batch often starts a new one.
 const ROLLING: Rolling = Rolling { segment_bytes: 48 << 10, segment_age: Duration::from_secs(1 << 30) };
 const VOLUMES: usize = 3;
-const VOLUME_BYTES: u64 = 1 << 30;
+/// Small volumes, so that writes overlap and a restore compares quickly.
+const VOLUME_BYTES: u64 = 4 << 20;
 /// Batches in flight before the sender waits for acks.
 const INFLIGHT_FRAMES_MAX: usize = 8;
 /// While link faults are on, the chance a delivery goes wrong (dropped,
@@ -111,6 +112,8 @@ struct Model {
     /// Every record of the stream the log holds or held, by seq: its
     /// encoding (None for the StreamStart the log writes itself).
     appended: BTreeMap<u64, Option<Vec<u8>>>,
+    /// The seqs of the checkpoints among them.
+    checkpoints: BTreeSet<u64>,
     next_seq: u64,
     /// The log fsynced every record through here.
     durable_seq: u64,
@@ -180,7 +183,7 @@ impl Run {
     }
 
     async fn go(&mut self) -> Checked {
-        self.open_first()?;
+        self.open_first().await?;
         while self.h.step < STEPS {
             self.h.step += 1;
             self.h.report.steps += 1;
@@ -226,7 +229,7 @@ impl Run {
         self.catch_up().await
     }
 
-    fn open_first(&mut self) -> Checked {
+    async fn open_first(&mut self) -> Checked {
         self.rec.fs.create_dir_all(&self.rec.dir).expect("a new simulated directory");
         self.reopen_recovery()?;
         let env = LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() };
@@ -241,11 +244,17 @@ impl Run {
             next_seq: start + 1,
             durable_seq: start,
             journal_acked: 0,
+            ..Model::default()
         };
         self.h.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
         self.h.note(format!("open a new log: its stream starts at seq {start}"));
         self.log = Some(log);
-        Ok(())
+        // The volumes start as zeros: the new stream's initial copy has
+        // nothing to send, and its checkpoints are complete images.
+        for volume in 0..VOLUMES as u32 {
+            self.append(RecordBody::CopyDone { volume })?;
+        }
+        self.sync().await
     }
 
     fn append_write(&mut self) -> Checked {
@@ -257,14 +266,14 @@ impl Run {
         let mut data = vec![0u8; len];
         self.h.rng.fill(&mut data);
         let volume = self.h.rng.below(VOLUMES as u64) as u32;
-        let body = RecordBody::Write { volume, offset: self.h.rng.below(1 << 20) * 512, data };
-        self.append(body)
+        let offset = self.any_offset(len as u64);
+        self.append(RecordBody::Write { volume, offset, data })
     }
 
     fn append_marker(&mut self) -> Checked {
         let volume = self.h.rng.below(VOLUMES as u64) as u32;
         let body = match self.h.rng.below(3) {
-            0 => RecordBody::Zero { volume, offset: self.h.rng.below(1 << 20) * 512, length: 4096 },
+            0 => RecordBody::Zero { volume, offset: self.any_offset(4096), length: 4096 },
             _ => RecordBody::Checkpoint {
                 time_ms: crate::clock::Clock::now_ms(&*self.clock),
                 tag: format!("t{}", self.h.step),
@@ -272,6 +281,11 @@ impl Run {
             },
         };
         self.append(body)
+    }
+
+    /// Where `len` bytes fit in a volume, at a sector boundary.
+    fn any_offset(&mut self, len: u64) -> u64 {
+        self.h.rng.below((VOLUME_BYTES - len) / 512 + 1) * 512
     }
 
     fn append(&mut self, body: RecordBody) -> Checked {
@@ -286,6 +300,9 @@ impl Run {
                 let due = self.model.next_seq;
                 self.h.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
                 self.model.next_seq = seq + 1;
+                if matches!(body, RecordBody::Checkpoint { .. }) {
+                    self.model.checkpoints.insert(seq);
+                }
                 self.model.appended.insert(seq, Some(Record { seq, vpg_id: VPG_ID, body }.encode()));
                 self.h.report.records_appended += 1;
                 self.h.note(format!("append seq {seq} ({bytes} bytes)"));
@@ -598,6 +615,7 @@ impl Run {
         })?;
         // Appends past the end were never durable: their seqs come again.
         self.model.appended.retain(|seq, _| *seq <= last);
+        self.model.checkpoints.retain(|seq| *seq <= last);
         self.model.next_seq = last + 1;
         self.model.durable_seq = last;
         self.h.note(format!("the log opened: through seq {last}"));
@@ -774,6 +792,39 @@ impl Run {
         let held = self.rec.index.durable_seq;
         self.h.check(held == synced, "every record fsynced on the protected side reaches the journal", || {
             format!("fsynced through {synced}, the journal holds {held} after a power cut")
-        })
+        })?;
+        self.restore_checkpoint()
+    }
+
+    /// A checkpoint (the newest, or by lot an older one), restored from
+    /// the journal by the real restore, equals the volumes at that point
+    /// of the write order.
+    fn restore_checkpoint(&mut self) -> Checked {
+        let checkpoints: Vec<u64> = self.model.checkpoints.iter().copied().collect();
+        let Some(&newest) = checkpoints.last() else {
+            self.h.note("no checkpoint to restore".into());
+            return Ok(());
+        };
+        let checkpoint = match self.h.rng.below(2) {
+            0 => newest,
+            _ => checkpoints[self.h.rng.below(checkpoints.len() as u64) as usize],
+        };
+        let rec = &self.rec;
+        let restored = super::restore_check::restore_matches(
+            &rec.fs,
+            &rec.dir,
+            &rec.meta,
+            &self.model.appended,
+            checkpoint,
+            self.h.seed,
+        );
+        self.h.check(
+            restored.is_ok(),
+            "a checkpoint restores to the volumes at that point of the write order",
+            || format!("checkpoint {checkpoint}: {:#}", restored.as_ref().expect_err("failed")),
+        )?;
+        self.h.report.restores += 1;
+        self.h.note(format!("restore checkpoint {checkpoint}: the volumes as the model has them"));
+        Ok(())
     }
 }

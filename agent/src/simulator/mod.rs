@@ -23,6 +23,7 @@ mod harness;
 mod journal;
 mod link;
 mod protected_log;
+mod restore_check;
 pub mod rng;
 
 use std::fmt;
@@ -53,6 +54,8 @@ pub struct SeedReport {
     pub sessions: u64,
     /// Frames the link dropped, duplicated, reordered or garbled.
     pub link_faults: u64,
+    /// Checkpoints restored (by the real restore) and compared.
+    pub restores: u64,
 }
 
 impl SeedReport {
@@ -73,6 +76,7 @@ impl SeedReport {
         self.journal_cuts += o.journal_cuts;
         self.sessions += o.sessions;
         self.link_faults += o.link_faults;
+        self.restores += o.restores;
     }
 }
 
@@ -151,7 +155,7 @@ mod tests {
         assert!(total.failed_syncs > 0 && total.failed_removals > 0, "{total:?}");
         assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
         assert!(total.journal_records > 0 && total.journal_cuts > 0, "{total:?}");
-        assert!(total.sessions > 0 && total.link_faults > 0, "{total:?}");
+        assert!(total.sessions > 0 && total.link_faults > 0 && total.restores > 0, "{total:?}");
     }
 
     #[test]
