@@ -85,6 +85,10 @@ pub enum RecordError {
     Incomplete { needed: usize, have: usize },
     #[error("bad record magic {0:#010x}")]
     BadMagic(u32),
+    /// A whole header of zeros: what a disk holds where a write never
+    /// reached it (a failed fsync, or a power cut before one).
+    #[error("zeros where a record should start (a write that never reached the disk)")]
+    Zeros,
     #[error("record header checksum mismatch")]
     HeaderChecksum,
     #[error("record payload checksum mismatch (seq {seq})")]
@@ -161,6 +165,9 @@ impl Record {
         }
         let magic = u32_at(buf, 0);
         if magic != RECORD_MAGIC {
+            if buf[..RECORD_HEADER_BYTES].iter().all(|b| *b == 0) {
+                return Err(RecordError::Zeros);
+            }
             return Err(RecordError::BadMagic(magic));
         }
         if crc32fast::hash(&buf[..48]) != u32_at(buf, 48) {
@@ -336,6 +343,18 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zeros where a header should be are named as such (what a disk
+    /// holds where a write never reached it); other garbage is a bad magic.
+    #[test]
+    fn a_header_of_zeros_is_told_from_a_bad_magic() {
+        assert_eq!(Record::decode(&[0u8; RECORD_HEADER_BYTES]).unwrap_err(), RecordError::Zeros);
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        header[20] = 1;
+        assert_eq!(Record::decode(&header).unwrap_err(), RecordError::BadMagic(0));
+        header[..4].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
+        assert_eq!(Record::decode(&header).unwrap_err(), RecordError::BadMagic(0xdead_beef));
+    }
     use proptest::prelude::*;
 
     /// Any text, ASCII or not, cut at a character boundary to the limit.

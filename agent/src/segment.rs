@@ -332,8 +332,12 @@ impl SegmentReader {
             return Err(damage(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: got }));
         }
         // Only trust the length once the header checksum has passed.
-        if let Err(e @ (RecordError::BadMagic(_) | RecordError::HeaderChecksum | RecordError::PayloadTooLarge(_))) =
-            Record::decode_metadata(&buf[..RECORD_HEADER_BYTES])
+        if let Err(
+            e @ (RecordError::BadMagic(_)
+            | RecordError::Zeros
+            | RecordError::HeaderChecksum
+            | RecordError::PayloadTooLarge(_)),
+        ) = Record::decode_metadata(&buf[..RECORD_HEADER_BYTES])
         {
             return Err(damage(e));
         }
