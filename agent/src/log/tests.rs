@@ -558,3 +558,45 @@ fn segments_no_larger_than_their_header_are_refused() {
     let size = LogSize { capacity_bytes: 1 << 20, segment_bytes: SEGMENT_HEADER_BYTES as u64 };
     let _ = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(()));
 }
+
+/// An ack may run ahead of a session's cursor (a recovery side that holds
+/// more than this session sent it: a welcome from before an older link's
+/// last batch landed) and retire segments the cursor has not read yet:
+/// what they held is acknowledged, so the cursor goes on from the next
+/// segment left, instead of taking the hole for damage (which starts the
+/// stream over, with a full copy). Review finding of helper-29.
+#[tokio::test]
+async fn a_cursor_skips_segments_an_ack_retired_ahead_of_it() {
+    use crate::wire::batch::{BatchBuilder, BATCH_RECORDS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
+    let mut last = 0;
+    for i in 0..100 {
+        last = log.append(&write(i, 8192)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    let first = log.segment_starts()[0];
+    let mut cursor = log.cursor(first + 1);
+    let mut batch = BatchBuilder::default();
+    cursor.fill(&mut batch, 20_000, BATCH_RECORDS_MAX).unwrap();
+    assert!(batch.count() > 0);
+    let acked = last - 5;
+    log.ack(acked);
+    assert!(log.segment_starts()[0] > first + 16, "the ack retired several segments: {:?}", log.segment_starts());
+    let mut seqs = Vec::new();
+    loop {
+        batch.clear();
+        cursor.fill(&mut batch, 1 << 20, BATCH_RECORDS_MAX).expect("segments an ack retired are no damage");
+        if batch.is_empty() {
+            break;
+        }
+        let encoded = crate::wire::batch::BatchEncoder::default().encode(&mut batch).bytes.to_vec();
+        seqs.extend(crate::wire::batch::decode(&encoded, 1).unwrap().records.iter().map(|r| r.seq));
+    }
+    assert_eq!(seqs.last(), Some(&last), "the cursor reads on to the end");
+    // In order; a hole only where every record skipped was acknowledged.
+    let holes_acked = seqs.windows(2).all(|w| w[1] == w[0] + 1 || (w[1] > w[0] && w[1] - 1 <= acked));
+    assert!(holes_acked, "{seqs:?} with {acked} acknowledged");
+    assert!((acked + 1..=last).all(|s| seqs.contains(&s)), "everything unacknowledged is read: {seqs:?}");
+}
