@@ -106,6 +106,13 @@ impl LogCursor {
                     // The next segment must go on where this one ended.
                     let (first_seq, reader) = self.open.take().expect("opened above");
                     let next = self.log.segment_starts().into_iter().find(|s| *s > first_seq);
+                    // Segments an ack retired ahead of the cursor (the
+                    // recovery side holds more than this session sent it)
+                    // held nothing still owed: go on from the next one.
+                    if let Some(n) = next.filter(|n| self.want_seq < *n && *n - 1 <= self.log.acked_seq()) {
+                        self.want_seq = n;
+                        continue;
+                    }
                     if next.is_some_and(|n| self.want_seq < n) {
                         let damage = SegmentDamage {
                             path: reader.path().to_path_buf(),
