@@ -222,6 +222,35 @@ mod tests {
         RecordBody::Write { volume: 0, offset: seq * 4096 % (1 << 20), data: vec![seq as u8; 4096] }
     }
 
+    /// The stream's rules hold for every record of a batch, not only its
+    /// first fresh one: no gap inside a batch, and a StreamStart only
+    /// first (a batch that reads on from one stream into the next, which
+    /// a sender's cursor can build when a new stream starts under a
+    /// session). Review finding of helper-29.
+    #[test]
+    fn the_rules_hold_past_the_first_fresh_record() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("db");
+        let mut j = Journal::open(&dir, meta(), &policy()).unwrap();
+        let start = RecordBody::StreamStart { time_ms: 1, stream_id: 7 };
+        assert_eq!(j.append(&batch(1, vec![start, write(2)]), 7).unwrap(), 2);
+        let at = |seq: u64, body: RecordBody| Record { seq, vpg_id: VPG_ID, body };
+        let decoded = |records: Vec<Record>| {
+            crate::wire::batch::decode(&crate::wire::batch::encode(&records).bytes, VPG_ID).unwrap().into_owned()
+        };
+        let gap = decoded(vec![at(3, write(3)), at(9, write(9))]);
+        let err = j.append(&gap, 7).expect_err("a gap inside a batch");
+        assert!(format!("{err:#}").contains("gap"), "{err:#}");
+        let other = RecordBody::StreamStart { time_ms: 2, stream_id: 99 };
+        let into_another = decoded(vec![at(3, write(3)), at(4, other), at(5, write(5))]);
+        let err = j.append(&into_another, 7).expect_err("a StreamStart inside a batch");
+        assert!(format!("{err:#}").contains("StreamStart"), "{err:#}");
+        assert_eq!((j.durable_seq(), j.index.stream_id), (2, 7), "a refused batch changed the journal");
+        drop(j);
+        let j = Journal::open(&dir, meta(), &policy()).unwrap();
+        assert_eq!((j.durable_seq(), j.index.stream_id), (2, 7), "a refused batch reached the disk");
+    }
+
     #[test]
     fn a_stream_is_continued_only_by_a_log_of_that_stream() {
         let root = tempfile::tempdir().unwrap();
