@@ -2,8 +2,9 @@
 //! the taking. Records at or below the durable end are replays and are
 //! skipped. The first fresh record continues the journal's stream, from a
 //! log of that stream, or starts the stream the sender announced (the only
-//! place a gap in seqs is allowed). Every record names a volume of the VPG
-//! and stays inside it. Then the batch's raw bytes go to the segment files,
+//! place a gap in seqs is allowed); every later one follows it seq by seq,
+//! and none starts a stream. Every record names a volume of the VPG and
+//! stays inside it. Then the batch's raw bytes go to the segment files,
 //! durably or not at all, and only then does the index move.
 //!
 //! `Journal::append` calls it with its cap; the simulator's link scenario
@@ -62,6 +63,7 @@ pub fn append(
         }
         _ => {}
     }
+    check_follows(batch, first_fresh)?;
     let bytes = &batch.raw[batch.offsets[first_fresh]..];
     room(bytes.len() as u64)?;
     segments.append(bytes, first.seq)?;
@@ -70,12 +72,32 @@ pub fn append(
         index.observe(rec);
     }
     let last = batch.records.last().expect("a fresh record").seq;
-    assert!(
+    // Past the checks, a batch cannot fail this (and a panic here would
+    // poison the journal's lock): a test-build check.
+    debug_assert!(
         index.durable_seq == last && last > before,
         "the index ends at {} after a batch to {last}",
         index.durable_seq
     );
     Ok(Appended { durable_seq: index.durable_seq, bytes: bytes.len() as u64 })
+}
+
+/// Every record after the first fresh one (`from`) follows the one
+/// before it, seq by seq, in the same stream: a batch that reads on from
+/// one stream into the next (a sender's cursor builds one when a new
+/// stream starts under a session) would otherwise start a stream its
+/// sender did not announce, or leave a hole.
+fn check_follows(batch: &DecodedBatch, from: usize) -> Result<()> {
+    for pair in batch.records[from..].windows(2) {
+        let (before, rec) = (&pair[0], &pair[1]);
+        if let RecordBody::StreamStart { stream_id, .. } = rec.body {
+            bail!("seq {}: a StreamStart of stream {stream_id:#x} inside a batch (a stream starts a batch)", rec.seq);
+        }
+        if rec.seq != before.seq + 1 {
+            bail!("gap in the stream inside a batch: seq {} after {}", rec.seq, before.seq);
+        }
+    }
+    Ok(())
 }
 
 /// Every record from `from` on names a volume of this VPG and stays
