@@ -486,6 +486,13 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         // freed by one thread, which keeps the allocator from holding it.
         let appended = tokio::task::block_in_place(|| {
             let mut journal = slot.journal.lock().expect("journal lock");
+            // Again under the lock a hello's welcome reads the durable seq
+            // under: a batch of a replaced session appended after a newer
+            // welcome would put the journal ahead of what that session's
+            // sender was told.
+            if slot.session.load(Ordering::SeqCst) != session {
+                return Err(anyhow::anyhow!("a newer session replaced this link"));
+            }
             match slot.stream_refusal() {
                 None => journal.append(&decoded, stream),
                 Some(why) => Err(anyhow::anyhow!("{why}; the stream is closed")),
