@@ -50,7 +50,7 @@ fn main() {
         "simulate: seeds {from}..{} hold every invariant: {count} seeds in {secs:.1} s ({:.0} seeds/s); {} steps, \
          {} records appended, {} sent, {} checks; {} faults injected, {} process kills, {} power cuts ({} left a torn tail); {} fsyncs and {} removals failed; {} appends found the log full; {} \
          stream starts that failed were found in place; the journal took {} records, and {} of its opens cut damage; \
-         {} link sessions, {} frames the link dropped, duplicated, reordered or garbled; {} checkpoints restored",
+         {} link sessions, {} frames the link dropped, duplicated, reordered or garbled, {} stale welcomes; {} checkpoints restored",
         from + count,
         count as f64 / secs,
         total.steps,
@@ -69,6 +69,7 @@ fn main() {
         total.journal_cuts,
         total.sessions,
         total.link_faults,
+        total.stale_welcomes,
         total.restores,
     );
 }

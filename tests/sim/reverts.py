@@ -73,6 +73,11 @@ REVERTS = {
         "            if self.fs.exists(&leftover) {",
         "            if false && self.fs.exists(&leftover) {",
     ),
+    "cursor-takes-retired-segments-for-damage": (
+        "agent/src/log/cursor.rs",
+        "if let Some(n) = next.filter(|n| self.want_seq < *n && *n - 1 <= self.log.acked_seq()) {",
+        "if let Some(n) = next.filter(|n| false && self.want_seq < *n) {",
+    ),
     # Not an earlier defect: a rule of the journal's intake, kept here as
     # the link scenario's proof that it can fail.
     "journal-takes-a-gap": (

@@ -39,6 +39,7 @@ use crate::journal::segments::{self, Rolling, SegmentFiles};
 use crate::journal::{intake, JournalMeta};
 use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody};
+use crate::segment::SegmentError;
 use crate::storage::sim::SimStorage;
 use crate::storage::Storage;
 use crate::transfer::{recv_control, send_control};
@@ -63,6 +64,8 @@ const INFLIGHT_FRAMES_MAX: usize = 8;
 /// While link faults are on, the chance a delivery goes wrong (dropped,
 /// duplicated, reordered, garbled: one in four each).
 const LINK_FAULT_PER_MILLE: u64 = 250;
+/// One welcome in this many is stale (see `welcome_seq`).
+const STALE_WELCOME_ONE_IN: u64 = 3;
 /// Sends and deliveries the healed link gets at the end to catch up.
 const CATCH_UP_ROUNDS: usize = 2000;
 
@@ -99,9 +102,6 @@ struct Session {
     /// The recovery side refused a batch and hung up: nothing more of
     /// this session reaches it.
     recovery_hung_up: bool,
-    /// The link dropped, duplicated or reordered a batch of this session:
-    /// the receiver may refuse what follows (a gap).
-    disturbed: bool,
 }
 
 /// What the simulator knows must be true of both sides.
@@ -347,8 +347,7 @@ impl Run {
         };
         let mut batch = BatchBuilder::default();
         if let Err(e) = s.cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
-            let may_fail = self.h.may_fail();
-            self.h.check(may_fail, "the sender reads the log without error", || format!("{e:#}"))?;
+            self.check_read_error(&e)?;
             self.end_session(&format!("send: the read failed ({e:#})"));
             return Ok(());
         }
@@ -357,6 +356,7 @@ impl Run {
             return Ok(());
         }
         let (count, raw) = (batch.count(), batch.raw_len());
+        self.h.report.records_sent += count as u64;
         let mut encoder = BatchEncoder::default();
         let encoded = encoder.encode(&mut batch);
         let mut bytes = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc).to_vec();
@@ -370,9 +370,10 @@ impl Run {
     /// durable seq and stream), and where the sender resumes.
     async fn connect(&mut self) -> Checked {
         let log = self.log();
-        let (durable, journal_stream) = (self.rec.index.durable_seq, self.rec.index.stream_id);
+        let (held, journal_stream) = (self.rec.index.durable_seq, self.rec.index.stream_id);
         // What a welcome advertises, the protected side may retire.
-        self.model.journal_acked = self.model.journal_acked.max(durable);
+        self.model.journal_acked = self.model.journal_acked.max(held);
+        let durable = self.welcome_seq(&log, held);
         // It fsyncs what was appended first.
         let appended = log.appended_seq();
         let continues = match wait_unless_died(&self.h.fs, log.continues(durable, journal_stream)).await {
@@ -381,8 +382,7 @@ impl Run {
                 c
             }
             Waited::Done(Err(e)) => {
-                let may_fail = self.h.may_fail();
-                self.h.check(may_fail, "the sender reads the log without error", || format!("{e:#}"))?;
+                self.check_read_error(&e)?;
                 self.h.note(format!("connect: the log could not say where to resume ({e:#})"));
                 return Ok(());
             }
@@ -412,11 +412,38 @@ impl Run {
             to_recovery: VecDeque::new(),
             to_protected: VecDeque::new(),
             recovery_hung_up: false,
-            disturbed: false,
         });
         self.h.report.sessions += 1;
-        self.h.note(format!("connect: the journal holds seq {durable}, the sender resumes after it"));
+        self.h.note(format!("connect: the welcome says seq {durable}, the sender resumes after it"));
         Ok(())
+    }
+
+    /// The seq a welcome says the journal holds: now and then less than it
+    /// does, as when a replaced session's last batch lands after the
+    /// welcome was read (anything from what the log has acknowledged, and
+    /// still holds, on): the sender then sends records the journal has,
+    /// which it must skip, and its acks overtake the sender's cursor.
+    fn welcome_seq(&mut self, log: &ProtectedLog, held: u64) -> u64 {
+        if self.h.rng.below(STALE_WELCOME_ONE_IN) != 0 {
+            return held;
+        }
+        let oldest_held = log.segment_starts()[0].saturating_sub(1);
+        let least = log.acked_seq().max(oldest_held).min(held);
+        let stale = least + self.h.rng.below(held - least + 1);
+        if stale != held {
+            self.h.report.stale_welcomes += 1;
+            self.h.note(format!("connect: a stale welcome says {stale}; the journal holds {held}"));
+        }
+        stale
+    }
+
+    /// A read of the log fails only on an injected fault, and never finds
+    /// damage: only fsynced records are read, and a fault never changes
+    /// them (a new stream, with a full copy, would start).
+    fn check_read_error(&mut self, e: &anyhow::Error) -> Checked {
+        let damage = matches!(e.downcast_ref::<SegmentError>(), Some(SegmentError::Damage(_)));
+        let may_fail = self.h.may_fail() && !damage;
+        self.h.check(may_fail, "the sender reads the log without error, and never finds damage", || format!("{e:#}"))
     }
 
     /// The next frame the link delivers from `queue`, with what the link
@@ -446,9 +473,6 @@ impl Run {
             }
             _ => (queue.pop_front(), ""),
         };
-        if batches && matches!(fault, 0..=2) {
-            s.disturbed = true;
-        }
         if faulty {
             self.h.report.link_faults += 1;
             self.h.note(format!("the link {what}"));
@@ -467,7 +491,7 @@ impl Run {
             self.h.note("deliver a batch: the recovery side hung up".into());
             return Ok(());
         }
-        let (stream, disturbed) = (s.stream, s.disturbed);
+        let stream = s.stream;
         let mut payload = Vec::new();
         let mut decoder = BatchDecoder::default();
         let decoded = match read_frame_into(&mut &frame.bytes[..], &mut payload).await {
@@ -494,9 +518,23 @@ impl Run {
         let last = decoded.records.last().expect("a batch holds records").seq;
         let rec = &mut self.rec;
         let fresh = decoded.records.iter().filter(|r| r.seq > rec.index.durable_seq).count() as u64;
+        // What the intake's rules say of the batch: a gap before its first
+        // fresh record (a batch the link dropped or reordered came before)
+        // is refused; anything else is taken unless the storage fails.
+        let first_fresh = decoded.records.iter().find(|r| r.seq > rec.index.durable_seq);
+        let starts_stream = |r: &Record| matches!(r.body, RecordBody::StreamStart { .. });
+        let gap = first_fresh.is_some_and(|r| r.seq != rec.index.durable_seq + 1 && !starts_stream(r));
+        let faults_before = rec.fs.stats().faults;
         let files = rec.files.as_mut().expect("the journal is open");
         let appended = intake::append(files, &mut rec.index, &rec.meta, &decoded, stream, &mut |_| Ok(()));
+        let storage_failed = rec.fs.stats().faults > faults_before || rec.fs.is_dead();
         drop(decoded);
+        if gap {
+            let taken = appended.as_ref().ok().map(|a| a.durable_seq);
+            self.h.check(taken.is_none(), "the journal refuses a batch after a gap", || {
+                format!("seqs {first}..={last} taken through {taken:?}")
+            })?;
+        }
         let answer = match appended {
             Ok(a) => {
                 self.model.journal_acked = self.model.journal_acked.max(a.durable_seq);
@@ -505,10 +543,9 @@ impl Run {
                 ControlMessage::Ack { seq: a.durable_seq }
             }
             Err(e) => {
-                let fault = self.rec.fs.is_dead() || self.h.faults_on || disturbed;
                 self.h.check(
-                    fault,
-                    "the journal refuses a batch only for a fault of its storage or the link",
+                    gap || storage_failed,
+                    "the journal refuses a batch only after a gap or on a fault of its storage",
                     || format!("seqs {first}..={last}: {e:#}"),
                 )?;
                 self.h.note(format!("deliver seqs {first}..={last}: refused ({e:#})"));

@@ -56,6 +56,8 @@ pub struct SeedReport {
     pub link_faults: u64,
     /// Checkpoints restored (by the real restore) and compared.
     pub restores: u64,
+    /// Welcomes that said less than the journal held.
+    pub stale_welcomes: u64,
 }
 
 impl SeedReport {
@@ -77,6 +79,7 @@ impl SeedReport {
         self.sessions += o.sessions;
         self.link_faults += o.link_faults;
         self.restores += o.restores;
+        self.stale_welcomes += o.stale_welcomes;
     }
 }
 
@@ -156,6 +159,7 @@ mod tests {
         assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
         assert!(total.journal_records > 0 && total.journal_cuts > 0, "{total:?}");
         assert!(total.sessions > 0 && total.link_faults > 0 && total.restores > 0, "{total:?}");
+        assert!(total.stale_welcomes > 0, "{total:?}");
     }
 
     #[test]
