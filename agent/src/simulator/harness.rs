@@ -4,6 +4,7 @@
 
 use super::rng::SimRng;
 use super::{SeedReport, Violation};
+use crate::log::ProtectedLog;
 use crate::storage::sim::SimStorage;
 use std::future::Future;
 use std::time::Duration;
@@ -155,6 +156,25 @@ impl Harness {
                 self.fs.power_cut();
                 self.note("cut the power".into());
             }
+        }
+    }
+
+    /// The log's group commit makes everything appended durable, and
+    /// `durable_seq` moves to it, unless the process dies first.
+    pub async fn sync_log(&mut self, log: &ProtectedLog, durable_seq: &mut u64) -> Checked {
+        let target = log.appended_seq();
+        match wait_unless_died(&self.fs, log.sync_to(target)).await {
+            Waited::Done(Ok(())) => {
+                *durable_seq = (*durable_seq).max(target);
+                self.note(format!("sync through {target}"));
+                Ok(())
+            }
+            Waited::Died => {
+                self.note(format!("sync through {target}: the process died"));
+                Ok(())
+            }
+            Waited::Done(Err(e)) => Err(self.violation("the group commit syncs", format!("{e:#}"))),
+            Waited::Hung => Err(self.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
         }
     }
 

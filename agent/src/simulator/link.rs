@@ -318,20 +318,7 @@ impl Run {
 
     async fn sync(&mut self) -> Checked {
         let log = self.log();
-        let target = log.appended_seq();
-        match wait_unless_died(&self.h.fs, log.sync_to(target)).await {
-            Waited::Done(Ok(())) => {
-                self.model.durable_seq = self.model.durable_seq.max(target);
-                self.h.note(format!("sync through {target}"));
-                Ok(())
-            }
-            Waited::Died => {
-                self.h.note(format!("sync through {target}: the process died"));
-                Ok(())
-            }
-            Waited::Done(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
-            Waited::Hung => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
-        }
+        self.h.sync_log(&log, &mut self.model.durable_seq).await
     }
 
     /// With no session, the sender connects; with one, it sends a batch.

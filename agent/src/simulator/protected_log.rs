@@ -13,7 +13,7 @@
 //!   holds, each as it was appended (nothing whose append failed comes
 //!   back), and continues the recovery side's stream.
 
-use super::harness::{wait_unless_died, Checked, Harness, Stop, Waited, OPEN_ATTEMPTS, WAIT_LIMIT};
+use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS, WAIT_LIMIT};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
@@ -253,20 +253,7 @@ impl Run {
 
     async fn sync(&mut self) -> Checked {
         let log = self.log();
-        let target = log.appended_seq();
-        match wait_unless_died(&self.h.fs, log.sync_to(target)).await {
-            Waited::Done(Ok(())) => {
-                self.model.durable_seq = self.model.durable_seq.max(target);
-                self.h.note(format!("sync through {target}"));
-                Ok(())
-            }
-            Waited::Died => {
-                self.h.note(format!("sync through {target}: the process died"));
-                Ok(())
-            }
-            Waited::Done(Err(e)) => Err(self.h.violation("the group commit syncs", format!("{e:#}"))),
-            Waited::Hung => Err(self.h.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
-        }
+        self.h.sync_log(&log, &mut self.model.durable_seq).await
     }
 
     fn send(&mut self) -> Checked {
