@@ -20,6 +20,9 @@ pub(super) const OPEN_DEATH_PER_MILLE: u64 = 150;
 pub(super) const OPEN_ATTEMPTS: usize = 3;
 /// The steps a violation shows.
 const TRACE_SHOWN_STEPS: usize = 40;
+/// One group commit in this many ends an epoch, storing the durable seq
+/// as the next open's hint (`ProtectedLog::open`'s `durable_through`).
+const HINT_STORED_ONE_IN: u64 = 4;
 /// Longer than any wait of a healthy log on this in-memory storage.
 pub(super) const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
@@ -160,12 +163,17 @@ impl Harness {
     }
 
     /// The log's group commit makes everything appended durable, and
-    /// `durable_seq` moves to it, unless the process dies first.
-    pub async fn sync_log(&mut self, log: &ProtectedLog, durable_seq: &mut u64) -> Checked {
+    /// `durable_seq` moves to it, unless the process dies first. Now and
+    /// then (an epoch's end) the agent stores it in its activity log as
+    /// the hint the next open gets (`durable_hint`): the hint lags.
+    pub async fn sync_log(&mut self, log: &ProtectedLog, durable_seq: &mut u64, durable_hint: &mut u64) -> Checked {
         let target = log.appended_seq();
         match wait_unless_died(&self.fs, log.sync_to(target)).await {
             Waited::Done(Ok(())) => {
                 *durable_seq = (*durable_seq).max(target);
+                if self.rng.below(HINT_STORED_ONE_IN) == 0 {
+                    *durable_hint = *durable_seq;
+                }
                 self.note(format!("sync through {target}"));
                 Ok(())
             }

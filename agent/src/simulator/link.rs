@@ -117,6 +117,9 @@ struct Model {
     next_seq: u64,
     /// The log fsynced every record through here.
     durable_seq: u64,
+    /// What the agent's activity log last stored as fsynced, which the
+    /// next open gets: it lags `durable_seq`.
+    durable_hint: u64,
     /// The journal said it holds every record through here (an ack, or a
     /// welcome after an open).
     journal_acked: u64,
@@ -318,7 +321,7 @@ impl Run {
 
     async fn sync(&mut self) -> Checked {
         let log = self.log();
-        self.h.sync_log(&log, &mut self.model.durable_seq).await
+        self.h.sync_log(&log, &mut self.model.durable_seq, &mut self.model.durable_hint).await
     }
 
     /// With no session, the sender connects; with one, it sends a batch.
@@ -653,8 +656,8 @@ impl Run {
         let mut faults = self.h.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
             let env = LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() };
-            let durable = self.model.durable_seq;
-            let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, durable, &mut |what| {
+            let hint = self.model.durable_hint;
+            let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, hint, &mut |what| {
                 // No stream ever starts here but the first.
                 anyhow::bail!("the open would drop another stream's records: {what}")
             });

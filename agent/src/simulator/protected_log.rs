@@ -62,6 +62,9 @@ struct Model {
     /// Every record up to here was fsynced (sync_to returned, or an open
     /// found it).
     durable_seq: u64,
+    /// What the agent's activity log last stored as fsynced, which the
+    /// next open gets: it lags `durable_seq`.
+    durable_hint: u64,
     /// What the recovery side holds: its stream, through this seq.
     recv_stream: u32,
     recv_seq: u64,
@@ -253,7 +256,7 @@ impl Run {
 
     async fn sync(&mut self) -> Checked {
         let log = self.log();
-        self.h.sync_log(&log, &mut self.model.durable_seq).await
+        self.h.sync_log(&log, &mut self.model.durable_seq, &mut self.model.durable_hint).await
     }
 
     fn send(&mut self) -> Checked {
@@ -455,7 +458,7 @@ impl Run {
     /// and then the opening process dies too, and its successor opens
     /// what it left (recovery must be idempotent).
     fn reopen(&mut self) -> Result<(Arc<ProtectedLog>, crate::log::LogOpenReport), Box<Violation>> {
-        let durable = self.model.durable_seq;
+        let durable = self.model.durable_hint;
         self.h.maybe_die_opening();
         let mut faults = self.h.faults_on;
         for _attempt in 0..OPEN_ATTEMPTS {
