@@ -88,7 +88,10 @@ restores_exact() {
 # agent built it from the summaries.
 export_exact() {
     local want uri
-    "$TIDEMARK" export --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "round-$1" >"$WORK/export.out" 2>&1 &
+    # Emptied here, not by the background job's redirection, which may come
+    # after the wait below has read the previous export's URI.
+    : >"$WORK/export.out"
+    "$TIDEMARK" export --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "round-$1" >>"$WORK/export.out" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do grep -q "nbd://" "$WORK/export.out" && break; sleep 0.1; done
