@@ -37,6 +37,22 @@ pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
     run.go().map(|()| run.h.report())
 }
 
+/// Opens the journal's segment files as a start does (`segments::recover`,
+/// then the newest segment to append to), showing `visit` each record it
+/// reads; with the damage it cut, if any.
+pub(super) fn open_segments(
+    fs: &SimStorage,
+    dir: &Path,
+    vpg_id: u32,
+    rolling: Rolling,
+    mut visit: impl FnMut(&Record),
+) -> anyhow::Result<(SegmentFiles, Option<String>)> {
+    let forget = &mut |_: &Path| Ok(());
+    let outcome = segments::recover(fs, dir, vpg_id, forget, |rec, _| visit(rec))?;
+    let files = SegmentFiles::open(Arc::new(fs.clone()), dir, vpg_id, rolling, outcome.last_seq + 1)?;
+    Ok((files, outcome.damage.map(|d| d.to_string())))
+}
+
 pub(super) fn trace_of(seed: u64) -> Vec<String> {
     let mut run = Run::new(seed);
     let _ = run.go();
@@ -182,13 +198,7 @@ impl Run {
 
     /// One open: what it read (seq, encoding) into `read`.
     fn open_once(&self, read: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<(SegmentFiles, Option<String>)> {
-        let forget = &mut |_: &Path| Ok(());
-        let outcome = segments::recover(&self.h.fs, &self.dir, VPG_ID, forget, |rec, _| {
-            read.push((rec.seq, rec.encode()));
-        })?;
-        let next_seq = outcome.last_seq + 1;
-        let files = SegmentFiles::open(Arc::new(self.h.fs.clone()), &self.dir, VPG_ID, ROLLING, next_seq)?;
-        Ok((files, outcome.damage.map(|d| d.to_string())))
+        open_segments(&self.h.fs, &self.dir, VPG_ID, ROLLING, |rec| read.push((rec.seq, rec.encode())))
     }
 
     fn check_opened(&mut self, read: &[(u64, Vec<u8>)], damage: Option<String>) -> Checked {

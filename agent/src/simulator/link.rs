@@ -35,7 +35,7 @@ use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
 use crate::journal::index::JournalIndex;
-use crate::journal::segments::{self, Rolling, SegmentFiles};
+use crate::journal::segments::{Rolling, SegmentFiles};
 use crate::journal::{intake, JournalMeta};
 use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody};
@@ -47,7 +47,7 @@ use crate::wire::batch::{BatchBuilder, BatchDecoder, BatchEncoder, BATCH_RAW_BYT
 use crate::wire::frame::{frame_header, read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -742,16 +742,12 @@ impl Run {
         &self,
         read: &mut Vec<(u64, Vec<u8>)>,
     ) -> anyhow::Result<(SegmentFiles, JournalIndex, Option<String>)> {
-        let rec = &self.rec;
         let mut index = JournalIndex::new(VOLUMES);
-        let forget = &mut |_: &Path| Ok(());
-        let outcome = segments::recover(&rec.fs, &rec.dir, VPG_ID, forget, |r, _| {
+        let (files, damage) = super::journal::open_segments(&self.rec.fs, &self.rec.dir, VPG_ID, ROLLING, |r| {
             index.observe(r);
             read.push((r.seq, r.encode()));
         })?;
-        let fs: Arc<dyn Storage> = Arc::new(rec.fs.clone());
-        let files = SegmentFiles::open(fs, &rec.dir, VPG_ID, ROLLING, index.durable_seq + 1)?;
-        Ok((files, index, outcome.damage.map(|d| d.to_string())))
+        Ok((files, index, damage))
     }
 
     /// The journal that opened holds every record it acknowledged, each
