@@ -14,7 +14,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use crate::io_failure::{Doing, IoFailure};
+
+type Result<T> = std::result::Result<T, IoFailure>;
 
 /// Who may read a file written by `replace_file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +42,11 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
     let dir = parent_dir(path)?;
     let tmp = temporary_beside(path)?;
     let written = write_synced(&tmp, bytes, mode).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path).doing(|| format!("renaming {} to {}", tmp.display(), path.display()))
     });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("writing {}", path.display())));
+        return Err(e.within(|| format!("writing {}", path.display())));
     }
     sync_dir(dir)
 }
@@ -55,13 +57,13 @@ pub fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => sync_dir(parent_dir(path)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+        Err(e) => Err(IoFailure::new(format!("removing {}", path.display()), e)),
     }
 }
 
 /// Makes a directory's entries (creates, renames, removes) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).doing(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Runs a blocking sync so that callers who arrive while one runs share
@@ -76,9 +78,11 @@ pub struct SyncGroup {
 
 impl SyncGroup {
     /// Returns once a run of `sync` that started after this call finished.
-    pub async fn sync<F>(&self, sync: F) -> Result<()>
+    /// A `sync` that panics panics the caller.
+    pub async fn sync<F, E>(&self, sync: F) -> std::result::Result<(), E>
     where
-        F: FnOnce() -> Result<()> + Send + 'static,
+        F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
+        E: From<std::io::Error> + Send + 'static,
     {
         use std::sync::atomic::Ordering;
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -87,7 +91,11 @@ impl SyncGroup {
             return Ok(());
         }
         let covers = self.requested.load(Ordering::SeqCst);
-        tokio::task::spawn_blocking(sync).await.context("sync task")??;
+        match tokio::task::spawn_blocking(sync).await {
+            Ok(synced) => synced?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(std::io::Error::other(format!("sync task: {e}")).into()),
+        }
         self.done.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
@@ -100,28 +108,32 @@ fn write_synced(tmp: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
         .truncate(true)
         .mode(mode.bits())
         .open(tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+        .doing(|| format!("creating {}", tmp.display()))?;
     // An existing temporary file keeps its old mode; a secret must not.
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(mode.bits()))
-        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))
+        .doing(|| format!("setting the mode of {}", tmp.display()))?;
+    f.write_all(bytes).doing(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().doing(|| format!("syncing {}", tmp.display()))
 }
 
 fn parent_dir(path: &Path) -> Result<&Path> {
     match path.parent() {
         Some(p) if p.as_os_str().is_empty() => Ok(Path::new(".")),
         Some(p) => Ok(p),
-        None => Err(anyhow!("{}: not a file path", path.display())),
+        None => Err(not_a_file_path(path)),
     }
+}
+
+fn not_a_file_path(path: &Path) -> IoFailure {
+    IoFailure::new(format!("{}: not a file path", path.display()), std::io::ErrorKind::InvalidInput.into())
 }
 
 /// A temporary name no other replace of the same file uses at the same
 /// time (two replaces with one name once wrote into each other's file).
 fn temporary_beside(path: &Path) -> Result<PathBuf> {
     static REPLACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
+    let name = path.file_name().ok_or_else(|| not_a_file_path(path))?;
     let n = REPLACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);

@@ -12,9 +12,9 @@
 //! written under a temporary name, fsynced, then renamed (a power cut must
 //! never leave a named segment without its header).
 
+use crate::io_failure::{Doing, IoFailure};
 use crate::record::{u32_at, u64_at, Record, RecordBody, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use crate::storage::{SequentialReader, Storage, StorageFile, REAL};
-use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -51,14 +51,14 @@ pub fn segment_path(dir: &Path, kind: SegmentKind, first_seq: u64) -> PathBuf {
 }
 
 /// Every segment of `kind` in `dir`, ordered by first sequence number.
-pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
+pub fn list_segments(dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>, IoFailure> {
     list_segments_on(&REAL, dir, kind)
 }
 
 /// `list_segments` on `fs`.
-pub fn list_segments_on(fs: &dyn Storage, dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>> {
+pub fn list_segments_on(fs: &dyn Storage, dir: &Path, kind: SegmentKind) -> Result<Vec<(u64, PathBuf)>, IoFailure> {
     let mut found = Vec::new();
-    for path in fs.list(dir).with_context(|| format!("listing {}", dir.display()))? {
+    for path in fs.list(dir).doing(|| format!("listing {}", dir.display()))? {
         if path.extension().and_then(|e| e.to_str()) != Some(kind.extension()) {
             continue;
         }
@@ -76,15 +76,15 @@ const CREATING_EXTENSION: &str = "creating";
 
 /// Removes what creations a stop cut short left (call at open, when no
 /// creation can be under way: a listing while one runs must not).
-pub fn remove_unfinished_creations(dir: &Path) -> Result<()> {
+pub fn remove_unfinished_creations(dir: &Path) -> Result<(), IoFailure> {
     remove_unfinished_creations_on(&REAL, dir)
 }
 
 /// `remove_unfinished_creations` on `fs`.
-pub fn remove_unfinished_creations_on(fs: &dyn Storage, dir: &Path) -> Result<()> {
-    for path in fs.list(dir).with_context(|| format!("listing {}", dir.display()))? {
+pub fn remove_unfinished_creations_on(fs: &dyn Storage, dir: &Path) -> Result<(), IoFailure> {
+    for path in fs.list(dir).doing(|| format!("listing {}", dir.display()))? {
         if path.extension().and_then(|e| e.to_str()) == Some(CREATING_EXTENSION) {
-            fs.remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            fs.remove_file(&path).doing(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
@@ -113,48 +113,56 @@ pub fn create_segment_on(
     first_seq: u64,
     stream_id: u32,
     first: &[u8],
-) -> Result<(PathBuf, Arc<dyn StorageFile>)> {
+) -> Result<(PathBuf, Arc<dyn StorageFile>), SegmentFileError> {
     let path = segment_path(dir, kind, first_seq);
     if fs.exists(&path) {
-        bail!("segment {} exists already", path.display());
+        return Err(SegmentFileError::Exists(path));
     }
     let creating = path.with_extension(CREATING_EXTENSION);
     let made = (|| {
         // Left by a creation a crash cut short.
         let _ = fs.remove_file(&creating);
-        let file = fs.create_new(&creating).with_context(|| format!("creating segment {}", creating.display()))?;
+        let file = fs.create_new(&creating).doing(|| format!("creating segment {}", creating.display()))?;
         file.append(&[&encode_header(kind, vpg_id, first_seq, stream_id), first])
-            .with_context(|| format!("writing {}", creating.display()))?;
-        fail::fail_point!("segment-create-before-sync", |_| Err(anyhow::anyhow!("failpoint")));
-        file.sync_all().with_context(|| format!("syncing {}", creating.display()))?;
-        fs.rename(&creating, &path).with_context(|| format!("naming {}", path.display()))?;
-        Ok(file)
+            .doing(|| format!("writing {}", creating.display()))?;
+        fail::fail_point!("segment-create-before-sync", |_| Err(IoFailure::new(
+            "failpoint",
+            std::io::Error::other("failpoint")
+        )));
+        file.sync_all().doing(|| format!("syncing {}", creating.display()))?;
+        fs.rename(&creating, &path).doing(|| format!("naming {}", path.display()))?;
+        Ok::<_, IoFailure>(file)
     })();
     let file = match made {
         Ok(f) => f,
         Err(e) => {
             let _ = fs.remove_file(&creating);
-            return Err(e);
+            return Err(e.into());
         }
     };
     if let Err(e) = fs.sync_dir(dir) {
         // Not created after all: a restart must not find it named (its
         // name may still come back in a power cut, as an empty segment).
         let _ = fs.remove_file(&path);
-        return Err(anyhow::Error::new(e).context(format!("syncing directory {}", dir.display())));
+        return Err(IoFailure::new(format!("syncing directory {}", dir.display()), e).into());
     }
     Ok((path, file))
 }
 
 /// Creates a new segment with no records (see `create_segment_on`) and
 /// opens it for appending.
-pub fn create_segment(dir: &Path, kind: SegmentKind, vpg_id: u32, first_seq: u64) -> Result<(PathBuf, File)> {
+pub fn create_segment(
+    dir: &Path,
+    kind: SegmentKind,
+    vpg_id: u32,
+    first_seq: u64,
+) -> Result<(PathBuf, File), SegmentFileError> {
     let (path, _) = create_segment_on(&REAL, dir, kind, vpg_id, first_seq, 0, &[])?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .doing(|| format!("opening {}", path.display()))?;
     Ok((path, file))
 }
 
@@ -210,6 +218,33 @@ impl std::fmt::Display for SegmentError {
 
 impl std::error::Error for SegmentError {}
 
+/// Why a segment file could not be listed, created or opened: the storage
+/// failed, or its header is not a good one of the kind and VPG asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentFileError {
+    #[error(transparent)]
+    Storage(#[from] IoFailure),
+    #[error("segment {} exists already", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: {problem}", path.display())]
+    Header { path: PathBuf, problem: HeaderProblem },
+}
+
+/// What is wrong with a segment's header.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderProblem {
+    #[error("shorter than a segment header")]
+    Short,
+    #[error("not a {0:?} segment (bad magic)")]
+    Magic(SegmentKind),
+    #[error("segment header checksum mismatch")]
+    Checksum,
+    #[error("unsupported segment version {0}")]
+    Version(u32),
+    #[error("segment belongs to another VPG (id {0:#x})")]
+    OtherVpg(u32),
+}
+
 /// A record that fails its checks, and where.
 #[derive(Debug)]
 pub struct SegmentDamage {
@@ -227,21 +262,31 @@ impl std::fmt::Display for SegmentDamage {
 
 impl SegmentReader {
     /// Opens a segment and checks its header belongs to `kind` and `vpg_id`.
-    pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
+    pub fn open(path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64), SegmentFileError> {
         Self::open_on(&REAL, path, kind, vpg_id)
     }
 
     /// `open` on `fs`.
-    pub fn open_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let file = fs.open_read(path).with_context(|| format!("opening segment {}", path.display()))?;
+    pub fn open_on(
+        fs: &dyn Storage,
+        path: &Path,
+        kind: SegmentKind,
+        vpg_id: u32,
+    ) -> Result<(Self, u64), SegmentFileError> {
+        let file = fs.open_read(path).doing(|| format!("opening segment {}", path.display()))?;
         Self::over(file, READ_BUFFER_BYTES, path, kind, vpg_id)
     }
 
     /// `open_on`, reading what the disk holds rather than the page cache
     /// (`Storage::open_direct`): for records about to be trusted as
     /// durable.
-    pub fn open_direct_on(fs: &dyn Storage, path: &Path, kind: SegmentKind, vpg_id: u32) -> Result<(Self, u64)> {
-        let file = fs.open_direct(path).with_context(|| format!("opening segment {}", path.display()))?;
+    pub fn open_direct_on(
+        fs: &dyn Storage,
+        path: &Path,
+        kind: SegmentKind,
+        vpg_id: u32,
+    ) -> Result<(Self, u64), SegmentFileError> {
+        let file = fs.open_direct(path).doing(|| format!("opening segment {}", path.display()))?;
         Self::over(file, DIRECT_READ_BUFFER_BYTES, path, kind, vpg_id)
     }
 
@@ -251,21 +296,26 @@ impl SegmentReader {
         path: &Path,
         kind: SegmentKind,
         vpg_id: u32,
-    ) -> Result<(Self, u64)> {
+    ) -> Result<(Self, u64), SegmentFileError> {
         let mut reader = BufReader::with_capacity(buffer_bytes, SequentialReader::new(file, 0));
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
-        reader.read_exact(&mut h).with_context(|| format!("reading header of {}", path.display()))?;
+        let bad = |problem| SegmentFileError::Header { path: path.to_path_buf(), problem };
+        match reader.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(bad(HeaderProblem::Short)),
+            Err(e) => return Err(IoFailure::new(format!("reading header of {}", path.display()), e).into()),
+        }
         if &h[0..8] != kind.magic() {
-            bail!("{}: not a {:?} segment (bad magic)", path.display(), kind);
+            return Err(bad(HeaderProblem::Magic(kind)));
         }
         if crc32fast::hash(&h[..28]) != u32_at(&h, 28) {
-            bail!("{}: segment header checksum mismatch", path.display());
+            return Err(bad(HeaderProblem::Checksum));
         }
         if u32_at(&h, 8) != SEGMENT_VERSION {
-            bail!("{}: unsupported segment version {}", path.display(), u32_at(&h, 8));
+            return Err(bad(HeaderProblem::Version(u32_at(&h, 8))));
         }
         if u32_at(&h, 12) != vpg_id {
-            bail!("{}: segment belongs to another VPG (id {:#x})", path.display(), u32_at(&h, 12));
+            return Err(bad(HeaderProblem::OtherVpg(u32_at(&h, 12))));
         }
         let first_seq = u64_at(&h, 16);
         let stream_id = u32_at(&h, 24);

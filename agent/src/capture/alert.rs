@@ -212,7 +212,7 @@ impl Detection {
     }
 
     fn store(&self, alert: &Alert) -> Result<()> {
-        replace_file(&self.dir.join(ALERT_FILE), &serde_json::to_vec_pretty(alert)?, FileMode::Public)
+        Ok(replace_file(&self.dir.join(ALERT_FILE), &serde_json::to_vec_pretty(alert)?, FileMode::Public)?)
     }
 
     pub fn alert(&self) -> Option<Alert> {

@@ -39,7 +39,7 @@ impl VpgCapture {
     /// for the log: a write that would take it past the high-water mark
     /// switches the VPG to bitmap mode instead.
     pub(super) async fn log_room(&self, bytes: u64) -> Result<Option<LogSpace<'_>>> {
-        let Some(waters) = self.bitmap.waters else { return self.log.reserve_bytes(bytes).await.map(Some) };
+        let Some(waters) = self.bitmap.waters else { return Ok(self.log.reserve_bytes(bytes).await.map(Some)?) };
         loop {
             if self.bitmap.mode() == CaptureMode::Bitmap {
                 return Ok(None);
@@ -209,7 +209,7 @@ impl VpgCapture {
     /// segment alone may be over the ceiling, and only an append rolls
     /// it); None if the VPG left resync mode meanwhile.
     async fn resync_room(&self, bytes: u64) -> Result<Option<LogSpace<'_>>> {
-        let Some(waters) = self.bitmap.waters else { return self.log.reserve_bytes(bytes).await.map(Some) };
+        let Some(waters) = self.bitmap.waters else { return Ok(self.log.reserve_bytes(bytes).await.map(Some)?) };
         loop {
             if self.bitmap.mode() != CaptureMode::Resync {
                 return Ok(None);

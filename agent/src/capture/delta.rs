@@ -44,7 +44,7 @@ impl VpgCapture {
     pub async fn start_delta_stream(&self) -> Result<u64> {
         let _order = self.order.lock().await;
         self.copy_generation.fetch_add(1, Ordering::SeqCst);
-        self.log.start_stream(0)
+        Ok(self.log.start_stream(0)?)
     }
 
     /// Appends, per volume, into the stream `start_delta_stream` began, the

@@ -266,9 +266,9 @@ impl DirtyMap {
     pub fn store(&self, dir: &Path, vpg_id: u32) -> anyhow::Result<()> {
         let path = dir.join(DIRTY_MAP_FILE);
         if self.is_empty() {
-            return remove_file(&path);
+            return Ok(remove_file(&path)?);
         }
-        replace_file(&path, &self.encode(vpg_id), FileMode::Public)
+        Ok(replace_file(&path, &self.encode(vpg_id), FileMode::Public)?)
     }
 
     /// The map stored in `dir`: None if there is none.

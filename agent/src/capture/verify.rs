@@ -210,7 +210,7 @@ impl VpgCapture {
         match tokio::time::timeout(JOURNAL_WAIT, self.log.wait_acked(seq)).await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => bail!("the stream started over before {what} reached the recovery journal"),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => bail!("{what} did not reach the recovery journal within {JOURNAL_WAIT:?}"),
         }
     }

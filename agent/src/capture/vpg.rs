@@ -586,7 +586,7 @@ impl VpgCapture {
         } else {
             RecordBody::Write { volume, offset, data }
         };
-        self.log.append_reserved(space, &body)
+        Ok(self.log.append_reserved(space, &body)?)
     }
 
     /// Inserts a checkpoint, once the stream is consistent (a start's new
@@ -759,7 +759,7 @@ impl VpgCapture {
                 state.store(self.log.dir())
             };
             fail::fail_point!("restart-stream-after-state", |_| std::process::abort());
-            (stored.and_then(|()| self.log.start_stream(min_seq)), generation)
+            (stored.and_then(|()| Ok(self.log.start_stream(min_seq)?)), generation)
         };
         // Whatever happened, "copied" was emptied and any copy under way
         // stopped: a copy runs again, into whichever stream the log holds.

@@ -44,7 +44,7 @@ pub async fn send<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, message: &M) -
     if bytes.len() > MESSAGE_BYTES_MAX {
         bail!("a coordination message of {} bytes, over the {MESSAGE_BYTES_MAX}-byte limit", bytes.len());
     }
-    write_frame(w, FrameKind::Control, &bytes).await
+    Ok(write_frame(w, FrameKind::Control, &bytes).await?)
 }
 
 pub async fn receive<R: AsyncRead + Unpin, M: DeserializeOwned>(r: &mut R) -> Result<M> {

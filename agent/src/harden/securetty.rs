@@ -14,7 +14,7 @@ pub fn write(path: &Path) -> Result<()> {
         text.push_str(line);
         text.push('\n');
     }
-    crate::durable::replace_file(path, text.as_bytes(), crate::durable::FileMode::Public)
+    Ok(crate::durable::replace_file(path, text.as_bytes(), crate::durable::FileMode::Public)?)
 }
 
 /// The lines that should not be there (empty when the file is right), or

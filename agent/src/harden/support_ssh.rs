@@ -73,7 +73,7 @@ fn load(state_dir: &Path) -> Result<Option<Session>> {
 
 fn store(state_dir: &Path, session: &Session) -> Result<()> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    replace_file(&state_path(state_dir), &serde_json::to_vec_pretty(session)?, FileMode::Public)
+    Ok(replace_file(&state_path(state_dir), &serde_json::to_vec_pretty(session)?, FileMode::Public)?)
 }
 
 fn server_comm(system: &SystemConfig) -> String {
@@ -240,7 +240,7 @@ fn write_authorized_keys(path: &Path, key: &SupportKey) -> Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("securing {}", dir.display()))?;
-    replace_file(path, key.authorized_line().as_bytes(), FileMode::OwnerOnly)
+    Ok(replace_file(path, key.authorized_line().as_bytes(), FileMode::OwnerOnly)?)
 }
 
 fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Result<i32> {

@@ -41,7 +41,7 @@ impl ApplyState {
     }
 
     pub fn store(&self, dir: &Path) -> Result<()> {
-        replace_file(&dir.join(APPLY_STATE_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
+        Ok(replace_file(&dir.join(APPLY_STATE_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)?)
     }
 }
 

@@ -52,7 +52,7 @@ impl JournalMeta {
     }
 
     pub(crate) fn store(&self, dir: &Path) -> Result<()> {
-        replace_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
+        Ok(replace_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)?)
     }
 }
 

@@ -44,7 +44,7 @@ pub fn load(vpg_dir: &Path) -> Result<Vec<Pin>> {
 }
 
 fn store(vpg_dir: &Path, pins: &[Pin]) -> Result<()> {
-    replace_file(&vpg_dir.join(PINS_FILE), &serde_json::to_vec_pretty(pins)?, FileMode::Public)
+    Ok(replace_file(&vpg_dir.join(PINS_FILE), &serde_json::to_vec_pretty(pins)?, FileMode::Public)?)
 }
 
 /// Pins `checkpoint` (already resolved to a complete checkpoint by the

@@ -3,13 +3,15 @@
 //! recovery side), and only the log's current stream. The sender owns one
 //! cursor per link.
 
+use super::LogError;
 use super::ProtectedLog;
 use crate::record::Record;
 use crate::record::RecordError;
 use crate::segment::{segment_path, SegmentDamage, SegmentError, SegmentKind, SegmentReader};
 use crate::wire::batch::BatchBuilder;
-use anyhow::Result;
 use std::sync::Arc;
+
+type Result<T> = std::result::Result<T, LogError>;
 
 pub struct LogCursor {
     log: Arc<ProtectedLog>,
@@ -119,14 +121,12 @@ impl LogCursor {
                             offset: reader.offset(),
                             error: RecordError::Malformed("the next segment does not go on where this one ends"),
                         };
-                        return Err(
-                            anyhow::Error::new(SegmentError::Damage(damage)).context("reading the protected log")
-                        );
+                        return Err(LogError::Read(SegmentError::Damage(damage)));
                     }
                 }
                 Ok(None) => return Ok(None),
                 // Kept typed: the sender starts the stream over on damage.
-                Err(e) => return Err(anyhow::Error::new(e).context("reading the protected log")),
+                Err(e) => return Err(LogError::Read(e)),
             }
         }
     }

@@ -16,23 +16,27 @@
 //! segment: a stream the recovery journal cannot continue is worth nothing.
 
 mod cursor;
+mod error;
 mod open;
 pub mod state;
 
 pub use cursor::LogCursor;
+pub use error::LogError;
 pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
+use crate::io_failure::Doing;
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
 use crate::segment::{create_segment_on, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::storage::{RealStorage, Storage, StorageFile};
-use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
+
+type Result<T> = std::result::Result<T, LogError>;
 
 /// Segments are a fraction of the capacity so retiring frees space early.
 const LOG_SEGMENTS_PER_CAPACITY: u64 = 16;
@@ -145,7 +149,7 @@ pub struct LogSpace<'a> {
 
 /// Bytes `body` takes in the log, once it is known its readers accept it.
 pub fn encoded_bytes(body: &RecordBody) -> Result<u64> {
-    body.check().context("refusing to log a record its readers would refuse")?;
+    body.check().map_err(LogError::Unloggable)?;
     Ok((RECORD_HEADER_BYTES + payload_len(body)) as u64)
 }
 
@@ -199,7 +203,7 @@ impl ProtectedLog {
         // A segment holding its header only never rolls: the roll would
         // name its new segment as the empty one is named.
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
-        fs.create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+        fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
@@ -215,7 +219,7 @@ impl ProtectedLog {
             let mut segments: VecDeque<Segment> =
                 found.segments.into_iter().map(|(first_seq, path, bytes)| Segment { first_seq, path, bytes }).collect();
             let current = segments.pop_back().expect("not fresh");
-            let file = fs.open_append(&current.path).with_context(|| format!("opening {}", current.path.display()))?;
+            let file = fs.open_append(&current.path).doing(|| format!("opening {}", current.path.display()))?;
             (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
@@ -253,7 +257,7 @@ impl ProtectedLog {
         std::thread::Builder::new()
             .name("log-sync".into())
             .spawn(move || group_commit_loop(weak, sync_rx))
-            .context("starting the log sync thread")?;
+            .doing(|| "starting the log sync thread".to_string())?;
         let report = LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update };
         Ok((log, report))
     }
@@ -279,7 +283,7 @@ impl ProtectedLog {
             {
                 let mut inner = self.inner.lock().expect("log lock");
                 if let Some(why) = &inner.broken {
-                    bail!("the protected log takes no more records: {why}");
+                    return Err(LogError::Broken(why.clone()));
                 }
                 // With no closed segment nothing can be retired: one more
                 // record is let in rather than waiting for ever.
@@ -319,7 +323,7 @@ impl ProtectedLog {
         assert!(len as u64 <= space.bytes, "a record of {len} bytes in a reservation of {}", space.bytes);
         let mut inner = self.inner.lock().expect("log lock");
         if let Some(why) = &inner.broken {
-            bail!("the protected log takes no more records: {why}");
+            return Err(LogError::Broken(why.clone()));
         }
         // A full segment is closed before the next record, not after the
         // last one: a failure here leaves nothing half done.
@@ -352,7 +356,7 @@ impl ProtectedLog {
             }
             drop(inner);
             self.space.notify_waiters();
-            return Err(anyhow::Error::new(e).context(format!("appending seq {seq} to {path}")));
+            return Err(LogError::Append { seq, path, source: e });
         }
         inner.next_seq = seq + 1;
         inner.current.bytes += len as u64;
@@ -395,7 +399,7 @@ impl ProtectedLog {
             inner.stream_id,
             &[],
         )?;
-        let bytes = file.size().with_context(|| format!("sizing {}", path.display()))?;
+        let bytes = file.size().doing(|| format!("sizing {}", path.display()))?;
         let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
         let old_file = std::mem::replace(&mut inner.current_file, file);
         inner.unsynced_closed.push(old_file);
@@ -494,8 +498,8 @@ impl ProtectedLog {
                 return Ok(true);
             }
             tokio::select! {
-                r = acked.changed() => r.context("log closed")?,
-                r = started.changed() => r.context("log closed")?,
+                r = acked.changed() => r.map_err(|_| LogError::Closed)?,
+                r = started.changed() => r.map_err(|_| LogError::Closed)?,
             }
         }
     }
@@ -507,7 +511,7 @@ impl ProtectedLog {
             return Ok(());
         }
         let _ = self.sync_wake.lock().expect("sync wake lock").send(());
-        rx.wait_for(|s| *s >= seq).await.context("log sync thread stopped")?;
+        rx.wait_for(|s| *s >= seq).await.map_err(|_| LogError::Closed)?;
         Ok(())
     }
 
@@ -618,8 +622,8 @@ impl ProtectedLog {
     /// `their_seq` can be sent this log from `their_seq + 1` on: it holds
     /// this log's stream and the log goes on right after it, or this log's
     /// stream begins after what it holds. Makes everything appended durable
-    /// first (only that is sent). An error of kind `SegmentError::Damage`
-    /// means the log cannot be read there.
+    /// first (only that is sent). An error that `is_damage` means the log
+    /// cannot be read there.
     pub async fn continues(self: &Arc<Self>, their_seq: u64, their_stream: u32) -> Result<bool> {
         self.sync_to(self.appended_seq()).await?;
         let same_stream = their_stream == self.stream_id();
@@ -646,7 +650,7 @@ fn remove_failed_creation(fs: &dyn Storage, dir: &Path, first_seq: u64) -> Resul
     let path = crate::segment::segment_path(dir, SegmentKind::ProtectedLog, first_seq);
     if fs.exists(&path) {
         tracing::warn!("protected log: removing {}, left by a creation that failed", path.display());
-        fs.remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        fs.remove_file(&path).doing(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }
@@ -676,7 +680,7 @@ fn create_stream_segment(
     let mut bytes = Vec::new();
     encode_parts(seq, vpg_id, &RecordBody::StreamStart { time_ms, stream_id }, &mut bytes);
     let (path, file) = create_segment_on(fs, dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
-    let size = file.size().with_context(|| format!("sizing {}", path.display()))?;
+    let size = file.size().doing(|| format!("sizing {}", path.display()))?;
     Ok((Segment { first_seq: seq, path, bytes: size }, file, stream_id))
 }
 

@@ -26,12 +26,16 @@
 //!
 //! Segments before those are read (and checked) by the sender's cursor.
 
+use super::error::{CallerError, LogError};
+use crate::error_chain::Chain;
+use crate::io_failure::Doing;
 use crate::segment::{
     list_segments_on, remove_unfinished_creations_on, SegmentError, SegmentKind, SegmentReader, SEGMENT_HEADER_BYTES,
 };
 use crate::storage::Storage;
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, LogError>;
 
 /// What opening the log found and did.
 pub struct LogOpenReport {
@@ -55,7 +59,7 @@ pub struct LogOpenReport {
 /// stream (and copy again) in both, and make that durable here: an error
 /// fails the open before anything is dropped, and a stop right after the
 /// drop finds nothing left to tell it.
-pub type BeforeDroppingStream<'a> = &'a mut dyn FnMut(&str) -> Result<()>;
+pub type BeforeDroppingStream<'a> = &'a mut dyn FnMut(&str) -> std::result::Result<(), CallerError>;
 
 /// Records cut at open.
 #[derive(Debug, Clone)]
@@ -96,24 +100,24 @@ pub(super) fn recover(
     for (i, (first_seq, path)) in listed.iter().enumerate() {
         fs.open_read(path)
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
+            .doing(|| format!("syncing {} (written before this start)", path.display()))?;
         match SegmentReader::open_on(fs, path, SegmentKind::ProtectedLog, vpg_id) {
             Ok((reader, header_seq)) => {
                 if header_seq != *first_seq {
-                    bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
+                    return Err(LogError::Misnamed { path: path.clone(), header: header_seq, name: *first_seq });
                 }
                 found.push(Found { first_seq: *first_seq, path: path.clone(), stream_id: reader.stream_id() });
             }
             // A newest segment without a whole header is a creation that a
             // crash cut short (earlier builds named it before writing it).
             Err(e) if i + 1 == listed.len() && file_len(fs, path)? < SEGMENT_HEADER_BYTES as u64 => {
-                tracing::warn!("protected log: removing {}, created without its header: {e:#}", path.display());
+                tracing::warn!("protected log: removing {}, created without its header: {}", path.display(), Chain(&e));
                 remove(fs, path)?;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    fs.sync_dir(dir).with_context(|| format!("syncing directory {} (named before this start)", dir.display()))?;
+    fs.sync_dir(dir).doing(|| format!("syncing directory {} (named before this start)", dir.display()))?;
     let Some(newest) = found.last() else {
         return Ok(Recovered { segments: Vec::new(), next_seq: 0, stream_id: 0, cut: None, last_update: None });
     };
@@ -131,7 +135,7 @@ pub(super) fn recover(
             newest_first_seq,
             holding.join(", ")
         );
-        before_dropping(&what)?;
+        before_dropping(&what).map_err(LogError::BeforeDropping)?;
     }
     for old in other {
         tracing::warn!(
@@ -156,13 +160,13 @@ pub(super) fn recover(
     }
     if let Some((index, offset)) = tail.cut_at {
         let (_, path, _) = &segments[index];
-        let file = fs.open_append(path).with_context(|| format!("opening {}", path.display()))?;
-        file.set_len(offset).with_context(|| format!("cutting {}", path.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+        let file = fs.open_append(path).doing(|| format!("opening {}", path.display()))?;
+        file.set_len(offset).doing(|| format!("cutting {}", path.display()))?;
+        file.sync_all().doing(|| format!("syncing {}", path.display()))?;
         for (_, later, _) in segments.drain(index + 1..) {
             remove(fs, &later)?;
         }
-        fs.sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))?;
+        fs.sync_dir(dir).doing(|| format!("syncing directory {}", dir.display()))?;
     }
     Ok(Recovered { segments, next_seq: tail.next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
 }
@@ -217,9 +221,7 @@ fn scan_from(fs: &dyn Storage, found: &[Found], start: usize, vpg_id: u32) -> Re
                     return Ok(cut_here(scan, found, i, at, damage));
                 }
                 Ok(None) => break,
-                Err(e @ SegmentError::Io { .. }) => {
-                    return Err(anyhow::Error::new(e).context("opening the protected log"))
-                }
+                Err(e @ SegmentError::Io { .. }) => return Err(LogError::Read(e)),
                 Err(SegmentError::Damage(damage)) => {
                     let offset = damage.offset;
                     return Ok(cut_here(scan, found, i, offset, damage.to_string()));
@@ -257,9 +259,9 @@ fn holds_records(fs: &dyn Storage, path: &Path, vpg_id: u32) -> bool {
 }
 
 fn file_len(fs: &dyn Storage, path: &Path) -> Result<u64> {
-    fs.size_of(path).with_context(|| format!("sizing {}", path.display()))
+    Ok(fs.size_of(path).doing(|| format!("sizing {}", path.display()))?)
 }
 
 fn remove(fs: &dyn Storage, path: &Path) -> Result<()> {
-    fs.remove_file(path).with_context(|| format!("removing {}", path.display()))
+    Ok(fs.remove_file(path).doing(|| format!("removing {}", path.display()))?)
 }

@@ -93,7 +93,7 @@ impl CaptureState {
     /// Writes the state atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self)?;
-        crate::durable::replace_file(&Self::path(dir), &text, crate::durable::FileMode::Public)
+        Ok(crate::durable::replace_file(&Self::path(dir), &text, crate::durable::FileMode::Public)?)
     }
 }
 

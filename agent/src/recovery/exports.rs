@@ -303,7 +303,7 @@ impl BlockExport for LiveVolume {
     fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let file = self.file.clone();
-            self.syncs.sync(move || Ok(file.sync_data()?)).await?;
+            self.syncs.sync(move || file.sync_data()).await?;
             if let Some(capture) = self.capture() {
                 capture.make_durable(token).await?;
             }

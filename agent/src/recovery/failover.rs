@@ -63,7 +63,7 @@ impl FailoverRecord {
     }
 
     pub(super) fn store(&self, vpg_dir: &Path) -> Result<()> {
-        replace_file(&vpg_dir.join(FAILOVER_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)
+        Ok(replace_file(&vpg_dir.join(FAILOVER_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)?)
     }
 
     /// Where the live volumes are.
@@ -166,7 +166,7 @@ fn set_aside(dir: &Path) -> Result<()> {
     if aside.exists() {
         sync_dir(&aside)?;
     }
-    sync_dir(dir)
+    Ok(sync_dir(dir)?)
 }
 
 #[cfg(test)]

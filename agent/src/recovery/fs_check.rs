@@ -418,7 +418,7 @@ fn store(vpg_dir: &Path, report: &Report) -> Result<()> {
     });
     verdicts.retain(|id, _| *id >= applied);
     verdicts.insert(report.checkpoint, report.clone());
-    replace_file(&vpg_dir.join(VERDICTS_FILE), &serde_json::to_vec_pretty(&verdicts)?, FileMode::Public)
+    Ok(replace_file(&vpg_dir.join(VERDICTS_FILE), &serde_json::to_vec_pretty(&verdicts)?, FileMode::Public)?)
 }
 
 #[cfg(test)]

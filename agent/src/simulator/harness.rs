@@ -4,6 +4,7 @@
 
 use super::rng::SimRng;
 use super::{SeedReport, Violation};
+use crate::error_chain::Chain;
 use crate::log::ProtectedLog;
 use crate::storage::sim::SimStorage;
 use std::future::Future;
@@ -138,11 +139,16 @@ impl Harness {
 
     /// An open that failed: with faults on, tried again without them; with
     /// them off, `invariant` is broken.
-    pub fn open_failed(&mut self, e: &anyhow::Error, faults: &mut bool, invariant: &'static str) -> Checked {
+    pub fn open_failed(
+        &mut self,
+        e: &(dyn std::error::Error + 'static),
+        faults: &mut bool,
+        invariant: &'static str,
+    ) -> Checked {
         if !*faults {
-            return Err(self.violation(invariant, format!("{e:#}")));
+            return Err(self.violation(invariant, Chain(e).to_string()));
         }
-        self.note(format!("open failed on a fault: {e:#}; again without faults"));
+        self.note(format!("open failed on a fault: {}; again without faults", Chain(e)));
         *faults = false;
         self.fs.set_fault_per_mille(0);
         Ok(())
@@ -181,7 +187,7 @@ impl Harness {
                 self.note(format!("sync through {target}: the process died"));
                 Ok(())
             }
-            Waited::Done(Err(e)) => Err(self.violation("the group commit syncs", format!("{e:#}"))),
+            Waited::Done(Err(e)) => Err(self.violation("the group commit syncs", Chain(&e).to_string())),
             Waited::Hung => Err(self.violation("the group commit syncs", format!("sync_to({target}) hangs"))),
         }
     }

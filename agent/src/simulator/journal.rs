@@ -190,7 +190,7 @@ impl Run {
                     self.files = Some(files);
                     return self.check_opened(&read, damage);
                 }
-                Err(e) => self.h.open_failed(&e, &mut faults, "the journal opens again after any stop")?,
+                Err(e) => self.h.open_failed(e.as_ref(), &mut faults, "the journal opens again after any stop")?,
             }
         }
         Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))

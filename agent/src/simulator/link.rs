@@ -34,12 +34,12 @@ use super::harness::{DEATH_PER_MILLE, FAULT_PER_MILLE, OPEN_DEATH_PER_MILLE};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
+use crate::error_chain::Chain;
 use crate::journal::index::JournalIndex;
 use crate::journal::segments::{Rolling, SegmentFiles};
 use crate::journal::{intake, JournalMeta};
-use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogError, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody};
-use crate::segment::SegmentError;
 use crate::storage::sim::SimStorage;
 use crate::storage::Storage;
 use crate::transfer::{recv_control, send_control};
@@ -237,9 +237,9 @@ impl Run {
         self.reopen_recovery()?;
         let env = LogEnv { storage: Arc::new(self.h.fs.clone()), clock: self.clock.clone() };
         let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, 0, &mut |what| {
-            anyhow::bail!("a new log dropped another stream: {what}")
+            Err(format!("a new log dropped another stream: {what}").into())
         });
-        let (log, report) = opened.map_err(|e| self.h.violation("a new log opens", format!("{e:#}")))?;
+        let (log, report) = opened.map_err(|e| self.h.violation("a new log opens", Chain(&e).to_string()))?;
         let start = log.appended_seq();
         self.model = Model {
             stream: log.stream_id(),
@@ -312,7 +312,7 @@ impl Run {
             }
             Err(e) => {
                 let may_fail = self.h.may_fail();
-                self.h.check(may_fail, "an append fails only on an injected fault", || format!("{e:#}"))?;
+                self.h.check(may_fail, "an append fails only on an injected fault", || Chain(&e).to_string())?;
                 self.h.note(format!("append: failed: {e:#}"));
             }
         }
@@ -430,10 +430,10 @@ impl Run {
     /// A read of the log fails only on an injected fault, and never finds
     /// damage: only fsynced records are read, and a fault never changes
     /// them (a new stream, with a full copy, would start).
-    fn check_read_error(&mut self, e: &anyhow::Error) -> Checked {
-        let damage = matches!(e.downcast_ref::<SegmentError>(), Some(SegmentError::Damage(_)));
-        let may_fail = self.h.may_fail() && !damage;
-        self.h.check(may_fail, "the sender reads the log without error, and never finds damage", || format!("{e:#}"))
+    fn check_read_error(&mut self, e: &LogError) -> Checked {
+        let may_fail = self.h.may_fail() && !e.is_damage();
+        self.h
+            .check(may_fail, "the sender reads the log without error, and never finds damage", || Chain(e).to_string())
     }
 
     /// The next frame the link delivers from `queue`, with what the link
@@ -485,9 +485,9 @@ impl Run {
         let mut payload = Vec::new();
         let mut decoder = BatchDecoder::default();
         let decoded = match read_frame_into(&mut &frame.bytes[..], &mut payload).await {
-            Ok(FrameKind::Batch) => decoder.decode(&payload, VPG_ID),
+            Ok(FrameKind::Batch) => decoder.decode(&payload, VPG_ID).map_err(anyhow::Error::from),
             Ok(kind) => Err(anyhow::anyhow!("a {kind:?} frame on the data link")),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         let decoded = match decoded {
             Ok(d) => d,
@@ -589,7 +589,7 @@ impl Run {
             Ok(other) => return Err(self.h.violation("the sender gets what the receiver sent", format!("{other:?}"))),
             Err(e) => {
                 let garbled = frame.garbled;
-                self.h.check(garbled, "the sender takes every answer the receiver built", || format!("{e:#}"))?;
+                self.h.check(garbled, "the sender takes every answer the receiver built", || Chain(&e).to_string())?;
                 self.end_session(&format!("deliver an answer: refused ({e:#}), the sender hangs up"));
             }
         }
@@ -659,7 +659,7 @@ impl Run {
             let hint = self.model.durable_hint;
             let opened = ProtectedLog::open_on(env, &self.log_dir, VPG_ID, LOG_SIZE, hint, &mut |what| {
                 // No stream ever starts here but the first.
-                anyhow::bail!("the open would drop another stream's records: {what}")
+                Err(format!("the open would drop another stream's records: {what}").into())
             });
             if self.h.died_opening("log") {
                 drop(opened);

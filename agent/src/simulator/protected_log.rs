@@ -17,6 +17,7 @@ use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS, WAIT_LIMIT};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
+use crate::error_chain::Chain;
 use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX};
 use crate::storage::sim::SimStorage;
@@ -151,11 +152,11 @@ impl Run {
 
     fn open_first(&mut self) -> Checked {
         let opened = ProtectedLog::open_on(self.env(), &self.dir, VPG_ID, self.size, 0, &mut |what| {
-            anyhow::bail!("a new log dropped another stream: {what}")
+            Err(format!("a new log dropped another stream: {what}").into())
         });
         let (log, report) = match opened {
             Ok(o) => o,
-            Err(e) => return Err(self.h.violation("a new log opens", format!("{e:#}"))),
+            Err(e) => return Err(self.h.violation("a new log opens", Chain(&e).to_string())),
         };
         self.h.check(report.fresh, "a new log opens as new", || "it found a log".into())?;
         let start = log.appended_seq();
@@ -273,7 +274,7 @@ impl Run {
         if let Err(e) = cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
             self.cursor = None;
             let faults_on = self.h.may_fail();
-            self.h.check(faults_on, "the sender reads the log without error", || format!("{e:#}"))?;
+            self.h.check(faults_on, "the sender reads the log without error", || Chain(&e).to_string())?;
             self.h.note(format!("send: read failed: {e:#}"));
             return Ok(());
         }
@@ -289,7 +290,7 @@ impl Run {
         let decoded = match decode(&encoded, VPG_ID) {
             Ok(d) => d,
             Err(e) => {
-                return Err(self.h.violation("the receiver takes every batch the sender builds", format!("{e:#}")))
+                return Err(self.h.violation("the receiver takes every batch the sender builds", Chain(&e).to_string()))
             }
         };
         let (first, count) = (decoded.records[0].seq, decoded.records.len());
@@ -350,7 +351,7 @@ impl Run {
             }
             Err(e) => {
                 let faults_on = self.h.may_fail();
-                self.h.check(faults_on, "a stream starts unless a fault was injected", || format!("{e:#}"))?;
+                self.h.check(faults_on, "a stream starts unless a fault was injected", || Chain(&e).to_string())?;
                 let least = self.model.next_seq.max(self.model.recv_seq + 1);
                 let earlier = self.model.stream_uncertain.unwrap_or(least);
                 self.model.stream_uncertain = Some(earlier.min(least));
@@ -433,7 +434,7 @@ impl Run {
         let recv_stream = self.model.recv_stream;
         let continues = match tokio::time::timeout(WAIT_LIMIT, log.continues(held, recv_stream)).await {
             Ok(Ok(c)) => c.to_string(),
-            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Err(e)) => Chain(&e).to_string(),
             Err(_) => "hangs".into(),
         };
         let files = self.listing();
@@ -467,7 +468,9 @@ impl Run {
             // Durable at once, as the activity log's rewrite is, unless the
             // process is gone.
             let before_dropping = &mut |_: &str| {
-                anyhow::ensure!(!fs.is_dead(), "the process died before it could say a new stream is due");
+                if fs.is_dead() {
+                    return Err("the process died before it could say a new stream is due".into());
+                }
                 told = true;
                 Ok(())
             };
@@ -495,14 +498,15 @@ impl Run {
         while next <= last {
             let mut batch = BatchBuilder::default();
             if let Err(e) = cursor.fill(&mut batch, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX) {
-                return Err(self.h.violation("a log that opened reads back", format!("{e:#}")));
+                return Err(self.h.violation("a log that opened reads back", Chain(&e).to_string()));
             }
             if batch.is_empty() {
                 return Err(self.h.violation("a log that opened reads back", format!("seq {next} is missing")));
             }
             let encoded = BatchEncoder::default().encode(&mut batch).bytes.to_vec();
-            let decoded = decode(&encoded, VPG_ID)
-                .map_err(|e| self.h.violation("the receiver takes every batch the sender builds", format!("{e:#}")))?;
+            let decoded = decode(&encoded, VPG_ID).map_err(|e| {
+                self.h.violation("the receiver takes every batch the sender builds", Chain(&e).to_string())
+            })?;
             for (i, record) in decoded.records.iter().enumerate() {
                 let end = decoded.offsets.get(i + 1).copied().unwrap_or(decoded.raw.len());
                 let bytes = &decoded.raw[decoded.offsets[i]..end];

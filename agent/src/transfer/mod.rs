@@ -12,9 +12,8 @@ pub mod sender;
 pub mod slot;
 pub mod switch_back;
 
-use crate::wire::frame::{read_frame_within, write_frame, FrameKind};
-use crate::wire::message::{ControlMessage, CONTROL_BYTES_MAX};
-use anyhow::{bail, Context, Result};
+use crate::wire::frame::{read_frame_within, write_frame, FrameError, FrameKind};
+use crate::wire::message::{ControlMessage, MessageError, CONTROL_BYTES_MAX};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -24,18 +23,38 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// A link with no traffic for this long is considered dead.
 pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage) -> Result<()> {
-    write_frame(w, FrameKind::Control, &msg.to_bytes()?).await
+/// Why a control message could not be sent or received: the link (closed,
+/// failed, silent), a malformed frame, or a message this side refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("sending a control message")]
+    Send(#[source] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("peer silent for {0:?}")]
+    Silent(Duration),
+    #[error("expected a control frame, got {0:?}")]
+    NotControl(FrameKind),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error("control request task")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+pub async fn send_control<W: AsyncWrite + Unpin>(w: &mut W, msg: &ControlMessage) -> Result<(), ControlError> {
+    write_frame(w, FrameKind::Control, &msg.to_bytes()?).await.map_err(ControlError::Send)
 }
 
 /// The next control message, as `recv_control`; one this side refuses
 /// (malformed, over a limit) is answered with a `refused` naming why before
 /// the error is returned, so the peer learns more than a closed link.
-pub async fn recv_control_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(link: &mut S) -> Result<ControlMessage> {
+pub async fn recv_control_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut S,
+) -> Result<ControlMessage, ControlError> {
     match recv_control(link).await {
-        Err(e) if e.downcast_ref::<crate::wire::message::MessageError>().is_some() => {
-            let _ = send_control(link, &ControlMessage::refused(format!("{e:#}"))).await;
-            Err(e)
+        Err(ControlError::Message(e)) => {
+            let _ = send_control(link, &ControlMessage::refused(e.to_string())).await;
+            Err(ControlError::Message(e))
         }
         other => other,
     }
@@ -43,13 +62,13 @@ pub async fn recv_control_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(link: &mu
 
 /// The next control message; a frame over `CONTROL_BYTES_MAX` is refused
 /// from its header, before its payload is read.
-pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage> {
+pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage, ControlError> {
     let mut payload = Vec::new();
     let kind = tokio::time::timeout(LINK_IDLE_TIMEOUT, read_frame_within(r, &mut payload, CONTROL_BYTES_MAX))
         .await
-        .map_err(|_| anyhow::anyhow!("peer silent for {LINK_IDLE_TIMEOUT:?}"))??;
+        .map_err(|_| ControlError::Silent(LINK_IDLE_TIMEOUT))??;
     if kind != FrameKind::Control {
-        bail!("expected a control frame, got {kind:?}");
+        return Err(ControlError::NotControl(kind));
     }
     Ok(ControlMessage::from_bytes(&payload)?)
 }
@@ -59,12 +78,12 @@ pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMess
 pub(crate) async fn answer_when_done<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut S,
     mut work: tokio::task::JoinHandle<ControlMessage>,
-) -> Result<()> {
+) -> Result<(), ControlError> {
     let mut tick = tokio::time::interval(KEEPALIVE_INTERVAL);
     tick.tick().await;
     let reply = loop {
         tokio::select! {
-            done = &mut work => break done.context("control request task")?,
+            done = &mut work => break done.map_err(ControlError::Task)?,
             _ = tick.tick() => send_control(link, &ControlMessage::Promoting).await?,
         }
     };

@@ -295,7 +295,7 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
     let vpg = vpg.to_string();
-    answer_when_done(
+    Ok(answer_when_done(
         link,
         tokio::spawn(async move {
             match ops.pin_last_clean(&vpg, since_seq, reason).await {
@@ -307,7 +307,7 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }),
     )
-    .await
+    .await?)
 }
 
 /// A move's last step: fail over to `checkpoint`.
@@ -321,7 +321,7 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
     let vpg = vpg.to_string();
     let commit = crate::recovery_state::Commit::Move { mark };
-    answer_when_done(
+    Ok(answer_when_done(
         link,
         tokio::spawn(async move {
             match ops.failover(&vpg, &checkpoint.to_string(), true, commit).await {
@@ -330,7 +330,7 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }),
     )
-    .await
+    .await?)
 }
 
 /// Extent hashes of the journal at `at` (a new stream's copy or a verify
@@ -374,7 +374,7 @@ async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => ControlMessage::refused(format!("extent hashes: the task failed: {e}")),
         }
     });
-    answer_when_done(link, work).await
+    Ok(answer_when_done(link, work).await?)
 }
 
 /// Sets its flag when dropped: blocking work watching it stops.

@@ -11,8 +11,8 @@ use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::peer_hashes::PeerHashAsk;
 use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::config::{PeerConfig, Priority};
+use crate::error_chain::Chain;
 use crate::extent_hash::ExtentHash;
-use crate::segment::SegmentError;
 use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
 use crate::wire::frame::{frame_header, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
@@ -177,11 +177,11 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u
     let replayable = journal_stream == log_stream || vpg.stream_replayable_elsewhere();
     let continues = match vpg.log.continues(durable_seq, journal_stream).await {
         Ok(c) => c && announced && replayable,
-        Err(e) if is_damage(&e) => {
-            tracing::error!(vpg = %vpg.name, "{e:#}");
+        Err(e) if e.is_damage() => {
+            tracing::error!(vpg = %vpg.name, "{}", Chain(&e));
             false
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if continues {
         if journal_stream == log_stream {
@@ -215,12 +215,6 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, con
     tokio::task::spawn_blocking(move || d.pin_answered(&name, &alert.label, answer.map_err(|e| format!("{e:#}"))))
         .await
         .context("storing the pin's answer")?
-}
-
-/// A record in the log that fails its checks (not a read error): what
-/// follows it cannot be sent, so the stream must start over.
-fn is_damage(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<SegmentError>(), Some(SegmentError::Damage(_)))
 }
 
 /// Pings the recovery side, and carries a move's promote request. Ends
@@ -406,12 +400,14 @@ async fn fill_or_restart(
     batch_target: usize,
 ) -> Result<()> {
     match cursor.fill(batch, batch_target, BATCH_RECORDS_MAX) {
-        Err(e) if is_damage(&e) => {
-            tracing::error!(vpg = %vpg.name, "{e:#}; the records after it are lost: starting a new stream");
+        // A record in the log that fails its checks (not a read error):
+        // what follows it cannot be sent, so the stream must start over.
+        Err(e) if e.is_damage() => {
+            tracing::error!(vpg = %vpg.name, "{}; the records after it are lost: starting a new stream", Chain(&e));
             vpg.restart_stream(0).await?;
-            Err(e)
+            Err(e.into())
         }
-        other => other,
+        other => Ok(other?),
     }
 }
 

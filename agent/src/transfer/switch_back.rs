@@ -189,5 +189,5 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     });
-    answer_when_done(&mut link, work).await
+    Ok(answer_when_done(&mut link, work).await?)
 }

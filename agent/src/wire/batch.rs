@@ -5,9 +5,8 @@
 //! Three checks guard the data: the frame crc, `raw_crc` over the
 //! decompressed records, and each record's own crcs.
 
-use crate::record::{Record, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+use crate::record::{Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use crate::wire::frame::FRAME_PAYLOAD_BYTES_MAX;
-use anyhow::{bail, Context, Result};
 use std::borrow::Cow;
 
 pub const BATCH_HEADER_BYTES: usize = 32;
@@ -332,6 +331,36 @@ fn record_crc(record: &[u8]) -> crc32fast::Hasher {
 }
 
 /// The batch header, as the encoder writes it and the decoder reads it.
+/// Why a batch is refused: all of them are malformed bytes (no I/O is
+/// done here), and the link that carried them is ended.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("batch header out of bounds: {count} records, {raw_len} raw bytes")]
+    OutOfBounds { count: usize, raw_len: usize },
+    #[error("unknown batch codec {0}")]
+    UnknownCodec(u8),
+    #[error("decompressing batch")]
+    Decompress(#[source] std::io::Error),
+    #[error("batch of {len} raw bytes where its header says {said} (seq {first_seq}..={last_seq})")]
+    RawLength { len: usize, said: usize, first_seq: u64, last_seq: u64 },
+    #[error("record at batch offset {at}")]
+    Record {
+        at: usize,
+        #[source]
+        error: RecordError,
+    },
+    #[error("record seq {seq} belongs to VPG id {found:#x}, not {vpg_id:#x}")]
+    OtherVpg { seq: u64, found: u32, vpg_id: u32 },
+    #[error("batch seqs do not ascend at seq {0}")]
+    NotAscending(u64),
+    #[error("batch checksum mismatch (seq {first_seq}..={last_seq})")]
+    Checksum { first_seq: u64, last_seq: u64 },
+    #[error("batch header does not match its records")]
+    HeaderMismatch,
+}
+
 struct BatchHeader {
     first_seq: u64,
     last_seq: u64,
@@ -353,9 +382,9 @@ impl BatchHeader {
         h
     }
 
-    fn read(bytes: &[u8]) -> Result<BatchHeader> {
+    fn read(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         if bytes.len() < BATCH_HEADER_BYTES {
-            bail!("batch of {} bytes is shorter than its header", bytes.len());
+            return Err(BatchError::Short(bytes.len()));
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8"));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4"));
@@ -368,10 +397,10 @@ impl BatchHeader {
             raw_crc: u32_at(28),
         };
         if h.raw_len > BATCH_RAW_BYTES_MAX || h.count == 0 || h.count > BATCH_RECORDS_MAX {
-            bail!("batch header out of bounds: {} records, {} raw bytes", h.count, h.raw_len);
+            return Err(BatchError::OutOfBounds { count: h.count, raw_len: h.raw_len });
         }
         if h.codec > Codec::Zstd as u8 {
-            bail!("unknown batch codec {}", h.codec);
+            return Err(BatchError::UnknownCodec(h.codec));
         }
         Ok(h)
     }
@@ -392,7 +421,7 @@ impl Default for BatchDecoder {
 
 impl BatchDecoder {
     /// `decode`, decompressing into this decoder's buffer.
-    pub fn decode<'a>(&'a mut self, bytes: &'a [u8], vpg_id: u32) -> Result<DecodedBatch<'a>> {
+    pub fn decode<'a>(&'a mut self, bytes: &'a [u8], vpg_id: u32) -> Result<DecodedBatch<'a>, BatchError> {
         let h = BatchHeader::read(bytes)?;
         let body = &bytes[BATCH_HEADER_BYTES..];
         let raw = if h.codec == Codec::Zstd as u8 {
@@ -400,7 +429,7 @@ impl BatchDecoder {
             trim_buffer(&mut self.decompressed, BUSY_BUFFER_BYTES);
             self.decompressed.reserve(h.raw_len);
             // Into the spare capacity: more than `raw_len` is an error.
-            self.zstd.decompress_to_buffer(body, &mut self.decompressed).context("decompressing batch")?;
+            self.zstd.decompress_to_buffer(body, &mut self.decompressed).map_err(BatchError::Decompress)?;
             &self.decompressed[..]
         } else {
             body
@@ -410,11 +439,11 @@ impl BatchDecoder {
 }
 
 /// Decodes and verifies a batch; every record must belong to `vpg_id`.
-pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<DecodedBatch<'_>> {
+pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<DecodedBatch<'_>, BatchError> {
     let h = BatchHeader::read(bytes)?;
     let body = &bytes[BATCH_HEADER_BYTES..];
     let raw = if h.codec == Codec::Zstd as u8 {
-        Cow::Owned(zstd::bulk::decompress(body, h.raw_len).context("decompressing batch")?)
+        Cow::Owned(zstd::bulk::decompress(body, h.raw_len).map_err(BatchError::Decompress)?)
     } else {
         Cow::Borrowed(body)
     };
@@ -424,10 +453,10 @@ pub fn decode(bytes: &[u8], vpg_id: u32) -> Result<DecodedBatch<'_>> {
 /// Checks every record in `raw` (both crcs each), that they are the ones
 /// the header names, and the header's crc of them all: worked out from the
 /// records' crcs, so each byte is checked once.
-fn check_records<'a>(h: &BatchHeader, raw: Cow<'a, [u8]>, vpg_id: u32) -> Result<DecodedBatch<'a>> {
+fn check_records<'a>(h: &BatchHeader, raw: Cow<'a, [u8]>, vpg_id: u32) -> Result<DecodedBatch<'a>, BatchError> {
     let (first_seq, last_seq, count) = (h.first_seq, h.last_seq, h.count);
     if raw.len() != h.raw_len {
-        bail!("batch of {} raw bytes where its header says {} (seq {first_seq}..={last_seq})", raw.len(), h.raw_len);
+        return Err(BatchError::RawLength { len: raw.len(), said: h.raw_len, first_seq, last_seq });
     }
     let mut records = Vec::with_capacity(count);
     let mut offsets = Vec::with_capacity(count);
@@ -435,16 +464,15 @@ fn check_records<'a>(h: &BatchHeader, raw: Cow<'a, [u8]>, vpg_id: u32) -> Result
     let mut at = 0;
     while at < raw.len() {
         if records.len() == count {
-            bail!("batch header does not match its records");
+            return Err(BatchError::HeaderMismatch);
         }
-        let (rec, used) =
-            Record::decode_metadata(&raw[at..]).with_context(|| format!("record at batch offset {at}"))?;
+        let (rec, used) = Record::decode_metadata(&raw[at..]).map_err(|error| BatchError::Record { at, error })?;
         if rec.vpg_id != vpg_id {
-            bail!("record seq {} belongs to VPG id {:#x}, not {vpg_id:#x}", rec.seq, rec.vpg_id);
+            return Err(BatchError::OtherVpg { seq: rec.seq, found: rec.vpg_id, vpg_id });
         }
         if let Some(prev) = records.last().map(|r: &Record| r.seq) {
             if rec.seq <= prev {
-                bail!("batch seqs do not ascend at seq {}", rec.seq);
+                return Err(BatchError::NotAscending(rec.seq));
             }
         }
         crc.combine(&record_crc(&raw[at..at + used]));
@@ -453,10 +481,10 @@ fn check_records<'a>(h: &BatchHeader, raw: Cow<'a, [u8]>, vpg_id: u32) -> Result
         at += used;
     }
     if crc.finalize() != h.raw_crc {
-        bail!("batch checksum mismatch (seq {first_seq}..={last_seq})");
+        return Err(BatchError::Checksum { first_seq, last_seq });
     }
     if records.len() != count || records[0].seq != first_seq || records[count - 1].seq != last_seq {
-        bail!("batch header does not match its records");
+        return Err(BatchError::HeaderMismatch);
     }
     Ok(DecodedBatch { raw, records, offsets })
 }
