@@ -46,6 +46,12 @@ impl<T> Doing<T> for io::Result<T> {
     }
 }
 
+impl<T> Doing<T> for Result<T, rustix::io::Errno> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, IoFailure> {
+        self.map_err(|e| IoFailure { doing: what(), source: e.into() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,16 +17,19 @@
 //! first try reached the disk, so applying twice equals applying once.
 
 use super::apply_state::ApplyState;
+use super::error::JournalError;
 use super::index::{CheckpointInfo, JournalIndex};
 use super::lease::{self, ApplyLock, LeaseInfo};
 use super::replica::VolumeFiles;
 use super::scan::{scan_journal_until, Visit};
 use super::JournalMeta;
 use crate::durable::sync_dir;
+use crate::io_failure::Doing;
 use crate::segment::{list_segments, SegmentKind};
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 /// What the recovery config says about one VPG's history.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +112,7 @@ fn segments(dir: &Path) -> Result<Vec<SegmentFile>> {
         let bytes = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
         };
         // A segment's summary goes with it and counts toward the limit.
         let summary = std::fs::metadata(super::summary::summary_path(&path)).map_or(0, |m| m.len());
@@ -226,7 +229,8 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     }
     if state.applying_to != Some(target) {
         if let Some(pending) = state.applying_to.filter(|p| *p > target) {
-            bail!("an interrupted apply to seq {pending} must finish before any apply to {target}");
+            let why = format!("an interrupted apply to seq {pending} must finish before any apply to {target}");
+            return Err(JournalError::Unavailable(why));
         }
         ApplyState { applying_to: Some(target), ..state.clone() }.store(dir)?;
     }
@@ -242,7 +246,7 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
             return Visit::Stop;
         }
         if let Err(e) = replica.apply(&rec.body) {
-            failure = Some(e.context(format!("applying seq {}", rec.seq)));
+            failure = Some(JournalError::ApplyingRecord { seq: rec.seq, source: Box::new(e) });
             return Visit::Stop;
         }
         bytes += rec.data_bytes();
@@ -254,7 +258,9 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     }
     if index.durable_seq < target {
         let why = outcome.damage.map_or("the journal ends".to_string(), |d| d.to_string());
-        bail!("cannot apply to seq {target}: the readable journal stops at seq {} ({why})", index.durable_seq);
+        let why =
+            format!("cannot apply to seq {target}: the readable journal stops at seq {} ({why})", index.durable_seq);
+        return Err(JournalError::Unavailable(why));
     }
     replica.sync_all()?;
     let next = ApplyState {
@@ -280,7 +286,7 @@ fn retire(dir: &Path, segments: &[SegmentFile], applied_seq: u64, leases: &[Leas
         // The summary first: a crash between leaves no summary of a
         // segment that is gone.
         super::summary::forget(&pair[0].path)?;
-        std::fs::remove_file(&pair[0].path).with_context(|| format!("retiring {}", pair[0].path.display()))?;
+        std::fs::remove_file(&pair[0].path).doing(|| format!("retiring {}", pair[0].path.display()))?;
         retired += 1;
     }
     if retired > 0 {

@@ -5,10 +5,13 @@
 //! stays a mix of two points in time.
 
 use super::checkpoint::CheckpointInfo;
+use super::error::JournalError;
 use crate::durable::{replace_file, FileMode};
-use anyhow::{Context, Result};
+use crate::io_failure::IoFailure;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 const APPLY_STATE_FILE: &str = "apply.json";
 
@@ -34,14 +37,15 @@ impl ApplyState {
     pub fn load(dir: &Path) -> Result<ApplyState> {
         let path = dir.join(APPLY_STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+            Ok(bytes) => super::error::parse(&path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ApplyState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => Err(IoFailure::new(format!("reading {}", path.display()), e).into()),
         }
     }
 
     pub fn store(&self, dir: &Path) -> Result<()> {
-        Ok(replace_file(&dir.join(APPLY_STATE_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)?)
+        let json = super::error::encode(APPLY_STATE_FILE, self, false)?;
+        Ok(replace_file(&dir.join(APPLY_STATE_FILE), &json, FileMode::Public)?)
     }
 }
 

@@ -5,11 +5,13 @@
 //! and to map a point in time; the data they then read is verified
 //! against the crc each Write entry carries.
 
+use super::error::JournalError;
 use super::scan::{retired_since_listing, scan_segment, Damage, SegmentScan, SeqOrder, Visit};
 use super::summary::{self, Entry};
 use crate::segment::{list_segments, SegmentKind};
-use anyhow::Result;
 use std::path::Path;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 #[derive(Debug, Default)]
 pub struct WalkOutcome {

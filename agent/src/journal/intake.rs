@@ -10,12 +10,14 @@
 //! `Journal::append` calls it with its cap; the simulator's link scenario
 //! calls it on faulty storage, so both run the same rules.
 
+use super::error::{JournalError, Refusal};
 use super::index::JournalIndex;
 use super::segments::SegmentFiles;
 use super::JournalMeta;
 use crate::record::RecordBody;
 use crate::wire::batch::DecodedBatch;
-use anyhow::{bail, Result};
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 /// Asked for room for this many bytes before they are written; an error
 /// refuses the batch (the journal's cap).
@@ -49,17 +51,17 @@ pub fn append(
     check_fits(meta, batch, first_fresh)?;
     let first = &batch.records[first_fresh];
     match first.body {
-        RecordBody::StreamStart { stream_id, .. } if stream_id != session_stream => bail!(
-            "the batch starts stream {stream_id:#x}, but its sender said its log holds stream {session_stream:#x}"
-        ),
+        RecordBody::StreamStart { stream_id, .. } if stream_id != session_stream => {
+            return Err(Refusal::Unannounced { started: stream_id, announced: session_stream }.into())
+        }
         RecordBody::StreamStart { .. } => {}
-        _ if index.stream_id != session_stream => bail!(
-            "the journal holds stream {:#x} up to seq {}; a log of stream {session_stream:#x} cannot continue it",
-            index.stream_id,
-            index.durable_seq
-        ),
+        _ if index.stream_id != session_stream => {
+            let refusal =
+                Refusal::OtherStream { held: index.stream_id, durable: index.durable_seq, other: session_stream };
+            return Err(refusal.into());
+        }
         _ if first.seq != index.durable_seq + 1 => {
-            bail!("gap in the stream: journal holds up to seq {}, batch starts at {}", index.durable_seq, first.seq)
+            return Err(Refusal::Gap { durable: index.durable_seq, first: first.seq }.into())
         }
         _ => {}
     }
@@ -87,14 +89,14 @@ pub fn append(
 /// one stream into the next (a sender's cursor builds one when a new
 /// stream starts under a session) would otherwise start a stream its
 /// sender did not announce, or leave a hole.
-fn check_follows(batch: &DecodedBatch, from: usize) -> Result<()> {
+fn check_follows(batch: &DecodedBatch, from: usize) -> std::result::Result<(), Refusal> {
     for pair in batch.records[from..].windows(2) {
         let (before, rec) = (&pair[0], &pair[1]);
         if let RecordBody::StreamStart { stream_id, .. } = rec.body {
-            bail!("seq {}: a StreamStart of stream {stream_id:#x} inside a batch (a stream starts a batch)", rec.seq);
+            return Err(Refusal::StartInside { seq: rec.seq, stream: stream_id });
         }
         if rec.seq != before.seq + 1 {
-            bail!("gap in the stream inside a batch: seq {} after {}", rec.seq, before.seq);
+            return Err(Refusal::GapInside { seq: rec.seq, before: before.seq });
         }
     }
     Ok(())
@@ -103,7 +105,7 @@ fn check_follows(batch: &DecodedBatch, from: usize) -> Result<()> {
 /// Every record from `from` on names a volume of this VPG and stays
 /// inside it: checked on receipt, so a peer's bad record is refused with
 /// its batch instead of stalling the applier later.
-fn check_fits(meta: &JournalMeta, batch: &DecodedBatch, from: usize) -> Result<()> {
+fn check_fits(meta: &JournalMeta, batch: &DecodedBatch, from: usize) -> std::result::Result<(), Refusal> {
     let volumes = &meta.volumes;
     for i in from..batch.records.len() {
         let seq = batch.records[i].seq;
@@ -113,10 +115,10 @@ fn check_fits(meta: &JournalMeta, batch: &DecodedBatch, from: usize) -> Result<(
             _ => continue,
         };
         let Some(v) = volumes.get(volume as usize) else {
-            bail!("seq {seq} names volume {volume}; VPG {} has {}", meta.vpg, volumes.len());
+            return Err(Refusal::NoSuchVolume { seq, volume, vpg: meta.vpg.clone(), count: volumes.len() });
         };
         if end.is_none_or(|e| e > v.size) {
-            bail!("seq {seq} reaches past the end of volume {} ({} bytes)", v.name, v.size);
+            return Err(Refusal::PastEnd { seq, volume: v.name.clone(), size: v.size });
         }
     }
     Ok(())

@@ -10,7 +10,8 @@
 //! shared, so the applier sees every lease taken before its pass.
 
 use super::apply_state::ApplyState;
-use anyhow::{bail, Context, Result};
+use super::error::JournalError;
+use crate::io_failure::{Doing, IoFailure};
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -19,19 +20,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+type Result<T> = std::result::Result<T, JournalError>;
+
 const LEASE_DIR: &str = "leases";
 const APPLY_LOCK_FILE: &str = "apply.lock";
 
 /// Opens (creating it, never truncating) a file that is only ever
 /// `flock`ed.
 pub fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    Ok(OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+        .doing(|| format!("opening {}", path.display()))?)
 }
 
 /// Held while applying (exclusive) or while taking a lease (shared).
@@ -41,7 +44,7 @@ impl ApplyLock {
     fn take(vpg_dir: &Path, op: FlockOperation) -> Result<ApplyLock> {
         let path = vpg_dir.join(APPLY_LOCK_FILE);
         let file = open_lock_file(&path)?;
-        flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
+        flock(&file, op).doing(|| format!("locking {}", path.display()))?;
         Ok(ApplyLock(file))
     }
 
@@ -101,13 +104,14 @@ fn take_with(vpg_dir: &Path, holder: &str, checkpoint: impl FnOnce(&ApplyState) 
     let _lock = ApplyLock::shared(vpg_dir)?;
     // A failover commits under the apply lock: seen here, or not begun.
     if vpg_dir.join(super::FAILOVER_RECORD_FILE).exists() {
-        bail!("the VPG was failed over while this reader was opening; its history is closed");
+        let why = "the VPG was failed over while this reader was opening; its history is closed";
+        return Err(JournalError::Unavailable(why.to_string()));
     }
     let state = ApplyState::load(vpg_dir)?;
     let checkpoint = checkpoint(&state);
     check_readable(&state, checkpoint)?;
     let dir = vpg_dir.join(LEASE_DIR);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).doing(|| format!("creating {}", dir.display()))?;
     let n = LEASE_COUNTER.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("{}-{n}-{holder}.lease", std::process::id()));
     let mut file = OpenOptions::new()
@@ -115,27 +119,28 @@ fn take_with(vpg_dir: &Path, holder: &str, checkpoint: impl FnOnce(&ApplyState) 
         .read(true)
         .write(true)
         .open(&path)
-        .with_context(|| format!("creating lease {}", path.display()))?;
-    flock(&file, FlockOperation::NonBlockingLockExclusive).with_context(|| format!("locking {}", path.display()))?;
+        .doing(|| format!("creating lease {}", path.display()))?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).doing(|| format!("locking {}", path.display()))?;
     let info = LeaseInfo { holder: holder.to_string(), checkpoint, base: state.applied_seq };
-    file.write_all(&serde_json::to_vec(&info)?)?;
+    let json = super::error::encode("a lease", &info, true)?;
+    file.write_all(&json).doing(|| format!("writing lease {}", path.display()))?;
     Ok(Lease { path, file, vpg_dir: vpg_dir.to_path_buf(), info, state })
 }
 
 /// Why the replica (as `state` says) cannot be read at `checkpoint`.
 pub(super) fn check_readable(state: &ApplyState, checkpoint: u64) -> Result<()> {
     if checkpoint < state.applied_seq {
-        bail!(
+        return Err(JournalError::Unavailable(format!(
             "checkpoint {checkpoint} is older than the history window: the replica already holds seq {} \
              (see `tidemark checkpoints` for the recoverable ones)",
             state.applied_seq
-        );
+        )));
     }
     if let Some(to) = state.applying_to.filter(|to| checkpoint < *to) {
-        bail!(
+        return Err(JournalError::Unavailable(format!(
             "an apply to seq {to} was interrupted and checkpoint {checkpoint} is before it; \
              start the recovery agent so it finishes the apply, then pick a checkpoint at or after {to}"
-        );
+        )));
     }
     Ok(())
 }
@@ -152,12 +157,12 @@ impl Lease {
         // old pin or the new one, never a half-written file.
         let _lock = ApplyLock::shared(&self.vpg_dir)?;
         let info = LeaseInfo { checkpoint, ..self.info.clone() };
-        let bytes = serde_json::to_vec(&info)?;
+        let bytes = super::error::encode("a lease", &info, true)?;
         // Written over the old bytes, then cut to length: never empty.
         self.file
             .write_all_at(&bytes, 0)
             .and_then(|()| self.file.set_len(bytes.len() as u64))
-            .with_context(|| format!("updating lease {}", self.path.display()))?;
+            .doing(|| format!("updating lease {}", self.path.display()))?;
         self.info = info;
         Ok(())
     }
@@ -170,11 +175,11 @@ pub fn live(vpg_dir: &Path, _held: &ApplyLock) -> Result<Vec<LeaseInfo>> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        Err(e) => return Err(IoFailure::new(format!("listing {}", dir.display()), e).into()),
     };
     let mut found = Vec::new();
     for entry in entries {
-        let path = entry?.path();
+        let path = entry.doing(|| format!("listing {}", dir.display()))?.path();
         let Ok(mut file) = File::open(&path) else { continue };
         if flock(&file, FlockOperation::NonBlockingLockShared).is_ok() {
             tracing::info!("removing the lease of a reader that is gone: {}", path.display());
@@ -182,10 +187,10 @@ pub fn live(vpg_dir: &Path, _held: &ApplyLock) -> Result<Vec<LeaseInfo>> {
             continue;
         }
         let mut text = String::new();
-        file.read_to_string(&mut text)?;
+        file.read_to_string(&mut text).doing(|| format!("reading lease {}", path.display()))?;
         match serde_json::from_str(&text) {
             Ok(info) => found.push(info),
-            Err(e) => bail!("lease {} is unreadable: {e}", path.display()),
+            Err(source) => return Err(JournalError::StateFile { path, source }),
         }
     }
     Ok(found)

@@ -7,6 +7,7 @@ pub mod applier;
 pub mod apply_state;
 pub mod catalog;
 pub mod checkpoint;
+mod error;
 pub mod extent_map;
 pub mod index;
 pub mod intake;
@@ -19,11 +20,13 @@ pub mod summary;
 #[cfg(feature = "test-build")]
 pub mod synth;
 
+pub use error::{JournalError, Refusal};
+
 use crate::durable::{replace_file, FileMode};
+use crate::io_failure::Doing;
 use crate::storage::Storage;
 use crate::wire::batch::DecodedBatch;
 use crate::wire::message::VolumeInfo;
-use anyhow::{bail, Context, Result};
 use applier::HistoryPolicy;
 use apply_state::ApplyState;
 use index::JournalIndex;
@@ -31,6 +34,8 @@ use segments::{Rolling, SegmentFiles};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 /// A segment is closed and a new one started past this size.
 pub const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
@@ -47,12 +52,13 @@ pub struct JournalMeta {
 impl JournalMeta {
     pub fn load(dir: &Path) -> Result<JournalMeta> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let text = std::fs::read_to_string(&path).doing(|| format!("reading {}", path.display()))?;
+        error::parse(&path, text.as_bytes())
     }
 
     pub(crate) fn store(&self, dir: &Path) -> Result<()> {
-        Ok(replace_file(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, FileMode::Public)?)
+        let json = error::encode(META_FILE, self, false)?;
+        Ok(replace_file(&dir.join(META_FILE), &json, FileMode::Public)?)
     }
 }
 
@@ -90,16 +96,17 @@ impl Journal {
     /// good record, so the sender resends or restarts the stream. An apply
     /// a crash interrupted is finished here, before anything reads.
     pub fn open(dir: &Path, meta: JournalMeta, policy: &HistoryPolicy) -> Result<Journal> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating journal {}", dir.display()))?;
+        std::fs::create_dir_all(dir).doing(|| format!("creating journal {}", dir.display()))?;
         match JournalMeta::load(dir) {
             Ok(existing) if existing == meta => {}
-            Ok(existing) => bail!(
-                "journal {} was created for {:?} with volumes {:?}; the peer now sends {:?}",
-                dir.display(),
-                existing.vpg,
-                existing.volumes,
-                meta.volumes
-            ),
+            Ok(existing) => {
+                return Err(JournalError::CreatedForOther {
+                    dir: dir.to_path_buf(),
+                    vpg: existing.vpg,
+                    volumes: existing.volumes,
+                    now: meta.volumes,
+                })
+            }
             Err(_) if !dir.join(META_FILE).exists() => meta.store(dir)?,
             Err(e) => return Err(e),
         }
@@ -111,7 +118,7 @@ impl Journal {
             let _seeding = lease::ApplyLock::shared(dir)?;
             if apply_state::ApplyState::load(dir)?.applied_seq == 0 && replica::replica_dir(dir).exists() {
                 replica::VolumeFiles::open_replica(dir, &meta.volumes, true)
-                    .context("the seeded replica does not fit the VPG's volumes")?;
+                    .map_err(|e| JournalError::SeedMismatch(Box::new(e)))?;
             }
         }
         let state = ApplyState::load(dir)?;
@@ -187,7 +194,7 @@ impl CapGauge {
             crate::status::format_bytes(cap)
         );
         self.capped = Some(why.clone());
-        bail!(why)
+        Err(JournalError::Full(why))
     }
 }
 

@@ -10,11 +10,14 @@
 //! replica is past its checkpoint (`lease::check_readable`).
 
 use super::apply_state::ApplyState;
+use super::error::JournalError;
 use super::lease::{check_readable, ApplyLock};
 use crate::durable::{replace_file, FileMode};
-use anyhow::{bail, Context, Result};
+use crate::io_failure::IoFailure;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 const PINS_FILE: &str = "pins.json";
 pub use crate::names::PIN_REASON_BYTES_MAX;
@@ -33,29 +36,30 @@ pub fn load(vpg_dir: &Path) -> Result<Vec<Pin>> {
     let path = vpg_dir.join(PINS_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let mut pins: Vec<Pin> =
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+            let mut pins: Vec<Pin> = super::error::parse(&path, &bytes)?;
             pins.sort_by_key(|p| p.checkpoint);
             Ok(pins)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(IoFailure::new(format!("reading {}", path.display()), e).into()),
     }
 }
 
 fn store(vpg_dir: &Path, pins: &[Pin]) -> Result<()> {
-    Ok(replace_file(&vpg_dir.join(PINS_FILE), &serde_json::to_vec_pretty(pins)?, FileMode::Public)?)
+    let json = super::error::encode(PINS_FILE, pins, false)?;
+    Ok(replace_file(&vpg_dir.join(PINS_FILE), &json, FileMode::Public)?)
 }
 
 /// Pins `checkpoint` (already resolved to a complete checkpoint by the
 /// caller). Pinning a pinned checkpoint again changes nothing.
 pub fn pin(vpg_dir: &Path, checkpoint: u64, reason: &str, now_ms: u64) -> Result<Pin> {
     if !crate::names::is_pin_reason(reason) {
-        bail!("--reason: at most {PIN_REASON_BYTES_MAX} bytes of text on one line");
+        let why = format!("--reason: at most {PIN_REASON_BYTES_MAX} bytes of text on one line");
+        return Err(JournalError::Unavailable(why));
     }
     let _lock = ApplyLock::exclusive(vpg_dir)?;
     if vpg_dir.join(super::FAILOVER_RECORD_FILE).exists() {
-        bail!("the VPG was failed over; its history is closed");
+        return Err(JournalError::Unavailable("the VPG was failed over; its history is closed".to_string()));
     }
     check_readable(&ApplyState::load(vpg_dir)?, checkpoint)?;
     let mut pins = load(vpg_dir)?;
@@ -63,7 +67,8 @@ pub fn pin(vpg_dir: &Path, checkpoint: u64, reason: &str, now_ms: u64) -> Result
         return Ok(p.clone());
     }
     if pins.len() >= PINS_MAX {
-        bail!("the VPG already has {PINS_MAX} pins; release one with `tidemark unpin` first");
+        let why = format!("the VPG already has {PINS_MAX} pins; release one with `tidemark unpin` first");
+        return Err(JournalError::Unavailable(why));
     }
     let new = Pin { checkpoint, reason: reason.to_string(), since_ms: now_ms };
     pins.push(new.clone());
@@ -77,7 +82,9 @@ pub fn unpin(vpg_dir: &Path, checkpoint: u64) -> Result<Pin> {
     let _lock = ApplyLock::exclusive(vpg_dir)?;
     let mut pins = load(vpg_dir)?;
     let Some(i) = pins.iter().position(|p| p.checkpoint == checkpoint) else {
-        bail!("checkpoint {checkpoint} is not pinned (see `tidemark checkpoints`)");
+        return Err(JournalError::Unavailable(format!(
+            "checkpoint {checkpoint} is not pinned (see `tidemark checkpoints`)"
+        )));
     };
     let gone = pins.remove(i);
     store(vpg_dir, &pins)?;

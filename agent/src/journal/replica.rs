@@ -3,14 +3,17 @@
 //! and the outputs of a restore. Records are applied in seq order; a
 //! record naming an unknown volume or a range past its end is refused.
 
+use super::error::JournalError;
 use crate::capture::volume::zero_file_range;
+use crate::io_failure::{Doing, IoFailure};
 use crate::record::RecordBody;
 use crate::wire::message::VolumeInfo;
-use anyhow::{bail, Context, Result};
 use rustix::fs::SeekFrom;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 const REPLICA_DIR: &str = "replica";
 
@@ -36,7 +39,7 @@ fn image_path(dir: &Path, volume: &VolumeInfo) -> PathBuf {
 impl VolumeFiles {
     /// New sparse files in `dir`; an existing file is never overwritten.
     pub fn create_new(dir: &Path, volumes: &[VolumeInfo]) -> Result<VolumeFiles> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
         let mut files = Vec::new();
         for v in volumes {
             let path = image_path(dir, v);
@@ -45,8 +48,8 @@ impl VolumeFiles {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .with_context(|| format!("creating {} (remove it or pick another directory)", path.display()))?;
-            file.set_len(v.size)?;
+                .doing(|| format!("creating {} (remove it or pick another directory)", path.display()))?;
+            file.set_len(v.size).doing(|| format!("sizing {}", path.display()))?;
             files.push(VolumeFile { path, file, size: v.size });
         }
         Ok(VolumeFiles { files })
@@ -58,7 +61,7 @@ impl VolumeFiles {
     pub fn open_replica(vpg_dir: &Path, volumes: &[VolumeInfo], writable: bool) -> Result<VolumeFiles> {
         let dir = replica_dir(vpg_dir);
         if writable {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).doing(|| format!("creating {}", dir.display()))?;
         }
         let mut files = Vec::new();
         let mut created = false;
@@ -70,13 +73,15 @@ impl VolumeFiles {
                 .create(writable)
                 .truncate(false)
                 .open(&path)
-                .with_context(|| format!("opening replica image {}", path.display()))?;
-            let len = file.metadata()?.len();
+                .doing(|| format!("opening replica image {}", path.display()))?;
+            let len = file.metadata().doing(|| format!("sizing {}", path.display()))?.len();
             if writable && len == 0 {
-                file.set_len(v.size)?;
+                file.set_len(v.size).doing(|| format!("sizing {}", path.display()))?;
                 created = true;
             } else if len != v.size {
-                bail!("replica image {} is {len} bytes; volume {:?} is {} bytes", path.display(), v.name, v.size);
+                let why =
+                    format!("replica image {} is {len} bytes; volume {:?} is {} bytes", path.display(), v.name, v.size);
+                return Err(JournalError::Replica(why));
             }
             files.push(VolumeFile { path, file, size: v.size });
         }
@@ -105,20 +110,24 @@ impl VolumeFiles {
     /// change nothing).
     pub fn apply(&self, body: &RecordBody) -> Result<()> {
         let Some((volume, offset, length)) = body.extent() else { return Ok(()) };
-        let Some(target) = self.files.get(volume as usize) else { bail!("record for unknown volume {volume}") };
+        let Some(target) = self.files.get(volume as usize) else {
+            return Err(JournalError::Replica(format!("record for unknown volume {volume}")));
+        };
         if offset.checked_add(length).is_none_or(|end| end > target.size) {
-            bail!("record [{offset}, +{length}) lies outside {} ({} bytes)", target.path.display(), target.size);
+            let why =
+                format!("record [{offset}, +{length}) lies outside {} ({} bytes)", target.path.display(), target.size);
+            return Err(JournalError::Replica(why));
         }
-        match body {
+        Ok(match body {
             RecordBody::Write { data, .. } => target.file.write_all_at(data, offset),
             _ => zero_file_range(&target.file, offset, length),
         }
-        .with_context(|| format!("writing {}", target.path.display()))
+        .doing(|| format!("writing {}", target.path.display()))?)
     }
 
     pub fn sync_all(&self) -> Result<()> {
         for f in &self.files {
-            f.file.sync_all().with_context(|| format!("syncing {}", f.path.display()))?;
+            f.file.sync_all().doing(|| format!("syncing {}", f.path.display()))?;
         }
         Ok(())
     }
@@ -135,10 +144,11 @@ impl VolumeFiles {
                 let (mut off_in, mut off_out) = (data, data);
                 while off_in < end {
                     let chunk = ((end - off_in) as usize).min(1 << 30);
-                    let n = copy_range(from, to, &mut off_in, &mut off_out, chunk)
-                        .with_context(|| format!("copying {} to {}", from.path.display(), to.path.display()))?;
+                    let n = copy_range(from, to, &mut off_in, &mut off_out, chunk).map_err(|e| {
+                        e.within(|| format!("copying {} to {}", from.path.display(), to.path.display()))
+                    })?;
                     if n == 0 {
-                        bail!("{} ended early at {off_in}", from.path.display());
+                        return Err(JournalError::Replica(format!("{} ended early at {off_in}", from.path.display())));
                     }
                     copied += n as u64;
                 }
@@ -160,16 +170,22 @@ impl VolumeFile {
 /// Copies up to `len` bytes at the offsets (moving them on) in the
 /// kernel, or, where it cannot (another file system type: a restore from
 /// the data disk to a tmpfs is EXDEV), through a buffer.
-fn copy_range(from: &VolumeFile, to: &VolumeFile, off_in: &mut u64, off_out: &mut u64, len: usize) -> Result<usize> {
+fn copy_range(
+    from: &VolumeFile,
+    to: &VolumeFile,
+    off_in: &mut u64,
+    off_out: &mut u64,
+    len: usize,
+) -> std::result::Result<usize, IoFailure> {
     use rustix::io::Errno;
     match rustix::fs::copy_file_range(&from.file, Some(off_in), &to.file, Some(off_out), len) {
         Ok(n) => return Ok(n),
         Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(IoFailure::new(format!("copy_file_range at {off_in}"), e.into())),
     }
     let mut buf = vec![0u8; len.min(COPY_BUFFER_BYTES)];
-    let n = from.file.read_at(&mut buf, *off_in)?;
-    to.file.write_all_at(&buf[..n], *off_out)?;
+    let n = from.file.read_at(&mut buf, *off_in).doing(|| format!("reading at {off_in}"))?;
+    to.file.write_all_at(&buf[..n], *off_out).doing(|| format!("writing at {off_out}"))?;
     *off_in += n as u64;
     *off_out += n as u64;
     Ok(n)
@@ -183,7 +199,7 @@ fn seek(file: &File, whence: SeekFrom) -> Result<Option<u64>> {
     match rustix::fs::seek(file, whence) {
         Ok(at) => Ok(Some(at)),
         Err(rustix::io::Errno::NXIO) => Ok(None),
-        Err(e) => Err(e).context("seeking data in a replica image"),
+        Err(e) => Err(IoFailure::new("seeking data in a replica image", e.into()).into()),
     }
 }
 

@@ -2,11 +2,13 @@
 //! fails a check. Used to rebuild the index at start, to list checkpoints
 //! and to restore; it never returns a record it could not verify.
 
+use super::error::JournalError;
 use crate::record::Record;
 use crate::segment::{list_segments_on, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
 use crate::storage::{Storage, REAL};
-use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 #[derive(Debug, Clone)]
 pub struct Damage {
@@ -89,7 +91,7 @@ fn scan_segment_from(
         Source::Disk => SegmentReader::open_direct_on(fs, path, SegmentKind::Journal, vpg_id)?,
     };
     if header_seq != first_seq {
-        bail!("{}: header says first seq {header_seq}, name says {first_seq}", path.display());
+        return Err(JournalError::Misnamed { path: path.to_path_buf(), header: header_seq, name: first_seq });
     }
     loop {
         match reader.next_record() {
@@ -101,7 +103,7 @@ fn scan_segment_from(
             Ok(None) => return Ok(SegmentScan::Whole { len: reader.offset() }),
             // The storage failed: nothing is known about the records,
             // so nothing may be cut or quarantined on it.
-            Err(e @ SegmentError::Io { .. }) => return Err(anyhow::Error::new(e).context("reading the journal")),
+            Err(e @ SegmentError::Io { .. }) => return Err(JournalError::Read(e)),
             Err(SegmentError::Damage(d)) => {
                 return Ok(SegmentScan::Damaged(Damage {
                     path: d.path,

@@ -4,14 +4,17 @@
 //! at all (`SegmentFiles::append`). What the records mean (the index, the
 //! stream rules, the cap, the apply) is `Journal`'s, in `mod.rs`.
 
+use super::error::JournalError;
 use super::scan::{scan_journal_on, Damage, RecordAt, ScanOutcome};
+use crate::io_failure::{Doing, IoFailure};
 use crate::record::Record;
 use crate::segment::{create_segment_on, list_segments_on, remove_unfinished_creations_on, segment_path, SegmentKind};
 use crate::storage::{Storage, StorageFile};
-use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 /// Where damaged segments are kept, in the journal's directory.
 pub(super) const QUARANTINE_DIR: &str = "quarantine";
@@ -46,15 +49,15 @@ pub fn recover(
     for (_, path) in &segments {
         fs.open_read(path)
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {} (written before this start)", path.display()))?;
+            .doing(|| format!("syncing {} (written before this start)", path.display()))?;
     }
     sync_dir(fs, dir)?;
     if let Some((_, newest)) = segments.last() {
-        let len = fs.size_of(newest).with_context(|| format!("sizing {}", newest.display()))?;
+        let len = fs.size_of(newest).doing(|| format!("sizing {}", newest.display()))?;
         if len < crate::segment::SEGMENT_HEADER_BYTES as u64 {
             tracing::warn!("journal: removing {}, created without its header", newest.display());
             forget(newest)?;
-            fs.remove_file(newest).with_context(|| format!("removing {}", newest.display()))?;
+            fs.remove_file(newest).doing(|| format!("removing {}", newest.display()))?;
             sync_dir(fs, dir)?;
         }
     }
@@ -73,22 +76,23 @@ fn repair(
     segments: &[(u64, PathBuf)],
     forget: Forget<'_>,
 ) -> Result<()> {
-    let position = segments.iter().position(|(_, p)| *p == damage.path).context("damaged segment not listed")?;
+    let position = segments.iter().position(|(_, p)| *p == damage.path).expect("damage is found in a listed segment");
     let is_last = position + 1 == segments.len();
     if damage.torn && is_last {
         tracing::warn!("journal: cutting torn tail: {damage}");
     } else {
         tracing::error!("journal: damage found, quarantining: {damage}");
         let quarantine = dir.join(QUARANTINE_DIR);
-        fs.create_dir_all(&quarantine).with_context(|| format!("creating {}", quarantine.display()))?;
-        let name = damage.path.file_name().context("segment name")?;
-        copy(fs, &damage.path, &quarantine.join(name)).context("keeping the damaged segment")?;
+        fs.create_dir_all(&quarantine).doing(|| format!("creating {}", quarantine.display()))?;
+        let name = damage.path.file_name().expect("a listed segment has a name");
+        copy(fs, &damage.path, &quarantine.join(name))
+            .doing(|| format!("keeping the damaged segment {} in {}", damage.path.display(), quarantine.display()))?;
         for (_, later) in &segments[position + 1..] {
-            let name = later.file_name().context("segment name")?;
+            let name = later.file_name().expect("a listed segment has a name");
             // What was derived from it first: a crash between leaves
             // nothing of a segment that is gone.
             forget(later)?;
-            fs.rename(later, &quarantine.join(name)).context("quarantining a later segment")?;
+            fs.rename(later, &quarantine.join(name)).doing(|| "quarantining a later segment".to_string())?;
         }
         // The quarantine and its names are durable before the original is
         // cut: they are the only evidence of the damage.
@@ -96,14 +100,14 @@ fn repair(
         sync_dir(fs, dir)?;
     }
     forget(&damage.path)?;
-    let f = fs.open_append(&damage.path).with_context(|| format!("opening {}", damage.path.display()))?;
-    f.set_len(damage.offset).with_context(|| format!("cutting {}", damage.path.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", damage.path.display()))?;
+    let f = fs.open_append(&damage.path).doing(|| format!("opening {}", damage.path.display()))?;
+    f.set_len(damage.offset).doing(|| format!("cutting {}", damage.path.display()))?;
+    f.sync_all().doing(|| format!("syncing {}", damage.path.display()))?;
     sync_dir(fs, dir)
 }
 
 /// A durable copy of `from` at `to` (replaced if there).
-fn copy(fs: &dyn Storage, from: &Path, to: &Path) -> Result<()> {
+fn copy(fs: &dyn Storage, from: &Path, to: &Path) -> std::io::Result<()> {
     let source = fs.open_read(from)?;
     let mut bytes = vec![0u8; source.size()? as usize];
     let read = source.read_at(&mut bytes, 0)?;
@@ -118,7 +122,7 @@ fn copy(fs: &dyn Storage, from: &Path, to: &Path) -> Result<()> {
 }
 
 fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<()> {
-    fs.sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
+    Ok(fs.sync_dir(dir).doing(|| format!("syncing directory {}", dir.display()))?)
 }
 
 /// When the newest segment is closed and a new one started.
@@ -147,10 +151,10 @@ impl SegmentFiles {
     pub fn open(fs: Arc<dyn Storage>, dir: &Path, vpg_id: u32, rolling: Rolling, next_seq: u64) -> Result<Self> {
         let newest = list_segments_on(&*fs, dir, SegmentKind::Journal)?.pop().map(|(_, p)| p);
         let current = match newest {
-            Some(path) => fs.open_append(&path).with_context(|| format!("opening {}", path.display()))?,
+            Some(path) => fs.open_append(&path).doing(|| format!("opening {}", path.display()))?,
             None => create_segment_on(&*fs, dir, SegmentKind::Journal, vpg_id, next_seq, 0, &[])?.1,
         };
-        let current_len = current.size().context("sizing the journal's newest segment")?;
+        let current_len = current.size().doing(|| "sizing the journal's newest segment".to_string())?;
         Ok(SegmentFiles {
             fs,
             dir: dir.to_path_buf(),
@@ -179,10 +183,10 @@ impl SegmentFiles {
             let leftover = segment_path(&self.dir, SegmentKind::Journal, first_seq);
             if self.fs.exists(&leftover) {
                 tracing::warn!("journal: removing {}, left by a roll that failed", leftover.display());
-                self.fs.remove_file(&leftover).with_context(|| format!("removing {}", leftover.display()))?;
+                self.fs.remove_file(&leftover).doing(|| format!("removing {}", leftover.display()))?;
             }
             let (_, f) = create_segment_on(&*self.fs, &self.dir, SegmentKind::Journal, self.vpg_id, first_seq, 0, &[])?;
-            self.current_len = f.size().context("sizing a new journal segment")?;
+            self.current_len = f.size().doing(|| "sizing a new journal segment".to_string())?;
             self.current = f;
             self.current_opened = Instant::now();
         }
@@ -202,7 +206,7 @@ impl SegmentFiles {
                 // Durability can no longer be promised: stop rather than lie.
                 self.fs.stop_process(&format!("journal append failed ({e}) and could not be undone ({undo})"));
             }
-            return Err(anyhow::Error::new(e).context("appending to the journal (undone)"));
+            return Err(IoFailure::new("appending to the journal (undone)", e).into());
         }
         self.current_len += bytes.len() as u64;
         Ok(())

@@ -26,19 +26,22 @@
 //! tag`; CopyDone `volume u32`; StreamStart `time_ms u64, stream_id u32`),
 //! then the crc32 of everything before it.
 
+use super::error::JournalError;
 use super::lease::ApplyLock;
 use super::scan::{scan_segment, SegmentScan, Visit};
+use crate::io_failure::Doing;
 use crate::record::{
     u32_at, u64_at, Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
 };
 use crate::segment::{list_segments, SegmentKind, SEGMENT_HEADER_BYTES};
-use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 const MAGIC: &[u8; 8] = b"TMJRNIDX";
 const VERSION: u32 = 1;
@@ -208,14 +211,14 @@ impl SegmentSummary {
     /// Decodes a summary, refusing anything that is not exactly one.
     pub fn from_bytes(buf: &[u8]) -> Result<SegmentSummary> {
         if buf.len() < HEADER_BYTES + 4 {
-            bail!("summary of {} bytes is too short", buf.len());
+            return Err(JournalError::Summary(format!("summary of {} bytes is too short", buf.len())));
         }
         let (body, trailer) = buf.split_at(buf.len() - 4);
         if crc32fast::hash(body) != u32_at(trailer, 0) {
-            bail!("summary checksum mismatch");
+            return Err(JournalError::Summary("summary checksum mismatch".to_string()));
         }
         if &body[..8] != MAGIC || u32_at(body, 8) != VERSION {
-            bail!("not a version {VERSION} journal summary");
+            return Err(JournalError::Summary(format!("not a version {VERSION} journal summary")));
         }
         let mut summary = SegmentSummary {
             vpg_id: u32_at(body, 12),
@@ -232,7 +235,7 @@ impl SegmentSummary {
             let kind_byte = r.u8()?;
             let seq = r.u64()?;
             if seq <= last_seq {
-                bail!("summary entry seq {seq} does not follow {last_seq}");
+                return Err(JournalError::Summary(format!("summary entry seq {seq} does not follow {last_seq}")));
             }
             last_seq = seq;
             let kind = match kind_byte {
@@ -242,7 +245,9 @@ impl SegmentSummary {
                     if len as usize > RECORD_PAYLOAD_BYTES_MAX
                         || at.checked_add(len as u64).is_none_or(|e| e > summary.segment_len)
                     {
-                        bail!("summary entry seq {seq} points outside its segment");
+                        return Err(JournalError::Summary(format!(
+                            "summary entry seq {seq} points outside its segment"
+                        )));
                     }
                     EntryKind::Write { volume, offset, len, at, crc }
                 }
@@ -251,19 +256,22 @@ impl SegmentSummary {
                     let time_ms = r.u64()?;
                     let len = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
                     if len > CHECKPOINT_TAG_BYTES_MAX {
-                        bail!("summary entry seq {seq}: tag of {len} bytes");
+                        return Err(JournalError::Summary(format!("summary entry seq {seq}: tag of {len} bytes")));
                     }
-                    let tag = std::str::from_utf8(r.take(len)?).context("summary tag is not UTF-8")?.to_string();
+                    let Ok(tag) = std::str::from_utf8(r.take(len)?) else {
+                        return Err(JournalError::Summary("summary tag is not UTF-8".to_string()));
+                    };
+                    let tag = tag.to_string();
                     EntryKind::Checkpoint { time_ms, tag, resync: kind_byte == KIND_RESYNC_CHECKPOINT }
                 }
                 KIND_COPY_DONE => EntryKind::CopyDone { volume: r.u32()? },
                 KIND_STREAM_START => EntryKind::StreamStart { time_ms: r.u64()?, stream_id: r.u32()? },
-                other => bail!("summary entry seq {seq}: unknown kind {other}"),
+                other => return Err(JournalError::Summary(format!("summary entry seq {seq}: unknown kind {other}"))),
             };
             summary.entries.push(Entry { seq, kind });
         }
         if r.at != body.len() {
-            bail!("summary has {} bytes after its last entry", body.len() - r.at);
+            return Err(JournalError::Summary(format!("summary has {} bytes after its last entry", body.len() - r.at)));
         }
         Ok(summary)
     }
@@ -281,7 +289,9 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len()).context("summary cut short")?;
+        let Some(end) = self.at.checked_add(n).filter(|e| *e <= self.buf.len()) else {
+            return Err(JournalError::Summary("summary cut short".to_string()));
+        };
         let out = &self.buf[self.at..end];
         self.at = end;
         Ok(out)
@@ -381,9 +391,9 @@ fn store(segment: &Path, summary: &SegmentSummary) -> Result<()> {
         let _ = std::fs::write(&path, &bytes[..bytes.len() / 2]);
         std::process::abort()
     });
-    std::fs::write(&temp, &bytes).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::write(&temp, &bytes).doing(|| format!("writing {}", temp.display()))?;
     fail::fail_point!("summary-store-before-rename", |_| std::process::abort());
-    std::fs::rename(&temp, &path).with_context(|| format!("renaming {}", temp.display()))
+    Ok(std::fs::rename(&temp, &path).doing(|| format!("renaming {}", temp.display()))?)
 }
 
 /// Removes the summary of a segment that is removed, cut or moved.
@@ -537,8 +547,8 @@ impl Summarizer {
         if self.damage.as_ref().is_some_and(|(p, _)| !p.exists()) {
             self.damage = None;
         }
-        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry?.path();
+        for entry in std::fs::read_dir(dir).doing(|| format!("listing {}", dir.display()))? {
+            let path = entry.doing(|| format!("listing {}", dir.display()))?.path();
             let ext = path.extension().and_then(|e| e.to_str());
             let orphan = ext == Some(SUMMARY_EXTENSION) && !path.with_extension("").exists();
             if ext == Some(TEMP_EXTENSION) || orphan {
@@ -558,7 +568,7 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
 fn forget_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
+            Ok(Err(e).doing(|| format!("removing {}", path.display()))?)
         }
         _ => Ok(()),
     }

@@ -4,13 +4,16 @@
 //! segments as the receiver would have, so a bench can measure what
 //! readers cost at sizes the pipeline would take long to produce.
 
+use super::error::JournalError;
 use super::{vpg_dir, JournalMeta, JOURNAL_SEGMENT_BYTES};
+use crate::io_failure::Doing;
 use crate::record::{now_ms, Record, RecordBody};
 use crate::segment::{create_segment, SegmentKind};
 use crate::wire::message::VolumeInfo;
-use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
+
+type Result<T> = std::result::Result<T, JournalError>;
 
 /// What `write` made.
 pub struct Synthesized {
@@ -34,13 +37,18 @@ pub fn write(
     checkpoints: u64,
 ) -> Result<Synthesized> {
     if volume_size < WRITE_BYTES || !volume_size.is_multiple_of(WRITE_BYTES) || checkpoints == 0 {
-        bail!("the volume must be a whole number of MiB and at least one checkpoint is needed");
+        return Err(JournalError::Unavailable(
+            "the volume must be a whole number of MiB and at least one checkpoint is needed".to_string(),
+        ));
     }
     let dir = vpg_dir(journal_root, vpg);
     if dir.exists() {
-        bail!("{} exists; synthesize into an empty journal root", dir.display());
+        return Err(JournalError::Unavailable(format!(
+            "{} exists; synthesize into an empty journal root",
+            dir.display()
+        )));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).doing(|| format!("creating {}", dir.display()))?;
     let vpg_id = 0x5e1f_0001;
     let meta =
         JournalMeta { vpg: vpg.into(), vpg_id, volumes: vec![VolumeInfo { name: "disk0".into(), size: volume_size }] };
@@ -64,7 +72,7 @@ pub fn write(
             seq += 1;
             out.records += 1;
         }
-        file.write_all(&buf).context("writing a synthetic segment")?;
+        file.write_all(&buf).doing(|| "writing a synthetic segment".to_string())?;
         out.bytes += buf.len() as u64;
         if bodies.done() && pending.is_empty() {
             return Ok(out);

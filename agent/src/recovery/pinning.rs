@@ -70,5 +70,5 @@ pub fn unpin(journal_root: &Path, vpg: &str, wanted: &str) -> Result<Pin> {
         Ok(id) => id,
         Err(_) => JournalView::open(journal_root, vpg)?.resolve(wanted)?.id,
     };
-    pins::unpin(&vpg_dir(journal_root, vpg), id)
+    Ok(pins::unpin(&vpg_dir(journal_root, vpg), id)?)
 }

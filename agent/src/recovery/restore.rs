@@ -60,7 +60,7 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
             return Visit::Stop;
         }
         if let Err(e) = outputs.apply(&rec.body) {
-            failure = Some(e.context(format!("applying seq {}", rec.seq)));
+            failure = Some(anyhow::Error::new(e).context(format!("applying seq {}", rec.seq)));
             return Visit::Stop;
         }
         last_seq = rec.seq;

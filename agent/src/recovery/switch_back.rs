@@ -339,9 +339,10 @@ impl RecoveryOps {
             tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
             fail::fail_point!("move-back-reopen", |_| Err(anyhow!("failpoint move-back-reopen")));
             let (d, policy) = (dir.to_path_buf(), slot.policy);
-            tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
+            let journal = tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
                 .await
-                .context("reopening the journal")?
+                .context("reopening the journal")??;
+            Ok::<_, anyhow::Error>(journal)
         };
         // Stays `Reopening` on failure: the disk is finished at the next start.
         let journal = reopened.await.context(

@@ -37,7 +37,7 @@ use crate::clock::ManualClock;
 use crate::error_chain::Chain;
 use crate::journal::index::JournalIndex;
 use crate::journal::segments::{Rolling, SegmentFiles};
-use crate::journal::{intake, JournalMeta};
+use crate::journal::{intake, JournalError, JournalMeta, Refusal};
 use crate::log::{encoded_bytes, LogCursor, LogEnv, LogError, LogSize, ProtectedLog};
 use crate::record::{Record, RecordBody};
 use crate::storage::sim::SimStorage;
@@ -533,16 +533,26 @@ impl Run {
                 ControlMessage::Ack { seq: a.durable_seq }
             }
             Err(e) => {
+                // Its kind says which: a refusal names the gap (or, in a
+                // journal that holds no stream yet, says the batch cannot
+                // continue one); any other error is its storage's.
+                let expected = match &e {
+                    JournalError::Refused(refusal) => {
+                        gap && matches!(refusal, Refusal::Gap { .. } | Refusal::OtherStream { held: 0, .. })
+                    }
+                    _ => storage_failed,
+                };
+                let e = Chain(&e).to_string();
                 self.h.check(
-                    gap || storage_failed,
-                    "the journal refuses a batch only after a gap or on a fault of its storage",
-                    || format!("seqs {first}..={last}: {e:#}"),
+                    expected,
+                    "the journal refuses a batch only for a gap, and fails one only on a fault of its storage",
+                    || format!("seqs {first}..={last}: {e}"),
                 )?;
-                self.h.note(format!("deliver seqs {first}..={last}: refused ({e:#})"));
+                self.h.note(format!("deliver seqs {first}..={last}: refused ({e})"));
                 if let Some(s) = self.session.as_mut() {
                     s.recovery_hung_up = true;
                 }
-                ControlMessage::refused(format!("{e:#}"))
+                ControlMessage::refused(e)
             }
         };
         let mut bytes = Vec::new();

@@ -494,7 +494,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
                 return Err(anyhow::anyhow!("a newer session replaced this link"));
             }
             match slot.stream_refusal() {
-                None => journal.append(&decoded, stream),
+                None => Ok(journal.append(&decoded, stream)?),
                 Some(why) => Err(anyhow::anyhow!("{why}; the stream is closed")),
             }
         });
