@@ -32,6 +32,7 @@ unit: deps
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+	python3 tests/sim/reverts.py --check .
 
 e2e: build image
 	@tests/run-e2e.sh

@@ -82,7 +82,7 @@ impl SyncGroup {
     pub async fn sync<F, E>(&self, sync: F) -> std::result::Result<(), E>
     where
         F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
-        E: From<std::io::Error> + Send + 'static,
+        E: From<IoFailure> + Send + 'static,
     {
         use std::sync::atomic::Ordering;
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -94,7 +94,7 @@ impl SyncGroup {
         match tokio::task::spawn_blocking(sync).await {
             Ok(synced) => synced?,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(std::io::Error::other(format!("sync task: {e}")).into()),
+            Err(e) => return Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
         }
         self.done.fetch_max(covers, Ordering::SeqCst);
         Ok(())

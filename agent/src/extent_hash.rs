@@ -2,7 +2,6 @@
 //! compute them to find what differs (a new stream's initial copy, reverse
 //! protection, online verify), and their hex form on the control link.
 
-use anyhow::{bail, Result};
 use std::sync::OnceLock;
 
 /// The unit of comparison (the last extent of a volume may be shorter).
@@ -52,12 +51,16 @@ pub fn to_hex(h: &ExtentHash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("an extent hash must be 64 hex digits")]
+pub struct NotAHash;
+
 /// Peer data: checked as bytes, never sliced as text (a multi-byte
 /// character once made a byte slice panic and took the agent down).
-pub fn parse_hex(text: &str) -> Result<ExtentHash> {
+pub fn parse_hex(text: &str) -> Result<ExtentHash, NotAHash> {
     let digits = text.as_bytes();
     if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        bail!("an extent hash must be 64 hex digits");
+        return Err(NotAHash);
     }
     let nibble = |d: u8| (d as char).to_digit(16).expect("checked hex") as u8;
     let mut out = [0u8; 32];

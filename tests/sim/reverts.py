@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reverts the fix of one earlier defect in a copy of the tree (the
 simulator must then find it: tests/sim/reverts.sh). Usage:
-reverts.py TREE NAME, or reverts.py --list."""
+reverts.py TREE NAME, reverts.py --list, or reverts.py --check TREE."""
 import sys
 
 # name: (file, the fixed code, the defect as it was, in effect)
@@ -13,9 +13,7 @@ REVERTS = {
     ),
     "eio-taken-for-corruption": (
         "agent/src/log/open.rs",
-        """                Err(e @ SegmentError::Io { .. }) => {
-                    return Err(anyhow::Error::new(e).context("opening the protected log"))
-                }""",
+        "                Err(e @ SegmentError::Io { .. }) => return Err(LogError::Read(e)),",
         """                Err(SegmentError::Io { offset, source, .. }) => {
                     return Ok(cut_here(scan, found, i, offset, source.to_string()));
                 }""",
@@ -44,7 +42,7 @@ REVERTS = {
     ),
     "open-trusts-unsynced-names": (
         "agent/src/log/open.rs",
-        """    fs.sync_dir(dir).with_context(|| format!("syncing directory {} (named before this start)", dir.display()))?;
+        """    fs.sync_dir(dir).doing(|| format!("syncing directory {} (named before this start)", dir.display()))?;
 """,
         "",
     ),
@@ -60,7 +58,7 @@ REVERTS = {
     ),
     "dropped-stream-unreported": (
         "agent/src/log/open.rs",
-        "        before_dropping(&what)?;\n",
+        "        before_dropping(&what).map_err(LogError::BeforeDropping)?;\n",
         "        let _ = (what, before_dropping);\n",
     ),
     "journal-tail-read-from-page-cache": (
@@ -89,6 +87,13 @@ REVERTS = {
 
 if sys.argv[1:] == ["--list"]:
     print("\n".join(REVERTS))
+    sys.exit(0)
+if sys.argv[1] == "--check":
+    # Every fix is in the tree as written here (run by `make lint`, so a
+    # refactor that moves a fix breaks the build, not a later reverts run).
+    stale = [n for n, (path, fixed, _) in REVERTS.items() if open(f"{sys.argv[2]}/{path}").read().count(fixed) != 1]
+    if stale:
+        sys.exit(f"reverts.py: the fixes of {', '.join(stale)} are not where this script says: update it")
     sys.exit(0)
 tree, name = sys.argv[1], sys.argv[2]
 path, fixed, defect = REVERTS[name]

@@ -23,12 +23,15 @@
 //! (`durable::replace_file`); entries are appended, a torn last one ignored
 //! (its write never started: a write waits for its entry's fdatasync).
 
+use super::error::CaptureError;
 use crate::durable::{replace_file, FileMode};
-use anyhow::{Context, Result};
+use crate::io_failure::{Doing, IoFailure};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// Granularity of the activity log.
 pub const ACTIVITY_EXTENT_BYTES: u64 = 4 << 20;
@@ -134,16 +137,15 @@ impl ActivityLog {
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_fresh = true,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
         }
         if write_fresh {
             replace_file(&path, &header_bytes(&header), FileMode::Public)?;
         }
         // Until an epoch after the start's work, the file keeps its header
         // (and so says "unclean" again if this run stops before then).
-        let file =
-            OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let good_len = file.metadata().with_context(|| format!("sizing {}", path.display()))?.len();
+        let file = OpenOptions::new().append(true).open(&path).doing(|| format!("opening {}", path.display()))?;
+        let good_len = file.metadata().doing(|| format!("sizing {}", path.display()))?.len();
         let start_resync_pending = !found.unclean.is_empty() || found.unknown;
         let log = ActivityLog {
             path,
@@ -195,11 +197,7 @@ impl ActivityLog {
             if self.file.set_len(self.good_len).is_err() && self.rewrite().is_err() {
                 self.must_rewrite = true;
             }
-            return Err(anyhow::Error::new(e).context(format!(
-                "marking {} extents in {}",
-                new.len(),
-                self.path.display()
-            )));
+            return Err(IoFailure::new(format!("marking {} extents in {}", new.len(), self.path.display()), e).into());
         }
         self.good_len += bytes.len() as u64;
         for e in new {
@@ -314,10 +312,8 @@ impl ActivityLog {
             bytes.extend_from_slice(&entry_bytes(*e));
         }
         replace_file(&self.path, &bytes, FileMode::Public)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
+        self.file =
+            OpenOptions::new().append(true).open(&self.path).doing(|| format!("opening {}", self.path.display()))?;
         self.good_len = bytes.len() as u64;
         self.must_rewrite = false;
         Ok(())

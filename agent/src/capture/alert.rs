@@ -11,14 +11,17 @@
 //! `NEW_ALERT_AFTER` of quiet first.
 
 use super::detector::{Anomaly, DetectionLimits, IntervalStats, VolumeDetector};
+use super::error::CaptureError;
 use crate::config::DetectionConfig;
 use crate::durable::{replace_file, FileMode};
+use crate::io_failure::Doing;
 use crate::status::format_bytes;
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 const ALERT_FILE: &str = "detector-alert.json";
 /// Quiet time after an alert's last anomalous interval before another
@@ -90,12 +93,12 @@ impl Detection {
                     // Kept for people to read; never a reason not to start.
                     let aside = dir.join(format!("{ALERT_FILE}.damaged"));
                     tracing::error!("{} is damaged ({e}); moved to {}", path.display(), aside.display());
-                    std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+                    std::fs::rename(&path, &aside).doing(|| format!("moving {} aside", path.display()))?;
                     None
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
         };
         if let Some(a) = alert.as_mut().filter(|a| a.pinned.is_none() && a.pin_error.is_none()) {
             a.since_seq = a.since_seq.min(log_end + 1);
@@ -212,7 +215,9 @@ impl Detection {
     }
 
     fn store(&self, alert: &Alert) -> Result<()> {
-        Ok(replace_file(&self.dir.join(ALERT_FILE), &serde_json::to_vec_pretty(alert)?, FileMode::Public)?)
+        let json =
+            serde_json::to_vec_pretty(alert).map_err(|source| CaptureError::Encoding { what: ALERT_FILE, source })?;
+        Ok(replace_file(&self.dir.join(ALERT_FILE), &json, FileMode::Public)?)
     }
 
     pub fn alert(&self) -> Option<Alert> {
@@ -267,7 +272,7 @@ pub async fn run(vpg: String, detection: std::sync::Arc<Detection>) {
         // An anomaly fsyncs the alert file: not on a runtime thread.
         let (d, name) = (detection.clone(), vpg.clone());
         let closed = tokio::task::spawn_blocking(move || d.end_interval(&name)).await;
-        match closed.unwrap_or_else(|e| Err(anyhow::anyhow!("detector task: {e}"))) {
+        match closed.unwrap_or_else(|source| Err(CaptureError::Task { what: "detector task", source })) {
             Ok(stats) => {
                 for ((name, _), s) in detection.volumes.iter().zip(&stats) {
                     if s.bytes > 0 {
@@ -275,7 +280,7 @@ pub async fn run(vpg: String, detection: std::sync::Arc<Detection>) {
                     }
                 }
             }
-            Err(e) => tracing::error!(%vpg, "storing the detector's alert failed: {e:#}"),
+            Err(e) => tracing::error!(%vpg, "storing the detector's alert failed: {}", crate::error_chain::Chain(&e)),
         }
     }
 }

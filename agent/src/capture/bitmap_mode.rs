@@ -18,12 +18,14 @@
 //! made that append durable first.
 
 use super::bitmap_state::CaptureMode;
+use super::error::CaptureError;
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
 use crate::log::LogSpace;
 use crate::record::RECORD_HEADER_BYTES;
 use crate::status::format_bytes;
-use anyhow::{bail, Result};
 use std::time::Duration;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// How often a VPG in bitmap mode looks whether the log drained enough,
 /// and a resync whether there is room for its next read.
@@ -48,7 +50,7 @@ impl VpgCapture {
                 return Ok(Some(space));
             }
             if let Some(why) = self.log.broken() {
-                bail!("the protected log takes no more records: {why}");
+                return Err(crate::log::LogError::Broken(why).into());
             }
             let (used, capacity) = self.log.usage();
             let why = format!(
@@ -125,7 +127,7 @@ impl VpgCapture {
                 }
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    tracing::error!(vpg = %self.name, "resync step failed (retrying): {e:#}");
+                    tracing::error!(vpg = %self.name, "resync step failed (retrying): {e_chain}", e_chain = crate::error_chain::Chain(&e));
                     tokio::time::sleep(RESYNC_RETRY).await;
                 }
             }
@@ -219,7 +221,7 @@ impl VpgCapture {
                 return Ok(Some(space));
             }
             if let Some(why) = self.log.broken() {
-                bail!("the protected log takes no more records: {why}");
+                return Err(crate::log::LogError::Broken(why).into());
             }
             tokio::time::sleep(POLL).await;
         }

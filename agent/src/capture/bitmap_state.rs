@@ -4,14 +4,16 @@
 //! `bitmap_mode`; this file is a leaf both it and `vpg` use.
 
 use super::dirty_map::{DirtyMap, VolumeShape};
+use super::error::CaptureError;
 use crate::config::BitmapConfig;
 use crate::status::{format_bytes, BitmapStatus};
-use anyhow::Result;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::watch;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureMode {

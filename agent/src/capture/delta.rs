@@ -8,12 +8,14 @@
 //! initial copy), so the stream holds, in order, every extent as it was at
 //! that point followed by every later write: the receiver ends identical.
 
+use super::error::CaptureError;
 use super::volume::Volume;
 use super::vpg::VpgCapture;
 use crate::extent_hash::{extent_count, hash, ExtentHash, EXTENT_BYTES};
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
-use anyhow::Result;
 use std::sync::atomic::Ordering;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// Every extent hash of a volume, in order (blocking; reads it all).
 pub fn hash_volume(volume: &Volume) -> Result<Vec<ExtentHash>> {

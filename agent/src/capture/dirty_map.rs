@@ -263,12 +263,12 @@ impl DirtyMap {
     }
 
     /// Stores the map durably in `dir` (an empty map removes the file).
-    pub fn store(&self, dir: &Path, vpg_id: u32) -> anyhow::Result<()> {
+    pub fn store(&self, dir: &Path, vpg_id: u32) -> Result<(), crate::io_failure::IoFailure> {
         let path = dir.join(DIRTY_MAP_FILE);
         if self.is_empty() {
-            return Ok(remove_file(&path)?);
+            return remove_file(&path);
         }
-        Ok(replace_file(&path, &self.encode(vpg_id), FileMode::Public)?)
+        replace_file(&path, &self.encode(vpg_id), FileMode::Public)
     }
 
     /// The map stored in `dir`: None if there is none.

@@ -2,8 +2,7 @@
 //! VPG's write order (`vpg.rs`), tokens are protected-log seqs.
 
 use super::vpg::VpgCapture;
-use crate::nbd::export::{BlockExport, BoxFuture};
-use anyhow::Result;
+use crate::nbd::export::{self, BlockExport, BoxFuture};
 use std::sync::Arc;
 
 pub struct CaptureExport {
@@ -22,20 +21,20 @@ impl BlockExport for CaptureExport {
         true
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.vpg.volumes[self.volume as usize].read_at(buf, offset)
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> export::Result<()> {
+        Ok(self.vpg.volumes[self.volume as usize].read_at(buf, offset)?)
     }
 
-    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.vpg.write(self.volume, offset, data))
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, export::Result<u64>> {
+        Box::pin(async move { Ok(self.vpg.write(self.volume, offset, data).await?) })
     }
 
-    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.vpg.zero(self.volume, offset, length))
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, export::Result<u64>> {
+        Box::pin(async move { Ok(self.vpg.zero(self.volume, offset, length).await?) })
     }
 
-    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { self.vpg.make_durable(token).await })
+    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, export::Result<()>> {
+        Box::pin(async move { Ok(self.vpg.make_durable(token).await?) })
     }
 
     fn last_token(&self) -> u64 {

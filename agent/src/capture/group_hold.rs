@@ -16,11 +16,13 @@
 //! whose writes went on unmarked has no checkpoint with that tag, so the
 //! group's checkpoint is incomplete and is never taken as one.
 
+use super::error::CaptureError;
 use super::vpg::VpgCapture;
 use crate::record::{now_ms, RecordBody};
-use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// Holds are kept to a tenth of the time, however often coordinators ask
 /// (a timer, a loop of API calls, several groups, a hostile coordinator):
@@ -49,12 +51,12 @@ impl VpgCapture {
     fn check_hold_debt(&self) -> Result<()> {
         let owed = self.hold_debt();
         if owed > HOLD_DEBT_MAX {
-            bail!(
+            return Err(CaptureError::Unavailable(format!(
                 "VPG {}'s writes were held {owed:?} more than a tenth of the time allows lately (coordinated \
                  checkpoints too often, or a hold that ran to hold_max); the next may begin in {:?}",
                 self.name,
                 (owed - HOLD_DEBT_MAX) * HOLD_REST_FACTOR
-            );
+            )));
         }
         Ok(())
     }
@@ -81,27 +83,30 @@ impl VpgCapture {
         mark: oneshot::Receiver<bool>,
     ) -> Result<HoldOutcome> {
         if let Some(why) = self.checkpoint_refusal() {
-            bail!("{why}");
+            return Err(CaptureError::Unavailable(why));
         }
         self.check_hold_debt()?;
         let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: false };
         let Ok(space) = tokio::time::timeout(hold_max, self.log.reserve(&body)).await else {
-            bail!("VPG {}'s protected log had no room for a checkpoint within {hold_max:?}", self.name);
+            return Err(CaptureError::Unavailable(format!(
+                "VPG {}'s protected log had no room for a checkpoint within {hold_max:?}",
+                self.name
+            )));
         };
         let space = space?;
         let Ok(order) = tokio::time::timeout(hold_max, self.order.lock()).await else {
-            bail!(
+            return Err(CaptureError::Unavailable(format!(
                 "VPG {}'s writes could not be held within {hold_max:?} (a write, its fsync or another hold kept \
                  the lock that long)",
                 self.name
-            );
+            )));
         };
         let began = Instant::now();
         // Anything may have changed while the lock was awaited, the debt
         // too (another hold may have had the lock meanwhile): checked again
         // before anything is held.
         if let Some(why) = self.checkpoint_refusal() {
-            bail!("{why}");
+            return Err(CaptureError::Unavailable(why));
         }
         self.check_hold_debt()?;
         let outcome = async {
@@ -111,10 +116,17 @@ impl VpgCapture {
             let decision = tokio::time::timeout_at((began + hold_max).into(), mark).await;
             Ok(match decision {
                 Ok(Ok(true)) => {
-                    fail::fail_point!("group-hold-before-mark", |_| bail!("failpoint before the group checkpoint"));
+                    fail::fail_point!("group-hold-before-mark", |_| Err(CaptureError::Failpoint(
+                        "before the group checkpoint"
+                    )));
                     match self.append_checkpoint_held(space, body, false, || {})? {
                         Some(id) => HoldOutcome::Marked { id, held: began.elapsed() },
-                        None => bail!("VPG {} left logging mode during the hold", self.name),
+                        None => {
+                            return Err(CaptureError::Unavailable(format!(
+                                "VPG {} left logging mode during the hold",
+                                self.name
+                            )))
+                        }
                     }
                 }
                 Ok(Ok(false)) | Ok(Err(_)) => HoldOutcome::Released { held: began.elapsed() },

@@ -13,15 +13,17 @@
 //! two agree at the end too. Without a peer that hashes (the reverse
 //! stream's capture) every extent is copied whole.
 
+use super::error::CaptureError;
 use super::peer_hashes::{PeerHashes, PendingAnswer};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
 use crate::extent_hash::{extent_count, hash, ExtentHash, HashQuestion, EXTENT_BYTES};
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::wire::message::EXTENT_HASHES_PER_MESSAGE_MAX;
-use anyhow::Result;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// Extents asked for at a time: 512 MiB of volume, one control message.
 pub(super) const HASHES_PER_ASK: u64 = EXTENT_HASHES_PER_MESSAGE_MAX as u64;
@@ -42,7 +44,7 @@ impl VpgCapture {
         let me = self.clone();
         tokio::spawn(async move {
             if let Err(e) = me.initial_copy(generation).await {
-                tracing::error!(vpg = %me.name, "initial copy failed: {e:#}");
+                tracing::error!(vpg = %me.name, "initial copy failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
             }
         });
     }
@@ -233,12 +235,12 @@ impl VpgCapture {
                     return Ok(None);
                 }
                 Err(e) if broken + 1 >= BROKEN_ASKS_MAX => {
-                    tracing::warn!(vpg = %self.name, volume, first, "the link broke {BROKEN_ASKS_MAX} times on this question (an older recovery agent?): copying these extents whole: {e:#}");
+                    tracing::warn!(vpg = %self.name, volume, first, "the link broke {BROKEN_ASKS_MAX} times on this question (an older recovery agent?): copying these extents whole: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                     return Ok(None);
                 }
                 Err(e) => {
                     broken += 1;
-                    tracing::debug!(vpg = %self.name, "asking for extent hashes again: {e:#}");
+                    tracing::debug!(vpg = %self.name, "asking for extent hashes again: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                     tokio::time::sleep(ASK_RETRY).await;
                 }
             }

@@ -10,6 +10,7 @@ pub mod bitmap_state;
 pub mod delta;
 pub mod detector;
 pub mod dirty_map;
+mod error;
 pub mod export;
 pub mod group_hold;
 pub mod initial_copy;
@@ -19,3 +20,5 @@ pub mod verify;
 pub mod verify_report;
 pub mod volume;
 pub mod vpg;
+
+pub use error::CaptureError;

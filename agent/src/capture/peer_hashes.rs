@@ -3,9 +3,11 @@
 //! is up carries the question on its control connection and brings the
 //! answer back. A question waits for a link.
 
+use super::error::CaptureError;
 use crate::extent_hash::{ExtentHash, HashQuestion};
-use anyhow::{anyhow, Result};
 use tokio::sync::{mpsc, oneshot, Mutex};
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// One question, as the link sends it.
 pub struct PeerHashAsk {
@@ -41,12 +43,13 @@ impl PeerHashes {
     /// the recovery side works on it while the asker does something else.
     pub async fn queue(&self, question: HashQuestion) -> Result<PendingAnswer> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(PeerHashAsk { question, reply }).await.map_err(|_| anyhow!("no link takes questions any more"))?;
+        let gone = |_| CaptureError::Link("no link takes questions any more".to_string());
+        self.tx.send(PeerHashAsk { question, reply }).await.map_err(gone)?;
         Ok(answer)
     }
 
     /// The answer to a question `queue` put in line.
     pub async fn answer(answer: PendingAnswer) -> Result<Result<Vec<ExtentHash>, String>> {
-        answer.await.map_err(|_| anyhow!("the link dropped the question"))?
+        answer.await.map_err(|_| CaptureError::Link("the link dropped the question".to_string()))?
     }
 }

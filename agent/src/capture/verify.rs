@@ -18,12 +18,14 @@
 //! checkpoints before that keep the damage, and the report says so.
 
 use super::dirty_map::DirtyMap;
+use super::error::CaptureError;
 use super::initial_copy::{EXTENTS_PER_READ, HASHES_PER_ASK};
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 pub use super::verify_report::{Differing, VerifyReport, DIFFERING_LISTED_MAX};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
 use crate::extent_hash::{extent_count, hash, HashQuestion, EXTENT_BYTES};
 use crate::record::{now_ms, RECORD_HEADER_BYTES};
-use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
 /// How long the checkpoint may take to be allowed and to reach the journal.
@@ -49,7 +51,7 @@ impl VpgCapture {
         *self.verify_written.lock().expect("verify lock") = None;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         if let Err(e) = &outcome {
-            report.error = Some(format!("{e:#}"));
+            report.error = Some(crate::error_chain::Chain(e).to_string());
         }
         tracing::info!(vpg = %self.name, "verify: {}", report.summary());
         for d in &report.differing {
@@ -66,10 +68,10 @@ impl VpgCapture {
 
     async fn verify_into(&self, report: &mut VerifyReport, repair: bool) -> Result<()> {
         if !self.copies_by_hash {
-            bail!(
+            return Err(CaptureError::Unavailable(format!(
                 "VPG {} sends its stream to the old site (reverse protection); verify runs on forward protection",
                 self.name
-            );
+            )));
         }
         for (index, volume) in self.volumes.iter().enumerate() {
             let extents = extent_count(volume.size);
@@ -97,13 +99,22 @@ impl VpgCapture {
     /// Refuses a verify where the stream has ended or cannot be trusted.
     fn check_verifiable(&self) -> Result<()> {
         if let Some(why) = self.writes_refused() {
-            bail!("VPG {} takes no writes here ({why}): nothing to verify", self.name);
+            return Err(CaptureError::Unavailable(format!(
+                "VPG {} takes no writes here ({why}): nothing to verify",
+                self.name
+            )));
         }
         if self.reverse_state().is_some() {
-            bail!("VPG {} is under reverse protection: it receives from the recovery site", self.name);
+            return Err(CaptureError::Unavailable(format!(
+                "VPG {} is under reverse protection: it receives from the recovery site",
+                self.name
+            )));
         }
         if self.copied().len() < self.volumes.len() {
-            bail!("VPG {}'s initial copy is still running: verify once it is complete", self.name);
+            return Err(CaptureError::Unavailable(format!(
+                "VPG {}'s initial copy is still running: verify once it is complete",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -146,10 +157,25 @@ impl VpgCapture {
             };
             let theirs = match tokio::time::timeout(ASK_WAIT, self.peer_hashes.ask(question)).await {
                 Ok(Ok(Ok(h))) if h.len() as u64 == count => h,
-                Ok(Ok(Ok(h))) => bail!("the recovery side sent {} hashes for {count}", h.len()),
-                Ok(Ok(Err(why))) => bail!("the recovery side could not hash checkpoint {id}: {why}"),
-                Ok(Err(e)) => bail!("asking the recovery side for hashes: {e:#}"),
-                Err(_) => bail!("no answer from the recovery side within {ASK_WAIT:?} (is the link up?)"),
+                Ok(Ok(Ok(h))) => {
+                    return Err(CaptureError::Link(format!("the recovery side sent {} hashes for {count}", h.len())))
+                }
+                Ok(Ok(Err(why))) => {
+                    return Err(CaptureError::PeerRefused(format!(
+                        "the recovery side could not hash checkpoint {id}: {why}"
+                    )))
+                }
+                Ok(Err(e)) => {
+                    return Err(CaptureError::Link(format!(
+                        "asking the recovery side for hashes: {e_chain}",
+                        e_chain = crate::error_chain::Chain(&e)
+                    )))
+                }
+                Err(_) => {
+                    return Err(CaptureError::Link(format!(
+                        "no answer from the recovery side within {ASK_WAIT:?} (is the link up?)"
+                    )))
+                }
             };
             let mut e = first;
             while e < first + count {
@@ -209,9 +235,13 @@ impl VpgCapture {
     async fn wait_in_journal(&self, seq: u64, what: &str) -> Result<()> {
         match tokio::time::timeout(JOURNAL_WAIT, self.log.wait_acked(seq)).await {
             Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => bail!("the stream started over before {what} reached the recovery journal"),
+            Ok(Ok(false)) => Err(CaptureError::Unavailable(format!(
+                "the stream started over before {what} reached the recovery journal"
+            ))),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => bail!("{what} did not reach the recovery journal within {JOURNAL_WAIT:?}"),
+            Err(_) => {
+                Err(CaptureError::Link(format!("{what} did not reach the recovery journal within {JOURNAL_WAIT:?}")))
+            }
         }
     }
 }

@@ -1,11 +1,14 @@
 //! I/O on one protected volume: a regular file or a block device.
 
-use anyhow::{bail, Context, Result};
+use super::error::CaptureError;
+use crate::io_failure::Doing;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// Chunk used when a range has to be zeroed by writing.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -24,33 +27,35 @@ impl Volume {
             .read(true)
             .write(true)
             .open(path)
-            .with_context(|| format!("opening volume {name:?} at {}", path.display()))?;
-        let size = file.seek(SeekFrom::End(0)).with_context(|| format!("sizing {}", path.display()))?;
+            .doing(|| format!("opening volume {name:?} at {}", path.display()))?;
+        let size = file.seek(SeekFrom::End(0)).doing(|| format!("sizing {}", path.display()))?;
         if size == 0 {
-            bail!("volume {name:?} at {} is empty (size 0)", path.display());
+            return Err(CaptureError::EmptyVolume { name: name.to_string(), path: path.to_path_buf() });
         }
         Ok(Volume { name: name.to_string(), path: path.to_path_buf(), size, file: Arc::new(file) })
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file
+        Ok(self
+            .file
             .read_exact_at(buf, offset)
-            .with_context(|| format!("reading {} bytes at {offset} of {}", buf.len(), self.name))
+            .doing(|| format!("reading {} bytes at {offset} of {}", buf.len(), self.name))?)
     }
 
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         assert!(offset + data.len() as u64 <= self.size, "write past the end of {}", self.name);
-        self.file
+        Ok(self
+            .file
             .write_all_at(data, offset)
-            .with_context(|| format!("writing {} bytes at {offset} of {}", data.len(), self.name))
+            .doing(|| format!("writing {} bytes at {offset} of {}", data.len(), self.name))?)
     }
 
     /// Makes `[offset, offset+length)` read as zeros: punch a hole where the
     /// file system can, write zeros where it cannot.
     pub fn zero_range(&self, offset: u64, length: u64) -> Result<()> {
         assert!(offset + length <= self.size, "zeroing past the end of {}", self.name);
-        zero_file_range(&self.file, offset, length)
-            .with_context(|| format!("zeroing {length} bytes at {offset} of {}", self.name))
+        Ok(zero_file_range(&self.file, offset, length)
+            .doing(|| format!("zeroing {length} bytes at {offset} of {}", self.name))?)
     }
 
     /// Drops clean cached pages of a range that was read once (the
@@ -63,7 +68,7 @@ impl Volume {
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().with_context(|| format!("syncing volume {}", self.name))
+        Ok(self.file.sync_data().doing(|| format!("syncing volume {}", self.name))?)
     }
 }
 

@@ -19,16 +19,19 @@ use super::dirty_map::{DirtyMap, LoadError};
 use super::volume::Volume;
 use crate::config::{BitmapConfig, ReplicationMode};
 use crate::log::{CaptureState, LogOpenReport, LogSpace, ProtectedLog};
-use crate::nbd::export::Refusal;
+
+use super::error::CaptureError;
+use crate::io_failure::Doing;
 use crate::protected_state::{self, Event, WritesRefused};
 use crate::record::{now_ms, RecordBody, RECORD_HEADER_BYTES};
 use crate::status::CheckpointSummary;
-use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// What a move asks of the recovery side, through the link.
 pub enum MoveStep {
@@ -142,7 +145,7 @@ impl VpgCapture {
             StreamTo::RecoverySite(b) => (Some(b), true),
             StreamTo::OldSite => (None, false),
         };
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
         let (mut activity, found) = ActivityLog::open(dir)?;
         let mut dropped_stream = None;
         let before_dropping = &mut |what: &str| {
@@ -153,7 +156,7 @@ impl VpgCapture {
             Ok(())
         };
         let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through, before_dropping)
-            .with_context(|| format!("opening the protected log of VPG {name}"))?;
+            .map_err(|e| CaptureError::from(e).step(format!("opening the protected log of VPG {name}")))?;
         if let Some(cut) = &report.cut {
             tracing::warn!(vpg = %name, "protected log: cut after seq {} at {}", cut.after_seq, cut.damage);
         }
@@ -236,7 +239,7 @@ impl VpgCapture {
                 started = match self.restart_stream(0).await {
                     Ok(_) => true,
                     Err(e) => {
-                        tracing::error!(vpg = %self.name, "starting the new stream failed (retrying): {e:#}");
+                        tracing::error!(vpg = %self.name, "starting the new stream failed (retrying): {e_chain}", e_chain = crate::error_chain::Chain(&e));
                         tokio::time::sleep(START_WORK_RETRY).await;
                         continue;
                     }
@@ -246,7 +249,7 @@ impl VpgCapture {
             match done {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(vpg = %self.name, "making the new stream's start durable failed (retrying): {e:#}");
+                    tracing::error!(vpg = %self.name, "making the new stream's start durable failed (retrying): {e_chain}", e_chain = crate::error_chain::Chain(&e));
                     tokio::time::sleep(START_WORK_RETRY).await;
                 }
             }
@@ -306,7 +309,7 @@ impl VpgCapture {
                 continue;
             }
             if let Err(e) = self.epoch_with(plan, true).await {
-                tracing::warn!(vpg = %self.name, "activity log epoch failed: {e:#}");
+                tracing::warn!(vpg = %self.name, "activity log epoch failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
             }
         }
     }
@@ -363,7 +366,7 @@ impl VpgCapture {
     /// Records reverse progress durably (before it is acknowledged).
     pub fn set_reverse_state(&self, reverse: crate::log::state::ReverseState) -> Result<()> {
         let mut state = self.state.lock().expect("state lock");
-        state.update(self.log.dir(), |s| s.reverse = Some(reverse))
+        Ok(state.update(self.log.dir(), |s| s.reverse = Some(reverse))?)
     }
 
     /// The marker of a switch-back this site applied, if one is under way.
@@ -375,7 +378,7 @@ impl VpgCapture {
     /// `marker`, or forgets it.
     pub fn set_move_back_marker(&self, marker: Option<u64>) -> Result<()> {
         let mut state = self.state.lock().expect("state lock");
-        state.update(self.log.dir(), |s| s.move_back_marker = marker)
+        Ok(state.update(self.log.dir(), |s| s.move_back_marker = marker)?)
     }
 
     /// Reverse protection ends (switched back): this site takes writes
@@ -384,8 +387,8 @@ impl VpgCapture {
     pub async fn end_reverse(&self) -> Result<()> {
         let _order = self.order.lock().await;
         let mut state = self.state.lock().expect("state lock");
-        let refused =
-            protected_state::next(state.refused(), Event::ReverseEnded).map_err(|r| anyhow!(r.message(&self.name)))?;
+        let refused = protected_state::next(state.refused(), Event::ReverseEnded)
+            .map_err(|r| CaptureError::Unavailable(r.message(&self.name)))?;
         state.update(self.log.dir(), |s| {
             s.reverse = None;
             s.set_refused(refused, &self.name);
@@ -408,7 +411,9 @@ impl VpgCapture {
     /// Refused (with the operator's words) if `event` cannot happen now;
     /// changes nothing.
     pub fn check_writes_change(&self, event: Event) -> Result<()> {
-        protected_state::next(self.refusal().as_ref(), event).map(|_| ()).map_err(|r| anyhow!(r.message(&self.name)))
+        protected_state::next(self.refusal().as_ref(), event)
+            .map(|_| ())
+            .map_err(|r| CaptureError::Unavailable(r.message(&self.name)))
     }
 
     /// Whether writes are taken here changes by `event` (refused, with the
@@ -420,7 +425,8 @@ impl VpgCapture {
         let _order = self.order.lock().await;
         let after = {
             let mut state = self.state.lock().expect("state lock");
-            let after = protected_state::next(state.refused(), event).map_err(|r| anyhow!(r.message(&self.name)))?;
+            let after = protected_state::next(state.refused(), event)
+                .map_err(|r| CaptureError::Unavailable(r.message(&self.name)))?;
             if after.as_ref() == state.refused() {
                 return Ok(());
             }
@@ -436,10 +442,10 @@ impl VpgCapture {
 
     pub(super) fn check_writable(&self) -> Result<()> {
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
-            bail!("VPG {} takes no writes until the agent restarts: {why}", self.name);
+            return Err(CaptureError::Failed { vpg: self.name.clone(), what: "writes", why: why.clone() });
         }
         match self.writes_refused() {
-            Some(reason) => Err(Refusal::ReadOnly(reason).into()),
+            Some(reason) => Err(CaptureError::Refused(reason)),
             None => Ok(()),
         }
     }
@@ -453,8 +459,9 @@ impl VpgCapture {
     /// over to `checkpoint`; returns when it has, or why not.
     pub async fn move_step(&self, step: MoveStep) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.promote_tx.send(PromoteRequest { step, reply }).await.context("the link task is gone")?;
-        answer.await.context("the link dropped the request")?
+        let gone = |_| CaptureError::Link("the link task is gone".to_string());
+        self.promote_tx.send(PromoteRequest { step, reply }).await.map_err(gone)?;
+        answer.await.map_err(|_| CaptureError::Link("the link dropped the request".to_string()))?
     }
 
     /// Logs a write, then applies it to the volume. Log first: if the agent
@@ -490,7 +497,7 @@ impl VpgCapture {
             d.observe_parts(volume, seq, parts);
         }
         let written = (|| {
-            fail::fail_point!("volume-write", |_| Err(anyhow!("volume write failed (failpoint)")));
+            fail::fail_point!("volume-write", |_| Err(CaptureError::Failpoint("volume write failed")));
             self.volumes[volume as usize].write_at(data, offset)
         })();
         if let Err(e) = written {
@@ -537,12 +544,13 @@ impl VpgCapture {
     /// volume holds there now, so both sides agree again. If even that
     /// fails, the next start must read the range again, and until then no
     /// write is taken. Under the write-order lock.
-    fn after_failed_update(&self, volume: u32, offset: u64, length: u64, error: &anyhow::Error) {
+    fn after_failed_update(&self, volume: u32, offset: u64, length: u64, error: &CaptureError) {
         let compensated = (|| -> Result<()> {
             let mut at = offset;
             while at < offset + length {
                 let len = (offset + length - at).min(COPY_CHUNK_BYTES);
-                let space = self.log.try_reserve_bytes(RECORD_HEADER_BYTES as u64 + len).context("the log is full")?;
+                let full = || CaptureError::Unavailable("the log is full".to_string());
+                let space = self.log.try_reserve_bytes(RECORD_HEADER_BYTES as u64 + len).ok_or_else(full)?;
                 self.append_volume_range(space, volume, at, len)?;
                 at += len;
             }
@@ -551,13 +559,16 @@ impl VpgCapture {
         match compensated {
             Ok(()) => tracing::error!(
                 vpg = %self.name,
-                "{error:#}; what the volume holds there now was logged after it, so the replica agrees"
-            ),
+                "{error_chain}; what the volume holds there now was logged after it, so the replica agrees", error_chain = crate::error_chain::Chain(error)),
             Err(e) => {
-                let why = format!("{error:#}, and reading back what the volume holds failed: {e:#}");
+                let why = format!(
+                    "{error_chain}, and reading back what the volume holds failed: {e_chain}",
+                    error_chain = crate::error_chain::Chain(error),
+                    e_chain = crate::error_chain::Chain(&e)
+                );
                 tracing::error!(vpg = %self.name, "{why}; no write is taken until a restart reads the range again");
                 if let Err(e) = self.activity.lock().expect("activity lock").require_resync() {
-                    tracing::error!(vpg = %self.name, "recording that a resync is needed failed: {e:#}");
+                    tracing::error!(vpg = %self.name, "recording that a resync is needed failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                 }
                 *self.failed.lock().expect("failed lock") = Some(why);
             }
@@ -605,24 +616,28 @@ impl VpgCapture {
             consistent.wait_for(|c| *c).await?;
             mode.wait_for(|m| *m == CaptureMode::Logging).await.map(|_| ())
         };
+        let ready = async { ready.await.map_err(|_| CaptureError::Unavailable(format!("VPG {} closed", self.name))) };
         tokio::time::timeout(wait, ready).await.map_err(|_| match self.bitmap.status() {
-            Some(b) => anyhow!(
+            Some(b) => CaptureError::Unavailable(format!(
                 "VPG {} is in {} mode ({}; {} of changed regions not yet read back): no checkpoint can be \
                  taken until the resync is done (see `tidemark status`); try again later",
                 self.name,
                 b.mode,
                 b.why,
                 crate::status::format_bytes(b.dirty_bytes)
-            ),
-            None => anyhow!(
+            )),
+            None => CaptureError::Unavailable(format!(
                 "VPG {} is still starting a new stream after an unclean stop (see the agent's log); \
                  no checkpoint can be taken before that is done; try again shortly",
                 self.name
-            ),
+            )),
         })??;
         match self.append_checkpoint(tag, false, then).await? {
             Some(id) => Ok(id),
-            None => bail!("VPG {} went to bitmap mode: no checkpoint until its resync is done", self.name),
+            None => Err(CaptureError::Unavailable(format!(
+                "VPG {} went to bitmap mode: no checkpoint until its resync is done",
+                self.name
+            ))),
         }
     }
 
@@ -693,7 +708,7 @@ impl VpgCapture {
         };
         let tag = tag.clone();
         if let Some(why) = self.failed.lock().expect("failed lock").as_ref() {
-            bail!("VPG {} takes no checkpoint until the agent restarts: {why}", self.name);
+            return Err(CaptureError::Failed { vpg: self.name.clone(), what: "checkpoint", why: why.clone() });
         }
         let resync = match self.bitmap.mode() {
             CaptureMode::Logging => false,
@@ -727,7 +742,7 @@ impl VpgCapture {
             // the link (status says so).
             let mut mode = self.bitmap.subscribe();
             tokio::select! {
-                done = self.wait_recovery_durable(seq) => done.context("waiting for the recovery journal")?,
+                done = self.wait_recovery_durable(seq) => done.map_err(|e| e.step("waiting for the recovery journal"))?,
                 _ = mode.wait_for(|m| *m == CaptureMode::Bitmap) => {}
             }
         }
@@ -759,12 +774,12 @@ impl VpgCapture {
                 state.store(self.log.dir())
             };
             fail::fail_point!("restart-stream-after-state", |_| std::process::abort());
-            (stored.and_then(|()| Ok(self.log.start_stream(min_seq)?)), generation)
+            (stored.and_then(|()| self.log.start_stream(min_seq)), generation)
         };
         // Whatever happened, "copied" was emptied and any copy under way
         // stopped: a copy runs again, into whichever stream the log holds.
         self.spawn_initial_copy(generation);
-        started
+        Ok(started?)
     }
 
     /// Waits until the recovery journal holds the data of every update up
@@ -777,7 +792,8 @@ impl VpgCapture {
                 return Ok(());
             }
             let mut complete = self.copy_complete.subscribe();
-            let done = complete.wait_for(|c| c.is_some()).await.context("waiting for the new stream's copy")?;
+            let closed = |_| CaptureError::Unavailable("the VPG closed while waiting for the new stream's copy".into());
+            let done = complete.wait_for(|c| c.is_some()).await.map_err(closed)?;
             seq = done.expect("waited for Some");
         }
     }

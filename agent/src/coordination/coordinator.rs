@@ -422,7 +422,7 @@ fn spawn_member(member: Arc<Member>, tag: &str, hold_max: Duration) -> StepHandl
                 if steps.go.await.is_err() {
                     bail!("not held: another member was not ready or did not hold");
                 }
-                capture.hold_for_group(&tag, hold_max, steps.held, steps.mark).await
+                Ok(capture.hold_for_group(&tag, hold_max, steps.held, steps.mark).await?)
             }
             Member::Remote(remote) => remote.take_part(&tag, hold_max, steps).await,
         }

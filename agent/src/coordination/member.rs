@@ -119,14 +119,14 @@ async fn hold_once<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<FromMember> {
     let (held_tx, held_rx) = oneshot::channel();
     let (mark_tx, mark_rx) = oneshot::channel();
-    let hold = capture.hold_for_group(tag, hold_max, held_tx, mark_rx);
+    let hold = async { Ok::<_, anyhow::Error>(capture.hold_for_group(tag, hold_max, held_tx, mark_rx).await?) };
     tokio::pin!(hold);
     let holding = tokio::select! {
         ended = &mut hold => return Ok(reply_of(ended)),
         held = held_rx => held.is_ok(),
     };
     if !holding {
-        return Ok(reply_of(hold.await));
+        return Ok(reply_of(Ok(hold.await?)));
     }
     // The hold runs out by itself at hold_max: it is polled while the
     // coordinator's word is awaited.

@@ -455,7 +455,11 @@ impl Device {
             let result =
                 crate::nbd::server::serve_kernel_connection(connection, self.export.clone(), &self.admission).await;
             if let Err(e) = result {
-                tracing::debug!("{}: kernel NBD connection: {e:#}", self.identifier);
+                tracing::debug!(
+                    "{}: kernel NBD connection: {e_chain}",
+                    self.identifier,
+                    e_chain = crate::error_chain::Chain(&e)
+                );
             }
             if let Some(done) = done {
                 let _ = done.send(());

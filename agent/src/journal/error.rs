@@ -68,6 +68,17 @@ pub enum JournalError {
     Unavailable(String),
 }
 
+impl JournalError {
+    /// The storage failed (a read, a write, a sync): says nothing about
+    /// the data, which is never cut, quarantined or reported damaged on it.
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Storage(_) | JournalError::Read(_) | JournalError::SegmentFile(SegmentFileError::Storage(_))
+        )
+    }
+}
+
 /// Why `intake` refused a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

@@ -186,12 +186,9 @@ pub fn live(vpg_dir: &Path, _held: &ApplyLock) -> Result<Vec<LeaseInfo>> {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).doing(|| format!("reading lease {}", path.display()))?;
-        match serde_json::from_str(&text) {
-            Ok(info) => found.push(info),
-            Err(source) => return Err(JournalError::StateFile { path, source }),
-        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).doing(|| format!("reading lease {}", path.display()))?;
+        found.push(super::error::parse(&path, &bytes)?);
     }
     Ok(found)
 }

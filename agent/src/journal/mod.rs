@@ -52,8 +52,8 @@ pub struct JournalMeta {
 impl JournalMeta {
     pub fn load(dir: &Path) -> Result<JournalMeta> {
         let path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&path).doing(|| format!("reading {}", path.display()))?;
-        error::parse(&path, text.as_bytes())
+        let bytes = std::fs::read(&path).doing(|| format!("reading {}", path.display()))?;
+        error::parse(&path, &bytes)
     }
 
     pub(crate) fn store(&self, dir: &Path) -> Result<()> {
@@ -247,11 +247,19 @@ mod tests {
         };
         let gap = decoded(vec![at(3, write(3)), at(9, write(9))]);
         let err = j.append(&gap, 7).expect_err("a gap inside a batch");
-        assert!(format!("{err:#}").contains("gap"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("gap"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         let other = RecordBody::StreamStart { time_ms: 2, stream_id: 99 };
         let into_another = decoded(vec![at(3, write(3)), at(4, other), at(5, write(5))]);
         let err = j.append(&into_another, 7).expect_err("a StreamStart inside a batch");
-        assert!(format!("{err:#}").contains("StreamStart"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("StreamStart"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         assert_eq!((j.durable_seq(), j.index.stream_id), (2, 7), "a refused batch changed the journal");
         drop(j);
         let j = Journal::open(&dir, meta(), &policy()).unwrap();
@@ -271,7 +279,11 @@ mod tests {
         assert_eq!(j.append(&batch(10, vec![start, write(11)]), 7).unwrap(), 11);
         // Another log (a rebuilt one reusing seqs) cannot continue it.
         let err = j.append(&batch(12, vec![write(12)]), 9).unwrap_err();
-        assert!(format!("{err:#}").contains("cannot continue"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("cannot continue"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         assert_eq!(j.append(&batch(12, vec![write(12)]), 7).unwrap(), 12);
         // Records outside the VPG's volumes are refused with their batch.
         let past_end = RecordBody::Zero { volume: 0, offset: (1 << 20) - 4096, length: 8192 };
@@ -303,7 +315,11 @@ mod tests {
         let held = applier::journal_bytes(&dir).unwrap();
         j.cap.cap = Some(held + 1024);
         let err = j.append(&batch(4, vec![write(4)]), 7).unwrap_err();
-        assert!(format!("{err:#}").contains("at its journal_cap"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("at its journal_cap"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         assert!(j.capped().is_some_and(|why| why.contains("pinned checkpoint")));
         assert_eq!(j.durable_seq(), 3);
         assert_eq!(applier::journal_bytes(&dir).unwrap(), held, "a refused batch changed the journal");
@@ -353,7 +369,11 @@ mod failpoints {
         // The second record's read fails with EIO.
         fail::cfg("segment-read", "2*off->return").unwrap();
         let err = Journal::open(&dir, meta(), &policy).err().expect("an I/O error must fail the open");
-        assert!(format!("{err:#}").contains("read error"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("read error"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         fail::remove("segment-read");
         let segments = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap();
         assert_eq!(segments.len(), 1);

@@ -29,6 +29,7 @@
 use super::error::JournalError;
 use super::lease::ApplyLock;
 use super::scan::{scan_segment, SegmentScan, Visit};
+use crate::error_chain::Chain;
 use crate::io_failure::Doing;
 use crate::record::{
     u32_at, u64_at, Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
@@ -352,7 +353,7 @@ pub fn load_valid(segment: &Path, vpg_id: u32, first_seq: u64) -> Option<Segment
     let summary = match SegmentSummary::from_bytes(&bytes) {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!("{}: ignoring summary: {e:#}", segment.display());
+            tracing::debug!("{}: ignoring summary: {e_chain}", segment.display(), e_chain = Chain(&e));
             return None;
         }
     };
@@ -487,7 +488,12 @@ impl Summarizer {
                 return Ok(());
             }
             (Ok(None), _) => "is damaged (found by the background check)".to_string(),
-            (Err(e), _) => format!("cannot be read (found by the background check): {e:#}"),
+            // The storage failed, not the data: tried again at a later pass.
+            (Err(e), _) if e.is_storage() => {
+                tracing::warn!("{}: checking it failed, tried again later: {}", path.display(), Chain(&e));
+                return Ok(());
+            }
+            (Err(e), _) => format!("cannot be read (found by the background check): {e_chain}", e_chain = Chain(&e)),
         };
         forget(path)?;
         self.seen.remove(path);
@@ -527,8 +533,21 @@ impl Summarizer {
                         }
                         // Retired since the listing: nothing to do.
                         Err(_) if !path.exists() => continue,
+                        // The storage failed, not the data: tried again
+                        // at the next pass.
+                        Err(e) if e.is_storage() => {
+                            tracing::warn!(
+                                "{}: summarizing it failed, tried again later: {}",
+                                path.display(),
+                                Chain(&e)
+                            );
+                            continue;
+                        }
                         Err(e) => {
-                            self.report_damage(path, &format!("cannot be read (found while summarizing it): {e:#}"));
+                            self.report_damage(
+                                path,
+                                &format!("cannot be read (found while summarizing it): {e_chain}", e_chain = Chain(&e)),
+                            );
                             self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
                             continue;
                         }

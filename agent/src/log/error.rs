@@ -38,6 +38,14 @@ pub enum LogError {
     BeforeDropping(#[source] CallerError),
     #[error("the protected log is closed")]
     Closed,
+    #[error("parsing {}", path.display())]
+    StateFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the capture state")]
+    Encoding(#[source] serde_json::Error),
 }
 
 impl LogError {

@@ -2,10 +2,13 @@
 //! which volumes' initial copies are complete in the current stream, and
 //! whether the VPG no longer takes writes here (moved or failed over).
 
+use super::LogError;
+use crate::io_failure::Doing;
 use crate::protected_state::WritesRefused;
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, LogError>;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct CaptureState {
@@ -59,9 +62,9 @@ impl CaptureState {
         if fresh_log || !path.exists() {
             return Ok(CaptureState::default());
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).doing(|| format!("reading {}", path.display()))?;
         let mut state: CaptureState =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            serde_json::from_str(&text).map_err(|source| LogError::StateFile { path: path.clone(), source })?;
         if state.refused.is_none() {
             state.refused = state.writes_refused.as_deref().map(WritesRefused::from_text);
         }
@@ -92,7 +95,7 @@ impl CaptureState {
 
     /// Writes the state atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let text = serde_json::to_vec_pretty(self)?;
+        let text = serde_json::to_vec_pretty(self).map_err(LogError::Encoding)?;
         Ok(crate::durable::replace_file(&Self::path(dir), &text, crate::durable::FileMode::Public)?)
     }
 }

@@ -3,7 +3,7 @@
 //! `make_durable` later waits for, so FUA and FLUSH cost only what they
 //! must.
 
-use anyhow::Result;
+use super::protocol::Errno;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,13 +12,38 @@ use tokio::sync::watch;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why an update was refused; the client gets the matching NBD error.
+/// Why an export's read or update failed. `errno` is the one place such
+/// a failure becomes the NBD error its client gets.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    /// The export does not take writes now (read-only, or a move began).
+pub enum ExportError {
+    /// The export does not take writes now (read-only, or a move began):
+    /// EPERM, and expected.
     #[error("{0}")]
-    ReadOnly(String),
+    Refused(String),
+    /// The data could not be read, written or made durable: EIO.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
+
+impl ExportError {
+    pub fn failed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ExportError::Failed(e.into())
+    }
+
+    pub fn errno(&self) -> Errno {
+        match self {
+            ExportError::Refused(_) => Errno::Perm,
+            ExportError::Failed(_) => Errno::Io,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ExportError>;
+
+/// A name that another export of the table has.
+#[derive(Debug, thiserror::Error)]
+#[error("an NBD export named {0:?} is already served")]
+pub struct NameTaken(pub String);
 
 pub trait BlockExport: Send + Sync {
     fn size(&self) -> u64;
@@ -77,10 +102,10 @@ impl ExportTable {
     }
 
     /// Adds exports; refused (and nothing added) if any name is taken.
-    pub fn add(&self, exports: Vec<(String, Arc<dyn BlockExport>)>) -> Result<()> {
+    pub fn add(&self, exports: Vec<(String, Arc<dyn BlockExport>)>) -> std::result::Result<(), NameTaken> {
         let mut table = self.exports.write().expect("export table");
         if let Some((taken, _)) = exports.iter().find(|(n, _)| table.contains_key(n)) {
-            anyhow::bail!("an NBD export named {taken:?} is already served");
+            return Err(NameTaken(taken.clone()));
         }
         for (name, export) in exports {
             table.insert(name, Served { export, closed: watch::channel(false).0 });

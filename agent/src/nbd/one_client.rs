@@ -4,8 +4,7 @@
 //! the `fuzzing` feature only, never into the shipped binary.
 
 use super::admission::Admission;
-use super::export::{BlockExport, BoxFuture, ExportTable};
-use anyhow::Result;
+use super::export::{BlockExport, BoxFuture, ExportTable, Result};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

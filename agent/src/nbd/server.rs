@@ -12,9 +12,10 @@
 //! closes its connections.
 
 use super::admission::{Admission, Admitted, Buffers, REPLY_HEADER_BYTES_MAX};
-use super::export::{BlockExport, ExportTable, Refusal};
+use super::export::{BlockExport, ExportError, ExportTable};
 use super::protocol::*;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error_chain::Chain;
+use crate::io_failure::{Doing, IoFailure};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -66,7 +67,9 @@ pub async fn serve(listener: TcpListener, exports: ExportTable) {
         tokio::spawn(async move {
             match serve_connection(stream, exports, admitted).await {
                 Ok(()) => tracing::debug!(%peer, "NBD client disconnected"),
-                Err(e) => tracing::warn!(%peer, "NBD connection closed: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(%peer, "NBD connection closed: {e_chain}", e_chain = crate::error_chain::Chain(&e))
+                }
             }
         });
     }
@@ -92,6 +95,42 @@ struct Negotiated {
 }
 
 /// A reply on its way to the client, with the buffers it holds.
+/// Why a connection ended other than by the client's leaving.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Doing(#[from] IoFailure),
+    /// The client broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    #[error("no export chosen within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("the client took no reply for {0:?}")]
+    SendTimeout(Duration),
+    #[error("the export is no longer served")]
+    Closed,
+    #[error("no slot for the kernel's connection")]
+    NoSlot,
+    #[error("reply writer")]
+    Writer(#[source] tokio::task::JoinError),
+    #[error("the reply writer stopped")]
+    WriterGone,
+}
+
+impl From<mpsc::error::SendError<Reply>> for ConnectionError {
+    fn from(_: mpsc::error::SendError<Reply>) -> Self {
+        ConnectionError::WriterGone
+    }
+}
+
+type Result<T> = std::result::Result<T, ConnectionError>;
+
+fn protocol<T>(why: String) -> Result<T> {
+    Err(ConnectionError::Protocol(why))
+}
+
 struct Reply {
     bytes: Vec<u8>,
     _buffers: Option<Buffers>,
@@ -111,7 +150,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let negotiated = tokio::time::timeout(NBD_HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &exports))
         .await
-        .map_err(|_| anyhow!("no export chosen within {NBD_HANDSHAKE_TIMEOUT:?}"))??;
+        .map_err(|_| ConnectionError::HandshakeTimeout(NBD_HANDSHAKE_TIMEOUT))??;
     let Some(neg) = negotiated else { return Ok(()) };
     serve_negotiated(rd, wr, neg, admitted).await
 }
@@ -142,10 +181,8 @@ pub async fn serve_kernel_connection(
 ) -> Result<()> {
     connection.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(connection)?;
-    let admitted = admission
-        .admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-        .await
-        .context("no slot for the kernel's connection")?;
+    let admitted =
+        admission.admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)).await.ok_or(ConnectionError::NoSlot)?;
     serve_kernel(stream, export, admitted).await
 }
 
@@ -160,8 +197,8 @@ where
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let result = tokio::select! {
         r = transmission(&mut rd, &neg, &tx, &admitted) => r,
-        _ = closed.wait_for(|c| *c) => Err(anyhow!("the export is no longer served")),
-        w = &mut writer => return w.context("reply writer")?,
+        _ = closed.wait_for(|c| *c) => Err(ConnectionError::Closed),
+        w = &mut writer => return w.map_err(ConnectionError::Writer)?,
     };
     drop(tx);
     // Replies still queued go out (the error reply of a request that ends
@@ -212,8 +249,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<
 async fn send<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> Result<()> {
     tokio::time::timeout(NBD_SEND_TIMEOUT, wr.write_all(bytes))
         .await
-        .map_err(|_| anyhow!("the client took no reply for {NBD_SEND_TIMEOUT:?}"))?
-        .context("sending a reply")?;
+        .map_err(|_| ConnectionError::SendTimeout(NBD_SEND_TIMEOUT))?
+        .doing(|| "sending a reply".to_string())?;
     Ok(())
 }
 
@@ -224,30 +261,30 @@ where
     W: AsyncWrite + Unpin,
 {
     wr.write_all(&server_greeting()).await?;
-    let client_flags = rd.read_u32().await.context("reading client flags")?;
+    let client_flags = rd.read_u32().await.doing(|| "reading client flags".to_string())?;
     if client_flags & !CLIENT_FLAGS_KNOWN != 0 || client_flags & FLAG_FIXED_NEWSTYLE as u32 == 0 {
-        bail!("unsupported client flags {client_flags:#x} (fixed newstyle required)");
+        return protocol(format!("unsupported client flags {client_flags:#x} (fixed newstyle required)"));
     }
     let no_zeroes = client_flags & FLAG_NO_ZEROES as u32 != 0;
     let mut structured = false;
     loop {
-        let magic = rd.read_u64().await.context("reading option header")?;
+        let magic = rd.read_u64().await.doing(|| "reading option header".to_string())?;
         if magic != IHAVEOPT {
-            bail!("bad option magic {magic:#x}");
+            return protocol(format!("bad option magic {magic:#x}"));
         }
         let option = rd.read_u32().await?;
         let len = rd.read_u32().await?;
         if len > OPTION_BYTES_MAX {
-            bail!("option {option} with {len} bytes of data is over the limit");
+            return protocol(format!("option {option} with {len} bytes of data is over the limit"));
         }
         let mut data = vec![0u8; len as usize];
-        rd.read_exact(&mut data).await.context("reading option data")?;
+        rd.read_exact(&mut data).await.doing(|| "reading option data".to_string())?;
         let reply = |t: u32, d: &[u8]| option_reply(option, t, d);
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
                 let Some((export, closed)) = exports.get(&name) else {
-                    bail!("client asked for unknown export {name:?}")
+                    return protocol(format!("client asked for unknown export {name:?}"));
                 };
                 wr.write_all(&export_name_reply(export.size(), export_flags(export.writable()), no_zeroes)).await?;
                 return Ok(Some(Negotiated { export, closed, structured, write_through: false }));
@@ -344,7 +381,7 @@ async fn transmission<R: AsyncRead + Unpin>(
         }
         let req = match parse_request(&h) {
             Ok(r) => r,
-            Err(BadMagic(m)) => bail!("bad request magic {m:#010x}"),
+            Err(BadMagic(m)) => return protocol(format!("bad request magic {m:#010x}")),
         };
         if let Err(errno) = check_bounds(&req, size) {
             if req.command == Command::Write {
@@ -378,8 +415,8 @@ async fn transmission<R: AsyncRead + Unpin>(
                 let reply = match read {
                     Ok(()) => Reply { bytes: reply, _buffers: Some(buffers) },
                     Err(e) => {
-                        tracing::error!("{e:#}");
-                        Reply::small(error_reply(&req, Errno::Io, structured, "read failed"))
+                        tracing::error!("{}", Chain(&e));
+                        Reply::small(error_reply(&req, e.errno(), structured, "read failed"))
                     }
                 };
                 tx.send(reply).await?;
@@ -409,8 +446,8 @@ async fn transmission<R: AsyncRead + Unpin>(
                     let reply = match export.make_durable(token).await {
                         Ok(()) => simple_reply(req.handle, 0).to_vec(),
                         Err(e) => {
-                            tracing::error!("flush failed: {e:#}");
-                            simple_reply(req.handle, Errno::Io as u32).to_vec()
+                            tracing::error!("flush failed: {}", Chain(&e));
+                            simple_reply(req.handle, e.errno() as u32).to_vec()
                         }
                     };
                     let _ = tx.send(Reply::small(reply)).await;
@@ -425,9 +462,9 @@ async fn transmission<R: AsyncRead + Unpin>(
 /// buffer first (at 1 MiB writes that was a pass over every byte).
 async fn read_payload<R: AsyncRead + Unpin>(rd: &mut tokio::io::BufReader<R>, len: usize) -> Result<Vec<u8>> {
     let mut data = Vec::with_capacity(len);
-    (&mut *rd).take(len as u64).read_to_end(&mut data).await.context("reading the payload of a write")?;
+    (&mut *rd).take(len as u64).read_to_end(&mut data).await.doing(|| "reading the payload of a write".to_string())?;
     if data.len() != len {
-        bail!("client left in the middle of a write");
+        return protocol("client left in the middle of a write".to_string());
     }
     Ok(data)
 }
@@ -443,13 +480,13 @@ async fn skip_payload<R: AsyncRead + Unpin>(
 ) -> Result<()> {
     if req.length > PAYLOAD_BYTES_MAX {
         let _ = tx.send(Reply::small(error_reply(req, Errno::Overflow, structured, "request too large"))).await;
-        bail!("write of {} bytes is over the limit", req.length);
+        return protocol(format!("write of {} bytes is over the limit", req.length));
     }
     let skipped = tokio::io::copy(&mut rd.take(req.length as u64), &mut tokio::io::sink())
         .await
-        .context("reading the payload of a refused write")?;
+        .doing(|| "reading the payload of a refused write".to_string())?;
     if skipped != req.length as u64 {
-        bail!("client left in the middle of a refused write");
+        return protocol("client left in the middle of a refused write".to_string());
     }
     Ok(())
 }
@@ -460,7 +497,7 @@ async fn finish_update(
     export: &Arc<dyn BlockExport>,
     req: Request,
     write_through: bool,
-    result: Result<u64>,
+    result: std::result::Result<u64, ExportError>,
     structured: bool,
     tx: &mpsc::Sender<Reply>,
     durable_waits: &Arc<Semaphore>,
@@ -470,16 +507,11 @@ async fn finish_update(
         Err(e) => {
             // A refusal (a move froze the export) is EPERM and expected; any
             // other failure is an I/O error worth a log line.
-            let errno = match e.downcast_ref::<Refusal>() {
-                Some(r) => {
-                    tracing::info!("write refused: {r}");
-                    Errno::Perm
-                }
-                None => {
-                    tracing::error!("write failed: {e:#}");
-                    Errno::Io
-                }
-            };
+            match &e {
+                ExportError::Refused(why) => tracing::info!("write refused: {why}"),
+                ExportError::Failed(_) => tracing::error!("write failed: {}", Chain(&e)),
+            }
+            let errno = e.errno();
             tx.send(Reply::small(error_reply(&req, errno, structured, "write refused"))).await?;
             return Ok(());
         }
@@ -495,8 +527,8 @@ async fn finish_update(
         let error = match export.make_durable(seq).await {
             Ok(()) => 0,
             Err(e) => {
-                tracing::error!("FUA failed: {e:#}");
-                Errno::Io as u32
+                tracing::error!("FUA failed: {}", Chain(&e));
+                e.errno() as u32
             }
         };
         let _ = tx.send(Reply::small(simple_reply(req.handle, error).to_vec())).await;

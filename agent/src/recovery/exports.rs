@@ -7,8 +7,9 @@
 
 use super::view::PitView;
 use crate::capture::volume::zero_file_range;
-use crate::nbd::export::{BlockExport, BoxFuture, Refusal};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::io_failure::Doing;
+use crate::nbd::export::{self, BlockExport, BoxFuture, ExportError};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -59,34 +60,39 @@ impl BlockExport for PitVolume {
         false
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let view = self.view.read().expect("pit view").clone().ok_or_else(|| anyhow!("the export was closed"))?;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> export::Result<()> {
+        let view = self.view.read().expect("pit view").clone().ok_or_else(closed("the export was closed"))?;
         let result = view.read_at(self.volume, buf, self.start + offset);
         if result.is_err() {
             self.read_errors.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        result.map_err(ExportError::failed)
     }
 
     fn close(&self) {
         self.view.write().expect("pit view").take();
     }
 
-    fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async { Err(Refusal::ReadOnly("a point-in-time export is read-only".into()).into()) })
+    fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, export::Result<u64>> {
+        Box::pin(async { Err(ExportError::Refused("a point-in-time export is read-only".into())) })
     }
 
-    fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async { Err(Refusal::ReadOnly("a point-in-time export is read-only".into()).into()) })
+    fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, export::Result<u64>> {
+        Box::pin(async { Err(ExportError::Refused("a point-in-time export is read-only".into())) })
     }
 
-    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, export::Result<()>> {
         Box::pin(async { Ok(()) })
     }
 
     fn last_token(&self) -> u64 {
         0
     }
+}
+
+/// The error of I/O on an export whose view was let go.
+fn closed(why: &'static str) -> impl FnOnce() -> ExportError {
+    move || ExportError::failed(why)
 }
 
 /// Overlay granularity: a partly written block is filled from the view.
@@ -111,7 +117,7 @@ impl OverlayVolume {
             .write(true)
             .open(&scratch_path)
             .with_context(|| format!("creating scratch overlay {}", scratch_path.display()))?;
-        scratch.set_len(size)?;
+        scratch.set_len(size).with_context(|| format!("sizing scratch overlay {}", scratch_path.display()))?;
         let blocks = size.div_ceil(BLOCK);
         Ok(OverlayVolume {
             view: RwLock::new(Some(view)),
@@ -123,8 +129,8 @@ impl OverlayVolume {
         })
     }
 
-    fn view(&self) -> Result<Arc<PitView>> {
-        self.view.read().expect("overlay view").clone().ok_or_else(|| anyhow!("the test failover was stopped"))
+    fn view(&self) -> export::Result<Arc<PitView>> {
+        self.view.read().expect("overlay view").clone().ok_or_else(closed("the test failover was stopped"))
     }
 
     /// Blocks changed in the overlay (for status and the stop report).
@@ -134,7 +140,7 @@ impl OverlayVolume {
 
     /// Makes sure the scratch file holds every block the range touches
     /// only partly, copying it from the view first.
-    fn fill_partial(&self, view: &PitView, bits: &mut [u64], offset: u64, length: u64) -> Result<()> {
+    fn fill_partial(&self, view: &PitView, bits: &mut [u64], offset: u64, length: u64) -> export::Result<()> {
         let end = offset + length;
         for block in [offset / BLOCK, (end - 1) / BLOCK] {
             let (start, stop) = (block * BLOCK, ((block + 1) * BLOCK).min(self.size));
@@ -143,21 +149,25 @@ impl OverlayVolume {
                 continue;
             }
             let mut buf = vec![0u8; (stop - start) as usize];
-            view.read_at(self.volume, &mut buf, start)?;
-            self.scratch.write_all_at(&buf, start)?;
+            view.read_at(self.volume, &mut buf, start).map_err(ExportError::failed)?;
+            self.scratch
+                .write_all_at(&buf, start)
+                .doing(|| format!("writing the overlay at {start}"))
+                .map_err(ExportError::failed)?;
             set(bits, block);
         }
         Ok(())
     }
 
-    fn update(&self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<u64> {
+    fn update(&self, offset: u64, length: u64, data: Option<&[u8]>) -> export::Result<u64> {
         let view = self.view()?;
         let mut bits = self.written.lock().expect("overlay bitmap");
         self.fill_partial(&view, &mut bits, offset, length)?;
-        match data {
-            Some(d) => self.scratch.write_all_at(d, offset)?,
-            None => zero_file_range(&self.scratch, offset, length)?,
-        }
+        let written = match data {
+            Some(d) => self.scratch.write_all_at(d, offset),
+            None => zero_file_range(&self.scratch, offset, length),
+        };
+        written.doing(|| format!("writing the overlay at {offset}")).map_err(ExportError::failed)?;
         for block in offset / BLOCK..=(offset + length - 1) / BLOCK {
             set(&mut bits, block);
         }
@@ -184,7 +194,7 @@ impl BlockExport for OverlayVolume {
 
     /// Runs of blocks come from the scratch file or the view, whichever
     /// holds them.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> export::Result<()> {
         let view = self.view()?;
         let bits = self.written.lock().expect("overlay bitmap");
         let end = offset + buf.len() as u64;
@@ -198,25 +208,28 @@ impl BlockExport for OverlayVolume {
             let run_end = run_end.min(end);
             let piece = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
             if from_scratch {
-                self.scratch.read_exact_at(piece, at)?;
+                self.scratch
+                    .read_exact_at(piece, at)
+                    .doing(|| format!("reading the overlay at {at}"))
+                    .map_err(ExportError::failed)?;
             } else {
-                view.read_at(self.volume, piece, at)?;
+                view.read_at(self.volume, piece, at).map_err(ExportError::failed)?;
             }
             at = run_end;
         }
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, export::Result<u64>> {
         Box::pin(async move { self.update(offset, data.len() as u64, Some(&data)) })
     }
 
-    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, export::Result<u64>> {
         Box::pin(async move { self.update(offset, length, None) })
     }
 
     /// A test's writes are thrown away at stop: nothing to make durable.
-    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+    fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, export::Result<()>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -262,11 +275,11 @@ impl BlockExport for LiveVolume {
         true
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        Ok(self.file.read_exact_at(buf, offset)?)
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> export::Result<()> {
+        self.file.read_exact_at(buf, offset).doing(|| format!("reading at {offset}")).map_err(ExportError::failed)
     }
 
-    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+    fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, export::Result<u64>> {
         Box::pin(async move {
             // The read guard is held across a direct write, so switching to
             // the capture waits for every direct write to finish.
@@ -274,36 +287,42 @@ impl BlockExport for LiveVolume {
                 let guard = self.capture.read().expect("live capture");
                 match guard.as_ref() {
                     Some(c) => Err(c.clone()),
-                    None => Ok(self.file.write_all_at(&data, offset).map(|()| 0)?),
+                    None => {
+                        Ok(self.file.write_all_at(&data, offset).map(|()| 0).doing(|| format!("writing at {offset}")))
+                    }
                 }
             };
             match direct {
-                Ok(token) => Ok(token),
-                Err(capture) => capture.write(self.volume, offset, data).await,
+                Ok(written) => written.map_err(ExportError::failed),
+                Err(capture) => Ok(capture.write(self.volume, offset, data).await?),
             }
         })
     }
 
-    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+    fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, export::Result<u64>> {
         Box::pin(async move {
             let direct = {
                 let guard = self.capture.read().expect("live capture");
                 match guard.as_ref() {
                     Some(c) => Err(c.clone()),
-                    None => Ok(zero_file_range(&self.file, offset, length).map(|()| 0)?),
+                    None => Ok(zero_file_range(&self.file, offset, length)
+                        .map(|()| 0)
+                        .doing(|| format!("zeroing at {offset}"))),
                 }
             };
             match direct {
-                Ok(token) => Ok(token),
-                Err(capture) => capture.zero(self.volume, offset, length).await,
+                Ok(written) => written.map_err(ExportError::failed),
+                Err(capture) => Ok(capture.zero(self.volume, offset, length).await?),
             }
         })
     }
 
-    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, Result<()>> {
+    fn make_durable(self: Arc<Self>, token: u64) -> BoxFuture<'static, export::Result<()>> {
         Box::pin(async move {
             let file = self.file.clone();
-            self.syncs.sync(move || file.sync_data()).await?;
+            let synced =
+                self.syncs.sync(move || file.sync_data().doing(|| "syncing an exported volume".to_string())).await;
+            synced.map_err(ExportError::failed)?;
             if let Some(capture) = self.capture() {
                 capture.make_durable(token).await?;
             }

@@ -353,7 +353,10 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
             handle.spawn(async move {
                 let result = crate::nbd::server::serve_kernel_connection(connection, export, &admission).await;
                 if let Err(e) = result {
-                    tracing::warn!("checker's kernel NBD connection: {e:#}");
+                    tracing::warn!(
+                        "checker's kernel NBD connection: {e_chain}",
+                        e_chain = crate::error_chain::Chain(&e)
+                    );
                 }
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             });

@@ -183,16 +183,16 @@ mod tests {
         fn writable(&self) -> bool {
             true
         }
-        fn read_at(&self, _: &mut [u8], _: u64) -> anyhow::Result<()> {
+        fn read_at(&self, _: &mut [u8], _: u64) -> crate::nbd::export::Result<()> {
             unreachable!("read")
         }
-        fn write(&self, _: u64, _: Vec<u8>) -> BoxFuture<'_, anyhow::Result<u64>> {
+        fn write(&self, _: u64, _: Vec<u8>) -> BoxFuture<'_, crate::nbd::export::Result<u64>> {
             unreachable!("write")
         }
-        fn zero(&self, _: u64, _: u64) -> BoxFuture<'_, anyhow::Result<u64>> {
+        fn zero(&self, _: u64, _: u64) -> BoxFuture<'_, crate::nbd::export::Result<u64>> {
             unreachable!("zero")
         }
-        fn make_durable(self: Arc<Self>, _: u64) -> BoxFuture<'static, anyhow::Result<()>> {
+        fn make_durable(self: Arc<Self>, _: u64) -> BoxFuture<'static, crate::nbd::export::Result<()>> {
             unreachable!("make_durable")
         }
         fn last_token(&self) -> u64 {

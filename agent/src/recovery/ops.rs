@@ -96,7 +96,7 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
     }
     let log_dir = dir.join(REVERSE_LOG_DIR);
     let to = crate::capture::vpg::StreamTo::OldSite;
-    VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY, to)
+    Ok(VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY, to)?)
 }
 
 /// A reverse session: its id, the certificate that opened it, its capture.

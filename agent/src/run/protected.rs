@@ -30,7 +30,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let mut runtimes = Vec::new();
     let mut exports = Vec::new();
     for vpg_cfg in &cfg.vpgs {
-        let volumes = vpg_cfg.volumes.iter().map(|v| Volume::open(&v.name, &v.path)).collect::<Result<Vec<_>>>()?;
+        let volumes = vpg_cfg.volumes.iter().map(|v| Volume::open(&v.name, &v.path)).collect::<Result<Vec<_>, _>>()?;
         let dir = cfg.node.data_dir.join("log").join(&vpg_cfg.name);
         // Nothing here waits for the log or the link: whatever a start
         // has to do runs in the background, and the VMs get their disks.
@@ -141,7 +141,7 @@ async fn checkpoint_timer(capture: Arc<VpgCapture>, interval_ms: u64) {
     loop {
         tick.tick().await;
         if let Err(e) = capture.scheduled_checkpoint().await {
-            tracing::error!(vpg = %capture.name, "checkpoint failed: {e:#}");
+            tracing::error!(vpg = %capture.name, "checkpoint failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
         }
     }
 }
@@ -165,7 +165,9 @@ async fn verify_timer(capture: Arc<VpgCapture>, every: Duration) {
                 r.differing_extents
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(vpg = %capture.name, "scheduled verify did not finish: {e:#}"),
+            Err(e) => {
+                tracing::warn!(vpg = %capture.name, "scheduled verify did not finish: {e_chain}", e_chain = crate::error_chain::Chain(&e))
+            }
         }
     }
 }

@@ -242,7 +242,9 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
     match summarizer.pass(&dir, meta.vpg_id) {
         Ok(0) => {}
         Ok(n) => tracing::debug!(vpg = %meta.vpg, "summarized {n} sealed journal segments"),
-        Err(e) => tracing::warn!(vpg = %meta.vpg, "summarizing journal segments: {e:#}"),
+        Err(e) => {
+            tracing::warn!(vpg = %meta.vpg, "summarizing journal segments: {e_chain}", e_chain = crate::error_chain::Chain(&e))
+        }
     }
     report.journal_damage = summarizer.damage.as_ref().map(|(_, message)| message.clone());
     drop(summarizer);

@@ -159,8 +159,13 @@ impl Run {
             }
             Err(e) => {
                 let may_fail = self.h.faults_on || self.h.fs.is_dead();
-                self.h.check(may_fail, "a journal append fails only on an injected fault", || format!("{e:#}"))?;
-                self.h.note(format!("append seqs {first}..={last}: failed: {e:#}"));
+                self.h.check(may_fail, "a journal append fails only on an injected fault", || {
+                    crate::error_chain::Chain(&e).to_string()
+                })?;
+                self.h.note(format!(
+                    "append seqs {first}..={last}: failed: {e_chain}",
+                    e_chain = crate::error_chain::Chain(&e)
+                ));
             }
         }
         Ok(())

@@ -313,7 +313,7 @@ impl Run {
             Err(e) => {
                 let may_fail = self.h.may_fail();
                 self.h.check(may_fail, "an append fails only on an injected fault", || Chain(&e).to_string())?;
-                self.h.note(format!("append: failed: {e:#}"));
+                self.h.note(format!("append: failed: {e_chain}", e_chain = crate::error_chain::Chain(&e)));
             }
         }
         Ok(())
@@ -338,7 +338,7 @@ impl Run {
         let mut batch = BatchBuilder::default();
         if let Err(e) = s.cursor.fill(&mut batch, budget, BATCH_RECORDS_MAX) {
             self.check_read_error(&e)?;
-            self.end_session(&format!("send: the read failed ({e:#})"));
+            self.end_session(&format!("send: the read failed ({e_chain})", e_chain = crate::error_chain::Chain(&e)));
             return Ok(());
         }
         if batch.is_empty() {
@@ -373,7 +373,10 @@ impl Run {
             }
             Waited::Done(Err(e)) => {
                 self.check_read_error(&e)?;
-                self.h.note(format!("connect: the log could not say where to resume ({e:#})"));
+                self.h.note(format!(
+                    "connect: the log could not say where to resume ({e_chain})",
+                    e_chain = crate::error_chain::Chain(&e)
+                ));
                 return Ok(());
             }
             Waited::Died => {
@@ -600,7 +603,10 @@ impl Run {
             Err(e) => {
                 let garbled = frame.garbled;
                 self.h.check(garbled, "the sender takes every answer the receiver built", || Chain(&e).to_string())?;
-                self.end_session(&format!("deliver an answer: refused ({e:#}), the sender hangs up"));
+                self.end_session(&format!(
+                    "deliver an answer: refused ({e_chain}), the sender hangs up",
+                    e_chain = crate::error_chain::Chain(&e)
+                ));
             }
         }
         Ok(())

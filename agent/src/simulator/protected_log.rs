@@ -248,8 +248,10 @@ impl Run {
             }
             Err(e) => {
                 let faults_on = self.h.may_fail();
-                self.h.check(faults_on, "an append fails only on an injected fault", || format!("{what}: {e:#}"))?;
-                self.h.note(format!("append {what}: failed: {e:#}"));
+                self.h.check(faults_on, "an append fails only on an injected fault", || {
+                    format!("{what}: {e_chain}", e_chain = crate::error_chain::Chain(&e))
+                })?;
+                self.h.note(format!("append {what}: failed: {e_chain}", e_chain = crate::error_chain::Chain(&e)));
             }
         }
         Ok(())
@@ -275,7 +277,7 @@ impl Run {
             self.cursor = None;
             let faults_on = self.h.may_fail();
             self.h.check(faults_on, "the sender reads the log without error", || Chain(&e).to_string())?;
-            self.h.note(format!("send: read failed: {e:#}"));
+            self.h.note(format!("send: read failed: {e_chain}", e_chain = crate::error_chain::Chain(&e)));
             return Ok(());
         }
         if batch.is_empty() {
@@ -356,7 +358,7 @@ impl Run {
                 let earlier = self.model.stream_uncertain.unwrap_or(least);
                 self.model.stream_uncertain = Some(earlier.min(least));
                 self.model.appended_after_failed_start.get_or_insert(self.model.next_seq);
-                self.h.note(format!("start a new stream: failed: {e:#}"));
+                self.h.note(format!("start a new stream: failed: {e_chain}", e_chain = crate::error_chain::Chain(&e)));
             }
         }
         Ok(())

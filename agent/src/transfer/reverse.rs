@@ -328,7 +328,9 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
                     r.extents,
                     r.bytes_sent
                 ),
-                Err(e) => tracing::error!(vpg = %name, "reverse delta copy failed: {e:#}"),
+                Err(e) => {
+                    tracing::error!(vpg = %name, "reverse delta copy failed: {e_chain}", e_chain = crate::error_chain::Chain(&e))
+                }
             }
         });
     }

@@ -10,6 +10,7 @@ use super::link_share::LinkShare;
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::peer_hashes::PeerHashAsk;
 use crate::capture::vpg::{MoveStep, VpgCapture};
+use crate::capture::CaptureError;
 use crate::config::{PeerConfig, Priority};
 use crate::error_chain::Chain;
 use crate::extent_hash::ExtentHash;
@@ -75,7 +76,7 @@ pub async fn run(
             Ok(Ended::FailedOver(checkpoint)) => {
                 let event = crate::protected_state::Event::FailedOverHeard { checkpoint };
                 if let Err(e) = vpg.change_writes(event).await {
-                    tracing::error!(vpg = %vpg.name, "{e:#}");
+                    tracing::error!(vpg = %vpg.name, "{e_chain}", e_chain = crate::error_chain::Chain(&e));
                 }
                 tracing::warn!(vpg = %vpg.name, "{}; this side stops sending", vpg.writes_refused().unwrap_or_default());
                 return;
@@ -212,9 +213,9 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, con
     let answer = ask(control, &request).await.context("asking for the last clean checkpoint's pin")?;
     // Stored (fsynced) off the runtime's threads.
     let (d, name) = (detection.clone(), vpg.name.clone());
-    tokio::task::spawn_blocking(move || d.pin_answered(&name, &alert.label, answer.map_err(|e| format!("{e:#}"))))
+    Ok(tokio::task::spawn_blocking(move || d.pin_answered(&name, &alert.label, answer.map_err(|e| format!("{e:#}"))))
         .await
-        .context("storing the pin's answer")?
+        .context("storing the pin's answer")??)
 }
 
 /// Pings the recovery side, and carries a move's promote request. Ends
@@ -229,11 +230,14 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                 if ask.reply.is_closed() {
                     continue;
                 }
-                let answer = ask_extent_hashes(control, &ask).await;
-                let broke = answer.as_ref().err().map(|e| anyhow::anyhow!("{e:#}"));
-                let _ = ask.reply.send(answer);
-                if let Some(e) = broke {
-                    return Err(e.context("asking for extent hashes"));
+                match ask_extent_hashes(control, &ask).await {
+                    Ok(answer) => {
+                        let _ = ask.reply.send(Ok(answer));
+                    }
+                    Err(e) => {
+                        let _ = ask.reply.send(Err(CaptureError::Link(format!("the link broke: {e:#}"))));
+                        return Err(e.context("asking for extent hashes"));
+                    }
                 }
             }
             _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
@@ -254,10 +258,10 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                 // A refusal is the answer; a broken link is also the link's end.
                 match asked {
                     Ok(answer) => {
-                        let _ = request.reply.send(answer.map(|_| ()));
+                        let _ = request.reply.send(answer.map(|_| ()).map_err(CaptureError::PeerRefused));
                     }
                     Err(e) => {
-                        let _ = request.reply.send(Err(anyhow::anyhow!("the link broke: {e:#}")));
+                        let _ = request.reply.send(Err(CaptureError::Link(format!("the link broke: {e:#}"))));
                         return Err(e.context("move step"));
                     }
                 }
@@ -269,13 +273,16 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
 /// Sends a move step and waits for its answer (the inner result: done, or
 /// refused and why), however long applying takes (the recovery side
 /// reports progress every few seconds). The outer error is the link's.
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S, request: &ControlMessage) -> Result<Result<u64>> {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    control: &mut S,
+    request: &ControlMessage,
+) -> Result<Result<u64, String>> {
     send_control(control, request).await?;
     loop {
         match recv_control(control).await? {
             ControlMessage::Promoting => {}
             ControlMessage::Promoted { checkpoint } => return Ok(Ok(checkpoint)),
-            ControlMessage::Refused { reason } => return Ok(Err(anyhow::anyhow!("{reason}"))),
+            ControlMessage::Refused { reason } => return Ok(Err(reason)),
             other => bail!("unexpected reply to {request:?}: {other:?}"),
         }
     }
@@ -306,7 +313,7 @@ async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
                         hashes.len()
                     );
                 }
-                return Ok(Ok(hashes.iter().map(|h| crate::extent_hash::parse_hex(h)).collect::<Result<_>>()?));
+                return Ok(Ok(hashes.iter().map(|h| crate::extent_hash::parse_hex(h)).collect::<Result<_, _>>()?));
             }
             ControlMessage::Refused { reason } => return Ok(Err(reason)),
             other => bail!("unexpected reply to {request:?}: {other:?}"),
