@@ -3,11 +3,15 @@
 //! is a member when it listens (4009) for the coordinators it names; it is
 //! a coordinator when it lists `[[coordination.group]]`s.
 
+use super::ConfigError;
 use super::{parse_fingerprint, validate_name};
-use anyhow::{bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 pub const COORDINATION_PORT_DEFAULT: u16 = 4009;
 /// A member lets writes go on, with no checkpoint, after this long held.
@@ -67,15 +71,20 @@ pub struct MemberConfig {
 
 /// `host:port` or `[v6 address]:port` into the host and the port.
 pub fn split_address(address: &str) -> Result<(&str, u16)> {
-    let (host, port) = address.rsplit_once(':').with_context(|| format!("{address:?} must be host:port"))?;
-    let port: u16 = port.parse().with_context(|| format!("{port:?} in {address:?} is not a port"))?;
+    let (host, port) =
+        address.rsplit_once(':').ok_or_else(|| ConfigError::Invalid(format!("{address:?} must be host:port")))?;
+    let port: u16 = port.parse().map_err(|_| ConfigError::Invalid(format!("{port:?} in {address:?} is not a port")))?;
     let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6,
-        None if host.contains(':') => bail!("{address:?}: write an IPv6 address in brackets, as [fe80::1]:4009"),
+        None if host.contains(':') => {
+            return Err(ConfigError::Invalid(format!(
+                "{address:?}: write an IPv6 address in brackets, as [fe80::1]:4009"
+            )))
+        }
         None => host,
     };
     if host.is_empty() || port == 0 {
-        bail!("{address:?} must be host:port");
+        return Err(ConfigError::Invalid(format!("{address:?} must be host:port")));
     }
     Ok((host, port))
 }
@@ -88,25 +97,36 @@ impl CoordinationConfig {
     /// `local_vpgs`: the VPGs this appliance protects.
     pub fn validate(&self, local_vpgs: &[&str]) -> Result<()> {
         if self.hold_max.is_zero() || self.hold_max > HOLD_MAX_LIMIT {
-            bail!("coordination.hold_max: {:?} must be above 0 and at most {HOLD_MAX_LIMIT:?}", self.hold_max);
+            return Err(ConfigError::Invalid(format!(
+                "coordination.hold_max: {:?} must be above 0 and at most {HOLD_MAX_LIMIT:?}",
+                self.hold_max
+            )));
         }
         for (i, f) in self.coordinators.iter().enumerate() {
-            parse_fingerprint(f).with_context(|| format!("coordination.coordinators[{i}]"))?;
+            parse_fingerprint(f).map_err(|e| e.at(format!("coordination.coordinators[{i}]")))?;
         }
         if self.listen.is_some() && self.coordinators.is_empty() {
-            bail!("coordination.listen: no coordinators listed; name the fingerprints allowed to hold writes here");
+            return Err(ConfigError::Invalid(
+                "coordination.listen: no coordinators listed; name the fingerprints allowed to hold writes here"
+                    .to_string(),
+            ));
         }
         if self.listen.is_none() && !self.coordinators.is_empty() {
-            bail!("coordination.coordinators: listed, but coordination.listen is not set");
+            return Err(ConfigError::Invalid(
+                "coordination.coordinators: listed, but coordination.listen is not set".to_string(),
+            ));
         }
         if self.groups.len() > GROUPS_MAX {
-            bail!("coordination.group: {} groups, over the {GROUPS_MAX} one appliance coordinates", self.groups.len());
+            return Err(ConfigError::Invalid(format!(
+                "coordination.group: {} groups, over the {GROUPS_MAX} one appliance coordinates",
+                self.groups.len()
+            )));
         }
         let mut names = std::collections::HashSet::new();
         for (i, g) in self.groups.iter().enumerate() {
             validate_name(&format!("coordination.group[{i}].name"), &g.name)?;
             if !names.insert(&g.name) {
-                bail!("coordination.group[{i}].name: {:?} is used twice", g.name);
+                return Err(ConfigError::Invalid(format!("coordination.group[{i}].name: {:?} is used twice", g.name)));
             }
             g.validate(i, local_vpgs, self.hold_max)?;
         }
@@ -119,17 +139,24 @@ impl GroupConfig {
         let at = format!("coordination.group[{i}]");
         if let Some(every) = self.interval {
             if every < GROUP_INTERVAL_MIN {
-                bail!("{at}.interval: {every:?} is below the minimum of {GROUP_INTERVAL_MIN:?}");
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.interval: {every:?} is below the minimum of {GROUP_INTERVAL_MIN:?}"
+                )));
             }
             if every < 2 * hold_max {
-                bail!("{at}.interval: {every:?} is below twice coordination.hold_max ({hold_max:?})");
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.interval: {every:?} is below twice coordination.hold_max ({hold_max:?})"
+                )));
             }
         }
         if self.members.len() < 2 {
-            bail!("{at}.member: a group needs at least 2 members");
+            return Err(ConfigError::Invalid(format!("{at}.member: a group needs at least 2 members")));
         }
         if self.members.len() > GROUP_MEMBERS_MAX {
-            bail!("{at}.member: {} members, over the limit of {GROUP_MEMBERS_MAX}", self.members.len());
+            return Err(ConfigError::Invalid(format!(
+                "{at}.member: {} members, over the limit of {GROUP_MEMBERS_MAX}",
+                self.members.len()
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         for (j, m) in self.members.iter().enumerate() {
@@ -138,22 +165,31 @@ impl GroupConfig {
             match (&m.address, &m.fingerprint) {
                 (None, None) => {
                     if !local_vpgs.contains(&m.vpg.as_str()) {
-                        bail!("{at}: no address, so VPG {:?} must be one of this appliance's", m.vpg);
+                        return Err(ConfigError::Invalid(format!(
+                            "{at}: no address, so VPG {:?} must be one of this appliance's",
+                            m.vpg
+                        )));
                     }
                 }
                 (Some(address), Some(fingerprint)) => {
-                    split_address(address).with_context(|| format!("{at}.address"))?;
-                    parse_fingerprint(fingerprint).with_context(|| format!("{at}.fingerprint"))?;
+                    split_address(address).map_err(|e| e.at(format!("{at}.address")))?;
+                    parse_fingerprint(fingerprint).map_err(|e| e.at(format!("{at}.fingerprint")))?;
                 }
-                (Some(_), None) => bail!("{at}.fingerprint: required with an address (the member's certificate)"),
-                (None, Some(_)) => bail!("{at}.address: required with a fingerprint"),
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{at}.fingerprint: required with an address (the member's certificate)"
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid(format!("{at}.address: required with a fingerprint")))
+                }
             }
             if !seen.insert((m.address.clone(), m.vpg.clone())) {
-                bail!(
+                return Err(ConfigError::Invalid(format!(
                     "{at}: VPG {:?} at {:?} is listed twice",
                     m.vpg,
                     m.address.as_deref().unwrap_or("this appliance")
-                );
+                )));
             }
         }
         Ok(())
@@ -167,7 +203,7 @@ mod tests {
     const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
     fn parse(text: &str) -> Result<CoordinationConfig> {
-        let cfg: CoordinationConfig = toml::from_str(text)?;
+        let cfg: CoordinationConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         cfg.validate(&["db", "web"])?;
         Ok(cfg)
     }
@@ -210,7 +246,7 @@ mod tests {
             ("listen = \"10.0.0.2:4009\"\ncoordinators = [\"sha256:12\"]\n".to_string(), "coordinators[0]"),
         ];
         for (text, expected) in cases {
-            let e = format!("{:#}", parse(&text).unwrap_err());
+            let e = crate::error_chain::Chain(&parse(&text).unwrap_err()).to_string();
             assert!(e.contains(expected), "{text:?}: {e:?} does not say {expected:?}");
         }
     }

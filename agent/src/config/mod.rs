@@ -2,17 +2,23 @@
 //! or `role = "recovery"`. Unknown keys and bad values are refused at start
 //! with the file, the key and the reason; nothing runs on a half-read config.
 
-use anyhow::{anyhow, bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
 mod coordination;
+mod error;
 mod system;
+
 pub use coordination::{
     split_address, CoordinationConfig, GroupConfig, MemberConfig, COORDINATION_PORT_DEFAULT, HOLD_MAX_DEFAULT,
     HOLD_MAX_LIMIT,
 };
+pub use error::ConfigError;
 pub use system::{
     parse_network, validate_interface, ApiConfig, ApplianceConfig, AuditConfig, DiagConfig, LoggingConfig,
     SupportSshConfig, SystemConfig, API_PORT_DEFAULT, DIAG_PORT_DEFAULT,
@@ -113,40 +119,50 @@ fn default_iqn_domain() -> String {
 impl IscsiConfig {
     fn validate(&self) -> Result<()> {
         if self.listen.port() != ISCSI_PORT {
-            bail!("iscsi.listen: the port must be {ISCSI_PORT} (the only one the firewall opens for iSCSI)");
+            return Err(ConfigError::Invalid(format!(
+                "iscsi.listen: the port must be {ISCSI_PORT} (the only one the firewall opens for iSCSI)"
+            )));
         }
         if self.initiators.is_empty() {
-            bail!("iscsi.initiators: name the initiators (IQNs) that may log in; nobody else can");
+            return Err(ConfigError::Invalid(
+                "iscsi.initiators: name the initiators (IQNs) that may log in; nobody else can".to_string(),
+            ));
         }
         for (i, iqn) in self.initiators.iter().enumerate() {
             if self.initiators[..i].contains(iqn) {
-                bail!("iscsi.initiators[{i}]: {iqn} is listed twice");
+                return Err(ConfigError::Invalid(format!("iscsi.initiators[{i}]: {iqn} is listed twice")));
             }
             let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':');
             if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.")) || !iqn.chars().all(ok) || iqn.len() > 223 {
-                bail!("iscsi.initiators[{i}]: {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:..., lower case)");
+                return Err(ConfigError::Invalid(format!(
+                    "iscsi.initiators[{i}]: {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:..., lower case)"
+                )));
             }
         }
         let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
         for (key, user) in [("chap_user", &self.chap_user), ("mutual_chap_user", &self.mutual_chap_user)] {
             if !printable(user) || user.len() > CHAP_SECRET_BYTES_MAX {
-                bail!("iscsi.{key}: 1-{CHAP_SECRET_BYTES_MAX} printable characters, no spaces");
+                return Err(ConfigError::Invalid(format!(
+                    "iscsi.{key}: 1-{CHAP_SECRET_BYTES_MAX} printable characters, no spaces"
+                )));
             }
         }
         for (key, secret) in [("chap_secret", &self.chap_secret), ("mutual_chap_secret", &self.mutual_chap_secret)] {
             if !printable(secret) || !(CHAP_SECRET_BYTES_MIN..=CHAP_SECRET_BYTES_MAX).contains(&secret.len()) {
-                bail!(
+                return Err(ConfigError::Invalid(format!(
                     "iscsi.{key}: {CHAP_SECRET_BYTES_MIN}-{CHAP_SECRET_BYTES_MAX} printable characters, no spaces \
                      (it is {} long)",
                     secret.len()
-                );
+                )));
             }
         }
         if self.chap_secret == self.mutual_chap_secret {
-            bail!("iscsi.mutual_chap_secret: must differ from chap_secret (each side has its own)");
+            return Err(ConfigError::Invalid(
+                "iscsi.mutual_chap_secret: must differ from chap_secret (each side has its own)".to_string(),
+            ));
         }
         if !self.domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') || self.domain.is_empty() {
-            bail!("iscsi.domain: a reversed domain name such as com.example");
+            return Err(ConfigError::Invalid("iscsi.domain: a reversed domain name such as com.example".to_string()));
         }
         Ok(())
     }
@@ -395,20 +411,28 @@ impl RecoveryVpgConfig {
 
     fn validate(&self, i: usize) -> Result<()> {
         if self.history < HISTORY_MIN || self.history > HISTORY_MAX {
-            bail!("vpg[{i}].history: {} is outside 1 minute to 30 days", humantime::format_duration(self.history));
+            return Err(ConfigError::Invalid(format!(
+                "vpg[{i}].history: {} is outside 1 minute to 30 days",
+                humantime::format_duration(self.history)
+            )));
         }
         if self.journal_limit.is_some_and(|l| l < JOURNAL_LIMIT_MIN) {
-            bail!("vpg[{i}].journal_limit: must be at least 64MiB");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].journal_limit: must be at least 64MiB")));
         }
         match (self.journal_limit, self.journal_cap) {
             (_, None) => {}
-            (None, Some(_)) => bail!(
-                "vpg[{i}].journal_cap: set journal_limit too; without it the cap would pause replication \
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "vpg[{i}].journal_cap: set journal_limit too; without it the cap would pause replication \
                  whenever the history window fills the journal"
-            ),
+                )))
+            }
             // Room above the limit for the applier to keep it in steps.
             (Some(limit), Some(cap)) if cap < limit + limit / 4 => {
-                bail!("vpg[{i}].journal_cap: must be at least 1.25 x journal_limit ({} bytes)", limit + limit / 4)
+                return Err(ConfigError::Invalid(format!(
+                    "vpg[{i}].journal_cap: must be at least 1.25 x journal_limit ({} bytes)",
+                    limit + limit / 4
+                )))
             }
             _ => {}
         }
@@ -461,16 +485,19 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| anyhow!("{text:?} is not a byte count like \"20GiB\""))?;
+    let n: u64 =
+        digits.parse().map_err(|_| ConfigError::Invalid(format!("{text:?} is not a byte count like \"20GiB\"")))?;
     let shift = match unit.trim() {
         "" | "B" => 0,
         "KiB" | "K" => 10,
         "MiB" | "M" => 20,
         "GiB" | "G" => 30,
         "TiB" | "T" => 40,
-        other => bail!("{text:?}: unknown unit {other:?} (use KiB, MiB, GiB or TiB)"),
+        other => {
+            return Err(ConfigError::Invalid(format!("{text:?}: unknown unit {other:?} (use KiB, MiB, GiB or TiB)")))
+        }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| anyhow!("{text:?} is too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| ConfigError::Invalid(format!("{text:?} is too large")))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -524,10 +551,10 @@ impl ListenConfig {
     pub fn access(&self) -> Result<PeerAccess> {
         let mut peers = Vec::new();
         for (i, fp) in self.peer_fingerprints.iter().enumerate() {
-            peers.push((parse_fingerprint(fp).with_context(|| format!("listen.peer_fingerprints[{i}]"))?, None));
+            peers.push((parse_fingerprint(fp).map_err(|e| e.at(format!("listen.peer_fingerprints[{i}]")))?, None));
         }
         for (i, p) in self.peers.iter().enumerate() {
-            let fp = parse_fingerprint(&p.fingerprint).with_context(|| format!("listen.peer[{i}].fingerprint"))?;
+            let fp = parse_fingerprint(&p.fingerprint).map_err(|e| e.at(format!("listen.peer[{i}].fingerprint")))?;
             peers.push((fp, Some(p.vpgs.iter().cloned().collect())));
         }
         Ok(PeerAccess { peers })
@@ -535,30 +562,46 @@ impl ListenConfig {
 
     fn validate(&self) -> Result<()> {
         match (self.peer_fingerprints.len(), self.peers.len()) {
-            (0, 0) => bail!("listen: pin at least one protected appliance (peer_fingerprints, or [[listen.peer]])"),
+            (0, 0) => {
+                return Err(ConfigError::Invalid(
+                    "listen: pin at least one protected appliance (peer_fingerprints, or [[listen.peer]])".to_string(),
+                ))
+            }
             (1, 0) | (0, _) => {}
-            (_, 0) => bail!(
-                "listen.peer_fingerprints: with more than one protected appliance, say which VPGs each may use: \
+            (_, 0) => {
+                return Err(ConfigError::Invalid(
+                    "listen.peer_fingerprints: with more than one protected appliance, say which VPGs each may use: \
                  one [[listen.peer]] per appliance, with fingerprint = \"sha256:...\" and vpgs = [\"...\"]"
-            ),
-            _ => bail!("listen: use peer_fingerprints (one appliance) or [[listen.peer]], not both"),
+                        .to_string(),
+                ))
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "listen: use peer_fingerprints (one appliance) or [[listen.peer]], not both".to_string(),
+                ))
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut owner: std::collections::BTreeMap<&str, usize> = Default::default();
         for (i, p) in self.peers.iter().enumerate() {
-            let fp = parse_fingerprint(&p.fingerprint).with_context(|| format!("listen.peer[{i}].fingerprint"))?;
+            let fp = parse_fingerprint(&p.fingerprint).map_err(|e| e.at(format!("listen.peer[{i}].fingerprint")))?;
             if !seen.insert(fp) {
-                bail!("listen.peer[{i}]: fingerprint {} is listed twice", p.fingerprint);
+                return Err(ConfigError::Invalid(format!(
+                    "listen.peer[{i}]: fingerprint {} is listed twice",
+                    p.fingerprint
+                )));
             }
             if p.vpgs.is_empty() {
-                bail!("listen.peer[{i}].vpgs: name at least one VPG this appliance may replicate");
+                return Err(ConfigError::Invalid(format!(
+                    "listen.peer[{i}].vpgs: name at least one VPG this appliance may replicate"
+                )));
             }
             for v in &p.vpgs {
                 validate_name("listen.peer.vpgs", v)?;
                 if let Some(other) = owner.insert(v, i) {
-                    bail!(
+                    return Err(ConfigError::Invalid(format!(
                         "VPG {v:?} is given to listen.peer[{other}] and listen.peer[{i}]; a VPG has one protected site"
-                    );
+                    )));
                 }
             }
         }
@@ -581,16 +624,23 @@ fn default_checkpoint_interval() -> u64 {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+        let text = std::fs::read_to_string(path).doing(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).map_err(|e| e.at(path.display().to_string()))
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow!("{}", e.message()))?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
         let role = match table.remove("role") {
             Some(toml::Value::String(r)) => r,
-            Some(_) => bail!("role: must be a string, \"protected\" or \"recovery\""),
-            None => bail!("role: missing; set role = \"protected\" or role = \"recovery\""),
+            Some(_) => {
+                return Err(ConfigError::Invalid("role: must be a string, \"protected\" or \"recovery\"".to_string()))
+            }
+            None => {
+                return Err(ConfigError::Invalid(
+                    "role: missing; set role = \"protected\" or role = \"recovery\"".to_string(),
+                ))
+            }
         };
         // The appliance-level tables are the same for both roles: they are
         // read into one struct, and the rest into the role's.
@@ -609,7 +659,11 @@ impl Config {
             "recovery" => {
                 Config::Recovery(RecoveryConfig { system, ..RecoveryConfig::deserialize(value).map_err(explain)? })
             }
-            other => bail!("role: unknown role {other:?}; expected \"protected\" or \"recovery\""),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "role: unknown role {other:?}; expected \"protected\" or \"recovery\""
+                )))
+            }
         };
         config.validate()?;
         Ok(config)
@@ -625,7 +679,10 @@ impl Config {
                 if let Some(iscsi) = &r.iscsi {
                     iscsi.validate()?;
                     if r.exports.is_none() {
-                        bail!("iscsi: recovered volumes are served as LUNs only with [exports] listen set as well");
+                        return Err(ConfigError::Invalid(
+                            "iscsi: recovered volumes are served as LUNs only with [exports] listen set as well"
+                                .to_string(),
+                        ));
                     }
                 }
                 r.validate_vpgs()
@@ -669,13 +726,13 @@ impl Config {
     }
 }
 
-fn explain(e: toml::de::Error) -> anyhow::Error {
-    anyhow!("{}", e.to_string().trim())
+fn explain(e: toml::de::Error) -> ConfigError {
+    ConfigError::Invalid(e.to_string().trim().to_string())
 }
 
 fn validate_identity(node: &Identity) -> Result<()> {
     if node.name.trim().is_empty() {
-        bail!("node.name: must not be empty");
+        return Err(ConfigError::Invalid("node.name: must not be empty".to_string()));
     }
     Ok(())
 }
@@ -683,7 +740,9 @@ fn validate_identity(node: &Identity) -> Result<()> {
 /// Names end up in file paths and export names: keep them plain.
 pub fn validate_name(key: &str, name: &str) -> Result<()> {
     if !crate::names::is_plain(name) {
-        bail!("{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'");
+        return Err(ConfigError::Invalid(format!(
+            "{key}: {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', not starting with '.'"
+        )));
     }
     Ok(())
 }
@@ -694,7 +753,7 @@ impl RecoveryConfig {
         for (i, vpg) in self.vpgs.iter().enumerate() {
             validate_name(&format!("vpg[{i}].name"), &vpg.name)?;
             if !names.insert(&vpg.name) {
-                bail!("vpg[{i}].name: {:?} is listed twice", vpg.name);
+                return Err(ConfigError::Invalid(format!("vpg[{i}].name: {:?} is listed twice", vpg.name)));
             }
             vpg.validate(i)?;
         }
@@ -705,50 +764,51 @@ impl RecoveryConfig {
 impl ProtectedConfig {
     fn validate(&self) -> Result<()> {
         validate_identity(&self.node)?;
-        parse_fingerprint(&self.peer.fingerprint).context("peer.fingerprint")?;
+        parse_fingerprint(&self.peer.fingerprint).map_err(|e| e.at("peer.fingerprint".to_string()))?;
         if let Some(iscsi) = &self.iscsi {
             iscsi.validate()?;
             let mut targets: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
             for vpg in &self.vpgs {
                 let iqn = crate::iscsi::names::target_iqn(&iscsi.domain, &self.node.name, &vpg.name);
                 if iqn.len() > crate::iscsi::names::IQN_BYTES_MAX {
-                    bail!(
+                    return Err(ConfigError::Invalid(format!(
                         "iscsi: the target name of VPG {} is {} bytes, over {} (shorten iscsi.domain, node.name or \
                          the VPG's name): {iqn}",
                         vpg.name,
                         iqn.len(),
                         crate::iscsi::names::IQN_BYTES_MAX
-                    );
+                    )));
                 }
                 if let Some(other) = targets.insert(iqn.clone(), &vpg.name) {
-                    bail!(
+                    return Err(ConfigError::Invalid(format!(
                         "iscsi: VPGs {other:?} and {:?} would share the target {iqn} (target names are lower case, \
                          with - for _); rename one",
                         vpg.name
-                    );
+                    )));
                 }
             }
             let luns: usize = self.vpgs.iter().map(|v| v.volumes.len()).sum();
             if luns > ISCSI_LUNS_MAX {
-                bail!("iscsi: {luns} volumes, over the {ISCSI_LUNS_MAX} LUNs one appliance serves");
+                return Err(ConfigError::Invalid(format!(
+                    "iscsi: {luns} volumes, over the {ISCSI_LUNS_MAX} LUNs one appliance serves"
+                )));
             }
         }
         if self.log.capacity_bytes < LOG_CAPACITY_BYTES_MIN {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "log.capacity_bytes: {} is below the minimum of {} (64 MiB)",
-                self.log.capacity_bytes,
-                LOG_CAPACITY_BYTES_MIN
-            );
+                self.log.capacity_bytes, LOG_CAPACITY_BYTES_MIN
+            )));
         }
         if self.vpgs.is_empty() {
-            bail!("vpg: at least one [[vpg]] is required");
+            return Err(ConfigError::Invalid("vpg: at least one [[vpg]] is required".to_string()));
         }
         let mut exports = std::collections::HashSet::new();
         let mut vpg_names = std::collections::HashSet::new();
         for (i, vpg) in self.vpgs.iter().enumerate() {
             vpg.validate(i, &mut exports)?;
             if !vpg_names.insert(&vpg.name) {
-                bail!("vpg[{i}].name: {:?} is used twice", vpg.name);
+                return Err(ConfigError::Invalid(format!("vpg[{i}].name: {:?} is used twice", vpg.name)));
             }
         }
         if let Some(coordination) = &self.coordination {
@@ -765,55 +825,62 @@ impl VpgConfig {
     fn validate(&self, i: usize, exports: &mut std::collections::HashSet<String>) -> Result<()> {
         validate_name(&format!("vpg[{i}].name"), &self.name)?;
         if self.checkpoint_interval_ms < CHECKPOINT_INTERVAL_MS_MIN {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "vpg[{i}].checkpoint_interval_ms: {} is below the minimum of {CHECKPOINT_INTERVAL_MS_MIN} (1 s)",
                 self.checkpoint_interval_ms
-            );
+            )));
         }
         if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
-            bail!("vpg[{i}].rpo_alert: must be at least 1s");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].rpo_alert: must be at least 1s")));
         }
         if self.verify_interval.is_some_and(|t| t < VERIFY_INTERVAL_MIN) {
-            bail!("vpg[{i}].verify_interval: must be at least 10s (each verify reads every volume)");
+            return Err(ConfigError::Invalid(format!(
+                "vpg[{i}].verify_interval: must be at least 10s (each verify reads every volume)"
+            )));
         }
         let d = &self.detection;
         if d.interval < std::time::Duration::from_secs(1) || d.interval > std::time::Duration::from_secs(3600) {
-            bail!("vpg[{i}].detection.interval: must be between 1s and 1h");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].detection.interval: must be between 1s and 1h")));
         }
         if !(d.factor >= 1.0 && d.factor <= 1000.0) {
-            bail!("vpg[{i}].detection.factor: must be between 1 and 1000");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].detection.factor: must be between 1 and 1000")));
         }
         if d.min_bytes < 64 << 10 {
-            bail!("vpg[{i}].detection.min_bytes: must be at least 64KiB");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].detection.min_bytes: must be at least 64KiB")));
         }
         let b = &self.bitmap;
         // A resync needs room for its reads between the two marks, and the
         // log's current segment (up to a 16th of it and one record) below
         // the high one.
         if !(60..=100).contains(&b.high_water) || b.low_water < 10 || b.low_water + 10 > b.high_water {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "vpg[{i}].bitmap: need 60 <= high_water <= 100 and 10 <= low_water <= high_water - 10 \
                  (percent of the log's capacity)"
-            );
+            )));
         }
         use crate::capture::dirty_map::{GRANULARITY_MAX, GRANULARITY_MIN};
         if !b.granularity.is_power_of_two() || !(GRANULARITY_MIN..=GRANULARITY_MAX).contains(&b.granularity) {
-            bail!("vpg[{i}].bitmap.granularity: must be a power of two from 4KiB to 1MiB");
+            return Err(ConfigError::Invalid(format!(
+                "vpg[{i}].bitmap.granularity: must be a power of two from 4KiB to 1MiB"
+            )));
         }
         if self.volumes.is_empty() {
-            bail!("vpg[{i}].volume: at least one [[vpg.volume]] is required");
+            return Err(ConfigError::Invalid(format!("vpg[{i}].volume: at least one [[vpg.volume]] is required")));
         }
         if self.volumes.len() > crate::names::VOLUMES_PER_VPG_MAX {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "vpg[{i}].volume: {} volumes, over the {} one VPG may hold (split it into several VPGs)",
                 self.volumes.len(),
                 crate::names::VOLUMES_PER_VPG_MAX
-            );
+            )));
         }
         for (j, vol) in self.volumes.iter().enumerate() {
             validate_name(&format!("vpg[{i}].volume[{j}].name"), &vol.name)?;
             if !exports.insert(vol.name.clone()) {
-                bail!("vpg[{i}].volume[{j}].name: export {:?} is used twice", vol.name);
+                return Err(ConfigError::Invalid(format!(
+                    "vpg[{i}].volume[{j}].name: export {:?} is used twice",
+                    vol.name
+                )));
             }
         }
         Ok(())
@@ -822,14 +889,17 @@ impl VpgConfig {
 
 /// Parses `sha256:<64 hex digits>` into the 32 digest bytes.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32]> {
-    let hex = text.strip_prefix("sha256:").ok_or_else(|| anyhow!("{text:?} must start with \"sha256:\""))?;
+    let hex = text
+        .strip_prefix("sha256:")
+        .ok_or_else(|| ConfigError::Invalid(format!("{text:?} must start with \"sha256:\"")))?;
     let hex: String = hex.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 {
-        bail!("{text:?} must have 64 hex digits after \"sha256:\"");
+        return Err(ConfigError::Invalid(format!("{text:?} must have 64 hex digits after \"sha256:\"")));
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| anyhow!("{text:?} is not hexadecimal"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| ConfigError::Invalid(format!("{text:?} is not hexadecimal")))?;
     }
     Ok(out)
 }
@@ -921,7 +991,7 @@ path = "/tmp/v1"
             ("rpo_alert = \"100ms\"", "vpg[0].rpo_alert: must be at least 1s"),
             ("verify_interval = \"5s\"", "vpg[0].verify_interval: must be at least 10s"),
         ] {
-            let err = format!("{:#}", Config::parse(&protected(bad)).unwrap_err());
+            let err = crate::error_chain::Chain(&Config::parse(&protected(bad)).unwrap_err()).to_string();
             assert!(err.contains(named), "{bad}: {err}");
         }
     }
@@ -938,19 +1008,21 @@ path = "/tmp/v1"
         Config::parse(&good).unwrap();
         let twice =
             format!("{}{}", protected(""), iscsi("\"iqn.1998-01.com.vmware:esx1\", \"iqn.1998-01.com.vmware:esx1\""));
-        let err = format!("{:#}", Config::parse(&twice).unwrap_err());
+        let err = crate::error_chain::Chain(&Config::parse(&twice).unwrap_err()).to_string();
         assert!(err.contains("listed twice"), "{err}");
         // `DB` and `db` are two VPGs, but one target name.
         let second = "[[vpg]]\nname = \"DB\"\n[[vpg.volume]]\nname = \"v2\"\npath = \"/tmp/v2\"\n";
         let clash = format!("{}{second}{}", protected(""), iscsi("\"iqn.1998-01.com.vmware:esx1\""));
-        let err = format!("{:#}", Config::parse(&clash).unwrap_err());
+        let err = crate::error_chain::Chain(&Config::parse(&clash).unwrap_err()).to_string();
         assert!(err.contains("would share the target"), "{err}");
         let mut many = protected("");
         for i in 0..ISCSI_LUNS_MAX {
             many.push_str(&format!("[[vpg.volume]]\nname = \"x{i}\"\npath = \"/tmp/x{i}\"\n"));
         }
-        let err =
-            format!("{:#}", Config::parse(&format!("{many}{}", iscsi("\"iqn.1998-01.com.vmware:esx1\""))).unwrap_err());
+        let err = crate::error_chain::Chain(
+            &Config::parse(&format!("{many}{}", iscsi("\"iqn.1998-01.com.vmware:esx1\""))).unwrap_err(),
+        )
+        .to_string();
         assert!(err.contains("LUNs one appliance serves"), "{err}");
     }
 

@@ -4,12 +4,16 @@
 //! roles share them. Every path has the appliance's value as its default;
 //! the tests point them into scratch directories.
 
-use anyhow::{bail, Context, Result};
+use super::ConfigError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 pub const DIAG_PORT_DEFAULT: u16 = 4005;
 pub const API_PORT_DEFAULT: u16 = 4006;
@@ -199,7 +203,7 @@ pub fn parse_network(text: &str) -> Result<IpNet> {
     }
     match text.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(ip.into()),
-        Err(_) => bail!("{text:?} is not a network (like 10.0.0.0/24) or an address"),
+        Err(_) => Err(ConfigError::Invalid(format!("{text:?} is not a network (like 10.0.0.0/24) or an address"))),
     }
 }
 
@@ -273,16 +277,16 @@ fn default_allowed_processes() -> Vec<String> {
 impl ApplianceConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(iface) = &self.storage_interface {
-            validate_interface(iface).context("appliance.storage_interface")?;
+            validate_interface(iface).map_err(|e| e.at("appliance.storage_interface".to_string()))?;
         }
         if self.support_ssh.port != 22 {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "appliance.support_ssh.port: {} is not in the port table; support SSH uses 22",
                 self.support_ssh.port
-            );
+            )));
         }
         if self.support_ssh.minutes_max == 0 {
-            bail!("appliance.support_ssh.minutes_max: must be at least 1");
+            return Err(ConfigError::Invalid("appliance.support_ssh.minutes_max: must be at least 1".to_string()));
         }
         Ok(())
     }
@@ -291,18 +295,18 @@ impl ApplianceConfig {
 impl DiagConfig {
     pub fn validate(&self) -> Result<()> {
         if self.listen.port() != DIAG_PORT_DEFAULT {
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "diag.listen: port {} is not in the port table; the diagnostics bundle uses 4005",
                 self.listen.port()
-            );
+            )));
         }
         let chars = self.token.chars().count();
         if chars < DIAG_TOKEN_CHARS_MIN || self.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
             // Never echo the token itself.
-            bail!(
+            return Err(ConfigError::Invalid(format!(
                 "diag.token: must be at least {DIAG_TOKEN_CHARS_MIN} characters without spaces (got {chars}); \
                  make one with `head -c 24 /dev/urandom | base64`"
-            );
+            )));
         }
         Ok(())
     }
@@ -311,22 +315,30 @@ impl DiagConfig {
 impl ApiConfig {
     pub fn validate(&self) -> Result<()> {
         if self.listen.port() != API_PORT_DEFAULT {
-            bail!("api.listen: port {} is not in the port table; the management API uses 4006", self.listen.port());
+            return Err(ConfigError::Invalid(format!(
+                "api.listen: port {} is not in the port table; the management API uses 4006",
+                self.listen.port()
+            )));
         }
         if self.session_idle.is_zero() || self.session_idle > self.session_max {
-            bail!("api.session_idle: must be more than zero and at most api.session_max");
+            return Err(ConfigError::Invalid(
+                "api.session_idle: must be more than zero and at most api.session_max".to_string(),
+            ));
         }
         if self.session_max > Duration::from_secs(24 * 3600) {
-            bail!("api.session_max: at most 24h");
+            return Err(ConfigError::Invalid("api.session_max: at most 24h".to_string()));
         }
         if self.lock_after == 0 || self.lock_after <= self.login_free_failures {
-            bail!("api.lock_after: must be more than api.login_free_failures");
+            return Err(ConfigError::Invalid("api.lock_after: must be more than api.login_free_failures".to_string()));
         }
         if self.login_delay.is_zero()
             || self.login_delay > self.login_delay_max
             || self.login_delay_max > Duration::from_secs(300)
         {
-            bail!("api.login_delay: must be more than zero and at most api.login_delay_max (itself at most 5min)");
+            return Err(ConfigError::Invalid(
+                "api.login_delay: must be more than zero and at most api.login_delay_max (itself at most 5min)"
+                    .to_string(),
+            ));
         }
         Ok(())
     }
@@ -344,7 +356,9 @@ impl ApiConfig {
 impl LoggingConfig {
     pub fn validate(&self) -> Result<()> {
         if self.file_bytes < 64 << 10 || self.files_kept == 0 {
-            bail!("logging: file_bytes must be at least 65536 and files_kept at least 1");
+            return Err(ConfigError::Invalid(
+                "logging: file_bytes must be at least 65536 and files_kept at least 1".to_string(),
+            ));
         }
         Ok(())
     }
@@ -356,7 +370,9 @@ pub fn validate_interface(name: &str) -> Result<()> {
         && name.len() <= 15
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !ok {
-        bail!("{name:?} is not an interface name (1-15 letters, digits, '-', '_' or '.')");
+        return Err(ConfigError::Invalid(format!(
+            "{name:?} is not an interface name (1-15 letters, digits, '-', '_' or '.')"
+        )));
     }
     Ok(())
 }

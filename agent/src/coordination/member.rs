@@ -35,7 +35,7 @@ pub type Vpgs = Arc<BTreeMap<String, Arc<VpgCapture>>>;
 /// Listens on `[coordination] listen`, if it is set.
 pub async fn start(cfg: &CoordinationConfig, identity: tls::Identity, vpgs: Vpgs) -> Result<()> {
     let Some(listen) = cfg.listen else { return Ok(()) };
-    let allowed = cfg.coordinators.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>>>()?;
+    let allowed = cfg.coordinators.iter().map(|f| parse_fingerprint(f)).collect::<Result<Vec<_>, _>>()?;
     // No session tickets: the coordinator reads nothing unasked between
     // holds, and an unread ticket would look like a closed connection.
     let mut config = (*tls::server_config(identity, allowed)?).clone();
