@@ -413,9 +413,9 @@ enum Command {
         journal_root: PathBuf,
         #[arg(long)]
         vpg: String,
-        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
+        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| tidemark::error_chain::Chain(&e).to_string()))]
         volume_size: u64,
-        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| format!("{e:#}")))]
+        #[arg(long, value_parser = |s: &str| tidemark::config::parse_bytes(s).map_err(|e| tidemark::error_chain::Chain(&e).to_string()))]
         bytes: u64,
         #[arg(long)]
         checkpoints: u64,
@@ -659,18 +659,18 @@ fn support_ssh(command: SupportSsh) -> Result<()> {
             if minutes.is_none() && seconds.is_none() {
                 bail!("--minutes is required: how long the session stays open");
             }
-            let opened = (|| {
+            let opened = (|| -> Result<_> {
                 let tty = match ssh::console_tty() {
                     Ok(tty) => tty,
                     Err(_) if test_hooks.console.assume() => "not a console (--assume-console, tests only)".to_string(),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
                 let network = tidemark::config::parse_network(&from).context("--from")?;
                 let key_text =
                     std::fs::read_to_string(&key).with_context(|| format!("--key: reading {}", key.display()))?;
                 let config_path = std::fs::canonicalize(&config)?;
                 let duration_ms = ssh::session_length_ms(&cfg, minutes.unwrap_or(0), seconds)?;
-                ssh::enable(&cfg, ssh::EnableRequest { duration_ms, network, key_text, tty, config_path })
+                Ok(ssh::enable(&cfg, ssh::EnableRequest { duration_ms, network, key_text, tty, config_path })?)
             })();
             let session = opened.inspect_err(|e| {
                 // Refusals belong in the audit trail too.

@@ -180,7 +180,10 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
             "status.json",
             read_tail(&cfg.node().data_dir.join(crate::status::STATUS_FILE)).context("no status yet"),
         )?;
-        p.add_or_note("support-ssh.txt", support_ssh::describe(&system.appliance.state_dir))?;
+        p.add_or_note(
+            "support-ssh.txt",
+            support_ssh::describe(&system.appliance.state_dir).map_err(anyhow::Error::from),
+        )?;
         let trail = crate::audit_trail::trail_path(&cfg.node().data_dir);
         p.add_or_note("audit-trail-verify.txt", crate::audit_trail::verify(&trail).map(|v| v.render()))?;
         p.add_or_note("audit-trail.jsonl", read_tail(&trail))?;

@@ -971,7 +971,11 @@ path = "/tmp/v1"
             ["high_water = 50", "low_water = 85", "low_water = 5", "granularity = \"96KiB\"", "granularity = \"2MiB\""]
         {
             let err = Config::parse(&protected(&format!("[vpg.bitmap]\n{bad}"))).unwrap_err();
-            assert!(format!("{err:#}").contains("vpg[0].bitmap"), "{bad}: {err:#}");
+            assert!(
+                crate::error_chain::Chain(&err).to_string().contains("vpg[0].bitmap"),
+                "{bad}: {err_chain}",
+                err_chain = crate::error_chain::Chain(&err)
+            );
         }
     }
 
@@ -1083,17 +1087,22 @@ peer_fingerprints = ["{FP}"]
         ] {
             let err = Config::parse(&recovery(&format!("[[vpg]]\nname = \"db\"\n{bad}"))).unwrap_err();
             assert!(
-                format!("{err:#}").contains("vpg[0]")
-                    || format!("{err:#}").contains("history")
-                    || format!("{err:#}").contains("journal_limit"),
-                "{bad}: {err:#}"
+                crate::error_chain::Chain(&err).to_string().contains("vpg[0]")
+                    || crate::error_chain::Chain(&err).to_string().contains("history")
+                    || crate::error_chain::Chain(&err).to_string().contains("journal_limit"),
+                "{bad}: {err_chain}",
+                err_chain = crate::error_chain::Chain(&err)
             );
         }
         let toml = "[[vpg]]\nname = \"db\"\njournal_limit = \"1GiB\"\njournal_cap = \"1280MiB\"";
         let Config::Recovery(r) = Config::parse(&recovery(toml)).unwrap() else { panic!() };
         assert_eq!(r.vpg("db").journal_cap, Some(1280 << 20));
         let err = Config::parse(&recovery("[[vpg]]\nname = \"db\"\njournal_cap = \"1GiB\"")).unwrap_err();
-        assert!(format!("{err:#}").contains("set journal_limit too"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("set journal_limit too"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
     }
 
     #[test]

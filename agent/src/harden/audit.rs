@@ -12,6 +12,10 @@ use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::HardenError;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
@@ -101,7 +105,7 @@ pub fn run(cfg: &Config) -> Report {
             sysctls(&mut b, plan, cfg);
             firewall(&mut b, plan, session.as_ref().map(|s| s.network));
         }
-        Err(e) => b.add("configuration", Verdict::Fail, format!("{e:#}")),
+        Err(e) => b.add("configuration", Verdict::Fail, crate::error_chain::Chain(e).to_string()),
     }
     let listening = sockets::listeners();
     listeners(&mut b, &listening, session.is_some());
@@ -113,7 +117,7 @@ pub fn run(cfg: &Config) -> Report {
             format!("{} holds only {}", appliance.securetty.display(), securetty::CONSOLE_LINES.join(", ")),
             format!("{}: unexpected {}", appliance.securetty.display(), wrong.join(", ")),
         ),
-        Err(e) => b.add("securetty", Verdict::Fail, format!("{e:#}")),
+        Err(e) => b.add("securetty", Verdict::Fail, crate::error_chain::Chain(&e).to_string()),
     }
     support(&mut b, cfg, session.as_ref(), listening.as_deref().unwrap_or_default());
     processes(&mut b, cfg);
@@ -141,7 +145,7 @@ fn sysctls(b: &mut Builder, plan: &Plan, cfg: &Config) {
 fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
     let fw = match Firewall::open() {
         Ok(fw) => fw,
-        Err(e) => return b.add("firewall", Verdict::Fail, format!("{e:#}")),
+        Err(e) => return b.add("firewall", Verdict::Fail, crate::error_chain::Chain(&e).to_string()),
     };
     if !super::firewall::ipv6_enabled() {
         b.add("firewall IPv6", Verdict::Pass, "IPv6 is disabled in this kernel");
@@ -154,7 +158,7 @@ fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
             let item = format!("firewall {family:?} {chain} policy");
             match fw.policy(family, chain) {
                 Ok(p) => b.check(item, p == "DROP", "DROP", format!("{p}, want DROP")),
-                Err(e) => b.add(item, Verdict::Fail, format!("{e:#}")),
+                Err(e) => b.add(item, Verdict::Fail, crate::error_chain::Chain(&e).to_string()),
             }
         }
         let jump = format!("-j {CHAIN}");
@@ -166,7 +170,11 @@ fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
                 format!("{input:?}, want only [{jump:?}]"),
             ),
             Ok(None) => b.add(format!("firewall {family:?} INPUT rules"), Verdict::Fail, "INPUT chain missing"),
-            Err(e) => b.add(format!("firewall {family:?} INPUT rules"), Verdict::Fail, format!("{e:#}")),
+            Err(e) => b.add(
+                format!("firewall {family:?} INPUT rules"),
+                Verdict::Fail,
+                crate::error_chain::Chain(&e).to_string(),
+            ),
         }
         let item = format!("firewall {family:?} {CHAIN} rules");
         let want = plan.chain_rules(family, support);
@@ -178,15 +186,15 @@ fn firewall(b: &mut Builder, plan: &Plan, support: Option<ipnet::IpNet>) {
                 b.add(item, Verdict::Fail, format!("differs from the plan: extra {extra:?}, missing {missing:?}"))
             }
             Ok(None) => b.add(item, Verdict::Fail, format!("chain {CHAIN} missing: run `tidemark harden`")),
-            Err(e) => b.add(item, Verdict::Fail, format!("{e:#}")),
+            Err(e) => b.add(item, Verdict::Fail, crate::error_chain::Chain(&e).to_string()),
         }
     }
 }
 
-fn listeners(b: &mut Builder, listening: &anyhow::Result<Vec<sockets::Listener>>, support_open: bool) {
+fn listeners(b: &mut Builder, listening: &Result<Vec<sockets::Listener>>, support_open: bool) {
     let all = match listening {
         Ok(l) => l,
-        Err(e) => return b.add("listening sockets", Verdict::Fail, format!("{e:#}")),
+        Err(e) => return b.add("listening sockets", Verdict::Fail, crate::error_chain::Chain(e).to_string()),
     };
     let mut allowed: Vec<String> = Vec::new();
     let mut wrong: Vec<String> = Vec::new();

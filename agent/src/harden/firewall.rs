@@ -13,8 +13,12 @@
 //! PATH, inside the caller's network namespace.
 
 use super::rules::{Family, CHAIN};
-use anyhow::{anyhow, bail, Context, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use iptables::IPTables;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 const STAGING_CHAIN: &str = "TIDEMARK-NEW";
 const TABLE: &str = "filter";
@@ -22,7 +26,7 @@ pub const DROPPED_CHAINS: [&str; 2] = ["INPUT", "FORWARD"];
 
 /// The crate's errors are not `Send`; keep their text.
 fn ipt<T>(result: Result<T, Box<dyn std::error::Error>>, what: impl FnOnce() -> String) -> Result<T> {
-    result.map_err(|e| anyhow!("{}: {}", what(), e.to_string().trim()))
+    result.map_err(|e| HardenError::Failed(format!("{}: {}", what(), e.to_string().trim())))
 }
 
 /// Whether `chain` exists, by `iptables -S CHAIN`. Not the crate's own
@@ -91,25 +95,23 @@ impl Firewall {
                 for t in &staged {
                     discard_staging(t);
                 }
-                return Err(
-                    e.context(format!("{family:?}: building the new rule set; the running rules are unchanged"))
-                );
+                return Err(e.at(format!("{family:?}: building the new rule set; the running rules are unchanged")));
             }
         }
         for (family, t) in &self.families {
-            swap_in(t).with_context(|| format!("{family:?}: switching to the new rule set"))?;
+            swap_in(t).map_err(|e| e.at(format!("{family:?}: switching to the new rule set")))?;
         }
         Ok(())
     }
 
     pub fn policy(&self, family: Family, chain: &str) -> Result<String> {
-        let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled"))?;
+        let t = self.tables(family).ok_or_else(|| HardenError::Failed(format!("{family:?} is not enabled")))?;
         ipt(policy_of(t, chain), || format!("{family:?}: reading the {chain} policy"))
     }
 
     /// A chain's rules as `iptables -S CHAIN` prints them, or None if absent.
     pub fn rules(&self, family: Family, chain: &str) -> Result<Option<Vec<String>>> {
-        let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled"))?;
+        let t = self.tables(family).ok_or_else(|| HardenError::Failed(format!("{family:?} is not enabled")))?;
         if !ipt(chain_exists(t, chain), || format!("{family:?}: looking for chain {chain}"))? {
             return Ok(None);
         }
@@ -120,9 +122,13 @@ impl Firewall {
 
     /// Adds one rule at the end of the running chain (the support session's).
     pub fn append(&self, family: Family, rule: &str) -> Result<()> {
-        let t = self.tables(family).ok_or_else(|| anyhow!("{family:?} is not enabled on this kernel"))?;
+        let t = self
+            .tables(family)
+            .ok_or_else(|| HardenError::Failed(format!("{family:?} is not enabled on this kernel")))?;
         if !ipt(chain_exists(t, CHAIN), || format!("{family:?}: looking for chain {CHAIN}"))? {
-            bail!("the firewall is not set up (no {CHAIN} chain); run `tidemark harden` first");
+            return Err(HardenError::Failed(format!(
+                "the firewall is not set up (no {CHAIN} chain); run `tidemark harden` first"
+            )));
         }
         ipt(t.append_unique(TABLE, CHAIN, rule), || format!("{family:?}: adding rule {rule:?}"))
     }

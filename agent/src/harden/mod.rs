@@ -4,6 +4,7 @@
 //! if it fails the appliance stays unreachable (fail closed).
 
 pub mod audit;
+mod error;
 pub mod firewall;
 pub mod ports;
 pub mod procfs;
@@ -14,11 +15,16 @@ pub mod ssh_key;
 pub mod support_ssh;
 pub mod sysctl;
 
+pub use error::HardenError;
+
 use crate::config::Config;
-use anyhow::{Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ipnet::IpNet;
 use rules::{Allow, Family};
 use std::path::Path;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 /// What the config and the shipped files say the system should look like.
 pub struct Plan {
@@ -73,7 +79,7 @@ pub fn sysctl_roots(cfg: &Config) -> sysctl::Roots<'_> {
 }
 
 fn read(path: &Path, what: &str) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
+    Ok(std::fs::read_to_string(path).doing(|| format!("reading {what} from {}", path.display()))?)
 }
 
 /// Applies the firewall, then the kernel settings, then securetty. The

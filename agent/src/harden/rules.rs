@@ -5,8 +5,12 @@
 //! running chain with what it should be, line for line.
 
 use super::ports::{self, Source};
-use anyhow::{bail, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ipnet::IpNet;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 /// The rule file shipped in `firewall/`, used unless the config names another.
 pub const BUILTIN_RULES: &str = include_str!("../../../firewall/tidemark.rules");
@@ -31,26 +35,34 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Allow>> {
         let at = format!("{origin} line {}", i + 1);
         let words: Vec<&str> = line.split_whitespace().collect();
         let [verb, proto, port, from, source] = words[..] else {
-            bail!("{at}: expected `allow tcp <port> from <source>`, got {line:?}");
+            return Err(HardenError::Invalid(format!("{at}: expected `allow tcp <port> from <source>`, got {line:?}")));
         };
         if verb != "allow" || from != "from" {
-            bail!("{at}: expected `allow tcp <port> from <source>`, got {line:?}");
+            return Err(HardenError::Invalid(format!("{at}: expected `allow tcp <port> from <source>`, got {line:?}")));
         }
         if proto != "tcp" {
-            bail!("{at}: protocol {proto:?} is not allowed; the port table is TCP only");
+            return Err(HardenError::Invalid(format!(
+                "{at}: protocol {proto:?} is not allowed; the port table is TCP only"
+            )));
         }
-        let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("{at}: {port:?} is not a port number"))?;
+        let port: u16 =
+            port.parse().map_err(|_| HardenError::Invalid(format!("{at}: {port:?} is not a port number")))?;
         let Some(entry) = ports::entry(port) else {
-            bail!("{at}: port {port} is not in the design's port table");
+            return Err(HardenError::Invalid(format!("{at}: port {port} is not in the design's port table")));
         };
         let Some(source) = Source::parse(source) else {
-            bail!("{at}: unknown source {source:?}; expected management, peers, storage or support");
+            return Err(HardenError::Invalid(format!(
+                "{at}: unknown source {source:?}; expected management, peers, storage or support"
+            )));
         };
         if source != entry.source {
-            bail!("{at}: port {port} ({}) may only be opened to {:?} sources", entry.what, entry.source);
+            return Err(HardenError::Invalid(format!(
+                "{at}: port {port} ({}) may only be opened to {:?} sources",
+                entry.what, entry.source
+            )));
         }
         if allows.iter().any(|a: &Allow| a.port == port) {
-            bail!("{at}: port {port} is listed twice");
+            return Err(HardenError::Invalid(format!("{at}: port {port} is listed twice")));
         }
         allows.push(Allow { port, source });
     }

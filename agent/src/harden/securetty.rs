@@ -1,7 +1,11 @@
 //! `/etc/securetty`: root may log in only on the console lines.
 
-use anyhow::{Context, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::path::Path;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 pub const CONSOLE_LINES: [&str; 2] = ["tty1", "ttyS0"];
 
@@ -20,7 +24,7 @@ pub fn write(path: &Path) -> Result<()> {
 /// The lines that should not be there (empty when the file is right), or
 /// an error if it cannot be read.
 pub fn unexpected_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).doing(|| format!("reading {}", path.display()))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let mut wrong: Vec<String> = lines.iter().filter(|l| !CONSOLE_LINES.contains(l)).map(|l| l.to_string()).collect();
     for line in CONSOLE_LINES {

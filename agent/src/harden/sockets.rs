@@ -2,8 +2,12 @@
 //! audit (every listener must be in the port table) and for support SSH
 //! (wait until the server listens).
 
-use anyhow::{Context, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::net::IpAddr;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
@@ -22,7 +26,7 @@ pub fn listeners() -> Result<Vec<Listener>> {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // no IPv6 in this kernel
-            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+            Err(e) => return Ok(Err(e).doing(|| format!("reading {path}"))?),
         };
         all.extend(parse_table(&text, proto, listening_state));
     }

@@ -2,8 +2,12 @@
 //! a strong algorithm, no options. The key is written to authorized_keys
 //! with our own restrictions in front of it, never with the caller's.
 
-use anyhow::{bail, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use openssh_keys::{Data, PublicKey};
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 pub const RSA_BITS_MIN: usize = 3072;
 
@@ -21,19 +25,28 @@ impl SupportKey {
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
         let line = match lines[..] {
             [line] => line,
-            [] => bail!("the key file holds no public key"),
-            _ => bail!("the key file holds {} keys; give exactly one", lines.len()),
+            [] => return Err(HardenError::Invalid("the key file holds no public key".to_string())),
+            _ => {
+                return Err(HardenError::Invalid(format!("the key file holds {} keys; give exactly one", lines.len())))
+            }
         };
-        let key = PublicKey::parse(line).map_err(|e| anyhow::anyhow!("not a valid OpenSSH public key: {e}"))?;
+        let key =
+            PublicKey::parse(line).map_err(|e| HardenError::Invalid(format!("not a valid OpenSSH public key: {e}")))?;
         if let Some(options) = &key.options {
-            bail!("the key carries options ({options}); give a plain key, the appliance sets its own restrictions");
+            return Err(HardenError::Invalid(format!(
+                "the key carries options ({options}); give a plain key, the appliance sets its own restrictions"
+            )));
         }
         match &key.data {
-            Data::Dsa { .. } => bail!("DSA keys are refused (weak); use ed25519"),
+            Data::Dsa { .. } => {
+                return Err(HardenError::Invalid("DSA keys are refused (weak); use ed25519".to_string()))
+            }
             Data::Rsa { modulus, .. } => {
                 let bits = modulus_bits(modulus);
                 if bits < RSA_BITS_MIN {
-                    bail!("RSA key of {bits} bits is refused; at least {RSA_BITS_MIN} bits, or use ed25519");
+                    return Err(HardenError::Invalid(format!(
+                        "RSA key of {bits} bits is refused; at least {RSA_BITS_MIN} bits, or use ed25519"
+                    )));
                 }
             }
             Data::Ed25519 { .. } | Data::Ed25519Sk { .. } | Data::Ecdsa { .. } | Data::EcdsaSk { .. } => {}

@@ -13,15 +13,19 @@ use super::procfs;
 use super::rules::{family_of, support_rule};
 use super::sockets;
 use super::ssh_key::SupportKey;
+use super::HardenError;
 use crate::config::{Config, SystemConfig};
 use crate::durable::{replace_file, FileMode};
-use anyhow::{anyhow, bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ipnet::IpNet;
 use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 const STATE_FILE: &str = "support-ssh.json";
 const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -64,15 +68,16 @@ fn load(state_dir: &Path) -> Result<Option<Session>> {
     let path = state_path(state_dir);
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("reading support session {}", path.display()))?,
+            serde_json::from_slice(&bytes)
+                .map_err(|e| HardenError::from(e).at(format!("reading support session {}", path.display())))?,
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(e).doing(|| format!("reading {}", path.display())).map_err(HardenError::from),
     }
 }
 
 fn store(state_dir: &Path, session: &Session) -> Result<()> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).doing(|| format!("creating {}", state_dir.display()))?;
     Ok(replace_file(&state_path(state_dir), &serde_json::to_vec_pretty(session)?, FileMode::Public)?)
 }
 
@@ -97,20 +102,25 @@ fn warden_alive(pid: i32) -> bool {
 /// (a shell elsewhere that redirects `</dev/tty1` is not at the console).
 pub fn console_tty() -> Result<String> {
     let stdin = std::io::stdin();
-    let name = rustix::termios::ttyname(&stdin, Vec::new())
-        .map_err(|_| anyhow!("stdin is not a terminal; support SSH can only be enabled at the local console"))?;
+    let name = rustix::termios::ttyname(&stdin, Vec::new()).map_err(|_| {
+        HardenError::Invalid(
+            "stdin is not a terminal; support SSH can only be enabled at the local console".to_string(),
+        )
+    })?;
     let name = name.to_string_lossy().into_owned();
     if !is_console_line(&name) {
-        bail!("{name} is not a local console line; support SSH can only be enabled at the console (tty1 or ttyS0)");
+        return Err(HardenError::Invalid(format!(
+            "{name} is not a local console line; support SSH can only be enabled at the console (tty1 or ttyS0)"
+        )));
     }
-    let rdev = rustix::fs::fstat(&stdin).context("reading stdin's device")?.st_rdev;
+    let rdev = rustix::fs::fstat(&stdin).doing(|| "reading stdin's device".to_string())?.st_rdev;
     let device = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
     let controlling = procfs::stat(std::process::id() as i32).and_then(|s| s.tty);
     if controlling != Some(device) {
-        bail!(
+        return Err(HardenError::Invalid(format!(
             "{name} is not this command's controlling terminal (stdin was redirected from it); \
              support SSH can only be enabled by someone logged in at the console"
-        );
+        )));
     }
     Ok(name)
 }
@@ -139,30 +149,33 @@ pub fn enable(cfg: &Config, request: EnableRequest) -> Result<Session> {
     let system = cfg.system();
     let ssh = &system.appliance.support_ssh;
     let state_dir = &system.appliance.state_dir;
-    let key = SupportKey::parse(&request.key_text).context("--key")?;
+    let key = SupportKey::parse(&request.key_text).map_err(|e| e.at("--key".to_string()))?;
     if let Some(open) = open_session(state_dir)? {
-        bail!(
+        return Err(HardenError::Invalid(format!(
             "a support session is already open from {} until {} (opened by {}); run `tidemark support-ssh disable` first",
             open.network,
             crate::status::format_time_ms(open.until_ms),
             open.who
-        );
+        )));
     }
     if request.network.prefix_len() < FROM_PREFIX_MIN {
-        bail!(
+        return Err(HardenError::Invalid(format!(
             "--from {}: that opens SSH to far too many addresses; give the engineer's network (a /{FROM_PREFIX_MIN} at most)",
             request.network
-        );
+        )));
     }
     let firewall = Firewall::open()?;
     if !firewall.families().any(|f| f == family_of(&request.network)) {
-        bail!("--from {}: IPv6 is disabled on this appliance", request.network);
+        return Err(HardenError::Invalid(format!("--from {}: IPv6 is disabled on this appliance", request.network)));
     }
     clear_stale(cfg)?;
     if sockets::is_listening_tcp(ssh.port) {
-        bail!("something already listens on port {}; refusing to start a second SSH server", ssh.port);
+        return Err(HardenError::Invalid(format!(
+            "something already listens on port {}; refusing to start a second SSH server",
+            ssh.port
+        )));
     }
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).doing(|| format!("creating {}", state_dir.display()))?;
     let host_key = ensure_host_key(system, state_dir)?;
     write_authorized_keys(&ssh.authorized_keys, &key)?;
     let now = crate::record::now_ms();
@@ -207,12 +220,14 @@ pub fn session_length_ms(cfg: &Config, minutes: u64, seconds: Option<u64>) -> Re
     let max = cfg.system().appliance.support_ssh.minutes_max;
     if let Some(seconds) = seconds {
         if seconds == 0 || seconds > max * 60 {
-            bail!("--seconds: {seconds} is outside 1..={}", max * 60);
+            return Err(HardenError::Invalid(format!("--seconds: {seconds} is outside 1..={}", max * 60)));
         }
         return Ok(seconds * 1000);
     }
     if minutes == 0 || minutes > max {
-        bail!("--minutes: {minutes} is outside 1..={max} (appliance.support_ssh.minutes_max)");
+        return Err(HardenError::Invalid(format!(
+            "--minutes: {minutes} is outside 1..={max} (appliance.support_ssh.minutes_max)"
+        )));
     }
     Ok(minutes * 60_000)
 }
@@ -227,19 +242,23 @@ fn ensure_host_key(system: &SystemConfig, state_dir: &Path) -> Result<PathBuf> {
         .args(["-t", "ed25519", "-f"])
         .arg(&path)
         .output()
-        .with_context(|| format!("running {} to make the SSH host key", keygen.display()))?;
+        .doing(|| format!("running {} to make the SSH host key", keygen.display()))?;
     if !output.status.success() {
-        bail!("{} failed: {}", keygen.display(), String::from_utf8_lossy(&output.stderr).trim());
+        return Err(HardenError::Failed(format!(
+            "{} failed: {}",
+            keygen.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
     }
     Ok(path)
 }
 
 fn write_authorized_keys(path: &Path, key: &SupportKey) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
+    let dir = path.parent().ok_or_else(|| HardenError::Failed(format!("{}: no parent directory", path.display())))?;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("securing {}", dir.display()))?;
+        .doing(|| format!("securing {}", dir.display()))?;
     Ok(replace_file(path, key.authorized_line().as_bytes(), FileMode::OwnerOnly)?)
 }
 
@@ -251,7 +270,7 @@ fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Res
         .create(true)
         .append(true)
         .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+        .doing(|| format!("opening {}", log_path.display()))?;
     let mut child = Command::new(&ssh.server)
         // Foreground, log to stderr, keys only (no passwords at all), no
         // local or remote port forwarding, few auth tries, idle cut-off.
@@ -268,18 +287,27 @@ fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Res
         // Its own process group: the console's hang-up does not reach it.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", ssh.server.display()))?;
+        .doing(|| format!("starting {}", ssh.server.display()))?;
     let pid = child.id() as i32;
     let deadline = std::time::Instant::now() + SERVER_START_TIMEOUT;
     while !sockets::is_listening_tcp(ssh.port) {
         if let Some(status) = child.try_wait()? {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(3).collect();
-            bail!("{} exited ({status}) before listening: {}", ssh.server.display(), tail.join(" | "));
+            return Err(HardenError::Failed(format!(
+                "{} exited ({status}) before listening: {}",
+                ssh.server.display(),
+                tail.join(" | ")
+            )));
         }
         if std::time::Instant::now() > deadline {
             kill_tree(pid);
-            bail!("{} did not listen on port {} within {:?}", ssh.server.display(), ssh.port, SERVER_START_TIMEOUT);
+            return Err(HardenError::Failed(format!(
+                "{} did not listen on port {} within {:?}",
+                ssh.server.display(),
+                ssh.port,
+                SERVER_START_TIMEOUT
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -288,7 +316,7 @@ fn start_server(system: &SystemConfig, state_dir: &Path, host_key: &Path) -> Res
 
 fn start_warden(config_path: &Path) -> Result<i32> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("finding the tidemark binary")?;
+    let exe = std::env::current_exe().doing(|| "finding the tidemark binary".to_string())?;
     let child = Command::new(exe)
         .args(["support-ssh", "warden", "--config"])
         .arg(config_path)
@@ -297,7 +325,7 @@ fn start_warden(config_path: &Path) -> Result<i32> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .context("starting the support SSH warden")?;
+        .doing(|| "starting the support SSH warden".to_string())?;
     Ok(child.id() as i32)
 }
 
@@ -334,14 +362,14 @@ fn close(cfg: &Config, session: &Session, reason: &str) -> Result<()> {
     match std::fs::remove_file(keys) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", keys.display())),
+        Err(e) => return Ok(Err(e).doing(|| format!("removing {}", keys.display()))?),
     }
-    firewall_result.context("closing port 22")?;
+    firewall_result.map_err(|e| e.at("closing port 22".to_string()))?;
     let state = state_path(&system.appliance.state_dir);
     match std::fs::remove_file(&state) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", state.display())),
+        Err(e) => return Err(e).doing(|| format!("removing {}", state.display())).map_err(HardenError::from),
     }
     tracing::info!(
         "support SSH closed ({reason}): it was opened by {} on {} from {}",
@@ -394,7 +422,7 @@ pub fn warden(cfg: &Config) -> Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
         loop {
-            let Some(session) = load(&state_dir)? else { return Ok::<_, anyhow::Error>(None) };
+            let Some(session) = load(&state_dir)? else { return Ok::<_, HardenError>(None) };
             if crate::record::now_ms() >= session.until_ms {
                 return Ok(Some((session, "time ran out".to_string())));
             }

@@ -3,8 +3,12 @@
 //! Keys that belong to the network namespace and kernel-wide keys have
 //! separate roots, so a test in a namespace never changes the host kernel.
 
-use anyhow::{bail, Context, Result};
+use super::HardenError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::path::{Path, PathBuf};
+
+type Result<T, E = HardenError> = std::result::Result<T, E>;
 
 pub const BUILTIN_SYSCTL: &str = include_str!("../../../sysctl/90-tidemark.conf");
 
@@ -34,7 +38,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Setting>> {
             None => (false, line),
         };
         let Some((key, value)) = line.split_once('=') else {
-            bail!("{origin} line {}: expected `key = value`, got {raw:?}", i + 1);
+            return Err(HardenError::Invalid(format!("{origin} line {}: expected `key = value`, got {raw:?}", i + 1)));
         };
         let key = key.trim();
         let value = value.trim();
@@ -42,7 +46,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Setting>> {
             && key.split('.').all(|part| !part.is_empty() && part != "..")
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
         if !key_ok || value.is_empty() {
-            bail!("{origin} line {}: {key:?} = {value:?} is not a sysctl setting", i + 1);
+            return Err(HardenError::Invalid(format!(
+                "{origin} line {}: {key:?} = {value:?} is not a sysctl setting",
+                i + 1
+            )));
         }
         settings.push(Setting { key: key.to_string(), value: value.to_string(), optional });
     }
@@ -81,13 +88,20 @@ pub fn apply(settings: &[Setting], roots: &Roots) -> Result<Vec<(String, Outcome
                 done.push((s.key.clone(), Outcome::Absent));
                 continue;
             }
-            bail!("sysctl {}: {} does not exist on this kernel", s.key, path.display());
+            return Err(HardenError::Failed(format!(
+                "sysctl {}: {} does not exist on this kernel",
+                s.key,
+                path.display()
+            )));
         }
         std::fs::write(&path, format!("{}\n", s.value))
-            .with_context(|| format!("sysctl {}: writing {:?} to {}", s.key, s.value, path.display()))?;
-        let now = read(&path).with_context(|| format!("sysctl {}: reading it back", s.key))?;
+            .doing(|| format!("sysctl {}: writing {:?} to {}", s.key, s.value, path.display()))?;
+        let now = read(&path).map_err(|e| e.at(format!("sysctl {}: reading it back", s.key)))?;
         if !same_value(&now, &s.value) {
-            bail!("sysctl {}: wrote {:?} but it reads back {:?}", s.key, s.value, now);
+            return Err(HardenError::Failed(format!(
+                "sysctl {}: wrote {:?} but it reads back {:?}",
+                s.key, s.value, now
+            )));
         }
         done.push((s.key.clone(), Outcome::Set));
     }
@@ -95,7 +109,7 @@ pub fn apply(settings: &[Setting], roots: &Roots) -> Result<Vec<(String, Outcome
 }
 
 fn read(path: &Path) -> Result<String> {
-    Ok(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+    Ok(std::fs::read_to_string(path).doing(|| format!("reading {}", path.display()))?.trim().to_string())
 }
 
 #[derive(Debug, Clone)]

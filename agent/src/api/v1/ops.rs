@@ -201,7 +201,8 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
         }
         Route::AddUser => {
             let b: AddUserBody = body(bytes)?;
-            crate::config::validate_name("name", &b.name).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            crate::config::validate_name("name", &b.name)
+                .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             match (&b.password, &b.password_hash) {
                 (Some(p), None) => users::validate_password(p),
                 (None, Some(h)) => users::validate_hash(h),
@@ -220,7 +221,8 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
         }
         Route::AddToken => {
             let b: AddTokenBody = body(bytes)?;
-            crate::config::validate_name("name", &b.name).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            crate::config::validate_name("name", &b.name)
+                .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             let lifetime = humantime::parse_duration(&b.expires_in).map_err(|e| {
                 ApiError::bad_request(format!("expires_in: {:?} is not a duration like \"30d\": {e}", b.expires_in))
             })?;
