@@ -222,7 +222,7 @@ pub fn user(command: UserCommand) -> Result<()> {
         UserCommand::Delete(Named { config, name, test_hooks }) => {
             on_console(&test_hooks, "deleting a user")?;
             let dir = data_dir(&config)?;
-            audited(&dir, "user delete", serde_json::json!({ "name": name }), || users::delete_user(&dir, &name))?;
+            audited(&dir, "user delete", serde_json::json!({ "name": name }), || Ok(users::delete_user(&dir, &name)?))?;
             println!("user {name} deleted");
         }
         UserCommand::Unlock(Named { config, name, test_hooks }) => {
@@ -269,7 +269,9 @@ pub fn token(command: TokenCommand) -> Result<()> {
         TokenCommand::Delete(Named { config, name, test_hooks }) => {
             on_console(&test_hooks, "deleting a token")?;
             let dir = data_dir(&config)?;
-            audited(&dir, "token delete", serde_json::json!({ "name": name }), || users::delete_token(&dir, &name))?;
+            audited(&dir, "token delete", serde_json::json!({ "name": name }), || {
+                Ok(users::delete_token(&dir, &name)?)
+            })?;
             println!("token {name} deleted");
         }
     }

@@ -3,8 +3,12 @@
 //! `dr-admin` adds failover, move, reverse and switch-back; `admin` adds
 //! users, tokens and the appliance's settings.
 
-use anyhow::{bail, Result};
+use super::AccessError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use serde::{Deserialize, Serialize};
+
+type Result<T, E = AccessError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -30,7 +34,7 @@ impl Role {
     pub fn parse(text: &str) -> Result<Role> {
         match Role::ALL.into_iter().find(|r| r.name() == text) {
             Some(role) => Ok(role),
-            None => bail!("{text:?} is not a role (viewer, operator, dr-admin, admin)"),
+            None => Err(AccessError::Refused(format!("{text:?} is not a role (viewer, operator, dr-admin, admin)"))),
         }
     }
 

@@ -3,8 +3,12 @@
 //! A code is accepted for the step before, the current and the next one
 //! (clock drift), and never twice: the caller keeps the last step used.
 
-use anyhow::{anyhow, Result};
+use super::AccessError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ring::hmac;
+
+type Result<T, E = AccessError> = std::result::Result<T, E>;
 
 pub const STEP_SECS: u64 = 30;
 pub const DIGITS: u32 = 6;
@@ -25,7 +29,9 @@ pub fn encode_secret(secret: &[u8]) -> String {
 }
 
 pub fn decode_secret(text: &str) -> Result<Vec<u8>> {
-    data_encoding::BASE32_NOPAD.decode(text.as_bytes()).map_err(|e| anyhow!("a TOTP secret is not base32: {e}"))
+    data_encoding::BASE32_NOPAD
+        .decode(text.as_bytes())
+        .map_err(|e| AccessError::Refused(format!("a TOTP secret is not base32: {e}")))
 }
 
 /// The enrolment URI (shown once, as text or a QR code). `account` is a

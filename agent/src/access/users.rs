@@ -8,12 +8,16 @@
 //! shown once when made. TOTP secrets are stored as they are: the
 //! appliance must compute the codes (the threat model says so).
 
+use super::AccessError;
 use super::{totp, Role};
 use crate::durable::{replace_file, FileMode};
-use anyhow::{anyhow, bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+type Result<T, E = AccessError> = std::result::Result<T, E>;
 
 pub const ACCESS_DIR: &str = "access";
 const STORE_FILE: &str = "users.json";
@@ -115,11 +119,16 @@ pub fn load(data_dir: &Path) -> Result<Store> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Store { version: STORE_VERSION, ..Default::default() })
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
     };
-    let store: Store = serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    let store: Store = serde_json::from_slice(&bytes)
+        .map_err(|e| AccessError::from(e).at(format!("{} is damaged", path.display())))?;
     if store.version != STORE_VERSION {
-        bail!("{} has version {}; this agent reads {STORE_VERSION}", path.display(), store.version);
+        return Err(AccessError::Refused(format!(
+            "{} has version {}; this agent reads {STORE_VERSION}",
+            path.display(),
+            store.version
+        )));
     }
     Ok(store)
 }
@@ -133,15 +142,16 @@ pub fn update<T>(data_dir: &Path, change: impl FnOnce(&mut Store) -> Result<T>) 
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+        .doing(|| format!("creating {}", dir.display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(dir.join(LOCK_FILE))
-        .with_context(|| format!("opening {}", dir.join(LOCK_FILE).display()))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).context("locking the user store")?;
+        .doing(|| format!("opening {}", dir.join(LOCK_FILE).display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .doing(|| "locking the user store".to_string())?;
     let mut store = load(data_dir)?;
     let out = change(&mut store)?;
     let text = serde_json::to_vec_pretty(&store)?;
@@ -151,10 +161,10 @@ pub fn update<T>(data_dir: &Path, change: impl FnOnce(&mut Store) -> Result<T>) 
 
 pub fn validate_password(password: &str) -> Result<()> {
     if password.chars().count() < PASSWORD_CHARS_MIN {
-        bail!("a password must have at least {PASSWORD_CHARS_MIN} characters");
+        return Err(AccessError::Refused(format!("a password must have at least {PASSWORD_CHARS_MIN} characters")));
     }
     if password.len() > PASSWORD_BYTES_MAX {
-        bail!("a password must have at most {PASSWORD_BYTES_MAX} bytes");
+        return Err(AccessError::Refused(format!("a password must have at most {PASSWORD_BYTES_MAX} bytes")));
     }
     Ok(())
 }
@@ -163,35 +173,38 @@ pub fn hash_password(password: &str) -> Result<String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).expect("system randomness");
-    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow!("salt: {e}"))?;
-    let hash =
-        argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow!("argon2: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AccessError::Refused(format!("salt: {e}")))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| AccessError::Refused(format!("argon2: {e}")))?;
     Ok(hash.to_string())
 }
 
 /// A PHC string given instead of a password (from the OVF properties):
 /// it must be argon2id, and well-formed.
 pub fn validate_hash(phc: &str) -> Result<()> {
-    let parsed = argon2::PasswordHash::new(phc).map_err(|e| anyhow!("not a PHC password hash: {e}"))?;
+    let parsed =
+        argon2::PasswordHash::new(phc).map_err(|e| AccessError::Refused(format!("not a PHC password hash: {e}")))?;
     if parsed.algorithm.as_str() != "argon2id" {
-        bail!("the password hash is {}; argon2id is required", parsed.algorithm);
+        return Err(AccessError::Refused(format!("the password hash is {}; argon2id is required", parsed.algorithm)));
     }
     // Every login for the name costs what the hash asks: bounded, so a
     // hash cannot make the agent allocate gigabytes or spin for minutes.
-    let params = argon2::Params::try_from(&parsed).map_err(|e| anyhow!("the hash's parameters: {e}"))?;
+    let params =
+        argon2::Params::try_from(&parsed).map_err(|e| AccessError::Refused(format!("the hash's parameters: {e}")))?;
     if params.m_cost() > ARGON2_MEMORY_KIB_MAX
         || params.t_cost() > ARGON2_PASSES_MAX
         || params.p_cost() > ARGON2_LANES_MAX
     {
-        bail!(
+        return Err(AccessError::Refused(format!(
             "the hash asks m={} KiB, t={}, p={}; at most m={ARGON2_MEMORY_KIB_MAX}, t={ARGON2_PASSES_MAX}, p={ARGON2_LANES_MAX}",
             params.m_cost(),
             params.t_cost(),
             params.p_cost()
-        );
+        )));
     }
     if parsed.salt.is_none() || parsed.hash.is_none() {
-        bail!("the password hash has no salt or no output");
+        return Err(AccessError::Refused("the password hash has no salt or no output".to_string()));
     }
     Ok(())
 }
@@ -218,10 +231,10 @@ pub fn add_user(data_dir: &Path, name: &str, role: Role, password_hash: String, 
     let secret = role.needs_totp().then(totp::new_secret);
     update(data_dir, |store| {
         if store.users.contains_key(name) {
-            bail!("user {name:?} exists already (delete it first to change it)");
+            return Err(AccessError::Refused(format!("user {name:?} exists already (delete it first to change it)")));
         }
         if store.users.len() >= USERS_MAX {
-            bail!("the appliance holds at most {USERS_MAX} users");
+            return Err(AccessError::Refused(format!("the appliance holds at most {USERS_MAX} users")));
         }
         store.users.insert(
             name.to_string(),
@@ -241,13 +254,15 @@ pub fn add_user(data_dir: &Path, name: &str, role: Role, password_hash: String, 
 }
 
 pub fn delete_user(data_dir: &Path, name: &str) -> Result<()> {
-    update(data_dir, |store| store.users.remove(name).map(|_| ()).ok_or_else(|| anyhow!("no user {name:?}")))
+    update(data_dir, |store| {
+        store.users.remove(name).map(|_| ()).ok_or_else(|| AccessError::Refused(format!("no user {name:?}")))
+    })
 }
 
 /// Clears a lock and returns whether there was one.
 pub fn unlock_user(data_dir: &Path, name: &str) -> Result<bool> {
     update(data_dir, |store| {
-        let user = store.users.get_mut(name).ok_or_else(|| anyhow!("no user {name:?}"))?;
+        let user = store.users.get_mut(name).ok_or_else(|| AccessError::Refused(format!("no user {name:?}")))?;
         Ok(user.locked.take().is_some())
     })
 }
@@ -291,10 +306,12 @@ pub const TOKEN_LIFETIME_MAX: std::time::Duration = std::time::Duration::from_se
 /// The console and the API both ask for it before a token is made.
 pub fn validate_token(role: Role, lifetime: std::time::Duration) -> Result<()> {
     if role.needs_totp() {
-        bail!("a token may be viewer or operator: role {role} needs a person with a second factor");
+        return Err(AccessError::Refused(format!(
+            "a token may be viewer or operator: role {role} needs a person with a second factor"
+        )));
     }
     if lifetime.is_zero() || lifetime > TOKEN_LIFETIME_MAX {
-        bail!("a token lives between 1s and 366d");
+        return Err(AccessError::Refused("a token lives between 1s and 366d".to_string()));
     }
     Ok(())
 }
@@ -309,10 +326,12 @@ pub fn add_token(data_dir: &Path, name: &str, role: Role, lifetime: std::time::D
     let expires_ms = created_ms.saturating_add(lifetime.as_millis() as u64);
     update(data_dir, |store| {
         if store.tokens.contains_key(name) {
-            bail!("token {name:?} exists already");
+            return Err(AccessError::Refused(format!("token {name:?} exists already")));
         }
         if store.tokens.len() >= TOKENS_MAX {
-            bail!("the appliance holds at most {TOKENS_MAX} tokens; delete expired ones");
+            return Err(AccessError::Refused(format!(
+                "the appliance holds at most {TOKENS_MAX} tokens; delete expired ones"
+            )));
         }
         let digest = token_digest(&token);
         store.tokens.insert(name.to_string(), Token { role, digest, created_ms, expires_ms, created_by: by.into() });
@@ -322,7 +341,9 @@ pub fn add_token(data_dir: &Path, name: &str, role: Role, lifetime: std::time::D
 }
 
 pub fn delete_token(data_dir: &Path, name: &str) -> Result<()> {
-    update(data_dir, |store| store.tokens.remove(name).map(|_| ()).ok_or_else(|| anyhow!("no token {name:?}")))
+    update(data_dir, |store| {
+        store.tokens.remove(name).map(|_| ()).ok_or_else(|| AccessError::Refused(format!("no token {name:?}")))
+    })
 }
 
 pub fn list_tokens(store: &Store) -> Vec<TokenSummary> {
@@ -357,7 +378,7 @@ pub fn find_token(store: &Store, token: &str) -> Option<(String, Role)> {
 /// with one code, one wins.
 pub fn use_totp_step(data_dir: &Path, name: &str, step: u64) -> Result<bool> {
     update(data_dir, |store| {
-        let user = store.users.get_mut(name).ok_or_else(|| anyhow!("no user {name:?}"))?;
+        let user = store.users.get_mut(name).ok_or_else(|| AccessError::Refused(format!("no user {name:?}")))?;
         if user.totp_last_step.is_some_and(|used| step <= used) {
             return Ok(false);
         }

@@ -10,10 +10,14 @@
 //! Properties file: one `tidemark.key = value` per line; blank lines and
 //! lines starting with `#` are skipped; a key given twice is refused.
 
+use super::ApplianceError;
 use super::{ovf_config, ovf_env};
-use anyhow::{bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+type Result<T, E = ApplianceError> = std::result::Result<T, E>;
 
 /// The volume label first boot looks for (`rcS`: `findfs LABEL=...`).
 pub const VOLUME_LABEL: &str = "TIDEMARK-CFG";
@@ -28,7 +32,10 @@ const PROPERTIES_BYTES_MAX: usize = 64 << 10;
 /// Reads a properties file's text (see the module comment).
 pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>> {
     if text.len() > PROPERTIES_BYTES_MAX {
-        bail!("the properties file is {} bytes, over the {PROPERTIES_BYTES_MAX}-byte limit", text.len());
+        return Err(ApplianceError::Invalid(format!(
+            "the properties file is {} bytes, over the {PROPERTIES_BYTES_MAX}-byte limit",
+            text.len()
+        )));
     }
     // An editor's byte-order mark would stick to the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -39,21 +46,27 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            bail!("line {}: not `key = value`", i + 1);
+            return Err(ApplianceError::Invalid(format!("line {}: not `key = value`", i + 1)));
         };
         let (key, value) = (key.trim(), value.trim());
         // First boot skips keys that are not the appliance's (the
         // environment may hold others); here a misspelt key is a mistake.
         if !ovf_config::PROPERTIES.iter().any(|p| p.key == key) {
-            bail!("line {}: {key:?} is not one of the appliance's properties (`tidemark ovf-properties`)", i + 1);
+            return Err(ApplianceError::Invalid(format!(
+                "line {}: {key:?} is not one of the appliance's properties (`tidemark ovf-properties`)",
+                i + 1
+            )));
         }
         if value.len() >= 2
             && (value.starts_with('"') && value.ends_with('"') || value.starts_with('\'') && value.ends_with('\''))
         {
-            bail!("line {}: {key}: write the value without quotes (they would become part of it)", i + 1);
+            return Err(ApplianceError::Invalid(format!(
+                "line {}: {key}: write the value without quotes (they would become part of it)",
+                i + 1
+            )));
         }
         if out.insert(key.to_string(), value.to_string()).is_some() {
-            bail!("line {}: {key} is set twice", i + 1);
+            return Err(ApplianceError::Invalid(format!("line {}: {key} is set twice", i + 1)));
         }
     }
     Ok(out)
@@ -74,9 +87,15 @@ pub fn write_new(out: &Path, image: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if out.exists() {
-        bail!("{} exists (an existing file is never overwritten)", out.display());
+        return Err(ApplianceError::Invalid(format!(
+            "{} exists (an existing file is never overwritten)",
+            out.display()
+        )));
     }
-    let name = out.file_name().context("the output needs a file name")?.to_string_lossy();
+    let name = out
+        .file_name()
+        .ok_or_else(|| ApplianceError::Invalid("the output needs a file name".to_string()))?
+        .to_string_lossy();
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -84,13 +103,13 @@ pub fn write_new(out: &Path, image: &[u8]) -> Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(image).with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::hard_link(&tmp, out).with_context(|| format!("creating {}", out.display()))
+            .doing(|| format!("creating {}", tmp.display()))?;
+        file.write_all(image).doing(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().doing(|| format!("syncing {}", tmp.display()))?;
+        std::fs::hard_link(&tmp, out).doing(|| format!("creating {}", out.display()))
     })();
     let _ = std::fs::remove_file(&tmp);
-    result
+    Ok(result?)
 }
 
 /// The OVF environment document holding `properties`, as vSphere writes it.
@@ -135,7 +154,7 @@ pub fn build(properties: &BTreeMap<String, String>, data_disk_bytes: u64) -> Res
     ovf_config::render(properties, Path::new("/var/lib/tidemark"), data_filesystem_bytes(data_disk_bytes))?;
     let xml = environment_xml(properties);
     // What first boot will read back is what was checked.
-    let read_back = ovf_env::parse(&xml).context("the environment written does not parse")?;
+    let read_back = ovf_env::parse(&xml).map_err(|e| e.at("the environment written does not parse".to_string()))?;
     assert_eq!(&read_back, properties, "the OVF environment must read back as written");
     image(xml.into_bytes())
 }
@@ -163,7 +182,8 @@ fn image(ovf_env_xml: Vec<u8>) -> Result<Vec<u8>> {
         strict_charset: false,
     };
     let mut buffer = std::io::Cursor::new(Vec::new());
-    IsoImageWriter::create(&mut buffer, files, options).map_err(|e| anyhow::anyhow!("writing the ISO image: {e:?}"))?;
+    IsoImageWriter::create(&mut buffer, files, options)
+        .map_err(|e| ApplianceError::Invalid(format!("writing the ISO image: {e:?}")))?;
     Ok(buffer.into_inner())
 }
 
@@ -205,7 +225,11 @@ mod tests {
         write_new(&out, b"image").unwrap();
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
         let err = write_new(&out, b"other").unwrap_err();
-        assert!(format!("{err:#}").contains("never overwritten"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("never overwritten"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         assert_eq!(std::fs::read(&out).unwrap(), b"image");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
     }
@@ -222,7 +246,11 @@ mod tests {
             (format!("{}tidemark.diag.token = short\n", recovery()), "diag.token"),
         ] {
             let err = parse_properties(&text).and_then(|p| build(&p, OVA_DATA_DISK_BYTES)).unwrap_err();
-            assert!(format!("{err:#}").contains(says), "{text:?}: {err:#}");
+            assert!(
+                crate::error_chain::Chain(&err).to_string().contains(says),
+                "{text:?}: {err_chain}",
+                err_chain = crate::error_chain::Chain(&err)
+            );
         }
     }
 }

@@ -6,13 +6,17 @@
 //! Interfaces: management on eth0, replication on eth1 (if its address is
 //! given), storage (NBD) on eth2 (if given).
 
+use super::ApplianceError;
 use crate::config::{Config, LOG_CAPACITY_BYTES_MIN};
 use crate::durable::{replace_file, FileMode};
-use anyhow::{anyhow, bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+
+type Result<T, E = ApplianceError> = std::result::Result<T, E>;
 
 /// One property of the OVF descriptor: what the deploy wizard shows, what
 /// it can check before first boot does (`ovf:qualifiers`: `MinLen(n)`,
@@ -118,12 +122,16 @@ impl Props<'_> {
     }
 
     fn need(&self, key: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| anyhow!("OVF property {key} is required"))
+        self.get(key).ok_or_else(|| ApplianceError::Invalid(format!("OVF property {key} is required")))
     }
 
     fn cidr(&self, key: &str) -> Result<Option<IpNet>> {
         self.get(key)
-            .map(|v| v.parse::<IpNet>().map_err(|_| anyhow!("OVF property {key}: {v:?} is not an address with prefix")))
+            .map(|v| {
+                v.parse::<IpNet>().map_err(|_| {
+                    ApplianceError::Invalid(format!("OVF property {key}: {v:?} is not an address with prefix"))
+                })
+            })
             .transpose()
     }
 
@@ -131,7 +139,11 @@ impl Props<'_> {
         self.get(key)
             .map(|v| {
                 v.split(',')
-                    .map(|s| s.trim().parse::<T>().map_err(|_| anyhow!("OVF property {key}: {s:?} is not valid")))
+                    .map(|s| {
+                        s.trim()
+                            .parse::<T>()
+                            .map_err(|_| ApplianceError::Invalid(format!("OVF property {key}: {s:?} is not valid")))
+                    })
                     .collect()
             })
             .unwrap_or(Ok(Vec::new()))
@@ -143,19 +155,29 @@ impl Props<'_> {
 pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes: u64) -> Result<FirstBootFiles> {
     for key in properties.keys().filter(|k| k.starts_with("tidemark.")) {
         if !PROPERTIES.iter().any(|p| p.key == key) {
-            bail!("OVF property {key} is not one of the appliance's properties");
+            return Err(ApplianceError::Invalid(format!(
+                "OVF property {key} is not one of the appliance's properties"
+            )));
         }
     }
     let p = Props(properties);
     let role = p.need("tidemark.role")?;
     let hostname = p.get("tidemark.hostname").unwrap_or("tidemark");
     if hostname.len() > 63 || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        bail!("OVF property tidemark.hostname: {hostname:?} is not a host name");
+        return Err(ApplianceError::Invalid(format!(
+            "OVF property tidemark.hostname: {hostname:?} is not a host name"
+        )));
     }
-    let mgmt = p.cidr("tidemark.mgmt.address")?.context("OVF property tidemark.mgmt.address is required")?;
+    let mgmt = p
+        .cidr("tidemark.mgmt.address")?
+        .ok_or_else(|| ApplianceError::Invalid("OVF property tidemark.mgmt.address is required".to_string()))?;
     let gateway: Option<IpAddr> = p
         .get("tidemark.mgmt.gateway")
-        .map(|g| g.parse().map_err(|_| anyhow!("OVF property tidemark.mgmt.gateway: {g:?} is not an address")))
+        .map(|g| {
+            g.parse().map_err(|_| {
+                ApplianceError::Invalid(format!("OVF property tidemark.mgmt.gateway: {g:?} is not an address"))
+            })
+        })
         .transpose()?;
     let mut mgmt_networks: Vec<IpNet> = p.list("tidemark.mgmt.networks")?;
     if mgmt_networks.is_empty() {
@@ -217,8 +239,11 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
             }
         }
         "protected" => {
-            let s =
-                storage.context("OVF property tidemark.storage.address is required on a protected appliance (NBD)")?;
+            let s = storage.ok_or_else(|| {
+                ApplianceError::Invalid(
+                    "OVF property tidemark.storage.address is required on a protected appliance (NBD)".to_string(),
+                )
+            })?;
             t.insert(
                 "capture".into(),
                 toml::Value::Table(
@@ -226,11 +251,16 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
                 ),
             );
             t.insert("peer".into(), toml::Value::Table(toml::toml! { address = peer fingerprint = fingerprint }));
-            let log_bytes = i64::try_from(log_capacity(data_bytes)?)?;
+            let log_bytes = i64::try_from(log_capacity(data_bytes)?)
+                .map_err(|_| ApplianceError::Invalid("the data disk is too large".to_string()))?;
             t.insert("log".into(), toml::Value::Table(toml::toml! { capacity_bytes = log_bytes }));
             t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
         }
-        other => bail!("OVF property tidemark.role: {other:?} must be protected or recovery"),
+        other => {
+            return Err(ApplianceError::Invalid(format!(
+                "OVF property tidemark.role: {other:?} must be protected or recovery"
+            )))
+        }
     }
     if let Some(iscsi) = iscsi_table(&p, storage.map(|s| s.addr()))? {
         t.insert("iscsi".into(), toml::Value::Table(iscsi));
@@ -240,7 +270,8 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
     }
     let api_admin = match p.get("tidemark.api.admin_password_hash") {
         Some(hash) => {
-            crate::access::users::validate_hash(hash).context("OVF property tidemark.api.admin_password_hash")?;
+            crate::access::users::validate_hash(hash)
+                .map_err(|e| e.at("OVF property tidemark.api.admin_password_hash".to_string()))?;
             let name = p.get("tidemark.api.admin_user").unwrap_or("admin");
             crate::config::validate_name("OVF property tidemark.api.admin_user", name)?;
             let listen = std::net::SocketAddr::new(mgmt.addr(), crate::config::API_PORT_DEFAULT).to_string();
@@ -248,16 +279,23 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
             Some((name.to_string(), hash.to_string()))
         }
         None if p.get("tidemark.api.admin_user").is_some() => {
-            bail!("OVF property tidemark.api.admin_user needs tidemark.api.admin_password_hash")
+            return Err(ApplianceError::Invalid(
+                "OVF property tidemark.api.admin_user needs tidemark.api.admin_password_hash".to_string(),
+            ))
         }
         None => None,
     };
-    let config = toml::to_string(&t).context("rendering the configuration")?;
-    Config::parse(&config).context("the OVF properties do not make a valid configuration")?;
+    let config =
+        toml::to_string(&t).map_err(|e| ApplianceError::Invalid(format!("rendering the configuration: {e}")))?;
+    Config::parse(&config).map_err(|e| e.at("the OVF properties do not make a valid configuration".to_string()))?;
 
     let shadow = match p.get("tidemark.admin.password_hash") {
         Some(h) if h.starts_with('$') && !h.contains(':') && !h.contains('\n') => format!("root:{h}:1::::::\n"),
-        Some(_) => bail!("OVF property tidemark.admin.password_hash must be a crypt(3) hash such as $6$..."),
+        Some(_) => {
+            return Err(ApplianceError::Invalid(
+                "OVF property tidemark.admin.password_hash must be a crypt(3) hash such as $6$...".to_string(),
+            ))
+        }
         None => "root:!:1::::::\n".to_string(),
     };
     // The key as parsed (one line, no options, no comment), never the
@@ -266,10 +304,12 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
         .get("tidemark.admin.ssh_key")
         .map(|k| crate::harden::ssh_key::SupportKey::parse(k).map(|key| key.plain_line()))
         .transpose()
-        .context("OVF property tidemark.admin.ssh_key")?;
+        .map_err(|e| e.at("OVF property tidemark.admin.ssh_key".to_string()))?;
     let ntp: Vec<String> = p.list("tidemark.ntp")?;
     if let Some(bad) = ntp.iter().find(|server| !is_host_name(server)) {
-        bail!("OVF property tidemark.ntp: {bad:?} is not a host name or address");
+        return Err(ApplianceError::Invalid(format!(
+            "OVF property tidemark.ntp: {bad:?} is not a host name or address"
+        )));
     }
     Ok(FirstBootFiles {
         config,
@@ -290,8 +330,11 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
 /// the recovered ones).
 fn iscsi_table(p: &Props, storage: Option<IpAddr>) -> Result<Option<toml::Table>> {
     let Some(initiators) = p.get("tidemark.iscsi.initiators") else { return Ok(None) };
-    let storage =
-        storage.context("OVF property tidemark.iscsi.initiators needs tidemark.storage.address (the portal)")?;
+    let storage = storage.ok_or_else(|| {
+        ApplianceError::Invalid(
+            "OVF property tidemark.iscsi.initiators needs tidemark.storage.address (the portal)".to_string(),
+        )
+    })?;
     let mut iscsi = toml::Table::new();
     iscsi.insert("listen".into(), std::net::SocketAddr::new(storage, ISCSI_PORT).to_string().into());
     let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
@@ -315,12 +358,12 @@ fn is_host_name(text: &str) -> bool {
 fn log_capacity(data_bytes: u64) -> Result<u64> {
     let bytes = (data_bytes / 4 * 3) & !((1 << 20) - 1);
     if bytes < LOG_CAPACITY_BYTES_MIN {
-        bail!(
+        return Err(ApplianceError::Invalid(format!(
             "the data disk ({} MiB) is too small for the protected log, which needs at least {} MiB: give the appliance a data disk of at least {} MiB",
             data_bytes >> 20,
             LOG_CAPACITY_BYTES_MIN >> 20,
             (LOG_CAPACITY_BYTES_MIN / 3 * 4) >> 20
-        );
+        )));
     }
     Ok(bytes)
 }
@@ -333,11 +376,14 @@ fn strings<'a, T: ToString + 'a>(items: impl Iterator<Item = &'a T>) -> toml::Va
 fn vpgs(spec: &str) -> Result<toml::Value> {
     let mut out = Vec::new();
     for group in spec.split(';').map(str::trim).filter(|g| !g.is_empty()) {
-        let (name, volumes) = group.split_once(':').with_context(|| format!("tidemark.vpgs: {group:?} lacks name:"))?;
+        let (name, volumes) = group
+            .split_once(':')
+            .ok_or_else(|| ApplianceError::Invalid(format!("tidemark.vpgs: {group:?} lacks name:")))?;
         let mut vols = Vec::new();
         for v in volumes.split(',').map(str::trim) {
-            let (vname, path) =
-                v.split_once('=').with_context(|| format!("tidemark.vpgs: {v:?} is not volume=/dev/..."))?;
+            let (vname, path) = v
+                .split_once('=')
+                .ok_or_else(|| ApplianceError::Invalid(format!("tidemark.vpgs: {v:?} is not volume=/dev/...")))?;
             vols.push(toml::Value::Table(toml::toml! { name = (vname.trim()) path = (path.trim()) }));
         }
         out.push(toml::Value::Table(toml::toml! { name = (name.trim()) volume = vols }));
@@ -347,7 +393,7 @@ fn vpgs(spec: &str) -> Result<toml::Value> {
 
 /// Writes the files into `dir` (the secrets mode 0600).
 pub fn write(files: &FirstBootFiles, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
     let mut items: Vec<(&str, &str, FileMode)> = vec![
         ("tidemark.toml", &files.config, FileMode::OwnerOnly),
         ("network", &files.network, FileMode::Public),
@@ -458,7 +504,11 @@ mod tests {
             ("tidemark.iscsi.mutual_chap_secret", "target-secret-12"),
         ];
         let err = render(&props(&iscsi), Path::new("/d"), GIB).unwrap_err();
-        assert!(format!("{err:#}").contains("needs tidemark.storage.address"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("needs tidemark.storage.address"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
         let mut with_storage = iscsi.to_vec();
         with_storage.push(("tidemark.storage.address", "10.9.0.6/24"));
         let f = render(&props(&with_storage), Path::new("/d"), GIB).unwrap();
@@ -479,7 +529,11 @@ mod tests {
         let Config::Protected(c) = Config::parse(&f.config).unwrap() else { panic!("not protected") };
         assert_eq!(c.log.capacity_bytes, 187 << 20);
         let err = render(&p, Path::new("/d"), 80 << 20).unwrap_err();
-        assert!(format!("{err:#}").contains("data disk (80 MiB) is too small"), "{err:#}");
+        assert!(
+            crate::error_chain::Chain(&err).to_string().contains("data disk (80 MiB) is too small"),
+            "{err_chain}",
+            err_chain = crate::error_chain::Chain(&err)
+        );
     }
 
     #[test]
@@ -531,7 +585,9 @@ mod tests {
             let with = |value: String| {
                 let mut extra: Vec<(&str, &str)> = iscsi.to_vec();
                 extra.push((p.key, value.as_str()));
-                render(&props(&extra), Path::new("/d"), GIB).map(|_| ()).map_err(|e| format!("{e:#}"))
+                render(&props(&extra), Path::new("/d"), GIB)
+                    .map(|_| ())
+                    .map_err(|e| crate::error_chain::Chain(&e).to_string())
             };
             if let Some(min) = number(p.qualifiers, "MinLen").filter(|&m| m > 1) {
                 assert!(with(fill(p.key, min - 1)).is_err(), "{}: {} characters pass first boot", p.key, min - 1);
@@ -569,7 +625,11 @@ mod tests {
             ("tidemark.ntp", "-x", "tidemark.ntp"),
         ] {
             let err = render(&props(&[(key, value)]), Path::new("/d"), GIB).unwrap_err();
-            assert!(format!("{err:#}").contains(says), "{key}={value}: {err:#}");
+            assert!(
+                crate::error_chain::Chain(&err).to_string().contains(says),
+                "{key}={value}: {err_chain}",
+                err_chain = crate::error_chain::Chain(&err)
+            );
         }
     }
 }

@@ -3,8 +3,12 @@
 //! CD-ROM (the "ISO transport"). Only `PropertySection/Property` with
 //! `oe:key` and `oe:value` are read; everything else is ignored.
 
-use anyhow::{bail, Context, Result};
+use super::ApplianceError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::collections::BTreeMap;
+
+type Result<T, E = ApplianceError> = std::result::Result<T, E>;
 
 const OVF_ENV_NS: &str = "http://schemas.dmtf.org/ovf/environment/1";
 /// An environment larger than this is refused (it holds a few properties).
@@ -13,21 +17,29 @@ const OVF_ENV_BYTES_MAX: usize = 1 << 20;
 /// Property key → value, as the deployer set them.
 pub fn parse(xml: &str) -> Result<BTreeMap<String, String>> {
     if xml.len() > OVF_ENV_BYTES_MAX {
-        bail!("ovf-env.xml is {} bytes, over the {OVF_ENV_BYTES_MAX}-byte limit", xml.len());
+        return Err(ApplianceError::Invalid(format!(
+            "ovf-env.xml is {} bytes, over the {OVF_ENV_BYTES_MAX}-byte limit",
+            xml.len()
+        )));
     }
-    let doc = roxmltree::Document::parse(xml).context("ovf-env.xml is not well-formed XML")?;
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| ApplianceError::Invalid(format!("ovf-env.xml is not well-formed XML: {e}")))?;
     let root = doc.root_element();
     if root.tag_name().name() != "Environment" || root.tag_name().namespace() != Some(OVF_ENV_NS) {
-        bail!("ovf-env.xml: the root element is not an OVF Environment ({OVF_ENV_NS})");
+        return Err(ApplianceError::Invalid(format!(
+            "ovf-env.xml: the root element is not an OVF Environment ({OVF_ENV_NS})"
+        )));
     }
     let mut properties = BTreeMap::new();
     let sections = root.children().filter(|n| n.has_tag_name((OVF_ENV_NS, "PropertySection")));
     for section in sections {
         for p in section.children().filter(|n| n.has_tag_name((OVF_ENV_NS, "Property"))) {
-            let key = p.attribute((OVF_ENV_NS, "key")).context("ovf-env.xml: a Property without oe:key")?;
+            let key = p
+                .attribute((OVF_ENV_NS, "key"))
+                .ok_or_else(|| ApplianceError::Invalid("ovf-env.xml: a Property without oe:key".to_string()))?;
             let value = p.attribute((OVF_ENV_NS, "value")).unwrap_or_default();
             if properties.insert(key.to_string(), value.to_string()).is_some() {
-                bail!("ovf-env.xml: property {key:?} is set twice");
+                return Err(ApplianceError::Invalid(format!("ovf-env.xml: property {key:?} is set twice")));
             }
         }
     }

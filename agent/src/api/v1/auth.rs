@@ -62,7 +62,10 @@ async fn load_store(state: &State) -> Result<users::Store, Response<Body>> {
     match tokio::task::spawn_blocking(move || users::load(&dir)).await {
         Ok(Ok(store)) => Ok(store),
         Ok(Err(e)) => {
-            tracing::error!("management API: the user store cannot be read: {e:#}");
+            tracing::error!(
+                "management API: the user store cannot be read: {e_chain}",
+                e_chain = crate::error_chain::Chain(&e)
+            );
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be read; see the agent's log"))
         }
         Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be read")),
@@ -175,7 +178,11 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
         // A hash outside the bounds (hand-edited, or stored before them)
         // would cost any memory per login.
         if let Err(e) = users::validate_hash(&u.password) {
-            tracing::error!("management API: user {}'s password hash is refused: {e:#}", actor.user);
+            tracing::error!(
+                "management API: user {}'s password hash is refused: {e_chain}",
+                actor.user,
+                e_chain = crate::error_chain::Chain(&e)
+            );
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this account's password hash is not usable; an admin must make the user again",
@@ -233,7 +240,10 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
                 return refuse(state, peer, attempt, Some(name), &actor, params, why).await;
             }
             Ok(Err(e)) => {
-                tracing::error!("management API: recording {name}'s TOTP step failed: {e:#}");
+                tracing::error!(
+                    "management API: recording {name}'s TOTP step failed: {e_chain}",
+                    e_chain = crate::error_chain::Chain(&e)
+                );
                 return error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be written; see the agent's log");
             }
             Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the user store cannot be written"),

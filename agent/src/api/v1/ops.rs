@@ -206,9 +206,9 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
             match (&b.password, &b.password_hash) {
                 (Some(p), None) => users::validate_password(p),
                 (None, Some(h)) => users::validate_hash(h),
-                _ => Err(anyhow::anyhow!("give exactly one of password and password_hash")),
+                _ => Err(crate::access::AccessError::Refused("give exactly one of password and password_hash".into())),
             }
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             Prepared::AddUser { name: b.name, role: b.role, password: b.password, hash: b.password_hash }
         }
         Route::DeleteUser { name } => {
@@ -226,7 +226,8 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
             let lifetime = humantime::parse_duration(&b.expires_in).map_err(|e| {
                 ApiError::bad_request(format!("expires_in: {:?} is not a duration like \"30d\": {e}", b.expires_in))
             })?;
-            users::validate_token(b.role, lifetime).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            users::validate_token(b.role, lifetime)
+                .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             Prepared::AddToken { name: b.name, role: b.role, lifetime }
         }
         Route::DeleteToken { name } => {
@@ -327,7 +328,7 @@ pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Pr
                     (None, Some(h)) => h,
                     (None, None) => anyhow::bail!("no password"),
                 };
-                users::add_user(&dir, &name, role, hash, &by)
+                Ok(users::add_user(&dir, &name, role, hash, &by)?)
             })
             .await?;
             // The enrolment URI is shown here, once, and stored nowhere else.
@@ -335,25 +336,25 @@ pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Pr
         }
         Prepared::DeleteUser { name } => {
             let owned = name.clone();
-            blocking(move || users::delete_user(&dir, &owned)).await?;
+            blocking(move || Ok(users::delete_user(&dir, &owned)?)).await?;
             state.sessions.close_user(&name);
             Ok(json!({ "deleted": name }))
         }
         Prepared::UnlockUser { name } => {
             let owned = name.clone();
-            let was = blocking(move || users::unlock_user(&dir, &owned)).await?;
+            let was = blocking(move || Ok(users::unlock_user(&dir, &owned)?)).await?;
             state.throttle.forget_name(&name);
             Ok(json!({ "unlocked": name, "was_locked": was }))
         }
         Prepared::AddToken { name, role, lifetime } => {
             let by = format!("{} (api)", caller.name());
-            let token = blocking(move || users::add_token(&dir, &name, role, lifetime, &by)).await?;
+            let token = blocking(move || Ok(users::add_token(&dir, &name, role, lifetime, &by)?)).await?;
             // Shown once; the store keeps only its digest.
             Ok(json!({ "token": token, "role": role }))
         }
         Prepared::DeleteToken { name } => {
             let owned = name.clone();
-            blocking(move || users::delete_token(&dir, &owned)).await?;
+            blocking(move || Ok(users::delete_token(&dir, &owned)?)).await?;
             Ok(json!({ "deleted": name }))
         }
     }
