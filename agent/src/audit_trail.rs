@@ -15,12 +15,28 @@
 //! leaves a valid chain; the entry count and last hash in the
 //! diagnostics bundle and in `--verify`'s output are the anchor to compare.
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::io_failure::{Doing, IoFailure};
+
+type Result<T, E = AuditTrailError> = std::result::Result<T, E>;
+
+/// Why the audit trail could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditTrailError {
+    #[error(transparent)]
+    Storage(#[from] IoFailure),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
 
 pub const TRAIL_DIR: &str = "audit";
 pub const TRAIL_FILE: &str = "trail.jsonl";
@@ -163,7 +179,7 @@ pub fn append(
     let dir = data_dir.join(TRAIL_DIR);
     let path = dir.join(TRAIL_FILE);
     let created = !path.exists();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).doing(|| format!("creating {}", dir.display()))?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -171,7 +187,7 @@ pub fn append(
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .doing(|| format!("opening {}", path.display()))?;
     lock(&file)?;
     if created {
         crate::durable::sync_dir(&dir)?;
@@ -206,11 +222,14 @@ pub fn append(
     }
     line.push(b'\n');
     if line.len() > LINE_BYTES_MAX {
-        bail!("an audit entry of {} bytes is over the {LINE_BYTES_MAX}-byte limit", line.len());
+        return Err(AuditTrailError::Refused(format!(
+            "an audit entry of {} bytes is over the {LINE_BYTES_MAX}-byte limit",
+            line.len()
+        )));
     }
     file.seek(SeekFrom::End(0))?;
-    file.write_all(&line).with_context(|| format!("writing {}", path.display()))?;
-    file.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+    file.write_all(&line).doing(|| format!("writing {}", path.display()))?;
+    file.sync_data().doing(|| format!("syncing {}", path.display()))?;
     Ok(seq)
 }
 
@@ -225,8 +244,12 @@ fn lock(file: &File) -> Result<()> {
             Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
-            Err(rustix::io::Errno::WOULDBLOCK) => bail!("another process has held the audit trail for {LOCK_WAIT:?}"),
-            Err(e) => return Err(e).context("locking the audit trail"),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(AuditTrailError::Refused(format!(
+                    "another process has held the audit trail for {LOCK_WAIT:?}"
+                )))
+            }
+            Err(e) => return Ok(Err(e).doing(|| "locking the audit trail".to_string())?),
         }
     }
 }
@@ -246,7 +269,12 @@ fn last_entry(file: &mut File, path: &Path) -> Result<Option<Entry>> {
     let complete = match tail.iter().rposition(|b| *b == b'\n') {
         Some(i) => i + 1,
         None if window == len => 0,
-        None => bail!("{}: its last line is longer than {LINE_BYTES_MAX} bytes", path.display()),
+        None => {
+            return Err(AuditTrailError::Refused(format!(
+                "{}: its last line is longer than {LINE_BYTES_MAX} bytes",
+                path.display()
+            )))
+        }
     };
     if complete < tail.len() {
         let keep = len - (tail.len() - complete) as u64;
@@ -262,7 +290,10 @@ fn last_entry(file: &mut File, path: &Path) -> Result<Option<Entry>> {
     let Some(body) = lines.strip_suffix(b"\n") else { return Ok(None) };
     let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     if start == 0 && window < len {
-        bail!("{}: its last line is longer than {LINE_BYTES_MAX} bytes", path.display());
+        return Err(AuditTrailError::Refused(format!(
+            "{}: its last line is longer than {LINE_BYTES_MAX} bytes",
+            path.display()
+        )));
     }
     let last = &body[start..];
     match serde_json::from_slice::<Entry>(last) {
@@ -348,7 +379,7 @@ pub fn verify(path: &Path) -> Result<Verdict> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(verdict),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Err(e) => return Ok(Err(e).doing(|| format!("opening {}", path.display()))?),
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -404,7 +435,7 @@ pub fn read_all(path: &Path) -> Result<(Vec<Entry>, usize)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
     };
     let mut unreadable = 0;
     let entries = bytes
@@ -418,17 +449,18 @@ pub fn read_all(path: &Path) -> Result<(Vec<Entry>, usize)> {
 /// Runs `op` as `actor`, with a `started` entry before and its outcome
 /// after. A trail that cannot be written does not stop the operation (a
 /// disaster must not wait on the audit disk); it is logged as an error.
-pub fn audited<T>(
+pub fn audited<T, E: std::fmt::Display>(
     data_dir: &Path,
     actor: &Actor,
     op: &str,
     params: serde_json::Value,
-    run: impl FnOnce() -> Result<T>,
-) -> Result<T> {
+    run: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     let started = append_or_log(data_dir, actor, op, params.clone(), "started", None);
     let result = run();
     let outcome = match &result {
         Ok(_) => "ok".to_string(),
+        // The alternate form: with its causes, for an anyhow error.
         Err(e) => format!("failed: {e:#}"),
     };
     append_or_log(data_dir, actor, op, params, &outcome, started);
@@ -446,7 +478,12 @@ pub fn append_or_log(
     of: Option<u64>,
 ) -> Option<u64> {
     append(data_dir, actor, op, params, outcome, of)
-        .inspect_err(|e| tracing::error!("audit trail: could not record {op} ({outcome}): {e:#}"))
+        .inspect_err(|e| {
+            tracing::error!(
+                "audit trail: could not record {op} ({outcome}): {e_chain}",
+                e_chain = crate::error_chain::Chain(e)
+            )
+        })
         .ok()
 }
 
@@ -569,7 +606,9 @@ mod tests {
     #[test]
     fn audited_records_start_and_outcome() {
         let dir = tempfile::tempdir().unwrap();
-        let out: Result<()> = audited(dir.path(), &actor(), "pin", json!({"checkpoint": "7"}), || bail!("no such"));
+        let out: Result<()> = audited(dir.path(), &actor(), "pin", json!({"checkpoint": "7"}), || {
+            Err(AuditTrailError::Refused("no such".into()))
+        });
         assert!(out.is_err());
         let all = read_all(&trail_path(dir.path())).unwrap().0;
         assert_eq!(all.len(), 2);

@@ -5,8 +5,11 @@
 const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds a listener, retrying for `BIND_RETRY` while the address is in use.
-pub async fn bind_listener(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context;
+pub async fn bind_listener(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Result<tokio::net::TcpListener, crate::io_failure::IoFailure> {
+    use crate::io_failure::Doing;
     let deadline = std::time::Instant::now() + BIND_RETRY;
     loop {
         match tokio::net::TcpListener::bind(addr).await {
@@ -14,7 +17,7 @@ pub async fn bind_listener(addr: std::net::SocketAddr, what: &str) -> anyhow::Re
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("listening for {what} on {addr}")),
+            Err(e) => return Err(e).doing(|| format!("listening for {what} on {addr}")),
         }
     }
 }

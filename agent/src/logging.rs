@@ -8,7 +8,9 @@
 //! secret values from everything it collects as a second line of defence.
 
 use crate::config::LoggingConfig;
-use anyhow::{Context, Result};
+use crate::io_failure::{Doing, IoFailure};
+
+type Result<T, E = IoFailure> = std::result::Result<T, E>;
 use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit, FileRotate};
 use std::path::Path;
 use std::sync::Mutex;
@@ -43,7 +45,7 @@ pub fn init(cfg: &LoggingConfig) -> Result<()> {
     let files = match journald {
         Some(_) => None,
         None => {
-            std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating log dir {}", cfg.dir.display()))?;
+            std::fs::create_dir_all(&cfg.dir).doing(|| format!("creating log dir {}", cfg.dir.display()))?;
             let path = cfg.dir.join(LOG_FILE_NAME);
             let rotating = FileRotate::new(
                 &path,

@@ -36,20 +36,27 @@ pub fn names_last_clean(wanted: &str) -> bool {
     wanted == LAST_CLEAN || wanted.starts_with(&format!("{LAST_CLEAN}-"))
 }
 
+/// A checkpoint tag that is refused, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTag(pub String);
+
 /// Tags name checkpoints wherever an id does: they must not look like one.
-pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
+pub fn validate_tag(tag: &str) -> Result<(), InvalidTag> {
     if is_group_tag(tag) {
-        anyhow::bail!(
+        return Err(InvalidTag(format!(
             "tag: {tag:?} ends in <group>@<UTC time>, the form of coordinated checkpoints' tags; choose another"
-        );
+        )));
     }
     validate_tag_text(tag)
 }
 
 /// A coordinated checkpoint's tag: of the group form, and a valid tag.
-pub fn validate_group_tag(tag: &str) -> anyhow::Result<()> {
+pub fn validate_group_tag(tag: &str) -> Result<(), InvalidTag> {
     if !is_group_tag(tag) {
-        anyhow::bail!("tag: {tag:?} is not of the form [<name>@]<group>@<UTC time>, as coordinators make them");
+        return Err(InvalidTag(format!(
+            "tag: {tag:?} is not of the form [<name>@]<group>@<UTC time>, as coordinators make them"
+        )));
     }
     validate_tag_text(tag)
 }
@@ -63,22 +70,22 @@ pub fn is_group_tag(tag: &str) -> bool {
     is_plain(group) && time.len() == 24 && time.ends_with('Z') && humantime::parse_rfc3339(time).is_ok()
 }
 
-fn validate_tag_text(tag: &str) -> anyhow::Result<()> {
+fn validate_tag_text(tag: &str) -> Result<(), InvalidTag> {
     if tag.trim().is_empty() {
-        anyhow::bail!("tag: must not be empty");
+        return Err(InvalidTag("tag: must not be empty".to_string()));
     }
     if tag.len() > TAG_BYTES_MAX {
-        anyhow::bail!(
+        return Err(InvalidTag(format!(
             "tag: {} bytes as UTF-8 ({} characters); at most {TAG_BYTES_MAX} bytes (characters beyond ASCII take 2-4)",
             tag.len(),
             tag.chars().count()
-        );
+        )));
     }
     if tag.chars().any(char::is_control) {
-        anyhow::bail!("tag: must not contain control characters");
+        return Err(InvalidTag("tag: must not contain control characters".to_string()));
     }
     if tag == "latest" || tag == "head" || names_last_clean(tag) || tag.chars().all(|c| c.is_ascii_digit()) {
-        anyhow::bail!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another");
+        return Err(InvalidTag(format!("tag: {tag:?} would be read as a checkpoint id or keyword; choose another")));
     }
     Ok(())
 }

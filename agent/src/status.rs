@@ -2,7 +2,9 @@
 //! second; `tidemark status` reads it. A file, not a socket: it works with
 //! no port open and shows the last state after the agent has stopped.
 
-use anyhow::{Context, Result};
+use crate::io_failure::{Doing, IoFailure};
+
+type Result<T, E = StatusError> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -183,8 +185,24 @@ pub fn path(data_dir: &Path) -> PathBuf {
 pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
     let path = path(data_dir);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
+    let json = serde_json::to_vec_pretty(status).map_err(StatusError::Encoding)?;
+    std::fs::write(&tmp, json).doing(|| format!("writing {}", tmp.display()))?;
+    Ok(std::fs::rename(&tmp, &path).doing(|| format!("renaming {}", tmp.display()))?)
+}
+
+/// Why the status file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Storage(#[from] IoFailure),
+    #[error("encoding the status")]
+    Encoding(#[source] serde_json::Error),
+    #[error("parsing {}", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Writes this agent's status now; a failure is logged, never fatal.
@@ -198,15 +216,15 @@ pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>,
         groups,
     };
     if let Err(e) = write(&node.data_dir, &status) {
-        tracing::warn!("{e:#}");
+        tracing::warn!("{}", crate::error_chain::Chain(&e));
     }
 }
 
 pub fn read(data_dir: &Path) -> Result<AgentStatus> {
     let path = path(data_dir);
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (has the agent run with this config?)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        .doing(|| format!("reading {} (has the agent run with this config?)", path.display()))?;
+    serde_json::from_str(&text).map_err(|source| StatusError::Parse { path, source })
 }
 
 pub fn format_time_ms(ms: u64) -> String {

@@ -185,7 +185,10 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
             support_ssh::describe(&system.appliance.state_dir).map_err(anyhow::Error::from),
         )?;
         let trail = crate::audit_trail::trail_path(&cfg.node().data_dir);
-        p.add_or_note("audit-trail-verify.txt", crate::audit_trail::verify(&trail).map(|v| v.render()))?;
+        p.add_or_note(
+            "audit-trail-verify.txt",
+            crate::audit_trail::verify(&trail).map(|v| v.render()).map_err(anyhow::Error::from),
+        )?;
         p.add_or_note("audit-trail.jsonl", read_tail(&trail))?;
         p.add("system.txt", &system_facts(&process))?;
         logs(&mut p, cfg)?;

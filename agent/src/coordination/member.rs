@@ -96,7 +96,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, vpgs: &Vp
         let ToMember::Hold { vpg, tag } = request else { bail!("a mark with no hold before it") };
         let refusal = match (vpgs.get(&vpg), crate::names::validate_group_tag(&tag)) {
             (None, _) => Some(format!("no VPG {vpg:?} on this appliance")),
-            (_, Err(e)) => Some(format!("{e:#}")),
+            (_, Err(e)) => Some(crate::error_chain::Chain(&e).to_string()),
             (Some(_), Ok(())) => None,
         };
         if let Some(reason) = refusal {

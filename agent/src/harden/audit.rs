@@ -373,7 +373,13 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
     let node = cfg.node();
     let fingerprint = match crate::wire::tls::fingerprint_of_file(&node.cert) {
         Ok(f) => f,
-        Err(e) => return b.add(ITEM, Verdict::Fail, format!("the appliance certificate: {e:#}")),
+        Err(e) => {
+            return b.add(
+                ITEM,
+                Verdict::Fail,
+                format!("the appliance certificate: {e_chain}", e_chain = crate::error_chain::Chain(&e)),
+            )
+        }
     };
     let mut problems = Vec::new();
     let (accounted, complete) = accounted_targets(cfg, config, &fingerprint, configfs, &present, &mut problems);

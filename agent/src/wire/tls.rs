@@ -4,7 +4,8 @@
 
 use crate::config::format_fingerprint;
 use crate::durable::{replace_file, FileMode};
-use anyhow::{bail, Context, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -12,6 +13,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
+
+type Result<T, E = TlsSetupError> = std::result::Result<T, E>;
 
 /// The name the client asks for; identity comes from the pinned digest.
 pub const PEER_SERVER_NAME: &str = "tidemark-peer";
@@ -28,18 +31,52 @@ impl Identity {
     }
 }
 
+/// Why TLS could not be set up: a key or certificate file could not be
+/// read or is not one, or the TLS library refused the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error(transparent)]
+    Storage(#[from] crate::io_failure::IoFailure),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}")]
+    Tls {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{what}")]
+    Certificate {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{what}")]
+    Step {
+        what: String,
+        #[source]
+        source: Box<TlsSetupError>,
+    },
+}
+
+impl TlsSetupError {
+    pub fn at(self, what: impl Into<String>) -> Self {
+        TlsSetupError::Step { what: what.into(), source: Box::new(self) }
+    }
+}
+
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+    let cert_pem = std::fs::read(cert).doing(|| format!("reading certificate {}", cert.display()))?;
     let chain = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+        .doing(|| format!("parsing certificate {}", cert.display()))?;
     if chain.is_empty() {
-        bail!("{}: no certificate found", cert.display());
+        return Err(TlsSetupError::Invalid(format!("{}: no certificate found", cert.display())));
     }
-    let key_pem = std::fs::read(key).with_context(|| format!("reading key {}", key.display()))?;
+    let key_pem = std::fs::read(key).doing(|| format!("reading key {}", key.display()))?;
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .with_context(|| format!("parsing key {}", key.display()))?
-        .with_context(|| format!("{}: no private key found", key.display()))?;
+        .doing(|| format!("parsing key {}", key.display()))?
+        .ok_or_else(|| TlsSetupError::Invalid(format!("{}: no private key found", key.display())))?;
     Ok(Identity { chain, key })
 }
 
@@ -132,10 +169,10 @@ pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<r
     let verifier = Arc::new(Pinned { allowed, provider: provider() });
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
+        .map_err(|source| TlsSetupError::Tls { what: "TLS 1.3 with ring", source })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)
-        .context("loading this appliance's certificate and key")?;
+        .map_err(|source| TlsSetupError::Tls { what: "loading this appliance's certificate and key", source })?;
     Ok(Arc::new(config))
 }
 
@@ -145,10 +182,10 @@ pub fn server_config(identity: Identity, allowed: Vec<[u8; 32]>) -> Result<Arc<r
 pub fn https_server_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
+        .map_err(|source| TlsSetupError::Tls { what: "TLS 1.3 with ring", source })?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)
-        .context("loading this appliance's certificate and key")?;
+        .map_err(|source| TlsSetupError::Tls { what: "loading this appliance's certificate and key", source })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -158,11 +195,11 @@ pub fn client_config(identity: Identity, pinned: [u8; 32]) -> Result<Arc<rustls:
     let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
+        .map_err(|source| TlsSetupError::Tls { what: "TLS 1.3 with ring", source })?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.chain, identity.key)
-        .context("loading this appliance's certificate and key")?;
+        .map_err(|source| TlsSetupError::Tls { what: "loading this appliance's certificate and key", source })?;
     Ok(Arc::new(config))
 }
 
@@ -172,7 +209,7 @@ pub fn https_client_config(pinned: [u8; 32]) -> Result<Arc<rustls::ClientConfig>
     let verifier = Arc::new(Pinned { allowed: vec![pinned], provider: provider() });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
+        .map_err(|source| TlsSetupError::Tls { what: "TLS 1.3 with ring", source })?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -188,16 +225,19 @@ pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<S
     // A key without a readable certificate is a keygen cut short: its
     // fingerprint was never shown to anybody, so it is made again.
     if !force && fingerprint_of_file(&cert_path).is_ok() {
-        bail!("{} already holds a certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display());
+        return Err(TlsSetupError::Invalid(format!("{} already holds a certificate; pass --force to replace it (peers pinned to the old one will refuse this appliance)", dir.display())));
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating key")?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()]).context("certificate parameters")?;
+    std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| TlsSetupError::Certificate { what: "generating key", source })?;
+    let mut params = rcgen::CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])
+        .map_err(|source| TlsSetupError::Certificate { what: "certificate parameters", source })?;
     params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-    let cert = params.self_signed(&key).context("signing certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|source| TlsSetupError::Certificate { what: "signing certificate", source })?;
     // The key first, the certificate last: a crash in between leaves a key
     // without a certificate, which the next keygen replaces.
     replace_file(&key_path, key.serialize_pem().as_bytes(), FileMode::OwnerOnly)?;
@@ -207,9 +247,10 @@ pub fn generate_identity(dir: &Path, common_name: &str, force: bool) -> Result<S
 
 /// Fingerprint of the certificate in a PEM file.
 pub fn fingerprint_of_file(cert: &Path) -> Result<String> {
-    let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let pem = std::fs::read(cert).doing(|| format!("reading {}", cert.display()))?;
     let der = rustls_pemfile::certs(&mut &pem[..])
         .next()
-        .with_context(|| format!("{}: no certificate", cert.display()))??;
+        .ok_or_else(|| TlsSetupError::Invalid(format!("{}: no certificate", cert.display())))?
+        .doing(|| format!("parsing {}", cert.display()))?;
     Ok(format_fingerprint(&fingerprint(&der)))
 }

@@ -144,13 +144,15 @@ pub fn prepare(route: &Route, bytes: &[u8]) -> Result<Prepared, ApiError> {
     Ok(match route.clone() {
         Route::AddCheckpoint { vpg } => {
             let b: CheckpointBody = body(bytes)?;
-            local::validate_tag(&b.tag).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            local::validate_tag(&b.tag)
+                .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             pipeline(Request::Checkpoint { vpg, tag: b.tag, wait_ms: b.wait_ms })
         }
         Route::AddGroupCheckpoint { group } => {
             let b: GroupCheckpointBody = body(bytes)?;
             if let Some(tag) = &b.tag {
-                local::validate_tag(tag).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+                local::validate_tag(tag)
+                    .map_err(|e| ApiError::bad_request(crate::error_chain::Chain(&e).to_string()))?;
             }
             pipeline(Request::GroupCheckpoint { group, tag: b.tag })
         }
