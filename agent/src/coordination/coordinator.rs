@@ -13,12 +13,14 @@
 
 use super::member::MARK_GRACE;
 use super::message::{receive, send, FromMember, ToMember};
+use super::CoordinationError;
 use crate::capture::group_hold::HoldOutcome;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, CoordinationConfig, GroupConfig};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::status::{GroupCheckpointSummary, GroupStatus};
 use crate::wire::tls;
-use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Mutex};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+type Result<T, E = CoordinationError> = std::result::Result<T, E>;
 
 /// A connection idle longer than this is made again before a checkpoint
 /// (members close theirs after `member::IDLE_TIMEOUT`).
@@ -188,7 +192,7 @@ impl Coordinator {
                         }
                         Err(e) if !failing => {
                             failing = true;
-                            tracing::warn!(group = %name, "coordinated checkpoint failed: {e:#}");
+                            tracing::warn!(group = %name, "coordinated checkpoint failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                         }
                         _ => {}
                     }
@@ -206,12 +210,19 @@ impl Coordinator {
     /// valid; otherwise what each member did.
     pub async fn checkpoint(&self, group: &str, tag: Option<String>) -> Result<GroupCheckpoint> {
         let g = self.groups.get(group).ok_or_else(|| {
-            anyhow!("no checkpoint group {group:?} is coordinated here (groups: {:?})", self.group_names())
+            CoordinationError::Failed(format!(
+                "no checkpoint group {group:?} is coordinated here (groups: {:?})",
+                self.group_names()
+            ))
         })?;
         if let Some(name) = &tag {
             // Refused before waiting for the group: the time part is short.
-            crate::names::validate_group_tag(&group_tag(&g.name, Some(name), crate::record::now_ms()))
-                .context("the group checkpoint's tag (the name given, @, the group, @, the time)")?;
+            crate::names::validate_group_tag(&group_tag(&g.name, Some(name), crate::record::now_ms())).map_err(
+                |e| {
+                    CoordinationError::from(e)
+                        .at("the group checkpoint's tag (the name given, @, the group, @, the time)")
+                },
+            )?;
         }
         let mut last_ms = g.running.lock().await;
         *last_ms = crate::record::now_ms().max(*last_ms + 1);
@@ -253,7 +264,12 @@ impl Group {
                     }))
                 }
                 _ => Member::Local(
-                    local.get(&m.vpg).with_context(|| format!("group {}: no VPG {:?} here", cfg.name, m.vpg))?.clone(),
+                    local
+                        .get(&m.vpg)
+                        .ok_or_else(|| {
+                            CoordinationError::Failed(format!("group {}: no VPG {:?} here", cfg.name, m.vpg))
+                        })?
+                        .clone(),
                 ),
             };
             members.push(Arc::new(member));
@@ -331,7 +347,7 @@ impl Group {
                     Err(format!("did not say it held within hold_max ({hold_max:?})"))
                 }
                 Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(e)) => Err(format!("{e:#}")),
+                Ok(Err(e)) => Err(crate::error_chain::Chain(&e).to_string()),
                 Err(e) => Err(format!("its task ended: {e}")),
             };
             members.push(MemberResult { member: member.label(), outcome });
@@ -420,7 +436,9 @@ fn spawn_member(member: Arc<Member>, tag: &str, hold_max: Duration) -> StepHandl
             Member::Local(capture) => {
                 let _ = steps.ready.send(Ok(()));
                 if steps.go.await.is_err() {
-                    bail!("not held: another member was not ready or did not hold");
+                    return Err(CoordinationError::Failed(
+                        "not held: another member was not ready or did not hold".to_string(),
+                    ));
                 }
                 Ok(capture.hold_for_group(&tag, hold_max, steps.held, steps.mark).await?)
             }
@@ -439,16 +457,16 @@ impl RemoteMember {
             None => match self.dial().await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    let why = format!("{e:#}");
+                    let why = crate::error_chain::Chain(&e).to_string();
                     let _ = steps.ready.send(Err(why.clone()));
-                    bail!("{why}");
+                    return Err(CoordinationError::Failed(why.to_string()));
                 }
             },
         };
         let _ = steps.ready.send(Ok(()));
         if steps.go.await.is_err() {
             *slot = Some((stream, Instant::now()));
-            bail!("not held: another member was not ready");
+            return Err(CoordinationError::Failed("not held: another member was not ready".to_string()));
         }
         let word = hold_max + MARK_GRACE;
         let hold = ToMember::Hold { vpg: self.vpg.clone(), tag: tag.to_string() };
@@ -458,9 +476,9 @@ impl RemoteMember {
             }
             FromMember::Refused { reason } => {
                 *slot = Some((stream, Instant::now()));
-                bail!("refused: {reason}");
+                return Err(CoordinationError::Failed(format!("refused: {reason}")));
             }
-            other => bail!("answered {other:?} to a hold"),
+            other => return Err(CoordinationError::Failed(format!("answered {other:?} to a hold"))),
         }
         let mark = steps.mark.await.unwrap_or(false);
         let outcome = match ask(&mut stream, &ToMember::Mark { mark }, word, "mark").await? {
@@ -469,9 +487,9 @@ impl RemoteMember {
             FromMember::TooLate { held_us } => HoldOutcome::TooLate { held: us(held_us) },
             FromMember::Refused { reason } => {
                 *slot = Some((stream, Instant::now()));
-                bail!("{reason}");
+                return Err(CoordinationError::Failed(reason));
             }
-            other => bail!("answered {other:?} to a mark"),
+            other => return Err(CoordinationError::Failed(format!("answered {other:?} to a mark"))),
         };
         *slot = Some((stream, Instant::now()));
         Ok(outcome)
@@ -480,7 +498,10 @@ impl RemoteMember {
     async fn dial(&self) -> Result<TlsStream<TcpStream>> {
         let (host, port) = crate::config::split_address(&self.address)?;
         let dial = crate::transfer::sender::dial(&self.connector, host, port);
-        tokio::time::timeout(DIAL_TIMEOUT, dial).await.with_context(|| format!("no answer within {DIAL_TIMEOUT:?}"))?
+        let dialed = tokio::time::timeout(DIAL_TIMEOUT, dial)
+            .await
+            .map_err(|_| CoordinationError::Failed(format!("no answer within {DIAL_TIMEOUT:?}")))?;
+        dialed.map_err(|e| CoordinationError::Failed(format!("{e:#}")))
     }
 }
 
@@ -489,14 +510,16 @@ impl RemoteMember {
 async fn ask(stream: &mut TlsStream<TcpStream>, message: &ToMember, word: Duration, what: &str) -> Result<FromMember> {
     tokio::time::timeout(word, send(stream, message))
         .await
-        .map_err(|_| anyhow!("the member took no {what} within {word:?}"))?
-        .with_context(|| {
-            format!("sending the {what} (the connection to the member is lost; the next checkpoint connects again)")
+        .map_err(|_| CoordinationError::Failed(format!("the member took no {what} within {word:?}")))?
+        .map_err(|e| {
+            e.at({
+                format!("sending the {what} (the connection to the member is lost; the next checkpoint connects again)")
+            })
         })?;
     tokio::time::timeout(word, receive(stream))
         .await
-        .map_err(|_| anyhow!("did not answer the {what} within {word:?}"))?
-        .with_context(|| format!("waiting for the answer to the {what}"))
+        .map_err(|_| CoordinationError::Failed(format!("did not answer the {what} within {word:?}")))?
+        .map_err(|e| e.at(format!("waiting for the answer to the {what}")))
 }
 
 /// A kept connection the member has said nothing on since: a member never

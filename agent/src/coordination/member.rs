@@ -4,17 +4,21 @@
 //! A coordinator that goes silent costs at most `hold_max` of held writes.
 
 use super::message::{receive, send, FromMember, ToMember};
+use super::CoordinationError;
 use crate::capture::group_hold::HoldOutcome;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, CoordinationConfig};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::wire::tls;
-use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
+
+type Result<T, E = CoordinationError> = std::result::Result<T, E>;
 
 /// Coordinators connected at once (each group of each coordinator holds
 /// one connection), and from one address: a stranger's idle connections
@@ -76,7 +80,10 @@ pub async fn start(cfg: &CoordinationConfig, identity: tls::Identity, vpgs: Vpgs
                     Err(_) => return tracing::warn!("checkpoint coordination: {from} did not finish its handshake"),
                 };
                 if let Err(e) = session(stream, &vpgs, hold_max).await {
-                    tracing::info!("checkpoint coordination: connection from {from} closed: {e:#}");
+                    tracing::info!(
+                        "checkpoint coordination: connection from {from} closed: {e_chain}",
+                        e_chain = crate::error_chain::Chain(&e)
+                    );
                 }
             });
         }
@@ -93,7 +100,9 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, vpgs: &Vp
             Ok(Err(e)) if is_closed(&e) => return Ok(()),
             Ok(r) => r?,
         };
-        let ToMember::Hold { vpg, tag } = request else { bail!("a mark with no hold before it") };
+        let ToMember::Hold { vpg, tag } = request else {
+            return Err(CoordinationError::Failed("a mark with no hold before it".to_string()));
+        };
         let refusal = match (vpgs.get(&vpg), crate::names::validate_group_tag(&tag)) {
             (None, _) => Some(format!("no VPG {vpg:?} on this appliance")),
             (_, Err(e)) => Some(crate::error_chain::Chain(&e).to_string()),
@@ -119,7 +128,7 @@ async fn hold_once<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<FromMember> {
     let (held_tx, held_rx) = oneshot::channel();
     let (mark_tx, mark_rx) = oneshot::channel();
-    let hold = async { Ok::<_, anyhow::Error>(capture.hold_for_group(tag, hold_max, held_tx, mark_rx).await?) };
+    let hold = async { Ok::<_, CoordinationError>(capture.hold_for_group(tag, hold_max, held_tx, mark_rx).await?) };
     tokio::pin!(hold);
     let holding = tokio::select! {
         ended = &mut hold => return Ok(reply_of(ended)),
@@ -134,9 +143,14 @@ async fn hold_once<S: AsyncRead + AsyncWrite + Unpin>(
         send(stream, &FromMember::Held).await?;
         let mark = match tokio::time::timeout(hold_max + MARK_GRACE, receive::<_, ToMember>(stream)).await {
             Ok(Ok(ToMember::Mark { mark })) => mark,
-            Ok(Ok(other)) => bail!("{other:?} where a mark belongs"),
+            Ok(Ok(other)) => return Err(CoordinationError::Failed(format!("{other:?} where a mark belongs"))),
             Ok(Err(e)) => return Err(e),
-            Err(_) => bail!("no word from the coordinator within {:?}", hold_max + MARK_GRACE),
+            Err(_) => {
+                return Err(CoordinationError::Failed(format!(
+                    "no word from the coordinator within {:?}",
+                    hold_max + MARK_GRACE
+                )))
+            }
         };
         let _ = mark_tx.send(mark);
         Ok(())
@@ -152,12 +166,22 @@ fn reply_of(ended: Result<HoldOutcome>) -> FromMember {
         Ok(HoldOutcome::Marked { id, held }) => FromMember::Marked { id, held_us: us(held) },
         Ok(HoldOutcome::Released { held }) => FromMember::Released { held_us: us(held) },
         Ok(HoldOutcome::TooLate { held }) => FromMember::TooLate { held_us: us(held) },
-        Err(e) => FromMember::Refused { reason: format!("{e:#}") },
+        Err(e) => FromMember::Refused { reason: crate::error_chain::Chain(&e).to_string() },
     }
 }
 
 /// The coordinator closed the connection between holds.
-fn is_closed(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof))
+fn is_closed(e: &CoordinationError) -> bool {
+    let eof = |io: &std::io::Error| io.kind() == std::io::ErrorKind::UnexpectedEof;
+    if let CoordinationError::Io(io) = e {
+        return eof(io);
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(eof) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

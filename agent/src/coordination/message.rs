@@ -8,10 +8,14 @@
 //! member → coordinator: `{"reply":"marked","id":N,"held_us":U}`,
 //!   `{"reply":"released","held_us":U}` or `{"reply":"too_late","held_us":U}`
 
+use super::CoordinationError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::wire::frame::{read_frame_within, write_frame, FrameKind};
-use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+type Result<T, E = CoordinationError> = std::result::Result<T, E>;
 
 /// A message is a VPG name and a tag at most: anything longer is refused
 /// from its frame header, before it is read.
@@ -39,10 +43,14 @@ pub enum FromMember {
 }
 
 pub async fn send<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, message: &M) -> Result<()> {
-    let bytes = serde_json::to_vec(message).context("encoding a coordination message")?;
+    let bytes =
+        serde_json::to_vec(message).map_err(|e| CoordinationError::from(e).at("encoding a coordination message"))?;
     // What the reader would refuse is never sent.
     if bytes.len() > MESSAGE_BYTES_MAX {
-        bail!("a coordination message of {} bytes, over the {MESSAGE_BYTES_MAX}-byte limit", bytes.len());
+        return Err(CoordinationError::Failed(format!(
+            "a coordination message of {} bytes, over the {MESSAGE_BYTES_MAX}-byte limit",
+            bytes.len()
+        )));
     }
     Ok(write_frame(w, FrameKind::Control, &bytes).await?)
 }
@@ -51,9 +59,9 @@ pub async fn receive<R: AsyncRead + Unpin, M: DeserializeOwned>(r: &mut R) -> Re
     let mut payload = Vec::new();
     let kind = read_frame_within(r, &mut payload, MESSAGE_BYTES_MAX).await?;
     if kind != FrameKind::Control {
-        bail!("a {kind:?} frame where a coordination message belongs");
+        return Err(CoordinationError::Failed(format!("a {kind:?} frame where a coordination message belongs")));
     }
-    serde_json::from_slice(&payload).context("a malformed coordination message")
+    serde_json::from_slice(&payload).map_err(|e| CoordinationError::from(e).at("a malformed coordination message"))
 }
 
 #[cfg(test)]

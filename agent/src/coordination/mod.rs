@@ -15,5 +15,8 @@
 //! the link's checksummed frames (`message`). docs/coordination.md.
 
 pub mod coordinator;
+mod error;
 pub mod member;
 pub mod message;
+
+pub use error::CoordinationError;
