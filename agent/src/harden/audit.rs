@@ -456,7 +456,9 @@ fn accounted_targets(
                         complete.push(spec.clone());
                         accounted.push(spec);
                     }
-                    Err(e) => problems.push(format!("target {iqn}: {e:#}")),
+                    Err(e) => {
+                        problems.push(format!("target {iqn}: {e_chain}", e_chain = crate::error_chain::Chain(&e)))
+                    }
                 }
             }
         }

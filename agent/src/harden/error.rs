@@ -22,7 +22,7 @@ pub enum HardenError {
     Failed(String),
     /// An error of the iSCSI target that the audit reads.
     #[error(transparent)]
-    Iscsi(Box<dyn std::error::Error + Send + Sync>),
+    Iscsi(#[from] crate::iscsi::IscsiError),
     /// What was being done when an error happened.
     #[error("{what}")]
     Step {

@@ -8,9 +8,13 @@
 //! u8, reserved u16}`, then attributes `nlattr {len u16, type u16}` +
 //! payload (a nested attribute holds attributes).
 
-use anyhow::{anyhow, bail, Context, Result};
+use super::IscsiError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use rustix::fd::OwnedFd;
 use rustix::net::netlink::SocketAddrNetlink;
+
+type Result<T, E = IscsiError> = std::result::Result<T, E>;
 
 const NLMSG_HEADER_BYTES: usize = 16;
 const GENL_HEADER_BYTES: usize = 4;
@@ -114,18 +118,25 @@ pub fn parse_answers(mut bytes: &[u8]) -> Result<Vec<Answer>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         if bytes.len() < NLMSG_HEADER_BYTES {
-            bail!("netlink message cut short ({} bytes)", bytes.len());
+            return Err(IscsiError::Malformed(format!("netlink message cut short ({} bytes)", bytes.len())));
         }
         let len = u32::from_ne_bytes(bytes[0..4].try_into().expect("4")) as usize;
         let kind = u16::from_ne_bytes(bytes[4..6].try_into().expect("2"));
         if len < NLMSG_HEADER_BYTES || len > bytes.len() {
-            bail!("netlink message of {len} bytes in a datagram of {}", bytes.len());
+            return Err(IscsiError::Malformed(format!(
+                "netlink message of {len} bytes in a datagram of {}",
+                bytes.len()
+            )));
         }
         let body = &bytes[NLMSG_HEADER_BYTES..len];
         out.push(match kind {
             NLMSG_ERROR => {
-                let errno =
-                    i32::from_ne_bytes(body.get(0..4).context("netlink error cut short")?.try_into().expect("4"));
+                let errno = i32::from_ne_bytes(
+                    body.get(0..4)
+                        .ok_or_else(|| IscsiError::Refused("netlink error cut short".to_string()))?
+                        .try_into()
+                        .expect("4"),
+                );
                 if errno == 0 {
                     Answer::Ack
                 } else {
@@ -133,7 +144,10 @@ pub fn parse_answers(mut bytes: &[u8]) -> Result<Vec<Answer>> {
                 }
             }
             NLMSG_DONE => Answer::Done,
-            _ => Answer::Data(parse_attrs(body.get(GENL_HEADER_BYTES..).context("genetlink header cut short")?)?),
+            _ => Answer::Data(parse_attrs(
+                body.get(GENL_HEADER_BYTES..)
+                    .ok_or_else(|| IscsiError::Refused("genetlink header cut short".to_string()))?,
+            )?),
         });
         bytes = &bytes[align4(len).min(bytes.len())..];
     }
@@ -147,7 +161,7 @@ pub fn parse_attrs(mut bytes: &[u8]) -> Result<Vec<(u16, Vec<u8>)>> {
         let len = u16::from_ne_bytes(bytes[0..2].try_into().expect("2")) as usize;
         let kind = u16::from_ne_bytes(bytes[2..4].try_into().expect("2")) & !NLA_F_NESTED;
         if len < NLA_HEADER_BYTES || len > bytes.len() {
-            bail!("netlink attribute of {len} bytes in {} left", bytes.len());
+            return Err(IscsiError::Malformed(format!("netlink attribute of {len} bytes in {} left", bytes.len())));
         }
         out.push((kind, bytes[NLA_HEADER_BYTES..len].to_vec()));
         bytes = &bytes[align4(len).min(bytes.len())..];
@@ -165,8 +179,8 @@ impl GenlSocket {
     pub fn open() -> Result<GenlSocket> {
         use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
         let fd = socket_with(AddressFamily::NETLINK, SocketType::RAW, SocketFlags::CLOEXEC, Some(netlink::GENERIC))
-            .context("opening a generic netlink socket")?;
-        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0)).context("binding the netlink socket")?;
+            .doing(|| "opening a generic netlink socket".to_string())?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0)).doing(|| "binding the netlink socket".to_string())?;
         Ok(GenlSocket { fd, seq: 1 })
     }
 
@@ -176,19 +190,17 @@ impl GenlSocket {
         self.seq += 1;
         let bytes = message.finish(self.seq);
         rustix::net::sendto(&self.fd, &bytes, rustix::net::SendFlags::empty(), &SocketAddrNetlink::new(0, 0))
-            .context("sending a netlink request")?;
+            .doing(|| "sending a netlink request".to_string())?;
         let mut attrs = Vec::new();
         let mut buf = vec![0u8; RECV_BYTES_MAX];
         loop {
             let (got, _) = rustix::net::recv(&self.fd, &mut buf[..], rustix::net::RecvFlags::empty())
-                .context("reading a netlink answer")?;
+                .doing(|| "reading a netlink answer".to_string())?;
             for answer in parse_answers(&buf[..got])? {
                 match answer {
                     Answer::Data(a) => attrs.extend(a),
                     Answer::Ack | Answer::Done => return Ok(attrs),
-                    Answer::Error(errno) => {
-                        return Err(anyhow!(std::io::Error::from_raw_os_error(errno)).context("the kernel refused"))
-                    }
+                    Answer::Error(errno) => return Err(IscsiError::Kernel(std::io::Error::from_raw_os_error(errno))),
                 }
             }
         }
@@ -198,12 +210,14 @@ impl GenlSocket {
     pub fn family(&mut self, name: &str) -> Result<u16> {
         let mut message = Message::new(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1);
         message.string(CTRL_ATTR_FAMILY_NAME, name);
-        let attrs = self.request(message).with_context(|| format!("looking up netlink family {name:?}"))?;
+        let attrs = self.request(message).map_err(|e| e.at(format!("looking up netlink family {name:?}")))?;
         let (_, id) = attrs
             .iter()
             .find(|(kind, _)| *kind == CTRL_ATTR_FAMILY_ID)
-            .with_context(|| format!("netlink family {name:?}: no id in the answer"))?;
-        Ok(u16::from_ne_bytes(id.get(0..2).context("family id cut short")?.try_into().expect("2")))
+            .ok_or_else(|| IscsiError::Refused(format!("netlink family {name:?}: no id in the answer")))?;
+        Ok(u16::from_ne_bytes(
+            id.get(0..2).ok_or_else(|| IscsiError::Refused("family id cut short".to_string()))?.try_into().expect("2"),
+        ))
     }
 }
 

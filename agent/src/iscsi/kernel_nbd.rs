@@ -18,11 +18,15 @@
 //! expects; the server makes each write durable before it replies.
 
 use super::genetlink::{GenlSocket, Message};
-use anyhow::{bail, Context, Result};
+use super::IscsiError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+type Result<T, E = IscsiError> = std::result::Result<T, E>;
 
 const NBD_FAMILY: &str = "nbd";
 const NBD_GENL_VERSION: u8 = 1;
@@ -102,7 +106,9 @@ pub fn device_path(index: u32) -> PathBuf {
 /// handed to `serve` before the kernel is told to use it. Blocking.
 pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result<Attached> {
     if !size.is_multiple_of(LUN_BLOCK_BYTES) {
-        bail!("a volume served over iSCSI must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
+        return Err(IscsiError::Refused(format!(
+            "a volume served over iSCSI must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)"
+        )));
     }
     let (mut socket, family) = nbd_family()?;
     let attached = match find(identifier) {
@@ -119,7 +125,9 @@ pub fn attach(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result
 pub fn attach_read_only(identifier: &str, size: u64, serve: impl Fn(UnixStream)) -> Result<Attached> {
     assert!(identifier.starts_with(CHECK_IDENTIFIER_PREFIX), "a checker's identifier");
     if !size.is_multiple_of(LUN_BLOCK_BYTES) {
-        bail!("a device must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)");
+        return Err(IscsiError::Refused(format!(
+            "a device must be a whole number of {LUN_BLOCK_BYTES}-byte sectors ({size} bytes)"
+        )));
     }
     let (mut socket, family) = nbd_family()?;
     connect(&mut socket, family, identifier, size, &serve, Purpose::Check)
@@ -164,7 +172,7 @@ fn reconnect(
     // The kernel wants the identifier again, to be sure it is ours.
     message.u32(NBD_ATTR_INDEX, index).string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
     add_sockets(&mut message, &theirs);
-    socket.request(message).with_context(|| format!("{identifier}: /dev/nbd{index} refused a new connection"))?;
+    socket.request(message).map_err(|e| e.at(format!("{identifier}: /dev/nbd{index} refused a new connection")))?;
     tracing::info!("{identifier}: /dev/nbd{index} (left waiting by its previous server) reconnected");
     Ok(Attached { index, reconnected: true })
 }
@@ -196,12 +204,19 @@ fn connect(
         .u64(NBD_ATTR_DEAD_CONN_TIMEOUT, dead_wait.as_secs())
         .string(NBD_ATTR_BACKEND_IDENTIFIER, identifier);
     add_sockets(&mut message, &theirs);
-    let attrs = socket.request(message).with_context(|| format!("connecting a kernel NBD device for {identifier}"))?;
+    let attrs =
+        socket.request(message).map_err(|e| e.at(format!("connecting a kernel NBD device for {identifier}")))?;
     let (_, value) = attrs
         .iter()
         .find(|(kind, _)| *kind == NBD_ATTR_INDEX)
-        .context("the kernel did not say which device it connected")?;
-    let index = u32::from_ne_bytes(value.get(0..4).context("device index cut short")?.try_into().expect("4"));
+        .ok_or_else(|| IscsiError::Refused("the kernel did not say which device it connected".to_string()))?;
+    let index = u32::from_ne_bytes(
+        value
+            .get(0..4)
+            .ok_or_else(|| IscsiError::Refused("device index cut short".to_string()))?
+            .try_into()
+            .expect("4"),
+    );
     tracing::info!("{identifier}: served as /dev/nbd{index}");
     Ok(Attached { index, reconnected: false })
 }
@@ -211,7 +226,7 @@ pub fn detach(index: u32) -> Result<()> {
     let (mut socket, family) = nbd_family()?;
     let mut message = Message::new(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
     message.u32(NBD_ATTR_INDEX, index);
-    socket.request(message).with_context(|| format!("disconnecting /dev/nbd{index}"))?;
+    socket.request(message).map_err(|e| e.at(format!("disconnecting /dev/nbd{index}")))?;
     Ok(())
 }
 
@@ -240,7 +255,8 @@ pub fn check_available() -> Result<()> {
 /// A generic netlink socket and the kernel NBD client's family on it.
 fn nbd_family() -> Result<(GenlSocket, u16)> {
     let mut socket = GenlSocket::open()?;
-    let family = socket.family(NBD_FAMILY).context("the kernel has no NBD client (modprobe nbd)")?;
+    let family =
+        socket.family(NBD_FAMILY).map_err(|e| e.at("the kernel has no NBD client (modprobe nbd)".to_string()))?;
     Ok((socket, family))
 }
 
@@ -283,7 +299,8 @@ fn devices() -> Vec<(u32, String)> {
 fn pairs(serve: &impl Fn(UnixStream)) -> Result<Vec<UnixStream>> {
     let mut theirs = Vec::new();
     for _ in 0..CONNECTIONS_PER_DEVICE {
-        let (ours, kernels) = UnixStream::pair().context("making a socket pair for the kernel NBD device")?;
+        let (ours, kernels) =
+            UnixStream::pair().doing(|| "making a socket pair for the kernel NBD device".to_string())?;
         serve(ours);
         theirs.push(kernels);
     }

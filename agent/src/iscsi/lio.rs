@@ -14,10 +14,14 @@
 //! Every file written and read here is a plain configfs attribute; the
 //! layout is the kernel's (Documentation/target/).
 
+use super::IscsiError;
+#[allow(unused_imports)]
+use crate::io_failure::{Doing, IoFailure};
 use crate::status::IscsiSession as Session;
-use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+type Result<T, E = IscsiError> = std::result::Result<T, E>;
 
 /// Where configfs shows the target subsystem.
 pub const CONFIGFS_TARGET: &str = "/sys/kernel/config/target";
@@ -96,13 +100,14 @@ pub fn backstore_name(serial: &str) -> String {
 pub fn set_state_dir(root: &Path, dir: &Path) -> Result<()> {
     check_loaded(root)?;
     for sub in ["pr", "alua"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        std::fs::create_dir_all(dir.join(sub)).doing(|| format!("creating {}", dir.join(sub).display()))?;
     }
     let wanted = dir.to_string_lossy();
     if read(&root.join("dbroot")).as_deref() == Some(&*wanted) {
         return Ok(());
     }
-    write(&root.join("dbroot"), &wanted).context("LIO keeps its state in /var/target unless told first")
+    write(&root.join("dbroot"), &wanted)
+        .map_err(|e| e.at("LIO keeps its state in /var/target unless told first".to_string()))
 }
 
 /// Makes configfs under `root` hold `spec` (see the module comment).
@@ -115,7 +120,7 @@ pub fn apply(root: &Path, spec: &TargetSpec) -> Result<()> {
     remove(root, spec)?;
     if let Err(e) = build(root, spec) {
         let _ = remove(root, spec);
-        return Err(e.context(format!("configuring iSCSI target {} (nothing of it was left)", spec.iqn)));
+        return Err(e.at(format!("configuring iSCSI target {} (nothing of it was left)", spec.iqn)));
     }
     tracing::info!(iqn = %spec.iqn, portal = %spec.portal, luns = spec.luns.len(), "iSCSI target configured");
     Ok(())
@@ -123,7 +128,10 @@ pub fn apply(root: &Path, spec: &TargetSpec) -> Result<()> {
 
 fn check_loaded(root: &Path) -> Result<()> {
     if !root.join("core").is_dir() {
-        bail!("{} is not there: is configfs mounted and target_core_mod loaded?", root.display());
+        return Err(IscsiError::Refused(format!(
+            "{} is not there: is configfs mounted and target_core_mod loaded?",
+            root.display()
+        )));
     }
     Ok(())
 }
@@ -144,7 +152,7 @@ fn portal_dir(spec: &TargetSpec) -> String {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    std::fs::write(path, value).with_context(|| format!("writing {} to {}", shown(path, value), path.display()))
+    Ok(std::fs::write(path, value).doing(|| format!("writing {} to {}", shown(path, value), path.display()))?)
 }
 
 /// What a write is said to be in an error: never a secret.
@@ -165,7 +173,7 @@ fn mkdir(path: &Path) -> Result<()> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+        Err(e) => Err(IoFailure::new(format!("creating {}", path.display()), e).into()),
     }
 }
 
@@ -207,7 +215,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
         mkdir(&dir)?;
         let link = dir.join(&lun.backstore);
         std::os::unix::fs::symlink(backstore(root, lun), &link)
-            .with_context(|| format!("linking {} to its backstore", link.display()))?;
+            .doing(|| format!("linking {} to its backstore", link.display()))?;
     }
     for initiator in &spec.initiators {
         let acl = tpg.join("acls").join(initiator);
@@ -217,7 +225,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
             let mapped = acl.join(format!("lun_{i}"));
             mkdir(&mapped)?;
             std::os::unix::fs::symlink(tpg.join(format!("lun/lun_{i}")), mapped.join("lun"))
-                .with_context(|| format!("mapping LUN {i} for {initiator}"))?;
+                .doing(|| format!("mapping LUN {i} for {initiator}"))?;
             write(&mapped.join("write_protect"), if lun.read_only { "1" } else { "0" })?;
         }
     }
@@ -260,7 +268,7 @@ pub fn remove_target(root: &Path, iqn: &str) -> Result<()> {
         for lun in children(&tpg.join("lun")) {
             for link in children(&lun) {
                 if link.is_symlink() {
-                    std::fs::remove_file(&link).with_context(|| format!("unlinking {}", link.display()))?;
+                    std::fs::remove_file(&link).doing(|| format!("unlinking {}", link.display()))?;
                 }
             }
             rmdir(&lun)?;
@@ -274,7 +282,7 @@ pub fn remove_target(root: &Path, iqn: &str) -> Result<()> {
 /// (no LUN may use it any more).
 pub fn remove_backstore(root: &Path, key: &str) -> Result<()> {
     if !key.split('/').nth(1).is_some_and(|name| name.starts_with(BACKSTORE_PREFIX)) {
-        bail!("{key} is not one of our backstores");
+        return Err(IscsiError::Refused(format!("{key} is not one of our backstores")));
     }
     rmdir(&root.join("core").join(key))
 }
@@ -294,7 +302,7 @@ fn rmdir(path: &Path) -> Result<()> {
     match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        Err(e) => Err(IoFailure::new(format!("removing {}", path.display()), e).into()),
     }
 }
 

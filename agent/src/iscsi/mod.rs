@@ -10,23 +10,29 @@
 //! the appliance's key, the VPG and the volume: stable across restarts and
 //! reboots, different on every appliance.
 
+mod error;
 pub mod genetlink;
 pub mod kernel_nbd;
 pub mod lio;
 pub mod names;
+
+pub use error::IscsiError;
 
 pub use names::target_iqn;
 
 use crate::capture::export::CaptureExport;
 use crate::capture::vpg::VpgCapture;
 use crate::config::IscsiConfig;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::nbd::admission::Admission;
 use crate::nbd::export::BlockExport;
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+type Result<T, E = IscsiError> = std::result::Result<T, E>;
 
 /// The LUN's serial: 32 hex digits of SHA-256 over the appliance's
 /// certificate fingerprint, the VPG and the volume.
@@ -111,21 +117,27 @@ pub fn served_spec(
     let mut devices = Vec::new();
     for device in lio::lun_devices(configfs, iqn) {
         let identifier = kernel_nbd::identifier_of(&device)
-            .with_context(|| format!("{} is not a kernel NBD device of ours", device.display()))?;
+            .ok_or_else(|| IscsiError::Refused(format!("{} is not a kernel NBD device of ours", device.display())))?;
         let (target, volume) = identifier
             .strip_prefix(kernel_nbd::IDENTIFIER_PREFIX)
             .and_then(|rest| rest.split_once('/'))
-            .with_context(|| format!("{}: backend {identifier:?} is not ours", device.display()))?;
+            .ok_or_else(|| IscsiError::Refused(format!("{}: backend {identifier:?} is not ours", device.display())))?;
         if target_iqn(&config.domain, appliance, target_name(target)) != iqn {
-            bail!("{} serves {target}/{volume}, which belongs to another target", device.display());
+            return Err(IscsiError::Refused(format!(
+                "{} serves {target}/{volume}, which belongs to another target",
+                device.display()
+            )));
         }
         if identity.as_deref().is_some_and(|i| i != target) {
-            bail!("its LUNs are on the devices of two targets ({} and {target})", identity.unwrap_or_default());
+            return Err(IscsiError::Refused(format!(
+                "its LUNs are on the devices of two targets ({} and {target})",
+                identity.unwrap_or_default()
+            )));
         }
         identity = Some(target.to_string());
         devices.push((volume.to_string(), device));
     }
-    let identity = identity.context("a target with no LUN")?;
+    let identity = identity.ok_or_else(|| IscsiError::Refused("a target with no LUN".to_string()))?;
     let devices: Vec<(&str, PathBuf)> = devices.iter().map(|(v, d)| (v.as_str(), d.clone())).collect();
     let mut spec = target_spec(config, appliance, fingerprint, &identity, &devices);
     let read_only = target_name(&identity).split_once(':').is_some_and(|(_, purpose)| purpose.starts_with("cp"));
@@ -231,15 +243,19 @@ impl Frontend {
     pub async fn serve(&self, identity: &str, luns: Vec<Lun>) -> Result<Target> {
         let iqn = self.iqn(identity);
         if iqn.len() > names::IQN_BYTES_MAX {
-            bail!("the iSCSI target name {iqn} is {} bytes, over {}", iqn.len(), names::IQN_BYTES_MAX);
+            return Err(IscsiError::Refused(format!(
+                "the iSCSI target name {iqn} is {} bytes, over {}",
+                iqn.len(),
+                names::IQN_BYTES_MAX
+            )));
         }
         if let Some(lun) = luns.iter().find(|l| !l.export.size().is_multiple_of(kernel_nbd::LUN_BLOCK_BYTES)) {
-            bail!(
+            return Err(IscsiError::Refused(format!(
                 "volume {} is {} bytes, not a whole number of {}-byte sectors: it cannot be a LUN",
                 lun.volume,
                 lun.export.size(),
                 kernel_nbd::LUN_BLOCK_BYTES
-            );
+            )));
         }
         let existed = lio::targets(&self.configfs).contains(&iqn);
         let mut target = Target {
@@ -266,7 +282,7 @@ impl Frontend {
     async fn abandon(&self, target: Target) {
         for device in &target.devices {
             if let Err(e) = device.close(|d| !d.reconnected.load(Ordering::SeqCst)).await {
-                tracing::error!("{}: {e:#}", device.identifier);
+                tracing::error!("{}: {e_chain}", device.identifier, e_chain = crate::error_chain::Chain(&e));
             }
         }
     }
@@ -287,8 +303,9 @@ impl Frontend {
             // Blocking netlink; the connection is served before the kernel
             // is asked to use it (it reads the device at once).
             let d = device.clone();
-            let ended =
-                tokio::task::spawn_blocking(move || d.attach()).await.context("attaching a kernel NBD device")??;
+            let ended = tokio::task::spawn_blocking(move || d.attach())
+                .await
+                .map_err(|source| IscsiError::Task { what: "attaching a kernel NBD device", source })??;
             tokio::spawn(device.clone().supervise(ended));
             devices.push((lun.volume.as_str(), kernel_nbd::device_path(device.index.load(Ordering::SeqCst))));
             target.devices.push(device);
@@ -299,7 +316,9 @@ impl Frontend {
         }
         target.spec = spec.clone();
         let root = self.configfs.clone();
-        tokio::task::spawn_blocking(move || lio::apply(&root, &spec)).await.context("configuring LIO")?
+        tokio::task::spawn_blocking(move || lio::apply(&root, &spec))
+            .await
+            .map_err(|source| IscsiError::Task { what: "configuring LIO", source })?
     }
 
     /// Takes a target down: LIO first (its sessions end and the commands in
@@ -311,12 +330,12 @@ impl Frontend {
         let spec = target.spec.clone();
         let mut problems = match tokio::task::spawn_blocking(move || lio::remove(&root, &spec)).await {
             Ok(Ok(())) => Vec::new(),
-            Ok(Err(e)) => vec![format!("{e:#}")],
+            Ok(Err(e)) => vec![crate::error_chain::Chain(&e).to_string()],
             Err(e) => vec![e.to_string()],
         };
         for device in &target.devices {
             if let Err(e) = device.close(|_| true).await {
-                problems.push(format!("{}: {e:#}", device.identifier));
+                problems.push(format!("{}: {e_chain}", device.identifier, e_chain = crate::error_chain::Chain(&e)));
             }
         }
         match problems.is_empty() {
@@ -343,7 +362,7 @@ impl Frontend {
                         Ok(()) => {
                             tracing::info!("{identifier}: /dev/nbd{index} left by the previous agent; disconnected")
                         }
-                        Err(e) => tracing::error!("{identifier}: /dev/nbd{index} left by the previous agent: {e:#}"),
+                        Err(e) => tracing::error!("{identifier}: /dev/nbd{index} left by the previous agent: {e_chain}", e_chain = crate::error_chain::Chain(&e)),
                     }
                 }
             }
@@ -353,14 +372,14 @@ impl Frontend {
             for iqn in strays {
                 match lio::remove_target(&root, &iqn) {
                     Ok(()) => tracing::info!(%iqn, "iSCSI target left by the previous agent; removed"),
-                    Err(e) => tracing::error!(%iqn, "iSCSI target left by the previous agent: {e:#}"),
+                    Err(e) => tracing::error!(%iqn, "iSCSI target left by the previous agent: {e_chain}", e_chain = crate::error_chain::Chain(&e)),
                 }
             }
             let kept_backstores: Vec<String> =
                 keep.iter().flat_map(|t| t.luns.iter().map(lio::backstore_key)).collect();
             for key in lio::backstores(&root).into_iter().filter(|b| !kept_backstores.contains(b)) {
                 if let Err(e) = lio::remove_backstore(&root, &key) {
-                    tracing::error!("backstore {key} left by the previous agent: {e:#}");
+                    tracing::error!("backstore {key} left by the previous agent: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                 }
             }
         })
@@ -424,7 +443,9 @@ impl Device {
             return Ok(());
         }
         let index = self.index.load(Ordering::SeqCst);
-        tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await.context("disconnecting")?
+        tokio::task::spawn_blocking(move || kernel_nbd::detach(index))
+            .await
+            .map_err(|source| IscsiError::Task { what: "disconnecting", source })?
     }
 
     /// Attaches the device (blocking), its connection served at once, and
@@ -499,7 +520,11 @@ impl Device {
                         ended = next;
                         break;
                     }
-                    Ok(Err(e)) => tracing::error!("{}: no new connection yet: {e:#}", self.identifier),
+                    Ok(Err(e)) => tracing::error!(
+                        "{}: no new connection yet: {e_chain}",
+                        self.identifier,
+                        e_chain = crate::error_chain::Chain(&e)
+                    ),
                     Err(e) => tracing::error!("{}: reattaching: {e}", self.identifier),
                 }
             }

@@ -333,7 +333,7 @@ impl Device {
         let index = self.index;
         match tokio::task::spawn_blocking(move || kernel_nbd::detach(index)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("{}: {e:#}", self.path.display()),
+            Ok(Err(e)) => tracing::warn!("{}: {e_chain}", self.path.display(), e_chain = crate::error_chain::Chain(&e)),
             Err(e) => tracing::warn!("{}: {e}", self.path.display()),
         }
     }
@@ -375,7 +375,9 @@ fn remove_stale_devices(_lock: &VerifyLock) {
     for (index, identifier) in kernel_nbd::orphaned_checkers() {
         match kernel_nbd::detach(index) {
             Ok(()) => tracing::info!("/dev/nbd{index}: detached ({identifier}: its checker is gone)"),
-            Err(e) => tracing::warn!("/dev/nbd{index} ({identifier}): {e:#}"),
+            Err(e) => {
+                tracing::warn!("/dev/nbd{index} ({identifier}): {e_chain}", e_chain = crate::error_chain::Chain(&e))
+            }
         }
     }
 }
