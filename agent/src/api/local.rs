@@ -222,7 +222,7 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Pat
         let served = match ops.export(vpg, checkpoint).await {
             Ok(s) => s,
             Err(e) => {
-                let reply = failure(e);
+                let reply = failure(e.into());
                 super::record(data_dir, &actor, op, params, outcome(&reply), started).await;
                 return send(&mut write, &reply).await;
             }

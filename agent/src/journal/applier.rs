@@ -499,7 +499,11 @@ mod tests {
             }
             let out = tempfile::tempdir().unwrap();
             let err = crate::recovery::restore::restore(root, "db", "4", out.path(), false).err().unwrap();
-            assert!(format!("{err:#}").contains("older than the history window"), "{err:#}");
+            assert!(
+                crate::error_chain::Chain(&err).to_string().contains("older than the history window"),
+                "{err_chain}",
+                err_chain = crate::error_chain::Chain(&err)
+            );
         }
 
         #[test]

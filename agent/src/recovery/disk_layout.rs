@@ -10,7 +10,11 @@
 //! the end of the volume, a GPT header whose CRC is wrong) is a finding,
 //! not an error: a damaged table is what verification is for.
 
-use anyhow::Result;
+use super::RecoveryError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 pub const SECTOR_BYTES: u64 = 512;
 /// GPT allows more; 128 is what every partitioning tool writes.

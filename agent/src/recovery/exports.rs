@@ -6,15 +6,17 @@
 //! lets go of the view (and its lease).
 
 use super::view::PitView;
+use super::RecoveryError;
 use crate::capture::volume::zero_file_range;
 use crate::io_failure::Doing;
 use crate::nbd::export::{self, BlockExport, BoxFuture, ExportError};
-use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 pub struct PitVolume {
     /// None once the export was closed: the view (and its lease) is let go
@@ -38,7 +40,9 @@ impl PitVolume {
     pub fn window(view: Arc<PitView>, volume: usize, start: u64, bytes: u64) -> Result<PitVolume> {
         let size = view.volumes[volume].size;
         if start.checked_add(bytes).is_none_or(|end| end > size) {
-            bail!("bytes {start}..+{bytes} are not inside volume {volume} ({size} bytes)");
+            return Err(RecoveryError::Unavailable(format!(
+                "bytes {start}..+{bytes} are not inside volume {volume} ({size} bytes)"
+            )));
         }
         Ok(PitVolume { view: RwLock::new(Some(view)), volume, start, size: bytes, read_errors: AtomicU64::new(0) })
     }
@@ -116,8 +120,8 @@ impl OverlayVolume {
             .read(true)
             .write(true)
             .open(&scratch_path)
-            .with_context(|| format!("creating scratch overlay {}", scratch_path.display()))?;
-        scratch.set_len(size).with_context(|| format!("sizing scratch overlay {}", scratch_path.display()))?;
+            .doing(|| format!("creating scratch overlay {}", scratch_path.display()))?;
+        scratch.set_len(size).doing(|| format!("sizing scratch overlay {}", scratch_path.display()))?;
         let blocks = size.div_ceil(BLOCK);
         Ok(OverlayVolume {
             view: RwLock::new(Some(view)),

@@ -19,11 +19,15 @@ use crate::journal::lease::{self, ApplyLock};
 use crate::journal::replica::replica_dir;
 use crate::journal::JournalMeta;
 use crate::segment::{list_segments, SegmentKind};
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use super::RecoveryError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::FAILOVER_RECORD_FILE as FAILOVER_FILE;
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 pub(super) const SET_ASIDE_DIR: &str = "after-failover";
 
 pub use crate::recovery_state::How;
@@ -56,9 +60,12 @@ impl FailoverRecord {
     pub fn load(vpg_dir: &Path) -> Result<Option<FailoverRecord>> {
         let path = vpg_dir.join(FAILOVER_FILE);
         match std::fs::read(&path) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?)),
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| RecoveryError::from(e).at(format!("parsing {}", path.display())))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => Err(e).doing(|| format!("reading {}", path.display())).map_err(Into::into),
         }
     }
 
@@ -90,20 +97,23 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
     let readers = lease::live(dir, &lock)?;
     if !readers.is_empty() {
         let who: Vec<&str> = readers.iter().map(|l| l.holder.as_str()).collect();
-        bail!("a reader of VPG {:?} is open ({}); stop it first", meta.vpg, who.join(", "));
+        return Err(RecoveryError::Unavailable(format!(
+            "a reader of VPG {:?} is open ({}); stop it first",
+            meta.vpg,
+            who.join(", ")
+        )));
     }
     let state = ApplyState::load(dir)?;
     if checkpoint.id < state.applied_seq {
-        bail!(
+        return Err(RecoveryError::Unavailable(format!(
             "checkpoint {} is older than the history window (the replica holds seq {})",
-            checkpoint.id,
-            state.applied_seq
-        );
+            checkpoint.id, state.applied_seq
+        )));
     }
     let (_, bytes_applied) = apply_to(dir, meta, &state, checkpoint.id)?;
     let mut set_aside_bytes = 0;
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
-        set_aside_bytes += std::fs::metadata(&path).with_context(|| format!("sizing {}", path.display()))?.len();
+        set_aside_bytes += std::fs::metadata(&path).doing(|| format!("sizing {}", path.display()))?.len();
     }
     let record = FailoverRecord {
         checkpoint: checkpoint.clone(),
@@ -137,7 +147,7 @@ pub fn finish_commit(dir: &Path) -> Result<()> {
 
 /// More than a header: records that were journaled.
 fn holds_records(path: &Path) -> Result<bool> {
-    let len = std::fs::metadata(path).with_context(|| format!("sizing {}", path.display()))?.len();
+    let len = std::fs::metadata(path).doing(|| format!("sizing {}", path.display()))?.len();
     Ok(len > crate::segment::SEGMENT_HEADER_BYTES as u64)
 }
 
@@ -149,18 +159,22 @@ fn set_aside(dir: &Path) -> Result<()> {
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
         crate::journal::summary::forget(&path)?;
         if !holds_records(&path)? {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            std::fs::remove_file(&path).doing(|| format!("removing {}", path.display()))?;
             continue;
         }
-        std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
-        let name = path.file_name().context("segment name")?.to_string_lossy().to_string();
+        std::fs::create_dir_all(&aside).doing(|| format!("creating {}", aside.display()))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| RecoveryError::Unavailable("segment name".to_string()))?
+            .to_string_lossy()
+            .to_string();
         let mut target = aside.join(&name);
         let mut n = 1;
         while target.exists() {
             target = aside.join(format!("{name}.{n}"));
             n += 1;
         }
-        std::fs::rename(&path, &target).with_context(|| format!("setting aside {}", path.display()))?;
+        std::fs::rename(&path, &target).doing(|| format!("setting aside {}", path.display()))?;
         fail::fail_point!("failover-set-aside", |_| std::process::abort());
     }
     if aside.exists() {

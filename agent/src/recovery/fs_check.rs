@@ -17,18 +17,22 @@
 use super::disk_layout::{self, FileSystem, Layout, Region, SECTOR_BYTES};
 use super::exports::PitVolume;
 use super::view::PitView;
+use super::RecoveryError;
 use crate::durable::{replace_file, FileMode};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::iscsi::kernel_nbd;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::lease::ApplyLock;
 use crate::nbd::admission::Admission;
 use crate::nbd::export::BlockExport;
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 const VERDICTS_FILE: &str = "verified.json";
 /// Beside the journal root (`<data_dir>/verify.lock`).
@@ -107,19 +111,20 @@ pub fn verify(
 ) -> Result<Report> {
     // The checkpoint first: a wrong name is the error to show, on any host.
     let view = Arc::new(PitView::open(journal_root, vpg, wanted, "verify")?);
-    kernel_nbd::check_available().context("verify-checkpoint reads through a kernel NBD device")?;
+    kernel_nbd::check_available()
+        .map_err(|e| e.at("verify-checkpoint reads through a kernel NBD device".to_string()))?;
     let lock = VerifyLock::take(journal_root, progress)?;
     remove_stale_devices(&lock);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the checker's runtime")?;
+        .doing(|| "starting the checker's runtime".to_string())?;
     let mut regions = Vec::new();
     for (volume, info) in view.volumes.iter().enumerate() {
         let read_at = |buf: &mut [u8], offset: u64| view.read_at(volume, buf, offset);
         let found = match disk_layout::layout(&read_at, info.size)
-            .with_context(|| format!("reading volume {}'s first sectors", info.name))?
+            .map_err(|e| e.at(format!("reading volume {}'s first sectors", info.name)))?
         {
             Layout::Whole(region) => vec![region],
             Layout::Table { kind, regions: parts, skipped } => {
@@ -183,7 +188,10 @@ async fn check_region(view: &Arc<PitView>, volume: usize, region: &Region, timeo
     let fs = disk_layout::probe(&head);
     let report = |fs: FileSystem, outcome| region_report(&name, &region.name, fs.name(), region.bytes, outcome);
     if let Err(e) = read {
-        let why = format!("reading its first bytes from the checkpoint failed: {e:#}");
+        let why = format!(
+            "reading its first bytes from the checkpoint failed: {e_chain}",
+            e_chain = crate::error_chain::Chain(&e)
+        );
         return Ok(report(FileSystem::Unknown, Outcome::NotChecked(why)));
     }
     let tool: &'static [&'static str] = match fs {
@@ -235,7 +243,9 @@ async fn check_region(view: &Arc<PitView>, volume: usize, region: &Region, timeo
 /// 4; xfs_repair: 1). Anything else means it could not check.
 async fn run_checker(tool: &'static [&'static str], device: &Path, timeout: Duration) -> Result<Outcome> {
     let device = device.to_path_buf();
-    tokio::task::spawn_blocking(move || run_checker_blocking(tool, &device, timeout)).await.context("the checker")?
+    tokio::task::spawn_blocking(move || run_checker_blocking(tool, &device, timeout))
+        .await
+        .map_err(|source| RecoveryError::Task { what: "the checker", source })?
 }
 
 /// How often a running checker is looked at (for its timeout).
@@ -255,7 +265,7 @@ fn run_checker_blocking(tool: &[&str], device: &Path, timeout: Duration) -> Resu
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Outcome::NotChecked(format!("{} is not installed on this machine", tool[0])))
         }
-        result => result.with_context(|| format!("running {}", tool[0]))?,
+        result => result.doing(|| format!("running {}", tool[0]))?,
     };
     // Read both pipes while it runs, so a chatty checker never blocks on
     // a full pipe.
@@ -275,7 +285,7 @@ fn run_checker_blocking(tool: &[&str], device: &Path, timeout: Duration) -> Resu
         })
         .collect();
     let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the checker")? {
+        if let Some(status) = child.try_wait().doing(|| "waiting for the checker".to_string())? {
             break Some(status);
         }
         if started.elapsed() > timeout {
@@ -363,8 +373,8 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
         })
     })
     .await
-    .context("attaching a kernel NBD device")?
-    .context("the checkers read the checkpoint through a kernel NBD device")?;
+    .map_err(|source| RecoveryError::Task { what: "attaching a kernel NBD device", source })?
+    .map_err(|e| e.at("the checkers read the checkpoint through a kernel NBD device".to_string()))?;
     Ok(Device { index: attached.index, path: attached.device(), ended })
 }
 
@@ -395,7 +405,7 @@ impl VerifyLock {
         let file = crate::journal::lease::open_lock_file(&path)?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             progress("another verify-checkpoint is running; waiting for it to finish");
-            flock(&file, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
+            flock(&file, FlockOperation::LockExclusive).doing(|| format!("locking {}", path.display()))?;
         }
         Ok(VerifyLock { _file: file })
     }
@@ -405,9 +415,11 @@ impl VerifyLock {
 pub fn load(vpg_dir: &Path) -> Result<BTreeMap<u64, Report>> {
     let path = vpg_dir.join(VERDICTS_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| RecoveryError::from(e).at(format!("parsing {}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(e).doing(|| format!("reading {}", path.display())).map_err(Into::into),
     }
 }
 
@@ -418,7 +430,7 @@ fn store(vpg_dir: &Path, report: &Report) -> Result<()> {
     let _lock = ApplyLock::exclusive(vpg_dir)?;
     let applied = ApplyState::load(vpg_dir)?.applied_seq;
     let mut verdicts = load(vpg_dir).unwrap_or_else(|e| {
-        tracing::warn!("{e:#}: starting the verdicts afresh");
+        tracing::warn!("{e_chain}: starting the verdicts afresh", e_chain = crate::error_chain::Chain(&e));
         BTreeMap::new()
     });
     verdicts.retain(|id, _| *id >= applied);

@@ -11,10 +11,14 @@
 //! waits a while for it, then refuses with `STREAM_NOT_YET` (asked again).
 
 use super::view::PitView;
+use super::RecoveryError;
 use crate::extent_hash::{extent_count, ExtentHash, HashQuestion};
-use anyhow::{bail, Result};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 /// In a refusal: the journal does not hold the stream yet; ask again.
 pub const STREAM_NOT_YET: &str = "the journal does not hold the stream yet";
@@ -33,20 +37,30 @@ pub fn extent_hashes(
         id => PitView::open_with_stream(journal_root, vpg, id, "verify")?,
     };
     if stream != ask.stream_id {
-        bail!("{STREAM_NOT_YET} ({:#x}; it holds {stream:#x})", ask.stream_id);
+        return Err(RecoveryError::Unavailable(format!(
+            "{STREAM_NOT_YET} ({:#x}; it holds {stream:#x})",
+            ask.stream_id
+        )));
     }
     let Some(info) = view.volumes.get(ask.volume as usize) else {
-        bail!("VPG {vpg:?} has no volume {} ({} volumes)", ask.volume, view.volumes.len());
+        return Err(RecoveryError::Unavailable(format!(
+            "VPG {vpg:?} has no volume {} ({} volumes)",
+            ask.volume,
+            view.volumes.len()
+        )));
     };
     let extents = extent_count(info.size);
     if ask.first_extent >= extents {
-        bail!("volume {} has {extents} extents; asked from extent {}", info.name, ask.first_extent);
+        return Err(RecoveryError::Unavailable(format!(
+            "volume {} has {extents} extents; asked from extent {}",
+            info.name, ask.first_extent
+        )));
     }
     let end = extents.min(ask.first_extent + u64::from(ask.count));
     let mut out = Vec::with_capacity((end - ask.first_extent) as usize);
     for e in ask.first_extent..end {
         if cancel.load(Ordering::Relaxed) {
-            bail!("the link that asked is gone");
+            return Err(RecoveryError::Unavailable("the link that asked is gone".to_string()));
         }
         out.push(view.hash_extent(ask.volume as usize, e)?);
     }

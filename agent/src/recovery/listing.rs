@@ -3,11 +3,15 @@
 //! alert, and its file-system check verdict.
 
 use super::JournalView;
+use super::RecoveryError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::pins::Pin;
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Listed {
@@ -50,7 +54,7 @@ pub fn list(data_dir: &Path, vpg: &str) -> Result<Listing> {
     let mut warnings = Vec::new();
     // A damaged verdicts file costs the column, never the list.
     let verdicts = super::fs_check::load(&view.dir).unwrap_or_else(|e| {
-        warnings.push(format!("{e:#}"));
+        warnings.push(crate::error_chain::Chain(&e).to_string());
         Default::default()
     });
     if let Some(d) = &view.corruption {

@@ -14,12 +14,16 @@
 //! neither is ever the production LUN (another appliance's key), which is
 //! why ESXi mounts them with a new signature.
 
+use super::RecoveryError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::iscsi::{lio, Frontend, Lun, Target};
 use crate::nbd::export::BlockExport;
 use crate::status::IscsiStatus;
-use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 /// What a set of LUNs is for; it names the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,18 +110,18 @@ impl RecoveryLuns {
         let iqn = self.frontend.iqn(&name);
         let mut served = self.served.lock().await;
         if let Some((other, _)) = served.get(&iqn) {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "target {iqn} is already served for {other:?} (target names are lower case, '_' becomes '-':                  VPGs whose names differ only so share one)"
-            );
+            )));
         }
         let luns: usize = served.values().map(|(_, t)| t.spec.luns.len()).sum();
         if luns + volumes.len() > crate::config::ISCSI_LUNS_MAX {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "{luns} iSCSI LUNs are served already; {} more would pass the {} this appliance serves \
                  (close an export or stop a test failover first)",
                 volumes.len(),
                 crate::config::ISCSI_LUNS_MAX
-            );
+            )));
         }
         let read_only = matches!(purpose, Purpose::Checkpoint(_));
         let luns = volumes

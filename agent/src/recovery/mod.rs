@@ -2,6 +2,7 @@
 //! VPG's volumes as they were at one of them.
 
 pub mod disk_layout;
+mod error;
 pub mod exports;
 pub mod failover;
 pub mod fs_check;
@@ -15,14 +16,19 @@ pub mod seed;
 pub mod switch_back;
 pub mod view;
 
+pub use error::RecoveryError;
+
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::catalog::walk_journal;
 use crate::journal::index::{CheckpointInfo, JournalIndex};
 use crate::journal::lease::{self, Lease};
 use crate::journal::scan::{Damage, Visit};
 use crate::journal::{vpg_dir, JournalMeta};
-use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 /// A journal read from disk, without taking it from the running agent:
 /// sealed segments from their summaries (`journal::summary`), the rest
@@ -57,10 +63,13 @@ impl JournalView {
         crate::config::validate_name("--vpg", vpg)?;
         let dir = vpg_dir(journal_root, vpg);
         if !dir.exists() {
-            bail!("no journal for VPG {vpg:?} under {} (has the protected side connected?)", journal_root.display());
+            return Err(RecoveryError::Unavailable(format!(
+                "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
+                journal_root.display()
+            )));
         }
         if let Some(record) = failover::FailoverRecord::load(&dir)? {
-            bail!("{}", record.refusal(vpg));
+            return Err(RecoveryError::Unavailable(record.refusal(vpg).to_string()));
         }
         let meta = JournalMeta::load(&dir)?;
         let lease = holder.map(|h| lease::take_at_replica(&dir, h)).transpose()?;
@@ -111,7 +120,7 @@ impl JournalView {
         }
         let found = self.index.find(wanted);
         match (found, &self.corruption) {
-            (Some(c), _) if !c.consistent => bail!(
+            (Some(c), _) if !c.consistent => Err(RecoveryError::Unavailable(format!(
                 "checkpoint {} cannot be restored: {}; the newest restorable checkpoint before it is {}",
                 c.id,
                 c.not_restorable_why().unwrap_or("it is not a complete image"),
@@ -121,21 +130,21 @@ impl JournalView {
                     .rev()
                     .find(|o| o.consistent && o.id < c.id)
                     .map_or("none".into(), |o| o.id.to_string())
-            ),
+            ))),
             (Some(c), _) => Ok(c),
-            (None, Some(damage)) => bail!(
+            (None, Some(damage)) => Err(RecoveryError::Unavailable(format!(
                 "checkpoint {wanted:?} is not in the readable part of the journal: {damage}; the last good checkpoint is {}",
                 self.index.latest_consistent().map_or("none".into(), |c| c.id.to_string())
-            ),
-            (None, _) if wanted.parse::<u64>().is_ok_and(|id| id < self.index.applied_seq) => bail!(
+            ))),
+            (None, _) if wanted.parse::<u64>().is_ok_and(|id| id < self.index.applied_seq) => Err(RecoveryError::Unavailable(format!(
                 "checkpoint {wanted} is older than the history window; the oldest recoverable checkpoint is {} \
                  (see `tidemark checkpoints`)",
                 self.index.oldest().map_or("none".into(), |c| c.id.to_string())
-            ),
+            ))),
             (None, None) if wanted == "latest" => {
-                bail!("VPG {:?} has no complete checkpoint yet (initial copy still running?)", self.meta.vpg)
+                Err(RecoveryError::Unavailable(format!("VPG {:?} has no complete checkpoint yet (initial copy still running?)", self.meta.vpg)))
             }
-            (None, None) => bail!("VPG {:?} has no checkpoint {wanted:?} (see `tidemark checkpoints`)", self.meta.vpg),
+            (None, None) => Err(RecoveryError::Unavailable(format!("VPG {:?} has no checkpoint {wanted:?} (see `tidemark checkpoints`)", self.meta.vpg))),
         }
     }
 
@@ -148,11 +157,11 @@ impl JournalView {
             pinning::is_detector_pin(&p.reason)
                 && (wanted == crate::capture::alert::LAST_CLEAN || p.reason.starts_with(&format!("{wanted}: ")))
         }) else {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "VPG {:?} has no checkpoint pinned as {wanted:?}: the encryption detector has not raised an alert \
                  (see `tidemark checkpoints` and the protected side's status)",
                 self.meta.vpg
-            );
+            )));
         };
         self.resolve(&pin.checkpoint.to_string())
     }

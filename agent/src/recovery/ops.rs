@@ -8,19 +8,23 @@ pub use super::failover::How;
 use super::failover::{commit, FailoverRecord};
 use super::luns::{Purpose, RecoveryLuns};
 use super::view::PitView;
+use super::RecoveryError;
 use crate::capture::vpg::VpgCapture;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::{vpg_dir, JournalMeta};
 use crate::nbd::export::{BlockExport, ExportTable};
 use crate::recovery_state::{Commit, Event, VpgState};
 use crate::transfer::slot::{VpgSlot, VpgSlots};
-use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 const SCRATCH_DIR: &str = "scratch";
 /// Where a failed-over VPG logs its writes for the old site.
@@ -53,14 +57,14 @@ struct TestChange(Option<Arc<VpgSlot>>);
 impl TestChange {
     fn started(mut self, checkpoint: u64) -> Result<()> {
         let slot = self.0.take().expect("a test change ends once");
-        slot.change(Event::TestStarted { checkpoint })
+        Ok(slot.change(Event::TestStarted { checkpoint })?)
     }
 }
 
 impl Drop for TestChange {
     fn drop(&mut self) {
         if let Some(Err(e)) = self.0.take().map(|slot| slot.change(Event::TestGone)) {
-            tracing::error!("{e:#}");
+            tracing::error!("{e_chain}", e_chain = crate::error_chain::Chain(&e));
         }
     }
 }
@@ -166,7 +170,7 @@ impl MoveMark {
 impl Drop for MoveMark {
     fn drop(&mut self) {
         if let Err(e) = self.0.change(Event::MoveEnd { mark: self.1 }) {
-            tracing::error!("{e:#}");
+            tracing::error!("{e_chain}", e_chain = crate::error_chain::Chain(&e));
         }
     }
 }
@@ -193,13 +197,13 @@ impl CommitEnd {
             Ok(None) => Event::CommitFailed,
             // Unknown: the stream stays closed until a restart reads it.
             Err(e) => {
-                tracing::error!(vpg = %self.slot.name, "after a failed commit, reading its record failed: {e:#}; \
-                    the stream stays closed until the recovery agent restarts");
+                tracing::error!(vpg = %self.slot.name, "after a failed commit, reading its record failed: {e_chain}; \
+                    the stream stays closed until the recovery agent restarts", e_chain = crate::error_chain::Chain(&e));
                 return;
             }
         };
         if let Err(e) = self.slot.change(event) {
-            tracing::error!("{e:#}");
+            tracing::error!("{e_chain}", e_chain = crate::error_chain::Chain(&e));
         }
     }
 }
@@ -217,7 +221,7 @@ impl RecoveryOps {
         match std::fs::remove_dir_all(&scratch_root) {
             Ok(()) => tracing::info!("removed test-failover scratch left by the previous run"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", scratch_root.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("removing {}", scratch_root.display()))?),
         }
         Ok(Arc::new(RecoveryOps {
             journal_root: data_dir.join("journal"),
@@ -317,8 +321,8 @@ impl RecoveryOps {
                 None
             }
             Err(e) => {
-                tracing::error!(%vpg, "not served over iSCSI: {e:#}");
-                Some(format!("{e:#}"))
+                tracing::error!(%vpg, "not served over iSCSI: {e_chain}", e_chain = crate::error_chain::Chain(&e));
+                Some(crate::error_chain::Chain(&e).to_string())
             }
         }
     }
@@ -333,7 +337,7 @@ impl RecoveryOps {
         let (chosen, pin) =
             tokio::task::spawn_blocking(move || super::pinning::pin_last_clean(&root, &name, since_seq, &reason))
                 .await
-                .context("pin task")??;
+                .map_err(|source| RecoveryError::Task { what: "pin task", source })??;
         tracing::warn!(
             %vpg,
             "the protected side's encryption detector raised an alert: checkpoint {} ({}) is pinned as {:?} \
@@ -356,10 +360,10 @@ impl RecoveryOps {
     /// The slot of `vpg`, whose journal must be open here.
     fn slot(&self, vpg: &str) -> Result<Arc<VpgSlot>> {
         crate::transfer::slot::find(&self.slots, vpg).ok_or_else(|| {
-            anyhow!(
+            RecoveryError::Unavailable(format!(
                 "no journal for VPG {vpg:?} under {} (has the protected side connected?)",
                 self.journal_root.display()
-            )
+            ))
         })
     }
 
@@ -396,7 +400,7 @@ impl RecoveryOps {
             let (root, name, wanted) = (self.journal_root.clone(), vpg.to_string(), wanted.to_string());
             tokio::task::spawn_blocking(move || super::JournalView::open(&root, &name)?.resolve(&wanted))
                 .await
-                .context("failover task")??;
+                .map_err(|source| RecoveryError::Task { what: "failover task", source })??;
         }
         // The stream closes under the journal lock: no batch is appended after.
         let meta = {
@@ -418,7 +422,7 @@ impl RecoveryOps {
             committed
         })
         .await
-        .context("failover task")?;
+        .map_err(|source| RecoveryError::Task { what: "failover task", source })?;
         let committed = match committed {
             Ok(c) => c,
             Err(e) => {
@@ -426,14 +430,14 @@ impl RecoveryOps {
                 // what follows failed (it is finished at the next start).
                 match slot.state() {
                     VpgState::FailedOver { checkpoint, .. } => {
-                        return Err(e.context(format!(
+                        return Err(e.at(format!(
                             "VPG {vpg:?} is failed over at checkpoint {checkpoint}, but finishing it failed; \
                              restart the recovery agent to finish it"
                         )))
                     }
                     // The record could not be read back (`CommitEnd`).
                     VpgState::Committing { .. } => {
-                        return Err(e.context(format!(
+                        return Err(e.at(format!(
                             "whether VPG {vpg:?} was {} is not known (its failover record could not be read); \
                              replication of it is stopped until the recovery agent restarts and reads the record",
                             how.past_participle()
@@ -441,7 +445,7 @@ impl RecoveryOps {
                     }
                     _ => {}
                 }
-                tracing::warn!(%vpg, "failover refused, replication goes on: {e:#}");
+                tracing::warn!(%vpg, "failover refused, replication goes on: {e_chain}", e_chain = crate::error_chain::Chain(&e));
                 return Err(e);
             }
         };
@@ -468,7 +472,9 @@ impl RecoveryOps {
         // Two hellos at once must not open the reverse log twice.
         let _setup = self.reverse_setup.lock().await;
         let live = self.live.lock().expect("live lock").get(vpg).cloned().ok_or_else(|| {
-            anyhow!("VPG {vpg:?} was failed over with its volumes left as files; reverse protection needs them served")
+            RecoveryError::Unavailable(format!(
+                "VPG {vpg:?} was failed over with its volumes left as files; reverse protection needs them served"
+            ))
         })?;
         if let Some(c) = live.read().expect("live capture").clone() {
             return Ok(c);
@@ -503,7 +509,10 @@ impl RecoveryOps {
         }
         let meta = JournalMeta::load(&dir)?;
         if meta.volumes != volumes {
-            bail!("the old site's volumes {:?} differ from this VPG's {:?}", volumes, meta.volumes);
+            return Err(RecoveryError::Unavailable(format!(
+                "the old site's volumes {:?} differ from this VPG's {:?}",
+                volumes, meta.volumes
+            )));
         }
         let capture = self.reverse_capture(vpg, &dir, &meta).await?;
         let log = &capture.log;
@@ -548,7 +557,9 @@ impl RecoveryOps {
 
     fn uri(&self, name: &str) -> Result<String> {
         let listen = self.listen.ok_or_else(|| {
-            anyhow!("no NBD address for recovered volumes: set [exports] listen in the recovery config")
+            RecoveryError::Unavailable(
+                "no NBD address for recovered volumes: set [exports] listen in the recovery config".to_string(),
+            )
         })?;
         Ok(format!("nbd://{listen}/{name}"))
     }
@@ -651,9 +662,9 @@ impl RecoveryOps {
         match std::fs::remove_dir_all(scratch_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("emptying {}", scratch_dir.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("emptying {}", scratch_dir.display()))?),
         }
-        std::fs::create_dir_all(scratch_dir).with_context(|| format!("creating {}", scratch_dir.display()))?;
+        std::fs::create_dir_all(scratch_dir).doing(|| format!("creating {}", scratch_dir.display()))?;
         let mut overlays = Vec::new();
         let mut exports: Vec<(String, Arc<dyn BlockExport>)> = Vec::new();
         for (i, v) in view.volumes.iter().enumerate() {
@@ -671,15 +682,12 @@ impl RecoveryOps {
         // The VPG stays `TestChanging` until everything is gone, so a new
         // start cannot meet this one's scratch files or export names.
         let slot = crate::transfer::slot::find(&self.slots, vpg)
-            .ok_or_else(|| anyhow!(crate::recovery_state::Refusal::NoTest.message(vpg)))?;
+            .ok_or_else(|| RecoveryError::Unavailable(crate::recovery_state::Refusal::NoTest.message(vpg)))?;
         slot.change(Event::TestStop)?;
         let _change = TestChange(Some(slot));
-        let test = self
-            .tests
-            .lock()
-            .expect("tests lock")
-            .remove(vpg)
-            .ok_or_else(|| anyhow!("internal error: the test failover of VPG {vpg:?} serves nothing"))?;
+        let test = self.tests.lock().expect("tests lock").remove(vpg).ok_or_else(|| {
+            RecoveryError::Unavailable(format!("internal error: the test failover of VPG {vpg:?} serves nothing"))
+        })?;
         // Its LUNs first, then the overlays and every connection to them.
         if let Some(l) = &self.luns {
             l.withdraw(vpg, Purpose::TestFailover).await;
@@ -687,7 +695,7 @@ impl RecoveryOps {
         self.exports.remove(&test.served.names);
         let blocks: u64 = test.overlays.iter().map(|o| o.blocks_written()).sum();
         std::fs::remove_dir_all(&test.scratch_dir)
-            .with_context(|| format!("removing scratch {}", test.scratch_dir.display()))?;
+            .doing(|| format!("removing scratch {}", test.scratch_dir.display()))?;
         let report = format!(
             "test failover of VPG {vpg:?} at checkpoint {} stopped; {} of test writes discarded",
             test.served.checkpoint.id,

@@ -4,13 +4,17 @@
 //! so the result is exactly the volumes at that point of the write order.
 
 use super::JournalView;
+use super::RecoveryError;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::scan::{scan_journal_until, Visit};
 use crate::status::format_bytes;
-use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -50,7 +54,7 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
         None => 0,
     };
     let mut applied = 0u64;
-    let mut failure: Option<anyhow::Error> = None;
+    let mut failure: Option<RecoveryError> = None;
     let mut last_seq = base;
     scan_journal_until(&view.dir, view.meta.vpg_id, |rec, _| {
         if rec.seq <= base {
@@ -60,7 +64,7 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
             return Visit::Stop;
         }
         if let Err(e) = outputs.apply(&rec.body) {
-            failure = Some(anyhow::Error::new(e).context(format!("applying seq {}", rec.seq)));
+            failure = Some(RecoveryError::from(e).at(format!("applying seq {}", rec.seq)));
             return Visit::Stop;
         }
         last_seq = rec.seq;
@@ -72,7 +76,10 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
         return Err(e);
     }
     if last_seq < target.id {
-        bail!("journal ended at seq {last_seq} before checkpoint {}", target.id);
+        return Err(RecoveryError::Unavailable(format!(
+            "journal ended at seq {last_seq} before checkpoint {}",
+            target.id
+        )));
     }
     outputs.sync_all()?;
     drop(lease);

@@ -9,13 +9,17 @@
 //! only with the recovery agent stopped. Images are copied sparsely (zero
 //! extents stay holes), fsynced, and only then given their final names.
 
+use super::RecoveryError;
 use crate::extent_hash::EXTENT_BYTES;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::replica::replica_dir;
-use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// A seed image being written; renamed to `<volume>.img` once durable.
@@ -33,33 +37,36 @@ pub struct Seeded {
 pub fn seed(journal_root: &Path, vpg: &str, images: &[(String, PathBuf)], progress: bool) -> Result<Vec<Seeded>> {
     crate::config::validate_name("--vpg", vpg)?;
     if images.is_empty() {
-        bail!("name at least one --image VOLUME=FILE");
+        return Err(RecoveryError::Unavailable("name at least one --image VOLUME=FILE".to_string()));
     }
     let dir = crate::journal::vpg_dir(journal_root, vpg);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).doing(|| format!("creating {}", dir.display()))?;
     // A recovery agent that opens the journal meanwhile waits for the seed.
     let _lock = crate::journal::lease::ApplyLock::exclusive(&dir)?;
     for what in ["journal.json", "apply.json"] {
         if dir.join(what).exists() {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "VPG {vpg:?} already has a journal in {}: its replica is the base of that history and cannot be \
                  replaced. To start over from a seed, stop the recovery agent, move {} aside, and seed again",
                 dir.display(),
                 dir.display()
-            );
+            )));
         }
     }
     let replica = replica_dir(&dir);
-    std::fs::create_dir_all(&replica).with_context(|| format!("creating {}", replica.display()))?;
+    std::fs::create_dir_all(&replica).doing(|| format!("creating {}", replica.display()))?;
     let mut out = Vec::new();
     for (volume, image) in images {
         crate::config::validate_name("volume", volume)?;
         if images.iter().filter(|(v, _)| v == volume).count() > 1 {
-            bail!("volume {volume:?} is named twice");
+            return Err(RecoveryError::Unavailable(format!("volume {volume:?} is named twice")));
         }
         let target = replica.join(format!("{volume}.img"));
         if target.exists() {
-            bail!("{} exists already (seeded before?); remove it to seed {volume:?} again", target.display());
+            return Err(RecoveryError::Unavailable(format!(
+                "{} exists already (seeded before?); remove it to seed {volume:?} again",
+                target.display()
+            )));
         }
         out.push(copy_image(image, &replica, volume, progress)?);
     }
@@ -70,12 +77,15 @@ pub fn seed(journal_root: &Path, vpg: &str, images: &[(String, PathBuf)], progre
 }
 
 fn copy_image(image: &Path, replica: &Path, volume: &str, progress: bool) -> Result<Seeded> {
-    let mut from = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mut from = File::open(image).doing(|| format!("opening {}", image.display()))?;
     // From the end, not the metadata: a block device's length is 0 there.
-    let size = std::io::Seek::seek(&mut from, std::io::SeekFrom::End(0))
-        .with_context(|| format!("sizing {}", image.display()))?;
+    let size =
+        std::io::Seek::seek(&mut from, std::io::SeekFrom::End(0)).doing(|| format!("sizing {}", image.display()))?;
     if size == 0 {
-        bail!("{} is empty; a seed image holds the whole volume", image.display());
+        return Err(RecoveryError::Unavailable(format!(
+            "{} is empty; a seed image holds the whole volume",
+            image.display()
+        )));
     }
     let partial = replica.join(format!("{volume}{PARTIAL_SUFFIX}"));
     let to = OpenOptions::new()
@@ -83,7 +93,7 @@ fn copy_image(image: &Path, replica: &Path, volume: &str, progress: bool) -> Res
         .truncate(true)
         .write(true)
         .open(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
+        .doing(|| format!("creating {}", partial.display()))?;
     to.set_len(size)?;
     let started = Instant::now();
     let mut shown = Instant::now();
@@ -91,11 +101,11 @@ fn copy_image(image: &Path, replica: &Path, volume: &str, progress: bool) -> Res
     let (mut at, mut data_bytes) = (0u64, 0u64);
     while at < size {
         let len = (size - at).min(buf.len() as u64) as usize;
-        from.read_exact_at(&mut buf[..len], at).with_context(|| format!("reading {} at {at}", image.display()))?;
+        from.read_exact_at(&mut buf[..len], at).doing(|| format!("reading {} at {at}", image.display()))?;
         for (i, piece) in buf[..len].chunks(EXTENT_BYTES as usize).enumerate() {
             if piece.iter().any(|b| *b != 0) {
                 let offset = at + i as u64 * EXTENT_BYTES;
-                to.write_all_at(piece, offset).with_context(|| format!("writing {}", partial.display()))?;
+                to.write_all_at(piece, offset).doing(|| format!("writing {}", partial.display()))?;
                 data_bytes += piece.len() as u64;
             }
         }
@@ -114,9 +124,9 @@ fn copy_image(image: &Path, replica: &Path, volume: &str, progress: bool) -> Res
     if progress {
         eprintln!("\rseed {volume}: {} read{:20}", crate::status::format_bytes(size), "");
     }
-    to.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+    to.sync_all().doing(|| format!("syncing {}", partial.display()))?;
     std::fs::rename(&partial, replica.join(format!("{volume}.img")))
-        .with_context(|| format!("naming {}", partial.display()))?;
+        .doing(|| format!("naming {}", partial.display()))?;
     Ok(Seeded { volume: volume.to_string(), size, data_bytes })
 }
 

@@ -20,18 +20,22 @@
 use super::failover::{FailoverRecord, MoveBackMark, SET_ASIDE_DIR};
 use super::luns::Purpose;
 use super::ops::{RecoveryOps, REVERSE_LOG_DIR};
+use super::RecoveryError;
 use crate::capture::vpg::VpgCapture;
 use crate::durable::{replace_file, sync_dir, FileMode};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::checkpoint::CheckpointInfo;
 use crate::journal::{vpg_dir, Journal, JournalMeta, FAILOVER_RECORD_FILE};
 use crate::protected_state::Event as WritesEvent;
 use crate::recovery_state::{Event, VpgState};
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 /// The tag of the checkpoint that ends the reverse log.
 pub const MOVE_BACK_TAG: &str = "move-back";
@@ -75,12 +79,12 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     let history = dir.join(format!("{HISTORY_DIR_PREFIX}{}", record.time_ms));
-    std::fs::create_dir_all(&history).with_context(|| format!("creating {}", history.display()))?;
+    std::fs::create_dir_all(&history).doing(|| format!("creating {}", history.display()))?;
     for name in [SET_ASIDE_DIR, REVERSE_LOG_DIR] {
         let from = dir.join(name);
         if from.exists() {
             let to = history.join(name);
-            std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            std::fs::rename(&from, &to).doing(|| format!("moving {} to {}", from.display(), to.display()))?;
         }
     }
     sync_dir(&history)?;
@@ -104,7 +108,7 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
     let done = SwitchedBack { marker, time_ms: crate::record::now_ms() };
     replace_file(&dir.join(SWITCHED_BACK_FILE), &serde_json::to_vec_pretty(&done)?, FileMode::Public)?;
     let record_path = dir.join(FAILOVER_RECORD_FILE);
-    std::fs::remove_file(&record_path).with_context(|| format!("removing {}", record_path.display()))?;
+    std::fs::remove_file(&record_path).doing(|| format!("removing {}", record_path.display()))?;
     sync_dir(dir)?;
     tracing::warn!(
         "{}: the failover is over (switched back to the old site); its history is kept in {}",
@@ -123,7 +127,9 @@ struct SwitchedBack {
 /// Stores `record` in `dir` off the runtime's threads (an fsynced write).
 async fn store_record(record: FailoverRecord, dir: &Path) -> Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || record.store(&dir)).await.context("storing the failover record")?
+    tokio::task::spawn_blocking(move || record.store(&dir))
+        .await
+        .map_err(|source| RecoveryError::Task { what: "storing the failover record", source })?
 }
 
 /// The marker of the last switch-back that ended a failover of the VPG in
@@ -133,10 +139,10 @@ pub fn last_switch_back(dir: &Path) -> Result<u64> {
     let path = dir.join(SWITCHED_BACK_FILE);
     match std::fs::read(&path) {
         Ok(b) => Ok(serde_json::from_slice::<SwitchedBack>(&b)
-            .with_context(|| format!("parsing {}", path.display()))?
+            .map_err(|e| RecoveryError::from(e).at(format!("parsing {}", path.display())))?
             .marker),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(e).doing(|| format!("reading {}", path.display())).map_err(Into::into),
     }
 }
 
@@ -165,10 +171,12 @@ impl RecoveryOps {
     fn check_reverse_peer(&self, vpg: &str, peer: &[u8; 32]) -> Result<()> {
         match self.reverse.lock().expect("reverse lock").get(vpg) {
             Some((_, holder, _)) if holder == peer => Ok(()),
-            Some(_) => bail!("VPG {vpg:?} is sent back to another appliance; only it can switch back"),
-            None => {
-                bail!("the old site's reverse protection of VPG {vpg:?} is not connected here; try again when it is")
-            }
+            Some(_) => Err(RecoveryError::Unavailable(format!(
+                "VPG {vpg:?} is sent back to another appliance; only it can switch back"
+            ))),
+            None => Err(RecoveryError::Unavailable(format!(
+                "the old site's reverse protection of VPG {vpg:?} is not connected here; try again when it is"
+            ))),
         }
     }
 
@@ -196,9 +204,9 @@ impl RecoveryOps {
             _ => {}
         }
         let capture = capture.ok_or_else(|| {
-            anyhow!(
+            RecoveryError::Unavailable(format!(
                 "reverse protection of VPG {vpg:?} is not running here; run `tidemark reverse` on the old site first"
-            )
+            ))
         })?;
         self.check_reverse_peer(vpg, peer)?;
         let refused_now = capture.writes_refused().is_none();
@@ -208,14 +216,17 @@ impl RecoveryOps {
         fail::fail_point!("move-back-after-refusal", |_| std::process::abort());
         let marked = async {
             // Every write taken before the refusal is in the log before this.
-            let marker =
-                tokio::time::timeout(MARKER_WAIT, capture.checkpoint(MOVE_BACK_TAG, MARKER_WAIT)).await.map_err(
-                    |_| anyhow!("the reverse log had no room for the final checkpoint within {MARKER_WAIT:?}"),
-                )??;
+            let marker = tokio::time::timeout(MARKER_WAIT, capture.checkpoint(MOVE_BACK_TAG, MARKER_WAIT))
+                .await
+                .map_err(|_| {
+                    RecoveryError::Unavailable(format!(
+                        "the reverse log had no room for the final checkpoint within {MARKER_WAIT:?}"
+                    ))
+                })??;
             capture.log.sync_to(marker).await?;
             record.move_back = Some(MoveBackMark { marker, applied: false });
             store_record(record, &dir).await?;
-            anyhow::Ok(marker)
+            Ok::<_, RecoveryError>(marker)
         };
         let marker = match marked.await {
             Ok(m) => m,
@@ -225,7 +236,7 @@ impl RecoveryOps {
                 if refused_now {
                     capture.change_writes(WritesEvent::MoveBackUndone).await?;
                 }
-                return Err(e.context("the switch-back did not begin; writes are taken here again"));
+                return Err(e.at("the switch-back did not begin; writes are taken here again"));
             }
         };
         tracing::warn!(%vpg, marker, "switch-back begins: writes on the live volumes are refused; the reverse log ends at checkpoint {marker}");
@@ -244,22 +255,26 @@ impl RecoveryOps {
             return not_failed_over(&dir);
         };
         let Some(mut mark) = record.move_back else {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "no switch-back of VPG {vpg:?} is under way here (was it cancelled?); run `tidemark move-back` again"
-            );
+            )));
         };
         if mark.marker != marker {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "the switch-back of VPG {vpg:?} here ends the reverse log at checkpoint {}, not {marker}; run \
                  `tidemark move-back` again",
                 mark.marker
-            );
+            )));
         }
         if !mark.applied {
             self.check_reverse_peer(vpg, peer)?;
-            let capture = self.reverse_capture_of(vpg).context("reverse protection is not running here")?;
+            let capture = self
+                .reverse_capture_of(vpg)
+                .ok_or_else(|| RecoveryError::Unavailable("reverse protection is not running here".to_string()))?;
             if capture.writes_refused().is_none() {
-                bail!("writes on VPG {vpg:?} are taken here again; run `tidemark move-back` again");
+                return Err(RecoveryError::Unavailable(format!(
+                    "writes on VPG {vpg:?} are taken here again; run `tidemark move-back` again"
+                )));
             }
             // What the old site acknowledged, not what it says: everything
             // logged here (the old site also waited for its delta copy).
@@ -268,10 +283,10 @@ impl RecoveryOps {
             let _ = tokio::time::timeout(ACK_WAIT, capture.log.wait_acked(appended.max(marker))).await;
             let acked = capture.log.acked_seq();
             if acked < marker || acked < appended {
-                bail!(
+                return Err(RecoveryError::Unavailable(format!(
                     "the old site has acknowledged seq {acked} of the reverse log, which ends at {appended} (marker \
                      {marker}); wait until it is in sync"
-                );
+                )));
             }
             mark.applied = true;
             record.move_back = Some(mark);
@@ -288,10 +303,10 @@ impl RecoveryOps {
         let dir = vpg_dir(&self.journal_root, vpg);
         let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
         if record.move_back.is_some_and(|m| m.applied) {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "the switch-back of VPG {vpg:?} is committed here (the old site applied everything); it cannot be \
                  cancelled: finish it with `tidemark move-back`"
-            );
+            )));
         }
         // The marker goes first: a stop in between leaves writes refused
         // without one, which a new begin or cancel takes from there.
@@ -329,26 +344,29 @@ impl RecoveryOps {
         self.exports.remove(&names);
         self.reverse.lock().expect("reverse lock").remove(vpg);
         self.live.lock().expect("live lock").remove(vpg);
-        let slot = crate::transfer::slot::find(&self.slots, vpg).context("the VPG's journal is not open")?;
+        let slot = crate::transfer::slot::find(&self.slots, vpg)
+            .ok_or_else(|| RecoveryError::Unavailable("the VPG's journal is not open".to_string()))?;
         // Until the journal is open again a forward hello is asked to come
         // back (never told "failed over", which would stop the old site,
         // already taking the VPG back, for good).
         slot.change(Event::SwitchBackEnds)?;
         let d = dir.to_path_buf();
         let reopened = async {
-            tokio::task::spawn_blocking(move || finish_on_disk(&d)).await.context("ending the failover")??;
-            fail::fail_point!("move-back-reopen", |_| Err(anyhow!("failpoint move-back-reopen")));
+            tokio::task::spawn_blocking(move || finish_on_disk(&d))
+                .await
+                .map_err(|source| RecoveryError::Task { what: "ending the failover", source })??;
+            fail::fail_point!("move-back-reopen", |_| Err(RecoveryError::Failpoint("move-back-reopen")));
             let (d, policy) = (dir.to_path_buf(), slot.policy);
             let journal = tokio::task::spawn_blocking(move || Journal::open(&d, meta, &policy))
                 .await
-                .context("reopening the journal")??;
-            Ok::<_, anyhow::Error>(journal)
+                .map_err(|source| RecoveryError::Task { what: "reopening the journal", source })??;
+            Ok::<_, RecoveryError>(journal)
         };
         // Stays `Reopening` on failure: the disk is finished at the next start.
-        let journal = reopened.await.context(
-            "the failover is over but its journal is not open again; run `tidemark move-back` again, or restart the \
-             recovery agent, to finish the switch-back",
-        )?;
+        let journal = reopened.await.map_err(|e| {
+            e.at("the failover is over but its journal is not open again; run `tidemark move-back` again, or restart \
+                  the recovery agent, to finish the switch-back")
+        })?;
         let journal_seq = journal.durable_seq();
         {
             let mut open = slot.journal.lock().expect("journal lock");

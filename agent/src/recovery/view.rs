@@ -10,7 +10,10 @@
 //! never moves the replica past it nor retires a segment it reads.
 
 use super::JournalView;
+use super::RecoveryError;
 use crate::extent_hash::{extent_span, hash, zero_hash, ExtentHash};
+#[allow(unused_imports)]
+use crate::io_failure::{Doing, IoFailure};
 use crate::journal::catalog::walk_journal;
 use crate::journal::extent_map::{ExtentMap, Source};
 use crate::journal::index::CheckpointInfo;
@@ -19,11 +22,12 @@ use crate::journal::replica::VolumeFiles;
 use crate::journal::scan::Visit;
 use crate::journal::summary::EntryKind;
 use crate::wire::message::VolumeInfo;
-use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 
 /// Where one journal Write's data lies, and its checksum.
 struct RecordData {
@@ -92,7 +96,8 @@ impl PitView {
             let fits =
                 volumes.get(volume as usize).is_some_and(|v| offset.checked_add(length).is_some_and(|e| e <= v.size));
             if !fits {
-                failure = Some(anyhow::anyhow!("seq {}: record outside volume {volume}", entry.seq));
+                failure =
+                    Some(RecoveryError::Unavailable(format!("seq {}: record outside volume {volume}", entry.seq)));
                 return Visit::Stop;
             }
             let source = match entry.kind {
@@ -104,7 +109,7 @@ impl PitView {
                                 segment_paths.push(path.to_path_buf());
                             }
                             Err(e) => {
-                                failure = Some(anyhow::Error::new(e).context(format!("opening {}", path.display())));
+                                failure = Some(IoFailure::new(format!("opening {}", path.display()), e).into());
                                 return Visit::Stop;
                             }
                         }
@@ -130,7 +135,10 @@ impl PitView {
         }
         let last_seq = outcome.last_seq.max(base);
         if last_seq < checkpoint.id {
-            bail!("journal ended at seq {last_seq} before checkpoint {}", checkpoint.id);
+            return Err(RecoveryError::Unavailable(format!(
+                "journal ended at seq {last_seq} before checkpoint {}",
+                checkpoint.id
+            )));
         }
         Ok(PitView {
             vpg: vpg.to_string(),
@@ -154,10 +162,13 @@ impl PitView {
     pub fn read_at(&self, volume: usize, buf: &mut [u8], offset: u64) -> Result<()> {
         let size = self.volumes[volume].size;
         if offset.checked_add(buf.len() as u64).is_none_or(|end| end > size) {
-            bail!("read [{offset}, +{}) past the end of volume {volume} ({size} bytes)", buf.len());
+            return Err(RecoveryError::Unavailable(format!(
+                "read [{offset}, +{}) past the end of volume {volume} ({size} bytes)",
+                buf.len()
+            )));
         }
         match &self.replica {
-            Some(r) => r.files[volume].file.read_exact_at(buf, offset).context("reading the replica")?,
+            Some(r) => r.files[volume].file.read_exact_at(buf, offset).doing(|| "reading the replica".to_string())?,
             None => buf.fill(0),
         }
         for (at, len, source) in self.maps[volume].overlapping(offset, buf.len() as u64) {
@@ -170,7 +181,7 @@ impl PitView {
                         Some(data) => piece.copy_from_slice(&data[(at - record.at) as usize..][..piece.len()]),
                         None => self.segments[record.segment as usize]
                             .read_exact_at(piece, at)
-                            .context("reading journal data")?,
+                            .doing(|| "reading journal data".to_string())?,
                     }
                 }
                 Source::Zero => piece.fill(0),
@@ -204,14 +215,14 @@ impl PitView {
         }
         let mut data = vec![0u8; record.len as usize];
         let file = &self.segments[record.segment as usize];
-        file.read_exact_at(&mut data, record.at).context("reading journal data")?;
+        file.read_exact_at(&mut data, record.at).doing(|| "reading journal data".to_string())?;
         if crc32fast::hash(&data) != record.crc {
-            bail!(
+            return Err(RecoveryError::Unavailable(format!(
                 "journal data of seq {} in {} at offset {} fails its checksum; not served",
                 record.seq,
                 self.segment_paths[record.segment as usize].display(),
                 record.at
-            );
+            )));
         }
         record.verified.store(true, Ordering::Release);
         Ok(Some(data))
@@ -317,7 +328,7 @@ mod tests {
         std::fs::write(&first, &bytes).unwrap();
         let pit = PitView::open(root.path(), "db", "latest", "test").unwrap();
         let mut buf = vec![0; 4096];
-        let err = pit.read_at(0, &mut buf, 0).err().map(|e| format!("{e:#}"));
+        let err = pit.read_at(0, &mut buf, 0).err().map(|e| crate::error_chain::Chain(&e).to_string());
         assert!(err.is_none(), "an untouched region reads: {err:?}");
         // seq 100 wrote offset 4096, later writes to it come 25600 seqs on
         // (1 MiB / 4 KiB * 100); "k1001" is before any of them.

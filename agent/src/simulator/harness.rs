@@ -141,7 +141,7 @@ impl Harness {
     /// them off, `invariant` is broken.
     pub fn open_failed(
         &mut self,
-        e: &(dyn std::error::Error + 'static),
+        e: &(dyn std::error::Error + Send + Sync + 'static),
         faults: &mut bool,
         invariant: &'static str,
     ) -> Checked {

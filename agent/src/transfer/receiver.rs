@@ -216,7 +216,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 // reads it.
                 let cancelled = receiver.slot(&vpg).map_or(Ok(()), |s| s.change(Event::MoveCancel));
                 let reply = match cancelled {
-                    Err(e) => ControlMessage::Refused { reason: format!("{e:#}") },
+                    Err(e) => ControlMessage::Refused { reason: crate::error_chain::Chain(&e).to_string() },
                     Ok(()) => {
                         moving = None;
                         tracing::info!(vpg = %vpg, "the protected side cancelled its move");
@@ -301,8 +301,8 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
             match ops.pin_last_clean(&vpg, since_seq, reason).await {
                 Ok(checkpoint) => ControlMessage::Promoted { checkpoint },
                 Err(e) => {
-                    tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e:#}");
-                    ControlMessage::refused(format!("{e:#}"))
+                    tracing::error!(%vpg, "the encryption detector's alert: pinning the last clean checkpoint failed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
+                    ControlMessage::refused(crate::error_chain::Chain(&e).to_string())
                 }
             }
         }),
@@ -326,7 +326,7 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::spawn(async move {
             match ops.failover(&vpg, &checkpoint.to_string(), true, commit).await {
                 Ok(_) => ControlMessage::Promoted { checkpoint },
-                Err(e) => ControlMessage::refused(format!("{e:#}")),
+                Err(e) => ControlMessage::refused(crate::error_chain::Chain(&e).to_string()),
             }
         }),
     )
@@ -368,8 +368,13 @@ async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
                 hashes: hashes.iter().map(crate::extent_hash::to_hex).collect(),
             },
             Ok((Err(e), vpg, ask)) => {
-                tracing::warn!(%vpg, at = ask.at, volume = ask.volume, first = ask.first_extent, "extent hashes refused: {e:#}");
-                ControlMessage::refused(format!("extent hashes of volume {} at {}: {e:#}", ask.volume, ask.at))
+                tracing::warn!(%vpg, at = ask.at, volume = ask.volume, first = ask.first_extent, "extent hashes refused: {e_chain}", e_chain = crate::error_chain::Chain(&e));
+                ControlMessage::refused(format!(
+                    "extent hashes of volume {} at {}: {e_chain}",
+                    ask.volume,
+                    ask.at,
+                    e_chain = crate::error_chain::Chain(&e)
+                ))
             }
             Err(e) => ControlMessage::refused(format!("extent hashes: the task failed: {e}")),
         }

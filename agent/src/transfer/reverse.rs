@@ -287,15 +287,19 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
             let switched_back_at = match ops.switched_back_at(vpg) {
                 Ok(m) => m,
                 Err(e) => {
-                    send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?;
-                    bail!("VPG {vpg:?} is not failed over here, and: {e:#}");
+                    send_control(&mut link, &ControlMessage::refused(crate::error_chain::Chain(&e).to_string()))
+                        .await?;
+                    bail!(
+                        "VPG {vpg:?} is not failed over here, and: {e_chain}",
+                        e_chain = crate::error_chain::Chain(&e)
+                    );
                 }
             };
             send_control(&mut link, &ControlMessage::NotFailedOver { switched_back_at }).await?;
             bail!("VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it");
         }
         Err(e) => {
-            let reason = format!("{e:#}");
+            let reason = crate::error_chain::Chain(&e).to_string();
             send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
             bail!("refused reverse protection of {vpg:?}: {reason}");
         }

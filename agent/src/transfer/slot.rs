@@ -9,6 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
+/// A VPG state change the VPG's state does not allow, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StateRefused(pub String);
+
 /// One VPG as the receiver sees it.
 pub struct VpgSlot {
     pub name: String,
@@ -49,7 +54,7 @@ impl VpgSlot {
     /// Applies `event` to the VPG's state (`VpgState::next`), or says why
     /// it is refused, naming the VPG. The change is logged once the state
     /// lock is let go.
-    pub fn change(&self, event: Event) -> anyhow::Result<()> {
+    pub fn change(&self, event: Event) -> Result<(), StateRefused> {
         let (before, next) = {
             let mut state = self.state.lock().expect("vpg state lock");
             let next = state.next(event).map_err(|refusal| self.refused(refusal))?;
@@ -63,13 +68,13 @@ impl VpgSlot {
 
     /// Whether `event` would be taken now (nothing changes): for a check
     /// before slow work, whose `change` is then made, and may be refused.
-    pub fn check(&self, event: Event) -> anyhow::Result<()> {
+    pub fn check(&self, event: Event) -> Result<(), StateRefused> {
         let state = self.state.lock().expect("vpg state lock");
         state.next(event).map(drop).map_err(|refusal| self.refused(refusal))
     }
 
-    fn refused(&self, refusal: crate::recovery_state::Refusal) -> anyhow::Error {
-        anyhow::anyhow!(refusal.message(&self.name))
+    fn refused(&self, refusal: crate::recovery_state::Refusal) -> StateRefused {
+        StateRefused(refusal.message(&self.name))
     }
 
     /// The checkpoint the VPG was failed over at, once that is committed.

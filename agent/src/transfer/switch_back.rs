@@ -184,8 +184,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 ControlMessage::NotFailedOver { switched_back_at }
             }
             Err(e) => {
-                tracing::warn!(%vpg, "switch-back request refused: {e:#}");
-                ControlMessage::refused(format!("{e:#}"))
+                tracing::warn!(%vpg, "switch-back request refused: {e_chain}", e_chain = crate::error_chain::Chain(&e));
+                ControlMessage::refused(crate::error_chain::Chain(&e).to_string())
             }
         }
     });

@@ -252,7 +252,8 @@ impl ApiError {
 
     /// The operation ran and failed (the VPG is not in that state, the
     /// checkpoint does not exist, ...).
-    pub fn failed(e: anyhow::Error) -> ApiError {
+    pub fn failed(e: impl Into<anyhow::Error>) -> ApiError {
+        let e: anyhow::Error = e.into();
         ApiError::new(StatusCode::CONFLICT, format!("{e:#}"))
     }
 

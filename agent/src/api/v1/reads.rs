@@ -22,7 +22,7 @@ async fn blocking(run: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static
 }
 
 fn text(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value).map_err(|e| ApiError::failed(e.into()))
+    serde_json::to_vec(value).map_err(ApiError::failed)
 }
 
 /// Serialized straight to text (no `Value` tree: 100,000s of checkpoints).
