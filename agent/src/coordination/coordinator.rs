@@ -501,7 +501,7 @@ impl RemoteMember {
         let dialed = tokio::time::timeout(DIAL_TIMEOUT, dial)
             .await
             .map_err(|_| CoordinationError::Failed(format!("no answer within {DIAL_TIMEOUT:?}")))?;
-        dialed.map_err(|e| CoordinationError::Failed(format!("{e:#}")))
+        dialed.map_err(|e| CoordinationError::Failed(crate::error_chain::Chain(&e).to_string()))
     }
 }
 

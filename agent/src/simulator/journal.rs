@@ -19,6 +19,7 @@ use super::harness::{Checked, Harness, Stop, OPEN_ATTEMPTS};
 use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::journal::segments::{self, Rolling, SegmentFiles};
+use crate::journal::JournalError;
 use crate::record::{Record, RecordBody};
 use crate::storage::sim::SimStorage;
 use crate::storage::Storage;
@@ -46,7 +47,7 @@ pub(super) fn open_segments(
     vpg_id: u32,
     rolling: Rolling,
     mut visit: impl FnMut(&Record),
-) -> anyhow::Result<(SegmentFiles, Option<String>)> {
+) -> Result<(SegmentFiles, Option<String>), JournalError> {
     let forget = &mut |_: &Path| Ok(());
     let outcome = segments::recover(fs, dir, vpg_id, forget, |rec, _| visit(rec))?;
     let files = SegmentFiles::open(Arc::new(fs.clone()), dir, vpg_id, rolling, outcome.last_seq + 1)?;
@@ -195,14 +196,14 @@ impl Run {
                     self.files = Some(files);
                     return self.check_opened(&read, damage);
                 }
-                Err(e) => self.h.open_failed(e.as_ref(), &mut faults, "the journal opens again after any stop")?,
+                Err(e) => self.h.open_failed(&e, &mut faults, "the journal opens again after any stop")?,
             }
         }
         Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
     }
 
     /// One open: what it read (seq, encoding) into `read`.
-    fn open_once(&self, read: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<(SegmentFiles, Option<String>)> {
+    fn open_once(&self, read: &mut Vec<(u64, Vec<u8>)>) -> Result<(SegmentFiles, Option<String>), JournalError> {
         open_segments(&self.h.fs, &self.dir, VPG_ID, ROLLING, |rec| read.push((rec.seq, rec.encode())))
     }
 

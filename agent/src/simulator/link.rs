@@ -488,9 +488,9 @@ impl Run {
         let mut payload = Vec::new();
         let mut decoder = BatchDecoder::default();
         let decoded = match read_frame_into(&mut &frame.bytes[..], &mut payload).await {
-            Ok(FrameKind::Batch) => decoder.decode(&payload, VPG_ID).map_err(anyhow::Error::from),
-            Ok(kind) => Err(anyhow::anyhow!("a {kind:?} frame on the data link")),
-            Err(e) => Err(e.into()),
+            Ok(FrameKind::Batch) => decoder.decode(&payload, VPG_ID).map_err(|e| Chain(&e).to_string()),
+            Ok(kind) => Err(format!("a {kind:?} frame on the data link")),
+            Err(e) => Err(Chain(&e).to_string()),
         };
         let decoded = match decoded {
             Ok(d) => d,
@@ -742,11 +742,19 @@ impl Run {
                     return self.check_journal(&read, damage);
                 }
                 Err(e) if faults => {
-                    self.h.note(format!("the journal's open failed on a fault: {e:#}; again without faults"));
+                    self.h.note(format!(
+                        "the journal's open failed on a fault: {e_chain}; again without faults",
+                        e_chain = crate::error_chain::Chain(&e)
+                    ));
                     faults = false;
                     self.rec.fs.set_fault_per_mille(0);
                 }
-                Err(e) => return Err(self.h.violation("the journal opens again after any stop", format!("{e:#}"))),
+                Err(e) => {
+                    return Err(self.h.violation(
+                        "the journal opens again after any stop",
+                        crate::error_chain::Chain(&e).to_string(),
+                    ))
+                }
             }
         }
         Err(self.h.violation("the journal opens again after any stop", format!("not in {OPEN_ATTEMPTS} attempts")))
@@ -757,7 +765,7 @@ impl Run {
     fn open_journal_once(
         &self,
         read: &mut Vec<(u64, Vec<u8>)>,
-    ) -> anyhow::Result<(SegmentFiles, JournalIndex, Option<String>)> {
+    ) -> Result<(SegmentFiles, JournalIndex, Option<String>), JournalError> {
         let mut index = JournalIndex::new(VOLUMES);
         let (files, damage) = super::journal::open_segments(&self.rec.fs, &self.rec.dir, VPG_ID, ROLLING, |r| {
             index.observe(r);
@@ -860,7 +868,7 @@ impl Run {
         self.h.check(
             restored.is_ok(),
             "a checkpoint restores to the volumes at that point of the write order",
-            || format!("checkpoint {checkpoint}: {:#}", restored.as_ref().expect_err("failed")),
+            || format!("checkpoint {checkpoint}: {}", restored.as_ref().expect_err("failed")),
         )?;
         self.h.report.restores += 1;
         self.h.note(format!("restore checkpoint {checkpoint}: the volumes as the model has them"));

@@ -3,6 +3,7 @@
 //! carries the hello/resume handshake and keepalives; data (4008) carries
 //! batches one way and acknowledgements of durable seqs the other.
 
+mod error;
 pub mod link_share;
 pub mod peer;
 pub mod receiver;
@@ -11,6 +12,8 @@ pub mod reverse_runner;
 pub mod sender;
 pub mod slot;
 pub mod switch_back;
+
+pub use error::TransferError;
 
 use crate::wire::frame::{read_frame_within, write_frame, FrameError, FrameKind};
 use crate::wire::message::{ControlMessage, MessageError, CONTROL_BYTES_MAX};

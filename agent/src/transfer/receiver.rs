@@ -5,8 +5,11 @@
 
 use super::peer::Peer;
 use super::slot::{VpgSlot, VpgSlots};
+use super::TransferError;
 use super::{answer_when_done, recv_control, recv_control_or_refuse, send_control};
 use crate::extent_hash::HashQuestion;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};
 use crate::record::vpg_id;
@@ -15,13 +18,14 @@ use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
 use crate::wire::tls::fingerprint;
-use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
 
 /// TLS handshakes under way at once on each port, and from one source:
 /// before its certificate is checked a connection is anybody's, and one
@@ -89,7 +93,7 @@ impl Receiver {
         let entries = match std::fs::read_dir(&self.journal_root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", self.journal_root.display())),
+            Err(e) => return Ok(Err(e).doing(|| format!("listing {}", self.journal_root.display()))?),
         };
         for entry in entries {
             let dir = entry?.path();
@@ -101,7 +105,8 @@ impl Receiver {
             }
             crate::recovery::failover::finish_commit(&dir)?;
             let failed = crate::recovery::failover::FailoverRecord::load(&dir)?;
-            let journal = Journal::open(&dir, meta, &policy).with_context(|| format!("opening journal {vpg:?}"))?;
+            let journal = Journal::open(&dir, meta, &policy)
+                .map_err(|e| TransferError::from(e).at(format!("opening journal {vpg:?}")))?;
             let state = VpgState::at_start(failed.map(|r| (r.checkpoint.id, r.how, r.time_ms)));
             let slot = VpgSlot::new(journal, 0, policy, state);
             self.vpgs.lock().expect("vpgs lock").insert(vpg, Arc::new(slot));
@@ -156,7 +161,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
                 data_link(tls, &receiver, &peer).await
             };
             if let Err(e) = result {
-                tracing::warn!(peer = %address, "{role} link closed: {e:#}");
+                tracing::warn!(peer = %address, "{role} link closed: {e_chain}", e_chain = crate::error_chain::Chain(&e));
             }
         });
     }
@@ -171,19 +176,21 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
             if let Err(reason) = receiver.check_access(peer, &vpg, "a hello") {
                 send_control(&mut link, &ControlMessage::refused(reason)).await?;
-                bail!("refused a hello for a VPG this peer may not use");
+                return Err(TransferError::Peer("refused a hello for a VPG this peer may not use".to_string()));
             }
             if let Some(checkpoint) = receiver.failed_over_at(&vpg) {
                 send_control(&mut link, &ControlMessage::FailedOver { checkpoint }).await?;
-                bail!("VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side");
+                return Err(TransferError::Peer(format!(
+                    "VPG {vpg:?} was failed over here at checkpoint {checkpoint}; told the protected side"
+                )));
             }
             let opened = open_vpg(receiver, protocol, &vpg, id, volumes, stream_id, peer).await;
             match opened {
                 Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
                 Err(e) => {
-                    let reason = format!("{e:#}");
+                    let reason = crate::error_chain::Chain(&e).to_string();
                     send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
-                    bail!("refused hello for VPG {vpg:?}: {reason}");
+                    return Err(TransferError::Peer(format!("refused hello for VPG {vpg:?}: {reason}")));
                 }
             }
         }
@@ -198,7 +205,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             let ops = admit_old_site(&mut link, receiver, peer, &vpg, protocol, "a switch-back request").await?;
             return super::switch_back::serve(link, ops, peer.fingerprint, request).await;
         }
-        other => bail!("expected hello, got {other:?}"),
+        other => return Err(TransferError::Peer(format!("expected hello, got {other:?}"))),
     };
     send_control(&mut link, &ControlMessage::Welcome { durable_seq, session, stream_id }).await?;
     tracing::info!(%vpg, durable_seq, "protected side connected");
@@ -208,7 +215,9 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
         match recv_control(&mut link).await? {
             ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(_) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
-                Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
+                Err(e) => {
+                    send_control(&mut link, &ControlMessage::refused(crate::error_chain::Chain(&e).to_string())).await?
+                }
             },
             ControlMessage::MoveCancel => {
                 // Refused while a failover is (being) committed; once
@@ -242,9 +251,11 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             // After a reconnect the move is announced again implicitly.
             ControlMessage::Promote { checkpoint } => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(mark) => promote(&mut link, receiver, &vpg, checkpoint, mark).await?,
-                Err(e) => send_control(&mut link, &ControlMessage::refused(format!("{e:#}"))).await?,
+                Err(e) => {
+                    send_control(&mut link, &ControlMessage::refused(crate::error_chain::Chain(&e).to_string())).await?
+                }
             },
-            other => bail!("unexpected control message {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected control message {other:?}"))),
         }
     }
 }
@@ -261,7 +272,7 @@ async fn admit_old_site<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Arc<crate::recovery::ops::RecoveryOps>> {
     if let Err(reason) = receiver.check_access(peer, vpg, what) {
         send_control(link, &ControlMessage::refused(reason)).await?;
-        bail!("refused {what} for a VPG this peer may not use");
+        return Err(TransferError::Peer(format!("refused {what} for a VPG this peer may not use")));
     }
     if protocol != PROTOCOL_VERSION {
         let reason = format!(
@@ -269,9 +280,13 @@ async fn admit_old_site<S: AsyncRead + AsyncWrite + Unpin>(
              appliances to the same build"
         );
         send_control(link, &ControlMessage::refused(reason)).await?;
-        bail!("{what} with protocol {protocol}");
+        return Err(TransferError::Peer(format!("{what} with protocol {protocol}")));
     }
-    Ok(receiver.ops.get().context("the recovery agent is still starting")?.clone())
+    Ok(receiver
+        .ops
+        .get()
+        .ok_or_else(|| TransferError::Peer("the recovery agent is still starting".to_string()))?
+        .clone())
 }
 
 /// Marks a move of `vpg` as running for this link (once); its mark.
@@ -279,7 +294,8 @@ fn mark_move(receiver: &Receiver, vpg: &str, moving: &mut Option<crate::recovery
     if let Some(held) = moving {
         return Ok(held.mark());
     }
-    let ops = receiver.ops.get().context("the recovery agent is still starting")?;
+    let ops =
+        receiver.ops.get().ok_or_else(|| TransferError::Peer("the recovery agent is still starting".to_string()))?;
     let held = moving.insert(ops.begin_move(vpg)?);
     Ok(held.mark())
 }
@@ -293,7 +309,11 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(
     since_seq: u64,
     reason: String,
 ) -> Result<()> {
-    let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+    let ops = receiver
+        .ops
+        .get()
+        .ok_or_else(|| TransferError::Peer("the recovery agent is still starting".to_string()))?
+        .clone();
     let vpg = vpg.to_string();
     Ok(answer_when_done(
         link,
@@ -318,7 +338,11 @@ async fn promote<S: AsyncRead + AsyncWrite + Unpin>(
     checkpoint: u64,
     mark: u64,
 ) -> Result<()> {
-    let ops = receiver.ops.get().context("the recovery agent is still starting")?.clone();
+    let ops = receiver
+        .ops
+        .get()
+        .ok_or_else(|| TransferError::Peer("the recovery agent is still starting".to_string()))?
+        .clone();
     let vpg = vpg.to_string();
     let commit = crate::recovery_state::Commit::Move { mark };
     Ok(answer_when_done(
@@ -343,7 +367,7 @@ async fn answer_hashes<S: AsyncRead + AsyncWrite + Unpin>(
     vpg: &str,
     ask: HashQuestion,
 ) -> Result<()> {
-    let slot = receiver.slot(vpg).context("no journal open for the VPG")?;
+    let slot = receiver.slot(vpg).ok_or_else(|| TransferError::Peer("no journal open for the VPG".to_string()))?;
     let root = receiver.journal_root.clone();
     let vpg = vpg.to_string();
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -405,17 +429,17 @@ async fn open_vpg(
     peer: &Peer,
 ) -> Result<(u64, u64, u32)> {
     if protocol != PROTOCOL_VERSION {
-        bail!(
+        return Err(TransferError::Peer(format!(
             "protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION}): upgrade both \
              appliances to the same build"
-        );
+        )));
     }
     crate::config::validate_name("vpg", vpg)?;
     if id != vpg_id(vpg) {
-        bail!("VPG id {id:#x} does not match name {vpg:?}");
+        return Err(TransferError::Peer(format!("VPG id {id:#x} does not match name {vpg:?}")));
     }
     if volumes.is_empty() || volumes.iter().any(|v| v.size == 0) {
-        bail!("VPG {vpg:?} must have volumes of non-zero size");
+        return Err(TransferError::Peer(format!("VPG {vpg:?} must have volumes of non-zero size")));
     }
     for v in &volumes {
         crate::config::validate_name("volume", &v.name)?;
@@ -423,11 +447,14 @@ async fn open_vpg(
     let session = crate::random::random_u64();
     if let Some(slot) = receiver.slot(vpg) {
         if let Some(why) = slot.stream_refusal() {
-            bail!("{why}");
+            return Err(TransferError::Peer(why.to_string()));
         }
         let journal = slot.journal.lock().expect("journal lock");
         if journal.meta.volumes != volumes {
-            bail!("volumes {:?} differ from the journal's {:?}", volumes, journal.meta.volumes);
+            return Err(TransferError::Peer(format!(
+                "volumes {:?} differ from the journal's {:?}",
+                volumes, journal.meta.volumes
+            )));
         }
         slot.session_stream.store(stream_id, Ordering::SeqCst);
         *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
@@ -455,7 +482,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     let (mut rd, mut wr) = tokio::io::split(link);
     let (vpg, session) = match recv_control(&mut rd).await? {
         ControlMessage::Attach { vpg, session } => (vpg, session),
-        other => bail!("expected attach, got {other:?}"),
+        other => return Err(TransferError::Peer(format!("expected attach, got {other:?}"))),
     };
     // A session is joined only by the certificate that opened it.
     let ours = |s: &Arc<VpgSlot>| {
@@ -467,7 +494,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             return super::reverse::serve_data(rd.unsplit(wr), capture).await;
         }
         send_control(&mut wr, &ControlMessage::refused("no such session")).await?;
-        bail!("attach for VPG {vpg:?} with an unknown session");
+        return Err(TransferError::Peer(format!("attach for VPG {vpg:?} with an unknown session")));
     };
     let id = vpg_id(&vpg);
     let stream = slot.session_stream.load(Ordering::SeqCst);
@@ -478,14 +505,14 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
-            .context("data link idle too long")??;
+            .map_err(|_| TransferError::Peer("data link idle too long".to_string()))??;
         if kind != FrameKind::Batch {
-            bail!("expected a batch frame, got {kind:?}");
+            return Err(TransferError::Peer(format!("expected a batch frame, got {kind:?}")));
         }
         if slot.session.load(Ordering::SeqCst) != session {
-            bail!("a newer session replaced this link");
+            return Err(TransferError::Peer("a newer session replaced this link".to_string()));
         }
-        let decoded = decoder.decode(&payload, id).context("bad batch")?;
+        let decoded = decoder.decode(&payload, id).map_err(|_| TransferError::Peer("bad batch".to_string()))?;
         let wire_len = payload.len();
         // On this thread (not the blocking pool): the batch is allocated and
         // freed by one thread, which keeps the allocator from holding it.
@@ -496,21 +523,21 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             // welcome would put the journal ahead of what that session's
             // sender was told.
             if slot.session.load(Ordering::SeqCst) != session {
-                return Err(anyhow::anyhow!("a newer session replaced this link"));
+                return Err(TransferError::Peer("a newer session replaced this link".to_string()));
             }
             match slot.stream_refusal() {
                 None => Ok(journal.append(&decoded, stream)?),
-                Some(why) => Err(anyhow::anyhow!("{why}; the stream is closed")),
+                Some(why) => Err(TransferError::Peer(format!("{why}; the stream is closed"))),
             }
         });
         drop(decoded);
         let durable = match appended {
             Ok(d) => d,
             Err(e) => {
-                let reason = format!("{e:#}");
+                let reason = crate::error_chain::Chain(&e).to_string();
                 send_control(&mut wr, &ControlMessage::refused(reason.clone())).await?;
                 drain_until_closed(&mut rd).await;
-                bail!("journal append for {vpg}: {reason}");
+                return Err(TransferError::Peer(format!("journal append for {vpg}: {reason}")));
             }
         };
         slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);

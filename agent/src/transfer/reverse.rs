@@ -14,24 +14,28 @@
 //! until the VPG is moved back.
 
 use super::sender::{dial, receive_acks, stream, LinkSeat, SenderStats};
+use super::TransferError;
 use super::{recv_control, send_control, KEEPALIVE_INTERVAL};
 use crate::capture::delta;
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
 use crate::extent_hash::{self, ExtentHash};
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::log::state::ReverseState;
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::recovery::ops::RecoveryOps;
 use crate::wire::batch;
 use crate::wire::frame::{read_frame_into, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, EXTENT_HASHES_PER_MESSAGE_MAX, PROTOCOL_VERSION};
-use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
 
 const RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -68,8 +72,8 @@ pub(super) async fn run(
             Ok(Ended::Stopped) | Err(_) if stop.load(Ordering::SeqCst) => break,
             Ok(Ended::Stopped) => {}
             Err(e) => {
-                tracing::warn!(vpg = %vpg.name, "reverse link to {} down: {e:#}; retrying in {RETRY_DELAY:?}", peer.address);
-                progress.send_modify(|p| p.last_error = Some(format!("{e:#}")));
+                tracing::warn!(vpg = %vpg.name, "reverse link to {} down: {e_chain}; retrying in {RETRY_DELAY:?}", peer.address, e_chain = crate::error_chain::Chain(&e));
+                progress.send_modify(|p| p.last_error = Some(crate::error_chain::Chain(&e).to_string()));
             }
         }
         tokio::time::sleep(RETRY_DELAY).await;
@@ -112,10 +116,15 @@ async fn session(
             return Ok(Ended::SwitchedBack)
         }
         ControlMessage::NotFailedOver { .. } => {
-            bail!("the recovery site has no failover of VPG {:?}; there is nothing to reverse", vpg.name)
+            return Err(TransferError::Peer(format!(
+                "the recovery site has no failover of VPG {:?}; there is nothing to reverse",
+                vpg.name
+            )))
         }
-        ControlMessage::Refused { reason } => bail!("the recovery site refused reverse protection: {reason}"),
-        other => bail!("unexpected reply to the reverse hello: {other:?}"),
+        ControlMessage::Refused { reason } => {
+            return Err(TransferError::Peer(format!("the recovery site refused reverse protection: {reason}")))
+        }
+        other => return Err(TransferError::Peer(format!("unexpected reply to the reverse hello: {other:?}"))),
     };
     let was_in_sync = vpg.reverse_state().is_some_and(|r| r.in_sync);
     progress.send_modify(|p| p.in_sync = was_in_sync && !need_hashes);
@@ -144,7 +153,7 @@ async fn session(
         r = apply_stream(vpg, data, progress) => r,
     };
     ended?;
-    bail!("the reverse session ended")
+    Err(TransferError::Peer("the reverse session ended".to_string()))
 }
 
 async fn ping<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> {
@@ -153,7 +162,7 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(control: &mut S) -> Result<()> 
         send_control(control, &ControlMessage::Ping).await?;
         match recv_control(control).await? {
             ControlMessage::Pong => {}
-            other => bail!("unexpected control message {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected control message {other:?}"))),
         }
     }
 }
@@ -175,12 +184,13 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
         let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
             .await
-            .context("reverse data link idle too long")??;
+            .map_err(|_| TransferError::Peer("reverse data link idle too long".to_string()))??;
         if kind != FrameKind::Batch {
-            bail!("expected a batch frame, got {kind:?}");
+            return Err(TransferError::Peer(format!("expected a batch frame, got {kind:?}")));
         }
         // Owned: the batch goes to a blocking thread.
-        let decoded = batch::decode(&payload, id).context("bad batch")?.into_owned();
+        let decoded =
+            batch::decode(&payload, id).map_err(|_| TransferError::Peer("bad batch".to_string()))?.into_owned();
         let applied_before = vpg.reverse_state().map_or(0, |r| r.applied_seq);
         check_continues(&decoded, applied_before)?;
         let wire = payload.len() as u64;
@@ -192,7 +202,9 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             // (which holds it too): no batch is applied after that.
             let _order = vpg2.order.blocking_lock();
             if vpg2.reverse_state().is_none() {
-                bail!("reverse protection ended (switched back); the batch is not applied");
+                return Err(TransferError::Peer(
+                    "reverse protection ended (switched back); the batch is not applied".to_string(),
+                ));
             }
             let mut copied = before;
             let mut stream = stream_before;
@@ -205,17 +217,29 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
                     RecordBody::Write { volume, offset, .. } => {
                         let start = at + RECORD_HEADER_BYTES;
                         let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
-                        let v = vpg2.volumes.get(*volume as usize).context("record for an unknown volume")?;
+                        let v = vpg2
+                            .volumes
+                            .get(*volume as usize)
+                            .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
                         if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
-                            bail!("seq {}: write past the end of {}", rec.seq, v.name);
+                            return Err(TransferError::Peer(format!(
+                                "seq {}: write past the end of {}",
+                                rec.seq, v.name
+                            )));
                         }
                         v.write_at(&decoded.raw[start..start + len], *offset)?;
                         data_bytes += len as u64;
                     }
                     RecordBody::Zero { volume, offset, length } => {
-                        let v = vpg2.volumes.get(*volume as usize).context("record for an unknown volume")?;
+                        let v = vpg2
+                            .volumes
+                            .get(*volume as usize)
+                            .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
                         if offset.checked_add(*length).is_none_or(|e| e > v.size) {
-                            bail!("seq {}: zero past the end of {}", rec.seq, v.name);
+                            return Err(TransferError::Peer(format!(
+                                "seq {}: zero past the end of {}",
+                                rec.seq, v.name
+                            )));
                         }
                         v.zero_range(*offset, *length)?;
                     }
@@ -240,7 +264,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             Ok((last, data_bytes, copied, stream))
         })
         .await
-        .context("reverse apply task")??;
+        .map_err(|source| TransferError::Task { what: "reverse apply task", source })??;
         stream = stream_now;
         copied = copied_now;
         let in_sync = copied.iter().all(|c| *c);
@@ -261,9 +285,11 @@ fn check_continues(batch: &batch::DecodedBatch, applied_seq: u64) -> Result<()> 
     let Some(first) = batch.records.iter().find(|r| r.seq > applied_seq) else { return Ok(()) };
     match first.body {
         RecordBody::StreamStart { .. } => Ok(()),
-        _ if applied_seq == 0 => bail!("the first batch does not start a stream (seq {})", first.seq),
+        _ if applied_seq == 0 => {
+            Err(TransferError::Peer(format!("the first batch does not start a stream (seq {})", first.seq)))
+        }
         _ if first.seq != applied_seq + 1 => {
-            bail!("seq {} does not follow seq {applied_seq}, applied here", first.seq)
+            Err(TransferError::Peer(format!("seq {} does not follow seq {applied_seq}, applied here", first.seq)))
         }
         _ => Ok(()),
     }
@@ -289,19 +315,21 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => {
                     send_control(&mut link, &ControlMessage::refused(crate::error_chain::Chain(&e).to_string()))
                         .await?;
-                    bail!(
+                    return Err(TransferError::Peer(format!(
                         "VPG {vpg:?} is not failed over here, and: {e_chain}",
                         e_chain = crate::error_chain::Chain(&e)
-                    );
+                    )));
                 }
             };
             send_control(&mut link, &ControlMessage::NotFailedOver { switched_back_at }).await?;
-            bail!("VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it");
+            return Err(TransferError::Peer(format!(
+                "VPG {vpg:?} is not failed over here; told the old site, which asked to reverse it"
+            )));
         }
         Err(e) => {
             let reason = crate::error_chain::Chain(&e).to_string();
             send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
-            bail!("refused reverse protection of {vpg:?}: {reason}");
+            return Err(TransferError::Peer(format!("refused reverse protection of {vpg:?}: {reason}")));
         }
     };
     send_control(&mut link, &ControlMessage::ReverseWelcome { session: start.session, need_hashes: start.need_hashes })
@@ -312,13 +340,15 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             match recv_control(&mut link).await? {
                 ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
-                    let list = theirs.get_mut(volume as usize).context("hashes for an unknown volume")?;
+                    let list = theirs
+                        .get_mut(volume as usize)
+                        .ok_or_else(|| TransferError::Peer("hashes for an unknown volume".to_string()))?;
                     let size = volumes[volume as usize].size;
                     add_hashes(list, extent_hash::extent_count(size), first_extent, &hashes)
-                        .with_context(|| format!("extent hashes of volume {volume}"))?;
+                        .map_err(|e| e.at(format!("extent hashes of volume {volume}")))?;
                 }
                 ControlMessage::HashesDone => break,
-                other => bail!("expected extent hashes, got {other:?}"),
+                other => return Err(TransferError::Peer(format!("expected extent hashes, got {other:?}"))),
             }
         }
         let capture = start.capture.clone();
@@ -343,10 +373,12 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         match recv_control(&mut link).await? {
             // A newer session, or a switch-back, ended this one.
             ControlMessage::Ping if ops.reverse_session(vpg, start.session, &peer.fingerprint).is_none() => {
-                bail!("the reverse session of {vpg:?} ended (replaced, or switched back)")
+                return Err(TransferError::Peer(format!(
+                    "the reverse session of {vpg:?} ended (replaced, or switched back)"
+                )))
             }
             ControlMessage::Ping => send_control(&mut link, &ControlMessage::Pong).await?,
-            other => bail!("unexpected control message {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected control message {other:?}"))),
         }
     }
 }
@@ -367,10 +399,10 @@ pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc
 /// than the volume has extents (a peer once could pile them up at will).
 fn add_hashes(list: &mut Vec<ExtentHash>, extents: u64, first_extent: u64, hashes: &[String]) -> Result<()> {
     if first_extent != list.len() as u64 {
-        bail!("out of order: {first_extent} after {} hashes", list.len());
+        return Err(TransferError::Peer(format!("out of order: {first_extent} after {} hashes", list.len())));
     }
     if list.len() as u64 + hashes.len() as u64 > extents {
-        bail!("more hashes than the volume's {extents} extents");
+        return Err(TransferError::Peer(format!("more hashes than the volume's {extents} extents")));
     }
     for h in hashes {
         list.push(crate::extent_hash::parse_hex(h)?);

@@ -3,15 +3,19 @@
 //! a switch-back, which then starts the VPG's forward sender again.
 
 use super::reverse::{Ended, ReverseProgress};
+use super::TransferError;
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::log::state::ReverseState;
 use crate::protected_state::Event;
-use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
 
 /// How long `reverse` waits to hear of a failover that just happened
 /// (a few keepalive intervals).
@@ -56,7 +60,7 @@ impl ReverseRunner {
             let ended = super::reverse::run(&vpg2, &me.peer, me.tls.clone(), &tx, &stop2).await;
             if matches!(ended, Ended::SwitchedBack) {
                 if let Err(e) = finish_interrupted(&me, &vpg2).await {
-                    tracing::error!(vpg = %vpg2.name, "finishing the switch-back failed (run `tidemark move-back`): {e:#}");
+                    tracing::error!(vpg = %vpg2.name, "finishing the switch-back failed (run `tidemark move-back`): {e_chain}", e_chain = crate::error_chain::Chain(&e));
                     // Ended: the next `ensure` starts a task again.
                     me.running.lock().expect("reverse tasks").remove(&vpg2.name);
                 }
@@ -78,10 +82,9 @@ impl ReverseRunner {
 /// back and wait until the delta copy is applied.
 pub async fn start(runner: &Arc<ReverseRunner>, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
     // Not while a move or a switch-back changes what this site is.
-    let running = vpg
-        .moving
-        .try_lock()
-        .map_err(|_| anyhow::anyhow!("a move or switch-back of VPG {:?} is running; try again after it", vpg.name))?;
+    let running = vpg.moving.try_lock().map_err(|_| {
+        TransferError::Peer(format!("a move or switch-back of VPG {:?} is running; try again after it", vpg.name))
+    })?;
     // Right after a failover (or a move's promote whose answer was lost)
     // this site may not have heard of it yet: it does at the link's next
     // keepalive.
@@ -100,10 +103,10 @@ pub async fn start(runner: &Arc<ReverseRunner>, vpg: &Arc<VpgCapture>, wait: Dur
     let reached = matches!(tokio::time::timeout(wait, progress.wait_for(|p| p.in_sync)).await, Ok(Ok(_)));
     let p = progress.borrow().clone();
     if !reached {
-        bail!(
+        return Err(TransferError::Peer(format!(
             "the delta copy is not applied yet after {wait:?} ({}); reverse protection keeps trying",
             p.last_error.unwrap_or_else(|| format!("{} received so far", crate::status::format_bytes(p.wire_bytes)))
-        );
+        )));
     }
     let size: u64 = vpg.volumes.iter().map(|v| v.size).sum();
     Ok(format!(

@@ -7,6 +7,7 @@
 //! holds another stream, or more than this log, gets a new stream.
 
 use super::link_share::LinkShare;
+use super::TransferError;
 use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::peer_hashes::PeerHashAsk;
 use crate::capture::vpg::{MoveStep, VpgCapture};
@@ -14,11 +15,12 @@ use crate::capture::CaptureError;
 use crate::config::{PeerConfig, Priority};
 use crate::error_chain::Chain;
 use crate::extent_hash::ExtentHash;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
 use crate::wire::frame::{frame_header, FrameKind};
 use crate::wire::message::{ControlMessage, VolumeInfo, PROTOCOL_VERSION};
 use crate::wire::tls::PEER_SERVER_NAME;
-use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
 
 /// Bytes sent but not yet acknowledged before the sender waits.
 const INFLIGHT_BYTES_MAX: u64 = 32 << 20;
@@ -87,8 +91,8 @@ pub async fn run(
             }
             Err(e) => {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                *stats.last_error.lock().expect("last error") = format!("{e:#}");
-                tracing::warn!(vpg = %vpg.name, "link to {} down: {e:#}; retrying in {delay:?}", peer.address);
+                *stats.last_error.lock().expect("last error") = crate::error_chain::Chain(&e).to_string();
+                tracing::warn!(vpg = %vpg.name, "link to {} down: {e_chain}; retrying in {delay:?}", peer.address, e_chain = crate::error_chain::Chain(&e));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RECONNECT_DELAY_MAX);
             }
@@ -102,13 +106,14 @@ pub(crate) async fn dial(
     port: u16,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let attempt = async {
-        let tcp =
-            TcpStream::connect((address, port)).await.with_context(|| format!("connecting to {address}:{port}"))?;
-        tcp.set_nodelay(true)?;
+        let tcp = TcpStream::connect((address, port)).await.doing(|| format!("connecting to {address}:{port}"))?;
+        tcp.set_nodelay(true).doing(|| "setting TCP_NODELAY".to_string())?;
         let name = rustls::pki_types::ServerName::try_from(PEER_SERVER_NAME).expect("static name");
-        connector.connect(name, tcp).await.with_context(|| format!("TLS handshake with {address}:{port}"))
+        connector.connect(name, tcp).await.doing(|| format!("TLS handshake with {address}:{port}"))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.context("connect timed out")?
+    Ok(tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| TransferError::Peer("connect timed out".to_string()))??)
 }
 
 /// How a session ended without an error.
@@ -139,9 +144,9 @@ async fn session(
         ControlMessage::Welcome { durable_seq, session, stream_id } => (durable_seq, session, stream_id),
         ControlMessage::FailedOver { checkpoint } => return Ok(Ended::FailedOver(checkpoint)),
         ControlMessage::Refused { reason } => {
-            bail!("recovery side refused VPG {}: {reason}", vpg.name)
+            return Err(TransferError::Peer(format!("recovery side refused VPG {}: {reason}", vpg.name)))
         }
-        other => bail!("unexpected reply to hello: {other:?}"),
+        other => return Err(TransferError::Peer(format!("unexpected reply to hello: {other:?}"))),
     };
     let start_seq = resume_point(vpg, durable_seq, journal_stream, hello_stream(&hello)).await?;
     let mut data = dial(connector, &peer.address, peer.data_port).await?;
@@ -199,7 +204,7 @@ async fn resume_point(vpg: &Arc<VpgCapture>, durable_seq: u64, journal_stream: u
     );
     vpg.restart_stream(durable_seq + 1).await?;
     // This session announced the old stream: the next hello names the new.
-    bail!("a new stream started; connecting again to announce it")
+    Err(TransferError::Peer("a new stream started; connecting again to announce it".to_string()))
 }
 
 /// After an alert of the encryption detector: asks the recovery site to
@@ -210,12 +215,13 @@ async fn pin_last_clean<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, con
     let Some(alert) = detection.pin_due(vpg.log.acked_seq()) else { return Ok(()) };
     let reason = format!("{}: the encryption detector's alert on volume {}", alert.label, alert.volume);
     let request = ControlMessage::PinLastClean { since_seq: alert.since_seq, reason };
-    let answer = ask(control, &request).await.context("asking for the last clean checkpoint's pin")?;
+    let answer =
+        ask(control, &request).await.map_err(|e| e.at("asking for the last clean checkpoint's pin".to_string()))?;
     // Stored (fsynced) off the runtime's threads.
     let (d, name) = (detection.clone(), vpg.name.clone());
     Ok(tokio::task::spawn_blocking(move || d.pin_answered(&name, &alert.label, answer.map_err(|e| format!("{e:#}"))))
         .await
-        .context("storing the pin's answer")??)
+        .map_err(|source| TransferError::Task { what: "storing the pin's answer", source })??)
 }
 
 /// Pings the recovery side, and carries a move's promote request. Ends
@@ -235,8 +241,8 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                         let _ = ask.reply.send(Ok(answer));
                     }
                     Err(e) => {
-                        let _ = ask.reply.send(Err(CaptureError::Link(format!("the link broke: {e:#}"))));
-                        return Err(e.context("asking for extent hashes"));
+                        let _ = ask.reply.send(Err(CaptureError::Link(format!("the link broke: {e_chain}", e_chain = crate::error_chain::Chain(&e)))));
+                        return Err(e.at("asking for extent hashes"));
                     }
                 }
             }
@@ -246,7 +252,7 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                 match recv_control(control).await? {
                     ControlMessage::Pong => {}
                     ControlMessage::FailedOver { checkpoint } => return Ok(Ended::FailedOver(checkpoint)),
-                    other => bail!("unexpected control message {other:?}"),
+                    other => return Err(TransferError::Peer(format!("unexpected control message {other:?}"))),
                 }
             }
             Some(request) = requests.recv() => {
@@ -261,8 +267,8 @@ async fn keepalive<S: AsyncRead + AsyncWrite + Unpin>(vpg: &VpgCapture, control:
                         let _ = request.reply.send(answer.map(|_| ()).map_err(CaptureError::PeerRefused));
                     }
                     Err(e) => {
-                        let _ = request.reply.send(Err(CaptureError::Link(format!("the link broke: {e:#}"))));
-                        return Err(e.context("move step"));
+                        let _ = request.reply.send(Err(CaptureError::Link(format!("the link broke: {e_chain}", e_chain = crate::error_chain::Chain(&e)))));
+                        return Err(e.at("move step"));
                     }
                 }
             }
@@ -283,7 +289,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
             ControlMessage::Promoting => {}
             ControlMessage::Promoted { checkpoint } => return Ok(Ok(checkpoint)),
             ControlMessage::Refused { reason } => return Ok(Err(reason)),
-            other => bail!("unexpected reply to {request:?}: {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected reply to {request:?}: {other:?}"))),
         }
     }
 }
@@ -308,15 +314,15 @@ async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
             ControlMessage::Promoting => {}
             ControlMessage::ExtentHashes { volume, first_extent, hashes } => {
                 if volume != q.volume || first_extent != q.first_extent || hashes.len() > q.count as usize {
-                    bail!(
+                    return Err(TransferError::Peer(format!(
                         "extent hashes for volume {volume} from {first_extent} ({}) answer another question",
                         hashes.len()
-                    );
+                    )));
                 }
                 return Ok(Ok(hashes.iter().map(|h| crate::extent_hash::parse_hex(h)).collect::<Result<_, _>>()?));
             }
             ControlMessage::Refused { reason } => return Ok(Err(reason)),
-            other => bail!("unexpected reply to {request:?}: {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected reply to {request:?}: {other:?}"))),
         }
     }
 }
@@ -326,9 +332,9 @@ pub(crate) async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd:
         match recv_control(&mut rd).await? {
             ControlMessage::Ack { seq } => vpg.log.ack(seq),
             ControlMessage::Refused { reason } => {
-                bail!("recovery side refused the stream: {reason}")
+                return Err(TransferError::Peer(format!("recovery side refused the stream: {reason}")))
             }
-            other => bail!("unexpected message on the data link: {other:?}"),
+            other => return Err(TransferError::Peer(format!("unexpected message on the data link: {other:?}"))),
         }
     }
 }
@@ -376,7 +382,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
                     r = appended.changed() => r,
                     r = synced.changed() => r,
                 }
-                .context("log closed")?;
+                .map_err(|_| TransferError::Peer("log closed".to_string()))?;
             }
             continue;
         }
@@ -393,7 +399,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             if inflight_bytes <= INFLIGHT_BYTES_MAX {
                 break;
             }
-            acked.changed().await.context("log closed")?;
+            acked.changed().await.map_err(|_| TransferError::Peer("log closed".to_string()))?;
         }
     }
 }

@@ -21,17 +21,21 @@
 use super::answer_when_done;
 use super::reverse_runner::{take_back, ReverseRunner};
 use super::sender::dial;
+use super::TransferError;
 use super::{recv_control, send_control};
 use crate::capture::vpg::VpgCapture;
+#[allow(unused_imports)]
+use crate::io_failure::Doing;
 use crate::recovery::ops::RecoveryOps;
 use crate::recovery::switch_back::MoveBackAnswer;
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};
-use anyhow::{anyhow, bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
 
 /// How often the wait for the marker looks at what was applied.
 const APPLIED_POLL: Duration = Duration::from_millis(100);
@@ -40,96 +44,122 @@ const APPLIED_POLL: Duration = Duration::from_millis(100);
 
 /// `tidemark move-back`: runs the VPG here again, protected forward.
 pub async fn move_back(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
-    let _running =
-        vpg.moving.try_lock().map_err(|_| anyhow!("a move or switch-back of VPG {:?} is already running", vpg.name))?;
+    let _running = vpg
+        .moving
+        .try_lock()
+        .map_err(|_| TransferError::Peer(format!("a move or switch-back of VPG {:?} is already running", vpg.name)))?;
     let Some(reverse) = vpg.reverse_state() else {
         match vpg.writes_refused() {
-            None => bail!("VPG {:?} is protected from this site already; there is nothing to switch back", vpg.name),
+            None => {
+                return Err(TransferError::Peer(format!(
+                    "VPG {:?} is protected from this site already; there is nothing to switch back",
+                    vpg.name
+                )))
+            }
             Some(why) => {
-                bail!("VPG {:?} is not under reverse protection here ({why}); run `tidemark reverse` first", vpg.name)
+                return Err(TransferError::Peer(format!(
+                    "VPG {:?} is not under reverse protection here ({why}); run `tidemark reverse` first",
+                    vpg.name
+                )))
             }
         }
     };
     let name = &vpg.name;
     if !reverse.in_sync && vpg.move_back_marker().is_none() {
-        bail!(
+        return Err(TransferError::Peer(format!(
             "reverse protection of VPG {name:?} is not in sync yet (applied seq {}); wait until `status` says \
              \"in sync\" (or `tidemark reverse` returns); nothing was changed",
             reverse.applied_seq
-        );
+        )));
     }
     let deadline = Instant::now() + wait;
     let begin = ControlMessage::MoveBackBegin { protocol: PROTOCOL_VERSION, vpg: name.clone() };
     let lost = "if the recovery site got the request it refuses writes now: run `tidemark move-back` again, or \
                 `tidemark move-back --cancel`";
-    let marker = match ask(runner, &begin, deadline).await.context(lost)? {
+    let marker = match ask(runner, &begin, deadline).await.map_err(|e| e.at(lost))? {
         ControlMessage::MoveBackMarked { marker } => marker,
         ControlMessage::NotFailedOver { switched_back_at } if vpg.move_back_marker() == Some(switched_back_at) => {
             return take_back(runner, vpg, 0).await;
         }
-        ControlMessage::NotFailedOver { .. } => bail!(
+        ControlMessage::NotFailedOver { .. } => {
+            return Err(TransferError::Peer(format!(
             "the recovery site has no failover of VPG {name:?}; there is nothing to switch back (nothing was changed)"
-        ),
-        ControlMessage::Refused { reason } => {
-            bail!("the recovery site refused the switch-back of VPG {name:?}: {reason}; nothing was changed")
+        )))
         }
-        other => bail!("unexpected answer to a switch-back: {other:?}"),
+        ControlMessage::Refused { reason } => {
+            return Err(TransferError::Peer(format!(
+                "the recovery site refused the switch-back of VPG {name:?}: {reason}; nothing was changed"
+            )))
+        }
+        other => return Err(TransferError::Peer(format!("unexpected answer to a switch-back: {other:?}"))),
     };
     tracing::info!(vpg = %name, marker, "switch-back: the recovery site refuses writes; applying its log through checkpoint {marker}");
     let applied = loop {
         match vpg.reverse_state() {
             Some(r) if r.in_sync && r.applied_seq >= marker => break r.applied_seq,
-            _ if Instant::now() >= deadline => bail!(
-                "this site has not applied the recovery site's log through its final checkpoint {marker} within \
+            _ if Instant::now() >= deadline => {
+                return Err(TransferError::Peer(format!(
+                    "this site has not applied the recovery site's log through its final checkpoint {marker} within \
                  {wait:?} (link down?); writes stay refused at both sites: run `tidemark move-back` again to \
                  finish, or `tidemark move-back --cancel`"
-            ),
+                )))
+            }
             _ => tokio::time::sleep(APPLIED_POLL).await,
         }
     };
     let v = vpg.clone();
     tokio::task::spawn_blocking(move || v.set_move_back_marker(Some(marker)))
         .await
-        .context("recording the marker")??;
+        .map_err(|source| TransferError::Task { what: "recording the marker", source })??;
     fail::fail_point!("move-back-before-finish", |_| std::process::abort());
     let finish =
         ControlMessage::MoveBackFinish { protocol: PROTOCOL_VERSION, vpg: name.clone(), marker, applied_seq: applied };
     let unfinished = "writes stay refused at both sites: run `tidemark move-back` again to finish";
-    match ask(runner, &finish, deadline).await.with_context(|| unfinished.to_string())? {
+    match ask(runner, &finish, deadline).await.map_err(|e| e.at(unfinished.to_string()))? {
         ControlMessage::MoveBackDone { journal_seq } => take_back(runner, vpg, journal_seq + 1).await,
         ControlMessage::NotFailedOver { switched_back_at } if switched_back_at == marker => {
             take_back(runner, vpg, 0).await
         }
-        ControlMessage::NotFailedOver { .. } => {
-            bail!("the recovery site has no failover of VPG {name:?} any more, ended by another switch-back; {unfinished}")
+        ControlMessage::NotFailedOver { .. } => Err(TransferError::Peer(format!(
+            "the recovery site has no failover of VPG {name:?} any more, ended by another switch-back; {unfinished}"
+        ))),
+        ControlMessage::Refused { reason } => {
+            Err(TransferError::Peer(format!("the recovery site did not end its failover: {reason}")))
         }
-        ControlMessage::Refused { reason } => bail!("the recovery site did not end its failover: {reason}"),
-        other => bail!("unexpected answer to a switch-back: {other:?}; {unfinished}"),
+        other => Err(TransferError::Peer(format!("unexpected answer to a switch-back: {other:?}; {unfinished}"))),
     }
 }
 
 /// `tidemark move-back --cancel`: the recovery site takes writes again.
 pub async fn cancel(runner: &ReverseRunner, vpg: &Arc<VpgCapture>, wait: Duration) -> Result<String> {
-    let _running = vpg
-        .moving
-        .try_lock()
-        .map_err(|_| anyhow!("a switch-back of VPG {:?} is running; cancel it after it gives up", vpg.name))?;
+    let _running = vpg.moving.try_lock().map_err(|_| {
+        TransferError::Peer(format!("a switch-back of VPG {:?} is running; cancel it after it gives up", vpg.name))
+    })?;
     if vpg.reverse_state().is_none() {
-        bail!("VPG {:?} is not under reverse protection here; there is no switch-back to cancel", vpg.name);
+        return Err(TransferError::Peer(format!(
+            "VPG {:?} is not under reverse protection here; there is no switch-back to cancel",
+            vpg.name
+        )));
     }
     let request = ControlMessage::MoveBackCancel { protocol: PROTOCOL_VERSION, vpg: vpg.name.clone() };
     let unchanged = "nothing was changed";
-    match ask(runner, &request, Instant::now() + wait).await.context(unchanged)? {
+    match ask(runner, &request, Instant::now() + wait).await.map_err(|e| e.at(unchanged))? {
         ControlMessage::Promoted { .. } => {}
-        ControlMessage::NotFailedOver { .. } => bail!(
-            "the recovery site has already ended its failover of VPG {:?}: finish with `tidemark move-back`",
-            vpg.name
-        ),
-        ControlMessage::Refused { reason } => bail!("the recovery site refused the cancel: {reason}"),
-        other => bail!("unexpected answer to a cancel: {other:?}"),
+        ControlMessage::NotFailedOver { .. } => {
+            return Err(TransferError::Peer(format!(
+                "the recovery site has already ended its failover of VPG {:?}: finish with `tidemark move-back`",
+                vpg.name
+            )))
+        }
+        ControlMessage::Refused { reason } => {
+            return Err(TransferError::Peer(format!("the recovery site refused the cancel: {reason}")))
+        }
+        other => return Err(TransferError::Peer(format!("unexpected answer to a cancel: {other:?}"))),
     }
     let v = vpg.clone();
-    tokio::task::spawn_blocking(move || v.set_move_back_marker(None)).await.context("forgetting the marker")??;
+    tokio::task::spawn_blocking(move || v.set_move_back_marker(None))
+        .await
+        .map_err(|source| TransferError::Task { what: "forgetting the marker", source })??;
     Ok(format!(
         "switch-back of VPG {:?} cancelled: the recovery site takes writes again; reverse protection goes on",
         vpg.name
@@ -152,7 +182,7 @@ async fn ask(runner: &ReverseRunner, request: &ControlMessage, deadline: Instant
     };
     tokio::time::timeout_at(deadline, exchange)
         .await
-        .map_err(|_| anyhow!("the recovery site did not answer in time (link down?)"))?
+        .map_err(|_| TransferError::Peer("the recovery site did not answer in time (link down?)".to_string()))?
 }
 
 // ---- the recovery site ----
@@ -166,7 +196,9 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: [u8; 32],
     request: ControlMessage,
 ) -> Result<()> {
-    let Some((_, vpg)) = request.move_back_target() else { bail!("not a switch-back request: {request:?}") };
+    let Some((_, vpg)) = request.move_back_target() else {
+        return Err(TransferError::Peer(format!("not a switch-back request: {request:?}")));
+    };
     let work = tokio::spawn(async move {
         let answer = match request {
             ControlMessage::MoveBackBegin { .. } => ops.move_back_begin(&vpg, &peer).await,
