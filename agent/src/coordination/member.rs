@@ -135,7 +135,7 @@ async fn hold_once<S: AsyncRead + AsyncWrite + Unpin>(
         held = held_rx => held.is_ok(),
     };
     if !holding {
-        return Ok(reply_of(Ok(hold.await?)));
+        return Ok(reply_of(hold.await));
     }
     // The hold runs out by itself at hold_max: it is polled while the
     // coordinator's word is awaited.

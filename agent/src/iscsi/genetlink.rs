@@ -133,7 +133,7 @@ pub fn parse_answers(mut bytes: &[u8]) -> Result<Vec<Answer>> {
             NLMSG_ERROR => {
                 let errno = i32::from_ne_bytes(
                     body.get(0..4)
-                        .ok_or_else(|| IscsiError::Refused("netlink error cut short".to_string()))?
+                        .ok_or_else(|| IscsiError::Malformed("netlink error cut short".to_string()))?
                         .try_into()
                         .expect("4"),
                 );
@@ -146,7 +146,7 @@ pub fn parse_answers(mut bytes: &[u8]) -> Result<Vec<Answer>> {
             NLMSG_DONE => Answer::Done,
             _ => Answer::Data(parse_attrs(
                 body.get(GENL_HEADER_BYTES..)
-                    .ok_or_else(|| IscsiError::Refused("genetlink header cut short".to_string()))?,
+                    .ok_or_else(|| IscsiError::Malformed("genetlink header cut short".to_string()))?,
             )?),
         });
         bytes = &bytes[align4(len).min(bytes.len())..];
@@ -214,9 +214,12 @@ impl GenlSocket {
         let (_, id) = attrs
             .iter()
             .find(|(kind, _)| *kind == CTRL_ATTR_FAMILY_ID)
-            .ok_or_else(|| IscsiError::Refused(format!("netlink family {name:?}: no id in the answer")))?;
+            .ok_or_else(|| IscsiError::Malformed(format!("netlink family {name:?}: no id in the answer")))?;
         Ok(u16::from_ne_bytes(
-            id.get(0..2).ok_or_else(|| IscsiError::Refused("family id cut short".to_string()))?.try_into().expect("2"),
+            id.get(0..2)
+                .ok_or_else(|| IscsiError::Malformed("family id cut short".to_string()))?
+                .try_into()
+                .expect("2"),
         ))
     }
 }

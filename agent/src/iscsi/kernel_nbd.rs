@@ -209,11 +209,11 @@ fn connect(
     let (_, value) = attrs
         .iter()
         .find(|(kind, _)| *kind == NBD_ATTR_INDEX)
-        .ok_or_else(|| IscsiError::Refused("the kernel did not say which device it connected".to_string()))?;
+        .ok_or_else(|| IscsiError::Malformed("the kernel did not say which device it connected".to_string()))?;
     let index = u32::from_ne_bytes(
         value
             .get(0..4)
-            .ok_or_else(|| IscsiError::Refused("device index cut short".to_string()))?
+            .ok_or_else(|| IscsiError::Malformed("device index cut short".to_string()))?
             .try_into()
             .expect("4"),
     );

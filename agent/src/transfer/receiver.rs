@@ -189,8 +189,8 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
                 Err(e) => {
                     let reason = crate::error_chain::Chain(&e).to_string();
-                    send_control(&mut link, &ControlMessage::refused(reason.clone())).await?;
-                    return Err(TransferError::Peer(format!("refused hello for VPG {vpg:?}: {reason}")));
+                    send_control(&mut link, &ControlMessage::refused(reason)).await?;
+                    return Err(e.at(format!("refused hello for VPG {vpg:?}")));
                 }
             }
         }
@@ -512,7 +512,7 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         if slot.session.load(Ordering::SeqCst) != session {
             return Err(TransferError::Peer("a newer session replaced this link".to_string()));
         }
-        let decoded = decoder.decode(&payload, id).map_err(|_| TransferError::Peer("bad batch".to_string()))?;
+        let decoded = decoder.decode(&payload, id).map_err(|e| TransferError::from(e).at("bad batch"))?;
         let wire_len = payload.len();
         // On this thread (not the blocking pool): the batch is allocated and
         // freed by one thread, which keeps the allocator from holding it.
@@ -535,9 +535,9 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             Ok(d) => d,
             Err(e) => {
                 let reason = crate::error_chain::Chain(&e).to_string();
-                send_control(&mut wr, &ControlMessage::refused(reason.clone())).await?;
+                send_control(&mut wr, &ControlMessage::refused(reason)).await?;
                 drain_until_closed(&mut rd).await;
-                return Err(TransferError::Peer(format!("journal append for {vpg}: {reason}")));
+                return Err(e.at(format!("journal append for {vpg}")));
             }
         };
         slot.received_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);

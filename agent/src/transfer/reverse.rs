@@ -189,8 +189,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(TransferError::Peer(format!("expected a batch frame, got {kind:?}")));
         }
         // Owned: the batch goes to a blocking thread.
-        let decoded =
-            batch::decode(&payload, id).map_err(|_| TransferError::Peer("bad batch".to_string()))?.into_owned();
+        let decoded = batch::decode(&payload, id).map_err(|e| TransferError::from(e).at("bad batch"))?.into_owned();
         let applied_before = vpg.reverse_state().map_or(0, |r| r.applied_seq);
         check_continues(&decoded, applied_before)?;
         let wire = payload.len() as u64;
