@@ -4,8 +4,6 @@
 //! users, tokens and the appliance's settings.
 
 use super::AccessError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use serde::{Deserialize, Serialize};
 
 type Result<T, E = AccessError> = std::result::Result<T, E>;

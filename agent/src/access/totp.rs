@@ -4,8 +4,6 @@
 //! (clock drift), and never twice: the caller keeps the last step used.
 
 use super::AccessError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use ring::hmac;
 
 type Result<T, E = AccessError> = std::result::Result<T, E>;

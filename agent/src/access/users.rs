@@ -11,7 +11,6 @@
 use super::AccessError;
 use super::{totp, Role};
 use crate::durable::{replace_file, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

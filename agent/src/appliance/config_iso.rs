@@ -12,7 +12,6 @@
 
 use super::ApplianceError;
 use super::{ovf_config, ovf_env};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use std::collections::BTreeMap;
 use std::path::Path;

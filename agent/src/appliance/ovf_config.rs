@@ -9,7 +9,6 @@
 use super::ApplianceError;
 use crate::config::{Config, LOG_CAPACITY_BYTES_MIN};
 use crate::durable::{replace_file, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use ipnet::IpNet;
 use std::collections::BTreeMap;

@@ -4,8 +4,6 @@
 //! `oe:key` and `oe:value` are read; everything else is ignored.
 
 use super::ApplianceError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use std::collections::BTreeMap;
 
 type Result<T, E = ApplianceError> = std::result::Result<T, E>;

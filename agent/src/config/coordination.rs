@@ -5,8 +5,6 @@
 
 use super::ConfigError;
 use super::{parse_fingerprint, validate_name};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! or `role = "recovery"`. Unknown keys and bad values are refused at start
 //! with the file, the key and the reason; nothing runs on a half-read config.
 
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use serde::Deserialize;
 use std::net::SocketAddr;

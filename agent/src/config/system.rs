@@ -5,8 +5,6 @@
 //! the tests point them into scratch directories.
 
 use super::ConfigError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;

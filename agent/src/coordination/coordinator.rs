@@ -17,8 +17,6 @@ use super::CoordinationError;
 use crate::capture::group_hold::HoldOutcome;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, CoordinationConfig, GroupConfig};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::status::{GroupCheckpointSummary, GroupStatus};
 use crate::wire::tls;
 use std::collections::BTreeMap;

@@ -8,8 +8,6 @@ use super::CoordinationError;
 use crate::capture::group_hold::HoldOutcome;
 use crate::capture::vpg::VpgCapture;
 use crate::config::{parse_fingerprint, CoordinationConfig};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::wire::tls;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -9,8 +9,6 @@
 //!   `{"reply":"released","held_us":U}` or `{"reply":"too_late","held_us":U}`
 
 use super::CoordinationError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::wire::frame::{read_frame_within, write_frame, FrameKind};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};

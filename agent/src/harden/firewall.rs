@@ -14,8 +14,6 @@
 
 use super::rules::{Family, CHAIN};
 use super::HardenError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use iptables::IPTables;
 
 type Result<T, E = HardenError> = std::result::Result<T, E>;

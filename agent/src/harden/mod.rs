@@ -18,7 +18,6 @@ pub mod sysctl;
 pub use error::HardenError;
 
 use crate::config::Config;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use ipnet::IpNet;
 use rules::{Allow, Family};

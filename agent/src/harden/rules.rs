@@ -6,8 +6,6 @@
 
 use super::ports::{self, Source};
 use super::HardenError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use ipnet::IpNet;
 
 type Result<T, E = HardenError> = std::result::Result<T, E>;

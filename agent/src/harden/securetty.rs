@@ -1,7 +1,6 @@
 //! `/etc/securetty`: root may log in only on the console lines.
 
 use super::HardenError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use std::path::Path;
 

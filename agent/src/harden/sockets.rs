@@ -3,7 +3,6 @@
 //! (wait until the server listens).
 
 use super::HardenError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use std::net::IpAddr;
 

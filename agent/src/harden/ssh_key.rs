@@ -3,8 +3,6 @@
 //! with our own restrictions in front of it, never with the caller's.
 
 use super::HardenError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use openssh_keys::{Data, PublicKey};
 
 type Result<T, E = HardenError> = std::result::Result<T, E>;

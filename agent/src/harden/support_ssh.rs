@@ -16,7 +16,6 @@ use super::ssh_key::SupportKey;
 use super::HardenError;
 use crate::config::{Config, SystemConfig};
 use crate::durable::{replace_file, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use ipnet::IpNet;
 use rustix::process::{Pid, Signal};

@@ -4,7 +4,6 @@
 //! separate roots, so a test in a namespace never changes the host kernel.
 
 use super::HardenError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use std::path::{Path, PathBuf};
 

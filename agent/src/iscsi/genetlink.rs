@@ -9,7 +9,6 @@
 //! payload (a nested attribute holds attributes).
 
 use super::IscsiError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use rustix::fd::OwnedFd;
 use rustix::net::netlink::SocketAddrNetlink;

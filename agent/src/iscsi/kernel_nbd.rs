@@ -19,7 +19,6 @@
 
 use super::genetlink::{GenlSocket, Message};
 use super::IscsiError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;

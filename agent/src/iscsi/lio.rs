@@ -15,7 +15,6 @@
 //! layout is the kernel's (Documentation/target/).
 
 use super::IscsiError;
-#[allow(unused_imports)]
 use crate::io_failure::{Doing, IoFailure};
 use crate::status::IscsiSession as Session;
 use std::net::SocketAddr;

@@ -23,8 +23,6 @@ pub use names::target_iqn;
 use crate::capture::export::CaptureExport;
 use crate::capture::vpg::VpgCapture;
 use crate::config::IscsiConfig;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::nbd::admission::Admission;
 use crate::nbd::export::BlockExport;
 use std::path::{Path, PathBuf};

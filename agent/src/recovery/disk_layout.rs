@@ -11,8 +11,6 @@
 //! not an error: a damaged table is what verification is for.
 
 use super::RecoveryError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 
 type Result<T, E = RecoveryError> = std::result::Result<T, E>;
 

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::RecoveryError;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::journal::FAILOVER_RECORD_FILE as FAILOVER_FILE;
 

@@ -19,7 +19,6 @@ use super::exports::PitVolume;
 use super::view::PitView;
 use super::RecoveryError;
 use crate::durable::{replace_file, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::iscsi::kernel_nbd;
 use crate::journal::apply_state::ApplyState;

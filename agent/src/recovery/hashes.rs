@@ -13,8 +13,6 @@
 use super::view::PitView;
 use super::RecoveryError;
 use crate::extent_hash::{extent_count, ExtentHash, HashQuestion};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -4,8 +4,6 @@
 
 use super::JournalView;
 use super::RecoveryError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::pins::Pin;
 use serde::{Deserialize, Serialize};

@@ -15,8 +15,6 @@
 //! why ESXi mounts them with a new signature.
 
 use super::RecoveryError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::iscsi::{lio, Frontend, Lun, Target};
 use crate::nbd::export::BlockExport;
 use crate::status::IscsiStatus;

@@ -18,8 +18,6 @@ pub mod view;
 
 pub use error::RecoveryError;
 
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::catalog::walk_journal;
 use crate::journal::index::{CheckpointInfo, JournalIndex};

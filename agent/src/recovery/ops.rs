@@ -10,7 +10,6 @@ use super::luns::{Purpose, RecoveryLuns};
 use super::view::PitView;
 use super::RecoveryError;
 use crate::capture::vpg::VpgCapture;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::replica::VolumeFiles;

@@ -4,8 +4,6 @@
 use super::JournalView;
 use super::RecoveryError;
 use crate::capture::alert::{names_last_clean, LAST_CLEAN};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
 use crate::journal::pins::{self, Pin};
 use crate::journal::vpg_dir;

@@ -5,8 +5,6 @@
 
 use super::JournalView;
 use super::RecoveryError;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::journal::replica::VolumeFiles;
 use crate::journal::scan::{scan_journal_until, Visit};
 use crate::status::format_bytes;

@@ -11,7 +11,6 @@
 
 use super::RecoveryError;
 use crate::extent_hash::EXTENT_BYTES;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::journal::replica::replica_dir;
 use std::fs::{File, OpenOptions};

@@ -23,7 +23,6 @@ use super::ops::{RecoveryOps, REVERSE_LOG_DIR};
 use super::RecoveryError;
 use crate::capture::vpg::VpgCapture;
 use crate::durable::{replace_file, sync_dir, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::journal::apply_state::ApplyState;
 use crate::journal::checkpoint::CheckpointInfo;

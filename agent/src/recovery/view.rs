@@ -12,7 +12,6 @@
 use super::JournalView;
 use super::RecoveryError;
 use crate::extent_hash::{extent_span, hash, zero_hash, ExtentHash};
-#[allow(unused_imports)]
 use crate::io_failure::{Doing, IoFailure};
 use crate::journal::catalog::walk_journal;
 use crate::journal::extent_map::{ExtentMap, Source};

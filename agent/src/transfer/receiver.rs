@@ -8,7 +8,6 @@ use super::slot::{VpgSlot, VpgSlots};
 use super::TransferError;
 use super::{answer_when_done, recv_control, recv_control_or_refuse, send_control};
 use crate::extent_hash::HashQuestion;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::journal::applier::HistoryPolicy;
 use crate::journal::{vpg_dir, Journal, JournalMeta};

@@ -20,8 +20,6 @@ use crate::capture::delta;
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
 use crate::extent_hash::{self, ExtentHash};
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::log::state::ReverseState;
 use crate::record::{RecordBody, RECORD_HEADER_BYTES};
 use crate::recovery::ops::RecoveryOps;

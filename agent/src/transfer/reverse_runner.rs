@@ -6,8 +6,6 @@ use super::reverse::{Ended, ReverseProgress};
 use super::TransferError;
 use crate::capture::vpg::VpgCapture;
 use crate::config::PeerConfig;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::log::state::ReverseState;
 use crate::protected_state::Event;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,7 +15,6 @@ use crate::capture::CaptureError;
 use crate::config::{PeerConfig, Priority};
 use crate::error_chain::Chain;
 use crate::extent_hash::ExtentHash;
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use crate::wire::batch::{BatchBuilder, BatchEncoder, BATCH_RECORDS_MAX};
 use crate::wire::frame::{frame_header, FrameKind};

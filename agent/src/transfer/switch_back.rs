@@ -24,8 +24,6 @@ use super::sender::dial;
 use super::TransferError;
 use super::{recv_control, send_control};
 use crate::capture::vpg::VpgCapture;
-#[allow(unused_imports)]
-use crate::io_failure::Doing;
 use crate::recovery::ops::RecoveryOps;
 use crate::recovery::switch_back::MoveBackAnswer;
 use crate::wire::message::{ControlMessage, PROTOCOL_VERSION};

@@ -4,7 +4,6 @@
 
 use crate::config::format_fingerprint;
 use crate::durable::{replace_file, FileMode};
-#[allow(unused_imports)]
 use crate::io_failure::Doing;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
