@@ -11,6 +11,12 @@
 //! A segment appears under its name only once its header is durable: it is
 //! written under a temporary name, fsynced, then renamed (a power cut must
 //! never leave a named segment without its header).
+//!
+//! The protected log writes its records over the file of a retired
+//! segment (`recycle_segment_on`), so bytes of the file's earlier use may
+//! follow its records; each of its appends writes an end marker (a record
+//! header of zeros, `END_MARKER`) after the record, which the next append
+//! writes over. Its readers take zeros where a header is due for the end.
 
 use crate::io_failure::{Doing, IoFailure};
 use crate::record::{u32_at, u64_at, Record, RecordBody, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
@@ -22,6 +28,8 @@ use std::sync::Arc;
 
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 const SEGMENT_VERSION: u32 = 1;
+/// Written after each record of the protected log: its readers stop there.
+pub const END_MARKER: [u8; RECORD_HEADER_BYTES] = [0; RECORD_HEADER_BYTES];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentKind {
@@ -149,6 +157,44 @@ pub fn create_segment_on(
     Ok((path, file))
 }
 
+/// Makes the file of a retired segment, kept as `spare`, the segment
+/// `first_seq` with no records: its header is written over the old one
+/// and made durable before the file takes the segment's name, and the
+/// name is made durable before this returns. The file keeps its length
+/// and its old bytes after the header (see the module comment): the
+/// handle returned writes in place (`StorageFile::write_at`). On an error
+/// the spare may be gone or half rewritten; the segment is not named.
+pub fn recycle_segment_on(
+    fs: &dyn Storage,
+    spare: &Path,
+    kind: SegmentKind,
+    vpg_id: u32,
+    first_seq: u64,
+    stream_id: u32,
+) -> Result<(PathBuf, Arc<dyn StorageFile>), SegmentFileError> {
+    let dir = spare.parent().unwrap_or(Path::new("."));
+    let path = segment_path(dir, kind, first_seq);
+    if fs.exists(&path) {
+        return Err(SegmentFileError::Exists(path));
+    }
+    // The spare's name must be durable before its bytes change: a power
+    // cut must not bring the retired segment's name back over a new header.
+    fs.sync_dir(dir).doing(|| format!("syncing directory {}", dir.display()))?;
+    let file = fs.open_rw(spare).doing(|| format!("opening spare segment {}", spare.display()))?;
+    // The old records' end marker goes with them: until the first append,
+    // the header is followed by an end.
+    file.write_at(&[&encode_header(kind, vpg_id, first_seq, stream_id), &END_MARKER], 0)
+        .doing(|| format!("writing {}", spare.display()))?;
+    file.sync_all().doing(|| format!("syncing {}", spare.display()))?;
+    fs.rename(spare, &path).doing(|| format!("naming {}", path.display()))?;
+    if let Err(e) = fs.sync_dir(dir) {
+        // As in `create_segment_on`: not named after all.
+        let _ = fs.remove_file(&path);
+        return Err(IoFailure::new(format!("syncing directory {}", dir.display()), e).into());
+    }
+    Ok((path, file))
+}
+
 /// Creates a new segment with no records (see `create_segment_on`) and
 /// opens it for appending.
 pub fn create_segment(
@@ -183,6 +229,10 @@ pub struct SegmentReader {
     buf: Vec<u8>,
     stream_id: u32,
     last_crcs: RecordCrcs,
+    /// Zeros where a header is due are the end (`END_MARKER`), not damage.
+    zeros_end: bool,
+    /// An end marker was read (and consumed): the reader stays at the end.
+    at_marker: bool,
 }
 
 /// The checksums a record's header carries.
@@ -297,14 +347,16 @@ impl SegmentReader {
         kind: SegmentKind,
         vpg_id: u32,
     ) -> Result<(Self, u64), SegmentFileError> {
-        let mut reader = BufReader::with_capacity(buffer_bytes, SequentialReader::new(file, 0));
         let mut h = [0u8; SEGMENT_HEADER_BYTES];
         let bad = |problem| SegmentFileError::Header { path: path.to_path_buf(), problem };
-        match reader.read_exact(&mut h) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(bad(HeaderProblem::Short)),
+        // Read apart, not through the buffer: that would fill it from the
+        // whole file, past an end a caller may yet limit it to (`set_limit`).
+        match file.read_at(&mut h, 0) {
+            Ok(SEGMENT_HEADER_BYTES) => {}
+            Ok(_) => return Err(bad(HeaderProblem::Short)),
             Err(e) => return Err(IoFailure::new(format!("reading header of {}", path.display()), e).into()),
         }
+        let reader = BufReader::with_capacity(buffer_bytes, SequentialReader::new(file, SEGMENT_HEADER_BYTES as u64));
         if &h[0..8] != kind.magic() {
             return Err(bad(HeaderProblem::Magic(kind)));
         }
@@ -326,6 +378,8 @@ impl SegmentReader {
             buf: Vec::new(),
             stream_id,
             last_crcs: RecordCrcs::default(),
+            zeros_end: kind == SegmentKind::ProtectedLog,
+            at_marker: false,
         };
         Ok((me, first_seq))
     }
@@ -347,6 +401,13 @@ impl SegmentReader {
     /// File offset just past the last record returned.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Reads go no further than `limit` (the file seems to end there) until
+    /// it is moved: bytes past a segment's published end may still be
+    /// written over, and must not be kept in the read buffer.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.reader.get_mut().set_limit(limit);
     }
 
     /// The next record and its file offset; `Ok(None)` at a clean end.
@@ -373,6 +434,9 @@ impl SegmentReader {
         let at = self.offset;
         let damage = |error| SegmentError::Damage(SegmentDamage { path: self.path.clone(), offset: at, error });
         let io = |source| SegmentError::Io { path: self.path.clone(), offset: at, source };
+        if self.at_marker {
+            return Ok(None);
+        }
         grow(buf, RECORD_HEADER_BYTES);
         let got = read_fully(&mut self.reader, &mut buf[..RECORD_HEADER_BYTES]).map_err(io)?;
         if got == 0 {
@@ -380,6 +444,10 @@ impl SegmentReader {
         }
         if got < RECORD_HEADER_BYTES {
             return Err(damage(RecordError::Incomplete { needed: RECORD_HEADER_BYTES, have: got }));
+        }
+        if self.zeros_end && buf[..RECORD_HEADER_BYTES] == END_MARKER {
+            self.at_marker = true;
+            return Ok(None);
         }
         // Only trust the length once the header checksum has passed.
         if let Err(

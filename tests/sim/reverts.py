@@ -71,10 +71,13 @@ REVERTS = {
         "            if self.fs.exists(&leftover) {",
         "            if false && self.fs.exists(&leftover) {",
     ),
+    # Once: the end of a segment an ack retired under the cursor was taken
+    # for a gap (damage). Since retired segments are reused, the cursor
+    # leaves one as soon as it is retired (before and after each read).
     "cursor-takes-retired-segments-for-damage": (
         "agent/src/log/cursor.rs",
-        "if let Some(n) = next.filter(|n| self.want_seq < *n && *n - 1 <= self.log.acked_seq()) {",
-        "if let Some(n) = next.filter(|n| false && self.want_seq < *n) {",
+        "(place != SegmentPlace::Retired).then_some(place)",
+        "Some(place)",
     ),
     # Not an earlier defect: a rule of the journal's intake, kept here as
     # the link scenario's proof that it can fail.

@@ -4,7 +4,7 @@
 //! cursor per link.
 
 use super::LogError;
-use super::ProtectedLog;
+use super::{ProtectedLog, SegmentPlace};
 use crate::record::Record;
 use crate::record::RecordError;
 use crate::segment::{segment_path, SegmentDamage, SegmentError, SegmentKind, SegmentReader};
@@ -90,13 +90,34 @@ impl LogCursor {
             if self.open.is_none() && !self.open_segment_for_want()? {
                 return Ok(None);
             }
-            let end = self.log.end();
-            let (first_seq, reader) = self.open.as_mut().expect("opened above");
-            let is_current = *first_seq == end.current_first_seq;
-            if is_current && reader.offset() >= end.current_len {
-                return Ok(None);
+            let first_seq = self.open.as_ref().expect("opened above").0;
+            // Acknowledged, and its file perhaps reused: go on from the
+            // oldest segment left (`open_segment_for_want`).
+            let Some(place) = self.unless_retired(first_seq) else {
+                self.open = None;
+                continue;
+            };
+            let (_, reader) = self.open.as_mut().expect("opened above");
+            let is_current = match place {
+                // Past its published end the bytes may still change.
+                SegmentPlace::Current { len } if reader.offset() >= len => return Ok(None),
+                SegmentPlace::Current { len } => {
+                    reader.set_limit(len);
+                    true
+                }
+                SegmentPlace::Closed | SegmentPlace::Retired => {
+                    reader.set_limit(u64::MAX);
+                    false
+                }
+            };
+            let read = reader.next_record_into(&mut self.held_bytes);
+            // Retired while it was read: its file may have been reused and
+            // written over, so nothing read from it counts.
+            if self.unless_retired(first_seq).is_none() {
+                self.open = None;
+                continue;
             }
-            match reader.next_record_into(&mut self.held_bytes) {
+            match read {
                 Ok(Some((rec, len, _))) => {
                     if rec.seq < self.want_seq {
                         continue;
@@ -108,13 +129,9 @@ impl LogCursor {
                     // The next segment must go on where this one ended.
                     let (first_seq, reader) = self.open.take().expect("opened above");
                     let next = self.log.segment_starts().into_iter().find(|s| *s > first_seq);
-                    // Segments an ack retired ahead of the cursor (the
-                    // recovery side holds more than this session sent it)
-                    // held nothing still owed: go on from the next one.
-                    if let Some(n) = next.filter(|n| self.want_seq < *n && *n - 1 <= self.log.acked_seq()) {
-                        self.want_seq = n;
-                        continue;
-                    }
+                    // (A segment an ack retired ahead of the cursor, the
+                    // recovery side holding more than this session sent
+                    // it, is skipped above: the check after the read.)
                     if next.is_some_and(|n| self.want_seq < n) {
                         let damage = SegmentDamage {
                             path: reader.path().to_path_buf(),
@@ -131,6 +148,12 @@ impl LogCursor {
         }
     }
 
+    /// Where segment `first_seq` is, unless an ack retired it.
+    fn unless_retired(&self, first_seq: u64) -> Option<SegmentPlace> {
+        let place = self.log.place_of(first_seq);
+        (place != SegmentPlace::Retired).then_some(place)
+    }
+
     /// Opens the segment that holds `want_seq`; false if none exists yet.
     fn open_segment_for_want(&mut self) -> Result<bool> {
         let starts = self.log.segment_starts();
@@ -145,9 +168,15 @@ impl LogCursor {
             }
         };
         let path = segment_path(self.log.dir(), SegmentKind::ProtectedLog, first_seq);
-        let (reader, _) =
-            SegmentReader::open_on(self.log.storage(), &path, SegmentKind::ProtectedLog, self.log.vpg_id())?;
-        self.open = Some((first_seq, reader));
-        Ok(true)
+        match SegmentReader::open_on(self.log.storage(), &path, SegmentKind::ProtectedLog, self.log.vpg_id()) {
+            Ok((reader, _)) => {
+                self.open = Some((first_seq, reader));
+                Ok(true)
+            }
+            // Retired since it was listed (its file removed or kept for
+            // reuse under another name): the oldest one left is next.
+            Err(_) if self.unless_retired(first_seq).is_none() => self.open_segment_for_want(),
+            Err(e) => Err(e.into()),
+        }
     }
 }

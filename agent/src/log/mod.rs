@@ -18,6 +18,7 @@
 mod cursor;
 mod error;
 mod open;
+mod spares;
 pub mod state;
 
 pub use cursor::LogCursor;
@@ -26,10 +27,12 @@ pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
+use crate::error_chain::Chain;
 use crate::io_failure::Doing;
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment_on, SegmentKind, SEGMENT_HEADER_BYTES};
+use crate::segment::{create_segment_on, recycle_segment_on, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES};
 use crate::storage::{RealStorage, Storage, StorageFile};
+use spares::{Spare, SPARES_MAX};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -118,6 +121,8 @@ struct Inner {
     current_file: Arc<dyn StorageFile>,
     /// Closed segments whose data the sync thread has not fsynced yet.
     unsynced_closed: Vec<Arc<dyn StorageFile>>,
+    /// Files of retired segments, for the next rolls (`spares.rs`).
+    spares: Vec<Spare>,
     next_seq: u64,
     stream_id: u32,
     bytes_total: u64,
@@ -133,11 +138,14 @@ struct Inner {
     broken: Option<String>,
 }
 
-/// Where the published end of the log is, for readers.
-#[derive(Clone, Copy)]
-pub(crate) struct LogEnd {
-    pub current_first_seq: u64,
-    pub current_len: u64,
+/// Where a segment is, for a reader: records may be read from a current
+/// segment up to `len`, from a closed one to its end; a retired one's file
+/// may have been reused (written over) and nothing read from it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentPlace {
+    Current { len: u64 },
+    Closed,
+    Retired,
 }
 
 /// Room in the log for one record, taken before the write-order lock.
@@ -205,6 +213,7 @@ impl ProtectedLog {
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
+        spares::remove_left_behind(&*fs, dir);
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -219,7 +228,7 @@ impl ProtectedLog {
             let mut segments: VecDeque<Segment> =
                 found.segments.into_iter().map(|(first_seq, path, bytes)| Segment { first_seq, path, bytes }).collect();
             let current = segments.pop_back().expect("not fresh");
-            let file = fs.open_append(&current.path).doing(|| format!("opening {}", current.path.display()))?;
+            let file = fs.open_rw(&current.path).doing(|| format!("opening {}", current.path.display()))?;
             (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
@@ -236,6 +245,7 @@ impl ProtectedLog {
                 current,
                 current_file,
                 unsynced_closed: Vec::new(),
+                spares: Vec::new(),
                 next_seq,
                 stream_id,
                 bytes_total,
@@ -337,13 +347,20 @@ impl ProtectedLog {
         assert!(inner.reserved_bytes >= space.bytes, "{} reserved, {} released", inner.reserved_bytes, space.bytes);
         inner.reserved_bytes -= space.bytes;
         let unused = std::mem::take(&mut space.bytes) - len as u64;
+        let at = inner.current.bytes;
         let written = (|| {
             // Half a record reaches the file, then the disk is full.
             fail::fail_point!("log-append-torn", |_| {
-                let _ = inner.current_file.append(&[&header, &payload[..payload.len() / 2]]);
+                let _ = inner.current_file.write_at(&[&header, &payload[..payload.len() / 2]], at);
                 Err(std::io::Error::from_raw_os_error(28))
             });
-            inner.current_file.append(&[&header, &payload])
+            // The end marker after it: the file may go on with bytes of
+            // its earlier use (`spares.rs`), which a reader must not take
+            // for records. The next record is written over it. The marker
+            // first, beyond the last one: a write cut short then never
+            // leaves a whole record, with or without its marker.
+            inner.current_file.write_at(&[&END_MARKER], at + len as u64)?;
+            inner.current_file.write_at(&[&header, &payload], at)
         })();
         if let Err(e) = written {
             let path = inner.current.path.display().to_string();
@@ -390,16 +407,26 @@ impl ProtectedLog {
         let first_seq = inner.next_seq;
         assert!(first_seq > inner.current.first_seq, "rolling an empty segment (named {first_seq})");
         remove_failed_creation(&*self.fs, &self.dir, first_seq)?;
-        let (path, file) = create_segment_on(
-            &*self.fs,
-            &self.dir,
-            SegmentKind::ProtectedLog,
-            self.vpg_id,
-            first_seq,
-            inner.stream_id,
-            &[],
-        )?;
-        let bytes = file.size().doing(|| format!("sizing {}", path.display()))?;
+        let stream_id = inner.stream_id;
+        let (path, file) = match inner.spares.pop() {
+            Some(spare) => {
+                let kind = SegmentKind::ProtectedLog;
+                match recycle_segment_on(&*self.fs, &spare.path, kind, self.vpg_id, first_seq, stream_id) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        tracing::warn!(
+                            "protected log: reusing {}: {}; creating a new file",
+                            spare.path.display(),
+                            Chain(&e)
+                        );
+                        let _ = self.fs.remove_file(&spare.path);
+                        new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?
+                    }
+                }
+            }
+            None => new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?,
+        };
+        let bytes = SEGMENT_HEADER_BYTES as u64;
         let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
         let old_file = std::mem::replace(&mut inner.current_file, file);
         inner.unsynced_closed.push(old_file);
@@ -544,6 +571,9 @@ impl ProtectedLog {
         }
         let any_retired = !retired.is_empty();
         while let Some(seg) = retired.pop_front() {
+            if self.keep_as_spare(&seg) {
+                continue;
+            }
             let removed = match self.fs.remove_file(&seg.path) {
                 // Gone already (by hand, or a removal whose success was
                 // not reported): retired all the same.
@@ -578,6 +608,28 @@ impl ProtectedLog {
         }
     }
 
+    /// Renames a retired segment's file into the spares, if the log has
+    /// room for it (`spares.rs`); false if it did not (remove it then).
+    /// Called under `retiring`, so only a roll takes spares meanwhile.
+    fn keep_as_spare(&self, seg: &Segment) -> bool {
+        let Ok(bytes) = self.fs.size_of(&seg.path) else { return false };
+        {
+            let inner = self.inner.lock().expect("log lock");
+            let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();
+            let held = inner.bytes_total + inner.reserved_bytes + spare_bytes;
+            if inner.spares.len() >= SPARES_MAX || held + bytes > self.capacity_bytes {
+                return false;
+            }
+        }
+        let path = spares::spare_path(&self.dir, seg.first_seq);
+        if let Err(e) = self.fs.rename(&seg.path, &path) {
+            tracing::warn!("protected log: keeping {} for reuse: {e}", seg.path.display());
+            return false;
+        }
+        self.inner.lock().expect("log lock").spares.push(Spare { path, bytes });
+        true
+    }
+
     /// Bytes not yet acknowledged by the recovery site, and for how long
     /// the oldest of them has waited. Sampled every `LAG_SAMPLE_INTERVAL_MS`,
     /// so both may read high by up to that much appending.
@@ -603,9 +655,16 @@ impl ProtectedLog {
         (self.inner.lock().expect("log lock").bytes_total, self.capacity_bytes)
     }
 
-    pub(crate) fn end(&self) -> LogEnd {
+    /// Where the segment named `first_seq` is now (see `SegmentPlace`).
+    pub(crate) fn place_of(&self, first_seq: u64) -> SegmentPlace {
         let inner = self.inner.lock().expect("log lock");
-        LogEnd { current_first_seq: inner.current.first_seq, current_len: inner.current.bytes }
+        if inner.current.first_seq == first_seq {
+            SegmentPlace::Current { len: inner.current.bytes }
+        } else if inner.closed.binary_search_by_key(&first_seq, |s| s.first_seq).is_ok() {
+            SegmentPlace::Closed
+        } else {
+            SegmentPlace::Retired
+        }
     }
 
     /// First seqs of every segment, oldest first, current last.
@@ -679,9 +738,25 @@ fn create_stream_segment(
     let stream_id = new_stream_id();
     let mut bytes = Vec::new();
     encode_parts(seq, vpg_id, &RecordBody::StreamStart { time_ms, stream_id }, &mut bytes);
-    let (path, file) = create_segment_on(fs, dir, SegmentKind::ProtectedLog, vpg_id, seq, stream_id, &bytes)?;
-    let size = file.size().doing(|| format!("sizing {}", path.display()))?;
+    let (path, file) = new_segment(fs, dir, vpg_id, seq, stream_id, &bytes)?;
+    let size = (SEGMENT_HEADER_BYTES + bytes.len()) as u64;
     Ok((Segment { first_seq: seq, path, bytes: size }, file, stream_id))
+}
+
+/// A new segment file holding `first` (see `create_segment_on`), opened to
+/// be written in place (the log writes at its own offsets). A failure after
+/// the segment was named leaves it for `remove_failed_creation`.
+fn new_segment(
+    fs: &dyn Storage,
+    dir: &Path,
+    vpg_id: u32,
+    first_seq: u64,
+    stream_id: u32,
+    first: &[u8],
+) -> Result<(PathBuf, Arc<dyn StorageFile>)> {
+    let (path, _) = create_segment_on(fs, dir, SegmentKind::ProtectedLog, vpg_id, first_seq, stream_id, first)?;
+    let file = fs.open_rw(&path).doing(|| format!("opening {}", path.display()))?;
+    Ok((path, file))
 }
 
 /// Group commit: one fsync covers every append made before it started.

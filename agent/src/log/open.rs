@@ -167,6 +167,16 @@ pub(super) fn recover(
             remove(fs, &later)?;
         }
         fs.sync_dir(dir).doing(|| format!("syncing directory {}", dir.display()))?;
+    } else if let Some((_, path, end)) = segments.last() {
+        // Past the newest segment's end marker, the file may go on with
+        // bytes of its earlier use, and the page cache with bytes a failed
+        // fsync never wrote: the next append, writing into their page,
+        // would write them back to the disk. Neither is kept.
+        if file_len(fs, path)? > *end {
+            let file = fs.open_append(path).doing(|| format!("opening {}", path.display()))?;
+            file.set_len(*end).doing(|| format!("cutting {}", path.display()))?;
+            file.sync_all().doing(|| format!("syncing {}", path.display()))?;
+        }
     }
     Ok(Recovered { segments, next_seq: tail.next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
 }

@@ -54,6 +54,10 @@ impl StorageFile for DirectFile {
         Err(read_only())
     }
 
+    fn write_at(&self, _parts: &[&[u8]], _offset: u64) -> std::io::Result<()> {
+        Err(read_only())
+    }
+
     /// Reads the aligned blocks around the range into an aligned scratch
     /// buffer and copies the range out.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

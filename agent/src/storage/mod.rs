@@ -5,8 +5,9 @@
 //! fails and cuts the power of, dropping whatever was not fsynced, file
 //! data and directory entries apart.
 //!
-//! The surface is what that code needs and no more: append-only writes,
-//! positional reads, truncation, the two fsyncs, and the directory
+//! The surface is what that code needs and no more: appends, writes in
+//! place (the protected log reuses retired segment files), positional
+//! reads, truncation, the two fsyncs, and the directory
 //! operations whose durability a power cut tests (create, rename, remove,
 //! sync of the directory).
 
@@ -31,6 +32,8 @@ pub trait Storage: Send + Sync {
     fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
     /// An existing file for reading and appending.
     fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
+    /// An existing file for reading and writing in place (`write_at`).
+    fn open_rw(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>>;
     /// An existing file for reading what the disk holds, not the page
     /// cache (after a failed fsync the page cache may show bytes the disk
@@ -58,6 +61,11 @@ pub trait StorageFile: Send + Sync {
     /// Appends the parts in order. On an error, any prefix of them may
     /// have reached the file (the caller undoes it with `set_len`).
     fn append(&self, parts: &[&[u8]]) -> std::io::Result<()>;
+    /// Writes the parts in order from `offset`, over what is there and past
+    /// the end. Only on a handle from `open_rw` (an appending handle puts
+    /// them at the end). On an error, any prefix of them may have reached
+    /// the file.
+    fn write_at(&self, parts: &[&[u8]], offset: u64) -> std::io::Result<()>;
     /// Reads at `offset`; fewer bytes than asked only at the file's end
     /// (0 past it).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
@@ -102,6 +110,10 @@ impl Storage for RealStorage {
         Ok(Arc::new(std::fs::OpenOptions::new().read(true).append(true).open(path)?))
     }
 
+    fn open_rw(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(std::fs::OpenOptions::new().read(true).write(true).open(path)?))
+    }
+
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
         Ok(Arc::new(std::fs::File::open(path)?))
     }
@@ -140,6 +152,25 @@ impl StorageFile for std::fs::File {
         Ok(())
     }
 
+    fn write_at(&self, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+        // As few `pwritev` calls as the kernel allows (one, unless short).
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        let mut at = offset;
+        while !slices.is_empty() {
+            match rustix::io::pwritev(self, slices, at) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut slices, n);
+                    at += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let mut filled = 0;
         while filled < buf.len() {
@@ -170,21 +201,33 @@ impl StorageFile for std::fs::File {
     }
 }
 
-/// Reads a file front to back (for a `BufReader`).
+/// Reads a file front to back (for a `BufReader`), never past `limit`:
+/// bytes past a file's published end may still change (the protected
+/// log writes over them), and a buffer must not keep them.
 pub struct SequentialReader {
     file: Arc<dyn StorageFile>,
     offset: u64,
+    limit: u64,
 }
 
 impl SequentialReader {
     pub fn new(file: Arc<dyn StorageFile>, offset: u64) -> Self {
-        SequentialReader { file, offset }
+        SequentialReader { file, offset, limit: u64::MAX }
+    }
+
+    /// Reads stop at `limit` (as at the file's end) until it is moved.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
     }
 }
 
 impl Read for SequentialReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.offset)?;
+        let room = self.limit.saturating_sub(self.offset).min(buf.len() as u64) as usize;
+        if room == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..room], self.offset)?;
         self.offset += n as u64;
         Ok(n)
     }

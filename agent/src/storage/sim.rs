@@ -15,7 +15,8 @@
 //! - on `power_cut`, drops every name and byte not made durable, keeping
 //!   of the unsynced name changes any prefix (in their order), of an
 //!   unsynced append any prefix, sometimes with a garbled byte (a
-//!   torn sector);
+//!   torn sector), and of each page written over in place (`write_at`)
+//!   its old bytes, its new ones, or a new prefix of it;
 //! - on `crash` (SIGKILL), keeps everything: the page cache survives a
 //!   process.
 //!
@@ -89,28 +90,60 @@ struct FileData {
     /// differs where a failed fsync dropped dirty pages. The rest is
     /// dirty, written back by the next fsync.
     clean_to: usize,
+    /// Pages below `clean_to` written over in place since: dirty too.
+    overwritten: BTreeSet<usize>,
 }
+
+/// The unit in which pages written over in place reach the disk.
+const PAGE_BYTES: usize = 4096;
 
 impl FileData {
     /// What the disk holds once every dirty page is written back.
     fn written_back(&self) -> Vec<u8> {
         let mut image = self.durable.clone();
         image.resize(self.clean_to, 0);
+        for range in self.overwritten_ranges(self.clean_to) {
+            image[range.clone()].copy_from_slice(&self.data[range]);
+        }
         image.extend_from_slice(&self.data[self.clean_to..]);
         image
+    }
+
+    /// The byte ranges of the pages written over in place, below `end`.
+    fn overwritten_ranges(&self, end: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.overwritten
+            .iter()
+            .map(move |p| p * PAGE_BYTES..((p + 1) * PAGE_BYTES).min(end))
+            .filter(|r| r.start < r.end)
     }
 
     /// A successful fsync.
     fn synced(&mut self) {
         self.durable = self.written_back();
         self.clean_to = self.data.len();
+        self.overwritten.clear();
     }
 
     /// A failed fsync: the dirty pages are dropped (marked clean, never
-    /// written), the size reaches the disk.
+    /// written: the disk keeps what it had there, or zeros past its end),
+    /// the size reaches the disk.
     fn sync_failed(&mut self) {
         self.durable.resize(self.data.len(), 0);
         self.clean_to = self.data.len();
+        self.overwritten.clear();
+    }
+
+    /// Writes `bytes` at `offset`, over the data and past its end.
+    fn write(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(bytes);
+        let over = offset.min(self.clean_to)..end.min(self.clean_to);
+        if over.start < over.end {
+            self.overwritten.extend(over.start / PAGE_BYTES..=(over.end - 1) / PAGE_BYTES);
+        }
     }
 }
 
@@ -120,6 +153,9 @@ struct SimFile {
     generation: u64,
     /// Reads what the disk holds (O_DIRECT), not the page cache.
     direct: bool,
+    /// Opened to append (O_APPEND): `write_at` writes at the end, as Linux
+    /// does whatever the offset.
+    appending: bool,
 }
 
 impl SimStorage {
@@ -146,12 +182,13 @@ impl SimStorage {
         self.state.lock().expect("sim storage lock")
     }
 
-    /// An existing file, `direct` or through the page cache.
-    fn open(&self, path: &Path, direct: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+    /// An existing file, `direct` or through the page cache, `appending`
+    /// or not.
+    fn open(&self, path: &Path, direct: bool, appending: bool) -> std::io::Result<Arc<dyn StorageFile>> {
         let mut s = self.lock();
         s.fail(EIO)?;
         let id = s.id_of(path)?;
-        Ok(s.handle(&self.state, id, direct))
+        Ok(s.handle(&self.state, id, direct, appending))
     }
 
     /// Faults from now on, per thousand fallible operations (0: none).
@@ -213,8 +250,12 @@ impl SimStorage {
 
 /// What of `file` a power cut leaves: its durable bytes, and of an
 /// unsynced append any prefix (now and then with one byte garbled);
-/// of an unsynced truncation, either side.
+/// of an unsynced truncation, either side; of each page written over in
+/// place, its old bytes, its new ones or a new prefix (a torn page).
 fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
+    if !file.overwritten.is_empty() {
+        return survivor_of_overwrites(file, rng);
+    }
     let (data, durable) = (&file.written_back(), &file.durable);
     if data.len() > durable.len() && data.starts_with(durable) {
         let unsynced = data.len() - durable.len();
@@ -234,6 +275,34 @@ fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
     } else {
         data.clone()
     }
+}
+
+/// `survivor` of a file with pages written over in place: each of them
+/// is decided apart, then an unsynced append or truncation as there.
+fn survivor_of_overwrites(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
+    let data = file.written_back();
+    let mut after = file.durable.clone();
+    let common = after.len().min(data.len());
+    for range in file.overwritten_ranges(common) {
+        let kept_to = match rng.below(4) {
+            0 => range.start,
+            3 => range.start + rng.below((range.end - range.start) as u64) as usize,
+            _ => range.end,
+        };
+        after[range.start..kept_to].copy_from_slice(&data[range.start..kept_to]);
+    }
+    if data.len() > after.len() {
+        let unsynced = data.len() - after.len();
+        let kept = match rng.below(3) {
+            0 => 0,
+            1 => unsynced,
+            _ => rng.below(unsynced as u64 + 1) as usize,
+        };
+        after.extend_from_slice(&data[common..common + kept]);
+    } else if rng.below(2) == 0 {
+        after.truncate(data.len());
+    }
+    after
 }
 
 impl SimState {
@@ -302,8 +371,8 @@ impl SimState {
 
     /// A handle of this process on file `id`; a `direct` one reads what
     /// the disk holds.
-    fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64, direct: bool) -> Arc<dyn StorageFile> {
-        Arc::new(SimFile { state: state.clone(), id, generation: self.generation, direct })
+    fn handle(&mut self, state: &Arc<Mutex<SimState>>, id: u64, direct: bool, appending: bool) -> Arc<dyn StorageFile> {
+        Arc::new(SimFile { state: state.clone(), id, generation: self.generation, direct, appending })
     }
 }
 
@@ -362,19 +431,23 @@ impl Storage for SimStorage {
         s.next_id += 1;
         s.files.insert(id, FileData::default());
         s.change_names(vec![(path.to_path_buf(), Some(id))]);
-        Ok(s.handle(&self.state, id, false))
+        Ok(s.handle(&self.state, id, false, true))
     }
 
     fn open_append(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
-        self.open_read(path)
+        self.open(path, false, true)
+    }
+
+    fn open_rw(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
+        self.open(path, false, false)
     }
 
     fn open_read(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
-        self.open(path, false)
+        self.open(path, false, false)
     }
 
     fn open_direct(&self, path: &Path) -> std::io::Result<Arc<dyn StorageFile>> {
-        self.open(path, true)
+        self.open(path, true, false)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -457,6 +530,21 @@ impl StorageFile for SimFile {
         Ok(())
     }
 
+    fn write_at(&self, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+        assert!(!self.direct, "writing through a direct-read handle");
+        let mut s = self.live()?;
+        let bytes = parts.concat();
+        let end = s.files[&self.id].data.len();
+        let offset = if self.appending { end } else { offset as usize };
+        if s.fault() {
+            let kept = s.rng.below(bytes.len() as u64) as usize;
+            s.files.get_mut(&self.id).expect("open file").write(offset, &bytes[..kept]);
+            return Err(Error::from_raw_os_error(ENOSPC));
+        }
+        s.files.get_mut(&self.id).expect("open file").write(offset, &bytes);
+        Ok(())
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let mut s = self.live()?;
         s.fail(EIO)?;
@@ -486,6 +574,8 @@ impl StorageFile for SimFile {
         let file = s.files.get_mut(&self.id).expect("open file");
         file.data.resize(len as usize, 0);
         file.clean_to = file.clean_to.min(file.data.len());
+        let pages = file.data.len().div_ceil(PAGE_BYTES);
+        file.overwritten.retain(|p| *p < pages);
         Ok(())
     }
 
