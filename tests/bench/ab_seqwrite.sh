@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Same-run A/B of two agent builds on 1 MiB sequential writes at QD8 with
+# replication on, each beside qemu-nbd in the same round:
+#   tests/bench/ab_seqwrite.sh OLD_BINARY NEW_BINARY [ROUNDS]
+# Each round sets up a fresh pair per binary (4 GiB log), writes the 1 GiB
+# volume with fio for RUNTIME s, waits until it is replicated, and writes
+# it again (the second pass finds acknowledged segments to reuse). Rounds
+# alternate the binaries so drift on a shared machine hits both. Prints
+# `AB` lines; asserts nothing.
+set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
+old=$(realpath "$1") new=$(realpath "$2") rounds=${3:-3}
+cd "$(dirname "$0")/../.."
+export PORT_BASE=37000
+source tests/lib/common.sh
+source tests/bench/lib.sh
+RUNTIME=${BENCH_RUNTIME:-10}
+for round in $(seq 1 "$rounds"); do
+    for which in old new; do
+        if [ "$which" = old ]; then TIDEMARK=$old; else TIDEMARK=$new; fi
+        rm -rf "${WORK:?}"/*
+        mkdir -p "$WORK/src"
+        fallocate -l 1G "$WORK/src/disk0.img"
+        fallocate -l 1G "$WORK/peer.img"
+        LOG_CAPACITY=$((4 << 30)) setup_pair async 5000 disk0:1G
+        qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -t "$WORK/peer.img" --cache=writeback --aio=threads &
+        QPID=$!
+        PIDS+=("$QPID")
+        wait_port $((PORT_BASE + 9))
+        peer=nbd://127.0.0.1:$((PORT_BASE + 9))/disk
+        start_recovery
+        start_protected
+        wait_replicated 180
+        read -r _ p1 < <(fio_iops "$peer" write 1M 8)
+        read -r _ t1 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
+        wait_replicated 300
+        read -r _ p2 < <(fio_iops "$peer" write 1M 8)
+        read -r _ t2 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
+        printf 'AB round %s %s: 1st pass %.0f MiB/s (qemu-nbd %.0f), 2nd pass %.0f MiB/s (qemu-nbd %.0f)\n' \
+            "$round" "$which" "$t1" "$p1" "$t2" "$p2"
+        kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID" 2>/dev/null || true
+        wait 2>/dev/null || true
+    done
+done
