@@ -160,13 +160,15 @@ pub fn create_segment_on(
 /// Makes the file of a retired segment, kept as `spare`, the segment
 /// `first_seq` with no records: its header is written over the old one
 /// and made durable before the file takes the segment's name, and the
-/// name is made durable before this returns. The file keeps its length
-/// and its old bytes after the header (see the module comment): the
-/// handle returned writes in place (`StorageFile::write_at`). On an error
-/// the spare may be gone or half rewritten; the segment is not named.
+/// name is made durable before this returns. The file keeps its old bytes
+/// after the header, and its length up to `keep_bytes` (see the module
+/// comment): the handle returned writes in place
+/// (`StorageFile::write_at`). On an error the spare may be gone or half
+/// rewritten; the segment is not named.
 pub fn recycle_segment_on(
     fs: &dyn Storage,
     spare: &Path,
+    keep_bytes: u64,
     kind: SegmentKind,
     vpg_id: u32,
     first_seq: u64,
@@ -181,6 +183,11 @@ pub fn recycle_segment_on(
     // cut must not bring the retired segment's name back over a new header.
     fs.sync_dir(dir).doing(|| format!("syncing directory {}", dir.display()))?;
     let file = fs.open_rw(spare).doing(|| format!("opening spare segment {}", spare.display()))?;
+    // Only now that no power cut can bring the retired segment's name back
+    // may its length change: it would come back cut short.
+    if file.size().doing(|| format!("sizing {}", spare.display()))? > keep_bytes {
+        file.set_len(keep_bytes).doing(|| format!("cutting {}", spare.display()))?;
+    }
     // The old records' end marker goes with them: until the first append,
     // the header is followed by an end.
     file.write_at(&[&encode_header(kind, vpg_id, first_seq, stream_id), &END_MARKER], 0)

@@ -411,7 +411,14 @@ impl ProtectedLog {
         let (path, file) = match inner.spares.pop() {
             Some(spare) => {
                 let kind = SegmentKind::ProtectedLog;
-                match recycle_segment_on(&*self.fs, &spare.path, kind, self.vpg_id, first_seq, stream_id) {
+                // A segment ends past its size by up to one record, and a
+                // reused file would keep the largest length it ever had,
+                // uncounted: it is cut to the size. A segment written over
+                // it reaches the size before it is closed, so no closed
+                // segment holds bytes of an earlier use.
+                let spare_path = &spare.path;
+                let keep = self.segment_bytes;
+                match recycle_segment_on(&*self.fs, spare_path, keep, kind, self.vpg_id, first_seq, stream_id) {
                     Ok(made) => made,
                     Err(e) => {
                         tracing::warn!(
@@ -612,7 +619,9 @@ impl ProtectedLog {
     /// room for it (`spares.rs`); false if it did not (remove it then).
     /// Called under `retiring`, so only a roll takes spares meanwhile.
     fn keep_as_spare(&self, seg: &Segment) -> bool {
-        let Ok(bytes) = self.fs.size_of(&seg.path) else { return false };
+        let Ok(size) = self.fs.size_of(&seg.path) else { return false };
+        // Counted as it will be reused: cut to the segment size (see `roll`).
+        let bytes = size.min(self.segment_bytes);
         {
             let inner = self.inner.lock().expect("log lock");
             let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();

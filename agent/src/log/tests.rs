@@ -693,3 +693,33 @@ async fn a_cursor_in_a_segment_retired_and_reused_under_it_reads_on() {
     assert!(first + read_before <= acked);
     assert_every_owed_record_read(&drain(&mut cursor, 1 << 20), acked, last);
 }
+
+/// A segment ends past its size by up to one record; its file, reused,
+/// is cut back to the size, so no file keeps the largest length it ever
+/// had (disk use the log does not count). Review finding of helper-32.
+#[tokio::test]
+async fn a_reused_file_is_cut_to_the_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
+    let big = log.append(&write(0, 1 << 20)).await.unwrap();
+    let after = log.append(&write(1, 512)).await.unwrap();
+    log.sync_to(after).await.unwrap();
+    let first = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap()[0].1.clone();
+    assert!(std::fs::metadata(&first).unwrap().len() > 1 << 20);
+    let reused = inode(&first);
+    log.ack(big);
+    assert_eq!(spares_in(dir.path()).len(), 1);
+    let mut last = after;
+    while spares_in(dir.path()).len() == 1 {
+        last = log.append(&write(2, 8192)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog)
+        .unwrap()
+        .into_iter()
+        .find(|(_, p)| inode(p) == reused)
+        .expect("the spare holds a segment again");
+    assert!(std::fs::metadata(&path).unwrap().len() <= size.segment_bytes, "cut to the segment size");
+    assert_eq!(read_all(&log, after), (after..=last).collect::<Vec<_>>());
+}

@@ -302,6 +302,13 @@ fn survivor_of_overwrites(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
     } else if rng.below(2) == 0 {
         after.truncate(data.len());
     }
+    // Now and then a torn sector: one byte of what reached the disk since
+    // the last fsync garbled.
+    let changed: Vec<usize> = (0..after.len()).filter(|&i| file.durable.get(i) != Some(&after[i])).collect();
+    if !changed.is_empty() && rng.below(8) == 0 {
+        let at = changed[rng.below(changed.len() as u64) as usize];
+        after[at] ^= 1 << rng.below(8);
+    }
     after
 }
 
@@ -519,6 +526,8 @@ impl SimFile {
 impl StorageFile for SimFile {
     fn append(&self, parts: &[&[u8]]) -> std::io::Result<()> {
         assert!(!self.direct, "appending through a direct-read handle");
+        // Linux would write at the handle's position (from 0), or refuse.
+        assert!(self.appending, "appending through a handle not opened to append");
         let mut s = self.live()?;
         let bytes = parts.concat();
         if s.fault() {
