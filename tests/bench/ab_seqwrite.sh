@@ -19,22 +19,14 @@ for round in $(seq 1 "$rounds"); do
     for which in old new; do
         if [ "$which" = old ]; then TIDEMARK=$old; else TIDEMARK=$new; fi
         rm -rf "${WORK:?}"/*
-        mkdir -p "$WORK/src"
-        fallocate -l 1G "$WORK/src/disk0.img"
-        fallocate -l 1G "$WORK/peer.img"
-        LOG_CAPACITY=$((4 << 30)) setup_pair async 5000 disk0:1G
-        qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -t "$WORK/peer.img" --cache=writeback --aio=threads &
-        QPID=$!
-        PIDS+=("$QPID")
-        wait_port $((PORT_BASE + 9))
-        peer=nbd://127.0.0.1:$((PORT_BASE + 9))/disk
+        seqwrite_setup
         start_recovery
         start_protected
         wait_replicated 180
-        read -r _ p1 < <(fio_iops "$peer" write 1M 8)
+        read -r _ p1 < <(fio_iops "$PEER_URI" write 1M 8)
         read -r _ t1 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
         wait_replicated 300
-        read -r _ p2 < <(fio_iops "$peer" write 1M 8)
+        read -r _ p2 < <(fio_iops "$PEER_URI" write 1M 8)
         read -r _ t2 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
         printf 'AB round %s %s: 1st pass %.0f MiB/s (qemu-nbd %.0f), 2nd pass %.0f MiB/s (qemu-nbd %.0f)\n' \
             "$round" "$which" "$t1" "$p1" "$t2" "$p2"

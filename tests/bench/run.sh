@@ -104,15 +104,7 @@ print('%.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f' % (serve, prot, rec, o
 }
 
 log "1/6 fio through the inline export (replication running) vs qemu-nbd, same disk"
-mkdir -p "$WORK/src"
-fallocate -l 1G "$WORK/src/disk0.img"
-fallocate -l 1G "$WORK/peer.img"
-LOG_CAPACITY=$((4 << 30)) setup_pair async 5000 disk0:1G
-qemu-nbd -f raw -x disk -p $((PORT_BASE + 9)) -t "$WORK/peer.img" --cache=writeback --aio=threads &
-QPID=$!
-PIDS+=("$QPID")
-wait_port $((PORT_BASE + 9))
-PEER_URI=nbd://127.0.0.1:$((PORT_BASE + 9))/disk
+seqwrite_setup
 # Capture alone first (no recovery agent yet: the log takes it all), so
 # the cost of replicating on the same cores shows apart. A fixed 2 GiB,
 # not a time, so the 4 GiB log cannot fill.
