@@ -148,13 +148,20 @@ pub fn create_segment_on(
             return Err(e.into());
         }
     };
+    name_durably(fs, dir, &path)?;
+    Ok((path, file))
+}
+
+/// Makes the name a segment was just given at `path` durable. If that
+/// fails, the segment is not made after all: a restart must not find it
+/// named (its name may still come back in a power cut, as an empty
+/// segment).
+fn name_durably(fs: &dyn Storage, dir: &Path, path: &Path) -> Result<(), SegmentFileError> {
     if let Err(e) = fs.sync_dir(dir) {
-        // Not created after all: a restart must not find it named (its
-        // name may still come back in a power cut, as an empty segment).
-        let _ = fs.remove_file(&path);
+        let _ = fs.remove_file(path);
         return Err(IoFailure::new(format!("syncing directory {}", dir.display()), e).into());
     }
-    Ok((path, file))
+    Ok(())
 }
 
 /// Makes the file of a retired segment, kept as `spare`, the segment
@@ -194,11 +201,7 @@ pub fn recycle_segment_on(
         .doing(|| format!("writing {}", spare.display()))?;
     file.sync_all().doing(|| format!("syncing {}", spare.display()))?;
     fs.rename(spare, &path).doing(|| format!("naming {}", path.display()))?;
-    if let Err(e) = fs.sync_dir(dir) {
-        // As in `create_segment_on`: not named after all.
-        let _ = fs.remove_file(&path);
-        return Err(IoFailure::new(format!("syncing directory {}", dir.display()), e).into());
-    }
+    name_durably(fs, dir, &path)?;
     Ok((path, file))
 }
 

@@ -159,10 +159,7 @@ pub(super) fn recover(
         segments.push((f.first_seq, f.path.clone(), bytes));
     }
     if let Some((index, offset)) = tail.cut_at {
-        let (_, path, _) = &segments[index];
-        let file = fs.open_append(path).doing(|| format!("opening {}", path.display()))?;
-        file.set_len(offset).doing(|| format!("cutting {}", path.display()))?;
-        file.sync_all().doing(|| format!("syncing {}", path.display()))?;
+        cut_file(fs, &segments[index].1, offset)?;
         for (_, later, _) in segments.drain(index + 1..) {
             remove(fs, &later)?;
         }
@@ -173,9 +170,7 @@ pub(super) fn recover(
         // fsync never wrote: the next append, writing into their page,
         // would write them back to the disk. Neither is kept.
         if file_len(fs, path)? > *end {
-            let file = fs.open_append(path).doing(|| format!("opening {}", path.display()))?;
-            file.set_len(*end).doing(|| format!("cutting {}", path.display()))?;
-            file.sync_all().doing(|| format!("syncing {}", path.display()))?;
+            cut_file(fs, path, *end)?;
         }
     }
     Ok(Recovered { segments, next_seq: tail.next_seq, stream_id, cut: tail.cut, last_update: tail.last_update })
@@ -266,6 +261,14 @@ fn holds_records(fs: &dyn Storage, path: &Path, vpg_id: u32) -> bool {
             Ok(Some(_)) | Err(_) => return true,
         }
     }
+}
+
+/// Cuts the file at `path` to `len` bytes, durably.
+fn cut_file(fs: &dyn Storage, path: &Path, len: u64) -> Result<()> {
+    let file = fs.open_append(path).doing(|| format!("opening {}", path.display()))?;
+    file.set_len(len).doing(|| format!("cutting {}", path.display()))?;
+    file.sync_all().doing(|| format!("syncing {}", path.display()))?;
+    Ok(())
 }
 
 fn file_len(fs: &dyn Storage, path: &Path) -> Result<u64> {

@@ -10,6 +10,26 @@ fn open(dir: &Path, capacity: u64) -> (Arc<ProtectedLog>, LogOpenReport) {
     ProtectedLog::open(dir, 1, capacity, 0, &mut |_| Ok(())).unwrap()
 }
 
+/// Segments of 64 KiB (reads of 64 KiB, records of 8 KiB: several
+/// segments, each longer than one read), in 64 MiB.
+const SMALL_SEGMENTS: LogSize = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
+
+/// A log of `SMALL_SEGMENTS` in `dir`.
+fn open_small(dir: &Path) -> (Arc<ProtectedLog>, LogOpenReport) {
+    ProtectedLog::open_on(LogEnv::real(), dir, 1, SMALL_SEGMENTS, 0, &mut |_| Ok(())).unwrap()
+}
+
+/// Appends `count` writes of `bytes` each, makes them durable, and
+/// returns the last seq.
+async fn append_synced(log: &ProtectedLog, count: u64, bytes: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..count {
+        last = log.append(&write(i, bytes)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    last
+}
+
 /// The seqs of every record the cursor has for now, from `from`, read in
 /// batches as the sender does and decoded as the receiver does.
 fn read_all(log: &Arc<ProtectedLog>, from: u64) -> Vec<u64> {
@@ -593,13 +613,8 @@ fn segments_no_larger_than_their_header_are_refused() {
 async fn a_cursor_skips_segments_an_ack_retired_ahead_of_it() {
     use crate::wire::batch::{BatchBuilder, BATCH_RECORDS_MAX};
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
-    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
-    let mut last = 0;
-    for i in 0..100 {
-        last = log.append(&write(i, 8192)).await.unwrap();
-    }
-    log.sync_to(last).await.unwrap();
+    let (log, _) = open_small(dir.path());
+    let last = append_synced(&log, 100, 8192).await;
     let first = log.segment_starts()[0];
     let mut cursor = log.cursor(first + 1);
     let mut batch = BatchBuilder::default();
@@ -629,14 +644,8 @@ fn spares_in(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn retired_segment_files_are_reused_and_their_old_bytes_never_read() {
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
-    let open_log = || ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
-    let (log, _) = open_log();
-    let mut last = 0;
-    for i in 0..40 {
-        last = log.append(&write(i, 8192)).await.unwrap();
-    }
-    log.sync_to(last).await.unwrap();
+    let (log, _) = open_small(dir.path());
+    let mut last = append_synced(&log, 40, 8192).await;
     let retired: Vec<u64> = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap()[..2]
         .iter()
         .map(|(_, path)| inode(path))
@@ -655,7 +664,7 @@ async fn retired_segment_files_are_reused_and_their_old_bytes_never_read() {
     assert!(spares_in(dir.path()).is_empty());
     assert_eq!(read_all(&log, from), (from..=last).collect::<Vec<_>>());
     drop(log);
-    let (log, report) = open_log();
+    let (log, report) = open_small(dir.path());
     assert!(report.cut.is_none(), "{:?}", report.cut);
     assert_eq!(report.next_seq, last + 1);
     assert_eq!(read_all(&log, from), (from..=last).collect::<Vec<_>>());
@@ -671,13 +680,8 @@ async fn retired_segment_files_are_reused_and_their_old_bytes_never_read() {
 async fn a_cursor_in_a_segment_retired_and_reused_under_it_reads_on() {
     use crate::wire::batch::{BatchBuilder, BATCH_RECORDS_MAX};
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
-    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
-    let mut last = 0;
-    for i in 0..20 {
-        last = log.append(&write(i, 8192)).await.unwrap();
-    }
-    log.sync_to(last).await.unwrap();
+    let (log, _) = open_small(dir.path());
+    let mut last = append_synced(&log, 20, 8192).await;
     let first = log.segment_starts()[0];
     let mut cursor = log.cursor(first);
     let mut batch = BatchBuilder::default();
@@ -700,8 +704,7 @@ async fn a_cursor_in_a_segment_retired_and_reused_under_it_reads_on() {
 #[tokio::test]
 async fn a_reused_file_is_cut_to_the_segment_size() {
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
-    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
+    let (log, _) = open_small(dir.path());
     let big = log.append(&write(0, 1 << 20)).await.unwrap();
     let after = log.append(&write(1, 512)).await.unwrap();
     log.sync_to(after).await.unwrap();
@@ -720,6 +723,6 @@ async fn a_reused_file_is_cut_to_the_segment_size() {
         .into_iter()
         .find(|(_, p)| inode(p) == reused)
         .expect("the spare holds a segment again");
-    assert!(std::fs::metadata(&path).unwrap().len() <= size.segment_bytes, "cut to the segment size");
+    assert!(std::fs::metadata(&path).unwrap().len() <= SMALL_SEGMENTS.segment_bytes, "cut to the segment size");
     assert_eq!(read_all(&log, after), (after..=last).collect::<Vec<_>>());
 }

@@ -137,38 +137,12 @@ impl Storage for RealStorage {
 
 impl StorageFile for std::fs::File {
     fn append(&self, parts: &[&[u8]]) -> std::io::Result<()> {
-        // As few `writev` calls as the kernel allows (one, unless short).
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut slices = &mut slices[..];
         let mut file = self;
-        while !slices.is_empty() {
-            match file.write_vectored(slices) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        write_all_parts(parts, |slices, _| file.write_vectored(slices))
     }
 
     fn write_at(&self, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
-        // As few `pwritev` calls as the kernel allows (one, unless short).
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut slices = &mut slices[..];
-        let mut at = offset;
-        while !slices.is_empty() {
-            match rustix::io::pwritev(self, slices, at) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    IoSlice::advance_slices(&mut slices, n);
-                    at += n as u64;
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        write_all_parts(parts, |slices, done| Ok(rustix::io::pwritev(self, slices, offset + done)?))
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -199,6 +173,30 @@ impl StorageFile for std::fs::File {
     fn sync_all(&self) -> std::io::Result<()> {
         std::fs::File::sync_all(self)
     }
+}
+
+/// Writes all of `parts` with as few vectored writes as the kernel allows
+/// (one, unless short): `write` is given what is left and how many bytes
+/// went before it.
+fn write_all_parts(
+    parts: &[&[u8]],
+    mut write: impl FnMut(&[IoSlice<'_>], u64) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    let mut done = 0u64;
+    while !slices.is_empty() {
+        match write(slices, done) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut slices, n);
+                done += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a file front to back (for a `BufReader`), never past `limit`:

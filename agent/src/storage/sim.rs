@@ -258,12 +258,7 @@ fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
     }
     let (data, durable) = (&file.written_back(), &file.durable);
     if data.len() > durable.len() && data.starts_with(durable) {
-        let unsynced = data.len() - durable.len();
-        let kept = match rng.below(3) {
-            0 => 0,
-            1 => unsynced,
-            _ => rng.below(unsynced as u64 + 1) as usize,
-        };
+        let kept = unsynced_kept(data.len() - durable.len(), rng);
         let mut after = data[..durable.len() + kept].to_vec();
         if kept > 0 && rng.below(8) == 0 {
             let at = durable.len() + rng.below(kept as u64) as usize;
@@ -274,6 +269,16 @@ fn survivor(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
         durable.clone()
     } else {
         data.clone()
+    }
+}
+
+/// How many of `unsynced` appended bytes a power cut leaves: none, all, or
+/// any number between.
+fn unsynced_kept(unsynced: usize, rng: &mut SimRng) -> usize {
+    match rng.below(3) {
+        0 => 0,
+        1 => unsynced,
+        _ => rng.below(unsynced as u64 + 1) as usize,
     }
 }
 
@@ -292,12 +297,7 @@ fn survivor_of_overwrites(file: &FileData, rng: &mut SimRng) -> Vec<u8> {
         after[range.start..kept_to].copy_from_slice(&data[range.start..kept_to]);
     }
     if data.len() > after.len() {
-        let unsynced = data.len() - after.len();
-        let kept = match rng.below(3) {
-            0 => 0,
-            1 => unsynced,
-            _ => rng.below(unsynced as u64 + 1) as usize,
-        };
+        let kept = unsynced_kept(data.len() - after.len(), rng);
         after.extend_from_slice(&data[common..common + kept]);
     } else if rng.below(2) == 0 {
         after.truncate(data.len());
@@ -528,15 +528,8 @@ impl StorageFile for SimFile {
         assert!(!self.direct, "appending through a direct-read handle");
         // Linux would write at the handle's position (from 0), or refuse.
         assert!(self.appending, "appending through a handle not opened to append");
-        let mut s = self.live()?;
-        let bytes = parts.concat();
-        if s.fault() {
-            let kept = s.rng.below(bytes.len() as u64) as usize;
-            s.files.get_mut(&self.id).expect("open file").data.extend_from_slice(&bytes[..kept]);
-            return Err(Error::from_raw_os_error(ENOSPC));
-        }
-        s.files.get_mut(&self.id).expect("open file").data.extend_from_slice(&bytes);
-        Ok(())
+        // An appending handle writes at the end, whatever the offset.
+        self.write_at(parts, 0)
     }
 
     fn write_at(&self, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
