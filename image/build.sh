@@ -106,6 +106,10 @@ while ((${#queue[@]})); do
     done
 done
 cp -L "$X/lib64/ld-linux-x86-64.so.2" "$R/lib64/"
+# The iSCSI target module in place of the stock one: patched to refuse
+# one-way CHAP where mutual CHAP is configured (image/lio-module.sh).
+image/lio-module.sh "$KVER" "$(sed -n "s/^$kernel_pkg=//p" "$OUT/packages.lock")" \
+    "$X/lib/modules/$KVER/kernel/drivers/target/iscsi/iscsi_target_mod.ko"
 # Kernel modules: those listed and what they depend on.
 "$X/bin/busybox" depmod -b "$X" "$KVER"
 M=lib/modules/$KVER

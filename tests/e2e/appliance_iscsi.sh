@@ -7,9 +7,11 @@
 # - The LUN answers INQUIRY with a serial derived from the appliance's key,
 #   and advertises no volatile write cache (WCE=0: a completed write is
 #   stable, as ESXi assumes).
-# - Refused and logged: no CHAP, a wrong secret, an initiator not in the
-#   ACL, discovery without credentials; and an initiator that expects
-#   another target secret refuses the appliance (mutual CHAP).
+# - Refused and logged: no CHAP, a wrong secret, one-way CHAP from an
+#   initiator that must use mutual CHAP (the appliance's patched
+#   iscsi_target_mod), an initiator not in the ACL, discovery without
+#   credentials; and an initiator that expects another target secret
+#   refuses the appliance (mutual CHAP).
 # - An ext4 image written through QEMU's iSCSI driver, a tagged checkpoint,
 #   and the restore on the recovery side passes e2fsck with every file's
 #   SHA-256.
@@ -43,7 +45,7 @@ grep -q "PASS *iscsi targets" <<<"$out" || fail "the audit does not pass the iSC
 log "audit: $(grep -o 'PASS *iscsi targets.*' <<<"$out")"
 
 log "INQUIRY: the LUN's serial, and no volatile write cache"
-in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 128 "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/serial.out" 2>&1 ||
+in_ns iscsi-inq -i "$ESX" -e 1 -c 128 "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/serial.out" 2>&1 ||
     fail "iscsi-inq with mutual CHAP failed: $(cat "$WORK/serial.out")"
 cat "$WORK/serial.out"
 serial=$(grep -io "[0-9a-f]\{32\}" "$WORK/serial.out" | head -1)
@@ -53,29 +55,36 @@ grep -q "write through" <<<"$out" || fail "the LUN's device has a write cache: $
 [ "$(tail -n1 <<<"$out")" = 0 ] || fail "the backstore emulates a write cache: $out"
 log "LUN serial $serial; write through"
 
-log "refused: no CHAP, a wrong secret, another initiator, discovery without credentials, a wrong target secret"
+log "refused: no CHAP, a wrong secret, one-way CHAP where mutual is required, another initiator, discovery without credentials, a wrong target secret"
 refused() {
     local what=$1
     shift
     if in_ns "$@" >"$WORK/refused.out" 2>&1; then fail "$what was let in: $(cat "$WORK/refused.out")"; fi
 }
-refused "a login without CHAP" iscsi-inq -i "$INITIATOR" "iscsi://$PORTAL/$IQN/0"
-refused "a wrong secret" iscsi-inq -i "$INITIATOR" "$(url "$CHAP_USER%wrong-secret-0000" "$IQN")$MUTUAL"
+refused "a login without CHAP" iscsi-inq -i "$ESX" "iscsi://$PORTAL/$IQN/0"
+refused "a login without CHAP (one-way initiator)" iscsi-inq -i "$INITIATOR" "iscsi://$PORTAL/$IQN/0"
+refused "a wrong secret" iscsi-inq -i "$ESX" "$(url "$CHAP_USER%wrong-secret-0000" "$IQN")$MUTUAL"
+# Mutual CHAP is required of $ESX: with the right secret but without asking
+# the appliance to prove itself, it is refused (stock LIO lets it in).
+refused "one-way CHAP from an initiator that must use mutual CHAP" iscsi-inq -i "$ESX" "$(url "$GOOD" "$IQN")"
 # Mutual CHAP: the appliance proves itself with its own secret, so an
-# initiator that expects another one refuses it. (Whether an initiator asks
-# the target to prove itself is the initiator's setting, ESXi's
-# "bidirectional CHAP"; a target cannot demand it.)
-refused "a target secret the initiator does not know" iscsi-inq -i "$INITIATOR" \
+# initiator that expects another one refuses it.
+refused "a target secret the initiator does not know" iscsi-inq -i "$ESX" \
     "$(url "$GOOD" "$IQN")?target_user=$MUTUAL_USER&target_password=not-the-target-secret"
 refused "an initiator not in the ACL" iscsi-inq -i iqn.2026-12.io.tidemark.test:intruder "$(url "$GOOD" "$IQN")$MUTUAL"
-refused "discovery without credentials" iscsi-ls -i "$INITIATOR" "iscsi://$PORTAL"
+refused "discovery without credentials" iscsi-ls -i "$ESX" "iscsi://$PORTAL"
+refused "discovery with one-way CHAP" iscsi-ls -i "$INITIATOR" "iscsi://$GOOD@$PORTAL"
 # The appliance's kernel says so on its console (and in the bundle's
 # logs/kernel.txt); LIO names the initiator for an ACL refusal only.
 for _ in $(seq 1 20); do grep -q "intruder is not authorized" "$WORK/prot/serial.log" && break; sleep 0.2; done
 grep -q "iqn.2026-12.io.tidemark.test:intruder is not authorized" "$WORK/prot/serial.log" ||
     fail "the refused initiator is not in the kernel's log"
 grep -q "has not been successfully authenticated" "$WORK/prot/serial.log" || fail "the login without CHAP is not in the kernel's log"
-in_ns iscsi-ls -i "$INITIATOR" -s "iscsi://$GOOD@$PORTAL$MUTUAL" >"$WORK/ls.out" 2>&1 ||
+grep -q "Initiator $ESX did not ask to authenticate the target (one-way CHAP), but mutual CHAP is configured: refused" \
+    "$WORK/prot/serial.log" ||
+    fail "the one-way CHAP login of $ESX is not in the kernel's log: $(grep -i "chap\|authenticat" "$WORK/prot/serial.log" | tail -8)"
+# (Without -s: iscsi-ls logs in to list LUNs with one-way CHAP.)
+in_ns iscsi-ls -i "$ESX" "iscsi://$GOOD@$PORTAL$MUTUAL" >"$WORK/ls.out" 2>&1 ||
     fail "discovery with mutual CHAP failed: $(cat "$WORK/ls.out")"
 grep -q "$IQN" "$WORK/ls.out" || fail "discovery does not list $IQN: $(cat "$WORK/ls.out")"
 
@@ -119,7 +128,7 @@ for what, payload, then_close in cases:
         sys.exit(f"{what}: the connection was still open after 30 s")
     print(f"dropped: {what}")
 PY
-in_ns iscsi-inq -i "$INITIATOR" "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/after-garbage.out" 2>&1 ||
+in_ns iscsi-inq -i "$ESX" "$(url "$GOOD" "$IQN")$MUTUAL" >"$WORK/after-garbage.out" 2>&1 ||
     fail "a good session failed after the garbage: $(cat "$WORK/after-garbage.out")"
 [ "$(volume_sum)" = "$sum_before" ] || fail "the volume changed under garbage PDUs"
 log "volume unchanged (sha256 ${sum_before:0:16}...); a good login still works"
@@ -334,10 +343,10 @@ PY
 
 log "SIGKILL of the agent under iSCSI writes: the LUN keeps its identity, nothing acknowledged is lost"
 # VPD page 0x83 (iscsi-inq takes it in decimal): the NAA id and the rest.
-# One-way CHAP from here on: LIO's CHAP identifier counts every CHAP login
-# of the boot, and once it has three digits libiscsi's mutual CHAP trips on
-# the stale pad bytes of LIO's login response (docs/iscsi.md); mutual CHAP
-# was proven above.
+# One-way CHAP from here on ($INITIATOR is allowed it): LIO's CHAP
+# identifier counts every CHAP login of the boot, and once it has three
+# digits libiscsi's mutual CHAP trips on the stale pad bytes of LIO's
+# login response (docs/iscsi.md); mutual CHAP was proven above.
 identity() { in_ns iscsi-inq -i "$INITIATOR" -e 1 -c 131 "$(url "$GOOD" "$IQN")" 2>&1 || true; }
 before=$(identity)
 grep -qi naa <<<"$before" || fail "no NAA designator in VPD 0x83: $before"
@@ -398,7 +407,8 @@ restore_vm1 head "$WORK/restored"
 check_blocks "$WORK/restored/disk0.img" power 1000 $((acked + 1)) || fail "acknowledged writes are missing after the power cut"
 log "after the power cut: same identity, all $((acked + 1)) acknowledged blocks in the restore of head"
 log "conformance: iscsi-test-cu against Tidemark's LUN and, as the reference, a plain LIO fileio LUN"
-# The reference: the same guest, the same portal and CHAP, the same ACLs, a
+# The reference: the same guest, the same portal and CHAP, the same ACLs
+# for the one-way initiators, a
 # fileio backstore on a file of the same size (write-through: O_DSYNC).
 iscsi_reference_lun prot2 /run/ref.img
 # The SCSI families ESXi relies on (VAAI: COMPARE AND WRITE for ATS

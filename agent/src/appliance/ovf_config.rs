@@ -77,6 +77,10 @@ pub const PROPERTIES: &[Property] = &[
         "tidemark.iscsi.initiators",
         "for ESXi: initiator IQNs allowed on the iSCSI LUNs (protected volumes, or recovered ones), comma separated",
     ),
+    prop(
+        "tidemark.iscsi.one_way_chap_initiators",
+        "of those, the initiators that cannot authenticate the appliance (QEMU's iSCSI driver), allowed one-way CHAP; leave empty for ESXi (comma separated)",
+    ),
     checked("tidemark.iscsi.chap_user", "the CHAP user name the initiators present", "MaxLen(255)"),
     secret("tidemark.iscsi.chap_secret", "the CHAP secret the initiators present (12-255 characters)", "MaxLen(255)"),
     checked(
@@ -338,6 +342,10 @@ fn iscsi_table(p: &Props, storage: Option<IpAddr>) -> Result<Option<toml::Table>
     iscsi.insert("listen".into(), std::net::SocketAddr::new(storage, ISCSI_PORT).to_string().into());
     let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
     iscsi.insert("initiators".into(), strings(list.iter()));
+    if let Some(one_way) = p.get("tidemark.iscsi.one_way_chap_initiators") {
+        let list: Vec<&str> = one_way.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+        iscsi.insert("one_way_chap_initiators".into(), strings(list.iter()));
+    }
     for key in ["chap_user", "chap_secret", "mutual_chap_user", "mutual_chap_secret"] {
         iscsi.insert(key.into(), p.need(&format!("tidemark.iscsi.{key}"))?.into());
     }
@@ -513,8 +521,12 @@ mod tests {
         let f = render(&props(&with_storage), Path::new("/d"), GIB).unwrap();
         let config = Config::parse(&f.config).unwrap();
         assert_eq!(config.iscsi().unwrap().listen.to_string(), "10.9.0.6:3260");
+        assert!(config.iscsi().unwrap().one_way_chap_initiators.is_empty(), "mutual CHAP for all by default");
         let Config::Recovery(r) = config else { panic!("not recovery") };
         assert_eq!(r.exports.unwrap().listen.to_string(), "10.9.0.6:10809");
+        with_storage.push(("tidemark.iscsi.one_way_chap_initiators", " iqn.1998-01.com.vmware:esx9 ,"));
+        let config = Config::parse(&render(&props(&with_storage), Path::new("/d"), GIB).unwrap().config).unwrap();
+        assert_eq!(config.iscsi().unwrap().one_way_chap_initiators, ["iqn.1998-01.com.vmware:esx9"]);
     }
 
     #[test]

@@ -92,6 +92,13 @@ pub struct IscsiConfig {
     pub domain: String,
     /// The IQNs of the initiators (hypervisors) allowed in.
     pub initiators: Vec<String>,
+    /// Those of `initiators` that cannot authenticate the target (QEMU's
+    /// iSCSI driver has no setting for it): their ACL carries no mutual
+    /// credentials, so they log in with one-way CHAP. Every other
+    /// initiator must use mutual CHAP; the appliance's iSCSI target module
+    /// refuses its one-way login (docs/iscsi.md). Empty by default.
+    #[serde(default)]
+    pub one_way_chap_initiators: Vec<String>,
     /// What the initiators present (CHAP).
     pub chap_user: String,
     pub chap_secret: String,
@@ -135,6 +142,13 @@ impl IscsiConfig {
             if !(iqn.starts_with("iqn.") || iqn.starts_with("eui.")) || !iqn.chars().all(ok) || iqn.len() > 223 {
                 return Err(ConfigError::Invalid(format!(
                     "iscsi.initiators[{i}]: {iqn:?} is not an iSCSI name (iqn.YYYY-MM.domain:..., lower case)"
+                )));
+            }
+        }
+        for (i, iqn) in self.one_way_chap_initiators.iter().enumerate() {
+            if !self.initiators.contains(iqn) || self.one_way_chap_initiators[..i].contains(iqn) {
+                return Err(ConfigError::Invalid(format!(
+                    "iscsi.one_way_chap_initiators[{i}]: {iqn:?} must be one of iscsi.initiators, named once"
                 )));
             }
         }
@@ -1027,6 +1041,20 @@ path = "/tmp/v1"
         )
         .to_string();
         assert!(err.contains("LUNs one appliance serves"), "{err}");
+        let one_way = |listed: &str| {
+            format!(
+                "{}{}one_way_chap_initiators = [{listed}]\n",
+                protected(""),
+                iscsi("\"iqn.1998-01.com.vmware:esx1\", \"iqn.2026-12.org.qemu:guest\"")
+            )
+        };
+        let cfg = Config::parse(&one_way("\"iqn.2026-12.org.qemu:guest\"")).unwrap();
+        assert_eq!(cfg.iscsi().unwrap().one_way_chap_initiators, ["iqn.2026-12.org.qemu:guest"]);
+        for bad in ["\"iqn.1998-01.com.vmware:esx9\"", "\"iqn.2026-12.org.qemu:guest\", \"iqn.2026-12.org.qemu:guest\""]
+        {
+            let err = crate::error_chain::Chain(&Config::parse(&one_way(bad)).unwrap_err()).to_string();
+            assert!(err.contains("must be one of iscsi.initiators, named once"), "{bad}: {err}");
+        }
     }
 
     #[test]

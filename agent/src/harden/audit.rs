@@ -382,6 +382,9 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
         }
     };
     let mut problems = Vec::new();
+    if let Err(e) = lio::check_mutual_chap_required(Path::new(lio::REQUIRE_MUTUAL_CHAP)) {
+        problems.push(e.to_string());
+    }
     let (accounted, complete) = accounted_targets(cfg, config, &fingerprint, configfs, &present, &mut problems);
     for spec in &complete {
         problems.extend(lio::differences(configfs, spec));
@@ -405,11 +408,14 @@ fn iscsi_targets(b: &mut Builder, cfg: &Config, configfs: &Path) {
     if !stray.is_empty() {
         problems.push(format!("kernel NBD devices of ours under no LUN: {}", listed(&stray)));
     }
-    let specs = accounted;
+    let one_way = match config.one_way_chap_initiators.len() {
+        0 => String::new(),
+        n => format!(" (one-way CHAP for the {n} initiator(s) configured so)"),
+    };
     b.check(
         ITEM,
         problems.is_empty(),
-        format!("{} target(s) as configured, mutual CHAP on sessions and discovery", specs.len()),
+        format!("{} target(s) as configured, mutual CHAP required on sessions{one_way} and discovery", accounted.len()),
         listed(&problems),
     );
 }

@@ -29,6 +29,29 @@ const BACKSTORE_PREFIX: &str = "tm-";
 const IBLOCK_HBA: &str = "iblock_0";
 const TPG: &str = "tpgt_1";
 
+/// Tidemark's iSCSI target module (the patch in
+/// buildroot-overlay/patches/linux/) has this read-only parameter, `Y`: an
+/// ACL with mutual CHAP credentials refuses an initiator that logs in with
+/// one-way CHAP, which stock LIO lets in.
+pub const REQUIRE_MUTUAL_CHAP: &str = "/sys/module/iscsi_target_mod/parameters/require_mutual_chap";
+
+/// Whether the loaded iSCSI target module requires mutual CHAP where it is
+/// configured: `parameter` (`REQUIRE_MUTUAL_CHAP`) reads `Y`.
+pub fn check_mutual_chap_required(parameter: &Path) -> Result<()> {
+    match read(parameter).as_deref() {
+        Some("Y") => Ok(()),
+        Some(other) => Err(IscsiError::Refused(format!(
+            "{} is {other:?}: the iSCSI target would let initiators in with one-way CHAP where mutual CHAP is configured",
+            parameter.display()
+        ))),
+        None => Err(IscsiError::Refused(format!(
+            "the loaded iscsi_target_mod is not the appliance's (it has no {}): it would let initiators in with \
+             one-way CHAP where mutual CHAP is configured (docs/iscsi.md)",
+            parameter.display()
+        ))),
+    }
+}
+
 /// Mutual CHAP: what the initiators present, and what the target presents
 /// back to them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,24 +64,46 @@ pub struct Chap {
 
 impl Chap {
     /// The configfs attributes of an `auth` directory (an ACL's, or
-    /// discovery's) and what each holds.
-    fn attributes(&self) -> [(&'static str, &str); 4] {
+    /// discovery's) and what each holds: for one-way CHAP (not `mutual`),
+    /// no mutual credentials, as a new ACL has.
+    fn attributes(&self, mutual: Mutual) -> [(&'static str, &str); 4] {
+        let (mutual_user, mutual_secret) = match mutual {
+            Mutual::Required => (self.mutual_user.as_str(), self.mutual_secret.as_str()),
+            Mutual::Not => ("", ""),
+        };
         [
             ("userid", &self.user),
             ("password", &self.secret),
-            ("userid_mutual", &self.mutual_user),
-            ("password_mutual", &self.mutual_secret),
+            ("userid_mutual", mutual_user),
+            ("password_mutual", mutual_secret),
         ]
     }
 
-    fn write_to(&self, auth: &Path) -> Result<()> {
-        self.attributes().into_iter().try_for_each(|(name, value)| write(&auth.join(name), value))
+    /// Writes the credentials into a new `auth` directory (the empty ones
+    /// of one-way CHAP are left as they are: empty).
+    fn write_to(&self, auth: &Path, mutual: Mutual) -> Result<()> {
+        self.attributes(mutual)
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .try_for_each(|(name, value)| write(&auth.join(name), value))
     }
 
-    /// Whether the `auth` directory holds exactly these credentials.
-    fn is_in(&self, auth: &Path) -> bool {
-        self.attributes().into_iter().all(|(name, value)| read(&auth.join(name)).as_deref() == Some(value))
+    /// Whether the `auth` directory holds exactly these credentials, and
+    /// LIO says it authenticates the target exactly if `mutual`.
+    fn is_in(&self, auth: &Path, mutual: Mutual) -> bool {
+        let want = if mutual == Mutual::Required { "1" } else { "0" };
+        read(&auth.join("authenticate_target")).as_deref() == Some(want)
+            && self.attributes(mutual).into_iter().all(|(name, value)| read(&auth.join(name)).as_deref() == Some(value))
     }
+}
+
+/// Whether an `auth` directory carries the mutual credentials, so that the
+/// initiator must authenticate the target (with the appliance's module), or
+/// not (one-way CHAP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mutual {
+    Required,
+    Not,
 }
 
 /// One LUN: the volume's backstore on its device.
@@ -80,7 +125,20 @@ pub struct TargetSpec {
     pub portal: SocketAddr,
     pub luns: Vec<LunSpec>,
     pub initiators: Vec<String>,
+    /// Those of `initiators` whose ACL carries no mutual credentials: they
+    /// log in with one-way CHAP. Discovery always requires mutual CHAP.
+    pub one_way: Vec<String>,
     pub chap: Chap,
+}
+
+impl TargetSpec {
+    fn mutual_for(&self, initiator: &str) -> Mutual {
+        if self.one_way.iter().any(|i| i == initiator) {
+            Mutual::Not
+        } else {
+            Mutual::Required
+        }
+    }
 }
 
 /// A LUN's backstore name: `tm-` and the first 16 hex digits of its serial
@@ -219,7 +277,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
     for initiator in &spec.initiators {
         let acl = tpg.join("acls").join(initiator);
         mkdir(&acl)?;
-        spec.chap.write_to(&acl.join("auth"))?;
+        spec.chap.write_to(&acl.join("auth"), spec.mutual_for(initiator))?;
         for (i, lun) in spec.luns.iter().enumerate() {
             let mapped = acl.join(format!("lun_{i}"));
             mkdir(&mapped)?;
@@ -230,7 +288,7 @@ fn build(root: &Path, spec: &TargetSpec) -> Result<()> {
     }
     // Discovery needs mutual CHAP too.
     let discovery = root.join("iscsi/discovery_auth");
-    spec.chap.write_to(&discovery)?;
+    spec.chap.write_to(&discovery, Mutual::Required)?;
     write(&discovery.join("enforce_discovery_auth"), "1")?;
     mkdir(&tpg.join("np").join(portal_dir(spec)))?;
     write(&tpg.join("enable"), "1")?;
@@ -364,7 +422,8 @@ pub fn differences(root: &Path, spec: &TargetSpec) -> Vec<String> {
     }
     out.extend(acl_differences(&tpg, spec, &want));
     let discovery = root.join("iscsi/discovery_auth");
-    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1") && spec.chap.is_in(&discovery);
+    let same = read(&discovery.join("enforce_discovery_auth")).as_deref() == Some("1")
+        && spec.chap.is_in(&discovery, Mutual::Required);
     if !same {
         out.push("discovery does not require the configured CHAP".into());
     }
@@ -384,8 +443,10 @@ fn acl_differences(tpg: &Path, spec: &TargetSpec, want: &[String]) -> Vec<String
     }
     for initiator in &spec.initiators {
         let auth = tpg.join("acls").join(initiator).join("auth");
-        if !spec.chap.is_in(&auth) {
-            out.push(format!("target {}: CHAP of initiator {initiator} is not the configured one", spec.iqn));
+        let mutual = spec.mutual_for(initiator);
+        if !spec.chap.is_in(&auth, mutual) {
+            let kind = if mutual == Mutual::Required { "mutual" } else { "one-way" };
+            out.push(format!("target {}: CHAP of initiator {initiator} is not the configured ({kind}) one", spec.iqn));
         }
         // Each initiator sees exactly the LUNs, each with its write protection.
         let acl = tpg.join("acls").join(initiator);
@@ -492,6 +553,44 @@ pub fn targets(root: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_module_that_requires_mutual_chap_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let parameter = dir.path().join("require_mutual_chap");
+        let err = check_mutual_chap_required(&parameter).unwrap_err().to_string();
+        assert!(err.contains("not the appliance's"), "{err}");
+        std::fs::write(&parameter, "N\n").unwrap();
+        let err = check_mutual_chap_required(&parameter).unwrap_err().to_string();
+        assert!(err.contains("one-way CHAP"), "{err}");
+        std::fs::write(&parameter, "Y\n").unwrap();
+        check_mutual_chap_required(&parameter).unwrap();
+    }
+
+    #[test]
+    fn a_one_way_acl_carries_no_mutual_credentials() {
+        let chap = Chap {
+            user: "esx".into(),
+            secret: "initiator-secret".into(),
+            mutual_user: "tm".into(),
+            mutual_secret: "target-secret-1".into(),
+        };
+        // What configfs shows of a new ACL's auth directory.
+        let auth = tempfile::tempdir().unwrap();
+        for name in ["userid", "password", "userid_mutual", "password_mutual"] {
+            std::fs::write(auth.path().join(name), "\n").unwrap();
+        }
+        std::fs::write(auth.path().join("authenticate_target"), "0\n").unwrap();
+        chap.write_to(auth.path(), Mutual::Not).unwrap();
+        assert_eq!(read(&auth.path().join("userid_mutual")).as_deref(), Some(""));
+        assert!(chap.is_in(auth.path(), Mutual::Not));
+        assert!(!chap.is_in(auth.path(), Mutual::Required));
+        chap.write_to(auth.path(), Mutual::Required).unwrap();
+        // LIO sets authenticate_target once both mutual values are there.
+        std::fs::write(auth.path().join("authenticate_target"), "1\n").unwrap();
+        assert!(chap.is_in(auth.path(), Mutual::Required));
+        assert!(!chap.is_in(auth.path(), Mutual::Not));
+    }
 
     #[test]
     fn luns_are_in_lun_order_and_backstores_are_named_by_serial() {

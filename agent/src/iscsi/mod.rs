@@ -91,6 +91,7 @@ pub fn target_spec(
             })
             .collect(),
         initiators: config.initiators.clone(),
+        one_way: config.one_way_chap_initiators.clone(),
         chap: lio::Chap {
             user: config.chap_user.clone(),
             secret: config.chap_secret.clone(),
@@ -204,6 +205,19 @@ impl Target {
 }
 
 impl Frontend {
+    /// The front-end on this machine's LIO (`lio::CONFIGFS_TARGET`), once
+    /// its iSCSI target module is shown to refuse one-way CHAP where mutual
+    /// CHAP is configured (`lio::check_mutual_chap_required`).
+    pub fn on_this_kernel(
+        config: &IscsiConfig,
+        appliance: &str,
+        fingerprint: &str,
+        state_dir: &Path,
+    ) -> Result<Frontend> {
+        lio::check_mutual_chap_required(Path::new(lio::REQUIRE_MUTUAL_CHAP))?;
+        Frontend::new(config, appliance, fingerprint, Path::new(lio::CONFIGFS_TARGET), state_dir)
+    }
+
     /// Points LIO's state directory at `state_dir` (before any backstore).
     pub fn new(
         config: &IscsiConfig,

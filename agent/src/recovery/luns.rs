@@ -214,6 +214,7 @@ mod tests {
             listen: "127.0.0.1:3260".parse().unwrap(),
             domain: "io.tidemark".into(),
             initiators: vec!["iqn.1998-01.com.vmware:esx1".into()],
+            one_way_chap_initiators: Vec::new(),
             chap_user: "esx".into(),
             chap_secret: "initiator-secret".into(),
             mutual_chap_user: "tidemark".into(),

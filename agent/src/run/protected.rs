@@ -96,9 +96,12 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         // The LUN identities come from the appliance's certificate.
         let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
         let captures: Vec<Arc<VpgCapture>> = runtimes.iter().map(|(_, rt)| rt.capture.clone()).collect();
-        let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
-        let frontend =
-            crate::iscsi::Frontend::new(iscsi, &cfg.node.name, &fingerprint, configfs, &cfg.node.data_dir.join("lio"))?;
+        let frontend = crate::iscsi::Frontend::on_this_kernel(
+            iscsi,
+            &cfg.node.name,
+            &fingerprint,
+            &cfg.node.data_dir.join("lio"),
+        )?;
         _served_luns = crate::iscsi::start(&frontend, &captures).await.context("starting the iSCSI front-end")?;
         for (target, served) in targets.iter_mut().zip(&_served_luns) {
             *target = Some(served.status());

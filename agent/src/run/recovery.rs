@@ -288,8 +288,7 @@ fn recovery_luns(
     iscsi: &crate::config::IscsiConfig,
 ) -> Result<crate::recovery::luns::RecoveryLuns> {
     let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
-    let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
     let state_dir = cfg.node.data_dir.join("lio");
-    let frontend = crate::iscsi::Frontend::new(iscsi, &cfg.node.name, &fingerprint, configfs, &state_dir)?;
+    let frontend = crate::iscsi::Frontend::on_this_kernel(iscsi, &cfg.node.name, &fingerprint, &state_dir)?;
     Ok(crate::recovery::luns::RecoveryLuns::new(frontend))
 }
