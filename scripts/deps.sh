@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(qemu-utils libnbd-bin nbdkit fio zstd musl-tools python3 jq e2fsprogs iproute2 file procps psmisc gcc make curl ca-certificates iptables nmap dropbear-bin openssh-client tar rsync
     qemu-system-x86 xorriso squashfs-tools cpio binutils
-    syslinux syslinux-common mtools dosfstools fdisk debootstrap patch
+    syslinux syslinux-common mtools dosfstools fdisk debootstrap patch xz-utils
     libiscsi-bin qemu-block-extra
     chromium chromium-driver python3-selenium)
 # Two passes: installing one package can remove another that conflicts

@@ -83,6 +83,8 @@ grep -q "has not been successfully authenticated" "$WORK/prot/serial.log" || fai
 grep -q "Initiator $ESX did not ask to authenticate the target (one-way CHAP), but mutual CHAP is configured: refused" \
     "$WORK/prot/serial.log" ||
     fail "the one-way CHAP login of $ESX is not in the kernel's log: $(grep -i "chap\|authenticat" "$WORK/prot/serial.log" | tail -8)"
+grep -q "Initiator $INITIATOR did not ask to authenticate the target" "$WORK/prot/serial.log" ||
+    fail "the one-way discovery of $INITIATOR is not in the kernel's log: $(grep -i "did not ask" "$WORK/prot/serial.log")"
 # (Without -s: iscsi-ls logs in to list LUNs with one-way CHAP.)
 in_ns iscsi-ls -i "$ESX" "iscsi://$GOOD@$PORTAL$MUTUAL" >"$WORK/ls.out" 2>&1 ||
     fail "discovery with mutual CHAP failed: $(cat "$WORK/ls.out")"

@@ -44,6 +44,9 @@ pub fn check_mutual_chap_required(parameter: &Path) -> Result<()> {
             "{} is {other:?}: the iSCSI target would let initiators in with one-way CHAP where mutual CHAP is configured",
             parameter.display()
         ))),
+        None if !parameter.parent().and_then(Path::parent).is_some_and(Path::is_dir) => Err(IscsiError::Refused(
+            format!("iscsi_target_mod is not loaded (no {}): the kernel cannot serve iSCSI", parameter.display()),
+        )),
         None => Err(IscsiError::Refused(format!(
             "the loaded iscsi_target_mod is not the appliance's (it has no {}): it would let initiators in with \
              one-way CHAP where mutual CHAP is configured (docs/iscsi.md)",
@@ -450,6 +453,14 @@ fn acl_differences(tpg: &Path, spec: &TargetSpec, want: &[String]) -> Vec<String
         }
         // Each initiator sees exactly the LUNs, each with its write protection.
         let acl = tpg.join("acls").join(initiator);
+        // An ACL's own setting overrides the target's: -1 is "as the target".
+        let authentication = read(&acl.join("attrib/authentication"));
+        if !matches!(authentication.as_deref(), Some("-1" | "1")) {
+            out.push(format!(
+                "target {}: initiator {initiator} has attrib/authentication {authentication:?}, not the target's",
+                spec.iqn
+            ));
+        }
         let mapped = lun_names(&acl);
         if mapped != want {
             out.push(format!("target {}: initiator {initiator} is mapped {mapped:?}, not {want:?}", spec.iqn));
@@ -557,7 +568,10 @@ mod tests {
     #[test]
     fn only_a_module_that_requires_mutual_chap_is_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let parameter = dir.path().join("require_mutual_chap");
+        let parameter = dir.path().join("iscsi_target_mod/parameters/require_mutual_chap");
+        let err = check_mutual_chap_required(&parameter).unwrap_err().to_string();
+        assert!(err.contains("is not loaded"), "{err}");
+        std::fs::create_dir_all(parameter.parent().unwrap()).unwrap();
         let err = check_mutual_chap_required(&parameter).unwrap_err().to_string();
         assert!(err.contains("not the appliance's"), "{err}");
         std::fs::write(&parameter, "N\n").unwrap();
