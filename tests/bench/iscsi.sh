@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The iSCSI front-end's cost, in the booted appliance (QEMU -accel tcg):
 # the same writes through Tidemark's LUN (replication on: the recovery agent
-# runs on the host) and through a plain LIO fileio LUN on a disk of the same
+# runs on the host) and through a plain LIO fileio LUN on a file (as
+# targetcli makes one: sparse) in an ext4 file system on a disk of the same
 # kind in the same guest, without replication and with the same durability
 # (fileio without buffered I/O writes O_DSYNC; both LUNs report WCE=0).
+# The protected log is files in ext4 too. With REF_RAW=1 the reference is
+# the raw disk instead (no file system: the bench's reference until
+# 2026-12-06).
 # The client is `qemu-img bench` with QEMU's iSCSI driver, from the storage
 # network's namespace. qemu-img bench has no random mode: the 4 KiB writes
 # step 64 KiB apart over the LUN (no two adjacent, none merged). Writes
@@ -17,10 +21,23 @@ source tests/lib/iscsi.sh
 OUT=tests/bench/ISCSI.md
 ROWS=()
 
-log "boot the protected appliance with a second 64 MiB disk for the reference LUN"
-truncate -s 64M "$WORK/refdisk.img"
-iscsi_boot_protected -drive "file=$WORK/refdisk.img,format=raw,if=virtio"
-iscsi_reference_lun prot /dev/vdd
+log "boot the protected appliance (the OVA's 2 vCPUs) with a second disk for the reference LUN"
+if [ "${REF_RAW:-0}" = 1 ]; then
+    truncate -s 64M "$WORK/refdisk.img"
+    REF_WHAT="the raw virtio disk"
+else
+    truncate -s 96M "$WORK/refdisk.img"
+    mke2fs -q -t ext4 -F "$WORK/refdisk.img"
+    REF_WHAT="a sparse 64 MiB file in ext4 on a virtio disk"
+fi
+iscsi_boot_protected -smp 2 -drive "file=$WORK/refdisk.img,format=raw,if=virtio"
+if [ "${REF_RAW:-0}" = 1 ]; then
+    iscsi_reference_lun prot /dev/vdd
+else
+    out=$(guest_console prot root "$PASSWORD" "mkdir -p /tmp/ref && mount -t ext4 /dev/vdd /tmp/ref && echo mounted" | tr -d '\r')
+    grep -q mounted <<<"$out" || fail "cannot mount the reference disk: $out"
+    iscsi_reference_lun prot /tmp/ref/ref.img
+fi
 
 # run IQN COUNT DEPTH SIZE STEP: seconds for COUNT writes of SIZE bytes.
 # (qemu-img bench takes no --image-opts: the iSCSI options go in a json:
@@ -58,9 +75,9 @@ rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof 
 {
     echo "# iSCSI bench (tests/bench/iscsi.sh)"
     echo
-    echo "$(date -u +%Y-%m-%d), QEMU -accel tcg, 2 host cores. Tidemark's LUN (kernel NBD device under an"
+    echo "$(date -u +%Y-%m-%d), QEMU -accel tcg, the guest with the OVA's 2 vCPUs on 2 host cores. Tidemark's LUN (kernel NBD device under an"
     echo "iblock backstore, write-through into the protected log, replication on) against a plain LIO"
-    echo "fileio LUN on a virtio disk of the same kind in the same guest (O_DSYNC, no replication)."
+    echo "fileio LUN on $REF_WHAT in the same guest (O_DSYNC, no replication)."
     echo "Client: qemu-img bench (QEMU's iSCSI driver) from the storage namespace; 4 KiB writes step 64 KiB."
     echo
     echo "| run | Tidemark | reference | ratio | goal |"
