@@ -340,11 +340,9 @@ fn iscsi_table(p: &Props, storage: Option<IpAddr>) -> Result<Option<toml::Table>
     })?;
     let mut iscsi = toml::Table::new();
     iscsi.insert("listen".into(), std::net::SocketAddr::new(storage, ISCSI_PORT).to_string().into());
-    let list: Vec<&str> = initiators.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
-    iscsi.insert("initiators".into(), strings(list.iter()));
+    iscsi.insert("initiators".into(), names(initiators));
     if let Some(one_way) = p.get("tidemark.iscsi.one_way_chap_initiators") {
-        let list: Vec<&str> = one_way.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
-        iscsi.insert("one_way_chap_initiators".into(), strings(list.iter()));
+        iscsi.insert("one_way_chap_initiators".into(), names(one_way));
     }
     for key in ["chap_user", "chap_secret", "mutual_chap_user", "mutual_chap_secret"] {
         iscsi.insert(key.into(), p.need(&format!("tidemark.iscsi.{key}"))?.into());
@@ -353,6 +351,13 @@ fn iscsi_table(p: &Props, storage: Option<IpAddr>) -> Result<Option<toml::Table>
         iscsi.insert("domain".into(), domain.into());
     }
     Ok(Some(iscsi))
+}
+
+/// A comma separated list of names (IQNs) as a TOML array: each trimmed,
+/// empty ones (a trailing comma) left out.
+fn names(list: &str) -> toml::Value {
+    let names: Vec<&str> = list.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+    strings(names.iter())
 }
 
 fn is_host_name(text: &str) -> bool {

@@ -445,14 +445,12 @@ fn acl_differences(tpg: &Path, spec: &TargetSpec, want: &[String]) -> Vec<String
         out.push(format!("target {}: ACLs {acls:?}, not {want_acls:?}", spec.iqn));
     }
     for initiator in &spec.initiators {
-        let auth = tpg.join("acls").join(initiator).join("auth");
+        let acl = tpg.join("acls").join(initiator);
         let mutual = spec.mutual_for(initiator);
-        if !spec.chap.is_in(&auth, mutual) {
+        if !spec.chap.is_in(&acl.join("auth"), mutual) {
             let kind = if mutual == Mutual::Required { "mutual" } else { "one-way" };
             out.push(format!("target {}: CHAP of initiator {initiator} is not the configured ({kind}) one", spec.iqn));
         }
-        // Each initiator sees exactly the LUNs, each with its write protection.
-        let acl = tpg.join("acls").join(initiator);
         // An ACL's own setting overrides the target's: -1 is "as the target".
         let authentication = read(&acl.join("attrib/authentication"));
         if !matches!(authentication.as_deref(), Some("-1" | "1")) {
@@ -461,6 +459,7 @@ fn acl_differences(tpg: &Path, spec: &TargetSpec, want: &[String]) -> Vec<String
                 spec.iqn
             ));
         }
+        // Each initiator sees exactly the LUNs, each with its write protection.
         let mapped = lun_names(&acl);
         if mapped != want {
             out.push(format!("target {}: initiator {initiator} is mapped {mapped:?}, not {want:?}", spec.iqn));
