@@ -254,10 +254,12 @@ pub fn render(properties: &BTreeMap<String, String>, data_dir: &Path, data_bytes
                 ),
             );
             t.insert("peer".into(), toml::Value::Table(toml::toml! { address = peer fingerprint = fingerprint }));
-            let log_bytes = i64::try_from(log_capacity(data_bytes)?)
+            let groups = vpgs(p.need("tidemark.vpgs")?)?;
+            let count = groups.as_array().map_or(1, |a| a.len().max(1)) as u64;
+            let log_bytes = i64::try_from(log_capacity(data_bytes, count)?)
                 .map_err(|_| ApplianceError::Invalid("the data disk is too large".to_string()))?;
             t.insert("log".into(), toml::Value::Table(toml::toml! { capacity_bytes = log_bytes }));
-            t.insert("vpg".into(), vpgs(p.need("tidemark.vpgs")?)?);
+            t.insert("vpg".into(), groups);
         }
         other => {
             return Err(ApplianceError::Invalid(format!(
@@ -365,16 +367,18 @@ fn is_host_name(text: &str) -> bool {
     !text.is_empty() && text.len() <= 253 && text.chars().all(ok) && !text.starts_with('-')
 }
 
-/// The protected log's share of the data disk: three quarters, in whole
-/// MiB, leaving the rest for keys, status, logs and the file system.
-fn log_capacity(data_bytes: u64) -> Result<u64> {
-    let bytes = (data_bytes / 4 * 3) & !((1 << 20) - 1);
+/// Each of `vpgs` protected logs' share of the data disk: three quarters
+/// of it in all, in whole MiB, leaving the rest for keys, status, logs and
+/// the file system. (`capacity_bytes` is each VPG's: three quarters for
+/// each would promise the logs more than the disk holds.)
+fn log_capacity(data_bytes: u64, vpgs: u64) -> Result<u64> {
+    let bytes = (data_bytes / 4 * 3 / vpgs) & !((1 << 20) - 1);
     if bytes < LOG_CAPACITY_BYTES_MIN {
         return Err(ApplianceError::Invalid(format!(
-            "the data disk ({} MiB) is too small for the protected log, which needs at least {} MiB: give the appliance a data disk of at least {} MiB",
+            "the data disk ({} MiB) is too small for {vpgs} protected log(s), each of which needs at least {} MiB: give the appliance a data disk of at least {} MiB",
             data_bytes >> 20,
             LOG_CAPACITY_BYTES_MIN >> 20,
-            (LOG_CAPACITY_BYTES_MIN / 3 * 4) >> 20
+            (LOG_CAPACITY_BYTES_MIN * vpgs / 3 * 4) >> 20
         )));
     }
     Ok(bytes)
@@ -502,7 +506,7 @@ mod tests {
         assert_eq!(c.vpgs[0].volumes[1].path, Path::new("/dev/sdc"));
         assert_eq!(c.system.appliance.storage_interface.as_deref(), Some("eth2"));
         assert_eq!(f.shadow, "root:$6$salt$hash:1::::::\n");
-        assert_eq!(c.log.capacity_bytes, 768 << 20, "three quarters of the data disk");
+        assert_eq!(c.log.capacity_bytes, 384 << 20, "three quarters of the data disk, for two VPGs");
     }
 
     #[test]
