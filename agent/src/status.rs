@@ -95,6 +95,18 @@ pub struct VpgStatus {
     /// Protected side: the last online verify (`tidemark verify`), in one line.
     #[serde(default)]
     pub last_verify: Option<String>,
+    /// Protected side: the protected log's space.
+    #[serde(default)]
+    pub log: Option<LogSpaceStatus>,
+}
+
+/// What a protected log holds of its capacity, and what it keeps in spare
+/// files, zero-filled ahead of need or retired, for its next segments.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LogSpaceStatus {
+    pub held_bytes: u64,
+    pub spare_bytes: u64,
+    pub capacity_bytes: u64,
 }
 
 /// A VPG in bitmap mode or resyncing (docs/bitmap-mode.md).
@@ -303,6 +315,14 @@ pub fn render(status: &AgentStatus) -> String {
             out.push_str(&format!("  last verify:     {verify}\n"));
         }
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
+        if let Some(l) = &v.log {
+            out.push_str(&format!(
+                "  log:             {} held of {}, {} in spare segments\n",
+                format_bytes(l.held_bytes),
+                format_bytes(l.capacity_bytes),
+                format_bytes(l.spare_bytes)
+            ));
+        }
         if !v.priority.is_empty() {
             out.push_str(&format!("  priority:        {}\n", v.priority));
         }

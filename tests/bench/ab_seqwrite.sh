@@ -2,9 +2,13 @@
 # Same-run A/B of two agent builds on 1 MiB sequential writes at QD8 with
 # replication on, each beside qemu-nbd in the same round:
 #   tests/bench/ab_seqwrite.sh OLD_BINARY NEW_BINARY [ROUNDS]
-# Each round sets up a fresh pair per binary (4 GiB log), writes the 1 GiB
-# volume with fio for RUNTIME s, waits until it is replicated, and writes
-# it again (the second pass finds acknowledged segments to reuse). Rounds
+# Each round sets up a fresh pair per binary (4 GiB log, each build's
+# default preallocation unless AB_PREALLOCATE=true|false), waits for the
+# log to claim its capacity (if it does), writes 2 GiB to the 1 GiB volume
+# with the recovery agent not started (capture alone: the log takes it
+# all), starts it, waits until everything is replicated, writes the volume
+# with fio for RUNTIME s, waits again, and writes it once more (the
+# second pass finds acknowledged segments to reuse). Rounds
 # alternate the binaries so drift on a shared machine hits both. Prints
 # `AB` lines; asserts nothing.
 set -euo pipefail
@@ -18,18 +22,23 @@ RUNTIME=${BENCH_RUNTIME:-10}
 for round in $(seq 1 "$rounds"); do
     for which in old new; do
         if [ "$which" = old ]; then TIDEMARK=$old; else TIDEMARK=$new; fi
+        # Each build's default, unless AB_PREALLOCATE names one for both.
+        LOG_PREALLOCATE=${AB_PREALLOCATE-}
         rm -rf "${WORK:?}"/*
         seqwrite_setup
-        start_recovery
         start_protected
-        wait_replicated 180
+        wait_log_prepared
+        pc=$(fio_twice "$PEER_URI")
+        tc=$(fio_twice "$NBD_URI/disk0")
+        start_recovery
+        wait_replicated 300
         read -r _ p1 < <(fio_iops "$PEER_URI" write 1M 8)
         read -r _ t1 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
         wait_replicated 300
         read -r _ p2 < <(fio_iops "$PEER_URI" write 1M 8)
         read -r _ t2 < <(fio_iops "$NBD_URI/disk0" write 1M 8)
-        printf 'AB round %s %s: 1st pass %.0f MiB/s (qemu-nbd %.0f), 2nd pass %.0f MiB/s (qemu-nbd %.0f)\n' \
-            "$round" "$which" "$t1" "$p1" "$t2" "$p2"
+        printf 'AB round %s %s: capture alone %.0f MiB/s (qemu-nbd %.0f); replicated 1st pass %.0f MiB/s (qemu-nbd %.0f), 2nd pass %.0f MiB/s (qemu-nbd %.0f)\n' \
+            "$round" "$which" "$tc" "$pc" "$t1" "$p1" "$t2" "$p2"
         kill -9 "$PROTECTED_PID" "$RECOVERY_PID" "$QPID" 2>/dev/null || true
         wait 2>/dev/null || true
     done

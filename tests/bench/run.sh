@@ -108,12 +108,8 @@ seqwrite_setup
 # Capture alone first (no recovery agent yet: the log takes it all), so
 # the cost of replicating on the same cores shows apart. A fixed 2 GiB,
 # not a time, so the 4 GiB log cannot fill.
-fio_twice() { # uri -> MiB/s of 1 MiB writes at qd8 over the 1 GiB file, twice
-    fio --name=b --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 --size=1G --loops=2 \
-        --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
-    sed -n '/^{/,$p' "$WORK/fio.json" | jq -r '.jobs[0].write.bw / 1024 | floor'
-}
 start_protected
+wait_log_prepared
 pbw=$(fio_twice "$PEER_URI")
 tbw=$(fio_twice "$NBD_URI/disk0")
 bench fio_seqwrite_1M_qd8_capture_only "$tbw" MiB/s qemu-nbd "$pbw" "≥ 0.9×"

@@ -16,7 +16,7 @@ source "$(dirname "$0")/../lib/common.sh"
 
 [ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
 EXPORT_PORT=$((PORT_BASE + 6))
-LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:32M disk1:8M
+LOG_PREALLOCATE=true LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:32M disk1:8M
 # Journal segments of 4 MiB, so a failover sets aside several.
 printf '[exports]\nlisten = "127.0.0.1:%s"\n[[vpg]]\nname = "vpg1"\njournal_limit = "64MiB"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
 start_recovery

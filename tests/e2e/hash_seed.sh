@@ -16,7 +16,7 @@ DATA_MIB=192
 EXTENT=65536
 # A small log (4 MiB segments): the writes below retire its first segment,
 # so a journal that is gone cannot be given the stream again from its start.
-USE_PROXY=1 LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:256M
+USE_PROXY=1 LOG_PREALLOCATE=true LOG_CAPACITY=$((64 << 20)) setup_pair async 1000 disk0:256M
 start_wan_link --latency-ms 5 --bandwidth-bps 1000000000
 
 wire_bytes() { jq -r '.forward_bytes' "$WORK/proxy.json"; }

@@ -73,7 +73,16 @@ protected_head() {
 # setup_pair MODE INTERVAL_MS VOLUME_SPEC...
 # VOLUME_SPEC is name:size (e.g. disk0:64M); files live in $WORK/src/.
 # Peer addresses go through the WAN proxy when USE_PROXY=1. BITMAP_TOML is
-# added to the [[vpg]] table (e.g. a [vpg.bitmap] table).
+# added to the [[vpg]] table (e.g. a [vpg.bitmap] table). The log is
+# LOG_CAPACITY bytes (default 1 GiB), preallocated if LOG_PREALLOCATE=true:
+# off by default here, where it would zero-fill 1 GiB for each test; the
+# tests of small and full logs turn it on, as the product has it. Set
+# empty, the key is left out (the agent's default, and builds older than it).
+prealloc_line() {
+    local p=${LOG_PREALLOCATE-false}
+    [ -z "$p" ] || echo "preallocate = $p"
+}
+
 setup_pair() {
     local mode=$1 interval=$2
     shift 2
@@ -103,6 +112,7 @@ data_port = $peer_data
 throttle_bytes_per_sec = ${THROTTLE:-0}
 [log]
 capacity_bytes = ${LOG_CAPACITY:-1073741824}
+$(prealloc_line)
 [logging]
 dir = "$WORK/a/logs"
 [[vpg]]

@@ -18,7 +18,7 @@ use super::bitmap_state::{BitmapState, CaptureMode};
 use super::dirty_map::{DirtyMap, LoadError};
 use super::volume::Volume;
 use crate::config::{BitmapConfig, ReplicationMode};
-use crate::log::{CaptureState, LogOpenReport, LogSpace, ProtectedLog};
+use crate::log::{CaptureState, LogOpenReport, LogSize, LogSpace, ProtectedLog};
 
 use super::error::CaptureError;
 use crate::io_failure::Doing;
@@ -138,7 +138,7 @@ impl VpgCapture {
         volumes: Vec<Volume>,
         vpg_id: u32,
         dir: &Path,
-        capacity_bytes: u64,
+        log_size: LogSize,
         to: StreamTo<'_>,
     ) -> Result<Arc<VpgCapture>> {
         let (bitmap, copies_by_hash) = match to {
@@ -155,7 +155,7 @@ impl VpgCapture {
             dropped_stream = Some(what.to_string());
             Ok(())
         };
-        let (log, report) = ProtectedLog::open(dir, vpg_id, capacity_bytes, found.durable_through, before_dropping)
+        let (log, report) = ProtectedLog::open(dir, vpg_id, log_size, found.durable_through, before_dropping)
             .map_err(|e| CaptureError::from(e).step(format!("opening the protected log of VPG {name}")))?;
         if let Some(cut) = &report.cut {
             tracing::warn!(vpg = %name, "protected log: cut after seq {} at {}", cut.after_seq, cut.damage);
@@ -201,7 +201,7 @@ impl VpgCapture {
             state: std::sync::Mutex::new(state),
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(new_stream.is_none()).0,
-            bitmap: BitmapState::new(bitmap, capacity_bytes, dirty, why_dirty),
+            bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty),
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),

@@ -210,11 +210,28 @@ pub struct LogConfig {
     /// Total bytes the protected log may hold before writes wait.
     #[serde(default = "default_log_capacity")]
     pub capacity_bytes: u64,
+    /// Claim the capacity on disk ahead of need, as zero-filled spare
+    /// segments made in the background (docs/formats.md): appends then
+    /// overwrite allocated blocks. Off on a thin-provisioned data disk
+    /// that should not grow to the logs' capacity.
+    #[serde(default = "default_true")]
+    pub preallocate: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { capacity_bytes: LOG_CAPACITY_BYTES_DEFAULT }
+        LogConfig { capacity_bytes: LOG_CAPACITY_BYTES_DEFAULT, preallocate: true }
+    }
+}
+
+impl LogConfig {
+    /// The size of each VPG's log.
+    pub fn size(&self) -> crate::log::LogSize {
+        let preallocation = match self.preallocate {
+            true => crate::log::Preallocation::Background,
+            false => crate::log::Preallocation::Off,
+        };
+        crate::log::LogSize::for_capacity(self.capacity_bytes, preallocation)
     }
 }
 

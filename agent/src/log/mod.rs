@@ -18,17 +18,19 @@
 mod cursor;
 mod error;
 mod open;
+mod prepare;
 mod spares;
 pub mod state;
 
 pub use cursor::LogCursor;
 pub use error::LogError;
 pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
+pub use prepare::Preallocation;
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error_chain::Chain;
-use crate::io_failure::Doing;
+use crate::io_failure::{Doing, IoFailure};
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
 use crate::segment::{create_segment_on, recycle_segment_on, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES};
 use crate::storage::{RealStorage, Storage, StorageFile};
@@ -50,21 +52,24 @@ const STREAM_SEQS_PER_MS: u64 = 1000;
 /// Resolution of the lag-in-seconds estimate.
 const LAG_SAMPLE_INTERVAL_MS: u128 = 50;
 
-/// How much a log holds, and in segments of what size.
+/// How much a log holds, in segments of what size, and whether it claims
+/// that space ahead of need.
 #[derive(Debug, Clone, Copy)]
 pub struct LogSize {
     pub capacity_bytes: u64,
     /// A segment is closed once it holds this much (one record may take
     /// it over).
     pub segment_bytes: u64,
+    pub preallocation: Preallocation,
 }
 
 impl LogSize {
     /// Segments a fraction of `capacity_bytes`, so retiring frees space early.
-    pub fn for_capacity(capacity_bytes: u64) -> Self {
+    pub fn for_capacity(capacity_bytes: u64, preallocation: Preallocation) -> Self {
         LogSize {
             capacity_bytes,
             segment_bytes: (capacity_bytes / LOG_SEGMENTS_PER_CAPACITY).max(LOG_SEGMENT_BYTES_MIN),
+            preallocation,
         }
     }
 }
@@ -90,6 +95,7 @@ pub struct ProtectedLog {
     vpg_id: u32,
     capacity_bytes: u64,
     segment_bytes: u64,
+    preallocation: Preallocation,
     inner: Mutex<Inner>,
     appended: watch::Sender<u64>,
     synced: watch::Sender<u64>,
@@ -104,8 +110,14 @@ pub struct ProtectedLog {
     /// Held through an ack's retirement of segments, so that segments go
     /// oldest first and a failed removal is put back at the front, and
     /// through a stream start, so that what is put back is of the stream
-    /// it was taken from. Taken before `inner`, never while holding it.
+    /// it was taken from, and while a spare is added, so that the room it
+    /// was checked to have is not given to another first. Taken before
+    /// `inner`, never while holding it.
     retiring: Mutex<()>,
+    /// Wakes the thread that makes spares (`Preallocation::Background`).
+    prepare_wake: Option<Mutex<mpsc::Sender<()>>>,
+    /// Held through the making of a spare: one at a time.
+    preparing: Mutex<()>,
 }
 
 struct Segment {
@@ -189,15 +201,14 @@ impl ProtectedLog {
     pub fn open(
         dir: &Path,
         vpg_id: u32,
-        capacity_bytes: u64,
+        size: LogSize,
         durable_through: u64,
         before_dropping: BeforeDroppingStream<'_>,
     ) -> Result<(Arc<Self>, LogOpenReport)> {
-        let size = LogSize::for_capacity(capacity_bytes);
         Self::open_on(LogEnv::real(), dir, vpg_id, size, durable_through, before_dropping)
     }
 
-    /// `open` in `env`, with segments of a chosen size.
+    /// `open` in `env`.
     pub fn open_on(
         env: LogEnv,
         dir: &Path,
@@ -206,14 +217,14 @@ impl ProtectedLog {
         durable_through: u64,
         before_dropping: BeforeDroppingStream<'_>,
     ) -> Result<(Arc<Self>, LogOpenReport)> {
-        let LogSize { capacity_bytes, segment_bytes } = size;
+        let LogSize { capacity_bytes, segment_bytes, preallocation } = size;
         let LogEnv { storage: fs, clock } = env;
         // A segment holding its header only never rolls: the roll would
         // name its new segment as the empty one is named.
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
-        spares::remove_left_behind(&*fs, dir);
+        let mut found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off);
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -232,7 +243,20 @@ impl ProtectedLog {
             (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
+        // Spares past the room the log leaves them (a smaller capacity
+        // than when they were made) go.
+        let mut room = capacity_bytes.saturating_sub(bytes_total + segment_bytes.saturating_sub(current.bytes));
+        found_spares.retain(|spare| {
+            let fits = spare.bytes <= room;
+            if fits {
+                room -= spare.bytes;
+            } else {
+                spares::remove(&*fs, &spare.path);
+            }
+            fits
+        });
         let (sync_tx, sync_rx) = mpsc::channel();
+        let (prepare_tx, prepare_rx) = mpsc::channel();
         let log = Arc::new(ProtectedLog {
             fs,
             clock,
@@ -240,12 +264,13 @@ impl ProtectedLog {
             vpg_id,
             capacity_bytes,
             segment_bytes,
+            preallocation,
             inner: Mutex::new(Inner {
                 closed,
                 current,
                 current_file,
                 unsynced_closed: Vec::new(),
-                spares: Vec::new(),
+                spares: found_spares,
                 next_seq,
                 stream_id,
                 bytes_total,
@@ -262,12 +287,22 @@ impl ProtectedLog {
             space: Notify::new(),
             sync_wake: Mutex::new(sync_tx),
             retiring: Mutex::new(()),
+            prepare_wake: (preallocation == Preallocation::Background).then(|| Mutex::new(prepare_tx)),
+            preparing: Mutex::new(()),
         });
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
             .name("log-sync".into())
             .spawn(move || group_commit_loop(weak, sync_rx))
             .doing(|| "starting the log sync thread".to_string())?;
+        if preallocation == Preallocation::Background {
+            let weak = Arc::downgrade(&log);
+            std::thread::Builder::new()
+                .name("log-prepare".into())
+                .spawn(move || preparation_loop(weak, prepare_rx))
+                .doing(|| "starting the log's preparation thread".to_string())?;
+            log.wake_preparer();
+        }
         let report = LogOpenReport { fresh, cut: found.cut, next_seq, last_update: found.last_update };
         Ok((log, report))
     }
@@ -439,6 +474,7 @@ impl ProtectedLog {
         inner.unsynced_closed.push(old_file);
         inner.closed.push_back(old);
         inner.bytes_total += bytes;
+        self.drop_outgrown_spares(inner);
         Ok(())
     }
 
@@ -481,6 +517,7 @@ impl ProtectedLog {
         self.synced.send_if_modified(|s| std::mem::replace(s, seq) != seq);
         self.stream_start.send_replace((seq, self.acked_seq()));
         self.space.notify_waiters();
+        self.wake_preparer();
         tracing::info!(stream_id, seq, dropped = dropped.len(), "protected log: a new stream starts");
         Ok(seq)
     }
@@ -612,6 +649,7 @@ impl ProtectedLog {
         });
         if any_retired {
             self.space.notify_waiters();
+            self.wake_preparer();
         }
     }
 
@@ -619,14 +657,14 @@ impl ProtectedLog {
     /// room for it (`spares.rs`); false if it did not (remove it then).
     /// Called under `retiring`, so only a roll takes spares meanwhile.
     fn keep_as_spare(&self, seg: &Segment) -> bool {
-        let Ok(size) = self.fs.size_of(&seg.path) else { return false };
-        // Counted as it will be reused: cut to the segment size (see `roll`).
-        let bytes = size.min(self.segment_bytes);
+        // Counted at its length, which may pass the segment size by up to
+        // a record until a roll cuts it (see `roll`): spares never take
+        // the log past its capacity on disk.
+        let Ok(bytes) = self.fs.size_of(&seg.path) else { return false };
         {
             let inner = self.inner.lock().expect("log lock");
-            let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();
-            let held = inner.bytes_total + inner.reserved_bytes + spare_bytes;
-            if inner.spares.len() >= SPARES_MAX || held + bytes > self.capacity_bytes {
+            let counted = self.preallocation == Preallocation::Off && inner.spares.len() >= SPARES_MAX;
+            if counted || self.spare_room(&inner) < bytes {
                 return false;
             }
         }
@@ -637,6 +675,79 @@ impl ProtectedLog {
         }
         self.inner.lock().expect("log lock").spares.push(Spare { path, bytes });
         true
+    }
+
+    /// Bytes the log leaves for more spares: its capacity less what it
+    /// holds and has reserved, the unwritten rest of its current segment
+    /// (a reused file is that long already) and its spares.
+    fn spare_room(&self, inner: &Inner) -> u64 {
+        self.capacity_bytes.saturating_sub(self.held_with_spares(inner))
+    }
+
+    fn held_with_spares(&self, inner: &Inner) -> u64 {
+        let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();
+        let rest_of_current = self.segment_bytes.saturating_sub(inner.current.bytes);
+        inner.bytes_total + inner.reserved_bytes + rest_of_current + spare_bytes
+    }
+
+    /// Removes spares the log has outgrown: its segments pass their size by
+    /// up to a record each, so a log that takes a spare at each roll can
+    /// still grow into space its spares were counted in.
+    fn drop_outgrown_spares(&self, inner: &mut Inner) {
+        while self.held_with_spares(inner) > self.capacity_bytes {
+            let Some(spare) = inner.spares.pop() else { return };
+            spares::remove(&*self.fs, &spare.path);
+        }
+    }
+
+    /// Makes one zero-filled spare (`prepare.rs`) if the log and its file
+    /// system have room for it: true if it did. Called by the log's own
+    /// thread with `Preallocation::Background`, by its owner with
+    /// `ByCaller`; never with `Off`.
+    pub fn prepare_spare(&self) -> Result<bool> {
+        assert_ne!(self.preallocation, Preallocation::Off, "a spare prepared for a log that does not preallocate");
+        let _one = self.preparing.lock().expect("preparing lock");
+        let bytes = self.segment_bytes;
+        let name = {
+            let inner = self.inner.lock().expect("log lock");
+            if inner.broken.is_some() || self.spare_room(&inner) < bytes {
+                return Ok(false);
+            }
+            (0..).find(|n| {
+                let (_, spare) = prepare::prepared_names(&self.dir, *n);
+                !inner.spares.iter().any(|s| s.path == spare)
+            })
+        };
+        let (tmp, spare) = prepare::prepared_names(&self.dir, name.expect("a free name"));
+        if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
+            return Ok(false);
+        }
+        prepare::zero_fill(&*self.fs, &tmp, bytes)?;
+        // Named under `retiring`, as a retired segment is kept: the room
+        // checked cannot go to a retired segment meanwhile.
+        let _retiring = self.retiring.lock().expect("retiring lock");
+        let mut inner = self.inner.lock().expect("log lock");
+        if self.spare_room(&inner) < bytes {
+            drop(inner);
+            spares::remove(&*self.fs, &tmp);
+            return Ok(false);
+        }
+        if let Err(e) = self.fs.rename(&tmp, &spare) {
+            drop(inner);
+            spares::remove(&*self.fs, &tmp);
+            return Err(IoFailure::new(format!("naming {}", spare.display()), e).into());
+        }
+        // Its name needs no directory sync here: a roll syncs the
+        // directory before it writes a spare (`recycle_segment_on`), and a
+        // power cut before that leaves a temporary file, removed at open.
+        inner.spares.push(Spare { path: spare, bytes });
+        Ok(true)
+    }
+
+    fn wake_preparer(&self) {
+        if let Some(wake) = &self.prepare_wake {
+            let _ = wake.lock().expect("prepare wake lock").send(());
+        }
     }
 
     /// Bytes not yet acknowledged by the recovery site, and for how long
@@ -662,6 +773,16 @@ impl ProtectedLog {
     /// Bytes the log holds on disk, and its capacity.
     pub fn usage(&self) -> (u64, u64) {
         (self.inner.lock().expect("log lock").bytes_total, self.capacity_bytes)
+    }
+
+    /// What the log holds, what its spares hold, and its capacity.
+    pub fn space_status(&self) -> crate::status::LogSpaceStatus {
+        let inner = self.inner.lock().expect("log lock");
+        crate::status::LogSpaceStatus {
+            held_bytes: inner.bytes_total,
+            spare_bytes: inner.spares.iter().map(|s| s.bytes).sum(),
+            capacity_bytes: self.capacity_bytes,
+        }
     }
 
     /// Where the segment named `first_seq` is now (see `SegmentPlace`).
@@ -766,6 +887,49 @@ fn new_segment(
     let (path, _) = create_segment_on(fs, dir, SegmentKind::ProtectedLog, vpg_id, first_seq, stream_id, first)?;
     let file = fs.open_rw(&path).doing(|| format!("opening {}", path.display()))?;
     Ok((path, file))
+}
+
+/// Makes spares while there is room, each time it is woken (at open, and
+/// when segments are retired or dropped). A failure is said once until a
+/// spare is made again: the log works without spares.
+fn preparation_loop(log: std::sync::Weak<ProtectedLog>, wake: mpsc::Receiver<()>) {
+    let mut failing = false;
+    while wake.recv().is_ok() {
+        while wake.try_recv().is_ok() {}
+        let started = Instant::now();
+        let mut made = 0u64;
+        loop {
+            let Some(log) = log.upgrade() else { return };
+            match log.prepare_spare() {
+                Ok(true) => {
+                    made += 1;
+                    failing = false;
+                }
+                Ok(false) => {
+                    if made > 0 {
+                        tracing::info!(
+                            "protected log {}: {made} spare segment(s) of {} MiB zero-filled ahead of need in {:.1} s",
+                            log.dir.display(),
+                            log.segment_bytes >> 20,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(
+                            "protected log {}: making a spare segment ahead of need: {}; the log goes on without",
+                            log.dir.display(),
+                            Chain(&e)
+                        );
+                    }
+                    failing = true;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Group commit: one fsync covers every append made before it started.

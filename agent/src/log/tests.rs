@@ -7,12 +7,13 @@ fn write(i: u64, size: usize) -> RecordBody {
 }
 
 fn open(dir: &Path, capacity: u64) -> (Arc<ProtectedLog>, LogOpenReport) {
-    ProtectedLog::open(dir, 1, capacity, 0, &mut |_| Ok(())).unwrap()
+    ProtectedLog::open(dir, 1, LogSize::for_capacity(capacity, Preallocation::Off), 0, &mut |_| Ok(())).unwrap()
 }
 
 /// Segments of 64 KiB (reads of 64 KiB, records of 8 KiB: several
 /// segments, each longer than one read), in 64 MiB.
-const SMALL_SEGMENTS: LogSize = LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10 };
+const SMALL_SEGMENTS: LogSize =
+    LogSize { capacity_bytes: 64 << 20, segment_bytes: 64 << 10, preallocation: Preallocation::Off };
 
 /// A log of `SMALL_SEGMENTS` in `dir`.
 fn open_small(dir: &Path) -> (Arc<ProtectedLog>, LogOpenReport) {
@@ -319,15 +320,19 @@ async fn a_new_stream_drops_the_old_one_and_an_interrupted_one_is_finished() {
     }
     // The caller is told before the old stream's records go; when it
     // cannot make that durable, nothing goes.
-    let refused = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |_| Err("no room to say it".into()));
+    let refused =
+        ProtectedLog::open(dir.path(), 1, LogSize::for_capacity(64 << 20, Preallocation::Off), 0, &mut |_| {
+            Err("no room to say it".into())
+        });
     assert!(Chain(&refused.err().expect("the open fails with its caller")).to_string().contains("no room to say it"));
     assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), old_segments.len() + 1);
     let mut told = Vec::new();
-    let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
-        told.push(what.to_string());
-        Ok(())
-    })
-    .unwrap();
+    let (log, report) =
+        ProtectedLog::open(dir.path(), 1, LogSize::for_capacity(64 << 20, Preallocation::Off), 0, &mut |what| {
+            told.push(what.to_string());
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(told.len(), 1, "{told:?}");
     for (_, path) in &old_segments {
         assert!(told[0].contains(&path.display().to_string()), "{told:?} names {}", path.display());
@@ -359,10 +364,11 @@ async fn a_failed_stream_start_left_behind_the_old_stream_is_dropped_without_a_w
     let starts = log.segment_starts();
     assert!(!starts.contains(&failed_at) && starts.iter().any(|s| *s > failed_at), "{starts:?}");
     drop(log);
-    let (log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
-        panic!("a lone StreamStart holds no record to lose: {what}")
-    })
-    .unwrap();
+    let (log, report) =
+        ProtectedLog::open(dir.path(), 1, LogSize::for_capacity(64 << 20, Preallocation::Off), 0, &mut |what| {
+            panic!("a lone StreamStart holds no record to lose: {what}")
+        })
+        .unwrap();
     assert!(!path.exists());
     assert_eq!(report.next_seq, last + 1);
     // The stream's own StreamStart, then every record appended.
@@ -376,7 +382,7 @@ async fn a_failed_stream_start_left_behind_the_old_stream_is_dropped_without_a_w
 #[tokio::test]
 async fn an_old_stream_segment_holding_one_small_record_is_reported_before_it_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20, preallocation: Preallocation::Off };
     let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
     for i in 0..3 {
         log.append(&write(i, 1 << 20)).await.unwrap();
@@ -395,11 +401,12 @@ async fn an_old_stream_segment_holding_one_small_record_is_reported_before_it_go
         }
     }
     let mut told = None;
-    let (_log, report) = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |what| {
-        told = Some(what.to_string());
-        Ok(())
-    })
-    .unwrap();
+    let (_log, report) =
+        ProtectedLog::open(dir.path(), 1, LogSize::for_capacity(64 << 20, Preallocation::Off), 0, &mut |what| {
+            told = Some(what.to_string());
+            Ok(())
+        })
+        .unwrap();
     assert!(told.is_some(), "the fsynced Zero at seq {zero_seq} was dropped unreported (next seq {})", report.next_seq);
 }
 
@@ -445,9 +452,10 @@ mod failpoints {
         let (_, path) = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().pop().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         fail::cfg("segment-read", "2*off->return").unwrap();
-        let err = ProtectedLog::open(dir.path(), 1, 64 << 20, 0, &mut |_| Ok(()))
-            .err()
-            .expect("an I/O error must fail the open");
+        let err =
+            ProtectedLog::open(dir.path(), 1, LogSize::for_capacity(64 << 20, Preallocation::Off), 0, &mut |_| Ok(()))
+                .err()
+                .expect("an I/O error must fail the open");
         let err = Chain(&err).to_string();
         assert!(err.contains("read error"), "{err}");
         fail::remove("segment-read");
@@ -527,6 +535,9 @@ impl Storage for NextRemovalStalls {
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         RealStorage.sync_dir(dir)
     }
+    fn space(&self, dir: &Path) -> std::io::Result<crate::storage::FsSpace> {
+        RealStorage.space(dir)
+    }
 }
 
 /// An acknowledgement whose removal fails puts its segment back; a new
@@ -540,7 +551,7 @@ fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
     let (go_tx, go) = std::sync::mpsc::sync_channel(1);
     let storage = Arc::new(NextRemovalStalls { entered, go: Mutex::new(None) });
     let env = LogEnv { storage: storage.clone(), clock: Arc::new(SystemClock) };
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20, preallocation: Preallocation::Off };
     let (log, _) = ProtectedLog::open_on(env, dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut last = 0;
@@ -578,7 +589,7 @@ fn a_failed_retirement_does_not_put_a_segment_into_a_new_stream() {
 #[tokio::test]
 async fn a_segment_already_gone_is_retired() {
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20 };
+    let size = LogSize { capacity_bytes: 64 << 20, segment_bytes: 1 << 20, preallocation: Preallocation::Off };
     let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
     let mut last = 0;
     for i in 0..4 {
@@ -599,7 +610,11 @@ async fn a_segment_already_gone_is_retired() {
 #[should_panic(expected = "LogSize")]
 fn segments_no_larger_than_their_header_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let size = LogSize { capacity_bytes: 1 << 20, segment_bytes: SEGMENT_HEADER_BYTES as u64 };
+    let size = LogSize {
+        capacity_bytes: 1 << 20,
+        segment_bytes: SEGMENT_HEADER_BYTES as u64,
+        preallocation: Preallocation::Off,
+    };
     let _ = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(()));
 }
 
@@ -725,4 +740,107 @@ async fn a_reused_file_is_cut_to_the_segment_size() {
         .expect("the spare holds a segment again");
     assert!(std::fs::metadata(&path).unwrap().len() <= SMALL_SEGMENTS.segment_bytes, "cut to the segment size");
     assert_eq!(read_all(&log, after), (after..=last).collect::<Vec<_>>());
+}
+
+/// A log of 1 MiB segments in 8 MiB that makes its spares when told.
+const PREALLOCATED: LogSize =
+    LogSize { capacity_bytes: 8 << 20, segment_bytes: 1 << 20, preallocation: Preallocation::ByCaller };
+
+fn open_preallocated(dir: &Path) -> (Arc<ProtectedLog>, LogOpenReport) {
+    ProtectedLog::open_on(LogEnv::real(), dir, 1, PREALLOCATED, 0, &mut |_| Ok(())).unwrap()
+}
+
+fn prepare_all(log: &ProtectedLog) -> usize {
+    let mut made = 0;
+    while log.prepare_spare().unwrap() {
+        made += 1;
+    }
+    made
+}
+
+/// A log that preallocates fills its capacity with zero-filled spares
+/// (less its current segment), rolls into them without making a file,
+/// keeps them across a reopen, and removes what a preparation cut short
+/// left; the records written over them read back, and nothing more.
+#[tokio::test]
+async fn a_preallocating_log_claims_its_capacity_and_rolls_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open_preallocated(dir.path());
+    assert_eq!(prepare_all(&log), 7, "8 MiB less the current 1 MiB segment, in spares of 1 MiB");
+    let spares = spares_in(dir.path());
+    assert_eq!(spares.len(), 7);
+    for spare in &spares {
+        let bytes = std::fs::read(spare).unwrap();
+        assert_eq!(bytes.len(), 1 << 20);
+        assert!(bytes.iter().all(|b| *b == 0), "{} is zero-filled", spare.display());
+    }
+    assert_eq!(log.space_status().spare_bytes, 7 << 20);
+    let prepared: Vec<u64> = spares.iter().map(|p| inode(p)).collect();
+    // Three rolls: each takes a spare, none makes a file.
+    let first = log.appended_seq() + 1;
+    let mut last = 0;
+    while log.segment_starts().len() < 4 {
+        last = log.append(&write(last, 100_000)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+    assert!(segments[1..].iter().all(|(_, p)| prepared.contains(&inode(p))), "the rolls took prepared files");
+    // 7 less the 3 taken, and one the closed segments outgrew: each ends
+    // past 1 MiB by part of a record.
+    assert_eq!(spares_in(dir.path()).len(), 3);
+    assert!(!log.prepare_spare().unwrap(), "the log and its spares fill the capacity");
+    drop(log);
+    std::fs::write(dir.path().join("prepared-000042.zeroing"), [0u8; 4096]).unwrap();
+    let (log, report) = open_preallocated(dir.path());
+    assert!(report.cut.is_none(), "{:?}", report.cut);
+    assert_eq!(spares_in(dir.path()).len(), 3, "spares are kept across a reopen");
+    assert!(!dir.path().join("prepared-000042.zeroing").exists(), "a cut-short preparation is removed");
+    assert_eq!(read_all(&log, first), (first..=last).collect::<Vec<_>>());
+    let next = log.append(&write(7, 512)).await.unwrap();
+    log.sync_to(next).await.unwrap();
+    assert_eq!(read_all(&log, last), vec![last, next]);
+}
+
+/// Spares never take a log past its capacity on disk: a log that grows
+/// past what its spares were counted in (segments pass their size by up
+/// to a record) gives them up, and a reopen with a smaller capacity keeps
+/// only what fits; a log that does not preallocate removes them.
+#[tokio::test]
+async fn spares_give_way_to_the_log_and_to_a_smaller_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open_preallocated(dir.path());
+    prepare_all(&log);
+    let mut last = 0;
+    // Records of 900 KiB: each segment ends near 2 MiB long.
+    for i in 0..6 {
+        last = log.append(&write(i, 900 << 10)).await.unwrap();
+    }
+    log.sync_to(last).await.unwrap();
+    let on_disk: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(on_disk <= (8 << 20) + (1 << 20), "{on_disk} bytes on disk for 8 MiB");
+    drop(log);
+    let smaller = LogSize { capacity_bytes: 6 << 20, ..PREALLOCATED };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, smaller, 0, &mut |_| Ok(())).unwrap();
+    let status = log.space_status();
+    assert!(status.held_bytes + status.spare_bytes <= 6 << 20, "{status:?}");
+    drop(log);
+    let (_log, _) = open(dir.path(), 8 << 20);
+    assert!(spares_in(dir.path()).is_empty(), "a log without preallocation removes its spares");
+}
+
+/// With `Preallocation::Background` the log's own thread makes the
+/// spares, as the agent runs it.
+#[tokio::test]
+async fn a_background_log_makes_its_spares_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = LogSize { preallocation: Preallocation::Background, ..PREALLOCATED };
+    let (log, _) = ProtectedLog::open_on(LogEnv::real(), dir.path(), 1, size, 0, &mut |_| Ok(())).unwrap();
+    for _ in 0..200 {
+        if log.space_status().spare_bytes == 7 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(log.space_status().spare_bytes, 7 << 20);
+    assert_eq!(spares_in(dir.path()).len(), 7);
 }

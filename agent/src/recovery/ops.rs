@@ -30,6 +30,12 @@ const SCRATCH_DIR: &str = "scratch";
 pub(super) const REVERSE_LOG_DIR: &str = "reverse-log";
 const REVERSE_LOG_CAPACITY: u64 = 1 << 30;
 
+/// The reverse log claims no space ahead: a failover's VMs start on this
+/// disk, and a background zero-fill would compete with them.
+fn reverse_log_size() -> crate::log::LogSize {
+    crate::log::LogSize::for_capacity(REVERSE_LOG_CAPACITY, crate::log::Preallocation::Off)
+}
+
 /// The exports one request made: NBD, and iSCSI LUNs where configured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Served {
@@ -99,7 +105,7 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
     }
     let log_dir = dir.join(REVERSE_LOG_DIR);
     let to = crate::capture::vpg::StreamTo::OldSite;
-    Ok(VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, REVERSE_LOG_CAPACITY, to)?)
+    Ok(VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, reverse_log_size(), to)?)
 }
 
 /// A reverse session: its id, the certificate that opened it, its capture.

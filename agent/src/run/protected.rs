@@ -40,7 +40,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
             volumes,
             vpg_id(&vpg_cfg.name),
             &dir,
-            cfg.log.capacity_bytes,
+            cfg.log.size(),
             crate::capture::vpg::StreamTo::RecoverySite(&vpg_cfg.bitmap),
         )?;
         if vpg_cfg.detection.enabled {
@@ -255,6 +255,7 @@ async fn status_writer(
                 alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
                 bitmap,
                 last_verify: rt.capture.last_verify().map(|r| r.summary()),
+                log: Some(log.space_status()),
             });
         }
         status::publish(&cfg.node, "protected", vpgs, coordinator.status());

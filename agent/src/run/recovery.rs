@@ -130,6 +130,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 alert: None,
                 bitmap: None,
                 last_verify: None,
+                log: None,
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -38,7 +38,7 @@ use crate::error_chain::Chain;
 use crate::journal::index::JournalIndex;
 use crate::journal::segments::{Rolling, SegmentFiles};
 use crate::journal::{intake, JournalError, JournalMeta, Refusal};
-use crate::log::{encoded_bytes, LogCursor, LogEnv, LogError, LogSize, ProtectedLog};
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogError, LogSize, Preallocation, ProtectedLog};
 use crate::record::{Record, RecordBody};
 use crate::storage::sim::SimStorage;
 use crate::storage::Storage;
@@ -53,7 +53,8 @@ use std::time::Duration;
 
 const VPG_ID: u32 = 0x11_5EED;
 const STEPS: u64 = 300;
-const LOG_SIZE: LogSize = LogSize { capacity_bytes: 8 << 20, segment_bytes: 64 << 10 };
+const LOG_SIZE: LogSize =
+    LogSize { capacity_bytes: 8 << 20, segment_bytes: 64 << 10, preallocation: Preallocation::Off };
 /// Small journal segments, so that a batch often starts a new one.
 const ROLLING: Rolling = Rolling { segment_bytes: 48 << 10, segment_age: Duration::from_secs(1 << 30) };
 const VOLUMES: usize = 3;

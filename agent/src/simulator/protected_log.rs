@@ -18,7 +18,7 @@ use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
 use crate::error_chain::Chain;
-use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, ProtectedLog};
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, Preallocation, ProtectedLog};
 use crate::record::{Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX};
 use crate::storage::sim::SimStorage;
 use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
@@ -29,10 +29,19 @@ use std::sync::Arc;
 const VPG_ID: u32 = 0x5EED;
 const STEPS: u64 = 300;
 /// Small segments, so that rolls happen every few writes.
-const LOG_SIZE: LogSize = LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 << 10 };
+const LOG_SIZE: LogSize =
+    LogSize { capacity_bytes: 2 << 20, segment_bytes: 64 << 10, preallocation: Preallocation::Off };
 /// One seed in `SMALL_LOG_ONE_IN` runs a log this small, which fills.
-const SMALL_LOG_SIZE: LogSize = LogSize { capacity_bytes: 384 << 10, segment_bytes: 64 << 10 };
+const SMALL_LOG_SIZE: LogSize =
+    LogSize { capacity_bytes: 384 << 10, segment_bytes: 64 << 10, preallocation: Preallocation::Off };
 const SMALL_LOG_ONE_IN: u64 = 4;
+/// Odd seeds run a log that claims its capacity ahead (`prepare_spare`
+/// is then a step, one in `PREPARE_ONE_IN`). Taken from the seed, not its
+/// random numbers: even seeds take the steps they took before there was
+/// preallocation.
+const PREPARE_ONE_IN: u64 = 8;
+/// The largest record the scenario appends, over its header.
+const RECORD_BYTES_MAX: u64 = (300 << 10) + 64;
 
 pub(super) fn run(seed: u64) -> Result<SeedReport, Box<Violation>> {
     let mut run = Run::new(seed);
@@ -96,7 +105,10 @@ struct Run {
 impl Run {
     fn new(seed: u64) -> Self {
         let mut rng = SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001);
-        let size = if rng.below(SMALL_LOG_ONE_IN) == 0 { SMALL_LOG_SIZE } else { LOG_SIZE };
+        let mut size = if rng.below(SMALL_LOG_ONE_IN) == 0 { SMALL_LOG_SIZE } else { LOG_SIZE };
+        if seed % 2 == 1 {
+            size.preallocation = Preallocation::ByCaller;
+        }
         Run {
             h: Harness::new(seed, rng, SimStorage::new(seed), ""),
             size,
@@ -124,16 +136,10 @@ impl Run {
                 continue;
             }
             self.h.maybe_die();
-            match self.h.rng.below(100) {
-                0..=39 => self.append_write()?,
-                40..=44 => self.append_marker()?,
-                45..=59 => self.sync().await?,
-                60..=74 => self.send()?,
-                75..=84 => self.ack(),
-                85..=86 => self.start_stream()?,
-                87..=90 => self.h.toggle_faults(),
-                91..=95 => self.restart(Stop::Crash).await?,
-                _ => self.restart(Stop::PowerCut).await?,
+            if self.size.preallocation == Preallocation::ByCaller && self.h.rng.below(PREPARE_ONE_IN) == 0 {
+                self.prepare()?;
+            } else {
+                self.one_step().await?;
             }
             if self.h.fs.is_dead() {
                 let stop = self.h.stop_after_death();
@@ -144,6 +150,48 @@ impl Run {
         self.h.faults_on = false;
         self.h.fs.set_fault_per_mille(0);
         self.restart(Stop::PowerCut).await
+    }
+
+    async fn one_step(&mut self) -> Checked {
+        match self.h.rng.below(100) {
+            0..=39 => self.append_write(),
+            40..=44 => self.append_marker(),
+            45..=59 => self.sync().await,
+            60..=74 => self.send(),
+            75..=84 => {
+                self.ack();
+                Ok(())
+            }
+            85..=86 => self.start_stream(),
+            87..=90 => {
+                self.h.toggle_faults();
+                Ok(())
+            }
+            91..=95 => self.restart(Stop::Crash).await,
+            _ => self.restart(Stop::PowerCut).await,
+        }
+    }
+
+    /// The log makes a zero-filled spare, if it has room: it fails only on
+    /// an injected fault, and its files never take more than its capacity,
+    /// past it by at most the rest of the current segment and one record.
+    fn prepare(&mut self) -> Checked {
+        let log = self.log();
+        match log.prepare_spare() {
+            Ok(made) => self.h.note(format!("prepare a spare: {}", if made { "made" } else { "no room" })),
+            Err(e) => {
+                let faults_on = self.h.may_fail();
+                self.h
+                    .check(faults_on, "a spare fails to be made only on an injected fault", || Chain(&e).to_string())?;
+                self.h.note(format!("prepare a spare: failed: {}", Chain(&e)));
+                return Ok(());
+            }
+        }
+        let on_disk = self.h.fs.bytes_in(&self.dir);
+        let bound = self.size.capacity_bytes + self.size.segment_bytes + RECORD_BYTES_MAX;
+        self.h.check(on_disk <= bound, "a log's files stay within its capacity", || {
+            format!("{on_disk} bytes on disk, bound {bound}")
+        })
     }
 
     fn env(&self) -> LogEnv {

@@ -45,6 +45,9 @@ pub trait Storage: Send + Sync {
     fn remove_file(&self, path: &Path) -> std::io::Result<()>;
     /// Makes the entries of `dir` (names created, renamed, removed) durable.
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Bytes an unprivileged writer may still take on the file system of
+    /// `dir`, and the file system's size.
+    fn space(&self, dir: &Path) -> std::io::Result<FsSpace>;
 
     /// Stops the process after a failure that leaves it nothing true to
     /// say, such as a failed fsync (the kernel may have dropped the dirty
@@ -54,6 +57,13 @@ pub trait Storage: Send + Sync {
         tracing::error!("{why}; stopping");
         std::process::exit(70);
     }
+}
+
+/// Room on a file system (`Storage::space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub available: u64,
+    pub total: u64,
 }
 
 /// One open file.
@@ -132,6 +142,11 @@ impl Storage for RealStorage {
 
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
+    }
+
+    fn space(&self, dir: &Path) -> std::io::Result<FsSpace> {
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(FsSpace { available: st.f_bavail * st.f_frsize, total: st.f_blocks * st.f_frsize })
     }
 }
 

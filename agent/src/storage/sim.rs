@@ -26,7 +26,7 @@
 //! Directories are created durable and never removed (the log makes its
 //! directory once).
 
-use super::{Storage, StorageFile};
+use super::{FsSpace, Storage, StorageFile};
 use crate::simulator::rng::SimRng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Error, ErrorKind};
@@ -36,6 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const EIO: i32 = 5;
 const EBADF: i32 = 9;
 const ENOSPC: i32 = 28;
+/// The simulated disk's size: what `space` counts files against.
+const SIM_DISK_BYTES: u64 = 64 << 20;
 
 /// What was done to the storage, for the simulator's report.
 #[derive(Debug, Default, Clone, Copy)]
@@ -205,6 +207,13 @@ impl SimStorage {
     /// whatever it is doing: from then on nothing it does reaches storage.
     pub fn die_after(&self, ops: u64) {
         self.lock().death_in = Some(ops);
+    }
+
+    /// Bytes the files named in `dir` hold, as the process sees them (for
+    /// the simulator's checks: takes no step and never fails).
+    pub fn bytes_in(&self, dir: &Path) -> u64 {
+        let s = self.lock();
+        s.names.iter().filter(|(p, _)| p.parent() == Some(dir)).map(|(_, id)| s.files[id].data.len() as u64).sum()
     }
 
     pub fn is_dead(&self) -> bool {
@@ -396,6 +405,16 @@ fn parent(path: &Path) -> PathBuf {
 }
 
 impl Storage for SimStorage {
+    fn space(&self, dir: &Path) -> std::io::Result<FsSpace> {
+        let mut s = self.lock();
+        s.fail(EIO)?;
+        if !s.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let used: u64 = s.files.values().map(|f| f.data.len() as u64).sum();
+        Ok(FsSpace { available: SIM_DISK_BYTES.saturating_sub(used), total: SIM_DISK_BYTES })
+    }
+
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
         let mut s = self.lock();
         s.tick()?;

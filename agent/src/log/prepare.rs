@@ -1,0 +1,81 @@
+//! Spare segment files made ahead of need, zero-filled, as PostgreSQL
+//! makes WAL segments ahead: a log that claims its capacity this way never
+//! appends into a new page or block. Every roll takes a spare
+//! (`spares.rs`), its writes overwrite blocks that are allocated and
+//! written, so an fdatasync commits no allocation or size change, and
+//! their pages are in the page cache already. A log that has claimed its
+//! capacity also cannot run out of disk space while it fills: its bytes
+//! are on the disk before the records that need them.
+//!
+//! One file at a time, only while the log, its spares, the unwritten rest
+//! of its current file and one more segment stay within its capacity, and
+//! only while the file system keeps `FS_RESERVE_PERCENT` of itself free
+//! after the new file (a data disk shared with other logs keeps room for
+//! them). A file is written under a temporary name, fsynced and renamed a
+//! spare: a stop at any point leaves either a spare, which the next open
+//! keeps, or a temporary file, which it removes.
+
+use crate::io_failure::{Doing, IoFailure};
+use crate::storage::Storage;
+use std::path::{Path, PathBuf};
+
+/// Whether a log claims its capacity on disk ahead of need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preallocation {
+    /// Only retired segments are kept for reuse, at most `SPARES_MAX`.
+    Off,
+    /// A thread of the log zero-fills spares while there is room.
+    Background,
+    /// As `Background`, but the log's owner calls `prepare_spare` itself
+    /// (the simulator and tests, which choose when work happens).
+    ByCaller,
+}
+
+/// Part of the file system a log leaves free when it makes a spare.
+pub(super) const FS_RESERVE_PERCENT: u64 = 10;
+/// Zeros written per call.
+const ZERO_CHUNK_BYTES: u64 = 1 << 20;
+/// Written data is fsynced every this many bytes, so the page cache never
+/// holds much of it dirty: an fsync of the log's own appends may have to
+/// wait for the file system's other dirty data.
+const SYNC_EVERY_BYTES: u64 = 16 << 20;
+pub(super) const PREPARING_EXTENSION: &str = "zeroing";
+
+/// The temporary name a spare is made under, and the name it then takes.
+pub(super) fn prepared_names(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
+    let stem = format!("prepared-{n:06}");
+    (dir.join(format!("{stem}.{PREPARING_EXTENSION}")), super::spares::spare_path_named(dir, &stem))
+}
+
+/// Whether the file system of `dir`, with `bytes` more taken, keeps its
+/// reserve free.
+pub(super) fn fs_has_room(fs: &dyn Storage, dir: &Path, bytes: u64) -> Result<bool, IoFailure> {
+    let space = fs.space(dir).doing(|| format!("asking the file system of {} for its free space", dir.display()))?;
+    let reserve = space.total / 100 * FS_RESERVE_PERCENT;
+    Ok(space.available >= bytes.saturating_add(reserve))
+}
+
+/// Makes `tmp` a file of `bytes` zeros, fsynced (data and size). On an
+/// error the file is removed.
+pub(super) fn zero_fill(fs: &dyn Storage, tmp: &Path, bytes: u64) -> Result<(), IoFailure> {
+    // Left by a preparation a stop cut short.
+    let _ = fs.remove_file(tmp);
+    let made = (|| {
+        let file = fs.create_new(tmp).doing(|| format!("creating {}", tmp.display()))?;
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(bytes) as usize];
+        let mut written = 0;
+        while written < bytes {
+            let n = ZERO_CHUNK_BYTES.min(bytes - written);
+            file.append(&[&zeros[..n as usize]]).doing(|| format!("zero-filling {}", tmp.display()))?;
+            written += n;
+            if written % SYNC_EVERY_BYTES == 0 && written < bytes {
+                file.sync_data().doing(|| format!("syncing {}", tmp.display()))?;
+            }
+        }
+        file.sync_all().doing(|| format!("syncing {}", tmp.display()))
+    })();
+    if made.is_err() {
+        let _ = fs.remove_file(tmp);
+    }
+    made
+}
