@@ -49,7 +49,7 @@ fn main() {
     println!(
         "simulate: seeds {from}..{} hold every invariant: {count} seeds in {secs:.1} s ({:.0} seeds/s); {} steps, \
          {} records appended, {} sent, {} checks; {} faults injected, {} process kills, {} power cuts ({} left a torn tail); {} fsyncs and {} removals failed; {} appends found the log full; {} \
-         stream starts that failed were found in place; the journal took {} records, and {} of its opens cut damage; \
+         stream starts that failed were found in place; {} spares made ahead of need and {} stopped by the disk's reserve; the journal took {} records, and {} of its opens cut damage; \
          {} link sessions, {} frames the link dropped, duplicated, reordered or garbled, {} stale welcomes; {} checkpoints restored",
         from + count,
         count as f64 / secs,
@@ -65,6 +65,8 @@ fn main() {
         total.failed_removals,
         total.full_log,
         total.adopted_streams,
+        total.spares_prepared,
+        total.spares_refused_for_disk,
         total.journal_records,
         total.journal_cuts,
         total.sessions,

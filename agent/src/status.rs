@@ -97,16 +97,7 @@ pub struct VpgStatus {
     pub last_verify: Option<String>,
     /// Protected side: the protected log's space.
     #[serde(default)]
-    pub log: Option<LogSpaceStatus>,
-}
-
-/// What a protected log holds of its capacity, and what it keeps in spare
-/// files, zero-filled ahead of need or retired, for its next segments.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct LogSpaceStatus {
-    pub held_bytes: u64,
-    pub spare_bytes: u64,
-    pub capacity_bytes: u64,
+    pub log: Option<crate::log::LogSpaceStatus>,
 }
 
 /// A VPG in bitmap mode or resyncing (docs/bitmap-mode.md).

@@ -3,7 +3,7 @@
 # $WORK/NAME holding its configuration CD (cfg/ → cfg.iso), its data disk
 # and its serial console log.
 
-IMAGE=$ROOT/build/image
+IMAGE=${IMAGE:-$ROOT/build/image}
 
 appliance_image_check() {
     [ -f "$IMAGE/SHA256SUMS" ] || fail "no image: run make image"

@@ -375,10 +375,10 @@ fn log_capacity(data_bytes: u64, vpgs: u64) -> Result<u64> {
     let bytes = (data_bytes / 4 * 3 / vpgs) & !((1 << 20) - 1);
     if bytes < LOG_CAPACITY_BYTES_MIN {
         return Err(ApplianceError::Invalid(format!(
-            "the data disk ({} MiB) is too small for {vpgs} protected log(s), each of which needs at least {} MiB: give the appliance a data disk of at least {} MiB",
+            "the data disk's file system ({} MiB) is too small for {vpgs} protected log(s), each of which needs at least {} MiB: give it at least {} MiB",
             data_bytes >> 20,
             LOG_CAPACITY_BYTES_MIN >> 20,
-            (LOG_CAPACITY_BYTES_MIN * vpgs / 3 * 4) >> 20
+            (LOG_CAPACITY_BYTES_MIN * vpgs * 4).div_ceil(3 << 20)
         )));
     }
     Ok(bytes)
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(c.log.capacity_bytes, 187 << 20);
         let err = render(&p, Path::new("/d"), 80 << 20).unwrap_err();
         assert!(
-            crate::error_chain::Chain(&err).to_string().contains("data disk (80 MiB) is too small"),
+            crate::error_chain::Chain(&err).to_string().contains("data disk's file system (80 MiB) is too small for 1 protected log(s), each of which needs at least 64 MiB: give it at least 86 MiB"),
             "{err_chain}",
             err_chain = crate::error_chain::Chain(&err)
         );

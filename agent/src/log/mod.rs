@@ -25,7 +25,7 @@ pub mod state;
 pub use cursor::LogCursor;
 pub use error::LogError;
 pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
-pub use prepare::Preallocation;
+pub use prepare::{Preallocation, Prepared};
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
@@ -150,6 +150,15 @@ struct Inner {
     broken: Option<String>,
 }
 
+/// What a protected log holds of its capacity, and what it keeps in spare
+/// files, zero-filled ahead of need or retired, for its next segments.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct LogSpaceStatus {
+    pub held_bytes: u64,
+    pub spare_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
 /// Where a segment is, for a reader: records may be read from a current
 /// segment up to `len`, from a closed one to its end; a retired one's file
 /// may have been reused (written over) and nothing read from it counts.
@@ -224,7 +233,7 @@ impl ProtectedLog {
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
-        let mut found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off);
+        let mut found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off)?;
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -244,16 +253,13 @@ impl ProtectedLog {
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
         // Spares past the room the log leaves them (a smaller capacity
-        // than when they were made) go.
+        // than when they were made) go; one that cannot be removed stays
+        // counted, and a roll tries again (`drop_outgrown_spares`).
         let mut room = capacity_bytes.saturating_sub(bytes_total + segment_bytes.saturating_sub(current.bytes));
         found_spares.retain(|spare| {
             let fits = spare.bytes <= room;
-            if fits {
-                room -= spare.bytes;
-            } else {
-                spares::remove(&*fs, &spare.path);
-            }
-            fits
+            room = room.saturating_sub(spare.bytes);
+            fits || !spares::remove(&*fs, &spare.path)
         });
         let (sync_tx, sync_rx) = mpsc::channel();
         let (prepare_tx, prepare_rx) = mpsc::channel();
@@ -493,8 +499,8 @@ impl ProtectedLog {
         let (segment, file, stream_id) =
             create_stream_segment(&*self.fs, &self.dir, self.vpg_id, seq, self.clock.now_ms())?;
         let size = segment.bytes;
-        let mut dropped: Vec<PathBuf> = inner.closed.drain(..).map(|s| s.path).collect();
-        dropped.push(std::mem::replace(&mut inner.current, segment).path);
+        let mut dropped: Vec<Segment> = inner.closed.drain(..).collect();
+        dropped.push(std::mem::replace(&mut inner.current, segment));
         inner.current_file = file;
         inner.unsynced_closed.clear();
         inner.next_seq = seq + 1;
@@ -504,10 +510,15 @@ impl ProtectedLog {
         inner.broken = None;
         drop(inner);
         // The new stream is in place: what follows may fail without undoing
-        // it (an old segment left behind is dropped at the next open).
-        for path in &dropped {
-            if let Err(e) = self.fs.remove_file(path) {
-                tracing::error!("dropping log segment {} of the old stream: {e}", path.display());
+        // it (an old segment left behind is dropped at the next open). A
+        // log that preallocates keeps the files as spares, as it keeps
+        // retired ones, rather than zero-fill them again.
+        for seg in &dropped {
+            if self.preallocation != Preallocation::Off && self.keep_as_spare(seg) {
+                continue;
+            }
+            if let Err(e) = self.fs.remove_file(&seg.path) {
+                tracing::error!("dropping log segment {} of the old stream: {e}", seg.path.display());
             }
         }
         if let Err(e) = self.fs.sync_dir(&self.dir) {
@@ -678,16 +689,20 @@ impl ProtectedLog {
     }
 
     /// Bytes the log leaves for more spares: its capacity less what it
-    /// holds and has reserved, the unwritten rest of its current segment
-    /// (a reused file is that long already) and its spares.
+    /// holds, the unwritten rest of its current segment (a reused file is
+    /// that long already) and its spares.
     fn spare_room(&self, inner: &Inner) -> u64 {
         self.capacity_bytes.saturating_sub(self.held_with_spares(inner))
     }
 
+    /// What the log's files take on disk, or will once its current
+    /// segment is full. Reservations are not in it: a record reserved goes
+    /// into the rest of the current segment or into a spare, both counted
+    /// already (counted twice, a roll would give up spares still needed).
     fn held_with_spares(&self, inner: &Inner) -> u64 {
         let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();
         let rest_of_current = self.segment_bytes.saturating_sub(inner.current.bytes);
-        inner.bytes_total + inner.reserved_bytes + rest_of_current + spare_bytes
+        inner.bytes_total + rest_of_current + spare_bytes
     }
 
     /// Removes spares the log has outgrown: its segments pass their size by
@@ -696,52 +711,61 @@ impl ProtectedLog {
     fn drop_outgrown_spares(&self, inner: &mut Inner) {
         while self.held_with_spares(inner) > self.capacity_bytes {
             let Some(spare) = inner.spares.pop() else { return };
-            spares::remove(&*self.fs, &spare.path);
+            if !spares::remove(&*self.fs, &spare.path) {
+                // Still on disk: still counted, tried again at the next roll.
+                inner.spares.push(spare);
+                return;
+            }
         }
     }
 
     /// Makes one zero-filled spare (`prepare.rs`) if the log and its file
-    /// system have room for it: true if it did. Called by the log's own
+    /// system have room for it. Called by the log's own
     /// thread with `Preallocation::Background`, by its owner with
     /// `ByCaller`; never with `Off`.
-    pub fn prepare_spare(&self) -> Result<bool> {
+    pub fn prepare_spare(&self) -> Result<Prepared> {
         assert_ne!(self.preallocation, Preallocation::Off, "a spare prepared for a log that does not preallocate");
         let _one = self.preparing.lock().expect("preparing lock");
         let bytes = self.segment_bytes;
         let name = {
             let inner = self.inner.lock().expect("log lock");
             if inner.broken.is_some() || self.spare_room(&inner) < bytes {
-                return Ok(false);
+                return Ok(Prepared::LogFull);
             }
             (0..).find(|n| {
-                let (_, spare) = prepare::prepared_names(&self.dir, *n);
+                let (_, spare) = spares::prepared_names(&self.dir, *n);
                 !inner.spares.iter().any(|s| s.path == spare)
             })
         };
-        let (tmp, spare) = prepare::prepared_names(&self.dir, name.expect("a free name"));
+        let (tmp, spare) = spares::prepared_names(&self.dir, name.expect("a free name"));
         if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
-            return Ok(false);
+            return Ok(Prepared::DiskReserve);
         }
         prepare::zero_fill(&*self.fs, &tmp, bytes)?;
-        // Named under `retiring`, as a retired segment is kept: the room
-        // checked cannot go to a retired segment meanwhile.
-        let _retiring = self.retiring.lock().expect("retiring lock");
-        let mut inner = self.inner.lock().expect("log lock");
-        if self.spare_room(&inner) < bytes {
-            drop(inner);
+        let named = {
+            // Named under `retiring`, as a retired segment is kept: the
+            // room checked cannot go to a retired segment meanwhile.
+            let _retiring = self.retiring.lock().expect("retiring lock");
+            let mut inner = self.inner.lock().expect("log lock");
+            if self.spare_room(&inner) < bytes {
+                Ok(Prepared::LogFull)
+            } else {
+                // Its name needs no directory sync here: a roll syncs the
+                // directory before it writes a spare (`recycle_segment_on`),
+                // and a power cut before that leaves a temporary file,
+                // removed at open.
+                self.fs
+                    .rename(&tmp, &spare)
+                    .map(|()| inner.spares.push(Spare { path: spare.clone(), bytes }))
+                    .map(|()| Prepared::Made)
+            }
+        };
+        // A file not named is removed with no lock held: a stream start
+        // or an ack does not wait for it.
+        if !matches!(named, Ok(Prepared::Made)) {
             spares::remove(&*self.fs, &tmp);
-            return Ok(false);
         }
-        if let Err(e) = self.fs.rename(&tmp, &spare) {
-            drop(inner);
-            spares::remove(&*self.fs, &tmp);
-            return Err(IoFailure::new(format!("naming {}", spare.display()), e).into());
-        }
-        // Its name needs no directory sync here: a roll syncs the
-        // directory before it writes a spare (`recycle_segment_on`), and a
-        // power cut before that leaves a temporary file, removed at open.
-        inner.spares.push(Spare { path: spare, bytes });
-        Ok(true)
+        named.map_err(|e| IoFailure::new(format!("naming {}", spare.display()), e).into())
     }
 
     fn wake_preparer(&self) {
@@ -776,9 +800,9 @@ impl ProtectedLog {
     }
 
     /// What the log holds, what its spares hold, and its capacity.
-    pub fn space_status(&self) -> crate::status::LogSpaceStatus {
+    pub fn space_status(&self) -> LogSpaceStatus {
         let inner = self.inner.lock().expect("log lock");
-        crate::status::LogSpaceStatus {
+        LogSpaceStatus {
             held_bytes: inner.bytes_total,
             spare_bytes: inner.spares.iter().map(|s| s.bytes).sum(),
             capacity_bytes: self.capacity_bytes,
@@ -901,14 +925,18 @@ fn preparation_loop(log: std::sync::Weak<ProtectedLog>, wake: mpsc::Receiver<()>
         loop {
             let Some(log) = log.upgrade() else { return };
             match log.prepare_spare() {
-                Ok(true) => {
+                Ok(Prepared::Made) => {
                     made += 1;
                     failing = false;
                 }
-                Ok(false) => {
+                Ok(stop) => {
                     if made > 0 {
+                        let why = match stop {
+                            Prepared::DiskReserve => "; stopped short of the capacity to keep the disk's reserve free",
+                            _ => "",
+                        };
                         tracing::info!(
-                            "protected log {}: {made} spare segment(s) of {} MiB zero-filled ahead of need in {:.1} s",
+                            "protected log {}: {made} spare segment(s) of {} MiB zero-filled ahead of need in {:.1} s{why}",
                             log.dir.display(),
                             log.segment_bytes >> 20,
                             started.elapsed().as_secs_f64()

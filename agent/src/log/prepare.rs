@@ -17,7 +17,7 @@
 
 use crate::io_failure::{Doing, IoFailure};
 use crate::storage::Storage;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Whether a log claims its capacity on disk ahead of need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,17 @@ pub enum Preallocation {
     ByCaller,
 }
 
+/// What one call of `ProtectedLog::prepare_spare` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// A spare was made.
+    Made,
+    /// The log and its spares fill its capacity (or it is broken).
+    LogFull,
+    /// The file system would keep less than its reserve free.
+    DiskReserve,
+}
+
 /// Part of the file system a log leaves free when it makes a spare.
 pub(super) const FS_RESERVE_PERCENT: u64 = 10;
 /// Zeros written per call.
@@ -39,13 +50,6 @@ const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// holds much of it dirty: an fsync of the log's own appends may have to
 /// wait for the file system's other dirty data.
 const SYNC_EVERY_BYTES: u64 = 16 << 20;
-pub(super) const PREPARING_EXTENSION: &str = "zeroing";
-
-/// The temporary name a spare is made under, and the name it then takes.
-pub(super) fn prepared_names(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
-    let stem = format!("prepared-{n:06}");
-    (dir.join(format!("{stem}.{PREPARING_EXTENSION}")), super::spares::spare_path_named(dir, &stem))
-}
 
 /// Whether the file system of `dir`, with `bytes` more taken, keeps its
 /// reserve free.

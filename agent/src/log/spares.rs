@@ -14,7 +14,7 @@
 //! being read. A log that preallocates keeps the spares it finds at open;
 //! one that does not removes them.
 
-use super::prepare::PREPARING_EXTENSION;
+use crate::io_failure::{Doing, IoFailure};
 use crate::storage::Storage;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 /// for each roll.
 pub(super) const SPARES_MAX: usize = 2;
 const SPARE_EXTENSION: &str = "spare";
+/// A spare being zero-filled (`prepare.rs`).
+const PREPARING_EXTENSION: &str = "zeroing";
 
 /// A spare file, and its length.
 pub(super) struct Spare {
@@ -34,46 +36,47 @@ pub(super) fn spare_path(dir: &Path, first_seq: u64) -> PathBuf {
     spare_path_named(dir, &format!("{first_seq:020}"))
 }
 
+/// The temporary name a spare made ahead of need is zero-filled under,
+/// and the spare name it then takes.
+pub(super) fn prepared_names(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
+    let stem = format!("prepared-{n:06}");
+    (dir.join(format!("{stem}.{PREPARING_EXTENSION}")), spare_path_named(dir, &stem))
+}
+
 /// The spare `<stem>.spare`.
-pub(super) fn spare_path_named(dir: &Path, stem: &str) -> PathBuf {
+fn spare_path_named(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!("{stem}.{SPARE_EXTENSION}"))
 }
 
-/// The spares a predecessor left, if `keep`; otherwise they are removed. Files of a preparation a stop
-/// cut short are removed either way. A failure is only said: a file left
-/// behind holds nothing, and the next open tries again.
-pub(super) fn left_behind(fs: &dyn Storage, dir: &Path, keep: bool) -> Vec<Spare> {
-    let listed = match fs.list(dir) {
-        Ok(listed) => listed,
-        Err(e) => {
-            tracing::warn!("protected log: listing {} for spare segments: {e}", dir.display());
-            return Vec::new();
-        }
-    };
+/// The spares a predecessor left, if `keep`; otherwise they are removed.
+/// Files of a preparation a stop cut short are removed either way; a
+/// failed removal is only said (the next open tries again). A spare that
+/// is kept must be counted, so one that cannot be listed or sized fails
+/// the open, as a segment would.
+pub(super) fn left_behind(fs: &dyn Storage, dir: &Path, keep: bool) -> Result<Vec<Spare>, IoFailure> {
+    let listed = fs.list(dir).doing(|| format!("listing {} for spare segments", dir.display()))?;
     let mut kept = Vec::new();
     for path in listed {
         let extension = path.extension().and_then(|e| e.to_str());
         if extension == Some(SPARE_EXTENSION) && keep {
-            match fs.size_of(&path) {
-                Ok(size) => {
-                    kept.push(Spare { bytes: size, path });
-                    continue;
-                }
-                Err(e) => tracing::warn!("protected log: sizing spare segment {}: {e}", path.display()),
-            }
-        }
-        if extension == Some(SPARE_EXTENSION) || extension == Some(PREPARING_EXTENSION) {
+            let bytes = fs.size_of(&path).doing(|| format!("sizing spare segment {}", path.display()))?;
+            kept.push(Spare { bytes, path });
+        } else if extension == Some(SPARE_EXTENSION) || extension == Some(PREPARING_EXTENSION) {
             remove(fs, &path);
         }
     }
     // The same order at every open (a listing has none).
     kept.sort_by(|a, b| a.path.cmp(&b.path));
-    kept
+    Ok(kept)
 }
 
-/// Removes a spare the log will not use; a failure is only said.
-pub(super) fn remove(fs: &dyn Storage, path: &Path) {
-    if let Err(e) = fs.remove_file(path) {
-        tracing::warn!("protected log: removing spare segment {}: {e}", path.display());
+/// Removes a spare the log will not use: false, said, if it could not.
+pub(super) fn remove(fs: &dyn Storage, path: &Path) -> bool {
+    match fs.remove_file(path) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("protected log: removing spare segment {}: {e}", path.display());
+            false
+        }
     }
 }

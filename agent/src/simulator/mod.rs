@@ -46,6 +46,10 @@ pub struct SeedReport {
     pub full_log: u64,
     /// Opens that found in place a new stream whose start had failed.
     pub adopted_streams: u64,
+    /// Spares made ahead of need, and preparations the file system's
+    /// reserve stopped.
+    pub spares_prepared: u64,
+    pub spares_refused_for_disk: u64,
     /// Records the journal took (acknowledged appends).
     pub journal_records: u64,
     /// Journal opens that cut or quarantined damage (torn or failed writes).
@@ -74,6 +78,8 @@ impl SeedReport {
         self.failed_removals += o.failed_removals;
         self.full_log += o.full_log;
         self.adopted_streams += o.adopted_streams;
+        self.spares_prepared += o.spares_prepared;
+        self.spares_refused_for_disk += o.spares_refused_for_disk;
         self.journal_records += o.journal_records;
         self.journal_cuts += o.journal_cuts;
         self.sessions += o.sessions;
@@ -157,6 +163,7 @@ mod tests {
         assert!(total.records_sent > 0, "{total:?}");
         assert!(total.failed_syncs > 0 && total.failed_removals > 0, "{total:?}");
         assert!(total.full_log > 0 && total.adopted_streams > 0, "{total:?}");
+        assert!(total.spares_prepared > 0 && total.spares_refused_for_disk > 0, "{total:?}");
         assert!(total.journal_records > 0 && total.journal_cuts > 0, "{total:?}");
         assert!(total.sessions > 0 && total.link_faults > 0 && total.restores > 0, "{total:?}");
         assert!(total.stale_welcomes > 0, "{total:?}");

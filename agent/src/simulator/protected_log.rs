@@ -18,7 +18,7 @@ use super::rng::SimRng;
 use super::{short, SeedReport, Violation};
 use crate::clock::ManualClock;
 use crate::error_chain::Chain;
-use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, Preallocation, ProtectedLog};
+use crate::log::{encoded_bytes, LogCursor, LogEnv, LogSize, Preallocation, Prepared, ProtectedLog};
 use crate::record::{Record, RecordBody, CHECKPOINT_TAG_BYTES_MAX};
 use crate::storage::sim::SimStorage;
 use crate::wire::batch::{decode, BatchBuilder, BatchEncoder, BATCH_RAW_BYTES_TARGET, BATCH_RECORDS_MAX};
@@ -40,6 +40,8 @@ const SMALL_LOG_ONE_IN: u64 = 4;
 /// random numbers: even seeds take the steps they took before there was
 /// preallocation.
 const PREPARE_ONE_IN: u64 = 8;
+/// Seeds 3 mod 4 run on a disk only this much larger than the log.
+const SMALL_DISK_MARGIN_BYTES: u64 = 256 << 10;
 /// The largest record the scenario appends, over its header.
 const RECORD_BYTES_MAX: u64 = (300 << 10) + 64;
 
@@ -106,11 +108,17 @@ impl Run {
     fn new(seed: u64) -> Self {
         let mut rng = SimRng::new(seed ^ 0x7D3E_A11C_5EED_0001);
         let mut size = if rng.below(SMALL_LOG_ONE_IN) == 0 { SMALL_LOG_SIZE } else { LOG_SIZE };
+        let fs = SimStorage::new(seed);
         if seed % 2 == 1 {
             size.preallocation = Preallocation::ByCaller;
         }
+        if seed % 4 == 3 {
+            // A disk the log nearly fills: the file system's reserve stops
+            // preparations before the capacity does.
+            fs.set_disk_bytes(size.capacity_bytes + SMALL_DISK_MARGIN_BYTES);
+        }
         Run {
-            h: Harness::new(seed, rng, SimStorage::new(seed), ""),
+            h: Harness::new(seed, rng, fs, ""),
             size,
             clock: Arc::new(ManualClock::starting_at(1_700_000_000_000)),
             dir: PathBuf::from("/sim/log"),
@@ -178,7 +186,14 @@ impl Run {
     fn prepare(&mut self) -> Checked {
         let log = self.log();
         match log.prepare_spare() {
-            Ok(made) => self.h.note(format!("prepare a spare: {}", if made { "made" } else { "no room" })),
+            Ok(made) => {
+                match made {
+                    Prepared::Made => self.h.report.spares_prepared += 1,
+                    Prepared::DiskReserve => self.h.report.spares_refused_for_disk += 1,
+                    Prepared::LogFull => {}
+                }
+                self.h.note(format!("prepare a spare: {made:?}"))
+            }
             Err(e) => {
                 let faults_on = self.h.may_fail();
                 self.h

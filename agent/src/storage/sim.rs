@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const EIO: i32 = 5;
 const EBADF: i32 = 9;
 const ENOSPC: i32 = 28;
-/// The simulated disk's size: what `space` counts files against.
+/// The simulated disk's size by default: what `space` counts files against.
 const SIM_DISK_BYTES: u64 = 64 << 20;
 
 /// What was done to the storage, for the simulator's report.
@@ -62,6 +62,8 @@ struct SimState {
     rng: SimRng,
     /// Chance, per thousand, that a fallible operation fails (0: off).
     fault_per_mille: u32,
+    /// The disk's size, for `space`.
+    disk_bytes: u64,
     files: HashMap<u64, FileData>,
     names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
@@ -166,6 +168,7 @@ impl SimStorage {
             state: Arc::new(Mutex::new(SimState {
                 rng: SimRng::new(seed),
                 fault_per_mille: 0,
+                disk_bytes: SIM_DISK_BYTES,
                 files: HashMap::new(),
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
@@ -194,6 +197,12 @@ impl SimStorage {
     }
 
     /// Faults from now on, per thousand fallible operations (0: none).
+    /// The disk's size, which `space` reports (nothing else is refused
+    /// for it: ENOSPC comes as an injected fault).
+    pub fn set_disk_bytes(&self, bytes: u64) {
+        self.lock().disk_bytes = bytes;
+    }
+
     pub fn set_fault_per_mille(&self, per_mille: u32) {
         assert!(per_mille <= 1000);
         self.lock().fault_per_mille = per_mille;
@@ -412,7 +421,7 @@ impl Storage for SimStorage {
             return Err(not_found(dir));
         }
         let used: u64 = s.files.values().map(|f| f.data.len() as u64).sum();
-        Ok(FsSpace { available: SIM_DISK_BYTES.saturating_sub(used), total: SIM_DISK_BYTES })
+        Ok(FsSpace { available: s.disk_bytes.saturating_sub(used), total: s.disk_bytes })
     }
 
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
