@@ -149,6 +149,9 @@ impl Run {
             } else {
                 self.one_step().await?;
             }
+            if self.size.preallocation == Preallocation::ByCaller {
+                self.check_spare_accounting()?;
+            }
             if self.h.fs.is_dead() {
                 let stop = self.h.stop_after_death();
                 self.restart(stop).await?;
@@ -207,6 +210,20 @@ impl Run {
         self.h.check(on_disk <= bound, "a log's files stay within its capacity", || {
             format!("{on_disk} bytes on disk, bound {bound}")
         })
+    }
+
+    /// What the log holds with its spares passes its capacity by at most
+    /// the record its current segment ends with (checked after every step
+    /// of a log that preallocates).
+    fn check_spare_accounting(&mut self) -> Checked {
+        let Some(log) = self.log.clone() else { return Ok(()) };
+        let status = log.space_status();
+        let bound = self.size.capacity_bytes + RECORD_BYTES_MAX;
+        self.h.check(
+            status.held_bytes + status.spare_bytes <= bound,
+            "a log and its spares stay within its capacity",
+            || format!("{status:?}, bound {bound}"),
+        )
     }
 
     fn env(&self) -> LogEnv {
