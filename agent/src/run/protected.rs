@@ -27,6 +27,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let identity = tls::load_identity(&cfg.node.cert, &cfg.node.key)?;
     let pinned = parse_fingerprint(&cfg.peer.fingerprint)?;
     let tls_config = tls::client_config(identity.duplicate(), pinned)?;
+    warn_if_logs_overcommit(&cfg);
     let mut runtimes = Vec::new();
     let mut exports = Vec::new();
     for vpg_cfg in &cfg.vpgs {
@@ -262,6 +263,35 @@ async fn status_writer(
     }
 }
 
+/// Says, at start, when the VPGs' logs together are promised more than
+/// the data directory's file system holds: each log may fill to its
+/// `capacity_bytes`, and a log that cannot get its space fails appends
+/// (and, preallocating, claims its share at start).
+fn warn_if_logs_overcommit(cfg: &ProtectedConfig) {
+    let Ok(fs) = rustix::fs::statvfs(&cfg.node.data_dir) else { return };
+    let total = fs.f_blocks * fs.f_frsize;
+    if let Some(why) = logs_overcommit(cfg.vpgs.len() as u64, cfg.log.capacity_bytes, total) {
+        tracing::warn!("{why}");
+    }
+}
+
+/// Why `vpgs` logs of `capacity` bytes do not fit a file system of
+/// `fs_bytes`, if they do not (they may take 90 % of it).
+fn logs_overcommit(vpgs: u64, capacity: u64, fs_bytes: u64) -> Option<String> {
+    let promised = vpgs.saturating_mul(capacity);
+    (promised > fs_bytes / 10 * 9).then(|| {
+        format!(
+            "the protected logs are promised more than their disk holds: {vpgs} VPG(s) x [log] capacity_bytes {} = {}, \
+             on a file system of {}; a log that fills during an outage would fail its writes: lower capacity_bytes \
+             to at most {} or grow the disk",
+            crate::status::format_bytes(capacity),
+            crate::status::format_bytes(promised),
+            crate::status::format_bytes(fs_bytes),
+            crate::status::format_bytes(fs_bytes / 10 * 9 / vpgs.max(1))
+        )
+    })
+}
+
 /// Compares a VPG's lag with its RPO target (`rpo_alert`) and says so in
 /// the log when it passes the target and when it is back under it.
 fn check_rpo(vpg: &str, lag_seconds: f64, target_seconds: Option<f64>, over: &mut bool) {
@@ -277,4 +307,17 @@ fn check_rpo(vpg: &str, lag_seconds: f64, target_seconds: Option<f64>, over: &mu
         tracing::info!(vpg, "RPO back within its {target:.0} s target: lag {lag_seconds:.1} s");
     }
     *over = now_over;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logs_overcommit;
+
+    #[test]
+    fn logs_that_do_not_fit_their_disk_are_named() {
+        assert_eq!(logs_overcommit(2, 1 << 30, 10 << 30), None);
+        let why = logs_overcommit(4, 3 << 30, 10 << 30).expect("12 GiB promised on 10");
+        assert!(why.contains("4 VPG(s)") && why.contains("at most 2.2 GiB"), "{why}");
+        assert!(logs_overcommit(1, 1 << 30, 1 << 30).is_some(), "90 % at most");
+    }
 }
