@@ -25,7 +25,7 @@ pub mod state;
 pub use cursor::LogCursor;
 pub use error::LogError;
 pub use open::{BeforeDroppingStream, LogCut, LogOpenReport};
-pub use prepare::{Preallocation, Prepared};
+pub use prepare::{Preallocation, Prepared, FS_RESERVE_PERCENT};
 pub use state::CaptureState;
 
 use crate::clock::{Clock, SystemClock};
@@ -150,6 +150,12 @@ struct Inner {
     broken: Option<String>,
 }
 
+impl Inner {
+    fn spare_bytes(&self) -> u64 {
+        self.spares.iter().map(|s| s.bytes).sum()
+    }
+}
+
 /// What a protected log holds of its capacity, and what it keeps in spare
 /// files, zero-filled ahead of need or retired, for its next segments.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -233,7 +239,7 @@ impl ProtectedLog {
         assert!(segment_bytes > SEGMENT_HEADER_BYTES as u64 && segment_bytes <= capacity_bytes, "{size:?}");
         fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
-        let mut found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off)?;
+        let found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off)?;
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -252,15 +258,6 @@ impl ProtectedLog {
             (segments, current, file, found.next_seq, found.stream_id)
         };
         let bytes_total = closed.iter().map(|s| s.bytes).sum::<u64>() + current.bytes;
-        // Spares past the room the log leaves them (a smaller capacity
-        // than when they were made) go; one that cannot be removed stays
-        // counted, and a roll tries again (`drop_outgrown_spares`).
-        let mut room = capacity_bytes.saturating_sub(bytes_total + segment_bytes.saturating_sub(current.bytes));
-        found_spares.retain(|spare| {
-            let fits = spare.bytes <= room;
-            room = room.saturating_sub(spare.bytes);
-            fits || !spares::remove(&*fs, &spare.path)
-        });
         let (sync_tx, sync_rx) = mpsc::channel();
         let (prepare_tx, prepare_rx) = mpsc::channel();
         let log = Arc::new(ProtectedLog {
@@ -296,6 +293,9 @@ impl ProtectedLog {
             prepare_wake: (preallocation == Preallocation::Background).then(|| Mutex::new(prepare_tx)),
             preparing: Mutex::new(()),
         });
+        // Spares past the room the log leaves them (a smaller capacity
+        // than when they were made) go, as a roll would give them up.
+        log.drop_outgrown_spares(&mut log.inner.lock().expect("log lock"));
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
             .name("log-sync".into())
@@ -700,9 +700,8 @@ impl ProtectedLog {
     /// into the rest of the current segment or into a spare, both counted
     /// already (counted twice, a roll would give up spares still needed).
     fn held_with_spares(&self, inner: &Inner) -> u64 {
-        let spare_bytes: u64 = inner.spares.iter().map(|s| s.bytes).sum();
         let rest_of_current = self.segment_bytes.saturating_sub(inner.current.bytes);
-        inner.bytes_total + rest_of_current + spare_bytes
+        inner.bytes_total + rest_of_current + inner.spare_bytes()
     }
 
     /// Removes spares the log has outgrown: its segments pass their size by
@@ -804,7 +803,7 @@ impl ProtectedLog {
         let inner = self.inner.lock().expect("log lock");
         LogSpaceStatus {
             held_bytes: inner.bytes_total,
-            spare_bytes: inner.spares.iter().map(|s| s.bytes).sum(),
+            spare_bytes: inner.spare_bytes(),
             capacity_bytes: self.capacity_bytes,
         }
     }

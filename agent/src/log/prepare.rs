@@ -42,8 +42,9 @@ pub enum Prepared {
     DiskReserve,
 }
 
-/// Part of the file system a log leaves free when it makes a spare.
-pub(super) const FS_RESERVE_PERCENT: u64 = 10;
+/// Part of the file system a log leaves free when it makes a spare (and
+/// what the logs together are warned not to be promised).
+pub const FS_RESERVE_PERCENT: u64 = 10;
 /// Zeros written per call.
 const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// Written data is fsynced every this many bytes, so the page cache never

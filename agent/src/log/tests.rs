@@ -37,6 +37,14 @@ fn read_all(log: &Arc<ProtectedLog>, from: u64) -> Vec<u64> {
     drain(&mut log.cursor(from), crate::wire::batch::BATCH_RAW_BYTES_TARGET)
 }
 
+/// A reopened log whose last record is `last` takes one more, durably,
+/// right after it.
+async fn assert_goes_on_after(log: &Arc<ProtectedLog>, last: u64) {
+    let next = log.append(&write(99, 100)).await.unwrap();
+    log.sync_to(next).await.unwrap();
+    assert_eq!(read_all(log, last), vec![last, next]);
+}
+
 /// The seqs of every record `cursor` has for now, in batches of up to
 /// `batch_bytes`, decoded as the receiver does (VPG id 1).
 fn drain(cursor: &mut LogCursor, batch_bytes: usize) -> Vec<u64> {
@@ -683,9 +691,7 @@ async fn retired_segment_files_are_reused_and_their_old_bytes_never_read() {
     assert!(report.cut.is_none(), "{:?}", report.cut);
     assert_eq!(report.next_seq, last + 1);
     assert_eq!(read_all(&log, from), (from..=last).collect::<Vec<_>>());
-    let next = log.append(&write(99, 100)).await.unwrap();
-    log.sync_to(next).await.unwrap();
-    assert_eq!(read_all(&log, last), vec![last, next]);
+    assert_goes_on_after(&log, last).await;
 }
 
 /// A cursor left inside a segment that an ack retires, and whose file a
@@ -796,9 +802,7 @@ async fn a_preallocating_log_claims_its_capacity_and_rolls_into_it() {
     assert_eq!(spares_in(dir.path()).len(), 3, "spares are kept across a reopen");
     assert!(!dir.path().join("prepared-000042.zeroing").exists(), "a cut-short preparation is removed");
     assert_eq!(read_all(&log, first), (first..=last).collect::<Vec<_>>());
-    let next = log.append(&write(7, 512)).await.unwrap();
-    log.sync_to(next).await.unwrap();
-    assert_eq!(read_all(&log, last), vec![last, next]);
+    assert_goes_on_after(&log, last).await;
 }
 
 /// Spares never take a log past its capacity on disk: a log that grows

@@ -268,18 +268,19 @@ async fn status_writer(
 /// `capacity_bytes`, and a log that cannot get its space fails appends
 /// (and, preallocating, claims its share at start).
 fn warn_if_logs_overcommit(cfg: &ProtectedConfig) {
-    let Ok(fs) = rustix::fs::statvfs(&cfg.node.data_dir) else { return };
-    let total = fs.f_blocks * fs.f_frsize;
-    if let Some(why) = logs_overcommit(cfg.vpgs.len() as u64, cfg.log.capacity_bytes, total) {
+    let Ok(space) = crate::storage::Storage::space(&crate::storage::REAL, &cfg.node.data_dir) else { return };
+    if let Some(why) = logs_overcommit(cfg.vpgs.len() as u64, cfg.log.capacity_bytes, space.total) {
         tracing::warn!("{why}");
     }
 }
 
 /// Why `vpgs` logs of `capacity` bytes do not fit a file system of
-/// `fs_bytes`, if they do not (they may take 90 % of it).
+/// `fs_bytes`, if they do not (they may take all of it but the reserve a
+/// log keeps free when it preallocates).
 fn logs_overcommit(vpgs: u64, capacity: u64, fs_bytes: u64) -> Option<String> {
     let promised = vpgs.saturating_mul(capacity);
-    (promised > fs_bytes / 10 * 9).then(|| {
+    let usable = fs_bytes / 100 * (100 - crate::log::FS_RESERVE_PERCENT);
+    (promised > usable).then(|| {
         format!(
             "the protected logs are promised more than their disk holds: {vpgs} VPG(s) x [log] capacity_bytes {} = {}, \
              on a file system of {}; a log that fills during an outage would fail its writes: lower capacity_bytes \
@@ -287,7 +288,7 @@ fn logs_overcommit(vpgs: u64, capacity: u64, fs_bytes: u64) -> Option<String> {
             crate::status::format_bytes(capacity),
             crate::status::format_bytes(promised),
             crate::status::format_bytes(fs_bytes),
-            crate::status::format_bytes(fs_bytes / 10 * 9 / vpgs.max(1))
+            crate::status::format_bytes(usable / vpgs.max(1))
         )
     })
 }
