@@ -737,10 +737,13 @@ impl ProtectedLog {
             })
         };
         let (tmp, spare) = spares::prepared_names(&self.dir, name.expect("a free name"));
-        if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
-            return Ok(Prepared::DiskReserve);
+        {
+            let _turn = prepare::disk_claim();
+            if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
+                return Ok(Prepared::DiskReserve);
+            }
+            prepare::zero_fill(&*self.fs, &tmp, bytes)?;
         }
-        prepare::zero_fill(&*self.fs, &tmp, bytes)?;
         let named = {
             // Named under `retiring`, as a retired segment is kept: the
             // room checked cannot go to a retired segment meanwhile.

@@ -11,7 +11,9 @@
 //! of its current file and one more segment stay within its capacity, and
 //! only while the file system keeps `FS_RESERVE_PERCENT` of itself free
 //! after the new file (a data disk shared with other logs keeps room for
-//! them). A file is written under a temporary name, fsynced and renamed a
+//! them). The logs of one process make their files one at a time
+//! (`DiskClaim`), so each asks for the free space the others left, not
+//! the same free space at once. A file is written under a temporary name, fsynced and renamed a
 //! spare: a stop at any point leaves either a spare, which the next open
 //! keeps, or a temporary file, which it removes.
 
@@ -51,6 +53,17 @@ const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// holds much of it dirty: an fsync of the log's own appends may have to
 /// wait for the file system's other dirty data.
 const SYNC_EVERY_BYTES: u64 = 16 << 20;
+
+/// Held while a log checks the free space and makes a file in it: the
+/// logs of a process (one per VPG, often on one data disk) claim the disk
+/// one file at a time.
+static DISK_CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The process's turn to claim disk space for one spare.
+pub(super) fn disk_claim() -> std::sync::MutexGuard<'static, ()> {
+    // A preparer that panicked left no state to distrust here.
+    DISK_CLAIM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Whether the file system of `dir`, with `bytes` more taken, keeps its
 /// reserve free.

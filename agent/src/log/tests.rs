@@ -849,6 +849,28 @@ async fn a_background_log_makes_its_spares_itself() {
     assert_eq!(spares_in(dir.path()).len(), 7);
 }
 
+/// The logs of one process claim disk space one file at a time: each
+/// checks the free space with the others' files made, so several VPGs on
+/// one data disk cannot each take the same free space into its reserve.
+#[tokio::test]
+async fn logs_claim_the_disk_one_file_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open_preallocated(dir.path());
+    let turn = super::prepare::disk_claim();
+    let preparer = std::thread::spawn({
+        let log = log.clone();
+        move || log.prepare_spare().unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        !made.iter().any(|n| n.to_string_lossy().starts_with("prepared-")),
+        "a spare was made while another log had the disk: {made:?}"
+    );
+    drop(turn);
+    assert_eq!(preparer.join().unwrap(), Prepared::Made);
+}
+
 /// A record to `log` that ends its current segment exactly at its size.
 fn filling_write(log: &ProtectedLog, i: u64) -> RecordBody {
     let in_current = {
