@@ -83,7 +83,7 @@ cpu_per_gib() {
     aes_kps=$(openssl speed -elapsed -seconds 2 -bytes 16384 -evp aes-256-gcm 2>/dev/null | awk '/^AES-256-GCM/ {sub("k", "", $2); print $2}')
     dd_one=$(cpu_of dd if=/dev/zero of="$WORK/dd.img" bs=1M count=1024 conv=fdatasync)
     rm -f "$WORK/dd.img"
-    read -r serve prot rec ours zc zd aes floor dd3 left < <(python3 -c "
+    read -r serve prot rec ours zc zd aes floor dd3 left aes_raw floor_raw left_raw < <(python3 -c "
 tck = $tck
 serve = ($q1 - $q0) / tck
 prot = ($p1 - $p0) / tck
@@ -94,13 +94,18 @@ zd = $zin / ($zd_mbs * 1e6)
 aes = 2 * $zout / ($aes_kps * 1000)
 floor = serve + zc + zd + aes
 dd3 = 3 * $dd_one
-print('%.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f' % (serve, prot, rec, ours, zc, zd, aes, floor, dd3, ours - floor - dd3))")
+aes_raw = 2 * $zin / ($aes_kps * 1000)
+floor_raw = serve + aes_raw
+print('%.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f' % (serve, prot, rec, ours, zc, zd, aes, floor, dd3, ours - floor - dd3, aes_raw, floor_raw, ours - floor_raw - dd3))")
     bench cpu_s_per_replicated_GiB "$ours" s floor "$floor" "— (lower is better)"
     NOTES+=("CPU per replicated GiB of 1 MiB writes (data fio makes 2:1 compressible): Tidemark ${ours} s,")
     NOTES+=("protected agent ${prot} s and recovery agent ${rec} s. The floor, ${floor} s: qemu-nbd serving the same")
     NOTES+=("GiB ${serve} s, zstd -1 ${zc} s, zstd -d ${zd} s, AES-256-GCM both ways on the $((zout >> 20)) MiB zstd")
     NOTES+=("leaves ${aes} s. Beyond it: the log, journal and replica writes, as \`dd\` into a new file, ${dd3} s")
     NOTES+=("(3 x ${dd_one} s); Tidemark's own overhead, the rest: ${left} s (see the profile below).")
+    NOTES+=("On loopback the link takes bytes faster than zstd makes them, so the sender sends a backlog")
+    NOTES+=("raw (wire/link_pace.rs): that floor is then qemu-nbd's ${serve} s and AES-256-GCM both ways on the")
+    NOTES+=("whole GiB ${aes_raw} s, ${floor_raw} s, and the rest beyond it and the writes ${left_raw} s.")
 }
 
 log "1/6 fio through the inline export (replication running) vs qemu-nbd, same disk"

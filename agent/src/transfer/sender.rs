@@ -23,7 +23,7 @@ use crate::wire::tls::PEER_SERVER_NAME;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -350,7 +350,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     let mut synced = vpg.log.watch_synced();
     let mut acked = vpg.log.watch_acked();
     let batch_target = seat.share.batch_target_bytes();
-    let mut encoder = BatchEncoder::default();
+    let mut encoder = BatchEncoder::paced();
     let mut batch = BatchBuilder::default();
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut inflight_bytes = 0u64;
@@ -433,10 +433,12 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     stats: &SenderStats,
 ) -> Result<()> {
     let encoded = encoder.encode(batch);
+    let (raw_len, wire_len, last_seq) = (encoded.raw_len, encoded.bytes.len(), encoded.last_seq);
     // A turn per slice of a batch's target size: a batch of one large write
     // does not hold a capped link for its whole length (uncapped, no wait).
     let header = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc);
     let slice = seat.share.batch_target_bytes();
+    let started = Instant::now();
     for (i, part) in encoded.bytes.chunks(slice).enumerate() {
         seat.share.wait_turn(seat.priority, part.len() + if i == 0 { header.len() } else { 0 }).await;
         if i == 0 {
@@ -445,8 +447,10 @@ async fn send_batch<W: AsyncWrite + Unpin>(
         wr.write_all(part).await?;
     }
     wr.flush().await?;
-    stats.raw_bytes.fetch_add(encoded.raw_len as u64, Ordering::Relaxed);
-    inflight.push_back((encoded.last_seq, encoded.bytes.len() as u64));
-    *inflight_bytes += encoded.bytes.len() as u64;
+    // The link's pace decides whether the next batches are compressed.
+    encoder.sent(header.len() + wire_len, started.elapsed());
+    stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
+    inflight.push_back((last_seq, wire_len as u64));
+    *inflight_bytes += wire_len as u64;
     Ok(())
 }

@@ -7,7 +7,9 @@
 
 use crate::record::{Record, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use crate::wire::frame::FRAME_PAYLOAD_BYTES_MAX;
+use crate::wire::link_pace::LinkPace;
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 pub const BATCH_HEADER_BYTES: usize = 32;
 /// Soft target for the raw size of one batch.
@@ -162,14 +164,23 @@ impl BatchBuilder {
 /// finds its compressible parts again quickly).
 const INCOMPRESSIBLE_SKIP_BATCHES: u32 = 16;
 
+/// A batch at least this large was filled from a backlog (records were
+/// waiting for the link): only then may a fast link get it raw. A stream
+/// that keeps up (small batches) spends idle CPU on compression and saves
+/// the link's bytes, as a WAN that is not full still wants.
+const BACKLOG_BATCH_BYTES: usize = BATCH_RAW_BYTES_TARGET / 2;
+
 /// Encodes batches for one link, keeping a zstd context, its output buffer,
-/// and whether the stream has been compressing.
+/// whether the stream has been compressing and, for a link that says how
+/// fast it takes bytes, whether compressing pays on it.
 pub struct BatchEncoder {
     zstd: zstd::bulk::Compressor<'static>,
     /// A batch header, then the compressed body.
     compressed: Vec<u8>,
     skip_compression: u32,
     misses_in_a_row: u32,
+    /// None: compress whatever compresses (tests, tools, the simulator).
+    pace: Option<LinkPace>,
 }
 
 impl Default for BatchEncoder {
@@ -179,11 +190,26 @@ impl Default for BatchEncoder {
             compressed: Vec::new(),
             skip_compression: 0,
             misses_in_a_row: 0,
+            pace: None,
         }
     }
 }
 
 impl BatchEncoder {
+    /// An encoder for a link that says how long each batch took to go out
+    /// (`sent`): batches are compressed only while that pays
+    /// (`link_pace.rs`).
+    pub fn paced() -> Self {
+        BatchEncoder { pace: Some(LinkPace::default()), ..Self::default() }
+    }
+
+    /// A batch of `wire_bytes` took `took` to go out on the link.
+    pub fn sent(&mut self, wire_bytes: usize, took: Duration) {
+        if let Some(pace) = &mut self.pace {
+            pace.sent(wire_bytes, took);
+        }
+    }
+
     pub fn encode<'a>(&'a mut self, batch: &'a mut BatchBuilder) -> EncodedBatch<'a> {
         assert!(!batch.is_empty(), "an empty batch");
         let raw_len = batch.raw_len();
@@ -192,8 +218,15 @@ impl BatchEncoder {
         let compressed_len = if self.skip_compression > 0 {
             self.skip_compression -= 1;
             None
+        } else if raw_len >= BACKLOG_BATCH_BYTES && self.pace.as_ref().is_some_and(|p| !p.compression_pays()) {
+            None
         } else {
-            self.compress(batch.raw())
+            let started = Instant::now();
+            let n = self.compress(batch.raw());
+            if let (Some(pace), Some(n)) = (&mut self.pace, n) {
+                pace.compressed(raw_len, n, started.elapsed());
+            }
+            n
         };
         let (first_seq, last_seq, count) = (batch.first_seq, batch.last_seq, batch.count);
         let header =
@@ -541,6 +574,29 @@ mod tests {
         assert_eq!(enc.encode(&mut BatchBuilder::of(&recs(vec![noise]))).codec, Codec::Raw);
         assert_eq!(enc.encode(&mut zeros()).codec, Codec::Raw);
         assert_eq!(enc.encode(&mut zeros()).codec, Codec::Zstd);
+    }
+
+    /// A paced encoder on a link faster than compression sends a
+    /// backlog's batches raw, still compresses the small batches of a
+    /// stream that keeps up, and compresses again once the link slows.
+    #[test]
+    fn a_fast_link_gets_a_backlog_raw_and_small_batches_compressed() {
+        let mut enc = BatchEncoder::paced();
+        let backlog = || BatchBuilder::of(&recs(vec![vec![0u8; 1 << 20]; 3]));
+        assert_eq!(enc.encode(&mut backlog()).codec, Codec::Zstd, "a new link is taken for a WAN");
+        for _ in 0..60 {
+            enc.sent(4 << 20, Duration::from_micros(1));
+        }
+        assert_eq!(enc.encode(&mut backlog()).codec, Codec::Raw);
+        assert_eq!(enc.encode(&mut BatchBuilder::of(&recs(vec![vec![0u8; 65536]]))).codec, Codec::Zstd);
+        for _ in 0..30 {
+            enc.sent(4 << 20, Duration::from_millis(400));
+        }
+        assert_eq!(enc.encode(&mut backlog()).codec, Codec::Zstd, "10 MB/s");
+        // Without a pace (tests, tools, the simulator) whatever compresses is.
+        let mut unpaced = BatchEncoder::default();
+        unpaced.sent(4 << 20, Duration::from_micros(1));
+        assert_eq!(unpaced.encode(&mut backlog()).codec, Codec::Zstd);
     }
 
     #[test]
