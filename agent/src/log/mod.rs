@@ -739,6 +739,14 @@ impl ProtectedLog {
         let (tmp, spare) = spares::prepared_names(&self.dir, name.expect("a free name"));
         {
             let _turn = prepare::disk_claim();
+            // The wait for the turn may be long: the log may have filled
+            // (or broken) meanwhile, and a file made for nothing would
+            // hold the other logs' turns.
+            let inner = self.inner.lock().expect("log lock");
+            if inner.broken.is_some() || self.spare_room(&inner) < bytes {
+                return Ok(Prepared::LogFull);
+            }
+            drop(inner);
             if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
                 return Ok(Prepared::DiskReserve);
             }

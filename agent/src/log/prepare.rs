@@ -20,6 +20,7 @@
 use crate::io_failure::{Doing, IoFailure};
 use crate::storage::Storage;
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
 
 /// Whether a log claims its capacity on disk ahead of need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +55,41 @@ const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// wait for the file system's other dirty data.
 const SYNC_EVERY_BYTES: u64 = 16 << 20;
 
-/// Held while a log checks the free space and makes a file in it: the
-/// logs of a process (one per VPG, often on one data disk) claim the disk
-/// one file at a time.
-static DISK_CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Turns to claim the disk, in the order asked (a ticket lock): held
+/// while a log checks the free space and makes a file in it, so the logs
+/// of a process (one per VPG, often on one data disk) claim the disk one
+/// file at a time, and each log's next file waits behind the others'
+/// (a plain mutex would let the log that just made a file take the next
+/// turn too, and one VPG make all its spares before the others any).
+struct DiskTurns {
+    /// The next ticket to give, and the ticket whose turn it is.
+    tickets: Mutex<(u64, u64)>,
+    turn_ended: Condvar,
+}
 
-/// The process's turn to claim disk space for one spare.
-pub(super) fn disk_claim() -> std::sync::MutexGuard<'static, ()> {
+static DISK_TURNS: DiskTurns = DiskTurns { tickets: Mutex::new((0, 0)), turn_ended: Condvar::new() };
+
+/// One log's turn to claim disk space for one spare; ends when dropped.
+pub(super) struct DiskClaim(());
+
+impl Drop for DiskClaim {
+    fn drop(&mut self) {
+        let mut tickets = DISK_TURNS.tickets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tickets.1 += 1;
+        DISK_TURNS.turn_ended.notify_all();
+    }
+}
+
+/// Waits for this log's turn to claim disk space for one spare.
+pub(super) fn disk_claim() -> DiskClaim {
     // A preparer that panicked left no state to distrust here.
-    DISK_CLAIM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let mut tickets = DISK_TURNS.tickets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mine = tickets.0;
+    tickets.0 += 1;
+    while tickets.1 != mine {
+        tickets = DISK_TURNS.turn_ended.wait(tickets).unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    DiskClaim(())
 }
 
 /// Whether the file system of `dir`, with `bytes` more taken, keeps its
