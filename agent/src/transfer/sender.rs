@@ -350,7 +350,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     let mut synced = vpg.log.watch_synced();
     let mut acked = vpg.log.watch_acked();
     let batch_target = seat.share.batch_target_bytes();
-    let mut encoder = BatchEncoder::paced();
+    let mut encoder = BatchEncoder::paced(batch_target);
     let mut batch = BatchBuilder::default();
     let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut inflight_bytes = 0u64;
@@ -389,7 +389,9 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             tokio::time::sleep(BATCH_LINGER).await;
             fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
-        send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
+        let started = Instant::now();
+        let (raw_len, wire_len) =
+            send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -400,6 +402,10 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             }
             acked.changed().await.map_err(|_| TransferError::Peer("log closed".to_string()))?;
         }
+        // The link's pace, its window's waits included (a link with a
+        // large bandwidth-delay product is held back there), decides
+        // whether the next batches are compressed.
+        encoder.sent(raw_len, wire_len, started.elapsed());
     }
 }
 
@@ -423,6 +429,7 @@ async fn fill_or_restart(
     }
 }
 
+/// Sends one batch; its raw and wire bytes.
 async fn send_batch<W: AsyncWrite + Unpin>(
     batch: &mut BatchBuilder,
     wr: &mut W,
@@ -431,14 +438,13 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     inflight: &mut VecDeque<(u64, u64)>,
     inflight_bytes: &mut u64,
     stats: &SenderStats,
-) -> Result<()> {
+) -> Result<(usize, usize)> {
     let encoded = encoder.encode(batch);
     let (raw_len, wire_len, last_seq) = (encoded.raw_len, encoded.bytes.len(), encoded.last_seq);
     // A turn per slice of a batch's target size: a batch of one large write
     // does not hold a capped link for its whole length (uncapped, no wait).
     let header = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc);
     let slice = seat.share.batch_target_bytes();
-    let started = Instant::now();
     for (i, part) in encoded.bytes.chunks(slice).enumerate() {
         seat.share.wait_turn(seat.priority, part.len() + if i == 0 { header.len() } else { 0 }).await;
         if i == 0 {
@@ -447,10 +453,8 @@ async fn send_batch<W: AsyncWrite + Unpin>(
         wr.write_all(part).await?;
     }
     wr.flush().await?;
-    // The link's pace decides whether the next batches are compressed.
-    encoder.sent(header.len() + wire_len, started.elapsed());
     stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
     inflight.push_back((last_seq, wire_len as u64));
     *inflight_bytes += wire_len as u64;
-    Ok(())
+    Ok((raw_len, header.len() + wire_len))
 }

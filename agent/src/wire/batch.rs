@@ -164,12 +164,6 @@ impl BatchBuilder {
 /// finds its compressible parts again quickly).
 const INCOMPRESSIBLE_SKIP_BATCHES: u32 = 16;
 
-/// A batch at least this large was filled from a backlog (records were
-/// waiting for the link): only then may a fast link get it raw. A stream
-/// that keeps up (small batches) spends idle CPU on compression and saves
-/// the link's bytes, as a WAN that is not full still wants.
-const BACKLOG_BATCH_BYTES: usize = BATCH_RAW_BYTES_TARGET / 2;
-
 /// Encodes batches for one link, keeping a zstd context, its output buffer,
 /// whether the stream has been compressing and, for a link that says how
 /// fast it takes bytes, whether compressing pays on it.
@@ -181,6 +175,13 @@ pub struct BatchEncoder {
     misses_in_a_row: u32,
     /// None: compress whatever compresses (tests, tools, the simulator).
     pace: Option<LinkPace>,
+    /// A batch at least this large was filled from a backlog (records
+    /// were waiting for the link): half the sender's batch target. Only
+    /// such a batch may go raw on a fast link, and only such batches
+    /// measure the link. A stream that keeps up (smaller batches) spends
+    /// idle CPU on compression and saves the link's bytes, as a WAN that
+    /// is not full still wants.
+    backlog_bytes: usize,
 }
 
 impl Default for BatchEncoder {
@@ -191,21 +192,25 @@ impl Default for BatchEncoder {
             skip_compression: 0,
             misses_in_a_row: 0,
             pace: None,
+            backlog_bytes: usize::MAX,
         }
     }
 }
 
 impl BatchEncoder {
-    /// An encoder for a link that says how long each batch took to go out
-    /// (`sent`): batches are compressed only while that pays
+    /// An encoder for a link whose batches target `batch_target` raw
+    /// bytes and that says how long each batch took to go out (`sent`):
+    /// a backlog's batches are compressed only while that pays
     /// (`link_pace.rs`).
-    pub fn paced() -> Self {
-        BatchEncoder { pace: Some(LinkPace::default()), ..Self::default() }
+    pub fn paced(batch_target: usize) -> Self {
+        BatchEncoder { pace: Some(LinkPace::default()), backlog_bytes: batch_target / 2, ..Self::default() }
     }
 
-    /// A batch of `wire_bytes` took `took` to go out on the link.
-    pub fn sent(&mut self, wire_bytes: usize, took: Duration) {
-        if let Some(pace) = &mut self.pace {
+    /// A batch of `raw_bytes` (`wire_bytes` on the link) took `took` to go
+    /// out, its wait for room in the link's window of unacknowledged
+    /// bytes included.
+    pub fn sent(&mut self, raw_bytes: usize, wire_bytes: usize, took: Duration) {
+        if let Some(pace) = self.pace.as_mut().filter(|_| raw_bytes >= self.backlog_bytes) {
             pace.sent(wire_bytes, took);
         }
     }
@@ -218,7 +223,7 @@ impl BatchEncoder {
         let compressed_len = if self.skip_compression > 0 {
             self.skip_compression -= 1;
             None
-        } else if raw_len >= BACKLOG_BATCH_BYTES && self.pace.as_ref().is_some_and(|p| !p.compression_pays()) {
+        } else if raw_len >= self.backlog_bytes && self.pace.as_mut().is_some_and(|p| !p.compress_next()) {
             None
         } else {
             let started = Instant::now();
@@ -581,21 +586,24 @@ mod tests {
     /// stream that keeps up, and compresses again once the link slows.
     #[test]
     fn a_fast_link_gets_a_backlog_raw_and_small_batches_compressed() {
-        let mut enc = BatchEncoder::paced();
+        let mut enc = BatchEncoder::paced(BATCH_RAW_BYTES_TARGET);
         let backlog = || BatchBuilder::of(&recs(vec![vec![0u8; 1 << 20]; 3]));
         assert_eq!(enc.encode(&mut backlog()).codec, Codec::Zstd, "a new link is taken for a WAN");
         for _ in 0..60 {
-            enc.sent(4 << 20, Duration::from_micros(1));
+            enc.sent(3 << 20, 4 << 20, Duration::from_micros(1));
         }
         assert_eq!(enc.encode(&mut backlog()).codec, Codec::Raw);
         assert_eq!(enc.encode(&mut BatchBuilder::of(&recs(vec![vec![0u8; 65536]]))).codec, Codec::Zstd);
+        // A small batch's time does not count: it is mostly system calls.
+        enc.sent(64 << 10, 64 << 10, Duration::from_secs(1));
+        assert_eq!(enc.encode(&mut backlog()).codec, Codec::Raw);
         for _ in 0..30 {
-            enc.sent(4 << 20, Duration::from_millis(400));
+            enc.sent(3 << 20, 4 << 20, Duration::from_millis(400));
         }
         assert_eq!(enc.encode(&mut backlog()).codec, Codec::Zstd, "10 MB/s");
         // Without a pace (tests, tools, the simulator) whatever compresses is.
         let mut unpaced = BatchEncoder::default();
-        unpaced.sent(4 << 20, Duration::from_micros(1));
+        unpaced.sent(3 << 20, 4 << 20, Duration::from_micros(1));
         assert_eq!(unpaced.encode(&mut backlog()).codec, Codec::Zstd);
     }
 

@@ -16,8 +16,13 @@
 //! Each figure is a moving average over the last batches, so the choice
 //! follows a link that slows down or speeds up within a few batches, in
 //! either mode (the link's time per byte is measured on raw and on
-//! compressed batches alike). The encoder asks only for the batches of a
-//! backlog (`batch.rs`): a stream that keeps up is compressed anyway.
+//! compressed batches alike; compression's figures, which raw batches do
+//! not measure, by compressing one batch in `PROBE_EVERY` anyway). The
+//! encoder asks only for the batches of a backlog, and measures the link
+//! only on them (`batch.rs`): a stream that keeps up is compressed anyway,
+//! and a small batch's time is mostly its system calls. One sample counts
+//! at most `SAMPLE_SECONDS_PER_BYTE_MAX`, so one stalled write does not
+//! hold compression on for long.
 
 use std::time::Duration;
 
@@ -28,6 +33,12 @@ const LINK_SECONDS_PER_BYTE_FIRST: f64 = 8.0 / 100e6;
 /// ...and zstd at level 1 at 500 MB/s, leaving half of the bytes.
 const COMPRESS_SECONDS_PER_BYTE_FIRST: f64 = 1.0 / 500e6;
 const RATIO_FIRST: f64 = 0.5;
+/// While compression does not pay, one batch in this many is compressed
+/// anyway, so a stream whose data turned compressible, or a compressor
+/// that only looked slow once, is seen again.
+pub const PROBE_EVERY: u32 = 16;
+/// A sample's most: 100 kB/s.
+const SAMPLE_SECONDS_PER_BYTE_MAX: f64 = 1e-5;
 
 /// What one link's batches cost to send and to compress.
 #[derive(Debug, Clone)]
@@ -36,6 +47,8 @@ pub struct LinkPace {
     compress_seconds_per_raw_byte: f64,
     /// Compressed bytes over raw bytes.
     ratio: f64,
+    /// Batches not compressed since the last one that was.
+    raw_since_compressed: u32,
 }
 
 impl Default for LinkPace {
@@ -44,6 +57,7 @@ impl Default for LinkPace {
             link_seconds_per_wire_byte: LINK_SECONDS_PER_BYTE_FIRST,
             compress_seconds_per_raw_byte: COMPRESS_SECONDS_PER_BYTE_FIRST,
             ratio: RATIO_FIRST,
+            raw_since_compressed: 0,
         }
     }
 }
@@ -53,15 +67,26 @@ fn moved(average: f64, newest: f64) -> f64 {
 }
 
 impl LinkPace {
-    /// Whether the next batch is worth compressing.
+    /// Whether compressing pays, as measured.
     pub fn compression_pays(&self) -> bool {
         (1.0 - self.ratio) * self.link_seconds_per_wire_byte > self.compress_seconds_per_raw_byte
+    }
+
+    /// Whether to compress the next batch: while it pays, and one batch
+    /// in `PROBE_EVERY` while it does not.
+    pub fn compress_next(&mut self) -> bool {
+        if self.compression_pays() || self.raw_since_compressed + 1 >= PROBE_EVERY {
+            self.raw_since_compressed = 0;
+            return true;
+        }
+        self.raw_since_compressed += 1;
+        false
     }
 
     /// A batch of `wire_bytes` took `took` to go out on the link.
     pub fn sent(&mut self, wire_bytes: usize, took: Duration) {
         if wire_bytes > 0 {
-            let per_byte = took.as_secs_f64() / wire_bytes as f64;
+            let per_byte = (took.as_secs_f64() / wire_bytes as f64).min(SAMPLE_SECONDS_PER_BYTE_MAX);
             self.link_seconds_per_wire_byte = moved(self.link_seconds_per_wire_byte, per_byte);
         }
     }
@@ -69,7 +94,7 @@ impl LinkPace {
     /// Compressing `raw_bytes` into `compressed_bytes` took `took`.
     pub fn compressed(&mut self, raw_bytes: usize, compressed_bytes: usize, took: Duration) {
         if raw_bytes > 0 {
-            let per_byte = took.as_secs_f64() / raw_bytes as f64;
+            let per_byte = (took.as_secs_f64() / raw_bytes as f64).min(SAMPLE_SECONDS_PER_BYTE_MAX);
             self.compress_seconds_per_raw_byte = moved(self.compress_seconds_per_raw_byte, per_byte);
             let ratio = (compressed_bytes as f64 / raw_bytes as f64).min(1.0);
             self.ratio = moved(self.ratio, ratio);
@@ -87,7 +112,7 @@ mod tests {
     /// went out at `link_bytes_per_second` (per wire byte).
     fn after(mut pace: LinkPace, n: usize, link_bytes_per_second: f64) -> LinkPace {
         for _ in 0..n {
-            if pace.compression_pays() {
+            if pace.compress_next() {
                 pace.compressed(BATCH, BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 500e6));
                 pace.sent(BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 2.0 / link_bytes_per_second));
             } else {
@@ -121,6 +146,41 @@ mod tests {
         assert!(slowed.compression_pays(), "raw batches on a slow link show its pace: {slowed:?}");
         let fast_again = after(slowed, 20, 5e9);
         assert!(!fast_again.compression_pays(), "{fast_again:?}");
+    }
+
+    /// While compression does not pay, one batch in `PROBE_EVERY` is
+    /// compressed anyway: data that turned compressible on a slow link is
+    /// compressed again (raw batches alone never measure it).
+    #[test]
+    fn a_probe_sees_data_that_turned_compressible() {
+        let mut pace = LinkPace::default();
+        // A 1 Gbit/s link and data that does not compress: raw.
+        for _ in 0..40 {
+            if pace.compress_next() {
+                pace.compressed(BATCH, BATCH, Duration::from_secs_f64(BATCH as f64 / 500e6));
+            }
+            pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / 125e6));
+        }
+        assert!(!pace.compression_pays(), "{pace:?}");
+        let probes = (0..PROBE_EVERY * 2).filter(|_| pace.compress_next()).count();
+        assert_eq!(probes, 2, "one batch in {PROBE_EVERY}");
+        // The data halves now: the probes see it, and compression pays again.
+        for _ in 0..PROBE_EVERY * 8 {
+            if pace.compress_next() {
+                pace.compressed(BATCH, BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 500e6));
+            }
+            pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / 125e6));
+        }
+        assert!(pace.compression_pays(), "{pace:?}");
+    }
+
+    /// One stalled write counts as a slow link, not as an hour-long one.
+    #[test]
+    fn one_stalled_write_does_not_hold_compression_on() {
+        let mut pace = after(LinkPace::default(), 40, 5e9);
+        pace.sent(BATCH, Duration::from_secs(300));
+        let pace = after(pace, 40, 5e9);
+        assert!(!pace.compression_pays(), "{pace:?}");
     }
 
     /// Data that barely compresses is not worth it on a link that would
