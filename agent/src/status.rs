@@ -139,6 +139,9 @@ pub struct IscsiStatus {
     pub luns: Vec<LunStatus>,
     /// The initiators logged in (each sees every LUN of the target).
     pub sessions: Vec<IscsiSession>,
+    /// Why the target is not served (it is tried again); no LUNs then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One initiator's session on a target, as LIO shows it in the ACL's
@@ -360,6 +363,10 @@ pub fn render(status: &AgentStatus) -> String {
             }
         }
         for t in &v.iscsi {
+            if let Some(error) = &t.error {
+                out.push_str(&format!("  iSCSI target:    {} NOT SERVED (tried again): {error}\n", t.target));
+                continue;
+            }
             out.push_str(&format!("  iSCSI target:    {}\n", t.target));
             let sessions = if t.sessions.is_empty() {
                 "no initiator logged in".to_string()
@@ -422,5 +429,23 @@ mod iscsi_field_tests {
             let v: VpgStatus = serde_json::from_str(&vpg(&iscsi)).unwrap_or_else(|e| panic!("{iscsi}: {e}"));
             assert_eq!(v.iscsi.len(), targets, "{iscsi}");
         }
+        // A target not served says why; one served has no error field.
+        let not_served = r#"{"target":"iqn.t:vm1","luns":[],"sessions":[],"error":"no kernel NBD device left"}"#;
+        let mut v: VpgStatus = serde_json::from_str(&vpg(&format!(",\"iscsi\":[{not_served}]"))).unwrap();
+        let status = AgentStatus {
+            role: "protected".into(),
+            node: "a".into(),
+            pid: 1,
+            updated_ms: 0,
+            vpgs: vec![v.clone()],
+            groups: Vec::new(),
+        };
+        let text = render(&status);
+        assert!(
+            text.contains("iSCSI target:    iqn.t:vm1 NOT SERVED (tried again): no kernel NBD device left"),
+            "{text}"
+        );
+        v.iscsi[0].error = None;
+        assert!(!serde_json::to_string(&v).unwrap().contains("error"));
     }
 }

@@ -65,7 +65,7 @@ iscsi_boot_protected() {
     GUEST_MEM=768 protected_guest_with_host_recovery "$NS" -drive "file=$WORK/vmdisk.img,format=raw,if=virtio" \
         "${nics[@]}" "$@"
     for _ in $(seq 1 100); do
-        grep -q "iSCSI target configured\|starting the iSCSI front-end" "$WORK/prot/serial.log" && break
+        grep -q "iSCSI target configured\|starting the iSCSI front-end\|is not served" "$WORK/prot/serial.log" && break
         sleep 0.2
     done
     grep -q "iSCSI target configured" "$WORK/prot/serial.log" || fail "no iSCSI target: $(tail -30 "$WORK/prot/serial.log")"

@@ -25,6 +25,16 @@ pub enum IscsiError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A target a previous agent left (its initiators' I/O held by the
+    /// kernel for the next agent) could not be taken over: not retried in
+    /// this process, whose own connections to its devices would stand in
+    /// the way of the next attempt.
+    #[error("the iSCSI target {iqn}, left by the agent before, could not be taken over")]
+    LeftBehind {
+        iqn: String,
+        #[source]
+        source: Box<IscsiError>,
+    },
     #[error("{what}")]
     Step {
         what: String,

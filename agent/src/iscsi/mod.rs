@@ -15,6 +15,7 @@ pub mod genetlink;
 pub mod kernel_nbd;
 pub mod lio;
 pub mod names;
+pub mod vpg_targets;
 
 pub use error::IscsiError;
 
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use vpg_targets::{VpgTargets, Wanted};
 
 type Result<T, E = IscsiError> = std::result::Result<T, E>;
 
@@ -157,6 +159,8 @@ pub struct Frontend {
     /// The kernel's connections are admitted apart from the hypervisors'
     /// NBD clients (one per LUN).
     admission: Arc<Admission>,
+    /// Held while a target is served.
+    serving: tokio::sync::Mutex<()>,
 }
 
 /// One LUN to serve: a volume, and the export that holds it.
@@ -195,6 +199,7 @@ impl Target {
                 })
                 .collect(),
             sessions: Vec::new(),
+            error: None,
         }
     }
 
@@ -233,6 +238,7 @@ impl Frontend {
             fingerprint: fingerprint.to_string(),
             configfs: configfs.to_path_buf(),
             admission: Admission::new(),
+            serving: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -253,6 +259,9 @@ impl Frontend {
     /// (a previous agent's, still serving the initiators through the
     /// kernel's dead-connection wait) is left to the next attempt.
     pub async fn serve(&self, identity: &str, luns: Vec<Lun>) -> Result<Target> {
+        // One target at a time: targets retried apart (`vpg_targets`)
+        // would otherwise write LIO's shared settings together.
+        let _one = self.serving.lock().await;
         let iqn = self.iqn(identity);
         if iqn.len() > names::IQN_BYTES_MAX {
             return Err(IscsiError::Refused(format!(
@@ -278,9 +287,9 @@ impl Frontend {
         if let Err(e) = self.build(identity, luns, &mut target).await {
             if existed {
                 self.abandon(target).await;
-            } else {
-                self.withdraw(target).await;
+                return Err(IscsiError::LeftBehind { iqn, source: Box::new(e) });
             }
+            self.withdraw(target).await;
             return Err(e);
         }
         Ok(target)
@@ -403,20 +412,29 @@ impl Frontend {
 }
 
 /// Serves every VPG's volumes as LUNs, one target per VPG (the protected
-/// side: for as long as the agent runs, so the caller keeps the targets).
-pub async fn start(frontend: &Frontend, captures: &[Arc<VpgCapture>]) -> Result<Vec<Target>> {
-    let mut targets = Vec::new();
-    for capture in captures {
-        let luns = (0..capture.volumes.len())
-            .map(|i| Lun {
-                volume: capture.volumes[i].name.clone(),
-                export: Arc::new(CaptureExport { vpg: capture.clone(), volume: i as u32 }),
-                read_only: false,
-            })
-            .collect();
-        targets.push(frontend.serve(&capture.name, luns).await?);
-    }
-    Ok(targets)
+/// side: for as long as the agent runs, so the caller keeps the targets),
+/// each apart: one that cannot be served is tried again while the others
+/// are served (`vpg_targets`).
+/// A target a previous agent left that cannot be taken over stops the
+/// agent, as before: the next agent takes it over within the kernel's
+/// dead-connection wait (`IscsiError::LeftBehind`).
+pub async fn start(frontend: Arc<Frontend>, captures: Vec<Arc<VpgCapture>>) -> Result<Arc<VpgTargets<Target>>> {
+    let wanted = captures.iter().map(|c| Wanted { vpg: c.name.clone(), iqn: frontend.iqn(&c.name) }).collect();
+    let left_behind = |e: &IscsiError| matches!(e, IscsiError::LeftBehind { .. });
+    VpgTargets::serve_each(wanted, left_behind, move |i| {
+        let (frontend, capture) = (frontend.clone(), captures[i].clone());
+        async move {
+            let luns = (0..capture.volumes.len())
+                .map(|v| Lun {
+                    volume: capture.volumes[v].name.clone(),
+                    export: Arc::new(CaptureExport { vpg: capture.clone(), volume: v as u32 }),
+                    read_only: false,
+                })
+                .collect();
+            frontend.serve(&capture.name, luns).await
+        }
+    })
+    .await
 }
 
 /// One volume's kernel NBD device, and what serves it.

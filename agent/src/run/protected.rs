@@ -89,24 +89,18 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
     let table = ExportTable::listed();
     table.add(exports)?;
     tokio::spawn(server::serve(listener, table));
-    // Each VPG's iSCSI target as status shows it (None without iSCSI).
-    let mut targets: Vec<Option<crate::status::IscsiStatus>> = vec![None; runtimes.len()];
-    // Served for as long as the agent runs.
-    let mut _served_luns = Vec::new();
+    // Each VPG's iSCSI target (None without iSCSI), served for as long as
+    // the agent runs (status keeps it).
+    let mut targets = None;
     if let Some(iscsi) = &cfg.iscsi {
         // The LUN identities come from the appliance's certificate.
         let fingerprint = tls::fingerprint_of_file(&cfg.node.cert)?;
         let captures: Vec<Arc<VpgCapture>> = runtimes.iter().map(|(_, rt)| rt.capture.clone()).collect();
-        let frontend = crate::iscsi::Frontend::on_this_kernel(
-            iscsi,
-            &cfg.node.name,
-            &fingerprint,
-            &cfg.node.data_dir.join("lio"),
-        )?;
-        _served_luns = crate::iscsi::start(&frontend, &captures).await.context("starting the iSCSI front-end")?;
-        for (target, served) in targets.iter_mut().zip(&_served_luns) {
-            *target = Some(served.status());
-        }
+        let frontend =
+            crate::iscsi::Frontend::on_this_kernel(iscsi, &cfg.node.name, &fingerprint, &cfg.node.data_dir.join("lio"))
+                .context("starting the iSCSI front-end")?;
+        targets =
+            Some(crate::iscsi::start(Arc::new(frontend), captures).await.context("starting the iSCSI front-end")?);
     }
     for ((interval_ms, rt), vpg_cfg) in runtimes.iter().zip(&cfg.vpgs) {
         rt.capture.spawn_initial_copy(rt.capture.copy_generation());
@@ -179,7 +173,7 @@ async fn verify_timer(capture: Arc<VpgCapture>, every: Duration) {
 async fn status_writer(
     cfg: ProtectedConfig,
     runtimes: Vec<VpgRuntime>,
-    targets: Vec<Option<crate::status::IscsiStatus>>,
+    targets: Option<Arc<crate::iscsi::vpg_targets::VpgTargets<crate::iscsi::Target>>>,
     coordinator: Arc<Coordinator>,
 ) -> Result<()> {
     let mut prev_raw: Vec<u64> = vec![0; runtimes.len()];
@@ -242,14 +236,7 @@ async fn status_writer(
                 note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
                     .to_lowercase(),
                 history: None,
-                iscsi: targets[i]
-                    .clone()
-                    .map(|mut target| {
-                        target.sessions = crate::iscsi::lio::sessions(configfs, &target.target);
-                        target
-                    })
-                    .into_iter()
-                    .collect(),
+                iscsi: targets.iter().map(|t| iscsi_status(t, i, configfs)).collect(),
                 priority: format!("{:?}", vpg_cfg.priority).to_lowercase(),
                 rpo_target_seconds,
                 rpo_over_target: over_target[i],
@@ -261,6 +248,30 @@ async fn status_writer(
         }
         status::publish(&cfg.node, "protected", vpgs, coordinator.status());
     }
+}
+
+/// What status shows of VPG `i`'s target: its LUNs and the initiators
+/// logged in now, or why it is not served.
+fn iscsi_status(
+    targets: &crate::iscsi::vpg_targets::VpgTargets<crate::iscsi::Target>,
+    i: usize,
+    configfs: &std::path::Path,
+) -> crate::status::IscsiStatus {
+    let mut shown = targets.status(
+        i,
+        |target| target.status(),
+        |not| crate::status::IscsiStatus {
+            target: not.iqn.clone(),
+            luns: Vec::new(),
+            sessions: Vec::new(),
+            error: Some(not.error.clone()),
+        },
+    );
+    // Read with the target's slot let go (configfs reads block).
+    if shown.error.is_none() {
+        shown.sessions = crate::iscsi::lio::sessions(configfs, &shown.target);
+    }
+    shown
 }
 
 /// Says, at start, when the VPGs' logs together are promised more than
