@@ -108,16 +108,19 @@ mod tests {
 
     const BATCH: usize = 4 << 20;
 
-    /// `pace` after `n` batches that compressed to half at 500 MB/s and
-    /// went out at `link_bytes_per_second` (per wire byte).
-    fn after(mut pace: LinkPace, n: usize, link_bytes_per_second: f64) -> LinkPace {
+    /// `pace` after `n` batches whose data compression leaves `leaves` of
+    /// (at 500 MB/s), going out at `link_bytes_per_second` per wire byte,
+    /// each compressed when `compress_next` says so.
+    fn after(mut pace: LinkPace, n: usize, leaves: f64, link_bytes_per_second: f64) -> LinkPace {
         for _ in 0..n {
-            if pace.compress_next() {
-                pace.compressed(BATCH, BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 500e6));
-                pace.sent(BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 2.0 / link_bytes_per_second));
+            let wire = if pace.compress_next() {
+                let wire = (BATCH as f64 * leaves) as usize;
+                pace.compressed(BATCH, wire, Duration::from_secs_f64(BATCH as f64 / 500e6));
+                wire
             } else {
-                pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / link_bytes_per_second));
-            }
+                BATCH
+            };
+            pace.sent(wire, Duration::from_secs_f64(wire as f64 / link_bytes_per_second));
         }
         pace
     }
@@ -132,7 +135,7 @@ mod tests {
     #[test]
     fn a_link_faster_than_compression_gets_raw_batches() {
         for (bytes_per_second, pays) in [(5e9, false), (1.25e9, false), (125e6, true), (12.5e6, true)] {
-            let pace = after(LinkPace::default(), 20, bytes_per_second);
+            let pace = after(LinkPace::default(), 20, 0.5, bytes_per_second);
             assert_eq!(pace.compression_pays(), pays, "at {bytes_per_second} B/s");
         }
     }
@@ -140,11 +143,11 @@ mod tests {
     /// The choice follows the link both ways, measured in either mode.
     #[test]
     fn the_choice_follows_a_link_that_slows_down_and_speeds_up() {
-        let fast = after(LinkPace::default(), 20, 5e9);
+        let fast = after(LinkPace::default(), 20, 0.5, 5e9);
         assert!(!fast.compression_pays());
-        let slowed = after(fast, 10, 12.5e6);
+        let slowed = after(fast, 10, 0.5, 12.5e6);
         assert!(slowed.compression_pays(), "raw batches on a slow link show its pace: {slowed:?}");
-        let fast_again = after(slowed, 20, 5e9);
+        let fast_again = after(slowed, 20, 0.5, 5e9);
         assert!(!fast_again.compression_pays(), "{fast_again:?}");
     }
 
@@ -153,33 +156,22 @@ mod tests {
     /// compressed again (raw batches alone never measure it).
     #[test]
     fn a_probe_sees_data_that_turned_compressible() {
-        let mut pace = LinkPace::default();
         // A 1 Gbit/s link and data that does not compress: raw.
-        for _ in 0..40 {
-            if pace.compress_next() {
-                pace.compressed(BATCH, BATCH, Duration::from_secs_f64(BATCH as f64 / 500e6));
-            }
-            pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / 125e6));
-        }
+        let mut pace = after(LinkPace::default(), 40, 1.0, 125e6);
         assert!(!pace.compression_pays(), "{pace:?}");
         let probes = (0..PROBE_EVERY * 2).filter(|_| pace.compress_next()).count();
         assert_eq!(probes, 2, "one batch in {PROBE_EVERY}");
         // The data halves now: the probes see it, and compression pays again.
-        for _ in 0..PROBE_EVERY * 8 {
-            if pace.compress_next() {
-                pace.compressed(BATCH, BATCH / 2, Duration::from_secs_f64(BATCH as f64 / 500e6));
-            }
-            pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / 125e6));
-        }
+        let pace = after(pace, PROBE_EVERY as usize * 8, 0.5, 125e6);
         assert!(pace.compression_pays(), "{pace:?}");
     }
 
     /// One stalled write counts as a slow link, not as an hour-long one.
     #[test]
     fn one_stalled_write_does_not_hold_compression_on() {
-        let mut pace = after(LinkPace::default(), 40, 5e9);
+        let mut pace = after(LinkPace::default(), 40, 0.5, 5e9);
         pace.sent(BATCH, Duration::from_secs(300));
-        let pace = after(pace, 40, 5e9);
+        let pace = after(pace, 40, 0.5, 5e9);
         assert!(!pace.compression_pays(), "{pace:?}");
     }
 
@@ -187,11 +179,7 @@ mod tests {
     /// be worth it for data that halves.
     #[test]
     fn what_compression_leaves_counts() {
-        let mut pace = LinkPace::default();
-        for _ in 0..20 {
-            pace.compressed(BATCH, BATCH * 95 / 100, Duration::from_secs_f64(BATCH as f64 / 500e6));
-            pace.sent(BATCH, Duration::from_secs_f64(BATCH as f64 / 125e6));
-        }
+        let pace = after(LinkPace::default(), 20, 0.95, 125e6);
         assert!(!pace.compression_pays(), "{pace:?}");
     }
 }
