@@ -389,9 +389,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             tokio::time::sleep(BATCH_LINGER).await;
             fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
-        let started = Instant::now();
-        let (raw_len, wire_len) =
-            send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
+        send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
@@ -402,10 +400,6 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             }
             acked.changed().await.map_err(|_| TransferError::Peer("log closed".to_string()))?;
         }
-        // The link's pace, its window's waits included (a link with a
-        // large bandwidth-delay product is held back there), decides
-        // whether the next batches are compressed.
-        encoder.sent(raw_len, wire_len, started.elapsed());
     }
 }
 
@@ -429,7 +423,6 @@ async fn fill_or_restart(
     }
 }
 
-/// Sends one batch; its raw and wire bytes.
 async fn send_batch<W: AsyncWrite + Unpin>(
     batch: &mut BatchBuilder,
     wr: &mut W,
@@ -438,9 +431,11 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     inflight: &mut VecDeque<(u64, u64)>,
     inflight_bytes: &mut u64,
     stats: &SenderStats,
-) -> Result<(usize, usize)> {
+) -> Result<()> {
     let encoded = encoder.encode(batch);
     let (raw_len, wire_len, last_seq) = (encoded.raw_len, encoded.bytes.len(), encoded.last_seq);
+    // From here: the link's time, not compression's.
+    let started = Instant::now();
     // A turn per slice of a batch's target size: a batch of one large write
     // does not hold a capped link for its whole length (uncapped, no wait).
     let header = frame_header(FrameKind::Batch, encoded.bytes, encoded.crc);
@@ -453,8 +448,13 @@ async fn send_batch<W: AsyncWrite + Unpin>(
         wr.write_all(part).await?;
     }
     wr.flush().await?;
+    // The link's pace decides whether the next batches are compressed.
+    // Not the wait for room in the window of unacknowledged bytes: that
+    // is the recovery site's journal as much as the link, and a slow
+    // journal disk is not helped by compression.
+    encoder.sent(raw_len, header.len() + wire_len, started.elapsed());
     stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
     inflight.push_back((last_seq, wire_len as u64));
     *inflight_bytes += wire_len as u64;
-    Ok((raw_len, header.len() + wire_len))
+    Ok(())
 }

@@ -207,8 +207,8 @@ impl BatchEncoder {
     }
 
     /// A batch of `raw_bytes` (`wire_bytes` on the link) took `took` to go
-    /// out, its wait for room in the link's window of unacknowledged
-    /// bytes included.
+    /// out (timed after it was encoded: compression's time is not the
+    /// link's).
     pub fn sent(&mut self, raw_bytes: usize, wire_bytes: usize, took: Duration) {
         if let Some(pace) = self.pace.as_mut().filter(|_| raw_bytes >= self.backlog_bytes) {
             pace.sent(wire_bytes, took);

@@ -8,8 +8,8 @@
 //! `make bench`'s replicated 1 MiB writes on loopback).
 //!
 //! The sender says how long each batch took to go out (its turns on the
-//! link, its writes and the flush: waits for the recovery site's acks are
-//! not the link's), per byte that went on the wire; the encoder says how
+//! link, its writes and the flush, timed after compression: waits for the
+//! recovery site's acks are its journal's as much as the link's), per byte that went on the wire; the encoder says how
 //! long compression took per raw byte, and what share of the bytes it
 //! left. A batch is compressed when the link time it would save is more
 //! than the time compressing it costs: `(1 - ratio) * link > compress`.
