@@ -161,6 +161,9 @@ pub struct Frontend {
     admission: Arc<Admission>,
     /// Held while a target is served.
     serving: tokio::sync::Mutex<()>,
+    /// The targets this process has tried to serve: one found in LIO that
+    /// is not among them was left by the agent before.
+    tried: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One LUN to serve: a volume, and the export that holds it.
@@ -239,6 +242,7 @@ impl Frontend {
             configfs: configfs.to_path_buf(),
             admission: Admission::new(),
             serving: tokio::sync::Mutex::new(()),
+            tried: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -279,13 +283,18 @@ impl Frontend {
             )));
         }
         let existed = lio::targets(&self.configfs).contains(&iqn);
+        // Left by the agent before (its initiators' I/O held by the kernel
+        // for the next agent), not by an attempt of this process that
+        // could not remove what it built.
+        let first_try = self.tried.lock().expect("tried targets").insert(iqn.clone());
+        let left_before = existed && first_try;
         let mut target = Target {
             spec: target_spec(&self.config, &self.appliance, &self.fingerprint, identity, &[]),
             volumes: luns.iter().map(|l| l.volume.clone()).collect(),
             devices: Vec::new(),
         };
         if let Err(e) = self.build(identity, luns, &mut target).await {
-            if existed {
+            if left_before {
                 self.abandon(target).await;
                 return Err(IscsiError::LeftBehind { iqn, source: Box::new(e) });
             }
