@@ -51,22 +51,21 @@ impl<T: Send + 'static> VpgTargets<T> {
     {
         let mut slots = Vec::new();
         for (i, w) in wanted.iter().enumerate() {
-            let served = serve(i).await;
-            if let Err(e) = &served {
-                if final_error(e) {
-                    return Err(served.err().expect("checked"));
+            let slot = match serve(i).await {
+                Err(e) if final_error(&e) => return Err(e),
+                Err(e) => {
+                    let error = crate::error_chain::Chain(&e).to_string();
+                    tracing::error!(
+                        vpg = %w.vpg,
+                        "the iSCSI target {} is not served: {error}; the other VPGs are, and it is tried again in {} s",
+                        w.iqn,
+                        RETRY_FIRST.as_secs()
+                    );
+                    Err(NotServed { iqn: w.iqn.clone(), error })
                 }
-            }
-            slots.push(Mutex::new(served.map_err(|e| {
-                let error = crate::error_chain::Chain(&e).to_string();
-                tracing::error!(
-                    vpg = %w.vpg,
-                    "the iSCSI target {} is not served: {error}; the other VPGs are, and it is tried again in {} s",
-                    w.iqn,
-                    RETRY_FIRST.as_secs()
-                );
-                NotServed { iqn: w.iqn.clone(), error }
-            })));
+                Ok(target) => Ok(target),
+            };
+            slots.push(Mutex::new(slot));
         }
         let targets = Arc::new(VpgTargets { slots });
         let serve = Arc::new(serve);

@@ -695,6 +695,12 @@ impl ProtectedLog {
         self.capacity_bytes.saturating_sub(self.held_with_spares(inner))
     }
 
+    /// Whether the log is broken, or its capacity leaves no room for
+    /// another spare segment.
+    fn has_no_room_for_a_spare(&self, inner: &Inner) -> bool {
+        inner.broken.is_some() || self.spare_room(inner) < self.segment_bytes
+    }
+
     /// What the log's files take on disk, or will once its current
     /// segment is full. Reservations are not in it: a record reserved goes
     /// into the rest of the current segment or into a spare, both counted
@@ -728,7 +734,7 @@ impl ProtectedLog {
         let bytes = self.segment_bytes;
         let name = {
             let inner = self.inner.lock().expect("log lock");
-            if inner.broken.is_some() || self.spare_room(&inner) < bytes {
+            if self.has_no_room_for_a_spare(&inner) {
                 return Ok(Prepared::LogFull);
             }
             (0..).find(|n| {
@@ -742,11 +748,9 @@ impl ProtectedLog {
             // The wait for the turn may be long: the log may have filled
             // (or broken) meanwhile, and a file made for nothing would
             // hold the other logs' turns.
-            let inner = self.inner.lock().expect("log lock");
-            if inner.broken.is_some() || self.spare_room(&inner) < bytes {
+            if self.has_no_room_for_a_spare(&self.inner.lock().expect("log lock")) {
                 return Ok(Prepared::LogFull);
             }
-            drop(inner);
             if !prepare::fs_has_room(&*self.fs, &self.dir, bytes)? {
                 return Ok(Prepared::DiskReserve);
             }

@@ -13,9 +13,10 @@
 //! after the new file (a data disk shared with other logs keeps room for
 //! them). The logs of one process make their files one at a time
 //! (`DiskClaim`), so each asks for the free space the others left, not
-//! the same free space at once. A file is written under a temporary name, fsynced and renamed a
-//! spare: a stop at any point leaves either a spare, which the next open
-//! keeps, or a temporary file, which it removes.
+//! the same free space at once. A file is written under a temporary
+//! name, fsynced and renamed a spare: a stop at any point leaves either a
+//! spare, which the next open keeps, or a temporary file, which it
+//! removes.
 
 use crate::io_failure::{Doing, IoFailure};
 use crate::storage::Storage;

@@ -9,9 +9,9 @@
 //!
 //! The sender says how long each batch took to go out (its turns on the
 //! link, its writes and the flush, timed after compression: waits for the
-//! recovery site's acks are its journal's as much as the link's), per byte that went on the wire; the encoder says how
-//! long compression took per raw byte, and what share of the bytes it
-//! left. A batch is compressed when the link time it would save is more
+//! recovery site's acks are its journal's as much as the link's), per
+//! byte that went on the wire; the encoder says how long compression took
+//! per raw byte, and what share of the bytes it left. A batch is compressed when the link time it would save is more
 //! than the time compressing it costs: `(1 - ratio) * link > compress`.
 //! Each figure is a moving average over the last batches, so the choice
 //! follows a link that slows down or speeds up within a few batches, in
@@ -66,6 +66,11 @@ fn moved(average: f64, newest: f64) -> f64 {
     average + NEWEST_WEIGHT * (newest - average)
 }
 
+/// One sample: `took` over `bytes`, at most `SAMPLE_SECONDS_PER_BYTE_MAX`.
+fn per_byte(took: Duration, bytes: usize) -> f64 {
+    (took.as_secs_f64() / bytes as f64).min(SAMPLE_SECONDS_PER_BYTE_MAX)
+}
+
 impl LinkPace {
     /// Whether compressing pays, as measured.
     pub fn compression_pays(&self) -> bool {
@@ -86,16 +91,14 @@ impl LinkPace {
     /// A batch of `wire_bytes` took `took` to go out on the link.
     pub fn sent(&mut self, wire_bytes: usize, took: Duration) {
         if wire_bytes > 0 {
-            let per_byte = (took.as_secs_f64() / wire_bytes as f64).min(SAMPLE_SECONDS_PER_BYTE_MAX);
-            self.link_seconds_per_wire_byte = moved(self.link_seconds_per_wire_byte, per_byte);
+            self.link_seconds_per_wire_byte = moved(self.link_seconds_per_wire_byte, per_byte(took, wire_bytes));
         }
     }
 
     /// Compressing `raw_bytes` into `compressed_bytes` took `took`.
     pub fn compressed(&mut self, raw_bytes: usize, compressed_bytes: usize, took: Duration) {
         if raw_bytes > 0 {
-            let per_byte = (took.as_secs_f64() / raw_bytes as f64).min(SAMPLE_SECONDS_PER_BYTE_MAX);
-            self.compress_seconds_per_raw_byte = moved(self.compress_seconds_per_raw_byte, per_byte);
+            self.compress_seconds_per_raw_byte = moved(self.compress_seconds_per_raw_byte, per_byte(took, raw_bytes));
             let ratio = (compressed_bytes as f64 / raw_bytes as f64).min(1.0);
             self.ratio = moved(self.ratio, ratio);
         }
