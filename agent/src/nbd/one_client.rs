@@ -135,6 +135,81 @@ mod tests {
         assert!(got.ends_with(b"tidemark"), "{:?}", &got[got.len().saturating_sub(40)..]);
     }
 
+    /// A disk in memory whose writes each wait for a permit of `gate`.
+    struct GatedDisk {
+        disk: MemoryDisk,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl BlockExport for GatedDisk {
+        fn size(&self) -> u64 {
+            self.disk.size()
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            self.disk.read_at(buf, offset)
+        }
+        fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(async move {
+                self.gate.acquire().await.unwrap().forget();
+                self.disk.write(offset, data).await
+            })
+        }
+        fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
+            self.disk.zero(offset, length)
+        }
+        fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn last_token(&self) -> u64 {
+            0
+        }
+    }
+
+    /// While one write is being applied, the next ones are already read
+    /// off the socket (the reader and the updater run side by side), and
+    /// they are still applied in the order they came: a read after them
+    /// sees the last.
+    #[test]
+    fn writes_are_read_while_the_one_before_is_applied_and_applied_in_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let disk = Arc::new(GatedDisk {
+                disk: MemoryDisk(Mutex::new(vec![0; DISK_BYTES])),
+                gate: tokio::sync::Semaphore::new(0),
+            });
+            let table = ExportTable::listed();
+            table.add(vec![("disk".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            // A pipe far smaller than the second write's payload.
+            let (mut client, server) = tokio::io::duplex(8 << 10);
+            let served = tokio::spawn(super::super::server::serve_connection(server, table, admitted));
+            let mut bytes = handshake();
+            bytes.extend(request(1, 0, 4096));
+            bytes.extend(vec![1u8; 4096]);
+            bytes.extend(request(1, 0, 256 << 10));
+            bytes.extend(vec![2u8; 256 << 10]);
+            let (mut rd, mut wr) = tokio::io::split(&mut client);
+            let mut got = Vec::new();
+            let sent = async {
+                let sent = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&bytes)).await;
+                assert!(sent.is_ok(), "the second write was not read while the first waited");
+                disk.gate.add_permits(2);
+                wr.write_all(&request(0, 0, 8)).await.unwrap();
+                wr.write_all(&request(2, 0, 0)).await.unwrap();
+                wr.shutdown().await.unwrap();
+            };
+            let drain = async {
+                rd.read_to_end(&mut got).await.unwrap();
+            };
+            tokio::join!(sent, drain);
+            served.await.unwrap().unwrap();
+            assert!(got.ends_with(&[2u8; 8]), "{:?}", &got[got.len().saturating_sub(40)..]);
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

@@ -1,8 +1,12 @@
 //! The NBD server: accepts hypervisor connections, negotiates an export
 //! (fixed newstyle), then serves requests with many in flight. Replies go
 //! through one writer task per connection so slow FLUSHes do not hold up
-//! reads and writes behind them. A malformed request gets an error reply
-//! or closes that one connection; nothing is written for it.
+//! reads and writes behind them. Updates (and FLUSHes) are applied by one
+//! updater task per connection, in the order they came, while the reader
+//! already takes the next requests off the socket: a connection's writes
+//! are read on one core while the one before is logged on another. A
+//! malformed request gets an error reply or closes that one connection;
+//! nothing is written for it.
 //!
 //! Nothing a client sends makes the server hold more than `admission`
 //! allows: buffers are paid for before they are allocated and freed once
@@ -30,8 +34,11 @@ pub const NBD_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection that ends in an error still sends what is queued.
 const CLOSING_REPLY_GRACE: Duration = Duration::from_secs(2);
 /// FLUSH and FUA requests waiting for durability, per connection; the
-/// reader takes no more requests while this many wait.
+/// updater takes no more updates while this many wait.
 const DURABLE_WAITS_PER_CONNECTION_MAX: usize = 32;
+/// Updates read and waiting for the updater, per connection (their
+/// payloads paid for from the connection's buffers, like any other).
+const UPDATES_READ_AHEAD: usize = 4;
 /// Replies queued per connection (each holds its buffers until sent).
 const REPLY_QUEUE_DEPTH: usize = 256;
 /// Small replies queued together are sent in one write up to this size;
@@ -117,11 +124,19 @@ pub enum ConnectionError {
     Writer(#[source] tokio::task::JoinError),
     #[error("the reply writer stopped")]
     WriterGone,
+    #[error("the updater stopped")]
+    UpdaterGone,
 }
 
 impl From<mpsc::error::SendError<Reply>> for ConnectionError {
     fn from(_: mpsc::error::SendError<Reply>) -> Self {
         ConnectionError::WriterGone
+    }
+}
+
+impl From<mpsc::error::SendError<Update>> for ConnectionError {
+    fn from(_: mpsc::error::SendError<Update>) -> Self {
+        ConnectionError::UpdaterGone
     }
 }
 
@@ -140,6 +155,14 @@ impl Reply {
     fn small(bytes: Vec<u8>) -> Reply {
         Reply { bytes, _buffers: None }
     }
+}
+
+/// A request that changes the export, or a FLUSH (which covers the updates
+/// before it), for the connection's updater.
+enum Update {
+    Write { req: Request, data: Vec<u8>, _buffers: Buffers },
+    Zero { req: Request },
+    Flush { req: Request },
 }
 
 /// Serves one client on any stream (a TCP connection, or a test's pipe).
@@ -193,21 +216,124 @@ where
 {
     let (tx, rx) = mpsc::channel::<Reply>(REPLY_QUEUE_DEPTH);
     let mut writer = tokio::spawn(write_replies(wr, rx));
+    let (updates, queued) = mpsc::channel::<Update>(UPDATES_READ_AHEAD);
+    let (applied_tx, applied) = watch::channel(0u64);
+    let mut updater = tokio::spawn(apply_updates(
+        neg.export.clone(),
+        neg.write_through,
+        neg.structured,
+        queued,
+        applied_tx,
+        tx.clone(),
+    ));
     let mut closed = neg.closed.clone();
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let result = tokio::select! {
-        r = transmission(&mut rd, &neg, &tx, &admitted) => r,
+        r = transmission(&mut rd, &neg, &tx, Updates { queue: &updates, applied, read: 0 }, &admitted) => r,
         _ = closed.wait_for(|c| *c) => Err(ConnectionError::Closed),
-        w = &mut writer => return w.map_err(ConnectionError::Writer)?,
+        w = &mut writer => {
+            updater.abort();
+            return w.map_err(ConnectionError::Writer)?;
+        }
     };
-    drop(tx);
-    // Replies still queued go out (the error reply of a request that ends
-    // the connection among them), within a bound.
+    drop((tx, updates));
+    if matches!(result, Err(ConnectionError::Closed)) {
+        // The export is gone: what was read and not yet applied is not
+        // (it has had no reply).
+        updater.abort();
+    }
+    // The updates read before the end are applied, as NBD asks of a
+    // server that closes, then what is queued goes out (the error reply of
+    // a request that ends the connection among them), within a bound.
     let grace = if result.is_ok() { NBD_SEND_TIMEOUT } else { CLOSING_REPLY_GRACE };
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+    let finished = tokio::time::timeout(grace, async {
+        let _ = (&mut updater).await;
+        let _ = (&mut writer).await;
+    });
+    if finished.await.is_err() {
+        updater.abort();
         writer.abort();
     }
     result
+}
+
+/// The reader's side of the updater: the queue, and how many of the
+/// updates it read the updater has applied.
+struct Updates<'a> {
+    queue: &'a mpsc::Sender<Update>,
+    applied: watch::Receiver<u64>,
+    read: u64,
+}
+
+impl Updates<'_> {
+    async fn send(&mut self, update: Update) -> Result<()> {
+        self.queue.send(update).await?;
+        self.read += 1;
+        Ok(())
+    }
+
+    /// Waits until every update read so far is applied: a read sees the
+    /// writes before it on its connection, replied to or not, as when one
+    /// task did both.
+    async fn applied(&mut self) -> Result<()> {
+        let read = self.read;
+        self.applied.wait_for(|n| *n >= read).await.map_err(|_| ConnectionError::UpdaterGone)?;
+        Ok(())
+    }
+}
+
+/// Applies a connection's updates in the order the reader took them
+/// (counting them in `applied`), and queues their replies (an update with
+/// FUA, or on a write-through connection, once it is durable). Stops when
+/// the reader is done, or when the reply writer is gone.
+async fn apply_updates(
+    export: Arc<dyn BlockExport>,
+    write_through: bool,
+    structured: bool,
+    mut queued: mpsc::Receiver<Update>,
+    applied: watch::Sender<u64>,
+    tx: mpsc::Sender<Reply>,
+) -> Result<()> {
+    let durable_waits = Arc::new(Semaphore::new(DURABLE_WAITS_PER_CONNECTION_MAX));
+    while let Some(update) = queued.recv().await {
+        let (req, result) = match update {
+            Update::Write { req, data, _buffers } => {
+                let result =
+                    if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
+                (req, result)
+            }
+            Update::Zero { req } => {
+                let result = if req.length == 0 {
+                    Ok(export.last_token())
+                } else {
+                    export.zero(req.offset, req.length as u64).await
+                };
+                (req, result)
+            }
+            Update::Flush { req } => {
+                let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
+                let export = export.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let token = export.last_token();
+                    let reply = match export.make_durable(token).await {
+                        Ok(()) => simple_reply(req.handle, 0).to_vec(),
+                        Err(e) => {
+                            tracing::error!("flush failed: {}", Chain(&e));
+                            simple_reply(req.handle, e.errno() as u32).to_vec()
+                        }
+                    };
+                    let _ = tx.send(Reply::small(reply)).await;
+                    drop(waiting);
+                });
+                applied.send_modify(|n| *n += 1);
+                continue;
+            }
+        };
+        applied.send_modify(|n| *n += 1);
+        finish_update(&export, req, write_through, result, structured, &tx, &durable_waits).await?;
+    }
+    Ok(())
 }
 
 /// Sends replies until every sender is gone; stops (and so ends the
@@ -365,13 +491,13 @@ async fn transmission<R: AsyncRead + Unpin>(
     rd: &mut tokio::io::BufReader<R>,
     neg: &Negotiated,
     tx: &mpsc::Sender<Reply>,
+    mut updates: Updates<'_>,
     admitted: &Admitted,
 ) -> Result<()> {
     let export = &neg.export;
     let structured = neg.structured;
     let size = export.size();
     let writable = export.writable();
-    let durable_waits = Arc::new(Semaphore::new(DURABLE_WAITS_PER_CONNECTION_MAX));
     loop {
         let mut h = [0u8; REQUEST_HEADER_BYTES];
         match rd.read_exact(&mut h).await {
@@ -405,6 +531,7 @@ async fn transmission<R: AsyncRead + Unpin>(
                 tx.send(Reply::small(error_reply(&req, Errno::Inval, structured, "unknown command"))).await?;
             }
             Command::Read => {
+                updates.applied().await?;
                 // Paid for before it is allocated; freed once sent.
                 let header = read_reply_header(&req, structured);
                 let buffers = admitted.buffers(REPLY_HEADER_BYTES_MAX + req.length as usize).await;
@@ -424,36 +551,10 @@ async fn transmission<R: AsyncRead + Unpin>(
             Command::Write => {
                 let buffers = admitted.buffers(req.length as usize).await;
                 let data = read_payload(rd, req.length as usize).await?;
-                let result =
-                    if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
-                drop(buffers);
-                finish_update(export, req, neg.write_through, result, structured, tx, &durable_waits).await?;
+                updates.send(Update::Write { req, data, _buffers: buffers }).await?;
             }
-            Command::Trim | Command::WriteZeroes => {
-                let result = if req.length == 0 {
-                    Ok(export.last_token())
-                } else {
-                    export.zero(req.offset, req.length as u64).await
-                };
-                finish_update(export, req, neg.write_through, result, structured, tx, &durable_waits).await?;
-            }
-            Command::Flush => {
-                let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
-                let export = export.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let token = export.last_token();
-                    let reply = match export.make_durable(token).await {
-                        Ok(()) => simple_reply(req.handle, 0).to_vec(),
-                        Err(e) => {
-                            tracing::error!("flush failed: {}", Chain(&e));
-                            simple_reply(req.handle, e.errno() as u32).to_vec()
-                        }
-                    };
-                    let _ = tx.send(Reply::small(reply)).await;
-                    drop(waiting);
-                });
-            }
+            Command::Trim | Command::WriteZeroes => updates.send(Update::Zero { req }).await?,
+            Command::Flush => updates.send(Update::Flush { req }).await?,
         }
     }
 }
