@@ -137,7 +137,9 @@ pub fn attach_read_only(identifier: &str, size: u64, serve: impl Fn(UnixStream))
 /// requests, each waiting for the log's fsync: whole 1 MiB requests made
 /// 1 MiB sequential writes about 1.4 times faster (docs/iscsi.md). Not
 /// more: every LUN's requests draw on one admission budget (the kernel is
-/// one source), and writes that wait for a full log hold theirs.
+/// one source), and writes that wait for a full log hold theirs (what a
+/// connection reads ahead comes only from the budget's spare half:
+/// `nbd::server`).
 pub const REQUEST_KIB_MAX: u64 = 1024;
 const _: () = assert!(REQUEST_KIB_MAX * 1024 <= crate::nbd::protocol::PAYLOAD_BYTES_MAX as u64);
 

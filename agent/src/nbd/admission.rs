@@ -122,6 +122,22 @@ impl Admitted {
         Buffers { _source: source, _all: all }
     }
 
+    /// Room for `bytes` of buffers read ahead of need (`nbd::server`):
+    /// taken at once or not at all, and only while at least half of this
+    /// source's buffers and half of the appliance's would stay free. So
+    /// connections that read ahead, stuck ones among them, never hold more
+    /// than half of what the others share.
+    pub fn spare_buffers(&self, bytes: usize) -> Option<Buffers> {
+        let n = u32::try_from(bytes).ok()?;
+        let source = self.source_buffers.clone().try_acquire_many_owned(n).ok()?;
+        let all = self.admission.buffers.clone().try_acquire_many_owned(n).ok()?;
+        // Checked once taken (two connections that checked first could each
+        // have seen the other's share free): what is let go was never used.
+        let half_left = self.source_buffers.available_permits() >= NBD_BUFFER_BYTES_PER_SOURCE_MAX / 2
+            && self.admission.buffers.available_permits() >= NBD_BUFFER_BYTES_MAX / 2;
+        half_left.then_some(Buffers { _source: source, _all: all })
+    }
+
     pub fn source(&self) -> IpAddr {
         self.ip
     }
@@ -153,5 +169,22 @@ mod tests {
             .expect("B is not held up");
         drop(held);
         assert!(admission.admit(a).await.is_some(), "the count goes down as connections end");
+    }
+
+    /// Reading ahead takes only from the spare half of a source's buffers.
+    #[tokio::test]
+    async fn reading_ahead_leaves_half_of_the_buffers() {
+        let admission = Admission::new();
+        let a = admission.admit("10.0.0.1".parse().unwrap()).await.unwrap();
+        let quarter = NBD_BUFFER_BYTES_PER_SOURCE_MAX / 4;
+        let first = a.spare_buffers(quarter).expect("three quarters stay free");
+        let second = a.spare_buffers(quarter).expect("half stays free");
+        assert!(a.spare_buffers(1).is_none(), "no more than half is read ahead");
+        // What a connection needs now still comes from the other half.
+        let _needed = tokio::time::timeout(std::time::Duration::from_millis(100), a.buffers(2 * quarter))
+            .await
+            .expect("the other half is there for what is needed");
+        drop((first, second));
+        assert!(a.spare_buffers(1).is_none(), "needed buffers count against the spare half too");
     }
 }

@@ -210,6 +210,155 @@ mod tests {
         });
     }
 
+    /// An export whose updates are stuck: each write never returns (a full
+    /// log), or returns and is never made durable (sync mode, link down).
+    struct StuckDisk {
+        writes_return: bool,
+    }
+
+    impl BlockExport for StuckDisk {
+        fn size(&self) -> u64 {
+            64 << 20
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+            let returns = self.writes_return;
+            Box::pin(async move {
+                if !returns {
+                    std::future::pending::<()>().await;
+                }
+                Ok(1)
+            })
+        }
+        fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(async { Ok(1) })
+        }
+        /// Never: the wait holds the export while it lasts.
+        fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+            Box::pin(async move {
+                let _held = self;
+                std::future::pending().await
+            })
+        }
+        fn last_token(&self) -> u64 {
+            1
+        }
+    }
+
+    /// `OPT_GO` for `name`.
+    fn handshake_for(name: &str) -> Vec<u8> {
+        let mut out = 3u32.to_be_bytes().to_vec();
+        out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        out.extend_from_slice(&OPT_GO.to_be_bytes());
+        out.extend_from_slice(&(name.len() as u32 + 6).to_be_bytes());
+        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out
+    }
+
+    /// A connection that sends `count` writes of `bytes` (with FUA if
+    /// `fua`) to a stuck export holds no more of its source's buffers than
+    /// one payload and what it may read ahead from the spare half: another
+    /// connection from the same address still has a 4 KiB read answered.
+    fn another_connection_is_answered(stuck: StuckDisk, count: usize, bytes: u32, fua: bool) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(async move {
+            let table = ExportTable::listed();
+            let healthy: Arc<dyn BlockExport> = Arc::new(MemoryDisk(Mutex::new(vec![0; DISK_BYTES])));
+            table.add(vec![("stuck".into(), Arc::new(stuck) as Arc<dyn BlockExport>), ("ok".into(), healthy)]).unwrap();
+            let admission = Admission::new();
+            let source = "192.0.2.1".parse().unwrap();
+            let (a, b) = (admission.admit(source).await.unwrap(), admission.admit(source).await.unwrap());
+            let (client_a, server_a) = tokio::io::duplex(1 << 20);
+            tokio::spawn(super::super::server::serve_connection(server_a, table.clone(), a));
+            let (mut replies_a, mut requests_a) = tokio::io::split(client_a);
+            tokio::spawn(async move {
+                let mut bytes_out = handshake_for("stuck");
+                let mut header = request(1, 0, bytes);
+                if fua {
+                    header[4..6].copy_from_slice(&1u16.to_be_bytes());
+                }
+                let payload = vec![5u8; bytes as usize];
+                for _ in 0..count {
+                    bytes_out.extend_from_slice(&header);
+                    bytes_out.extend_from_slice(&payload);
+                }
+                let _ = requests_a.write_all(&bytes_out).await;
+                std::future::pending::<()>().await;
+            });
+            tokio::spawn(async move { tokio::io::copy(&mut replies_a, &mut tokio::io::sink()).await });
+            // Let the stuck connection take what it will.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (mut client_b, server_b) = tokio::io::duplex(1 << 20);
+            tokio::spawn(super::super::server::serve_connection(server_b, table, b));
+            let mut out = handshake_for("ok");
+            out.extend(request(0, 0, 4096));
+            client_b.write_all(&out).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let answered = async {
+                // The option replies, then a 16-byte reply header and 4 KiB.
+                while got.len() < 4096 + 16 + 100 {
+                    let n = client_b.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the healthy connection closed");
+                    got.extend_from_slice(&buf[..n]);
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), answered).await.is_ok()
+        })
+    }
+
+    /// A write stuck in the log, and FUA writes whose durability never
+    /// comes, with the largest payloads: the source's buffers (80 MiB) are
+    /// not all held by the stuck connection (review of helper-37: reading
+    /// ahead without a bound did that with 3 writes of 32 MiB, or 40 FUA
+    /// writes of 16 MiB).
+    #[test]
+    fn a_stuck_connection_leaves_its_source_buffers_for_the_others() {
+        assert!(another_connection_is_answered(StuckDisk { writes_return: false }, 3, 32 << 20, false));
+        assert!(another_connection_is_answered(StuckDisk { writes_return: true }, 40, 16 << 20, true));
+        assert!(another_connection_is_answered(StuckDisk { writes_return: false }, 200, 1 << 20, false));
+    }
+
+    /// FUA writes waiting for durability (sync mode with the link down)
+    /// are let go when their client leaves: nothing of a connection
+    /// outlives it.
+    #[test]
+    fn durable_waits_end_with_their_connection() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let stuck = Arc::new(StuckDisk { writes_return: true });
+            let table = ExportTable::listed();
+            table.add(vec![("stuck".into(), stuck.clone() as Arc<dyn BlockExport>)]).unwrap();
+            let before = Arc::strong_count(&stuck);
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
+            let mut out = handshake_for("stuck");
+            let mut header = request(1, 0, 4096);
+            header[4..6].copy_from_slice(&1u16.to_be_bytes());
+            for _ in 0..10 {
+                out.extend_from_slice(&header);
+                out.extend(vec![7u8; 4096]);
+            }
+            client.write_all(&out).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(Arc::strong_count(&stuck) > before, "the waits hold the export");
+            drop(client);
+            let ended = tokio::time::timeout(Duration::from_secs(120), served).await;
+            assert!(ended.is_ok(), "the connection did not end");
+            tokio::task::yield_now().await;
+            assert_eq!(Arc::strong_count(&stuck), before, "a durable wait outlived its connection");
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

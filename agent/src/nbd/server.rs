@@ -36,9 +36,14 @@ const CLOSING_REPLY_GRACE: Duration = Duration::from_secs(2);
 /// FLUSH and FUA requests waiting for durability, per connection; the
 /// updater takes no more updates while this many wait.
 const DURABLE_WAITS_PER_CONNECTION_MAX: usize = 32;
-/// Updates read and waiting for the updater, per connection (their
-/// payloads paid for from the connection's buffers, like any other).
-const UPDATES_READ_AHEAD: usize = 4;
+/// Updates read and not yet done with, per connection, past which the
+/// reader waits: the one the updater is applying, and four read ahead.
+/// The payloads read ahead come from the spare half of the buffers only
+/// (`Admitted::spare_buffers`): connections whose updates are stuck (a
+/// full log that cannot go to bitmap mode, sync mode with the link down)
+/// hold the one payload each they held before, and what they read ahead
+/// never takes the half their source's other connections need.
+const UPDATES_PENDING_MAX: u64 = 5;
 /// Replies queued per connection (each holds its buffers until sent).
 const REPLY_QUEUE_DEPTH: usize = 256;
 /// Small replies queued together are sent in one write up to this size;
@@ -216,45 +221,63 @@ where
 {
     let (tx, rx) = mpsc::channel::<Reply>(REPLY_QUEUE_DEPTH);
     let mut writer = tokio::spawn(write_replies(wr, rx));
-    let (updates, queued) = mpsc::channel::<Update>(UPDATES_READ_AHEAD);
+    let (updates, queued) = mpsc::channel::<Update>(UPDATES_PENDING_MAX as usize);
     let (applied_tx, applied) = watch::channel(0u64);
     let mut updater = tokio::spawn(apply_updates(
         neg.export.clone(),
         neg.write_through,
         neg.structured,
+        neg.closed.clone(),
         queued,
         applied_tx,
         tx.clone(),
     ));
     let mut closed = neg.closed.clone();
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
+    let mut writer_ended = None;
     let result = tokio::select! {
         r = transmission(&mut rd, &neg, &tx, Updates { queue: &updates, applied, read: 0 }, &admitted) => r,
         _ = closed.wait_for(|c| *c) => Err(ConnectionError::Closed),
         w = &mut writer => {
-            updater.abort();
-            return w.map_err(ConnectionError::Writer)?;
+            writer_ended = Some(w);
+            Ok(())
         }
     };
-    drop((tx, updates));
-    if matches!(result, Err(ConnectionError::Closed)) {
-        // The export is gone: what was read and not yet applied is not
-        // (it has had no reply).
-        updater.abort();
+    if let Some(ended) = writer_ended {
+        stop(updater).await;
+        return ended.map_err(ConnectionError::Writer)?;
     }
-    // The updates read before the end are applied, as NBD asks of a
-    // server that closes, then what is queued goes out (the error reply of
-    // a request that ends the connection among them), within a bound.
+    drop((tx, updates));
+    // The updates read before the end are applied and their durable waits
+    // answered, as NBD asks of a server that closes, within a bound (the
+    // updater itself applies nothing once the export is removed).
     let grace = if result.is_ok() { NBD_SEND_TIMEOUT } else { CLOSING_REPLY_GRACE };
-    let finished = tokio::time::timeout(grace, async {
-        let _ = (&mut updater).await;
-        let _ = (&mut writer).await;
-    });
-    if finished.await.is_err() {
-        updater.abort();
-        writer.abort();
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut updater_done = false;
+    if !matches!(result, Err(ConnectionError::Closed)) {
+        updater_done = tokio::time::timeout_at(deadline, &mut updater).await.is_ok();
+    }
+    if !updater_done {
+        stop(updater).await;
+    }
+    // Then what is queued goes out (the error reply of a request that ends
+    // the connection among them), by the same deadline, or shortly after
+    // if the updater took it all.
+    let deadline = deadline.max(tokio::time::Instant::now() + CLOSING_REPLY_GRACE);
+    match tokio::time::timeout_at(deadline, &mut writer).await {
+        Err(_) => writer.abort(),
+        // The updater stopped because the writer did: the writer's reason.
+        Ok(Ok(Err(e))) if matches!(result, Err(ConnectionError::UpdaterGone)) => return Err(e),
+        Ok(_) => {}
     }
     result
+}
+
+/// Stops a connection's updater, and returns once it has: an update it is
+/// applying is not still applied after the connection ended.
+async fn stop(updater: tokio::task::JoinHandle<Result<()>>) {
+    updater.abort();
+    let _ = updater.await;
 }
 
 /// The reader's side of the updater: the queue, and how many of the
@@ -266,6 +289,33 @@ struct Updates<'a> {
 }
 
 impl Updates<'_> {
+    /// Buffers for the next write's payload of `bytes`: waited for while
+    /// no update is pending (the one payload a connection always had),
+    /// taken from the spare half while fewer than `UPDATES_PENDING_MAX`
+    /// are, else once the updater is done with one.
+    async fn pay_for(&mut self, admitted: &Admitted, bytes: usize) -> Result<Buffers> {
+        loop {
+            let pending = self.read - *self.applied.borrow_and_update();
+            if pending == 0 {
+                return Ok(admitted.buffers(bytes).await);
+            }
+            if pending < UPDATES_PENDING_MAX {
+                if let Some(buffers) = admitted.spare_buffers(bytes) {
+                    return Ok(buffers);
+                }
+            }
+            self.applied.changed().await.map_err(|_| ConnectionError::UpdaterGone)?;
+        }
+    }
+
+    /// Waits until an update without a payload may be read.
+    async fn room(&mut self) -> Result<()> {
+        let read = self.read;
+        self.applied.wait_for(|n| read - *n < UPDATES_PENDING_MAX).await.map_err(|_| ConnectionError::UpdaterGone)?;
+        Ok(())
+    }
+
+    /// Hands an update read to the updater (after `pay_for` or `room`).
     async fn send(&mut self, update: Update) -> Result<()> {
         self.queue.send(update).await?;
         self.read += 1;
@@ -283,19 +333,26 @@ impl Updates<'_> {
 }
 
 /// Applies a connection's updates in the order the reader took them
-/// (counting them in `applied`), and queues their replies (an update with
-/// FUA, or on a write-through connection, once it is durable). Stops when
-/// the reader is done, or when the reply writer is gone.
+/// (counting each in `applied` once it is done with), and queues their
+/// replies (an update with FUA, or on a write-through connection, once it
+/// is durable). Stops when the reader is done and every durable wait is
+/// answered, when the reply writer is gone, or before the next update once
+/// the export is removed (its closing need not refuse writes itself: a
+/// replica's file is reopened by the recovery journal right after).
 async fn apply_updates(
     export: Arc<dyn BlockExport>,
     write_through: bool,
     structured: bool,
+    closed: watch::Receiver<bool>,
     mut queued: mpsc::Receiver<Update>,
     applied: watch::Sender<u64>,
     tx: mpsc::Sender<Reply>,
 ) -> Result<()> {
-    let durable_waits = Arc::new(Semaphore::new(DURABLE_WAITS_PER_CONNECTION_MAX));
+    let mut durable_waits = DurableWaits::new();
     while let Some(update) = queued.recv().await {
+        if *closed.borrow() {
+            return Err(ConnectionError::Closed);
+        }
         let (req, result) = match update {
             Update::Write { req, data, _buffers } => {
                 let result =
@@ -311,29 +368,66 @@ async fn apply_updates(
                 (req, result)
             }
             Update::Flush { req } => {
-                let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
-                let export = export.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let token = export.last_token();
-                    let reply = match export.make_durable(token).await {
-                        Ok(()) => simple_reply(req.handle, 0).to_vec(),
-                        Err(e) => {
-                            tracing::error!("flush failed: {}", Chain(&e));
-                            simple_reply(req.handle, e.errno() as u32).to_vec()
-                        }
-                    };
-                    let _ = tx.send(Reply::small(reply)).await;
-                    drop(waiting);
-                });
+                durable_waits.reply_when_durable(&export, export.last_token(), req.handle, "flush", &tx).await;
                 applied.send_modify(|n| *n += 1);
                 continue;
             }
         };
+        finish_update(&export, req, write_through, result, structured, &tx, &mut durable_waits).await?;
         applied.send_modify(|n| *n += 1);
-        finish_update(&export, req, write_through, result, structured, &tx, &durable_waits).await?;
     }
+    durable_waits.answered().await;
     Ok(())
+}
+
+/// A connection's FLUSH and FUA requests waiting for durability: at most
+/// `DURABLE_WAITS_PER_CONNECTION_MAX`, and none outlives its connection's
+/// updater (a client that sends FUA writes in sync mode with the link down
+/// and leaves, again and again, leaves nothing behind).
+struct DurableWaits {
+    slots: Arc<Semaphore>,
+    waiting: tokio::task::JoinSet<()>,
+}
+
+impl DurableWaits {
+    fn new() -> Self {
+        DurableWaits {
+            slots: Arc::new(Semaphore::new(DURABLE_WAITS_PER_CONNECTION_MAX)),
+            waiting: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Replies to request `handle` once `token` is durable (the error, named
+    /// `what` in the log, if that failed); first waits for a free slot.
+    async fn reply_when_durable(
+        &mut self,
+        export: &Arc<dyn BlockExport>,
+        token: u64,
+        handle: u64,
+        what: &'static str,
+        tx: &mpsc::Sender<Reply>,
+    ) {
+        let slot = self.slots.clone().acquire_owned().await.expect("never closed");
+        while self.waiting.try_join_next().is_some() {}
+        let export = export.clone();
+        let tx = tx.clone();
+        self.waiting.spawn(async move {
+            let error = match export.make_durable(token).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{what} failed: {}", Chain(&e));
+                    e.errno() as u32
+                }
+            };
+            let _ = tx.send(Reply::small(simple_reply(handle, error).to_vec())).await;
+            drop(slot);
+        });
+    }
+
+    /// Returns once every wait is answered.
+    async fn answered(mut self) {
+        while self.waiting.join_next().await.is_some() {}
+    }
 }
 
 /// Sends replies until every sender is gone; stops (and so ends the
@@ -549,12 +643,18 @@ async fn transmission<R: AsyncRead + Unpin>(
                 tx.send(reply).await?;
             }
             Command::Write => {
-                let buffers = admitted.buffers(req.length as usize).await;
+                let buffers = updates.pay_for(admitted, req.length as usize).await?;
                 let data = read_payload(rd, req.length as usize).await?;
                 updates.send(Update::Write { req, data, _buffers: buffers }).await?;
             }
-            Command::Trim | Command::WriteZeroes => updates.send(Update::Zero { req }).await?,
-            Command::Flush => updates.send(Update::Flush { req }).await?,
+            Command::Trim | Command::WriteZeroes => {
+                updates.room().await?;
+                updates.send(Update::Zero { req }).await?;
+            }
+            Command::Flush => {
+                updates.room().await?;
+                updates.send(Update::Flush { req }).await?;
+            }
         }
     }
 }
@@ -601,7 +701,7 @@ async fn finish_update(
     result: std::result::Result<u64, ExportError>,
     structured: bool,
     tx: &mpsc::Sender<Reply>,
-    durable_waits: &Arc<Semaphore>,
+    durable_waits: &mut DurableWaits,
 ) -> Result<()> {
     let seq = match result {
         Ok(seq) => seq,
@@ -621,19 +721,6 @@ async fn finish_update(
         tx.send(Reply::small(simple_reply(req.handle, 0).to_vec())).await?;
         return Ok(());
     }
-    let waiting = durable_waits.clone().acquire_owned().await.expect("never closed");
-    let export = export.clone();
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        let error = match export.make_durable(seq).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("FUA failed: {}", Chain(&e));
-                e.errno() as u32
-            }
-        };
-        let _ = tx.send(Reply::small(simple_reply(req.handle, error).to_vec())).await;
-        drop(waiting);
-    });
+    durable_waits.reply_when_durable(export, seq, req.handle, "FUA", tx).await;
     Ok(())
 }
