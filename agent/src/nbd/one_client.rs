@@ -104,14 +104,26 @@ mod tests {
 
     /// Flags and OPT_GO for "disk": what a real client sends first.
     fn handshake() -> Vec<u8> {
+        handshake_for("disk")
+    }
+
+    /// `OPT_GO` for `name`.
+    fn handshake_for(name: &str) -> Vec<u8> {
         let mut out = 3u32.to_be_bytes().to_vec();
         out.extend_from_slice(&IHAVEOPT.to_be_bytes());
         out.extend_from_slice(&OPT_GO.to_be_bytes());
-        out.extend_from_slice(&10u32.to_be_bytes());
-        out.extend_from_slice(&4u32.to_be_bytes());
-        out.extend_from_slice(b"disk");
+        out.extend_from_slice(&(name.len() as u32 + 6).to_be_bytes());
+        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&0u16.to_be_bytes());
         out
+    }
+
+    /// `request` with FUA set.
+    fn fua_request(command: u16, offset: u64, length: u32) -> Vec<u8> {
+        let mut h = request(command, offset, length);
+        h[4..6].copy_from_slice(&1u16.to_be_bytes());
+        h
     }
 
     fn request(command: u16, offset: u64, length: u32) -> Vec<u8> {
@@ -251,18 +263,6 @@ mod tests {
         }
     }
 
-    /// `OPT_GO` for `name`.
-    fn handshake_for(name: &str) -> Vec<u8> {
-        let mut out = 3u32.to_be_bytes().to_vec();
-        out.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        out.extend_from_slice(&OPT_GO.to_be_bytes());
-        out.extend_from_slice(&(name.len() as u32 + 6).to_be_bytes());
-        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&0u16.to_be_bytes());
-        out
-    }
-
     /// A connection that sends `count` writes of `bytes` (with FUA if
     /// `fua`) to a stuck export holds no more of its source's buffers than
     /// one payload and what it may read ahead from the spare half: another
@@ -281,10 +281,7 @@ mod tests {
             let (mut replies_a, mut requests_a) = tokio::io::split(client_a);
             tokio::spawn(async move {
                 let mut bytes_out = handshake_for("stuck");
-                let mut header = request(1, 0, bytes);
-                if fua {
-                    header[4..6].copy_from_slice(&1u16.to_be_bytes());
-                }
+                let header = if fua { fua_request(1, 0, bytes) } else { request(1, 0, bytes) };
                 let payload = vec![5u8; bytes as usize];
                 for _ in 0..count {
                     bytes_out.extend_from_slice(&header);
@@ -342,8 +339,7 @@ mod tests {
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
             let mut out = handshake_for("stuck");
-            let mut header = request(1, 0, 4096);
-            header[4..6].copy_from_slice(&1u16.to_be_bytes());
+            let header = fua_request(1, 0, 4096);
             for _ in 0..10 {
                 out.extend_from_slice(&header);
                 out.extend(vec![7u8; 4096]);

@@ -97,6 +97,7 @@ fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
 struct Negotiated {
     export: Arc<dyn BlockExport>,
     closed: watch::Receiver<bool>,
@@ -223,15 +224,7 @@ where
     let mut writer = tokio::spawn(write_replies(wr, rx));
     let (updates, queued) = mpsc::channel::<Update>(UPDATES_PENDING_MAX as usize);
     let (applied_tx, applied) = watch::channel(0u64);
-    let mut updater = tokio::spawn(apply_updates(
-        neg.export.clone(),
-        neg.write_through,
-        neg.structured,
-        neg.closed.clone(),
-        queued,
-        applied_tx,
-        tx.clone(),
-    ));
+    let mut updater = tokio::spawn(apply_updates(neg.clone(), queued, applied_tx, tx.clone()));
     let mut closed = neg.closed.clone();
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let mut writer_ended = None;
@@ -310,9 +303,7 @@ impl Updates<'_> {
 
     /// Waits until an update without a payload may be read.
     async fn room(&mut self) -> Result<()> {
-        let read = self.read;
-        self.applied.wait_for(|n| read - *n < UPDATES_PENDING_MAX).await.map_err(|_| ConnectionError::UpdaterGone)?;
-        Ok(())
+        self.pending_below(UPDATES_PENDING_MAX).await
     }
 
     /// Hands an update read to the updater (after `pay_for` or `room`).
@@ -326,8 +317,13 @@ impl Updates<'_> {
     /// writes before it on its connection, replied to or not, as when one
     /// task did both.
     async fn applied(&mut self) -> Result<()> {
+        self.pending_below(1).await
+    }
+
+    /// Waits until fewer than `max` updates read are not yet done with.
+    async fn pending_below(&mut self, max: u64) -> Result<()> {
         let read = self.read;
-        self.applied.wait_for(|n| *n >= read).await.map_err(|_| ConnectionError::UpdaterGone)?;
+        self.applied.wait_for(|n| read - *n < max).await.map_err(|_| ConnectionError::UpdaterGone)?;
         Ok(())
     }
 }
@@ -340,14 +336,12 @@ impl Updates<'_> {
 /// the export is removed (its closing need not refuse writes itself: a
 /// replica's file is reopened by the recovery journal right after).
 async fn apply_updates(
-    export: Arc<dyn BlockExport>,
-    write_through: bool,
-    structured: bool,
-    closed: watch::Receiver<bool>,
+    neg: Negotiated,
     mut queued: mpsc::Receiver<Update>,
     applied: watch::Sender<u64>,
     tx: mpsc::Sender<Reply>,
 ) -> Result<()> {
+    let Negotiated { export, closed, structured, write_through } = neg;
     let mut durable_waits = DurableWaits::new();
     while let Some(update) = queued.recv().await {
         if *closed.borrow() {
