@@ -92,6 +92,11 @@ pub struct VpgStatus {
     /// Protected side: bitmap mode or a resync, while one is under way.
     #[serde(default)]
     pub bitmap: Option<BitmapStatus>,
+    /// Protected side, sync mode: suspended since a FLUSH waited too long
+    /// for the recovery journal (`capture::sync_gate`), until the link
+    /// catches up.
+    #[serde(default)]
+    pub sync_suspended: Option<crate::capture::sync_gate::SyncSuspended>,
     /// Protected side: the last online verify (`tidemark verify`), in one line.
     #[serde(default)]
     pub last_verify: Option<String>,
@@ -304,6 +309,14 @@ pub fn render(status: &AgentStatus) -> String {
         }
         if let Some(b) = &v.bitmap {
             out.push_str(&format!("  {:<17}{}\n", format!("{}:", b.mode), describe_bitmap(b)));
+        }
+        if let Some(s) = &v.sync_suspended {
+            out.push_str(&format!(
+                "  sync:            SUSPENDED for {}: {}; FLUSH/FUA wait for the protected log only until the link \
+                 catches up\n",
+                humantime::format_duration(std::time::Duration::from_secs(s.since_seconds)),
+                s.why
+            ));
         }
         if let Some(verify) = &v.last_verify {
             out.push_str(&format!("  last verify:     {verify}\n"));

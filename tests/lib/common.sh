@@ -119,6 +119,7 @@ dir = "$WORK/a/logs"
 name = "vpg1"
 mode = "$mode"
 checkpoint_interval_ms = $interval
+${VPG_TOML:-}
 ${BITMAP_TOML:-}
 TOML
     local spec name size

@@ -16,6 +16,7 @@ pub mod group_hold;
 pub mod initial_copy;
 pub mod moving;
 pub mod peer_hashes;
+pub mod sync_gate;
 pub mod verify;
 pub mod verify_report;
 pub mod volume;

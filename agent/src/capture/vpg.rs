@@ -16,8 +16,9 @@ use super::activity::{extent_range, ActivityFound, ActivityLog};
 use super::alert::Detection;
 use super::bitmap_state::{BitmapState, CaptureMode};
 use super::dirty_map::{DirtyMap, LoadError};
+use super::sync_gate::SyncGate;
 use super::volume::Volume;
-use crate::config::{BitmapConfig, ReplicationMode};
+use crate::config::BitmapConfig;
 use crate::log::{CaptureState, LogOpenReport, LogSize, LogSpace, ProtectedLog};
 
 use super::error::CaptureError;
@@ -79,7 +80,8 @@ const START_WORK_RETRY: Duration = Duration::from_secs(5);
 
 pub struct VpgCapture {
     pub name: String,
-    pub mode: ReplicationMode,
+    /// Async or sync mode, and sync mode's bound on a FLUSH's wait.
+    pub sync: SyncGate,
     pub volumes: Vec<Volume>,
     pub log: Arc<ProtectedLog>,
     pub(crate) order: Mutex<()>,
@@ -134,7 +136,7 @@ impl VpgCapture {
     /// in the log.
     pub fn open(
         name: String,
-        mode: ReplicationMode,
+        sync: SyncGate,
         volumes: Vec<Volume>,
         vpg_id: u32,
         dir: &Path,
@@ -194,7 +196,7 @@ impl VpgCapture {
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
             name,
-            mode,
+            sync,
             volumes,
             log,
             order: Mutex::new(()),
@@ -225,6 +227,8 @@ impl VpgCapture {
         }
         tokio::spawn(capture.clone().resync_loop());
         tokio::spawn(capture.clone().activity_epochs());
+        let resumes = capture.clone();
+        tokio::spawn(async move { resumes.sync.resume_when_caught_up(&resumes.name, &resumes.log).await });
         Ok(capture)
     }
 
@@ -737,16 +741,16 @@ impl VpgCapture {
     pub async fn make_durable(&self, seq: u64) -> Result<()> {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
-        if self.mode == ReplicationMode::Sync {
+        let journaled = async {
             // Bitmap mode suspends sync mode: production never waits for
             // the link (status says so).
             let mut mode = self.bitmap.subscribe();
             tokio::select! {
-                done = self.wait_recovery_durable(seq) => done.map_err(|e| e.step("waiting for the recovery journal"))?,
-                _ = mode.wait_for(|m| *m == CaptureMode::Bitmap) => {}
+                done = self.wait_recovery_durable(seq) => done.map_err(|e| e.step("waiting for the recovery journal")),
+                _ = mode.wait_for(|m| *m == CaptureMode::Bitmap) => Ok(()),
             }
-        }
-        Ok(())
+        };
+        self.sync.wait(&self.name, seq, journaled).await
     }
 
     /// FLUSH: everything appended so far becomes durable.

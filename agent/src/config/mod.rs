@@ -245,6 +245,35 @@ pub enum ReplicationMode {
     Sync,
 }
 
+/// How long a FLUSH/FUA in sync mode waits for the recovery journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncTimeout {
+    /// Then sync mode is suspended until the link catches up.
+    After(std::time::Duration),
+    /// For as long as the link is down (strict RPO 0; production waits).
+    Never,
+}
+
+impl SyncTimeout {
+    /// Well under the 30 s a guest's disk driver gives a command before it
+    /// resets the disk, and long enough for a WAN's round trips and a
+    /// short backlog.
+    pub const DEFAULT: SyncTimeout = SyncTimeout::After(std::time::Duration::from_secs(10));
+    const MIN: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+impl<'de> Deserialize<'de> for SyncTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "never" {
+            return Ok(SyncTimeout::Never);
+        }
+        humantime::parse_duration(&text).map(SyncTimeout::After).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is neither \"never\" nor a duration like \"10s\": {e}"))
+        })
+    }
+}
+
 /// A VPG's claim on a capped link (`peer.throttle_bytes_per_sec`): while
 /// VPGs wait for it, each priority gets link time in proportion to its
 /// weight (`transfer::link_share`).
@@ -263,6 +292,12 @@ pub struct VpgConfig {
     pub name: String,
     #[serde(default)]
     pub mode: ReplicationMode,
+    /// Sync mode only: how long a FLUSH/FUA waits for the recovery journal
+    /// before sync mode is suspended until the link catches up ("10s", or
+    /// "never": production waits for the link however long it is down).
+    /// None: not set (the default, `SyncTimeout::DEFAULT`, in sync mode).
+    #[serde(default)]
+    pub sync_timeout: Option<SyncTimeout>,
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_ms: u64,
     #[serde(default)]
@@ -860,6 +895,15 @@ impl VpgConfig {
                 self.checkpoint_interval_ms
             )));
         }
+        match (self.mode, self.sync_timeout) {
+            (ReplicationMode::Async, Some(_)) => return Err(ConfigError::Invalid(format!(
+                "vpg[{i}].sync_timeout: only for mode = \"sync\" (this VPG is async: FLUSH never waits for the link)"
+            ))),
+            (_, Some(SyncTimeout::After(t))) if t < SyncTimeout::MIN => {
+                return Err(ConfigError::Invalid(format!("vpg[{i}].sync_timeout: must be at least 1s, or \"never\"")))
+            }
+            _ => {}
+        }
         if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
             return Err(ConfigError::Invalid(format!("vpg[{i}].rpo_alert: must be at least 1s")));
         }
@@ -1006,6 +1050,27 @@ path = "/tmp/v1"
                 "{bad}: {err_chain}",
                 err_chain = crate::error_chain::Chain(&err)
             );
+        }
+    }
+
+    #[test]
+    fn sync_timeout_parses_and_bad_ones_are_named() {
+        let timeout = |extra: &str| match Config::parse(&protected(extra)) {
+            Ok(Config::Protected(p)) => Ok(p.vpgs[0].sync_timeout),
+            Ok(_) => panic!("not a protected config"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(timeout(""), Ok(None));
+        let five = SyncTimeout::After(std::time::Duration::from_secs(5));
+        assert_eq!(timeout("mode = \"sync\"\nsync_timeout = \"5s\""), Ok(Some(five)));
+        assert_eq!(timeout("mode = \"sync\"\nsync_timeout = \"never\""), Ok(Some(SyncTimeout::Never)));
+        for (extra, says) in [
+            ("sync_timeout = \"5s\"", "vpg[0].sync_timeout: only for mode = \"sync\""),
+            ("mode = \"sync\"\nsync_timeout = \"100ms\"", "vpg[0].sync_timeout: must be at least 1s"),
+            ("mode = \"sync\"\nsync_timeout = \"soon\"", "neither \"never\" nor a duration"),
+        ] {
+            let e = timeout(extra).expect_err(extra);
+            assert!(e.contains(says), "{extra}: {e}");
         }
     }
 

@@ -9,6 +9,7 @@ use super::failover::{commit, FailoverRecord};
 use super::luns::{Purpose, RecoveryLuns};
 use super::view::PitView;
 use super::RecoveryError;
+use crate::capture::sync_gate::SyncGate;
 use crate::capture::vpg::VpgCapture;
 use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
@@ -105,7 +106,15 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
     }
     let log_dir = dir.join(REVERSE_LOG_DIR);
     let to = crate::capture::vpg::StreamTo::OldSite;
-    Ok(VpgCapture::open(vpg.to_string(), Default::default(), volumes, meta.vpg_id, &log_dir, reverse_log_size(), to)?)
+    Ok(VpgCapture::open(
+        vpg.to_string(),
+        SyncGate::new(Default::default(), None),
+        volumes,
+        meta.vpg_id,
+        &log_dir,
+        reverse_log_size(),
+        to,
+    )?)
 }
 
 /// A reverse session: its id, the certificate that opened it, its capture.

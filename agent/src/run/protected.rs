@@ -37,7 +37,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         // has to do runs in the background, and the VMs get their disks.
         let capture = VpgCapture::open(
             vpg_cfg.name.clone(),
-            vpg_cfg.mode,
+            crate::capture::sync_gate::SyncGate::new(vpg_cfg.mode, vpg_cfg.sync_timeout),
             volumes,
             vpg_id(&vpg_cfg.name),
             &dir,
@@ -233,8 +233,12 @@ async fn status_writer(
                 head_seq: log.appended_seq(),
                 acked_seq: log.acked_seq(),
                 last_checkpoint: rt.capture.last_checkpoint(),
-                note: format!("mode {:?}, {} reconnects", rt.capture.mode, rt.stats.reconnects.load(Ordering::Relaxed))
-                    .to_lowercase(),
+                note: format!(
+                    "mode {:?}, {} reconnects",
+                    rt.capture.sync.mode(),
+                    rt.stats.reconnects.load(Ordering::Relaxed)
+                )
+                .to_lowercase(),
                 history: None,
                 iscsi: targets.iter().map(|t| iscsi_status(t, i, configfs)).collect(),
                 priority: format!("{:?}", vpg_cfg.priority).to_lowercase(),
@@ -242,6 +246,7 @@ async fn status_writer(
                 rpo_over_target: over_target[i],
                 alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
                 bitmap,
+                sync_suspended: rt.capture.sync.status(),
                 last_verify: rt.capture.last_verify().map(|r| r.summary()),
                 log: Some(log.space_status()),
             });

@@ -129,6 +129,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 rpo_over_target: false,
                 alert: None,
                 bitmap: None,
+                sync_suspended: None,
                 last_verify: None,
                 log: None,
             });

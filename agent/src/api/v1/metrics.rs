@@ -113,6 +113,12 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         "1 while the encryption detector's alert is raised (protected)",
         alert.clone(),
     );
+    let sync_suspended = Family::<Vpg, Gauge>::default();
+    registry.register(
+        "vpg_sync_suspended",
+        "1 while sync mode is suspended: a FLUSH waited longer than sync_timeout for the recovery journal (protected)",
+        sync_suspended.clone(),
+    );
     for v in &status.vpgs {
         let key = Vpg { vpg: v.name.clone() };
         lag_seconds.get_or_create(&key).set(v.lag_seconds);
@@ -133,6 +139,7 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         }
         if status.role == "protected" {
             alert.get_or_create(&key).set(i64::from(v.alert.is_some()));
+            sync_suspended.get_or_create(&key).set(i64::from(v.sync_suspended.is_some()));
         }
     }
     let mut text = String::new();
