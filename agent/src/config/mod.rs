@@ -896,9 +896,11 @@ impl VpgConfig {
             )));
         }
         match (self.mode, self.sync_timeout) {
-            (ReplicationMode::Async, Some(_)) => return Err(ConfigError::Invalid(format!(
+            (ReplicationMode::Async, Some(_)) => {
+                return Err(ConfigError::Invalid(format!(
                 "vpg[{i}].sync_timeout: only for mode = \"sync\" (this VPG is async: FLUSH never waits for the link)"
-            ))),
+            )))
+            }
             (_, Some(SyncTimeout::After(t))) if t < SyncTimeout::MIN => {
                 return Err(ConfigError::Invalid(format!("vpg[{i}].sync_timeout: must be at least 1s, or \"never\"")))
             }

@@ -61,10 +61,58 @@ pub trait BlockExport: Send + Sync {
     fn close(&self) {}
 }
 
-/// An export being served, and the signal that ends its connections.
+/// An export being served, the signal that ends its connections, and the
+/// updates being applied to it now (`ExportTable::remove` waits for them).
 struct Served {
     export: Arc<dyn BlockExport>,
     closed: watch::Sender<bool>,
+    updating: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Whether a connection's export is still served, and the way its updates
+/// go in: an update applied through `apply` is either done before
+/// `ExportTable::remove` returns, or dropped (never applied) because the
+/// export was removed. A write is never still landing in a replica's file
+/// that the recovery journal reopens right after.
+#[derive(Clone)]
+pub struct Serving {
+    closed: watch::Receiver<bool>,
+    updating: Arc<tokio::sync::RwLock<()>>,
+    /// For an export outside any table (the kernel's devices): the sender
+    /// that is never told "closed".
+    _never_closed: Option<Arc<watch::Sender<bool>>>,
+}
+
+impl Serving {
+    /// An export that is served for as long as its connection lasts.
+    pub fn for_good() -> Serving {
+        let (tx, closed) = watch::channel(false);
+        Serving { closed, updating: Default::default(), _never_closed: Some(Arc::new(tx)) }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Returns once the export is removed.
+    pub async fn closed(&self) {
+        // An error: the table's entry is gone, which it is only once removed.
+        let _ = self.closed.clone().wait_for(|c| *c).await;
+    }
+
+    /// Runs `update` unless the export is removed, before it or while it
+    /// waits: then it is dropped at that wait, and None.
+    pub async fn apply<T>(&self, update: impl Future<Output = T>) -> Option<T> {
+        let _updating = self.updating.read().await;
+        if self.is_closed() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            done = update => Some(done),
+            () = self.closed() => None,
+        }
+    }
 }
 
 /// The exports a server offers, by name. Removing one closes it and every
@@ -92,9 +140,12 @@ impl ExportTable {
         self.listed
     }
 
-    /// The export and a receiver that turns true when it is removed.
-    pub fn get(&self, name: &str) -> Option<(Arc<dyn BlockExport>, watch::Receiver<bool>)> {
-        self.exports.read().expect("export table").get(name).map(|s| (s.export.clone(), s.closed.subscribe()))
+    /// The export and whether it is still served.
+    pub fn get(&self, name: &str) -> Option<(Arc<dyn BlockExport>, Serving)> {
+        self.exports.read().expect("export table").get(name).map(|s| {
+            let serving = Serving { closed: s.closed.subscribe(), updating: s.updating.clone(), _never_closed: None };
+            (s.export.clone(), serving)
+        })
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -108,20 +159,26 @@ impl ExportTable {
             return Err(NameTaken(taken.clone()));
         }
         for (name, export) in exports {
-            table.insert(name, Served { export, closed: watch::channel(false).0 });
+            table.insert(name, Served { export, closed: watch::channel(false).0, updating: Default::default() });
         }
         Ok(())
     }
 
     /// Stops serving: no new connection gets these exports, the open ones
-    /// are closed, and each export lets go of what it holds.
-    pub fn remove(&self, names: &[String]) {
+    /// are closed, and each export lets go of what it holds. Returns once
+    /// no update to them is being applied, and none will be.
+    pub async fn remove(&self, names: &[String]) {
         let removed: Vec<Served> = {
             let mut table = self.exports.write().expect("export table");
             names.iter().filter_map(|n| table.remove(n)).collect()
         };
-        for served in removed {
+        for served in &removed {
             served.closed.send_replace(true);
+        }
+        for served in removed {
+            // Updates waiting to be applied are dropped (they see
+            // "closed"); one in its write finishes it first.
+            drop(served.updating.write().await);
             served.export.close();
         }
     }

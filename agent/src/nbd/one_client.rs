@@ -324,6 +324,98 @@ mod tests {
         assert!(another_connection_is_answered(StuckDisk { writes_return: false }, 200, 1 << 20, false));
     }
 
+    /// A disk whose writes take a while in their synchronous part (a
+    /// `pwrite` that cannot be interrupted), counted once done.
+    struct SlowDisk {
+        entered: tokio::sync::Semaphore,
+        written: std::sync::atomic::AtomicU32,
+    }
+
+    impl BlockExport for SlowDisk {
+        fn size(&self) -> u64 {
+            DISK_BYTES as u64
+        }
+        fn writable(&self) -> bool {
+            true
+        }
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(async move {
+                self.entered.add_permits(1);
+                std::thread::sleep(Duration::from_millis(300));
+                self.written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(0)
+            })
+        }
+        fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(async { Ok(0) })
+        }
+        fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn last_token(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Removing an export returns once the write being applied to it is
+    /// done, and the writes queued behind it are never applied (review of
+    /// helper-38: `remove` returned while a write was still landing in a
+    /// replica's file that the journal reopens right after).
+    #[test]
+    fn removing_an_export_waits_for_the_write_being_applied_and_drops_the_rest() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let disk = Arc::new(SlowDisk { entered: tokio::sync::Semaphore::new(0), written: Default::default() });
+            let table = ExportTable::listed();
+            table.add(vec![("slow".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
+            let mut out = handshake_for("slow");
+            for _ in 0..3 {
+                out.extend(request(1, 0, 4096));
+                out.extend(vec![3u8; 4096]);
+            }
+            client.write_all(&out).await.unwrap();
+            disk.entered.acquire().await.unwrap().forget();
+            table.remove(&["slow".to_string()]).await;
+            let written = || disk.written.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(written(), 1, "remove returned before the write being applied was done");
+            let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+            assert!(ended.is_ok(), "the connection did not end");
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert_eq!(written(), 1, "a write queued behind was applied after the export was removed");
+        });
+    }
+
+    /// A write that waits (a full log) does not hold a removal up: it is
+    /// dropped, never applied.
+    #[test]
+    fn removing_an_export_drops_a_write_that_waits() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let table = ExportTable::listed();
+            table
+                .add(vec![("stuck".into(), Arc::new(StuckDisk { writes_return: false }) as Arc<dyn BlockExport>)])
+                .unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
+            let mut out = handshake_for("stuck");
+            out.extend(request(1, 0, 4096));
+            out.extend(vec![3u8; 4096]);
+            client.write_all(&out).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let removed = tokio::time::timeout(Duration::from_secs(60), table.remove(&["stuck".to_string()])).await;
+            assert!(removed.is_ok(), "a waiting write held the removal up");
+            assert!(tokio::time::timeout(Duration::from_secs(60), served).await.is_ok(), "the connection did not end");
+        });
+    }
+
     /// FUA writes waiting for durability (sync mode with the link down)
     /// are let go when their client leaves: nothing of a connection
     /// outlives it.

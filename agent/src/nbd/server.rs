@@ -16,7 +16,7 @@
 //! closes its connections.
 
 use super::admission::{Admission, Admitted, Buffers, REPLY_HEADER_BYTES_MAX};
-use super::export::{BlockExport, ExportError, ExportTable};
+use super::export::{BlockExport, ExportError, ExportTable, Serving};
 use super::protocol::*;
 use crate::error_chain::Chain;
 use crate::io_failure::{Doing, IoFailure};
@@ -100,7 +100,7 @@ fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
 #[derive(Clone)]
 struct Negotiated {
     export: Arc<dyn BlockExport>,
-    closed: watch::Receiver<bool>,
+    serving: Serving,
     structured: bool,
     /// Every update is made durable before its reply, as if it had FUA
     /// (the kernel's device for an iSCSI LUN: no write cache).
@@ -192,12 +192,8 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let (_never, closed) = watch::channel(false);
-    let neg = Negotiated { export, closed, structured: false, write_through: true };
-    // The sender stays alive for the connection's life: never "closed".
-    let result = serve_negotiated(rd, wr, neg, admitted).await;
-    drop(_never);
-    result
+    let neg = Negotiated { export, serving: Serving::for_good(), structured: false, write_through: true };
+    serve_negotiated(rd, wr, neg, admitted).await
 }
 
 /// `serve_kernel` on the agent's end of a kernel device's socket pair
@@ -225,12 +221,12 @@ where
     let (updates, queued) = mpsc::channel::<Update>(UPDATES_PENDING_MAX as usize);
     let (applied_tx, applied) = watch::channel(0u64);
     let mut updater = tokio::spawn(apply_updates(neg.clone(), queued, applied_tx, tx.clone()));
-    let mut closed = neg.closed.clone();
+    let serving = neg.serving.clone();
     let mut rd = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let mut writer_ended = None;
     let result = tokio::select! {
         r = transmission(&mut rd, &neg, &tx, Updates { queue: &updates, applied, read: 0 }, &admitted) => r,
-        _ = closed.wait_for(|c| *c) => Err(ConnectionError::Closed),
+        () = serving.closed() => Err(ConnectionError::Closed),
         w = &mut writer => {
             writer_ended = Some(w);
             Ok(())
@@ -332,36 +328,43 @@ impl Updates<'_> {
 /// (counting each in `applied` once it is done with), and queues their
 /// replies (an update with FUA, or on a write-through connection, once it
 /// is durable). Stops when the reader is done and every durable wait is
-/// answered, when the reply writer is gone, or before the next update once
-/// the export is removed (its closing need not refuse writes itself: a
-/// replica's file is reopened by the recovery journal right after).
+/// answered, when the reply writer is gone, or once the export is removed:
+/// an update is applied through `Serving::apply`, so none is still being
+/// applied once the removal returns (a replica's file is reopened by the
+/// recovery journal right after).
 async fn apply_updates(
     neg: Negotiated,
     mut queued: mpsc::Receiver<Update>,
     applied: watch::Sender<u64>,
     tx: mpsc::Sender<Reply>,
 ) -> Result<()> {
-    let Negotiated { export, closed, structured, write_through } = neg;
+    let Negotiated { export, serving, structured, write_through } = neg;
     let mut durable_waits = DurableWaits::new();
     while let Some(update) = queued.recv().await {
-        if *closed.borrow() {
-            return Err(ConnectionError::Closed);
-        }
         let (req, result) = match update {
             Update::Write { req, data, _buffers } => {
-                let result =
-                    if data.is_empty() { Ok(export.last_token()) } else { export.write(req.offset, data).await };
-                (req, result)
+                let write = async {
+                    if data.is_empty() {
+                        Ok(export.last_token())
+                    } else {
+                        export.write(req.offset, data).await
+                    }
+                };
+                (req, serving.apply(write).await.ok_or(ConnectionError::Closed)?)
             }
             Update::Zero { req } => {
-                let result = if req.length == 0 {
-                    Ok(export.last_token())
-                } else {
-                    export.zero(req.offset, req.length as u64).await
+                let zero = async {
+                    match req.length {
+                        0 => Ok(export.last_token()),
+                        length => export.zero(req.offset, length as u64).await,
+                    }
                 };
-                (req, result)
+                (req, serving.apply(zero).await.ok_or(ConnectionError::Closed)?)
             }
             Update::Flush { req } => {
+                if serving.is_closed() {
+                    return Err(ConnectionError::Closed);
+                }
                 durable_waits.reply_when_durable(&export, export.last_token(), req.handle, "flush", &tx).await;
                 applied.send_modify(|n| *n += 1);
                 continue;
@@ -497,11 +500,11 @@ where
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).to_string();
-                let Some((export, closed)) = exports.get(&name) else {
+                let Some((export, serving)) = exports.get(&name) else {
                     return protocol(format!("client asked for unknown export {name:?}"));
                 };
                 wr.write_all(&export_name_reply(export.size(), export_flags(export.writable()), no_zeroes)).await?;
-                return Ok(Some(Negotiated { export, closed, structured, write_through: false }));
+                return Ok(Some(Negotiated { export, serving, structured, write_through: false }));
             }
             OPT_ABORT => {
                 wr.write_all(&reply(REP_ACK, &[])).await?;
@@ -527,7 +530,7 @@ where
                     wr.write_all(&reply(REP_ERR_INVALID, b"malformed info request")).await?;
                     continue;
                 };
-                let Some((export, closed)) = exports.get(&name) else {
+                let Some((export, serving)) = exports.get(&name) else {
                     wr.write_all(&reply(REP_ERR_UNKNOWN, b"no such export")).await?;
                     continue;
                 };
@@ -539,7 +542,7 @@ where
                 wr.write_all(&reply(REP_INFO, &info_block_size())).await?;
                 wr.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    return Ok(Some(Negotiated { export, closed, structured, write_through: false }));
+                    return Ok(Some(Negotiated { export, serving, structured, write_through: false }));
                 }
             }
             _ => wr.write_all(&reply(REP_ERR_UNSUP, &[])).await?,

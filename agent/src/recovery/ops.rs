@@ -630,7 +630,7 @@ impl RecoveryOps {
         if let Some(l) = &self.luns {
             l.withdraw(&served.vpg, Purpose::Checkpoint(served.checkpoint.id)).await;
         }
-        self.exports.remove(&served.names);
+        self.exports.remove(&served.names).await;
         tracing::info!("stopped serving {:?}", served.names);
     }
 
@@ -706,7 +706,7 @@ impl RecoveryOps {
         if let Some(l) = &self.luns {
             l.withdraw(vpg, Purpose::TestFailover).await;
         }
-        self.exports.remove(&test.served.names);
+        self.exports.remove(&test.served.names).await;
         let blocks: u64 = test.overlays.iter().map(|o| o.blocks_written()).sum();
         std::fs::remove_dir_all(&test.scratch_dir)
             .doing(|| format!("removing scratch {}", test.scratch_dir.display()))?;

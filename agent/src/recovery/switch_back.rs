@@ -340,7 +340,7 @@ impl RecoveryOps {
             luns.withdraw(vpg, Purpose::Failover).await;
         }
         let names: Vec<String> = meta.volumes.iter().map(|v| format!("{vpg}/{}", v.name)).collect();
-        self.exports.remove(&names);
+        self.exports.remove(&names).await;
         self.reverse.lock().expect("reverse lock").remove(vpg);
         self.live.lock().expect("live lock").remove(vpg);
         let slot = crate::transfer::slot::find(&self.slots, vpg)
