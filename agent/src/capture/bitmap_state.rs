@@ -97,8 +97,8 @@ impl MapSnapshot {
 
 impl BitmapState {
     /// `map` holds the regions a start must read again (empty: none).
-    pub fn new(cfg: Option<&BitmapConfig>, capacity: u64, map: DirtyMap, why: String) -> BitmapState {
-        let waters = cfg.filter(|c| c.enabled).map(|c| {
+    pub fn new(cfg: &BitmapConfig, capacity: u64, map: DirtyMap, why: String) -> BitmapState {
+        let waters = Some(cfg).filter(|c| c.enabled).map(|c| {
             let at = |percent: u64| capacity / 100 * percent;
             Waters {
                 high: at(c.high_water as u64),
@@ -234,7 +234,7 @@ mod tests {
     fn the_waters_follow_the_config_and_off_means_none() {
         let cfg = BitmapConfig::default();
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
-        let state = BitmapState::new(Some(&cfg), 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
+        let state = BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
         let w = state.waters.expect("on by default");
         assert_eq!((w.high, w.low, w.resync_ceiling), (90 << 20, 50 << 20, 70 << 20));
         assert_eq!(state.mode(), CaptureMode::Logging);
@@ -242,7 +242,7 @@ mod tests {
         let off = BitmapConfig { enabled: false, ..cfg };
         let mut map = DirtyMap::new(64 << 10, &shapes);
         map.mark(0, 0, 1);
-        let state = BitmapState::new(Some(&off), 100 << 20, map, "start".into());
+        let state = BitmapState::new(&off, 100 << 20, map, "start".into());
         assert!(state.waters.is_none());
         // Regions a start must read again: a resync, even with bitmap mode off.
         assert_eq!(state.mode(), CaptureMode::Resync);

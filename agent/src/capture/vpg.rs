@@ -52,8 +52,10 @@ pub enum StreamTo<'a> {
     /// and a new stream's copy sends only extents whose hashes differ
     /// from the recovery journal's.
     RecoverySite(&'a BitmapConfig),
-    /// The old site of a failed-over VPG (reverse protection): a full log
-    /// holds writers back, and a new stream's copy sends everything.
+    /// The old site of a failed-over VPG (reverse protection): bitmap
+    /// mode with its defaults (this site runs production now: a full
+    /// reverse log while the old site is down must not hold its VMs'
+    /// writes), and a new stream's copy sends everything.
     OldSite,
 }
 
@@ -143,9 +145,10 @@ impl VpgCapture {
         log_size: LogSize,
         to: StreamTo<'_>,
     ) -> Result<Arc<VpgCapture>> {
+        let old_site_bitmap = BitmapConfig::default();
         let (bitmap, copies_by_hash) = match to {
-            StreamTo::RecoverySite(b) => (Some(b), true),
-            StreamTo::OldSite => (None, false),
+            StreamTo::RecoverySite(b) => (b, true),
+            StreamTo::OldSite => (&old_site_bitmap, false),
         };
         std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
         let (mut activity, found) = ActivityLog::open(dir)?;
@@ -167,7 +170,7 @@ impl VpgCapture {
             state.store(dir)?;
         }
         let shapes = super::bitmap_state::shapes(&volumes);
-        let granularity = bitmap.map_or(super::dirty_map::GRANULARITY_DEFAULT, |b| b.granularity);
+        let granularity = bitmap.granularity;
         let mut dirty = DirtyMap::new(granularity, &shapes);
         // A map that is damaged or not this VPG's is never trusted.
         let stored_map = match report.fresh {

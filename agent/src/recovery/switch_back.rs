@@ -151,7 +151,7 @@ fn not_failed_over(dir: &Path) -> Result<MoveBackAnswer> {
 
 impl RecoveryOps {
     /// The capture logging a failed-over VPG's writes for the old site.
-    fn reverse_capture_of(&self, vpg: &str) -> Option<Arc<VpgCapture>> {
+    pub(crate) fn reverse_capture_of(&self, vpg: &str) -> Option<Arc<VpgCapture>> {
         self.live.lock().expect("live lock").get(vpg).and_then(|l| l.read().expect("live capture").clone())
     }
 
@@ -219,7 +219,9 @@ impl RecoveryOps {
                 .await
                 .map_err(|_| {
                     RecoveryError::Unavailable(format!(
-                        "the reverse log had no room for the final checkpoint within {MARKER_WAIT:?}"
+                        "the reverse log could not take the final checkpoint within {MARKER_WAIT:?} (no room, or \
+                         a resync after bitmap mode is still reading changed regions back: see the recovery \
+                         site's status)"
                     ))
                 })??;
             capture.log.sync_to(marker).await?;

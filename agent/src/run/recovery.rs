@@ -106,6 +106,8 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 _ if index.initial_copy_complete() => "protected".to_string(),
                 _ => "initial copy in progress".to_string(),
             };
+            // A failed-over VPG's reverse log, for the old site.
+            let reverse_bitmap = ops.reverse_capture_of(&name).and_then(|c| c.bitmap_status());
             vpgs.push(VpgStatus {
                 name,
                 state,
@@ -128,7 +130,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
                 rpo_target_seconds: None,
                 rpo_over_target: false,
                 alert: None,
-                bitmap: None,
+                bitmap: reverse_bitmap,
                 sync_suspended: None,
                 last_verify: None,
                 log: None,
