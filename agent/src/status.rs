@@ -275,7 +275,8 @@ fn describe_bitmap(b: &BitmapStatus) -> String {
         ),
         _ => format!(
             "{} of changed regions marked, not logged: write order is given up for them, checkpoints are held \
-             until a resync, and FLUSH/FUA wait for the protected log only (no sync mode) (since {since}: {})",
+             until a resync, and FLUSH/FUA wait for the protected log only (sync mode, where set, is suspended) \
+             (since {since}: {})",
             format_bytes(b.dirty_bytes),
             b.why
         ),

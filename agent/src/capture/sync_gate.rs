@@ -3,14 +3,20 @@
 //! (RPO 0). A lost link must not hold production for good: a wait longer
 //! than `sync_timeout` suspends sync mode (logged, shown in status), and
 //! the FLUSHes from then on wait for the protected log only, as in async
-//! mode. It resumes by itself once the link has caught up: the journal
-//! acknowledged everything the log held, within half the timeout (so a
-//! FLUSH right after would not time out again at once). `"never"` keeps
-//! the strict promise: a FLUSH waits for the link however long it takes.
+//! mode; each such FLUSH's seq is remembered. Sync mode resumes by itself
+//! once the link has caught up (the journal acknowledged everything the log
+//! held, within half the timeout, so a FLUSH right after would not time
+//! out again at once): FLUSHes wait for the journal again from there, and
+//! status says "suspended" until the journal also holds every write a
+//! FLUSH let go while suspended (review of helper-39: it said "resumed"
+//! while such writes were still only here). A start finds the same: what
+//! the log holds unacknowledged may have been let go by the agent before,
+//! so it starts resuming. `"never"` keeps the strict promise: a FLUSH waits
+//! for the link however long it takes (the config then requires bitmap
+//! mode off: a write it only marks is in no record a FLUSH could wait for).
 
 use super::error::CaptureError;
 use crate::config::{ReplicationMode, SyncTimeout};
-use crate::log::ProtectedLog;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -19,10 +25,16 @@ use tokio::sync::watch;
 /// after an error reading the log's acknowledgements.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
-#[derive(Clone)]
-struct Suspension {
-    since: Instant,
-    why: String,
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    /// FLUSHes wait for the journal, and nothing they let go is unconfirmed.
+    Strict,
+    /// FLUSHes wait for the protected log only; `released` is the newest
+    /// seq one of them returned for.
+    Suspended { since: Instant, why: String, released: u64 },
+    /// FLUSHes wait for the journal again; what they let go while
+    /// suspended, up to `until`, is not acknowledged yet.
+    Resuming { since: Instant, why: String, until: u64 },
 }
 
 /// Sync mode suspended, for status.
@@ -32,21 +44,40 @@ pub struct SyncSuspended {
     pub why: String,
 }
 
+/// A VPG's replication mode and, in sync mode, its `sync_timeout` (None:
+/// the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncPolicy {
+    pub mode: ReplicationMode,
+    pub timeout: Option<SyncTimeout>,
+}
+
 pub struct SyncGate {
     mode: ReplicationMode,
     /// None: wait for good (`sync_timeout = "never"`).
     timeout: Option<Duration>,
-    suspended: watch::Sender<Option<Suspension>>,
+    state: watch::Sender<State>,
 }
 
 impl SyncGate {
-    /// `timeout` None: the default.
-    pub fn new(mode: ReplicationMode, timeout: Option<SyncTimeout>) -> SyncGate {
-        let timeout = match timeout.unwrap_or(SyncTimeout::DEFAULT) {
+    /// `opened_end`: the last seq the log held at the start (0: none):
+    /// until the journal has it, a FLUSH of the agent before may have let
+    /// it go.
+    pub fn new(policy: SyncPolicy, opened_end: u64) -> SyncGate {
+        let mode = policy.mode;
+        let timeout = match policy.timeout.unwrap_or(SyncTimeout::DEFAULT) {
             SyncTimeout::After(t) => Some(t),
             SyncTimeout::Never => None,
         };
-        SyncGate { mode, timeout, suspended: watch::channel(None).0 }
+        let state = match (mode, timeout) {
+            (ReplicationMode::Sync, Some(_)) if opened_end > 0 => State::Resuming {
+                since: Instant::now(),
+                why: format!("the agent started; the recovery journal has not yet acknowledged seq {opened_end}"),
+                until: opened_end,
+            },
+            _ => State::Strict,
+        };
+        SyncGate { mode, timeout, state: watch::channel(state).0 }
     }
 
     pub fn mode(&self) -> ReplicationMode {
@@ -62,13 +93,11 @@ impl SyncGate {
         seq: u64,
         journaled: impl Future<Output = Result<(), CaptureError>>,
     ) -> Result<(), CaptureError> {
-        if self.mode != ReplicationMode::Sync {
+        if self.mode != ReplicationMode::Sync || self.release(seq) {
             return Ok(());
         }
-        let mut suspended = self.suspended.subscribe();
-        if suspended.borrow_and_update().is_some() {
-            return Ok(());
-        }
+        let mut state = self.state.subscribe();
+        state.borrow_and_update();
         let timeout = async {
             match self.timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -77,71 +106,156 @@ impl SyncGate {
         };
         tokio::select! {
             done = journaled => done,
-            // Another wait timed out: this one ends with it.
-            _ = suspended.wait_for(|s| s.is_some()) => Ok(()),
+            // Another wait timed out: this one ends with it. (The watch's
+            // borrow is let go before `release` writes it.)
+            _ = async { state.wait_for(|s| matches!(s, State::Suspended { .. })).await.map(|_| ()) } => {
+                self.release(seq);
+                Ok(())
+            }
             () = timeout => {
                 let t = self.timeout.expect("the timeout fired");
-                self.suspend(vpg, format!(
+                let why = format!(
                     "the recovery journal did not acknowledge seq {seq} within {}", humantime::format_duration(t)
-                ));
+                );
+                self.suspend(vpg, why, seq);
                 Ok(())
             }
         }
     }
 
-    fn suspend(&self, vpg: &str, why: String) {
-        self.suspended.send_if_modified(|s| {
-            if s.is_some() {
-                return false;
+    /// While suspended: remembers that a FLUSH let `seq` go, and true.
+    fn release(&self, seq: u64) -> bool {
+        let mut suspended = false;
+        self.state.send_if_modified(|s| match s {
+            State::Suspended { released, .. } => {
+                suspended = true;
+                let newer = seq > *released;
+                *released = (*released).max(seq);
+                newer
             }
+            _ => false,
+        });
+        suspended
+    }
+
+    fn suspend(&self, vpg: &str, why: String, seq: u64) {
+        self.state.send_if_modified(|s| {
+            let released = match s {
+                State::Suspended { released, .. } => {
+                    *released = (*released).max(seq);
+                    return true;
+                }
+                // Still unconfirmed from the last suspension.
+                State::Resuming { until, .. } => (*until).max(seq),
+                State::Strict => seq,
+            };
             tracing::warn!(
                 vpg,
                 "sync mode suspended: {why}; FLUSH and FUA writes now wait for the protected log only (RPO is no \
                  longer 0) until the link catches up"
             );
-            *s = Some(Suspension { since: Instant::now(), why });
+            *s = State::Suspended { since: Instant::now(), why, released };
             true
         });
     }
 
-    /// While suspended, for status.
+    /// While suspended or resuming, for status.
     pub fn status(&self) -> Option<SyncSuspended> {
-        self.suspended
-            .borrow()
-            .as_ref()
-            .map(|s| SyncSuspended { since_seconds: s.since.elapsed().as_secs(), why: s.why.clone() })
+        match &*self.state.borrow() {
+            State::Strict => None,
+            State::Suspended { since, why, .. } => {
+                Some(SyncSuspended { since_seconds: since.elapsed().as_secs(), why: why.clone() })
+            }
+            State::Resuming { since, why, until } => Some(SyncSuspended {
+                since_seconds: since.elapsed().as_secs(),
+                why: format!(
+                    "{why}; resuming: FLUSH and FUA wait for the recovery journal again, which has not yet \
+                     acknowledged seq {until}, let go while suspended"
+                ),
+            }),
+        }
     }
 
     /// Resumes sync mode each time it was suspended and the link caught
-    /// up with `log`. Runs for as long as the VPG does (returns at once
+    /// up with `log`, and confirms it once the journal holds what was let
+    /// go meanwhile. Runs for as long as the VPG does (returns at once
     /// where sync mode is never suspended).
-    pub async fn resume_when_caught_up(&self, vpg: &str, log: &ProtectedLog) {
+    /// `appended`: the log's last seq now; `journaled(seq)`: returns once
+    /// the recovery journal holds every write up to `seq`
+    /// (`VpgCapture::wait_recovery_durable`).
+    pub async fn resume_when_caught_up<F: Future<Output = Result<(), CaptureError>>>(
+        &self,
+        vpg: &str,
+        appended: impl Fn() -> u64,
+        journaled: impl Fn(u64) -> F,
+    ) {
         let Some(timeout) = self.timeout.filter(|_| self.mode == ReplicationMode::Sync) else { return };
-        let mut suspended = self.suspended.subscribe();
+        let mut state = self.state.subscribe();
         loop {
-            if suspended.wait_for(|s| s.is_some()).await.is_err() {
-                return;
-            }
-            loop {
-                let target = log.appended_seq();
-                let started = Instant::now();
-                match log.wait_acked(target).await {
-                    // Acknowledged quickly: a FLUSH now would not time out.
-                    Ok(true) if started.elapsed() <= timeout / 2 => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(vpg, "sync mode stays suspended: reading the link's acknowledgements: {e}");
-                        tokio::time::sleep(RETRY_AFTER_ERROR).await;
+            let now = state.borrow_and_update().clone();
+            match now {
+                State::Strict => {
+                    if state.changed().await.is_err() {
+                        return;
+                    }
+                }
+                State::Suspended { .. } => {
+                    let target = appended();
+                    let started = Instant::now();
+                    match journaled(target).await {
+                        // Acknowledged quickly: a FLUSH now would not time out.
+                        Ok(()) if started.elapsed() <= timeout / 2 => self.begin_resuming(),
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(vpg, "sync mode stays suspended: reading the link's acknowledgements: {e}");
+                            tokio::time::sleep(RETRY_AFTER_ERROR).await;
+                        }
+                    }
+                }
+                State::Resuming { until, since, .. } => {
+                    let confirmed = tokio::select! {
+                        acked = journaled(until) => acked,
+                        // Suspended again meanwhile.
+                        _ = async { state.wait_for(|s| !matches!(s, State::Resuming { .. })).await.map(|_| ()) } => continue,
+                    };
+                    match confirmed {
+                        Ok(()) => self.confirm(vpg, until, since),
+                        Err(e) => {
+                            tracing::warn!(vpg, "sync mode stays suspended: reading the link's acknowledgements: {e}");
+                            tokio::time::sleep(RETRY_AFTER_ERROR).await;
+                        }
                     }
                 }
             }
-            let was = self.suspended.send_replace(None);
-            let after = was.map(|s| humantime::format_duration(Duration::from_secs(s.since.elapsed().as_secs())));
+        }
+    }
+
+    /// Suspended -> resuming: FLUSHes wait for the journal from here on.
+    fn begin_resuming(&self) {
+        self.state.send_if_modified(|s| match s {
+            State::Suspended { since, why, released } => {
+                *s = State::Resuming { since: *since, why: std::mem::take(why), until: *released };
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Resuming -> strict, once the journal has `until`.
+    fn confirm(&self, vpg: &str, until: u64, since: Instant) {
+        let done = self.state.send_if_modified(|s| match s {
+            State::Resuming { until: u, .. } if *u == until => {
+                *s = State::Strict;
+                true
+            }
+            _ => false,
+        });
+        if done {
             tracing::info!(
                 vpg,
-                "sync mode resumed after {}: the recovery journal caught up with the protected log; FLUSH and FUA \
-                 writes wait for it again",
-                after.map_or_else(|| "a moment".to_string(), |a| a.to_string())
+                "sync mode resumed after {}: the recovery journal holds every write a FLUSH let go meanwhile \
+                 (through seq {until}); FLUSH and FUA writes wait for it again",
+                humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
             );
         }
     }
@@ -150,9 +264,13 @@ impl SyncGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     fn sync_after(secs: u64) -> SyncGate {
-        SyncGate::new(ReplicationMode::Sync, Some(SyncTimeout::After(Duration::from_secs(secs))))
+        let policy =
+            SyncPolicy { mode: ReplicationMode::Sync, timeout: Some(SyncTimeout::After(Duration::from_secs(secs))) };
+        SyncGate::new(policy, 0)
     }
 
     #[tokio::test(start_paused = true)]
@@ -170,7 +288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waits_end_together_when_one_times_out() {
-        let gate = std::sync::Arc::new(sync_after(10));
+        let gate = Arc::new(sync_after(10));
         let first = tokio::spawn({
             let gate = gate.clone();
             async move { gate.wait("v", 1, std::future::pending()).await }
@@ -201,12 +319,79 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn never_and_async_mode_do_not_suspend() {
-        let never = SyncGate::new(ReplicationMode::Sync, Some(SyncTimeout::Never));
+        let never = SyncGate::new(SyncPolicy { mode: ReplicationMode::Sync, timeout: Some(SyncTimeout::Never) }, 9);
+        assert!(never.status().is_none(), "a strict gate starts strict");
         let waited = tokio::time::timeout(Duration::from_secs(3600), never.wait("v", 1, std::future::pending())).await;
         assert!(waited.is_err(), "a strict sync wait does not end without the journal");
         assert!(never.status().is_none());
-        let not_sync = SyncGate::new(ReplicationMode::Async, None);
+        let not_sync = SyncGate::new(SyncPolicy::default(), 9);
         not_sync.wait("v", 1, std::future::pending()).await.unwrap();
         assert!(not_sync.status().is_none());
+    }
+
+    /// A recovery journal that acknowledges what the test says, and a log
+    /// whose end the test moves.
+    #[derive(Default)]
+    struct Link {
+        acked: tokio::sync::watch::Sender<u64>,
+        appended: AtomicU64,
+    }
+
+    impl Link {
+        fn resume(self: &Arc<Self>, gate: &Arc<SyncGate>) {
+            let (link, gate) = (self.clone(), gate.clone());
+            tokio::spawn(async move {
+                let appended = || link.appended.load(Ordering::SeqCst);
+                let journaled = |seq| {
+                    let mut acked = link.acked.subscribe();
+                    async move {
+                        let _ = acked.wait_for(|a| *a >= seq).await;
+                        Ok(())
+                    }
+                };
+                gate.resume_when_caught_up("v", appended, journaled).await
+            });
+        }
+    }
+
+    /// Review of helper-39: a FLUSH let go while suspended, after the
+    /// resume had read the log's end, kept status at "resumed" while the
+    /// journal did not hold its write yet.
+    #[tokio::test(start_paused = true)]
+    async fn sync_mode_is_confirmed_only_once_the_journal_holds_what_was_let_go() {
+        let gate = Arc::new(sync_after(10));
+        let link = Arc::new(Link::default());
+        link.appended.store(5, Ordering::SeqCst);
+        gate.wait("v", 5, std::future::pending()).await.unwrap();
+        link.resume(&gate);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The resume waits for seq 5; a write 6 is flushed meanwhile.
+        link.appended.store(6, Ordering::SeqCst);
+        let at_once = tokio::time::timeout(Duration::from_millis(1), gate.wait("v", 6, std::future::pending())).await;
+        assert!(at_once.is_ok(), "suspended: the FLUSH returns at once");
+        link.acked.send_replace(5);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let status = gate.status().expect("seq 6 was let go and is not acknowledged");
+        assert!(status.why.contains("resuming") && status.why.contains("seq 6"), "{}", status.why);
+        // Resuming: a FLUSH waits for the journal again.
+        let strict = tokio::time::timeout(Duration::from_secs(1), gate.wait("v", 7, std::future::pending())).await;
+        assert!(strict.is_err(), "resuming, a FLUSH waits for the journal");
+        link.acked.send_replace(6);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(gate.status().is_none(), "the journal holds everything let go");
+    }
+
+    /// A start finds unacknowledged records the agent before may have let
+    /// go: resuming until the journal has them.
+    #[tokio::test(start_paused = true)]
+    async fn a_start_resumes_until_the_journal_has_what_the_log_held() {
+        let policy = SyncPolicy { mode: ReplicationMode::Sync, timeout: None };
+        let gate = Arc::new(SyncGate::new(policy, 42));
+        assert!(gate.status().expect("resuming").why.contains("seq 42"));
+        let link = Arc::new(Link::default());
+        link.resume(&gate);
+        link.acked.send_replace(42);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(gate.status().is_none());
     }
 }

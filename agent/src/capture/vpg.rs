@@ -16,7 +16,7 @@ use super::activity::{extent_range, ActivityFound, ActivityLog};
 use super::alert::Detection;
 use super::bitmap_state::{BitmapState, CaptureMode};
 use super::dirty_map::{DirtyMap, LoadError};
-use super::sync_gate::SyncGate;
+use super::sync_gate::{SyncGate, SyncPolicy};
 use super::volume::Volume;
 use crate::config::BitmapConfig;
 use crate::log::{CaptureState, LogOpenReport, LogSize, LogSpace, ProtectedLog};
@@ -138,7 +138,7 @@ impl VpgCapture {
     /// in the log.
     pub fn open(
         name: String,
-        sync: SyncGate,
+        sync: SyncPolicy,
         volumes: Vec<Volume>,
         vpg_id: u32,
         dir: &Path,
@@ -199,7 +199,7 @@ impl VpgCapture {
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
             name,
-            sync,
+            sync: SyncGate::new(sync, log_end),
             volumes,
             log,
             order: Mutex::new(()),
@@ -231,7 +231,10 @@ impl VpgCapture {
         tokio::spawn(capture.clone().resync_loop());
         tokio::spawn(capture.clone().activity_epochs());
         let resumes = capture.clone();
-        tokio::spawn(async move { resumes.sync.resume_when_caught_up(&resumes.name, &resumes.log).await });
+        tokio::spawn(async move {
+            let (appended, journaled) = (|| resumes.log.appended_seq(), |seq| resumes.wait_recovery_durable(seq));
+            resumes.sync.resume_when_caught_up(&resumes.name, appended, journaled).await
+        });
         Ok(capture)
     }
 
@@ -460,6 +463,21 @@ impl VpgCapture {
     /// Bitmap mode and resync, for status (None while logging).
     pub fn bitmap_status(&self) -> Option<crate::status::BitmapStatus> {
         self.bitmap.status()
+    }
+
+    /// Sync mode suspended, for status: by a FLUSH that waited too long
+    /// (`sync_gate`), or by bitmap mode and its resync (writes only
+    /// marked are in no record a FLUSH could wait for).
+    pub fn sync_suspended(&self) -> Option<super::sync_gate::SyncSuspended> {
+        if self.sync.mode() != crate::config::ReplicationMode::Sync {
+            return None;
+        }
+        self.sync.status().or_else(|| {
+            self.bitmap.status().map(|b| super::sync_gate::SyncSuspended {
+                since_seconds: b.since_seconds,
+                why: format!("{} mode: writes were only marked, not logged ({})", b.mode, b.why),
+            })
+        })
     }
 
     /// Asks the recovery side (through the link, when it is up) to fail

@@ -260,15 +260,19 @@ impl SyncTimeout {
     /// short backlog.
     pub const DEFAULT: SyncTimeout = SyncTimeout::After(std::time::Duration::from_secs(10));
     const MIN: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Longer, and the config warns: guests commonly reset a disk whose
+    /// command took 30 s.
+    const GUEST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(25);
 }
 
 impl<'de> Deserialize<'de> for SyncTimeout {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        if text.trim() == "never" {
+        let text = text.trim();
+        if text == "never" {
             return Ok(SyncTimeout::Never);
         }
-        humantime::parse_duration(&text).map(SyncTimeout::After).map_err(|e| {
+        humantime::parse_duration(text).map(SyncTimeout::After).map_err(|e| {
             serde::de::Error::custom(format!("{text:?} is neither \"never\" nor a duration like \"10s\": {e}"))
         })
     }
@@ -904,6 +908,21 @@ impl VpgConfig {
             (_, Some(SyncTimeout::After(t))) if t < SyncTimeout::MIN => {
                 return Err(ConfigError::Invalid(format!("vpg[{i}].sync_timeout: must be at least 1s, or \"never\"")))
             }
+            (_, Some(SyncTimeout::After(t))) if t > SyncTimeout::GUEST_PATIENCE => tracing::warn!(
+                "vpg[{i}].sync_timeout: {} is longer than the {} a guest's disk driver commonly gives a command \
+                 before it resets the disk: a lost link may then reset the VMs' disks before sync mode is suspended",
+                humantime::format_duration(t),
+                humantime::format_duration(SyncTimeout::GUEST_PATIENCE)
+            ),
+            // Bitmap mode only marks a write's regions: no record a FLUSH
+            // could wait for holds it.
+            (_, Some(SyncTimeout::Never)) if self.bitmap.enabled => {
+                return Err(ConfigError::Invalid(format!(
+                    "vpg[{i}].sync_timeout: \"never\" needs [vpg.bitmap] enabled = false (in bitmap mode writes are \
+                     only marked, so a FLUSH cannot wait for the recovery journal to hold them; with bitmap mode \
+                     off a full log holds the writers instead)"
+                )))
+            }
             _ => {}
         }
         if self.rpo_alert.is_some_and(|t| t < RPO_ALERT_MIN) {
@@ -1065,11 +1084,13 @@ path = "/tmp/v1"
         assert_eq!(timeout(""), Ok(None));
         let five = SyncTimeout::After(std::time::Duration::from_secs(5));
         assert_eq!(timeout("mode = \"sync\"\nsync_timeout = \"5s\""), Ok(Some(five)));
-        assert_eq!(timeout("mode = \"sync\"\nsync_timeout = \"never\""), Ok(Some(SyncTimeout::Never)));
+        let strict = "mode = \"sync\"\nsync_timeout = \" never \"\n[vpg.bitmap]\nenabled = false";
+        assert_eq!(timeout(strict), Ok(Some(SyncTimeout::Never)));
         for (extra, says) in [
             ("sync_timeout = \"5s\"", "vpg[0].sync_timeout: only for mode = \"sync\""),
             ("mode = \"sync\"\nsync_timeout = \"100ms\"", "vpg[0].sync_timeout: must be at least 1s"),
             ("mode = \"sync\"\nsync_timeout = \"soon\"", "neither \"never\" nor a duration"),
+            ("mode = \"sync\"\nsync_timeout = \"never\"", "\"never\" needs [vpg.bitmap] enabled = false"),
         ] {
             let e = timeout(extra).expect_err(extra);
             assert!(e.contains(says), "{extra}: {e}");

@@ -9,7 +9,7 @@ use super::failover::{commit, FailoverRecord};
 use super::luns::{Purpose, RecoveryLuns};
 use super::view::PitView;
 use super::RecoveryError;
-use crate::capture::sync_gate::SyncGate;
+use crate::capture::sync_gate::SyncPolicy;
 use crate::capture::vpg::VpgCapture;
 use crate::io_failure::Doing;
 use crate::journal::index::CheckpointInfo;
@@ -108,7 +108,7 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
     let to = crate::capture::vpg::StreamTo::OldSite;
     Ok(VpgCapture::open(
         vpg.to_string(),
-        SyncGate::new(Default::default(), None),
+        SyncPolicy::default(),
         volumes,
         meta.vpg_id,
         &log_dir,

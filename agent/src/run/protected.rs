@@ -37,7 +37,7 @@ pub async fn run(cfg: ProtectedConfig) -> Result<()> {
         // has to do runs in the background, and the VMs get their disks.
         let capture = VpgCapture::open(
             vpg_cfg.name.clone(),
-            crate::capture::sync_gate::SyncGate::new(vpg_cfg.mode, vpg_cfg.sync_timeout),
+            crate::capture::sync_gate::SyncPolicy { mode: vpg_cfg.mode, timeout: vpg_cfg.sync_timeout },
             volumes,
             vpg_id(&vpg_cfg.name),
             &dir,
@@ -246,7 +246,7 @@ async fn status_writer(
                 rpo_over_target: over_target[i],
                 alert: rt.capture.detection().and_then(|d| d.alert()).map(|a| a.describe()),
                 bitmap,
-                sync_suspended: rt.capture.sync.status(),
+                sync_suspended: rt.capture.sync_suspended(),
                 last_verify: rt.capture.last_verify().map(|r| r.summary()),
                 log: Some(log.space_status()),
             });
