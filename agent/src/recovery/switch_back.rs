@@ -131,6 +131,22 @@ async fn store_record(record: FailoverRecord, dir: &Path) -> Result<()> {
         .map_err(|source| RecoveryError::Task { what: "storing the failover record", source })?
 }
 
+/// Why the reverse log does not yet hold every write taken here, if so: it
+/// is in bitmap mode (writes only marked) or reading the marked regions
+/// back (resync), so the old site lacks some even once it is "in sync".
+fn reverse_log_behind(capture: &VpgCapture) -> Option<String> {
+    capture.bitmap_status().map(|b| {
+        format!(
+            "the recovery site's reverse log is in {} mode ({} of changed regions not yet read back to the old \
+             site; it filled while the old site was away); wait until the recovery site's status shows no \
+             bitmap: or resync: line for VPG {:?}, then run `tidemark move-back` again",
+            b.mode,
+            crate::status::format_bytes(b.dirty_bytes),
+            capture.name
+        )
+    })
+}
+
 /// The marker of the last switch-back that ended a failover of the VPG in
 /// `dir` (0: none). A record that cannot be read is an error, never "none":
 /// an old site finishing its switch-back needs it.
@@ -208,6 +224,11 @@ impl RecoveryOps {
             ))
         })?;
         self.check_reverse_peer(vpg, peer)?;
+        // Said now, not after refusing the VMs' writes for the marker's
+        // whole wait: the old site's "in sync" cannot see this.
+        if let Some(why) = reverse_log_behind(&capture) {
+            return Err(RecoveryError::Unavailable(format!("{why}; nothing was changed")));
+        }
         let refused_now = capture.writes_refused().is_none();
         if refused_now {
             capture.change_writes(WritesEvent::MoveBackBegin).await?;
@@ -282,7 +303,12 @@ impl RecoveryOps {
             // (Its ack of the last batch may trail its request a little.)
             let appended = capture.log.appended_seq();
             let _ = tokio::time::timeout(ACK_WAIT, capture.log.wait_acked(appended.max(marker))).await;
-            let acked = capture.log.acked_seq();
+            // Read again after the wait: a resync (after a restart here)
+            // may have appended meanwhile, and is itself a reason to wait.
+            if let Some(why) = reverse_log_behind(&capture) {
+                return Err(RecoveryError::Unavailable(why));
+            }
+            let (appended, acked) = (capture.log.appended_seq(), capture.log.acked_seq());
             if acked < marker || acked < appended {
                 return Err(RecoveryError::Unavailable(format!(
                     "the old site has acknowledged seq {acked} of the reverse log, which ends at {appended} (marker \
