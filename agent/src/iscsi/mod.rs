@@ -329,6 +329,7 @@ impl Frontend {
                 index: AtomicU32::new(u32::MAX),
                 reconnected: AtomicBool::new(false),
                 attaching: tokio::sync::Mutex::new(()),
+                gate: Default::default(),
             });
             // Blocking netlink; the connection is served before the kernel
             // is asked to use it (it reads the device at once).
@@ -460,6 +461,10 @@ struct Device {
     reconnected: AtomicBool,
     /// Held while a connection is being made (withdrawal waits for it).
     attaching: tokio::sync::Mutex<()>,
+    /// Closed before the device is detached: no update of its connection
+    /// is applied after that (a test failover's scratch file, a failover's
+    /// replica that a switch-back reopens next).
+    gate: crate::nbd::export::ServingGate,
 }
 
 /// Resolves when the connection of one attach has ended.
@@ -481,6 +486,8 @@ impl Device {
         if !detach(self) {
             return Ok(());
         }
+        // LIO completed the commands in flight (withdraw removes it first).
+        self.gate.close().await;
         let index = self.index.load(Ordering::SeqCst);
         tokio::task::spawn_blocking(move || kernel_nbd::detach(index))
             .await
@@ -512,8 +519,10 @@ impl Device {
     ) {
         let handle = tokio::runtime::Handle::current();
         handle.spawn(async move {
+            let serving = self.gate.serving();
             let result =
-                crate::nbd::server::serve_kernel_connection(connection, self.export.clone(), &self.admission).await;
+                crate::nbd::server::serve_kernel_connection(connection, self.export.clone(), serving, &self.admission)
+                    .await;
             if let Err(e) = result {
                 tracing::debug!(
                     "{}: kernel NBD connection: {e_chain}",

@@ -61,25 +61,56 @@ pub trait BlockExport: Send + Sync {
     fn close(&self) {}
 }
 
-/// An export being served, the signal that ends its connections, and the
-/// updates being applied to it now (`ExportTable::remove` waits for them).
+/// An export being served, and the gate that ends its connections.
 struct Served {
     export: Arc<dyn BlockExport>,
+    gate: ServingGate,
+}
+
+/// The owner's side of `Serving`: closing it ends the connections that
+/// were given its `serving()`, and returns once none of them is applying
+/// an update, and none will.
+pub struct ServingGate {
     closed: watch::Sender<bool>,
     updating: Arc<tokio::sync::RwLock<()>>,
 }
 
+impl Default for ServingGate {
+    fn default() -> Self {
+        ServingGate { closed: watch::Sender::new(false), updating: Default::default() }
+    }
+}
+
+impl ServingGate {
+    pub fn serving(&self) -> Serving {
+        Serving { closed: self.closed.subscribe(), updating: self.updating.clone(), _never_closed: None }
+    }
+
+    /// Tells the connections to end (at once, for all of them).
+    fn signal_close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Ends the connections; returns once no update is being applied
+    /// through them, and none will be: updates waiting to be applied are
+    /// dropped (they see "closed"), one in its write finishes it first.
+    pub async fn close(&self) {
+        self.signal_close();
+        drop(self.updating.write().await);
+    }
+}
+
 /// Whether a connection's export is still served, and the way its updates
 /// go in: an update applied through `apply` is either done before
-/// `ExportTable::remove` returns, or dropped (never applied) because the
-/// export was removed. A write is never still landing in a replica's file
+/// `ServingGate::close` (`ExportTable::remove`) returns, or dropped (never
+/// applied) because the export was closed. A write is never still landing in a replica's file
 /// that the recovery journal reopens right after.
 #[derive(Clone)]
 pub struct Serving {
     closed: watch::Receiver<bool>,
     updating: Arc<tokio::sync::RwLock<()>>,
-    /// For an export outside any table (the kernel's devices): the sender
-    /// that is never told "closed".
+    /// For an export served for as long as its connection lasts: the
+    /// sender that is never told "closed".
     _never_closed: Option<Arc<watch::Sender<bool>>>,
 }
 
@@ -142,10 +173,7 @@ impl ExportTable {
 
     /// The export and whether it is still served.
     pub fn get(&self, name: &str) -> Option<(Arc<dyn BlockExport>, Serving)> {
-        self.exports.read().expect("export table").get(name).map(|s| {
-            let serving = Serving { closed: s.closed.subscribe(), updating: s.updating.clone(), _never_closed: None };
-            (s.export.clone(), serving)
-        })
+        self.exports.read().expect("export table").get(name).map(|s| (s.export.clone(), s.gate.serving()))
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -159,7 +187,7 @@ impl ExportTable {
             return Err(NameTaken(taken.clone()));
         }
         for (name, export) in exports {
-            table.insert(name, Served { export, closed: watch::channel(false).0, updating: Default::default() });
+            table.insert(name, Served { export, gate: ServingGate::default() });
         }
         Ok(())
     }
@@ -173,12 +201,10 @@ impl ExportTable {
             names.iter().filter_map(|n| table.remove(n)).collect()
         };
         for served in &removed {
-            served.closed.send_replace(true);
+            served.gate.signal_close();
         }
         for served in removed {
-            // Updates waiting to be applied are dropped (they see
-            // "closed"); one in its write finishes it first.
-            drop(served.updating.write().await);
+            served.gate.close().await;
             served.export.close();
         }
     }

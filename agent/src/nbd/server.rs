@@ -187,12 +187,18 @@ where
 /// Serves the kernel's NBD client on one connection of an attached device
 /// (`iscsi::kernel_nbd`): no handshake (the device was configured over
 /// netlink), and write-through: an update's reply means it is durable.
-pub async fn serve_kernel<S>(stream: S, export: Arc<dyn BlockExport>, admitted: Admitted) -> Result<()>
+/// `serving`: its device's gate (`ServingGate`), or `Serving::for_good()`.
+pub async fn serve_kernel<S>(
+    stream: S,
+    export: Arc<dyn BlockExport>,
+    serving: Serving,
+    admitted: Admitted,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    let neg = Negotiated { export, serving: Serving::for_good(), structured: false, write_through: true };
+    let neg = Negotiated { export, serving, structured: false, write_through: true };
     serve_negotiated(rd, wr, neg, admitted).await
 }
 
@@ -202,13 +208,14 @@ where
 pub async fn serve_kernel_connection(
     connection: std::os::unix::net::UnixStream,
     export: Arc<dyn BlockExport>,
+    serving: Serving,
     admission: &Arc<Admission>,
 ) -> Result<()> {
     connection.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(connection)?;
     let admitted =
         admission.admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)).await.ok_or(ConnectionError::NoSlot)?;
-    serve_kernel(stream, export, admitted).await
+    serve_kernel(stream, export, serving, admitted).await
 }
 
 async fn serve_negotiated<R, W>(rd: R, wr: W, neg: Negotiated, admitted: Admitted) -> Result<()>

@@ -360,7 +360,9 @@ async fn attach(export: Arc<dyn BlockExport>, bytes: u64) -> Result<Device> {
         kernel_nbd::attach_read_only(&identifier, bytes, move |connection| {
             let (export, admission, flag) = (export.clone(), admission.clone(), flag.clone());
             handle.spawn(async move {
-                let result = crate::nbd::server::serve_kernel_connection(connection, export, &admission).await;
+                // Read-only, and detached only once the check is done.
+                let serving = crate::nbd::export::Serving::for_good();
+                let result = crate::nbd::server::serve_kernel_connection(connection, export, serving, &admission).await;
                 if let Err(e) = result {
                     tracing::warn!(
                         "checker's kernel NBD connection: {e_chain}",
