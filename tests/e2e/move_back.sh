@@ -26,14 +26,7 @@ source "$(dirname "$0")/../lib/common.sh"
 
 EXPORT_PORT=$((PORT_BASE + 6))
 EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
-mkdir -p "$WORK/src"
-head -c $((64 << 20)) /dev/urandom >"$WORK/src/disk0.img"
-USE_PROXY=1 setup_pair async 1000 disk0:64M
-printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
-start_wan_link
-start_recovery
-start_protected
-wait_replicated 90
+exported_pair
 
 wire_bytes() { jq -r '.forward_bytes' "$WORK/proxy.json"; }
 move_back() { "$TIDEMARK" move-back --config "$WORK/protected.toml" --vpg vpg1 --wait 60s "$@" 2>&1; }

@@ -135,6 +135,21 @@ TOML
     done
 }
 
+# exported_pair [WANPROXY ARGS...]: vpg1 (async) with disk0, 64 MiB of
+# random data, through tests/wanproxy (started with the args), the recovery
+# side serving recovered volumes on $EXPORT_PORT; both agents started and
+# the disk replicated.
+exported_pair() {
+    mkdir -p "$WORK/src"
+    head -c $((64 << 20)) /dev/urandom >"$WORK/src/disk0.img"
+    USE_PROXY=1 setup_pair async 1000 disk0:64M
+    printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
+    start_wan_link "$@"
+    start_recovery
+    start_protected
+    wait_replicated 90
+}
+
 wait_port() {
     local port=$1 i
     for i in $(seq 1 300); do

@@ -147,10 +147,27 @@ mod tests {
         assert!(got.ends_with(b"tidemark"), "{:?}", &got[got.len().saturating_sub(40)..]);
     }
 
-    /// A disk in memory whose writes each wait for a permit of `gate`.
+    /// A disk in memory whose writes each wait for a permit of `gate`, then
+    /// say so (`entered`), take `hold` in their synchronous part (a
+    /// `pwrite` that cannot be interrupted), and are counted once done.
     struct GatedDisk {
         disk: MemoryDisk,
         gate: tokio::sync::Semaphore,
+        entered: tokio::sync::Semaphore,
+        hold: Duration,
+        written: std::sync::atomic::AtomicU32,
+    }
+
+    impl GatedDisk {
+        fn new(permits: usize, hold: Duration) -> Self {
+            GatedDisk {
+                disk: MemoryDisk(Mutex::new(vec![0; DISK_BYTES])),
+                gate: tokio::sync::Semaphore::new(permits),
+                entered: tokio::sync::Semaphore::new(0),
+                hold,
+                written: Default::default(),
+            }
+        }
     }
 
     impl BlockExport for GatedDisk {
@@ -166,7 +183,11 @@ mod tests {
         fn write(&self, offset: u64, data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
             Box::pin(async move {
                 self.gate.acquire().await.unwrap().forget();
-                self.disk.write(offset, data).await
+                self.entered.add_permits(1);
+                std::thread::sleep(self.hold);
+                let written = self.disk.write(offset, data).await;
+                self.written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                written
             })
         }
         fn zero(&self, offset: u64, length: u64) -> BoxFuture<'_, Result<u64>> {
@@ -188,10 +209,7 @@ mod tests {
     fn writes_are_read_while_the_one_before_is_applied_and_applied_in_order() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         runtime.block_on(async {
-            let disk = Arc::new(GatedDisk {
-                disk: MemoryDisk(Mutex::new(vec![0; DISK_BYTES])),
-                gate: tokio::sync::Semaphore::new(0),
-            });
+            let disk = Arc::new(GatedDisk::new(0, Duration::ZERO));
             let table = ExportTable::listed();
             table.add(vec![("disk".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
             let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
@@ -324,43 +342,6 @@ mod tests {
         assert!(another_connection_is_answered(StuckDisk { writes_return: false }, 200, 1 << 20, false));
     }
 
-    /// A disk whose writes take a while in their synchronous part (a
-    /// `pwrite` that cannot be interrupted), counted once done.
-    struct SlowDisk {
-        entered: tokio::sync::Semaphore,
-        written: std::sync::atomic::AtomicU32,
-    }
-
-    impl BlockExport for SlowDisk {
-        fn size(&self) -> u64 {
-            DISK_BYTES as u64
-        }
-        fn writable(&self) -> bool {
-            true
-        }
-        fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
-            buf.fill(0);
-            Ok(())
-        }
-        fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(async move {
-                self.entered.add_permits(1);
-                std::thread::sleep(Duration::from_millis(300));
-                self.written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(0)
-            })
-        }
-        fn zero(&self, _offset: u64, _length: u64) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(async { Ok(0) })
-        }
-        fn make_durable(self: Arc<Self>, _token: u64) -> BoxFuture<'static, Result<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn last_token(&self) -> u64 {
-            0
-        }
-    }
-
     /// Removing an export returns once the write being applied to it is
     /// done, and the writes queued behind it are never applied (review of
     /// helper-38: `remove` returned while a write was still landing in a
@@ -369,7 +350,7 @@ mod tests {
     fn removing_an_export_waits_for_the_write_being_applied_and_drops_the_rest() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async {
-            let disk = Arc::new(SlowDisk { entered: tokio::sync::Semaphore::new(0), written: Default::default() });
+            let disk = Arc::new(GatedDisk::new(100, Duration::from_millis(300)));
             let table = ExportTable::listed();
             table.add(vec![("slow".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
             let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
