@@ -312,9 +312,12 @@ pub fn render(status: &AgentStatus) -> String {
             out.push_str(&format!("  {:<17}{}\n", format!("{}:", b.mode), describe_bitmap(b)));
         }
         if let Some(s) = &v.sync_suspended {
+            let now = match s.resuming {
+                true => "resuming: FLUSH/FUA wait for the recovery journal again",
+                false => "FLUSH/FUA wait for the protected log only until the link catches up",
+            };
             out.push_str(&format!(
-                "  sync:            SUSPENDED for {}: {}; FLUSH/FUA wait for the protected log only until the link \
-                 catches up\n",
+                "  sync:            SUSPENDED for {}: {}; {now}\n",
                 humantime::format_duration(std::time::Duration::from_secs(s.since_seconds)),
                 s.why
             ));

@@ -42,6 +42,10 @@ enum State {
 pub struct SyncSuspended {
     pub since_seconds: u64,
     pub why: String,
+    /// FLUSH and FUA wait for the journal again; what they let go before
+    /// is not all acknowledged yet.
+    #[serde(default)]
+    pub resuming: bool,
 }
 
 /// A VPG's replication mode and, in sync mode, its `sync_timeout` (None:
@@ -60,9 +64,9 @@ pub struct SyncGate {
 }
 
 impl SyncGate {
-    /// `opened_end`: the last seq the log held at the start (0: none):
-    /// until the journal has it, a FLUSH of the agent before may have let
-    /// it go.
+    /// `opened_end`: the last seq the log held at the start (0: a fresh
+    /// log): until the journal has it, a FLUSH of the agent before may
+    /// have let it go.
     pub fn new(policy: SyncPolicy, opened_end: u64) -> SyncGate {
         let mode = policy.mode;
         let timeout = match policy.timeout.unwrap_or(SyncTimeout::DEFAULT) {
@@ -72,7 +76,9 @@ impl SyncGate {
         let state = match (mode, timeout) {
             (ReplicationMode::Sync, Some(_)) if opened_end > 0 => State::Resuming {
                 since: Instant::now(),
-                why: format!("the agent started; the recovery journal has not yet acknowledged seq {opened_end}"),
+                why: format!(
+                    "unconfirmed since the start: the agent before may have let writes through seq {opened_end} go"
+                ),
                 until: opened_end,
             },
             _ => State::Strict,
@@ -138,6 +144,15 @@ impl SyncGate {
         suspended
     }
 
+    /// In sync mode: a FLUSH returns without the journal for another
+    /// reason than the timeout (bitmap mode: writes only marked are in no
+    /// record to wait for); sync mode is suspended as by a timeout.
+    pub fn let_go(&self, vpg: &str, why: impl FnOnce() -> String, seq: u64) {
+        if self.mode == ReplicationMode::Sync && !self.release(seq) {
+            self.suspend(vpg, why(), seq);
+        }
+    }
+
     fn suspend(&self, vpg: &str, why: String, seq: u64) {
         self.state.send_if_modified(|s| {
             let released = match s {
@@ -164,14 +179,12 @@ impl SyncGate {
         match &*self.state.borrow() {
             State::Strict => None,
             State::Suspended { since, why, .. } => {
-                Some(SyncSuspended { since_seconds: since.elapsed().as_secs(), why: why.clone() })
+                Some(SyncSuspended { since_seconds: since.elapsed().as_secs(), why: why.clone(), resuming: false })
             }
             State::Resuming { since, why, until } => Some(SyncSuspended {
                 since_seconds: since.elapsed().as_secs(),
-                why: format!(
-                    "{why}; resuming: FLUSH and FUA wait for the recovery journal again, which has not yet \
-                     acknowledged seq {until}, let go while suspended"
-                ),
+                why: format!("{why}; the recovery journal has not yet acknowledged seq {until}"),
+                resuming: true,
             }),
         }
     }
@@ -182,12 +195,15 @@ impl SyncGate {
     /// where sync mode is never suspended).
     /// `appended`: the log's last seq now; `journaled(seq)`: returns once
     /// the recovery journal holds every write up to `seq`
-    /// (`VpgCapture::wait_recovery_durable`).
-    pub async fn resume_when_caught_up<F: Future<Output = Result<(), CaptureError>>>(
+    /// (`VpgCapture::wait_recovery_durable`); `logging()`: returns once
+    /// every write is logged again (no bitmap mode or resync: the regions
+    /// it marked are in the log, before its end).
+    pub async fn resume_when_caught_up<F: Future<Output = Result<(), CaptureError>>, L: Future<Output = ()>>(
         &self,
         vpg: &str,
         appended: impl Fn() -> u64,
         journaled: impl Fn(u64) -> F,
+        logging: impl Fn() -> L,
     ) {
         let Some(timeout) = self.timeout.filter(|_| self.mode == ReplicationMode::Sync) else { return };
         let mut state = self.state.subscribe();
@@ -200,11 +216,12 @@ impl SyncGate {
                     }
                 }
                 State::Suspended { .. } => {
+                    logging().await;
                     let target = appended();
                     let started = Instant::now();
                     match journaled(target).await {
                         // Acknowledged quickly: a FLUSH now would not time out.
-                        Ok(()) if started.elapsed() <= timeout / 2 => self.begin_resuming(),
+                        Ok(()) if started.elapsed() <= timeout / 2 => self.begin_resuming(target),
                         Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(vpg, "sync mode stays suspended: reading the link's acknowledgements: {e}");
@@ -231,10 +248,13 @@ impl SyncGate {
     }
 
     /// Suspended -> resuming: FLUSHes wait for the journal from here on.
-    fn begin_resuming(&self) {
+    /// `caught_up`: the log's end the journal just acknowledged (past what
+    /// a resync read back, if there was one).
+    fn begin_resuming(&self, caught_up: u64) {
         self.state.send_if_modified(|s| match s {
             State::Suspended { since, why, released } => {
-                *s = State::Resuming { since: *since, why: std::mem::take(why), until: *released };
+                let until = (*released).max(caught_up);
+                *s = State::Resuming { since: *since, why: std::mem::take(why), until };
                 true
             }
             _ => false,
@@ -335,6 +355,8 @@ mod tests {
     struct Link {
         acked: tokio::sync::watch::Sender<u64>,
         appended: AtomicU64,
+        /// True while the VPG is in bitmap mode or resyncing.
+        unlogged: tokio::sync::watch::Sender<bool>,
     }
 
     impl Link {
@@ -349,7 +371,13 @@ mod tests {
                         Ok(())
                     }
                 };
-                gate.resume_when_caught_up("v", appended, journaled).await
+                let logging = || {
+                    let mut unlogged = link.unlogged.subscribe();
+                    async move {
+                        let _ = unlogged.wait_for(|u| !*u).await;
+                    }
+                };
+                gate.resume_when_caught_up("v", appended, journaled, logging).await
             });
         }
     }
@@ -372,7 +400,7 @@ mod tests {
         link.acked.send_replace(5);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let status = gate.status().expect("seq 6 was let go and is not acknowledged");
-        assert!(status.why.contains("resuming") && status.why.contains("seq 6"), "{}", status.why);
+        assert!(status.resuming && status.why.contains("seq 6"), "{}", status.why);
         // Resuming: a FLUSH waits for the journal again.
         let strict = tokio::time::timeout(Duration::from_secs(1), gate.wait("v", 7, std::future::pending())).await;
         assert!(strict.is_err(), "resuming, a FLUSH waits for the journal");
@@ -387,11 +415,41 @@ mod tests {
     async fn a_start_resumes_until_the_journal_has_what_the_log_held() {
         let policy = SyncPolicy { mode: ReplicationMode::Sync, timeout: None };
         let gate = Arc::new(SyncGate::new(policy, 42));
-        assert!(gate.status().expect("resuming").why.contains("seq 42"));
+        let status = gate.status().expect("resuming");
+        assert!(status.resuming && status.why.contains("seq 42"), "{}", status.why);
         let link = Arc::new(Link::default());
         link.resume(&gate);
         link.acked.send_replace(42);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(gate.status().is_none());
+    }
+
+    /// Review of helper-40: a FLUSH let go by bitmap mode suspends sync
+    /// mode, and it resumes only once the VPG logs again and the journal
+    /// holds the log's end then (past what the resync read back), not at
+    /// the FLUSH's own older seq.
+    #[tokio::test(start_paused = true)]
+    async fn bitmap_mode_suspends_sync_mode_until_the_journal_holds_the_resync() {
+        let gate = Arc::new(sync_after(10));
+        let link = Arc::new(Link::default());
+        link.unlogged.send_replace(true);
+        link.appended.store(5, Ordering::SeqCst);
+        gate.let_go("v", || "bitmap mode".to_string(), 5);
+        assert!(!gate.status().expect("suspended").resuming);
+        link.resume(&gate);
+        link.acked.send_replace(5);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!gate.status().expect("still suspended").resuming, "the VPG does not log every write yet");
+        // The resync read the marked regions back into seqs 6..9.
+        link.appended.store(9, Ordering::SeqCst);
+        link.unlogged.send_replace(false);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        link.acked.send_replace(9);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(gate.status().is_none(), "the journal holds what the resync read back");
+        // An async VPG's FLUSH let go by bitmap mode changes nothing.
+        let not_sync = SyncGate::new(SyncPolicy::default(), 0);
+        not_sync.let_go("v", || unreachable!("async mode"), 5);
+        assert!(not_sync.status().is_none());
     }
 }

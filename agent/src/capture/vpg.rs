@@ -199,7 +199,8 @@ impl VpgCapture {
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
             name,
-            sync: SyncGate::new(sync, log_end),
+            // A fresh log holds nothing a FLUSH let go.
+            sync: SyncGate::new(sync, if report.fresh { 0 } else { log_end }),
             volumes,
             log,
             order: Mutex::new(()),
@@ -233,7 +234,13 @@ impl VpgCapture {
         let resumes = capture.clone();
         tokio::spawn(async move {
             let (appended, journaled) = (|| resumes.log.appended_seq(), |seq| resumes.wait_recovery_durable(seq));
-            resumes.sync.resume_when_caught_up(&resumes.name, appended, journaled).await
+            let logging = || {
+                let mut mode = resumes.bitmap.subscribe();
+                async move {
+                    let _ = mode.wait_for(|m| *m == CaptureMode::Logging).await;
+                }
+            };
+            resumes.sync.resume_when_caught_up(&resumes.name, appended, journaled, logging).await
         });
         Ok(capture)
     }
@@ -476,6 +483,7 @@ impl VpgCapture {
             self.bitmap.status().map(|b| super::sync_gate::SyncSuspended {
                 since_seconds: b.since_seconds,
                 why: format!("{} mode: writes were only marked, not logged ({})", b.mode, b.why),
+                resuming: false,
             })
         })
     }
@@ -762,13 +770,23 @@ impl VpgCapture {
     pub async fn make_durable(&self, seq: u64) -> Result<()> {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
+        // Bitmap mode and its resync suspend sync mode: writes only marked
+        // are in no record a FLUSH could wait for, and production never
+        // waits for the link (status says so). Sync mode resumes once the
+        // journal holds what the resync read back (`sync_gate`).
+        let unlogged = || format!("{:?} mode: writes are only marked, not logged", self.bitmap.mode()).to_lowercase();
+        if self.bitmap.mode() != CaptureMode::Logging {
+            self.sync.let_go(&self.name, unlogged, seq);
+            return Ok(());
+        }
         let journaled = async {
-            // Bitmap mode suspends sync mode: production never waits for
-            // the link (status says so).
             let mut mode = self.bitmap.subscribe();
             tokio::select! {
                 done = self.wait_recovery_durable(seq) => done.map_err(|e| e.step("waiting for the recovery journal")),
-                _ = mode.wait_for(|m| *m == CaptureMode::Bitmap) => Ok(()),
+                _ = async { mode.wait_for(|m| *m == CaptureMode::Bitmap).await.map(|_| ()) } => {
+                    self.sync.let_go(&self.name, unlogged, seq);
+                    Ok(())
+                }
             }
         };
         self.sync.wait(&self.name, seq, journaled).await

@@ -139,7 +139,8 @@ fn reverse_log_behind(capture: &VpgCapture) -> Option<String> {
         format!(
             "the recovery site's reverse log is in {} mode ({} of changed regions not yet read back to the old \
              site; it filled while the old site was away); wait until the recovery site's status shows no \
-             bitmap: or resync: line for VPG {:?}, then run `tidemark move-back` again",
+             bitmap: or resync: line for VPG {:?} (the log must drain first: if the VMs there write faster \
+             than the link takes, stop or quiesce them), then run `tidemark move-back` again",
             b.mode,
             crate::status::format_bytes(b.dirty_bytes),
             capture.name
