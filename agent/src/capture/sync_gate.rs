@@ -144,13 +144,28 @@ impl SyncGate {
         suspended
     }
 
-    /// In sync mode: a FLUSH returns without the journal for another
-    /// reason than the timeout (bitmap mode: writes only marked are in no
-    /// record to wait for); sync mode is suspended as by a timeout.
-    pub fn let_go(&self, vpg: &str, why: impl FnOnce() -> String, seq: u64) {
-        if self.mode == ReplicationMode::Sync && !self.release(seq) {
+    /// Whether a FLUSH may return without the journal for another reason
+    /// than the timeout (bitmap mode or its resync: writes only marked are
+    /// in no record to wait for): true, and in sync mode that suspends it
+    /// as a timeout does; false where sync mode waits for good (`"never"`,
+    /// whose config has bitmap mode off: only a start's resync of the
+    /// regions in flight at a crash gets here, and the FLUSH waits).
+    pub fn let_go(&self, vpg: &str, why: impl FnOnce() -> String, seq: u64) -> bool {
+        if self.mode != ReplicationMode::Sync {
+            return true;
+        }
+        if self.timeout.is_none() {
+            return false;
+        }
+        if !self.release(seq) {
             self.suspend(vpg, why(), seq);
         }
+        true
+    }
+
+    /// Sync mode that never lets a FLUSH go without the journal.
+    pub fn waits_for_good(&self) -> bool {
+        self.mode == ReplicationMode::Sync && self.timeout.is_none()
     }
 
     fn suspend(&self, vpg: &str, why: String, seq: u64) {
@@ -434,7 +449,7 @@ mod tests {
         let link = Arc::new(Link::default());
         link.unlogged.send_replace(true);
         link.appended.store(5, Ordering::SeqCst);
-        gate.let_go("v", || "bitmap mode".to_string(), 5);
+        assert!(gate.let_go("v", || "bitmap mode".to_string(), 5));
         assert!(!gate.status().expect("suspended").resuming);
         link.resume(&gate);
         link.acked.send_replace(5);
@@ -449,7 +464,12 @@ mod tests {
         assert!(gate.status().is_none(), "the journal holds what the resync read back");
         // An async VPG's FLUSH let go by bitmap mode changes nothing.
         let not_sync = SyncGate::new(SyncPolicy::default(), 0);
-        not_sync.let_go("v", || unreachable!("async mode"), 5);
+        assert!(not_sync.let_go("v", || unreachable!("async mode"), 5));
         assert!(not_sync.status().is_none());
+        // "never" is not let go (a start's resync): the FLUSH waits, and the
+        // gate, which has no resume, is never suspended.
+        let never = SyncGate::new(SyncPolicy { mode: ReplicationMode::Sync, timeout: Some(SyncTimeout::Never) }, 0);
+        assert!(!never.let_go("v", || unreachable!("never"), 5));
+        assert!(never.status().is_none() && never.waits_for_good());
     }
 }

@@ -479,6 +479,10 @@ impl VpgCapture {
         if self.sync.mode() != crate::config::ReplicationMode::Sync {
             return None;
         }
+        if self.sync.waits_for_good() {
+            // Never let go: a start's resync does not suspend it.
+            return self.sync.status();
+        }
         self.sync.status().or_else(|| {
             self.bitmap.status().map(|b| super::sync_gate::SyncSuspended {
                 since_seconds: b.since_seconds,
@@ -775,15 +779,17 @@ impl VpgCapture {
         // waits for the link (status says so). Sync mode resumes once the
         // journal holds what the resync read back (`sync_gate`).
         let unlogged = || format!("{:?} mode: writes are only marked, not logged", self.bitmap.mode()).to_lowercase();
-        if self.bitmap.mode() != CaptureMode::Logging {
-            self.sync.let_go(&self.name, unlogged, seq);
+        if self.bitmap.mode() != CaptureMode::Logging && self.sync.let_go(&self.name, unlogged, seq) {
             return Ok(());
         }
         let journaled = async {
             let mut mode = self.bitmap.subscribe();
+            let bitmap_mode = async { mode.wait_for(|m| *m == CaptureMode::Bitmap).await.map(|_| ()) };
+            let waits_for_good = self.sync.waits_for_good();
             tokio::select! {
                 done = self.wait_recovery_durable(seq) => done.map_err(|e| e.step("waiting for the recovery journal")),
-                _ = async { mode.wait_for(|m| *m == CaptureMode::Bitmap).await.map(|_| ()) } => {
+                // ("never" has bitmap mode off.)
+                _ = bitmap_mode, if !waits_for_good => {
                     self.sync.let_go(&self.name, unlogged, seq);
                     Ok(())
                 }
