@@ -20,10 +20,11 @@
 use super::bitmap_state::CaptureMode;
 use super::error::CaptureError;
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
-use crate::log::LogSpace;
+use crate::error_chain::Chain;
+use crate::log::{LogError, LogSpace};
 use crate::record::RECORD_HEADER_BYTES;
 use crate::status::format_bytes;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
@@ -41,8 +42,10 @@ impl VpgCapture {
     /// for the log: a write that would take it past the high-water mark
     /// switches the VPG to bitmap mode instead.
     pub(super) async fn log_room(&self, bytes: u64) -> Result<Option<LogSpace<'_>>> {
-        let Some(waters) = self.bitmap.waters else { return Ok(self.log.reserve_bytes(bytes).await.map(Some)?) };
         loop {
+            let Some(waters) = self.bitmap.waters() else {
+                return Ok(self.log.reserve_bytes(bytes).await.map(Some)?);
+            };
             if self.bitmap.mode() == CaptureMode::Bitmap {
                 return Ok(None);
             }
@@ -50,17 +53,74 @@ impl VpgCapture {
                 return Ok(Some(space));
             }
             if let Some(why) = self.log.broken() {
-                return Err(crate::log::LogError::Broken(why).into());
+                self.log_failed(&LogError::Broken(why)).await?;
+                continue;
+            }
+            if self.recheck_cap() {
+                continue;
             }
             let (used, capacity) = self.log.usage();
+            let capped = self.bitmap.capped().map_or(String::new(), |c| {
+                format!(", capped to {} since its disk did not take a record", format_bytes(c))
+            });
             let why = format!(
-                "the protected log holds {} of its {} (high-water mark {})",
+                "the protected log holds {} of its {}{capped} (high-water mark {})",
                 format_bytes(used),
                 format_bytes(capacity),
                 format_bytes(waters.high)
             );
             self.enter_bitmap(&why).await?;
         }
+    }
+
+    /// A write's append failed. If the log's disk did not take it (full
+    /// or failing) and bitmap mode is on, the VPG goes to bitmap mode
+    /// (`log_failed`) and the write is to be taken again there: Ok.
+    /// Otherwise the error, for the write. Call without the order lock.
+    pub(super) async fn degrade_after(&self, error: LogError) -> Result<()> {
+        if self.bitmap.waters().is_none() || !error.is_storage_failure() {
+            return Err(error.into());
+        }
+        self.log_failed(&error).await
+    }
+
+    /// The log's disk did not take a record (`LogError::is_storage_failure`):
+    /// the marks are taken of what the log held from now on
+    /// (`BitmapState::log_failed`), and the VPG goes to bitmap mode, so
+    /// production goes on without the log. Call without the order lock.
+    async fn log_failed(&self, error: &LogError) -> Result<()> {
+        let high = self.bitmap.log_failed(self.log_takes());
+        let why = format!(
+            "the protected log could not take a record ({}); its high-water mark is {} from now on, what its \
+             disk took, until the disk has room for the log's capacity again",
+            Chain(error),
+            format_bytes(high)
+        );
+        self.enter_bitmap(&why).await
+    }
+
+    /// After failed appends: raises the cap to what the log's disk takes
+    /// now, and lifts it once that is the log's configured capacity.
+    /// Whether the cap was raised or lifted.
+    fn recheck_cap(&self) -> bool {
+        let Some(cap) = self.bitmap.capped() else { return false };
+        let takes = match self.log.disk_takes() {
+            Ok(takes) => takes,
+            Err(e) => {
+                tracing::warn!(vpg = %self.name, "{}", Chain(&e));
+                return false;
+            }
+        };
+        if let Some(lifted) = self.bitmap.recheck_cap(takes) {
+            tracing::warn!(
+                vpg = %self.name,
+                "the protected log's disk has room for its {} again: its high-water mark is no longer capped to {}",
+                format_bytes(self.log.usage().1),
+                format_bytes(lifted)
+            );
+            return true;
+        }
+        self.bitmap.capped() > Some(cap)
     }
 
     /// Switches to bitmap mode (from logging or a resync). The activity
@@ -74,10 +134,20 @@ impl VpgCapture {
         // Before the first write that is not logged: from here the
         // stream's end is no image (copy or repair records may still be
         // appended after unlogged writes). The mark is small and the log
-        // below its high-water mark; without room the resync's start
-        // marks it, before any write is logged again.
-        if !super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG)? {
-            tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began");
+        // below its high-water mark; without room (or with a disk that
+        // takes nothing) the resync's start marks it, before any write is
+        // logged again.
+        match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began")
+            }
+            Err(CaptureError::Log(e)) if e.is_storage_failure() => tracing::warn!(
+                vpg = %self.name,
+                "marking where bitmap mode began in the protected log: {}; the resync's start marks it",
+                Chain(&e)
+            ),
+            Err(e) => return Err(e),
         }
         self.bitmap.set_mode(&self.name, CaptureMode::Bitmap, why);
         Ok(())
@@ -139,23 +209,44 @@ impl VpgCapture {
     /// never retired, and nothing is appended to roll it), begins the
     /// resync.
     async fn wait_to_resync(&self) -> Result<()> {
-        let low = self.bitmap.waters.map_or(u64::MAX, |w| w.low);
         loop {
             if self.bitmap.mode() != CaptureMode::Bitmap {
                 return Ok(());
             }
+            // After a failed append the log is tried again only after a
+            // pause, longer with each failure.
+            if self.bitmap.resync_not_before().is_some_and(|at| Instant::now() < at) {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            self.recheck_cap();
+            let low = self.bitmap.waters().map_or(u64::MAX, |w| w.low);
             let (used, _) = self.log.usage();
             if used < low || self.log_all_acked() {
-                let _order = self.order.lock().await;
+                let order = self.order.lock().await;
                 if self.bitmap.mode() == CaptureMode::Bitmap {
                     let why = format!("the protected log drained to {}", format_bytes(used));
                     // Before any write is logged again: from here the
                     // stream's end is no image until the resync is done.
                     // Without room for the mark, no resync yet.
-                    if !super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::RESYNC_START_TAG)? {
-                        drop(_order);
-                        tokio::time::sleep(POLL).await;
-                        continue;
+                    match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::RESYNC_START_TAG) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            drop(order);
+                            tokio::time::sleep(POLL).await;
+                            continue;
+                        }
+                        Err(CaptureError::Log(e)) if e.is_storage_failure() => {
+                            let high = self.bitmap.log_failed(self.log_takes());
+                            tracing::warn!(
+                                vpg = %self.name,
+                                "no resync yet: the protected log could not take its start ({}); high-water mark {}",
+                                Chain(&e),
+                                format_bytes(high)
+                            );
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
                     self.bitmap.set_mode(&self.name, CaptureMode::Resync, &why);
                 }
@@ -182,11 +273,19 @@ impl VpgCapture {
             let Some(space) = self.resync_room(RECORD_HEADER_BYTES as u64 + length).await? else {
                 return Ok(());
             };
-            let _order = self.order.lock().await;
+            let order = self.order.lock().await;
             if self.bitmap.mode() != CaptureMode::Resync {
                 return Ok(());
             }
-            self.append_volume_range(space, volume, offset, length)?;
+            match self.append_volume_range(space, volume, offset, length) {
+                Ok(_) => {}
+                // Back to bitmap mode: the region stays dirty.
+                Err(CaptureError::Log(e)) if e.is_storage_failure() => {
+                    drop(order);
+                    return self.log_failed(&e).await;
+                }
+                Err(e) => return Err(e),
+            }
             {
                 let mut m = self.bitmap.map.lock().expect("map lock");
                 m.map.clear(volume, offset, length);
@@ -211,8 +310,10 @@ impl VpgCapture {
     /// segment alone may be over the ceiling, and only an append rolls
     /// it); None if the VPG left resync mode meanwhile.
     async fn resync_room(&self, bytes: u64) -> Result<Option<LogSpace<'_>>> {
-        let Some(waters) = self.bitmap.waters else { return Ok(self.log.reserve_bytes(bytes).await.map(Some)?) };
         loop {
+            let Some(waters) = self.bitmap.waters() else {
+                return Ok(self.log.reserve_bytes(bytes).await.map(Some)?);
+            };
             if self.bitmap.mode() != CaptureMode::Resync {
                 return Ok(None);
             }
@@ -221,10 +322,17 @@ impl VpgCapture {
                 return Ok(Some(space));
             }
             if let Some(why) = self.log.broken() {
-                return Err(crate::log::LogError::Broken(why).into());
+                self.log_failed(&LogError::Broken(why)).await?;
+                return Ok(None);
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// What the log's files take on its disk: what it holds and its spares.
+    fn log_takes(&self) -> u64 {
+        let status = self.log.space_status();
+        status.held_bytes + status.spare_bytes
     }
 
     fn log_all_acked(&self) -> bool {
@@ -248,6 +356,7 @@ impl VpgCapture {
                 format_bytes(resynced)
             );
             self.bitmap.set_mode(&self.name, CaptureMode::Logging, &why);
+            self.bitmap.resync_finished();
         }
         self.epoch().await
     }

@@ -10,7 +10,7 @@ use crate::status::{format_bytes, BitmapStatus};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 type Result<T, E = CaptureError> = std::result::Result<T, E>;
@@ -36,7 +36,7 @@ impl CaptureMode {
 }
 
 /// The log levels, in bytes, that move a VPG between the modes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Waters {
     /// A write that would take the log past this goes to bitmap mode.
     pub(super) high: u64,
@@ -45,6 +45,20 @@ pub(super) struct Waters {
     /// A resync's reads fill the log up to here, leaving the rest to
     /// writes (so they do not go back to bitmap mode because of it).
     pub(super) resync_ceiling: u64,
+}
+
+/// The marks of bitmap mode, in percent of the log's capacity.
+#[derive(Debug, Clone, Copy)]
+struct Levels {
+    high: u64,
+    low: u64,
+}
+
+impl Levels {
+    fn of(self, capacity: u64) -> Waters {
+        let at = |percent: u64| capacity / 100 * percent;
+        Waters { high: at(self.high), low: at(self.low), resync_ceiling: at((self.low + self.high) / 2) }
+    }
 }
 
 pub(super) struct Map {
@@ -66,11 +80,32 @@ pub(super) struct Progress {
     pub(super) announced: bool,
 }
 
+/// The log's disk did not take appends: what it took, and when a resync
+/// may try it again.
+#[derive(Default)]
+struct LogFailures {
+    /// What the log held at the failure: the marks are taken of this
+    /// while it is under the configured capacity.
+    cap: Option<u64>,
+    /// The last failure, and the failures since a resync last finished.
+    last: Option<Instant>,
+    count: u32,
+}
+
+/// The first pause after a failed append before a resync tries the log
+/// again; it doubles with each failure up to `RETRY_AFTER_FAILURE_MAX`.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+const RETRY_AFTER_FAILURE_MAX: Duration = Duration::from_secs(60);
+
 /// A VPG's bitmap-mode state, part of `VpgCapture`.
 pub struct BitmapState {
     /// None: bitmap mode is off, a full log holds writers back (a start's
     /// re-reading still uses the map and a resync).
-    pub(super) waters: Option<Waters>,
+    levels: Option<Levels>,
+    /// The log's capacity as configured.
+    capacity: u64,
+    /// Appends the log's disk did not take (`log_failed`).
+    failures: Mutex<LogFailures>,
     mode: watch::Sender<CaptureMode>,
     pub(super) map: Mutex<Map>,
     /// The version of the map last stored; a store of an older snapshot
@@ -98,18 +133,14 @@ impl MapSnapshot {
 impl BitmapState {
     /// `map` holds the regions a start must read again (empty: none).
     pub fn new(cfg: &BitmapConfig, capacity: u64, map: DirtyMap, why: String) -> BitmapState {
-        let waters = Some(cfg).filter(|c| c.enabled).map(|c| {
-            let at = |percent: u64| capacity / 100 * percent;
-            Waters {
-                high: at(c.high_water as u64),
-                low: at(c.low_water as u64),
-                resync_ceiling: at((c.low_water as u64 + c.high_water as u64) / 2),
-            }
-        });
+        let levels =
+            Some(cfg).filter(|c| c.enabled).map(|c| Levels { high: c.high_water as u64, low: c.low_water as u64 });
         let mode = if map.is_empty() { CaptureMode::Logging } else { CaptureMode::Resync };
         let resync_total = map.dirty_bytes();
         BitmapState {
-            waters,
+            levels,
+            capacity,
+            failures: Mutex::new(LogFailures::default()),
             mode: watch::channel(mode).0,
             // Version 1, stored 0: the first epoch stores what the start found.
             map: Mutex::new(Map { map, version: 1 }),
@@ -117,6 +148,60 @@ impl BitmapState {
             stored: AtomicU64::new(0),
             progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total, announced: false }),
         }
+    }
+
+    /// The marks in effect: None with bitmap mode off.
+    pub(super) fn waters(&self) -> Option<Waters> {
+        let cap = self.failures.lock().expect("failures lock").cap;
+        self.levels.map(|l| l.of(cap.map_or(self.capacity, |c| c.min(self.capacity))))
+    }
+
+    /// The log's disk did not take a record with the log holding `held`
+    /// bytes: from now on the marks are taken of that, so the log goes to
+    /// bitmap mode before its disk is full again and a resync's reads stay
+    /// under it; a resync waits a while before it tries the log again
+    /// (`resync_not_before`). Returns the high-water mark now.
+    pub(super) fn log_failed(&self, held: u64) -> u64 {
+        let mut f = self.failures.lock().expect("failures lock");
+        f.cap = Some(f.cap.map_or(held, |c| c.min(held)));
+        f.last = Some(Instant::now());
+        f.count += 1;
+        drop(f);
+        self.waters().map_or(0, |w| w.high)
+    }
+
+    /// When a resync may try the log again after failed appends: 5 s after
+    /// the last, doubled for each failure since a resync last finished,
+    /// at most a minute.
+    pub(super) fn resync_not_before(&self) -> Option<Instant> {
+        let f = self.failures.lock().expect("failures lock");
+        let pause = RETRY_AFTER_FAILURE.saturating_mul(1 << f.count.saturating_sub(1).min(4));
+        f.last.map(|at| at + pause.min(RETRY_AFTER_FAILURE_MAX))
+    }
+
+    /// A resync finished: the next failure waits the shortest pause.
+    pub(super) fn resync_finished(&self) {
+        self.failures.lock().expect("failures lock").count = 0;
+    }
+
+    /// The capacity the marks are taken of while it is under the
+    /// configured one, after a failed append.
+    pub fn capped(&self) -> Option<u64> {
+        self.failures.lock().expect("failures lock").cap.filter(|c| *c < self.capacity)
+    }
+
+    /// The log's disk takes `takes` bytes of log now (`ProtectedLog::disk_takes`):
+    /// a cap under that is raised to it, and lifted once it reaches the
+    /// configured capacity. Returns the cap lifted, if it was.
+    pub(super) fn recheck_cap(&self, takes: u64) -> Option<u64> {
+        let mut f = self.failures.lock().expect("failures lock");
+        let cap = f.cap?;
+        if takes >= self.capacity {
+            f.cap = None;
+            return Some(cap);
+        }
+        f.cap = Some(cap.max(takes));
+        None
     }
 
     pub fn mode(&self) -> CaptureMode {
@@ -235,7 +320,7 @@ mod tests {
         let cfg = BitmapConfig::default();
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
         let state = BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
-        let w = state.waters.expect("on by default");
+        let w = state.waters().expect("on by default");
         assert_eq!((w.high, w.low, w.resync_ceiling), (90 << 20, 50 << 20, 70 << 20));
         assert_eq!(state.mode(), CaptureMode::Logging);
         assert!(state.status().is_none());
@@ -243,9 +328,46 @@ mod tests {
         let mut map = DirtyMap::new(64 << 10, &shapes);
         map.mark(0, 0, 1);
         let state = BitmapState::new(&off, 100 << 20, map, "start".into());
-        assert!(state.waters.is_none());
+        assert!(state.waters().is_none());
         // Regions a start must read again: a resync, even with bitmap mode off.
         assert_eq!(state.mode(), CaptureMode::Resync);
         assert_eq!(state.status().expect("resync").dirty_bytes, 64 << 10);
+    }
+
+    #[test]
+    fn a_cap_lowers_the_waters_until_lifted_and_only_ever_goes_down() {
+        let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
+        let state =
+            BitmapState::new(&BitmapConfig::default(), 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
+        assert!(state.resync_not_before().is_none());
+        assert_eq!(state.log_failed(40_000_000), 36_000_000);
+        let w = state.waters().expect("on");
+        assert_eq!((w.high, w.low, w.resync_ceiling), (36_000_000, 20_000_000, 28_000_000));
+        assert_eq!(state.capped(), Some(40_000_000));
+        let pause = |s: &BitmapState| s.resync_not_before().expect("after a failure") - Instant::now();
+        assert!(pause(&state) <= RETRY_AFTER_FAILURE && pause(&state) > RETRY_AFTER_FAILURE / 2);
+        // A later failure with more held keeps the lower cap, and waits longer.
+        assert_eq!(state.log_failed(60 << 20), 36_000_000);
+        assert!(pause(&state) > RETRY_AFTER_FAILURE);
+        for _ in 0..10 {
+            state.log_failed(60 << 20);
+        }
+        assert!(pause(&state) <= RETRY_AFTER_FAILURE_MAX && pause(&state) > RETRY_AFTER_FAILURE_MAX / 2);
+        state.resync_finished();
+        state.log_failed(60 << 20);
+        assert!(pause(&state) <= RETRY_AFTER_FAILURE);
+        // What the disk takes raises the cap, up to the capacity.
+        assert_eq!(state.recheck_cap(30 << 20), None);
+        assert_eq!(state.capped(), Some(40_000_000));
+        assert_eq!(state.recheck_cap(50 << 20), None);
+        assert_eq!(state.capped(), Some(50 << 20));
+        assert_eq!(state.recheck_cap(100 << 20), Some(50 << 20));
+        assert_eq!(state.waters().expect("on").high, 90 << 20);
+        assert_eq!(state.capped(), None);
+        assert_eq!(state.recheck_cap(10 << 20), None);
+        assert_eq!(state.capped(), None);
+        // A cap over the capacity changes nothing.
+        assert_eq!(state.log_failed(200 << 20), 90 << 20);
+        assert_eq!(state.capped(), None);
     }
 }

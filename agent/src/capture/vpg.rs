@@ -512,68 +512,82 @@ impl VpgCapture {
         let body = RecordBody::Write { volume, offset, data };
         let bytes = crate::log::encoded_bytes(&body)?;
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
-        let space = loop {
-            if let Some(space) = self.log_room(bytes).await? {
-                break space;
-            }
-            let unlogged = self.write_unlogged(volume, offset, data.len() as u64, || {
-                if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
-                    d.observe_parts(volume, self.log.appended_seq(), parts);
+        loop {
+            let Some(space) = self.log_room(bytes).await? else {
+                let unlogged = self.write_unlogged(volume, offset, data.len() as u64, || {
+                    if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
+                        d.observe_parts(volume, self.log.appended_seq(), parts);
+                    }
+                    self.volumes[volume as usize].write_at(data, offset)
+                });
+                match unlogged.await? {
+                    Some(seq) => return Ok(seq),
+                    None => continue,
                 }
-                self.volumes[volume as usize].write_at(data, offset)
-            });
-            if let Some(seq) = unlogged.await? {
-                return Ok(seq);
+            };
+            let order = self.order.lock().await;
+            self.check_writable()?;
+            self.mark_active(volume, offset, data.len() as u64).await?;
+            let seq = match self.log.append_reserved(space, &body) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    drop(order);
+                    self.degrade_after(e).await?;
+                    continue;
+                }
+            };
+            if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
+                d.observe_parts(volume, seq, parts);
             }
-        };
-        let _order = self.order.lock().await;
-        self.check_writable()?;
-        self.mark_active(volume, offset, data.len() as u64).await?;
-        let seq = self.log.append_reserved(space, &body)?;
-        if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
-            d.observe_parts(volume, seq, parts);
+            let written = (|| {
+                fail::fail_point!("volume-write", |_| Err(CaptureError::Failpoint("volume write failed")));
+                self.volumes[volume as usize].write_at(data, offset)
+            })();
+            if let Err(e) = written {
+                self.after_failed_update(volume, offset, data.len() as u64, &e);
+                return Err(e);
+            }
+            return Ok(seq);
         }
-        let written = (|| {
-            fail::fail_point!("volume-write", |_| Err(CaptureError::Failpoint("volume write failed")));
-            self.volumes[volume as usize].write_at(data, offset)
-        })();
-        if let Err(e) = written {
-            self.after_failed_update(volume, offset, data.len() as u64, &e);
-            return Err(e);
-        }
-        Ok(seq)
     }
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         self.check_writable()?;
         let body = RecordBody::Zero { volume, offset, length };
         let bytes = crate::log::encoded_bytes(&body)?;
-        let space = loop {
-            if let Some(space) = self.log_room(bytes).await? {
-                break space;
-            }
-            let unlogged = self.write_unlogged(volume, offset, length, || {
-                if let Some(d) = self.detection.get() {
-                    d.observe_zero(volume, offset, length);
+        loop {
+            let Some(space) = self.log_room(bytes).await? else {
+                let unlogged = self.write_unlogged(volume, offset, length, || {
+                    if let Some(d) = self.detection.get() {
+                        d.observe_zero(volume, offset, length);
+                    }
+                    self.volumes[volume as usize].zero_range(offset, length)
+                });
+                match unlogged.await? {
+                    Some(seq) => return Ok(seq),
+                    None => continue,
                 }
-                self.volumes[volume as usize].zero_range(offset, length)
-            });
-            if let Some(seq) = unlogged.await? {
-                return Ok(seq);
+            };
+            let order = self.order.lock().await;
+            self.check_writable()?;
+            self.mark_active(volume, offset, length).await?;
+            let seq = match self.log.append_reserved(space, &body) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    drop(order);
+                    self.degrade_after(e).await?;
+                    continue;
+                }
+            };
+            if let Some(d) = self.detection.get() {
+                d.observe_zero(volume, offset, length);
             }
-        };
-        let _order = self.order.lock().await;
-        self.check_writable()?;
-        self.mark_active(volume, offset, length).await?;
-        let seq = self.log.append_reserved(space, &body)?;
-        if let Some(d) = self.detection.get() {
-            d.observe_zero(volume, offset, length);
+            if let Err(e) = self.volumes[volume as usize].zero_range(offset, length) {
+                self.after_failed_update(volume, offset, length, &e);
+                return Err(e);
+            }
+            return Ok(seq);
         }
-        if let Err(e) = self.volumes[volume as usize].zero_range(offset, length) {
-            self.after_failed_update(volume, offset, length, &e);
-            return Err(e);
-        }
-        Ok(seq)
     }
 
     /// A logged update failed on its volume (the guest is told it failed,

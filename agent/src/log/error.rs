@@ -54,4 +54,10 @@ impl LogError {
     pub fn is_damage(&self) -> bool {
         matches!(self, LogError::Read(SegmentError::Damage(_)))
     }
+
+    /// The log's disk did not take a record (full or failing), or a
+    /// failure before left the log broken: nothing was appended.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, LogError::Storage(_) | LogError::SegmentFile(_) | LogError::Append { .. } | LogError::Broken(_))
+    }
 }

@@ -32,7 +32,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error_chain::Chain;
 use crate::io_failure::{Doing, IoFailure};
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{create_segment_on, recycle_segment_on, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES};
+use crate::segment::{
+    create_segment_on, recycle_segment_on, NewHeader, RecycleInto, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES,
+};
 use crate::storage::{RealStorage, Storage, StorageFile};
 use spares::{Spare, SPARES_MAX};
 use std::collections::VecDeque;
@@ -148,12 +150,22 @@ struct Inner {
     /// Set when a failed append could not be undone: nothing more may be
     /// appended until the log is opened again (which cuts the damage).
     broken: Option<String>,
+    /// A roll after a full disk failed (`leave_full_segment`): the next
+    /// append rolls first, as it would with the segment full, so a file
+    /// the failed roll may have left under the next seq's name is
+    /// removed before any record with that seq goes elsewhere.
+    roll_due: bool,
 }
 
 impl Inner {
     fn spare_bytes(&self) -> u64 {
         self.spares.iter().map(|s| s.bytes).sum()
     }
+}
+
+/// The disk (or the user's quota on it) has no room for a write.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 /// What a protected log holds of its capacity, and what it keeps in spare
@@ -281,6 +293,7 @@ impl ProtectedLog {
                 appended_bytes: 0,
                 lag_samples: VecDeque::new(),
                 broken: None,
+                roll_due: false,
             }),
             // Everything found at open was fsynced there (`open.rs`).
             appended: watch::channel(next_seq - 1).0,
@@ -378,7 +391,7 @@ impl ProtectedLog {
         }
         // A full segment is closed before the next record, not after the
         // last one: a failure here leaves nothing half done.
-        if inner.current.bytes >= self.segment_bytes {
+        if inner.current.bytes >= self.segment_bytes || inner.roll_due {
             self.roll(&mut inner)?;
         }
         let seq = inner.next_seq;
@@ -388,22 +401,24 @@ impl ProtectedLog {
         assert!(inner.reserved_bytes >= space.bytes, "{} reserved, {} released", inner.reserved_bytes, space.bytes);
         inner.reserved_bytes -= space.bytes;
         let unused = std::mem::take(&mut space.bytes) - len as u64;
-        let at = inner.current.bytes;
-        let written = (|| {
-            // Half a record reaches the file, then the disk is full.
-            fail::fail_point!("log-append-torn", |_| {
-                let _ = inner.current_file.write_at(&[&header, &payload[..payload.len() / 2]], at);
-                Err(std::io::Error::from_raw_os_error(28))
-            });
-            // The end marker after it: the file may go on with bytes of
-            // its earlier use (`spares.rs`), which a reader must not take
-            // for records. The next record is written over it. The marker
-            // first, beyond the last one: a write cut short then never
-            // leaves a whole record, with or without its marker.
-            inner.current_file.write_at(&[&END_MARKER], at + len as u64)?;
-            inner.current_file.write_at(&[&header, &payload], at)
-        })();
-        if let Err(e) = written {
+        let mut rolled = false;
+        loop {
+            let at = inner.current.bytes;
+            let written = (|| {
+                // Half a record reaches the file, then the disk is full.
+                fail::fail_point!("log-append-torn", |_| {
+                    let _ = inner.current_file.write_at(&[&header, &payload[..payload.len() / 2]], at);
+                    Err(std::io::Error::from_raw_os_error(28))
+                });
+                // The end marker after it: the file may go on with bytes of
+                // its earlier use (`spares.rs`), which a reader must not take
+                // for records. The next record is written over it. The marker
+                // first, beyond the last one: a write cut short then never
+                // leaves a whole record, with or without its marker.
+                inner.current_file.write_at(&[&END_MARKER], at + len as u64)?;
+                inner.current_file.write_at(&[&header, &payload], at)
+            })();
+            let Err(e) = written else { break };
             let path = inner.current.path.display().to_string();
             // Undo a partial write, so later records never follow garbage.
             let good = inner.current.bytes;
@@ -411,6 +426,9 @@ impl ProtectedLog {
                 let why = format!("appending seq {seq} to {path} failed ({e}) and could not be undone ({undo})");
                 tracing::error!("{why}");
                 inner.broken = Some(why);
+            } else if !rolled && is_disk_full(&e) && self.leave_full_segment(&mut inner, len as u64) {
+                rolled = true;
+                continue;
             }
             drop(inner);
             self.space.notify_waiters();
@@ -444,38 +462,99 @@ impl ProtectedLog {
         self.append_reserved(space, body)
     }
 
+    /// The disk did not take a record of `len` bytes in the current
+    /// segment. One that holds records is closed short: it is retired, and
+    /// its space freed, once the recovery side has it. One that holds none
+    /// is replaced by a spare under its name. True when the record goes
+    /// to a spare now, one large enough to hold it in blocks that are on
+    /// the disk already (the largest).
+    fn leave_full_segment(&self, inner: &mut Inner, len: u64) -> bool {
+        let path = inner.current.path.clone();
+        let need = SEGMENT_HEADER_BYTES as u64 + len + END_MARKER.len() as u64;
+        let largest = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes);
+        let fitting = largest.filter(|i| inner.spares[*i].bytes >= need);
+        if let Some(i) = fitting {
+            // `roll` takes the last.
+            let spare = inner.spares.remove(i);
+            inner.spares.push(spare);
+        }
+        if inner.current.bytes > SEGMENT_HEADER_BYTES as u64 {
+            return match self.roll(inner) {
+                Ok(()) => fitting.is_some(),
+                Err(e) => {
+                    tracing::warn!("closing {} short after its disk was full: {}", path.display(), Chain(&e));
+                    inner.roll_due = true;
+                    false
+                }
+            };
+        }
+        if fitting.is_none() {
+            return false;
+        }
+        let spare = inner.spares.pop().expect("a spare that fits");
+        match self.recycle(&spare.path, inner.current.first_seq, inner.stream_id, RecycleInto::PlaceOfEmptySegment) {
+            Ok((path, file)) => {
+                inner.current.path = path;
+                inner.current_file = file;
+                true
+            }
+            // Renamed but not made durable: the name may come back as
+            // the segment replaced after a power cut, with no handle on it
+            // here. Nothing more is appended until the log is opened again.
+            Err(e) if !self.fs.exists(&spare.path) => {
+                let why = format!("putting {} in place of {}: {}", spare.path.display(), path.display(), Chain(&e));
+                tracing::error!("{why}");
+                inner.broken = Some(why);
+                false
+            }
+            Err(e) => {
+                tracing::warn!("putting {} in place of {}: {}", spare.path.display(), path.display(), Chain(&e));
+                let _ = self.fs.remove_file(&spare.path);
+                false
+            }
+        }
+    }
+
+    /// Makes `spare` the segment `first_seq`, with no records
+    /// (`segment::recycle_segment_on`). A segment ends past its size by up
+    /// to one record, and a reused file would keep the largest length it
+    /// ever had, uncounted: it is cut to the size. A segment written over
+    /// it reaches the size before it is closed, so no closed segment holds
+    /// bytes of an earlier use.
+    fn recycle(
+        &self,
+        spare: &Path,
+        first_seq: u64,
+        stream_id: u32,
+        into: RecycleInto,
+    ) -> std::result::Result<(PathBuf, Arc<dyn StorageFile>), crate::segment::SegmentFileError> {
+        let header = NewHeader { kind: SegmentKind::ProtectedLog, vpg_id: self.vpg_id, first_seq, stream_id };
+        recycle_segment_on(&*self.fs, spare, self.segment_bytes, header, into)
+    }
+
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let first_seq = inner.next_seq;
         assert!(first_seq > inner.current.first_seq, "rolling an empty segment (named {first_seq})");
         remove_failed_creation(&*self.fs, &self.dir, first_seq)?;
         let stream_id = inner.stream_id;
         let (path, file) = match inner.spares.pop() {
-            Some(spare) => {
-                let kind = SegmentKind::ProtectedLog;
-                // A segment ends past its size by up to one record, and a
-                // reused file would keep the largest length it ever had,
-                // uncounted: it is cut to the size. A segment written over
-                // it reaches the size before it is closed, so no closed
-                // segment holds bytes of an earlier use.
-                let spare_path = &spare.path;
-                let keep = self.segment_bytes;
-                match recycle_segment_on(&*self.fs, spare_path, keep, kind, self.vpg_id, first_seq, stream_id) {
-                    Ok(made) => made,
-                    Err(e) => {
-                        tracing::warn!(
-                            "protected log: reusing {}: {}; creating a new file",
-                            spare.path.display(),
-                            Chain(&e)
-                        );
-                        let _ = self.fs.remove_file(&spare.path);
-                        new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?
-                    }
+            Some(spare) => match self.recycle(&spare.path, first_seq, stream_id, RecycleInto::NewName) {
+                Ok(made) => made,
+                Err(e) => {
+                    tracing::warn!(
+                        "protected log: reusing {}: {}; creating a new file",
+                        spare.path.display(),
+                        Chain(&e)
+                    );
+                    let _ = self.fs.remove_file(&spare.path);
+                    new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?
                 }
-            }
+            },
             None => new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?,
         };
         let bytes = SEGMENT_HEADER_BYTES as u64;
         let old = std::mem::replace(&mut inner.current, Segment { first_seq, path, bytes });
+        inner.roll_due = false;
         let old_file = std::mem::replace(&mut inner.current_file, file);
         inner.unsynced_closed.push(old_file);
         inner.closed.push_back(old);
@@ -508,6 +587,7 @@ impl ProtectedLog {
         inner.bytes_total = size;
         inner.lag_samples.clear();
         inner.broken = None;
+        inner.roll_due = false;
         drop(inner);
         // The new stream is in place: what follows may fail without undoing
         // it (an old segment left behind is dropped at the next open). A
@@ -811,6 +891,19 @@ impl ProtectedLog {
     /// Bytes the log holds on disk, and its capacity.
     pub fn usage(&self) -> (u64, u64) {
         (self.inner.lock().expect("log lock").bytes_total, self.capacity_bytes)
+    }
+
+    /// How much the log could hold with its disk as it is now: what it
+    /// holds, its spares, and the file system's free space beyond the
+    /// reserve spares leave (`prepare::FS_RESERVE_PERCENT`).
+    pub fn disk_takes(&self) -> Result<u64> {
+        let space = self
+            .fs
+            .space(&self.dir)
+            .doing(|| format!("asking the file system of {} for its free space", self.dir.display()))?;
+        let reserve = space.total / 100 * prepare::FS_RESERVE_PERCENT;
+        let status = self.space_status();
+        Ok(status.held_bytes + status.spare_bytes + space.available.saturating_sub(reserve))
     }
 
     /// What the log holds, what its spares hold, and its capacity.

@@ -494,6 +494,62 @@ mod failpoints {
         assert_eq!(read_all(&log, first), vec![first, third]);
         scenario.teardown();
     }
+
+    /// A full disk (ENOSPC) in a segment that holds records: it is closed
+    /// short and the record goes into a spare, whose blocks are on the
+    /// disk already. The write does not fail, and both records read back
+    /// after a reopen.
+    #[tokio::test]
+    async fn a_full_disk_moves_the_record_into_a_spare() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_preallocated(dir.path());
+        let first = log.append(&write(1, 4096)).await.unwrap();
+        assert!(prepare_all(&log) > 0);
+        let spares = log.space_status().spare_bytes;
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        let second = log.append(&write(2, 4096)).await.expect("written into a spare");
+        fail::remove("log-append-torn");
+        assert_eq!(second, first + 1);
+        assert!(log.space_status().spare_bytes < spares, "no spare was taken");
+        assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 2);
+        log.sync_to(second).await.unwrap();
+        drop(log);
+        let (log, report) = open_preallocated(dir.path());
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, first), vec![first, second]);
+        scenario.teardown();
+    }
+
+    /// With no spare, the segment is closed short and the write fails;
+    /// the next segment, which holds no record, is then replaced by a
+    /// spare under its name when the disk is full again.
+    #[tokio::test]
+    async fn a_full_disk_puts_a_spare_in_place_of_a_segment_with_no_record() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_preallocated(dir.path());
+        let first = log.append(&write(1, 4096)).await.unwrap();
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        assert!(log.append(&write(2, 4096)).await.is_err());
+        fail::remove("log-append-torn");
+        let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+        assert_eq!(segments.len(), 2, "not closed short: {segments:?}");
+        assert!(prepare_all(&log) > 0);
+        let spares = log.space_status().spare_bytes;
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        let second = log.append(&write(3, 4096)).await.expect("written into the spare");
+        fail::remove("log-append-torn");
+        assert_eq!(second, first + 1, "the failed record has no seq");
+        assert!(log.space_status().spare_bytes < spares, "no spare was taken");
+        assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap(), segments, "the same names");
+        log.sync_to(second).await.unwrap();
+        drop(log);
+        let (log, report) = open_preallocated(dir.path());
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, first), vec![first, second]);
+        scenario.teardown();
+    }
 }
 
 /// The kernel's file system, except that once armed the next removal

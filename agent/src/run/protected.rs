@@ -299,8 +299,8 @@ fn logs_overcommit(vpgs: u64, capacity: u64, fs_bytes: u64) -> Option<String> {
     (promised > usable).then(|| {
         format!(
             "the protected logs are promised more than their disk holds: {vpgs} VPG(s) x [log] capacity_bytes {} = {}, \
-             on a file system of {}; a log that fills during an outage would fail its writes: lower capacity_bytes \
-             to at most {} or grow the disk",
+             on a file system of {}; a log whose disk fills during an outage goes to bitmap mode before its high-water \
+             mark, or with bitmap mode off fails its writes: lower capacity_bytes to at most {} or grow the disk",
             crate::status::format_bytes(capacity),
             crate::status::format_bytes(promised),
             crate::status::format_bytes(fs_bytes),
