@@ -164,45 +164,26 @@ fn name_durably(fs: &dyn Storage, dir: &Path, path: &Path) -> Result<(), Segment
     Ok(())
 }
 
-/// The header a recycled spare gets.
-#[derive(Debug, Clone, Copy)]
-pub struct NewHeader {
-    pub kind: SegmentKind,
-    pub vpg_id: u32,
-    pub first_seq: u64,
-    pub stream_id: u32,
-}
-
-/// What name a recycled spare takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecycleInto {
-    /// A name no file has.
-    NewName,
-    /// The name of a segment that holds no record: the rename replaces it
-    /// in one step, so a stop at any point leaves one or the other under
-    /// the name, both with no record. For a segment its disk cannot extend.
-    PlaceOfEmptySegment,
-}
-
 /// Makes the file of a retired segment, kept as `spare`, the segment
-/// `header.first_seq` with no records: its header is written over the old
-/// one and made durable before the file takes the segment's name, and the
+/// `first_seq` with no records: its header is written over the old one
+/// and made durable before the file takes the segment's name, and the
 /// name is made durable before this returns. The file keeps its old bytes
 /// after the header, and its length up to `keep_bytes` (see the module
 /// comment): the handle returned writes in place
 /// (`StorageFile::write_at`). On an error the spare may be gone or half
-/// rewritten; the segment is not named, or its name is not durable.
+/// rewritten; the segment is not named.
 pub fn recycle_segment_on(
     fs: &dyn Storage,
     spare: &Path,
     keep_bytes: u64,
-    header: NewHeader,
-    into: RecycleInto,
+    kind: SegmentKind,
+    vpg_id: u32,
+    first_seq: u64,
+    stream_id: u32,
 ) -> Result<(PathBuf, Arc<dyn StorageFile>), SegmentFileError> {
-    let NewHeader { kind, vpg_id, first_seq, stream_id } = header;
     let dir = spare.parent().unwrap_or(Path::new("."));
     let path = segment_path(dir, kind, first_seq);
-    if into == RecycleInto::NewName && fs.exists(&path) {
+    if fs.exists(&path) {
         return Err(SegmentFileError::Exists(path));
     }
     // The spare's name must be durable before its bytes change: a power

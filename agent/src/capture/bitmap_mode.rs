@@ -91,8 +91,8 @@ impl VpgCapture {
     async fn log_failed(&self, error: &LogError) -> Result<()> {
         let high = self.bitmap.log_failed(self.log_takes());
         let why = format!(
-            "the protected log could not take a record ({}); its high-water mark is {} from now on, what its \
-             disk took, until the disk has room for the log's capacity again",
+            "the protected log could not take a record ({}); its high-water mark is {} from now on, 90 % of what \
+             its files took then, and follows what the disk takes until that is the log's capacity again",
             Chain(error),
             format_bytes(high)
         );
@@ -329,10 +329,13 @@ impl VpgCapture {
         }
     }
 
-    /// What the log's files take on its disk: what it holds and its spares.
+    /// What the marks are to be taken of after the log's disk did not take
+    /// a record: what its files take there (what it holds, and its spares),
+    /// but at least two segments. Under that, a resync could find no room
+    /// while the current segment, which no ack retires, holds most of it.
     fn log_takes(&self) -> u64 {
         let status = self.log.space_status();
-        status.held_bytes + status.spare_bytes
+        (status.held_bytes + status.spare_bytes).max(2 * self.log.segment_bytes())
     }
 
     fn log_all_acked(&self) -> bool {

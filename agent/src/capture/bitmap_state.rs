@@ -335,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cap_lowers_the_waters_until_lifted_and_only_ever_goes_down() {
+    fn a_failure_caps_the_waters_which_follow_the_disk_up_to_the_capacity() {
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
         let state =
             BitmapState::new(&BitmapConfig::default(), 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());

@@ -32,9 +32,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error_chain::Chain;
 use crate::io_failure::{Doing, IoFailure};
 use crate::record::{encode_parts, encode_split, payload_len, RecordBody, RECORD_HEADER_BYTES};
-use crate::segment::{
-    create_segment_on, recycle_segment_on, NewHeader, RecycleInto, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES,
-};
+use crate::segment::{create_segment_on, recycle_segment_on, SegmentKind, END_MARKER, SEGMENT_HEADER_BYTES};
 use crate::storage::{RealStorage, Storage, StorageFile};
 use spares::{Spare, SPARES_MAX};
 use std::collections::VecDeque;
@@ -463,24 +461,26 @@ impl ProtectedLog {
     }
 
     /// The disk did not take a record of `len` bytes in the current
-    /// segment. One that holds records is closed short: it is retired, and
-    /// its space freed, once the recovery side has it. One that holds none
-    /// is replaced by a spare under its name. True when the record goes
-    /// to a spare now, one large enough to hold it in blocks that are on
-    /// the disk already (the largest).
+    /// segment; true if the record is to be written again. With a spare
+    /// that holds it (the largest, at the size a roll cuts it to), a
+    /// segment that holds records is closed short, to be retired and its
+    /// space freed once the recovery side has it, and the record goes into
+    /// the spare, whose blocks are on the disk already. Otherwise the
+    /// largest spare is given back to the disk, for the current segment
+    /// to grow into (its file stays the one the sender reads). With no
+    /// spare nothing is done: a new file would take what the failed
+    /// record's undo gave back, which bitmap mode needs for its own files.
     fn leave_full_segment(&self, inner: &mut Inner, len: u64) -> bool {
-        let path = inner.current.path.clone();
+        let Some(i) = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes) else { return false };
         let need = SEGMENT_HEADER_BYTES as u64 + len + END_MARKER.len() as u64;
-        let largest = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes);
-        let fitting = largest.filter(|i| inner.spares[*i].bytes >= need);
-        if let Some(i) = fitting {
+        let holds_records = inner.current.bytes > SEGMENT_HEADER_BYTES as u64;
+        let spare = inner.spares.remove(i);
+        if holds_records && spare.bytes.min(self.segment_bytes) >= need {
             // `roll` takes the last.
-            let spare = inner.spares.remove(i);
             inner.spares.push(spare);
-        }
-        if inner.current.bytes > SEGMENT_HEADER_BYTES as u64 {
+            let path = inner.current.path.clone();
             return match self.roll(inner) {
-                Ok(()) => fitting.is_some(),
+                Ok(()) => true,
                 Err(e) => {
                     tracing::warn!("closing {} short after its disk was full: {}", path.display(), Chain(&e));
                     inner.roll_due = true;
@@ -488,48 +488,20 @@ impl ProtectedLog {
                 }
             };
         }
-        if fitting.is_none() {
-            return false;
-        }
-        let spare = inner.spares.pop().expect("a spare that fits");
-        match self.recycle(&spare.path, inner.current.first_seq, inner.stream_id, RecycleInto::PlaceOfEmptySegment) {
-            Ok((path, file)) => {
-                inner.current.path = path;
-                inner.current_file = file;
+        match self.fs.remove_file(&spare.path) {
+            Ok(()) => {
+                tracing::warn!(
+                    "protected log: its disk is full; spare segment {} ({}) given back to it",
+                    spare.path.display(),
+                    crate::status::format_bytes(spare.bytes)
+                );
                 true
             }
-            // Renamed but not made durable: the name may come back as
-            // the segment replaced after a power cut, with no handle on it
-            // here. Nothing more is appended until the log is opened again.
-            Err(e) if !self.fs.exists(&spare.path) => {
-                let why = format!("putting {} in place of {}: {}", spare.path.display(), path.display(), Chain(&e));
-                tracing::error!("{why}");
-                inner.broken = Some(why);
-                false
-            }
             Err(e) => {
-                tracing::warn!("putting {} in place of {}: {}", spare.path.display(), path.display(), Chain(&e));
-                let _ = self.fs.remove_file(&spare.path);
+                tracing::warn!("removing spare segment {}: {}", spare.path.display(), Chain(&e));
                 false
             }
         }
-    }
-
-    /// Makes `spare` the segment `first_seq`, with no records
-    /// (`segment::recycle_segment_on`). A segment ends past its size by up
-    /// to one record, and a reused file would keep the largest length it
-    /// ever had, uncounted: it is cut to the size. A segment written over
-    /// it reaches the size before it is closed, so no closed segment holds
-    /// bytes of an earlier use.
-    fn recycle(
-        &self,
-        spare: &Path,
-        first_seq: u64,
-        stream_id: u32,
-        into: RecycleInto,
-    ) -> std::result::Result<(PathBuf, Arc<dyn StorageFile>), crate::segment::SegmentFileError> {
-        let header = NewHeader { kind: SegmentKind::ProtectedLog, vpg_id: self.vpg_id, first_seq, stream_id };
-        recycle_segment_on(&*self.fs, spare, self.segment_bytes, header, into)
     }
 
     fn roll(&self, inner: &mut Inner) -> Result<()> {
@@ -538,18 +510,28 @@ impl ProtectedLog {
         remove_failed_creation(&*self.fs, &self.dir, first_seq)?;
         let stream_id = inner.stream_id;
         let (path, file) = match inner.spares.pop() {
-            Some(spare) => match self.recycle(&spare.path, first_seq, stream_id, RecycleInto::NewName) {
-                Ok(made) => made,
-                Err(e) => {
-                    tracing::warn!(
-                        "protected log: reusing {}: {}; creating a new file",
-                        spare.path.display(),
-                        Chain(&e)
-                    );
-                    let _ = self.fs.remove_file(&spare.path);
-                    new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?
+            Some(spare) => {
+                let kind = SegmentKind::ProtectedLog;
+                // A segment ends past its size by up to one record, and a
+                // reused file would keep the largest length it ever had,
+                // uncounted: it is cut to the size. A segment written over
+                // it reaches the size before it is closed, so no closed
+                // segment holds bytes of an earlier use.
+                let spare_path = &spare.path;
+                let keep = self.segment_bytes;
+                match recycle_segment_on(&*self.fs, spare_path, keep, kind, self.vpg_id, first_seq, stream_id) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        tracing::warn!(
+                            "protected log: reusing {}: {}; creating a new file",
+                            spare.path.display(),
+                            Chain(&e)
+                        );
+                        let _ = self.fs.remove_file(&spare.path);
+                        new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?
+                    }
                 }
-            },
+            }
             None => new_segment(&*self.fs, &self.dir, self.vpg_id, first_seq, stream_id, &[])?,
         };
         let bytes = SEGMENT_HEADER_BYTES as u64;
@@ -904,6 +886,11 @@ impl ProtectedLog {
         let reserve = space.total / 100 * prepare::FS_RESERVE_PERCENT;
         let status = self.space_status();
         Ok(status.held_bytes + status.spare_bytes + space.available.saturating_sub(reserve))
+    }
+
+    /// The size at which a segment is closed.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
     }
 
     /// What the log holds, what its spares hold, and its capacity.

@@ -521,28 +521,30 @@ mod failpoints {
         scenario.teardown();
     }
 
-    /// With no spare, the segment is closed short and the write fails;
-    /// the next segment, which holds no record, is then replaced by a
-    /// spare under its name when the disk is full again.
+    /// With no spare, nothing is done and the write fails. With one, a
+    /// segment that holds no record (which a roll cannot close: the next
+    /// would have its name) gets the spare's blocks: the spare is given
+    /// back to the disk, and the record written again in the same file.
     #[tokio::test]
-    async fn a_full_disk_puts_a_spare_in_place_of_a_segment_with_no_record() {
+    async fn a_full_disk_gives_a_spare_back_for_a_segment_with_no_record() {
         let scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open_preallocated(dir.path());
-        let first = log.append(&write(1, 4096)).await.unwrap();
+        // A full segment: the next append rolls into a new file first.
+        let first = append_synced(&log, 4, 256 << 10).await;
         fail::cfg("log-append-torn", "1*return").unwrap();
-        assert!(log.append(&write(2, 4096)).await.is_err());
+        assert!(log.append(&write(2, 4096)).await.is_err(), "no spare to help");
         fail::remove("log-append-torn");
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
-        assert_eq!(segments.len(), 2, "not closed short: {segments:?}");
-        assert!(prepare_all(&log) > 0);
+        assert_eq!(segments.len(), 2, "the roll before the write, and no other file: {segments:?}");
+        assert!(prepare_all(&log) > 1);
         let spares = log.space_status().spare_bytes;
         fail::cfg("log-append-torn", "1*return").unwrap();
-        let second = log.append(&write(3, 4096)).await.expect("written into the spare");
+        let second = log.append(&write(3, 4096)).await.expect("written again");
         fail::remove("log-append-torn");
         assert_eq!(second, first + 1, "the failed record has no seq");
-        assert!(log.space_status().spare_bytes < spares, "no spare was taken");
-        assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap(), segments, "the same names");
+        assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap(), segments, "the same file");
+        assert!(log.space_status().spare_bytes < spares, "no spare was given back");
         log.sync_to(second).await.unwrap();
         drop(log);
         let (log, report) = open_preallocated(dir.path());
