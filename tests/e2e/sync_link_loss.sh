@@ -69,6 +69,16 @@ done
 grep -q "sync mode resumed" "$WORK/protected.log" || fail "the protected log does not say sync mode resumed"
 took=$(flush_write $((0x43))) || fail "a FLUSH after sync mode resumed did not return"
 log "link back, sync resumed: the FLUSH took $took s"
+# The gate was strict again at that FLUSH, and the capture state says so:
+# a start with the link down is not reported suspended (before, it was,
+# "unconfirmed since the start", until the first acknowledgement).
+kill9 "$PROTECTED_PID"
+echo blackhole >"$WORK/cut"
+start_protected
+st=$(fresh_status_json protected) || fail "no status from the restarted protected agent"
+jq -e '.vpgs[0].sync_suspended == null' <<<"$st" >/dev/null ||
+    fail "a start after sync mode resumed reports it suspended: $(jq -c '.vpgs[0].sync_suspended' <<<"$st")"
+rm -f "$WORK/cut"
 in_head $((0x41)) $((0x42)) $((0x43))
 log "every flushed write is in the recovery journal, the last one waited for it"
 

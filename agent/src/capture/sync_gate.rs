@@ -11,7 +11,9 @@
 //! FLUSH let go while suspended (review of helper-39: it said "resumed"
 //! while such writes were still only here). A start finds the same: what
 //! the log holds unacknowledged may have been let go by the agent before,
-//! so it starts resuming. `"never"` keeps the strict promise: a FLUSH waits
+//! so it starts resuming, unless the capture state says the gate was
+//! strict (`CaptureState::sync_let_go`, written before a FLUSH is let go
+//! and once the gate is strict again). `"never"` keeps the strict promise: a FLUSH waits
 //! for the link however long it takes (the config then requires bitmap
 //! mode off: a write it only marks is in no record a FLUSH could wait for).
 
@@ -64,9 +66,9 @@ pub struct SyncGate {
 }
 
 impl SyncGate {
-    /// `opened_end`: the last seq the log held at the start (0: a fresh
-    /// log): until the journal has it, a FLUSH of the agent before may
-    /// have let it go.
+    /// `opened_end`: the last seq the log held at the start, if a FLUSH of
+    /// the agent before may have let it go (0: nothing was, or a fresh
+    /// log); the gate resumes until the journal has it.
     pub fn new(policy: SyncPolicy, opened_end: u64) -> SyncGate {
         let mode = policy.mode;
         let timeout = match policy.timeout.unwrap_or(SyncTimeout::DEFAULT) {

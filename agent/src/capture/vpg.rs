@@ -199,8 +199,9 @@ impl VpgCapture {
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
             name,
-            // A fresh log holds nothing a FLUSH let go.
-            sync: SyncGate::new(sync, if report.fresh { 0 } else { log_end }),
+            // A fresh log holds nothing a FLUSH let go, nor does one whose
+            // gate was strict when the agent before last said.
+            sync: SyncGate::new(sync, if report.fresh || state.sync_let_go == Some(false) { 0 } else { log_end }),
             volumes,
             log,
             order: Mutex::new(()),
@@ -788,6 +789,33 @@ impl VpgCapture {
     pub async fn make_durable(&self, seq: u64) -> Result<()> {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
+        self.wait_for_sync_mode(seq).await?;
+        self.remember_sync_let_go()
+    }
+
+    /// Says in the capture state, durably, whether sync mode may have let
+    /// a FLUSH go without the recovery journal (suspended, or resuming):
+    /// before such a FLUSH returns, so the next start knows what the log
+    /// holds may have been let go; and once the gate is strict again, so a
+    /// start after it does not report sync mode suspended until the first
+    /// acknowledgement. Written only when it changes.
+    fn remember_sync_let_go(&self) -> Result<()> {
+        if self.sync.mode() != crate::config::ReplicationMode::Sync {
+            return Ok(());
+        }
+        let mut state = self.state.lock().expect("state lock");
+        // Read under the lock: the last writer says what the gate is now.
+        // A gate strict again has the journal hold everything let go.
+        let let_go = self.sync.status().is_some();
+        if state.sync_let_go != Some(let_go) {
+            state.update(self.log.dir(), |s| s.sync_let_go = Some(let_go))?;
+        }
+        Ok(())
+    }
+
+    /// In sync mode, waits for the recovery journal to hold `seq`, within
+    /// the gate's bound (`sync_gate`).
+    async fn wait_for_sync_mode(&self, seq: u64) -> Result<()> {
         // Bitmap mode and its resync suspend sync mode: writes only marked
         // are in no record a FLUSH could wait for, and production never
         // waits for the link (status says so). Sync mode resumes once the

@@ -37,6 +37,13 @@ pub struct CaptureState {
     /// asked it to end the failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub move_back_marker: Option<u64>,
+    /// Sync mode: whether a FLUSH may have returned for writes the
+    /// recovery journal does not hold (sync mode suspended, or resuming),
+    /// written before such a FLUSH returns and again once the gate is
+    /// strict. None (a state written before this was kept): unknown, so a
+    /// start takes what the log holds as possibly let go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_let_go: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
