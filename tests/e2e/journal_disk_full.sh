@@ -9,9 +9,7 @@
 source "$(dirname "$0")/../lib/common.sh"
 
 setup_pair async 1000 disk0:128M
-mkdir -p "$WORK/b/data"
-mount -t tmpfs -o size=40M tmpfs "$WORK/b/data" || fail "cannot mount a tmpfs"
-CLEANUP_HOOKS+=("umount -l $WORK/b/data")
+small_data_disk b 40M
 start_recovery
 start_protected
 wait_replicated 60

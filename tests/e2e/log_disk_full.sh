@@ -16,9 +16,7 @@
 source "$(dirname "$0")/../lib/common.sh"
 
 LOG_PREALLOCATE=true setup_pair async 1000 disk0:256M
-mkdir -p "$WORK/a/data"
-mount -t tmpfs -o size=96M tmpfs "$WORK/a/data" || fail "cannot mount a tmpfs"
-CLEANUP_HOOKS+=("umount -l $WORK/a/data")
+small_data_disk a 96M
 start_recovery
 start_protected
 

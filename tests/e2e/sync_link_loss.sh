@@ -59,6 +59,13 @@ wait_status protected "sync:.*SUSPENDED"
 grep -q "sync mode suspended" "$WORK/protected.log" || fail "the protected log does not say sync mode was suspended"
 took=$(flush_write $((0x42))) || fail "a FLUSH while sync mode is suspended did not return"
 log "sync suspended: the next FLUSH returned after $took s"
+# The capture state says a FLUSH was let go: a start, the link still
+# down, shows sync mode unconfirmed until the journal has caught up.
+kill9 "$PROTECTED_PID"
+start_protected
+st=$(fresh_status_json protected) || fail "no status from the restarted protected agent"
+jq -e '.vpgs[0].sync_suspended.why | test("unconfirmed since the start")' <<<"$st" >/dev/null ||
+    fail "a start after FLUSHes were let go does not show sync mode unconfirmed: $(jq -c '.vpgs[0].sync_suspended' <<<"$st")"
 
 rm -f "$WORK/cut"
 for _ in $(seq 1 150); do

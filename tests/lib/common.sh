@@ -135,6 +135,14 @@ TOML
     done
 }
 
+# small_data_disk SIDE SIZE: the data directory of site SIDE (a or b) on a
+# tmpfs of SIZE (e.g. 48M), unmounted at the end: a disk that fills.
+small_data_disk() {
+    mkdir -p "$WORK/$1/data"
+    mount -t tmpfs -o size="$2" tmpfs "$WORK/$1/data" || fail "cannot mount a tmpfs"
+    CLEANUP_HOOKS+=("umount -l $WORK/$1/data")
+}
+
 # exported_pair [WANPROXY ARGS...]: vpg1 (async) with disk0, 64 MiB of
 # random data, through tests/wanproxy (started with the args), the recovery
 # side serving recovered volumes on $EXPORT_PORT; both agents started and

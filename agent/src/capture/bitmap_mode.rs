@@ -89,10 +89,11 @@ impl VpgCapture {
     /// (`BitmapState::log_failed`), and the VPG goes to bitmap mode, so
     /// production goes on without the log. Call without the order lock.
     async fn log_failed(&self, error: &LogError) -> Result<()> {
+        self.ballast.release(&self.name);
         let high = self.bitmap.log_failed(self.log_takes());
         let why = format!(
-            "the protected log could not take a record ({}); its high-water mark is {} from now on, 90 % of what \
-             its files took then, and follows what the disk takes until that is the log's capacity again",
+            "the protected log could not take a record ({}); its high-water mark is {} from now on (90 % of what \
+             its files took then), and follows what the disk takes until that is the log's capacity again",
             Chain(error),
             format_bytes(high)
         );
@@ -112,6 +113,7 @@ impl VpgCapture {
             }
         };
         if let Some(lifted) = self.bitmap.recheck_cap(takes) {
+            self.ballast.fill(&self.name);
             tracing::warn!(
                 vpg = %self.name,
                 "the protected log's disk has room for its {} again: its high-water mark is no longer capped to {}",
@@ -291,6 +293,7 @@ impl VpgCapture {
                 m.map.clear(volume, offset, length);
                 m.version += 1;
             }
+            self.bitmap.resync_progressed();
             let mut progress = self.bitmap.progress.lock().expect("progress lock");
             progress.resynced += length;
             if !std::mem::replace(&mut progress.announced, true) {
@@ -317,7 +320,12 @@ impl VpgCapture {
             if self.bitmap.mode() != CaptureMode::Resync {
                 return Ok(None);
             }
-            let limit = if self.log_all_acked() { waters.high } else { waters.resync_ceiling };
+            // All acknowledged, the log holds only its current segment,
+            // which no ack retires and only an append rolls: the resync
+            // may fill it up to the mark of the configured capacity, not
+            // a cap (a cap under that segment would leave no room for
+            // good; the disk says whether it has room).
+            let limit = if self.log_all_acked() { self.bitmap.uncapped_high() } else { waters.resync_ceiling };
             if let Some(space) = self.log.try_reserve_below(bytes, limit) {
                 return Ok(Some(space));
             }
@@ -330,12 +338,10 @@ impl VpgCapture {
     }
 
     /// What the marks are to be taken of after the log's disk did not take
-    /// a record: what its files take there (what it holds, and its spares),
-    /// but at least two segments. Under that, a resync could find no room
-    /// while the current segment, which no ack retires, holds most of it.
+    /// a record: what its files take there (what it holds, and its spares).
     fn log_takes(&self) -> u64 {
         let status = self.log.space_status();
-        (status.held_bytes + status.spare_bytes).max(2 * self.log.segment_bytes())
+        status.held_bytes + status.spare_bytes
     }
 
     fn log_all_acked(&self) -> bool {
@@ -359,7 +365,7 @@ impl VpgCapture {
                 format_bytes(resynced)
             );
             self.bitmap.set_mode(&self.name, CaptureMode::Logging, &why);
-            self.bitmap.resync_finished();
+            self.bitmap.resync_progressed();
         }
         self.epoch().await
     }

@@ -156,6 +156,11 @@ impl BitmapState {
         self.levels.map(|l| l.of(cap.map_or(self.capacity, |c| c.min(self.capacity))))
     }
 
+    /// The high-water mark of the configured capacity, whatever the cap.
+    pub(super) fn uncapped_high(&self) -> u64 {
+        self.levels.map_or(self.capacity, |l| l.of(self.capacity).high)
+    }
+
     /// The log's disk did not take a record with the log holding `held`
     /// bytes: from now on the marks are taken of that, so the log goes to
     /// bitmap mode before its disk is full again and a resync's reads stay
@@ -171,7 +176,7 @@ impl BitmapState {
     }
 
     /// When a resync may try the log again after failed appends: 5 s after
-    /// the last, doubled for each failure since a resync last finished,
+    /// the last, doubled for each failure since a resync last read a region back,
     /// at most a minute.
     pub(super) fn resync_not_before(&self) -> Option<Instant> {
         let f = self.failures.lock().expect("failures lock");
@@ -179,8 +184,10 @@ impl BitmapState {
         f.last.map(|at| at + pause.min(RETRY_AFTER_FAILURE_MAX))
     }
 
-    /// A resync finished: the next failure waits the shortest pause.
-    pub(super) fn resync_finished(&self) {
+    /// A resync read a region back (or finished): the next failure waits
+    /// the shortest pause. A disk that takes a log's worth at a time then
+    /// resyncs in steps of that, not ever slower.
+    pub(super) fn resync_progressed(&self) {
         self.failures.lock().expect("failures lock").count = 0;
     }
 
@@ -353,7 +360,7 @@ mod tests {
             state.log_failed(60 << 20);
         }
         assert!(pause(&state) <= RETRY_AFTER_FAILURE_MAX && pause(&state) > RETRY_AFTER_FAILURE_MAX / 2);
-        state.resync_finished();
+        state.resync_progressed();
         state.log_failed(60 << 20);
         assert!(pause(&state) <= RETRY_AFTER_FAILURE);
         // What the disk takes raises the cap, up to the capacity.

@@ -112,21 +112,28 @@ impl SyncGate {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            done = journaled => done,
-            // Another wait timed out: this one ends with it. (The watch's
-            // borrow is let go before `release` writes it.)
-            _ = async { state.wait_for(|s| matches!(s, State::Suspended { .. })).await.map(|_| ()) } => {
-                self.release(seq);
-                Ok(())
-            }
-            () = timeout => {
-                let t = self.timeout.expect("the timeout fired");
-                let why = format!(
-                    "the recovery journal did not acknowledge seq {seq} within {}", humantime::format_duration(t)
-                );
-                self.suspend(vpg, why, seq);
-                Ok(())
+        tokio::pin!(journaled, timeout);
+        loop {
+            tokio::select! {
+                done = &mut journaled => return done,
+                // Another wait timed out: this one ends with it, once its
+                // seq is remembered. If the gate resumed in between (review
+                // of helper-42), it was not, and it waits for the journal
+                // again. (The watch's borrow is let go before `release`
+                // writes it.)
+                _ = async { state.wait_for(|s| matches!(s, State::Suspended { .. })).await.map(|_| ()) } => {
+                    if self.release(seq) {
+                        return Ok(());
+                    }
+                }
+                () = &mut timeout => {
+                    let t = self.timeout.expect("the timeout fired");
+                    let why = format!(
+                        "the recovery journal did not acknowledge seq {seq} within {}", humantime::format_duration(t)
+                    );
+                    self.suspend(vpg, why, seq);
+                    return Ok(());
+                }
             }
         }
     }

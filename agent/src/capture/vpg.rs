@@ -94,6 +94,8 @@ pub struct VpgCapture {
     consistent: watch::Sender<bool>,
     /// The mode (logging, bitmap, resync) and the dirty map.
     pub(super) bitmap: BitmapState,
+    /// Room on the log's disk for bitmap mode's own files (`ballast`).
+    pub(super) ballast: super::ballast::Ballast,
     /// Set when a volume write failed and the stream could not be made to
     /// agree with the volume: every write fails until a restart.
     failed: std::sync::Mutex<Option<String>>,
@@ -165,13 +167,24 @@ impl VpgCapture {
         if let Some(cut) = &report.cut {
             tracing::warn!(vpg = %name, "protected log: cut after seq {} at {}", cut.after_seq, cut.damage);
         }
-        let state = CaptureState::load(dir, report.fresh)?;
+        let mut state = CaptureState::load(dir, report.fresh)?;
         if report.fresh {
             state.store(dir)?;
+        }
+        // Only sync mode keeps it true: a FLUSH of an async VPG returns
+        // without the journal, so a later start in sync mode must not find
+        // "nothing was let go" (review of helper-42).
+        if sync.mode != crate::config::ReplicationMode::Sync && state.sync_let_go.is_some() {
+            state.update(dir, |s| s.sync_let_go = None)?;
         }
         let shapes = super::bitmap_state::shapes(&volumes);
         let granularity = bitmap.granularity;
         let mut dirty = DirtyMap::new(granularity, &shapes);
+        let map_bytes = shapes.iter().map(|v| v.size.div_ceil(granularity)).sum::<u64>().div_ceil(8) + 4096;
+        let ballast = super::ballast::Ballast::new(dir, map_bytes);
+        if bitmap.enabled {
+            ballast.fill(&name);
+        }
         // A map that is damaged or not this VPG's is never trusted.
         let stored_map = match report.fresh {
             true => Ok(None),
@@ -209,6 +222,7 @@ impl VpgCapture {
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(new_stream.is_none()).0,
             bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty),
+            ballast,
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
@@ -790,7 +804,8 @@ impl VpgCapture {
         self.sync_volumes().await?;
         self.log.sync_to(seq).await?;
         self.wait_for_sync_mode(seq).await?;
-        self.remember_sync_let_go()
+        self.remember_sync_let_go();
+        Ok(())
     }
 
     /// Says in the capture state, durably, whether sync mode may have let
@@ -799,18 +814,32 @@ impl VpgCapture {
     /// holds may have been let go; and once the gate is strict again, so a
     /// start after it does not report sync mode suspended until the first
     /// acknowledgement. Written only when it changes.
-    fn remember_sync_let_go(&self) -> Result<()> {
+    ///
+    /// A failed write does not fail the FLUSH, whose data is durable: it
+    /// is logged, and tried again at the next FLUSH (review of helper-42:
+    /// on a full disk every FLUSH of a suspended VPG failed). Status after
+    /// a crash may then miss a suspension; no data depends on it.
+    fn remember_sync_let_go(&self) {
         if self.sync.mode() != crate::config::ReplicationMode::Sync {
-            return Ok(());
+            return;
         }
         let mut state = self.state.lock().expect("state lock");
         // Read under the lock: the last writer says what the gate is now.
         // A gate strict again has the journal hold everything let go.
         let let_go = self.sync.status().is_some();
-        if state.sync_let_go != Some(let_go) {
-            state.update(self.log.dir(), |s| s.sync_let_go = Some(let_go))?;
+        if state.sync_let_go == Some(let_go) {
+            return;
         }
-        Ok(())
+        if let Err(e) = state.update(self.log.dir(), |s| s.sync_let_go = Some(let_go)) {
+            // The file may hold either value now: written again next time.
+            state.sync_let_go = None;
+            tracing::warn!(
+                vpg = %self.name,
+                "recording in the capture state whether sync mode let a FLUSH go: {}; after a crash now, status \
+                 may not show sync mode suspended",
+                crate::error_chain::Chain(&e)
+            );
+        }
     }
 
     /// In sync mode, waits for the recovery journal to hold `seq`, within

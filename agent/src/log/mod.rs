@@ -161,6 +161,17 @@ impl Inner {
     }
 }
 
+/// What an append does after the disk did not take its record.
+enum AfterFullDisk {
+    /// Room was made: the record is written again.
+    WriteAgain,
+    /// The current segment, all acknowledged, was closed: it is retired
+    /// (outside the log's lock) to free its space, and the record written
+    /// again in the new one.
+    Retire,
+    Fail,
+}
+
 /// The disk (or the user's quota on it) has no room for a write.
 fn is_disk_full(e: &std::io::Error) -> bool {
     [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
@@ -399,7 +410,9 @@ impl ProtectedLog {
         assert!(inner.reserved_bytes >= space.bytes, "{} reserved, {} released", inner.reserved_bytes, space.bytes);
         inner.reserved_bytes -= space.bytes;
         let unused = std::mem::take(&mut space.bytes) - len as u64;
-        let mut rolled = false;
+        // Room made on a full disk (`leave_full_segment`), at most twice: a
+        // segment retired may stay as a spare, given back on the next try.
+        let mut tries = 0;
         loop {
             let at = inner.current.bytes;
             let written = (|| {
@@ -424,9 +437,24 @@ impl ProtectedLog {
                 let why = format!("appending seq {seq} to {path} failed ({e}) and could not be undone ({undo})");
                 tracing::error!("{why}");
                 inner.broken = Some(why);
-            } else if !rolled && is_disk_full(&e) && self.leave_full_segment(&mut inner, len as u64) {
-                rolled = true;
-                continue;
+            } else if tries < 2 && is_disk_full(&e) {
+                tries += 1;
+                match self.leave_full_segment(&mut inner, len as u64) {
+                    AfterFullDisk::WriteAgain => continue,
+                    AfterFullDisk::Retire => {
+                        // (`ack` takes the retiring lock, then the log's.)
+                        drop(inner);
+                        self.ack(self.acked_seq());
+                        inner = self.inner.lock().expect("log lock");
+                        // Appends are serialised by the caller: the seq is
+                        // still the next.
+                        debug_assert_eq!(inner.next_seq, seq);
+                        if inner.broken.is_none() {
+                            continue;
+                        }
+                    }
+                    AfterFullDisk::Fail => {}
+                }
             }
             drop(inner);
             self.space.notify_waiters();
@@ -461,45 +489,62 @@ impl ProtectedLog {
     }
 
     /// The disk did not take a record of `len` bytes in the current
-    /// segment; true if the record is to be written again. With a spare
-    /// that holds it (the largest, at the size a roll cuts it to), a
-    /// segment that holds records is closed short, to be retired and its
-    /// space freed once the recovery side has it, and the record goes into
-    /// the spare, whose blocks are on the disk already. Otherwise the
-    /// largest spare is given back to the disk, for the current segment
-    /// to grow into (its file stays the one the sender reads). With no
-    /// spare nothing is done: a new file would take what the failed
-    /// record's undo gave back, which bitmap mode needs for its own files.
-    fn leave_full_segment(&self, inner: &mut Inner, len: u64) -> bool {
-        let Some(i) = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes) else { return false };
-        let need = SEGMENT_HEADER_BYTES as u64 + len + END_MARKER.len() as u64;
+    /// segment: what to do. With a spare that holds it (the largest, at
+    /// the size a roll cuts it to), a segment that holds records is closed
+    /// short, to be retired and its space freed once the recovery side has
+    /// it, and the record goes into the spare, whose blocks are on the disk
+    /// already. Otherwise the largest spare is given back to the disk, for
+    /// the current segment to grow into (its file stays the one the sender
+    /// reads). With no spare, a segment whose records are all acknowledged
+    /// (the log holds nothing else: one that never filled on a small disk)
+    /// is closed and retired at once, and the record written again; otherwise
+    /// nothing is done: a new file would take what the failed record's undo
+    /// gave back, which bitmap mode needs for its own files.
+    fn leave_full_segment(&self, inner: &mut Inner, len: u64) -> AfterFullDisk {
         let holds_records = inner.current.bytes > SEGMENT_HEADER_BYTES as u64;
+        let Some(i) = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes) else {
+            if holds_records && inner.next_seq - 1 <= self.acked_seq() {
+                return match self.roll(inner) {
+                    Ok(()) => AfterFullDisk::Retire,
+                    Err(e) => {
+                        tracing::warn!("closing an acknowledged segment after its disk was full: {}", Chain(&e));
+                        inner.roll_due = true;
+                        AfterFullDisk::Fail
+                    }
+                };
+            }
+            return AfterFullDisk::Fail;
+        };
+        let need = SEGMENT_HEADER_BYTES as u64 + len + END_MARKER.len() as u64;
         let spare = inner.spares.remove(i);
         if holds_records && spare.bytes.min(self.segment_bytes) >= need {
             // `roll` takes the last.
             inner.spares.push(spare);
             let path = inner.current.path.clone();
             return match self.roll(inner) {
-                Ok(()) => true,
+                Ok(()) => AfterFullDisk::WriteAgain,
                 Err(e) => {
                     tracing::warn!("closing {} short after its disk was full: {}", path.display(), Chain(&e));
                     inner.roll_due = true;
-                    false
+                    AfterFullDisk::Fail
                 }
             };
         }
         match self.fs.remove_file(&spare.path) {
             Ok(()) => {
                 tracing::warn!(
-                    "protected log: its disk is full; spare segment {} ({}) given back to it",
+                    "protected log: its disk is full; spare segment {} ({} bytes) given back to it",
                     spare.path.display(),
-                    crate::status::format_bytes(spare.bytes)
+                    spare.bytes
                 );
-                true
+                AfterFullDisk::WriteAgain
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AfterFullDisk::WriteAgain,
             Err(e) => {
                 tracing::warn!("removing spare segment {}: {}", spare.path.display(), Chain(&e));
-                false
+                // Still on the disk: still counted.
+                inner.spares.push(spare);
+                AfterFullDisk::Fail
             }
         }
     }
@@ -886,11 +931,6 @@ impl ProtectedLog {
         let reserve = space.total / 100 * prepare::FS_RESERVE_PERCENT;
         let status = self.space_status();
         Ok(status.held_bytes + status.spare_bytes + space.available.saturating_sub(reserve))
-    }
-
-    /// The size at which a segment is closed.
-    pub fn segment_bytes(&self) -> u64 {
-        self.segment_bytes
     }
 
     /// What the log holds, what its spares hold, and its capacity.

@@ -485,6 +485,8 @@ mod failpoints {
         fail::cfg("log-append-torn", "1*return").unwrap();
         assert!(log.append(&write(2, 4096)).await.is_err());
         fail::remove("log-append-torn");
+        // With no spare, no file is made on a full disk.
+        assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 1);
         let third = log.append(&write(3, 4096)).await.unwrap();
         assert_eq!(third, first + 1, "the failed record has no seq");
         log.sync_to(third).await.unwrap();
@@ -521,6 +523,32 @@ mod failpoints {
         scenario.teardown();
     }
 
+    /// With no spare, a segment whose records are all acknowledged (one
+    /// that never filled on a small disk) is closed and retired at once,
+    /// and the record written again in the next.
+    #[tokio::test]
+    async fn a_full_disk_retires_an_acknowledged_segment_at_once() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 20);
+        let first = append_synced(&log, 3, 4096).await;
+        log.ack(first);
+        let held = log.space_status().held_bytes;
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        let next = log.append(&write(4, 4096)).await.expect("written again");
+        fail::remove("log-append-torn");
+        assert_eq!(next, first + 1);
+        assert!(log.space_status().held_bytes < held, "the acknowledged segment is still held");
+        let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        log.sync_to(next).await.unwrap();
+        drop(log);
+        let (log, report) = open(dir.path(), 64 << 20);
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, next), vec![next]);
+        scenario.teardown();
+    }
+
     /// With no spare, nothing is done and the write fails. With one, a
     /// segment that holds no record (which a roll cannot close: the next
     /// would have its name) gets the spare's blocks: the spare is given
@@ -537,6 +565,9 @@ mod failpoints {
         fail::remove("log-append-torn");
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
         assert_eq!(segments.len(), 2, "the roll before the write, and no other file: {segments:?}");
+        // The sender reads the empty segment's file by its handle.
+        let mut cursor = log.cursor(first);
+        assert_eq!(drain(&mut cursor, crate::wire::batch::BATCH_RAW_BYTES_TARGET), vec![first]);
         assert!(prepare_all(&log) > 1);
         let spares = log.space_status().spare_bytes;
         fail::cfg("log-append-torn", "1*return").unwrap();
@@ -546,6 +577,12 @@ mod failpoints {
         assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap(), segments, "the same file");
         assert!(log.space_status().spare_bytes < spares, "no spare was given back");
         log.sync_to(second).await.unwrap();
+        assert_eq!(
+            drain(&mut cursor, crate::wire::batch::BATCH_RAW_BYTES_TARGET),
+            vec![second],
+            "the sender does not see the record in the file it reads"
+        );
+        drop(cursor);
         drop(log);
         let (log, report) = open_preallocated(dir.path());
         assert!(report.cut.is_none(), "{:?}", report.cut);
