@@ -37,6 +37,8 @@ impl Ballast {
         if self.path.exists() {
             return;
         }
+        // Left by a fill a stop cut short.
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
         match self.make() {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -74,6 +76,7 @@ impl Ballast {
 
     /// Gives the room back to the disk. Whether there was a ballast.
     pub fn release(&self, vpg: &str) -> bool {
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
         match std::fs::remove_file(&self.path) {
             Ok(()) => {
                 tracing::warn!(

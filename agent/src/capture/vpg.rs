@@ -175,7 +175,11 @@ impl VpgCapture {
         // without the journal, so a later start in sync mode must not find
         // "nothing was let go" (review of helper-42).
         if sync.mode != crate::config::ReplicationMode::Sync && state.sync_let_go.is_some() {
-            state.update(dir, |s| s.sync_let_go = None)?;
+            // Best effort, as every write of it: a full disk must not keep
+            // the VPG from starting (review of helper-43).
+            if let Err(e) = state.update(dir, |s| s.sync_let_go = None) {
+                tracing::warn!(vpg = %name, "clearing sync mode's record in the capture state: {}", crate::error_chain::Chain(&e));
+            }
         }
         let shapes = super::bitmap_state::shapes(&volumes);
         let granularity = bitmap.granularity;

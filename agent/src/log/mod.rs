@@ -165,9 +165,9 @@ impl Inner {
 enum AfterFullDisk {
     /// Room was made: the record is written again.
     WriteAgain,
-    /// The current segment, all acknowledged, was closed: it is retired
-    /// (outside the log's lock) to free its space, and the record written
-    /// again in the new one.
+    /// Everything is acknowledged, the current segment closed if it held
+    /// records: the closed segments are retired (outside the log's lock)
+    /// to free their space, and the record written again.
     Retire,
     Fail,
 }
@@ -503,7 +503,11 @@ impl ProtectedLog {
     fn leave_full_segment(&self, inner: &mut Inner, len: u64) -> AfterFullDisk {
         let holds_records = inner.current.bytes > SEGMENT_HEADER_BYTES as u64;
         let Some(i) = (0..inner.spares.len()).max_by_key(|i| inner.spares[*i].bytes) else {
-            if holds_records && inner.next_seq - 1 <= self.acked_seq() {
+            // Everything acknowledged: what the log holds can go. A closed
+            // segment an ack has not retired yet (the roll before this
+            // record closed it) goes as the current one would.
+            let acked = inner.next_seq - 1 <= self.acked_seq();
+            if acked && holds_records {
                 return match self.roll(inner) {
                     Ok(()) => AfterFullDisk::Retire,
                     Err(e) => {
@@ -512,6 +516,9 @@ impl ProtectedLog {
                         AfterFullDisk::Fail
                     }
                 };
+            }
+            if acked && !inner.closed.is_empty() {
+                return AfterFullDisk::Retire;
             }
             return AfterFullDisk::Fail;
         };

@@ -549,6 +549,32 @@ mod failpoints {
         scenario.teardown();
     }
 
+    /// The same when the roll before the record closed the acknowledged
+    /// segment and the new one holds no record yet: the closed segment is
+    /// retired at once (an ack would do it only once the recovery site
+    /// answers again), and the record written.
+    #[tokio::test]
+    async fn a_full_disk_retires_an_acknowledged_closed_segment_at_once() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_preallocated(dir.path());
+        // A full segment: the next append rolls into a new file first.
+        let last = append_synced(&log, 4, 256 << 10).await;
+        log.ack(last);
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        let next = log.append(&write(5, 4096)).await.expect("written again");
+        fail::remove("log-append-torn");
+        assert_eq!(next, last + 1);
+        let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+        assert_eq!(segments.len(), 1, "the acknowledged segment was not retired: {segments:?}");
+        log.sync_to(next).await.unwrap();
+        drop(log);
+        let (log, report) = open_preallocated(dir.path());
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, next), vec![next]);
+        scenario.teardown();
+    }
+
     /// With no spare, nothing is done and the write fails. With one, a
     /// segment that holds no record (which a roll cannot close: the next
     /// would have its name) gets the spare's blocks: the spare is given
