@@ -26,7 +26,6 @@ start_wan_link --latency-ms 10 --bandwidth-bps 400000000
 start_recovery
 start_protected
 
-bitmap_field() { status_json protected | jq -r ".vpgs[0].bitmap.$1 // \"none\""; }
 # expect_mode MODE WHAT: status, rewritten after this call, shows MODE.
 expect_mode() {
     local st
@@ -49,11 +48,6 @@ fio_lat() {
     jq -r '.jobs[0].write.clat_ns | "\(.percentile["99.000000"] / 1e6) \(.max / 1e6)"' "$WORK/$1.json"
 }
 checkpoints_json() { "$TIDEMARK" checkpoints --config "$WORK/recovery.toml" --vpg vpg1 --json; }
-restore_equal() { # CHECKPOINT REFERENCE WHAT
-    rm -rf "$WORK/out"
-    restore_to "$1" "$WORK/out"
-    cmp -s "$WORK/out/disk0.img" "$2" || fail "$3: checkpoint $1 does not restore equal to $2"
-}
 
 head -c 8M /dev/urandom >"$WORK/base.bin"
 nbdcopy "$WORK/base.bin" "$NBD_URI/disk0"

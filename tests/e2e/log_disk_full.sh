@@ -20,7 +20,6 @@ small_data_disk a 96M
 start_recovery
 start_protected
 
-bitmap_field() { status_json protected | jq -r ".vpgs[0].bitmap.$1 // \"none\""; }
 wait_mode() { # MODE SECONDS WHAT
     local i
     for i in $(seq 1 $(($2 * 5))); do
@@ -28,11 +27,6 @@ wait_mode() { # MODE SECONDS WHAT
         sleep 0.2
     done
     fail "$3: $("$TIDEMARK" status --config "$WORK/protected.toml")"
-}
-restore_equal() { # CHECKPOINT REFERENCE WHAT
-    rm -rf "$WORK/out"
-    restore_to "$1" "$WORK/out"
-    cmp -s "$WORK/out/disk0.img" "$2" || fail "$3: checkpoint $1 does not restore equal to $2"
 }
 
 head -c 8M /dev/urandom >"$WORK/base.bin"

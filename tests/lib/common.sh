@@ -273,6 +273,18 @@ JDIR=$WORK/b/data/journal/vpg1
 journal_bytes() { find "$JDIR" -maxdepth 1 -name '*.tmjrn' -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
 applied_seq() { jq -r '.applied_seq' "$JDIR/apply.json" 2>/dev/null || echo 0; }
 
+# bitmap_field FIELD: the protected VPG's bitmap.FIELD in status ("none"
+# while it logs).
+bitmap_field() { status_json protected | jq -r ".vpgs[0].bitmap.$1 // \"none\""; }
+
+# restore_equal CHECKPOINT REFERENCE WHAT: vpg1's disk0 restored at
+# CHECKPOINT equals the file REFERENCE.
+restore_equal() {
+    rm -rf "$WORK/out"
+    restore_to "$1" "$WORK/out"
+    cmp -s "$WORK/out/disk0.img" "$2" || fail "$3: checkpoint $1 does not restore equal to $2"
+}
+
 restore_to() {
     local checkpoint=$1 out=$2
     "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$checkpoint" --out "$out" >"$WORK/restore-last.out" 2>&1 ||

@@ -529,59 +529,48 @@ impl VpgCapture {
         // update is done under it.
         let parts = self.detection.get().map(|_| super::detector::classify_parts(offset, &data));
         let body = RecordBody::Write { volume, offset, data };
-        let bytes = crate::log::encoded_bytes(&body)?;
         let RecordBody::Write { data, .. } = &body else { unreachable!("built above") };
-        loop {
-            let Some(space) = self.log_room(bytes).await? else {
-                let unlogged = self.write_unlogged(volume, offset, data.len() as u64, || {
-                    if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
-                        d.observe_parts(volume, self.log.appended_seq(), parts);
-                    }
-                    self.volumes[volume as usize].write_at(data, offset)
-                });
-                match unlogged.await? {
-                    Some(seq) => return Ok(seq),
-                    None => continue,
-                }
-            };
-            let order = self.order.lock().await;
-            self.check_writable()?;
-            self.mark_active(volume, offset, data.len() as u64).await?;
-            let seq = match self.log.append_reserved(space, &body) {
-                Ok(seq) => seq,
-                Err(e) => {
-                    drop(order);
-                    self.degrade_after(e).await?;
-                    continue;
-                }
-            };
+        self.update(&body, volume, offset, data.len() as u64, |seq, logged| {
             if let (Some(d), Some(parts)) = (self.detection.get(), &parts) {
                 d.observe_parts(volume, seq, parts);
             }
-            let written = (|| {
+            if logged {
                 fail::fail_point!("volume-write", |_| Err(CaptureError::Failpoint("volume write failed")));
-                self.volumes[volume as usize].write_at(data, offset)
-            })();
-            if let Err(e) = written {
-                self.after_failed_update(volume, offset, data.len() as u64, &e);
-                return Err(e);
             }
-            return Ok(seq);
-        }
+            self.volumes[volume as usize].write_at(data, offset)
+        })
+        .await
     }
 
     pub async fn zero(&self, volume: u32, offset: u64, length: u64) -> Result<u64> {
         self.check_writable()?;
         let body = RecordBody::Zero { volume, offset, length };
-        let bytes = crate::log::encoded_bytes(&body)?;
+        self.update(&body, volume, offset, length, |_, _| {
+            if let Some(d) = self.detection.get() {
+                d.observe_zero(volume, offset, length);
+            }
+            self.volumes[volume as usize].zero_range(offset, length)
+        })
+        .await
+    }
+
+    /// A write or zero of `[offset, offset + length)` on `volume`: logged
+    /// as `body`, then done on the volume by `apply(seq, logged)`; in
+    /// bitmap mode (also after the log's disk did not take the record)
+    /// only marked, and done by `apply(seq everything before is durable
+    /// with, false)`.
+    async fn update(
+        &self,
+        body: &RecordBody,
+        volume: u32,
+        offset: u64,
+        length: u64,
+        apply: impl Fn(u64, bool) -> Result<()>,
+    ) -> Result<u64> {
+        let bytes = crate::log::encoded_bytes(body)?;
         loop {
             let Some(space) = self.log_room(bytes).await? else {
-                let unlogged = self.write_unlogged(volume, offset, length, || {
-                    if let Some(d) = self.detection.get() {
-                        d.observe_zero(volume, offset, length);
-                    }
-                    self.volumes[volume as usize].zero_range(offset, length)
-                });
+                let unlogged = self.write_unlogged(volume, offset, length, || apply(self.log.appended_seq(), false));
                 match unlogged.await? {
                     Some(seq) => return Ok(seq),
                     None => continue,
@@ -590,7 +579,7 @@ impl VpgCapture {
             let order = self.order.lock().await;
             self.check_writable()?;
             self.mark_active(volume, offset, length).await?;
-            let seq = match self.log.append_reserved(space, &body) {
+            let seq = match self.log.append_reserved(space, body) {
                 Ok(seq) => seq,
                 Err(e) => {
                     drop(order);
@@ -598,10 +587,7 @@ impl VpgCapture {
                     continue;
                 }
             };
-            if let Some(d) = self.detection.get() {
-                d.observe_zero(volume, offset, length);
-            }
-            if let Err(e) = self.volumes[volume as usize].zero_range(offset, length) {
+            if let Err(e) = apply(seq, true) {
                 self.after_failed_update(volume, offset, length, &e);
                 return Err(e);
             }
