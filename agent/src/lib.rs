@@ -34,6 +34,7 @@ pub mod run;
 pub mod segment;
 #[cfg(any(test, feature = "simulate"))]
 pub mod simulator;
+pub mod slot_file;
 pub mod status;
 pub mod storage;
 pub mod transfer;

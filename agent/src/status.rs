@@ -2,7 +2,8 @@
 //! second; `tidemark status` reads it. A file, not a socket: it works with
 //! no port open and shows the last state after the agent has stopped.
 
-use crate::io_failure::{Doing, IoFailure};
+use crate::io_failure::IoFailure;
+use crate::slot_file::{Found, SlotFile};
 
 type Result<T, E = StatusError> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
@@ -193,12 +194,36 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(STATUS_FILE)
 }
 
-pub fn write(data_dir: &Path, status: &AgentStatus) -> Result<()> {
-    let path = path(data_dir);
-    let tmp = path.with_extension("json.tmp");
-    let json = serde_json::to_vec_pretty(status).map_err(StatusError::Encoding)?;
-    std::fs::write(&tmp, json).doing(|| format!("writing {}", tmp.display()))?;
-    Ok(std::fs::rename(&tmp, &path).doing(|| format!("renaming {}", tmp.display()))?)
+/// The status file as this agent writes it: a slot file
+/// (`crate::slot_file`) rewritten in place, without a sync (it must be
+/// current, not durable). A full data disk then still takes it; a new
+/// file each second went stale there, and status called the running
+/// agent stopped.
+pub struct StatusFile {
+    path: PathBuf,
+    file: Option<SlotFile>,
+}
+
+impl StatusFile {
+    pub fn new(data_dir: &Path) -> StatusFile {
+        StatusFile { path: path(data_dir), file: None }
+    }
+
+    pub fn write(&mut self, status: &AgentStatus) -> Result<()> {
+        let json = serde_json::to_vec_pretty(status).map_err(StatusError::Encoding)?;
+        if self.file.is_none() {
+            // An agent before this one left its file: rewritten in place.
+            if let Found::Slots(file, _) = SlotFile::open(&self.path)? {
+                self.file = Some(file);
+            }
+        }
+        match &mut self.file {
+            Some(file) => file.write_unsynced(&json)?,
+            // Room to grow: VPGs come and go.
+            None => self.file = Some(SlotFile::create(&self.path, &json, 2 * json.len() as u64)?),
+        }
+        Ok(())
+    }
 }
 
 /// Why the status file could not be written or read.
@@ -217,7 +242,13 @@ pub enum StatusError {
 }
 
 /// Writes this agent's status now; a failure is logged, never fatal.
-pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>, groups: Vec<GroupStatus>) {
+pub fn publish(
+    file: &mut StatusFile,
+    node: &crate::config::Identity,
+    role: &str,
+    vpgs: Vec<VpgStatus>,
+    groups: Vec<GroupStatus>,
+) {
     let status = AgentStatus {
         role: role.into(),
         node: node.name.clone(),
@@ -226,16 +257,29 @@ pub fn publish(node: &crate::config::Identity, role: &str, vpgs: Vec<VpgStatus>,
         vpgs,
         groups,
     };
-    if let Err(e) = write(&node.data_dir, &status) {
+    if let Err(e) = file.write(&status) {
         tracing::warn!("{}", crate::error_chain::Chain(&e));
     }
 }
 
 pub fn read(data_dir: &Path) -> Result<AgentStatus> {
     let path = path(data_dir);
-    let text = std::fs::read_to_string(&path)
-        .doing(|| format!("reading {} (has the agent run with this config?)", path.display()))?;
-    serde_json::from_str(&text).map_err(|source| StatusError::Parse { path, source })
+    let text = read_json(&path).map_err(|e| e.within(|| "has the agent run with this config?".to_string()))?;
+    serde_json::from_slice(&text).map_err(|source| StatusError::Parse { path, source })
+}
+
+/// The JSON text of the status file at `path` (a slot file, or a plain
+/// one an agent from before slot files wrote).
+pub fn read_json(path: &Path) -> std::result::Result<Vec<u8>, IoFailure> {
+    match SlotFile::open(path)? {
+        Found::Slots(_, json) | Found::Other(json) => Ok(json),
+        Found::Missing => {
+            Err(IoFailure::new(format!("reading {}", path.display()), std::io::ErrorKind::NotFound.into()))
+        }
+        Found::Damaged(why) => {
+            Err(IoFailure::new(format!("reading {}: {why}", path.display()), std::io::ErrorKind::InvalidData.into()))
+        }
+    }
 }
 
 pub fn format_time_ms(ms: u64) -> String {
@@ -464,5 +508,46 @@ mod iscsi_field_tests {
         );
         v.iscsi[0].error = None;
         assert!(!serde_json::to_string(&v).unwrap().contains("error"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(pid: u32, vpgs: usize) -> AgentStatus {
+        let vpg: VpgStatus = serde_json::from_str(r#"{"name":"vpg1","state":"replicating","lag_bytes":0,"lag_seconds":0,"throughput_bytes_per_sec":0,"head_seq":1,"acked_seq":1,"last_checkpoint":null,"note":""}"#)
+            .expect("a minimal VPG status");
+        AgentStatus {
+            role: "protected".into(),
+            node: "a".into(),
+            pid,
+            updated_ms: 1,
+            vpgs: vec![vpg; vpgs],
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_status_file_is_rewritten_in_place_and_read_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // An agent from before slot files wrote plain JSON: it is read, and replaced.
+        std::fs::write(path(dir.path()), serde_json::to_vec(&status(7, 1)).unwrap()).unwrap();
+        assert_eq!(read(dir.path()).unwrap().pid, 7);
+        let mut file = StatusFile::new(dir.path());
+        file.write(&status(8, 1)).unwrap();
+        let ino = std::fs::metadata(path(dir.path())).unwrap().ino();
+        for pid in 9..12 {
+            file.write(&status(pid, 1)).unwrap();
+            assert_eq!(read(dir.path()).unwrap().pid, pid);
+        }
+        assert_eq!(std::fs::metadata(path(dir.path())).unwrap().ino(), ino, "rewritten in place");
+        // A later agent writes in place too; more VPGs than the slots hold grow the file.
+        let mut again = StatusFile::new(dir.path());
+        again.write(&status(12, 1)).unwrap();
+        assert_eq!(std::fs::metadata(path(dir.path())).unwrap().ino(), ino);
+        again.write(&status(13, 200)).unwrap();
+        assert_eq!(read(dir.path()).unwrap().vpgs.len(), 200);
     }
 }

@@ -8,8 +8,10 @@
 # production.)
 # - The VM reads back every byte it wrote; the tagged checkpoint from
 #   before restores bit-exact throughout.
-# - SIGKILL of the protected agent with its disk still full: it starts
-#   again and takes writes at once, its dirty regions kept.
+# - SIGKILL of the protected agent with its disk full to the last block
+#   (another file takes what was left): it starts again and takes writes
+#   at once, its dirty regions kept. (Before: the start failed, rewriting
+#   its activity log as a new file: no VM could reach its disk.)
 # - The recovery site comes back: the log drains, the VPG resyncs (its
 #   reads stay under the cap, so they do not fill the disk again), and
 #   the newest checkpoint restores equal to the source.
@@ -51,7 +53,9 @@ cmp -n $((192 << 20)) "$WORK/readback.img" "$WORK/data.bin" || fail "the VM does
 rm -f "$WORK/readback.img"
 log "writes complete in bitmap mode: $(bitmap_field dirty_bytes) bytes marked"
 
-log "SIGKILL of the protected agent with its disk full"
+log "SIGKILL of the protected agent, another file taking every block left on its disk"
+dd if=/dev/zero of="$WORK/a/data/filler" bs=4k 2>/dev/null || true
+[ "$(df --output=avail -B1 "$WORK/a/data" | tail -1)" -eq 0 ] || fail "the disk still has room: the test proves nothing"
 kill9 "$PROTECTED_PID"
 start_protected
 mode=$(fresh_status_json protected | jq -r '.vpgs[0].bitmap.mode // "none"')
@@ -61,7 +65,8 @@ nbdcopy --flush "$WORK/more.bin" "$NBD_URI/disk0" 2>"$WORK/nbdcopy.err" ||
     fail "writes after the restart failed: $(cat "$WORK/nbdcopy.err")"
 restore_equal before "$WORK/before.img" "with the log's disk full"
 
-log "recovery site back: the log drains and the VPG resyncs"
+log "the other file is gone; recovery site back: the log drains and the VPG resyncs"
+rm "$WORK/a/data/filler"
 start_recovery
 wait_mode none 180 "the resync did not finish"
 wait_replicated 120

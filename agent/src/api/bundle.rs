@@ -178,7 +178,9 @@ pub fn write(cfg: &Config, config_path: &Path, out: impl Write) -> Result<()> {
         p.add_or_note("config.toml", config_text)?;
         p.add_or_note(
             "status.json",
-            read_tail(&cfg.node().data_dir.join(crate::status::STATUS_FILE)).context("no status yet"),
+            crate::status::read_json(&crate::status::path(&cfg.node().data_dir))
+                .map(|json| String::from_utf8_lossy(&json).into_owned())
+                .context("no status yet"),
         )?;
         p.add_or_note(
             "support-ssh.txt",

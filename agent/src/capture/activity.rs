@@ -16,19 +16,19 @@
 //! can differ (`LogOpenReport::last_update`). The boot id in the header
 //! tells the two apart.
 //!
-//! File (little endian): header `magic [u8;8] "TMACTLOG", version u32,
-//! flags u32, boot_id [u8;16], durable_through u64, reserved u32, crc u32`
-//! (crc32 of the 44 bytes before it), then entries `volume u32,
-//! extent u32, crc u32`. The header is only ever replaced whole
-//! (`durable::replace_file`); entries are appended, a torn last one ignored
-//! (its write never started: a write waits for its entry's fdatasync).
+//! File: a slot file (`crate::slot_file`, rewritten in place: a full disk
+//! still takes a mark), whose payload is (little endian) a header `magic
+//! [u8;8] "TMACTLOG", version u32, flags u32, boot_id [u8;16],
+//! durable_through u64, reserved u32, crc u32` (crc32 of the 44 bytes
+//! before it), then entries `volume u32, extent u32, crc u32`. Each mark
+//! writes the whole payload again; a write waits for it. A file from
+//! before slot files is that payload alone (entries were appended, a torn
+//! last one ignored): it is read, and replaced by a slot file at the
+//! first write.
 
 use super::error::CaptureError;
-use crate::durable::{replace_file, FileMode};
-use crate::io_failure::{Doing, IoFailure};
+use crate::slot_file::{Found, SlotFile};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 type Result<T, E = CaptureError> = std::result::Result<T, E>;
@@ -43,6 +43,10 @@ const MAGIC: &[u8; 8] = b"TMACTLOG";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 48;
 const ENTRY_BYTES: usize = 12;
+/// Slots with room for eight times the marks an epoch allows, so the file
+/// is rewritten in place while every mark is kept for a while (a start's
+/// marks until its first epoch). More marks make a larger file.
+const SLOT_MIN: u64 = (HEADER_BYTES + 8 * ACTIVITY_EXTENTS_MAX * ENTRY_BYTES) as u64 + 64;
 /// The marked extents must be read again at the next start, even on the
 /// same boot: a start's re-reading is not done yet, or a write's outcome on
 /// its volume is unknown.
@@ -78,14 +82,12 @@ struct Header {
 
 pub struct ActivityLog {
     path: PathBuf,
-    file: File,
+    /// None until the file is a slot file (missing, unreadable, or from
+    /// before slot files): the next write makes it one.
+    file: Option<SlotFile>,
     boot_id: [u8; 16],
     /// What the file's header says now.
     header: Header,
-    /// Bytes of the file known whole (entries are appended after them).
-    good_len: u64,
-    /// An append failed and could not be undone: rewrite before the next.
-    must_rewrite: bool,
     /// Marked extents, with the generation of the last write to each.
     marked: HashMap<Extent, u64>,
     generation: u64,
@@ -107,8 +109,15 @@ impl ActivityLog {
         let mut marked = HashMap::new();
         let mut header = Header { flags: 0, boot_id, durable_through: 0 };
         let mut write_fresh = false;
-        match std::fs::read(&path) {
-            Ok(bytes) => match parse(&bytes) {
+        let (file, bytes) = match SlotFile::open(&path)? {
+            Found::Missing => (None, None),
+            Found::Slots(file, payload) => (Some(file), Some(payload)),
+            Found::Other(bytes) => (None, Some(bytes)),
+            // Read as unreadable below.
+            Found::Damaged(_) => (None, Some(Vec::new())),
+        };
+        match bytes {
+            Some(bytes) => match parse(&bytes) {
                 Some((on_disk, extents)) => {
                     header = on_disk;
                     found.durable_through = on_disk.durable_through;
@@ -136,39 +145,31 @@ impl ActivityLog {
                     write_fresh = true;
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_fresh = true,
-            Err(e) => return Ok(Err(e).doing(|| format!("reading {}", path.display()))?),
+            None => write_fresh = true,
         }
-        if write_fresh {
-            replace_file(&path, &header_bytes(&header), FileMode::Public)?;
-        }
-        // Until an epoch after the start's work, the file keeps its header
-        // (and so says "unclean" again if this run stops before then).
-        let file = OpenOptions::new().append(true).open(&path).doing(|| format!("opening {}", path.display()))?;
-        let good_len = file.metadata().doing(|| format!("sizing {}", path.display()))?.len();
         let start_resync_pending = !found.unclean.is_empty() || found.unknown;
-        let log = ActivityLog {
+        let mut log = ActivityLog {
             path,
             file,
             boot_id,
             header,
-            good_len,
-            must_rewrite: false,
             marked,
             generation: 1,
             start_resync_pending,
             write_failed: false,
             map_since: 0,
         };
+        // Until an epoch after the start's work, the file keeps its header
+        // (and so says "unclean" again if this run stops before then).
+        if write_fresh {
+            log.rewrite()?;
+        }
         Ok((log, found))
     }
 
     /// Marks every extent `[offset, offset + length)` of `volume` touches,
     /// durably, before a write to it. No I/O for extents already marked.
     pub fn mark(&mut self, volume: u32, offset: u64, length: u64) -> Result<()> {
-        if self.must_rewrite {
-            self.rewrite()?;
-        }
         self.generation += 1;
         let mut new = Vec::new();
         for extent in extents_of(offset, length) {
@@ -180,28 +181,15 @@ impl ActivityLog {
         if new.is_empty() {
             return Ok(());
         }
-        let mut bytes = Vec::with_capacity(new.len() * ENTRY_BYTES);
         for e in &new {
-            bytes.extend_from_slice(&entry_bytes(*e));
+            self.marked.insert(*e, self.generation);
         }
-        let appended = (|| {
-            fail::fail_point!("activity-mark-torn", |_| {
-                let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
-                Err(std::io::Error::from_raw_os_error(28))
-            });
-            self.file.write_all(&bytes)?;
-            self.file.sync_data()
-        })();
-        if let Err(e) = appended {
-            // A torn entry would hide every later one: undo it, or rewrite.
-            if self.file.set_len(self.good_len).is_err() && self.rewrite().is_err() {
-                self.must_rewrite = true;
+        if let Err(e) = self.rewrite() {
+            // Not marked durably: the write it guards does not happen.
+            for e in &new {
+                self.marked.remove(e);
             }
-            return Err(IoFailure::new(format!("marking {} extents in {}", new.len(), self.path.display()), e).into());
-        }
-        self.good_len += bytes.len() as u64;
-        for e in new {
-            self.marked.insert(e, self.generation);
+            return Err(e);
         }
         Ok(())
     }
@@ -301,21 +289,17 @@ impl ActivityLog {
         self.rewrite()
     }
 
-    /// Replaces the file with the header and every mark.
+    /// Writes the header and every mark, durably, in place of what the
+    /// file held (a slot file: no new block once it is one).
     fn rewrite(&mut self) -> Result<()> {
-        // Until the new file is open for appends: a failure after the
-        // rename (its directory sync, the reopen) leaves `file` on the
-        // replaced one, where a mark would reach no file anyone reads.
-        self.must_rewrite = true;
         let mut bytes = header_bytes(&self.header).to_vec();
         for e in self.marked.keys() {
             bytes.extend_from_slice(&entry_bytes(*e));
         }
-        replace_file(&self.path, &bytes, FileMode::Public)?;
-        self.file =
-            OpenOptions::new().append(true).open(&self.path).doing(|| format!("opening {}", self.path.display()))?;
-        self.good_len = bytes.len() as u64;
-        self.must_rewrite = false;
+        match &mut self.file {
+            Some(file) => file.write(&bytes)?,
+            None => self.file = Some(SlotFile::create(&self.path, &bytes, SLOT_MIN)?),
+        }
         Ok(())
     }
 }
@@ -401,14 +385,15 @@ mod tests {
         ActivityLog::open(dir).unwrap()
     }
 
-    /// Gives the file the header another boot would have left; its path.
-    fn as_if_on_another_boot(dir: &Path, durable_through: u64) -> PathBuf {
+    /// Gives the file the header another boot would have left, and
+    /// `extra` bytes after its entries.
+    fn as_if_on_another_boot(dir: &Path, durable_through: u64, extra: &[u8]) {
         let path = dir.join(ACTIVITY_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let Found::Slots(mut file, mut bytes) = SlotFile::open(&path).unwrap() else { panic!("not a slot file") };
         let header = Header { flags: 0, boot_id: [9; 16], durable_through };
         bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&header));
-        std::fs::write(&path, &bytes).unwrap();
-        path
+        bytes.extend_from_slice(extra);
+        file.write(&bytes).unwrap();
     }
 
     #[test]
@@ -474,11 +459,9 @@ mod tests {
         let (mut al, _) = reopen(dir.path());
         al.mark(2, 5 * ACTIVITY_EXTENT_BYTES, 100).unwrap();
         drop(al);
-        let path = as_if_on_another_boot(dir.path(), 5);
-        let mut bytes = std::fs::read(&path).unwrap();
-        // And a torn last entry, which never guarded a write.
-        bytes.extend_from_slice(&entry_bytes((3, 3))[..7]);
-        std::fs::write(&path, &bytes).unwrap();
+        // And a torn last entry (a file from before slot files), which
+        // never guarded a write.
+        as_if_on_another_boot(dir.path(), 5, &entry_bytes((3, 3))[..7]);
         let (mut al, found) = reopen(dir.path());
         assert_eq!(found.unclean, vec![(2, 5)]);
         assert!(found.why.unwrap().contains("restarted"));
@@ -539,6 +522,21 @@ mod tests {
     }
 
     #[test]
+    fn a_file_from_before_slot_files_is_read_and_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ACTIVITY_FILE);
+        let mut bytes = header_bytes(&Header { flags: 0, boot_id: [9; 16], durable_through: 4 }).to_vec();
+        bytes.extend_from_slice(&entry_bytes((1, 2)));
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut al, found) = reopen(dir.path());
+        assert_eq!(found.unclean, vec![(1, 2)]);
+        assert_eq!(found.durable_through, 4);
+        al.mark(0, 0, 1).unwrap();
+        assert!(std::fs::read(&path).unwrap().starts_with(crate::slot_file::SLOT_MAGIC));
+        assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0), (1, 2)]);
+    }
+
+    #[test]
     fn an_unreadable_file_means_nothing_is_known() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(ACTIVITY_FILE), b"garbage").unwrap();
@@ -553,20 +551,29 @@ mod tests {
     mod failpoints {
         use super::*;
 
-        /// ENOSPC half way through an entry: it is undone, so the entries
-        /// appended after it are read back (a torn one once hid them all).
+        /// ENOSPC half way through a mark's write: the marks before it are
+        /// read back, and so are the ones after it (a torn appended entry
+        /// once hid them all).
         #[test]
         fn a_failed_mark_hides_nothing_after_it() {
             let scenario = fail::FailScenario::setup();
             let dir = tempfile::tempdir().unwrap();
             let (mut al, _) = reopen(dir.path());
             al.mark(0, 0, 1).unwrap();
-            fail::cfg("activity-mark-torn", "1*return").unwrap();
+            fail::cfg("slot-write-torn", "1*return").unwrap();
             assert!(al.mark(0, ACTIVITY_EXTENT_BYTES, 1).is_err());
-            fail::remove("activity-mark-torn");
+            fail::remove("slot-write-torn");
+            assert_eq!(al.marked_count(), 1, "a mark whose write failed is not kept");
+            {
+                let (_, found) = reopen(dir.path());
+                assert!(found.unclean.is_empty() && !found.unknown, "the torn write left the file whole");
+            }
+            as_if_on_another_boot(dir.path(), 0, &[]);
+            assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0)]);
+            let (mut al, _) = reopen(dir.path());
             al.mark(0, 2 * ACTIVITY_EXTENT_BYTES, 1).unwrap();
             drop(al);
-            as_if_on_another_boot(dir.path(), 0);
+            as_if_on_another_boot(dir.path(), 0, &[]);
             assert_eq!(reopen(dir.path()).1.unclean, vec![(0, 0), (0, 2)]);
             scenario.teardown();
         }

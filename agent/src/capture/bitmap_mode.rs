@@ -89,7 +89,6 @@ impl VpgCapture {
     /// (`BitmapState::log_failed`), and the VPG goes to bitmap mode, so
     /// production goes on without the log. Call without the order lock.
     async fn log_failed(&self, error: &LogError) -> Result<()> {
-        self.ballast.release(&self.name);
         let high = self.bitmap.log_failed(self.log_takes());
         let why = format!(
             "the protected log could not take a record ({}); its high-water mark is {} from now on (90 % of what \
@@ -113,7 +112,6 @@ impl VpgCapture {
             }
         };
         if let Some(lifted) = self.bitmap.recheck_cap(takes) {
-            self.ballast.fill(&self.name);
             tracing::warn!(
                 vpg = %self.name,
                 "the protected log's disk has room for its {} again: its high-water mark is no longer capped to {}",

@@ -3,11 +3,10 @@
 //! and the resync's progress for status. What the modes do is in
 //! `bitmap_mode`; this file is a leaf both it and `vpg` use.
 
-use super::dirty_map::{DirtyMap, VolumeShape};
+use super::dirty_map::{DirtyMap, MapFile, VolumeShape};
 use super::error::CaptureError;
 use crate::config::BitmapConfig;
 use crate::status::{format_bytes, BitmapStatus};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -108,10 +107,11 @@ pub struct BitmapState {
     failures: Mutex<LogFailures>,
     mode: watch::Sender<CaptureMode>,
     pub(super) map: Mutex<Map>,
-    /// The version of the map last stored; a store of an older snapshot
-    /// is skipped (two epochs can overlap). Held while storing; `stored`
-    /// is its value for readers that must not wait for a store's fsync.
-    stored_version: Mutex<u64>,
+    /// The map's file and the version of the map last stored in it; a
+    /// store of an older snapshot is skipped (two epochs can overlap).
+    /// Held while storing; `stored` is the version for readers that must
+    /// not wait for a store's fsync.
+    file: Mutex<(u64, MapFile)>,
     stored: AtomicU64,
     pub(super) progress: Mutex<Progress>,
 }
@@ -132,7 +132,7 @@ impl MapSnapshot {
 
 impl BitmapState {
     /// `map` holds the regions a start must read again (empty: none).
-    pub fn new(cfg: &BitmapConfig, capacity: u64, map: DirtyMap, why: String) -> BitmapState {
+    pub fn new(cfg: &BitmapConfig, capacity: u64, map: DirtyMap, why: String, file: MapFile) -> BitmapState {
         let levels =
             Some(cfg).filter(|c| c.enabled).map(|c| Levels { high: c.high_water as u64, low: c.low_water as u64 });
         let mode = if map.is_empty() { CaptureMode::Logging } else { CaptureMode::Resync };
@@ -144,7 +144,7 @@ impl BitmapState {
             mode: watch::channel(mode).0,
             // Version 1, stored 0: the first epoch stores what the start found.
             map: Mutex::new(Map { map, version: 1 }),
-            stored_version: Mutex::new(0),
+            file: Mutex::new((0, file)),
             stored: AtomicU64::new(0),
             progress: Mutex::new(Progress { since: Instant::now(), why, resynced: 0, resync_total, announced: false }),
         }
@@ -273,11 +273,12 @@ impl BitmapState {
     }
 
     /// Stores the snapshot unless a newer one was stored already.
-    pub fn store(&self, snapshot: &MapSnapshot, dir: &Path, vpg_id: u32) -> Result<()> {
+    pub fn store(&self, snapshot: &MapSnapshot) -> Result<()> {
         let Some((version, map)) = &snapshot.changed else { return Ok(()) };
-        let mut stored = self.stored_version.lock().expect("stored lock");
+        let mut file = self.file.lock().expect("map file lock");
+        let (stored, file) = &mut *file;
         if *version > *stored {
-            map.store(dir, vpg_id)?;
+            file.store(map)?;
             *stored = *version;
             self.stored.store(*version, Ordering::SeqCst);
         }
@@ -322,11 +323,16 @@ pub fn shapes(volumes: &[super::volume::Volume]) -> Vec<VolumeShape> {
 mod tests {
     use super::*;
 
+    /// A map file these tests never store in.
+    fn unused_file() -> MapFile {
+        MapFile::new(std::path::Path::new("/nonexistent"), 1)
+    }
+
     #[test]
     fn the_waters_follow_the_config_and_off_means_none() {
         let cfg = BitmapConfig::default();
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
-        let state = BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
+        let state = BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new(), unused_file());
         let w = state.waters().expect("on by default");
         assert_eq!((w.high, w.low, w.resync_ceiling), (90 << 20, 50 << 20, 70 << 20));
         assert_eq!(state.mode(), CaptureMode::Logging);
@@ -334,7 +340,7 @@ mod tests {
         let off = BitmapConfig { enabled: false, ..cfg };
         let mut map = DirtyMap::new(64 << 10, &shapes);
         map.mark(0, 0, 1);
-        let state = BitmapState::new(&off, 100 << 20, map, "start".into());
+        let state = BitmapState::new(&off, 100 << 20, map, "start".into(), unused_file());
         assert!(state.waters().is_none());
         // Regions a start must read again: a resync, even with bitmap mode off.
         assert_eq!(state.mode(), CaptureMode::Resync);
@@ -344,8 +350,13 @@ mod tests {
     #[test]
     fn a_failure_caps_the_waters_which_follow_the_disk_up_to_the_capacity() {
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
-        let state =
-            BitmapState::new(&BitmapConfig::default(), 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new());
+        let state = BitmapState::new(
+            &BitmapConfig::default(),
+            100 << 20,
+            DirtyMap::new(64 << 10, &shapes),
+            String::new(),
+            unused_file(),
+        );
         assert!(state.resync_not_before().is_none());
         assert_eq!(state.log_failed(40_000_000), 36_000_000);
         let w = state.waters().expect("on");

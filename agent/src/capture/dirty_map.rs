@@ -4,9 +4,10 @@
 //! stream before the replica can be consistent. One bit per region of
 //! `granularity` bytes (64 KiB by default) per volume.
 //!
-//! The map is kept in memory and stored whole (`durable::replace_file`:
-//! written, fsynced, renamed, directory fsynced) at each activity epoch
-//! while it changes; the activity log covers the regions written since
+//! The map is kept in memory and stored whole in its file (`MapFile`, a
+//! slot file rewritten in place, its blocks taken at a start: bitmap mode
+//! stores it on a disk the log has filled) at each activity epoch while it
+//! changes; the activity log covers the regions written since
 //! the last store (their extents are marked durably before each write, and
 //! its resync flag makes the next start read them again). A region's bit
 //! is cleared on disk only once its data is durable in the protected log.
@@ -16,15 +17,19 @@
 //! anything else is a `LoadError` the caller answers with a full resync,
 //! never by trusting it.
 //!
-//! File `dirty.map` (little endian): `magic [u8;8] "TMDIRTY1"`, `version
+//! File `dirty.map`: a slot file (`crate::slot_file`) whose payload is
+//! empty for an empty map (whatever the volumes are now), or (little
+//! endian; a file from before slot files is this alone) `magic [u8;8]
+//! "TMDIRTY1"`, `version
 //! u32`, `vpg_id u32`, `granularity u64`, `volume_count u32`, then per
 //! volume `size u64, name_len u16, name [u8; name_len]`, then per volume
 //! its bits as `u64` words (region `r` is bit `r % 64` of word `r / 64`;
 //! `ceil(regions / 64)` words, unused high bits zero), then `crc u32`
 //! (crc32 of every byte before it).
 
-use crate::durable::{remove_file, replace_file, FileMode};
-use std::path::Path;
+use crate::io_failure::IoFailure;
+use crate::slot_file::{Found, SlotFile};
+use std::path::{Path, PathBuf};
 
 pub const DIRTY_MAP_FILE: &str = "dirty.map";
 pub const GRANULARITY_DEFAULT: u64 = 64 << 10;
@@ -45,8 +50,8 @@ pub struct VolumeShape {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Io(IoFailure),
     /// Torn, truncated, bit rot, or not a dirty map at all.
     #[error("{path} is damaged: {why}")]
     Damaged { path: String, why: String },
@@ -261,35 +266,68 @@ impl DirtyMap {
         }
         Ok(map)
     }
+}
 
-    /// Stores the map durably in `dir` (an empty map removes the file).
-    pub fn store(&self, dir: &Path, vpg_id: u32) -> Result<(), crate::io_failure::IoFailure> {
-        let path = dir.join(DIRTY_MAP_FILE);
-        if self.is_empty() {
-            return remove_file(&path);
-        }
-        replace_file(&path, &self.encode(vpg_id), FileMode::Public)
+/// The file a VPG's dirty map is stored in.
+pub struct MapFile {
+    path: PathBuf,
+    vpg_id: u32,
+    /// None until the file is a slot file of this VPG's map's size.
+    file: Option<SlotFile>,
+}
+
+impl MapFile {
+    /// The map file in `dir` (nothing is read yet).
+    pub fn new(dir: &Path, vpg_id: u32) -> MapFile {
+        MapFile { path: dir.join(DIRTY_MAP_FILE), vpg_id, file: None }
     }
 
-    /// The map stored in `dir`: None if there is none.
-    pub fn load(
-        dir: &Path,
-        vpg_id: u32,
-        granularity: u64,
-        volumes: &[VolumeShape],
-    ) -> Result<Option<DirtyMap>, LoadError> {
-        let path = dir.join(DIRTY_MAP_FILE);
-        let shown = path.display().to_string();
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LoadError::Io { path: shown, source }),
+    /// The map stored in the file: None if there is none, or it is empty.
+    pub fn load(&mut self, granularity: u64, volumes: &[VolumeShape]) -> Result<Option<DirtyMap>, LoadError> {
+        let shown = self.path.display().to_string();
+        let bytes = match SlotFile::open(&self.path).map_err(LoadError::Io)? {
+            Found::Missing => return Ok(None),
+            Found::Slots(file, payload) => {
+                self.file = Some(file);
+                if payload.is_empty() {
+                    return Ok(None);
+                }
+                payload
+            }
+            Found::Other(bytes) => bytes,
+            Found::Damaged(why) => return Err(LoadError::Damaged { path: shown, why }),
         };
-        DirtyMap::decode(&bytes, vpg_id, granularity, volumes).map(Some).map_err(|e| match e {
+        DirtyMap::decode(&bytes, self.vpg_id, granularity, volumes).map(Some).map_err(|e| match e {
             LoadError::Damaged { why, .. } => LoadError::Damaged { path: shown, why },
             LoadError::Foreign { why, .. } => LoadError::Foreign { path: shown, why },
             io => io,
         })
+    }
+
+    /// Stores `map` durably, in place once the file has room for every
+    /// region of its volumes (`prepare`).
+    pub fn store(&mut self, map: &DirtyMap) -> Result<(), IoFailure> {
+        let payload = if map.is_empty() { Vec::new() } else { map.encode(self.vpg_id) };
+        match &mut self.file {
+            Some(file) => file.write(&payload),
+            None => {
+                let full = map.encode(self.vpg_id).len() as u64;
+                self.file = Some(SlotFile::create(&self.path, &payload, crate::slot_file::slot_bytes_for(full))?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores `map` (which holds whatever the file held, or the start
+    /// has durably asked for a new stream) so that the file takes its
+    /// full size now: later stores, in bitmap mode on a disk the log
+    /// has filled, need no new block.
+    pub fn prepare(&mut self, map: &DirtyMap) -> Result<(), IoFailure> {
+        let full = map.encode(self.vpg_id).len();
+        if self.file.as_ref().is_some_and(|f| !f.fits(full)) {
+            self.file = None;
+        }
+        self.store(map)
     }
 }
 
@@ -358,16 +396,40 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_map_loads_back_and_an_empty_one_leaves_no_file() {
+    fn a_stored_map_loads_back_in_place_and_an_empty_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = MapFile::new(dir.path(), 9);
+        let mut m = DirtyMap::new(G, &shapes());
+        file.prepare(&m).unwrap();
+        let path = dir.path().join(DIRTY_MAP_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(MapFile::new(dir.path(), 9).load(G, &shapes()).unwrap(), None);
+        m.mark(1, 5 * G, 3 * G);
+        m.mark(0, 100 * G, 1);
+        file.store(&m).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "stored in place");
+        assert_eq!(MapFile::new(dir.path(), 9).load(G, &shapes()).unwrap(), Some(m.clone()));
+        m.clear(1, 5 * G, 3 * G);
+        m.clear(0, 100 * G, 1);
+        file.store(&m).unwrap();
+        assert_eq!(MapFile::new(dir.path(), 9).load(G, &shapes()).unwrap(), None);
+        // An empty map is none whatever the volumes are now.
+        assert_eq!(MapFile::new(dir.path(), 9).load(G, &shapes()[..1]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_map_from_before_slot_files_is_read_and_prepare_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = DirtyMap::new(G, &shapes());
-        m.mark(1, 5 * G, 3 * G);
-        m.store(dir.path(), 9).unwrap();
-        assert_eq!(DirtyMap::load(dir.path(), 9, G, &shapes()).unwrap(), Some(m.clone()));
-        m.clear(1, 5 * G, 3 * G);
-        m.store(dir.path(), 9).unwrap();
-        assert!(!dir.path().join(DIRTY_MAP_FILE).exists());
-        assert_eq!(DirtyMap::load(dir.path(), 9, G, &shapes()).unwrap(), None);
+        m.mark(0, 3 * G, 1);
+        std::fs::write(dir.path().join(DIRTY_MAP_FILE), m.encode(9)).unwrap();
+        let mut file = MapFile::new(dir.path(), 9);
+        assert_eq!(file.load(G, &shapes()).unwrap(), Some(m.clone()));
+        m.mark(1, 0, 1);
+        file.prepare(&m).unwrap();
+        let bytes = std::fs::read(dir.path().join(DIRTY_MAP_FILE)).unwrap();
+        assert!(bytes.starts_with(crate::slot_file::SLOT_MAGIC));
+        assert_eq!(MapFile::new(dir.path(), 9).load(G, &shapes()).unwrap(), Some(m));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 pub mod activity;
 pub mod alert;
-mod ballast;
 pub mod bitmap_mode;
 pub mod bitmap_state;
 pub mod delta;

@@ -15,7 +15,7 @@
 use super::activity::{extent_range, ActivityFound, ActivityLog};
 use super::alert::Detection;
 use super::bitmap_state::{BitmapState, CaptureMode};
-use super::dirty_map::{DirtyMap, LoadError};
+use super::dirty_map::{DirtyMap, LoadError, MapFile};
 use super::sync_gate::{SyncGate, SyncPolicy};
 use super::volume::Volume;
 use crate::config::BitmapConfig;
@@ -94,8 +94,6 @@ pub struct VpgCapture {
     consistent: watch::Sender<bool>,
     /// The mode (logging, bitmap, resync) and the dirty map.
     pub(super) bitmap: BitmapState,
-    /// Room on the log's disk for bitmap mode's own files (`ballast`).
-    pub(super) ballast: super::ballast::Ballast,
     /// Set when a volume write failed and the stream could not be made to
     /// agree with the volume: every write fails until a restart.
     failed: std::sync::Mutex<Option<String>>,
@@ -184,15 +182,11 @@ impl VpgCapture {
         let shapes = super::bitmap_state::shapes(&volumes);
         let granularity = bitmap.granularity;
         let mut dirty = DirtyMap::new(granularity, &shapes);
-        let map_bytes = shapes.iter().map(|v| v.size.div_ceil(granularity)).sum::<u64>().div_ceil(8) + 4096;
-        let ballast = super::ballast::Ballast::new(dir, map_bytes);
-        if bitmap.enabled {
-            ballast.fill(&name);
-        }
+        let mut map_file = MapFile::new(dir, vpg_id);
         // A map that is damaged or not this VPG's is never trusted.
         let stored_map = match report.fresh {
             true => Ok(None),
-            false => DirtyMap::load(dir, vpg_id, granularity, &shapes),
+            false => map_file.load(granularity, &shapes),
         };
         let log_end = report.next_seq - 1;
         let mut why_dirty = String::new();
@@ -209,6 +203,12 @@ impl VpgCapture {
             why_dirty = start.mark_dirty(&name, &mut activity, &mut dirty)?;
             None
         };
+        // The file takes its full size now, holding what the start found
+        // (or a new stream was asked for durably): bitmap mode then stores
+        // the map in place on a disk the log has filled.
+        if let Err(e) = map_file.prepare(&dirty) {
+            tracing::warn!(vpg = %name, "no room for the dirty map's file now: bitmap mode makes it when it stores a map ({})", crate::error_chain::Chain(&e));
+        }
         // No writer yet: the resync's start is marked before any write.
         if new_stream.is_none() && !dirty.is_empty() && !mark_inconsistent_from_here(&log, RESYNC_START_TAG)? {
             tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it");
@@ -225,8 +225,7 @@ impl VpgCapture {
             state: std::sync::Mutex::new(state),
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(new_stream.is_none()).0,
-            bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty),
-            ballast,
+            bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty, map_file),
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
@@ -315,7 +314,7 @@ impl VpgCapture {
     async fn epoch_with(&self, plan: EpochPlan, start_work_done: bool) -> Result<()> {
         self.sync_volumes().await?;
         self.log.sync_to(plan.through).await?;
-        self.bitmap.store(&plan.map, self.log.dir(), self.log.vpg_id())?;
+        self.bitmap.store(&plan.map)?;
         self.activity.lock().expect("activity lock").finish_epoch(
             plan.through,
             plan.upto,

@@ -135,6 +135,8 @@ struct Inner {
     unsynced_closed: Vec<Arc<dyn StorageFile>>,
     /// Files of retired segments, for the next rolls (`spares.rs`).
     spares: Vec<Spare>,
+    /// Kept for a roll on a disk with no free block (`spares::reserve`).
+    reserve: Option<Spare>,
     next_seq: u64,
     stream_id: u32,
     bytes_total: u64,
@@ -261,6 +263,15 @@ impl ProtectedLog {
         fs.create_dir_all(dir).doing(|| format!("creating log directory {}", dir.display()))?;
         let found = open::recover(&*fs, dir, vpg_id, durable_through, before_dropping)?;
         let found_spares = spares::left_behind(&*fs, dir, preallocation != Preallocation::Off)?;
+        let reserve = spares::reserve(&*fs, dir)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "protected log {}: no roll reserve ({}): on a full disk its resync may wait for room",
+                    dir.display(),
+                    Chain(e)
+                )
+            })
+            .ok();
         let fresh = found.segments.is_empty();
         let (closed, current, current_file, next_seq, stream_id) = if fresh {
             // A new stream starts at a seq above any earlier stream's
@@ -295,6 +306,7 @@ impl ProtectedLog {
                 current_file,
                 unsynced_closed: Vec::new(),
                 spares: found_spares,
+                reserve,
                 next_seq,
                 stream_id,
                 bytes_total,
@@ -508,6 +520,9 @@ impl ProtectedLog {
             // record closed it) goes as the current one would.
             let acked = inner.next_seq - 1 <= self.acked_seq();
             if acked && holds_records {
+                // The new segment's header over the reserve: a disk with
+                // no free block takes it (`roll` takes the last spare).
+                inner.spares.extend(inner.reserve.take());
                 return match self.roll(inner) {
                     Ok(()) => AfterFullDisk::Retire,
                     Err(e) => {
@@ -775,6 +790,19 @@ impl ProtectedLog {
         if any_retired {
             self.space.notify_waiters();
             self.wake_preparer();
+            self.remake_reserve();
+        }
+    }
+
+    /// Makes the roll reserve again once a roll took it, when segments
+    /// were retired (the disk may have room again). Quiet: tried at each
+    /// retire until it is made.
+    fn remake_reserve(&self) {
+        if self.inner.lock().expect("log lock").reserve.is_some() {
+            return;
+        }
+        if let Ok(reserve) = spares::reserve(&*self.fs, &self.dir) {
+            self.inner.lock().expect("log lock").reserve = Some(reserve);
         }
     }
 

@@ -70,6 +70,31 @@ pub(super) fn left_behind(fs: &dyn Storage, dir: &Path, keep: bool) -> Result<Ve
     Ok(kept)
 }
 
+/// The log's roll reserve: a small zero-filled file kept for one roll on a
+/// disk with no free block. A segment whose records are all acknowledged
+/// is retired only once the next segment's header is durable (the log's
+/// place must survive a power cut), and a new file needs a block for it;
+/// the roll writes the header over the reserve instead
+/// (`ProtectedLog::leave_full_segment`). Not a spare: a spare is a
+/// segment's worth of room and goes to any roll.
+const RESERVE_NAME: &str = "roll-reserve";
+const RESERVE_BYTES: u64 = 64 << 10;
+
+/// The reserve in `dir`: the one there, or a new one (zero-filled under
+/// a temporary name an open removes, then named).
+pub(super) fn reserve(fs: &dyn Storage, dir: &Path) -> Result<Spare, IoFailure> {
+    let path = dir.join(RESERVE_NAME);
+    if let Ok(bytes) = fs.size_of(&path) {
+        if bytes >= RESERVE_BYTES {
+            return Ok(Spare { path, bytes });
+        }
+    }
+    let tmp = dir.join(format!("{RESERVE_NAME}.{PREPARING_EXTENSION}"));
+    super::prepare::zero_fill(fs, &tmp, RESERVE_BYTES)?;
+    fs.rename(&tmp, &path).doing(|| format!("naming {}", path.display()))?;
+    Ok(Spare { path, bytes: RESERVE_BYTES })
+}
+
 /// Removes a spare the log will not use: false, said, if it could not.
 pub(super) fn remove(fs: &dyn Storage, path: &Path) -> bool {
     match fs.remove_file(path) {

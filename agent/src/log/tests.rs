@@ -554,6 +554,40 @@ mod failpoints {
         scenario.teardown();
     }
 
+    /// The same on a disk with no free block, where a new segment file
+    /// cannot be made (its creation fails here): the new segment's header
+    /// goes over the roll reserve, and the reserve is made again once the
+    /// acknowledged segment is retired. (Before the reserve, the resync of
+    /// a log on a small disk never began: e2e log_disk_full_small_writes.)
+    #[tokio::test]
+    async fn a_disk_with_no_free_block_rolls_into_the_reserve() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 20);
+        let reserve = dir.path().join("roll-reserve");
+        assert!(reserve.exists(), "no roll reserve made at open");
+        use std::os::unix::fs::MetadataExt;
+        let reserve_inode = std::fs::metadata(&reserve).unwrap().ino();
+        let first = append_synced(&log, 3, 4096).await;
+        log.ack(first);
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        fail::cfg("segment-create-before-sync", "return").unwrap();
+        let next = log.append(&write(4, 4096)).await.expect("written again");
+        fail::remove("segment-create-before-sync");
+        fail::remove("log-append-torn");
+        assert_eq!(next, first + 1);
+        let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
+        assert_eq!(segments.len(), 1, "the acknowledged segment was not retired: {segments:?}");
+        assert_eq!(std::fs::metadata(&segments[0].1).unwrap().ino(), reserve_inode, "not written over the reserve");
+        assert!(reserve.exists(), "the reserve was not made again after the retire");
+        log.sync_to(next).await.unwrap();
+        drop(log);
+        let (log, report) = open(dir.path(), 64 << 20);
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, next).first(), Some(&next));
+        scenario.teardown();
+    }
+
     /// The same when the roll before the record closed the acknowledged
     /// segment and the new one holds no record yet: the closed segment is
     /// retired at once (an ack would do it only once the recovery site

@@ -180,6 +180,7 @@ async fn status_writer(
     let mut over_target = vec![false; runtimes.len()];
     let configfs = std::path::Path::new(crate::iscsi::lio::CONFIGFS_TARGET);
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
+    let mut status_file = status::StatusFile::new(&cfg.node.data_dir);
     loop {
         tick.tick().await;
         let mut vpgs = Vec::new();
@@ -251,7 +252,7 @@ async fn status_writer(
                 log: Some(log.space_status()),
             });
         }
-        status::publish(&cfg.node, "protected", vpgs, coordinator.status());
+        status::publish(&mut status_file, &cfg.node, "protected", vpgs, coordinator.status());
     }
 }
 

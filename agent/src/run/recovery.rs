@@ -75,6 +75,7 @@ pub async fn run(cfg: RecoveryConfig) -> Result<()> {
 async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &RecoveryOps) {
     let mut prev: std::collections::HashMap<String, u64> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_millis(STATUS_INTERVAL_MS));
+    let mut status_file = status::StatusFile::new(&cfg.node.data_dir);
     loop {
         tick.tick().await;
         let slots: Vec<(String, Arc<_>)> =
@@ -137,7 +138,7 @@ async fn status_writer(cfg: &RecoveryConfig, receiver: &Arc<Receiver>, ops: &Rec
             });
         }
         vpgs.sort_by(|a, b| a.name.cmp(&b.name));
-        status::publish(&cfg.node, "recovery", vpgs, Vec::new());
+        status::publish(&mut status_file, &cfg.node, "recovery", vpgs, Vec::new());
     }
 }
 
