@@ -41,6 +41,15 @@ pub enum Found {
     Damaged(String),
 }
 
+/// What a slot file holds, read without opening it for writing (a
+/// reader such as `tidemark status` may not be allowed to write it).
+pub enum Contents {
+    Missing,
+    Slots(Vec<u8>),
+    Other(Vec<u8>),
+    Damaged(String),
+}
+
 pub struct SlotFile {
     path: PathBuf,
     file: File,
@@ -48,34 +57,68 @@ pub struct SlotFile {
     /// The slot holding the newest generation (0 or 1).
     current: u64,
     generation: u64,
+    /// A new file was being made (`make`) and failed, perhaps after it
+    /// was named: `file` may be a file no one reads any more, so the next
+    /// write makes the file again rather than write to it.
+    remake: bool,
+}
+
+/// Where the newest whole slot is.
+struct Layout {
+    slot_bytes: u64,
+    current: u64,
+    generation: u64,
+}
+
+/// Reads `path`: what it holds, and where, if it is a slot file.
+fn read_newest(path: &Path) -> Result<(Contents, Option<Layout>)> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Contents::Missing, None)),
+        Err(e) => return Err(IoFailure::new(format!("reading {}", path.display()), e)),
+    };
+    let half = bytes.len() / 2;
+    // Either slot's magic says what the file is (a torn write of slot 0
+    // leaves its magic, which is the same bytes; bit rot may not).
+    let slot_1_magic = half >= BLOCK as usize && bytes[half..].starts_with(SLOT_MAGIC);
+    if !bytes.starts_with(SLOT_MAGIC) && !slot_1_magic {
+        return Ok((Contents::Other(bytes), None));
+    }
+    let slot_bytes = half as u64;
+    if bytes.len() as u64 != 2 * slot_bytes || slot_bytes < BLOCK || !slot_bytes.is_multiple_of(BLOCK) {
+        return Ok((Contents::Damaged(format!("{} bytes is not two slots", bytes.len())), None));
+    }
+    let newest = (0..2u64)
+        .filter_map(|i| {
+            let at = (i * slot_bytes) as usize;
+            parse_slot(&bytes[at..at + slot_bytes as usize], slot_bytes).map(|(g, p)| (g, i, p))
+        })
+        .max_by_key(|(generation, ..)| *generation);
+    let Some((generation, current, payload)) = newest else {
+        return Ok((Contents::Damaged("neither slot is whole".into()), None));
+    };
+    Ok((Contents::Slots(payload.to_vec()), Some(Layout { slot_bytes, current, generation })))
 }
 
 impl SlotFile {
+    /// What `path` holds, without opening it for writing.
+    pub fn read(path: &Path) -> Result<Contents> {
+        Ok(read_newest(path)?.0)
+    }
+
+    /// Opens `path` to be written in place, if it is a slot file.
     pub fn open(path: &Path) -> Result<Found> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
-            Err(e) => return Err(IoFailure::new(format!("reading {}", path.display()), e)),
-        };
-        if !bytes.starts_with(SLOT_MAGIC) {
-            return Ok(Found::Other(bytes));
-        }
-        let slot_bytes = bytes.len() as u64 / 2;
-        if bytes.len() as u64 != 2 * slot_bytes || slot_bytes < BLOCK || !slot_bytes.is_multiple_of(BLOCK) {
-            return Ok(Found::Damaged(format!("{} bytes is not two slots", bytes.len())));
-        }
-        let newest = (0..2u64)
-            .filter_map(|i| {
-                let at = (i * slot_bytes) as usize;
-                parse_slot(&bytes[at..at + slot_bytes as usize], slot_bytes).map(|(g, p)| (g, i, p))
-            })
-            .max_by_key(|(generation, ..)| *generation);
-        let Some((generation, current, payload)) = newest else {
-            return Ok(Found::Damaged("neither slot is whole".into()));
-        };
-        let payload = payload.to_vec();
-        let file = open_rw(path)?;
-        Ok(Found::Slots(SlotFile { path: path.to_path_buf(), file, slot_bytes, current, generation }, payload))
+        Ok(match read_newest(path)? {
+            (Contents::Slots(payload), Some(Layout { slot_bytes, current, generation })) => {
+                let file = open_rw(path)?;
+                let path = path.to_path_buf();
+                Found::Slots(SlotFile { path, file, slot_bytes, current, generation, remake: false }, payload)
+            }
+            (Contents::Missing, _) => Found::Missing,
+            (Contents::Other(bytes), _) => Found::Other(bytes),
+            (Contents::Damaged(why), _) => Found::Damaged(why),
+            (Contents::Slots(_), None) => unreachable!("a slot file's payload comes with its layout"),
+        })
     }
 
     /// Makes `path` a new slot file holding `payload`, its slots of at
@@ -89,8 +132,12 @@ impl SlotFile {
         let mut image = slot_image(slot_bytes, generation, payload);
         image.resize(2 * slot_bytes as usize, 0);
         replace_file(path, &image, FileMode::Public)?;
+        fail::fail_point!("slot-make-after-rename", |_| Err(IoFailure::new(
+            format!("opening {}", path.display()),
+            std::io::Error::from_raw_os_error(24)
+        )));
         let file = open_rw(path)?;
-        Ok(SlotFile { path: path.to_path_buf(), file, slot_bytes, current: 0, generation })
+        Ok(SlotFile { path: path.to_path_buf(), file, slot_bytes, current: 0, generation, remake: false })
     }
 
     /// Writes `payload` durably in place of the current one. A payload
@@ -107,8 +154,16 @@ impl SlotFile {
     }
 
     fn write_slot(&mut self, payload: &[u8], sync: bool) -> Result<()> {
-        if HEADER_BYTES + payload.len() as u64 > self.slot_bytes {
-            *self = Self::make(&self.path, payload, 2 * self.slot_bytes, self.generation + 1)?;
+        let outgrown = HEADER_BYTES + payload.len() as u64 > self.slot_bytes;
+        if outgrown || self.remake {
+            let slot_min = if outgrown { 2 * self.slot_bytes } else { self.slot_bytes };
+            match Self::make(&self.path, payload, slot_min, self.generation + 1) {
+                Ok(made) => *self = made,
+                Err(e) => {
+                    self.remake = true;
+                    return Err(e);
+                }
+            }
             return Ok(());
         }
         let target = 1 - self.current;
@@ -233,6 +288,44 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * BLOCK);
         f.write(b"small again").unwrap();
         assert_eq!(payload_at(&path), b"small again");
+    }
+
+    /// Storage faults at exact points (`--features test-build`).
+    #[cfg(feature = "test-build")]
+    mod failpoints {
+        use super::*;
+
+        /// A larger file made and named, then not opened (EMFILE): the
+        /// handle is on the file it replaced, which no one reads. The
+        /// next write, though it fits the old slots, makes the file again
+        /// (it once went to the replaced file and was lost).
+        #[test]
+        fn a_growth_that_failed_after_its_rename_makes_the_file_again() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let mut f = SlotFile::create(&path, b"small", 0).unwrap();
+            fail::cfg("slot-make-after-rename", "1*return").unwrap();
+            assert!(f.write(&vec![1u8; 5000]).is_err());
+            fail::remove("slot-make-after-rename");
+            f.write(b"after").unwrap();
+            assert_eq!(payload_at(&path), b"after");
+            f.write(b"and again").unwrap();
+            assert_eq!(payload_at(&path), b"and again");
+            scenario.teardown();
+        }
+    }
+
+    #[test]
+    fn slot_0_damaged_is_still_a_slot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = SlotFile::create(&path, b"one", 0).unwrap();
+        f.write(b"two").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(b"rotted!!");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(SlotFile::read(&path).unwrap(), Contents::Slots(p) if p == b"two"));
     }
 
     #[test]

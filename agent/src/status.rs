@@ -3,7 +3,7 @@
 //! no port open and shows the last state after the agent has stopped.
 
 use crate::io_failure::IoFailure;
-use crate::slot_file::{Found, SlotFile};
+use crate::slot_file::{Contents, Found, SlotFile};
 
 type Result<T, E = StatusError> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
@@ -271,12 +271,12 @@ pub fn read(data_dir: &Path) -> Result<AgentStatus> {
 /// The JSON text of the status file at `path` (a slot file, or a plain
 /// one an agent from before slot files wrote).
 pub fn read_json(path: &Path) -> std::result::Result<Vec<u8>, IoFailure> {
-    match SlotFile::open(path)? {
-        Found::Slots(_, json) | Found::Other(json) => Ok(json),
-        Found::Missing => {
+    match SlotFile::read(path)? {
+        Contents::Slots(json) | Contents::Other(json) => Ok(json),
+        Contents::Missing => {
             Err(IoFailure::new(format!("reading {}", path.display()), std::io::ErrorKind::NotFound.into()))
         }
-        Found::Damaged(why) => {
+        Contents::Damaged(why) => {
             Err(IoFailure::new(format!("reading {}: {why}", path.display()), std::io::ErrorKind::InvalidData.into()))
         }
     }
@@ -371,8 +371,11 @@ pub fn render(status: &AgentStatus) -> String {
         }
         out.push_str(&format!("  lag:             {} / {:.1} s\n", format_bytes(v.lag_bytes), v.lag_seconds));
         if let Some(l) = &v.log {
+            let capped = l.disk_full_cap_bytes.map_or(String::new(), |c| {
+                format!("; its disk did not take a record: high-water mark capped to {}", format_bytes(c))
+            });
             out.push_str(&format!(
-                "  log:             {} held of {}, {} in spare segments\n",
+                "  log:             {} held of {}, {} in spare segments{capped}\n",
                 format_bytes(l.held_bytes),
                 format_bytes(l.capacity_bytes),
                 format_bytes(l.spare_bytes)

@@ -8,7 +8,9 @@
 # back, the log, a single segment that never filled on this disk, is
 # retired as soon as it is acknowledged, the resync converges in steps of
 # what the disk takes, and the newest checkpoint restores equal to the
-# source (before: the resync never began).
+# source (before: the resync never began). A SIGKILL with another file
+# taking the disk's last block: the agent starts and takes writes at once
+# (review of helper-44: the start's resync mark failed the start).
 source "$(dirname "$0")/../lib/common.sh"
 
 LOG_PREALLOCATE=false setup_pair async 1000 disk0:256M
@@ -28,7 +30,17 @@ grep -q "No space left on device" "$WORK/protected.log" || fail "the log's disk 
 [ "$(inodes)" = "$before" ] || fail "bitmap mode's files were replaced, not rewritten in place: $before, now $(inodes)"
 [ "$(fresh_status_json protected | jq -r ".vpgs[0].bitmap.mode // \"none\"")" = bitmap ] ||
     fail "the VPG is not in bitmap mode: $("$TIDEMARK" status --config "$WORK/protected.toml")"
-log "writes complete in bitmap mode"
+log "writes complete in bitmap mode; SIGKILL, another file taking the disk's last block"
+dd if=/dev/zero of="$WORK/a/data/filler" bs=4k 2>/dev/null || true
+[ "$(df --output=avail -B1 "$WORK/a/data" | tail -1)" -eq 0 ] || fail "the disk still has room: the test proves nothing"
+kill9 "$PROTECTED_PID"
+start_protected
+timeout -s KILL 120 fio --name=again --ioengine=nbd --uri="$NBD_URI/disk0" --rw=randwrite --bs=4k --size=256m \
+    --io_size=8m --iodepth=4 --refill_buffers --randrepeat=0 >"$WORK/fio2.out" 2>&1 ||
+    fail "small writes after a restart on the full disk failed: $(grep -m3 -i "error\|err=" "$WORK/fio2.out")"
+[ "$(inodes)" = "$before" ] || fail "bitmap mode's files were replaced at the restart: $before, now $(inodes)"
+rm "$WORK/a/data/filler"
+log "the restart took writes at once; the other file is gone"
 
 start_recovery
 for _ in $(seq 1 900); do

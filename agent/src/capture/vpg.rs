@@ -128,7 +128,13 @@ pub struct VpgCapture {
     /// When the last coordinated checkpoint's hold ended, and the hold
     /// debt then (`group_hold`: holds are kept to a tenth of the time).
     pub(super) last_group_hold: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+    /// When writing `sync_let_go` last failed: tried again only after
+    /// `LET_GO_RETRY`, so a full or failing disk costs a write and a
+    /// warning per interval, not per FLUSH.
+    let_go_write_failed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+const LET_GO_RETRY: Duration = Duration::from_secs(30);
 
 impl VpgCapture {
     /// Opens a VPG's capture from `dir` (its protected log, activity log,
@@ -151,6 +157,9 @@ impl VpgCapture {
             StreamTo::OldSite => (&old_site_bitmap, false),
         };
         std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
+        // Left by a build that kept a ballast here: its room lets this
+        // start make its slot files on a disk that is full.
+        let _ = std::fs::remove_file(dir.join("ballast"));
         let (mut activity, found) = ActivityLog::open(dir)?;
         let mut dropped_stream = None;
         let before_dropping = &mut |what: &str| {
@@ -210,8 +219,20 @@ impl VpgCapture {
             tracing::warn!(vpg = %name, "no room for the dirty map's file now: bitmap mode makes it when it stores a map ({})", crate::error_chain::Chain(&e));
         }
         // No writer yet: the resync's start is marked before any write.
-        if new_stream.is_none() && !dirty.is_empty() && !mark_inconsistent_from_here(&log, RESYNC_START_TAG)? {
-            tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it");
+        if new_stream.is_none() && !dirty.is_empty() {
+            match mark_inconsistent_from_here(&log, RESYNC_START_TAG) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it")
+                }
+                // A full disk must not keep the VMs from their disks (review of helper-44).
+                Err(CaptureError::Log(e)) if e.is_storage_failure() => tracing::warn!(
+                    vpg = %name,
+                    "marking the resync's start in the protected log: {}; the next scheduled checkpoint marks it",
+                    crate::error_chain::Chain(&e)
+                ),
+                Err(e) => return Err(e),
+            }
         }
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
@@ -243,6 +264,7 @@ impl VpgCapture {
             detection: std::sync::OnceLock::new(),
             opened_end: log_end,
             last_group_hold: std::sync::Mutex::new(None),
+            let_go_write_failed: std::sync::Mutex::new(None),
         });
         if let Some(why) = new_stream {
             tokio::spawn(capture.clone().start_new_stream(why));
@@ -488,6 +510,12 @@ impl VpgCapture {
     /// Bitmap mode and resync, for status (None while logging).
     pub fn bitmap_status(&self) -> Option<crate::status::BitmapStatus> {
         self.bitmap.status()
+    }
+
+    /// The log's space, for status: with the cap on its high-water mark
+    /// while its disk did not take a record.
+    pub fn log_space_status(&self) -> crate::log::LogSpaceStatus {
+        crate::log::LogSpaceStatus { disk_full_cap_bytes: self.bitmap.capped(), ..self.log.space_status() }
     }
 
     /// Sync mode suspended, for status: by a FLUSH that waited too long
@@ -819,14 +847,21 @@ impl VpgCapture {
         if state.sync_let_go == Some(let_go) {
             return;
         }
+        let mut failed_at = self.let_go_write_failed.lock().expect("let-go failure lock");
+        if failed_at.is_some_and(|at| at.elapsed() < LET_GO_RETRY) {
+            return;
+        }
+        *failed_at = None;
         if let Err(e) = state.update(self.log.dir(), |s| s.sync_let_go = Some(let_go)) {
-            // The file may hold either value now: written again next time.
+            // The file may hold either value now: written again later.
             state.sync_let_go = None;
+            *failed_at = Some(std::time::Instant::now());
             tracing::warn!(
                 vpg = %self.name,
                 "recording in the capture state whether sync mode let a FLUSH go: {}; after a crash now, status \
-                 may not show sync mode suspended",
-                crate::error_chain::Chain(&e)
+                 may not show sync mode suspended (tried again in {} s)",
+                crate::error_chain::Chain(&e),
+                LET_GO_RETRY.as_secs()
             );
         }
     }

@@ -186,6 +186,10 @@ pub struct LogSpaceStatus {
     pub held_bytes: u64,
     pub spare_bytes: u64,
     pub capacity_bytes: u64,
+    /// Set by the VPG while the log's disk did not take a record: what its
+    /// high-water mark is capped to (docs/bitmap-mode.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_full_cap_bytes: Option<u64>,
 }
 
 /// Where a segment is, for a reader: records may be read from a current
@@ -522,11 +526,16 @@ impl ProtectedLog {
             if acked && holds_records {
                 // The new segment's header over the reserve: a disk with
                 // no free block takes it (`roll` takes the last spare).
+                let reserve = inner.reserve.as_ref().map(|r| r.path.clone());
                 inner.spares.extend(inner.reserve.take());
                 return match self.roll(inner) {
                     Ok(()) => AfterFullDisk::Retire,
                     Err(e) => {
                         tracing::warn!("closing an acknowledged segment after its disk was full: {}", Chain(&e));
+                        // Not taken (the roll failed before it): still the reserve, not a spare.
+                        if inner.spares.last().is_some_and(|s| Some(&s.path) == reserve.as_ref()) {
+                            inner.reserve = inner.spares.pop();
+                        }
                         inner.roll_due = true;
                         AfterFullDisk::Fail
                     }
@@ -798,7 +807,8 @@ impl ProtectedLog {
     /// were retired (the disk may have room again). Quiet: tried at each
     /// retire until it is made.
     fn remake_reserve(&self) {
-        if self.inner.lock().expect("log lock").reserve.is_some() {
+        let kept = self.inner.lock().expect("log lock").reserve.as_ref().map(|r| r.path.clone());
+        if kept.is_some_and(|path| self.fs.exists(&path)) {
             return;
         }
         if let Ok(reserve) = spares::reserve(&*self.fs, &self.dir) {
@@ -975,6 +985,7 @@ impl ProtectedLog {
             held_bytes: inner.bytes_total,
             spare_bytes: inner.spare_bytes(),
             capacity_bytes: self.capacity_bytes,
+            disk_full_cap_bytes: None,
         }
     }
 

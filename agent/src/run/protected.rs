@@ -249,7 +249,7 @@ async fn status_writer(
                 bitmap,
                 sync_suspended: rt.capture.sync_suspended(),
                 last_verify: rt.capture.last_verify().map(|r| r.summary()),
-                log: Some(log.space_status()),
+                log: Some(rt.capture.log_space_status()),
             });
         }
         status::publish(&mut status_file, &cfg.node, "protected", vpgs, coordinator.status());

@@ -119,8 +119,52 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         "1 while sync mode is suspended: a FLUSH waited longer than sync_timeout for the recovery journal (protected)",
         sync_suspended.clone(),
     );
+    let log_held = family::<Gauge>(
+        &mut registry,
+        "vpg_log_held",
+        "Bytes the protected log holds (protected; its capacity is vpg_log_capacity_bytes)",
+        Unit::Bytes,
+    );
+    let log_capacity =
+        family::<Gauge>(&mut registry, "vpg_log_capacity", "The protected log's capacity (protected)", Unit::Bytes);
+    let log_disk_full = Family::<Vpg, Gauge>::default();
+    registry.register(
+        "vpg_log_disk_full",
+        "1 while the protected log's disk does not take its records: its high-water mark is capped to what the disk \
+         took (protected)",
+        log_disk_full.clone(),
+    );
+    let dirty = family::<Gauge>(
+        &mut registry,
+        "vpg_dirty",
+        "Bytes of volume marked in bitmap mode's dirty map and not yet read back (protected)",
+        Unit::Bytes,
+    );
+    let iscsi_sessions = Family::<Vpg, Gauge>::default();
+    registry.register(
+        "iscsi_sessions",
+        "Initiator sessions logged in to the VPG's iSCSI targets",
+        iscsi_sessions.clone(),
+    );
+    let iscsi_unserved = Family::<Vpg, Gauge>::default();
+    registry.register(
+        "iscsi_targets_unserved",
+        "The VPG's iSCSI targets that are not served now (status says why; each is tried again)",
+        iscsi_unserved.clone(),
+    );
     for v in &status.vpgs {
         let key = Vpg { vpg: v.name.clone() };
+        if let Some(l) = &v.log {
+            log_held.get_or_create(&key).set(saturate(l.held_bytes));
+            log_capacity.get_or_create(&key).set(saturate(l.capacity_bytes));
+            log_disk_full.get_or_create(&key).set(i64::from(l.disk_full_cap_bytes.is_some()));
+            dirty.get_or_create(&key).set(saturate(v.bitmap.as_ref().map_or(0, |b| b.dirty_bytes)));
+        }
+        if !v.iscsi.is_empty() {
+            let logged_in = v.iscsi.iter().flat_map(|t| &t.sessions).filter(|s| s.state == "LOGGED_IN").count();
+            iscsi_sessions.get_or_create(&key).set(logged_in as i64);
+            iscsi_unserved.get_or_create(&key).set(v.iscsi.iter().filter(|t| t.error.is_some()).count() as i64);
+        }
         lag_seconds.get_or_create(&key).set(v.lag_seconds);
         lag_bytes.get_or_create(&key).set(saturate(v.lag_bytes));
         transferred.get_or_create(&key).inc_by(v.transferred_bytes);
@@ -181,7 +225,16 @@ mod tests {
             "name": "db", "state": "disconnected (writes are kept in the protected log): refused",
             "lag_bytes": 4096, "lag_seconds": 2.5, "throughput_bytes_per_sec": 10, "transferred_bytes": 123456,
             "link_connected": false, "head_seq": 9, "acked_seq": 7, "last_checkpoint": null, "note": "",
-            "rpo_target_seconds": 30.0, "rpo_over_target": false
+            "rpo_target_seconds": 30.0, "rpo_over_target": false,
+            "log": {"held_bytes": 900, "spare_bytes": 0, "capacity_bytes": 1000, "disk_full_cap_bytes": 800},
+            "bitmap": {"mode": "bitmap", "why": "full", "since_seconds": 3, "dirty_bytes": 65536, "resynced_bytes": 0,
+                       "resync_total_bytes": 0, "resync_rate_bytes_per_sec": 0, "resync_eta_seconds": null},
+            "iscsi": [
+                {"target": "iqn.a", "luns": [], "sessions": [
+                    {"initiator": "iqn.esx1", "state": "LOGGED_IN", "addresses": ["10.0.0.5"]},
+                    {"initiator": "iqn.esx2", "state": "FAILED", "addresses": []}]},
+                {"target": "iqn.b", "luns": [], "sessions": [], "error": "refused: no CHAP secret"}
+            ]
         }))
         .unwrap();
         let status = AgentStatus {
@@ -202,6 +255,12 @@ mod tests {
             "tidemark_vpg_state{vpg=\"db\",state=\"disconnected\"} 1",
             "tidemark_vpg_rpo_target_seconds{vpg=\"db\"} 30.0",
             "tidemark_vpg_encryption_alert{vpg=\"db\"} 0",
+            "tidemark_vpg_log_held_bytes{vpg=\"db\"} 900",
+            "tidemark_vpg_log_capacity_bytes{vpg=\"db\"} 1000",
+            "tidemark_vpg_log_disk_full{vpg=\"db\"} 1",
+            "tidemark_vpg_dirty_bytes{vpg=\"db\"} 65536",
+            "tidemark_iscsi_sessions{vpg=\"db\"} 1",
+            "tidemark_iscsi_targets_unserved{vpg=\"db\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
