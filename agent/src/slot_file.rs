@@ -131,6 +131,10 @@ impl SlotFile {
         let slot_bytes = slot_bytes_for(payload.len() as u64).max(slot_min).max(BLOCK).next_multiple_of(BLOCK);
         let mut image = slot_image(slot_bytes, generation, payload);
         image.resize(2 * slot_bytes as usize, 0);
+        fail::fail_point!("slot-make-before-rename", |_| Err(IoFailure::new(
+            format!("writing {}", path.display()),
+            std::io::Error::from_raw_os_error(28)
+        )));
         replace_file(path, &image, FileMode::Public)?;
         fail::fail_point!("slot-make-after-rename", |_| Err(IoFailure::new(
             format!("opening {}", path.display()),
@@ -160,7 +164,10 @@ impl SlotFile {
             match Self::make(&self.path, payload, slot_min, self.generation + 1) {
                 Ok(made) => *self = made,
                 Err(e) => {
-                    self.remake = true;
+                    // Failed before its rename (a full disk refused the
+                    // new file): this file is still the one read, and
+                    // takes the next write in place.
+                    self.remake = !self.is_the_named_file();
                     return Err(e);
                 }
             }
@@ -188,6 +195,17 @@ impl SlotFile {
     /// Whether a payload of `len` bytes is written in place.
     pub fn fits(&self, len: usize) -> bool {
         HEADER_BYTES + len as u64 <= self.slot_bytes
+    }
+}
+
+impl SlotFile {
+    /// Whether the path still names the file this handle writes.
+    fn is_the_named_file(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(open), Ok(named)) => (open.dev(), open.ino()) == (named.dev(), named.ino()),
+            _ => false,
+        }
     }
 }
 
@@ -312,6 +330,26 @@ mod tests {
             assert_eq!(payload_at(&path), b"after");
             f.write(b"and again").unwrap();
             assert_eq!(payload_at(&path), b"and again");
+            scenario.teardown();
+        }
+
+        /// The same refused before anything was named (a full disk): the
+        /// file is still the one read, and a write that fits its slots goes
+        /// in place, full disk or not (review of helper-45).
+        #[test]
+        fn a_growth_refused_before_its_rename_leaves_writes_in_place() {
+            let scenario = fail::FailScenario::setup();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let mut f = SlotFile::create(&path, b"small", 0).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata(&path).unwrap().ino();
+            fail::cfg("slot-make-before-rename", "return").unwrap();
+            assert!(f.write(&vec![1u8; 5000]).is_err());
+            f.write(b"fits").unwrap();
+            fail::remove("slot-make-before-rename");
+            assert_eq!(payload_at(&path), b"fits");
+            assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
             scenario.teardown();
         }
     }

@@ -51,7 +51,7 @@ bitmap_field why | grep -q "No space left" || fail "bitmap mode does not say why
 "$TIDEMARK" status --config "$WORK/protected.toml" | grep -q "log: .*its disk did not take a record: high-water mark capped to" ||
     fail "the log's line does not say its disk is full: $("$TIDEMARK" status --config "$WORK/protected.toml")"
 [ "$(status_json protected | jq '.vpgs[0].log.disk_full_cap_bytes // 0')" -gt 0 ] ||
-    fail "status --json has no cap (tidemark_vpg_log_disk_full reads it)"
+    fail "status --json has no cap (tidemark_vpg_log_disk_capped reads it)"
 nbdcopy "$NBD_URI/disk0" "$WORK/readback.img" || fail "cannot read the disk back"
 cmp -n $((192 << 20)) "$WORK/readback.img" "$WORK/data.bin" || fail "the VM does not read back what it wrote"
 rm -f "$WORK/readback.img"

@@ -131,11 +131,24 @@ impl MapSnapshot {
 }
 
 impl BitmapState {
-    /// `map` holds the regions a start must read again (empty: none).
-    pub fn new(cfg: &BitmapConfig, capacity: u64, map: DirtyMap, why: String, file: MapFile) -> BitmapState {
+    /// `map` holds the regions a start must read again (empty: none);
+    /// `in_bitmap`: the start could not mark its resync's start, so the
+    /// VPG starts in bitmap mode (whose resync marks it first).
+    pub fn new(
+        cfg: &BitmapConfig,
+        capacity: u64,
+        map: DirtyMap,
+        why: String,
+        file: MapFile,
+        in_bitmap: bool,
+    ) -> BitmapState {
         let levels =
             Some(cfg).filter(|c| c.enabled).map(|c| Levels { high: c.high_water as u64, low: c.low_water as u64 });
-        let mode = if map.is_empty() { CaptureMode::Logging } else { CaptureMode::Resync };
+        let mode = match () {
+            _ if map.is_empty() => CaptureMode::Logging,
+            _ if in_bitmap => CaptureMode::Bitmap,
+            _ => CaptureMode::Resync,
+        };
         let resync_total = map.dirty_bytes();
         BitmapState {
             levels,
@@ -332,7 +345,8 @@ mod tests {
     fn the_waters_follow_the_config_and_off_means_none() {
         let cfg = BitmapConfig::default();
         let shapes = [VolumeShape { name: "d".into(), size: 1 << 20 }];
-        let state = BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new(), unused_file());
+        let state =
+            BitmapState::new(&cfg, 100 << 20, DirtyMap::new(64 << 10, &shapes), String::new(), unused_file(), false);
         let w = state.waters().expect("on by default");
         assert_eq!((w.high, w.low, w.resync_ceiling), (90 << 20, 50 << 20, 70 << 20));
         assert_eq!(state.mode(), CaptureMode::Logging);
@@ -340,7 +354,7 @@ mod tests {
         let off = BitmapConfig { enabled: false, ..cfg };
         let mut map = DirtyMap::new(64 << 10, &shapes);
         map.mark(0, 0, 1);
-        let state = BitmapState::new(&off, 100 << 20, map, "start".into(), unused_file());
+        let state = BitmapState::new(&off, 100 << 20, map, "start".into(), unused_file(), false);
         assert!(state.waters().is_none());
         // Regions a start must read again: a resync, even with bitmap mode off.
         assert_eq!(state.mode(), CaptureMode::Resync);
@@ -356,6 +370,7 @@ mod tests {
             DirtyMap::new(64 << 10, &shapes),
             String::new(),
             unused_file(),
+            false,
         );
         assert!(state.resync_not_before().is_none());
         assert_eq!(state.log_failed(40_000_000), 36_000_000);

@@ -159,7 +159,9 @@ impl VpgCapture {
         std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
         // Left by a build that kept a ballast here: its room lets this
         // start make its slot files on a disk that is full.
-        let _ = std::fs::remove_file(dir.join("ballast"));
+        for left in ["ballast", "ballast.tmp"] {
+            let _ = std::fs::remove_file(dir.join(left));
+        }
         let (mut activity, found) = ActivityLog::open(dir)?;
         let mut dropped_stream = None;
         let before_dropping = &mut |what: &str| {
@@ -219,20 +221,44 @@ impl VpgCapture {
             tracing::warn!(vpg = %name, "no room for the dirty map's file now: bitmap mode makes it when it stores a map ({})", crate::error_chain::Chain(&e));
         }
         // No writer yet: the resync's start is marked before any write.
+        let mut resync_marked = true;
         if new_stream.is_none() && !dirty.is_empty() {
-            match mark_inconsistent_from_here(&log, RESYNC_START_TAG) {
+            let marked = (|| {
+                fail::fail_point!("start-resync-mark", |_| Err(CaptureError::Log(crate::log::LogError::Append {
+                    seq: 0,
+                    path: "failpoint".into(),
+                    source: std::io::Error::from_raw_os_error(28),
+                })));
+                mark_inconsistent_from_here(&log, RESYNC_START_TAG)
+            })();
+            match marked {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start; the next scheduled checkpoint marks it")
+                    resync_marked = false;
+                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start")
                 }
-                // A full disk must not keep the VMs from their disks (review of helper-44).
-                Err(CaptureError::Log(e)) if e.is_storage_failure() => tracing::warn!(
-                    vpg = %name,
-                    "marking the resync's start in the protected log: {}; the next scheduled checkpoint marks it",
-                    crate::error_chain::Chain(&e)
-                ),
+                // A full disk must not keep the VMs from their disks
+                // (review of helper-44): bitmap mode takes the writes.
+                Err(CaptureError::Log(e)) if e.is_storage_failure() && bitmap.enabled => {
+                    resync_marked = false;
+                    tracing::warn!(
+                        vpg = %name,
+                        "marking the resync's start in the protected log: {}",
+                        crate::error_chain::Chain(&e)
+                    )
+                }
                 Err(e) => return Err(e),
             }
+        }
+        // Without its mark, nothing may be logged before the resync's
+        // start is marked (a checkpoint after it would be restorable while
+        // it holds some regions read back and not others; review of
+        // helper-45): with bitmap mode on, the VPG starts in bitmap mode,
+        // whose resync marks its start before it logs anything.
+        let start_in_bitmap = !resync_marked && bitmap.enabled;
+        if start_in_bitmap {
+            activity.use_map()?;
+            tracing::warn!(vpg = %name, "starting in bitmap mode: the resync begins once its start is marked");
         }
         let (promote_tx, promote_rx) = mpsc::channel(1);
         let capture = Arc::new(VpgCapture {
@@ -246,7 +272,7 @@ impl VpgCapture {
             state: std::sync::Mutex::new(state),
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(new_stream.is_none()).0,
-            bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty, map_file),
+            bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty, map_file, start_in_bitmap),
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),

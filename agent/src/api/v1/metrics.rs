@@ -127,12 +127,12 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
     );
     let log_capacity =
         family::<Gauge>(&mut registry, "vpg_log_capacity", "The protected log's capacity (protected)", Unit::Bytes);
-    let log_disk_full = Family::<Vpg, Gauge>::default();
+    let log_capped = Family::<Vpg, Gauge>::default();
     registry.register(
-        "vpg_log_disk_full",
-        "1 while the protected log's disk does not take its records: its high-water mark is capped to what the disk \
-         took (protected)",
-        log_disk_full.clone(),
+        "vpg_log_disk_capped",
+        "1 while the protected log's high-water mark is capped because its disk did not take a record; lifted once \
+         the disk could hold the log's capacity (protected)",
+        log_capped.clone(),
     );
     let dirty = family::<Gauge>(
         &mut registry,
@@ -157,7 +157,7 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         if let Some(l) = &v.log {
             log_held.get_or_create(&key).set(saturate(l.held_bytes));
             log_capacity.get_or_create(&key).set(saturate(l.capacity_bytes));
-            log_disk_full.get_or_create(&key).set(i64::from(l.disk_full_cap_bytes.is_some()));
+            log_capped.get_or_create(&key).set(i64::from(l.disk_full_cap_bytes.is_some()));
             dirty.get_or_create(&key).set(saturate(v.bitmap.as_ref().map_or(0, |b| b.dirty_bytes)));
         }
         if !v.iscsi.is_empty() {
@@ -257,7 +257,7 @@ mod tests {
             "tidemark_vpg_encryption_alert{vpg=\"db\"} 0",
             "tidemark_vpg_log_held_bytes{vpg=\"db\"} 900",
             "tidemark_vpg_log_capacity_bytes{vpg=\"db\"} 1000",
-            "tidemark_vpg_log_disk_full{vpg=\"db\"} 1",
+            "tidemark_vpg_log_disk_capped{vpg=\"db\"} 1",
             "tidemark_vpg_dirty_bytes{vpg=\"db\"} 65536",
             "tidemark_iscsi_sessions{vpg=\"db\"} 1",
             "tidemark_iscsi_targets_unserved{vpg=\"db\"} 1",
@@ -265,6 +265,16 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        // A VPG whose log is not capped, with no bitmap and no LUNs.
+        let mut calm = status.vpgs[0].clone();
+        calm.log.as_mut().unwrap().disk_full_cap_bytes = None;
+        calm.bitmap = None;
+        calm.iscsi.clear();
+        let text = render(&AgentStatus { vpgs: vec![calm], ..status.clone() }, true).unwrap();
+        for line in ["tidemark_vpg_log_disk_capped{vpg=\"db\"} 0", "tidemark_vpg_dirty_bytes{vpg=\"db\"} 0"] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("tidemark_iscsi_sessions{"), "a VPG with no LUNs has no iSCSI series:\n{text}");
         assert_eq!(state_class("failed over at checkpoint 7 (volumes live here)"), "failed over");
         assert_eq!(state_class("something new"), "other");
     }
