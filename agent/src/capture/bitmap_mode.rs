@@ -337,7 +337,7 @@ impl VpgCapture {
 
     /// What the marks are to be taken of after the log's disk did not take
     /// a record: what its files take there (what it holds, and its spares).
-    fn log_takes(&self) -> u64 {
+    pub(super) fn log_takes(&self) -> u64 {
         let status = self.log.space_status();
         status.held_bytes + status.spare_bytes
     }

@@ -222,6 +222,7 @@ impl VpgCapture {
         }
         // No writer yet: the resync's start is marked before any write.
         let mut resync_marked = true;
+        let mut disk_refused_mark = false;
         if new_stream.is_none() && !dirty.is_empty() {
             let marked = (|| {
                 fail::fail_point!("start-resync-mark", |_| Err(CaptureError::Log(crate::log::LogError::Append {
@@ -238,9 +239,11 @@ impl VpgCapture {
                     tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start")
                 }
                 // A full disk must not keep the VMs from their disks
-                // (review of helper-44): bitmap mode takes the writes.
-                Err(CaptureError::Log(e)) if e.is_storage_failure() && bitmap.enabled => {
+                // (reviews of helper-44 and -46): bitmap mode takes the
+                // writes; with it off they fail as any write does there.
+                Err(CaptureError::Log(e)) if e.is_storage_failure() => {
                     resync_marked = false;
+                    disk_refused_mark = true;
                     tracing::warn!(
                         vpg = %name,
                         "marking the resync's start in the protected log: {}",
@@ -255,9 +258,10 @@ impl VpgCapture {
         // it holds some regions read back and not others; review of
         // helper-45): with bitmap mode on, the VPG starts in bitmap mode,
         // whose resync marks its start before it logs anything.
+        // (The activity log was told the map is in use when the start
+        // marked its regions: `mark_dirty`.)
         let start_in_bitmap = !resync_marked && bitmap.enabled;
         if start_in_bitmap {
-            activity.use_map()?;
             tracing::warn!(vpg = %name, "starting in bitmap mode: the resync begins once its start is marked");
         }
         let (promote_tx, promote_rx) = mpsc::channel(1);
@@ -292,6 +296,11 @@ impl VpgCapture {
             last_group_hold: std::sync::Mutex::new(None),
             let_go_write_failed: std::sync::Mutex::new(None),
         });
+        if start_in_bitmap && disk_refused_mark {
+            // As after any record the disk refused: the cap, and the
+            // pause before the resync tries the log (status, metrics).
+            capture.bitmap.log_failed(capture.log_takes());
+        }
         if let Some(why) = new_stream {
             tokio::spawn(capture.clone().start_new_stream(why));
         }
