@@ -29,24 +29,15 @@ const BLOCK: u64 = 4096;
 
 type Result<T> = std::result::Result<T, IoFailure>;
 
-/// What `SlotFile::open` found at a path.
-pub enum Found {
+/// What a file holds, as a slot file.
+pub enum Contents {
     Missing,
     /// A slot file: the newest whole slot's payload.
-    Slots(SlotFile, Vec<u8>),
+    Slots(Vec<u8>),
     /// A file that is not a slot file (a format from before slot files):
     /// its bytes, for the caller's own parser.
     Other(Vec<u8>),
     /// A slot file with no whole slot.
-    Damaged(String),
-}
-
-/// What a slot file holds, read without opening it for writing (a
-/// reader such as `tidemark status` may not be allowed to write it).
-pub enum Contents {
-    Missing,
-    Slots(Vec<u8>),
-    Other(Vec<u8>),
     Damaged(String),
 }
 
@@ -101,24 +92,20 @@ fn read_newest(path: &Path) -> Result<(Contents, Option<Layout>)> {
 }
 
 impl SlotFile {
-    /// What `path` holds, without opening it for writing.
+    /// What `path` holds, without opening it for writing (a reader such
+    /// as `tidemark status` may not be allowed to write it).
     pub fn read(path: &Path) -> Result<Contents> {
         Ok(read_newest(path)?.0)
     }
 
-    /// Opens `path` to be written in place, if it is a slot file.
-    pub fn open(path: &Path) -> Result<Found> {
-        Ok(match read_newest(path)? {
-            (Contents::Slots(payload), Some(Layout { slot_bytes, current, generation })) => {
-                let file = open_rw(path)?;
-                let path = path.to_path_buf();
-                Found::Slots(SlotFile { path, file, slot_bytes, current, generation, remake: false }, payload)
-            }
-            (Contents::Missing, _) => Found::Missing,
-            (Contents::Other(bytes), _) => Found::Other(bytes),
-            (Contents::Damaged(why), _) => Found::Damaged(why),
-            (Contents::Slots(_), None) => unreachable!("a slot file's payload comes with its layout"),
-        })
+    /// What `path` holds, and, if it is a slot file, the file opened to be
+    /// written in place.
+    pub fn open(path: &Path) -> Result<(Contents, Option<SlotFile>)> {
+        let (contents, layout) = read_newest(path)?;
+        let Some(Layout { slot_bytes, current, generation }) = layout else { return Ok((contents, None)) };
+        let file = open_rw(path)?;
+        let path = path.to_path_buf();
+        Ok((contents, Some(SlotFile { path, file, slot_bytes, current, generation, remake: false })))
     }
 
     /// Makes `path` a new slot file holding `payload`, its slots of at
@@ -128,7 +115,7 @@ impl SlotFile {
     }
 
     fn make(path: &Path, payload: &[u8], slot_min: u64, generation: u64) -> Result<SlotFile> {
-        let slot_bytes = slot_bytes_for(payload.len() as u64).max(slot_min).max(BLOCK).next_multiple_of(BLOCK);
+        let slot_bytes = slot_bytes_for(payload.len() as u64).max(slot_min).next_multiple_of(BLOCK);
         let mut image = slot_image(slot_bytes, generation, payload);
         image.resize(2 * slot_bytes as usize, 0);
         fail::fail_point!("slot-make-before-rename", |_| Err(IoFailure::new(
@@ -196,9 +183,7 @@ impl SlotFile {
     pub fn fits(&self, len: usize) -> bool {
         HEADER_BYTES + len as u64 <= self.slot_bytes
     }
-}
 
-impl SlotFile {
     /// Whether the path still names the file this handle writes.
     fn is_the_named_file(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
@@ -253,7 +238,7 @@ mod tests {
 
     fn payload_at(path: &Path) -> Vec<u8> {
         match SlotFile::open(path).unwrap() {
-            Found::Slots(_, payload) => payload,
+            (Contents::Slots(payload), Some(_)) => payload,
             _ => panic!("not a whole slot file"),
         }
     }
@@ -370,15 +355,15 @@ mod tests {
     fn other_files_and_damaged_ones_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        assert!(matches!(SlotFile::open(&path).unwrap(), Found::Missing));
+        assert!(matches!(SlotFile::open(&path).unwrap(), (Contents::Missing, None)));
         std::fs::write(&path, b"TMACTLOG an older format").unwrap();
-        assert!(matches!(SlotFile::open(&path).unwrap(), Found::Other(b) if b.starts_with(b"TMACTLOG")));
+        assert!(matches!(SlotFile::open(&path).unwrap(), (Contents::Other(b), None) if b.starts_with(b"TMACTLOG")));
         SlotFile::create(&path, b"x", 0).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[32] ^= 1; // slot 0's payload: bit rot, and slot 1 never written
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(SlotFile::open(&path).unwrap(), Found::Damaged(_)));
+        assert!(matches!(SlotFile::open(&path).unwrap(), (Contents::Damaged(_), None)));
         std::fs::write(&path, &bytes[..5000]).unwrap();
-        assert!(matches!(SlotFile::open(&path).unwrap(), Found::Damaged(_)));
+        assert!(matches!(SlotFile::open(&path).unwrap(), (Contents::Damaged(_), None)));
     }
 }

@@ -3,7 +3,7 @@
 //! no port open and shows the last state after the agent has stopped.
 
 use crate::io_failure::IoFailure;
-use crate::slot_file::{Contents, Found, SlotFile};
+use crate::slot_file::{Contents, SlotFile};
 
 type Result<T, E = StatusError> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
@@ -213,9 +213,7 @@ impl StatusFile {
         let json = serde_json::to_vec_pretty(status).map_err(StatusError::Encoding)?;
         if self.file.is_none() {
             // An agent before this one left its file: rewritten in place.
-            if let Found::Slots(file, _) = SlotFile::open(&self.path)? {
-                self.file = Some(file);
-            }
+            self.file = SlotFile::open(&self.path)?.1;
         }
         match &mut self.file {
             Some(file) => file.write_unsynced(&json)?,

@@ -27,7 +27,7 @@
 //! first write.
 
 use super::error::CaptureError;
-use crate::slot_file::{Found, SlotFile};
+use crate::slot_file::{Contents, SlotFile};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -109,12 +109,12 @@ impl ActivityLog {
         let mut marked = HashMap::new();
         let mut header = Header { flags: 0, boot_id, durable_through: 0 };
         let mut write_fresh = false;
-        let (file, bytes) = match SlotFile::open(&path)? {
-            Found::Missing => (None, None),
-            Found::Slots(file, payload) => (Some(file), Some(payload)),
-            Found::Other(bytes) => (None, Some(bytes)),
+        let (contents, file) = SlotFile::open(&path)?;
+        let bytes = match contents {
+            Contents::Missing => None,
+            Contents::Slots(bytes) | Contents::Other(bytes) => Some(bytes),
             // Read as unreadable below.
-            Found::Damaged(_) => (None, Some(Vec::new())),
+            Contents::Damaged(_) => Some(Vec::new()),
         };
         match bytes {
             Some(bytes) => match parse(&bytes) {
@@ -389,7 +389,9 @@ mod tests {
     /// `extra` bytes after its entries.
     fn as_if_on_another_boot(dir: &Path, durable_through: u64, extra: &[u8]) {
         let path = dir.join(ACTIVITY_FILE);
-        let Found::Slots(mut file, mut bytes) = SlotFile::open(&path).unwrap() else { panic!("not a slot file") };
+        let (Contents::Slots(mut bytes), Some(mut file)) = SlotFile::open(&path).unwrap() else {
+            panic!("not a slot file")
+        };
         let header = Header { flags: 0, boot_id: [9; 16], durable_through };
         bytes[..HEADER_BYTES].copy_from_slice(&header_bytes(&header));
         bytes.extend_from_slice(extra);

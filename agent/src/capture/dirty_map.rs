@@ -28,7 +28,7 @@
 //! (crc32 of every byte before it).
 
 use crate::io_failure::IoFailure;
-use crate::slot_file::{Found, SlotFile};
+use crate::slot_file::{Contents, SlotFile};
 use std::path::{Path, PathBuf};
 
 pub const DIRTY_MAP_FILE: &str = "dirty.map";
@@ -285,17 +285,13 @@ impl MapFile {
     /// The map stored in the file: None if there is none, or it is empty.
     pub fn load(&mut self, granularity: u64, volumes: &[VolumeShape]) -> Result<Option<DirtyMap>, LoadError> {
         let shown = self.path.display().to_string();
-        let bytes = match SlotFile::open(&self.path).map_err(LoadError::Io)? {
-            Found::Missing => return Ok(None),
-            Found::Slots(file, payload) => {
-                self.file = Some(file);
-                if payload.is_empty() {
-                    return Ok(None);
-                }
-                payload
-            }
-            Found::Other(bytes) => bytes,
-            Found::Damaged(why) => return Err(LoadError::Damaged { path: shown, why }),
+        let (contents, file) = SlotFile::open(&self.path).map_err(LoadError::Io)?;
+        self.file = file;
+        let bytes = match contents {
+            Contents::Missing => return Ok(None),
+            Contents::Slots(payload) if payload.is_empty() => return Ok(None),
+            Contents::Slots(bytes) | Contents::Other(bytes) => bytes,
+            Contents::Damaged(why) => return Err(LoadError::Damaged { path: shown, why }),
         };
         DirtyMap::decode(&bytes, self.vpg_id, granularity, volumes).map(Some).map_err(|e| match e {
             LoadError::Damaged { why, .. } => LoadError::Damaged { path: shown, why },
@@ -307,15 +303,7 @@ impl MapFile {
     /// Stores `map` durably, in place once the file has room for every
     /// region of its volumes (`prepare`).
     pub fn store(&mut self, map: &DirtyMap) -> Result<(), IoFailure> {
-        let payload = if map.is_empty() { Vec::new() } else { map.encode(self.vpg_id) };
-        match &mut self.file {
-            Some(file) => file.write(&payload),
-            None => {
-                let full = map.encode(self.vpg_id).len() as u64;
-                self.file = Some(SlotFile::create(&self.path, &payload, crate::slot_file::slot_bytes_for(full))?);
-                Ok(())
-            }
-        }
+        self.store_encoded(map.encode(self.vpg_id), map.is_empty())
     }
 
     /// Stores `map` (which holds whatever the file held, or the start
@@ -323,11 +311,25 @@ impl MapFile {
     /// full size now: later stores, in bitmap mode on a disk the log
     /// has filled, need no new block.
     pub fn prepare(&mut self, map: &DirtyMap) -> Result<(), IoFailure> {
-        let full = map.encode(self.vpg_id).len();
-        if self.file.as_ref().is_some_and(|f| !f.fits(full)) {
+        let encoded = map.encode(self.vpg_id);
+        if self.file.as_ref().is_some_and(|f| !f.fits(encoded.len())) {
             self.file = None;
         }
-        self.store(map)
+        self.store_encoded(encoded, map.is_empty())
+    }
+
+    /// Stores a map encoded (every region, whether marked or not: the
+    /// size a new file's slots take); an empty one as an empty payload.
+    fn store_encoded(&mut self, encoded: Vec<u8>, empty: bool) -> Result<(), IoFailure> {
+        let payload = if empty { &[][..] } else { &encoded[..] };
+        match &mut self.file {
+            Some(file) => file.write(payload),
+            None => {
+                let slots = crate::slot_file::slot_bytes_for(encoded.len() as u64);
+                self.file = Some(SlotFile::create(&self.path, payload, slots)?);
+                Ok(())
+            }
+        }
     }
 }
 

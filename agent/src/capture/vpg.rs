@@ -136,6 +136,16 @@ pub struct VpgCapture {
 
 const LET_GO_RETRY: Duration = Duration::from_secs(30);
 
+/// Whether a start with regions to read again marked its resync's start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StartMark {
+    Marked,
+    /// The log had no room for the mark.
+    NoRoom,
+    /// The log's disk did not take it.
+    DiskRefused,
+}
+
 impl VpgCapture {
     /// Opens a VPG's capture from `dir` (its protected log, activity log,
     /// dirty map and state; created when new), and starts in the background
@@ -221,8 +231,7 @@ impl VpgCapture {
             tracing::warn!(vpg = %name, "no room for the dirty map's file now: bitmap mode makes it when it stores a map ({})", crate::error_chain::Chain(&e));
         }
         // No writer yet: the resync's start is marked before any write.
-        let mut resync_marked = true;
-        let mut disk_refused_mark = false;
+        let mut mark = StartMark::Marked;
         if new_stream.is_none() && !dirty.is_empty() {
             let marked = (|| {
                 fail::fail_point!("start-resync-mark", |_| Err(CaptureError::Log(crate::log::LogError::Append {
@@ -235,15 +244,14 @@ impl VpgCapture {
             match marked {
                 Ok(true) => {}
                 Ok(false) => {
-                    resync_marked = false;
+                    mark = StartMark::NoRoom;
                     tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start")
                 }
                 // A full disk must not keep the VMs from their disks
                 // (reviews of helper-44 and -46): bitmap mode takes the
                 // writes; with it off they fail as any write does there.
                 Err(CaptureError::Log(e)) if e.is_storage_failure() => {
-                    resync_marked = false;
-                    disk_refused_mark = true;
+                    mark = StartMark::DiskRefused;
                     tracing::warn!(
                         vpg = %name,
                         "marking the resync's start in the protected log: {}",
@@ -260,7 +268,7 @@ impl VpgCapture {
         // whose resync marks its start before it logs anything.
         // (The activity log was told the map is in use when the start
         // marked its regions: `mark_dirty`.)
-        let start_in_bitmap = !resync_marked && bitmap.enabled;
+        let start_in_bitmap = mark != StartMark::Marked && bitmap.enabled;
         if start_in_bitmap {
             tracing::warn!(vpg = %name, "starting in bitmap mode: the resync begins once its start is marked");
         }
@@ -296,7 +304,7 @@ impl VpgCapture {
             last_group_hold: std::sync::Mutex::new(None),
             let_go_write_failed: std::sync::Mutex::new(None),
         });
-        if start_in_bitmap && disk_refused_mark {
+        if start_in_bitmap && mark == StartMark::DiskRefused {
             // As after any record the disk refused: the cap, and the
             // pause before the resync tries the log (status, metrics).
             capture.bitmap.log_failed(capture.log_takes());
@@ -868,7 +876,7 @@ impl VpgCapture {
     /// acknowledgement. Written only when it changes.
     ///
     /// A failed write does not fail the FLUSH, whose data is durable: it
-    /// is logged, and tried again at the next FLUSH (review of helper-42:
+    /// is logged, and tried again at a FLUSH `LET_GO_RETRY` later (review of helper-42:
     /// on a full disk every FLUSH of a suspended VPG failed). Status after
     /// a crash may then miss a suspension; no data depends on it.
     fn remember_sync_let_go(&self) {

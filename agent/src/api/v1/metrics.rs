@@ -89,10 +89,8 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         Unit::Seconds,
         rpo_target.clone(),
     );
-    let over_target = Family::<Vpg, Gauge>::default();
-    registry.register("vpg_rpo_over_target", "1 while the lag is over the RPO target", over_target.clone());
-    let connected = Family::<Vpg, Gauge>::default();
-    registry.register("link_connected", "1 while the VPG's replication link is up (protected side)", connected.clone());
+    let over_target = gauge(&mut registry, "vpg_rpo_over_target", "1 while the lag is over the RPO target");
+    let connected = gauge(&mut registry, "link_connected", "1 while the VPG's replication link is up (protected side)");
     let state = Family::<VpgState, Gauge>::default();
     registry.register("vpg_state", "The VPG's state: 1 for the state it is in", state.clone());
     let journal = family::<Gauge>(
@@ -107,17 +105,12 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         "How far back the oldest restorable checkpoint is (recovery)",
         Unit::Seconds,
     );
-    let alert = Family::<Vpg, Gauge>::default();
-    registry.register(
-        "vpg_encryption_alert",
-        "1 while the encryption detector's alert is raised (protected)",
-        alert.clone(),
-    );
-    let sync_suspended = Family::<Vpg, Gauge>::default();
-    registry.register(
+    let alert =
+        gauge(&mut registry, "vpg_encryption_alert", "1 while the encryption detector's alert is raised (protected)");
+    let sync_suspended = gauge(
+        &mut registry,
         "vpg_sync_suspended",
         "1 while sync mode is suspended: a FLUSH waited longer than sync_timeout for the recovery journal (protected)",
-        sync_suspended.clone(),
     );
     let log_held = family::<Gauge>(
         &mut registry,
@@ -127,12 +120,11 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
     );
     let log_capacity =
         family::<Gauge>(&mut registry, "vpg_log_capacity", "The protected log's capacity (protected)", Unit::Bytes);
-    let log_capped = Family::<Vpg, Gauge>::default();
-    registry.register(
+    let log_capped = gauge(
+        &mut registry,
         "vpg_log_disk_capped",
         "1 while the protected log's high-water mark is capped because its disk did not take a record; lifted once \
          the disk could hold the log's capacity (protected)",
-        log_capped.clone(),
     );
     let dirty = family::<Gauge>(
         &mut registry,
@@ -140,17 +132,12 @@ pub fn render(status: &AgentStatus, fresh: bool) -> anyhow::Result<String> {
         "Bytes of volume marked in bitmap mode's dirty map and not yet read back (protected)",
         Unit::Bytes,
     );
-    let iscsi_sessions = Family::<Vpg, Gauge>::default();
-    registry.register(
-        "iscsi_sessions",
-        "Initiator sessions logged in to the VPG's iSCSI targets",
-        iscsi_sessions.clone(),
-    );
-    let iscsi_unserved = Family::<Vpg, Gauge>::default();
-    registry.register(
+    let iscsi_sessions =
+        gauge(&mut registry, "iscsi_sessions", "Initiator sessions logged in to the VPG's iSCSI targets");
+    let iscsi_unserved = gauge(
+        &mut registry,
         "iscsi_targets_unserved",
         "The VPG's iSCSI targets that are not served now (status says why; each is tried again)",
-        iscsi_unserved.clone(),
     );
     for v in &status.vpgs {
         let key = Vpg { vpg: v.name.clone() };
@@ -207,6 +194,13 @@ fn family<
 ) -> Family<Vpg, M> {
     let family = Family::<Vpg, M>::default();
     registry.register_with_unit(name, help, unit, family.clone());
+    family
+}
+
+/// A per-VPG gauge with no unit (a count, or 1/0).
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Vpg, Gauge> {
+    let family = Family::<Vpg, Gauge>::default();
+    registry.register(name, help, family.clone());
     family
 }
 
