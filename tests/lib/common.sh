@@ -277,6 +277,24 @@ applied_seq() { jq -r '.applied_seq' "$JDIR/apply.json" 2>/dev/null || echo 0; }
 # while it logs).
 bitmap_field() { status_json protected | jq -r ".vpgs[0].bitmap.$1 // \"none\""; }
 
+# wait_mode MODE SECONDS WHAT: within SECONDS the protected VPG's bitmap
+# mode is MODE ("none" while it logs); else fails saying WHAT, with status.
+wait_mode() {
+    local i
+    for i in $(seq 1 $(($2 * 5))); do
+        [ "$(bitmap_field mode)" = "$1" ] && return 0
+        sleep 0.2
+    done
+    fail "$3: $("$TIDEMARK" status --config "$WORK/protected.toml")"
+}
+
+# fill_data_disk SIDE: another file ($WORK/SIDE/data/filler) takes every
+# block left on site SIDE's data disk (`small_data_disk`).
+fill_data_disk() {
+    dd if=/dev/zero of="$WORK/$1/data/filler" bs=4k 2>/dev/null || true
+    [ "$(df --output=avail -B1 "$WORK/$1/data" | tail -1)" -eq 0 ] || fail "the disk still has room: the test proves nothing"
+}
+
 # restore_equal CHECKPOINT REFERENCE WHAT: vpg1's disk0 restored at
 # CHECKPOINT equals the file REFERENCE.
 restore_equal() {

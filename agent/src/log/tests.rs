@@ -446,6 +446,15 @@ async fn full_log_waits_until_acked() {
 mod failpoints {
     use super::*;
 
+    /// Appends a 4 KiB write whose first try the disk refuses (ENOSPC half
+    /// way through the record, undone).
+    async fn append_on_full_disk(log: &ProtectedLog, i: u64) -> Result<u64> {
+        fail::cfg("log-append-torn", "1*return").unwrap();
+        let appended = log.append(&write(i, 4096)).await;
+        fail::remove("log-append-torn");
+        appended
+    }
+
     #[tokio::test]
     async fn a_read_error_at_open_is_reported_and_cuts_nothing() {
         let scenario = fail::FailScenario::setup();
@@ -482,9 +491,7 @@ mod failpoints {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path(), 64 << 20);
         let first = log.append(&write(1, 4096)).await.unwrap();
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        assert!(log.append(&write(2, 4096)).await.is_err());
-        fail::remove("log-append-torn");
+        assert!(append_on_full_disk(&log, 2).await.is_err());
         // With no spare, no file is made on a full disk.
         assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 1);
         let third = log.append(&write(3, 4096)).await.unwrap();
@@ -514,9 +521,7 @@ mod failpoints {
         log.ack(full);
         let spares = log.space_status().spare_bytes;
         assert!(spares > 0, "the retired segment was not kept as a spare");
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        let second = log.append(&write(2, 4096)).await.expect("written into a spare");
-        fail::remove("log-append-torn");
+        let second = append_on_full_disk(&log, 2).await.expect("written into a spare");
         assert_eq!(second, first + 1);
         assert!(log.space_status().spare_bytes < spares, "no spare was taken");
         assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap().len(), 2);
@@ -539,9 +544,7 @@ mod failpoints {
         let first = append_synced(&log, 3, 4096).await;
         log.ack(first);
         let held = log.space_status().held_bytes;
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        let next = log.append(&write(4, 4096)).await.expect("written again");
-        fail::remove("log-append-torn");
+        let next = append_on_full_disk(&log, 4).await.expect("written again");
         assert_eq!(next, first + 1);
         assert!(log.space_status().held_bytes < held, "the acknowledged segment is still held");
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
@@ -570,11 +573,9 @@ mod failpoints {
         let reserve_inode = std::fs::metadata(&reserve).unwrap().ino();
         let first = append_synced(&log, 3, 4096).await;
         log.ack(first);
-        fail::cfg("log-append-torn", "1*return").unwrap();
         fail::cfg("segment-create-before-sync", "return").unwrap();
-        let next = log.append(&write(4, 4096)).await.expect("written again");
+        let next = append_on_full_disk(&log, 4).await.expect("written again");
         fail::remove("segment-create-before-sync");
-        fail::remove("log-append-torn");
         assert_eq!(next, first + 1);
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
         assert_eq!(segments.len(), 1, "the acknowledged segment was not retired: {segments:?}");
@@ -600,9 +601,7 @@ mod failpoints {
         // A full segment: the next append rolls into a new file first.
         let last = append_synced(&log, 4, 256 << 10).await;
         log.ack(last);
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        let next = log.append(&write(5, 4096)).await.expect("written again");
-        fail::remove("log-append-torn");
+        let next = append_on_full_disk(&log, 5).await.expect("written again");
         assert_eq!(next, last + 1);
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
         assert_eq!(segments.len(), 1, "the acknowledged segment was not retired: {segments:?}");
@@ -625,9 +624,7 @@ mod failpoints {
         let (log, _) = open_preallocated(dir.path());
         // A full segment: the next append rolls into a new file first.
         let first = append_synced(&log, 4, 256 << 10).await;
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        assert!(log.append(&write(2, 4096)).await.is_err(), "no spare to help");
-        fail::remove("log-append-torn");
+        assert!(append_on_full_disk(&log, 2).await.is_err(), "no spare to help");
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
         assert_eq!(segments.len(), 2, "the roll before the write, and no other file: {segments:?}");
         // The sender reads the empty segment's file by its handle.
@@ -639,9 +636,7 @@ mod failpoints {
         let spares = log.space_status().spare_bytes;
         assert!(spares > 0, "the retired segment was not kept as a spare");
         let segments = list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap();
-        fail::cfg("log-append-torn", "1*return").unwrap();
-        let second = log.append(&write(3, 4096)).await.expect("written again");
-        fail::remove("log-append-torn");
+        let second = append_on_full_disk(&log, 3).await.expect("written again");
         assert_eq!(second, first + 1, "the failed record has no seq");
         assert_eq!(list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap(), segments, "the same file");
         assert!(log.space_status().spare_bytes < spares, "no spare was given back");
