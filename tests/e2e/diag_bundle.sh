@@ -67,10 +67,16 @@ log "checked ${#secrets[@]} secret values: none found"
 
 log "one bundle at a time"
 head -c 24M /dev/urandom >"$WORK/logs/noise.log"  # incompressible: the first bundle stays busy
+made=$(grep -c "diagnostics: making a bundle" "$WORK/recovery.log")
 ip netns exec "$NS_MGMT" curl -sk --limit-rate 50k -o /dev/null -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle" &
 slow=$!
 PIDS+=("$slow")
-sleep 2
+# Asked as soon as the first is being made (a fixed 2 s once let a first
+# bundle the client's buffers took whole end before the second was asked).
+for _ in $(seq 1 100); do
+    [ "$(grep -c "diagnostics: making a bundle" "$WORK/recovery.log")" -gt "$made" ] && break
+    sleep 0.05
+done
 [ "$(get -H "Authorization: Bearer $DIAG_TOKEN" "$URL/bundle")" = 429 ] || fail "a second bundle at the same time was not refused"
 kill "$slow"
 rm "$WORK/logs/noise.log"
