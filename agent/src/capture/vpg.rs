@@ -245,7 +245,7 @@ impl VpgCapture {
                 Ok(true) => {}
                 Ok(false) => {
                     mark = StartMark::NoRoom;
-                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start")
+                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start now: it goes in before the next record")
                 }
                 // A full disk must not keep the VMs from their disks
                 // (reviews of helper-44 and -46): bitmap mode takes the
@@ -254,7 +254,7 @@ impl VpgCapture {
                     mark = StartMark::DiskRefused;
                     tracing::warn!(
                         vpg = %name,
-                        "marking the resync's start in the protected log: {}",
+                        "marking the resync's start in the protected log: {} (it goes in before the next record)",
                         crate::error_chain::Chain(&e)
                     )
                 }
@@ -262,12 +262,17 @@ impl VpgCapture {
             }
         }
         // Without its mark, nothing may be logged before the resync's
-        // start is marked (a checkpoint after it would be restorable while
-        // it holds some regions read back and not others; review of
-        // helper-45): with bitmap mode on, the VPG starts in bitmap mode,
-        // whose resync marks its start before it logs anything.
-        // (The activity log was told the map is in use when the start
-        // marked its regions: `mark_dirty`.)
+        // start is marked (`head` would be restorable while it holds some
+        // regions read back and not others; review of helper-45): the log
+        // writes the mark before whatever it takes first (a write with
+        // bitmap mode off, a copy resumed; review of helper-46).
+        // With bitmap mode on, the VPG starts in bitmap mode, whose resync
+        // marks its start before it logs anything. (The activity log was
+        // told the map is in use when the start marked its regions:
+        // `mark_dirty`.)
+        if mark != StartMark::Marked {
+            log.precede_next_append(inconsistent_mark(RESYNC_START_TAG))?;
+        }
         let start_in_bitmap = mark != StartMark::Marked && bitmap.enabled;
         if start_in_bitmap {
             tracing::warn!(vpg = %name, "starting in bitmap mode: the resync begins once its start is marked");
@@ -1094,10 +1099,15 @@ struct EpochPlan {
 /// lock, or before any writer exists. False, appending nothing, when the
 /// log has no room now.
 pub(super) fn mark_inconsistent_from_here(log: &ProtectedLog, tag: &str) -> Result<bool> {
-    let body = RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: true };
+    let body = inconsistent_mark(tag);
     let Some(space) = log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) else { return Ok(false) };
     log.append_reserved(space, &body)?;
     Ok(true)
+}
+
+/// The record `mark_inconsistent_from_here` appends.
+fn inconsistent_mark(tag: &str) -> RecordBody {
+    RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: true }
 }
 
 /// The tag of the checkpoint that marks where bitmap mode began.

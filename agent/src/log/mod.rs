@@ -142,6 +142,9 @@ struct Inner {
     bytes_total: u64,
     /// Space promised to appends that have not happened yet.
     reserved_bytes: u64,
+    /// A record written before the next one appended, whichever that is,
+    /// and the bytes it takes (`precede_next_append`).
+    first: Option<(RecordBody, u64)>,
     /// Bytes ever appended by this process, for the lag estimate.
     appended_bytes: u64,
     /// Sampled appends not yet acknowledged: (seq, when, `appended_bytes`
@@ -160,6 +163,12 @@ struct Inner {
 impl Inner {
     fn spare_bytes(&self) -> u64 {
         self.spares.iter().map(|s| s.bytes).sum()
+    }
+
+    /// What the log holds and has promised: reservations, and the record
+    /// that precedes the next append.
+    fn committed_bytes(&self) -> u64 {
+        self.bytes_total + self.reserved_bytes + self.first.as_ref().map_or(0, |(_, bytes)| *bytes)
     }
 }
 
@@ -315,6 +324,7 @@ impl ProtectedLog {
                 stream_id,
                 bytes_total,
                 reserved_bytes: 0,
+                first: None,
                 appended_bytes: 0,
                 lag_samples: VecDeque::new(),
                 broken: None,
@@ -376,7 +386,7 @@ impl ProtectedLog {
                 }
                 // With no closed segment nothing can be retired: one more
                 // record is let in rather than waiting for ever.
-                let fits = inner.bytes_total + inner.reserved_bytes + bytes <= self.capacity_bytes;
+                let fits = inner.committed_bytes() + bytes <= self.capacity_bytes;
                 if fits || (inner.closed.is_empty() && inner.reserved_bytes == 0) {
                     inner.reserved_bytes += bytes;
                     return Ok(LogSpace { log: self, bytes });
@@ -397,19 +407,39 @@ impl ProtectedLog {
     /// mode's high-water mark). Never waits.
     pub fn try_reserve_below(&self, bytes: u64, limit: u64) -> Option<LogSpace<'_>> {
         let mut inner = self.inner.lock().expect("log lock");
-        let fits = inner.bytes_total + inner.reserved_bytes + bytes <= limit.min(self.capacity_bytes);
+        let fits = inner.committed_bytes() + bytes <= limit.min(self.capacity_bytes);
         (inner.broken.is_none() && fits).then(|| {
             inner.reserved_bytes += bytes;
             LogSpace { log: self, bytes }
         })
     }
 
-    /// Appends a record in space reserved for it. Returns its seq. Callers
-    /// serialise appends per VPG; the seq order is the write order. On an
-    /// error nothing was appended (a partial write is undone).
+    /// Has `body` written before the next record appended, whichever it
+    /// is, in the same write: from now on nothing is appended without it
+    /// before it. For a mark that must precede everything logged from
+    /// here (a start's resync mark that had no room, or that the disk did
+    /// not take, docs/bitmap-mode.md). Its room counts against the
+    /// capacity from now on; one still pending is replaced. A new stream
+    /// (`start_stream`) drops it, as it drops every record before.
+    pub fn precede_next_append(&self, body: RecordBody) -> Result<()> {
+        let bytes = encoded_bytes(&body)?;
+        self.inner.lock().expect("log lock").first = Some((body, bytes));
+        Ok(())
+    }
+
+    /// Whether a record set by `precede_next_append` is still to be written.
+    pub fn next_append_preceded(&self) -> bool {
+        self.inner.lock().expect("log lock").first.is_some()
+    }
+
+    /// Appends a record in space reserved for it (after the record
+    /// `precede_next_append` set, if one is pending). Returns its seq.
+    /// Callers serialise appends per VPG; the seq order is the write
+    /// order. On an error nothing was appended (a partial write is
+    /// undone).
     pub fn append_reserved(&self, mut space: LogSpace<'_>, body: &RecordBody) -> Result<u64> {
-        let len = RECORD_HEADER_BYTES + payload_len(body);
-        assert!(len as u64 <= space.bytes, "a record of {len} bytes in a reservation of {}", space.bytes);
+        let body_len = RECORD_HEADER_BYTES + payload_len(body);
+        assert!(body_len as u64 <= space.bytes, "a record of {body_len} bytes in a reservation of {}", space.bytes);
         let mut inner = self.inner.lock().expect("log lock");
         if let Some(why) = &inner.broken {
             return Err(LogError::Broken(why.clone()));
@@ -420,12 +450,22 @@ impl ProtectedLog {
             self.roll(&mut inner)?;
         }
         let seq = inner.next_seq;
-        let (header, payload) = encode_split(seq, self.vpg_id, body);
+        // Given back below if the write fails: the next append writes it.
+        let first = inner.first.take();
+        let first_parts = first.as_ref().map(|(b, _)| encode_split(seq, self.vpg_id, b));
+        let body_seq = seq + first.is_some() as u64;
+        let (header, payload) = encode_split(body_seq, self.vpg_id, body);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
+        if let Some((h, p)) = &first_parts {
+            parts.extend([&h[..], &p[..]]);
+        }
+        parts.extend([&header[..], &payload[..]]);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         // Accounting that went wrong would wrap here, silently, in a
         // release build: the log would then never find itself full.
         assert!(inner.reserved_bytes >= space.bytes, "{} reserved, {} released", inner.reserved_bytes, space.bytes);
         inner.reserved_bytes -= space.bytes;
-        let unused = std::mem::take(&mut space.bytes) - len as u64;
+        let unused = std::mem::take(&mut space.bytes) - body_len as u64;
         // Room made on a full disk (`leave_full_segment`), at most twice: a
         // segment retired may stay as a spare, given back on the next try.
         let mut tries = 0;
@@ -434,7 +474,9 @@ impl ProtectedLog {
             let written = (|| {
                 // Half a record reaches the file, then the disk is full.
                 fail::fail_point!("log-append-torn", |_| {
-                    let _ = inner.current_file.write_at(&[&header, &payload[..payload.len() / 2]], at);
+                    let mut torn = parts[..parts.len() - 1].to_vec();
+                    torn.push(&payload[..payload.len() / 2]);
+                    let _ = inner.current_file.write_at(&torn, at);
                     Err(std::io::Error::from_raw_os_error(28))
                 });
                 // The end marker after it: the file may go on with bytes of
@@ -443,7 +485,7 @@ impl ProtectedLog {
                 // first, beyond the last one: a write cut short then never
                 // leaves a whole record, with or without its marker.
                 inner.current_file.write_at(&[&END_MARKER], at + len as u64)?;
-                inner.current_file.write_at(&[&header, &payload], at)
+                inner.current_file.write_at(&parts, at)
             })();
             let Err(e) = written else { break };
             let path = inner.current.path.display().to_string();
@@ -472,11 +514,13 @@ impl ProtectedLog {
                     AfterFullDisk::Fail => {}
                 }
             }
+            drop(parts);
+            inner.first = first;
             drop(inner);
             self.space.notify_waiters();
             return Err(LogError::Append { seq, path, source: e });
         }
-        inner.next_seq = seq + 1;
+        inner.next_seq = body_seq + 1;
         inner.current.bytes += len as u64;
         inner.bytes_total += len as u64;
         let now = Instant::now();
@@ -490,12 +534,12 @@ impl ProtectedLog {
         }
         inner.appended_bytes += len as u64;
         drop(inner);
-        self.appended.send_replace(seq);
+        self.appended.send_replace(body_seq);
         // The reservation is gone: room (or "no reservation left") for a
         // writer that waits.
         let _ = unused;
         self.space.notify_waiters();
-        Ok(seq)
+        Ok(body_seq)
     }
 
     /// Reserves and appends (for callers that hold no lock while waiting).
@@ -646,6 +690,7 @@ impl ProtectedLog {
         inner.lag_samples.clear();
         inner.broken = None;
         inner.roll_due = false;
+        inner.first = None;
         drop(inner);
         // The new stream is in place: what follows may fail without undoing
         // it (an old segment left behind is dropped at the next open). A

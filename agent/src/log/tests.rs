@@ -70,6 +70,54 @@ fn assert_every_owed_record_read(seqs: &[u64], acked: u64, last: u64) {
     assert!((acked + 1..=last).all(|s| seqs.contains(&s)), "everything unacknowledged is read: {seqs:?}");
 }
 
+/// A record set to precede the next append goes in right before it, in
+/// the same write, whichever record comes next; then no more.
+#[tokio::test]
+async fn a_preceding_record_goes_in_before_the_next_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let first = log.append(&write(1, 512)).await.unwrap();
+    let mark = RecordBody::Checkpoint { time_ms: 7, tag: "resync-start".into(), resync: true };
+    log.precede_next_append(mark.clone()).unwrap();
+    assert!(log.next_append_preceded());
+    let (used, _) = log.usage();
+    let mark_bytes = encoded_bytes(&mark).unwrap();
+    let body = write(2, 512);
+    let second = log.append(&body).await.unwrap();
+    assert_eq!(second, first + 2, "the mark took the seq between");
+    assert!(!log.next_append_preceded());
+    assert_eq!(log.usage().0, used + mark_bytes + encoded_bytes(&body).unwrap());
+    let third = log.append(&write(3, 512)).await.unwrap();
+    assert_eq!(third, second + 1, "the mark went in once");
+    log.sync_to(third).await.unwrap();
+    drop(log);
+    let (log, report) = open(dir.path(), 64 << 20);
+    assert!(report.cut.is_none(), "{:?}", report.cut);
+    assert_eq!(read_all(&log, first), vec![first, first + 1, second, third]);
+    let bytes = std::fs::read(&list_segments(dir.path(), SegmentKind::ProtectedLog).unwrap()[0].1).unwrap();
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut records = Vec::new();
+    while let Ok((record, len)) = crate::record::Record::decode(&bytes[at..]) {
+        records.push(record);
+        at += len;
+    }
+    assert!(records.iter().any(|r| r.seq == first + 1 && r.body == mark), "{records:?}");
+}
+
+/// The room a pending preceding record takes counts against the capacity
+/// before it is written: a reservation that would leave it none waits.
+#[tokio::test]
+async fn a_preceding_record_counts_against_the_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 20);
+    let (used, capacity) = log.usage();
+    let mark = RecordBody::Checkpoint { time_ms: 7, tag: "resync-start".into(), resync: true };
+    let mark_bytes = encoded_bytes(&mark).unwrap();
+    log.precede_next_append(mark).unwrap();
+    assert!(log.try_reserve_bytes(capacity - used - mark_bytes + 1).is_none());
+    assert!(log.try_reserve_bytes(capacity - used - mark_bytes).is_some());
+}
+
 #[tokio::test]
 async fn reopen_resumes_after_last_record_and_cursor_reads_all() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,6 +549,27 @@ mod failpoints {
         let (log, report) = open(dir.path(), 64 << 20);
         assert!(report.cut.is_none(), "{:?}", report.cut);
         assert_eq!(read_all(&log, first), vec![first, third]);
+        scenario.teardown();
+    }
+
+    /// An append the disk refuses writes neither its record nor the one
+    /// set to precede it: the next append writes both.
+    #[tokio::test]
+    async fn a_failed_append_keeps_the_preceding_record_pending() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 20);
+        let first = log.append(&write(1, 4096)).await.unwrap();
+        log.precede_next_append(RecordBody::Checkpoint { time_ms: 7, tag: "m".into(), resync: true }).unwrap();
+        assert!(append_on_full_disk(&log, 2).await.is_err());
+        assert!(log.next_append_preceded(), "the refused append took the mark with it");
+        let third = log.append(&write(3, 4096)).await.unwrap();
+        assert_eq!(third, first + 2);
+        log.sync_to(third).await.unwrap();
+        drop(log);
+        let (log, report) = open(dir.path(), 64 << 20);
+        assert!(report.cut.is_none(), "{:?}", report.cut);
+        assert_eq!(read_all(&log, first), vec![first, first + 1, third]);
         scenario.teardown();
     }
 

@@ -92,6 +92,9 @@ struct Model {
     /// dropped another stream's records), as the agent's activity log
     /// would keep it until the new stream starts.
     new_stream_due: bool,
+    /// A record set to precede the next append (a start's resync mark
+    /// the disk did not take), and the bytes it takes.
+    first: Option<(RecordBody, u64)>,
 }
 
 struct Run {
@@ -298,6 +301,13 @@ impl Run {
 
     fn append(&mut self, body: RecordBody) -> Checked {
         let log = self.log();
+        if self.model.first.is_none() && self.h.rng.below(32) == 0 {
+            let mark = RecordBody::Checkpoint { time_ms: self.clock_ms(), tag: "resync-start".into(), resync: true };
+            let bytes = encoded_bytes(&mark).expect("a mark its readers take");
+            log.precede_next_append(mark.clone()).expect("a mark its readers take");
+            self.h.note(format!("the next append is preceded by a mark of {bytes} bytes"));
+            self.model.first = Some((mark, bytes));
+        }
         let what = describe(&body);
         let Ok(bytes) = encoded_bytes(&body) else {
             self.h.check(body.check().is_err(), "a record is refused only for what its readers refuse", || {
@@ -309,16 +319,25 @@ impl Run {
         let Some(space) = log.try_reserve_bytes(bytes) else {
             let (used, capacity) = log.usage();
             let broken = log.broken().is_some();
-            self.h.check(used + bytes > capacity || broken, "an append finds the log full only when it is", || {
-                format!("{what}: {bytes} bytes refused with {used} of {capacity} used")
-            })?;
+            let promised = used + self.model.first.as_ref().map_or(0, |(_, b)| *b);
+            self.h.check(
+                promised + bytes > capacity || broken,
+                "an append finds the log full only when it is",
+                || format!("{what}: {bytes} bytes refused with {used} of {capacity} used, {promised} promised"),
+            )?;
             self.h.report.full_log += 1;
             self.h.note(format!("append {what}: the log is full"));
             return Ok(());
         };
         match log.append_reserved(space, &body) {
             Ok(seq) => {
-                let due = self.model.next_seq;
+                let mut due = self.model.next_seq;
+                if let Some((mark, _)) = self.model.first.take() {
+                    let encoding = Record { seq: due, vpg_id: VPG_ID, body: mark }.encode();
+                    self.model.appended.insert(due, Some(encoding));
+                    self.h.note(format!("the mark went in at seq {due}"));
+                    due += 1;
+                }
                 self.h.check(seq == due, "seqs follow each other", || format!("appended {seq} where {due} was due"))?;
                 self.model.next_seq = seq + 1;
                 let encoding = Record { seq, vpg_id: VPG_ID, body }.encode();
@@ -459,11 +478,15 @@ impl Run {
         m.stream_uncertain = None;
         m.appended_after_failed_start = None;
         m.new_stream_due = false;
+        // A new stream drops it with every record before.
+        m.first = None;
     }
 
     async fn restart(&mut self, stop: Stop) -> Checked {
         self.cursor = None;
         self.log = None;
+        // Kept in memory only: the agent's start sets it again.
+        self.model.first = None;
         self.h.stop(stop);
         let (log, report) = self.reopen()?;
         let (durable, held) = (self.model.durable_seq, self.model.recv_seq);
