@@ -64,16 +64,42 @@ pub async fn recv_control_or_refuse<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The next control message; a frame over `CONTROL_BYTES_MAX` is refused
-/// from its header, before its payload is read.
+/// from its header, before its payload is read. A peer silent for
+/// `LINK_IDLE_TIMEOUT` is taken for dead.
 pub async fn recv_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage, ControlError> {
-    let mut payload = Vec::new();
-    let kind = tokio::time::timeout(LINK_IDLE_TIMEOUT, read_frame_within(r, &mut payload, CONTROL_BYTES_MAX))
+    tokio::time::timeout(LINK_IDLE_TIMEOUT, read_control(r))
         .await
-        .map_err(|_| ControlError::Silent(LINK_IDLE_TIMEOUT))??;
+        .map_err(|_| ControlError::Silent(LINK_IDLE_TIMEOUT))?
+}
+
+/// The next control message, however long it takes (`wait_frame` says
+/// how long waiting still makes sense).
+pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMessage, ControlError> {
+    let mut payload = Vec::new();
+    let kind = read_frame_within(r, &mut payload, CONTROL_BYTES_MAX).await?;
     if kind != FrameKind::Control {
         return Err(ControlError::NotControl(kind));
     }
     Ok(ControlMessage::from_bytes(&payload)?)
+}
+
+/// Waits for `read` (a frame's read: never cancelled half way through
+/// it), asking `alive` every `KEEPALIVE_INTERVAL` whether waiting on
+/// still makes sense; its error ends the wait. A data link with nothing
+/// to carry (nothing written, a long checkpoint interval) is silent for
+/// as long as it is idle, which says nothing about the peer: the control
+/// link's pings do.
+pub(crate) async fn wait_frame<T>(
+    read: impl std::future::Future<Output = Result<T, TransferError>>,
+    mut alive: impl FnMut() -> Result<(), TransferError>,
+) -> Result<T, TransferError> {
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            r = &mut read => return r,
+            _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => alive()?,
+        }
+    }
 }
 
 /// Sends what `work` answers, telling the protected side it is still

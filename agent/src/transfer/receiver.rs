@@ -210,8 +210,13 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!(%vpg, durable_seq, "protected side connected");
     // Held while a move announced on this link runs; dropped with the link.
     let mut moving: Option<crate::recovery::ops::MoveMark> = None;
+    let slot = receiver.slot(&vpg);
     loop {
-        match recv_control(&mut link).await? {
+        let message = recv_control(&mut link).await?;
+        if let Some(slot) = &slot {
+            slot.heard_control();
+        }
+        match message {
             ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(_) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
                 Err(e) => {
@@ -457,6 +462,7 @@ async fn open_vpg(
         }
         slot.session_stream.store(stream_id, Ordering::SeqCst);
         *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
+        slot.heard_control();
         slot.session.store(session, Ordering::SeqCst);
         return Ok((journal.durable_seq(), session, journal.index.stream_id));
     }
@@ -473,6 +479,7 @@ async fn open_vpg(
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
     slot.session_stream.store(stream_id, Ordering::SeqCst);
     *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
+    slot.heard_control();
     slot.session.store(session, Ordering::SeqCst);
     Ok((durable, session, journal_stream))
 }
@@ -502,9 +509,18 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     loop {
         // A larger batch than most (one big write) leaves no large buffer behind.
         batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
-        let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
-            .await
-            .map_err(|_| TransferError::Peer("data link idle too long".to_string()))??;
+        // Idle, the link lives as long as its session and the session's
+        // control link (a stream with nothing to send sends nothing).
+        let alive = || {
+            if slot.session.load(Ordering::SeqCst) != session {
+                return Err(TransferError::Peer("a newer session replaced this link".to_string()));
+            }
+            if slot.control_silent_for() >= super::LINK_IDLE_TIMEOUT * 2 {
+                return Err(TransferError::Peer("data link idle, and its session's control link silent".to_string()));
+            }
+            Ok(())
+        };
+        let kind = super::wait_frame(async { Ok(read_frame_into(&mut rd, &mut payload).await?) }, alive).await?;
         if kind != FrameKind::Batch {
             return Err(TransferError::Peer(format!("expected a batch frame, got {kind:?}")));
         }

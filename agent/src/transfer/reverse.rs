@@ -180,9 +180,10 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // A larger batch than most (one big write) leaves no large buffer behind.
         batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
-        let kind = tokio::time::timeout(super::LINK_IDLE_TIMEOUT * 4, read_frame_into(&mut rd, &mut payload))
-            .await
-            .map_err(|_| TransferError::Peer("reverse data link idle too long".to_string()))??;
+        // No idle limit: `ping` beside this ends the session when the
+        // control link goes silent, and a stream with nothing to send
+        // sends nothing (a limit here dropped an idle link every minute).
+        let kind = read_frame_into(&mut rd, &mut payload).await?;
         if kind != FrameKind::Batch {
             return Err(TransferError::Peer(format!("expected a batch frame, got {kind:?}")));
         }

@@ -8,7 +8,8 @@
 
 use super::link_share::LinkShare;
 use super::TransferError;
-use super::{recv_control, send_control, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
+use super::LINK_IDLE_TIMEOUT;
+use super::{read_control, recv_control, send_control, wait_frame, ControlError, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL};
 use crate::capture::peer_hashes::PeerHashAsk;
 use crate::capture::vpg::{MoveStep, VpgCapture};
 use crate::capture::CaptureError;
@@ -326,9 +327,23 @@ async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Takes the recovery side's acknowledgements. Its silence means a dead
+/// link only while the log holds records it has not acknowledged for
+/// `LINK_IDLE_TIMEOUT`: with nothing to send, no ack comes (before, an
+/// idle VPG's link was dropped and made again every 15 s).
 pub(crate) async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Result<()> {
     loop {
-        match recv_control(&mut rd).await? {
+        let mut owed_since = Instant::now();
+        let owed_silence = || {
+            if vpg.log.acked_seq() >= vpg.log.appended_seq() {
+                owed_since = Instant::now();
+            } else if owed_since.elapsed() >= LINK_IDLE_TIMEOUT {
+                return Err(ControlError::Silent(LINK_IDLE_TIMEOUT).into());
+            }
+            Ok(())
+        };
+        let message = wait_frame(async { Ok(read_control(&mut rd).await?) }, owed_silence).await?;
+        match message {
             ControlMessage::Ack { seq } => vpg.log.ack(seq),
             ControlMessage::Refused { reason } => {
                 return Err(TransferError::Peer(format!("recovery side refused the stream: {reason}")))

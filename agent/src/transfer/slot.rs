@@ -35,6 +35,9 @@ pub struct VpgSlot {
     state: Mutex<VpgState>,
     /// Keeps the journal's segment summaries (run by the applier loop).
     pub summarizer: Mutex<crate::journal::summary::Summarizer>,
+    /// When the session's control link last carried a message: its data
+    /// link, idle, lives as long as that link does (`data_link`).
+    pub(super) control_heard: Mutex<std::time::Instant>,
 }
 
 /// The VPGs whose journals are open here, by name.
@@ -77,6 +80,16 @@ impl VpgSlot {
         StateRefused(refusal.message(&self.name))
     }
 
+    /// The session's control link carried a message now.
+    pub(super) fn heard_control(&self) {
+        *self.control_heard.lock().expect("control heard lock") = std::time::Instant::now();
+    }
+
+    /// How long since the session's control link last carried a message.
+    pub(super) fn control_silent_for(&self) -> std::time::Duration {
+        self.control_heard.lock().expect("control heard lock").elapsed()
+    }
+
     /// The checkpoint the VPG was failed over at, once that is committed.
     pub fn failed_over_at(&self) -> Option<u64> {
         self.state.lock().expect("vpg state lock").failed_over_at()
@@ -99,6 +112,7 @@ impl VpgSlot {
             history: Mutex::new(Default::default()),
             state: Mutex::new(state),
             summarizer: Default::default(),
+            control_heard: Mutex::new(std::time::Instant::now()),
         }
     }
 }
