@@ -42,6 +42,8 @@ cp "$WORK/src/disk0.img" "$WORK/before.img"
 
 log "a write, then SIGKILL: the start reads its range again"
 qio_check "$NBD_URI/disk0" "write -P 0x5a 1M 1M" flush
+st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten within 5 s"
+end_before=$(jq -r '.vpgs[0].head_seq' <<<"$st")
 kill9 "$PROTECTED_PID"
 AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="start-resync-mark=return" start_protected
 grep -q "marking the resync's start in the protected log" "$WORK/protected.log" ||
@@ -53,8 +55,10 @@ qio_check "$NBD_URI/disk0" "write -P 0x6b 4M 1M" flush
 wait_acked
 
 list=$(checkpoints_json)
-jq -e '[.[] | select(.tag == "resync-start")] | length > 0' <<<"$list" >/dev/null ||
-    fail "no resync-start mark in the stream after the start: $(jq -c '[.[] | {id, tag, consistent}]' <<<"$list")"
+# The mark is the first record after the start, before the resync's
+# read-back and the write.
+jq -e --argjson at $((end_before + 1)) '[.[] | select(.tag == "resync-start") | .id] == [$at]' <<<"$list" >/dev/null ||
+    fail "no resync-start mark at seq $((end_before + 1)), the first after the start: $(jq -c '[.[] | {id, tag, consistent}]' <<<"$list")"
 if "$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint head --out "$WORK/head" >"$WORK/head.out" 2>&1; then
     fail "head was restored while the start's resync was logged without its mark"
 fi

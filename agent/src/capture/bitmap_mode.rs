@@ -135,19 +135,27 @@ impl VpgCapture {
         // stream's end is no image (copy or repair records may still be
         // appended after unlogged writes). The mark is small and the log
         // below its high-water mark; without room (or with a disk that
-        // takes nothing) the resync's start marks it, before any write is
-        // logged again.
-        match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG) {
-            Ok(true) => {}
+        // takes nothing) the log writes it before whatever it takes next
+        // (a copy's or a verify's record in bitmap mode, the resync's
+        // start; review of helper-47).
+        let pending = match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG) {
+            Ok(true) => false,
             Ok(false) => {
-                tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began")
+                tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began now: it goes in before the next record");
+                true
             }
-            Err(CaptureError::Log(e)) if e.is_storage_failure() => tracing::warn!(
-                vpg = %self.name,
-                "marking where bitmap mode began in the protected log: {}; the resync's start marks it",
-                Chain(&e)
-            ),
+            Err(CaptureError::Log(e)) if e.is_storage_failure() => {
+                tracing::warn!(
+                    vpg = %self.name,
+                    "marking where bitmap mode began in the protected log: {}; it goes in before the next record",
+                    Chain(&e)
+                );
+                true
+            }
             Err(e) => return Err(e),
+        };
+        if pending {
+            super::vpg::mark_before_next_record(&self.log, super::vpg::BITMAP_START_TAG)?;
         }
         self.bitmap.set_mode(&self.name, CaptureMode::Bitmap, why);
         Ok(())

@@ -271,7 +271,7 @@ impl VpgCapture {
         // told the map is in use when the start marked its regions:
         // `mark_dirty`.)
         if mark != StartMark::Marked {
-            log.precede_next_append(inconsistent_mark(RESYNC_START_TAG))?;
+            mark_before_next_record(&log, RESYNC_START_TAG)?;
         }
         let start_in_bitmap = mark != StartMark::Marked && bitmap.enabled;
         if start_in_bitmap {
@@ -966,12 +966,23 @@ impl VpgCapture {
                 state.store(self.log.dir())
             };
             fail::fail_point!("restart-stream-after-state", |_| std::process::abort());
-            (stored.and_then(|()| self.log.start_stream(min_seq)), generation)
+            let started = stored.map_err(CaptureError::from).and_then(|()| Ok(self.log.start_stream(min_seq)?));
+            // A new stream is consistent once its copy is in, but in bitmap
+            // mode a write after the copy read its region is only marked:
+            // the new stream is no image from its start until the resync
+            // (review of helper-47; the mark of the old stream went with it).
+            let started = started.and_then(|seq| {
+                if self.bitmap.mode() == CaptureMode::Bitmap {
+                    mark_before_next_record(&self.log, BITMAP_START_TAG)?;
+                }
+                Ok(seq)
+            });
+            (started, generation)
         };
         // Whatever happened, "copied" was emptied and any copy under way
         // stopped: a copy runs again, into whichever stream the log holds.
         self.spawn_initial_copy(generation);
-        Ok(started?)
+        started
     }
 
     /// Waits until the recovery journal holds the data of every update up
@@ -1100,14 +1111,33 @@ struct EpochPlan {
 /// log has no room now.
 pub(super) fn mark_inconsistent_from_here(log: &ProtectedLog, tag: &str) -> Result<bool> {
     let body = inconsistent_mark(tag);
-    let Some(space) = log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) else { return Ok(false) };
-    log.append_reserved(space, &body)?;
-    Ok(true)
+    // A mark still to be written before the next record says the same
+    // from the same place (nothing was logged since it was set): this one
+    // takes its place, and needs room for one mark, not two (review of
+    // helper-47). Set again if this one does not go in.
+    let pending = log.take_preceding();
+    let appended = (|| {
+        let Some(space) = log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) else { return Ok(false) };
+        log.append_reserved(space, &body)?;
+        Ok(true)
+    })();
+    if let (Some(pending), false) = (pending, matches!(appended, Ok(true))) {
+        log.precede_next_append(pending)?;
+    }
+    appended
 }
 
 /// The record `mark_inconsistent_from_here` appends.
 fn inconsistent_mark(tag: &str) -> RecordBody {
     RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: true }
+}
+
+/// `mark_inconsistent_from_here`'s mark, for a log that had no room for
+/// it or whose disk did not take it: written before whatever record the
+/// log takes next (`ProtectedLog::precede_next_append`), so nothing is
+/// logged from here without it before.
+pub(super) fn mark_before_next_record(log: &ProtectedLog, tag: &str) -> Result<()> {
+    Ok(log.precede_next_append(inconsistent_mark(tag))?)
 }
 
 /// The tag of the checkpoint that marks where bitmap mode began.

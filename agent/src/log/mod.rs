@@ -427,6 +427,14 @@ impl ProtectedLog {
         Ok(())
     }
 
+    /// The record set by `precede_next_append`, no longer to be written
+    /// (its room given back), for a caller that appends one in its place.
+    pub fn take_preceding(&self) -> Option<RecordBody> {
+        let taken = self.inner.lock().expect("log lock").first.take().map(|(body, _)| body);
+        self.space.notify_waiters();
+        taken
+    }
+
     /// Whether a record set by `precede_next_append` is still to be written.
     pub fn next_append_preceded(&self) -> bool {
         self.inner.lock().expect("log lock").first.is_some()
@@ -435,8 +443,9 @@ impl ProtectedLog {
     /// Appends a record in space reserved for it (after the record
     /// `precede_next_append` set, if one is pending). Returns its seq.
     /// Callers serialise appends per VPG; the seq order is the write
-    /// order. On an error nothing was appended (a partial write is
-    /// undone).
+    /// order. On an error the record was not appended (a partial write is
+    /// undone; if even the undo fails, the log is broken, and the pending
+    /// record, whole before a torn one, may be found at the next open).
     pub fn append_reserved(&self, mut space: LogSpace<'_>, body: &RecordBody) -> Result<u64> {
         let body_len = RECORD_HEADER_BYTES + payload_len(body);
         assert!(body_len as u64 <= space.bytes, "a record of {body_len} bytes in a reservation of {}", space.bytes);
@@ -450,8 +459,9 @@ impl ProtectedLog {
             self.roll(&mut inner)?;
         }
         let seq = inner.next_seq;
-        // Given back below if the write fails: the next append writes it.
-        let first = inner.first.take();
+        // Left pending until the write succeeds (it counts against the
+        // capacity meanwhile, also while `ack` runs without the lock below).
+        let first = inner.first.clone();
         let first_parts = first.as_ref().map(|(b, _)| encode_split(seq, self.vpg_id, b));
         let body_seq = seq + first.is_some() as u64;
         let (header, payload) = encode_split(body_seq, self.vpg_id, body);
@@ -492,7 +502,7 @@ impl ProtectedLog {
             // Undo a partial write, so later records never follow garbage.
             let good = inner.current.bytes;
             if let Err(undo) = inner.current_file.set_len(good) {
-                let why = format!("appending seq {seq} to {path} failed ({e}) and could not be undone ({undo})");
+                let why = format!("appending seq {body_seq} to {path} failed ({e}) and could not be undone ({undo})");
                 tracing::error!("{why}");
                 inner.broken = Some(why);
             } else if tries < 2 && is_disk_full(&e) {
@@ -514,13 +524,12 @@ impl ProtectedLog {
                     AfterFullDisk::Fail => {}
                 }
             }
-            drop(parts);
-            inner.first = first;
             drop(inner);
             self.space.notify_waiters();
-            return Err(LogError::Append { seq, path, source: e });
+            return Err(LogError::Append { seq: body_seq, path, source: e });
         }
         inner.next_seq = body_seq + 1;
+        inner.first = None;
         inner.current.bytes += len as u64;
         inner.bytes_total += len as u64;
         let now = Instant::now();

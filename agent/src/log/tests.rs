@@ -116,6 +116,10 @@ async fn a_preceding_record_counts_against_the_capacity() {
     log.precede_next_append(mark).unwrap();
     assert!(log.try_reserve_bytes(capacity - used - mark_bytes + 1).is_none());
     assert!(log.try_reserve_bytes(capacity - used - mark_bytes).is_some());
+    // Taken back (a mark appended in its place): its room with it.
+    assert!(log.take_preceding().is_some());
+    assert!(!log.next_append_preceded());
+    assert!(log.try_reserve_bytes(capacity - used).is_some());
 }
 
 #[tokio::test]

@@ -351,6 +351,14 @@ impl Run {
                     format!("{what}: {e_chain}", e_chain = crate::error_chain::Chain(&e))
                 })?;
                 self.h.note(format!("append {what}: failed: {e_chain}", e_chain = crate::error_chain::Chain(&e)));
+                // A torn write whose undo failed (the log is broken) may
+                // leave the pending mark whole before it: the next open may
+                // find it, as any record not yet fsynced (review of helper-47).
+                if let (Some(_), Some((mark, _))) = (log.broken(), &self.model.first) {
+                    let due = self.model.next_seq;
+                    let encoding = Record { seq: due, vpg_id: VPG_ID, body: mark.clone() }.encode();
+                    self.model.appended.insert(due, Some(encoding));
+                }
             }
         }
         Ok(())
