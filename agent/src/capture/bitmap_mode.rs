@@ -155,7 +155,7 @@ impl VpgCapture {
             Err(e) => return Err(e),
         };
         if pending {
-            super::vpg::mark_before_next_record(&self.log, super::vpg::BITMAP_START_TAG)?;
+            super::vpg::mark_before_next_record(&self.log, super::vpg::BITMAP_START_TAG);
         }
         self.bitmap.set_mode(&self.name, CaptureMode::Bitmap, why);
         Ok(())

@@ -271,7 +271,7 @@ impl VpgCapture {
         // told the map is in use when the start marked its regions:
         // `mark_dirty`.)
         if mark != StartMark::Marked {
-            mark_before_next_record(&log, RESYNC_START_TAG)?;
+            mark_before_next_record(&log, RESYNC_START_TAG);
         }
         let start_in_bitmap = mark != StartMark::Marked && bitmap.enabled;
         if start_in_bitmap {
@@ -971,12 +971,9 @@ impl VpgCapture {
             // mode a write after the copy read its region is only marked:
             // the new stream is no image from its start until the resync
             // (review of helper-47; the mark of the old stream went with it).
-            let started = started.and_then(|seq| {
-                if self.bitmap.mode() == CaptureMode::Bitmap {
-                    mark_before_next_record(&self.log, BITMAP_START_TAG)?;
-                }
-                Ok(seq)
-            });
+            if started.is_ok() && self.bitmap.mode() == CaptureMode::Bitmap {
+                mark_before_next_record(&self.log, BITMAP_START_TAG);
+            }
             (started, generation)
         };
         // Whatever happened, "copied" was emptied and any copy under way
@@ -1122,7 +1119,7 @@ pub(super) fn mark_inconsistent_from_here(log: &ProtectedLog, tag: &str) -> Resu
         Ok(true)
     })();
     if let (Some(pending), false) = (pending, matches!(appended, Ok(true))) {
-        log.precede_next_append(pending)?;
+        log.precede_next_append(pending).expect("it was taken as it is");
     }
     appended
 }
@@ -1136,8 +1133,9 @@ fn inconsistent_mark(tag: &str) -> RecordBody {
 /// it or whose disk did not take it: written before whatever record the
 /// log takes next (`ProtectedLog::precede_next_append`), so nothing is
 /// logged from here without it before.
-pub(super) fn mark_before_next_record(log: &ProtectedLog, tag: &str) -> Result<()> {
-    Ok(log.precede_next_append(inconsistent_mark(tag))?)
+pub(super) fn mark_before_next_record(log: &ProtectedLog, tag: &str) {
+    // Refused only for a tag over the limit: these are constants.
+    log.precede_next_append(inconsistent_mark(tag)).expect("a mark's tag is within the limit");
 }
 
 /// The tag of the checkpoint that marks where bitmap mode began.

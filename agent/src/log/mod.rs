@@ -430,9 +430,9 @@ impl ProtectedLog {
     /// The record set by `precede_next_append`, no longer to be written
     /// (its room given back), for a caller that appends one in its place.
     pub fn take_preceding(&self) -> Option<RecordBody> {
-        let taken = self.inner.lock().expect("log lock").first.take().map(|(body, _)| body);
-        self.space.notify_waiters();
-        taken
+        // No waiter is woken: the caller reserves the room for its own
+        // record at once (review of helper-48).
+        self.inner.lock().expect("log lock").first.take().map(|(body, _)| body)
     }
 
     /// Whether a record set by `precede_next_append` is still to be written.

@@ -134,7 +134,9 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, receiver:
         let Ok(handshake_slot) = handshakes.clone().acquire_owned().await else { return };
         let (acceptor, receiver, links) = (acceptor.clone(), receiver.clone(), links.clone());
         tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
+            if let Err(e) = super::tune_link_socket(&tcp) {
+                tracing::warn!(peer = %address, "{role}: socket options: {e}");
+            }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -171,7 +173,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     receiver: &Arc<Receiver>,
     peer: &Peer,
 ) -> Result<()> {
-    let (vpg, durable_seq, session, stream_id) = match recv_control_or_refuse(&mut link).await? {
+    let (vpg, durable_seq, session, stream_id, _control) = match recv_control_or_refuse(&mut link).await? {
         ControlMessage::Hello { protocol, vpg, vpg_id: id, volumes, stream_id, .. } => {
             if let Err(reason) = receiver.check_access(peer, &vpg, "a hello") {
                 send_control(&mut link, &ControlMessage::refused(reason)).await?;
@@ -185,7 +187,7 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let opened = open_vpg(receiver, protocol, &vpg, id, volumes, stream_id, peer).await;
             match opened {
-                Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2),
+                Ok(welcome) => (vpg, welcome.0, welcome.1, welcome.2, welcome.3),
                 Err(e) => {
                     let reason = crate::error_chain::Chain(&e).to_string();
                     send_control(&mut link, &ControlMessage::refused(reason)).await?;
@@ -210,13 +212,8 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!(%vpg, durable_seq, "protected side connected");
     // Held while a move announced on this link runs; dropped with the link.
     let mut moving: Option<crate::recovery::ops::MoveMark> = None;
-    let slot = receiver.slot(&vpg);
     loop {
-        let message = recv_control(&mut link).await?;
-        if let Some(slot) = &slot {
-            slot.heard_control();
-        }
-        match message {
+        match recv_control(&mut link).await? {
             ControlMessage::MoveBegins => match mark_move(receiver, &vpg, &mut moving) {
                 Ok(_) => send_control(&mut link, &ControlMessage::Promoted { checkpoint: 0 }).await?,
                 Err(e) => {
@@ -431,7 +428,7 @@ async fn open_vpg(
     volumes: Vec<crate::wire::message::VolumeInfo>,
     stream_id: u32,
     peer: &Peer,
-) -> Result<(u64, u64, u32)> {
+) -> Result<(u64, u64, u32, Arc<()>)> {
     if protocol != PROTOCOL_VERSION {
         return Err(TransferError::Peer(format!(
             "protocol version {protocol} is not supported (this side speaks {PROTOCOL_VERSION}): upgrade both \
@@ -462,9 +459,8 @@ async fn open_vpg(
         }
         slot.session_stream.store(stream_id, Ordering::SeqCst);
         *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
-        slot.heard_control();
-        slot.session.store(session, Ordering::SeqCst);
-        return Ok((journal.durable_seq(), session, journal.index.stream_id));
+        let control = slot.begin_session(session);
+        return Ok((journal.durable_seq(), session, journal.index.stream_id, control));
     }
     let dir = vpg_dir(&receiver.journal_root, vpg);
     let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
@@ -479,9 +475,8 @@ async fn open_vpg(
     let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
     slot.session_stream.store(stream_id, Ordering::SeqCst);
     *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
-    slot.heard_control();
-    slot.session.store(session, Ordering::SeqCst);
-    Ok((durable, session, journal_stream))
+    let control = slot.begin_session(session);
+    Ok((durable, session, journal_stream, control))
 }
 
 async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>, peer: &Peer) -> Result<()> {
@@ -497,7 +492,10 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
     let Some(slot) = receiver.slot(&vpg).filter(ours) else {
         if let Some(capture) = receiver.ops.get().and_then(|ops| ops.reverse_session(&vpg, session, &peer.fingerprint))
         {
-            return super::reverse::serve_data(rd.unsplit(wr), capture).await;
+            let current = || {
+                receiver.ops.get().is_some_and(|ops| ops.reverse_session(&vpg, session, &peer.fingerprint).is_some())
+            };
+            return super::reverse::serve_data(rd.unsplit(wr), capture, current).await;
         }
         send_control(&mut wr, &ControlMessage::refused("no such session")).await?;
         return Err(TransferError::Peer(format!("attach for VPG {vpg:?} with an unknown session")));
@@ -511,14 +509,9 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
         batch::trim_buffer(&mut payload, batch::BUSY_BUFFER_BYTES);
         // Idle, the link lives as long as its session and the session's
         // control link (a stream with nothing to send sends nothing).
-        let alive = || {
-            if slot.session.load(Ordering::SeqCst) != session {
-                return Err(TransferError::Peer("a newer session replaced this link".to_string()));
-            }
-            if slot.control_silent_for() >= super::LINK_IDLE_TIMEOUT * 2 {
-                return Err(TransferError::Peer("data link idle, and its session's control link silent".to_string()));
-            }
-            Ok(())
+        let alive = || match slot.session_alive(session) {
+            true => Ok(()),
+            false => Err(TransferError::Peer("its session was replaced, or its control link ended".to_string())),
         };
         let kind = super::wait_frame(async { Ok(read_frame_into(&mut rd, &mut payload).await?) }, alive).await?;
         if kind != FrameKind::Batch {

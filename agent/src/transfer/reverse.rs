@@ -381,15 +381,27 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The data link of a reverse session: stream the reverse log.
-pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(link: S, capture: Arc<VpgCapture>) -> Result<()> {
+/// The data link of a reverse session: stream the reverse log while
+/// `current()` says the session is still the current one (a newer one,
+/// or a switch-back, ends it; idle, it is silent for as long as it has
+/// nothing to send, review of helper-48).
+pub async fn serve_data<S: AsyncRead + AsyncWrite + Unpin>(
+    link: S,
+    capture: Arc<VpgCapture>,
+    current: impl Fn() -> bool,
+) -> Result<()> {
     let (rd, wr) = tokio::io::split(link);
     let stats = SenderStats::default();
     let start = capture.log.acked_seq() + 1;
     let seat = LinkSeat::alone();
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let alive = || match current() {
+        true => Ok(()),
+        false => Err(TransferError::Peer("the reverse session was replaced or ended".to_string())),
+    };
     tokio::select! {
-        r = receive_acks(&capture, rd) => r,
-        r = stream(&capture, wr, start, &seat, &stats) => r,
+        r = receive_acks(&capture, rd, &sent, alive) => r,
+        r = stream(&capture, wr, start, &seat, &stats, &sent) => r,
     }
 }
 

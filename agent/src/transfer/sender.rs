@@ -107,7 +107,7 @@ pub(crate) async fn dial(
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let attempt = async {
         let tcp = TcpStream::connect((address, port)).await.doing(|| format!("connecting to {address}:{port}"))?;
-        tcp.set_nodelay(true).doing(|| "setting TCP_NODELAY".to_string())?;
+        super::tune_link_socket(&tcp).doing(|| "setting the link's socket options".to_string())?;
         let name = rustls::pki_types::ServerName::try_from(PEER_SERVER_NAME).expect("static name");
         connector.connect(name, tcp).await.doing(|| format!("TLS handshake with {address}:{port}"))
     };
@@ -154,10 +154,11 @@ async fn session(
     stats.connected.store(true, Ordering::Relaxed);
     tracing::info!(vpg = %vpg.name, durable_seq, start_seq, "link up");
     let (data_rd, data_wr) = tokio::io::split(data);
+    let sent = AtomicU64::new(0);
     tokio::select! {
         r = keepalive(vpg, &mut control) => r,
-        r = receive_acks(vpg, data_rd) => r.map(|()| Ended::Normally),
-        r = stream(vpg, data_wr, start_seq, seat, stats) => r.map(|()| Ended::Normally),
+        r = receive_acks(vpg, data_rd, &sent, || Ok(())) => r.map(|()| Ended::Normally),
+        r = stream(vpg, data_wr, start_seq, seat, stats, &sent) => r.map(|()| Ended::Normally),
     }
 }
 
@@ -328,21 +329,29 @@ async fn ask_extent_hashes<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Takes the recovery side's acknowledgements. Its silence means a dead
-/// link only while the log holds records it has not acknowledged for
-/// `LINK_IDLE_TIMEOUT`: with nothing to send, no ack comes (before, an
-/// idle VPG's link was dropped and made again every 15 s).
-pub(crate) async fn receive_acks<R: AsyncRead + Unpin>(vpg: &VpgCapture, mut rd: R) -> Result<()> {
+/// link only while this link has sent records (through `sent`, which
+/// `stream` keeps) not acknowledged for `LINK_IDLE_TIMEOUT`: with nothing
+/// to send, no ack comes (before, an idle VPG's link was dropped and made
+/// again every 15 s). `alive` may end the wait too (a reverse session
+/// that was replaced).
+pub(crate) async fn receive_acks<R: AsyncRead + Unpin>(
+    vpg: &VpgCapture,
+    mut rd: R,
+    sent: &AtomicU64,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
     loop {
         let mut owed_since = Instant::now();
-        let owed_silence = || {
-            if vpg.log.acked_seq() >= vpg.log.appended_seq() {
+        let still = || {
+            alive()?;
+            if vpg.log.acked_seq() >= sent.load(Ordering::SeqCst) {
                 owed_since = Instant::now();
             } else if owed_since.elapsed() >= LINK_IDLE_TIMEOUT {
                 return Err(ControlError::Silent(LINK_IDLE_TIMEOUT).into());
             }
             Ok(())
         };
-        let message = wait_frame(async { Ok(read_control(&mut rd).await?) }, owed_silence).await?;
+        let message = wait_frame(async { Ok(read_control(&mut rd).await?) }, still).await?;
         match message {
             ControlMessage::Ack { seq } => vpg.log.ack(seq),
             ControlMessage::Refused { reason } => {
@@ -359,6 +368,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     start_seq: u64,
     seat: &LinkSeat,
     stats: &SenderStats,
+    sent: &AtomicU64,
 ) -> Result<()> {
     let mut cursor = vpg.log.cursor(start_seq);
     let mut appended = vpg.log.watch_appended();
@@ -405,6 +415,9 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
         send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
+        if let Some((last, _)) = inflight.back() {
+            sent.store(*last, Ordering::SeqCst);
+        }
         loop {
             let done = *acked.borrow_and_update();
             while inflight.front().is_some_and(|(seq, _)| *seq <= done) {

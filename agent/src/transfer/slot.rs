@@ -35,9 +35,10 @@ pub struct VpgSlot {
     state: Mutex<VpgState>,
     /// Keeps the journal's segment summaries (run by the applier loop).
     pub summarizer: Mutex<crate::journal::summary::Summarizer>,
-    /// When the session's control link last carried a message: its data
-    /// link, idle, lives as long as that link does (`data_link`).
-    pub(super) control_heard: Mutex<std::time::Instant>,
+    /// The session whose control link runs, and a token that link holds
+    /// while it does: the session's data link, idle, lives as long as the
+    /// control link (`data_link`; review of helper-48).
+    control: Mutex<(u64, std::sync::Weak<()>)>,
 }
 
 /// The VPGs whose journals are open here, by name.
@@ -80,14 +81,22 @@ impl VpgSlot {
         StateRefused(refusal.message(&self.name))
     }
 
-    /// The session's control link carried a message now.
-    pub(super) fn heard_control(&self) {
-        *self.control_heard.lock().expect("control heard lock") = std::time::Instant::now();
+    /// Makes `session` the current one, and returns the token its control
+    /// link holds while it runs.
+    pub(super) fn begin_session(&self, session: u64) -> Arc<()> {
+        let token = Arc::new(());
+        let mut control = self.control.lock().expect("control lock");
+        *control = (session, Arc::downgrade(&token));
+        self.session.store(session, std::sync::atomic::Ordering::SeqCst);
+        token
     }
 
-    /// How long since the session's control link last carried a message.
-    pub(super) fn control_silent_for(&self) -> std::time::Duration {
-        self.control_heard.lock().expect("control heard lock").elapsed()
+    /// Whether `session` is the current one and its control link still runs.
+    pub(super) fn session_alive(&self, session: u64) -> bool {
+        let control = self.control.lock().expect("control lock");
+        self.session.load(std::sync::atomic::Ordering::SeqCst) == session
+            && control.0 == session
+            && control.1.strong_count() > 0
     }
 
     /// The checkpoint the VPG was failed over at, once that is committed.
@@ -112,7 +121,7 @@ impl VpgSlot {
             history: Mutex::new(Default::default()),
             state: Mutex::new(state),
             summarizer: Default::default(),
-            control_heard: Mutex::new(std::time::Instant::now()),
+            control: Mutex::new((0, std::sync::Weak::new())),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! (one WAN link), and link cuts switched by a control file:
 //!   - the file exists and holds "reset": every connection is closed and
 //!     new ones are closed at once (a router reboot);
+//!   - it holds "blackhole PORT": the same, only for connections to
+//!     listen port PORT (one flow lost on the way, the others kept);
 //!   - it holds anything else ("blackhole"): bytes stop flowing both ways
 //!     but connections stay open (a cable pulled).
 //!
@@ -60,11 +62,15 @@ struct Wan {
 }
 
 impl Wan {
-    fn link(&self) -> Link {
+    /// The link as connections to listen port `port` see it.
+    fn link(&self, port: u16) -> Link {
         let Some(path) = &self.cut_file else { return Link::Up };
         match std::fs::read_to_string(path) {
             Ok(s) if s.trim() == "reset" => Link::Reset,
-            Ok(_) => Link::Blackhole,
+            Ok(s) => match s.trim().strip_prefix("blackhole ") {
+                Some(only) if only.trim() != port.to_string() => Link::Up,
+                _ => Link::Blackhole,
+            },
             Err(_) => Link::Up,
         }
     }
@@ -110,7 +116,7 @@ async fn main() -> Result<()> {
             bail!("--map {map}: target needs HOST:PORT");
         }
         let listener = TcpListener::bind(("127.0.0.1", port)).await.with_context(|| format!("listening on {port}"))?;
-        tokio::spawn(accept(listener, target.to_string(), wan.clone()));
+        tokio::spawn(accept(listener, port, target.to_string(), wan.clone()));
     }
     if let Some(path) = args.stats.clone() {
         let wan = wan.clone();
@@ -135,10 +141,10 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn accept(listener: TcpListener, target: String, wan: Arc<Wan>) {
+async fn accept(listener: TcpListener, port: u16, target: String, wan: Arc<Wan>) {
     loop {
         let Ok((client, _)) = listener.accept().await else { continue };
-        if wan.link() == Link::Reset {
+        if wan.link(port) == Link::Reset {
             drop(client);
             continue;
         }
@@ -151,17 +157,17 @@ async fn accept(listener: TcpListener, target: String, wan: Arc<Wan>) {
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
             tokio::select! {
-                _ = pipe(cr, sw, wan.clone(), true) => {}
-                _ = pipe(sr, cw, wan.clone(), false) => {}
-                _ = watch_reset(wan.clone()) => {}
+                _ = pipe(cr, sw, wan.clone(), port, true) => {}
+                _ = pipe(sr, cw, wan.clone(), port, false) => {}
+                _ = watch_reset(wan.clone(), port) => {}
             }
         });
     }
 }
 
-async fn watch_reset(wan: Arc<Wan>) {
+async fn watch_reset(wan: Arc<Wan>, port: u16) {
     loop {
-        if wan.link() == Link::Reset {
+        if wan.link(port) == Link::Reset {
             wan.cuts_seen.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -174,6 +180,7 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     wan: Arc<Wan>,
+    port: u16,
     forward: bool,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(256);
@@ -193,7 +200,7 @@ async fn pipe(
         while let Some((at, chunk)) = rx.recv().await {
             let due = at + wan.latency;
             tokio::time::sleep_until(due.into()).await;
-            while wan.link() == Link::Blackhole {
+            while wan.link(port) == Link::Blackhole {
                 tokio::time::sleep(CUT_POLL).await;
             }
             wan.pace(chunk.len()).await;
