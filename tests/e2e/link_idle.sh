@@ -6,10 +6,11 @@
 # link after a minute. The control link's pings say the peer is there.
 # Then a write after the idle minute replicates at once, and a data link
 # that goes silent while records are owed is still dropped, its control
-# link answering pings (the WAN proxy blackholes the data port only).
+# link answering pings (the WAN proxy blackholes the data port only),
+# also when the sender blocks half way through a batch.
 source "$(dirname "$0")/../lib/common.sh"
 
-USE_PROXY=1 setup_pair async 600000 disk0:16M
+USE_PROXY=1 setup_pair async 600000 disk0:64M
 start_wan_link
 start_recovery
 start_protected
@@ -45,7 +46,11 @@ log "a data link silent while records are owed is still dropped (its control lin
 downs() { grep -c "link to .* down: peer silent" "$WORK/protected.log" || true; }
 down=$(downs)
 echo "blackhole $PROXY_DATA_PORT" >"$WORK/cut"
-qio_check "$NBD_URI/disk0" "write -P 0x3c 0 64k" flush
+# One write of 32 MiB that does not compress: one record, one batch, more
+# than the sockets and the proxy hold, so the sender blocks in its write
+# with everything before it acknowledged (review of helper-49).
+head -c 32M /dev/urandom >"$WORK/big.bin"
+qio_check "$NBD_URI/disk0" "write -s $WORK/big.bin 0 32M" flush
 for _ in $(seq 1 150); do
     [ "$(downs)" -gt "$down" ] && break
     sleep 0.2

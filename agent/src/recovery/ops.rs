@@ -545,6 +545,16 @@ impl RecoveryOps {
         Ok(Some(ReverseStart { session, need_hashes: !continues, capture }))
     }
 
+    /// Ends reverse session `session` of `vpg` if it is still the current
+    /// one (its data link ended): the old site's next ping is refused, and
+    /// it starts another (review of helper-49).
+    pub fn end_reverse_session(&self, vpg: &str, session: u64) {
+        let mut reverse = self.reverse.lock().expect("reverse lock");
+        if reverse.get(vpg).is_some_and(|(s, _, _)| *s == session) {
+            reverse.remove(vpg);
+        }
+    }
+
     /// The capture of a reverse session, if `session` is the current one
     /// and `peer` the certificate that opened it.
     pub fn reverse_session(&self, vpg: &str, session: u64, peer: &[u8; 32]) -> Option<Arc<VpgCapture>> {

@@ -495,7 +495,14 @@ async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Re
             let current = || {
                 receiver.ops.get().is_some_and(|ops| ops.reverse_session(&vpg, session, &peer.fingerprint).is_some())
             };
-            return super::reverse::serve_data(rd.unsplit(wr), capture, current).await;
+            let served = super::reverse::serve_data(rd.unsplit(wr), capture, current).await;
+            // Its data link gone, the session is: the old site's next ping
+            // is refused and it connects again (its reader waits for
+            // batches without a limit).
+            if let Some(ops) = receiver.ops.get() {
+                ops.end_reverse_session(&vpg, session);
+            }
+            return served;
         }
         send_control(&mut wr, &ControlMessage::refused("no such session")).await?;
         return Err(TransferError::Peer(format!("attach for VPG {vpg:?} with an unknown session")));

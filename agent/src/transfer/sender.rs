@@ -377,8 +377,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
     let batch_target = seat.share.batch_target_bytes();
     let mut encoder = BatchEncoder::paced(batch_target);
     let mut batch = BatchBuilder::default();
-    let mut inflight: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut inflight_bytes = 0u64;
+    let mut inflight = InFlight::default();
     loop {
         // Mark the current end and sync point seen before reading, so an
         // append or an fsync that lands after the read still wakes us.
@@ -414,16 +413,13 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             tokio::time::sleep(BATCH_LINGER).await;
             fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
-        send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, &mut inflight_bytes, stats).await?;
-        if let Some((last, _)) = inflight.back() {
-            sent.store(*last, Ordering::SeqCst);
-        }
+        send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, stats, sent).await?;
         loop {
             let done = *acked.borrow_and_update();
-            while inflight.front().is_some_and(|(seq, _)| *seq <= done) {
-                inflight_bytes -= inflight.pop_front().expect("front").1;
+            while inflight.batches.front().is_some_and(|(seq, _)| *seq <= done) {
+                inflight.bytes -= inflight.batches.pop_front().expect("front").1;
             }
-            if inflight_bytes <= INFLIGHT_BYTES_MAX {
+            if inflight.bytes <= INFLIGHT_BYTES_MAX {
                 break;
             }
             acked.changed().await.map_err(|_| TransferError::Peer("log closed".to_string()))?;
@@ -451,14 +447,22 @@ async fn fill_or_restart(
     }
 }
 
+/// Batches sent and not acknowledged yet: (last seq, wire bytes) each,
+/// and their bytes.
+#[derive(Default)]
+struct InFlight {
+    batches: VecDeque<(u64, u64)>,
+    bytes: u64,
+}
+
 async fn send_batch<W: AsyncWrite + Unpin>(
     batch: &mut BatchBuilder,
     wr: &mut W,
     encoder: &mut BatchEncoder,
     seat: &LinkSeat,
-    inflight: &mut VecDeque<(u64, u64)>,
-    inflight_bytes: &mut u64,
+    inflight: &mut InFlight,
     stats: &SenderStats,
+    sent: &AtomicU64,
 ) -> Result<()> {
     let encoded = encoder.encode(batch);
     let (raw_len, wire_len, last_seq) = (encoded.raw_len, encoded.bytes.len(), encoded.last_seq);
@@ -471,6 +475,11 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     for (i, part) in encoded.bytes.chunks(slice).enumerate() {
         seat.share.wait_turn(seat.priority, part.len() + if i == 0 { header.len() } else { 0 }).await;
         if i == 0 {
+            // Owed from its first byte on (after its first turn: a VPG
+            // waiting for one is owed nothing): a write that blocks on a
+            // dead path must not leave the ack reader thinking nothing is
+            // owed (review of helper-49).
+            sent.store(last_seq, Ordering::SeqCst);
             wr.write_all(&header).await?;
         }
         wr.write_all(part).await?;
@@ -482,7 +491,7 @@ async fn send_batch<W: AsyncWrite + Unpin>(
     // journal disk is not helped by compression.
     encoder.sent(raw_len, header.len() + wire_len, started.elapsed());
     stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
-    inflight.push_back((last_seq, wire_len as u64));
-    *inflight_bytes += wire_len as u64;
+    inflight.batches.push_back((last_seq, wire_len as u64));
+    inflight.bytes += wire_len as u64;
     Ok(())
 }
