@@ -21,3 +21,22 @@ pub async fn bind_listener(
         }
     }
 }
+
+/// TCP keepalive timing for a connection: idle time before the first
+/// probe, time between probes, and probes before the peer counts as gone.
+pub struct Keepalive {
+    pub idle: std::time::Duration,
+    pub interval: std::time::Duration,
+    pub probes: u32,
+}
+
+/// No delay, and TCP keepalive as `keepalive` says, on a connection.
+pub fn tune_connection(tcp: &tokio::net::TcpStream, keepalive: &Keepalive) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    tcp.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(tcp, true)?;
+    sockopt::set_tcp_keepidle(tcp, keepalive.idle)?;
+    sockopt::set_tcp_keepintvl(tcp, keepalive.interval)?;
+    sockopt::set_tcp_keepcnt(tcp, keepalive.probes)?;
+    Ok(())
+}

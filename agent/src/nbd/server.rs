@@ -53,9 +53,8 @@ const REPLY_COALESCE_BYTES: usize = 256 << 10;
 const REQUEST_READ_BUFFER_BYTES: usize = 64 << 10;
 /// TCP keepalive: a hypervisor that vanished is noticed within about a
 /// minute and its connection slot freed.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_PROBES: u32 = 3;
+const KEEPALIVE: crate::listen::Keepalive =
+    crate::listen::Keepalive { idle: Duration::from_secs(30), interval: Duration::from_secs(10), probes: 3 };
 
 pub async fn serve(listener: TcpListener, exports: ExportTable) {
     let admission = Admission::new();
@@ -88,13 +87,7 @@ pub async fn serve(listener: TcpListener, exports: ExportTable) {
 }
 
 fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
-    use rustix::net::sockopt;
-    stream.set_nodelay(true)?;
-    sockopt::set_socket_keepalive(stream, true)?;
-    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
-    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
-    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
-    Ok(())
+    crate::listen::tune_connection(stream, &KEEPALIVE)
 }
 
 #[derive(Clone)]

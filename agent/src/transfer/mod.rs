@@ -87,13 +87,9 @@ pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMess
 /// a peer or path that died while the link was idle is noticed within
 /// about 13 s, and a firewall or NAT on the way keeps the idle flow.
 pub(crate) fn tune_link_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
-    use rustix::net::sockopt;
-    tcp.set_nodelay(true)?;
-    sockopt::set_socket_keepalive(tcp, true)?;
-    sockopt::set_tcp_keepidle(tcp, Duration::from_secs(5))?;
-    sockopt::set_tcp_keepintvl(tcp, Duration::from_secs(2))?;
-    sockopt::set_tcp_keepcnt(tcp, 4)?;
-    Ok(())
+    const LINK_KEEPALIVE: crate::listen::Keepalive =
+        crate::listen::Keepalive { idle: Duration::from_secs(5), interval: Duration::from_secs(2), probes: 4 };
+    crate::listen::tune_connection(tcp, &LINK_KEEPALIVE)
 }
 
 /// Waits for `read` (a frame's read: never cancelled half way through
