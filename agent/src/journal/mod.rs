@@ -96,6 +96,8 @@ impl Journal {
     /// good record, so the sender resends or restarts the stream. An apply
     /// a crash interrupted is finished here, before anything reads.
     pub fn open(dir: &Path, meta: JournalMeta, policy: &HistoryPolicy) -> Result<Journal> {
+        // An open that takes long (a slow disk, a seeded replica's check).
+        fail::fail_point!("journal-open");
         std::fs::create_dir_all(dir).doing(|| format!("creating journal {}", dir.display()))?;
         match JournalMeta::load(dir) {
             Ok(existing) if existing == meta => {}

@@ -50,11 +50,20 @@ pub struct Receiver {
     policy_for: PolicyFor,
     /// Carries out a move's promote (set once at start).
     pub ops: std::sync::OnceLock<Arc<crate::recovery::ops::RecoveryOps>>,
+    /// Held while a hello opens a journal no slot holds yet.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Receiver {
     pub fn new(journal_root: PathBuf, policy_for: PolicyFor, access: crate::config::PeerAccess) -> Arc<Self> {
-        Arc::new(Receiver { journal_root, access, vpgs: Default::default(), policy_for, ops: Default::default() })
+        Arc::new(Receiver {
+            journal_root,
+            access,
+            vpgs: Default::default(),
+            policy_for,
+            ops: Default::default(),
+            opening: Default::default(),
+        })
     }
 
     /// Whether `peer` may use `vpg`; if not, says so in the log (with who
@@ -447,36 +456,53 @@ async fn open_vpg(
     }
     let session = crate::random::random_u64();
     if let Some(slot) = receiver.slot(vpg) {
-        if let Some(why) = slot.stream_refusal() {
-            return Err(TransferError::Peer(why.to_string()));
-        }
-        let journal = slot.journal.lock().expect("journal lock");
-        if journal.meta.volumes != volumes {
-            return Err(TransferError::Peer(format!(
-                "volumes {:?} differ from the journal's {:?}",
-                volumes, journal.meta.volumes
-            )));
-        }
-        slot.session_stream.store(stream_id, Ordering::SeqCst);
-        *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
-        let control = slot.begin_session(session);
-        return Ok((journal.durable_seq(), session, journal.index.stream_id, control));
+        return join_slot(&slot, &volumes, stream_id, session, peer);
+    }
+    // One open at a time: a hello that comes while another opens this
+    // journal (its peer gave up waiting for the welcome and said hello
+    // again) waits for it and joins the VPG it made. Two opens would run
+    // one's recovery (cutting a torn tail, setting damaged segments
+    // aside) over the journal the other's slot appends to.
+    let _opening = receiver.opening.lock().await;
+    if let Some(slot) = receiver.slot(vpg) {
+        return join_slot(&slot, &volumes, stream_id, session, peer);
     }
     let dir = vpg_dir(&receiver.journal_root, vpg);
-    let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes };
+    let meta = JournalMeta { vpg: vpg.to_string(), vpg_id: id, volumes: volumes.clone() };
     let policy = (receiver.policy_for)(vpg);
     let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, meta, &policy)).await??;
     if let Some(damage) = &journal.index.damage {
         tracing::error!(%vpg, "journal was damaged and cut back to its last good record: {damage}");
     }
-    let (durable, journal_stream) = (journal.durable_seq(), journal.index.stream_id);
+    tracing::info!(%vpg, durable_seq = journal.durable_seq(), "opened the journal for the VPG's first hello");
     let slot = Arc::new(VpgSlot::new(journal, session, policy, VpgState::Replicating));
-    let mut vpgs = receiver.vpgs.lock().expect("vpgs lock");
-    let slot = vpgs.entry(vpg.to_string()).or_insert(slot);
+    receiver.vpgs.lock().expect("vpgs lock").insert(vpg.to_string(), slot.clone());
+    join_slot(&slot, &volumes, stream_id, session, peer)
+}
+
+/// A hello's session joins the open VPG `slot`: its welcome (the
+/// journal's durable seq and stream), and the token its control link holds.
+fn join_slot(
+    slot: &VpgSlot,
+    volumes: &[crate::wire::message::VolumeInfo],
+    stream_id: u32,
+    session: u64,
+    peer: &Peer,
+) -> Result<(u64, u64, u32, Arc<()>)> {
+    if let Some(why) = slot.stream_refusal() {
+        return Err(TransferError::Peer(why.to_string()));
+    }
+    let journal = slot.journal.lock().expect("journal lock");
+    if journal.meta.volumes != volumes {
+        return Err(TransferError::Peer(format!(
+            "volumes {:?} differ from the journal's {:?}",
+            volumes, journal.meta.volumes
+        )));
+    }
     slot.session_stream.store(stream_id, Ordering::SeqCst);
     *slot.session_peer.lock().expect("session peer") = peer.fingerprint;
     let control = slot.begin_session(session);
-    Ok((durable, session, journal_stream, control))
+    Ok((journal.durable_seq(), session, journal.index.stream_id, control))
 }
 
 async fn data_link<S: AsyncRead + AsyncWrite + Unpin>(link: S, receiver: &Arc<Receiver>, peer: &Peer) -> Result<()> {
