@@ -93,7 +93,7 @@ grep -q "bitmap mode" "$WORK/cp.out" || fail "the refused checkpoint does not sa
 log "SIGKILL of the protected agent in bitmap mode; its start cannot mark the resync's start (a full disk)"
 kill9 "$PROTECTED_PID"
 [ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="start-resync-mark=return" start_protected
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="no-image-mark=return(resync-start)" start_protected
 grep -q "starting in bitmap mode: the resync begins once its start is marked" "$WORK/protected.log" ||
     fail "a start without its resync mark did not go to bitmap mode: $(grep -i "resync" "$WORK/protected.log" | tail -3)"
 mode=$(fresh_status_json protected | jq -r '.vpgs[0].bitmap.mode // "none"')

@@ -3,7 +3,7 @@
 # A start that finds regions to read again (here the last write before a
 # SIGKILL) marks the stream's end as no image before it logs anything.
 # When the disk does not take that mark at the start (failpoint
-# start-resync-mark) and bitmap mode is off, the VPG logs writes at once:
+# no-image-mark, for the resync-start mark) and bitmap mode is off, the VPG logs writes at once:
 # the mark must go into the log before the first of them. Before, it
 # never did, and `head` stayed restorable while the resync had read back
 # some regions and not others, until the next scheduled checkpoint (here
@@ -45,7 +45,7 @@ qio_check "$NBD_URI/disk0" "write -P 0x5a 1M 1M" flush
 st=$(fresh_status_json protected) || fail "the protected agent's status was not rewritten within 5 s"
 end_before=$(jq -r '.vpgs[0].head_seq' <<<"$st")
 kill9 "$PROTECTED_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="start-resync-mark=return" start_protected
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="no-image-mark=return(resync-start)" start_protected
 grep -q "marking the resync's start in the protected log" "$WORK/protected.log" ||
     fail "the start did not meet the refused mark: $(grep -i resync "$WORK/protected.log" | tail -3)"
 grep -q "starting in bitmap mode" "$WORK/protected.log" && fail "bitmap mode is off, yet the start went to it"

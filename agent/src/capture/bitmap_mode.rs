@@ -19,6 +19,7 @@
 
 use super::bitmap_state::CaptureMode;
 use super::error::CaptureError;
+use super::no_image_marks::{mark_now_or_before_next_record, BITMAP_START_TAG, RESYNC_START_TAG};
 use super::vpg::{VpgCapture, COPY_CHUNK_BYTES};
 use crate::error_chain::Chain;
 use crate::log::{LogError, LogSpace};
@@ -138,25 +139,7 @@ impl VpgCapture {
         // takes nothing) the log writes it before whatever it takes next
         // (a copy's or a verify's record in bitmap mode, the resync's
         // start; review of helper-47).
-        let pending = match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::BITMAP_START_TAG) {
-            Ok(true) => false,
-            Ok(false) => {
-                tracing::warn!(vpg = %self.name, "no room in the protected log to mark where bitmap mode began now: it goes in before the next record");
-                true
-            }
-            Err(CaptureError::Log(e)) if e.is_storage_failure() => {
-                tracing::warn!(
-                    vpg = %self.name,
-                    "marking where bitmap mode began in the protected log: {}; it goes in before the next record",
-                    Chain(&e)
-                );
-                true
-            }
-            Err(e) => return Err(e),
-        };
-        if pending {
-            super::vpg::mark_before_next_record(&self.log, super::vpg::BITMAP_START_TAG);
-        }
+        mark_now_or_before_next_record(&self.log, BITMAP_START_TAG, &self.name, "where bitmap mode began")?;
         self.bitmap.set_mode(&self.name, CaptureMode::Bitmap, why);
         Ok(())
     }
@@ -237,7 +220,7 @@ impl VpgCapture {
                     // Before any write is logged again: from here the
                     // stream's end is no image until the resync is done.
                     // Without room for the mark, no resync yet.
-                    match super::vpg::mark_inconsistent_from_here(&self.log, super::vpg::RESYNC_START_TAG) {
+                    match super::no_image_marks::mark_inconsistent_from_here(&self.log, RESYNC_START_TAG) {
                         Ok(true) => {}
                         Ok(false) => {
                             drop(order);

@@ -15,6 +15,7 @@ pub mod export;
 pub mod group_hold;
 pub mod initial_copy;
 pub mod moving;
+mod no_image_marks;
 pub mod peer_hashes;
 pub mod sync_gate;
 pub mod verify;

@@ -16,6 +16,8 @@ use super::activity::{extent_range, ActivityFound, ActivityLog};
 use super::alert::Detection;
 use super::bitmap_state::{BitmapState, CaptureMode};
 use super::dirty_map::{DirtyMap, LoadError, MapFile};
+use super::no_image_marks::{mark_before_next_record, mark_now_or_before_next_record, Marked};
+use super::no_image_marks::{BITMAP_START_TAG, RESYNC_START_TAG};
 use super::sync_gate::{SyncGate, SyncPolicy};
 use super::volume::Volume;
 use crate::config::BitmapConfig;
@@ -136,16 +138,6 @@ pub struct VpgCapture {
 
 const LET_GO_RETRY: Duration = Duration::from_secs(30);
 
-/// Whether a start with regions to read again marked its resync's start.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum StartMark {
-    Marked,
-    /// The log had no room for the mark.
-    NoRoom,
-    /// The log's disk did not take it.
-    DiskRefused,
-}
-
 impl VpgCapture {
     /// Opens a VPG's capture from `dir` (its protected log, activity log,
     /// dirty map and state; created when new), and starts in the background
@@ -231,49 +223,20 @@ impl VpgCapture {
             tracing::warn!(vpg = %name, "no room for the dirty map's file now: bitmap mode makes it when it stores a map ({})", crate::error_chain::Chain(&e));
         }
         // No writer yet: the resync's start is marked before any write.
-        let mut mark = StartMark::Marked;
-        if new_stream.is_none() && !dirty.is_empty() {
-            let marked = (|| {
-                fail::fail_point!("start-resync-mark", |_| Err(CaptureError::Log(crate::log::LogError::Append {
-                    seq: 0,
-                    path: "failpoint".into(),
-                    source: std::io::Error::from_raw_os_error(28),
-                })));
-                mark_inconsistent_from_here(&log, RESYNC_START_TAG)
-            })();
-            match marked {
-                Ok(true) => {}
-                Ok(false) => {
-                    mark = StartMark::NoRoom;
-                    tracing::warn!(vpg = %name, "no room in the protected log to mark the resync's start now: it goes in before the next record")
-                }
-                // A full disk must not keep the VMs from their disks
-                // (reviews of helper-44 and -46): bitmap mode takes the
-                // writes; with it off they fail as any write does there.
-                Err(CaptureError::Log(e)) if e.is_storage_failure() => {
-                    mark = StartMark::DiskRefused;
-                    tracing::warn!(
-                        vpg = %name,
-                        "marking the resync's start in the protected log: {} (it goes in before the next record)",
-                        crate::error_chain::Chain(&e)
-                    )
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        // Without its mark, nothing may be logged before the resync's
-        // start is marked (`head` would be restorable while it holds some
-        // regions read back and not others; review of helper-45): the log
-        // writes the mark before whatever it takes first (a write with
-        // bitmap mode off, a copy resumed; review of helper-46).
-        // With bitmap mode on, the VPG starts in bitmap mode, whose resync
+        // Without room for its mark (or a disk that takes it), nothing may
+        // be logged before it (`head` would be restorable while it holds
+        // some regions read back and not others; review of helper-45): the
+        // log writes it before whatever it takes first (a write with
+        // bitmap mode off, a copy resumed; review of helper-46). With
+        // bitmap mode on, the VPG then starts in bitmap mode, whose resync
         // marks its start before it logs anything. (The activity log was
         // told the map is in use when the start marked its regions:
         // `mark_dirty`.)
-        if mark != StartMark::Marked {
-            mark_before_next_record(&log, RESYNC_START_TAG);
+        let mut mark = Marked::Now;
+        if new_stream.is_none() && !dirty.is_empty() {
+            mark = mark_now_or_before_next_record(&log, RESYNC_START_TAG, &name, "the resync's start")?;
         }
-        let start_in_bitmap = mark != StartMark::Marked && bitmap.enabled;
+        let start_in_bitmap = mark != Marked::Now && bitmap.enabled;
         if start_in_bitmap {
             tracing::warn!(vpg = %name, "starting in bitmap mode: the resync begins once its start is marked");
         }
@@ -309,7 +272,7 @@ impl VpgCapture {
             last_group_hold: std::sync::Mutex::new(None),
             let_go_write_failed: std::sync::Mutex::new(None),
         });
-        if start_in_bitmap && mark == StartMark::DiskRefused {
+        if start_in_bitmap && mark == Marked::BeforeNextDiskRefused {
             // As after any record the disk refused: the cap, and the
             // pause before the resync tries the log (status, metrics).
             capture.bitmap.log_failed(capture.log_takes());
@@ -1098,47 +1061,3 @@ struct EpochPlan {
     through: u64,
     map: super::bitmap_state::MapSnapshot,
 }
-
-/// Marks the stream's end as no consistent image from here (`tag` says
-/// why: bitmap mode or a resync begins): records appended from now on
-/// follow writes the stream does not hold, or regions it does not hold
-/// yet. The recovery site takes `head` as inconsistent from this record
-/// until the next consistent checkpoint. Called under the write-order
-/// lock, or before any writer exists. False, appending nothing, when the
-/// log has no room now.
-pub(super) fn mark_inconsistent_from_here(log: &ProtectedLog, tag: &str) -> Result<bool> {
-    let body = inconsistent_mark(tag);
-    // A mark still to be written before the next record says the same
-    // from the same place (nothing was logged since it was set): this one
-    // takes its place, and needs room for one mark, not two (review of
-    // helper-47). Set again if this one does not go in.
-    let pending = log.take_preceding();
-    let appended = (|| {
-        let Some(space) = log.try_reserve_bytes(crate::log::encoded_bytes(&body)?) else { return Ok(false) };
-        log.append_reserved(space, &body)?;
-        Ok(true)
-    })();
-    if let (Some(pending), false) = (pending, matches!(appended, Ok(true))) {
-        log.precede_next_append(pending).expect("it was taken as it is");
-    }
-    appended
-}
-
-/// The record `mark_inconsistent_from_here` appends.
-fn inconsistent_mark(tag: &str) -> RecordBody {
-    RecordBody::Checkpoint { time_ms: now_ms(), tag: tag.to_string(), resync: true }
-}
-
-/// `mark_inconsistent_from_here`'s mark, for a log that had no room for
-/// it or whose disk did not take it: written before whatever record the
-/// log takes next (`ProtectedLog::precede_next_append`), so nothing is
-/// logged from here without it before.
-pub(super) fn mark_before_next_record(log: &ProtectedLog, tag: &str) {
-    // Refused only for a tag over the limit: these are constants.
-    log.precede_next_append(inconsistent_mark(tag)).expect("a mark's tag is within the limit");
-}
-
-/// The tag of the checkpoint that marks where bitmap mode began.
-pub const BITMAP_START_TAG: &str = "bitmap-start";
-/// The tag of the checkpoint that marks where a resync began.
-pub const RESYNC_START_TAG: &str = "resync-start";
