@@ -43,17 +43,28 @@ impl VpgCapture {
     /// Starts the stream a delta copy goes into (dropping what the log
     /// held, and stopping any copy under way): before the receiving side
     /// attaches, so it gets nothing of the old stream after its hashes.
+    /// Returns the copy generation the delta copy of this stream runs as.
     pub async fn start_delta_stream(&self) -> Result<u64> {
         let _order = self.order.lock().await;
-        self.copy_generation.fetch_add(1, Ordering::SeqCst);
-        Ok(self.log.start_stream(0)?)
+        let generation = self.copy_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.log.start_stream(0)?;
+        Ok(generation)
     }
 
-    /// Appends, per volume, into the stream `start_delta_stream` began, the
-    /// extents whose hash differs from `theirs[volume]` (a missing hash
-    /// counts as different), then the volume's CopyDone.
-    pub async fn copy_differing_extents(&self, theirs: &[Vec<ExtentHash>]) -> Result<DeltaReport> {
+    /// Appends, per volume, into the stream `start_delta_stream` began as
+    /// `generation`, the extents whose hash differs from `theirs[volume]`
+    /// (a missing hash counts as different), then the volume's CopyDone.
+    /// None, appending nothing more, once a newer stream replaced it: the
+    /// copy of a session that ended must not go on into the next session's
+    /// stream, whose old site hashed its volumes afresh and takes any
+    /// CopyDone as its own (review of helper-51).
+    pub async fn copy_differing_extents(
+        &self,
+        theirs: &[Vec<ExtentHash>],
+        generation: u64,
+    ) -> Result<Option<DeltaReport>> {
         let mut report = DeltaReport::default();
+        let replaced = || self.copy_generation.load(Ordering::SeqCst) != generation;
         for (index, volume) in self.volumes.iter().enumerate() {
             for e in 0..extent_count(volume.size) {
                 let offset = e * EXTENT_BYTES;
@@ -61,6 +72,9 @@ impl VpgCapture {
                 // Room first, then the lock: writes wait at most one read.
                 let space = self.log.reserve_bytes(RECORD_HEADER_BYTES as u64 + len).await?;
                 let _order = self.order.lock().await;
+                if replaced() {
+                    return Ok(None);
+                }
                 let mut buf = vec![0u8; len as usize];
                 volume.read_at(&mut buf, offset)?;
                 report.extents += 1;
@@ -74,15 +88,61 @@ impl VpgCapture {
             let done = RecordBody::CopyDone { volume: index as u32 };
             let space = self.log.reserve(&done).await?;
             let _order = self.order.lock().await;
+            if replaced() {
+                return Ok(None);
+            }
             self.log.append_reserved(space, &done)?;
         }
-        Ok(report)
+        Ok(Some(report))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::sync_gate::SyncPolicy;
+    use crate::capture::vpg::StreamTo;
+    use crate::log::{LogSize, Preallocation};
+    use std::time::Duration;
+
+    /// The delta copy of a session that ended stops when the next
+    /// session starts its own stream: none of its extents or CopyDones go
+    /// into the new stream (review of helper-51: the old site took a late
+    /// copy's CopyDone for the new copy's and said "in sync" early).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_delta_copy_appends_nothing_to_the_new_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::write(&path, vec![7u8; (EXTENT_BYTES * 4) as usize]).unwrap();
+        let volumes = vec![Volume::open("v", &path).unwrap()];
+        let size = LogSize::for_capacity(64 << 20, Preallocation::Off);
+        let log_dir = dir.path().join("log");
+        let capture =
+            VpgCapture::open("vpg".into(), SyncPolicy::default(), volumes, 9, &log_dir, size, StreamTo::OldSite)
+                .unwrap();
+        let first = capture.start_delta_stream().await.unwrap();
+        // The first copy waits for the write-order lock with its first
+        // extent's room reserved; the second stream's start waits behind it.
+        let held = capture.order.lock().await;
+        let copy = tokio::spawn({
+            let capture = capture.clone();
+            async move { capture.copy_differing_extents(&[], first).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = tokio::spawn({
+            let capture = capture.clone();
+            async move { capture.start_delta_stream().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(held);
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(second, first + 1);
+        let stream_start = capture.log.appended_seq();
+        assert!(copy.await.unwrap().unwrap().is_none(), "the replaced copy says it was replaced");
+        assert_eq!(capture.log.appended_seq(), stream_start, "the replaced copy appended to the new stream");
+        let report = capture.copy_differing_extents(&[], second).await.unwrap().expect("the current copy");
+        assert_eq!(report.extents_sent, 4);
+    }
 
     #[test]
     fn hashes_a_volume() {

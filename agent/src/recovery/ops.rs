@@ -123,7 +123,10 @@ type ReverseSession = (u64, [u8; 32], Arc<VpgCapture>);
 /// What a reverse hello gets.
 pub struct ReverseStart {
     pub session: u64,
-    pub need_hashes: bool,
+    /// The copy generation of the delta stream this session starts (the
+    /// old site then sends its hashes); None when the reverse log goes on
+    /// right after what the old site applied.
+    pub delta: Option<u64>,
     pub capture: Arc<VpgCapture>,
 }
 
@@ -534,15 +537,16 @@ impl RecoveryOps {
         if continues && applied_stream == log.stream_id() {
             log.ack(applied_seq);
         }
-        if !continues {
-            // The delta copy's stream starts now, before the old site can
-            // attach: nothing of the old stream (which it did not hash)
-            // reaches it after its hashes.
-            capture.start_delta_stream().await?;
-        }
+        // The delta copy's stream starts now, before the old site can
+        // attach: nothing of the old stream (which it did not hash)
+        // reaches it after its hashes.
+        let delta = match continues {
+            true => None,
+            false => Some(capture.start_delta_stream().await?),
+        };
         let session = crate::random::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
-        Ok(Some(ReverseStart { session, need_hashes: !continues, capture }))
+        Ok(Some(ReverseStart { session, delta, capture }))
     }
 
     /// Ends reverse session `session` of `vpg` if it is still the current

@@ -330,9 +330,12 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(TransferError::Peer(format!("refused reverse protection of {vpg:?}: {reason}")));
         }
     };
-    send_control(&mut link, &ControlMessage::ReverseWelcome { session: start.session, need_hashes: start.need_hashes })
-        .await?;
-    if start.need_hashes {
+    send_control(
+        &mut link,
+        &ControlMessage::ReverseWelcome { session: start.session, need_hashes: start.delta.is_some() },
+    )
+    .await?;
+    if let Some(generation) = start.delta {
         let mut theirs: Vec<Vec<ExtentHash>> =
             volumes.iter().map(|v| Vec::with_capacity(extent_hash::extent_count(v.size) as usize)).collect();
         loop {
@@ -352,8 +355,11 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         let capture = start.capture.clone();
         let name = vpg.to_string();
         tokio::spawn(async move {
-            match capture.copy_differing_extents(&theirs).await {
-                Ok(r) => tracing::info!(
+            match capture.copy_differing_extents(&theirs, generation).await {
+                Ok(None) => {
+                    tracing::info!(vpg = %name, "reverse delta: a newer session's delta copy replaced this one")
+                }
+                Ok(Some(r)) => tracing::info!(
                     vpg = %name,
                     "reverse delta: {} of {} extents differ, {} bytes queued for the old site",
                     r.extents_sent,

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reverse protection of a VPG of two volumes comes in sync after the old
+# site's agent dies between the two volumes' delta copies. The old site
+# kept one "in sync" flag, not which volumes' copies it had applied: a
+# session that went on with the same stream started with no volume
+# copied, the CopyDone of the first was applied already (never sent
+# again), so "in sync" never came and move-back was refused for good
+# (review of helper-51). The failpoint reverse-applied-part-copied aborts
+# the old site's agent right after it recorded a batch that completed
+# disk0's copy and not disk1's.
+source "$(dirname "$0")/../lib/common.sh"
+[ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
+
+EXPORT_PORT=$((PORT_BASE + 6))
+EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
+mkdir -p "$WORK/src"
+head -c 16M /dev/urandom >"$WORK/src/disk0.img"
+head -c 32M /dev/urandom >"$WORK/src/disk1.img"
+setup_pair async 1000 disk0:16M disk1:32M
+printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
+start_recovery
+start_protected
+wait_replicated 90
+"$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag base --wait 30s >/dev/null || fail "checkpoint failed"
+wait_replicated 30
+
+log "failover; one extent of disk0 and 16 MiB of disk1 change on the recovered side"
+"$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint base >/dev/null || fail "failover failed"
+for _ in $(seq 1 50); do
+    qemu-io -f raw -c "write -P 1 0 512" "$NBD_URI/disk0" >/dev/null 2>&1 || break
+    sleep 0.2
+done
+head -c 64K /dev/urandom >"$WORK/change0"
+head -c 16M /dev/urandom >"$WORK/change1"
+qio_check "$EXPORTS/vpg1/disk0" "write -s $WORK/change0 1M 64k" flush
+qio_check "$EXPORTS/vpg1/disk1" "write -s $WORK/change1 8M 16M" flush
+
+log "reverse; the old site's agent dies once disk0's copy is applied and disk1's is not"
+kill9 "$PROTECTED_PID"
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="reverse-applied-part-copied=1*return" start_protected
+"$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 1s >/dev/null 2>&1 || true
+for _ in $(seq 1 150); do
+    kill -0 "$PROTECTED_PID" 2>/dev/null || break
+    sleep 0.2
+done
+kill -0 "$PROTECTED_PID" 2>/dev/null && fail "the failpoint never fired: no batch left disk0 copied and disk1 not"
+jq -e '.reverse.copied == [true, false]' "$WORK/a/data/log/vpg1/capture-state.json" >/dev/null ||
+    fail "the old site's state does not say disk0 is copied and disk1 not: $(jq -c .reverse "$WORK/a/data/log/vpg1/capture-state.json")"
+
+log "restart: the session goes on with the same stream and comes in sync"
+start_protected
+out=$("$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 60s 2>&1) ||
+    fail "reverse did not come in sync after the restart: $out; $("$TIDEMARK" status --config "$WORK/protected.toml" | grep -i reverse)"
+grep -q "need_hashes=false" "$WORK/protected.log" || fail "the restarted session hashed the volumes again: the test proves nothing"
+for d in disk0 disk1; do
+    cmp=$(qemu-img compare -f raw -F raw "$WORK/src/$d.img" "$EXPORTS/vpg1/$d" 2>&1) || fail "$d differs: $cmp"
+done
+log "PASS"
