@@ -56,6 +56,23 @@ pub struct ReverseState {
     /// recovery site's as of `applied_seq`.
     #[serde(default)]
     pub in_sync: bool,
+    /// Whose delta copy of stream `stream_id` is applied, per volume: a
+    /// session that goes on with the stream gets no CopyDone it applied
+    /// already (review of helper-51: a VPG of two volumes restarted
+    /// between their CopyDones never came in sync). Empty in a state an
+    /// earlier build wrote: then every volume is as `in_sync` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copied: Vec<bool>,
+}
+
+impl ReverseState {
+    /// Whose delta copy is applied, for a VPG of `volumes` volumes.
+    pub fn copied_volumes(&self, volumes: usize) -> Vec<bool> {
+        match self.copied.len() == volumes {
+            true => self.copied.clone(),
+            false => vec![self.in_sync; volumes],
+        }
+    }
 }
 
 impl CaptureState {

@@ -175,7 +175,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut rd, mut wr) = tokio::io::split(link);
     let id = vpg.log.vpg_id();
     let mut payload = Vec::new();
-    let mut copied = vec![vpg.reverse_state().is_some_and(|r| r.in_sync); vpg.volumes.len()];
+    let mut copied = vpg.reverse_state().unwrap_or_default().copied_volumes(vpg.volumes.len());
     let mut stream = vpg.reverse_state().map_or(0, |r| r.stream_id);
     loop {
         // A larger batch than most (one big write) leaves no large buffer behind.
@@ -258,7 +258,11 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
             let in_sync = copied.iter().all(|c| *c);
-            vpg2.set_reverse_state(ReverseState { applied_seq: last, stream_id: stream, in_sync })?;
+            let copied_now = copied.clone();
+            vpg2.set_reverse_state(ReverseState { applied_seq: last, stream_id: stream, in_sync, copied: copied_now })?;
+            fail::fail_point!("reverse-applied-part-copied", !in_sync && copied.iter().any(|c| *c), |_| {
+                std::process::abort()
+            });
             Ok((last, data_bytes, copied, stream))
         })
         .await
