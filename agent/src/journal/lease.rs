@@ -138,8 +138,9 @@ pub(super) fn check_readable(state: &ApplyState, checkpoint: u64) -> Result<()> 
     }
     if let Some(to) = state.applying_to.filter(|to| checkpoint < *to) {
         return Err(JournalError::Unavailable(format!(
-            "an apply to seq {to} was interrupted and checkpoint {checkpoint} is before it; \
-             start the recovery agent so it finishes the apply, then pick a checkpoint at or after {to}"
+            "an apply to seq {to} was interrupted or has not finished, and checkpoint {checkpoint} is before it: \
+             the replica holds part of that apply. The recovery agent finishes it (if it runs, its status says \
+             why it has not yet); pick a checkpoint at or after {to}"
         )));
     }
     Ok(())

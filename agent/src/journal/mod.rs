@@ -134,8 +134,20 @@ impl Journal {
         if let Some(target) = state.applying_to {
             tracing::warn!(vpg = %meta.vpg, "finishing an apply to seq {target} that was interrupted");
             let _lock = lease::ApplyLock::exclusive(dir)?;
-            let (applied, _) = applier::apply_to(dir, &meta, &state, target)?;
-            index.applied(&applied);
+            // One that cannot be finished now (a full disk, damage in the
+            // records it needs) stays pending: the applier tries it again
+            // and says why in status, and the journal still takes batches
+            // and serves the checkpoints from the target on. Failing the
+            // open stopped the whole recovery agent at every start, every
+            // VPG with it (review of helper-50).
+            match applier::apply_to(dir, &meta, &state, target) {
+                Ok((applied, _)) => index.applied(&applied),
+                Err(e) => tracing::error!(
+                    vpg = %meta.vpg,
+                    "the interrupted apply to seq {target} cannot be finished now (the applier tries again): {e_chain}",
+                    e_chain = crate::error_chain::Chain(&e)
+                ),
+            }
         }
         let rolling = Rolling { segment_bytes: policy.segment_bytes(), segment_age: policy.segment_age() };
         let segments = SegmentFiles::open(fs, dir, meta.vpg_id, rolling, index.durable_seq + 1)?;

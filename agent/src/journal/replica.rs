@@ -118,6 +118,12 @@ impl VolumeFiles {
                 format!("record [{offset}, +{length}) lies outside {} ({} bytes)", target.path.display(), target.size);
             return Err(JournalError::Replica(why));
         }
+        // The replica's disk is full.
+        fail::fail_point!("replica-apply", |_| Err(crate::io_failure::IoFailure::new(
+            format!("writing {}", target.path.display()),
+            std::io::Error::from_raw_os_error(28)
+        )
+        .into()));
         Ok(match body {
             RecordBody::Write { data, .. } => target.file.write_all_at(data, offset),
             _ => zero_file_range(&target.file, offset, length),
