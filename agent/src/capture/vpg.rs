@@ -137,6 +137,9 @@ pub struct VpgCapture {
 }
 
 const LET_GO_RETRY: Duration = Duration::from_secs(30);
+/// How soon a failover's refusal whose store failed is stored again.
+const FAILED_OVER_STORE_RETRY_MIN: Duration = Duration::from_secs(1);
+const FAILED_OVER_STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl VpgCapture {
     /// Opens a VPG's capture from `dir` (its protected log, activity log,
@@ -506,6 +509,50 @@ impl VpgCapture {
             None => tracing::warn!(vpg = %self.name, "writes accepted again"),
         }
         Ok(())
+    }
+
+    /// The recovery site failed the VPG over at `checkpoint`: writes are
+    /// refused from now on, at once, and durably as soon as the state can
+    /// be stored (tried again until it is). When the store failed (a full
+    /// or failing log disk), the refusal was not made at all and the old
+    /// site took writes the recovery site's VMs never see, for good (review
+    /// of helper-51).
+    pub async fn failed_over_heard(&self, checkpoint: u64) {
+        {
+            // No write is in flight, and none is taken from here.
+            let _order = self.order.lock().await;
+            let mut state = self.state.lock().expect("state lock");
+            match protected_state::next(state.refused(), Event::FailedOverHeard { checkpoint }) {
+                Err(r) => {
+                    tracing::error!(vpg = %self.name, "the recovery site failed the VPG over: {}", r.message(&self.name));
+                    return;
+                }
+                Ok(after) if after.as_ref() == state.refused() => return,
+                Ok(after) => state.set_refused(after, &self.name),
+            }
+        }
+        tracing::warn!(vpg = %self.name, "writes refused from now on: {}", self.writes_refused().unwrap_or_default());
+        let mut delay = FAILED_OVER_STORE_RETRY_MIN;
+        loop {
+            let stored = (|| {
+                fail::fail_point!("failed-over-store", |_| Err(crate::log::LogError::Append {
+                    seq: 0,
+                    path: "failpoint".into(),
+                    source: std::io::Error::from_raw_os_error(28),
+                }));
+                self.state.lock().expect("state lock").store(self.log.dir())
+            })();
+            match stored {
+                Ok(()) => return,
+                Err(e) => tracing::error!(
+                    vpg = %self.name,
+                    "recording that the VPG was failed over failed: {e_chain}; writes stay refused, trying again in {delay:?}",
+                    e_chain = crate::error_chain::Chain(&e)
+                ),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(FAILED_OVER_STORE_RETRY_MAX);
+        }
     }
 
     pub(super) fn check_writable(&self) -> Result<()> {

@@ -78,11 +78,8 @@ pub async fn run(
         stats.connected.store(false, Ordering::Relaxed);
         match result {
             Ok(Ended::FailedOver(checkpoint)) => {
-                let event = crate::protected_state::Event::FailedOverHeard { checkpoint };
-                if let Err(e) = vpg.change_writes(event).await {
-                    tracing::error!(vpg = %vpg.name, "{e_chain}", e_chain = crate::error_chain::Chain(&e));
-                }
-                tracing::warn!(vpg = %vpg.name, "{}; this side stops sending", vpg.writes_refused().unwrap_or_default());
+                tracing::warn!(vpg = %vpg.name, "the recovery site failed the VPG over at checkpoint {checkpoint}; this side stops sending");
+                vpg.failed_over_heard(checkpoint).await;
                 return;
             }
             Ok(Ended::Normally) => {
