@@ -93,6 +93,9 @@ pub struct RecoveryOps {
     pub(super) reverse: Mutex<BTreeMap<String, ReverseSession>>,
     /// Held while a reverse capture is made.
     reverse_setup: tokio::sync::Mutex<()>,
+    /// Switch-back cancels asked for, per VPG: a begin that a cancel came
+    /// after (while it waited for a reverse session) changes nothing.
+    pub(super) move_back_cancels: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Held by the one failover or move being committed.
     pub(super) committing: tokio::sync::Mutex<()>,
 }
@@ -252,6 +255,7 @@ impl RecoveryOps {
             live: Mutex::new(BTreeMap::new()),
             reverse: Mutex::new(BTreeMap::new()),
             reverse_setup: tokio::sync::Mutex::new(()),
+            move_back_cancels: Default::default(),
             committing: tokio::sync::Mutex::new(()),
         }))
     }

@@ -196,6 +196,11 @@ impl RecoveryOps {
         }
     }
 
+    /// How many switch-back cancels of `vpg` were asked for.
+    fn move_back_cancels_of(&self, vpg: &str) -> u64 {
+        self.move_back_cancels.lock().expect("cancels lock").get(vpg).copied().unwrap_or(0)
+    }
+
     /// Waits a while for a reverse session of `vpg` that is not connected
     /// yet (either agent just started), before any lock is taken.
     async fn wait_reverse_session(&self, vpg: &str) {
@@ -209,8 +214,27 @@ impl RecoveryOps {
     /// answers the same marker. If marking fails, writes are taken again.
     pub async fn move_back_begin(&self, vpg: &str, peer: &[u8; 32]) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
+        let cancels = self.move_back_cancels_of(vpg);
         self.wait_reverse_session(vpg).await;
+        // A begin that waits long (for a reverse session that reconnects):
+        // return(MS) waits MS more, without holding a runtime thread.
+        let longer = (|| {
+            fail::fail_point!("move-back-begin-wait", |ms: Option<String>| ms.and_then(|m| m.parse().ok()));
+            None
+        })();
+        if let Some(ms) = longer {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let _committing = self.committing.lock().await;
+        // A begin outlives its connection (its work goes on if the link
+        // drops): one whose old site gave up and cancelled meanwhile must
+        // not refuse the live VMs' writes after that cancel said they are
+        // taken (review of helper-51).
+        if self.move_back_cancels_of(vpg) != cancels {
+            return Err(RecoveryError::Unavailable(format!(
+                "the switch-back of VPG {vpg:?} was cancelled after this begin was asked for; nothing was changed"
+            )));
+        }
         let dir = vpg_dir(&self.journal_root, vpg);
         let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
         let capture = self.reverse_capture_of(vpg);
@@ -327,6 +351,7 @@ impl RecoveryOps {
     /// Cancel: forget the marker, take writes on the live volumes again.
     pub async fn move_back_cancel(&self, vpg: &str) -> Result<MoveBackAnswer> {
         crate::config::validate_name("vpg", vpg)?;
+        *self.move_back_cancels.lock().expect("cancels lock").entry(vpg.to_string()).or_default() += 1;
         let _committing = self.committing.lock().await;
         let dir = vpg_dir(&self.journal_root, vpg);
         let Some(mut record) = FailoverRecord::load(&dir)? else { return not_failed_over(&dir) };
