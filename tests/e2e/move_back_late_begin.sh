@@ -21,11 +21,7 @@ start_protected
 wait_replicated 90
 
 log "failover and reverse until in sync"
-"$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >/dev/null || fail "failover failed"
-for _ in $(seq 1 50); do
-    qemu-io -f raw -c "write -P 1 0 512" "$NBD_URI/disk0" >/dev/null 2>&1 || break
-    sleep 0.2
-done
+failover_to latest
 qio_check "$EXPORTS/vpg1/disk0" "write -P 0x21 1M 1M" flush
 "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 60s >/dev/null || fail "reverse failed"
 

@@ -25,11 +25,7 @@ wait_replicated 90
 wait_replicated 30
 
 log "failover; one extent of disk0 and 16 MiB of disk1 change on the recovered side"
-"$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint base >/dev/null || fail "failover failed"
-for _ in $(seq 1 50); do
-    qemu-io -f raw -c "write -P 1 0 512" "$NBD_URI/disk0" >/dev/null 2>&1 || break
-    sleep 0.2
-done
+failover_to base
 head -c 64K /dev/urandom >"$WORK/change0"
 head -c 16M /dev/urandom >"$WORK/change1"
 qio_check "$EXPORTS/vpg1/disk0" "write -s $WORK/change0 1M 64k" flush

@@ -295,6 +295,17 @@ fill_data_disk() {
     [ "$(df --output=avail -B1 "$WORK/$1/data" | tail -1)" -eq 0 ] || fail "the disk still has room: the test proves nothing"
 }
 
+# failover_to CHECKPOINT: fails vpg1 over to CHECKPOINT at the recovery
+# site, and waits until the protected site heard it (refuses writes).
+failover_to() {
+    "$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$1" >/dev/null || fail "failover failed"
+    for _ in $(seq 1 50); do
+        qemu-io -f raw -c "write -P 1 0 512" "$NBD_URI/disk0" >/dev/null 2>&1 || return 0
+        sleep 0.2
+    done
+    fail "the protected site still takes writes 10 s after the failover"
+}
+
 # restore_equal CHECKPOINT REFERENCE WHAT: vpg1's disk0 restored at
 # CHECKPOINT equals the file REFERENCE.
 restore_equal() {
