@@ -51,6 +51,23 @@ impl VpgCapture {
         Ok(generation)
     }
 
+    /// The delta copy of `generation` starts (it is running, or done).
+    pub fn delta_copy_runs(&self, generation: u64) {
+        self.delta_copy.store(generation, Ordering::SeqCst);
+    }
+
+    /// The delta copy of `generation` failed: none is running or done.
+    pub fn delta_copy_failed(&self, generation: u64) {
+        let _ = self.delta_copy.compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Whether the delta copy of the stream the log holds runs or ran in
+    /// this process.
+    pub fn delta_copy_alive(&self) -> bool {
+        let copy = self.delta_copy.load(Ordering::SeqCst);
+        copy != 0 && copy == self.copy_generation.load(Ordering::SeqCst)
+    }
+
     /// Appends, per volume, into the stream `start_delta_stream` began as
     /// `generation`, the extents whose hash differs from `theirs[volume]`
     /// (a missing hash counts as different), then the volume's CopyDone.
@@ -92,6 +109,12 @@ impl VpgCapture {
                 return Ok(None);
             }
             self.log.append_reserved(space, &done)?;
+            // The process stops (as by SIGKILL) a while after the first
+            // volume's copy is done, the old site having applied it.
+            fail::fail_point!("reverse-delta-volume-done", index == 0, |_| {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                std::process::abort()
+            });
         }
         Ok(Some(report))
     }

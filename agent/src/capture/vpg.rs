@@ -102,6 +102,9 @@ pub struct VpgCapture {
     volume_sync: crate::durable::SyncGroup,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     pub(crate) copy_generation: AtomicU64,
+    /// The copy generation of the reverse delta copy that runs or ran
+    /// (0: none; `delta.rs`).
+    pub(crate) delta_copy: AtomicU64,
     /// The seq of the CopyDone that completed the current stream's copy,
     /// once it did in this run (None after a new stream starts).
     pub(super) copy_complete: watch::Sender<Option<u64>>,
@@ -259,6 +262,7 @@ impl VpgCapture {
             failed: std::sync::Mutex::new(None),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
+            delta_copy: AtomicU64::new(0),
             copy_complete: watch::channel(None).0,
             copies_by_hash,
             copy_progress: Default::default(),

@@ -124,6 +124,15 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
 type ReverseSession = (u64, [u8; 32], Arc<VpgCapture>);
 
 /// What a reverse hello gets.
+/// What the old site says it applied, in its reverse hello.
+#[derive(Debug, Clone, Copy)]
+pub struct OldSiteApplied {
+    pub seq: u64,
+    pub stream: u32,
+    /// It applied the delta copy of every volume of `stream`.
+    pub in_sync: bool,
+}
+
 pub struct ReverseStart {
     pub session: u64,
     /// The copy generation of the delta stream this session starts (the
@@ -515,10 +524,10 @@ impl RecoveryOps {
         &self,
         vpg: &str,
         volumes: &[crate::wire::message::VolumeInfo],
-        applied_seq: u64,
-        applied_stream: u32,
+        applied: OldSiteApplied,
         peer: [u8; 32],
     ) -> Result<Option<ReverseStart>> {
+        let (applied_seq, applied_stream) = (applied.seq, applied.stream);
         crate::config::validate_name("vpg", vpg)?;
         // Not alongside a switch-back's finish, which drops the session
         // this would add for the capture it drops.
@@ -537,7 +546,13 @@ impl RecoveryOps {
         }
         let capture = self.reverse_capture(vpg, &dir, &meta).await?;
         let log = &capture.log;
-        let continues = applied_seq > 0 && log.continues(applied_seq, applied_stream).await?;
+        // Going on with the stream needs its delta copy too: done at the
+        // old site, or running (or done) here. A copy this process never
+        // ran (a restart in the middle of it) or one that failed is started
+        // again with a new stream; else the old site waited for good for a
+        // CopyDone that never came (review of helper-52).
+        let copy_alive = applied.in_sync || capture.delta_copy_alive();
+        let continues = applied_seq > 0 && copy_alive && log.continues(applied_seq, applied_stream).await?;
         if continues && applied_stream == log.stream_id() {
             log.ack(applied_seq);
         }

@@ -204,9 +204,10 @@ async fn control_link<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
-        ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, .. } => {
+        ControlMessage::ReverseHello { protocol, vpg, volumes, applied_seq, stream_id, in_sync, .. } => {
             let ops = admit_old_site(&mut link, receiver, peer, &vpg, protocol, "a reverse hello").await?;
-            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied_seq, stream_id, peer).await;
+            let applied = crate::recovery::ops::OldSiteApplied { seq: applied_seq, stream: stream_id, in_sync };
+            return super::reverse::serve_control(link, &ops, &vpg, volumes, applied, peer).await;
         }
         request @ (ControlMessage::MoveBackBegin { .. }
         | ControlMessage::MoveBackFinish { .. }

@@ -106,6 +106,7 @@ async fn session(
         volumes,
         applied_seq,
         stream_id: vpg.reverse_state().map_or(0, |r| r.stream_id),
+        in_sync: vpg.reverse_state().is_some_and(|r| r.in_sync),
     };
     send_control(&mut control, &hello).await?;
     let (session, need_hashes) = match recv_control(&mut control).await? {
@@ -305,11 +306,10 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
     ops: &Arc<RecoveryOps>,
     vpg: &str,
     volumes: Vec<VolumeInfo>,
-    applied_seq: u64,
-    applied_stream: u32,
+    applied: crate::recovery::ops::OldSiteApplied,
     peer: &super::peer::Peer,
 ) -> Result<()> {
-    let start = match ops.reverse_begin(vpg, &volumes, applied_seq, applied_stream, peer.fingerprint).await {
+    let start = match ops.reverse_begin(vpg, &volumes, applied, peer.fingerprint).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             let switched_back_at = match ops.switched_back_at(vpg) {
@@ -358,8 +358,14 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let capture = start.capture.clone();
         let name = vpg.to_string();
+        capture.delta_copy_runs(generation);
         tokio::spawn(async move {
-            match capture.copy_differing_extents(&theirs, generation).await {
+            let copied = capture.copy_differing_extents(&theirs, generation).await;
+            if copied.is_err() {
+                // The next session starts another (`reverse_begin`).
+                capture.delta_copy_failed(generation);
+            }
+            match copied {
                 Ok(None) => {
                     tracing::info!(vpg = %name, "reverse delta: a newer session's delta copy replaced this one")
                 }

@@ -101,6 +101,10 @@ pub enum ControlMessage {
         /// The stream `applied_seq` belongs to.
         #[serde(default)]
         stream_id: u32,
+        /// The old site applied the delta copy of every volume of that
+        /// stream (false from a build before this was sent).
+        #[serde(default)]
+        in_sync: bool,
     },
     /// Recovery → old protected: attach the data link with `session`; when
     /// `need_hashes`, send every volume's extent hashes first.
@@ -365,6 +369,7 @@ mod tests {
                 volumes,
                 applied_seq: u64::MAX,
                 stream_id: u32::MAX,
+                in_sync: false,
             },
             ControlMessage::ExtentHashes {
                 volume: u32::MAX,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Reverse protection comes in sync after the recovery agent stops in the
+# middle of the delta copy. The copy ran only in the process that started
+# it; a restarted recovery agent went on with the stream the old site had
+# applied part of (no new hashes asked), no copy ran, and the old site
+# waited for good for the CopyDone of a volume (review of helper-52). Now
+# a session goes on with the stream only if the old site is in sync or the
+# copy runs (or ran) in this process; else a new delta stream starts. The
+# failpoint reverse-delta-volume-done aborts the recovery agent 3 s after
+# the first volume's copy is done.
+source "$(dirname "$0")/../lib/common.sh"
+[ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
+
+EXPORT_PORT=$((PORT_BASE + 6))
+EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
+mkdir -p "$WORK/src"
+head -c 16M /dev/urandom >"$WORK/src/disk0.img"
+head -c 32M /dev/urandom >"$WORK/src/disk1.img"
+setup_pair async 1000 disk0:16M disk1:32M
+printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="reverse-delta-volume-done=1*return" start_recovery
+start_protected
+wait_replicated 90
+
+log "failover; one extent of disk0 and 16 MiB of disk1 change on the recovered side"
+failover_to latest
+head -c 64K /dev/urandom >"$WORK/change0"
+head -c 16M /dev/urandom >"$WORK/change1"
+qio_check "$EXPORTS/vpg1/disk0" "write -s $WORK/change0 1M 64k" flush
+qio_check "$EXPORTS/vpg1/disk1" "write -s $WORK/change1 8M 16M" flush
+
+log "reverse; the recovery agent stops once disk0's copy is done"
+"$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 1s >/dev/null 2>&1 || true
+for _ in $(seq 1 150); do
+    kill -0 "$RECOVERY_PID" 2>/dev/null || break
+    sleep 0.2
+done
+kill -0 "$RECOVERY_PID" 2>/dev/null && fail "the failpoint never fired"
+applied=$(jq -r '.reverse.applied_seq' "$WORK/a/data/log/vpg1/capture-state.json")
+[ "$applied" -gt 0 ] 2>/dev/null || fail "the old site applied nothing of the copy: the test proves nothing"
+
+log "restart: the old site comes in sync"
+start_recovery
+out=$("$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 60s 2>&1) ||
+    fail "reverse did not come in sync after the recovery agent's restart: $out; $("$TIDEMARK" status --config "$WORK/protected.toml" | grep -i reverse)"
+for d in disk0 disk1; do
+    cmp=$(qemu-img compare -f raw -F raw "$WORK/src/$d.img" "$EXPORTS/vpg1/$d" 2>&1) || fail "$d differs: $cmp"
+done
+log "PASS"
