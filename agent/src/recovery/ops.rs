@@ -551,7 +551,8 @@ impl RecoveryOps {
         // ran (a restart in the middle of it) or one that failed is started
         // again with a new stream; else the old site waited for good for a
         // CopyDone that never came (review of helper-52).
-        let copy_alive = applied.in_sync || capture.delta_copy_alive();
+        // (In sync with the stream the log holds, not an older one.)
+        let copy_alive = (applied.in_sync && applied_stream == log.stream_id()) || capture.delta_copy_alive();
         let continues = applied_seq > 0 && copy_alive && log.continues(applied_seq, applied_stream).await?;
         if continues && applied_stream == log.stream_id() {
             log.ack(applied_seq);

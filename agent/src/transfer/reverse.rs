@@ -129,14 +129,22 @@ async fn session(
     progress.send_modify(|p| p.in_sync = was_in_sync && !need_hashes);
     if need_hashes {
         progress.send_modify(|p| *p = ReverseProgress { applied_seq, ..Default::default() });
+        // Each message's hashes are sent as soon as they are made: the
+        // recovery site hears nothing else meanwhile and gives up after
+        // 15 s of silence, which hashing a whole volume of a few GiB took
+        // (review of helper-52). A message is 64 MiB of a volume: 2 s of
+        // a disk that reads 32 MiB/s.
+        const PER_MESSAGE: u64 = 1024;
+        const _: () = assert!(PER_MESSAGE as usize <= EXTENT_HASHES_PER_MESSAGE_MAX);
         for (index, volume) in vpg.volumes.iter().enumerate() {
-            let v = volume.clone();
-            let hashes = tokio::task::spawn_blocking(move || delta::hash_volume(&v)).await??;
-            for (chunk_no, chunk) in hashes.chunks(EXTENT_HASHES_PER_MESSAGE_MAX).enumerate() {
+            for first_extent in (0..extent_hash::extent_count(volume.size)).step_by(PER_MESSAGE as usize) {
+                let v = volume.clone();
+                let hashes =
+                    tokio::task::spawn_blocking(move || delta::hash_extents(&v, first_extent, PER_MESSAGE)).await??;
                 let message = ControlMessage::ExtentHashes {
                     volume: index as u32,
-                    first_extent: (chunk_no * EXTENT_HASHES_PER_MESSAGE_MAX) as u64,
-                    hashes: chunk.iter().map(crate::extent_hash::to_hex).collect(),
+                    first_extent,
+                    hashes: hashes.iter().map(crate::extent_hash::to_hex).collect(),
                 };
                 send_control(&mut control, &message).await?;
             }
@@ -356,14 +364,17 @@ pub async fn serve_control<S: AsyncRead + AsyncWrite + Unpin>(
                 other => return Err(TransferError::Peer(format!("expected extent hashes, got {other:?}"))),
             }
         }
-        let capture = start.capture.clone();
+        let (capture, ops, session) = (start.capture.clone(), ops.clone(), start.session);
         let name = vpg.to_string();
         capture.delta_copy_runs(generation);
         tokio::spawn(async move {
             let copied = capture.copy_differing_extents(&theirs, generation).await;
             if copied.is_err() {
-                // The next session starts another (`reverse_begin`).
+                // The next session starts another (`reverse_begin`), and
+                // this one ends, so the old site's next ping is refused and
+                // it says hello again (review of helper-53).
                 capture.delta_copy_failed(generation);
+                ops.end_reverse_session(&name, session);
             }
             match copied {
                 Ok(None) => {
