@@ -24,26 +24,14 @@ wait_replicated 90
 
 log "failover; one extent of disk0 and 16 MiB of disk1 change on the recovered side"
 failover_to latest
-head -c 64K /dev/urandom >"$WORK/change0"
-head -c 16M /dev/urandom >"$WORK/change1"
-qio_check "$EXPORTS/vpg1/disk0" "write -s $WORK/change0 1M 64k" flush
-qio_check "$EXPORTS/vpg1/disk1" "write -s $WORK/change1 8M 16M" flush
+change_two_volumes
 
 log "reverse; the recovery agent stops once disk0's copy is done"
-"$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 1s >/dev/null 2>&1 || true
-for _ in $(seq 1 150); do
-    kill -0 "$RECOVERY_PID" 2>/dev/null || break
-    sleep 0.2
-done
-kill -0 "$RECOVERY_PID" 2>/dev/null && fail "the failpoint never fired"
+reverse_until_gone "$RECOVERY_PID" "the failpoint never fired"
 applied=$(jq -r '.reverse.applied_seq' "$WORK/a/data/log/vpg1/capture-state.json")
 [ "$applied" -gt 0 ] 2>/dev/null || fail "the old site applied nothing of the copy: the test proves nothing"
 
 log "restart: the old site comes in sync"
 start_recovery
-out=$("$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 60s 2>&1) ||
-    fail "reverse did not come in sync after the recovery agent's restart: $out; $("$TIDEMARK" status --config "$WORK/protected.toml" | grep -i reverse)"
-for d in disk0 disk1; do
-    cmp=$(qemu-img compare -f raw -F raw "$WORK/src/$d.img" "$EXPORTS/vpg1/$d" 2>&1) || fail "$d differs: $cmp"
-done
+reverse_in_sync "reverse did not come in sync after the recovery agent's restart"
 log "PASS"

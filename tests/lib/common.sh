@@ -306,6 +306,36 @@ failover_to() {
     fail "the protected site still takes writes 10 s after the failover"
 }
 
+# Reverse protection of vpg1 with disk0 and disk1 (served on $EXPORTS):
+# change_two_volumes changes one extent of disk0 and 16 MiB of disk1 on the
+# recovered side (disk1's copy then comes in a later batch than disk0's);
+# reverse_until_gone PID WHAT starts reverse and waits until the agent PID
+# (stopped by a failpoint) is gone, else fails saying WHAT;
+# reverse_in_sync WHAT waits until reverse is in sync and both volumes
+# equal the recovery site's.
+change_two_volumes() {
+    head -c 64K /dev/urandom >"$WORK/change0"
+    head -c 16M /dev/urandom >"$WORK/change1"
+    qio_check "$EXPORTS/vpg1/disk0" "write -s $WORK/change0 1M 64k" flush
+    qio_check "$EXPORTS/vpg1/disk1" "write -s $WORK/change1 8M 16M" flush
+}
+reverse_until_gone() {
+    "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 1s >/dev/null 2>&1 || true
+    for _ in $(seq 1 150); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    fail "$2"
+}
+reverse_in_sync() {
+    local out cmp d
+    out=$("$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 60s 2>&1) ||
+        fail "$1: $out; $("$TIDEMARK" status --config "$WORK/protected.toml" | grep -i reverse)"
+    for d in disk0 disk1; do
+        cmp=$(qemu-img compare -f raw -F raw "$WORK/src/$d.img" "$EXPORTS/vpg1/$d" 2>&1) || fail "$d differs: $cmp"
+    done
+}
+
 # restore_equal CHECKPOINT REFERENCE WHAT: vpg1's disk0 restored at
 # CHECKPOINT equals the file REFERENCE.
 restore_equal() {
