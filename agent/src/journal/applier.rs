@@ -90,6 +90,10 @@ pub struct PassReport {
     /// one that is not: no checkpoint is restorable until the next
     /// consistent one arrives.
     pub left_consistent: bool,
+    /// The byte limit found no checkpoint far enough on and moved the
+    /// replica past every one to a seq between them; this is the newest
+    /// checkpoint it gave up (None: there was none).
+    pub between_checkpoints: Option<Option<u64>>,
     /// The replica stays at this consistent checkpoint although the
     /// window passed newer ones, which are no image (a resync or a new
     /// stream's copy is under way): the journal grows meanwhile.
@@ -139,6 +143,8 @@ struct Target {
     /// The window passed checkpoints that are no image (a resync's, a new
     /// stream's copy's) and the replica stays at its consistent one.
     held_consistent: bool,
+    /// `id` is no checkpoint: over the limit, none was far enough on.
+    between_checkpoints: bool,
 }
 
 /// The checkpoint to apply up to: the newest one older than the window,
@@ -182,17 +188,31 @@ fn choose_target(
     let Some(needed_seq) = needed_seq else { return by_time_only };
     let far_enough = |c: &&CheckpointInfo| c.id >= needed_seq;
     let mut candidates = checkpoints.iter().filter(ahead).filter(far_enough);
-    let (by_limit, gives_up) = match candidates.clone().find(allowed) {
-        Some(c) => (c.id, false),
+    let (by_limit, gives_up, between) = match candidates.clone().find(allowed) {
+        Some(c) => (c.id, false, false),
         None => match candidates.next() {
-            Some(c) => (c.id, true),
+            Some(c) => (c.id, true, false),
+            // A burst longer than the limit came without a checkpoint: the
+            // segment of the last one holds the burst's start, so waiting
+            // for the next one retires nothing, and at the cap, which
+            // refuses every batch, the next one never arrives (review of
+            // helper-50). The replica goes to the end of the oldest
+            // segments instead: every prefix of the stream is as
+            // consistent as its end (`head`).
+            None if needed_seq > applied_seq => (needed_seq, keep_consistent, true),
             None => return by_time_only,
         },
     };
     if by_time.is_some_and(|t| t >= by_limit) {
         return by_time_only;
     }
-    Target { id: Some(by_limit), early: true, gives_up_consistent: gives_up, held_consistent: false }
+    Target {
+        id: Some(by_limit),
+        early: true,
+        gives_up_consistent: gives_up,
+        held_consistent: false,
+        between_checkpoints: between,
+    }
 }
 
 /// The byte limit a pass keeps the journal under: the configured one, or,
@@ -269,6 +289,7 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
         copied: index.copied_volumes(),
         base: index.checkpoints.iter().find(|c| c.id == target).cloned(),
         stream_id: index.stream_id,
+        resyncing: index.resyncing(),
     };
     next.store(dir)?;
     Ok((next, bytes))
@@ -343,7 +364,11 @@ pub fn pass(
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
-        report.left_consistent = chosen.gives_up_consistent && !next.base.as_ref().is_some_and(|b| b.consistent);
+        if chosen.between_checkpoints && next.base.is_none() {
+            report.between_checkpoints = Some(checkpoints.iter().rev().map(|c| c.id).find(|id| *id < t));
+        } else {
+            report.left_consistent = chosen.gives_up_consistent && !next.base.as_ref().is_some_and(|b| b.consistent);
+        }
         state = next;
         report.applied_to = Some(t);
         report.bytes_applied = bytes;
@@ -417,6 +442,28 @@ mod tests {
         let segs = [seg(1, 50), seg(15, 50), seg(31, 50)];
         let gives_up = Target { gives_up_consistent: true, ..pick(Some(30), true) };
         assert_eq!(choose_target(without_40, 10, true, &segs, Some(100), &window, 4_000), gives_up);
+    }
+
+    #[test]
+    fn a_burst_without_a_checkpoint_moves_the_replica_between_checkpoints() {
+        let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(100), journal_cap: None };
+        // Checkpoint 10 is in the first segment; the burst fills the rest.
+        let cps = [cp(10, 1_000)];
+        let segs = [seg(1, 50), seg(21, 50), seg(41, 50)];
+        let between = |id, gives_up| Target {
+            id: Some(id),
+            early: true,
+            gives_up_consistent: gives_up,
+            between_checkpoints: true,
+            ..Default::default()
+        };
+        assert_eq!(choose_target(&cps, 10, true, &segs, Some(100), &policy, 4_000), between(40, true));
+        assert_eq!(choose_target(&cps, 0, false, &segs, Some(100), &policy, 4_000), between(40, false));
+        // A checkpoint far enough on is still preferred.
+        let cps = [cp(10, 1_000), cp(45, 2_000)];
+        assert_eq!(choose_target(&cps, 10, true, &segs, Some(100), &policy, 4_000), pick(Some(45), true));
+        // Already there: nothing to do.
+        assert_eq!(choose_target(&[], 40, false, &segs, Some(100), &policy, 4_000), pick(None, false));
     }
 
     mod on_disk {

@@ -30,6 +30,11 @@ pub struct ApplyState {
     /// retired already); 0 before stream ids.
     #[serde(default)]
     pub stream_id: u32,
+    /// The last checkpoint up to `applied_seq` was taken during a resync,
+    /// so the stream's end is no image until a consistent one follows.
+    /// Kept for a replica between checkpoints; at one, `base` says it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resyncing: bool,
 }
 
 impl ApplyState {
@@ -63,6 +68,7 @@ mod tests {
             copied: vec![0, 1],
             base: Some(CheckpointInfo { id: 42, time_ms: 7, tag: "t".into(), consistent: true, resync: false }),
             stream_id: 9,
+            resyncing: true,
         };
         state.store(dir.path()).unwrap();
         assert_eq!(ApplyState::load(dir.path()).unwrap(), state);

@@ -41,7 +41,7 @@ impl JournalIndex {
             durable_seq: state.applied_seq,
             checkpoints: state.base.iter().cloned().collect(),
             copied: state.copied.iter().copied().collect(),
-            resyncing: state.base.as_ref().is_some_and(|b| b.resync),
+            resyncing: state.resyncing || state.base.as_ref().is_some_and(|b| b.resync),
             stream_id: state.stream_id,
             records: 0,
             damage: None,
@@ -95,6 +95,10 @@ impl JournalIndex {
             }
             EntryKind::CopyDone { .. } | EntryKind::Write { .. } | EntryKind::Zero { .. } => {}
         }
+    }
+
+    pub fn resyncing(&self) -> bool {
+        self.resyncing
     }
 
     pub fn copied_volumes(&self) -> Vec<u32> {

@@ -201,8 +201,8 @@ impl CapGauge {
         }
         let why = format!(
             "the journal of VPG {} holds {} and is at its journal_cap of {}: the batch is refused and the \
-             protected site keeps it in its log until history can be retired (a pinned checkpoint or an \
-             open export holds it back)",
+             protected site keeps it in its log until the applier retires history (a pinned checkpoint or \
+             an open export can hold that back)",
             vpg,
             crate::status::format_bytes(self.bytes_at_most),
             crate::status::format_bytes(cap)

@@ -183,6 +183,8 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                              passed the history window but are no image (a resync or a new stream's copy is under \
                              way); the journal grows until one is (journal_limit bounds it)"
                         )
+                    } else if let Some(gave_up) = report.between_checkpoints {
+                        between_checkpoints_warning(gave_up, report.applied_seq)
                     } else if report.disk_nearly_full {
                         "the journal's file system is nearly full (under 5 % free): the oldest history was applied \
                          early, so the window is shorter than configured (free space, or set journal_limit)"
@@ -211,6 +213,17 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
             }
         }
     }
+}
+
+/// What status and the log say when the limit moved the replica past every
+/// checkpoint (`gave_up`: the one it was at).
+fn between_checkpoints_warning(gave_up: Option<u64>, applied_seq: u64) -> String {
+    let gave_up = gave_up.map_or(String::new(), |id| format!(" and gave up checkpoint {id}"));
+    format!(
+        "a burst of writes larger than journal_limit (or the free disk) came without a checkpoint: the replica \
+         moved to seq {applied_seq}{gave_up}; no checkpoint before the next one is restorable (head is); \
+         shorten checkpoint_interval_ms or raise journal_limit"
+    )
 }
 
 /// What status and the log say while a pin holds the replica back.
@@ -257,7 +270,7 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
         slot.journal.lock().expect("journal lock").index.applied(&report.state);
         tracing::debug!(
             vpg = %meta.vpg,
-            "applied history up to checkpoint {to} ({} bytes), retired {} segments; journal now {} bytes",
+            "applied history up to seq {to} ({} bytes), retired {} segments; journal now {} bytes",
             report.bytes_applied,
             report.segments_retired,
             report.journal_bytes

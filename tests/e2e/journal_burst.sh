@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A burst of writes bigger than the journal's cap, with no checkpoint in
+# it, does not stop replication for good (review of helper-50). The
+# applier moved the replica only to checkpoints; the segment that held the
+# last checkpoint before the burst held the burst's start too, so nothing
+# could be retired, the cap refused every batch, and the next checkpoint
+# (a record in the same stream) could never arrive. Now, over the limit
+# with no checkpoint far enough on, the replica moves to the end of the
+# oldest segments (every prefix of the stream is crash-consistent) and
+# status says the last checkpoint was given up.
+source "$(dirname "$0")/../lib/common.sh"
+
+# One checkpoint an hour: the burst has none of its own.
+setup_pair async 3600000 disk0:16M
+printf '[[vpg]]\nname = "vpg1"\nhistory = "1h"\njournal_limit = "64MiB"\njournal_cap = "80MiB"\n' \
+    >>"$WORK/recovery.toml"
+start_recovery
+start_protected
+# A restorable checkpoint before the burst (the first ones may come while
+# the initial copy runs).
+for i in $(seq 1 50); do
+    out=$("$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag "before-$i" --wait 60s 2>&1) ||
+        fail "checkpoint before-$i was not taken: $out"
+    grep -q "initial copy is still running" <<<"$out" || break
+    sleep 0.2
+done
+before=$(sed -n 's/^checkpoint \([0-9]*\) .*/\1/p' <<<"$out")
+[ -n "$before" ] || fail "no restorable checkpoint before the burst: $out"
+
+log "burst: 128 MiB of writes (the 16 MiB volume 8 times) over an 80 MiB journal_cap, no checkpoint"
+for i in $(seq 1 8); do
+    head -c 16M /dev/urandom >"$WORK/chunk"
+    nbdcopy "$WORK/chunk" "$NBD_URI/disk0" || fail "write $i failed"
+done
+sha=$(sha256sum <"$WORK/src/disk0.img" | cut -d' ' -f1)
+
+out=$("$TIDEMARK" checkpoint --config "$WORK/protected.toml" --vpg vpg1 --tag after --wait 90s 2>&1) ||
+    fail "no checkpoint reached the recovery site after the burst: $out
+$("$TIDEMARK" status --config "$WORK/recovery.toml")"
+log "$out"
+grep -q "the replica moved to seq [0-9]* and gave up checkpoint $before" "$WORK/recovery.log" ||
+    fail "the recovery log does not say checkpoint $before was given up"
+max=$(( (80 << 20) + (4 << 20) ))
+[ "$(journal_bytes)" -le "$max" ] || fail "the journal holds $(journal_bytes) bytes, over its cap"
+
+"$TIDEMARK" restore --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint "$before" --out "$WORK/before" \
+    >"$WORK/before.out" 2>&1 && fail "checkpoint $before, given up, was restored"
+log "checkpoint $before is refused: $(tail -1 "$WORK/before.out")"
+restore_to after "$WORK/after"
+[ "$(sha256sum <"$WORK/after/disk0.img" | cut -d' ' -f1)" = "$sha" ] || fail "checkpoint after differs from the source"
+restore_to head "$WORK/head"
+[ "$(sha256sum <"$WORK/head/disk0.img" | cut -d' ' -f1)" = "$sha" ] || fail "head differs from the source"
+log "PASS"
