@@ -19,6 +19,7 @@ pub mod harden;
 pub mod io_failure;
 pub mod iscsi;
 pub mod journal;
+pub mod keyed_locks;
 pub mod limits;
 pub mod listen;
 pub mod log;

@@ -50,8 +50,8 @@ pub struct Receiver {
     policy_for: PolicyFor,
     /// Carries out a move's promote (set once at start).
     pub ops: std::sync::OnceLock<Arc<crate::recovery::ops::RecoveryOps>>,
-    /// Held while a hello opens a journal no slot holds yet.
-    opening: tokio::sync::Mutex<()>,
+    /// Held, per VPG, while a hello opens a journal no slot holds yet.
+    opening: crate::keyed_locks::KeyedLocks,
 }
 
 impl Receiver {
@@ -459,12 +459,15 @@ async fn open_vpg(
     if let Some(slot) = receiver.slot(vpg) {
         return join_slot(&slot, &volumes, stream_id, session, peer);
     }
-    // One open at a time: a hello that comes while another opens this
-    // journal (its peer gave up waiting for the welcome and said hello
-    // again) waits for it and joins the VPG it made. Two opens would run
-    // one's recovery (cutting a torn tail, setting damaged segments
-    // aside) over the journal the other's slot appends to.
-    let _opening = receiver.opening.lock().await;
+    // One open of a journal at a time: a hello that comes while another
+    // opens this journal (its peer gave up waiting for the welcome and
+    // said hello again) waits for it and joins the VPG it made. Two opens
+    // would run one's recovery (cutting a torn tail, setting damaged
+    // segments aside) over the journal the other's slot appends to. Other
+    // VPGs' opens do not wait: an open can take long (a seed still writing
+    // holds the apply lock), and it held up every new VPG (review of
+    // helper-52).
+    let _opening = receiver.opening.lock(vpg).await;
     if let Some(slot) = receiver.slot(vpg) {
         return join_slot(&slot, &volumes, stream_id, session, peer);
     }
