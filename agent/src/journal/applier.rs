@@ -90,10 +90,9 @@ pub struct PassReport {
     /// one that is not: no checkpoint is restorable until the next
     /// consistent one arrives.
     pub left_consistent: bool,
-    /// The byte limit found no checkpoint far enough on and moved the
-    /// replica past every one to a seq between them; this is the newest
-    /// checkpoint it gave up (None: there was none).
-    pub between_checkpoints: Option<Option<u64>>,
+    /// The replica is at a seq between checkpoints: the byte limit found
+    /// none far enough on (set on every pass until it is at one again).
+    pub between_checkpoints: Option<BetweenCheckpoints>,
     /// The replica stays at this consistent checkpoint although the
     /// window passed newer ones, which are no image (a resync or a new
     /// stream's copy is under way): the journal grows meanwhile.
@@ -102,6 +101,18 @@ pub struct PassReport {
     /// and the pass applied early to free room.
     pub disk_nearly_full: bool,
     pub state: ApplyState,
+}
+
+/// A replica the byte limit moved to a seq that is no checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BetweenCheckpoints {
+    pub seq: u64,
+    /// Every volume's copy is in and no resync is under way: the replica
+    /// is a crash-consistent image, and so is `head`.
+    pub image: bool,
+    /// Set by the pass that moved it there: the newest consistent
+    /// checkpoint it moved past (no longer restorable).
+    pub gave_up: Option<u64>,
 }
 
 struct SegmentFile {
@@ -258,11 +269,16 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     let mut index = JournalIndex::from_applied(meta.volumes.len(), state);
     let mut bytes = 0u64;
     let mut failure = None;
+    // A record after the target was read: every one up to it was too, even
+    // when no record has the target's seq (a target between checkpoints is
+    // a segment's end, and a new stream's seqs start higher).
+    let mut passed_target = false;
     let outcome = scan_journal_until(dir, meta.vpg_id, |rec, _| {
         if rec.seq <= state.applied_seq {
             return Visit::Continue;
         }
         if rec.seq > target {
+            passed_target = true;
             return Visit::Stop;
         }
         if let Err(e) = replica.apply(&rec.body) {
@@ -276,7 +292,7 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     if let Some(e) = failure {
         return Err(e);
     }
-    if index.durable_seq < target {
+    if index.durable_seq < target && !passed_target {
         let why = outcome.damage.map_or("the journal ends".to_string(), |d| d.to_string());
         let why =
             format!("cannot apply to seq {target}: the readable journal stops at seq {} ({why})", index.durable_seq);
@@ -293,6 +309,11 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     };
     next.store(dir)?;
     Ok((next, bytes))
+}
+
+/// Whether the replica, as `state` says, is a crash-consistent image.
+fn replica_is_image(state: &ApplyState, meta: &JournalMeta) -> bool {
+    state.copied.len() == meta.volumes.len() && !state.resyncing && !state.base.as_ref().is_some_and(|b| b.resync)
 }
 
 /// Deletes the closed segments whose records are all at or below both the
@@ -364,10 +385,11 @@ pub fn pass(
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
-        if chosen.between_checkpoints && next.base.is_none() {
-            report.between_checkpoints = Some(checkpoints.iter().rev().map(|c| c.id).find(|id| *id < t));
-        } else {
-            report.left_consistent = chosen.gives_up_consistent && !next.base.as_ref().is_some_and(|b| b.consistent);
+        let image = next.base.as_ref().map_or_else(|| replica_is_image(&next, meta), |b| b.consistent);
+        report.left_consistent = chosen.gives_up_consistent && !image;
+        if next.base.is_none() {
+            let gave_up = checkpoints.iter().rev().find(|c| c.consistent && c.id < t).map(|c| c.id);
+            report.between_checkpoints = Some(BetweenCheckpoints { seq: t, image, gave_up });
         }
         state = next;
         report.applied_to = Some(t);
@@ -376,10 +398,15 @@ pub fn pass(
     if chosen.held_consistent {
         report.held_consistent = Some(state.applied_seq);
     }
+    if state.base.is_none() && state.applied_seq > 0 && report.between_checkpoints.is_none() {
+        let image = replica_is_image(&state, meta);
+        report.between_checkpoints = Some(BetweenCheckpoints { seq: state.applied_seq, image, gave_up: None });
+    }
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
     report.journal_bytes = journal_bytes(dir)?;
     report.applied_seq = state.applied_seq;
     report.shortened |= state.base.as_ref().is_some_and(|b| b.time_ms > policy.horizon_ms(now_ms));
+    report.shortened |= report.between_checkpoints.is_some();
     report.state = state;
     Ok(report)
 }
@@ -624,6 +651,54 @@ mod tests {
             drop(held);
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 62_500).unwrap();
             assert_eq!((report.applied_to, report.segments_retired), (Some(7), 2));
+        }
+
+        #[test]
+        fn a_target_between_checkpoints_in_a_gap_of_seqs_is_applied_and_head_still_reads() {
+            // Stream 3 ends at seq 4 (a checkpoint); stream 4 starts at
+            // seq 20 in the next segment, and its copy has no checkpoint:
+            // over the limit, the target is 19, which no record has.
+            let (_root, dir, meta) = journal();
+            for f in std::fs::read_dir(&dir).unwrap() {
+                let path = f.unwrap().path();
+                if path.extension().is_some_and(|e| e == "tmjrn") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            let body = |seq| match seq {
+                20 => RecordBody::StreamStart { time_ms: 5_000, stream_id: 4 },
+                21 => RecordBody::Write { volume: 0, offset: 0, data: vec![b'd'; 4096] },
+                22 => RecordBody::Write { volume: 0, offset: 8192, data: vec![b'e'; 4096] },
+                23 => RecordBody::CopyDone { volume: 0 },
+                seq => body_at(seq),
+            };
+            for seqs in [1..5, 20..24] {
+                let (_, mut f) = create_segment(&dir, SegmentKind::Journal, VPG_ID, seqs.start).unwrap();
+                for seq in seqs {
+                    f.write_all(&Record { seq, vpg_id: VPG_ID, body: body(seq) }.encode()).unwrap();
+                }
+            }
+            let policy =
+                HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(1), journal_cap: None };
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
+            assert_eq!((report.applied_to, report.segments_retired), (Some(19), 1));
+            let between = report.between_checkpoints.unwrap();
+            assert_eq!((between.seq, between.image, between.gave_up), (19, true, Some(4)));
+            assert_eq!(replica_bytes(&dir), expected_at(4));
+            let state = ApplyState::load(&dir).unwrap();
+            assert_eq!((state.applied_seq, state.base, state.stream_id), (19, None, 3));
+            // The next pass says so again, without a checkpoint to give up.
+            let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
+            assert_eq!(report.between_checkpoints.map(|b| (b.seq, b.gave_up)), Some((19, None)));
+            // head: the replica plus stream 4's records.
+            let out = tempfile::tempdir().unwrap();
+            crate::recovery::restore::restore(dir.parent().unwrap(), "db", "head", out.path(), false).unwrap();
+            let mut want = expected_at(4);
+            want[..4096].fill(b'd');
+            want[8192..12288].fill(b'e');
+            assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), want);
         }
 
         #[test]

@@ -137,13 +137,31 @@ impl JournalView {
             (None, _) if wanted.parse::<u64>().is_ok_and(|id| id < self.index.applied_seq) => Err(RecoveryError::Unavailable(format!(
                 "checkpoint {wanted} is older than the history window; the oldest recoverable checkpoint is {} \
                  (see `tidemark checkpoints`)",
-                self.index.oldest().map_or("none".into(), |c| c.id.to_string())
+                self.index.oldest().map_or_else(|| format!("none: {}", self.between_checkpoints().unwrap_or_default()), |c| c.id.to_string())
             ))),
-            (None, None) if wanted == "latest" => {
-                Err(RecoveryError::Unavailable(format!("VPG {:?} has no complete checkpoint yet (initial copy still running?)", self.meta.vpg)))
-            }
+            (None, None) if wanted == "latest" => Err(RecoveryError::Unavailable(match self.between_checkpoints() {
+                Some(why) => format!("VPG {:?} has no complete checkpoint: {why}", self.meta.vpg),
+                None => format!("VPG {:?} has no complete checkpoint yet (initial copy still running?)", self.meta.vpg),
+            })),
             (None, None) => Err(RecoveryError::Unavailable(format!("VPG {:?} has no checkpoint {wanted:?} (see `tidemark checkpoints`)", self.meta.vpg))),
         }
+    }
+
+    /// Why no checkpoint older than the replica is left, when the byte
+    /// limit moved it to a seq that is none (applier.rs).
+    fn between_checkpoints(&self) -> Option<String> {
+        let at = self.index.applied_seq;
+        if at == 0 || self.index.oldest().is_some_and(|c| c.id == at) {
+            return None;
+        }
+        let head = match self.index.find("head") {
+            Some(h) if h.consistent => "`head` is restorable",
+            _ => "`head` is no image yet (a resync or a copy is under way)",
+        };
+        Some(format!(
+            "journal_limit (or a nearly full disk) moved the replica to seq {at}, between checkpoints, past the ones \
+             before it; {head}"
+        ))
     }
 
     /// `last-clean`: the newest checkpoint the encryption detector had

@@ -183,8 +183,8 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                              passed the history window but are no image (a resync or a new stream's copy is under \
                              way); the journal grows until one is (journal_limit bounds it)"
                         )
-                    } else if let Some(gave_up) = report.between_checkpoints {
-                        between_checkpoints_warning(gave_up, report.applied_seq)
+                    } else if let Some(between) = &report.between_checkpoints {
+                        between_checkpoints_warning(between)
                     } else if report.disk_nearly_full {
                         "the journal's file system is nearly full (under 5 % free): the oldest history was applied \
                          early, so the window is shorter than configured (free space, or set journal_limit)"
@@ -215,14 +215,17 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
     }
 }
 
-/// What status and the log say when the limit moved the replica past every
-/// checkpoint (`gave_up`: the one it was at).
-fn between_checkpoints_warning(gave_up: Option<u64>, applied_seq: u64) -> String {
-    let gave_up = gave_up.map_or(String::new(), |id| format!(" and gave up checkpoint {id}"));
+/// What status says while the limit keeps the replica between checkpoints.
+fn between_checkpoints_warning(between: &applier::BetweenCheckpoints) -> String {
+    let restorable = if between.image {
+        "the checkpoints before it are gone; head and the checkpoints after it are restorable"
+    } else {
+        "a resync or a new stream's copy is under way, so nothing is restorable until the next consistent checkpoint"
+    };
     format!(
-        "a burst of writes larger than journal_limit (or the free disk) came without a checkpoint: the replica \
-         moved to seq {applied_seq}{gave_up}; no checkpoint before the next one is restorable (head is); \
-         shorten checkpoint_interval_ms or raise journal_limit"
+        "the replica is at seq {}, between checkpoints: journal_limit (or the free disk) was reached by writes with \
+         no checkpoint far enough on; {restorable} (shorten checkpoint_interval_ms or raise journal_limit)",
+        between.seq
     )
 }
 
@@ -247,6 +250,14 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
         (journal.dir().to_path_buf(), journal.meta.clone(), journal.index.checkpoints.clone())
     };
     let mut report = applier::pass(&dir, &meta, &checkpoints, &slot.policy, crate::record::now_ms())?;
+    if let Some(gave_up) = report.between_checkpoints.as_ref().and_then(|b| b.gave_up) {
+        tracing::warn!(
+            vpg = %meta.vpg,
+            "journal_limit (or a nearly full disk) reached with no checkpoint far enough on: the replica moved to \
+             seq {} and gave up checkpoint {gave_up}, which is no longer restorable",
+            report.applied_seq
+        );
+    }
     if report.left_consistent {
         tracing::warn!(
             vpg = %meta.vpg,
