@@ -88,7 +88,7 @@ pub struct VpgCapture {
     pub sync: SyncGate,
     pub volumes: Vec<Volume>,
     pub log: Arc<ProtectedLog>,
-    pub(crate) order: Mutex<()>,
+    pub(crate) order: Arc<Mutex<()>>,
     pub(crate) state: std::sync::Mutex<CaptureState>,
     pub(super) activity: std::sync::Mutex<ActivityLog>,
     /// False while a start's new stream has not begun: a checkpoint before
@@ -254,7 +254,7 @@ impl VpgCapture {
             sync: SyncGate::new(sync, if report.fresh || state.sync_let_go == Some(false) { 0 } else { log_end }),
             volumes,
             log,
-            order: Mutex::new(()),
+            order: Arc::new(Mutex::new(())),
             state: std::sync::Mutex::new(state),
             activity: std::sync::Mutex::new(activity),
             consistent: watch::channel(new_stream.is_none()).0,

@@ -95,6 +95,13 @@ async fn session(
     connector: &TlsConnector,
     progress: &watch::Sender<ReverseProgress>,
 ) -> Result<Ended> {
+    // A batch the last session was applying goes on in its blocking task
+    // after that session ends; it holds the write-order lock from before
+    // it started (`apply_stream`). Waiting for the lock here, this hello
+    // says what that batch applied, and no hashing below reads a volume it
+    // still writes: an extent hashed before its write lands would compare
+    // as the recovery site's and never be copied (review of helper-53).
+    drop(vpg.order.lock().await);
     let applied_seq = vpg.reverse_state().map_or(0, |r| r.applied_seq);
     let mut control = dial(connector, &peer.address, peer.control_port).await?;
     let volumes: Vec<VolumeInfo> =
@@ -204,14 +211,28 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         let vpg2 = vpg.clone();
         let before = copied.clone();
         let stream_before = stream;
+        // Between this and a switch-back's end of reverse protection (which
+        // holds it too): no batch is applied after that. Taken before the
+        // task starts, it is held until the task ends even when this
+        // session is dropped meanwhile: the next session waits for it.
+        let order = vpg.order.clone().lock_owned().await;
         let (last, data_bytes, copied_now, stream_now) = tokio::task::spawn_blocking(move || -> Result<_> {
-            // Between this and a switch-back's end of reverse protection
-            // (which holds it too): no batch is applied after that.
-            let _order = vpg2.order.blocking_lock();
+            let _order = order;
             if vpg2.reverse_state().is_none() {
                 return Err(TransferError::Peer(
                     "reverse protection ended (switched back); the batch is not applied".to_string(),
                 ));
+            }
+            // A batch that writes at byte OFFSET (return(OFFSET)) takes
+            // 12 s more to apply, before it writes anything.
+            let slow_at: Option<u64> = (|| {
+                fail::fail_point!("reverse-apply-slow", |at: Option<String>| at.and_then(|a| a.parse::<u64>().ok()));
+                None
+            })();
+            if slow_at.is_some_and(|at| {
+                decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
+            }) {
+                std::thread::sleep(std::time::Duration::from_secs(12));
             }
             let mut copied = before;
             let mut stream = stream_before;
