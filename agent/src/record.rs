@@ -15,6 +15,8 @@ use thiserror::Error;
 
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TMRC");
 pub const RECORD_HEADER_BYTES: usize = 52;
+/// Seqs stay below this (2^53), exact as JSON numbers.
+pub const SEQ_LIMIT: u64 = 1 << 53;
 /// Largest payload a record may carry: one NBD write (32 MiB) or a tag.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Longest checkpoint tag, in bytes of UTF-8 (not characters).

@@ -52,10 +52,15 @@ impl VpgCapture {
     /// held, and stopping any copy under way): before the receiving side
     /// attaches, so it gets nothing of the old stream after its hashes.
     /// Returns the copy generation the delta copy of this stream runs as.
-    pub async fn start_delta_stream(&self) -> Result<u64> {
+    /// Its seqs start above `receiver_applied`, what the receiving side
+    /// says it applied: that side skips a record at or below it as one it
+    /// has (a resend), and its seq may come from an older log than this
+    /// one (a fresh log starts at its clock's time, which can have gone
+    /// back since).
+    pub async fn start_delta_stream(&self, receiver_applied: u64) -> Result<u64> {
         let _order = self.order.lock().await;
         let generation = self.copy_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.log.start_stream(0)?;
+        self.log.start_stream(receiver_applied.saturating_add(1))?;
         Ok(generation)
     }
 
@@ -151,7 +156,7 @@ mod tests {
         let capture =
             VpgCapture::open("vpg".into(), SyncPolicy::default(), volumes, 9, &log_dir, size, StreamTo::OldSite)
                 .unwrap();
-        let first = capture.start_delta_stream().await.unwrap();
+        let first = capture.start_delta_stream(0).await.unwrap();
         // The first copy waits for the write-order lock with its first
         // extent's room reserved; the second stream's start waits behind it.
         let held = capture.order.lock().await;
@@ -162,7 +167,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let second = tokio::spawn({
             let capture = capture.clone();
-            async move { capture.start_delta_stream().await }
+            async move { capture.start_delta_stream(0).await }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(held);
@@ -173,6 +178,33 @@ mod tests {
         assert_eq!(capture.log.appended_seq(), stream_start, "the replaced copy appended to the new stream");
         let report = capture.copy_differing_extents(&[], second).await.unwrap().expect("the current copy");
         assert_eq!(report.extents_sent, 4);
+    }
+
+    /// The receiving side skips records at or below what it applied: a new
+    /// stream's seqs start above that, whatever this log's seqs were.
+    #[tokio::test]
+    async fn a_delta_stream_starts_above_what_the_receiver_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::write(&path, vec![7u8; EXTENT_BYTES as usize]).unwrap();
+        let volumes = vec![Volume::open("v", &path).unwrap()];
+        let size = LogSize::for_capacity(64 << 20, Preallocation::Off);
+        let capture = VpgCapture::open(
+            "vpg".into(),
+            SyncPolicy::default(),
+            volumes,
+            9,
+            &dir.path().join("log"),
+            size,
+            StreamTo::OldSite,
+        )
+        .unwrap();
+        let ahead = capture.log.appended_seq() + 1_000_000_000;
+        capture.start_delta_stream(ahead).await.unwrap();
+        assert_eq!(capture.log.appended_seq(), ahead + 1, "the stream's start is the first seq above it");
+        // Below this log's own seqs, the log's next seq wins.
+        capture.start_delta_stream(5).await.unwrap();
+        assert_eq!(capture.log.appended_seq(), ahead + 2);
     }
 
     #[test]

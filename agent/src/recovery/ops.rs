@@ -529,6 +529,12 @@ impl RecoveryOps {
     ) -> Result<Option<ReverseStart>> {
         let (applied_seq, applied_stream) = (applied.seq, applied.stream);
         crate::config::validate_name("vpg", vpg)?;
+        // A new stream starts above it (`start_delta_stream`).
+        if applied_seq >= crate::record::SEQ_LIMIT {
+            return Err(RecoveryError::Unavailable(format!(
+                "the old site says it applied seq {applied_seq}, beyond any seq a log writes (2^53)"
+            )));
+        }
         // Not alongside a switch-back's finish, which drops the session
         // this would add for the capture it drops.
         let _committing = self.committing.lock().await;
@@ -562,7 +568,7 @@ impl RecoveryOps {
         // reaches it after its hashes.
         let delta = match continues {
             true => None,
-            false => Some(capture.start_delta_stream().await?),
+            false => Some(capture.start_delta_stream(applied_seq).await?),
         };
         let session = crate::random::random_u64();
         self.reverse.lock().expect("reverse lock").insert(vpg.to_string(), (session, peer, capture.clone()));
