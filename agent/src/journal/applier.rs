@@ -273,7 +273,7 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     // when no record has the target's seq (a target between checkpoints is
     // a segment's end, and a new stream's seqs start higher).
     let mut passed_target = false;
-    let outcome = scan_journal_until(dir, meta.vpg_id, |rec, _| {
+    let outcome = scan_journal_until(dir, meta.vpg_id, state.applied_seq, |rec, _| {
         if rec.seq <= state.applied_seq {
             return Visit::Continue;
         }
@@ -699,6 +699,33 @@ mod tests {
             want[..4096].fill(b'd');
             want[8192..12288].fill(b'e');
             assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), want);
+        }
+
+        #[test]
+        fn bit_rot_in_records_already_in_the_replica_harms_nothing() {
+            // The replica holds seqs 1-8; record 8 (in the newest segment,
+            // 8-9) rots. Before, the open took it for damage: the segment
+            // was cut before 8 and checkpoint 9 was lost (review of
+            // helper-50).
+            let (_root, dir, meta) = journal();
+            let replica = VolumeFiles::open_replica(&dir, &meta.volumes, true).unwrap();
+            (1..=8).for_each(|seq| replica.apply(&body_at(seq)).unwrap());
+            replica.sync_all().unwrap();
+            let copied = vec![0];
+            ApplyState { applied_seq: 8, copied, stream_id: 3, ..Default::default() }.store(&dir).unwrap();
+            let newest = dir.join(format!("{:020}.tmjrn", 8));
+            let mut bytes = std::fs::read(&newest).unwrap();
+            let at = bytes.windows(64).position(|w| w.iter().all(|b| *b == b'c')).unwrap();
+            bytes[at + 10] ^= 0x40;
+            std::fs::write(&newest, &bytes).unwrap();
+            let policy = HistoryPolicy { history: Duration::from_secs(3600), journal_limit: None, journal_cap: None };
+            let journal = Journal::open(&dir, meta.clone(), &policy).unwrap();
+            assert_eq!((journal.index.durable_seq, journal.index.damage.clone()), (9, None));
+            assert!(!dir.join("quarantine").exists(), "nothing was quarantined");
+            drop(journal);
+            let out = tempfile::tempdir().unwrap();
+            crate::recovery::restore::restore(dir.parent().unwrap(), "db", "last", out.path(), false).unwrap();
+            assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), expected_at(9));
         }
 
         #[test]

@@ -57,7 +57,7 @@ pub fn walk_journal(
             continue;
         }
         let mut damage = None;
-        let scanned = scan_segment(path, vpg_id, *first_seq, |rec, at, crcs| {
+        let scanned = scan_segment(path, vpg_id, *first_seq, after, |rec, at, crcs| {
             damage = order.check(rec.seq, path, at);
             if damage.is_some() {
                 return Visit::Stop;

@@ -127,7 +127,8 @@ impl Journal {
         let mut index = JournalIndex::from_applied(meta.volumes.len(), &state);
         let fs: Arc<dyn Storage> = Arc::new(crate::storage::RealStorage);
         let forget = &mut |segment: &Path| summary::forget(segment);
-        let outcome = segments::recover(&*fs, dir, meta.vpg_id, forget, |rec, _| index.observe(rec))?;
+        let outcome =
+            segments::recover(&*fs, dir, meta.vpg_id, state.applied_seq, forget, |rec, _| index.observe(rec))?;
         if let Some(damage) = &outcome.damage {
             index.damage = Some(damage.to_string());
         }

@@ -58,15 +58,25 @@ pub enum SegmentScan {
 
 /// Calls `visit` for every verified record of one journal segment, with
 /// its file offset and its checksums, until the end, damage or a stop.
-/// `first_seq` is the one its name says. The storage failing is an
-/// error, never damage.
+/// `first_seq` is the one its name says. Records at or below `in_replica`
+/// are passed over unchecked (`SegmentReader::skip_through`). The storage
+/// failing is an error, never damage.
 pub fn scan_segment(
     path: &Path,
     vpg_id: u32,
     first_seq: u64,
+    in_replica: u64,
     visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
-    scan_segment_from(&REAL, Source::PageCache, path, vpg_id, first_seq, visit)
+    let segment = SegmentAt { path, first_seq };
+    scan_segment_from(&REAL, Source::PageCache, segment, vpg_id, in_replica, visit)
+}
+
+/// A segment and the first seq its name says.
+#[derive(Clone, Copy)]
+struct SegmentAt<'a> {
+    path: &'a Path,
+    first_seq: u64,
 }
 
 /// Where a scan reads a segment from.
@@ -81,9 +91,9 @@ enum Source {
 fn scan_segment_from(
     fs: &dyn Storage,
     source: Source,
-    path: &Path,
+    SegmentAt { path, first_seq }: SegmentAt<'_>,
     vpg_id: u32,
-    first_seq: u64,
+    in_replica: u64,
     mut visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
     let (mut reader, header_seq) = match source {
@@ -93,6 +103,7 @@ fn scan_segment_from(
     if header_seq != first_seq {
         return Err(JournalError::Misnamed { path: path.to_path_buf(), header: header_seq, name: first_seq });
     }
+    reader.skip_through(in_replica);
     loop {
         match reader.next_record() {
             Ok(Some((rec, at))) => {
@@ -145,14 +156,18 @@ fn retired_since_listing_on(fs: &dyn Storage, path: &Path, is_newest: bool) -> b
     !is_newest && !fs.exists(path)
 }
 
-/// Calls `visit` for every verified record in order, with where it lies.
-/// Stops at the first damage, at `Visit::Stop`, or at the end.
+/// Calls `visit` for every verified record above `in_replica` in order,
+/// with where it lies; the records at or below it are in the replica and
+/// are neither visited nor checked (bit rot in them harms nothing), and
+/// segments that hold only such records are not read. Stops at the first
+/// damage, at `Visit::Stop`, or at the end.
 pub fn scan_journal_until(
     dir: &Path,
     vpg_id: u32,
+    in_replica: u64,
     visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
-    scan_journal_with(&REAL, Source::PageCache, dir, vpg_id, visit)
+    scan_journal_with(&REAL, Source::PageCache, dir, vpg_id, in_replica, visit)
 }
 
 /// `scan_journal_until`, the newest segment read from `newest_from`.
@@ -161,14 +176,19 @@ fn scan_journal_with(
     newest_from: Source,
     dir: &Path,
     vpg_id: u32,
+    in_replica: u64,
     mut visit: impl FnMut(&Record, RecordAt) -> Visit,
 ) -> Result<ScanOutcome> {
     let segments = list_segments_on(fs, dir, SegmentKind::Journal)?;
     let mut order = SeqOrder::default();
     for (i, (first_seq, path)) in segments.iter().enumerate() {
+        if segments.get(i + 1).is_some_and(|(next, _)| next.saturating_sub(1) <= in_replica) {
+            continue;
+        }
         let mut damage = None;
         let source = if i + 1 == segments.len() { newest_from } else { Source::PageCache };
-        let scanned = scan_segment_from(fs, source, path, vpg_id, *first_seq, |rec, at, _| {
+        let segment = SegmentAt { path, first_seq: *first_seq };
+        let scanned = scan_segment_from(fs, source, segment, vpg_id, in_replica, |rec, at, _| {
             damage = order.check(rec.seq, path, at);
             if damage.is_some() {
                 return Visit::Stop;
@@ -196,9 +216,10 @@ pub fn scan_journal_on(
     fs: &dyn Storage,
     dir: &Path,
     vpg_id: u32,
+    in_replica: u64,
     mut visit: impl FnMut(&Record, RecordAt),
 ) -> Result<ScanOutcome> {
-    scan_journal_with(fs, Source::Disk, dir, vpg_id, |rec, at| {
+    scan_journal_with(fs, Source::Disk, dir, vpg_id, in_replica, |rec, at| {
         visit(rec, at);
         Visit::Continue
     })

@@ -37,10 +37,13 @@ pub type Forget<'a> = &'a mut dyn FnMut(&Path) -> Result<()>;
 ///    `scan_journal_on`); a torn tail is cut, and a corrupt record moves
 ///    the damaged segment's original and every later segment to
 ///    `quarantine/` and the journal continues from the last good record.
+///    Records at or below `in_replica` (in the replica already) are not
+///    checked: damage in them harms nothing.
 pub fn recover(
     fs: &dyn Storage,
     dir: &Path,
     vpg_id: u32,
+    in_replica: u64,
     forget: Forget<'_>,
     visit: impl FnMut(&Record, RecordAt),
 ) -> Result<ScanOutcome> {
@@ -61,7 +64,7 @@ pub fn recover(
             sync_dir(fs, dir)?;
         }
     }
-    let outcome = scan_journal_on(fs, dir, vpg_id, visit)?;
+    let outcome = scan_journal_on(fs, dir, vpg_id, in_replica, visit)?;
     if let Some(damage) = &outcome.damage {
         repair(fs, dir, damage, &outcome.segments, forget)?;
     }
@@ -250,7 +253,7 @@ mod tests {
             drop(files);
             let segments = list_segments_on(&fs, dir, SegmentKind::Journal).unwrap();
             assert_eq!(segments.len(), 2, "seed {seed}: the third record starts a segment of its own");
-            let outcome = recover(&fs, dir, VPG_ID, &mut |_| Ok(()), |_, _| {}).unwrap();
+            let outcome = recover(&fs, dir, VPG_ID, 0, &mut |_| Ok(()), |_, _| {}).unwrap();
             assert!(outcome.damage.is_some_and(|d| !d.torn), "seed {seed}: a corrupt record in a closed segment");
             fs.power_cut();
             let quarantine = dir.join(QUARANTINE_DIR);

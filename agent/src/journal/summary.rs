@@ -321,7 +321,7 @@ pub fn summary_path(segment: &Path) -> PathBuf {
 pub fn build(segment: &Path, vpg_id: u32, first_seq: u64) -> Result<Option<SegmentSummary>> {
     let mut entries = Vec::new();
     let mut last = (0u64, 0u32);
-    let outcome = scan_segment(segment, vpg_id, first_seq, |rec, at, crcs| {
+    let outcome = scan_segment(segment, vpg_id, first_seq, 0, |rec, at, crcs| {
         entries.push(Entry::of(rec, at, crcs.payload));
         last = (at, crcs.header);
         Visit::Continue

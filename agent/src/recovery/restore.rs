@@ -54,7 +54,7 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
     let mut applied = 0u64;
     let mut failure: Option<RecoveryError> = None;
     let mut last_seq = base;
-    scan_journal_until(&view.dir, view.meta.vpg_id, |rec, _| {
+    scan_journal_until(&view.dir, view.meta.vpg_id, base, |rec, _| {
         if rec.seq <= base {
             return Visit::Continue;
         }

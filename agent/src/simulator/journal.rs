@@ -49,7 +49,7 @@ pub(super) fn open_segments(
     mut visit: impl FnMut(&Record),
 ) -> Result<(SegmentFiles, Option<String>), JournalError> {
     let forget = &mut |_: &Path| Ok(());
-    let outcome = segments::recover(fs, dir, vpg_id, forget, |rec, _| visit(rec))?;
+    let outcome = segments::recover(fs, dir, vpg_id, 0, forget, |rec, _| visit(rec))?;
     let files = SegmentFiles::open(Arc::new(fs.clone()), dir, vpg_id, rolling, outcome.last_seq + 1)?;
     Ok((files, outcome.damage.map(|d| d.to_string())))
 }
