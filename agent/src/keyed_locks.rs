@@ -66,8 +66,24 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "a second holder of a got in");
         assert_eq!(locks.keys_in_use(), 1, "b was forgotten; a is held and waited for");
+        // Let go, a is the waiter's: a third holder still waits for it.
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let second = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let _a = locks.lock("a").await;
+                held_tx.send(()).unwrap();
+                release_rx.await.unwrap();
+            })
+        };
         drop(a);
         waiter.await.unwrap();
+        held_rx.await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(100), locks.lock("a")).await;
+        assert!(third.is_err(), "a third holder of a got in while the second held it");
+        release_tx.send(()).unwrap();
+        second.await.unwrap();
         assert_eq!(locks.keys_in_use(), 0);
     }
 }

@@ -181,6 +181,10 @@ pub struct HistoryStatus {
     pub journal_limit: Option<u64>,
     /// Set when the window is shorter than configured, and why.
     pub warning: String,
+    /// The byte limit moved the replica to this seq, between checkpoints,
+    /// and it is still at no checkpoint; whether it is an image there.
+    #[serde(skip)]
+    pub between_checkpoints: Option<(u64, bool)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

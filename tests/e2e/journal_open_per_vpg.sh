@@ -34,4 +34,8 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 [ "$(opens)" -eq 2 ] || fail "$(opens) journal opens after 30 s, not 2"
+# The failpoint fired: the slow open ended well after the other.
+mapfile -t at < <(grep "opened the journal for the VPG's first hello" "$WORK/recovery.log" | cut -c12-19 |
+    awk -F: '{print $1 * 3600 + $2 * 60 + $3}')
+[ $((at[1] - at[0])) -ge 15 ] || fail "the two opens ended $((at[1] - at[0])) s apart: the slow open did not happen"
 log "PASS"

@@ -63,8 +63,8 @@ REVERTS = {
     ),
     "journal-tail-read-from-page-cache": (
         "agent/src/journal/scan.rs",
-        "    scan_journal_with(fs, Source::Disk, dir, vpg_id, |rec, at| {",
-        "    scan_journal_with(fs, Source::PageCache, dir, vpg_id, |rec, at| { let _ = Source::Disk;",
+        "    scan_journal_with(fs, Source::Disk, dir, vpg_id, in_replica, |rec, at| {",
+        "    scan_journal_with(fs, Source::PageCache, dir, vpg_id, in_replica, |rec, at| { let _ = Source::Disk;",
     ),
     "journal-roll-leftover-kept": (
         "agent/src/journal/segments.rs",

@@ -90,8 +90,9 @@ pub struct PassReport {
     /// one that is not: no checkpoint is restorable until the next
     /// consistent one arrives.
     pub left_consistent: bool,
-    /// The replica is at a seq between checkpoints: the byte limit found
-    /// none far enough on (set on every pass until it is at one again).
+    /// This pass moved the replica to a seq between checkpoints: the byte
+    /// limit found none far enough on. (A reader's lease at `head` can
+    /// hold the replica between checkpoints too; that gives nothing up.)
     pub between_checkpoints: Option<BetweenCheckpoints>,
     /// The replica stays at this consistent checkpoint although the
     /// window passed newer ones, which are no image (a resync or a new
@@ -110,8 +111,8 @@ pub struct BetweenCheckpoints {
     /// Every volume's copy is in and no resync is under way: the replica
     /// is a crash-consistent image, and so is `head`.
     pub image: bool,
-    /// Set by the pass that moved it there: the newest consistent
-    /// checkpoint it moved past (no longer restorable).
+    /// The newest consistent checkpoint it moved past (no longer
+    /// restorable).
     pub gave_up: Option<u64>,
 }
 
@@ -292,6 +293,12 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     if let Some(e) = failure {
         return Err(e);
     }
+    // Or a segment named after a seq above the target was reached with no
+    // damage before it (the first batch of a new stream rolled to it, and
+    // its append failed and left it empty).
+    let damaged_at = outcome.damage.as_ref().and_then(|d| outcome.segments.iter().find(|(_, p)| *p == d.path));
+    let next_segment_above = outcome.segments.iter().find(|(first, _)| *first > target);
+    passed_target |= next_segment_above.is_some_and(|(above, _)| damaged_at.is_none_or(|(at, _)| at >= above));
     if index.durable_seq < target && !passed_target {
         let why = outcome.damage.map_or("the journal ends".to_string(), |d| d.to_string());
         let why =
@@ -387,7 +394,7 @@ pub fn pass(
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
         let image = next.base.as_ref().map_or_else(|| replica_is_image(&next, meta), |b| b.consistent);
         report.left_consistent = chosen.gives_up_consistent && !image;
-        if next.base.is_none() {
+        if chosen.between_checkpoints && next.base.is_none() {
             let gave_up = checkpoints.iter().rev().find(|c| c.consistent && c.id < t).map(|c| c.id);
             report.between_checkpoints = Some(BetweenCheckpoints { seq: t, image, gave_up });
         }
@@ -397,10 +404,6 @@ pub fn pass(
     }
     if chosen.held_consistent {
         report.held_consistent = Some(state.applied_seq);
-    }
-    if state.base.is_none() && state.applied_seq > 0 && report.between_checkpoints.is_none() {
-        let image = replica_is_image(&state, meta);
-        report.between_checkpoints = Some(BetweenCheckpoints { seq: state.applied_seq, image, gave_up: None });
     }
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
     report.journal_bytes = journal_bytes(dir)?;
@@ -678,20 +681,26 @@ mod tests {
                     f.write_all(&Record { seq, vpg_id: VPG_ID, body: body(seq) }.encode()).unwrap();
                 }
             }
+            // The new stream's segment, before its first batch was written
+            // (an append that failed leaves it so): the target is reached.
+            let second = dir.join(format!("{:020}.tmjrn", 20));
+            let whole = std::fs::read(&second).unwrap();
+            std::fs::write(&second, &whole[..crate::segment::SEGMENT_HEADER_BYTES]).unwrap();
             let policy =
                 HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(1), journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
             assert_eq!((report.applied_to, report.segments_retired), (Some(19), 1));
+            std::fs::write(&second, &whole).unwrap();
             let between = report.between_checkpoints.unwrap();
             assert_eq!((between.seq, between.image, between.gave_up), (19, true, Some(4)));
             assert_eq!(replica_bytes(&dir), expected_at(4));
             let state = ApplyState::load(&dir).unwrap();
             assert_eq!((state.applied_seq, state.base, state.stream_id), (19, None, 3));
-            // The next pass says so again, without a checkpoint to give up.
+            // The next pass has nothing more to give up.
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
-            assert_eq!(report.between_checkpoints.map(|b| (b.seq, b.gave_up)), Some((19, None)));
+            assert_eq!((report.applied_to, report.between_checkpoints), (None, None));
             // head: the replica plus stream 4's records.
             let out = tempfile::tempdir().unwrap();
             crate::recovery::restore::restore(dir.parent().unwrap(), "db", "head", out.path(), false).unwrap();

@@ -147,8 +147,8 @@ impl JournalView {
         }
     }
 
-    /// Why no checkpoint older than the replica is left, when the byte
-    /// limit moved it to a seq that is none (applier.rs).
+    /// Why no checkpoint older than the replica is left, when it is at a
+    /// seq that is none (applier.rs).
     fn between_checkpoints(&self) -> Option<String> {
         let at = self.index.applied_seq;
         if at == 0 || self.index.oldest().is_some_and(|c| c.id == at) {
@@ -159,8 +159,8 @@ impl JournalView {
             _ => "`head` is no image yet (a resync or a copy is under way)",
         };
         Some(format!(
-            "journal_limit (or a nearly full disk) moved the replica to seq {at}, between checkpoints, past the ones \
-             before it; {head}"
+            "the replica is at seq {at}, between checkpoints, past the ones before it (journal_limit or a nearly \
+             full disk moved it there, or a reader of head held it there); {head}"
         ))
     }
 

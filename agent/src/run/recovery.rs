@@ -163,6 +163,12 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
             let before = history.warning.clone();
             match result {
                 Ok(Ok(report)) => {
+                    // Said until the replica is at a checkpoint again.
+                    if let Some(b) = &report.between_checkpoints {
+                        history.between_checkpoints = Some((b.seq, b.image));
+                    } else if report.state.base.is_some() {
+                        history.between_checkpoints = None;
+                    }
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
                     let why = if let Some(damage) = &report.journal_damage {
@@ -183,8 +189,8 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                              passed the history window but are no image (a resync or a new stream's copy is under \
                              way); the journal grows until one is (journal_limit bounds it)"
                         )
-                    } else if let Some(between) = &report.between_checkpoints {
-                        between_checkpoints_warning(between)
+                    } else if let Some((seq, image)) = history.between_checkpoints {
+                        between_checkpoints_warning(seq, image)
                     } else if report.disk_nearly_full {
                         "the journal's file system is nearly full (under 5 % free): the oldest history was applied \
                          early, so the window is shorter than configured (free space, or set journal_limit)"
@@ -216,16 +222,15 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
 }
 
 /// What status says while the limit keeps the replica between checkpoints.
-fn between_checkpoints_warning(between: &applier::BetweenCheckpoints) -> String {
-    let restorable = if between.image {
+fn between_checkpoints_warning(seq: u64, image: bool) -> String {
+    let restorable = if image {
         "the checkpoints before it are gone; head and the checkpoints after it are restorable"
     } else {
         "a resync or a new stream's copy is under way, so nothing is restorable until the next consistent checkpoint"
     };
     format!(
-        "the replica is at seq {}, between checkpoints: journal_limit (or the free disk) was reached by writes with \
-         no checkpoint far enough on; {restorable} (shorten checkpoint_interval_ms or raise journal_limit)",
-        between.seq
+        "the replica is at seq {seq}, between checkpoints: journal_limit (or the free disk) was reached by writes with \
+         no checkpoint far enough on; {restorable} (shorten checkpoint_interval_ms or raise journal_limit)"
     )
 }
 

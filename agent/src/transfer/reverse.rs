@@ -224,7 +224,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 ));
             }
             // A batch that writes at byte OFFSET (return(OFFSET)) takes
-            // 12 s more to apply, before it writes anything.
+            // 20 s more to apply, before it writes anything.
             let slow_at: Option<u64> = (|| {
                 fail::fail_point!("reverse-apply-slow", |at: Option<String>| at.and_then(|a| a.parse::<u64>().ok()));
                 None
@@ -232,7 +232,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             if slow_at.is_some_and(|at| {
                 decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
             }) {
-                std::thread::sleep(std::time::Duration::from_secs(12));
+                std::thread::sleep(std::time::Duration::from_secs(20));
             }
             let mut copied = before;
             let mut stream = stream_before;
