@@ -293,12 +293,14 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     if let Some(e) = failure {
         return Err(e);
     }
-    // Or a segment named after a seq above the target was reached with no
-    // damage before it (the first batch of a new stream rolled to it, and
-    // its append failed and left it empty).
+    // Or the segment named after the seq right above the target (a target
+    // between checkpoints is the end of the segment before it) was reached
+    // with no damage before it: the first batch of a new stream rolled to
+    // it, and its append failed and left it empty. Only right above: a
+    // segment further on says nothing of records a repair cut before it.
     let damaged_at = outcome.damage.as_ref().and_then(|d| outcome.segments.iter().find(|(_, p)| *p == d.path));
-    let next_segment_above = outcome.segments.iter().find(|(first, _)| *first > target);
-    passed_target |= next_segment_above.is_some_and(|(above, _)| damaged_at.is_none_or(|(at, _)| at >= above));
+    let next_segment = outcome.segments.iter().find(|(first, _)| *first == target + 1);
+    passed_target |= next_segment.is_some_and(|(next, _)| damaged_at.is_none_or(|(at, _)| at >= next));
     if index.durable_seq < target && !passed_target {
         let why = outcome.damage.map_or("the journal ends".to_string(), |d| d.to_string());
         let why =
@@ -689,6 +691,11 @@ mod tests {
             let policy =
                 HistoryPolicy { history: Duration::from_secs(3600), journal_limit: Some(1), journal_cap: None };
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+            // Only the segment right after a target says its records were
+            // all read: one further on says nothing of records a repair may
+            // have cut before it.
+            let refused = apply_to(&dir, &meta, &ApplyState::default(), 10).unwrap_err();
+            assert!(refused.to_string().contains("cannot apply to seq 10"), "{refused}");
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
             assert_eq!((report.applied_to, report.segments_retired), (Some(19), 1));
             std::fs::write(&second, &whole).unwrap();

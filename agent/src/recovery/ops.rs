@@ -529,12 +529,6 @@ impl RecoveryOps {
     ) -> Result<Option<ReverseStart>> {
         let (applied_seq, applied_stream) = (applied.seq, applied.stream);
         crate::config::validate_name("vpg", vpg)?;
-        // A new stream starts above it (`start_delta_stream`).
-        if applied_seq >= crate::record::SEQ_LIMIT {
-            return Err(RecoveryError::Unavailable(format!(
-                "the old site says it applied seq {applied_seq}, beyond any seq a log writes (2^53)"
-            )));
-        }
         // Not alongside a switch-back's finish, which drops the session
         // this would add for the capture it drops.
         let _committing = self.committing.lock().await;
@@ -548,6 +542,12 @@ impl RecoveryOps {
             return Err(RecoveryError::Unavailable(format!(
                 "the old site's volumes {:?} differ from this VPG's {:?}",
                 volumes, meta.volumes
+            )));
+        }
+        // A new stream starts above it (`start_delta_stream`).
+        if applied_seq >= crate::record::SEQ_LIMIT - 1 {
+            return Err(RecoveryError::Unavailable(format!(
+                "the old site says it applied seq {applied_seq}, beyond any seq a log writes (2^53)"
             )));
         }
         let capture = self.reverse_capture(vpg, &dir, &meta).await?;

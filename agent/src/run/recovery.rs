@@ -158,7 +158,10 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
         for slot in slots.into_iter().filter(|s| s.state().replica_moves()) {
             let task = slot.clone();
             let result = tokio::task::spawn_blocking(move || apply_once(&task)).await;
-            let capped = slot.journal.lock().expect("journal lock").capped().map(str::to_owned);
+            let (capped, volume_count) = {
+                let journal = slot.journal.lock().expect("journal lock");
+                (journal.capped().map(str::to_owned), journal.meta.volumes.len())
+            };
             let mut history = slot.history.lock().expect("history lock");
             let before = history.warning.clone();
             match result {
@@ -168,6 +171,10 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                         history.between_checkpoints = Some((b.seq, b.image));
                     } else if report.state.base.is_some() {
                         history.between_checkpoints = None;
+                    } else if let Some(between) = history.between_checkpoints.as_mut() {
+                        // Moved on since (a lease at head), still at none.
+                        let image = report.state.copied.len() == volume_count && !report.state.resyncing;
+                        *between = (report.applied_seq, image);
                     }
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
