@@ -79,6 +79,9 @@ pub struct PassReport {
     pub segments_retired: usize,
     /// Journal bytes on disk after the pass.
     pub journal_bytes: u64,
+    /// No reader needs records at or below this seq any more: the
+    /// replica's, or the oldest base of a live lease.
+    pub in_replica: u64,
     /// The replica is at a checkpoint younger than the window: the byte
     /// limit made the window shorter than configured. Stays set after the
     /// journal is back under its limit, until time catches up with the
@@ -410,6 +413,7 @@ pub fn pass(
     report.segments_retired = retire(dir, &before, state.applied_seq, &leases)?;
     report.journal_bytes = journal_bytes(dir)?;
     report.applied_seq = state.applied_seq;
+    report.in_replica = leases.iter().map(|l| l.base).chain([state.applied_seq]).min().unwrap_or(0);
     report.shortened |= state.base.as_ref().is_some_and(|b| b.time_ms > policy.horizon_ms(now_ms));
     report.shortened |= report.between_checkpoints.is_some();
     report.state = state;

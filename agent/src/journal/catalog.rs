@@ -43,7 +43,15 @@ pub fn walk_journal(
             continue;
         }
         let is_newest = next_first.is_none();
-        if let Some(found) = (!is_newest).then(|| summary::load_valid(path, vpg_id, *first_seq)).flatten() {
+        // A summary may leave out records no reader needed when it was
+        // made (damaged ones in the replica already, `summary.rs`): used
+        // only when it starts at the segment's first seq or this walk
+        // starts after its first entry; else the segment is scanned.
+        let covers = |s: &summary::SegmentSummary| {
+            s.entries.first().is_some_and(|e| e.seq == *first_seq || after >= e.seq.saturating_sub(1))
+        };
+        let summarized = (!is_newest).then(|| summary::load_valid(path, vpg_id, *first_seq)).flatten();
+        if let Some(found) = summarized.filter(covers) {
             out.summarized += 1;
             for entry in found.entries.iter().filter(|e| e.seq > after) {
                 if let Some(d) = order.check(entry.seq, path, 0) {
@@ -167,8 +175,8 @@ mod tests {
         let (scanned, how) = entries(dir.path());
         assert_eq!(how, (0, 4));
         let mut keeper = Summarizer::default();
-        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 3, "the newest segment is not sealed");
-        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 0, "a valid summary is not rewritten");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 3, "the newest segment is not sealed");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 0, "a valid summary is not rewritten");
         let (summarized, how) = entries(dir.path());
         assert_eq!(how, (3, 1));
         assert_eq!(summarized, scanned);
@@ -186,7 +194,7 @@ mod tests {
         let dir = journal(3, 25);
         let (scanned, _) = entries(dir.path());
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
         let segs = sealed(dir.path());
         // Deleted.
         std::fs::remove_file(summary_path(&segs[0])).unwrap();
@@ -197,7 +205,7 @@ mod tests {
         bytes[HEADER_BYTES + 3] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(entries(dir.path()), (scanned.clone(), (0, 3)));
-        assert_eq!(keeper.pass(dir.path(), VPG_ID).unwrap(), 2);
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 2);
         assert_eq!(entries(dir.path()), (scanned.clone(), (2, 1)));
         // Stale: the segment replaced by another of the same name and
         // length whose last record differs.
@@ -217,7 +225,7 @@ mod tests {
         // A crash mid-write leaves a temporary; orphans go too.
         std::fs::write(summary_path(&segs[1]).with_extension(TEMP_EXTENSION), b"half").unwrap();
         std::fs::write(dir.path().join("00000000000000000999.tmjrn.idx"), b"orphan").unwrap();
-        keeper.pass(dir.path(), VPG_ID).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
         let left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -230,7 +238,7 @@ mod tests {
     fn damage_after_the_summary_was_written_is_found_and_the_summary_dropped() {
         let dir = journal(3, 25);
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
         let segs = sealed(dir.path());
         // The header of seq 31 (a Zero: no data crc for a reader to check),
         // in the middle of the second segment.
@@ -241,7 +249,7 @@ mod tests {
         std::fs::write(&segs[1], &bytes).unwrap();
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the summary alone cannot see it");
         for _ in 0..4 {
-            keeper.pass(dir.path(), VPG_ID).unwrap();
+            keeper.pass(dir.path(), VPG_ID, 0).unwrap();
         }
         let (path, message) = keeper.damage.clone().expect("the background check found the damage");
         assert_eq!(path, segs[1]);
@@ -250,14 +258,41 @@ mod tests {
         let walked = walk_journal(dir.path(), VPG_ID, 0, |_, _| Visit::Continue).unwrap();
         assert!(walked.damage.is_some(), "readers now meet the damage");
         // Not summarized again while it stays damaged.
-        keeper.pass(dir.path(), VPG_ID).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
         assert!(!summary_path(&segs[1]).exists());
+    }
+
+    #[test]
+    fn damage_in_records_no_reader_needs_is_not_reported() {
+        // Seq 29 (a Write in the second segment, 26-50) rots; the replica
+        // (or the oldest lease) is at 30. The summary keeps the records
+        // above it, and readers from there on walk on.
+        let dir = journal(3, 25);
+        let segs = sealed(dir.path());
+        let mut bytes = std::fs::read(&segs[1]).unwrap();
+        let record = Record { seq: 29, vpg_id: VPG_ID, body: body_at(29) }.encode();
+        let at = bytes.windows(record.len()).position(|w| w == record.as_slice()).unwrap();
+        bytes[at + crate::record::RECORD_HEADER_BYTES + 100] ^= 0x40;
+        std::fs::write(&segs[1], &bytes).unwrap();
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
+        let kept = load_valid(&segs[1], VPG_ID, 26).expect("summarized above the replica");
+        assert_eq!(kept.entries.first().map(|e| e.seq), Some(31));
+        let walked = walk_journal(dir.path(), VPG_ID, 30, |_, _| Visit::Continue).unwrap();
+        assert!(walked.damage.is_none() && walked.last_seq == 75, "{walked:?}");
+        // A reader from before the damage still meets it.
+        assert!(walk_journal(dir.path(), VPG_ID, 0, |_, _| Visit::Continue).unwrap().damage.is_some());
+        // Below the replica's seq, the same rot is damage.
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID, 20).unwrap();
+        assert!(keeper.damage.is_some());
     }
 
     #[test]
     fn a_hostile_summary_is_refused_without_being_read_whole() {
         let dir = journal(3, 25);
-        Summarizer::default().pass(dir.path(), VPG_ID).unwrap();
+        Summarizer::default().pass(dir.path(), VPG_ID, 0).unwrap();
         let segs = sealed(dir.path());
         let good = load_valid(&segs[0], VPG_ID, 1).unwrap();
         // Far longer than its segment (sparse): refused before reading.

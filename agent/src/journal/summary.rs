@@ -319,9 +319,25 @@ pub fn summary_path(segment: &Path) -> PathBuf {
 /// Builds the summary of a sealed segment by reading it in full; None
 /// when the segment is damaged (readers then scan it and meet the damage).
 pub fn build(segment: &Path, vpg_id: u32, first_seq: u64) -> Result<Option<SegmentSummary>> {
+    build_above(segment, vpg_id, first_seq, 0)
+}
+
+/// `build`, or, when the segment is damaged only in records at or below
+/// `in_replica` (which no reader needs any more: every reader starts from
+/// the replica or a lease's base, and neither goes back), the summary of
+/// the records above it.
+fn build_for_readers(segment: &Path, vpg_id: u32, first_seq: u64, in_replica: u64) -> Result<Option<SegmentSummary>> {
+    match build(segment, vpg_id, first_seq)? {
+        None if in_replica > 0 => build_above(segment, vpg_id, first_seq, in_replica),
+        whole => Ok(whole),
+    }
+}
+
+/// The summary of the records above `in_replica` (all: 0).
+fn build_above(segment: &Path, vpg_id: u32, first_seq: u64, in_replica: u64) -> Result<Option<SegmentSummary>> {
     let mut entries = Vec::new();
     let mut last = (0u64, 0u32);
-    let outcome = scan_segment(segment, vpg_id, first_seq, 0, |rec, at, crcs| {
+    let outcome = scan_segment(segment, vpg_id, first_seq, in_replica, |rec, at, crcs| {
         entries.push(Entry::of(rec, at, crcs.payload));
         last = (at, crcs.header);
         Visit::Continue
@@ -428,6 +444,8 @@ pub struct Summarizer {
     scrub_next: u64,
     /// The damaged segment and what to tell the operator.
     pub damage: Option<(PathBuf, String)>,
+    /// The last pass's `in_replica`.
+    in_replica: u64,
 }
 
 impl Summarizer {
@@ -476,7 +494,8 @@ impl Summarizer {
     }
 
     fn scrub_one(&mut self, path: &Path, first_seq: u64, vpg_id: u32) -> Result<()> {
-        let why = match (build(path, vpg_id, first_seq), load_valid(path, vpg_id, first_seq)) {
+        let fresh = build_for_readers(path, vpg_id, first_seq, self.in_replica);
+        let why = match (fresh, load_valid(path, vpg_id, first_seq)) {
             (Ok(Some(fresh)), Some(stored)) if fresh == stored => return Ok(()),
             (_, _) if !path.exists() => return Ok(()),
             // A sound segment its summary no longer describes: summarize
@@ -502,8 +521,11 @@ impl Summarizer {
         Ok(())
     }
 
-    /// Returns how many summaries it wrote.
-    pub fn pass(&mut self, dir: &Path, vpg_id: u32) -> Result<usize> {
+    /// Returns how many summaries it wrote. Records at or below
+    /// `in_replica` (the replica's seq, or an older lease's base) are
+    /// needed by no reader: damage in them is not reported.
+    pub fn pass(&mut self, dir: &Path, vpg_id: u32, in_replica: u64) -> Result<usize> {
+        self.in_replica = in_replica;
         let _lock = ApplyLock::shared(dir)?;
         if dir.join(super::FAILOVER_RECORD_FILE).exists() {
             return Ok(0);
@@ -524,7 +546,8 @@ impl Summarizer {
                     continue;
                 }
                 if load_valid(path, vpg_id, *first_seq).is_none() {
-                    match build(path, vpg_id, *first_seq).and_then(|s| s.map(|s| store(path, &s)).transpose()) {
+                    let built = build_for_readers(path, vpg_id, *first_seq, in_replica);
+                    match built.and_then(|s| s.map(|s| store(path, &s)).transpose()) {
                         Ok(Some(())) => written += 1,
                         Ok(None) => {
                             self.report_damage(path, "is damaged (found while summarizing it)");
