@@ -43,15 +43,7 @@ pub fn walk_journal(
             continue;
         }
         let is_newest = next_first.is_none();
-        // A summary may leave out records no reader needed when it was
-        // made (damaged ones in the replica already, `summary.rs`): used
-        // only when it starts at the segment's first seq or this walk
-        // starts after its first entry; else the segment is scanned.
-        let covers = |s: &summary::SegmentSummary| {
-            s.entries.first().is_some_and(|e| e.seq == *first_seq || after >= e.seq.saturating_sub(1))
-        };
-        let summarized = (!is_newest).then(|| summary::load_valid(path, vpg_id, *first_seq)).flatten();
-        if let Some(found) = summarized.filter(covers) {
+        if let Some(found) = (!is_newest).then(|| summary::load_valid(path, vpg_id, *first_seq)).flatten() {
             out.summarized += 1;
             for entry in found.entries.iter().filter(|e| e.seq > after) {
                 if let Some(d) = order.check(entry.seq, path, 0) {
@@ -264,9 +256,9 @@ mod tests {
 
     #[test]
     fn damage_in_records_no_reader_needs_is_not_reported() {
-        // Seq 29 (a Write in the second segment, 26-50) rots; the replica
-        // (or the oldest lease) is at 30. The summary keeps the records
-        // above it, and readers from there on walk on.
+        // Seq 29 (a Write in the second segment, 26-50) rots before it
+        // is summarized; the replica (and the oldest lease) is at 30.
+        // Nothing is reported, and readers from there on scan past it.
         let dir = journal(3, 25);
         let segs = sealed(dir.path());
         let mut bytes = std::fs::read(&segs[1]).unwrap();
@@ -277,16 +269,39 @@ mod tests {
         let mut keeper = Summarizer::default();
         keeper.pass(dir.path(), VPG_ID, 30).unwrap();
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
-        let kept = load_valid(&segs[1], VPG_ID, 26).expect("summarized above the replica");
-        assert_eq!(kept.entries.first().map(|e| e.seq), Some(31));
+        assert!(!summary_path(&segs[1]).exists(), "a summary is whole or none");
+        assert!(summary_path(&segs[0]).exists());
         let walked = walk_journal(dir.path(), VPG_ID, 30, |_, _| Visit::Continue).unwrap();
         assert!(walked.damage.is_none() && walked.last_seq == 75, "{walked:?}");
         // A reader from before the damage still meets it.
         assert!(walk_journal(dir.path(), VPG_ID, 0, |_, _| Visit::Continue).unwrap().damage.is_some());
-        // Below the replica's seq, the same rot is damage.
+        // With a lease from before it (floor 20), the same rot is reported;
+        // once the floor passes it, the report goes.
         let mut keeper = Summarizer::default();
         keeper.pass(dir.path(), VPG_ID, 20).unwrap();
         assert!(keeper.damage.is_some());
+        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
+    }
+
+    #[test]
+    fn a_summary_made_before_rot_in_records_no_reader_needs_is_kept() {
+        let dir = journal(3, 25);
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        let segs = sealed(dir.path());
+        let mut bytes = std::fs::read(&segs[1]).unwrap();
+        let record = Record { seq: 29, vpg_id: VPG_ID, body: body_at(29) }.encode();
+        let at = bytes.windows(record.len()).position(|w| w == record.as_slice()).unwrap();
+        bytes[at + crate::record::RECORD_HEADER_BYTES + 100] ^= 0x40;
+        std::fs::write(&segs[1], &bytes).unwrap();
+        for _ in 0..8 {
+            keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        }
+        assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
+        assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the scrub kept the summary");
+        let walked = walk_journal(dir.path(), VPG_ID, 30, |_, _| Visit::Continue).unwrap();
+        assert_eq!((walked.summarized, walked.scanned, walked.last_seq), (1, 1, 75), "the second from its summary");
     }
 
     #[test]

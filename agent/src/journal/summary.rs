@@ -322,15 +322,13 @@ pub fn build(segment: &Path, vpg_id: u32, first_seq: u64) -> Result<Option<Segme
     build_above(segment, vpg_id, first_seq, 0)
 }
 
-/// `build`, or, when the segment is damaged only in records at or below
-/// `in_replica` (which no reader needs any more: every reader starts from
-/// the replica or a lease's base, and neither goes back), the summary of
-/// the records above it.
-fn build_for_readers(segment: &Path, vpg_id: u32, first_seq: u64, in_replica: u64) -> Result<Option<SegmentSummary>> {
-    match build(segment, vpg_id, first_seq)? {
-        None if in_replica > 0 => build_above(segment, vpg_id, first_seq, in_replica),
-        whole => Ok(whole),
-    }
+/// Whether the damage of a segment is only in records at or below
+/// `in_replica`, which no reader needs any more (every reader starts from
+/// the replica or a lease's base, and neither goes back; a reader from
+/// before scans and meets it). Such a segment keeps no new summary (a
+/// summary is whole or none), and is not reported.
+fn damage_is_harmless(segment: &Path, vpg_id: u32, first_seq: u64, in_replica: u64) -> bool {
+    in_replica > 0 && matches!(build_above(segment, vpg_id, first_seq, in_replica), Ok(Some(_)))
 }
 
 /// The summary of the records above `in_replica` (all: 0).
@@ -446,6 +444,9 @@ pub struct Summarizer {
     pub damage: Option<(PathBuf, String)>,
     /// The last pass's `in_replica`.
     in_replica: u64,
+    /// The damaged segment's first seq, and `in_replica` when it was last
+    /// found damaged.
+    damage_at: (u64, u64),
 }
 
 impl Summarizer {
@@ -455,7 +456,7 @@ impl Summarizer {
     /// on average: a 20 GiB journal is checked every 45 minutes.
     pub const SCRUB_BYTES_PER_PASS: u64 = 8 << 20;
 
-    fn report_damage(&mut self, segment: &Path, why: &str) {
+    fn report_damage(&mut self, segment: &Path, first_seq: u64, why: &str) {
         let message = format!(
             "journal segment {} {why}; readers now stop there and later checkpoints cannot be restored \
              until the recovery agent restarts and quarantines it (see docs/runbook.md)",
@@ -463,6 +464,27 @@ impl Summarizer {
         );
         tracing::error!("{message}");
         self.damage = Some((segment.to_path_buf(), message));
+        self.damage_at = (first_seq, self.in_replica);
+    }
+
+    /// The damage reported is forgotten once the replica (and every
+    /// lease) passed it: no reader needs those records any more.
+    fn forget_passed_damage(&mut self, vpg_id: u32) {
+        let Some((path, _)) = &self.damage else { return };
+        let (first_seq, floor) = self.damage_at;
+        if self.in_replica <= floor {
+            return;
+        }
+        if damage_is_harmless(path, vpg_id, first_seq, self.in_replica) {
+            tracing::info!(
+                "{}: its damage is now all in records the replica holds; no reader needs them",
+                path.display()
+            );
+            self.failed.remove(path);
+            self.damage = None;
+        } else {
+            self.damage_at.1 = self.in_replica;
+        }
     }
 
     /// Re-verifies summarized segments, round robin, as far as this pass's
@@ -494,8 +516,7 @@ impl Summarizer {
     }
 
     fn scrub_one(&mut self, path: &Path, first_seq: u64, vpg_id: u32) -> Result<()> {
-        let fresh = build_for_readers(path, vpg_id, first_seq, self.in_replica);
-        let why = match (fresh, load_valid(path, vpg_id, first_seq)) {
+        let why = match (build(path, vpg_id, first_seq), load_valid(path, vpg_id, first_seq)) {
             (Ok(Some(fresh)), Some(stored)) if fresh == stored => return Ok(()),
             (_, _) if !path.exists() => return Ok(()),
             // A sound segment its summary no longer describes: summarize
@@ -506,6 +527,9 @@ impl Summarizer {
                 self.seen.extend(stamp(&summary_path(path)).map(|s| (path.to_path_buf(), s)));
                 return Ok(());
             }
+            // The summary made before the rot still serves every reader
+            // (each reads the entries above where it starts).
+            (Ok(None), _) if damage_is_harmless(path, vpg_id, first_seq, self.in_replica) => return Ok(()),
             (Ok(None), _) => "is damaged (found by the background check)".to_string(),
             // The storage failed, not the data: tried again at a later pass.
             (Err(e), _) if e.is_storage() => {
@@ -517,7 +541,7 @@ impl Summarizer {
         forget(path)?;
         self.seen.remove(path);
         self.failed.extend(stamp(path).map(|s| (path.to_path_buf(), s)));
-        self.report_damage(path, &why);
+        self.report_damage(path, first_seq, &why);
         Ok(())
     }
 
@@ -527,6 +551,7 @@ impl Summarizer {
     pub fn pass(&mut self, dir: &Path, vpg_id: u32, in_replica: u64) -> Result<usize> {
         self.in_replica = in_replica;
         let _lock = ApplyLock::shared(dir)?;
+        self.forget_passed_damage(vpg_id);
         if dir.join(super::FAILOVER_RECORD_FILE).exists() {
             return Ok(0);
         }
@@ -546,11 +571,15 @@ impl Summarizer {
                     continue;
                 }
                 if load_valid(path, vpg_id, *first_seq).is_none() {
-                    let built = build_for_readers(path, vpg_id, *first_seq, in_replica);
-                    match built.and_then(|s| s.map(|s| store(path, &s)).transpose()) {
+                    match build(path, vpg_id, *first_seq).and_then(|s| s.map(|s| store(path, &s)).transpose()) {
                         Ok(Some(())) => written += 1,
+                        Ok(None) if damage_is_harmless(path, vpg_id, *first_seq, in_replica) => {
+                            // Readers scan it, passing over the rot.
+                            self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
+                            continue;
+                        }
                         Ok(None) => {
-                            self.report_damage(path, "is damaged (found while summarizing it)");
+                            self.report_damage(path, *first_seq, "is damaged (found while summarizing it)");
                             self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
                             continue;
                         }
@@ -569,6 +598,7 @@ impl Summarizer {
                         Err(e) => {
                             self.report_damage(
                                 path,
+                                *first_seq,
                                 &format!("cannot be read (found while summarizing it): {e_chain}", e_chain = Chain(&e)),
                             );
                             self.failed.extend(segment_stamp.map(|s| (path.clone(), s)));
