@@ -11,13 +11,7 @@
 source "$(dirname "$0")/../lib/common.sh"
 [ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
 
-EXPORT_PORT=$((PORT_BASE + 6))
-EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
-mkdir -p "$WORK/src"
-head -c 16M /dev/urandom >"$WORK/src/disk0.img"
-head -c 32M /dev/urandom >"$WORK/src/disk1.img"
-setup_pair async 1000 disk0:16M disk1:32M
-printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
+served_pair disk0:16M disk1:32M
 start_recovery
 start_protected
 wait_replicated 90

@@ -135,6 +135,19 @@ TOML
     done
 }
 
+# served_pair VOLUME_SPEC...: setup_pair (async, a checkpoint a second)
+# with each source volume first filled with random data, and the recovery
+# side serving failed-over volumes on $EXPORTS (port $EXPORT_PORT).
+served_pair() {
+    local spec
+    EXPORT_PORT=$((PORT_BASE + 6))
+    EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
+    mkdir -p "$WORK/src"
+    for spec in "$@"; do head -c "${spec#*:}" /dev/urandom >"$WORK/src/${spec%%:*}.img"; done
+    setup_pair async 1000 "$@"
+    printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
+}
+
 # small_data_disk SIDE SIZE: the data directory of site SIDE (a or b) on a
 # tmpfs of SIZE (e.g. 48M), unmounted at the end: a disk that fills.
 small_data_disk() {

@@ -136,6 +136,16 @@ mod tests {
         (out, (o.summarized, o.scanned))
     }
 
+    /// Flips a bit of record `seq`'s byte `at` (from its header's start)
+    /// in `segment`.
+    fn rot(segment: &Path, seq: u64, at: usize) {
+        let mut bytes = std::fs::read(segment).unwrap();
+        let record = Record { seq, vpg_id: VPG_ID, body: body_at(seq) }.encode();
+        let start = bytes.windows(record.len()).position(|w| w == record.as_slice()).unwrap();
+        bytes[start + at] ^= 0x40;
+        std::fs::write(segment, &bytes).unwrap();
+    }
+
     fn sealed(dir: &Path) -> Vec<PathBuf> {
         let mut all: Vec<PathBuf> =
             list_segments(dir, SegmentKind::Journal).unwrap().into_iter().map(|(_, p)| p).collect();
@@ -234,11 +244,7 @@ mod tests {
         let segs = sealed(dir.path());
         // The header of seq 31 (a Zero: no data crc for a reader to check),
         // in the middle of the second segment.
-        let mut bytes = std::fs::read(&segs[1]).unwrap();
-        let header = Record { seq: 31, vpg_id: VPG_ID, body: body_at(31) }.encode();
-        let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).unwrap();
-        bytes[at + 20] ^= 0x40;
-        std::fs::write(&segs[1], &bytes).unwrap();
+        rot(&segs[1], 31, 20);
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the summary alone cannot see it");
         for _ in 0..4 {
             keeper.pass(dir.path(), VPG_ID, 0).unwrap();
@@ -261,11 +267,7 @@ mod tests {
         // Nothing is reported, and readers from there on scan past it.
         let dir = journal(3, 25);
         let segs = sealed(dir.path());
-        let mut bytes = std::fs::read(&segs[1]).unwrap();
-        let record = Record { seq: 29, vpg_id: VPG_ID, body: body_at(29) }.encode();
-        let at = bytes.windows(record.len()).position(|w| w == record.as_slice()).unwrap();
-        bytes[at + crate::record::RECORD_HEADER_BYTES + 100] ^= 0x40;
-        std::fs::write(&segs[1], &bytes).unwrap();
+        rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
         let mut keeper = Summarizer::default();
         keeper.pass(dir.path(), VPG_ID, 30).unwrap();
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
@@ -290,11 +292,7 @@ mod tests {
         let mut keeper = Summarizer::default();
         keeper.pass(dir.path(), VPG_ID, 30).unwrap();
         let segs = sealed(dir.path());
-        let mut bytes = std::fs::read(&segs[1]).unwrap();
-        let record = Record { seq: 29, vpg_id: VPG_ID, body: body_at(29) }.encode();
-        let at = bytes.windows(record.len()).position(|w| w == record.as_slice()).unwrap();
-        bytes[at + crate::record::RECORD_HEADER_BYTES + 100] ^= 0x40;
-        std::fs::write(&segs[1], &bytes).unwrap();
+        rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
         for _ in 0..8 {
             keeper.pass(dir.path(), VPG_ID, 30).unwrap();
         }
