@@ -7,6 +7,8 @@
 //!    the replica is a consistent image, only a consistent checkpoint,
 //!    unless the limit leaves no other (a long resync or new stream's
 //!    copy: the last consistent image is given up, and the pass says so);
+//!    over the limit with no checkpoint far enough on (a burst without
+//!    one), the end of the oldest segments, a seq between checkpoints;
 //! 3. records the target in `apply.json`, writes every record after the
 //!    replica's seq up to the target into the replica in seq order,
 //!    fsyncs the images, records the new seq;
