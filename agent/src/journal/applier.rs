@@ -279,10 +279,8 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     // when no record has the target's seq (a target between checkpoints is
     // a segment's end, and a new stream's seqs start higher).
     let mut passed_target = false;
+    // (Records at or below the replica's seq are passed by the scan.)
     let outcome = scan_journal_until(dir, meta.vpg_id, state.applied_seq, |rec, _| {
-        if rec.seq <= state.applied_seq {
-            return Visit::Continue;
-        }
         if rec.seq > target {
             passed_target = true;
             return Visit::Stop;
@@ -323,11 +321,6 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
     };
     next.store(dir)?;
     Ok((next, bytes))
-}
-
-/// Whether the replica, as `state` says, is a crash-consistent image.
-fn replica_is_image(state: &ApplyState, meta: &JournalMeta) -> bool {
-    state.copied.len() == meta.volumes.len() && !state.resyncing && !state.base.as_ref().is_some_and(|b| b.resync)
 }
 
 /// Deletes the closed segments whose records are all at or below both the
@@ -399,7 +392,7 @@ pub fn pass(
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
         let (next, bytes) = apply_to(dir, meta, &state, t)?;
-        let image = next.base.as_ref().map_or_else(|| replica_is_image(&next, meta), |b| b.consistent);
+        let image = next.base.as_ref().map_or_else(|| next.is_image(meta.volumes.len()), |b| b.consistent);
         report.left_consistent = chosen.gives_up_consistent && !image;
         if chosen.between_checkpoints && next.base.is_none() {
             let gave_up = checkpoints.iter().rev().find(|c| c.consistent && c.id < t).map(|c| c.id);

@@ -48,6 +48,12 @@ impl ApplyState {
         }
     }
 
+    /// Whether the replica, as this says, is a crash-consistent image of
+    /// a VPG of `volume_count` volumes.
+    pub fn is_image(&self, volume_count: usize) -> bool {
+        self.copied.len() == volume_count && !self.resyncing && !self.base.as_ref().is_some_and(|b| b.resync)
+    }
+
     pub fn store(&self, dir: &Path) -> Result<()> {
         let json = super::error::encode(APPLY_STATE_FILE, self, false)?;
         Ok(replace_file(&dir.join(APPLY_STATE_FILE), &json, FileMode::Public)?)

@@ -62,9 +62,7 @@ pub fn walk_journal(
             if damage.is_some() {
                 return Visit::Stop;
             }
-            if rec.seq <= after {
-                return Visit::Continue;
-            }
+            // (Records at or below `after` are passed by the scan.)
             visit(&Entry::of(rec, at, crcs.payload), path)
         });
         out.scanned += 1;

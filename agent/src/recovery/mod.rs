@@ -137,7 +137,11 @@ impl JournalView {
             (None, _) if wanted.parse::<u64>().is_ok_and(|id| id < self.index.applied_seq) => Err(RecoveryError::Unavailable(format!(
                 "checkpoint {wanted} is older than the history window; the oldest recoverable checkpoint is {} \
                  (see `tidemark checkpoints`)",
-                self.index.oldest().map_or_else(|| format!("none: {}", self.between_checkpoints().unwrap_or_default()), |c| c.id.to_string())
+                match (self.index.oldest(), self.between_checkpoints()) {
+                    (Some(c), _) => c.id.to_string(),
+                    (None, Some(why)) => format!("none: {why}"),
+                    (None, None) => "none".into(),
+                }
             ))),
             (None, None) if wanted == "latest" => Err(RecoveryError::Unavailable(match self.between_checkpoints() {
                 Some(why) => format!("VPG {:?} has no complete checkpoint: {why}", self.meta.vpg),

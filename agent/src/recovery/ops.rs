@@ -123,7 +123,6 @@ fn open_reverse_capture(vpg: &str, dir: &Path, meta: &JournalMeta) -> Result<Arc
 /// A reverse session: its id, the certificate that opened it, its capture.
 type ReverseSession = (u64, [u8; 32], Arc<VpgCapture>);
 
-/// What a reverse hello gets.
 /// What the old site says it applied, in its reverse hello.
 #[derive(Debug, Clone, Copy)]
 pub struct OldSiteApplied {
@@ -133,6 +132,7 @@ pub struct OldSiteApplied {
     pub in_sync: bool,
 }
 
+/// What a reverse hello gets.
 pub struct ReverseStart {
     pub session: u64,
     /// The copy generation of the delta stream this session starts (the

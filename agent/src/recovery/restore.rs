@@ -54,10 +54,8 @@ pub fn restore(journal_root: &Path, vpg: &str, wanted: &str, out_dir: &Path, pro
     let mut applied = 0u64;
     let mut failure: Option<RecoveryError> = None;
     let mut last_seq = base;
+    // Records at or below `base` are in the replica: the scan passes them.
     scan_journal_until(&view.dir, view.meta.vpg_id, base, |rec, _| {
-        if rec.seq <= base {
-            return Visit::Continue;
-        }
         if rec.seq > target.id {
             return Visit::Stop;
         }

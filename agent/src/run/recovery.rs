@@ -173,8 +173,7 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
                         history.between_checkpoints = None;
                     } else if let Some(between) = history.between_checkpoints.as_mut() {
                         // Moved on since (a lease at head), still at none.
-                        let image = report.state.copied.len() == volume_count && !report.state.resyncing;
-                        *between = (report.applied_seq, image);
+                        *between = (report.applied_seq, report.state.is_image(volume_count));
                     }
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;

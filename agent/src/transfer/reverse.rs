@@ -102,7 +102,8 @@ async fn session(
     // still writes: an extent hashed before its write lands would compare
     // as the recovery site's and never be copied (review of helper-53).
     drop(vpg.order.lock().await);
-    let applied_seq = vpg.reverse_state().map_or(0, |r| r.applied_seq);
+    let known = vpg.reverse_state();
+    let applied_seq = known.as_ref().map_or(0, |r| r.applied_seq);
     let mut control = dial(connector, &peer.address, peer.control_port).await?;
     let volumes: Vec<VolumeInfo> =
         vpg.volumes.iter().map(|v| VolumeInfo { name: v.name.clone(), size: v.size }).collect();
@@ -112,8 +113,8 @@ async fn session(
         vpg_id: vpg.log.vpg_id(),
         volumes,
         applied_seq,
-        stream_id: vpg.reverse_state().map_or(0, |r| r.stream_id),
-        in_sync: vpg.reverse_state().is_some_and(|r| r.in_sync),
+        stream_id: known.as_ref().map_or(0, |r| r.stream_id),
+        in_sync: known.as_ref().is_some_and(|r| r.in_sync),
     };
     send_control(&mut control, &hello).await?;
     let (session, need_hashes) = match recv_control(&mut control).await? {
@@ -132,7 +133,7 @@ async fn session(
         }
         other => return Err(TransferError::Peer(format!("unexpected reply to the reverse hello: {other:?}"))),
     };
-    let was_in_sync = vpg.reverse_state().is_some_and(|r| r.in_sync);
+    let was_in_sync = known.as_ref().is_some_and(|r| r.in_sync);
     progress.send_modify(|p| p.in_sync = was_in_sync && !need_hashes);
     if need_hashes {
         progress.send_modify(|p| *p = ReverseProgress { applied_seq, ..Default::default() });
