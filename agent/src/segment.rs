@@ -22,7 +22,7 @@ use crate::io_failure::{Doing, IoFailure};
 use crate::record::{u32_at, u64_at, Record, RecordBody, RecordError, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use crate::storage::{SequentialReader, Storage, StorageFile, REAL};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -431,6 +431,16 @@ impl SegmentReader {
     /// without it nothing says where the next one starts.
     pub fn skip_through(&mut self, seq: u64) {
         self.skip_through = seq;
+    }
+
+    /// Goes on reading at `offset`: a record's start (or the end) that the
+    /// caller knows from elsewhere, past damage (`journal::summary_file::
+    /// resume_past_damage`).
+    pub fn resume_at(&mut self, offset: u64) {
+        let buffered = self.reader.buffer().len();
+        self.reader.consume(buffered);
+        self.reader.get_mut().seek_to(offset);
+        self.offset = offset;
     }
 
     /// The next record and its file offset; `Ok(None)` at a clean end.

@@ -500,8 +500,8 @@ mod tests {
     mod on_disk {
         use super::super::*;
         use crate::journal::Journal;
-        use crate::record::{Record, RecordBody};
-        use crate::segment::create_segment;
+        use crate::record::{Record, RecordBody, RECORD_HEADER_BYTES};
+        use crate::segment::{create_segment, SEGMENT_HEADER_BYTES};
         use crate::wire::message::VolumeInfo;
         use std::io::Write;
 
@@ -741,6 +741,69 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             crate::recovery::restore::restore(dir.parent().unwrap(), "db", "last", out.path(), false).unwrap();
             assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), expected_at(9));
+        }
+
+        #[test]
+        fn a_damaged_header_in_records_already_in_the_replica_harms_nothing() {
+            // The replica holds seqs 1-5; the header of record 5 (the first
+            // of segment 5-7, summarized while sound) rots. Nothing in the
+            // segment says where record 6 starts: the open cut the segment
+            // at 5 and quarantined segment 8-9, and checkpoints 7 and 9
+            // were lost. Now the summary says where. With the replica at 4
+            // record 5 is needed, and without a summary nothing says where
+            // 6 starts: both are still damage (the journal ends at the
+            // replica).
+            // With more damage above the replica in the same segment, the
+            // start cuts at the first damage, as before: cut at the later
+            // one, the segment would be appended to and lose its summary,
+            // and the next start would cut it at the first, with records
+            // acknowledged since (review of helper-59).
+            for (applied, summarized, more) in [(5, true, false), (4, true, false), (5, false, false), (5, true, true)]
+            {
+                let (_root, dir, meta) = journal();
+                if summarized {
+                    assert_eq!(crate::journal::summary::Summarizer::default().pass(&dir, VPG_ID, 0, 0).unwrap(), 2);
+                }
+                let replica = VolumeFiles::open_replica(&dir, &meta.volumes, true).unwrap();
+                (1..=applied).for_each(|seq| replica.apply(&body_at(seq)).unwrap());
+                replica.sync_all().unwrap();
+                ApplyState { applied_seq: applied, copied: vec![0], stream_id: 3, ..Default::default() }
+                    .store(&dir)
+                    .unwrap();
+                let segment = dir.join(format!("{:020}.tmjrn", 5));
+                let mut bytes = std::fs::read(&segment).unwrap();
+                bytes[SEGMENT_HEADER_BYTES + 10] ^= 0x40;
+                if more {
+                    // Checkpoint 7's payload, after records 5 (4096 bytes) and 6.
+                    let seven = SEGMENT_HEADER_BYTES + 2 * RECORD_HEADER_BYTES + 4096;
+                    bytes[seven + RECORD_HEADER_BYTES] ^= 0x40;
+                }
+                std::fs::write(&segment, &bytes).unwrap();
+                let policy =
+                    HistoryPolicy { history: Duration::from_secs(3600), journal_limit: None, journal_cap: None };
+                let journal = Journal::open(&dir, meta.clone(), &policy).unwrap();
+                if (applied, summarized, more) != (5, true, false) {
+                    let case = format!("replica at {applied}, summary {summarized}, more damage {more}");
+                    assert_eq!(journal.index.durable_seq, applied, "{case}: 7 and 9 are gone");
+                    assert!(dir.join("quarantine").exists(), "{case}: nothing was quarantined");
+                    let cut = std::fs::metadata(&segment).unwrap().len();
+                    assert_eq!(cut, SEGMENT_HEADER_BYTES as u64, "{case}: cut at record 5");
+                    continue;
+                }
+                assert_eq!((journal.index.durable_seq, journal.index.damage.clone()), (9, None));
+                assert!(!dir.join("quarantine").exists(), "nothing was quarantined");
+                drop(journal);
+                for (checkpoint, seq) in [("7", 7), ("last", 9)] {
+                    let out = tempfile::tempdir().unwrap();
+                    crate::recovery::restore::restore(dir.parent().unwrap(), "db", checkpoint, out.path(), false)
+                        .unwrap();
+                    assert_eq!(std::fs::read(out.path().join("v.img")).unwrap(), expected_at(seq), "{checkpoint}");
+                }
+                let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
+                let aged = HistoryPolicy { history: Duration::from_secs(60), ..policy };
+                assert_eq!(pass(&dir, &meta, &index.checkpoints, &aged, 62_500).unwrap().applied_to, Some(7));
+                assert_eq!(replica_bytes(&dir), expected_at(7));
+            }
         }
 
         #[test]

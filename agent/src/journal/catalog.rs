@@ -93,6 +93,7 @@ mod tests {
     //! The summaries and the walk that reads them, together.
     use super::summary::*;
     use super::*;
+    use crate::journal::summary_file::{HEADER_BYTES, TEMP_EXTENSION};
     use crate::record::{Record, RecordBody};
     use crate::segment::create_segment;
     use std::io::Write;
@@ -175,8 +176,8 @@ mod tests {
         let (scanned, how) = entries(dir.path());
         assert_eq!(how, (0, 4));
         let mut keeper = Summarizer::default();
-        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 3, "the newest segment is not sealed");
-        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 0, "a valid summary is not rewritten");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap(), 3, "the newest segment is not sealed");
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap(), 0, "a valid summary is not rewritten");
         let (summarized, how) = entries(dir.path());
         assert_eq!(how, (3, 1));
         assert_eq!(summarized, scanned);
@@ -194,7 +195,7 @@ mod tests {
         let dir = journal(3, 25);
         let (scanned, _) = entries(dir.path());
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap();
         let segs = sealed(dir.path());
         // Deleted.
         std::fs::remove_file(summary_path(&segs[0])).unwrap();
@@ -205,7 +206,7 @@ mod tests {
         bytes[HEADER_BYTES + 3] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(entries(dir.path()), (scanned.clone(), (0, 3)));
-        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0).unwrap(), 2);
+        assert_eq!(keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap(), 2);
         assert_eq!(entries(dir.path()), (scanned.clone(), (2, 1)));
         // Stale: the segment replaced by another of the same name and
         // length whose last record differs.
@@ -225,7 +226,7 @@ mod tests {
         // A crash mid-write leaves a temporary; orphans go too.
         std::fs::write(summary_path(&segs[1]).with_extension(TEMP_EXTENSION), b"half").unwrap();
         std::fs::write(dir.path().join("00000000000000000999.tmjrn.idx"), b"orphan").unwrap();
-        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap();
         let left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -238,14 +239,14 @@ mod tests {
     fn damage_after_the_summary_was_written_is_found_and_the_summary_dropped() {
         let dir = journal(3, 25);
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap();
         let segs = sealed(dir.path());
         // The header of seq 31 (a Zero: no data crc for a reader to check),
         // in the middle of the second segment.
         rot(&segs[1], 31, 20);
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the summary alone cannot see it");
         for _ in 0..4 {
-            keeper.pass(dir.path(), VPG_ID, 0).unwrap();
+            keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap();
         }
         let (path, message) = keeper.damage.clone().expect("the background check found the damage");
         assert_eq!(path, segs[1]);
@@ -254,7 +255,7 @@ mod tests {
         let walked = walk_journal(dir.path(), VPG_ID, 0, |_, _| Visit::Continue).unwrap();
         assert!(walked.damage.is_some(), "readers now meet the damage");
         // Not summarized again while it stays damaged.
-        keeper.pass(dir.path(), VPG_ID, 0).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 0, 0).unwrap();
         assert!(!summary_path(&segs[1]).exists());
     }
 
@@ -267,7 +268,7 @@ mod tests {
         let segs = sealed(dir.path());
         rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
         assert!(!summary_path(&segs[1]).exists(), "a summary is whole or none");
         assert!(summary_path(&segs[0]).exists());
@@ -278,9 +279,30 @@ mod tests {
         // With a lease from before it (floor 20), the same rot is reported;
         // once the floor passes it, the report goes.
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 20).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 20, 20).unwrap();
         assert!(keeper.damage.is_some());
-        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
+        assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
+    }
+
+    #[test]
+    fn rot_only_an_older_reader_needs_is_reported_and_its_summary_kept() {
+        // The replica is at 30, a lease's base at 20: seq 29's rot fails
+        // that reader only. The scrub dropped the summary, and with it the
+        // only map a start has past the rot once the lease is gone (review
+        // of helper-59).
+        let dir = journal(3, 25);
+        let mut keeper = Summarizer::default();
+        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
+        let segs = sealed(dir.path());
+        rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
+        for _ in 0..8 {
+            keeper.pass(dir.path(), VPG_ID, 30, 20).unwrap();
+        }
+        let reported = keeper.damage.as_ref().is_some_and(|(_, why)| why.contains("only an open reader"));
+        assert!(reported, "{:?}", keeper.damage);
+        assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the scrub dropped the summary");
+        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
     }
 
@@ -288,11 +310,11 @@ mod tests {
     fn a_summary_made_before_rot_in_records_no_reader_needs_is_kept() {
         let dir = journal(3, 25);
         let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
         let segs = sealed(dir.path());
         rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
         for _ in 0..8 {
-            keeper.pass(dir.path(), VPG_ID, 30).unwrap();
+            keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
         }
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the scrub kept the summary");
@@ -303,7 +325,7 @@ mod tests {
     #[test]
     fn a_hostile_summary_is_refused_without_being_read_whole() {
         let dir = journal(3, 25);
-        Summarizer::default().pass(dir.path(), VPG_ID, 0).unwrap();
+        Summarizer::default().pass(dir.path(), VPG_ID, 0, 0).unwrap();
         let segs = sealed(dir.path());
         let good = load_valid(&segs[0], VPG_ID, 1).unwrap();
         // Far longer than its segment (sparse): refused before reading.

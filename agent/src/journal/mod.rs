@@ -17,6 +17,7 @@ pub mod replica;
 pub mod scan;
 pub mod segments;
 pub mod summary;
+pub mod summary_file;
 #[cfg(feature = "test-build")]
 pub mod synth;
 

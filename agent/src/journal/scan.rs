@@ -3,10 +3,13 @@
 //! and to restore; it never returns a record it could not verify.
 
 use super::error::JournalError;
+use super::summary_file::resume_past_damage;
 use crate::record::Record;
-use crate::segment::{list_segments_on, RecordCrcs, SegmentError, SegmentKind, SegmentReader};
+use crate::segment::{list_segments_on, RecordCrcs, SegmentDamage, SegmentError, SegmentKind, SegmentReader};
 use crate::storage::{Storage, REAL};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 type Result<T> = std::result::Result<T, JournalError>;
 
@@ -96,10 +99,7 @@ fn scan_segment_from(
     in_replica: u64,
     mut visit: impl FnMut(&Record, u64, RecordCrcs) -> Visit,
 ) -> Result<SegmentScan> {
-    let (mut reader, header_seq) = match source {
-        Source::PageCache => SegmentReader::open_on(fs, path, SegmentKind::Journal, vpg_id)?,
-        Source::Disk => SegmentReader::open_direct_on(fs, path, SegmentKind::Journal, vpg_id)?,
-    };
+    let (mut reader, header_seq) = open_segment(fs, source, path, vpg_id)?;
     if header_seq != first_seq {
         return Err(JournalError::Misnamed { path: path.to_path_buf(), header: header_seq, name: first_seq });
     }
@@ -115,6 +115,23 @@ fn scan_segment_from(
             // The storage failed: nothing is known about the records,
             // so nothing may be cut or quarantined on it.
             Err(e @ SegmentError::Io { .. }) => return Err(JournalError::Read(e)),
+            Err(SegmentError::Damage(d)) if !d.error.is_incomplete() && in_replica > 0 => {
+                // A damaged record the replica holds: on past it, where the
+                // segment's summary says the next record is needed, if the
+                // rest of the segment is whole.
+                let segment = SegmentAt { path, first_seq };
+                if let Some(next) = past_damage(fs, source, segment, vpg_id, d.offset, in_replica)? {
+                    warn_once_passed_over(&d, next);
+                    reader.resume_at(next);
+                    continue;
+                }
+                return Ok(SegmentScan::Damaged(Damage {
+                    path: d.path,
+                    offset: d.offset,
+                    torn: false,
+                    reason: d.error.to_string(),
+                }));
+            }
             Err(SegmentError::Damage(d)) => {
                 return Ok(SegmentScan::Damaged(Damage {
                     path: d.path,
@@ -124,6 +141,58 @@ fn scan_segment_from(
                 }))
             }
         }
+    }
+}
+
+fn open_segment(fs: &dyn Storage, source: Source, path: &Path, vpg_id: u32) -> Result<(SegmentReader, u64)> {
+    Ok(match source {
+        Source::PageCache => SegmentReader::open_on(fs, path, SegmentKind::Journal, vpg_id)?,
+        Source::Disk => SegmentReader::open_direct_on(fs, path, SegmentKind::Journal, vpg_id)?,
+    })
+}
+
+/// Where a scan with floor `in_replica` goes on past the damaged record at
+/// `damage_at`: the segment's first record above the floor, by its summary
+/// (`resume_past_damage`), if every record from there to the segment's
+/// end is whole. Otherwise None, and the scan reports the first damage:
+/// a start then cuts the segment there, as before. Cut at later damage,
+/// the segment would become the newest again, be appended to and lose its
+/// summary, and the next start would cut it at the first damage, with
+/// records acknowledged since (review of helper-59).
+fn past_damage(
+    fs: &dyn Storage,
+    source: Source,
+    SegmentAt { path, first_seq }: SegmentAt<'_>,
+    vpg_id: u32,
+    damage_at: u64,
+    in_replica: u64,
+) -> Result<Option<u64>> {
+    let Some(next) = resume_past_damage(path, vpg_id, first_seq, damage_at, in_replica) else { return Ok(None) };
+    let (mut rest, _) = open_segment(fs, source, path, vpg_id)?;
+    rest.skip_through(in_replica);
+    rest.resume_at(next);
+    loop {
+        match rest.next_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(Some(next)),
+            Err(e @ SegmentError::Io { .. }) => return Err(JournalError::Read(e)),
+            Err(SegmentError::Damage(_)) => return Ok(None),
+        }
+    }
+}
+
+/// Logs, once per damaged record and process, that a scan went past it.
+fn warn_once_passed_over(d: &SegmentDamage, next: u64) {
+    static WARNED: Mutex<BTreeSet<(PathBuf, u64)>> = Mutex::new(BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.insert((d.path.clone(), d.offset)) {
+        tracing::warn!(
+            "{}: the record at offset {} is damaged ({}) but already in the replica: read on from offset {next}, \
+             where the segment's summary puts the next record needed",
+            d.path.display(),
+            d.offset,
+            d.error
+        );
     }
 }
 

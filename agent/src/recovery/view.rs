@@ -297,7 +297,7 @@ mod tests {
     fn a_journal_of_100k_checkpoints_lists_and_opens_from_its_summaries() {
         let (root, dir, last) = journal();
         let mut keeper = Summarizer::default();
-        while keeper.pass(&dir, VPG_ID, 0).unwrap() > 0 {}
+        while keeper.pass(&dir, VPG_ID, 0, 0).unwrap() > 0 {}
         let view = JournalView::open(root.path(), "db").unwrap();
         assert!(view.index.checkpoints.len() as u64 >= CHECKPOINTS, "{}", view.index.checkpoints.len());
         assert_eq!((view.read.0, view.read.1), (SEGMENTS as usize - 1, 1), "sealed segments come from summaries");
@@ -316,7 +316,7 @@ mod tests {
     fn journal_data_that_fails_its_crc_is_never_served() {
         let (root, dir, _) = journal();
         let mut keeper = Summarizer::default();
-        while keeper.pass(&dir, VPG_ID, 0).unwrap() > 0 {}
+        while keeper.pass(&dir, VPG_ID, 0, 0).unwrap() > 0 {}
         // Flip a byte of the data of seq 100 (written at offset 4096) in
         // the first, summarized segment.
         let first = crate::segment::list_segments(&dir, SegmentKind::Journal).unwrap()[0].1.clone();

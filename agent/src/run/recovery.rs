@@ -279,7 +279,7 @@ fn apply_once(slot: &VpgSlot) -> anyhow::Result<applier::PassReport> {
     }
     // Summaries only speed readers up: a failure is logged, never fatal.
     let mut summarizer = slot.summarizer.lock().expect("summarizer lock");
-    match summarizer.pass(&dir, meta.vpg_id, report.in_replica) {
+    match summarizer.pass(&dir, meta.vpg_id, report.applied_seq, report.in_replica) {
         Ok(0) => {}
         Ok(n) => tracing::debug!(vpg = %meta.vpg, "summarized {n} sealed journal segments"),
         Err(e) => {

@@ -232,6 +232,11 @@ impl SequentialReader {
     pub fn set_limit(&mut self, limit: u64) {
         self.limit = limit;
     }
+
+    /// The next read starts at `offset`.
+    pub fn seek_to(&mut self, offset: u64) {
+        self.offset = offset;
+    }
 }
 
 impl Read for SequentialReader {
