@@ -260,7 +260,15 @@ const DISK_FREE_FLOOR_DIVISOR: u64 = 20;
 
 /// Writes every record after the replica's seq up to `target` into the
 /// replica and makes it durable (see the module comment for crashes).
-pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64) -> Result<(ApplyState, u64)> {
+/// `by_limit`: journal_limit (or the free disk) chose the target, between
+/// checkpoints (`ApplyState::left_by_limit`, stored with the state).
+pub fn apply_to(
+    dir: &Path,
+    meta: &JournalMeta,
+    state: &ApplyState,
+    target: u64,
+    by_limit: bool,
+) -> Result<(ApplyState, u64)> {
     if target <= state.applied_seq {
         return Ok((state.clone(), 0));
     }
@@ -269,7 +277,9 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
             let why = format!("an interrupted apply to seq {pending} must finish before any apply to {target}");
             return Err(JournalError::Unavailable(why));
         }
-        ApplyState { applying_to: Some(target), ..state.clone() }.store(dir)?;
+        // (An interrupted apply is finished with what this says.)
+        let left_by_limit = state.left_by_limit || by_limit;
+        ApplyState { applying_to: Some(target), left_by_limit, ..state.clone() }.store(dir)?;
     }
     let replica = VolumeFiles::open_replica(dir, &meta.volumes, true)?;
     let mut index = JournalIndex::from_applied(meta.volumes.len(), state);
@@ -311,11 +321,13 @@ pub fn apply_to(dir: &Path, meta: &JournalMeta, state: &ApplyState, target: u64)
         return Err(JournalError::Unavailable(why));
     }
     replica.sync_all()?;
+    let base = index.checkpoints.iter().find(|c| c.id == target).cloned();
     let next = ApplyState {
         applied_seq: target,
         applying_to: None,
         copied: index.copied_volumes(),
-        base: index.checkpoints.iter().find(|c| c.id == target).cloned(),
+        left_by_limit: (state.left_by_limit || by_limit) && base.is_none(),
+        base,
         stream_id: index.stream_id,
         resyncing: index.resyncing(),
     };
@@ -391,7 +403,7 @@ pub fn pass(
         }
     }
     if let Some(t) = target.filter(|t| *t > state.applied_seq) {
-        let (next, bytes) = apply_to(dir, meta, &state, t)?;
+        let (next, bytes) = apply_to(dir, meta, &state, t, chosen.between_checkpoints)?;
         let image = next.base.as_ref().map_or_else(|| next.is_image(meta.volumes.len()), |b| b.consistent);
         report.left_consistent = chosen.gives_up_consistent && !image;
         if chosen.between_checkpoints && next.base.is_none() {
@@ -693,7 +705,7 @@ mod tests {
             // Only the segment right after a target says its records were
             // all read: one further on says nothing of records a repair may
             // have cut before it.
-            let refused = apply_to(&dir, &meta, &ApplyState::default(), 10).unwrap_err();
+            let refused = apply_to(&dir, &meta, &ApplyState::default(), 10, true).unwrap_err();
             assert!(refused.to_string().contains("cannot apply to seq 10"), "{refused}");
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
             assert_eq!((report.applied_to, report.segments_retired), (Some(19), 1));
@@ -703,10 +715,13 @@ mod tests {
             assert_eq!(replica_bytes(&dir), expected_at(4));
             let state = ApplyState::load(&dir).unwrap();
             assert_eq!((state.applied_seq, state.base, state.stream_id), (19, None, 3));
-            // The next pass has nothing more to give up.
+            assert!(state.left_by_limit, "a restart would no longer say why the replica is at no checkpoint");
+            // The next pass has nothing more to give up; the state still
+            // says why the replica is where it is.
             let index = Journal::open(&dir, meta.clone(), &policy).unwrap().index;
             let report = pass(&dir, &meta, &index.checkpoints, &policy, 10_000).unwrap();
             assert_eq!((report.applied_to, report.between_checkpoints), (None, None));
+            assert!(report.state.left_by_limit);
             // head: the replica plus stream 4's records.
             let out = tempfile::tempdir().unwrap();
             crate::recovery::restore::restore(dir.parent().unwrap(), "db", "head", out.path(), false).unwrap();

@@ -35,6 +35,12 @@ pub struct ApplyState {
     /// Kept for a replica between checkpoints; at one, `base` says it too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resyncing: bool,
+    /// The replica left its last checkpoint because journal_limit (or the
+    /// free disk) was reached by writes with no checkpoint far enough on
+    /// (applier.rs), and has been at none since: status says so until it
+    /// is at a checkpoint again, across restarts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left_by_limit: bool,
 }
 
 impl ApplyState {
@@ -75,6 +81,7 @@ mod tests {
             base: Some(CheckpointInfo { id: 42, time_ms: 7, tag: "t".into(), consistent: true, resync: false }),
             stream_id: 9,
             resyncing: true,
+            left_by_limit: true,
         };
         state.store(dir.path()).unwrap();
         assert_eq!(ApplyState::load(dir.path()).unwrap(), state);

@@ -142,7 +142,7 @@ impl Journal {
             // and serves the checkpoints from the target on. Failing the
             // open stopped the whole recovery agent at every start, every
             // VPG with it (review of helper-50).
-            match applier::apply_to(dir, &meta, &state, target) {
+            match applier::apply_to(dir, &meta, &state, target, false) {
                 Ok((applied, _)) => index.applied(&applied),
                 Err(e) => tracing::error!(
                     vpg = %meta.vpg,

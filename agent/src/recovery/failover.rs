@@ -109,7 +109,7 @@ pub fn commit(dir: &Path, meta: &JournalMeta, checkpoint: &CheckpointInfo, how: 
             checkpoint.id, state.applied_seq
         )));
     }
-    let (_, bytes_applied) = apply_to(dir, meta, &state, checkpoint.id)?;
+    let (_, bytes_applied) = apply_to(dir, meta, &state, checkpoint.id, false)?;
     let mut set_aside_bytes = 0;
     for (_, path) in list_segments(dir, SegmentKind::Journal)? {
         set_aside_bytes += std::fs::metadata(&path).doing(|| format!("sizing {}", path.display()))?.len();

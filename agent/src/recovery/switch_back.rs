@@ -102,6 +102,7 @@ pub fn finish_on_disk(dir: &Path) -> Result<bool> {
         resync: false,
     });
     state.copied = (0..volumes).collect();
+    state.left_by_limit = false;
     state.store(dir)?;
     let marker = record.move_back.map_or(0, |m| m.marker);
     let done = SwitchedBack { marker, time_ms: crate::record::now_ms() };

@@ -166,15 +166,11 @@ async fn applier_loop(receiver: &Arc<Receiver>) {
             let before = history.warning.clone();
             match result {
                 Ok(Ok(report)) => {
-                    // Said until the replica is at a checkpoint again.
-                    if let Some(b) = &report.between_checkpoints {
-                        history.between_checkpoints = Some((b.seq, b.image));
-                    } else if report.state.base.is_some() {
-                        history.between_checkpoints = None;
-                    } else if let Some(between) = history.between_checkpoints.as_mut() {
-                        // Moved on since (a lease at head), still at none.
-                        *between = (report.applied_seq, report.state.is_image(volume_count));
-                    }
+                    // Said until the replica is at a checkpoint again (also
+                    // when a lease at head moved it on since), across restarts.
+                    let between = report.state.left_by_limit && report.state.base.is_none();
+                    history.between_checkpoints =
+                        between.then(|| (report.applied_seq, report.state.is_image(volume_count)));
                     history.journal_bytes = report.journal_bytes;
                     history.replica_seq = report.applied_seq;
                     let why = if let Some(damage) = &report.journal_damage {
