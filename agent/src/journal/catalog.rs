@@ -291,14 +291,7 @@ mod tests {
         // that reader only. The scrub dropped the summary, and with it the
         // only map a start has past the rot once the lease is gone (review
         // of helper-59).
-        let dir = journal(3, 25);
-        let mut keeper = Summarizer::default();
-        keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
-        let segs = sealed(dir.path());
-        rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
-        for _ in 0..8 {
-            keeper.pass(dir.path(), VPG_ID, 30, 20).unwrap();
-        }
+        let (dir, mut keeper, segs) = rot_29_after_its_summary(20);
         let reported = keeper.damage.as_ref().is_some_and(|(_, why)| why.contains("only an open reader"));
         assert!(reported, "{:?}", keeper.damage);
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the scrub dropped the summary");
@@ -306,16 +299,24 @@ mod tests {
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
     }
 
-    #[test]
-    fn a_summary_made_before_rot_in_records_no_reader_needs_is_kept() {
+    /// Seq 29 (second segment) rots after every segment was summarized;
+    /// then enough passes for the scrub to read it, the replica at 30 and
+    /// the oldest reader at `in_replica`.
+    fn rot_29_after_its_summary(in_replica: u64) -> (tempfile::TempDir, Summarizer, Vec<PathBuf>) {
         let dir = journal(3, 25);
         let mut keeper = Summarizer::default();
         keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
         let segs = sealed(dir.path());
         rot(&segs[1], 29, crate::record::RECORD_HEADER_BYTES + 100);
         for _ in 0..8 {
-            keeper.pass(dir.path(), VPG_ID, 30, 30).unwrap();
+            keeper.pass(dir.path(), VPG_ID, 30, in_replica).unwrap();
         }
+        (dir, keeper, segs)
+    }
+
+    #[test]
+    fn a_summary_made_before_rot_in_records_no_reader_needs_is_kept() {
+        let (dir, keeper, segs) = rot_29_after_its_summary(30);
         assert!(keeper.damage.is_none(), "{:?}", keeper.damage);
         assert!(load_valid(&segs[1], VPG_ID, 26).is_some(), "the scrub kept the summary");
         let walked = walk_journal(dir.path(), VPG_ID, 30, |_, _| Visit::Continue).unwrap();
