@@ -14,6 +14,10 @@
 # - 127.0.0.3: 257 silent connections: the 257th is closed at once (256
 #   per source), the others after the 10 s handshake timeout.
 # - 127.0.0.4: a handshake sent one byte a second is cut after ~10 s.
+# - 127.0.0.6: 3 connections each send a 32 MiB WRITE's header and one
+#   byte of it, then nothing: the two whose buffers were paid for are
+#   closed after NBD_PAYLOAD_TIMEOUT (30 s). (Before: held as long as the
+#   connections stayed open, and with them the source's budget.)
 # Meanwhile the hypervisor connects and reads within seconds, every time.
 source "$(dirname "$0")/../lib/common.sh"
 
@@ -48,6 +52,8 @@ $HOSTILE slow "$NBD_PORT" disk0 127.0.0.4 >"$WORK/slow.out" 2>&1 &
 slow=$!
 $HOSTILE flushes "$NBD_PORT" disk0 127.0.0.5 100000 >"$WORK/flushes.out" 2>&1 &
 flushes=$!
+$HOSTILE stalled "$NBD_PORT" disk0 127.0.0.6 3 36 >"$WORK/stalled.out" 2>&1 &
+stalled=$!
 
 # The hypervisor keeps being served throughout.
 for i in 1 2 3 4 5 6; do
@@ -64,12 +70,14 @@ wait "$silent" || fail "silent client: $(cat "$WORK/silent.out")"
 wait "$slow" || fail "slow client: $(cat "$WORK/slow.out")"
 wait "$flushes" || fail "flush flood: $(cat "$WORK/flushes.out")"
 wait "$reads" || fail "read attack: $(cat "$WORK/reads.out")"
+wait "$stalled" || fail "stalled writes: $(cat "$WORK/stalled.out")"
 kill "$sampler" 2>/dev/null || true
 read -r peak_rss peak_threads <"$WORK/peaks"
 log "reads: $(cat "$WORK/reads.out")"
 log "silent: $(cat "$WORK/silent.out")"
 log "slow: $(cat "$WORK/slow.out")"
 log "flushes: $(cat "$WORK/flushes.out")"
+log "stalled: $(cat "$WORK/stalled.out")"
 log "agent peak: $((peak_rss / 1024)) MiB resident, $peak_threads threads"
 
 [ "$peak_rss" -lt $((200 * 1024)) ] || fail "the agent grew to $((peak_rss / 1024)) MiB under the read attack"
@@ -79,6 +87,7 @@ log "agent peak: $((peak_rss / 1024)) MiB resident, $peak_threads threads"
 # waiting for buffers (holding none) and get their turn after.
 [ "$(jq .closed_by_server "$WORK/reads.out")" -ge 2 ] || fail "connections that took no reply for 30 s were not closed"
 [ "$(jq .replies "$WORK/flushes.out")" = 100000 ] || fail "not every FLUSH was answered"
+[ "$(jq .closed_by_server "$WORK/stalled.out")" -ge 2 ] || fail "writes whose payload stalled for 30 s kept their buffers"
 [ "$(jq .closed_by_server "$WORK/silent.out")" = 257 ] || fail "silent connections were not all closed within 13 s"
 python3 -c "import json,sys; s=json.load(open('$WORK/slow.out'))['closed_after_s']; sys.exit(0 if 8 <= s <= 14 else 1)" ||
     fail "the slow handshake was not cut after about 10 s"

@@ -1,6 +1,6 @@
 """NBD clients that misbehave on purpose, for the security tests: they
 pipeline huge reads and never read the replies, flood FLUSHes, hold silent
-connections, or crawl through the handshake. Each binds to a source
+connections, crawl through the handshake, or stall in a write's payload. Each binds to a source
 address of its own (127.0.0.2, ...) so a test can tell an attacker's
 connections from the well-behaved client's.
 
@@ -9,6 +9,7 @@ usage:
   hostile_nbd.py flushes PORT EXPORT SOURCE COUNT
   hostile_nbd.py silent  PORT SOURCE COUNT HOLD_S
   hostile_nbd.py slow    PORT EXPORT SOURCE
+  hostile_nbd.py stalled PORT EXPORT SOURCE CONNECTIONS HOLD_S
 Each prints one line of JSON saying what happened.
 """
 import json
@@ -21,7 +22,7 @@ import time
 from nbdclient import IHAVEOPT, NBDMAGIC, OPT_GO, REQUEST_MAGIC, recv_exact
 
 HOST = "127.0.0.1"
-CMD_READ, CMD_FLUSH = 0, 3
+CMD_READ, CMD_WRITE, CMD_FLUSH = 0, 1, 3
 
 
 def connect(port, source, timeout=30):
@@ -158,6 +159,23 @@ def slow(port, export, source):
     print(json.dumps({"closed_after_s": round(time.time() - start, 1), "bytes_of_handshake": len(msg)}))
 
 
+def stalled(port, export, source, connections, hold):
+    """Each of CONNECTIONS connections sends the header of a 32 MiB WRITE
+    and one byte of its payload, then nothing; after HOLD seconds reports
+    how many the server has closed."""
+    socks = []
+    for i in range(connections):
+        s = connect(port, source)
+        negotiate(s, export)
+        s.sendall(request(CMD_WRITE, i, 0, 32 << 20) + b"x")
+        socks.append(s)
+    time.sleep(hold)
+    closed = sum(1 for s in socks if closed_by_server(s, 0.2))
+    for s in socks:
+        s.close()
+    print(json.dumps({"connections": connections, "closed_by_server": closed}))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "reads":
@@ -168,5 +186,7 @@ if __name__ == "__main__":
         silent(int(args[0]), args[1], int(args[2]), float(args[3]))
     elif cmd == "slow":
         slow(int(args[0]), args[1], args[2])
+    elif cmd == "stalled":
+        stalled(int(args[0]), args[1], args[2], int(args[3]), float(args[4]))
     else:
         sys.exit(__doc__)

@@ -31,6 +31,11 @@ pub const NBD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to take each reply; a client that reads nothing for
 /// this long is disconnected and its buffers freed.
 pub const NBD_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a write's payload has to arrive once its buffers are paid for: a
+/// client that sends a header and stalls would otherwise hold them (up to
+/// 32 MiB a write, its source's whole budget with three) for as long as
+/// it keeps the connection open (review of helper-61).
+pub const NBD_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection that ends in an error still sends what is queued.
 const CLOSING_REPLY_GRACE: Duration = Duration::from_secs(2);
 /// FLUSH and FUA requests waiting for durability, per connection; the
@@ -641,7 +646,14 @@ async fn transmission<R: AsyncRead + Unpin>(
             }
             Command::Write => {
                 let buffers = updates.pay_for(admitted, req.length as usize).await?;
-                let data = read_payload(rd, req.length as usize).await?;
+                let data = tokio::time::timeout(NBD_PAYLOAD_TIMEOUT, read_payload(rd, req.length as usize))
+                    .await
+                    .or_else(|_| {
+                        protocol(format!(
+                            "the {} bytes of a write did not arrive within {NBD_PAYLOAD_TIMEOUT:?}",
+                            req.length
+                        ))
+                    })??;
                 updates.send(Update::Write { req, data, _buffers: buffers }).await?;
             }
             Command::Trim | Command::WriteZeroes => {
