@@ -7,7 +7,9 @@
 # (fileio without buffered I/O writes O_DSYNC; both LUNs report WCE=0).
 # The protected log is files in ext4 too. With REF_RAW=1 the reference is
 # the raw disk instead (no file system: the bench's reference until
-# 2026-12-06).
+# 2026-12-06). With CAPTURE_ALONE=1 the host's recovery agent is killed
+# before the runs: the protected agent captures and logs, and sends
+# nothing (what the capture path alone costs).
 # The client is `qemu-img bench` with QEMU's iSCSI driver, from the storage
 # network's namespace. qemu-img bench has no random mode: the 4 KiB writes
 # step 64 KiB apart over the LUN (no two adjacent, none merged). Writes
@@ -37,6 +39,12 @@ else
     out=$(guest_console prot root "$PASSWORD" "mkdir -p /tmp/ref && mount -t ext4 /dev/vdd /tmp/ref && echo mounted" | tr -d '\r')
     grep -q mounted <<<"$out" || fail "cannot mount the reference disk: $out"
     iscsi_reference_lun prot /tmp/ref/ref.img
+fi
+
+CAPTURED="replication on: the recovery agent runs on the host"
+if [ "${CAPTURE_ALONE:-0}" = 1 ]; then
+    kill9 "$AGENT_PID"
+    CAPTURED="capture alone: the host's recovery agent killed before the runs"
 fi
 
 # The log claims its capacity in its first seconds (zero-filled spares):
@@ -87,7 +95,7 @@ rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof 
     echo "# iSCSI bench (tests/bench/iscsi.sh)"
     echo
     echo "$(date -u +%Y-%m-%d), QEMU -accel tcg, the guest with the OVA's 2 vCPUs on 2 host cores. Tidemark's LUN (kernel NBD device under an"
-    echo "iblock backstore, write-through into the protected log, replication on) against a plain LIO"
+    echo "iblock backstore, write-through into the protected log; $CAPTURED) against a plain LIO"
     echo "fileio LUN on $REF_WHAT in the same guest (O_DSYNC, no replication)."
     echo "Client: qemu-img bench (QEMU's iSCSI driver) from the storage namespace; 4 KiB writes step 64 KiB."
     echo
