@@ -1,11 +1,18 @@
 //! Connections per source address, for every listener that serves anyone
 //! who can reach it before they are authenticated (the replication ports'
 //! TLS handshakes, the diagnostics port): one source cannot take every
-//! slot and lock the real peers out.
+//! slot and lock the real peers out. A source is an address (not an IPv6
+//! /64: a storage network is usually one /64 shared by every hypervisor).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+/// The source a client counts as: its address (an IPv4 address mapped
+/// into IPv6 is that IPv4 address, as a dual-stack listener sees it).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
 
 pub struct PerSource {
     max: usize,
@@ -25,6 +32,7 @@ impl PerSource {
 
     /// Counts a connection from `ip`; None if it has `max` already.
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = source_of(ip);
         let mut counts = self.counts.lock().expect("per-source counts");
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max {
@@ -61,5 +69,8 @@ mod tests {
         assert!(limit.enter(b).is_some());
         drop(x);
         assert!(limit.enter(a).is_some());
+        let _both = (limit.enter("::ffff:10.0.0.2".parse().unwrap()).unwrap(), limit.enter(b).unwrap());
+        assert!(limit.enter(b).is_none(), "a mapped address is its IPv4 address");
+        assert!(limit.enter("2001:db8::2".parse().unwrap()).is_some(), "an IPv6 address is a source of its own");
     }
 }

@@ -627,6 +627,37 @@ fn agent_says_slowly(
     Ok(ok_reply(reply)?.message.unwrap_or_default())
 }
 
+/// Descriptors an agent may need: every NBD connection the admission
+/// lets in (`nbd::admission`), a kernel device's connections, the
+/// replication, API and diagnostics connections, and the log's files.
+const OPEN_FILES_WANTED: u64 = 8192;
+
+/// Raises the limit on open descriptors from the usual soft 1024, at
+/// which accepts would fail with EMFILE before the NBD admission's 1024
+/// slots are taken: to OPEN_FILES_WANTED where the agent may (as root),
+/// else to the hard limit.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let show = |limit: Option<u64>| limit.map_or("unlimited".to_string(), |n| n.to_string());
+    let now = getrlimit(Resource::Nofile);
+    // (None: unlimited.)
+    if now.current.is_none_or(|soft| soft >= OPEN_FILES_WANTED) {
+        return;
+    }
+    // A higher hard limit is kept; raising a lower one needs root.
+    let hard = now.maximum.map(|hard| hard.max(OPEN_FILES_WANTED));
+    if setrlimit(Resource::Nofile, Rlimit { current: Some(OPEN_FILES_WANTED), maximum: hard }).is_ok() {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: now.maximum, maximum: now.maximum }) {
+        Ok(()) => tracing::warn!(
+            "open files limited to the hard limit, {hard}, not {OPEN_FILES_WANTED}",
+            hard = show(now.maximum)
+        ),
+        Err(e) => tracing::warn!("open files stay limited to {}: {e}", show(now.current)),
+    }
+}
+
 /// Runs one role's agent, with the appliance services beside it.
 fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -634,6 +665,7 @@ fn run_agent(path: &std::path::Path, role: &str) -> Result<()> {
     if !matches!((&cfg, role), (Config::Protected(_), "protected") | (Config::Recovery(_), "recovery")) {
         bail!("{}: role is \"{other}\"; use `tidemark {other}`", path.display());
     }
+    raise_open_file_limit();
     if cfg.iscsi().is_some() {
         // The agent serves the block devices under the iSCSI LUNs: its
         // allocations must not wait on writeback to them (a deadlock).

@@ -91,7 +91,7 @@ log "agent peak: $((peak_rss / 1024)) MiB resident, $peak_threads threads"
 [ "$(jq .closed_by_server "$WORK/silent.out")" = 257 ] || fail "silent connections were not all closed within 13 s"
 python3 -c "import json,sys; s=json.load(open('$WORK/slow.out'))['closed_after_s']; sys.exit(0 if 8 <= s <= 14 else 1)" ||
     fail "the slow handshake was not cut after about 10 s"
-grep -q "this source holds its maximum" "$WORK/protected.log" || fail "the 257th connection from one source was not refused"
+grep -q "NBD connection refused: source 127.0.0.3 holds its maximum of 256 connections" "$WORK/protected.log" || fail "the 257th connection from one source was not refused"
 kill -0 "$PROTECTED_PID" || fail "the protected agent died"
 qio_check "$NBD_URI/disk0" "write -P 0x5a 0 1M" "flush" "read -P 0x5a 0 1M"
 log "PASS"

@@ -1,6 +1,7 @@
 """NBD clients that misbehave on purpose, for the security tests: they
 pipeline huge reads and never read the replies, flood FLUSHes, hold silent
-connections, crawl through the handshake, or stall in a write's payload. Each binds to a source
+connections, crawl through the handshake, stall in a write's payload, or
+hold every connection slot idle. Each binds to a source
 address of its own (127.0.0.2, ...) so a test can tell an attacker's
 connections from the well-behaved client's.
 
@@ -10,9 +11,11 @@ usage:
   hostile_nbd.py silent  PORT SOURCE COUNT HOLD_S
   hostile_nbd.py slow    PORT EXPORT SOURCE
   hostile_nbd.py stalled PORT EXPORT SOURCE CONNECTIONS HOLD_S
+  hostile_nbd.py idle    PORT EXPORT SOURCE CONNECTIONS HOLD_S
 Each prints one line of JSON saying what happened.
 """
 import json
+import resource
 import socket
 import struct
 import sys
@@ -61,6 +64,22 @@ def closed_by_server(sock, within=2.0):
         return False
     except OSError:
         return True
+
+
+def count_closed(socks):
+    """How many of SOCKS the server has closed (each sent nothing since its
+    handshake, so anything readable is the end)."""
+    for s in socks:
+        s.setblocking(False)
+    closed = 0
+    for s in socks:
+        try:
+            closed += s.recv(1) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
 
 
 def reads(port, export, source, connections, count, length, hold):
@@ -176,7 +195,29 @@ def stalled(port, export, source, connections, hold):
     print(json.dumps({"connections": connections, "closed_by_server": closed}))
 
 
+def idle(port, export, source, connections, hold):
+    """Opens CONNECTIONS connections, completes each handshake, then sends
+    nothing; after HOLD seconds reports how many the server refused (closed
+    before its greeting) and how many it closed later."""
+    socks, refused = [], 0
+    for _ in range(connections):
+        try:
+            s = connect(port, source, timeout=5)
+            negotiate(s, export)
+            socks.append(s)
+        except (OSError, AssertionError, RuntimeError, struct.error):
+            refused += 1
+    print(json.dumps({"held": len(socks)}), file=sys.stderr, flush=True)
+    time.sleep(hold)
+    closed = count_closed(socks)
+    for s in socks:
+        s.close()
+    print(json.dumps({"connections": connections, "refused": refused, "closed_by_server": closed}))
+
+
 if __name__ == "__main__":
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "reads":
         reads(int(args[0]), args[1], args[2], int(args[3]), int(args[4]), int(args[5]), float(args[6]))
@@ -188,5 +229,7 @@ if __name__ == "__main__":
         slow(int(args[0]), args[1], args[2])
     elif cmd == "stalled":
         stalled(int(args[0]), args[1], args[2], int(args[3]), float(args[4]))
+    elif cmd == "idle":
+        idle(int(args[0]), args[1], args[2], int(args[3]), float(args[4]))
     else:
         sys.exit(__doc__)

@@ -61,7 +61,7 @@ pub fn run(bytes: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
         let table = ExportTable::listed();
         let disk: Arc<dyn BlockExport> = Arc::new(MemoryDisk(Mutex::new(vec![0; DISK_BYTES])));
         table.add(vec![("disk".into(), disk)]).unwrap();
-        let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+        let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).unwrap();
         let (mut client, server) = tokio::io::duplex(64 << 10);
         let served = tokio::spawn(super::server::serve_connection(server, table, admitted));
         // The client sends everything, then reads whatever comes back
@@ -212,7 +212,7 @@ mod tests {
             let disk = Arc::new(GatedDisk::new(0, Duration::ZERO));
             let table = ExportTable::listed();
             table.add(vec![("disk".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
-            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).unwrap();
             // A pipe far smaller than the second write's payload.
             let (mut client, server) = tokio::io::duplex(8 << 10);
             let served = tokio::spawn(super::super::server::serve_connection(server, table, admitted));
@@ -293,7 +293,7 @@ mod tests {
             table.add(vec![("stuck".into(), Arc::new(stuck) as Arc<dyn BlockExport>), ("ok".into(), healthy)]).unwrap();
             let admission = Admission::new();
             let source = "192.0.2.1".parse().unwrap();
-            let (a, b) = (admission.admit(source).await.unwrap(), admission.admit(source).await.unwrap());
+            let (a, b) = (admission.admit(source).unwrap(), admission.admit(source).unwrap());
             let (client_a, server_a) = tokio::io::duplex(1 << 20);
             tokio::spawn(super::super::server::serve_connection(server_a, table.clone(), a));
             let (mut replies_a, mut requests_a) = tokio::io::split(client_a);
@@ -353,7 +353,7 @@ mod tests {
             let disk = Arc::new(GatedDisk::new(100, Duration::from_millis(300)));
             let table = ExportTable::listed();
             table.add(vec![("slow".into(), disk.clone() as Arc<dyn BlockExport>)]).unwrap();
-            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).unwrap();
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
             let mut out = handshake_for("slow");
@@ -383,7 +383,7 @@ mod tests {
             table
                 .add(vec![("stuck".into(), Arc::new(StuckDisk { writes_return: false }) as Arc<dyn BlockExport>)])
                 .unwrap();
-            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).unwrap();
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
             let mut out = handshake_for("stuck");
@@ -408,7 +408,7 @@ mod tests {
             let table = ExportTable::listed();
             table.add(vec![("stuck".into(), stuck.clone() as Arc<dyn BlockExport>)]).unwrap();
             let before = Arc::strong_count(&stuck);
-            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).await.unwrap();
+            let admitted = Admission::new().admit("192.0.2.1".parse().unwrap()).unwrap();
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let served = tokio::spawn(super::super::server::serve_connection(server, table.clone(), admitted));
             let mut out = handshake_for("stuck");

@@ -15,7 +15,7 @@
 //! FUA waits are bounded per connection. Removing an export from the table
 //! closes its connections.
 
-use super::admission::{Admission, Admitted, Buffers, REPLY_HEADER_BYTES_MAX};
+use super::admission::{Admission, Admitted, Buffers, Refused, REPLY_HEADER_BYTES_MAX};
 use super::export::{BlockExport, ExportError, ExportTable, Serving};
 use super::protocol::*;
 use crate::error_chain::Chain;
@@ -63,6 +63,7 @@ const KEEPALIVE: crate::listen::Keepalive =
 
 pub async fn serve(listener: TcpListener, exports: ExportTable) {
     let admission = Admission::new();
+    let mut refusals = RefusalLog::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -75,9 +76,12 @@ pub async fn serve(listener: TcpListener, exports: ExportTable) {
         if let Err(e) = tune_socket(&stream) {
             tracing::warn!(%peer, "NBD socket options: {e}");
         }
-        let Some(admitted) = admission.admit(peer.ip()).await else {
-            tracing::warn!(%peer, "NBD connection refused: this source holds its maximum of connections");
-            continue;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                refusals.refused(peer, &refused);
+                continue;
+            }
         };
         let exports = exports.clone();
         tokio::spawn(async move {
@@ -88,6 +92,45 @@ pub async fn serve(listener: TcpListener, exports: ExportTable) {
                 }
             }
         });
+    }
+}
+
+/// Refused connections, logged at most every REFUSALS_LOGGED_EVERY for
+/// each kind of refusal: a client that connects as fast as it can must
+/// not flood the log, nor hide that others are refused for another cause.
+#[derive(Default)]
+struct RefusalLog {
+    kinds: [RefusalWindow; 3],
+}
+
+#[derive(Default)]
+struct RefusalWindow {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn refused(&mut self, peer: std::net::SocketAddr, why: &Refused) {
+        let kind = match why {
+            Refused::SourceFull { .. } => 0,
+            Refused::AllTaken { .. } => 1,
+            Refused::Evicting { .. } => 2,
+        };
+        let window = &mut self.kinds[kind];
+        let now = tokio::time::Instant::now();
+        if window.last.is_some_and(|last| now.duration_since(last) < REFUSALS_LOGGED_EVERY) {
+            window.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut window.unlogged);
+        window.last = Some(now);
+        if unlogged == 0 {
+            tracing::warn!(%peer, "NBD connection refused: {why}");
+        } else {
+            tracing::warn!(%peer, "NBD connection refused: {why} ({unlogged} more so refused since the last such line)");
+        }
     }
 }
 
@@ -122,8 +165,13 @@ pub enum ConnectionError {
     SendTimeout(Duration),
     #[error("the export is no longer served")]
     Closed,
-    #[error("no slot for the kernel's connection")]
-    NoSlot,
+    #[error("no slot for the kernel's connection: {0}")]
+    NoSlot(Refused),
+    #[error(
+        "closed to let another source in: every connection slot was taken, and this connection had sent no \
+         request since its handshake"
+    )]
+    Evicted,
     #[error("reply writer")]
     Writer(#[source] tokio::task::JoinError),
     #[error("the reply writer stopped")]
@@ -175,9 +223,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let negotiated = tokio::time::timeout(NBD_HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &exports))
-        .await
-        .map_err(|_| ConnectionError::HandshakeTimeout(NBD_HANDSHAKE_TIMEOUT))??;
+    let negotiated = tokio::select! {
+        n = tokio::time::timeout(NBD_HANDSHAKE_TIMEOUT, handshake(&mut rd, &mut wr, &exports)) => n,
+        () = admitted.evicted() => return Err(ConnectionError::Evicted),
+    };
+    let negotiated = negotiated.map_err(|_| ConnectionError::HandshakeTimeout(NBD_HANDSHAKE_TIMEOUT))??;
     let Some(neg) = negotiated else { return Ok(()) };
     serve_negotiated(rd, wr, neg, admitted).await
 }
@@ -212,7 +262,7 @@ pub async fn serve_kernel_connection(
     connection.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(connection)?;
     let admitted =
-        admission.admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)).await.ok_or(ConnectionError::NoSlot)?;
+        admission.admit(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)).map_err(ConnectionError::NoSlot)?;
     serve_kernel(stream, export, serving, admitted).await
 }
 
@@ -232,11 +282,13 @@ where
     let result = tokio::select! {
         r = transmission(&mut rd, &neg, &tx, Updates { queue: &updates, applied, read: 0 }, &admitted) => r,
         () = serving.closed() => Err(ConnectionError::Closed),
+        () = admitted.evicted() => Err(ConnectionError::Evicted),
         w = &mut writer => {
             writer_ended = Some(w);
             Ok(())
         }
     };
+    admitted.closing();
     if let Some(ended) = writer_ended {
         stop(updater).await;
         return ended.map_err(ConnectionError::Writer)?;
@@ -601,6 +653,7 @@ async fn transmission<R: AsyncRead + Unpin>(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        admitted.used();
         let req = match parse_request(&h) {
             Ok(r) => r,
             Err(BadMagic(m)) => return protocol(format!("bad request magic {m:#010x}")),
