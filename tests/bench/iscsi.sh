@@ -69,6 +69,20 @@ run() {
         fail "qemu-img bench on $1 failed: $out"
     sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out"
 }
+# cpu_s PID: the CPU seconds PID has used (0 once it is gone).
+cpu_s() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# timed_run NAME IQN COUNT DEPTH SIZE STEP: run, its seconds in RUN_S, and
+# the host CPU the recovery agent and the guest (its QEMU) used meanwhile
+# in CPU_NOTES (not in a subshell, which would lose them).
+CPU_NOTES=()
+timed_run() {
+    local name=$1 rec0 guest0 t
+    shift
+    rec0=$(cpu_s "$AGENT_PID") guest0=$(cpu_s "$PROT_PID")
+    t=$(run "$@")
+    CPU_NOTES+=("$(python3 -c "print(f'| $name | {$t:.2f} s | {$(cpu_s "$AGENT_PID") - $rec0:.2f} s | {$(cpu_s "$PROT_PID") - $guest0:.2f} s |')")")
+    RUN_S=$t
+}
 row() { # name count size tidemark_s reference_s goal
     python3 - "$@" <<'PY'
 import sys
@@ -86,8 +100,10 @@ for i in 1 2; do
     r=$(run "$REF_IQN" 4000 32 4096 65536)
     ROWS+=("$(row "4k write QD32, round $i" 4000 4096 "$t" "$r" "≥ 0.8×")")
     log "round $i/2: 1 MiB sequential writes at queue depth 8"
-    t=$(run "$IQN" 128 8 1048576 1048576)
-    r=$(run "$REF_IQN" 128 8 1048576 1048576)
+    timed_run "Tidemark, round $i" "$IQN" 128 8 1048576 1048576
+    t=$RUN_S
+    timed_run "reference, round $i" "$REF_IQN" 128 8 1048576 1048576
+    r=$RUN_S
     ROWS+=("$(row "1 MiB seq write QD8, round $i" 128 1048576 "$t" "$r" "≥ 0.7×")")
 done
 rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof tidemark)/status" | tr -d '\r' | tr -s ' \n' ' ')
@@ -102,6 +118,13 @@ rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof 
     echo "| run | Tidemark | reference | ratio | goal |"
     echo "|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "Host CPU during each 1 MiB run (the host has 2 cores; the recovery agent's replication"
+    echo "of Tidemark's writes may go on into the reference's run):"
+    echo
+    echo "| 1 MiB run | wall | recovery agent (host) | guest (QEMU, 2 vCPUs) |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${CPU_NOTES[@]}"
     echo
     echo "Agent memory after the runs: $rss (goal: ≤ 64 MiB)."
     echo "Protected log before the runs: $PREP."
