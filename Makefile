@@ -51,7 +51,6 @@ bench: build image
 	@tests/bench/outage_latency.sh
 	@tests/bench/api_latency.sh
 	@tests/bench/coordinated_hold.sh
-	@tests/bench/delta.sh
 
 # The deterministic fault simulator (agent/src/simulator, docs/simulator.md)
 # over SEEDS seeds from 0, or one SEED with its whole trace. `make test`
