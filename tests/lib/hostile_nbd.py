@@ -12,6 +12,7 @@ usage:
   hostile_nbd.py slow    PORT EXPORT SOURCE
   hostile_nbd.py stalled PORT EXPORT SOURCE CONNECTIONS HOLD_S
   hostile_nbd.py idle    PORT EXPORT SOURCE CONNECTIONS HOLD_S
+  hostile_nbd.py bursts  PORT EXPORT SOURCE CONNECTIONS READS HOLD_S
 Each prints one line of JSON saying what happened.
 """
 import json
@@ -215,6 +216,31 @@ def idle(port, export, source, connections, hold):
     print(json.dumps({"connections": connections, "refused": refused, "closed_by_server": closed}))
 
 
+def bursts(port, export, source, connections, count, hold):
+    """On each of CONNECTIONS connections, pipelines COUNT reads of 4 KiB,
+    waits a second before taking the replies (so the server queues them),
+    takes them all, then keeps the connection open and quiet for HOLD
+    seconds."""
+    socks = []
+    for _ in range(connections):
+        s = connect(port, source)
+        negotiate(s, export)
+        socks.append(s)
+    for s in socks:
+        s.sendall(b"".join(request(CMD_READ, i + 1, i * 4096, 4096) for i in range(count)))
+    time.sleep(1)
+    for s in socks:
+        for _ in range(count):
+            recv_exact(s, 16)
+            recv_exact(s, 4096)
+    print(json.dumps({"bursts_done": connections}), file=sys.stderr, flush=True)
+    time.sleep(hold)
+    closed = count_closed(socks)
+    for s in socks:
+        s.close()
+    print(json.dumps({"connections": connections, "reads": connections * count, "closed_by_server": closed}))
+
+
 if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -229,6 +255,8 @@ if __name__ == "__main__":
         slow(int(args[0]), args[1], args[2])
     elif cmd == "stalled":
         stalled(int(args[0]), args[1], args[2], int(args[3]), float(args[4]))
+    elif cmd == "bursts":
+        bursts(int(args[0]), args[1], args[2], int(args[3]), int(args[4]), float(args[5]))
     elif cmd == "idle":
         idle(int(args[0]), args[1], args[2], int(args[3]), float(args[4]))
     else:
