@@ -129,14 +129,15 @@ impl Admission {
     /// Lets a connection from `ip` in, or says at once why not: never
     /// waits, so the accept loop never stops for one source.
     ///
-    /// With every slot taken, the newcomer gets the slot of the longest
-    /// idle connection (`NBD_EVICT_IDLE` without a request or a reply, and
-    /// not already ending) of the source holding the most among those
-    /// holding at least two more than the newcomer's; that connection is
-    /// closed (`Admitted::evicted`). So sources that fill the slots with
-    /// idle connections cannot lock out a hypervisor that reconnects, a
-    /// disk in use is never closed for anyone, and two sources never take
-    /// a slot back and forth.
+    /// With every slot taken, the newcomer gets the slot of the oldest
+    /// connection that has sent no request in the `NBD_EVICT_IDLE` since
+    /// it was let in and is not already ending, of the source holding the
+    /// most among those holding at least two more than the newcomer's;
+    /// that connection is closed (`Admitted::evicted`). So sources that
+    /// fill the slots with connections that serve nothing cannot lock out
+    /// a hypervisor that reconnects, a connection that has served a
+    /// request is never closed for anyone, and two sources never take a
+    /// slot back and forth.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
         let source = source_of(ip);
         let mut slots = self.slots.lock().expect("slots lock");
@@ -183,8 +184,8 @@ impl Admission {
             .iter()
             .filter(|(s, src)| **s != source && src.held.len() >= held + 2)
             .filter_map(|(s, src)| {
-                let idlest = src.held.iter().filter(evictable).min_by_key(|h| h.id);
-                idlest.map(|h| (src.held.len(), *s, h.id))
+                let oldest = src.held.iter().filter(evictable).min_by_key(|h| h.id);
+                oldest.map(|h| (src.held.len(), *s, h.id))
             })
             .max_by_key(|(len, _, _)| *len);
         let (most, from, id) = victim.ok_or_else(all_taken)?;
