@@ -20,6 +20,7 @@ export PORT_BASE=36600
 source tests/lib/common.sh
 source tests/lib/appliance.sh
 source tests/lib/iscsi.sh
+source tests/bench/lib.sh
 OUT=tests/bench/ISCSI.md
 ROWS=()
 
@@ -42,8 +43,10 @@ else
 fi
 
 CAPTURED="replication on: the recovery agent runs on the host"
+RECOVERY_PIDS=("$AGENT_PID")
 if [ "${CAPTURE_ALONE:-0}" = 1 ]; then
     kill9 "$AGENT_PID"
+    RECOVERY_PIDS=()
     CAPTURED="capture alone: the host's recovery agent killed before the runs"
 fi
 
@@ -69,8 +72,6 @@ run() {
         fail "qemu-img bench on $1 failed: $out"
     sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out"
 }
-# cpu_s PID: the CPU seconds PID has used (0 once it is gone).
-cpu_s() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # timed_run NAME IQN COUNT DEPTH SIZE STEP: run, its seconds in RUN_S, and
 # the host CPU the recovery agent and the guest (its QEMU) used meanwhile
 # in CPU_NOTES (not in a subshell, which would lose them).
@@ -78,9 +79,9 @@ CPU_NOTES=()
 timed_run() {
     local name=$1 rec0 guest0 t
     shift
-    rec0=$(cpu_s "$AGENT_PID") guest0=$(cpu_s "$PROT_PID")
+    rec0=$(cpu_ticks "${RECOVERY_PIDS[@]}") guest0=$(cpu_ticks "$PROT_PID")
     t=$(run "$@")
-    CPU_NOTES+=("$(python3 -c "print(f'| $name | {$t:.2f} s | {$(cpu_s "$AGENT_PID") - $rec0:.2f} s | {$(cpu_s "$PROT_PID") - $guest0:.2f} s |')")")
+    CPU_NOTES+=("$(python3 -c "print(f'| $name | {$t:.2f} s | {($(cpu_ticks "${RECOVERY_PIDS[@]}") - $rec0) / 100:.2f} s | {($(cpu_ticks "$PROT_PID") - $guest0) / 100:.2f} s |')")")
     RUN_S=$t
 }
 row() { # name count size tidemark_s reference_s goal

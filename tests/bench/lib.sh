@@ -1,6 +1,12 @@
 # Helpers the bench scripts share. Source after tests/lib/common.sh; set
 # RUNTIME (seconds per timed fio run).
 
+cpu_ticks() { # pid... -> their user + sys clock ticks, summed
+    local t=0 pid
+    for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    echo "$t"
+}
+
 # wait_log_prepared: waits until the started protected agent's log has
 # claimed its capacity (status: what it holds and its spares within one
 # segment of it), as a log has a while after its first start; at most

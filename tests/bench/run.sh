@@ -24,12 +24,6 @@ seconds() { python3 -c "import time; print(time.time())"; }
 
 rss_mib() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
-cpu_ticks() { # pid... -> their user + sys clock ticks, summed
-    local t=0 pid
-    for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
-    echo "$t"
-}
-
 cpu_of() { # command... -> user + sys seconds it took (its output is discarded)
     local TIMEFORMAT='%U %S' t
     t=$({ time "$@" >/dev/null 2>&1; } 2>&1)

@@ -155,7 +155,7 @@ impl Admission {
             held: Vec::new(),
             buffers: Arc::new(Semaphore::new(NBD_BUFFER_BYTES_PER_SOURCE_MAX)),
         });
-        let held = Arc::new(Held {
+        let slot = Arc::new(Held {
             id,
             admitted_ms: self.epoch.elapsed().as_millis() as u64,
             used: AtomicBool::new(false),
@@ -163,8 +163,8 @@ impl Admission {
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
         });
-        entry.held.push(held.clone());
-        Ok(Admitted { admission: self.clone(), source, source_buffers: entry.buffers.clone(), held })
+        entry.held.push(slot.clone());
+        Ok(Admitted { admission: self.clone(), source, source_buffers: entry.buffers.clone(), held: slot })
     }
 
     /// Closes a connection for a newcomer from `source`, which holds `held`

@@ -632,8 +632,6 @@ fn read_reply_header(req: &Request, structured: bool) -> Vec<u8> {
     }
 }
 
-/// Runs blocking file I/O without stalling the async workers' other tasks
-/// (the test and fuzz harnesses run on one thread, where it runs inline).
 /// NBD reads done in place at once, over every connection. A read waits
 /// for a permit without holding a runtime thread, so reads alone can
 /// never take all of the runtime's blocking threads (`main.rs`,
@@ -642,6 +640,8 @@ fn read_reply_header(req: &Request, structured: bool) -> Vec<u8> {
 const READS_IN_PLACE_MAX: usize = 32;
 static READS_IN_PLACE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READS_IN_PLACE_MAX);
 
+/// Runs blocking file I/O without stalling the async workers' other tasks
+/// (the test and fuzz harnesses run on one thread, where it runs inline).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
