@@ -19,8 +19,9 @@
 //! compressed batches alike; compression's figures, which raw batches do
 //! not measure, by compressing one batch in `PROBE_EVERY` anyway). The
 //! encoder asks only for the batches of a backlog, and measures the link
-//! only on them (`batch.rs`): a stream that keeps up is compressed anyway,
-//! and a small batch's time is mostly its system calls. One sample counts
+//! and compression only on them (`batch.rs`): a stream that keeps up is
+//! compressed anyway, and a small batch's time is mostly its system calls
+//! and zstd's fixed cost. One sample counts
 //! at most `SAMPLE_SECONDS_PER_BYTE_MAX`, so one stalled write does not
 //! hold compression on for long.
 
