@@ -21,9 +21,9 @@
 //! encoder asks only for the batches of a backlog, and measures the link
 //! and compression only on them (`batch.rs`): a stream that keeps up is
 //! compressed anyway, and a small batch's time is mostly its system calls
-//! and zstd's fixed cost. One sample counts
-//! at most `SAMPLE_SECONDS_PER_BYTE_MAX`, so one stalled write does not
-//! hold compression on for long.
+//! and zstd's fixed cost. One sample counts at most
+//! `SAMPLE_SECONDS_PER_BYTE_MAX`, so one stalled write does not hold
+//! compression on for long.
 
 use std::time::Duration;
 
