@@ -428,7 +428,7 @@ pub(crate) async fn stream<W: AsyncWrite + Unpin>(
             tokio::time::sleep(BATCH_LINGER).await;
             fill_or_restart(vpg, &mut cursor, &mut batch, batch_target).await?;
         }
-        had_backlog = batch.raw_len() >= batch_target / 2;
+        had_backlog = encoder.is_backlog(batch.raw_len());
         send_batch(&mut batch, &mut wr, &mut encoder, seat, &mut inflight, stats, sent).await?;
         loop {
             let done = *acked.borrow_and_update();

@@ -210,9 +210,17 @@ impl BatchEncoder {
     /// out (timed after it was encoded: compression's time is not the
     /// link's).
     pub fn sent(&mut self, raw_bytes: usize, wire_bytes: usize, took: Duration) {
-        if let Some(pace) = self.pace.as_mut().filter(|_| raw_bytes >= self.backlog_bytes) {
+        let backlog = self.is_backlog(raw_bytes);
+        if let Some(pace) = self.pace.as_mut().filter(|_| backlog) {
             pace.sent(wire_bytes, took);
         }
+    }
+
+    /// Whether a batch of `raw_len` bytes was filled from a backlog
+    /// (`backlog_bytes`): only such a batch may go raw on a fast link, and
+    /// only such batches measure the link and compression.
+    pub fn is_backlog(&self, raw_len: usize) -> bool {
+        raw_len >= self.backlog_bytes
     }
 
     pub fn encode<'a>(&'a mut self, batch: &'a mut BatchBuilder) -> EncodedBatch<'a> {
@@ -220,10 +228,11 @@ impl BatchEncoder {
         let raw_len = batch.raw_len();
         let raw_crc = batch.crc.clone().finalize();
         debug_assert_eq!(raw_crc, crc32fast::hash(batch.raw()), "the combined batch crc");
+        let backlog = self.is_backlog(raw_len);
         let compressed_len = if self.skip_compression > 0 {
             self.skip_compression -= 1;
             None
-        } else if raw_len >= self.backlog_bytes && self.pace.as_mut().is_some_and(|p| !p.compress_next()) {
+        } else if backlog && self.pace.as_mut().is_some_and(|p| !p.compress_next()) {
             None
         } else {
             let started = Instant::now();
@@ -234,7 +243,7 @@ impl BatchEncoder {
             // first batch of a stream, in the appliance under QEMU TCG)
             // sent 115 MB of a 128 MiB backlog of 0xA5 blocks raw, and
             // encrypted, before the probes wore the figure down.
-            if let (Some(pace), Some(n), true) = (&mut self.pace, n, raw_len >= self.backlog_bytes) {
+            if let (Some(pace), Some(n)) = (self.pace.as_mut().filter(|_| backlog), n) {
                 pace.compressed(raw_len, n, started.elapsed());
             }
             n
