@@ -83,13 +83,30 @@ pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMess
     Ok(ControlMessage::from_bytes(&payload)?)
 }
 
-/// TCP keepalive on a replication link's socket (both ends, both links):
-/// a peer or path that died while the link was idle is noticed within
-/// about 13 s, and a firewall or NAT on the way keeps the idle flow.
+/// How long a replication link's socket may hold sent bytes the peer
+/// never acknowledges (nor opens its window for) before the kernel ends
+/// the connection (`TCP_USER_TIMEOUT`). Without it a write to a peer that
+/// vanished without a word (a cable pulled, a host frozen) blocks until
+/// the kernel's retransmissions give up, about 15 minutes: a task that
+/// writes without reading alongside (the old site's extent hashes for
+/// reverse protection, the recovery site's answer to a hash question)
+/// would hang that long, holding what it holds (review of helper-66).
+/// Longer than `LINK_IDLE_TIMEOUT`, so where the agent waits for the
+/// peer itself, its own limit (with its clearer error) ends the wait first.
+const LINK_UNACKED_LIMIT: Duration = Duration::from_secs(20);
+const _: () = assert!(LINK_UNACKED_LIMIT.as_secs() > LINK_IDLE_TIMEOUT.as_secs());
+
+/// A replication link's socket (both ends, both links): TCP keepalive, so
+/// a peer or path that died while the link was idle is noticed (within
+/// `LINK_UNACKED_LIMIT` and a probe, which the kernel then counts instead
+/// of the probes) and a firewall or NAT on the way keeps the idle flow;
+/// and `LINK_UNACKED_LIMIT` for one that died while this end was sending.
 pub(crate) fn tune_link_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     const LINK_KEEPALIVE: crate::listen::Keepalive =
         crate::listen::Keepalive { idle: Duration::from_secs(5), interval: Duration::from_secs(2), probes: 4 };
-    crate::listen::tune_connection(tcp, &LINK_KEEPALIVE)
+    crate::listen::tune_connection(tcp, &LINK_KEEPALIVE)?;
+    rustix::net::sockopt::set_tcp_user_timeout(tcp, LINK_UNACKED_LIMIT.as_millis() as u32)?;
+    Ok(())
 }
 
 /// Waits for `read` (a frame's read: never cancelled half way through
