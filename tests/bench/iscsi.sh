@@ -73,25 +73,41 @@ run() {
     sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out"
 }
 # timed_run NAME IQN COUNT DEPTH SIZE STEP: run, its seconds in RUN_S, and
-# the host CPU the recovery agent and the guest (its QEMU) used meanwhile
-# in CPU_NOTES (not in a subshell, which would lose them).
+# what it cost in CPU_NOTES (not in a subshell, which would lose them): the
+# host CPU of the recovery agent and of the guest's QEMU (and of that its
+# vCPU threads: the rest is QEMU's device emulation and I/O), and in the
+# guest its user, system (with interrupts) and idle time, the protected
+# agent's user and system time and its minor page faults.
 CPU_NOTES=()
 timed_run() {
-    local name=$1 rec0 guest0 t faults0 cpu
+    local name=$1 rec0 guest0 vcpu0 t g0 g1 cpu
     shift
-    faults0=$(agent_faults)
-    rec0=$(cpu_ticks "${RECOVERY_PIDS[@]}") guest0=$(cpu_ticks "$PROT_PID")
+    g0=$(guest_snapshot)
+    rec0=$(cpu_ticks "${RECOVERY_PIDS[@]}") guest0=$(cpu_ticks "$PROT_PID") vcpu0=$(vcpu_ticks "$PROT_PID")
     t=$(run "$@")
-    cpu=$(python3 -c "print(f'| $name | {$t:.2f} s | {($(cpu_ticks "${RECOVERY_PIDS[@]}") - $rec0) / 100:.2f} s | {($(cpu_ticks "$PROT_PID") - $guest0) / 100:.2f} s |')")
-    CPU_NOTES+=("$cpu $(($(agent_faults) - faults0)) |")
+    cpu=$(python3 -c "print(f'| $name | {$t:.2f} s | {($(cpu_ticks "${RECOVERY_PIDS[@]}") - $rec0) / 100:.2f} s | {($(cpu_ticks "$PROT_PID") - $guest0) / 100:.2f} s | {($(vcpu_ticks "$PROT_PID") - $vcpu0) / 100:.2f} s |')")
+    g1=$(guest_snapshot)
+    CPU_NOTES+=("$cpu $(python3 - "$g0" "$g1" <<'PY'
+import sys
+# faults, agent user, agent sys; guest user nice system idle iowait irq softirq (ticks of 1/100 s)
+a, b = ([int(x) for x in s.split()] for s in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+print(f"{(d[3] + d[4]) / 100:.2f} / {(d[5] + d[8] + d[9]) / 100:.2f} / {(d[6] + d[7]) / 100:.2f} s | "
+      f"{d[1] / 100:.2f} / {d[2] / 100:.2f} s | {d[0]} |")
+PY
+)")
     RUN_S=$t
 }
-# agent_faults: the protected agent's minor page faults so far (a buffer
-# the allocator gave back and took again is faulted in and zeroed anew).
-agent_faults() {
+# guest_snapshot: the protected agent's minor page faults (a buffer the
+# allocator gave back and took again is faulted in and zeroed anew), user
+# and system ticks, then the guest's CPU ticks (user nice system idle
+# iowait irq softirq), on one line.
+guest_snapshot() {
     local out
-    out=$(guest_console prot root "$PASSWORD" 'awk "{print \$10}" /proc/$(pidof tidemark)/stat' | tr -d '\r')
-    grep -Eo '^[0-9]+$' <<<"$out" | tail -1
+    out=$(guest_console prot root "$PASSWORD" \
+        'set -- $(head -1 /proc/stat); echo SNAP $(awk "{print \$10, \$14, \$15}" /proc/$(pidof tidemark)/stat) $2 $3 $4 $5 $6 $7 $8' |
+        tr -d '\r')
+    sed -n 's/^SNAP \([0-9 ]*\)$/\1/p' <<<"$out" | tail -1
 }
 row() { # name count size tidemark_s reference_s goal
     python3 - "$@" <<'PY'
@@ -129,12 +145,14 @@ rss=$(guest_console prot root "$PASSWORD" "grep -E 'VmHWM|VmRSS' /proc/\$(pidof 
     echo "|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "Host CPU during each 1 MiB run (the host has 2 cores; the recovery agent's replication"
-    echo "of Tidemark's writes may go on into the reference's run), and the protected agent's minor page faults"
-    echo "(128 MiB is 32768 pages: a buffer faulted in anew for each write would add as many):"
+    echo "CPU during each 1 MiB run: on the host (2 cores; the recovery agent's replication of Tidemark's"
+    echo "writes may go on into the reference's run), QEMU's and of that its vCPU threads'; in the guest (from"
+    echo "its /proc, so also the console logins around the run), its CPU time and the protected agent's, and"
+    echo "that agent's minor page faults (128 MiB is 32768 pages: a buffer faulted in anew for each write"
+    echo "would add as many):"
     echo
-    echo "| 1 MiB run | wall | recovery agent (host) | guest (QEMU, 2 vCPUs) | protected agent's page faults |"
-    echo "|---|---|---|---|---|"
+    echo "| 1 MiB run | wall | recovery agent (host) | guest (QEMU, 2 vCPUs) | of which the vCPU threads | in the guest: user / system / idle | protected agent: user / system | its page faults |"
+    echo "|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${CPU_NOTES[@]}"
     echo
     echo "Agent memory after the runs: $rss (goal: ≤ 64 MiB)."

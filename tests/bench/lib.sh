@@ -7,6 +7,16 @@ cpu_ticks() { # pid... -> their user + sys clock ticks, summed
     echo "$t"
 }
 
+vcpu_ticks() { # qemu_pid -> user + sys clock ticks of its vCPU threads ("CPU n/TCG"): the
+    # rest of its CPU (cpu_ticks minus this) is QEMU's own, the devices' emulation and I/O.
+    local t=0 task
+    for task in /proc/"$1"/task/*; do
+        [[ $(cat "$task/comm" 2>/dev/null) == CPU* ]] || continue
+        t=$((t + $(sed 's/.*) //' "$task/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$t"
+}
+
 # wait_log_prepared: waits until the started protected agent's log has
 # claimed its capacity (status: what it holds and its spares within one
 # segment of it), as a log has a while after its first start; at most

@@ -81,7 +81,10 @@ qemu_guest() {
     local run=()
     [ -n "$netns" ] && run=(ip netns exec "$netns")
     GUEST_START=$(date +%s.%N)
+    # debug-threads: the vCPU threads are named ("CPU 0/TCG"), so a bench can
+    # tell the guest's CPU from QEMU's device emulation (tests/bench/lib.sh).
     "${run[@]}" qemu-system-x86_64 -accel tcg -m "${GUEST_MEM:-512}" -nodefaults -display none -no-reboot \
+        -name "$name,debug-threads=on" \
         -chardev "socket,id=con,path=$dir/console.sock,server=on,wait=off,logfile=$dir/serial.log" -serial chardev:con \
         "$@" >"$dir/qemu.log" 2>&1 &
     GUEST_PID=$!
