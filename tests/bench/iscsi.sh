@@ -76,7 +76,7 @@ run() {
 # what it cost in CPU_NOTES (not in a subshell, which would lose them): the
 # host CPU of the recovery agent and of the guest's QEMU (and of that its
 # vCPU threads: the rest is QEMU's device emulation and I/O), and in the
-# guest its user, system (with interrupts) and idle time, the protected
+# guest its user, system (with interrupts) and idle (with I/O wait) time, the protected
 # agent's user and system time and its minor page faults.
 CPU_NOTES=()
 timed_run() {

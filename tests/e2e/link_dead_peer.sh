@@ -37,10 +37,10 @@ ip link set "tmdp$ID" netns "$NS_P"
 ip link set "tmdr$ID" netns "$NS_R"
 in_p ip addr add "$P_IP/24" dev "tmdp$ID"
 in_r ip addr add "$R_IP/24" dev "tmdr$ID"
-for ns in "$NS_P" "$NS_R"; do
-    ip netns exec "$ns" ip link set lo up
-    ip netns exec "$ns" ip link set "tmd$([ "$ns" = "$NS_P" ] && echo p || echo r)$ID" up
-done
+in_p ip link set lo up
+in_r ip link set lo up
+in_p ip link set "tmdp$ID" up
+in_r ip link set "tmdr$ID" up
 in_p sysctl -qw net.ipv4.tcp_wmem="4096 16384 65536"
 link_cut() { in_r iptables -I INPUT -j DROP && in_r iptables -I OUTPUT -j DROP; }
 link_heal() { in_r iptables -F INPUT && in_r iptables -F OUTPUT; }

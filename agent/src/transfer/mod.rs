@@ -96,11 +96,13 @@ pub async fn read_control<R: AsyncRead + Unpin>(r: &mut R) -> Result<ControlMess
 const LINK_UNACKED_LIMIT: Duration = Duration::from_secs(20);
 const _: () = assert!(LINK_UNACKED_LIMIT.as_secs() > LINK_IDLE_TIMEOUT.as_secs());
 
-/// A replication link's socket (both ends, both links): TCP keepalive, so
-/// a peer or path that died while the link was idle is noticed (within
-/// `LINK_UNACKED_LIMIT` and a probe, which the kernel then counts instead
-/// of the probes) and a firewall or NAT on the way keeps the idle flow;
-/// and `LINK_UNACKED_LIMIT` for one that died while this end was sending.
+/// A replication link's socket (both ends, both links; also the checkpoint
+/// coordinator's, which dials through `sender::dial`): TCP keepalive, so a
+/// peer or path that died while the link was idle is noticed, and a
+/// firewall or NAT on the way keeps the idle flow; and `LINK_UNACKED_LIMIT`
+/// for one that died while this end was sending. With both set, the kernel
+/// ends an idle connection whose probes go unanswered once it has heard
+/// nothing for `LINK_UNACKED_LIMIT` (about 21 s), not after the probe count.
 pub(crate) fn tune_link_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     const LINK_KEEPALIVE: crate::listen::Keepalive =
         crate::listen::Keepalive { idle: Duration::from_secs(5), interval: Duration::from_secs(2), probes: 4 };
