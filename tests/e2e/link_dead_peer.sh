@@ -15,35 +15,14 @@
 # message of hashes (68 kB) fills it as soon as the link is dead.
 source "$(dirname "$0")/../lib/common.sh"
 [ -x "$TIDEMARK_TEST" ] || fail "no test build: run make build"
-
-ID=$(((PORT_BASE / 10) % 200 + 20))
-NS_P=tm-deadp-$ID
-NS_R=tm-deadr-$ID
-P_IP=10.$ID.9.1
-R_IP=10.$ID.9.2
-in_p() { ip netns exec "$NS_P" "$@"; }
-in_r() { ip netns exec "$NS_R" "$@"; }
-remove_ns() {
-    ip netns del "$NS_P" 2>/dev/null || true
-    ip netns del "$NS_R" 2>/dev/null || true
-    ip link del "tmdp$ID" 2>/dev/null || true # if the script died before moving it
-}
-remove_ns
-CLEANUP_HOOKS+=(remove_ns)
-ip netns add "$NS_P"
-ip netns add "$NS_R"
-ip link add "tmdp$ID" type veth peer name "tmdr$ID"
-ip link set "tmdp$ID" netns "$NS_P"
-ip link set "tmdr$ID" netns "$NS_R"
-in_p ip addr add "$P_IP/24" dev "tmdp$ID"
-in_r ip addr add "$R_IP/24" dev "tmdr$ID"
-in_p ip link set lo up
-in_r ip link set lo up
-in_p ip link set "tmdp$ID" up
-in_r ip link set "tmdr$ID" up
-in_p sysctl -qw net.ipv4.tcp_wmem="4096 16384 65536"
-link_cut() { in_r iptables -I INPUT -j DROP && in_r iptables -I OUTPUT -j DROP; }
-link_heal() { in_r iptables -F INPUT && in_r iptables -F OUTPUT; }
+source "$(dirname "$0")/../lib/netns.sh"
+# The protected agent in the app namespace, the recovery agent in mgmt
+# (the replication peer's network), joined by their veth pair.
+make_netns
+in_app sysctl -qw net.ipv4.tcp_wmem="4096 16384 65536"
+R_IP=$MGMT_IP
+link_cut() { in_mgmt iptables -I INPUT -j DROP && in_mgmt iptables -I OUTPUT -j DROP; }
+link_heal() { in_mgmt iptables -F INPUT && in_mgmt iptables -F OUTPUT; }
 
 EXPORT_PORT=$((PORT_BASE + 6))
 EXPORTS=nbd://127.0.0.1:$EXPORT_PORT
@@ -51,23 +30,23 @@ setup_pair async 1000 disk0:1G
 sed -i "s/^address = \"127.0.0.1\"/address = \"$R_IP\"/" "$WORK/recovery.toml" "$WORK/protected.toml"
 grep -q "^address = \"$R_IP\"" "$WORK/protected.toml" || fail "the protected config names no peer address to change"
 printf '[exports]\nlisten = "127.0.0.1:%s"\n' "$EXPORT_PORT" >>"$WORK/recovery.toml"
-start_agent recovery "$CONTROL_PORT" "$NS_R"
+start_agent recovery "$CONTROL_PORT" "$NS_MGMT"
 RECOVERY_PID=$AGENT_PID
-start_agent protected "$NBD_PORT" "$NS_P"
+start_agent protected "$NBD_PORT" "$NS_APP"
 PROTECTED_PID=$AGENT_PID
 head -c 8M /dev/urandom >"$WORK/base"
-in_p qemu-io -f raw -c "write -s $WORK/base 100M 8M" -c flush "$NBD_URI/disk0" >/dev/null || fail "the first write failed"
+in_app qemu-io -f raw -c "write -s $WORK/base 100M 8M" -c flush "$NBD_URI/disk0" >/dev/null || fail "the first write failed"
 wait_replicated 120
 
 log "failover; 1 MiB changed on the recovered side"
-in_r "$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >/dev/null || fail "failover failed"
-in_r qemu-io -f raw -c "write -P 0x5c 900M 1M" -c flush "$EXPORTS/vpg1/disk0" >/dev/null || fail "the write on the recovered side failed"
+in_mgmt "$TIDEMARK" failover --config "$WORK/recovery.toml" --vpg vpg1 --checkpoint latest >/dev/null || fail "failover failed"
+in_mgmt qemu-io -f raw -c "write -P 0x5c 900M 1M" -c flush "$EXPORTS/vpg1/disk0" >/dev/null || fail "the write on the recovered side failed"
 
 log "reverse: the old site hashes 1 GiB (1 ms an extent: a message of hashes a second); the link is cut 3 s in"
 kill9 "$PROTECTED_PID"
-AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="hash-extent=sleep(1)" start_agent protected "$NBD_PORT" "$NS_P"
+AGENT_BIN=$TIDEMARK_TEST FAILPOINTS="hash-extent=sleep(1)" start_agent protected "$NBD_PORT" "$NS_APP"
 PROTECTED_PID=$AGENT_PID
-in_p "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 240s >"$WORK/reverse.out" 2>&1 &
+in_app "$TIDEMARK" reverse --config "$WORK/protected.toml" --vpg vpg1 --wait 240s >"$WORK/reverse.out" 2>&1 &
 REVERSE_PID=$!
 # Hashing takes about 16 s; the hello is done well before 3 s. A cut that
 # missed the upload fails the checks below (a different cause), never
@@ -93,5 +72,5 @@ log "the old site saw the link down ${took} s after the cut, the link still cut:
 link_heal
 log "link healed"
 wait "$REVERSE_PID" || fail "reverse did not come in sync after the link healed: $(tail -3 "$WORK/reverse.out")"
-cmp=$(in_r qemu-img compare -f raw -F raw "$WORK/src/disk0.img" "$EXPORTS/vpg1/disk0" 2>&1) || fail "the sites differ: $cmp"
+cmp=$(in_mgmt qemu-img compare -f raw -F raw "$WORK/src/disk0.img" "$EXPORTS/vpg1/disk0" 2>&1) || fail "the sites differ: $cmp"
 log "PASS: the dead link was noticed ${took} s after the cut, while still cut; in sync once healed"
