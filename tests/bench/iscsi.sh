@@ -80,19 +80,20 @@ run() {
 # agent's user and system time and its minor page faults.
 CPU_NOTES=()
 timed_run() {
-    local name=$1 rec0 guest0 vcpu0 t g0 g1 cpu
+    local name=$1 rec0 guest0 vcpu0 t g0
     shift
     g0=$(guest_snapshot)
     rec0=$(cpu_ticks "${RECOVERY_PIDS[@]}") guest0=$(cpu_ticks "$PROT_PID") vcpu0=$(vcpu_ticks "$PROT_PID")
     t=$(run "$@")
-    cpu=$(python3 -c "print(f'| $name | {$t:.2f} s | {($(cpu_ticks "${RECOVERY_PIDS[@]}") - $rec0) / 100:.2f} s | {($(cpu_ticks "$PROT_PID") - $guest0) / 100:.2f} s | {($(vcpu_ticks "$PROT_PID") - $vcpu0) / 100:.2f} s |')")
-    g1=$(guest_snapshot)
-    CPU_NOTES+=("$cpu $(python3 - "$g0" "$g1" <<'PY'
+    CPU_NOTES+=("$(python3 - "$name" "$t" "$(($(cpu_ticks "${RECOVERY_PIDS[@]}") - rec0))" \
+        "$(($(cpu_ticks "$PROT_PID") - guest0))" "$(($(vcpu_ticks "$PROT_PID") - vcpu0))" "$g0" "$(guest_snapshot)" <<'PY'
 import sys
-# faults, agent user, agent sys; guest user nice system idle iowait irq softirq (ticks of 1/100 s)
-a, b = ([int(x) for x in s.split()] for s in sys.argv[1:3])
+name, t, rec, guest, vcpu = sys.argv[1], float(sys.argv[2]), *(int(x) / 100 for x in sys.argv[3:6])
+# guest_snapshot: faults, agent user, agent sys; guest user nice system idle iowait irq softirq (ticks of 1/100 s)
+a, b = ([int(x) for x in s.split()] for s in sys.argv[6:8])
 d = [y - x for x, y in zip(a, b)]
-print(f"{(d[3] + d[4]) / 100:.2f} / {(d[5] + d[8] + d[9]) / 100:.2f} / {(d[6] + d[7]) / 100:.2f} s | "
+print(f"| {name} | {t:.2f} s | {rec:.2f} s | {guest:.2f} s | {vcpu:.2f} s | "
+      f"{(d[3] + d[4]) / 100:.2f} / {(d[5] + d[8] + d[9]) / 100:.2f} / {(d[6] + d[7]) / 100:.2f} s | "
       f"{d[1] / 100:.2f} / {d[2] / 100:.2f} s | {d[0]} |")
 PY
 )")
