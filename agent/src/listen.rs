@@ -22,15 +22,22 @@ pub async fn bind_listener(
     }
 }
 
-/// TCP keepalive timing for a connection: idle time before the first
-/// probe, time between probes, and probes before the peer counts as gone.
+/// How a connection finds out its peer is gone. TCP keepalive: idle time
+/// before the first probe, time between probes, and probes before the
+/// peer counts as gone (it only probes a connection with nothing unsent).
 pub struct Keepalive {
     pub idle: std::time::Duration,
     pub interval: std::time::Duration,
     pub probes: u32,
+    /// Sent bytes left unacknowledged this long end the connection
+    /// (TCP_USER_TIMEOUT; the kernel counts a receive window held shut
+    /// too): a peer that vanished while this end was sending, or one that
+    /// stopped reading. None: the kernel's retransmissions end the first
+    /// after about 15 minutes, and nothing ends the second.
+    pub unacked_limit: Option<std::time::Duration>,
 }
 
-/// No delay, and TCP keepalive as `keepalive` says, on a connection.
+/// No delay, and `keepalive`'s limits, on a connection.
 pub fn tune_connection(tcp: &tokio::net::TcpStream, keepalive: &Keepalive) -> std::io::Result<()> {
     use rustix::net::sockopt;
     tcp.set_nodelay(true)?;
@@ -38,5 +45,8 @@ pub fn tune_connection(tcp: &tokio::net::TcpStream, keepalive: &Keepalive) -> st
     sockopt::set_tcp_keepidle(tcp, keepalive.idle)?;
     sockopt::set_tcp_keepintvl(tcp, keepalive.interval)?;
     sockopt::set_tcp_keepcnt(tcp, keepalive.probes)?;
+    if let Some(limit) = keepalive.unacked_limit {
+        sockopt::set_tcp_user_timeout(tcp, limit.as_millis().try_into().unwrap_or(u32::MAX))?;
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Serving HTTPS on one of the port table's TCP ports (diagnostics on
 //! 4005, the management API on 4006): TLS 1.3 with this appliance's
 //! certificate, HTTP/1.1, a bound on connections in all and per source
-//! address, and timeouts on the handshake and on request headers.
+//! address, timeouts on the handshake and on request headers, and a
+//! limit on a client that takes no answer bytes.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -16,6 +17,19 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A client that acknowledges none of an answer's bytes for 30 s (it
+/// vanished, or stopped reading a bundle) loses its connection, and the
+/// connection's slots with it; without this a client that kept its
+/// receive window shut held them for good (and one that vanished, for the
+/// kernel's 15 minutes of retransmissions). Keepalive finds a client that
+/// vanished while its request was being worked on.
+const CLIENT_KEEPALIVE: crate::listen::Keepalive = crate::listen::Keepalive {
+    idle: Duration::from_secs(30),
+    interval: Duration::from_secs(10),
+    probes: 3,
+    unacked_limit: Some(Duration::from_secs(30)),
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -60,6 +74,9 @@ pub async fn serve<H, F>(
         tokio::spawn(async move {
             let _permit = permit;
             let _source_slot = source_slot;
+            if let Err(e) = crate::listen::tune_connection(&stream, &CLIENT_KEEPALIVE) {
+                return tracing::warn!("{what}: setting the socket options of {peer}'s connection: {e}");
+            }
             let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::info!("{what}: TLS handshake with {peer} failed: {e}"),

@@ -57,9 +57,15 @@ const REPLY_COALESCE_BYTES: usize = 256 << 10;
 /// Requests (and small write payloads) are read through a buffer this big.
 const REQUEST_READ_BUFFER_BYTES: usize = 64 << 10;
 /// TCP keepalive: a hypervisor that vanished is noticed within about a
-/// minute and its connection slot freed.
-const KEEPALIVE: crate::listen::Keepalive =
-    crate::listen::Keepalive { idle: Duration::from_secs(30), interval: Duration::from_secs(10), probes: 3 };
+/// minute and its connection slot freed. No unacknowledged-bytes limit: a
+/// hypervisor that stops taking replies for a while (a stopped QEMU) must
+/// find its connection, and its guest's disk, still there.
+const KEEPALIVE: crate::listen::Keepalive = crate::listen::Keepalive {
+    idle: Duration::from_secs(30),
+    interval: Duration::from_secs(10),
+    probes: 3,
+    unacked_limit: None,
+};
 
 pub async fn serve(listener: TcpListener, exports: ExportTable) {
     let admission = Admission::new();

@@ -104,11 +104,13 @@ const _: () = assert!(LINK_UNACKED_LIMIT.as_secs() > LINK_IDLE_TIMEOUT.as_secs()
 /// ends an idle connection whose probes go unanswered once it has heard
 /// nothing for `LINK_UNACKED_LIMIT` (about 21 s), not after the probe count.
 pub(crate) fn tune_link_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
-    const LINK_KEEPALIVE: crate::listen::Keepalive =
-        crate::listen::Keepalive { idle: Duration::from_secs(5), interval: Duration::from_secs(2), probes: 4 };
-    crate::listen::tune_connection(tcp, &LINK_KEEPALIVE)?;
-    rustix::net::sockopt::set_tcp_user_timeout(tcp, LINK_UNACKED_LIMIT.as_millis() as u32)?;
-    Ok(())
+    const LINK_KEEPALIVE: crate::listen::Keepalive = crate::listen::Keepalive {
+        idle: Duration::from_secs(5),
+        interval: Duration::from_secs(2),
+        probes: 4,
+        unacked_limit: Some(LINK_UNACKED_LIMIT),
+    };
+    crate::listen::tune_connection(tcp, &LINK_KEEPALIVE)
 }
 
 /// Waits for `read` (a frame's read: never cancelled half way through
