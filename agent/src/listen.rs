@@ -33,7 +33,9 @@ pub struct Keepalive {
     /// (TCP_USER_TIMEOUT; the kernel counts a receive window held shut
     /// too): a peer that vanished while this end was sending, or one that
     /// stopped reading. None: the kernel's retransmissions end the first
-    /// after about 15 minutes, and nothing ends the second.
+    /// after about 15 minutes, and nothing ends the second. When set, it
+    /// also ends a connection whose keepalive probes go unanswered once
+    /// nothing has been heard for this long, whatever `probes` says.
     pub unacked_limit: Option<std::time::Duration>,
 }
 

@@ -18,17 +18,22 @@ use tokio_rustls::TlsAcceptor;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
-/// A client that acknowledges none of an answer's bytes for 30 s (it
+/// A client that acknowledges none of an answer's bytes for 60 s (it
 /// vanished, or stopped reading a bundle) loses its connection, and the
 /// connection's slots with it; without this a client that kept its
 /// receive window shut held them for good (and one that vanished, for the
 /// kernel's 15 minutes of retransmissions). Keepalive finds a client that
-/// vanished while its request was being worked on.
+/// vanished while its request was being worked on (a move or a verify
+/// waits minutes). With the unacknowledged limit set, the kernel ends a
+/// connection whose probes go unanswered once it has heard nothing for
+/// that limit, whatever the probe count: so the limit is idle + probes x
+/// interval, and an outage shorter than about 30 s does not cost a long
+/// request its answer.
 const CLIENT_KEEPALIVE: crate::listen::Keepalive = crate::listen::Keepalive {
     idle: Duration::from_secs(30),
     interval: Duration::from_secs(10),
     probes: 3,
-    unacked_limit: Some(Duration::from_secs(30)),
+    unacked_limit: Some(Duration::from_secs(60)),
 };
 
 #[derive(Debug, Clone, Copy)]
