@@ -1,9 +1,14 @@
 # Helpers the bench scripts share. Source after tests/lib/common.sh; set
 # RUNTIME (seconds per timed fio run).
 
+stat_ticks() { # /proc/.../stat -> its user + sys clock ticks. The fields are counted
+    # after the command name's closing ')': a name may hold spaces ("CPU 0/TCG").
+    sed 's/.*) //' "$1" | awk '{print $12 + $13}'
+}
+
 cpu_ticks() { # pid... -> their user + sys clock ticks, summed
     local t=0 pid
-    for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    for pid in "$@"; do t=$((t + $(stat_ticks "/proc/$pid/stat"))); done
     echo "$t"
 }
 
@@ -12,7 +17,7 @@ vcpu_ticks() { # qemu_pid -> user + sys clock ticks of its vCPU threads ("CPU n/
     local t=0 task
     for task in /proc/"$1"/task/*; do
         [[ $(cat "$task/comm" 2>/dev/null) == CPU* ]] || continue
-        t=$((t + $(sed 's/.*) //' "$task/stat" | awk '{print $12 + $13}')))
+        t=$((t + $(stat_ticks "$task/stat")))
     done
     echo "$t"
 }
