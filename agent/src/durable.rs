@@ -69,11 +69,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Runs a blocking sync so that callers who arrive while one runs share
 /// the next one: at most one runs and one waits, however many callers
 /// there are (100,000 FLUSHes once started 516 threads, one sync each).
+///
+/// A failed sync fails every later call, without running it again: the
+/// kernel reports a writeback error to one fsync of an open file and then
+/// marks the pages it could not write clean, so the next fsync succeeds
+/// without them. Before, callers whose ticket the failed run covered ran
+/// their own, got success and acknowledged writes the file had lost
+/// (review of helper-69).
 #[derive(Default)]
 pub struct SyncGroup {
     requested: std::sync::atomic::AtomicU64,
-    done: std::sync::atomic::AtomicU64,
-    running: tokio::sync::Mutex<()>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Held for as long as a run lasts, even when its caller is gone.
+    running: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Why a sync failed, once one did.
+    failed: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl SyncGroup {
@@ -82,22 +92,43 @@ impl SyncGroup {
     pub async fn sync<F, E>(&self, sync: F) -> std::result::Result<(), E>
     where
         F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
-        E: From<IoFailure> + Send + 'static,
+        E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
     {
         use std::sync::atomic::Ordering;
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _running = self.running.lock().await;
+        let running = self.running.clone().lock_owned().await;
+        if let Some(why) = self.failed.get() {
+            let doing = "syncing after an earlier fsync failed (the kernel may have dropped what it could not \
+                write, so no later fsync can promise it)";
+            return Err(IoFailure::new(doing, std::io::Error::other(why.clone())).into());
+        }
         if self.done.load(Ordering::SeqCst) >= ticket {
             return Ok(());
         }
         let covers = self.requested.load(Ordering::SeqCst);
-        match tokio::task::spawn_blocking(sync).await {
-            Ok(synced) => synced?,
+        let (done, failed) = (self.done.clone(), self.failed.clone());
+        // The outcome is recorded, and the group held, by the run itself:
+        // a caller dropped half way (a FLUSH whose connection ended) must
+        // neither lose a failure nor let the next caller sync alongside.
+        let run = move || {
+            let _running = running;
+            let synced = sync();
+            match &synced {
+                Ok(()) => {
+                    done.fetch_max(covers, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    let _ = failed.set(crate::error_chain::Chain(e).to_string());
+                }
+            }
+            synced
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(synced) => synced,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
+            // Cancelled before it ran (the runtime is shutting down): nothing synced.
+            Err(e) => Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
         }
-        self.done.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
     }
 }
 
@@ -204,5 +235,78 @@ mod tests {
         let err = format!("{:#}", replace_file(&path, b"x", FileMode::Public).unwrap_err());
         assert!(err.contains("no/such/dir/file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A failed sync fails the callers waiting behind it and every later
+    /// one, though a new run would succeed (the kernel reports a writeback
+    /// error once): none of them is told its writes are durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_every_later_call() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let group = std::sync::Arc::new(SyncGroup::default());
+        let runs = std::sync::Arc::new(AtomicU32::new(0));
+        let run = |fail: bool| {
+            let runs = runs.clone();
+            move || -> Result<()> {
+                runs.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                match fail {
+                    true => Err(IoFailure::new("syncing a volume", std::io::Error::from_raw_os_error(5))),
+                    false => Ok(()),
+                }
+            }
+        };
+        group.sync(run(false)).await.unwrap();
+        let failing = tokio::spawn({
+            let (group, run) = (group.clone(), run(true));
+            async move { group.sync(run).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Arrives while the failing run runs: its ticket is not covered, and
+        // before, it ran a sync of its own that succeeded.
+        let waiting = group.sync(run(false)).await;
+        let failed = failing.await.unwrap().unwrap_err().to_string();
+        assert!(failed.contains("syncing a volume"), "{failed}");
+        let waiting = crate::error_chain::Chain(&waiting.unwrap_err()).to_string();
+        assert!(waiting.contains("an earlier fsync failed") && waiting.contains("os error 5"), "{waiting}");
+        assert!(group.sync(run(false)).await.is_err(), "a later call succeeded after a failed sync");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "no sync runs after one failed");
+    }
+
+    /// A caller dropped while its sync runs (a FLUSH whose connection
+    /// ended) loses neither the run's failure nor the group: the next
+    /// caller waits for that run and gets its failure (review of
+    /// helper-70: it ran a sync of its own alongside, which succeeded).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_caller_keeps_its_runs_failure() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let group = std::sync::Arc::new(SyncGroup::default());
+        let ended = std::sync::Arc::new(AtomicBool::new(false));
+        let caller = tokio::spawn({
+            let (group, ended) = (group.clone(), ended.clone());
+            async move {
+                group
+                    .sync(move || -> Result<()> {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        ended.store(true, Ordering::SeqCst);
+                        Err(IoFailure::new("syncing a volume", std::io::Error::from_raw_os_error(5)))
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        let next = group
+            .sync({
+                let ended = ended.clone();
+                move || -> Result<()> {
+                    assert!(ended.load(Ordering::SeqCst), "a sync ran alongside the dropped caller's");
+                    Ok(())
+                }
+            })
+            .await;
+        let next = crate::error_chain::Chain(&next.unwrap_err()).to_string();
+        assert!(next.contains("an earlier fsync failed") && next.contains("os error 5"), "{next}");
     }
 }

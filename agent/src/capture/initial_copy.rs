@@ -153,6 +153,10 @@ impl VpgCapture {
                     return Ok(false);
                 }
                 let mut chunk = vec![0u8; len as usize];
+                // Read from the device, not from cached pages: after a failed
+                // writeback (`sync_volumes`) the cache still shows data the
+                // device never got (review of helper-70).
+                volume.drop_cache(offset, len);
                 volume.read_at(&mut chunk, offset)?;
                 // Everything before the chunk's end: read-ahead folios can
                 // be larger than a chunk and straddle it.

@@ -68,6 +68,7 @@ impl Volume {
     }
 
     pub fn sync(&self) -> Result<()> {
+        fail::fail_point!("volume-sync", |_| Err(CaptureError::Failpoint("volume sync failed")));
         Ok(self.file.sync_data().doing(|| format!("syncing volume {}", self.name))?)
     }
 }

@@ -375,7 +375,7 @@ impl VpgCapture {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !*self.consistent.borrow() {
+            if !*self.consistent.borrow() || self.failed.lock().expect("failed lock").is_some() {
                 continue;
             }
             let plan = self.plan_epoch_now().await;
@@ -389,10 +389,39 @@ impl VpgCapture {
         }
     }
 
-    /// fsyncs every volume; concurrent callers share one sync.
-    async fn sync_volumes(&self) -> Result<()> {
+    /// fsyncs every volume; concurrent callers share one sync. A failed
+    /// fsync fails the VPG until a restart: the kernel may have dropped
+    /// writes it could not store and says so only once, so a later fsync
+    /// (and a FLUSH after it) would succeed without them, and the next
+    /// epoch would let the activity log forget where they were. The
+    /// activity log keeps every mark and asks the next start to read them
+    /// again from the volumes (from the device: the start drops their
+    /// cached pages first), so the replica comes to hold what the volumes
+    /// hold (review of helper-69).
+    pub(crate) async fn sync_volumes(&self) -> Result<()> {
         let volumes = self.volumes.clone();
-        self.volume_sync.sync(move || volumes.iter().try_for_each(|v| v.sync())).await
+        let synced = self.volume_sync.sync(move || volumes.iter().try_for_each(|v| v.sync())).await;
+        if let Err(e) = &synced {
+            self.fail_after_volume_sync(e);
+        }
+        synced
+    }
+
+    fn fail_after_volume_sync(&self, error: &CaptureError) {
+        if self.failed.lock().expect("failed lock").is_some() {
+            return;
+        }
+        let why = format!(
+            "{error_chain}: writes since the last good fsync may be lost from the volume",
+            error_chain = crate::error_chain::Chain(error)
+        );
+        tracing::error!(vpg = %self.name, "{why}; no write, FLUSH or checkpoint is taken until a restart reads them again from the volumes");
+        if let Err(e) = self.activity.lock().expect("activity lock").require_resync() {
+            // Without it a restart on this boot would read nothing again.
+            let e_chain = crate::error_chain::Chain(&e);
+            self.log.stop_process(&format!("VPG {}: recording that a resync is needed failed: {e_chain}", self.name));
+        }
+        self.failed.lock().expect("failed lock").get_or_insert(why);
     }
 
     /// Marks the range active before a write to it; under the write-order
@@ -557,6 +586,12 @@ impl VpgCapture {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(FAILED_OVER_STORE_RETRY_MAX);
         }
+    }
+
+    /// Why the VPG takes nothing until a restart (a volume write or fsync
+    /// failed), if it does not (for status).
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("failed lock").clone()
     }
 
     pub(super) fn check_writable(&self) -> Result<()> {
@@ -1082,6 +1117,10 @@ impl StartFound<'_> {
         }
         for (volume, offset, length) in &ranges {
             dirty.mark(*volume, *offset, *length);
+            // Read again from the device, not from cached pages: after a
+            // failed writeback (a failed fsync, `sync_volumes`) the cache
+            // still shows data the device never got, until it is evicted.
+            volumes[*volume as usize].drop_cache(*offset, *length);
         }
         if let Ok(Some(stored)) = self.stored_map {
             dirty.merge(stored);
@@ -1111,4 +1150,59 @@ struct EpochPlan {
     upto: u64,
     through: u64,
     map: super::bitmap_state::MapSnapshot,
+}
+
+/// Storage faults at exact points (`--features test-build`).
+#[cfg(all(test, feature = "test-build"))]
+mod failpoints {
+    use super::*;
+    use crate::capture::activity::ActivityLog;
+    use crate::log::{LogSize, Preallocation};
+
+    /// A failed fsync of a volume fails the VPG: the FLUSH that met it,
+    /// every later one (a second fsync would succeed, the kernel having
+    /// reported its error once), writes and checkpoints, until a restart;
+    /// and that restart reads what was written since the last good fsync
+    /// again (review of helper-69: a later FLUSH succeeded, and the next
+    /// epoch let the activity log forget the lost write's extent).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_volume_fsync_fails_the_vpg_until_a_restart() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        std::fs::write(&path, vec![0u8; 16 << 20]).unwrap();
+        let log_dir = dir.path().join("log");
+        let bitmap = BitmapConfig::default();
+        let capture = VpgCapture::open(
+            "vpg".into(),
+            SyncPolicy::default(),
+            vec![Volume::open("v", &path).unwrap()],
+            9,
+            &log_dir,
+            LogSize::for_capacity(64 << 20, Preallocation::Off),
+            StreamTo::RecoverySite(&bitmap),
+        )
+        .unwrap();
+        let first = capture.write(0, 0, vec![1u8; 4096]).await.unwrap();
+        capture.make_durable(first).await.unwrap();
+        let lost = capture.write(0, 8 << 20, vec![2u8; 4096]).await.unwrap();
+        fail::cfg("volume-sync", "1*return").unwrap();
+        let chain = |e: CaptureError| crate::error_chain::Chain(&e).to_string();
+        let failed = chain(capture.make_durable(lost).await.unwrap_err());
+        assert!(failed.contains("volume sync failed"), "{failed}");
+        fail::remove("volume-sync");
+        let again = chain(capture.make_durable(lost).await.unwrap_err());
+        assert!(again.contains("an earlier fsync failed"), "a FLUSH after the failed fsync: {again}");
+        let write = chain(capture.write(0, 0, vec![3u8; 4096]).await.unwrap_err());
+        assert!(write.contains("takes no writes until the agent restarts"), "{write}");
+        assert!(capture.checkpoint("t", Duration::from_secs(1)).await.is_err(), "a checkpoint was taken");
+        let (_, found) = ActivityLog::open(&log_dir).unwrap();
+        let extents: Vec<u32> = found.unclean.iter().map(|(_, extent)| *extent).collect();
+        let lost_extent = ((8 << 20) / crate::capture::activity::ACTIVITY_EXTENT_BYTES) as u32;
+        assert!(
+            extents.contains(&lost_extent),
+            "the next start does not read the lost write's extent again: {extents:?}"
+        );
+        scenario.teardown();
+    }
 }

@@ -244,6 +244,12 @@ impl Drop for LogSpace<'_> {
 }
 
 impl ProtectedLog {
+    /// Stops the process (`Storage::stop_process`): a failure that leaves
+    /// this site nothing true to say, such as a fsync that failed.
+    pub fn stop_process(&self, why: &str) {
+        self.fs.stop_process(why);
+    }
+
     /// Opens the log in `dir`, or starts one. `durable_through` is a seq
     /// known to have been fsynced with everything before it (0: unknown);
     /// damage found after it is a torn tail, cut without a word (see

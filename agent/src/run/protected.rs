@@ -196,6 +196,7 @@ async fn status_writer(
             let copied = rt.capture.copied().len();
             let total = rt.capture.volumes.len();
             let stopped = rt.capture.writes_refused();
+            let failure = rt.capture.failure();
             let reverse = rt.capture.reverse_state();
             let bitmap = rt.capture.bitmap_status();
             let kept = match &bitmap {
@@ -210,6 +211,9 @@ async fn status_writer(
                         r.applied_seq,
                         if r.in_sync { "in sync" } else { "delta copy in progress" }
                     )
+                }
+                _ if failure.is_some() => {
+                    format!("failed, takes no writes until the agent restarts: {}", failure.expect("checked"))
                 }
                 _ if stopped.is_some() => format!("stopped: {}", stopped.expect("checked")),
                 (false, _) => match rt.stats.last_error.lock().expect("last error").as_str() {
