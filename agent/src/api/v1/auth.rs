@@ -59,7 +59,7 @@ fn unauthorized(message: &str) -> Response<Body> {
 
 async fn load_store(state: &State) -> Result<users::Store, Response<Body>> {
     let dir = state.data_dir.clone();
-    match tokio::task::spawn_blocking(move || users::load(&dir)).await {
+    match crate::api::blocking(move || users::load(&dir)).await {
         Ok(Ok(store)) => Ok(store),
         Ok(Err(e)) => {
             tracing::error!(
@@ -232,7 +232,7 @@ pub async fn login(state: &State, peer: SocketAddr, body: &[u8]) -> Response<Bod
             }
         };
         let (dir, owned) = (state.data_dir.clone(), name.to_string());
-        match tokio::task::spawn_blocking(move || users::use_totp_step(&dir, &owned, step)).await {
+        match crate::api::blocking(move || users::use_totp_step(&dir, &owned, step)).await {
             Ok(Ok(true)) => {}
             // Another login took this code first.
             Ok(Ok(false)) => {
@@ -282,7 +282,7 @@ async fn refuse(
     if let (true, Some(name)) = (failure.lock, user) {
         let reason = format!("{} wrong logins in a row, the last from {}", failure.failures, peer.ip());
         let (dir, owned) = (state.data_dir.clone(), name.to_string());
-        let locked = tokio::task::spawn_blocking(move || users::lock_user(&dir, &owned, &reason)).await;
+        let locked = crate::api::blocking(move || users::lock_user(&dir, &owned, &reason)).await;
         match locked {
             Ok(Ok(_)) => {
                 // Its strikes go: after an unlock the user starts from none.

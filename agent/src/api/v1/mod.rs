@@ -210,7 +210,7 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
 /// `GET /metrics`: the status as OpenMetrics text.
 async fn metrics_text(state: &State) -> Response<Body> {
     let dir = state.data_dir.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
+    let rendered = crate::api::blocking(move || {
         let status = crate::status::read(&dir)?;
         let age_ms = crate::record::now_ms().saturating_sub(status.updated_ms);
         metrics::render(&status, age_ms < METRICS_FRESH_MS)

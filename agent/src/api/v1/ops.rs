@@ -25,6 +25,18 @@ const EXPORTS_MAX: usize = 32;
 pub struct OpenExports {
     next_id: std::sync::atomic::AtomicU64,
     open: Mutex<BTreeMap<u64, (String, crate::recovery::ops::Served)>>,
+    /// Exports being opened (counted against `EXPORTS_MAX` with the open
+    /// ones, under `open`'s lock).
+    opening: std::sync::atomic::AtomicUsize,
+}
+
+/// One export being opened, counted in `OpenExports::opening` until dropped.
+struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl OpenExports {
@@ -270,10 +282,7 @@ impl Prepared {
 
 /// Runs in a blocking thread and maps its error to a failed operation.
 async fn blocking<T: Send + 'static>(run: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(run)
-        .await
-        .map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?
-        .map_err(ApiError::failed)
+    crate::api::blocking(run).await.map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?.map_err(ApiError::failed)
 }
 
 pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Prepared) -> Result<Value, ApiError> {
@@ -293,11 +302,20 @@ pub async fn execute(state: &State, caller: &Caller, actor: &Actor, prepared: Pr
             let Agent::Recovery(ops) = &state.agent else {
                 return Err(ApiError::failed(anyhow::anyhow!("exports are served at the recovery site")));
             };
-            if state.exports.open.lock().expect("exports lock").len() >= EXPORTS_MAX {
-                return Err(ApiError::failed(anyhow::anyhow!(
-                    "{EXPORTS_MAX} exports are open through the API; close one"
-                )));
-            }
+            // Counted before the open's long wait, not after it: requests
+            // at once all passed a check of the open ones alone (review of
+            // helper-71).
+            let _opening = {
+                let open = state.exports.open.lock().expect("exports lock");
+                let opening = &state.exports.opening;
+                if open.len() + opening.load(std::sync::atomic::Ordering::SeqCst) >= EXPORTS_MAX {
+                    return Err(ApiError::failed(anyhow::anyhow!(
+                        "{EXPORTS_MAX} exports are open or being opened through the API; close one"
+                    )));
+                }
+                opening.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Opening(opening)
+            };
             let served = ops.export(&vpg, &checkpoint).await.map_err(ApiError::failed)?;
             let id = state.exports.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let problem = served.iscsi_problem.as_ref().map(|p| format!("not served over iSCSI: {p}"));

@@ -15,10 +15,7 @@ const AUDIT_ENTRIES_DEFAULT: usize = 100;
 
 /// Runs a read off the runtime's threads; its answer is JSON text.
 async fn blocking(run: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static) -> Result<Vec<u8>, ApiError> {
-    tokio::task::spawn_blocking(run)
-        .await
-        .map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?
-        .map_err(ApiError::failed)
+    crate::api::blocking(run).await.map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?.map_err(ApiError::failed)
 }
 
 fn text(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
