@@ -94,23 +94,66 @@ impl SyncGroup {
         F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
         E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
     {
-        use std::sync::atomic::Ordering;
-        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let ticket = self.ticket();
         let running = self.running.clone().lock_owned().await;
+        let Some(run) = self.run_after(ticket, running, sync)? else { return Ok(()) };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(synced) => synced,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled before it ran (the runtime is shutting down): nothing synced.
+            Err(e) => Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
+        }
+    }
+
+    /// `sync` for a caller on a blocking thread: runs the sync on that
+    /// thread (waiting there for another blocking thread would deadlock
+    /// once every one waited so).
+    pub fn sync_blocking<F, E>(&self, sync: F) -> std::result::Result<(), E>
+    where
+        F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
+        E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
+    {
+        let ticket = self.ticket();
+        let running = self.running.clone().blocking_lock_owned();
+        match self.run_after(ticket, running, sync)? {
+            Some(run) => run(),
+            None => Ok(()),
+        }
+    }
+
+    fn ticket(&self) -> u64 {
+        self.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// With the group held (`running`): the earlier failure, nothing to
+    /// do (a run that started after `ticket` was taken succeeded), or the
+    /// run to make. The outcome is recorded, and the group held, by the
+    /// run itself: a caller dropped half way (a FLUSH whose connection
+    /// ended) must neither lose a failure nor let the next caller sync
+    /// alongside.
+    #[allow(clippy::type_complexity)]
+    fn run_after<F, E>(
+        &self,
+        ticket: u64,
+        running: tokio::sync::OwnedMutexGuard<()>,
+        sync: F,
+    ) -> std::result::Result<Option<impl FnOnce() -> std::result::Result<(), E> + Send + 'static>, E>
+    where
+        F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
+        E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
+    {
+        use std::sync::atomic::Ordering;
         if let Some(why) = self.failed.get() {
             let doing = "syncing after an earlier fsync failed (the kernel may have dropped what it could not \
                 write, so no later fsync can promise it)";
             return Err(IoFailure::new(doing, std::io::Error::other(why.clone())).into());
         }
         if self.done.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
+            return Ok(None);
         }
         let covers = self.requested.load(Ordering::SeqCst);
         let (done, failed) = (self.done.clone(), self.failed.clone());
-        // The outcome is recorded, and the group held, by the run itself:
-        // a caller dropped half way (a FLUSH whose connection ended) must
-        // neither lose a failure nor let the next caller sync alongside.
-        let run = move || {
+        Ok(Some(move || {
             let _running = running;
             let synced = sync();
             match &synced {
@@ -122,13 +165,7 @@ impl SyncGroup {
                 }
             }
             synced
-        };
-        match tokio::task::spawn_blocking(run).await {
-            Ok(synced) => synced,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled before it ran (the runtime is shutting down): nothing synced.
-            Err(e) => Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
-        }
+        }))
     }
 }
 

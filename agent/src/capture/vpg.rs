@@ -398,9 +398,19 @@ impl VpgCapture {
     /// again from the volumes (from the device: the start drops their
     /// cached pages first), so the replica comes to hold what the volumes
     /// hold (review of helper-69).
-    pub(crate) async fn sync_volumes(&self) -> Result<()> {
+    async fn sync_volumes(&self) -> Result<()> {
         let volumes = self.volumes.clone();
         let synced = self.volume_sync.sync(move || volumes.iter().try_for_each(|v| v.sync())).await;
+        if let Err(e) = &synced {
+            self.fail_after_volume_sync(e);
+        }
+        synced
+    }
+
+    /// `sync_volumes` for a caller on a blocking thread (the reverse apply).
+    pub(crate) fn sync_volumes_blocking(&self) -> Result<()> {
+        let volumes = self.volumes.clone();
+        let synced = self.volume_sync.sync_blocking(move || volumes.iter().try_for_each(|v| v.sync()));
         if let Err(e) = &synced {
             self.fail_after_volume_sync(e);
         }

@@ -217,7 +217,6 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         // task starts, it is held until the task ends even when this
         // session is dropped meanwhile: the next session waits for it.
         let order = vpg.order.clone().lock_owned().await;
-        let runtime = tokio::runtime::Handle::current();
         let (last, data_bytes, copied_now, stream_now) = tokio::task::spawn_blocking(move || -> Result<_> {
             let _order = order;
             if vpg2.reverse_state().is_none() {
@@ -288,7 +287,7 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
             // Through the VPG's sync group: a failed fsync fails the VPG and
             // every later one (review of helper-70: a direct fsync here
             // succeeded after an epoch's had failed).
-            runtime.block_on(vpg2.sync_volumes())?;
+            vpg2.sync_volumes_blocking()?;
             let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
             let in_sync = copied.iter().all(|c| *c);
             let copied_now = copied.clone();
