@@ -239,8 +239,12 @@ async fn serve_one(stream: tokio::net::UnixStream, agent: &Agent, data_dir: &Pat
         .await;
         let sent = send(&mut write, &reply).await;
         if sent.is_ok() {
-            let mut rest = Vec::new();
-            let _ = reader.into_inner().read_to_end(&mut rest).await;
+            // Served until the client closes; what it sends meanwhile is
+            // read and dropped (review of helper-72: it was kept, without
+            // bound, until the close).
+            let mut client = reader.into_inner();
+            let mut ignored = [0u8; 4096];
+            while matches!(client.read(&mut ignored).await, Ok(n) if n > 0) {}
         }
         ops.unexport(&served).await;
         super::record(data_dir, &actor, op, params, "closed: the client ended the export".into(), started).await;
@@ -343,9 +347,7 @@ pub(crate) async fn handle(request: Request, agent: &Agent) -> Result<Reply> {
             let names: Vec<&String> = vpgs.keys().collect();
             let capture = vpgs.get(&vpg).ok_or_else(|| anyhow!("no VPG {vpg:?} here (VPGs: {names:?})"))?;
             let wait = Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
-            // Said before it is inserted: a copy that ends meanwhile ends after it.
-            let partial = capture.copied().len() < capture.volumes.len();
-            let id = capture.checkpoint(&tag, wait).await?;
+            let (id, partial) = capture.tagged_checkpoint(&tag, wait).await?;
             tracing::info!(vpg = %vpg, "tagged checkpoint {id} {tag:?} inserted");
             // Acknowledged in its own stream: a checkpoint of a stream that
             // started over never reaches the journal.

@@ -797,6 +797,23 @@ impl VpgCapture {
         self.checkpoint_then(tag, wait, || {}).await
     }
 
+    /// `checkpoint`, and whether it is partial: some volume's initial copy
+    /// had not completed when it was appended. Said under the write-order
+    /// lock, right after the append: a stream that started over while the
+    /// checkpoint waited for its turn (its copy begun again) counts (review
+    /// of helper-72: said before the wait, such a checkpoint was reported
+    /// restorable). A copy whose CopyDone is appended but not yet recorded
+    /// counts as running: the report errs on the side of "partial".
+    pub async fn tagged_checkpoint(&self, tag: &str, wait: Duration) -> Result<(u64, bool)> {
+        let partial = std::sync::atomic::AtomicBool::new(false);
+        let id = self
+            .checkpoint_then(tag, wait, || {
+                partial.store(self.copied().len() < self.volumes.len(), std::sync::atomic::Ordering::SeqCst)
+            })
+            .await?;
+        Ok((id, partial.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
     /// `checkpoint`, running `then` under the write-order lock right after
     /// the checkpoint is appended (before any later write).
     pub(super) async fn checkpoint_then(&self, tag: &str, wait: Duration, then: impl FnOnce()) -> Result<u64> {
