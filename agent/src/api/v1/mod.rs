@@ -180,6 +180,15 @@ async fn answer(req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) ->
     let prepared = match ops::prepare(&route, &body) {
         Ok(p) => p,
         Err(e) => {
+            // Logged first: the trail's record waits for its turn, and a
+            // caller gone by then takes it with it.
+            tracing::warn!(
+                "management API: {} from {peer} refused {} {}: {}",
+                actor.user,
+                parts.method,
+                parts.uri.path(),
+                e.message
+            );
             let params = serde_json::json!({ "path": parts.uri.path(), "bytes": body.len() });
             super::record(&state.data_dir, &actor, op, params, format!("refused: {}", e.message), None).await;
             return e.response();
