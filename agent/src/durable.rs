@@ -105,22 +105,6 @@ impl SyncGroup {
         }
     }
 
-    /// `sync` for a caller on a blocking thread: runs the sync on that
-    /// thread (waiting there for another blocking thread would deadlock
-    /// once every one waited so).
-    pub fn sync_blocking<F, E>(&self, sync: F) -> std::result::Result<(), E>
-    where
-        F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
-        E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
-    {
-        let ticket = self.ticket();
-        let running = self.running.clone().blocking_lock_owned();
-        match self.run_after(ticket, running, sync)? {
-            Some(run) => run(),
-            None => Ok(()),
-        }
-    }
-
     fn ticket(&self) -> u64 {
         self.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
     }

@@ -90,7 +90,7 @@ pub struct VpgCapture {
     pub log: Arc<ProtectedLog>,
     pub(crate) order: Arc<Mutex<()>>,
     pub(crate) state: std::sync::Mutex<CaptureState>,
-    pub(super) activity: std::sync::Mutex<ActivityLog>,
+    pub(super) activity: Arc<std::sync::Mutex<ActivityLog>>,
     /// False while a start's new stream has not begun: a checkpoint before
     /// it could name an image the volumes never held.
     consistent: watch::Sender<bool>,
@@ -98,7 +98,7 @@ pub struct VpgCapture {
     pub(super) bitmap: BitmapState,
     /// Set when a volume write failed and the stream could not be made to
     /// agree with the volume: every write fails until a restart.
-    failed: std::sync::Mutex<Option<String>>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
     volume_sync: crate::durable::SyncGroup,
     /// Bumped when a new stream starts; a copy from an older stream stops.
     pub(crate) copy_generation: AtomicU64,
@@ -256,10 +256,10 @@ impl VpgCapture {
             log,
             order: Arc::new(Mutex::new(())),
             state: std::sync::Mutex::new(state),
-            activity: std::sync::Mutex::new(activity),
+            activity: Arc::new(std::sync::Mutex::new(activity)),
             consistent: watch::channel(new_stream.is_none()).0,
             bitmap: BitmapState::new(bitmap, log_size.capacity_bytes, dirty, why_dirty, map_file, start_in_bitmap),
-            failed: std::sync::Mutex::new(None),
+            failed: Arc::new(std::sync::Mutex::new(None)),
             volume_sync: Default::default(),
             copy_generation: AtomicU64::new(0),
             delta_copy: AtomicU64::new(0),
@@ -398,40 +398,28 @@ impl VpgCapture {
     /// again from the volumes (from the device: the start drops their
     /// cached pages first), so the replica comes to hold what the volumes
     /// hold (review of helper-69).
-    async fn sync_volumes(&self) -> Result<()> {
+    pub(crate) async fn sync_volumes(&self) -> Result<()> {
         let volumes = self.volumes.clone();
-        let synced = self.volume_sync.sync(move || volumes.iter().try_for_each(|v| v.sync())).await;
-        if let Err(e) = &synced {
-            self.fail_after_volume_sync(e);
-        }
-        synced
-    }
-
-    /// `sync_volumes` for a caller on a blocking thread (the reverse apply).
-    pub(crate) fn sync_volumes_blocking(&self) -> Result<()> {
-        let volumes = self.volumes.clone();
-        let synced = self.volume_sync.sync_blocking(move || volumes.iter().try_for_each(|v| v.sync()));
-        if let Err(e) = &synced {
-            self.fail_after_volume_sync(e);
-        }
-        synced
-    }
-
-    fn fail_after_volume_sync(&self, error: &CaptureError) {
-        if self.failed.lock().expect("failed lock").is_some() {
-            return;
-        }
-        let why = format!(
-            "{error_chain}: writes since the last good fsync may be lost from the volume",
-            error_chain = crate::error_chain::Chain(error)
-        );
-        tracing::error!(vpg = %self.name, "{why}; no write, FLUSH or checkpoint is taken until a restart reads them again from the volumes");
-        if let Err(e) = self.activity.lock().expect("activity lock").require_resync() {
-            // Without it a restart on this boot would read nothing again.
-            let e_chain = crate::error_chain::Chain(&e);
-            self.log.stop_process(&format!("VPG {}: recording that a resync is needed failed: {e_chain}", self.name));
-        }
-        self.failed.lock().expect("failed lock").get_or_insert(why);
+        let failure = VolumeSyncFailure {
+            vpg: self.name.clone(),
+            failed: self.failed.clone(),
+            activity: self.activity.clone(),
+            log: self.log.clone(),
+        };
+        // Recorded by the run itself: the FLUSH that started it may be gone
+        // (its connection ended) by the time it fails, and until the next
+        // sync the VPG would go on taking writes, and a kill then would
+        // leave a start on this boot nothing to read again (review of
+        // helper-73).
+        self.volume_sync
+            .sync(move || {
+                let synced = volumes.iter().try_for_each(|v| v.sync());
+                if let Err(e) = &synced {
+                    failure.record(e);
+                }
+                synced
+            })
+            .await
     }
 
     /// Marks the range active before a write to it; under the write-order
@@ -1105,6 +1093,35 @@ fn new_stream_due(
             "the protected log ends at seq {log_end}, before seq {} it had made durable",
             found.durable_through
         )),
+    }
+}
+
+/// What a failed fsync of a VPG's volumes must leave behind, whoever
+/// waits for it (`sync_volumes`).
+struct VolumeSyncFailure {
+    vpg: String,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+    activity: Arc<std::sync::Mutex<ActivityLog>>,
+    log: Arc<ProtectedLog>,
+}
+
+impl VolumeSyncFailure {
+    fn record(&self, error: &CaptureError) {
+        if self.failed.lock().expect("failed lock").is_some() {
+            return;
+        }
+        let vpg = &self.vpg;
+        let why = format!(
+            "{error_chain}: writes since the last good fsync may be lost from the volume",
+            error_chain = crate::error_chain::Chain(error)
+        );
+        tracing::error!(vpg = %vpg, "{why}; no write, FLUSH or checkpoint is taken until a restart reads them again from the volumes");
+        if let Err(e) = self.activity.lock().expect("activity lock").require_resync() {
+            // Without it a restart on this boot would read nothing again.
+            let e_chain = crate::error_chain::Chain(&e);
+            self.log.stop_process(&format!("VPG {vpg}: recording that a resync is needed failed: {e_chain}"));
+        }
+        self.failed.lock().expect("failed lock").get_or_insert(why);
     }
 }
 

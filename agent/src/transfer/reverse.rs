@@ -217,88 +217,104 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         // task starts, it is held until the task ends even when this
         // session is dropped meanwhile: the next session waits for it.
         let order = vpg.order.clone().lock_owned().await;
-        let (last, data_bytes, copied_now, stream_now) = tokio::task::spawn_blocking(move || -> Result<_> {
+        // Written, synced and recorded in a task of its own, which holds the
+        // lock to its end. The fsync is awaited between two blocking steps,
+        // not waited for on a blocking thread: with every blocking thread
+        // held by a reverse apply waiting so (a site failover of 64 VPGs and
+        // more), none would be left to run it (review of helper-73).
+        let applied = tokio::spawn(async move {
             let _order = order;
-            if vpg2.reverse_state().is_none() {
-                return Err(TransferError::Peer(
-                    "reverse protection ended (switched back); the batch is not applied".to_string(),
-                ));
-            }
-            // A batch that writes at byte OFFSET (return(OFFSET)) takes
-            // 20 s more to apply, before it writes anything.
-            let slow_at: Option<u64> = (|| {
-                fail::fail_point!("reverse-apply-slow", |at: Option<String>| at.and_then(|a| a.parse::<u64>().ok()));
-                None
-            })();
-            if slow_at.is_some_and(|at| {
-                decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
-            }) {
-                std::thread::sleep(std::time::Duration::from_secs(20));
-            }
-            let mut copied = before;
-            let mut stream = stream_before;
-            let mut data_bytes = 0;
-            for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
-                if rec.seq <= applied_before {
-                    continue; // applied already (a resend after a reconnect)
+            let vpg3 = vpg2.clone();
+            let (last, data_bytes, copied, stream) = tokio::task::spawn_blocking(move || -> Result<_> {
+                if vpg2.reverse_state().is_none() {
+                    return Err(TransferError::Peer(
+                        "reverse protection ended (switched back); the batch is not applied".to_string(),
+                    ));
                 }
-                match &rec.body {
-                    RecordBody::Write { volume, offset, .. } => {
-                        let start = at + RECORD_HEADER_BYTES;
-                        let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
-                        let v = vpg2
-                            .volumes
-                            .get(*volume as usize)
-                            .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
-                        if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
-                            return Err(TransferError::Peer(format!(
-                                "seq {}: write past the end of {}",
-                                rec.seq, v.name
-                            )));
-                        }
-                        v.write_at(&decoded.raw[start..start + len], *offset)?;
-                        data_bytes += len as u64;
-                    }
-                    RecordBody::Zero { volume, offset, length } => {
-                        let v = vpg2
-                            .volumes
-                            .get(*volume as usize)
-                            .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
-                        if offset.checked_add(*length).is_none_or(|e| e > v.size) {
-                            return Err(TransferError::Peer(format!(
-                                "seq {}: zero past the end of {}",
-                                rec.seq, v.name
-                            )));
-                        }
-                        v.zero_range(*offset, *length)?;
-                    }
-                    RecordBody::StreamStart { stream_id, .. } => {
-                        stream = *stream_id;
-                        copied.iter_mut().for_each(|c| *c = false)
-                    }
-                    RecordBody::CopyDone { volume } => {
-                        if let Some(c) = copied.get_mut(*volume as usize) {
-                            *c = true;
-                        }
-                    }
-                    RecordBody::Checkpoint { .. } => {}
+                // A batch that writes at byte OFFSET (return(OFFSET)) takes
+                // 20 s more to apply, before it writes anything.
+                let slow_at: Option<u64> = (|| {
+                    fail::fail_point!("reverse-apply-slow", |at: Option<String>| at
+                        .and_then(|a| a.parse::<u64>().ok()));
+                    None
+                })();
+                if slow_at.is_some_and(|at| {
+                    decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
+                }) {
+                    std::thread::sleep(std::time::Duration::from_secs(20));
                 }
-            }
+                let mut copied = before;
+                let mut stream = stream_before;
+                let mut data_bytes = 0;
+                for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
+                    if rec.seq <= applied_before {
+                        continue; // applied already (a resend after a reconnect)
+                    }
+                    match &rec.body {
+                        RecordBody::Write { volume, offset, .. } => {
+                            let start = at + RECORD_HEADER_BYTES;
+                            let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
+                            let v = vpg2
+                                .volumes
+                                .get(*volume as usize)
+                                .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
+                            if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
+                                return Err(TransferError::Peer(format!(
+                                    "seq {}: write past the end of {}",
+                                    rec.seq, v.name
+                                )));
+                            }
+                            v.write_at(&decoded.raw[start..start + len], *offset)?;
+                            data_bytes += len as u64;
+                        }
+                        RecordBody::Zero { volume, offset, length } => {
+                            let v = vpg2
+                                .volumes
+                                .get(*volume as usize)
+                                .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
+                            if offset.checked_add(*length).is_none_or(|e| e > v.size) {
+                                return Err(TransferError::Peer(format!(
+                                    "seq {}: zero past the end of {}",
+                                    rec.seq, v.name
+                                )));
+                            }
+                            v.zero_range(*offset, *length)?;
+                        }
+                        RecordBody::StreamStart { stream_id, .. } => {
+                            stream = *stream_id;
+                            copied.iter_mut().for_each(|c| *c = false)
+                        }
+                        RecordBody::CopyDone { volume } => {
+                            if let Some(c) = copied.get_mut(*volume as usize) {
+                                *c = true;
+                            }
+                        }
+                        RecordBody::Checkpoint { .. } => {}
+                    }
+                }
+                let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
+                Ok((last, data_bytes, copied, stream))
+            })
+            .await
+            .map_err(|source| TransferError::Task { what: "reverse apply task", source })??;
             // Through the VPG's sync group: a failed fsync fails the VPG and
             // every later one (review of helper-70: a direct fsync here
             // succeeded after an epoch's had failed).
-            vpg2.sync_volumes_blocking()?;
-            let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
-            let in_sync = copied.iter().all(|c| *c);
-            let copied_now = copied.clone();
-            vpg2.set_reverse_state(ReverseState { applied_seq: last, stream_id: stream, in_sync, copied: copied_now })?;
-            fail::fail_point!("reverse-applied-part-copied", !in_sync && copied.iter().any(|c| *c), |_| {
-                std::process::abort()
-            });
-            Ok((last, data_bytes, copied, stream))
-        })
-        .await
-        .map_err(|source| TransferError::Task { what: "reverse apply task", source })??;
+            vpg3.sync_volumes().await?;
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let in_sync = copied.iter().all(|c| *c);
+                let state = ReverseState { applied_seq: last, stream_id: stream, in_sync, copied: copied.clone() };
+                vpg3.set_reverse_state(state)?;
+                fail::fail_point!("reverse-applied-part-copied", !in_sync && copied.iter().any(|c| *c), |_| {
+                    std::process::abort()
+                });
+                Ok((last, data_bytes, copied, stream))
+            })
+            .await
+            .map_err(|source| TransferError::Task { what: "reverse apply task", source })?
+        });
+        let (last, data_bytes, copied_now, stream_now) =
+            applied.await.map_err(|source| TransferError::Task { what: "reverse apply task", source })??;
         stream = stream_now;
         copied = copied_now;
         let in_sync = copied.iter().all(|c| *c);
