@@ -94,50 +94,23 @@ impl SyncGroup {
         F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
         E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
     {
-        let ticket = self.ticket();
-        let running = self.running.clone().lock_owned().await;
-        let Some(run) = self.run_after(ticket, running, sync)? else { return Ok(()) };
-        match tokio::task::spawn_blocking(run).await {
-            Ok(synced) => synced,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled before it ran (the runtime is shutting down): nothing synced.
-            Err(e) => Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
-        }
-    }
-
-    fn ticket(&self) -> u64 {
-        self.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
-    }
-
-    /// With the group held (`running`): the earlier failure, nothing to
-    /// do (a run that started after `ticket` was taken succeeded), or the
-    /// run to make. The outcome is recorded, and the group held, by the
-    /// run itself: a caller dropped half way (a FLUSH whose connection
-    /// ended) must neither lose a failure nor let the next caller sync
-    /// alongside.
-    #[allow(clippy::type_complexity)]
-    fn run_after<F, E>(
-        &self,
-        ticket: u64,
-        running: tokio::sync::OwnedMutexGuard<()>,
-        sync: F,
-    ) -> std::result::Result<Option<impl FnOnce() -> std::result::Result<(), E> + Send + 'static>, E>
-    where
-        F: FnOnce() -> std::result::Result<(), E> + Send + 'static,
-        E: From<IoFailure> + std::error::Error + Send + Sync + 'static,
-    {
         use std::sync::atomic::Ordering;
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let running = self.running.clone().lock_owned().await;
         if let Some(why) = self.failed.get() {
             let doing = "syncing after an earlier fsync failed (the kernel may have dropped what it could not \
                 write, so no later fsync can promise it)";
             return Err(IoFailure::new(doing, std::io::Error::other(why.clone())).into());
         }
         if self.done.load(Ordering::SeqCst) >= ticket {
-            return Ok(None);
+            return Ok(());
         }
         let covers = self.requested.load(Ordering::SeqCst);
         let (done, failed) = (self.done.clone(), self.failed.clone());
-        Ok(Some(move || {
+        // The outcome is recorded, and the group held, by the run itself: a
+        // caller dropped half way (a FLUSH whose connection ended) must
+        // neither lose a failure nor let the next caller sync alongside.
+        let run = move || {
             let _running = running;
             let synced = sync();
             match &synced {
@@ -149,7 +122,13 @@ impl SyncGroup {
                 }
             }
             synced
-        }))
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(synced) => synced,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled before it ran (the runtime is shutting down): nothing synced.
+            Err(e) => Err(IoFailure::new("sync task", std::io::Error::other(e.to_string())).into()),
+        }
     }
 }
 

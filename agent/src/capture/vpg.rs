@@ -97,7 +97,8 @@ pub struct VpgCapture {
     /// The mode (logging, bitmap, resync) and the dirty map.
     pub(super) bitmap: BitmapState,
     /// Set when a volume write failed and the stream could not be made to
-    /// agree with the volume: every write fails until a restart.
+    /// agree with the volume, or a volume fsync failed
+    /// (`VolumeSyncFailure`): every write fails until a restart.
     failed: Arc<std::sync::Mutex<Option<String>>>,
     volume_sync: crate::durable::SyncGroup,
     /// Bumped when a new stream starts; a copy from an older stream stops.

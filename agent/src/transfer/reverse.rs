@@ -224,87 +224,20 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         // more), none would be left to run it (review of helper-73).
         let applied = tokio::spawn(async move {
             let _order = order;
-            let vpg3 = vpg2.clone();
-            let (last, data_bytes, copied, stream) = tokio::task::spawn_blocking(move || -> Result<_> {
-                if vpg2.reverse_state().is_none() {
-                    return Err(TransferError::Peer(
-                        "reverse protection ended (switched back); the batch is not applied".to_string(),
-                    ));
-                }
-                // A batch that writes at byte OFFSET (return(OFFSET)) takes
-                // 20 s more to apply, before it writes anything.
-                let slow_at: Option<u64> = (|| {
-                    fail::fail_point!("reverse-apply-slow", |at: Option<String>| at
-                        .and_then(|a| a.parse::<u64>().ok()));
-                    None
-                })();
-                if slow_at.is_some_and(|at| {
-                    decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
-                }) {
-                    std::thread::sleep(std::time::Duration::from_secs(20));
-                }
-                let mut copied = before;
-                let mut stream = stream_before;
-                let mut data_bytes = 0;
-                for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
-                    if rec.seq <= applied_before {
-                        continue; // applied already (a resend after a reconnect)
-                    }
-                    match &rec.body {
-                        RecordBody::Write { volume, offset, .. } => {
-                            let start = at + RECORD_HEADER_BYTES;
-                            let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
-                            let v = vpg2
-                                .volumes
-                                .get(*volume as usize)
-                                .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
-                            if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
-                                return Err(TransferError::Peer(format!(
-                                    "seq {}: write past the end of {}",
-                                    rec.seq, v.name
-                                )));
-                            }
-                            v.write_at(&decoded.raw[start..start + len], *offset)?;
-                            data_bytes += len as u64;
-                        }
-                        RecordBody::Zero { volume, offset, length } => {
-                            let v = vpg2
-                                .volumes
-                                .get(*volume as usize)
-                                .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
-                            if offset.checked_add(*length).is_none_or(|e| e > v.size) {
-                                return Err(TransferError::Peer(format!(
-                                    "seq {}: zero past the end of {}",
-                                    rec.seq, v.name
-                                )));
-                            }
-                            v.zero_range(*offset, *length)?;
-                        }
-                        RecordBody::StreamStart { stream_id, .. } => {
-                            stream = *stream_id;
-                            copied.iter_mut().for_each(|c| *c = false)
-                        }
-                        RecordBody::CopyDone { volume } => {
-                            if let Some(c) = copied.get_mut(*volume as usize) {
-                                *c = true;
-                            }
-                        }
-                        RecordBody::Checkpoint { .. } => {}
-                    }
-                }
-                let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
-                Ok((last, data_bytes, copied, stream))
+            let writer = vpg2.clone();
+            let (last, data_bytes, copied, stream) = tokio::task::spawn_blocking(move || {
+                write_batch(&writer, &decoded, applied_before, before, stream_before)
             })
             .await
             .map_err(|source| TransferError::Task { what: "reverse apply task", source })??;
             // Through the VPG's sync group: a failed fsync fails the VPG and
             // every later one (review of helper-70: a direct fsync here
             // succeeded after an epoch's had failed).
-            vpg3.sync_volumes().await?;
+            vpg2.sync_volumes().await?;
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let in_sync = copied.iter().all(|c| *c);
                 let state = ReverseState { applied_seq: last, stream_id: stream, in_sync, copied: copied.clone() };
-                vpg3.set_reverse_state(state)?;
+                vpg2.set_reverse_state(state)?;
                 fail::fail_point!("reverse-applied-part-copied", !in_sync && copied.iter().any(|c| *c), |_| {
                     std::process::abort()
                 });
@@ -326,6 +259,77 @@ async fn apply_stream<S: AsyncRead + AsyncWrite + Unpin>(
         });
         send_control(&mut wr, &ControlMessage::Ack { seq: last }).await?;
     }
+}
+
+/// Writes a batch's records above `applied_seq` to the volumes (not yet
+/// durable); returns the seq it reaches, the data bytes written, and the
+/// copied volumes and stream id as the batch leaves them.
+fn write_batch(
+    vpg: &VpgCapture,
+    decoded: &batch::DecodedBatch,
+    applied_before: u64,
+    mut copied: Vec<bool>,
+    mut stream: u32,
+) -> Result<(u64, u64, Vec<bool>, u32)> {
+    if vpg.reverse_state().is_none() {
+        return Err(TransferError::Peer(
+            "reverse protection ended (switched back); the batch is not applied".to_string(),
+        ));
+    }
+    // A batch that writes at byte OFFSET (return(OFFSET)) takes
+    // 20 s more to apply, before it writes anything.
+    let slow_at: Option<u64> = (|| {
+        fail::fail_point!("reverse-apply-slow", |at: Option<String>| at.and_then(|a| a.parse::<u64>().ok()));
+        None
+    })();
+    if slow_at.is_some_and(|at| {
+        decoded.records.iter().any(|r| matches!(r.body, RecordBody::Write { offset, .. } if offset == at))
+    }) {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+    }
+    let mut data_bytes = 0;
+    for (rec, at) in decoded.records.iter().zip(&decoded.offsets) {
+        if rec.seq <= applied_before {
+            continue; // applied already (a resend after a reconnect)
+        }
+        match &rec.body {
+            RecordBody::Write { volume, offset, .. } => {
+                let start = at + RECORD_HEADER_BYTES;
+                let len = crate::record::u32_at(&decoded.raw, at + 40) as usize;
+                let v = vpg
+                    .volumes
+                    .get(*volume as usize)
+                    .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
+                if offset.checked_add(len as u64).is_none_or(|e| e > v.size) {
+                    return Err(TransferError::Peer(format!("seq {}: write past the end of {}", rec.seq, v.name)));
+                }
+                v.write_at(&decoded.raw[start..start + len], *offset)?;
+                data_bytes += len as u64;
+            }
+            RecordBody::Zero { volume, offset, length } => {
+                let v = vpg
+                    .volumes
+                    .get(*volume as usize)
+                    .ok_or_else(|| TransferError::Peer("record for an unknown volume".to_string()))?;
+                if offset.checked_add(*length).is_none_or(|e| e > v.size) {
+                    return Err(TransferError::Peer(format!("seq {}: zero past the end of {}", rec.seq, v.name)));
+                }
+                v.zero_range(*offset, *length)?;
+            }
+            RecordBody::StreamStart { stream_id, .. } => {
+                stream = *stream_id;
+                copied.iter_mut().for_each(|c| *c = false)
+            }
+            RecordBody::CopyDone { volume } => {
+                if let Some(c) = copied.get_mut(*volume as usize) {
+                    *c = true;
+                }
+            }
+            RecordBody::Checkpoint { .. } => {}
+        }
+    }
+    let last = decoded.records.last().map_or(0, |r| r.seq).max(applied_before);
+    Ok((last, data_bytes, copied, stream))
 }
 
 /// A batch must go on right after what this site applied, in the same

@@ -280,8 +280,11 @@ impl Prepared {
     }
 }
 
-/// Runs in a blocking thread and maps its error to a failed operation.
-async fn blocking<T: Send + 'static>(run: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> Result<T, ApiError> {
+/// Runs in one of the API's blocking threads and maps its error to a
+/// failed operation (or read: `reads` answers through it too).
+pub(super) async fn blocking<T: Send + 'static>(
+    run: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
     crate::api::blocking(run).await.map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?.map_err(ApiError::failed)
 }
 

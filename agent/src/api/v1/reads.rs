@@ -3,6 +3,7 @@
 //! changes anything or is recorded in the audit trail.
 
 use super::auth::Caller;
+use super::ops::blocking;
 use super::routes::Route;
 use super::{ApiError, State};
 use crate::access::users;
@@ -12,11 +13,6 @@ use serde_json::{json, Value};
 /// Audit entries one read returns at most (the newest).
 const AUDIT_ENTRIES_MAX: usize = 10_000;
 const AUDIT_ENTRIES_DEFAULT: usize = 100;
-
-/// Runs a read off the runtime's threads; its answer is JSON text.
-async fn blocking(run: impl FnOnce() -> anyhow::Result<Vec<u8>> + Send + 'static) -> Result<Vec<u8>, ApiError> {
-    crate::api::blocking(run).await.map_err(|e| ApiError::failed(anyhow::anyhow!("{e}")))?.map_err(ApiError::failed)
-}
 
 fn text(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(ApiError::failed)
